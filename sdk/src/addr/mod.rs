@@ -1,0 +1,1 @@
+//! The v6iot IPv6 address plan (being written).

@@ -1,0 +1,1 @@
+//! The sans-IO CoAP device core (being written).

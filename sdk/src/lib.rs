@@ -1,0 +1,20 @@
+//! `v6iot-sdk`: the device side of v6iot.
+//!
+//! # Layers and the I/O boundary
+//!
+//! Everything in this crate except [`driver`] is *sans-IO*: plain data types and state machines
+//! that own no socket, task or clock. Time comes in as an argument (`now: Instant`), datagrams
+//! come in through `handle_*` methods and go out through `poll_*` methods.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`addr`] | the v6iot IPv6 address plan: site /48, plant and line subnet, class and serial interface ID, EUI-64 and 802.15.4 short forms |
+//! | [`senml`] | SenML records (RFC 8428) in CBOR and JSON |
+//! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
+//! | [`driver`] | the only I/O: a tokio UDP driver that runs a device core on a socket (feature `tokio`) |
+
+pub mod addr;
+pub mod coap;
+#[cfg(feature = "tokio")]
+pub mod driver;
+pub mod senml;

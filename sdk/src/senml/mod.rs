@@ -1,0 +1,1 @@
+//! SenML records, RFC 8428 (being written).

@@ -1,0 +1,1 @@
+//! `v6iot-simulator`: simulated devices on the real v6iot SDK core.

@@ -1,0 +1,3 @@
+//! `v6iot-sim`: the simulator's command line.
+
+fn main() {}

@@ -1,1 +1,14 @@
 //! `v6iot-simulator`: simulated devices on the real v6iot SDK core.
+//!
+//! # Layers and the I/O boundary
+//!
+//! | module | job |
+//! |---|---|
+//! | [`sensor`] | the simulated sensor node: its resource tree and state, a sans-IO [`v6iot_sdk::coap::App`] |
+//! | [`duration`] | parsing of human durations (`2s`, `500ms`) for the command line |
+//!
+//! The binary `v6iot-sim` (src/main.rs) is the only I/O: it binds sockets and runs devices on
+//! the SDK's tokio driver.
+
+pub mod duration;
+pub mod sensor;

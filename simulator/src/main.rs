@@ -1,3 +1,84 @@
 //! `v6iot-sim`: the simulator's command line.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::net::UdpSocket;
+use v6iot_sdk::coap::{Config, Device, Event};
+use v6iot_simulator::duration::parse_duration;
+use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
+
+/// Simulated v6iot devices running the real SDK core.
+#[derive(Parser)]
+#[command(name = "v6iot-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one simulated sensor that serves CoAP on a UDP address (until Ctrl-C).
+    Device {
+        /// Address to serve on; any IPv6 (or IPv4) address and port.
+        #[arg(long, default_value = "[::1]:5683")]
+        bind: SocketAddr,
+        /// Device id (used in SenML names and /device/info).
+        #[arg(long, default_value = "sim-0001")]
+        id: String,
+        /// How often readings change and observers are notified, e.g. `2s`, `500ms`.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        interval: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match cli.command {
+        Command::Device { bind, id, interval } => runtime.block_on(run_device(bind, id, interval)),
+    }
+}
+
+async fn run_device(bind: SocketAddr, id: String, interval: Duration) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(bind).await.with_context(|| format!("cannot bind UDP {bind}"))?;
+    let address = socket.local_addr()?;
+    let (tree, ids) = sensor::tree()?;
+    let epoch_at_start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let settings = SensorSettings { id: id.clone(), address, interval, epoch_at_start, start: Instant::now() };
+    let seed = sensor::serial_of(&id);
+    let mut device = Device::new(Config::default(), seed, tree, Sensor::new(settings, ids));
+    let uri = format!("coap://{}", uri_host(address));
+    println!("v6iot-sim device {id} serving CoAP on {address} (Ctrl-C to stop)");
+    println!("  discover: coap-client-notls -m get {uri}/.well-known/core");
+    println!("  read:     coap-client-notls -m get -A 110 {uri}/sensors/temperature");
+    println!("  observe:  coap-client-notls -m get -s 10 -A 110 {uri}/sensors/temperature");
+    println!("  info:     coap-client-notls -m get {uri}/device/info");
+    println!("  log:      coap-client-notls -m get -b 64 {uri}/device/log");
+    println!("  valve:    coap-client-notls -m put -e on {uri}/actuators/valve");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let on_event = |event: Event| tracing::info!(?event, "coap event");
+    v6iot_sdk::driver::run(&socket, &mut device, on_event, shutdown).await?;
+    let s = device.endpoint().stats();
+    println!(
+        "stopped: {} datagrams in, {} requests answered ({} errors), {} notifications, {} malformed, {} duplicates",
+        s.received, s.requests, s.error_responses, s.notifications, s.malformed, s.duplicates
+    );
+    Ok(())
+}
+
+fn uri_host(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) => a.to_string(),
+    }
+}

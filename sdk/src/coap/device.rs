@@ -24,6 +24,12 @@ pub trait App {
     fn handle_timeout(&mut self, _now: Instant) -> Changed {
         Changed::NONE
     }
+
+    /// A deferred answer that is ready: the ticket a handler got with `Reply::Separate`, and the
+    /// response. Polled after [`App::handle_timeout`] until it returns `None`.
+    fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
+        None
+    }
 }
 
 /// An application with no timers and no state, for trees whose handlers need none.
@@ -92,6 +98,11 @@ impl<S: App> Device<S> {
         if self.app.poll_timeout().is_some_and(|t| t <= now) {
             let changed = self.app.handle_timeout(now);
             self.notify(now, changed);
+            while let Some((ticket, response)) = self.app.poll_answer() {
+                // An unknown ticket means the request expired meanwhile; the endpoint has
+                // already reported that as an event.
+                let _ = self.endpoint.respond_separately(now, ticket, response);
+            }
         }
     }
 

@@ -36,23 +36,38 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Device { bind, id, interval } => runtime.block_on(run_device(bind, id, interval)),
     }
 }
 
 async fn run_device(bind: SocketAddr, id: String, interval: Duration) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind(bind).await.with_context(|| format!("cannot bind UDP {bind}"))?;
+    let socket = UdpSocket::bind(bind)
+        .await
+        .with_context(|| format!("cannot bind UDP {bind}"))?;
     let address = socket.local_addr()?;
     let (tree, ids) = sensor::tree()?;
-    let epoch_at_start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let settings = SensorSettings { id: id.clone(), address, interval, epoch_at_start, start: Instant::now() };
+    let epoch_at_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let settings = SensorSettings {
+        id: id.clone(),
+        address,
+        interval,
+        epoch_at_start,
+        start: Instant::now(),
+    };
     let seed = sensor::serial_of(&id);
     let mut device = Device::new(Config::default(), seed, tree, Sensor::new(settings, ids));
     let uri = format!("coap://{}", uri_host(address));

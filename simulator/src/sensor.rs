@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use v6iot_sdk::coap::{
-    App, Changed, Code, Reply, Request, Resource, ResourceId, ResourceTree, Response, Ticket, TreeError, content_format as cf,
+    App, Changed, Code, Reply, Request, Resource, ResourceId, ResourceTree, Response, Ticket,
+    TreeError, content_format as cf,
 };
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 
@@ -81,7 +82,9 @@ pub fn tree() -> Result<(Arc<ResourceTree<Sensor>>, SensorIds), TreeError> {
             .rt("v6iot.log")
             .interface("core.rp")
             .content_formats(&[cf::TEXT_PLAIN])
-            .get(|s: &mut Sensor, _| Response::content(cf::TEXT_PLAIN, boot_log(&s.id).into_bytes()).into()),
+            .get(|s: &mut Sensor, _| {
+                Response::content(cf::TEXT_PLAIN, boot_log(&s.id).into_bytes()).into()
+            }),
     )?;
     t.add(
         Resource::new("device/config")
@@ -90,15 +93,29 @@ pub fn tree() -> Result<(Arc<ResourceTree<Sensor>>, SensorIds), TreeError> {
             .get(Sensor::get_config)
             .put(Sensor::put_config),
     )?;
-    t.add(Resource::new("device/selftest").rt("v6iot.selftest").interface("core.a").post(Sensor::post_selftest))?;
-    Ok((Arc::new(t), SensorIds { temperature, pressure, valve }))
+    t.add(
+        Resource::new("device/selftest")
+            .rt("v6iot.selftest")
+            .interface("core.a")
+            .post(Sensor::post_selftest),
+    )?;
+    Ok((
+        Arc::new(t),
+        SensorIds {
+            temperature,
+            pressure,
+            valve,
+        },
+    ))
 }
 
 /// The device log served at `/device/log`: 64 fixed lines, over 2 KiB, a pure function of the
 /// device id so that a test can build the expected bytes on its own. Line `i` reads
 /// `format!("{i:04} {id} selftest step {:02} passed\n", i % 17)`.
 pub fn boot_log(id: &str) -> String {
-    (0..64).map(|i| format!("{i:04} {id} selftest step {:02} passed\n", i % 17)).collect()
+    (0..64)
+        .map(|i| format!("{i:04} {id} selftest step {:02} passed\n", i % 17))
+        .collect()
 }
 
 /// Settings of one simulated sensor.
@@ -187,15 +204,22 @@ impl Sensor {
             _ => senml::to_cbor(&pack).map(|b| (cf::SENML_CBOR, b)),
         };
         match encoded {
-            Ok((format, body)) => Response::content(format, body).with_max_age(self.interval.as_secs().max(1) as u32).into(),
-            Err(e) => Response::error(Code::InternalServerError, format!("encoding failed: {e}")).into(),
+            Ok((format, body)) => Response::content(format, body)
+                .with_max_age(self.interval.as_secs().max(1) as u32)
+                .into(),
+            Err(e) => {
+                Response::error(Code::InternalServerError, format!("encoding failed: {e}")).into()
+            }
         }
     }
 
     fn get_valve(&mut self, r: &Request<'_>) -> Reply {
         let state = if self.valve_open { "on" } else { "off" };
         match r.accept {
-            Some(cf::JSON) => Response::content(cf::JSON, format!("{{\"valve\":\"{state}\"}}").into_bytes()).into(),
+            Some(cf::JSON) => {
+                Response::content(cf::JSON, format!("{{\"valve\":\"{state}\"}}").into_bytes())
+                    .into()
+            }
             _ => Response::content(cf::TEXT_PLAIN, state.as_bytes().to_vec()).into(),
         }
     }
@@ -238,16 +262,24 @@ impl Sensor {
     fn get_config(&mut self, _r: &Request<'_>) -> Reply {
         match &self.config {
             None => Response::error(Code::NotFound, "no configuration stored yet").into(),
-            Some((body, format)) => {
-                Response { content_format: *format, payload: body.clone(), ..Response::code(Code::Content) }.into()
+            Some((body, format)) => Response {
+                content_format: *format,
+                payload: body.clone(),
+                ..Response::code(Code::Content)
             }
+            .into(),
         }
     }
 
     fn put_config(&mut self, r: &Request<'_>) -> Reply {
         let created = self.config.is_none();
         self.config = Some((r.payload.to_vec(), r.content_format));
-        Response::code(if created { Code::Created } else { Code::Changed }).into()
+        Response::code(if created {
+            Code::Created
+        } else {
+            Code::Changed
+        })
+        .into()
     }
 
     fn post_selftest(&mut self, r: &Request<'_>) -> Reply {
@@ -264,14 +296,24 @@ impl App for Sensor {
 
     fn handle_timeout(&mut self, now: Instant) -> Changed {
         let mut changed = Changed::NONE;
-        let (due, waiting): (Vec<_>, Vec<_>) = self.selftests.drain(..).partition(|(_, t)| *t <= now);
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.selftests.drain(..).partition(|(_, t)| *t <= now);
         self.selftests = waiting;
         for (ticket, _) in due {
             let body = format!("selftest of {} passed", self.id).into_bytes();
-            self.ready.push((ticket, Response { content_format: Some(cf::TEXT_PLAIN), payload: body, ..Response::code(Code::Changed) }));
+            self.ready.push((
+                ticket,
+                Response {
+                    content_format: Some(cf::TEXT_PLAIN),
+                    payload: body,
+                    ..Response::code(Code::Changed)
+                },
+            ));
         }
         if now >= self.next_sample {
-            self.temperature = round2((self.temperature + (next_unit(&mut self.rng) - 0.5) * 0.4).clamp(-40.0, 125.0));
+            self.temperature = round2(
+                (self.temperature + (next_unit(&mut self.rng) - 0.5) * 0.4).clamp(-40.0, 125.0),
+            );
             self.pressure = round2(self.pressure + (next_unit(&mut self.rng) - 0.5) * 40.0);
             self.next_sample += self.interval;
             if self.next_sample <= now {
@@ -290,10 +332,21 @@ impl App for Sensor {
 /// A stable 48-bit serial number derived from a device id: trailing decimal digits if the id
 /// has them (`sensor-0042` → 42), else a hash.
 pub fn serial_of(id: &str) -> u64 {
-    let digits: String = id.chars().rev().take_while(char::is_ascii_digit).collect::<Vec<_>>().into_iter().rev().collect();
+    let digits: String = id
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     match digits.parse::<u64>() {
         Ok(n) if !digits.is_empty() && n <= 0xffff_ffff_ffff => n,
-        _ => id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) & 0xffff_ffff_ffff,
+        _ => {
+            id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            }) & 0xffff_ffff_ffff
+        }
     }
 }
 

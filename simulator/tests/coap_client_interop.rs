@@ -3,6 +3,13 @@
 //!
 //! `scripts/test` installs libcoap; without it these tests fail, naming the missing tool.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -12,12 +19,25 @@ use v6iot_sdk::senml;
 
 /// The libcoap client binary: Debian ships it as `coap-client-notls` (also `-openssl`, `-gnutls`).
 fn coap_client() -> &'static str {
-    for name in ["coap-client-notls", "coap-client", "coap-client-openssl", "coap-client-gnutls"] {
-        if Command::new(name).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+    for name in [
+        "coap-client-notls",
+        "coap-client",
+        "coap-client-openssl",
+        "coap-client-gnutls",
+    ] {
+        if Command::new(name)
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return name;
         }
     }
-    panic!("libcoap's coap-client is not installed: run scripts/test (it installs Debian's libcoap3-bin)");
+    panic!(
+        "libcoap's coap-client is not installed: run scripts/test (it installs Debian's libcoap3-bin)"
+    );
 }
 
 /// A running `v6iot-sim device`, killed on drop; its log lines arrive on `log`.
@@ -30,7 +50,15 @@ struct Sim {
 impl Sim {
     fn start(id: &str, interval: &str) -> Sim {
         let mut child = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
-            .args(["device", "--bind", "[::1]:0", "--id", id, "--interval", interval])
+            .args([
+                "device",
+                "--bind",
+                "[::1]:0",
+                "--id",
+                id,
+                "--interval",
+                interval,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -39,7 +67,12 @@ impl Sim {
         let mut first = String::new();
         stdout.read_line(&mut first).unwrap();
         // "v6iot-sim device ID serving CoAP on [::1]:PORT (Ctrl-C to stop)"
-        let addr = first.split(" on ").nth(1).and_then(|r| r.split_whitespace().next()).expect("address line").to_owned();
+        let addr = first
+            .split(" on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("address line")
+            .to_owned();
         let (tx, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -53,18 +86,30 @@ impl Sim {
             let mut sink = Vec::new();
             let _ = stdout.read_to_end(&mut sink);
         });
-        Sim { child, uri: format!("coap://{addr}"), log }
+        Sim {
+            child,
+            uri: format!("coap://{addr}"),
+            log,
+        }
     }
 
     /// Runs coap-client with `args`, the last being the resource path appended to the URI.
     fn client(&self, args: &[&str], path: &str) -> Output {
         let uri = format!("{}{}", self.uri, path);
-        Command::new(coap_client()).args(args).arg(&uri).output().expect("run coap-client")
+        Command::new(coap_client())
+            .args(args)
+            .arg(&uri)
+            .output()
+            .expect("run coap-client")
     }
 
     fn text(&self, args: &[&str], path: &str) -> String {
         let out = self.client(args, path);
-        assert!(out.status.success(), "coap-client {args:?} {path} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "coap-client {args:?} {path} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8 output")
     }
 
@@ -97,7 +142,9 @@ impl Drop for Sim {
 
 fn expected_log(id: &str) -> String {
     // The documented format of /device/log, written out independently of the simulator.
-    (0..64).map(|i| format!("{i:04} {id} selftest step {:02} passed\n", i % 17)).collect()
+    (0..64)
+        .map(|i| format!("{i:04} {id} selftest step {:02} passed\n", i % 17))
+        .collect()
 }
 
 #[test]
@@ -106,13 +153,19 @@ fn discovery_lists_every_resource_with_attributes() {
     let body = sim.text(&["-m", "get", "-A", "40"], "/.well-known/core");
     let links: Vec<&str> = body.trim().split(',').collect();
     for (path, needles) in [
-        ("/sensors/temperature", &["rt=\"oic.r.temperature\"", "ct=\"112 110\"", "obs"][..]),
+        (
+            "/sensors/temperature",
+            &["rt=\"oic.r.temperature\"", "ct=\"112 110\"", "obs"][..],
+        ),
         ("/sensors/pressure", &["ct=\"112 110\"", "obs"]),
         ("/actuators/valve", &["ct=\"0 50\"", "obs", "if=\"core.a\""]),
         ("/device/info", &["rt=\"v6iot.info\""]),
         ("/device/log", &["ct=0"]),
     ] {
-        let link = links.iter().find(|l| l.starts_with(&format!("<{path}>"))).unwrap_or_else(|| panic!("{path} missing from {body}"));
+        let link = links
+            .iter()
+            .find(|l| l.starts_with(&format!("<{path}>")))
+            .unwrap_or_else(|| panic!("{path} missing from {body}"));
         for n in needles {
             assert!(link.contains(n), "{path}: `{n}` missing in {link}");
         }
@@ -132,12 +185,19 @@ fn get_in_both_senml_formats() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].name, "urn:dev:v6iot:fmt-0002:temperature");
     assert_eq!(records[0].unit.as_deref(), Some("Cel"));
-    let t = records[0].value.as_ref().and_then(senml::Value::as_f64).expect("numeric value");
+    let t = records[0]
+        .value
+        .as_ref()
+        .and_then(senml::Value::as_f64)
+        .expect("numeric value");
     assert!((-40.0..=125.0).contains(&t), "{t}");
 
     let dir = std::env::temp_dir().join(format!("v6iot-cbor-{}", std::process::id()));
     let file = dir.with_extension("cbor");
-    let out = sim.client(&["-m", "get", "-A", "112", "-o", file.to_str().unwrap()], "/sensors/pressure");
+    let out = sim.client(
+        &["-m", "get", "-A", "112", "-o", file.to_str().unwrap()],
+        "/sensors/pressure",
+    );
     assert!(out.status.success());
     let bytes = std::fs::read(&file).unwrap();
     let _ = std::fs::remove_file(&file);
@@ -160,7 +220,11 @@ fn put_switches_the_valve() {
     assert_eq!(sim.text(&["-m", "get"], "/actuators/valve").trim(), "off");
     sim.text(&["-m", "put", "-e", "on"], "/actuators/valve");
     assert_eq!(sim.text(&["-m", "get"], "/actuators/valve").trim(), "on");
-    assert_eq!(sim.text(&["-m", "get", "-A", "50"], "/actuators/valve").trim(), "{\"valve\":\"on\"}");
+    assert_eq!(
+        sim.text(&["-m", "get", "-A", "50"], "/actuators/valve")
+            .trim(),
+        "{\"valve\":\"on\"}"
+    );
     sim.text(&["-m", "put", "-t", "0", "-e", "off"], "/actuators/valve");
     assert_eq!(sim.text(&["-m", "get"], "/actuators/valve").trim(), "off");
     let bad = sim.error(&["-m", "put", "-e", "maybe"], "/actuators/valve");
@@ -173,9 +237,16 @@ fn put_switches_the_valve() {
 fn observe_gets_three_notifications_then_cancels() {
     let sim = Sim::start("obs-0004", "300ms");
     // -s 2: observe for 2 s, then libcoap deregisters (GET with Observe = 1).
-    let out = sim.text(&["-m", "get", "-s", "2", "-A", "110"], "/sensors/temperature");
+    let out = sim.text(
+        &["-m", "get", "-s", "2", "-A", "110"],
+        "/sensors/temperature",
+    );
     let packs: Vec<&str> = out.split("][").collect();
-    assert!(packs.len() >= 4, "registration response and ≥ 3 notifications, got {}: {out}", packs.len());
+    assert!(
+        packs.len() >= 4,
+        "registration response and ≥ 3 notifications, got {}: {out}",
+        packs.len()
+    );
     let mut times = Vec::new();
     for (i, p) in packs.iter().enumerate() {
         let text = match (i == 0, i == packs.len() - 1) {
@@ -184,10 +255,14 @@ fn observe_gets_three_notifications_then_cancels() {
             (false, true) => format!("[{p}"),
             (false, false) => format!("[{p}]"),
         };
-        let pack = senml::from_json(text.trim().as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let pack =
+            senml::from_json(text.trim().as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
         times.push(pack[0].bt.expect("base time"));
     }
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "notifications in order: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "notifications in order: {times:?}"
+    );
     sim.await_log(&["ObserveStarted", "ResourceId(0)"]);
     sim.await_log(&["ObserveEnded", "Deregistered"]);
 }
@@ -199,29 +274,60 @@ fn block2_download_matches_byte_for_byte() {
     assert!(expected.len() > 2048);
     for szx in ["16", "64", "256", "1024"] {
         let file = std::env::temp_dir().join(format!("v6iot-log-{}-{szx}", std::process::id()));
-        let out = sim.client(&["-m", "get", "-b", szx, "-o", file.to_str().unwrap()], "/device/log");
+        let out = sim.client(
+            &["-m", "get", "-b", szx, "-o", file.to_str().unwrap()],
+            "/device/log",
+        );
         assert!(out.status.success());
         let got = std::fs::read(&file).unwrap();
         let _ = std::fs::remove_file(&file);
         assert_eq!(got.len(), expected.len(), "block size {szx}");
-        assert!(got == expected.as_bytes(), "block size {szx}: content differs");
+        assert!(
+            got == expected.as_bytes(),
+            "block size {szx}: content differs"
+        );
     }
 }
 
 #[test]
 fn block1_upload_round_trips() {
     let sim = Sim::start("up-0006", "2s");
-    let body: String = (0..5000u32).map(|i| char::from(b'a' + (i.wrapping_mul(7) % 26) as u8)).collect();
+    let body: String = (0..5000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(7) % 26) as u8))
+        .collect();
     let src = std::env::temp_dir().join(format!("v6iot-up-{}", std::process::id()));
     std::fs::write(&src, &body).unwrap();
-    let created = sim.text(&["-m", "put", "-b", "64", "-t", "0", "-f", src.to_str().unwrap()], "/device/config");
-    assert!(!created.starts_with('4') && !created.starts_with('5'), "{created}");
+    let created = sim.text(
+        &[
+            "-m",
+            "put",
+            "-b",
+            "64",
+            "-t",
+            "0",
+            "-f",
+            src.to_str().unwrap(),
+        ],
+        "/device/config",
+    );
+    assert!(
+        !created.starts_with('4') && !created.starts_with('5'),
+        "{created}"
+    );
     let dst = src.with_extension("back");
-    let out = sim.client(&["-m", "get", "-b", "128", "-o", dst.to_str().unwrap()], "/device/config");
+    let out = sim.client(
+        &["-m", "get", "-b", "128", "-o", dst.to_str().unwrap()],
+        "/device/config",
+    );
     assert!(out.status.success());
     let back = std::fs::read(&dst).unwrap();
     let _ = (std::fs::remove_file(&src), std::fs::remove_file(&dst));
-    assert!(back == body.as_bytes(), "uploaded {} bytes, read back {}", body.len(), back.len());
+    assert!(
+        back == body.as_bytes(),
+        "uploaded {} bytes, read back {}",
+        body.len(),
+        back.len()
+    );
 }
 
 #[test]
@@ -230,17 +336,32 @@ fn separate_response_arrives_after_empty_ack() {
     let t0 = std::time::Instant::now();
     let out = sim.text(&["-m", "post"], "/device/selftest");
     assert_eq!(out.trim(), "selftest of sep-0007 passed");
-    assert!(t0.elapsed() >= Duration::from_millis(1400), "answered after the self test ran");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "answered after the self test ran"
+    );
 }
 
 #[test]
 fn errors_have_the_right_codes() {
     let sim = Sim::start("err-0008", "2s");
     assert!(sim.error(&["-m", "get"], "/no/such").starts_with("4.04"));
-    assert!(sim.error(&["-m", "delete"], "/sensors/temperature").starts_with("4.05"));
-    assert!(sim.error(&["-m", "post", "-e", "x"], "/.well-known/core").starts_with("4.05"));
+    assert!(
+        sim.error(&["-m", "delete"], "/sensors/temperature")
+            .starts_with("4.05")
+    );
+    assert!(
+        sim.error(&["-m", "post", "-e", "x"], "/.well-known/core")
+            .starts_with("4.05")
+    );
     // Unknown critical option 2049 (odd): 4.02 Bad Option.
-    assert!(sim.error(&["-m", "get", "-O", "2049,x"], "/device/info").starts_with("4.02"));
+    assert!(
+        sim.error(&["-m", "get", "-O", "2049,x"], "/device/info")
+            .starts_with("4.02")
+    );
     // The device keeps serving after errors.
-    assert!(sim.text(&["-m", "get"], "/device/info").contains("\"model\":\"v6iot-sim-sensor\""));
+    assert!(
+        sim.text(&["-m", "get"], "/device/info")
+            .contains("\"model\":\"v6iot-sim-sensor\"")
+    );
 }

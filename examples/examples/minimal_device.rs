@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use v6iot_sdk::coap::{App, Changed, Config, Device, Resource, ResourceId, ResourceTree, Response, content_format};
+use v6iot_sdk::coap::{
+    App, Changed, Config, Device, Resource, ResourceId, ResourceTree, Response, content_format,
+};
 
 /// The application state: a counter that ticks once a second.
 struct Counter {
@@ -31,7 +33,9 @@ impl App for Counter {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let bind = std::env::args().nth(1).unwrap_or_else(|| "[::1]:5684".into());
+    let bind = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "[::1]:5684".into());
 
     // 1. Describe the resources once; every device of this kind can share the tree.
     let mut tree = ResourceTree::new();
@@ -40,11 +44,18 @@ async fn main() -> anyhow::Result<()> {
             .rt("example.counter")
             .content_formats(&[content_format::TEXT_PLAIN])
             .observable()
-            .get(|c: &mut Counter, _| Response::content(content_format::TEXT_PLAIN, c.count.to_string().into_bytes()).into()),
+            .get(|c: &mut Counter, _| {
+                Response::content(content_format::TEXT_PLAIN, c.count.to_string().into_bytes())
+                    .into()
+            }),
     )?;
 
     // 2. Make the device: protocol state + tree + application state.
-    let app = Counter { count: 0, next_tick: Instant::now() + Duration::from_secs(1), id: Some(id) };
+    let app = Counter {
+        count: 0,
+        next_tick: Instant::now() + Duration::from_secs(1),
+        id: Some(id),
+    };
     let mut device = Device::new(Config::default(), 1, Arc::new(tree), app);
 
     // 3. Run it on a UDP socket until Ctrl-C.
@@ -53,6 +64,12 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    v6iot_sdk::driver::run(&socket, &mut device, |event| println!("{event:?}"), shutdown).await?;
+    v6iot_sdk::driver::run(
+        &socket,
+        &mut device,
+        |event| println!("{event:?}"),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -46,9 +46,16 @@ fn tree() -> Arc<ResourceTree<Fz>> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let config = Config { block_szx: 2, max_body: 2048, ..Config::default() };
+    let config = Config {
+        block_szx: 2,
+        max_body: 2048,
+        ..Config::default()
+    };
     let mut device = Device::new(config, 1, tree(), Fz::default());
-    let peers: [SocketAddr; 2] = ["[2001:db8::1]:5683".parse().unwrap(), "[2001:db8::2]:40000".parse().unwrap()];
+    let peers: [SocketAddr; 2] = [
+        "[2001:db8::1]:5683".parse().unwrap(),
+        "[2001:db8::2]:40000".parse().unwrap(),
+    ];
     let start = Instant::now();
     let mut now = start;
     // Frame: [len][peer/time byte][len bytes of datagram] ...
@@ -69,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = device.respond_separately(now, t, Response::code(Code::Changed));
         }
         while let Some(t) = device.poll_transmit() {
-            assert!(wire::parse(&t.contents).is_ok(), "the core sent a malformed message");
+            assert!(
+                wire::parse(&t.contents).is_ok(),
+                "the core sent a malformed message"
+            );
         }
         while device.poll_event().is_some() {}
     }

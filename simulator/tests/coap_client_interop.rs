@@ -365,3 +365,54 @@ fn errors_have_the_right_codes() {
             .contains("\"model\":\"v6iot-sim-sensor\"")
     );
 }
+
+/// Binds a global address of the v6iot plan inside a private network namespace (so no packet
+/// can leave the machine) and queries the device there with coap-client.
+#[test]
+fn serves_on_a_global_plan_address_inside_a_namespace() {
+    let addr = "2001:db8:1200:305:12:3456:78ab:cdef";
+    let planned = v6iot_sdk::addr::DeviceAddress::parse(addr.parse().unwrap())
+        .expect("address fits the plan");
+    assert_eq!(
+        (
+            planned.plant(),
+            planned.line(),
+            planned.class(),
+            planned.serial()
+        ),
+        (3, 5, 0x12, 0x3456_78ab_cdef)
+    );
+    let script = r#"
+        set -eu
+        ip link set lo up
+        ip -6 addr add "$ADDR/64" dev lo nodad
+        exec 3< <(exec "$SIM" device --bind "[$ADDR]:5683" --id ns-0009 2>/dev/null)
+        read -r first <&3
+        echo "$first"
+        "$CLIENT" -m get "coap://[$ADDR]:5683/device/info"
+        echo
+        "$CLIENT" -m get -A 110 "coap://[$ADDR]:5683/sensors/temperature"
+    "#;
+    let out = Command::new("unshare")
+        .args(["--net", "--", "bash", "-c", script])
+        .env("ADDR", addr)
+        .env("SIM", env!("CARGO_BIN_EXE_v6iot-sim"))
+        .env("CLIENT", coap_client())
+        .output()
+        .expect("unshare (util-linux) must be installed; this test needs root to create a network namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "namespace script failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("serving CoAP on [{addr}]:5683")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("\"address\":\"{addr}\"")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("urn:dev:v6iot:ns-0009:"), "{stdout}");
+}

@@ -1,8 +1,12 @@
 //! `v6iot-cloud-bridge`: the north side of the edge router.
 //!
-//! It will carry normalised records to the platform over MQTT (rumqttc + rustls) and WebSocket,
-//! keep a durable outbox, and bring commands back down (see `ARCHITECTURE.md`). This crate is a
-//! placeholder until the data-path issue lands: it only reports its version.
+//! It carries records to the platform over MQTT (rumqttc + rustls) and WebSocket, keeps a
+//! durable outbox, and brings commands back down (see `ARCHITECTURE.md`).
+//!
+//! | module | job |
+//! |---|---|
+//! | [`message`] | `OutboundMessage`: one MQTT message with its record id |
+//! | [`topics`] | the topic convention of shared/DESIGN.md §9 |
 
-/// The crate's version, as built.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod message;
+pub mod topics;

@@ -1,8 +1,15 @@
 //! `v6iot-edge-router`: the plant-side edge router of v6iot.
 //!
-//! It will hold the 6LoWPAN border router, the CoAP ingress, the authentication gateway, the
-//! device registry and audit trail, and the downlink queue (see `ARCHITECTURE.md`). This crate
-//! is a placeholder until the data-path issue lands: it only reports its version.
+//! # Layers and the I/O boundary
+//!
+//! | module | job |
+//! |---|---|
+//! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
+//!
+//! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
+//! connection; the cores above only see datagrams, times and results.
+
+pub mod ingress;
 
 /// The crate's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

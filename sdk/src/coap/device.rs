@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::config::Config;
-use super::endpoint::{Endpoint, Event, SeparateError, Transmit};
+use super::endpoint::{Endpoint, Event, RequestId, RequestOutcome, SeparateError, Transmit};
 use super::resource::{Changed, ResourceTree, Response, Ticket};
+use crate::uplink::{QueueFull, Registration, Reporter, UplinkConfig};
 
 /// The application side of a device: its own timers, and which resources changed.
 pub trait App {
@@ -30,6 +31,24 @@ pub trait App {
     fn poll_answer(&mut self) -> Option<(Ticket, Response)> {
         None
     }
+
+    /// A telemetry report to send north (content format, body), polled after
+    /// [`App::handle_timeout`] until `None`. Used when the device has an uplink.
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        None
+    }
+
+    /// The outcome of a request the application sent itself through
+    /// [`Device::endpoint_mut`].
+    fn handle_response(&mut self, _now: Instant, _id: RequestId, _outcome: RequestOutcome) {}
+}
+
+/// Registration and reporting state of a device that talks to an edge router.
+#[derive(Debug)]
+struct Uplink {
+    registration: Registration,
+    reporter: Reporter,
+    links: String,
 }
 
 /// An application with no timers and no state, for trees whose handlers need none.
@@ -43,6 +62,7 @@ pub struct Device<S> {
     endpoint: Endpoint,
     tree: Arc<ResourceTree<S>>,
     app: S,
+    uplink: Option<Box<Uplink>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Device<S> {
@@ -61,6 +81,85 @@ impl<S: App> Device<S> {
             endpoint: Endpoint::new(config, seed),
             tree,
             app,
+            uplink: None,
+        }
+    }
+
+    /// Makes the device register with the edge router in `config` (from `now` on) and send
+    /// the reports its [`App`] produces.
+    pub fn with_uplink(mut self, now: Instant, config: UplinkConfig) -> Self {
+        let registration = Registration::new(
+            now,
+            config.server,
+            config.endpoint,
+            config.lifetime,
+            config.binding,
+        );
+        let reporter = Reporter::new(config.server, config.max_queued_reports);
+        let links = self.tree.link_format(&[]);
+        self.uplink = Some(Box::new(Uplink {
+            registration,
+            reporter,
+            links,
+        }));
+        self.drive_uplink(now);
+        self
+    }
+
+    /// Queues a telemetry report (SenML-CBOR 112 or SenML-JSON 110) for the edge router.
+    pub fn report(
+        &mut self,
+        now: Instant,
+        content_format: u16,
+        payload: Vec<u8>,
+    ) -> Result<(), QueueFull> {
+        let uplink = self.uplink.as_mut().ok_or(QueueFull)?;
+        uplink.reporter.report(content_format, payload)?;
+        self.drive_uplink(now);
+        Ok(())
+    }
+
+    /// The registration client, if the device has an uplink.
+    pub fn registration(&self) -> Option<&Registration> {
+        self.uplink.as_ref().map(|u| &u.registration)
+    }
+
+    /// The telemetry reporter, if the device has an uplink.
+    pub fn reporter(&self) -> Option<&Reporter> {
+        self.uplink.as_ref().map(|u| &u.reporter)
+    }
+
+    /// Deregisters from the edge router (sends `DELETE /rd/{location}`).
+    pub fn deregister(&mut self, now: Instant) {
+        if let Some(u) = self.uplink.as_mut() {
+            u.registration.deregister(now, &mut self.endpoint);
+        }
+    }
+
+    /// The protocol endpoint, mutably (to send requests of the application's own).
+    pub fn endpoint_mut(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+
+    /// Routes finished requests to the registration, the reporter or the application, then
+    /// lets the registration and reporter send what is due.
+    fn drive_uplink(&mut self, now: Instant) {
+        while let Some((id, outcome)) = self.endpoint.poll_response() {
+            let taken = self.uplink.as_mut().is_some_and(|u| {
+                u.registration.handle_outcome(now, id, &outcome)
+                    || u.reporter.handle_outcome(now, id, &outcome)
+            });
+            if !taken {
+                self.app.handle_response(now, id, outcome);
+            }
+        }
+        if let Some(u) = self.uplink.as_mut() {
+            if u.reporter.take_needs_registration() {
+                u.registration.reregister(now);
+            }
+            u.registration.poll(now, &mut self.endpoint, &u.links);
+            u.reporter
+                .poll(now, &mut self.endpoint, u.registration.is_registered());
         }
     }
 
@@ -68,6 +167,7 @@ impl<S: App> Device<S> {
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
         self.endpoint
             .handle_datagram(now, peer, bytes, &self.tree, &mut self.app);
+        self.drive_uplink(now);
     }
 
     /// The next datagram to send.
@@ -85,10 +185,14 @@ impl<S: App> Device<S> {
     /// The earliest of the endpoint's and the application's wake-up times.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.endpoint.poll_timeout(), self.app.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let uplink = self.uplink.as_ref().map_or([None, None], |u| {
+            [u.registration.poll_timeout(), u.reporter.poll_timeout()]
+        });
+        [self.endpoint.poll_timeout(), self.app.poll_timeout()]
+            .into_iter()
+            .chain(uplink)
+            .flatten()
+            .min()
     }
 
     /// Lets time pass for both the endpoint and the application; notifies observers of
@@ -103,7 +207,14 @@ impl<S: App> Device<S> {
                 // already reported that as an event.
                 let _ = self.endpoint.respond_separately(now, ticket, response);
             }
+            while let Some((format, body)) = self.app.poll_report() {
+                if let Some(u) = self.uplink.as_mut() {
+                    // A full queue refuses the report; the reporter counts it.
+                    let _ = u.reporter.report(format, body);
+                }
+            }
         }
+        self.drive_uplink(now);
     }
 
     /// Notifies observers of the resources in `changed` (for changes the application makes

@@ -21,6 +21,10 @@ use super::resource::{
 };
 use super::wire::{self, Block};
 
+mod client;
+
+pub use client::{ClientRequest, ClientResponse, RequestId, RequestOutcome};
+
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -159,6 +163,7 @@ struct Observer {
 enum Purpose {
     Notification(Token),
     Separate,
+    Request(RequestId),
 }
 
 /// A Confirmable message awaiting its ACK.
@@ -249,6 +254,9 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     notify_after: Option<ResourceId>,
+    exchanges: Vec<client::Exchange>,
+    outcomes: VecDeque<(RequestId, RequestOutcome)>,
+    next_request: u32,
     stats: Stats,
 }
 
@@ -272,6 +280,9 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             notify_after: None,
+            exchanges: Vec::new(),
+            outcomes: VecDeque::new(),
+            next_request: 0,
             stats: Stats::default(),
         }
     }
@@ -321,6 +332,8 @@ impl Endpoint {
                 .map(|t| t.contents.capacity())
                 .sum::<usize>()
             + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.exchanges.capacity() * std::mem::size_of::<client::Exchange>()
+            + self.outcomes.capacity() * std::mem::size_of::<(RequestId, RequestOutcome)>()
     }
 
     /// The next datagram to send, if any.
@@ -342,7 +355,12 @@ impl Endpoint {
         let seen = self.seen.iter().map(|s| s.expires);
         let uploads = self.uploads.iter().map(|u| u.expires);
         let deferred = self.deferred.iter().map(|d| d.expires);
-        retransmit.chain(seen).chain(uploads).chain(deferred).min()
+        retransmit
+            .chain(seen)
+            .chain(uploads)
+            .chain(deferred)
+            .chain(self.request_deadline())
+            .min()
     }
 
     /// Lets time pass: retransmits, gives up, and forgets what has expired.
@@ -400,15 +418,26 @@ impl Endpoint {
                 return;
             }
         };
+        let class = wire::code_class(header.code);
         match (header.code, header.kind) {
-            (0, kind) => self.handle_empty(peer, header.message_id, kind),
-            (code, MessageType::Confirmable | MessageType::NonConfirmable)
-                if wire::code_class(code) == 0 =>
-            {
+            (0, kind) => self.handle_empty(now, peer, header.message_id, kind),
+            (_, MessageType::Reset) => self.stats.unexpected += 1,
+            (_, MessageType::Confirmable | MessageType::NonConfirmable)
+                if self.repeat_reply(peer, header.message_id, header.kind) => {}
+            (_, MessageType::Confirmable | MessageType::NonConfirmable) if class == 0 => {
                 self.handle_request(now, peer, &packet, tree, state);
             }
+            (_, kind) if (2..=5).contains(&class) => {
+                if !self.handle_response(now, peer, &packet) {
+                    // A response we did not ask for (RFC 7252 §4.2: reject a Confirmable one).
+                    self.stats.unexpected += 1;
+                    if kind == MessageType::Confirmable {
+                        self.send_reset(peer, header.message_id);
+                    }
+                }
+            }
             (_, MessageType::Confirmable) => {
-                // A response or reserved code we did not ask for (RFC 7252 §4.2: reject).
+                // A reserved code class (RFC 7252 §4.2: reject).
                 self.stats.unexpected += 1;
                 self.send_reset(peer, header.message_id);
             }
@@ -556,7 +585,31 @@ impl Endpoint {
 
     // ----- input paths -----
 
-    fn handle_empty(&mut self, peer: SocketAddr, message_id: u16, kind: MessageType) {
+    /// A Confirmable or Non-confirmable message ID seen within EXCHANGE_LIFETIME: repeat the
+    /// reply to a Confirmable one, drop either (RFC 7252 §4.5). True when it was a duplicate.
+    fn repeat_reply(&mut self, peer: SocketAddr, message_id: u16, kind: MessageType) -> bool {
+        let Some(seen) = self
+            .seen
+            .iter()
+            .find(|s| s.peer == peer && s.message_id == message_id)
+        else {
+            return false;
+        };
+        self.stats.duplicates += 1;
+        if let Some(reply) = seen
+            .reply
+            .as_ref()
+            .filter(|_| kind == MessageType::Confirmable)
+        {
+            self.transmits.push_back(Transmit {
+                destination: peer,
+                contents: reply.to_vec(),
+            });
+        }
+        true
+    }
+
+    fn handle_empty(&mut self, now: Instant, peer: SocketAddr, message_id: u16, kind: MessageType) {
         match kind {
             // CoAP ping (RFC 7252 §4.3): answer with Reset.
             MessageType::Confirmable => self.send_reset(peer, message_id),
@@ -566,7 +619,10 @@ impl Endpoint {
                     .iter()
                     .position(|f| f.peer == peer && f.message_id == message_id)
                 {
-                    self.in_flight.swap_remove(pos);
+                    let f = self.in_flight.swap_remove(pos);
+                    if let Purpose::Request(id) = f.purpose {
+                        self.request_acknowledged(now, id);
+                    }
                 } else {
                     self.stats.unexpected += 1;
                 }
@@ -609,20 +665,6 @@ impl Endpoint {
     ) {
         let message_id = packet.header.message_id;
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        if let Some(seen) = self
-            .seen
-            .iter()
-            .find(|s| s.peer == peer && s.message_id == message_id)
-        {
-            self.stats.duplicates += 1;
-            if let Some(reply) = seen.reply.as_ref().filter(|_| confirmable) {
-                self.transmits.push_back(Transmit {
-                    destination: peer,
-                    contents: reply.to_vec(),
-                });
-            }
-            return;
-        }
         let token = Token::from_slice(packet.get_token());
         let outcome = self.process(now, peer, packet, token, confirmable, tree, state);
         let reply = match outcome {
@@ -1103,6 +1145,14 @@ impl Endpoint {
                     self.push_event(Event::SeparateResponseFailed { peer });
                 }
             }
+            Purpose::Request(id) => {
+                let outcome = if reason == ObserveEnd::Reset {
+                    RequestOutcome::Reset
+                } else {
+                    RequestOutcome::Timeout
+                };
+                self.finish_request(id, outcome);
+            }
         }
     }
 
@@ -1178,6 +1228,7 @@ impl Endpoint {
             self.seen.pop_front();
         }
         self.uploads.retain(|u| u.expires > now);
+        self.expire_requests(now);
         let mut failed = Vec::new();
         self.deferred.retain(|d| {
             let keep = d.expires > now;

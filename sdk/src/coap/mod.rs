@@ -45,7 +45,10 @@ pub mod wire;
 
 pub use config::Config;
 pub use device::{App, Device, NoTimers};
-pub use endpoint::{Endpoint, Event, ObserveEnd, SeparateError, Stats, Transmit};
+pub use endpoint::{
+    ClientRequest, ClientResponse, Endpoint, Event, ObserveEnd, RequestId, RequestOutcome,
+    SeparateError, Stats, Transmit,
+};
 pub use resource::{
     Changed, Code, Handler, LinkAttrs, Method, Reply, Request, Resource, ResourceId, ResourceTree,
     Response, Ticket, TreeError, content_format,

@@ -1,0 +1,704 @@
+//! The CoAP ingress of the edge router, sans-IO: registrations (RFC 9176 Resource Directory
+//! with LwM2M's binding), telemetry (`POST /t`, SenML-CBOR or SenML-JSON), deduplication, and
+//! the rule that a telemetry request is acknowledged only once its record is durable.
+//!
+//! Datagrams come in through [`Ingress::handle_datagram`]; records to store come out through
+//! [`Ingress::poll_append`]; the driver reports each store's result with
+//! [`Ingress::handle_appended`], and only then does the device get its ACK (2.04, or 5.03 with
+//! Max-Age when the outbox is full). Nothing here touches a socket, a file or a clock.
+//!
+//! The core knows devices by their source address until the authentication gateway (OSCORE)
+//! binds them to a cryptographic identity.
+
+pub mod registry;
+mod reply;
+mod telemetry;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use v6iot_cloud_bridge::message::NewMessage;
+use v6iot_cloud_bridge::topics::{Topics, valid_level};
+use v6iot_sdk::coap::content_format;
+use v6iot_sdk::coap::wire;
+
+pub use registry::{Binding, Directory, Registration};
+use reply::Reply;
+
+/// Settings of the ingress.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Topic names for the records.
+    pub topics: Topics,
+    /// Lifetimes outside this range are clamped into it.
+    pub min_lifetime: Duration,
+    /// Longest lifetime granted.
+    pub max_lifetime: Duration,
+    /// Lifetime when a registration names none (RFC 9176 says 90000 s).
+    pub default_lifetime: Duration,
+    /// Largest request body accepted (registration links or telemetry), in bytes.
+    pub max_body: usize,
+    /// How long duplicates of a message are recognised (EXCHANGE_LIFETIME).
+    pub exchange_lifetime: Duration,
+}
+
+impl IngressConfig {
+    /// Defaults for `topics`.
+    pub fn new(topics: Topics) -> IngressConfig {
+        IngressConfig {
+            topics,
+            min_lifetime: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(90_000),
+            default_lifetime: Duration::from_secs(90_000),
+            max_body: 4096,
+            exchange_lifetime: Duration::from_secs(247),
+        }
+    }
+}
+
+/// Identifies a record waiting to be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppendTicket(u64);
+
+/// A message for the outbox. With a ticket, a device waits for the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// `Some` when a device's acknowledgement waits for this store.
+    pub ticket: Option<AppendTicket>,
+    /// The message.
+    pub message: NewMessage,
+}
+
+/// The outcome of storing a record, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendResult {
+    /// Durable.
+    Stored,
+    /// The outbox is full; the device should retry after this long.
+    Full {
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// Storing failed (I/O error); the device gets 5.00 and may retry.
+    Failed,
+}
+
+/// Something worth logging or counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IngressEvent {
+    /// A device registered.
+    Registered {
+        /// Endpoint name.
+        endpoint: String,
+        /// Its address.
+        address: SocketAddr,
+    },
+    /// A registered device now sends from another address.
+    AddressChanged {
+        /// Endpoint name.
+        endpoint: String,
+        /// Old address.
+        from: SocketAddr,
+        /// New address.
+        to: SocketAddr,
+    },
+    /// A device deregistered.
+    Deregistered {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// A registration ran out.
+    Expired {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// A request was refused.
+    Refused {
+        /// Who sent it.
+        peer: SocketAddr,
+        /// The code sent.
+        code: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Counters. Every datagram lands in exactly one of the first group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngressStats {
+    /// Datagrams handed in.
+    pub datagrams: u64,
+    /// Not CoAP.
+    pub malformed: u64,
+    /// Retransmissions recognised.
+    pub duplicates: u64,
+    /// ACK, RST or responses nobody waited for.
+    pub unexpected: u64,
+    /// Requests answered or pending.
+    pub requests: u64,
+    /// Registrations (new or replacing).
+    pub registrations: u64,
+    /// Registration updates.
+    pub updates: u64,
+    /// Deregistrations.
+    pub deregistrations: u64,
+    /// Registrations that expired.
+    pub expirations: u64,
+    /// Telemetry records stored and acknowledged.
+    pub telemetry_stored: u64,
+    /// Telemetry refused with 5.03 because the outbox was full.
+    pub telemetry_busy: u64,
+    /// Requests refused with 4.xx.
+    pub refused: u64,
+    /// Records that could not be stored (5.00).
+    pub store_failures: u64,
+}
+
+#[derive(Debug)]
+struct Recent {
+    message_id: u16,
+    expires: Instant,
+    reply: Reply,
+}
+
+struct Waiting {
+    peer: SocketAddr,
+    message_id: u16,
+    token: Vec<u8>,
+    confirmable: bool,
+}
+
+/// Message IDs remembered per peer; a device with NSTART = 1 has far fewer in flight.
+const RECENT_PER_PEER: usize = 8;
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The ingress state machine. See the module docs.
+pub struct Ingress {
+    config: IngressConfig,
+    directory: Directory,
+    recent: HashMap<SocketAddr, VecDeque<Recent>>,
+    waiting: HashMap<AppendTicket, Waiting>,
+    appends: VecDeque<Append>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<IngressEvent>,
+    stats: IngressStats,
+    next_ticket: u64,
+    record_ids: telemetry::RecordIds,
+    next_sweep: Option<Instant>,
+    next_message_id: u16,
+}
+
+const MAX_EVENTS: usize = 1024;
+
+impl Ingress {
+    /// A fresh ingress. `record_id_base` makes record ids unique across restarts: pass the
+    /// boot time in Unix milliseconds (ids are `base × 2^20 + n`).
+    pub fn new(config: IngressConfig, record_id_base: u64) -> Ingress {
+        Ingress {
+            config,
+            directory: Directory::new(),
+            recent: HashMap::new(),
+            waiting: HashMap::new(),
+            appends: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: IngressStats::default(),
+            next_ticket: 0,
+            record_ids: telemetry::RecordIds::new(record_id_base),
+            next_sweep: None,
+            next_message_id: (record_id_base & 0xffff) as u16,
+        }
+    }
+
+    fn take_message_id(&mut self) -> u16 {
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        self.next_message_id
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &IngressStats {
+        &self.stats
+    }
+
+    /// The device directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Next datagram to send: (destination, bytes).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// Next message to store in the outbox.
+    #[must_use]
+    pub fn poll_append(&mut self) -> Option<Append> {
+        self.appends.pop_front()
+    }
+
+    /// Next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<IngressEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Ingress::handle_timeout`] is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.directory.next_expiry(), self.next_sweep]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Expires registrations and forgets old message IDs.
+    pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
+        for reg in self.directory.expire(now) {
+            self.stats.expirations += 1;
+            self.status(
+                unix_ms,
+                &reg.endpoint,
+                "gone",
+                Some(reg.address),
+                Some("expired"),
+            );
+            self.event(IngressEvent::Expired {
+                endpoint: reg.endpoint,
+            });
+        }
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.recent.retain(|_, list| {
+                list.retain(|r| r.expires > now);
+                !list.is_empty()
+            });
+            self.next_sweep = (!self.recent.is_empty()).then(|| now + SWEEP_EVERY);
+        }
+    }
+
+    /// Handles one datagram. `unix_ms` is the wall-clock time, for record times.
+    pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
+        self.stats.datagrams += 1;
+        let Ok(header) = wire::raw_header(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(packet) = wire::parse(bytes) else {
+            self.stats.malformed += 1;
+            if header.kind == MessageType::Confirmable {
+                self.transmits
+                    .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+            }
+            return;
+        };
+        let confirmable = header.kind == MessageType::Confirmable;
+        match (header.code, header.kind) {
+            (0, MessageType::Confirmable) => {
+                self.transmits
+                    .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+                return;
+            }
+            (code, MessageType::Confirmable | MessageType::NonConfirmable)
+                if wire::is_request_code(code) => {}
+            _ => {
+                self.stats.unexpected += 1;
+                if confirmable {
+                    self.transmits
+                        .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+                }
+                return;
+            }
+        }
+        if self.repeat(peer, header.message_id, confirmable) {
+            return;
+        }
+        self.stats.requests += 1;
+        let outcome = self.route(now, unix_ms, peer, &packet);
+        let reply = match outcome {
+            Outcome::Now(response) => {
+                if response.code.is_error() {
+                    self.stats.refused += 1;
+                    self.event(IngressEvent::Refused {
+                        peer,
+                        code: MessageClass::Response(response.code).to_string(),
+                        reason: String::from_utf8_lossy(&response.payload).into_owned(),
+                    });
+                }
+                let bytes =
+                    reply::response(&packet, confirmable, self.take_message_id(), &response);
+                self.transmits.push_back((peer, bytes.clone()));
+                if confirmable {
+                    Reply::Sent(bytes.into_boxed_slice())
+                } else {
+                    Reply::Silent
+                }
+            }
+            Outcome::Waiting(ticket) => {
+                self.waiting.insert(
+                    ticket,
+                    Waiting {
+                        peer,
+                        message_id: header.message_id,
+                        token: packet.get_token().to_vec(),
+                        confirmable,
+                    },
+                );
+                Reply::Pending
+            }
+        };
+        self.remember(now, peer, header.message_id, reply);
+    }
+
+    /// Reports the outcome of storing the record with `ticket`; the device gets its answer.
+    pub fn handle_appended(&mut self, ticket: AppendTicket, result: AppendResult) {
+        let Some(w) = self.waiting.remove(&ticket) else {
+            return;
+        };
+        let response = match result {
+            AppendResult::Stored => {
+                self.stats.telemetry_stored += 1;
+                reply::Response::code(ResponseType::Changed)
+            }
+            AppendResult::Full { retry_after } => {
+                self.stats.telemetry_busy += 1;
+                let secs = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+                reply::Response::error(ResponseType::ServiceUnavailable, "outbox full, retry later")
+                    .max_age(secs)
+            }
+            AppendResult::Failed => {
+                self.stats.store_failures += 1;
+                reply::Response::error(
+                    ResponseType::InternalServerError,
+                    "record could not be stored",
+                )
+            }
+        };
+        let mut request = Packet::new();
+        request.header.message_id = w.message_id;
+        request.set_token(w.token);
+        let bytes = reply::response(&request, w.confirmable, self.take_message_id(), &response);
+        self.transmits.push_back((w.peer, bytes.clone()));
+        if let Some(r) = self
+            .recent
+            .get_mut(&w.peer)
+            .and_then(|l| l.iter_mut().find(|r| r.message_id == w.message_id))
+        {
+            r.reply = if w.confirmable {
+                Reply::Sent(bytes.into_boxed_slice())
+            } else {
+                Reply::Silent
+            };
+        }
+    }
+
+    /// Requests waiting for their record to be stored.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn repeat(&mut self, peer: SocketAddr, message_id: u16, confirmable: bool) -> bool {
+        let Some(r) = self
+            .recent
+            .get(&peer)
+            .and_then(|l| l.iter().find(|r| r.message_id == message_id))
+        else {
+            return false;
+        };
+        self.stats.duplicates += 1;
+        if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
+            self.transmits.push_back((peer, bytes.to_vec()));
+        }
+        true
+    }
+
+    fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, reply: Reply) {
+        let list = self.recent.entry(peer).or_default();
+        if list.len() >= RECENT_PER_PEER {
+            list.pop_front();
+        }
+        list.push_back(Recent {
+            message_id,
+            expires: now + self.config.exchange_lifetime,
+            reply,
+        });
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+    }
+
+    fn route(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) -> Outcome {
+        if let Some(n) = wire::unknown_critical_option(packet) {
+            return Outcome::error(
+                ResponseType::BadOption,
+                format!("unrecognized critical option {n}"),
+            );
+        }
+        let Some(path) = strings(packet, CoapOption::UriPath) else {
+            return Outcome::error(ResponseType::BadRequest, "Uri-Path is not UTF-8");
+        };
+        let Some(query) = strings(packet, CoapOption::UriQuery) else {
+            return Outcome::error(ResponseType::BadRequest, "Uri-Query is not UTF-8");
+        };
+        let Ok(format) = wire::uint_option(packet, CoapOption::ContentFormat, 2) else {
+            return Outcome::error(ResponseType::BadRequest, "malformed Content-Format");
+        };
+        if packet.payload.len() > self.config.max_body {
+            return Outcome::error(
+                ResponseType::RequestEntityTooLarge,
+                format!("bodies are limited to {} bytes", self.config.max_body),
+            );
+        }
+        let method = match packet.header.code {
+            MessageClass::Request(m) => m,
+            _ => RequestType::UnKnown,
+        };
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        match (method, path.as_slice()) {
+            (RequestType::Post, ["rd"]) => {
+                self.register(now, unix_ms, peer, &query, format, &packet.payload)
+            }
+            (RequestType::Post, ["rd", loc]) => self.update(now, unix_ms, peer, loc, &query),
+            (RequestType::Delete, ["rd", loc]) => self.deregister(unix_ms, loc),
+            (RequestType::Post, ["t"]) => {
+                self.telemetry(now, unix_ms, peer, format, &packet.payload)
+            }
+            (_, ["rd"] | ["rd", _] | ["t"]) => Outcome::error(
+                ResponseType::MethodNotAllowed,
+                "use POST (DELETE for /rd/{location})",
+            ),
+            _ => Outcome::error(
+                ResponseType::NotFound,
+                format!("no resource /{}", path.join("/")),
+            ),
+        }
+    }
+
+    fn register(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        query: &[String],
+        format: Option<u32>,
+        body: &[u8],
+    ) -> Outcome {
+        let Some(ep) = query_value(query, "ep") else {
+            return Outcome::error(ResponseType::BadRequest, "registration needs ep=NAME");
+        };
+        if !valid_level(ep) || ep.len() > 64 {
+            return Outcome::error(
+                ResponseType::BadRequest,
+                format!(
+                    "endpoint name `{ep}` is not usable (1-64 chars, no / + # NUL, not starting with _)"
+                ),
+            );
+        }
+        let lifetime = match query_value(query, "lt").map(str::parse::<u64>) {
+            None => self.config.default_lifetime,
+            Some(Ok(s)) => {
+                Duration::from_secs(s).clamp(self.config.min_lifetime, self.config.max_lifetime)
+            }
+            Some(Err(_)) => {
+                return Outcome::error(ResponseType::BadRequest, "lt must be a number of seconds");
+            }
+        };
+        let binding = match query_value(query, "b").map(Binding::parse) {
+            None => Binding::U,
+            Some(Some(b)) => b,
+            Some(None) => return Outcome::error(ResponseType::BadRequest, "b must be U or UQ"),
+        };
+        if format.is_some_and(|f| f != u32::from(content_format::LINK_FORMAT)) {
+            return Outcome::error(
+                ResponseType::UnsupportedContentFormat,
+                "registrations carry application/link-format (40)",
+            );
+        }
+        let Ok(links) = String::from_utf8(body.to_vec()) else {
+            return Outcome::error(ResponseType::BadRequest, "link-format payload is not UTF-8");
+        };
+        let (location, how) = self
+            .directory
+            .register(now, ep, peer, lifetime, binding, links);
+        self.stats.registrations += 1;
+        if let registry::Registered::Replaced {
+            moved_from: Some(from),
+        } = how
+        {
+            self.event(IngressEvent::AddressChanged {
+                endpoint: ep.to_owned(),
+                from,
+                to: peer,
+            });
+        }
+        self.status(
+            unix_ms,
+            ep,
+            "registered",
+            Some(peer),
+            Some(binding.as_str()),
+        );
+        self.event(IngressEvent::Registered {
+            endpoint: ep.to_owned(),
+            address: peer,
+        });
+        let mut r = reply::Response::code(ResponseType::Created);
+        r.location = vec!["rd".to_owned(), location.to_string()];
+        Outcome::Now(r)
+    }
+
+    fn update(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        loc: &str,
+        query: &[String],
+    ) -> Outcome {
+        let lifetime = match query_value(query, "lt").map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(s)) => Some(
+                Duration::from_secs(s).clamp(self.config.min_lifetime, self.config.max_lifetime),
+            ),
+            Some(Err(_)) => {
+                return Outcome::error(ResponseType::BadRequest, "lt must be a number of seconds");
+            }
+        };
+        let Some(location) = loc.parse::<u32>().ok() else {
+            return Outcome::error(ResponseType::NotFound, format!("no registration /rd/{loc}"));
+        };
+        let Some((reg, moved)) = self.directory.update(now, location, peer, lifetime) else {
+            return Outcome::error(ResponseType::NotFound, format!("no registration /rd/{loc}"));
+        };
+        let endpoint = reg.endpoint.clone();
+        self.stats.updates += 1;
+        if let Some(from) = moved {
+            self.status(unix_ms, &endpoint, "registered", Some(peer), None);
+            self.event(IngressEvent::AddressChanged {
+                endpoint,
+                from,
+                to: peer,
+            });
+        }
+        Outcome::Now(reply::Response::code(ResponseType::Changed))
+    }
+
+    fn deregister(&mut self, unix_ms: u64, loc: &str) -> Outcome {
+        let Some(reg) = loc
+            .parse::<u32>()
+            .ok()
+            .and_then(|l| self.directory.remove_location(l))
+        else {
+            return Outcome::error(ResponseType::NotFound, format!("no registration /rd/{loc}"));
+        };
+        self.stats.deregistrations += 1;
+        self.status(
+            unix_ms,
+            &reg.endpoint,
+            "gone",
+            Some(reg.address),
+            Some("deregistered"),
+        );
+        self.event(IngressEvent::Deregistered {
+            endpoint: reg.endpoint,
+        });
+        Outcome::Now(reply::Response::code(ResponseType::Deleted))
+    }
+
+    fn telemetry(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        format: Option<u32>,
+        body: &[u8],
+    ) -> Outcome {
+        let Some(reg) = self.directory.touch_by_address(now, peer) else {
+            return Outcome::error(
+                ResponseType::Forbidden,
+                "unknown device: register at /rd first",
+            );
+        };
+        let endpoint = reg.endpoint.clone();
+        let id = self.record_ids.next();
+        let payload = match telemetry::normalise(format, body, unix_ms, id) {
+            Ok(p) => p,
+            Err(telemetry::Refusal { code, reason }) => return Outcome::error(code, reason),
+        };
+        let ticket = AppendTicket(self.next_ticket);
+        self.next_ticket += 1;
+        let topic = self.config.topics.telemetry(&endpoint);
+        self.appends.push_back(Append {
+            ticket: Some(ticket),
+            message: NewMessage {
+                topic,
+                payload,
+                retain: false,
+            },
+        });
+        Outcome::Waiting(ticket)
+    }
+
+    /// Queues a retained status message for `endpoint` (not awaited by anyone).
+    fn status(
+        &mut self,
+        unix_ms: u64,
+        endpoint: &str,
+        state: &str,
+        address: Option<SocketAddr>,
+        detail: Option<&str>,
+    ) {
+        let body = serde_json::json!({
+            "rid": self.record_ids.next().to_string(),
+            "state": state,
+            "address": address.map(|a| a.to_string()),
+            "detail": detail,
+            "t": unix_ms as f64 / 1000.0,
+        });
+        let topic = self.config.topics.status(endpoint);
+        self.appends.push_back(Append {
+            ticket: None,
+            message: NewMessage {
+                topic,
+                payload: body.to_string().into_bytes(),
+                retain: true,
+            },
+        });
+    }
+
+    fn event(&mut self, e: IngressEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+}
+
+enum Outcome {
+    Now(reply::Response),
+    Waiting(AppendTicket),
+}
+
+impl Outcome {
+    fn error(code: ResponseType, reason: impl Into<String>) -> Outcome {
+        Outcome::Now(reply::Response::error(code, reason))
+    }
+}
+
+fn strings(packet: &Packet, option: CoapOption) -> Option<Vec<String>> {
+    match packet.get_option(option) {
+        None => Some(Vec::new()),
+        Some(list) => list
+            .iter()
+            .map(|v| String::from_utf8(v.clone()).ok())
+            .collect(),
+    }
+}
+
+fn query_value<'q>(query: &'q [String], key: &str) -> Option<&'q str> {
+    query
+        .iter()
+        .find_map(|q| q.strip_prefix(key)?.strip_prefix('='))
+}

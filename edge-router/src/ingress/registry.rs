@@ -1,0 +1,276 @@
+//! The device directory (RFC 9176 registrations) in memory: who is registered, at which
+//! address, until when. Lookups by endpoint name, by location and by source address are O(1);
+//! expiry is ordered by deadline.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub use v6iot_sdk::uplink::Binding;
+
+/// One registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Location id: the registration resource is `/rd/{location}`.
+    pub location: u32,
+    /// Current source address.
+    pub address: SocketAddr,
+    /// Lifetime granted.
+    pub lifetime: Duration,
+    /// When it runs out.
+    pub expires: Instant,
+    /// Binding.
+    pub binding: Binding,
+    /// The device's resources in link format, as registered.
+    pub links: String,
+    /// When it last sent anything (for queue-mode listening windows).
+    pub last_uplink: Instant,
+}
+
+/// What `register` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// A new registration.
+    New,
+    /// The endpoint was registered already; the old registration was replaced. The address it
+    /// had, if different.
+    Replaced {
+        /// The previous address, when it changed.
+        moved_from: Option<SocketAddr>,
+    },
+}
+
+/// All registrations of one edge router.
+#[derive(Debug, Default)]
+pub struct Directory {
+    by_endpoint: HashMap<String, Registration>,
+    by_location: HashMap<u32, String>,
+    by_address: HashMap<SocketAddr, String>,
+    expiry: BTreeSet<(Instant, u32)>,
+    next_location: u32,
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new() -> Directory {
+        Directory::default()
+    }
+
+    /// Number of registered devices.
+    pub fn len(&self) -> usize {
+        self.by_endpoint.len()
+    }
+
+    /// True when no device is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_endpoint.is_empty()
+    }
+
+    /// Registers (or re-registers) `endpoint` at `address`.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        endpoint: &str,
+        address: SocketAddr,
+        lifetime: Duration,
+        binding: Binding,
+        links: String,
+    ) -> (u32, Registered) {
+        let previous = self.remove(endpoint);
+        // A different device registering from the same address takes it over.
+        if let Some(other) = self.by_address.get(&address).cloned() {
+            self.remove(&other);
+        }
+        self.next_location = self.next_location.wrapping_add(1);
+        while self.by_location.contains_key(&self.next_location) {
+            self.next_location = self.next_location.wrapping_add(1);
+        }
+        let location = self.next_location;
+        let expires = now + lifetime;
+        self.expiry.insert((expires, location));
+        self.by_location.insert(location, endpoint.to_owned());
+        self.by_address.insert(address, endpoint.to_owned());
+        self.by_endpoint.insert(
+            endpoint.to_owned(),
+            Registration {
+                endpoint: endpoint.to_owned(),
+                location,
+                address,
+                lifetime,
+                expires,
+                binding,
+                links,
+                last_uplink: now,
+            },
+        );
+        let outcome = match previous {
+            None => Registered::New,
+            Some(p) => Registered::Replaced {
+                moved_from: (p.address != address).then_some(p.address),
+            },
+        };
+        (location, outcome)
+    }
+
+    /// Refreshes registration `location` (RFC 9176 §5.3.1): new lifetime if given, and the
+    /// address it came from. Returns the registration, or `None` if unknown.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        location: u32,
+        address: SocketAddr,
+        lifetime: Option<Duration>,
+    ) -> Option<(&Registration, Option<SocketAddr>)> {
+        let endpoint = self.by_location.get(&location)?.clone();
+        let reg = self.by_endpoint.get_mut(&endpoint)?;
+        self.expiry.remove(&(reg.expires, location));
+        if let Some(lt) = lifetime {
+            reg.lifetime = lt;
+        }
+        reg.expires = now + reg.lifetime;
+        reg.last_uplink = now;
+        self.expiry.insert((reg.expires, location));
+        let moved_from = (reg.address != address).then_some(reg.address);
+        if let Some(old) = moved_from {
+            self.by_address.remove(&old);
+            reg.address = address;
+            self.by_address.insert(address, endpoint);
+        }
+        Some((reg, moved_from))
+    }
+
+    /// Removes the registration at `location`.
+    pub fn remove_location(&mut self, location: u32) -> Option<Registration> {
+        let endpoint = self.by_location.get(&location)?.clone();
+        self.remove(&endpoint)
+    }
+
+    /// Removes `endpoint`'s registration.
+    pub fn remove(&mut self, endpoint: &str) -> Option<Registration> {
+        let reg = self.by_endpoint.remove(endpoint)?;
+        self.by_location.remove(&reg.location);
+        if self
+            .by_address
+            .get(&reg.address)
+            .is_some_and(|e| e == endpoint)
+        {
+            self.by_address.remove(&reg.address);
+        }
+        self.expiry.remove(&(reg.expires, reg.location));
+        Some(reg)
+    }
+
+    /// The registration of the device sending from `address`, noting the uplink time.
+    pub fn touch_by_address(&mut self, now: Instant, address: SocketAddr) -> Option<&Registration> {
+        let endpoint = self.by_address.get(&address)?;
+        let reg = self.by_endpoint.get_mut(endpoint)?;
+        reg.last_uplink = now;
+        Some(reg)
+    }
+
+    /// The registration of `endpoint`.
+    pub fn get(&self, endpoint: &str) -> Option<&Registration> {
+        self.by_endpoint.get(endpoint)
+    }
+
+    /// The earliest expiry.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
+
+    /// Removes and returns every registration whose lifetime ran out by `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<Registration> {
+        let mut gone = Vec::new();
+        while let Some(&(t, location)) = self.expiry.first() {
+            if t > now {
+                break;
+            }
+            self.expiry.pop_first();
+            if let Some(reg) = self.remove_location(location) {
+                gone.push(reg);
+            }
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn register_update_move_and_expire() {
+        let mut d = Directory::new();
+        let t0 = Instant::now();
+        let (loc, how) = d.register(
+            t0,
+            "a",
+            addr(1),
+            Duration::from_secs(60),
+            Binding::U,
+            String::new(),
+        );
+        assert_eq!(how, Registered::New);
+        assert_eq!(
+            d.touch_by_address(t0, addr(1)).map(|r| r.endpoint.as_str()),
+            Some("a")
+        );
+        let (_, moved) = d
+            .update(t0 + Duration::from_secs(30), loc, addr(2), None)
+            .unwrap();
+        assert_eq!(moved, Some(addr(1)));
+        assert!(d.touch_by_address(t0, addr(1)).is_none());
+        assert!(
+            d.expire(t0 + Duration::from_secs(60)).is_empty(),
+            "update extended the lifetime"
+        );
+        assert_eq!(d.expire(t0 + Duration::from_secs(90)).len(), 1);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn re_registration_replaces_and_address_takeover_evicts() {
+        let mut d = Directory::new();
+        let t0 = Instant::now();
+        let (l1, _) = d.register(
+            t0,
+            "a",
+            addr(1),
+            Duration::from_secs(60),
+            Binding::U,
+            String::new(),
+        );
+        let (l2, how) = d.register(
+            t0,
+            "a",
+            addr(3),
+            Duration::from_secs(60),
+            Binding::UQ,
+            String::new(),
+        );
+        assert_ne!(l1, l2);
+        assert_eq!(
+            how,
+            Registered::Replaced {
+                moved_from: Some(addr(1))
+            }
+        );
+        assert!(d.remove_location(l1).is_none());
+        d.register(
+            t0,
+            "b",
+            addr(3),
+            Duration::from_secs(60),
+            Binding::U,
+            String::new(),
+        );
+        assert!(d.get("a").is_none(), "b took over a's address");
+        assert_eq!(d.len(), 1);
+    }
+}

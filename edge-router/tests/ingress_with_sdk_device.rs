@@ -1,0 +1,314 @@
+//! The SDK's device core (client side: registration and reports) against the edge router's
+//! ingress core, both sans-IO, wired together on virtual time. The test plays the outbox.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use v6iot_cloud_bridge::topics::Topics;
+use v6iot_edge_router::ingress::{Append, AppendResult, Ingress, IngressConfig, IngressEvent};
+use v6iot_sdk::coap::{
+    App, Changed, Config, Device, Resource, ResourceTree, Response, content_format as cf,
+};
+use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::uplink::{Binding, RegistrationState, UplinkConfig};
+
+/// A sensor that reports one reading per second.
+struct Meter {
+    next: Instant,
+    reading: f64,
+    to_send: Vec<Vec<u8>>,
+}
+
+impl App for Meter {
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Changed {
+        self.next = now + Duration::from_secs(1);
+        self.reading += 1.0;
+        let pack = PackBuilder::new()
+            .base_name("urn:dev:test:m1:")
+            .record(Record::measurement("energy", "J", self.reading))
+            .build();
+        self.to_send.push(senml::to_cbor(&pack).unwrap());
+        Changed::NONE
+    }
+
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.to_send.pop().map(|b| (cf::SENML_CBOR, b))
+    }
+}
+
+const EDGE: &str = "[2001:db8::e]:5683";
+const DEV: &str = "[2001:db8::100]:40000";
+
+struct Net {
+    now: Instant,
+    unix_ms: u64,
+    device: Device<Meter>,
+    ingress: Ingress,
+    stored: Vec<Append>,
+    /// What the outbox answers to the next appends.
+    outbox_full: bool,
+}
+
+impl Net {
+    fn new(lifetime: Duration) -> Net {
+        let now = Instant::now();
+        let mut tree = ResourceTree::new();
+        tree.add(
+            Resource::new("energy")
+                .rt("energy")
+                .content_formats(&[cf::SENML_CBOR])
+                .observable()
+                .get(|m: &mut Meter, _| {
+                    Response::content(cf::SENML_CBOR, m.reading.to_string().into_bytes()).into()
+                }),
+        )
+        .unwrap();
+        let app = Meter {
+            next: now + Duration::from_secs(1),
+            reading: 0.0,
+            to_send: Vec::new(),
+        };
+        let uplink = UplinkConfig {
+            lifetime,
+            binding: Binding::U,
+            ..UplinkConfig::new(EDGE.parse().unwrap(), "m1")
+        };
+        let device =
+            Device::new(Config::default(), 3, Arc::new(tree), app).with_uplink(now, uplink);
+        let ingress = Ingress::new(
+            IngressConfig::new(Topics::new("v6iot", "site1").unwrap()),
+            1_700_000_000_000,
+        );
+        Net {
+            now,
+            unix_ms: 1_700_000_000_000,
+            device,
+            ingress,
+            stored: Vec::new(),
+            outbox_full: false,
+        }
+    }
+
+    /// Moves every datagram and append until nothing is left.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.device.poll_transmit() {
+                assert_eq!(t.destination, EDGE.parse::<SocketAddr>().unwrap());
+                self.ingress.handle_datagram(
+                    self.now,
+                    self.unix_ms,
+                    DEV.parse().unwrap(),
+                    &t.contents,
+                );
+                moved = true;
+            }
+            while let Some(a) = self.ingress.poll_append() {
+                if let Some(ticket) = a.ticket {
+                    let result = if self.outbox_full {
+                        AppendResult::Full {
+                            retry_after: Duration::from_secs(3),
+                        }
+                    } else {
+                        self.stored.push(a.clone());
+                        AppendResult::Stored
+                    };
+                    self.ingress.handle_appended(ticket, result);
+                } else {
+                    self.stored.push(a);
+                }
+                moved = true;
+            }
+            while let Some((to, bytes)) = self.ingress.poll_transmit() {
+                assert_eq!(to, DEV.parse::<SocketAddr>().unwrap());
+                self.device
+                    .handle_datagram(self.now, EDGE.parse().unwrap(), &bytes);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Advances virtual time to the next deadline of either side (bounded by `until`).
+    fn step_until(&mut self, until: Instant) {
+        while self.now < until {
+            let next = [self.device.poll_timeout(), self.ingress.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(until)
+                .min(until);
+            self.unix_ms += (next - self.now).as_millis() as u64;
+            self.now = next.max(self.now);
+            self.device.handle_timeout(self.now);
+            self.ingress.handle_timeout(self.now, self.unix_ms);
+            self.settle();
+        }
+    }
+
+    fn telemetry(&self) -> Vec<serde_json::Value> {
+        self.stored
+            .iter()
+            .filter(|a| a.message.topic == "v6iot/site1/m1/telemetry")
+            .map(|a| serde_json::from_slice(&a.message.payload).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn device_registers_reports_and_every_report_is_stored_once() {
+    let mut net = Net::new(Duration::from_secs(300));
+    net.settle();
+    assert!(net.device.registration().unwrap().is_registered());
+    assert_eq!(
+        net.ingress.directory().get("m1").unwrap().address,
+        DEV.parse().unwrap()
+    );
+    let status = &net.stored[0];
+    assert_eq!(status.message.topic, "v6iot/site1/m1/status");
+    assert!(status.message.retain);
+    assert!(String::from_utf8_lossy(&status.message.payload).contains("\"state\":\"registered\""));
+    let links = &net.ingress.directory().get("m1").unwrap().links;
+    assert!(links.contains("</energy>;rt=\"energy\""), "{links}");
+
+    let end = net.now + Duration::from_secs(10);
+    net.step_until(end);
+    let records = net.telemetry();
+    assert_eq!(records.len(), 10);
+    let values: Vec<f64> = records
+        .iter()
+        .map(|r| r[0]["v"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (1..=10).map(f64::from).collect::<Vec<_>>(),
+        "in order, none lost or repeated"
+    );
+    let ids: std::collections::HashSet<&str> = records
+        .iter()
+        .map(|r| r[0]["rid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 10, "every record has its own id");
+    assert_eq!(records[0][0]["n"], "urn:dev:test:m1:energy");
+    assert!(
+        records[0][0]["t"].as_f64().unwrap() > 1.7e9,
+        "absolute time"
+    );
+    let stats = net.device.reporter().unwrap().stats();
+    assert_eq!((stats.acked, stats.rejected), (10, 0));
+    assert_eq!(net.ingress.stats().telemetry_stored, 10);
+}
+
+#[test]
+fn full_outbox_gets_5_03_and_the_device_retries_after_max_age() {
+    let mut net = Net::new(Duration::from_secs(300));
+    net.settle();
+    net.outbox_full = true;
+    let t = net.now + Duration::from_millis(1500);
+    net.step_until(t);
+    assert!(net.telemetry().is_empty());
+    assert_eq!(net.device.reporter().unwrap().stats().busy, 1);
+    assert_eq!(net.ingress.stats().telemetry_busy, 1);
+    net.outbox_full = false;
+    let t = net.now + Duration::from_secs(10);
+    net.step_until(t);
+    let values: Vec<f64> = net
+        .telemetry()
+        .iter()
+        .map(|r| r[0]["v"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values.first(),
+        Some(&1.0),
+        "the refused report was kept and sent again first"
+    );
+    assert!(values.windows(2).all(|w| w[1] == w[0] + 1.0), "{values:?}");
+    assert_eq!(net.device.reporter().unwrap().stats().rejected, 0);
+}
+
+#[test]
+fn registration_is_kept_alive_and_expires_when_the_device_goes_quiet() {
+    let mut net = Net::new(Duration::from_secs(60));
+    net.settle();
+    let t = net.now + Duration::from_secs(200);
+    net.step_until(t);
+    assert!(
+        net.ingress.stats().updates >= 3,
+        "updated every 45 s: {:?}",
+        net.ingress.stats()
+    );
+    assert_eq!(net.ingress.stats().expirations, 0);
+    // The device stops (its datagrams are no longer delivered); the edge expires it.
+    let silent = net.now;
+    let mut events = Vec::new();
+    let mut now = silent;
+    while let Some(t) = net
+        .ingress
+        .poll_timeout()
+        .filter(|t| *t < silent + Duration::from_secs(120))
+    {
+        now = t;
+        net.ingress.handle_timeout(now, net.unix_ms);
+        events.extend(std::iter::from_fn(|| net.ingress.poll_event()));
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, IngressEvent::Expired { endpoint } if endpoint == "m1")),
+        "{events:?}"
+    );
+    let gone = std::iter::from_fn(|| net.ingress.poll_append())
+        .last()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&gone.message.payload).contains("\"state\":\"gone\""));
+    assert!(now > silent);
+}
+
+#[test]
+fn re_registers_after_the_edge_forgets_it() {
+    let mut net = Net::new(Duration::from_secs(60));
+    net.settle();
+    // The edge restarts and knows nothing.
+    net.ingress = Ingress::new(
+        IngressConfig::new(Topics::new("v6iot", "site1").unwrap()),
+        1_700_000_100_000,
+    );
+    let t = net.now + Duration::from_secs(60);
+    net.step_until(t);
+    assert!(
+        net.device.registration().unwrap().registrations() >= 2,
+        "{:?}",
+        net.device.registration().unwrap().state()
+    );
+    assert!(matches!(
+        net.device.registration().unwrap().state(),
+        RegistrationState::Registered { .. }
+    ));
+    assert!(net.ingress.directory().get("m1").is_some());
+    let values: Vec<f64> = net
+        .telemetry()
+        .iter()
+        .map(|r| r[0]["v"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (1..=values.len()).map(|v| v as f64).collect::<Vec<_>>(),
+        "no report lost across the edge restart"
+    );
+    assert!(values.len() >= 55, "{}", values.len());
+    assert_eq!(net.device.reporter().unwrap().stats().rejected, 0);
+}

@@ -1,0 +1,271 @@
+//! The client role of an [`Endpoint`]: requests this device sends (registration, telemetry),
+//! matched to their responses — piggybacked on the ACK, or separate (RFC 7252 §5.2).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
+
+use super::{Endpoint, Purpose, Token, Transmit, empty_message};
+use crate::coap::resource::{Code, Method};
+use crate::coap::wire;
+
+/// Identifies a request sent with [`Endpoint::send_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub(crate) u32);
+
+/// A request to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRequest {
+    /// Method.
+    pub method: Method,
+    /// Path, e.g. `rd` or `rd/4521`.
+    pub path: String,
+    /// Uri-Query options, e.g. `ep=sensor-1`.
+    pub query: Vec<String>,
+    /// Content-Format of the payload.
+    pub content_format: Option<u16>,
+    /// Body (sent in one datagram; keep it under a block).
+    pub payload: Vec<u8>,
+    /// Confirmable (retransmitted until acknowledged) or not.
+    pub confirmable: bool,
+}
+
+impl ClientRequest {
+    /// A Confirmable request with no query and no body.
+    pub fn new(method: Method, path: impl Into<String>) -> ClientRequest {
+        ClientRequest {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            content_format: None,
+            payload: Vec::new(),
+            confirmable: true,
+        }
+    }
+
+    /// Adds a Uri-Query option.
+    pub fn query(mut self, q: impl Into<String>) -> Self {
+        self.query.push(q.into());
+        self
+    }
+
+    /// Sets the body and its content format.
+    pub fn body(mut self, content_format: u16, payload: Vec<u8>) -> Self {
+        self.content_format = Some(content_format);
+        self.payload = payload;
+        self
+    }
+}
+
+/// A response to one of this endpoint's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientResponse {
+    /// Response code.
+    pub code: Code,
+    /// Content-Format of the payload.
+    pub content_format: Option<u16>,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Max-Age, when given (for 5.03 it says when to try again).
+    pub max_age: Option<u32>,
+    /// Location-Path segments (2.01 Created).
+    pub location: Vec<String>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RequestOutcome {
+    /// The server answered.
+    Response(ClientResponse),
+    /// No acknowledgement after MAX_RETRANSMIT, or no separate response within
+    /// EXCHANGE_LIFETIME.
+    Timeout,
+    /// The server answered with Reset.
+    Reset,
+}
+
+/// A request awaiting its response.
+#[derive(Debug)]
+pub(super) struct Exchange {
+    id: RequestId,
+    peer: SocketAddr,
+    token: Token,
+    message_id: u16,
+    /// `Some(deadline)` once an empty ACK said a separate response will follow (or for a
+    /// Non-confirmable request); `None` while the request itself is unacknowledged.
+    separate_until: Option<Instant>,
+}
+
+impl Endpoint {
+    /// Sends a request to `peer`; its outcome arrives through [`Endpoint::poll_response`].
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        request: ClientRequest,
+    ) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request = self.next_request.wrapping_add(1);
+        let token = self.fresh_token();
+        let message_id = self.take_message_id();
+        let mut p = Packet::new();
+        p.header.set_type(if request.confirmable {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
+        p.header.message_id = message_id;
+        p.header.code = MessageClass::Request(request.method);
+        p.set_token(token.as_slice().to_vec());
+        for seg in request.path.split('/').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        if let Some(cf) = request.content_format {
+            p.add_option(CoapOption::ContentFormat, wire::write_uint(u32::from(cf)));
+        }
+        for q in &request.query {
+            p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+        }
+        p.payload = request.payload;
+        let Some(contents) = wire::encode(&p) else {
+            self.outcomes.push_back((id, RequestOutcome::Timeout));
+            return id;
+        };
+        let separate_until = (!request.confirmable).then(|| now + self.config.exchange_lifetime());
+        self.exchanges.push(Exchange {
+            id,
+            peer,
+            token,
+            message_id,
+            separate_until,
+        });
+        if request.confirmable {
+            self.send_confirmable(now, peer, message_id, contents, Purpose::Request(id));
+        } else {
+            self.transmits.push_back(Transmit {
+                destination: peer,
+                contents,
+            });
+        }
+        id
+    }
+
+    /// The next finished request, if any.
+    #[must_use]
+    pub fn poll_response(&mut self) -> Option<(RequestId, RequestOutcome)> {
+        self.outcomes.pop_front()
+    }
+
+    /// Requests still awaiting their outcome.
+    pub fn pending_requests(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// An empty ACK of one of our Confirmable requests: a separate response will follow.
+    pub(super) fn request_acknowledged(&mut self, now: Instant, id: RequestId) {
+        let until = now + self.config.exchange_lifetime();
+        if let Some(x) = self.exchanges.iter_mut().find(|x| x.id == id) {
+            x.separate_until = Some(until);
+        }
+    }
+
+    /// Ends an exchange with `outcome`.
+    pub(super) fn finish_request(&mut self, id: RequestId, outcome: RequestOutcome) {
+        if let Some(pos) = self.exchanges.iter().position(|x| x.id == id) {
+            self.exchanges.swap_remove(pos);
+            self.outcomes.push_back((id, outcome));
+        }
+    }
+
+    /// A response-class message from `peer`. Returns false when it matched nothing.
+    pub(super) fn handle_response(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        packet: &Packet,
+    ) -> bool {
+        let kind = packet.header.get_type();
+        let token = Token::from_slice(packet.get_token());
+        let message_id = packet.header.message_id;
+        let found = self.exchanges.iter().find(|x| {
+            x.peer == peer
+                && x.token == token
+                && match kind {
+                    // Piggybacked: the ACK carries our request's message ID.
+                    MessageType::Acknowledgement => x.message_id == message_id,
+                    _ => true,
+                }
+        });
+        let Some(id) = found.map(|x| x.id) else {
+            return false;
+        };
+        if kind == MessageType::Acknowledgement || kind == MessageType::Confirmable {
+            self.in_flight.retain(|f| f.purpose != Purpose::Request(id));
+        }
+        if kind == MessageType::Confirmable {
+            let ack = empty_message(MessageType::Acknowledgement, message_id);
+            self.transmits.push_back(Transmit {
+                destination: peer,
+                contents: ack.clone(),
+            });
+            self.remember(now, peer, message_id, Some(ack));
+        } else if kind == MessageType::NonConfirmable {
+            self.remember(now, peer, message_id, None);
+        }
+        let code = match packet.header.code {
+            MessageClass::Response(c) => c,
+            _ => Code::UnKnown,
+        };
+        let response = ClientResponse {
+            code,
+            content_format: wire::uint_option(packet, CoapOption::ContentFormat, 2)
+                .ok()
+                .flatten()
+                .map(|v| v as u16),
+            payload: packet.payload.clone(),
+            max_age: wire::uint_option(packet, CoapOption::MaxAge, 4)
+                .ok()
+                .flatten(),
+            location: packet
+                .get_option(CoapOption::LocationPath)
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|s| String::from_utf8(s.clone()).ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        self.finish_request(id, RequestOutcome::Response(response));
+        true
+    }
+
+    /// Exchanges whose separate response never came.
+    pub(super) fn expire_requests(&mut self, now: Instant) {
+        let expired: Vec<RequestId> = self
+            .exchanges
+            .iter()
+            .filter(|x| x.separate_until.is_some_and(|t| t <= now))
+            .map(|x| x.id)
+            .collect();
+        for id in expired {
+            self.finish_request(id, RequestOutcome::Timeout);
+        }
+    }
+
+    /// The earliest separate-response deadline.
+    pub(super) fn request_deadline(&self) -> Option<Instant> {
+        self.exchanges.iter().filter_map(|x| x.separate_until).min()
+    }
+
+    fn fresh_token(&mut self) -> Token {
+        loop {
+            let bytes = super::splitmix64(&mut self.rng).to_be_bytes();
+            let token = Token::from_slice(bytes.get(..4).unwrap_or(&[0; 4]));
+            if !self.exchanges.iter().any(|x| x.token == token) {
+                return token;
+            }
+        }
+    }
+}

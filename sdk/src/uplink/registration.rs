@@ -1,0 +1,255 @@
+//! Registration with a CoRE Resource Directory (RFC 9176 §5.3), with LwM2M's `b` binding.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::coap::{
+    ClientRequest, Code, Endpoint, Method, RequestId, RequestOutcome, content_format,
+};
+
+/// How the device can be reached (LwM2M binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Always reachable over UDP.
+    U,
+    /// Queue mode: reachable only shortly after its own uplinks (NB-IoT PSM, sleepy nodes).
+    UQ,
+}
+
+impl Binding {
+    /// Parses the query value `U` or `UQ`.
+    pub fn parse(s: &str) -> Option<Binding> {
+        match s {
+            "U" => Some(Binding::U),
+            "UQ" => Some(Binding::UQ),
+            _ => None,
+        }
+    }
+
+    /// The query value: `U` or `UQ`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Binding::U => "U",
+            Binding::UQ => "UQ",
+        }
+    }
+}
+
+/// Where the registration stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// Not registered; the next attempt is due at `retry_at`.
+    Unregistered {
+        /// When to try.
+        retry_at: Instant,
+        /// Failed attempts so far (for back-off).
+        failures: u32,
+    },
+    /// `POST /rd` sent.
+    Registering(RequestId),
+    /// Registered at `location`; an update is due at `refresh_at`.
+    Registered {
+        /// Location path given by the directory, e.g. `rd/4521`.
+        location: String,
+        /// When to send the keep-alive update.
+        refresh_at: Instant,
+    },
+    /// `POST /rd/{location}` sent.
+    Updating {
+        /// Location being updated.
+        location: String,
+        /// The update request.
+        request: RequestId,
+    },
+    /// `DELETE` sent or done; nothing more will be sent.
+    Deregistered,
+}
+
+/// The registration client of one device.
+#[derive(Debug)]
+pub struct Registration {
+    server: SocketAddr,
+    endpoint: String,
+    lifetime: Duration,
+    binding: Binding,
+    state: RegistrationState,
+    registrations: u32,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+impl Registration {
+    /// A client that registers at `now` (or as soon as it is polled).
+    pub fn new(
+        now: Instant,
+        server: SocketAddr,
+        endpoint: String,
+        lifetime: Duration,
+        binding: Binding,
+    ) -> Self {
+        Registration {
+            server,
+            endpoint,
+            lifetime: lifetime.max(Duration::from_secs(60)),
+            binding,
+            state: RegistrationState::Unregistered {
+                retry_at: now,
+                failures: 0,
+            },
+            registrations: 0,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &RegistrationState {
+        &self.state
+    }
+
+    /// True while registered (including during an update).
+    pub fn is_registered(&self) -> bool {
+        matches!(
+            self.state,
+            RegistrationState::Registered { .. } | RegistrationState::Updating { .. }
+        )
+    }
+
+    /// Successful registrations so far (1 after the first, more after re-registrations).
+    pub fn registrations(&self) -> u32 {
+        self.registrations
+    }
+
+    /// When [`Registration::poll`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            RegistrationState::Unregistered { retry_at, .. } => Some(*retry_at),
+            RegistrationState::Registered { refresh_at, .. } => Some(*refresh_at),
+            _ => None,
+        }
+    }
+
+    /// Sends a registration or an update when one is due. `links` is the device's
+    /// `/.well-known/core` (RFC 6690), sent with the registration.
+    pub fn poll(&mut self, now: Instant, endpoint: &mut Endpoint, links: &str) {
+        match &self.state {
+            RegistrationState::Unregistered { retry_at, .. } if *retry_at <= now => {
+                let request = ClientRequest::new(Method::Post, "rd")
+                    .query(format!("ep={}", self.endpoint))
+                    .query(format!("lt={}", self.lifetime.as_secs()))
+                    .query(format!("b={}", self.binding.as_str()))
+                    .body(content_format::LINK_FORMAT, links.as_bytes().to_vec());
+                self.state = RegistrationState::Registering(endpoint.send_request(
+                    now,
+                    self.server,
+                    request,
+                ));
+            }
+            RegistrationState::Registered {
+                location,
+                refresh_at,
+            } if *refresh_at <= now => {
+                let location = location.clone();
+                let request = endpoint.send_request(
+                    now,
+                    self.server,
+                    ClientRequest::new(Method::Post, location.clone()),
+                );
+                self.state = RegistrationState::Updating { location, request };
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes the outcome of one of its requests; false when `id` is not one of them.
+    pub fn handle_outcome(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        outcome: &RequestOutcome,
+    ) -> bool {
+        match &self.state {
+            RegistrationState::Registering(r) if *r == id => {
+                match outcome {
+                    RequestOutcome::Response(resp)
+                        if resp.code == Code::Created && !resp.location.is_empty() =>
+                    {
+                        self.registrations += 1;
+                        self.state = RegistrationState::Registered {
+                            location: resp.location.join("/"),
+                            refresh_at: now + self.refresh_after(),
+                        };
+                    }
+                    RequestOutcome::Response(resp) => self.fail(now, resp.max_age),
+                    _ => self.fail(now, None),
+                }
+                true
+            }
+            RegistrationState::Updating { location, request } if *request == id => {
+                let location = location.clone();
+                match outcome {
+                    RequestOutcome::Response(resp) if resp.code == Code::Changed => {
+                        self.state = RegistrationState::Registered {
+                            location,
+                            refresh_at: now + self.refresh_after(),
+                        };
+                    }
+                    // 4.04: the directory forgot us (expiry, restart): register afresh at once.
+                    RequestOutcome::Response(resp) if resp.code == Code::NotFound => {
+                        self.state = RegistrationState::Unregistered {
+                            retry_at: now,
+                            failures: 0,
+                        };
+                    }
+                    RequestOutcome::Response(resp) => self.fail(now, resp.max_age),
+                    _ => self.fail(now, None),
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forces a re-registration (e.g. after the device's address changed).
+    pub fn reregister(&mut self, now: Instant) {
+        self.state = RegistrationState::Unregistered {
+            retry_at: now,
+            failures: 0,
+        };
+    }
+
+    /// Sends `DELETE /rd/{location}` if registered; nothing is sent afterwards.
+    pub fn deregister(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        if let RegistrationState::Registered { location, .. }
+        | RegistrationState::Updating { location, .. } = &self.state
+        {
+            let _ = endpoint.send_request(
+                now,
+                self.server,
+                ClientRequest::new(Method::Delete, location.clone()),
+            );
+        }
+        self.state = RegistrationState::Deregistered;
+    }
+
+    /// Updates go out when three quarters of the lifetime have passed.
+    fn refresh_after(&self) -> Duration {
+        self.lifetime * 3 / 4
+    }
+
+    fn fail(&mut self, now: Instant, max_age: Option<u32>) {
+        let failures = match self.state {
+            RegistrationState::Unregistered { failures, .. } => failures,
+            _ => 0,
+        } + 1;
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << failures.min(8))
+            .min(BACKOFF_MAX);
+        let wait = max_age.map_or(backoff, |s| {
+            Duration::from_secs(u64::from(s)).max(BACKOFF_MIN)
+        });
+        self.state = RegistrationState::Unregistered {
+            retry_at: now + wait,
+            failures,
+        };
+    }
+}

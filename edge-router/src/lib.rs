@@ -4,11 +4,13 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`config`] | the TOML configuration, with errors that name the key |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
 //! connection; the cores above only see datagrams, times and results.
 
+pub mod config;
 pub mod ingress;
 
 /// The crate's version, as built.

@@ -1,0 +1,328 @@
+//! The edge router's configuration: a TOML file, overridable by command-line flags.
+//!
+//! Unknown or invalid keys are errors that name the key. Example (every key but `site` has a
+//! default):
+//!
+//! ```toml
+//! site = "plant-a"            # topic level of this site
+//! edge_id = "edge-1"          # this router's name in topics and the Last Will
+//! data_dir = "/var/lib/v6iot" # the outbox lives here
+//!
+//! [coap]
+//! listen = "[::]:5683"
+//! max_body = 4096             # bytes
+//! min_lifetime = 60           # seconds
+//! max_lifetime = 90000
+//!
+//! [mqtt]
+//! url = "mqtts://broker.example:8883"   # mqtt:// or mqtts://
+//! protocol = 4                # 4 = MQTT 3.1.1, 5 = MQTT 5
+//! client_id = "v6iot-edge-1"
+//! topic_prefix = "v6iot"
+//! ca_file = "/etc/v6iot/ca.pem"         # pins the broker's CA (mqtts)
+//! client_cert = "/etc/v6iot/edge.pem"   # mutual TLS
+//! client_key = "/etc/v6iot/edge.key"
+//!
+//! [websocket]                 # optional second sink: JSON lines over ws:// or wss://
+//! url = "wss://ingest.example/v6iot"
+//!
+//! [outbox]
+//! max_bytes = 1073741824      # when full, devices get 5.03 + Max-Age
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Site name (one MQTT topic level).
+    pub site: String,
+    /// This edge router's name.
+    #[serde(default = "default_edge_id")]
+    pub edge_id: String,
+    /// Where the outbox and other state live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// CoAP ingress.
+    #[serde(default)]
+    pub coap: CoapSection,
+    /// MQTT to the platform.
+    #[serde(default)]
+    pub mqtt: MqttSection,
+    /// Optional WebSocket sink.
+    #[serde(default)]
+    pub websocket: Option<WebSocketSection>,
+    /// Durable outbox.
+    #[serde(default)]
+    pub outbox: OutboxSection,
+}
+
+/// `[coap]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoapSection {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+    /// Shortest registration lifetime granted, seconds.
+    pub min_lifetime: u64,
+    /// Longest registration lifetime granted, seconds.
+    pub max_lifetime: u64,
+}
+
+impl Default for CoapSection {
+    fn default() -> Self {
+        CoapSection {
+            listen: SocketAddr::from(([0u16; 8], 5683)),
+            max_body: 4096,
+            min_lifetime: 60,
+            max_lifetime: 90_000,
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// 4 (MQTT 3.1.1) or 5.
+    pub protocol: u8,
+    /// Client id; defaults to `v6iot-{edge_id}`.
+    pub client_id: Option<String>,
+    /// First topic level(s).
+    pub topic_prefix: String,
+    /// Keep-alive, seconds.
+    pub keep_alive: u64,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// CA certificate(s), PEM: the only roots trusted for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, PEM (mutual TLS).
+    pub client_cert: Option<PathBuf>,
+    /// Client private key, PEM (mutual TLS).
+    pub client_key: Option<PathBuf>,
+    /// Name to verify the broker's certificate against, when not the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            url: "mqtt://[::1]:1883".to_owned(),
+            protocol: 4,
+            client_id: None,
+            topic_prefix: "v6iot".to_owned(),
+            keep_alive: 30,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            server_name: None,
+        }
+    }
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    /// `ws://…` or `wss://…`.
+    pub url: String,
+}
+
+/// `[outbox]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSection {
+    /// Bound on stored, unpublished bytes.
+    pub max_bytes: u64,
+    /// Segment file size.
+    pub segment_bytes: u64,
+    /// Most records per group commit.
+    pub max_batch: usize,
+    /// Longest wait to gather a group, milliseconds.
+    pub max_batch_delay_ms: u64,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        OutboxSection {
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            max_batch: 4096,
+            max_batch_delay_ms: 2,
+        }
+    }
+}
+
+fn default_edge_id() -> String {
+    "edge".to_owned()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("v6iot-edge-data")
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type (the message names the key and line).
+    #[error("{0}")]
+    Parse(String),
+    /// A key's value is not acceptable.
+    #[error("`{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `mqtt.url`.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl EdgeConfig {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text)?;
+        Ok(config)
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
+        let config: EdgeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// A configuration from defaults, for `site` (used when no file is given).
+    pub fn with_site(site: &str) -> EdgeConfig {
+        EdgeConfig {
+            site: site.to_owned(),
+            edge_id: default_edge_id(),
+            data_dir: default_data_dir(),
+            coap: CoapSection::default(),
+            mqtt: MqttSection::default(),
+            websocket: None,
+            outbox: OutboxSection::default(),
+        }
+    }
+
+    /// Checks values the types cannot.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if v6iot_cloud_bridge::topics::Topics::new(&self.mqtt.topic_prefix, &self.site).is_err() {
+            return invalid(
+                "site",
+                "must be one MQTT topic level: not empty, no / + # NUL, not starting with _",
+            );
+        }
+        if !v6iot_cloud_bridge::topics::valid_level(&self.edge_id) {
+            return invalid(
+                "edge_id",
+                "must be one MQTT topic level: not empty, no / + # NUL, not starting with _",
+            );
+        }
+        if !(self.mqtt.url.starts_with("mqtt://") || self.mqtt.url.starts_with("mqtts://")) {
+            return invalid("mqtt.url", "must start with mqtt:// or mqtts://");
+        }
+        if !matches!(self.mqtt.protocol, 4 | 5) {
+            return invalid("mqtt.protocol", "must be 4 (MQTT 3.1.1) or 5");
+        }
+        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
+            return invalid("mqtt.client_key", "client_cert and client_key go together");
+        }
+        if let Some(ws) = &self.websocket
+            && !(ws.url.starts_with("ws://") || ws.url.starts_with("wss://"))
+        {
+            return invalid("websocket.url", "must start with ws:// or wss://");
+        }
+        if self.coap.min_lifetime == 0 || self.coap.min_lifetime > self.coap.max_lifetime {
+            return invalid(
+                "coap.min_lifetime",
+                "must be at least 1 and at most coap.max_lifetime",
+            );
+        }
+        if self.outbox.max_bytes < 1 << 20 {
+            return invalid("outbox.max_bytes", "must be at least 1 MiB");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = EdgeConfig::parse(&example).unwrap();
+        assert_eq!(c.site, "plant-a");
+        assert_eq!(c.mqtt.protocol, 4);
+        assert_eq!(c.websocket.unwrap().url, "wss://ingest.example/v6iot");
+    }
+
+    #[test]
+    fn unknown_and_invalid_keys_are_named() {
+        let e = EdgeConfig::parse("site = \"a\"\n[mqtt]\nurll = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `urll`"), "{e}");
+        let e = EdgeConfig::parse("site = \"a\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = EdgeConfig::parse("site = \"a\"\n[mqtt]\nurl = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("`mqtt.url`"), "{e}");
+        let e = EdgeConfig::parse("site = \"a/b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("`site`"), "{e}");
+        let e = EdgeConfig::parse("site = \"a\"\n[coap]\nlisten = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = EdgeConfig::parse("edge_id = \"e\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `site`"), "{e}");
+    }
+}

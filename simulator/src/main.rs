@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::UdpSocket;
 use v6iot_sdk::coap::{Config, Device, Event};
+use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::duration::parse_duration;
+use v6iot_simulator::fleet::FleetPlan;
+use v6iot_simulator::load::{self, BrokerView};
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
 /// Simulated v6iot devices running the real SDK core.
@@ -32,6 +35,54 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         interval: Duration,
     },
+    /// Drive a fleet of devices at an external edge router and count deliveries at its broker.
+    Run {
+        /// The edge router's CoAP address.
+        #[arg(long, default_value = "[::1]:5683")]
+        edge: SocketAddr,
+        /// Number of devices.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Reports per second over the whole fleet, e.g. `500/s` or `500`.
+        #[arg(long, default_value = "100/s", value_parser = parse_rate)]
+        rate: f64,
+        /// How long devices report, e.g. `30s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The broker the edge publishes to (the simulator subscribes there).
+        #[arg(long, default_value = "mqtt://[::1]:1883")]
+        mqtt_url: String,
+        /// MQTT topic prefix.
+        #[arg(long, default_value = "v6iot")]
+        prefix: String,
+        /// The edge's site name.
+        #[arg(long, default_value = "site")]
+        site: String,
+        /// Device id prefix.
+        #[arg(long, default_value = "sim")]
+        id_prefix: String,
+        /// How long to wait for stragglers after the reporting period.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        drain: Duration,
+        /// Register in queue mode (`b=UQ`).
+        #[arg(long)]
+        queue_mode: bool,
+        /// Write the JSON report here (it is also printed).
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+/// Parses `500/s` or `500`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let n = text.trim().trim_end_matches("/s");
+    match n.parse::<f64>() {
+        Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("`{text}` is not a rate like 500/s")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +99,45 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Device { bind, id, interval } => runtime.block_on(run_device(bind, id, interval)),
+        Command::Run {
+            edge,
+            devices,
+            rate,
+            duration,
+            mqtt_url,
+            prefix,
+            site,
+            id_prefix,
+            drain,
+            queue_mode,
+            report,
+            quiet,
+        } => {
+            let plan = FleetPlan {
+                edge,
+                devices,
+                rate,
+                duration,
+                id_prefix,
+                binding: if queue_mode { Binding::UQ } else { Binding::U },
+            };
+            let view = BrokerView {
+                url: mqtt_url,
+                prefix,
+                site,
+            };
+            let multi = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let result = multi.block_on(load::run(plan, view, drain, !quiet))?;
+            let json = serde_json::to_string_pretty(&result)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, format!("{json}\n"))
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            Ok(())
+        }
     }
 }
 

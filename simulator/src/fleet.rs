@@ -1,0 +1,185 @@
+//! A fleet of simulated devices that register with an edge router and report telemetry at a
+//! given total rate, each on the real SDK core with its own uplink.
+//!
+//! Every report is SenML-CBOR with two records: the reading, and `seq` (the device's report
+//! number) timed at the moment it was made, so a subscriber at the broker can match deliveries
+//! to reports and measure end-to-end latency (see [`crate::collector`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use v6iot_sdk::coap::{
+    App, Changed, Config, Device, Resource, ResourceTree, Response, TreeError, content_format as cf,
+};
+use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::uplink::{Binding, ReportStats, UplinkConfig};
+
+/// Live counters shared by every device of a fleet.
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    /// Reports made.
+    pub made: AtomicU64,
+}
+
+/// The application of one fleet device.
+#[derive(Debug)]
+pub struct FleetSensor {
+    id: String,
+    next_report: Instant,
+    interval: Duration,
+    stop_at: Instant,
+    seq: u64,
+    value: f64,
+    pending: Option<Vec<u8>>,
+    counters: Arc<FleetCounters>,
+    clock: WallClock,
+}
+
+/// Maps `Instant`s to Unix time (captured once, so the cores stay clock-free).
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    start: Instant,
+    unix_at_start: f64,
+}
+
+impl WallClock {
+    /// Captures the current wall-clock time.
+    pub fn now() -> WallClock {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        WallClock {
+            start: Instant::now(),
+            unix_at_start: unix,
+        }
+    }
+
+    /// Unix seconds at `t`.
+    pub fn unix(&self, t: Instant) -> f64 {
+        if t >= self.start {
+            self.unix_at_start + (t - self.start).as_secs_f64()
+        } else {
+            self.unix_at_start - (self.start - t).as_secs_f64()
+        }
+    }
+}
+
+impl App for FleetSensor {
+    fn poll_timeout(&self) -> Option<Instant> {
+        (self.next_report < self.stop_at).then_some(self.next_report)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Changed {
+        if now >= self.stop_at {
+            return Changed::NONE;
+        }
+        self.seq += 1;
+        self.value = ((self.value + 0.37) * 100.0).round() / 100.0;
+        let t = (self.clock.unix(now) * 1000.0).round() / 1000.0;
+        let pack = PackBuilder::new()
+            .base_name(format!("urn:dev:v6iot:{}:", self.id))
+            .base_time(t)
+            .record(Record::measurement("temperature", "Cel", self.value))
+            .record(Record {
+                n: Some("seq".into()),
+                v: Some(self.seq as f64),
+                ..Record::default()
+            })
+            .build();
+        self.pending = senml::to_cbor(&pack).ok();
+        self.counters.made.fetch_add(1, Ordering::Relaxed);
+        self.next_report += self.interval;
+        if self.next_report <= now {
+            self.next_report = now + self.interval;
+        }
+        Changed::NONE
+    }
+
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.pending.take().map(|b| (cf::SENML_CBOR, b))
+    }
+}
+
+/// Settings of a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetPlan {
+    /// The edge router.
+    pub edge: SocketAddr,
+    /// How many devices.
+    pub devices: usize,
+    /// Reports per second over the whole fleet.
+    pub rate: f64,
+    /// How long devices report.
+    pub duration: Duration,
+    /// Device id prefix; ids are `{prefix}{n:06}`.
+    pub id_prefix: String,
+    /// Registration binding.
+    pub binding: Binding,
+}
+
+/// The shared tree of fleet devices (one informational resource).
+pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
+    let mut t = ResourceTree::new();
+    t.add(
+        Resource::new("sensors/temperature")
+            .rt("oic.r.temperature")
+            .content_formats(&[cf::TEXT_PLAIN])
+            .get(|s: &mut FleetSensor, _| {
+                Response::content(cf::TEXT_PLAIN, s.value.to_string().into_bytes()).into()
+            }),
+    )?;
+    Ok(Arc::new(t))
+}
+
+/// Builds device `n` of `plan`, starting at `start`.
+pub fn device(
+    plan: &FleetPlan,
+    n: usize,
+    start: Instant,
+    tree: Arc<ResourceTree<FleetSensor>>,
+    counters: Arc<FleetCounters>,
+    clock: WallClock,
+) -> Device<FleetSensor> {
+    let id = format!("{}{n:06}", plan.id_prefix);
+    let per_device = plan.rate / plan.devices.max(1) as f64;
+    let interval = Duration::from_secs_f64(if per_device > 0.0 {
+        1.0 / per_device
+    } else {
+        3600.0
+    });
+    // Spread first reports over one interval so the fleet does not report in lock step; leave
+    // a moment to register first.
+    let phase = interval.mul_f64((n as f64 * 0.618_033_988_75).fract());
+    let app = FleetSensor {
+        id: id.clone(),
+        next_report: start + Duration::from_millis(200) + phase,
+        interval,
+        stop_at: start + plan.duration,
+        seq: 0,
+        value: 20.0,
+        pending: None,
+        counters,
+        clock,
+    };
+    let uplink = UplinkConfig {
+        binding: plan.binding,
+        max_queued_reports: 1024,
+        lifetime: Duration::from_secs(600),
+        ..UplinkConfig::new(plan.edge, id)
+    };
+    Device::new(Config::default(), n as u64 + 1, tree, app).with_uplink(start, uplink)
+}
+
+/// Adds one device's reporter counters into a total.
+pub fn add_stats(total: &mut ReportStats, s: &ReportStats) {
+    total.queued += s.queued;
+    total.refused += s.refused;
+    total.sent += s.sent;
+    total.acked += s.acked;
+    total.rejected += s.rejected;
+    total.busy += s.busy;
+    total.timeouts += s.timeouts;
+}

@@ -1,0 +1,286 @@
+//! `v6iot-sim run`: drives a fleet at an edge router and counts what reaches the broker.
+//! This is the simulator's I/O layer: sockets, the MQTT subscriber, timers, the progress bar.
+//!
+//! Each device runs on the SDK's tokio driver with its own UDP socket on the edge's address
+//! family, so the edge sees one source address and port per device.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use v6iot_sdk::uplink::ReportStats;
+
+use crate::collector::{Deliveries, unix_now};
+use crate::fleet::{self, FleetCounters, FleetPlan, WallClock};
+
+/// Where the collector listens.
+#[derive(Debug, Clone)]
+pub struct BrokerView {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// Topic prefix.
+    pub prefix: String,
+    /// Site.
+    pub site: String,
+}
+
+/// The JSON report of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Devices simulated.
+    pub devices: usize,
+    /// Devices that registered at least once.
+    pub registered: usize,
+    /// Records devices tried to send.
+    pub sent: u64,
+    /// Records the edge acknowledged with 2.xx.
+    pub acked: u64,
+    /// Refusals: 4.xx answers and 5.03 back-pressure answers.
+    pub rejected: u64,
+    /// Distinct records seen at the broker.
+    pub delivered: u64,
+    /// Acknowledged but never delivered after the drain period (must be 0).
+    pub lost: u64,
+    /// Deliveries of a record already seen.
+    pub duplicates: u64,
+    /// Delivered records per second over the reporting period.
+    pub throughput_per_s: f64,
+    /// End-to-end latency, device to broker subscriber.
+    pub latency_ms: Latency,
+    /// Length of the reporting period, seconds.
+    pub duration_s: f64,
+    /// Requests that timed out at the devices (they retry).
+    pub timeouts: u64,
+    /// Reports still queued at the devices when the run ended.
+    pub unsent: u64,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Splits `mqtt://host:port` into host and port (brackets removed from IPv6 literals).
+pub fn mqtt_host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .context("the collector's --mqtt-url must be mqtt://host:port")?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => {
+            (h, p.parse::<u16>().context("bad port in --mqtt-url")?)
+        }
+        _ => (rest, 1883),
+    };
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    ))
+}
+
+/// Subscribes to the fleet's telemetry; returns once the subscription is acknowledged.
+async fn start_collector(
+    view: &BrokerView,
+    deliveries: Arc<Mutex<Deliveries>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (host, port) = mqtt_host_port(&view.url)?;
+    let id = format!("v6iot-sim-collector-{}", std::process::id());
+    let mut options = MqttOptions::new(id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(options, 4096);
+    let filter = format!("{}/{}/+/telemetry", view.prefix, view.site);
+    client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .context("broker did not acknowledge the subscription within 10 s")?;
+        match tokio::time::timeout(left, events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("collector cannot reach the broker at {}: {e}", view.url),
+            Err(_) => anyhow::bail!("broker did not acknowledge the subscription within 10 s"),
+        }
+    }
+    Ok(tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(mut d) = deliveries.lock() {
+                        d.record(&p.topic, &p.payload, unix_now());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "collector lost the broker; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }))
+}
+
+/// Runs a fleet per `plan` against the edge, counting deliveries at the broker.
+pub async fn run(
+    plan: FleetPlan,
+    view: BrokerView,
+    drain: Duration,
+    progress: bool,
+) -> anyhow::Result<RunReport> {
+    let deliveries = Arc::new(Mutex::new(Deliveries::new()?));
+    let collector = start_collector(&view, deliveries.clone()).await?;
+    let tree = fleet::tree()?;
+    let counters = Arc::new(FleetCounters::default());
+    let clock = WallClock::now();
+    let start = Instant::now();
+    let bind_ip: IpAddr = match plan.edge.ip() {
+        IpAddr::V6(ip) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(ip),
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let stop_devices = start + plan.duration + drain;
+    let mut tasks = Vec::with_capacity(plan.devices);
+    for n in 0..plan.devices {
+        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
+            .await
+            .context("bind a device socket (raise `ulimit -n` for large fleets)")?;
+        let mut device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock);
+        tasks.push(tokio::spawn(async move {
+            let shutdown = tokio::time::sleep_until(tokio::time::Instant::from_std(stop_devices));
+            let result = v6iot_sdk::driver::run(&socket, &mut device, |_| {}, shutdown).await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "device driver stopped");
+            }
+            let registered = device.registration().is_some_and(|r| r.registrations() > 0);
+            let stats = device
+                .reporter()
+                .map(|r| (*r.stats(), r.queued() as u64))
+                .unwrap_or_default();
+            (registered, stats)
+        }));
+    }
+
+    let expected = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new(expected.max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} reports  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut tasks_done = Vec::with_capacity(tasks.len());
+    let mut pending = tasks.into_iter();
+    // Progress while the fleet reports.
+    while Instant::now() < start + plan.duration {
+        ticker.tick().await;
+        if let Some(bar) = &bar {
+            let made = counters.made.load(Ordering::Relaxed);
+            let delivered = deliveries.lock().map(|d| d.delivered()).unwrap_or(0);
+            bar.set_position(made.min(expected));
+            bar.set_message(format!("delivered {delivered}"));
+        }
+    }
+    for t in pending.by_ref() {
+        tasks_done.push(t.await?);
+    }
+    let registered = tasks_done.iter().filter(|(r, _)| *r).count();
+    let mut total = ReportStats::default();
+    let mut unsent = 0;
+    for (_, (s, queued)) in &tasks_done {
+        fleet::add_stats(&mut total, s);
+        unsent += queued;
+    }
+    // Give the broker path time to deliver everything acknowledged.
+    let wait_until = Instant::now() + drain;
+    while Instant::now() < wait_until {
+        if deliveries
+            .lock()
+            .map(|d| d.delivered() >= total.acked)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        ticker.tick().await;
+    }
+    collector.abort();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let d = deliveries
+        .lock()
+        .map_err(|_| anyhow::anyhow!("collector state poisoned"))?;
+    let duration_s = plan.duration.as_secs_f64();
+    Ok(RunReport {
+        devices: plan.devices,
+        registered,
+        sent: total.queued,
+        acked: total.acked,
+        rejected: total.rejected + total.busy,
+        delivered: d.delivered(),
+        lost: total.acked.saturating_sub(d.delivered()),
+        duplicates: d.duplicates,
+        throughput_per_s: if duration_s > 0.0 {
+            d.delivered() as f64 / duration_s
+        } else {
+            0.0
+        },
+        latency_ms: Latency {
+            p50: d.latency_ms(0.5),
+            p90: d.latency_ms(0.9),
+            p99: d.latency_ms(0.99),
+            p999: d.latency_ms(0.999),
+            max: d.latency_max_ms(),
+        },
+        duration_s,
+        timeouts: total.timeouts,
+        unsent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mqtt_urls() {
+        assert_eq!(
+            mqtt_host_port("mqtt://[::1]:1884").unwrap(),
+            ("::1".to_owned(), 1884)
+        );
+        assert_eq!(
+            mqtt_host_port("mqtt://localhost").unwrap(),
+            ("localhost".to_owned(), 1883)
+        );
+        assert_eq!(
+            mqtt_host_port("mqtt://127.0.0.1:1883/").unwrap(),
+            ("127.0.0.1".to_owned(), 1883)
+        );
+        assert!(mqtt_host_port("http://x").is_err());
+    }
+}

@@ -7,12 +7,14 @@
 //! | [`sensor`] | the simulated sensor node: its resource tree and state, a sans-IO [`v6iot_sdk::coap::App`] |
 //! | [`duration`] | parsing of human durations (`2s`, `500ms`) for the command line |
 //! | [`fleet`] | fleet devices: the reporting sensor app and its uplink, sans-IO |
+//! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
 //! | [`load`] | I/O: runs a fleet on sockets, subscribes at the broker, builds the run report |
 //!
 //! The binary `v6iot-sim` (src/main.rs) is the only I/O: it binds sockets and runs devices on
 //! the SDK's tokio driver.
 
+pub mod broker;
 pub mod collector;
 pub mod duration;
 pub mod fleet;

@@ -18,7 +18,13 @@ pub fn start(ip: std::net::IpAddr) -> anyhow::Result<SocketAddr> {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings { name: "v4-demo".into(), listen, tls: None, next_connection_delay_ms: 1, connections };
+    let server = ServerSettings {
+        name: "v4-demo".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -32,11 +38,13 @@ pub fn start(ip: std::net::IpAddr) -> anyhow::Result<SocketAddr> {
         ..Config::default()
     };
     let mut broker = Broker::new(config);
-    std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-        if let Err(e) = broker.start() {
-            tracing::error!(error = %e, "embedded broker stopped");
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })?;
     // Wait (bounded) until it accepts connections.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::net::TcpStream::connect(listen).is_err() {

@@ -284,3 +284,20 @@ mod tests {
         assert!(mqtt_host_port("http://x").is_err());
     }
 }
+
+/// Raises the open-file limit to its hard maximum (one socket per device needs many); returns
+/// the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}

@@ -263,6 +263,23 @@ pub async fn run(
     })
 }
 
+/// Raises the open-file limit to its hard maximum (one socket per device needs many); returns
+/// the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,22 +299,5 @@ mod tests {
             ("127.0.0.1".to_owned(), 1883)
         );
         assert!(mqtt_host_port("http://x").is_err());
-    }
-}
-
-/// Raises the open-file limit to its hard maximum (one socket per device needs many); returns
-/// the soft limit now in force.
-pub fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
     }
 }

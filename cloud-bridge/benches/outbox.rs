@@ -1,0 +1,3 @@
+//! Append throughput of the outbox (placeholder until the bench is written).
+
+fn main() {}

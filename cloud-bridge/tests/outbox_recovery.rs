@@ -256,3 +256,14 @@ async fn a_damaged_acknowledgement_file_means_replay_not_loss() {
         assert_eq!(recv(&mut rx).await.id, id);
     }
 }
+
+#[tokio::test]
+async fn one_open_outbox_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _rx, _acks) = outbox::open(config(dir.path())).await.unwrap();
+    let err = outbox::open(config(dir.path())).await.err().unwrap();
+    assert!(matches!(err, OutboxError::Locked { .. }), "{err}");
+    outbox.close().await;
+    let (again, _rx, _acks) = outbox::open(config(dir.path())).await.unwrap();
+    again.close().await;
+}

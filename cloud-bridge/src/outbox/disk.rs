@@ -18,6 +18,8 @@ use crate::message::{NewMessage, OutboundMessage};
 
 /// Name of the acknowledgement file in the outbox directory.
 pub(crate) const ACK_FILE: &str = "acked";
+/// Name of the file whose `flock` keeps a second process (or a second open) out.
+pub(crate) const LOCK_FILE: &str = "lock";
 
 /// The segment being appended to.
 #[derive(Debug)]
@@ -37,6 +39,8 @@ pub(crate) struct Disk {
     ack_seq: u64,
     /// Reused encoding buffer.
     buf: Vec<u8>,
+    /// Holds the directory's lock until the outbox is closed.
+    _lock: File,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
@@ -68,6 +72,22 @@ impl Disk {
     pub(crate) fn open(dir: &Path) -> Result<(Disk, Recovered), OutboxError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let dir_file = File::open(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(OutboxError::Locked {
+                    path: dir.to_owned(),
+                });
+            }
+            Err(e) => return Err(io_err(&lock_path)(e.into())),
+        }
 
         let ack_path = dir.join(ACK_FILE);
         let ack_existed = ack_path.exists();
@@ -171,6 +191,7 @@ impl Disk {
             ack_file,
             ack_seq: slot.map_or(0, |s| s.seq),
             buf: Vec::new(),
+            _lock: lock,
         };
         Ok((disk, recovered))
     }

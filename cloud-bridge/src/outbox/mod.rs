@@ -40,8 +40,8 @@
 //! # On-disk format (version 1)
 //!
 //! A directory holds segment files named by the first id they may hold, as 20 decimal digits
-//! (`00000000000000000001.seg`), and one acknowledgement file, `acked`. All integers are
-//! little-endian.
+//! (`00000000000000000001.seg`), one acknowledgement file, `acked`, and an empty file `lock`
+//! that an open outbox holds an exclusive `flock` on. All integers are little-endian.
 //!
 //! A segment starts with a 16-byte header, then records back to back:
 //!
@@ -105,8 +105,8 @@ use task::{AppendRequest, Request, Reservation, Shared, WriterConfig};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboxConfig {
-    /// Directory of the segment files (created if missing). One outbox per directory, opened by
-    /// one process at a time.
+    /// Directory of the segment files (created if missing). One open outbox per directory at a
+    /// time ([`OutboxError::Locked`] otherwise; [`OutboxHandle::close`] releases it).
     pub dir: PathBuf,
     /// Bound on record bytes on disk plus appends on their way (default 256 MiB).
     pub max_bytes: u64,
@@ -175,6 +175,12 @@ pub enum OutboxError {
     #[error("{path} is not a v6iot outbox segment of format version 1")]
     Foreign {
         /// The file.
+        path: PathBuf,
+    },
+    /// Another open outbox (in this process or another) holds the directory.
+    #[error("the outbox in {path} is already open")]
+    Locked {
+        /// The directory.
         path: PathBuf,
     },
     /// The blocking task that opens the outbox did not finish.

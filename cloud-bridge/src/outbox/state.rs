@@ -502,7 +502,7 @@ impl OutboxState {
             }
             i += 1;
         }
-        if self.closed || self.failed.is_some() {
+        if self.closed {
             ReadStep::Done
         } else {
             ReadStep::Wait

@@ -17,8 +17,9 @@
 //! - `kill -9` at any moment loses nothing that was reported durable: on the next open every
 //!   such message is delivered again unless its acknowledgement had been persisted. A torn or
 //!   corrupt record is never delivered: each record has a CRC, and a torn tail is cut off on
-//!   open. Ids increase across restarts and are never reused for a message that was handed
-//!   to the publisher.
+//!   open. Ids increase across restarts: an id is never given twice, not even one of a record
+//!   cut off as torn (only ids of records that never reached the file can come again, and
+//!   nobody saw those).
 //! - Memory is bounded: the publish channel holds [`OutboxConfig::publish_window`] messages;
 //!   a backlog (slow bridge, broker down) stays on disk and is read back in order as the
 //!   channel drains.
@@ -60,7 +61,8 @@
 //! On open each segment is read record by record; at the first record that is short (torn), has
 //! a wrong CRC, reserved flags, a bad topic, or an id out of sequence, the file is cut
 //! (truncated and synced), logged and counted ([`OutboxStats::torn_tails`]). A last segment
-//! whose header is incomplete or all zeros (a crash while creating it) is removed. A header of
+//! whose header is incomplete or all zeros (a crash while creating it) is removed. Segment files
+//! are synced with `fdatasync`; the directory is synced after a segment is created. A header of
 //! another magic or version makes [`open`] fail rather than lose data.
 //!
 //! `acked` holds two 32-byte slots, written alternately and synced:
@@ -73,8 +75,10 @@
 //! torn write of one slot leaves the other. Every id up to `watermark` is acknowledged.
 //!
 //! The next id after open is above the last record of every segment, the base of every segment
-//! and the watermark. The active (last) segment is never deleted, so its base or records keep
-//! that true even when everything else is acknowledged and reclaimed.
+//! and the watermark, and above the ids the bytes cut off could have held (one per 19 bytes).
+//! Appends then continue the last segment if their ids follow on from its records, else start
+//! a new one. The active (last) segment is never deleted, so its base or records keep all this
+//! true even when everything else is acknowledged and reclaimed.
 //!
 //! # Space
 //!

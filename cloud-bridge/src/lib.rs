@@ -6,7 +6,9 @@
 //! | module | job |
 //! |---|---|
 //! | [`message`] | `OutboundMessage`: one MQTT message with its record id |
+//! | [`outbox`] | the durable outbox: group-committed segment files, bounded in bytes, at-least-once delivery to the bridge with acknowledgements |
 //! | [`topics`] | the topic convention of shared/DESIGN.md §9 |
 
 pub mod message;
+pub mod outbox;
 pub mod topics;

@@ -1,0 +1,404 @@
+//! Blocking file I/O: recovery on open, writing a group commit, the acknowledgement file,
+//! deleting segments, reading records back for the publisher.
+//!
+//! Everything here blocks; [`super::task`] runs it on tokio's blocking pool. What to write and
+//! where comes from the [state core](super::state); this module only moves bytes and syncs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use super::OutboxError;
+use super::log::{self, AckSlot, HeaderCheck, RECORD_OVERHEAD, RecordError, SEGMENT_HEADER_LEN};
+use super::state::{Plan, Recovered, SegmentSummary};
+use crate::message::{NewMessage, OutboundMessage};
+
+/// Name of the acknowledgement file in the outbox directory.
+pub(crate) const ACK_FILE: &str = "acked";
+/// Name of the file whose `flock` keeps a second process (or a second open) out.
+pub(crate) const LOCK_FILE: &str = "lock";
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active {
+    file: File,
+    /// Bytes written to it (durable once synced).
+    len: u64,
+}
+
+/// The open files of an outbox directory.
+#[derive(Debug)]
+pub(crate) struct Disk {
+    dir: PathBuf,
+    dir_file: File,
+    active: Active,
+    ack_file: File,
+    ack_seq: u64,
+    /// Reused encoding buffer.
+    buf: Vec<u8>,
+    /// Holds the directory's lock until the outbox is closed.
+    _lock: File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
+    move |source| OutboxError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What the scan of one segment file found.
+struct Scan {
+    summary: Option<SegmentSummary>,
+    truncated: u64,
+}
+
+impl Scan {
+    /// The next id must be at least this: above every id the cut-off records may have had
+    /// (each record has at least `RECORD_OVERHEAD` bytes).
+    fn min_next_id(&self) -> u64 {
+        let Some(s) = &self.summary else { return 0 };
+        let after_valid = s.ids.map_or(s.base, |(_, last)| last.saturating_add(1));
+        after_valid.saturating_add(self.truncated.div_ceil(RECORD_OVERHEAD))
+    }
+}
+
+impl Disk {
+    /// Opens (creating if needed) the outbox in `dir`: reads the acknowledgement file, checks
+    /// every segment, cuts torn tails off, and makes sure there is an active segment.
+    pub(crate) fn open(dir: &Path) -> Result<(Disk, Recovered), OutboxError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let dir_file = File::open(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(OutboxError::Locked {
+                    path: dir.to_owned(),
+                });
+            }
+            Err(e) => return Err(io_err(&lock_path)(e.into())),
+        }
+
+        let ack_path = dir.join(ACK_FILE);
+        let ack_existed = ack_path.exists();
+        let mut ack_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&ack_path)
+            .map_err(io_err(&ack_path))?;
+        let mut ack_bytes = Vec::new();
+        ack_file
+            .read_to_end(&mut ack_bytes)
+            .map_err(io_err(&ack_path))?;
+        let slot = AckSlot::newest(&ack_bytes);
+        if slot.is_none() && !ack_bytes.is_empty() {
+            warn!(path = %ack_path.display(), "no valid slot in the acknowledgement file: \
+                  unacknowledged and acknowledged messages alike will be published again");
+        }
+        if !ack_existed {
+            dir_file.sync_all().map_err(io_err(dir))?;
+        }
+        let watermark = slot.map_or(0, |s| s.watermark);
+
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            if let Some(base) = entry
+                .file_name()
+                .to_str()
+                .and_then(log::parse_segment_file_name)
+            {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+
+        let mut recovered = Recovered {
+            segments: Vec::new(),
+            watermark,
+            torn_tails: 0,
+            truncated_bytes: 0,
+            min_next_id: 0,
+        };
+        for &base in &bases {
+            let path = dir.join(log::segment_file_name(base));
+            let scan = scan_segment(&path, base)?;
+            recovered.min_next_id = recovered.min_next_id.max(scan.min_next_id());
+            if scan.truncated > 0 {
+                recovered.torn_tails += 1;
+                recovered.truncated_bytes += scan.truncated;
+            }
+            if let Some(s) = scan.summary {
+                recovered.segments.push(s);
+            }
+        }
+
+        let next_id = recovered.next_id();
+        // Appends continue the last segment if their ids follow on from its records (not
+        // after ids were skipped over a cut-off tail); otherwise a new segment starts.
+        let continues = recovered.segments.last().filter(|last| {
+            last.ids
+                .is_none_or(|(_, l)| l.checked_add(1) == Some(next_id))
+        });
+        let active = match continues {
+            Some(last) => {
+                let path = dir.join(log::segment_file_name(last.base));
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                Active {
+                    file,
+                    len: SEGMENT_HEADER_LEN + last.record_bytes,
+                }
+            }
+            None => {
+                let active = create_segment(dir, next_id, &mut Vec::new()).map_err(io_err(dir))?;
+                active.file.sync_data().map_err(io_err(dir))?;
+                dir_file.sync_all().map_err(io_err(dir))?;
+                recovered.segments.push(SegmentSummary {
+                    base: next_id,
+                    ids: None,
+                    record_bytes: 0,
+                });
+                active
+            }
+        };
+        info!(
+            dir = %dir.display(),
+            segments = recovered.segments.len(),
+            watermark,
+            next_id,
+            torn_tails = recovered.torn_tails,
+            "outbox opened"
+        );
+        let disk = Disk {
+            dir: dir.to_owned(),
+            dir_file,
+            active,
+            ack_file,
+            ack_seq: slot.map_or(0, |s| s.seq),
+            buf: Vec::new(),
+            _lock: lock,
+        };
+        Ok((disk, recovered))
+    }
+
+    /// Writes the records of `plan` (`msgs` in order) and makes them durable. Returns the
+    /// number of syncs: one for a batch in one segment, more when it opened a new segment.
+    pub(crate) fn write(&mut self, plan: &Plan, msgs: &[NewMessage]) -> io::Result<u64> {
+        let mut syncs = 0;
+        let mut dirty = false;
+        let mut new_entry = false;
+        let mut msgs = msgs.iter();
+        for chunk in &plan.chunks {
+            if chunk.new_segment {
+                if dirty {
+                    self.active.file.sync_data()?;
+                    syncs += 1;
+                }
+                self.active = create_segment(&self.dir, chunk.base, &mut self.buf)?;
+                new_entry = true;
+                dirty = true;
+            }
+            self.buf.clear();
+            for (id, msg) in (chunk.first_id..).zip(msgs.by_ref().take(chunk.count)) {
+                log::encode_record(&mut self.buf, id, msg)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
+            }
+            self.active.file.write_all(&self.buf)?;
+            self.active.len += self.buf.len() as u64;
+            dirty |= !self.buf.is_empty();
+        }
+        if dirty {
+            self.active.file.sync_data()?;
+            syncs += 1;
+        }
+        if new_entry {
+            self.dir_file.sync_all()?;
+            syncs += 1;
+        }
+        Ok(syncs)
+    }
+
+    /// Persists the acknowledgement watermark: writes the older slot, syncs.
+    pub(crate) fn persist_watermark(&mut self, watermark: u64) -> io::Result<()> {
+        let slot = AckSlot {
+            seq: self.ack_seq + 1,
+            watermark,
+        };
+        self.ack_file.write_all_at(&slot.encode(), slot.offset())?;
+        self.ack_file.sync_data()?;
+        self.ack_seq = slot.seq;
+        Ok(())
+    }
+
+    /// Deletes segment `base` (already gone counts as done).
+    pub(crate) fn delete_segment(&self, base: u64) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(log::segment_file_name(base))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Creates segment `base` with its header written (not yet synced: the caller syncs it with
+/// the records that follow, and syncs the directory).
+fn create_segment(dir: &Path, base: u64, buf: &mut Vec<u8>) -> io::Result<Active> {
+    let path = dir.join(log::segment_file_name(base));
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(path)?;
+    buf.clear();
+    buf.extend_from_slice(&log::encode_segment_header(base));
+    file.write_all(buf)?;
+    Ok(Active {
+        file,
+        len: SEGMENT_HEADER_LEN,
+    })
+}
+
+/// Checks one segment file: its header, then records up to the first one that is torn,
+/// corrupt or out of sequence, where the file is cut.
+fn scan_segment(path: &Path, base: u64) -> Result<Scan, OutboxError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    match log::check_segment_header(&bytes) {
+        HeaderCheck::Valid(b) if b == base => {}
+        HeaderCheck::Torn => {
+            warn!(path = %path.display(), "segment without a complete header (a crash while \
+                  creating it): removed");
+            fs::remove_file(path).map_err(io_err(path))?;
+            return Ok(Scan {
+                summary: None,
+                truncated: bytes.len() as u64,
+            });
+        }
+        HeaderCheck::Valid(_) | HeaderCheck::Foreign => {
+            return Err(OutboxError::Foreign {
+                path: path.to_owned(),
+            });
+        }
+    }
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut ids: Option<(u64, u64)> = None;
+    let mut problem = None;
+    while let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) {
+        if rest.is_empty() {
+            break;
+        }
+        match log::decode_record(rest) {
+            Ok((msg, n)) => {
+                let in_sequence = match ids {
+                    None => msg.id >= base,
+                    Some((_, last)) => Some(msg.id) == last.checked_add(1),
+                };
+                if !in_sequence {
+                    problem = Some(format!("id {} out of sequence", msg.id));
+                    break;
+                }
+                ids = Some((ids.map_or(msg.id, |(f, _)| f), msg.id));
+                offset += n;
+            }
+            Err(e) => {
+                problem = Some(match e {
+                    RecordError::Incomplete { .. } => "torn record".to_owned(),
+                    other => format!("{other:?}"),
+                });
+                break;
+            }
+        }
+    }
+    let truncated = (bytes.len() as u64).saturating_sub(offset);
+    if truncated > 0 {
+        warn!(
+            path = %path.display(),
+            at = offset,
+            bytes = truncated,
+            problem = problem.as_deref().unwrap_or("?"),
+            "cutting a torn or corrupt tail off an outbox segment"
+        );
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        file.set_len(offset).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+    }
+    Ok(Scan {
+        summary: Some(SegmentSummary {
+            base,
+            ids,
+            record_bytes: offset - SEGMENT_HEADER_LEN,
+        }),
+        truncated,
+    })
+}
+
+/// Why records could not be read back.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The file could not be read (gone: it was reclaimed).
+    Io(io::Error),
+    /// Durable bytes that do not decode: the disk changed under us.
+    Corrupt(RecordError),
+}
+
+/// Reads the records of segment `base` in `offset..end` (durable bytes): at most `max_records`
+/// of them, in about `max_chunk` bytes (at least one whole record). Returns them and the
+/// offset after the last.
+pub(crate) fn read_records(
+    dir: &Path,
+    base: u64,
+    offset: u64,
+    end: u64,
+    max_chunk: u64,
+    max_records: usize,
+) -> Result<(Vec<OutboundMessage>, u64), ReadError> {
+    let file = File::open(dir.join(log::segment_file_name(base))).map_err(ReadError::Io)?;
+    let mut want = end.saturating_sub(offset).min(max_chunk);
+    loop {
+        let mut buf = vec![0; usize::try_from(want).unwrap_or(0)];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(ReadError::Io)?;
+        let mut msgs = Vec::new();
+        let mut at = 0_u64;
+        let mut first_error = None;
+        while let Some(rest) = usize::try_from(at).ok().and_then(|a| buf.get(a..)) {
+            if rest.is_empty() || msgs.len() >= max_records {
+                break;
+            }
+            match log::decode_record(rest) {
+                Ok((m, n)) => {
+                    msgs.push(m);
+                    at += n;
+                }
+                Err(e) => {
+                    first_error = Some(e);
+                    break;
+                }
+            }
+        }
+        match first_error {
+            None => return Ok((msgs, offset + at)),
+            Some(_) if !msgs.is_empty() => return Ok((msgs, offset + at)),
+            // one record larger than the chunk: read exactly it
+            Some(RecordError::Incomplete {
+                needed: Some(needed),
+            }) if needed > want && offset + needed <= end => want = needed,
+            Some(e) => return Err(ReadError::Corrupt(e)),
+        }
+    }
+}

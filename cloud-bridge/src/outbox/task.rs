@@ -1,0 +1,347 @@
+//! The tokio side: the writer task (group commit, acknowledgement persistence, reclaiming) and
+//! the reader task (feeds the publish channel from disk).
+//!
+//! Both are thin: they ask the [state core](super::state) what to do, run the blocking
+//! [file I/O](super::disk) on tokio's blocking pool, and tell the core what happened.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use super::AppendError;
+use super::disk::{self, Disk, ReadError};
+use super::state::{OutboxState, ReadPos, ReadStep};
+use crate::message::{NewMessage, OutboundMessage};
+
+/// Bytes the reader reads from a segment at a time.
+const READ_CHUNK: u64 = 256 * 1024;
+
+/// What the handles, the acknowledger and the tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The bookkeeping; locked briefly, never across an `.await` or I/O.
+    pub(crate) core: Mutex<OutboxState>,
+    /// New durable records, a rewind, or close.
+    pub(crate) wake_reader: Notify,
+    /// The watermark moved (something to persist or reclaim).
+    pub(crate) wake_writer: Notify,
+}
+
+impl Shared {
+    /// Locks the core (a panic elsewhere cannot leave it half-changed: nothing in it panics).
+    pub(crate) fn core(&self) -> MutexGuard<'_, OutboxState> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Bytes reserved in the core for an append on its way to the writer; given back on drop
+/// unless the writer committed them.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Wraps bytes that [`OutboxState::try_reserve`] granted.
+    pub(crate) fn new(shared: Arc<Shared>, bytes: u64) -> Reservation {
+        Reservation { shared, bytes }
+    }
+
+    /// Takes the bytes out: the caller accounts for them (in [`OutboxState::commit`]).
+    fn disarm(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.shared.core().release(self.bytes);
+        }
+    }
+}
+
+/// One `append` call on its way to the writer.
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    pub(crate) msgs: Vec<NewMessage>,
+    pub(crate) lens: Vec<u64>,
+    pub(crate) reservation: Reservation,
+    pub(crate) reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Make these messages durable.
+    Append(AppendRequest),
+    /// Finish what came before, persist the watermark, stop; answer when done.
+    Close(oneshot::Sender<()>),
+}
+
+/// How the writer gathers groups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    pub(crate) max_batch: usize,
+    pub(crate) max_batch_delay: Duration,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// The writer: gathers appends into groups, writes and syncs each group once, persists the
+/// watermark and deletes reclaimable segments. Ends on close or when every handle is gone.
+pub(crate) async fn run_writer(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Request>,
+    disk: Disk,
+    config: WriterConfig,
+) {
+    let mut disk = Some(disk);
+    let mut closing = None;
+    loop {
+        disk = maintain(&shared, disk, false).await;
+        let deadline = shared.core().poll_timeout().map(Instant::from_std);
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            () = shared.wake_writer.notified() => continue,
+            () = sleep_until(deadline) => continue,
+        };
+        let mut batch = Vec::new();
+        let mut count = 0;
+        match first {
+            None => break,
+            Some(Request::Close(done)) => {
+                closing = Some(done);
+                break;
+            }
+            Some(Request::Append(a)) => {
+                count += a.msgs.len();
+                batch.push(a);
+            }
+        }
+        let gather_until = Instant::now() + config.max_batch_delay;
+        while count < config.max_batch {
+            let next = match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(mpsc::error::TryRecvError::Empty) if !config.max_batch_delay.is_zero() => {
+                    tokio::time::timeout_at(gather_until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(_) => None,
+            };
+            match next {
+                None => break,
+                Some(Request::Close(done)) => {
+                    closing = Some(done);
+                    break;
+                }
+                Some(Request::Append(a)) => {
+                    count += a.msgs.len();
+                    batch.push(a);
+                }
+            }
+        }
+        disk = write_batch(&shared, disk, batch).await;
+        if closing.is_some() {
+            break;
+        }
+    }
+    shared.core().close();
+    rx.close();
+    while let Ok(r) = rx.try_recv() {
+        match r {
+            Request::Append(a) => {
+                let _ = a.reply.send(Err(AppendError::Closed));
+            }
+            Request::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+    drop(maintain(&shared, disk, true).await);
+    shared.wake_reader.notify_one();
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes one group and answers every append in it.
+async fn write_batch(
+    shared: &Arc<Shared>,
+    disk: Option<Disk>,
+    mut batch: Vec<AppendRequest>,
+) -> Option<Disk> {
+    let lens: Vec<u64> = batch.iter().flat_map(|a| a.lens.iter().copied()).collect();
+    let plan = shared.core().plan(&lens);
+    let msgs: Vec<NewMessage> = batch
+        .iter_mut()
+        .flat_map(|a| std::mem::take(&mut a.msgs))
+        .collect();
+    let Some(mut d) = disk else {
+        fail_all(batch, "the outbox writer failed earlier");
+        return None;
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let r = d.write(&plan, &msgs);
+        (d, plan, r)
+    })
+    .await;
+    match result {
+        Ok((d, plan, Ok(fsyncs))) => {
+            let reserved: u64 = batch.iter_mut().map(|a| a.reservation.disarm()).sum();
+            shared.core().commit(&plan, reserved, fsyncs);
+            shared.wake_reader.notify_one();
+            let mut id = plan.chunks.first().map_or(0, |c| c.first_id);
+            for a in batch {
+                let n = a.lens.len() as u64;
+                let _ = a.reply.send(Ok((id..id + n).collect()));
+                id += n;
+            }
+            Some(d)
+        }
+        Ok((d, _, Err(e))) => {
+            let why = format!("writing the outbox failed: {e}");
+            error!("{why}; no more appends until the outbox is reopened");
+            shared.core().fail(why.clone());
+            shared.wake_reader.notify_one();
+            fail_all(batch, &why);
+            Some(d)
+        }
+        Err(e) => {
+            let why = format!("the outbox write task failed: {e}");
+            error!("{why}");
+            shared.core().fail(why.clone());
+            fail_all(batch, &why);
+            None
+        }
+    }
+}
+
+fn fail_all(batch: Vec<AppendRequest>, why: &str) {
+    for a in batch {
+        let _ = a.reply.send(Err(AppendError::Io(why.to_owned())));
+    }
+}
+
+/// Persists the watermark when due (or `force`) and deletes reclaimable segments.
+async fn maintain(shared: &Arc<Shared>, disk: Option<Disk>, force: bool) -> Option<Disk> {
+    let (persist, reclaim) = {
+        let core = shared.core();
+        (core.poll_persist(now(), force), core.reclaimable())
+    };
+    if persist.is_none() && reclaim.is_empty() {
+        return disk;
+    }
+    let mut d = disk?;
+    let result = tokio::task::spawn_blocking(move || {
+        let persisted = persist.map(|w| d.persist_watermark(w).map(|()| w));
+        let deleted: Vec<u64> = reclaim
+            .into_iter()
+            .filter(|&base| match d.delete_segment(base) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(base, "cannot delete an acknowledged outbox segment: {e}");
+                    false
+                }
+            })
+            .collect();
+        (d, persisted, deleted)
+    })
+    .await;
+    match result {
+        Ok((d, persisted, deleted)) => {
+            let mut core = shared.core();
+            match persisted {
+                Some(Ok(w)) => core.persisted(w, now()),
+                Some(Err(e)) => {
+                    warn!("cannot persist the acknowledgement watermark: {e}");
+                    core.persist_failed(now());
+                }
+                None => {}
+            }
+            for base in deleted {
+                core.reclaimed(base);
+            }
+            Some(d)
+        }
+        Err(e) => {
+            let why = format!("the outbox maintenance task failed: {e}");
+            error!("{why}");
+            shared.core().fail(why);
+            None
+        }
+    }
+}
+
+/// The reader: hands every durable, unacknowledged message to the publish channel in id
+/// order, reading from disk as the channel drains (the backlog stays on disk).
+pub(crate) async fn run_reader(
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    tx: mpsc::Sender<OutboundMessage>,
+    window: usize,
+) {
+    let mut pos = ReadPos::default();
+    loop {
+        let step = shared.core().poll_read(&mut pos);
+        match step {
+            ReadStep::Done => return,
+            ReadStep::Wait => {
+                tokio::select! {
+                    () = shared.wake_reader.notified() => {}
+                    () = tx.closed() => return,
+                }
+            }
+            ReadStep::Read { base, offset, end } => {
+                let d = dir.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    disk::read_records(&d, base, offset, end, READ_CHUNK, window)
+                })
+                .await;
+                match read {
+                    Ok(Ok((mut msgs, next))) => {
+                        shared.core().read_done(&mut pos, base, next, &mut msgs);
+                        for m in msgs {
+                            if tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let live = shared.core().read_failed(&mut pos, base);
+                        if live {
+                            match e {
+                                ReadError::Io(e) => {
+                                    error!(base, offset, "cannot read an outbox segment: {e}");
+                                }
+                                ReadError::Corrupt(e) => {
+                                    error!(base, offset, "corrupt durable outbox record: {e:?}");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        error!("the outbox read task failed: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -43,6 +43,11 @@ pub enum BridgeEvent {
         /// How many.
         count: usize,
     },
+    /// The broker confirmed the command subscription: commands can arrive.
+    Subscribed {
+        /// The topic filter.
+        filter: String,
+    },
     /// A command was parsed and handed to the edge.
     CommandForwarded {
         /// Device named in the topic.

@@ -438,7 +438,11 @@ impl Bridge {
                 (None, _) => tracing::debug!(pkid, "PUBACK for an unknown packet id"),
             },
             Ev::Publish { topic, payload } => self.command(&topic, &payload),
-            Ev::SubAck { refused: None } => tracing::debug!("subscribed to commands"),
+            Ev::SubAck { refused: None } => {
+                let filter = self.config.topics.command_filter();
+                tracing::debug!(%filter, "subscribed to commands");
+                self.links.events.emit(BridgeEvent::Subscribed { filter });
+            }
             Ev::SubAck {
                 refused: Some(reason),
             } => tracing::error!(filter = %self.config.topics.command_filter(), %reason,

@@ -1,0 +1,350 @@
+//! The WebSocket sink: the same outbox messages as MQTT, to a `ws://` or `wss://` endpoint, one
+//! JSON text message per record:
+//!
+//! ```json
+//! {"id":42,"topic":"v6iot/plant-a/s1/telemetry","payload":[{"n":"temperature","v":21.5}]}
+//! {"id":43,"topic":"v6iot/plant-a/s2/telemetry","payload":"AAEC","encoding":"base64"}
+//! ```
+//!
+//! A payload that is JSON is embedded as it is; any other payload is a base64 string, marked
+//! `"encoding":"base64"`. Ids are acknowledged once the frames are flushed to the socket (the
+//! WebSocket protocol has no application acknowledgement); a batch that fails is sent again after
+//! the reconnection, so delivery is at-least-once. The connection is the bridge's own: Happy
+//! Eyeballs TCP, then rustls with the same [`TlsOptions`] as MQTT for `wss://`.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::backoff::Backoff;
+use crate::endpoint::Endpoint;
+use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
+use crate::happy_eyeballs::CONNECTION_ATTEMPT_DELAY;
+use crate::message::OutboundMessage;
+use crate::tls::TlsOptions;
+use crate::transport::Connector;
+
+/// Everything [`run_websocket`] needs to know.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// `ws://host:port/path` or `wss://host:port/path`.
+    pub url: String,
+    /// PEM CA file to trust, and only it (CA pinning); system roots when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM client key, for mutual TLS.
+    pub client_key: Option<PathBuf>,
+    /// TLS name to verify and send as SNI instead of the URL's host.
+    pub server_name: Option<String>,
+    /// First reconnection delay (jittered, doubling).
+    pub reconnect_min: Duration,
+    /// Longest reconnection delay.
+    pub reconnect_max: Duration,
+    /// Limit for resolving, TCP, TLS and the WebSocket handshake, each connection.
+    pub connect_timeout: Duration,
+    /// Happy Eyeballs' Connection Attempt Delay.
+    pub attempt_delay: Duration,
+    /// At most this many records per flush (at least 1).
+    pub max_batch: usize,
+    /// Counters, shared with the caller.
+    pub stats: Arc<BridgeStats>,
+}
+
+impl WsConfig {
+    /// Defaults: reconnect 0.5 s … 30 s, connect timeout 10 s, batches of 64.
+    pub fn new(url: &str) -> Self {
+        WsConfig {
+            url: url.to_owned(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            server_name: None,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            attempt_delay: CONNECTION_ATTEMPT_DELAY,
+            max_batch: 64,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The TLS part.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            server_name: self.server_name.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<Endpoint, BridgeError> {
+        let endpoint = Endpoint::parse(&self.url)?;
+        if !endpoint.scheme.is_websocket() {
+            return Err(BridgeError::Config(
+                "the WebSocket url must be ws:// or wss://".into(),
+            ));
+        }
+        Ok(endpoint)
+    }
+}
+
+/// One record as sent: `payload` is the message's JSON text, or base64 with `encoding`.
+#[derive(serde::Serialize)]
+struct Record<'a, P: serde::Serialize> {
+    id: u64,
+    topic: &'a str,
+    payload: P,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+}
+
+/// The JSON text of one record.
+pub fn record_json(m: &OutboundMessage) -> String {
+    use serde_json::value::RawValue;
+    let json = match serde_json::from_slice::<&RawValue>(&m.payload) {
+        // Embedded exactly as it came, unless it spans lines.
+        Ok(raw) if !raw.get().contains(['\n', '\r']) => serde_json::to_string(&Record {
+            id: m.id,
+            topic: &m.topic,
+            payload: raw,
+            encoding: None,
+        }),
+        Ok(_) => serde_json::from_slice::<serde_json::Value>(&m.payload).and_then(|value| {
+            serde_json::to_string(&Record {
+                id: m.id,
+                topic: &m.topic,
+                payload: value,
+                encoding: None,
+            })
+        }),
+        Err(e) => Err(e),
+    };
+    json.unwrap_or_else(|_| {
+        serde_json::json!({
+            "id": m.id,
+            "topic": m.topic,
+            "payload": base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            "encoding": "base64",
+        })
+        .to_string()
+    })
+}
+
+/// Runs the WebSocket sink until `shutdown` completes: connects (Happy Eyeballs, TLS for
+/// `wss://`), sends each message from `outgoing` as [`record_json`], acknowledges the ids on
+/// `acks` after each flush, and reconnects forever with jittered exponential back-off.
+pub async fn run_websocket(
+    config: WsConfig,
+    mut outgoing: mpsc::Receiver<OutboundMessage>,
+    acks: mpsc::UnboundedSender<u64>,
+    events: Option<mpsc::UnboundedSender<BridgeEvent>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BridgeError> {
+    let endpoint = config.validate()?;
+    let connector = Connector::new(
+        endpoint,
+        &config.tls(),
+        config.attempt_delay,
+        config.connect_timeout,
+    )?;
+    let events = Events::new(events);
+    let stats = Arc::clone(&config.stats);
+    let max_batch = config.max_batch.max(1);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    // Received and not yet acknowledged (not sent, or sent on a connection that failed).
+    let mut pending: VecDeque<OutboundMessage> = VecDeque::new();
+    let mut resend = 0usize;
+    let mut outgoing_closed = false;
+    loop {
+        let connected = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Ok(()),
+            connected = connect(&connector, &config) => connected,
+        };
+        let (ws, addr) = match connected {
+            Ok(ws) => ws,
+            Err(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in = ?delay, "WebSocket connection attempt failed");
+                stats.inc(Counter::ConnectFailures);
+                events.emit(BridgeEvent::ConnectFailed { reason });
+                if sleep_or_shutdown(delay, &mut shutdown).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        tracing::info!(%addr, url = %config.url, "WebSocket connected");
+        backoff.reset();
+        stats.inc(Counter::Connects);
+        events.emit(BridgeEvent::Connected { addr });
+        if resend > 0 {
+            events.emit(BridgeEvent::Republishing { count: resend });
+        }
+        let (mut sink, mut source) = ws.split();
+        let reason = loop {
+            if !pending.is_empty() {
+                let n = pending.len().min(max_batch);
+                let sent = async {
+                    for m in pending.iter().take(n) {
+                        sink.feed(Message::Text(record_json(m).into())).await?;
+                    }
+                    sink.flush().await
+                }
+                .await;
+                if let Err(e) = sent {
+                    break format!("sending: {e}");
+                }
+                for m in pending.drain(..n) {
+                    stats.inc(Counter::Published);
+                    if resend > 0 {
+                        resend -= 1;
+                        stats.inc(Counter::Republished);
+                    }
+                    let _ = acks.send(m.id);
+                    stats.inc(Counter::Acked);
+                    events.emit(BridgeEvent::Published { id: m.id });
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                    tracing::info!("WebSocket sink stopped");
+                    return Ok(());
+                }
+                frame = source.next() => match frame {
+                    None => break "closed by the peer".to_owned(),
+                    Some(Err(e)) => break format!("receiving: {e}"),
+                    Some(Ok(Message::Close(frame))) => {
+                        break format!("closed by the peer: {frame:?}");
+                    }
+                    Some(Ok(_)) => {} // pings are answered by tungstenite; data is ignored
+                },
+                m = outgoing.recv(), if !outgoing_closed => match m {
+                    None => outgoing_closed = true,
+                    Some(m) => {
+                        pending.push_back(m);
+                        while pending.len() < max_batch {
+                            let Ok(m) = outgoing.try_recv() else { break };
+                            pending.push_back(m);
+                        }
+                    }
+                },
+            }
+        };
+        resend = pending.len();
+        let delay = backoff.next_delay();
+        tracing::warn!(%reason, retry_in = ?delay, unacked = resend, "WebSocket connection lost");
+        stats.inc(Counter::Disconnects);
+        events.emit(BridgeEvent::Disconnected { reason });
+        if sleep_or_shutdown(delay, &mut shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn crate::transport::Io>>;
+
+async fn connect(
+    connector: &Connector,
+    config: &WsConfig,
+) -> Result<(Ws, std::net::SocketAddr), String> {
+    let (stream, addr) = connector.connect().await?;
+    let request = config
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("WebSocket request for {}: {e}", config.url))?;
+    let handshake = tokio_tungstenite::client_async(request, stream);
+    match tokio::time::timeout(config.connect_timeout, handshake).await {
+        Ok(Ok((ws, _response))) => Ok((ws, addr)),
+        Ok(Err(e)) => Err(format!(
+            "WebSocket handshake with {} at {addr}: {e}",
+            connector.endpoint().authority()
+        )),
+        Err(_) => Err(format!("WebSocket handshake at {addr} timed out")),
+    }
+}
+
+async fn sleep_or_shutdown<F: Future<Output = ()>>(
+    delay: Duration,
+    shutdown: &mut Pin<&mut F>,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown.as_mut() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(payload: &[u8]) -> OutboundMessage {
+        OutboundMessage {
+            id: 7,
+            topic: "t/x".into(),
+            payload: payload.to_vec(),
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn json_payloads_are_embedded_verbatim() {
+        let line = record_json(&msg(br#"[{"n":"temperature","v":21.50}]"#));
+        assert_eq!(
+            line,
+            r#"{"id":7,"topic":"t/x","payload":[{"n":"temperature","v":21.50}]}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payload"][0]["v"], 21.5);
+        let line = record_json(&msg(b"  \"text\" "));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payload"], "text");
+        assert!(v.get("encoding").is_none());
+    }
+
+    #[test]
+    fn multi_line_json_becomes_one_line() {
+        let line = record_json(&msg(b"{\n  \"a\": 1\n}\n"));
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payload"]["a"], 1);
+    }
+
+    #[test]
+    fn other_payloads_are_base64() {
+        for payload in [&b"\x00\x01\xff"[..], b"not json", b""] {
+            let line = record_json(&msg(payload));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["encoding"], "base64");
+            let back = base64::engine::general_purpose::STANDARD
+                .decode(v["payload"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(back, payload);
+            assert_eq!(v["id"], 7);
+            assert_eq!(v["topic"], "t/x");
+        }
+    }
+
+    #[test]
+    fn only_websocket_urls() {
+        assert!(WsConfig::new("mqtt://h").validate().is_err());
+        assert!(WsConfig::new("ws://[::1]:9/x").validate().is_ok());
+    }
+}

@@ -157,19 +157,19 @@ pub(crate) async fn run_writer(
     }
     shared.core().close();
     rx.close();
+    let mut closers: Vec<oneshot::Sender<()>> = closing.into_iter().collect();
     while let Ok(r) = rx.try_recv() {
         match r {
             Request::Append(a) => {
                 let _ = a.reply.send(Err(AppendError::Closed));
             }
-            Request::Close(done) => {
-                let _ = done.send(());
-            }
+            Request::Close(done) => closers.push(done),
         }
     }
+    // persists the watermark, then drops the files (and the directory lock)
     drop(maintain(&shared, disk, true).await);
     shared.wake_reader.notify_one();
-    if let Some(done) = closing {
+    for done in closers {
         let _ = done.send(());
     }
 }

@@ -5,6 +5,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`config`] | the TOML configuration, with errors that name the key |
+//! | [`server`] | the I/O: CoAP socket, outbox, MQTT bridge around the ingress |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod ingress;
+pub mod server;
 
 /// The crate's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,16 +1,108 @@
 //! `v6iot-edge`: command-line entry point of the edge router.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-/// v6iot edge router (not yet functional: the data path arrives with the next issue).
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use v6iot_edge_router::config::EdgeConfig;
+
+/// v6iot edge router: CoAP ingress, durable outbox, MQTT bridge to the platform.
 #[derive(Parser)]
 #[command(name = "v6iot-edge", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge router (until Ctrl-C or SIGTERM).
+    Run {
+        /// Configuration file (TOML); flags below override its keys.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `coap.listen`: UDP address for CoAP.
+        #[arg(long)]
+        coap_listen: Option<SocketAddr>,
+        /// `mqtt.url`: mqtt://host:port or mqtts://host:port.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// `data_dir`: where the outbox lives.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// `site`: the site's topic level.
+        #[arg(long)]
+        site: Option<String>,
+        /// `edge_id`: this router's name.
+        #[arg(long)]
+        edge_id: Option<String>,
+    },
+    /// Check a configuration file and print it as understood.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!(
-        "v6iot-edge {}: the edge router's data path is not built yet",
-        v6iot_edge_router::VERSION
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::CheckConfig { file } => {
+            let config = EdgeConfig::load(&file).with_context(|| format!("{}", file.display()))?;
+            println!("{}: ok\n{config:#?}", file.display());
+            Ok(())
+        }
+        Command::Run { config, coap_listen, mqtt_url, data_dir, site, edge_id } => {
+            let mut c = match &config {
+                Some(path) => EdgeConfig::load(path).with_context(|| format!("{}", path.display()))?,
+                None => EdgeConfig::with_site(site.as_deref().unwrap_or("site")),
+            };
+            if let Some(v) = coap_listen {
+                c.coap.listen = v;
+            }
+            if let Some(v) = mqtt_url {
+                c.mqtt.url = v;
+            }
+            if let Some(v) = data_dir {
+                c.data_dir = v;
+            }
+            if let Some(v) = site {
+                c.site = v;
+            }
+            if let Some(v) = edge_id {
+                c.edge_id = v;
+            }
+            c.check()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(v6iot_edge_router::server::run(c, None, shutdown_signal()))
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

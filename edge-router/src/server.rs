@@ -1,0 +1,249 @@
+//! The edge router's I/O: the CoAP socket, the outbox files and the MQTT connection, around the
+//! sans-IO [`Ingress`]. Nothing here decides anything about the protocol.
+//!
+//! ```text
+//! UDP socket ──datagrams──▶ Ingress ──appends──▶ outbox (group commit, fsync) ──▶ MQTT bridge ──▶ broker
+//!      ▲                      │  ▲                        │ result                        │ PUBACK
+//!      └──── ACK / 5.03 ──────┘  └──── handle_appended ◀──┘                ack id ◀───────┘
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use v6iot_cloud_bridge::command::Command;
+use v6iot_cloud_bridge::message::NewMessage;
+use v6iot_cloud_bridge::mqtt::{BridgeEvent, BridgeStats, MqttConfig, run_mqtt};
+use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
+use v6iot_cloud_bridge::topics::Topics;
+
+use crate::config::EdgeConfig;
+use crate::ingress::{AppendResult, AppendTicket, Ingress, IngressConfig, IngressEvent, IngressStats};
+
+/// Most datagrams taken from the socket per wake-up before the loop flushes answers.
+const RECV_BATCH: usize = 256;
+
+/// What the running edge router shares with whoever started it (tests, the demo).
+#[derive(Debug, Clone)]
+pub struct EdgeHandle {
+    /// The CoAP address actually bound.
+    pub coap_addr: SocketAddr,
+    /// MQTT bridge counters.
+    pub bridge: Arc<BridgeStats>,
+    /// A snapshot of the ingress counters, refreshed by the loop.
+    pub ingress: Arc<std::sync::Mutex<IngressStats>>,
+}
+
+/// Runs the edge router until `shutdown` completes. `ready` receives the handle once the socket
+/// is bound and the outbox open.
+pub async fn run(
+    config: EdgeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<EdgeHandle>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
+    let socket = UdpSocket::bind(config.coap.listen)
+        .await
+        .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
+    let coap_addr = socket.local_addr()?;
+
+    let mut outbox_config = OutboxConfig::new(config.data_dir.join("outbox"));
+    outbox_config.max_bytes = config.outbox.max_bytes;
+    outbox_config.segment_bytes = config.outbox.segment_bytes.min(config.outbox.max_bytes / 2);
+    outbox_config.max_batch = config.outbox.max_batch;
+    outbox_config.max_batch_delay = Duration::from_millis(config.outbox.max_batch_delay_ms);
+    let (outbox, to_publish, acker) = outbox::open(outbox_config)
+        .await
+        .with_context(|| format!("cannot open the outbox in {}", config.data_dir.display()))?;
+
+    let mut mqtt = MqttConfig::new(&config.mqtt.url, &config.edge_id, topics.clone());
+    mqtt.protocol = config.mqtt.protocol;
+    mqtt.keep_alive = Duration::from_secs(config.mqtt.keep_alive);
+    if let Some(id) = &config.mqtt.client_id {
+        mqtt.client_id = id.clone();
+    }
+    mqtt.username = config.mqtt.username.clone();
+    mqtt.password = config.mqtt.password.clone();
+    mqtt.ca_file = config.mqtt.ca_file.clone();
+    mqtt.client_cert = config.mqtt.client_cert.clone();
+    mqtt.client_key = config.mqtt.client_key.clone();
+    mqtt.server_name = config.mqtt.server_name.clone();
+    let bridge_stats = mqtt.stats.clone();
+
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
+    let acks = tokio::spawn(async move {
+        while let Some(id) = ack_rx.recv().await {
+            acker.ack(id);
+        }
+    });
+    let (command_tx, mut command_rx) = mpsc::channel::<Command>(1024);
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<BridgeEvent>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut bridge_stop = stop_rx.clone();
+    let bridge = tokio::spawn(async move {
+        let stop = async move {
+            let _ = bridge_stop.wait_for(|s| *s).await;
+        };
+        run_mqtt(mqtt, to_publish, ack_tx, command_tx, Some(event_tx), stop).await
+    });
+    tokio::spawn(async move {
+        while let Some(e) = event_rx.recv().await {
+            match e {
+                BridgeEvent::Published { .. } => {}
+                other => tracing::info!(event = ?other, "mqtt"),
+            }
+        }
+    });
+
+    let boot_ms = unix_ms();
+    let mut ingress_config = IngressConfig::new(topics.clone());
+    ingress_config.max_body = config.coap.max_body;
+    ingress_config.min_lifetime = Duration::from_secs(config.coap.min_lifetime);
+    ingress_config.max_lifetime = Duration::from_secs(config.coap.max_lifetime);
+    let mut ingress = Ingress::new(ingress_config, boot_ms);
+    let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
+    if let Some(ready) = ready {
+        let _ = ready.send(EdgeHandle { coap_addr, bridge: bridge_stats, ingress: stats.clone() });
+    }
+    tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<AppendTicket>, AppendResult)>();
+    let mut buf = vec![0u8; 65_536];
+    tokio::pin!(shutdown);
+    loop {
+        flush(&socket, &mut ingress, &outbox, &done_tx).await;
+        if let Ok(mut s) = stats.lock() {
+            *s = *ingress.stats();
+        }
+        let deadline = ingress.poll_timeout();
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let now = Instant::now();
+                let wall = unix_ms();
+                match received {
+                    Ok((len, peer)) => {
+                        if let Some(bytes) = buf.get(..len) {
+                            ingress.handle_datagram(now, wall, peer, bytes);
+                        }
+                        for _ in 1..RECV_BATCH {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((len, peer)) => {
+                                    if let Some(bytes) = buf.get(..len) {
+                                        ingress.handle_datagram(now, wall, peer, bytes);
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "receive error"),
+                }
+            }
+            Some((tickets, result)) = done_rx.recv() => {
+                for t in tickets {
+                    ingress.handle_appended(t, result);
+                }
+                while let Ok((tickets, result)) = done_rx.try_recv() {
+                    for t in tickets {
+                        ingress.handle_appended(t, result);
+                    }
+                }
+            }
+            Some(command) = command_rx.recv() => {
+                // Downlink commands arrive with a later change; until then they are refused
+                // visibly rather than dropped.
+                let result = serde_json::json!({"req": command.req, "status": "rejected", "error": "commands are not supported by this edge router yet"});
+                let msg = NewMessage { topic: topics.command_result(&command.device, &command.req), payload: result.to_string().into_bytes(), retain: false };
+                let handle = outbox.clone();
+                tokio::spawn(async move { let _ = handle.append(vec![msg]).await; });
+            }
+            () = sleep_until(deadline) => ingress.handle_timeout(Instant::now(), unix_ms()),
+            () = &mut shutdown => break,
+        }
+        while let Some(event) = ingress.poll_event() {
+            log_event(&event);
+        }
+    }
+    tracing::info!("edge router stopping");
+    let _ = stop_tx.send(true);
+    outbox.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), bridge).await;
+    acks.abort();
+    Ok(())
+}
+
+/// Sends what the ingress has to send and hands its appends to the outbox (one group per call).
+async fn flush(
+    socket: &UdpSocket,
+    ingress: &mut Ingress,
+    outbox: &OutboxHandle,
+    done: &mpsc::UnboundedSender<(Vec<AppendTicket>, AppendResult)>,
+) {
+    let mut tickets = Vec::new();
+    let mut messages = Vec::new();
+    let mut fire_and_forget = Vec::new();
+    while let Some(a) = ingress.poll_append() {
+        match a.ticket {
+            Some(t) => {
+                tickets.push(t);
+                messages.push(a.message);
+            }
+            None => fire_and_forget.push(a.message),
+        }
+    }
+    if !messages.is_empty() {
+        let handle = outbox.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let result = match handle.append(messages).await {
+                Ok(_) => AppendResult::Stored,
+                Err(AppendError::Full { retry_after }) => AppendResult::Full { retry_after },
+                Err(e) => {
+                    tracing::warn!(error = %e, "records not stored");
+                    AppendResult::Failed
+                }
+            };
+            let _ = done.send((tickets, result));
+        });
+    }
+    if !fire_and_forget.is_empty() {
+        let handle = outbox.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle.append(fire_and_forget).await {
+                tracing::warn!(error = %e, "status messages not stored");
+            }
+        });
+    }
+    while let Some((to, bytes)) = ingress.poll_transmit() {
+        let sent = match socket.try_send_to(&bytes, to) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(&bytes, to).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(peer = %to, error = %e, "send failed");
+        }
+    }
+}
+
+fn log_event(event: &IngressEvent) {
+    match event {
+        IngressEvent::Refused { peer, code, reason } => tracing::info!(%peer, %code, %reason, "refused"),
+        other => tracing::info!(event = ?other, "device"),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

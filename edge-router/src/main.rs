@@ -47,7 +47,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -57,9 +59,18 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok\n{config:#?}", file.display());
             Ok(())
         }
-        Command::Run { config, coap_listen, mqtt_url, data_dir, site, edge_id } => {
+        Command::Run {
+            config,
+            coap_listen,
+            mqtt_url,
+            data_dir,
+            site,
+            edge_id,
+        } => {
             let mut c = match &config {
-                Some(path) => EdgeConfig::load(path).with_context(|| format!("{}", path.display()))?,
+                Some(path) => {
+                    EdgeConfig::load(path).with_context(|| format!("{}", path.display()))?
+                }
                 None => EdgeConfig::with_site(site.as_deref().unwrap_or("site")),
             };
             if let Some(v) = coap_listen {
@@ -78,7 +89,9 @@ fn main() -> anyhow::Result<()> {
                 c.edge_id = v;
             }
             c.check()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(v6iot_edge_router::server::run(c, None, shutdown_signal()))
         }
     }
@@ -89,13 +102,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -17,12 +17,14 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use v6iot_cloud_bridge::command::Command;
 use v6iot_cloud_bridge::message::NewMessage;
-use v6iot_cloud_bridge::mqtt::{BridgeEvent, BridgeStats, MqttConfig, run_mqtt};
 use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
+use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, run_mqtt};
 
 use crate::config::EdgeConfig;
-use crate::ingress::{AppendResult, AppendTicket, Ingress, IngressConfig, IngressEvent, IngressStats};
+use crate::ingress::{
+    AppendResult, AppendTicket, Ingress, IngressConfig, IngressEvent, IngressStats,
+};
 
 /// Most datagrams taken from the socket per wake-up before the loop flushes answers.
 const RECV_BATCH: usize = 256;
@@ -107,7 +109,11 @@ pub async fn run(
     let mut ingress = Ingress::new(ingress_config, boot_ms);
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
     if let Some(ready) = ready {
-        let _ = ready.send(EdgeHandle { coap_addr, bridge: bridge_stats, ingress: stats.clone() });
+        let _ = ready.send(EdgeHandle {
+            coap_addr,
+            bridge: bridge_stats,
+            ingress: stats.clone(),
+        });
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
 
@@ -221,7 +227,9 @@ async fn flush(
     while let Some((to, bytes)) = ingress.poll_transmit() {
         let sent = match socket.try_send_to(&bytes, to) {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(&bytes, to).await.map(|_| ()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.send_to(&bytes, to).await.map(|_| ())
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -232,7 +240,9 @@ async fn flush(
 
 fn log_event(event: &IngressEvent) {
     match event {
-        IngressEvent::Refused { peer, code, reason } => tracing::info!(%peer, %code, %reason, "refused"),
+        IngressEvent::Refused { peer, code, reason } => {
+            tracing::info!(%peer, %code, %reason, "refused")
+        }
         other => tracing::info!(event = ?other, "device"),
     }
 }
@@ -245,5 +255,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -5,6 +5,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`sensor`] | the simulated sensor node: its resource tree and state, a sans-IO [`v6iot_sdk::coap::App`] |
+//! | [`demo`] | the all-in-one demo: embedded broker, edge router, fleet, summary |
 //! | [`duration`] | parsing of human durations (`2s`, `500ms`) for the command line |
 //! | [`fleet`] | fleet devices: the reporting sensor app and its uplink, sans-IO |
 //! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
@@ -16,6 +17,7 @@
 
 pub mod broker;
 pub mod collector;
+pub mod demo;
 pub mod duration;
 pub mod fleet;
 pub mod load;

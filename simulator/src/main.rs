@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::UdpSocket;
 use v6iot_sdk::coap::{Config, Device, Event};
 use v6iot_sdk::uplink::Binding;
+use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::fleet::FleetPlan;
 use v6iot_simulator::load::{self, BrokerView};
@@ -34,6 +35,22 @@ enum Command {
         /// How often readings change and observers are notified, e.g. `2s`, `500ms`.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         interval: Duration,
+    },
+    /// Everything in one process on loopback: an embedded MQTT broker, the edge router and a
+    /// fleet of devices that register and report; then a summary.
+    Demo {
+        /// Number of devices.
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// How long devices report, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Reports per second over the fleet (default: one per device per second).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Drive a fleet of devices at an external edge router and count deliveries at its broker.
     Run {
@@ -86,19 +103,48 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo and fleet runs print their own progress; their components' logs stay quiet.
+    let default_level = match cli.command {
+        Command::Device { .. } => "info",
+        // rumqttd logs every closed connection as an error; the demo's own summary says more.
+        _ => "warn,rumqttd=off",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Device { bind, id, interval } => runtime.block_on(run_device(bind, id, interval)),
+        Command::Demo {
+            devices,
+            duration,
+            rate,
+            quiet,
+        } => {
+            let plan = DemoPlan {
+                devices,
+                duration,
+                rate: rate.unwrap_or(devices as f64),
+                progress: !quiet,
+            };
+            let multi = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = multi.block_on(demo::run(plan))?;
+            println!("\n{}", demo::summary(&report));
+            if report.lost > 0 {
+                anyhow::bail!("{} acknowledged records were not delivered", report.lost);
+            }
+            Ok(())
+        }
         Command::Run {
             edge,
             devices,

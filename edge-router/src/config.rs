@@ -152,6 +152,8 @@ pub struct OutboxSection {
     pub max_batch: usize,
     /// Longest wait to gather a group, milliseconds.
     pub max_batch_delay_ms: u64,
+    /// Max-Age of the 5.03 answer when the outbox is full, seconds.
+    pub retry_after_s: u64,
 }
 
 impl Default for OutboxSection {
@@ -160,7 +162,8 @@ impl Default for OutboxSection {
             max_bytes: 1 << 30,
             segment_bytes: 64 << 20,
             max_batch: 4096,
-            max_batch_delay_ms: 2,
+            max_batch_delay_ms: 0,
+            retry_after_s: 10,
         }
     }
 }

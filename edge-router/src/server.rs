@@ -58,6 +58,7 @@ pub async fn run(
     outbox_config.segment_bytes = config.outbox.segment_bytes.min(config.outbox.max_bytes / 2);
     outbox_config.max_batch = config.outbox.max_batch;
     outbox_config.max_batch_delay = Duration::from_millis(config.outbox.max_batch_delay_ms);
+    outbox_config.retry_after = Duration::from_secs(config.outbox.retry_after_s.max(1));
     let (outbox, to_publish, acker) = outbox::open(outbox_config)
         .await
         .with_context(|| format!("cannot open the outbox in {}", config.data_dir.display()))?;
@@ -207,7 +208,14 @@ async fn flush(
         tokio::spawn(async move {
             let result = match handle.append(messages).await {
                 Ok(_) => AppendResult::Stored,
-                Err(AppendError::Full { retry_after }) => AppendResult::Full { retry_after },
+                Err(AppendError::Full { retry_after }) => {
+                    tracing::warn!(
+                        records = tickets.len(),
+                        ?retry_after,
+                        "outbox full: devices told to retry later (5.03)"
+                    );
+                    AppendResult::Full { retry_after }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "records not stored");
                     AppendResult::Failed

@@ -1,0 +1,593 @@
+//! End to end through real software: SDK devices on UDP → the `v6iot-edge` binary (CoAP ingress,
+//! durable outbox) → a real mosquitto → an independent MQTT subscriber. Each test starts and
+//! stops its own broker and edge router on free loopback ports.
+//!
+//! scripts/test installs mosquitto; without it these tests fail, naming the missing tool.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use v6iot_sdk::coap::{
+    App, Changed, Config, Device, Resource, ResourceTree, Response, content_format as cf,
+};
+use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::uplink::{ReportStats, UplinkConfig};
+
+// ----- temp dirs and ports -----
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "v6iot-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    StdUdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it holds or `limit` passes; panics with `what` on timeout.
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ----- mosquitto -----
+
+struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = free_tcp_port();
+        let conf = dir.join("mosquitto.conf");
+        let store = dir.join("mosquitto-store");
+        std::fs::create_dir_all(&store).unwrap();
+        let text = format!(
+            "listener {port} ::1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\n\
+             max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\n",
+            store.display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+        };
+        m.restart();
+        m
+    }
+
+    fn restart(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
+            .into_iter()
+            .find(|b| Path::new(b).exists() || *b == "mosquitto")
+            .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "mosquitto is not installed: run scripts/test (it installs Debian's mosquitto)",
+            );
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("::1", port)).is_ok()
+        });
+    }
+
+    /// Graceful stop (SIGTERM): mosquitto saves its persistent sessions.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ----- the edge router binary -----
+
+struct Edge {
+    child: Option<Child>,
+    coap: SocketAddr,
+    args: Vec<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Edge {
+    fn start(dir: &Path, mqtt_port: u16, extra_toml: &str) -> Edge {
+        let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
+        let conf = dir.join("edge.toml");
+        let text = format!(
+            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n[mqtt]\nurl = \"mqtt://[::1]:{mqtt_port}\"\n{extra_toml}",
+            dir.join("data").display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let args = vec!["run".into(), "--config".into(), conf.display().to_string()];
+        let mut e = Edge {
+            child: None,
+            coap,
+            args,
+            log: Arc::default(),
+        };
+        e.restart();
+        e
+    }
+
+    fn restart(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("edge router did not start within 20 s");
+            let line = rx
+                .recv_timeout(left)
+                .expect("edge router exited before it was running");
+            if line.contains("edge router running") {
+                break;
+            }
+        }
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            while let Ok(line) = rx.recv() {
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    fn await_log(&self, needle: &str, limit: Duration) {
+        let log = self.log.clone();
+        wait_for(&format!("edge log `{needle}`"), limit, || {
+            log.lock().unwrap().iter().any(|l| l.contains(needle))
+        });
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ----- the subscriber -----
+
+/// What reached the broker: (device, seq) → payload, with duplicate count.
+#[derive(Default)]
+struct Seen {
+    records: HashMap<(String, u64), serde_json::Value>,
+    duplicates: u64,
+    status: HashMap<String, String>,
+}
+
+fn parse_delivery(topic: &str, payload: &[u8], seen: &mut Seen) {
+    let levels: Vec<&str> = topic.split('/').collect();
+    if levels[2] == "_edge" {
+        return; // the edge router's own status
+    }
+    let device = levels[2].to_owned();
+    let value: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    if levels[3] == "status" {
+        seen.status.insert(
+            device,
+            value["state"].as_str().unwrap_or_default().to_owned(),
+        );
+        return;
+    }
+    let seq = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["n"].as_str().unwrap().ends_with(":seq"))
+        .unwrap()["v"]
+        .as_f64()
+        .unwrap() as u64;
+    if seen.records.insert((device, seq), value).is_some() {
+        seen.duplicates += 1;
+    }
+}
+
+/// A persistent-session subscriber (it keeps its subscription across a broker restart).
+fn subscribe(rt: &tokio::runtime::Runtime, port: u16) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut options = MqttOptions::new(
+        format!("e2e-sub-{}-{port}", std::process::id()),
+        "::1",
+        port,
+    );
+    options
+        .set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(options, 1024);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let s = seen.clone();
+    rt.spawn(async move {
+        client
+            .subscribe("v6iot/t/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let _keep = client;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    parse_delivery(&p.topic, &p.payload, &mut s.lock().unwrap())
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscription acknowledged");
+    seen
+}
+
+// ----- devices -----
+
+struct Meter {
+    next: Instant,
+    every: Duration,
+    stop_after: u64,
+    seq: u64,
+    id: String,
+    pending: Option<Vec<u8>>,
+}
+
+impl App for Meter {
+    fn poll_timeout(&self) -> Option<Instant> {
+        (self.seq < self.stop_after).then_some(self.next)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Changed {
+        self.seq += 1;
+        self.next = now + self.every;
+        let pack = PackBuilder::new()
+            .base_name(format!("urn:dev:e2e:{}:", self.id))
+            .base_time(1_800_000_000.0 + self.seq as f64)
+            .record(Record::measurement("flow", "m3/s", self.seq as f64 * 0.5))
+            .record(Record {
+                n: Some("seq".into()),
+                v: Some(self.seq as f64),
+                ..Record::default()
+            })
+            .build();
+        self.pending = Some(senml::to_cbor(&pack).unwrap());
+        Changed::NONE
+    }
+
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.pending.take().map(|b| (cf::SENML_CBOR, b))
+    }
+}
+
+/// Devices that each send `reports` reports, one every `every`; returns per-device stats when
+/// `stop` fires.
+fn start_devices(
+    rt: &tokio::runtime::Runtime,
+    edge: SocketAddr,
+    count: usize,
+    reports: u64,
+    every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<(String, ReportStats, usize)>> {
+    let mut tree = ResourceTree::new();
+    tree.add(
+        Resource::new("flow")
+            .get(|m: &mut Meter, _| Response::content(0, m.seq.to_string().into_bytes()).into()),
+    )
+    .unwrap();
+    let tree = Arc::new(tree);
+    (0..count)
+        .map(|n| {
+            let id = format!("dev{n:03}");
+            let tree = tree.clone();
+            let mut stop = stop.clone();
+            rt.spawn(async move {
+                let socket = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+                let now = Instant::now();
+                let app = Meter {
+                    next: now + Duration::from_millis(100 + 7 * n as u64),
+                    every,
+                    stop_after: reports,
+                    seq: 0,
+                    id: id.clone(),
+                    pending: None,
+                };
+                let uplink = UplinkConfig {
+                    max_queued_reports: 100_000,
+                    ..UplinkConfig::new(edge, id.clone())
+                };
+                let mut device =
+                    Device::new(Config::default(), n as u64, tree, app).with_uplink(now, uplink);
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                v6iot_sdk::driver::run(&socket, &mut device, |_| {}, shutdown)
+                    .await
+                    .unwrap();
+                let stats = *device.reporter().unwrap().stats();
+                (id, stats, device.reporter().unwrap().queued())
+            })
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Stops the devices and returns (device, acked count, queued) for each.
+fn stop_devices(
+    rt: &tokio::runtime::Runtime,
+    stop: &tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(String, ReportStats, usize)>>,
+) -> Vec<(String, ReportStats, usize)> {
+    stop.send(true).unwrap();
+    tasks.into_iter().map(|t| rt.block_on(t).unwrap()).collect()
+}
+
+/// Every acknowledged (device, seq): a reporter sends in order, one at a time, so the first
+/// `acked` reports of each device are the acknowledged ones.
+fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u64)> {
+    results
+        .iter()
+        .flat_map(|(id, s, _)| (1..=s.acked).map(move |q| (id.clone(), q)))
+        .collect()
+}
+
+// ----- the tests -----
+
+#[test]
+fn every_record_arrives_intact() {
+    let dir = TempDir::new("plain");
+    let broker = Mosquitto::start(dir.path());
+    let _edge = Edge::start(dir.path(), broker.port, "");
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_devices(&rt, _edge.coap, 20, 25, Duration::from_millis(20), stop_rx);
+    wait_for("500 deliveries", Duration::from_secs(30), || {
+        seen.lock().unwrap().records.len() >= 500
+    });
+    let results = stop_devices(&rt, &stop_tx, tasks);
+    let acked = acknowledged(&results);
+    assert_eq!(
+        acked.len(),
+        500,
+        "every report acknowledged: {:?}",
+        results.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.records.keys().cloned().collect::<HashSet<_>>(), acked);
+    // Content intact: names resolved, values and times as the device sent them, an id each.
+    let r = &seen.records[&("dev007".to_owned(), 12)];
+    assert_eq!(r[0]["n"], "urn:dev:e2e:dev007:flow");
+    assert_eq!(r[0]["v"], 6.0);
+    assert_eq!(r[0]["u"], "m3/s");
+    assert_eq!(r[0]["t"], 1_800_000_012.0);
+    let ids: HashSet<&str> = seen
+        .records
+        .values()
+        .map(|r| r[0]["rid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 500, "distinct record ids");
+    assert!(seen.status.values().all(|s| s == "registered"));
+    assert_eq!(seen.status.len(), 20, "a retained status per device");
+}
+
+#[test]
+fn broker_outage_loses_nothing() {
+    let dir = TempDir::new("outage");
+    let mut broker = Mosquitto::start(dir.path());
+    let edge = Edge::start(dir.path(), broker.port, "");
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_devices(&rt, edge.coap, 10, 100, Duration::from_millis(20), stop_rx);
+    wait_for("first deliveries", Duration::from_secs(20), || {
+        seen.lock().unwrap().records.len() >= 100
+    });
+    broker.stop();
+    let during = seen.lock().unwrap().records.len();
+    // Devices keep reporting into the outbox while the broker is down.
+    std::thread::sleep(Duration::from_millis(800));
+    broker.restart();
+    wait_for(
+        "all 1000 deliveries after the outage",
+        Duration::from_secs(60),
+        || seen.lock().unwrap().records.len() >= 1000,
+    );
+    let results = stop_devices(&rt, &stop_tx, tasks);
+    let acked = acknowledged(&results);
+    assert_eq!(acked.len(), 1000);
+    let seen = seen.lock().unwrap();
+    let missing: Vec<_> = acked
+        .difference(&seen.records.keys().cloned().collect())
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} records, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert!(
+        during < 1000,
+        "the outage happened mid-stream ({during} delivered before it)"
+    );
+}
+
+#[test]
+fn kill_9_of_the_edge_loses_no_acknowledged_record() {
+    let dir = TempDir::new("kill9");
+    let broker = Mosquitto::start(dir.path());
+    let mut edge = Edge::start(dir.path(), broker.port, "");
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_devices(&rt, edge.coap, 10, 150, Duration::from_millis(10), stop_rx);
+    wait_for(
+        "deliveries before the crash",
+        Duration::from_secs(20),
+        || seen.lock().unwrap().records.len() >= 200,
+    );
+    edge.kill9();
+    edge.restart();
+    wait_for(
+        "all 1500 deliveries after the restart",
+        Duration::from_secs(90),
+        || seen.lock().unwrap().records.len() >= 1500,
+    );
+    let results = stop_devices(&rt, &stop_tx, tasks);
+    let acked = acknowledged(&results);
+    let seen = seen.lock().unwrap();
+    let missing: Vec<_> = acked
+        .difference(&seen.records.keys().cloned().collect())
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} acknowledged records, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(acked.len(), 1500, "devices re-registered and finished");
+}
+
+#[test]
+fn full_outbox_answers_5_03_and_drops_nothing_acknowledged() {
+    let dir = TempDir::new("full");
+    let mut broker = Mosquitto::start(dir.path());
+    let rt = runtime();
+    // Subscribe first (persistent session), then take the broker down: it keeps the session.
+    let seen = subscribe(&rt, broker.port);
+    broker.stop();
+    // 1 MiB outbox and no broker: it fills up, then devices are told to wait (5.03 + Max-Age).
+    let edge = Edge::start(
+        dir.path(),
+        broker.port,
+        "[outbox]\nmax_bytes = 1048576\nsegment_bytes = 262144\nretry_after_s = 1\n",
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_devices(&rt, edge.coap, 20, 400, Duration::from_millis(1), stop_rx);
+    edge.await_log("outbox full", Duration::from_secs(30));
+    broker.restart();
+    wait_for(
+        "all 8000 deliveries after the broker came back",
+        Duration::from_secs(90),
+        || seen.lock().unwrap().records.len() >= 8000,
+    );
+    let results = stop_devices(&rt, &stop_tx, tasks);
+    let busy: u64 = results.iter().map(|r| r.1.busy).sum();
+    assert!(busy > 0, "the full outbox answered 5.03");
+    assert_eq!(
+        results.iter().map(|r| r.1.rejected).sum::<u64>(),
+        0,
+        "nothing refused for good"
+    );
+    let acked = acknowledged(&results);
+    assert_eq!(acked.len(), 8000);
+    let s = seen.lock().unwrap();
+    let missing = acked.iter().filter(|k| !s.records.contains_key(*k)).count();
+    assert_eq!(missing, 0, "acknowledged records not delivered");
+}

@@ -37,7 +37,11 @@ impl Handoff {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
+        // A Unix socket path has at most 107 bytes: fall back to /tmp for a long TMPDIR.
+        let tmp = Some(std::env::temp_dir())
+            .filter(|t| t.as_os_str().len() <= 64)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        let dir = tmp.join(format!(
             "v6iot-bridge-{}-{}-{nanos:08x}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)

@@ -418,17 +418,31 @@ impl Bridge {
                     self.links.stats.inc(Counter::Acked);
                     self.links.events.emit(BridgeEvent::Published { id: m.id });
                 }
-                (Some(Item::Message(m)), Some(reason)) => {
+                (Some(Item::Message(m)), Some((reason, true))) => {
+                    tracing::error!(id = m.id, topic = %m.topic, %reason,
+                        "the broker refused a PUBLISH for good; the message is dropped");
+                    self.links.stats.inc(Counter::Refused);
+                    self.links.stats.inc(Counter::Dropped);
+                    let _ = self.links.acks.send(m.id);
+                    self.links.events.emit(BridgeEvent::PublishRefused {
+                        id: m.id,
+                        reason,
+                        dropped: true,
+                    });
+                }
+                (Some(Item::Message(m)), Some((reason, false))) => {
                     tracing::warn!(id = m.id, topic = %m.topic, %reason,
                         "the broker refused a PUBLISH; it is retried after the next reconnection");
                     self.links.stats.inc(Counter::Refused);
-                    self.links
-                        .events
-                        .emit(BridgeEvent::PublishRefused { id: m.id, reason });
+                    self.links.events.emit(BridgeEvent::PublishRefused {
+                        id: m.id,
+                        reason,
+                        dropped: false,
+                    });
                     self.state.deferred.push(m);
                 }
                 (Some(Item::Internal(i)), refused) => {
-                    if let Some(reason) = refused {
+                    if let Some((reason, _)) = refused {
                         tracing::warn!(topic = %i.topic, %reason, "the broker refused a PUBLISH");
                     }
                     if i.kind == Kind::Offline {

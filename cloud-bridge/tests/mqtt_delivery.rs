@@ -247,3 +247,35 @@ async fn a_publish_refused_for_good_by_an_mqtt_5_broker_is_dropped_loudly() {
     let s = bridge.stats.snapshot();
     assert_eq!((s.refused, s.dropped, s.acked), (1, 1, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_it_retries_with_back_off_not_in_a_spin() {
+    init_tracing();
+    let port = free_port(); // nothing listens there
+    let mut c = config(&format!("mqtt://localhost:{port}"), 4);
+    c.reconnect_min = Duration::from_millis(50);
+    c.reconnect_max = Duration::from_millis(200);
+    let mut bridge = Bridge::start(c, 8);
+    let window = Duration::from_millis(1500);
+    let t0 = Instant::now();
+    let mut failures = 0;
+    while t0.elapsed() < window {
+        let left = window.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, bridge.events.recv()).await {
+            Ok(Some(BridgeEvent::ConnectFailed { reason })) => {
+                assert!(reason.contains("refused"), "{reason}");
+                failures += 1;
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => panic!("the bridge stopped"),
+            Err(_) => break,
+        }
+    }
+    bridge.stop().await.unwrap();
+    // delays 25-50, 50-100, 100-200, then 100-200 ms: about 10 attempts in 1.5 s
+    assert!(
+        (4..=20).contains(&failures),
+        "{failures} attempts in {window:?}"
+    );
+    assert_eq!(bridge.stats.snapshot().connect_failures, failures);
+}

@@ -6,7 +6,7 @@
 //! | `config.rs` | [`MqttConfig`] and its checks |
 //! | `inflight.rs` | packet id ↔ message bookkeeping, the in-flight window (sans-IO) |
 //! | `client.rs` | rumqttc 3.1.1 / 5 behind one face; the event-loop task of one connection |
-//! | `handoff.rs` | gives rumqttc the connection the bridge made (Happy Eyeballs + rustls) |
+//! | `handoff.rs` | gives rumqttc the connection the bridge made (Happy Eyeballs + rustls) through a one-shot private Unix socket |
 //! | this file | [`run_mqtt`]: connect, publish, acknowledge, reconnect, commands |
 //!
 //! Each connection is a new clean session: rumqttc never resends on its own; the bridge
@@ -36,7 +36,6 @@ use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
 use crate::message::OutboundMessage;
 use crate::transport::Connector;
 use client::{Client, Ev, status_payload};
-use handoff::Handoff;
 use inflight::InFlight;
 
 /// At most this many error results wait to be published; more are dropped (and logged).
@@ -76,7 +75,7 @@ pub async fn run_mqtt(
         config.attempt_delay,
         config.connect_timeout,
     )?;
-    let handoff = Handoff::bind()?;
+    handoff::sweep_stale();
     let mut bridge = Bridge {
         links: Links {
             acks,
@@ -109,8 +108,9 @@ pub async fn run_mqtt(
             }
         };
         tracing::debug!(%addr, "transport up, starting the MQTT session");
-        let pipe = AbortOnDrop(handoff.splice(stream));
-        let (client, events_rx, poll) = Client::start(&bridge.config, handoff.path(), capacity);
+        let (socket, pipe) = handoff::splice(stream)?;
+        let pipe = AbortOnDrop(pipe);
+        let (client, events_rx, poll) = Client::start(&bridge.config, &socket, capacity);
         let poll = AbortOnDrop(poll);
         let end = bridge
             .session(

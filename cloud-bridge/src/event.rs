@@ -30,13 +30,21 @@ pub enum BridgeEvent {
         /// The message's record id.
         id: u64,
     },
-    /// An MQTT 5 broker answered the PUBLISH of `id` with an error reason code. The message is
-    /// not acknowledged; it is published again after the next reconnection.
+    /// An MQTT 5 broker answered the PUBLISH of `id` with an error reason code.
+    ///
+    /// When the refusal is permanent (NotAuthorized, TopicNameInvalid, PayloadFormatInvalid:
+    /// the broker will refuse it again whenever it is sent) the message is dropped: `dropped` is
+    /// true and `id` is sent on the acks channel, so that one such message cannot hold up the
+    /// outbox or, with brokers that also close the connection, block the bridge. Otherwise
+    /// (QuotaExceeded, unspecified errors) it is not acknowledged and is published again after
+    /// the next reconnection.
     PublishRefused {
         /// The message's record id.
         id: u64,
-        /// The broker's reason code.
+        /// The broker's reason code (and reason string, if any).
         reason: String,
+        /// Whether the message was given up (and its id acknowledged).
+        dropped: bool,
     },
     /// After a reconnection, `count` unacknowledged messages are published again.
     Republishing {
@@ -90,6 +98,7 @@ pub struct BridgeStats {
     republished: AtomicU64,
     acked: AtomicU64,
     refused: AtomicU64,
+    dropped: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
@@ -104,10 +113,13 @@ pub struct StatsSnapshot {
     pub published: u64,
     /// Of those, re-sends after a reconnection or refusal.
     pub republished: u64,
-    /// Ids acknowledged on the acks channel.
+    /// Ids acknowledged because the platform has them (PUBACK, or WebSocket flush); ids of
+    /// dropped messages also go to the acks channel but are counted in `dropped`.
     pub acked: u64,
-    /// PUBLISHes refused by an MQTT 5 broker.
+    /// PUBLISHes refused by an MQTT 5 broker (dropped or to be retried).
     pub refused: u64,
+    /// Of those, messages dropped because the refusal was permanent.
+    pub dropped: u64,
     /// Connections established.
     pub connects: u64,
     /// Connection attempts that failed.
@@ -126,6 +138,7 @@ pub(crate) enum Counter {
     Republished,
     Acked,
     Refused,
+    Dropped,
     Connects,
     ConnectFailures,
     Disconnects,
@@ -142,6 +155,7 @@ impl BridgeStats {
             republished: r(&self.republished),
             acked: r(&self.acked),
             refused: r(&self.refused),
+            dropped: r(&self.dropped),
             connects: r(&self.connects),
             connect_failures: r(&self.connect_failures),
             disconnects: r(&self.disconnects),
@@ -156,6 +170,7 @@ impl BridgeStats {
             Counter::Republished => &self.republished,
             Counter::Acked => &self.acked,
             Counter::Refused => &self.refused,
+            Counter::Dropped => &self.dropped,
             Counter::Connects => &self.connects,
             Counter::ConnectFailures => &self.connect_failures,
             Counter::Disconnects => &self.disconnects,

@@ -56,12 +56,18 @@ pub struct WsConfig {
     pub attempt_delay: Duration,
     /// At most this many records per flush (at least 1).
     pub max_batch: usize,
+    /// A Ping every this often; a connection that sends nothing (not even a Pong) for two
+    /// intervals is given up. Zero: no pings.
+    pub ping_interval: Duration,
+    /// Longest time one batch (or ping) may take to be written and flushed.
+    pub send_timeout: Duration,
     /// Counters, shared with the caller.
     pub stats: Arc<BridgeStats>,
 }
 
 impl WsConfig {
-    /// Defaults: reconnect 0.5 s … 30 s, connect timeout 10 s, batches of 64.
+    /// Defaults: reconnect 0.5 s … 30 s, connect timeout 10 s, batches of 64, a ping every
+    /// 20 s, 30 s to send a batch.
     pub fn new(url: &str) -> Self {
         WsConfig {
             url: url.to_owned(),
@@ -74,6 +80,8 @@ impl WsConfig {
             connect_timeout: Duration::from_secs(10),
             attempt_delay: CONNECTION_ATTEMPT_DELAY,
             max_batch: 64,
+            ping_interval: Duration::from_secs(20),
+            send_timeout: Duration::from_secs(30),
             stats: Arc::default(),
         }
     }
@@ -194,18 +202,26 @@ pub async fn run_websocket(
             events.emit(BridgeEvent::Republishing { count: resend });
         }
         let (mut sink, mut source) = ws.split();
+        let send_timeout = config.send_timeout.max(Duration::from_millis(100));
+        let ping_every = (!config.ping_interval.is_zero()).then_some(config.ping_interval);
+        let mut ping = tokio::time::interval(config.ping_interval.max(Duration::from_millis(10)));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        let mut last_heard = tokio::time::Instant::now();
         let reason = loop {
             if !pending.is_empty() {
                 let n = pending.len().min(max_batch);
-                let sent = async {
+                let sent = tokio::time::timeout(send_timeout, async {
                     for m in pending.iter().take(n) {
                         sink.feed(Message::Text(record_json(m).into())).await?;
                     }
                     sink.flush().await
-                }
+                })
                 .await;
-                if let Err(e) = sent {
-                    break format!("sending: {e}");
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break format!("sending: {e}"),
+                    Err(_) => break format!("sending took longer than {send_timeout:?}"),
                 }
                 for m in pending.drain(..n) {
                     stats.inc(Counter::Published);
@@ -226,14 +242,28 @@ pub async fn run_websocket(
                     tracing::info!("WebSocket sink stopped");
                     return Ok(());
                 }
-                frame = source.next() => match frame {
-                    None => break "closed by the peer".to_owned(),
-                    Some(Err(e)) => break format!("receiving: {e}"),
-                    Some(Ok(Message::Close(frame))) => {
-                        break format!("closed by the peer: {frame:?}");
+                frame = source.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    match frame {
+                        None => break "closed by the peer".to_owned(),
+                        Some(Err(e)) => break format!("receiving: {e}"),
+                        Some(Ok(Message::Close(frame))) => {
+                            break format!("closed by the peer: {frame:?}");
+                        }
+                        // pings are answered by tungstenite; data is ignored
+                        Some(Ok(_)) => {}
                     }
-                    Some(Ok(_)) => {} // pings are answered by tungstenite; data is ignored
-                },
+                }
+                _ = ping.tick(), if ping_every.is_some() => {
+                    let every = config.ping_interval;
+                    if last_heard.elapsed() > every * 2 {
+                        break format!("nothing heard from the peer for {:?}", last_heard.elapsed());
+                    }
+                    let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Vec::new().into()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break "sending a ping failed".to_owned();
+                    }
+                }
                 m = outgoing.recv(), if !outgoing_closed => match m {
                     None => outgoing_closed = true,
                     Some(m) => {

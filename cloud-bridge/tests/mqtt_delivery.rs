@@ -188,3 +188,94 @@ async fn a_broker_killed_mid_stream_loses_nothing() {
          receiver, stats {s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_refused_for_good_by_an_mqtt_5_broker_is_dropped_loudly() {
+    init_tracing();
+    let dir = TempDir::new("acl");
+    let mut spec = BrokerSpec::plain(&[V6, V4]);
+    spec.acl = Some(
+        "topic readwrite probe/#\ntopic readwrite v6iot/plant-a/+/telemetry\n\
+         topic readwrite v6iot/plant-a/_edge/#\ntopic read v6iot/plant-a/+/cmd/+\n",
+    );
+    let broker = Mosquitto::start(dir.path(), spec);
+    let topics = Topics::new("v6iot", "plant-a").unwrap();
+    let mut sub = Sub::start(V4, broker.port, &["v6iot/plant-a/+/telemetry"]).await;
+    let mut bridge = Bridge::start(config(&format!("mqtt://[::1]:{}", broker.port), 5), 8);
+    bridge.connected().await;
+    // mosquitto 2.0 answers PUBACK "not authorized" and then closes the connection
+    let mut forbidden = message(&topics, 1);
+    forbidden.topic = "v6iot/plant-a/dev-1/forbidden".into();
+    bridge.outgoing.send(forbidden).await.unwrap();
+    let refused = bridge
+        .event(Duration::from_secs(10), |e| {
+            matches!(e, BridgeEvent::PublishRefused { .. })
+        })
+        .await;
+    let BridgeEvent::PublishRefused {
+        id,
+        reason,
+        dropped,
+    } = refused
+    else {
+        unreachable!()
+    };
+    assert_eq!((id, dropped), (1, true));
+    assert!(reason.contains("NotAuthorized"), "{reason}");
+    assert_eq!(
+        bridge.acks.recv().await,
+        Some(1),
+        "given up: acknowledged to the outbox"
+    );
+    // the bridge goes on (reconnecting if the broker closed the connection)
+    for id in 2..=4 {
+        bridge.outgoing.send(message(&topics, id)).await.unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 3 {
+        acked.push(bridge.acks.recv().await.unwrap());
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, [2, 3, 4]);
+    let mut got = BTreeSet::new();
+    while got.len() < 3 {
+        let (_, p) = sub.recv(Duration::from_secs(10)).await.expect("delivered");
+        got.insert(u64::from_be_bytes(p[..8].try_into().unwrap()));
+    }
+    assert_eq!(got, BTreeSet::from([2, 3, 4]));
+    bridge.stop().await.unwrap();
+    let s = bridge.stats.snapshot();
+    assert_eq!((s.refused, s.dropped, s.acked), (1, 1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_it_retries_with_back_off_not_in_a_spin() {
+    init_tracing();
+    let port = free_port(); // nothing listens there
+    let mut c = config(&format!("mqtt://localhost:{port}"), 4);
+    c.reconnect_min = Duration::from_millis(50);
+    c.reconnect_max = Duration::from_millis(200);
+    let mut bridge = Bridge::start(c, 8);
+    let window = Duration::from_millis(1500);
+    let t0 = Instant::now();
+    let mut failures = 0;
+    while t0.elapsed() < window {
+        let left = window.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, bridge.events.recv()).await {
+            Ok(Some(BridgeEvent::ConnectFailed { reason })) => {
+                assert!(reason.contains("refused"), "{reason}");
+                failures += 1;
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => panic!("the bridge stopped"),
+            Err(_) => break,
+        }
+    }
+    bridge.stop().await.unwrap();
+    // delays 25-50, 50-100, 100-200, then 100-200 ms: about 10 attempts in 1.5 s
+    assert!(
+        (4..=20).contains(&failures),
+        "{failures} attempts in {window:?}"
+    );
+    assert_eq!(bridge.stats.snapshot().connect_failures, failures);
+}

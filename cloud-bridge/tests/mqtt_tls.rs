@@ -39,6 +39,7 @@ fn setup(require_certificate: bool) -> Setup {
                     require_certificate,
                 },
             )),
+            acl: None,
         },
     );
     Setup {

@@ -333,3 +333,35 @@ async fn wss_with_a_wrong_ca_is_refused() {
     assert!(sink.acks.try_recv().is_err());
     sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_answers_no_ping_is_given_up() {
+    init_tracing();
+    let listener = TcpListener::bind("[::1]:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // a server that completes the handshake and then never reads (so never answers a ping)
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                held.push(ws);
+            }
+        }
+    });
+    let mut config = WsConfig::new(&format!("ws://[::1]:{port}"));
+    config.ping_interval = Duration::from_millis(100);
+    let mut sink = start(config);
+    sink.event(|e| matches!(e, BridgeEvent::Connected { .. }))
+        .await;
+    let t0 = std::time::Instant::now();
+    let BridgeEvent::Disconnected { reason } = sink
+        .event(|e| matches!(e, BridgeEvent::Disconnected { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("nothing heard"), "{reason}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    sink.stop().await;
+}

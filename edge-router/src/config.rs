@@ -73,6 +73,9 @@ pub struct CoapSection {
     pub min_lifetime: u64,
     /// Longest registration lifetime granted, seconds.
     pub max_lifetime: u64,
+    /// LAB ONLY: accept telemetry from devices that never registered (benchmarks with load
+    /// generators that cannot register). Logged loudly at start.
+    pub lab_accept_unregistered: bool,
 }
 
 impl Default for CoapSection {
@@ -82,6 +85,7 @@ impl Default for CoapSection {
             max_body: 4096,
             min_lifetime: 60,
             max_lifetime: 90_000,
+            lab_accept_unregistered: false,
         }
     }
 }

@@ -107,6 +107,12 @@ pub async fn run(
     ingress_config.max_body = config.coap.max_body;
     ingress_config.min_lifetime = Duration::from_secs(config.coap.min_lifetime);
     ingress_config.max_lifetime = Duration::from_secs(config.coap.max_lifetime);
+    ingress_config.lab_accept_unregistered = config.coap.lab_accept_unregistered;
+    if config.coap.lab_accept_unregistered {
+        tracing::warn!(
+            "LAB MODE: telemetry from unregistered sources is accepted (coap.lab_accept_unregistered)"
+        );
+    }
     let mut ingress = Ingress::new(ingress_config, boot_ms);
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
     if let Some(ready) = ready {

@@ -18,8 +18,11 @@ pub(crate) enum Ev {
     ConnAck,
     /// rumqttc wrote a QoS 1 PUBLISH with this packet id.
     OutgoingPublish(u16),
-    /// A PUBACK; `refused` holds an MQTT 5 error reason code.
-    PubAck { pkid: u16, refused: Option<String> },
+    /// A PUBACK; `refused` holds an MQTT 5 error reason code, and whether it is permanent.
+    PubAck {
+        pkid: u16,
+        refused: Option<(String, bool)>,
+    },
     /// An incoming PUBLISH (a command).
     Publish { topic: String, payload: Vec<u8> },
     /// A SUBACK; `refused` when the broker refused a filter.
@@ -79,17 +82,23 @@ impl Client {
             let (client, mut el) = rumqttc::v5::AsyncClient::new(o, capacity);
             let task = tokio::spawn(async move {
                 loop {
-                    let polled = el.poll().await;
-                    let end = polled.is_err();
-                    let ev = match polled {
-                        Ok(ev) => match v5_event(ev) {
-                            Some(ev) => Ok(ev),
-                            None => continue,
-                        },
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if tx.send(ev).await.is_err() || end {
-                        return;
+                    match el.poll().await {
+                        Ok(ev) => {
+                            if let Some(ev) = v5_event(ev)
+                                && tx.send(Ok(ev)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Packets read together with the end of the stream (say a PUBACK
+                            // just before the broker closed) are still in rumqttc's buffer.
+                            for ev in el.state.events.drain(..).filter_map(v5_event) {
+                                let _ = tx.send(Ok(ev)).await;
+                            }
+                            let _ = tx.send(Err(e.to_string())).await;
+                            return;
+                        }
                     }
                 }
             });
@@ -112,17 +121,23 @@ impl Client {
             el.set_network_options(net);
             let task = tokio::spawn(async move {
                 loop {
-                    let polled = el.poll().await;
-                    let end = polled.is_err();
-                    let ev = match polled {
-                        Ok(ev) => match v4_event(ev) {
-                            Some(ev) => Ok(ev),
-                            None => continue,
-                        },
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if tx.send(ev).await.is_err() || end {
-                        return;
+                    match el.poll().await {
+                        Ok(ev) => {
+                            if let Some(ev) = v4_event(ev)
+                                && tx.send(Ok(ev)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Packets read together with the end of the stream (say a PUBACK
+                            // just before the broker closed) are still in rumqttc's buffer.
+                            for ev in el.state.events.drain(..).filter_map(v4_event) {
+                                let _ = tx.send(Ok(ev)).await;
+                            }
+                            let _ = tx.send(Err(e.to_string())).await;
+                            return;
+                        }
                     }
                 }
             });
@@ -202,10 +217,20 @@ fn v5_event(ev: rumqttc::v5::Event) -> Option<Ev> {
             pkid: a.pkid,
             refused: match a.reason {
                 PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
-                other => Some(match a.properties.and_then(|p| p.reason_string) {
-                    Some(why) => format!("{other:?}: {why}"),
-                    None => format!("{other:?}"),
-                }),
+                other => {
+                    // The same PUBLISH will be refused again, whenever it is sent.
+                    let permanent = matches!(
+                        other,
+                        PubAckReason::NotAuthorized
+                            | PubAckReason::TopicNameInvalid
+                            | PubAckReason::PayloadFormatInvalid
+                    );
+                    let reason = match a.properties.and_then(|p| p.reason_string) {
+                        Some(why) => format!("{other:?}: {why}"),
+                        None => format!("{other:?}"),
+                    };
+                    Some((reason, permanent))
+                }
             },
         },
         Event::Incoming(Packet::Publish(p)) => Ev::Publish {

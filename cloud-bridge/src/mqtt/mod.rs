@@ -6,7 +6,7 @@
 //! | `config.rs` | [`MqttConfig`] and its checks |
 //! | `inflight.rs` | packet id ↔ message bookkeeping, the in-flight window (sans-IO) |
 //! | `client.rs` | rumqttc 3.1.1 / 5 behind one face; the event-loop task of one connection |
-//! | `handoff.rs` | gives rumqttc the connection the bridge made (Happy Eyeballs + rustls) |
+//! | `handoff.rs` | gives rumqttc the connection the bridge made (Happy Eyeballs + rustls) through a one-shot private Unix socket |
 //! | this file | [`run_mqtt`]: connect, publish, acknowledge, reconnect, commands |
 //!
 //! Each connection is a new clean session: rumqttc never resends on its own; the bridge
@@ -36,7 +36,6 @@ use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
 use crate::message::OutboundMessage;
 use crate::transport::Connector;
 use client::{Client, Ev, status_payload};
-use handoff::Handoff;
 use inflight::InFlight;
 
 /// At most this many error results wait to be published; more are dropped (and logged).
@@ -76,7 +75,7 @@ pub async fn run_mqtt(
         config.attempt_delay,
         config.connect_timeout,
     )?;
-    let handoff = Handoff::bind()?;
+    handoff::sweep_stale();
     let mut bridge = Bridge {
         links: Links {
             acks,
@@ -109,8 +108,9 @@ pub async fn run_mqtt(
             }
         };
         tracing::debug!(%addr, "transport up, starting the MQTT session");
-        let pipe = AbortOnDrop(handoff.splice(stream));
-        let (client, events_rx, poll) = Client::start(&bridge.config, handoff.path(), capacity);
+        let (socket, pipe) = handoff::splice(stream)?;
+        let pipe = AbortOnDrop(pipe);
+        let (client, events_rx, poll) = Client::start(&bridge.config, &socket, capacity);
         let poll = AbortOnDrop(poll);
         let end = bridge
             .session(
@@ -418,17 +418,31 @@ impl Bridge {
                     self.links.stats.inc(Counter::Acked);
                     self.links.events.emit(BridgeEvent::Published { id: m.id });
                 }
-                (Some(Item::Message(m)), Some(reason)) => {
+                (Some(Item::Message(m)), Some((reason, true))) => {
+                    tracing::error!(id = m.id, topic = %m.topic, %reason,
+                        "the broker refused a PUBLISH for good; the message is dropped");
+                    self.links.stats.inc(Counter::Refused);
+                    self.links.stats.inc(Counter::Dropped);
+                    let _ = self.links.acks.send(m.id);
+                    self.links.events.emit(BridgeEvent::PublishRefused {
+                        id: m.id,
+                        reason,
+                        dropped: true,
+                    });
+                }
+                (Some(Item::Message(m)), Some((reason, false))) => {
                     tracing::warn!(id = m.id, topic = %m.topic, %reason,
                         "the broker refused a PUBLISH; it is retried after the next reconnection");
                     self.links.stats.inc(Counter::Refused);
-                    self.links
-                        .events
-                        .emit(BridgeEvent::PublishRefused { id: m.id, reason });
+                    self.links.events.emit(BridgeEvent::PublishRefused {
+                        id: m.id,
+                        reason,
+                        dropped: false,
+                    });
                     self.state.deferred.push(m);
                 }
                 (Some(Item::Internal(i)), refused) => {
-                    if let Some(reason) = refused {
+                    if let Some((reason, _)) = refused {
                         tracing::warn!(topic = %i.topic, %reason, "the broker refused a PUBLISH");
                     }
                     if i.kind == Kind::Offline {

@@ -86,6 +86,8 @@ pub struct BrokerSpec {
     pub plain: Vec<&'static str>,
     /// MQTT over TLS on these addresses, on `tls_port`.
     pub tls: Option<(Vec<&'static str>, TlsListener)>,
+    /// The text of an ACL file (what anonymous clients may use), if any.
+    pub acl: Option<&'static str>,
 }
 
 impl BrokerSpec {
@@ -93,6 +95,7 @@ impl BrokerSpec {
         BrokerSpec {
             plain: addrs.to_vec(),
             tls: None,
+            acl: None,
         }
     }
 }
@@ -125,6 +128,11 @@ impl Mosquitto {
              max_queued_messages 0\nlog_type error\nlog_type warning\nlog_type notice\n\
              log_type information\nconnection_messages true\n",
         );
+        if let Some(acl) = spec.acl {
+            let path = dir.join("acl");
+            std::fs::write(&path, acl).unwrap();
+            writeln!(text, "acl_file {}", path.display()).unwrap();
+        }
         for addr in &spec.plain {
             writeln!(text, "listener {port} {addr}").unwrap();
         }

@@ -42,6 +42,9 @@ pub struct IngressConfig {
     pub max_body: usize,
     /// How long duplicates of a message are recognised (EXCHANGE_LIFETIME).
     pub exchange_lifetime: Duration,
+    /// LAB ONLY: accept telemetry from unregistered sources, filed under `anon-{address}`.
+    /// For load generators that cannot register (benchmarks); never in production.
+    pub lab_accept_unregistered: bool,
 }
 
 impl IngressConfig {
@@ -54,6 +57,7 @@ impl IngressConfig {
             default_lifetime: Duration::from_secs(90_000),
             max_body: 4096,
             exchange_lifetime: Duration::from_secs(247),
+            lab_accept_unregistered: false,
         }
     }
 }
@@ -615,13 +619,16 @@ impl Ingress {
         format: Option<u32>,
         body: &[u8],
     ) -> Outcome {
-        let Some(reg) = self.directory.touch_by_address(now, peer) else {
-            return Outcome::error(
-                ResponseType::Forbidden,
-                "unknown device: register at /rd first",
-            );
+        let endpoint = match self.directory.touch_by_address(now, peer) {
+            Some(reg) => reg.endpoint.clone(),
+            None if self.config.lab_accept_unregistered => format!("anon-{peer}"),
+            None => {
+                return Outcome::error(
+                    ResponseType::Forbidden,
+                    "unknown device: register at /rd first",
+                );
+            }
         };
-        let endpoint = reg.endpoint.clone();
         let id = self.record_ids.next();
         let payload = match telemetry::normalise(format, body, unix_ms, id) {
             Ok(p) => p,

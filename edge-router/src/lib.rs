@@ -5,6 +5,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`config`] | the TOML configuration, with errors that name the key |
+//! | [`journal`] | the command queue's journal on disk (JSON lines, compacted on open) |
 //! | [`server`] | the I/O: CoAP socket, outbox, MQTT bridge around the ingress |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //!
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod ingress;
+pub mod journal;
 pub mod server;
 
 /// The crate's version, as built.

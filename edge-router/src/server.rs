@@ -16,15 +16,15 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use v6iot_cloud_bridge::command::Command;
-use v6iot_cloud_bridge::message::NewMessage;
 use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, run_mqtt};
 
 use crate::config::EdgeConfig;
 use crate::ingress::{
-    AppendResult, AppendTicket, Ingress, IngressConfig, IngressEvent, IngressStats,
+    AppendResult, AppendTicket, DownlinkCommand, Ingress, IngressConfig, IngressEvent, IngressStats,
 };
+use crate::journal::CommandJournal;
 
 /// Most datagrams taken from the socket per wake-up before the loop flushes answers.
 const RECV_BATCH: usize = 256;
@@ -114,6 +114,16 @@ pub async fn run(
         );
     }
     let mut ingress = Ingress::new(ingress_config, boot_ms);
+    let mut journal =
+        CommandJournal::open(&config.data_dir.join("commands.jsonl")).with_context(|| {
+            format!(
+                "cannot open the command queue in {}",
+                config.data_dir.display()
+            )
+        })?;
+    for command in journal.pending() {
+        ingress.restore_command(command);
+    }
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
     if let Some(ready) = ready {
         let _ = ready.send(EdgeHandle {
@@ -128,6 +138,14 @@ pub async fn run(
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
     loop {
+        // Queued commands are on disk before anything they caused is sent.
+        let mut entries = Vec::new();
+        while let Some(e) = ingress.poll_journal() {
+            entries.push(e);
+        }
+        if let Err(e) = journal.write(&entries) {
+            tracing::error!(error = %e, "command queue journal write failed");
+        }
         flush(&socket, &mut ingress, &outbox, &done_tx).await;
         if let Ok(mut s) = stats.lock() {
             *s = *ingress.stats();
@@ -167,12 +185,19 @@ pub async fn run(
                 }
             }
             Some(command) = command_rx.recv() => {
-                // Downlink commands arrive with a later change; until then they are refused
-                // visibly rather than dropped.
-                let result = serde_json::json!({"req": command.req, "status": "rejected", "error": "commands are not supported by this edge router yet"});
-                let msg = NewMessage { topic: topics.command_result(&command.device, &command.req), payload: result.to_string().into_bytes(), retain: false };
-                let handle = outbox.clone();
-                tokio::spawn(async move { let _ = handle.append(vec![msg]).await; });
+                let wall = unix_ms();
+                let ttl_ms = u64::try_from(command.ttl.as_millis()).unwrap_or(u64::MAX);
+                let cmd = DownlinkCommand {
+                    device: command.device,
+                    req: command.req,
+                    method: command.method.as_str().to_owned(),
+                    path: command.path,
+                    payload: command.payload,
+                    content_format: command.content_format,
+                    expires_unix_ms: wall.saturating_add(ttl_ms),
+                    confirmable: command.confirmable,
+                };
+                ingress.handle_command(Instant::now(), wall, cmd);
             }
             () = sleep_until(deadline) => ingress.handle_timeout(Instant::now(), unix_ms()),
             () = &mut shutdown => break,

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_edge_router::ingress::{Append, AppendResult, Ingress, IngressConfig, IngressEvent};
+use v6iot_edge_router::ingress::{
+    Append, AppendResult, DownlinkCommand, Ingress, IngressConfig, IngressEvent, JournalEntry,
+};
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceTree, Response, content_format as cf,
 };
@@ -25,6 +27,7 @@ struct Meter {
     next: Instant,
     reading: f64,
     to_send: Vec<Vec<u8>>,
+    valve: bool,
 }
 
 impl App for Meter {
@@ -59,10 +62,16 @@ struct Net {
     stored: Vec<Append>,
     /// What the outbox answers to the next appends.
     outbox_full: bool,
+    /// The device's radio is off: datagrams to it are lost.
+    asleep: bool,
 }
 
 impl Net {
     fn new(lifetime: Duration) -> Net {
+        Net::with_binding(lifetime, Binding::U)
+    }
+
+    fn with_binding(lifetime: Duration, binding: Binding) -> Net {
         let now = Instant::now();
         let mut tree = ResourceTree::new();
         tree.add(
@@ -75,14 +84,35 @@ impl Net {
                 }),
         )
         .unwrap();
+        tree.add(
+            Resource::new("valve")
+                .content_formats(&[cf::TEXT_PLAIN])
+                .get(|m: &mut Meter, _| {
+                    Response::content(
+                        cf::TEXT_PLAIN,
+                        if m.valve {
+                            b"on".to_vec()
+                        } else {
+                            b"off".to_vec()
+                        },
+                    )
+                    .into()
+                })
+                .put(|m: &mut Meter, r| {
+                    m.valve = r.payload == b"on";
+                    Response::code(v6iot_sdk::coap::Code::Changed).into()
+                }),
+        )
+        .unwrap();
         let app = Meter {
             next: now + Duration::from_secs(1),
             reading: 0.0,
             to_send: Vec::new(),
+            valve: false,
         };
         let uplink = UplinkConfig {
             lifetime,
-            binding: Binding::U,
+            binding,
             ..UplinkConfig::new(EDGE.parse().unwrap(), "m1")
         };
         let device =
@@ -98,6 +128,7 @@ impl Net {
             ingress,
             stored: Vec::new(),
             outbox_full: false,
+            asleep: false,
         }
     }
 
@@ -133,8 +164,10 @@ impl Net {
             }
             while let Some((to, bytes)) = self.ingress.poll_transmit() {
                 assert_eq!(to, DEV.parse::<SocketAddr>().unwrap());
-                self.device
-                    .handle_datagram(self.now, EDGE.parse().unwrap(), &bytes);
+                if !self.asleep {
+                    self.device
+                        .handle_datagram(self.now, EDGE.parse().unwrap(), &bytes);
+                }
                 moved = true;
             }
             if !moved {
@@ -311,4 +344,133 @@ fn re_registers_after_the_edge_forgets_it() {
     );
     assert!(values.len() >= 55, "{}", values.len());
     assert_eq!(net.device.reporter().unwrap().stats().rejected, 0);
+}
+
+// ----- commands -----
+
+fn command(req: &str, method: &str, payload: &[u8], ttl_ms: u64, net: &Net) -> DownlinkCommand {
+    DownlinkCommand {
+        device: "m1".into(),
+        req: req.into(),
+        method: method.into(),
+        path: "/valve".into(),
+        payload: payload.to_vec(),
+        content_format: Some(0),
+        expires_unix_ms: net.unix_ms + ttl_ms,
+        confirmable: true,
+    }
+}
+
+fn results(net: &Net) -> Vec<serde_json::Value> {
+    net.stored
+        .iter()
+        .filter(|a| a.message.topic.contains("/cmd/"))
+        .map(|a| {
+            let mut v: serde_json::Value = serde_json::from_slice(&a.message.payload).unwrap();
+            v["topic"] = a.message.topic.clone().into();
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn command_to_an_always_on_device_runs_at_once() {
+    let mut net = Net::new(Duration::from_secs(300));
+    net.settle();
+    let c = command("r1", "PUT", b"on", 60_000, &net);
+    net.ingress.handle_command(net.now, net.unix_ms, c);
+    net.settle();
+    assert!(net.device.app().valve);
+    let r = results(&net);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["topic"], "v6iot/site1/m1/cmd/r1/result");
+    assert_eq!(
+        (r[0]["status"].as_str(), r[0]["code"].as_str()),
+        (Some("ok"), Some("2.04"))
+    );
+    // Read it back; a duplicate delivery of the same request id is not run twice.
+    let c = command("r2", "GET", b"", 60_000, &net);
+    net.ingress.handle_command(net.now, net.unix_ms, c.clone());
+    net.ingress.handle_command(net.now, net.unix_ms, c);
+    net.settle();
+    let r = results(&net);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1]["payload"], "on");
+    let journal: Vec<JournalEntry> = std::iter::from_fn(|| net.ingress.poll_journal()).collect();
+    assert_eq!(journal.len(), 4, "queued and done for each: {journal:?}");
+}
+
+#[test]
+fn command_to_a_queue_mode_device_waits_for_its_uplink() {
+    let mut net = Net::with_binding(Duration::from_secs(300), Binding::UQ);
+    net.settle();
+    // Long after its last uplink its listening window is closed: the command waits.
+    net.device = rebuild_quiet(net.device);
+    let t = net.now + Duration::from_millis(25_500);
+    net.asleep = true;
+    net.step_until(t);
+    let c = command("q1", "PUT", b"on", 120_000, &net);
+    net.ingress.handle_command(net.now, net.unix_ms, c);
+    net.settle();
+    assert!(results(&net).is_empty(), "nothing sent while it sleeps");
+    assert_eq!(net.ingress.pending_commands(), 1);
+    // The device wakes and reports: the command goes out in its listening window.
+    net.asleep = false;
+    let report = senml::to_cbor(
+        &PackBuilder::new()
+            .record(Record::measurement("urn:dev:x:e", "J", 1.0))
+            .build(),
+    )
+    .unwrap();
+    net.device.report(net.now, cf::SENML_CBOR, report).unwrap();
+    net.settle();
+    assert!(net.device.app().valve, "the command ran after the uplink");
+    let r = results(&net);
+    assert_eq!((r.len(), r[0]["status"].as_str()), (1, Some("ok")));
+}
+
+/// The same device without its periodic reports (so it only speaks when the test says).
+fn rebuild_quiet(device: Device<Meter>) -> Device<Meter> {
+    let mut device = device;
+    device.app_mut().next = Instant::now() + Duration::from_secs(1 << 30);
+    device
+}
+
+#[test]
+fn commands_to_unknown_devices_are_rejected_and_ttl_expires() {
+    let mut net = Net::with_binding(Duration::from_secs(300), Binding::UQ);
+    net.settle();
+    let mut c = command("x1", "PUT", b"on", 60_000, &net);
+    c.device = "nobody".into();
+    net.ingress.handle_command(net.now, net.unix_ms, c);
+    net.settle();
+    let r = results(&net);
+    assert_eq!(r[0]["status"], "rejected");
+    assert_eq!(r[0]["topic"], "v6iot/site1/nobody/cmd/x1/result");
+    assert!(r[0]["error"].as_str().unwrap().contains("not registered"));
+    // Queue mode, asleep, TTL 5 s: it expires.
+    net.device = rebuild_quiet(net.device);
+    net.asleep = true;
+    let t = net.now + Duration::from_secs(25);
+    net.step_until(t);
+    let c = command("x2", "PUT", b"on", 5_000, &net);
+    net.ingress.handle_command(net.now, net.unix_ms, c);
+    let t = net.now + Duration::from_secs(10);
+    net.step_until(t);
+    let r = results(&net);
+    assert_eq!(r.last().unwrap()["status"], "expired");
+    assert_eq!(net.ingress.pending_commands(), 0);
+}
+
+#[test]
+fn command_to_a_silent_device_times_out() {
+    let mut net = Net::new(Duration::from_secs(300));
+    net.settle();
+    net.asleep = true;
+    let c = command("t1", "PUT", b"on", 600_000, &net);
+    net.ingress.handle_command(net.now, net.unix_ms, c);
+    let t = net.now + Duration::from_secs(120);
+    net.step_until(t);
+    let r = results(&net);
+    assert_eq!(r.last().unwrap()["status"], "timeout", "{r:?}");
 }

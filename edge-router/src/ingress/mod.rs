@@ -10,6 +10,7 @@
 //! The core knows devices by their source address until the authentication gateway (OSCORE)
 //! binds them to a cryptographic identity.
 
+pub mod downlink;
 pub mod registry;
 mod reply;
 mod telemetry;
@@ -24,6 +25,7 @@ use v6iot_cloud_bridge::topics::{Topics, valid_level};
 use v6iot_sdk::coap::content_format;
 use v6iot_sdk::coap::wire;
 
+pub use downlink::{CommandResult, Downlink, DownlinkCommand, JournalEntry};
 pub use registry::{Binding, Directory, Registration};
 use reply::Reply;
 
@@ -45,6 +47,8 @@ pub struct IngressConfig {
     /// LAB ONLY: accept telemetry from unregistered sources, filed under `anon-{address}`.
     /// For load generators that cannot register (benchmarks); never in production.
     pub lab_accept_unregistered: bool,
+    /// How long a queue-mode (`b=UQ`) device listens after each uplink.
+    pub listen_window: Duration,
 }
 
 impl IngressConfig {
@@ -58,6 +62,7 @@ impl IngressConfig {
             max_body: 4096,
             exchange_lifetime: Duration::from_secs(247),
             lab_accept_unregistered: false,
+            listen_window: Duration::from_secs(20),
         }
     }
 }
@@ -193,6 +198,7 @@ pub struct Ingress {
     record_ids: telemetry::RecordIds,
     next_sweep: Option<Instant>,
     next_message_id: u16,
+    downlink: Downlink,
 }
 
 const MAX_EVENTS: usize = 1024;
@@ -214,6 +220,7 @@ impl Ingress {
             record_ids: telemetry::RecordIds::new(record_id_base),
             next_sweep: None,
             next_message_id: (record_id_base & 0xffff) as u16,
+            downlink: Downlink::new(record_id_base),
         }
     }
 
@@ -253,14 +260,23 @@ impl Ingress {
     /// When [`Ingress::handle_timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.directory.next_expiry(), self.next_sweep]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.directory.next_expiry(),
+            self.next_sweep,
+            self.downlink.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires registrations and forgets old message IDs.
     pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
+        for device in self.downlink.handle_timeout(now) {
+            self.send_next(now, unix_ms, &device);
+        }
+        self.downlink.expire_queued(unix_ms);
+        self.pump_downlink(unix_ms);
         for reg in self.directory.expire(now) {
             self.stats.expirations += 1;
             self.status(
@@ -279,7 +295,8 @@ impl Ingress {
                 list.retain(|r| r.expires > now);
                 !list.is_empty()
             });
-            self.next_sweep = (!self.recent.is_empty()).then(|| now + SWEEP_EVERY);
+            let busy = !self.recent.is_empty() || self.downlink.pending() > 0;
+            self.next_sweep = busy.then(|| now + SWEEP_EVERY);
         }
     }
 
@@ -303,6 +320,48 @@ impl Ingress {
             (0, MessageType::Confirmable) => {
                 self.transmits
                     .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+                return;
+            }
+            (0, kind @ (MessageType::Acknowledgement | MessageType::Reset)) => {
+                let reset = kind == MessageType::Reset;
+                match self
+                    .downlink
+                    .handle_empty(now, peer, header.message_id, reset)
+                {
+                    Some(device) if reset => self.send_next(now, unix_ms, &device),
+                    Some(_) => {}
+                    None => self.stats.unexpected += 1,
+                }
+                self.pump_downlink(unix_ms);
+                return;
+            }
+            (code, _) if (2..=5).contains(&wire::code_class(code)) => {
+                match self.downlink.handle_response(peer, &packet) {
+                    Some((device, needs_ack)) => {
+                        if needs_ack {
+                            let ack = reply::empty(MessageType::Acknowledgement, header.message_id);
+                            self.transmits.push_back((peer, ack.clone()));
+                            self.remember(
+                                now,
+                                peer,
+                                header.message_id,
+                                Reply::Sent(ack.into_boxed_slice()),
+                            );
+                        }
+                        self.send_next(now, unix_ms, &device);
+                    }
+                    None if self.repeat(peer, header.message_id, confirmable) => {}
+                    None => {
+                        self.stats.unexpected += 1;
+                        if confirmable {
+                            self.transmits.push_back((
+                                peer,
+                                reply::empty(MessageType::Reset, header.message_id),
+                            ));
+                        }
+                    }
+                }
+                self.pump_downlink(unix_ms);
                 return;
             }
             (code, MessageType::Confirmable | MessageType::NonConfirmable)
@@ -354,6 +413,79 @@ impl Ingress {
             }
         };
         self.remember(now, peer, header.message_id, reply);
+        // An uplink opens a queue-mode device's listening window.
+        if let Some(device) = self.directory.endpoint_at(peer).map(str::to_owned)
+            && self.downlink.has_queued(&device)
+        {
+            self.send_next(now, unix_ms, &device);
+            self.pump_downlink(unix_ms);
+        }
+    }
+
+    /// Takes a command from the platform for one device.
+    pub fn handle_command(&mut self, now: Instant, unix_ms: u64, command: DownlinkCommand) {
+        let reach = self.reachability(&command.device);
+        let message_id = self.take_message_id();
+        self.downlink
+            .command(now, unix_ms, command, reach, message_id);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        self.pump_downlink(unix_ms);
+    }
+
+    /// Puts back a queued command from the journal after a restart.
+    pub fn restore_command(&mut self, command: DownlinkCommand) {
+        self.downlink.restore(command);
+    }
+
+    /// Next journal entry of the command queue, to persist.
+    #[must_use]
+    pub fn poll_journal(&mut self) -> Option<JournalEntry> {
+        self.downlink.poll_journal()
+    }
+
+    /// Commands queued or in flight.
+    pub fn pending_commands(&self) -> usize {
+        self.downlink.pending()
+    }
+
+    fn reachability(&self, device: &str) -> Option<downlink::Reachability> {
+        self.directory.get(device).map(|r| downlink::Reachability {
+            address: r.address,
+            queue_mode: r.binding == Binding::UQ,
+            last_uplink: r.last_uplink,
+        })
+    }
+
+    fn send_next(&mut self, now: Instant, unix_ms: u64, device: &str) {
+        let reach = self.reachability(device);
+        let message_id = self.take_message_id();
+        let window = self.config.listen_window;
+        self.downlink
+            .try_send(now, unix_ms, device, reach, window, message_id);
+    }
+
+    /// Moves the downlink's datagrams out and its results into the outbox.
+    fn pump_downlink(&mut self, _unix_ms: u64) {
+        while let Some(t) = self.downlink.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+        while let Some(result) = self.downlink.poll_result() {
+            let rid = self.record_ids.next();
+            let topic = self
+                .config
+                .topics
+                .command_result(&result.device, &result.req);
+            self.appends.push_back(Append {
+                ticket: None,
+                message: NewMessage {
+                    topic,
+                    payload: result.to_json(rid),
+                    retain: false,
+                },
+            });
+        }
     }
 
     /// Reports the outcome of storing the record with `ticket`; the device gets its answer.

@@ -170,6 +170,11 @@ impl Directory {
         Some(reg)
     }
 
+    /// The endpoint registered at `address`, if any.
+    pub fn endpoint_at(&self, address: SocketAddr) -> Option<&str> {
+        self.by_address.get(&address).map(String::as_str)
+    }
+
     /// The registration of `endpoint`.
     pub fn get(&self, endpoint: &str) -> Option<&Registration> {
         self.by_endpoint.get(endpoint)

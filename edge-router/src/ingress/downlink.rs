@@ -1,0 +1,487 @@
+//! Commands from the platform to devices (sans-IO): one CoAP request at a time per device,
+//! sent at once to always-on devices (`b=U`) and held for queue-mode devices (`b=UQ`) until
+//! their next uplink opens a listening window. Every command ends in exactly one result:
+//! the device's response, `expired` (TTL passed while queued), `timeout` (no answer), `reset`,
+//! or `rejected` (unknown device).
+//!
+//! The queue is made durable by the driver: it writes each [`JournalEntry`] and feeds them back
+//! through [`Downlink::restore`] after a restart.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use serde::{Deserialize, Serialize};
+use v6iot_sdk::coap::wire;
+
+/// A command for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownlinkCommand {
+    /// Endpoint name.
+    pub device: String,
+    /// Request id chosen by the platform (the result topic's level).
+    pub req: String,
+    /// `GET`, `PUT`, `POST` or `DELETE`.
+    pub method: String,
+    /// Path, with an optional `?query`.
+    pub path: String,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Content-Format of the body.
+    pub content_format: Option<u16>,
+    /// When it expires, Unix milliseconds.
+    pub expires_unix_ms: u64,
+    /// Send as Confirmable.
+    pub confirmable: bool,
+}
+
+/// What the driver writes down so queued commands survive a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum JournalEntry {
+    /// Accepted and waiting.
+    Queued(DownlinkCommand),
+    /// Finished (a result was produced).
+    Done {
+        /// Device.
+        device: String,
+        /// Request id.
+        req: String,
+    },
+}
+
+/// The outcome of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    /// Device.
+    pub device: String,
+    /// Request id.
+    pub req: String,
+    /// `ok` (any response from the device), `expired`, `timeout`, `reset`, `rejected`.
+    pub status: &'static str,
+    /// The response code (`2.05`…) when the device answered.
+    pub code: Option<String>,
+    /// Response Content-Format.
+    pub content_format: Option<u16>,
+    /// Response body.
+    pub payload: Vec<u8>,
+    /// Why, for non-`ok` results.
+    pub error: Option<String>,
+}
+
+impl CommandResult {
+    fn failed(
+        cmd: &DownlinkCommand,
+        status: &'static str,
+        error: impl Into<String>,
+    ) -> CommandResult {
+        CommandResult {
+            device: cmd.device.clone(),
+            req: cmd.req.clone(),
+            status,
+            code: None,
+            content_format: None,
+            payload: Vec::new(),
+            error: Some(error.into()),
+        }
+    }
+
+    /// The JSON published on `…/cmd/{req}/result`.
+    pub fn to_json(&self, rid: u64) -> Vec<u8> {
+        let mut v = serde_json::Map::new();
+        v.insert("rid".into(), rid.to_string().into());
+        v.insert("req".into(), self.req.clone().into());
+        v.insert("status".into(), self.status.into());
+        if let Some(c) = &self.code {
+            v.insert("code".into(), c.clone().into());
+        }
+        if let Some(cf) = self.content_format {
+            v.insert("content_format".into(), cf.into());
+        }
+        if !self.payload.is_empty() {
+            match std::str::from_utf8(&self.payload) {
+                Ok(text) => v.insert("payload".into(), text.into()),
+                Err(_) => {
+                    let hex: String = self.payload.iter().map(|b| format!("{b:02x}")).collect();
+                    v.insert("payload_hex".into(), hex.into())
+                }
+            };
+        }
+        if let Some(e) = &self.error {
+            v.insert("error".into(), e.clone().into());
+        }
+        serde_json::Value::Object(v).to_string().into_bytes()
+    }
+}
+
+/// Transmission settings (RFC 7252 §4.8).
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_RETRANSMIT: u8 = 4;
+/// How long to wait for a separate response after an empty ACK.
+const SEPARATE_WAIT: Duration = Duration::from_secs(60);
+/// How many finished (device, req) pairs are remembered to drop duplicate commands.
+const RECENT_REQS: usize = 65_536;
+
+#[derive(Debug)]
+struct Exchange {
+    cmd: DownlinkCommand,
+    peer: SocketAddr,
+    message_id: u16,
+    token: [u8; 8],
+    bytes: Vec<u8>,
+    next_at: Option<Instant>,
+    timeout: Duration,
+    retransmits: u8,
+    separate_until: Option<Instant>,
+}
+
+/// The downlink state of one edge router.
+#[derive(Debug, Default)]
+pub struct Downlink {
+    queues: HashMap<String, VecDeque<DownlinkCommand>>,
+    in_flight: HashMap<String, Exchange>,
+    by_token: HashMap<[u8; 8], String>,
+    known: HashSet<(String, String)>,
+    recent: VecDeque<(String, String)>,
+    next_token: u64,
+    results: VecDeque<CommandResult>,
+    journal: VecDeque<JournalEntry>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Commands dropped as duplicates of one already accepted.
+    pub duplicates: u64,
+}
+
+/// What the downlink needs to know about a device to send to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reachability {
+    /// Where it is.
+    pub address: SocketAddr,
+    /// Always reachable (`U`), or only within `window` after `last_uplink` (`UQ`).
+    pub queue_mode: bool,
+    /// Its last uplink.
+    pub last_uplink: Instant,
+}
+
+impl Downlink {
+    /// Empty.
+    pub fn new(token_seed: u64) -> Downlink {
+        Downlink {
+            next_token: token_seed,
+            ..Downlink::default()
+        }
+    }
+
+    /// Commands waiting or in flight.
+    pub fn pending(&self) -> usize {
+        self.queues.values().map(VecDeque::len).sum::<usize>() + self.in_flight.len()
+    }
+
+    /// Next finished command.
+    pub fn poll_result(&mut self) -> Option<CommandResult> {
+        self.results.pop_front()
+    }
+
+    /// Next journal entry to persist.
+    pub fn poll_journal(&mut self) -> Option<JournalEntry> {
+        self.journal.pop_front()
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// Earliest retransmission or deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.in_flight
+            .values()
+            .filter_map(|x| x.next_at.or(x.separate_until))
+            .min()
+    }
+
+    /// Puts back a command from the journal after a restart (no journal entry is written).
+    pub fn restore(&mut self, cmd: DownlinkCommand) {
+        if self.known.insert((cmd.device.clone(), cmd.req.clone())) {
+            self.queues
+                .entry(cmd.device.clone())
+                .or_default()
+                .push_back(cmd);
+        }
+    }
+
+    /// Takes a new command. `device` says where the device is, if it is registered.
+    pub fn command(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        cmd: DownlinkCommand,
+        device: Option<Reachability>,
+        message_id: u16,
+    ) {
+        let key = (cmd.device.clone(), cmd.req.clone());
+        if self.known.contains(&key) {
+            self.duplicates += 1;
+            return;
+        }
+        if device.is_none() {
+            self.finish(
+                CommandResult::failed(
+                    &cmd,
+                    "rejected",
+                    format!("device `{}` is not registered", cmd.device),
+                ),
+                false,
+            );
+            self.remember(key);
+            return;
+        }
+        self.known.insert(key);
+        self.journal.push_back(JournalEntry::Queued(cmd.clone()));
+        let name = cmd.device.clone();
+        self.queues.entry(name.clone()).or_default().push_back(cmd);
+        self.try_send(now, unix_ms, &name, device, ACK_TIMEOUT, message_id);
+    }
+
+    /// Sends the next queued command to `device` if it can hear one now.
+    pub fn try_send(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        device: &str,
+        reach: Option<Reachability>,
+        listen_window: Duration,
+        message_id: u16,
+    ) {
+        if self.in_flight.contains_key(device) {
+            return;
+        }
+        let Some(reach) = reach else { return };
+        if reach.queue_mode && now.saturating_duration_since(reach.last_uplink) > listen_window {
+            return;
+        }
+        let next = loop {
+            let Some(cmd) = self.queues.get_mut(device).and_then(VecDeque::pop_front) else {
+                return;
+            };
+            if cmd.expires_unix_ms <= unix_ms {
+                self.finish(
+                    CommandResult::failed(
+                        &cmd,
+                        "expired",
+                        "TTL passed before the device could be reached",
+                    ),
+                    true,
+                );
+                continue;
+            }
+            break cmd;
+        };
+        if self.queues.get(device).is_some_and(VecDeque::is_empty) {
+            self.queues.remove(device);
+        }
+        self.next_token = self.next_token.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let token = self.next_token.to_be_bytes();
+        let Some(bytes) = encode_request(&next, message_id, &token) else {
+            self.finish(
+                CommandResult::failed(&next, "rejected", "the request could not be encoded"),
+                true,
+            );
+            return;
+        };
+        self.transmits.push_back((reach.address, bytes.clone()));
+        let (next_at, separate_until) = if next.confirmable {
+            (Some(now + ACK_TIMEOUT), None)
+        } else {
+            (None, Some(now + SEPARATE_WAIT))
+        };
+        self.by_token.insert(token, device.to_owned());
+        self.in_flight.insert(
+            device.to_owned(),
+            Exchange {
+                cmd: next,
+                peer: reach.address,
+                message_id,
+                token,
+                bytes,
+                next_at,
+                timeout: ACK_TIMEOUT,
+                retransmits: 0,
+                separate_until,
+            },
+        );
+    }
+
+    /// An empty ACK or RST from `peer`. Returns the device whose exchange it ended or advanced.
+    pub fn handle_empty(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        message_id: u16,
+        reset: bool,
+    ) -> Option<String> {
+        let device = self
+            .in_flight
+            .iter()
+            .find(|(_, x)| x.peer == peer && x.message_id == message_id)
+            .map(|(d, _)| d.clone())?;
+        if reset {
+            let x = self.in_flight.remove(&device)?;
+            self.by_token.remove(&x.token);
+            self.finish(
+                CommandResult::failed(&x.cmd, "reset", "the device answered with Reset"),
+                true,
+            );
+        } else if let Some(x) = self.in_flight.get_mut(&device) {
+            x.next_at = None;
+            x.separate_until = Some(now + SEPARATE_WAIT);
+        }
+        Some(device)
+    }
+
+    /// A response-class message from `peer`. Returns the device whose command it finished, and
+    /// whether it needs an empty ACK (a Confirmable separate response).
+    pub fn handle_response(&mut self, peer: SocketAddr, packet: &Packet) -> Option<(String, bool)> {
+        let token: [u8; 8] = packet.get_token().try_into().ok()?;
+        let device = self.by_token.get(&token)?.clone();
+        let x = self.in_flight.get(&device)?;
+        let kind = packet.header.get_type();
+        if x.peer != peer
+            || (kind == MessageType::Acknowledgement && x.message_id != packet.header.message_id)
+        {
+            return None;
+        }
+        let x = self.in_flight.remove(&device)?;
+        self.by_token.remove(&token);
+        let code = match packet.header.code {
+            MessageClass::Response(_) => packet.header.code.to_string(),
+            other => other.to_string(),
+        };
+        let result = CommandResult {
+            device: x.cmd.device.clone(),
+            req: x.cmd.req.clone(),
+            status: "ok",
+            code: Some(code),
+            content_format: wire::uint_option(packet, CoapOption::ContentFormat, 2)
+                .ok()
+                .flatten()
+                .map(|v| v as u16),
+            payload: packet.payload.clone(),
+            error: None,
+        };
+        self.finish(result, true);
+        Some((device, kind == MessageType::Confirmable))
+    }
+
+    /// Retransmits, gives up, expires. Returns devices whose exchange ended (to send their next).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
+        let mut ended = Vec::new();
+        for (device, x) in &mut self.in_flight {
+            if x.next_at.is_some_and(|t| t <= now) {
+                if x.retransmits >= MAX_RETRANSMIT {
+                    ended.push(device.clone());
+                    continue;
+                }
+                x.retransmits += 1;
+                x.timeout = x.timeout.saturating_mul(2);
+                x.next_at = Some(now + x.timeout);
+                self.transmits.push_back((x.peer, x.bytes.clone()));
+            } else if x.separate_until.is_some_and(|t| t <= now) {
+                ended.push(device.clone());
+            }
+        }
+        for device in &ended {
+            if let Some(x) = self.in_flight.remove(device) {
+                self.by_token.remove(&x.token);
+                self.finish(
+                    CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
+                    true,
+                );
+            }
+        }
+        ended
+    }
+
+    /// Devices with queued commands (to try after their uplinks).
+    pub fn has_queued(&self, device: &str) -> bool {
+        self.queues.contains_key(device)
+    }
+
+    /// Expires queued commands whose TTL passed.
+    pub fn expire_queued(&mut self, unix_ms: u64) {
+        let mut expired = Vec::new();
+        for q in self.queues.values_mut() {
+            q.retain(|c| {
+                let keep = c.expires_unix_ms > unix_ms;
+                if !keep {
+                    expired.push(c.clone());
+                }
+                keep
+            });
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        for c in expired {
+            self.finish(
+                CommandResult::failed(
+                    &c,
+                    "expired",
+                    "TTL passed before the device could be reached",
+                ),
+                true,
+            );
+        }
+    }
+
+    fn finish(&mut self, result: CommandResult, journaled: bool) {
+        if journaled {
+            self.journal.push_back(JournalEntry::Done {
+                device: result.device.clone(),
+                req: result.req.clone(),
+            });
+        }
+        self.remember((result.device.clone(), result.req.clone()));
+        self.results.push_back(result);
+    }
+
+    /// Keeps finished pairs for a while so a re-delivered command is not run twice.
+    fn remember(&mut self, key: (String, String)) {
+        self.known.insert(key.clone());
+        self.recent.push_back(key);
+        if self.recent.len() > RECENT_REQS
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.known.remove(&old);
+        }
+    }
+}
+
+fn encode_request(cmd: &DownlinkCommand, message_id: u16, token: &[u8; 8]) -> Option<Vec<u8>> {
+    let method = match cmd.method.as_str() {
+        "GET" => RequestType::Get,
+        "PUT" => RequestType::Put,
+        "POST" => RequestType::Post,
+        "DELETE" => RequestType::Delete,
+        _ => return None,
+    };
+    let mut p = Packet::new();
+    p.header.set_type(if cmd.confirmable {
+        MessageType::Confirmable
+    } else {
+        MessageType::NonConfirmable
+    });
+    p.header.code = MessageClass::Request(method);
+    p.header.message_id = message_id;
+    p.set_token(token.to_vec());
+    let (path, query) = cmd.path.split_once('?').unwrap_or((&cmd.path, ""));
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    if let Some(cf) = cmd.content_format {
+        p.add_option(CoapOption::ContentFormat, wire::write_uint(u32::from(cf)));
+    }
+    for q in query.split('&').filter(|q| !q.is_empty()) {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p.payload = cmd.payload.clone();
+    wire::encode(&p)
+}

@@ -76,6 +76,8 @@ pub struct CoapSection {
     /// LAB ONLY: accept telemetry from devices that never registered (benchmarks with load
     /// generators that cannot register). Logged loudly at start.
     pub lab_accept_unregistered: bool,
+    /// How long a queue-mode (`b=UQ`) device listens after each uplink, seconds.
+    pub queue_listen_window_s: u64,
 }
 
 impl Default for CoapSection {
@@ -86,6 +88,7 @@ impl Default for CoapSection {
             min_lifetime: 60,
             max_lifetime: 90_000,
             lab_accept_unregistered: false,
+            queue_listen_window_s: 20,
         }
     }
 }

@@ -108,6 +108,7 @@ pub async fn run(
     ingress_config.min_lifetime = Duration::from_secs(config.coap.min_lifetime);
     ingress_config.max_lifetime = Duration::from_secs(config.coap.max_lifetime);
     ingress_config.lab_accept_unregistered = config.coap.lab_accept_unregistered;
+    ingress_config.listen_window = Duration::from_secs(config.coap.queue_listen_window_s);
     if config.coap.lab_accept_unregistered {
         tracing::warn!(
             "LAB MODE: telemetry from unregistered sources is accepted (coap.lab_accept_unregistered)"

@@ -164,11 +164,12 @@ struct Edge {
 }
 
 impl Edge {
-    fn start(dir: &Path, mqtt_port: u16, extra_toml: &str) -> Edge {
+    /// `coap_extra` goes into the `[coap]` table, `extra_toml` after the other tables.
+    fn start(dir: &Path, mqtt_port: u16, coap_extra: &str, extra_toml: &str) -> Edge {
         let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
         let conf = dir.join("edge.toml");
         let text = format!(
-            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n[mqtt]\nurl = \"mqtt://[::1]:{mqtt_port}\"\n{extra_toml}",
+            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"mqtt://[::1]:{mqtt_port}\"\n{extra_toml}",
             dir.join("data").display()
         );
         std::fs::write(&conf, text).unwrap();
@@ -441,7 +442,7 @@ fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u6
 fn every_record_arrives_intact() {
     let dir = TempDir::new("plain");
     let broker = Mosquitto::start(dir.path());
-    let _edge = Edge::start(dir.path(), broker.port, "");
+    let _edge = Edge::start(dir.path(), broker.port, "", "");
     let rt = runtime();
     let seen = subscribe(&rt, broker.port);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -479,7 +480,7 @@ fn every_record_arrives_intact() {
 fn broker_outage_loses_nothing() {
     let dir = TempDir::new("outage");
     let mut broker = Mosquitto::start(dir.path());
-    let edge = Edge::start(dir.path(), broker.port, "");
+    let edge = Edge::start(dir.path(), broker.port, "", "");
     let rt = runtime();
     let seen = subscribe(&rt, broker.port);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -523,7 +524,7 @@ fn broker_outage_loses_nothing() {
 fn kill_9_of_the_edge_loses_no_acknowledged_record() {
     let dir = TempDir::new("kill9");
     let broker = Mosquitto::start(dir.path());
-    let mut edge = Edge::start(dir.path(), broker.port, "");
+    let mut edge = Edge::start(dir.path(), broker.port, "", "");
     let rt = runtime();
     let seen = subscribe(&rt, broker.port);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -572,6 +573,7 @@ fn full_outbox_answers_5_03_and_drops_nothing_acknowledged() {
     let edge = Edge::start(
         dir.path(),
         broker.port,
+        "",
         "[outbox]\nmax_bytes = 1048576\nsegment_bytes = 262144\nretry_after_s = 1\n",
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -596,4 +598,271 @@ fn full_outbox_answers_5_03_and_drops_nothing_acknowledged() {
     let s = seen.lock().unwrap();
     let missing = acked.iter().filter(|k| !s.records.contains_key(*k)).count();
     assert_eq!(missing, 0, "acknowledged records not delivered");
+}
+
+// ----- commands -----
+
+/// A device with a valve; it notes when it reported and when the valve was switched.
+struct Valve {
+    next: Instant,
+    every: Duration,
+    log: Arc<Mutex<Vec<(&'static str, Instant)>>>,
+    open: bool,
+    pending: Option<Vec<u8>>,
+}
+
+impl App for Valve {
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Changed {
+        self.next = now + self.every;
+        let pack = PackBuilder::new()
+            .record(Record::measurement(
+                "urn:dev:e2e:v:open",
+                "",
+                f64::from(u8::from(self.open)),
+            ))
+            .build();
+        self.pending = Some(senml::to_cbor(&pack).unwrap());
+        self.log.lock().unwrap().push(("report", now));
+        Changed::NONE
+    }
+
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.pending.take().map(|b| (cf::SENML_CBOR, b))
+    }
+}
+
+fn start_valve(
+    rt: &tokio::runtime::Runtime,
+    edge: SocketAddr,
+    id: &str,
+    binding: v6iot_sdk::uplink::Binding,
+    every: Duration,
+) -> Arc<Mutex<Vec<(&'static str, Instant)>>> {
+    let log: Arc<Mutex<Vec<(&'static str, Instant)>>> = Arc::default();
+    let mut tree = ResourceTree::new();
+    tree.add(
+        Resource::new("valve")
+            .content_formats(&[cf::TEXT_PLAIN])
+            .accepts(&[cf::TEXT_PLAIN])
+            .get(|v: &mut Valve, _| {
+                Response::content(
+                    0,
+                    if v.open {
+                        b"on".to_vec()
+                    } else {
+                        b"off".to_vec()
+                    },
+                )
+                .into()
+            })
+            .put(|v: &mut Valve, r| {
+                v.open = r.payload == b"on";
+                v.log.lock().unwrap().push(("put", r.now));
+                Response::code(v6iot_sdk::coap::Code::Changed).into()
+            }),
+    )
+    .unwrap();
+    let id = id.to_owned();
+    let app_log = log.clone();
+    rt.spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+        let now = Instant::now();
+        let app = Valve {
+            next: now + Duration::from_millis(100),
+            every,
+            log: app_log,
+            open: false,
+            pending: None,
+        };
+        let uplink = UplinkConfig {
+            binding,
+            ..UplinkConfig::new(edge, id)
+        };
+        let mut device =
+            Device::new(Config::default(), 9, Arc::new(tree), app).with_uplink(now, uplink);
+        v6iot_sdk::driver::run(&socket, &mut device, |_| {}, std::future::pending())
+            .await
+            .unwrap();
+    });
+    log
+}
+
+/// Publishes with mosquitto_pub, an independent MQTT client.
+fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "::1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("mosquitto_pub (Debian mosquitto-clients) is not installed: run scripts/test");
+    assert!(status.success());
+}
+
+/// Collects command results: req → JSON.
+fn subscribe_results(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+) -> Arc<Mutex<HashMap<String, serde_json::Value>>> {
+    let results: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
+    let mut options = MqttOptions::new(
+        format!("e2e-results-{}-{port}", std::process::id()),
+        "::1",
+        port,
+    );
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let r = results.clone();
+    rt.spawn(async move {
+        client
+            .subscribe("v6iot/t/+/cmd/+/result", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let _keep = client;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    let req = v["req"].as_str().unwrap().to_owned();
+                    r.lock().unwrap().insert(req, v);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscription acknowledged");
+    results
+}
+
+#[test]
+fn commands_round_trip_to_always_on_and_queue_mode_devices() {
+    let dir = TempDir::new("cmd");
+    let broker = Mosquitto::start(dir.path());
+    let edge = Edge::start(dir.path(), broker.port, "queue_listen_window_s = 1", "");
+    let rt = runtime();
+    let results = subscribe_results(&rt, broker.port);
+    let always = start_valve(
+        &rt,
+        edge.coap,
+        "v-always",
+        v6iot_sdk::uplink::Binding::U,
+        Duration::from_millis(500),
+    );
+    let sleepy = start_valve(
+        &rt,
+        edge.coap,
+        "v-sleepy",
+        v6iot_sdk::uplink::Binding::UQ,
+        Duration::from_millis(2500),
+    );
+    edge.await_log("endpoint: \"v-always\"", Duration::from_secs(10));
+    edge.await_log("endpoint: \"v-sleepy\"", Duration::from_secs(10));
+
+    // Always-on: the command runs at once.
+    mosquitto_pub(
+        broker.port,
+        "v6iot/t/v-always/cmd/c1",
+        r#"{"method":"PUT","path":"/valve","payload":"on","content_format":0}"#,
+    );
+    wait_for("result of c1", Duration::from_secs(10), || {
+        results.lock().unwrap().contains_key("c1")
+    });
+    let r = results.lock().unwrap()["c1"].clone();
+    assert_eq!(
+        (r["status"].as_str(), r["code"].as_str()),
+        (Some("ok"), Some("2.04")),
+        "{r}"
+    );
+    assert!(
+        always
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(what, _)| *what == "put")
+    );
+
+    // Queue mode: the command waits for the device's next uplink, then runs in its window.
+    // Publish when the device's 1 s listening window after its last report has closed and its
+    // next report (every 2.5 s) is still ahead.
+    wait_for(
+        "the sleepy device's window to close",
+        Duration::from_secs(10),
+        || {
+            let last = sleepy
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(w, _)| *w == "report")
+                .map(|(_, t)| *t)
+                .max();
+            last.is_some_and(|t| {
+                (Duration::from_millis(1200)..Duration::from_millis(1900)).contains(&t.elapsed())
+            })
+        },
+    );
+    let sent = Instant::now();
+    mosquitto_pub(
+        broker.port,
+        "v6iot/t/v-sleepy/cmd/c2",
+        r#"{"method":"PUT","path":"/valve","payload":"on","ttl":30}"#,
+    );
+    wait_for("result of c2", Duration::from_secs(15), || {
+        results.lock().unwrap().contains_key("c2")
+    });
+    let r = results.lock().unwrap()["c2"].clone();
+    assert_eq!(r["status"], "ok", "{r}");
+    let log = sleepy.lock().unwrap().clone();
+    let put = log
+        .iter()
+        .find(|(what, _)| *what == "put")
+        .expect("the valve was switched")
+        .1;
+    let report_before = log
+        .iter()
+        .filter(|(what, t)| *what == "report" && *t <= put)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    assert!(
+        report_before >= sent,
+        "the command went out only after an uplink that followed it"
+    );
+    assert!(
+        put - report_before < Duration::from_secs(1),
+        "inside the listening window"
+    );
+
+    // Unknown device and malformed command: clear error results, nothing else happens.
+    mosquitto_pub(
+        broker.port,
+        "v6iot/t/nobody/cmd/c3",
+        r#"{"method":"GET","path":"/valve"}"#,
+    );
+    mosquitto_pub(broker.port, "v6iot/t/v-always/cmd/c4", "{not json");
+    wait_for("results of c3 and c4", Duration::from_secs(10), || {
+        let r = results.lock().unwrap();
+        r.contains_key("c3") && r.contains_key("c4")
+    });
+    let r = results.lock().unwrap();
+    assert_eq!(r["c3"]["status"], "rejected");
+    assert_eq!(r["c4"]["status"], "rejected");
 }

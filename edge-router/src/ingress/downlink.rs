@@ -217,6 +217,7 @@ impl Downlink {
         unix_ms: u64,
         cmd: DownlinkCommand,
         device: Option<Reachability>,
+        listen_window: Duration,
         message_id: u16,
     ) {
         let key = (cmd.device.clone(), cmd.req.clone());
@@ -240,7 +241,7 @@ impl Downlink {
         self.journal.push_back(JournalEntry::Queued(cmd.clone()));
         let name = cmd.device.clone();
         self.queues.entry(name.clone()).or_default().push_back(cmd);
-        self.try_send(now, unix_ms, &name, device, ACK_TIMEOUT, message_id);
+        self.try_send(now, unix_ms, &name, device, listen_window, message_id);
     }
 
     /// Sends the next queued command to `device` if it can hear one now.

@@ -426,8 +426,14 @@ impl Ingress {
     pub fn handle_command(&mut self, now: Instant, unix_ms: u64, command: DownlinkCommand) {
         let reach = self.reachability(&command.device);
         let message_id = self.take_message_id();
-        self.downlink
-            .command(now, unix_ms, command, reach, message_id);
+        self.downlink.command(
+            now,
+            unix_ms,
+            command,
+            reach,
+            self.config.listen_window,
+            message_id,
+        );
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_EVERY);
         }

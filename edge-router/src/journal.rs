@@ -98,6 +98,8 @@ mod tests {
             content_format: Some(0),
             expires_unix_ms: 1,
             confirmable: true,
+            observe: false,
+            accept: None,
         }
     }
 

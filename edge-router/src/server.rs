@@ -197,6 +197,8 @@ pub async fn run(
                     content_format: command.content_format,
                     expires_unix_ms: wall.saturating_add(ttl_ms),
                     confirmable: command.confirmable,
+                    observe: false,
+                    accept: None,
                 };
                 ingress.handle_command(Instant::now(), wall, cmd);
             }

@@ -28,6 +28,7 @@ struct Meter {
     reading: f64,
     to_send: Vec<Vec<u8>>,
     valve: bool,
+    observed: Option<v6iot_sdk::coap::ResourceId>,
 }
 
 impl App for Meter {
@@ -38,17 +39,25 @@ impl App for Meter {
     fn handle_timeout(&mut self, now: Instant) -> Changed {
         self.next = now + Duration::from_secs(1);
         self.reading += 1.0;
-        let pack = PackBuilder::new()
-            .base_name("urn:dev:test:m1:")
-            .record(Record::measurement("energy", "J", self.reading))
-            .build();
-        self.to_send.push(senml::to_cbor(&pack).unwrap());
+        if let Some(id) = self.observed {
+            // Observed mode: no reports; the change notifies the edge, which observes `energy`.
+            return Changed::NONE.with(id);
+        }
+        self.to_send.push(energy_pack(self.reading));
         Changed::NONE
     }
 
     fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
         self.to_send.pop().map(|b| (cf::SENML_CBOR, b))
     }
+}
+
+fn energy_pack(reading: f64) -> Vec<u8> {
+    let pack = PackBuilder::new()
+        .base_name("urn:dev:test:m1:")
+        .record(Record::measurement("energy", "J", reading))
+        .build();
+    senml::to_cbor(&pack).unwrap()
 }
 
 const EDGE: &str = "[2001:db8::e]:5683";
@@ -68,19 +77,29 @@ struct Net {
 
 impl Net {
     fn new(lifetime: Duration) -> Net {
-        Net::with_binding(lifetime, Binding::U)
+        Net::build(lifetime, Binding::U, false)
     }
 
     fn with_binding(lifetime: Duration, binding: Binding) -> Net {
+        Net::build(lifetime, binding, false)
+    }
+
+    /// `observable`: `/energy` is observable SenML, so the edge observes it.
+    fn build(lifetime: Duration, binding: Binding, observable: bool) -> Net {
         let now = Instant::now();
         let mut tree = ResourceTree::new();
+        let energy = Resource::new("energy");
+        let energy = if observable {
+            energy.observable()
+        } else {
+            energy
+        };
         tree.add(
-            Resource::new("energy")
+            energy
                 .rt("energy")
                 .content_formats(&[cf::SENML_CBOR])
-                .observable()
                 .get(|m: &mut Meter, _| {
-                    Response::content(cf::SENML_CBOR, m.reading.to_string().into_bytes()).into()
+                    Response::content(cf::SENML_CBOR, energy_pack(m.reading)).into()
                 }),
         )
         .unwrap();
@@ -109,6 +128,7 @@ impl Net {
             reading: 0.0,
             to_send: Vec::new(),
             valve: false,
+            observed: None,
         };
         let uplink = UplinkConfig {
             lifetime,
@@ -358,6 +378,8 @@ fn command(req: &str, method: &str, payload: &[u8], ttl_ms: u64, net: &Net) -> D
         content_format: Some(0),
         expires_unix_ms: net.unix_ms + ttl_ms,
         confirmable: true,
+        observe: false,
+        accept: None,
     }
 }
 
@@ -473,4 +495,45 @@ fn command_to_a_silent_device_times_out() {
     net.step_until(t);
     let r = results(&net);
     assert_eq!(r.last().unwrap()["status"], "timeout", "{r:?}");
+}
+
+#[test]
+fn the_edge_observes_observable_senml_resources_and_stores_each_notification() {
+    let mut net = Net::build(Duration::from_secs(300), Binding::U, true);
+    let energy = net.device.tree().find("energy").unwrap();
+    net.device.app_mut().observed = Some(energy);
+    net.settle();
+    assert_eq!(
+        net.ingress.observation_count(),
+        1,
+        "the edge observes /energy (obs, ct=112)"
+    );
+    assert_eq!(net.device.endpoint().observer_count(), 1);
+    let t = net.now + Duration::from_secs(5);
+    net.step_until(t);
+    let values: Vec<f64> = net
+        .telemetry()
+        .iter()
+        .map(|r| r[0]["v"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        "the current value, then one record per change"
+    );
+    assert_eq!(
+        net.device.reporter().unwrap().stats().sent,
+        0,
+        "no reports were sent: all by observation"
+    );
+    // After 24 h a notification is Confirmable; the edge acknowledges it once stored.
+    let day = net.now + Duration::from_secs(24 * 3600);
+    net.device.app_mut().next = day;
+    net.step_until(day + Duration::from_millis(10));
+    assert_eq!(
+        net.device.endpoint().observer_count(),
+        1,
+        "the CON notification was acknowledged"
+    );
+    assert!(net.device.endpoint().stats().retransmissions == 0);
 }

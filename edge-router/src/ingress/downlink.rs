@@ -34,6 +34,12 @@ pub struct DownlinkCommand {
     pub expires_unix_ms: u64,
     /// Send as Confirmable.
     pub confirmable: bool,
+    /// Register as an observer (Observe = 0); the edge's own telemetry observations.
+    #[serde(default)]
+    pub observe: bool,
+    /// Accept option.
+    #[serde(default)]
+    pub accept: Option<u16>,
 }
 
 /// What the driver writes down so queued commands survive a restart.
@@ -68,6 +74,10 @@ pub struct CommandResult {
     pub payload: Vec<u8>,
     /// Why, for non-`ok` results.
     pub error: Option<String>,
+    /// The token of the exchange (for observations the notifications carry it too).
+    pub token: Option<[u8; 8]>,
+    /// The response carried an Observe option: the device accepted the observation.
+    pub observing: bool,
 }
 
 impl CommandResult {
@@ -84,6 +94,8 @@ impl CommandResult {
             content_format: None,
             payload: Vec::new(),
             error: Some(error.into()),
+            token: None,
+            observing: false,
         }
     }
 
@@ -238,7 +250,9 @@ impl Downlink {
             return;
         }
         self.known.insert(key);
-        self.journal.push_back(JournalEntry::Queued(cmd.clone()));
+        if !cmd.req.starts_with('_') {
+            self.journal.push_back(JournalEntry::Queued(cmd.clone()));
+        }
         let name = cmd.device.clone();
         self.queues.entry(name.clone()).or_default().push_back(cmd);
         self.try_send(now, unix_ms, &name, device, listen_window, message_id);
@@ -369,6 +383,8 @@ impl Downlink {
                 .map(|v| v as u16),
             payload: packet.payload.clone(),
             error: None,
+            token: Some(token),
+            observing: packet.get_first_option(CoapOption::Observe).is_some(),
         };
         self.finish(result, true);
         Some((device, kind == MessageType::Confirmable))
@@ -434,7 +450,7 @@ impl Downlink {
     }
 
     fn finish(&mut self, result: CommandResult, journaled: bool) {
-        if journaled {
+        if journaled && !result.req.starts_with('_') {
             self.journal.push_back(JournalEntry::Done {
                 device: result.device.clone(),
                 req: result.req.clone(),
@@ -477,8 +493,14 @@ fn encode_request(cmd: &DownlinkCommand, message_id: u16, token: &[u8; 8]) -> Op
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
     }
+    if cmd.observe {
+        p.add_option(CoapOption::Observe, Vec::new());
+    }
     if let Some(cf) = cmd.content_format {
         p.add_option(CoapOption::ContentFormat, wire::write_uint(u32::from(cf)));
+    }
+    if let Some(a) = cmd.accept {
+        p.add_option(CoapOption::Accept, wire::write_uint(u32::from(a)));
     }
     for q in query.split('&').filter(|q| !q.is_empty()) {
         p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());

@@ -11,6 +11,7 @@
 //! binds them to a cryptographic identity.
 
 pub mod downlink;
+pub mod observe;
 pub mod registry;
 mod reply;
 mod telemetry;
@@ -178,6 +179,8 @@ struct Waiting {
     message_id: u16,
     token: Vec<u8>,
     confirmable: bool,
+    /// An Observe notification (answered with an empty ACK), not a request.
+    notification: bool,
 }
 
 /// Message IDs remembered per peer; a device with NSTART = 1 has far fewer in flight.
@@ -199,6 +202,8 @@ pub struct Ingress {
     next_sweep: Option<Instant>,
     next_message_id: u16,
     downlink: Downlink,
+    observations: observe::Observations,
+    next_observation: u64,
 }
 
 const MAX_EVENTS: usize = 1024;
@@ -221,6 +226,8 @@ impl Ingress {
             next_sweep: None,
             next_message_id: (record_id_base & 0xffff) as u16,
             downlink: Downlink::new(record_id_base),
+            observations: observe::Observations::default(),
+            next_observation: 0,
         }
     }
 
@@ -279,6 +286,7 @@ impl Ingress {
         self.pump_downlink(unix_ms);
         for reg in self.directory.expire(now) {
             self.stats.expirations += 1;
+            self.observations.forget(&reg.endpoint);
             self.status(
                 unix_ms,
                 &reg.endpoint,
@@ -351,6 +359,7 @@ impl Ingress {
                         self.send_next(now, unix_ms, &device);
                     }
                     None if self.repeat(peer, header.message_id, confirmable) => {}
+                    None if self.notification(now, unix_ms, peer, &packet) => {}
                     None => {
                         self.stats.unexpected += 1;
                         if confirmable {
@@ -407,6 +416,7 @@ impl Ingress {
                         message_id: header.message_id,
                         token: packet.get_token().to_vec(),
                         confirmable,
+                        notification: false,
                     },
                 );
                 Reply::Pending
@@ -418,7 +428,52 @@ impl Ingress {
             && self.downlink.has_queued(&device)
         {
             self.send_next(now, unix_ms, &device);
-            self.pump_downlink(unix_ms);
+        }
+        self.pump_downlink(unix_ms);
+    }
+
+    /// The answer to the edge's own observe request: keep the observation and store the
+    /// current value it carried.
+    fn observation_started(&mut self, unix_ms: u64, req_rest: &str, result: CommandResult) {
+        let path = req_rest
+            .split_once(':')
+            .map_or(req_rest, |(_, p)| p)
+            .to_owned();
+        let (true, Some("2.05"), Some(token), Some(reach)) = (
+            result.observing,
+            result.code.as_deref(),
+            result.token,
+            self.reachability(&result.device),
+        ) else {
+            self.event(IngressEvent::Refused {
+                peer: self
+                    .reachability(&result.device)
+                    .map_or_else(|| SocketAddr::from(([0u16; 8], 0)), |r| r.address),
+                code: result.code.unwrap_or_else(|| result.status.to_owned()),
+                reason: format!("observing {path} failed"),
+            });
+            return;
+        };
+        self.observations.insert(
+            token,
+            observe::Observed {
+                device: result.device.clone(),
+                path,
+                peer: reach.address,
+            },
+        );
+        let id = self.record_ids.next();
+        let format = result.content_format.map(u32::from);
+        if let Ok(payload) = telemetry::normalise(format, &result.payload, unix_ms, id) {
+            let topic = self.config.topics.telemetry(&result.device);
+            self.appends.push_back(Append {
+                ticket: None,
+                message: NewMessage {
+                    topic,
+                    payload,
+                    retain: false,
+                },
+            });
         }
     }
 
@@ -473,11 +528,16 @@ impl Ingress {
     }
 
     /// Moves the downlink's datagrams out and its results into the outbox.
-    fn pump_downlink(&mut self, _unix_ms: u64) {
+    fn pump_downlink(&mut self, unix_ms: u64) {
         while let Some(t) = self.downlink.poll_transmit() {
             self.transmits.push_back(t);
         }
         while let Some(result) = self.downlink.poll_result() {
+            if let Some(rest) = result.req.strip_prefix(observe::OBSERVE_REQ) {
+                let rest = rest.to_owned();
+                self.observation_started(unix_ms, &rest, result);
+                continue;
+            }
             let rid = self.record_ids.next();
             let topic = self
                 .config
@@ -499,6 +559,10 @@ impl Ingress {
         let Some(w) = self.waiting.remove(&ticket) else {
             return;
         };
+        if w.notification {
+            self.notification_stored(w, result);
+            return;
+        }
         let response = match result {
             AppendResult::Stored => {
                 self.stats.telemetry_stored += 1;
@@ -534,6 +598,140 @@ impl Ingress {
                 Reply::Silent
             };
         }
+    }
+
+    /// A notification's record was stored (ACK it) or not (stay silent and forget its message ID,
+    /// so the device's retransmission is taken afresh).
+    fn notification_stored(&mut self, w: Waiting, result: AppendResult) {
+        let list = self.recent.get_mut(&w.peer);
+        if result == AppendResult::Stored {
+            self.stats.telemetry_stored += 1;
+            let ack = reply::empty(MessageType::Acknowledgement, w.message_id);
+            if w.confirmable {
+                self.transmits.push_back((w.peer, ack.clone()));
+            }
+            if let Some(r) = list.and_then(|l| l.iter_mut().find(|r| r.message_id == w.message_id))
+            {
+                r.reply = if w.confirmable {
+                    Reply::Sent(ack.into_boxed_slice())
+                } else {
+                    Reply::Silent
+                };
+            }
+        } else {
+            self.stats.telemetry_busy += 1;
+            if let Some(l) = list {
+                l.retain(|r| r.message_id != w.message_id);
+            }
+        }
+    }
+
+    /// A notification of a resource the edge observes: store it as telemetry.
+    fn notification(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        packet: &Packet,
+    ) -> bool {
+        let Some(obs) = self.observations.get(packet.get_token(), peer) else {
+            return false;
+        };
+        let device = obs.device.clone();
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        let format = wire::uint_option(packet, CoapOption::ContentFormat, 2)
+            .ok()
+            .flatten();
+        let id = self.record_ids.next();
+        match telemetry::normalise(format, &packet.payload, unix_ms, id) {
+            Ok(payload) => {
+                let ticket = AppendTicket(self.next_ticket);
+                self.next_ticket += 1;
+                let topic = self.config.topics.telemetry(&device);
+                self.appends.push_back(Append {
+                    ticket: Some(ticket),
+                    message: NewMessage {
+                        topic,
+                        payload,
+                        retain: false,
+                    },
+                });
+                let message_id = packet.header.message_id;
+                let token = packet.get_token().to_vec();
+                self.waiting.insert(
+                    ticket,
+                    Waiting {
+                        peer,
+                        message_id,
+                        token,
+                        confirmable,
+                        notification: true,
+                    },
+                );
+                self.remember(now, peer, message_id, Reply::Pending);
+            }
+            Err(refusal) => {
+                // Unusable data: a Reset ends the observation (RFC 7641 §3.6).
+                self.stats.refused += 1;
+                self.event(IngressEvent::Refused {
+                    peer,
+                    code: "RST".into(),
+                    reason: refusal.reason,
+                });
+                if confirmable {
+                    self.transmits.push_back((
+                        peer,
+                        reply::empty(MessageType::Reset, packet.header.message_id),
+                    ));
+                }
+            }
+        }
+        true
+    }
+
+    /// Starts observing the observable SenML resources in `links` (always-on devices only).
+    fn observe_resources(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        endpoint: &str,
+        links: &str,
+        binding: Binding,
+    ) {
+        self.observations.forget(endpoint);
+        if binding != Binding::U {
+            return;
+        }
+        for (path, accept) in observe::observable_senml(links) {
+            self.next_observation += 1;
+            let cmd = DownlinkCommand {
+                device: endpoint.to_owned(),
+                req: format!("{}{}:{path}", observe::OBSERVE_REQ, self.next_observation),
+                method: "GET".into(),
+                path,
+                payload: Vec::new(),
+                content_format: None,
+                expires_unix_ms: unix_ms + 60_000,
+                confirmable: true,
+                observe: true,
+                accept: Some(accept),
+            };
+            let reach = self.reachability(endpoint);
+            let message_id = self.take_message_id();
+            self.downlink.command(
+                now,
+                unix_ms,
+                cmd,
+                reach,
+                self.config.listen_window,
+                message_id,
+            );
+        }
+    }
+
+    /// Observations the edge holds.
+    pub fn observation_count(&self) -> usize {
+        self.observations.len()
     }
 
     /// Requests waiting for their record to be stored.
@@ -661,10 +859,11 @@ impl Ingress {
         let Ok(links) = String::from_utf8(body.to_vec()) else {
             return Outcome::error(ResponseType::BadRequest, "link-format payload is not UTF-8");
         };
-        let (location, how) = self
-            .directory
-            .register(now, ep, peer, lifetime, binding, links);
+        let (location, how) =
+            self.directory
+                .register(now, ep, peer, lifetime, binding, links.clone());
         self.stats.registrations += 1;
+        self.observe_resources(now, unix_ms, ep, &links, binding);
         if let registry::Registered::Replaced {
             moved_from: Some(from),
         } = how
@@ -736,6 +935,7 @@ impl Ingress {
             return Outcome::error(ResponseType::NotFound, format!("no registration /rd/{loc}"));
         };
         self.stats.deregistrations += 1;
+        self.observations.forget(&reg.endpoint);
         self.status(
             unix_ms,
             &reg.endpoint,

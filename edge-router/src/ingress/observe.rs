@@ -1,0 +1,102 @@
+//! Telemetry by observation (RFC 7641): when an always-on device registers resources that are
+//! observable and served as SenML, the edge router observes them, and every notification
+//! becomes a record — acknowledged (for a Confirmable notification) only once stored.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use coap_lite::link_format::LinkFormatParser;
+use v6iot_sdk::coap::content_format;
+
+/// The request id prefix of the edge's own observe requests (platform ids cannot start with `_`).
+pub(super) const OBSERVE_REQ: &str = "_obs:";
+
+/// Observable SenML resources in a registration's link format: (path, the format to ask for,
+/// SenML-CBOR preferred).
+pub fn observable_senml(links: &str) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for link in LinkFormatParser::new(links) {
+        let Ok((uri, attrs)) = link else { break };
+        let mut observable = false;
+        let mut formats = Vec::new();
+        for (key, value) in attrs {
+            match key {
+                "obs" => observable = true,
+                "ct" => formats.extend(
+                    value
+                        .to_cow()
+                        .split(' ')
+                        .filter_map(|c| c.parse::<u16>().ok()),
+                ),
+                _ => {}
+            }
+        }
+        let accept = if formats.contains(&content_format::SENML_CBOR) {
+            Some(content_format::SENML_CBOR)
+        } else if formats.contains(&content_format::SENML_JSON) {
+            Some(content_format::SENML_JSON)
+        } else {
+            None
+        };
+        if let (true, Some(accept)) = (observable, accept)
+            && uri.starts_with('/')
+            && !uri.contains("//")
+        {
+            out.push((uri.to_owned(), accept));
+        }
+    }
+    out
+}
+
+/// One observation the edge holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Observed {
+    pub(super) device: String,
+    pub(super) path: String,
+    pub(super) peer: SocketAddr,
+}
+
+/// The observations of all devices, by token.
+#[derive(Debug, Default)]
+pub(super) struct Observations {
+    by_token: HashMap<[u8; 8], Observed>,
+}
+
+impl Observations {
+    pub(super) fn insert(&mut self, token: [u8; 8], observed: Observed) {
+        self.by_token.insert(token, observed);
+    }
+
+    pub(super) fn get(&self, token: &[u8], peer: SocketAddr) -> Option<&Observed> {
+        let token: [u8; 8] = token.try_into().ok()?;
+        self.by_token.get(&token).filter(|o| o.peer == peer)
+    }
+
+    /// Forgets every observation of `device` (deregistered, expired, re-registered).
+    pub(super) fn forget(&mut self, device: &str) {
+        self.by_token.retain(|_, o| o.device != device);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_token.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_observable_senml_resources() {
+        let links = r#"</sensors/temperature>;rt="oic.r.temperature";if="core.s";ct="112 110";title="Temp, inside";obs,</actuators/valve>;ct="0 50";obs,</device/log>;ct=0,</p>;ct=110;obs"#;
+        assert_eq!(
+            observable_senml(links),
+            vec![
+                ("/sensors/temperature".to_owned(), 112),
+                ("/p".to_owned(), 110)
+            ]
+        );
+        assert!(observable_senml("garbage").is_empty());
+        assert!(observable_senml("").is_empty());
+    }
+}

@@ -15,6 +15,8 @@ pub mod observe;
 pub mod registry;
 mod reply;
 mod telemetry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

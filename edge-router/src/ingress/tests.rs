@@ -1,0 +1,237 @@
+//! Bad input at the ingress: every refusal has its code, nothing refused reaches the outbox,
+//! and no input panics.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use proptest::prelude::*;
+use v6iot_cloud_bridge::topics::Topics;
+
+use super::{Ingress, IngressConfig};
+
+fn ingress() -> Ingress {
+    Ingress::new(
+        IngressConfig::new(Topics::new("v6iot", "s").unwrap()),
+        1_700_000_000_000,
+    )
+}
+
+fn peer() -> SocketAddr {
+    "[2001:db8::7]:4000".parse().unwrap()
+}
+
+fn request(
+    method: RequestType,
+    path: &str,
+    query: &[&str],
+    cf: Option<u8>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(method);
+    p.header.message_id = 0x4242;
+    p.set_token(vec![9]);
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    if let Some(cf) = cf {
+        p.add_option(CoapOption::ContentFormat, vec![cf]);
+    }
+    for q in query {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p.payload = body.to_vec();
+    p.to_bytes_unlimited().unwrap()
+}
+
+/// Sends one datagram to a fresh ingress and returns the answer's code and diagnostic.
+fn answer(bytes: &[u8]) -> (ResponseType, String, Ingress) {
+    let mut i = ingress();
+    i.handle_datagram(Instant::now(), 1_700_000_000_000, peer(), bytes);
+    let (_, reply) = i.poll_transmit().expect("an answer");
+    let p = Packet::from_bytes(&reply).unwrap();
+    let MessageClass::Response(code) = p.header.code else {
+        panic!("not a response: {:?}", p.header.code)
+    };
+    (code, String::from_utf8_lossy(&p.payload).into_owned(), i)
+}
+
+/// Query, content format, body, expected code, expected words in the diagnostic.
+type Case = (
+    &'static [&'static str],
+    Option<u8>,
+    &'static [u8],
+    ResponseType,
+    &'static str,
+);
+
+#[test]
+fn malformed_registrations_are_refused_with_reasons() {
+    let cases: [Case; 6] = [
+        (&[], None, b"", ResponseType::BadRequest, "ep=NAME"),
+        (
+            &["ep=a/b"],
+            None,
+            b"",
+            ResponseType::BadRequest,
+            "not usable",
+        ),
+        (
+            &["ep=_edge"],
+            None,
+            b"",
+            ResponseType::BadRequest,
+            "not usable",
+        ),
+        (
+            &["ep=d1", "lt=soon"],
+            None,
+            b"",
+            ResponseType::BadRequest,
+            "lt must be",
+        ),
+        (
+            &["ep=d1", "b=X"],
+            None,
+            b"",
+            ResponseType::BadRequest,
+            "b must be U or UQ",
+        ),
+        (
+            &["ep=d1"],
+            Some(50),
+            b"{}",
+            ResponseType::UnsupportedContentFormat,
+            "link-format",
+        ),
+    ];
+    for (query, cf, body, code, reason) in cases {
+        let (got, why, mut i) = answer(&request(RequestType::Post, "rd", query, cf, body));
+        assert_eq!(got, code, "{query:?}");
+        assert!(why.contains(reason), "{query:?}: {why}");
+        assert!(i.directory().is_empty());
+        assert!(i.poll_append().is_none(), "nothing reaches the outbox");
+    }
+    let (got, _, _) = answer(&request(
+        RequestType::Post,
+        "rd",
+        &["ep=d1"],
+        Some(40),
+        &[0xff, 0xfe],
+    ));
+    assert_eq!(got, ResponseType::BadRequest, "links must be UTF-8");
+    let (got, _, _) = answer(&request(
+        RequestType::Post,
+        "rd",
+        &["ep=d1"],
+        Some(40),
+        &vec![b'x'; 5000],
+    ));
+    assert_eq!(got, ResponseType::RequestEntityTooLarge);
+}
+
+#[test]
+fn unknown_endpoints_paths_and_methods_get_their_codes() {
+    let (code, why, _) = answer(&request(
+        RequestType::Post,
+        "t",
+        &[],
+        Some(110),
+        b"[{\"n\":\"x\",\"v\":1}]",
+    ));
+    assert_eq!(code, ResponseType::Forbidden);
+    assert!(why.contains("register"), "{why}");
+    assert_eq!(
+        answer(&request(RequestType::Post, "rd/77", &[], None, b"")).0,
+        ResponseType::NotFound
+    );
+    assert_eq!(
+        answer(&request(RequestType::Delete, "rd/zz", &[], None, b"")).0,
+        ResponseType::NotFound
+    );
+    assert_eq!(
+        answer(&request(RequestType::Get, "rd", &[], None, b"")).0,
+        ResponseType::MethodNotAllowed
+    );
+    assert_eq!(
+        answer(&request(RequestType::Get, "nothing", &[], None, b"")).0,
+        ResponseType::NotFound
+    );
+    let mut p = Packet::from_bytes(&request(RequestType::Post, "t", &[], None, b"x")).unwrap();
+    p.add_option(CoapOption::Unknown(2049), b"z".to_vec());
+    assert_eq!(
+        answer(&p.to_bytes_unlimited().unwrap()).0,
+        ResponseType::BadOption
+    );
+}
+
+#[test]
+fn invalid_senml_from_a_registered_device_is_refused_and_not_stored() {
+    let mut i = ingress();
+    let now = Instant::now();
+    i.handle_datagram(
+        now,
+        1,
+        peer(),
+        &request(RequestType::Post, "rd", &["ep=d1"], Some(40), b"</x>"),
+    );
+    let _ = i.poll_transmit();
+    while i.poll_append().is_some() {}
+    for (n, (cf, body, code)) in [
+        (
+            Some(110u8),
+            &b"[{\"v\":\"text\"}]"[..],
+            ResponseType::BadRequest,
+        ),
+        (Some(112), &b"\xa1\x02\x63abc"[..], ResponseType::BadRequest),
+        (Some(50), &b"{}"[..], ResponseType::UnsupportedContentFormat),
+        (None, &b""[..], ResponseType::BadRequest),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut bytes = request(RequestType::Post, "t", &[], cf, body);
+        bytes[3] = n as u8; // a fresh message ID each time
+        i.handle_datagram(now, 1, peer(), &bytes);
+        let (_, reply) = i.poll_transmit().unwrap();
+        let p = Packet::from_bytes(&reply).unwrap();
+        assert_eq!(p.header.code, MessageClass::Response(code), "{body:?}");
+        assert!(
+            i.poll_append().is_none(),
+            "refused telemetry never reaches the outbox"
+        );
+    }
+    assert_eq!(i.stats().refused, 4);
+}
+
+#[test]
+fn malformed_datagrams_are_counted_and_confirmable_ones_reset() {
+    let mut i = ingress();
+    i.handle_datagram(Instant::now(), 1, peer(), &[0x4f, 0x01, 0x12, 0x34]); // TKL 15
+    let (_, rst) = i.poll_transmit().unwrap();
+    assert_eq!(rst, vec![0x70, 0, 0x12, 0x34]);
+    i.handle_datagram(Instant::now(), 1, peer(), &[0x50]);
+    assert!(i.poll_transmit().is_none());
+    assert_eq!(i.stats().malformed, 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Any datagram from an unregistered source: no panic, no record, at most one answer.
+    #[test]
+    fn arbitrary_datagrams_store_nothing(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut i = ingress();
+        i.handle_datagram(Instant::now(), 1, peer(), &bytes);
+        let mut n = 0;
+        while i.poll_transmit().is_some() { n += 1; }
+        prop_assert!(n <= 1);
+        while let Some(a) = i.poll_append() {
+            // Only a registration's status message may come out, never telemetry.
+            prop_assert!(a.ticket.is_none());
+            prop_assert!(a.message.topic.ends_with("/status"));
+        }
+    }
+}

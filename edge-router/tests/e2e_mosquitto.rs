@@ -93,6 +93,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// `extra` is appended to the configuration (e.g. a TLS listener).
+    fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_tcp_port();
         let conf = dir.join("mosquitto.conf");
         let store = dir.join("mosquitto-store");
@@ -102,7 +107,7 @@ impl Mosquitto {
              max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\n",
             store.display()
         );
-        std::fs::write(&conf, text).unwrap();
+        std::fs::write(&conf, format!("{text}{extra}")).unwrap();
         let mut m = Mosquitto {
             child: None,
             port,
@@ -170,6 +175,26 @@ impl Edge {
         let conf = dir.join("edge.toml");
         let text = format!(
             "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"mqtt://[::1]:{mqtt_port}\"\n{extra_toml}",
+            dir.join("data").display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let args = vec!["run".into(), "--config".into(), conf.display().to_string()];
+        let mut e = Edge {
+            child: None,
+            coap,
+            args,
+            log: Arc::default(),
+        };
+        e.restart();
+        e
+    }
+
+    /// An edge router whose broker URL and extra `[mqtt]` keys are given in full.
+    fn start_url(dir: &Path, url: &str, mqtt_extra: &str) -> Edge {
+        let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
+        let conf = dir.join("edge.toml");
+        let text = format!(
+            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}",
             dir.join("data").display()
         );
         std::fs::write(&conf, text).unwrap();
@@ -865,4 +890,124 @@ fn commands_round_trip_to_always_on_and_queue_mode_devices() {
     let r = results.lock().unwrap();
     assert_eq!(r["c3"]["status"], "rejected");
     assert_eq!(r["c4"]["status"], "rejected");
+}
+
+// ----- TLS to the broker -----
+
+struct Certs {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    other_ca: PathBuf,
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let ca_params = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p
+    };
+    let ca = CertifiedIssuer::self_signed(
+        ca_params("v6iot edge test CA"),
+        KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    let other = CertifiedIssuer::self_signed(ca_params("another CA"), KeyPair::generate().unwrap())
+        .unwrap();
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["localhost".into(), "::1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        vec!["e1.edge.test".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    Certs {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server.key", &server_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client.key", &client_key),
+        other_ca: write("other-ca.pem", &other.pem()),
+    }
+}
+
+/// The edge router reaches the broker over mutual TLS with a pinned CA; with the wrong CA it
+/// publishes nothing (and says why), while devices are still acknowledged into the outbox.
+#[test]
+fn mutual_tls_to_the_broker_and_a_wrong_ca_is_refused() {
+    let dir = TempDir::new("tls");
+    let certs = make_certs(dir.path());
+    let tls_port = free_tcp_port();
+    let extra = format!(
+        "listener {tls_port} ::1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        certs.ca.display(),
+        certs.server_cert.display(),
+        certs.server_key.display()
+    );
+    let broker = Mosquitto::start_with(dir.path(), &extra);
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port); // the test's own subscriber uses the plain listener
+    let tls = |ca: &Path| {
+        format!(
+            "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\nserver_name = \"localhost\"\n",
+            ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display()
+        )
+    };
+    // Wrong CA first: the handshake fails, nothing reaches the broker.
+    let bad_dir = TempDir::new("tls-bad");
+    let bad = Edge::start_url(
+        bad_dir.path(),
+        &format!("mqtts://[::1]:{tls_port}"),
+        &tls(&certs.other_ca),
+    );
+    bad.await_log("UnknownIssuer", Duration::from_secs(15));
+    drop(bad);
+    assert!(
+        seen.lock().unwrap().status.is_empty(),
+        "nothing was published with the wrong CA"
+    );
+
+    let edge = Edge::start_url(
+        dir.path(),
+        &format!("mqtts://[::1]:{tls_port}"),
+        &tls(&certs.ca),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_devices(&rt, edge.coap, 5, 20, Duration::from_millis(10), stop_rx);
+    wait_for(
+        "100 deliveries over mutual TLS",
+        Duration::from_secs(30),
+        || seen.lock().unwrap().records.len() >= 100,
+    );
+    let results = stop_devices(&rt, &stop_tx, tasks);
+    let acked = acknowledged(&results);
+    let seen = seen.lock().unwrap();
+    assert!(acked.iter().all(|k| seen.records.contains_key(k)));
 }

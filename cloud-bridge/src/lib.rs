@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`message`] | `OutboundMessage`: one MQTT message with its record id |
 //! | [`outbox`] | the durable outbox: group-committed segment files, bounded in bytes, at-least-once delivery to the bridge with acknowledgements |
+//! | [`fanout`] | the outbox's messages to several sinks (MQTT and WebSocket); an id is acknowledged to the outbox once every sink acknowledged it |
 //! | [`topics`] | the topic convention of shared/DESIGN.md §9 |
 //! | [`mqtt`] | the MQTT publisher: at-least-once delivery, status and Last Will, commands |
 //! | [`websocket`] | the WebSocket sink: one JSON text message per record |
@@ -22,6 +23,7 @@ mod backoff;
 pub mod command;
 pub mod endpoint;
 pub mod event;
+pub mod fanout;
 pub mod happy_eyeballs;
 pub mod message;
 pub mod mqtt;

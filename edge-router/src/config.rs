@@ -145,6 +145,18 @@ impl Default for MqttSection {
 pub struct WebSocketSection {
     /// `ws://…` or `wss://…`.
     pub url: String,
+    /// CA certificate(s), PEM: the only roots trusted for `wss://`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, PEM.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key, PEM.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify the server's certificate against, when not the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// `[outbox]`

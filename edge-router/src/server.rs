@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,9 +17,10 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use v6iot_cloud_bridge::command::Command;
+use v6iot_cloud_bridge::fanout::fanout;
 use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, run_mqtt};
+use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, WsConfig, run_mqtt, run_websocket};
 
 use crate::config::EdgeConfig;
 use crate::ingress::{
@@ -77,22 +79,51 @@ pub async fn run(
     mqtt.server_name = config.mqtt.server_name.clone();
     let bridge_stats = mqtt.stats.clone();
 
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
-    let acks = tokio::spawn(async move {
-        while let Some(id) = ack_rx.recv().await {
-            acker.ack(id);
-        }
-    });
+    // One durable stream, one or two sinks; an id is acknowledged to the outbox only once
+    // every sink has it.
+    let sinks = if config.websocket.is_some() { 2 } else { 1 };
+    let (mut ports, fanout_task) = fanout(
+        to_publish,
+        move |id| acker.ack(id),
+        NonZeroUsize::new(sinks).unwrap_or(NonZeroUsize::MIN),
+        NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
+    );
     let (command_tx, mut command_rx) = mpsc::channel::<Command>(1024);
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<BridgeEvent>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut bridge_stop = stop_rx.clone();
-    let bridge = tokio::spawn(async move {
-        let stop = async move {
-            let _ = bridge_stop.wait_for(|s| *s).await;
-        };
-        run_mqtt(mqtt, to_publish, ack_tx, command_tx, Some(event_tx), stop).await
-    });
+    let stop_signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut sink_tasks = Vec::new();
+    if let Some(ws) = &config.websocket
+        && let Some(port) = ports.pop()
+    {
+        let mut wsc = WsConfig::new(&ws.url);
+        wsc.ca_file = ws.ca_file.clone();
+        wsc.client_cert = ws.client_cert.clone();
+        wsc.client_key = ws.client_key.clone();
+        wsc.server_name = ws.server_name.clone();
+        let events = event_tx.clone();
+        let stop = stop_signal(stop_rx.clone());
+        sink_tasks.push(tokio::spawn(async move {
+            run_websocket(wsc, port.outgoing, port.acks, Some(events), stop).await
+        }));
+    }
+    let Some(mqtt_port) = ports.pop() else {
+        anyhow::bail!("internal: no MQTT sink port");
+    };
+    let stop = stop_signal(stop_rx.clone());
+    sink_tasks.push(tokio::spawn(async move {
+        run_mqtt(
+            mqtt,
+            mqtt_port.outgoing,
+            mqtt_port.acks,
+            command_tx,
+            Some(event_tx),
+            stop,
+        )
+        .await
+    }));
     tokio::spawn(async move {
         while let Some(e) = event_rx.recv().await {
             match e {
@@ -212,8 +243,12 @@ pub async fn run(
     tracing::info!("edge router stopping");
     let _ = stop_tx.send(true);
     outbox.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), bridge).await;
-    acks.abort();
+    for task in sink_tasks {
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), task).await {
+            tracing::warn!(error = %e, "a sink ended with an error");
+        }
+    }
+    fanout_task.abort();
     Ok(())
 }
 

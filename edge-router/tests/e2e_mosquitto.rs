@@ -1011,3 +1011,104 @@ fn mutual_tls_to_the_broker_and_a_wrong_ca_is_refused() {
     let seen = seen.lock().unwrap();
     assert!(acked.iter().all(|k| seen.records.contains_key(k)));
 }
+
+// ----- WebSocket sink -----
+
+/// A WebSocket server (tokio-tungstenite) that keeps every text message it receives.
+fn websocket_server(rt: &tokio::runtime::Runtime) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use futures_util::StreamExt;
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("[::1]:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let g = got.clone();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
+                        for line in text.lines() {
+                            g.lock().unwrap().push(serde_json::from_str(line).unwrap());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn records_also_reach_a_websocket_server_as_json_lines() {
+    let dir = TempDir::new("ws");
+    let broker = Mosquitto::start(dir.path());
+    let rt = runtime();
+    let (ws_port, got) = websocket_server(&rt);
+    let edge = Edge::start(
+        dir.path(),
+        broker.port,
+        "",
+        &format!("[websocket]\nurl = \"ws://[::1]:{ws_port}/ingest\"\n"),
+    );
+    let seen = subscribe(&rt, broker.port);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = start_devices(&rt, edge.coap, 10, 20, Duration::from_millis(10), stop_rx);
+    wait_for("200 records at the broker", Duration::from_secs(30), || {
+        seen.lock().unwrap().records.len() >= 200
+    });
+    let telemetry = |got: &Vec<serde_json::Value>| {
+        got.iter()
+            .filter(|r| r["topic"].as_str().unwrap().ends_with("/telemetry"))
+            .count()
+    };
+    wait_for(
+        "200 records at the WebSocket server",
+        Duration::from_secs(30),
+        || telemetry(&got.lock().unwrap()) >= 200,
+    );
+    let results = stop_devices(&rt, &stop_tx, tasks);
+    assert!(acknowledged(&results).len() >= 190);
+    let got = got.lock().unwrap();
+    let r = got
+        .iter()
+        .find(|r| r["topic"] == "v6iot/t/dev003/telemetry")
+        .unwrap();
+    assert!(
+        r["id"].as_u64().is_some(),
+        "each line carries the outbox id: {r}"
+    );
+    assert_eq!(
+        r["payload"][0]["n"], "urn:dev:e2e:dev003:flow",
+        "the same resolved SenML as on MQTT: {r}"
+    );
+    let mut keys: Vec<(String, u64)> = got
+        .iter()
+        .filter(|r| r["topic"].as_str().unwrap().ends_with("/telemetry"))
+        .map(|r| {
+            let dev = r["topic"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .nth(2)
+                .unwrap()
+                .to_owned();
+            let seq = r["payload"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["n"].as_str().unwrap().ends_with(":seq"))
+                .unwrap()["v"]
+                .as_f64()
+                .unwrap() as u64;
+            (dev, seq)
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 200, "every record once at the WebSocket server");
+}

@@ -78,6 +78,9 @@ pub struct CoapSection {
     pub lab_accept_unregistered: bool,
     /// How long a queue-mode (`b=UQ`) device listens after each uplink, seconds.
     pub queue_listen_window_s: u64,
+    /// Socket receive and send buffer sizes asked of the kernel, bytes (it may cap them at
+    /// `net.core.rmem_max` / `wmem_max`). Large buffers absorb bursts from many devices.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for CoapSection {
@@ -89,6 +92,7 @@ impl Default for CoapSection {
             max_lifetime: 90_000,
             lab_accept_unregistered: false,
             queue_listen_window_s: 20,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }

@@ -50,8 +50,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
-    let socket = UdpSocket::bind(config.coap.listen)
-        .await
+    let socket = bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
         .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
     let coap_addr = socket.local_addr()?;
 
@@ -313,6 +312,25 @@ async fn flush(
             tracing::debug!(peer = %to, error = %e, "send failed");
         }
     }
+}
+
+/// A UDP socket with large kernel buffers (bursts from many devices), for tokio.
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // `[::]` also takes IPv4 (mapped addresses): one socket for dual-stack plants.
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 fn log_event(event: &IngressEvent) {

@@ -237,6 +237,11 @@ fn check_request(
     let received = wire::parse(&h(v.protected)).unwrap();
     let option = OscoreOption::from_packet(&received).unwrap();
     assert_eq!(option.kid.as_deref(), Some(kid.as_slice()));
+    assert!(
+        server.accepts(&option),
+        "the edge's lookup finds this context"
+    );
+    assert!(!client.accepts(&option));
     let (decrypted, server_info) = unprotect_request(&mut server, &received).unwrap();
     assert_eq!(wire::encode(&decrypted).unwrap(), h(v.unprotected));
     assert_eq!(server_info.kid(), kid.as_slice());

@@ -192,6 +192,17 @@ impl SecurityContext {
         self.id_context.as_deref()
     }
 
+    /// True when a request with this OSCORE option is for this context: its 'kid' is the
+    /// Recipient ID and its 'kid context', if present, the ID Context. A server that keeps many
+    /// contexts with the same Recipient ID (different ID Contexts) picks the one that matches.
+    pub fn accepts(&self, option: &super::OscoreOption) -> bool {
+        option.kid.as_deref() == Some(self.recipient_id.as_slice())
+            && option
+                .kid_context
+                .as_deref()
+                .is_none_or(|kc| Some(kc) == self.id_context.as_deref())
+    }
+
     /// The sender sequence number state.
     pub fn sequence(&self) -> &SenderSequence {
         &self.sequence

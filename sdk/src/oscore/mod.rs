@@ -61,7 +61,7 @@
 //!
 //! ```text
 //! let option = OscoreOption::from_packet(&packet)?;          // kid, kid context: find the device
-//! let ctx = contexts.get_mut(&option.kid?)  else 4.01;        // your lookup
+//! let ctx = contexts_for(&option.kid?).find(|c| c.accepts(&option)) else 4.01; // your lookup
 //! let (request, mut info) = unprotect_request(ctx, &packet)?; // replay window, decryption
 //! let reply = protect_response(ctx, &response, &mut info, false)?;
 //! ```

@@ -173,18 +173,13 @@ pub fn unprotect_request(
     if !wire::is_request_code(u8::from(packet.header.code)) {
         return Err(OscoreError::WrongCodeClass);
     }
-    let (Some(kid), Some(piv)) = (option.kid, option.partial_iv) else {
+    let (Some(kid), Some(piv)) = (option.kid.clone(), option.partial_iv) else {
         return Err(OscoreError::MalformedOption);
     };
     if packet.payload.is_empty() {
         return Err(OscoreError::MalformedMessage);
     }
-    if kid != ctx.recipient_id() {
-        return Err(OscoreError::UnknownKid);
-    }
-    if let Some(kc) = &option.kid_context
-        && Some(kc.as_slice()) != ctx.id_context()
-    {
+    if !ctx.accepts(&option) {
         return Err(OscoreError::UnknownKid);
     }
     ctx.replay_window().check(piv)?;

@@ -11,6 +11,7 @@
 //! | [`addr`] | the v6iot IPv6 address plan: site /48, plant and line subnet, class and serial interface ID, EUI-64 and 802.15.4 short forms |
 //! | [`senml`] | SenML records (RFC 8428) in CBOR and JSON |
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
+//! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
 //! | [`driver`] | the only I/O: a tokio UDP driver that runs a device core on a socket (feature `tokio`) |
 
@@ -18,5 +19,6 @@ pub mod addr;
 pub mod coap;
 #[cfg(feature = "tokio")]
 pub mod driver;
+pub mod oscore;
 pub mod senml;
 pub mod uplink;

@@ -1,0 +1,146 @@
+# shellcheck shell=bash
+# Helpers for the benchmark scripts in bench/. Source it after `set -euo pipefail`.
+#
+#   bench_init NAME          work dir in $BENCH_WORK, EXIT trap that stops every process started
+#   free_port udp|tcp        a port on ::1 that is free right now
+#   start_bg NAME CMD...     run CMD in the background (output in $BENCH_WORK/NAME.log), remember its PID
+#   stop_bg NAME             stop that process (TERM, then KILL after 5 s)
+#   wait_port udp|tcp PORT   until something listens on [::1]:PORT (10 s at most)
+#   start_mosquitto NAME     a mosquitto on a free port of ::1; sets MQTT_PORT_<NAME>
+#   cpu_ticks PID            utime+stime of a process (all threads), in clock ticks
+#   thread_ticks PID         "comm ticks" for each thread of a process
+#   runq_ns PID              time the process's threads spent runnable but waiting for a CPU (ns)
+#   udp_drops PORT           receive-buffer drops of the UDP socket bound to PORT (ss skmem d)
+#   machine_info             nproc, CPU model, kernel, load, file system of the work dir
+#
+# Every process a script starts goes through start_bg, so the EXIT trap stops exactly those
+# PIDs and nothing else on the machine.
+
+BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$BENCH_ROOT/scripts/lib.sh"
+
+declare -A BENCH_PIDS=()
+BENCH_WORK=""
+
+bench_cleanup() {
+    local name pid
+    for name in "${!BENCH_PIDS[@]}"; do
+        pid="${BENCH_PIDS[$name]}"
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for name in "${!BENCH_PIDS[@]}"; do
+        pid="${BENCH_PIDS[$name]}"
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    BENCH_PIDS=()
+    if [[ -n "$BENCH_WORK" && -d "$BENCH_WORK" && "${BENCH_KEEP:-0}" != 1 ]]; then
+        rm -rf "$BENCH_WORK"
+    fi
+}
+
+bench_init() {
+    BENCH_WORK="$(mktemp -d "/tmp/v6iot-bench-$1.XXXXXX")"
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+free_port() {
+    python3 - "$1" <<'PY'
+import socket, sys
+kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
+s = socket.socket(socket.AF_INET6, kind)
+s.bind(("::1", 0))
+print(s.getsockname()[1])
+PY
+}
+
+start_bg() {
+    local name="$1"
+    shift
+    "$@" >"$BENCH_WORK/$name.log" 2>&1 &
+    BENCH_PIDS[$name]=$!
+}
+
+stop_bg() {
+    local pid="${BENCH_PIDS[$1]:-}"
+    [[ -n "$pid" ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "BENCH_PIDS[$1]"
+}
+
+bg_pid() { echo "${BENCH_PIDS[$1]}"; }
+
+wait_port() {
+    local flag=-lun
+    [[ "$1" == tcp ]] && flag=-ltn
+    for _ in $(seq 100); do
+        if ss -H "$flag" "sport = :$2" | grep -q .; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "nothing listens on port $2 ($1) after 10 s"
+}
+
+# start_mosquitto NAME: a broker on a free port of ::1, no persistence; sets MQTT_PORT.
+start_mosquitto() {
+    MQTT_PORT="$(free_port tcp)"
+    cat >"$BENCH_WORK/$1.conf" <<CONF
+listener $MQTT_PORT ::1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 0
+sys_interval 1
+log_dest stderr
+log_type error
+log_type warning
+CONF
+    start_bg "$1" mosquitto -c "$BENCH_WORK/$1.conf"
+    wait_port tcp "$MQTT_PORT"
+}
+
+cpu_ticks() {
+    local pid="$1" total=0 t
+    for t in /proc/"$pid"/task/*/stat; do
+        # fields after the comm: state is $3 of the rest; utime, stime are fields 14, 15
+        total=$((total + $(sed 's/.*) //' "$t" | awk '{print $12 + $13}')))
+    done 2>/dev/null
+    echo "$total"
+}
+
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*/stat; do
+        sed -E 's/^[0-9]+ \((.*)\) /\1\t/' "$t" | awk -F'\t' '{split($2, f, " "); print $1 "\t" f[12] + f[13]}'
+    done 2>/dev/null
+}
+
+runq_ns() {
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $2 } END { printf "%.0f", s }'
+}
+
+udp_drops() {
+    ss -H -uamn "sport = :$1" | grep -o 'skmem:([^)]*)' | grep -o ',d[0-9]*' | tr -d ',d' | head -1
+}
+
+machine_info() {
+    echo "nproc: $(nproc)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "kernel: $(uname -r)"
+    echo "memory: $(free -g | awk '/Mem:/ {print $2 " GiB"}')"
+    echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "work dir file system: $(df -T "$BENCH_WORK" | awk 'NR == 2 {print $2 " on " $1}')"
+}

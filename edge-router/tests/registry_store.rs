@@ -436,6 +436,26 @@ ok-3,06,000102030405060708090a0b0c0d0e0f,,1,
 }
 
 #[test]
+fn open_configured_uses_the_registry_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("seal.key");
+    std::fs::write(&key_file, format!("{}\n", "42".repeat(32))).unwrap();
+    let config = v6iot_edge_router::config::EdgeConfig::parse(&format!(
+        "site = \"s\"\ndata_dir = \"{}\"\n[registry]\nseal_key_file = \"{}\"\n",
+        dir.path().join("nested/data").display(),
+        key_file.display()
+    ))
+    .unwrap();
+    let mut reg = Registry::open_configured(&config).unwrap();
+    assert_eq!(reg.path(), dir.path().join("nested/data/registry.db"));
+    reg.add(record("dev-a", &[1], &[1; 16])).unwrap();
+    drop(reg);
+    // The same key as the file's: `key()` is 32 bytes of 0x42.
+    let reg = Registry::open(&dir.path().join("nested/data/registry.db"), Some(key())).unwrap();
+    assert!(reg.get("dev-a").unwrap().is_some());
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);

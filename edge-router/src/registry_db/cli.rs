@@ -162,10 +162,7 @@ fn locate(db: &DbArgs) -> anyhow::Result<Located> {
     };
     let data_dir = db.data_dir.clone().unwrap_or(config.data_dir.clone());
     let path = config.registry.db_path(&data_dir);
-    let key = match &config.registry.seal_key_file {
-        Some(file) => Some(SealKey::from_file(file)?),
-        None => SealKey::from_env()?,
-    };
+    let key = super::seal_key_for(&config)?;
     Ok(Located { path, key })
 }
 

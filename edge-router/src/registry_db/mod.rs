@@ -41,6 +41,7 @@ pub use prefix::{Ipv6Prefix, PrefixError};
 pub use seal::{SEAL_KEY_ENV, SealError, SealKey};
 
 use crate::audit::{self, AuditError, AuditEvent, AuditKind, AuditLog, ChainWriter};
+use crate::config::EdgeConfig;
 
 /// Length of the secrets [`Registry::rotate`] makes when the old length is unknown.
 pub const DEFAULT_SECRET_LEN: usize = 16;
@@ -430,6 +431,20 @@ impl Registry {
         })
     }
 
+    /// Opens (or creates, with its directory) the registry a configuration names:
+    /// `registry.db` (default `{data_dir}/registry.db`), with the key of [`seal_key_for`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::open`] and [`seal_key_for`].
+    pub fn open_configured(config: &EdgeConfig) -> Result<Self, RegistryError> {
+        let path = config.registry.db_path(&config.data_dir);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Self::open(&path, seal_key_for(config)?)
+    }
+
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -724,6 +739,19 @@ impl Registry {
         )?;
         tx.commit()?;
         Ok(secret)
+    }
+}
+
+/// The seal key of a configuration: from `registry.seal_key_file` when set, else from the
+/// [`SEAL_KEY_ENV`] environment variable, else none.
+///
+/// # Errors
+///
+/// When the file cannot be read or either holds no key.
+pub fn seal_key_for(config: &EdgeConfig) -> Result<Option<SealKey>, SealError> {
+    match &config.registry.seal_key_file {
+        Some(file) => SealKey::from_file(file).map(Some),
+        None => SealKey::from_env(),
     }
 }
 

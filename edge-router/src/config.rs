@@ -28,6 +28,10 @@
 //!
 //! [outbox]
 //! max_bytes = 1073741824      # when full, devices get 5.03 + Max-Age
+//!
+//! [registry]                  # devices and the audit trail (SQLite)
+//! db = "/var/lib/v6iot/registry.db"     # default: {data_dir}/registry.db
+//! seal_key_file = "/etc/v6iot/seal.key" # 64 hex digits; else the V6IOT_SEAL_KEY variable
 //! ```
 
 use std::net::SocketAddr;
@@ -59,6 +63,9 @@ pub struct EdgeConfig {
     /// Durable outbox.
     #[serde(default)]
     pub outbox: OutboxSection,
+    /// Device registry and audit trail.
+    #[serde(default)]
+    pub registry: RegistrySection,
 }
 
 /// `[coap]`
@@ -191,6 +198,28 @@ impl Default for OutboxSection {
     }
 }
 
+/// `[registry]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// The SQLite file of the registry and the audit trail; default `{data_dir}/registry.db`.
+    pub db: Option<PathBuf>,
+    /// A file holding the seal key of the devices' master secrets (64 hex digits, as
+    /// `v6iot-edge devices keygen` writes). Without it, the `V6IOT_SEAL_KEY` environment
+    /// variable is used.
+    pub seal_key_file: Option<PathBuf>,
+}
+
+impl RegistrySection {
+    /// The database file for a router whose data directory is `data_dir`.
+    #[must_use]
+    pub fn db_path(&self, data_dir: &Path) -> PathBuf {
+        self.db
+            .clone()
+            .unwrap_or_else(|| data_dir.join("registry.db"))
+    }
+}
+
 fn default_edge_id() -> String {
     "edge".to_owned()
 }
@@ -253,6 +282,7 @@ impl EdgeConfig {
             mqtt: MqttSection::default(),
             websocket: None,
             outbox: OutboxSection::default(),
+            registry: RegistrySection::default(),
         }
     }
 
@@ -322,6 +352,19 @@ mod tests {
         assert_eq!(c.site, "plant-a");
         assert_eq!(c.mqtt.protocol, 4);
         assert_eq!(c.websocket.unwrap().url, "wss://ingest.example/v6iot");
+        assert_eq!(
+            c.registry.db_path(&c.data_dir),
+            PathBuf::from("/var/lib/v6iot/registry.db")
+        );
+        assert_eq!(
+            c.registry.seal_key_file,
+            Some(PathBuf::from("/etc/v6iot/seal.key"))
+        );
+        let d = EdgeConfig::with_site("s");
+        assert_eq!(
+            d.registry.db_path(Path::new("/data")),
+            PathBuf::from("/data/registry.db")
+        );
     }
 
     #[test]

@@ -7,14 +7,18 @@
 //! | [`config`] | the TOML configuration, with errors that name the key |
 //! | [`journal`] | the command queue's journal on disk (JSON lines, compacted on open) |
 //! | [`server`] | the I/O: CoAP socket, outbox, MQTT bridge around the ingress |
+//! | [`registry_db`] | the device registry in SQLite: OSCORE identities (kid, sealed master secret, salt), class, allowed prefixes, state; CSV import |
+//! | [`audit`] | the append-only, hash-chained audit trail in the registry's file: events, `verify`, `who_had(address, time)`, per-device history |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
 //! connection; the cores above only see datagrams, times and results.
 
+pub mod audit;
 pub mod config;
 pub mod ingress;
 pub mod journal;
+pub mod registry_db;
 pub mod server;
 
 /// The crate's version, as built.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::registry_db::cli as registry_cli;
 
 /// v6iot edge router: CoAP ingress, durable outbox, MQTT bridge to the platform.
 #[derive(Parser)]
@@ -43,6 +44,17 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// The device registry: add, import, list, show, revoke, rotate devices.
+    Devices {
+        /// Where the registry is.
+        #[command(flatten)]
+        db: registry_cli::DbArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: registry_cli::DevicesCommand,
+    },
+    /// The audit trail: who held an address when, a device's history, `verify`.
+    Audit(registry_cli::AuditArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Devices { db, command } => registry_cli::devices(&db, command),
+        Command::Audit(args) => registry_cli::audit(args),
         Command::CheckConfig { file } => {
             let config = EdgeConfig::load(&file).with_context(|| format!("{}", file.display()))?;
             println!("{}: ok\n{config:#?}", file.display());

@@ -14,6 +14,8 @@ use v6iot_simulator::fleet::FleetPlan;
 use v6iot_simulator::load::{self, BrokerView};
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
+mod provision;
+
 /// Simulated v6iot devices running the real SDK core.
 #[derive(Parser)]
 #[command(name = "v6iot-sim", version, about)]
@@ -91,6 +93,28 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
+    /// (random 16-byte master secrets; the file is readable by its owner only).
+    Provision {
+        /// Number of devices.
+        #[arg(long)]
+        devices: u64,
+        /// The CSV file to create (`-` for standard output).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The IPv6 prefix every device may use.
+        #[arg(long, default_value = "2001:db8:1200:305::/64")]
+        prefix: v6iot_edge_router::registry_db::Ipv6Prefix,
+        /// Device id prefix (ids are PREFIX + 6-digit serial, as `run` names devices).
+        #[arg(long, default_value = "sim")]
+        id_prefix: String,
+        /// Serial of the first device (kids are the serials).
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Address plan device class (1-255).
+        #[arg(long, default_value_t = 1)]
+        class: u8,
+    },
 }
 
 /// Parses `500/s` or `500`.
@@ -118,6 +142,37 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::Provision {
+        devices,
+        out,
+        prefix,
+        id_prefix,
+        first,
+        class,
+    } = cli.command
+    {
+        let plan = provision::ProvisionPlan {
+            devices,
+            first,
+            id_prefix,
+            class,
+            prefix,
+        };
+        if out.as_os_str() == "-" {
+            provision::write_csv(&plan, std::io::stdout().lock())?;
+        } else {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let file = options
+                .open(&out)
+                .with_context(|| format!("create {}", out.display()))?;
+            let n = provision::write_csv(&plan, std::io::BufWriter::new(file))?;
+            eprintln!("wrote {n} device credentials to {}", out.display());
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -184,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Provision { .. } => Ok(()),
     }
 }
 

@@ -1,0 +1,179 @@
+//! The credentials CSV: what `v6iot-sim provision` writes and `v6iot-edge devices import` reads.
+//!
+//! ```text
+//! id,kid_hex,secret_hex,salt_hex,class,prefixes
+//! sim000000,00,8f1c0e5b2a7d4c3e9b6a1f0e2d3c4b5a,,1,2001:db8:1200:305::/64
+//! sim000001,01,0a1b2c3d4e5f60718293a4b5c6d7e8f9,a1b2c3d4,1,2001:db8:1200:305::/64 2001:db8:1200:306::/64
+//! ```
+//!
+//! - The first line that is not blank or a comment is the header, exactly as above.
+//! - Then one device per line, six comma-separated fields, no quoting (no field can hold a
+//!   comma): `id` (the endpoint name), `kid_hex` (1–7 bytes), `secret_hex` (16–32 bytes),
+//!   `salt_hex` (empty for none, at most 32 bytes), `class` (1–255), `prefixes` (IPv6 prefixes
+//!   separated by spaces; may be empty).
+//! - Hex is either case. Spaces around fields are ignored. Lines may end in CRLF.
+//! - Blank lines and lines starting with `#` are skipped. Devices start out `active`.
+
+use super::{DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, check_id, hex};
+
+/// The header line.
+pub const HEADER: &str = "id,kid_hex,secret_hex,salt_hex,class,prefixes";
+
+/// Whether a line is blank or a comment.
+#[must_use]
+pub fn is_skipped(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// Checks the header line.
+///
+/// # Errors
+///
+/// A message quoting the expected header.
+pub fn check_header(line: &str) -> Result<(), String> {
+    let fields: Vec<&str> = line
+        .trim_start_matches('\u{feff}')
+        .split(',')
+        .map(str::trim)
+        .collect();
+    if fields.join(",") == HEADER {
+        Ok(())
+    } else {
+        Err(format!("the header must be `{HEADER}`"))
+    }
+}
+
+/// Parses one device line.
+///
+/// # Errors
+///
+/// A message naming the field that is wrong.
+pub fn parse_line(line: &str) -> Result<DeviceRecord, String> {
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let [id, kid, secret, salt, class, prefixes] = fields.as_slice() else {
+        return Err(format!("{} fields, expected 6 ({HEADER})", fields.len()));
+    };
+    check_id(id)?;
+    let kid = hex::decode(kid).map_err(|e| format!("kid_hex: {e}"))?;
+    let secret = MasterSecret::new(hex::decode(secret).map_err(|e| format!("secret_hex: {e}"))?);
+    let salt = match *salt {
+        "" => None,
+        s => Some(hex::decode(s).map_err(|e| format!("salt_hex: {e}"))?),
+    };
+    let class: u8 = class
+        .parse()
+        .map_err(|_| format!("class: `{class}` is not a number 1..=255"))?;
+    let prefixes = prefixes
+        .split_ascii_whitespace()
+        .map(|p| {
+            p.parse::<Ipv6Prefix>()
+                .map_err(|e| format!("prefixes: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let record = DeviceRecord {
+        id: (*id).to_owned(),
+        kid,
+        master_secret: secret,
+        master_salt: salt,
+        class,
+        prefixes,
+        state: DeviceState::Active,
+    };
+    record
+        .check()
+        .map_err(|e| format!("device `{}`: {e}", record.id))?;
+    Ok(record)
+}
+
+/// Writes one device line (without the newline) in the format [`parse_line`] reads.
+#[must_use]
+pub fn format_line(record: &DeviceRecord) -> String {
+    let prefixes: Vec<String> = record.prefixes.iter().map(ToString::to_string).collect();
+    format!(
+        "{},{},{},{},{},{}",
+        record.id,
+        hex::encode(&record.kid),
+        record.master_secret.to_hex().as_str(),
+        record
+            .master_salt
+            .as_deref()
+            .map(hex::encode)
+            .unwrap_or_default(),
+        record.class,
+        prefixes.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("csv.rs");
+        let lines: Vec<&str> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```text"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//! "))
+            .collect();
+        check_header(lines[0]).unwrap();
+        let a = parse_line(lines[1]).unwrap();
+        assert_eq!(a.id, "sim000000");
+        assert_eq!(a.kid, vec![0]);
+        assert_eq!(a.master_salt, None);
+        let b = parse_line(lines[2]).unwrap();
+        assert_eq!(b.master_salt, Some(vec![0xa1, 0xb2, 0xc3, 0xd4]));
+        assert_eq!(b.prefixes.len(), 2);
+        assert_eq!(format_line(&b), lines[2]);
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let lines: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| *l != HEADER)
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        assert_eq!(lines.len(), 3, "README.md shows the header and two devices");
+        check_header(lines[0]).unwrap();
+        for line in &lines[1..] {
+            parse_line(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_lines_name_the_field() {
+        let ok = "d1,0a,000102030405060708090a0b0c0d0e0f,,1,2001:db8::/64";
+        parse_line(ok).unwrap();
+        for (line, needle) in [
+            ("d1,0a,00", "fields"),
+            ("d1,0g,000102030405060708090a0b0c0d0e0f,,1,", "kid_hex"),
+            ("d1,,000102030405060708090a0b0c0d0e0f,,1,", "kid must be"),
+            (
+                "d1,0a0b0c0d0e0f1011,000102030405060708090a0b0c0d0e0f,,1,",
+                "kid must be",
+            ),
+            ("d1,0a,0001,,1,", "master secret must be"),
+            ("d1,0a,000102030405060708090a0b0c0d0e0f,0,1,", "salt_hex"),
+            ("d1,0a,000102030405060708090a0b0c0d0e0f,,0,", "class 0"),
+            ("d1,0a,000102030405060708090a0b0c0d0e0f,,256,", "class"),
+            (
+                "d1,0a,000102030405060708090a0b0c0d0e0f,,1,2001:db8::1/64",
+                "prefixes",
+            ),
+            ("_d,0a,000102030405060708090a0b0c0d0e0f,,1,", "device id"),
+            (",0a,000102030405060708090a0b0c0d0e0f,,1,", "device id"),
+        ] {
+            let e = parse_line(line).unwrap_err();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
+        assert!(check_header("id,kid,secret").is_err());
+        check_header(" id, kid_hex ,secret_hex,salt_hex,class,prefixes").unwrap();
+        assert!(is_skipped("  # comment"));
+        assert!(is_skipped("   "));
+    }
+}

@@ -1,0 +1,965 @@
+//! The device registry: who may talk to this edge router, with which OSCORE keys, from where.
+//!
+//! One SQLite file (WAL, foreign keys, `PRAGMA user_version` migrations, see [`schema`]) holds
+//! the devices, their allowed prefixes and the [audit trail](crate::audit). A device is
+//!
+//! | field | what |
+//! |---|---|
+//! | `id` | its endpoint name (RFC 9176 `ep`): 1–64 bytes, no `/ + # ,` NUL, white space or control characters, not starting with `_` |
+//! | `kid` | its OSCORE key id, 1–7 bytes (the most AES-CCM-16-64-128's 13-byte nonce leaves), unique |
+//! | master secret | 16–32 bytes, stored **sealed** (AES-256-GCM, a random nonce per row, the device id as associated data) under a key that is not in the file ([`SealKey`]) |
+//! | master salt | optional, up to 32 bytes, stored as is (it is not secret) |
+//! | `class` | the address plan's device class, 1–255 |
+//! | prefixes | IPv6 prefixes its source addresses must be in ([`Ipv6Prefix`]) |
+//! | state | [`DeviceState`]: active, quarantined or revoked (revocation is final) |
+//! | created, updated | times, microseconds |
+//!
+//! Every change (add, import, state change, rotation) appends its audit row in the same
+//! transaction. A row that does not read back (a sealed secret that does not open, prefix text
+//! that does not parse, an unknown state) is a [`RegistryError::Corrupt`] naming the device.
+//!
+//! The credentials CSV that [`Registry::import_csv`] reads is described in [`csv`].
+
+pub mod cli;
+pub mod csv;
+pub mod hex;
+pub mod prefix;
+pub mod schema;
+pub mod seal;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+pub use prefix::{Ipv6Prefix, PrefixError};
+pub use seal::{SEAL_KEY_ENV, SealError, SealKey};
+
+use crate::audit::{self, AuditError, AuditEvent, AuditKind, AuditLog, ChainWriter};
+use crate::config::EdgeConfig;
+
+/// Length of the secrets [`Registry::rotate`] makes when the old length is unknown.
+pub const DEFAULT_SECRET_LEN: usize = 16;
+/// Longest kid: AES-CCM-16-64-128 has a 13-byte nonce, which leaves 7 bytes for the kid
+/// (RFC 8613 §5.2).
+pub const MAX_KID_LEN: usize = 7;
+/// Shortest master secret.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Longest master secret.
+pub const MAX_SECRET_LEN: usize = 32;
+/// Longest master salt.
+pub const MAX_SALT_LEN: usize = 32;
+/// Longest device id (the ingress's limit on endpoint names).
+pub const MAX_ID_LEN: usize = 64;
+/// How many line errors an import keeps (it counts them all).
+pub const MAX_IMPORT_ERRORS: usize = 100;
+
+/// The plaintext sealed in the `meta` table to tell a wrong seal key at open.
+const SEAL_CHECK: &[u8] = b"v6iot registry seal check";
+const SEAL_CHECK_AAD: &[u8] = b"meta:seal_check";
+
+/// An OSCORE master secret. `Debug` does not show it; the bytes are wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MasterSecret(Zeroizing<Vec<u8>>);
+
+impl MasterSecret {
+    /// Wraps secret bytes (their length is checked where they are used).
+    #[must_use]
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// `len` fresh random bytes from the operating system.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::Random`] when the OS random source fails.
+    pub fn random(len: usize) -> Result<Self, SealError> {
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        getrandom::fill(&mut bytes).map_err(SealError::Random)?;
+        Ok(Self(bytes))
+    }
+
+    /// The secret.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The secret as lower-case hex.
+    #[must_use]
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for MasterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterSecret({} bytes, redacted)", self.0.len())
+    }
+}
+
+/// Whether a device may talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceState {
+    /// Accepted.
+    Active,
+    /// Known but refused for now (e.g. after repeated authentication failures).
+    Quarantined,
+    /// Refused for good: a revoked device is never made active again, nor rotated.
+    Revoked,
+}
+
+impl DeviceState {
+    /// `active`, `quarantined` or `revoked`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Active => "active",
+            DeviceState::Quarantined => "quarantined",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(DeviceState::Active),
+            "quarantined" => Ok(DeviceState::Quarantined),
+            "revoked" => Ok(DeviceState::Revoked),
+            other => Err(format!(
+                "`{other}` is not a device state (active, quarantined, revoked)"
+            )),
+        }
+    }
+}
+
+/// A device as provisioned: what [`Registry::add`] takes and [`Registry::get`] gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Endpoint name.
+    pub id: String,
+    /// OSCORE key id.
+    pub kid: Vec<u8>,
+    /// OSCORE master secret.
+    pub master_secret: MasterSecret,
+    /// OSCORE master salt, if any.
+    pub master_salt: Option<Vec<u8>>,
+    /// Address plan device class, 1–255.
+    pub class: u8,
+    /// Prefixes its addresses must be in.
+    pub prefixes: Vec<Ipv6Prefix>,
+    /// Its state.
+    pub state: DeviceState,
+}
+
+impl DeviceRecord {
+    /// Checks every field against the limits in the module documentation.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        check_id(&self.id)?;
+        if self.kid.is_empty() || self.kid.len() > MAX_KID_LEN {
+            return Err(format!(
+                "kid must be 1 to {MAX_KID_LEN} bytes, not {}",
+                self.kid.len()
+            ));
+        }
+        let n = self.master_secret.as_bytes().len();
+        if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&n) {
+            return Err(format!(
+                "master secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, not {n}"
+            ));
+        }
+        if let Some(salt) = &self.master_salt
+            && salt.len() > MAX_SALT_LEN
+        {
+            return Err(format!(
+                "master salt must be at most {MAX_SALT_LEN} bytes, not {}",
+                salt.len()
+            ));
+        }
+        if self.class == 0 {
+            return Err("class 0 is reserved in the address plan: use 1 to 255".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Checks a device id (endpoint name).
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "device id must be 1 to {MAX_ID_LEN} bytes, not {}",
+            id.len()
+        ));
+    }
+    if id.starts_with('_')
+        || id
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#' | ',') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "device id `{}` must not start with _ nor hold / + # , white space or control characters",
+            id.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// A stored device with its secret: what [`Registry::get`] and [`Registry::get_by_kid`] give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device.
+    pub record: DeviceRecord,
+    /// When it was added.
+    pub created: OffsetDateTime,
+    /// When it last changed (state, secret).
+    pub updated: OffsetDateTime,
+}
+
+/// A stored device without its secret: what [`Registry::list`] gives (no key needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Endpoint name.
+    pub id: String,
+    /// OSCORE key id.
+    pub kid: Vec<u8>,
+    /// Length of the sealed master secret.
+    pub secret_len: usize,
+    /// OSCORE master salt, if any.
+    pub master_salt: Option<Vec<u8>>,
+    /// Address plan device class.
+    pub class: u8,
+    /// Allowed prefixes.
+    pub prefixes: Vec<Ipv6Prefix>,
+    /// State.
+    pub state: DeviceState,
+    /// When it was added.
+    pub created: OffsetDateTime,
+    /// When it last changed.
+    pub updated: OffsetDateTime,
+}
+
+/// Which devices [`Registry::list`] returns; the default is all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// Only devices in this state.
+    pub state: Option<DeviceState>,
+    /// Only devices of this class.
+    pub class: Option<u8>,
+}
+
+/// What [`Registry::import_csv`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Devices added.
+    pub imported: usize,
+    /// Lines read, header, blank and comment lines included.
+    pub lines: usize,
+}
+
+/// One refused line of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number (the header is line 1).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Why an import added nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportErrors {
+    /// The first [`MAX_IMPORT_ERRORS`] refused lines.
+    pub errors: Vec<LineError>,
+    /// How many lines were refused in all.
+    pub total: usize,
+}
+
+impl fmt::Display for ImportErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bad line(s), nothing imported:", self.total)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        if self.total > self.errors.len() {
+            write!(f, "\n  … and {} more", self.total - self.errors.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The database file could not be opened or set up.
+    #[error("cannot open the registry {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// SQLite failed.
+    #[error("registry database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// SQLite lacks a feature the registry needs.
+    #[error("{0}")]
+    Config(String),
+    /// The file was written by a newer version.
+    #[error("the registry has schema version {found}; this build knows up to {known}")]
+    NewerSchema {
+        /// Version in the file.
+        found: i64,
+        /// Newest version known here.
+        known: i64,
+    },
+    /// Sealing or opening failed.
+    #[error("{0}")]
+    Seal(#[from] SealError),
+    /// The operation needs the seal key and none was given.
+    #[error(
+        "no seal key: set registry.seal_key_file in the configuration or {SEAL_KEY_ENV} (64 hex digits)"
+    )]
+    NoSealKey,
+    /// The seal key is not the one the registry was created with.
+    #[error("the seal key is not the one this registry's secrets were sealed with")]
+    WrongSealKey,
+    /// A record given to [`Registry::add`] is not acceptable.
+    #[error("device `{device}`: {reason}")]
+    Invalid {
+        /// The device id given.
+        device: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The id is taken.
+    #[error("device `{0}` already exists")]
+    DuplicateId(String),
+    /// The kid is taken.
+    #[error("kid {kid} is already device `{holder}`'s")]
+    DuplicateKid {
+        /// The kid, hex.
+        kid: String,
+        /// The device that has it.
+        holder: String,
+    },
+    /// No such device.
+    #[error("no device `{0}`")]
+    NotFound(String),
+    /// The device is revoked: it cannot be reactivated or rotated.
+    #[error("device `{0}` is revoked (revocation is final)")]
+    Revoked(String),
+    /// A stored row does not read back.
+    #[error("device `{device}`: corrupt row: {what}")]
+    Corrupt {
+        /// The device id of the row.
+        device: String,
+        /// What does not read back.
+        what: String,
+    },
+    /// An import refused some lines and added nothing.
+    #[error("{0}")]
+    Import(ImportErrors),
+    /// The audit trail failed.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
+}
+
+/// The registry: a SQLite file and, for secrets, the seal key.
+#[derive(Debug)]
+pub struct Registry {
+    conn: Connection,
+    key: Option<SealKey>,
+    path: PathBuf,
+}
+
+/// The columns [`RawDevice::read`] expects, in order.
+const DEVICE_COLUMNS: &str = "d.id, d.kid, d.secret, d.salt, d.class, d.state, d.created_us, \
+     d.updated_us, (SELECT group_concat(p.prefix, ' ') FROM device_prefixes p WHERE p.device = d.id)";
+
+impl Registry {
+    /// Opens (or creates) the registry at `path`.
+    ///
+    /// Without a seal key, everything but adding, importing, rotating and reading secrets
+    /// ([`Registry::get`], [`Registry::get_by_kid`]) works. With one, the key is checked against
+    /// the value sealed when the registry first got a key: a wrong key fails here.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Open`], [`RegistryError::NewerSchema`], [`RegistryError::WrongSealKey`]…
+    pub fn open(path: &Path, seal_key: Option<SealKey>) -> Result<Self, RegistryError> {
+        let mut conn = schema::open(path)?;
+        if let Some(key) = &seal_key {
+            check_seal_key(&mut conn, key)?;
+        }
+        Ok(Self {
+            conn,
+            key: seal_key,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens (or creates, with its directory) the registry a configuration names:
+    /// `registry.db` (default `{data_dir}/registry.db`), with the key of [`seal_key_for`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::open`] and [`seal_key_for`].
+    pub fn open_configured(config: &EdgeConfig) -> Result<Self, RegistryError> {
+        let path = config.registry.db_path(&config.data_dir);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Self::open(&path, seal_key_for(config)?)
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The audit trail (same file).
+    #[must_use]
+    pub fn audit(&self) -> AuditLog<'_> {
+        AuditLog::new(&self.conn)
+    }
+
+    fn key(&self) -> Result<&SealKey, RegistryError> {
+        self.key.as_ref().ok_or(RegistryError::NoSealKey)
+    }
+
+    /// Adds a device (and its `provisioned` audit row).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Invalid`], [`RegistryError::DuplicateId`],
+    /// [`RegistryError::DuplicateKid`], [`RegistryError::NoSealKey`]…
+    pub fn add(&mut self, record: DeviceRecord) -> Result<(), RegistryError> {
+        let key = self.key.clone().ok_or(RegistryError::NoSealKey)?;
+        record.check().map_err(|reason| RegistryError::Invalid {
+            device: record.id.clone(),
+            reason,
+        })?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = ChainWriter::load(&tx)?;
+        insert_device(&tx, &key, &mut chain, &record, audit::now(), "added")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Imports a credentials CSV (see [`csv`]) in one transaction: every line is added, or —
+    /// when any line is refused (syntax, limits, an id or kid already taken, in the registry
+    /// or earlier in the file) — none is, and the error lists the refused lines by number.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Import`] for refused lines, [`RegistryError::Io`] for a read error,
+    /// [`RegistryError::NoSealKey`]…
+    pub fn import_csv<R: BufRead>(&mut self, mut reader: R) -> Result<ImportReport, RegistryError> {
+        let key = self.key.clone().ok_or(RegistryError::NoSealKey)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut chain = ChainWriter::load(&tx)?;
+        let now = audit::now();
+        let mut errors = ImportErrors {
+            errors: Vec::new(),
+            total: 0,
+        };
+        let mut refuse = |line: usize, message: String| {
+            errors.total += 1;
+            if errors.errors.len() < MAX_IMPORT_ERRORS {
+                errors.errors.push(LineError { line, message });
+            }
+        };
+        let mut buf = Vec::new();
+        let mut lines = 0;
+        let mut imported = 0;
+        let mut header_seen = false;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            lines += 1;
+            let Ok(text) = std::str::from_utf8(&buf) else {
+                refuse(lines, "not UTF-8".to_owned());
+                continue;
+            };
+            let text = text.trim_end_matches(['\n', '\r']);
+            if csv::is_skipped(text) {
+                continue;
+            }
+            if !header_seen {
+                header_seen = true;
+                if let Err(message) = csv::check_header(text) {
+                    refuse(lines, message);
+                }
+                continue;
+            }
+            let record = match csv::parse_line(text) {
+                Ok(r) => r,
+                Err(message) => {
+                    refuse(lines, message);
+                    continue;
+                }
+            };
+            let detail = format!("imported (line {lines})");
+            match insert_device(&tx, &key, &mut chain, &record, now, &detail) {
+                Ok(()) => imported += 1,
+                Err(e @ (RegistryError::DuplicateId(_) | RegistryError::DuplicateKid { .. })) => {
+                    refuse(
+                        lines,
+                        format!("{e} (in the registry or earlier in this file)"),
+                    );
+                }
+                Err(e @ RegistryError::Invalid { .. }) => refuse(lines, e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        if !header_seen {
+            refuse(lines.max(1), format!("no header line `{}`", csv::HEADER));
+        }
+        if errors.total > 0 {
+            // Dropping the transaction rolls it back: nothing of this file stays.
+            return Err(RegistryError::Import(errors));
+        }
+        tx.commit()?;
+        Ok(ImportReport { imported, lines })
+    }
+
+    /// The devices that pass `filter`, by id, without their secrets.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Corrupt`] naming the first device whose row does not read back.
+    pub fn list(&self, filter: &DeviceFilter) -> Result<Vec<DeviceInfo>, RegistryError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d \
+             WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.class = ?2) ORDER BY d.id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let raws = stmt
+            .query_map(
+                params![filter.state.map(DeviceState::as_str), filter.class],
+                RawDevice::read,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(RawDevice::into_info).collect()
+    }
+
+    /// The device `id` without its secret (no key needed).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Corrupt`]…
+    pub fn info(&self, id: &str) -> Result<Option<DeviceInfo>, RegistryError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = ?1");
+        let raw = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], RawDevice::read)
+            .optional()?;
+        raw.map(RawDevice::into_info).transpose()
+    }
+
+    /// The device `id`, with its secret opened.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NoSealKey`], [`RegistryError::Corrupt`]…
+    pub fn get(&self, id: &str) -> Result<Option<Device>, RegistryError> {
+        self.get_where("d.id = ?1", rusqlite::types::Value::Text(id.to_owned()))
+    }
+
+    /// The device whose OSCORE kid is `kid`, with its secret opened.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::get`].
+    pub fn get_by_kid(&self, kid: &[u8]) -> Result<Option<Device>, RegistryError> {
+        self.get_where("d.kid = ?1", rusqlite::types::Value::Blob(kid.to_owned()))
+    }
+
+    fn get_where(
+        &self,
+        condition: &str,
+        value: rusqlite::types::Value,
+    ) -> Result<Option<Device>, RegistryError> {
+        let key = self.key()?;
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE {condition}");
+        let raw = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([value], RawDevice::read)
+            .optional()?;
+        raw.map(|raw| raw.into_device(key)).transpose()
+    }
+
+    /// Revokes a device for good (idempotent); returns its previous state.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotFound`]…
+    pub fn revoke(&mut self, id: &str) -> Result<DeviceState, RegistryError> {
+        self.set_state(id, DeviceState::Revoked)
+    }
+
+    /// Sets a device's state and records it in the audit trail (`quarantined`, `revoked`, or
+    /// `reinstated` for active); returns the previous state. Setting the state it already has
+    /// changes nothing and records nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotFound`], [`RegistryError::Revoked`] when leaving `revoked`…
+    pub fn set_state(
+        &mut self,
+        id: &str,
+        state: DeviceState,
+    ) -> Result<DeviceState, RegistryError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let previous: String = tx
+            .query_row("SELECT state FROM devices WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        let previous = previous
+            .parse::<DeviceState>()
+            .map_err(|what| RegistryError::Corrupt {
+                device: id.to_owned(),
+                what,
+            })?;
+        if previous == state {
+            return Ok(previous);
+        }
+        if previous == DeviceState::Revoked {
+            return Err(RegistryError::Revoked(id.to_owned()));
+        }
+        let now = audit::now();
+        tx.execute(
+            "UPDATE devices SET state = ?2, updated_us = ?3 WHERE id = ?1",
+            params![id, state.as_str(), audit::to_us(now)?],
+        )?;
+        let kind = match state {
+            DeviceState::Active => AuditKind::Reinstated,
+            DeviceState::Quarantined => AuditKind::Quarantined,
+            DeviceState::Revoked => AuditKind::Revoked,
+        };
+        let mut chain = ChainWriter::load(&tx)?;
+        chain.append(
+            &tx,
+            &AuditEvent::new(kind, id)
+                .at(now)
+                .detail(format!("state {previous} -> {state}")),
+        )?;
+        tx.commit()?;
+        Ok(previous)
+    }
+
+    /// Gives a device a new random master secret (as long as the old one) and returns it; the
+    /// audit row says that it changed, not what it is. A revoked device is not rotated.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotFound`], [`RegistryError::Revoked`], [`RegistryError::NoSealKey`]…
+    pub fn rotate(&mut self, id: &str) -> Result<MasterSecret, RegistryError> {
+        let key = self.key.clone().ok_or(RegistryError::NoSealKey)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (sealed, state): (Vec<u8>, String) = tx
+            .query_row(
+                "SELECT secret, state FROM devices WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        if state == DeviceState::Revoked.as_str() {
+            return Err(RegistryError::Revoked(id.to_owned()));
+        }
+        // The old secret need not open (rotating is how a corrupt one is replaced).
+        let len = seal::plaintext_len(&sealed)
+            .filter(|n| (MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(n))
+            .unwrap_or(DEFAULT_SECRET_LEN);
+        let secret = MasterSecret::random(len)?;
+        let now = audit::now();
+        tx.execute(
+            "UPDATE devices SET secret = ?2, updated_us = ?3 WHERE id = ?1",
+            params![
+                id,
+                key.seal(id.as_bytes(), secret.as_bytes())?,
+                audit::to_us(now)?
+            ],
+        )?;
+        let mut chain = ChainWriter::load(&tx)?;
+        chain.append(
+            &tx,
+            &AuditEvent::new(AuditKind::Rotated, id)
+                .at(now)
+                .detail(format!("new master secret ({len} bytes)")),
+        )?;
+        tx.commit()?;
+        Ok(secret)
+    }
+}
+
+/// The seal key of a configuration: from `registry.seal_key_file` when set, else from the
+/// [`SEAL_KEY_ENV`] environment variable, else none.
+///
+/// # Errors
+///
+/// When the file cannot be read or either holds no key.
+pub fn seal_key_for(config: &EdgeConfig) -> Result<Option<SealKey>, SealError> {
+    match &config.registry.seal_key_file {
+        Some(file) => SealKey::from_file(file).map(Some),
+        None => SealKey::from_env(),
+    }
+}
+
+/// Seals the check value on first use of a key, and compares with it afterwards.
+fn check_seal_key(conn: &mut Connection, key: &SealKey) -> Result<(), RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let stored: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'seal_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match stored {
+        Some(sealed) => match key.open(SEAL_CHECK_AAD, &sealed) {
+            Ok(plain) if plain.as_slice() == SEAL_CHECK => {}
+            _ => return Err(RegistryError::WrongSealKey),
+        },
+        None => {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('seal_check', ?1)",
+                [key.seal(SEAL_CHECK_AAD, SEAL_CHECK)?],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Inserts one checked-or-not record and its audit row, in the caller's write transaction.
+fn insert_device(
+    conn: &Connection,
+    key: &SealKey,
+    chain: &mut ChainWriter,
+    record: &DeviceRecord,
+    now: OffsetDateTime,
+    detail: &str,
+) -> Result<(), RegistryError> {
+    record.check().map_err(|reason| RegistryError::Invalid {
+        device: record.id.clone(),
+        reason,
+    })?;
+    let sealed = key.seal(record.id.as_bytes(), record.master_secret.as_bytes())?;
+    let now_us = audit::to_us(now)?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO devices (id, kid, secret, salt, class, state, created_us, updated_us) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        )?
+        .execute(params![
+            record.id,
+            record.kid,
+            sealed,
+            record.master_salt,
+            record.class,
+            record.state.as_str(),
+            now_us
+        ]);
+    if let Err(e) = inserted {
+        return Err(match unique_violation(&e) {
+            Some(Column::Id) => RegistryError::DuplicateId(record.id.clone()),
+            Some(Column::Kid) => RegistryError::DuplicateKid {
+                kid: hex::encode(&record.kid),
+                holder: conn
+                    .query_row(
+                        "SELECT id FROM devices WHERE kid = ?1",
+                        [&record.kid],
+                        |r| r.get(0),
+                    )
+                    .unwrap_or_else(|_| "?".to_owned()),
+            },
+            None => RegistryError::Sqlite(e),
+        });
+    }
+    let prefixes: BTreeSet<Ipv6Prefix> = record.prefixes.iter().copied().collect();
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO device_prefixes (device, prefix) VALUES (?1, ?2)")?;
+    for p in prefixes {
+        stmt.execute(params![record.id, p.to_string()])?;
+    }
+    chain.append(
+        conn,
+        &AuditEvent::new(AuditKind::Provisioned, &record.id)
+            .at(now)
+            .detail(format!(
+                "{detail}: kid {}, class {}, state {}",
+                hex::encode(&record.kid),
+                record.class,
+                record.state
+            )),
+    )?;
+    Ok(())
+}
+
+enum Column {
+    Id,
+    Kid,
+}
+
+fn unique_violation(e: &rusqlite::Error) -> Option<Column> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.code == ErrorCode::ConstraintViolation =>
+        {
+            if msg.contains("devices.kid") {
+                Some(Column::Kid)
+            } else if msg.contains("devices.id") {
+                Some(Column::Id)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A device row as stored, before checking.
+struct RawDevice {
+    id: String,
+    kid: Vec<u8>,
+    secret: Vec<u8>,
+    salt: Option<Vec<u8>>,
+    class: i64,
+    state: String,
+    created_us: i64,
+    updated_us: i64,
+    prefixes: Option<String>,
+}
+
+impl RawDevice {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            kid: row.get(1)?,
+            secret: row.get(2)?,
+            salt: row.get(3)?,
+            class: row.get(4)?,
+            state: row.get(5)?,
+            created_us: row.get(6)?,
+            updated_us: row.get(7)?,
+            prefixes: row.get(8)?,
+        })
+    }
+
+    fn corrupt(&self, what: String) -> RegistryError {
+        RegistryError::Corrupt {
+            device: self.id.clone(),
+            what,
+        }
+    }
+
+    fn into_info(self) -> Result<DeviceInfo, RegistryError> {
+        let class = u8::try_from(self.class)
+            .ok()
+            .filter(|c| *c != 0)
+            .ok_or_else(|| self.corrupt(format!("class {} is not 1..=255", self.class)))?;
+        let state = self
+            .state
+            .parse::<DeviceState>()
+            .map_err(|what| self.corrupt(what))?;
+        let mut prefixes = Vec::new();
+        for text in self
+            .prefixes
+            .as_deref()
+            .unwrap_or("")
+            .split_ascii_whitespace()
+        {
+            prefixes.push(
+                text.parse::<Ipv6Prefix>()
+                    .map_err(|e| self.corrupt(format!("prefix: {e}")))?,
+            );
+        }
+        let time = |us, which: &str| {
+            audit::from_us(us)
+                .map_err(|_| self.corrupt(format!("{which} time {us} is out of range")))
+        };
+        let created = time(self.created_us, "created")?;
+        let updated = time(self.updated_us, "updated")?;
+        let secret_len = seal::plaintext_len(&self.secret).unwrap_or(0);
+        Ok(DeviceInfo {
+            id: self.id,
+            kid: self.kid,
+            secret_len,
+            master_salt: self.salt,
+            class,
+            prefixes,
+            state,
+            created,
+            updated,
+        })
+    }
+
+    fn into_device(self, key: &SealKey) -> Result<Device, RegistryError> {
+        let secret = key
+            .open(self.id.as_bytes(), &self.secret)
+            .map_err(|e| self.corrupt(format!("master secret: {e}")))?;
+        let info = self.into_info()?;
+        let record = DeviceRecord {
+            id: info.id,
+            kid: info.kid,
+            master_secret: MasterSecret(secret),
+            master_salt: info.master_salt,
+            class: info.class,
+            prefixes: info.prefixes,
+            state: info.state,
+        };
+        Ok(Device {
+            record,
+            created: info.created,
+            updated: info.updated,
+        })
+    }
+}

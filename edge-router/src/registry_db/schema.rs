@@ -1,0 +1,132 @@
+//! The database file: connection settings and schema migrations (`PRAGMA user_version`).
+//!
+//! Migration `n` (1-based) moves `user_version` from `n - 1` to `n`; each runs in the same
+//! transaction as its version bump. A file whose version is newer than this build knows is
+//! refused rather than guessed at.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::RegistryError;
+
+/// Every migration, in order. Never edit a released one: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: devices, their prefixes, the audit trail, a key-check value.
+    r"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE devices (
+        id         TEXT PRIMARY KEY NOT NULL,
+        kid        BLOB NOT NULL UNIQUE,
+        secret     BLOB NOT NULL,
+        salt       BLOB,
+        class      INTEGER NOT NULL CHECK (class BETWEEN 1 AND 255),
+        state      TEXT NOT NULL CHECK (state IN ('active', 'quarantined', 'revoked')),
+        created_us INTEGER NOT NULL,
+        updated_us INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE device_prefixes (
+        device TEXT NOT NULL REFERENCES devices (id) ON UPDATE RESTRICT ON DELETE CASCADE,
+        prefix TEXT NOT NULL,
+        PRIMARY KEY (device, prefix)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY NOT NULL CHECK (seq >= 1),
+        at_us     INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        device    TEXT,
+        address   BLOB,
+        detail    TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash      BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_device ON audit (device, at_us);
+    CREATE INDEX audit_by_address ON audit (address, at_us);
+
+    -- Append-only: rows are added at the end (seq = last + 1, so INSERT OR REPLACE cannot
+    -- overwrite one), never changed, never removed.
+    CREATE TRIGGER audit_append_at_end BEFORE INSERT ON audit
+        WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM audit)
+        BEGIN SELECT RAISE(ABORT, 'audit is append-only: rows are added at the end'); END;
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit is append-only: rows cannot be changed'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit is append-only: rows cannot be deleted'); END;
+    ",
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Opens (creating it if needed, mode 0600 on Unix) and configures the database file:
+/// WAL, foreign keys, full sync, a busy timeout, then runs the pending migrations.
+pub(crate) fn open(path: &Path) -> Result<Connection, RegistryError> {
+    let err = |source| RegistryError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let existed = path.exists();
+    let mut conn = Connection::open(path).map_err(err)?;
+    #[cfg(unix)]
+    if !existed {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(RegistryError::Io)?;
+    }
+    #[cfg(not(unix))]
+    let _ = existed;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(RegistryError::Config(format!(
+            "{}: SQLite refused WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    // REPLACE's implicit deletes fire delete triggers only with recursive triggers on.
+    conn.pragma_update(None, "recursive_triggers", true)
+        .map_err(err)?;
+    let foreign_keys: bool = conn
+        .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+        .map_err(err)?;
+    if !foreign_keys {
+        return Err(RegistryError::Config(
+            "SQLite was built without foreign key support".to_owned(),
+        ));
+    }
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > VERSION {
+        return Err(RegistryError::NewerSchema {
+            found,
+            known: VERSION,
+        });
+    }
+    for (n, sql) in (1i64..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", n)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

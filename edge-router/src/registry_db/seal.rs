@@ -1,0 +1,272 @@
+//! Sealing of master secrets at rest: AES-256-GCM under a key that is not in the database.
+//!
+//! A sealed value is `0x01 ‖ nonce (12 random bytes) ‖ ciphertext ‖ tag (16 bytes)`; the
+//! associated data binds it to its row (the registry passes the device id), so a sealed secret
+//! copied into another device's row does not open. Keys come from a file or the environment as
+//! 64 hex digits ([`SealKey::from_hex`]); the 256-bit key itself is only held inside the cipher,
+//! which wipes it on drop.
+
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use zeroize::Zeroizing;
+
+use super::hex;
+
+/// The environment variable that may hold the seal key (64 hex digits).
+pub const SEAL_KEY_ENV: &str = "V6IOT_SEAL_KEY";
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed value adds to its plaintext: version, nonce, tag.
+pub const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+
+/// A 256-bit AES-GCM key for sealing secrets.
+#[derive(Clone)]
+pub struct SealKey {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+/// Why a key could not be had or a value could not be sealed or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The key is not 32 bytes.
+    #[error("a seal key is 32 bytes (64 hex digits), not {got} bytes")]
+    KeyLength {
+        /// Bytes given.
+        got: usize,
+    },
+    /// The key text is not hex.
+    #[error("the seal key is not hex: {0}")]
+    KeyHex(String),
+    /// The key file could not be read.
+    #[error("cannot read the seal key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The operating system's random source failed.
+    #[error("no random bytes from the operating system: {0}")]
+    Random(getrandom::Error),
+    /// The stored value is too short or of an unknown version.
+    #[error("not a sealed value (too short or unknown version)")]
+    Format,
+    /// Authentication failed: another key, another row, or altered bytes.
+    #[error(
+        "the sealed value does not open with this key (wrong seal key, or the row was altered)"
+    )]
+    Open,
+    /// Encryption failed (cannot happen for the sizes used here).
+    #[error("sealing failed")]
+    Seal,
+}
+
+impl SealKey {
+    /// Key length in bytes.
+    pub const LEN: usize = 32;
+
+    /// A key from its 32 bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::KeyLength`] for any other length.
+    pub fn from_bytes(key: &[u8]) -> Result<Self, SealError> {
+        if key.len() != Self::LEN {
+            return Err(SealError::KeyLength { got: key.len() });
+        }
+        let cipher =
+            Aes256Gcm::new_from_slice(key).map_err(|_| SealError::KeyLength { got: key.len() })?;
+        Ok(Self { cipher })
+    }
+
+    /// A key from 64 hex digits (surrounding white space is ignored).
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::KeyHex`] or [`SealError::KeyLength`].
+    pub fn from_hex(text: &str) -> Result<Self, SealError> {
+        let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(SealError::KeyHex)?);
+        Self::from_bytes(&bytes)
+    }
+
+    /// A key from a file holding 64 hex digits (as written by `v6iot-edge devices keygen`).
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::KeyFile`] when unreadable, else as [`SealKey::from_hex`].
+    pub fn from_file(path: &Path) -> Result<Self, SealError> {
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| SealError::KeyFile {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            );
+        Self::from_hex(&text)
+    }
+
+    /// The key in [`SEAL_KEY_ENV`], if that variable is set.
+    ///
+    /// # Errors
+    ///
+    /// As [`SealKey::from_hex`] when it is set but not a key.
+    pub fn from_env() -> Result<Option<Self>, SealError> {
+        match std::env::var(SEAL_KEY_ENV) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                Self::from_hex(&text).map(Some)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A fresh random key, as the 64 hex digits the other constructors read.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::Random`].
+    pub fn generate_hex() -> Result<Zeroizing<String>, SealError> {
+        let mut key = Zeroizing::new([0u8; Self::LEN]);
+        getrandom::fill(key.as_mut_slice()).map_err(SealError::Random)?;
+        Ok(Zeroizing::new(hex::encode(key.as_slice())))
+    }
+
+    /// Seals `plaintext` bound to `aad`, under a fresh random nonce.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::Random`] (or [`SealError::Seal`], which does not happen for small values).
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(SealError::Random)?;
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| SealError::Seal)?;
+        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    /// Opens a value sealed with this key and the same `aad`.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::Format`] when `sealed` is not a sealed value, [`SealError::Open`] when it
+    /// does not authenticate (another key or `aad`, or altered bytes).
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let Some((&VERSION, rest)) = sealed.split_first() else {
+            return Err(SealError::Format);
+        };
+        if rest.len() < NONCE_LEN + TAG_LEN {
+            return Err(SealError::Format);
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Format)?;
+        self.cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Open)
+    }
+}
+
+/// The plaintext length of a sealed value, from its length alone (no key needed).
+pub fn plaintext_len(sealed: &[u8]) -> Option<usize> {
+    sealed.len().checked_sub(OVERHEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SealKey {
+        SealKey::from_bytes(&[byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = key(7);
+        let secret = b"0123456789abcdef";
+        let sealed = k.seal(b"dev-1", secret).unwrap();
+        assert_eq!(sealed.len(), secret.len() + OVERHEAD);
+        assert_eq!(plaintext_len(&sealed), Some(secret.len()));
+        assert!(!sealed.windows(secret.len()).any(|w| w == secret));
+        assert_eq!(k.open(b"dev-1", &sealed).unwrap().as_slice(), secret);
+        // A fresh nonce each time: the same secret seals differently.
+        assert_ne!(k.seal(b"dev-1", secret).unwrap(), sealed);
+    }
+
+    #[test]
+    fn wrong_key_other_row_or_altered_bytes_do_not_open() {
+        let sealed = key(7).seal(b"dev-1", b"0123456789abcdef").unwrap();
+        assert!(matches!(
+            key(8).open(b"dev-1", &sealed),
+            Err(SealError::Open)
+        ));
+        assert!(matches!(
+            key(7).open(b"dev-2", &sealed),
+            Err(SealError::Open)
+        ));
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            key(7).open(b"dev-1", &altered),
+            Err(SealError::Open)
+        ));
+        assert!(matches!(
+            key(7).open(b"dev-1", &sealed[..20]),
+            Err(SealError::Format)
+        ));
+        assert!(matches!(key(7).open(b"dev-1", &[]), Err(SealError::Format)));
+        let mut version = sealed;
+        version[0] = 2;
+        assert!(matches!(
+            key(7).open(b"dev-1", &version),
+            Err(SealError::Format)
+        ));
+    }
+
+    #[test]
+    fn keys_from_text() {
+        let text = SealKey::generate_hex().unwrap();
+        assert_eq!(text.len(), 64);
+        let a = SealKey::from_hex(&format!("  {}\n", text.as_str())).unwrap();
+        let b = SealKey::from_hex(&text.to_uppercase()).unwrap();
+        let sealed = a.seal(b"x", b"secret-secret-16").unwrap();
+        assert_eq!(
+            b.open(b"x", &sealed).unwrap().as_slice(),
+            b"secret-secret-16"
+        );
+        assert!(matches!(
+            SealKey::from_hex("abcd"),
+            Err(SealError::KeyLength { got: 2 })
+        ));
+        assert!(matches!(SealKey::from_hex("xy"), Err(SealError::KeyHex(_))));
+        assert_eq!(format!("{a:?}"), "SealKey(..)");
+    }
+}

@@ -1,0 +1,348 @@
+//! The audit trail: the hash chain verifies and follows its documented format; the schema
+//! refuses changes; rows altered or removed behind its back — with a raw connection or with
+//! Debian's `sqlite3` CLI (scripts/test installs it) after dropping the triggers — are named by
+//! `verify`; `who_had` answers address-time questions across moves and re-assignments.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest as _, Sha256};
+use time::{Duration, OffsetDateTime};
+use v6iot_edge_router::audit::{AuditError, AuditEvent, AuditKind, ChainBroken};
+use v6iot_edge_router::registry_db::{DeviceRecord, DeviceState, MasterSecret, Registry, SealKey};
+
+fn t(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_780_000_000 + secs).unwrap()
+}
+
+fn addr(text: &str) -> Ipv6Addr {
+    text.parse().unwrap()
+}
+
+fn open(path: &Path) -> Registry {
+    Registry::open(path, Some(SealKey::from_bytes(&[1; 32]).unwrap())).unwrap()
+}
+
+/// A registry with 6 audit rows: 2 provisioned, 4 about addresses.
+fn populated(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("registry.db");
+    let mut reg = open(&path);
+    for (id, kid) in [("dev-a", 1u8), ("dev-b", 2)] {
+        reg.add(DeviceRecord {
+            id: id.to_owned(),
+            kid: vec![kid],
+            master_secret: MasterSecret::new(vec![kid; 16]),
+            master_salt: None,
+            class: 1,
+            prefixes: vec![],
+            state: DeviceState::Active,
+        })
+        .unwrap();
+    }
+    let log = reg.audit();
+    log.append(
+        &AuditEvent::new(AuditKind::AddressBound, "dev-a")
+            .at(t(10))
+            .address(addr("2001:db8:1200:305::a")),
+    )
+    .unwrap();
+    log.append(&AuditEvent::auth_failure("unknown kid 77 from [2001:db8::66]:5683").at(t(11)))
+        .unwrap();
+    log.append(
+        &AuditEvent::new(AuditKind::CommandDelivered, "dev-a")
+            .at(t(12))
+            .detail("cmd c1 PUT /actuators/valve"),
+    )
+    .unwrap();
+    log.append(
+        &AuditEvent::new(AuditKind::AddressBound, "dev-b")
+            .at(t(13))
+            .address(addr("2001:db8:1200:305::b")),
+    )
+    .unwrap();
+    assert_eq!(log.verify().unwrap().rows, 6);
+    path
+}
+
+fn broken_row(reg: &Registry) -> ChainBroken {
+    match reg.audit().verify() {
+        Err(AuditError::ChainBroken(b)) => b,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+/// The documented canonical bytes, written out independently of the crate.
+fn documented_hash(
+    prev: &[u8],
+    seq: i64,
+    at_us: i64,
+    kind: &str,
+    device: Option<&str>,
+    address: Option<&[u8]>,
+    detail: &str,
+) -> Vec<u8> {
+    let field = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend((b.len() as u32).to_be_bytes());
+        out.extend(b);
+    };
+    let mut bytes = prev.to_vec();
+    bytes.extend(b"v6iot-audit-v1");
+    bytes.extend(seq.to_be_bytes());
+    bytes.extend(at_us.to_be_bytes());
+    field(&mut bytes, kind.as_bytes());
+    for opt in [device.map(str::as_bytes), address] {
+        match opt {
+            None => bytes.push(0),
+            Some(b) => {
+                bytes.push(1);
+                field(&mut bytes, b);
+            }
+        }
+    }
+    field(&mut bytes, detail.as_bytes());
+    Sha256::digest(&bytes).to_vec()
+}
+
+#[test]
+fn the_chain_verifies_and_follows_the_documented_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    let reg = open(&path);
+    let report = reg.audit().verify().unwrap();
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = raw
+        .prepare("SELECT seq, at_us, kind, device, address, detail, prev_hash, hash FROM audit ORDER BY seq")
+        .unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut prev = vec![0u8; 32];
+    let mut n = 0;
+    while let Some(r) = rows.next().unwrap() {
+        let device: Option<String> = r.get(3).unwrap();
+        let address: Option<Vec<u8>> = r.get(4).unwrap();
+        let kind: String = r.get(2).unwrap();
+        let detail: String = r.get(5).unwrap();
+        let expected = documented_hash(
+            &prev,
+            r.get(0).unwrap(),
+            r.get(1).unwrap(),
+            &kind,
+            device.as_deref(),
+            address.as_deref(),
+            &detail,
+        );
+        assert_eq!(r.get::<_, Vec<u8>>(6).unwrap(), prev);
+        assert_eq!(r.get::<_, Vec<u8>>(7).unwrap(), expected, "row {n}");
+        prev = expected;
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    assert_eq!(report.head.to_vec(), prev);
+
+    // Rows read back as written, times to the microsecond.
+    let a = reg.audit().history("dev-a").unwrap();
+    assert_eq!(
+        a.iter().map(|r| r.event.kind).collect::<Vec<_>>(),
+        [
+            AuditKind::Provisioned,
+            AuditKind::AddressBound,
+            AuditKind::CommandDelivered
+        ]
+    );
+    assert_eq!(a[1].event.at, t(10));
+    assert_eq!(a[1].event.address, Some(addr("2001:db8:1200:305::a")));
+    assert_eq!(a[2].event.detail, "cmd c1 PUT /actuators/valve");
+    let b = reg
+        .audit()
+        .address_history(addr("2001:db8:1200:305::b"))
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].seq, 6);
+}
+
+#[test]
+fn incomplete_events_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("r.db"));
+    let e = reg
+        .audit()
+        .append(&AuditEvent::new(AuditKind::AddressBound, "d"))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("address_bound: needs an address"),
+        "{e}"
+    );
+    let mut no_device = AuditEvent::auth_failure("x");
+    no_device.kind = AuditKind::Revoked;
+    let e = reg.audit().append(&no_device).unwrap_err();
+    assert!(e.to_string().contains("revoked: needs a device"), "{e}");
+    assert!(reg.audit().is_empty().unwrap());
+}
+
+#[test]
+fn the_schema_refuses_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    for sql in [
+        "UPDATE audit SET detail = 'x' WHERE seq = 2",
+        "DELETE FROM audit WHERE seq = 6",
+        "DELETE FROM audit",
+        // Not at the end, or over an existing row (REPLACE would delete it silently).
+        "INSERT INTO audit VALUES (9, 0, 'revoked', 'd', NULL, '', x'', x'')",
+        "INSERT OR REPLACE INTO audit VALUES (2, 0, 'revoked', 'd', NULL, '', x'', x'')",
+    ] {
+        let e = raw.execute(sql, []).unwrap_err().to_string();
+        assert!(e.contains("audit is append-only"), "{sql}: {e}");
+    }
+    drop(raw);
+    open(&path).audit().verify().unwrap();
+}
+
+#[test]
+fn a_row_altered_with_a_raw_connection_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "DROP TRIGGER audit_no_update; \
+         UPDATE audit SET device = 'mallory' WHERE seq = 3;",
+    )
+    .unwrap();
+    let reg = open(&path);
+    let b = broken_row(&reg);
+    assert_eq!(b.row, 3, "{b}");
+    assert!(b.reason.contains("altered"), "{b}");
+
+    // Recomputing the altered row's hash moves the break to the next row.
+    let (prev, at_us, detail): (Vec<u8>, i64, String) = raw
+        .query_row(
+            "SELECT prev_hash, at_us, detail FROM audit WHERE seq = 3",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let address = addr("2001:db8:1200:305::a").octets();
+    let forged = documented_hash(
+        &prev,
+        3,
+        at_us,
+        "address_bound",
+        Some("mallory"),
+        Some(&address),
+        &detail,
+    );
+    raw.execute("UPDATE audit SET hash = ?1 WHERE seq = 3", [forged])
+        .unwrap();
+    let b = broken_row(&reg);
+    assert_eq!(b.row, 4, "{b}");
+    assert!(b.reason.contains("prev_hash"), "{b}");
+}
+
+fn sqlite3(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI (Debian package sqlite3) is not installed: run scripts/test");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rows_edited_or_deleted_with_the_sqlite3_cli_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+
+    // Edited: the detail of row 5 (the command).
+    sqlite3(
+        &path,
+        "DROP TRIGGER audit_no_update; \
+         UPDATE audit SET detail = 'cmd c1 PUT /actuators/valve off' WHERE seq = 5;",
+    );
+    let reg = open(&path);
+    let b = broken_row(&reg);
+    assert_eq!(b.row, 5, "{b}");
+    let e = AuditError::ChainBroken(b).to_string();
+    assert!(e.starts_with("audit chain broken at row 5:"), "{e}");
+    drop(reg);
+
+    // Deleted: row 2, in a fresh copy.
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = populated(&dir2);
+    sqlite3(
+        &path2,
+        "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 2;",
+    );
+    let b = broken_row(&open(&path2));
+    assert_eq!(b.row, 2, "{b}");
+    assert!(
+        b.reason.contains("row 2 is missing (the next row is 3)"),
+        "{b}"
+    );
+}
+
+#[test]
+fn who_had_an_address_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("r.db"));
+    let log = reg.audit();
+    let addr1 = addr("2001:db8:1200:305::1");
+    let addr2 = addr("2001:db8:1200:305::2");
+    let bind = |kind, device: &str, address, at| {
+        log.append(&AuditEvent::new(kind, device).address(address).at(at))
+            .unwrap();
+    };
+    // A at addr1 from t1, moves to addr2 at t2; B takes addr1 at t3.
+    let (t1, t2, t3) = (t(100), t(200), t(300));
+    bind(AuditKind::AddressBound, "A", addr1, t1);
+    bind(AuditKind::AddressChanged, "A", addr2, t2);
+    bind(AuditKind::AddressBound, "B", addr1, t3);
+    // Events that are not bindings change nothing.
+    log.append(&AuditEvent::new(AuditKind::CommandDelivered, "A").at(t(250)))
+        .unwrap();
+
+    let who = |a, at| log.who_had(a, at).unwrap();
+    let ms = Duration::milliseconds(1);
+    assert_eq!(who(addr1, t1 - ms), None, "before anyone");
+    assert_eq!(who(addr1, t1).as_deref(), Some("A"), "from t1 on");
+    assert_eq!(who(addr1, t1 + Duration::seconds(50)).as_deref(), Some("A"));
+    assert_eq!(who(addr1, t2 - ms).as_deref(), Some("A"));
+    assert_eq!(who(addr1, t2), None, "A moved away at t2");
+    assert_eq!(who(addr1, t2 + Duration::seconds(50)), None);
+    assert_eq!(who(addr1, t3).as_deref(), Some("B"));
+    assert_eq!(who(addr1, t3 + Duration::days(30)).as_deref(), Some("B"));
+    assert_eq!(who(addr2, t2 - ms), None);
+    assert_eq!(who(addr2, t2 + ms).as_deref(), Some("A"));
+    assert_eq!(
+        who(addr2, t3 + ms).as_deref(),
+        Some("A"),
+        "A still at addr2"
+    );
+
+    // A comes back to addr1 at t4: B lost it then (another device's binding ends B's), and
+    // A's binding at addr2 ended.
+    let t4 = t(400);
+    bind(AuditKind::AddressChanged, "A", addr1, t4);
+    assert_eq!(who(addr1, t4).as_deref(), Some("A"));
+    assert_eq!(who(addr1, t4 - ms).as_deref(), Some("B"));
+    assert_eq!(who(addr2, t4), None);
+
+    // Rows appended late (out of time order) are placed by their time.
+    let addr3 = addr("2001:db8:1200:305::3");
+    bind(AuditKind::AddressBound, "C", addr3, t(150));
+    assert_eq!(who(addr3, t(160)).as_deref(), Some("C"));
+    assert_eq!(who(addr3, t(140)), None);
+    log.verify().unwrap();
+}

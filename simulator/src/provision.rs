@@ -1,0 +1,128 @@
+//! `v6iot-sim provision`: fresh OSCORE credentials for a simulated fleet, as the credentials CSV
+//! that `v6iot-edge devices import` reads (the format is documented in the edge router's
+//! `registry_db::csv` and in README.md).
+//!
+//! Device `n` (from `first`) is `{id_prefix}{n:06}`, the name `v6iot-sim run` gives it; its kid
+//! is `n` as a minimal big-endian number (`00`, `01`, … `ff`, `0100`, …), unique per serial; its
+//! master secret is 16 random bytes from the operating system; no salt.
+
+use std::io::Write;
+
+use v6iot_edge_router::registry_db::{
+    DeviceRecord, DeviceState, Ipv6Prefix, MAX_KID_LEN, MasterSecret, csv,
+};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub(crate) struct ProvisionPlan {
+    /// Number of devices.
+    pub(crate) devices: u64,
+    /// Serial of the first device.
+    pub(crate) first: u64,
+    /// Device id prefix.
+    pub(crate) id_prefix: String,
+    /// Address plan class of every device.
+    pub(crate) class: u8,
+    /// The prefix every device may use.
+    pub(crate) prefix: Ipv6Prefix,
+}
+
+/// The kid of serial `n`: its big-endian bytes without leading zeros (one byte for 0).
+pub(crate) fn kid_of(n: u64) -> Vec<u8> {
+    let bytes = n.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count().min(7);
+    bytes.iter().skip(skip).copied().collect()
+}
+
+/// Writes the header and one line per device; returns the number of devices written.
+pub(crate) fn write_csv(plan: &ProvisionPlan, mut out: impl Write) -> anyhow::Result<u64> {
+    let last = plan
+        .first
+        .checked_add(plan.devices)
+        .filter(|end| kid_of(end.saturating_sub(1)).len() <= MAX_KID_LEN)
+        .ok_or_else(|| {
+            anyhow::anyhow!("serials beyond 2^56 do not fit a {MAX_KID_LEN}-byte kid")
+        })?;
+    writeln!(out, "{}", csv::HEADER)?;
+    for n in plan.first..last {
+        let record = DeviceRecord {
+            id: format!("{}{n:06}", plan.id_prefix),
+            kid: kid_of(n),
+            master_secret: MasterSecret::random(16)?,
+            master_salt: None,
+            class: plan.class,
+            prefixes: vec![plan.prefix],
+            state: DeviceState::Active,
+        };
+        record
+            .check()
+            .map_err(|e| anyhow::anyhow!("device {}: {e}", record.id))?;
+        writeln!(out, "{}", csv::format_line(&record))?;
+    }
+    out.flush()?;
+    Ok(plan.devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use v6iot_edge_router::registry_db::{DeviceFilter, Registry, SealKey};
+
+    use super::*;
+
+    fn plan(devices: u64, first: u64) -> ProvisionPlan {
+        ProvisionPlan {
+            devices,
+            first,
+            id_prefix: "sim".to_owned(),
+            class: 1,
+            prefix: "2001:db8:1200:305::/64".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn kids_are_minimal_big_endian_serials() {
+        assert_eq!(kid_of(0), [0]);
+        assert_eq!(kid_of(0xff), [0xff]);
+        assert_eq!(kid_of(0x100), [1, 0]);
+        assert_eq!(kid_of(0x00ff_ffff_ffff_ffff).len(), 7);
+        assert_eq!(kid_of(u64::MAX).len(), 8);
+    }
+
+    #[test]
+    fn the_csv_parses_and_imports() {
+        let mut text = Vec::new();
+        assert_eq!(write_csv(&plan(300, 0), &mut text).unwrap(), 300);
+        let text = String::from_utf8(text).unwrap();
+        let mut lines = text.lines();
+        csv::check_header(lines.next().unwrap()).unwrap();
+        let records: Vec<DeviceRecord> = lines.map(|l| csv::parse_line(l).unwrap()).collect();
+        assert_eq!(records.len(), 300);
+        assert_eq!(records[0].id, "sim000000");
+        assert_eq!(records[299].id, "sim000299");
+        assert_eq!(records[256].kid, [1, 0]);
+        let kids: HashSet<_> = records.iter().map(|r| r.kid.clone()).collect();
+        let secrets: HashSet<_> = records
+            .iter()
+            .map(|r| r.master_secret.as_bytes().to_vec())
+            .collect();
+        assert_eq!((kids.len(), secrets.len()), (300, 300));
+
+        let dir = std::env::temp_dir().join(format!("v6iot-provision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = SealKey::from_bytes(&[9; 32]).unwrap();
+        let mut reg = Registry::open(&dir.join("registry.db"), Some(key)).unwrap();
+        let report = reg.import_csv(text.as_bytes()).unwrap();
+        assert_eq!(report.imported, 300);
+        assert_eq!(reg.list(&DeviceFilter::default()).unwrap().len(), 300);
+        drop(reg);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn serials_that_do_not_fit_a_kid_are_refused() {
+        let e = write_csv(&plan(2, (1 << 56) - 1), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("2^56"), "{e}");
+    }
+}

@@ -21,6 +21,10 @@ use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::ingress::{AppendResult, Ingress, IngressConfig};
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 
+/// The same allocator as the `v6iot-edge` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEVICES: u32 = 100_000;
 
 fn addr(n: u32) -> SocketAddr {

@@ -126,6 +126,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// The same allocator as `v6iot-edge` (the demo runs the edge router in this process).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo and fleet runs print their own progress; their components' logs stay quiet.

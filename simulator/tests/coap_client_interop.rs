@@ -387,6 +387,8 @@ fn serves_on_a_global_plan_address_inside_a_namespace() {
         ip link set lo up
         ip -6 addr add "$ADDR/64" dev lo nodad
         exec 3< <(exec "$SIM" device --bind "[$ADDR]:5683" --id ns-0009 2>/dev/null)
+        sim=$!
+        trap 'kill "$sim" 2>/dev/null' EXIT
         read -r first <&3
         echo "$first"
         "$CLIENT" -m get "coap://[$ADDR]:5683/device/info"

@@ -171,30 +171,31 @@ struct Edge {
 impl Edge {
     /// `coap_extra` goes into the `[coap]` table, `extra_toml` after the other tables.
     fn start(dir: &Path, mqtt_port: u16, coap_extra: &str, extra_toml: &str) -> Edge {
-        let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
-        let conf = dir.join("edge.toml");
-        let text = format!(
-            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"mqtt://[::1]:{mqtt_port}\"\n{extra_toml}",
-            dir.join("data").display()
-        );
-        std::fs::write(&conf, text).unwrap();
-        let args = vec!["run".into(), "--config".into(), conf.display().to_string()];
-        let mut e = Edge {
-            child: None,
-            coap,
-            args,
-            log: Arc::default(),
-        };
-        e.restart();
-        e
+        Edge::configured(
+            dir,
+            &format!("mqtt://[::1]:{mqtt_port}"),
+            coap_extra,
+            "",
+            extra_toml,
+        )
     }
 
     /// An edge router whose broker URL and extra `[mqtt]` keys are given in full.
     fn start_url(dir: &Path, url: &str, mqtt_extra: &str) -> Edge {
+        Edge::configured(dir, url, "", mqtt_extra, "")
+    }
+
+    fn configured(
+        dir: &Path,
+        url: &str,
+        coap_extra: &str,
+        mqtt_extra: &str,
+        extra_toml: &str,
+    ) -> Edge {
         let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
         let conf = dir.join("edge.toml");
         let text = format!(
-            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}",
+            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}\n{extra_toml}",
             dir.join("data").display()
         );
         std::fs::write(&conf, text).unwrap();
@@ -515,8 +516,8 @@ fn broker_outage_loses_nothing() {
     });
     broker.stop();
     let during = seen.lock().unwrap().records.len();
-    // Devices keep reporting into the outbox while the broker is down.
-    std::thread::sleep(Duration::from_millis(800));
+    // Devices keep reporting into the outbox while the bridge fails to reconnect.
+    edge.await_log("ConnectFailed", Duration::from_secs(15));
     broker.restart();
     wait_for(
         "all 1000 deliveries after the outage",

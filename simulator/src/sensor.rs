@@ -342,11 +342,7 @@ pub fn serial_of(id: &str) -> u64 {
         .collect();
     match digits.parse::<u64>() {
         Ok(n) if !digits.is_empty() && n <= 0xffff_ffff_ffff => n,
-        _ => {
-            id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            }) & 0xffff_ffff_ffff
-        }
+        _ => v6iot_sdk::coap::wire::fnv1a(id.as_bytes()) & 0xffff_ffff_ffff,
     }
 }
 

@@ -426,9 +426,11 @@ impl Ingress {
         };
         self.remember(now, peer, header.message_id, reply);
         // An uplink opens a queue-mode device's listening window.
-        if let Some(device) = self.directory.endpoint_at(peer).map(str::to_owned)
-            && self.downlink.has_queued(&device)
+        // (The name is copied only when a command waits: this runs for every request.)
+        if let Some(device) = self.directory.endpoint_at(peer)
+            && self.downlink.has_queued(device)
         {
+            let device = device.to_owned();
             self.send_next(now, unix_ms, &device);
         }
         self.pump_downlink(unix_ms);
@@ -647,17 +649,7 @@ impl Ingress {
         let id = self.record_ids.next();
         match telemetry::normalise(format, &packet.payload, unix_ms, id) {
             Ok(payload) => {
-                let ticket = AppendTicket(self.next_ticket);
-                self.next_ticket += 1;
-                let topic = self.config.topics.telemetry(&device);
-                self.appends.push_back(Append {
-                    ticket: Some(ticket),
-                    message: NewMessage {
-                        topic,
-                        payload,
-                        retain: false,
-                    },
-                });
+                let ticket = self.store_telemetry(&device, payload);
                 let message_id = packet.header.message_id;
                 let token = packet.get_token().to_vec();
                 self.waiting.insert(
@@ -974,18 +966,24 @@ impl Ingress {
             Ok(p) => p,
             Err(telemetry::Refusal { code, reason }) => return Outcome::error(code, reason),
         };
+        Outcome::Waiting(self.store_telemetry(&endpoint, payload))
+    }
+
+    /// Queues a telemetry record for the outbox; the ticket comes back with the result.
+    fn store_telemetry(&mut self, device: &str, payload: Vec<u8>) -> AppendTicket {
         let ticket = AppendTicket(self.next_ticket);
         self.next_ticket += 1;
-        let topic = self.config.topics.telemetry(&endpoint);
+        let topic = self.config.topics.telemetry(device);
+        let message = NewMessage {
+            topic,
+            payload,
+            retain: false,
+        };
         self.appends.push_back(Append {
             ticket: Some(ticket),
-            message: NewMessage {
-                topic,
-                payload,
-                retain: false,
-            },
+            message,
         });
-        Outcome::Waiting(ticket)
+        ticket
     }
 
     /// Queues a retained status message for `endpoint` (not awaited by anyone).

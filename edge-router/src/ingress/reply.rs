@@ -78,14 +78,4 @@ pub(super) fn response(
     wire::encode(&p).unwrap_or_else(|| empty(MessageType::Reset, request.header.message_id))
 }
 
-/// An empty message (ACK, RST) with `message_id`.
-pub(super) fn empty(kind: MessageType, message_id: u16) -> Vec<u8> {
-    let t = match kind {
-        MessageType::Confirmable => 0,
-        MessageType::NonConfirmable => 1,
-        MessageType::Acknowledgement => 2,
-        MessageType::Reset => 3,
-    };
-    let [a, b] = message_id.to_be_bytes();
-    vec![0x40 | (t << 4), 0, a, b]
-}
+pub(super) use v6iot_sdk::coap::wire::empty_message as empty;

@@ -19,7 +19,7 @@ use super::resource::{
     Code, Method, Reply, Request, ResourceId, ResourceTree, Response, Ticket, WELL_KNOWN_CORE,
     content_format,
 };
-use super::wire::{self, Block};
+use super::wire::{self, Block, empty_message};
 
 mod client;
 
@@ -1319,17 +1319,6 @@ fn no_response_suppresses(packet: &Packet, code: Code) -> bool {
         _ => 0,
     };
     mask & bit != 0
-}
-
-fn empty_message(kind: MessageType, message_id: u16) -> Vec<u8> {
-    let t = match kind {
-        MessageType::Confirmable => 0,
-        MessageType::NonConfirmable => 1,
-        MessageType::Acknowledgement => 2,
-        MessageType::Reset => 3,
-    };
-    let [m0, m1] = message_id.to_be_bytes();
-    vec![0x40 | (t << 4), 0, m0, m1]
 }
 
 fn build_message(

@@ -202,6 +202,19 @@ pub fn block_option(packet: &Packet, option: CoapOption) -> Result<Option<Block>
     }
 }
 
+/// An empty message (code 0.00, no token) of `kind` with `message_id`: an ACK, a Reset, or a
+/// CoAP ping (RFC 7252 §4.1).
+pub fn empty_message(kind: MessageType, message_id: u16) -> Vec<u8> {
+    let t = match kind {
+        MessageType::Confirmable => 0,
+        MessageType::NonConfirmable => 1,
+        MessageType::Acknowledgement => 2,
+        MessageType::Reset => 3,
+    };
+    let [m0, m1] = message_id.to_be_bytes();
+    vec![0x40 | (t << 4), 0, m0, m1]
+}
+
 /// The class of a code byte.
 pub fn code_class(code: u8) -> u8 {
     code >> 5

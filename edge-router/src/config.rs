@@ -32,7 +32,14 @@
 //! [registry]                  # devices and the audit trail (SQLite)
 //! db = "/var/lib/v6iot/registry.db"     # default: {data_dir}/registry.db
 //! seal_key_file = "/etc/v6iot/seal.key" # 64 hex digits; else the V6IOT_SEAL_KEY variable
+//!
+//! [security]                  # the OSCORE gateway in front of the ingress
+//! require_oscore = true       # default; false is LAB ONLY (plain CoAP accepted, loud warning)
+//! sender_persist_step = 4096  # edge sequence numbers per persisted mark (RFC 8613 App. B.1.1)
 //! ```
+//!
+//! With `require_oscore` (the default) the router needs the registry's seal key to open the
+//! devices' master secrets; it refuses to start without one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +73,30 @@ pub struct EdgeConfig {
     /// Device registry and audit trail.
     #[serde(default)]
     pub registry: RegistrySection,
+    /// The authentication gateway.
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Refuse every CoAP request that is not OSCORE-protected by a registered, active device.
+    /// `false` is for labs and benchmarks only: plain CoAP is accepted (OSCORE still works).
+    pub require_oscore: bool,
+    /// The distance between the persisted marks of the edge's own OSCORE sequence numbers:
+    /// one registry write per half step of messages to a device, a step skipped per restart.
+    pub sender_persist_step: u64,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        SecuritySection {
+            require_oscore: true,
+            sender_persist_step: 4096,
+        }
+    }
 }
 
 /// `[coap]`
@@ -283,6 +314,7 @@ impl EdgeConfig {
             websocket: None,
             outbox: OutboxSection::default(),
             registry: RegistrySection::default(),
+            security: SecuritySection::default(),
         }
     }
 
@@ -326,6 +358,9 @@ impl EdgeConfig {
                 "must be at least 1 and at most coap.max_lifetime",
             );
         }
+        if self.security.sender_persist_step < 2 {
+            return invalid("security.sender_persist_step", "must be at least 2");
+        }
         if self.outbox.max_bytes < 1 << 20 {
             return invalid("outbox.max_bytes", "must be at least 1 MiB");
         }
@@ -360,7 +395,10 @@ mod tests {
             c.registry.seal_key_file,
             Some(PathBuf::from("/etc/v6iot/seal.key"))
         );
+        assert!(c.security.require_oscore);
+        assert_eq!(c.security.sender_persist_step, 4096);
         let d = EdgeConfig::with_site("s");
+        assert!(d.security.require_oscore);
         assert_eq!(
             d.registry.db_path(Path::new("/data")),
             PathBuf::from("/data/registry.db")

@@ -6,9 +6,11 @@
 //! |---|---|
 //! | [`config`] | the TOML configuration, with errors that name the key |
 //! | [`journal`] | the command queue's journal on disk (JSON lines, compacted on open) |
+//! | [`registry_worker`] | the registry's thread: OSCORE state batches, audit rows, reloads when another process changed the registry |
 //! | [`server`] | the I/O: CoAP socket, outbox, MQTT bridge around the ingress |
 //! | [`registry_db`] | the device registry in SQLite: OSCORE identities (kid, sealed master secret, salt), class, allowed prefixes, state; CSV import |
 //! | [`audit`] | the append-only, hash-chained audit trail in the registry's file: events, `verify`, `who_had(address, time)`, per-device history |
+//! | [`gateway`] | sans-IO authentication gateway in front of the ingress: OSCORE contexts by kid, verify/protect, address binding, replay floors and sender marks to persist, refusals as security events |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
@@ -16,9 +18,11 @@
 
 pub mod audit;
 pub mod config;
+pub mod gateway;
 pub mod ingress;
 pub mod journal;
 pub mod registry_db;
+pub mod registry_worker;
 pub mod server;
 
 /// The crate's version, as built.

@@ -1,10 +1,13 @@
-//! The edge router's I/O: the CoAP socket, the outbox files and the MQTT connection, around the
-//! sans-IO [`Ingress`]. Nothing here decides anything about the protocol.
+//! The edge router's I/O: the CoAP socket, the outbox files, the MQTT connection and the
+//! registry thread, around the sans-IO [`Gateway`] and its [`Ingress`]. Nothing here decides
+//! anything about the protocol.
 //!
 //! ```text
-//! UDP socket ──datagrams──▶ Ingress ──appends──▶ outbox (group commit, fsync) ──▶ MQTT bridge ──▶ broker
-//!      ▲                      │  ▲                        │ result                        │ PUBACK
-//!      └──── ACK / 5.03 ──────┘  └──── handle_appended ◀──┘                ack id ◀───────┘
+//! UDP socket ──▶ Gateway (OSCORE) ──▶ Ingress ──appends──▶ outbox (group commit, fsync) ──▶ MQTT bridge ──▶ broker
+//!      ▲            │   ▲               │  ▲                        │ result                      │ PUBACK
+//!      │            │   └── protect ◀───┘  └──── handle_appended ◀──┘              ack id ◀───────┘
+//!      │            └─ poll_persist ──▶ registry thread (SQLite) ── handle_persisted ─┐
+//!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
 use std::future::Future;
@@ -22,11 +25,17 @@ use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, WsConfig, run_mqtt, run_websocket};
 
+use crate::audit::{AuditEvent, AuditKind};
 use crate::config::EdgeConfig;
+use crate::gateway::{
+    Gateway, GatewayConfig, GatewayEvent, GatewayStats, KeyChange, audit_address, audit_time,
+};
 use crate::ingress::{
     AppendResult, AppendTicket, DownlinkCommand, Ingress, IngressConfig, IngressEvent, IngressStats,
 };
 use crate::journal::CommandJournal;
+use crate::registry_db::Registry;
+use crate::registry_worker::{FromRegistry, RegistryWorker, ToRegistry};
 
 /// Most datagrams taken from the socket per wake-up before the loop flushes answers.
 const RECV_BATCH: usize = 256;
@@ -40,7 +49,12 @@ pub struct EdgeHandle {
     pub bridge: Arc<BridgeStats>,
     /// A snapshot of the ingress counters, refreshed by the loop.
     pub ingress: Arc<std::sync::Mutex<IngressStats>>,
+    /// A snapshot of the authentication gateway's counters, refreshed by the loop.
+    pub gateway: Arc<std::sync::Mutex<GatewayStats>>,
 }
+
+/// How often the gateway's counters are logged (when they changed).
+const STATS_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the edge router until `shutdown` completes. `ready` receives the handle once the socket
 /// is bound and the outbox open.
@@ -144,7 +158,49 @@ pub async fn run(
             "LAB MODE: telemetry from unregistered sources is accepted (coap.lab_accept_unregistered)"
         );
     }
-    let mut ingress = Ingress::new(ingress_config, boot_ms);
+    let require_oscore = config.security.require_oscore && !config.coap.lab_accept_unregistered;
+    if !require_oscore {
+        tracing::warn!(
+            "LAB MODE: OSCORE is NOT required — plain CoAP requests are accepted unauthenticated \
+             (security.require_oscore = false, or coap.lab_accept_unregistered); never in production"
+        );
+    }
+    let registry = Registry::open_configured(&config)
+        .with_context(|| "cannot open the device registry".to_owned())?;
+    let (devices, load_devices) = match registry.device_keys() {
+        Ok((devices, problems)) => {
+            for p in problems {
+                tracing::error!(error = %p, "device left out");
+            }
+            (devices, true)
+        }
+        Err(crate::registry_db::RegistryError::NoSealKey) if !require_oscore => {
+            tracing::warn!("no registry seal key: no OSCORE devices (lab mode)");
+            (Vec::new(), false)
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(
+                "cannot load the devices' OSCORE credentials (set registry.seal_key_file or \
+                 V6IOT_SEAL_KEY; or, in a lab, security.require_oscore = false)",
+            ));
+        }
+    };
+    let (registry_tx, mut registry_rx) = mpsc::unbounded_channel::<FromRegistry>();
+    let worker = RegistryWorker::start(registry, load_devices, registry_tx)
+        .context("cannot start the registry thread")?;
+    let ingress = Ingress::new(ingress_config, boot_ms);
+    let gateway_config = GatewayConfig {
+        require_oscore,
+        persist_step: config.security.sender_persist_step,
+        ..GatewayConfig::default()
+    };
+    let mut gateway = Gateway::new(ingress, gateway_config);
+    gateway.handle_devices(boot_ms, devices);
+    tracing::info!(
+        devices = gateway.device_count(),
+        require_oscore,
+        "authentication gateway ready"
+    );
     let mut journal =
         CommandJournal::open(&config.data_dir.join("commands.jsonl")).with_context(|| {
             format!(
@@ -153,35 +209,44 @@ pub async fn run(
             )
         })?;
     for command in journal.pending() {
-        ingress.restore_command(command);
+        gateway.ingress_mut().restore_command(command);
     }
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
+    let gateway_stats = Arc::new(std::sync::Mutex::new(GatewayStats::default()));
     if let Some(ready) = ready {
         let _ = ready.send(EdgeHandle {
             coap_addr,
             bridge: bridge_stats,
             ingress: stats.clone(),
+            gateway: gateway_stats.clone(),
         });
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<AppendTicket>, AppendResult)>();
     let mut buf = vec![0u8; 65_536];
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged_stats = GatewayStats::default();
     tokio::pin!(shutdown);
     loop {
         // Queued commands are on disk before anything they caused is sent.
         let mut entries = Vec::new();
-        while let Some(e) = ingress.poll_journal() {
+        while let Some(e) = gateway.ingress_mut().poll_journal() {
             entries.push(e);
         }
         if let Err(e) = journal.write(&entries) {
             tracing::error!(error = %e, "command queue journal write failed");
         }
-        flush(&socket, &mut ingress, &outbox, &done_tx).await;
+        flush(&socket, &mut gateway, &outbox, &done_tx).await;
+        drain_side_effects(&mut gateway, &worker);
         if let Ok(mut s) = stats.lock() {
-            *s = *ingress.stats();
+            *s = *gateway.ingress().stats();
         }
-        let deadline = ingress.poll_timeout();
+        if let Ok(mut s) = gateway_stats.lock() {
+            *s = *gateway.stats();
+        }
+        let deadline = gateway.poll_timeout();
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let now = Instant::now();
@@ -189,13 +254,13 @@ pub async fn run(
                 match received {
                     Ok((len, peer)) => {
                         if let Some(bytes) = buf.get(..len) {
-                            ingress.handle_datagram(now, wall, peer, bytes);
+                            gateway.handle_datagram(now, wall, peer, bytes);
                         }
                         for _ in 1..RECV_BATCH {
                             match socket.try_recv_from(&mut buf) {
                                 Ok((len, peer)) => {
                                     if let Some(bytes) = buf.get(..len) {
-                                        ingress.handle_datagram(now, wall, peer, bytes);
+                                        gateway.handle_datagram(now, wall, peer, bytes);
                                     }
                                 }
                                 Err(_) => break,
@@ -206,13 +271,26 @@ pub async fn run(
                 }
             }
             Some((tickets, result)) = done_rx.recv() => {
+                let now = Instant::now();
                 for t in tickets {
-                    ingress.handle_appended(t, result);
+                    gateway.handle_appended(now, t, result);
                 }
                 while let Ok((tickets, result)) = done_rx.try_recv() {
                     for t in tickets {
-                        ingress.handle_appended(t, result);
+                        gateway.handle_appended(now, t, result);
                     }
+                }
+            }
+            Some(message) = registry_rx.recv() => {
+                let mut next = Some(message);
+                while let Some(m) = next {
+                    match m {
+                        FromRegistry::Persisted { id, ok } => {
+                            gateway.handle_persisted(Instant::now(), id, ok);
+                        }
+                        FromRegistry::Devices(devices) => gateway.handle_devices(unix_ms(), devices),
+                    }
+                    next = registry_rx.try_recv().ok();
                 }
             }
             Some(command) = command_rx.recv() => {
@@ -230,16 +308,22 @@ pub async fn run(
                     observe: false,
                     accept: None,
                 };
-                ingress.handle_command(Instant::now(), wall, cmd);
+                gateway.handle_command(Instant::now(), wall, cmd);
             }
-            () = sleep_until(deadline) => ingress.handle_timeout(Instant::now(), unix_ms()),
+            _ = stats_tick.tick() => {
+                let now_stats = *gateway.stats();
+                if now_stats != logged_stats {
+                    log_gateway_stats(&now_stats);
+                    logged_stats = now_stats;
+                }
+            }
+            () = sleep_until(deadline) => gateway.handle_timeout(Instant::now(), unix_ms()),
             () = &mut shutdown => break,
-        }
-        while let Some(event) = ingress.poll_event() {
-            log_event(&event);
         }
     }
     tracing::info!("edge router stopping");
+    drain_side_effects(&mut gateway, &worker);
+    worker.stop();
     let _ = stop_tx.send(true);
     outbox.close().await;
     for task in sink_tasks {
@@ -251,17 +335,107 @@ pub async fn run(
     Ok(())
 }
 
-/// Sends what the ingress has to send and hands its appends to the outbox (one group per call).
+/// Hands the gateway's state batches and audit rows to the registry thread, and logs events.
+fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
+    while let Some(batch) = gateway.poll_persist() {
+        let id = batch.id;
+        if worker.jobs.send(ToRegistry::Persist(batch)).is_err() {
+            tracing::error!(
+                batch = id,
+                "registry thread gone: OSCORE state not persisted"
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    while let Some(event) = gateway.ingress_mut().poll_event() {
+        log_event(&event);
+        if let Some(row) = audit_row(&event) {
+            rows.push(row);
+        }
+    }
+    while let Some(event) = gateway.poll_event() {
+        match &event {
+            GatewayEvent::Keys(KeyChange::Unusable(device)) => {
+                tracing::error!(%device, "credentials make no OSCORE context (empty kid?)");
+            }
+            other => tracing::info!(event = ?other, "gateway"),
+        }
+    }
+    while let Some(event) = gateway.poll_security_event() {
+        tracing::debug!(peer = %event.peer, cause = %event.cause, device = ?event.device, "refused");
+    }
+    while let Some(row) = gateway.poll_audit() {
+        rows.push(row);
+    }
+    if !rows.is_empty() && worker.jobs.send(ToRegistry::Audit(rows)).is_err() {
+        tracing::error!("registry thread gone: audit rows not written");
+    }
+}
+
+/// The audit row of an ingress event, if it is one the trail keeps.
+fn audit_row(event: &IngressEvent) -> Option<AuditEvent> {
+    let now = audit_time(unix_ms());
+    match event {
+        IngressEvent::Registered { endpoint, address } => Some(
+            AuditEvent::new(AuditKind::Registration, endpoint.clone())
+                .at(now)
+                .address(audit_address(*address))
+                .detail(format!("registered from {address}")),
+        ),
+        IngressEvent::CommandDone {
+            endpoint,
+            req,
+            status: "ok",
+            code,
+        } => Some(
+            AuditEvent::new(AuditKind::CommandDelivered, endpoint.clone())
+                .at(now)
+                .detail(format!(
+                    "command {req} answered {}",
+                    code.as_deref().unwrap_or("-")
+                )),
+        ),
+        _ => None,
+    }
+}
+
+fn log_gateway_stats(s: &GatewayStats) {
+    tracing::info!(
+        "gateway stats authenticated={} responses_verified={} refused={} plain={} unknown_kid={} \
+         decryption_failed={} replay={} malformed={} not_active={} address_refused={} \
+         endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
+         address_changes={} protect_failures={}",
+        s.authenticated,
+        s.responses_verified,
+        s.refused,
+        s.plain,
+        s.unknown_kid,
+        s.decryption_failed,
+        s.replay,
+        s.malformed,
+        s.not_active,
+        s.address_refused,
+        s.endpoint_mismatch,
+        s.bad_responses,
+        s.replies_suppressed,
+        s.duplicates,
+        s.address_changes,
+        s.protect_failures
+    );
+}
+
+/// Sends what the gateway has to send and hands the ingress's appends to the outbox (one group
+/// per call).
 async fn flush(
     socket: &UdpSocket,
-    ingress: &mut Ingress,
+    gateway: &mut Gateway,
     outbox: &OutboxHandle,
     done: &mpsc::UnboundedSender<(Vec<AppendTicket>, AppendResult)>,
 ) {
     let mut tickets = Vec::new();
     let mut messages = Vec::new();
     let mut fire_and_forget = Vec::new();
-    while let Some(a) = ingress.poll_append() {
+    while let Some(a) = gateway.ingress_mut().poll_append() {
         match a.ticket {
             Some(t) => {
                 tickets.push(t);
@@ -300,7 +474,7 @@ async fn flush(
             }
         });
     }
-    while let Some((to, bytes)) = ingress.poll_transmit() {
+    while let Some((to, bytes)) = gateway.poll_transmit() {
         let sent = match socket.try_send_to(&bytes, to) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -194,8 +194,14 @@ impl Edge {
     ) -> Edge {
         let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
         let conf = dir.join("edge.toml");
+        // These devices speak plain CoAP: lab mode, unless the test configures security itself.
+        let security = if extra_toml.contains("[security]") {
+            ""
+        } else {
+            "\n[security]\nrequire_oscore = false\n"
+        };
         let text = format!(
-            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}\n{extra_toml}",
+            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}\n{extra_toml}{security}",
             dir.join("data").display()
         );
         std::fs::write(&conf, text).unwrap();

@@ -464,7 +464,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mode: String = raw
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -474,7 +474,7 @@ fn a_newer_schema_is_refused() {
     match Registry::open(&path, None) {
         Err(RegistryError::NewerSchema {
             found: 99,
-            known: 1,
+            known: 2,
         }) => {}
         other => panic!("{other:?}"),
     }

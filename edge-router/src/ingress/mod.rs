@@ -127,6 +127,17 @@ pub enum IngressEvent {
         /// Endpoint name.
         endpoint: String,
     },
+    /// A command from the platform ended (not the edge's own observation requests).
+    CommandDone {
+        /// Device.
+        endpoint: String,
+        /// The platform's request id.
+        req: String,
+        /// `ok`, `expired`, `timeout`, `reset`, `rejected`.
+        status: &'static str,
+        /// The device's response code, when it answered.
+        code: Option<String>,
+    },
     /// A request was refused.
     Refused {
         /// Who sent it.
@@ -310,7 +321,8 @@ impl Ingress {
         }
     }
 
-    /// Handles one datagram. `unix_ms` is the wall-clock time, for record times.
+    /// Handles one datagram. `unix_ms` is the wall-clock time, for record times. The sender is
+    /// known by its address only (no authentication gateway in front, or lab mode).
     pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
         self.stats.datagrams += 1;
         let Ok(header) = wire::raw_header(bytes) else {
@@ -325,6 +337,76 @@ impl Ingress {
             }
             return;
         };
+        self.handle_parsed(now, unix_ms, peer, header, &packet, None);
+    }
+
+    /// Handles a message already parsed by the caller (the gateway's lab path, or a verified
+    /// response), from a sender known by its address only.
+    pub fn handle_packet(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) {
+        self.stats.datagrams += 1;
+        self.handle_parsed(now, unix_ms, peer, header_of(packet), packet, None);
+    }
+
+    /// Ends `device`'s registration because it may no longer talk (revoked or quarantined in
+    /// the registry); its status becomes `gone` with `reason`.
+    pub fn remove_device(&mut self, unix_ms: u64, device: &str, reason: &str) {
+        let Some(reg) = self.directory.remove(device) else {
+            return;
+        };
+        self.observations.forget(device);
+        self.status(unix_ms, device, "gone", Some(reg.address), Some(reason));
+        self.event(IngressEvent::Deregistered {
+            endpoint: reg.endpoint,
+        });
+    }
+
+    /// Handles a message the authentication gateway verified (the inner, decrypted message of an
+    /// OSCORE request or response) from `device`, the authenticated identity (the registry's
+    /// device id). A registration must name `device` as its `ep`, updates and deletions must be
+    /// of `device`'s registration, and telemetry is filed under `device` whatever the address;
+    /// otherwise 4.03.
+    pub fn handle_authenticated(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        packet: &Packet,
+        device: &str,
+    ) {
+        self.stats.datagrams += 1;
+        self.handle_parsed(now, unix_ms, peer, header_of(packet), packet, Some(device));
+    }
+
+    /// Moves `device`'s registration (and the observations of it) to `address`, after the
+    /// gateway saw it authenticated there (e.g. an NB-IoT re-attach). Returns the old address,
+    /// or `None` when the device is not registered or already there.
+    pub fn rebind(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        device: &str,
+        address: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let from = self.directory.move_to(now, device, address)?;
+        self.observations.moved(device, address);
+        self.status(unix_ms, device, "registered", Some(address), None);
+        self.event(IngressEvent::AddressChanged {
+            endpoint: device.to_owned(),
+            from,
+            to: address,
+        });
+        Some(from)
+    }
+
+    fn handle_parsed(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        header: wire::RawHeader,
+        packet: &Packet,
+        identity: Option<&str>,
+    ) {
         let confirmable = header.kind == MessageType::Confirmable;
         match (header.code, header.kind) {
             (0, MessageType::Confirmable) => {
@@ -346,7 +428,7 @@ impl Ingress {
                 return;
             }
             (code, _) if (2..=5).contains(&wire::code_class(code)) => {
-                match self.downlink.handle_response(peer, &packet) {
+                match self.downlink.handle_response(peer, packet) {
                     Some((device, needs_ack)) => {
                         if needs_ack {
                             let ack = reply::empty(MessageType::Acknowledgement, header.message_id);
@@ -361,7 +443,7 @@ impl Ingress {
                         self.send_next(now, unix_ms, &device);
                     }
                     None if self.repeat(peer, header.message_id, confirmable) => {}
-                    None if self.notification(now, unix_ms, peer, &packet) => {}
+                    None if self.notification(now, unix_ms, peer, packet) => {}
                     None => {
                         self.stats.unexpected += 1;
                         if confirmable {
@@ -390,7 +472,7 @@ impl Ingress {
             return;
         }
         self.stats.requests += 1;
-        let outcome = self.route(now, unix_ms, peer, &packet);
+        let outcome = self.route(now, unix_ms, peer, packet, identity);
         let reply = match outcome {
             Outcome::Now(response) => {
                 if response.code.is_error() {
@@ -401,8 +483,7 @@ impl Ingress {
                         reason: String::from_utf8_lossy(&response.payload).into_owned(),
                     });
                 }
-                let bytes =
-                    reply::response(&packet, confirmable, self.take_message_id(), &response);
+                let bytes = reply::response(packet, confirmable, self.take_message_id(), &response);
                 self.transmits.push_back((peer, bytes.clone()));
                 if confirmable {
                     Reply::Sent(bytes.into_boxed_slice())
@@ -542,6 +623,12 @@ impl Ingress {
                 self.observation_started(unix_ms, &rest, result);
                 continue;
             }
+            self.event(IngressEvent::CommandDone {
+                endpoint: result.device.clone(),
+                req: result.req.clone(),
+                status: result.status,
+                code: result.code.clone(),
+            });
             let rid = self.record_ids.next();
             let topic = self
                 .config
@@ -763,7 +850,14 @@ impl Ingress {
         }
     }
 
-    fn route(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) -> Outcome {
+    fn route(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        packet: &Packet,
+        identity: Option<&str>,
+    ) -> Outcome {
         if let Some(n) = wire::unknown_critical_option(packet) {
             return Outcome::error(
                 ResponseType::BadOption,
@@ -790,6 +884,12 @@ impl Ingress {
             _ => RequestType::UnKnown,
         };
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        if let (Some(device), Some(refusal)) = (identity, self.foreign(&path, &query, identity)) {
+            return Outcome::error(
+                ResponseType::Forbidden,
+                format!("authenticated as {device}: {refusal}"),
+            );
+        }
         match (method, path.as_slice()) {
             (RequestType::Post, ["rd"]) => {
                 self.register(now, unix_ms, peer, &query, format, &packet.payload)
@@ -797,7 +897,7 @@ impl Ingress {
             (RequestType::Post, ["rd", loc]) => self.update(now, unix_ms, peer, loc, &query),
             (RequestType::Delete, ["rd", loc]) => self.deregister(unix_ms, loc),
             (RequestType::Post, ["t"]) => {
-                self.telemetry(now, unix_ms, peer, format, &packet.payload)
+                self.telemetry(now, unix_ms, peer, identity, format, &packet.payload)
             }
             (_, ["rd"] | ["rd", _] | ["t"]) => Outcome::error(
                 ResponseType::MethodNotAllowed,
@@ -807,6 +907,29 @@ impl Ingress {
                 ResponseType::NotFound,
                 format!("no resource /{}", path.join("/")),
             ),
+        }
+    }
+
+    /// Why an authenticated device may not do this: register under another name, or touch
+    /// another device's registration. `None` when it may.
+    fn foreign(
+        &self,
+        path: &[&str],
+        query: &[String],
+        identity: Option<&str>,
+    ) -> Option<&'static str> {
+        let device = identity?;
+        match path {
+            ["rd"] => query_value(query, "ep")
+                .is_some_and(|ep| ep != device)
+                .then_some("a registration's ep must be the authenticated device"),
+            ["rd", loc] => loc
+                .parse::<u32>()
+                .ok()
+                .and_then(|l| self.directory.endpoint_of_location(l))
+                .is_some_and(|ep| ep != device)
+                .then_some("this is another device's registration"),
+            _ => None,
         }
     }
 
@@ -948,10 +1071,15 @@ impl Ingress {
         now: Instant,
         unix_ms: u64,
         peer: SocketAddr,
+        identity: Option<&str>,
         format: Option<u32>,
         body: &[u8],
     ) -> Outcome {
-        let endpoint = match self.directory.touch_by_address(now, peer) {
+        let found = match identity {
+            Some(device) => self.directory.touch(now, device),
+            None => self.directory.touch_by_address(now, peer),
+        };
+        let endpoint = match found {
             Some(reg) => reg.endpoint.clone(),
             None if self.config.lab_accept_unregistered => format!("anon-{peer}"),
             None => {
@@ -1029,6 +1157,15 @@ enum Outcome {
 impl Outcome {
     fn error(code: ResponseType, reason: impl Into<String>) -> Outcome {
         Outcome::Now(reply::Response::error(code, reason))
+    }
+}
+
+/// The fixed header of a parsed packet.
+fn header_of(packet: &Packet) -> wire::RawHeader {
+    wire::RawHeader {
+        kind: packet.header.get_type(),
+        message_id: packet.header.message_id,
+        code: u8::from(packet.header.code),
     }
 }
 

@@ -77,6 +77,13 @@ impl Observations {
         self.by_token.retain(|_, o| o.device != device);
     }
 
+    /// `device` now sends from `peer`: its notifications come from there.
+    pub(super) fn moved(&mut self, device: &str, peer: SocketAddr) {
+        for o in self.by_token.values_mut().filter(|o| o.device == device) {
+            o.peer = peer;
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_token.len()
     }

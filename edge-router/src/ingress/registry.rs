@@ -162,6 +162,41 @@ impl Directory {
         Some(reg)
     }
 
+    /// `endpoint`'s registration, noting the uplink time.
+    pub fn touch(&mut self, now: Instant, endpoint: &str) -> Option<&Registration> {
+        let reg = self.by_endpoint.get_mut(endpoint)?;
+        reg.last_uplink = now;
+        Some(reg)
+    }
+
+    /// The endpoint registered at `location`.
+    pub fn endpoint_of_location(&self, location: u32) -> Option<&str> {
+        self.by_location.get(&location).map(String::as_str)
+    }
+
+    /// Moves `endpoint`'s registration to `address` (the device was authenticated there),
+    /// noting the uplink time. Returns the old address, or `None` when the endpoint is not
+    /// registered or already there. Another registration at `address` keeps its entry but is
+    /// no longer found by address.
+    pub fn move_to(
+        &mut self,
+        now: Instant,
+        endpoint: &str,
+        address: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let reg = self.by_endpoint.get_mut(endpoint)?;
+        reg.last_uplink = now;
+        if reg.address == address {
+            return None;
+        }
+        let old = std::mem::replace(&mut reg.address, address);
+        if self.by_address.get(&old).is_some_and(|e| e == endpoint) {
+            self.by_address.remove(&old);
+        }
+        self.by_address.insert(address, endpoint.to_owned());
+        Some(old)
+    }
+
     /// The registration of the device sending from `address`, noting the uplink time.
     pub fn touch_by_address(&mut self, now: Instant, address: SocketAddr) -> Option<&Registration> {
         let endpoint = self.by_address.get(&address)?;

@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod csv;
 pub mod hex;
+pub mod oscore_state;
 pub mod prefix;
 pub mod schema;
 pub mod seal;

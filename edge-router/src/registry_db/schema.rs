@@ -60,6 +60,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'audit is append-only: rows cannot be deleted'); END;
     ",
+    // 2: the edge's OSCORE state per device context (sender sequence marks, replay floors).
+    r"
+    CREATE TABLE oscore_state (
+        kid          BLOB PRIMARY KEY NOT NULL,
+        device       TEXT NOT NULL,
+        fingerprint  BLOB NOT NULL,
+        sender_mark  INTEGER NOT NULL CHECK (sender_mark >= 0),
+        replay_floor INTEGER NOT NULL CHECK (replay_floor >= 0),
+        updated_us   INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,826 @@
+//! The authentication gateway, sans-IO: OSCORE (RFC 8613) between the devices and the
+//! [`Ingress`], address binding, and what must be persisted or audited because of them.
+//!
+//! ```text
+//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─▶ Ingress (inner request + device id)
+//!  datagram ◀─ Gateway::poll_transmit ◀─ protect (RequestInfo by peer+token) ◀─ Ingress answers/commands
+//!                      │ poll_persist / handle_persisted: sender marks, replay floors (answers held)
+//!                      │ poll_audit: bindings, auth failures (aggregated), revocations noticed
+//!                      └ poll_security_event: every refusal, for rate limiting
+//! ```
+//!
+//! | file | job |
+//! |---|---|
+//! | [`keys`] | the keyring: one context per active device by kid, synced with the registry |
+//! | `binding` | the address each device was last verified at, both ways |
+//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
+//! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
+//! | [`failures`] | [`SecurityEvent`], the answer per cause, per-source aggregation of replies and audit rows |
+//!
+//! # Rules
+//!
+//! With `require_oscore` (the default) every request must be OSCORE-protected: a plain one gets
+//! 4.01 ("OSCORE required") if Confirmable and nothing if not; failures to verify get the
+//! unprotected codes of RFC 8613 §8.2 (4.01 unknown kid or replay, 4.00 decryption failed, 4.02
+//! malformed); a revoked device's kid gets 4.01, a quarantined one's 4.03. Per source at most
+//! [`FailureLog::MAX_REPLIES`](failures) error answers per window go out; the rest is dropped
+//! and counted, so a flood of forgeries cannot make the edge an amplifier. Nothing refused
+//! reaches the ingress, so nothing refused reaches the outbox.
+//!
+//! A verified request from outside the device's allowed prefixes gets a protected 4.03; a
+//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise the
+//! device is bound to the source address and port: a first binding or a move (NB-IoT re-attach)
+//! is audited with its time, the ingress moves the registration, and commands and observations
+//! follow the device. Responses and notifications to the edge's own protected requests must be
+//! protected and verify against the request's binding; plain ones are dropped and counted.
+//! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2) and pass through.
+//!
+//! Without `require_oscore` (lab only) plain messages go to the ingress as before, and OSCORE
+//! messages are still verified and answered protected.
+
+mod binding;
+mod exchanges;
+pub mod failures;
+pub mod keys;
+pub mod persist;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use time::OffsetDateTime;
+use v6iot_sdk::coap::wire;
+use v6iot_sdk::oscore::{
+    OscoreError, OscoreOption, protect_request, protect_response, unprotect_request,
+    unprotect_response,
+};
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
+use crate::registry_db::DeviceState;
+use binding::{Bindings, Bound};
+use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
+use failures::FailureLog;
+pub use failures::{SecurityCause, SecurityEvent};
+use keys::Keyring;
+pub use keys::{DeviceKeys, KeyChange, StoredState};
+use persist::Persistence;
+pub use persist::{PersistBatch, StateRow};
+
+/// Settings of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Refuse every request that is not OSCORE-protected (default). `false` is for labs only.
+    pub require_oscore: bool,
+    /// The distance between persisted sender sequence marks (Appendix B.1.1): one write per
+    /// this many/2 protected messages to a device, this many numbers skipped per restart.
+    pub persist_step: u64,
+    /// How long exchanges and duplicates are remembered (EXCHANGE_LIFETIME).
+    pub exchange_lifetime: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            require_oscore: true,
+            persist_step: 4096,
+            exchange_lifetime: Duration::from_secs(247),
+        }
+    }
+}
+
+/// Counters of the gateway. Every refusal is also a [`SecurityEvent`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Requests that verified.
+    pub authenticated: u64,
+    /// Responses and notifications to the edge's requests that verified.
+    pub responses_verified: u64,
+    /// Messages refused, all causes.
+    pub refused: u64,
+    /// Plain requests refused.
+    pub plain: u64,
+    /// Unknown kids.
+    pub unknown_kid: u64,
+    /// AEAD failures.
+    pub decryption_failed: u64,
+    /// Replays.
+    pub replay: u64,
+    /// Malformed OSCORE.
+    pub malformed: u64,
+    /// Revoked or quarantined devices.
+    pub not_active: u64,
+    /// Verified requests from outside the allowed prefixes.
+    pub address_refused: u64,
+    /// Registrations under another name.
+    pub endpoint_mismatch: u64,
+    /// Plain or unverifiable responses dropped.
+    pub bad_responses: u64,
+    /// Error answers not sent (the source's window was used up).
+    pub replies_suppressed: u64,
+    /// Retransmissions answered from memory.
+    pub duplicates: u64,
+    /// Devices that moved to another address.
+    pub address_changes: u64,
+    /// Outgoing messages that could not be protected yet (a sequence mark was being
+    /// persisted; the retransmission goes) or at all (no context for the destination).
+    pub protect_failures: u64,
+}
+
+/// Something to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GatewayEvent {
+    /// The registry reload changed a device's context.
+    Keys(KeyChange),
+    /// A device was first verified at an address.
+    Bound {
+        /// Device.
+        device: String,
+        /// Address.
+        address: SocketAddr,
+    },
+    /// A device was verified at another address than before.
+    Moved {
+        /// Device.
+        device: String,
+        /// Old address.
+        from: SocketAddr,
+        /// New address.
+        to: SocketAddr,
+    },
+}
+
+const MAX_QUEUED_EVENTS: usize = 4096;
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The gateway in front of an [`Ingress`]. See the module docs.
+pub struct Gateway {
+    ingress: Ingress,
+    config: GatewayConfig,
+    keys: Keyring,
+    bindings: Bindings,
+    exchanges: Exchanges,
+    persistence: Persistence,
+    failures: FailureLog,
+    security: VecDeque<SecurityEvent>,
+    events: VecDeque<GatewayEvent>,
+    audits: VecDeque<AuditEvent>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    stats: GatewayStats,
+    next_sweep: Option<Instant>,
+}
+
+impl Gateway {
+    /// A gateway in front of `ingress`, with no devices yet (see
+    /// [`handle_devices`](Self::handle_devices)).
+    pub fn new(ingress: Ingress, config: GatewayConfig) -> Gateway {
+        Gateway {
+            ingress,
+            keys: Keyring::new(config.persist_step),
+            exchanges: Exchanges::new(config.exchange_lifetime),
+            config,
+            bindings: Bindings::default(),
+            persistence: Persistence::default(),
+            failures: FailureLog::new(),
+            security: VecDeque::new(),
+            events: VecDeque::new(),
+            audits: VecDeque::new(),
+            transmits: VecDeque::new(),
+            stats: GatewayStats::default(),
+            next_sweep: None,
+        }
+    }
+
+    /// The ingress behind the gateway (appends, journal, its events and counters).
+    pub fn ingress(&self) -> &Ingress {
+        &self.ingress
+    }
+
+    /// The ingress behind the gateway, to poll its appends, journal entries and events.
+    pub fn ingress_mut(&mut self) -> &mut Ingress {
+        &mut self.ingress
+    }
+
+    /// The gateway's counters.
+    pub fn stats(&self) -> &GatewayStats {
+        &self.stats
+    }
+
+    /// Active devices with a context.
+    pub fn device_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Devices bound to an address.
+    pub fn bound_count(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Answers waiting for their persistence batch.
+    pub fn held_answers(&self) -> usize {
+        self.persistence.held()
+    }
+
+    /// Replaces the set of devices with the registry's (all of them, any state): new and
+    /// reinstated devices get a context, revoked and quarantined ones lose theirs (their
+    /// registration ends, their binding goes, the event is audited), unchanged ones keep theirs.
+    pub fn handle_devices(&mut self, unix_ms: u64, devices: Vec<DeviceKeys>) {
+        for change in self.keys.sync(devices) {
+            match &change {
+                KeyChange::Loaded { kid, .. } => {
+                    self.exchanges.forget_kid(kid);
+                    self.persistence.dirty(kid);
+                }
+                KeyChange::Dropped { device, kid, state } => {
+                    self.exchanges.forget_kid(kid);
+                    self.bindings.remove(device);
+                    let reason = state.map_or("deleted", DeviceState::as_str);
+                    self.ingress.remove_device(unix_ms, device, reason);
+                    let kind = match state {
+                        Some(DeviceState::Quarantined) => AuditKind::Quarantined,
+                        _ => AuditKind::Revoked,
+                    };
+                    self.audit(
+                        AuditEvent::new(kind, device.clone())
+                            .at(audit_time(unix_ms))
+                            .detail(format!(
+                                "noticed by the edge ({reason}): context dropped, session ended"
+                            )),
+                    );
+                }
+                KeyChange::Unusable(_) => {}
+            }
+            push_bounded(&mut self.events, GatewayEvent::Keys(change));
+        }
+    }
+
+    /// Handles one datagram from `peer`.
+    pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
+        let Ok(packet) = wire::parse(bytes) else {
+            // The ingress counts it and answers a Confirmable one with a Reset.
+            self.ingress.handle_datagram(now, unix_ms, peer, bytes);
+            self.pump(now);
+            return;
+        };
+        let code = u8::from(packet.header.code);
+        let protected = packet
+            .get_option(CoapOption::Oscore)
+            .is_some_and(|v| !v.is_empty());
+        let class = wire::code_class(code);
+        if protected && wire::is_request_code(code) {
+            self.protected_request(now, unix_ms, peer, &packet);
+        } else if protected && (2..=5).contains(&class) {
+            self.protected_response(now, unix_ms, peer, &packet);
+        } else if code == 0 || !self.config.require_oscore {
+            self.ingress.handle_packet(now, unix_ms, peer, &packet);
+        } else if wire::is_request_code(code) {
+            self.refuse(
+                now,
+                unix_ms,
+                peer,
+                &packet,
+                None,
+                SecurityCause::PlainRequest,
+            );
+        } else {
+            self.refuse(
+                now,
+                unix_ms,
+                peer,
+                &packet,
+                None,
+                SecurityCause::PlainResponse,
+            );
+        }
+        self.pump(now);
+        self.arm_sweep(now);
+    }
+
+    /// Takes a command from the platform (see [`Ingress::handle_command`]).
+    pub fn handle_command(&mut self, now: Instant, unix_ms: u64, command: DownlinkCommand) {
+        self.ingress.handle_command(now, unix_ms, command);
+        self.pump(now);
+        self.arm_sweep(now);
+    }
+
+    /// Reports a store's result (see [`Ingress::handle_appended`]); the answer is protected and
+    /// held until its device's replay floor is durable.
+    pub fn handle_appended(&mut self, now: Instant, ticket: AppendTicket, result: AppendResult) {
+        self.ingress.handle_appended(ticket, result);
+        self.pump(now);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.ingress.poll_timeout(),
+            self.failures.poll_timeout(),
+            self.next_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Timers: the ingress's, failure windows, forgetting old exchanges.
+    pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
+        self.ingress.handle_timeout(now, unix_ms);
+        self.failures.handle_timeout(now, unix_ms);
+        while let Some(row) = self.failures.poll_audit() {
+            self.audit(row);
+        }
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.exchanges.sweep(now);
+            self.next_sweep = None;
+            self.arm_sweep(now);
+        }
+        self.pump(now);
+    }
+
+    /// Next datagram to send: (destination, bytes).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// Next batch of OSCORE state to write durably (one at a time), then report it with
+    /// [`handle_persisted`](Self::handle_persisted).
+    #[must_use]
+    pub fn poll_persist(&mut self) -> Option<PersistBatch> {
+        self.persistence.poll(&mut self.keys)
+    }
+
+    /// The batch `id` was written (`ok`) or failed (it is retried with the next one). The
+    /// answers that waited for it go out.
+    pub fn handle_persisted(&mut self, now: Instant, id: u64, ok: bool) {
+        for r in self.persistence.done(id, ok, &mut self.keys) {
+            let seen = if r.confirmable {
+                Seen::Answered(r.bytes.clone().into_boxed_slice())
+            } else {
+                Seen::Silent
+            };
+            self.exchanges.remember(now, r.peer, r.message_id, seen);
+            self.transmits.push_back((r.peer, r.bytes));
+        }
+    }
+
+    /// Next audit row to write (bindings, auth failures, revocations noticed).
+    #[must_use]
+    pub fn poll_audit(&mut self) -> Option<AuditEvent> {
+        self.failures
+            .poll_audit()
+            .or_else(|| self.audits.pop_front())
+    }
+
+    /// Next refusal, for rate limiting and quarantine.
+    #[must_use]
+    pub fn poll_security_event(&mut self) -> Option<SecurityEvent> {
+        self.security.pop_front()
+    }
+
+    /// Next event to log.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<GatewayEvent> {
+        self.events.pop_front()
+    }
+
+    fn arm_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() && self.exchanges.is_busy() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+    }
+
+    fn audit(&mut self, row: AuditEvent) {
+        push_bounded(&mut self.audits, row);
+    }
+
+    /// An OSCORE request from a device.
+    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) {
+        let message_id = packet.header.message_id;
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        match self.exchanges.seen(peer, message_id) {
+            Some(Seen::Pending | Seen::Silent) => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Some(Seen::Answered(bytes)) => {
+                self.stats.duplicates += 1;
+                if confirmable {
+                    let bytes = bytes.to_vec();
+                    self.transmits.push_back((peer, bytes));
+                }
+                return;
+            }
+            Some(Seen::Inner(_)) | None => {}
+        }
+        let Ok(OscoreOption { kid: Some(kid), .. }) = OscoreOption::from_packet(packet) else {
+            self.refuse(now, unix_ms, peer, packet, None, SecurityCause::Malformed);
+            return;
+        };
+        let Some(entry) = self.keys.get_mut(&kid) else {
+            let (cause, device) = match self.keys.refused(&kid) {
+                Some((id, DeviceState::Quarantined)) => {
+                    (SecurityCause::DeviceQuarantined, Some(id.clone()))
+                }
+                Some((id, _)) => (SecurityCause::DeviceRevoked, Some(id.clone())),
+                None => (SecurityCause::UnknownKid, None),
+            };
+            self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause);
+            return;
+        };
+        let (inner, info) = match unprotect_request(&mut entry.ctx, packet) {
+            Ok(verified) => verified,
+            Err(e) => {
+                let device = Some(entry.id.clone());
+                self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause_of(e));
+                return;
+            }
+        };
+        self.stats.authenticated += 1;
+        let device = entry.id.clone();
+        let allowed = entry.allows(ipv6(peer));
+        self.exchanges.insert_server(
+            peer,
+            packet.get_token(),
+            ServerExchange {
+                kid: kid.clone(),
+                info,
+                since: now,
+                message_id,
+                confirmable,
+            },
+        );
+        self.exchanges
+            .remember(now, peer, message_id, Seen::Pending);
+        let refusal = if !allowed {
+            Some((
+                SecurityCause::AddressNotAllowed,
+                "source address not allowed",
+            ))
+        } else if registers_as_other(&inner, &device) {
+            Some((
+                SecurityCause::EndpointMismatch,
+                "a registration's ep must be the authenticated device",
+            ))
+        } else {
+            None
+        };
+        if let Some((cause, reason)) = refusal {
+            let event = SecurityEvent {
+                peer,
+                kid: Some(kid),
+                device: Some(device.clone()),
+                cause,
+            };
+            self.count(cause);
+            let reply = self.failures.record(now, unix_ms, &event);
+            push_bounded(&mut self.security, event);
+            if reply {
+                let answer = error_packet(&inner, ResponseType::Forbidden, reason);
+                self.answer(peer, &answer);
+            } else {
+                self.stats.replies_suppressed += 1;
+                self.exchanges.take_server(peer, packet.get_token());
+            }
+            return;
+        }
+        match self.bindings.bind(&device, peer) {
+            Bound::Same => {}
+            Bound::New => {
+                self.audit(
+                    AuditEvent::new(AuditKind::AddressBound, device.clone())
+                        .at(audit_time(unix_ms))
+                        .address(ipv6(peer))
+                        .detail(format!("verified at {peer}")),
+                );
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.clone(),
+                        address: peer,
+                    },
+                );
+            }
+            Bound::Moved(from) => {
+                self.stats.address_changes += 1;
+                self.audit(
+                    AuditEvent::new(AuditKind::AddressChanged, device.clone())
+                        .at(audit_time(unix_ms))
+                        .address(ipv6(peer))
+                        .detail(format!("verified at {peer}, was {from}")),
+                );
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Moved {
+                        device: device.clone(),
+                        from,
+                        to: peer,
+                    },
+                );
+                let _ = self.ingress.rebind(now, unix_ms, &device, peer);
+            }
+        }
+        self.ingress
+            .handle_authenticated(now, unix_ms, peer, &inner, &device);
+    }
+
+    /// An OSCORE response or notification to one of the edge's requests.
+    fn protected_response(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        packet: &Packet,
+    ) {
+        let message_id = packet.header.message_id;
+        if let Some(Seen::Inner(inner)) = self.exchanges.seen(peer, message_id) {
+            // A retransmission: the ingress recognises it and repeats its ACK.
+            let inner = inner.clone();
+            self.stats.duplicates += 1;
+            self.ingress.handle_packet(now, unix_ms, peer, &inner);
+            return;
+        }
+        let token = packet.get_token();
+        let bound_kid = self
+            .bindings
+            .device_at(peer)
+            .map(str::to_owned)
+            .and_then(|d| self.keys.device_mut(&d).map(|e| e.kid.clone()));
+        let verified = match (self.exchanges.client_mut(token), bound_kid) {
+            (Some(x), Some(kid)) if x.kid == kid => match self.keys.get_mut(&kid) {
+                Some(entry) => unprotect_response(&mut entry.ctx, packet, &mut x.info)
+                    .ok()
+                    .map(|inner| (inner, x.observe)),
+                None => None,
+            },
+            _ => None,
+        };
+        let Some((inner, observe)) = verified else {
+            self.refuse(now, unix_ms, peer, packet, None, SecurityCause::BadResponse);
+            return;
+        };
+        self.stats.responses_verified += 1;
+        if !observe {
+            self.exchanges.end_client(token);
+        }
+        self.exchanges
+            .remember(now, peer, message_id, Seen::Inner(Box::new(inner.clone())));
+        self.ingress.handle_packet(now, unix_ms, peer, &inner);
+    }
+
+    /// Refuses a message of no known device.
+    fn refuse(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        packet: &Packet,
+        kid: Option<Vec<u8>>,
+        cause: SecurityCause,
+    ) {
+        self.refuse_as(now, unix_ms, peer, packet, kid, None, cause);
+    }
+
+    /// Refuses a message before (or instead of) verification: counted, an event, an audit
+    /// row per source window, and an unprotected answer to a Confirmable request while the
+    /// source's reply budget lasts.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_as(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: SocketAddr,
+        packet: &Packet,
+        kid: Option<Vec<u8>>,
+        device: Option<String>,
+        cause: SecurityCause,
+    ) {
+        self.count(cause);
+        let event = SecurityEvent {
+            peer,
+            kid,
+            device,
+            cause,
+        };
+        let may_reply = self.failures.record(now, unix_ms, &event);
+        push_bounded(&mut self.security, event);
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        let is_request = wire::is_request_code(u8::from(packet.header.code));
+        if !(confirmable && is_request) {
+            return;
+        }
+        let Some((code, diagnostic)) = cause.plain_answer() else {
+            return;
+        };
+        if !may_reply {
+            self.stats.replies_suppressed += 1;
+            return;
+        }
+        let mut answer = error_packet(packet, code, diagnostic);
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = packet.header.message_id;
+        answer.add_option(CoapOption::MaxAge, Vec::new());
+        if let Some(bytes) = wire::encode(&answer) {
+            self.transmits.push_back((peer, bytes));
+        }
+    }
+
+    fn count(&mut self, cause: SecurityCause) {
+        let s = &mut self.stats;
+        s.refused += 1;
+        let counter = match cause {
+            SecurityCause::PlainRequest => &mut s.plain,
+            SecurityCause::PlainResponse | SecurityCause::BadResponse => &mut s.bad_responses,
+            SecurityCause::UnknownKid => &mut s.unknown_kid,
+            SecurityCause::DecryptionFailed => &mut s.decryption_failed,
+            SecurityCause::Replay => &mut s.replay,
+            SecurityCause::Malformed => &mut s.malformed,
+            SecurityCause::DeviceRevoked | SecurityCause::DeviceQuarantined => &mut s.not_active,
+            SecurityCause::AddressNotAllowed => &mut s.address_refused,
+            SecurityCause::EndpointMismatch => &mut s.endpoint_mismatch,
+        };
+        *counter += 1;
+    }
+
+    /// Moves the ingress's datagrams out, protecting what goes to or answers a device with a
+    /// context.
+    fn pump(&mut self, now: Instant) {
+        while let Some((peer, bytes)) = self.ingress.poll_transmit() {
+            // The fixed header decides; only what needs protection is parsed.
+            let code = bytes.get(1).copied().unwrap_or(0);
+            let plain_ok = !self.config.require_oscore;
+            if code == 0 {
+                self.transmits.push_back((peer, bytes));
+            } else if wire::is_request_code(code) {
+                if plain_ok && self.bindings.device_at(peer).is_none() {
+                    self.transmits.push_back((peer, bytes));
+                } else if let Ok(packet) = wire::parse(&bytes) {
+                    self.request_out(now, peer, &packet, bytes);
+                }
+            } else if self.exchanges.has_server(peer, raw_token(&bytes)) {
+                if let Ok(packet) = wire::parse(&bytes) {
+                    self.answer(peer, &packet);
+                }
+            } else if plain_ok {
+                self.transmits.push_back((peer, bytes));
+            } else {
+                // An answer to nothing verified: never sent plain when OSCORE is required.
+                self.stats.protect_failures += 1;
+            }
+        }
+    }
+
+    /// Protects the answer to a verified request and holds it until the device's replay floor
+    /// is durable.
+    fn answer(&mut self, peer: SocketAddr, packet: &Packet) {
+        let Some(mut x) = self.exchanges.take_server(peer, packet.get_token()) else {
+            return;
+        };
+        let Some(entry) = self.keys.get_mut(&x.kid) else {
+            // The device lost its context meanwhile: nothing goes out.
+            self.stats.protect_failures += 1;
+            return;
+        };
+        let protected = protect_response(&mut entry.ctx, packet, &mut x.info, false)
+            .ok()
+            .and_then(|p| wire::encode(&p));
+        let Some(bytes) = protected else {
+            self.stats.protect_failures += 1;
+            return;
+        };
+        entry.floor_wanted = entry
+            .floor_wanted
+            .max(x.info.sequence_number().saturating_add(1));
+        self.persistence.dirty(&x.kid);
+        self.persistence
+            .hold(peer, bytes, x.message_id, x.confirmable);
+    }
+
+    /// A request of the edge to a device: protected with the context of the device bound to
+    /// `peer`; a retransmission resends the bytes protected the first time.
+    fn request_out(&mut self, now: Instant, peer: SocketAddr, packet: &Packet, plain: Vec<u8>) {
+        let message_id = packet.header.message_id;
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        if let Some(bytes) = self.exchanges.sent(peer, message_id) {
+            let bytes = bytes.to_vec();
+            self.transmits.push_back((peer, bytes));
+            return;
+        }
+        let device = self.bindings.device_at(peer).map(str::to_owned);
+        let Some(entry) = device.and_then(|d| self.keys.device_mut(&d)) else {
+            if self.config.require_oscore {
+                self.stats.protect_failures += 1;
+            } else {
+                self.transmits.push_back((peer, plain));
+            }
+            return;
+        };
+        let kid = entry.kid.clone();
+        let result = protect_request(&mut entry.ctx, packet);
+        if entry.ctx.mark_to_persist().is_some() {
+            self.persistence.dirty(&kid);
+        }
+        let Ok((protected, info)) = result else {
+            // PersistPending: the mark is being written; the retransmission will go.
+            self.stats.protect_failures += 1;
+            return;
+        };
+        let Some(bytes) = wire::encode(&protected) else {
+            self.stats.protect_failures += 1;
+            return;
+        };
+        let observe = info.is_observe_registration();
+        self.exchanges.insert_client(
+            packet.get_token(),
+            ClientExchange {
+                kid,
+                info,
+                observe,
+                since: now,
+            },
+        );
+        if confirmable {
+            self.exchanges.remember_sent(now, peer, message_id, &bytes);
+        }
+        self.transmits.push_back((peer, bytes));
+    }
+}
+
+/// The token of an encoded message (empty when the length is reserved or cut short).
+fn raw_token(bytes: &[u8]) -> &[u8] {
+    let len = usize::from(bytes.first().map_or(0, |b| b & 0x0f));
+    bytes.get(4..4 + len).unwrap_or_default()
+}
+
+/// The cause of a failed verification.
+fn cause_of(e: OscoreError) -> SecurityCause {
+    match e {
+        OscoreError::Replay => SecurityCause::Replay,
+        OscoreError::DecryptionFailed => SecurityCause::DecryptionFailed,
+        OscoreError::UnknownKid => SecurityCause::UnknownKid,
+        _ => SecurityCause::Malformed,
+    }
+}
+
+/// True when `request` is a registration (`POST /rd`) whose `ep` is not `device`.
+fn registers_as_other(request: &Packet, device: &str) -> bool {
+    if request.header.code != MessageClass::Request(RequestType::Post) {
+        return false;
+    }
+    let is_rd = request
+        .get_option(CoapOption::UriPath)
+        .is_some_and(|p| p.len() == 1 && p.front().is_some_and(|s| s == b"rd"));
+    is_rd
+        && request
+            .get_option(CoapOption::UriQuery)
+            .into_iter()
+            .flatten()
+            .filter_map(|q| q.strip_prefix(b"ep="))
+            .any(|ep| ep != device.as_bytes())
+}
+
+/// An error response to `request` (same type rules as the ingress: piggybacked on the ACK of a
+/// Confirmable request), with a diagnostic payload.
+fn error_packet(request: &Packet, code: ResponseType, diagnostic: &str) -> Packet {
+    let mut p = Packet::new();
+    if request.header.get_type() == MessageType::Confirmable {
+        p.header.set_type(MessageType::Acknowledgement);
+    } else {
+        p.header.set_type(MessageType::NonConfirmable);
+    }
+    p.header.message_id = request.header.message_id;
+    p.header.code = MessageClass::Response(code);
+    p.set_token(request.get_token().to_vec());
+    p.payload = diagnostic.as_bytes().to_vec();
+    p
+}
+
+/// The address as the audit trail and the prefixes see it (IPv4 as IPv4-mapped IPv6).
+pub fn audit_address(peer: SocketAddr) -> Ipv6Addr {
+    ipv6(peer)
+}
+
+fn ipv6(peer: SocketAddr) -> Ipv6Addr {
+    match peer {
+        SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
+        SocketAddr::V6(a) => *a.ip(),
+    }
+}
+
+/// A Unix time in milliseconds as an audit time.
+pub fn audit_time(unix_ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() >= MAX_QUEUED_EVENTS {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}

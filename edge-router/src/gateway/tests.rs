@@ -1,0 +1,495 @@
+//! The gateway on virtual time, with devices built from `v6iot_sdk::oscore` directly: what is
+//! accepted, what is refused with which code, that nothing refused reaches the outbox, that
+//! answers wait for their replay floor, address moves, the edge's own requests, restarts, and
+//! no panic on any input.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use proptest::prelude::*;
+use v6iot_cloud_bridge::topics::Topics;
+use v6iot_sdk::oscore::{
+    self, ContextConfig, ContextInput, RequestInfo, SecurityContext, protect_request,
+    unprotect_response,
+};
+
+use super::*;
+use crate::ingress::{AppendResult, IngressConfig};
+use crate::registry_db::{Ipv6Prefix, MasterSecret};
+
+const T0: u64 = 1_800_000_000_000;
+const SECRET: [u8; 16] = [7; 16];
+
+fn peer() -> SocketAddr {
+    "[2001:db8::7]:4000".parse().unwrap()
+}
+
+fn keys(id: &str, kid: &[u8], state: DeviceState, stored: StoredState) -> DeviceKeys {
+    DeviceKeys {
+        id: id.to_owned(),
+        kid: kid.to_vec(),
+        master_secret: MasterSecret::new(SECRET.to_vec()),
+        master_salt: Vec::new(),
+        prefixes: vec!["2001:db8::/64".parse::<Ipv6Prefix>().unwrap()],
+        state,
+        stored,
+    }
+}
+
+fn gateway_with(devices: Vec<DeviceKeys>) -> Gateway {
+    let ingress = Ingress::new(IngressConfig::new(Topics::new("v6iot", "s").unwrap()), T0);
+    let mut g = Gateway::new(ingress, GatewayConfig::default());
+    g.handle_devices(T0, devices);
+    // The first marks are written at load.
+    persist_all(&mut g, Instant::now());
+    g
+}
+
+fn gateway() -> Gateway {
+    gateway_with(vec![keys(
+        "dev-1",
+        &[1],
+        DeviceState::Active,
+        StoredState::default(),
+    )])
+}
+
+/// Writes every pending batch (as the registry thread would) and returns the rows.
+fn persist_all(g: &mut Gateway, now: Instant) -> Vec<StateRow> {
+    let mut rows = Vec::new();
+    while let Some(b) = g.poll_persist() {
+        rows.extend(b.rows.clone());
+        g.handle_persisted(now, b.id, true);
+    }
+    rows
+}
+
+/// The device's side of the context.
+fn device(kid: &[u8], secret: &[u8]) -> SecurityContext {
+    let input = ContextInput {
+        master_secret: secret.to_vec(),
+        master_salt: Vec::new(),
+        id_context: None,
+        sender_id: kid.to_vec(),
+        recipient_id: Vec::new(),
+    };
+    let mut c = SecurityContext::new(&input, ContextConfig::default()).unwrap();
+    let m = c.mark_to_persist().unwrap();
+    c.persisted(m);
+    c
+}
+
+fn request(method: RequestType, path: &str, query: &[&str], mid: u16, body: &[u8]) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(method);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    for q in query {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    if path == "t" {
+        p.add_option(CoapOption::ContentFormat, vec![110]);
+    }
+    p.payload = body.to_vec();
+    p
+}
+
+fn protect(ctx: &mut SecurityContext, p: &Packet) -> (Vec<u8>, RequestInfo) {
+    let (protected, info) = protect_request(ctx, p).unwrap();
+    (protected.to_bytes_unlimited().unwrap(), info)
+}
+
+fn registration(mid: u16, ep: &str) -> Packet {
+    let q = format!("ep={ep}");
+    request(RequestType::Post, "rd", &[&q, "lt=600"], mid, b"</x>")
+}
+
+fn telemetry(mid: u16) -> Packet {
+    request(
+        RequestType::Post,
+        "t",
+        &[],
+        mid,
+        br#"[{"n":"urn:dev:x:t","v":21.5}]"#,
+    )
+}
+
+/// Everything sent so far.
+fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
+    std::iter::from_fn(|| g.poll_transmit()).collect()
+}
+
+/// The outbox appends so far.
+fn appends(g: &mut Gateway) -> Vec<crate::ingress::Append> {
+    std::iter::from_fn(|| g.ingress_mut().poll_append()).collect()
+}
+
+fn code_of(bytes: &[u8]) -> ResponseType {
+    match Packet::from_bytes(bytes).unwrap().header.code {
+        MessageClass::Response(c) => c,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+/// Registers `dev-1` from `peer()`; returns the device context.
+fn registered(g: &mut Gateway, now: Instant) -> SecurityContext {
+    let mut dev = device(&[1], &SECRET);
+    let (bytes, mut info) = protect(&mut dev, &registration(1, "dev-1"));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    assert!(sent(g).is_empty(), "the answer waits for the replay floor");
+    let rows = persist_all(g, now);
+    assert!(rows.iter().any(|r| r.state.replay_floor == 1), "{rows:?}");
+    let out = sent(g);
+    assert_eq!(out.len(), 1);
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(&mut dev, &answer, &mut info).unwrap();
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    let _ = appends(g);
+    dev
+}
+
+#[test]
+fn a_protected_device_registers_and_reports() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    assert!(g.ingress().directory().get("dev-1").is_some());
+    let audits: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert!(
+        audits
+            .iter()
+            .any(|a| a.kind == AuditKind::AddressBound && a.device.as_deref() == Some("dev-1")),
+        "{audits:?}"
+    );
+
+    let (bytes, mut info) = protect(&mut dev, &telemetry(2));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let a = appends(&mut g);
+    assert_eq!(a.len(), 1);
+    assert!(
+        a[0].message.topic.contains("/dev-1/"),
+        "{}",
+        a[0].message.topic
+    );
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    assert!(sent(&mut g).is_empty(), "held until the floor is durable");
+    persist_all(&mut g, now);
+    let out = sent(&mut g);
+    assert_eq!(out.len(), 1);
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(&mut dev, &answer, &mut info).unwrap();
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+
+    // The device's retransmission gets the same protected answer, and is stored only once.
+    g.handle_datagram(now, T0, peer(), &bytes);
+    assert_eq!(sent(&mut g), out);
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(g.stats().duplicates, 1);
+    assert_eq!(g.stats().refused, 0);
+}
+
+#[test]
+fn attacks_are_refused_with_their_codes_and_reach_nothing() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let cases: Vec<(&str, Vec<u8>, ResponseType)> = vec![
+        (
+            "plain",
+            telemetry(10).to_bytes_unlimited().unwrap(),
+            ResponseType::Unauthorized,
+        ),
+        (
+            "unknown kid",
+            protect(&mut device(&[9], &SECRET), &telemetry(11)).0,
+            ResponseType::Unauthorized,
+        ),
+        (
+            "wrong key",
+            {
+                // Past the Partial IVs the real device used, so the replay check passes.
+                let mut forger = device(&[1], &[8; 16]);
+                for mid in 0..10 {
+                    let _ = protect(&mut forger, &telemetry(mid));
+                }
+                protect(&mut forger, &telemetry(12)).0
+            },
+            ResponseType::BadRequest,
+        ),
+        (
+            "flipped bit",
+            {
+                let mut b = protect(&mut dev, &telemetry(13)).0;
+                let last = b.len() - 1;
+                b[last] ^= 1;
+                b
+            },
+            ResponseType::BadRequest,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        // Each from its own source, so the reply budget does not interfere.
+        let from: SocketAddr = format!("[2001:db8::{}]:5000", what.len()).parse().unwrap();
+        g.handle_datagram(now, T0, from, &bytes);
+        let out = sent(&mut g);
+        assert_eq!(out.len(), 1, "{what}");
+        assert_eq!(code_of(&out[0].1), code, "{what}");
+        assert!(appends(&mut g).is_empty(), "{what} reached the outbox");
+    }
+    // A replay: an accepted message again under a new message ID.
+    let (bytes, _) = protect(&mut dev, &telemetry(14));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let a = appends(&mut g);
+    assert_eq!(a.len(), 1);
+    let mut replay = Packet::from_bytes(&bytes).unwrap();
+    replay.header.message_id = 999;
+    g.handle_datagram(now, T0, peer(), &replay.to_bytes_unlimited().unwrap());
+    let out = sent(&mut g);
+    assert_eq!(code_of(&out[0].1), ResponseType::Unauthorized);
+    assert!(appends(&mut g).is_empty());
+    let s = *g.stats();
+    assert_eq!(
+        (s.plain, s.unknown_kid, s.decryption_failed, s.replay),
+        (1, 1, 2, 1),
+        "{s:?}"
+    );
+    let events: Vec<_> = std::iter::from_fn(|| g.poll_security_event()).collect();
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[1].kid.as_deref(), Some(&[9u8][..]));
+    // A NON plain request is dropped silently, but counted.
+    let mut non = telemetry(20);
+    non.header.set_type(MessageType::NonConfirmable);
+    g.handle_datagram(now, T0, peer(), &non.to_bytes_unlimited().unwrap());
+    assert!(sent(&mut g).is_empty());
+    assert_eq!(g.stats().plain, 2);
+}
+
+#[test]
+fn a_flood_from_one_source_gets_few_answers_and_few_audit_rows() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    for mid in 0..100 {
+        let bytes = telemetry(mid).to_bytes_unlimited().unwrap();
+        g.handle_datagram(now, T0, peer(), &bytes);
+    }
+    assert_eq!(
+        sent(&mut g).len(),
+        failures::FailureLog::MAX_REPLIES as usize
+    );
+    assert_eq!(g.stats().plain, 100);
+    assert_eq!(
+        g.stats().replies_suppressed,
+        100 - u64::from(failures::FailureLog::MAX_REPLIES)
+    );
+    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert_eq!(rows.len(), 1, "one row at once");
+    let later = now + Duration::from_secs(6);
+    g.handle_timeout(later, T0 + 6000);
+    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert_eq!(rows.len(), 1, "one row per window");
+    assert!(rows[0].detail.starts_with("99 more failures"), "{rows:?}");
+}
+
+#[test]
+fn revoked_devices_and_foreign_addresses_are_refused() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    // From outside 2001:db8::/64: verified, but refused with a protected 4.03.
+    let outside: SocketAddr = "[2001:db9::7]:4000".parse().unwrap();
+    let (bytes, mut info) = protect(&mut dev, &telemetry(30));
+    g.handle_datagram(now, T0, outside, &bytes);
+    persist_all(&mut g, now);
+    let out = sent(&mut g);
+    let inner =
+        unprotect_response(&mut dev, &Packet::from_bytes(&out[0].1).unwrap(), &mut info).unwrap();
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(g.stats().address_refused, 1);
+    // A registration under another name: 4.03.
+    let (bytes, mut info) = protect(&mut dev, &registration(31, "dev-2"));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    persist_all(&mut g, now);
+    let out = sent(&mut g);
+    let inner =
+        unprotect_response(&mut dev, &Packet::from_bytes(&out[0].1).unwrap(), &mut info).unwrap();
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    assert_eq!(g.stats().endpoint_mismatch, 1);
+
+    // Revoked while running: the registration ends and the device gets 4.01.
+    g.handle_devices(
+        T0,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Revoked,
+            StoredState::default(),
+        )],
+    );
+    assert!(g.ingress().directory().get("dev-1").is_none());
+    let audits: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert!(
+        audits.iter().any(|a| a.kind == AuditKind::Revoked),
+        "{audits:?}"
+    );
+    let _ = appends(&mut g);
+    let (bytes, _) = protect(&mut dev, &telemetry(32));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let out = sent(&mut g);
+    assert_eq!(code_of(&out[0].1), ResponseType::Unauthorized);
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(g.stats().not_active, 1);
+}
+
+#[test]
+fn a_device_that_moves_keeps_its_session_and_commands_follow() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let moved: SocketAddr = "[2001:db8::99]:6000".parse().unwrap();
+    let (bytes, _) = protect(&mut dev, &telemetry(40));
+    g.handle_datagram(now, T0 + 1000, moved, &bytes);
+    let a = appends(&mut g);
+    assert!(
+        a.iter()
+            .any(|a| a.message.topic.ends_with("/dev-1/telemetry")),
+        "{a:?}"
+    );
+    assert_eq!(g.ingress().directory().get("dev-1").unwrap().address, moved);
+    let audits: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert!(
+        audits.iter().any(|a| a.kind == AuditKind::AddressChanged
+            && a.address == Some(audit_address(moved))),
+        "{audits:?}"
+    );
+    assert_eq!(g.stats().address_changes, 1);
+
+    // A command goes to the new address, protected with the edge's (empty) Sender ID.
+    g.handle_command(
+        now,
+        T0 + 2000,
+        DownlinkCommand {
+            device: "dev-1".into(),
+            req: "r1".into(),
+            method: "PUT".into(),
+            path: "/valve".into(),
+            payload: b"open".to_vec(),
+            content_format: Some(0),
+            expires_unix_ms: T0 + 60_000,
+            confirmable: true,
+            observe: false,
+            accept: None,
+        },
+    );
+    let out = sent(&mut g);
+    let cmd = out
+        .iter()
+        .find(|(to, _)| *to == moved)
+        .expect("the command");
+    let packet = Packet::from_bytes(&cmd.1).unwrap();
+    let option = oscore::OscoreOption::from_packet(&packet).unwrap();
+    assert_eq!(
+        option.kid.as_deref(),
+        Some(&[][..]),
+        "the edge's kid is empty"
+    );
+    let (inner, mut info) = oscore::unprotect_request(&mut dev, &packet).unwrap();
+    assert_eq!(inner.payload, b"open");
+    // A retransmission resends the same protected bytes.
+    g.handle_timeout(now + Duration::from_secs(10), T0 + 12_000);
+    let again = sent(&mut g);
+    assert!(again.contains(cmd), "same bytes, same Partial IV");
+    // The device answers (piggybacked, protected); the result goes to the outbox.
+    let mut response = Packet::new();
+    response.header.set_type(MessageType::Acknowledgement);
+    response.header.message_id = packet.header.message_id;
+    response.header.code = MessageClass::Response(ResponseType::Changed);
+    response.set_token(packet.get_token().to_vec());
+    let protected = oscore::protect_response(&mut dev, &response, &mut info, false).unwrap();
+    g.handle_datagram(
+        now,
+        T0 + 3000,
+        moved,
+        &protected.to_bytes_unlimited().unwrap(),
+    );
+    let a = appends(&mut g);
+    assert!(
+        a.iter().any(|a| a.message.topic.contains("/cmd/r1/result")),
+        "{a:?}"
+    );
+    assert_eq!(g.stats().responses_verified, 1);
+}
+
+#[test]
+fn after_a_restart_accepted_messages_are_replays_and_sequence_numbers_go_on() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let (bytes, _) = protect(&mut dev, &telemetry(50));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let a = appends(&mut g);
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let rows = persist_all(&mut g, now);
+    let stored = rows.last().unwrap().state;
+    assert_eq!(stored.replay_floor, 2);
+    assert!(stored.sender_mark > 0);
+
+    // "kill -9": a new gateway from what was stored.
+    let mut g2 = gateway_with(vec![keys("dev-1", &[1], DeviceState::Active, stored)]);
+    g2.handle_datagram(now, T0, peer(), &bytes);
+    let out = sent(&mut g2);
+    assert_eq!(code_of(&out[0].1), ResponseType::Unauthorized);
+    assert!(appends(&mut g2).is_empty());
+    assert_eq!(g2.stats().replay, 1);
+    // Fresh messages pass.
+    let (bytes, _) = protect(&mut dev, &registration(51, "dev-1"));
+    g2.handle_datagram(now, T0, peer(), &bytes);
+    assert_eq!(g2.stats().authenticated, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn no_input_panics_or_reaches_the_outbox(
+        datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 1..20),
+        flip in 0usize..200,
+    ) {
+        let now = Instant::now();
+        let mut g = gateway();
+        let mut dev = device(&[1], &SECRET);
+        for d in &datagrams {
+            g.handle_datagram(now, T0, peer(), d);
+        }
+        // A tampered protected message, too.
+        let (mut bytes, _) = protect(&mut dev, &telemetry(7));
+        let i = flip % bytes.len();
+        bytes[i] ^= 0x40;
+        g.handle_datagram(now, T0, peer(), &bytes);
+        let _ = sent(&mut g);
+        g.handle_timeout(now + Duration::from_secs(30), T0 + 30_000);
+        persist_all(&mut g, now);
+        let _ = sent(&mut g);
+        let appended = appends(&mut g);
+        prop_assert!(appended.iter().all(|a| a.ticket.is_none()), "{appended:?}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The registry's own thread: every SQLite access of the running edge happens here, off the
+//! ingress loop.
+//!
+//! - **OSCORE state batches** from the gateway ([`PersistBatch`]): one transaction each,
+//!   reported back as [`FromRegistry::Persisted`] — the answers they hold go out only then.
+//! - **Audit rows**: appended in the order received (each `append` is its own transaction;
+//!   the gateway already aggregates authentication failures, so a flood is a few rows).
+//! - **Changes by other processes** (`v6iot-edge devices revoke …`): about once a second
+//!   `PRAGMA data_version` is read (a cheap read of the file header, no query); when it moved,
+//!   every device is reloaded and sent as [`FromRegistry::Devices`]. The edge's own writes go
+//!   through this connection and do not move its `data_version`.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::audit::AuditEvent;
+use crate::gateway::{DeviceKeys, PersistBatch};
+use crate::registry_db::Registry;
+
+/// How often the registry file is checked for changes by other processes.
+pub const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Work for the registry thread.
+#[derive(Debug)]
+pub enum ToRegistry {
+    /// Write this batch of OSCORE state.
+    Persist(PersistBatch),
+    /// Append these audit rows.
+    Audit(Vec<AuditEvent>),
+}
+
+/// What the registry thread reports.
+#[derive(Debug)]
+pub enum FromRegistry {
+    /// Batch `id` was written (`ok`) or not.
+    Persisted {
+        /// The batch.
+        id: u64,
+        /// Durable.
+        ok: bool,
+    },
+    /// The registry changed: the whole device list.
+    Devices(Vec<DeviceKeys>),
+}
+
+/// The running thread: send it work; dropping the sender ends it.
+#[derive(Debug)]
+pub struct RegistryWorker {
+    /// Work in.
+    pub jobs: mpsc::Sender<ToRegistry>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RegistryWorker {
+    /// Starts the thread on `registry`; results go to `out`. `load_devices` is false when the
+    /// registry has no seal key (lab mode without credentials): no device reloads then.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be spawned.
+    pub fn start(
+        registry: Registry,
+        load_devices: bool,
+        out: UnboundedSender<FromRegistry>,
+    ) -> std::io::Result<RegistryWorker> {
+        let (jobs, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("v6iot-registry".into())
+            .spawn(move || run(registry, load_devices, &rx, &out))?;
+        Ok(RegistryWorker {
+            jobs,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread after the work already sent.
+    pub fn stop(mut self) {
+        let (jobs, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, jobs));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    mut registry: Registry,
+    load_devices: bool,
+    jobs: &mpsc::Receiver<ToRegistry>,
+    out: &UnboundedSender<FromRegistry>,
+) {
+    let mut version = registry.data_version().ok();
+    let mut next_poll = Instant::now() + POLL_EVERY;
+    loop {
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        match jobs.recv_timeout(wait) {
+            Ok(ToRegistry::Persist(batch)) => {
+                let ok = match registry.store_oscore_state(&batch.rows) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, rows = batch.rows.len(), "OSCORE state not persisted (answers held, retried)");
+                        false
+                    }
+                };
+                if out
+                    .send(FromRegistry::Persisted { id: batch.id, ok })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(ToRegistry::Audit(rows)) => {
+                let audit = registry.audit();
+                for row in &rows {
+                    if let Err(e) = audit.append(row) {
+                        tracing::error!(error = %e, kind = %row.kind, "audit row not written");
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() < next_poll {
+            continue;
+        }
+        next_poll = Instant::now() + POLL_EVERY;
+        let now_version = registry.data_version().ok();
+        if now_version == version || !load_devices {
+            version = now_version;
+            continue;
+        }
+        version = now_version;
+        match registry.device_keys() {
+            Ok((devices, problems)) => {
+                for p in problems {
+                    tracing::error!(error = %p, "device left out of the reload");
+                }
+                tracing::info!(
+                    devices = devices.len(),
+                    "registry changed: devices reloaded"
+                );
+                if out.send(FromRegistry::Devices(devices)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "registry reload failed"),
+        }
+    }
+}

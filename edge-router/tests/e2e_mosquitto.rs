@@ -192,7 +192,17 @@ impl Edge {
         mqtt_extra: &str,
         extra_toml: &str,
     ) -> Edge {
-        let coap: SocketAddr = format!("[::1]:{}", free_udp_port()).parse().unwrap();
+        // `coap_extra` may name the listening address itself (`listen = "127.0.0.1:port"`).
+        let given = coap_extra
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen = "))
+            .map(|v| v.trim_matches('"').parse::<SocketAddr>().unwrap());
+        let coap = given.unwrap_or_else(|| format!("[::1]:{}", free_udp_port()).parse().unwrap());
+        let listen = if given.is_some() {
+            String::new()
+        } else {
+            format!("listen = \"{coap}\"\n")
+        };
         let conf = dir.join("edge.toml");
         // These devices speak plain CoAP: lab mode, unless the test configures security itself.
         let security = if extra_toml.contains("[security]") {
@@ -201,7 +211,7 @@ impl Edge {
             "\n[security]\nrequire_oscore = false\n"
         };
         let text = format!(
-            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{coap}\"\n{coap_extra}\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}\n{extra_toml}{security}",
+            "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\n{listen}{coap_extra}\n[mqtt]\nurl = \"{url}\"\n{mqtt_extra}\n{extra_toml}{security}",
             dir.join("data").display()
         );
         std::fs::write(&conf, text).unwrap();
@@ -288,6 +298,9 @@ fn parse_delivery(topic: &str, payload: &[u8], seen: &mut Seen) {
     let levels: Vec<&str> = topic.split('/').collect();
     if levels[2] == "_edge" {
         return; // the edge router's own status
+    }
+    if levels.get(3) == Some(&"cmd") {
+        return; // command results
     }
     let device = levels[2].to_owned();
     let value: serde_json::Value = serde_json::from_slice(payload).unwrap();
@@ -467,6 +480,10 @@ fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u6
         .flat_map(|(id, s, _)| (1..=s.acked).map(move |q| (id.clone(), q)))
         .collect()
 }
+
+/// OSCORE devices and attacks against the authentication gateway, on this harness.
+#[path = "e2e_mosquitto/oscore.rs"]
+mod oscore;
 
 // ----- the tests -----
 

@@ -1,0 +1,710 @@
+//! The authentication gateway through the `v6iot-edge` binary and a real mosquitto: devices
+//! provisioned with the `devices` CLI speak OSCORE built with `v6iot_sdk::oscore` directly (so
+//! the tests can also forge, tamper and replay), libcoap's `coap-client-notls` sends plain CoAP,
+//! and Python aiocoap is an independent OSCORE device. Every attack is refused with its code,
+//! counted (the edge's `gateway stats` log line), and nothing from it reaches the subscriber.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use v6iot_sdk::oscore::{
+    self, ContextConfig, ContextInput, OscoreOption, SecurityContext, protect_request,
+    protect_response, unprotect_request, unprotect_response,
+};
+
+use super::{Edge, Mosquitto, Seen, TempDir, free_udp_port, runtime, subscribe, wait_for};
+
+// ----- provisioning with the CLI -----
+
+struct Creds {
+    data: PathBuf,
+    key_file: PathBuf,
+    key_hex: String,
+}
+
+fn edge_cli(creds: &Creds, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(&creds.data)
+        .env("V6IOT_SEAL_KEY", &creds.key_hex)
+        .output()
+        .unwrap()
+}
+
+fn provision(dir: &Path) -> Creds {
+    let key_file = dir.join("seal.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
+        .args(["devices", "keygen"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key_hex = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    Creds {
+        data: dir.join("data"),
+        key_file,
+        key_hex,
+    }
+}
+
+fn secret_of(kid: u8) -> Vec<u8> {
+    (0..16)
+        .map(|i| kid.wrapping_mul(31).wrapping_add(i))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn add_device(creds: &Creds, id: &str, kid: u8, prefix: &str) {
+    let out = edge_cli(
+        creds,
+        &[
+            "devices",
+            "add",
+            "--id",
+            id,
+            "--kid",
+            &hex(&[kid]),
+            "--secret",
+            &hex(&secret_of(kid)),
+            "--prefix",
+            prefix,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Loopback IPv4 (mapped) prefixes: all of 127/8, or one address.
+const ANY_LOOPBACK4: &str = "::ffff:127.0.0.0/104";
+
+/// An edge router that requires OSCORE, listening on 127.0.0.1 (devices send from 127.0.0.1
+/// and 127.0.0.2, both loopback, to test addresses and moves).
+fn start_edge(dir: &Path, broker: u16, creds: &Creds) -> Edge {
+    // Returns once the edge logged "edge router running": its devices are loaded by then.
+    Edge::start(
+        dir,
+        broker,
+        &format!("listen = \"127.0.0.1:{}\"", free_udp_port()),
+        &format!(
+            "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\nsender_persist_step = 64\n",
+            creds.key_file.display()
+        ),
+    )
+}
+
+/// The edge's latest counters, from its `gateway stats` log line.
+fn stats(edge: &Edge) -> HashMap<String, u64> {
+    let log = edge.log.lock().unwrap();
+    let Some(line) = log.iter().rev().find(|l| l.contains("gateway stats")) else {
+        return HashMap::new();
+    };
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+fn await_stat(edge: &Edge, key: &str, value: u64) {
+    wait_for(
+        &format!("gateway stats {key}={value}"),
+        Duration::from_secs(10),
+        || stats(edge).get(key) == Some(&value),
+    );
+}
+
+// ----- a device speaking OSCORE by hand -----
+
+struct Device {
+    id: String,
+    sock: UdpSocket,
+    ctx: SecurityContext,
+    edge: SocketAddr,
+    next_mid: u16,
+    /// Requests from the edge that arrived while waiting for a response.
+    inbox: VecDeque<Packet>,
+}
+
+impl Device {
+    fn new(id: &str, kid: u8, bind: &str, edge: SocketAddr) -> Device {
+        Device::with_secret(id, kid, &secret_of(kid), bind, edge)
+    }
+
+    fn with_secret(id: &str, kid: u8, secret: &[u8], bind: &str, edge: SocketAddr) -> Device {
+        let input = ContextInput {
+            master_secret: secret.to_vec(),
+            master_salt: Vec::new(),
+            id_context: None,
+            sender_id: vec![kid],
+            recipient_id: Vec::new(),
+        };
+        let mut ctx = SecurityContext::new(&input, ContextConfig::default()).unwrap();
+        let mark = ctx.mark_to_persist().unwrap();
+        ctx.persisted(mark);
+        let sock = UdpSocket::bind(bind).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Device {
+            id: id.to_owned(),
+            sock,
+            ctx,
+            edge,
+            next_mid: 0x100 * u16::from(kid),
+            inbox: VecDeque::new(),
+        }
+    }
+
+    /// Moves the device to another local address (a re-attach); the context stays.
+    fn rebind(&mut self, bind: &str) {
+        self.sock = UdpSocket::bind(bind).unwrap();
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+
+    fn request(
+        &mut self,
+        method: RequestType,
+        path: &str,
+        query: &[String],
+        body: &[u8],
+    ) -> Packet {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(method);
+        p.header.message_id = self.next_mid;
+        p.set_token(self.next_mid.to_be_bytes().to_vec());
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        for q in query {
+            p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+        }
+        if path == "t" {
+            p.add_option(CoapOption::ContentFormat, vec![110]);
+        } else if path == "rd" {
+            p.add_option(CoapOption::ContentFormat, vec![40]);
+        }
+        p.payload = body.to_vec();
+        p
+    }
+
+    fn registration(&mut self) -> Packet {
+        let q = vec![format!("ep={}", self.id), "lt=600".to_owned()];
+        self.request(RequestType::Post, "rd", &q, b"</valve>;ct=0")
+    }
+
+    fn telemetry(&mut self, seq: u64) -> Packet {
+        let body = format!(
+            r#"[{{"bn":"urn:dev:e2e:{}:","n":"seq","v":{seq}}},{{"n":"flow","u":"m3/s","v":{}}}]"#,
+            self.id,
+            seq as f64 * 0.5
+        );
+        self.request(RequestType::Post, "t", &[], body.as_bytes())
+    }
+
+    /// Protects `p`; the bytes to send.
+    fn protect(&mut self, p: &Packet) -> (Vec<u8>, oscore::RequestInfo) {
+        let (protected, info) = protect_request(&mut self.ctx, p).unwrap();
+        (protected.to_bytes_unlimited().unwrap(), info)
+    }
+
+    /// Sends a protected request and returns the verified response's code.
+    fn call(&mut self, p: &Packet) -> ResponseType {
+        let (bytes, mut info) = self.protect(p);
+        let answer = self.send_and_wait(&bytes, p.get_token());
+        let inner = unprotect_response(&mut self.ctx, &answer, &mut info)
+            .unwrap_or_else(|e| panic!("the edge's answer does not verify: {e:?} {answer:?}"));
+        code(&inner)
+    }
+
+    /// Sends `bytes` (retransmitting) until a response with `token` arrives.
+    fn send_and_wait(&mut self, bytes: &[u8], token: &[u8]) -> Packet {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut next_send = Instant::now();
+        let mut buf = [0u8; 2048];
+        loop {
+            assert!(Instant::now() < deadline, "no answer from the edge");
+            if Instant::now() >= next_send {
+                self.sock.send_to(bytes, self.edge).unwrap();
+                next_send = Instant::now() + Duration::from_secs(2);
+            }
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let p = Packet::from_bytes(&buf[..n]).unwrap();
+            if u8::from(p.header.code) >> 5 == 0 && u8::from(p.header.code) != 0 {
+                self.inbox.push_back(p);
+            } else if p.get_token() == token {
+                return p;
+            }
+        }
+    }
+
+    /// Waits for a request from the edge, verifies it and answers 2.04 (protected); returns
+    /// the request's Partial IV and the inner request.
+    fn serve(&mut self) -> (u64, Packet) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = [0u8; 2048];
+        let (packet, from) = loop {
+            if let Some(p) = self.inbox.pop_front() {
+                break (p, self.edge);
+            }
+            assert!(Instant::now() < deadline, "no request from the edge");
+            if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
+                let p = Packet::from_bytes(&buf[..n]).unwrap();
+                if u8::from(p.header.code) >> 5 == 0 && u8::from(p.header.code) != 0 {
+                    break (p, from);
+                }
+            }
+        };
+        let piv = OscoreOption::from_packet(&packet)
+            .unwrap()
+            .partial_iv
+            .unwrap();
+        let (inner, mut info) = unprotect_request(&mut self.ctx, &packet).unwrap();
+        let mut response = Packet::new();
+        response.header.set_type(MessageType::Acknowledgement);
+        response.header.message_id = packet.header.message_id;
+        response.header.code = MessageClass::Response(ResponseType::Changed);
+        response.set_token(packet.get_token().to_vec());
+        let protected = protect_response(&mut self.ctx, &response, &mut info, false).unwrap();
+        self.sock
+            .send_to(&protected.to_bytes_unlimited().unwrap(), from)
+            .unwrap();
+        (piv, inner)
+    }
+}
+
+fn code(p: &Packet) -> ResponseType {
+    match p.header.code {
+        MessageClass::Response(c) => c,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+/// Sends `bytes` from a fresh socket on `bind` and returns the (unprotected) answer's code.
+fn send_raw(bind: &str, edge: SocketAddr, bytes: &[u8]) -> ResponseType {
+    let sock = UdpSocket::bind(bind).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(bytes, edge).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer from the edge to {bytes:02x?}: {e}"));
+    code(&Packet::from_bytes(&buf[..n]).unwrap())
+}
+
+fn with_mid(bytes: &[u8], mid: u16) -> Vec<u8> {
+    let mut p = Packet::from_bytes(bytes).unwrap();
+    p.header.message_id = mid;
+    p.to_bytes_unlimited().unwrap()
+}
+
+fn seqs(seen: &Arc<Mutex<Seen>>, device: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = seen
+        .lock()
+        .unwrap()
+        .records
+        .keys()
+        .filter(|(d, _)| d == device)
+        .map(|(_, s)| *s)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+// ----- the tests -----
+
+#[test]
+fn protected_devices_report_and_every_attack_is_refused() {
+    let dir = TempDir::new("oscore-attacks");
+    let creds = provision(dir.path());
+    add_device(&creds, "m1", 1, ANY_LOOPBACK4);
+    add_device(&creds, "m2", 2, "::ffff:127.0.0.1/128");
+    add_device(&creds, "r1", 3, ANY_LOOPBACK4);
+    let broker = Mosquitto::start(dir.path());
+    let edge = start_edge(dir.path(), broker.port, &creds);
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+
+    // A protected device registers and reports; the records arrive intact.
+    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
+    let reg = m1.registration();
+    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let mut accepted = Vec::new();
+    for seq in 1..=3 {
+        let t = m1.telemetry(seq);
+        if seq == 3 {
+            // Keep this one's bytes for the replay below.
+            let (bytes, mut info) = m1.protect(&t);
+            let answer = m1.send_and_wait(&bytes, t.get_token());
+            let inner = unprotect_response(&mut m1.ctx, &answer, &mut info).unwrap();
+            assert_eq!(code(&inner), ResponseType::Changed);
+            accepted = bytes;
+        } else {
+            assert_eq!(m1.call(&t), ResponseType::Changed);
+        }
+    }
+    wait_for(
+        "m1's records at the broker",
+        Duration::from_secs(10),
+        || seqs(&seen, "m1") == [1, 2, 3],
+    );
+    let record = seen.lock().unwrap().records[&("m1".to_owned(), 2)].clone();
+    assert_eq!(record[1]["v"].as_f64(), Some(1.0), "{record}");
+    assert_eq!(record[1]["u"].as_str(), Some("m3/s"), "{record}");
+
+    // Plain CoAP from libcoap's client: 4.01.
+    let out = Command::new("coap-client-notls")
+        .args(["-m", "post", "-t", "110", "-B", "5", "-e"])
+        .arg(r#"[{"bn":"urn:dev:e2e:m1:","n":"seq","v":666}]"#)
+        .arg(format!("coap://{}/t", edge.coap))
+        .output()
+        .expect("coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("4.01"), "coap-client got: {text}");
+    await_stat(&edge, "plain", 1);
+
+    // An unknown kid: 4.01.
+    let mut stranger = Device::new("x9", 9, "127.0.0.1:0", edge.coap);
+    let t = stranger.telemetry(666);
+    let (bytes, _) = stranger.protect(&t);
+    // (Each attack from its own loopback address: the edge answers at most 4 failures per
+    // source and 5 s, and drops the rest silently.)
+    assert_eq!(
+        send_raw("127.0.0.3:0", edge.coap, &bytes),
+        ResponseType::Unauthorized
+    );
+    await_stat(&edge, "unknown_kid", 1);
+
+    // m1's kid with a wrong key (past m1's Partial IVs, so it is the key that fails): 4.00.
+    let mut forger = Device::with_secret("m1", 1, &[0x55; 16], "127.0.0.1:0", edge.coap);
+    for _ in 0..10 {
+        let t = forger.telemetry(0);
+        let _ = forger.protect(&t);
+    }
+    let t = forger.telemetry(666);
+    let (bytes, _) = forger.protect(&t);
+    assert_eq!(
+        send_raw("127.0.0.4:0", edge.coap, &bytes),
+        ResponseType::BadRequest
+    );
+    await_stat(&edge, "decryption_failed", 1);
+
+    // One flipped ciphertext bit of a genuine message: 4.00.
+    let t = m1.telemetry(666);
+    let (mut bytes, _) = m1.protect(&t);
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    assert_eq!(
+        send_raw("127.0.0.5:0", edge.coap, &bytes),
+        ResponseType::BadRequest
+    );
+    await_stat(&edge, "decryption_failed", 2);
+
+    // A replayed message (captured, sent again by someone else): 4.01.
+    assert_eq!(
+        send_raw("127.0.0.6:0", edge.coap, &with_mid(&accepted, 0x7777)),
+        ResponseType::Unauthorized
+    );
+    await_stat(&edge, "replay", 1);
+
+    // Outside the allowed prefix: m2 may only send from 127.0.0.1; from 127.0.0.2 it gets a
+    // protected 4.03.
+    let mut m2 = Device::new("m2", 2, "127.0.0.2:0", edge.coap);
+    let t = m2.telemetry(666);
+    assert_eq!(m2.call(&t), ResponseType::Forbidden);
+    await_stat(&edge, "address_refused", 1);
+
+    // Revoked with the CLI while the edge runs: refused (4.01) once the edge noticed.
+    let mut r1 = Device::new("r1", 3, "127.0.0.1:0", edge.coap);
+    let reg = r1.registration();
+    assert_eq!(r1.call(&reg), ResponseType::Created);
+    let out = edge_cli(&creds, &["devices", "revoke", "r1"]);
+    assert!(out.status.success(), "{out:?}");
+    edge.await_log("Dropped", Duration::from_secs(10));
+    let t = r1.telemetry(666);
+    let (bytes, _) = r1.protect(&t);
+    let answer = r1.send_and_wait(&bytes, t.get_token());
+    assert_eq!(code(&answer), ResponseType::Unauthorized);
+    await_stat(&edge, "not_active", 1);
+
+    // Everything counted, nothing from any attack at the broker (m1 still works).
+    let t = m1.telemetry(4);
+    assert_eq!(m1.call(&t), ResponseType::Changed);
+    wait_for("m1's 4th record", Duration::from_secs(10), || {
+        seqs(&seen, "m1") == [1, 2, 3, 4]
+    });
+    let s = stats(&edge);
+    assert_eq!(s["refused"], 7, "{s:?}");
+    let seen = seen.lock().unwrap();
+    assert!(
+        !seen.records.keys().any(|(_, seq)| *seq == 666),
+        "an attack reached the broker: {:?}",
+        seen.records.keys()
+    );
+    assert!(seen.records.keys().all(|(d, _)| d == "m1"));
+    assert_eq!(seen.duplicates, 0);
+    // The audit trail has the failures and the bindings.
+    let out = edge_cli(&creds, &["audit", "--device", "m2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("auth_failure"), "{text}");
+}
+
+#[test]
+fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
+    let dir = TempDir::new("oscore-restart");
+    let creds = provision(dir.path());
+    add_device(&creds, "m1", 1, ANY_LOOPBACK4);
+    let broker = Mosquitto::start(dir.path());
+    let mut edge = start_edge(dir.path(), broker.port, &creds);
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+    let results = super::subscribe_results(&rt, broker.port);
+
+    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
+    let reg = m1.registration();
+    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let t = m1.telemetry(1);
+    let (accepted, mut info) = m1.protect(&t);
+    let answer = m1.send_and_wait(&accepted, t.get_token());
+    assert_eq!(
+        code(&unprotect_response(&mut m1.ctx, &answer, &mut info).unwrap()),
+        ResponseType::Changed
+    );
+
+    // Commands before the crash: a round trip each; the device notes the edge's Partial IVs.
+    let mut before = Vec::new();
+    for n in 0..3 {
+        let req = format!("b{n}");
+        super::mosquitto_pub(
+            broker.port,
+            &format!("v6iot/t/m1/cmd/{req}"),
+            r#"{"method":"PUT","path":"/valve","payload":"on","content_format":0}"#,
+        );
+        let (piv, inner) = m1.serve();
+        assert_eq!(inner.payload, b"on");
+        before.push(piv);
+        wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
+            results.lock().unwrap().contains_key(&req)
+        });
+        let r = results.lock().unwrap()[&req].clone();
+        assert_eq!(
+            (r["status"].as_str(), r["code"].as_str()),
+            (Some("ok"), Some("2.04")),
+            "{r}"
+        );
+    }
+
+    edge.kill9();
+    edge.restart();
+
+    // The message accepted before the crash, replayed after it: 4.01, nothing stored.
+    let answer = m1.send_and_wait(&with_mid(&accepted, 0x0999), t.get_token());
+    assert_eq!(code(&answer), ResponseType::Unauthorized);
+    await_stat(&edge, "replay", 1);
+
+    // The device goes on (registrations live in memory: it registers again).
+    let reg = m1.registration();
+    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let t = m1.telemetry(2);
+    assert_eq!(m1.call(&t), ResponseType::Changed);
+    wait_for("records 1 and 2", Duration::from_secs(10), || {
+        seqs(&seen, "m1") == [1, 2]
+    });
+
+    let mut after = Vec::new();
+    for n in 0..3 {
+        let req = format!("a{n}");
+        super::mosquitto_pub(
+            broker.port,
+            &format!("v6iot/t/m1/cmd/{req}"),
+            r#"{"method":"PUT","path":"/valve","payload":"off","content_format":0}"#,
+        );
+        let (piv, _) = m1.serve();
+        after.push(piv);
+        wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
+            results.lock().unwrap().contains_key(&req)
+        });
+    }
+    let max_before = before.iter().max().unwrap();
+    assert!(
+        after.iter().all(|p| p > max_before),
+        "an edge sequence number repeated across kill -9: before {before:?}, after {after:?}"
+    );
+    // Since the restart the edge verified exactly the registration and the second report: the
+    // replay never reached the ingress. (The broker may see record 1 twice: the outbox
+    // republishes what mosquitto had not acknowledged before the kill — at-least-once.)
+    await_stat(&edge, "responses_verified", 3);
+    let s = stats(&edge);
+    assert_eq!((s["authenticated"], s["refused"]), (2, 1), "{s:?}");
+}
+
+#[test]
+fn a_device_that_changes_address_keeps_its_session_and_the_audit_trail_knows() {
+    let dir = TempDir::new("oscore-move");
+    let creds = provision(dir.path());
+    add_device(&creds, "m1", 1, ANY_LOOPBACK4);
+    let broker = Mosquitto::start(dir.path());
+    let edge = start_edge(dir.path(), broker.port, &creds);
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+    let results = super::subscribe_results(&rt, broker.port);
+
+    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
+    let reg = m1.registration();
+    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let t = m1.telemetry(1);
+    assert_eq!(m1.call(&t), ResponseType::Changed);
+    let at_first = time::OffsetDateTime::now_utc();
+
+    // NB-IoT re-attach: same context, new address.
+    m1.rebind("127.0.0.2:0");
+    let t = m1.telemetry(2);
+    assert_eq!(m1.call(&t), ResponseType::Changed);
+    await_stat(&edge, "address_changes", 1);
+    let at_second = time::OffsetDateTime::now_utc();
+    wait_for("both records", Duration::from_secs(10), || {
+        seqs(&seen, "m1") == [1, 2]
+    });
+
+    // The session continues: a command reaches the device at its new address.
+    super::mosquitto_pub(
+        broker.port,
+        "v6iot/t/m1/cmd/mv1",
+        r#"{"method":"PUT","path":"/valve","payload":"on","content_format":0}"#,
+    );
+    let (_, inner) = m1.serve();
+    assert_eq!(inner.payload, b"on");
+    wait_for("result of mv1", Duration::from_secs(10), || {
+        results.lock().unwrap().contains_key("mv1")
+    });
+
+    // Who had which address when: the audit CLI answers both questions.
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let ask = |addr: &str, at: time::OffsetDateTime| {
+        let out = edge_cli(&creds, &["audit", "--address", addr, "--at", &rfc3339(at)]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = ask("::ffff:127.0.0.1", at_first);
+    assert!(ok && text.contains("m1"), "{text}");
+    let (ok, text) = ask("::ffff:127.0.0.2", at_second);
+    assert!(ok && text.contains("m1"), "{text}");
+    let (ok, text) = ask("::ffff:127.0.0.1", at_second);
+    assert!(!ok, "127.0.0.1 is no longer m1's after the move: {text}");
+    let (ok, text) = ask("::ffff:127.0.0.2", at_first);
+    assert!(!ok, "127.0.0.2 was not m1's before the move: {text}");
+}
+
+// ----- interop with Python aiocoap as the device -----
+
+/// The workspace's Python with aiocoap (`target/pyenv`, made by scripts/test).
+fn aiocoap_python() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = root.join("target/pyenv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: scripts/test creates it (python3 -m venv target/pyenv && \
+         target/pyenv/bin/pip install 'aiocoap[oscore]')",
+        python.display()
+    );
+    eprintln!("SKIPPED (not CI): no {}", python.display());
+    None
+}
+
+const AIOCOAP_DEVICE: &str = r#"
+import asyncio, json, sys
+import aiocoap, aiocoap.oscore
+from aiocoap import Message, Code
+
+async def main(ctxdir, edge, ep):
+    ctx = await aiocoap.Context.create_client_context()
+    ctx.client_credentials[f"coap://{edge}/*"] = aiocoap.oscore.FilesystemSecurityContext(ctxdir)
+    reg = Message(code=Code.POST, uri=f"coap://{edge}/rd?ep={ep}&lt=600",
+                  payload=b"</valve>;ct=0", content_format=40)
+    r = await ctx.request(reg).response
+    print("registration", r.code, flush=True)
+    body = json.dumps([{"bn": f"urn:dev:e2e:{ep}:", "n": "seq", "v": 7},
+                       {"n": "flow", "u": "m3/s", "v": 3.5}]).encode()
+    r = await ctx.request(Message(code=Code.POST, uri=f"coap://{edge}/t",
+                                  payload=body, content_format=110)).response
+    print("telemetry", r.code, flush=True)
+    await ctx.shutdown()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+"#;
+
+#[test]
+fn aiocoap_as_an_oscore_device_registers_and_reports() {
+    let Some(python) = aiocoap_python() else {
+        return;
+    };
+    let dir = TempDir::new("oscore-aiocoap");
+    let creds = provision(dir.path());
+    add_device(&creds, "py1", 0x21, ANY_LOOPBACK4);
+    let broker = Mosquitto::start(dir.path());
+    let edge = start_edge(dir.path(), broker.port, &creds);
+    let rt = runtime();
+    let seen = subscribe(&rt, broker.port);
+
+    let ctxdir = dir.path().join("py1-oscore");
+    std::fs::create_dir_all(&ctxdir).unwrap();
+    let settings = serde_json::json!({
+        "sender-id_hex": hex(&[0x21]),
+        "recipient-id_hex": "",
+        "secret_hex": hex(&secret_of(0x21)),
+        "salt_hex": "",
+    });
+    std::fs::write(ctxdir.join("settings.json"), settings.to_string()).unwrap();
+    let script = dir.path().join("device.py");
+    std::fs::write(&script, AIOCOAP_DEVICE).unwrap();
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&ctxdir)
+        .arg(edge.coap.to_string())
+        .arg("py1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "aiocoap device failed: {text}");
+    assert!(text.contains("registration 2.01 Created"), "{text}");
+    assert!(text.contains("telemetry 2.04 Changed"), "{text}");
+    wait_for(
+        "aiocoap's record at the broker",
+        Duration::from_secs(10),
+        || seqs(&seen, "py1") == [7],
+    );
+    let record = seen.lock().unwrap().records[&("py1".to_owned(), 7)].clone();
+    assert_eq!(record[1]["v"].as_f64(), Some(3.5), "{record}");
+    await_stat(&edge, "authenticated", 2);
+}

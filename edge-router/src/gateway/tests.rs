@@ -493,3 +493,96 @@ proptest! {
         prop_assert!(appended.iter().all(|a| a.ticket.is_none()), "{appended:?}");
     }
 }
+
+#[test]
+fn observations_of_a_protected_device_are_protected_and_verified() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = device(&[1], &SECRET);
+    let q = "ep=dev-1".to_owned();
+    let reg = request(
+        RequestType::Post,
+        "rd",
+        &[&q, "lt=600"],
+        1,
+        b"</temp>;obs;ct=110",
+    );
+    let (bytes, _) = protect(&mut dev, &reg);
+    g.handle_datagram(now, T0, peer(), &bytes);
+    persist_all(&mut g, now);
+    let out = sent(&mut g);
+    let (_, observe_bytes) = out
+        .iter()
+        .find(|(_, b)| {
+            matches!(
+                Packet::from_bytes(b).unwrap().header.code,
+                MessageClass::Request(_)
+            )
+        })
+        .expect("the edge observes /temp");
+    let observe = Packet::from_bytes(observe_bytes).unwrap();
+    let (inner, mut info) = oscore::unprotect_request(&mut dev, &observe).unwrap();
+    assert!(info.is_observe_registration());
+    assert_eq!(
+        inner
+            .get_option(CoapOption::UriPath)
+            .unwrap()
+            .front()
+            .unwrap(),
+        b"temp"
+    );
+    let senml = |v: f64| format!(r#"[{{"n":"urn:dev:x:temp","v":{v}}}]"#).into_bytes();
+    let notification = |mid: u16, kind: MessageType, seq: u32, v: f64| {
+        let mut p = Packet::new();
+        p.header.set_type(kind);
+        p.header.message_id = mid;
+        p.header.code = MessageClass::Response(ResponseType::Content);
+        p.set_token(observe.get_token().to_vec());
+        p.add_option(CoapOption::Observe, wire::write_uint(seq));
+        p.add_option(CoapOption::ContentFormat, vec![110]);
+        p.payload = senml(v);
+        p
+    };
+    // The first answer (piggybacked) starts the observation and stores the current value.
+    let first = notification(
+        observe.header.message_id,
+        MessageType::Acknowledgement,
+        1,
+        20.0,
+    );
+    let protected = oscore::protect_response(&mut dev, &first, &mut info, false).unwrap();
+    g.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    assert_eq!(g.ingress().observation_count(), 1);
+    assert_eq!(
+        appends(&mut g)
+            .iter()
+            .filter(|a| a.message.topic.ends_with("/telemetry"))
+            .count(),
+        1
+    );
+    // A later notification (its own Partial IV) is stored and acknowledged.
+    let next = notification(0x5151, MessageType::Confirmable, 2, 21.0);
+    let protected = oscore::protect_response(&mut dev, &next, &mut info, true).unwrap();
+    let bytes = protected.to_bytes_unlimited().unwrap();
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let a = appends(&mut g);
+    assert_eq!(a.len(), 1);
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let out = sent(&mut g);
+    assert_eq!(out.len(), 1, "an empty ACK");
+    assert_eq!(
+        Packet::from_bytes(&out[0].1).unwrap().header.code,
+        MessageClass::Empty
+    );
+    // Its retransmission is recognised (ACKed again, not stored again); a forged one is not.
+    g.handle_datagram(now, T0, peer(), &bytes);
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(sent(&mut g).len(), 1);
+    let mut forged = Packet::from_bytes(&bytes).unwrap();
+    forged.header.message_id = 0x5252;
+    forged.payload[0] ^= 1;
+    g.handle_datagram(now, T0, peer(), &forged.to_bytes_unlimited().unwrap());
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(g.stats().bad_responses, 1);
+    assert_eq!(g.stats().responses_verified, 2);
+}

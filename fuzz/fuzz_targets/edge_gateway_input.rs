@@ -1,0 +1,192 @@
+//! Fuzzes the edge router's authentication gateway: runs of datagrams from a few peers — raw
+//! bytes, and requests or responses a real device context protects and the input then tampers
+//! with — with time moving, commands going out, persistence batches and outbox results coming
+//! back in any order, and registry reloads (the device revoked and reinstated). Every datagram
+//! the gateway sends must parse as CoAP; with OSCORE required, no plain request from a peer
+//! may ever be answered with anything but an error.
+
+#![no_main]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use libfuzzer_sys::fuzz_target;
+use v6iot_cloud_bridge::topics::Topics;
+use v6iot_edge_router::gateway::{DeviceKeys, Gateway, GatewayConfig, StoredState};
+use v6iot_edge_router::ingress::{AppendResult, DownlinkCommand, Ingress, IngressConfig};
+use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
+use v6iot_sdk::coap::wire;
+use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
+
+const SECRET: [u8; 16] = [3; 16];
+
+fn devices(state: DeviceState) -> Vec<DeviceKeys> {
+    vec![DeviceKeys {
+        id: "d0".into(),
+        kid: vec![1],
+        master_secret: MasterSecret::new(SECRET.to_vec()),
+        master_salt: Vec::new(),
+        prefixes: Vec::new(),
+        state,
+        stored: StoredState::default(),
+    }]
+}
+
+fn device() -> Option<SecurityContext> {
+    let input = ContextInput {
+        master_secret: SECRET.to_vec(),
+        master_salt: Vec::new(),
+        id_context: None,
+        sender_id: vec![1],
+        recipient_id: Vec::new(),
+    };
+    let mut ctx = SecurityContext::new(&input, ContextConfig::default()).ok()?;
+    let mark = ctx.mark_to_persist()?;
+    ctx.persisted(mark);
+    Some(ctx)
+}
+
+/// A request of the device: registration, telemetry or anything, with `body` as payload.
+fn request(kind: u8, mid: u16, body: &[u8]) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(if kind & 8 == 0 {
+        MessageType::Confirmable
+    } else {
+        MessageType::NonConfirmable
+    });
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.header.code = MessageClass::Request(RequestType::Post);
+    match kind % 3 {
+        0 => {
+            p.add_option(CoapOption::UriPath, b"rd".to_vec());
+            p.add_option(CoapOption::UriQuery, b"ep=d0".to_vec());
+        }
+        1 => {
+            p.add_option(CoapOption::UriPath, b"t".to_vec());
+            p.add_option(CoapOption::ContentFormat, vec![110]);
+        }
+        _ => p.add_option(CoapOption::UriPath, body.iter().take(4).copied().collect()),
+    }
+    p.payload = body.to_vec();
+    p
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(topics) = Topics::new("v6iot", "f") else {
+        return;
+    };
+    let Some(mut dev) = device() else {
+        return;
+    };
+    let require_oscore = data.first().is_none_or(|b| b & 1 == 0);
+    let config = GatewayConfig {
+        require_oscore,
+        persist_step: 8,
+        ..GatewayConfig::default()
+    };
+    let mut gateway = Gateway::new(Ingress::new(IngressConfig::new(topics), 1), config);
+    let mut unix_ms = 1_700_000_000_000u64;
+    gateway.handle_devices(unix_ms, devices(DeviceState::Active));
+    let peers: [SocketAddr; 3] = [
+        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 5683)),
+        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2], 5683)),
+        SocketAddr::from(([127, 0, 0, 1], 40000)),
+    ];
+    let mut now = Instant::now();
+    let mut pending = Vec::new();
+    let mut batches = Vec::new();
+    let mut mid = 0u16;
+    let mut rest = data.get(1..).unwrap_or_default();
+    // Frame: [len][control][flip][len bytes] …
+    while let [len, ctl, flip, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (body, next) = tail.split_at(len);
+        rest = next;
+        let step = Duration::from_millis(u64::from(ctl >> 5) * 300);
+        now += step;
+        unix_ms += step.as_millis() as u64;
+        gateway.handle_timeout(now, unix_ms);
+        let peer = peers[usize::from(ctl & 3) % 3];
+        mid = mid.wrapping_add(1);
+        let datagram = if ctl & 4 != 0 {
+            // A genuine protected request, maybe with one bit flipped.
+            let Ok((p, _)) = protect_request(&mut dev, &request(*flip, mid, body)) else {
+                return;
+            };
+            let Some(mut bytes) = wire::encode(&p) else {
+                return;
+            };
+            if flip & 0x80 != 0 && !bytes.is_empty() {
+                let i = usize::from(*flip) % bytes.len();
+                if let Some(b) = bytes.get_mut(i) {
+                    *b ^= 1 << (flip & 7);
+                }
+            }
+            bytes
+        } else {
+            body.to_vec()
+        };
+        gateway.handle_datagram(now, unix_ms, peer, &datagram);
+        match ctl & 0x18 {
+            0x08 => gateway.handle_command(
+                now,
+                unix_ms,
+                DownlinkCommand {
+                    device: "d0".into(),
+                    req: format!("r{ctl}"),
+                    method: "PUT".into(),
+                    path: "/valve".into(),
+                    payload: body.to_vec(),
+                    content_format: Some(0),
+                    expires_unix_ms: unix_ms + 5_000,
+                    confirmable: ctl & 1 == 0,
+                    observe: false,
+                    accept: None,
+                },
+            ),
+            0x10 if flip & 0x40 != 0 => {
+                let state = if flip & 0x20 != 0 {
+                    DeviceState::Revoked
+                } else {
+                    DeviceState::Active
+                };
+                gateway.handle_devices(unix_ms, devices(state));
+            }
+            _ => {}
+        }
+        while let Some(a) = gateway.ingress_mut().poll_append() {
+            if let Some(t) = a.ticket {
+                pending.push(t);
+            }
+        }
+        if let Some(t) = pending.pop() {
+            let result = match ctl % 3 {
+                0 => AppendResult::Failed,
+                _ => AppendResult::Stored,
+            };
+            gateway.handle_appended(now, t, result);
+        }
+        while let Some(b) = gateway.poll_persist() {
+            batches.push(b.id);
+        }
+        // Batches complete (or fail) in their own time.
+        if flip & 0x10 != 0
+            && let Some(id) = batches.pop()
+        {
+            gateway.handle_persisted(now, id, flip & 0x08 == 0);
+        }
+        while let Some((_, bytes)) = gateway.poll_transmit() {
+            assert!(
+                wire::parse(&bytes).is_ok(),
+                "the gateway sent a malformed message"
+            );
+        }
+        while gateway.poll_audit().is_some() {}
+        while gateway.poll_security_event().is_some() {}
+        while gateway.poll_event().is_some() {}
+        while gateway.ingress_mut().poll_event().is_some() {}
+        while gateway.ingress_mut().poll_journal().is_some() {}
+    }
+});

@@ -1,0 +1,207 @@
+//! The authentication gateway's hot path, without sockets or disk: a telemetry datagram from
+//! one of 10,000 devices in, verified (or, in lab mode, passed plain), the record out, the
+//! outbox's "stored" back, the replay-floor batch "written", the protected ACK out. Compare
+//! with `ingress/telemetry_datagram_to_ack` (benches/ingress.rs) for the gateway's own cost.
+//!
+//! Run: `cargo bench -p v6iot-edge-router --bench gateway`
+
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use std::hint::black_box;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use v6iot_cloud_bridge::topics::Topics;
+use v6iot_edge_router::gateway::{DeviceKeys, Gateway, GatewayConfig, StoredState};
+use v6iot_edge_router::ingress::{AppendResult, Ingress, IngressConfig};
+use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
+use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
+
+/// The same allocator as the `v6iot-edge` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DEVICES: u32 = 10_000;
+
+fn addr(n: u32) -> SocketAddr {
+    let [a, b, c, d] = n.to_be_bytes();
+    SocketAddr::new(
+        Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0x1200,
+            0x305,
+            0,
+            u16::from_be_bytes([a, b]),
+            u16::from_be_bytes([c, d]),
+            1,
+        )
+        .into(),
+        5683,
+    )
+}
+
+fn kid(n: u32) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+fn secret(n: u32) -> Vec<u8> {
+    let mut s = vec![0x5a; 16];
+    s[..4].copy_from_slice(&n.to_be_bytes());
+    s
+}
+
+fn post(path: &str, query: &[String], cf: u8, body: &[u8], mid: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(CoapOption::UriPath, path.as_bytes().to_vec());
+    p.add_option(CoapOption::ContentFormat, vec![cf]);
+    for q in query {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p.payload = body.to_vec();
+    p
+}
+
+/// One round: datagram in, record stored, floor written, answer out.
+fn round(g: &mut Gateway, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+    g.handle_datagram(now, 1_700_000_000_000, peer, bytes);
+    let Some(a) = g.ingress_mut().poll_append() else {
+        panic!("no record: {:?}", g.poll_transmit());
+    };
+    g.handle_appended(now, a.ticket.unwrap(), AppendResult::Stored);
+    while let Some(b) = g.poll_persist() {
+        g.handle_persisted(now, b.id, true);
+    }
+    black_box(g.poll_transmit().unwrap());
+}
+
+fn gateway(require_oscore: bool) -> Gateway {
+    let ingress = Ingress::new(
+        IngressConfig::new(Topics::new("v6iot", "bench").unwrap()),
+        1,
+    );
+    let config = GatewayConfig {
+        require_oscore,
+        ..GatewayConfig::default()
+    };
+    let mut g = Gateway::new(ingress, config);
+    let devices = (0..DEVICES)
+        .map(|n| DeviceKeys {
+            id: format!("d{n:06}"),
+            kid: kid(n),
+            master_secret: MasterSecret::new(secret(n)),
+            master_salt: Vec::new(),
+            prefixes: Vec::new(),
+            state: DeviceState::Active,
+            stored: StoredState::default(),
+        })
+        .collect();
+    g.handle_devices(1, devices);
+    while let Some(b) = g.poll_persist() {
+        g.handle_persisted(Instant::now(), b.id, true);
+    }
+    g
+}
+
+fn bench(c: &mut Criterion) {
+    let body = br#"[{"bn":"urn:dev:b:","n":"t","u":"Cel","v":21.5}]"#;
+    let start = Instant::now();
+    let mut group = c.benchmark_group("gateway");
+    group.throughput(Throughput::Elements(1));
+
+    // OSCORE required: every device registers (protected), then reports (protected).
+    let mut g = gateway(true);
+    let mut ctxs: Vec<SecurityContext> = (0..DEVICES)
+        .map(|n| {
+            let input = ContextInput {
+                master_secret: secret(n),
+                master_salt: Vec::new(),
+                id_context: None,
+                sender_id: kid(n),
+                recipient_id: Vec::new(),
+            };
+            let config = ContextConfig {
+                persist_step: 1 << 30,
+                ..ContextConfig::default()
+            };
+            let mut c = SecurityContext::new(&input, config).unwrap();
+            let m = c.mark_to_persist().unwrap();
+            c.persisted(m);
+            c
+        })
+        .collect();
+    for n in 0..DEVICES {
+        let q = vec![format!("ep=d{n:06}"), "lt=86400".to_owned()];
+        let reg = post("rd", &q, 40, b"</t>;ct=0", 1);
+        let (p, _) = protect_request(&mut ctxs[n as usize], &reg).unwrap();
+        g.handle_datagram(start, 1, addr(n), &p.to_bytes_unlimited().unwrap());
+        while let Some(b) = g.poll_persist() {
+            g.handle_persisted(start, b.id, true);
+        }
+        while g.poll_transmit().is_some() {}
+        while g.ingress_mut().poll_append().is_some() {}
+    }
+    let mut n = 0u32;
+    let mut mid = 2u16;
+    let mut tick = 0u64;
+    group.bench_function("oscore_telemetry_datagram_to_ack", |b| {
+        b.iter_batched(
+            || {
+                n = (n + 7919) % DEVICES;
+                mid = mid.wrapping_add(1).max(2);
+                let (p, _) =
+                    protect_request(&mut ctxs[n as usize], &post("t", &[], 110, body, mid))
+                        .unwrap();
+                (addr(n), p.to_bytes_unlimited().unwrap())
+            },
+            |(peer, bytes)| {
+                tick += 1;
+                round(&mut g, start + Duration::from_millis(tick), peer, &bytes);
+            },
+            BatchSize::SmallInput,
+        );
+    });
+
+    // Lab mode: plain CoAP through the gateway (what it adds to the unauthenticated path).
+    let mut g = gateway(false);
+    for n in 0..DEVICES {
+        let q = vec![format!("ep=d{n:06}"), "lt=86400".to_owned()];
+        let reg = post("rd", &q, 40, b"</t>;ct=0", 1).to_bytes_unlimited().unwrap();
+        g.handle_datagram(start, 1, addr(n), &reg);
+        while g.poll_transmit().is_some() {}
+        while g.ingress_mut().poll_append().is_some() {}
+    }
+    group.bench_function("lab_plain_telemetry_datagram_to_ack", |b| {
+        b.iter_batched(
+            || {
+                n = (n + 7919) % DEVICES;
+                mid = mid.wrapping_add(1).max(2);
+                (
+                    addr(n),
+                    post("t", &[], 110, body, mid).to_bytes_unlimited().unwrap(),
+                )
+            },
+            |(peer, bytes)| {
+                tick += 1;
+                round(&mut g, start + Duration::from_millis(tick), peer, &bytes);
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -178,7 +178,9 @@ fn bench(c: &mut Criterion) {
     let mut g = gateway(false);
     for n in 0..DEVICES {
         let q = vec![format!("ep=d{n:06}"), "lt=86400".to_owned()];
-        let reg = post("rd", &q, 40, b"</t>;ct=0", 1).to_bytes_unlimited().unwrap();
+        let reg = post("rd", &q, 40, b"</t>;ct=0", 1)
+            .to_bytes_unlimited()
+            .unwrap();
         g.handle_datagram(start, 1, addr(n), &reg);
         while g.poll_transmit().is_some() {}
         while g.ingress_mut().poll_append().is_some() {}

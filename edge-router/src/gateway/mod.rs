@@ -489,41 +489,38 @@ impl Gateway {
             }
             return;
         }
-        match self.bindings.bind(&device, peer) {
-            Bound::Same => {}
-            Bound::New => {
-                self.audit(
-                    AuditEvent::new(AuditKind::AddressBound, device.clone())
-                        .at(audit_time(unix_ms))
-                        .address(ipv6(peer))
-                        .detail(format!("verified at {peer}")),
-                );
-                push_bounded(
-                    &mut self.events,
-                    GatewayEvent::Bound {
-                        device: device.clone(),
-                        address: peer,
-                    },
-                );
-            }
+        let binding = match self.bindings.bind(&device, peer) {
+            Bound::Same => None,
+            Bound::New => Some((
+                AuditKind::AddressBound,
+                format!("verified at {peer}"),
+                GatewayEvent::Bound {
+                    device: device.clone(),
+                    address: peer,
+                },
+            )),
             Bound::Moved(from) => {
                 self.stats.address_changes += 1;
-                self.audit(
-                    AuditEvent::new(AuditKind::AddressChanged, device.clone())
-                        .at(audit_time(unix_ms))
-                        .address(ipv6(peer))
-                        .detail(format!("verified at {peer}, was {from}")),
-                );
-                push_bounded(
-                    &mut self.events,
+                let _ = self.ingress.rebind(now, unix_ms, &device, peer);
+                Some((
+                    AuditKind::AddressChanged,
+                    format!("verified at {peer}, was {from}"),
                     GatewayEvent::Moved {
                         device: device.clone(),
                         from,
                         to: peer,
                     },
-                );
-                let _ = self.ingress.rebind(now, unix_ms, &device, peer);
+                ))
             }
+        };
+        if let Some((kind, detail, event)) = binding {
+            self.audit(
+                AuditEvent::new(kind, device.clone())
+                    .at(audit_time(unix_ms))
+                    .address(ipv6(peer))
+                    .detail(detail),
+            );
+            push_bounded(&mut self.events, event);
         }
         self.ingress
             .handle_authenticated(now, unix_ms, peer, &inner, &device);

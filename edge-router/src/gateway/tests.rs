@@ -136,6 +136,26 @@ fn code_of(bytes: &[u8]) -> ResponseType {
     }
 }
 
+/// Sends `request` protected from `from`, lets its batch be written, and returns the code of
+/// the verified answer.
+fn call(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    from: SocketAddr,
+    request: &Packet,
+) -> ResponseType {
+    let (bytes, mut info) = protect(dev, request);
+    g.handle_datagram(Instant::now(), T0, from, &bytes);
+    persist_all(g, Instant::now());
+    let out = sent(g);
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
+    match inner.header.code {
+        MessageClass::Response(c) => c,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
 /// Registers `dev-1` from `peer()`; returns the device context.
 fn registered(g: &mut Gateway, now: Instant) -> SecurityContext {
     let mut dev = device(&[1], &SECRET);
@@ -309,28 +329,16 @@ fn revoked_devices_and_foreign_addresses_are_refused() {
     let mut dev = registered(&mut g, now);
     // From outside 2001:db8::/64: verified, but refused with a protected 4.03.
     let outside: SocketAddr = "[2001:db9::7]:4000".parse().unwrap();
-    let (bytes, mut info) = protect(&mut dev, &telemetry(30));
-    g.handle_datagram(now, T0, outside, &bytes);
-    persist_all(&mut g, now);
-    let out = sent(&mut g);
-    let inner =
-        unprotect_response(&mut dev, &Packet::from_bytes(&out[0].1).unwrap(), &mut info).unwrap();
     assert_eq!(
-        inner.header.code,
-        MessageClass::Response(ResponseType::Forbidden)
+        call(&mut g, &mut dev, outside, &telemetry(30)),
+        ResponseType::Forbidden
     );
     assert!(appends(&mut g).is_empty());
     assert_eq!(g.stats().address_refused, 1);
     // A registration under another name: 4.03.
-    let (bytes, mut info) = protect(&mut dev, &registration(31, "dev-2"));
-    g.handle_datagram(now, T0, peer(), &bytes);
-    persist_all(&mut g, now);
-    let out = sent(&mut g);
-    let inner =
-        unprotect_response(&mut dev, &Packet::from_bytes(&out[0].1).unwrap(), &mut info).unwrap();
     assert_eq!(
-        inner.header.code,
-        MessageClass::Response(ResponseType::Forbidden)
+        call(&mut g, &mut dev, peer(), &registration(31, "dev-2")),
+        ResponseType::Forbidden
     );
     assert_eq!(g.stats().endpoint_mismatch, 1);
 

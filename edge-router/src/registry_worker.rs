@@ -3,8 +3,8 @@
 //!
 //! - **OSCORE state batches** from the gateway ([`PersistBatch`]): one transaction each,
 //!   reported back as [`FromRegistry::Persisted`] — the answers they hold go out only then.
-//! - **Audit rows**: appended in the order received (each `append` is its own transaction;
-//!   the gateway already aggregates authentication failures, so a flood is a few rows).
+//! - **Audit rows**: appended in the order received, each batch in one transaction (the
+//!   gateway already aggregates authentication failures, so a flood is a few rows).
 //! - **Changes by other processes** (`v6iot-edge devices revoke …`): about once a second
 //!   `PRAGMA data_version` is read (a cheap read of the file header, no query); when it moved,
 //!   every device is reloaded and sent as [`FromRegistry::Devices`]. The edge's own writes go
@@ -114,9 +114,13 @@ fn run(
             }
             Ok(ToRegistry::Audit(rows)) => {
                 let audit = registry.audit();
-                for row in &rows {
-                    if let Err(e) = audit.append(row) {
-                        tracing::error!(error = %e, kind = %row.kind, "audit row not written");
+                if let Err(e) = audit.append_all(&rows) {
+                    // One bad row must not cost the others: write them one by one.
+                    tracing::warn!(error = %e, rows = rows.len(), "audit batch failed; row by row");
+                    for row in &rows {
+                        if let Err(e) = audit.append(row) {
+                            tracing::error!(error = %e, kind = %row.kind, "audit row not written");
+                        }
                     }
                 }
             }

@@ -346,3 +346,33 @@ fn who_had_an_address_when() {
     assert_eq!(who(addr3, t(140)), None);
     log.verify().unwrap();
 }
+
+#[test]
+fn a_batch_is_appended_in_order_in_one_transaction_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("r.db"));
+    let log = reg.audit();
+    let batch = vec![
+        AuditEvent::new(AuditKind::AddressBound, "d1")
+            .at(t(10))
+            .address(addr("2001:db8::1")),
+        AuditEvent::auth_failure("replay from [2001:db8::9]:5683").at(t(11)),
+        AuditEvent::new(AuditKind::AddressChanged, "d1")
+            .at(t(12))
+            .address(addr("2001:db8::2")),
+    ];
+    assert_eq!(log.append_all(&batch).unwrap(), 3);
+    assert_eq!(log.verify().unwrap().rows, 3);
+    assert_eq!(
+        log.who_had(addr("2001:db8::1"), t(11)).unwrap().as_deref(),
+        Some("d1")
+    );
+    assert_eq!(log.who_had(addr("2001:db8::1"), t(13)).unwrap(), None);
+    // An incomplete event fails the whole batch: nothing of it is written.
+    let bad = vec![
+        AuditEvent::new(AuditKind::Registration, "d2").at(t(20)),
+        AuditEvent::new(AuditKind::AddressBound, "d2").at(t(21)), // no address
+    ];
+    assert!(matches!(log.append_all(&bad), Err(AuditError::Invalid(_))));
+    assert_eq!(log.verify().unwrap().rows, 3);
+}

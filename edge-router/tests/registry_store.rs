@@ -523,3 +523,64 @@ fn import_100k_rows() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn oscore_state_is_only_raised_and_starts_afresh_after_a_rotation() {
+    use v6iot_edge_router::gateway::{StateRow, StoredState};
+    use v6iot_edge_router::registry_db::oscore_state::fingerprint;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Registry::open(&db(&dir), Some(key())).unwrap();
+    reg.add(record("dev-a", &[1], &[5; 16])).unwrap();
+    reg.add(record("dev-b", &[2], &[6; 16])).unwrap();
+    reg.revoke("dev-b").unwrap();
+    let salt_a = reg
+        .get("dev-a")
+        .unwrap()
+        .unwrap()
+        .record
+        .master_salt
+        .unwrap_or_default();
+    let fp = fingerprint(&[5; 16], &salt_a);
+    let row = |mark, floor, fingerprint| StateRow {
+        device: "dev-a".into(),
+        kid: vec![1],
+        state: StoredState {
+            sender_mark: mark,
+            replay_floor: floor,
+            fingerprint,
+        },
+    };
+    reg.store_oscore_state(&[row(4096, 10, fp)]).unwrap();
+    // A lower value (a late batch) never lowers what is stored.
+    reg.store_oscore_state(&[row(100, 3, fp)]).unwrap();
+    let (devices, problems) = reg.device_keys().unwrap();
+    assert!(problems.is_empty());
+    let a = devices.iter().find(|d| d.id == "dev-a").unwrap();
+    assert_eq!(
+        (
+            a.stored.sender_mark,
+            a.stored.replay_floor,
+            a.stored.fingerprint
+        ),
+        (4096, 10, fp)
+    );
+    assert_eq!(a.master_secret.as_bytes(), &[5; 16]);
+    let b = devices.iter().find(|d| d.id == "dev-b").unwrap();
+    assert_eq!(b.state, DeviceState::Revoked);
+    assert!(
+        b.master_secret.as_bytes().is_empty(),
+        "a revoked secret stays sealed"
+    );
+    // After a rotation the stored state belongs to the old secret: the new context starts at 0.
+    reg.rotate("dev-a").unwrap();
+    let (devices, _) = reg.device_keys().unwrap();
+    let a = devices.iter().find(|d| d.id == "dev-a").unwrap();
+    assert_eq!((a.stored.sender_mark, a.stored.replay_floor), (0, 0));
+    assert_ne!(a.stored.fingerprint, fp);
+    // data_version moves when another connection writes.
+    let v = reg.data_version().unwrap();
+    let mut other = Registry::open(&db(&dir), Some(key())).unwrap();
+    other.revoke("dev-a").unwrap();
+    assert_ne!(reg.data_version().unwrap(), v);
+}

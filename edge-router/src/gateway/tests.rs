@@ -368,6 +368,40 @@ fn revoked_devices_and_foreign_addresses_are_refused() {
 }
 
 #[test]
+fn quarantined_devices_get_4_03_and_reinstated_ones_get_a_fresh_start() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let quarantined = keys(
+        "dev-1",
+        &[1],
+        DeviceState::Quarantined,
+        StoredState::default(),
+    );
+    g.handle_devices(T0, vec![quarantined]);
+    let (bytes, _) = protect(&mut dev, &telemetry(60));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let out = sent(&mut g);
+    assert_eq!(code_of(&out[0].1), ResponseType::Forbidden);
+    let events: Vec<_> = std::iter::from_fn(|| g.poll_security_event()).collect();
+    assert_eq!(events[0].cause, SecurityCause::DeviceQuarantined);
+    assert_eq!(events[0].device.as_deref(), Some("dev-1"));
+    // Reinstated (the registry still has the floor the edge stored): it registers again.
+    let floor = StoredState {
+        replay_floor: 1,
+        fingerprint: [0; 8],
+        sender_mark: 4096,
+    };
+    g.handle_devices(T0, vec![keys("dev-1", &[1], DeviceState::Active, floor)]);
+    persist_all(&mut g, now);
+    let _ = sent(&mut g);
+    assert_eq!(
+        call(&mut g, &mut dev, peer(), &registration(61, "dev-1")),
+        ResponseType::Created
+    );
+}
+
+#[test]
 fn a_device_that_moves_keeps_its_session_and_commands_follow() {
     let now = Instant::now();
     let mut g = gateway();

@@ -358,6 +358,10 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
             GatewayEvent::Keys(KeyChange::Unusable(device)) => {
                 tracing::error!(%device, "credentials make no OSCORE context (empty kid?)");
             }
+            // One per device at start: not worth a line each.
+            GatewayEvent::Keys(KeyChange::Loaded { device, .. }) => {
+                tracing::debug!(%device, "OSCORE context loaded");
+            }
             other => tracing::info!(event = ?other, "gateway"),
         }
     }

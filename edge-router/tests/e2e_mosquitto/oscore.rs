@@ -572,7 +572,13 @@ fn a_device_that_changes_address_keeps_its_session_and_the_audit_trail_knows() {
     assert_eq!(m1.call(&reg), ResponseType::Created);
     let t = m1.telemetry(1);
     assert_eq!(m1.call(&t), ResponseType::Changed);
+    // The device stays at each address a while (the edge's audit times have millisecond
+    // resolution; the question's time must lie clearly inside the stay, not within the
+    // millisecond of the move).
+    let stay = Duration::from_millis(20);
+    std::thread::sleep(stay);
     let at_first = time::OffsetDateTime::now_utc();
+    std::thread::sleep(stay);
 
     // NB-IoT re-attach: same context, new address.
     m1.rebind("127.0.0.2:0");
@@ -609,8 +615,16 @@ fn a_device_that_changes_address_keeps_its_session_and_the_audit_trail_knows() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
+    let history = || {
+        String::from_utf8_lossy(&edge_cli(&creds, &["audit", "--device", "m1"]).stdout).into_owned()
+    };
     let (ok, text) = ask("::ffff:127.0.0.1", at_first);
-    assert!(ok && text.contains("m1"), "{text}");
+    assert!(
+        ok && text.contains("m1"),
+        "{text} (asked for {}); m1's rows:\n{}",
+        rfc3339(at_first),
+        history()
+    );
     let (ok, text) = ask("::ffff:127.0.0.2", at_second);
     assert!(ok && text.contains("m1"), "{text}");
     let (ok, text) = ask("::ffff:127.0.0.1", at_second);

@@ -30,6 +30,10 @@
 //! replay (4.01) although its record is safe; the device reports a failure for data that was
 //! kept. No window accepts a message after a restart whose answer the device saw before it.
 //!
+//! The floor is one past the *highest* answered Partial IV: a device with several requests in
+//! flight (NSTART > 1) whose lower one was still unanswered at the crash would see that one
+//! refused after the restart. The SDK's devices keep one request in flight (NSTART = 1).
+//!
 //! Requests are answered in batches, so the extra cost is one SQLite commit per batch, not per
 //! request. RFC 8613 Appendix B.1.2 (refuse everything until an Echo round trip) was not chosen:
 //! the devices' SDK does not implement Echo, and it would cost every device a round trip after

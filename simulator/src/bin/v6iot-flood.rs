@@ -11,6 +11,16 @@
 //! more per answer until W are outstanding), so neither the start nor the recovery after a loss
 //! sends a burst larger than a server's receive buffer.
 //!
+//! With `--credentials creds.csv` (the registry's credentials CSV, as `v6iot-sim provision`
+//! writes it) socket `n` is the device on line `n`: it first registers (`POST /rd?ep=ID`) and
+//! then sends its telemetry OSCORE-protected (RFC 8613; Sender ID = the kid, the edge's Sender ID
+//! empty), so the edge router's authenticated path is measured. The requests are protected
+//! before the run starts (`--presign` per socket), so the generator spends no time on
+//! cryptography while measuring; responses are judged by their outer code (an OSCORE success is
+//! an outer 2.04; refusals are plain 4.01/4.00/4.02) and not decrypted. The sequence numbers a
+//! run reserves are written to `--seq-file` before anything is sent, so that the next run
+//! starts above them (the edge refuses replays, also across its restarts).
+//!
 //! Bounded by design: it stops after `--warmup + --secs` seconds (at most an hour) or once
 //! `--max-requests` requests have been sent, whichever comes first.
 //!
@@ -77,6 +87,18 @@ struct Cli {
     /// Also print the result as one JSON object on a second line.
     #[arg(long)]
     json: bool,
+    /// OSCORE: the credentials CSV; socket n is the device on line n (needs as many lines as
+    /// sockets).
+    #[arg(long)]
+    credentials: Option<std::path::PathBuf>,
+    /// OSCORE: where the next free sender sequence number of each kid is kept between runs
+    /// (default: the credentials file's name + `.flood-seq`).
+    #[arg(long)]
+    seq_file: Option<std::path::PathBuf>,
+    /// OSCORE: requests protected in advance per socket (default: enough for 100,000 requests/s
+    /// over the whole run, shared by the sockets). A socket that uses them all stops sending.
+    #[arg(long)]
+    presign: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +115,8 @@ struct Tally {
     timeouts: u64,
     late: u64,
     sent: u64,
+    /// OSCORE mode: the pre-protected requests ran out.
+    exhausted: bool,
     codes: [u64; 256],
     latency_us: Histogram<u64>,
 }
@@ -106,6 +130,7 @@ impl Tally {
             timeouts: 0,
             late: 0,
             sent: 0,
+            exhausted: false,
             codes: [0; 256],
             latency_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)?,
         })
@@ -118,6 +143,7 @@ impl Tally {
         self.timeouts += o.timeouts;
         self.late += o.late;
         self.sent += o.sent;
+        self.exhausted |= o.exhausted;
         for (a, b) in self.codes.iter_mut().zip(o.codes.iter()) {
             *a += *b;
         }
@@ -130,6 +156,8 @@ impl Tally {
 struct Plan {
     target: SocketAddr,
     template: Vec<u8>,
+    /// OSCORE mode: per socket, the registration and the pre-protected requests.
+    devices: Vec<std::sync::Mutex<Option<oscore_mode::Prepared>>>,
     window: usize,
     timeout: Duration,
     measure_from: Instant,
@@ -156,11 +184,19 @@ fn main() -> anyhow::Result<()> {
         "--target must be a loopback address (benchmarks stay on this machine)"
     );
     let template = request_template(&cli)?;
+    let devices = match &cli.credentials {
+        Some(path) => oscore_mode::prepare(&cli, path)?
+            .into_iter()
+            .map(|p| std::sync::Mutex::new(Some(p)))
+            .collect(),
+        None => Vec::new(),
+    };
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(cli.warmup);
     let plan = Arc::new(Plan {
         target: cli.target,
         template,
+        devices,
         window: cli.window,
         timeout: Duration::from_millis(cli.timeout_ms.max(1)),
         measure_from,
@@ -233,9 +269,21 @@ fn run_socket(plan: &Plan, n: usize) -> anyhow::Result<Tally> {
     let socket = UdpSocket::bind(bind).context("bind")?;
     socket.connect(plan.target).context("connect")?;
     socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let prepared = match plan.devices.get(n) {
+        Some(slot) => slot.lock().ok().and_then(|mut p| p.take()),
+        None => None,
+    };
+    let presigned = match prepared {
+        Some(p) => {
+            oscore_mode::register(&socket, &p)?;
+            Some(p.requests.into_iter())
+        }
+        None => None,
+    };
     let mut s = SocketState {
         socket,
         packet: plan.template.clone(),
+        presigned,
         sent_at: vec![None; 1 << 16],
         order: VecDeque::with_capacity(plan.window * 4),
         outstanding: 0,
@@ -290,6 +338,8 @@ fn run_socket(plan: &Plan, n: usize) -> anyhow::Result<Tally> {
 struct SocketState {
     socket: UdpSocket,
     packet: Vec<u8>,
+    /// OSCORE mode: the protected requests still to send, in sequence-number order.
+    presigned: Option<std::vec::IntoIter<Vec<u8>>>,
     /// Send time of the request outstanding with each message ID.
     sent_at: Vec<Option<Instant>>,
     /// (message ID, send time) in send order; answered entries are dropped lazily.
@@ -307,6 +357,15 @@ impl SocketState {
         if plan.sent_total.fetch_add(1, Ordering::Relaxed) >= plan.max_requests {
             plan.stop.store(true, Ordering::Relaxed);
             return Ok(());
+        }
+        if let Some(pool) = self.presigned.as_mut() {
+            match pool.next() {
+                Some(next) => self.packet = next,
+                None => {
+                    self.tally.exhausted = true;
+                    return Ok(());
+                }
+            }
         }
         self.next_mid = self.next_mid.wrapping_add(1);
         let mid = self.next_mid;
@@ -448,6 +507,9 @@ fn report(cli: &Cli, t: &Tally, measured_s: f64) {
             codes.join(",")
         }
     );
+    if t.exhausted {
+        println!("warning: a socket used all its pre-protected requests (raise --presign)");
+    }
     if cli.json {
         let json = serde_json::json!({
             "target": cli.target.to_string(),
@@ -467,7 +529,226 @@ fn report(cli: &Cli, t: &Tally, measured_s: f64) {
             "p999_us": h.value_at_quantile(0.999),
             "max_us": h.max(),
             "codes": codes,
+            "oscore": cli.credentials.is_some(),
+            "presigned_exhausted": t.exhausted,
         });
         println!("{json}");
+    }
+}
+
+/// The OSCORE mode: credentials, sequence numbers reserved on disk, requests protected in
+/// advance, the registration.
+mod oscore_mode {
+    use std::collections::HashMap;
+    use std::net::UdpSocket;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context as _;
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+    use v6iot_edge_router::registry_db::{DeviceRecord, csv};
+    use v6iot_sdk::coap::wire;
+    use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};
+
+    use super::Cli;
+
+    /// One socket's device, ready to go.
+    pub(super) struct Prepared {
+        /// The device id (its RD endpoint name).
+        pub(super) id: String,
+        /// The protected registration request.
+        pub(super) registration: Vec<u8>,
+        /// The protected telemetry requests, in sequence-number order.
+        pub(super) requests: Vec<Vec<u8>>,
+    }
+
+    fn read_devices(path: &Path, wanted: usize) -> anyhow::Result<Vec<DeviceRecord>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read the credentials {}", path.display()))?;
+        let mut lines = text.lines().filter(|l| !csv::is_skipped(l));
+        let header = lines.next().context("the credentials file is empty")?;
+        csv::check_header(header).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let devices = lines
+            .take(wanted)
+            .enumerate()
+            .map(|(i, l)| {
+                csv::parse_line(l)
+                    .map_err(|e| anyhow::anyhow!("{} device line {}: {e}", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            devices.len() == wanted,
+            "{} has {} devices; --sockets {wanted} needs one per socket",
+            path.display(),
+            devices.len()
+        );
+        Ok(devices)
+    }
+
+    /// `kid_hex next_free_sequence_number` per line.
+    fn read_seq(path: &Path) -> anyhow::Result<HashMap<String, u64>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (kid, seq) = l
+                    .split_once(' ')
+                    .with_context(|| format!("{}: bad line `{l}`", path.display()))?;
+                Ok((kid.to_owned(), seq.trim().parse()?))
+            })
+            .collect()
+    }
+
+    fn write_seq(path: &Path, seq: &HashMap<String, u64>) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let tmp = path.with_extension("tmp");
+        let mut lines: Vec<String> = seq.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        lines.sort();
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(lines.join("\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reserves the sequence numbers on disk, then protects every request of the run.
+    pub(super) fn prepare(cli: &Cli, path: &Path) -> anyhow::Result<Vec<Prepared>> {
+        let devices = read_devices(path, cli.sockets)?;
+        let seq_path = cli.seq_file.clone().unwrap_or_else(|| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".flood-seq");
+            PathBuf::from(p)
+        });
+        let per_socket = cli.presign.unwrap_or_else(|| {
+            let total = 100_000.0 * (cli.warmup + cli.secs);
+            (total / cli.sockets as f64).ceil() as usize
+        });
+        let per_socket = per_socket
+            .min(usize::try_from(cli.max_requests / cli.sockets as u64 + 1).unwrap_or(usize::MAX));
+        let mut seq = read_seq(&seq_path)?;
+        let mut starts = Vec::with_capacity(devices.len());
+        for d in &devices {
+            let start = seq.get(&hex(&d.kid)).copied().unwrap_or(0);
+            // the registration and the telemetry, plus the context's own persist step
+            seq.insert(hex(&d.kid), start + per_socket as u64 + 1 + 1024);
+            starts.push(start);
+        }
+        write_seq(&seq_path, &seq).with_context(|| format!("write {}", seq_path.display()))?;
+        let body = super::request_template(cli)?;
+        let template = wire::parse(&body).context("re-read the request template")?;
+        let began = Instant::now();
+        let prepared = devices
+            .iter()
+            .zip(starts)
+            .map(|(d, start)| protect_all(cli, d, start, per_socket, &template))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        eprintln!(
+            "oscore: {} devices, {per_socket} requests each protected in {:.1} s; sequence numbers reserved in {}",
+            prepared.len(),
+            began.elapsed().as_secs_f64(),
+            seq_path.display()
+        );
+        Ok(prepared)
+    }
+
+    fn protect_all(
+        cli: &Cli,
+        d: &DeviceRecord,
+        start: u64,
+        count: usize,
+        template: &Packet,
+    ) -> anyhow::Result<Prepared> {
+        let input = ContextInput {
+            master_secret: d.master_secret.as_bytes().to_vec(),
+            master_salt: d.master_salt.clone().unwrap_or_default(),
+            id_context: None,
+            sender_id: d.kid.clone(),
+            recipient_id: Vec::new(),
+        };
+        let config = ContextConfig {
+            persist_step: 1024,
+            ..ContextConfig::default()
+        };
+        let mut ctx = SecurityContext::restore(&input, config, start)
+            .map_err(|e| anyhow::anyhow!("device {}: {e}", d.id))?;
+        let mut protect = |packet: &Packet| -> anyhow::Result<Vec<u8>> {
+            loop {
+                match oscore::protect_request(&mut ctx, packet) {
+                    Ok((p, _)) => return wire::encode(&p).context("encode"),
+                    // reserved on disk already (prepare wrote start + count + margin)
+                    Err(oscore::OscoreError::PersistPending) => {
+                        if let Some(mark) = ctx.mark_to_persist() {
+                            ctx.persisted(mark);
+                        }
+                    }
+                    Err(e) => anyhow::bail!("device {}: {e}", d.id),
+                }
+            }
+        };
+        let mut reg = Packet::new();
+        reg.header.set_type(MessageType::Confirmable);
+        reg.header.code = MessageClass::Request(RequestType::Post);
+        reg.header.message_id = 1;
+        reg.set_token(vec![0xfe, 0xed, 0, 1]);
+        reg.add_option(CoapOption::UriPath, b"rd".to_vec());
+        for q in [
+            format!("ep={}", d.id),
+            "lt=3600".to_owned(),
+            "b=U".to_owned(),
+        ] {
+            reg.add_option(CoapOption::UriQuery, q.into_bytes());
+        }
+        reg.add_option(CoapOption::ContentFormat, wire::write_uint(40));
+        reg.payload = format!("<{}>;ct=112", cli.path).into_bytes();
+        let registration = protect(&reg)?;
+        let requests = (0..count)
+            .map(|_| protect(template))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Prepared {
+            id: d.id.clone(),
+            registration,
+            requests,
+        })
+    }
+
+    /// Registers the socket's device: up to five tries, two seconds each; a 2.xx (the OSCORE
+    /// outer 2.04) is success.
+    pub(super) fn register(socket: &UdpSocket, p: &Prepared) -> anyhow::Result<()> {
+        let mut buf = [0u8; 2048];
+        for _ in 0..5 {
+            socket
+                .send(&p.registration)
+                .context("send the registration")?;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let Ok(len) = socket.recv(&mut buf) else {
+                    continue;
+                };
+                let Some(answer) = buf.get(..len).and_then(|b| wire::parse(b).ok()) else {
+                    continue;
+                };
+                if answer.header.message_id != 1 {
+                    continue;
+                }
+                let code = u8::from(answer.header.code);
+                anyhow::ensure!(
+                    code >> 5 == 2,
+                    "device {}: registration refused with {}.{:02}",
+                    p.id,
+                    code >> 5,
+                    code & 31
+                );
+                return Ok(());
+            }
+        }
+        anyhow::bail!("device {}: no answer to the registration", p.id)
     }
 }

@@ -36,6 +36,14 @@
 //! [security]                  # the OSCORE gateway in front of the ingress
 //! require_oscore = true       # default; false is LAB ONLY (plain CoAP accepted, loud warning)
 //! sender_persist_step = 4096  # edge sequence numbers per persisted mark (RFC 8613 App. B.1.1)
+//! rate_per_source = 20000     # datagrams/s per source network (IPv6 /64, IPv4 address)
+//! burst_per_source = 40000
+//! rate_per_device = 50        # verified requests/s per device (over it: 5.03 + Max-Age)
+//! burst_per_device = 200
+//! quarantine_after = 20       # authentication failures from one source network ...
+//! failure_window_s = 10       # ... within this window quarantine it ...
+//! quarantine_s = 300          # ... for this long (dropped unread)
+//! report_interval_s = 5       # at most one report per interval on _edge/{edge}/security
 //! ```
 //!
 //! With `require_oscore` (the default) the router needs the registry's seal key to open the
@@ -88,6 +96,45 @@ pub struct SecuritySection {
     /// The distance between the persisted marks of the edge's own OSCORE sequence numbers:
     /// one registry write per half step of messages to a device, a step skipped per restart.
     pub sender_persist_step: u64,
+    /// Datagrams per second allowed from one source network (an IPv6 /64 — a whole production
+    /// line shares it — or an IPv4 address); over it they are dropped unread.
+    pub rate_per_source: u32,
+    /// The burst a source network may send after a quiet spell.
+    pub burst_per_source: u32,
+    /// Verified requests per second allowed from one device; over it they get 5.03 + Max-Age.
+    pub rate_per_device: u32,
+    /// The burst a device may send after a quiet spell.
+    pub burst_per_device: u32,
+    /// Authentication failures from one source network within `failure_window_s` that
+    /// quarantine it.
+    pub quarantine_after: u32,
+    /// The window in which failures are counted, seconds.
+    pub failure_window_s: u64,
+    /// How long a quarantine lasts, seconds.
+    pub quarantine_s: u64,
+    /// At most one security report per this many seconds (none while nothing is refused).
+    pub report_interval_s: u64,
+}
+
+impl SecuritySection {
+    /// The rate limits these keys describe.
+    pub fn limits(&self) -> crate::gateway::LimitsConfig {
+        use crate::gateway::{LimitsConfig, Rate};
+        LimitsConfig {
+            per_source: Rate {
+                per_second: f64::from(self.rate_per_source),
+                burst: f64::from(self.burst_per_source),
+            },
+            per_device: Rate {
+                per_second: f64::from(self.rate_per_device),
+                burst: f64::from(self.burst_per_device),
+            },
+            failures_to_quarantine: self.quarantine_after,
+            failure_window: std::time::Duration::from_secs(self.failure_window_s),
+            quarantine: std::time::Duration::from_secs(self.quarantine_s),
+            ..LimitsConfig::default()
+        }
+    }
 }
 
 impl Default for SecuritySection {
@@ -95,6 +142,14 @@ impl Default for SecuritySection {
         SecuritySection {
             require_oscore: true,
             sender_persist_step: 4096,
+            rate_per_source: 20_000,
+            burst_per_source: 40_000,
+            rate_per_device: 50,
+            burst_per_device: 200,
+            quarantine_after: 20,
+            failure_window_s: 10,
+            quarantine_s: 300,
+            report_interval_s: 5,
         }
     }
 }
@@ -360,6 +415,20 @@ impl EdgeConfig {
         }
         if self.security.sender_persist_step < 2 {
             return invalid("security.sender_persist_step", "must be at least 2");
+        }
+        for (key, value) in [
+            ("security.rate_per_source", self.security.rate_per_source),
+            ("security.burst_per_source", self.security.burst_per_source),
+            ("security.rate_per_device", self.security.rate_per_device),
+            ("security.burst_per_device", self.security.burst_per_device),
+            ("security.quarantine_after", self.security.quarantine_after),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.security.report_interval_s == 0 {
+            return invalid("security.report_interval_s", "must be at least 1");
         }
         if self.outbox.max_bytes < 1 << 20 {
             return invalid("outbox.max_bytes", "must be at least 1 MiB");

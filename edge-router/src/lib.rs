@@ -11,8 +11,6 @@
 //! | [`registry_db`] | the device registry in SQLite: OSCORE identities (kid, sealed master secret, salt), class, allowed prefixes, state; CSV import |
 //! | [`audit`] | the append-only, hash-chained audit trail in the registry's file: events, `verify`, `who_had(address, time)`, per-device history |
 //! | [`gateway`] | sans-IO authentication gateway in front of the ingress: OSCORE contexts by kid, verify/protect, address binding, replay floors and sender marks to persist, refusals as security events |
-//! | [`limits`] | sans-IO rate limits: token buckets per source /64 and per device, quarantine after repeated authentication failures, bounded tables |
-//! | [`security_events`] | sans-IO security events: refusals counted by cause with samples, one report per interval for `_edge/{edge}/security` |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
@@ -23,10 +21,8 @@ pub mod config;
 pub mod gateway;
 pub mod ingress;
 pub mod journal;
-pub mod limits;
 pub mod registry_db;
 pub mod registry_worker;
-pub mod security_events;
 pub mod server;
 
 /// The crate's version, as built.

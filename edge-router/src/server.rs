@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use v6iot_cloud_bridge::command::Command;
 use v6iot_cloud_bridge::fanout::fanout;
+use v6iot_cloud_bridge::message::NewMessage;
 use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, WsConfig, run_mqtt, run_websocket};
@@ -192,8 +193,12 @@ pub async fn run(
     let gateway_config = GatewayConfig {
         require_oscore,
         persist_step: config.security.sender_persist_step,
+        limits: config.security.limits(),
+        edge_id: config.edge_id.clone(),
+        report_interval: Duration::from_secs(config.security.report_interval_s),
         ..GatewayConfig::default()
     };
+    let security_topic = topics.edge_security(&config.edge_id);
     let mut gateway = Gateway::new(ingress, gateway_config);
     gateway.handle_devices(boot_ms, devices);
     tracing::info!(
@@ -238,7 +243,7 @@ pub async fn run(
         if let Err(e) = journal.write(&entries) {
             tracing::error!(error = %e, "command queue journal write failed");
         }
-        flush(&socket, &mut gateway, &outbox, &done_tx).await;
+        flush(&socket, &mut gateway, &outbox, &done_tx, &security_topic).await;
         drain_side_effects(&mut gateway, &worker);
         if let Ok(mut s) = stats.lock() {
             *s = *gateway.ingress().stats();
@@ -408,7 +413,8 @@ fn log_gateway_stats(s: &GatewayStats) {
         "gateway stats authenticated={} responses_verified={} refused={} plain={} unknown_kid={} \
          decryption_failed={} replay={} malformed={} not_active={} address_refused={} \
          endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
-         address_changes={} protect_failures={}",
+         address_changes={} protect_failures={} source_limited={} source_quarantined={} \
+         device_limited={} quarantines={}",
         s.authenticated,
         s.responses_verified,
         s.refused,
@@ -424,7 +430,11 @@ fn log_gateway_stats(s: &GatewayStats) {
         s.replies_suppressed,
         s.duplicates,
         s.address_changes,
-        s.protect_failures
+        s.protect_failures,
+        s.source_limited,
+        s.source_quarantined,
+        s.device_limited,
+        s.quarantines
     );
 }
 
@@ -435,6 +445,7 @@ async fn flush(
     gateway: &mut Gateway,
     outbox: &OutboxHandle,
     done: &mpsc::UnboundedSender<(Vec<AppendTicket>, AppendResult)>,
+    security_topic: &str,
 ) {
     let mut tickets = Vec::new();
     let mut messages = Vec::new();
@@ -447,6 +458,14 @@ async fn flush(
             }
             None => fire_and_forget.push(a.message),
         }
+    }
+    if let Some(report) = gateway.poll_security_report(Instant::now(), unix_ms()) {
+        tracing::warn!(counts = ?report.counts, quarantined = report.quarantined.len(), "security report");
+        fire_and_forget.push(NewMessage {
+            topic: security_topic.to_owned(),
+            payload: report.to_json(),
+            retain: false,
+        });
     }
     if !messages.is_empty() {
         let handle = outbox.clone();

@@ -45,6 +45,12 @@ pub enum SecurityCause {
     EndpointMismatch,
     /// A protected response that does not verify, or answers nothing the edge asked.
     BadResponse,
+    /// The source network (IPv6 /64, IPv4 address) was over its rate: dropped unread.
+    SourceLimited,
+    /// The source network is quarantined after repeated failures: dropped unread.
+    SourceQuarantined,
+    /// An authenticated device was over its rate: answered 5.03 with Max-Age.
+    DeviceLimited,
 }
 
 impl SecurityCause {
@@ -62,7 +68,21 @@ impl SecurityCause {
             SecurityCause::AddressNotAllowed => "address_not_allowed",
             SecurityCause::EndpointMismatch => "endpoint_mismatch",
             SecurityCause::BadResponse => "bad_response",
+            SecurityCause::SourceLimited => "source_limited",
+            SecurityCause::SourceQuarantined => "source_quarantined",
+            SecurityCause::DeviceLimited => "device_limited",
         }
+    }
+
+    /// Whether the cause is a failed authentication, which counts towards quarantining the
+    /// source (rate limits are not).
+    pub fn is_auth_failure(self) -> bool {
+        !matches!(
+            self,
+            SecurityCause::SourceLimited
+                | SecurityCause::SourceQuarantined
+                | SecurityCause::DeviceLimited
+        )
     }
 
     /// The unprotected error answer to a refused request (RFC 8613 §8.2 codes where they

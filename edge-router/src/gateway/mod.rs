@@ -16,6 +16,8 @@
 //! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
 //! | [`failures`] | [`SecurityEvent`], the answer per cause, per-source aggregation of replies and audit rows |
+//! | [`limits`] | token buckets per source network (/64) and per device, quarantine after repeated failures |
+//! | [`reports`] | security events counted by cause with samples: one report per interval for `_edge/{edge}/security` |
 //!
 //! # Rules
 //!
@@ -35,6 +37,16 @@
 //! protected and verify against the request's binding; plain ones are dropped and counted.
 //! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2) and pass through.
 //!
+//! # Rate limits and quarantine
+//!
+//! Before anything else, a datagram's source network (its IPv6 /64, or its IPv4 address) must
+//! have a token in its bucket and must not be quarantined; otherwise it is dropped unread and
+//! counted (no answer: a flood gets nothing back). A verified request must also find a token in
+//! its device's bucket, else it is answered with a protected 5.03 and a Max-Age, which the
+//! SDK's reporter honours like a full outbox. Every authentication failure counts towards the
+//! source's quarantine ([`LimitsConfig::failures_to_quarantine`] within the failure window).
+//! Every refusal goes into the next security report ([`poll_security_report`](Gateway::poll_security_report)).
+//!
 //! Without `require_oscore` (lab only) plain messages go to the ingress as before, and OSCORE
 //! messages are still verified and answered protected.
 
@@ -42,7 +54,9 @@ mod binding;
 mod exchanges;
 pub mod failures;
 pub mod keys;
+pub mod limits;
 pub mod persist;
+pub mod reports;
 #[cfg(test)]
 mod tests;
 
@@ -67,11 +81,15 @@ use failures::FailureLog;
 pub use failures::{SecurityCause, SecurityEvent};
 use keys::Keyring;
 pub use keys::{DeviceKeys, KeyChange, StoredState};
+use limits::{Limits, Verdict};
+pub use limits::{LimitsConfig, Rate};
 use persist::Persistence;
 pub use persist::{PersistBatch, StateRow};
+use reports::SecurityEvents;
+pub use reports::{QuarantineNote, SecurityReport};
 
 /// Settings of the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// Refuse every request that is not OSCORE-protected (default). `false` is for labs only.
     pub require_oscore: bool,
@@ -80,6 +98,12 @@ pub struct GatewayConfig {
     pub persist_step: u64,
     /// How long exchanges and duplicates are remembered (EXCHANGE_LIFETIME).
     pub exchange_lifetime: Duration,
+    /// Rate limits and quarantine.
+    pub limits: LimitsConfig,
+    /// This edge's name, in security reports.
+    pub edge_id: String,
+    /// At most one security report per this interval (none while nothing is refused).
+    pub report_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +112,9 @@ impl Default for GatewayConfig {
             require_oscore: true,
             persist_step: 4096,
             exchange_lifetime: Duration::from_secs(247),
+            limits: LimitsConfig::default(),
+            edge_id: "edge".to_owned(),
+            report_interval: Duration::from_secs(5),
         }
     }
 }
@@ -125,6 +152,14 @@ pub struct GatewayStats {
     pub duplicates: u64,
     /// Devices that moved to another address.
     pub address_changes: u64,
+    /// Datagrams dropped by a source network's rate limit.
+    pub source_limited: u64,
+    /// Datagrams dropped because their source network is quarantined.
+    pub source_quarantined: u64,
+    /// Verified requests answered 5.03 by their device's rate limit.
+    pub device_limited: u64,
+    /// Quarantines begun.
+    pub quarantines: u64,
     /// Outgoing messages that could not be protected yet (a sequence mark was being
     /// persisted; the retransmission goes) or at all (no context for the destination).
     pub protect_failures: u64,
@@ -142,6 +177,15 @@ pub enum GatewayEvent {
         device: String,
         /// Address.
         address: SocketAddr,
+    },
+    /// A source network was quarantined after repeated authentication failures.
+    Quarantined {
+        /// The network (`2001:db8:1::/64`, or an IPv4 address).
+        source: String,
+        /// Failures that led to it.
+        failures: u32,
+        /// How long, seconds.
+        for_s: u64,
     },
     /// A device was verified at another address than before.
     Moved {
@@ -166,6 +210,9 @@ pub struct Gateway {
     exchanges: Exchanges,
     persistence: Persistence,
     failures: FailureLog,
+    limits: Limits,
+    reports: SecurityEvents,
+    next_limits_sweep: Option<Instant>,
     security: VecDeque<SecurityEvent>,
     events: VecDeque<GatewayEvent>,
     audits: VecDeque<AuditEvent>,
@@ -179,6 +226,9 @@ impl Gateway {
     /// [`handle_devices`](Self::handle_devices)).
     pub fn new(ingress: Ingress, config: GatewayConfig) -> Gateway {
         Gateway {
+            limits: Limits::new(config.limits.clone()),
+            reports: SecurityEvents::new(config.edge_id.clone(), config.report_interval, 16),
+            next_limits_sweep: None,
             ingress,
             keys: Keyring::new(config.persist_step),
             exchanges: Exchanges::new(config.exchange_lifetime),
@@ -260,6 +310,23 @@ impl Gateway {
 
     /// Handles one datagram from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
+        let cause = match self.limits.check_source(now, peer.ip()) {
+            Verdict::Allow => None,
+            Verdict::Quarantined { .. } => Some(SecurityCause::SourceQuarantined),
+            Verdict::SourceLimited | Verdict::DeviceLimited => Some(SecurityCause::SourceLimited),
+        };
+        self.arm_limits_sweep(now);
+        if let Some(cause) = cause {
+            self.count(cause);
+            let event = SecurityEvent {
+                peer,
+                kid: None,
+                device: None,
+                cause,
+            };
+            self.note_security(now, unix_ms, event);
+            return;
+        }
         let Ok(packet) = wire::parse(bytes) else {
             // The ingress counts it and answers a Confirmable one with a Reset.
             self.ingress.handle_datagram(now, unix_ms, peer, bytes);
@@ -321,6 +388,8 @@ impl Gateway {
             self.ingress.poll_timeout(),
             self.failures.poll_timeout(),
             self.next_sweep,
+            self.next_limits_sweep,
+            self.reports.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -338,6 +407,11 @@ impl Gateway {
             self.exchanges.sweep(now);
             self.next_sweep = None;
             self.arm_sweep(now);
+        }
+        if self.next_limits_sweep.is_some_and(|t| t <= now) {
+            self.limits.handle_timeout(now);
+            self.next_limits_sweep = None;
+            self.arm_limits_sweep(now);
         }
         self.pump(now);
     }
@@ -377,10 +451,63 @@ impl Gateway {
             .or_else(|| self.audits.pop_front())
     }
 
-    /// Next refusal, for rate limiting and quarantine.
+    /// Next refusal (for logs; limits and reports have seen it already).
     #[must_use]
     pub fn poll_security_event(&mut self) -> Option<SecurityEvent> {
         self.security.pop_front()
+    }
+
+    /// The security report, when one is due (see [`reports`]): publish it on
+    /// `{prefix}/{site}/_edge/{edge}/security`.
+    #[must_use]
+    pub fn poll_security_report(&mut self, now: Instant, unix_ms: u64) -> Option<SecurityReport> {
+        self.reports.poll_report(now, unix_ms)
+    }
+
+    /// The rate limits' counters.
+    pub fn limit_stats(&self) -> limits::LimitStats {
+        self.limits.stats()
+    }
+
+    /// Files a refusal: the queue for logs, the report, and, for a failed authentication, the
+    /// source's count towards quarantine.
+    fn note_security(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) {
+        self.reports.record(now, unix_ms, &event);
+        if event.cause.is_auth_failure()
+            && let Some(q) = self.limits.auth_failure(now, event.peer.ip())
+        {
+            self.stats.quarantines += 1;
+            let note = QuarantineNote {
+                source: q.source.to_string(),
+                failures: q.failures,
+                for_s: q.until.saturating_duration_since(now).as_secs(),
+                at_ms: unix_ms,
+            };
+            self.audit(
+                AuditEvent::auth_failure(format!(
+                    "source {} quarantined for {} s after {} failures (last: {})",
+                    note.source, note.for_s, note.failures, event.cause
+                ))
+                .at(audit_time(unix_ms))
+                .address(ipv6(event.peer)),
+            );
+            push_bounded(
+                &mut self.events,
+                GatewayEvent::Quarantined {
+                    source: note.source.clone(),
+                    failures: note.failures,
+                    for_s: note.for_s,
+                },
+            );
+            self.reports.record_quarantine(now, unix_ms, note);
+        }
+        push_bounded(&mut self.security, event);
+    }
+
+    fn arm_limits_sweep(&mut self, now: Instant) {
+        if self.next_limits_sweep.is_none() {
+            self.next_limits_sweep = self.limits.poll_timeout(now);
+        }
     }
 
     /// Next event to log.
@@ -470,6 +597,22 @@ impl Gateway {
         } else {
             None
         };
+        if refusal.is_none() && self.limits.check_device(now, &device) != Verdict::Allow {
+            let cause = SecurityCause::DeviceLimited;
+            self.count(cause);
+            let event = SecurityEvent {
+                peer,
+                kid: Some(kid),
+                device: Some(device),
+                cause,
+            };
+            self.note_security(now, unix_ms, event);
+            let mut answer = error_packet(&inner, ResponseType::ServiceUnavailable, "rate limit");
+            let wait = (1.0 / self.config.limits.per_device.per_second.max(0.001)).ceil() as u32;
+            answer.add_option(CoapOption::MaxAge, wire::write_uint(wait.max(1)));
+            self.answer(peer, &answer);
+            return;
+        }
         if let Some((cause, reason)) = refusal {
             let event = SecurityEvent {
                 peer,
@@ -479,7 +622,7 @@ impl Gateway {
             };
             self.count(cause);
             let reply = self.failures.record(now, unix_ms, &event);
-            push_bounded(&mut self.security, event);
+            self.note_security(now, unix_ms, event);
             if reply {
                 let answer = error_packet(&inner, ResponseType::Forbidden, reason);
                 self.answer(peer, &answer);
@@ -605,7 +748,7 @@ impl Gateway {
             cause,
         };
         let may_reply = self.failures.record(now, unix_ms, &event);
-        push_bounded(&mut self.security, event);
+        self.note_security(now, unix_ms, event);
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
         let is_request = wire::is_request_code(u8::from(packet.header.code));
         if !(confirmable && is_request) {
@@ -640,6 +783,9 @@ impl Gateway {
             SecurityCause::DeviceRevoked | SecurityCause::DeviceQuarantined => &mut s.not_active,
             SecurityCause::AddressNotAllowed => &mut s.address_refused,
             SecurityCause::EndpointMismatch => &mut s.endpoint_mismatch,
+            SecurityCause::SourceLimited => &mut s.source_limited,
+            SecurityCause::SourceQuarantined => &mut s.source_quarantined,
+            SecurityCause::DeviceLimited => &mut s.device_limited,
         };
         *counter += 1;
     }

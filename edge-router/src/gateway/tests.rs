@@ -296,10 +296,14 @@ fn attacks_are_refused_with_their_codes_and_reach_nothing() {
 }
 
 #[test]
-fn a_flood_from_one_source_gets_few_answers_and_few_audit_rows() {
+fn a_flood_from_one_source_gets_few_answers_few_audit_rows_then_quarantine() {
     let now = Instant::now();
-    let mut g = gateway();
+    // dev-1 may use the whole documentation prefix, so it can report from another /64.
+    let mut dev_keys = keys("dev-1", &[1], DeviceState::Active, StoredState::default());
+    dev_keys.prefixes = vec!["2001:db8::/32".parse::<Ipv6Prefix>().unwrap()];
+    let mut g = gateway_with(vec![dev_keys]);
     let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let quarantine_after = LimitsConfig::default().failures_to_quarantine;
     for mid in 0..100 {
         let bytes = telemetry(mid).to_bytes_unlimited().unwrap();
         g.handle_datagram(now, T0, peer(), &bytes);
@@ -308,18 +312,208 @@ fn a_flood_from_one_source_gets_few_answers_and_few_audit_rows() {
         sent(&mut g).len(),
         failures::FailureLog::MAX_REPLIES as usize
     );
-    assert_eq!(g.stats().plain, 100);
+    // The failures up to the quarantine are read and counted; the rest is dropped unread.
+    assert_eq!(g.stats().plain, u64::from(quarantine_after));
+    assert_eq!(
+        g.stats().source_quarantined,
+        100 - u64::from(quarantine_after)
+    );
+    assert_eq!(g.stats().quarantines, 1);
     assert_eq!(
         g.stats().replies_suppressed,
-        100 - u64::from(failures::FailureLog::MAX_REPLIES)
+        u64::from(quarantine_after - failures::FailureLog::MAX_REPLIES)
+    );
+    let events: Vec<_> = std::iter::from_fn(|| g.poll_event()).collect();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, GatewayEvent::Quarantined { source, .. } if source == "2001:db8::/64")
+        ),
+        "{events:?}"
     );
     let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
-    assert_eq!(rows.len(), 1, "one row at once");
+    assert_eq!(
+        rows.len(),
+        2,
+        "the first failure and the quarantine: {rows:?}"
+    );
+    assert!(rows[1].detail.contains("quarantined"), "{rows:?}");
     let later = now + Duration::from_secs(6);
     g.handle_timeout(later, T0 + 6000);
     let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
     assert_eq!(rows.len(), 1, "one row per window");
-    assert!(rows[0].detail.starts_with("99 more failures"), "{rows:?}");
+    assert!(
+        rows[0]
+            .detail
+            .starts_with(&format!("{} more failures", quarantine_after - 1)),
+        "{rows:?}"
+    );
+    // A device elsewhere is unaffected by the quarantine.
+    let mut dev = device(&[1], &SECRET);
+    let elsewhere: SocketAddr = "[2001:db8:0:1::7]:4000".parse().unwrap();
+    assert_eq!(
+        call(&mut g, &mut dev, elsewhere, &registration(500, "dev-1")),
+        ResponseType::Created
+    );
+    // The security report counts it all and names the quarantine.
+    let report = g
+        .poll_security_report(later + Duration::from_secs(5), T0 + 11_000)
+        .expect("a report is due");
+    let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
+    assert_eq!(json["counts"]["plain_request"], u64::from(quarantine_after));
+    assert_eq!(
+        json["counts"]["source_quarantined"],
+        100 - u64::from(quarantine_after)
+    );
+    assert_eq!(json["quarantined"][0]["source"], "2001:db8::/64");
+    assert!(
+        g.poll_security_report(later + Duration::from_secs(60), T0)
+            .is_none()
+    );
+}
+
+fn limited_gateway(limits: LimitsConfig, devices: Vec<DeviceKeys>) -> Gateway {
+    let ingress = Ingress::new(IngressConfig::new(Topics::new("v6iot", "s").unwrap()), T0);
+    let config = GatewayConfig {
+        limits,
+        ..GatewayConfig::default()
+    };
+    let mut g = Gateway::new(ingress, config);
+    g.handle_devices(T0, devices);
+    persist_all(&mut g, Instant::now());
+    g
+}
+
+/// Sends a protected report from `from` at `now`, stores whatever it appended, writes the
+/// state batches, and returns the verified answer's code.
+fn report(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    from: SocketAddr,
+    now: Instant,
+    mid: u16,
+) -> ResponseType {
+    let (bytes, mut info) = protect(dev, &telemetry(mid));
+    g.handle_datagram(now, T0, from, &bytes);
+    for a in appends(g) {
+        if let Some(t) = a.ticket {
+            g.handle_appended(now, t, AppendResult::Stored);
+        }
+    }
+    persist_all(g, now);
+    let out = sent(g);
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
+    match inner.header.code {
+        MessageClass::Response(c) => c,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+#[test]
+fn a_source_over_its_rate_is_dropped_unread_and_others_go_on() {
+    let limits = LimitsConfig {
+        per_source: Rate {
+            per_second: 10.0,
+            burst: 10.0,
+        },
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let flooder: SocketAddr = "[2001:db8:bad::1]:9".parse().unwrap();
+    // Empty CoAP pings: nothing to authenticate, so only the rate limit can stop them.
+    for mid in 0..1000u16 {
+        let mut ping = Packet::new();
+        ping.header.set_type(MessageType::Confirmable);
+        ping.header.code = MessageClass::Empty;
+        ping.header.message_id = mid;
+        g.handle_datagram(now, T0, flooder, &ping.to_bytes_unlimited().unwrap());
+    }
+    assert_eq!(g.stats().source_limited, 990);
+    assert_eq!(g.limit_stats().source_limited, 990);
+    let resets = sent(&mut g);
+    assert_eq!(
+        resets.len(),
+        10,
+        "only the burst got its Reset: {resets:?} {:?}",
+        g.ingress().stats()
+    );
+    // The device, from its own /64, registers as if nothing happened.
+    let mut dev = registered(&mut g, now);
+    assert_eq!(
+        report(&mut g, &mut dev, peer(), now, 2),
+        ResponseType::Changed
+    );
+}
+
+#[test]
+fn a_device_over_its_rate_gets_a_protected_5_03_with_max_age() {
+    let limits = LimitsConfig {
+        per_device: Rate {
+            per_second: 1.0,
+            burst: 3.0,
+        },
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![
+            keys("dev-1", &[1], DeviceState::Active, StoredState::default()),
+            keys("dev-2", &[2], DeviceState::Active, StoredState::default()),
+        ],
+    );
+    let now = Instant::now();
+    let mut dev = registered(&mut g, now);
+    // registration + 2 reports use the burst of 3
+    for mid in 2..4 {
+        assert_eq!(
+            report(&mut g, &mut dev, peer(), now, mid),
+            ResponseType::Changed
+        );
+    }
+    let (bytes, mut info) = protect(&mut dev, &telemetry(4));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    assert!(
+        appends(&mut g).is_empty(),
+        "nothing over the rate is stored"
+    );
+    persist_all(&mut g, now);
+    let out = sent(&mut g);
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(&mut dev, &answer, &mut info).unwrap();
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::ServiceUnavailable)
+    );
+    let max_age = inner
+        .get_option(CoapOption::MaxAge)
+        .and_then(|v| v.front().cloned());
+    assert_eq!(max_age, Some(vec![1]));
+    assert_eq!(g.stats().device_limited, 1);
+    // Its retransmission gets the same answer, not a replay refusal.
+    g.handle_datagram(now, T0, peer(), &bytes);
+    assert_eq!(sent(&mut g), out);
+    // Another device from the same /64 is not limited.
+    let mut dev2 = device(&[2], &SECRET);
+    let other: SocketAddr = "[2001:db8::8]:4000".parse().unwrap();
+    assert_eq!(
+        call(&mut g, &mut dev2, other, &registration(1, "dev-2")),
+        ResponseType::Created
+    );
+    // A second later the device has a token again.
+    let later = now + Duration::from_millis(1100);
+    assert_eq!(
+        report(&mut g, &mut dev, peer(), later, 5),
+        ResponseType::Changed
+    );
 }
 
 #[test]

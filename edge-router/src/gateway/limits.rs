@@ -59,9 +59,10 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
+            // A whole production line (one /64) shares this: generous.
             per_source: Rate {
-                per_second: 2000.0,
-                burst: 4000.0,
+                per_second: 20_000.0,
+                burst: 40_000.0,
             },
             per_device: Rate {
                 per_second: 50.0,
@@ -206,19 +207,19 @@ pub struct Limits {
     config: LimitsConfig,
     sources: HashMap<SourceNet, SourceState>,
     devices: HashMap<String, Bucket>,
-    overflow: Bucket,
+    /// Shared by new sources while the table is full; made on first use.
+    overflow: Option<Bucket>,
     stats: LimitStats,
 }
 
 impl Limits {
     /// Empty tables.
-    pub fn new(config: LimitsConfig, now: Instant) -> Limits {
-        let overflow = Bucket::full(config.per_source, now);
+    pub fn new(config: LimitsConfig) -> Limits {
         Limits {
             config,
             sources: HashMap::new(),
             devices: HashMap::new(),
-            overflow,
+            overflow: None,
             stats: LimitStats::default(),
         }
     }
@@ -254,7 +255,8 @@ impl Limits {
             Some(state) => state,
             None if full => {
                 self.stats.overflowed += 1;
-                return if self.overflow.take(rate, now) {
+                let overflow = self.overflow.get_or_insert_with(|| Bucket::full(rate, now));
+                return if overflow.take(rate, now) {
                     Verdict::Allow
                 } else {
                     self.stats.source_limited += 1;
@@ -349,11 +351,10 @@ impl Limits {
         })
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) next has work: sweeps run every few
-    /// seconds while anything is tracked.
-    pub fn poll_timeout(&self, last_sweep: Instant) -> Option<Instant> {
-        (!self.sources.is_empty() || !self.devices.is_empty())
-            .then(|| last_sweep + Duration::from_secs(5))
+    /// When [`handle_timeout`](Self::handle_timeout) should next run, asked at `now`: a sweep
+    /// every few seconds while anything is tracked.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        (!self.sources.is_empty() || !self.devices.is_empty()).then(|| now + Duration::from_secs(5))
     }
 
     /// Forgets entries that carry no information any more (full buckets, no quarantine, no
@@ -409,7 +410,7 @@ mod tests {
     #[test]
     fn source_burst_then_refill_at_rate() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         let a = v6("2001:db8:1::1");
         for _ in 0..5 {
             assert_eq!(l.check_source(t0, a), Verdict::Allow);
@@ -425,7 +426,7 @@ mod tests {
     #[test]
     fn one_slash64_shares_a_bucket_other_networks_do_not() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         for i in 0..5 {
             let a = v6(&format!("2001:db8:1::{:x}", i + 1));
             assert_eq!(l.check_source(t0, a), Verdict::Allow);
@@ -459,7 +460,7 @@ mod tests {
     #[test]
     fn device_bucket_is_per_identity() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         for _ in 0..3 {
             assert_eq!(l.check_device(t0, "dev-1"), Verdict::Allow);
         }
@@ -475,7 +476,7 @@ mod tests {
     #[test]
     fn repeated_failures_quarantine_the_source_until_time_is_up() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         let bad = v6("2001:db8:bad::1");
         let good = v6("2001:db8:600d::1");
         assert_eq!(l.auth_failure(t0, bad), None);
@@ -501,7 +502,7 @@ mod tests {
     #[test]
     fn failures_spread_beyond_the_window_do_not_quarantine() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         let a = v6("2001:db8:1::1");
         for i in 0..10u64 {
             assert_eq!(l.auth_failure(t0 + Duration::from_secs(6 * i), a), None);
@@ -511,7 +512,7 @@ mod tests {
     #[test]
     fn full_table_sends_new_sources_to_the_overflow_bucket_and_sweeps_idle_ones() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         for i in 0..4 {
             let a = v6(&format!("2001:db8:{:x}::1", i + 1));
             assert_eq!(l.check_source(t0, a), Verdict::Allow);
@@ -534,7 +535,7 @@ mod tests {
     #[test]
     fn the_sweep_keeps_quarantined_and_failing_sources() {
         let t0 = Instant::now();
-        let mut l = Limits::new(small(), t0);
+        let mut l = Limits::new(small());
         let q = v6("2001:db8:1::1");
         let f = v6("2001:db8:2::1");
         for _ in 0..3 {
@@ -553,7 +554,7 @@ mod tests {
         #[test]
         fn never_more_than_burst_plus_rate(gaps in proptest::collection::vec(0u64..50, 1..400)) {
             let t0 = Instant::now();
-            let mut l = Limits::new(small(), t0);
+            let mut l = Limits::new(small());
             let a = v6("2001:db8:1::1");
             let mut now = t0;
             let mut allowed = 0u32;
@@ -571,7 +572,7 @@ mod tests {
         #[test]
         fn tables_stay_bounded(srcs in proptest::collection::vec(any::<u128>(), 1..200)) {
             let t0 = Instant::now();
-            let mut l = Limits::new(small(), t0);
+            let mut l = Limits::new(small());
             for (i, s) in srcs.iter().enumerate() {
                 let a = IpAddr::V6(std::net::Ipv6Addr::from(*s));
                 let now = t0 + Duration::from_millis(i as u64);

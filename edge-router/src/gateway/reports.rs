@@ -17,81 +17,20 @@
 //! ```
 //!
 //! `counts` are this interval's, `totals` since the edge started. Nothing here reads a clock or
-//! writes anywhere: the server passes times in and publishes [`SecurityReport::to_json`].
+//! writes anywhere: the gateway passes times in, the server publishes [`SecurityReport::to_json`].
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Why a datagram or request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum SecurityCause {
-    /// A plain (unprotected) request where OSCORE is required.
-    PlainRequest,
-    /// A malformed OSCORE option or message.
-    MalformedOscore,
-    /// No registered device has this kid.
-    UnknownKid,
-    /// The AEAD tag did not verify (wrong key, altered bytes).
-    DecryptionFailed,
-    /// A Partial IV already seen or left of the replay window.
-    Replay,
-    /// The device is revoked.
-    Revoked,
-    /// The device is quarantined in the registry.
-    DeviceQuarantined,
-    /// The source address is outside the device's allowed prefixes.
-    OutsidePrefix,
-    /// The authenticated device is not the endpoint it claims (registration `ep`).
-    IdentityMismatch,
-    /// The source network was over its rate.
-    SourceLimited,
-    /// The device was over its rate.
-    DeviceLimited,
-    /// Dropped because the source is quarantined.
-    SourceQuarantined,
-}
-
-impl SecurityCause {
-    /// Whether the cause is a failed authentication (it counts towards quarantine).
-    pub fn is_auth_failure(self) -> bool {
-        matches!(
-            self,
-            SecurityCause::PlainRequest
-                | SecurityCause::MalformedOscore
-                | SecurityCause::UnknownKid
-                | SecurityCause::DecryptionFailed
-                | SecurityCause::Replay
-                | SecurityCause::Revoked
-                | SecurityCause::DeviceQuarantined
-                | SecurityCause::OutsidePrefix
-                | SecurityCause::IdentityMismatch
-        )
-    }
-}
-
-/// One refusal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecurityEvent {
-    /// Why.
-    pub cause: SecurityCause,
-    /// From where.
-    pub source: SocketAddr,
-    /// The device, when its identity is known (authenticated, or named by a known kid).
-    pub device: Option<String>,
-    /// The kid the datagram carried, if any.
-    pub kid: Option<Vec<u8>>,
-}
+use super::failures::{SecurityCause, SecurityEvent};
 
 /// A sample in a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sample {
-    /// Why.
-    pub cause: SecurityCause,
+    /// Why ([`SecurityCause::as_str`]).
+    pub cause: &'static str,
     /// Source address and port.
     pub source: String,
     /// The device, when known.
@@ -127,9 +66,9 @@ pub struct SecurityReport {
     /// The reporting interval, seconds.
     pub interval_s: u64,
     /// Refusals in this interval, by cause.
-    pub counts: BTreeMap<SecurityCause, u64>,
+    pub counts: BTreeMap<&'static str, u64>,
     /// Refusals since start, by cause.
-    pub totals: BTreeMap<SecurityCause, u64>,
+    pub totals: BTreeMap<&'static str, u64>,
     /// A few examples from this interval (the first of each cause, then others up to the limit).
     pub samples: Vec<Sample>,
     /// Quarantines begun in this interval.
@@ -150,8 +89,8 @@ pub struct SecurityEvents {
     edge: String,
     interval: Duration,
     max_samples: usize,
-    counts: BTreeMap<SecurityCause, u64>,
-    totals: BTreeMap<SecurityCause, u64>,
+    counts: BTreeMap<&'static str, u64>,
+    totals: BTreeMap<&'static str, u64>,
     samples: Vec<Sample>,
     quarantined: Vec<QuarantineNote>,
     due: Option<Instant>,
@@ -176,17 +115,18 @@ impl SecurityEvents {
     /// Counts an event; keeps it as a sample while there is room (the first of each cause
     /// first).
     pub fn record(&mut self, now: Instant, unix_ms: u64, event: &SecurityEvent) {
-        let count = self.counts.entry(event.cause).or_insert(0);
+        let cause = event.cause.as_str();
+        let count = self.counts.entry(cause).or_insert(0);
         *count += 1;
         let first_of_cause = *count == 1;
-        *self.totals.entry(event.cause).or_insert(0) += 1;
+        *self.totals.entry(cause).or_insert(0) += 1;
         let room = self.samples.len() < self.max_samples;
         // Keep half the room for causes not seen yet, so one flood cannot hide the others.
         let half = self.samples.len() < self.max_samples.div_ceil(2);
         if room && (first_of_cause || half) {
             self.samples.push(Sample {
-                cause: event.cause,
-                source: event.source.to_string(),
+                cause,
+                source: event.peer.to_string(),
                 device: event.device.clone(),
                 kid: event.kid.as_deref().map(hex),
                 at_ms: unix_ms,
@@ -213,14 +153,9 @@ impl SecurityEvents {
         }
     }
 
-    /// Totals since start, by cause.
-    pub fn totals(&self) -> &BTreeMap<SecurityCause, u64> {
-        &self.totals
-    }
-
     /// The total of one cause since start.
     pub fn total(&self, cause: SecurityCause) -> u64 {
-        self.totals.get(&cause).copied().unwrap_or(0)
+        self.totals.get(cause.as_str()).copied().unwrap_or(0)
     }
 
     /// When a report is due, if anything happened.
@@ -254,11 +189,12 @@ fn hex(bytes: &[u8]) -> String {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn event(cause: SecurityCause, port: u16) -> SecurityEvent {
         SecurityEvent {
             cause,
-            source: SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port)),
+            peer: SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port)),
             device: Some("dev-1".into()),
             kid: Some(vec![0x01, 0xab]),
         }
@@ -283,10 +219,10 @@ mod tests {
         assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(e.poll_report(t0 + Duration::from_secs(1), 0), None);
         let r = e.poll_report(t0 + Duration::from_secs(2), 5000).unwrap();
-        assert_eq!(r.counts[&SecurityCause::SourceLimited], 10_000);
-        assert_eq!(r.counts[&SecurityCause::Replay], 1);
+        assert_eq!(r.counts["source_limited"], 10_000);
+        assert_eq!(r.counts["replay"], 1);
         assert_eq!(r.samples.len(), 3, "two of the flood, the first replay");
-        assert!(r.samples.iter().any(|s| s.cause == SecurityCause::Replay));
+        assert!(r.samples.iter().any(|s| s.cause == "replay"));
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
         assert_eq!(json["edge"], "edge-1");
         assert_eq!(json["counts"]["source_limited"], 10_000);
@@ -296,7 +232,7 @@ mod tests {
         e.record(t0, 6000, &event(SecurityCause::Replay, 9));
         let r2 = e.poll_report(t0 + Duration::from_secs(5), 7000).unwrap();
         assert_eq!(r2.counts.len(), 1);
-        assert_eq!(r2.totals[&SecurityCause::Replay], 2);
+        assert_eq!(r2.totals["replay"], 2);
         assert_eq!(e.total(SecurityCause::SourceLimited), 10_000);
     }
 
@@ -318,13 +254,5 @@ mod tests {
         assert_eq!(r.quarantined[0].at_ms, 42);
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
         assert_eq!(json["quarantined"][0]["source"], "2001:db8:bad::/64");
-    }
-
-    #[test]
-    fn auth_failures_are_the_causes_that_quarantine() {
-        assert!(SecurityCause::Replay.is_auth_failure());
-        assert!(SecurityCause::PlainRequest.is_auth_failure());
-        assert!(!SecurityCause::SourceLimited.is_auth_failure());
-        assert!(!SecurityCause::SourceQuarantined.is_auth_failure());
     }
 }

@@ -292,11 +292,16 @@ struct Seen {
     records: HashMap<(String, u64), serde_json::Value>,
     duplicates: u64,
     status: HashMap<String, String>,
+    /// The edge's security reports (`{prefix}/{site}/_edge/{edge}/security`).
+    security: Vec<serde_json::Value>,
 }
 
 fn parse_delivery(topic: &str, payload: &[u8], seen: &mut Seen) {
     let levels: Vec<&str> = topic.split('/').collect();
     if levels[2] == "_edge" {
+        if levels.get(4) == Some(&"security") {
+            seen.security.push(serde_json::from_slice(payload).unwrap());
+        }
         return; // the edge router's own status
     }
     if levels.get(3) == Some(&"cmd") {

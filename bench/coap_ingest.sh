@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CoAP telemetry accepted per second: v6iot-edge (ACK after fsync) vs libcoap's coap-server vs
-# the udpecho yardstick, in one run, same machine, same load generator (v6iot-flood).
+# CoAP telemetry accepted per second: v6iot-edge (ACK after fsync) unauthenticated (lab mode)
+# and authenticated (OSCORE, the default) vs libcoap's coap-server vs the udpecho yardstick, in
+# one run, same machine, same load generator (v6iot-flood).
 #
 #   bench/coap_ingest.sh [--settings "2x16 4x32 8x64"] [--secs 5] [--warmup 1] [--rounds 2]
 #                        [--no-coapload] [--out DIR]
@@ -9,6 +10,10 @@
 # (Content-Format 112). The edge stores each record in its outbox (fdatasync) and publishes it
 # to a mosquitto started here; libcoap's coap-server runs with `-d` so POST /t creates a
 # resource once (2.01) and updates it after (2.04); udpecho answers every datagram with 2.04.
+# The authenticated edge (`edge-oscore`) gets the same request OSCORE-protected: each flood
+# socket is one provisioned device (registry imported from `v6iot-sim provision`) that
+# registers first; the requests are protected before the run (`v6iot-flood --credentials`), so
+# the generator's cost is the same for both edges; the limits are raised out of the way.
 # SETTINGS are K×W (sockets × outstanding requests per socket); each round runs every target at
 # every setting, targets interleaved so that noise from the machine falls on all of them.
 # Afterwards the shared yardstick `coapload` runs against udpecho and libcoap for comparison
@@ -55,7 +60,7 @@ need_pkg /usr/bin/time time
 ensure_pkgs
 
 log "building (release)"
-cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge -p v6iot-simulator --bin v6iot-flood
+cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge -p v6iot-simulator --bin v6iot-flood --bin v6iot-sim
 YARD="${V6IOT_YARDSTICKS_TARGET:-/tmp/v6iot-yardsticks}"
 TOOLS="${V6IOT_SHARED_TOOLS:-$PWD/../shared/tools}"
 [[ -d "$TOOLS/coapload" ]] || TOOLS=/work/shared/tools
@@ -63,6 +68,7 @@ cargo build --release -q --manifest-path "$TOOLS/coapload/Cargo.toml" --target-d
 cargo build --release -q --manifest-path "$TOOLS/udpecho/Cargo.toml" --target-dir "$YARD"
 EDGE="$PWD/target/release/v6iot-edge"
 FLOOD="$PWD/target/release/v6iot-flood"
+SIM="$PWD/target/release/v6iot-sim"
 COAPLOAD_BIN="$YARD/release/coapload"
 UDPECHO="$YARD/release/udpecho"
 
@@ -91,6 +97,38 @@ TOML
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 
+# the authenticated edge: 8 provisioned devices (one per flood socket) on ::1
+MAX_K=8
+for kw in $SETTINGS; do ((${kw%x*} > MAX_K)) && MAX_K="${kw%x*}"; done
+CREDS="$BENCH_WORK/creds.csv"
+"$SIM" provision --devices "$MAX_K" --prefix ::1/128 --id-prefix bench --out "$CREDS" >/dev/null
+"$EDGE" devices keygen "$BENCH_WORK/seal.key" >/dev/null
+V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-oscore-data" \
+    import "$CREDS" >/dev/null
+OSCORE_PORT="$(free_port udp)"
+cat >"$BENCH_WORK/edge-oscore.toml" <<TOML
+site = "bench"
+edge_id = "bench-edge-oscore"
+data_dir = "$BENCH_WORK/edge-oscore-data"
+[coap]
+listen = "[::1]:$OSCORE_PORT"
+[mqtt]
+url = "mqtt://[::1]:$MQTT_PORT"
+client_id = "v6iot-bench-edge-oscore"
+[outbox]
+max_bytes = 4294967296
+[registry]
+seal_key_file = "$BENCH_WORK/seal.key"
+[security]
+require_oscore = true
+rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000
+TOML
+RUST_LOG=warn start_bg edge-oscore "$EDGE" run --config "$BENCH_WORK/edge-oscore.toml"
+wait_port udp "$OSCORE_PORT"
+
 LIBCOAP_PORT="$(free_port udp)"
 start_bg libcoap coap-server-notls -A ::1 -p "$LIBCOAP_PORT" -d 1000 -v 0
 wait_port udp "$LIBCOAP_PORT"
@@ -103,6 +141,7 @@ sleep 1
 port_of() {
     case "$1" in
     edge) echo "$EDGE_PORT" ;;
+    edge-oscore) echo "$OSCORE_PORT" ;;
     libcoap) echo "$LIBCOAP_PORT" ;;
     udpecho) echo "$ECHO_PORT" ;;
     esac
@@ -127,9 +166,14 @@ run_one() {
     t0="$(date +%s.%N)"
     load="$(cut -d' ' -f1 /proc/loadavg)"
     if [[ "$tool" == flood ]]; then
+        local auth=()
+        [[ "$target" == edge-oscore ]] && auth=(--credentials "$CREDS" --seq-file "$BENCH_WORK/flood-seq")
         line="$(/usr/bin/time -f 'gen_cpu=%U+%S' -o "$BENCH_WORK/time" \
             "$FLOOD" --target "[::1]:$port" --path t --method post --content-format 112 \
-            --sockets "$k" --window "$w" --secs "$SECS" --warmup "$WARMUP")"
+            --sockets "$k" --window "$w" --secs "$SECS" --warmup "$WARMUP" "${auth[@]}" 2>"$BENCH_WORK/flood.err")" ||
+            { cat "$BENCH_WORK/flood.err" >&2; die "v6iot-flood failed against $target"; }
+        grep -q 'warning' <<<"$line" && warn "$target ${k}x$w: $(grep warning <<<"$line")"
+        line="$(head -1 <<<"$line")"
     else
         local path=example_data code=3
         [[ "$target" == udpecho ]] && path=t code=2
@@ -170,7 +214,7 @@ for round in $(seq "$ROUNDS"); do
     for kw in $SETTINGS; do
         k="${kw%x*}"
         w="${kw#*x}"
-        for target in edge libcoap udpecho; do
+        for target in edge edge-oscore libcoap udpecho; do
             run_one "$round" flood "$target" "$k" "$w"
         done
     done
@@ -184,10 +228,12 @@ if [[ "$COAPLOAD" == 1 ]]; then
 fi
 
 # the edge must have stored and published what it acknowledged: check its log for trouble
-if grep -E 'WARN|ERROR' "$BENCH_WORK/edge.log" | grep -v 'LAB MODE' | head -5 | grep -q .; then
-    warn "the edge logged warnings:"
-    grep -E 'WARN|ERROR' "$BENCH_WORK/edge.log" | grep -v 'LAB MODE' | head -5 >&2
-fi
+for e in edge edge-oscore; do
+    if grep -E 'WARN|ERROR' "$BENCH_WORK/$e.log" | grep -v 'LAB MODE' | head -5 | grep -q .; then
+        warn "$e logged warnings:"
+        grep -E 'WARN|ERROR' "$BENCH_WORK/$e.log" | grep -v 'LAB MODE' | head -5 >&2
+    fi
+done
 
 # --- summary: the best run of each target with the flood generator ------------------------------
 echo
@@ -202,15 +248,16 @@ awk -F'\t' 'NR > 1 && $2 == "flood" {
     }
     END {
         printf "| target | K×W | req/s | p50 ms | p99 ms | server cores | server run-queue wait (s/s) | server CPU µs/req | rcvbuf drops |\n|---|---|---|---|---|---|---|---|---|\n"
-        n = split("edge libcoap udpecho", order, " ")
+        n = split("edge edge-oscore libcoap udpecho", order, " ")
         for (i = 1; i <= n; i++) {
             t = order[i]
             if (t in line) { split(line[t], f, "\t"); printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] }
         }
-        if (best["libcoap"] > 0) printf "\nedge / libcoap (best vs best) = %.2f (target >= 1.5)\n", best["edge"] / best["libcoap"]
+        if (best["libcoap"] > 0) printf "\nedge / libcoap (best vs best) = %.2f (target >= 1.5); edge-oscore / libcoap = %.2f\n", best["edge"] / best["libcoap"], best["edge-oscore"] / best["libcoap"]
+        if (best["edge"] > 0) printf "authenticated / unauthenticated edge (best vs best) = %.2f\n", best["edge-oscore"] / best["edge"]
         if (best["udpecho"] > 0) printf "edge / udpecho = %.2f, libcoap / udpecho = %.2f\n", best["edge"] / best["udpecho"], best["libcoap"] / best["udpecho"]
         printf "edge / libcoap at the same round and setting:"
-        for (k in keys) if (rate["libcoap", k] > 0) printf " %s: %.2f;", k, rate["edge", k] / rate["libcoap", k]
+        for (k in keys) if (rate["libcoap", k] > 0) printf " %s: %.2f (oscore %.2f);", k, rate["edge", k] / rate["libcoap", k], rate["edge-oscore", k] / rate["libcoap", k]
         printf "\n"
     }' "$TSV"
 echo

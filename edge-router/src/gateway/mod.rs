@@ -37,6 +37,14 @@
 //!
 //! Without `require_oscore` (lab only) plain messages go to the ingress as before, and OSCORE
 //! messages are still verified and answered protected.
+//!
+//! # Cost
+//!
+//! `benches/gateway.rs` (a telemetry datagram in, its record stored, the floor batch written,
+//! the ACK out, 10,000 devices): the lab path through the gateway costs the same as the bare
+//! ingress (≈ 4–7 µs here); the OSCORE path roughly 2–3× that (≈ 10 µs: one AEAD open, one
+//! seal, the exchange bookkeeping and a one-row persistence batch per request). Measured on
+//! a shared, loaded 2-core machine: rough figures.
 
 mod binding;
 mod exchanges;

@@ -334,6 +334,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
     add_device(&creds, "m1", 1, ANY_LOOPBACK4);
     add_device(&creds, "m2", 2, "::ffff:127.0.0.1/128");
     add_device(&creds, "r1", 3, ANY_LOOPBACK4);
+    add_device(&creds, "q1", 4, ANY_LOOPBACK4);
     let broker = Mosquitto::start(dir.path());
     let edge = start_edge(dir.path(), broker.port, &creds);
     let rt = runtime();
@@ -432,7 +433,8 @@ fn protected_devices_report_and_every_attack_is_refused() {
     assert_eq!(m2.call(&t), ResponseType::Forbidden);
     await_stat(&edge, "address_refused", 1);
 
-    // Revoked with the CLI while the edge runs: refused (4.01) once the edge noticed.
+    // Revoked with the CLI while the edge runs: refused (4.01) once the edge noticed (it polls
+    // the registry about once a second).
     let mut r1 = Device::new("r1", 3, "127.0.0.1:0", edge.coap);
     let reg = r1.registration();
     assert_eq!(r1.call(&reg), ResponseType::Created);
@@ -445,6 +447,19 @@ fn protected_devices_report_and_every_attack_is_refused() {
     assert_eq!(code(&answer), ResponseType::Unauthorized);
     await_stat(&edge, "not_active", 1);
 
+    // Quarantined with the CLI while the edge runs: 4.03.
+    let mut q1 = Device::new("q1", 4, "127.0.0.1:0", edge.coap);
+    let reg = q1.registration();
+    assert_eq!(q1.call(&reg), ResponseType::Created);
+    let out = edge_cli(&creds, &["devices", "set-state", "q1", "quarantined"]);
+    assert!(out.status.success(), "{out:?}");
+    edge.await_log("Some(Quarantined)", Duration::from_secs(10));
+    let t = q1.telemetry(666);
+    let (bytes, _) = q1.protect(&t);
+    let answer = q1.send_and_wait(&bytes, t.get_token());
+    assert_eq!(code(&answer), ResponseType::Forbidden);
+    await_stat(&edge, "not_active", 2);
+
     // Everything counted, nothing from any attack at the broker (m1 still works).
     let t = m1.telemetry(4);
     assert_eq!(m1.call(&t), ResponseType::Changed);
@@ -452,7 +467,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
         seqs(&seen, "m1") == [1, 2, 3, 4]
     });
     let s = stats(&edge);
-    assert_eq!(s["refused"], 7, "{s:?}");
+    assert_eq!(s["refused"], 8, "{s:?}");
     let seen = seen.lock().unwrap();
     assert!(
         !seen.records.keys().any(|(_, seq)| *seq == 666),

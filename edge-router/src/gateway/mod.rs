@@ -285,24 +285,13 @@ impl Gateway {
             self.protected_response(now, unix_ms, peer, &packet);
         } else if code == 0 || !self.config.require_oscore {
             self.ingress.handle_packet(now, unix_ms, peer, &packet);
-        } else if wire::is_request_code(code) {
-            self.refuse(
-                now,
-                unix_ms,
-                peer,
-                &packet,
-                None,
-                SecurityCause::PlainRequest,
-            );
         } else {
-            self.refuse(
-                now,
-                unix_ms,
-                peer,
-                &packet,
-                None,
-                SecurityCause::PlainResponse,
-            );
+            let cause = if wire::is_request_code(code) {
+                SecurityCause::PlainRequest
+            } else {
+                SecurityCause::PlainResponse
+            };
+            self.refuse(now, unix_ms, peer, &packet, None, cause);
         }
         self.pump(now);
         self.arm_sweep(now);

@@ -49,6 +49,14 @@
 //!
 //! Without `require_oscore` (lab only) plain messages go to the ingress as before, and OSCORE
 //! messages are still verified and answered protected.
+//!
+//! # Cost
+//!
+//! `benches/gateway.rs` (a telemetry datagram in, its record stored, the floor batch written,
+//! the ACK out, 10,000 devices): the lab path through the gateway costs the same as the bare
+//! ingress (≈ 4–7 µs here); the OSCORE path roughly 2–3× that (≈ 10 µs: one AEAD open, one
+//! seal, the exchange bookkeeping and a one-row persistence batch per request). Measured on
+//! a shared, loaded 2-core machine: rough figures.
 
 mod binding;
 mod exchanges;
@@ -344,24 +352,13 @@ impl Gateway {
             self.protected_response(now, unix_ms, peer, &packet);
         } else if code == 0 || !self.config.require_oscore {
             self.ingress.handle_packet(now, unix_ms, peer, &packet);
-        } else if wire::is_request_code(code) {
-            self.refuse(
-                now,
-                unix_ms,
-                peer,
-                &packet,
-                None,
-                SecurityCause::PlainRequest,
-            );
         } else {
-            self.refuse(
-                now,
-                unix_ms,
-                peer,
-                &packet,
-                None,
-                SecurityCause::PlainResponse,
-            );
+            let cause = if wire::is_request_code(code) {
+                SecurityCause::PlainRequest
+            } else {
+                SecurityCause::PlainResponse
+            };
+            self.refuse(now, unix_ms, peer, &packet, None, cause);
         }
         self.pump(now);
         self.arm_sweep(now);

@@ -306,6 +306,12 @@ fn send_raw(bind: &str, edge: SocketAddr, bytes: &[u8]) -> ResponseType {
     code(&Packet::from_bytes(&buf[..n]).unwrap())
 }
 
+/// Sends an attack from `from`, expects `answer`, and waits for the edge to count it.
+fn attack(edge: &Edge, from: &str, bytes: &[u8], answer: ResponseType, counter: (&str, u64)) {
+    assert_eq!(send_raw(from, edge.coap, bytes), answer, "{}", counter.0);
+    await_stat(edge, counter.0, counter.1);
+}
+
 fn with_mid(bytes: &[u8], mid: u16) -> Vec<u8> {
     let mut p = Packet::from_bytes(bytes).unwrap();
     p.header.message_id = mid;
@@ -334,6 +340,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
     add_device(&creds, "m1", 1, ANY_LOOPBACK4);
     add_device(&creds, "m2", 2, "::ffff:127.0.0.1/128");
     add_device(&creds, "r1", 3, ANY_LOOPBACK4);
+    add_device(&creds, "q1", 4, ANY_LOOPBACK4);
     let broker = Mosquitto::start(dir.path());
     let edge = start_edge(dir.path(), broker.port, &creds);
     let rt = runtime();
@@ -387,11 +394,13 @@ fn protected_devices_report_and_every_attack_is_refused() {
     let (bytes, _) = stranger.protect(&t);
     // (Each attack from its own loopback address: the edge answers at most 4 failures per
     // source and 5 s, and drops the rest silently.)
-    assert_eq!(
-        send_raw("127.0.0.3:0", edge.coap, &bytes),
-        ResponseType::Unauthorized
+    attack(
+        &edge,
+        "127.0.0.3:0",
+        &bytes,
+        ResponseType::Unauthorized,
+        ("unknown_kid", 1),
     );
-    await_stat(&edge, "unknown_kid", 1);
 
     // m1's kid with a wrong key (past m1's Partial IVs, so it is the key that fails): 4.00.
     let mut forger = Device::with_secret("m1", 1, &[0x55; 16], "127.0.0.1:0", edge.coap);
@@ -401,29 +410,35 @@ fn protected_devices_report_and_every_attack_is_refused() {
     }
     let t = forger.telemetry(666);
     let (bytes, _) = forger.protect(&t);
-    assert_eq!(
-        send_raw("127.0.0.4:0", edge.coap, &bytes),
-        ResponseType::BadRequest
+    attack(
+        &edge,
+        "127.0.0.4:0",
+        &bytes,
+        ResponseType::BadRequest,
+        ("decryption_failed", 1),
     );
-    await_stat(&edge, "decryption_failed", 1);
 
     // One flipped ciphertext bit of a genuine message: 4.00.
     let t = m1.telemetry(666);
     let (mut bytes, _) = m1.protect(&t);
     let last = bytes.len() - 3;
     bytes[last] ^= 0x01;
-    assert_eq!(
-        send_raw("127.0.0.5:0", edge.coap, &bytes),
-        ResponseType::BadRequest
+    attack(
+        &edge,
+        "127.0.0.5:0",
+        &bytes,
+        ResponseType::BadRequest,
+        ("decryption_failed", 2),
     );
-    await_stat(&edge, "decryption_failed", 2);
 
     // A replayed message (captured, sent again by someone else): 4.01.
-    assert_eq!(
-        send_raw("127.0.0.6:0", edge.coap, &with_mid(&accepted, 0x7777)),
-        ResponseType::Unauthorized
+    attack(
+        &edge,
+        "127.0.0.6:0",
+        &with_mid(&accepted, 0x7777),
+        ResponseType::Unauthorized,
+        ("replay", 1),
     );
-    await_stat(&edge, "replay", 1);
 
     // Outside the allowed prefix: m2 may only send from 127.0.0.1; from 127.0.0.2 it gets a
     // protected 4.03.
@@ -432,7 +447,8 @@ fn protected_devices_report_and_every_attack_is_refused() {
     assert_eq!(m2.call(&t), ResponseType::Forbidden);
     await_stat(&edge, "address_refused", 1);
 
-    // Revoked with the CLI while the edge runs: refused (4.01) once the edge noticed.
+    // Revoked with the CLI while the edge runs: refused (4.01) once the edge noticed (it polls
+    // the registry about once a second).
     let mut r1 = Device::new("r1", 3, "127.0.0.1:0", edge.coap);
     let reg = r1.registration();
     assert_eq!(r1.call(&reg), ResponseType::Created);
@@ -445,6 +461,19 @@ fn protected_devices_report_and_every_attack_is_refused() {
     assert_eq!(code(&answer), ResponseType::Unauthorized);
     await_stat(&edge, "not_active", 1);
 
+    // Quarantined with the CLI while the edge runs: 4.03.
+    let mut q1 = Device::new("q1", 4, "127.0.0.1:0", edge.coap);
+    let reg = q1.registration();
+    assert_eq!(q1.call(&reg), ResponseType::Created);
+    let out = edge_cli(&creds, &["devices", "set-state", "q1", "quarantined"]);
+    assert!(out.status.success(), "{out:?}");
+    edge.await_log("Some(Quarantined)", Duration::from_secs(10));
+    let t = q1.telemetry(666);
+    let (bytes, _) = q1.protect(&t);
+    let answer = q1.send_and_wait(&bytes, t.get_token());
+    assert_eq!(code(&answer), ResponseType::Forbidden);
+    await_stat(&edge, "not_active", 2);
+
     // Everything counted, nothing from any attack at the broker (m1 still works).
     let t = m1.telemetry(4);
     assert_eq!(m1.call(&t), ResponseType::Changed);
@@ -452,7 +481,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
         seqs(&seen, "m1") == [1, 2, 3, 4]
     });
     let s = stats(&edge);
-    assert_eq!(s["refused"], 7, "{s:?}");
+    assert_eq!(s["refused"], 8, "{s:?}");
     let seen = seen.lock().unwrap();
     assert!(
         !seen.records.keys().any(|(_, seq)| *seq == 666),

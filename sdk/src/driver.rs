@@ -39,10 +39,10 @@ pub async fn run<S: App>(
 /// (it must finish before the device may use the numbers); a generous persist step keeps writes
 /// rare. A failed write is logged and retried a second later; meanwhile messages that need a
 /// sequence number wait.
-pub async fn run_with_store<S: App>(
+pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
     socket: &UdpSocket,
     device: &mut Device<S>,
-    store: &mut dyn MarkStore,
+    store: &mut M,
     mut on_event: impl FnMut(Event),
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {

@@ -437,7 +437,11 @@ mod tests {
         };
         let _ = std::fs::remove_file(&oscore.marks);
         let (contexts, marks) = fleet_contexts(&plan(3), &oscore).unwrap();
-        assert_eq!(marks.lock().unwrap().writes(), 1, "one write for the whole fleet");
+        assert_eq!(
+            marks.lock().unwrap().writes(),
+            1,
+            "one write for the whole fleet"
+        );
         for ctx in &contexts {
             assert_eq!(ctx.sequence().peek(), 0);
             assert_eq!(ctx.sequence().durable_mark(), FLEET_PERSIST_STEP);
@@ -445,7 +449,11 @@ mod tests {
         }
         // A restart (however the last run ended) continues at the stored marks.
         let (again, _) = fleet_contexts(&plan(3), &oscore).unwrap();
-        assert!(again.iter().all(|c| c.sequence().peek() == FLEET_PERSIST_STEP));
+        assert!(
+            again
+                .iter()
+                .all(|c| c.sequence().peek() == FLEET_PERSIST_STEP)
+        );
         // A fleet larger than the CSV is refused, naming the device.
         let e = fleet_contexts(&plan(4), &oscore).unwrap_err();
         assert!(format!("{e:#}").contains("sim000003"), "{e:#}");

@@ -10,73 +10,21 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use common::{Thing, big_body, code, get, peer, recv, request, send, tree};
 use v6iot_sdk::coap::wire;
-use v6iot_sdk::coap::{
-    App, Changed, Code, Config, Device, Event, Reply, Request, Resource, ResourceId, ResourceTree,
-    Response, Ticket, content_format as cf,
-};
+use v6iot_sdk::coap::{Changed, Config, Device, Event, ResourceId, Response, content_format as cf};
 use v6iot_sdk::oscore::{
     self, ContextConfig, ContextInput, OscoreError, OscoreOption, RequestInfo, SecurityContext,
 };
 use v6iot_sdk::uplink::UplinkConfig;
 
 const KID: [u8; 1] = [0x2a];
-
-#[derive(Debug, Default)]
-struct Thing {
-    gets: u32,
-    value: u32,
-    deferred: Vec<Ticket>,
-}
-
-impl App for Thing {}
-
-fn big_body() -> Vec<u8> {
-    (0..3000).map(|i| (i % 251) as u8).collect()
-}
-
-fn tree() -> Arc<ResourceTree<Thing>> {
-    let mut t = ResourceTree::new();
-    t.add(
-        Resource::new("value")
-            .content_formats(&[cf::TEXT_PLAIN])
-            .accepts(&[cf::TEXT_PLAIN])
-            .observable()
-            .get(|s: &mut Thing, _| {
-                s.gets += 1;
-                Response::content(cf::TEXT_PLAIN, s.value.to_string().into_bytes()).into()
-            })
-            .put(
-                |s: &mut Thing, r| match r.text().and_then(|t| t.parse().ok()) {
-                    Some(v) => {
-                        s.value = v;
-                        Response::code(Code::Changed).into()
-                    }
-                    None => Response::error(Code::BadRequest, "not a number").into(),
-                },
-            ),
-    )
-    .unwrap();
-    t.add(
-        Resource::new("big")
-            .content_formats(&[cf::OCTET_STREAM])
-            .get(|_, _| Response::content(cf::OCTET_STREAM, big_body()).into()),
-    )
-    .unwrap();
-    t.add(
-        Resource::new("slow").post(|s: &mut Thing, r: &Request<'_>| {
-            s.deferred.push(r.ticket);
-            Reply::Separate
-        }),
-    )
-    .unwrap();
-    Arc::new(t)
-}
 
 fn input(secret: u8, sender: &[u8], recipient: &[u8]) -> ContextInput {
     ContextInput {
@@ -125,45 +73,10 @@ fn device() -> Device<Thing> {
     d
 }
 
-fn peer() -> SocketAddr {
-    "[2001:db8::1]:5683".parse().unwrap()
-}
-
-fn request(kind: MessageType, method: RequestType, mid: u16, token: &[u8], path: &str) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_type(kind);
-    p.header.code = MessageClass::Request(method);
-    p.header.message_id = mid;
-    p.set_token(token.to_vec());
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
-    }
-    p
-}
-
-fn get(mid: u16, token: &[u8], path: &str) -> Packet {
-    request(MessageType::Confirmable, RequestType::Get, mid, token, path)
-}
-
-fn send(d: &mut Device<Thing>, now: Instant, p: &Packet) {
-    d.handle_datagram(now, peer(), &p.to_bytes().unwrap());
-}
-
 fn recv_bytes(d: &mut Device<Thing>) -> Vec<u8> {
     let t = d.poll_transmit().expect("a datagram");
     assert_eq!(t.destination, peer());
     t.contents
-}
-
-fn recv(d: &mut Device<Thing>) -> Packet {
-    wire::parse(&recv_bytes(d)).unwrap()
-}
-
-fn code(p: &Packet) -> ResponseType {
-    match p.header.code {
-        MessageClass::Response(r) => r,
-        other => panic!("not a response: {other:?}"),
-    }
 }
 
 fn is_protected(p: &Packet) -> bool {
@@ -522,6 +435,17 @@ fn edge_answer(
         .unwrap()
 }
 
+/// The edge's side of a registration: verifies `POST /rd` and answers 2.01; returns the
+/// request's Partial IV.
+fn register_at_edge(d: &mut Device<Thing>, edge: &mut SecurityContext, now: Instant) -> u64 {
+    let (outer, inner, mut info, _) = edge_recv(d, edge);
+    assert_eq!(paths(&inner), ["rd"]);
+    let ok = edge_answer(edge, &outer, &mut info, ResponseType::Created, &["rd", "1"]);
+    d.handle_datagram(now, edge_addr(), &ok);
+    assert!(d.registration().unwrap().is_registered());
+    piv_of(&outer).unwrap()
+}
+
 fn paths(p: &Packet) -> Vec<String> {
     p.get_option(CoapOption::UriPath)
         .map(|l| {
@@ -607,16 +531,7 @@ fn nothing_is_sent_at_or_above_an_unconfirmed_mark() {
     let mut confirmed = mark;
     let mut seen = Vec::new();
     // Registration, then reports: each request takes one sequence number.
-    let (outer, _, mut info, _) = edge_recv(&mut d, &mut edge);
-    seen.push(piv_of(&outer).unwrap());
-    let ok = edge_answer(
-        &mut edge,
-        &outer,
-        &mut info,
-        ResponseType::Created,
-        &["rd", "1"],
-    );
-    d.handle_datagram(now, edge_addr(), &ok);
+    seen.push(register_at_edge(&mut d, &mut edge, now));
     let mut held = 0;
     for i in 0..20u32 {
         d.report(now, cf::SENML_JSON, format!("[{{\"v\":{i}}}]").into_bytes())

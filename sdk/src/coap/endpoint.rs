@@ -766,7 +766,7 @@ impl Endpoint {
                     }
                 };
                 let sealed = message.and_then(|m| self.seal_answer(peer, &m, info.as_deref_mut()));
-                if answer.observe.is_some() {
+                if info.is_some() && answer.observe.is_some() {
                     // A registration: its notifications are protected with its binding.
                     if let Some(o) = self
                         .observers

@@ -590,3 +590,20 @@ fn a_notification_waits_for_its_mark_and_then_carries_the_current_state() {
     assert_eq!(n.payload, b"6");
     assert!(d.poll_transmit().is_none());
 }
+
+#[test]
+fn an_idle_device_with_credentials_and_an_observer_fits_in_two_kib() {
+    let mut d = device();
+    let mut edge = edge_ctx();
+    let now = Instant::now();
+    let mut reg = get(1, b"ob", "value");
+    reg.add_option(CoapOption::Observe, vec![]);
+    call(&mut d, &mut edge, now, &reg);
+    let idle = now + Config::default().exchange_lifetime() + Duration::from_secs(1);
+    d.handle_timeout(idle);
+    let footprint = d.endpoint().memory_footprint();
+    assert!(
+        footprint <= 2048,
+        "idle endpoint with OSCORE holds {footprint} bytes"
+    );
+}

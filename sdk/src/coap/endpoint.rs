@@ -353,6 +353,15 @@ impl Endpoint {
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.exchanges.capacity() * std::mem::size_of::<client::Exchange>()
             + self.outcomes.capacity() * std::mem::size_of::<(RequestId, RequestOutcome)>()
+            + self.secure.as_ref().map_or(0, |s| s.memory_footprint())
+            + self.bindings() * std::mem::size_of::<RequestInfo>()
+    }
+
+    /// OSCORE request bindings held for observers, deferred answers and pending requests.
+    fn bindings(&self) -> usize {
+        self.observers.iter().filter(|o| o.oscore.is_some()).count()
+            + self.deferred.iter().filter(|d| d.oscore.is_some()).count()
+            + self.exchanges.iter().filter(|x| x.has_binding()).count()
     }
 
     /// The next datagram to send, if any.

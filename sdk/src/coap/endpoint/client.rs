@@ -103,6 +103,13 @@ pub(super) struct Exchange {
     oscore: Option<Box<RequestInfo>>,
 }
 
+impl Exchange {
+    /// True when it holds an OSCORE binding for its response.
+    pub(super) fn has_binding(&self) -> bool {
+        self.oscore.is_some()
+    }
+}
+
 impl Endpoint {
     /// Sends a request to `peer`; its outcome arrives through [`Endpoint::poll_response`].
     pub fn send_request(

@@ -86,6 +86,21 @@ impl Secure {
         }
     }
 
+    /// Bytes held on the heap for OSCORE (approximate: the held messages' bodies and options
+    /// are counted by their payloads).
+    pub(super) fn memory_footprint(&self) -> usize {
+        std::mem::size_of::<Secure>()
+            + self.ctx.sender_id().len()
+            + self.ctx.recipient_id().len()
+            + self.held_requests.capacity() * std::mem::size_of::<HeldRequest>()
+            + self
+                .held_requests
+                .iter()
+                .map(|h| h.packet.payload.len())
+                .sum::<usize>()
+            + self.held_notifications.capacity() * std::mem::size_of::<ResourceId>()
+    }
+
     /// Verifies a request (§8.2), or lets plain discovery through, or refuses.
     pub(super) fn gate(&mut self, packet: &Packet) -> Gate {
         if packet.get_first_option(CoapOption::Oscore).is_none() {

@@ -12,6 +12,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -21,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use common::edge_context;
 use v6iot_sdk::coap::wire;
-use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, OscoreOption, SecurityContext};
+use v6iot_sdk::oscore::{self, OscoreOption, SecurityContext};
 use v6iot_simulator::credentials::Credentials;
 
 const DEVICES: usize = 3;
@@ -42,18 +45,7 @@ fn edge_contexts(csv: &Path) -> HashMap<Vec<u8>, SecurityContext> {
     (0..DEVICES)
         .map(|n| {
             let r = creds.get(&format!("sim{n:06}")).unwrap();
-            let input = ContextInput {
-                master_secret: r.master_secret.as_bytes().to_vec(),
-                master_salt: r.master_salt.clone().unwrap_or_default(),
-                id_context: None,
-                sender_id: Vec::new(),
-                recipient_id: r.kid.clone(),
-            };
-            let config = ContextConfig {
-                replay_window: 128,
-                ..ContextConfig::default()
-            };
-            (r.kid.clone(), SecurityContext::new(&input, config).unwrap())
+            (r.kid.clone(), edge_context(r))
         })
         .collect()
 }

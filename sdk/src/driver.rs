@@ -1,7 +1,9 @@
 //! The tokio UDP driver: runs one [`Device`] on one socket. The only I/O in this crate.
 //!
 //! It moves datagrams between the socket and the device and sleeps until the device's next
-//! deadline; all protocol decisions stay in the sans-IO core.
+//! deadline; all protocol decisions stay in the sans-IO core. For a device with OSCORE
+//! credentials it also writes the sequence-number marks the device asks for to a
+//! [`MarkStore`] and confirms them ([`run_with_store`]).
 
 use std::future::Future;
 use std::io;
@@ -10,16 +12,37 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 
 use crate::coap::{App, Device, Event};
+use crate::store::{MarkStore, NoStore};
 
 /// Largest datagram the driver receives; CoAP over UDP stays far below it.
 const MAX_DATAGRAM: usize = 64 * 1024;
 
+/// How long the driver waits before it tries again to store a mark that failed to store.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `device` on `socket` until `shutdown` completes, handing each protocol event to
 /// `on_event`. Send errors are logged and the datagram dropped (the core retransmits
 /// Confirmable messages); receive errors other than transient ones end the run.
+///
+/// For a device without OSCORE credentials; one with credentials needs [`run_with_store`].
 pub async fn run<S: App>(
     socket: &UdpSocket,
     device: &mut Device<S>,
+    on_event: impl FnMut(Event),
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    run_with_store(socket, device, &mut NoStore, on_event, shutdown).await
+}
+
+/// As [`run`], and writes every sequence-number mark the device asks for to `store` before
+/// confirming it to the device (RFC 8613 Appendix B.1.1). The write blocks the device's task
+/// (it must finish before the device may use the numbers); a generous persist step keeps writes
+/// rare. A failed write is logged and retried a second later; meanwhile messages that need a
+/// sequence number wait.
+pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
+    socket: &UdpSocket,
+    device: &mut Device<S>,
+    store: &mut M,
     mut on_event: impl FnMut(Event),
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -29,12 +52,26 @@ pub async fn run<S: App>(
         while let Some(event) = device.poll_event() {
             on_event(event);
         }
+        let mut retry_store_at = None;
+        while let Some(mark) = device.mark_to_persist() {
+            match store.store(mark) {
+                Ok(()) => device.persisted(Instant::now(), mark),
+                Err(e) => {
+                    tracing::error!(mark, error = %e, "cannot store the OSCORE sequence-number mark; messages wait");
+                    retry_store_at = Some(Instant::now() + STORE_RETRY);
+                    break;
+                }
+            }
+        }
         while let Some(t) = device.poll_transmit() {
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                 tracing::warn!(peer = %t.destination, error = %e, "send failed; datagram dropped");
             }
         }
-        let deadline = device.poll_timeout();
+        let deadline = match (device.poll_timeout(), retry_store_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, peer)) => {

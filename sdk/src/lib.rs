@@ -2,7 +2,7 @@
 //!
 //! # Layers and the I/O boundary
 //!
-//! Everything in this crate except [`driver`] is *sans-IO*: plain data types and state machines
+//! Everything in this crate except [`driver`] and [`store`] is *sans-IO*: plain data types and state machines
 //! that own no socket, task or clock. Time comes in as an argument (`now: Instant`), datagrams
 //! come in through `handle_*` methods and go out through `poll_*` methods.
 //!
@@ -13,7 +13,8 @@
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
-//! | [`driver`] | the only I/O: a tokio UDP driver that runs a device core on a socket (feature `tokio`) |
+//! | [`store`] | file I/O for OSCORE sequence-number marks: [`store::MarkStore`], [`store::SequenceFile`], atomic durable writes |
+//! | [`driver`] | the I/O loop: a tokio UDP driver that runs a device core on a socket and writes its marks (feature `tokio`) |
 
 pub mod addr;
 pub mod coap;
@@ -21,4 +22,5 @@ pub mod coap;
 pub mod driver;
 pub mod oscore;
 pub mod senml;
+pub mod store;
 pub mod uplink;

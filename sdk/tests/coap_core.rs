@@ -8,134 +8,18 @@
     clippy::indexing_slicing
 )]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use common::{BIG, Thing, big_body, code, config, get, peer, recv, recv_all, request, send, tree};
 use proptest::prelude::*;
 use v6iot_sdk::coap::wire::{self, Block};
-use v6iot_sdk::coap::{
-    App, Changed, Code, Config, Device, Event, ObserveEnd, Reply, Request, Resource, ResourceId,
-    ResourceTree, Response, Ticket, content_format as cf,
-};
-
-/// Test application: counts handler calls, holds a value, a big body, and deferred tickets.
-#[derive(Debug, Default)]
-struct Thing {
-    gets: u32,
-    value: u32,
-    uploaded: Vec<u8>,
-    deferred: Vec<Ticket>,
-}
-
-impl App for Thing {}
-
-const BIG: usize = 3000;
-
-fn big_body() -> Vec<u8> {
-    (0..BIG).map(|i| (i % 251) as u8).collect()
-}
-
-fn tree() -> Arc<ResourceTree<Thing>> {
-    let mut t = ResourceTree::new();
-    t.add(
-        Resource::new("value")
-            .content_formats(&[cf::TEXT_PLAIN, cf::JSON])
-            .accepts(&[cf::TEXT_PLAIN])
-            .observable()
-            .get(|s: &mut Thing, r| {
-                s.gets += 1;
-                let body = match r.accept {
-                    Some(cf::JSON) => format!("{{\"v\":{}}}", s.value),
-                    _ => s.value.to_string(),
-                };
-                Response::content(r.accept.unwrap_or(0), body.into_bytes()).into()
-            })
-            .put(
-                |s: &mut Thing, r| match r.text().and_then(|t| t.parse().ok()) {
-                    Some(v) => {
-                        s.value = v;
-                        Response::code(Code::Changed).into()
-                    }
-                    None => Response::error(Code::BadRequest, "not a number").into(),
-                },
-            ),
-    )
-    .unwrap();
-    t.add(
-        Resource::new("big")
-            .content_formats(&[cf::OCTET_STREAM])
-            .get(|_, _| Response::content(cf::OCTET_STREAM, big_body()).into()),
-    )
-    .unwrap();
-    t.add(Resource::new("upload").post(|s: &mut Thing, r| {
-        s.uploaded = r.payload.to_vec();
-        Response::code(Code::Changed).into()
-    }))
-    .unwrap();
-    t.add(
-        Resource::new("slow").post(|s: &mut Thing, r: &Request<'_>| {
-            s.deferred.push(r.ticket);
-            Reply::Separate
-        }),
-    )
-    .unwrap();
-    Arc::new(t)
-}
-
-fn config() -> Config {
-    Config {
-        max_body: 8192,
-        ..Config::default()
-    }
-}
+use v6iot_sdk::coap::{Changed, Code, Config, Device, Event, ObserveEnd, ResourceId, Response};
 
 fn device() -> Device<Thing> {
     Device::new(config(), 7, tree(), Thing::default())
-}
-
-fn peer() -> SocketAddr {
-    "[2001:db8::1]:5683".parse().unwrap()
-}
-
-fn request(kind: MessageType, method: RequestType, mid: u16, token: &[u8], path: &str) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_type(kind);
-    p.header.code = MessageClass::Request(method);
-    p.header.message_id = mid;
-    p.set_token(token.to_vec());
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
-    }
-    p
-}
-
-fn get(mid: u16, token: &[u8], path: &str) -> Packet {
-    request(MessageType::Confirmable, RequestType::Get, mid, token, path)
-}
-
-fn send(d: &mut Device<Thing>, now: Instant, p: &Packet) {
-    d.handle_datagram(now, peer(), &p.to_bytes().unwrap());
-}
-
-fn recv(d: &mut Device<Thing>) -> Packet {
-    let t = d.poll_transmit().expect("a datagram");
-    assert_eq!(t.destination, peer());
-    Packet::from_bytes(&t.contents).unwrap()
-}
-
-fn recv_all(d: &mut Device<Thing>) -> Vec<Packet> {
-    std::iter::from_fn(|| d.poll_transmit())
-        .map(|t| Packet::from_bytes(&t.contents).unwrap())
-        .collect()
-}
-
-fn code(p: &Packet) -> ResponseType {
-    match p.header.code {
-        MessageClass::Response(r) => r,
-        other => panic!("not a response: {other:?}"),
-    }
 }
 
 fn observe_of(p: &Packet) -> Option<u32> {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceTree, Response, TreeError, content_format as cf,
 };
+use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 use v6iot_sdk::uplink::{Binding, ReportStats, UplinkConfig};
 
@@ -134,7 +135,12 @@ pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
     Ok(Arc::new(t))
 }
 
-/// Builds device `n` of `plan`, starting at `start`.
+/// The id of device `n` of `plan`: `{prefix}{n:06}`, as `v6iot-sim provision` names them.
+pub fn device_id(plan: &FleetPlan, n: usize) -> String {
+    format!("{}{n:06}", plan.id_prefix)
+}
+
+/// Builds device `n` of `plan`, starting at `start`; with `credentials` it speaks OSCORE only.
 pub fn device(
     plan: &FleetPlan,
     n: usize,
@@ -142,8 +148,9 @@ pub fn device(
     tree: Arc<ResourceTree<FleetSensor>>,
     counters: Arc<FleetCounters>,
     clock: WallClock,
+    credentials: Option<SecurityContext>,
 ) -> Device<FleetSensor> {
-    let id = format!("{}{n:06}", plan.id_prefix);
+    let id = device_id(plan, n);
     let per_device = plan.rate / plan.devices.max(1) as f64;
     let interval = Duration::from_secs_f64(if per_device > 0.0 {
         1.0 / per_device
@@ -170,7 +177,12 @@ pub fn device(
         lifetime: Duration::from_secs(600),
         ..UplinkConfig::new(plan.edge, id)
     };
-    Device::new(Config::default(), n as u64 + 1, tree, app).with_uplink(start, uplink)
+    let device = Device::new(Config::default(), n as u64 + 1, tree, app);
+    match credentials {
+        Some(ctx) => device.with_credentials(ctx),
+        None => device,
+    }
+    .with_uplink(start, uplink)
 }
 
 /// Adds one device's reporter counters into a total.

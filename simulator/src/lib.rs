@@ -8,6 +8,8 @@
 //! | [`demo`] | the all-in-one demo: embedded broker, edge router, fleet, summary |
 //! | [`duration`] | parsing of human durations (`2s`, `500ms`) for the command line |
 //! | [`fleet`] | fleet devices: the reporting sensor app and its uplink, sans-IO |
+//! | [`credentials`] | OSCORE credentials from the credentials CSV: one security context per device |
+//! | [`fleet_marks`] | the OSCORE sequence-number marks of a whole fleet in one state file |
 //! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
 //! | [`load`] | I/O: runs a fleet on sockets, subscribes at the broker, builds the run report |
@@ -17,8 +19,10 @@
 
 pub mod broker;
 pub mod collector;
+pub mod credentials;
 pub mod demo;
 pub mod duration;
 pub mod fleet;
+pub mod fleet_marks;
 pub mod load;
 pub mod sensor;

@@ -5,6 +5,7 @@
 //! family, so the edge sees one source address and port per device.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,10 +14,29 @@ use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio::net::UdpSocket;
+use v6iot_sdk::coap::OscoreStats;
+use v6iot_sdk::oscore::SecurityContext;
+use v6iot_sdk::store::{MarkStore, NoStore};
 use v6iot_sdk::uplink::ReportStats;
 
 use crate::collector::{Deliveries, unix_now};
+use crate::credentials::{self, Credentials};
 use crate::fleet::{self, FleetCounters, FleetPlan, WallClock};
+use crate::fleet_marks::{FleetMarkStore, FleetMarks};
+
+/// The distance between a fleet device's persisted sequence-number marks: large, so the shared
+/// state file is written at start and then hardly ever (a restart skips at most 1.5 × this many
+/// numbers of 2^40 per device).
+pub const FLEET_PERSIST_STEP: u64 = 1 << 16;
+
+/// OSCORE for a fleet: every device's credentials and the file of their sequence-number marks.
+#[derive(Debug)]
+pub struct FleetOscore {
+    /// The credentials CSV, parsed.
+    pub credentials: Credentials,
+    /// The fleet's mark state file.
+    pub marks: PathBuf,
+}
 
 /// Where the collector listens.
 #[derive(Debug, Clone)]
@@ -58,6 +78,25 @@ pub struct RunReport {
     pub timeouts: u64,
     /// Reports still queued at the devices when the run ended.
     pub unsent: u64,
+    /// With `--credentials`: the OSCORE counters over the fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oscore: Option<OscoreReport>,
+}
+
+/// OSCORE figures of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct OscoreReport {
+    /// Responses that verified.
+    pub responses_verified: u64,
+    /// Responses that failed verification (dropped; the request retried).
+    pub responses_rejected: u64,
+    /// Requests from the edge that failed verification.
+    pub requests_rejected: u64,
+    /// Messages that waited for a sequence-number mark.
+    pub held: u64,
+    /// Writes of the fleet's mark state file (one at start, then only when a device needs a
+    /// new mark).
+    pub mark_writes: u64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -148,6 +187,60 @@ pub async fn run(
     drain: Duration,
     progress: bool,
 ) -> anyhow::Result<RunReport> {
+    run_with(plan, view, drain, progress, None).await
+}
+
+/// Builds every device's security context, persisting each device's next mark in one write
+/// of the fleet's state file before any of them sends.
+fn fleet_contexts(
+    plan: &FleetPlan,
+    oscore: &FleetOscore,
+) -> anyhow::Result<(Vec<SecurityContext>, Arc<Mutex<FleetMarks>>)> {
+    let mut marks = FleetMarks::load(&oscore.marks)?;
+    let mut contexts = Vec::with_capacity(plan.devices);
+    let mut next = Vec::with_capacity(plan.devices);
+    for n in 0..plan.devices {
+        let id = fleet::device_id(plan, n);
+        let record = oscore.credentials.get(&id).with_context(|| {
+            format!(
+                "device `{id}` is not in the credentials CSV ({} devices; provision at least --devices {})",
+                oscore.credentials.len(),
+                plan.devices
+            )
+        })?;
+        let stored = marks.get(&id);
+        let ctx = credentials::device_context(record, stored, FLEET_PERSIST_STEP)?;
+        let mark = ctx
+            .mark_to_persist()
+            .context("a device's sequence numbers are exhausted")?;
+        next.push((id, mark));
+        contexts.push(ctx);
+    }
+    marks
+        .set_all(next.iter().cloned())
+        .with_context(|| format!("write {}", oscore.marks.display()))?;
+    for (ctx, (_, mark)) in contexts.iter_mut().zip(&next) {
+        ctx.persisted(*mark);
+    }
+    Ok((contexts, Arc::new(Mutex::new(marks))))
+}
+
+/// As [`run`]; with `oscore` every device protects its traffic with its own credentials.
+pub async fn run_with(
+    plan: FleetPlan,
+    view: BrokerView,
+    drain: Duration,
+    progress: bool,
+    oscore: Option<FleetOscore>,
+) -> anyhow::Result<RunReport> {
+    let (mut contexts, shared_marks) = match &oscore {
+        Some(o) => {
+            let (c, m) = fleet_contexts(&plan, o)?;
+            (c.into_iter().map(Some).collect::<Vec<_>>(), Some(m))
+        }
+        None => (Vec::new(), None),
+    };
+    contexts.reverse();
     let deliveries = Arc::new(Mutex::new(Deliveries::new()?));
     let collector = start_collector(&view, deliveries.clone()).await?;
     let tree = fleet::tree()?;
@@ -166,10 +259,26 @@ pub async fn run(
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
             .await
             .context("bind a device socket (raise `ulimit -n` for large fleets)")?;
-        let mut device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock);
+        let ctx = contexts.pop().flatten();
+        let mut store: Box<dyn MarkStore + Send> = match &shared_marks {
+            Some(shared) => Box::new(FleetMarkStore {
+                shared: shared.clone(),
+                id: fleet::device_id(&plan, n),
+            }),
+            None => Box::new(NoStore),
+        };
+        let mut device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock, ctx);
         tasks.push(tokio::spawn(async move {
             let shutdown = tokio::time::sleep_until(tokio::time::Instant::from_std(stop_devices));
-            let result = v6iot_sdk::driver::run(&socket, &mut device, |_| {}, shutdown).await;
+            let on_event = |event| tracing::debug!(?event, "device event");
+            let result = v6iot_sdk::driver::run_with_store(
+                &socket,
+                &mut device,
+                store.as_mut(),
+                on_event,
+                shutdown,
+            )
+            .await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "device driver stopped");
             }
@@ -178,7 +287,8 @@ pub async fn run(
                 .reporter()
                 .map(|r| (*r.stats(), r.queued() as u64))
                 .unwrap_or_default();
-            (registered, stats)
+            let oscore = device.endpoint().oscore_stats().copied();
+            (registered, stats, oscore)
         }));
     }
 
@@ -209,13 +319,27 @@ pub async fn run(
     for t in pending.by_ref() {
         tasks_done.push(t.await?);
     }
-    let registered = tasks_done.iter().filter(|(r, _)| *r).count();
+    let registered = tasks_done.iter().filter(|(r, _, _)| *r).count();
     let mut total = ReportStats::default();
     let mut unsent = 0;
-    for (_, (s, queued)) in &tasks_done {
+    let mut oscore_total = OscoreStats::default();
+    for (_, (s, queued), o) in &tasks_done {
         fleet::add_stats(&mut total, s);
         unsent += queued;
+        if let Some(o) = o {
+            oscore_total.responses_verified += o.responses_verified;
+            oscore_total.responses_rejected += o.responses_rejected;
+            oscore_total.requests_rejected += o.requests_rejected;
+            oscore_total.held += o.held;
+        }
     }
+    let oscore_report = shared_marks.as_ref().map(|m| OscoreReport {
+        responses_verified: oscore_total.responses_verified,
+        responses_rejected: oscore_total.responses_rejected,
+        requests_rejected: oscore_total.requests_rejected,
+        held: oscore_total.held,
+        mark_writes: m.lock().map(|m| m.writes()).unwrap_or(0),
+    });
     // Give the broker path time to deliver everything acknowledged.
     let wait_until = Instant::now() + drain;
     while Instant::now() < wait_until {
@@ -260,6 +384,7 @@ pub async fn run(
         duration_s,
         timeouts: total.timeouts,
         unsent,
+        oscore: oscore_report,
     })
 }
 
@@ -283,6 +408,57 @@ pub fn raise_fd_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(devices: usize) -> FleetPlan {
+        FleetPlan {
+            edge: "[::1]:5683".parse().unwrap(),
+            devices,
+            rate: 1.0,
+            duration: Duration::from_secs(1),
+            id_prefix: "sim".into(),
+            binding: v6iot_sdk::uplink::Binding::U,
+        }
+    }
+
+    #[test]
+    fn fleet_marks_are_written_once_at_start_and_restarts_continue_above_them() {
+        let dir = std::env::temp_dir().join(format!("v6iot-fleet-ctx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut csv = format!("{}\n", v6iot_edge_router::registry_db::csv::HEADER);
+        for n in 0..3 {
+            csv.push_str(&format!(
+                "sim{n:06},{:02x},000102030405060708090a0b0c0d0e0f,,1,\n",
+                n + 1
+            ));
+        }
+        let oscore = FleetOscore {
+            credentials: Credentials::read(csv.as_bytes()).unwrap(),
+            marks: dir.join("creds.csv.seq"),
+        };
+        let _ = std::fs::remove_file(&oscore.marks);
+        let (contexts, marks) = fleet_contexts(&plan(3), &oscore).unwrap();
+        assert_eq!(
+            marks.lock().unwrap().writes(),
+            1,
+            "one write for the whole fleet"
+        );
+        for ctx in &contexts {
+            assert_eq!(ctx.sequence().peek(), 0);
+            assert_eq!(ctx.sequence().durable_mark(), FLEET_PERSIST_STEP);
+            assert_eq!(ctx.mark_to_persist(), None, "no write due for a long while");
+        }
+        // A restart (however the last run ended) continues at the stored marks.
+        let (again, _) = fleet_contexts(&plan(3), &oscore).unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|c| c.sequence().peek() == FLEET_PERSIST_STEP)
+        );
+        // A fleet larger than the CSV is refused, naming the device.
+        let e = fleet_contexts(&plan(4), &oscore).unwrap_err();
+        assert!(format!("{e:#}").contains("sim000003"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_mqtt_urls() {

@@ -1,17 +1,20 @@
 //! `v6iot-sim`: the simulator's command line.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::UdpSocket;
 use v6iot_sdk::coap::{Config, Device, Event};
+use v6iot_sdk::store::{MarkStore, NoStore, SequenceFile};
 use v6iot_sdk::uplink::Binding;
+use v6iot_simulator::credentials::{self, Credentials};
 use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::fleet::FleetPlan;
-use v6iot_simulator::load::{self, BrokerView};
+use v6iot_simulator::load::{self, BrokerView, FleetOscore};
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
 mod provision;
@@ -37,6 +40,14 @@ enum Command {
         /// How often readings change and observers are notified, e.g. `2s`, `500ms`.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         interval: Duration,
+        /// Speak OSCORE only, with the row of `--id` in this credentials CSV (`provision`'s
+        /// output); only `GET /.well-known/core` stays open without it.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// Where the OSCORE sequence-number mark survives restarts (default: next to the CSV,
+        /// `CSV.ID.seq`).
+        #[arg(long, requires = "credentials")]
+        seq_file: Option<PathBuf>,
     },
     /// Everything in one process on loopback: an embedded MQTT broker, the edge router and a
     /// fleet of devices that register and report; then a summary.
@@ -92,6 +103,13 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Speak OSCORE: device n uses the row of its id (`{id-prefix}{n:06}`) in this
+        /// credentials CSV (`provision`'s output).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// The fleet's OSCORE sequence-number marks (default: next to the CSV, `CSV.seq`).
+        #[arg(long, requires = "credentials")]
+        seq_file: Option<PathBuf>,
     },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
@@ -181,7 +199,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Device { bind, id, interval } => runtime.block_on(run_device(bind, id, interval)),
+        Command::Device {
+            bind,
+            id,
+            interval,
+            credentials,
+            seq_file,
+        } => {
+            let oscore = credentials.map(|csv| {
+                let seq = seq_file.unwrap_or_else(|| with_suffix(&csv, &format!(".{id}.seq")));
+                (csv, seq)
+            });
+            runtime.block_on(run_device(bind, id, interval, oscore))
+        }
         Command::Demo {
             devices,
             duration,
@@ -217,7 +247,16 @@ fn main() -> anyhow::Result<()> {
             queue_mode,
             report,
             quiet,
+            credentials,
+            seq_file,
         } => {
+            let oscore = match credentials {
+                Some(csv) => Some(FleetOscore {
+                    credentials: Credentials::load(&csv)?,
+                    marks: seq_file.unwrap_or_else(|| with_suffix(&csv, ".seq")),
+                }),
+                None => None,
+            };
             let plan = FleetPlan {
                 edge,
                 devices,
@@ -234,7 +273,7 @@ fn main() -> anyhow::Result<()> {
             let multi = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let result = multi.block_on(load::run(plan, view, drain, !quiet))?;
+            let result = multi.block_on(load::run_with(plan, view, drain, !quiet, oscore))?;
             let json = serde_json::to_string_pretty(&result)?;
             println!("{json}");
             if let Some(path) = report {
@@ -247,7 +286,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_device(bind: SocketAddr, id: String, interval: Duration) -> anyhow::Result<()> {
+/// `path` with `suffix` appended to its file name (`creds.csv` → `creds.csv.seq`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The distance between the single device's persisted sequence-number marks.
+const DEVICE_PERSIST_STEP: u64 = 256;
+
+async fn run_device(
+    bind: SocketAddr,
+    id: String,
+    interval: Duration,
+    oscore: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<()> {
     let socket = UdpSocket::bind(bind)
         .await
         .with_context(|| format!("cannot bind UDP {bind}"))?;
@@ -267,23 +321,64 @@ async fn run_device(bind: SocketAddr, id: String, interval: Duration) -> anyhow:
     let seed = sensor::serial_of(&id);
     let mut device = Device::new(Config::default(), seed, tree, Sensor::new(settings, ids));
     let uri = format!("coap://{}", uri_host(address));
-    println!("v6iot-sim device {id} serving CoAP on {address} (Ctrl-C to stop)");
-    println!("  discover: coap-client-notls -m get {uri}/.well-known/core");
-    println!("  read:     coap-client-notls -m get -A 110 {uri}/sensors/temperature");
-    println!("  observe:  coap-client-notls -m get -s 10 -A 110 {uri}/sensors/temperature");
-    println!("  info:     coap-client-notls -m get {uri}/device/info");
-    println!("  log:      coap-client-notls -m get -b 64 {uri}/device/log");
-    println!("  valve:    coap-client-notls -m put -e on {uri}/actuators/valve");
+    let mut store: Box<dyn MarkStore + Send> = Box::new(NoStore);
+    match &oscore {
+        None => {
+            println!("v6iot-sim device {id} serving CoAP on {address} (Ctrl-C to stop)");
+            println!("  discover: coap-client-notls -m get {uri}/.well-known/core");
+            println!("  read:     coap-client-notls -m get -A 110 {uri}/sensors/temperature");
+            println!("  observe:  coap-client-notls -m get -s 10 -A 110 {uri}/sensors/temperature");
+            println!("  info:     coap-client-notls -m get {uri}/device/info");
+            println!("  log:      coap-client-notls -m get -b 64 {uri}/device/log");
+            println!("  valve:    coap-client-notls -m put -e on {uri}/actuators/valve");
+        }
+        Some((csv, seq_path)) => {
+            let creds = Credentials::load(csv)?;
+            let record = creds
+                .get(&id)
+                .with_context(|| format!("device `{id}` is not in {}", csv.display()))?;
+            let (file, stored) = SequenceFile::open(seq_path)
+                .with_context(|| format!("sequence-number file {}", seq_path.display()))?;
+            let ctx = credentials::device_context(record, stored, DEVICE_PERSIST_STEP)?;
+            device = device.with_credentials(ctx);
+            store = Box::new(file);
+            let kid = v6iot_edge_router::registry_db::hex::encode(&record.kid);
+            println!(
+                "v6iot-sim device {id} serving OSCORE-protected CoAP on {address} (kid {kid}; Ctrl-C to stop)"
+            );
+            println!(
+                "  sequence numbers continue at {stored}; marks in {}",
+                seq_path.display()
+            );
+            println!("  open without OSCORE: coap-client-notls -m get {uri}/.well-known/core");
+            println!(
+                "  everything else needs OSCORE (Sender ID = kid {kid}, Recipient ID = empty, no ID Context), e.g. aiocoap:"
+            );
+            println!(
+                "    ctx/settings.json: {{\"sender-id_hex\": \"\", \"recipient-id_hex\": \"{kid}\", \"secret_hex\": \"<secret_hex of {id} in {}>\", \"salt_hex\": \"<salt_hex>\"}}",
+                csv.display()
+            );
+            println!("    client.json: {{\"{uri}/*\": {{\"oscore\": {{\"basedir\": \"ctx/\"}}}}}}");
+            println!("    aiocoap-client --credentials client.json {uri}/sensors/temperature");
+        }
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let on_event = |event: Event| tracing::info!(?event, "coap event");
-    v6iot_sdk::driver::run(&socket, &mut device, on_event, shutdown).await?;
+    v6iot_sdk::driver::run_with_store(&socket, &mut device, store.as_mut(), on_event, shutdown)
+        .await?;
     let s = device.endpoint().stats();
     println!(
         "stopped: {} datagrams in, {} requests answered ({} errors), {} notifications, {} malformed, {} duplicates",
         s.received, s.requests, s.error_responses, s.notifications, s.malformed, s.duplicates
     );
+    if let Some(o) = device.endpoint().oscore_stats() {
+        println!(
+            "  OSCORE: {} requests verified, {} rejected, {} plain refused, {} held for a mark",
+            o.requests_verified, o.requests_rejected, o.plain_refused, o.held
+        );
+    }
     Ok(())
 }
 

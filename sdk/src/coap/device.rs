@@ -3,6 +3,12 @@
 //! The application's state implements [`App`] to ask for wake-ups of its own (sampling a
 //! sensor, say) and to say which resources changed, so their observers are notified. Like the
 //! endpoint, a device owns no socket or clock.
+//!
+//! With OSCORE credentials ([`Device::with_credentials`]) the device serves only protected
+//! requests (plain `GET /.well-known/core` stays open) and protects everything it sends. Its
+//! driver then writes the sequence-number marks the device asks for
+//! ([`Device::mark_to_persist`]) durably and confirms them ([`Device::persisted`]); messages that
+//! need a sequence number wait for that.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +17,7 @@ use std::time::Instant;
 use super::config::Config;
 use super::endpoint::{Endpoint, Event, RequestId, RequestOutcome, SeparateError, Transmit};
 use super::resource::{Changed, ResourceTree, Response, Ticket};
+use crate::oscore::SecurityContext;
 use crate::uplink::{QueueFull, Registration, Reporter, UplinkConfig};
 
 /// The application side of a device: its own timers, and which resources changed.
@@ -83,6 +90,33 @@ impl<S: App> Device<S> {
             app,
             uplink: None,
         }
+    }
+
+    /// Gives the device OSCORE credentials (RFC 8613): one security context with the edge,
+    /// Sender ID = the device's kid, Recipient ID = the edge's Sender ID. Call it before
+    /// [`Device::with_uplink`], so the first registration is protected too.
+    ///
+    /// The context's sender sequence number starts where [`SecurityContext::restore`] put it;
+    /// nothing is sent with a number at or above the last confirmed mark.
+    pub fn with_credentials(mut self, ctx: SecurityContext) -> Self {
+        self.endpoint.set_security_context(ctx);
+        self
+    }
+
+    /// The sequence-number mark to write durably now, if one is due (see
+    /// [`Endpoint::mark_to_persist`]); the same value until [`Device::persisted`] confirms it.
+    #[must_use]
+    pub fn mark_to_persist(&self) -> Option<u64> {
+        self.endpoint.mark_to_persist()
+    }
+
+    /// Confirms that `mark` is durable: requests and notifications that waited for it go out.
+    pub fn persisted(&mut self, now: Instant, mark: u64) {
+        self.endpoint.persisted(now, mark);
+        for id in self.endpoint.take_held_notifications() {
+            self.endpoint.notify(now, id, &self.tree, &mut self.app);
+        }
+        self.drive_uplink(now);
     }
 
     /// Makes the device register with the edge router in `config` (from `now` on) and send

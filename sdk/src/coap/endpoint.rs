@@ -20,10 +20,14 @@ use super::resource::{
     content_format,
 };
 use super::wire::{self, Block, empty_message};
+use crate::oscore::{OscoreError, RequestInfo};
+use secure::Gate;
 
 mod client;
+mod secure;
 
 pub use client::{ClientRequest, ClientResponse, RequestId, RequestOutcome};
+pub use secure::OscoreStats;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +78,14 @@ pub enum Event {
     SeparateResponseFailed {
         /// The client.
         peer: SocketAddr,
+    },
+    /// An OSCORE message failed verification: a request (answered with the §8.2 error
+    /// response, its handler never ran) or a response to this device's request (dropped).
+    OscoreRejected {
+        /// Who sent it.
+        peer: SocketAddr,
+        /// Why it failed.
+        error: OscoreError,
     },
 }
 
@@ -157,6 +169,8 @@ struct Observer {
     accept: Option<u16>,
     last_confirmable: Instant,
     last_message_id: u16,
+    /// With OSCORE: the registration's binding, which every notification is protected with.
+    oscore: Option<Box<RequestInfo>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +210,8 @@ struct Deferred {
     token: Token,
     confirmable: bool,
     expires: Instant,
+    /// With OSCORE: the request's binding for the separate response.
+    oscore: Option<Box<RequestInfo>>,
 }
 
 /// The answer to a request, before it becomes a message.
@@ -258,6 +274,8 @@ pub struct Endpoint {
     outcomes: VecDeque<(RequestId, RequestOutcome)>,
     next_request: u32,
     stats: Stats,
+    /// OSCORE credentials and state; `None` serves plain CoAP.
+    secure: Option<Box<secure::Secure>>,
 }
 
 impl Endpoint {
@@ -284,6 +302,7 @@ impl Endpoint {
             outcomes: VecDeque::new(),
             next_request: 0,
             stats: Stats::default(),
+            secure: None,
         }
     }
 
@@ -334,6 +353,15 @@ impl Endpoint {
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.exchanges.capacity() * std::mem::size_of::<client::Exchange>()
             + self.outcomes.capacity() * std::mem::size_of::<(RequestId, RequestOutcome)>()
+            + self.secure.as_ref().map_or(0, |s| s.memory_footprint())
+            + self.bindings() * std::mem::size_of::<RequestInfo>()
+    }
+
+    /// OSCORE request bindings held for observers, deferred answers and pending requests.
+    fn bindings(&self) -> usize {
+        self.observers.iter().filter(|o| o.oscore.is_some()).count()
+            + self.deferred.iter().filter(|d| d.oscore.is_some()).count()
+            + self.exchanges.iter().filter(|x| x.has_binding()).count()
     }
 
     /// The next datagram to send, if any.
@@ -465,7 +493,9 @@ impl Endpoint {
             MessageType::NonConfirmable
         };
         let message_id = self.take_message_id();
-        let Some(contents) = build_message(kind, message_id, d.token, &answer) else {
+        let mut info = d.oscore;
+        let packet = build_packet(kind, message_id, d.token, &answer);
+        let Some(contents) = self.seal_answer(d.peer, &packet, info.as_deref_mut()) else {
             return Ok(());
         };
         self.count_answer(&answer);
@@ -502,6 +532,11 @@ impl Endpoint {
             }
             let (peer, token, accept, last_confirmable) =
                 (obs.peer, obs.token, obs.accept, obs.last_confirmable);
+            if self.secure.is_some() && obs.oscore.is_none() {
+                // Registered before the credentials: nothing to protect its notifications with.
+                i += 1;
+                continue;
+            }
             let ticket = self.take_ticket();
             let request = Request {
                 method: Method::Get,
@@ -536,7 +571,23 @@ impl Endpoint {
                 MessageType::NonConfirmable
             };
             let message_id = self.take_message_id();
-            let Some(contents) = build_message(kind, message_id, token, &answer) else {
+            let packet = build_packet(kind, message_id, token, &answer);
+            let contents = match (self.secure.as_deref_mut(), self.observers.get_mut(i)) {
+                (Some(secure), Some(obs)) => match obs.oscore.as_deref_mut() {
+                    Some(info) => match secure.seal_response(&packet, info, true) {
+                        Ok(Some(p)) => wire::encode(&p),
+                        Ok(None) => {
+                            // No sequence number below the durable mark: notify once it is.
+                            secure.hold_notification(resource);
+                            None
+                        }
+                        Err(_) => None,
+                    },
+                    None => None,
+                },
+                _ => wire::encode(&packet),
+            };
+            let Some(contents) = contents else {
                 i += 1;
                 continue;
             };
@@ -666,7 +717,37 @@ impl Endpoint {
         let message_id = packet.header.message_id;
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
         let token = Token::from_slice(packet.get_token());
-        let outcome = self.process(now, peer, packet, token, confirmable, tree, state);
+        let mut info = None;
+        let verified = match self.secure.as_deref_mut().map(|s| s.gate(packet)) {
+            None | Some(Gate::Open) => None,
+            Some(Gate::Verified(request, binding)) => {
+                info = Some(binding);
+                Some(request)
+            }
+            Some(Gate::Refused {
+                code,
+                diagnostic,
+                cause,
+            }) => {
+                if let Some(error) = cause {
+                    self.push_event(Event::OscoreRejected { peer, error });
+                }
+                let answer = Answer::error(code, diagnostic).map_max_age(0);
+                self.answer_unprotected(now, peer, packet, token, &answer);
+                return;
+            }
+        };
+        let packet = verified.as_ref().unwrap_or(packet);
+        let outcome = self.process(
+            now,
+            peer,
+            packet,
+            token,
+            confirmable,
+            &mut info,
+            tree,
+            state,
+        );
         let reply = match outcome {
             Outcome::Deferred => {
                 confirmable.then(|| empty_message(MessageType::Acknowledgement, message_id))
@@ -674,16 +755,41 @@ impl Endpoint {
             Outcome::Answer(answer) => {
                 self.count_answer(&answer);
                 let suppressed = no_response_suppresses(packet, answer.response.code);
-                match (confirmable, suppressed) {
-                    (true, true) => Some(empty_message(MessageType::Acknowledgement, message_id)),
-                    (true, false) => {
-                        build_message(MessageType::Acknowledgement, message_id, token, &answer)
-                    }
+                let message = match (confirmable, suppressed) {
+                    (true, true) => None,
+                    (true, false) => Some(build_packet(
+                        MessageType::Acknowledgement,
+                        message_id,
+                        token,
+                        &answer,
+                    )),
                     (false, true) => None,
                     (false, false) => {
                         let id = self.take_message_id();
-                        build_message(MessageType::NonConfirmable, id, token, &answer)
+                        Some(build_packet(
+                            MessageType::NonConfirmable,
+                            id,
+                            token,
+                            &answer,
+                        ))
                     }
+                };
+                let sealed = message.and_then(|m| self.seal_answer(peer, &m, info.as_deref_mut()));
+                if info.is_some() && answer.observe.is_some() {
+                    // A registration: its notifications are protected with its binding.
+                    if let Some(o) = self
+                        .observers
+                        .iter_mut()
+                        .find(|o| o.peer == peer && o.token == token)
+                    {
+                        o.oscore = info.take();
+                    }
+                }
+                match sealed {
+                    None if confirmable => {
+                        Some(empty_message(MessageType::Acknowledgement, message_id))
+                    }
+                    other => other,
                 }
             }
         };
@@ -699,6 +805,53 @@ impl Endpoint {
         }
     }
 
+    /// Answers a request the OSCORE gate refused, unprotected (§8.2).
+    fn answer_unprotected(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        packet: &Packet,
+        token: Token,
+        answer: &Answer,
+    ) {
+        let message_id = packet.header.message_id;
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        self.count_answer(answer);
+        let (kind, id) = if confirmable {
+            (MessageType::Acknowledgement, message_id)
+        } else {
+            (MessageType::NonConfirmable, self.take_message_id())
+        };
+        let reply = wire::encode(&build_packet(kind, id, token, answer));
+        if let Some(contents) = &reply {
+            self.transmits.push_back(Transmit {
+                destination: peer,
+                contents: contents.clone(),
+            });
+        }
+        self.remember(now, peer, message_id, reply.filter(|_| confirmable));
+    }
+
+    /// The bytes of an answer: protected with the request's binding when there is one (and the
+    /// endpoint has credentials), else plain. `None` when it cannot be protected or encoded.
+    fn seal_answer(
+        &mut self,
+        peer: SocketAddr,
+        packet: &Packet,
+        info: Option<&mut RequestInfo>,
+    ) -> Option<Vec<u8>> {
+        let (Some(secure), Some(info)) = (self.secure.as_deref_mut(), info) else {
+            return wire::encode(packet);
+        };
+        match secure.seal_response(packet, info, false) {
+            Ok(p) => p.and_then(|p| wire::encode(&p)),
+            Err(error) => {
+                self.push_event(Event::OscoreRejected { peer, error });
+                None
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn process<S>(
         &mut self,
@@ -707,10 +860,11 @@ impl Endpoint {
         packet: &Packet,
         token: Token,
         confirmable: bool,
+        info: &mut Option<Box<RequestInfo>>,
         tree: &ResourceTree<S>,
         state: &mut S,
     ) -> Outcome {
-        match self.check_request(now, peer, packet, token, confirmable, tree, state) {
+        match self.check_request(now, peer, packet, token, confirmable, info, tree, state) {
             Ok(outcome) => outcome,
             Err(answer) => Outcome::Answer(answer),
         }
@@ -724,6 +878,7 @@ impl Endpoint {
         packet: &Packet,
         token: Token,
         confirmable: bool,
+        info: &mut Option<Box<RequestInfo>>,
         tree: &ResourceTree<S>,
         state: &mut S,
     ) -> Result<Outcome, Answer> {
@@ -738,6 +893,13 @@ impl Endpoint {
                 ));
             }
         };
+        if packet.get_first_option(CoapOption::Oscore).is_some() {
+            // Only an endpoint without credentials sees the option here (RFC 8613 §2).
+            return Err(Answer::error(
+                Code::BadOption,
+                "OSCORE is not configured on this device",
+            ));
+        }
         if let Some(n) = wire::unknown_critical_option(packet) {
             return Err(Answer::error(
                 Code::BadOption,
@@ -901,6 +1063,7 @@ impl Endpoint {
                     token,
                     confirmable,
                     expires,
+                    oscore: info.take(),
                 });
                 return Ok(Outcome::Deferred);
             }
@@ -1102,6 +1265,7 @@ impl Endpoint {
             accept,
             last_confirmable: now,
             last_message_id: 0,
+            oscore: None,
         });
         self.push_event(Event::ObserveStarted { peer, resource });
         true
@@ -1321,12 +1485,7 @@ fn no_response_suppresses(packet: &Packet, code: Code) -> bool {
     mask & bit != 0
 }
 
-fn build_message(
-    kind: MessageType,
-    message_id: u16,
-    token: Token,
-    answer: &Answer,
-) -> Option<Vec<u8>> {
+fn build_packet(kind: MessageType, message_id: u16, token: Token, answer: &Answer) -> Packet {
     let mut p = Packet::new();
     p.header.set_type(kind);
     p.header.message_id = message_id;
@@ -1361,5 +1520,5 @@ fn build_message(
         p.add_option(CoapOption::Size1, wire::write_uint(s));
     }
     p.payload = r.payload.clone();
-    wire::encode(&p)
+    p
 }

@@ -46,8 +46,8 @@ pub mod wire;
 pub use config::Config;
 pub use device::{App, Device, NoTimers};
 pub use endpoint::{
-    ClientRequest, ClientResponse, Endpoint, Event, ObserveEnd, RequestId, RequestOutcome,
-    SeparateError, Stats, Transmit,
+    ClientRequest, ClientResponse, Endpoint, Event, ObserveEnd, OscoreStats, RequestId,
+    RequestOutcome, SeparateError, Stats, Transmit,
 };
 pub use resource::{
     Changed, Code, Handler, LinkAttrs, Method, Reply, Request, Resource, ResourceId, ResourceTree,

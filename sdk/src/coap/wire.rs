@@ -91,12 +91,32 @@ pub fn encode(packet: &Packet) -> Option<Vec<u8>> {
     packet.to_bytes_unlimited().ok()
 }
 
-/// The options this core understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 7967).
-/// Any other option with an odd number is critical and makes a request fail with 4.02.
+/// The options this core understands (RFC 7252 §5.10, RFC 7641, RFC 7959, RFC 7967, and
+/// OSCORE = 9 of RFC 8613). Any other option with an odd number is critical and makes a request
+/// fail with 4.02.
 pub fn is_known_option(number: u16) -> bool {
     matches!(
         number,
-        1 | 3 | 4 | 5 | 6 | 7 | 8 | 11 | 12 | 14 | 15 | 17 | 20 | 23 | 27 | 28 | 35 | 39 | 60 | 258
+        1 | 3
+            | 4
+            | 5
+            | 6
+            | 7
+            | 8
+            | 9
+            | 11
+            | 12
+            | 14
+            | 15
+            | 17
+            | 20
+            | 23
+            | 27
+            | 28
+            | 35
+            | 39
+            | 60
+            | 258
     )
 }
 

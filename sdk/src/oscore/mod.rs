@@ -29,6 +29,10 @@
 //!
 //! # Client (device) flow
 //!
+//! A [`Device`](crate::coap::Device) given a context with
+//! [`Device::with_credentials`](crate::coap::Device::with_credentials) does all of the following
+//! itself, for the requests it receives and the ones it sends; the steps by hand:
+//!
 //! ```
 //! use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
 //! use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};

@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
-use super::{Endpoint, Purpose, Token, Transmit, empty_message};
+use super::secure::Sealed;
+use super::{Endpoint, Event, Purpose, Token, Transmit, empty_message};
 use crate::coap::resource::{Code, Method};
 use crate::coap::wire;
+use crate::oscore::{self, OscoreError, RequestInfo};
 
 /// Identifies a request sent with [`Endpoint::send_request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,8 +96,18 @@ pub(super) struct Exchange {
     token: Token,
     message_id: u16,
     /// `Some(deadline)` once an empty ACK said a separate response will follow (or for a
-    /// Non-confirmable request); `None` while the request itself is unacknowledged.
+    /// Non-confirmable request); `None` while the request itself is unacknowledged (or held for
+    /// a sequence-number mark).
     separate_until: Option<Instant>,
+    /// With OSCORE: the binding its response is verified with (`None` while held).
+    oscore: Option<Box<RequestInfo>>,
+}
+
+impl Exchange {
+    /// True when it holds an OSCORE binding for its response.
+    pub(super) fn has_binding(&self) -> bool {
+        self.oscore.is_some()
+    }
 }
 
 impl Endpoint {
@@ -129,27 +141,51 @@ impl Endpoint {
             p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
         }
         p.payload = request.payload;
-        let Some(contents) = wire::encode(&p) else {
-            self.outcomes.push_back((id, RequestOutcome::Timeout));
-            return id;
-        };
-        let separate_until = (!request.confirmable).then(|| now + self.config.exchange_lifetime());
         self.exchanges.push(Exchange {
             id,
             peer,
             token,
             message_id,
-            separate_until,
+            separate_until: None,
+            oscore: None,
         });
-        if request.confirmable {
+        let sealed = self.seal_request(id, peer, p);
+        self.release_request(now, id, peer, request.confirmable, sealed);
+        id
+    }
+
+    /// Sends a request that is ready (or fails it); a held one stays pending.
+    pub(super) fn release_request(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        peer: SocketAddr,
+        confirmable: bool,
+        sealed: Sealed,
+    ) {
+        let (contents, oscore) = match sealed {
+            Sealed::Held => return,
+            Sealed::Failed => {
+                self.finish_request(id, RequestOutcome::Timeout);
+                return;
+            }
+            Sealed::Sent(contents, oscore) => (contents, oscore),
+        };
+        let lifetime = self.config.exchange_lifetime();
+        let Some(x) = self.exchanges.iter_mut().find(|x| x.id == id) else {
+            return;
+        };
+        x.oscore = oscore;
+        let message_id = x.message_id;
+        if confirmable {
             self.send_confirmable(now, peer, message_id, contents, Purpose::Request(id));
         } else {
+            x.separate_until = Some(now + lifetime);
             self.transmits.push_back(Transmit {
                 destination: peer,
                 contents,
             });
         }
-        id
     }
 
     /// The next finished request, if any.
@@ -201,6 +237,15 @@ impl Endpoint {
         let Some(id) = found.map(|x| x.id) else {
             return false;
         };
+        let verified = match self.verify_response(id, packet) {
+            Ok(verified) => verified,
+            Err(error) => {
+                // Dropped unacknowledged: the request retries or times out as usual.
+                self.push_event(Event::OscoreRejected { peer, error });
+                return true;
+            }
+        };
+        let packet = verified.as_ref().unwrap_or(packet);
         if kind == MessageType::Acknowledgement || kind == MessageType::Confirmable {
             self.in_flight.retain(|f| f.purpose != Purpose::Request(id));
         }
@@ -239,6 +284,39 @@ impl Endpoint {
         };
         self.finish_request(id, RequestOutcome::Response(response));
         true
+    }
+
+    /// With credentials, verifies a response to request `id` (§8.4): `Ok(Some(original))`,
+    /// `Ok(None)` without credentials, an error for anything that does not verify (unprotected
+    /// responses included).
+    fn verify_response(
+        &mut self,
+        id: RequestId,
+        packet: &Packet,
+    ) -> Result<Option<Packet>, OscoreError> {
+        let Some(secure) = self.secure.as_deref_mut() else {
+            return Ok(None);
+        };
+        let info = self
+            .exchanges
+            .iter_mut()
+            .find(|x| x.id == id)
+            .and_then(|x| x.oscore.as_deref_mut());
+        let result = match info {
+            Some(info) => oscore::unprotect_response(&mut secure.ctx, packet, info),
+            // Held, so never sent: nothing can answer it.
+            None => Err(OscoreError::UnknownKid),
+        };
+        match result {
+            Ok(original) => {
+                secure.stats.responses_verified += 1;
+                Ok(Some(original))
+            }
+            Err(e) => {
+                secure.stats.responses_rejected += 1;
+                Err(e)
+            }
+        }
     }
 
     /// Exchanges whose separate response never came.

@@ -1,0 +1,305 @@
+//! OSCORE (RFC 8613) inside an [`Endpoint`]: the device's security context, the gate every
+//! incoming request passes, the sealing of outgoing messages, and the messages held until a
+//! sequence-number mark is durable.
+//!
+//! OSCORE sits between CoAP messaging (type, message ID, token: deduplication, retransmission)
+//! and the request/response layer (§4): a request is verified after deduplication and before the
+//! resource tree sees it; an answer is protected before it becomes the bytes the endpoint stores
+//! for retransmission and deduplication, so a retransmitted message is the same protected
+//! message, never a second protection with a new Partial IV.
+//!
+//! Messages that need a sender sequence number (this device's requests, Observe notifications)
+//! and find none below the durable mark are *held*: requests as their plain packet, in order,
+//! notifications as "resource changed" (the observer gets the then current state once a mark is
+//! confirmed). Responses bound to a request's nonce need no number and are never held.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
+
+use super::{Endpoint, RequestId};
+use crate::coap::resource::{Code, Method, ResourceId, WELL_KNOWN_CORE};
+use crate::coap::wire;
+use crate::oscore::{self, OscoreError, RequestInfo, SecurityContext};
+
+/// Counters of the OSCORE layer of one endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OscoreStats {
+    /// Protected requests that verified and went on to the resources.
+    pub requests_verified: u64,
+    /// Protected requests that failed verification (answered with the §8.2 error response; the
+    /// handler never ran).
+    pub requests_rejected: u64,
+    /// Unprotected requests refused with 4.01 (all but `GET /.well-known/core`).
+    pub plain_refused: u64,
+    /// Responses to this device's requests that verified.
+    pub responses_verified: u64,
+    /// Responses to this device's requests that failed verification or were unprotected:
+    /// dropped, the request retries or times out.
+    pub responses_rejected: u64,
+    /// Messages held because no sequence number was left below the durable mark.
+    pub held: u64,
+    /// Messages that could not be protected and were dropped (sequence numbers exhausted, an
+    /// unencodable message).
+    pub protect_failed: u64,
+}
+
+/// A request of this device waiting for a durable mark.
+#[derive(Debug)]
+struct HeldRequest {
+    id: RequestId,
+    peer: SocketAddr,
+    packet: Packet,
+}
+
+/// The OSCORE state of an endpoint with credentials.
+#[derive(Debug)]
+pub(super) struct Secure {
+    pub(super) ctx: SecurityContext,
+    held_requests: VecDeque<HeldRequest>,
+    held_notifications: Vec<ResourceId>,
+    pub(super) stats: OscoreStats,
+}
+
+/// What the gate decided about an incoming request.
+pub(super) enum Gate {
+    /// Unprotected and allowed: `GET /.well-known/core`.
+    Open,
+    /// Verified: the original request and its binding for the response.
+    Verified(Packet, Box<RequestInfo>),
+    /// Refused before any handler runs: answer with this code and diagnostic (Max-Age 0).
+    Refused {
+        code: Code,
+        diagnostic: &'static str,
+        cause: Option<OscoreError>,
+    },
+}
+
+impl Secure {
+    pub(super) fn new(ctx: SecurityContext) -> Secure {
+        Secure {
+            ctx,
+            held_requests: VecDeque::new(),
+            held_notifications: Vec::new(),
+            stats: OscoreStats::default(),
+        }
+    }
+
+    /// Bytes held on the heap for OSCORE (approximate: the held messages' bodies and options
+    /// are counted by their payloads).
+    pub(super) fn memory_footprint(&self) -> usize {
+        std::mem::size_of::<Secure>()
+            + self.ctx.sender_id().len()
+            + self.ctx.recipient_id().len()
+            + self.held_requests.capacity() * std::mem::size_of::<HeldRequest>()
+            + self
+                .held_requests
+                .iter()
+                .map(|h| h.packet.payload.len())
+                .sum::<usize>()
+            + self.held_notifications.capacity() * std::mem::size_of::<ResourceId>()
+    }
+
+    /// Verifies a request (§8.2), or lets plain discovery through, or refuses.
+    pub(super) fn gate(&mut self, packet: &Packet) -> Gate {
+        if packet.get_first_option(CoapOption::Oscore).is_none() {
+            if is_plain_discovery(packet) {
+                return Gate::Open;
+            }
+            self.stats.plain_refused += 1;
+            return Gate::Refused {
+                code: Code::Unauthorized,
+                diagnostic: "OSCORE required",
+                cause: None,
+            };
+        }
+        match oscore::unprotect_request(&mut self.ctx, packet) {
+            Ok((request, info)) => {
+                self.stats.requests_verified += 1;
+                Gate::Verified(request, Box::new(info))
+            }
+            Err(e) => {
+                self.stats.requests_rejected += 1;
+                let (code, diagnostic) = e
+                    .error_response()
+                    .unwrap_or((Code::BadRequest, "Malformed OSCORE message"));
+                Gate::Refused {
+                    code,
+                    diagnostic,
+                    cause: Some(e),
+                }
+            }
+        }
+    }
+
+    /// Protects a response (or, with `fresh_piv`, a notification) bound to `info`. `Ok(None)`:
+    /// held for a mark (notifications only).
+    pub(super) fn seal_response(
+        &mut self,
+        packet: &Packet,
+        info: &mut RequestInfo,
+        fresh_piv: bool,
+    ) -> Result<Option<Packet>, OscoreError> {
+        match oscore::protect_response(&mut self.ctx, packet, info, fresh_piv) {
+            Ok(p) => Ok(Some(p)),
+            Err(OscoreError::PersistPending) => {
+                self.stats.held += 1;
+                Ok(None)
+            }
+            Err(e) => {
+                self.stats.protect_failed += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Remembers that `resource` has observers whose notification waits for a mark.
+    pub(super) fn hold_notification(&mut self, resource: ResourceId) {
+        if !self.held_notifications.contains(&resource) {
+            self.held_notifications.push(resource);
+        }
+    }
+
+    /// Whether requests wait for a mark (a newer request must queue behind them).
+    fn has_held_requests(&self) -> bool {
+        !self.held_requests.is_empty()
+    }
+}
+
+/// `GET /.well-known/core`, the one resource served without OSCORE.
+fn is_plain_discovery(packet: &Packet) -> bool {
+    if packet.header.code != MessageClass::Request(Method::Get) {
+        return false;
+    }
+    let mut segments = packet.get_option(CoapOption::UriPath).into_iter().flatten();
+    let mut expected = WELL_KNOWN_CORE.split('/');
+    loop {
+        match (segments.next(), expected.next()) {
+            (None, None) => return true,
+            (Some(s), Some(e)) if s.as_slice() == e.as_bytes() => {}
+            _ => return false,
+        }
+    }
+}
+
+/// What became of a request this device protects.
+pub(super) enum Sealed {
+    /// Ready: the bytes to send and, when protected, the binding for its response.
+    Sent(Vec<u8>, Option<Box<RequestInfo>>),
+    /// Held until a mark is durable.
+    Held,
+    /// Could not be protected or encoded: the request fails.
+    Failed,
+}
+
+impl Endpoint {
+    /// Gives this endpoint OSCORE credentials: from now on it serves only protected requests
+    /// (and plain `GET /.well-known/core`) and protects every message it sends. Give them before
+    /// the first request goes out.
+    pub fn set_security_context(&mut self, ctx: SecurityContext) {
+        self.secure = Some(Box::new(Secure::new(ctx)));
+    }
+
+    /// The OSCORE security context, when the endpoint has credentials.
+    pub fn security_context(&self) -> Option<&SecurityContext> {
+        self.secure.as_ref().map(|s| &s.ctx)
+    }
+
+    /// The OSCORE counters, when the endpoint has credentials.
+    pub fn oscore_stats(&self) -> Option<&OscoreStats> {
+        self.secure.as_ref().map(|s| &s.stats)
+    }
+
+    /// The sequence-number mark to write to non-volatile memory now, if one is due (RFC 8613
+    /// Appendix B.1.1, see [`SecurityContext::mark_to_persist`]). The same value comes back
+    /// until [`Endpoint::persisted`] confirms it, so a caller with a write in flight compares and
+    /// skips. Nothing is ever sent with a sequence number at or above the confirmed mark: such
+    /// messages wait.
+    #[must_use]
+    pub fn mark_to_persist(&self) -> Option<u64> {
+        self.secure.as_ref().and_then(|s| s.ctx.mark_to_persist())
+    }
+
+    /// Confirms that `mark` is durable and sends the requests that waited for it. Notifications
+    /// that waited are named by [`Endpoint::take_held_notifications`]; a
+    /// [`Device`](crate::coap::Device) sends them itself.
+    pub fn persisted(&mut self, now: std::time::Instant, mark: u64) {
+        if let Some(secure) = self.secure.as_deref_mut() {
+            secure.ctx.persisted(mark);
+        }
+        while let Some((id, peer, confirmable, sealed)) = self.next_released() {
+            self.release_request(now, id, peer, confirmable, sealed);
+        }
+    }
+
+    /// The oldest held request, protected, once a sequence number is free for it.
+    fn next_released(&mut self) -> Option<(RequestId, SocketAddr, bool, Sealed)> {
+        let secure = self.secure.as_deref_mut()?;
+        let held = secure.held_requests.front()?;
+        let result = oscore::protect_request(&mut secure.ctx, &held.packet);
+        if result == Err(OscoreError::PersistPending) {
+            return None;
+        }
+        let held = secure.held_requests.pop_front()?;
+        let sealed = match result {
+            Ok((outer, info)) => match wire::encode(&outer) {
+                Some(bytes) => Sealed::Sent(bytes, Some(Box::new(info))),
+                None => Sealed::Failed,
+            },
+            Err(_) => Sealed::Failed,
+        };
+        if matches!(sealed, Sealed::Failed) {
+            secure.stats.protect_failed += 1;
+        }
+        let confirmable = held.packet.header.get_type() == MessageType::Confirmable;
+        Some((held.id, held.peer, confirmable, sealed))
+    }
+
+    /// Resources whose notifications waited for a mark; notify their observers again.
+    pub fn take_held_notifications(&mut self) -> Vec<ResourceId> {
+        self.secure
+            .as_deref_mut()
+            .map(|s| std::mem::take(&mut s.held_notifications))
+            .unwrap_or_default()
+    }
+
+    /// Encodes one of this device's requests; with credentials protects it, or holds it when no sequence number is left below
+    /// the durable mark (or earlier requests wait already, to keep their order).
+    pub(super) fn seal_request(
+        &mut self,
+        id: RequestId,
+        peer: SocketAddr,
+        packet: Packet,
+    ) -> Sealed {
+        let Some(secure) = self.secure.as_deref_mut() else {
+            return match wire::encode(&packet) {
+                Some(bytes) => Sealed::Sent(bytes, None),
+                None => Sealed::Failed,
+            };
+        };
+        if !secure.has_held_requests() {
+            match oscore::protect_request(&mut secure.ctx, &packet) {
+                Ok((outer, info)) => {
+                    return match wire::encode(&outer) {
+                        Some(bytes) => Sealed::Sent(bytes, Some(Box::new(info))),
+                        None => {
+                            secure.stats.protect_failed += 1;
+                            Sealed::Failed
+                        }
+                    };
+                }
+                Err(OscoreError::PersistPending) => {}
+                Err(_) => {
+                    secure.stats.protect_failed += 1;
+                    return Sealed::Failed;
+                }
+            }
+        }
+        secure.stats.held += 1;
+        secure
+            .held_requests
+            .push_back(HeldRequest { id, peer, packet });
+        Sealed::Held
+    }
+}

@@ -1,0 +1,153 @@
+//! The OSCORE sequence-number marks of a whole fleet in one state file (RFC 8613 Appendix
+//! B.1.1): `v6iot-sim run --credentials` keeps it next to the CSV (or at `--seq-file`).
+//!
+//! ```text
+//! # v6iot-sim OSCORE sequence-number marks: device id, mark
+//! sim000000 65536
+//! sim000001 65536
+//! ```
+//!
+//! The file is rewritten whole and atomically ([`v6iot_sdk::store::write_atomically`]): once at
+//! start with every device's next mark, then only when some device uses up half of its step —
+//! with the fleet's generous step, rarely or never in a run. Devices share it through
+//! [`FleetMarkStore`] handles.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use v6iot_sdk::store::{MarkStore, parse_mark, write_atomically};
+
+const HEADER: &str = "# v6iot-sim OSCORE sequence-number marks: device id, mark";
+
+/// Every device's last durable mark.
+#[derive(Debug)]
+pub struct FleetMarks {
+    path: PathBuf,
+    marks: BTreeMap<String, u64>,
+    writes: u64,
+}
+
+impl FleetMarks {
+    /// Reads the state file at `path`; a missing file means no device ran yet.
+    pub fn load(path: &Path) -> anyhow::Result<FleetMarks> {
+        let mut marks = BTreeMap::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for (i, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let parsed = line
+                        .split_once(' ')
+                        .and_then(|(id, mark)| Some((id.to_owned(), parse_mark(mark)?)));
+                    let Some((id, mark)) = parsed else {
+                        anyhow::bail!(
+                            "{} line {}: not `device-id mark`; refusing to guess sequence numbers",
+                            path.display(),
+                            i + 1
+                        );
+                    };
+                    marks.insert(id, mark);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        }
+        Ok(FleetMarks {
+            path: path.to_path_buf(),
+            marks,
+            writes: 0,
+        })
+    }
+
+    /// The last durable mark of device `id` (0 if it never ran).
+    pub fn get(&self, id: &str) -> u64 {
+        self.marks.get(id).copied().unwrap_or(0)
+    }
+
+    /// Raises the marks of several devices and writes the file once.
+    pub fn set_all(&mut self, updates: impl IntoIterator<Item = (String, u64)>) -> io::Result<()> {
+        for (id, mark) in updates {
+            let m = self.marks.entry(id).or_insert(0);
+            *m = (*m).max(mark);
+        }
+        self.write()
+    }
+
+    /// Raises device `id`'s mark and rewrites the file.
+    pub fn set(&mut self, id: &str, mark: u64) -> io::Result<()> {
+        self.set_all([(id.to_owned(), mark)])
+    }
+
+    /// How often the file was written.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&mut self) -> io::Result<()> {
+        let mut text = String::with_capacity(32 * (self.marks.len() + 1));
+        text.push_str(HEADER);
+        text.push('\n');
+        for (id, mark) in &self.marks {
+            text.push_str(id);
+            text.push(' ');
+            text.push_str(&mark.to_string());
+            text.push('\n');
+        }
+        write_atomically(&self.path, text.as_bytes())?;
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+/// One device's view of the shared state file, for the SDK driver.
+#[derive(Debug, Clone)]
+pub struct FleetMarkStore {
+    /// The fleet's marks.
+    pub shared: Arc<Mutex<FleetMarks>>,
+    /// The device.
+    pub id: String,
+}
+
+impl MarkStore for FleetMarkStore {
+    fn store(&mut self, mark: u64) -> io::Result<()> {
+        let mut marks = self
+            .shared
+            .lock()
+            .map_err(|_| io::Error::other("the fleet's mark state is poisoned"))?;
+        marks.set(&self.id, mark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_survive_a_reload_and_never_go_down() {
+        let dir = std::env::temp_dir().join(format!("v6iot-fleet-marks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("creds.csv.seq");
+        let _ = std::fs::remove_file(&path);
+        let mut m = FleetMarks::load(&path).unwrap();
+        assert_eq!(m.get("a"), 0);
+        m.set_all([("a".to_owned(), 100), ("b".to_owned(), 200)])
+            .unwrap();
+        m.set("a", 50).unwrap();
+        let again = FleetMarks::load(&path).unwrap();
+        assert_eq!((again.get("a"), again.get("b")), (100, 200));
+        assert_eq!(m.writes(), 2);
+        std::fs::write(&path, "a x\n").unwrap();
+        assert!(FleetMarks::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -13,6 +13,7 @@
 //! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
 //! | [`load`] | I/O: runs a fleet on sockets, subscribes at the broker, builds the run report |
+//! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
 //! The binary `v6iot-sim` (src/main.rs) is the only I/O: it binds sockets and runs devices on
 //! the SDK's tokio driver.
@@ -25,4 +26,5 @@ pub mod duration;
 pub mod fleet;
 pub mod fleet_marks;
 pub mod load;
+pub mod provision;
 pub mod sensor;

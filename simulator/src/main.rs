@@ -17,8 +17,6 @@ use v6iot_simulator::fleet::FleetPlan;
 use v6iot_simulator::load::{self, BrokerView, FleetOscore};
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
-mod provision;
-
 /// Simulated v6iot devices running the real SDK core.
 #[derive(Parser)]
 #[command(name = "v6iot-sim", version, about)]
@@ -173,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         class,
     } = cli.command
     {
-        let plan = provision::ProvisionPlan {
+        let plan = v6iot_simulator::provision::ProvisionPlan {
             devices,
             first,
             id_prefix,
@@ -181,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             prefix,
         };
         if out.as_os_str() == "-" {
-            provision::write_csv(&plan, std::io::stdout().lock())?;
+            v6iot_simulator::provision::write_csv(&plan, std::io::stdout().lock())?;
         } else {
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
@@ -190,7 +188,7 @@ fn main() -> anyhow::Result<()> {
             let file = options
                 .open(&out)
                 .with_context(|| format!("create {}", out.display()))?;
-            let n = provision::write_csv(&plan, std::io::BufWriter::new(file))?;
+            let n = v6iot_simulator::provision::write_csv(&plan, std::io::BufWriter::new(file))?;
             eprintln!("wrote {n} device credentials to {}", out.display());
         }
         return Ok(());

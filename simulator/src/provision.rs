@@ -14,28 +14,28 @@ use v6iot_edge_router::registry_db::{
 
 /// What to generate.
 #[derive(Debug, Clone)]
-pub(crate) struct ProvisionPlan {
+pub struct ProvisionPlan {
     /// Number of devices.
-    pub(crate) devices: u64,
+    pub devices: u64,
     /// Serial of the first device.
-    pub(crate) first: u64,
+    pub first: u64,
     /// Device id prefix.
-    pub(crate) id_prefix: String,
+    pub id_prefix: String,
     /// Address plan class of every device.
-    pub(crate) class: u8,
+    pub class: u8,
     /// The prefix every device may use.
-    pub(crate) prefix: Ipv6Prefix,
+    pub prefix: Ipv6Prefix,
 }
 
 /// The kid of serial `n`: its big-endian bytes without leading zeros (one byte for 0).
-pub(crate) fn kid_of(n: u64) -> Vec<u8> {
+pub fn kid_of(n: u64) -> Vec<u8> {
     let bytes = n.to_be_bytes();
     let skip = bytes.iter().take_while(|b| **b == 0).count().min(7);
     bytes.iter().skip(skip).copied().collect()
 }
 
 /// Writes the header and one line per device; returns the number of devices written.
-pub(crate) fn write_csv(plan: &ProvisionPlan, mut out: impl Write) -> anyhow::Result<u64> {
+pub fn write_csv(plan: &ProvisionPlan, mut out: impl Write) -> anyhow::Result<u64> {
     let last = plan
         .first
         .checked_add(plan.devices)

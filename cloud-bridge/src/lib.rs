@@ -1,6 +1,6 @@
 //! `v6iot-cloud-bridge`: the north side of the edge router.
 //!
-//! It carries records to the platform over MQTT (rumqttc + rustls) and WebSocket, keeps a
+//! It carries records to the platform over MQTT (its own session core on rumqttc's packet codecs, rustls) and WebSocket, keeps a
 //! durable outbox, and brings commands back down (see `ARCHITECTURE.md`).
 //!
 //! | module | job |

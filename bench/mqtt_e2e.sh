@@ -6,8 +6,8 @@
 #   bench/mqtt_e2e.sh [--rates "5000 10000 12500 15000 17500 20000 25000"] [--per-device 10] [--secs 10]
 #                     [--p99-ms 500] [--ceiling-count 200000] [--out DIR] [--bin-dir DIR]
 #
-# The ceiling runs first and again last (window 64 = the edge bridge's in-flight limit, and
-# 512); the best is the ceiling. Then `v6iot-sim run` drives RATE/PER_DEVICE registered devices
+# The ceiling runs first and again last (windows 64, 256 = the edge bridge's in-flight limit,
+# and 512); the best is the ceiling. Then `v6iot-sim run` drives RATE/PER_DEVICE registered devices
 # at each rate in turn (each device sends PER_DEVICE records/s, one request at a time) and
 # reports sent/acked/delivered/lost and end-to-end latency. A rate is *sustained* when nothing
 # acknowledged was lost, at least 99.5 % of the records made were acknowledged and delivered
@@ -166,6 +166,7 @@ e2e() {
 
 log "broker ceiling (plain rumqttc, QoS 1, $PAYLOAD_BYTES-byte payloads)"
 ceiling 64
+ceiling 256
 ceiling 512
 
 log "end to end through the edge (v6iot-sim run, $PER_DEVICE records/s per device, ${SECS}s each)"
@@ -243,6 +244,7 @@ drain
 
 log "broker ceiling again"
 ceiling 64
+ceiling 256
 ceiling 512
 
 echo

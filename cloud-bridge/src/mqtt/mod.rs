@@ -504,7 +504,9 @@ impl Bridge {
                 (Item::Message(m), None) => {
                     let _ = self.links.acks.send(m.id);
                     self.links.stats.inc(Counter::Acked);
-                    self.links.events.emit(BridgeEvent::Published { id: m.id });
+                    if self.config.report_published {
+                        self.links.events.emit(BridgeEvent::Published { id: m.id });
+                    }
                 }
                 (Item::Message(m), Some((reason, true))) => {
                     tracing::error!(id = m.id, topic = %m.topic, %reason,

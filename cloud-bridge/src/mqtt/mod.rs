@@ -452,22 +452,29 @@ impl Bridge {
                 Item::Internal(i) => self.state.internal.push_front(i),
                 Item::Message(m) => self.state.retry.push_front(m),
             },
-            Err(NotSent::TooLarge(Item::Message(m), reason)) => {
-                tracing::error!(id = m.id, topic = %m.topic, %reason,
-                    "a message larger than the MQTT packet limit can never be published; it is dropped");
-                self.links.stats.inc(Counter::Refused);
-                self.links.stats.inc(Counter::Dropped);
-                let _ = self.links.acks.send(m.id);
-                self.links.events.emit(BridgeEvent::PublishRefused {
-                    id: m.id,
-                    reason,
-                    dropped: true,
-                });
-            }
+            Err(NotSent::TooLarge(Item::Message(m), reason)) => self.give_up(
+                m,
+                reason,
+                "a message larger than the MQTT packet limit can never be published; it is dropped",
+            ),
             Err(NotSent::TooLarge(Item::Internal(i), reason)) => {
                 tracing::error!(topic = %i.topic, %reason, "cannot publish a status or result");
             }
         }
+    }
+
+    /// A message that can never be published: dropped loudly, counted, and acknowledged so
+    /// that it cannot hold up the outbox.
+    fn give_up(&self, m: OutboundMessage, reason: String, what: &str) {
+        tracing::error!(id = m.id, topic = %m.topic, %reason, "{what}");
+        self.links.stats.inc(Counter::Refused);
+        self.links.stats.inc(Counter::Dropped);
+        let _ = self.links.acks.send(m.id);
+        self.links.events.emit(BridgeEvent::PublishRefused {
+            id: m.id,
+            reason,
+            dropped: true,
+        });
     }
 
     fn connected(
@@ -508,18 +515,11 @@ impl Bridge {
                         self.links.events.emit(BridgeEvent::Published { id: m.id });
                     }
                 }
-                (Item::Message(m), Some((reason, true))) => {
-                    tracing::error!(id = m.id, topic = %m.topic, %reason,
-                        "the broker refused a PUBLISH for good; the message is dropped");
-                    self.links.stats.inc(Counter::Refused);
-                    self.links.stats.inc(Counter::Dropped);
-                    let _ = self.links.acks.send(m.id);
-                    self.links.events.emit(BridgeEvent::PublishRefused {
-                        id: m.id,
-                        reason,
-                        dropped: true,
-                    });
-                }
+                (Item::Message(m), Some((reason, true))) => self.give_up(
+                    m,
+                    reason,
+                    "the broker refused a PUBLISH for good; the message is dropped",
+                ),
                 (Item::Message(m), Some((reason, false))) => {
                     tracing::warn!(id = m.id, topic = %m.topic, %reason,
                         "the broker refused a PUBLISH; it is retried after the next reconnection");

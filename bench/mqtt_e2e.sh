@@ -259,7 +259,8 @@ echo "broker ceiling (best QoS 1 run, no loss): ${best_ceiling}/s"
 echo "best sustained end-to-end rate (no loss, p99 <= ${P99_MS} ms): ${best_e2e:-0}/s"
 awk -v e="${best_e2e:-0}" -v c="$best_ceiling" 'BEGIN { if (c > 0) printf "end-to-end / ceiling = %.2f (target >= 0.9)\n", e / c }'
 drain_rate="$(awk -F'\t' '$1 == "drain" { print $9 }' "$TSV")"
-awk -v d="${drain_rate:-0}" -v c="$best_ceiling" 'BEGIN { if (c > 0) printf "edge publish path alone (outbox backlog drain): %.0f/s = %.2f of the ceiling\n", d, d / c }'
+drain_cores="$(awk -F'\t' '$1 == "drain" { print $12 }' "$TSV")"
+awk -v d="${drain_rate:-0}" -v c="$best_ceiling" -v e="${drain_cores:-0}" 'BEGIN { if (c > 0) printf "edge publish path alone (outbox backlog drain): %.0f/s = %.2f of the ceiling, %.1f µs of edge CPU per record\n", d, d / c, (d > 0) ? e / d * 1e6 : 0 }'
 echo "(the drain backlog was filled by: ${FLOOD_LINE_DRAIN:-})"
 if grep -E 'WARN|ERROR' "$BENCH_WORK/edge.log" | head -5 | grep -q .; then
     warn "the edge logged warnings:"

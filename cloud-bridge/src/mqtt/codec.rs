@@ -36,11 +36,13 @@ pub(crate) struct ConnectParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Incoming {
     /// CONNACK; `refused` holds the return/reason code when it is not a success. MQTT 5 brokers
-    /// may limit the QoS 1 PUBLISHes in flight (`receive_max`) and the packet size.
+    /// may limit the QoS 1 PUBLISHes in flight (`receive_max`) and the packet size, and may
+    /// impose their own keep-alive (seconds).
     ConnAck {
         refused: Option<String>,
         receive_max: Option<u16>,
         max_packet: Option<u32>,
+        keep_alive: Option<u16>,
     },
     /// PUBACK; `refused` holds an MQTT 5 error reason, and whether it is permanent.
     PubAck {
@@ -102,6 +104,7 @@ fn from_v4(p: v4::Packet) -> Incoming {
             refused: (a.code != v4::ConnectReturnCode::Success).then(|| format!("{:?}", a.code)),
             receive_max: None,
             max_packet: None,
+            keep_alive: None,
         },
         Packet::PubAck(a) => Incoming::PubAck {
             pkid: a.pkid,
@@ -140,10 +143,10 @@ fn from_v5(p: v5::Packet) -> Incoming {
     use v5::{Packet, PubAckReason};
     match p {
         Packet::ConnAck(a) => {
-            let (receive_max, max_packet) = a
-                .properties
-                .as_ref()
-                .map_or((None, None), |p| (p.receive_max, p.max_packet_size));
+            let (receive_max, max_packet, keep_alive) =
+                a.properties.as_ref().map_or((None, None, None), |p| {
+                    (p.receive_max, p.max_packet_size, p.server_keep_alive)
+                });
             let refused = (a.code != v5::ConnectReturnCode::Success).then(|| {
                 match a.properties.and_then(|p| p.reason_string) {
                     Some(why) => format!("{:?}: {why}", a.code),
@@ -154,6 +157,7 @@ fn from_v5(p: v5::Packet) -> Incoming {
                 refused,
                 receive_max,
                 max_packet,
+                keep_alive,
             }
         }
         Packet::PubAck(a) => Incoming::PubAck {

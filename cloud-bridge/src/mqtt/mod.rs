@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `config.rs` | [`MqttConfig`] and its checks |
 //! | `codec.rs` | the MQTT 3.1.1 / 5 packets the bridge sends and receives, on rumqttc's `mqttbytes` codecs (pure) |
-//! | `session.rs` | one connection as a state machine (sans-IO): CONNECT/CONNACK, QoS 1 PUBLISHes with our own packet ids and the in-flight window, PUBACKs, the command subscription, keep-alive |
+//! | `session.rs` | one connection as a state machine (sans-IO): CONNECT/CONNACK (MQTT 5 limits), QoS 1 PUBLISHes with our own packet ids and the in-flight window, PUBACKs, the command subscription, keep-alive |
 //! | `conn.rs` | the byte pump of one connection: writes what the session produced, reads what the broker sent |
 //! | this file | [`run_mqtt`]: connect, publish, acknowledge, reconnect, commands |
 //!

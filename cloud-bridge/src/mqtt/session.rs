@@ -275,6 +275,7 @@ impl<T: Message> Session<T> {
                     refused: None,
                     receive_max,
                     max_packet,
+                    keep_alive,
                 } => {
                     self.phase = Phase::Connected;
                     if let Some(max) = receive_max {
@@ -282,6 +283,10 @@ impl<T: Message> Session<T> {
                     }
                     if let Some(max) = max_packet {
                         self.max_out = self.max_out.min(max);
+                    }
+                    if let Some(secs) = keep_alive {
+                        // MQTT 5 §3.2.2.3.14: the server's keep-alive replaces ours
+                        self.keep_alive = Duration::from_secs(u64::from(secs));
                     }
                     Ok(Some(Output::Connected))
                 }

@@ -247,7 +247,7 @@ fn commands_are_acknowledged_to_the_broker() {
 }
 
 #[test]
-fn an_mqtt5_broker_s_receive_maximum_narrows_the_window() {
+fn an_mqtt5_broker_s_receive_maximum_and_keep_alive_apply() {
     let t0 = Instant::now();
     let mut out = BytesMut::new();
     let mut s: Session<u32> = Session::start(&config(Version::V5, 64), t0, &mut out).unwrap();
@@ -265,7 +265,7 @@ fn an_mqtt5_broker_s_receive_maximum_narrows_the_window() {
         wildcard_subscription_available: None,
         subscription_identifiers_available: None,
         shared_subscription_available: None,
-        server_keep_alive: None,
+        server_keep_alive: Some(7),
         response_information: None,
         server_reference: None,
         authentication_method: None,
@@ -284,6 +284,11 @@ fn an_mqtt5_broker_s_receive_maximum_narrows_the_window() {
         Ok(Some(Output::Connected))
     );
     assert_eq!(s.window(), 20);
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0 + Duration::from_secs(7)),
+        "the server's keep-alive replaces ours"
+    );
     let mut disconnect = BytesMut::new();
     v5::Packet::Disconnect(v5::Disconnect {
         reason_code: v5::DisconnectReasonCode::ServerBusy,

@@ -318,3 +318,31 @@ fn too_large_a_publish_is_handed_back_and_nothing_is_written() {
     assert!(out.is_empty());
     assert_eq!(s.in_flight(), 1);
 }
+
+proptest::proptest! {
+    /// Whatever the broker sends, before or after the CONNACK, is handled or ends the session
+    /// with an error: never a panic, never a loop.
+    #[test]
+    fn arbitrary_broker_bytes_never_panic(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        v5 in proptest::prelude::any::<bool>(),
+        after_connack in proptest::prelude::any::<bool>(),
+    ) {
+        let version = if v5 { Version::V5 } else { Version::V4 };
+        let t0 = Instant::now();
+        let mut out = BytesMut::new();
+        let mut s: Session<u32> = Session::start(&config(version, 8), t0, &mut out).unwrap();
+        let mut input = BytesMut::new();
+        if after_connack {
+            // CONNACK, success (MQTT 5: with an empty property list)
+            input.extend_from_slice(if v5 { b"\x20\x03\x00\x00\x00" } else { b"\x20\x02\x00\x00" });
+        }
+        input.extend_from_slice(&bytes);
+        for _ in 0..=bytes.len() + 1 {
+            match s.handle_input(&mut input, t0, &mut out) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

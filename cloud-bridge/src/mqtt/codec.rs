@@ -97,6 +97,19 @@ pub(crate) fn decode(
     }
 }
 
+fn publish(topic: String, payload: &[u8], qos: u8, pkid: u16) -> Incoming {
+    Incoming::Publish {
+        topic,
+        payload: payload.to_vec(),
+        qos,
+        pkid,
+    }
+}
+
+fn suback(pkid: u16, refused: Option<String>) -> Incoming {
+    Incoming::SubAck { pkid, refused }
+}
+
 fn from_v4(p: v4::Packet) -> Incoming {
     use v4::Packet;
     match p {
@@ -110,21 +123,15 @@ fn from_v4(p: v4::Packet) -> Incoming {
             pkid: a.pkid,
             refused: None,
         },
-        Packet::Publish(p) => Incoming::Publish {
-            topic: p.topic,
-            payload: p.payload.to_vec(),
-            qos: p.qos as u8,
-            pkid: p.pkid,
-        },
+        Packet::Publish(p) => publish(p.topic, &p.payload, p.qos as u8, p.pkid),
         Packet::PubRel(r) => Incoming::PubRel { pkid: r.pkid },
-        Packet::SubAck(s) => Incoming::SubAck {
-            pkid: s.pkid,
-            refused: s
-                .return_codes
+        Packet::SubAck(s) => suback(
+            s.pkid,
+            s.return_codes
                 .iter()
                 .any(|c| matches!(c, v4::SubscribeReasonCode::Failure))
                 .then(|| "Failure".to_owned()),
-        },
+        ),
         Packet::PingResp => Incoming::PingResp,
         Packet::Disconnect => Incoming::Disconnect {
             reason: "DISCONNECT".to_owned(),
@@ -180,21 +187,20 @@ fn from_v5(p: v5::Packet) -> Incoming {
                 }
             },
         },
-        Packet::Publish(p) => Incoming::Publish {
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload.to_vec(),
-            qos: p.qos as u8,
-            pkid: p.pkid,
-        },
+        Packet::Publish(p) => publish(
+            String::from_utf8_lossy(&p.topic).into_owned(),
+            &p.payload,
+            p.qos as u8,
+            p.pkid,
+        ),
         Packet::PubRel(r) => Incoming::PubRel { pkid: r.pkid },
-        Packet::SubAck(s) => Incoming::SubAck {
-            pkid: s.pkid,
-            refused: s
-                .return_codes
+        Packet::SubAck(s) => suback(
+            s.pkid,
+            s.return_codes
                 .iter()
                 .find(|c| !matches!(c, v5::SubscribeReasonCode::Success(_)))
                 .map(|c| format!("{c:?}")),
-        },
+        ),
         Packet::PingResp(_) => Incoming::PingResp,
         Packet::Disconnect(d) => Incoming::Disconnect {
             reason: match d.properties.and_then(|p| p.reason_string) {

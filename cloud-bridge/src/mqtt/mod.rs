@@ -321,6 +321,8 @@ impl Bridge {
         end
     }
 
+    /// The loop of one connection: encode what the window allows, then wait for the first of
+    /// shutdown, bytes in (or the output written), a new message, or the session's timer.
     async fn drive<F: Future<Output = ()>>(
         &mut self,
         session: &mut Session<Item>,

@@ -140,7 +140,9 @@ impl<T: Message> Session<T> {
                 deadline: now + config.connack_timeout,
                 timeout: config.connack_timeout,
             },
-            window: config.window.clamp(1, usize::from(u16::MAX)),
+            // one packet id stays free for the SUBSCRIBE: with room in the window there is
+            // always a free id
+            window: config.window.clamp(1, usize::from(u16::MAX) - 1),
             in_flight: HashMap::with_capacity(config.window.min(4096)),
             next_seq: 0,
             next_pkid: 1,

@@ -129,6 +129,19 @@ fn publishes_with_its_own_packet_ids_and_matches_pubacks_in_any_order() {
 }
 
 #[test]
+fn the_largest_window_still_leaves_a_packet_id_for_the_subscribe() {
+    let t0 = Instant::now();
+    let (mut s, mut out) = connected::<u32>(usize::from(u16::MAX), t0);
+    assert_eq!(s.window(), usize::from(u16::MAX) - 1);
+    for item in 0..u32::from(u16::MAX) - 1 {
+        s.publish(item, t0, &mut out).unwrap();
+        out.clear();
+    }
+    assert!(!s.has_room());
+    s.subscribe("f", t0, &mut out).unwrap();
+}
+
+#[test]
 fn packet_ids_wrap_and_skip_ids_in_flight() {
     let t0 = Instant::now();
     let (mut s, mut out) = connected::<u32>(2, t0);

@@ -4,10 +4,10 @@
 # run by a plain rumqttc publisher and subscriber (v6iot-mqtt-ceiling, same payload size).
 #
 #   bench/mqtt_e2e.sh [--rates "5000 10000 12500 15000 17500 20000 25000"] [--per-device 10] [--secs 10]
-#                     [--p99-ms 500] [--ceiling-count 200000] [--out DIR]
+#                     [--p99-ms 500] [--ceiling-count 200000] [--out DIR] [--bin-dir DIR]
 #
-# The ceiling runs first and again last (window 64 = the edge bridge's in-flight limit, and
-# 512); the best is the ceiling. Then `v6iot-sim run` drives RATE/PER_DEVICE registered devices
+# The ceiling runs first and again last (windows 64, 256 = the edge bridge's in-flight limit,
+# and 512); the best is the ceiling. Then `v6iot-sim run` drives RATE/PER_DEVICE registered devices
 # at each rate in turn (each device sends PER_DEVICE records/s, one request at a time) and
 # reports sent/acked/delivered/lost and end-to-end latency. A rate is *sustained* when nothing
 # acknowledged was lost, at least 99.5 % of the records made were acknowledged and delivered
@@ -15,7 +15,9 @@
 # is not sustained. Result: the best sustained rate and its ratio to the ceiling (target >= 0.9).
 #
 # Output on stdout; raw lines in OUT/mqtt_e2e.tsv (OUT defaults to target/bench). Loopback only;
-# about (secs + 10) × rates + 2 × 20 seconds plus the build.
+# about (secs + 10) × rates + 2 × 20 seconds plus the build. --bin-dir takes v6iot-edge,
+# v6iot-sim, v6iot-flood and v6iot-mqtt-ceiling from DIR instead of building them (to compare
+# a saved build of another commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -27,6 +29,7 @@ SECS=10
 P99_MS=500
 CEILING_COUNT=200000
 OUT="$PWD/target/bench"
+BIN_DIR=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --rates) RATES="$2" && shift 2 ;;
@@ -35,8 +38,9 @@ while [[ $# -gt 0 ]]; do
     --p99-ms) P99_MS="$2" && shift 2 ;;
     --ceiling-count) CEILING_COUNT="$2" && shift 2 ;;
     --out) OUT="$2" && shift 2 ;;
+    --bin-dir) BIN_DIR="$2" && shift 2 ;;
     -h | --help)
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;
@@ -54,13 +58,19 @@ need_pkg jq jq
 need_pkg /usr/bin/time time
 ensure_pkgs
 
-log "building (release)"
-cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge \
-    -p v6iot-simulator --bin v6iot-sim --bin v6iot-mqtt-ceiling --bin v6iot-flood
-EDGE="$PWD/target/release/v6iot-edge"
-SIM="$PWD/target/release/v6iot-sim"
-CEILING="$PWD/target/release/v6iot-mqtt-ceiling"
-FLOOD="$PWD/target/release/v6iot-flood"
+if [[ -z "$BIN_DIR" ]]; then
+    log "building (release)"
+    cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge \
+        -p v6iot-simulator --bin v6iot-sim --bin v6iot-mqtt-ceiling --bin v6iot-flood
+    BIN_DIR="$PWD/target/release"
+fi
+EDGE="$BIN_DIR/v6iot-edge"
+SIM="$BIN_DIR/v6iot-sim"
+CEILING="$BIN_DIR/v6iot-mqtt-ceiling"
+FLOOD="$BIN_DIR/v6iot-flood"
+for b in "$EDGE" "$SIM" "$CEILING" "$FLOOD"; do
+    [[ -x "$b" ]] || die "missing binary: $b"
+done
 
 bench_init e2e
 mkdir -p "$OUT"
@@ -156,6 +166,7 @@ e2e() {
 
 log "broker ceiling (plain rumqttc, QoS 1, $PAYLOAD_BYTES-byte payloads)"
 ceiling 64
+ceiling 256
 ceiling 512
 
 log "end to end through the edge (v6iot-sim run, $PER_DEVICE records/s per device, ${SECS}s each)"
@@ -233,6 +244,7 @@ drain
 
 log "broker ceiling again"
 ceiling 64
+ceiling 256
 ceiling 512
 
 echo
@@ -247,7 +259,8 @@ echo "broker ceiling (best QoS 1 run, no loss): ${best_ceiling}/s"
 echo "best sustained end-to-end rate (no loss, p99 <= ${P99_MS} ms): ${best_e2e:-0}/s"
 awk -v e="${best_e2e:-0}" -v c="$best_ceiling" 'BEGIN { if (c > 0) printf "end-to-end / ceiling = %.2f (target >= 0.9)\n", e / c }'
 drain_rate="$(awk -F'\t' '$1 == "drain" { print $9 }' "$TSV")"
-awk -v d="${drain_rate:-0}" -v c="$best_ceiling" 'BEGIN { if (c > 0) printf "edge publish path alone (outbox backlog drain): %.0f/s = %.2f of the ceiling\n", d, d / c }'
+drain_cores="$(awk -F'\t' '$1 == "drain" { print $12 }' "$TSV")"
+awk -v d="${drain_rate:-0}" -v c="$best_ceiling" -v e="${drain_cores:-0}" 'BEGIN { if (c > 0) printf "edge publish path alone (outbox backlog drain): %.0f/s = %.2f of the ceiling, %.1f µs of edge CPU per record\n", d, d / c, (d > 0) ? e / d * 1e6 : 0 }'
 echo "(the drain backlog was filled by: ${FLOOD_LINE_DRAIN:-})"
 if grep -E 'WARN|ERROR' "$BENCH_WORK/edge.log" | head -5 | grep -q .; then
     warn "the edge logged warnings:"

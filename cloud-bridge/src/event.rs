@@ -86,7 +86,7 @@ pub enum BridgeError {
     /// The TLS files or names are wrong.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsSetupError),
-    /// A local resource (e.g. the MQTT hand-off socket) failed.
+    /// A local resource (a file, a socket) failed.
     #[error("local I/O: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,7 +1,8 @@
 //! `v6iot-cloud-bridge`: the north side of the edge router.
 //!
-//! It carries records to the platform over MQTT (rumqttc + rustls) and WebSocket, keeps a
-//! durable outbox, and brings commands back down (see `ARCHITECTURE.md`).
+//! It carries records to the platform over MQTT (its own session core on rumqttc's packet
+//! codecs, over rustls) and WebSocket, keeps a durable outbox, and brings commands back down
+//! (see `ARCHITECTURE.md`).
 //!
 //! | module | job |
 //! |---|---|

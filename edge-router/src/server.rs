@@ -91,6 +91,7 @@ pub async fn run(
     mqtt.client_cert = config.mqtt.client_cert.clone();
     mqtt.client_key = config.mqtt.client_key.clone();
     mqtt.server_name = config.mqtt.server_name.clone();
+    mqtt.report_published = false; // one event per record, and the loop below drops them
     let bridge_stats = mqtt.stats.clone();
 
     // One durable stream, one or two sinks; an id is acknowledged to the outbox only once

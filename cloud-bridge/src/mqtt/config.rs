@@ -50,8 +50,15 @@ pub struct MqttConfig {
     pub edge_id: String,
     /// The site's topics.
     pub topics: Topics,
-    /// At most this many QoS 1 PUBLISHes wait for their PUBACK at once (at least 1).
+    /// At most this many QoS 1 PUBLISHes wait for their PUBACK at once (at least 1; an MQTT 5
+    /// broker's Receive Maximum may lower it). All of them are published again after a
+    /// reconnection.
     pub max_in_flight: u16,
+    /// Whether every acknowledged message is also reported as [`BridgeEvent::Published`] on
+    /// the events channel (one event per message; an edge that only logs events turns it off).
+    ///
+    /// [`BridgeEvent::Published`]: crate::BridgeEvent::Published
+    pub report_published: bool,
     /// First reconnection delay (jittered, doubling).
     pub reconnect_min: Duration,
     /// Longest reconnection delay.
@@ -67,8 +74,9 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
-    /// A configuration with defaults: MQTT 3.1.1, keep-alive 30 s, 64 in flight, reconnect
-    /// 0.5 s … 30 s, connect timeout 10 s, 256 KiB packets, no credentials, no client cert.
+    /// A configuration with defaults: MQTT 3.1.1, keep-alive 30 s, 256 in flight (each
+    /// reported as published), reconnect 0.5 s … 30 s, connect timeout 10 s, 256 KiB
+    /// packets, no credentials, no client cert.
     pub fn new(url: &str, edge_id: &str, topics: Topics) -> Self {
         MqttConfig {
             url: url.to_owned(),
@@ -83,7 +91,8 @@ impl MqttConfig {
             server_name: None,
             edge_id: edge_id.to_owned(),
             topics,
-            max_in_flight: 64,
+            max_in_flight: 256,
+            report_published: true,
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -103,7 +112,7 @@ impl MqttConfig {
         }
     }
 
-    /// Checks what would otherwise fail (or panic inside rumqttc) later.
+    /// Checks what would otherwise fail later, at each connection.
     pub(crate) fn validate(&self) -> Result<Endpoint, BridgeError> {
         let endpoint = Endpoint::parse(&self.url)?;
         let bad = |s: &str| Err(BridgeError::Config(s.to_owned()));
@@ -153,6 +162,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("edge_id", &self.edge_id)
             .field("topics", &self.topics)
             .field("max_in_flight", &self.max_in_flight)
+            .field("report_published", &self.report_published)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("connect_timeout", &self.connect_timeout)

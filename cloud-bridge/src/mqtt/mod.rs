@@ -4,19 +4,24 @@
 //! | file | job |
 //! |---|---|
 //! | `config.rs` | [`MqttConfig`] and its checks |
-//! | `inflight.rs` | packet id ↔ message bookkeeping, the in-flight window (sans-IO) |
-//! | `client.rs` | rumqttc 3.1.1 / 5 behind one face; the event-loop task of one connection |
-//! | `handoff.rs` | gives rumqttc the connection the bridge made (Happy Eyeballs + rustls) through a one-shot private Unix socket |
+//! | `codec.rs` | the MQTT 3.1.1 / 5 packets the bridge sends and receives, on rumqttc's `mqttbytes` codecs (pure) |
+//! | `session.rs` | one connection as a state machine (sans-IO): CONNECT/CONNACK (MQTT 5 limits), QoS 1 PUBLISHes with our own packet ids and the in-flight window, PUBACKs, the command subscription, keep-alive |
+//! | `conn.rs` | the byte pump of one connection: writes what the session produced, reads what the broker sent |
 //! | this file | [`run_mqtt`]: connect, publish, acknowledge, reconnect, commands |
 //!
-//! Each connection is a new clean session: rumqttc never resends on its own; the bridge
-//! publishes every unacknowledged message again after a reconnection (same id, so the platform
-//! can drop duplicates).
+//! One task drives a connection: it takes messages from `outgoing` as long as the window has
+//! room, encodes every PUBLISH it can into one buffer and writes that buffer with one call,
+//! and reads the broker's PUBACKs in batches. The stream is the one the bridge made itself
+//! (Happy Eyeballs TCP, then rustls with the real host name): rumqttc provides only the
+//! packet codecs, not the connection.
+//!
+//! Each connection is a new clean session: the bridge publishes every unacknowledged message
+//! again after a reconnection (same id, so the platform can drop duplicates).
 
-mod client;
+mod codec;
 mod config;
-mod handoff;
-mod inflight;
+mod conn;
+mod session;
 
 pub use config::MqttConfig;
 
@@ -27,28 +32,32 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::task::JoinHandle;
+use bytes::BytesMut;
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 
 use crate::backoff::Backoff;
 use crate::command::{Command, CommandError, Rejection, parse_command, rejection_payload};
 use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
 use crate::message::OutboundMessage;
-use crate::transport::Connector;
-use client::{Client, Ev, status_payload};
-use inflight::InFlight;
+use crate::transport::{Connector, Io};
+use codec::{ConnectParams, Version};
+use conn::{Conn, Turn};
+use session::{NotSent, Output, Session, SessionConfig};
 
 /// At most this many error results wait to be published; more are dropped (and logged).
 const MAX_QUEUED_RESULTS: usize = 1024;
 /// How long a clean shutdown waits for the broker to acknowledge the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// No more PUBLISHes are encoded while this many bytes wait to be written.
+const OUT_HIGH_WATER: usize = 256 * 1024;
 
 /// Runs the MQTT publisher until `shutdown` completes.
 ///
 /// - Every message from `outgoing` is published at QoS 1 (retained as flagged); its `id` goes
 ///   to `acks` once the broker's PUBACK for it arrived, exactly once per message received.
-///   At most `max_in_flight` wait for their PUBACK; when the connection is lost, all of them
-///   are published again after the reconnection.
+///   At most `max_in_flight` wait for their PUBACK (fewer if an MQTT 5 broker's Receive
+///   Maximum says so); when the connection is lost, all of them are published again after
+///   the reconnection.
 /// - Reconnects forever with jittered exponential back-off (`reconnect_min` … `reconnect_max`);
 ///   each failure is logged and reported as [`BridgeEvent::ConnectFailed`] or
 ///   [`BridgeEvent::Disconnected`].
@@ -75,7 +84,6 @@ pub async fn run_mqtt(
         config.attempt_delay,
         config.connect_timeout,
     )?;
-    handoff::sweep_stale();
     let mut bridge = Bridge {
         links: Links {
             acks,
@@ -83,12 +91,12 @@ pub async fn run_mqtt(
             events: Events::new(events),
             stats: Arc::clone(&config.stats),
         },
-        state: State::new(usize::from(config.max_in_flight)),
+        state: State::default(),
+        session: session_config(&config),
         config,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Backoff::new(bridge.config.reconnect_min, bridge.config.reconnect_max);
-    let capacity = usize::from(bridge.config.max_in_flight) + 16;
     tracing::info!(url = %bridge.config.url, client_id = %bridge.config.client_id,
         protocol = bridge.config.protocol, "MQTT publisher starting");
     loop {
@@ -108,54 +116,68 @@ pub async fn run_mqtt(
             }
         };
         tracing::debug!(%addr, "transport up, starting the MQTT session");
-        let (socket, pipe) = handoff::splice(stream)?;
-        let pipe = AbortOnDrop(pipe);
-        let (client, events_rx, poll) = Client::start(&bridge.config, &socket, capacity);
-        let poll = AbortOnDrop(poll);
-        let end = bridge
-            .session(
-                &client,
-                events_rx,
-                &mut outgoing,
-                &mut shutdown,
-                addr,
-                &mut backoff,
-            )
-            .await;
-        drop(client);
-        let transport_error = pipe.error_within(Duration::from_millis(200)).await;
-        drop(poll);
-        bridge.connection_lost();
-        match end {
+        match bridge
+            .connection(stream, &mut outgoing, &mut shutdown, addr, &mut backoff)
+            .await
+        {
             End::Shutdown => return Ok(()),
             End::Lost {
                 reason,
-                was_connected,
+                was_connected: true,
             } => {
-                let reason = match transport_error {
-                    Some(e) => format!("{reason} (transport: {e})"),
-                    None => reason,
-                };
-                if was_connected {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%reason, retry_in = ?delay, "MQTT connection lost");
-                    bridge.links.stats.inc(Counter::Disconnects);
-                    bridge
-                        .links
-                        .events
-                        .emit(BridgeEvent::Disconnected { reason });
-                    if wait_for(delay, &mut shutdown).await {
-                        return Ok(());
-                    }
-                } else {
-                    bridge.connect_failed(reason, &mut backoff);
-                    if wait(&mut backoff, &mut shutdown).await {
-                        return Ok(());
-                    }
+                let delay = backoff.next_delay();
+                tracing::warn!(%reason, retry_in = ?delay, "MQTT connection lost");
+                bridge.links.stats.inc(Counter::Disconnects);
+                bridge
+                    .links
+                    .events
+                    .emit(BridgeEvent::Disconnected { reason });
+                if wait_for(delay, &mut shutdown).await {
+                    return Ok(());
+                }
+            }
+            End::Lost {
+                reason,
+                was_connected: false,
+            } => {
+                bridge.connect_failed(reason, &mut backoff);
+                if wait(&mut backoff, &mut shutdown).await {
+                    return Ok(());
                 }
             }
         }
     }
+}
+
+fn session_config(config: &MqttConfig) -> SessionConfig {
+    SessionConfig {
+        version: if config.protocol == 5 {
+            Version::V5
+        } else {
+            Version::V4
+        },
+        connect: ConnectParams {
+            client_id: config.client_id.clone(),
+            keep_alive_s: u16::try_from(config.keep_alive.as_secs()).unwrap_or(u16::MAX),
+            will_topic: config.topics.edge_status(&config.edge_id),
+            will_payload: status_payload("offline", &config.edge_id),
+            login: config
+                .username
+                .as_ref()
+                .map(|user| (user.clone(), config.password.clone().unwrap_or_default())),
+            max_packet: config.max_packet_size,
+        },
+        keep_alive: config.keep_alive,
+        connack_timeout: config.connect_timeout.max(Duration::from_secs(1)),
+        window: usize::from(config.max_in_flight),
+    }
+}
+
+/// Statuses are JSON: `{"state":"online","edge":"…"}`.
+fn status_payload(state: &str, edge: &str) -> Vec<u8> {
+    serde_json::json!({ "state": state, "edge": edge })
+        .to_string()
+        .into_bytes()
 }
 
 /// Sleeps for the back-off delay computed last (see `connect_failed`); true on shutdown.
@@ -169,25 +191,6 @@ async fn wait_for<F: Future<Output = ()>>(delay: Duration, shutdown: &mut Pin<&m
         biased;
         () = shutdown.as_mut() => true,
         () = tokio::time::sleep(delay) => false,
-    }
-}
-
-/// Aborts the task when dropped, so that dropping `run_mqtt` closes its connection.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl AbortOnDrop<std::io::Result<()>> {
-    /// The splice's error, if it ends (or has ended) with one within `within`.
-    async fn error_within(mut self, within: Duration) -> Option<std::io::Error> {
-        match tokio::time::timeout(within, &mut self.0).await {
-            Ok(Ok(Err(e))) => Some(e),
-            _ => None,
-        }
     }
 }
 
@@ -218,6 +221,29 @@ enum Item {
     Internal(Internal),
 }
 
+impl session::Message for Item {
+    fn topic(&self) -> &str {
+        match self {
+            Item::Message(m) => &m.topic,
+            Item::Internal(i) => &i.topic,
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        match self {
+            Item::Message(m) => &m.payload,
+            Item::Internal(i) => &i.payload,
+        }
+    }
+
+    fn retain(&self) -> bool {
+        match self {
+            Item::Message(m) => m.retain,
+            Item::Internal(i) => i.retain,
+        }
+    }
+}
+
 struct Links {
     acks: mpsc::UnboundedSender<u64>,
     commands: mpsc::Sender<Command>,
@@ -225,8 +251,9 @@ struct Links {
     stats: Arc<BridgeStats>,
 }
 
+/// What outlives a connection.
+#[derive(Default)]
 struct State {
-    inflight: InFlight<Item>,
     /// Messages to publish again, before new ones, in id order.
     retry: VecDeque<OutboundMessage>,
     /// Refused by the broker: published again after the next reconnection.
@@ -237,49 +264,22 @@ struct State {
 }
 
 impl State {
-    fn new(window: usize) -> Self {
-        State {
-            inflight: InFlight::new(window),
-            retry: VecDeque::new(),
-            deferred: Vec::new(),
-            internal: VecDeque::new(),
-            outgoing_closed: false,
-            offline_acked: false,
-        }
-    }
-
-    /// Hands queued PUBLISHes to rumqttc while the window has room. Err when rumqttc's queue
-    /// refused one (it stays queued).
-    fn pump(&mut self, client: &Client, stats: &BridgeStats) -> Result<(), String> {
-        while self.inflight.has_room() {
-            if let Some(i) = self.internal.pop_front() {
-                if let Err(e) = client.try_publish(&i.topic, i.payload.clone(), i.retain) {
-                    self.internal.push_front(i);
-                    return Err(e);
-                }
-                self.inflight.push(Item::Internal(i));
-            } else if let Some(m) = self.retry.pop_front() {
-                if let Err(e) = client.try_publish(&m.topic, m.payload.clone(), m.retain) {
-                    self.retry.push_front(m);
-                    return Err(e);
-                }
-                stats.inc(Counter::Published);
-                stats.inc(Counter::Republished);
-                self.inflight.push(Item::Message(m));
-            } else {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     fn has_backlog(&self) -> bool {
         !self.internal.is_empty() || !self.retry.is_empty()
     }
 }
 
+/// Where the next PUBLISH comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Internal,
+    Retry,
+    New,
+}
+
 struct Bridge {
     config: MqttConfig,
+    session: SessionConfig,
     links: Links,
     state: State,
 }
@@ -294,98 +294,203 @@ impl Bridge {
             .emit(BridgeEvent::ConnectFailed { reason });
     }
 
-    /// One connection, from the CONNECT to its end.
-    async fn session<F: Future<Output = ()>>(
+    /// One connection, from the CONNECT to its end; what it left unacknowledged is queued to
+    /// be published again.
+    async fn connection<F: Future<Output = ()>>(
         &mut self,
-        client: &Client,
-        mut events_rx: mpsc::Receiver<Result<Ev, String>>,
+        stream: Box<dyn Io>,
+        outgoing: &mut mpsc::Receiver<OutboundMessage>,
+        shutdown: &mut Pin<&mut F>,
+        addr: SocketAddr,
+        backoff: &mut Backoff,
+    ) -> End {
+        let mut conn = Conn::new(stream);
+        let mut session = match Session::start(&self.session, Instant::now(), conn.out()) {
+            Ok(s) => s,
+            Err(reason) => {
+                return End::Lost {
+                    reason,
+                    was_connected: false,
+                };
+            }
+        };
+        let end = self
+            .drive(&mut session, &mut conn, outgoing, shutdown, addr, backoff)
+            .await;
+        self.connection_lost(session.into_unacked());
+        end
+    }
+
+    /// The loop of one connection: encode what the window allows, then wait for the first of
+    /// shutdown, bytes in (or the output written), a new message, or the session's timer.
+    async fn drive<F: Future<Output = ()>>(
+        &mut self,
+        session: &mut Session<Item>,
+        conn: &mut Conn,
         outgoing: &mut mpsc::Receiver<OutboundMessage>,
         shutdown: &mut Pin<&mut F>,
         addr: SocketAddr,
         backoff: &mut Backoff,
     ) -> End {
         let mut connected = false;
-        // rumqttc's request queue refused a request: wait for its next event before retrying.
-        let mut blocked = false;
+        let lost = |reason: String, was_connected: bool| End::Lost {
+            reason,
+            was_connected,
+        };
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(
+            session
+                .poll_timeout()
+                .map_or_else(far, tokio::time::Instant::from_std),
+        );
+        let mut timer = std::pin::pin!(timer);
         loop {
-            if connected
-                && !blocked
-                && let Err(e) = self.state.pump(client, &self.links.stats)
-            {
-                tracing::debug!(error = %e, "rumqttc's request queue is full");
-                blocked = true;
-            }
-            let take_new = connected
-                && !blocked
+            self.fill(session, Some(&mut *outgoing), conn.out());
+            let take_new = session.has_room()
                 && !self.state.outgoing_closed
                 && !self.state.has_backlog()
-                && self.state.inflight.has_room();
+                && conn.pending() < OUT_HIGH_WATER;
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => {
                     if connected {
-                        self.graceful_end(client, &mut events_rx).await;
+                        self.graceful_end(session, conn).await;
                     }
                     return End::Shutdown;
                 }
-                ev = events_rx.recv() => {
-                    blocked = false;
-                    match ev {
-                        None => return End::Lost {
-                            reason: "the MQTT event loop ended".into(),
-                            was_connected: connected,
-                        },
-                        Some(Err(reason)) => return End::Lost { reason, was_connected: connected },
-                        Some(Ok(Ev::ConnAck)) => {
-                            connected = true;
-                            backoff.reset();
-                            self.connected(client, addr);
-                        }
-                        Some(Ok(ev)) => self.handle(ev),
+                turn = conn.turn() => match turn {
+                    Err(e) => return lost(format!("connection to {addr}: {e}"), connected),
+                    Ok(Turn::Eof) => {
+                        return lost("the broker closed the connection".into(), connected);
                     }
-                }
+                    Ok(Turn::Wrote) => {}
+                    Ok(Turn::Read) => {
+                        let now = Instant::now();
+                        loop {
+                            let (input, out) = conn.buffers();
+                            match session.handle_input(input, now, out) {
+                                Ok(None) => break,
+                                Ok(Some(Output::Connected)) => {
+                                    connected = true;
+                                    backoff.reset();
+                                    self.connected(session, conn, addr, now);
+                                }
+                                Ok(Some(output)) => self.handle(output),
+                                Err(e) => return lost(e.to_string(), connected),
+                            }
+                        }
+                    }
+                },
                 m = outgoing.recv(), if take_new => match m {
                     None => {
                         tracing::info!("the outgoing channel closed; serving commands only");
                         self.state.outgoing_closed = true;
                     }
-                    Some(m) => {
-                        if let Err(e) = self.publish_new(client, m) {
-                            tracing::debug!(error = %e, "rumqttc's request queue is full");
-                            blocked = true;
-                        }
-                        while !blocked && self.state.inflight.has_room() {
-                            let Ok(m) = outgoing.try_recv() else { break };
-                            if self.publish_new(client, m).is_err() {
-                                blocked = true;
-                            }
-                        }
-                    }
+                    Some(m) => self.publish(session, Item::Message(m), Source::New, Instant::now(), conn.out()),
                 },
+                () = timer.as_mut() => {
+                    if let Err(e) = session.handle_timeout(Instant::now(), conn.out()) {
+                        return lost(e.to_string(), connected);
+                    }
+                    let next = session.poll_timeout().map_or_else(far, tokio::time::Instant::from_std);
+                    timer.as_mut().reset(next);
+                }
             }
         }
     }
 
-    fn publish_new(&mut self, client: &Client, m: OutboundMessage) -> Result<(), String> {
-        match client.try_publish(&m.topic, m.payload.clone(), m.retain) {
-            Ok(()) => {
-                self.links.stats.inc(Counter::Published);
-                self.state.inflight.push(Item::Message(m));
-                Ok(())
-            }
-            Err(e) => {
-                self.state.retry.push_back(m);
-                Err(e)
+    /// Encodes PUBLISHes while the window has room: the bridge's own first, then messages to
+    /// publish again, then new ones from `outgoing` (when given) as far as they are there.
+    fn fill(
+        &mut self,
+        session: &mut Session<Item>,
+        mut outgoing: Option<&mut mpsc::Receiver<OutboundMessage>>,
+        out: &mut BytesMut,
+    ) {
+        let now = Instant::now();
+        while session.has_room() && out.len() < OUT_HIGH_WATER {
+            let (item, source) = if let Some(i) = self.state.internal.pop_front() {
+                (Item::Internal(i), Source::Internal)
+            } else if let Some(m) = self.state.retry.pop_front() {
+                (Item::Message(m), Source::Retry)
+            } else if let Some(rx) = outgoing.as_deref_mut()
+                && !self.state.outgoing_closed
+            {
+                match rx.try_recv() {
+                    Ok(m) => (Item::Message(m), Source::New),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        tracing::info!("the outgoing channel closed; serving commands only");
+                        self.state.outgoing_closed = true;
+                        break;
+                    }
+                }
+            } else {
+                break;
+            };
+            self.publish(session, item, source, now, out);
+        }
+    }
+
+    fn publish(
+        &mut self,
+        session: &mut Session<Item>,
+        item: Item,
+        source: Source,
+        now: Instant,
+        out: &mut BytesMut,
+    ) {
+        match session.publish(item, now, out) {
+            Ok(()) => match source {
+                Source::Internal => {}
+                Source::Retry => {
+                    self.links.stats.inc(Counter::Published);
+                    self.links.stats.inc(Counter::Republished);
+                }
+                Source::New => self.links.stats.inc(Counter::Published),
+            },
+            // not reached: called only with room in the window
+            Err(NotSent::NoRoom(item)) => match item {
+                Item::Internal(i) => self.state.internal.push_front(i),
+                Item::Message(m) => self.state.retry.push_front(m),
+            },
+            Err(NotSent::TooLarge(Item::Message(m), reason)) => self.give_up(
+                m,
+                reason,
+                "a message larger than the MQTT packet limit can never be published; it is dropped",
+            ),
+            Err(NotSent::TooLarge(Item::Internal(i), reason)) => {
+                tracing::error!(topic = %i.topic, %reason, "cannot publish a status or result");
             }
         }
     }
 
-    fn connected(&mut self, client: &Client, addr: SocketAddr) {
-        tracing::info!(%addr, url = %self.config.url, "MQTT connected");
+    /// A message that can never be published: dropped loudly, counted, and acknowledged so
+    /// that it cannot hold up the outbox.
+    fn give_up(&self, m: OutboundMessage, reason: String, what: &str) {
+        tracing::error!(id = m.id, topic = %m.topic, %reason, "{what}");
+        self.links.stats.inc(Counter::Refused);
+        self.links.stats.inc(Counter::Dropped);
+        let _ = self.links.acks.send(m.id);
+        self.links.events.emit(BridgeEvent::PublishRefused {
+            id: m.id,
+            reason,
+            dropped: true,
+        });
+    }
+
+    fn connected(
+        &mut self,
+        session: &mut Session<Item>,
+        conn: &mut Conn,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
+        tracing::info!(%addr, url = %self.config.url, window = session.window(), "MQTT connected");
         self.links.stats.inc(Counter::Connects);
         self.links.events.emit(BridgeEvent::Connected { addr });
         let filter = self.config.topics.command_filter();
-        if let Err(e) = client.try_subscribe(&filter) {
+        if let Err(e) = session.subscribe(&filter, now, conn.out()) {
             tracing::error!(%filter, error = %e, "cannot subscribe to commands");
         }
         self.state.internal.push_front(Internal {
@@ -401,36 +506,23 @@ impl Bridge {
         }
     }
 
-    fn handle(&mut self, ev: Ev) {
-        match ev {
-            Ev::ConnAck => {}
-            Ev::OutgoingPublish(pkid) => {
-                if let Err(anomaly) = self.state.inflight.announced(pkid) {
-                    tracing::warn!(
-                        ?anomaly,
-                        "rumqttc announced a PUBLISH the bridge did not expect"
-                    );
-                }
-            }
-            Ev::PubAck { pkid, refused } => match (self.state.inflight.acked(pkid), refused) {
-                (Some(Item::Message(m)), None) => {
+    fn handle(&mut self, output: Output<Item>) {
+        match output {
+            Output::Connected => {}
+            Output::Acked { item, refused } => match (item, refused) {
+                (Item::Message(m), None) => {
                     let _ = self.links.acks.send(m.id);
                     self.links.stats.inc(Counter::Acked);
-                    self.links.events.emit(BridgeEvent::Published { id: m.id });
+                    if self.config.report_published {
+                        self.links.events.emit(BridgeEvent::Published { id: m.id });
+                    }
                 }
-                (Some(Item::Message(m)), Some((reason, true))) => {
-                    tracing::error!(id = m.id, topic = %m.topic, %reason,
-                        "the broker refused a PUBLISH for good; the message is dropped");
-                    self.links.stats.inc(Counter::Refused);
-                    self.links.stats.inc(Counter::Dropped);
-                    let _ = self.links.acks.send(m.id);
-                    self.links.events.emit(BridgeEvent::PublishRefused {
-                        id: m.id,
-                        reason,
-                        dropped: true,
-                    });
-                }
-                (Some(Item::Message(m)), Some((reason, false))) => {
+                (Item::Message(m), Some((reason, true))) => self.give_up(
+                    m,
+                    reason,
+                    "the broker refused a PUBLISH for good; the message is dropped",
+                ),
+                (Item::Message(m), Some((reason, false))) => {
                     tracing::warn!(id = m.id, topic = %m.topic, %reason,
                         "the broker refused a PUBLISH; it is retried after the next reconnection");
                     self.links.stats.inc(Counter::Refused);
@@ -441,7 +533,7 @@ impl Bridge {
                     });
                     self.state.deferred.push(m);
                 }
-                (Some(Item::Internal(i)), refused) => {
+                (Item::Internal(i), refused) => {
                     if let Some((reason, _)) = refused {
                         tracing::warn!(topic = %i.topic, %reason, "the broker refused a PUBLISH");
                     }
@@ -449,15 +541,14 @@ impl Bridge {
                         self.state.offline_acked = true;
                     }
                 }
-                (None, _) => tracing::debug!(pkid, "PUBACK for an unknown packet id"),
             },
-            Ev::Publish { topic, payload } => self.command(&topic, &payload),
-            Ev::SubAck { refused: None } => {
+            Output::Command { topic, payload } => self.command(&topic, &payload),
+            Output::Subscribed { refused: None } => {
                 let filter = self.config.topics.command_filter();
                 tracing::debug!(%filter, "subscribed to commands");
                 self.links.events.emit(BridgeEvent::Subscribed { filter });
             }
-            Ev::SubAck {
+            Output::Subscribed {
                 refused: Some(reason),
             } => tracing::error!(filter = %self.config.topics.command_filter(), %reason,
                 "the broker refused the command subscription: no command will arrive"),
@@ -514,12 +605,9 @@ impl Bridge {
         });
     }
 
-    /// Clean end: the offline status (acknowledged, or after a grace period), then DISCONNECT.
-    async fn graceful_end(
-        &mut self,
-        client: &Client,
-        events_rx: &mut mpsc::Receiver<Result<Ev, String>>,
-    ) {
+    /// Clean end: the offline status (acknowledged, or after a grace period), then
+    /// DISCONNECT, written out before the stream is shut down.
+    async fn graceful_end(&mut self, session: &mut Session<Item>, conn: &mut Conn) {
         self.state.offline_acked = false;
         self.state.internal.push_front(Internal {
             topic: self.config.topics.edge_status(&self.config.edge_id),
@@ -529,38 +617,44 @@ impl Bridge {
         });
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !self.state.offline_acked {
-            let _ = self.state.pump(client, &self.links.stats);
+            self.fill(session, None, conn.out());
             tokio::select! {
-                ev = events_rx.recv() => match ev {
-                    Some(Ok(ev)) => self.handle(ev),
-                    _ => return,
+                turn = conn.turn() => match turn {
+                    Ok(Turn::Read) => {
+                        let now = Instant::now();
+                        loop {
+                            let (input, out) = conn.buffers();
+                            match session.handle_input(input, now, out) {
+                                Ok(Some(output)) => self.handle(output),
+                                Ok(None) => break,
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                    Ok(Turn::Wrote) => {}
+                    Ok(Turn::Eof) | Err(_) => return,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        if client.try_disconnect().is_ok() {
-            // rumqttc ends its event loop once the broker has closed the connection.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Some(Ok(ev)) = events_rx.recv().await {
-                    self.handle(ev);
-                }
-            })
-            .await;
+        session.disconnect(conn.out());
+        if let Err(e) = conn.finish(Duration::from_secs(1)).await {
+            tracing::debug!(error = %e, "closing the MQTT connection");
         }
         tracing::info!("MQTT publisher stopped");
     }
 
     /// The connection is gone: everything unacknowledged is published again after the next
     /// CONNACK, in id order.
-    fn connection_lost(&mut self) {
+    fn connection_lost(&mut self, unacked: Vec<Item>) {
         tracing::debug!(
-            in_flight = self.state.inflight.len(),
+            in_flight = unacked.len(),
             queued = self.state.retry.len(),
             "connection gone; unacknowledged messages will be published again"
         );
         let mut again = Vec::new();
         let mut results = Vec::new();
-        for item in self.state.inflight.reset() {
+        for item in unacked {
             match item {
                 Item::Message(m) => again.push(m),
                 Item::Internal(i) if i.kind == Kind::Result => results.push(i),

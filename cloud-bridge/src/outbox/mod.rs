@@ -414,13 +414,13 @@ impl OutboxHandle {
 impl AckSender {
     /// The broker confirmed message `id`. Unknown and repeated ids are counted and ignored.
     pub fn ack(&self, id: u64) {
-        let moved = {
+        let wake = {
             let mut core = self.shared.core();
             let before = core.watermark();
             core.ack(id);
-            core.watermark() != before
+            core.ack_wakes_writer(before)
         };
-        if moved {
+        if wake {
             self.shared.wake_writer.notify_one();
         }
     }

@@ -422,6 +422,22 @@ impl OutboxState {
         id <= self.watermark || self.acked_above.contains(&id)
     }
 
+    /// Whether the watermark's move from `before` to where it is now gives the writer something
+    /// it is not already waiting for: a first watermark to persist (until now it had no
+    /// [`poll_timeout`](Self::poll_timeout)), or a sealed segment that became reclaimable.
+    /// Other moves need no wake-up: the writer looks at the watermark again when its timer
+    /// fires and after every batch.
+    pub(crate) fn ack_wakes_writer(&self, before: u64) -> bool {
+        let first_to_persist =
+            before <= self.persisted_watermark && self.watermark > self.persisted_watermark;
+        first_to_persist
+            || self.segments.iter().any(|s| {
+                s.sealed
+                    && s.ids
+                        .is_some_and(|(_, last)| last > before && last <= self.watermark)
+            })
+    }
+
     /// Segments that may be deleted: sealed, and every message in them acknowledged. The
     /// active segment is never among them, so its base keeps ids from being reused.
     pub(crate) fn reclaimable(&self) -> Vec<u64> {

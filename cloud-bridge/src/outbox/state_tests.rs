@@ -242,6 +242,35 @@ fn only_sealed_fully_acked_segments_are_reclaimed() {
 }
 
 #[test]
+fn acks_wake_the_writer_only_for_a_first_watermark_or_a_reclaimable_segment() {
+    let t0 = Instant::now();
+    let mut core = fresh(10_000, 500, t0);
+    append(&mut core, &[100; 9]).unwrap(); // segments 1 (1..4), 5 (5..8), 9 (9)
+    let ack = |core: &mut OutboxState, id| {
+        let before = core.watermark();
+        core.ack(id);
+        core.ack_wakes_writer(before)
+    };
+    assert!(!ack(&mut core, 2), "the watermark did not move");
+    assert!(
+        ack(&mut core, 1),
+        "first watermark to persist: the writer had no deadline"
+    );
+    assert!(!ack(&mut core, 3), "the writer already waits to persist");
+    assert!(ack(&mut core, 4), "segment 1 can go");
+    core.persisted(4, t0);
+    assert!(ack(&mut core, 5), "first watermark since the last persist");
+    assert!(!ack(&mut core, 9), "the watermark did not move");
+    for id in 6..=7 {
+        assert!(!ack(&mut core, id));
+    }
+    assert!(
+        ack(&mut core, 8),
+        "segment 5 can go (9 is the active segment)"
+    );
+}
+
+#[test]
 fn next_id_is_above_everything_ever_stored_or_acknowledged() {
     assert_eq!(next_id_after(&[], 0), 1);
     assert_eq!(next_id_after(&[], 41), 42);

@@ -17,8 +17,15 @@ use super::disk::{self, Disk, ReadError};
 use super::state::{OutboxState, ReadPos, ReadStep};
 use crate::message::{NewMessage, OutboundMessage};
 
-/// Bytes the reader reads from a segment at a time.
-const READ_CHUNK: u64 = 256 * 1024;
+/// Bytes the reader reads from a segment at a time: about what a publish window of records
+/// takes (256 records of ~250 bytes), so that little is read twice (a record larger than
+/// this is read whole on its own).
+const READ_CHUNK: u64 = 64 * 1024;
+/// Ranges up to this size are read on the reader's own task: they were just written (the
+/// reader keeps up), so they are in the page cache and the read takes microseconds, less
+/// than the two thread hops to the blocking pool and back. Larger ones (a backlog) go to
+/// the blocking pool.
+const INLINE_READ: u64 = 64 * 1024;
 
 /// What the handles, the acknowledger and the tasks share.
 #[derive(Debug)]
@@ -309,11 +316,17 @@ pub(crate) async fn run_reader(
                 }
             }
             ReadStep::Read { base, offset, end } => {
-                let d = dir.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    disk::read_records(&d, base, offset, end, READ_CHUNK, window)
-                })
-                .await;
+                let read = if end.saturating_sub(offset) <= INLINE_READ {
+                    Ok(disk::read_records(
+                        &dir, base, offset, end, READ_CHUNK, window,
+                    ))
+                } else {
+                    let d = dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        disk::read_records(&d, base, offset, end, READ_CHUNK, window)
+                    })
+                    .await
+                };
                 match read {
                     Ok(Ok((mut msgs, next))) => {
                         shared.core().read_done(&mut pos, base, next, &mut msgs);

@@ -22,6 +22,7 @@
 //! ca_file = "/etc/v6iot/ca.pem"         # pins the broker's CA (mqtts)
 //! client_cert = "/etc/v6iot/edge.pem"   # mutual TLS
 //! client_key = "/etc/v6iot/edge.key"
+//! max_in_flight = 256         # QoS 1 messages unacknowledged at most
 //!
 //! [websocket]                 # optional second sink: JSON lines over ws:// or wss://
 //! url = "wss://ingest.example/v6iot"
@@ -204,6 +205,10 @@ pub struct MqttSection {
     pub topic_prefix: String,
     /// Keep-alive, seconds.
     pub keep_alive: u64,
+    /// QoS 1 messages in flight (published, not yet acknowledged) at most. MQTT 5 brokers
+    /// announce their own limit (Receive Maximum), which wins when lower; some managed MQTT 3.1.1
+    /// brokers allow only about 100.
+    pub max_in_flight: u16,
     /// User name.
     pub username: Option<String>,
     /// Password.
@@ -226,6 +231,7 @@ impl Default for MqttSection {
             client_id: None,
             topic_prefix: "v6iot".to_owned(),
             keep_alive: 30,
+            max_in_flight: 256,
             username: None,
             password: None,
             ca_file: None,
@@ -426,6 +432,9 @@ impl EdgeConfig {
             if value == 0 {
                 return invalid(key, "must be at least 1");
             }
+        }
+        if self.mqtt.max_in_flight == 0 {
+            return invalid("mqtt.max_in_flight", "must be at least 1");
         }
         if self.security.report_interval_s == 0 {
             return invalid("security.report_interval_s", "must be at least 1");

@@ -82,6 +82,7 @@ pub async fn run(
     let mut mqtt = MqttConfig::new(&config.mqtt.url, &config.edge_id, topics.clone());
     mqtt.protocol = config.mqtt.protocol;
     mqtt.keep_alive = Duration::from_secs(config.mqtt.keep_alive);
+    mqtt.max_in_flight = config.mqtt.max_in_flight;
     if let Some(id) = &config.mqtt.client_id {
         mqtt.client_id = id.clone();
     }

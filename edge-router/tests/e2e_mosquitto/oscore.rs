@@ -331,6 +331,27 @@ fn seqs(seen: &Arc<Mutex<Seen>>, device: &str) -> Vec<u64> {
     v
 }
 
+/// Publishes the command `req` (PUT /valve `payload`) for m1, serves it at the device and waits
+/// for its result at the broker; the edge's Partial IV and the inner request.
+fn command_round_trip(
+    broker: u16,
+    results: &Arc<Mutex<HashMap<String, serde_json::Value>>>,
+    device: &mut Device,
+    req: &str,
+    payload: &str,
+) -> (u64, Packet) {
+    super::mosquitto_pub(
+        broker,
+        &format!("v6iot/t/m1/cmd/{req}"),
+        &format!(r#"{{"method":"PUT","path":"/valve","payload":"{payload}","content_format":0}}"#),
+    );
+    let served = device.serve();
+    wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
+        results.lock().unwrap().contains_key(req)
+    });
+    served
+}
+
 // ----- the tests -----
 
 #[test]
@@ -522,17 +543,9 @@ fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
     let mut before = Vec::new();
     for n in 0..3 {
         let req = format!("b{n}");
-        super::mosquitto_pub(
-            broker.port,
-            &format!("v6iot/t/m1/cmd/{req}"),
-            r#"{"method":"PUT","path":"/valve","payload":"on","content_format":0}"#,
-        );
-        let (piv, inner) = m1.serve();
+        let (piv, inner) = command_round_trip(broker.port, &results, &mut m1, &req, "on");
         assert_eq!(inner.payload, b"on");
         before.push(piv);
-        wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
-            results.lock().unwrap().contains_key(&req)
-        });
         let r = results.lock().unwrap()[&req].clone();
         assert_eq!(
             (r["status"].as_str(), r["code"].as_str()),
@@ -561,16 +574,8 @@ fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
     let mut after = Vec::new();
     for n in 0..3 {
         let req = format!("a{n}");
-        super::mosquitto_pub(
-            broker.port,
-            &format!("v6iot/t/m1/cmd/{req}"),
-            r#"{"method":"PUT","path":"/valve","payload":"off","content_format":0}"#,
-        );
-        let (piv, _) = m1.serve();
+        let (piv, _) = command_round_trip(broker.port, &results, &mut m1, &req, "off");
         after.push(piv);
-        wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
-            results.lock().unwrap().contains_key(&req)
-        });
     }
     let max_before = before.iter().max().unwrap();
     assert!(

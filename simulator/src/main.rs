@@ -345,7 +345,9 @@ async fn run_device(
                 "v6iot-sim device {id} serving OSCORE-protected CoAP on {address} (kid {kid}; Ctrl-C to stop)"
             );
             println!(
-                "  sequence numbers continue at {stored}; marks in {}",
+                "  sequence numbers continue at {}, requests below Partial IV {} are replays; state in {}",
+                stored.sender_mark,
+                stored.replay_floor,
                 seq_path.display()
             );
             println!("  open without OSCORE: coap-client-notls -m get {uri}/.well-known/core");
@@ -373,8 +375,13 @@ async fn run_device(
     );
     if let Some(o) = device.endpoint().oscore_stats() {
         println!(
-            "  OSCORE: {} requests verified, {} rejected, {} plain refused, {} held for a mark",
-            o.requests_verified, o.requests_rejected, o.plain_refused, o.held
+            "  OSCORE: {} requests verified, {} rejected, {} plain refused, {} held for a mark, {} held for a replay floor, {} unprotected errors received",
+            o.requests_verified,
+            o.requests_rejected,
+            o.plain_refused,
+            o.held,
+            o.requests_held,
+            o.unprotected_errors
         );
     }
     Ok(())

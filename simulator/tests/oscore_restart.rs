@@ -74,11 +74,9 @@ fn observe_pivs(
 }
 
 fn stored_mark(path: &std::path::Path) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    v6iot_sdk::store::parse_state(&std::fs::read_to_string(path).unwrap())
+        .expect("an OSCORE state file")
+        .sender_mark
 }
 
 #[test]

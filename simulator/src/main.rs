@@ -42,8 +42,8 @@ enum Command {
         /// output); only `GET /.well-known/core` stays open without it.
         #[arg(long)]
         credentials: Option<PathBuf>,
-        /// Where the OSCORE sequence-number mark survives restarts (default: next to the CSV,
-        /// `CSV.ID.seq`).
+        /// Where the OSCORE sequence-number mark and replay floor survive restarts (default:
+        /// next to the CSV, `CSV.ID.seq`; the file holds `mark floor`).
         #[arg(long, requires = "credentials")]
         seq_file: Option<PathBuf>,
     },
@@ -105,7 +105,8 @@ enum Command {
         /// credentials CSV (`provision`'s output).
         #[arg(long)]
         credentials: Option<PathBuf>,
-        /// The fleet's OSCORE sequence-number marks (default: next to the CSV, `CSV.seq`).
+        /// The fleet's OSCORE state: sequence-number marks and replay floors (default: next to
+        /// the CSV, `CSV.seq`).
         #[arg(long, requires = "credentials")]
         seq_file: Option<PathBuf>,
     },

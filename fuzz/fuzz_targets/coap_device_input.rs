@@ -122,9 +122,9 @@ fuzz_target!(|data: &[u8]| {
         };
         device.handle_datagram(now, peers[usize::from(ctl & 1)], &datagram);
         if ctl & 0x20 != 0
-            && let Some(mark) = device.mark_to_persist()
+            && let Some(state) = device.state_to_persist()
         {
-            device.persisted(now, mark);
+            device.state_persisted(now, state);
         }
         if ctl & 0x40 != 0
             && let Some(id) = device.tree().find("v")

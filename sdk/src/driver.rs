@@ -2,8 +2,8 @@
 //!
 //! It moves datagrams between the socket and the device and sleeps until the device's next
 //! deadline; all protocol decisions stay in the sans-IO core. For a device with OSCORE
-//! credentials it also writes the sequence-number marks the device asks for to a
-//! [`MarkStore`] and confirms them ([`run_with_store`]).
+//! credentials it also writes the state the device asks for (sequence-number mark and replay
+//! floor) to a [`MarkStore`] and confirms it ([`run_with_store`]).
 
 use std::future::Future;
 use std::io;
@@ -34,11 +34,12 @@ pub async fn run<S: App>(
     run_with_store(socket, device, &mut NoStore, on_event, shutdown).await
 }
 
-/// As [`run`], and writes every sequence-number mark the device asks for to `store` before
-/// confirming it to the device (RFC 8613 Appendix B.1.1). The write blocks the device's task
-/// (it must finish before the device may use the numbers); a generous persist step keeps writes
-/// rare. A failed write is logged and retried a second later; meanwhile messages that need a
-/// sequence number wait.
+/// As [`run`], and writes every OSCORE state the device asks for to `store` before confirming
+/// it to the device (RFC 8613 Appendix B.1.1, B.1.2): the sequence-number mark every persist
+/// step, and the replay floor once per verified request that raises it (commands are rare).
+/// The write blocks the device's task (it must finish before the device may use the numbers or
+/// run the request's handler). A failed write is logged and retried a second later; meanwhile
+/// messages that need a sequence number and verified requests wait.
 pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
     socket: &UdpSocket,
     device: &mut Device<S>,
@@ -53,11 +54,11 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
             on_event(event);
         }
         let mut retry_store_at = None;
-        while let Some(mark) = device.mark_to_persist() {
-            match store.store(mark) {
-                Ok(()) => device.persisted(Instant::now(), mark),
+        while let Some(state) = device.state_to_persist() {
+            match store.store(state) {
+                Ok(()) => device.state_persisted(Instant::now(), state),
                 Err(e) => {
-                    tracing::error!(mark, error = %e, "cannot store the OSCORE sequence-number mark; messages wait");
+                    tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, error = %e, "cannot store the OSCORE state; messages and verified requests wait");
                     retry_store_at = Some(Instant::now() + STORE_RETRY);
                     break;
                 }

@@ -13,7 +13,7 @@
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
-//! | [`store`] | file I/O for OSCORE sequence-number marks: [`store::MarkStore`], [`store::SequenceFile`], atomic durable writes |
+//! | [`store`] | file I/O for a device's OSCORE state (sequence-number mark and replay floor): [`store::MarkStore`], [`store::SequenceFile`], atomic durable writes |
 //! | [`driver`] | the I/O loop: a tokio UDP driver that runs a device core on a socket and writes its marks (feature `tokio`) |
 
 pub mod addr;

@@ -1,32 +1,41 @@
-//! Durable storage of OSCORE sequence-number marks (RFC 8613 Appendix B.1.1): the file I/O
-//! behind [`Device::mark_to_persist`](crate::coap::Device::mark_to_persist).
+//! Durable storage of a device's OSCORE state (RFC 8613 Appendix B.1.1, B.1.2): the file I/O
+//! behind [`Device::state_to_persist`](crate::coap::Device::state_to_persist).
 //!
-//! The sans-IO core names a mark; a [`MarkStore`] writes it so that it survives a crash (write
-//! a temporary file, `fsync` it, rename it over the old one, `fsync` the directory) and only then
-//! does the driver confirm it with [`Device::persisted`](crate::coap::Device::persisted). A
-//! crash at any point leaves either the old mark or the new one, never a torn file; both are at
-//! or above every sequence number used, because none was used at or above the confirmed mark.
+//! The sans-IO core names a [`DurableState`] — the sender sequence-number mark and the replay
+//! floor of received requests; a [`MarkStore`] writes it so that it survives a crash (write a
+//! temporary file, `fsync` it, rename it over the old one, `fsync` the directory) and only then
+//! does the driver confirm it with
+//! [`Device::state_persisted`](crate::coap::Device::state_persisted). A crash at any point
+//! leaves either the old state or the new one, never a torn file; the mark is at or above every
+//! sequence number used, because none was used at or above the confirmed mark, and the floor is
+//! above every request Partial IV whose handler ran, because none ran before its floor was
+//! confirmed.
 //!
-//! [`SequenceFile`] keeps one device's mark in a file of its own: the decimal number and a
-//! newline.
+//! [`SequenceFile`] keeps one device's state in a file of its own: the decimal mark, a space and
+//! the decimal replay floor, then a newline (`4096 17`). A file written before replay floors
+//! were kept holds the mark alone (`4096`) and reads as floor 0.
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-/// Where a driver writes the marks a device asks for.
+use crate::oscore::DurableState;
+
+/// Where a driver writes the OSCORE state a device asks for.
 pub trait MarkStore {
-    /// Writes `mark` durably; returns once it would survive a crash or power loss.
-    fn store(&mut self, mark: u64) -> io::Result<()>;
+    /// Writes `state` (both values) durably; returns once it would survive a crash or power
+    /// loss.
+    fn store(&mut self, state: DurableState) -> io::Result<()>;
 }
 
-/// A store that cannot store: every mark fails, so a device with credentials sends nothing
-/// that needs a sequence number. The driver's default for devices without credentials.
+/// A store that cannot store: every write fails, so a device with credentials sends nothing
+/// that needs a sequence number and serves no protected request. The driver's default for
+/// devices without credentials (which never ask for a write).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoStore;
 
 impl MarkStore for NoStore {
-    fn store(&mut self, _mark: u64) -> io::Result<()> {
+    fn store(&mut self, _state: DurableState) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "no sequence-number store: run the device with driver::run_with_store",
@@ -57,32 +66,33 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     File::open(&dir)?.sync_all()
 }
 
-/// One device's mark in a file of its own.
+/// One device's OSCORE state in a file of its own.
 #[derive(Debug, Clone)]
 pub struct SequenceFile {
     path: PathBuf,
 }
 
 impl SequenceFile {
-    /// Opens the mark file at `path` and reads the stored mark: `0` when the file does not exist
-    /// yet (a fresh context). A file that exists but does not hold a number is an error: the
-    /// device must not guess, or it could reuse sequence numbers.
-    pub fn open(path: impl Into<PathBuf>) -> io::Result<(SequenceFile, u64)> {
+    /// Opens the state file at `path` and reads the stored state: all zero when the file does
+    /// not exist yet (a fresh context), replay floor 0 for a file that holds only a mark. A file
+    /// that exists but does not hold one or two numbers is an error: the device must not guess,
+    /// or it could reuse sequence numbers or accept replays.
+    pub fn open(path: impl Into<PathBuf>) -> io::Result<(SequenceFile, DurableState)> {
         let path = path.into();
-        let mark = match fs::read_to_string(&path) {
-            Ok(text) => parse_mark(&text).ok_or_else(|| {
+        let state = match fs::read_to_string(&path) {
+            Ok(text) => parse_state(&text).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "{}: not a sequence-number mark (one decimal number)",
+                        "{}: not an OSCORE state (a decimal mark and optionally a replay floor)",
                         path.display()
                     ),
                 )
             })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => DurableState::default(),
             Err(e) => return Err(e),
         };
-        Ok((SequenceFile { path }, mark))
+        Ok((SequenceFile { path }, state))
     }
 
     /// The file's path.
@@ -92,9 +102,28 @@ impl SequenceFile {
 }
 
 impl MarkStore for SequenceFile {
-    fn store(&mut self, mark: u64) -> io::Result<()> {
-        write_atomically(&self.path, format!("{mark}\n").as_bytes())
+    fn store(&mut self, state: DurableState) -> io::Result<()> {
+        write_atomically(&self.path, format_state(state).as_bytes())
     }
+}
+
+/// The text of a state: `mark floor` and a newline.
+pub fn format_state(state: DurableState) -> String {
+    format!("{} {}\n", state.sender_mark, state.replay_floor)
+}
+
+/// Parses `mark [floor]` (decimal, white space around and between): a missing floor is 0.
+pub fn parse_state(text: &str) -> Option<DurableState> {
+    let mut numbers = text.split_whitespace();
+    let sender_mark = numbers.next()?.parse().ok()?;
+    let replay_floor = match numbers.next() {
+        Some(n) => n.parse().ok()?,
+        None => 0,
+    };
+    numbers.next().is_none().then_some(DurableState {
+        sender_mark,
+        replay_floor,
+    })
 }
 
 /// Parses a decimal mark with optional surrounding white space.
@@ -107,17 +136,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stored_mark_reads_back_and_a_missing_file_is_zero() {
+    fn a_stored_state_reads_back_and_a_missing_file_is_zero() {
         let dir = std::env::temp_dir().join(format!("v6iot-seq-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("dev.seq");
         let _ = fs::remove_file(&path);
-        let (mut file, mark) = SequenceFile::open(&path).unwrap();
-        assert_eq!(mark, 0);
-        file.store(4096).unwrap();
-        assert_eq!(SequenceFile::open(&path).unwrap().1, 4096);
-        fs::write(&path, "garbage").unwrap();
-        assert!(SequenceFile::open(&path).is_err());
+        let (mut file, state) = SequenceFile::open(&path).unwrap();
+        assert_eq!(state, DurableState::default());
+        let stored = DurableState {
+            sender_mark: 4096,
+            replay_floor: 17,
+        };
+        file.store(stored).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "4096 17\n");
+        assert_eq!(SequenceFile::open(&path).unwrap().1, stored);
+        for bad in ["garbage", "1 2 3", "1 x", ""] {
+            fs::write(&path, bad).unwrap();
+            assert!(SequenceFile::open(&path).is_err(), "{bad:?}");
+        }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_only_a_mark_still_loads() {
+        assert_eq!(
+            parse_state("4096\n"),
+            Some(DurableState {
+                sender_mark: 4096,
+                replay_floor: 0
+            })
+        );
+        assert_eq!(parse_mark("4096\n"), Some(4096));
     }
 }

@@ -20,7 +20,8 @@ use common::{Thing, big_body, code, get, peer, recv, request, send, tree};
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::coap::{Changed, Config, Device, Event, ResourceId, Response, content_format as cf};
 use v6iot_sdk::oscore::{
-    self, ContextConfig, ContextInput, OscoreError, OscoreOption, RequestInfo, SecurityContext,
+    self, ContextConfig, ContextInput, DurableState, OscoreError, OscoreOption, RequestInfo,
+    SecurityContext,
 };
 use v6iot_sdk::uplink::UplinkConfig;
 
@@ -505,6 +506,26 @@ fn registration_and_reports_are_protected_and_verified_both_ways() {
     assert!(!d.registration().unwrap().is_registered());
     let s = *d.endpoint().oscore_stats().unwrap();
     assert_eq!(s.responses_rejected, 2);
+    assert_eq!(s.unprotected_errors, 0, "2.01 is no error answer");
+    // An unprotected §8.2 error from the edge: dropped (unauthenticated), but counted and
+    // reported with its code and diagnostic, so an operator sees why reports fail.
+    while d.poll_event().is_some() {}
+    plain.header.code = MessageClass::Response(ResponseType::Unauthorized);
+    plain.payload = b"Security context not found".to_vec();
+    d.handle_datagram(t, edge_addr(), &plain.to_bytes().unwrap());
+    assert!(!d.registration().unwrap().is_registered());
+    let s = *d.endpoint().oscore_stats().unwrap();
+    assert_eq!((s.unprotected_errors, s.responses_rejected), (1, 3));
+    let events: Vec<Event> = std::iter::from_fn(|| d.poll_event()).collect();
+    assert_eq!(
+        events,
+        [Event::UnprotectedError {
+            peer: edge_addr(),
+            code: 0x81,
+            diagnostic: "Security context not found".to_owned(),
+        }]
+    );
+    assert_eq!(d.state_to_persist(), None, "the uplink path writes nothing");
 
     d.handle_datagram(t, edge_addr(), &good);
     assert!(d.registration().unwrap().is_registered());
@@ -606,4 +627,186 @@ fn an_idle_device_with_credentials_and_an_observer_fits_in_two_kib() {
         footprint <= 2048,
         "idle endpoint with OSCORE holds {footprint} bytes"
     );
+}
+
+/// A driver's store on virtual time: writes every state the device asks for, confirms it, and
+/// returns what a file would hold.
+fn store_all(d: &mut Device<Thing>, stored: &mut DurableState, now: Instant) -> u32 {
+    let mut writes = 0;
+    while let Some(state) = d.state_to_persist() {
+        *stored = state;
+        writes += 1;
+        d.state_persisted(now, state);
+    }
+    writes
+}
+
+/// A device built from what a store holds, as after a reboot.
+fn restarted(stored: DurableState) -> Device<Thing> {
+    let config = ContextConfig {
+        persist_step: 64,
+        ..ContextConfig::default()
+    };
+    let ctx = SecurityContext::restore_state(&input(0x11, &KID, &[]), config, stored).unwrap();
+    Device::new(Config::default(), 8, tree(), Thing::default()).with_credentials(ctx)
+}
+
+fn put_value(mid: u16, token: &[u8], value: &str) -> Packet {
+    let mut put = request(
+        MessageType::Confirmable,
+        RequestType::Put,
+        mid,
+        token,
+        "value",
+    );
+    put.add_option(CoapOption::ContentFormat, vec![]);
+    put.payload = value.as_bytes().to_vec();
+    put
+}
+
+#[test]
+fn a_command_replayed_after_a_restart_is_refused_and_its_handler_does_not_run() {
+    let now = Instant::now();
+    let mut stored = DurableState::default();
+    let mut d = restarted(stored);
+    assert_eq!(store_all(&mut d, &mut stored, now), 1, "the first mark");
+    assert_eq!(stored.replay_floor, 0);
+    let mut edge = edge_ctx();
+
+    // A protected PUT verifies, but its handler waits until the new floor is durable.
+    let (protected, mut info) =
+        oscore::protect_request(&mut edge, &put_value(1, b"a", "42")).unwrap();
+    let captured = protected.to_bytes().unwrap();
+    assert_eq!(piv_of(&protected), Some(0));
+    d.handle_datagram(now, peer(), &captured);
+    assert!(
+        d.poll_transmit().is_none(),
+        "no answer before the floor is durable"
+    );
+    assert_eq!(d.app().value, 0, "the handler has not run");
+    assert_eq!(d.endpoint().oscore_stats().unwrap().requests_held, 1);
+    let want = d.state_to_persist().unwrap();
+    assert_eq!(want.replay_floor, 1, "one past the request's Partial IV");
+    assert_eq!(
+        want.sender_mark, stored.sender_mark,
+        "one write carries both"
+    );
+    // A retransmission meanwhile is a duplicate, not a replay, and is not answered yet.
+    d.handle_datagram(now, peer(), &captured);
+    assert!(d.poll_transmit().is_none());
+    assert_eq!(d.endpoint().oscore_stats().unwrap().requests_rejected, 0);
+
+    assert_eq!(
+        store_all(&mut d, &mut stored, now),
+        1,
+        "one write per command"
+    );
+    assert_eq!(stored.replay_floor, 1);
+    let answer = recv(&mut d);
+    assert_eq!(answer.header.message_id, 1);
+    let inner = oscore::unprotect_response(&mut edge, &answer, &mut info).unwrap();
+    assert_eq!(code(&inner), ResponseType::Changed);
+    assert_eq!(d.app().value, 42);
+    // A retransmission now gets the stored answer, the same bytes, and runs nothing.
+    d.handle_datagram(now, peer(), &captured);
+    assert_eq!(recv(&mut d).to_bytes().unwrap(), answer.to_bytes().unwrap());
+
+    // Reboot: a new device from the stored state. The captured command is a replay.
+    let mut d = restarted(stored);
+    assert_eq!(
+        d.endpoint()
+            .security_context()
+            .unwrap()
+            .replay_window()
+            .floor(),
+        1
+    );
+    store_all(&mut d, &mut stored, now);
+    d.handle_datagram(now, peer(), &captured);
+    let refused = recv(&mut d);
+    assert!(!is_protected(&refused), "§8.2 errors are unprotected");
+    assert_eq!(code(&refused), ResponseType::Unauthorized);
+    assert_eq!(refused.payload, b"Replay detected");
+    assert_eq!(d.app().value, 0, "the handler did not run again");
+    assert_eq!(
+        d.state_to_persist(),
+        None,
+        "a refused request writes nothing"
+    );
+
+    // A fresh command from the edge (higher Partial IV) works.
+    let (fresh, mut info) = oscore::protect_request(&mut edge, &put_value(2, b"b", "43")).unwrap();
+    assert_eq!(piv_of(&fresh), Some(1));
+    send(&mut d, now, &fresh);
+    let answer = recv(&mut d);
+    let inner = oscore::unprotect_response(&mut edge, &answer, &mut info).unwrap();
+    assert_eq!(code(&inner), ResponseType::Changed);
+    assert_eq!(d.app().value, 43);
+}
+
+#[test]
+fn a_crash_before_the_floor_is_durable_loses_the_command_not_its_protection() {
+    let now = Instant::now();
+    let mut stored = DurableState::default();
+    let mut d = restarted(stored);
+    store_all(&mut d, &mut stored, now);
+    let mut edge = edge_ctx();
+    let (protected, mut info) =
+        oscore::protect_request(&mut edge, &put_value(1, b"a", "42")).unwrap();
+    let captured = protected.to_bytes().unwrap();
+    d.handle_datagram(now, peer(), &captured);
+    assert_eq!(d.app().value, 0);
+    // The device dies before the write lands: the handler never ran, so the edge's
+    // retransmission after the reboot is served once.
+    drop(d);
+    let mut d = restarted(stored);
+    store_all(&mut d, &mut stored, now);
+    d.handle_datagram(now, peer(), &captured);
+    store_all(&mut d, &mut stored, now);
+    let inner = oscore::unprotect_response(&mut edge, &recv(&mut d), &mut info).unwrap();
+    assert_eq!(code(&inner), ResponseType::Changed);
+    assert_eq!(d.app().value, 42);
+    assert_eq!(stored.replay_floor, 1);
+}
+
+#[test]
+fn verified_requests_queue_in_order_behind_a_failing_store_and_are_bounded() {
+    let now = Instant::now();
+    let mut stored = DurableState::default();
+    let mut d = restarted(stored);
+    store_all(&mut d, &mut stored, now);
+    let mut edge = edge_ctx();
+    let mut infos = Vec::new();
+    for n in 0..6u16 {
+        let (p, info) =
+            oscore::protect_request(&mut edge, &put_value(n, &[n as u8], &n.to_string())).unwrap();
+        d.handle_datagram(now, peer(), &p.to_bytes().unwrap());
+        infos.push(info);
+    }
+    // The store "fails": nothing is confirmed, nothing runs, nothing is answered.
+    assert!(d.poll_transmit().is_none());
+    let s = *d.endpoint().oscore_stats().unwrap();
+    assert_eq!((s.requests_held, s.requests_dropped_unpersisted), (4, 2));
+    assert_eq!(d.app().value, 0);
+    // Once it works, the four held requests run in their order.
+    store_all(&mut d, &mut stored, now);
+    let answers = common::recv_all(&mut d);
+    assert_eq!(answers.len(), 4);
+    for (answer, info) in answers.iter().zip(&mut infos) {
+        let inner = oscore::unprotect_response(&mut edge, answer, info).unwrap();
+        assert_eq!(code(&inner), ResponseType::Changed);
+    }
+    assert_eq!(d.app().value, 3);
+    assert_eq!(
+        stored.replay_floor, 6,
+        "the dropped ones count as seen: they are replays now"
+    );
+}
+
+#[test]
+fn a_device_without_credentials_never_asks_for_a_write() {
+    let mut d = Device::new(Config::default(), 7, tree(), Thing::default());
+    send(&mut d, Instant::now(), &put_value(1, b"a", "5"));
+    assert_eq!(code(&recv(&mut d)), ResponseType::Changed);
+    assert_eq!(d.state_to_persist(), None);
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use v6iot_edge_router::registry_db::{DeviceRecord, csv};
-use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext};
+use v6iot_sdk::oscore::{ContextConfig, ContextInput, DurableState, SecurityContext};
 
 /// The devices of a credentials CSV, by id.
 #[derive(Debug)]
@@ -82,17 +82,18 @@ pub fn device_input(record: &DeviceRecord) -> ContextInput {
 }
 
 /// The device's security context after a restart: its sender sequence number continues at
-/// `stored_mark` (0 for a device that never ran), with marks `step` apart.
+/// `stored.sender_mark` (0 for a device that never ran), with marks `step` apart, and requests
+/// below `stored.replay_floor` are replays.
 pub fn device_context(
     record: &DeviceRecord,
-    stored_mark: u64,
+    stored: DurableState,
     step: u64,
 ) -> anyhow::Result<SecurityContext> {
     let config = ContextConfig {
         persist_step: step,
         ..ContextConfig::default()
     };
-    SecurityContext::restore(&device_input(record), config, stored_mark).map_err(|e| {
+    SecurityContext::restore_state(&device_input(record), config, stored).map_err(|e| {
         anyhow::anyhow!(
             "device `{}`: cannot build its OSCORE context: {e}",
             record.id
@@ -123,8 +124,13 @@ mod tests {
                 .master_salt
                 .is_empty()
         );
-        let ctx = device_context(one, 512, 256).unwrap();
+        let stored = DurableState {
+            sender_mark: 512,
+            replay_floor: 9,
+        };
+        let ctx = device_context(one, stored, 256).unwrap();
         assert_eq!(ctx.sequence().peek(), 512);
+        assert_eq!(ctx.replay_window().floor(), 9);
     }
 
     #[test]

@@ -1,16 +1,18 @@
-//! The OSCORE sequence-number marks of a whole fleet in one state file (RFC 8613 Appendix
-//! B.1.1): `v6iot-sim run --credentials` keeps it next to the CSV (or at `--seq-file`).
+//! The OSCORE state of a whole fleet in one state file (RFC 8613 Appendix B.1.1, B.1.2):
+//! `v6iot-sim run --credentials` keeps it next to the CSV (or at `--seq-file`). One line per
+//! device: its sender sequence-number mark and, once it accepted a protected request, its
+//! replay floor (a line without a floor, as files before floors were kept, reads as floor 0).
 //!
 //! ```text
-//! # v6iot-sim OSCORE sequence-number marks: device id, mark
+//! # v6iot-sim OSCORE sequence-number marks: device id, mark[, replay floor]
 //! sim000000 65536
-//! sim000001 65536
+//! sim000001 65536 3
 //! ```
 //!
 //! The file is rewritten whole and atomically ([`v6iot_sdk::store::write_atomically`]): once at
 //! start with every device's next mark, then only when some device uses up half of its step —
-//! with the fleet's generous step, rarely or never in a run. Devices share it through
-//! [`FleetMarkStore`] handles.
+//! with the fleet's generous step, rarely or never in a run — or accepts a protected request.
+//! Devices share it through [`FleetMarkStore`] handles.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,15 +20,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use v6iot_sdk::store::{MarkStore, parse_mark, write_atomically};
+use v6iot_sdk::oscore::DurableState;
+use v6iot_sdk::store::{MarkStore, parse_state, write_atomically};
 
-const HEADER: &str = "# v6iot-sim OSCORE sequence-number marks: device id, mark";
+const HEADER: &str = "# v6iot-sim OSCORE sequence-number marks: device id, mark[, replay floor]";
 
-/// Every device's last durable mark.
+/// Every device's last durable state.
 #[derive(Debug)]
 pub struct FleetMarks {
     path: PathBuf,
-    marks: BTreeMap<String, u64>,
+    marks: BTreeMap<String, DurableState>,
     writes: u64,
 }
 
@@ -43,10 +46,10 @@ impl FleetMarks {
                     }
                     let parsed = line
                         .split_once(' ')
-                        .and_then(|(id, mark)| Some((id.to_owned(), parse_mark(mark)?)));
+                        .and_then(|(id, state)| Some((id.to_owned(), parse_state(state)?)));
                     let Some((id, mark)) = parsed else {
                         anyhow::bail!(
-                            "{} line {}: not `device-id mark`; refusing to guess sequence numbers",
+                            "{} line {}: not `device-id mark [replay-floor]`; refusing to guess sequence numbers",
                             path.display(),
                             i + 1
                         );
@@ -66,14 +69,19 @@ impl FleetMarks {
 
     /// The last durable mark of device `id` (0 if it never ran).
     pub fn get(&self, id: &str) -> u64 {
-        self.marks.get(id).copied().unwrap_or(0)
+        self.state(id).sender_mark
+    }
+
+    /// The last durable state of device `id` (all zero if it never ran).
+    pub fn state(&self, id: &str) -> DurableState {
+        self.marks.get(id).copied().unwrap_or_default()
     }
 
     /// Raises the marks of several devices and writes the file once.
     pub fn set_all(&mut self, updates: impl IntoIterator<Item = (String, u64)>) -> io::Result<()> {
         for (id, mark) in updates {
-            let m = self.marks.entry(id).or_insert(0);
-            *m = (*m).max(mark);
+            let m = self.marks.entry(id).or_default();
+            m.sender_mark = m.sender_mark.max(mark);
         }
         self.write()
     }
@@ -81,6 +89,13 @@ impl FleetMarks {
     /// Raises device `id`'s mark and rewrites the file.
     pub fn set(&mut self, id: &str, mark: u64) -> io::Result<()> {
         self.set_all([(id.to_owned(), mark)])
+    }
+
+    /// Raises device `id`'s mark and replay floor and rewrites the file.
+    pub fn set_state(&mut self, id: &str, state: DurableState) -> io::Result<()> {
+        let m = self.marks.entry(id.to_owned()).or_default();
+        *m = m.max(state);
+        self.write()
     }
 
     /// How often the file was written.
@@ -97,10 +112,14 @@ impl FleetMarks {
         let mut text = String::with_capacity(32 * (self.marks.len() + 1));
         text.push_str(HEADER);
         text.push('\n');
-        for (id, mark) in &self.marks {
+        for (id, state) in &self.marks {
             text.push_str(id);
             text.push(' ');
-            text.push_str(&mark.to_string());
+            text.push_str(&state.sender_mark.to_string());
+            if state.replay_floor > 0 {
+                text.push(' ');
+                text.push_str(&state.replay_floor.to_string());
+            }
             text.push('\n');
         }
         write_atomically(&self.path, text.as_bytes())?;
@@ -119,12 +138,12 @@ pub struct FleetMarkStore {
 }
 
 impl MarkStore for FleetMarkStore {
-    fn store(&mut self, mark: u64) -> io::Result<()> {
+    fn store(&mut self, state: DurableState) -> io::Result<()> {
         let mut marks = self
             .shared
             .lock()
             .map_err(|_| io::Error::other("the fleet's mark state is poisoned"))?;
-        marks.set(&self.id, mark)
+        marks.set_state(&self.id, state)
     }
 }
 
@@ -146,6 +165,30 @@ mod tests {
         let again = FleetMarks::load(&path).unwrap();
         assert_eq!((again.get("a"), again.get("b")), (100, 200));
         assert_eq!(m.writes(), 2);
+        let floor = DurableState {
+            sender_mark: 10,
+            replay_floor: 7,
+        };
+        m.set_state("b", floor).unwrap();
+        let again = FleetMarks::load(&path).unwrap();
+        assert_eq!(again.state("b").replay_floor, 7);
+        assert_eq!(again.get("b"), 200, "the mark never goes down");
+        std::fs::write(&path, "a 5\nb 6 3\n").unwrap();
+        let old_and_new = FleetMarks::load(&path).unwrap();
+        assert_eq!(
+            old_and_new.state("a"),
+            DurableState {
+                sender_mark: 5,
+                replay_floor: 0
+            }
+        );
+        assert_eq!(
+            old_and_new.state("b"),
+            DurableState {
+                sender_mark: 6,
+                replay_floor: 3
+            }
+        );
         std::fs::write(&path, "a x\n").unwrap();
         assert!(FleetMarks::load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

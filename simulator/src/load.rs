@@ -208,7 +208,7 @@ fn fleet_contexts(
                 plan.devices
             )
         })?;
-        let stored = marks.get(&id);
+        let stored = marks.state(&id);
         let ctx = credentials::device_context(record, stored, FLEET_PERSIST_STEP)?;
         let mark = ctx
             .mark_to_persist()

@@ -42,8 +42,8 @@ enum Command {
         /// output); only `GET /.well-known/core` stays open without it.
         #[arg(long)]
         credentials: Option<PathBuf>,
-        /// Where the OSCORE sequence-number mark survives restarts (default: next to the CSV,
-        /// `CSV.ID.seq`).
+        /// Where the OSCORE sequence-number mark and replay floor survive restarts (default:
+        /// next to the CSV, `CSV.ID.seq`; the file holds `mark floor`).
         #[arg(long, requires = "credentials")]
         seq_file: Option<PathBuf>,
     },
@@ -105,7 +105,8 @@ enum Command {
         /// credentials CSV (`provision`'s output).
         #[arg(long)]
         credentials: Option<PathBuf>,
-        /// The fleet's OSCORE sequence-number marks (default: next to the CSV, `CSV.seq`).
+        /// The fleet's OSCORE state: sequence-number marks and replay floors (default: next to
+        /// the CSV, `CSV.seq`).
         #[arg(long, requires = "credentials")]
         seq_file: Option<PathBuf>,
     },
@@ -345,7 +346,9 @@ async fn run_device(
                 "v6iot-sim device {id} serving OSCORE-protected CoAP on {address} (kid {kid}; Ctrl-C to stop)"
             );
             println!(
-                "  sequence numbers continue at {stored}; marks in {}",
+                "  sequence numbers continue at {}, requests below Partial IV {} are replays; state in {}",
+                stored.sender_mark,
+                stored.replay_floor,
                 seq_path.display()
             );
             println!("  open without OSCORE: coap-client-notls -m get {uri}/.well-known/core");
@@ -373,8 +376,13 @@ async fn run_device(
     );
     if let Some(o) = device.endpoint().oscore_stats() {
         println!(
-            "  OSCORE: {} requests verified, {} rejected, {} plain refused, {} held for a mark",
-            o.requests_verified, o.requests_rejected, o.plain_refused, o.held
+            "  OSCORE: {} requests verified, {} rejected, {} plain refused, {} held for a mark, {} held for a replay floor, {} unprotected errors received",
+            o.requests_verified,
+            o.requests_rejected,
+            o.plain_refused,
+            o.held,
+            o.requests_held,
+            o.unprotected_errors
         );
     }
     Ok(())

@@ -6,9 +6,13 @@
 //!
 //! With OSCORE credentials ([`Device::with_credentials`]) the device serves only protected
 //! requests (plain `GET /.well-known/core` stays open) and protects everything it sends. Its
-//! driver then writes the sequence-number marks the device asks for
-//! ([`Device::mark_to_persist`]) durably and confirms them ([`Device::persisted`]); messages that
-//! need a sequence number wait for that.
+//! driver then writes the state the device asks for ([`Device::state_to_persist`]: the
+//! sequence-number mark and the replay floor of received requests, RFC 8613 Appendix B.1.1 and
+//! B.1.2) durably and confirms it ([`Device::state_persisted`]); messages that need a sequence
+//! number wait for that, and so does every verified request that raised the replay floor — its
+//! handler runs only once the floor is durable, so a request replayed after a crash is refused.
+//! After a restart the device is built from the stored state with
+//! [`SecurityContext::restore_state`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::Instant;
 use super::config::Config;
 use super::endpoint::{Endpoint, Event, RequestId, RequestOutcome, SeparateError, Transmit};
 use super::resource::{Changed, ResourceTree, Response, Ticket};
-use crate::oscore::SecurityContext;
+use crate::oscore::{DurableState, SecurityContext};
 use crate::uplink::{QueueFull, Registration, Reporter, UplinkConfig};
 
 /// The application side of a device: its own timers, and which resources changed.
@@ -111,8 +115,31 @@ impl<S: App> Device<S> {
     }
 
     /// Confirms that `mark` is durable: requests and notifications that waited for it go out.
+    ///
+    /// For a driver that stores only the sender mark; one that serves protected requests uses
+    /// [`Device::state_to_persist`] and [`Device::state_persisted`], or verified requests wait.
     pub fn persisted(&mut self, now: Instant, mark: u64) {
         self.endpoint.persisted(now, mark);
+        self.after_persisted(now);
+    }
+
+    /// Everything to write durably now, if anything (see [`Endpoint::state_to_persist`]): the
+    /// sender mark and the replay floor, in one write. The same value until
+    /// [`Device::state_persisted`] confirms it; never anything without credentials.
+    #[must_use]
+    pub fn state_to_persist(&self) -> Option<DurableState> {
+        self.endpoint.state_to_persist()
+    }
+
+    /// Confirms that `state` is durable: verified requests that waited for their replay floor
+    /// are served now, and requests and notifications that waited for a mark go out.
+    pub fn state_persisted(&mut self, now: Instant, state: DurableState) {
+        self.endpoint
+            .state_persisted(now, state, &self.tree, &mut self.app);
+        self.after_persisted(now);
+    }
+
+    fn after_persisted(&mut self, now: Instant) {
         for id in self.endpoint.take_held_notifications() {
             self.endpoint.notify(now, id, &self.tree, &mut self.app);
         }

@@ -21,7 +21,7 @@ use super::resource::{
 };
 use super::wire::{self, Block, empty_message};
 use crate::oscore::{OscoreError, RequestInfo};
-use secure::Gate;
+use secure::{Admit, Gate};
 
 mod client;
 mod secure;
@@ -86,6 +86,18 @@ pub enum Event {
         peer: SocketAddr,
         /// Why it failed.
         error: OscoreError,
+    },
+    /// An unprotected error response (4.xx/5.xx) to one of this device's protected requests,
+    /// e.g. the edge's 4.01 "Security context not found" or "Replay detected" (RFC 8613 §8.2).
+    /// It is unauthenticated, so it was dropped (the request retries or times out), but it
+    /// tells an operator why reports fail; counted in [`OscoreStats::unprotected_errors`].
+    UnprotectedError {
+        /// Who sent it.
+        peer: SocketAddr,
+        /// Its response code as on the wire: class · 32 + detail (0x81 is 4.01).
+        code: u8,
+        /// Its diagnostic payload (lossy UTF-8, at most 64 bytes).
+        diagnostic: String,
     },
 }
 
@@ -717,12 +729,19 @@ impl Endpoint {
         let message_id = packet.header.message_id;
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
         let token = Token::from_slice(packet.get_token());
-        let mut info = None;
-        let verified = match self.secure.as_deref_mut().map(|s| s.gate(packet)) {
-            None | Some(Gate::Open) => None,
+        let (packet, info) = match self.secure.as_deref_mut().map(|s| s.gate(packet)) {
+            None | Some(Gate::Open) => (std::borrow::Cow::Borrowed(packet), None),
             Some(Gate::Verified(request, binding)) => {
-                info = Some(binding);
-                Some(request)
+                match self.admit(peer, message_id, confirmable, token, request, binding) {
+                    Admit::Serve(request, binding) => {
+                        (std::borrow::Cow::Owned(request), Some(binding))
+                    }
+                    Admit::Held | Admit::Dropped => {
+                        // Its retransmissions are duplicates until the answer exists.
+                        self.remember(now, peer, message_id, None);
+                        return;
+                    }
+                }
             }
             Some(Gate::Refused {
                 code,
@@ -737,7 +756,34 @@ impl Endpoint {
                 return;
             }
         };
-        let packet = verified.as_ref().unwrap_or(packet);
+        self.serve_request(
+            now,
+            peer,
+            message_id,
+            confirmable,
+            token,
+            &packet,
+            info,
+            tree,
+            state,
+        );
+    }
+
+    /// Serves a request that passed the OSCORE gate (`info`: its binding when it was
+    /// protected), answers it and remembers the answer for duplicates.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_request<S>(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        message_id: u16,
+        confirmable: bool,
+        token: Token,
+        packet: &Packet,
+        mut info: Option<Box<RequestInfo>>,
+        tree: &ResourceTree<S>,
+        state: &mut S,
+    ) {
         let outcome = self.process(
             now,
             peer,
@@ -799,7 +845,7 @@ impl Endpoint {
                 contents: contents.clone(),
             });
         }
-        self.remember(now, peer, message_id, reply.filter(|_| confirmable));
+        self.record_reply(now, peer, message_id, reply.filter(|_| confirmable));
         if let Some(id) = self.notify_after.take() {
             self.notify(now, id, tree, state);
         }
@@ -1385,6 +1431,25 @@ impl Endpoint {
             expires,
             reply: reply.map(Vec::into_boxed_slice),
         });
+    }
+
+    /// Remembers the reply to a request: fills in the entry of a request that was held
+    /// (remembered without a reply), or adds one.
+    fn record_reply(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        message_id: u16,
+        reply: Option<Vec<u8>>,
+    ) {
+        match self
+            .seen
+            .iter_mut()
+            .find(|s| s.peer == peer && s.message_id == message_id)
+        {
+            Some(seen) => seen.reply = reply.map(Vec::into_boxed_slice),
+            None => self.remember(now, peer, message_id, reply),
+        }
     }
 
     fn expire(&mut self, now: Instant) {

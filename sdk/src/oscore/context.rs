@@ -133,6 +133,32 @@ impl Default for ContextConfig {
     }
 }
 
+/// What a device keeps in non-volatile memory for one security context: its sender
+/// sequence-number mark (Appendix B.1.1) and the floor of its replay window (Appendix B.1.2).
+///
+/// Both only ever rise. Restore them with [`SecurityContext::restore`] (the mark) and
+/// [`SecurityContext::set_replay_floor`] (the floor), or both at once with
+/// [`SecurityContext::restore_state`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DurableState {
+    /// No sender sequence number at or above this has been used.
+    pub sender_mark: u64,
+    /// Every request Partial IV below this has been accepted or is refused: after a restart,
+    /// requests below it are replays.
+    pub replay_floor: u64,
+}
+
+impl DurableState {
+    /// The component-wise maximum: what a store holds after writing both.
+    #[must_use]
+    pub fn max(self, other: DurableState) -> DurableState {
+        DurableState {
+            sender_mark: self.sender_mark.max(other.sender_mark),
+            replay_floor: self.replay_floor.max(other.replay_floor),
+        }
+    }
+}
+
 /// The security context of one endpoint with one peer: the derived keys, the sender sequence
 /// number and the replay window of received requests.
 ///
@@ -175,6 +201,18 @@ impl SecurityContext {
             replay: ReplayWindow::new(config.replay_window),
             send_kid_context: config.send_kid_context,
         })
+    }
+
+    /// The context after a restart from everything a device stored: the sender sequence number
+    /// continues at `state.sender_mark` and requests below `state.replay_floor` are replays.
+    pub fn restore_state(
+        input: &ContextInput,
+        config: ContextConfig,
+        state: DurableState,
+    ) -> Result<Self, OscoreError> {
+        let mut ctx = SecurityContext::restore(input, config, state.sender_mark)?;
+        ctx.set_replay_floor(state.replay_floor);
+        Ok(ctx)
     }
 
     /// This endpoint's Sender ID (the 'kid' of its requests).

@@ -25,7 +25,10 @@
 //! write to non-volatile memory, the caller writes it and reports it back with
 //! [`SecurityContext::persisted`], and after a restart [`SecurityContext::restore`] starts at the
 //! stored value. No sequence number at or above the last confirmed mark is ever used, so none
-//! repeats, whenever the device dies (see [`sequence`]).
+//! repeats, whenever the device dies (see [`sequence`]). A server (a device answering the edge's
+//! commands) also keeps the floor of its replay window ([`ReplayWindow::restart_floor`],
+//! restored with [`SecurityContext::set_replay_floor`]), so a request accepted before a restart
+//! is a replay after it (Appendix B.1.2); [`DurableState`] holds both values.
 //!
 //! # Client (device) flow
 //!
@@ -82,7 +85,7 @@ pub mod protect;
 pub mod replay;
 pub mod sequence;
 
-pub use context::{ContextConfig, ContextInput, DerivedKeys, SecurityContext};
+pub use context::{ContextConfig, ContextInput, DerivedKeys, DurableState, SecurityContext};
 pub use option::OscoreOption;
 pub use protect::{
     RequestInfo, protect_request, protect_response, unprotect_request, unprotect_response,

@@ -53,6 +53,20 @@ impl ReplayWindow {
         self.highest
     }
 
+    /// The lowest Partial IV still acceptable after a restart of this window: one past the
+    /// highest accepted value, or the floor when nothing above it was accepted. Persisting it
+    /// and restoring it with [`set_floor`](Self::set_floor) makes every accepted Partial IV a
+    /// replay after a restart (Appendix B.1.2).
+    pub fn restart_floor(&self) -> u64 {
+        self.highest
+            .map_or(self.floor, |h| self.floor.max(h.saturating_add(1)))
+    }
+
+    /// The floor set with [`set_floor`](Self::set_floor) (0 if none).
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
     /// Rejects every Partial IV below `floor` from now on, e.g. after a restart that lost the
     /// window: the lower limit of Appendix B.1.2, or one past a persisted highest value.
     pub fn set_floor(&mut self, floor: u64) {
@@ -139,6 +153,22 @@ mod tests {
         w.set_floor(100);
         assert_eq!(w.check(99), Err(OscoreError::Replay));
         assert!(w.check(100).is_ok());
+    }
+
+    #[test]
+    fn restart_floor_is_one_past_the_highest() {
+        let mut w = ReplayWindow::default();
+        assert_eq!(w.restart_floor(), 0);
+        w.set_floor(7);
+        assert_eq!(w.restart_floor(), 7);
+        w.accept(9);
+        w.accept(8);
+        assert_eq!(w.restart_floor(), 10);
+        let mut restarted = ReplayWindow::default();
+        restarted.set_floor(w.restart_floor());
+        assert_eq!(restarted.check(9), Err(OscoreError::Replay));
+        assert_eq!(restarted.check(8), Err(OscoreError::Replay));
+        assert!(restarted.check(10).is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use v6iot_sdk::coap::{
     App, Code, Config, Device, Reply, Request, Resource, ResourceTree, Response, Ticket,
     content_format as cf,
 };
+use v6iot_sdk::oscore::DurableState;
 
 /// Test application: counts handler calls, holds a value, a big body, and deferred tickets.
 #[derive(Debug, Default)]
@@ -110,8 +111,29 @@ pub fn get(mid: u16, token: &[u8], path: &str) -> Packet {
     request(MessageType::Confirmable, RequestType::Get, mid, token, path)
 }
 
+/// Hands a datagram in as a driver with a store does for protected requests: a replay floor
+/// the device asks for is written and confirmed at once. Sender marks are left to the test
+/// (the confirmed state keeps the durable mark), so tests of held messages still see them held.
 pub fn send<S: App>(d: &mut Device<S>, now: Instant, p: &Packet) {
     d.handle_datagram(now, peer(), &p.to_bytes().unwrap());
+    confirm_replay_floor(d, now);
+}
+
+/// Confirms the replay floor the device asks to persist, if any, without a new sender mark.
+pub fn confirm_replay_floor<S: App>(d: &mut Device<S>, now: Instant) {
+    if let Some(state) = d.state_to_persist() {
+        let mark = d
+            .endpoint()
+            .security_context()
+            .map_or(0, |c| c.sequence().durable_mark());
+        d.state_persisted(
+            now,
+            DurableState {
+                sender_mark: mark,
+                ..state
+            },
+        );
+    }
 }
 
 pub fn recv<S: App>(d: &mut Device<S>) -> Packet {

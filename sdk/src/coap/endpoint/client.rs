@@ -239,6 +239,23 @@ impl Endpoint {
         };
         let verified = match self.verify_response(id, packet) {
             Ok(verified) => verified,
+            Err(OscoreError::NoOscoreOption)
+                if wire::code_class(u8::from(packet.header.code)) >= 4 =>
+            {
+                // An unauthenticated error answer (§8.2, e.g. "Security context not found"):
+                // dropped like any unverified response, but reported with its code.
+                if let Some(secure) = self.secure.as_deref_mut() {
+                    secure.stats.unprotected_errors += 1;
+                }
+                let code = u8::from(packet.header.code);
+                let shown = packet.payload.get(..64).unwrap_or(&packet.payload);
+                self.push_event(Event::UnprotectedError {
+                    peer,
+                    code,
+                    diagnostic: String::from_utf8_lossy(shown).into_owned(),
+                });
+                return true;
+            }
             Err(error) => {
                 // Dropped unacknowledged: the request retries or times out as usual.
                 self.push_event(Event::OscoreRejected { peer, error });

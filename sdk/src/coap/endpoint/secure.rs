@@ -8,6 +8,15 @@
 //! for retransmission and deduplication, so a retransmitted message is the same protected
 //! message, never a second protection with a new Partial IV.
 //!
+//! The replay window of received requests survives a restart too (RFC 8613 Appendix B.1.2):
+//! a verified request that raises the window's restart floor
+//! ([`ReplayWindow::restart_floor`](crate::oscore::ReplayWindow::restart_floor)) above the
+//! durable one is *held*, verified but not yet served, until the caller has written the new floor
+//! ([`Endpoint::state_to_persist`], [`Endpoint::state_persisted`]). So a request captured before
+//! a crash is refused after it ("Replay detected") and its handler — opening a valve, say — never
+//! runs twice. Meanwhile retransmissions of the held request are dropped as duplicates; requests
+//! after it queue behind it, in order. One write carries the floor and the sender mark.
+//!
 //! Messages that need a sender sequence number (this device's requests, Observe notifications)
 //! and find none below the durable mark are *held*: requests as their plain packet, in order,
 //! notifications as "resource changed" (the observer gets the then current state once a mark is
@@ -18,10 +27,14 @@ use std::net::SocketAddr;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
-use super::{Endpoint, RequestId};
-use crate::coap::resource::{Code, Method, ResourceId, WELL_KNOWN_CORE};
+use super::{Endpoint, RequestId, Token};
+use crate::coap::resource::{Code, Method, ResourceId, ResourceTree, WELL_KNOWN_CORE};
 use crate::coap::wire;
-use crate::oscore::{self, OscoreError, RequestInfo, SecurityContext};
+use crate::oscore::{self, DurableState, OscoreError, RequestInfo, SecurityContext};
+
+/// Verified requests held for a durable replay floor, at most. Past it a verified request is
+/// dropped unanswered (counted): the store is failing, and the client retries later.
+const MAX_HELD_INCOMING: usize = 4;
 
 /// Counters of the OSCORE layer of one endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +56,16 @@ pub struct OscoreStats {
     /// Messages that could not be protected and were dropped (sequence numbers exhausted, an
     /// unencodable message).
     pub protect_failed: u64,
+    /// Verified requests held until their replay floor was durable (Appendix B.1.2).
+    pub requests_held: u64,
+    /// Verified requests dropped unanswered because too many already waited for a durable
+    /// replay floor (the store keeps failing).
+    pub requests_dropped_unpersisted: u64,
+    /// Unprotected error responses (4.xx/5.xx, e.g. the edge's 4.01 "Security context not
+    /// found") to this device's protected requests: unauthenticated, so dropped like any
+    /// unverified response, but counted here and reported as
+    /// [`Event::UnprotectedError`](super::Event::UnprotectedError).
+    pub unprotected_errors: u64,
 }
 
 /// A request of this device waiting for a durable mark.
@@ -53,10 +76,25 @@ struct HeldRequest {
     packet: Packet,
 }
 
+/// A verified request waiting for its replay floor to be durable.
+#[derive(Debug)]
+struct HeldIncoming {
+    peer: SocketAddr,
+    message_id: u16,
+    confirmable: bool,
+    token: Token,
+    /// The verified (inner) request.
+    packet: Packet,
+    info: Box<RequestInfo>,
+}
+
 /// The OSCORE state of an endpoint with credentials.
 #[derive(Debug)]
 pub(super) struct Secure {
     pub(super) ctx: SecurityContext,
+    /// The replay floor last confirmed durable (or restored).
+    floor_durable: u64,
+    held_incoming: VecDeque<HeldIncoming>,
     held_requests: VecDeque<HeldRequest>,
     held_notifications: Vec<ResourceId>,
     pub(super) stats: OscoreStats,
@@ -79,7 +117,9 @@ pub(super) enum Gate {
 impl Secure {
     pub(super) fn new(ctx: SecurityContext) -> Secure {
         Secure {
+            floor_durable: ctx.replay_window().restart_floor(),
             ctx,
+            held_incoming: VecDeque::new(),
             held_requests: VecDeque::new(),
             held_notifications: Vec::new(),
             stats: OscoreStats::default(),
@@ -99,6 +139,30 @@ impl Secure {
                 .map(|h| h.packet.payload.len())
                 .sum::<usize>()
             + self.held_notifications.capacity() * std::mem::size_of::<ResourceId>()
+            + self.held_incoming.capacity() * std::mem::size_of::<HeldIncoming>()
+            + self
+                .held_incoming
+                .iter()
+                .map(|h| h.packet.payload.len())
+                .sum::<usize>()
+    }
+
+    /// Whether a verified request raised the replay floor above the durable one.
+    fn floor_pending(&self) -> bool {
+        self.ctx.replay_window().restart_floor() > self.floor_durable
+    }
+
+    /// What to write durably now, if anything: a due sender mark, or a replay floor above the
+    /// durable one. Both values go in every write.
+    fn state_to_persist(&self) -> Option<DurableState> {
+        let mark = self.ctx.mark_to_persist();
+        if mark.is_none() && !self.floor_pending() {
+            return None;
+        }
+        Some(DurableState {
+            sender_mark: mark.unwrap_or_else(|| self.ctx.sequence().durable_mark()),
+            replay_floor: self.ctx.replay_window().restart_floor(),
+        })
     }
 
     /// Verifies a request (§8.2), or lets plain discovery through, or refuses.
@@ -183,6 +247,16 @@ fn is_plain_discovery(packet: &Packet) -> bool {
     }
 }
 
+/// What the gate does with a request that verified.
+pub(super) enum Admit {
+    /// Its replay floor is durable: serve it now (the verified request and its binding).
+    Serve(Packet, Box<RequestInfo>),
+    /// Held until the floor is durable (the dedup cache drops its retransmissions meanwhile).
+    Held,
+    /// Too many wait already: dropped unanswered.
+    Dropped,
+}
+
 /// What became of a request this device protects.
 pub(super) enum Sealed {
     /// Ready: the bytes to send and, when protected, the binding for its response.
@@ -231,6 +305,92 @@ impl Endpoint {
         while let Some((id, peer, confirmable, sealed)) = self.next_released() {
             self.release_request(now, id, peer, confirmable, sealed);
         }
+    }
+
+    /// What to write durably now, if anything: the sender sequence-number mark when one is due
+    /// and the replay floor when a verified request raised it (RFC 8613 Appendix B.1.1, B.1.2).
+    /// Write both values in one go, then call [`Endpoint::state_persisted`]; the same value
+    /// comes back until then. Verified requests are not served, and nothing is sent with a
+    /// sequence number at or above the confirmed mark, until the write is confirmed.
+    ///
+    /// `None` without credentials: the plain path never writes.
+    #[must_use]
+    pub fn state_to_persist(&self) -> Option<DurableState> {
+        self.secure.as_deref().and_then(Secure::state_to_persist)
+    }
+
+    /// Confirms that `state` is durable: requests of this device that waited for a mark go
+    /// out, and verified requests that waited for their replay floor are served by `tree` now.
+    pub fn state_persisted<S>(
+        &mut self,
+        now: std::time::Instant,
+        state: DurableState,
+        tree: &ResourceTree<S>,
+        app: &mut S,
+    ) {
+        if let Some(secure) = self.secure.as_deref_mut() {
+            secure.floor_durable = secure.floor_durable.max(state.replay_floor);
+        }
+        self.persisted(now, state.sender_mark);
+        while let Some(held) = self.next_admitted() {
+            self.serve_request(
+                now,
+                held.peer,
+                held.message_id,
+                held.confirmable,
+                held.token,
+                &held.packet,
+                Some(held.info),
+                tree,
+                app,
+            );
+        }
+    }
+
+    /// The oldest verified request held for its replay floor, once that floor is durable.
+    fn next_admitted(&mut self) -> Option<HeldIncoming> {
+        let secure = self.secure.as_deref_mut()?;
+        if secure.floor_pending() {
+            return None;
+        }
+        let next = secure.held_incoming.pop_front();
+        if next.is_none() {
+            // Rarely used: give the memory back (an idle device stays small).
+            secure.held_incoming = VecDeque::new();
+        }
+        next
+    }
+
+    /// Serves a verified request now if its replay floor is durable, else holds it.
+    pub(super) fn admit(
+        &mut self,
+        peer: SocketAddr,
+        message_id: u16,
+        confirmable: bool,
+        token: Token,
+        packet: Packet,
+        info: Box<RequestInfo>,
+    ) -> Admit {
+        let Some(secure) = self.secure.as_deref_mut() else {
+            return Admit::Serve(packet, info);
+        };
+        if !secure.floor_pending() && secure.held_incoming.is_empty() {
+            return Admit::Serve(packet, info);
+        }
+        if secure.held_incoming.len() >= MAX_HELD_INCOMING {
+            secure.stats.requests_dropped_unpersisted += 1;
+            return Admit::Dropped;
+        }
+        secure.stats.requests_held += 1;
+        secure.held_incoming.push_back(HeldIncoming {
+            peer,
+            message_id,
+            confirmable,
+            token,
+            packet,
+            info,
+        });
+        Admit::Held
     }
 
     /// The oldest held request, protected, once a sequence number is free for it.

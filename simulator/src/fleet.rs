@@ -75,6 +75,9 @@ impl App for FleetSensor {
 
     fn handle_timeout(&mut self, now: Instant) -> Changed {
         if now >= self.stop_at {
+            // A report due before the end but woken after it: none is made, and no deadline
+            // stays behind (one left in the past would wake the device again at once, forever).
+            self.next_report = self.stop_at;
             return Changed::NONE;
         }
         self.seq += 1;

@@ -131,4 +131,20 @@ mod tests {
             d.latency_ms(0.5)
         );
     }
+
+    #[test]
+    fn reads_seq_among_other_fields_and_escaped_names() {
+        let mut d = Deliveries::new().unwrap();
+        let msg = br#"[{"bn":"x","n":"urn:dev:v6iot:f2:temperature","u":"Cel","v":20.4,"t":100.0,"rid":"7"},{"n":"urn:dev:v6iot:f2:s\u0065q","vs":"ignored","v":9,"t":100.5}]"#;
+        d.record("v6iot/s/f2/telemetry", msg, 101.0);
+        assert_eq!((d.delivered(), d.foreign), (1, 0));
+        assert!(d.contains("f2", 9));
+        assert!(!d.contains("f2", 8) && !d.contains("f3", 9));
+        d.record(
+            "v6iot/s/f2/telemetry",
+            br#"[{"n":"urn:dev:v6iot:f2:temperature","v":1,"t":1}]"#,
+            2.0,
+        );
+        assert_eq!(d.foreign, 1);
+    }
 }

@@ -241,11 +241,11 @@ fn deadline<S: App>(m: &Member<S>) -> Option<Instant> {
 
 /// Queues the member's deadline unless an entry at or before it is queued already.
 fn arm<S: App>(m: &mut Member<S>, i: usize, timers: &mut BinaryHeap<Reverse<(Instant, usize)>>) {
-    if let Some(t) = deadline(m) {
-        if m.queued.is_none_or(|q| t < q) {
-            m.queued = Some(t);
-            timers.push(Reverse((t, i)));
-        }
+    if let Some(t) = deadline(m)
+        && m.queued.is_none_or(|q| t < q)
+    {
+        m.queued = Some(t);
+        timers.push(Reverse((t, i)));
     }
 }
 

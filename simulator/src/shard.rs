@@ -257,3 +257,61 @@ fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{self, FleetCounters, FleetPlan, WallClock};
+    use std::sync::Arc;
+    use v6iot_sdk::store::NoStore;
+    use v6iot_sdk::uplink::Binding;
+
+    /// Devices whose edge never answers (their datagrams go to a closed port) keep retrying
+    /// registration; the shard still sends, counts, and returns at `stop`.
+    #[test]
+    fn runs_many_devices_until_stop_with_no_edge() {
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let edge = closed.local_addr().unwrap();
+        drop(closed);
+        let plan = FleetPlan {
+            edge,
+            devices: 3,
+            rate: 30.0,
+            duration: Duration::from_millis(300),
+            id_prefix: "t".into(),
+            binding: Binding::U,
+        };
+        let tree = fleet::tree().unwrap();
+        let counters = Arc::new(FleetCounters::default());
+        let start = Instant::now();
+        let members = (0..plan.devices)
+            .map(|n| {
+                let device = fleet::device(
+                    &plan,
+                    n,
+                    start,
+                    tree.clone(),
+                    counters.clone(),
+                    WallClock::now(),
+                    None,
+                );
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                Member::new(device, socket, Box::new(NoStore)).unwrap()
+            })
+            .collect();
+        let stop = start + Duration::from_millis(600);
+        let (members, stats) = run(members, stop).unwrap();
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(600), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(members.len(), 3);
+        // Each device sent its registration at least once, and nothing came back.
+        assert!(stats.sent >= 3, "{stats:?}");
+        assert_eq!(stats.received, 0, "{stats:?}");
+        assert!(members.iter().all(|m| {
+            m.device
+                .registration()
+                .is_some_and(|r| r.registrations() == 0)
+        }));
+    }
+}

@@ -16,8 +16,8 @@
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
-//! The binary `v6iot-sim` (src/main.rs) is the only I/O: it binds sockets and runs devices on
-//! the SDK's tokio driver.
+//! The I/O is in [`load`] and [`shard`] (a fleet's sockets, the MQTT subscriber) and in the binary
+//! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 pub mod broker;
 pub mod collector;

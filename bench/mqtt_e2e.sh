@@ -9,7 +9,8 @@
 # The ceiling runs first and again last (windows 64, 256 = the edge bridge's in-flight limit,
 # and 512); the best is the ceiling. Then `v6iot-sim run` drives RATE/PER_DEVICE registered devices
 # at each rate in turn (each device sends PER_DEVICE records/s, one request at a time) and
-# reports sent/acked/delivered/lost and end-to-end latency. A rate is *sustained* when nothing
+# reports sent/acked/delivered/lost, end-to-end latency and the generator's own CPU per record
+# (user + system time of `v6iot-sim run` over the records it made, setup and drain included). A rate is *sustained* when nothing
 # acknowledged was lost, at least 99.5 % of the records made were acknowledged and delivered
 # during the run, and p99 latency stayed under P99_MS; the ladder stops at the second rate that
 # is not sustained. Result: the best sustained rate and its ratio to the ceiling (target >= 0.9).
@@ -93,6 +94,14 @@ listen = "[::1]:$EDGE_PORT"
 url = "$MQTT_URL"
 [outbox]
 max_bytes = 4294967296
+# Lab mode: the simulated devices register and report in plain CoAP. Every device socket is on
+# ::1, one /64, so the per-source rate limits (20,000/s by default) are raised out of the way.
+[security]
+require_oscore = false
+rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000
 TOML
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
@@ -103,7 +112,7 @@ sleep 1
 PAYLOAD_BYTES=175
 CEILING_TOPIC="v6iot/bench/ceil000001/telemetry"
 
-printf 'kind\trate\tdevices\tsent\tacked\tdelivered\tlost\tunsent\tdelivered_per_s\tp50_ms\tp99_ms\tedge_cores\tbroker_cores\tsim_cores\tload1\tedge_runq\tbroker_in_per_s\n' >"$TSV"
+printf 'kind\trate\tdevices\tsent\tacked\tdelivered\tlost\tunsent\tdelivered_per_s\tp50_ms\tp99_ms\tedge_cores\tbroker_cores\tsim_cores\tload1\tedge_runq\tbroker_in_per_s\tsim_us_per_record\n' >"$TSV"
 # The broker's own count of PUBLISHes received, every second ($SYS, sys_interval 1): how fast
 # the edge publishes while devices are sending, whatever the backlog.
 # shellcheck disable=SC2016 # a literal $SYS topic
@@ -122,7 +131,7 @@ ceiling() {
     p50="$(grep -o 'p50_ms=[^ ]*' <<<"$line" | cut -d= -f2)"
     p99="$(grep -o 'p99_ms=[^ ]*' <<<"$line" | cut -d= -f2)"
     lost="$(grep -o ' lost=[^ ]*' <<<"$line" | cut -d= -f2)"
-    printf 'ceiling-w%s\t-\t-\t%s\t%s\t%s\t%s\t0\t%s\t%s\t%s\t-\t%s\t-\t%s\t-\t-\n' "$w" "$CEILING_COUNT" \
+    printf 'ceiling-w%s\t-\t-\t%s\t%s\t%s\t%s\t0\t%s\t%s\t%s\t-\t%s\t-\t%s\t-\t-\t-\n' "$w" "$CEILING_COUNT" \
         "$(grep -o 'acked=[^ ]*' <<<"$line" | cut -d= -f2)" \
         "$(grep -o 'delivered=[^ ]*' <<<"$line" | cut -d= -f2)" "$lost" "$rate" "$p50" "$p99" \
         "$(awk -v a="$m0" -v b="$m1" -v s="$t0" -v e="$t1" 'BEGIN { printf "%.2f", (b - a) / 100 / (e - s) }')" \
@@ -155,7 +164,9 @@ e2e() {
         --arg m "$(awk -v a="$m0" -v b="$m1" -v s="$t0" -v t="$t1" 'BEGIN { printf "%.2f", (b - a) / 100 / (t - s) }')" \
         --arg s "$(awk -v c="$simcpu" -v s="$t0" -v t="$t1" 'BEGIN { split(c, p, "+"); printf "%.2f", (p[1] + p[2]) / (t - s) }')" \
         --arg load "$(cut -d' ' -f1 /proc/loadavg)" --arg runq "$runq" --arg bin "$bin" \
-        '["e2e", $rate, .devices, .sent, .acked, .delivered, .lost, .unsent, .throughput_per_s, .latency_ms.p50, .latency_ms.p99, $e, $m, $s, $load, $runq, $bin] | @tsv' \
+        --arg simcpu "$(awk -v c="$simcpu" 'BEGIN { split(c, p, "+"); printf "%.3f", p[1] + p[2] }')" \
+        '["e2e", $rate, .devices, .sent, .acked, .delivered, .lost, .unsent, .throughput_per_s, .latency_ms.p50, .latency_ms.p99, $e, $m, $s, $load, $runq, $bin,
+          (if .sent > 0 then (($simcpu | tonumber) / .sent * 1e6 * 10 | round / 10) else "-" end)] | @tsv' \
         "$report" >>"$TSV"
     tail -1 "$TSV" >&2
     # sustained: no loss, ≥ 99.5 % of the records made acknowledged and delivered, p99 in bounds
@@ -201,6 +212,11 @@ lab_accept_unregistered = true
 url = "$url"
 [outbox]
 max_bytes = 4294967296
+[security]
+rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000
 TOML
     RUST_LOG=warn start_bg edge-drain "$EDGE" run --config "$BENCH_WORK/edge-drain.toml"
     wait_port udp "$port"
@@ -230,7 +246,7 @@ TOML
             span = l - c
             lost = (a > n) ? a - n : 0
             rate = (span > 0) ? n / span : 0
-            printf("drain\t-\t-\t%s\t%s\t%s\t%d\t0\t%.0f\t-\t-\t%.2f\t%.2f\t-\t%s\t-\t-\n", a, a, n, lost,
+            printf("drain\t-\t-\t%s\t%s\t%s\t%d\t0\t%.0f\t-\t-\t%.2f\t%.2f\t-\t%s\t-\t-\t-\n", a, a, n, lost,
                 rate, (e1 - e0) / 100 / (t1 - c), (m1 - m0) / 100 / (t1 - c), load)
         }' >>"$TSV"
     tail -1 "$TSV" >&2
@@ -248,8 +264,8 @@ ceiling 256
 ceiling 512
 
 echo
-echo "| kind | offered /s | devices | sent | acked | delivered | lost | unsent | delivered /s | p50 ms | p99 ms | edge cores | broker cores | sim cores | load | edge run-queue wait s/s | broker PUBLISH in /s |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| kind | offered /s | devices | sent | acked | delivered | lost | unsent | delivered /s | p50 ms | p99 ms | edge cores | broker cores | sim cores | load | edge run-queue wait s/s | broker PUBLISH in /s | sim CPU µs/record |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 awk -F'\t' 'NR > 1 { printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$TSV"
 echo
 best_ceiling="$(awk -F'\t' 'NR > 1 && $1 ~ /^ceiling/ && $7 == 0 && $9 > m { m = $9 } END { printf "%.0f", m }' "$TSV")"

@@ -75,6 +75,9 @@ impl App for FleetSensor {
 
     fn handle_timeout(&mut self, now: Instant) -> Changed {
         if now >= self.stop_at {
+            // A report due before the end but woken after it: none is made, and no deadline
+            // stays behind (one left in the past would wake the device again at once, forever).
+            self.next_report = self.stop_at;
             return Changed::NONE;
         }
         self.seq += 1;
@@ -194,4 +197,42 @@ pub fn add_stats(total: &mut ReportStats, s: &ReportStats) {
     total.rejected += s.rejected;
     total.busy += s.busy;
     total.timeouts += s.timeouts;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sensor(start: Instant, stop_at: Instant) -> FleetSensor {
+        FleetSensor {
+            id: "f000001".into(),
+            next_report: start,
+            interval: Duration::from_millis(100),
+            stop_at,
+            seq: 0,
+            value: 20.0,
+            pending: None,
+            counters: Arc::new(FleetCounters::default()),
+            clock: WallClock::now(),
+        }
+    }
+
+    #[test]
+    fn reports_until_the_end_and_leaves_no_deadline_behind() {
+        let start = Instant::now();
+        let stop = start + Duration::from_millis(250);
+        let mut s = sensor(start, stop);
+        let _ = s.handle_timeout(start);
+        assert!(s.poll_report().is_some());
+        assert_eq!(s.poll_timeout(), Some(start + Duration::from_millis(100)));
+        let _ = s.handle_timeout(start + Duration::from_millis(100));
+        assert_eq!(s.poll_timeout(), Some(start + Duration::from_millis(200)));
+        // The report due at 200 ms is woken late, after the end: none is made, and the
+        // deadline in the past is gone (a driver would otherwise wake the device forever).
+        let _ = s.poll_report();
+        let _ = s.handle_timeout(stop + Duration::from_millis(5));
+        assert!(s.poll_report().is_none());
+        assert_eq!(s.poll_timeout(), None);
+        assert_eq!(s.counters.made.load(Ordering::Relaxed), 2);
+    }
 }

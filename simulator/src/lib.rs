@@ -12,11 +12,12 @@
 //! | [`fleet_marks`] | the OSCORE sequence-number marks of a whole fleet in one state file |
 //! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
-//! | [`load`] | I/O: runs a fleet on sockets, subscribes at the broker, builds the run report |
+//! | [`shard`] | I/O: the multi-device driver, many devices on their own sockets in one thread with one `epoll` set |
+//! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
-//! The binary `v6iot-sim` (src/main.rs) is the only I/O: it binds sockets and runs devices on
-//! the SDK's tokio driver.
+//! The I/O is in [`load`] and [`shard`] (a fleet's sockets, the MQTT subscriber) and in the binary
+//! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 pub mod broker;
 pub mod collector;
@@ -28,3 +29,4 @@ pub mod fleet_marks;
 pub mod load;
 pub mod provision;
 pub mod sensor;
+pub mod shard;

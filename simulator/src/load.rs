@@ -1,8 +1,10 @@
 //! `v6iot-sim run`: drives a fleet at an edge router and counts what reaches the broker.
 //! This is the simulator's I/O layer: sockets, the MQTT subscriber, timers, the progress bar.
 //!
-//! Each device runs on the SDK's tokio driver with its own UDP socket on the edge's address
-//! family, so the edge sees one source address and port per device.
+//! Each device has its own UDP socket on the edge's address family, so the edge sees one source
+//! address and port per device. The devices are spread over a few shard threads
+//! ([`crate::shard`]), each driving its share of them with one `epoll` set; the MQTT subscriber
+//! and the progress bar run on the tokio runtime.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
-use tokio::net::UdpSocket;
 use v6iot_sdk::coap::OscoreStats;
 use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::store::{MarkStore, NoStore};
@@ -21,8 +22,9 @@ use v6iot_sdk::uplink::ReportStats;
 
 use crate::collector::{Deliveries, unix_now};
 use crate::credentials::{self, Credentials};
-use crate::fleet::{self, FleetCounters, FleetPlan, WallClock};
+use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
 use crate::fleet_marks::{FleetMarkStore, FleetMarks};
+use crate::shard::{self, Member};
 
 /// The distance between a fleet device's persisted sequence-number marks: large, so the shared
 /// state file is written at start and then hardly ever (a restart skips at most 1.5 × this many
@@ -233,6 +235,31 @@ pub async fn run_with(
     progress: bool,
     oscore: Option<FleetOscore>,
 ) -> anyhow::Result<RunReport> {
+    run_sharded(
+        plan,
+        view,
+        drain,
+        progress,
+        oscore,
+        usize::from(DEFAULT_SHARDS),
+    )
+    .await
+}
+
+/// Shard threads of a fleet unless told otherwise: one thread drives tens of thousands of
+/// records per second, and a single `epoll` set batches the most wake-ups.
+pub const DEFAULT_SHARDS: u16 = 1;
+
+/// As [`run_with`], with the devices spread over `shards` threads (at least one, at most one
+/// per device).
+pub async fn run_sharded(
+    plan: FleetPlan,
+    view: BrokerView,
+    drain: Duration,
+    progress: bool,
+    oscore: Option<FleetOscore>,
+    shards: usize,
+) -> anyhow::Result<RunReport> {
     let (mut contexts, shared_marks) = match &oscore {
         Some(o) => {
             let (c, m) = fleet_contexts(&plan, o)?;
@@ -254,42 +281,33 @@ pub async fn run_with(
         IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
     };
     let stop_devices = start + plan.duration + drain;
-    let mut tasks = Vec::with_capacity(plan.devices);
+    let shards = shards.clamp(1, plan.devices.max(1));
+    let mut groups: Vec<Vec<Member<FleetSensor>>> = (0..shards).map(|_| Vec::new()).collect();
     for n in 0..plan.devices {
-        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
-            .await
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))
             .context("bind a device socket (raise `ulimit -n` for large fleets)")?;
         let ctx = contexts.pop().flatten();
-        let mut store: Box<dyn MarkStore + Send> = match &shared_marks {
+        let store: Box<dyn MarkStore + Send> = match &shared_marks {
             Some(shared) => Box::new(FleetMarkStore {
                 shared: shared.clone(),
                 id: fleet::device_id(&plan, n),
             }),
             None => Box::new(NoStore),
         };
-        let mut device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock, ctx);
-        tasks.push(tokio::spawn(async move {
-            let shutdown = tokio::time::sleep_until(tokio::time::Instant::from_std(stop_devices));
-            let on_event = |event| tracing::debug!(?event, "device event");
-            let result = v6iot_sdk::driver::run_with_store(
-                &socket,
-                &mut device,
-                store.as_mut(),
-                on_event,
-                shutdown,
-            )
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "device driver stopped");
-            }
-            let registered = device.registration().is_some_and(|r| r.registrations() > 0);
-            let stats = device
-                .reporter()
-                .map(|r| (*r.stats(), r.queued() as u64))
-                .unwrap_or_default();
-            let oscore = device.endpoint().oscore_stats().copied();
-            (registered, stats, oscore)
-        }));
+        let device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock, ctx);
+        let member =
+            Member::new(device, socket, store).context("make a device socket non-blocking")?;
+        if let Some(g) = groups.get_mut(n % shards) {
+            g.push(member);
+        }
+    }
+    let mut threads = Vec::with_capacity(shards);
+    for (k, members) in groups.into_iter().enumerate() {
+        let handle = std::thread::Builder::new()
+            .name(format!("v6iot-sim-shard-{k}"))
+            .spawn(move || shard::run(members, stop_devices))
+            .context("start a shard thread")?;
+        threads.push(handle);
     }
 
     let expected = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
@@ -304,8 +322,6 @@ pub async fn run_with(
         bar
     });
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    let mut tasks_done = Vec::with_capacity(tasks.len());
-    let mut pending = tasks.into_iter();
     // Progress while the fleet reports.
     while Instant::now() < start + plan.duration {
         ticker.tick().await;
@@ -316,21 +332,34 @@ pub async fn run_with(
             bar.set_message(format!("delivered {delivered}"));
         }
     }
-    for t in pending.by_ref() {
-        tasks_done.push(t.await?);
-    }
-    let registered = tasks_done.iter().filter(|(r, _, _)| *r).count();
+    let joined = tokio::task::spawn_blocking(move || {
+        threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()
+    })
+    .await?;
+    let mut registered = 0;
     let mut total = ReportStats::default();
     let mut unsent = 0;
     let mut oscore_total = OscoreStats::default();
-    for (_, (s, queued), o) in &tasks_done {
-        fleet::add_stats(&mut total, s);
-        unsent += queued;
-        if let Some(o) = o {
-            oscore_total.responses_verified += o.responses_verified;
-            oscore_total.responses_rejected += o.responses_rejected;
-            oscore_total.requests_rejected += o.requests_rejected;
-            oscore_total.held += o.held;
+    for result in joined {
+        let (members, stats) = result
+            .map_err(|_| anyhow::anyhow!("a shard thread panicked"))?
+            .context("a shard's event loop failed")?;
+        tracing::debug!(?stats, "shard finished");
+        for m in &members {
+            let device = &m.device;
+            if device.registration().is_some_and(|r| r.registrations() > 0) {
+                registered += 1;
+            }
+            if let Some(r) = device.reporter() {
+                fleet::add_stats(&mut total, r.stats());
+                unsent += r.queued() as u64;
+            }
+            if let Some(o) = device.endpoint().oscore_stats() {
+                oscore_total.responses_verified += o.responses_verified;
+                oscore_total.responses_rejected += o.responses_rejected;
+                oscore_total.requests_rejected += o.requests_rejected;
+                oscore_total.held += o.held;
+            }
         }
     }
     let oscore_report = shared_marks.as_ref().map(|m| OscoreReport {

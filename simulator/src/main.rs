@@ -109,6 +109,9 @@ enum Command {
         /// the CSV, `CSV.seq`).
         #[arg(long, requires = "credentials")]
         seq_file: Option<PathBuf>,
+        /// Threads that drive the devices (each owns a share of the sockets, one `epoll` set).
+        #[arg(long, default_value_t = load::DEFAULT_SHARDS, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
     },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
@@ -248,6 +251,7 @@ fn main() -> anyhow::Result<()> {
             quiet,
             credentials,
             seq_file,
+            threads,
         } => {
             let oscore = match credentials {
                 Some(csv) => Some(FleetOscore {
@@ -272,7 +276,14 @@ fn main() -> anyhow::Result<()> {
             let multi = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let result = multi.block_on(load::run_with(plan, view, drain, !quiet, oscore))?;
+            let result = multi.block_on(load::run_sharded(
+                plan,
+                view,
+                drain,
+                !quiet,
+                oscore,
+                usize::from(threads),
+            ))?;
             let json = serde_json::to_string_pretty(&result)?;
             println!("{json}");
             if let Some(path) = report {

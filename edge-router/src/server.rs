@@ -10,6 +10,8 @@
 //!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
+mod udp;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use v6iot_cloud_bridge::command::Command;
@@ -40,6 +44,11 @@ use crate::registry_worker::{FromRegistry, RegistryWorker, ToRegistry};
 
 /// Most datagrams taken from the socket per wake-up before the loop flushes answers.
 const RECV_BATCH: usize = 256;
+/// Appends of telemetry on their way to the outbox at once: one being written and synced,
+/// one waiting for the next sync. What arrives meanwhile is gathered in the loop and goes as
+/// one append when one of them completes (group commit without a task or a message per
+/// wake-up).
+const APPENDS_IN_FLIGHT: usize = 2;
 
 /// What the running edge router shares with whoever started it (tests, the demo).
 #[derive(Debug, Clone)]
@@ -230,8 +239,10 @@ pub async fn run(
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<AppendTicket>, AppendResult)>();
-    let mut buf = vec![0u8; 65_536];
+    let mut receiver = udp::Receiver::new();
+    let mut sender = udp::Sender::new(&socket);
+    let mut out = Vec::new();
+    let mut appends = Appends::default();
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged_stats = GatewayStats::default();
@@ -245,7 +256,13 @@ pub async fn run(
         if let Err(e) = journal.write(&entries) {
             tracing::error!(error = %e, "command queue journal write failed");
         }
-        flush(&socket, &mut gateway, &outbox, &done_tx, &security_topic).await;
+        flush(&mut gateway, &outbox, &mut appends, &security_topic);
+        while let Some(datagram) = gateway.poll_transmit() {
+            out.push(datagram);
+        }
+        if !out.is_empty() {
+            sender.send_all(&socket, &mut out).await;
+        }
         drain_side_effects(&mut gateway, &worker);
         if let Ok(mut s) = stats.lock() {
             *s = *gateway.ingress().stats();
@@ -255,38 +272,37 @@ pub async fn run(
         }
         let deadline = gateway.poll_timeout();
         tokio::select! {
-            received = socket.recv_from(&mut buf) => {
+            received = receiver.recv(&socket) => {
                 let now = Instant::now();
                 let wall = unix_ms();
-                match received {
-                    Ok((len, peer)) => {
-                        if let Some(bytes) = buf.get(..len) {
-                            gateway.handle_datagram(now, wall, peer, bytes);
-                        }
-                        for _ in 1..RECV_BATCH {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((len, peer)) => {
-                                    if let Some(bytes) = buf.get(..len) {
-                                        gateway.handle_datagram(now, wall, peer, bytes);
-                                    }
-                                }
-                                Err(_) => break,
-                            }
+                let mut got = match received {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "receive error");
+                        0
+                    }
+                };
+                let mut taken = 0;
+                while got > 0 {
+                    for (peer, bytes) in receiver.datagrams() {
+                        match peer {
+                            Some(peer) => gateway.handle_datagram(now, wall, peer, bytes),
+                            None => tracing::debug!("datagram without an IP source dropped"),
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "receive error"),
+                    taken += got;
+                    if got < udp::RECV_SLOTS || taken >= RECV_BATCH {
+                        break;
+                    }
+                    got = receiver.try_recv(&socket).unwrap_or(0);
                 }
             }
-            Some((tickets, result)) = done_rx.recv() => {
+            Some((tickets, result)) = appends.in_flight.next(), if !appends.in_flight.is_empty() => {
                 let now = Instant::now();
                 for t in tickets {
                     gateway.handle_appended(now, t, result);
                 }
-                while let Ok((tickets, result)) = done_rx.try_recv() {
-                    for t in tickets {
-                        gateway.handle_appended(now, t, result);
-                    }
-                }
+                appends.start(&outbox);
             }
             Some(message) = registry_rx.recv() => {
                 let mut next = Some(message);
@@ -440,55 +456,82 @@ fn log_gateway_stats(s: &GatewayStats) {
     );
 }
 
-/// Sends what the gateway has to send and hands the ingress's appends to the outbox (one group
-/// per call).
-async fn flush(
-    socket: &UdpSocket,
+/// Telemetry appends: those in flight to the outbox and the records gathered for the next.
+#[derive(Default)]
+struct Appends {
+    in_flight: FuturesUnordered<StoreFuture>,
+    tickets: Vec<AppendTicket>,
+    messages: Vec<NewMessage>,
+}
+
+impl Appends {
+    /// Sends what was gathered as one append, unless [`APPENDS_IN_FLIGHT`] are under way.
+    fn start(&mut self, outbox: &OutboxHandle) {
+        if self.messages.is_empty() || self.in_flight.len() >= APPENDS_IN_FLIGHT {
+            return;
+        }
+        let tickets = std::mem::take(&mut self.tickets);
+        let messages = std::mem::take(&mut self.messages);
+        self.in_flight
+            .push(store(outbox.clone(), tickets, messages));
+    }
+}
+
+/// The future of one telemetry append.
+type StoreFuture =
+    std::pin::Pin<Box<dyn Future<Output = (Vec<AppendTicket>, AppendResult)> + Send>>;
+
+/// Stores `messages` durably; resolves with their tickets and what became of them.
+fn store(
+    outbox: OutboxHandle,
+    tickets: Vec<AppendTicket>,
+    messages: Vec<NewMessage>,
+) -> StoreFuture {
+    Box::pin(async move {
+        let result = match outbox.append(messages).await {
+            Ok(_) => AppendResult::Stored,
+            Err(AppendError::Full { retry_after }) => {
+                tracing::warn!(
+                    records = tickets.len(),
+                    ?retry_after,
+                    "outbox full: devices told to retry later (5.03)"
+                );
+                AppendResult::Full { retry_after }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "records not stored");
+                AppendResult::Failed
+            }
+        };
+        (tickets, result)
+    })
+}
+
+/// Hands the ingress's appends to the outbox (telemetry gathered into [`Appends`], status
+/// messages and security reports on their own).
+fn flush(
     gateway: &mut Gateway,
     outbox: &OutboxHandle,
-    done: &mpsc::UnboundedSender<(Vec<AppendTicket>, AppendResult)>,
+    appends: &mut Appends,
     security_topic: &str,
 ) {
-    let mut tickets = Vec::new();
-    let mut messages = Vec::new();
     let mut fire_and_forget = Vec::new();
     while let Some(a) = gateway.ingress_mut().poll_append() {
         match a.ticket {
             Some(t) => {
-                tickets.push(t);
-                messages.push(a.message);
+                appends.tickets.push(t);
+                appends.messages.push(a.message);
             }
             None => fire_and_forget.push(a.message),
         }
     }
+    appends.start(outbox);
     if let Some(report) = gateway.poll_security_report(Instant::now(), unix_ms()) {
         tracing::warn!(counts = ?report.counts, quarantined = report.quarantined.len(), "security report");
         fire_and_forget.push(NewMessage {
             topic: security_topic.to_owned(),
             payload: report.to_json(),
             retain: false,
-        });
-    }
-    if !messages.is_empty() {
-        let handle = outbox.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let result = match handle.append(messages).await {
-                Ok(_) => AppendResult::Stored,
-                Err(AppendError::Full { retry_after }) => {
-                    tracing::warn!(
-                        records = tickets.len(),
-                        ?retry_after,
-                        "outbox full: devices told to retry later (5.03)"
-                    );
-                    AppendResult::Full { retry_after }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "records not stored");
-                    AppendResult::Failed
-                }
-            };
-            let _ = done.send((tickets, result));
         });
     }
     if !fire_and_forget.is_empty() {
@@ -498,18 +541,6 @@ async fn flush(
                 tracing::warn!(error = %e, "status messages not stored");
             }
         });
-    }
-    while let Some((to, bytes)) = gateway.poll_transmit() {
-        let sent = match socket.try_send_to(&bytes, to) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.send_to(&bytes, to).await.map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            tracing::debug!(peer = %to, error = %e, "send failed");
-        }
     }
 }
 

@@ -1,0 +1,250 @@
+//! Batched datagram I/O for the CoAP socket: `recvmmsg` takes up to [`RECV_SLOTS`] datagrams
+//! per system call, `sendmmsg` sends a flush's datagrams (the answers to one fsync group) in one
+//! call, both over tokio's readiness. Bytes and addresses only: nothing here reads a datagram.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagrams taken per `recvmmsg` call.
+pub(super) const RECV_SLOTS: usize = 32;
+/// A receive slot holds the largest UDP payload: nothing is ever truncated.
+const SLOT_BYTES: usize = 65_536;
+/// Datagrams given to one `sendmmsg` call (the kernel takes at most `UIO_MAXIOV`, 1024; past
+/// a few dozen the call's fixed cost is negligible).
+const SEND_SLOTS: usize = 64;
+
+/// Receive buffers, reused for every call. (nix's `MultiHeaders` holds raw pointers, so it is
+/// not `Send` and cannot live across an await in the server's future: each call makes its own,
+/// one small allocation.)
+pub(super) struct Receiver {
+    slots: Vec<Vec<u8>>,
+    /// (peer, length) of each datagram of the last call, in slot order.
+    got: Vec<(Option<SocketAddr>, usize)>,
+}
+
+impl Receiver {
+    /// Buffers for [`RECV_SLOTS`] datagrams.
+    pub(super) fn new() -> Receiver {
+        Receiver {
+            slots: (0..RECV_SLOTS).map(|_| vec![0u8; SLOT_BYTES]).collect(),
+            got: Vec::with_capacity(RECV_SLOTS),
+        }
+    }
+
+    /// Waits until `socket` is readable and takes what is queued, up to [`RECV_SLOTS`]
+    /// datagrams; returns how many. Cancel-safe: nothing is taken before the last await.
+    pub(super) async fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        loop {
+            socket.readable().await?;
+            match self.try_recv(socket) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes what is queued without waiting (`WouldBlock` when nothing is).
+    pub(super) fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let fd = socket.as_raw_fd();
+        let Receiver { slots, got } = self;
+        got.clear();
+        socket.try_io(Interest::READABLE, || {
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots.len(), None);
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = slots
+                .iter_mut()
+                .map(|s| [IoSliceMut::new(s.as_mut_slice())])
+                .collect();
+            let results = recvmmsg(fd, &mut headers, iovs.iter_mut(), MsgFlags::empty(), None)
+                .map_err(io::Error::from)?;
+            for r in results {
+                got.push((r.address.and_then(|a| to_std(&a)), r.bytes));
+            }
+            Ok(())
+        })?;
+        Ok(self.got.len())
+    }
+
+    /// The datagrams of the last call: (peer, bytes); `None` for a peer whose address is not
+    /// IPv4 or IPv6 (never on a UDP socket, but not trusted).
+    pub(super) fn datagrams(&self) -> impl Iterator<Item = (Option<SocketAddr>, &[u8])> {
+        self.got
+            .iter()
+            .zip(&self.slots)
+            .map(|(&(peer, len), slot)| (peer, slot.get(..len).unwrap_or_default()))
+    }
+}
+
+/// How datagrams go out (headers are made per call, as for [`Receiver`]).
+pub(super) struct Sender {
+    /// The socket is IPv6 (dual-stack): IPv4 destinations go as IPv4-mapped addresses.
+    v6: bool,
+}
+
+impl Sender {
+    /// Headers for `socket`'s address family.
+    pub(super) fn new(socket: &UdpSocket) -> Sender {
+        Sender {
+            v6: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
+        }
+    }
+
+    /// Sends every datagram of `out` (emptied), [`SEND_SLOTS`] per call, waiting while the
+    /// socket's buffer is full. A datagram the kernel refuses is logged and skipped.
+    pub(super) async fn send_all(
+        &mut self,
+        socket: &UdpSocket,
+        out: &mut Vec<(SocketAddr, Vec<u8>)>,
+    ) {
+        let mut done = 0;
+        while let Some(rest) = out.get(done..).filter(|r| !r.is_empty()) {
+            let chunk = rest.get(..SEND_SLOTS.min(rest.len())).unwrap_or_default();
+            match self.try_send(socket, chunk) {
+                Ok(n) => done += n.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = socket.writable().await {
+                        tracing::debug!(error = %e, "socket not writable: datagrams dropped");
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // The call fails when its first datagram does: that one is skipped.
+                    let peer = chunk.first().map(|(to, _)| *to);
+                    tracing::debug!(?peer, error = %e, "send failed");
+                    done += 1;
+                }
+            }
+        }
+        out.clear();
+    }
+
+    /// One `sendmmsg` call for `chunk`: how many datagrams went.
+    fn try_send(
+        &mut self,
+        socket: &UdpSocket,
+        chunk: &[(SocketAddr, Vec<u8>)],
+    ) -> io::Result<usize> {
+        let fd = socket.as_raw_fd();
+        let v6 = self.v6;
+        socket.try_io(Interest::WRITABLE, || {
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+            let iovs: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk
+                .iter()
+                .map(|(to, _)| Some(SockaddrStorage::from(for_socket(*to, v6))))
+                .collect();
+            let no_cmsgs: [ControlMessage<'_>; 0] = [];
+            let sent = sendmmsg(fd, &mut headers, &iovs, addrs, no_cmsgs, MsgFlags::empty())
+                .map_err(io::Error::from)?;
+            Ok(sent.count())
+        })
+    }
+}
+
+/// `to` as the socket takes it: IPv4 as IPv4-mapped IPv6 on an IPv6 socket.
+fn for_socket(to: SocketAddr, v6: bool) -> SocketAddr {
+    match to {
+        SocketAddr::V4(a) if v6 => {
+            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+        }
+        other => other,
+    }
+}
+
+/// A kernel address as std's.
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v6) = a.as_sockaddr_in6() {
+        return Some(SocketAddr::V6(SocketAddrV6::from(*v6)));
+    }
+    a.as_sockaddr_in()
+        .map(|v4| SocketAddr::V4(SocketAddrV4::from(*v4)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Many datagrams out in one flush, all in through batched receives, bytes and peers intact.
+    #[tokio::test]
+    async fn batches_round_trip_over_loopback() {
+        let a = UdpSocket::bind("[::1]:0").await.unwrap();
+        let b = UdpSocket::bind("[::1]:0").await.unwrap();
+        let to = b.local_addr().unwrap();
+        let from = a.local_addr().unwrap();
+        // more than one sendmmsg call, and few enough for a default receive buffer
+        let n = SEND_SLOTS + 40;
+        let mut out: Vec<(SocketAddr, Vec<u8>)> = (0..n)
+            .map(|i| (to, format!("datagram {i}").into_bytes()))
+            .collect();
+        let mut sender = Sender::new(&a);
+        sender.send_all(&a, &mut out).await;
+        assert!(out.is_empty());
+        let mut receiver = Receiver::new();
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let got = tokio::time::timeout(Duration::from_secs(10), receiver.recv(&b))
+                .await
+                .expect("every datagram arrives")
+                .unwrap();
+            assert!((1..=RECV_SLOTS).contains(&got));
+            for (peer, bytes) in receiver.datagrams() {
+                assert_eq!(peer, Some(from));
+                seen.push(String::from_utf8(bytes.to_vec()).unwrap());
+            }
+        }
+        let want: Vec<String> = (0..n).map(|i| format!("datagram {i}")).collect();
+        assert_eq!(seen, want);
+        assert_eq!(
+            receiver.try_recv(&b).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    /// A datagram the kernel refuses (IPv6 destination from an IPv4 socket) is skipped; the
+    /// rest still go.
+    #[tokio::test]
+    async fn a_refused_datagram_does_not_stop_the_rest() {
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = b.local_addr().unwrap();
+        let bad: SocketAddr = "[::1]:9".parse().unwrap();
+        let mut out = vec![
+            (bad, b"x".to_vec()),
+            (to, b"one".to_vec()),
+            (bad, b"y".to_vec()),
+            (to, b"two".to_vec()),
+        ];
+        Sender::new(&a).send_all(&a, &mut out).await;
+        let mut receiver = Receiver::new();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            tokio::time::timeout(Duration::from_secs(10), receiver.recv(&b))
+                .await
+                .expect("both datagrams arrive")
+                .unwrap();
+            seen.extend(receiver.datagrams().map(|(_, d)| d.to_vec()));
+        }
+        assert_eq!(seen, vec![b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    #[test]
+    fn ipv4_destinations_are_mapped_on_an_ipv6_socket() {
+        let v4: SocketAddr = "192.0.2.1:5683".parse().unwrap();
+        assert_eq!(
+            for_socket(v4, true),
+            "[::ffff:192.0.2.1]:5683".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(for_socket(v4, false), v4);
+    }
+}

@@ -14,7 +14,7 @@
 )]
 
 use std::hint::black_box;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
@@ -25,29 +25,14 @@ use v6iot_edge_router::ingress::{AppendResult, Ingress, IngressConfig};
 use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
 
+mod common;
+use common::addr;
+
 /// The same allocator as the `v6iot-edge` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEVICES: u32 = 10_000;
-
-fn addr(n: u32) -> SocketAddr {
-    let [a, b, c, d] = n.to_be_bytes();
-    SocketAddr::new(
-        Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            0x1200,
-            0x305,
-            0,
-            u16::from_be_bytes([a, b]),
-            u16::from_be_bytes([c, d]),
-            1,
-        )
-        .into(),
-        5683,
-    )
-}
 
 fn kid(n: u32) -> Vec<u8> {
     n.to_be_bytes().to_vec()

@@ -12,7 +12,6 @@
 )]
 
 use std::hint::black_box;
-use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
@@ -21,29 +20,14 @@ use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::ingress::{AppendResult, Ingress, IngressConfig};
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 
+mod common;
+use common::addr;
+
 /// The same allocator as the `v6iot-edge` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEVICES: u32 = 100_000;
-
-fn addr(n: u32) -> SocketAddr {
-    let [a, b, c, d] = n.to_be_bytes();
-    SocketAddr::new(
-        Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            0x1200,
-            0x305,
-            0,
-            u16::from_be_bytes([a, b]),
-            u16::from_be_bytes([c, d]),
-            1,
-        )
-        .into(),
-        5683,
-    )
-}
 
 fn post(path: &str, query: &[String], cf: Option<u8>, body: Vec<u8>, mid: u16) -> Vec<u8> {
     let mut p = Packet::new();

@@ -133,7 +133,7 @@ impl SecuritySection {
             failures_to_quarantine: self.quarantine_after,
             failure_window: std::time::Duration::from_secs(self.failure_window_s),
             quarantine: std::time::Duration::from_secs(self.quarantine_s),
-            ..LimitsConfig::default()
+            max_tracked: crate::gateway::limits::DEFAULT_MAX_TRACKED,
         }
     }
 }
@@ -143,6 +143,7 @@ impl Default for SecuritySection {
         SecuritySection {
             require_oscore: true,
             sender_persist_step: 4096,
+            // A whole production line (one /64) shares this: generous.
             rate_per_source: 20_000,
             burst_per_source: 40_000,
             rate_per_device: 50,

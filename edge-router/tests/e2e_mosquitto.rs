@@ -329,36 +329,39 @@ fn parse_delivery(topic: &str, payload: &[u8], seen: &mut Seen) {
     }
 }
 
-/// A persistent-session subscriber (it keeps its subscription across a broker restart).
-fn subscribe(rt: &tokio::runtime::Runtime, port: u16) -> Arc<Mutex<Seen>> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
+/// Subscribes to `filter` at the broker on `port` and hands every PUBLISH to `on_publish`;
+/// returns once the subscription is acknowledged. A persistent session (`clean_session` false)
+/// keeps its subscription across a broker restart.
+fn spawn_subscriber(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    name: &str,
+    filter: &'static str,
+    clean_session: bool,
+    mut on_publish: impl FnMut(&str, &[u8]) + Send + 'static,
+) {
     let mut options = MqttOptions::new(
-        format!("e2e-sub-{}-{port}", std::process::id()),
+        format!("e2e-{name}-{}-{port}", std::process::id()),
         "::1",
         port,
     );
     options
-        .set_clean_session(false)
+        .set_clean_session(clean_session)
         .set_keep_alive(Duration::from_secs(5))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(options, 1024);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let s = seen.clone();
     rt.spawn(async move {
-        client
-            .subscribe("v6iot/t/#", QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
         let _keep = client;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     let _ = ready_tx.send(());
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    parse_delivery(&p.topic, &p.payload, &mut s.lock().unwrap())
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.topic, &p.payload),
                 Ok(_) => {}
+                // rumqttc reconnects on the next poll; wait a little between attempts
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -366,6 +369,22 @@ fn subscribe(rt: &tokio::runtime::Runtime, port: u16) -> Arc<Mutex<Seen>> {
     ready_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("subscription acknowledged");
+}
+
+/// A persistent-session subscriber to everything of site `t`.
+fn subscribe(rt: &tokio::runtime::Runtime, port: u16) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    spawn_subscriber(
+        rt,
+        port,
+        "sub",
+        "v6iot/t/#",
+        false,
+        move |topic, payload| {
+            parse_delivery(topic, payload, &mut s.lock().unwrap());
+        },
+    );
     seen
 }
 
@@ -771,39 +790,19 @@ fn subscribe_results(
     port: u16,
 ) -> Arc<Mutex<HashMap<String, serde_json::Value>>> {
     let results: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
-    let mut options = MqttOptions::new(
-        format!("e2e-results-{}-{port}", std::process::id()),
-        "::1",
-        port,
-    );
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut events) = AsyncClient::new(options, 64);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let r = results.clone();
-    rt.spawn(async move {
-        client
-            .subscribe("v6iot/t/+/cmd/+/result", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let _keep = client;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = ready_tx.send(());
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-                    let req = v["req"].as_str().unwrap().to_owned();
-                    r.lock().unwrap().insert(req, v);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("subscription acknowledged");
+    spawn_subscriber(
+        rt,
+        port,
+        "results",
+        "v6iot/t/+/cmd/+/result",
+        true,
+        move |_, payload| {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            let req = v["req"].as_str().unwrap().to_owned();
+            r.lock().unwrap().insert(req, v);
+        },
+    );
     results
 }
 

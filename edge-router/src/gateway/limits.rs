@@ -56,23 +56,14 @@ pub struct LimitsConfig {
     pub max_tracked: usize,
 }
 
+/// The default of [`LimitsConfig::max_tracked`].
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+
 impl Default for LimitsConfig {
+    /// The limits of the default configuration (`[security]` in
+    /// [`crate::config::SecuritySection`], where the numbers and their reasons are).
     fn default() -> Self {
-        LimitsConfig {
-            // A whole production line (one /64) shares this: generous.
-            per_source: Rate {
-                per_second: 20_000.0,
-                burst: 40_000.0,
-            },
-            per_device: Rate {
-                per_second: 50.0,
-                burst: 200.0,
-            },
-            failures_to_quarantine: 20,
-            failure_window: Duration::from_secs(10),
-            quarantine: Duration::from_secs(300),
-            max_tracked: 100_000,
-        }
+        crate::config::SecuritySection::default().limits()
     }
 }
 

@@ -38,12 +38,7 @@ fn keys(id: &str, kid: &[u8], state: DeviceState, stored: StoredState) -> Device
 }
 
 fn gateway_with(devices: Vec<DeviceKeys>) -> Gateway {
-    let ingress = Ingress::new(IngressConfig::new(Topics::new("v6iot", "s").unwrap()), T0);
-    let mut g = Gateway::new(ingress, GatewayConfig::default());
-    g.handle_devices(T0, devices);
-    // The first marks are written at load.
-    persist_all(&mut g, Instant::now());
-    g
+    limited_gateway(LimitsConfig::default(), devices)
 }
 
 fn gateway() -> Gateway {
@@ -371,6 +366,7 @@ fn a_flood_from_one_source_gets_few_answers_few_audit_rows_then_quarantine() {
     );
 }
 
+/// A gateway with `limits` and `devices`; the first sequence marks are written at load.
 fn limited_gateway(limits: LimitsConfig, devices: Vec<DeviceKeys>) -> Gateway {
     let ingress = Ingress::new(IngressConfig::new(Topics::new("v6iot", "s").unwrap()), T0);
     let config = GatewayConfig {

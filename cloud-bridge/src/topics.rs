@@ -49,9 +49,20 @@ impl Topics {
         })
     }
 
-    /// `{prefix}/{site}/{device}/telemetry`
+    /// `{prefix}/{site}/{device}/telemetry` (built once per record: plain appends, no
+    /// formatting machinery)
     pub fn telemetry(&self, device: &str) -> String {
-        format!("{}/{}/{device}/telemetry", self.prefix, self.site)
+        const TAIL: &str = "/telemetry";
+        let mut t = String::with_capacity(
+            self.prefix.len() + self.site.len() + device.len() + 2 + TAIL.len(),
+        );
+        t.push_str(&self.prefix);
+        t.push('/');
+        t.push_str(&self.site);
+        t.push('/');
+        t.push_str(device);
+        t.push_str(TAIL);
+        t
     }
 
     /// `{prefix}/{site}/{device}/status`

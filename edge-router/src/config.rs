@@ -29,6 +29,7 @@
 //!
 //! [outbox]
 //! max_bytes = 1073741824      # when full, devices get 5.03 + Max-Age
+//! min_sync_interval_us = 1000 # at most one fdatasync per interval; appends meanwhile share it
 //!
 //! [registry]                  # devices and the audit trail (SQLite)
 //! db = "/var/lib/v6iot/registry.db"     # default: {data_dir}/registry.db
@@ -275,6 +276,9 @@ pub struct OutboxSection {
     pub max_batch: usize,
     /// Longest wait to gather a group, milliseconds.
     pub max_batch_delay_ms: u64,
+    /// Shortest time between the starts of two outbox syncs, microseconds: appends arriving
+    /// meanwhile share the next `fdatasync` (no wait while appends are sparse).
+    pub min_sync_interval_us: u64,
     /// Max-Age of the 5.03 answer when the outbox is full, seconds.
     pub retry_after_s: u64,
 }
@@ -286,6 +290,7 @@ impl Default for OutboxSection {
             segment_bytes: 64 << 20,
             max_batch: 4096,
             max_batch_delay_ms: 0,
+            min_sync_interval_us: 1000,
             retry_after_s: 10,
         }
     }
@@ -442,6 +447,12 @@ impl EdgeConfig {
         }
         if self.outbox.max_bytes < 1 << 20 {
             return invalid("outbox.max_bytes", "must be at least 1 MiB");
+        }
+        if self.outbox.min_sync_interval_us > 100_000 {
+            return invalid(
+                "outbox.min_sync_interval_us",
+                "must be at most 100000 (0.1 s): every acknowledgement waits for a sync",
+            );
         }
         Ok(())
     }

@@ -108,7 +108,10 @@ fn main() -> anyhow::Result<()> {
                 c.edge_id = v;
             }
             c.check()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            // One thread carries the data path (socket, gateway, ingress, outbox hand-off, MQTT
+            // session): its tasks wake each other without crossing threads. File writes and
+            // syncs run on tokio's blocking pool, SQLite on the registry thread.
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(v6iot_edge_router::server::run(c, None, shutdown_signal()))

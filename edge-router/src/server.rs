@@ -83,6 +83,7 @@ pub async fn run(
     outbox_config.segment_bytes = config.outbox.segment_bytes.min(config.outbox.max_bytes / 2);
     outbox_config.max_batch = config.outbox.max_batch;
     outbox_config.max_batch_delay = Duration::from_millis(config.outbox.max_batch_delay_ms);
+    outbox_config.min_sync_interval = Duration::from_micros(config.outbox.min_sync_interval_us);
     outbox_config.retry_after = Duration::from_secs(config.outbox.retry_after_s.max(1));
     let (outbox, to_publish, acker) = outbox::open(outbox_config)
         .await

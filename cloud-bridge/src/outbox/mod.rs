@@ -121,6 +121,12 @@ pub struct OutboxConfig {
     /// How long the writer waits for more appends before writing a group that is not full
     /// (default zero: a group is what arrived while the previous sync ran).
     pub max_batch_delay: Duration,
+    /// The shortest time from the start of one sync to the start of the next (default zero).
+    /// Under a steady stream of appends a fast disk would otherwise sync as often as it can,
+    /// a few records each time, and every `fdatasync` costs CPU (the journal commit); with an
+    /// interval the appends that arrive meanwhile share one. While appends are sparse (the
+    /// last sync started longer ago than this) it adds no wait.
+    pub min_sync_interval: Duration,
     /// Capacity of the publish channel, in messages (default 256).
     pub publish_window: usize,
     /// How often at most the acknowledgement watermark is synced to disk (default 1 s); it is
@@ -139,6 +145,7 @@ impl OutboxConfig {
             segment_bytes: 16 << 20,
             max_batch: 4096,
             max_batch_delay: Duration::ZERO,
+            min_sync_interval: Duration::ZERO,
             publish_window: 256,
             ack_persist_interval: Duration::from_secs(1),
             retry_after: Duration::from_secs(10),
@@ -326,6 +333,7 @@ pub async fn open(
     let writer = WriterConfig {
         max_batch: config.max_batch,
         max_batch_delay: config.max_batch_delay,
+        min_sync_interval: config.min_sync_interval,
     };
     tokio::spawn(task::run_writer(shared.clone(), req_rx, disk, writer));
     tokio::spawn(task::run_reader(

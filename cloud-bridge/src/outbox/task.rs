@@ -96,6 +96,7 @@ pub(crate) enum Request {
 pub(crate) struct WriterConfig {
     pub(crate) max_batch: usize,
     pub(crate) max_batch_delay: Duration,
+    pub(crate) min_sync_interval: Duration,
 }
 
 fn now() -> std::time::Instant {
@@ -112,6 +113,8 @@ pub(crate) async fn run_writer(
 ) {
     let mut disk = Some(disk);
     let mut closing = None;
+    // when the last group's write and sync began
+    let mut last_sync: Option<Instant> = None;
     loop {
         disk = maintain(&shared, disk, false).await;
         let deadline = shared.core().poll_timeout().map(Instant::from_std);
@@ -132,6 +135,12 @@ pub(crate) async fn run_writer(
                 count += a.msgs.len();
                 batch.push(a);
             }
+        }
+        // pacing: what else arrives before the interval is over joins this group
+        if let Some(at) = last_sync.map(|t| t + config.min_sync_interval)
+            && at > Instant::now()
+        {
+            tokio::time::sleep_until(at).await;
         }
         let gather_until = Instant::now() + config.max_batch_delay;
         while count < config.max_batch {
@@ -157,6 +166,7 @@ pub(crate) async fn run_writer(
                 }
             }
         }
+        last_sync = Some(Instant::now());
         disk = write_batch(&shared, disk, batch).await;
         if closing.is_some() {
             break;

@@ -2,7 +2,7 @@
 //! ways. The edge sends a device's requests (commands, observations) to its bound address, and
 //! finds the context for a request to an address by the device bound there.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 
 /// What [`Bindings::bind`] did.

@@ -15,7 +15,9 @@
 //! Everything expires after EXCHANGE_LIFETIME (observations after [`OBSERVATION_LIFETIME`]) and
 //! is bounded per peer, so memory stays bounded whatever the network sends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,9 @@
 //! [`FailureLog::MAX_SOURCES`] windows are open; failures from further sources are counted
 //! together, never answered, and reported in one row per window.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

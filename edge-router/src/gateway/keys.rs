@@ -6,7 +6,7 @@
 //! device's secret and salt are unchanged (same fingerprint), so its replay window and sender
 //! sequence number carry on; a rotated secret gives a fresh context.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, OscoreError, SecurityContext};
 

@@ -26,7 +26,7 @@
 //! Nothing here reads a clock: every call takes `now`. The caller (the server loop) decides what
 //! to do with a [`Verdict`]: drop silently (a response would amplify a flood) and count it.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 

@@ -39,7 +39,9 @@
 //! the devices' SDK does not implement Echo, and it would cost every device a round trip after
 //! each restart of the edge.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashSet;
 use std::net::SocketAddr;
 
 use super::keys::{Keyring, StoredState};

@@ -7,7 +7,9 @@
 //! The queue is made durable by the driver: it writes each [`JournalEntry`] and feeds them back
 //! through [`Downlink::restore`] after a restart.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

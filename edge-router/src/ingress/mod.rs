@@ -18,7 +18,9 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! observable and served as SenML, the edge router observes them, and every notification
 //! becomes a record — acknowledged (for a Confirmable notification) only once stored.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 
 use coap_lite::link_format::LinkFormatParser;

@@ -2,7 +2,9 @@
 //! address, until when. Lookups by endpoint name, by location and by source address are O(1);
 //! expiry is ordered by deadline.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -84,13 +84,30 @@ pub(super) fn normalise(
     let rest = json.get(2..).unwrap_or_default();
     let mut out = Vec::with_capacity(json.len() + 32);
     out.extend_from_slice(b"[{\"rid\":\"");
-    out.extend_from_slice(id.to_string().as_bytes());
+    push_decimal(&mut out, id);
     out.extend_from_slice(b"\"");
     if rest.first() != Some(&b'}') {
         out.push(b',');
     }
     out.extend_from_slice(rest);
     Ok(out)
+}
+
+/// Appends `n` in decimal (once per record: no formatting machinery).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(i..).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -108,6 +125,15 @@ mod tests {
         assert_eq!(v[1]["n"], "urn:dev:x:rh");
         assert_eq!(v[1]["t"], 1_700_000_001.0);
         assert!(v[1].get("rid").is_none());
+    }
+
+    #[test]
+    fn record_ids_are_written_in_decimal() {
+        for n in [0, 7, 10, 42, 1_000_001, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

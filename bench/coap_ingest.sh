@@ -4,7 +4,7 @@
 # one run, same machine, same load generator (v6iot-flood).
 #
 #   bench/coap_ingest.sh [--settings "2x16 4x32 8x64"] [--secs 5] [--warmup 1] [--rounds 2]
-#                        [--no-coapload] [--out DIR] [--edge BIN]
+#                        [--no-coapload] [--out DIR] [--edge BIN] [--targets "edge …"]
 #
 # Every target gets the same requests: confirmable POST /t with a SenML-CBOR body
 # (Content-Format 112). The edge stores each record in its outbox (fdatasync) and publishes it
@@ -14,12 +14,17 @@
 # socket is one provisioned device (registry imported from `v6iot-sim provision`) that
 # registers first; the requests are protected before the run (`v6iot-flood --credentials`), so
 # the generator's cost is the same for both edges; the limits are raised out of the way.
+# `edge-intake` is the lab-mode edge with its broker offline (its MQTT URL names a closed port):
+# every record is still written and synced before its 2.04, and waits in the outbox. It
+# measures the intake alone, without mosquitto taking its share of the same 2 cores (mosquitto
+# spends about 7 µs of CPU per QoS 1 message, more than libcoap spends per request).
 # SETTINGS are K×W (sockets × outstanding requests per socket); each round runs every target at
 # every setting, targets interleaved so that noise from the machine falls on all of them.
 # Afterwards the shared yardstick `coapload` runs against udpecho and libcoap for comparison
 # with shared/tools/README.md (it cannot drive the edge: its body is not SenML).
 #
-# --edge BIN runs both edges from BIN (another build of v6iot-edge, e.g. a baseline) instead of
+# --targets picks among edge edge-intake edge-oscore libcoap udpecho (default: all).
+# --edge BIN runs the edges from BIN (another build of v6iot-edge, e.g. a baseline) instead of
 # the one built here.
 # Output: a table per run and a summary (best run of each target, ratios) on stdout; the raw
 # lines in OUT/coap_ingest.tsv (OUT defaults to target/bench). Loopback only; takes about
@@ -36,6 +41,7 @@ ROUNDS=2
 COAPLOAD=1
 OUT="$PWD/target/bench"
 EDGE_BIN=""
+TARGETS="edge edge-intake edge-oscore libcoap udpecho"
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --settings) SETTINGS="$2" && shift 2 ;;
@@ -45,8 +51,9 @@ while [[ $# -gt 0 ]]; do
     --no-coapload) COAPLOAD=0 && shift ;;
     --out) OUT="$2" && shift 2 ;;
     --edge) EDGE_BIN="$2" && shift 2 ;;
+    --targets) TARGETS="$2" && shift 2 ;;
     -h | --help)
-        sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;
@@ -107,6 +114,17 @@ TOML
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 
+# the same edge with its broker offline: nothing listens on CLOSED_PORT
+CLOSED_PORT="$(free_port tcp)"
+INTAKE_PORT="$(free_port udp)"
+sed -e "s|^data_dir = .*|data_dir = \"$BENCH_WORK/edge-intake-data\"|" \
+    -e "s|^listen = .*|listen = \"[::1]:$INTAKE_PORT\"|" \
+    -e "s|^url = .*|url = \"mqtt://[::1]:$CLOSED_PORT\"|" \
+    -e "s|^edge_id = .*|edge_id = \"bench-edge-intake\"|" \
+    "$BENCH_WORK/edge.toml" >"$BENCH_WORK/edge-intake.toml"
+RUST_LOG=error start_bg edge-intake "$EDGE" run --config "$BENCH_WORK/edge-intake.toml"
+wait_port udp "$INTAKE_PORT"
+
 # the authenticated edge: 8 provisioned devices (one per flood socket) on ::1
 MAX_K=8
 for kw in $SETTINGS; do ((${kw%x*} > MAX_K)) && MAX_K="${kw%x*}"; done
@@ -152,6 +170,7 @@ port_of() {
     case "$1" in
     edge) echo "$EDGE_PORT" ;;
     edge-oscore) echo "$OSCORE_PORT" ;;
+    edge-intake) echo "$INTAKE_PORT" ;;
     libcoap) echo "$LIBCOAP_PORT" ;;
     udpecho) echo "$ECHO_PORT" ;;
     esac
@@ -224,7 +243,7 @@ for round in $(seq "$ROUNDS"); do
     for kw in $SETTINGS; do
         k="${kw%x*}"
         w="${kw#*x}"
-        for target in edge edge-oscore libcoap udpecho; do
+        for target in $TARGETS; do
             run_one "$round" flood "$target" "$k" "$w"
         done
     done
@@ -238,7 +257,7 @@ if [[ "$COAPLOAD" == 1 ]]; then
 fi
 
 # the edge must have stored and published what it acknowledged: check its log for trouble
-for e in edge edge-oscore; do
+for e in edge edge-intake edge-oscore; do
     if grep -E 'WARN|ERROR' "$BENCH_WORK/$e.log" | grep -v -e 'LAB MODE' -e 'no registry seal key' | head -5 | grep -q .; then
         warn "$e logged warnings:"
         grep -E 'WARN|ERROR' "$BENCH_WORK/$e.log" | grep -v -e 'LAB MODE' -e 'no registry seal key' | head -5 >&2
@@ -258,12 +277,12 @@ awk -F'\t' 'NR > 1 && $2 == "flood" {
     }
     END {
         printf "| target | K×W | req/s | p50 ms | p99 ms | server cores | server run-queue wait (s/s) | server CPU µs/req | rcvbuf drops |\n|---|---|---|---|---|---|---|---|---|\n"
-        n = split("edge edge-oscore libcoap udpecho", order, " ")
+        n = split("edge edge-intake edge-oscore libcoap udpecho", order, " ")
         for (i = 1; i <= n; i++) {
             t = order[i]
             if (t in line) { split(line[t], f, "\t"); printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] }
         }
-        if (best["libcoap"] > 0) printf "\nedge / libcoap (best vs best) = %.2f (target >= 1.5); edge-oscore / libcoap = %.2f\n", best["edge"] / best["libcoap"], best["edge-oscore"] / best["libcoap"]
+        if (best["libcoap"] > 0) printf "\nedge / libcoap (best vs best) = %.2f (target >= 1.5); edge-oscore / libcoap = %.2f; edge-intake (broker offline) / libcoap = %.2f\n", best["edge"] / best["libcoap"], best["edge-oscore"] / best["libcoap"], best["edge-intake"] / best["libcoap"]
         if (best["edge"] > 0) printf "authenticated / unauthenticated edge (best vs best) = %.2f\n", best["edge-oscore"] / best["edge"]
         if (best["udpecho"] > 0) printf "edge / udpecho = %.2f, libcoap / udpecho = %.2f\n", best["edge"] / best["udpecho"], best["libcoap"] / best["udpecho"]
         printf "edge / libcoap at the same round and setting:"

@@ -241,7 +241,7 @@ pub async fn run(
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
 
     let mut receiver = udp::Receiver::new();
-    let mut sender = udp::Sender::new(&socket);
+    let sender = udp::SendThread::start(&socket).context("cannot start the send thread")?;
     let mut out = Vec::new();
     let mut appends = Appends::default();
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
@@ -261,9 +261,7 @@ pub async fn run(
         while let Some(datagram) = gateway.poll_transmit() {
             out.push(datagram);
         }
-        if !out.is_empty() {
-            sender.send_all(&socket, &mut out).await;
-        }
+        sender.send(&mut out);
         drain_side_effects(&mut gateway, &worker);
         if let Ok(mut s) = stats.lock() {
             *s = *gateway.ingress().stats();
@@ -347,6 +345,7 @@ pub async fn run(
     }
     tracing::info!("edge router stopping");
     drain_side_effects(&mut gateway, &worker);
+    sender.stop();
     worker.stop();
     let _ = stop_tx.send(true);
     outbox.close().await;

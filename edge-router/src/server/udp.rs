@@ -1,11 +1,22 @@
 //! Batched datagram I/O for the CoAP socket: `recvmmsg` takes up to [`RECV_SLOTS`] datagrams
-//! per system call, `sendmmsg` sends a flush's datagrams (the answers to one fsync group) in one
-//! call, both over tokio's readiness. Bytes and addresses only: nothing here reads a datagram.
+//! per system call over tokio's readiness; a [`SendThread`] of its own sends what the loop hands
+//! it with `sendmmsg` (the answers to one fsync group in one call). Bytes and addresses only:
+//! nothing here reads a datagram.
+//!
+//! Why a thread for sending: on a host's loopback, and to a lesser degree on any link, sending
+//! a datagram costs the kernel more than receiving one (routing, the socket buffer, on
+//! loopback the receiver's whole input path and its wake-up). Measured on the edge under load,
+//! `sendmmsg` was half of the loop thread's time; on its own thread it runs beside the loop on
+//! another core. The loop hands over whole batches (one channel message and at most one
+//! wake-up per flush), and one thread keeps the order of the datagrams.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
@@ -81,71 +92,121 @@ impl Receiver {
     }
 }
 
-/// How datagrams go out (headers are made per call, as for [`Receiver`]).
-pub(super) struct Sender {
-    /// The socket is IPv6 (dual-stack): IPv4 destinations go as IPv4-mapped addresses.
-    v6: bool,
+/// Datagrams on their way out: (destination, bytes), in order.
+pub(super) type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
+
+/// Batches the send thread may lag behind before [`SendThread::send`] waits for it.
+const SEND_QUEUE: usize = 1024;
+/// How long the send thread waits for room in the socket's buffer before it drops a datagram
+/// (the kernel drains a UDP send buffer in microseconds: only a stuck interface takes this).
+const WRITABLE_WAIT_MS: u16 = 1000;
+
+/// The thread that sends the CoAP socket's datagrams (see the module docs).
+pub(super) struct SendThread {
+    queue: Option<mpsc::SyncSender<Datagrams>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-impl Sender {
-    /// Headers for `socket`'s address family.
-    pub(super) fn new(socket: &UdpSocket) -> Sender {
-        Sender {
-            v6: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
-        }
-    }
-
-    /// Sends every datagram of `out` (emptied), [`SEND_SLOTS`] per call, waiting while the
-    /// socket's buffer is full. A datagram the kernel refuses is logged and skipped.
-    pub(super) async fn send_all(
-        &mut self,
-        socket: &UdpSocket,
-        out: &mut Vec<(SocketAddr, Vec<u8>)>,
-    ) {
-        let mut done = 0;
-        while let Some(rest) = out.get(done..).filter(|r| !r.is_empty()) {
-            let chunk = rest.get(..SEND_SLOTS.min(rest.len())).unwrap_or_default();
-            match self.try_send(socket, chunk) {
-                Ok(n) => done += n.max(1),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = socket.writable().await {
-                        tracing::debug!(error = %e, "socket not writable: datagrams dropped");
-                        break;
+impl SendThread {
+    /// Starts the thread on a second descriptor of `socket` (the same socket).
+    pub(super) fn start(socket: &UdpSocket) -> io::Result<SendThread> {
+        let v6 = socket.local_addr()?.is_ipv6();
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        let (queue, batches) = mpsc::sync_channel::<Datagrams>(SEND_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("v6iot-edge-send".into())
+            .spawn(move || {
+                while let Ok(mut batch) = batches.recv() {
+                    // whatever queued up meanwhile goes in the same calls
+                    while let Ok(more) = batches.try_recv() {
+                        batch.extend(more);
                     }
+                    send_all(&fd, v6, &batch);
                 }
-                Err(e) => {
-                    // The call fails when its first datagram does: that one is skipped.
-                    let peer = chunk.first().map(|(to, _)| *to);
-                    tracing::debug!(?peer, error = %e, "send failed");
-                    done += 1;
-                }
-            }
-        }
-        out.clear();
-    }
-
-    /// One `sendmmsg` call for `chunk`: how many datagrams went.
-    fn try_send(
-        &mut self,
-        socket: &UdpSocket,
-        chunk: &[(SocketAddr, Vec<u8>)],
-    ) -> io::Result<usize> {
-        let fd = socket.as_raw_fd();
-        let v6 = self.v6;
-        socket.try_io(Interest::WRITABLE, || {
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-            let iovs: Vec<[IoSlice<'_>; 1]> =
-                chunk.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> = chunk
-                .iter()
-                .map(|(to, _)| Some(SockaddrStorage::from(for_socket(*to, v6))))
-                .collect();
-            let no_cmsgs: [ControlMessage<'_>; 0] = [];
-            let sent = sendmmsg(fd, &mut headers, &iovs, addrs, no_cmsgs, MsgFlags::empty())
-                .map_err(io::Error::from)?;
-            Ok(sent.count())
+            })?;
+        Ok(SendThread {
+            queue: Some(queue),
+            thread: Some(thread),
         })
     }
+
+    /// Hands `out`'s datagrams (emptied) to the thread. Waits only when the thread is
+    /// [`SEND_QUEUE`] batches behind.
+    pub(super) fn send(&self, out: &mut Datagrams) {
+        if out.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(out);
+        if let Some(q) = &self.queue
+            && q.send(batch).is_err()
+        {
+            tracing::error!("the send thread is gone: datagrams dropped");
+        }
+    }
+
+    /// Sends what is queued, then ends the thread.
+    pub(super) fn stop(mut self) {
+        self.queue = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the send thread panicked");
+        }
+    }
+}
+
+/// Sends every datagram of `out`, [`SEND_SLOTS`] per call, waiting (`poll`) while the socket's
+/// buffer is full. A datagram the kernel refuses is logged and skipped.
+fn send_all(fd: &OwnedFd, v6: bool, out: &[(SocketAddr, Vec<u8>)]) {
+    let mut done = 0;
+    while let Some(rest) = out.get(done..).filter(|r| !r.is_empty()) {
+        let chunk = rest.get(..SEND_SLOTS.min(rest.len())).unwrap_or_default();
+        match send_chunk(fd, v6, chunk) {
+            Ok(n) => done += n.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(WRITABLE_WAIT_MS)) {
+                    Ok(0) => {
+                        let peer = chunk.first().map(|(to, _)| *to);
+                        tracing::warn!(?peer, "socket not writable for 1 s: datagram dropped");
+                        done += 1;
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll on the CoAP socket failed: datagrams dropped");
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                // The call fails when its first datagram does: that one is skipped.
+                let peer = chunk.first().map(|(to, _)| *to);
+                tracing::debug!(?peer, error = %e, "send failed");
+                done += 1;
+            }
+        }
+    }
+}
+
+/// One `sendmmsg` call for `chunk`: how many datagrams went.
+fn send_chunk(fd: &OwnedFd, v6: bool, chunk: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+    let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = chunk
+        .iter()
+        .map(|(to, _)| Some(SockaddrStorage::from(for_socket(*to, v6))))
+        .collect();
+    let no_cmsgs: [ControlMessage<'_>; 0] = [];
+    let sent = sendmmsg(
+        fd.as_raw_fd(),
+        &mut headers,
+        &iovs,
+        addrs,
+        no_cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    Ok(sent.count())
 }
 
 /// `to` as the socket takes it: IPv4 as IPv4-mapped IPv6 on an IPv6 socket.
@@ -187,9 +248,10 @@ mod tests {
         let mut out: Vec<(SocketAddr, Vec<u8>)> = (0..n)
             .map(|i| (to, format!("datagram {i}").into_bytes()))
             .collect();
-        let mut sender = Sender::new(&a);
-        sender.send_all(&a, &mut out).await;
+        let sender = SendThread::start(&a).unwrap();
+        sender.send(&mut out);
         assert!(out.is_empty());
+        sender.stop();
         let mut receiver = Receiver::new();
         let mut seen = Vec::new();
         while seen.len() < n {
@@ -225,7 +287,9 @@ mod tests {
             (bad, b"y".to_vec()),
             (to, b"two".to_vec()),
         ];
-        Sender::new(&a).send_all(&a, &mut out).await;
+        let sender = SendThread::start(&a).unwrap();
+        sender.send(&mut out);
+        sender.stop();
         let mut receiver = Receiver::new();
         let mut seen = Vec::new();
         while seen.len() < 2 {

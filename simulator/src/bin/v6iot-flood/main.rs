@@ -1,9 +1,9 @@
 //! `v6iot-flood`: a closed-loop CoAP load generator for benchmarks (loopback only).
 //!
-//! K UDP sockets keep W confirmable requests outstanding each. Every
-//! request carries the same valid SenML-CBOR body (`[{"bn":"urn:dev:bench:","n":"t","u":"Cel",
-//! "v":21.5}]`), so the v6iot edge router accepts it (with `coap.lab_accept_unregistered`), and
-//! the same bytes go to any other server (libcoap's `coap-server`, the `udpecho` yardstick), so
+//! K UDP sockets keep W confirmable requests outstanding each. Every request carries the same
+//! valid SenML-CBOR body (`[{"bn":"urn:dev:bench:","n":"t","u":"Cel","v":21.5}]`), so the
+//! v6iot edge router accepts it (with `coap.lab_accept_unregistered`), and the same bytes go to
+//! any other server (libcoap's `coap-server`, the `udpecho` yardstick), so
 //! all targets are measured the same way. A request completes when its piggybacked ACK arrives;
 //! 2.xx answers are counted as accepted, and their round-trip times go into a latency histogram.
 //! A request unanswered after `--timeout-ms` is counted as a timeout and forgotten (there is no
@@ -12,7 +12,7 @@
 //! sends a burst larger than a server's receive buffer.
 //!
 //! The generator is meant to cost the server under test as little CPU as possible: the sockets
-//! are spread over `--threads` threads (default 2), each with one `epoll` set over its
+//! are spread over `--threads` threads (default min(K, 2)), each with one `epoll` set over its
 //! non-blocking sockets; a wake-up reads the clock once, takes each ready socket's answers with
 //! one `recvmmsg` (up to 64) and sends their refill with one `sendmmsg`. The bookkeeping of a
 //! socket's requests is the sans-IO [`window`] module; [`driver`] moves the bytes.

@@ -24,8 +24,8 @@ pub(crate) const SEND_SLOTS: usize = 128;
 /// Message IDs a socket cycles through.
 const MESSAGE_IDS: usize = 1 << 16;
 
-/// A point of the run: microseconds since its start. A run is at most an hour (3.6·10⁹ µs), which
-/// fits in 32 bits.
+/// A point of the run: microseconds since its start. A run is at most an hour (3.6·10⁹ µs),
+/// which fits in 32 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Tick(u32);
 

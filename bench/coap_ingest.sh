@@ -4,7 +4,8 @@
 # one run, same machine, same load generator (v6iot-flood).
 #
 #   bench/coap_ingest.sh [--settings "2x16 4x32 8x64"] [--secs 5] [--warmup 1] [--rounds 2]
-#                        [--no-coapload] [--out DIR] [--edge BIN] [--targets "edge …"]
+#                        [--no-coapload] [--out DIR] [--edge BIN] [--flood BIN]
+#                        [--targets "edge …"]
 #
 # Every target gets the same requests: confirmable POST /t with a SenML-CBOR body
 # (Content-Format 112). The edge stores each record in its outbox (fdatasync) and publishes it
@@ -25,7 +26,8 @@
 #
 # --targets picks among edge edge-intake edge-oscore libcoap udpecho (default: all).
 # --edge BIN runs the edges from BIN (another build of v6iot-edge, e.g. a baseline) instead of
-# the one built here.
+# the one built here. --flood BIN runs BIN as the load generator (another build of v6iot-flood,
+# e.g. a baseline, to compare what the generator itself costs: the `gen` column).
 # Output: a table per run and a summary (best run of each target, ratios) on stdout; the raw
 # lines in OUT/coap_ingest.tsv (OUT defaults to target/bench). Loopback only; takes about
 # rounds × settings × 3 × (secs + warmup + 1) seconds plus the build.
@@ -42,6 +44,7 @@ COAPLOAD=1
 OUT="$PWD/target/bench"
 EDGE_BIN=""
 TARGETS="edge edge-intake edge-oscore libcoap udpecho"
+FLOOD_BIN=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --settings) SETTINGS="$2" && shift 2 ;;
@@ -52,8 +55,9 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2" && shift 2 ;;
     --edge) EDGE_BIN="$2" && shift 2 ;;
     --targets) TARGETS="$2" && shift 2 ;;
+    --flood) FLOOD_BIN="$2" && shift 2 ;;
     -h | --help)
-        sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;
@@ -79,7 +83,8 @@ cargo build --release -q --manifest-path "$TOOLS/coapload/Cargo.toml" --target-d
 cargo build --release -q --manifest-path "$TOOLS/udpecho/Cargo.toml" --target-dir "$YARD"
 EDGE="${EDGE_BIN:-$PWD/target/release/v6iot-edge}"
 [[ -x "$EDGE" ]] || die "--edge: $EDGE is not an executable"
-FLOOD="$PWD/target/release/v6iot-flood"
+FLOOD="${FLOOD_BIN:-$PWD/target/release/v6iot-flood}"
+[[ -x "$FLOOD" ]] || die "--flood: $FLOOD is not an executable"
 SIM="$PWD/target/release/v6iot-sim"
 COAPLOAD_BIN="$YARD/release/coapload"
 UDPECHO="$YARD/release/udpecho"

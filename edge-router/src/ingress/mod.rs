@@ -200,6 +200,17 @@ struct Waiting {
 
 /// Message IDs remembered per peer; a device with NSTART = 1 has far fewer in flight.
 const RECENT_PER_PEER: usize = 8;
+/// Lab mode: names of unregistered senders kept at most (then the table starts over).
+const LAB_NAMES: usize = 4096;
+
+/// Lab mode: the name an unregistered sender's telemetry is filed under, `anon-{peer}`,
+/// formatted once per peer (an IPv6 address is slow to format).
+fn lab_name(names: &mut HashMap<SocketAddr, String>, peer: SocketAddr) -> &str {
+    if names.len() >= LAB_NAMES && !names.contains_key(&peer) {
+        names.clear();
+    }
+    names.entry(peer).or_insert_with(|| format!("anon-{peer}"))
+}
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The ingress state machine. See the module docs.
@@ -207,6 +218,8 @@ pub struct Ingress {
     config: IngressConfig,
     directory: Directory,
     recent: HashMap<SocketAddr, VecDeque<Recent>>,
+    /// Lab mode: `anon-{peer}` names (bounded by [`LAB_NAMES`]).
+    lab_names: HashMap<SocketAddr, String>,
     waiting: HashMap<AppendTicket, Waiting>,
     appends: VecDeque<Append>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -231,6 +244,7 @@ impl Ingress {
             config,
             directory: Directory::new(),
             recent: HashMap::new(),
+            lab_names: HashMap::new(),
             waiting: HashMap::new(),
             appends: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -1081,9 +1095,12 @@ impl Ingress {
             Some(device) => self.directory.touch(now, device),
             None => self.directory.touch_by_address(now, peer),
         };
-        let endpoint = match found {
-            Some(reg) => reg.endpoint.clone(),
-            None if self.config.lab_accept_unregistered => format!("anon-{peer}"),
+        let topic = match found {
+            Some(reg) => self.config.topics.telemetry(&reg.endpoint),
+            None if self.config.lab_accept_unregistered => {
+                let name = lab_name(&mut self.lab_names, peer);
+                self.config.topics.telemetry(name)
+            }
             None => {
                 return Outcome::error(
                     ResponseType::Forbidden,
@@ -1096,14 +1113,19 @@ impl Ingress {
             Ok(p) => p,
             Err(telemetry::Refusal { code, reason }) => return Outcome::error(code, reason),
         };
-        Outcome::Waiting(self.store_telemetry(&endpoint, payload))
+        Outcome::Waiting(self.queue_telemetry(topic, payload))
+    }
+
+    /// Queues a telemetry record for `device`'s topic; the ticket comes back with the result.
+    fn store_telemetry(&mut self, device: &str, payload: Vec<u8>) -> AppendTicket {
+        let topic = self.config.topics.telemetry(device);
+        self.queue_telemetry(topic, payload)
     }
 
     /// Queues a telemetry record for the outbox; the ticket comes back with the result.
-    fn store_telemetry(&mut self, device: &str, payload: Vec<u8>) -> AppendTicket {
+    fn queue_telemetry(&mut self, topic: String, payload: Vec<u8>) -> AppendTicket {
         let ticket = AppendTicket(self.next_ticket);
         self.next_ticket += 1;
-        let topic = self.config.topics.telemetry(device);
         let message = NewMessage {
             topic,
             payload,

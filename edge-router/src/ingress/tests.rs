@@ -235,3 +235,29 @@ proptest! {
         }
     }
 }
+
+/// Lab mode files an unregistered sender's telemetry under `anon-{peer}`, one name per peer.
+#[test]
+fn lab_mode_files_unregistered_senders_by_address() {
+    let mut config = IngressConfig::new(Topics::new("v6iot", "s").unwrap());
+    config.lab_accept_unregistered = true;
+    let mut i = Ingress::new(config, 1_700_000_000_000);
+    let other: SocketAddr = "192.0.2.9:5683".parse().unwrap();
+    let body = br#"[{"n":"t","v":1}]"#;
+    for (n, from) in [peer(), other, peer()].into_iter().enumerate() {
+        let mut bytes = request(RequestType::Post, "t", &[], Some(110), body);
+        bytes[3] = n as u8; // a new message id each time
+        i.handle_datagram(Instant::now(), 1_700_000_000_000, from, &bytes);
+    }
+    let topics: Vec<String> = std::iter::from_fn(|| i.poll_append())
+        .map(|a| a.message.topic)
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "v6iot/s/anon-[2001:db8::7]:4000/telemetry",
+            "v6iot/s/anon-192.0.2.9:5683/telemetry",
+            "v6iot/s/anon-[2001:db8::7]:4000/telemetry",
+        ]
+    );
+}

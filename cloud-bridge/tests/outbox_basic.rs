@@ -132,6 +132,42 @@ async fn a_thousand_concurrent_appends_share_few_fsyncs() {
     }
 }
 
+/// With `min_sync_interval`, syncs start at least that far apart: appends one after another
+/// wait for the interval, and what arrives meanwhile shares the next sync.
+#[tokio::test]
+async fn syncs_are_paced_by_the_minimum_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    let interval = Duration::from_millis(200);
+    c.min_sync_interval = interval;
+    c.publish_window = 1000;
+    let (outbox, _rx, _acks) = outbox::open(c).await.unwrap();
+    let start = tokio::time::Instant::now();
+    for n in 0..3 {
+        outbox.append_one(msg(n)).await.unwrap();
+    }
+    // the first sync starts at once, the next two each an interval after the one before
+    assert!(
+        start.elapsed() >= 2 * interval,
+        "three appends in a row took only {:?}",
+        start.elapsed()
+    );
+    assert_eq!(outbox.stats().batches, 3);
+    // fifty appends at once, right after a sync: one group, one more sync
+    let tasks: Vec<_> = (0..50)
+        .map(|n| {
+            let o = outbox.clone();
+            tokio::spawn(async move { o.append_one(msg(n)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let s = outbox.stats();
+    assert_eq!((s.appended, s.batches), (53, 4), "{s:?}");
+    outbox.close().await;
+}
+
 #[tokio::test]
 async fn full_is_refused_then_accepted_once_acks_free_space() {
     let dir = tempfile::tempdir().unwrap();

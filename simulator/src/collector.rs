@@ -79,6 +79,12 @@ impl Deliveries {
     }
 }
 
+impl crate::subscriber::Sink for Deliveries {
+    fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.record(topic, payload, unix_now());
+    }
+}
+
 /// The fields of one resolved SenML-JSON record the collector reads; the others (`rid`, `u`,
 /// `vs`, …) are skipped without being built.
 #[derive(serde::Deserialize)]

@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
@@ -28,15 +28,19 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Ready sockets taken from one `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
 
-/// Datagrams read from one ready socket before the shard turns to the others (level-triggered
-/// `epoll` reports the socket again if more are queued).
-const READS_PER_READY: usize = 4;
+/// The shortest time between two `epoll_wait`s while datagrams keep coming: a busy shard
+/// sleeps out the rest of this after a pass, so that one wake-up takes a batch of datagrams
+/// (about rate × `PACE` of them) instead of a few. Deadlines are met up to this late.
+pub const PACE: Duration = Duration::from_millis(1);
 
 /// One device of a shard: the sans-IO core, its socket and its mark store.
 pub struct Member<S: App> {
     /// The device.
     pub device: Device<S>,
     socket: UdpSocket,
+    /// The peer the socket is connected to: datagrams to it go out with `send`, which skips
+    /// the address and route lookup of `send_to`.
+    connected: Option<SocketAddr>,
     store: Box<dyn MarkStore + Send>,
     /// The earliest entry the timer heap holds for this member; entries that differ are stale.
     /// A later deadline is not pushed while an earlier entry is queued: when that entry comes
@@ -59,16 +63,19 @@ impl<S: App> std::fmt::Debug for Member<S> {
 }
 
 impl<S: App> Member<S> {
-    /// `device` on `socket` (made non-blocking here), writing its marks to `store`.
+    /// `device` on `socket` (made non-blocking here; connected or not), writing its marks to
+    /// `store`.
     pub fn new(
         device: Device<S>,
         socket: UdpSocket,
         store: Box<dyn MarkStore + Send>,
     ) -> io::Result<Member<S>> {
         socket.set_nonblocking(true)?;
+        let connected = socket.peer_addr().ok();
         Ok(Member {
             device,
             socket,
+            connected,
             store,
             queued: None,
             retry_store_at: None,
@@ -82,6 +89,8 @@ impl<S: App> Member<S> {
 pub struct ShardStats {
     /// `epoll_wait` calls that returned.
     pub waits: u64,
+    /// Pauses of [`PACE`] taken while busy.
+    pub pauses: u64,
     /// Datagrams received.
     pub received: u64,
     /// Datagrams sent.
@@ -114,6 +123,8 @@ pub fn run<S: App>(
     for (i, m) in members.iter_mut().enumerate() {
         flush(m, i, now, &mut timers, &mut stats);
     }
+    // When the last wait returned datagrams, the shard was busy then.
+    let mut busy_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if now >= stop {
@@ -145,7 +156,15 @@ pub fn run<S: App>(
             }
         }
         let next = timers.peek().map_or(stop, |r| r.0.0.min(stop));
-        let wait = next.saturating_duration_since(Instant::now());
+        // Busy: let datagrams gather for the rest of the pace before looking at the sockets.
+        if let Some(rest) =
+            busy_since.and_then(|b| (b + PACE).checked_duration_since(Instant::now()))
+        {
+            std::thread::sleep(rest.min(stop.saturating_duration_since(Instant::now())));
+            stats.pauses += 1;
+        }
+        let woke_at = Instant::now();
+        let wait = next.saturating_duration_since(woke_at);
         // Whole milliseconds, rounded up so a deadline is never polled for early in a loop.
         let ms = wait.as_micros().div_ceil(1000).min(1000) as u16;
         let n = match epoll.wait(&mut events, EpollTimeout::from(ms)) {
@@ -155,6 +174,7 @@ pub fn run<S: App>(
         };
         stats.waits += 1;
         let now = Instant::now();
+        busy_since = (n > 0).then_some(now);
         for ev in events.get(..n).unwrap_or_default() {
             let i = ev.data() as usize;
             let Some(m) = members.get_mut(i) else {
@@ -163,25 +183,25 @@ pub fn run<S: App>(
             if m.dead {
                 continue;
             }
-            for _ in 0..READS_PER_READY {
-                match m.socket.recv_from(&mut buf) {
-                    Ok((len, peer)) => {
-                        stats.received += 1;
-                        if let Some(bytes) = buf.get(..len) {
-                            m.device.handle_datagram(now, peer, bytes);
-                        }
+            // One datagram per ready socket and wait: a device has one request in flight, so
+            // there is rarely a second, and level-triggered `epoll` reports the socket again
+            // if there is (reading on until `EWOULDBLOCK` would cost a failing call per socket).
+            match m.socket.recv_from(&mut buf) {
+                Ok((len, peer)) => {
+                    stats.received += 1;
+                    if let Some(bytes) = buf.get(..len) {
+                        m.device.handle_datagram(now, peer, bytes);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if is_transient(&e) => {
-                        tracing::debug!(error = %e, "transient receive error");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "device socket failed; the device stops");
-                        m.dead = true;
-                        stats.dead += 1;
-                        let _ = epoll.delete(m.socket.as_fd());
-                        break;
-                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if is_transient(&e) => {
+                    tracing::debug!(error = %e, "transient receive error");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "device socket failed; the device stops");
+                    m.dead = true;
+                    stats.dead += 1;
+                    let _ = epoll.delete(m.socket.as_fd());
                 }
             }
             if !m.dead {
@@ -220,7 +240,12 @@ fn flush<S: App>(
         }
     }
     while let Some(t) = m.device.poll_transmit() {
-        match m.socket.send_to(&t.contents, t.destination) {
+        let sent = if m.connected == Some(t.destination) {
+            m.socket.send(&t.contents)
+        } else {
+            m.socket.send_to(&t.contents, t.destination)
+        };
+        match sent {
             Ok(_) => stats.sent += 1,
             Err(e) => {
                 stats.send_failures += 1;

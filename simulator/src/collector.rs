@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 pub struct Deliveries {
     /// Per device, the `seq`s seen (looked up by `&str`, so a delivery allocates only for a
     /// device's first one).
-    seen: HashMap<String, HashSet<u64>>,
+    seen: HashMap<String, Seqs>,
     delivered: u64,
     /// Deliveries of a (device, seq) already seen.
     pub duplicates: u64,
@@ -42,7 +42,7 @@ impl Deliveries {
 
     /// Whether `device`'s report `seq` arrived.
     pub fn contains(&self, device: &str, seq: u64) -> bool {
-        self.seen.get(device).is_some_and(|s| s.contains(&seq))
+        self.seen.get(device).is_some_and(|s| s.contains(seq))
     }
 
     /// Takes one message from `{…}/{device}/telemetry`, arriving at `unix_now` seconds.
@@ -55,7 +55,9 @@ impl Deliveries {
         let fresh = match self.seen.get_mut(device) {
             Some(seqs) => seqs.insert(seq),
             None => {
-                self.seen.insert(device.to_owned(), HashSet::from([seq]));
+                let mut seqs = Seqs::default();
+                seqs.insert(seq);
+                self.seen.insert(device.to_owned(), seqs);
                 true
             }
         };
@@ -76,6 +78,47 @@ impl Deliveries {
     /// Largest latency, milliseconds.
     pub fn latency_max_ms(&self) -> f64 {
         self.latency_us.max() as f64 / 1000.0
+    }
+}
+
+impl crate::subscriber::Sink for Deliveries {
+    fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.record(topic, payload, unix_now());
+    }
+}
+
+/// The `seq`s of one device seen so far: a device numbers its reports 1, 2, 3, … and they
+/// mostly arrive in order, so the run from 1 is kept as one number and only the others in a
+/// set (no hashing per delivery while deliveries come in order).
+#[derive(Debug, Default)]
+struct Seqs {
+    /// Every seq in `1..=upto` was seen.
+    upto: u64,
+    /// Seen seqs outside that run (early ones, 0).
+    others: HashSet<u64>,
+}
+
+impl Seqs {
+    /// Adds `seq`; false if it was seen already.
+    fn insert(&mut self, seq: u64) -> bool {
+        if seq >= 1 && seq <= self.upto {
+            return false;
+        }
+        if seq != self.upto.wrapping_add(1) || seq == 0 {
+            return self.others.insert(seq);
+        }
+        self.upto = seq;
+        while let Some(next) = self.upto.checked_add(1)
+            && !self.others.is_empty()
+            && self.others.remove(&next)
+        {
+            self.upto = next;
+        }
+        true
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        (1..=self.upto).contains(&seq) || self.others.contains(&seq)
     }
 }
 
@@ -130,6 +173,29 @@ mod tests {
             "{}",
             d.latency_ms(0.5)
         );
+    }
+
+    #[test]
+    fn seqs_in_any_order_are_each_counted_once() {
+        let mut s = Seqs::default();
+        assert!(!s.contains(0) && !s.contains(1));
+        for seq in [1, 2, 5, 3, 0, 7, 4, 6, 9] {
+            assert!(s.insert(seq), "{seq}");
+        }
+        assert_eq!(s.upto, 7, "the run from 1 absorbed the early ones");
+        assert_eq!(s.others, HashSet::from([0, 9]));
+        for seq in [0, 1, 4, 7, 9] {
+            assert!(!s.insert(seq), "{seq} again");
+            assert!(s.contains(seq));
+        }
+        assert!(!s.contains(8) && !s.contains(10) && !s.contains(u64::MAX));
+        assert!(s.insert(u64::MAX) && s.insert(8) && s.contains(8));
+        assert_eq!(s.upto, 9);
+        let mut top = Seqs {
+            upto: u64::MAX - 1,
+            others: HashSet::new(),
+        };
+        assert!(top.insert(u64::MAX) && !top.insert(u64::MAX) && top.contains(u64::MAX));
     }
 
     #[test]

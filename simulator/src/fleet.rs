@@ -27,7 +27,8 @@ pub struct FleetCounters {
 /// The application of one fleet device.
 #[derive(Debug)]
 pub struct FleetSensor {
-    id: String,
+    /// The SenML base name of its reports, `urn:dev:v6iot:{id}:` (made once).
+    base_name: String,
     next_report: Instant,
     interval: Duration,
     stop_at: Instant,
@@ -84,7 +85,7 @@ impl App for FleetSensor {
         self.value = ((self.value + 0.37) * 100.0).round() / 100.0;
         let t = (self.clock.unix(now) * 1000.0).round() / 1000.0;
         let pack = PackBuilder::new()
-            .base_name(format!("urn:dev:v6iot:{}:", self.id))
+            .base_name(self.base_name.clone())
             .base_time(t)
             .record(Record::measurement("temperature", "Cel", self.value))
             .record(Record {
@@ -164,7 +165,7 @@ pub fn device(
     // a moment to register first.
     let phase = interval.mul_f64((n as f64 * 0.618_033_988_75).fract());
     let app = FleetSensor {
-        id: id.clone(),
+        base_name: format!("urn:dev:v6iot:{id}:"),
         next_report: start + Duration::from_millis(200) + phase,
         interval,
         stop_at: start + plan.duration,
@@ -205,7 +206,7 @@ mod tests {
 
     fn sensor(start: Instant, stop_at: Instant) -> FleetSensor {
         FleetSensor {
-            id: "f000001".into(),
+            base_name: "urn:dev:v6iot:f000001:".into(),
             next_report: start,
             interval: Duration::from_millis(100),
             stop_at,

@@ -12,11 +12,12 @@
 //! | [`fleet_marks`] | the OSCORE sequence-number marks of a whole fleet in one state file |
 //! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
+//! | [`subscriber`] | the collector's MQTT subscriber: a sans-IO core on rumqttc's codecs and a blocking driver on its own thread |
 //! | [`shard`] | I/O: the multi-device driver, many devices on their own sockets in one thread with one `epoll` set |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
-//! The I/O is in [`load`] and [`shard`] (a fleet's sockets, the MQTT subscriber) and in the binary
+//! The I/O is in [`load`] and [`shard`] (a fleet's sockets), [`subscriber`] (the MQTT subscriber's thread) and in the binary
 //! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 pub mod broker;
@@ -30,3 +31,4 @@ pub mod load;
 pub mod provision;
 pub mod sensor;
 pub mod shard;
+pub mod subscriber;

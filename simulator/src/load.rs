@@ -4,7 +4,7 @@
 //! Each device has its own UDP socket on the edge's address family, so the edge sees one source
 //! address and port per device. The devices are spread over a few shard threads
 //! ([`crate::shard`]), each driving its share of them with one `epoll` set; the MQTT subscriber
-//! and the progress bar run on the tokio runtime.
+//! has a thread of its own ([`crate::subscriber`]); the progress bar runs on the tokio runtime.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,18 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use v6iot_sdk::coap::OscoreStats;
 use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::store::{MarkStore, NoStore};
 use v6iot_sdk::uplink::ReportStats;
 
-use crate::collector::{Deliveries, unix_now};
+use crate::collector::Deliveries;
 use crate::credentials::{self, Credentials};
 use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
 use crate::fleet_marks::{FleetMarkStore, FleetMarks};
 use crate::shard::{self, Member};
+use crate::subscriber::Subscription;
 
 /// The distance between a fleet device's persisted sequence-number marks: large, so the shared
 /// state file is written at start and then hardly ever (a restart skips at most 1.5 × this many
@@ -136,50 +136,18 @@ pub fn mqtt_host_port(url: &str) -> anyhow::Result<(String, u16)> {
     ))
 }
 
-/// Subscribes to the fleet's telemetry; returns once the subscription is acknowledged.
+/// Subscribes to the fleet's telemetry on its own thread ([`crate::subscriber`]); returns once
+/// the subscription is acknowledged.
 async fn start_collector(
     view: &BrokerView,
     deliveries: Arc<Mutex<Deliveries>>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<Subscription> {
     let (host, port) = mqtt_host_port(&view.url)?;
-    let id = format!("v6iot-sim-collector-{}", std::process::id());
-    let mut options = MqttOptions::new(id, host, port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(options, 4096);
     let filter = format!("{}/{}/+/telemetry", view.prefix, view.site);
-    client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .context("broker did not acknowledge the subscription within 10 s")?;
-        match tokio::time::timeout(left, events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => anyhow::bail!("collector cannot reach the broker at {}: {e}", view.url),
-            Err(_) => anyhow::bail!("broker did not acknowledge the subscription within 10 s"),
-        }
-    }
-    Ok(tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(mut d) = deliveries.lock() {
-                        d.record(&p.topic, &p.payload, unix_now());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "collector lost the broker; reconnecting");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }))
+    let url = view.url.clone();
+    tokio::task::spawn_blocking(move || Subscription::start(&host, port, &filter, deliveries))
+        .await?
+        .with_context(|| format!("collector at {url}"))
 }
 
 /// Runs a fleet per `plan` against the edge, counting deliveries at the broker.
@@ -286,6 +254,10 @@ pub async fn run_sharded(
     for n in 0..plan.devices {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))
             .context("bind a device socket (raise `ulimit -n` for large fleets)")?;
+        // Connected to the edge: its sends skip the route lookup, and only the edge reaches it.
+        socket
+            .connect(plan.edge)
+            .with_context(|| format!("connect a device socket to {}", plan.edge))?;
         let ctx = contexts.pop().flatten();
         let store: Box<dyn MarkStore + Send> = match &shared_marks {
             Some(shared) => Box::new(FleetMarkStore {
@@ -381,7 +353,7 @@ pub async fn run_sharded(
         }
         ticker.tick().await;
     }
-    collector.abort();
+    collector.stop();
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -31,7 +31,8 @@
 # e.g. a baseline, to compare what the generator itself costs: the `gen` column).
 # Output: a table per run and a summary (best run of each target, ratios) on stdout; the raw
 # lines in OUT/coap_ingest.tsv (OUT defaults to target/bench). Loopback only; takes about
-# rounds × settings × 3 × (secs + warmup + 1) seconds plus the build.
+# rounds × settings × 5 × (secs + warmup + 1) seconds, plus each edge run's publishing drain
+# (a few seconds) and the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -58,7 +59,7 @@ while [[ $# -gt 0 ]]; do
     --targets) TARGETS="$2" && shift 2 ;;
     --flood) FLOOD_BIN="$2" && shift 2 ;;
     -h | --help)
-        sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;

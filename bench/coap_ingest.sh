@@ -59,7 +59,7 @@ while [[ $# -gt 0 ]]; do
     --targets) TARGETS="$2" && shift 2 ;;
     --flood) FLOOD_BIN="$2" && shift 2 ;;
     -h | --help)
-        sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;

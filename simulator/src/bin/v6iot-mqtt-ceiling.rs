@@ -42,6 +42,10 @@ struct Cli {
     /// Topic to publish on.
     #[arg(long, default_value = "v6iot/bench/ceiling/telemetry")]
     topic: String,
+    /// Spread the messages over this many topics, `{topic}/{n}` in turn (the subscriber takes
+    /// `{topic}/+`), as an edge publishes on one topic per device.
+    #[arg(long, default_value_t = 1)]
+    topics: u32,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     max_secs: u64,
@@ -75,6 +79,10 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.payload_bytes >= 16, "--payload-bytes: at least 16");
     anyhow::ensure!(cli.window >= 1, "--window: at least 1");
     anyhow::ensure!(
+        cli.topics >= 1 && cli.topics <= 1_000_000,
+        "--topics: 1 to a million"
+    );
+    anyhow::ensure!(
         cli.max_secs >= 1 && cli.max_secs <= 3600,
         "--max-secs: 1 to 3600"
     );
@@ -104,7 +112,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // --- the subscriber: subscribe, wait for the SUBACK, then count ---
     let (sub, mut sub_events) = AsyncClient::new(options(&cli.mqtt_url, "v6iot-ceiling-sub")?, 64);
-    sub.subscribe(cli.topic.clone(), QoS::AtLeastOnce).await?;
+    let filter = if cli.topics > 1 {
+        format!("{}/+", cli.topic)
+    } else {
+        cli.topic.clone()
+    };
+    sub.subscribe(filter, QoS::AtLeastOnce).await?;
     loop {
         let left = give_up.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, sub_events.poll()).await {
@@ -196,7 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
     let start = Instant::now();
-    let topic = cli.topic.clone();
+    let topics: Vec<String> = if cli.topics > 1 {
+        (0..cli.topics)
+            .map(|n| format!("{}/{n}", cli.topic))
+            .collect()
+    } else {
+        vec![cli.topic.clone()]
+    };
     let payload_bytes = cli.payload_bytes;
     let producer = tokio::spawn(async move {
         for seq in 0..count {
@@ -205,8 +224,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let sent_ns = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let payload = encode(seq, sent_ns, payload_bytes);
+            let n = usize::try_from(seq % topics.len() as u64).unwrap_or(0);
+            let topic = topics.get(n).cloned().unwrap_or_default();
             if publisher
-                .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .is_err()
             {

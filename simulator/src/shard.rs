@@ -286,7 +286,7 @@ fn is_transient(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::{self, FleetCounters, FleetPlan, WallClock};
+    use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
     use std::sync::Arc;
     use v6iot_sdk::store::NoStore;
     use v6iot_sdk::uplink::Binding;
@@ -340,6 +340,35 @@ mod tests {
         })
     }
 
+    /// The plan's devices, each on its own socket bound to `bind` (connected to `edge` if given).
+    fn fleet_members(
+        plan: &FleetPlan,
+        start: Instant,
+        counters: &Arc<FleetCounters>,
+        bind: &str,
+        edge: Option<SocketAddr>,
+    ) -> Vec<Member<FleetSensor>> {
+        let tree = fleet::tree().unwrap();
+        (0..plan.devices)
+            .map(|n| {
+                let device = fleet::device(
+                    plan,
+                    n,
+                    start,
+                    tree.clone(),
+                    counters.clone(),
+                    WallClock::now(),
+                    None,
+                );
+                let socket = UdpSocket::bind(bind).unwrap();
+                if let Some(edge) = edge {
+                    socket.connect(edge).unwrap();
+                }
+                Member::new(device, socket, Box::new(NoStore)).unwrap()
+            })
+            .collect()
+    }
+
     /// Devices on sockets connected to a live edge: every report made is sent and acknowledged
     /// exactly once, and a busy shard takes its datagrams in batches (far fewer waits than
     /// datagrams, pauses taken).
@@ -357,25 +386,9 @@ mod tests {
             id_prefix: "b".into(),
             binding: Binding::U,
         };
-        let tree = fleet::tree().unwrap();
         let counters = Arc::new(FleetCounters::default());
         let start = Instant::now();
-        let members: Vec<_> = (0..plan.devices)
-            .map(|n| {
-                let device = fleet::device(
-                    &plan,
-                    n,
-                    start,
-                    tree.clone(),
-                    counters.clone(),
-                    WallClock::now(),
-                    None,
-                );
-                let socket = UdpSocket::bind("[::1]:0").unwrap();
-                socket.connect(edge).unwrap();
-                Member::new(device, socket, Box::new(NoStore)).unwrap()
-            })
-            .collect();
+        let members = fleet_members(&plan, start, &counters, "[::1]:0", Some(edge));
         assert!(members.iter().all(|m| m.connected == Some(edge)));
         // Reports stop at 800 ms; the last answers are in well before 1.3 s.
         let (members, stats) = run(members, start + Duration::from_millis(1300)).unwrap();
@@ -420,24 +433,9 @@ mod tests {
             id_prefix: "t".into(),
             binding: Binding::U,
         };
-        let tree = fleet::tree().unwrap();
         let counters = Arc::new(FleetCounters::default());
         let start = Instant::now();
-        let members = (0..plan.devices)
-            .map(|n| {
-                let device = fleet::device(
-                    &plan,
-                    n,
-                    start,
-                    tree.clone(),
-                    counters.clone(),
-                    WallClock::now(),
-                    None,
-                );
-                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-                Member::new(device, socket, Box::new(NoStore)).unwrap()
-            })
-            .collect();
+        let members = fleet_members(&plan, start, &counters, "127.0.0.1:0", None);
         let stop = start + Duration::from_millis(600);
         let (members, stats) = run(members, stop).unwrap();
         let took = start.elapsed();

@@ -295,6 +295,13 @@ pub async fn run(
                     }
                     got = receiver.try_recv(&socket).unwrap_or(0);
                 }
+                // The outbox reader, the fan-out and the MQTT session share this thread: let
+                // them have a turn after every batch taken in. Otherwise a socket that is
+                // always readable keeps the loop going until tokio's budget runs out, and
+                // under overload the edge takes in far more than it publishes.
+                if taken > 0 {
+                    tokio::task::yield_now().await;
+                }
             }
             Some((tickets, result)) = appends.in_flight.next(), if !appends.in_flight.is_empty() => {
                 let now = Instant::now();

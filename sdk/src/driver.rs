@@ -96,7 +96,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
+/// Whether a UDP socket error is one to ignore and go on: an ICMP error from an earlier
+/// datagram (refused, reset), an interrupted call, or nothing to read. Shared with the
+/// simulator's multi-device driver.
+pub fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionRefused

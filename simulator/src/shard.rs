@@ -194,7 +194,7 @@ pub fn run<S: App>(
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if is_transient(&e) => {
+                Err(e) if v6iot_sdk::driver::is_transient(&e) => {
                     tracing::debug!(error = %e, "transient receive error");
                 }
                 Err(e) => {
@@ -272,15 +272,6 @@ fn arm<S: App>(m: &mut Member<S>, i: usize, timers: &mut BinaryHeap<Reverse<(Ins
         m.queued = Some(t);
         timers.push(Reverse((t, i)));
     }
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
 
 #[cfg(test)]

@@ -7,18 +7,16 @@
 //! and the edge requires OSCORE (its default); every registration and report is protected.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use v6iot_edge_router::config::EdgeConfig;
-use v6iot_edge_router::registry_db::{Ipv6Prefix, Registry, SealKey};
+use v6iot_edge_router::registry_db::Ipv6Prefix;
 use v6iot_sdk::uplink::Binding;
 
-use crate::credentials::Credentials;
 use crate::fleet::FleetPlan;
-use crate::load::{self, BrokerView, FleetOscore, RunReport};
-use crate::provision::{ProvisionPlan, write_csv};
+use crate::load::{self, BrokerView, RunReport};
+use crate::provision::{ProvisionPlan, provision_edge};
 
 /// Size of a demo run.
 #[derive(Debug, Clone)]
@@ -43,7 +41,19 @@ pub async fn run(plan: DemoPlan) -> anyhow::Result<RunReport> {
     config.coap.listen = std::net::SocketAddr::new(loopback, 0);
     config.mqtt.url = format!("mqtt://[{}]:{}", broker.ip(), broker.port());
     config.data_dir = data_dir.clone();
-    let oscore = provision(&data_dir, &mut config, plan.devices)?;
+    let oscore = provision_edge(
+        &data_dir,
+        &mut config,
+        &ProvisionPlan {
+            devices: plan.devices as u64,
+            first: 0,
+            id_prefix: "dev".into(),
+            class: 1,
+            prefix: "::1/128"
+                .parse::<Ipv6Prefix>()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        },
+    )?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let edge = tokio::spawn(v6iot_edge_router::server::run(
@@ -95,41 +105,6 @@ pub async fn run(plan: DemoPlan) -> anyhow::Result<RunReport> {
     let _ = edge.await;
     let _ = std::fs::remove_dir_all(&data_dir);
     report
-}
-
-/// Provisions `devices` devices (`dev000000` …, allowed on `::1`), imports them into the edge's
-/// registry under a fresh seal key in `data_dir`, and points `config` at it.
-fn provision(
-    data_dir: &Path,
-    config: &mut EdgeConfig,
-    devices: usize,
-) -> anyhow::Result<FleetOscore> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-    let creds_path = data_dir.join("creds.csv");
-    let plan = ProvisionPlan {
-        devices: devices as u64,
-        first: 0,
-        id_prefix: "dev".into(),
-        class: 1,
-        prefix: "::1/128"
-            .parse::<Ipv6Prefix>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    };
-    let mut csv = Vec::new();
-    write_csv(&plan, &mut csv)?;
-    std::fs::write(&creds_path, &csv).with_context(|| format!("write {}", creds_path.display()))?;
-    let key_path = data_dir.join("seal.key");
-    let key_hex = SealKey::generate_hex()?;
-    std::fs::write(&key_path, key_hex.as_bytes())
-        .with_context(|| format!("write {}", key_path.display()))?;
-    let key = SealKey::from_hex(key_hex.trim())?;
-    let mut registry = Registry::open(&config.registry.db_path(data_dir), Some(key))?;
-    registry.import_csv(csv.as_slice())?;
-    config.registry.seal_key_file = Some(key_path);
-    Ok(FleetOscore {
-        credentials: Credentials::read(csv.as_slice())?,
-        marks: data_dir.join("fleet.seq"),
-    })
 }
 
 /// The human summary of a demo run.

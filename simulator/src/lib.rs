@@ -13,11 +13,12 @@
 //! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
 //! | [`subscriber`] | the collector's MQTT subscriber: a sans-IO core on rumqttc's codecs and a blocking driver on its own thread |
-//! | [`shard`] | I/O: the multi-device driver, many devices on their own sockets in one thread with one `epoll` set |
+//! | [`shard`] | the multi-device driver: many devices' cores, their timers and mark stores in one thread, over a [`link`] |
+//! | [`link`] | I/O: a shard's datagrams — a socket per device in one `epoll` set, or one socket with an IPv6 address per device (AnyIP, `IPV6_PKTINFO`) |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
-//! The I/O is in [`load`] and [`shard`] (a fleet's sockets), [`subscriber`] (the MQTT subscriber's thread) and in the binary
+//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`subscriber`] (the MQTT subscriber's thread) and in the binary
 //! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 pub mod broker;
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod duration;
 pub mod fleet;
 pub mod fleet_marks;
+pub mod link;
 pub mod load;
 pub mod provision;
 pub mod sensor;

@@ -1,10 +1,12 @@
 //! `v6iot-sim run`: drives a fleet at an edge router and counts what reaches the broker.
 //! This is the simulator's I/O layer: sockets, the MQTT subscriber, timers, the progress bar.
 //!
-//! Each device has its own UDP socket on the edge's address family, so the edge sees one source
-//! address and port per device. The devices are spread over a few shard threads
-//! ([`crate::shard`]), each driving its share of them with one `epoll` set; the MQTT subscriber
-//! has a thread of its own ([`crate::subscriber`]); the progress bar runs on the tokio runtime.
+//! The edge sees each device at a source address of its own: by default each device has its own
+//! UDP socket (its own port) on the edge's address family; with [`Sources::Pool`] each device
+//! has its own IPv6 address in a /64 and a shard's devices share one socket (shared/DESIGN.md
+//! §4, [`crate::link::AddressPool`]). The devices are spread over a few shard threads
+//! ([`crate::shard`]); the MQTT subscriber has a thread of its own ([`crate::subscriber`]); the
+//! progress bar runs on the tokio runtime.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use crate::collector::Deliveries;
 use crate::credentials::{self, Credentials};
 use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
 use crate::fleet_marks::{FleetMarkStore, FleetMarks};
+use crate::link::{AddressPool, Sockets};
 use crate::shard::{self, Member};
 use crate::subscriber::Subscription;
 
@@ -38,6 +41,19 @@ pub struct FleetOscore {
     pub credentials: Credentials,
     /// The fleet's mark state file.
     pub marks: PathBuf,
+}
+
+/// Where a fleet's devices send from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sources {
+    /// A UDP socket per device, connected to the edge, on the host's address (loopback for a
+    /// loopback edge): the edge tells devices apart by their port.
+    #[default]
+    Sockets,
+    /// Device `n` at `network + n + 1` (in the /64 of `network`), one socket per shard thread.
+    /// Needs the /64 routed to this host, in a network namespace of its own:
+    /// `ip -6 route add local NETWORK/64 dev lo` (shared/DESIGN.md §4).
+    Pool(Ipv6Addr),
 }
 
 /// Where the collector listens.
@@ -210,6 +226,7 @@ pub async fn run_with(
         progress,
         oscore,
         usize::from(DEFAULT_SHARDS),
+        Sources::Sockets,
     )
     .await
 }
@@ -219,7 +236,7 @@ pub async fn run_with(
 pub const DEFAULT_SHARDS: u16 = 1;
 
 /// As [`run_with`], with the devices spread over `shards` threads (at least one, at most one
-/// per device).
+/// per device), sending from `sources`.
 pub async fn run_sharded(
     plan: FleetPlan,
     view: BrokerView,
@@ -227,6 +244,7 @@ pub async fn run_sharded(
     progress: bool,
     oscore: Option<FleetOscore>,
     shards: usize,
+    sources: Sources,
 ) -> anyhow::Result<RunReport> {
     let (mut contexts, shared_marks) = match &oscore {
         Some(o) => {
@@ -242,22 +260,10 @@ pub async fn run_sharded(
     let counters = Arc::new(FleetCounters::default());
     let clock = WallClock::now();
     let start = Instant::now();
-    let bind_ip: IpAddr = match plan.edge.ip() {
-        IpAddr::V6(ip) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(ip),
-        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    };
     let stop_devices = start + plan.duration + drain;
     let shards = shards.clamp(1, plan.devices.max(1));
     let mut groups: Vec<Vec<Member<FleetSensor>>> = (0..shards).map(|_| Vec::new()).collect();
     for n in 0..plan.devices {
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))
-            .context("bind a device socket (raise `ulimit -n` for large fleets)")?;
-        // Connected to the edge: its sends skip the route lookup, and only the edge reaches it.
-        socket
-            .connect(plan.edge)
-            .with_context(|| format!("connect a device socket to {}", plan.edge))?;
         let ctx = contexts.pop().flatten();
         let store: Box<dyn MarkStore + Send> = match &shared_marks {
             Some(shared) => Box::new(FleetMarkStore {
@@ -267,18 +273,31 @@ pub async fn run_sharded(
             None => Box::new(NoStore),
         };
         let device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock, ctx);
-        let member =
-            Member::new(device, socket, store).context("make a device socket non-blocking")?;
         if let Some(g) = groups.get_mut(n % shards) {
-            g.push(member);
+            g.push(Member::new(device, store));
         }
     }
     let mut threads = Vec::with_capacity(shards);
     for (k, members) in groups.into_iter().enumerate() {
-        let handle = std::thread::Builder::new()
-            .name(format!("v6iot-sim-shard-{k}"))
-            .spawn(move || shard::run(members, stop_devices))
-            .context("start a shard thread")?;
+        let name = format!("v6iot-sim-shard-{k}");
+        let handle = match sources {
+            Sources::Sockets => {
+                let mut link = device_sockets(members.len(), plan.edge)?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || shard::run(members, &mut link, stop_devices))
+            }
+            Sources::Pool(network) => {
+                // shard k's devices are k, k + shards, …: interface ids k + 1, k + 1 + shards, …
+                let mut link =
+                    AddressPool::bind(network, 0, k as u64 + 1, shards as u64, members.len())
+                        .with_context(|| format!("a socket for the devices in {network}/64"))?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || shard::run(members, &mut link, stop_devices))
+            }
+        }
+        .context("start a shard thread")?;
         threads.push(handle);
     }
 
@@ -387,6 +406,28 @@ pub async fn run_sharded(
         unsent,
         oscore: oscore_report,
     })
+}
+
+/// A socket per device, connected to `edge`, on the host's address of the edge's family
+/// (loopback for a loopback edge).
+fn device_sockets(devices: usize, edge: SocketAddr) -> anyhow::Result<Sockets> {
+    let bind_ip: IpAddr = match edge.ip() {
+        IpAddr::V6(ip) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(ip),
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let mut sockets = Vec::with_capacity(devices);
+    for _ in 0..devices {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))
+            .context("bind a device socket (raise `ulimit -n` for large fleets)")?;
+        // Connected to the edge: its sends skip the route lookup, and only the edge reaches it.
+        socket
+            .connect(edge)
+            .with_context(|| format!("connect a device socket to {edge}"))?;
+        sockets.push(socket);
+    }
+    Sockets::new(sockets).context("make the device sockets non-blocking")
 }
 
 /// Raises the open-file limit to its hard maximum (one socket per device needs many); returns

@@ -112,6 +112,12 @@ enum Command {
         /// Threads that drive the devices (each owns a share of the sockets, one `epoll` set).
         #[arg(long, default_value_t = load::DEFAULT_SHARDS, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
+        /// Give device n the address PREFIX + n + 1 and send from one socket per thread instead
+        /// of a socket per device (a /64 or shorter; IPv6 edge only). The prefix must be routed
+        /// to this host, inside a network namespace of its own:
+        /// `unshare -n`, `ip link set lo up`, `ip -6 route add local PREFIX dev lo`.
+        #[arg(long)]
+        source_prefix: Option<v6iot_edge_router::registry_db::Ipv6Prefix>,
     },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
@@ -252,7 +258,22 @@ fn main() -> anyhow::Result<()> {
             credentials,
             seq_file,
             threads,
+            source_prefix,
         } => {
+            let sources = match source_prefix {
+                None => load::Sources::Sockets,
+                Some(p) if p.prefix_len() > 64 => {
+                    anyhow::bail!(
+                        "--source-prefix {p}: a /64 or shorter (device n is PREFIX + n + 1 in its first /64)"
+                    )
+                }
+                Some(_) if edge.is_ipv4() => {
+                    anyhow::bail!(
+                        "--source-prefix: devices with IPv6 addresses need an IPv6 --edge"
+                    )
+                }
+                Some(p) => load::Sources::Pool(p.network()),
+            };
             let oscore = match credentials {
                 Some(csv) => Some(FleetOscore {
                     credentials: Credentials::load(&csv)?,
@@ -283,6 +304,7 @@ fn main() -> anyhow::Result<()> {
                 !quiet,
                 oscore,
                 usize::from(threads),
+                sources,
             ))?;
             let json = serde_json::to_string_pretty(&result)?;
             println!("{json}");

@@ -7,10 +7,16 @@
 //! master secret is 16 random bytes from the operating system; no salt.
 
 use std::io::Write;
+use std::path::Path;
 
+use anyhow::Context as _;
+use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::registry_db::{
-    DeviceRecord, DeviceState, Ipv6Prefix, MAX_KID_LEN, MasterSecret, csv,
+    DeviceRecord, DeviceState, Ipv6Prefix, MAX_KID_LEN, MasterSecret, Registry, SealKey, csv,
 };
+
+use crate::credentials::Credentials;
+use crate::load::FleetOscore;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -61,6 +67,34 @@ pub fn write_csv(plan: &ProvisionPlan, mut out: impl Write) -> anyhow::Result<u6
     }
     out.flush()?;
     Ok(plan.devices)
+}
+
+/// Provisions the fleet of `plan`, imports it into the registry of an edge router whose data
+/// directory is `data_dir` under a fresh seal key (written to `data_dir/seal.key`), and points
+/// `config` at that key; returns the fleet's side (credentials, mark file `data_dir/fleet.seq`).
+/// What the demo does before it starts its edge; tests do the same.
+pub fn provision_edge(
+    data_dir: &Path,
+    config: &mut EdgeConfig,
+    plan: &ProvisionPlan,
+) -> anyhow::Result<FleetOscore> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let creds_path = data_dir.join("creds.csv");
+    let mut csv = Vec::new();
+    write_csv(plan, &mut csv)?;
+    std::fs::write(&creds_path, &csv).with_context(|| format!("write {}", creds_path.display()))?;
+    let key_path = data_dir.join("seal.key");
+    let key_hex = SealKey::generate_hex()?;
+    std::fs::write(&key_path, key_hex.as_bytes())
+        .with_context(|| format!("write {}", key_path.display()))?;
+    let key = SealKey::from_hex(key_hex.trim())?;
+    let mut registry = Registry::open(&config.registry.db_path(data_dir), Some(key))?;
+    registry.import_csv(csv.as_slice())?;
+    config.registry.seal_key_file = Some(key_path);
+    Ok(FleetOscore {
+        credentials: Credentials::read(csv.as_slice())?,
+        marks: data_dir.join("fleet.seq"),
+    })
 }
 
 #[cfg(test)]

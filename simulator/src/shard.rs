@@ -1,46 +1,38 @@
-//! The fleet's multi-device driver: one OS thread drives many SDK [`Device`]s, each on its own
-//! non-blocking UDP socket (its own source port, as the edge must see it), with one `epoll` set
-//! for all the sockets and one timer heap for all the deadlines.
+//! The fleet's multi-device driver: one OS thread drives many SDK [`Device`]s over one
+//! [`Link`] (a socket per device, or one socket with an address per device, see
+//! [`crate::link`]), with one timer heap for all the deadlines.
 //!
 //! It does what the SDK's tokio driver (`v6iot_sdk::driver`) does for one device — move
-//! datagrams between the socket and the sans-IO core, wake the core at its deadline, write the
-//! OSCORE sequence-number marks it asks for before confirming them — but one `epoll_wait` hands
-//! it every socket that is ready, so a load generator pays one wake-up for many datagrams instead
-//! of one task wake-up, timer and `select!` per datagram. All protocol decisions stay in the core.
+//! datagrams between the network and the sans-IO core, wake the core at its deadline, write the
+//! OSCORE sequence-number marks it asks for before confirming them — but one wait hands it
+//! every datagram that arrived for any of its devices, so a load generator pays one wake-up for
+//! many datagrams instead of one task wake-up, timer and `select!` per datagram. All protocol
+//! decisions stay in the core.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd as _;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use v6iot_sdk::coap::{App, Device};
 use v6iot_sdk::store::MarkStore;
 
-/// Largest datagram a member receives; CoAP over UDP stays far below it.
-const MAX_DATAGRAM: usize = 64 * 1024;
+use crate::link::{Arrival, Link};
 
 /// How long a member waits before it tries again to store a mark that failed to store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// Ready sockets taken from one `epoll_wait`.
-const EVENTS_PER_WAIT: usize = 1024;
-
-/// The shortest time between two `epoll_wait`s while datagrams keep coming: a busy shard
-/// sleeps out the rest of this after a pass, so that one wake-up takes a batch of datagrams
-/// (about rate × `PACE` of them) instead of a few. Deadlines are met up to this late.
+/// The shortest time between two waits while datagrams keep coming: a busy shard sleeps out
+/// the rest of this after a pass, so that one wake-up takes a batch of datagrams (about
+/// rate × `PACE` of them) instead of a few. Deadlines are met up to this late.
 pub const PACE: Duration = Duration::from_millis(2);
 
-/// One device of a shard: the sans-IO core, its socket and its mark store.
+/// One device of a shard: the sans-IO core and its mark store. Its datagrams go through the
+/// shard's [`Link`] under the member's index.
 pub struct Member<S: App> {
     /// The device.
     pub device: Device<S>,
-    socket: UdpSocket,
-    /// The peer the socket is connected to: datagrams to it go out with `send`, which skips
-    /// the address and route lookup of `send_to`.
-    connected: Option<SocketAddr>,
     store: Box<dyn MarkStore + Send>,
     /// The earliest entry the timer heap holds for this member; entries that differ are stale.
     /// A later deadline is not pushed while an earlier entry is queued: when that entry comes
@@ -48,14 +40,13 @@ pub struct Member<S: App> {
     /// member, not one per change of deadline).
     queued: Option<Instant>,
     retry_store_at: Option<Instant>,
-    /// The socket failed for good; the member is out of the loop.
+    /// The member's socket failed for good; the member is out of the loop.
     dead: bool,
 }
 
 impl<S: App> std::fmt::Debug for Member<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Member")
-            .field("socket", &self.socket)
             .field("queued", &self.queued)
             .field("dead", &self.dead)
             .finish_non_exhaustive()
@@ -63,31 +54,22 @@ impl<S: App> std::fmt::Debug for Member<S> {
 }
 
 impl<S: App> Member<S> {
-    /// `device` on `socket` (made non-blocking here; connected or not), writing its marks to
-    /// `store`.
-    pub fn new(
-        device: Device<S>,
-        socket: UdpSocket,
-        store: Box<dyn MarkStore + Send>,
-    ) -> io::Result<Member<S>> {
-        socket.set_nonblocking(true)?;
-        let connected = socket.peer_addr().ok();
-        Ok(Member {
+    /// `device`, writing its marks to `store`.
+    pub fn new(device: Device<S>, store: Box<dyn MarkStore + Send>) -> Member<S> {
+        Member {
             device,
-            socket,
-            connected,
             store,
             queued: None,
             retry_store_at: None,
             dead: false,
-        })
+        }
     }
 }
 
 /// What a shard counted besides what its devices count.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ShardStats {
-    /// `epoll_wait` calls that returned.
+    /// Waits for datagrams that returned.
     pub waits: u64,
     /// Pauses of [`PACE`] taken while busy.
     pub pauses: u64,
@@ -101,28 +83,25 @@ pub struct ShardStats {
     pub dead: u64,
 }
 
-/// Runs every member until `stop`, then hands the members back (their devices hold the
-/// counters). Protocol events are logged at debug level.
-pub fn run<S: App>(
+/// Datagrams the members produced in one pass: (member, destination, bytes).
+type Outgoing = Vec<(usize, SocketAddr, Vec<u8>)>;
+
+/// Runs every member (member `i` is the link's `i`) until `stop`, then hands the members
+/// back (their devices hold the counters). Protocol events are logged at debug level.
+pub fn run<S: App, L: Link>(
     mut members: Vec<Member<S>>,
+    link: &mut L,
     stop: Instant,
 ) -> io::Result<(Vec<Member<S>>, ShardStats)> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (i, m) in members.iter().enumerate() {
-        epoll.add(
-            m.socket.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
-        )?;
-    }
     let mut stats = ShardStats::default();
     let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     let mut due = Vec::new();
+    let mut out: Outgoing = Vec::new();
     let now = Instant::now();
     for (i, m) in members.iter_mut().enumerate() {
-        flush(m, i, now, &mut timers, &mut stats);
+        flush(m, i, now, &mut timers, &mut out);
     }
+    send(link, &mut out, &mut stats);
     // When the last wait returned datagrams, the shard was busy then.
     let mut busy_since: Option<Instant> = None;
     loop {
@@ -150,11 +129,12 @@ pub fn run<S: App>(
             m.queued = None;
             if deadline(m).is_some_and(|d| d <= now) {
                 m.device.handle_timeout(now);
-                flush(m, i, now, &mut timers, &mut stats);
+                flush(m, i, now, &mut timers, &mut out);
             } else {
                 arm(m, i, &mut timers); // the deadline moved later since this entry
             }
         }
+        send(link, &mut out, &mut stats);
         let next = timers.peek().map_or(stop, |r| r.0.0.min(stop));
         // Busy: let datagrams gather for the rest of the pace before looking at the sockets.
         if let Some(rest) =
@@ -163,63 +143,64 @@ pub fn run<S: App>(
             std::thread::sleep(rest.min(stop.saturating_duration_since(Instant::now())));
             stats.pauses += 1;
         }
-        let woke_at = Instant::now();
-        let wait = next.saturating_duration_since(woke_at);
-        // Whole milliseconds, rounded up so a deadline is never polled for early in a loop.
-        let ms = wait.as_micros().div_ceil(1000).min(1000) as u16;
-        let n = match epoll.wait(&mut events, EpollTimeout::from(ms)) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        stats.waits += 1;
-        let now = Instant::now();
-        busy_since = (n > 0).then_some(now);
-        for ev in events.get(..n).unwrap_or_default() {
-            let i = ev.data() as usize;
-            let Some(m) = members.get_mut(i) else {
-                continue;
-            };
-            if m.dead {
-                continue;
-            }
-            // One datagram per ready socket and wait: a device has one request in flight, so
-            // there is rarely a second, and level-triggered `epoll` reports the socket again
-            // if there is (reading on until `EWOULDBLOCK` would cost a failing call per socket).
-            match m.socket.recv_from(&mut buf) {
-                Ok((len, peer)) => {
-                    stats.received += 1;
-                    if let Some(bytes) = buf.get(..len) {
-                        m.device.handle_datagram(now, peer, bytes);
+        let wait = next.saturating_duration_since(Instant::now());
+        let mut now = None;
+        let received = link.receive(wait, &mut |arrival| {
+            // the clock is read once per wait, when the first datagram is handed over
+            let now = *now.get_or_insert_with(Instant::now);
+            match arrival {
+                Arrival::Datagram {
+                    member,
+                    peer,
+                    bytes,
+                } => {
+                    let Some(m) = members.get_mut(member) else {
+                        return;
+                    };
+                    if m.dead {
+                        return;
                     }
+                    m.device.handle_datagram(now, peer, bytes);
+                    flush(m, member, now, &mut timers, &mut out);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if v6iot_sdk::driver::is_transient(&e) => {
-                    tracing::debug!(error = %e, "transient receive error");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "device socket failed; the device stops");
-                    m.dead = true;
+                Arrival::Failed { member, error } => {
+                    tracing::warn!(%error, "device socket failed; the device stops");
+                    if let Some(m) = members.get_mut(member) {
+                        m.dead = true;
+                    }
                     stats.dead += 1;
-                    let _ = epoll.delete(m.socket.as_fd());
                 }
             }
-            if !m.dead {
-                flush(m, i, now, &mut timers, &mut stats);
-            }
-        }
+        })?;
+        stats.waits += 1;
+        stats.received += received as u64;
+        busy_since = now;
+        send(link, &mut out, &mut stats);
     }
     Ok((members, stats))
 }
 
+/// Sends what the members produced, in order.
+fn send<L: Link>(link: &mut L, out: &mut Outgoing, stats: &mut ShardStats) {
+    for (member, destination, bytes) in out.drain(..) {
+        match link.send(member, destination, &bytes) {
+            Ok(()) => stats.sent += 1,
+            Err(e) => {
+                stats.send_failures += 1;
+                tracing::warn!(peer = %destination, error = %e, "send failed; datagram dropped");
+            }
+        }
+    }
+}
+
 /// Takes everything the member's device has to hand out after an input: events, OSCORE state
-/// to store, datagrams to send; then arms its next deadline.
+/// to store, datagrams to send (queued in `out`); then arms its next deadline.
 fn flush<S: App>(
     m: &mut Member<S>,
     i: usize,
     now: Instant,
     timers: &mut BinaryHeap<Reverse<(Instant, usize)>>,
-    stats: &mut ShardStats,
+    out: &mut Outgoing,
 ) {
     while let Some(event) = m.device.poll_event() {
         tracing::debug!(?event, "device event");
@@ -240,18 +221,7 @@ fn flush<S: App>(
         }
     }
     while let Some(t) = m.device.poll_transmit() {
-        let sent = if m.connected == Some(t.destination) {
-            m.socket.send(&t.contents)
-        } else {
-            m.socket.send_to(&t.contents, t.destination)
-        };
-        match sent {
-            Ok(_) => stats.sent += 1,
-            Err(e) => {
-                stats.send_failures += 1;
-                tracing::warn!(peer = %t.destination, error = %e, "send failed; datagram dropped");
-            }
-        }
+        out.push((i, t.destination, t.contents));
     }
     arm(m, i, timers);
 }
@@ -278,16 +248,19 @@ fn arm<S: App>(m: &mut Member<S>, i: usize, timers: &mut BinaryHeap<Reverse<(Ins
 mod tests {
     use super::*;
     use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
+    use crate::link::{AddressPool, Link, Sockets};
+    use std::net::UdpSocket;
     use std::sync::Arc;
     use v6iot_sdk::store::NoStore;
     use v6iot_sdk::uplink::Binding;
 
     /// A plain stand-in edge on its own thread: answers every registration with 2.01 and every
-    /// report with 2.04 (piggybacked), until `stop`; returns the reports it answered.
+    /// report with 2.04 (piggybacked), until `stop`; returns the reports it answered and from
+    /// how many source addresses (address and port) they came.
     fn stand_in_edge(
         socket: UdpSocket,
         stop: Arc<std::sync::atomic::AtomicBool>,
-    ) -> std::thread::JoinHandle<u64> {
+    ) -> std::thread::JoinHandle<(u64, usize)> {
         use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
         use std::sync::atomic::Ordering;
         std::thread::spawn(move || {
@@ -295,6 +268,8 @@ mod tests {
                 .set_read_timeout(Some(Duration::from_millis(50)))
                 .unwrap();
             let mut reports = 0;
+            let mut registrations = 0u32;
+            let mut sources = std::collections::HashSet::new();
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 let Ok((len, peer)) = socket.recv_from(&mut buf) else {
@@ -311,15 +286,17 @@ mod tests {
                 r.set_token(p.get_token().to_vec());
                 let code = match (p.header.code, path.as_slice()) {
                     (MessageClass::Request(RequestType::Post), [rd]) if rd == b"rd" => {
+                        registrations += 1;
                         r.add_option(CoapOption::LocationPath, b"rd".to_vec());
                         r.add_option(
                             CoapOption::LocationPath,
-                            peer.port().to_string().into_bytes(),
+                            registrations.to_string().into_bytes(),
                         );
                         ResponseType::Created
                     }
                     (MessageClass::Request(RequestType::Post), [t]) if t == b"t" => {
                         reports += 1;
+                        sources.insert(peer);
                         ResponseType::Changed
                     }
                     _ => ResponseType::NotFound,
@@ -327,17 +304,15 @@ mod tests {
                 r.header.code = MessageClass::Response(code);
                 socket.send_to(&r.to_bytes().unwrap(), peer).unwrap();
             }
-            reports
+            (reports, sources.len())
         })
     }
 
-    /// The plan's devices, each on its own socket bound to `bind` (connected to `edge` if given).
+    /// The plan's devices.
     fn fleet_members(
         plan: &FleetPlan,
         start: Instant,
         counters: &Arc<FleetCounters>,
-        bind: &str,
-        edge: Option<SocketAddr>,
     ) -> Vec<Member<FleetSensor>> {
         let tree = fleet::tree().unwrap();
         (0..plan.devices)
@@ -351,42 +326,34 @@ mod tests {
                     WallClock::now(),
                     None,
                 );
-                let socket = UdpSocket::bind(bind).unwrap();
-                if let Some(edge) = edge {
-                    socket.connect(edge).unwrap();
-                }
-                Member::new(device, socket, Box::new(NoStore)).unwrap()
+                Member::new(device, Box::new(NoStore))
             })
             .collect()
     }
 
-    /// Devices on sockets connected to a live edge: every report made is sent and acknowledged
-    /// exactly once, and a busy shard takes its datagrams in batches (far fewer waits than
-    /// datagrams, pauses taken).
-    #[test]
-    fn connected_devices_report_exactly_and_a_busy_shard_batches_its_wake_ups() {
-        let edge_socket = UdpSocket::bind("[::1]:0").unwrap();
-        let edge = edge_socket.local_addr().unwrap();
-        let stop_edge = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let answered = stand_in_edge(edge_socket, stop_edge.clone());
-        let plan = FleetPlan {
-            edge,
-            devices: 50,
-            rate: 5000.0,
-            duration: Duration::from_millis(800),
-            id_prefix: "b".into(),
-            binding: Binding::U,
-        };
-        let counters = Arc::new(FleetCounters::default());
-        let start = Instant::now();
-        let members = fleet_members(&plan, start, &counters, "[::1]:0", Some(edge));
-        assert!(members.iter().all(|m| m.connected == Some(edge)));
-        // Reports stop at 800 ms; the last answers are in well before 1.3 s.
-        let (members, stats) = run(members, start + Duration::from_millis(1300)).unwrap();
-        stop_edge.store(true, std::sync::atomic::Ordering::Relaxed);
-        let answered = answered.join().unwrap();
+    /// A socket per device, bound to `bind` (connected to `edge` if given).
+    fn device_sockets(devices: usize, bind: &str, edge: Option<SocketAddr>) -> Sockets {
+        let sockets = (0..devices)
+            .map(|_| {
+                let socket = UdpSocket::bind(bind).unwrap();
+                if let Some(edge) = edge {
+                    socket.connect(edge).unwrap();
+                }
+                socket
+            })
+            .collect();
+        Sockets::new(sockets).unwrap()
+    }
+
+    /// Every report made was sent and acknowledged exactly once, nothing retried.
+    fn assert_every_report_acknowledged_once(
+        members: &[Member<FleetSensor>],
+        counters: &FleetCounters,
+        answered: u64,
+        stats: &ShardStats,
+    ) {
         let mut total = v6iot_sdk::uplink::ReportStats::default();
-        for m in &members {
+        for m in members {
             assert_eq!(
                 m.device.reporter().unwrap().queued(),
                 0,
@@ -409,6 +376,64 @@ mod tests {
         );
     }
 
+    /// 50 devices reporting 5000/s for 800 ms to a stand-in edge on `::1`, over the link
+    /// `make_link` gives them (told the edge's address): every report made is sent and
+    /// acknowledged exactly once, a busy shard takes its datagrams in batches (far fewer waits
+    /// than datagrams, pauses taken), and the edge saw one source per device.
+    fn fleet_reports_exactly<L: Link>(make_link: impl FnOnce(SocketAddr, usize) -> L) -> L {
+        let edge_socket = UdpSocket::bind("[::1]:0").unwrap();
+        let edge = edge_socket.local_addr().unwrap();
+        let stop_edge = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = stand_in_edge(edge_socket, stop_edge.clone());
+        let plan = FleetPlan {
+            edge,
+            devices: 50,
+            rate: 5000.0,
+            duration: Duration::from_millis(800),
+            id_prefix: "b".into(),
+            binding: Binding::U,
+        };
+        let counters = Arc::new(FleetCounters::default());
+        let start = Instant::now();
+        let members = fleet_members(&plan, start, &counters);
+        let mut link = make_link(edge, plan.devices);
+        // Reports stop at 800 ms; the last answers are in well before 1.3 s.
+        let (members, stats) =
+            run(members, &mut link, start + Duration::from_millis(1300)).unwrap();
+        stop_edge.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (answered, sources) = answered.join().unwrap();
+        assert_every_report_acknowledged_once(&members, &counters, answered, &stats);
+        assert_eq!(sources, plan.devices, "a source per device");
+        link
+    }
+
+    /// Devices on sockets connected to a live edge (a source port each).
+    #[test]
+    fn connected_devices_report_exactly_and_a_busy_shard_batches_its_wake_ups() {
+        fleet_reports_exactly(|edge, devices| {
+            let link = device_sockets(devices, "[::1]:0", Some(edge));
+            assert!((0..devices).all(|i| link.connected(i) == Some(edge)));
+            link
+        });
+    }
+
+    /// The same fleet on one socket, each device at its own address (shared/DESIGN.md §4), in
+    /// a network namespace of the test's own.
+    #[test]
+    fn pooled_devices_have_addresses_of_their_own_and_report_exactly() {
+        std::thread::spawn(|| {
+            crate::link::enter_private_network("2001:db8:100::/64".parse().unwrap())
+                .expect("a private network namespace (needs root, as the CI runs)");
+            let pool = fleet_reports_exactly(|_, devices| {
+                // shard 0 of 1: interface ids 1..=50
+                AddressPool::bind("2001:db8:100::".parse().unwrap(), 0, 1, 1, devices).unwrap()
+            });
+            assert_eq!(pool.strays(), 0);
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Devices whose edge never answers (their datagrams go to a closed port) keep retrying
     /// registration; the shard still sends, counts, and returns at `stop`.
     #[test]
@@ -426,9 +451,10 @@ mod tests {
         };
         let counters = Arc::new(FleetCounters::default());
         let start = Instant::now();
-        let members = fleet_members(&plan, start, &counters, "127.0.0.1:0", None);
+        let members = fleet_members(&plan, start, &counters);
+        let mut link = device_sockets(plan.devices, "127.0.0.1:0", None);
         let stop = start + Duration::from_millis(600);
-        let (members, stats) = run(members, stop).unwrap();
+        let (members, stats) = run(members, &mut link, stop).unwrap();
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(600), "{took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");

@@ -1,0 +1,519 @@
+//! How a shard's devices reach the network: the datagram I/O under [`crate::shard`].
+//!
+//! | link | what the edge sees | cost per datagram |
+//! |---|---|---|
+//! | [`Sockets`] | each device at its own port of the host's address | one `epoll` entry and one `recv` per received datagram, one `send` per sent one |
+//! | [`AddressPool`] | each device at its own IPv6 address, one port per shard | `recvmmsg` batches over one socket; one `sendmsg` (with the device's source address) per sent one |
+//!
+//! [`AddressPool`] is shared/DESIGN.md §4, "one socket, a million addresses": inside a network
+//! namespace of its own, an AnyIP route (`ip -6 route add local PREFIX dev lo`) makes every
+//! address of the prefix local; one UDP socket bound to `[::]` with `IP_FREEBIND` sends each
+//! datagram with an `IPV6_PKTINFO` control message naming its device's source address, and
+//! `IPV6_RECVPKTINFO` tells on receive which device an answer is for. No file descriptor per
+//! device, so a fleet is not bounded by `ulimit -n`, and one `recvmmsg` takes the answers of
+//! many devices at once. (`sendmmsg` cannot carry a different control message per datagram
+//! without `unsafe` code, so sends go one `sendmsg` each.)
+//!
+//! Bytes and addresses only; the shard and the SDK core make every protocol decision.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn6, recvmmsg, sendmsg,
+    setsockopt, sockopt,
+};
+
+/// Largest datagram a device receives; CoAP over UDP stays far below it.
+const MAX_DATAGRAM: usize = 64 * 1024;
+
+/// Ready sockets taken from one `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+
+/// Datagrams one `recvmmsg` call of an [`AddressPool`] takes.
+const POOL_SLOTS: usize = 64;
+/// A pool's receive slot: the edge's answers and requests to a device are far smaller (a
+/// longer datagram is truncated and the SDK core drops it as malformed).
+const POOL_SLOT_BYTES: usize = 4096;
+/// `recvmmsg` calls per wait of an [`AddressPool`] at most: a busy pool takes up to this many
+/// batches before the shard looks at its timers again.
+const POOL_CALLS_PER_WAIT: usize = 16;
+/// Receive buffer of a pool's socket: the answers to every device of a shard queue on it
+/// while the shard is busy elsewhere (set with `SO_RCVBUFFORCE`, which a namespace's root may).
+const POOL_RECV_BUFFER: usize = 32 << 20;
+
+/// What a link hands to the shard.
+#[derive(Debug)]
+pub enum Arrival<'a> {
+    /// A datagram for member `member` from `peer`.
+    Datagram {
+        /// The member's index in the shard.
+        member: usize,
+        /// Who sent it.
+        peer: SocketAddr,
+        /// The datagram.
+        bytes: &'a [u8],
+    },
+    /// Member `member` can no longer receive (its socket failed for good).
+    Failed {
+        /// The member's index in the shard.
+        member: usize,
+        /// What failed.
+        error: io::Error,
+    },
+}
+
+/// A shard's datagram I/O for its members (numbered 0..n in the shard).
+pub trait Link {
+    /// Waits at most `timeout` until datagrams arrive and hands each to `deliver` (and every
+    /// member whose socket failed for good); returns how many datagrams it delivered.
+    fn receive(
+        &mut self,
+        timeout: Duration,
+        deliver: &mut dyn FnMut(Arrival<'_>),
+    ) -> io::Result<usize>;
+
+    /// Sends `bytes` from member `member` to `destination`.
+    fn send(&mut self, member: usize, destination: SocketAddr, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// Whole milliseconds of `timeout`, rounded up so a deadline is never polled for early in a loop.
+fn wait_ms(timeout: Duration) -> u16 {
+    timeout.as_micros().div_ceil(1000).min(1000) as u16
+}
+
+/// One non-blocking UDP socket per member, all in one `epoll` set.
+#[derive(Debug)]
+pub struct Sockets {
+    sockets: Vec<DeviceSocket>,
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct DeviceSocket {
+    socket: UdpSocket,
+    /// The peer the socket is connected to: datagrams to it go out with `send`, which skips
+    /// the address and route lookup of `send_to`.
+    connected: Option<SocketAddr>,
+    failed: bool,
+}
+
+impl Sockets {
+    /// One socket per member, in member order (made non-blocking here; connected or not).
+    pub fn new(sockets: Vec<UdpSocket>) -> io::Result<Sockets> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let mut list = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            socket.set_nonblocking(true)?;
+            epoll.add(
+                socket.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
+            )?;
+            list.push(DeviceSocket {
+                connected: socket.peer_addr().ok(),
+                socket,
+                failed: false,
+            });
+        }
+        Ok(Sockets {
+            sockets: list,
+            epoll,
+            events: vec![EpollEvent::empty(); EVENTS_PER_WAIT],
+            buf: vec![0u8; MAX_DATAGRAM],
+        })
+    }
+
+    /// The peer member `i`'s socket is connected to.
+    pub fn connected(&self, i: usize) -> Option<SocketAddr> {
+        self.sockets.get(i).and_then(|s| s.connected)
+    }
+}
+
+impl Link for Sockets {
+    fn receive(
+        &mut self,
+        timeout: Duration,
+        deliver: &mut dyn FnMut(Arrival<'_>),
+    ) -> io::Result<usize> {
+        let n = match self
+            .epoll
+            .wait(&mut self.events, EpollTimeout::from(wait_ms(timeout)))
+        {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut delivered = 0;
+        for ev in self.events.get(..n).unwrap_or_default() {
+            let member = ev.data() as usize;
+            let Some(s) = self.sockets.get_mut(member) else {
+                continue;
+            };
+            if s.failed {
+                continue;
+            }
+            // One datagram per ready socket and wait: a device has one request in flight, so
+            // there is rarely a second, and level-triggered `epoll` reports the socket again
+            // if there is (reading on until `EWOULDBLOCK` would cost a failing call per socket).
+            match s.socket.recv_from(&mut self.buf) {
+                Ok((len, peer)) => {
+                    delivered += 1;
+                    deliver(Arrival::Datagram {
+                        member,
+                        peer,
+                        bytes: self.buf.get(..len).unwrap_or_default(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if v6iot_sdk::driver::is_transient(&e) => {
+                    tracing::debug!(error = %e, "transient receive error");
+                }
+                Err(error) => {
+                    s.failed = true;
+                    let _ = self.epoll.delete(s.socket.as_fd());
+                    deliver(Arrival::Failed { member, error });
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn send(&mut self, member: usize, destination: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let s = self
+            .sockets
+            .get(member)
+            .ok_or_else(|| io::Error::other("no such member"))?;
+        if s.connected == Some(destination) {
+            s.socket.send(bytes)?;
+        } else {
+            s.socket.send_to(bytes, destination)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every member at its own IPv6 address, all on one socket (see the module docs).
+///
+/// Member `i` has the address `prefix | (first + i × stride)`: the interface identifier (low
+/// 64 bits) of device `n` of a fleet spread over `k` shards is `n + 1`, so shard `s` has
+/// `first = s + 1`, `stride = k`, and a received datagram's destination names its member by
+/// arithmetic.
+pub struct AddressPool {
+    socket: UdpSocket,
+    layout: Layout,
+    slots: Vec<Vec<u8>>,
+    /// Datagrams for an address that is no member's (counted, dropped).
+    strays: u64,
+}
+
+impl std::fmt::Debug for AddressPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressPool")
+            .field("socket", &self.socket)
+            .field("first", &self.member_address(0))
+            .field("stride", &self.layout.stride)
+            .field("members", &self.layout.members)
+            .field("strays", &self.strays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AddressPool {
+    /// A socket on `[::]:port` (`0`: any free port) for `members` members in the /64 of
+    /// `network`, the first at interface identifier `first`, then every `stride`.
+    ///
+    /// Fails where the host cannot send from foreign addresses (`IP_FREEBIND`) or the
+    /// identifiers would leave the /64. Datagrams only arrive if the prefix is routed to this
+    /// host (an AnyIP route, in a namespace of its own).
+    pub fn bind(
+        network: Ipv6Addr,
+        port: u16,
+        first: u64,
+        stride: u64,
+        members: usize,
+    ) -> io::Result<AddressPool> {
+        let last = (members.saturating_sub(1) as u64)
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(first));
+        if stride == 0 || first == 0 || last.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the pool's addresses do not fit in the /64",
+            ));
+        }
+        let socket = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
+        setsockopt(&socket, sockopt::IpFreebind, &true).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("IP_FREEBIND (send from the pool's addresses): {e}"),
+            )
+        })?;
+        setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+        // More room than the default for a shard's answers; without the privilege the default
+        // stays (answers beyond it are lost and the devices retransmit).
+        if let Err(e) = setsockopt(&socket, sockopt::RcvBufForce, &POOL_RECV_BUFFER) {
+            tracing::warn!(error = %e, "cannot enlarge the pool socket's receive buffer");
+        }
+        socket.set_nonblocking(true)?;
+        Ok(AddressPool {
+            socket,
+            layout: Layout {
+                network: (u128::from(network) >> 64) as u64,
+                first,
+                stride,
+                members,
+            },
+            slots: (0..POOL_SLOTS)
+                .map(|_| vec![0u8; POOL_SLOT_BYTES])
+                .collect(),
+            strays: 0,
+        })
+    }
+
+    /// The address of member `i`.
+    pub fn member_address(&self, i: usize) -> Ipv6Addr {
+        self.layout.address(i)
+    }
+
+    /// The member at `address`, if any.
+    pub fn member_at(&self, address: Ipv6Addr) -> Option<usize> {
+        self.layout.member_at(address)
+    }
+
+    /// The socket's local address (`[::]:port`).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Datagrams that arrived for an address that is no member's.
+    pub fn strays(&self) -> u64 {
+        self.strays
+    }
+
+    /// One `recvmmsg` without waiting: delivers what it took; returns (datagrams taken,
+    /// delivered).
+    fn take_batch(&mut self, deliver: &mut dyn FnMut(Arrival<'_>)) -> io::Result<(usize, usize)> {
+        let mut got: [(usize, Option<(usize, SocketAddr)>); POOL_SLOTS] = [(0, None); POOL_SLOTS];
+        let layout = self.layout;
+        let taken = {
+            let mut headers = MultiHeaders::<SockaddrIn6>::preallocate(
+                self.slots.len(),
+                Some(nix::cmsg_space!(nix::libc::in6_pktinfo)),
+            );
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
+                .slots
+                .iter_mut()
+                .map(|s| [IoSliceMut::new(s.as_mut_slice())])
+                .collect();
+            let results = match recvmmsg(
+                self.socket.as_raw_fd(),
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(r) => r,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok((0, 0)),
+                Err(e) => return Err(e.into()),
+            };
+            let mut taken = 0;
+            for (r, slot) in results.zip(got.iter_mut()) {
+                taken += 1;
+                let destination = r.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::Ipv6PacketInfo(info) => {
+                            Some(Ipv6Addr::from(info.ipi6_addr.s6_addr))
+                        }
+                        _ => None,
+                    })
+                });
+                let member = destination.and_then(|d| layout.member_at(d));
+                let peer = r.address.map(|a| {
+                    SocketAddr::V6(SocketAddrV6::new(
+                        a.ip(),
+                        a.port(),
+                        a.flowinfo(),
+                        a.scope_id(),
+                    ))
+                });
+                *slot = (r.bytes, member.zip(peer));
+            }
+            taken
+        };
+        let mut delivered = 0;
+        for ((len, target), slot) in got.iter().take(taken).zip(&self.slots) {
+            match target {
+                Some((member, peer)) => {
+                    delivered += 1;
+                    deliver(Arrival::Datagram {
+                        member: *member,
+                        peer: *peer,
+                        bytes: slot.get(..*len).unwrap_or_default(),
+                    });
+                }
+                None => {
+                    self.strays += 1;
+                    tracing::debug!("datagram for an address outside the pool dropped");
+                }
+            }
+        }
+        Ok((taken, delivered))
+    }
+}
+
+/// Where a pool's members are in their /64.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// The high 64 bits of every member's address.
+    network: u64,
+    first: u64,
+    stride: u64,
+    members: usize,
+}
+
+impl Layout {
+    fn address(&self, i: usize) -> Ipv6Addr {
+        let iid = self
+            .first
+            .wrapping_add((i as u64).wrapping_mul(self.stride));
+        Ipv6Addr::from((u128::from(self.network) << 64) | u128::from(iid))
+    }
+
+    fn member_at(&self, address: Ipv6Addr) -> Option<usize> {
+        let bits = u128::from(address);
+        if (bits >> 64) as u64 != self.network {
+            return None;
+        }
+        let offset = (bits as u64).checked_sub(self.first)?;
+        if offset % self.stride != 0 {
+            return None;
+        }
+        let i = usize::try_from(offset / self.stride).ok()?;
+        (i < self.members).then_some(i)
+    }
+}
+
+impl Link for AddressPool {
+    fn receive(
+        &mut self,
+        timeout: Duration,
+        deliver: &mut dyn FnMut(Arrival<'_>),
+    ) -> io::Result<usize> {
+        let mut fds = [nix::poll::PollFd::new(
+            self.socket.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(wait_ms(timeout))) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(0),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut delivered = 0;
+        for _ in 0..POOL_CALLS_PER_WAIT {
+            let (taken, d) = self.take_batch(deliver)?;
+            delivered += d;
+            if taken < POOL_SLOTS {
+                break;
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn send(&mut self, member: usize, destination: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let SocketAddr::V6(destination) = destination else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an address pool sends to IPv6 peers only",
+            ));
+        };
+        let info = nix::libc::in6_pktinfo {
+            ipi6_addr: nix::libc::in6_addr {
+                s6_addr: self.member_address(member).octets(),
+            },
+            ipi6_ifindex: 0,
+        };
+        sendmsg(
+            self.socket.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            &[ControlMessage::Ipv6PacketInfo(&info)],
+            MsgFlags::MSG_DONTWAIT,
+            Some(&SockaddrIn6::from(destination)),
+        )?;
+        Ok(())
+    }
+}
+
+/// Moves the calling thread — only it, and the threads and processes it starts afterwards —
+/// into a new network namespace with loopback up and `prefix` routed to loopback (AnyIP), as an
+/// [`AddressPool`] needs: nothing sent there can leave the machine. For tests and tools; needs
+/// root (`CAP_SYS_ADMIN`) and `ip` (iproute2).
+pub fn enter_private_network(prefix: v6iot_edge_router::registry_db::Ipv6Prefix) -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("unshare(CLONE_NEWNET): {e} (a network namespace needs root)"),
+        )
+    })?;
+    let prefix = prefix.to_string();
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["-6", "route", "add", "local", prefix.as_str(), "dev", "lo"],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(&args)
+            .status()
+            .map_err(|e| io::Error::new(e.kind(), format!("run `ip` (iproute2): {e}")))?;
+        if !status.success() {
+            return Err(io::Error::other(format!("ip {}: {status}", args.join(" "))));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_addresses_name_their_members_and_nothing_else() {
+        let network: Ipv6Addr = "2001:db8:100::".parse().unwrap();
+        // Shard 1 of 3, 4 members: interface ids 2, 5, 8, 11.
+        let pool = AddressPool::bind(network, 0, 2, 3, 4).unwrap();
+        let ids: Vec<Ipv6Addr> = (0..4).map(|i| pool.member_address(i)).collect();
+        assert_eq!(
+            ids,
+            [
+                "2001:db8:100::2",
+                "2001:db8:100::5",
+                "2001:db8:100::8",
+                "2001:db8:100::b"
+            ]
+            .map(|a| a.parse::<Ipv6Addr>().unwrap())
+        );
+        for (i, a) in ids.iter().enumerate() {
+            assert_eq!(pool.member_at(*a), Some(i));
+        }
+        for other in [
+            "2001:db8:100::1", // another shard's
+            "2001:db8:100::3", // another shard's
+            "2001:db8:100::e", // past the last member
+            "2001:db8:101::2", // another /64
+            "::1",
+        ] {
+            assert_eq!(pool.member_at(other.parse().unwrap()), None, "{other}");
+        }
+        assert!(
+            AddressPool::bind(network, 0, 0, 1, 1).is_err(),
+            "id 0 is the subnet-router anycast"
+        );
+        assert!(
+            AddressPool::bind(network, 0, u64::MAX, 1, 2).is_err(),
+            "ids past 2^64"
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! A fleet on one socket per thread, each device at its own IPv6 address (shared/DESIGN.md §4,
+//! `v6iot-sim run --source-prefix`), against the real edge router (in this process, requiring
+//! OSCORE and checking every device's source address against its provisioned prefix) and the
+//! simulator's embedded MQTT broker — all inside a network namespace this test creates (root),
+//! where 2001:db8:100::/64 is routed to loopback.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::registry_db::Ipv6Prefix;
+use v6iot_sdk::uplink::Binding;
+use v6iot_simulator::fleet::FleetPlan;
+use v6iot_simulator::link::enter_private_network;
+use v6iot_simulator::load::{self, BrokerView, RunReport, Sources};
+use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
+
+const DEVICES: usize = 60;
+
+/// Provisions `DEVICES` devices allowed on `allowed`, starts an edge and a broker, runs the
+/// fleet from the pool in `sources` over 2 shard threads; returns the fleet's report.
+async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: Ipv6Addr) -> RunReport {
+    let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let broker = v6iot_simulator::broker::start(loopback).unwrap();
+    let mut config = EdgeConfig::with_site("pool");
+    config.coap.listen = SocketAddr::new(loopback, 0);
+    config.mqtt.url = format!("mqtt://[{}]:{}", broker.ip(), broker.port());
+    config.data_dir = dir.to_path_buf();
+    let oscore = provision_edge(
+        dir,
+        &mut config,
+        &ProvisionPlan {
+            devices: DEVICES as u64,
+            first: 0,
+            id_prefix: "pool".into(),
+            class: 1,
+            prefix: allowed.parse::<Ipv6Prefix>().unwrap(),
+        },
+    )
+    .unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let edge = tokio::spawn(v6iot_edge_router::server::run(
+        config,
+        Some(ready_tx),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let handle = ready_rx.await.expect("the edge router starts");
+    let plan = FleetPlan {
+        edge: handle.coap_addr,
+        devices: DEVICES,
+        rate: 300.0,
+        duration: Duration::from_millis(1500),
+        id_prefix: "pool".into(),
+        binding: Binding::U,
+    };
+    let view = BrokerView {
+        url: format!("mqtt://[{}]:{}", broker.ip(), broker.port()),
+        prefix: "v6iot".into(),
+        site: "pool".into(),
+    };
+    let report = load::run_sharded(
+        plan,
+        view,
+        Duration::from_secs(2),
+        false,
+        Some(oscore),
+        2,
+        Sources::Pool(sources),
+    )
+    .await
+    .unwrap();
+    let _ = stop_tx.send(());
+    edge.await.unwrap().unwrap();
+    report
+}
+
+/// Runs `body` on a thread of its own inside a fresh network namespace with the pool's /64
+/// routed to loopback, on a tokio runtime made there (its threads are in the namespace too).
+fn in_private_network<T: Send + 'static>(
+    body: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        enter_private_network("2001:db8:100::/64".parse().unwrap())
+            .expect("a private network namespace (this test needs root, as the CI runs)");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        body(&rt)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn every_device_reports_from_its_own_address_and_everything_arrives() {
+    let r = in_private_network(|rt| {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = "2001:db8:100::".parse().unwrap();
+        rt.block_on(run_fleet(dir.path(), "2001:db8:100::/64", pool))
+    });
+    assert_eq!(r.registered, DEVICES, "{r:?}");
+    assert!(r.sent >= 300, "300/s for 1.5 s, after registering: {r:?}");
+    assert_eq!((r.acked, r.delivered), (r.sent, r.sent), "{r:?}");
+    assert_eq!((r.lost, r.rejected, r.unsent), (0, 0, 0), "{r:?}");
+    let oscore = r.oscore.as_ref().unwrap();
+    assert_eq!(oscore.responses_rejected, 0, "{r:?}");
+    assert!(oscore.responses_verified >= r.sent, "{r:?}");
+}
+
+/// The same fleet provisioned for another /64: the edge sees the pool's addresses, which are
+/// outside every device's allowed prefix, and refuses each registration (protected 4.03);
+/// nothing is acknowledged or published.
+#[test]
+fn the_edge_sees_the_pool_addresses_and_refuses_them_outside_the_allowed_prefix() {
+    let r = in_private_network(|rt| {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = "2001:db8:100::".parse().unwrap();
+        rt.block_on(run_fleet(dir.path(), "2001:db8:200::/64", pool))
+    });
+    assert_eq!(r.registered, 0, "{r:?}");
+    assert_eq!((r.acked, r.delivered), (0, 0), "{r:?}");
+}

@@ -237,14 +237,9 @@ impl AddressPool {
         stride: u64,
         members: usize,
     ) -> io::Result<AddressPool> {
-        let last = (members.saturating_sub(1) as u64)
-            .checked_mul(stride)
-            .and_then(|o| o.checked_add(first));
-        if stride == 0 || first == 0 || last.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the pool's addresses do not fit in the /64",
-            ));
+        let layout = Layout::new(network, first, stride, members)?;
+        for i in [0, members.saturating_sub(1)] {
+            check_routed_to_loopback(layout.address(i))?;
         }
         let socket = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
         setsockopt(&socket, sockopt::IpFreebind, &true).map_err(|e| {
@@ -262,12 +257,7 @@ impl AddressPool {
         socket.set_nonblocking(true)?;
         Ok(AddressPool {
             socket,
-            layout: Layout {
-                network: (u128::from(network) >> 64) as u64,
-                first,
-                stride,
-                members,
-            },
+            layout,
             slots: (0..POOL_SLOTS)
                 .map(|_| vec![0u8; POOL_SLOT_BYTES])
                 .collect(),
@@ -366,6 +356,31 @@ impl AddressPool {
     }
 }
 
+/// Refuses `address` unless the host routes it to loopback (an AnyIP route): otherwise the
+/// answers to a device there would be routed off the machine. Asks the kernel which source
+/// address it would use towards `address` (a UDP `connect` sends nothing): `::1` only when the
+/// route goes through `lo`.
+fn check_routed_to_loopback(address: Ipv6Addr) -> io::Result<()> {
+    let probe = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))?;
+    let source = probe
+        .connect(SocketAddr::from((address, 9)))
+        .and_then(|()| probe.local_addr())
+        .map(|a| a.ip());
+    match source {
+        Ok(ip) if ip.is_loopback() => Ok(()),
+        other => Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!(
+                "{address} is not routed to this host's loopback ({}): run inside a network namespace of its own with `ip -6 route add local PREFIX dev lo` (shared/DESIGN.md §4)",
+                match other {
+                    Ok(ip) => format!("the kernel would send to it from {ip}"),
+                    Err(e) => e.to_string(),
+                }
+            ),
+        )),
+    }
+}
+
 /// Where a pool's members are in their /64.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -377,6 +392,24 @@ struct Layout {
 }
 
 impl Layout {
+    fn new(network: Ipv6Addr, first: u64, stride: u64, members: usize) -> io::Result<Layout> {
+        let last = (members.saturating_sub(1) as u64)
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(first));
+        if stride == 0 || first == 0 || last.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the pool's addresses do not fit in the /64 (interface ids from 1 to 2^64 - 1)",
+            ));
+        }
+        Ok(Layout {
+            network: (u128::from(network) >> 64) as u64,
+            first,
+            stride,
+            members,
+        })
+    }
+
     fn address(&self, i: usize) -> Ipv6Addr {
         let iid = self
             .first
@@ -483,8 +516,8 @@ mod tests {
     fn pool_addresses_name_their_members_and_nothing_else() {
         let network: Ipv6Addr = "2001:db8:100::".parse().unwrap();
         // Shard 1 of 3, 4 members: interface ids 2, 5, 8, 11.
-        let pool = AddressPool::bind(network, 0, 2, 3, 4).unwrap();
-        let ids: Vec<Ipv6Addr> = (0..4).map(|i| pool.member_address(i)).collect();
+        let layout = Layout::new(network, 2, 3, 4).unwrap();
+        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i)).collect();
         assert_eq!(
             ids,
             [
@@ -496,7 +529,7 @@ mod tests {
             .map(|a| a.parse::<Ipv6Addr>().unwrap())
         );
         for (i, a) in ids.iter().enumerate() {
-            assert_eq!(pool.member_at(*a), Some(i));
+            assert_eq!(layout.member_at(*a), Some(i));
         }
         for other in [
             "2001:db8:100::1", // another shard's
@@ -505,15 +538,26 @@ mod tests {
             "2001:db8:101::2", // another /64
             "::1",
         ] {
-            assert_eq!(pool.member_at(other.parse().unwrap()), None, "{other}");
+            assert_eq!(layout.member_at(other.parse().unwrap()), None, "{other}");
         }
         assert!(
-            AddressPool::bind(network, 0, 0, 1, 1).is_err(),
+            Layout::new(network, 0, 1, 1).is_err(),
             "id 0 is the subnet-router anycast"
         );
         assert!(
-            AddressPool::bind(network, 0, u64::MAX, 1, 2).is_err(),
+            Layout::new(network, u64::MAX, 1, 2).is_err(),
             "ids past 2^64"
+        );
+    }
+
+    /// Outside a namespace that routes the prefix to loopback, a pool is refused before any
+    /// datagram could go out from (or answers go to) its addresses.
+    #[test]
+    fn a_prefix_not_routed_to_loopback_is_refused() {
+        let e = AddressPool::bind("2001:db8:100::".parse().unwrap(), 0, 1, 1, 10).unwrap_err();
+        assert!(
+            e.to_string().contains("not routed to this host's loopback"),
+            "{e}"
         );
     }
 }

@@ -470,57 +470,88 @@ impl RecordAssembler {
 /// and the rule that a record needs a value or a sum, apply after base fields are applied:
 /// [`resolve`](super::resolve) checks those.
 pub fn validate(pack: &[Record]) -> Result<(), SenmlError> {
-    let mut in_force = SENML_VERSION;
-    let mut pack_version = None;
+    let mut versions = Versions::default();
     for (index, r) in pack.iter().enumerate() {
-        let numbers = [
-            (Field::Bt, r.bt),
-            (Field::Bv, r.bv),
-            (Field::Bs, r.bs),
-            (Field::V, r.v),
-            (Field::S, r.s),
-            (Field::T, r.t),
-            (Field::Ut, r.ut),
-        ];
-        for (field, x) in numbers {
-            if x.is_some_and(|x| !x.is_finite()) {
-                return Err(SenmlError::InvalidField {
-                    record: index,
-                    field: field.label(),
-                    expected: "a finite number",
-                });
-            }
+        let numbers = [r.bt, r.bv, r.bs, r.v, r.s, r.t, r.ut];
+        check_record(index, numbers, r.value_count(), r.bver, &mut versions)?;
+    }
+    Ok(())
+}
+
+/// The version in force while a pack is checked record by record, and the pack's version.
+#[derive(Debug)]
+pub(crate) struct Versions {
+    in_force: i64,
+    pack: Option<i64>,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions {
+            in_force: SENML_VERSION,
+            pack: None,
         }
-        if r.value_count() > 1 {
-            return Err(SenmlError::MultipleValues { record: index });
+    }
+}
+
+/// The fields `numbers` holds, in its order.
+const NUMBERS: [Field; 7] = [
+    Field::Bt,
+    Field::Bv,
+    Field::Bs,
+    Field::V,
+    Field::S,
+    Field::T,
+    Field::Ut,
+];
+
+/// The rules of [`validate`] for record `index`, whose `bt`, `bv`, `bs`, `v`, `s`, `t` and `ut`
+/// are `numbers` (in that order); `versions` carries the pack's versions from record to record.
+pub(crate) fn check_record(
+    index: usize,
+    numbers: [Option<f64>; 7],
+    value_count: usize,
+    bver: Option<i64>,
+    versions: &mut Versions,
+) -> Result<(), SenmlError> {
+    for (field, x) in NUMBERS.into_iter().zip(numbers) {
+        if x.is_some_and(|x| !x.is_finite()) {
+            return Err(SenmlError::InvalidField {
+                record: index,
+                field: field.label(),
+                expected: "a finite number",
+            });
         }
-        if let Some(version) = r.bver {
-            if version < 1 {
-                return Err(SenmlError::InvalidField {
-                    record: index,
-                    field: Field::Bver.label(),
-                    expected: expected(Kind::Version),
-                });
-            }
-            if version > SENML_VERSION {
-                return Err(SenmlError::UnsupportedVersion {
-                    record: index,
-                    version,
-                });
-            }
-            in_force = version;
+    }
+    if value_count > 1 {
+        return Err(SenmlError::MultipleValues { record: index });
+    }
+    if let Some(version) = bver {
+        if version < 1 {
+            return Err(SenmlError::InvalidField {
+                record: index,
+                field: Field::Bver.label(),
+                expected: expected(Kind::Version),
+            });
         }
-        match pack_version {
-            None => pack_version = Some(in_force),
-            Some(pack_version) if pack_version != in_force => {
-                return Err(SenmlError::VersionMismatch {
-                    record: index,
-                    version: in_force,
-                    pack_version,
-                });
-            }
-            Some(_) => {}
+        if version > SENML_VERSION {
+            return Err(SenmlError::UnsupportedVersion {
+                record: index,
+                version,
+            });
         }
+        versions.in_force = version;
+    }
+    match versions.pack {
+        None => versions.pack = Some(versions.in_force),
+        Some(pack_version) if pack_version != versions.in_force => {
+            return Err(SenmlError::VersionMismatch {
+                record: index,
+                version: versions.in_force,
+                pack_version,
+            });
+        }
+        Some(_) => {}
     }
     Ok(())
 }

@@ -79,14 +79,18 @@ impl From<&ResolvedRecord> for Record {
 /// Whether `name` obeys RFC 8428 §4.5.1: only `A–Z a–z 0–9 - : . / _`, starting with a letter
 /// or a digit.
 pub fn is_valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
+    is_valid_name_bytes(name.bytes())
+}
+
+/// [`is_valid_name`] on the bytes of a name, e.g. of a base name and a name chained.
+pub(crate) fn is_valid_name_bytes(mut bytes: impl Iterator<Item = u8>) -> bool {
     bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'/' | b'_'))
 }
 
 /// `base + x` where either may be absent; `None` if both are. Adds only when both are present,
 /// so a lone value keeps its exact bits.
-fn add(base: Option<f64>, x: Option<f64>) -> Option<f64> {
+pub(crate) fn add(base: Option<f64>, x: Option<f64>) -> Option<f64> {
     match (base, x) {
         (Some(b), Some(x)) => Some(b + x),
         (b, x) => b.or(x),

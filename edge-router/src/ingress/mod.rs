@@ -200,6 +200,76 @@ struct Waiting {
 
 /// Message IDs remembered per peer; a device with NSTART = 1 has far fewer in flight.
 const RECENT_PER_PEER: usize = 8;
+
+/// The message IDs one peer sent last, oldest first: at most [`RECENT_PER_PEER`], the oldest
+/// dropped for a new one when full. A ring inline in the peer's table entry, so a new peer
+/// costs no allocation of its own.
+#[derive(Debug, Default)]
+struct PeerRecent {
+    slots: [Option<Recent>; RECENT_PER_PEER],
+    /// Where the oldest is.
+    head: usize,
+    len: usize,
+}
+
+impl PeerRecent {
+    /// Slot indexes, oldest first.
+    fn order(&self) -> impl Iterator<Item = usize> + use<> {
+        let head = self.head;
+        (0..self.len).map(move |i| (head + i) % RECENT_PER_PEER)
+    }
+
+    fn find(&self, message_id: u16) -> Option<&Recent> {
+        self.order()
+            .filter_map(|i| self.slots.get(i).and_then(Option::as_ref))
+            .find(|r| r.message_id == message_id)
+    }
+
+    fn find_mut(&mut self, message_id: u16) -> Option<&mut Recent> {
+        let i = self.order().find(|&i| {
+            self.slots
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.message_id == message_id)
+        })?;
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    fn push(&mut self, recent: Recent) {
+        if self.len >= RECENT_PER_PEER {
+            if let Some(oldest) = self.slots.get_mut(self.head) {
+                *oldest = None;
+            }
+            self.head = (self.head + 1) % RECENT_PER_PEER;
+            self.len -= 1;
+        }
+        if let Some(slot) = self.slots.get_mut((self.head + self.len) % RECENT_PER_PEER) {
+            *slot = Some(recent);
+            self.len += 1;
+        }
+    }
+
+    /// Keeps the entries `keep` says yes to, in their order.
+    fn retain(&mut self, mut keep: impl FnMut(&Recent) -> bool) {
+        let (head, len) = (self.head, self.len);
+        let mut old = std::mem::take(&mut self.slots);
+        self.head = 0;
+        self.len = 0;
+        for i in 0..len {
+            if let Some(r) = old
+                .get_mut((head + i) % RECENT_PER_PEER)
+                .and_then(Option::take)
+                && keep(&r)
+            {
+                self.push(r);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 /// Lab mode: names of unregistered senders kept at most (then the table starts over).
 const LAB_NAMES: usize = 4096;
 
@@ -217,7 +287,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct Ingress {
     config: IngressConfig,
     directory: Directory,
-    recent: HashMap<SocketAddr, VecDeque<Recent>>,
+    recent: HashMap<SocketAddr, PeerRecent>,
     /// Lab mode: `anon-{peer}` names (bounded by [`LAB_NAMES`]).
     lab_names: HashMap<SocketAddr, String>,
     waiting: HashMap<AppendTicket, Waiting>,
@@ -484,12 +554,12 @@ impl Ingress {
                 return;
             }
         }
-        if self.repeat(peer, header.message_id, confirmable) {
+        if !self.first_time(now, peer, header.message_id, confirmable) {
             return;
         }
         self.stats.requests += 1;
         let outcome = self.route(now, unix_ms, peer, packet, identity);
-        let reply = match outcome {
+        match outcome {
             Outcome::Now(response) => {
                 if response.code.is_error() {
                     self.stats.refused += 1;
@@ -501,12 +571,14 @@ impl Ingress {
                 }
                 let bytes = reply::response(packet, confirmable, self.take_message_id(), &response);
                 self.transmits.push_back((peer, bytes.clone()));
-                if confirmable {
+                let reply = if confirmable {
                     Reply::Sent(bytes.into_boxed_slice())
                 } else {
                     Reply::Silent
-                }
+                };
+                self.set_reply(peer, header.message_id, reply);
             }
+            // Remembered as pending already; `handle_appended` sets the reply.
             Outcome::Waiting(ticket) => {
                 self.waiting.insert(
                     ticket,
@@ -518,10 +590,8 @@ impl Ingress {
                         notification: false,
                     },
                 );
-                Reply::Pending
             }
-        };
-        self.remember(now, peer, header.message_id, reply);
+        }
         // An uplink opens a queue-mode device's listening window.
         // (The name is copied only when a command waits: this runs for every request.)
         if let Some(device) = self.directory.endpoint_at(peer)
@@ -694,17 +764,12 @@ impl Ingress {
         request.set_token(w.token);
         let bytes = reply::response(&request, w.confirmable, self.take_message_id(), &response);
         self.transmits.push_back((w.peer, bytes.clone()));
-        if let Some(r) = self
-            .recent
-            .get_mut(&w.peer)
-            .and_then(|l| l.iter_mut().find(|r| r.message_id == w.message_id))
-        {
-            r.reply = if w.confirmable {
-                Reply::Sent(bytes.into_boxed_slice())
-            } else {
-                Reply::Silent
-            };
-        }
+        let reply = if w.confirmable {
+            Reply::Sent(bytes.into_boxed_slice())
+        } else {
+            Reply::Silent
+        };
+        self.set_reply(w.peer, w.message_id, reply);
     }
 
     /// A notification's record was stored (ACK it) or not (stay silent and forget its message ID,
@@ -717,8 +782,7 @@ impl Ingress {
             if w.confirmable {
                 self.transmits.push_back((w.peer, ack.clone()));
             }
-            if let Some(r) = list.and_then(|l| l.iter_mut().find(|r| r.message_id == w.message_id))
-            {
+            if let Some(r) = list.and_then(|l| l.find_mut(w.message_id)) {
                 r.reply = if w.confirmable {
                     Reply::Sent(ack.into_boxed_slice())
                 } else {
@@ -837,11 +901,7 @@ impl Ingress {
     }
 
     fn repeat(&mut self, peer: SocketAddr, message_id: u16, confirmable: bool) -> bool {
-        let Some(r) = self
-            .recent
-            .get(&peer)
-            .and_then(|l| l.iter().find(|r| r.message_id == message_id))
-        else {
+        let Some(r) = self.recent.get(&peer).and_then(|l| l.find(message_id)) else {
             return false;
         };
         self.stats.duplicates += 1;
@@ -852,17 +912,54 @@ impl Ingress {
     }
 
     fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, reply: Reply) {
-        let list = self.recent.entry(peer).or_default();
-        if list.len() >= RECENT_PER_PEER {
-            list.pop_front();
-        }
-        list.push_back(Recent {
+        self.recent.entry(peer).or_default().push(Recent {
             message_id,
             expires: now + self.config.exchange_lifetime,
             reply,
         });
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+    }
+
+    /// A request's deduplication in one table lookup (RFC 7252 §4.5): a message ID this peer
+    /// sent within EXCHANGE_LIFETIME is a duplicate (its reply sent again if it was Confirmable
+    /// and has one; `false`); a new one is remembered as pending (`true`), its reply set later
+    /// with [`Ingress::set_reply`].
+    fn first_time(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        message_id: u16,
+        confirmable: bool,
+    ) -> bool {
+        let list = self.recent.entry(peer).or_default();
+        if let Some(r) = list.find(message_id) {
+            self.stats.duplicates += 1;
+            if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
+                self.transmits.push_back((peer, bytes.to_vec()));
+            }
+            return false;
+        }
+        list.push(Recent {
+            message_id,
+            expires: now + self.config.exchange_lifetime,
+            reply: Reply::Pending,
+        });
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        true
+    }
+
+    /// The reply to a remembered message ID, to repeat for its duplicates.
+    fn set_reply(&mut self, peer: SocketAddr, message_id: u16, reply: Reply) {
+        if let Some(r) = self
+            .recent
+            .get_mut(&peer)
+            .and_then(|l| l.find_mut(message_id))
+        {
+            r.reply = reply;
         }
     }
 
@@ -1207,4 +1304,49 @@ fn query_value<'q>(query: &'q [String], key: &str) -> Option<&'q str> {
     query
         .iter()
         .find_map(|q| q.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    fn recent(message_id: u16) -> Recent {
+        Recent {
+            message_id,
+            expires: Instant::now(),
+            reply: Reply::Silent,
+        }
+    }
+
+    fn ids(list: &PeerRecent) -> Vec<u16> {
+        list.order()
+            .filter_map(|i| list.slots.get(i).and_then(Option::as_ref))
+            .map(|r| r.message_id)
+            .collect()
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_in_order() {
+        let mut list = PeerRecent::default();
+        assert!(list.is_empty() && list.find(1).is_none());
+        for id in 1..=11 {
+            list.push(recent(id));
+        }
+        assert_eq!(ids(&list), (4..=11).collect::<Vec<_>>());
+        assert!(list.find(3).is_none());
+        assert_eq!(list.find(4).map(|r| r.message_id), Some(4));
+        list.find_mut(5).unwrap().reply = Reply::Pending;
+        assert!(matches!(list.find(5).unwrap().reply, Reply::Pending));
+
+        list.retain(|r| r.message_id % 2 == 0);
+        assert_eq!(ids(&list), [4, 6, 8, 10]);
+        for id in 20..=25 {
+            list.push(recent(id));
+        }
+        // Four more than room for: 4 and 6 go.
+        assert_eq!(ids(&list), [8, 10, 20, 21, 22, 23, 24, 25]);
+        list.retain(|_| false);
+        assert!(list.is_empty());
+        assert!(ids(&list).is_empty());
+    }
 }

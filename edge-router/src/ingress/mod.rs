@@ -184,7 +184,6 @@ pub struct IngressStats {
 
 #[derive(Debug)]
 struct Recent {
-    message_id: u16,
     expires: Instant,
     reply: Reply,
 }
@@ -203,65 +202,73 @@ const RECENT_PER_PEER: usize = 8;
 
 /// The message IDs one peer sent last, oldest first: at most [`RECENT_PER_PEER`], the oldest
 /// dropped for a new one when full. A ring inline in the peer's table entry, so a new peer
-/// costs no allocation of its own.
+/// costs no allocation of its own; the IDs sit together next to the key, so telling a new
+/// message from a duplicate reads one cache line.
 #[derive(Debug, Default)]
 struct PeerRecent {
-    slots: [Option<Recent>; RECENT_PER_PEER],
+    ids: [u16; RECENT_PER_PEER],
     /// Where the oldest is.
-    head: usize,
-    len: usize,
+    head: u8,
+    len: u8,
+    /// Expiry and reply of `ids[i]` (`None` when the slot is free).
+    entries: [Option<Recent>; RECENT_PER_PEER],
 }
 
 impl PeerRecent {
     /// Slot indexes, oldest first.
     fn order(&self) -> impl Iterator<Item = usize> + use<> {
-        let head = self.head;
-        (0..self.len).map(move |i| (head + i) % RECENT_PER_PEER)
+        let head = usize::from(self.head);
+        (0..usize::from(self.len)).map(move |i| (head + i) % RECENT_PER_PEER)
+    }
+
+    fn slot_of(&self, message_id: u16) -> Option<usize> {
+        self.order().find(|&i| self.ids.get(i) == Some(&message_id))
     }
 
     fn find(&self, message_id: u16) -> Option<&Recent> {
-        self.order()
-            .filter_map(|i| self.slots.get(i).and_then(Option::as_ref))
-            .find(|r| r.message_id == message_id)
+        let i = self.slot_of(message_id)?;
+        self.entries.get(i).and_then(Option::as_ref)
     }
 
     fn find_mut(&mut self, message_id: u16) -> Option<&mut Recent> {
-        let i = self.order().find(|&i| {
-            self.slots
-                .get(i)
-                .and_then(Option::as_ref)
-                .is_some_and(|r| r.message_id == message_id)
-        })?;
-        self.slots.get_mut(i).and_then(Option::as_mut)
+        let i = self.slot_of(message_id)?;
+        self.entries.get_mut(i).and_then(Option::as_mut)
     }
 
-    fn push(&mut self, recent: Recent) {
-        if self.len >= RECENT_PER_PEER {
-            if let Some(oldest) = self.slots.get_mut(self.head) {
+    fn push(&mut self, message_id: u16, recent: Recent) {
+        if usize::from(self.len) >= RECENT_PER_PEER {
+            if let Some(oldest) = self.entries.get_mut(usize::from(self.head)) {
                 *oldest = None;
             }
-            self.head = (self.head + 1) % RECENT_PER_PEER;
+            self.head = ((usize::from(self.head) + 1) % RECENT_PER_PEER) as u8;
             self.len -= 1;
         }
-        if let Some(slot) = self.slots.get_mut((self.head + self.len) % RECENT_PER_PEER) {
-            *slot = Some(recent);
+        let i = (usize::from(self.head) + usize::from(self.len)) % RECENT_PER_PEER;
+        if let (Some(id), Some(entry)) = (self.ids.get_mut(i), self.entries.get_mut(i)) {
+            *id = message_id;
+            *entry = Some(recent);
             self.len += 1;
         }
     }
 
-    /// Keeps the entries `keep` says yes to, in their order.
-    fn retain(&mut self, mut keep: impl FnMut(&Recent) -> bool) {
-        let (head, len) = (self.head, self.len);
-        let mut old = std::mem::take(&mut self.slots);
+    /// Keeps the entries `keep(message_id, entry)` says yes to, in their order.
+    fn retain(&mut self, mut keep: impl FnMut(u16, &Recent) -> bool) {
+        let order: [Option<usize>; RECENT_PER_PEER] = {
+            let mut order = [None; RECENT_PER_PEER];
+            for (o, i) in order.iter_mut().zip(self.order()) {
+                *o = Some(i);
+            }
+            order
+        };
+        let ids = self.ids;
+        let mut entries = std::mem::take(&mut self.entries);
         self.head = 0;
         self.len = 0;
-        for i in 0..len {
-            if let Some(r) = old
-                .get_mut((head + i) % RECENT_PER_PEER)
-                .and_then(Option::take)
-                && keep(&r)
+        for i in order.into_iter().flatten() {
+            if let (Some(&id), Some(r)) = (ids.get(i), entries.get_mut(i).and_then(Option::take))
+                && keep(id, &r)
             {
-                self.push(r);
+                self.push(id, r);
             }
         }
     }
@@ -399,7 +406,7 @@ impl Ingress {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.recent.retain(|_, list| {
-                list.retain(|r| r.expires > now);
+                list.retain(|_, r| r.expires > now);
                 !list.is_empty()
             });
             let busy = !self.recent.is_empty() || self.downlink.pending() > 0;
@@ -792,7 +799,7 @@ impl Ingress {
         } else {
             self.stats.telemetry_busy += 1;
             if let Some(l) = list {
-                l.retain(|r| r.message_id != w.message_id);
+                l.retain(|id, _| id != w.message_id);
             }
         }
     }
@@ -912,11 +919,13 @@ impl Ingress {
     }
 
     fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, reply: Reply) {
-        self.recent.entry(peer).or_default().push(Recent {
+        self.recent.entry(peer).or_default().push(
             message_id,
-            expires: now + self.config.exchange_lifetime,
-            reply,
-        });
+            Recent {
+                expires: now + self.config.exchange_lifetime,
+                reply,
+            },
+        );
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_EVERY);
         }
@@ -941,11 +950,13 @@ impl Ingress {
             }
             return false;
         }
-        list.push(Recent {
+        list.push(
             message_id,
-            expires: now + self.config.exchange_lifetime,
-            reply: Reply::Pending,
-        });
+            Recent {
+                expires: now + self.config.exchange_lifetime,
+                reply: Reply::Pending,
+            },
+        );
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_EVERY);
         }
@@ -1310,19 +1321,19 @@ fn query_value<'q>(query: &'q [String], key: &str) -> Option<&'q str> {
 mod recent_tests {
     use super::*;
 
-    fn recent(message_id: u16) -> Recent {
+    fn recent() -> Recent {
         Recent {
-            message_id,
             expires: Instant::now(),
             reply: Reply::Silent,
         }
     }
 
     fn ids(list: &PeerRecent) -> Vec<u16> {
-        list.order()
-            .filter_map(|i| list.slots.get(i).and_then(Option::as_ref))
-            .map(|r| r.message_id)
-            .collect()
+        let ids: Vec<u16> = list.order().map(|i| list.ids[i]).collect();
+        assert!(ids.iter().all(|&id| list.find(id).is_some()));
+        let used = list.entries.iter().filter(|e| e.is_some()).count();
+        assert_eq!(used, ids.len(), "an entry per remembered ID");
+        ids
     }
 
     #[test]
@@ -1330,22 +1341,22 @@ mod recent_tests {
         let mut list = PeerRecent::default();
         assert!(list.is_empty() && list.find(1).is_none());
         for id in 1..=11 {
-            list.push(recent(id));
+            list.push(id, recent());
         }
         assert_eq!(ids(&list), (4..=11).collect::<Vec<_>>());
         assert!(list.find(3).is_none());
-        assert_eq!(list.find(4).map(|r| r.message_id), Some(4));
+        assert!(list.find(4).is_some());
         list.find_mut(5).unwrap().reply = Reply::Pending;
         assert!(matches!(list.find(5).unwrap().reply, Reply::Pending));
 
-        list.retain(|r| r.message_id % 2 == 0);
+        list.retain(|id, _| id % 2 == 0);
         assert_eq!(ids(&list), [4, 6, 8, 10]);
         for id in 20..=25 {
-            list.push(recent(id));
+            list.push(id, recent());
         }
         // Four more than room for: 4 and 6 go.
         assert_eq!(ids(&list), [8, 10, 20, 21, 22, 23, 24, 25]);
-        list.retain(|_| false);
+        list.retain(|_, _| false);
         assert!(list.is_empty());
         assert!(ids(&list).is_empty());
     }

@@ -188,10 +188,36 @@ struct Recent {
     reply: Reply,
 }
 
+/// A request's token, inline (at most 8 bytes, RFC 7252 §3; the parser refuses longer ones).
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl Token {
+    /// The first 8 bytes of `token` (all of any token that came over the wire).
+    fn new(token: &[u8]) -> Token {
+        let mut bytes = [0; 8];
+        let len = token.len().min(bytes.len());
+        if let (Some(to), Some(from)) = (bytes.get_mut(..len), token.get(..len)) {
+            to.copy_from_slice(from);
+        }
+        Token {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
 struct Waiting {
     peer: SocketAddr,
     message_id: u16,
-    token: Vec<u8>,
+    token: Token,
     confirmable: bool,
     /// An Observe notification (answered with an empty ACK), not a request.
     notification: bool,
@@ -576,7 +602,13 @@ impl Ingress {
                         reason: String::from_utf8_lossy(&response.payload).into_owned(),
                     });
                 }
-                let bytes = reply::response(packet, confirmable, self.take_message_id(), &response);
+                let bytes = reply::response(
+                    header.message_id,
+                    packet.get_token(),
+                    confirmable,
+                    self.take_message_id(),
+                    &response,
+                );
                 self.transmits.push_back((peer, bytes.clone()));
                 let reply = if confirmable {
                     Reply::Sent(bytes.into_boxed_slice())
@@ -592,7 +624,7 @@ impl Ingress {
                     Waiting {
                         peer,
                         message_id: header.message_id,
-                        token: packet.get_token().to_vec(),
+                        token: Token::new(packet.get_token()),
                         confirmable,
                         notification: false,
                     },
@@ -766,10 +798,13 @@ impl Ingress {
                 )
             }
         };
-        let mut request = Packet::new();
-        request.header.message_id = w.message_id;
-        request.set_token(w.token);
-        let bytes = reply::response(&request, w.confirmable, self.take_message_id(), &response);
+        let bytes = reply::response(
+            w.message_id,
+            w.token.as_slice(),
+            w.confirmable,
+            self.take_message_id(),
+            &response,
+        );
         self.transmits.push_back((w.peer, bytes.clone()));
         let reply = if w.confirmable {
             Reply::Sent(bytes.into_boxed_slice())
@@ -825,7 +860,7 @@ impl Ingress {
             Ok(payload) => {
                 let ticket = self.store_telemetry(&device, payload);
                 let message_id = packet.header.message_id;
-                let token = packet.get_token().to_vec();
+                let token = Token::new(packet.get_token());
                 self.waiting.insert(
                     ticket,
                     Waiting {
@@ -1007,7 +1042,6 @@ impl Ingress {
             MessageClass::Request(m) => m,
             _ => RequestType::UnKnown,
         };
-        let path: Vec<&str> = path.iter().map(String::as_str).collect();
         if let (Some(device), Some(refusal)) = (identity, self.foreign(&path, &query, identity)) {
             return Outcome::error(
                 ResponseType::Forbidden,
@@ -1039,7 +1073,7 @@ impl Ingress {
     fn foreign(
         &self,
         path: &[&str],
-        query: &[String],
+        query: &[&str],
         identity: Option<&str>,
     ) -> Option<&'static str> {
         let device = identity?;
@@ -1062,7 +1096,7 @@ impl Ingress {
         now: Instant,
         unix_ms: u64,
         peer: SocketAddr,
-        query: &[String],
+        query: &[&str],
         format: Option<u32>,
         body: &[u8],
     ) -> Outcome {
@@ -1137,7 +1171,7 @@ impl Ingress {
         unix_ms: u64,
         peer: SocketAddr,
         loc: &str,
-        query: &[String],
+        query: &[&str],
     ) -> Outcome {
         let lifetime = match query_value(query, "lt").map(str::parse::<u64>) {
             None => None,
@@ -1301,17 +1335,16 @@ fn header_of(packet: &Packet) -> wire::RawHeader {
     }
 }
 
-fn strings(packet: &Packet, option: CoapOption) -> Option<Vec<String>> {
+/// The values of a repeatable text option (Uri-Path, Uri-Query), borrowed from the packet;
+/// `None` if one is not UTF-8.
+fn strings(packet: &Packet, option: CoapOption) -> Option<Vec<&str>> {
     match packet.get_option(option) {
         None => Some(Vec::new()),
-        Some(list) => list
-            .iter()
-            .map(|v| String::from_utf8(v.clone()).ok())
-            .collect(),
+        Some(list) => list.iter().map(|v| std::str::from_utf8(v).ok()).collect(),
     }
 }
 
-fn query_value<'q>(query: &'q [String], key: &str) -> Option<&'q str> {
+fn query_value<'q>(query: &[&'q str], key: &str) -> Option<&'q str> {
     query
         .iter()
         .find_map(|q| q.strip_prefix(key)?.strip_prefix('='))

@@ -1089,6 +1089,46 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![any::<String>(), "[A-Za-z0-9][-:./_A-Za-z0-9]{0,12}"]
 }
 
+/// Base fields, regular fields and the value fields, as the record generators draw them.
+type Drawn = (
+    (
+        Option<String>,
+        Option<f64>,
+        Option<String>,
+        Option<f64>,
+        Option<f64>,
+    ),
+    (
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    ),
+    (Option<f64>, Option<String>, Option<bool>, Option<Vec<u8>>),
+);
+
+/// A record (version unset) from what a generator drew.
+fn assemble(((bn, bt, bu, bv, bs), (n, u, s, t, ut), (v, vs, vb, vd)): Drawn) -> Record {
+    Record {
+        bn,
+        bt,
+        bu,
+        bv,
+        bs,
+        bver: None,
+        n,
+        u,
+        v,
+        vs,
+        vb,
+        vd,
+        s,
+        t,
+        ut,
+    }
+}
+
 fn record() -> impl Strategy<Value = Record> {
     let base = (
         proptest::option::of(text()),
@@ -1111,25 +1151,7 @@ fn record() -> impl Strategy<Value = Record> {
         any::<bool>().prop_map(|b| (None, None, Some(b), None)),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(|d| (None, None, None, Some(d))),
     ];
-    (base, regular, value).prop_map(
-        |((bn, bt, bu, bv, bs), (n, u, s, t, ut), (v, vs, vb, vd))| Record {
-            bn,
-            bt,
-            bu,
-            bv,
-            bs,
-            bver: None,
-            n,
-            u,
-            v,
-            vs,
-            vb,
-            vd,
-            s,
-            t,
-            ut,
-        },
-    )
+    (base, regular, value).prop_map(assemble)
 }
 
 fn pack() -> impl Strategy<Value = Vec<Record>> {
@@ -1439,25 +1461,7 @@ fn resolvable_record() -> impl Strategy<Value = Record> {
         1 => any::<bool>().prop_map(|b| (None, None, Some(b), None)),
         1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(|d| (None, None, None, Some(d))),
     ];
-    (base, regular, value).prop_map(
-        |((bn, bt, bu, bv, bs), (n, u, s, t, ut), (v, vs, vb, vd))| Record {
-            bn,
-            bt,
-            bu,
-            bv,
-            bs,
-            bver: None,
-            n,
-            u,
-            v,
-            vs,
-            vb,
-            vd,
-            s,
-            t,
-            ut,
-        },
-    )
+    (base, regular, value).prop_map(assemble)
 }
 
 fn resolvable_pack() -> impl Strategy<Value = Vec<Record>> {

@@ -71,8 +71,9 @@ pub(super) fn normalise(
     let mut digits = [0u8; 20];
     let rid = decimal(&mut digits, id);
     let now = unix_ms as f64 / 1000.0;
-    // The JSON is about twice the CBOR; the rid and the labels' quotes come on top.
-    let mut out = Vec::with_capacity(body.len() * 2 + 64);
+    // Room for the whole answer up front: JSON is two to three times the CBOR (quoted labels,
+    // the base name repeated in every record), the rid comes on top.
+    let mut out = Vec::with_capacity(body.len() * 3 + 64);
     let mut result = Err(senml::SenmlError::NotAnArray);
     for &encoding in encodings {
         result = senml::resolve_to_json(encoding, body, now, Some(("rid", rid)), &mut out);

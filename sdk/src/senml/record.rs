@@ -116,10 +116,12 @@ impl Record {
 
     /// How many of the value fields `v`, `vs`, `vb`, `vd` are present.
     pub fn value_count(&self) -> usize {
-        usize::from(self.v.is_some())
-            + usize::from(self.vs.is_some())
-            + usize::from(self.vb.is_some())
-            + usize::from(self.vd.is_some())
+        count_present([
+            self.v.is_some(),
+            self.vs.is_some(),
+            self.vb.is_some(),
+            self.vd.is_some(),
+        ])
     }
 
     /// Whether the record has any regular (non-base) field.
@@ -131,6 +133,11 @@ impl Record {
             || self.t.is_some()
             || self.ut.is_some()
     }
+}
+
+/// How many of `present` are true (of the value fields, for [`Record::value_count`]).
+pub(crate) fn count_present<const N: usize>(present: [bool; N]) -> usize {
+    present.into_iter().filter(|&p| p).count()
 }
 
 /// Builds a pack for one device: base fields once on the first record, then the readings.

@@ -97,6 +97,44 @@ pub(crate) fn add(base: Option<f64>, x: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Checks that a resolved numeric value and sum (base value or sum added) are finite.
+pub(crate) fn check_finite(
+    index: usize,
+    value: Option<f64>,
+    sum: Option<f64>,
+) -> Result<(), SenmlError> {
+    for (x, field) in [(value, Field::V), (sum, Field::S)] {
+        if x.is_some_and(|x| !x.is_finite()) {
+            return Err(SenmlError::Overflow {
+                record: index,
+                field: field.label(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A record's absolute time: base time plus time, plus `now` if that is below 2^28
+/// (RFC 8428 §4.5.3); an error if the sum is not finite.
+pub(crate) fn absolute_time(
+    index: usize,
+    bt: Option<f64>,
+    t: Option<f64>,
+    now: f64,
+) -> Result<f64, SenmlError> {
+    let mut time = add(bt, t).unwrap_or(0.0);
+    if time < RELATIVE_TIME_LIMIT {
+        time += now;
+    }
+    if !time.is_finite() {
+        return Err(SenmlError::Overflow {
+            record: index,
+            field: Field::T.label(),
+        });
+    }
+    Ok(time)
+}
+
 /// The base fields in force at some point of the pack.
 #[derive(Default)]
 struct Base<'a> {
@@ -158,22 +196,7 @@ pub fn resolve(pack: &[Record], now: f64) -> Result<Vec<ResolvedRecord>, SenmlEr
             }
             continue;
         }
-        if value
-            .as_ref()
-            .and_then(Value::as_f64)
-            .is_some_and(|x| !x.is_finite())
-        {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::V.label(),
-            });
-        }
-        if sum.is_some_and(|x| !x.is_finite()) {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::S.label(),
-            });
-        }
+        check_finite(index, value.as_ref().and_then(Value::as_f64), sum)?;
 
         let name = [base.bn.unwrap_or(""), r.n.as_deref().unwrap_or("")].concat();
         if name.is_empty() {
@@ -186,16 +209,7 @@ pub fn resolve(pack: &[Record], now: f64) -> Result<Vec<ResolvedRecord>, SenmlEr
             });
         }
 
-        let mut time = add(base.bt, r.t).unwrap_or(0.0);
-        if time < RELATIVE_TIME_LIMIT {
-            time += now;
-        }
-        if !time.is_finite() {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::T.label(),
-            });
-        }
+        let time = absolute_time(index, base.bt, r.t, now)?;
 
         out.push(ResolvedRecord {
             name,

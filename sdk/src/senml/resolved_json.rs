@@ -26,8 +26,8 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use super::SenmlError;
 use super::base64url;
 use super::raw::scalars_are;
-use super::record::{Field, Kind, Number, Versions, check_record, expected};
-use super::resolve::{RELATIVE_TIME_LIMIT, add, is_valid_name_bytes};
+use super::record::{Field, Kind, Number, Versions, check_record, count_present, expected};
+use super::resolve::{absolute_time, add, check_finite, is_valid_name_bytes};
 
 /// The representation of the bytes handed to [`resolve_to_json`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,19 +157,18 @@ struct Resolved<'de> {
 
 impl<'de> RecordRef<'de> {
     fn value_count(&self) -> usize {
-        usize::from(self.v.is_some())
-            + usize::from(self.vs.is_some())
-            + usize::from(self.vb.is_some())
-            + usize::from(self.vd.is_some())
+        count_present([
+            self.v.is_some(),
+            self.vs.is_some(),
+            self.vb.is_some(),
+            self.vd.is_some(),
+        ])
     }
 
     fn has_regular_fields(&self) -> bool {
-        self.n.is_some()
-            || self.u.is_some()
-            || self.value_count() > 0
-            || self.s.is_some()
-            || self.t.is_some()
-            || self.ut.is_some()
+        self.value_count() > 0
+            || [&self.n, &self.u].iter().any(|x| x.is_some())
+            || [self.s, self.t, self.ut].iter().any(Option::is_some)
     }
 
     /// Stores a type-checked value; `field` was claimed, so each is set once.
@@ -233,20 +232,11 @@ impl<'de> PackState<'de> {
             }
             return Ok(());
         }
-        if let Some(ValueRef::Float(x)) = &value
-            && !x.is_finite()
-        {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::V.label(),
-            });
-        }
-        if sum.is_some_and(|x| !x.is_finite()) {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::S.label(),
-            });
-        }
+        let number = match &value {
+            Some(ValueRef::Float(x)) => Some(*x),
+            _ => None,
+        };
+        check_finite(index, number, sum)?;
 
         let bn = base.bn.as_deref().unwrap_or("");
         let n = r.n.as_deref().unwrap_or("");
@@ -260,16 +250,7 @@ impl<'de> PackState<'de> {
             });
         }
 
-        let mut time = add(base.bt, r.t).unwrap_or(0.0);
-        if time < RELATIVE_TIME_LIMIT {
-            time += self.now;
-        }
-        if !time.is_finite() {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::T.label(),
-            });
-        }
+        let time = absolute_time(index, base.bt, r.t, self.now)?;
 
         self.out.push(Resolved {
             bn: base.bn.clone(),

@@ -344,15 +344,45 @@ impl Field {
     }
 
     pub(crate) fn from_label(label: &str) -> Option<Field> {
-        Field::ENCODING_ORDER
-            .into_iter()
-            .find(|f| f.label() == label)
+        Some(match label {
+            "bn" => Field::Bn,
+            "bt" => Field::Bt,
+            "bu" => Field::Bu,
+            "bv" => Field::Bv,
+            "bs" => Field::Bs,
+            "bver" => Field::Bver,
+            "n" => Field::N,
+            "u" => Field::U,
+            "v" => Field::V,
+            "vs" => Field::Vs,
+            "vb" => Field::Vb,
+            "vd" => Field::Vd,
+            "s" => Field::S,
+            "t" => Field::T,
+            "ut" => Field::Ut,
+            _ => return None,
+        })
     }
 
     pub(crate) fn from_cbor_label(label: i128) -> Option<Field> {
-        Field::ENCODING_ORDER
-            .into_iter()
-            .find(|f| i128::from(f.cbor_label()) == label)
+        Some(match label {
+            -1 => Field::Bver,
+            -2 => Field::Bn,
+            -3 => Field::Bt,
+            -4 => Field::Bu,
+            -5 => Field::Bv,
+            -6 => Field::Bs,
+            0 => Field::N,
+            1 => Field::U,
+            2 => Field::V,
+            3 => Field::Vs,
+            4 => Field::Vb,
+            5 => Field::S,
+            6 => Field::T,
+            7 => Field::Ut,
+            8 => Field::Vd,
+            _ => return None,
+        })
     }
 
     pub(crate) fn kind(self) -> Kind {
@@ -614,6 +644,13 @@ mod tests {
             assert_eq!(field.label(), label);
             assert_eq!(field.cbor_label(), cbor);
             assert_eq!(Field::from_cbor_label(cbor.into()), Some(field));
+        }
+        for field in Field::ENCODING_ORDER {
+            assert_eq!(Field::from_label(field.label()), Some(field));
+            assert_eq!(
+                Field::from_cbor_label(field.cbor_label().into()),
+                Some(field)
+            );
         }
         assert_eq!(Field::from_cbor_label(9), None);
         assert_eq!(Field::from_cbor_label(-7), None);

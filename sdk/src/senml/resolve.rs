@@ -79,13 +79,23 @@ impl From<&ResolvedRecord> for Record {
 /// Whether `name` obeys RFC 8428 §4.5.1: only `A–Z a–z 0–9 - : . / _`, starting with a letter
 /// or a digit.
 pub fn is_valid_name(name: &str) -> bool {
-    is_valid_name_bytes(name.bytes())
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric()) && bytes.all(is_name_byte)
 }
 
-/// [`is_valid_name`] on the bytes of a name, e.g. of a base name and a name chained.
-pub(crate) fn is_valid_name_bytes(mut bytes: impl Iterator<Item = u8>) -> bool {
-    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'/' | b'_'))
+/// [`is_valid_name`] of base name `bn` and name `n` joined, without joining them.
+pub(crate) fn is_valid_name_parts(bn: &str, n: &str) -> bool {
+    let rest_ok = |s: &[u8]| s.iter().all(|&b| is_name_byte(b));
+    match bn.as_bytes().split_first() {
+        Some((first, rest)) => {
+            first.is_ascii_alphanumeric() && rest_ok(rest) && rest_ok(n.as_bytes())
+        }
+        None => is_valid_name(n),
+    }
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'/' | b'_')
 }
 
 /// `base + x` where either may be absent; `None` if both are. Adds only when both are present,
@@ -222,4 +232,25 @@ pub fn resolve(pack: &[Record], now: f64) -> Result<Vec<ResolvedRecord>, SenmlEr
     }
     out.sort_by(|a, b| a.time.total_cmp(&b.time));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checking base name and name apart is checking them joined.
+    #[test]
+    fn name_parts_are_checked_as_one_name() {
+        let parts = ["", "a", "-", "a-", "-a", "9:", "é", " ", "a b", "_x", "urn:dev:1:"];
+        for bn in parts {
+            for n in parts {
+                let joined = [bn, n].concat();
+                assert_eq!(
+                    is_valid_name_parts(bn, n),
+                    is_valid_name(&joined),
+                    "{bn:?} + {n:?}"
+                );
+            }
+        }
+    }
 }

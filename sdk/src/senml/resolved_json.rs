@@ -21,13 +21,12 @@ use std::marker::PhantomData;
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use super::SenmlError;
 use super::base64url;
 use super::raw::scalars_are;
 use super::record::{Field, Kind, Number, Versions, check_record, count_present, expected};
-use super::resolve::{absolute_time, add, check_finite, is_valid_name_bytes};
+use super::resolve::{absolute_time, add, check_finite, is_valid_name_parts};
 
 /// The representation of the bytes handed to [`resolve_to_json`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +242,7 @@ impl<'de> PackState<'de> {
         if bn.is_empty() && n.is_empty() {
             return Err(SenmlError::MissingName { record: index });
         }
-        if !is_valid_name_bytes(bn.bytes().chain(n.bytes())) {
+        if !is_valid_name_parts(bn, n) {
             return Err(SenmlError::InvalidName {
                 record: index,
                 name: [bn, n].concat(),
@@ -557,7 +556,11 @@ enum Typed<'de> {
 fn typed(json: bool, field: Field, value: Scalar<'_>) -> Option<Typed<'_>> {
     match (field.kind(), value) {
         (Kind::Text, Scalar::Text(s)) => Some(Typed::Text(s)),
-        (Kind::Number, Scalar::Int(i)) => Some(Typed::Number(i as f64)),
+        // What `i as f64` gives (both round to nearest), without the i128 conversion's cost.
+        (Kind::Number, Scalar::Int(i)) => Some(Typed::Number(match i64::try_from(i) {
+            Ok(i) => i as f64,
+            Err(_) => i as f64,
+        })),
         (Kind::Number, Scalar::Float(x)) => Some(Typed::Number(x)),
         // CBOR allows only unsigned integers; a negative JSON one fails validation the same way.
         (Kind::Version, Scalar::Int(i)) if i >= 0 => {
@@ -668,77 +671,88 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 // ---------------------------------------------------------------------------------------------
 // Encoding.
 
-/// Writes the resolved pack with serde_json, as [`to_json_vec`](super::to_json_vec) would
-/// write the records' [`to_record`](super::ResolvedRecord::to_record)s.
+/// Writes the resolved pack as [`to_json_vec`](super::to_json_vec) would write the records'
+/// [`to_record`](super::ResolvedRecord::to_record)s: compact, the fields of each in
+/// `Field::ENCODING_ORDER` (n, u, t, ut, v|vs|vb|vd, s), numbers as integers where exact. Labels
+/// and names are written as they are (names passed §4.5.1, so they need no escaping); text
+/// values and numbers go through serde_json, as they did there.
 fn write_json(
     records: &[Resolved<'_>],
     first_member: Option<(&str, &str)>,
     out: &mut Vec<u8>,
 ) -> Result<(), SenmlError> {
-    let mut ser = serde_json::Serializer::new(out);
-    let encode = |e: serde_json::Error| SenmlError::Encode(e.to_string());
-    let mut seq = (&mut ser).serialize_seq(None).map_err(encode)?;
+    out.push(b'[');
     let mut extra = first_member;
-    for record in records {
-        seq.serialize_element(&RecordSer {
-            record,
-            extra: extra.take(),
-        })
-        .map_err(encode)?;
-    }
-    SerializeSeq::end(seq).map_err(encode)
-}
-
-struct RecordSer<'r, 'de> {
-    record: &'r Resolved<'de>,
-    extra: Option<(&'r str, &'r str)>,
-}
-
-/// Base name and name as one JSON string, without joining them first.
-struct Name<'a>(&'a str, &'a str);
-
-impl fmt::Display for Name<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)?;
-        f.write_str(self.1)
-    }
-}
-
-impl Serialize for Name<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl Serialize for RecordSer<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.record;
-        let mut map = s.serialize_map(None)?;
-        if let Some((label, text)) = self.extra {
-            map.serialize_entry(label, text)?;
+    for (i, r) in records.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"{" } else { b",{" });
+        if let Some((label, text)) = extra.take() {
+            write_text(out, label)?;
+            out.push(b':');
+            write_text(out, text)?;
+            out.push(b',');
         }
-        // The fields of `to_record`, in `Field::ENCODING_ORDER`: n, u, t, ut, v|vs|vb|vd, s.
-        let name = Name(r.bn.as_deref().unwrap_or(""), r.n.as_deref().unwrap_or(""));
-        map.serialize_entry(Field::N.label(), &name)?;
+        out.extend_from_slice(b"\"n\":\"");
+        out.extend_from_slice(r.bn.as_deref().unwrap_or("").as_bytes());
+        out.extend_from_slice(r.n.as_deref().unwrap_or("").as_bytes());
+        out.push(b'"');
         if let Some(u) = &r.unit {
-            map.serialize_entry(Field::U.label(), u)?;
+            out.extend_from_slice(b",\"u\":");
+            write_text(out, u)?;
         }
-        map.serialize_entry(Field::T.label(), &Number::from(r.time))?;
+        out.extend_from_slice(b",\"t\":");
+        write_number(out, r.time)?;
         if let Some(ut) = r.update_time {
-            map.serialize_entry(Field::Ut.label(), &Number::from(ut))?;
+            out.extend_from_slice(b",\"ut\":");
+            write_number(out, ut)?;
         }
         match &r.value {
-            Some(ValueRef::Float(x)) => map.serialize_entry(Field::V.label(), &Number::from(*x))?,
-            Some(ValueRef::Text(x)) => map.serialize_entry(Field::Vs.label(), x)?,
-            Some(ValueRef::Bool(x)) => map.serialize_entry(Field::Vb.label(), x)?,
+            Some(ValueRef::Float(x)) => {
+                out.extend_from_slice(b",\"v\":");
+                write_number(out, *x)?;
+            }
+            Some(ValueRef::Text(x)) => {
+                out.extend_from_slice(b",\"vs\":");
+                write_text(out, x)?;
+            }
+            Some(ValueRef::Bool(x)) => {
+                out.extend_from_slice(if *x {
+                    b",\"vb\":true"
+                } else {
+                    b",\"vb\":false"
+                });
+            }
             Some(ValueRef::Data(x)) => {
-                map.serialize_entry(Field::Vd.label(), &base64url::encode(x))?;
+                out.extend_from_slice(b",\"vd\":\"");
+                // The base64url alphabet needs no escaping.
+                out.extend_from_slice(base64url::encode(x).as_bytes());
+                out.push(b'"');
             }
             None => {}
         }
         if let Some(sum) = r.sum {
-            map.serialize_entry(Field::S.label(), &Number::from(sum))?;
+            out.extend_from_slice(b",\"s\":");
+            write_number(out, sum)?;
         }
-        map.end()
+        out.push(b'}');
     }
+    out.push(b']');
+    Ok(())
+}
+
+fn encode_error(e: serde_json::Error) -> SenmlError {
+    SenmlError::Encode(e.to_string())
+}
+
+/// A JSON string, escaped by serde_json.
+fn write_text(out: &mut Vec<u8>, text: &str) -> Result<(), SenmlError> {
+    serde_json::to_writer(out, text).map_err(encode_error)
+}
+
+/// A number as the encoders write it: an integer when exact, else serde_json's shortest float.
+fn write_number(out: &mut Vec<u8>, x: f64) -> Result<(), SenmlError> {
+    match Number::from(x) {
+        Number::Int(i) => serde_json::to_writer(out, &i),
+        Number::Float(x) => serde_json::to_writer(out, &x),
+    }
+    .map_err(encode_error)
 }

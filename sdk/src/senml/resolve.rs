@@ -241,7 +241,19 @@ mod tests {
     /// Checking base name and name apart is checking them joined.
     #[test]
     fn name_parts_are_checked_as_one_name() {
-        let parts = ["", "a", "-", "a-", "-a", "9:", "é", " ", "a b", "_x", "urn:dev:1:"];
+        let parts = [
+            "",
+            "a",
+            "-",
+            "a-",
+            "-a",
+            "9:",
+            "é",
+            " ",
+            "a b",
+            "_x",
+            "urn:dev:1:",
+        ];
         for bn in parts {
             for n in parts {
                 let joined = [bn, n].concat();

@@ -1,5 +1,7 @@
 //! Fuzzes the SenML decoders: any input must decode or fail with an error, never panic; what
 //! decodes must resolve without panicking and survive a re-encode in both representations.
+//! The one-pass `resolve_to_json` must accept exactly what the owned path (decode, `resolve`,
+//! `to_record`, `to_json_vec`) accepts, and write the same bytes.
 
 #![no_main]
 
@@ -22,7 +24,31 @@ fn check(pack: &[senml::Record]) {
     assert_eq!(format!("{again:?}"), format!("{pack:?}"));
 }
 
+/// The owned path to resolved SenML JSON.
+fn owned(pack: Result<senml::Pack, senml::SenmlError>) -> Option<Vec<u8>> {
+    let resolved = senml::resolve(&pack.ok()?, NOW).ok()?;
+    let records: Vec<senml::Record> = resolved
+        .iter()
+        .map(senml::ResolvedRecord::to_record)
+        .collect();
+    Some(senml::to_json_vec(&records).expect("resolved records encode"))
+}
+
+fn one_pass(encoding: senml::Encoding, data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    senml::resolve_to_json(encoding, data, NOW, None, &mut out).ok()?;
+    Some(out)
+}
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    assert_eq!(
+        one_pass(senml::Encoding::Cbor, data),
+        owned(senml::from_cbor(data))
+    );
+    assert_eq!(
+        one_pass(senml::Encoding::Json, data),
+        owned(senml::from_json(data))
+    );
     if let Ok(pack) = senml::from_cbor(data) {
         check(&pack);
     }

@@ -5,7 +5,12 @@
 //! the RFC Editor, mirrored in the IETF CoRE working group's `senml-spec` repository).
 
 // Test helpers outside `#[test]` functions: panicking on a broken expectation is their job.
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use proptest::prelude::*;
 use v6iot_sdk::senml::{
@@ -1084,6 +1089,46 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![any::<String>(), "[A-Za-z0-9][-:./_A-Za-z0-9]{0,12}"]
 }
 
+/// Base fields, regular fields and the value fields, as the record generators draw them.
+type Drawn = (
+    (
+        Option<String>,
+        Option<f64>,
+        Option<String>,
+        Option<f64>,
+        Option<f64>,
+    ),
+    (
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    ),
+    (Option<f64>, Option<String>, Option<bool>, Option<Vec<u8>>),
+);
+
+/// A record (version unset) from what a generator drew.
+fn assemble(((bn, bt, bu, bv, bs), (n, u, s, t, ut), (v, vs, vb, vd)): Drawn) -> Record {
+    Record {
+        bn,
+        bt,
+        bu,
+        bv,
+        bs,
+        bver: None,
+        n,
+        u,
+        v,
+        vs,
+        vb,
+        vd,
+        s,
+        t,
+        ut,
+    }
+}
+
 fn record() -> impl Strategy<Value = Record> {
     let base = (
         proptest::option::of(text()),
@@ -1106,25 +1151,7 @@ fn record() -> impl Strategy<Value = Record> {
         any::<bool>().prop_map(|b| (None, None, Some(b), None)),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(|d| (None, None, None, Some(d))),
     ];
-    (base, regular, value).prop_map(
-        |((bn, bt, bu, bv, bs), (n, u, s, t, ut), (v, vs, vb, vd))| Record {
-            bn,
-            bt,
-            bu,
-            bv,
-            bs,
-            bver: None,
-            n,
-            u,
-            v,
-            vs,
-            vb,
-            vd,
-            s,
-            t,
-            ut,
-        },
-    )
+    (base, regular, value).prop_map(assemble)
 }
 
 fn pack() -> impl Strategy<Value = Vec<Record>> {
@@ -1214,5 +1241,294 @@ proptest! {
             let again = from_json(&senml::to_json_vec(&pack).unwrap()).unwrap();
             prop_assert_eq!(exact(&again), exact(&pack));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `resolve_to_json`, the one-pass path, against the owned one: decode, `resolve`, `to_record`,
+// `to_json_vec`.
+
+/// What the owned path gives for `bytes`, with `first` as the first record's first member.
+fn owned_path(
+    encoding: senml::Encoding,
+    bytes: &[u8],
+    now: f64,
+    first: Option<(&str, &str)>,
+) -> Result<Vec<u8>, SenmlError> {
+    let pack = match encoding {
+        senml::Encoding::Json => from_json(bytes)?,
+        _ => from_cbor(bytes)?,
+    };
+    let resolved = resolve(&pack, now)?;
+    let records: Vec<Record> = resolved.iter().map(ResolvedRecord::to_record).collect();
+    let json = senml::to_json_vec(&records).unwrap();
+    Ok(match first {
+        Some((label, text)) if !records.is_empty() => {
+            let member = serde_json::to_string(&serde_json::json!({ label: text })).unwrap();
+            // `[{` + `"label":"text"` + `,` + the rest of the first record.
+            let member = &member[1..member.len() - 1];
+            [&b"[{"[..], member.as_bytes(), b",", &json[2..]].concat()
+        }
+        _ => json,
+    })
+}
+
+/// The one-pass path for `bytes`, written after a prefix that must stay untouched.
+fn one_pass(
+    encoding: senml::Encoding,
+    bytes: &[u8],
+    now: f64,
+    first: Option<(&str, &str)>,
+) -> Result<Vec<u8>, SenmlError> {
+    let mut out = b"prefix".to_vec();
+    let result = senml::resolve_to_json(encoding, bytes, now, first, &mut out);
+    assert_eq!(&out[..6], b"prefix");
+    match result {
+        Ok(n) => {
+            let json = out.split_off(6);
+            let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(value.as_array().map(Vec::len), Some(n));
+            Ok(json)
+        }
+        Err(e) => {
+            assert_eq!(out, b"prefix", "nothing written on error");
+            Err(e)
+        }
+    }
+}
+
+/// Both paths accept `bytes` or both refuse them; what they write is the same, byte for byte.
+fn paths_agree(encoding: senml::Encoding, bytes: &[u8], now: f64) -> Result<bool, String> {
+    for first in [None, Some(("rid", "1764150000123")), Some(("x\"\n", "é\\"))] {
+        let owned = owned_path(encoding, bytes, now, first);
+        let fast = one_pass(encoding, bytes, now, first);
+        match (&owned, &fast) {
+            (Ok(a), Ok(b)) if a == b => {}
+            (Err(_), Err(_)) => {}
+            _ => {
+                return Err(format!(
+                    "{encoding:?} {:?} (first {first:?}):\n owned    {:?}\n one pass {:?}",
+                    String::from_utf8_lossy(bytes),
+                    owned.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    fast.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                ));
+            }
+        }
+    }
+    Ok(owned_path(encoding, bytes, now, None).is_ok())
+}
+
+#[test]
+fn one_pass_matches_the_owned_path_on_every_example() {
+    for text in all_examples() {
+        assert_eq!(
+            paths_agree(senml::Encoding::Json, text.as_bytes(), NOW),
+            Ok(true)
+        );
+        let cbor = to_cbor(&json(text)).unwrap();
+        assert_eq!(paths_agree(senml::Encoding::Cbor, &cbor, NOW), Ok(true));
+    }
+    assert_eq!(
+        paths_agree(senml::Encoding::Cbor, &rfc6_cbor(), NOW),
+        Ok(true)
+    );
+    // §5.1.7's thermostat pack: its first record has base fields only.
+    let mut out = Vec::new();
+    let n = senml::resolve_to_json(
+        senml::Encoding::Json,
+        RFC_5_1_7_THERMOSTAT.as_bytes(),
+        NOW,
+        None,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(n, resolve(&json(RFC_5_1_7_THERMOSTAT), NOW).unwrap().len());
+}
+
+#[test]
+fn one_pass_refuses_what_the_owned_path_refuses() {
+    let bad_json: &[&str] = &[
+        "",
+        "{}",
+        "[1]",
+        "[[]]",
+        r#"[{"n":"a"}]"#,
+        r#"[{"n":"a","v":1,"v":2}]"#,
+        r#"[{"n":"a","v":1,"vs":"x"}]"#,
+        r#"[{"n":"a","v":"1"}]"#,
+        r#"[{"n":"a","v":1,"x_":0}]"#,
+        r#"[{"n":"-a","v":1}]"#,
+        r#"[{"n":"a b","v":1}]"#,
+        r#"[{"bn":"a","bver":11,"v":1}]"#,
+        r#"[{"bn":"a","bver":0,"v":1}]"#,
+        r#"[{"bn":"a","bver":-1,"v":1}]"#,
+        r#"[{"bn":"a","bver":5.0,"v":1}]"#,
+        r#"[{"bn":"a","bver":5,"v":1},{"n":"b","bver":4,"v":1}]"#,
+        r#"[{"n":"a","vd":"+/"}]"#,
+        r#"[{"n":"a","vd":1}]"#,
+        r#"[{"n":"a","v":1e308,"bv":1e308}]"#,
+        r#"[{"n":"a","v":1,"t":1e308,"bt":1e308}]"#,
+        r#"[{"n":"a","v":1}] x"#,
+        r#"[{"n":"a","v":1,"x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]"#,
+    ];
+    for text in bad_json {
+        assert_eq!(
+            paths_agree(senml::Encoding::Json, text.as_bytes(), NOW),
+            Ok(false),
+            "{text}"
+        );
+    }
+    let bad_cbor: &[&[u8]] = &[
+        &[],
+        &[0xa0],
+        &[0x81, 0x01],
+        &[0x81, 0xa1, 0xf5, 0x01],                   // [{true: 1}]
+        &[0x81, 0xa2, 0x00, 0x61, b'a', 0x21, 0x01], // [{0: "a", -2: 1}]
+        &[0x81, 0xa1, 0x00, 0x61, 0xff],             // invalid UTF-8
+        &[0x81, 0xa2, 0x00, 0x61, b'a', 0x62, b'x', b'_', 0x01], // must-understand
+        &[0x81, 0xa3, 0x00, 0x61, b'a', 0x02, 0x01, 0x20, 0x20], // [{0:"a",2:1,-1:-1}]
+        &[0x81, 0xa3, 0x00, 0x61, b'a', 0x02, 0x01, 0x02, 0x01], // duplicate v
+        &[0x81, 0xa2, 0x00, 0x61, b'a', 0x08, 0x61, b'A'], // vd as text
+    ];
+    for bytes in bad_cbor {
+        assert_eq!(
+            paths_agree(senml::Encoding::Cbor, bytes, NOW),
+            Ok(false),
+            "{bytes:02x?}"
+        );
+    }
+    // Nothing left to write is not an error: `[]`, 0 records.
+    for empty in ["[]", "[{}]", r#"[{"bn":"a:","bt":1}]"#] {
+        assert_eq!(
+            paths_agree(senml::Encoding::Json, empty.as_bytes(), NOW),
+            Ok(true)
+        );
+        assert_eq!(
+            one_pass(
+                senml::Encoding::Json,
+                empty.as_bytes(),
+                NOW,
+                Some(("rid", "1"))
+            )
+            .unwrap(),
+            b"[]"
+        );
+    }
+    let mut out = Vec::new();
+    assert_eq!(
+        senml::resolve_to_json(senml::Encoding::Json, b"[]", f64::NAN, None, &mut out),
+        Err(SenmlError::InvalidNow)
+    );
+}
+
+#[test]
+fn one_pass_borrows_escaped_and_chunked_strings_correctly() {
+    // JSON escapes in names and units; CBOR indefinite-length (chunked) text and byte strings.
+    let text = r#"[{"bn":"urn:dev:a\u003a","n":"t\u0031","u":"\"C\"\n","v":1,"vs_x":"\u00e9"},{"n":"d","vd":"AQID"}]"#;
+    assert_eq!(
+        paths_agree(senml::Encoding::Json, text.as_bytes(), NOW),
+        Ok(true)
+    );
+    // [{-2: (_ "ur", "n:"), 0: "t", 8: (_ h'01', h'0203')}]
+    let cbor = [
+        0x81, 0xa3, 0x21, 0x7f, 0x62, b'u', b'r', 0x62, b'n', b':', 0xff, 0x00, 0x61, b't', 0x08,
+        0x5f, 0x41, 0x01, 0x42, 0x02, 0x03, 0xff,
+    ];
+    assert_eq!(paths_agree(senml::Encoding::Cbor, &cbor, NOW), Ok(true));
+}
+
+/// A record that usually resolves: valid name parts, finite numbers, sometimes a base field.
+fn resolvable_record() -> impl Strategy<Value = Record> {
+    let name = "[A-Za-z0-9][-:./_A-Za-z0-9]{0,12}";
+    let base = (
+        proptest::option::weighted(0.3, name),
+        proptest::option::weighted(0.3, finite()),
+        proptest::option::weighted(0.2, text()),
+        proptest::option::weighted(0.2, finite()),
+        proptest::option::weighted(0.2, finite()),
+    );
+    let regular = (
+        proptest::option::weighted(0.8, "[-:./_A-Za-z0-9]{0,8}"),
+        proptest::option::weighted(0.4, text()),
+        proptest::option::weighted(0.2, finite()),
+        proptest::option::weighted(0.5, finite()),
+        proptest::option::weighted(0.2, finite()),
+    );
+    let value = prop_oneof![
+        4 => finite().prop_map(|v| (Some(v), None, None, None)),
+        1 => Just((None, None, None, None)),
+        1 => any::<String>().prop_map(|s| (None, Some(s), None, None)),
+        1 => any::<bool>().prop_map(|b| (None, None, Some(b), None)),
+        1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(|d| (None, None, None, Some(d))),
+    ];
+    (base, regular, value).prop_map(assemble)
+}
+
+fn resolvable_pack() -> impl Strategy<Value = Vec<Record>> {
+    (
+        proptest::collection::vec(resolvable_record(), 0..6),
+        proptest::option::of(1i64..=10),
+        "[a-z]{1,6}:",
+    )
+        .prop_map(|(mut pack, bver, bn)| {
+            if let Some(first) = pack.first_mut() {
+                first.bver = bver;
+                first.bn.get_or_insert(bn);
+            }
+            pack
+        })
+}
+
+/// Random edits of `bytes`: some bytes overwritten, maybe cut short.
+fn mutate(mut bytes: Vec<u8>, edits: &[(prop::sample::Index, u8)], cut: Option<usize>) -> Vec<u8> {
+    if !bytes.is_empty() {
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = *byte;
+        }
+    }
+    if let Some(cut) = cut {
+        bytes.truncate(cut);
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn prop_one_pass_matches_the_owned_path(
+        pack in resolvable_pack(),
+        now in prop_oneof![Just(NOW), finite()],
+    ) {
+        let cbor = to_cbor(&pack).unwrap();
+        let json = senml::to_json_vec(&pack).unwrap();
+        let ok_cbor = paths_agree(senml::Encoding::Cbor, &cbor, now).map_err(TestCaseError::fail)?;
+        let ok_json = paths_agree(senml::Encoding::Json, &json, now).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(ok_cbor, ok_json);
+    }
+
+    #[test]
+    fn prop_one_pass_matches_the_owned_path_on_mutated_bytes(
+        pack in resolvable_pack(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in proptest::option::weighted(0.2, 0usize..200),
+    ) {
+        let cbor = mutate(to_cbor(&pack).unwrap(), &edits, cut);
+        paths_agree(senml::Encoding::Cbor, &cbor, NOW).map_err(TestCaseError::fail)?;
+        let json = mutate(senml::to_json_vec(&pack).unwrap(), &edits, cut);
+        paths_agree(senml::Encoding::Json, &json, NOW).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn prop_one_pass_matches_the_owned_path_on_arbitrary_packs(
+        pack in pack(),
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        paths_agree(senml::Encoding::Cbor, &to_cbor(&pack).unwrap(), NOW).map_err(TestCaseError::fail)?;
+        paths_agree(senml::Encoding::Json, &senml::to_json_vec(&pack).unwrap(), NOW)
+            .map_err(TestCaseError::fail)?;
+        paths_agree(senml::Encoding::Cbor, &bytes, NOW).map_err(TestCaseError::fail)?;
+        paths_agree(senml::Encoding::Json, &bytes, NOW).map_err(TestCaseError::fail)?;
     }
 }

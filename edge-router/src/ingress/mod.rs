@@ -184,15 +184,40 @@ pub struct IngressStats {
 
 #[derive(Debug)]
 struct Recent {
-    message_id: u16,
     expires: Instant,
     reply: Reply,
+}
+
+/// A request's token, inline (at most 8 bytes, RFC 7252 §3; the parser refuses longer ones).
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl Token {
+    /// The first 8 bytes of `token` (all of any token that came over the wire).
+    fn new(token: &[u8]) -> Token {
+        let mut bytes = [0; 8];
+        let len = token.len().min(bytes.len());
+        if let (Some(to), Some(from)) = (bytes.get_mut(..len), token.get(..len)) {
+            to.copy_from_slice(from);
+        }
+        Token {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
 }
 
 struct Waiting {
     peer: SocketAddr,
     message_id: u16,
-    token: Vec<u8>,
+    token: Token,
     confirmable: bool,
     /// An Observe notification (answered with an empty ACK), not a request.
     notification: bool,
@@ -200,6 +225,84 @@ struct Waiting {
 
 /// Message IDs remembered per peer; a device with NSTART = 1 has far fewer in flight.
 const RECENT_PER_PEER: usize = 8;
+
+/// The message IDs one peer sent last, oldest first: at most [`RECENT_PER_PEER`], the oldest
+/// dropped for a new one when full. A ring inline in the peer's table entry, so a new peer
+/// costs no allocation of its own; the IDs sit together next to the key, so telling a new
+/// message from a duplicate reads one cache line.
+#[derive(Debug, Default)]
+struct PeerRecent {
+    ids: [u16; RECENT_PER_PEER],
+    /// Where the oldest is.
+    head: u8,
+    len: u8,
+    /// Expiry and reply of `ids[i]` (`None` when the slot is free).
+    entries: [Option<Recent>; RECENT_PER_PEER],
+}
+
+impl PeerRecent {
+    /// Slot indexes, oldest first.
+    fn order(&self) -> impl Iterator<Item = usize> + use<> {
+        let head = usize::from(self.head);
+        (0..usize::from(self.len)).map(move |i| (head + i) % RECENT_PER_PEER)
+    }
+
+    fn slot_of(&self, message_id: u16) -> Option<usize> {
+        self.order().find(|&i| self.ids.get(i) == Some(&message_id))
+    }
+
+    fn find(&self, message_id: u16) -> Option<&Recent> {
+        let i = self.slot_of(message_id)?;
+        self.entries.get(i).and_then(Option::as_ref)
+    }
+
+    fn find_mut(&mut self, message_id: u16) -> Option<&mut Recent> {
+        let i = self.slot_of(message_id)?;
+        self.entries.get_mut(i).and_then(Option::as_mut)
+    }
+
+    fn push(&mut self, message_id: u16, recent: Recent) {
+        if usize::from(self.len) >= RECENT_PER_PEER {
+            if let Some(oldest) = self.entries.get_mut(usize::from(self.head)) {
+                *oldest = None;
+            }
+            self.head = ((usize::from(self.head) + 1) % RECENT_PER_PEER) as u8;
+            self.len -= 1;
+        }
+        let i = (usize::from(self.head) + usize::from(self.len)) % RECENT_PER_PEER;
+        if let (Some(id), Some(entry)) = (self.ids.get_mut(i), self.entries.get_mut(i)) {
+            *id = message_id;
+            *entry = Some(recent);
+            self.len += 1;
+        }
+    }
+
+    /// Keeps the entries `keep(message_id, entry)` says yes to, in their order.
+    fn retain(&mut self, mut keep: impl FnMut(u16, &Recent) -> bool) {
+        let order: [Option<usize>; RECENT_PER_PEER] = {
+            let mut order = [None; RECENT_PER_PEER];
+            for (o, i) in order.iter_mut().zip(self.order()) {
+                *o = Some(i);
+            }
+            order
+        };
+        let ids = self.ids;
+        let mut entries = std::mem::take(&mut self.entries);
+        self.head = 0;
+        self.len = 0;
+        for i in order.into_iter().flatten() {
+            if let (Some(&id), Some(r)) = (ids.get(i), entries.get_mut(i).and_then(Option::take))
+                && keep(id, &r)
+            {
+                self.push(id, r);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 /// Lab mode: names of unregistered senders kept at most (then the table starts over).
 const LAB_NAMES: usize = 4096;
 
@@ -217,7 +320,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct Ingress {
     config: IngressConfig,
     directory: Directory,
-    recent: HashMap<SocketAddr, VecDeque<Recent>>,
+    recent: HashMap<SocketAddr, PeerRecent>,
     /// Lab mode: `anon-{peer}` names (bounded by [`LAB_NAMES`]).
     lab_names: HashMap<SocketAddr, String>,
     waiting: HashMap<AppendTicket, Waiting>,
@@ -329,7 +432,7 @@ impl Ingress {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.recent.retain(|_, list| {
-                list.retain(|r| r.expires > now);
+                list.retain(|_, r| r.expires > now);
                 !list.is_empty()
             });
             let busy = !self.recent.is_empty() || self.downlink.pending() > 0;
@@ -484,12 +587,12 @@ impl Ingress {
                 return;
             }
         }
-        if self.repeat(peer, header.message_id, confirmable) {
+        if !self.first_time(now, peer, header.message_id, confirmable) {
             return;
         }
         self.stats.requests += 1;
         let outcome = self.route(now, unix_ms, peer, packet, identity);
-        let reply = match outcome {
+        match outcome {
             Outcome::Now(response) => {
                 if response.code.is_error() {
                     self.stats.refused += 1;
@@ -499,29 +602,35 @@ impl Ingress {
                         reason: String::from_utf8_lossy(&response.payload).into_owned(),
                     });
                 }
-                let bytes = reply::response(packet, confirmable, self.take_message_id(), &response);
+                let bytes = reply::response(
+                    header.message_id,
+                    packet.get_token(),
+                    confirmable,
+                    self.take_message_id(),
+                    &response,
+                );
                 self.transmits.push_back((peer, bytes.clone()));
-                if confirmable {
+                let reply = if confirmable {
                     Reply::Sent(bytes.into_boxed_slice())
                 } else {
                     Reply::Silent
-                }
+                };
+                self.set_reply(peer, header.message_id, reply);
             }
+            // Remembered as pending already; `handle_appended` sets the reply.
             Outcome::Waiting(ticket) => {
                 self.waiting.insert(
                     ticket,
                     Waiting {
                         peer,
                         message_id: header.message_id,
-                        token: packet.get_token().to_vec(),
+                        token: Token::new(packet.get_token()),
                         confirmable,
                         notification: false,
                     },
                 );
-                Reply::Pending
             }
-        };
-        self.remember(now, peer, header.message_id, reply);
+        }
         // An uplink opens a queue-mode device's listening window.
         // (The name is copied only when a command waits: this runs for every request.)
         if let Some(device) = self.directory.endpoint_at(peer)
@@ -689,22 +798,20 @@ impl Ingress {
                 )
             }
         };
-        let mut request = Packet::new();
-        request.header.message_id = w.message_id;
-        request.set_token(w.token);
-        let bytes = reply::response(&request, w.confirmable, self.take_message_id(), &response);
+        let bytes = reply::response(
+            w.message_id,
+            w.token.as_slice(),
+            w.confirmable,
+            self.take_message_id(),
+            &response,
+        );
         self.transmits.push_back((w.peer, bytes.clone()));
-        if let Some(r) = self
-            .recent
-            .get_mut(&w.peer)
-            .and_then(|l| l.iter_mut().find(|r| r.message_id == w.message_id))
-        {
-            r.reply = if w.confirmable {
-                Reply::Sent(bytes.into_boxed_slice())
-            } else {
-                Reply::Silent
-            };
-        }
+        let reply = if w.confirmable {
+            Reply::Sent(bytes.into_boxed_slice())
+        } else {
+            Reply::Silent
+        };
+        self.set_reply(w.peer, w.message_id, reply);
     }
 
     /// A notification's record was stored (ACK it) or not (stay silent and forget its message ID,
@@ -717,8 +824,7 @@ impl Ingress {
             if w.confirmable {
                 self.transmits.push_back((w.peer, ack.clone()));
             }
-            if let Some(r) = list.and_then(|l| l.iter_mut().find(|r| r.message_id == w.message_id))
-            {
+            if let Some(r) = list.and_then(|l| l.find_mut(w.message_id)) {
                 r.reply = if w.confirmable {
                     Reply::Sent(ack.into_boxed_slice())
                 } else {
@@ -728,7 +834,7 @@ impl Ingress {
         } else {
             self.stats.telemetry_busy += 1;
             if let Some(l) = list {
-                l.retain(|r| r.message_id != w.message_id);
+                l.retain(|id, _| id != w.message_id);
             }
         }
     }
@@ -754,7 +860,7 @@ impl Ingress {
             Ok(payload) => {
                 let ticket = self.store_telemetry(&device, payload);
                 let message_id = packet.header.message_id;
-                let token = packet.get_token().to_vec();
+                let token = Token::new(packet.get_token());
                 self.waiting.insert(
                     ticket,
                     Waiting {
@@ -837,11 +943,7 @@ impl Ingress {
     }
 
     fn repeat(&mut self, peer: SocketAddr, message_id: u16, confirmable: bool) -> bool {
-        let Some(r) = self
-            .recent
-            .get(&peer)
-            .and_then(|l| l.iter().find(|r| r.message_id == message_id))
-        else {
+        let Some(r) = self.recent.get(&peer).and_then(|l| l.find(message_id)) else {
             return false;
         };
         self.stats.duplicates += 1;
@@ -852,17 +954,58 @@ impl Ingress {
     }
 
     fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, reply: Reply) {
-        let list = self.recent.entry(peer).or_default();
-        if list.len() >= RECENT_PER_PEER {
-            list.pop_front();
-        }
-        list.push_back(Recent {
+        self.recent.entry(peer).or_default().push(
             message_id,
-            expires: now + self.config.exchange_lifetime,
-            reply,
-        });
+            Recent {
+                expires: now + self.config.exchange_lifetime,
+                reply,
+            },
+        );
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+    }
+
+    /// A request's deduplication in one table lookup (RFC 7252 §4.5): a message ID this peer
+    /// sent within EXCHANGE_LIFETIME is a duplicate (its reply sent again if it was Confirmable
+    /// and has one; `false`); a new one is remembered as pending (`true`), its reply set later
+    /// with [`Ingress::set_reply`].
+    fn first_time(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        message_id: u16,
+        confirmable: bool,
+    ) -> bool {
+        let list = self.recent.entry(peer).or_default();
+        if let Some(r) = list.find(message_id) {
+            self.stats.duplicates += 1;
+            if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
+                self.transmits.push_back((peer, bytes.to_vec()));
+            }
+            return false;
+        }
+        list.push(
+            message_id,
+            Recent {
+                expires: now + self.config.exchange_lifetime,
+                reply: Reply::Pending,
+            },
+        );
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        true
+    }
+
+    /// The reply to a remembered message ID, to repeat for its duplicates.
+    fn set_reply(&mut self, peer: SocketAddr, message_id: u16, reply: Reply) {
+        if let Some(r) = self
+            .recent
+            .get_mut(&peer)
+            .and_then(|l| l.find_mut(message_id))
+        {
+            r.reply = reply;
         }
     }
 
@@ -899,7 +1042,6 @@ impl Ingress {
             MessageClass::Request(m) => m,
             _ => RequestType::UnKnown,
         };
-        let path: Vec<&str> = path.iter().map(String::as_str).collect();
         if let (Some(device), Some(refusal)) = (identity, self.foreign(&path, &query, identity)) {
             return Outcome::error(
                 ResponseType::Forbidden,
@@ -931,7 +1073,7 @@ impl Ingress {
     fn foreign(
         &self,
         path: &[&str],
-        query: &[String],
+        query: &[&str],
         identity: Option<&str>,
     ) -> Option<&'static str> {
         let device = identity?;
@@ -954,7 +1096,7 @@ impl Ingress {
         now: Instant,
         unix_ms: u64,
         peer: SocketAddr,
-        query: &[String],
+        query: &[&str],
         format: Option<u32>,
         body: &[u8],
     ) -> Outcome {
@@ -1029,7 +1171,7 @@ impl Ingress {
         unix_ms: u64,
         peer: SocketAddr,
         loc: &str,
-        query: &[String],
+        query: &[&str],
     ) -> Outcome {
         let lifetime = match query_value(query, "lt").map(str::parse::<u64>) {
             None => None,
@@ -1193,18 +1335,62 @@ fn header_of(packet: &Packet) -> wire::RawHeader {
     }
 }
 
-fn strings(packet: &Packet, option: CoapOption) -> Option<Vec<String>> {
+/// The values of a repeatable text option (Uri-Path, Uri-Query), borrowed from the packet;
+/// `None` if one is not UTF-8.
+fn strings(packet: &Packet, option: CoapOption) -> Option<Vec<&str>> {
     match packet.get_option(option) {
         None => Some(Vec::new()),
-        Some(list) => list
-            .iter()
-            .map(|v| String::from_utf8(v.clone()).ok())
-            .collect(),
+        Some(list) => list.iter().map(|v| std::str::from_utf8(v).ok()).collect(),
     }
 }
 
-fn query_value<'q>(query: &'q [String], key: &str) -> Option<&'q str> {
+fn query_value<'q>(query: &[&'q str], key: &str) -> Option<&'q str> {
     query
         .iter()
         .find_map(|q| q.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    fn recent() -> Recent {
+        Recent {
+            expires: Instant::now(),
+            reply: Reply::Silent,
+        }
+    }
+
+    fn ids(list: &PeerRecent) -> Vec<u16> {
+        let ids: Vec<u16> = list.order().map(|i| list.ids[i]).collect();
+        assert!(ids.iter().all(|&id| list.find(id).is_some()));
+        let used = list.entries.iter().filter(|e| e.is_some()).count();
+        assert_eq!(used, ids.len(), "an entry per remembered ID");
+        ids
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_in_order() {
+        let mut list = PeerRecent::default();
+        assert!(list.is_empty() && list.find(1).is_none());
+        for id in 1..=11 {
+            list.push(id, recent());
+        }
+        assert_eq!(ids(&list), (4..=11).collect::<Vec<_>>());
+        assert!(list.find(3).is_none());
+        assert!(list.find(4).is_some());
+        list.find_mut(5).unwrap().reply = Reply::Pending;
+        assert!(matches!(list.find(5).unwrap().reply, Reply::Pending));
+
+        list.retain(|id, _| id % 2 == 0);
+        assert_eq!(ids(&list), [4, 6, 8, 10]);
+        for id in 20..=25 {
+            list.push(id, recent());
+        }
+        // Four more than room for: 4 and 6 go.
+        assert_eq!(ids(&list), [8, 10, 20, 21, 22, 23, 24, 25]);
+        list.retain(|_, _| false);
+        assert!(list.is_empty());
+        assert!(ids(&list).is_empty());
+    }
 }

@@ -45,11 +45,17 @@ pub enum Registered {
 }
 
 /// All registrations of one edge router.
+///
+/// The registrations sit in slots; the three indexes map endpoint, location and address to a
+/// slot, so each lookup is one hash probe (the per-datagram `touch_by_address` included).
 #[derive(Debug, Default)]
 pub struct Directory {
-    by_endpoint: HashMap<String, Registration>,
-    by_location: HashMap<u32, String>,
-    by_address: HashMap<SocketAddr, String>,
+    slots: Vec<Option<Registration>>,
+    /// Empty slots, reused before the vector grows.
+    free: Vec<usize>,
+    by_endpoint: HashMap<String, usize>,
+    by_location: HashMap<u32, usize>,
+    by_address: HashMap<SocketAddr, usize>,
     expiry: BTreeSet<(Instant, u32)>,
     next_location: u32,
 }
@@ -70,6 +76,14 @@ impl Directory {
         self.by_endpoint.is_empty()
     }
 
+    fn slot(&self, slot: usize) -> Option<&Registration> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, slot: usize) -> Option<&mut Registration> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
     /// Registers (or re-registers) `endpoint` at `address`.
     pub fn register(
         &mut self,
@@ -82,7 +96,7 @@ impl Directory {
     ) -> (u32, Registered) {
         let previous = self.remove(endpoint);
         // A different device registering from the same address takes it over.
-        if let Some(other) = self.by_address.get(&address).cloned() {
+        if let Some(other) = self.endpoint_at(address).map(str::to_owned) {
             self.remove(&other);
         }
         self.next_location = self.next_location.wrapping_add(1);
@@ -91,22 +105,32 @@ impl Directory {
         }
         let location = self.next_location;
         let expires = now + lifetime;
+        let registration = Registration {
+            endpoint: endpoint.to_owned(),
+            location,
+            address,
+            lifetime,
+            expires,
+            binding,
+            links,
+            last_uplink: now,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(empty) = self.slots.get_mut(slot) {
+                    *empty = Some(registration);
+                }
+                slot
+            }
+            None => {
+                self.slots.push(Some(registration));
+                self.slots.len() - 1
+            }
+        };
         self.expiry.insert((expires, location));
-        self.by_location.insert(location, endpoint.to_owned());
-        self.by_address.insert(address, endpoint.to_owned());
-        self.by_endpoint.insert(
-            endpoint.to_owned(),
-            Registration {
-                endpoint: endpoint.to_owned(),
-                location,
-                address,
-                lifetime,
-                expires,
-                binding,
-                links,
-                last_uplink: now,
-            },
-        );
+        self.by_location.insert(location, slot);
+        self.by_address.insert(address, slot);
+        self.by_endpoint.insert(endpoint.to_owned(), slot);
         let outcome = match previous {
             None => Registered::New,
             Some(p) => Registered::Replaced {
@@ -125,8 +149,8 @@ impl Directory {
         address: SocketAddr,
         lifetime: Option<Duration>,
     ) -> Option<(&Registration, Option<SocketAddr>)> {
-        let endpoint = self.by_location.get(&location)?.clone();
-        let reg = self.by_endpoint.get_mut(&endpoint)?;
+        let slot = *self.by_location.get(&location)?;
+        let reg = self.slots.get_mut(slot).and_then(Option::as_mut)?;
         self.expiry.remove(&(reg.expires, location));
         if let Some(lt) = lifetime {
             reg.lifetime = lt;
@@ -138,26 +162,24 @@ impl Directory {
         if let Some(old) = moved_from {
             self.by_address.remove(&old);
             reg.address = address;
-            self.by_address.insert(address, endpoint);
+            self.by_address.insert(address, slot);
         }
         Some((reg, moved_from))
     }
 
     /// Removes the registration at `location`.
     pub fn remove_location(&mut self, location: u32) -> Option<Registration> {
-        let endpoint = self.by_location.get(&location)?.clone();
+        let endpoint = self.endpoint_of_location(location)?.to_owned();
         self.remove(&endpoint)
     }
 
     /// Removes `endpoint`'s registration.
     pub fn remove(&mut self, endpoint: &str) -> Option<Registration> {
-        let reg = self.by_endpoint.remove(endpoint)?;
+        let slot = self.by_endpoint.remove(endpoint)?;
+        let reg = self.slots.get_mut(slot).and_then(Option::take)?;
+        self.free.push(slot);
         self.by_location.remove(&reg.location);
-        if self
-            .by_address
-            .get(&reg.address)
-            .is_some_and(|e| e == endpoint)
-        {
+        if self.by_address.get(&reg.address) == Some(&slot) {
             self.by_address.remove(&reg.address);
         }
         self.expiry.remove(&(reg.expires, reg.location));
@@ -166,14 +188,16 @@ impl Directory {
 
     /// `endpoint`'s registration, noting the uplink time.
     pub fn touch(&mut self, now: Instant, endpoint: &str) -> Option<&Registration> {
-        let reg = self.by_endpoint.get_mut(endpoint)?;
+        let slot = *self.by_endpoint.get(endpoint)?;
+        let reg = self.slot_mut(slot)?;
         reg.last_uplink = now;
         Some(reg)
     }
 
     /// The endpoint registered at `location`.
     pub fn endpoint_of_location(&self, location: u32) -> Option<&str> {
-        self.by_location.get(&location).map(String::as_str)
+        let slot = *self.by_location.get(&location)?;
+        self.slot(slot).map(|r| r.endpoint.as_str())
     }
 
     /// Moves `endpoint`'s registration to `address` (the device was authenticated there),
@@ -186,35 +210,39 @@ impl Directory {
         endpoint: &str,
         address: SocketAddr,
     ) -> Option<SocketAddr> {
-        let reg = self.by_endpoint.get_mut(endpoint)?;
+        let slot = *self.by_endpoint.get(endpoint)?;
+        let reg = self.slots.get_mut(slot).and_then(Option::as_mut)?;
         reg.last_uplink = now;
         if reg.address == address {
             return None;
         }
         let old = std::mem::replace(&mut reg.address, address);
-        if self.by_address.get(&old).is_some_and(|e| e == endpoint) {
+        if self.by_address.get(&old) == Some(&slot) {
             self.by_address.remove(&old);
         }
-        self.by_address.insert(address, endpoint.to_owned());
+        self.by_address.insert(address, slot);
         Some(old)
     }
 
-    /// The registration of the device sending from `address`, noting the uplink time.
+    /// The registration of the device sending from `address`, noting the uplink time. One
+    /// hash probe: this runs for every datagram of a device known by its address.
     pub fn touch_by_address(&mut self, now: Instant, address: SocketAddr) -> Option<&Registration> {
-        let endpoint = self.by_address.get(&address)?;
-        let reg = self.by_endpoint.get_mut(endpoint)?;
+        let slot = *self.by_address.get(&address)?;
+        let reg = self.slot_mut(slot)?;
         reg.last_uplink = now;
         Some(reg)
     }
 
     /// The endpoint registered at `address`, if any.
     pub fn endpoint_at(&self, address: SocketAddr) -> Option<&str> {
-        self.by_address.get(&address).map(String::as_str)
+        let slot = *self.by_address.get(&address)?;
+        self.slot(slot).map(|r| r.endpoint.as_str())
     }
 
     /// The registration of `endpoint`.
     pub fn get(&self, endpoint: &str) -> Option<&Registration> {
-        self.by_endpoint.get(endpoint)
+        let slot = *self.by_endpoint.get(endpoint)?;
+        self.slot(slot)
     }
 
     /// The earliest expiry.
@@ -314,5 +342,53 @@ mod tests {
         );
         assert!(d.get("a").is_none(), "b took over a's address");
         assert_eq!(d.len(), 1);
+    }
+
+    /// Slots are reused after a removal; every index finds the registration in its slot.
+    #[test]
+    fn slots_are_reused_and_every_index_stays_right() {
+        let mut d = Directory::new();
+        let t0 = Instant::now();
+        let reg = |d: &mut Directory, ep: &str, port: u16| {
+            d.register(
+                t0,
+                ep,
+                addr(port),
+                Duration::from_secs(60),
+                Binding::U,
+                String::new(),
+            )
+            .0
+        };
+        let la = reg(&mut d, "a", 1);
+        let lb = reg(&mut d, "b", 2);
+        assert_eq!(d.remove("a").map(|r| r.location), Some(la));
+        assert!(d.touch_by_address(t0, addr(1)).is_none());
+        let lc = reg(&mut d, "c", 3);
+        assert_eq!(d.slots.len(), 2, "c took a's slot");
+        assert_eq!(d.endpoint_at(addr(3)), Some("c"));
+        assert_eq!(d.endpoint_of_location(lc), Some("c"));
+        assert_eq!(d.endpoint_of_location(lb), Some("b"));
+        assert!(d.endpoint_of_location(la).is_none());
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(d.touch(t1, "c").map(|r| r.last_uplink), Some(t1));
+        assert_eq!(
+            d.touch_by_address(t1, addr(2)).map(|r| r.last_uplink),
+            Some(t1)
+        );
+
+        // b moves onto c's address: the address finds b; c keeps its registration.
+        assert_eq!(d.move_to(t1, "b", addr(3)), Some(addr(2)));
+        assert_eq!(d.endpoint_at(addr(3)), Some("b"));
+        assert!(d.endpoint_at(addr(2)).is_none());
+        assert_eq!(d.remove("c").map(|r| r.address), Some(addr(3)));
+        assert_eq!(
+            d.endpoint_at(addr(3)),
+            Some("b"),
+            "c's removal left b's address"
+        );
+        assert_eq!(d.get("b").map(|r| r.address), Some(addr(3)));
+        assert_eq!(d.expire(t0 + Duration::from_secs(60)).len(), 1);
+        assert!(d.is_empty() && d.endpoint_at(addr(3)).is_none());
     }
 }

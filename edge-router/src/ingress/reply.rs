@@ -47,24 +47,38 @@ impl Response {
     }
 }
 
-/// The answer to `request`: piggybacked on an ACK when it was Confirmable, else a NON with
-/// `message_id`.
+/// The answer to the request with `request_message_id` and `token`: piggybacked on an ACK when
+/// it was Confirmable, else a NON with `message_id`.
 pub(super) fn response(
-    request: &Packet,
+    request_message_id: u16,
+    token: &[u8],
     confirmable: bool,
     message_id: u16,
     r: &Response,
 ) -> Vec<u8> {
-    let mut p = Packet::new();
-    if confirmable {
-        p.header.set_type(MessageType::Acknowledgement);
-        p.header.message_id = request.header.message_id;
+    let (kind, id) = if confirmable {
+        (MessageType::Acknowledgement, request_message_id)
     } else {
-        p.header.set_type(MessageType::NonConfirmable);
-        p.header.message_id = message_id;
+        (MessageType::NonConfirmable, message_id)
+    };
+    if r.location.is_empty() && r.max_age.is_none() && r.payload.is_empty() && token.len() <= 8 {
+        // Header and token only (every telemetry ACK): written directly (RFC 7252 §3).
+        let mut bytes = Vec::with_capacity(4 + token.len());
+        let kind_bits: u8 = match kind {
+            MessageType::Acknowledgement => 2,
+            _ => 1,
+        };
+        bytes.push(0x40 | (kind_bits << 4) | token.len() as u8);
+        bytes.push(u8::from(MessageClass::Response(r.code)));
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend_from_slice(token);
+        return bytes;
     }
+    let mut p = Packet::new();
+    p.header.set_type(kind);
+    p.header.message_id = id;
     p.header.code = MessageClass::Response(r.code);
-    p.set_token(request.get_token().to_vec());
+    p.set_token(token.to_vec());
     for seg in &r.location {
         p.add_option(CoapOption::LocationPath, seg.as_bytes().to_vec());
     }
@@ -75,7 +89,39 @@ pub(super) fn response(
         p.add_option(CoapOption::ContentFormat, Vec::new());
         p.payload = r.payload.clone();
     }
-    wire::encode(&p).unwrap_or_else(|| empty(MessageType::Reset, request.header.message_id))
+    wire::encode(&p).unwrap_or_else(|| empty(MessageType::Reset, request_message_id))
 }
 
 pub(super) use v6iot_sdk::coap::wire::empty_message as empty;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes written directly are what coap-lite writes for the same message.
+    #[test]
+    fn bare_responses_match_the_codec() {
+        for (code, token, confirmable) in [
+            (ResponseType::Changed, &[1u8, 2, 3, 4][..], true),
+            (ResponseType::Changed, &[][..], false),
+            (ResponseType::Created, &[9, 8, 7, 6, 5, 4, 3, 2][..], true),
+            (ResponseType::Deleted, &[0xff][..], false),
+        ] {
+            let bytes = response(0x1234, token, confirmable, 0xbeef, &Response::code(code));
+            let mut p = Packet::new();
+            p.header.set_type(if confirmable {
+                MessageType::Acknowledgement
+            } else {
+                MessageType::NonConfirmable
+            });
+            p.header.message_id = if confirmable { 0x1234 } else { 0xbeef };
+            p.header.code = MessageClass::Response(code);
+            p.set_token(token.to_vec());
+            assert_eq!(
+                bytes,
+                p.to_bytes().unwrap(),
+                "{code:?} {token:?} {confirmable}"
+            );
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use coap_lite::ResponseType;
 use v6iot_sdk::coap::content_format;
-use v6iot_sdk::senml;
+use v6iot_sdk::senml::{self, Encoding};
 
 /// Record ids: `base × 2^20 + n`, unique per edge router across restarts when `base` is the
 /// boot time in Unix milliseconds.
@@ -42,7 +42,9 @@ fn refuse(code: ResponseType, reason: impl Into<String>) -> Refusal {
 }
 
 /// Decodes, validates and resolves a SenML body; returns the JSON array to publish, whose first
-/// record carries `"rid"` (the record id, as a decimal string).
+/// record carries `"rid"` (the record id, as a decimal string). One pass over the body, its
+/// strings borrowed, the JSON written straight into the returned buffer
+/// ([`senml::resolve_to_json`]).
 pub(super) fn normalise(
     format: Option<u32>,
     body: &[u8],
@@ -52,10 +54,11 @@ pub(super) fn normalise(
     if body.is_empty() {
         return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
     }
-    let pack = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
-        Some(content_format::SENML_CBOR) => senml::from_cbor(body),
-        Some(content_format::SENML_JSON) => senml::from_json(body),
-        None => senml::from_cbor(body).or_else(|_| senml::from_json(body)),
+    let encodings: &[Encoding] = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
+        Some(content_format::SENML_CBOR) => &[Encoding::Cbor],
+        Some(content_format::SENML_JSON) => &[Encoding::Json],
+        // No Content-Format: CBOR, else JSON (no body is both).
+        None => &[Encoding::Cbor, Encoding::Json],
         Some(other) => {
             return Err(refuse(
                 ResponseType::UnsupportedContentFormat,
@@ -64,38 +67,35 @@ pub(super) fn normalise(
                 ),
             ));
         }
+    };
+    let mut digits = [0u8; 20];
+    let rid = decimal(&mut digits, id);
+    let now = unix_ms as f64 / 1000.0;
+    // Room for the whole answer up front: JSON is two to three times the CBOR (quoted labels,
+    // the base name repeated in every record), the rid comes on top.
+    let mut out = Vec::with_capacity(body.len() * 3 + 64);
+    let mut result = Err(senml::SenmlError::NotAnArray);
+    for &encoding in encodings {
+        result = senml::resolve_to_json(encoding, body, now, Some(("rid", rid)), &mut out);
+        if result.is_ok() {
+            break;
+        }
     }
-    .map_err(|e| refuse(ResponseType::BadRequest, format!("invalid SenML: {e}")))?;
-    let resolved = senml::resolve(&pack, unix_ms as f64 / 1000.0)
-        .map_err(|e| refuse(ResponseType::BadRequest, format!("invalid SenML: {e}")))?;
-    if resolved.is_empty() {
-        return Err(refuse(
+    match result {
+        Ok(0) => Err(refuse(
             ResponseType::BadRequest,
             "SenML pack has no records",
-        ));
+        )),
+        Ok(_) => Ok(out),
+        Err(e) => Err(refuse(
+            ResponseType::BadRequest,
+            format!("invalid SenML: {e}"),
+        )),
     }
-    let records: Vec<senml::Record> = resolved
-        .iter()
-        .map(senml::ResolvedRecord::to_record)
-        .collect();
-    let json = senml::to_json_vec(&records)
-        .map_err(|e| refuse(ResponseType::BadRequest, format!("invalid SenML: {e}")))?;
-    // `[{…` → `[{"rid":"…",…`: the id rides in the first record as an extension label.
-    let rest = json.get(2..).unwrap_or_default();
-    let mut out = Vec::with_capacity(json.len() + 32);
-    out.extend_from_slice(b"[{\"rid\":\"");
-    push_decimal(&mut out, id);
-    out.extend_from_slice(b"\"");
-    if rest.first() != Some(&b'}') {
-        out.push(b',');
-    }
-    out.extend_from_slice(rest);
-    Ok(out)
 }
 
-/// Appends `n` in decimal (once per record: no formatting machinery).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+/// `n` in decimal, written into `digits` (once per record: no formatting machinery).
+fn decimal(digits: &mut [u8; 20], mut n: u64) -> &str {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -107,12 +107,131 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(digits.get(i..).unwrap_or_default());
+    // ASCII digits only, so this never fails.
+    std::str::from_utf8(digits.get(i..).unwrap_or_default()).unwrap_or("0")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use v6iot_sdk::senml::{PackBuilder, Record};
+
+    /// `normalise` as it was before the one-pass path: the owned pack, `resolve`, `to_record`,
+    /// `to_json_vec`, then `"rid"` spliced into the first record. The reference for the
+    /// properties below.
+    fn reference(
+        format: Option<u32>,
+        body: &[u8],
+        unix_ms: u64,
+        id: u64,
+    ) -> Result<Vec<u8>, Refusal> {
+        if body.is_empty() {
+            return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
+        }
+        let pack = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
+            Some(content_format::SENML_CBOR) => senml::from_cbor(body),
+            Some(content_format::SENML_JSON) => senml::from_json(body),
+            None => senml::from_cbor(body).or_else(|_| senml::from_json(body)),
+            Some(_) => return Err(refuse(ResponseType::UnsupportedContentFormat, "")),
+        }
+        .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
+        let resolved = senml::resolve(&pack, unix_ms as f64 / 1000.0)
+            .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
+        if resolved.is_empty() {
+            return Err(refuse(ResponseType::BadRequest, "no records"));
+        }
+        let records: Vec<senml::Record> = resolved
+            .iter()
+            .map(senml::ResolvedRecord::to_record)
+            .collect();
+        let json = senml::to_json_vec(&records)
+            .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
+        let rest = json.get(2..).unwrap_or_default();
+        let mut out = format!("[{{\"rid\":\"{id}\"").into_bytes();
+        if rest.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        Ok(out)
+    }
+
+    /// Same bytes out, or the same CoAP code.
+    fn agree(format: Option<u32>, body: &[u8], unix_ms: u64, id: u64) -> Result<(), TestCaseError> {
+        match (
+            reference(format, body, unix_ms, id),
+            normalise(format, body, unix_ms, id),
+        ) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b))
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a.code, b.code),
+            (a, b) => prop_assert!(false, "{body:02x?}: reference {a:?}, normalise {b:?}"),
+        }
+        Ok(())
+    }
+
+    /// Packs as devices send them: a base name and time, a few readings.
+    fn device_pack() -> impl Strategy<Value = senml::Pack> {
+        let reading = (
+            "[a-z][a-z0-9_]{0,10}",
+            proptest::option::of("[A-Za-z%]{1,4}"),
+            prop_oneof![
+                any::<f64>(),
+                (-1000i32..1000).prop_map(f64::from),
+                Just(21.5)
+            ],
+            proptest::option::of(-100.0f64..100.0),
+        )
+            .prop_map(|(n, u, v, t)| Record {
+                n: Some(n),
+                u,
+                v: Some(v),
+                t,
+                ..Record::default()
+            });
+        (
+            "urn:dev:[a-z0-9]{1,8}:",
+            proptest::option::of(prop_oneof![1.7e9f64..1.8e9, -10.0f64..10.0]),
+            proptest::collection::vec(reading, 0..4),
+        )
+            .prop_map(|(bn, bt, readings)| {
+                let mut b = PackBuilder::new().base_name(bn);
+                if let Some(bt) = bt {
+                    b = b.base_time(bt);
+                }
+                for r in readings {
+                    b.push(r);
+                }
+                b.build()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn prop_normalise_matches_the_owned_path(
+            pack in device_pack(),
+            unix_ms in 1_700_000_000_000u64..1_800_000_000_000,
+            id in any::<u64>(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        ) {
+            let Ok(cbor) = senml::to_cbor(&pack) else { return Ok(()) };
+            let Ok(json) = senml::to_json_vec(&pack) else { return Ok(()) };
+            for (format, mut body) in [(Some(112), cbor.clone()), (Some(110), json.clone()), (None, cbor), (None, json)] {
+                agree(format, &body, unix_ms, id)?;
+                for (at, byte) in &edits {
+                    if !body.is_empty() {
+                        let i = at.index(body.len());
+                        body[i] = *byte;
+                    }
+                }
+                agree(format, &body, unix_ms, id)?;
+                agree(Some(60), &body, unix_ms, id)?;
+            }
+        }
+    }
 
     #[test]
     fn resolves_and_tags_with_the_record_id() {
@@ -130,9 +249,7 @@ mod tests {
     #[test]
     fn record_ids_are_written_in_decimal() {
         for n in [0, 7, 10, 42, 1_000_001, u64::MAX] {
-            let mut out = b"x".to_vec();
-            push_decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}").into_bytes());
+            assert_eq!(decimal(&mut [0; 20], n), n.to_string());
         }
     }
 

@@ -261,3 +261,107 @@ fn lab_mode_files_unregistered_senders_by_address() {
         ]
     );
 }
+
+/// A lab-mode ingress and a telemetry request with message ID `mid`, CON or NON.
+fn lab() -> Ingress {
+    let mut config = IngressConfig::new(Topics::new("v6iot", "s").unwrap());
+    config.lab_accept_unregistered = true;
+    Ingress::new(config, 1_700_000_000_000)
+}
+
+fn report(mid: u16, confirmable: bool) -> Vec<u8> {
+    let mut bytes = request(
+        RequestType::Post,
+        "t",
+        &[],
+        Some(110),
+        br#"[{"n":"t","v":1}]"#,
+    );
+    let kind = if confirmable { 0x40 } else { 0x50 };
+    bytes[0] = (bytes[0] & 0x0f) | kind;
+    bytes[2..4].copy_from_slice(&mid.to_be_bytes());
+    bytes
+}
+
+/// RFC 7252 §4.5 at the ingress: a retransmitted CON report is not stored again; while its
+/// record is being stored nothing is sent, afterwards the same ACK is sent again; a duplicate
+/// NON is dropped silently.
+#[test]
+fn duplicates_get_the_same_reply_and_are_not_stored_twice() {
+    let mut i = lab();
+    let t0 = Instant::now();
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(7, true));
+    let append = i.poll_append().expect("the record");
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(7, true));
+    assert!(i.poll_append().is_none(), "stored once");
+    assert!(
+        i.poll_transmit().is_none(),
+        "no answer while the record is stored"
+    );
+    i.handle_appended(append.ticket.unwrap(), super::AppendResult::Stored);
+    let (_, ack) = i.poll_transmit().expect("the ACK");
+    assert_eq!(
+        Packet::from_bytes(&ack).unwrap().header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(7, true));
+    assert_eq!(
+        i.poll_transmit().map(|(_, b)| b),
+        Some(ack),
+        "the same ACK again"
+    );
+    assert!(i.poll_append().is_none());
+    // The same message ID from another peer is another message.
+    let other: SocketAddr = "192.0.2.9:5683".parse().unwrap();
+    i.handle_datagram(t0, 1_700_000_000_000, other, &report(7, true));
+    assert!(i.poll_append().is_some());
+
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(8, false));
+    let append = i.poll_append().expect("the NON's record");
+    i.handle_appended(append.ticket.unwrap(), super::AppendResult::Stored);
+    while i.poll_transmit().is_some() {}
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(8, false));
+    assert!(
+        i.poll_append().is_none() && i.poll_transmit().is_none(),
+        "NON duplicate dropped"
+    );
+    assert_eq!(i.stats().duplicates, 3);
+}
+
+/// A peer's last `RECENT_PER_PEER` (8) message IDs are remembered; a ninth pushes out the
+/// oldest, and all are forgotten after EXCHANGE_LIFETIME (swept).
+#[test]
+fn remembered_message_ids_are_bounded_per_peer_and_expire() {
+    let mut i = lab();
+    let t0 = Instant::now();
+    for mid in 1..=9 {
+        i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(mid, false));
+    }
+    assert_eq!(std::iter::from_fn(|| i.poll_append()).count(), 9);
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(2, false));
+    assert!(i.poll_append().is_none(), "2 is still remembered");
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(1, false));
+    assert!(i.poll_append().is_some(), "1 was pushed out by 9");
+    // 1 came back as the newest and pushed out 2.
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(2, false));
+    assert!(i.poll_append().is_some());
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(9, false));
+    assert!(i.poll_append().is_none(), "9 is still remembered");
+
+    let later = t0 + IngressConfig::new(Topics::new("v6iot", "s").unwrap()).exchange_lifetime;
+    let sweep = i.poll_timeout().expect("a sweep is due");
+    i.handle_timeout(
+        sweep.max(later + std::time::Duration::from_secs(5)),
+        1_700_000_000_000,
+    );
+    i.handle_datagram(
+        later + std::time::Duration::from_secs(6),
+        1_700_000_000_000,
+        peer(),
+        &report(9, false),
+    );
+    assert!(
+        i.poll_append().is_some(),
+        "forgotten after EXCHANGE_LIFETIME"
+    );
+}

@@ -52,6 +52,7 @@ mod json;
 mod raw;
 mod record;
 mod resolve;
+mod resolved_json;
 mod ser;
 
 pub use cbor::{from_cbor, to_cbor};
@@ -59,6 +60,7 @@ pub use error::SenmlError;
 pub use json::{from_json, to_json, to_json_vec};
 pub use record::{Pack, PackBuilder, Record, SENML_VERSION, validate};
 pub use resolve::{RELATIVE_TIME_LIMIT, ResolvedRecord, Value, is_valid_name, resolve};
+pub use resolved_json::{Encoding, resolve_to_json};
 
 /// CoAP Content-Format of `application/senml+json` (RFC 8428 §12.3).
 pub const CONTENT_FORMAT_JSON: u16 = 110;

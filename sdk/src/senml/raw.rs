@@ -60,6 +60,7 @@ macro_rules! scalars_are {
         }
     };
 }
+pub(crate) use scalars_are;
 
 struct PackVisitor<K, V>(PhantomData<(K, V)>);
 

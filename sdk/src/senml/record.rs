@@ -116,10 +116,12 @@ impl Record {
 
     /// How many of the value fields `v`, `vs`, `vb`, `vd` are present.
     pub fn value_count(&self) -> usize {
-        usize::from(self.v.is_some())
-            + usize::from(self.vs.is_some())
-            + usize::from(self.vb.is_some())
-            + usize::from(self.vd.is_some())
+        count_present([
+            self.v.is_some(),
+            self.vs.is_some(),
+            self.vb.is_some(),
+            self.vd.is_some(),
+        ])
     }
 
     /// Whether the record has any regular (non-base) field.
@@ -131,6 +133,11 @@ impl Record {
             || self.t.is_some()
             || self.ut.is_some()
     }
+}
+
+/// How many of `present` are true (of the value fields, for [`Record::value_count`]).
+pub(crate) fn count_present<const N: usize>(present: [bool; N]) -> usize {
+    present.into_iter().filter(|&p| p).count()
 }
 
 /// Builds a pack for one device: base fields once on the first record, then the readings.
@@ -337,15 +344,45 @@ impl Field {
     }
 
     pub(crate) fn from_label(label: &str) -> Option<Field> {
-        Field::ENCODING_ORDER
-            .into_iter()
-            .find(|f| f.label() == label)
+        Some(match label {
+            "bn" => Field::Bn,
+            "bt" => Field::Bt,
+            "bu" => Field::Bu,
+            "bv" => Field::Bv,
+            "bs" => Field::Bs,
+            "bver" => Field::Bver,
+            "n" => Field::N,
+            "u" => Field::U,
+            "v" => Field::V,
+            "vs" => Field::Vs,
+            "vb" => Field::Vb,
+            "vd" => Field::Vd,
+            "s" => Field::S,
+            "t" => Field::T,
+            "ut" => Field::Ut,
+            _ => return None,
+        })
     }
 
     pub(crate) fn from_cbor_label(label: i128) -> Option<Field> {
-        Field::ENCODING_ORDER
-            .into_iter()
-            .find(|f| i128::from(f.cbor_label()) == label)
+        Some(match label {
+            -1 => Field::Bver,
+            -2 => Field::Bn,
+            -3 => Field::Bt,
+            -4 => Field::Bu,
+            -5 => Field::Bv,
+            -6 => Field::Bs,
+            0 => Field::N,
+            1 => Field::U,
+            2 => Field::V,
+            3 => Field::Vs,
+            4 => Field::Vb,
+            5 => Field::S,
+            6 => Field::T,
+            7 => Field::Ut,
+            8 => Field::Vd,
+            _ => return None,
+        })
     }
 
     pub(crate) fn kind(self) -> Kind {
@@ -470,57 +507,88 @@ impl RecordAssembler {
 /// and the rule that a record needs a value or a sum, apply after base fields are applied:
 /// [`resolve`](super::resolve) checks those.
 pub fn validate(pack: &[Record]) -> Result<(), SenmlError> {
-    let mut in_force = SENML_VERSION;
-    let mut pack_version = None;
+    let mut versions = Versions::default();
     for (index, r) in pack.iter().enumerate() {
-        let numbers = [
-            (Field::Bt, r.bt),
-            (Field::Bv, r.bv),
-            (Field::Bs, r.bs),
-            (Field::V, r.v),
-            (Field::S, r.s),
-            (Field::T, r.t),
-            (Field::Ut, r.ut),
-        ];
-        for (field, x) in numbers {
-            if x.is_some_and(|x| !x.is_finite()) {
-                return Err(SenmlError::InvalidField {
-                    record: index,
-                    field: field.label(),
-                    expected: "a finite number",
-                });
-            }
+        let numbers = [r.bt, r.bv, r.bs, r.v, r.s, r.t, r.ut];
+        check_record(index, numbers, r.value_count(), r.bver, &mut versions)?;
+    }
+    Ok(())
+}
+
+/// The version in force while a pack is checked record by record, and the pack's version.
+#[derive(Debug)]
+pub(crate) struct Versions {
+    in_force: i64,
+    pack: Option<i64>,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions {
+            in_force: SENML_VERSION,
+            pack: None,
         }
-        if r.value_count() > 1 {
-            return Err(SenmlError::MultipleValues { record: index });
+    }
+}
+
+/// The fields `numbers` holds, in its order.
+const NUMBERS: [Field; 7] = [
+    Field::Bt,
+    Field::Bv,
+    Field::Bs,
+    Field::V,
+    Field::S,
+    Field::T,
+    Field::Ut,
+];
+
+/// The rules of [`validate`] for record `index`, whose `bt`, `bv`, `bs`, `v`, `s`, `t` and `ut`
+/// are `numbers` (in that order); `versions` carries the pack's versions from record to record.
+pub(crate) fn check_record(
+    index: usize,
+    numbers: [Option<f64>; 7],
+    value_count: usize,
+    bver: Option<i64>,
+    versions: &mut Versions,
+) -> Result<(), SenmlError> {
+    for (field, x) in NUMBERS.into_iter().zip(numbers) {
+        if x.is_some_and(|x| !x.is_finite()) {
+            return Err(SenmlError::InvalidField {
+                record: index,
+                field: field.label(),
+                expected: "a finite number",
+            });
         }
-        if let Some(version) = r.bver {
-            if version < 1 {
-                return Err(SenmlError::InvalidField {
-                    record: index,
-                    field: Field::Bver.label(),
-                    expected: expected(Kind::Version),
-                });
-            }
-            if version > SENML_VERSION {
-                return Err(SenmlError::UnsupportedVersion {
-                    record: index,
-                    version,
-                });
-            }
-            in_force = version;
+    }
+    if value_count > 1 {
+        return Err(SenmlError::MultipleValues { record: index });
+    }
+    if let Some(version) = bver {
+        if version < 1 {
+            return Err(SenmlError::InvalidField {
+                record: index,
+                field: Field::Bver.label(),
+                expected: expected(Kind::Version),
+            });
         }
-        match pack_version {
-            None => pack_version = Some(in_force),
-            Some(pack_version) if pack_version != in_force => {
-                return Err(SenmlError::VersionMismatch {
-                    record: index,
-                    version: in_force,
-                    pack_version,
-                });
-            }
-            Some(_) => {}
+        if version > SENML_VERSION {
+            return Err(SenmlError::UnsupportedVersion {
+                record: index,
+                version,
+            });
         }
+        versions.in_force = version;
+    }
+    match versions.pack {
+        None => versions.pack = Some(versions.in_force),
+        Some(pack_version) if pack_version != versions.in_force => {
+            return Err(SenmlError::VersionMismatch {
+                record: index,
+                version: versions.in_force,
+                pack_version,
+            });
+        }
+        Some(_) => {}
     }
     Ok(())
 }
@@ -576,6 +644,13 @@ mod tests {
             assert_eq!(field.label(), label);
             assert_eq!(field.cbor_label(), cbor);
             assert_eq!(Field::from_cbor_label(cbor.into()), Some(field));
+        }
+        for field in Field::ENCODING_ORDER {
+            assert_eq!(Field::from_label(field.label()), Some(field));
+            assert_eq!(
+                Field::from_cbor_label(field.cbor_label().into()),
+                Some(field)
+            );
         }
         assert_eq!(Field::from_cbor_label(9), None);
         assert_eq!(Field::from_cbor_label(-7), None);

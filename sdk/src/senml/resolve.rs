@@ -80,17 +80,69 @@ impl From<&ResolvedRecord> for Record {
 /// or a digit.
 pub fn is_valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'/' | b'_'))
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric()) && bytes.all(is_name_byte)
+}
+
+/// [`is_valid_name`] of base name `bn` and name `n` joined, without joining them.
+pub(crate) fn is_valid_name_parts(bn: &str, n: &str) -> bool {
+    let rest_ok = |s: &[u8]| s.iter().all(|&b| is_name_byte(b));
+    match bn.as_bytes().split_first() {
+        Some((first, rest)) => {
+            first.is_ascii_alphanumeric() && rest_ok(rest) && rest_ok(n.as_bytes())
+        }
+        None => is_valid_name(n),
+    }
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'/' | b'_')
 }
 
 /// `base + x` where either may be absent; `None` if both are. Adds only when both are present,
 /// so a lone value keeps its exact bits.
-fn add(base: Option<f64>, x: Option<f64>) -> Option<f64> {
+pub(crate) fn add(base: Option<f64>, x: Option<f64>) -> Option<f64> {
     match (base, x) {
         (Some(b), Some(x)) => Some(b + x),
         (b, x) => b.or(x),
     }
+}
+
+/// Checks that a resolved numeric value and sum (base value or sum added) are finite.
+pub(crate) fn check_finite(
+    index: usize,
+    value: Option<f64>,
+    sum: Option<f64>,
+) -> Result<(), SenmlError> {
+    for (x, field) in [(value, Field::V), (sum, Field::S)] {
+        if x.is_some_and(|x| !x.is_finite()) {
+            return Err(SenmlError::Overflow {
+                record: index,
+                field: field.label(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A record's absolute time: base time plus time, plus `now` if that is below 2^28
+/// (RFC 8428 §4.5.3); an error if the sum is not finite.
+pub(crate) fn absolute_time(
+    index: usize,
+    bt: Option<f64>,
+    t: Option<f64>,
+    now: f64,
+) -> Result<f64, SenmlError> {
+    let mut time = add(bt, t).unwrap_or(0.0);
+    if time < RELATIVE_TIME_LIMIT {
+        time += now;
+    }
+    if !time.is_finite() {
+        return Err(SenmlError::Overflow {
+            record: index,
+            field: Field::T.label(),
+        });
+    }
+    Ok(time)
 }
 
 /// The base fields in force at some point of the pack.
@@ -154,22 +206,7 @@ pub fn resolve(pack: &[Record], now: f64) -> Result<Vec<ResolvedRecord>, SenmlEr
             }
             continue;
         }
-        if value
-            .as_ref()
-            .and_then(Value::as_f64)
-            .is_some_and(|x| !x.is_finite())
-        {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::V.label(),
-            });
-        }
-        if sum.is_some_and(|x| !x.is_finite()) {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::S.label(),
-            });
-        }
+        check_finite(index, value.as_ref().and_then(Value::as_f64), sum)?;
 
         let name = [base.bn.unwrap_or(""), r.n.as_deref().unwrap_or("")].concat();
         if name.is_empty() {
@@ -182,16 +219,7 @@ pub fn resolve(pack: &[Record], now: f64) -> Result<Vec<ResolvedRecord>, SenmlEr
             });
         }
 
-        let mut time = add(base.bt, r.t).unwrap_or(0.0);
-        if time < RELATIVE_TIME_LIMIT {
-            time += now;
-        }
-        if !time.is_finite() {
-            return Err(SenmlError::Overflow {
-                record: index,
-                field: Field::T.label(),
-            });
-        }
+        let time = absolute_time(index, base.bt, r.t, now)?;
 
         out.push(ResolvedRecord {
             name,
@@ -204,4 +232,37 @@ pub fn resolve(pack: &[Record], now: f64) -> Result<Vec<ResolvedRecord>, SenmlEr
     }
     out.sort_by(|a, b| a.time.total_cmp(&b.time));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checking base name and name apart is checking them joined.
+    #[test]
+    fn name_parts_are_checked_as_one_name() {
+        let parts = [
+            "",
+            "a",
+            "-",
+            "a-",
+            "-a",
+            "9:",
+            "é",
+            " ",
+            "a b",
+            "_x",
+            "urn:dev:1:",
+        ];
+        for bn in parts {
+            for n in parts {
+                let joined = [bn, n].concat();
+                assert_eq!(
+                    is_valid_name_parts(bn, n),
+                    is_valid_name(&joined),
+                    "{bn:?} + {n:?}"
+                );
+            }
+        }
+    }
 }

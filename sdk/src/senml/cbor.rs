@@ -15,11 +15,18 @@ use super::ser::{PackSer, Style};
 /// Fails if the pack does not pass [`validate`](super::validate).
 pub fn to_cbor(pack: &[Record]) -> Result<Vec<u8>, SenmlError> {
     validate(pack)?;
-    serde_cbor::to_vec(&PackSer {
-        pack,
-        style: Style::Cbor,
-    })
-    .map_err(|e| SenmlError::Encode(e.to_string()))
+    // Sized up front for a typical report (a few records with short names): one allocation
+    // instead of several as the buffer grows.
+    let mut out = Vec::with_capacity(64 + 48 * pack.len());
+    serde_cbor::to_writer(
+        &mut out,
+        &PackSer {
+            pack,
+            style: Style::Cbor,
+        },
+    )
+    .map_err(|e| SenmlError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes a SenML CBOR pack (definite or indefinite length array).

@@ -108,7 +108,7 @@ struct Cli {
     /// (default: the credentials file's name + `.flood-seq`).
     #[arg(long)]
     seq_file: Option<std::path::PathBuf>,
-    /// OSCORE: requests protected in advance per socket (default: enough for 100,000 requests/s
+    /// OSCORE: requests protected in advance per socket (default: enough for 150,000 requests/s
     /// over the whole run, shared by the sockets). A socket that uses them all stops sending.
     #[arg(long)]
     presign: Option<usize>,

@@ -90,7 +90,7 @@ pub(crate) fn prepare(cli: &Cli, path: &Path) -> anyhow::Result<Vec<Prepared>> {
         PathBuf::from(p)
     });
     let per_socket = cli.presign.unwrap_or_else(|| {
-        let total = 100_000.0 * (cli.warmup + cli.secs);
+        let total = 150_000.0 * (cli.warmup + cli.secs);
         (total / cli.sockets as f64).ceil() as usize
     });
     let per_socket = per_socket

@@ -227,9 +227,10 @@ impl AddressPool {
     /// A socket on `[::]:port` (`0`: any free port) for `members` members in the /64 of
     /// `network`, the first at interface identifier `first`, then every `stride`.
     ///
-    /// Fails where the host cannot send from foreign addresses (`IP_FREEBIND`) or the
-    /// identifiers would leave the /64. Datagrams only arrive if the prefix is routed to this
-    /// host (an AnyIP route, in a namespace of its own).
+    /// Fails when the identifiers would leave the /64, when the kernel does not route the
+    /// pool's first and last address to loopback (an AnyIP route, in a network namespace of
+    /// its own: otherwise answers to them could leave the machine), or when the host cannot
+    /// send from foreign addresses (`IP_FREEBIND`).
     pub fn bind(
         network: Ipv6Addr,
         port: u16,

@@ -267,18 +267,8 @@ impl AddressPool {
     }
 
     /// The address of member `i`.
-    pub fn member_address(&self, i: usize) -> Ipv6Addr {
+    fn member_address(&self, i: usize) -> Ipv6Addr {
         self.layout.address(i)
-    }
-
-    /// The member at `address`, if any.
-    pub fn member_at(&self, address: Ipv6Addr) -> Option<usize> {
-        self.layout.member_at(address)
-    }
-
-    /// The socket's local address (`[::]:port`).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
     }
 
     /// Datagrams that arrived for an address that is no member's.

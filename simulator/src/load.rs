@@ -25,7 +25,7 @@ use crate::collector::Deliveries;
 use crate::credentials::{self, Credentials};
 use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
 use crate::fleet_marks::{FleetMarkStore, FleetMarks};
-use crate::link::{AddressPool, Sockets};
+use crate::link::{AddressPool, Link, Sockets};
 use crate::shard::{self, Member};
 use crate::subscriber::Subscription;
 
@@ -44,11 +44,10 @@ pub struct FleetOscore {
 }
 
 /// Where a fleet's devices send from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sources {
     /// A UDP socket per device, connected to the edge, on the host's address (loopback for a
     /// loopback edge): the edge tells devices apart by their port.
-    #[default]
     Sockets,
     /// Device `n` at `network + n + 1` (in the /64 of `network`), one socket per shard thread.
     /// Needs the /64 routed to this host, in a network namespace of its own:
@@ -279,25 +278,19 @@ pub async fn run_sharded(
     }
     let mut threads = Vec::with_capacity(shards);
     for (k, members) in groups.into_iter().enumerate() {
+        let n = members.len();
         let name = format!("v6iot-sim-shard-{k}");
         let handle = match sources {
             Sources::Sockets => {
-                let mut link = device_sockets(members.len(), plan.edge)?;
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || shard::run(members, &mut link, stop_devices))
+                spawn_shard(name, members, device_sockets(n, plan.edge)?, stop_devices)
             }
             Sources::Pool(network) => {
                 // shard k's devices are k, k + shards, …: interface ids k + 1, k + 1 + shards, …
-                let mut link =
-                    AddressPool::bind(network, 0, k as u64 + 1, shards as u64, members.len())
-                        .with_context(|| format!("a socket for the devices in {network}/64"))?;
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || shard::run(members, &mut link, stop_devices))
+                let pool = AddressPool::bind(network, 0, k as u64 + 1, shards as u64, n)
+                    .with_context(|| format!("a socket for the devices in {network}/64"))?;
+                spawn_shard(name, members, pool, stop_devices)
             }
-        }
-        .context("start a shard thread")?;
+        }?;
         threads.push(handle);
     }
 
@@ -406,6 +399,23 @@ pub async fn run_sharded(
         unsent,
         oscore: oscore_report,
     })
+}
+
+/// The members' results, once the shard's thread has run them until `stop`.
+type ShardThread =
+    std::thread::JoinHandle<std::io::Result<(Vec<Member<FleetSensor>>, shard::ShardStats)>>;
+
+/// Runs `members` over `link` on a thread of their own named `name`.
+fn spawn_shard<L: Link + Send + 'static>(
+    name: String,
+    members: Vec<Member<FleetSensor>>,
+    mut link: L,
+    stop: Instant,
+) -> anyhow::Result<ShardThread> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || shard::run(members, &mut link, stop))
+        .context("start a shard thread")
 }
 
 /// A socket per device, connected to `edge`, on the host's address of the edge's family

@@ -397,7 +397,7 @@ impl Field {
         }
     }
 
-    fn bit(self) -> u16 {
+    pub(super) fn bit(self) -> u16 {
         1 << (self as u16)
     }
 }

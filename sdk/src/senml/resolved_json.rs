@@ -61,16 +61,15 @@ pub fn resolve_to_json(
     if !now.is_finite() {
         return Err(SenmlError::InvalidNow);
     }
-    let visitor = |json| PackVisitor {
-        now,
-        json,
-        skip: PhantomData,
-    };
     let mut records = match encoding {
         Encoding::Json => {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             (&mut de)
-                .deserialize_any(visitor(true))
+                .deserialize_any(PackVisitor::<serde_json::Value> {
+                    now,
+                    json: true,
+                    skip: PhantomData,
+                })
                 .and_then(|pack| de.end().map(|()| pack))
                 .map_err(|e| SenmlError::Json(e.to_string()))??
         }
@@ -78,8 +77,9 @@ pub fn resolve_to_json(
             let mut de = serde_cbor::Deserializer::from_slice(bytes);
             (&mut de)
                 .deserialize_any(PackVisitor::<serde_cbor::Value> {
+                    now,
+                    json: false,
                     skip: PhantomData,
-                    ..visitor(false)
                 })
                 .and_then(|pack| de.end().map(|()| pack))
                 .map_err(|e| SenmlError::Cbor(e.to_string()))??
@@ -380,7 +380,7 @@ impl<'de, S: Deserialize<'de>> Visitor<'de> for RecordSeed<'_, 'de, S> {
             if fault.is_some() {
                 continue;
             }
-            let bit = 1u16 << (field as u16);
+            let bit = field.bit();
             if seen & bit != 0 {
                 fault = Some(SenmlError::DuplicateField {
                     record: index,

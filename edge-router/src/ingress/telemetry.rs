@@ -54,11 +54,11 @@ pub(super) fn normalise(
     if body.is_empty() {
         return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
     }
-    let encodings: &[Encoding] = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
-        Some(content_format::SENML_CBOR) => &[Encoding::Cbor],
-        Some(content_format::SENML_JSON) => &[Encoding::Json],
+    let encoding = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
+        Some(content_format::SENML_CBOR) => Some(Encoding::Cbor),
+        Some(content_format::SENML_JSON) => Some(Encoding::Json),
         // No Content-Format: CBOR, else JSON (no body is both).
-        None => &[Encoding::Cbor, Encoding::Json],
+        None => None,
         Some(other) => {
             return Err(refuse(
                 ResponseType::UnsupportedContentFormat,
@@ -68,19 +68,17 @@ pub(super) fn normalise(
             ));
         }
     };
-    let mut digits = [0u8; 20];
-    let rid = decimal(&mut digits, id);
+    let mut digits = itoa::Buffer::new();
+    let rid = digits.format(id);
     let now = unix_ms as f64 / 1000.0;
     // Room for the whole answer up front: JSON is two to three times the CBOR (quoted labels,
     // the base name repeated in every record), the rid comes on top.
     let mut out = Vec::with_capacity(body.len() * 3 + 64);
-    let mut result = Err(senml::SenmlError::NotAnArray);
-    for &encoding in encodings {
-        result = senml::resolve_to_json(encoding, body, now, Some(("rid", rid)), &mut out);
-        if result.is_ok() {
-            break;
-        }
-    }
+    let mut resolve = |e| senml::resolve_to_json(e, body, now, Some(("rid", rid)), &mut out);
+    let result = match encoding {
+        Some(e) => resolve(e),
+        None => resolve(Encoding::Cbor).or_else(|_| resolve(Encoding::Json)),
+    };
     match result {
         Ok(0) => Err(refuse(
             ResponseType::BadRequest,
@@ -92,23 +90,6 @@ pub(super) fn normalise(
             format!("invalid SenML: {e}"),
         )),
     }
-}
-
-/// `n` in decimal, written into `digits` (once per record: no formatting machinery).
-fn decimal(digits: &mut [u8; 20], mut n: u64) -> &str {
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    // ASCII digits only, so this never fails.
-    std::str::from_utf8(digits.get(i..).unwrap_or_default()).unwrap_or("0")
 }
 
 #[cfg(test)]
@@ -244,13 +225,6 @@ mod tests {
         assert_eq!(v[1]["n"], "urn:dev:x:rh");
         assert_eq!(v[1]["t"], 1_700_000_001.0);
         assert!(v[1].get("rid").is_none());
-    }
-
-    #[test]
-    fn record_ids_are_written_in_decimal() {
-        for n in [0, 7, 10, 42, 1_000_001, u64::MAX] {
-            assert_eq!(decimal(&mut [0; 20], n), n.to_string());
-        }
     }
 
     #[test]

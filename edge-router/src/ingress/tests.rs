@@ -239,15 +239,10 @@ proptest! {
 /// Lab mode files an unregistered sender's telemetry under `anon-{peer}`, one name per peer.
 #[test]
 fn lab_mode_files_unregistered_senders_by_address() {
-    let mut config = IngressConfig::new(Topics::new("v6iot", "s").unwrap());
-    config.lab_accept_unregistered = true;
-    let mut i = Ingress::new(config, 1_700_000_000_000);
+    let mut i = lab();
     let other: SocketAddr = "192.0.2.9:5683".parse().unwrap();
-    let body = br#"[{"n":"t","v":1}]"#;
-    for (n, from) in [peer(), other, peer()].into_iter().enumerate() {
-        let mut bytes = request(RequestType::Post, "t", &[], Some(110), body);
-        bytes[3] = n as u8; // a new message id each time
-        i.handle_datagram(Instant::now(), 1_700_000_000_000, from, &bytes);
+    for (mid, from) in (1..).zip([peer(), other, peer()]) {
+        i.handle_datagram(Instant::now(), 1_700_000_000_000, from, &report(mid, true));
     }
     let topics: Vec<String> = std::iter::from_fn(|| i.poll_append())
         .map(|a| a.message.topic)
@@ -262,13 +257,14 @@ fn lab_mode_files_unregistered_senders_by_address() {
     );
 }
 
-/// A lab-mode ingress and a telemetry request with message ID `mid`, CON or NON.
+/// A lab-mode ingress.
 fn lab() -> Ingress {
     let mut config = IngressConfig::new(Topics::new("v6iot", "s").unwrap());
     config.lab_accept_unregistered = true;
     Ingress::new(config, 1_700_000_000_000)
 }
 
+/// A telemetry request with message ID `mid`, CON or NON.
 fn report(mid: u16, confirmable: bool) -> Vec<u8> {
     let mut bytes = request(
         RequestType::Post,

@@ -28,7 +28,7 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use v6iot_cloud_bridge::message::NewMessage;
 use v6iot_cloud_bridge::topics::{Topics, valid_level};
 use v6iot_sdk::coap::content_format;
-use v6iot_sdk::coap::wire;
+use v6iot_sdk::coap::wire::{self, Token};
 
 pub use downlink::{CommandResult, Downlink, DownlinkCommand, JournalEntry};
 pub use registry::{Binding, Directory, Registration};
@@ -186,32 +186,6 @@ pub struct IngressStats {
 struct Recent {
     expires: Instant,
     reply: Reply,
-}
-
-/// A request's token, inline (at most 8 bytes, RFC 7252 §3; the parser refuses longer ones).
-#[derive(Debug, Clone, Copy)]
-struct Token {
-    len: u8,
-    bytes: [u8; 8],
-}
-
-impl Token {
-    /// The first 8 bytes of `token` (all of any token that came over the wire).
-    fn new(token: &[u8]) -> Token {
-        let mut bytes = [0; 8];
-        let len = token.len().min(bytes.len());
-        if let (Some(to), Some(from)) = (bytes.get_mut(..len), token.get(..len)) {
-            to.copy_from_slice(from);
-        }
-        Token {
-            len: len as u8,
-            bytes,
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
-    }
 }
 
 struct Waiting {
@@ -624,7 +598,7 @@ impl Ingress {
                     Waiting {
                         peer,
                         message_id: header.message_id,
-                        token: Token::new(packet.get_token()),
+                        token: Token::from_slice(packet.get_token()),
                         confirmable,
                         notification: false,
                     },
@@ -860,7 +834,7 @@ impl Ingress {
             Ok(payload) => {
                 let ticket = self.store_telemetry(&device, payload);
                 let message_id = packet.header.message_id;
-                let token = Token::new(packet.get_token());
+                let token = Token::from_slice(packet.get_token());
                 self.waiting.insert(
                     ticket,
                     Waiting {

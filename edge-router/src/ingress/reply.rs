@@ -62,17 +62,8 @@ pub(super) fn response(
         (MessageType::NonConfirmable, message_id)
     };
     if r.location.is_empty() && r.max_age.is_none() && r.payload.is_empty() && token.len() <= 8 {
-        // Header and token only (every telemetry ACK): written directly (RFC 7252 §3).
-        let mut bytes = Vec::with_capacity(4 + token.len());
-        let kind_bits: u8 = match kind {
-            MessageType::Acknowledgement => 2,
-            _ => 1,
-        };
-        bytes.push(0x40 | (kind_bits << 4) | token.len() as u8);
-        bytes.push(u8::from(MessageClass::Response(r.code)));
-        bytes.extend_from_slice(&id.to_be_bytes());
-        bytes.extend_from_slice(token);
-        return bytes;
+        // Header and token only (every telemetry ACK): written directly.
+        return wire::bare_message(kind, u8::from(MessageClass::Response(r.code)), id, token);
     }
     let mut p = Packet::new();
     p.header.set_type(kind);

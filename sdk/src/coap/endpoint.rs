@@ -19,7 +19,7 @@ use super::resource::{
     Code, Method, Reply, Request, ResourceId, ResourceTree, Response, Ticket, WELL_KNOWN_CORE,
     content_format,
 };
-use super::wire::{self, Block, empty_message};
+use super::wire::{self, Block, Token, empty_message};
 use crate::oscore::{OscoreError, RequestInfo};
 use secure::{Admit, Gate};
 
@@ -137,31 +137,6 @@ pub enum SeparateError {
     /// The ticket names no deferred request (answered already, or expired).
     #[error("no deferred request with this ticket (answered or expired)")]
     UnknownTicket,
-}
-
-/// A token of up to 8 bytes, stored inline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Token {
-    len: u8,
-    bytes: [u8; 8],
-}
-
-impl Token {
-    fn from_slice(s: &[u8]) -> Token {
-        let mut bytes = [0u8; 8];
-        let len = s.len().min(8);
-        for (dst, src) in bytes.iter_mut().zip(s) {
-            *dst = *src;
-        }
-        Token {
-            len: len as u8,
-            bytes,
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
-    }
 }
 
 /// A message ID seen recently, with the reply to repeat if it comes again.

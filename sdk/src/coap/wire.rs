@@ -225,14 +225,52 @@ pub fn block_option(packet: &Packet, option: CoapOption) -> Result<Option<Block>
 /// An empty message (code 0.00, no token) of `kind` with `message_id`: an ACK, a Reset, or a
 /// CoAP ping (RFC 7252 §4.1).
 pub fn empty_message(kind: MessageType, message_id: u16) -> Vec<u8> {
-    let t = match kind {
+    bare_message(kind, 0, message_id, &[])
+}
+
+/// A message with only a header and a token (RFC 7252 §3): `kind`, the code byte `code`,
+/// `message_id`, and the first 8 bytes of `token` — an empty message, or a response without
+/// options or payload (a piggybacked 2.04 ACK). Written directly, without a [`Packet`].
+pub fn bare_message(kind: MessageType, code: u8, message_id: u16, token: &[u8]) -> Vec<u8> {
+    let t: u8 = match kind {
         MessageType::Confirmable => 0,
         MessageType::NonConfirmable => 1,
         MessageType::Acknowledgement => 2,
         MessageType::Reset => 3,
     };
+    let token = token.get(..8).unwrap_or(token);
     let [m0, m1] = message_id.to_be_bytes();
-    vec![0x40 | (t << 4), 0, m0, m1]
+    let mut bytes = Vec::with_capacity(4 + token.len());
+    bytes.extend_from_slice(&[0x40 | (t << 4) | token.len() as u8, code, m0, m1]);
+    bytes.extend_from_slice(token);
+    bytes
+}
+
+/// A token of up to 8 bytes (RFC 7252 §3), stored inline: no allocation per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl Token {
+    /// The first 8 bytes of `s` (all of any token that came over the wire).
+    pub fn from_slice(s: &[u8]) -> Token {
+        let mut bytes = [0u8; 8];
+        let len = s.len().min(bytes.len());
+        for (dst, src) in bytes.iter_mut().zip(s) {
+            *dst = *src;
+        }
+        Token {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    /// The token's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
 }
 
 /// The class of a code byte.

@@ -15,6 +15,21 @@ pub mod observe;
 pub mod registry;
 mod reply;
 mod telemetry;
+/// A duplicate request (RFC 7252 §4.5): counted; a Confirmable one gets the reply remembered
+/// for it again, if it has one yet.
+fn answer_duplicate(
+    stats: &mut IngressStats,
+    transmits: &mut VecDeque<(SocketAddr, Vec<u8>)>,
+    peer: SocketAddr,
+    r: &Recent,
+    confirmable: bool,
+) {
+    stats.duplicates += 1;
+    if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
+        transmits.push_back((peer, bytes.to_vec()));
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -920,24 +935,17 @@ impl Ingress {
         let Some(r) = self.recent.get(&peer).and_then(|l| l.find(message_id)) else {
             return false;
         };
-        self.stats.duplicates += 1;
-        if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
-            self.transmits.push_back((peer, bytes.to_vec()));
-        }
+        answer_duplicate(&mut self.stats, &mut self.transmits, peer, r, confirmable);
         true
     }
 
     fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, reply: Reply) {
-        self.recent.entry(peer).or_default().push(
-            message_id,
-            Recent {
-                expires: now + self.config.exchange_lifetime,
-                reply,
-            },
-        );
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP_EVERY);
-        }
+        let expires = now + self.config.exchange_lifetime;
+        self.recent
+            .entry(peer)
+            .or_default()
+            .push(message_id, Recent { expires, reply });
+        self.next_sweep.get_or_insert(now + SWEEP_EVERY);
     }
 
     /// A request's deduplication in one table lookup (RFC 7252 §4.5): a message ID this peer
@@ -953,22 +961,18 @@ impl Ingress {
     ) -> bool {
         let list = self.recent.entry(peer).or_default();
         if let Some(r) = list.find(message_id) {
-            self.stats.duplicates += 1;
-            if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
-                self.transmits.push_back((peer, bytes.to_vec()));
-            }
+            answer_duplicate(&mut self.stats, &mut self.transmits, peer, r, confirmable);
             return false;
         }
+        let expires = now + self.config.exchange_lifetime;
         list.push(
             message_id,
             Recent {
-                expires: now + self.config.exchange_lifetime,
+                expires,
                 reply: Reply::Pending,
             },
         );
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP_EVERY);
-        }
+        self.next_sweep.get_or_insert(now + SWEEP_EVERY);
         true
     }
 

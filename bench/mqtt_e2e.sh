@@ -62,6 +62,8 @@ done
 [[ "$PER_DEVICE" =~ ^[0-9]+$ && "$PER_DEVICE" -ge 1 ]] || die "--per-device: a positive integer"
 [[ "$CEILING_COUNT" =~ ^[0-9]+$ && "$CEILING_COUNT" -le 5000000 ]] || die "--ceiling-count: at most 5 million"
 [[ "$SOURCES" == pool || "$SOURCES" == sockets ]] || die "--sources: pool or sockets"
+[[ "$SOURCES" == sockets || "$(id -u)" -eq 0 ]] ||
+    die "--sources pool (the default) needs root for a network namespace (or use --sources sockets)"
 
 need_pkg mosquitto mosquitto
 need_pkg mosquitto_sub mosquitto-clients
@@ -91,7 +93,6 @@ SOURCE_ARGS=()
 if [[ "$SOURCES" == pool ]]; then
     if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
         # Built and installed above, on the host's network; the rest runs in a new namespace.
-        [[ "$(id -u)" -eq 0 ]] || die "--sources pool needs root for a network namespace (or use --sources sockets)"
         exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "${ARGS[@]}" --bin-dir "$BIN_DIR"
     fi
     ip link set lo up

@@ -57,7 +57,7 @@ pub struct LimitsConfig {
 }
 
 /// The default of [`LimitsConfig::max_tracked`].
-pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+pub(crate) const DEFAULT_MAX_TRACKED: usize = 100_000;
 
 impl Default for LimitsConfig {
     /// The limits of the default configuration (`[security]` in

@@ -95,16 +95,17 @@ impl Receiver {
 /// Datagrams on their way out: (destination, bytes), in order.
 pub(super) type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
 
-/// Batches the send thread may lag behind before [`SendThread::send`] waits for it.
+/// Batches the send thread may lag behind; [`SendThread::send`] drops a batch beyond that.
 const SEND_QUEUE: usize = 1024;
-/// How long the send thread waits for room in the socket's buffer before it drops a datagram
-/// (the kernel drains a UDP send buffer in microseconds: only a stuck interface takes this).
+/// How long the send thread waits for room in the socket's buffer before it drops the datagrams
+/// of the call that did not go (the kernel drains a UDP send buffer in microseconds: only a
+/// stuck interface takes this).
 const WRITABLE_WAIT_MS: u16 = 1000;
 
 /// The thread that sends the CoAP socket's datagrams (see the module docs).
 pub(super) struct SendThread {
-    queue: Option<mpsc::SyncSender<Datagrams>>,
-    thread: Option<JoinHandle<()>>,
+    queue: mpsc::SyncSender<Datagrams>,
+    thread: JoinHandle<()>,
 }
 
 impl SendThread {
@@ -124,32 +125,35 @@ impl SendThread {
                     send_all(&fd, v6, &batch);
                 }
             })?;
-        Ok(SendThread {
-            queue: Some(queue),
-            thread: Some(thread),
-        })
+        Ok(SendThread { queue, thread })
     }
 
-    /// Hands `out`'s datagrams (emptied) to the thread. Waits only when the thread is
-    /// [`SEND_QUEUE`] batches behind.
+    /// Hands `out`'s datagrams (emptied) to the thread without waiting: when the thread is
+    /// [`SEND_QUEUE`] batches behind (a socket that stays unwritable), the batch is dropped
+    /// and logged rather than stalling the loop, which also runs the outbox and the MQTT
+    /// session; Confirmable requests are retransmitted by their senders.
     pub(super) fn send(&self, out: &mut Datagrams) {
         if out.is_empty() {
             return;
         }
-        let batch = std::mem::take(out);
-        if let Some(q) = &self.queue
-            && q.send(batch).is_err()
-        {
-            tracing::error!("the send thread is gone: datagrams dropped");
+        match self.queue.try_send(std::mem::take(out)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(batch)) => tracing::warn!(
+                datagrams = batch.len(),
+                "the send thread is {SEND_QUEUE} batches behind: datagrams dropped"
+            ),
+            Err(mpsc::TrySendError::Disconnected(batch)) => tracing::error!(
+                datagrams = batch.len(),
+                "the send thread is gone: datagrams dropped"
+            ),
         }
     }
 
     /// Sends what is queued, then ends the thread.
-    pub(super) fn stop(mut self) {
-        self.queue = None;
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
+    pub(super) fn stop(self) {
+        let SendThread { queue, thread } = self;
+        drop(queue);
+        if thread.join().is_err() {
             tracing::error!("the send thread panicked");
         }
     }
@@ -168,8 +172,12 @@ fn send_all(fd: &OwnedFd, v6: bool, out: &[(SocketAddr, Vec<u8>)]) {
                 match poll(&mut fds, PollTimeout::from(WRITABLE_WAIT_MS)) {
                     Ok(0) => {
                         let peer = chunk.first().map(|(to, _)| *to);
-                        tracing::warn!(?peer, "socket not writable for 1 s: datagram dropped");
-                        done += 1;
+                        tracing::warn!(
+                            ?peer,
+                            datagrams = chunk.len(),
+                            "socket not writable for {WRITABLE_WAIT_MS} ms: datagrams dropped"
+                        );
+                        done += chunk.len();
                     }
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => {

@@ -49,45 +49,45 @@ impl Topics {
         })
     }
 
-    /// `{prefix}/{site}/{device}/telemetry` (built once per record: plain appends, no
-    /// formatting machinery)
+    /// `{prefix}/{site}/{device}/telemetry` (built once per record: one exactly sized
+    /// allocation, no formatting machinery)
     pub fn telemetry(&self, device: &str) -> String {
-        const TAIL: &str = "/telemetry";
-        let mut t = String::with_capacity(
-            self.prefix.len() + self.site.len() + device.len() + 2 + TAIL.len(),
-        );
-        t.push_str(&self.prefix);
-        t.push('/');
-        t.push_str(&self.site);
-        t.push('/');
-        t.push_str(device);
-        t.push_str(TAIL);
-        t
+        [&self.prefix, "/", &self.site, "/", device, "/telemetry"].concat()
     }
 
     /// `{prefix}/{site}/{device}/status`
     pub fn status(&self, device: &str) -> String {
-        format!("{}/{}/{device}/status", self.prefix, self.site)
+        [&self.prefix, "/", &self.site, "/", device, "/status"].concat()
     }
 
     /// `{prefix}/{site}/{device}/cmd/{req}/result`
     pub fn command_result(&self, device: &str, req: &str) -> String {
-        format!("{}/{}/{device}/cmd/{req}/result", self.prefix, self.site)
+        [
+            &self.prefix,
+            "/",
+            &self.site,
+            "/",
+            device,
+            "/cmd/",
+            req,
+            "/result",
+        ]
+        .concat()
     }
 
     /// The subscription filter for commands: `{prefix}/{site}/+/cmd/+`.
     pub fn command_filter(&self) -> String {
-        format!("{}/{}/+/cmd/+", self.prefix, self.site)
+        [&self.prefix, "/", &self.site, "/+/cmd/+"].concat()
     }
 
     /// `{prefix}/{site}/_edge/{edge}/security`
     pub fn edge_security(&self, edge: &str) -> String {
-        format!("{}/{}/_edge/{edge}/security", self.prefix, self.site)
+        [&self.prefix, "/", &self.site, "/_edge/", edge, "/security"].concat()
     }
 
     /// `{prefix}/{site}/_edge/{edge}/status`
     pub fn edge_status(&self, edge: &str) -> String {
-        format!("{}/{}/_edge/{edge}/status", self.prefix, self.site)
+        [&self.prefix, "/", &self.site, "/_edge/", edge, "/status"].concat()
     }
 
     /// The device and request id of a command topic, if `topic` is one of this site's.

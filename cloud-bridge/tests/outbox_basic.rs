@@ -132,13 +132,37 @@ async fn a_thousand_concurrent_appends_share_few_fsyncs() {
     }
 }
 
+/// Sends `n` appends one at a time, `gap` apart (each from its own task, so it does not wait
+/// for the one before), and waits for all of them; returns the time from the first send to
+/// the last answer and how many groups the writer wrote meanwhile.
+async fn spread_appends(outbox: &OutboxHandle, n: u64, gap: Duration) -> (Duration, u64) {
+    let batches = outbox.stats().batches;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let o = outbox.clone();
+        tasks.push(tokio::spawn(async move { o.append_one(msg(i)).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    (start.elapsed(), outbox.stats().batches - batches)
+}
+
 /// With `min_sync_interval`, syncs start at least that far apart: appends one after another
-/// wait for the interval, and what arrives meanwhile shares the next sync.
-#[tokio::test]
+/// wait for the interval, and what arrives meanwhile shares the next sync. Virtual time: the
+/// writer's file I/O runs on the blocking pool, and while a blocking task runs tokio does
+/// not advance the paused clock, so a sync takes no virtual time and the timings are exact.
+#[tokio::test(start_paused = true)]
 async fn syncs_are_paced_by_the_minimum_interval() {
+    let interval = Duration::from_millis(200);
+    // ten appends spread over 180 ms, inside one interval
+    let (spread, gap) = (10, Duration::from_millis(20));
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
-    let interval = Duration::from_millis(200);
     c.min_sync_interval = interval;
     c.publish_window = 1000;
     let (outbox, _rx, _acks) = outbox::open(c).await.unwrap();
@@ -147,25 +171,59 @@ async fn syncs_are_paced_by_the_minimum_interval() {
         outbox.append_one(msg(n)).await.unwrap();
     }
     // the first sync starts at once, the next two each an interval after the one before
-    assert!(
-        start.elapsed() >= 2 * interval,
-        "three appends in a row took only {:?}",
-        start.elapsed()
+    assert_eq!(
+        start.elapsed(),
+        2 * interval,
+        "three appends in a row, {:?}",
+        outbox.stats()
     );
     assert_eq!(outbox.stats().batches, 3);
-    // fifty appends at once, right after a sync: one group, one more sync
-    let tasks: Vec<_> = (0..50)
-        .map(|n| {
-            let o = outbox.clone();
-            tokio::spawn(async move { o.append_one(msg(n)).await })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap().unwrap();
-    }
+    // right after a sync, appends arriving one by one within the interval share one sync,
+    // which starts an interval after the last
+    let (took, groups) = spread_appends(&outbox, spread, gap).await;
+    assert_eq!((took, groups), (interval, 1), "{:?}", outbox.stats());
     let s = outbox.stats();
-    assert_eq!((s.appended, s.batches), (53, 4), "{s:?}");
+    assert_eq!((s.appended, s.batches), (3 + spread, 4), "{s:?}");
     outbox.close().await;
+
+    // without pacing the same spread appends are synced one by one, as they arrive
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.publish_window = 1000;
+    let (outbox, _rx, _acks) = outbox::open(c).await.unwrap();
+    let (took, groups) = spread_appends(&outbox, spread, gap).await;
+    assert_eq!((took, groups), ((spread as u32 - 1) * gap, spread));
+    outbox.close().await;
+}
+
+/// Pacing only ever gathers: a group that reaches `max_batch` is written at once, and so is
+/// what is pending when a close arrives, however recent the last sync.
+#[tokio::test(start_paused = true)]
+async fn a_full_group_or_a_close_ends_the_paced_wait() {
+    let interval = Duration::from_millis(200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.min_sync_interval = interval;
+    c.max_batch = 4;
+    c.publish_window = 1000;
+    let (outbox, _rx, _acks) = outbox::open(c).await.unwrap();
+    outbox.append_one(msg(0)).await.unwrap();
+    // ten appends 20 ms apart right after that sync: the first two groups fill up (at 60 and
+    // 140 ms) and are synced at once; the last two wait for the interval after the second
+    let (took, groups) = spread_appends(&outbox, 10, Duration::from_millis(20)).await;
+    assert_eq!(
+        (took, groups),
+        (Duration::from_millis(340), 3),
+        "{:?}",
+        outbox.stats()
+    );
+    // an append just after a sync, then a close: written and closed without waiting
+    let start = tokio::time::Instant::now();
+    let (appended, ()) = tokio::join!(outbox.append_one(msg(11)), outbox.close());
+    assert_eq!(appended, Ok(12));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let s = outbox.stats();
+    assert_eq!((s.appended, s.batches), (12, 5), "{s:?}");
 }
 
 #[tokio::test]

@@ -125,7 +125,9 @@ pub struct OutboxConfig {
     /// Under a steady stream of appends a fast disk would otherwise sync as often as it can,
     /// a few records each time, and every `fdatasync` costs CPU (the journal commit); with an
     /// interval the appends that arrive meanwhile share one. While appends are sparse (the
-    /// last sync started longer ago than this) it adds no wait.
+    /// last sync started longer ago than this) it adds no wait. A full group (`max_batch`) or
+    /// a close does not wait for it; nor does it add to `max_batch_delay` (the writer waits
+    /// for whichever ends later).
     pub min_sync_interval: Duration,
     /// Capacity of the publish channel, in messages (default 256).
     pub publish_window: usize,

@@ -136,17 +136,16 @@ pub(crate) async fn run_writer(
                 batch.push(a);
             }
         }
-        // pacing: what else arrives before the interval is over joins this group
-        if let Some(at) = last_sync.map(|t| t + config.min_sync_interval)
-            && at > Instant::now()
-        {
-            tokio::time::sleep_until(at).await;
+        // one deadline for the group: `max_batch_delay` from now, or (pacing) no sooner than
+        // `min_sync_interval` after the last sync began; a full group or a close ends it early
+        let mut gather_until = Instant::now() + config.max_batch_delay;
+        if let Some(paced) = last_sync.map(|t| t + config.min_sync_interval) {
+            gather_until = gather_until.max(paced);
         }
-        let gather_until = Instant::now() + config.max_batch_delay;
         while count < config.max_batch {
             let next = match rx.try_recv() {
                 Ok(r) => Some(r),
-                Err(mpsc::error::TryRecvError::Empty) if !config.max_batch_delay.is_zero() => {
+                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < gather_until => {
                     tokio::time::timeout_at(gather_until, rx.recv())
                         .await
                         .ok()

@@ -10,7 +10,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -36,7 +36,6 @@ const EVENTS_PER_WAIT: usize = 1024;
 pub(crate) struct Budget {
     max: u64,
     taken: AtomicU64,
-    spent: AtomicBool,
 }
 
 impl Budget {
@@ -45,7 +44,6 @@ impl Budget {
         Budget {
             max,
             taken: AtomicU64::new(0),
-            spent: AtomicBool::new(false),
         }
     }
 
@@ -56,15 +54,12 @@ impl Budget {
         }
         let prev = self.taken.fetch_add(n as u64, Ordering::Relaxed);
         let left = self.max.saturating_sub(prev);
-        if left <= n as u64 {
-            self.spent.store(true, Ordering::Relaxed);
-        }
         usize::try_from(left).map_or(n, |l| l.min(n))
     }
 
     /// Every request of the budget has been handed out.
     pub(crate) fn spent(&self) -> bool {
-        self.spent.load(Ordering::Relaxed)
+        self.taken.load(Ordering::Relaxed) >= self.max
     }
 }
 

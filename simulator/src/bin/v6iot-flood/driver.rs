@@ -6,6 +6,9 @@
 //! Every [`SCAN`] the windows drop their expired requests and an empty window reopens. Once the
 //! run's request budget is spent nothing more is sent, and the thread ends when its requests are
 //! all answered or expired; in any case at the end of the measured period.
+//!
+//! The sockets are opened (and in OSCORE mode registered) by [`open`] before the run's clock
+//! starts, so that neither eats into the warm-up or the measured period.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -65,10 +68,6 @@ impl Budget {
 
 /// What every thread of a run shares.
 pub(crate) struct Run {
-    /// The server.
-    pub(crate) target: SocketAddr,
-    /// The plain request (message ID and token patched per send).
-    pub(crate) template: Vec<u8>,
     /// The windows' rules.
     pub(crate) rules: Rules,
     /// Tick 0.
@@ -79,23 +78,15 @@ pub(crate) struct Run {
     pub(crate) budget: Budget,
 }
 
-/// One socket of a thread and its window.
-struct Member {
+/// One socket of a thread and its window, made by [`open`].
+pub(crate) struct Member {
     socket: UdpSocket,
     window: Window,
 }
 
-/// Runs the sockets `sockets` (socket numbers, each with its OSCORE device in OSCORE mode)
-/// until the run ends; returns what they counted.
-pub(crate) fn run_thread(
-    run: &Run,
-    sockets: Vec<(usize, Option<Prepared>)>,
-) -> anyhow::Result<Tally> {
+/// Runs the sockets `members` until the run ends; returns what they counted.
+pub(crate) fn run_thread(run: &Run, mut members: Vec<Member>) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
-    let mut members = sockets
-        .into_iter()
-        .map(|(n, device)| open(run, n, device))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     for (i, m) in members.iter().enumerate() {
         epoll
@@ -171,16 +162,23 @@ pub(crate) fn run_thread(
     Ok(tally)
 }
 
-/// A socket for socket number `n`, connected to the target; in OSCORE mode its device has
-/// registered (blocking, before the socket turns non-blocking).
-fn open(run: &Run, n: usize, device: Option<Prepared>) -> anyhow::Result<Member> {
-    let bind: SocketAddr = if run.target.is_ipv6() {
+/// Socket number `n`, connected to `target`, with its window (sending `template`, or in
+/// OSCORE mode its `device`'s protected requests, by `rules`); in OSCORE mode its device has
+/// registered (blocking, before the socket turns non-blocking). Called before the run starts.
+pub(crate) fn open(
+    target: SocketAddr,
+    template: &[u8],
+    rules: &Rules,
+    n: usize,
+    device: Option<Prepared>,
+) -> anyhow::Result<Member> {
+    let bind: SocketAddr = if target.is_ipv6() {
         SocketAddr::from(([0u16; 8], 0))
     } else {
         SocketAddr::from(([0u8; 4], 0))
     };
     let socket = UdpSocket::bind(bind).context("bind")?;
-    socket.connect(run.target).context("connect")?;
+    socket.connect(target).context("connect")?;
     let presigned = match device {
         Some(p) => {
             socket.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -190,7 +188,7 @@ fn open(run: &Run, n: usize, device: Option<Prepared>) -> anyhow::Result<Member>
         None => None,
     };
     socket.set_nonblocking(true)?;
-    let window = Window::new(n, &run.template, presigned, &run.rules);
+    let window = Window::new(n, template, presigned, rules);
     Ok(Member { socket, window })
 }
 

@@ -13,7 +13,7 @@
 //! entry), plus a queue in send order from which expired requests are taken.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::tally::{HIST_MAX_US, Tally};
 
@@ -32,8 +32,12 @@ pub(crate) struct Tick(u32);
 impl Tick {
     /// The tick of `now` in a run that began at `epoch` (saturates after 71 minutes).
     pub(crate) fn since(epoch: Instant, now: Instant) -> Tick {
-        let us = now.saturating_duration_since(epoch).as_micros();
-        Tick(u32::try_from(us).unwrap_or(u32::MAX))
+        Tick::after(now.saturating_duration_since(epoch))
+    }
+
+    /// The tick `elapsed` after the start (saturates after 71 minutes).
+    pub(crate) fn after(elapsed: Duration) -> Tick {
+        Tick(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX))
     }
 
     /// The tick `us` microseconds after the start.
@@ -482,10 +486,14 @@ mod tests {
     #[test]
     fn ticks_are_microseconds_since_the_start() {
         let epoch = Instant::now();
-        let later = epoch + std::time::Duration::from_millis(1500);
+        let later = epoch + Duration::from_millis(1500);
         assert_eq!(Tick::since(epoch, later), Tick::from_micros(1_500_000));
         assert_eq!(Tick::since(later, epoch), Tick::from_micros(0));
-        let far = epoch + std::time::Duration::from_secs(5_000);
+        let far = epoch + Duration::from_secs(5_000);
         assert_eq!(Tick::since(epoch, far), Tick::from_micros(u32::MAX));
+        assert_eq!(
+            Tick::after(Duration::from_millis(7)),
+            Tick::from_micros(7_000)
+        );
     }
 }

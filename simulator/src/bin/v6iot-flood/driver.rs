@@ -200,12 +200,10 @@ fn refill(
     now: Tick,
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
+    // called also when nothing is wanted: the window then notes a presigned pool run dry
     let wanted = m.window.wanted(&run.rules);
-    if wanted == 0 {
-        return Ok(());
-    }
     let granted = run.budget.take(wanted);
-    let requests = m.window.fill(now, granted, tally);
+    let requests = m.window.fill(&run.rules, now, granted, tally);
     tx.send(&m.socket, requests)
 }
 

@@ -131,8 +131,17 @@ impl Window {
     }
 
     /// How many new requests the next [`Window::fill`] will send if the run's budget allows:
-    /// two per completion since the last fill (one to reopen), never more than W outstanding.
+    /// two per completion since the last fill (one to reopen), never more than W outstanding,
+    /// nor (OSCORE mode) more than the presigned requests left.
     pub(crate) fn wanted(&self, rules: &Rules) -> usize {
+        let demand = self.demand(rules);
+        self.presigned
+            .as_ref()
+            .map_or(demand, |pool| demand.min(pool.len()))
+    }
+
+    /// [`Window::wanted`] with an endless pool of presigned requests.
+    fn demand(&self, rules: &Rules) -> usize {
         self.credit
             .min(rules.window.saturating_sub(self.outstanding))
             .min(SEND_SLOTS)
@@ -140,8 +149,22 @@ impl Window {
 
     /// Writes up to `allowed` new requests (at most [`Window::wanted`]) sent at `now` into the
     /// send slots and returns them, to be sent in this order; the credit is used up. A request
-    /// the driver fails to send is lost like any other loss: it times out.
-    pub(crate) fn fill(&mut self, now: Tick, allowed: usize, tally: &mut Tally) -> &[Vec<u8>] {
+    /// the driver fails to send is lost like any other loss: it times out. In OSCORE mode a
+    /// window that wants more than its presigned requests left (and is allowed them all) sets
+    /// `tally.exhausted`.
+    pub(crate) fn fill(
+        &mut self,
+        rules: &Rules,
+        now: Tick,
+        allowed: usize,
+        tally: &mut Tally,
+    ) -> &[Vec<u8>] {
+        if let Some(pool) = &self.presigned
+            && pool.len() < self.demand(rules)
+            && allowed >= pool.len()
+        {
+            tally.exhausted = true;
+        }
         self.credit = 0;
         let mut n = 0;
         for slot in self.out.iter_mut().take(allowed) {
@@ -277,7 +300,7 @@ mod tests {
 
     fn sends(w: &mut Window, r: &Rules, now: u32, t: &mut Tally) -> Vec<Vec<u8>> {
         let n = w.wanted(r);
-        w.fill(Tick::from_micros(now), n, t).to_vec()
+        w.fill(r, Tick::from_micros(now), n, t).to_vec()
     }
 
     #[test]
@@ -408,7 +431,7 @@ mod tests {
         assert_eq!((t.ok, t.late), (1, 1));
         // credit is not carried past a fill (here one the budget allowed nothing)
         assert_eq!(w.wanted(&r), 2);
-        assert!(w.fill(Tick::from_micros(1_700), 0, &mut t).is_empty());
+        assert!(w.fill(&r, Tick::from_micros(1_700), 0, &mut t).is_empty());
         assert_eq!(w.wanted(&r), 0);
         // an empty window reopens with one request
         w.open();
@@ -472,15 +495,40 @@ mod tests {
                 p
             })
             .collect();
-        let mut w = Window::new(0, &TEMPLATE, Some(pool), &r);
+        let mut w = Window::new(0, &TEMPLATE, Some(pool.clone()), &r);
         w.credit = 3;
         let a = sends(&mut w, &r, 0, &mut t);
+        assert!(!t.exhausted);
         w.credit = 3;
+        assert_eq!(w.wanted(&r), 2, "at most what is left of the pool");
         let b = sends(&mut w, &r, 1, &mut t);
         let order: Vec<u8> = a.iter().chain(&b).map(|p| *p.last().unwrap()).collect();
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
         assert!(t.exhausted);
         assert_eq!((t.sent, w.outstanding()), (5, 5));
+        // an empty pool wants nothing (so takes nothing from the run's budget)
+        w.credit = 1;
+        assert_eq!(w.wanted(&r), 0);
+
+        // a pool used up exactly is exhausted only once more is wanted
+        let mut t = Tally::new().unwrap();
+        let mut w = Window::new(0, &TEMPLATE, Some(pool.clone()), &r);
+        w.credit = 5;
+        assert_eq!(sends(&mut w, &r, 0, &mut t).len(), 5);
+        assert!(!t.exhausted);
+        w.credit = 1;
+        assert!(sends(&mut w, &r, 1, &mut t).is_empty());
+        assert!(t.exhausted);
+        assert_eq!(t.sent, 5);
+
+        // fewer sent because the budget allowed fewer: not the pool's fault
+        let mut t = Tally::new().unwrap();
+        let mut w = Window::new(0, &TEMPLATE, Some(pool), &r);
+        w.credit = 3;
+        assert_eq!(sends(&mut w, &r, 0, &mut t).len(), 3);
+        w.credit = 3;
+        assert_eq!(w.fill(&r, Tick::from_micros(1), 1, &mut t).len(), 1);
+        assert!(!t.exhausted);
     }
 
     #[test]

@@ -146,14 +146,14 @@ pub(crate) fn run_thread(run: &Run, mut members: Vec<Member>) -> anyhow::Result<
             else {
                 continue;
             };
-            let got = match rx.recv(&m.socket) {
-                Ok(got) => got,
+            match rx.recv(&m.socket) {
+                Ok(_) => {}
                 // nothing queued after all, or an ICMP error from an earlier datagram (nobody
                 // listening): counts as nothing, the requests time out
                 Err(Errno::EAGAIN | Errno::ECONNREFUSED | Errno::EINTR) => continue,
                 Err(e) => return Err(e).context("receive"),
-            };
-            for bytes in rx.datagrams().take(got) {
+            }
+            for bytes in rx.datagrams() {
                 m.window.on_answer(&rules, tick, bytes, &mut tally);
             }
             refill(run, m, &mut tx, tick, &mut tally)?;

@@ -65,17 +65,6 @@ pub(crate) struct Rules {
     pub(crate) any_answer: bool,
 }
 
-/// What an answer did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// It completed an outstanding request.
-    Completed,
-    /// It matched no outstanding request (answered or expired before).
-    Late,
-    /// Not a completion: too short, an empty ACK, a CON/NON message.
-    Ignored,
-}
-
 /// One socket's outstanding requests and the requests it is about to send.
 pub(crate) struct Window {
     /// Per message ID: 0 when nothing is outstanding under it, else its send tick + 1.
@@ -204,23 +193,20 @@ impl Window {
         self.out.get(..n).unwrap_or_default()
     }
 
-    /// Takes an answer received at `now` and counts it.
-    pub(crate) fn on_answer(
-        &mut self,
-        rules: &Rules,
-        now: Tick,
-        bytes: &[u8],
-        tally: &mut Tally,
-    ) -> Answer {
+    /// Takes an answer received at `now` and counts it: a completion of an outstanding
+    /// request (counted by kind once the warm-up is over), `late` when it matches none
+    /// (answered or expired before), `other` when it is no completion (too short, an empty
+    /// ACK, a CON/NON message).
+    pub(crate) fn on_answer(&mut self, rules: &Rules, now: Tick, bytes: &[u8], tally: &mut Tally) {
         let Some(&[b0, code, m0, m1]) = bytes.get(..4) else {
             tally.other += 1;
-            return Answer::Ignored;
+            return;
         };
         let kind = (b0 >> 4) & 3;
         // an empty ACK (separate response to follow) or a CON/NON response: not a completion
         if (kind != 2 && kind != 3) || (kind == 2 && code == 0 && !rules.any_answer) {
             tally.other += 1;
-            return Answer::Ignored;
+            return;
         }
         let sent = match self
             .sent_at
@@ -229,13 +215,13 @@ impl Window {
             Some(at) if *at != 0 => Tick(std::mem::take(at) - 1),
             _ => {
                 tally.late += 1;
-                return Answer::Late;
+                return;
             }
         };
         self.outstanding = self.outstanding.saturating_sub(1);
         self.credit += 2;
         if now < rules.measure_from {
-            return Answer::Completed;
+            return;
         }
         if kind == 3 {
             tally.resets += 1;
@@ -249,7 +235,6 @@ impl Window {
         if let Some(c) = tally.codes.get_mut(usize::from(code)) {
             *c += 1;
         }
-        Answer::Completed
     }
 
     /// Forgets requests unanswered for longer than the timeout (counted in the measured
@@ -314,9 +299,12 @@ mod tests {
         let mut sizes = vec![flight.len()];
         for step in 1..6u32 {
             for req in std::mem::take(&mut flight) {
+                let (ok, outstanding) = (t.ok, w.outstanding());
+                w.on_answer(&r, Tick::from_micros(step * 10), &ack(&req, 0x44), &mut t);
                 assert_eq!(
-                    w.on_answer(&r, Tick::from_micros(step * 10), &ack(&req, 0x44), &mut t),
-                    Answer::Completed
+                    (t.ok, w.outstanding()),
+                    (ok + 1, outstanding - 1),
+                    "completed"
                 );
             }
             flight = sends(&mut w, &r, step * 10, &mut t);
@@ -367,27 +355,22 @@ mod tests {
         rst[0] = 0x70;
         let mut con = ack(&q[4], 0x45);
         con[0] = 0x44;
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[0], 0x44), &mut t),
-            Answer::Completed
-        );
-        assert_eq!(w.on_answer(&r, now, &rst, &mut t), Answer::Completed);
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[2], 0x84), &mut t),
-            Answer::Completed
-        );
+        // (ok, resets, other, late, outstanding) after each answer
+        let counts = |w: &mut Window, answer: &[u8], t: &mut Tally| {
+            w.on_answer(&r, now, answer, t);
+            (t.ok, t.resets, t.other, t.late, w.outstanding())
+        };
+        // completions: an ok, a reset, an error code
+        assert_eq!(counts(&mut w, &ack(&q[0], 0x44), &mut t), (1, 0, 0, 0, 7));
+        assert_eq!(counts(&mut w, &rst, &mut t), (1, 1, 0, 0, 6));
+        assert_eq!(counts(&mut w, &ack(&q[2], 0x84), &mut t), (1, 1, 1, 0, 5));
         // an empty ACK announces a separate response: the request stays outstanding
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[3], 0), &mut t),
-            Answer::Ignored
-        );
-        assert_eq!(w.on_answer(&r, now, &con, &mut t), Answer::Ignored);
-        assert_eq!(w.on_answer(&r, now, &[0x60, 0x44], &mut t), Answer::Ignored);
+        assert_eq!(counts(&mut w, &ack(&q[3], 0), &mut t), (1, 1, 2, 0, 5));
+        // a CON response and a short datagram complete nothing
+        assert_eq!(counts(&mut w, &con, &mut t), (1, 1, 3, 0, 5));
+        assert_eq!(counts(&mut w, &[0x60, 0x44], &mut t), (1, 1, 4, 0, 5));
         // the same answer twice: the second is late
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[0], 0x44), &mut t),
-            Answer::Late
-        );
+        assert_eq!(counts(&mut w, &ack(&q[0], 0x44), &mut t), (1, 1, 4, 1, 5));
         assert_eq!((t.ok, t.resets, t.other, t.late), (1, 1, 4, 1));
         assert_eq!(t.code_list(), vec!["0.00:1", "2.04:1", "4.04:1"]);
         assert_eq!(w.outstanding(), 5);
@@ -404,9 +387,8 @@ mod tests {
         let mut w = Window::new(0, &TEMPLATE, None, &r);
         w.open();
         let q = sends(&mut w, &r, 0, &mut t);
-        let answer = w.on_answer(&r, Tick::from_micros(3), &ack(&q[0], 0), &mut t);
-        assert_eq!(answer, Answer::Completed);
-        assert_eq!(t.ok, 1);
+        w.on_answer(&r, Tick::from_micros(3), &ack(&q[0], 0), &mut t);
+        assert_eq!((t.ok, t.other, w.outstanding()), (1, 0, 0), "completed");
     }
 
     #[test]
@@ -426,9 +408,8 @@ mod tests {
         assert_eq!((t.timeouts, w.outstanding()), (1, 2));
         w.expire(&r, Tick::from_micros(1_600), &mut t);
         assert_eq!((t.timeouts, w.outstanding()), (3, 0));
-        let a = w.on_answer(&r, Tick::from_micros(1_700), &ack(&later[1], 0x44), &mut t);
-        assert_eq!(a, Answer::Late);
-        assert_eq!((t.ok, t.late), (1, 1));
+        w.on_answer(&r, Tick::from_micros(1_700), &ack(&later[1], 0x44), &mut t);
+        assert_eq!((t.ok, t.late, w.outstanding()), (1, 1, 0), "late");
         // credit is not carried past a fill (here one the budget allowed nothing)
         assert_eq!(w.wanted(&r), 2);
         assert!(w.fill(&r, Tick::from_micros(1_700), 0, &mut t).is_empty());

@@ -87,8 +87,6 @@ pub struct SubscriberCore {
     keep_alive: Duration,
     out: BytesMut,
     last_sent: Instant,
-    /// PUBLISHes taken.
-    publishes: u64,
 }
 
 /// The packet id of the one SUBSCRIBE.
@@ -106,7 +104,6 @@ impl SubscriberCore {
             keep_alive,
             out: BytesMut::with_capacity(4096),
             last_sent: now,
-            publishes: 0,
         };
         core.queue(&v4::Packet::Connect(connect));
         core
@@ -115,11 +112,6 @@ impl SubscriberCore {
     /// Whether the broker acknowledged the subscription.
     pub fn is_subscribed(&self) -> bool {
         self.state == State::Subscribed
-    }
-
-    /// PUBLISHes taken so far.
-    pub fn publishes(&self) -> u64 {
-        self.publishes
     }
 
     fn queue(&mut self, packet: &v4::Packet) {
@@ -176,7 +168,6 @@ impl SubscriberCore {
                             ));
                         }
                     }
-                    self.publishes += 1;
                     on_publish(&p.topic, &p.payload);
                 }
                 (_, v4::Packet::PingResp) => {}
@@ -485,7 +476,6 @@ mod tests {
             }
             assert!(input.is_empty());
             assert_eq!(got.len(), 3, "pieces of {step}");
-            assert_eq!(core.publishes(), 3);
         }
         let mut got = Vec::new();
         let mut input = stream.clone();

@@ -87,8 +87,6 @@ pub struct SubscriberCore {
     keep_alive: Duration,
     out: BytesMut,
     last_sent: Instant,
-    /// PUBLISHes taken.
-    publishes: u64,
 }
 
 /// The packet id of the one SUBSCRIBE.
@@ -106,7 +104,6 @@ impl SubscriberCore {
             keep_alive,
             out: BytesMut::with_capacity(4096),
             last_sent: now,
-            publishes: 0,
         };
         core.queue(&v4::Packet::Connect(connect));
         core
@@ -115,11 +112,6 @@ impl SubscriberCore {
     /// Whether the broker acknowledged the subscription.
     pub fn is_subscribed(&self) -> bool {
         self.state == State::Subscribed
-    }
-
-    /// PUBLISHes taken so far.
-    pub fn publishes(&self) -> u64 {
-        self.publishes
     }
 
     fn queue(&mut self, packet: &v4::Packet) {
@@ -176,7 +168,6 @@ impl SubscriberCore {
                             ));
                         }
                     }
-                    self.publishes += 1;
                     on_publish(&p.topic, &p.payload);
                 }
                 (_, v4::Packet::PingResp) => {}
@@ -240,6 +231,9 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 /// How long the first connection may take to be subscribed.
 const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long a reconnection's TCP connect may take (the stop flag is not looked at meanwhile).
+const RECONNECT_WITHIN: Duration = Duration::from_secs(1);
+
 /// One live connection of the driver.
 struct Conn {
     stream: TcpStream,
@@ -251,14 +245,18 @@ struct Conn {
 }
 
 impl Conn {
-    /// Connects to `host:port` and waits until the subscription to `filter` is acknowledged
-    /// (PUBLISHes that arrive before the SUBACK go to `sink` too).
+    /// Connects to `host:port` (the TCP connect taking at most `connect_within`) and waits
+    /// until the subscription to `filter` is acknowledged (PUBLISHes that arrive before the
+    /// SUBACK go to `sink` too); gives up once `stop` is set (looked at after every read or read
+    /// timeout).
     fn open<S: Sink>(
         host: &str,
         port: u16,
         client_id: &str,
         filter: &str,
         sink: &Mutex<S>,
+        connect_within: Duration,
+        stop: &AtomicBool,
     ) -> anyhow::Result<Conn> {
         let deadline = Instant::now() + SUBSCRIBE_WITHIN;
         let addr = (host, port)
@@ -266,7 +264,7 @@ impl Conn {
             .with_context(|| format!("resolve the broker `{host}`"))?
             .next()
             .with_context(|| format!("the broker `{host}` has no address"))?;
-        let stream = TcpStream::connect_timeout(&addr, SUBSCRIBE_WITHIN)
+        let stream = TcpStream::connect_timeout(&addr, connect_within)
             .with_context(|| format!("connect to the broker at {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -277,6 +275,7 @@ impl Conn {
             input: BytesMut::with_capacity(READ_BUFFER),
         };
         while !conn.core.is_subscribed() {
+            anyhow::ensure!(!stop.load(Ordering::Relaxed), "stopped");
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "the broker did not acknowledge the subscription within {SUBSCRIBE_WITHIN:?}"
@@ -346,8 +345,16 @@ impl Subscription {
         sink: Arc<Mutex<S>>,
     ) -> anyhow::Result<Self> {
         let client_id = format!("v6iot-sim-collector-{}", std::process::id());
-        let first = Conn::open(host, port, &client_id, filter, &sink)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let first = Conn::open(
+            host,
+            port,
+            &client_id,
+            filter,
+            &sink,
+            SUBSCRIBE_WITHIN,
+            &stop,
+        )?;
         let host = host.to_owned();
         let filter = filter.to_owned();
         let stopped = stop.clone();
@@ -357,9 +364,20 @@ impl Subscription {
                 let mut conn = Some(first);
                 while !stopped.load(Ordering::Relaxed) {
                     let Some(c) = conn.as_mut() else {
-                        std::thread::sleep(RECONNECT_AFTER);
-                        match Conn::open(&host, port, &client_id, &filter, &sink) {
+                        if pause(RECONNECT_AFTER, &stopped) {
+                            break;
+                        }
+                        match Conn::open(
+                            &host,
+                            port,
+                            &client_id,
+                            &filter,
+                            &sink,
+                            RECONNECT_WITHIN,
+                            &stopped,
+                        ) {
                             Ok(c) => conn = Some(c),
+                            Err(_) if stopped.load(Ordering::Relaxed) => break,
                             Err(e) => {
                                 tracing::warn!(error = %format!("{e:#}"), "collector cannot reach the broker; retrying");
                             }
@@ -383,12 +401,30 @@ impl Subscription {
         })
     }
 
-    /// Stops the thread and waits for it (at most one read timeout).
+    /// Stops the thread and waits for it: at most about one read timeout (0.1 s), or while the
+    /// broker is being reconnected to and does not answer the TCP connect, at most one connect
+    /// attempt (1 s).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Sleeps `total` in steps of at most one read timeout, looking at `stop` before each; whether
+/// it was set (the pause then ends early).
+fn pause(total: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + total;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(READ_TIMEOUT));
     }
 }
 
@@ -485,7 +521,6 @@ mod tests {
             }
             assert!(input.is_empty());
             assert_eq!(got.len(), 3, "pieces of {step}");
-            assert_eq!(core.publishes(), 3);
         }
         let mut got = Vec::new();
         let mut input = stream.clone();
@@ -507,6 +542,14 @@ mod tests {
             ]
         );
         assert!(core.poll_transmit(now).is_none());
+    }
+
+    #[test]
+    fn a_pause_ends_early_once_stopped() {
+        let started = Instant::now();
+        assert!(pause(Duration::from_secs(60), &AtomicBool::new(true)));
+        assert!(!pause(Duration::from_millis(1), &AtomicBool::new(false)));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -234,4 +234,13 @@ fn a_silent_target_gives_timeouts_only() {
         r["sent"].as_u64().unwrap() >= r["timeouts"].as_u64().unwrap(),
         "{r}"
     );
+    for nothing in ["other", "late", "resets"] {
+        assert_eq!(r[nothing], 0, "no `{nothing}`: {r}");
+    }
+    assert_eq!(r["codes"], serde_json::json!([]), "{r}");
+    let secs = r["secs"].as_f64().unwrap();
+    assert!(
+        (0.45..=0.55).contains(&secs),
+        "the run ends at --secs 0.5: {r}"
+    );
 }

@@ -6,11 +6,14 @@
 //! Every [`SCAN`] the windows drop their expired requests and an empty window reopens. Once the
 //! run's request budget is spent nothing more is sent, and the thread ends when its requests are
 //! all answered or expired; in any case at the end of the measured period.
+//!
+//! The sockets are opened (and in OSCORE mode registered) by [`open`] before the run's clock
+//! starts, so that neither eats into the warm-up or the measured period.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -36,7 +39,6 @@ const EVENTS_PER_WAIT: usize = 1024;
 pub(crate) struct Budget {
     max: u64,
     taken: AtomicU64,
-    spent: AtomicBool,
 }
 
 impl Budget {
@@ -45,7 +47,6 @@ impl Budget {
         Budget {
             max,
             taken: AtomicU64::new(0),
-            spent: AtomicBool::new(false),
         }
     }
 
@@ -56,24 +57,17 @@ impl Budget {
         }
         let prev = self.taken.fetch_add(n as u64, Ordering::Relaxed);
         let left = self.max.saturating_sub(prev);
-        if left <= n as u64 {
-            self.spent.store(true, Ordering::Relaxed);
-        }
         usize::try_from(left).map_or(n, |l| l.min(n))
     }
 
     /// Every request of the budget has been handed out.
     pub(crate) fn spent(&self) -> bool {
-        self.spent.load(Ordering::Relaxed)
+        self.taken.load(Ordering::Relaxed) >= self.max
     }
 }
 
 /// What every thread of a run shares.
 pub(crate) struct Run {
-    /// The server.
-    pub(crate) target: SocketAddr,
-    /// The plain request (message ID and token patched per send).
-    pub(crate) template: Vec<u8>,
     /// The windows' rules.
     pub(crate) rules: Rules,
     /// Tick 0.
@@ -84,23 +78,15 @@ pub(crate) struct Run {
     pub(crate) budget: Budget,
 }
 
-/// One socket of a thread and its window.
-struct Member {
+/// One socket of a thread and its window, made by [`open`].
+pub(crate) struct Member {
     socket: UdpSocket,
     window: Window,
 }
 
-/// Runs the sockets `sockets` (socket numbers, each with its OSCORE device in OSCORE mode)
-/// until the run ends; returns what they counted.
-pub(crate) fn run_thread(
-    run: &Run,
-    sockets: Vec<(usize, Option<Prepared>)>,
-) -> anyhow::Result<Tally> {
+/// Runs the sockets `members` until the run ends; returns what they counted.
+pub(crate) fn run_thread(run: &Run, mut members: Vec<Member>) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
-    let mut members = sockets
-        .into_iter()
-        .map(|(n, device)| open(run, n, device))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     for (i, m) in members.iter().enumerate() {
         epoll
@@ -160,14 +146,14 @@ pub(crate) fn run_thread(
             else {
                 continue;
             };
-            let got = match rx.recv(&m.socket) {
-                Ok(got) => got,
+            match rx.recv(&m.socket) {
+                Ok(_) => {}
                 // nothing queued after all, or an ICMP error from an earlier datagram (nobody
                 // listening): counts as nothing, the requests time out
                 Err(Errno::EAGAIN | Errno::ECONNREFUSED | Errno::EINTR) => continue,
                 Err(e) => return Err(e).context("receive"),
-            };
-            for bytes in rx.datagrams().take(got) {
+            }
+            for bytes in rx.datagrams() {
                 m.window.on_answer(&rules, tick, bytes, &mut tally);
             }
             refill(run, m, &mut tx, tick, &mut tally)?;
@@ -176,16 +162,23 @@ pub(crate) fn run_thread(
     Ok(tally)
 }
 
-/// A socket for socket number `n`, connected to the target; in OSCORE mode its device has
-/// registered (blocking, before the socket turns non-blocking).
-fn open(run: &Run, n: usize, device: Option<Prepared>) -> anyhow::Result<Member> {
-    let bind: SocketAddr = if run.target.is_ipv6() {
+/// Socket number `n`, connected to `target`, with its window (sending `template`, or in
+/// OSCORE mode its `device`'s protected requests, by `rules`); in OSCORE mode its device has
+/// registered (blocking, before the socket turns non-blocking). Called before the run starts.
+pub(crate) fn open(
+    target: SocketAddr,
+    template: &[u8],
+    rules: &Rules,
+    n: usize,
+    device: Option<Prepared>,
+) -> anyhow::Result<Member> {
+    let bind: SocketAddr = if target.is_ipv6() {
         SocketAddr::from(([0u16; 8], 0))
     } else {
         SocketAddr::from(([0u8; 4], 0))
     };
     let socket = UdpSocket::bind(bind).context("bind")?;
-    socket.connect(run.target).context("connect")?;
+    socket.connect(target).context("connect")?;
     let presigned = match device {
         Some(p) => {
             socket.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -195,7 +188,7 @@ fn open(run: &Run, n: usize, device: Option<Prepared>) -> anyhow::Result<Member>
         None => None,
     };
     socket.set_nonblocking(true)?;
-    let window = Window::new(n, &run.template, presigned, &run.rules);
+    let window = Window::new(n, template, presigned, rules);
     Ok(Member { socket, window })
 }
 
@@ -207,12 +200,10 @@ fn refill(
     now: Tick,
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
+    // called also when nothing is wanted: the window then notes a presigned pool run dry
     let wanted = m.window.wanted(&run.rules);
-    if wanted == 0 {
-        return Ok(());
-    }
     let granted = run.budget.take(wanted);
-    let requests = m.window.fill(now, granted, tally);
+    let requests = m.window.fill(&run.rules, now, granted, tally);
     tx.send(&m.socket, requests)
 }
 

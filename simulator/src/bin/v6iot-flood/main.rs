@@ -18,14 +18,15 @@
 //! socket's requests is the sans-IO [`window`] module; [`driver`] moves the bytes.
 //!
 //! With `--credentials creds.csv` (the registry's credentials CSV, as `v6iot-sim provision`
-//! writes it) socket `n` is the device on line `n`: it first registers (`POST /rd?ep=ID`) and
-//! then sends its telemetry OSCORE-protected (RFC 8613; Sender ID = the kid, the edge's Sender ID
-//! empty), so the edge router's authenticated path is measured. The requests are protected
-//! before the run starts (`--presign` per socket), so the generator spends no time on
-//! cryptography while measuring; responses are judged by their outer code (an OSCORE success is
-//! an outer 2.04; refusals are plain 4.01/4.00/4.02) and not decrypted. The sequence numbers a
-//! run reserves are written to `--seq-file` before anything is sent, so that the next run
-//! starts above them (the edge refuses replays, also across its restarts).
+//! writes it) socket `n` is the device on line `n`: it registers (`POST /rd?ep=ID`) before the
+//! run's clock starts (every socket is opened first) and then sends its telemetry
+//! OSCORE-protected (RFC 8613; Sender ID = the kid, the edge's Sender ID empty), so the edge
+//! router's authenticated path is measured. The requests are protected before the run starts
+//! (`--presign` per socket), so the generator spends no time on cryptography while measuring;
+//! responses are judged by their outer code (an OSCORE success is an outer 2.04; refusals are
+//! plain 4.01/4.00/4.02) and not decrypted. The sequence numbers a run reserves are written to
+//! `--seq-file` before anything is sent, so that the next run starts above them (the edge
+//! refuses replays, also across its restarts).
 //!
 //! Bounded by design: it stops after `--warmup + --secs` seconds (at most an hour), or once
 //! `--max-requests` requests have been sent and each of them is answered or has expired,
@@ -154,19 +155,21 @@ fn main() -> anyhow::Result<()> {
             s.push((n, devices.next()));
         }
     }
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(cli.warmup);
-    let measure_until = measure_from + Duration::from_secs_f64(cli.secs);
+    let warmup = Duration::from_secs_f64(cli.warmup);
     let timeout_us = u32::try_from(cli.timeout_ms.max(1).saturating_mul(1000)).unwrap_or(u32::MAX);
+    let rules = Rules {
+        window: cli.window,
+        timeout_us,
+        measure_from: Tick::after(warmup),
+        any_answer: cli.any_answer,
+    };
+    let members = open_sockets(&cli, &template, &rules, shares)?;
+    // the run's clock starts once every socket is open (and registered)
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let measure_until = measure_from + Duration::from_secs_f64(cli.secs);
     let run = Run {
-        target: cli.target,
-        template,
-        rules: Rules {
-            window: cli.window,
-            timeout_us,
-            measure_from: Tick::since(start, measure_from),
-            any_answer: cli.any_answer,
-        },
+        rules,
         epoch: start,
         until: measure_until,
         budget: Budget::new(cli.max_requests),
@@ -174,7 +177,7 @@ fn main() -> anyhow::Result<()> {
     let mut total = Tally::new()?;
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut handles = Vec::with_capacity(threads);
-        for (t, share) in shares.into_iter().enumerate() {
+        for (t, share) in members.into_iter().enumerate() {
             let run = &run;
             let handle = std::thread::Builder::new()
                 .name(format!("flood-{t}"))
@@ -196,6 +199,36 @@ fn main() -> anyhow::Result<()> {
         .as_secs_f64();
     report(&cli, threads, &total, measured);
     Ok(())
+}
+
+/// Opens (and in OSCORE mode registers) every thread's share of the sockets, each share on a
+/// thread of its own as the run will; before the run's clock starts.
+fn open_sockets(
+    cli: &Cli,
+    template: &[u8],
+    rules: &Rules,
+    shares: Vec<Vec<(usize, Option<oscore_mode::Prepared>)>>,
+) -> anyhow::Result<Vec<Vec<driver::Member>>> {
+    std::thread::scope(|scope| {
+        let handles = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|(n, device)| driver::open(cli.target, template, rules, n, device))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect::<Vec<_>>();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a thread opening sockets panicked"))?
+            })
+            .collect()
+    })
 }
 
 /// The request as bytes; message ID (bytes 2..4) and token (bytes 4..8) are patched per send.

@@ -13,7 +13,7 @@
 //! entry), plus a queue in send order from which expired requests are taken.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::tally::{HIST_MAX_US, Tally};
 
@@ -32,8 +32,12 @@ pub(crate) struct Tick(u32);
 impl Tick {
     /// The tick of `now` in a run that began at `epoch` (saturates after 71 minutes).
     pub(crate) fn since(epoch: Instant, now: Instant) -> Tick {
-        let us = now.saturating_duration_since(epoch).as_micros();
-        Tick(u32::try_from(us).unwrap_or(u32::MAX))
+        Tick::after(now.saturating_duration_since(epoch))
+    }
+
+    /// The tick `elapsed` after the start (saturates after 71 minutes).
+    pub(crate) fn after(elapsed: Duration) -> Tick {
+        Tick(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX))
     }
 
     /// The tick `us` microseconds after the start.
@@ -59,17 +63,6 @@ pub(crate) struct Rules {
     pub(crate) measure_from: Tick,
     /// Any answer counts as accepted (for a server that does not speak CoAP).
     pub(crate) any_answer: bool,
-}
-
-/// What an answer did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// It completed an outstanding request.
-    Completed,
-    /// It matched no outstanding request (answered or expired before).
-    Late,
-    /// Not a completion: too short, an empty ACK, a CON/NON message.
-    Ignored,
 }
 
 /// One socket's outstanding requests and the requests it is about to send.
@@ -127,8 +120,17 @@ impl Window {
     }
 
     /// How many new requests the next [`Window::fill`] will send if the run's budget allows:
-    /// two per completion since the last fill (one to reopen), never more than W outstanding.
+    /// two per completion since the last fill (one to reopen), never more than W outstanding,
+    /// nor (OSCORE mode) more than the presigned requests left.
     pub(crate) fn wanted(&self, rules: &Rules) -> usize {
+        let demand = self.demand(rules);
+        self.presigned
+            .as_ref()
+            .map_or(demand, |pool| demand.min(pool.len()))
+    }
+
+    /// [`Window::wanted`] with an endless pool of presigned requests.
+    fn demand(&self, rules: &Rules) -> usize {
         self.credit
             .min(rules.window.saturating_sub(self.outstanding))
             .min(SEND_SLOTS)
@@ -136,8 +138,22 @@ impl Window {
 
     /// Writes up to `allowed` new requests (at most [`Window::wanted`]) sent at `now` into the
     /// send slots and returns them, to be sent in this order; the credit is used up. A request
-    /// the driver fails to send is lost like any other loss: it times out.
-    pub(crate) fn fill(&mut self, now: Tick, allowed: usize, tally: &mut Tally) -> &[Vec<u8>] {
+    /// the driver fails to send is lost like any other loss: it times out. In OSCORE mode a
+    /// window that wants more than its presigned requests left (and is allowed them all) sets
+    /// `tally.exhausted`.
+    pub(crate) fn fill(
+        &mut self,
+        rules: &Rules,
+        now: Tick,
+        allowed: usize,
+        tally: &mut Tally,
+    ) -> &[Vec<u8>] {
+        if let Some(pool) = &self.presigned
+            && pool.len() < self.demand(rules)
+            && allowed >= pool.len()
+        {
+            tally.exhausted = true;
+        }
         self.credit = 0;
         let mut n = 0;
         for slot in self.out.iter_mut().take(allowed) {
@@ -177,23 +193,20 @@ impl Window {
         self.out.get(..n).unwrap_or_default()
     }
 
-    /// Takes an answer received at `now` and counts it.
-    pub(crate) fn on_answer(
-        &mut self,
-        rules: &Rules,
-        now: Tick,
-        bytes: &[u8],
-        tally: &mut Tally,
-    ) -> Answer {
+    /// Takes an answer received at `now` and counts it: a completion of an outstanding
+    /// request (counted by kind once the warm-up is over), `late` when it matches none
+    /// (answered or expired before), `other` when it is no completion (too short, an empty
+    /// ACK, a CON/NON message).
+    pub(crate) fn on_answer(&mut self, rules: &Rules, now: Tick, bytes: &[u8], tally: &mut Tally) {
         let Some(&[b0, code, m0, m1]) = bytes.get(..4) else {
             tally.other += 1;
-            return Answer::Ignored;
+            return;
         };
         let kind = (b0 >> 4) & 3;
         // an empty ACK (separate response to follow) or a CON/NON response: not a completion
         if (kind != 2 && kind != 3) || (kind == 2 && code == 0 && !rules.any_answer) {
             tally.other += 1;
-            return Answer::Ignored;
+            return;
         }
         let sent = match self
             .sent_at
@@ -202,13 +215,13 @@ impl Window {
             Some(at) if *at != 0 => Tick(std::mem::take(at) - 1),
             _ => {
                 tally.late += 1;
-                return Answer::Late;
+                return;
             }
         };
         self.outstanding = self.outstanding.saturating_sub(1);
         self.credit += 2;
         if now < rules.measure_from {
-            return Answer::Completed;
+            return;
         }
         if kind == 3 {
             tally.resets += 1;
@@ -222,7 +235,6 @@ impl Window {
         if let Some(c) = tally.codes.get_mut(usize::from(code)) {
             *c += 1;
         }
-        Answer::Completed
     }
 
     /// Forgets requests unanswered for longer than the timeout (counted in the measured
@@ -273,7 +285,7 @@ mod tests {
 
     fn sends(w: &mut Window, r: &Rules, now: u32, t: &mut Tally) -> Vec<Vec<u8>> {
         let n = w.wanted(r);
-        w.fill(Tick::from_micros(now), n, t).to_vec()
+        w.fill(r, Tick::from_micros(now), n, t).to_vec()
     }
 
     #[test]
@@ -287,9 +299,12 @@ mod tests {
         let mut sizes = vec![flight.len()];
         for step in 1..6u32 {
             for req in std::mem::take(&mut flight) {
+                let (ok, outstanding) = (t.ok, w.outstanding());
+                w.on_answer(&r, Tick::from_micros(step * 10), &ack(&req, 0x44), &mut t);
                 assert_eq!(
-                    w.on_answer(&r, Tick::from_micros(step * 10), &ack(&req, 0x44), &mut t),
-                    Answer::Completed
+                    (t.ok, w.outstanding()),
+                    (ok + 1, outstanding - 1),
+                    "completed"
                 );
             }
             flight = sends(&mut w, &r, step * 10, &mut t);
@@ -340,27 +355,22 @@ mod tests {
         rst[0] = 0x70;
         let mut con = ack(&q[4], 0x45);
         con[0] = 0x44;
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[0], 0x44), &mut t),
-            Answer::Completed
-        );
-        assert_eq!(w.on_answer(&r, now, &rst, &mut t), Answer::Completed);
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[2], 0x84), &mut t),
-            Answer::Completed
-        );
+        // (ok, resets, other, late, outstanding) after each answer
+        let counts = |w: &mut Window, answer: &[u8], t: &mut Tally| {
+            w.on_answer(&r, now, answer, t);
+            (t.ok, t.resets, t.other, t.late, w.outstanding())
+        };
+        // completions: an ok, a reset, an error code
+        assert_eq!(counts(&mut w, &ack(&q[0], 0x44), &mut t), (1, 0, 0, 0, 7));
+        assert_eq!(counts(&mut w, &rst, &mut t), (1, 1, 0, 0, 6));
+        assert_eq!(counts(&mut w, &ack(&q[2], 0x84), &mut t), (1, 1, 1, 0, 5));
         // an empty ACK announces a separate response: the request stays outstanding
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[3], 0), &mut t),
-            Answer::Ignored
-        );
-        assert_eq!(w.on_answer(&r, now, &con, &mut t), Answer::Ignored);
-        assert_eq!(w.on_answer(&r, now, &[0x60, 0x44], &mut t), Answer::Ignored);
+        assert_eq!(counts(&mut w, &ack(&q[3], 0), &mut t), (1, 1, 2, 0, 5));
+        // a CON response and a short datagram complete nothing
+        assert_eq!(counts(&mut w, &con, &mut t), (1, 1, 3, 0, 5));
+        assert_eq!(counts(&mut w, &[0x60, 0x44], &mut t), (1, 1, 4, 0, 5));
         // the same answer twice: the second is late
-        assert_eq!(
-            w.on_answer(&r, now, &ack(&q[0], 0x44), &mut t),
-            Answer::Late
-        );
+        assert_eq!(counts(&mut w, &ack(&q[0], 0x44), &mut t), (1, 1, 4, 1, 5));
         assert_eq!((t.ok, t.resets, t.other, t.late), (1, 1, 4, 1));
         assert_eq!(t.code_list(), vec!["0.00:1", "2.04:1", "4.04:1"]);
         assert_eq!(w.outstanding(), 5);
@@ -377,9 +387,8 @@ mod tests {
         let mut w = Window::new(0, &TEMPLATE, None, &r);
         w.open();
         let q = sends(&mut w, &r, 0, &mut t);
-        let answer = w.on_answer(&r, Tick::from_micros(3), &ack(&q[0], 0), &mut t);
-        assert_eq!(answer, Answer::Completed);
-        assert_eq!(t.ok, 1);
+        w.on_answer(&r, Tick::from_micros(3), &ack(&q[0], 0), &mut t);
+        assert_eq!((t.ok, t.other, w.outstanding()), (1, 0, 0), "completed");
     }
 
     #[test]
@@ -399,12 +408,11 @@ mod tests {
         assert_eq!((t.timeouts, w.outstanding()), (1, 2));
         w.expire(&r, Tick::from_micros(1_600), &mut t);
         assert_eq!((t.timeouts, w.outstanding()), (3, 0));
-        let a = w.on_answer(&r, Tick::from_micros(1_700), &ack(&later[1], 0x44), &mut t);
-        assert_eq!(a, Answer::Late);
-        assert_eq!((t.ok, t.late), (1, 1));
+        w.on_answer(&r, Tick::from_micros(1_700), &ack(&later[1], 0x44), &mut t);
+        assert_eq!((t.ok, t.late, w.outstanding()), (1, 1, 0), "late");
         // credit is not carried past a fill (here one the budget allowed nothing)
         assert_eq!(w.wanted(&r), 2);
-        assert!(w.fill(Tick::from_micros(1_700), 0, &mut t).is_empty());
+        assert!(w.fill(&r, Tick::from_micros(1_700), 0, &mut t).is_empty());
         assert_eq!(w.wanted(&r), 0);
         // an empty window reopens with one request
         w.open();
@@ -468,24 +476,53 @@ mod tests {
                 p
             })
             .collect();
-        let mut w = Window::new(0, &TEMPLATE, Some(pool), &r);
+        let mut w = Window::new(0, &TEMPLATE, Some(pool.clone()), &r);
         w.credit = 3;
         let a = sends(&mut w, &r, 0, &mut t);
+        assert!(!t.exhausted);
         w.credit = 3;
+        assert_eq!(w.wanted(&r), 2, "at most what is left of the pool");
         let b = sends(&mut w, &r, 1, &mut t);
         let order: Vec<u8> = a.iter().chain(&b).map(|p| *p.last().unwrap()).collect();
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
         assert!(t.exhausted);
         assert_eq!((t.sent, w.outstanding()), (5, 5));
+        // an empty pool wants nothing (so takes nothing from the run's budget)
+        w.credit = 1;
+        assert_eq!(w.wanted(&r), 0);
+
+        // a pool used up exactly is exhausted only once more is wanted
+        let mut t = Tally::new().unwrap();
+        let mut w = Window::new(0, &TEMPLATE, Some(pool.clone()), &r);
+        w.credit = 5;
+        assert_eq!(sends(&mut w, &r, 0, &mut t).len(), 5);
+        assert!(!t.exhausted);
+        w.credit = 1;
+        assert!(sends(&mut w, &r, 1, &mut t).is_empty());
+        assert!(t.exhausted);
+        assert_eq!(t.sent, 5);
+
+        // fewer sent because the budget allowed fewer: not the pool's fault
+        let mut t = Tally::new().unwrap();
+        let mut w = Window::new(0, &TEMPLATE, Some(pool), &r);
+        w.credit = 3;
+        assert_eq!(sends(&mut w, &r, 0, &mut t).len(), 3);
+        w.credit = 3;
+        assert_eq!(w.fill(&r, Tick::from_micros(1), 1, &mut t).len(), 1);
+        assert!(!t.exhausted);
     }
 
     #[test]
     fn ticks_are_microseconds_since_the_start() {
         let epoch = Instant::now();
-        let later = epoch + std::time::Duration::from_millis(1500);
+        let later = epoch + Duration::from_millis(1500);
         assert_eq!(Tick::since(epoch, later), Tick::from_micros(1_500_000));
         assert_eq!(Tick::since(later, epoch), Tick::from_micros(0));
-        let far = epoch + std::time::Duration::from_secs(5_000);
+        let far = epoch + Duration::from_secs(5_000);
         assert_eq!(Tick::since(epoch, far), Tick::from_micros(u32::MAX));
+        assert_eq!(
+            Tick::after(Duration::from_millis(7)),
+            Tick::from_micros(7_000)
+        );
     }
 }

@@ -14,6 +14,12 @@
 //! `max_inflight_messages`, 20 by default — then delivers at most about N per pause; a read
 //! that brings many messages skips the pause, see [`BUSY_READ`].) It reconnects (and
 //! subscribes again) when the connection is lost, until it is stopped.
+//!
+//! Why not the cloud bridge's MQTT session core (`v6iot_cloud_bridge::mqtt`), which speaks the
+//! same packets on the same codecs: that one is the edge's publisher — crate-private, and it
+//! hands every incoming PUBLISH out as an owned command (topic `String`, payload `Vec`); the
+//! collector reads each delivery in place from the read buffer, tens of thousands a second, in
+//! the load generator's CPU budget.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};

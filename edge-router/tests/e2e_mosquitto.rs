@@ -427,7 +427,7 @@ impl App for Meter {
 }
 
 /// Devices that each send `reports` reports, one every `every`; returns per-device stats when
-/// `stop` fires.
+/// `stop` fires (and the exchange in flight then, if any, has ended).
 fn start_devices(
     rt: &tokio::runtime::Runtime,
     edge: SocketAddr,
@@ -471,11 +471,27 @@ fn start_devices(
                 v6iot_sdk::driver::run(&socket, &mut device, |_| {}, shutdown)
                     .await
                     .unwrap();
+                // Stopped, perhaps with a report on its way: its answer may still be in flight
+                // (the edge publishes a record and acknowledges it at the same time), so the
+                // device runs on until that exchange has ended, at most 5 s.
+                let give_up = Instant::now() + Duration::from_secs(5);
+                while in_flight(device.reporter().unwrap().stats()) && Instant::now() < give_up {
+                    let tick = tokio::time::sleep(Duration::from_millis(20));
+                    v6iot_sdk::driver::run(&socket, &mut device, |_| {}, tick)
+                        .await
+                        .unwrap();
+                }
                 let stats = *device.reporter().unwrap().stats();
                 (id, stats, device.reporter().unwrap().queued())
             })
         })
         .collect()
+}
+
+/// Whether a report request is still waiting for its answer (each request sent ends as
+/// acknowledged, rejected, busy or timed out).
+fn in_flight(s: &ReportStats) -> bool {
+    s.sent > s.acked + s.rejected + s.busy + s.timeouts
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -174,7 +174,7 @@ fn open_existing(at: Located) -> anyhow::Result<Registry> {
             at.path.display()
         );
     }
-    Ok(Registry::open(&at.path, at.key)?)
+    open_and_warn(&at)
 }
 
 /// Opens or creates the registry (and its directory).
@@ -182,7 +182,16 @@ fn open_or_create(at: Located) -> anyhow::Result<Registry> {
     if let Some(dir) = at.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    Ok(Registry::open(&at.path, at.key)?)
+    open_and_warn(&at)
+}
+
+/// Opens the registry; devices found sharing a master secret are named on standard error.
+fn open_and_warn(at: &Located) -> anyhow::Result<Registry> {
+    let registry = Registry::open(&at.path, at.key.clone())?;
+    for d in registry.duplicate_secrets() {
+        eprintln!("warning: {d}");
+    }
+    Ok(registry)
 }
 
 fn hex_arg(name: &str, text: &str) -> anyhow::Result<Vec<u8>> {

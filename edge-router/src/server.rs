@@ -180,6 +180,9 @@ pub async fn run(
     }
     let registry = Registry::open_configured(&config)
         .with_context(|| "cannot open the device registry".to_owned())?;
+    for d in registry.duplicate_secrets() {
+        tracing::error!(device = %d.device, holder = %d.holder, "{d}");
+    }
     let (devices, load_devices) = match registry.device_keys() {
         Ok((devices, problems)) => {
             for p in problems {

@@ -466,7 +466,11 @@ fn a_secret_already_in_the_registry_is_refused_by_add_and_import() {
     );
     let r = add("m2", "0b", rotated.trim());
     assert!(!r.ok);
-    assert!(r.stderr.contains("already device `sim000000`'s"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("already device `sim000000`'s"),
+        "{}",
+        r.stderr
+    );
     let r = add("m3", "0c", &secret(0));
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(listed(), 4);

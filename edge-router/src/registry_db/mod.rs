@@ -493,6 +493,11 @@ impl Registry {
         AuditLog::new(&self.conn)
     }
 
+    /// The seal key, if one was given (for keys derived from it, e.g. the audit checkpoint's).
+    pub(crate) fn seal_key(&self) -> Option<&SealKey> {
+        self.key.as_ref()
+    }
+
     fn key(&self) -> Result<&SealKey, RegistryError> {
         self.key.as_ref().ok_or(RegistryError::NoSealKey)
     }

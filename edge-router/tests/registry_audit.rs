@@ -443,10 +443,16 @@ fn a_last_row_deleted_with_the_sqlite3_cli_fails_verify_against_the_checkpoint()
     );
     assert_eq!(open(&path).audit().verify().unwrap().rows, 5);
     // ... its checkpoint does not, and says how many rows are missing.
-    match open(&path).audit().verify_anchored(&[cp.anchor("the file")]) {
+    match open(&path)
+        .audit()
+        .verify_anchored(&[cp.anchor("the file")])
+    {
         Err(AuditError::AnchorBroken(b)) => {
             assert_eq!(b.missing, Some(1), "{b}");
-            assert!(b.to_string().starts_with("the file: the trail has 5 rows"), "{b}");
+            assert!(
+                b.to_string().starts_with("the file: the trail has 5 rows"),
+                "{b}"
+            );
         }
         other => panic!("expected a broken anchor, got {other:?}"),
     }
@@ -478,7 +484,10 @@ fn a_last_row_deleted_with_the_sqlite3_cli_fails_verify_against_the_checkpoint()
     assert_eq!(open(&path).audit().verify().unwrap().rows, 6);
     let (ok, _, err) = verify_cli(dir.path(), true, &[]);
     assert!(!ok);
-    assert!(err.contains("row 6 has hash") && err.contains("rewritten"), "{err}");
+    assert!(
+        err.contains("row 6 has hash") && err.contains("rewritten"),
+        "{err}"
+    );
 
     // A checkpoint made to match without the seal key is refused; without the key the
     // signature cannot be checked, and the output says so.
@@ -490,7 +499,11 @@ fn a_last_row_deleted_with_the_sqlite3_cli_fails_verify_against_the_checkpoint()
         head: head5,
         at_ms: cp.at_ms,
     };
-    std::fs::write(&file, forged.to_file(&SealKey::from_bytes(&[9; 32]).unwrap())).unwrap();
+    std::fs::write(
+        &file,
+        forged.to_file(&SealKey::from_bytes(&[9; 32]).unwrap()),
+    )
+    .unwrap();
     let (ok, _, err) = verify_cli(dir.path(), true, &[]);
     assert!(!ok);
     assert!(err.contains("MAC does not match"), "{err}");
@@ -530,7 +543,10 @@ fn the_edge_never_replaces_a_checkpoint_the_trail_no_longer_reaches() {
         let m = keeper
             .handle_timeout(t0, 1_000, reg.audit())
             .expect("one at start");
-        assert_eq!((m.kind.as_str(), m.edge.as_str(), m.rows), ("audit_checkpoint", "e1", 6));
+        assert_eq!(
+            (m.kind.as_str(), m.edge.as_str(), m.rows),
+            ("audit_checkpoint", "e1", 6)
+        );
         assert_eq!(m.anchor_broken, None);
         assert_eq!(read_checkpoint(&file).rows, 6);
         // A new row: the next checkpoint comes after the gap, not before.

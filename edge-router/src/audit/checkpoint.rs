@@ -84,7 +84,7 @@ impl Checkpoint {
     /// The MAC over this checkpoint, before finalisation (see the module docs).
     fn mac_of(&self, key: &SealKey) -> Hmac<Sha256> {
         let k = key.derive_key(MAC_KEY_INFO);
-        let mut mac = hmac_sha256(k.as_slice());
+        let mut mac = hmac_sha256(&k);
         mac.update(MAC_TAG);
         mac.update(&self.rows.to_be_bytes());
         mac.update(&self.head);

@@ -67,7 +67,7 @@ impl Fingerprinter {
     pub fn new(key: &SealKey) -> Fingerprinter {
         let k = key.derive_key(FINGERPRINT_KEY_INFO);
         Fingerprinter {
-            mac: hmac_sha256(k.as_slice()),
+            mac: hmac_sha256(&k),
         }
     }
 
@@ -112,10 +112,10 @@ impl fmt::Display for DuplicateSecret {
     }
 }
 
-/// HMAC-SHA-256 keyed with a key of at most 64 bytes (the hash's block size), without a
-/// fallible constructor: RFC 2104 §2 pads a shorter key with zeros to the block size, which is
-/// what is done here (a test holds it to the crate's own `new_from_slice`).
-pub(crate) fn hmac_sha256(key: &[u8]) -> Hmac<Sha256> {
+/// HMAC-SHA-256 under a 32-byte key, without a fallible constructor: RFC 2104 §2 pads a key
+/// shorter than the block (64 bytes) with zeros, which is done here (a test holds it to the
+/// crate's own `new_from_slice`).
+pub(crate) fn hmac_sha256(key: &[u8; 32]) -> Hmac<Sha256> {
     let mut block = zeroize::Zeroizing::new([0u8; 64]);
     for (b, k) in block.iter_mut().zip(key) {
         *b = *k;
@@ -249,18 +249,22 @@ mod tests {
 
     #[test]
     fn hmac_with_a_padded_key_is_hmac() {
-        let key = [0x0b_u8; 20];
-        let mut ours = hmac_sha256(&key);
-        let mut theirs = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-        ours.update(b"Hi There");
-        theirs.update(b"Hi There");
-        let ours: [u8; 32] = ours.finalize().into_bytes().into();
-        // RFC 4231 test case 1.
+        for key in [[0u8; 32], [0x0b; 32], core::array::from_fn(|i| i as u8)] {
+            let mut ours = hmac_sha256(&key);
+            let mut theirs = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+            ours.update(b"Hi There");
+            theirs.update(b"Hi There");
+            assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes());
+        }
+        // RFC 4231 test case 1 has a 20-byte key: padded to 32 with zeros it is the same key.
+        let mut key = [0u8; 32];
+        key[..20].fill(0x0b);
+        let mut mac = hmac_sha256(&key);
+        mac.update(b"Hi There");
         assert_eq!(
-            super::super::hex::encode(&ours),
+            super::super::hex::encode(&mac.finalize().into_bytes()),
             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
         );
-        assert_eq!(ours, <[u8; 32]>::from(theirs.finalize().into_bytes()));
     }
 
     #[test]

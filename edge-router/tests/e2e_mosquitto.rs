@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceTree, Response, content_format as cf,
 };
 use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::{ReportStats, UplinkConfig};
 
 // ----- temp dirs and ports -----

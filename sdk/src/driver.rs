@@ -12,6 +12,7 @@ use std::io;
 use tokio::net::UdpSocket;
 
 use crate::coap::{App, Device, Event};
+use crate::oscore::DurableState;
 use crate::store::{MarkStore, NoStore};
 
 /// Largest datagram the driver receives; CoAP over UDP stays far below it.
@@ -53,17 +54,7 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
         while let Some(event) = device.poll_event() {
             on_event(event);
         }
-        let mut retry_store_at = None;
-        while let Some(state) = device.state_to_persist() {
-            match store.store(state) {
-                Ok(()) => device.state_persisted(Instant::now(), state),
-                Err(e) => {
-                    tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, error = %e, "cannot store the OSCORE state; messages and verified requests wait");
-                    retry_store_at = Some(Instant::now() + STORE_RETRY);
-                    break;
-                }
-            }
-        }
+        let retry_store_at = persist(device, store);
         while let Some(t) = device.poll_transmit() {
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                 tracing::warn!(peer = %t.destination, error = %e, "send failed; datagram dropped");
@@ -89,8 +80,42 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
     }
 }
 
+/// A core whose OSCORE state a driver writes: a [`Device`], or a device on a modem.
+pub(crate) trait Persisting {
+    fn state_to_persist(&self) -> Option<DurableState>;
+    fn state_persisted(&mut self, now: Instant, state: DurableState);
+}
+
+impl<S: App> Persisting for Device<S> {
+    fn state_to_persist(&self) -> Option<DurableState> {
+        Device::state_to_persist(self)
+    }
+
+    fn state_persisted(&mut self, now: Instant, state: DurableState) {
+        Device::state_persisted(self, now, state);
+    }
+}
+
+/// Writes every OSCORE state `device` asks for to `store` and confirms it; on a failed write
+/// (logged) returns when to try again. Shared with the NB-IoT driver.
+pub(crate) fn persist<D: Persisting, M: MarkStore + ?Sized>(
+    device: &mut D,
+    store: &mut M,
+) -> Option<Instant> {
+    while let Some(state) = device.state_to_persist() {
+        match store.store(state) {
+            Ok(()) => device.state_persisted(Instant::now(), state),
+            Err(e) => {
+                tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, error = %e, "cannot store the OSCORE state; messages and verified requests wait");
+                return Some(Instant::now() + STORE_RETRY);
+            }
+        }
+    }
+    None
+}
+
 /// Sleeps until `deadline`; forever without one, or for one past what `std` can represent.
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline.and_then(Instant::to_std) {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,

@@ -21,16 +21,21 @@
 //! | [`addr`] | the v6iot IPv6 address plan: site /48, plant and line subnet, class and serial interface ID, EUI-64 and 802.15.4 short forms |
 //! | [`senml`] | SenML records (RFC 8428) in CBOR and JSON |
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
+//! | [`nbiot`] | NB-IoT: the modem over AT commands (3GPP TS 27.007, HiSilicon sockets), PSM/eDRX timer encodings, [`nbiot::NbiotDevice`] (the CoAP core on the modem, with power saving); its tokio driver over any serial stream (feature `tokio`) |
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
 //! | [`time`] | the monotonic [`time::Instant`] every core takes (microseconds since a start the driver picks) and its bridge to `std` |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
 //! | `store` | file I/O for a device's OSCORE state (sequence-number mark and replay floor): `store::MarkStore`, `store::SequenceFile`, atomic durable writes |
 //! | `driver` | the I/O loop: a tokio UDP driver that runs a device core on a socket and writes its marks (feature `tokio`) |
 
+// The NB-IoT modem core is written against `core` and `alloc` only (it builds `no_std`).
+extern crate alloc;
+
 pub mod addr;
 pub mod coap;
 #[cfg(feature = "tokio")]
 pub mod driver;
+pub mod nbiot;
 pub mod oscore;
 pub mod senml;
 #[cfg(feature = "std")]

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use v6iot_sdk::coap::{
-    App, Changed, Config, Device, Resource, ResourceTree, Response, TreeError, content_format as cf,
+    App, Changed, Code, Config, Device, Resource, ResourceTree, Response, TreeError,
+    content_format as cf,
 };
 use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::senml::{self, PackBuilder, Record};
@@ -23,6 +24,8 @@ use v6iot_sdk::uplink::{Binding, ReportStats, UplinkConfig};
 pub struct FleetCounters {
     /// Reports made.
     pub made: AtomicU64,
+    /// Platform commands (`PUT /actuators/valve`) the devices ran.
+    pub commands: AtomicU64,
 }
 
 /// The application of one fleet device.
@@ -126,7 +129,8 @@ pub struct FleetPlan {
     pub binding: Binding,
 }
 
-/// The shared tree of fleet devices (one informational resource).
+/// The shared tree of fleet devices: the temperature, and a valve platform commands set (each
+/// command run is counted in [`FleetCounters::commands`]).
 pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
     let mut t = ResourceTree::new();
     t.add(
@@ -135,6 +139,14 @@ pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
             .content_formats(&[cf::TEXT_PLAIN])
             .get(|s: &mut FleetSensor, _| {
                 Response::content(cf::TEXT_PLAIN, s.value.to_string().into_bytes()).into()
+            }),
+    )?;
+    t.add(
+        Resource::new("actuators/valve")
+            .rt("v6iot.valve")
+            .put(|s: &mut FleetSensor, _| {
+                s.counters.commands.fetch_add(1, Ordering::Relaxed);
+                Response::code(Code::Changed).into()
             }),
     )?;
     Ok(Arc::new(t))
@@ -155,6 +167,37 @@ pub fn device(
     clock: WallClock,
     credentials: Option<SecurityContext>,
 ) -> Device<FleetSensor> {
+    let shared = Shared {
+        tree,
+        counters,
+        clock,
+        coap: Config::default(),
+    };
+    device_with(plan, n, start, &shared, credentials)
+}
+
+/// What every device of a fleet shares or is built with.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The resource tree.
+    pub tree: Arc<ResourceTree<FleetSensor>>,
+    /// The live counters.
+    pub counters: Arc<FleetCounters>,
+    /// Instants to Unix time.
+    pub clock: WallClock,
+    /// CoAP transmission parameters (NB-IoT devices wait longer for ACKs).
+    pub coap: Config,
+}
+
+/// As [`device`], with everything shared in `shared`.
+pub fn device_with(
+    plan: &FleetPlan,
+    n: usize,
+    start: Instant,
+    shared: &Shared,
+    credentials: Option<SecurityContext>,
+) -> Device<FleetSensor> {
+    let (tree, counters, clock) = (shared.tree.clone(), shared.counters.clone(), shared.clock);
     let id = device_id(plan, n);
     let per_device = plan.rate / plan.devices.max(1) as f64;
     let interval = Duration::from_secs_f64(if per_device > 0.0 {
@@ -182,7 +225,7 @@ pub fn device(
         lifetime: Duration::from_secs(600),
         ..UplinkConfig::new(plan.edge, id)
     };
-    let device = Device::new(Config::default(), n as u64 + 1, tree, app);
+    let device = Device::new(shared.coap, n as u64 + 1, tree, app);
     match credentials {
         Some(ctx) => device.with_credentials(ctx),
         None => device,

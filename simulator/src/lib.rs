@@ -15,6 +15,7 @@
 //! | [`subscriber`] | the collector's MQTT subscriber: a sans-IO core on rumqttc's codecs and a blocking driver on its own thread |
 //! | [`shard`] | the multi-device driver: many devices' cores, their timers and mark stores in one thread, over a [`link`] |
 //! | [`link`] | I/O: a shard's datagrams — a socket per device in one `epoll` set, or one socket with an IPv6 address per device (AnyIP, `IPV6_PKTINFO`) |
+//! | [`nbiot`] | NB-IoT: the modem emulator and carrier model (sans-IO), the fleet's NB-IoT devices, the emulator on a pty |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
@@ -30,6 +31,7 @@ pub mod fleet;
 pub mod fleet_marks;
 pub mod link;
 pub mod load;
+pub mod nbiot;
 pub mod provision;
 pub mod sensor;
 pub mod shard;

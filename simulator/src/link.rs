@@ -17,8 +17,8 @@
 //! Bytes and addresses only; the shard and the SDK core make every protocol decision.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd};
 use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -66,6 +66,15 @@ pub enum Arrival<'a> {
     },
 }
 
+/// What a member asks of its link's addresses (an emulated modem attaching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressRequest {
+    /// The address the member has.
+    Current,
+    /// A new address in place of the one it had (a carrier's re-attach after a sleep).
+    Fresh,
+}
+
 /// A shard's datagram I/O for its members (numbered 0..n in the shard).
 pub trait Link {
     /// Waits at most `timeout` until datagrams arrive and hands each to `deliver` (and every
@@ -78,6 +87,21 @@ pub trait Link {
 
     /// Sends `bytes` from member `member` to `destination`.
     fn send(&mut self, member: usize, destination: SocketAddr, bytes: &[u8]) -> io::Result<()>;
+
+    /// Member `member`'s source address, if the link knows it.
+    fn address(&self, member: usize) -> Option<IpAddr> {
+        let _ = member;
+        None
+    }
+
+    /// Gives member `member` a new source address (the old one no longer reaches it).
+    fn readdress(&mut self, member: usize) -> io::Result<IpAddr> {
+        let _ = member;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this link cannot give a member a new address (an address pool can)",
+        ))
+    }
 }
 
 /// Whole milliseconds of `timeout`, rounded up so a deadline is never polled for early in a loop.
@@ -195,6 +219,11 @@ impl Link for Sockets {
         }
         Ok(())
     }
+
+    fn address(&self, member: usize) -> Option<IpAddr> {
+        let s = self.sockets.get(member)?;
+        s.socket.local_addr().ok().map(|a| a.ip())
+    }
 }
 
 /// Every member at its own IPv6 address, all on one socket (see the module docs).
@@ -202,10 +231,13 @@ impl Link for Sockets {
 /// Member `i` has the address `prefix | (first + i × stride)`: the interface identifier (low
 /// 64 bits) of device `n` of a fleet spread over `k` shards is `n + 1`, so shard `s` has
 /// `first = s + 1`, `stride = k`, and a received datagram's destination names its member by
-/// arithmetic.
+/// arithmetic. A member given a new address ([`Link::readdress`], an NB-IoT device after a
+/// sleep) keeps those low 48 bits and counts up a generation in the top 16 bits of the
+/// interface identifier; datagrams to an address of an older generation are strays.
 pub struct AddressPool {
     socket: UdpSocket,
     layout: Layout,
+    generations: Vec<u16>,
     slots: Vec<Vec<u8>>,
     /// Datagrams for an address that is no member's (counted, dropped).
     strays: u64,
@@ -240,7 +272,7 @@ impl AddressPool {
     ) -> io::Result<AddressPool> {
         let layout = Layout::new(network, first, stride, members)?;
         for i in [0, members.saturating_sub(1)] {
-            check_routed_to_loopback(layout.address(i))?;
+            check_routed_to_loopback(layout.address(i, 0))?;
         }
         let socket = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
         setsockopt(&socket, sockopt::IpFreebind, &true).map_err(|e| {
@@ -258,6 +290,7 @@ impl AddressPool {
         socket.set_nonblocking(true)?;
         Ok(AddressPool {
             socket,
+            generations: vec![0; members],
             layout,
             slots: (0..POOL_SLOTS)
                 .map(|_| vec![0u8; POOL_SLOT_BYTES])
@@ -266,9 +299,10 @@ impl AddressPool {
         })
     }
 
-    /// The address of member `i`.
+    /// The address of member `i` (of its current generation).
     fn member_address(&self, i: usize) -> Ipv6Addr {
-        self.layout.address(i)
+        let generation = self.generations.get(i).copied().unwrap_or(0);
+        self.layout.address(i, generation)
     }
 
     /// Datagrams that arrived for an address that is no member's.
@@ -280,7 +314,11 @@ impl AddressPool {
     /// delivered).
     fn take_batch(&mut self, deliver: &mut dyn FnMut(Arrival<'_>)) -> io::Result<(usize, usize)> {
         let mut got: [(usize, Option<(usize, SocketAddr)>); POOL_SLOTS] = [(0, None); POOL_SLOTS];
-        let layout = self.layout;
+        let (layout, generations) = (self.layout, &self.generations);
+        let member_at = |d: Ipv6Addr| {
+            let (i, generation) = layout.member_at(d)?;
+            (generations.get(i) == Some(&generation)).then_some(i)
+        };
         let taken = {
             let mut headers = MultiHeaders::<SockaddrIn6>::preallocate(
                 self.slots.len(),
@@ -313,7 +351,7 @@ impl AddressPool {
                         _ => None,
                     })
                 });
-                let member = destination.and_then(|d| layout.member_at(d));
+                let member = destination.and_then(member_at);
                 let peer = r.address.map(|a| {
                     SocketAddr::V6(SocketAddrV6::new(
                         a.ip(),
@@ -347,6 +385,13 @@ impl AddressPool {
     }
 }
 
+impl AsFd for AddressPool {
+    /// The pool's socket (to wait on it together with other descriptors).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 /// Refuses `address` unless the host routes it to loopback (an AnyIP route): otherwise the
 /// answers to a device there would be routed off the machine. Asks the kernel which source
 /// address it would use towards `address` (a UDP `connect` sends nothing): `::1` only when the
@@ -372,6 +417,9 @@ fn check_routed_to_loopback(address: Ipv6Addr) -> io::Result<()> {
     }
 }
 
+/// The low 48 bits of an interface identifier: the member's part (the top 16 count generations).
+const MEMBER_BITS: u64 = (1 << 48) - 1;
+
 /// Where a pool's members are in their /64.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -387,10 +435,10 @@ impl Layout {
         let last = (members.saturating_sub(1) as u64)
             .checked_mul(stride)
             .and_then(|o| o.checked_add(first));
-        if stride == 0 || first == 0 || last.is_none() {
+        if stride == 0 || first == 0 || last.is_none_or(|l| l > MEMBER_BITS) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the pool's addresses do not fit in the /64 (interface ids from 1 to 2^64 - 1)",
+                "the pool's addresses do not fit (interface ids from 1 to 2^48 - 1; the top 16 bits count re-addressing)",
             ));
         }
         Ok(Layout {
@@ -401,24 +449,28 @@ impl Layout {
         })
     }
 
-    fn address(&self, i: usize) -> Ipv6Addr {
+    fn address(&self, i: usize, generation: u16) -> Ipv6Addr {
         let iid = self
             .first
-            .wrapping_add((i as u64).wrapping_mul(self.stride));
+            .wrapping_add((i as u64).wrapping_mul(self.stride))
+            | (u64::from(generation) << 48);
         Ipv6Addr::from((u128::from(self.network) << 64) | u128::from(iid))
     }
 
-    fn member_at(&self, address: Ipv6Addr) -> Option<usize> {
+    /// The member and generation of an address in the pool.
+    fn member_at(&self, address: Ipv6Addr) -> Option<(usize, u16)> {
         let bits = u128::from(address);
         if (bits >> 64) as u64 != self.network {
             return None;
         }
-        let offset = (bits as u64).checked_sub(self.first)?;
+        let iid = bits as u64;
+        let generation = (iid >> 48) as u16;
+        let offset = (iid & MEMBER_BITS).checked_sub(self.first)?;
         if offset % self.stride != 0 {
             return None;
         }
         let i = usize::try_from(offset / self.stride).ok()?;
-        (i < self.members).then_some(i)
+        (i < self.members).then_some((i, generation))
     }
 }
 
@@ -470,6 +522,18 @@ impl Link for AddressPool {
         )?;
         Ok(())
     }
+
+    fn address(&self, member: usize) -> Option<IpAddr> {
+        (member < self.layout.members).then(|| IpAddr::V6(self.member_address(member)))
+    }
+
+    fn readdress(&mut self, member: usize) -> io::Result<IpAddr> {
+        let generation = self.generations.get_mut(member).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no such member in the pool")
+        })?;
+        *generation = generation.wrapping_add(1);
+        Ok(IpAddr::V6(self.member_address(member)))
+    }
 }
 
 /// Moves the calling thread — only it, and the threads and processes it starts afterwards —
@@ -508,7 +572,7 @@ mod tests {
         let network: Ipv6Addr = "2001:db8:100::".parse().unwrap();
         // Shard 1 of 3, 4 members: interface ids 2, 5, 8, 11.
         let layout = Layout::new(network, 2, 3, 4).unwrap();
-        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i)).collect();
+        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i, 0)).collect();
         assert_eq!(
             ids,
             [
@@ -520,8 +584,12 @@ mod tests {
             .map(|a| a.parse::<Ipv6Addr>().unwrap())
         );
         for (i, a) in ids.iter().enumerate() {
-            assert_eq!(layout.member_at(*a), Some(i));
+            assert_eq!(layout.member_at(*a), Some((i, 0)));
         }
+        // A member's next generation: the same low 48 bits, the generation on top.
+        let moved = layout.address(2, 1);
+        assert_eq!(moved, "2001:db8:100:0:1::8".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(layout.member_at(moved), Some((2, 1)));
         for other in [
             "2001:db8:100::1", // another shard's
             "2001:db8:100::3", // another shard's
@@ -538,6 +606,10 @@ mod tests {
         assert!(
             Layout::new(network, u64::MAX, 1, 2).is_err(),
             "ids past 2^64"
+        );
+        assert!(
+            Layout::new(network, 1 << 48, 1, 1).is_err(),
+            "ids in the generation bits"
         );
     }
 

@@ -27,8 +27,11 @@ use crate::credentials::{self, Credentials};
 use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
 use crate::fleet_marks::{FleetMarkStore, FleetMarks};
 use crate::link::{AddressPool, Link, Sockets};
-use crate::shard::{self, Member};
+use crate::nbiot::fleet::{self as nbiot_fleet, CommandReport, NbiotPlan};
+use crate::nbiot::node::NbiotNode;
+use crate::shard::{self, Member, Node};
 use crate::subscriber::Subscription;
+use v6iot_sdk::coap::Device;
 
 /// The distance between a fleet device's persisted sequence-number marks: large, so the shared
 /// state file is written at start and then hardly ever (a restart skips at most 1.5 × this many
@@ -99,6 +102,9 @@ pub struct RunReport {
     /// With `--credentials`: the OSCORE counters over the fleet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oscore: Option<OscoreReport>,
+    /// With `--transport nbiot`: sleeps, wake-ups, moves, the carrier, the commands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbiot: Option<NbiotReport>,
 }
 
 /// OSCORE figures of a run.
@@ -235,6 +241,33 @@ pub async fn run_with(
 /// records per second, and a single `epoll` set batches the most wake-ups.
 pub const DEFAULT_SHARDS: u16 = 1;
 
+/// How a fleet's devices reach the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// Each device's CoAP core on UDP directly.
+    Udp,
+    /// Each device on an emulated NB-IoT modem and carrier (needs [`Sources::Pool`]: every
+    /// device at a carrier address of its own).
+    Nbiot(NbiotPlan),
+}
+
+/// How a run is carried out (besides the fleet's plan and the broker).
+#[derive(Debug)]
+pub struct RunSettings {
+    /// How long to wait for stragglers after the reporting period.
+    pub drain: Duration,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// OSCORE credentials, if the devices speak OSCORE.
+    pub oscore: Option<FleetOscore>,
+    /// Shard threads (at least one, at most one per device).
+    pub shards: usize,
+    /// Where the devices send from.
+    pub sources: Sources,
+    /// UDP or NB-IoT.
+    pub transport: Transport,
+}
+
 /// As [`run_with`], with the devices spread over `shards` threads (at least one, at most one
 /// per device), sending from `sources`.
 pub async fn run_sharded(
@@ -246,7 +279,134 @@ pub async fn run_sharded(
     shards: usize,
     sources: Sources,
 ) -> anyhow::Result<RunReport> {
-    let (mut contexts, shared_marks) = match &oscore {
+    let settings = RunSettings {
+        drain,
+        progress,
+        oscore,
+        shards,
+        sources,
+        transport: Transport::Udp,
+    };
+    run_with_settings(plan, view, settings).await
+}
+
+/// Runs a fleet per `plan` and `settings` against the edge, counting deliveries at the broker
+/// (and, for an NB-IoT fleet with commands, what became of the commands).
+pub async fn run_with_settings(
+    plan: FleetPlan,
+    view: BrokerView,
+    settings: RunSettings,
+) -> anyhow::Result<RunReport> {
+    let shared = fleet::Shared {
+        tree: fleet::tree()?,
+        counters: Arc::new(FleetCounters::default()),
+        clock: WallClock::now(),
+        coap: v6iot_sdk::coap::Config::default(),
+    };
+    match settings.transport.clone() {
+        Transport::Udp => {
+            let p = plan.clone();
+            let make =
+                move |n: usize, start: Instant, ctx: Option<SecurityContext>, s: &fleet::Shared| {
+                    fleet::device_with(&p, n, start, s, ctx)
+                };
+            run_fleet(plan, view, settings, shared, make).await
+        }
+        Transport::Nbiot(nbiot) => {
+            if !matches!(settings.sources, Sources::Pool(_)) {
+                anyhow::bail!(
+                    "an NB-IoT fleet needs --source-prefix: every device at a carrier address of its own"
+                );
+            }
+            let modem = nbiot.modem_config()?;
+            let p = plan.clone();
+            let n_plan = nbiot.clone();
+            let make =
+                move |n: usize, start: Instant, ctx: Option<SecurityContext>, s: &fleet::Shared| {
+                    let shared_n = fleet::Shared {
+                        coap: n_plan.coap_config(n),
+                        ..s.clone()
+                    };
+                    let core = fleet::device_with(&p, n, start, &shared_n, ctx);
+                    nbiot_fleet::node(&n_plan, &modem, n, start, core)
+                };
+            run_fleet(plan, view, settings, shared, make).await
+        }
+    }
+}
+
+/// A fleet member as the run's report reads it.
+pub trait FleetNode: Node + Send + 'static {
+    /// Its CoAP core.
+    fn core(&self) -> &Device<FleetSensor>;
+    /// Adds its NB-IoT figures (none for a UDP device).
+    fn add_nbiot(&self, _totals: &mut NbiotReport) {}
+}
+
+impl FleetNode for Device<FleetSensor> {
+    fn core(&self) -> &Device<FleetSensor> {
+        self
+    }
+}
+
+impl FleetNode for NbiotNode<FleetSensor> {
+    fn core(&self) -> &Device<FleetSensor> {
+        self.device.device()
+    }
+
+    fn add_nbiot(&self, t: &mut NbiotReport) {
+        let e = self.cellular.modem.stats();
+        t.sleeps += e.sleeps;
+        t.tau_wakes += e.tau_wakes;
+        t.readdressed += e.readdressed;
+        t.downlinks += e.downlinks;
+        t.unreachable += e.unreachable;
+        let c = self.cellular.carrier.stats();
+        t.lost += c.lost_up + c.lost_down;
+        let m = self.device.modem().stats();
+        t.modem_send_failures += m.send_failures;
+        t.modem_timeouts += self.device.modem().client_stats().timeouts;
+        if self.device.modem().is_ready() {
+            t.attached += 1;
+        }
+    }
+}
+
+/// The NB-IoT figures of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NbiotReport {
+    /// Devices attached (modem ready) at the end.
+    pub attached: u64,
+    /// Times the modems entered PSM.
+    pub sleeps: u64,
+    /// Wake-ups for the periodic TAU.
+    pub tau_wakes: u64,
+    /// Addresses changed on wake-up (each a move the edge verified and audited).
+    pub readdressed: u64,
+    /// Datagrams handed to the devices.
+    pub downlinks: u64,
+    /// Datagrams for devices in PSM, which the network could not deliver.
+    pub unreachable: u64,
+    /// Datagrams the carrier lost (both directions).
+    pub lost: u64,
+    /// `AT+NSOST`s that failed (the CoAP layer retransmits).
+    pub modem_send_failures: u64,
+    /// AT commands that timed out.
+    pub modem_timeouts: u64,
+    /// What became of the platform's commands, if any were sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<CommandReport>,
+}
+
+/// Builds the fleet's members with `make`, runs them on shard threads, collects the report.
+async fn run_fleet<N: FleetNode>(
+    plan: FleetPlan,
+    view: BrokerView,
+    settings: RunSettings,
+    shared: fleet::Shared,
+    make: impl Fn(usize, Instant, Option<SecurityContext>, &fleet::Shared) -> N,
+) -> anyhow::Result<RunReport> {
+    let (mut contexts, shared_marks) = match &settings.oscore {
         Some(o) => {
             let (c, m) = fleet_contexts(&plan, o)?;
             (c.into_iter().map(Some).collect::<Vec<_>>(), Some(m))
@@ -256,56 +416,44 @@ pub async fn run_sharded(
     contexts.reverse();
     let deliveries = Arc::new(Mutex::new(Deliveries::new()?));
     let collector = start_collector(&view, deliveries.clone()).await?;
-    let tree = fleet::tree()?;
-    let counters = Arc::new(FleetCounters::default());
-    let clock = WallClock::now();
+    let counters = shared.counters.clone();
     let start = Instant::now();
-    let stop_devices = start + plan.duration + drain;
-    let shards = shards.clamp(1, plan.devices.max(1));
-    let mut groups: Vec<Vec<Member<FleetSensor>>> = (0..shards).map(|_| Vec::new()).collect();
+    let stop_devices = start + plan.duration + settings.drain;
+    let shards = settings.shards.clamp(1, plan.devices.max(1));
+    let mut groups: Vec<Vec<Member<N>>> = (0..shards).map(|_| Vec::new()).collect();
     for n in 0..plan.devices {
         let ctx = contexts.pop().flatten();
         let store: Box<dyn MarkStore + Send> = match &shared_marks {
-            Some(shared) => Box::new(FleetMarkStore {
-                shared: shared.clone(),
+            Some(m) => Box::new(FleetMarkStore {
+                shared: m.clone(),
                 id: fleet::device_id(&plan, n),
             }),
             None => Box::new(NoStore),
         };
-        let device = fleet::device(&plan, n, start, tree.clone(), counters.clone(), clock, ctx);
         if let Some(g) = groups.get_mut(n % shards) {
-            g.push(Member::new(device, store));
+            g.push(Member::new(make(n, start, ctx, &shared), store));
         }
     }
-    let mut threads = Vec::with_capacity(shards);
-    for (k, members) in groups.into_iter().enumerate() {
-        let n = members.len();
-        let name = format!("v6iot-sim-shard-{k}");
-        let handle = match sources {
-            Sources::Sockets => {
-                spawn_shard(name, members, device_sockets(n, plan.edge)?, stop_devices)
-            }
-            Sources::Pool(network) => {
-                // shard k's devices are k, k + shards, …: interface ids k + 1, k + 1 + shards, …
-                let pool = AddressPool::bind(network, 0, k as u64 + 1, shards as u64, n)
-                    .with_context(|| format!("a socket for the devices in {network}/64"))?;
-                spawn_shard(name, members, pool, stop_devices)
-            }
-        }?;
-        threads.push(handle);
-    }
-
+    let threads = spawn_shards(&plan, groups, settings.sources, stop_devices)?;
+    let commands = match &settings.transport {
+        Transport::Nbiot(NbiotPlan {
+            commands: Some(c), ..
+        }) => {
+            let ids = (0..plan.devices)
+                .map(|n| fleet::device_id(&plan, n))
+                .collect();
+            Some(tokio::spawn(nbiot_fleet::run_commands(
+                view.clone(),
+                *c,
+                ids,
+                start,
+                stop_devices,
+            )))
+        }
+        _ => None,
+    };
     let expected = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
-    let bar = progress.then(|| {
-        let bar = indicatif::ProgressBar::new(expected.max(1));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} reports  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let bar = settings.progress.then(|| progress_bar(expected));
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     // Progress while the fleet reports.
     while Instant::now() < start + plan.duration {
@@ -321,45 +469,27 @@ pub async fn run_sharded(
         threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()
     })
     .await?;
-    let mut registered = 0;
-    let mut total = ReportStats::default();
-    let mut unsent = 0;
-    let mut oscore_total = OscoreStats::default();
+    let mut totals = Totals::default();
     for result in joined {
         let (members, stats) = result
             .map_err(|_| anyhow::anyhow!("a shard thread panicked"))?
             .context("a shard's event loop failed")?;
         tracing::debug!(?stats, "shard finished");
-        for m in &members {
-            let device = &m.device;
-            if device.registration().is_some_and(|r| r.registrations() > 0) {
-                registered += 1;
-            }
-            if let Some(r) = device.reporter() {
-                fleet::add_stats(&mut total, r.stats());
-                unsent += r.queued() as u64;
-            }
-            if let Some(o) = device.endpoint().oscore_stats() {
-                oscore_total.responses_verified += o.responses_verified;
-                oscore_total.responses_rejected += o.responses_rejected;
-                oscore_total.requests_rejected += o.requests_rejected;
-                oscore_total.held += o.held;
-            }
-        }
+        totals.add(&members);
     }
     let oscore_report = shared_marks.as_ref().map(|m| OscoreReport {
-        responses_verified: oscore_total.responses_verified,
-        responses_rejected: oscore_total.responses_rejected,
-        requests_rejected: oscore_total.requests_rejected,
-        held: oscore_total.held,
+        responses_verified: totals.oscore.responses_verified,
+        responses_rejected: totals.oscore.responses_rejected,
+        requests_rejected: totals.oscore.requests_rejected,
+        held: totals.oscore.held,
         mark_writes: m.lock().map(|m| m.writes()).unwrap_or(0),
     });
     // Give the broker path time to deliver everything acknowledged.
-    let wait_until = Instant::now() + drain;
+    let wait_until = Instant::now() + settings.drain;
     while Instant::now() < wait_until {
         if deliveries
             .lock()
-            .map(|d| d.delivered() >= total.acked)
+            .map(|d| d.delivered() >= totals.reports.acked)
             .unwrap_or(false)
         {
             break;
@@ -370,13 +500,62 @@ pub async fn run_sharded(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    if let Some(task) = commands {
+        let mut report = task.await??;
+        report.served = counters.commands.load(Ordering::Relaxed);
+        totals.nbiot.commands = Some(report);
+    }
     let d = deliveries
         .lock()
         .map_err(|_| anyhow::anyhow!("collector state poisoned"))?;
+    let nbiot = matches!(settings.transport, Transport::Nbiot(_)).then_some(totals.nbiot.clone());
+    Ok(report(&plan, &totals, &d, oscore_report, nbiot))
+}
+
+/// What the members counted, summed.
+#[derive(Debug, Default)]
+struct Totals {
+    registered: usize,
+    reports: ReportStats,
+    unsent: u64,
+    oscore: OscoreStats,
+    nbiot: NbiotReport,
+}
+
+impl Totals {
+    fn add<N: FleetNode>(&mut self, members: &[Member<N>]) {
+        for m in members {
+            let device = m.node.core();
+            if device.registration().is_some_and(|r| r.registrations() > 0) {
+                self.registered += 1;
+            }
+            if let Some(r) = device.reporter() {
+                fleet::add_stats(&mut self.reports, r.stats());
+                self.unsent += r.queued() as u64;
+            }
+            if let Some(o) = device.endpoint().oscore_stats() {
+                self.oscore.responses_verified += o.responses_verified;
+                self.oscore.responses_rejected += o.responses_rejected;
+                self.oscore.requests_rejected += o.requests_rejected;
+                self.oscore.held += o.held;
+            }
+            m.node.add_nbiot(&mut self.nbiot);
+        }
+    }
+}
+
+fn report(
+    plan: &FleetPlan,
+    totals: &Totals,
+    d: &Deliveries,
+    oscore: Option<OscoreReport>,
+    nbiot: Option<NbiotReport>,
+) -> RunReport {
+    let total = &totals.reports;
     let duration_s = plan.duration.as_secs_f64();
-    Ok(RunReport {
+    RunReport {
         devices: plan.devices,
-        registered,
+        registered: totals.registered,
         sent: total.queued,
         acked: total.acked,
         rejected: total.rejected + total.busy,
@@ -397,22 +576,59 @@ pub async fn run_sharded(
         },
         duration_s,
         timeouts: total.timeouts,
-        unsent,
-        oscore: oscore_report,
-    })
+        unsent: totals.unsent,
+        oscore,
+        nbiot,
+    }
+}
+
+fn progress_bar(expected: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(expected.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} reports  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// The members' results, once the shard's thread has run them until `stop`.
-type ShardThread =
-    std::thread::JoinHandle<std::io::Result<(Vec<Member<FleetSensor>>, shard::ShardStats)>>;
+type ShardThread<N> = std::thread::JoinHandle<std::io::Result<(Vec<Member<N>>, shard::ShardStats)>>;
+
+/// Runs each group on a shard thread of its own, over the links `sources` says.
+fn spawn_shards<N: FleetNode>(
+    plan: &FleetPlan,
+    groups: Vec<Vec<Member<N>>>,
+    sources: Sources,
+    stop: Instant,
+) -> anyhow::Result<Vec<ShardThread<N>>> {
+    let shards = groups.len();
+    let mut threads = Vec::with_capacity(shards);
+    for (k, members) in groups.into_iter().enumerate() {
+        let n = members.len();
+        let name = format!("v6iot-sim-shard-{k}");
+        let handle = match sources {
+            Sources::Sockets => spawn_shard(name, members, device_sockets(n, plan.edge)?, stop),
+            Sources::Pool(network) => {
+                // shard k's devices are k, k + shards, …: interface ids k + 1, k + 1 + shards, …
+                let pool = AddressPool::bind(network, 0, k as u64 + 1, shards as u64, n)
+                    .with_context(|| format!("a socket for the devices in {network}/64"))?;
+                spawn_shard(name, members, pool, stop)
+            }
+        }?;
+        threads.push(handle);
+    }
+    Ok(threads)
+}
 
 /// Runs `members` over `link` on a thread of their own named `name`.
-fn spawn_shard<L: Link + Send + 'static>(
+fn spawn_shard<N: FleetNode, L: Link + Send + 'static>(
     name: String,
-    members: Vec<Member<FleetSensor>>,
+    members: Vec<Member<N>>,
     mut link: L,
     stop: Instant,
-) -> anyhow::Result<ShardThread> {
+) -> anyhow::Result<ShardThread<N>> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || shard::run(members, &mut link, stop))

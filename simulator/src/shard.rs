@@ -1,5 +1,6 @@
-//! The fleet's multi-device driver: one OS thread drives many SDK [`Device`]s over one
-//! [`Link`] (a socket per device, or one socket with an address per device, see
+//! The fleet's multi-device driver: one OS thread drives many sans-IO [`Node`]s — SDK
+//! [`Device`]s, or NB-IoT devices with their emulated modems ([`crate::nbiot::NbiotNode`]) —
+//! over one [`Link`] (a socket per device, or one socket with an address per device, see
 //! [`crate::link`]), with one timer heap for all the deadlines.
 //!
 //! It does what the SDK's tokio driver (`v6iot_sdk::driver`) does for one device — move
@@ -12,14 +13,75 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use v6iot_sdk::coap::{App, Device};
+use v6iot_sdk::oscore::DurableState;
 use v6iot_sdk::store::MarkStore;
 use v6iot_sdk::time::Instant;
 
-use crate::link::{Arrival, Link};
+use crate::link::{AddressRequest, Arrival, Link};
+
+/// What a shard drives: a sans-IO device core that takes datagrams and time and hands out
+/// datagrams, deadlines and the OSCORE state to write.
+pub trait Node {
+    /// What it reports (logged at debug level).
+    type Event: std::fmt::Debug;
+    /// A datagram for it from `peer`.
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]);
+    /// Time has reached its deadline.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Its next deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// A datagram to send: (destination, bytes).
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)>;
+    /// Its next event.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// OSCORE state to write before it may go on.
+    fn state_to_persist(&self) -> Option<DurableState>;
+    /// `state` is durable.
+    fn state_persisted(&mut self, now: Instant, state: DurableState);
+    /// It wants an address from the link (an emulated modem attaching, or re-attaching with a
+    /// new address after a sleep).
+    fn poll_address_request(&mut self) -> Option<AddressRequest> {
+        None
+    }
+    /// The link's answer: the member's address (`None` when the link cannot give one).
+    fn handle_address(&mut self, _now: Instant, _address: Option<IpAddr>) {}
+}
+
+impl<S: App> Node for Device<S> {
+    type Event = v6iot_sdk::coap::Event;
+
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        Device::handle_datagram(self, now, peer, bytes);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Device::handle_timeout(self, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Device::poll_timeout(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        Device::poll_transmit(self).map(|t| (t.destination, t.contents))
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        Device::poll_event(self)
+    }
+
+    fn state_to_persist(&self) -> Option<DurableState> {
+        Device::state_to_persist(self)
+    }
+
+    fn state_persisted(&mut self, now: Instant, state: DurableState) {
+        Device::state_persisted(self, now, state);
+    }
+}
 
 /// How long a member waits before it tries again to store a mark that failed to store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -31,9 +93,9 @@ pub const PACE: Duration = Duration::from_millis(2);
 
 /// One device of a shard: the sans-IO core and its mark store. Its datagrams go through the
 /// shard's [`Link`] under the member's index.
-pub struct Member<S: App> {
+pub struct Member<N: Node> {
     /// The device.
-    pub device: Device<S>,
+    pub node: N,
     store: Box<dyn MarkStore + Send>,
     /// The earliest entry the timer heap holds for this member; entries that differ are stale.
     /// A later deadline is not pushed while an earlier entry is queued: when that entry comes
@@ -43,9 +105,11 @@ pub struct Member<S: App> {
     retry_store_at: Option<Instant>,
     /// The member's socket failed for good; the member is out of the loop.
     dead: bool,
+    /// What it asked of the link, answered after the pass.
+    address_request: Option<AddressRequest>,
 }
 
-impl<S: App> std::fmt::Debug for Member<S> {
+impl<N: Node> std::fmt::Debug for Member<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Member")
             .field("queued", &self.queued)
@@ -54,15 +118,16 @@ impl<S: App> std::fmt::Debug for Member<S> {
     }
 }
 
-impl<S: App> Member<S> {
-    /// `device`, writing its marks to `store`.
-    pub fn new(device: Device<S>, store: Box<dyn MarkStore + Send>) -> Member<S> {
+impl<N: Node> Member<N> {
+    /// `node`, writing its marks to `store`.
+    pub fn new(node: N, store: Box<dyn MarkStore + Send>) -> Member<N> {
         Member {
-            device,
+            node,
             store,
             queued: None,
             retry_store_at: None,
             dead: false,
+            address_request: None,
         }
     }
 }
@@ -82,27 +147,34 @@ pub struct ShardStats {
     pub send_failures: u64,
     /// Members whose socket failed for good.
     pub dead: u64,
+    /// Addresses the members asked the link for (emulated modems attaching).
+    pub addresses: u64,
 }
 
-/// Datagrams the members produced in one pass: (member, destination, bytes).
-type Outgoing = Vec<(usize, SocketAddr, Vec<u8>)>;
+/// What the members produced in one pass: datagrams (member, destination, bytes), and the
+/// members that asked the link for an address.
+#[derive(Default)]
+struct Outgoing {
+    datagrams: Vec<(usize, SocketAddr, Vec<u8>)>,
+    addressing: Vec<usize>,
+}
 
 /// Runs every member (member `i` is the link's `i`) until `stop`, then hands the members
 /// back (their devices hold the counters). Protocol events are logged at debug level.
-pub fn run<S: App, L: Link>(
-    mut members: Vec<Member<S>>,
+pub fn run<N: Node, L: Link>(
+    mut members: Vec<Member<N>>,
     link: &mut L,
     stop: Instant,
-) -> io::Result<(Vec<Member<S>>, ShardStats)> {
+) -> io::Result<(Vec<Member<N>>, ShardStats)> {
     let mut stats = ShardStats::default();
     let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
     let mut due = Vec::new();
-    let mut out: Outgoing = Vec::new();
+    let mut out = Outgoing::default();
     let now = Instant::now();
     for (i, m) in members.iter_mut().enumerate() {
         flush(m, i, now, &mut timers, &mut out);
     }
-    send(link, &mut out, &mut stats);
+    send(link, &mut members, &mut timers, &mut out, &mut stats);
     // When the last wait returned datagrams, the shard was busy then.
     let mut busy_since: Option<Instant> = None;
     loop {
@@ -129,13 +201,13 @@ pub fn run<S: App, L: Link>(
             }
             m.queued = None;
             if deadline(m).is_some_and(|d| d <= now) {
-                m.device.handle_timeout(now);
+                m.node.handle_timeout(now);
                 flush(m, i, now, &mut timers, &mut out);
             } else {
                 arm(m, i, &mut timers); // the deadline moved later since this entry
             }
         }
-        send(link, &mut out, &mut stats);
+        send(link, &mut members, &mut timers, &mut out, &mut stats);
         let next = timers.peek().map_or(stop, |r| r.0.0.min(stop));
         // Busy: let datagrams gather for the rest of the pace before looking at the sockets.
         if let Some(rest) =
@@ -161,7 +233,7 @@ pub fn run<S: App, L: Link>(
                     if m.dead {
                         return;
                     }
-                    m.device.handle_datagram(now, peer, bytes);
+                    m.node.handle_datagram(now, peer, bytes);
                     flush(m, member, now, &mut timers, &mut out);
                 }
                 Arrival::Failed { member, error } => {
@@ -176,14 +248,37 @@ pub fn run<S: App, L: Link>(
         stats.waits += 1;
         stats.received += received as u64;
         busy_since = now;
-        send(link, &mut out, &mut stats);
+        send(link, &mut members, &mut timers, &mut out, &mut stats);
     }
     Ok((members, stats))
 }
 
-/// Sends what the members produced, in order.
-fn send<L: Link>(link: &mut L, out: &mut Outgoing, stats: &mut ShardStats) {
-    for (member, destination, bytes) in out.drain(..) {
+/// Answers the members' address requests (which may make them send), then sends what the
+/// members produced, in order.
+fn send<N: Node, L: Link>(
+    link: &mut L,
+    members: &mut [Member<N>],
+    timers: &mut BinaryHeap<Reverse<(Instant, usize)>>,
+    out: &mut Outgoing,
+    stats: &mut ShardStats,
+) {
+    while let Some(i) = out.addressing.pop() {
+        let Some(m) = members.get_mut(i) else {
+            continue;
+        };
+        let Some(request) = m.address_request.take() else {
+            continue;
+        };
+        let address = match request {
+            AddressRequest::Current => link.address(i),
+            AddressRequest::Fresh => link.readdress(i).ok(),
+        };
+        stats.addresses += 1;
+        let now = Instant::now();
+        m.node.handle_address(now, address);
+        flush(m, i, now, timers, out);
+    }
+    for (member, destination, bytes) in out.datagrams.drain(..) {
         match link.send(member, destination, &bytes) {
             Ok(()) => stats.sent += 1,
             Err(e) => {
@@ -195,24 +290,25 @@ fn send<L: Link>(link: &mut L, out: &mut Outgoing, stats: &mut ShardStats) {
 }
 
 /// Takes everything the member's device has to hand out after an input: events, OSCORE state
-/// to store, datagrams to send (queued in `out`); then arms its next deadline.
-fn flush<S: App>(
-    m: &mut Member<S>,
+/// to store, datagrams to send and address requests (queued in `out`); then arms its next
+/// deadline.
+fn flush<N: Node>(
+    m: &mut Member<N>,
     i: usize,
     now: Instant,
     timers: &mut BinaryHeap<Reverse<(Instant, usize)>>,
     out: &mut Outgoing,
 ) {
-    while let Some(event) = m.device.poll_event() {
+    while let Some(event) = m.node.poll_event() {
         tracing::debug!(?event, "device event");
     }
     if m.retry_store_at.is_some_and(|t| t <= now) {
         m.retry_store_at = None;
     }
     if m.retry_store_at.is_none() {
-        while let Some(state) = m.device.state_to_persist() {
+        while let Some(state) = m.node.state_to_persist() {
             match m.store.store(state) {
-                Ok(()) => m.device.state_persisted(now, state),
+                Ok(()) => m.node.state_persisted(now, state),
                 Err(e) => {
                     tracing::error!(?state, error = %e, "cannot store the OSCORE state (sequence-number mark, replay floor); messages wait");
                     m.retry_store_at = Some(now + STORE_RETRY);
@@ -221,22 +317,26 @@ fn flush<S: App>(
             }
         }
     }
-    while let Some(t) = m.device.poll_transmit() {
-        out.push((i, t.destination, t.contents));
+    while let Some((destination, bytes)) = m.node.poll_transmit() {
+        out.datagrams.push((i, destination, bytes));
+    }
+    if let Some(request) = m.node.poll_address_request() {
+        m.address_request = Some(request);
+        out.addressing.push(i);
     }
     arm(m, i, timers);
 }
 
 /// The member's next deadline: its device's, or the retry of a mark that failed to store.
-fn deadline<S: App>(m: &Member<S>) -> Option<Instant> {
-    match (m.device.poll_timeout(), m.retry_store_at) {
+fn deadline<N: Node>(m: &Member<N>) -> Option<Instant> {
+    match (m.node.poll_timeout(), m.retry_store_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
 }
 
 /// Queues the member's deadline unless an entry at or before it is queued already.
-fn arm<S: App>(m: &mut Member<S>, i: usize, timers: &mut BinaryHeap<Reverse<(Instant, usize)>>) {
+fn arm<N: Node>(m: &mut Member<N>, i: usize, timers: &mut BinaryHeap<Reverse<(Instant, usize)>>) {
     if let Some(t) = deadline(m)
         && m.queued.is_none_or(|q| t < q)
     {
@@ -314,7 +414,7 @@ mod tests {
         plan: &FleetPlan,
         start: Instant,
         counters: &Arc<FleetCounters>,
-    ) -> Vec<Member<FleetSensor>> {
+    ) -> Vec<Member<Device<FleetSensor>>> {
         let tree = fleet::tree().unwrap();
         (0..plan.devices)
             .map(|n| {
@@ -348,7 +448,7 @@ mod tests {
 
     /// Every report made was sent and acknowledged exactly once, nothing retried.
     fn assert_every_report_acknowledged_once(
-        members: &[Member<FleetSensor>],
+        members: &[Member<Device<FleetSensor>>],
         counters: &FleetCounters,
         answered: u64,
         stats: &ShardStats,
@@ -356,11 +456,11 @@ mod tests {
         let mut total = v6iot_sdk::uplink::ReportStats::default();
         for m in members {
             assert_eq!(
-                m.device.reporter().unwrap().queued(),
+                m.node.reporter().unwrap().queued(),
                 0,
                 "nothing left behind"
             );
-            fleet::add_stats(&mut total, m.device.reporter().unwrap().stats());
+            fleet::add_stats(&mut total, m.node.reporter().unwrap().stats());
         }
         let made = counters.made.load(std::sync::atomic::Ordering::Relaxed);
         // 5000/s from 200 ms (after registering) to 800 ms: about 3000 reports.
@@ -464,7 +564,7 @@ mod tests {
         assert!(stats.sent >= 3, "{stats:?}");
         assert_eq!(stats.received, 0, "{stats:?}");
         assert!(members.iter().all(|m| {
-            m.device
+            m.node
                 .registration()
                 .is_some_and(|r| r.registrations() == 0)
         }));

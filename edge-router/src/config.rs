@@ -23,6 +23,9 @@
 //! client_cert = "/etc/v6iot/edge.pem"   # mutual TLS
 //! client_key = "/etc/v6iot/edge.key"
 //! max_in_flight = 256         # QoS 1 messages unacknowledged at most
+//! username = "edge-1"         # optional; the broker's ACL names this identity
+//! password = "…"              # over mqtt:// only with allow_plain_password = true
+//! allow_plain_password = false
 //!
 //! [websocket]                 # optional second sink: JSON lines over ws:// or wss://
 //! url = "wss://ingest.example/v6iot"
@@ -213,8 +216,12 @@ pub struct MqttSection {
     pub max_in_flight: u16,
     /// User name.
     pub username: Option<String>,
-    /// Password.
+    /// Password. Over plain `mqtt://` (no TLS) it would cross the network in clear text:
+    /// refused unless `allow_plain_password` is set.
     pub password: Option<String>,
+    /// Allow `password` over plain `mqtt://` (a broker on the same host or a trusted link);
+    /// default false.
+    pub allow_plain_password: bool,
     /// CA certificate(s), PEM: the only roots trusted for `mqtts://`.
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain, PEM (mutual TLS).
@@ -236,6 +243,7 @@ impl Default for MqttSection {
             max_in_flight: 256,
             username: None,
             password: None,
+            allow_plain_password: false,
             ca_file: None,
             client_cert: None,
             client_key: None,
@@ -414,6 +422,16 @@ impl EdgeConfig {
         if !matches!(self.mqtt.protocol, 4 | 5) {
             return invalid("mqtt.protocol", "must be 4 (MQTT 3.1.1) or 5");
         }
+        if self.mqtt.password.is_some()
+            && self.mqtt.url.starts_with("mqtt://")
+            && !self.mqtt.allow_plain_password
+        {
+            return invalid(
+                "mqtt.allow_plain_password",
+                "a password over plain mqtt:// (no TLS) crosses the network in clear text: use \
+                 mqtts://, or set mqtt.allow_plain_password = true for a broker on this host",
+            );
+        }
         if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
             return invalid("mqtt.client_key", "client_cert and client_key go together");
         }
@@ -520,6 +538,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+        // A password over plain mqtt:// needs the explicit opt-in; over mqtts:// it does not.
+        let plain = "site = \"a\"\n[mqtt]\nurl = \"mqtt://[::1]:1883\"\nusername = \"u\"\npassword = \"p\"\n";
+        let e = EdgeConfig::parse(plain).unwrap_err().to_string();
+        assert!(e.starts_with("`mqtt.allow_plain_password`"), "{e}");
+        EdgeConfig::parse(&format!("{plain}allow_plain_password = true\n")).unwrap();
+        EdgeConfig::parse(&plain.replace("mqtt://", "mqtts://")).unwrap();
+        EdgeConfig::parse("site = \"a\"\n[mqtt]\nusername = \"u\"\n").unwrap();
         let e = EdgeConfig::parse("edge_id = \"e\"\n")
             .unwrap_err()
             .to_string();

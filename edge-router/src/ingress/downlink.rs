@@ -354,6 +354,19 @@ impl Downlink {
             self.duplicates += 1;
             return;
         }
+        // The allow-list and the bounds first: a device the platform may not command gets
+        // "not allowed" whether or not it is registered.
+        let internal = cmd.req.starts_with('_');
+        let waiting = Waiting {
+            device: self.queues.len_for(&cmd.device)
+                + usize::from(self.in_flight.contains_key(&cmd.device)),
+            total: self.pending(),
+        };
+        let encoded = encode_request(&cmd, 0, &[0; 8]).map(|b| b.len());
+        if let Err(refusal) = self.limits.admit(&cmd, encoded, internal, waiting) {
+            self.refuse(&cmd, &refusal);
+            return;
+        }
         if device.is_none() {
             self.finish(
                 CommandResult::failed(
@@ -364,17 +377,6 @@ impl Downlink {
                 false,
             );
             self.remember(key);
-            return;
-        }
-        let internal = cmd.req.starts_with('_');
-        let waiting = Waiting {
-            device: self.queues.len_for(&cmd.device)
-                + usize::from(self.in_flight.contains_key(&cmd.device)),
-            total: self.pending(),
-        };
-        let encoded = encode_request(&cmd, 0, &[0; 8]).map(|b| b.len());
-        if let Err(refusal) = self.limits.admit(&cmd, encoded, internal, waiting) {
-            self.refuse(&cmd, &refusal);
             return;
         }
         self.known.insert(key);

@@ -296,6 +296,13 @@ fn the_allow_list_refuses_other_devices_but_not_the_edges_own_requests() {
         1,
     );
     assert!(results(&mut d).is_empty());
+    // Registered or not: a device off the list is "not allowed" (nothing about it is told).
+    d.command(now, T0, cmd("ghost", "r", 1), None, WINDOW, 1);
+    let r = results(&mut d);
+    assert!(
+        r[0].error.as_deref().unwrap().starts_with("not allowed"),
+        "{r:?}"
+    );
     for bad in ["", "*x", "a*b", "**"] {
         assert!(DeviceAllowList::new(&[bad]).is_err(), "{bad}");
     }

@@ -109,9 +109,9 @@ pub struct CommandsSection {
     /// Commands waiting or in flight for one device; more get `queue full`.
     pub max_queued_per_device: usize,
     /// Commands waiting or in flight over all devices; more get `queue full`. With the size
-    /// limits this bounds the queue's memory (about `max_queued_total` × (`max_message_bytes`
-    /// + 200) bytes) and the journal (at most about twice as many lines, rewritten while
-    /// running).
+    /// limits this bounds the queue's memory (about `max_queued_total` times
+    /// `max_message_bytes` plus 200 bytes) and the journal (at most about twice as many lines,
+    /// rewritten while running).
     pub max_queued_total: usize,
     /// The largest CoAP request to a device, OSCORE overhead included (default 1152: RFC 7252
     /// §4.6 for a path of unknown MTU); larger commands get `too large`.

@@ -300,15 +300,18 @@ impl Downlink {
             }
             Some(Err(FailedBatch { after, upto })) => {
                 self.stats.journal_failures += 1;
+                // Their `queued` lines are not in the file (the writer cuts a failed append
+                // off before the next): no `done` entry is needed.
                 let lost = self.queues.take_where(|q| q.seq > after && q.seq <= upto);
                 for cmd in lost {
+                    self.journal.dropped();
                     self.finish(
                         CommandResult::failed(
                             &cmd,
                             "rejected",
                             "not stored: the command journal could not be written",
                         ),
-                        true,
+                        false,
                     );
                 }
                 Vec::new()

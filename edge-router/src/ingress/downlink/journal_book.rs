@@ -6,8 +6,10 @@
 //! syncs its entries, then, when it carries a `rewrite`, replaces the file with those
 //! commands), and reports a [`JournalWritten`]. A journaled command is sent to its device only
 //! once the batch holding its `queued` entry is durable. If a batch fails, its commands are
-//! finished with an error result (they were never sent) and its `done` entries are written
-//! again with the next batch.
+//! finished with an error result (they were never sent; the writer cuts the failed append off
+//! before it appends again, so their lines are not in the file) and its `done` entries of
+//! commands queued in earlier batches are written again with the next one. Entries waiting are
+//! thus bounded by the live commands even while every write fails.
 //!
 //! The journal is rewritten (compacted) when the lines it would hold are at least
 //! `min_rewrite_lines` and more than twice the live commands: its lines stay below
@@ -66,7 +68,7 @@ struct InFlight {
     id: u64,
     /// The last `queued` number in it.
     upto: u64,
-    /// Its `done` entries, written again if it fails.
+    /// Its `done` entries of commands queued in earlier batches, written again if it fails.
     dones: Vec<JournalEntry>,
     /// Its entries.
     entries: u64,
@@ -114,6 +116,12 @@ impl JournalBook {
         self.last_seq
     }
 
+    /// A journaled command that ends without a `done` entry: its `queued` entry never became
+    /// durable (its batch failed).
+    pub(super) fn dropped(&mut self) {
+        self.live = self.live.saturating_sub(1);
+    }
+
     /// Journals the end of a journaled command.
     pub(super) fn done(&mut self, device: &str, req: &str) {
         self.live = self.live.saturating_sub(1);
@@ -150,11 +158,7 @@ impl JournalBook {
         self.in_flight = Some(InFlight {
             id,
             upto: self.last_seq,
-            dones: entries
-                .iter()
-                .filter(|e| matches!(e, JournalEntry::Done { .. }))
-                .cloned()
-                .collect(),
+            dones: earlier_dones(&entries),
             entries: entries.len() as u64,
             rewrite_lines: rewrite.as_ref().map(|r| r.len() as u64),
             devices: queued_devices(&entries),
@@ -212,4 +216,26 @@ fn queued_devices(entries: &[JournalEntry]) -> Vec<String> {
     devices.sort_unstable();
     devices.dedup();
     devices
+}
+
+/// The `done` entries of `entries` whose command was not queued in `entries` too: if the batch
+/// fails, only those still have a durable `queued` line to cancel.
+fn earlier_dones(entries: &[JournalEntry]) -> Vec<JournalEntry> {
+    let queued: std::collections::HashSet<(&str, &str)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            JournalEntry::Queued(c) => Some((c.device.as_str(), c.req.as_str())),
+            JournalEntry::Done { .. } => None,
+        })
+        .collect();
+    entries
+        .iter()
+        .filter(|e| match e {
+            JournalEntry::Done { device, req } => {
+                !queued.contains(&(device.as_str(), req.as_str()))
+            }
+            JournalEntry::Queued(_) => false,
+        })
+        .cloned()
+        .collect()
 }

@@ -128,13 +128,31 @@ fn a_failed_batch_refuses_its_commands_and_writes_its_done_entries_again() {
     );
     assert_eq!(d.pending(), 0, "the failed command is not kept");
     assert_eq!(d.stats().journal_failures, 1);
-    // The next batch carries r0's done again (else a restart would bring it back) and r1's.
+    // The next batch carries r0's done again (r0's queued line is durable: else a restart would
+    // bring it back), and nothing for r1 (its line was never kept).
     let batch = d.poll_journal().unwrap();
     let done = |req: &str| JournalEntry::Done {
         device: "d1".into(),
         req: req.into(),
     };
-    assert_eq!(batch.entries, vec![done("r0"), done("r1")]);
+    assert_eq!(batch.entries, vec![done("r0")]);
+    assert_eq!(d.journal_sizes().1, 0, "nothing live");
+    // While every write fails, what waits stays bounded: r0's done only.
+    d.journal_written(batch.id, JournalWritten::Failed);
+    for i in 0..100 {
+        d.command(
+            now,
+            T0,
+            cmd("d1", &format!("n{i}"), 1),
+            reach(now, false),
+            WINDOW,
+            3,
+        );
+        let b = d.poll_journal().unwrap();
+        assert!(b.entries.len() <= 2, "{:?}", b.entries);
+        d.journal_written(b.id, JournalWritten::Failed);
+    }
+    assert_eq!(d.pending(), 0);
 }
 
 #[test]

@@ -38,6 +38,11 @@
 //! db = "/var/lib/v6iot/registry.db"     # default: {data_dir}/registry.db
 //! seal_key_file = "/etc/v6iot/seal.key" # 64 hex digits; else the V6IOT_SEAL_KEY variable
 //!
+//! [audit]                     # checkpoints of the audit trail (see audit::checkpoint)
+//! checkpoint_file = "/var/lib/v6iot/audit.checkpoint" # default: {data_dir}/audit.checkpoint
+//! checkpoint_every_s = 60     # published on _edge/{edge}/security at least this often ...
+//! checkpoint_min_gap_s = 5    # ... and after new rows, no sooner than this after the last
+//!
 //! [security]                  # the OSCORE gateway in front of the ingress
 //! require_oscore = true       # default; false is LAB ONLY (plain CoAP accepted, loud warning)
 //! sender_persist_step = 4096  # edge sequence numbers per persisted mark (RFC 8613 App. B.1.1)
@@ -99,6 +104,9 @@ pub struct EdgeConfig {
     /// Commands from the platform.
     #[serde(default)]
     pub commands: CommandsSection,
+    /// Checkpoints of the audit trail.
+    #[serde(default)]
+    pub audit: AuditSection,
 }
 
 /// `[commands]`: bounds and the allow-list of commands from the platform (see
@@ -158,6 +166,40 @@ impl CommandsSection {
             max_payload_bytes: self.max_payload_bytes,
             allow,
         })
+    }
+}
+
+/// `[audit]`: the checkpoints that anchor the audit trail's end (see
+/// [`crate::audit::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The signed checkpoint file; default `{data_dir}/audit.checkpoint`.
+    pub checkpoint_file: Option<PathBuf>,
+    /// A checkpoint is published at least this often, seconds.
+    pub checkpoint_every_s: u64,
+    /// After rows were added, the next checkpoint comes no sooner than this after the last,
+    /// seconds (0: after every batch of rows).
+    pub checkpoint_min_gap_s: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            checkpoint_file: None,
+            checkpoint_every_s: 60,
+            checkpoint_min_gap_s: 5,
+        }
+    }
+}
+
+impl AuditSection {
+    /// The checkpoint file of a router whose data directory is `data_dir`.
+    #[must_use]
+    pub fn checkpoint_path(&self, data_dir: &Path) -> PathBuf {
+        self.checkpoint_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("audit.checkpoint"))
     }
 }
 
@@ -464,6 +506,7 @@ impl EdgeConfig {
             registry: RegistrySection::default(),
             security: SecuritySection::default(),
             commands: CommandsSection::default(),
+            audit: AuditSection::default(),
         }
     }
 
@@ -536,6 +579,15 @@ impl EdgeConfig {
         }
         if self.security.report_interval_s == 0 {
             return invalid("security.report_interval_s", "must be at least 1");
+        }
+        if self.audit.checkpoint_every_s == 0 {
+            return invalid("audit.checkpoint_every_s", "must be at least 1");
+        }
+        if self.audit.checkpoint_min_gap_s > self.audit.checkpoint_every_s {
+            return invalid(
+                "audit.checkpoint_min_gap_s",
+                "must be at most audit.checkpoint_every_s",
+            );
         }
         if self.outbox.max_bytes < 1 << 20 {
             return invalid("outbox.max_bytes", "must be at least 1 MiB");

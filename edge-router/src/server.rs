@@ -30,6 +30,7 @@ use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, WsConfig, run_mqtt, run_websocket};
 
+use crate::audit::checkpointer::CheckpointConfig;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::EdgeConfig;
 use crate::gateway::{
@@ -182,6 +183,9 @@ pub async fn run(
     }
     let registry = Registry::open_configured(&config)
         .with_context(|| "cannot open the device registry".to_owned())?;
+    for d in registry.duplicate_secrets() {
+        tracing::error!(device = %d.device, holder = %d.holder, "{d}");
+    }
     let (devices, load_devices) = match registry.device_keys() {
         Ok((devices, problems)) => {
             for p in problems {
@@ -201,7 +205,13 @@ pub async fn run(
         }
     };
     let (registry_tx, mut registry_rx) = mpsc::unbounded_channel::<FromRegistry>();
-    let worker = RegistryWorker::start(registry, load_devices, registry_tx)
+    let checkpoints = CheckpointConfig {
+        file: Some(config.audit.checkpoint_path(&config.data_dir)),
+        every: Duration::from_secs(config.audit.checkpoint_every_s),
+        min_gap: Duration::from_secs(config.audit.checkpoint_min_gap_s),
+        edge: config.edge_id.clone(),
+    };
+    let worker = RegistryWorker::start(registry, load_devices, checkpoints, registry_tx)
         .context("cannot start the registry thread")?;
     let ingress = Ingress::new(ingress_config, boot_ms);
     let gateway_config = GatewayConfig {
@@ -325,6 +335,10 @@ pub async fn run(
                             gateway.handle_persisted(Instant::now(), id, ok);
                         }
                         FromRegistry::Devices(devices) => gateway.handle_devices(unix_ms(), devices),
+                        FromRegistry::Checkpoint(m) => {
+                            tracing::debug!(rows = m.rows, head = %m.head, "audit checkpoint");
+                            publish(&outbox, &security_topic, m.to_json());
+                        }
                     }
                     next = registry_rx.try_recv().ok();
                 }
@@ -590,6 +604,21 @@ fn flush(
             }
         });
     }
+}
+
+/// Hands one message (not retained) to the outbox, without waiting for it.
+fn publish(outbox: &OutboxHandle, topic: &str, payload: Vec<u8>) {
+    let handle = outbox.clone();
+    let message = NewMessage {
+        topic: topic.to_owned(),
+        payload,
+        retain: false,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = handle.append(vec![message]).await {
+            tracing::warn!(error = %e, "message not stored");
+        }
+    });
 }
 
 /// A UDP socket with large kernel buffers (bursts from many devices), for tokio.

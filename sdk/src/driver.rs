@@ -5,9 +5,9 @@
 //! credentials it also writes the state the device asks for (sequence-number mark and replay
 //! floor) to a [`MarkStore`] and confirms it ([`run_with_store`]).
 
+use crate::time::Instant;
 use std::future::Future;
 use std::io;
-use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
@@ -89,8 +89,9 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
     }
 }
 
+/// Sleeps until `deadline`; forever without one, or for one past what `std` can represent.
 async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
+    match deadline.and_then(Instant::to_std) {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
     }

@@ -1,5 +1,5 @@
 //! The CoAP device core driven with virtual time: whole datagrams in, whole datagrams out.
-//! No sockets, no sleeping; time is an `Instant` the test moves forward.
+//! No sockets, no sleeping; time is an `Instant` the test moves forward from `Instant::ZERO`.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +10,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use common::{BIG, Thing, big_body, code, config, get, peer, recv, recv_all, request, send, tree};
@@ -46,7 +47,7 @@ fn reset(mid: u16) -> Vec<u8> {
 #[test]
 fn confirmable_request_gets_piggybacked_response() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     send(&mut d, now, &get(0x1234, b"tok", "value"));
     let r = recv(&mut d);
     assert_eq!(r.header.get_type(), MessageType::Acknowledgement);
@@ -65,7 +66,7 @@ fn confirmable_request_gets_piggybacked_response() {
 #[test]
 fn non_confirmable_request_gets_non_response_with_same_token() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     send(
         &mut d,
         now,
@@ -86,7 +87,7 @@ fn non_confirmable_request_gets_non_response_with_same_token() {
 #[test]
 fn accept_selects_the_format_and_unknown_formats_get_4_06() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let mut p = get(1, b"a", "value");
     p.add_option(CoapOption::Accept, wire::write_uint(50));
     send(&mut d, now, &p);
@@ -100,7 +101,7 @@ fn accept_selects_the_format_and_unknown_formats_get_4_06() {
 #[test]
 fn error_codes_for_path_method_format_and_options() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     send(&mut d, now, &get(1, b"", "nothing/here"));
     assert_eq!(code(&recv(&mut d)), ResponseType::NotFound);
     send(
@@ -150,7 +151,7 @@ fn error_codes_for_path_method_format_and_options() {
 #[test]
 fn no_response_option_suppresses_success_answers() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let mut p = request(
         MessageType::NonConfirmable,
         RequestType::Put,
@@ -180,7 +181,7 @@ fn no_response_option_suppresses_success_answers() {
 #[test]
 fn duplicate_confirmable_gets_the_same_reply_without_running_the_handler() {
     let mut d = device();
-    let t0 = Instant::now();
+    let t0 = Instant::ZERO;
     let p = get(77, b"d", "value");
     send(&mut d, t0, &p);
     let first = d.poll_transmit().unwrap();
@@ -200,7 +201,7 @@ fn duplicate_confirmable_gets_the_same_reply_without_running_the_handler() {
 #[test]
 fn duplicate_non_confirmable_is_dropped_silently() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let p = request(
         MessageType::NonConfirmable,
         RequestType::Get,
@@ -218,7 +219,7 @@ fn duplicate_non_confirmable_is_dropped_silently() {
 #[test]
 fn same_message_id_from_another_peer_is_not_a_duplicate() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let bytes = get(5, b"", "value").to_bytes().unwrap();
     d.handle_datagram(now, peer(), &bytes);
     d.handle_datagram(now, "[2001:db8::2]:5683".parse().unwrap(), &bytes);
@@ -237,7 +238,7 @@ fn register(d: &mut Device<Thing>, now: Instant, mid: u16, token: &[u8]) -> Pack
 #[test]
 fn observe_registers_notifies_in_sequence_and_deregisters() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let r = register(&mut d, now, 1, b"ob");
     let first = observe_of(&r).expect("registration response carries Observe");
     assert_eq!(d.endpoint().observer_count(), 1);
@@ -286,7 +287,7 @@ fn value_id(d: &Device<Thing>) -> ResourceId {
 #[test]
 fn put_notifies_observers_after_its_response() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     register(&mut d, now, 1, b"ob");
     let mut put = request(
         MessageType::Confirmable,
@@ -310,7 +311,7 @@ fn put_notifies_observers_after_its_response() {
 #[test]
 fn reset_to_a_notification_ends_the_observation() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     register(&mut d, now, 1, b"ob");
     d.notify(now, Changed::NONE.with(value_id(&d)));
     let n = recv(&mut d);
@@ -330,7 +331,7 @@ fn reset_to_a_notification_ends_the_observation() {
 #[test]
 fn a_notification_is_confirmable_at_least_once_a_day_and_retransmitted_with_backoff() {
     let mut d = device();
-    let t0 = Instant::now();
+    let t0 = Instant::ZERO;
     register(&mut d, t0, 1, b"ob");
     let day = t0 + Duration::from_secs(24 * 3600);
     d.handle_timeout(day); // the registration's dedup entry expired long ago
@@ -387,7 +388,7 @@ fn a_notification_is_confirmable_at_least_once_a_day_and_retransmitted_with_back
 #[test]
 fn ack_stops_retransmission_and_resets_the_daily_clock() {
     let mut d = device();
-    let t0 = Instant::now();
+    let t0 = Instant::ZERO;
     register(&mut d, t0, 1, b"ob");
     let day = t0 + Duration::from_secs(24 * 3600 + 1);
     d.notify(day, Changed::NONE.with(value_id(&d)));
@@ -419,7 +420,7 @@ fn block2_serves_large_bodies_in_pieces() {
         tree(),
         Thing::default(),
     );
-    let now = Instant::now();
+    let now = Instant::ZERO;
     send(&mut d, now, &get(1, b"b", "big"));
     let r = recv(&mut d);
     assert_eq!(
@@ -487,7 +488,7 @@ fn block2_larger_request_size_maps_to_our_smaller_blocks() {
         tree(),
         Thing::default(),
     );
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let mut p = get(1, b"b", "big");
     p.add_option(
         CoapOption::Block2,
@@ -530,7 +531,7 @@ fn post_block(mid: u16, num: u32, more: bool, szx: u8, data: &[u8]) -> Packet {
 #[test]
 fn block1_reassembles_an_upload() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let body: Vec<u8> = (0..200u8).collect();
     let chunks: Vec<&[u8]> = body.chunks(64).collect();
     for (i, c) in chunks.iter().enumerate() {
@@ -557,7 +558,7 @@ fn block1_reassembles_an_upload() {
 #[test]
 fn block1_out_of_order_gets_4_08_and_oversize_gets_4_13() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     send(&mut d, now, &post_block(1, 3, true, 2, &[0; 64]));
     assert_eq!(code(&recv(&mut d)), ResponseType::RequestEntityIncomplete);
     send(&mut d, now, &post_block(2, 0, true, 2, &[0; 64]));
@@ -602,7 +603,7 @@ fn block1_out_of_order_gets_4_08_and_oversize_gets_4_13() {
 #[test]
 fn abandoned_uploads_expire() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     send(&mut d, now, &post_block(1, 0, true, 6, &[0; 1024]));
     let _ = recv(&mut d);
     let later = now + config().exchange_lifetime() + Duration::from_secs(1);
@@ -616,7 +617,7 @@ fn abandoned_uploads_expire() {
 #[test]
 fn separate_response_is_acked_at_once_then_sent_confirmable_until_acked() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let p = request(
         MessageType::Confirmable,
         RequestType::Post,
@@ -666,7 +667,7 @@ fn separate_response_is_acked_at_once_then_sent_confirmable_until_acked() {
 #[test]
 fn malformed_confirmable_gets_reset_and_garbage_is_counted() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     // CON, token length 9 (reserved): format error → RST with the same message ID.
     d.handle_datagram(
         now,
@@ -693,7 +694,7 @@ fn malformed_confirmable_gets_reset_and_garbage_is_counted() {
 #[test]
 fn unexpected_responses_are_rejected() {
     let mut d = device();
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let mut p = get(5, b"", "value");
     p.header.code = MessageClass::Response(ResponseType::Content);
     send(&mut d, now, &p);
@@ -708,7 +709,7 @@ fn unexpected_responses_are_rejected() {
 #[test]
 fn an_idle_device_fits_in_two_kib() {
     let mut d = device();
-    let t0 = Instant::now();
+    let t0 = Instant::ZERO;
     register(&mut d, t0, 1, b"ob");
     for i in 0..20 {
         send(&mut d, t0, &get(100 + i, b"x", "big"));
@@ -735,7 +736,7 @@ proptest! {
     #[test]
     fn arbitrary_datagrams_never_break_the_endpoint(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut d = device();
-        let now = Instant::now();
+        let now = Instant::ZERO;
         d.handle_datagram(now, peer(), &bytes);
         let out = recv_all(&mut d);
         prop_assert!(out.len() <= 2);
@@ -748,7 +749,7 @@ proptest! {
     #[test]
     fn mutated_requests_get_well_formed_answers(flip in 0usize..64, bit in 0u8..8, path in "[a-z]{1,8}(/[a-z]{1,8}){0,2}") {
         let mut d = device();
-        let now = Instant::now();
+        let now = Instant::ZERO;
         let mut bytes = get(1, b"t", &path).to_bytes().unwrap();
         let i = flip % bytes.len();
         bytes[i] ^= 1 << bit;

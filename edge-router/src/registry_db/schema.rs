@@ -3,6 +3,12 @@
 //! Migration `n` (1-based) moves `user_version` from `n - 1` to `n`; each runs in the same
 //! transaction as its version bump. A file whose version is newer than this build knows is
 //! refused rather than guessed at.
+//!
+//! | version | what |
+//! |---|---|
+//! | 1 | devices, their prefixes, the audit trail (append-only triggers), `meta` |
+//! | 2 | `oscore_state`: the edge's sender marks and replay floors per device context |
+//! | 3 | `devices.secret_fp` with a UNIQUE index: no two devices share a master secret ([`super::unique`]) |
 
 use std::path::Path;
 use std::time::Duration;
@@ -70,6 +76,12 @@ const MIGRATIONS: &[&str] = &[
         replay_floor INTEGER NOT NULL CHECK (replay_floor >= 0),
         updated_us   INTEGER NOT NULL
     ) STRICT;
+    ",
+    // 3: every master secret is unique: a keyed fingerprint per device (see `unique`). It needs
+    // the seal key, so existing rows are filled in by `unique::fill` on the first open with it.
+    r"
+    ALTER TABLE devices ADD COLUMN secret_fp BLOB;
+    CREATE UNIQUE INDEX devices_by_secret ON devices (secret_fp);
     ",
 ];
 

@@ -14,9 +14,9 @@
 //! After a restart the device is built from the stored state with
 //! [`SecurityContext::restore_state`].
 
+use crate::time::Instant;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::config::Config;
 use super::endpoint::{Endpoint, Event, RequestId, RequestOutcome, SeparateError, Transmit};

@@ -8,9 +8,11 @@
 //! Every input path answers bad input with a CoAP error code or a counted drop (see [`Stats`]);
 //! none panics.
 
+use core::time::Duration;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+
+use crate::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 

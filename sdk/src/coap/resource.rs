@@ -5,9 +5,9 @@
 //! plain `fn` pointers that get the device's own state `S` by `&mut`, so the tree holds no
 //! per-device data.
 
+use crate::time::Instant;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 pub use coap_lite::RequestType as Method;
 pub use coap_lite::ResponseType as Code;

@@ -1,7 +1,9 @@
 //! Registration with a CoRE Resource Directory (RFC 9176 §5.3), with LwM2M's `b` binding.
 
+use core::time::Duration;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+
+use crate::time::Instant;
 
 use crate::coap::{
     ClientRequest, Code, Endpoint, Method, RequestId, RequestOutcome, content_format,

@@ -1,8 +1,10 @@
 //! Telemetry reports: `POST /t` with a SenML body, one at a time, retried after 5.03.
 
+use core::time::Duration;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+
+use crate::time::Instant;
 
 use crate::coap::{ClientRequest, Code, Endpoint, Method, RequestId, RequestOutcome};
 

@@ -1,8 +1,8 @@
 //! The client role of an [`Endpoint`]: requests this device sends (registration, telemetry),
 //! matched to their responses — piggybacked on the ACK, or separate (RFC 7252 §5.2).
 
+use crate::time::Instant;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 

@@ -31,6 +31,7 @@ use super::{Endpoint, RequestId, Token};
 use crate::coap::resource::{Code, Method, ResourceId, ResourceTree, WELL_KNOWN_CORE};
 use crate::coap::wire;
 use crate::oscore::{self, DurableState, OscoreError, RequestInfo, SecurityContext};
+use crate::time::Instant;
 
 /// Verified requests held for a durable replay floor, at most. Past it a verified request is
 /// dropped unanswered (counted): the store is failing, and the client retries later.
@@ -298,7 +299,7 @@ impl Endpoint {
     /// Confirms that `mark` is durable and sends the requests that waited for it. Notifications
     /// that waited are named by [`Endpoint::take_held_notifications`]; a
     /// [`Device`](crate::coap::Device) sends them itself.
-    pub fn persisted(&mut self, now: std::time::Instant, mark: u64) {
+    pub fn persisted(&mut self, now: Instant, mark: u64) {
         if let Some(secure) = self.secure.as_deref_mut() {
             secure.ctx.persisted(mark);
         }
@@ -323,7 +324,7 @@ impl Endpoint {
     /// out, and verified requests that waited for their replay floor are served by `tree` now.
     pub fn state_persisted<S>(
         &mut self,
-        now: std::time::Instant,
+        now: Instant,
         state: DurableState,
         tree: &ResourceTree<S>,
         app: &mut S,

@@ -8,9 +8,15 @@
 //! Every input path answers bad input with a CoAP error code or a counted drop (see [`Stats`]);
 //! none panics.
 
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use alloc::collections::VecDeque;
+use core::net::SocketAddr;
 use core::time::Duration;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 
 use crate::time::Instant;
 
@@ -312,38 +318,38 @@ impl Endpoint {
 
     /// Bytes this endpoint holds: the struct and everything it owns on the heap.
     pub fn memory_footprint(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.seen.capacity() * std::mem::size_of::<Seen>()
+        core::mem::size_of::<Self>()
+            + self.seen.capacity() * core::mem::size_of::<Seen>()
             + self
                 .seen
                 .iter()
                 .map(|s| s.reply.as_ref().map_or(0, |r| r.len()))
                 .sum::<usize>()
-            + self.observers.capacity() * std::mem::size_of::<Observer>()
-            + self.in_flight.capacity() * std::mem::size_of::<InFlight>()
+            + self.observers.capacity() * core::mem::size_of::<Observer>()
+            + self.in_flight.capacity() * core::mem::size_of::<InFlight>()
             + self
                 .in_flight
                 .iter()
                 .map(|f| f.contents.len())
                 .sum::<usize>()
-            + self.uploads.capacity() * std::mem::size_of::<Upload>()
+            + self.uploads.capacity() * core::mem::size_of::<Upload>()
             + self
                 .uploads
                 .iter()
                 .map(|u| u.body.capacity())
                 .sum::<usize>()
-            + self.deferred.capacity() * std::mem::size_of::<Deferred>()
-            + self.transmits.capacity() * std::mem::size_of::<Transmit>()
+            + self.deferred.capacity() * core::mem::size_of::<Deferred>()
+            + self.transmits.capacity() * core::mem::size_of::<Transmit>()
             + self
                 .transmits
                 .iter()
                 .map(|t| t.contents.capacity())
                 .sum::<usize>()
-            + self.events.capacity() * std::mem::size_of::<Event>()
-            + self.exchanges.capacity() * std::mem::size_of::<client::Exchange>()
-            + self.outcomes.capacity() * std::mem::size_of::<(RequestId, RequestOutcome)>()
+            + self.events.capacity() * core::mem::size_of::<Event>()
+            + self.exchanges.capacity() * core::mem::size_of::<client::Exchange>()
+            + self.outcomes.capacity() * core::mem::size_of::<(RequestId, RequestOutcome)>()
             + self.secure.as_ref().map_or(0, |s| s.memory_footprint())
-            + self.bindings() * std::mem::size_of::<RequestInfo>()
+            + self.bindings() * core::mem::size_of::<RequestInfo>()
     }
 
     /// OSCORE request bindings held for observers, deferred answers and pending requests.
@@ -707,11 +713,11 @@ impl Endpoint {
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
         let token = Token::from_slice(packet.get_token());
         let (packet, info) = match self.secure.as_deref_mut().map(|s| s.gate(packet)) {
-            None | Some(Gate::Open) => (std::borrow::Cow::Borrowed(packet), None),
+            None | Some(Gate::Open) => (alloc::borrow::Cow::Borrowed(packet), None),
             Some(Gate::Verified(request, binding)) => {
                 match self.admit(peer, message_id, confirmable, token, request, binding) {
                     Admit::Serve(request, binding) => {
-                        (std::borrow::Cow::Owned(request), Some(binding))
+                        (alloc::borrow::Cow::Owned(request), Some(binding))
                     }
                     Admit::Held | Admit::Dropped => {
                         // Its retransmissions are duplicates until the answer exists.

@@ -22,8 +22,11 @@
 //! notifications as "resource changed" (the observer gets the then current state once a mark is
 //! confirmed). Responses bound to a request's nonce need no number and are never held.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use alloc::collections::VecDeque;
+use core::net::SocketAddr;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
@@ -130,17 +133,17 @@ impl Secure {
     /// Bytes held on the heap for OSCORE (approximate: the held messages' bodies and options
     /// are counted by their payloads).
     pub(super) fn memory_footprint(&self) -> usize {
-        std::mem::size_of::<Secure>()
+        core::mem::size_of::<Secure>()
             + self.ctx.sender_id().len()
             + self.ctx.recipient_id().len()
-            + self.held_requests.capacity() * std::mem::size_of::<HeldRequest>()
+            + self.held_requests.capacity() * core::mem::size_of::<HeldRequest>()
             + self
                 .held_requests
                 .iter()
                 .map(|h| h.packet.payload.len())
                 .sum::<usize>()
-            + self.held_notifications.capacity() * std::mem::size_of::<ResourceId>()
-            + self.held_incoming.capacity() * std::mem::size_of::<HeldIncoming>()
+            + self.held_notifications.capacity() * core::mem::size_of::<ResourceId>()
+            + self.held_incoming.capacity() * core::mem::size_of::<HeldIncoming>()
             + self
                 .held_incoming
                 .iter()
@@ -421,7 +424,7 @@ impl Endpoint {
     pub fn take_held_notifications(&mut self) -> Vec<ResourceId> {
         self.secure
             .as_deref_mut()
-            .map(|s| std::mem::take(&mut s.held_notifications))
+            .map(|s| core::mem::take(&mut s.held_notifications))
             .unwrap_or_default()
     }
 

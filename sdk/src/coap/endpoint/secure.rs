@@ -30,6 +30,7 @@ use core::net::SocketAddr;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
+use super::request::Incoming;
 use super::{Endpoint, RequestId, Token};
 use crate::coap::resource::{Code, Method, ResourceId, ResourceTree, WELL_KNOWN_CORE};
 use crate::coap::wire;
@@ -337,17 +338,15 @@ impl Endpoint {
         }
         self.persisted(now, state.sender_mark);
         while let Some(held) = self.next_admitted() {
-            self.serve_request(
+            let request = Incoming {
                 now,
-                held.peer,
-                held.message_id,
-                held.confirmable,
-                held.token,
-                &held.packet,
-                Some(held.info),
-                tree,
-                app,
-            );
+                peer: held.peer,
+                message_id: held.message_id,
+                confirmable: held.confirmable,
+                token: held.token,
+                packet: &held.packet,
+            };
+            self.serve_request(&request, Some(held.info), tree, app);
         }
     }
 

@@ -346,6 +346,19 @@ fn spawn_subscriber(
     name: &str,
     filter: &'static str,
     clean_session: bool,
+    on_publish: impl FnMut(&str, &[u8]) + Send + 'static,
+) {
+    spawn_subscriber_as(rt, port, name, None, filter, clean_session, on_publish);
+}
+
+/// [`spawn_subscriber`] logging in with `credentials` (user name, password).
+fn spawn_subscriber_as(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    name: &str,
+    credentials: Option<(&str, &str)>,
+    filter: &'static str,
+    clean_session: bool,
     mut on_publish: impl FnMut(&str, &[u8]) + Send + 'static,
 ) {
     let mut options = MqttOptions::new(
@@ -353,6 +366,9 @@ fn spawn_subscriber(
         "::1",
         port,
     );
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user, password);
+    }
     options
         .set_clean_session(clean_session)
         .set_keep_alive(Duration::from_secs(5))
@@ -532,6 +548,10 @@ fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u6
 /// OSCORE devices and attacks against the authentication gateway, on this harness.
 #[path = "e2e_mosquitto/oscore.rs"]
 mod oscore;
+
+/// Who may command which device: the broker's ACL and the edge's allow-list and bounds.
+#[path = "e2e_mosquitto/commands.rs"]
+mod commands;
 
 // ----- the tests -----
 

@@ -604,6 +604,18 @@ fn open_configured_uses_the_registry_section() {
         key_file.display()
     ))
     .unwrap();
+    #[cfg(unix)]
+    {
+        // A key file others may read is refused, naming the file and the fix.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Registry::open_configured(&config).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("chmod 600 {}", key_file.display())),
+            "{e}"
+        );
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let mut reg = Registry::open_configured(&config).unwrap();
     assert_eq!(reg.path(), dir.path().join("nested/data/registry.db"));
     reg.add(record("dev-a", &[1], &[1; 16])).unwrap();
@@ -741,4 +753,41 @@ fn oscore_state_is_only_raised_and_starts_afresh_after_a_rotation() {
     let mut other = Registry::open(&db(&dir), Some(key())).unwrap();
     other.revoke("dev-a").unwrap();
     assert_ne!(reg.data_version().unwrap(), v);
+}
+
+/// The database, its `-wal` and its `-shm` are owner-only while the registry is open, also when
+/// the file was made readable to others before (SQLite gives its side files the database's mode).
+#[cfg(unix)]
+#[test]
+fn the_database_and_its_wal_and_shm_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let side = |p: &std::path::Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    // a fresh registry, written to while open
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    reg.add(record("dev-a", &[1], &[1; 16])).unwrap();
+    for p in [path.clone(), side(&path, "-wal"), side(&path, "-shm")] {
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    drop(reg);
+    // a database someone made readable to all (a copy, a chmod), with side files of that mode
+    // left behind (a crash): all owner-only again once opened
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let p = side(&path, suffix);
+        std::fs::write(&p, [0_u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    reg.add(record("dev-b", &[2], &[2; 16])).unwrap();
+    for p in [path.clone(), side(&path, "-wal"), side(&path, "-shm")] {
+        assert!(p.exists(), "{}", p.display());
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
 }

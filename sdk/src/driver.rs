@@ -5,15 +5,16 @@
 //! credentials it also writes the state the device asks for (sequence-number mark and replay
 //! floor) to a [`MarkStore`] and confirms it ([`run_with_store`]).
 
-use crate::time::Instant;
 use std::future::Future;
 use std::io;
+use std::vec;
 
 use tokio::net::UdpSocket;
 
 use crate::coap::{App, Device, Event};
-use crate::oscore::DurableState;
+use crate::persist::PersistFailed;
 use crate::store::{MarkStore, NoStore};
+use crate::time::Instant;
 
 /// Largest datagram the driver receives; CoAP over UDP stays far below it.
 const MAX_DATAGRAM: usize = 64 * 1024;
@@ -54,7 +55,7 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
         while let Some(event) = device.poll_event() {
             on_event(event);
         }
-        let retry_store_at = persist(device, store);
+        let retry_store_at = retry_after_failure(device.persist(Instant::now(), store));
         while let Some(t) = device.poll_transmit() {
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                 tracing::warn!(peer = %t.destination, error = %e, "send failed; datagram dropped");
@@ -80,38 +81,14 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
     }
 }
 
-/// A core whose OSCORE state a driver writes: a [`Device`], or a device on a modem.
-pub(crate) trait Persisting {
-    fn state_to_persist(&self) -> Option<DurableState>;
-    fn state_persisted(&mut self, now: Instant, state: DurableState);
-}
-
-impl<S: App> Persisting for Device<S> {
-    fn state_to_persist(&self) -> Option<DurableState> {
-        Device::state_to_persist(self)
-    }
-
-    fn state_persisted(&mut self, now: Instant, state: DurableState) {
-        Device::state_persisted(self, now, state);
-    }
-}
-
-/// Writes every OSCORE state `device` asks for to `store` and confirms it; on a failed write
-/// (logged) returns when to try again. Shared with the NB-IoT driver.
-pub(crate) fn persist<D: Persisting, M: MarkStore + ?Sized>(
-    device: &mut D,
-    store: &mut M,
+/// Logs a failed write of the OSCORE state; returns when to try again. Shared with the NB-IoT
+/// driver.
+pub(crate) fn retry_after_failure<E: core::fmt::Display>(
+    result: Result<(), PersistFailed<E>>,
 ) -> Option<Instant> {
-    while let Some(state) = device.state_to_persist() {
-        match store.store(state) {
-            Ok(()) => device.state_persisted(Instant::now(), state),
-            Err(e) => {
-                tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, error = %e, "cannot store the OSCORE state; messages and verified requests wait");
-                return Some(Instant::now() + STORE_RETRY);
-            }
-        }
-    }
-    None
+    let PersistFailed { state, error } = result.err()?;
+    tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, %error, "cannot store the OSCORE state; messages and verified requests wait");
+    Some(Instant::now() + STORE_RETRY)
 }
 
 /// Sleeps until `deadline`; forever without one, or for one past what `std` can represent.

@@ -23,13 +23,19 @@
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
 //! | [`nbiot`] | NB-IoT: the modem over AT commands (3GPP TS 27.007, HiSilicon sockets), PSM/eDRX timer encodings, [`nbiot::NbiotDevice`] (the CoAP core on the modem, with power saving); its tokio driver over any serial stream (feature `tokio`) |
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
+//! | [`persist`] | the persistence interface of OSCORE state: the [`persist::StateStore`] trait a driver writes the sequence-number mark and replay floor through |
 //! | [`time`] | the monotonic [`time::Instant`] every core takes (microseconds since a start the driver picks) and its bridge to `std` |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
 //! | `store` | file I/O for a device's OSCORE state (sequence-number mark and replay floor): `store::MarkStore`, `store::SequenceFile`, atomic durable writes |
 //! | `driver` | the I/O loop: a tokio UDP driver that runs a device core on a socket and writes its marks (feature `tokio`) |
 
-// The NB-IoT modem core is written against `core` and `alloc` only (it builds `no_std`).
+// The crate is `no_std` + `alloc` outside its own unit tests (which use std's test harness);
+// `std` comes in only with its feature, for the modules gated on it.
+#![cfg_attr(not(test), no_std)]
+
 extern crate alloc;
+#[cfg(all(feature = "std", not(test)))]
+extern crate std;
 
 pub mod addr;
 pub mod coap;
@@ -37,6 +43,7 @@ pub mod coap;
 pub mod driver;
 pub mod nbiot;
 pub mod oscore;
+pub mod persist;
 pub mod senml;
 #[cfg(feature = "std")]
 pub mod store;

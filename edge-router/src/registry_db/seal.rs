@@ -71,6 +71,17 @@ pub enum SealError {
         /// Why.
         source: std::io::Error,
     },
+    /// The key file can be read or written by its group or by others.
+    #[error(
+        "the seal key file {path} is open to its group or others (mode {mode:03o}): it must be \
+         owner-only; run `chmod 600 {path}`"
+    )]
+    KeyFileExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The operating system's random source failed.
     #[error("no random bytes from the operating system: {0}")]
     Random(getrandom::Error),
@@ -129,19 +140,33 @@ impl SealKey {
         Self::from_bytes(&bytes)
     }
 
-    /// A key from a file holding 64 hex digits (as written by `v6iot-edge devices keygen`).
+    /// A key from a file holding 64 hex digits (as written by `v6iot-edge devices keygen`,
+    /// mode 0600). On Unix the file must be owner-only: a key file its group or others may
+    /// read or write is refused (as ssh refuses such a private key).
     ///
     /// # Errors
     ///
-    /// [`SealError::KeyFile`] when unreadable, else as [`SealKey::from_hex`].
+    /// [`SealError::KeyFile`] when unreadable, [`SealError::KeyFileExposed`] when open to the
+    /// group or others, else as [`SealKey::from_hex`].
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| SealError::KeyFile {
+        let key_file = |source| SealError::KeyFile {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(key_file)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = file.metadata().map_err(key_file)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(SealError::KeyFileExposed {
                     path: path.to_owned(),
-                    source,
-                })?,
-            );
+                    mode,
+                });
+            }
+        }
+        let mut text = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(key_file)?;
         Self::from_hex(&text)
     }
 
@@ -235,6 +260,29 @@ mod tests {
 
     fn key(byte: u8) -> SealKey {
         SealKey::from_bytes(&[byte; 32]).unwrap()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_open_to_group_or_others_is_refused_by_name() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seal.key");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = SealKey::from_file(&path).unwrap_err();
+            assert!(matches!(e, SealError::KeyFileExposed { mode: m, .. } if m == mode));
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            SealKey::from_file(&path).unwrap();
+        }
     }
 
     #[test]

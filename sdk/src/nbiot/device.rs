@@ -19,6 +19,7 @@ use core::net::SocketAddr;
 use super::modem::{Modem, ModemConfig, ModemEvent, SendError};
 use crate::coap::{App, Device, Event};
 use crate::oscore::DurableState;
+use crate::persist::{PersistFailed, StateStore};
 use crate::time::Instant;
 use crate::uplink::{Binding, PowerConfig, PowerSaving, UplinkConfig, WakeReason};
 
@@ -212,6 +213,18 @@ impl<S: App> NbiotDevice<S> {
     pub fn state_persisted(&mut self, now: Instant, state: DurableState) {
         self.device.state_persisted(now, state);
         self.pump(now);
+    }
+
+    /// Writes every OSCORE state the core asks for to `store` and confirms it (see
+    /// [`Device::persist`]); what waited for it goes to the modem.
+    pub fn persist<M: StateStore + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut M,
+    ) -> Result<(), PersistFailed<M::Error>> {
+        let result = self.device.persist(now, store);
+        self.pump(now);
+        result
     }
 
     /// Asleep now.

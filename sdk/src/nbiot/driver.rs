@@ -5,28 +5,18 @@
 
 use std::future::Future;
 use std::io;
+use std::vec;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::device::{NbiotDevice, NbiotEvent};
 use crate::coap::App;
-use crate::driver::{Persisting, persist, sleep_until};
-use crate::oscore::DurableState;
+use crate::driver::{retry_after_failure, sleep_until};
 use crate::store::{MarkStore, NoStore};
 use crate::time::Instant;
 
 /// Bytes read from the serial line at once.
 const READ_CHUNK: usize = 4096;
-
-impl<S: App> Persisting for NbiotDevice<S> {
-    fn state_to_persist(&self) -> Option<DurableState> {
-        NbiotDevice::state_to_persist(self)
-    }
-
-    fn state_persisted(&mut self, now: Instant, state: DurableState) {
-        NbiotDevice::state_persisted(self, now, state);
-    }
-}
 
 /// Runs `device` on `serial` until `shutdown` completes, handing each event to `on_event`.
 /// For a device without OSCORE credentials; one with credentials needs [`run_with_store`].
@@ -56,7 +46,7 @@ pub async fn run_with_store<S: App, L: AsyncRead + AsyncWrite + Unpin, M: MarkSt
         while let Some(event) = device.poll_event() {
             on_event(event);
         }
-        let retry_store_at = persist(device, store);
+        let retry_store_at = retry_after_failure(device.persist(Instant::now(), store));
         while let Some(bytes) = device.poll_serial() {
             serial.write_all(&bytes).await?;
         }

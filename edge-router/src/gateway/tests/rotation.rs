@@ -83,6 +83,7 @@ fn a_batch_for_a_rotated_context_does_not_raise_the_new_contexts_mark() {
     };
     // A command for the device: with nothing durable for the new key, nothing may go out.
     g.handle_command(now, T0 + 1000, valve_command("r1"));
+    journal_durable(&mut g, now, T0 + 1000);
     assert!(checked(&mut g, 0).is_empty());
     // The new context's own batch comes next and carries the new fingerprint.
     let fresh = g.poll_persist().expect("a batch for the new context");

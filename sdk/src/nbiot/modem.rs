@@ -173,6 +173,7 @@ enum Tag {
     Setup(usize),
     QueryRegistration,
     Address,
+    CloseStale,
     OpenSocket,
     Send,
     Receive,
@@ -204,6 +205,9 @@ pub struct Modem {
     registered: bool,
     address: Option<Ipv6Addr>,
     socket: Option<u8>,
+    /// The socket of a bring-up before this one (a modem that recovered may still have it
+    /// open): closed before a new one is opened.
+    stale_socket: Option<u8>,
     /// An `AT+CGPADDR` is out while ready (after a registration URC).
     readdressing: bool,
     sending: bool,
@@ -228,6 +232,7 @@ impl Modem {
             registered: false,
             address: None,
             socket: None,
+            stale_socket: None,
             readdressing: false,
             sending: false,
             reading: false,
@@ -246,7 +251,7 @@ impl Modem {
         self.stats.bring_ups += 1;
         self.phase = Phase::Setup;
         self.registered = false;
-        self.socket = None;
+        self.stale_socket = self.socket.take().or(self.stale_socket);
         self.sending = false;
         self.reading = false;
         self.readdressing = false;
@@ -459,6 +464,7 @@ impl Modem {
                     }
                 }
             }
+            Tag::CloseStale => {}
             Tag::Send => {
                 self.sending = false;
                 self.stats.sent += 1;
@@ -474,6 +480,8 @@ impl Modem {
         let mut command = command;
         command.truncate(32);
         match tag {
+            // The old socket was gone already: nothing to report.
+            Tag::CloseStale => return,
             Tag::Send => {
                 self.sending = false;
                 self.stats.send_failures += 1;
@@ -497,6 +505,7 @@ impl Modem {
                 .unwrap_or_default(),
             Tag::QueryRegistration => "AT+CEREG?".into(),
             Tag::Address => "AT+CGPADDR=1".into(),
+            Tag::CloseStale => "AT+NSOCL".into(),
             Tag::OpenSocket => "AT+NSOCR".into(),
             Tag::Send => "AT+NSOST".into(),
             Tag::Receive => "AT+NSORF".into(),
@@ -584,8 +593,17 @@ impl Modem {
     }
 
     fn open_socket(&mut self, now: Instant) {
-        let text = format!("AT+NSOCR=DGRAM,17,{},1", self.config.local_port);
         let timeout = self.config.command_timeout;
+        if let Some(old) = self.stale_socket.take() {
+            self.command(
+                now,
+                format!("AT+NSOCL={old}"),
+                None,
+                timeout,
+                Tag::CloseStale,
+            );
+        }
+        let text = format!("AT+NSOCR=DGRAM,17,{},1", self.config.local_port);
         self.command(now, text, None, timeout, Tag::OpenSocket);
     }
 

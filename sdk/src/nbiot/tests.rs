@@ -231,6 +231,45 @@ fn a_modem_that_stops_mid_command_recovers_and_nothing_is_mismatched() {
     )));
 }
 
+/// A modem that stops answering altogether is reported unresponsive; when it answers again the
+/// bring-up runs once more (it may have restarted) and the socket it may still hold is closed
+/// before a new one is opened.
+#[test]
+fn a_modem_back_from_the_dead_is_set_up_again_and_its_old_socket_closed() {
+    let mut m = ready_modem();
+    let _ = events(&mut m);
+    m.send(t(3000), edge(), b"a").unwrap();
+    let _ = wrote(&mut m);
+    let mut now = t(3000);
+    let mut seen = Vec::new();
+    while !seen.contains(&ModemEvent::Unresponsive) {
+        now = m.poll_timeout().unwrap();
+        m.handle_timeout(now);
+        let _ = wrote(&mut m);
+        seen.extend(events(&mut m));
+        assert!(now < t(60_000));
+    }
+    assert!(!m.is_responsive());
+    m.handle_serial(now, b"\r\n+CFUN: 1\r\n\r\nOK\r\n");
+    assert!(events(&mut m).contains(&ModemEvent::Recovered));
+    play(&mut m, now, &BRING_UP[..8]);
+    play(
+        &mut m,
+        now,
+        &[
+            ("AT+CEREG?\r", "+CEREG: 4,1\r\nOK\r\n"),
+            (
+                "AT+CGPADDR=1\r",
+                "+CGPADDR: 1,\"2001:DB8:100::7\"\r\nOK\r\n",
+            ),
+            ("AT+NSOCL=1\r", "OK\r\n"),
+            ("AT+NSOCR=DGRAM,17,5683,1\r", "1\r\nOK\r\n"),
+        ],
+    );
+    assert!(m.is_ready());
+    assert_eq!(m.stats().bring_ups, 2);
+}
+
 /// Garbage, binary noise, overlong and partial lines, unknown and malformed URCs between the
 /// lines of a real transcript: dropped and counted, the transcript's meaning intact.
 #[test]

@@ -201,8 +201,7 @@ fn drive(
             );
         }
     });
-    let events = events.lock().unwrap().clone();
-    events
+    events.lock().unwrap().clone()
 }
 
 fn in_private_network<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {

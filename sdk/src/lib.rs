@@ -14,6 +14,7 @@
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
 //! | [`store`] | file I/O for a device's OSCORE state (sequence-number mark and replay floor): [`store::MarkStore`], [`store::SequenceFile`], atomic durable writes |
+//! | [`lowpan`] | 6LoWPAN: stateful IPHC with contexts, RFC 4944 fragmentation and bounded reassembly, neighbour discovery with 6CO, the adaptation layer, the 6LoWPAN device |
 //! | [`radio`] | IEEE 802.15.4 radios: the [`radio::Radio`] trait, frames with and without FCS, MAC data frames, ZEP v2, pcap captures, in-memory radios; ZEP over UDP and the Linux raw socket (feature `std`) |
 //! | [`driver`] | the I/O loop: a tokio UDP driver that runs a device core on a socket and writes its marks (feature `tokio`) |
 
@@ -23,6 +24,7 @@ pub mod addr;
 pub mod coap;
 #[cfg(feature = "tokio")]
 pub mod driver;
+pub mod lowpan;
 pub mod oscore;
 pub mod radio;
 pub mod senml;

@@ -1,0 +1,1 @@
+//! A 6LoWPAN device (work in progress).

@@ -100,7 +100,9 @@ impl ContextTable {
     /// Context `id`, if set.
     #[must_use]
     pub fn get(&self, id: u8) -> Option<&Context> {
-        self.slots.get(usize::from(id & 0x0f)).and_then(Option::as_ref)
+        self.slots
+            .get(usize::from(id & 0x0f))
+            .and_then(Option::as_ref)
     }
 
     /// The contexts that may compress, with their IDs.
@@ -124,11 +126,16 @@ mod tests {
     #[test]
     fn overlay_and_match() {
         let c = Context::new("2001:db8:1200:305:ffff::".parse().unwrap(), 64);
-        assert_eq!(c.prefix(), "2001:db8:1200:305::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            c.prefix(),
+            "2001:db8:1200:305::".parse::<Ipv6Addr>().unwrap()
+        );
         let low = Ipv6Addr::new(0, 0, 0, 0, 0x12, 0x3456, 0x78ab, 0xcdef).octets();
         assert_eq!(
             Ipv6Addr::from(c.overlay(low)),
-            "2001:db8:1200:305:12:3456:78ab:cdef".parse::<Ipv6Addr>().unwrap()
+            "2001:db8:1200:305:12:3456:78ab:cdef"
+                .parse::<Ipv6Addr>()
+                .unwrap()
         );
         assert!(c.matches(&c.overlay(low)));
         assert!(!c.matches(&Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x306, 0, 0, 0, 1).octets()));
@@ -148,7 +155,12 @@ mod tests {
         let mut off = c;
         off.compress = false;
         t.set(5, off);
-        assert_eq!(t.for_compression().map(|(id, _)| id).collect::<alloc::vec::Vec<_>>(), [3]);
+        assert_eq!(
+            t.for_compression()
+                .map(|(id, _)| id)
+                .collect::<alloc::vec::Vec<_>>(),
+            [3]
+        );
         t.remove(3);
         assert!(t.get(3).is_none());
     }

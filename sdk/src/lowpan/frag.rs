@@ -119,9 +119,9 @@ pub fn fragment(
     let max_payload = max_payload.min(buf.len());
     if header.len() + rest.len() <= max_payload {
         let n = header.len() + rest.len();
-        buf[..header.len()].copy_from_slice(header);
-        if let Some(dst) = buf.get_mut(header.len()..n) {
-            dst.copy_from_slice(rest);
+        if let Some((h, r)) = buf.get_mut(..n).map(|b| b.split_at_mut(header.len())) {
+            h.copy_from_slice(header);
+            r.copy_from_slice(rest);
         }
         emit(buf.get(..n).unwrap_or_default());
         return Ok(1);
@@ -136,11 +136,11 @@ pub fn fragment(
     let room = max_payload.saturating_sub(FRAG1_HEADER_LEN + header.len());
     let first_data = ((consumed + room) / 8 * 8).saturating_sub(consumed);
     let room_n = max_payload.saturating_sub(FRAGN_HEADER_LEN) / 8 * 8;
-    if first_data == 0 || room_n == 0 || (consumed + first_data) % 8 != 0 {
+    if first_data == 0 || room_n == 0 || !(consumed + first_data).is_multiple_of(8) {
         return Err(FragmentError::FrameTooSmall(max_payload));
     }
     let mut n = FRAG1_HEADER_LEN;
-    buf[..n].copy_from_slice(&[DISPATCH_FRAG1 | s0, s1, t0, t1]);
+    buf[..FRAG1_HEADER_LEN].copy_from_slice(&[DISPATCH_FRAG1 | s0, s1, t0, t1]);
     for part in [header, rest.get(..first_data).unwrap_or_default()] {
         if let Some(dst) = buf.get_mut(n..n + part.len()) {
             dst.copy_from_slice(part);
@@ -151,7 +151,9 @@ pub fn fragment(
     let mut count = 1;
     let mut sent = first_data;
     while sent < rest.len() {
-        let chunk = rest.get(sent..(sent + room_n).min(rest.len())).unwrap_or_default();
+        let chunk = rest
+            .get(sent..(sent + room_n).min(rest.len()))
+            .unwrap_or_default();
         // Offsets are multiples of 8 below 2048, so offset / 8 fits a byte.
         let offset = ((consumed + sent) / 8) as u8;
         buf[..FRAGN_HEADER_LEN].copy_from_slice(&[DISPATCH_FRAGN | s0, s1, t0, t1, offset]);
@@ -348,7 +350,7 @@ impl<T: Copy + Ord + Add<Duration, Output = T>> Reassembly<T> {
             return self.refuse(FragDrop::BadSize);
         }
         let end = offset + data.len();
-        if data.is_empty() || end > size || offset % 8 != 0 || (end != size && end % 8 != 0) {
+        if data.is_empty() || end > size || !offset.is_multiple_of(8) || (end != size && !end.is_multiple_of(8)) {
             return self.refuse(FragDrop::BadRange);
         }
         if !self.entries.contains_key(&key) {
@@ -456,7 +458,10 @@ mod tests {
         assert_eq!(t.insert(Ms(1), k, 0, &data[..48]), Ok(None));
         assert_eq!(t.in_progress(), 1);
         assert_eq!(t.buffered_bytes(), 100);
-        assert_eq!(t.insert(Ms(2), k, 48, &data[48..96]), Ok(Some(data.clone())));
+        assert_eq!(
+            t.insert(Ms(2), k, 48, &data[48..96]),
+            Ok(Some(data.clone()))
+        );
         assert_eq!(t.in_progress(), 0);
         assert_eq!(t.stats().completed, 1);
     }
@@ -475,8 +480,14 @@ mod tests {
         assert_eq!(t.insert(Ms(0), k, 60, &data[..8]), Err(FragDrop::BadRange));
         assert_eq!(t.insert(Ms(0), k, 4, &data[..8]), Err(FragDrop::BadRange));
         assert_eq!(t.insert(Ms(0), k, 0, &[]), Err(FragDrop::BadRange));
-        assert_eq!(t.insert(Ms(0), key(A, 1, 0), 0, &data[..8]), Err(FragDrop::BadSize));
-        assert_eq!(t.insert(Ms(0), key(A, 1, 2048), 0, &data[..8]), Err(FragDrop::BadSize));
+        assert_eq!(
+            t.insert(Ms(0), key(A, 1, 0), 0, &data[..8]),
+            Err(FragDrop::BadSize)
+        );
+        assert_eq!(
+            t.insert(Ms(0), key(A, 1, 2048), 0, &data[..8]),
+            Err(FragDrop::BadSize)
+        );
         let s = t.stats();
         assert_eq!((s.duplicates, s.overlaps, s.bad_fragments), (1, 1, 6));
     }
@@ -488,12 +499,18 @@ mod tests {
         // Source A: 2 datagrams, its limit.
         assert_eq!(t.insert(Ms(0), key(A, 1, 64), 0, &piece), Ok(None));
         assert_eq!(t.insert(Ms(0), key(A, 2, 64), 0, &piece), Ok(None));
-        assert_eq!(t.insert(Ms(0), key(A, 3, 64), 0, &piece), Err(FragDrop::SourceLimit));
+        assert_eq!(
+            t.insert(Ms(0), key(A, 3, 64), 0, &piece),
+            Err(FragDrop::SourceLimit)
+        );
         // More pieces of A's datagrams in progress are still taken.
         assert_eq!(t.insert(Ms(0), key(A, 1, 64), 8, &piece), Ok(None));
         // Source B: one more fills the table (3).
         assert_eq!(t.insert(Ms(0), key(B, 1, 64), 0, &piece), Ok(None));
-        assert_eq!(t.insert(Ms(0), key(B, 2, 64), 0, &piece), Err(FragDrop::TableFull));
+        assert_eq!(
+            t.insert(Ms(0), key(B, 2, 64), 0, &piece),
+            Err(FragDrop::TableFull)
+        );
         assert_eq!(t.in_progress(), 3);
         let s = t.stats();
         assert_eq!((s.source_limit, s.table_full), (1, 1));
@@ -548,7 +565,10 @@ mod tests {
             } else {
                 (h.offset, data.to_vec())
             };
-            if let Some(d) = t.insert(Ms(0), key(A, h.tag, h.size), offset, &data).unwrap() {
+            if let Some(d) = t
+                .insert(Ms(0), key(A, h.tag, h.size), offset, &data)
+                .unwrap()
+            {
                 done = Some(d);
             }
         }
@@ -561,12 +581,18 @@ mod tests {
             consumed: 48,
             rest: &big,
         };
-        assert_eq!(fragment(d, 1, 80, |_| {}), Err(FragmentError::TooLarge(2048)));
+        assert_eq!(
+            fragment(d, 1, 80, |_| {}),
+            Err(FragmentError::TooLarge(2048))
+        );
         let d = Datagram {
             header: &header,
             consumed: 48,
             rest: &rest,
         };
-        assert_eq!(fragment(d, 1, 12, |_| {}), Err(FragmentError::FrameTooSmall(12)));
+        assert_eq!(
+            fragment(d, 1, 12, |_| {}),
+            Err(FragmentError::FrameTooSmall(12))
+        );
     }
 }

@@ -461,7 +461,10 @@ fn read_iid_addr(
     ctx: Option<&Context>,
 ) -> Result<[u8; 16], DecompressError> {
     let iid: [u8; 8] = match mode {
-        0b01 => r.take(8)?.try_into().map_err(|_| DecompressError::Truncated)?,
+        0b01 => r
+            .take(8)?
+            .try_into()
+            .map_err(|_| DecompressError::Truncated)?,
         0b10 => {
             let s = r.take(2)?;
             let (a, b) = (s.first().copied(), s.get(1).copied());
@@ -623,7 +626,11 @@ pub fn decompress(
         ll.dst,
         contexts,
     )?;
-    let udp = if nh { Some(read_udp_nhc(&mut r)?) } else { None };
+    let udp = if nh {
+        Some(read_udp_nhc(&mut r)?)
+    } else {
+        None
+    };
     let consumed = r.at;
     let header_len = IPV6_HEADER_LEN + if udp.is_some() { UDP_HEADER_LEN } else { 0 };
     let rest = data.len() - consumed;

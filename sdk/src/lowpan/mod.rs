@@ -175,7 +175,13 @@ impl<T: Copy + Ord + Add<Duration, Output = T>> Adaptation<T> {
         };
         let done = if h.first {
             let mut first = alloc::vec![0; MAX_COMPRESSED_HEADER + data.len()];
-            let d = iphc::decompress(data, &ll, &self.contexts, Some(usize::from(h.size)), &mut first)?;
+            let d = iphc::decompress(
+                data,
+                &ll,
+                &self.contexts,
+                Some(usize::from(h.size)),
+                &mut first,
+            )?;
             let rest = data.get(d.consumed..).unwrap_or_default();
             let n = d.header_len + rest.len();
             if let Some(dst) = first.get_mut(d.header_len..n) {

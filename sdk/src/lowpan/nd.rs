@@ -277,7 +277,13 @@ impl Icmpv6 {
         if code != 0 {
             return Err(NdError::Malformed);
         }
-        let need = |n: usize| if msg.len() < n { Err(NdError::Truncated) } else { Ok(()) };
+        let need = |n: usize| {
+            if msg.len() < n {
+                Err(NdError::Truncated)
+            } else {
+                Ok(())
+            }
+        };
         match kind {
             128 | 129 => {
                 need(8)?;
@@ -327,7 +333,11 @@ impl Icmpv6 {
         let mut m = Vec::with_capacity(64);
         match self {
             Icmpv6::EchoRequest { id, seq, data } | Icmpv6::EchoReply { id, seq, data } => {
-                let kind = if matches!(self, Icmpv6::EchoRequest { .. }) { 128 } else { 129 };
+                let kind = if matches!(self, Icmpv6::EchoRequest { .. }) {
+                    128
+                } else {
+                    129
+                };
                 m.extend_from_slice(&[kind, 0, 0, 0]);
                 m.extend_from_slice(&id.to_be_bytes());
                 m.extend_from_slice(&seq.to_be_bytes());
@@ -350,7 +360,8 @@ impl Icmpv6 {
                 target,
                 target_ll,
             } => {
-                let flags = u8::from(*router) << 7 | u8::from(*solicited) << 6 | u8::from(*override_) << 5;
+                let flags =
+                    u8::from(*router) << 7 | u8::from(*solicited) << 6 | u8::from(*override_) << 5;
                 m.extend_from_slice(&[136, 0, 0, 0, flags, 0, 0, 0]);
                 m.extend_from_slice(&target.octets());
                 push_ll(&mut m, OPT_TLLAO, *target_ll);
@@ -397,7 +408,14 @@ fn emit_ra(m: &mut Vec<u8>, ra: &RouterAdvert) {
     for c in &ra.contexts {
         // 8 bytes of prefix for contexts up to /64, 16 beyond (option length 2 or 3).
         let (units, bytes) = if c.len <= 64 { (2, 8) } else { (3, 16) };
-        m.extend_from_slice(&[OPT_6CO, units, c.len, u8::from(c.compress) << 4 | (c.cid & 0x0f), 0, 0]);
+        m.extend_from_slice(&[
+            OPT_6CO,
+            units,
+            c.len,
+            u8::from(c.compress) << 4 | (c.cid & 0x0f),
+            0,
+            0,
+        ]);
         m.extend_from_slice(&c.lifetime_minutes.to_be_bytes());
         m.extend_from_slice(c.prefix.octets().get(..bytes).unwrap_or_default());
     }
@@ -425,7 +443,12 @@ pub fn packet(src: Ipv6Addr, dst: Ipv6Addr, message: &Icmpv6) -> Vec<u8> {
 
 /// Parses the ICMPv6 message of the IPv6 `packet` from `src` to `dst` with hop limit `hop`,
 /// checking its checksum, and (for neighbour discovery, types 133–137) that `hop` is 255.
-pub fn parse_packet(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, message: &[u8]) -> Result<Icmpv6, NdError> {
+pub fn parse_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    message: &[u8],
+) -> Result<Icmpv6, NdError> {
     if upper_layer_checksum(src, dst, PROTO_ICMPV6, message) != 0 {
         return Err(NdError::Checksum);
     }
@@ -474,7 +497,9 @@ mod tests {
         assert_eq!(bytes.len(), 88);
         assert_eq!(
             &bytes[72..],
-            &[34, 2, 64, 0x10, 0, 0, 0, 60, 0x20, 0x01, 0x0d, 0xb8, 0x12, 0x00, 0x03, 0x05]
+            &[
+                34, 2, 64, 0x10, 0, 0, 0, 60, 0x20, 0x01, 0x0d, 0xb8, 0x12, 0x00, 0x03, 0x05
+            ]
         );
         assert_eq!(Icmpv6::parse(&bytes), Ok(msg));
     }
@@ -487,17 +512,25 @@ mod tests {
         assert_eq!(p[7], 255);
         let msg = &p[40..];
         assert!(parse_packet(src, ALL_NODES, 255, msg).is_ok());
-        assert_eq!(parse_packet(src, ALL_NODES, 64, msg), Err(NdError::NotIcmpv6));
+        assert_eq!(
+            parse_packet(src, ALL_NODES, 64, msg),
+            Err(NdError::NotIcmpv6)
+        );
         let mut bad = msg.to_vec();
         bad[20] ^= 1;
-        assert_eq!(parse_packet(src, ALL_NODES, 255, &bad), Err(NdError::Checksum));
+        assert_eq!(
+            parse_packet(src, ALL_NODES, 255, &bad),
+            Err(NdError::Checksum)
+        );
     }
 
     #[test]
     fn solicitations_and_advertisements_round_trip() {
         let me = LinkAddr::Extended([2, 0x12, 0x34, 0x56, 0x78, 0xab, 0xcd, 0xef]);
         for m in [
-            Icmpv6::RouterSolicit { source_ll: Some(me) },
+            Icmpv6::RouterSolicit {
+                source_ll: Some(me),
+            },
             Icmpv6::NeighborSolicit {
                 target: "2001:db8::1".parse().unwrap(),
                 source_ll: Some(LinkAddr::Short([0x12, 0x34])),
@@ -509,7 +542,11 @@ mod tests {
                 target: "2001:db8::1".parse().unwrap(),
                 target_ll: Some(me),
             },
-            Icmpv6::EchoRequest { id: 1, seq: 2, data: alloc::vec![1, 2, 3] },
+            Icmpv6::EchoRequest {
+                id: 1,
+                seq: 2,
+                data: alloc::vec![1, 2, 3],
+            },
         ] {
             assert_eq!(Icmpv6::parse(&m.emit()), Ok(m));
         }

@@ -93,7 +93,6 @@ impl Ip {
     }
 }
 
-
 fn compress_with(packet: &[u8], ll: LinkAddrs, ctx: &ContextTable, cid: CidByte) -> Vec<u8> {
     let mut out = [0; 64];
     let c = iphc::compress(

@@ -350,7 +350,11 @@ impl<T: Copy + Ord + Add<Duration, Output = T>> Reassembly<T> {
             return self.refuse(FragDrop::BadSize);
         }
         let end = offset + data.len();
-        if data.is_empty() || end > size || !offset.is_multiple_of(8) || (end != size && !end.is_multiple_of(8)) {
+        if data.is_empty()
+            || end > size
+            || !offset.is_multiple_of(8)
+            || (end != size && !end.is_multiple_of(8))
+        {
             return self.refuse(FragDrop::BadRange);
         }
         if !self.entries.contains_key(&key) {

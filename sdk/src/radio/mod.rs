@@ -93,6 +93,12 @@ impl<'a> MacFrame<'a> {
         }
     }
 
+    /// `bytes` that the crate built as a frame (a MAC header of at least 3 bytes, at most
+    /// [`MAX_MAC_FRAME`]), without checking again.
+    pub(crate) fn from_built(bytes: &'a [u8]) -> Self {
+        Self(bytes)
+    }
+
     /// The frame's bytes.
     #[must_use]
     pub fn as_bytes(&self) -> &'a [u8] {

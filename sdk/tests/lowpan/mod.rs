@@ -5,6 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use v6iot_sdk::lowpan::iphc::{
     CompressOptions, LinkAddrs, fill_udp_checksum, upper_layer_checksum,
 };
 use v6iot_sdk::lowpan::nd::{self, ContextOption, Icmpv6, PrefixInfo, RouterAdvert};
+use v6iot_sdk::oscore::{self, RequestInfo, SecurityContext};
 use v6iot_sdk::radio::MacFrame;
 use v6iot_sdk::radio::mac::{DataHeader, LinkAddr, PanId};
 
@@ -30,7 +32,10 @@ pub const ROUTER_GLOBAL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x305, 
 pub struct Received {
     pub from: SocketAddrV6,
     pub to: Ipv6Addr,
+    /// The message (the inner one, verified, when it came OSCORE-protected).
     pub packet: Packet,
+    /// Whether it came OSCORE-protected and verified.
+    pub protected: bool,
 }
 
 /// The stand-in router.
@@ -46,6 +51,10 @@ pub struct StandIn {
     pub received: Vec<Received>,
     /// Frames the router refused, by reason.
     pub refused: Vec<String>,
+    /// The edge's OSCORE context for the device, when the device has credentials.
+    pub oscore: Option<SecurityContext>,
+    /// Requests the router protected, by token, to verify their answers with.
+    sent_protected: HashMap<Vec<u8>, RequestInfo>,
     next_mid: u16,
 }
 
@@ -69,6 +78,8 @@ impl Default for StandIn {
             solicitations: 0,
             received: Vec::new(),
             refused: Vec::new(),
+            oscore: None,
+            sent_protected: HashMap::new(),
             next_mid: 0x7000,
         }
     }
@@ -223,12 +234,7 @@ impl StandIn {
                 let sport = u16::from_be_bytes([body[0], body[1]]);
                 let msg = Packet::from_bytes(&body[8..]).unwrap();
                 let from = SocketAddrV6::new(src, sport, 0, 0);
-                self.received.push(Received {
-                    from,
-                    to: dst,
-                    packet: msg.clone(),
-                });
-                self.answer(from, &msg)
+                self.take_coap(from, dst, msg)
             }
             other => {
                 self.refused.push(format!("next header {other}"));
@@ -237,17 +243,68 @@ impl StandIn {
         }
     }
 
+    /// Records a CoAP message from the device (verifying it if protected) and answers it.
+    fn take_coap(&mut self, from: SocketAddrV6, to: Ipv6Addr, msg: Packet) -> Vec<Vec<u8>> {
+        let protected = msg.get_first_option(CoapOption::Oscore).is_some();
+        let request = matches!(msg.header.code, MessageClass::Request(_));
+        let (inner, info) = match (&mut self.oscore, protected, request) {
+            (Some(ctx), true, true) => match oscore::unprotect_request(ctx, &msg) {
+                Ok((inner, info)) => (inner, Some(info)),
+                Err(e) => {
+                    self.refused.push(format!("oscore request: {e}"));
+                    return vec![];
+                }
+            },
+            (Some(ctx), true, false) => {
+                let Some(info) = self.sent_protected.get_mut(msg.get_token()) else {
+                    self.refused.push("protected answer to nothing".into());
+                    return vec![];
+                };
+                match oscore::unprotect_response(ctx, &msg, info) {
+                    Ok(inner) => (inner, None),
+                    Err(e) => {
+                        self.refused.push(format!("oscore response: {e}"));
+                        return vec![];
+                    }
+                }
+            }
+            _ => (msg.clone(), None),
+        };
+        self.received.push(Received {
+            from,
+            to,
+            packet: inner.clone(),
+            protected,
+        });
+        let Some(mut answer) = self.answer(&inner) else {
+            return vec![];
+        };
+        if let (Some(ctx), Some(mut info)) = (&mut self.oscore, info) {
+            answer = oscore::protect_response(ctx, &answer, &mut info, false).unwrap();
+        }
+        self.coap_to(from, &answer)
+    }
+
+    /// Protects a request the router sends to the device with its OSCORE context.
+    pub fn protect(&mut self, request: &Packet) -> Packet {
+        let ctx = self.oscore.as_mut().expect("an OSCORE context");
+        let (outer, info) = oscore::protect_request(ctx, request).unwrap();
+        self.sent_protected
+            .insert(request.get_token().to_vec(), info);
+        outer
+    }
+
     /// The directory and sink: 2.01 for `POST /rd`, 2.04 for `POST /t`, an empty ACK for
     /// confirmable notifications, nothing for responses.
-    fn answer(&mut self, to: SocketAddrV6, msg: &Packet) -> Vec<Vec<u8>> {
+    fn answer(&mut self, msg: &Packet) -> Option<Packet> {
         let MessageClass::Request(_) = msg.header.code else {
             if msg.header.get_type() == MessageType::Confirmable {
                 let mut ack = Packet::new();
                 ack.header.set_type(MessageType::Acknowledgement);
                 ack.header.message_id = msg.header.message_id;
-                return self.coap_to(to, &ack);
+                return Some(ack);
             }
-            return vec![];
+            return None;
         };
         let path = paths(msg);
         let mut r = Packet::new();
@@ -264,7 +321,7 @@ impl StandIn {
             Some("t") => ResponseType::Changed,
             _ => ResponseType::NotFound,
         });
-        self.coap_to(to, &r)
+        Some(r)
     }
 
     /// Requests of the device with path `p` received so far.

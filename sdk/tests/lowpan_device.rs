@@ -602,3 +602,76 @@ fn over_zep_on_loopback_tshark_decodes_every_frame_down_to_coap() {
         "reassembled payload differs: {whole:?}"
     );
 }
+
+#[test]
+fn the_blocking_driver_runs_a_device_over_zep_until_it_is_registered() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use v6iot_sdk::lowpan::driver::{self, DriverEvent};
+    use v6iot_sdk::radio::zep_udp::{ZepConfig, ZepRadio};
+    use v6iot_sdk::store::NoStore;
+
+    let dev_sock = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let router_sock = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let zep = |remote, device_id| ZepConfig {
+        remote,
+        channel: 26,
+        device_id,
+    };
+    let mut dev_radio = ZepRadio::new(
+        dev_sock.try_clone().unwrap(),
+        zep(router_sock.local_addr().unwrap(), 2),
+    );
+    let mut router_radio = ZepRadio::new(router_sock, zep(dev_sock.local_addr().unwrap(), 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_dev = Arc::clone(&stop);
+    let driver = std::thread::spawn(move || {
+        let mut dev = device(Instant::now());
+        let mut events = Vec::new();
+        driver::run(
+            &mut dev_radio,
+            &mut dev,
+            &mut NoStore,
+            |e| events.push(e),
+            // Until registered (or told to stop).
+            |d| {
+                stop_dev.load(Ordering::Relaxed)
+                    || d.coap().registration().is_some_and(|r| r.is_registered())
+            },
+        )
+        .unwrap();
+        (dev.coap().registration().unwrap().is_registered(), events)
+    });
+    // The router side, in this thread, for at most 10 s.
+    let mut router = StandIn::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0_u8; 127];
+    while router.requests_to("rd").is_empty() && Instant::now() < deadline {
+        if let Some(r) = router_radio
+            .receive(&mut buf, Duration::from_millis(100))
+            .unwrap()
+        {
+            let bytes = r.frame.as_bytes().to_vec();
+            for f in router.handle_frame(Instant::now(), &bytes) {
+                router_radio.transmit(MacFrame::new(&f).unwrap()).unwrap();
+            }
+        }
+    }
+    // The driver returns once the device has its 2.01; a stuck one is stopped after 5 s.
+    let until = Instant::now() + Duration::from_secs(5);
+    while !driver.is_finished() && Instant::now() < until {
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (registered, events) = driver.join().unwrap();
+    assert_eq!(router.solicitations, 1);
+    assert_eq!(router.requests_to("rd").len(), 1);
+    assert!(registered, "the device saw its registration's 2.01");
+    assert!(
+        matches!(
+            events.first(),
+            Some(DriverEvent::Network(LowpanEvent::Attached(_)))
+        ),
+        "{events:?}"
+    );
+}

@@ -10,12 +10,15 @@
 //! | [`nd`] | the neighbour-discovery messages a 6LoWPAN node needs: RS, RA with PIO, MTU and 6CO, NS, NA |
 //! | [`Adaptation`] | the adaptation layer as one unit: frame payload in → IPv6 packet out, IPv6 packet in → frame payloads out; used by the device and the border router |
 //! | [`device`] | a 6LoWPAN device: router discovery, SLAAC from its extended address, contexts from 6CO, the CoAP device core over UDP |
+//! | `driver` | a blocking driver: one device on one [`Radio`](crate::radio::Radio), OSCORE state written to a store (feature `std`) |
 //!
-//! Nothing here owns a radio, a socket or a clock: frames come in through `handle_*` and go out
-//! through `poll_*`, time is a parameter.
+//! Nothing here but `driver` owns a radio, a socket or a clock: frames come in through
+//! `handle_*` and go out through `poll_*`, time is a parameter.
 
 pub mod context;
 pub mod device;
+#[cfg(feature = "std")]
+pub mod driver;
 pub mod frag;
 pub mod iphc;
 pub mod nd;

@@ -3,8 +3,8 @@
 //! # Layers and the I/O boundary
 //!
 //! Everything in this crate except [`driver`], [`store`], the radios on sockets
-//! (`radio::zep_udp`, `radio::linux`, `radio::pcap::PcapRadio`) and `lowpan::driver` is *sans-IO*: plain data types and state machines
-//! that own no socket, task or clock. Time comes in as an argument (`now: Instant`), datagrams
+//! (`radio::zep_udp`, `radio::linux`, `radio::pcap::PcapRadio`) and `lowpan::driver` is
+//! *sans-IO*: plain data types and state machines that own no socket, task or clock. Time comes in as an argument (`now: Instant`), datagrams
 //! come in through `handle_*` methods and go out through `poll_*` methods.
 //!
 //! | module | job |

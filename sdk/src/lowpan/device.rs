@@ -53,6 +53,8 @@ use crate::uplink::UplinkConfig;
 
 const PROTO_UDP: u8 = 17;
 const HOP_LIMIT: u8 = 64;
+/// Network events kept for the application; older ones are dropped when it does not poll.
+const MAX_EVENTS: usize = 16;
 
 /// How a [`LowpanDevice`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +144,7 @@ pub struct LowpanStats {
     pub frames_out: u64,
     /// Frames not for this device (another destination on the shared channel).
     pub not_for_us: u64,
-    /// Frames of another PAN.
+    /// Frames of another PAN (the broadcast PAN `0xffff` is taken).
     pub other_pan: u64,
     /// Frames that are not 6LoWPAN data frames (malformed, secured, acknowledgements...).
     pub bad_mac: u64,
@@ -387,12 +389,19 @@ impl<S: App> LowpanDevice<S> {
 
     fn detach(&mut self, now: Instant) {
         self.adaptation.contexts = super::context::ContextTable::new();
-        self.events.push_back(LowpanEvent::Detached);
+        self.push_event(LowpanEvent::Detached);
         self.solicit(ALL_ROUTERS, LinkAddr::BROADCAST);
         self.state = State::Detached {
             next_rs: now + self.config.rs_interval,
             interval: (self.config.rs_interval * 2).min(self.config.max_rs_interval),
         };
+    }
+
+    fn push_event(&mut self, event: LowpanEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 
     fn solicit(&mut self, to: Ipv6Addr, to_ll: LinkAddr) {
@@ -410,7 +419,7 @@ impl<S: App> LowpanDevice<S> {
             self.stats.bad_mac += 1;
             return;
         };
-        if header.pan != self.config.pan {
+        if header.pan != self.config.pan && header.pan != PanId(0xffff) {
             self.stats.other_pan += 1;
             return;
         }
@@ -594,7 +603,7 @@ impl<S: App> LowpanDevice<S> {
             expires: now + life,
         };
         if changed {
-            self.events.push_back(LowpanEvent::Attached(at));
+            self.push_event(LowpanEvent::Attached(at));
             self.start_uplink(now, &at);
         }
     }

@@ -542,7 +542,8 @@ fn over_zep_on_loopback_tshark_decodes_every_frame_down_to_coap() {
         tshark.count(
             &pcap,
             &[],
-            "_ws.malformed || _ws.expert.severity >= \"error\" || wpan.fcs.bad"
+            // Malformed, or any expert note of warning level (0x00600000) or above.
+            "_ws.malformed || _ws.expert.severity >= 0x00600000 || wpan.fcs.bad"
         ),
         0,
         "{}",

@@ -14,9 +14,21 @@ use v6iot_sdk::radio::mac::LinkAddr;
 
 fn contexts() -> ContextTable {
     let mut t = ContextTable::new();
-    t.set(0, Context::new(Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x305, 0, 0, 0, 0), 64));
-    t.set(1, Context::new(Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0, 0, 0, 0, 0), 48));
-    t.set(2, Context::new(Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x305, 0xab, 0, 0, 0), 80));
+    t.set(
+        0,
+        Context::new(Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x305, 0, 0, 0, 0), 64),
+    );
+    t.set(
+        1,
+        Context::new(Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0, 0, 0, 0, 0), 48),
+    );
+    t.set(
+        2,
+        Context::new(
+            Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x305, 0xab, 0, 0, 0),
+            80,
+        ),
+    );
     let mut off = Context::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 8);
     off.compress = false;
     t.set(15, off);
@@ -39,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&size, payload)) = rest.split_first() else {
         return;
     };
-    let ll = LinkAddrs { src: link(sel), dst: link(sel >> 2) };
+    let ll = LinkAddrs {
+        src: link(sel),
+        dst: link(sel >> 2),
+    };
     let ctx = contexts();
     let mut out = vec![0; 2048];
     // As a FRAG1 with a datagram size.
@@ -49,13 +64,28 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let packet = out[..n].to_vec();
-    let cid_byte = if sel & 0x10 != 0 { CidByte::Always } else { CidByte::WhenNonZero };
+    let cid_byte = if sel & 0x10 != 0 {
+        CidByte::Always
+    } else {
+        CidByte::WhenNonZero
+    };
     let mut header = [0; 64];
-    let c = iphc::compress(&packet, &ll, &ctx, CompressOptions { cid_byte }, &mut header)
-        .expect("a decompressed packet compresses");
+    let c = iphc::compress(
+        &packet,
+        &ll,
+        &ctx,
+        CompressOptions { cid_byte },
+        &mut header,
+    )
+    .expect("a decompressed packet compresses");
     let mut again = header[..c.header_len].to_vec();
     again.extend_from_slice(&packet[c.consumed..]);
     let mut back = vec![0; 2048];
-    let m = iphc::decompress_packet(&again, &ll, &ctx, &mut back).expect("our own compression decompresses");
-    assert_eq!(&back[..m], &packet[..], "compress → decompress changed the packet");
+    let m = iphc::decompress_packet(&again, &ll, &ctx, &mut back)
+        .expect("our own compression decompresses");
+    assert_eq!(
+        &back[..m],
+        &packet[..],
+        "compress → decompress changed the packet"
+    );
 });

@@ -8,7 +8,7 @@
 
 use std::net::Ipv6Addr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use v6iot_sdk::addr::Eui64;
@@ -49,19 +49,44 @@ fn ra_frame() -> Vec<u8> {
             valid_lifetime: 3600,
             preferred_lifetime: 3600,
         }],
-        contexts: vec![ContextOption { cid: 0, compress: true, prefix: PREFIX, len: 64, lifetime_minutes: 60 }],
+        contexts: vec![ContextOption {
+            cid: 0,
+            compress: true,
+            prefix: PREFIX,
+            len: 64,
+            lifetime_minutes: 60,
+        }],
         ..RouterAdvert::default()
     });
-    let packet = nd::packet(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), nd::ALL_NODES, &ra);
-    let mut a: Adaptation<Instant> = Adaptation::new(ReassemblyConfig::DEVICE, CompressOptions::default(), 0);
-    let header = DataHeader { sequence: 0, pan: PAN, dst: LinkAddr::BROADCAST, src: ROUTER, ack_request: false };
+    let packet = nd::packet(
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+        nd::ALL_NODES,
+        &ra,
+    );
+    let mut a: Adaptation<Instant> =
+        Adaptation::new(ReassemblyConfig::DEVICE, CompressOptions::default(), 0);
+    let header = DataHeader {
+        sequence: 0,
+        pan: PAN,
+        dst: LinkAddr::BROADCAST,
+        src: ROUTER,
+        ack_request: false,
+    };
     let mut frame = Vec::new();
-    a.send(&packet, LinkAddrs { src: ROUTER, dst: LinkAddr::BROADCAST }, header.max_payload(), |p| {
-        let mut f = [0; 127];
-        if let Ok(n) = header.emit(p, &mut f) {
-            frame = f[..n].to_vec();
-        }
-    })
+    a.send(
+        &packet,
+        LinkAddrs {
+            src: ROUTER,
+            dst: LinkAddr::BROADCAST,
+        },
+        header.max_payload(),
+        |p| {
+            let mut f = [0; 127];
+            if let Ok(n) = header.emit(p, &mut f) {
+                frame = f[..n].to_vec();
+            }
+        },
+    )
     .expect("the RA fits a frame");
     frame
 }
@@ -80,13 +105,21 @@ fuzz_target!(|data: &[u8]| {
     };
     let now = Instant::now();
     let eui = Eui64([0x02, 0x12, 0x34, 0x56, 0x78, 0xab, 0xcd, 0xef]);
-    let mut dev = LowpanDevice::new(now, LowpanConfig::new(PAN, eui), Device::new(Config::default(), 1, tree(), NoTimers));
+    let mut dev = LowpanDevice::new(
+        now,
+        LowpanConfig::new(PAN, eui),
+        Device::new(Config::default(), 1, tree(), NoTimers),
+    );
     dev.handle_frame(now, MacFrame::new(&ra_frame()).expect("RA frame"));
     assert!(dev.address().is_some(), "the RA attaches the device");
     while dev.poll_transmit().is_some() {}
 
     let mut router: Adaptation<Instant> = Adaptation::new(
-        ReassemblyConfig { max_datagrams: 4, max_per_source: 2, timeout: Duration::from_secs(60) },
+        ReassemblyConfig {
+            max_datagrams: 4,
+            max_per_source: 2,
+            timeout: Duration::from_secs(60),
+        },
         CompressOptions::default(),
         0,
     );
@@ -98,10 +131,20 @@ fuzz_target!(|data: &[u8]| {
         };
         dev.handle_frame(t, frame);
         if let Ok((h, payload)) = DataHeader::parse(frame) {
-            let _ = router.receive(t, LinkAddrs { src: h.src, dst: h.dst }, payload);
+            let _ = router.receive(
+                t,
+                LinkAddrs {
+                    src: h.src,
+                    dst: h.dst,
+                },
+                payload,
+            );
         }
         while let Some(out) = dev.poll_transmit() {
-            assert!(DataHeader::parse(out.frame()).is_ok(), "the device sends only good frames");
+            assert!(
+                DataHeader::parse(out.frame()).is_ok(),
+                "the device sends only good frames"
+            );
         }
     }
     dev.handle_timeout(now + Duration::from_secs(3600));

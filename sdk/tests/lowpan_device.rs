@@ -18,7 +18,9 @@ mod lowpan;
 mod tshark;
 
 use std::net::SocketAddrV6;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, RequestType, ResponseType};
 use common::{Thing, config, tree};

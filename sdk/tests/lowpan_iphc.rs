@@ -17,7 +17,9 @@
 )]
 
 use std::net::Ipv6Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use v6iot_sdk::time::Instant;
 
 use proptest::prelude::*;
 use smoltcp::phy::ChecksumCapabilities;

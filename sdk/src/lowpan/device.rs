@@ -33,8 +33,6 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use core::time::Duration;
-// The CoAP core's time type; becomes the SDK's own `Instant` with the no_std work.
-use std::time::Instant;
 
 use smoltcp::wire::Ipv6Packet;
 
@@ -49,6 +47,7 @@ use crate::addr::{Eui64, InterfaceId, link_local};
 use crate::coap::{self, App};
 use crate::radio::mac::{DataHeader, LinkAddr, PanId};
 use crate::radio::{MAX_MAC_FRAME, MacFrame};
+use crate::time::Instant;
 use crate::uplink::UplinkConfig;
 
 const PROTO_UDP: u8 = 17;

@@ -2,15 +2,16 @@
 //! `wpan` interface, or any other) in the calling thread. Feature `std`.
 //!
 //! It moves frames between the radio and the device, waits on the radio until the device's
-//! next deadline, and writes the OSCORE state the device asks for to a [`MarkStore`] before
-//! confirming it, as [`crate::driver`] does for UDP. All protocol decisions stay in the core.
+//! next deadline, and writes the OSCORE state the device asks for to a [`StateStore`] (a file
+//! store is one) before confirming it, as the tokio UDP driver does. All protocol decisions stay in the core.
 
-use std::time::{Duration, Instant};
+use core::time::Duration;
 
 use super::device::{LowpanDevice, LowpanEvent};
 use crate::coap::{App, Event};
+use crate::persist::StateStore;
 use crate::radio::{MAX_PHY_PACKET, Radio};
-use crate::store::MarkStore;
+use crate::time::Instant;
 
 /// The longest the driver waits on the radio before it looks at `stop` again.
 const MAX_WAIT: Duration = Duration::from_millis(200);
@@ -30,7 +31,7 @@ pub enum DriverEvent {
 
 /// Runs `device` on `radio` until `stop` says so (asked after every wake-up, at least every
 /// 200 ms); events go to `on_event`. Returns the radio's error if sending or receiving fails.
-pub fn run<S: App, R: Radio, M: MarkStore + ?Sized>(
+pub fn run<S: App, R: Radio, M: StateStore + ?Sized>(
     radio: &mut R,
     device: &mut LowpanDevice<S>,
     store: &mut M,
@@ -73,18 +74,12 @@ pub fn run<S: App, R: Radio, M: MarkStore + ?Sized>(
 
 /// Writes and confirms every state the device asks for; the time to try again if a write
 /// failed.
-fn persist<S: App, M: MarkStore + ?Sized>(
+fn persist<S: App, M: StateStore + ?Sized>(
     device: &mut LowpanDevice<S>,
     store: &mut M,
 ) -> Option<Instant> {
-    while let Some(state) = device.coap().state_to_persist() {
-        match store.store(state) {
-            Ok(()) => {
-                device.coap_mut().state_persisted(Instant::now(), state);
-                device.flush();
-            }
-            Err(_) => return Some(Instant::now() + STORE_RETRY),
-        }
-    }
-    None
+    let now = Instant::now();
+    let failed = device.coap_mut().persist(now, store).is_err();
+    device.flush();
+    failed.then(|| now + STORE_RETRY)
 }

@@ -11,6 +11,8 @@
 //! Needs `CAP_NET_RAW`. The frame filter ([`classify`]) is a pure function with unit tests; the
 //! socket itself needs a `wpan` interface, which this project's CI does not have.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;

@@ -68,6 +68,7 @@ pub use with_std::{PcapRadio, PcapWriter, since_unix_epoch};
 
 #[cfg(feature = "std")]
 mod with_std {
+    use alloc::boxed::Box;
     use std::io::{self, Write};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -4,6 +4,7 @@
 //! correct FCS; datagrams come from anyone. Datagrams that are not ZEP data, frames with a bad
 //! FCS and frames on another channel are dropped and counted ([`RadioStats`]).
 
+use alloc::boxed::Box;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

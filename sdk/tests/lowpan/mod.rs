@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::time::Instant;
+use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_sdk::lowpan::Adaptation;

@@ -20,7 +20,7 @@
 //! the CoAP core wants `(peer, bytes)` with our time. What a device needs on top of
 //! `smoltcp::wire` — RS/RA/NS/NA, one UDP port, ICMPv6 echo — is small, so this module is that
 //! thin layer, on our stateful [`iphc`](super::iphc), [`frag`](super::frag) and
-//! [`nd`](super::nd). Sans-IO: frames in with [`LowpanDevice::handle_frame`], out with
+//! [`nd`]. Sans-IO: frames in with [`LowpanDevice::handle_frame`], out with
 //! [`LowpanDevice::poll_transmit`], time through `handle_timeout`/`poll_timeout`.
 //!
 //! # Routing

@@ -33,7 +33,7 @@ pub enum MacError {
     TooLong {
         /// Header plus payload.
         len: usize,
-        /// [`MAX_MAC_FRAME`](super::MAX_MAC_FRAME).
+        /// [`MAX_MAC_FRAME`].
         max: usize,
     },
     /// The output buffer is smaller than the frame (when building).

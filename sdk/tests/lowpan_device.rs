@@ -678,3 +678,59 @@ fn the_blocking_driver_runs_a_device_over_zep_until_it_is_registered() {
         "{events:?}"
     );
 }
+
+#[test]
+fn the_frame_queue_and_the_event_queue_are_bounded() {
+    let now = Instant::now();
+    let mut net = memory_net(now);
+    attach_and_register(&mut net, now);
+    // A 1 KiB Block2 answer needs more than 10 frames: with room for 8 it is dropped whole.
+    let mut small = LowpanConfig::new(PAN, planned().eui64());
+    small.max_queued_frames = 8;
+    let coap = Device::new(config(), 7, tree(), Thing::default());
+    net.dev = LowpanDevice::new(now, small, coap);
+    net.dev.handle_timeout(now);
+    net.pump(now);
+    assert!(matches!(
+        net.dev.poll_event(),
+        Some(LowpanEvent::Attached(_))
+    ));
+    let get = net.router.request(RequestType::Get, "big", 0x81);
+    net.send_to_device(now, &get);
+    assert!(net.router.responses(0x81).is_empty());
+    assert_eq!(net.dev.stats().queue_full, 1);
+    assert!(
+        net.dev.poll_transmit().is_none(),
+        "no part of the datagram was queued"
+    );
+    // A small answer still fits.
+    let get = net.router.request(RequestType::Get, "value", 0x82);
+    net.send_to_device(now, &get);
+    assert_eq!(net.router.responses(0x82).len(), 1);
+
+    // RAs with a new prefix each time: each is an Attached event; unpolled, 16 are kept.
+    for i in 0..20_u16 {
+        let mut ra = match net.router.router_advert() {
+            v6iot_sdk::lowpan::nd::Icmpv6::RouterAdvert(ra) => ra,
+            _ => unreachable!(),
+        };
+        ra.prefixes[0].prefix =
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x400 + i, 0, 0, 0, 0);
+        let p = v6iot_sdk::lowpan::nd::packet(
+            lowpan::ROUTER_LINK_LOCAL,
+            v6iot_sdk::lowpan::nd::ALL_NODES,
+            &v6iot_sdk::lowpan::nd::Icmpv6::RouterAdvert(ra),
+        );
+        for f in net.router.frames(&p, LinkAddr::BROADCAST) {
+            net.dev.handle_frame(now, MacFrame::new(&f).unwrap());
+        }
+    }
+    let events = std::iter::from_fn(|| net.dev.poll_event()).count();
+    assert_eq!(events, 16);
+    assert_eq!(net.dev.stats().advertisements, 21);
+    assert_eq!(
+        net.dev.address().unwrap().segments()[3],
+        0x400 + 19,
+        "the latest prefix is in force"
+    );
+}

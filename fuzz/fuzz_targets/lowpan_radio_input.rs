@@ -20,6 +20,7 @@ use v6iot_sdk::lowpan::iphc::{CompressOptions, LinkAddrs};
 use v6iot_sdk::lowpan::nd::{self, ContextOption, Icmpv6, PrefixInfo, RouterAdvert};
 use v6iot_sdk::radio::mac::{DataHeader, LinkAddr, PanId};
 use v6iot_sdk::radio::{MacFrame, zep};
+use v6iot_sdk::time::Instant;
 
 const PAN: PanId = PanId(0xabcd);
 const ROUTER: LinkAddr = LinkAddr::Extended([0x02, 0, 0, 0, 0, 0, 0, 0x01]);
@@ -103,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         rest
     };
-    let now = Instant::now();
+    let now = Instant::ZERO;
     let eui = Eui64([0x02, 0x12, 0x34, 0x56, 0x78, 0xab, 0xcd, 0xef]);
     let mut dev = LowpanDevice::new(
         now,

@@ -16,6 +16,7 @@ use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::fleet::FleetPlan;
 use v6iot_simulator::load::{self, BrokerView, FleetOscore};
+use v6iot_simulator::nbiot::cli::NbiotArgs;
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
 /// Simulated v6iot devices running the real SDK core.
@@ -26,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of `Run` (with its NB-IoT options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run one simulated sensor that serves CoAP on a UDP address (until Ctrl-C).
@@ -119,6 +122,9 @@ enum Command {
         /// `unshare -n`, `ip link set lo up`, `ip -6 route add local PREFIX dev lo`.
         #[arg(long)]
         source_prefix: Option<v6iot_edge_router::registry_db::Ipv6Prefix>,
+        /// `--transport nbiot` and its options.
+        #[command(flatten)]
+        nbiot: NbiotArgs,
     },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
@@ -260,6 +266,7 @@ fn main() -> anyhow::Result<()> {
             seq_file,
             threads,
             source_prefix,
+            nbiot,
         } => {
             let sources = match source_prefix {
                 None => load::Sources::Sockets,
@@ -288,7 +295,11 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 duration,
                 id_prefix,
-                binding: if queue_mode { Binding::UQ } else { Binding::U },
+                binding: if queue_mode || nbiot.plan().is_some() {
+                    Binding::UQ
+                } else {
+                    Binding::U
+                },
             };
             let view = BrokerView {
                 url: mqtt_url,
@@ -298,15 +309,17 @@ fn main() -> anyhow::Result<()> {
             let multi = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let result = multi.block_on(load::run_sharded(
-                plan,
-                view,
+            let settings = load::RunSettings {
                 drain,
-                !quiet,
+                progress: !quiet,
                 oscore,
-                usize::from(threads),
+                shards: usize::from(threads),
                 sources,
-            ))?;
+                transport: nbiot
+                    .plan()
+                    .map_or(load::Transport::Udp, load::Transport::Nbiot),
+            };
+            let result = multi.block_on(load::run_with_settings(plan, view, settings))?;
             let json = serde_json::to_string_pretty(&result)?;
             println!("{json}");
             if let Some(path) = report {

@@ -13,6 +13,7 @@
 //! `v6iot_sdk::nbiot` (3GPP TS 27.007 and the HiSilicon socket set) and is its reference.
 
 pub mod carrier;
+pub mod cli;
 pub mod emulator;
 pub mod fleet;
 pub mod node;

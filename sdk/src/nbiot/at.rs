@@ -451,11 +451,13 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
+    // Digits only: `from_str_radix` alone would take a sign (`+b` as 0x0b).
+    let digit = |b: &u8| char::from(*b).to_digit(16);
     s.as_bytes()
         .chunks(2)
-        .map(|pair| {
-            let text = core::str::from_utf8(pair).ok()?;
-            u8::from_str_radix(text, 16).ok()
+        .map(|pair| match pair {
+            [hi, lo] => Some(u8::try_from(digit(hi)? << 4 | digit(lo)?).ok()?),
+            _ => None,
         })
         .collect()
 }
@@ -641,6 +643,9 @@ mod tests {
         assert_eq!(unhex("00ab4F"), Some(vec![0x00, 0xab, 0x4f]));
         assert_eq!(unhex("0"), None);
         assert_eq!(unhex("zz"), None);
+        // A sign is not a digit (found by the nbiot_at fuzz target).
+        assert_eq!(unhex("+b"), None);
+        assert_eq!(unhex("-1"), None);
         assert_eq!(unhex("é1"), None);
         assert_eq!(unhex(""), Some(vec![]));
     }

@@ -6,10 +6,21 @@
 //!
 //! The queue is made durable by the driver: it writes each [`JournalEntry`] and feeds them back
 //! through [`Downlink::restore`] after a restart.
+//!
+//! # What a spoofer can do to a command in flight
+//!
+//! Tokens are 8 bytes that cannot be predicted, not even from earlier ones: SHA-256 of a
+//! random key (drawn from the OS when the ingress is made) and a counter, truncated. Message IDs
+//! count up from a random start (RFC 7252 §4.4), so neither depends on the boot time. An empty
+//! ACK or RST is matched to the exchange it names through an index by (peer, message ID): one
+//! lookup, whatever the number of commands in flight ([`Downlink::exchanges_examined`] counts
+//! the exchanges looked at). Whether a Reset may end an exchange is the gateway's decision:
+//! it never passes one on for a protected request (see `gateway`).
 
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
+use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -150,20 +161,55 @@ struct Exchange {
     separate_until: Option<Instant>,
 }
 
+/// The tokens of the edge's requests: the first 8 bytes of SHA-256(key ‖ counter), so that
+/// seeing some tokens tells nothing about the next (see the module docs).
+#[derive(Default)]
+struct Tokens {
+    key: [u8; 16],
+    counter: u64,
+}
+
+impl Tokens {
+    fn next(&mut self) -> [u8; 8] {
+        self.counter = self.counter.wrapping_add(1);
+        let digest = Sha256::new()
+            .chain_update(self.key)
+            .chain_update(self.counter.to_be_bytes())
+            .finalize();
+        let mut token = [0u8; 8];
+        for (t, d) in token.iter_mut().zip(digest) {
+            *t = d;
+        }
+        token
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The downlink state of one edge router.
 #[derive(Debug, Default)]
 pub struct Downlink {
     queues: HashMap<String, VecDeque<DownlinkCommand>>,
     in_flight: HashMap<String, Exchange>,
     by_token: HashMap<[u8; 8], String>,
+    /// The exchange in flight for each (peer, message ID), for empty ACKs and Resets.
+    by_message_id: HashMap<(SocketAddr, u16), String>,
     known: HashSet<(String, String)>,
     recent: VecDeque<(String, String)>,
-    next_token: u64,
+    tokens: Tokens,
     results: VecDeque<CommandResult>,
     journal: VecDeque<JournalEntry>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Commands dropped as duplicates of one already accepted.
     pub duplicates: u64,
+    /// Exchanges in flight looked at to match empty ACKs and Resets (at most one per message).
+    pub exchanges_examined: u64,
 }
 
 /// What the downlink needs to know about a device to send to it.
@@ -178,12 +224,21 @@ pub struct Reachability {
 }
 
 impl Downlink {
-    /// Empty.
-    pub fn new(token_seed: u64) -> Downlink {
+    /// Empty; the tokens of its requests are derived from `token_key` (keep it secret: pass
+    /// random bytes).
+    pub fn new(token_key: [u8; 16]) -> Downlink {
         Downlink {
-            next_token: token_seed,
+            tokens: Tokens {
+                key: token_key,
+                counter: 0,
+            },
             ..Downlink::default()
         }
+    }
+
+    /// Commands in flight (sent, awaiting their answer).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Commands waiting or in flight.
@@ -297,8 +352,10 @@ impl Downlink {
         if self.queues.get(device).is_some_and(VecDeque::is_empty) {
             self.queues.remove(device);
         }
-        self.next_token = self.next_token.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let token = self.next_token.to_be_bytes();
+        let mut token = self.tokens.next();
+        while self.by_token.contains_key(&token) {
+            token = self.tokens.next();
+        }
         let Some(bytes) = encode_request(&next, message_id, &token) else {
             self.finish(
                 CommandResult::failed(&next, "rejected", "the request could not be encoded"),
@@ -313,6 +370,8 @@ impl Downlink {
             (None, Some(now + SEPARATE_WAIT))
         };
         self.by_token.insert(token, device.to_owned());
+        self.by_message_id
+            .insert((reach.address, message_id), device.to_owned());
         self.in_flight.insert(
             device.to_owned(),
             Exchange {
@@ -329,7 +388,20 @@ impl Downlink {
         );
     }
 
-    /// An empty ACK or RST from `peer`. Returns the device whose exchange it ended or advanced.
+    /// Removes `device`'s exchange in flight from every index.
+    fn take_in_flight(&mut self, device: &str) -> Option<Exchange> {
+        let x = self.in_flight.remove(device)?;
+        self.by_token.remove(&x.token);
+        let key = (x.peer, x.message_id);
+        if self.by_message_id.get(&key).is_some_and(|d| d == device) {
+            self.by_message_id.remove(&key);
+        }
+        Some(x)
+    }
+
+    /// An empty ACK or RST from `peer`: one index lookup, whatever the number of commands in
+    /// flight. An ACK stops the retransmission (a separate response may follow); a Reset ends
+    /// the exchange. Returns the device whose exchange it ended or advanced.
     pub fn handle_empty(
         &mut self,
         now: Instant,
@@ -337,14 +409,10 @@ impl Downlink {
         message_id: u16,
         reset: bool,
     ) -> Option<String> {
-        let device = self
-            .in_flight
-            .iter()
-            .find(|(_, x)| x.peer == peer && x.message_id == message_id)
-            .map(|(d, _)| d.clone())?;
+        let device = self.by_message_id.get(&(peer, message_id))?.clone();
+        self.exchanges_examined += 1;
         if reset {
-            let x = self.in_flight.remove(&device)?;
-            self.by_token.remove(&x.token);
+            let x = self.take_in_flight(&device)?;
             self.finish(
                 CommandResult::failed(&x.cmd, "reset", "the device answered with Reset"),
                 true,
@@ -368,8 +436,7 @@ impl Downlink {
         {
             return None;
         }
-        let x = self.in_flight.remove(&device)?;
-        self.by_token.remove(&token);
+        let x = self.take_in_flight(&device)?;
         let code = match packet.header.code {
             MessageClass::Response(_) => packet.header.code.to_string(),
             other => other.to_string(),
@@ -410,8 +477,7 @@ impl Downlink {
             }
         }
         for device in &ended {
-            if let Some(x) = self.in_flight.remove(device) {
-                self.by_token.remove(&x.token);
+            if let Some(x) = self.take_in_flight(device) {
                 self.finish(
                     CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
                     true,
@@ -509,4 +575,137 @@ fn encode_request(cmd: &DownlinkCommand, message_id: u16, token: &[u8; 8]) -> Op
     }
     p.payload = cmd.payload.clone();
     wire::encode(&p)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv6Addr};
+
+    const T0: u64 = 1_800_000_000_000;
+    const WINDOW: Duration = Duration::from_secs(20);
+
+    fn cmd(device: &str) -> DownlinkCommand {
+        DownlinkCommand {
+            device: device.to_owned(),
+            req: "r1".into(),
+            method: "PUT".into(),
+            path: "/valve".into(),
+            payload: b"open".to_vec(),
+            content_format: Some(0),
+            expires_unix_ms: T0 + 600_000,
+            confirmable: true,
+            observe: false,
+            accept: None,
+        }
+    }
+
+    fn peer(i: u32) -> SocketAddr {
+        let ip = Ipv6Addr::from((0x2001_0db8_u128 << 96) | u128::from(i));
+        SocketAddr::new(IpAddr::V6(ip), 5683)
+    }
+
+    fn reach(address: SocketAddr, now: Instant) -> Option<Reachability> {
+        Some(Reachability {
+            address,
+            queue_mode: false,
+            last_uplink: now,
+        })
+    }
+
+    /// xorshift64: repeatable "random" spoofed messages.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn random_empty_acks_among_100_000_commands_in_flight_cost_one_lookup_each() {
+        let now = Instant::now();
+        let mut d = Downlink::new([7; 16]);
+        const IN_FLIGHT: u32 = 100_000;
+        for i in 0..IN_FLIGHT {
+            let device = format!("d{i}");
+            d.command(now, T0, cmd(&device), reach(peer(i), now), WINDOW, i as u16);
+        }
+        assert_eq!(d.in_flight(), IN_FLIGHT as usize);
+        assert_eq!(std::iter::from_fn(|| d.poll_transmit()).count(), 100_000);
+        // 10,000 spoofed empty ACKs: a real device's address, a random message ID.
+        let mut rng = 0x9e37_79b9_7f4a_7c15;
+        let mut matched = 0u64;
+        for _ in 0..10_000 {
+            let r = next(&mut rng);
+            let p = peer((r % u64::from(IN_FLIGHT)) as u32);
+            if d.handle_empty(now, p, (r >> 32) as u16, false).is_some() {
+                matched += 1;
+            }
+        }
+        // Bounded work: at most one exchange looked at per message, not 100,000.
+        assert!(d.exchanges_examined <= 10_000, "{}", d.exchanges_examined);
+        assert_eq!(d.exchanges_examined, matched);
+        // The genuine ACKs are found, each with one lookup.
+        let before = d.exchanges_examined;
+        for i in (0..IN_FLIGHT).step_by(1000) {
+            assert_eq!(
+                d.handle_empty(now, peer(i), i as u16, false),
+                Some(format!("d{i}"))
+            );
+        }
+        assert_eq!(d.exchanges_examined - before, 100);
+        // An ACK stops retransmitting; the command stays in flight for its separate response.
+        assert_eq!(d.in_flight(), IN_FLIGHT as usize);
+        assert_eq!(d.by_message_id.len(), d.in_flight.len());
+    }
+
+    #[test]
+    fn the_index_follows_exchanges_that_end() {
+        let now = Instant::now();
+        let mut d = Downlink::new([1; 16]);
+        d.command(now, T0, cmd("a"), reach(peer(1), now), WINDOW, 10);
+        d.command(now, T0, cmd("b"), reach(peer(2), now), WINDOW, 11);
+        // A Reset ends a's exchange: the index forgets it.
+        assert_eq!(d.handle_empty(now, peer(1), 10, true), Some("a".into()));
+        assert_eq!(d.handle_empty(now, peer(1), 10, true), None);
+        assert_eq!(d.by_message_id.len(), 1);
+        // b times out after its retransmissions: forgotten too.
+        let mut t = now;
+        for _ in 0..=MAX_RETRANSMIT {
+            t += Duration::from_secs(100);
+            d.handle_timeout(t);
+        }
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.by_message_id.is_empty() && d.by_token.is_empty());
+        let statuses: Vec<_> = std::iter::from_fn(|| d.poll_result())
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(statuses, ["reset", "timeout"]);
+    }
+
+    #[test]
+    fn tokens_are_unpredictable_and_do_not_depend_on_the_message_ids() {
+        let now = Instant::now();
+        let token_of = |key: [u8; 16], mid: u16| {
+            let mut d = Downlink::new(key);
+            d.command(now, T0, cmd("a"), reach(peer(1), now), WINDOW, mid);
+            d.in_flight["a"].token
+        };
+        assert_eq!(token_of([1; 16], 5), token_of([1; 16], 6));
+        assert_ne!(token_of([1; 16], 5), token_of([2; 16], 5));
+        let mut tokens = Tokens {
+            key: [3; 16],
+            counter: 0,
+        };
+        let a = tokens.next();
+        let b = tokens.next();
+        // Not a fixed step from one to the next.
+        let step = u64::from_be_bytes(b).wrapping_sub(u64::from_be_bytes(a));
+        let c = tokens.next();
+        assert_ne!(
+            u64::from_be_bytes(b).wrapping_add(step),
+            u64::from_be_bytes(c)
+        );
+    }
 }

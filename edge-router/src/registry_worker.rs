@@ -78,8 +78,8 @@ impl Jobs {
         dropped
     }
 
-    /// The next job: a state batch if one waits, else the next chunk of audit rows.
-    pub fn next(&mut self) -> Option<Job> {
+    /// Takes the next job: a state batch if one waits, else the next chunk of audit rows.
+    pub fn take(&mut self) -> Option<Job> {
         if let Some(batch) = self.persist.pop_front() {
             return Some(Job::Persist(batch));
         }
@@ -203,7 +203,7 @@ enum Step {
 fn wait(shared: &Shared, until: Instant) -> Step {
     let mut jobs = shared.lock();
     loop {
-        if let Some(job) = jobs.next() {
+        if let Some(job) = jobs.take() {
             return Step::Work(job);
         }
         if jobs.closed {
@@ -323,21 +323,21 @@ mod tests {
         assert_eq!(jobs.push_audit(rows(10_000)), 0);
         jobs.push_persist(batch(1));
         // The batch queued after 10,000 rows is the very next job.
-        assert!(matches!(jobs.next(), Some(Job::Persist(b)) if b.id == 1));
+        assert!(matches!(jobs.take(), Some(Job::Persist(b)) if b.id == 1));
         // Audit rows then go in chunks, in order; a batch arriving meanwhile goes first again.
-        let Some(Job::Audit(first)) = jobs.next() else {
+        let Some(Job::Audit(first)) = jobs.take() else {
             panic!("audit chunk expected");
         };
         assert_eq!(first.len(), Jobs::AUDIT_CHUNK);
         assert_eq!(first[0].detail, "row 0");
         jobs.push_persist(batch(2));
-        assert!(matches!(jobs.next(), Some(Job::Persist(b)) if b.id == 2));
-        let Some(Job::Audit(second)) = jobs.next() else {
+        assert!(matches!(jobs.take(), Some(Job::Persist(b)) if b.id == 2));
+        let Some(Job::Audit(second)) = jobs.take() else {
             panic!("audit chunk expected");
         };
         assert_eq!(second[0].detail, format!("row {}", Jobs::AUDIT_CHUNK));
         let mut taken = first.len() + second.len();
-        while let Some(job) = jobs.next() {
+        while let Some(job) = jobs.take() {
             match job {
                 Job::Audit(chunk) => taken += chunk.len(),
                 Job::Persist(_) => panic!("no batch queued"),
@@ -356,9 +356,9 @@ mod tests {
         assert_eq!(jobs.dropped(), 10);
         // State batches are never dropped.
         jobs.push_persist(batch(9));
-        assert!(matches!(jobs.next(), Some(Job::Persist(b)) if b.id == 9));
+        assert!(matches!(jobs.take(), Some(Job::Persist(b)) if b.id == 9));
         // Once a chunk is written there is room again.
-        assert!(matches!(jobs.next(), Some(Job::Audit(_))));
+        assert!(matches!(jobs.take(), Some(Job::Audit(_))));
         assert_eq!(jobs.push_audit(rows(3)), 0);
     }
 

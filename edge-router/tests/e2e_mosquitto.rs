@@ -525,6 +525,10 @@ fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u6
 #[path = "e2e_mosquitto/oscore.rs"]
 mod oscore;
 
+/// Spoofed traffic from a plant's own network, in a network namespace of the test's own.
+#[path = "e2e_mosquitto/spoofing.rs"]
+mod spoofing;
+
 // ----- the tests -----
 
 #[test]

@@ -15,7 +15,7 @@
 //! | `binding` | the address each device was last verified at, both ways |
 //! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
-//! | `peek` | the header, token and kid of a datagram, read in place before anything is spent on it |
+//! | [`peek`] | the header, token and kid of a datagram, read in place before anything is spent on it |
 //! | [`failures`] | [`SecurityEvent`], the answer per cause, error answers bounded per source and globally, failure audit rows per interval |
 //! | [`limits`] | the three lanes (kid, expected, unauthenticated), token buckets per source network (/64) and per device, quarantine of a kid that keeps failing verification |
 //! | [`reports`] | security events counted by cause with samples: one report per interval for `_edge/{edge}/security` |
@@ -77,7 +77,7 @@ mod exchanges;
 pub mod failures;
 pub mod keys;
 pub mod limits;
-mod peek;
+pub mod peek;
 pub mod persist;
 pub mod reports;
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! Options are walked only up to the OSCORE option (number 9; options are in order), so the
 //! cost is bounded by the header and the first few options. No function here panics on any
 //! input; `fuzz/fuzz_targets/edge_peek.rs` checks it against the full parser.
+//!
+//! Public for that fuzz target; the gateway is its only user.
 
 use coap_lite::MessageType;
 use v6iot_sdk::coap::wire;
@@ -20,24 +22,24 @@ const OSCORE: u16 = 9;
 
 /// What a datagram says about itself (unverified).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Peek<'a> {
+pub struct Peek<'a> {
     /// Message type.
-    pub(crate) kind: MessageType,
+    pub kind: MessageType,
     /// Code byte.
-    pub(crate) code: u8,
+    pub code: u8,
     /// Message ID.
-    pub(crate) message_id: u16,
+    pub message_id: u16,
     /// Token (0 to 8 bytes).
-    pub(crate) token: &'a [u8],
+    pub token: &'a [u8],
     /// The OSCORE option's value, when the options up to it are well formed and it is there
     /// (empty for a response without kid or Partial IV).
-    pub(crate) oscore: Option<&'a [u8]>,
+    pub oscore: Option<&'a [u8]>,
 }
 
 impl<'a> Peek<'a> {
     /// Reads the header, token and OSCORE option of `bytes`; `None` when the header or the
     /// token is malformed (the full parser refuses those too).
-    pub(crate) fn of(bytes: &'a [u8]) -> Option<Peek<'a>> {
+    pub fn of(bytes: &'a [u8]) -> Option<Peek<'a>> {
         let header = wire::raw_header(bytes).ok()?;
         let tkl = usize::from(bytes.first().map_or(0, |b| b & 0x0f));
         if tkl > 8 {
@@ -55,17 +57,17 @@ impl<'a> Peek<'a> {
     }
 
     /// The kid the OSCORE option names, if it parses and carries one.
-    pub(crate) fn kid(&self) -> Option<Vec<u8>> {
+    pub fn kid(&self) -> Option<Vec<u8>> {
         OscoreOption::parse(self.oscore?).ok()?.kid
     }
 
     /// True for a request code (0.01–0.31).
-    pub(crate) fn is_request(&self) -> bool {
+    pub fn is_request(&self) -> bool {
         wire::is_request_code(self.code)
     }
 
     /// True for a response code (2.xx–5.xx).
-    pub(crate) fn is_response(&self) -> bool {
+    pub fn is_response(&self) -> bool {
         (2..=5).contains(&wire::code_class(self.code))
     }
 }

@@ -140,7 +140,13 @@ impl Device {
         Device::with_secret(id, kid, &secret_of(kid), bind, edge)
     }
 
-    pub(super) fn with_secret(id: &str, kid: u8, secret: &[u8], bind: &str, edge: SocketAddr) -> Device {
+    pub(super) fn with_secret(
+        id: &str,
+        kid: u8,
+        secret: &[u8],
+        bind: &str,
+        edge: SocketAddr,
+    ) -> Device {
         let input = ContextInput {
             master_secret: secret.to_vec(),
             master_salt: Vec::new(),

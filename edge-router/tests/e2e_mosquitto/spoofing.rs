@@ -98,7 +98,9 @@ fn spoofed_requests_from_a_plants_network_do_not_silence_its_verified_device() {
                 .args(["-e", r#"[{"bn":"urn:dev:e2e:v1:","n":"seq","v":666}]"#])
                 .arg(format!("coap://{}/t", edge.coap))
                 .output()
-                .expect("coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test");
+                .expect(
+                    "coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test",
+                );
             let text = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -152,9 +154,11 @@ fn spoofed_requests_from_a_plants_network_do_not_silence_its_verified_device() {
             let t = v1.telemetry(seq);
             assert_eq!(v1.call(&t), ResponseType::Changed, "v1's report {seq}");
         }
-        wait_for("v1's records at the broker", Duration::from_secs(10), || {
-            seqs(&seen, "v1") == [1, 2, 3, 4]
-        });
+        wait_for(
+            "v1's records at the broker",
+            Duration::from_secs(10),
+            || seqs(&seen, "v1") == [1, 2, 3, 4],
+        );
         wait_for("the security reports", Duration::from_secs(10), || {
             reported(&seen, "kid_quarantined") == 15
                 && reported(&seen, "plain_request") == stats(&edge)["plain"]

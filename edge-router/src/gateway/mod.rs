@@ -362,10 +362,8 @@ impl Gateway {
         if let Some(refusal) = self.admit(now, peer, bytes) {
             if refusal.cause == SecurityCause::KidQuarantined {
                 // Refused unverified; answered (4.03) within the reply budget.
-                if let Ok(packet) = wire::parse(bytes) {
-                    self.refuse_as(now, unix_ms, &packet, refusal);
-                    return;
-                }
+                self.refuse_quarantined(now, unix_ms, bytes, refusal);
+                return;
             }
             self.count(refusal.cause);
             self.note_security(now, unix_ms, refusal);
@@ -867,9 +865,47 @@ impl Gateway {
     /// Confirmable request or a Reset to a response the edge cannot match (a stale one).
     fn refuse_as(&mut self, now: Instant, unix_ms: u64, packet: &Packet, event: SecurityEvent) {
         let (peer, cause) = (event.peer, event.cause);
-        self.count(cause);
+        let may_reply = self.file_refusal(now, unix_ms, event);
+        self.answer_refusal(peer, packet, cause, may_reply);
+    }
+
+    /// Refuses a request under a quarantined kid without verifying it: parsed only when the
+    /// reply budget allows an answer.
+    fn refuse_quarantined(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        bytes: &[u8],
+        event: SecurityEvent,
+    ) {
+        let (peer, cause) = (event.peer, event.cause);
+        if self.file_refusal(now, unix_ms, event) {
+            if let Ok(packet) = wire::parse(bytes) {
+                self.answer_refusal(peer, &packet, cause, true);
+            }
+        } else if wire::raw_header(bytes).is_ok_and(|h| h.kind == MessageType::Confirmable) {
+            self.stats.replies_suppressed += 1;
+        }
+    }
+
+    /// Counts a refusal, files it (failure audit, report, kid standing); true when the reply
+    /// budget allows an answer.
+    fn file_refusal(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) -> bool {
+        self.count(event.cause);
         let may_reply = self.failures.record(now, unix_ms, &event);
         self.note_security(now, unix_ms, event);
+        may_reply
+    }
+
+    /// The unprotected answer to a refused `packet`, if it gets one (see
+    /// [`refuse_as`](Self::refuse_as)).
+    fn answer_refusal(
+        &mut self,
+        peer: SocketAddr,
+        packet: &Packet,
+        cause: SecurityCause,
+        may_reply: bool,
+    ) {
         let kind = packet.header.get_type();
         if matches!(
             cause,

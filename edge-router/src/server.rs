@@ -447,7 +447,7 @@ fn log_gateway_stats(s: &GatewayStats) {
          decryption_failed={} replay={} malformed={} not_active={} address_refused={} \
          endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
          address_changes={} protect_failures={} source_limited={} kid_quarantined={} \
-         resets_ignored={} device_limited={} quarantines={}",
+         kid_limited={} resets_ignored={} device_limited={} quarantines={}",
         s.authenticated,
         s.responses_verified,
         s.refused,
@@ -466,6 +466,7 @@ fn log_gateway_stats(s: &GatewayStats) {
         s.protect_failures,
         s.source_limited,
         s.kid_quarantined,
+        s.kid_limited,
         s.resets_ignored,
         s.device_limited,
         s.quarantines

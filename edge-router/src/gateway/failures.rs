@@ -66,6 +66,10 @@ pub enum SecurityCause {
     /// from where its device was last verified (or came faster than its rate): refused
     /// unverified.
     KidQuarantined,
+    /// The kid's requests were refused too often (replays, failed verifications) and this one
+    /// did not come from where its device was last verified: dropped unread until the kid's
+    /// budget refills.
+    KidLimited,
     /// An empty Reset that would end a protected exchange of the edge: RFC 8613 leaves empty
     /// messages unprotected, so anyone could send it; ignored (the request stays pending and
     /// is retransmitted).
@@ -91,9 +95,16 @@ impl SecurityCause {
             SecurityCause::BadResponse => "bad_response",
             SecurityCause::SourceLimited => "source_limited",
             SecurityCause::KidQuarantined => "kid_quarantined",
+            SecurityCause::KidLimited => "kid_limited",
             SecurityCause::ResetIgnored => "reset_ignored",
             SecurityCause::DeviceLimited => "device_limited",
         }
+    }
+
+    /// Whether the cause draws from the refusal budget of the (active) kid the request named:
+    /// a refusal before or by verification.
+    pub fn draws_on_kid(self) -> bool {
+        self.counts_against_kid() || self == SecurityCause::Replay
     }
 
     /// Whether the cause counts towards quarantining the kid the message named: a failed

@@ -10,7 +10,7 @@
 //!
 //! | lane | what | budget, checked before verification | after verification |
 //! |---|---|---|---|
-//! | kid | a request naming the kid of an active device | none while the kid is in good standing; while it is quarantined, refused unless it comes from the address the device was last verified at, and from there at most `per_device` per second ([`Limits::check_kid`]) | the device's bucket `per_device` (over it: protected 5.03 + Max-Age) |
+//! | kid | a request naming the kid of an active device | none while the kid is in good standing; its refusals before verification (replays, failed verifications) draw from a bucket of the kid's (`per_device`), and while that is empty its requests from anywhere but the address the device was last verified at are dropped unread (`kid_limited`); while the kid is quarantined, refused unless from that address, and from there at most `per_device` per second ([`Limits::check_kid`]) | the device's bucket `per_device` (over it: protected 5.03 + Max-Age) |
 //! | expected | a response whose token is one of the edge's requests in flight, an empty ACK to a Confirmable request the edge sent (tokens are 8 random bytes; see `ingress::downlink`) | none: the edge asked for it | verified against the request's context |
 //! | unauthenticated | everything else: plain requests, unknown or revoked kids, stray responses, empty messages, garbage | the source network's bucket `per_source` (IPv6 /64, IPv4 address; [`Limits::check_source`]); over it dropped unread | — |
 //!
@@ -109,6 +109,8 @@ pub enum Verdict {
     SourceLimited,
     /// The device is over its rate.
     DeviceLimited,
+    /// The kid's refusals used up its budget: dropped unread.
+    KidLimited,
     /// The kid is quarantined until the given time.
     Quarantined {
         /// When the quarantine ends.
@@ -182,6 +184,12 @@ impl Bucket {
         }
     }
 
+    /// Whether a token is there (none taken).
+    fn has_token(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
+        self.tokens >= 1.0
+    }
+
     /// Full again by `now`: it remembers nothing a fresh bucket would not.
     fn is_idle(&self, rate: Rate, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -198,6 +206,21 @@ struct KidState {
     quarantined_until: Option<Instant>,
     /// While quarantined: verifications allowed from the device's own address.
     probe: Bucket,
+    /// Refusals before verification (replays too): while empty, requests from elsewhere than
+    /// the device's own address are dropped unread.
+    refusals: Bucket,
+}
+
+impl KidState {
+    fn new(now: Instant, rate: Rate) -> KidState {
+        KidState {
+            failures: 0,
+            window_start: now,
+            quarantined_until: None,
+            probe: Bucket::full(rate, now),
+            refusals: Bucket::full(rate, now),
+        }
+    }
 }
 
 /// A kid's quarantine that just began.
@@ -218,6 +241,8 @@ pub struct LimitStats {
     pub device_limited: u64,
     /// Requests refused unverified because their kid is quarantined.
     pub kid_quarantined: u64,
+    /// Requests dropped unread because their kid's refusal budget was used up.
+    pub kid_limited: u64,
     /// Kid quarantines begun.
     pub quarantines: u64,
     /// Sources currently tracked.
@@ -302,12 +327,17 @@ impl Limits {
 
     /// Checks a request naming `kid` (of an active device) before it is verified.
     /// `from_bound` says whether it comes from the address the kid's device was last verified
-    /// at. Allowed unless the kid is quarantined; then only from there, at the device's rate.
+    /// at. From there always allowed (while quarantined: at the device's rate); from elsewhere
+    /// unless the kid's refusal budget is used up or the kid is quarantined.
     pub fn check_kid(&mut self, now: Instant, kid: &[u8], from_bound: bool) -> Verdict {
         let Some(state) = self.kids.get_mut(kid) else {
             return Verdict::Allow;
         };
         let Some(until) = state.quarantined_until else {
+            if !from_bound && !state.refusals.has_token(self.config.per_device, now) {
+                self.stats.kid_limited += 1;
+                return Verdict::KidLimited;
+            }
             return Verdict::Allow;
         };
         if until <= now {
@@ -324,9 +354,15 @@ impl Limits {
         Verdict::Quarantined { until }
     }
 
-    /// Counts a failed verification under `kid` (which must be an active device's); returns
-    /// the quarantine it starts, if any. A quarantine in force is not extended.
-    pub fn kid_failure(&mut self, now: Instant, kid: &[u8]) -> Option<QuarantineStarted> {
+    /// Counts a request under `kid` (which must be an active device's) refused before or by
+    /// verification — a replay, or, with `failed`, a failed verification — and returns the
+    /// quarantine it starts, if any. A quarantine in force is not extended.
+    pub fn kid_refusal(
+        &mut self,
+        now: Instant,
+        kid: &[u8],
+        failed: bool,
+    ) -> Option<QuarantineStarted> {
         if !self.kids.contains_key(kid) {
             if self.kids.len() >= self.config.max_tracked {
                 self.sweep_kids(now);
@@ -335,19 +371,13 @@ impl Limits {
                 // Nowhere to remember it; cannot happen while the table outnumbers the devices.
                 return None;
             }
-            self.kids.insert(
-                kid.to_vec(),
-                KidState {
-                    failures: 0,
-                    window_start: now,
-                    quarantined_until: None,
-                    probe: Bucket::full(self.config.per_device, now),
-                },
-            );
+            let state = KidState::new(now, self.config.per_device);
+            self.kids.insert(kid.to_vec(), state);
         }
         let config = &self.config;
         let state = self.kids.get_mut(kid)?;
-        if state.quarantined_until.is_some_and(|until| until > now) {
+        state.refusals.take(config.per_device, now);
+        if !failed || state.quarantined_until.is_some_and(|until| until > now) {
             return None;
         }
         if now.saturating_duration_since(state.window_start) > config.failure_window {
@@ -423,10 +453,11 @@ impl Limits {
 
     fn sweep_kids(&mut self, now: Instant) {
         let window = self.config.failure_window;
+        let rate = self.config.per_device;
         self.kids.retain(|_, k| {
             let quarantined = k.quarantined_until.is_some_and(|until| until > now);
             let failing = now.saturating_duration_since(k.window_start) <= window;
-            quarantined || failing
+            quarantined || failing || !k.refusals.is_idle(rate, now)
         });
     }
 }
@@ -529,9 +560,9 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
         let kid = [7u8];
-        assert_eq!(l.kid_failure(t0, &kid), None);
-        assert_eq!(l.kid_failure(t0, &kid), None);
-        let q = l.kid_failure(t0, &kid).unwrap();
+        assert_eq!(l.kid_refusal(t0, &kid, true), None);
+        assert_eq!(l.kid_refusal(t0, &kid, true), None);
+        let q = l.kid_refusal(t0, &kid, true).unwrap();
         assert_eq!(q.until, t0 + Duration::from_secs(60));
         assert_eq!(q.failures, 3);
         assert!(l.is_kid_quarantined(t0, &kid));
@@ -548,14 +579,35 @@ mod tests {
             3
         );
         // Failures during the quarantine do not extend it; other kids are unaffected.
-        assert_eq!(l.kid_failure(t1, &kid), None);
+        assert_eq!(l.kid_refusal(t1, &kid, true), None);
         assert_eq!(l.check_kid(t1, &[8], false), Verdict::Allow);
         // Time up: allowed again, failures counted afresh.
         let later = t0 + Duration::from_secs(61);
         assert_eq!(l.check_kid(later, &kid, false), Verdict::Allow);
-        assert_eq!(l.kid_failure(later, &kid), None);
+        assert_eq!(l.kid_refusal(later, &kid, true), None);
         assert_eq!(l.stats().quarantines, 1);
         assert_eq!(l.stats().kid_quarantined, 3);
+    }
+
+    #[test]
+    fn a_kids_refusals_are_budgeted_without_quarantine() {
+        let t0 = Instant::now();
+        let mut l = Limits::new(small());
+        // Three replays (burst 3): the budget is used up, nothing is quarantined.
+        for _ in 0..3 {
+            assert_eq!(l.kid_refusal(t0, &[5], false), None);
+        }
+        assert_eq!(l.check_kid(t0, &[5], false), Verdict::KidLimited);
+        assert_eq!(l.check_kid(t0, &[5], true), Verdict::Allow, "from home");
+        assert!(!l.is_kid_quarantined(t0, &[5]));
+        // 2/s: half a second later a token is back.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(l.check_kid(t1, &[5], false), Verdict::Allow);
+        assert_eq!(l.stats().kid_limited, 1);
+        assert_eq!(l.stats().quarantines, 0);
+        // Idle again: forgotten.
+        l.handle_timeout(t0 + Duration::from_secs(20));
+        assert_eq!(l.stats().tracked_kids, 0);
     }
 
     #[test]
@@ -563,7 +615,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
         for _ in 0..3 {
-            l.kid_failure(t0, &[7]);
+            l.kid_refusal(t0, &[7], true);
         }
         assert!(l.is_kid_quarantined(t0, &[7]));
         l.forget_kid(&[7]);
@@ -576,7 +628,10 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
         for i in 0..10u64 {
-            assert_eq!(l.kid_failure(t0 + Duration::from_secs(11 * i), &[1]), None);
+            assert_eq!(
+                l.kid_refusal(t0 + Duration::from_secs(11 * i), &[1], true),
+                None
+            );
         }
     }
 
@@ -608,9 +663,9 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
         for _ in 0..3 {
-            l.kid_failure(t0, &[1]);
+            l.kid_refusal(t0, &[1], true);
         }
-        l.kid_failure(t0, &[2]);
+        l.kid_refusal(t0, &[2], true);
         l.handle_timeout(t0 + Duration::from_secs(5));
         assert_eq!(l.stats().tracked_kids, 2);
         l.handle_timeout(t0 + Duration::from_secs(11));
@@ -648,7 +703,7 @@ mod tests {
                 let a = IpAddr::V6(std::net::Ipv6Addr::from(*s));
                 let now = t0 + Duration::from_millis(i as u64);
                 l.check_source(now, a);
-                l.kid_failure(now, &s.to_be_bytes()[..2]);
+                l.kid_refusal(now, &s.to_be_bytes()[..2], true);
                 l.check_device(now, &format!("d{}", s % 17));
                 let stats = l.stats();
                 prop_assert!(stats.tracked_sources <= 4);

@@ -50,7 +50,8 @@
 //! # Rate limits and quarantine
 //!
 //! Before any cryptography a datagram is put in one of three lanes ([`limits`]): a request
-//! naming an active device's kid goes to that kid's gate (open unless the kid is quarantined),
+//! naming an active device's kid goes to that kid's gate (open unless the kid's refusal budget
+//! is used up or it is quarantined — either way still open from its device's own address),
 //! a response or empty ACK answering the edge's own request goes on, everything else takes a
 //! token from its source network's bucket (IPv6 /64, IPv4 address) or is dropped unread and
 //! counted (no answer: a flood gets nothing back). A spoofed flood from a plant's /64 thus
@@ -180,6 +181,8 @@ pub struct GatewayStats {
     pub source_limited: u64,
     /// Requests refused unverified because their kid is quarantined.
     pub kid_quarantined: u64,
+    /// Requests dropped unread because their kid's refusal budget was used up.
+    pub kid_limited: u64,
     /// Empty Resets ignored rather than trusted to end a protected exchange.
     pub resets_ignored: u64,
     /// Verified requests answered 5.03 by their device's rate limit.
@@ -432,6 +435,9 @@ impl Gateway {
                 let device = entry.id.clone();
                 return match self.limits.check_kid(now, &kid, from_bound) {
                     Verdict::Allow => None,
+                    Verdict::KidLimited => {
+                        refusal(SecurityCause::KidLimited, Some(kid), Some(device))
+                    }
                     _ => refusal(SecurityCause::KidQuarantined, Some(kid), Some(device)),
                 };
             }
@@ -580,14 +586,18 @@ impl Gateway {
         self.reports.record_audit_dropped(now, rows);
     }
 
-    /// Files a refusal: the queue for logs, the report, and, for a failed verification under
-    /// an active device's kid, the kid's count towards quarantine.
+    /// Files a refusal: the queue for logs, the report, and, for a replay or a failed
+    /// verification under an active device's kid, the kid's refusal budget and (failures only)
+    /// its count towards quarantine.
     fn note_security(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) {
         self.reports.record(now, unix_ms, &event);
-        if event.cause.counts_against_kid()
+        let cause = event.cause;
+        if cause.draws_on_kid()
             && let (Some(kid), Some(device)) = (&event.kid, &event.device)
             && self.keys.get(kid).is_some()
-            && let Some(q) = self.limits.kid_failure(now, kid)
+            && let Some(q) = self
+                .limits
+                .kid_refusal(now, kid, cause.counts_against_kid())
         {
             self.stats.quarantines += 1;
             let note = QuarantineNote {
@@ -959,6 +969,7 @@ impl Gateway {
             SecurityCause::EndpointMismatch => &mut s.endpoint_mismatch,
             SecurityCause::SourceLimited => &mut s.source_limited,
             SecurityCause::KidQuarantined => &mut s.kid_quarantined,
+            SecurityCause::KidLimited => &mut s.kid_limited,
             SecurityCause::ResetIgnored => &mut s.resets_ignored,
             SecurityCause::DeviceLimited => &mut s.device_limited,
         };

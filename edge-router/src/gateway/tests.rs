@@ -551,7 +551,11 @@ fn a_retransmission_refused_as_a_replay_after_a_crash_quarantines_nothing() {
     }
     assert_eq!(g2.stats().replay, 50);
     assert_eq!(g2.stats().quarantines, 0);
-    assert_eq!(g2.limit_stats().tracked_kids, 0, "replays do not count");
+    assert_eq!(g2.stats().kid_limited, 0, "50 is within the kid's budget");
+    assert!(
+        !g2.limits
+            .is_kid_quarantined(now + Duration::from_secs(50), &[1])
+    );
     let answers = sent(&mut g2);
     assert!(!answers.is_empty());
     assert!(
@@ -564,6 +568,72 @@ fn a_retransmission_refused_as_a_replay_after_a_crash_quarantines_nothing() {
         call(&mut g2, &mut dev, peer(), &registration(51, "dev-1")),
         ResponseType::Created
     );
+}
+
+#[test]
+fn replays_of_a_captured_message_are_bounded_per_kid_and_quarantine_nothing() {
+    let limits = LimitsConfig {
+        per_device: Rate {
+            per_second: 1.0,
+            burst: 5.0,
+        },
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let mut dev = registered(&mut g, now);
+    // A genuine report, captured on its way.
+    let (captured, _) = protect(&mut dev, &telemetry(2));
+    g.handle_datagram(now, T0, peer(), &captured);
+    let a = appends(&mut g);
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    persist_all(&mut g, now);
+    let _ = sent(&mut g);
+    // Replayed 100 times from 100 other networks (new message IDs, so not retransmissions).
+    for i in 0..100u32 {
+        let from = SocketAddr::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | (u128::from(i + 1) << 64) | 1,
+            )),
+            5683,
+        );
+        let replay = with_mid(&captured, 0x8000 + i as u16);
+        g.handle_datagram(now, T0, from, &replay);
+    }
+    // The kid's budget (5) is spent on the first replays; the rest is dropped unread.
+    assert_eq!(g.stats().replay, 5);
+    assert_eq!(g.stats().kid_limited, 95);
+    assert_eq!(g.stats().quarantines, 0);
+    assert_eq!(sent(&mut g).len(), 5, "4.01 to the first five");
+    // The device, from where it was verified, is served.
+    assert_eq!(
+        report(&mut g, &mut dev, peer(), now, 3),
+        ResponseType::Changed
+    );
+    // A second later the kid has a token again: the next replay is read (and refused).
+    let later = now + Duration::from_secs(1);
+    g.handle_datagram(
+        later,
+        T0,
+        "[2001:db9::1]:9".parse().unwrap(),
+        &with_mid(&captured, 1),
+    );
+    assert_eq!(g.stats().replay, 6);
+}
+
+/// `bytes` with another message ID.
+fn with_mid(bytes: &[u8], mid: u16) -> Vec<u8> {
+    let mut p = Packet::from_bytes(bytes).unwrap();
+    p.header.message_id = mid;
+    p.to_bytes_unlimited().unwrap()
 }
 
 #[test]

@@ -32,7 +32,7 @@ use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::gateway::{
     DeviceKeys, Gateway, GatewayConfig, LimitsConfig, Rate, StoredState,
 };
-use v6iot_edge_router::ingress::downlink::Reachability;
+use v6iot_edge_router::ingress::downlink::{CommandLimits, JournalWritten, Reachability};
 use v6iot_edge_router::ingress::{Downlink, DownlinkCommand, Ingress, IngressConfig};
 use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
@@ -47,9 +47,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const IN_FLIGHT: u32 = 100_000;
 const ACKS: usize = 10_000;
 
+/// A command in flight to each of 100,000 devices (device n at `addr(n)`, message ID n), sent
+/// once the journal is durable, as the ingress does.
 fn downlink_with_commands() -> Downlink {
     let now = Instant::now();
-    let mut d = Downlink::new([7; 16]);
+    let reach = |n: u32| {
+        Some(Reachability {
+            address: addr(n),
+            queue_mode: false,
+            last_uplink: now,
+        })
+    };
+    let limits = CommandLimits {
+        max_total: IN_FLIGHT as usize + 1,
+        ..CommandLimits::default()
+    };
+    let window = Duration::from_secs(20);
+    let mut d = Downlink::new([7; 16]).with_limits(limits);
     for n in 0..IN_FLIGHT {
         let cmd = DownlinkCommand {
             device: format!("d{n:06}"),
@@ -63,12 +77,16 @@ fn downlink_with_commands() -> Downlink {
             observe: false,
             accept: None,
         };
-        let reach = Reachability {
-            address: addr(n),
-            queue_mode: false,
-            last_uplink: now,
+        d.command(now, 1, cmd, reach(n), window, n as u16);
+    }
+    while let Some(b) = d.poll_journal() {
+        let outcome = JournalWritten::Durable {
+            rewritten: b.rewrite.is_some(),
         };
-        d.command(now, 1, cmd, Some(reach), Duration::from_secs(20), n as u16);
+        for device in d.journal_written(b.id, outcome) {
+            let n: u32 = device.trim_start_matches('d').parse().unwrap();
+            d.try_send(now, 1, &device, reach(n), window, n as u16);
+        }
     }
     while d.poll_transmit().is_some() {}
     assert_eq!(d.in_flight(), IN_FLIGHT as usize);

@@ -10,6 +10,10 @@
 //!   `PRAGMA data_version` is read (a cheap read of the file header, no query); when it moved,
 //!   every device is reloaded and sent as [`FromRegistry::Devices`]. The edge's own writes go
 //!   through this connection and do not move its `data_version`.
+//! - **Audit checkpoints** ([`crate::audit::checkpoint`]): the head of the trail, signed into
+//!   its file and sent as [`FromRegistry::Checkpoint`] to be published — at start, after rows
+//!   were added (by the edge, or by another process as `data_version` tells) at a bounded rate,
+//!   regularly, and into the file once more when the thread ends.
 //!
 //! # State before audit
 //!
@@ -26,11 +30,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::audit::AuditEvent;
+use crate::audit::checkpoint::CheckpointMessage;
+use crate::audit::checkpointer::{CheckpointConfig, Checkpointer};
 use crate::gateway::{DeviceKeys, PersistBatch};
 use crate::registry_db::Registry;
 
@@ -113,6 +119,8 @@ pub enum FromRegistry {
     },
     /// The registry changed: the whole device list.
     Devices(Vec<DeviceKeys>),
+    /// An audit checkpoint to publish on the security topic.
+    Checkpoint(CheckpointMessage),
 }
 
 /// The lanes shared with the thread.
@@ -141,6 +149,7 @@ pub struct RegistryWorker {
 impl RegistryWorker {
     /// Starts the thread on `registry`; results go to `out`. `load_devices` is false when the
     /// registry has no seal key (lab mode without credentials): no device reloads then.
+    /// `checkpoints` says where and how often audit checkpoints are made.
     ///
     /// # Errors
     ///
@@ -148,13 +157,19 @@ impl RegistryWorker {
     pub fn start(
         registry: Registry,
         load_devices: bool,
+        checkpoints: CheckpointConfig,
         out: UnboundedSender<FromRegistry>,
     ) -> std::io::Result<RegistryWorker> {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("v6iot-registry".into())
-            .spawn(move || run(registry, load_devices, &theirs, &out))?;
+            .spawn(move || {
+                let key = registry.seal_key().cloned();
+                let mut checkpointer =
+                    Checkpointer::start(checkpoints, key, registry.audit(), Instant::now());
+                run(registry, load_devices, &mut checkpointer, &theirs, &out);
+            })?;
         Ok(RegistryWorker {
             shared,
             thread: Some(thread),
@@ -198,7 +213,7 @@ enum Step {
     Stop,
 }
 
-/// Waits until there is work, the poll is due (`until`), or the worker is stopped with nothing
+/// Waits until there is work, a timer is due (`until`), or the worker is stopped with nothing
 /// left to do.
 fn wait(shared: &Shared, until: Instant) -> Step {
     let mut jobs = shared.lock();
@@ -223,13 +238,14 @@ fn wait(shared: &Shared, until: Instant) -> Step {
 fn run(
     mut registry: Registry,
     load_devices: bool,
+    checkpointer: &mut Checkpointer,
     shared: &Shared,
     out: &UnboundedSender<FromRegistry>,
 ) {
     let mut version = registry.data_version().ok();
     let mut next_poll = Instant::now() + POLL_EVERY;
     loop {
-        match wait(shared, next_poll) {
+        match wait(shared, next_poll.min(checkpointer.poll_timeout())) {
             Step::Work(Job::Persist(batch)) => {
                 let ok = match registry.store_oscore_state(&batch.rows) {
                     Ok(()) => true,
@@ -245,15 +261,30 @@ fn run(
                     return;
                 }
             }
-            Step::Work(Job::Audit(rows)) => append_audit(&mut registry, &rows),
+            Step::Work(Job::Audit(rows)) => {
+                append_audit(&mut registry, &rows);
+                checkpointer.changed(Instant::now());
+            }
             Step::Poll => {}
-            Step::Stop => return,
+            Step::Stop => {
+                checkpointer.finish(unix_ms(), registry.audit());
+                return;
+            }
+        }
+        if let Some(m) = checkpointer.handle_timeout(Instant::now(), unix_ms(), registry.audit())
+            && out.send(FromRegistry::Checkpoint(m)).is_err()
+        {
+            return;
         }
         if Instant::now() < next_poll {
             continue;
         }
         next_poll = Instant::now() + POLL_EVERY;
         let now_version = registry.data_version().ok();
+        if now_version != version {
+            // Another process wrote (maybe audit rows: `devices add`, `revoke` …).
+            checkpointer.changed(Instant::now());
+        }
         if now_version == version || !load_devices {
             version = now_version;
             continue;
@@ -297,6 +328,12 @@ fn reload(registry: &Registry, out: &UnboundedSender<FromRegistry>) -> bool {
             true
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -367,14 +404,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(&dir.path().join("r.db"), None).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let worker = RegistryWorker::start(registry, false, tx).unwrap();
+        let checkpoints = CheckpointConfig {
+            file: None,
+            every: Duration::from_secs(3600),
+            min_gap: Duration::from_secs(3600),
+            edge: "e1".into(),
+        };
+        let worker = RegistryWorker::start(registry, false, checkpoints, tx).unwrap();
         assert_eq!(worker.audit(rows(1000)), 0);
         assert!(worker.persist(batch(5)));
         worker.stop();
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(FromRegistry::Persisted { id: 5, ok: true })
-        ));
+        let persisted = std::iter::from_fn(|| rx.try_recv().ok())
+            .any(|m| matches!(m, FromRegistry::Persisted { id: 5, ok: true }));
+        assert!(persisted);
         let registry = Registry::open(&dir.path().join("r.db"), None).unwrap();
         let verified = registry.audit().verify().unwrap();
         assert_eq!(verified.rows, 1000, "every row written");

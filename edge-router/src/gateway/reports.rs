@@ -9,7 +9,7 @@
 //! Report (JSON):
 //!
 //! ```json
-//! {"edge":"edge-1","at_ms":1764150000000,"interval_s":2,
+//! {"kind":"security_report","edge":"edge-1","at_ms":1764150000000,"interval_s":2,
 //!  "counts":{"replay":3,"source_limited":12000},
 //!  "totals":{"replay":5,"source_limited":12000,"unknown_kid":1},
 //!  "samples":[{"cause":"replay","source":"[2001:db8::7]:5683","device":"dev-7","kid":"07","at_ms":1764149999100}],
@@ -18,7 +18,9 @@
 //!
 //! `counts` are this interval's, `totals` since the edge started. Besides the refusals by cause
 //! ([`SecurityCause::as_str`]) they may hold `audit_rows_dropped`: audit rows the registry
-//! thread could not take in time (its queue was full; see `registry_worker`). Nothing here reads a clock or
+//! thread could not take in time (its queue was full; see `registry_worker`). The same topic
+//! carries the audit trail's checkpoints (`"kind":"audit_checkpoint"`, see
+//! [`crate::audit::checkpoint`]). Nothing here reads a clock or
 //! writes anywhere: the gateway passes times in, the server publishes [`SecurityReport::to_json`].
 
 use std::collections::BTreeMap;
@@ -30,6 +32,9 @@ use super::failures::{SecurityCause, SecurityEvent};
 
 /// The report's count of audit rows dropped.
 pub const AUDIT_DROPPED: &str = "audit_rows_dropped";
+
+/// The `kind` of a security report.
+pub const REPORT_KIND: &str = "security_report";
 
 /// A sample in a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,6 +71,8 @@ pub struct QuarantineNote {
 /// One interval's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SecurityReport {
+    /// Always [`REPORT_KIND`]: tells it from the other messages on the security topic.
+    pub kind: &'static str,
     /// The edge router's name.
     pub edge: String,
     /// When the report was made, Unix milliseconds.
@@ -187,6 +194,7 @@ impl SecurityEvents {
         }
         self.due = None;
         Some(SecurityReport {
+            kind: REPORT_KIND,
             edge: self.edge.clone(),
             at_ms: unix_ms,
             interval_s: self.interval.as_secs(),
@@ -241,6 +249,7 @@ mod tests {
         assert_eq!(r.samples.len(), 3, "two of the flood, the first replay");
         assert!(r.samples.iter().any(|s| s.cause == "replay"));
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(json["kind"], "security_report");
         assert_eq!(json["edge"], "edge-1");
         assert_eq!(json["counts"]["source_limited"], 10_000);
         assert_eq!(json["samples"][2]["kid"], "01ab");

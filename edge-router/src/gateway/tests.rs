@@ -14,6 +14,8 @@ use v6iot_sdk::oscore::{
     unprotect_response,
 };
 
+mod rotation;
+
 use super::*;
 use crate::ingress::{AppendResult, IngressConfig};
 use crate::registry_db::{Ipv6Prefix, MasterSecret};
@@ -128,6 +130,20 @@ fn telemetry(mid: u16) -> Packet {
 /// Everything sent so far.
 fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
     std::iter::from_fn(|| g.poll_transmit()).collect()
+}
+
+/// Reports every command journal batch durable, as the driver does once it is synced: the
+/// commands in them go out (a command is never sent before its batch is durable).
+fn journal_durable(g: &mut Gateway, now: Instant, unix_ms: u64) {
+    while let Some(b) = g.ingress_mut().poll_journal() {
+        let rewritten = b.rewrite.is_some();
+        g.handle_journal_written(
+            now,
+            unix_ms,
+            b.id,
+            crate::ingress::JournalWritten::Durable { rewritten },
+        );
+    }
 }
 
 /// The outbox appends so far.
@@ -842,6 +858,7 @@ fn command_to_device(
             accept: None,
         },
     );
+    journal_durable(g, now, T0 + 1000);
     let out = sent(g);
     let cmd = Packet::from_bytes(&out.iter().find(|(to, _)| *to == peer()).unwrap().1).unwrap();
     let (_, info) = oscore::unprotect_request(dev, &cmd).unwrap();
@@ -1190,6 +1207,7 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
             accept: None,
         },
     );
+    journal_durable(&mut g, now, T0 + 2000);
     let out = sent(&mut g);
     let cmd = out
         .iter()

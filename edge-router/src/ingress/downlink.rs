@@ -2,10 +2,16 @@
 //! sent at once to always-on devices (`b=U`) and held for queue-mode devices (`b=UQ`) until
 //! their next uplink opens a listening window. Every command ends in exactly one result:
 //! the device's response, `expired` (TTL passed while queued), `timeout` (no answer), `reset`,
-//! or `rejected` (unknown device).
+//! or `rejected` (unknown device; refused by [`admission`]; its journal entry not stored).
 //!
-//! The queue is made durable by the driver: it writes each [`JournalEntry`] and feeds them back
-//! through [`Downlink::restore`] after a restart.
+//! Platform commands are bounded and may be limited to some devices ([`admission`]): over a
+//! cap, too large for the device's path, or for a device not on the allow-list, a command gets
+//! an error result at once and is never queued.
+//!
+//! The queue is made durable by the driver ([`journal_book`]): it writes each [`JournalBatch`]
+//! off the data path and reports it with [`Downlink::journal_written`]; a journaled command is
+//! sent only once its `queued` entry is durable. After a restart the driver feeds the pending
+//! commands back through [`Downlink::restore`].
 //!
 //! # What a spoofer can do to a command in flight
 //!
@@ -17,6 +23,15 @@
 //! the exchanges looked at). Whether a Reset may end an exchange is the gateway's decision:
 //! it never passes one on for a protected request (see `gateway`).
 
+mod admission;
+mod journal_book;
+mod queues;
+#[cfg(test)]
+mod tests;
+
+pub use admission::{BadPattern, CommandLimits, DeviceAllowList, OSCORE_REQUEST_OVERHEAD, Refusal};
+pub use journal_book::{JournalBatch, JournalWritten};
+
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
@@ -27,6 +42,10 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use serde::{Deserialize, Serialize};
 use v6iot_sdk::coap::wire;
+
+use admission::Waiting;
+use journal_book::{FailedBatch, JournalBook};
+use queues::Queues;
 
 /// A command for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,10 +211,32 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// Lines below which the journal is never rewritten while running.
+const MIN_REWRITE_LINES: u64 = 1024;
+
+/// What the downlink counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownlinkStats {
+    /// Platform commands accepted (queued).
+    pub accepted: u64,
+    /// Refused with `queue full` (per device or in all).
+    pub queue_full: u64,
+    /// Refused as too large for the device's path.
+    pub too_large: u64,
+    /// Refused: the device is not on the allow-list.
+    pub not_allowed: u64,
+    /// Refused: the request could not be encoded.
+    pub unencodable: u64,
+    /// Journal batches that could not be written (their commands were refused).
+    pub journal_failures: u64,
+    /// Journal rewrites done while running.
+    pub journal_rewrites: u64,
+}
+
 /// The downlink state of one edge router.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Downlink {
-    queues: HashMap<String, VecDeque<DownlinkCommand>>,
+    queues: Queues,
     in_flight: HashMap<String, Exchange>,
     by_token: HashMap<[u8; 8], String>,
     /// The exchange in flight for each (peer, message ID), for empty ACKs and Resets.
@@ -204,12 +245,38 @@ pub struct Downlink {
     recent: VecDeque<(String, String)>,
     tokens: Tokens,
     results: VecDeque<CommandResult>,
-    journal: VecDeque<JournalEntry>,
+    journal: JournalBook,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    limits: CommandLimits,
+    /// No queued command expires before this (Unix ms): the queues are not walked until then.
+    next_expiry_ms: u64,
+    stats: DownlinkStats,
     /// Commands dropped as duplicates of one already accepted.
     pub duplicates: u64,
     /// Exchanges in flight looked at to match empty ACKs and Resets (at most one per message).
     pub exchanges_examined: u64,
+}
+
+impl Default for Downlink {
+    fn default() -> Self {
+        Downlink {
+            queues: Queues::default(),
+            in_flight: HashMap::default(),
+            by_token: HashMap::default(),
+            by_message_id: HashMap::default(),
+            known: HashSet::default(),
+            recent: VecDeque::new(),
+            tokens: Tokens::default(),
+            results: VecDeque::new(),
+            journal: JournalBook::new(MIN_REWRITE_LINES),
+            transmits: VecDeque::new(),
+            limits: CommandLimits::default(),
+            next_expiry_ms: u64::MAX,
+            stats: DownlinkStats::default(),
+            duplicates: 0,
+            exchanges_examined: 0,
+        }
+    }
 }
 
 /// What the downlink needs to know about a device to send to it.
@@ -241,9 +308,27 @@ impl Downlink {
         self.in_flight.len()
     }
 
+    /// The same with `limits` on platform commands.
+    #[must_use]
+    pub fn with_limits(mut self, limits: CommandLimits) -> Downlink {
+        self.limits = limits;
+        self
+    }
+
     /// Commands waiting or in flight.
     pub fn pending(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum::<usize>() + self.in_flight.len()
+        self.queues.len() + self.in_flight.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DownlinkStats {
+        &self.stats
+    }
+
+    /// Lines the command journal holds (as far as the batches written say), and the journaled
+    /// commands not yet done.
+    pub fn journal_sizes(&self) -> (u64, u64) {
+        self.journal.sizes()
     }
 
     /// Next finished command.
@@ -251,9 +336,44 @@ impl Downlink {
         self.results.pop_front()
     }
 
-    /// Next journal entry to persist.
-    pub fn poll_journal(&mut self) -> Option<JournalEntry> {
-        self.journal.pop_front()
+    /// The next journal batch to persist, unless one is being written (one at a time).
+    #[must_use]
+    pub fn poll_journal(&mut self) -> Option<JournalBatch> {
+        let (queues, in_flight) = (&self.queues, &self.in_flight);
+        self.journal.poll_batch(|| live_commands(queues, in_flight))
+    }
+
+    /// What became of journal batch `id`. Returns the devices that may have a command ready to
+    /// send now (the caller tries them); the commands of a failed batch are finished with an
+    /// error result instead (they were never sent).
+    pub fn journal_written(&mut self, id: u64, outcome: JournalWritten) -> Vec<String> {
+        match self.journal.written(id, outcome) {
+            None => Vec::new(),
+            Some(Ok(devices)) => {
+                if outcome == (JournalWritten::Durable { rewritten: true }) {
+                    self.stats.journal_rewrites += 1;
+                }
+                devices
+            }
+            Some(Err(FailedBatch { after, upto })) => {
+                self.stats.journal_failures += 1;
+                // Their `queued` lines are not in the file (the writer cuts a failed append
+                // off before the next): no `done` entry is needed.
+                let lost = self.queues.take_where(|q| q.seq > after && q.seq <= upto);
+                for cmd in lost {
+                    self.journal.dropped();
+                    self.finish(
+                        CommandResult::failed(
+                            &cmd,
+                            "rejected",
+                            "not stored: the command journal could not be written",
+                        ),
+                        false,
+                    );
+                }
+                Vec::new()
+            }
+        }
     }
 
     /// Next datagram to send.
@@ -269,13 +389,13 @@ impl Downlink {
             .min()
     }
 
-    /// Puts back a command from the journal after a restart (no journal entry is written).
+    /// Puts back a command from the journal after a restart (no journal entry is written; the
+    /// caps do not apply: the journal held it).
     pub fn restore(&mut self, cmd: DownlinkCommand) {
         if self.known.insert((cmd.device.clone(), cmd.req.clone())) {
-            self.queues
-                .entry(cmd.device.clone())
-                .or_default()
-                .push_back(cmd);
+            self.journal.restored();
+            self.next_expiry_ms = self.next_expiry_ms.min(cmd.expires_unix_ms);
+            self.queues.push(cmd, 0);
         }
     }
 
@@ -294,6 +414,19 @@ impl Downlink {
             self.duplicates += 1;
             return;
         }
+        // The allow-list and the bounds first: a device the platform may not command gets
+        // "not allowed" whether or not it is registered.
+        let internal = cmd.req.starts_with('_');
+        let waiting = Waiting {
+            device: self.queues.len_for(&cmd.device)
+                + usize::from(self.in_flight.contains_key(&cmd.device)),
+            total: self.pending(),
+        };
+        let encoded = encode_request(&cmd, 0, &[0; 8]).map(|b| b.len());
+        if let Err(refusal) = self.limits.admit(&cmd, encoded, internal, waiting) {
+            self.refuse(&cmd, &refusal);
+            return;
+        }
         if device.is_none() {
             self.finish(
                 CommandResult::failed(
@@ -307,12 +440,34 @@ impl Downlink {
             return;
         }
         self.known.insert(key);
-        if !cmd.req.starts_with('_') {
-            self.journal.push_back(JournalEntry::Queued(cmd.clone()));
-        }
+        let seq = if internal {
+            0
+        } else {
+            self.stats.accepted += 1;
+            self.journal.queued(&cmd)
+        };
         let name = cmd.device.clone();
-        self.queues.entry(name.clone()).or_default().push_back(cmd);
+        self.next_expiry_ms = self.next_expiry_ms.min(cmd.expires_unix_ms);
+        self.queues.push(cmd, seq);
         self.try_send(now, unix_ms, &name, device, listen_window, message_id);
+    }
+
+    /// An error result for a command that is not taken: counted, not journaled, not remembered
+    /// (the same request id may come again).
+    fn refuse(&mut self, cmd: &DownlinkCommand, refusal: &Refusal) {
+        let counter = match refusal {
+            Refusal::NotAllowed { .. } => &mut self.stats.not_allowed,
+            Refusal::Unencodable(_) => &mut self.stats.unencodable,
+            Refusal::MessageTooLarge { .. } | Refusal::PayloadTooLarge { .. } => {
+                &mut self.stats.too_large
+            }
+            Refusal::DeviceQueueFull { .. } | Refusal::TotalQueueFull { .. } => {
+                &mut self.stats.queue_full
+            }
+        };
+        *counter += 1;
+        self.results
+            .push_back(CommandResult::failed(cmd, "rejected", refusal.to_string()));
     }
 
     /// Sends the next queued command to `device` if it can hear one now.
@@ -333,7 +488,8 @@ impl Downlink {
             return;
         }
         let next = loop {
-            let Some(cmd) = self.queues.get_mut(device).and_then(VecDeque::pop_front) else {
+            let journal = &self.journal;
+            let Some(cmd) = self.queues.pop_ready(device, |seq| journal.is_durable(seq)) else {
                 return;
             };
             if cmd.expires_unix_ms <= unix_ms {
@@ -349,9 +505,6 @@ impl Downlink {
             }
             break cmd;
         };
-        if self.queues.get(device).is_some_and(VecDeque::is_empty) {
-            self.queues.remove(device);
-        }
         let mut token = self.tokens.next();
         while self.by_token.contains_key(&token) {
             token = self.tokens.next();
@@ -489,22 +642,16 @@ impl Downlink {
 
     /// Devices with queued commands (to try after their uplinks).
     pub fn has_queued(&self, device: &str) -> bool {
-        self.queues.contains_key(device)
+        self.queues.has(device)
     }
 
-    /// Expires queued commands whose TTL passed.
+    /// Expires queued commands whose TTL passed (walks the queues only once one is due).
     pub fn expire_queued(&mut self, unix_ms: u64) {
-        let mut expired = Vec::new();
-        for q in self.queues.values_mut() {
-            q.retain(|c| {
-                let keep = c.expires_unix_ms > unix_ms;
-                if !keep {
-                    expired.push(c.clone());
-                }
-                keep
-            });
+        if unix_ms < self.next_expiry_ms {
+            return;
         }
-        self.queues.retain(|_, q| !q.is_empty());
+        let expired = self.queues.take_where(|q| q.cmd.expires_unix_ms <= unix_ms);
+        self.next_expiry_ms = self.queues.earliest_expiry().unwrap_or(u64::MAX);
         for c in expired {
             self.finish(
                 CommandResult::failed(
@@ -519,10 +666,7 @@ impl Downlink {
 
     fn finish(&mut self, result: CommandResult, journaled: bool) {
         if journaled && !result.req.starts_with('_') {
-            self.journal.push_back(JournalEntry::Done {
-                device: result.device.clone(),
-                req: result.req.clone(),
-            });
+            self.journal.done(&result.device, &result.req);
         }
         self.remember((result.device.clone(), result.req.clone()));
         self.results.push_back(result);
@@ -538,6 +682,30 @@ impl Downlink {
             self.known.remove(&old);
         }
     }
+}
+
+/// The journaled (platform) commands still to do, each device's in its order: the one in
+/// flight first, then its queue.
+fn live_commands(queues: &Queues, in_flight: &HashMap<String, Exchange>) -> Vec<DownlinkCommand> {
+    let mut live = Vec::with_capacity(queues.len() + in_flight.len());
+    let mut devices: Vec<&str> = queues.devices().collect();
+    devices.extend(
+        in_flight
+            .keys()
+            .map(String::as_str)
+            .filter(|d| !queues.has(d)),
+    );
+    for device in devices {
+        let first = in_flight.get(device).map(|x| &x.cmd);
+        live.extend(
+            first
+                .into_iter()
+                .chain(queues.of(device))
+                .filter(|c| !c.req.starts_with('_'))
+                .cloned(),
+        );
+    }
+    live
 }
 
 fn encode_request(cmd: &DownlinkCommand, message_id: u16, token: &[u8; 8]) -> Option<Vec<u8>> {
@@ -575,137 +743,4 @@ fn encode_request(cmd: &DownlinkCommand, message_id: u16, token: &[u8; 8]) -> Op
     }
     p.payload = cmd.payload.clone();
     wire::encode(&p)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
-    use super::*;
-    use std::net::{IpAddr, Ipv6Addr};
-
-    const T0: u64 = 1_800_000_000_000;
-    const WINDOW: Duration = Duration::from_secs(20);
-
-    fn cmd(device: &str) -> DownlinkCommand {
-        DownlinkCommand {
-            device: device.to_owned(),
-            req: "r1".into(),
-            method: "PUT".into(),
-            path: "/valve".into(),
-            payload: b"open".to_vec(),
-            content_format: Some(0),
-            expires_unix_ms: T0 + 600_000,
-            confirmable: true,
-            observe: false,
-            accept: None,
-        }
-    }
-
-    fn peer(i: u32) -> SocketAddr {
-        let ip = Ipv6Addr::from((0x2001_0db8_u128 << 96) | u128::from(i));
-        SocketAddr::new(IpAddr::V6(ip), 5683)
-    }
-
-    fn reach(address: SocketAddr, now: Instant) -> Option<Reachability> {
-        Some(Reachability {
-            address,
-            queue_mode: false,
-            last_uplink: now,
-        })
-    }
-
-    /// xorshift64: repeatable "random" spoofed messages.
-    fn next(state: &mut u64) -> u64 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state
-    }
-
-    #[test]
-    fn random_empty_acks_among_100_000_commands_in_flight_cost_one_lookup_each() {
-        let now = Instant::now();
-        let mut d = Downlink::new([7; 16]);
-        const IN_FLIGHT: u32 = 100_000;
-        for i in 0..IN_FLIGHT {
-            let device = format!("d{i}");
-            d.command(now, T0, cmd(&device), reach(peer(i), now), WINDOW, i as u16);
-        }
-        assert_eq!(d.in_flight(), IN_FLIGHT as usize);
-        assert_eq!(std::iter::from_fn(|| d.poll_transmit()).count(), 100_000);
-        // 10,000 spoofed empty ACKs: a real device's address, a random message ID.
-        let mut rng = 0x9e37_79b9_7f4a_7c15;
-        let mut matched = 0u64;
-        for _ in 0..10_000 {
-            let r = next(&mut rng);
-            let p = peer((r % u64::from(IN_FLIGHT)) as u32);
-            if d.handle_empty(now, p, (r >> 32) as u16, false).is_some() {
-                matched += 1;
-            }
-        }
-        // Bounded work: at most one exchange looked at per message, not 100,000.
-        assert!(d.exchanges_examined <= 10_000, "{}", d.exchanges_examined);
-        assert_eq!(d.exchanges_examined, matched);
-        // The genuine ACKs are found, each with one lookup.
-        let before = d.exchanges_examined;
-        for i in (0..IN_FLIGHT).step_by(1000) {
-            assert_eq!(
-                d.handle_empty(now, peer(i), i as u16, false),
-                Some(format!("d{i}"))
-            );
-        }
-        assert_eq!(d.exchanges_examined - before, 100);
-        // An ACK stops retransmitting; the command stays in flight for its separate response.
-        assert_eq!(d.in_flight(), IN_FLIGHT as usize);
-        assert_eq!(d.by_message_id.len(), d.in_flight.len());
-    }
-
-    #[test]
-    fn the_index_follows_exchanges_that_end() {
-        let now = Instant::now();
-        let mut d = Downlink::new([1; 16]);
-        d.command(now, T0, cmd("a"), reach(peer(1), now), WINDOW, 10);
-        d.command(now, T0, cmd("b"), reach(peer(2), now), WINDOW, 11);
-        // A Reset ends a's exchange: the index forgets it.
-        assert_eq!(d.handle_empty(now, peer(1), 10, true), Some("a".into()));
-        assert_eq!(d.handle_empty(now, peer(1), 10, true), None);
-        assert_eq!(d.by_message_id.len(), 1);
-        // b times out after its retransmissions: forgotten too.
-        let mut t = now;
-        for _ in 0..=MAX_RETRANSMIT {
-            t += Duration::from_secs(100);
-            d.handle_timeout(t);
-        }
-        assert_eq!(d.in_flight(), 0);
-        assert!(d.by_message_id.is_empty() && d.by_token.is_empty());
-        let statuses: Vec<_> = std::iter::from_fn(|| d.poll_result())
-            .map(|r| r.status)
-            .collect();
-        assert_eq!(statuses, ["reset", "timeout"]);
-    }
-
-    #[test]
-    fn tokens_are_unpredictable_and_do_not_depend_on_the_message_ids() {
-        let now = Instant::now();
-        let token_of = |key: [u8; 16], mid: u16| {
-            let mut d = Downlink::new(key);
-            d.command(now, T0, cmd("a"), reach(peer(1), now), WINDOW, mid);
-            d.in_flight["a"].token
-        };
-        assert_eq!(token_of([1; 16], 5), token_of([1; 16], 6));
-        assert_ne!(token_of([1; 16], 5), token_of([2; 16], 5));
-        let mut tokens = Tokens {
-            key: [3; 16],
-            counter: 0,
-        };
-        let a = tokens.next();
-        let b = tokens.next();
-        // Not a fixed step from one to the next.
-        let step = u64::from_be_bytes(b).wrapping_sub(u64::from_be_bytes(a));
-        let c = tokens.next();
-        assert_ne!(
-            u64::from_be_bytes(b).wrapping_add(step),
-            u64::from_be_bytes(c)
-        );
-    }
 }

@@ -45,7 +45,10 @@ use v6iot_cloud_bridge::topics::{Topics, valid_level};
 use v6iot_sdk::coap::content_format;
 use v6iot_sdk::coap::wire::{self, Token};
 
-pub use downlink::{CommandResult, Downlink, DownlinkCommand, JournalEntry};
+pub use downlink::{
+    CommandLimits, CommandResult, DeviceAllowList, Downlink, DownlinkCommand, DownlinkStats,
+    JournalBatch, JournalEntry, JournalWritten,
+};
 pub use registry::{Binding, Directory, Registration};
 use reply::Reply;
 
@@ -73,6 +76,8 @@ pub struct IngressConfig {
     /// default) draws the seed from the OS when the ingress is made, so they cannot be guessed
     /// from the boot time. Tests and fuzzers pass one for repeatable runs.
     pub random_seed: Option<[u8; 18]>,
+    /// Bounds and allow-list of platform commands.
+    pub commands: CommandLimits,
 }
 
 impl IngressConfig {
@@ -88,6 +93,7 @@ impl IngressConfig {
             lab_accept_unregistered: false,
             listen_window: Duration::from_secs(20),
             random_seed: None,
+            commands: CommandLimits::default(),
         }
     }
 }
@@ -359,6 +365,7 @@ impl Ingress {
             .random_seed
             .unwrap_or_else(|| os_seed(record_id_base));
         let [key @ .., m0, m1] = seed;
+        let downlink = Downlink::new(key).with_limits(config.commands.clone());
         Ingress {
             config,
             directory: Directory::new(),
@@ -373,7 +380,7 @@ impl Ingress {
             record_ids: telemetry::RecordIds::new(record_id_base),
             next_sweep: None,
             next_message_id: u16::from_be_bytes([m0, m1]),
-            downlink: Downlink::new(key),
+            downlink,
             observations: observe::Observations::default(),
             next_observation: 0,
         }
@@ -726,10 +733,36 @@ impl Ingress {
         self.downlink.restore(command);
     }
 
-    /// Next journal entry of the command queue, to persist.
+    /// The next batch of the command journal to persist (see [`downlink::JournalBatch`]); one
+    /// at a time, until [`Ingress::handle_journal_written`] reports it.
     #[must_use]
-    pub fn poll_journal(&mut self) -> Option<JournalEntry> {
+    pub fn poll_journal(&mut self) -> Option<JournalBatch> {
         self.downlink.poll_journal()
+    }
+
+    /// What became of journal batch `id`: commands it made durable may go out now; those of a
+    /// failed batch get an error result.
+    pub fn handle_journal_written(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        id: u64,
+        outcome: JournalWritten,
+    ) {
+        for device in self.downlink.journal_written(id, outcome) {
+            self.send_next(now, unix_ms, &device);
+        }
+        self.pump_downlink(unix_ms);
+    }
+
+    /// The downlink's counters (commands accepted and refused by cause, journal batches).
+    pub fn command_stats(&self) -> &DownlinkStats {
+        self.downlink.stats()
+    }
+
+    /// Lines the command journal holds, and the journaled commands not yet done.
+    pub fn journal_sizes(&self) -> (u64, u64) {
+        self.downlink.journal_sizes()
     }
 
     /// Commands queued or in flight.

@@ -222,6 +222,8 @@ pub struct SecuritySection {
     /// The burst a source network may send after a quiet spell.
     pub burst_per_source: u32,
     /// Verified requests per second allowed from one device; over it they get 5.03 + Max-Age.
+    /// The same rate (and burst) bounds the requests under its kid that are refused before
+    /// verification (replays, failed verifications) from anywhere but the device's own address.
     pub rate_per_device: u32,
     /// The burst a device may send after a quiet spell.
     pub burst_per_device: u32,

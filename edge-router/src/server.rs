@@ -74,8 +74,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
-    let socket = bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
-        .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
+    let (socket, local_addresses) =
+        bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
+            .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
     let coap_addr = socket.local_addr()?;
 
     let mut outbox_config = OutboxConfig::new(config.data_dir.join("outbox"));
@@ -240,7 +241,7 @@ pub async fn run(
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
 
-    let mut receiver = udp::Receiver::new();
+    let mut receiver = udp::Receiver::new(local_addresses);
     let sender = udp::SendThread::start(&socket).context("cannot start the send thread")?;
     let mut out = Vec::new();
     let mut appends = Appends::default();
@@ -551,8 +552,9 @@ fn flush(
     }
 }
 
-/// A UDP socket with large kernel buffers (bursts from many devices), for tokio.
-fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+/// A UDP socket with large kernel buffers (bursts from many devices), for tokio; on a wildcard
+/// address it reports each datagram's local address (`true`: see `udp`'s module docs).
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<(UdpSocket, bool)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -565,9 +567,10 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     if let Err(e) = socket.set_send_buffer_size(buffer) {
         tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
     }
+    let local_addresses = udp::want_local_addresses(&socket, addr)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok((UdpSocket::from_std(socket.into())?, local_addresses))
 }
 
 fn log_event(event: &IngressEvent) {

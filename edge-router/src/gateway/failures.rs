@@ -53,6 +53,10 @@ pub enum SecurityCause {
     SourceQuarantined,
     /// An authenticated device was over its rate: answered 5.03 with Max-Age.
     DeviceLimited,
+    /// A verified request whose Partial IV is not above the highest its device sent, from an
+    /// address the device is not bound to (a withheld message replayed elsewhere): dropped
+    /// unanswered, the binding stays.
+    StaleElsewhere,
 }
 
 impl SecurityCause {
@@ -73,6 +77,7 @@ impl SecurityCause {
             SecurityCause::SourceLimited => "source_limited",
             SecurityCause::SourceQuarantined => "source_quarantined",
             SecurityCause::DeviceLimited => "device_limited",
+            SecurityCause::StaleElsewhere => "stale_elsewhere",
         }
     }
 
@@ -84,6 +89,7 @@ impl SecurityCause {
             SecurityCause::SourceLimited
                 | SecurityCause::SourceQuarantined
                 | SecurityCause::DeviceLimited
+                | SecurityCause::StaleElsewhere
         )
     }
 

@@ -76,14 +76,15 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use time::OffsetDateTime;
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
-    OscoreError, OscoreOption, protect_request, protect_response, unprotect_request,
+    OscoreError, OscoreOption, RequestInfo, protect_request, protect_response, unprotect_request,
     unprotect_response,
 };
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
+use crate::peer::Peer;
 use crate::registry_db::DeviceState;
-use binding::{Bindings, Bound};
+use binding::{Bindings, Decision};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
 pub use failures::{SecurityCause, SecurityEvent};
@@ -112,6 +113,9 @@ pub struct GatewayConfig {
     pub edge_id: String,
     /// At most one security report per this interval (none while nothing is refused).
     pub report_interval: Duration,
+    /// Seeds the Echo values that confirm a device's new address (RFC 9175); the server
+    /// gives a random one.
+    pub echo_seed: u64,
 }
 
 impl Default for GatewayConfig {
@@ -123,6 +127,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             edge_id: "edge".to_owned(),
             report_interval: Duration::from_secs(5),
+            echo_seed: 0,
         }
     }
 }
@@ -158,8 +163,20 @@ pub struct GatewayStats {
     pub replies_suppressed: u64,
     /// Retransmissions answered from memory.
     pub duplicates: u64,
-    /// Devices that moved to another address.
+    /// Devices that moved to another address (confirmed by an Echo round trip).
     pub address_changes: u64,
+    /// Verified requests from a new address answered with an Echo challenge (RFC 9175)
+    /// instead of being served.
+    pub echo_challenges: u64,
+    /// Verified requests from an address another device is bound to (each audited), and
+    /// requests not taken because another device's with the same token from the same
+    /// address awaited its answer.
+    pub address_conflicts: u64,
+    /// Verified requests not above their device's newest Partial IV from an address it is
+    /// not bound to: dropped, the binding unchanged.
+    pub stale_elsewhere: u64,
+    /// Requests to devices bound nowhere (displaced by another device): not sent.
+    pub unreachable: u64,
     /// Datagrams dropped by a source network's rate limit.
     pub source_limited: u64,
     /// Datagrams dropped because their source network is quarantined.
@@ -195,7 +212,7 @@ pub enum GatewayEvent {
         /// How long, seconds.
         for_s: u64,
     },
-    /// A device was verified at another address than before.
+    /// A device was verified at another address than before (and confirmed there).
     Moved {
         /// Device.
         device: String,
@@ -203,6 +220,25 @@ pub enum GatewayEvent {
         from: SocketAddr,
         /// New address.
         to: SocketAddr,
+    },
+    /// A device was verified at an address another device is bound to (it was challenged).
+    Conflict {
+        /// The device verified there.
+        device: String,
+        /// The device bound there.
+        holder: String,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// A device lost its address to another that was confirmed there: nothing is sent to it
+    /// until it is verified again.
+    Displaced {
+        /// The device that lost the address.
+        device: String,
+        /// The device bound there now.
+        by: String,
+        /// The address.
+        address: SocketAddr,
     },
 }
 
@@ -224,7 +260,7 @@ pub struct Gateway {
     security: VecDeque<SecurityEvent>,
     events: VecDeque<GatewayEvent>,
     audits: VecDeque<AuditEvent>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<(Peer, Vec<u8>)>,
     stats: GatewayStats,
     next_sweep: Option<Instant>,
 }
@@ -240,8 +276,8 @@ impl Gateway {
             ingress,
             keys: Keyring::new(config.persist_step),
             exchanges: Exchanges::new(config.exchange_lifetime),
+            bindings: Bindings::new(config.echo_seed, config.exchange_lifetime),
             config,
-            bindings: Bindings::default(),
             persistence: Persistence::default(),
             failures: FailureLog::new(),
             security: VecDeque::new(),
@@ -316,9 +352,17 @@ impl Gateway {
         }
     }
 
-    /// Handles one datagram from `peer`.
-    pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
-        let cause = match self.limits.check_source(now, peer.ip()) {
+    /// Handles one datagram from `peer` (and, when the socket tells, the edge's address it was
+    /// sent to: the answers leave from there).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: impl Into<Peer>,
+        bytes: &[u8],
+    ) {
+        let peer = peer.into();
+        let cause = match self.limits.check_source(now, peer.remote.ip()) {
             Verdict::Allow => None,
             Verdict::Quarantined { .. } => Some(SecurityCause::SourceQuarantined),
             Verdict::SourceLimited | Verdict::DeviceLimited => Some(SecurityCause::SourceLimited),
@@ -326,12 +370,7 @@ impl Gateway {
         self.arm_limits_sweep(now);
         if let Some(cause) = cause {
             self.count(cause);
-            let event = SecurityEvent {
-                peer,
-                kid: None,
-                device: None,
-                cause,
-            };
+            let event = security_event(peer, None, None, cause);
             self.note_security(now, unix_ms, event);
             return;
         }
@@ -402,6 +441,7 @@ impl Gateway {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.exchanges.sweep(now);
+            self.bindings.sweep(now);
             self.next_sweep = None;
             self.arm_sweep(now);
         }
@@ -413,9 +453,9 @@ impl Gateway {
         self.pump(now);
     }
 
-    /// Next datagram to send: (destination, bytes).
+    /// Next datagram to send: (destination and the edge's address to send it from, bytes).
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
         self.transmits.pop_front()
     }
 
@@ -435,7 +475,7 @@ impl Gateway {
             } else {
                 Seen::Silent
             };
-            self.exchanges.remember(now, r.peer, r.message_id, seen);
+            self.exchanges.remember(now, r.peer.remote, r.message, seen);
             self.transmits.push_back((r.peer, r.bytes));
         }
     }
@@ -514,7 +554,8 @@ impl Gateway {
     }
 
     fn arm_sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_none() && self.exchanges.is_busy() {
+        let busy = self.exchanges.is_busy() || self.bindings.challenges() > 0;
+        if self.next_sweep.is_none() && busy {
             self.next_sweep = Some(now + SWEEP_EVERY);
         }
     }
@@ -524,10 +565,10 @@ impl Gateway {
     }
 
     /// An OSCORE request from a device.
-    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) {
-        let message_id = packet.header.message_id;
+    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let message = (packet.header.message_id, exchanges::fingerprint(packet));
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        match self.exchanges.seen(peer, message_id) {
+        match self.exchanges.seen(peer.remote, message.0, message.1) {
             Some(Seen::Pending | Seen::Silent) => {
                 self.stats.duplicates += 1;
                 return;
@@ -540,7 +581,7 @@ impl Gateway {
                 }
                 return;
             }
-            Some(Seen::Inner(_)) | None => {}
+            Some(Seen::Inner(..)) | None => {}
         }
         let Ok(OscoreOption { kid: Some(kid), .. }) = OscoreOption::from_packet(packet) else {
             self.refuse(now, unix_ms, peer, packet, None, SecurityCause::Malformed);
@@ -554,33 +595,65 @@ impl Gateway {
                 Some((id, _)) => (SecurityCause::DeviceRevoked, Some(id.clone())),
                 None => (SecurityCause::UnknownKid, None),
             };
-            self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause);
+            let event = security_event(peer, Some(kid), device, cause);
+            self.refuse_event(now, unix_ms, peer, packet, event);
             return;
         };
+        // One past the highest Partial IV the device sent so far, before this one.
+        let newest = entry.ctx.replay_window().restart_floor();
         let (inner, info) = match unprotect_request(&mut entry.ctx, packet) {
             Ok(verified) => verified,
             Err(e) => {
-                let device = Some(entry.id.clone());
-                self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause_of(e));
+                let event = security_event(peer, Some(kid), Some(entry.id.clone()), cause_of(e));
+                self.refuse_event(now, unix_ms, peer, packet, event);
                 return;
             }
         };
         self.stats.authenticated += 1;
-        let device = entry.id.clone();
-        let allowed = entry.allows(ipv6(peer));
-        self.exchanges.insert_server(
-            peer,
-            packet.get_token(),
-            ServerExchange {
-                kid: kid.clone(),
-                info,
-                since: now,
-                message_id,
-                confirmable,
-            },
-        );
+        let verified = Verified {
+            fresh: info.sequence_number() >= newest,
+            device: entry.id.clone(),
+            allowed: entry.allows(ipv6(peer.remote)),
+            kid,
+            inner,
+            info,
+            message,
+            confirmable,
+        };
+        self.admit(now, unix_ms, peer, verified);
+    }
+
+    /// A verified request: refused (address, name, rate), or challenged, dropped as stale, or
+    /// served, as its binding decides (see [`binding`]).
+    fn admit(&mut self, now: Instant, unix_ms: u64, peer: Peer, v: Verified) {
+        let Verified {
+            kid,
+            device,
+            inner,
+            info,
+            message,
+            confirmable,
+            fresh,
+            allowed,
+        } = v;
+        let exchange = ServerExchange {
+            kid: kid.clone(),
+            info,
+            since: now,
+            message,
+            confirmable,
+        };
+        if !self
+            .exchanges
+            .insert_server(peer.remote, inner.get_token(), exchange)
+        {
+            // Another device's request from this address with this token awaits its answer:
+            // this one is not taken (its retransmission may be, once that one is answered).
+            self.stats.address_conflicts += 1;
+            return;
+        }
         self.exchanges
-            .remember(now, peer, message_id, Seen::Pending);
+            .remember(now, peer.remote, message, Seen::Pending);
         let refusal = if !allowed {
             Some((
                 SecurityCause::AddressNotAllowed,
@@ -597,12 +670,7 @@ impl Gateway {
         if refusal.is_none() && self.limits.check_device(now, &device) != Verdict::Allow {
             let cause = SecurityCause::DeviceLimited;
             self.count(cause);
-            let event = SecurityEvent {
-                peer,
-                kid: Some(kid),
-                device: Some(device),
-                cause,
-            };
+            let event = security_event(peer, Some(kid), Some(device), cause);
             self.note_security(now, unix_ms, event);
             let mut answer = error_packet(&inner, ResponseType::ServiceUnavailable, "rate limit");
             let wait = (1.0 / self.config.limits.per_device.per_second.max(0.001)).ceil() as u32;
@@ -611,12 +679,7 @@ impl Gateway {
             return;
         }
         if let Some((cause, reason)) = refusal {
-            let event = SecurityEvent {
-                peer,
-                kid: Some(kid),
-                device: Some(device.clone()),
-                cause,
-            };
+            let event = security_event(peer, Some(kid), Some(device), cause);
             self.count(cause);
             let reply = self.failures.record(now, unix_ms, &event);
             self.note_security(now, unix_ms, event);
@@ -625,79 +688,190 @@ impl Gateway {
                 self.answer(peer, &answer);
             } else {
                 self.stats.replies_suppressed += 1;
-                self.exchanges.take_server(peer, packet.get_token());
+                self.exchanges.take_server(peer.remote, inner.get_token());
             }
             return;
         }
-        let binding = match self.bindings.bind(&device, peer) {
-            Bound::Same => None,
-            Bound::New => Some((
-                AuditKind::AddressBound,
-                format!("verified at {peer}"),
-                GatewayEvent::Bound {
-                    device: device.clone(),
-                    address: peer,
-                },
-            )),
-            Bound::Moved(from) => {
-                self.stats.address_changes += 1;
-                let _ = self.ingress.rebind(now, unix_ms, &device, peer);
-                Some((
-                    AuditKind::AddressChanged,
-                    format!("verified at {peer}, was {from}"),
-                    GatewayEvent::Moved {
-                        device: device.clone(),
-                        from,
-                        to: peer,
-                    },
-                ))
-            }
-        };
-        if let Some((kind, detail, event)) = binding {
-            self.audit(
-                AuditEvent::new(kind, device.clone())
-                    .at(audit_time(unix_ms))
-                    .address(ipv6(peer))
-                    .detail(detail),
-            );
-            push_bounded(&mut self.events, event);
+        let echo = inner
+            .get_first_option(CoapOption::Unknown(binding::ECHO))
+            .map(Vec::as_slice);
+        let decision = self.bindings.decide(now, &device, peer, fresh, echo);
+        if !self.apply_binding(now, unix_ms, peer, &device, &inner, decision) {
+            return;
         }
+        let mut inner = inner;
+        inner.clear_option(CoapOption::Unknown(binding::ECHO));
         self.ingress
             .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
 
-    /// An OSCORE response or notification to one of the edge's requests.
-    fn protected_response(
+    /// Carries out a binding decision for `device`'s verified `request` from `peer`: audit
+    /// rows, events, the ingress's registration, the Echo challenge or the drop. `true` when
+    /// the request is to be served.
+    fn apply_binding(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
-        packet: &Packet,
+        peer: Peer,
+        device: &str,
+        request: &Packet,
+        decision: Decision,
+    ) -> bool {
+        let at = audit_time(unix_ms);
+        let address = peer.remote;
+        match decision {
+            Decision::Stay { .. } => true,
+            Decision::Bound => {
+                self.audit(
+                    AuditEvent::new(AuditKind::AddressBound, device)
+                        .at(at)
+                        .address(ipv6(address))
+                        .detail(format!("verified at {peer}")),
+                );
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.to_owned(),
+                        address,
+                    },
+                );
+                true
+            }
+            Decision::Moved { from, displaced } => {
+                self.moved(now, unix_ms, peer, device, from, displaced);
+                true
+            }
+            Decision::Challenge { echo, holder } => {
+                self.stats.echo_challenges += 1;
+                if let Some(holder) = holder {
+                    self.stats.address_conflicts += 1;
+                    self.audit(
+                        AuditEvent::new(AuditKind::AddressConflict, device)
+                            .at(at)
+                            .address(ipv6(address))
+                            .detail(format!(
+                                "verified at {peer}, where {holder} is bound: Echo challenge \
+                                 sent; {holder} keeps the address unless {device} answers from it"
+                            )),
+                    );
+                    push_bounded(
+                        &mut self.events,
+                        GatewayEvent::Conflict {
+                            device: device.to_owned(),
+                            holder,
+                            address,
+                        },
+                    );
+                }
+                let mut answer = error_packet(request, ResponseType::Unauthorized, "");
+                answer.payload.clear();
+                answer.add_option(CoapOption::Unknown(binding::ECHO), echo.to_vec());
+                self.answer(peer, &answer);
+                false
+            }
+            Decision::Stale => {
+                let cause = SecurityCause::StaleElsewhere;
+                self.count(cause);
+                let event = security_event(peer, None, Some(device.to_owned()), cause);
+                self.note_security(now, unix_ms, event);
+                if let Some(x) = self.exchanges.take_server(peer.remote, request.get_token()) {
+                    self.exchanges
+                        .remember(now, peer.remote, x.message, Seen::Silent);
+                }
+                false
+            }
+        }
+    }
+
+    /// A confirmed move (or a first binding at an address another device held): audited, the
+    /// registration follows, the displaced device is unreachable there.
+    fn moved(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: Peer,
+        device: &str,
+        from: Option<Peer>,
+        displaced: Option<String>,
     ) {
-        let message_id = packet.header.message_id;
-        if let Some(Seen::Inner(inner)) = self.exchanges.seen(peer, message_id) {
+        let at = audit_time(unix_ms);
+        let address = peer.remote;
+        let (kind, mut detail) = match from {
+            Some(from) => {
+                self.stats.address_changes += 1;
+                let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Moved {
+                        device: device.to_owned(),
+                        from: from.remote,
+                        to: address,
+                    },
+                );
+                (
+                    AuditKind::AddressChanged,
+                    format!("verified at {peer}, was {from}; confirmed by Echo"),
+                )
+            }
+            None => {
+                let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                (
+                    AuditKind::AddressBound,
+                    format!("verified at {peer}; confirmed by Echo"),
+                )
+            }
+        };
+        if let Some(holder) = &displaced {
+            detail.push_str(&format!("; {holder} is no longer bound there"));
+        }
+        self.audit(
+            AuditEvent::new(kind, device)
+                .at(at)
+                .address(ipv6(address))
+                .detail(detail),
+        );
+        if let Some(holder) = displaced {
+            self.audit(
+                AuditEvent::new(AuditKind::AddressConflict, holder.clone())
+                    .at(at)
+                    .address(ipv6(address))
+                    .detail(format!(
+                        "unreachable at {peer}: {device} answered an Echo challenge there; \
+                         nothing is sent to {holder} until it is verified again"
+                    )),
+            );
+            push_bounded(
+                &mut self.events,
+                GatewayEvent::Displaced {
+                    device: holder,
+                    by: device.to_owned(),
+                    address,
+                },
+            );
+        }
+    }
+
+    /// An OSCORE response or notification to one of the edge's requests: verified with the
+    /// context of the request its token belongs to, wherever it comes from.
+    fn protected_response(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let message = (packet.header.message_id, exchanges::fingerprint(packet));
+        if let Some(Seen::Inner(inner, device)) =
+            self.exchanges.seen(peer.remote, message.0, message.1)
+        {
             // A retransmission: the ingress recognises it and repeats its ACK.
-            let inner = inner.clone();
+            let (inner, device) = (inner.clone(), device.clone());
             self.stats.duplicates += 1;
-            self.ingress.handle_packet(now, unix_ms, peer, &inner);
+            self.ingress
+                .handle_authenticated(now, unix_ms, peer, &inner, &device);
             return;
         }
         let token = packet.get_token();
-        let bound_kid = self
-            .bindings
-            .device_at(peer)
-            .map(str::to_owned)
-            .and_then(|d| self.keys.device_mut(&d).map(|e| e.kid.clone()));
-        let verified = match (self.exchanges.client_mut(token), bound_kid) {
-            (Some(x), Some(kid)) if x.kid == kid => match self.keys.get_mut(&kid) {
-                Some(entry) => unprotect_response(&mut entry.ctx, packet, &mut x.info)
-                    .ok()
-                    .map(|inner| (inner, x.observe)),
-                None => None,
-            },
-            _ => None,
-        };
-        let Some((inner, observe)) = verified else {
+        let verified = self.exchanges.client_mut(token).and_then(|x| {
+            let entry = self.keys.get_mut(&x.kid)?;
+            let inner = unprotect_response(&mut entry.ctx, packet, &mut x.info).ok()?;
+            Some((inner, x.observe, entry.id.clone()))
+        });
+        let Some((inner, observe, device)) = verified else {
             self.refuse(now, unix_ms, peer, packet, None, SecurityCause::BadResponse);
             return;
         };
@@ -705,9 +879,10 @@ impl Gateway {
         if !observe {
             self.exchanges.end_client(token);
         }
-        self.exchanges
-            .remember(now, peer, message_id, Seen::Inner(Box::new(inner.clone())));
-        self.ingress.handle_packet(now, unix_ms, peer, &inner);
+        let seen = Seen::Inner(Box::new(inner.clone()), device.as_str().into());
+        self.exchanges.remember(now, peer.remote, message, seen);
+        self.ingress
+            .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
 
     /// Refuses a message of no known device.
@@ -715,35 +890,28 @@ impl Gateway {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
         kid: Option<Vec<u8>>,
         cause: SecurityCause,
     ) {
-        self.refuse_as(now, unix_ms, peer, packet, kid, None, cause);
+        let event = security_event(peer, kid, None, cause);
+        self.refuse_event(now, unix_ms, peer, packet, event);
     }
 
     /// Refuses a message before (or instead of) verification: counted, an event, an audit
     /// row per source window, and an unprotected answer to a Confirmable request while the
     /// source's reply budget lasts.
-    #[allow(clippy::too_many_arguments)]
-    fn refuse_as(
+    fn refuse_event(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
-        kid: Option<Vec<u8>>,
-        device: Option<String>,
-        cause: SecurityCause,
+        event: SecurityEvent,
     ) {
+        let cause = event.cause;
         self.count(cause);
-        let event = SecurityEvent {
-            peer,
-            kid,
-            device,
-            cause,
-        };
         let may_reply = self.failures.record(now, unix_ms, &event);
         self.note_security(now, unix_ms, event);
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
@@ -783,31 +951,39 @@ impl Gateway {
             SecurityCause::SourceLimited => &mut s.source_limited,
             SecurityCause::SourceQuarantined => &mut s.source_quarantined,
             SecurityCause::DeviceLimited => &mut s.device_limited,
+            SecurityCause::StaleElsewhere => &mut s.stale_elsewhere,
         };
         *counter += 1;
     }
 
-    /// Moves the ingress's datagrams out, protecting what goes to or answers a device with a
-    /// context.
+    /// Moves the ingress's datagrams out: answers to verified requests protected with their
+    /// request's context, requests to a device protected with that device's own context and
+    /// sent where it is bound.
     fn pump(&mut self, now: Instant) {
-        while let Some((peer, bytes)) = self.ingress.poll_transmit() {
+        while let Some(t) = self.ingress.poll_outgoing() {
             // The fixed header decides; only what needs protection is parsed.
-            let code = bytes.get(1).copied().unwrap_or(0);
+            let code = t.bytes.get(1).copied().unwrap_or(0);
             let plain_ok = !self.config.require_oscore;
             if code == 0 {
-                self.transmits.push_back((peer, bytes));
+                self.transmits.push_back((t.to, t.bytes));
             } else if wire::is_request_code(code) {
-                if plain_ok && self.bindings.device_at(peer).is_none() {
-                    self.transmits.push_back((peer, bytes));
-                } else if let Ok(packet) = wire::parse(&bytes) {
-                    self.request_out(now, peer, &packet, bytes);
+                let device = t.device.as_deref().unwrap_or_default();
+                if self.keys.device_mut(device).is_some() {
+                    if let Ok(packet) = wire::parse(&t.bytes) {
+                        self.request_out(now, device, &packet);
+                    }
+                } else if plain_ok {
+                    self.transmits.push_back((t.to, t.bytes));
+                } else {
+                    // A device with no context: never sent plain when OSCORE is required.
+                    self.stats.protect_failures += 1;
                 }
-            } else if self.exchanges.has_server(peer, raw_token(&bytes)) {
-                if let Ok(packet) = wire::parse(&bytes) {
-                    self.answer(peer, &packet);
+            } else if self.exchanges.has_server(t.to.remote, raw_token(&t.bytes)) {
+                if let Ok(packet) = wire::parse(&t.bytes) {
+                    self.answer(t.to, &packet);
                 }
             } else if plain_ok {
-                self.transmits.push_back((peer, bytes));
+                self.transmits.push_back((t.to, t.bytes));
             } else {
                 // An answer to nothing verified: never sent plain when OSCORE is required.
                 self.stats.protect_failures += 1;
@@ -817,8 +993,8 @@ impl Gateway {
 
     /// Protects the answer to a verified request and holds it until the device's replay floor
     /// is durable.
-    fn answer(&mut self, peer: SocketAddr, packet: &Packet) {
-        let Some(mut x) = self.exchanges.take_server(peer, packet.get_token()) else {
+    fn answer(&mut self, peer: Peer, packet: &Packet) {
+        let Some(mut x) = self.exchanges.take_server(peer.remote, packet.get_token()) else {
             return;
         };
         let Some(entry) = self.keys.get_mut(&x.kid) else {
@@ -837,30 +1013,32 @@ impl Gateway {
             .floor_wanted
             .max(x.info.sequence_number().saturating_add(1));
         self.persistence.dirty(&x.kid);
-        self.persistence
-            .hold(peer, bytes, x.message_id, x.confirmable);
+        self.persistence.hold(peer, bytes, x.message, x.confirmable);
     }
 
-    /// A request of the edge to a device: protected with the context of the device bound to
-    /// `peer`; a retransmission resends the bytes protected the first time.
-    fn request_out(&mut self, now: Instant, peer: SocketAddr, packet: &Packet, plain: Vec<u8>) {
+    /// A request of the edge to `device` (a command, an observation): protected with the
+    /// device's own context and sent where the device is bound — whoever else sends from
+    /// the address the ingress knows, and wherever the device moved since. A retransmission
+    /// resends the bytes protected the first time. Not sent (counted) while the device is
+    /// bound nowhere (displaced from its address by another device).
+    fn request_out(&mut self, now: Instant, device: &str, packet: &Packet) {
         let message_id = packet.header.message_id;
+        let token = packet.get_token();
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        if let Some(bytes) = self.exchanges.sent(peer, message_id) {
-            let bytes = bytes.to_vec();
-            self.transmits.push_back((peer, bytes));
+        let Some(to) = self.bindings.get(device) else {
+            self.stats.unreachable += 1;
             return;
-        }
-        let device = self.bindings.device_at(peer).map(str::to_owned);
-        let Some(entry) = device.and_then(|d| self.keys.device_mut(&d)) else {
-            if self.config.require_oscore {
-                self.stats.protect_failures += 1;
-            } else {
-                self.transmits.push_back((peer, plain));
-            }
+        };
+        let Some(entry) = self.keys.device_mut(device) else {
+            self.stats.protect_failures += 1;
             return;
         };
         let kid = entry.kid.clone();
+        if let Some(bytes) = self.exchanges.sent(&kid, message_id, token) {
+            let bytes = bytes.to_vec();
+            self.transmits.push_back((to, bytes));
+            return;
+        }
         let result = protect_request(&mut entry.ctx, packet);
         if entry.ctx.mark_to_persist().is_some() {
             self.persistence.dirty(&kid);
@@ -875,8 +1053,12 @@ impl Gateway {
             return;
         };
         let observe = info.is_observe_registration();
+        if confirmable {
+            self.exchanges
+                .remember_sent(now, &kid, (message_id, token), &bytes);
+        }
         self.exchanges.insert_client(
-            packet.get_token(),
+            token,
             ClientExchange {
                 kid,
                 info,
@@ -884,10 +1066,37 @@ impl Gateway {
                 since: now,
             },
         );
-        if confirmable {
-            self.exchanges.remember_sent(now, peer, message_id, &bytes);
-        }
-        self.transmits.push_back((peer, bytes));
+        self.transmits.push_back((to, bytes));
+    }
+}
+
+/// A request that verified, on its way through [`Gateway::admit`].
+struct Verified {
+    kid: Vec<u8>,
+    device: String,
+    inner: Packet,
+    info: RequestInfo,
+    /// Message ID and fingerprint (deduplication).
+    message: (u16, u64),
+    confirmable: bool,
+    /// Its Partial IV is above every one its device sent before.
+    fresh: bool,
+    /// Its source lies in the device's allowed prefixes.
+    allowed: bool,
+}
+
+/// A refusal of a message from `peer`.
+fn security_event(
+    peer: Peer,
+    kid: Option<Vec<u8>>,
+    device: Option<String>,
+    cause: SecurityCause,
+) -> SecurityEvent {
+    SecurityEvent {
+        peer: peer.remote,
+        kid,
+        device,
+        cause,
     }
 }
 

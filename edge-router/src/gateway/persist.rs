@@ -42,9 +42,9 @@
 use std::collections::VecDeque;
 
 use foldhash::HashSet;
-use std::net::SocketAddr;
 
 use super::keys::{Keyring, StoredState};
+use crate::peer::Peer;
 
 /// The OSCORE state of one device context to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +69,19 @@ pub struct PersistBatch {
 
 struct Held {
     batch: u64,
-    peer: SocketAddr,
+    peer: Peer,
     bytes: Vec<u8>,
-    /// The request's message ID, to note the answer for deduplication.
-    message_id: u16,
+    /// The request's message ID and fingerprint, to note the answer for deduplication.
+    message: (u16, u64),
     confirmable: bool,
 }
 
 /// A released answer: send it and remember it for retransmissions.
 pub(super) struct Released {
-    pub(super) peer: SocketAddr,
+    pub(super) peer: Peer,
     pub(super) bytes: Vec<u8>,
-    pub(super) message_id: u16,
+    /// The request's message ID and fingerprint.
+    pub(super) message: (u16, u64),
     pub(super) confirmable: bool,
 }
 
@@ -104,16 +105,16 @@ impl Persistence {
     /// Holds an answer until the next batch is durable.
     pub(super) fn hold(
         &mut self,
-        peer: SocketAddr,
+        peer: Peer,
         bytes: Vec<u8>,
-        message_id: u16,
+        message: (u16, u64),
         confirmable: bool,
     ) {
         self.held.push_back(Held {
             batch: self.next_batch,
             peer,
             bytes,
-            message_id,
+            message,
             confirmable,
         });
     }
@@ -188,7 +189,7 @@ impl Persistence {
                 out.push(Released {
                     peer: h.peer,
                     bytes: h.bytes,
-                    message_id: h.message_id,
+                    message: h.message,
                     confirmable: h.confirmable,
                 });
             }

@@ -116,6 +116,14 @@ fn telemetry(mid: u16) -> Packet {
 
 /// Everything sent so far.
 fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
+    sent_via(g)
+        .into_iter()
+        .map(|(to, b)| (to.remote, b))
+        .collect()
+}
+
+/// Everything sent so far, with the edge's address each leaves from.
+fn sent_via(g: &mut Gateway) -> Vec<(Peer, Vec<u8>)> {
     std::iter::from_fn(|| g.poll_transmit()).collect()
 }
 
@@ -149,6 +157,41 @@ fn call(
         MessageClass::Response(c) => c,
         other => panic!("not a response: {other:?}"),
     }
+}
+
+/// Sends `request` protected from `from` and returns the Echo value of the protected 4.01
+/// that answers it (RFC 9175): the edge wants the address confirmed first.
+fn challenged(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    from: SocketAddr,
+    request: &Packet,
+) -> Vec<u8> {
+    let (bytes, mut info) = protect(dev, request);
+    g.handle_datagram(Instant::now(), T0, from, &bytes);
+    persist_all(g, Instant::now());
+    let out = sent_via(g);
+    assert_eq!(out.len(), 1, "one answer: {out:?}");
+    assert_eq!(
+        out[0].0.remote, from,
+        "the challenge goes to the new address"
+    );
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(dev, &answer, &mut info).expect("a protected challenge");
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    inner
+        .get_first_option(CoapOption::Unknown(binding::ECHO))
+        .expect("an Echo option")
+        .clone()
+}
+
+/// `request` with an Echo option.
+fn with_echo(mut request: Packet, echo: &[u8]) -> Packet {
+    request.add_option(CoapOption::Unknown(binding::ECHO), echo.to_vec());
+    request
 }
 
 /// Registers `dev-1` from `peer()`; returns the device context.
@@ -598,7 +641,15 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
     let mut dev = registered(&mut g, now);
     let _ = std::iter::from_fn(|| g.poll_audit()).count();
     let moved: SocketAddr = "[2001:db8::99]:6000".parse().unwrap();
-    let (bytes, _) = protect(&mut dev, &telemetry(40));
+    // From the new address the report is answered with an Echo challenge, not stored.
+    let echo = challenged(&mut g, &mut dev, moved, &telemetry(40));
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(
+        g.ingress().directory().get("dev-1").unwrap().address,
+        peer()
+    );
+    // The repeat with the Echo value, from the new address, moves the device.
+    let (bytes, _) = protect(&mut dev, &with_echo(telemetry(41), &echo));
     g.handle_datagram(now, T0 + 1000, moved, &bytes);
     let a = appends(&mut g);
     assert!(

@@ -17,6 +17,9 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use serde::{Deserialize, Serialize};
 use v6iot_sdk::coap::wire;
 
+use super::Outgoing;
+use crate::peer::Peer;
+
 /// A command for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownlinkCommand {
@@ -140,7 +143,7 @@ const RECENT_REQS: usize = 65_536;
 #[derive(Debug)]
 struct Exchange {
     cmd: DownlinkCommand,
-    peer: SocketAddr,
+    peer: Peer,
     message_id: u16,
     token: [u8; 8],
     bytes: Vec<u8>,
@@ -161,7 +164,7 @@ pub struct Downlink {
     next_token: u64,
     results: VecDeque<CommandResult>,
     journal: VecDeque<JournalEntry>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<Outgoing>,
     /// Commands dropped as duplicates of one already accepted.
     pub duplicates: u64,
 }
@@ -169,8 +172,8 @@ pub struct Downlink {
 /// What the downlink needs to know about a device to send to it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reachability {
-    /// Where it is.
-    pub address: SocketAddr,
+    /// Where it is (and the edge's address it reached).
+    pub address: Peer,
     /// Always reachable (`U`), or only within `window` after `last_uplink` (`UQ`).
     pub queue_mode: bool,
     /// Its last uplink.
@@ -201,8 +204,8 @@ impl Downlink {
         self.journal.pop_front()
     }
 
-    /// Next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// Next datagram to send: a request for a device.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
         self.transmits.pop_front()
     }
 
@@ -306,7 +309,11 @@ impl Downlink {
             );
             return;
         };
-        self.transmits.push_back((reach.address, bytes.clone()));
+        self.transmits.push_back(Outgoing {
+            to: reach.address,
+            bytes: bytes.clone(),
+            device: Some(device.to_owned()),
+        });
         let (next_at, separate_until) = if next.confirmable {
             (Some(now + ACK_TIMEOUT), None)
         } else {
@@ -340,7 +347,7 @@ impl Downlink {
         let device = self
             .in_flight
             .iter()
-            .find(|(_, x)| x.peer == peer && x.message_id == message_id)
+            .find(|(_, x)| x.peer.remote == peer && x.message_id == message_id)
             .map(|(d, _)| d.clone())?;
         if reset {
             let x = self.in_flight.remove(&device)?;
@@ -356,14 +363,26 @@ impl Downlink {
         Some(device)
     }
 
-    /// A response-class message from `peer`. Returns the device whose command it finished, and
-    /// whether it needs an empty ACK (a Confirmable separate response).
-    pub fn handle_response(&mut self, peer: SocketAddr, packet: &Packet) -> Option<(String, bool)> {
+    /// A response-class message from `peer`, verified as `identity`'s when the gateway
+    /// authenticated it. Returns the device whose command it finished, and whether it needs an
+    /// empty ACK (a Confirmable separate response). It must come from the device the command
+    /// is for: the authenticated one (wherever it sends from), or, for a device known by its
+    /// address only, from the address the command went to.
+    pub fn handle_response(
+        &mut self,
+        peer: SocketAddr,
+        packet: &Packet,
+        identity: Option<&str>,
+    ) -> Option<(String, bool)> {
         let token: [u8; 8] = packet.get_token().try_into().ok()?;
         let device = self.by_token.get(&token)?.clone();
         let x = self.in_flight.get(&device)?;
         let kind = packet.header.get_type();
-        if x.peer != peer
+        let sender = match identity {
+            Some(id) => x.cmd.device == id,
+            None => x.peer.remote == peer,
+        };
+        if !sender
             || (kind == MessageType::Acknowledgement && x.message_id != packet.header.message_id)
         {
             return None;
@@ -404,7 +423,11 @@ impl Downlink {
                 x.retransmits += 1;
                 x.timeout = x.timeout.saturating_mul(2);
                 x.next_at = Some(now + x.timeout);
-                self.transmits.push_back((x.peer, x.bytes.clone()));
+                self.transmits.push_back(Outgoing {
+                    to: x.peer,
+                    bytes: x.bytes.clone(),
+                    device: Some(device.clone()),
+                });
             } else if x.separate_until.is_some_and(|t| t <= now) {
                 ended.push(device.clone());
             }

@@ -453,6 +453,62 @@ mod tests {
         assert_eq!(seen, vec![b"one".to_vec(), b"two".to_vec()]);
     }
 
+    /// On a wildcard socket (dual-stack `[::]`, and `0.0.0.0`) each datagram comes with the
+    /// address it was sent to, and the answer leaves from it: the clients here are connected to
+    /// that address, so the kernel hands them nothing from any other. Loopback's 127/8 gives
+    /// several local addresses without a namespace of its own.
+    #[tokio::test]
+    async fn answers_leave_from_the_address_each_datagram_arrived_at() {
+        for listen in ["[::]:0", "0.0.0.0:0"] {
+            let listen: SocketAddr = listen.parse().unwrap();
+            let (socket, local) = super::super::bind_udp(listen, 1 << 20).unwrap();
+            assert!(local, "{listen}: a wildcard socket reads local addresses");
+            let port = socket.local_addr().unwrap().port();
+            let mut pairs = Vec::new();
+            for from in ["127.0.0.2", "127.0.0.3"] {
+                for to in ["127.0.0.1", "127.0.0.4", "127.0.0.5"] {
+                    let client = std::net::UdpSocket::bind((from, 0)).unwrap();
+                    client.connect((to, port)).unwrap();
+                    client
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    client.send(format!("{from}>{to}").as_bytes()).unwrap();
+                    pairs.push((client, to.parse::<Ipv4Addr>().unwrap()));
+                }
+            }
+            let mut receiver = Receiver::new(true);
+            let mut out: Datagrams = Vec::new();
+            while out.len() < pairs.len() {
+                tokio::time::timeout(Duration::from_secs(10), receiver.recv(&socket))
+                    .await
+                    .expect("every datagram arrives")
+                    .unwrap();
+                for (peer, bytes) in receiver.datagrams() {
+                    let peer = peer.unwrap();
+                    let text = String::from_utf8(bytes.to_vec()).unwrap();
+                    let to: Ipv4Addr = text.split_once('>').unwrap().1.parse().unwrap();
+                    let local = match peer.local.unwrap() {
+                        IpAddr::V6(mapped) => mapped.to_ipv4_mapped().unwrap(),
+                        IpAddr::V4(ip) => ip,
+                    };
+                    assert_eq!(local, to, "{listen}: {text} arrived at {peer}");
+                    out.push((peer, format!("answer to {text}").into_bytes()));
+                }
+            }
+            let sender = SendThread::start(&socket).unwrap();
+            sender.send(&mut out);
+            sender.stop();
+            let mut buf = [0u8; 64];
+            for (client, to) in &pairs {
+                let n = client.recv(&mut buf).unwrap_or_else(|e| {
+                    panic!("{listen}: no answer from {to} to {client:?}: {e}")
+                });
+                let from = client.local_addr().unwrap().ip();
+                assert_eq!(buf[..n], *format!("answer to {from}>{to}").as_bytes());
+            }
+        }
+    }
+
     #[test]
     fn ipv4_destinations_are_mapped_on_an_ipv6_socket() {
         let v4: SocketAddr = "192.0.2.1:5683".parse().unwrap();

@@ -34,10 +34,6 @@ use std::time::{Duration, Instant};
 
 use crate::peer::Peer;
 
-/// The Echo option (RFC 9175 §2.2.1): elective, safe to forward, not a cache key; Class E in
-/// OSCORE, so it travels encrypted.
-pub(super) const ECHO: u16 = 252;
-
 /// What a fresh or stale verified request of a device does to its binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Decision {

@@ -693,14 +693,14 @@ impl Gateway {
             return;
         }
         let echo = inner
-            .get_first_option(CoapOption::Unknown(binding::ECHO))
+            .get_first_option(CoapOption::Unknown(wire::ECHO))
             .map(Vec::as_slice);
         let decision = self.bindings.decide(now, &device, peer, fresh, echo);
         if !self.apply_binding(now, unix_ms, peer, &device, &inner, decision) {
             return;
         }
         let mut inner = inner;
-        inner.clear_option(CoapOption::Unknown(binding::ECHO));
+        inner.clear_option(CoapOption::Unknown(wire::ECHO));
         self.ingress
             .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
@@ -765,7 +765,7 @@ impl Gateway {
                 }
                 let mut answer = error_packet(request, ResponseType::Unauthorized, "");
                 answer.payload.clear();
-                answer.add_option(CoapOption::Unknown(binding::ECHO), echo.to_vec());
+                answer.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
                 self.answer(peer, &answer);
                 false
             }

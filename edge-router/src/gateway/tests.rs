@@ -183,14 +183,14 @@ fn challenged(
         MessageClass::Response(ResponseType::Unauthorized)
     );
     inner
-        .get_first_option(CoapOption::Unknown(binding::ECHO))
+        .get_first_option(CoapOption::Unknown(wire::ECHO))
         .expect("an Echo option")
         .clone()
 }
 
 /// `request` with an Echo option.
 fn with_echo(mut request: Packet, echo: &[u8]) -> Packet {
-    request.add_option(CoapOption::Unknown(binding::ECHO), echo.to_vec());
+    request.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
     request
 }
 

@@ -500,9 +500,9 @@ mod tests {
             sender.stop();
             let mut buf = [0u8; 64];
             for (client, to) in &pairs {
-                let n = client.recv(&mut buf).unwrap_or_else(|e| {
-                    panic!("{listen}: no answer from {to} to {client:?}: {e}")
-                });
+                let n = client
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("{listen}: no answer from {to} to {client:?}: {e}"));
                 let from = client.local_addr().unwrap().ip();
                 assert_eq!(buf[..n], *format!("answer to {from}>{to}").as_bytes());
             }

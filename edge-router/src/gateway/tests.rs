@@ -14,6 +14,8 @@ use v6iot_sdk::oscore::{
     unprotect_response,
 };
 
+mod addresses;
+
 use super::*;
 use crate::ingress::{AppendResult, IngressConfig};
 use crate::registry_db::{Ipv6Prefix, MasterSecret};

@@ -203,12 +203,15 @@ pub async fn run(
     let worker = RegistryWorker::start(registry, load_devices, registry_tx)
         .context("cannot start the registry thread")?;
     let ingress = Ingress::new(ingress_config, boot_ms);
+    let mut echo_seed = [0u8; 8];
+    getrandom::fill(&mut echo_seed).context("no random numbers for the Echo values")?;
     let gateway_config = GatewayConfig {
         require_oscore,
         persist_step: config.security.sender_persist_step,
         limits: config.security.limits(),
         edge_id: config.edge_id.clone(),
         report_interval: Duration::from_secs(config.security.report_interval_s),
+        echo_seed: u64::from_le_bytes(echo_seed),
         ..GatewayConfig::default()
     };
     let security_topic = topics.edge_security(&config.edge_id);
@@ -440,7 +443,8 @@ fn log_gateway_stats(s: &GatewayStats) {
          decryption_failed={} replay={} malformed={} not_active={} address_refused={} \
          endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
          address_changes={} protect_failures={} source_limited={} source_quarantined={} \
-         device_limited={} quarantines={}",
+         device_limited={} quarantines={} echo_challenges={} address_conflicts={} \
+         stale_elsewhere={} unreachable={}",
         s.authenticated,
         s.responses_verified,
         s.refused,
@@ -460,7 +464,11 @@ fn log_gateway_stats(s: &GatewayStats) {
         s.source_limited,
         s.source_quarantined,
         s.device_limited,
-        s.quarantines
+        s.quarantines,
+        s.echo_challenges,
+        s.address_conflicts,
+        s.stale_elsewhere,
+        s.unreachable
     );
 }
 

@@ -525,6 +525,9 @@ fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u6
 #[path = "e2e_mosquitto/oscore.rs"]
 mod oscore;
 
+#[path = "e2e_mosquitto/addresses.rs"]
+mod addresses;
+
 // ----- the tests -----
 
 #[test]

@@ -2,8 +2,9 @@
 //! [`Ingress`], address binding, and what must be persisted or audited because of them.
 //!
 //! ```text
-//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─▶ Ingress (inner request + device id)
-//!  datagram ◀─ Gateway::poll_transmit ◀─ protect (RequestInfo by peer+token) ◀─ Ingress answers/commands
+//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─ binding ─▶ Ingress (inner request + device id)
+//!  datagram ◀─ Gateway::poll_transmit ◀─ protect: answers (RequestInfo by peer+token),  ◀─ Ingress answers/commands
+//!                                        requests (the target device's context, to its binding)
 //!                      │ poll_persist / handle_persisted: sender marks, replay floors (answers held)
 //!                      │ poll_audit: bindings, auth failures (aggregated), revocations noticed
 //!                      └ poll_security_event: every refusal, for rate limiting
@@ -12,8 +13,8 @@
 //! | file | job |
 //! |---|---|
 //! | [`keys`] | the keyring: one context per active device by kid, synced with the registry |
-//! | `binding` | the address each device was last verified at, both ways |
-//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
+//! | `binding` | where each device is bound (its address and the edge's address it reached), both ways; moves only on fresh evidence, confirmed by an Echo round trip; conflicts between devices |
+//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication by address, message ID and fingerprint |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
 //! | [`failures`] | [`SecurityEvent`], the answer per cause, per-source aggregation of replies and audit rows |
 //! | [`limits`] | token buckets per source network (/64) and per device, quarantine after repeated failures |
@@ -30,12 +31,22 @@
 //! reaches the ingress, so nothing refused reaches the outbox.
 //!
 //! A verified request from outside the device's allowed prefixes gets a protected 4.03; a
-//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise the
-//! device is bound to the source address and port: a first binding or a move (NB-IoT re-attach)
-//! is audited with its time, the ingress moves the registration, and commands and observations
-//! follow the device. Responses and notifications to the edge's own protected requests must be
-//! protected and verify against the request's binding; plain ones are dropped and counted.
-//! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2) and pass through.
+//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise its
+//! binding decides (see `binding`): from the device's bound address it is served; its first
+//! binding is audited and served; a request not above the device's newest Partial IV from
+//! anywhere else is dropped (`stale_elsewhere`); a fresh one from a new address — or from an
+//! address another device is bound to, a conflict audited naming both — is answered with a
+//! protected 4.01 carrying an Echo option (RFC 9175), and only the device's repeat with that
+//! value from that address moves it (audited; the ingress moves the registration; a displaced
+//! device is unreachable there until verified again).
+//!
+//! Commands and observations belong to a device, never to an address: the ingress names the
+//! device each request is for, and the gateway protects it with that device's context and sends
+//! it where that device is bound, from the edge's address the device last reached. Responses
+//! and notifications must be protected and verify with the context of the request their token
+//! belongs to, wherever they come from; plain ones are dropped and counted. Answers leave from
+//! the edge's address their request arrived at. Empty ACK/RST messages are not protected by
+//! OSCORE (RFC 8613 §4.2) and pass through.
 //!
 //! # Rate limits and quarantine
 //!
@@ -764,7 +775,6 @@ impl Gateway {
                     );
                 }
                 let mut answer = error_packet(request, ResponseType::Unauthorized, "");
-                answer.payload.clear();
                 answer.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
                 self.answer(peer, &answer);
                 false

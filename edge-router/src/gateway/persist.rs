@@ -36,8 +36,9 @@
 //!
 //! Requests are answered in batches, so the extra cost is one SQLite commit per batch, not per
 //! request. RFC 8613 Appendix B.1.2 (refuse everything until an Echo round trip) was not chosen:
-//! the devices' SDK does not implement Echo, and it would cost every device a round trip after
-//! each restart of the edge.
+//! it would cost every device a round trip after each restart of the edge. (The SDK does answer
+//! Echo challenges; the edge asks for one only to confirm a device's new address, see
+//! `binding`.)
 
 use std::collections::VecDeque;
 

@@ -267,3 +267,113 @@ async fn one_open_outbox_per_directory() {
     let (again, _rx, _acks) = outbox::open(config(dir.path())).await.unwrap();
     again.close().await;
 }
+
+/// Byte offsets of records 1..=n as `write_run` lays them out in one segment.
+fn record_offsets(n: u64) -> Vec<u64> {
+    let mut at = 16; // the segment header
+    (1..=n)
+        .map(|i| {
+            let o = at;
+            at += outbox::record_len(&msg(i)).unwrap();
+            o
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_corrupt_record_in_the_middle_costs_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    write_run(dir.path(), 10).await;
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let offsets = record_offsets(10);
+    bytes[offsets[4] as usize + 30] ^= 0x10; // inside record 5: its CRC no longer matches
+    std::fs::write(&seg, bytes).unwrap();
+
+    let (outbox, mut rx, acks) = outbox::open(config(dir.path())).await.unwrap();
+    let s = outbox.stats();
+    assert_eq!((s.skipped_regions, s.torn_tails), (1, 0));
+    assert_eq!(s.skipped_bytes, outbox::record_len(&msg(5)).unwrap());
+    assert_eq!(s.recovered_messages, 9);
+    for id in (1..=4).chain(6..=10) {
+        let m = recv(&mut rx).await;
+        assert_eq!(m, msg(id).with_id(id));
+        acks.ack(id);
+    }
+    quiet(&mut rx).await;
+    // the records after the damage live in a segment of their own, named by the first of them
+    let names: Vec<String> = segments(dir.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        names.contains(&"00000000000000000006.seg".to_owned()),
+        "{names:?}"
+    );
+    assert!(outbox.append_one(msg(11)).await.unwrap() > 10);
+    assert_eq!(recv(&mut rx).await.payload, b"payload 11");
+    outbox.close().await;
+    drop(outbox);
+    // repaired for good: the next open skips nothing and still has the unacknowledged one
+    let (outbox, mut rx, _acks) = outbox::open(config(dir.path())).await.unwrap();
+    let s = outbox.stats();
+    assert_eq!(
+        (s.skipped_regions, s.torn_tails, s.recovered_messages),
+        (0, 0, 1)
+    );
+    assert_eq!(recv(&mut rx).await.payload, b"payload 11");
+    quiet(&mut rx).await;
+}
+
+#[tokio::test]
+async fn a_zeroed_block_across_records_keeps_every_record_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_run(dir.path(), 12).await;
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let offsets = record_offsets(12);
+    // from the middle of record 3 to the middle of record 6, as a lost disk block leaves it
+    let (from, to) = (offsets[2] as usize + 10, offsets[5] as usize + 7);
+    bytes[from..to].fill(0);
+    std::fs::write(&seg, bytes).unwrap();
+
+    let (outbox, mut rx, _acks) = outbox::open(config(dir.path())).await.unwrap();
+    let s = outbox.stats();
+    assert_eq!((s.skipped_regions, s.torn_tails), (1, 0));
+    assert_eq!(s.skipped_bytes, offsets[6] - offsets[2]);
+    assert_eq!(s.recovered_messages, 8);
+    for id in (1..=2).chain(7..=12) {
+        assert_eq!(recv(&mut rx).await, msg(id).with_id(id));
+    }
+    quiet(&mut rx).await;
+}
+
+#[tokio::test]
+async fn a_recovery_cut_short_by_a_crash_delivers_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_run(dir.path(), 10).await;
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let offsets = record_offsets(10);
+    bytes[offsets[3] as usize + 20] ^= 0x01; // record 4
+    std::fs::write(&seg, &bytes).unwrap();
+    // What a recovery leaves when it dies after writing the split-off segment (records 5..=10)
+    // and before cutting the damaged file; and a half-written split of another attempt.
+    let mut split = std::fs::read(&seg).unwrap()[..16].to_vec();
+    split[8..16].copy_from_slice(&5_u64.to_le_bytes());
+    split.extend_from_slice(&bytes[offsets[4] as usize..]);
+    std::fs::write(dir.path().join("00000000000000000005.seg"), &split).unwrap();
+    std::fs::write(
+        dir.path().join("00000000000000000005.seg.split"),
+        &split[..40],
+    )
+    .unwrap();
+
+    let (outbox, mut rx, _acks) = outbox::open(config(dir.path())).await.unwrap();
+    assert_eq!(outbox.stats().recovered_messages, 9);
+    for id in (1..=3).chain(5..=10) {
+        assert_eq!(recv(&mut rx).await, msg(id).with_id(id));
+    }
+    quiet(&mut rx).await;
+    assert!(!dir.path().join("00000000000000000005.seg.split").exists());
+}

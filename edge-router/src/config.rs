@@ -23,6 +23,9 @@
 //! client_cert = "/etc/v6iot/edge.pem"   # mutual TLS
 //! client_key = "/etc/v6iot/edge.key"
 //! max_in_flight = 256         # QoS 1 messages unacknowledged at most
+//! username = "edge-1"         # optional; the broker's ACL names this identity
+//! password = "…"              # over mqtt:// only with allow_plain_password = true
+//! allow_plain_password = false
 //!
 //! [websocket]                 # optional second sink: JSON lines over ws:// or wss://
 //! url = "wss://ingest.example/v6iot"
@@ -35,6 +38,11 @@
 //! db = "/var/lib/v6iot/registry.db"     # default: {data_dir}/registry.db
 //! seal_key_file = "/etc/v6iot/seal.key" # 64 hex digits; else the V6IOT_SEAL_KEY variable
 //!
+//! [audit]                     # checkpoints of the audit trail (see audit::checkpoint)
+//! checkpoint_file = "/var/lib/v6iot/audit.checkpoint" # default: {data_dir}/audit.checkpoint
+//! checkpoint_every_s = 60     # published on _edge/{edge}/security at least this often ...
+//! checkpoint_min_gap_s = 5    # ... and after new rows, no sooner than this after the last
+//!
 //! [security]                  # the OSCORE gateway in front of the ingress
 //! require_oscore = true       # default; false is LAB ONLY (plain CoAP accepted, loud warning)
 //! sender_persist_step = 4096  # edge sequence numbers per persisted mark (RFC 8613 App. B.1.1)
@@ -46,6 +54,13 @@
 //! failure_window_s = 10       # ... within this window quarantine it ...
 //! quarantine_s = 300          # ... for this long (dropped unread)
 //! report_interval_s = 5       # at most one report per interval on _edge/{edge}/security
+//!
+//! [commands]                  # commands from the platform (…/{device}/cmd/{req})
+//! max_queued_per_device = 64  # waiting or in flight per device; more: `queue full`
+//! max_queued_total = 32768    # the same over all devices
+//! max_message_bytes = 1152    # the CoAP request with OSCORE (RFC 7252 §4.6); larger: `too large`
+//! max_payload_bytes = 1024    # a device's block size (no Block1 downlink); larger: `too large`
+//! allow_devices = ["valve-*", "pump-3"]  # optional: only these take commands
 //! ```
 //!
 //! With `require_oscore` (the default) the router needs the registry's seal key to open the
@@ -86,6 +101,106 @@ pub struct EdgeConfig {
     /// The authentication gateway.
     #[serde(default)]
     pub security: SecuritySection,
+    /// Commands from the platform.
+    #[serde(default)]
+    pub commands: CommandsSection,
+    /// Checkpoints of the audit trail.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[commands]`: bounds and the allow-list of commands from the platform (see
+/// [`crate::ingress::downlink`]; each refusal is an error result on `…/cmd/{req}/result`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsSection {
+    /// Commands waiting or in flight for one device; more get `queue full`.
+    pub max_queued_per_device: usize,
+    /// Commands waiting or in flight over all devices; more get `queue full`. With the size
+    /// limits this bounds the queue's memory (about `max_queued_total` times
+    /// `max_message_bytes` plus 200 bytes) and the journal (at most about twice as many lines,
+    /// rewritten while running).
+    pub max_queued_total: usize,
+    /// The largest CoAP request to a device, OSCORE overhead included (default 1152: RFC 7252
+    /// §4.6 for a path of unknown MTU); larger commands get `too large`.
+    pub max_message_bytes: usize,
+    /// The largest command payload (default 1024: a device's block size; the downlink sends no
+    /// Block1); larger get `too large`.
+    pub max_payload_bytes: usize,
+    /// Only these devices take commands: names, or prefixes ending in `*` (`"valve-*"`).
+    /// Absent: every registered device. Which MQTT identities may publish commands at all is
+    /// the broker's ACL (see the README).
+    pub allow_devices: Option<Vec<String>>,
+}
+
+impl Default for CommandsSection {
+    fn default() -> Self {
+        let d = crate::ingress::CommandLimits::default();
+        CommandsSection {
+            max_queued_per_device: d.max_per_device,
+            max_queued_total: d.max_total,
+            max_message_bytes: d.max_message_bytes,
+            max_payload_bytes: d.max_payload_bytes,
+            allow_devices: None,
+        }
+    }
+}
+
+impl CommandsSection {
+    /// The downlink's limits these keys describe.
+    ///
+    /// # Errors
+    ///
+    /// A pattern of `allow_devices` that is not a name or a prefix with one final `*`.
+    pub fn limits(
+        &self,
+    ) -> Result<crate::ingress::CommandLimits, crate::ingress::downlink::BadPattern> {
+        let allow = match &self.allow_devices {
+            None => None,
+            Some(patterns) => Some(crate::ingress::DeviceAllowList::new(patterns)?),
+        };
+        Ok(crate::ingress::CommandLimits {
+            max_per_device: self.max_queued_per_device,
+            max_total: self.max_queued_total,
+            max_message_bytes: self.max_message_bytes,
+            max_payload_bytes: self.max_payload_bytes,
+            allow,
+        })
+    }
+}
+
+/// `[audit]`: the checkpoints that anchor the audit trail's end (see
+/// [`crate::audit::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The signed checkpoint file; default `{data_dir}/audit.checkpoint`.
+    pub checkpoint_file: Option<PathBuf>,
+    /// A checkpoint is published at least this often, seconds.
+    pub checkpoint_every_s: u64,
+    /// After rows were added, the next checkpoint comes no sooner than this after the last,
+    /// seconds (0: after every batch of rows).
+    pub checkpoint_min_gap_s: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            checkpoint_file: None,
+            checkpoint_every_s: 60,
+            checkpoint_min_gap_s: 5,
+        }
+    }
+}
+
+impl AuditSection {
+    /// The checkpoint file of a router whose data directory is `data_dir`.
+    #[must_use]
+    pub fn checkpoint_path(&self, data_dir: &Path) -> PathBuf {
+        self.checkpoint_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("audit.checkpoint"))
+    }
 }
 
 /// `[security]`
@@ -213,8 +328,12 @@ pub struct MqttSection {
     pub max_in_flight: u16,
     /// User name.
     pub username: Option<String>,
-    /// Password.
+    /// Password. Over plain `mqtt://` (no TLS) it would cross the network in clear text:
+    /// refused unless `allow_plain_password` is set.
     pub password: Option<String>,
+    /// Allow `password` over plain `mqtt://` (a broker on the same host or a trusted link);
+    /// default false.
+    pub allow_plain_password: bool,
     /// CA certificate(s), PEM: the only roots trusted for `mqtts://`.
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain, PEM (mutual TLS).
@@ -236,6 +355,7 @@ impl Default for MqttSection {
             max_in_flight: 256,
             username: None,
             password: None,
+            allow_plain_password: false,
             ca_file: None,
             client_cert: None,
             client_key: None,
@@ -385,6 +505,8 @@ impl EdgeConfig {
             outbox: OutboxSection::default(),
             registry: RegistrySection::default(),
             security: SecuritySection::default(),
+            commands: CommandsSection::default(),
+            audit: AuditSection::default(),
         }
     }
 
@@ -413,6 +535,16 @@ impl EdgeConfig {
         }
         if !matches!(self.mqtt.protocol, 4 | 5) {
             return invalid("mqtt.protocol", "must be 4 (MQTT 3.1.1) or 5");
+        }
+        if self.mqtt.password.is_some()
+            && self.mqtt.url.starts_with("mqtt://")
+            && !self.mqtt.allow_plain_password
+        {
+            return invalid(
+                "mqtt.allow_plain_password",
+                "a password over plain mqtt:// (no TLS) crosses the network in clear text: use \
+                 mqtts://, or set mqtt.allow_plain_password = true for a broker on this host",
+            );
         }
         if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
             return invalid("mqtt.client_key", "client_cert and client_key go together");
@@ -448,8 +580,41 @@ impl EdgeConfig {
         if self.security.report_interval_s == 0 {
             return invalid("security.report_interval_s", "must be at least 1");
         }
+        if self.audit.checkpoint_every_s == 0 {
+            return invalid("audit.checkpoint_every_s", "must be at least 1");
+        }
+        if self.audit.checkpoint_min_gap_s > self.audit.checkpoint_every_s {
+            return invalid(
+                "audit.checkpoint_min_gap_s",
+                "must be at most audit.checkpoint_every_s",
+            );
+        }
         if self.outbox.max_bytes < 1 << 20 {
             return invalid("outbox.max_bytes", "must be at least 1 MiB");
+        }
+        if self.commands.max_queued_per_device == 0 || self.commands.max_queued_total == 0 {
+            return invalid(
+                "commands.max_queued_per_device",
+                "commands.max_queued_per_device and max_queued_total must be at least 1",
+            );
+        }
+        if !(128..=1452).contains(&self.commands.max_message_bytes) {
+            return invalid(
+                "commands.max_message_bytes",
+                "must be 128..=1452 (1452: a 1500-byte link MTU less the IPv6 and UDP headers)",
+            );
+        }
+        if self.commands.max_payload_bytes > self.commands.max_message_bytes {
+            return invalid(
+                "commands.max_payload_bytes",
+                "must be at most commands.max_message_bytes",
+            );
+        }
+        if let Err(e) = self.commands.limits() {
+            return Err(ConfigError::Invalid {
+                key: "commands.allow_devices",
+                reason: e.to_string(),
+            });
         }
         if self.outbox.min_sync_interval_us > 100_000 {
             return invalid(
@@ -520,6 +685,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+        // A password over plain mqtt:// needs the explicit opt-in; over mqtts:// it does not.
+        let plain = "site = \"a\"\n[mqtt]\nurl = \"mqtt://[::1]:1883\"\nusername = \"u\"\npassword = \"p\"\n";
+        let e = EdgeConfig::parse(plain).unwrap_err().to_string();
+        assert!(e.starts_with("`mqtt.allow_plain_password`"), "{e}");
+        EdgeConfig::parse(&format!("{plain}allow_plain_password = true\n")).unwrap();
+        EdgeConfig::parse(&plain.replace("mqtt://", "mqtts://")).unwrap();
+        EdgeConfig::parse("site = \"a\"\n[mqtt]\nusername = \"u\"\n").unwrap();
         let e = EdgeConfig::parse("edge_id = \"e\"\n")
             .unwrap_err()
             .to_string();

@@ -110,9 +110,8 @@ fn main() -> anyhow::Result<()> {
             c.check()?;
             // One thread carries the data path (socket, gateway, ingress, outbox hand-off, MQTT
             // session): its tasks wake each other without crossing threads. The outbox's file
-            // writes and syncs run on tokio's blocking pool, SQLite on the registry thread; the
-            // command journal (written only when queue-mode commands change) is synced inline,
-            // before anything it caused is sent.
+            // writes and syncs and the command journal's batches run on tokio's blocking pool,
+            // SQLite on the registry thread; a journaled command is sent once its batch is synced.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

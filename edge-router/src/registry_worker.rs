@@ -9,14 +9,20 @@
 //!   `PRAGMA data_version` is read (a cheap read of the file header, no query); when it moved,
 //!   every device is reloaded and sent as [`FromRegistry::Devices`]. The edge's own writes go
 //!   through this connection and do not move its `data_version`.
+//! - **Audit checkpoints** ([`crate::audit::checkpoint`]): the head of the trail, signed into
+//!   its file and sent as [`FromRegistry::Checkpoint`] to be published — at start, after rows
+//!   were added (by the edge, or by another process as `data_version` tells) at a bounded rate,
+//!   regularly, and into the file once more when the thread ends.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::audit::AuditEvent;
+use crate::audit::checkpoint::CheckpointMessage;
+use crate::audit::checkpointer::{CheckpointConfig, Checkpointer};
 use crate::gateway::{DeviceKeys, PersistBatch};
 use crate::registry_db::Registry;
 
@@ -44,6 +50,8 @@ pub enum FromRegistry {
     },
     /// The registry changed: the whole device list.
     Devices(Vec<DeviceKeys>),
+    /// An audit checkpoint to publish on the security topic.
+    Checkpoint(CheckpointMessage),
 }
 
 /// The running thread: send it work; dropping the sender ends it.
@@ -57,6 +65,7 @@ pub struct RegistryWorker {
 impl RegistryWorker {
     /// Starts the thread on `registry`; results go to `out`. `load_devices` is false when the
     /// registry has no seal key (lab mode without credentials): no device reloads then.
+    /// `checkpoints` says where and how often audit checkpoints are made.
     ///
     /// # Errors
     ///
@@ -64,12 +73,18 @@ impl RegistryWorker {
     pub fn start(
         registry: Registry,
         load_devices: bool,
+        checkpoints: CheckpointConfig,
         out: UnboundedSender<FromRegistry>,
     ) -> std::io::Result<RegistryWorker> {
         let (jobs, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("v6iot-registry".into())
-            .spawn(move || run(registry, load_devices, &rx, &out))?;
+            .spawn(move || {
+                let key = registry.seal_key().cloned();
+                let mut checkpointer =
+                    Checkpointer::start(checkpoints, key, registry.audit(), Instant::now());
+                run(registry, load_devices, &mut checkpointer, &rx, &out);
+            })?;
         Ok(RegistryWorker {
             jobs,
             thread: Some(thread),
@@ -89,13 +104,16 @@ impl RegistryWorker {
 fn run(
     mut registry: Registry,
     load_devices: bool,
+    checkpointer: &mut Checkpointer,
     jobs: &mpsc::Receiver<ToRegistry>,
     out: &UnboundedSender<FromRegistry>,
 ) {
     let mut version = registry.data_version().ok();
     let mut next_poll = Instant::now() + POLL_EVERY;
     loop {
-        let wait = next_poll.saturating_duration_since(Instant::now());
+        let wait = next_poll
+            .min(checkpointer.poll_timeout())
+            .saturating_duration_since(Instant::now());
         match jobs.recv_timeout(wait) {
             Ok(ToRegistry::Persist(batch)) => {
                 let ok = match registry.store_oscore_state(&batch.rows) {
@@ -123,15 +141,28 @@ fn run(
                         }
                     }
                 }
+                checkpointer.changed(Instant::now());
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                checkpointer.finish(unix_ms(), registry.audit());
+                return;
+            }
+        }
+        if let Some(m) = checkpointer.handle_timeout(Instant::now(), unix_ms(), registry.audit())
+            && out.send(FromRegistry::Checkpoint(m)).is_err()
+        {
+            return;
         }
         if Instant::now() < next_poll {
             continue;
         }
         next_poll = Instant::now() + POLL_EVERY;
         let now_version = registry.data_version().ok();
+        if now_version != version {
+            // Another process wrote (maybe audit rows: `devices add`, `revoke` …).
+            checkpointer.changed(Instant::now());
+        }
         if now_version == version || !load_devices {
             version = now_version;
             continue;
@@ -153,4 +184,10 @@ fn run(
             Err(e) => tracing::error!(error = %e, "registry reload failed"),
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -30,15 +30,17 @@ use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, WsConfig, run_mqtt, run_websocket};
 
+use crate::audit::checkpointer::CheckpointConfig;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::EdgeConfig;
 use crate::gateway::{
     Gateway, GatewayConfig, GatewayEvent, GatewayStats, KeyChange, audit_address, audit_time,
 };
 use crate::ingress::{
-    AppendResult, AppendTicket, DownlinkCommand, Ingress, IngressConfig, IngressEvent, IngressStats,
+    AppendResult, AppendTicket, DownlinkCommand, DownlinkStats, Ingress, IngressConfig,
+    IngressEvent, IngressStats,
 };
-use crate::journal::CommandJournal;
+use crate::journal::{CommandJournal, JournalWriter};
 use crate::registry_db::Registry;
 use crate::registry_worker::{FromRegistry, RegistryWorker, ToRegistry};
 
@@ -167,6 +169,7 @@ pub async fn run(
     ingress_config.max_lifetime = Duration::from_secs(config.coap.max_lifetime);
     ingress_config.lab_accept_unregistered = config.coap.lab_accept_unregistered;
     ingress_config.listen_window = Duration::from_secs(config.coap.queue_listen_window_s);
+    ingress_config.commands = config.commands.limits().context("commands.allow_devices")?;
     if config.coap.lab_accept_unregistered {
         tracing::warn!(
             "LAB MODE: telemetry from unregistered sources is accepted (coap.lab_accept_unregistered)"
@@ -181,6 +184,9 @@ pub async fn run(
     }
     let registry = Registry::open_configured(&config)
         .with_context(|| "cannot open the device registry".to_owned())?;
+    for d in registry.duplicate_secrets() {
+        tracing::error!(device = %d.device, holder = %d.holder, "{d}");
+    }
     let (devices, load_devices) = match registry.device_keys() {
         Ok((devices, problems)) => {
             for p in problems {
@@ -200,7 +206,13 @@ pub async fn run(
         }
     };
     let (registry_tx, mut registry_rx) = mpsc::unbounded_channel::<FromRegistry>();
-    let worker = RegistryWorker::start(registry, load_devices, registry_tx)
+    let checkpoints = CheckpointConfig {
+        file: Some(config.audit.checkpoint_path(&config.data_dir)),
+        every: Duration::from_secs(config.audit.checkpoint_every_s),
+        min_gap: Duration::from_secs(config.audit.checkpoint_min_gap_s),
+        edge: config.edge_id.clone(),
+    };
+    let worker = RegistryWorker::start(registry, load_devices, checkpoints, registry_tx)
         .context("cannot start the registry thread")?;
     let ingress = Ingress::new(ingress_config, boot_ms);
     let mut echo_seed = [0u8; 8];
@@ -232,6 +244,7 @@ pub async fn run(
     for command in journal.pending() {
         gateway.ingress_mut().restore_command(command);
     }
+    let mut journal = JournalWriter::new(journal);
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
     let gateway_stats = Arc::new(std::sync::Mutex::new(GatewayStats::default()));
     if let Some(ready) = ready {
@@ -251,15 +264,15 @@ pub async fn run(
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged_stats = GatewayStats::default();
+    let mut logged_commands = DownlinkStats::default();
     tokio::pin!(shutdown);
     loop {
-        // Queued commands are on disk before anything they caused is sent.
-        let mut entries = Vec::new();
-        while let Some(e) = gateway.ingress_mut().poll_journal() {
-            entries.push(e);
-        }
-        if let Err(e) = journal.write(&entries) {
-            tracing::error!(error = %e, "command queue journal write failed");
+        // The command journal is written on the blocking pool, one batch at a time; the
+        // commands in a batch go out once it is durable (the downlink holds them till then).
+        if journal.is_idle()
+            && let Some(batch) = gateway.ingress_mut().poll_journal()
+        {
+            journal.start(batch);
         }
         flush(&mut gateway, &outbox, &mut appends, &security_topic);
         while let Some(datagram) = gateway.poll_transmit() {
@@ -314,6 +327,10 @@ pub async fn run(
                 }
                 appends.start(&outbox);
             }
+            written = journal.finished() => {
+                let (id, outcome) = written?;
+                gateway.handle_journal_written(Instant::now(), unix_ms(), id, outcome);
+            }
             Some(message) = registry_rx.recv() => {
                 let mut next = Some(message);
                 while let Some(m) = next {
@@ -322,6 +339,10 @@ pub async fn run(
                             gateway.handle_persisted(Instant::now(), id, ok);
                         }
                         FromRegistry::Devices(devices) => gateway.handle_devices(unix_ms(), devices),
+                        FromRegistry::Checkpoint(m) => {
+                            tracing::debug!(rows = m.rows, head = %m.head, "audit checkpoint");
+                            publish(&outbox, &security_topic, m.to_json());
+                        }
                     }
                     next = registry_rx.try_recv().ok();
                 }
@@ -349,12 +370,18 @@ pub async fn run(
                     log_gateway_stats(&now_stats);
                     logged_stats = now_stats;
                 }
+                let commands = *gateway.ingress().command_stats();
+                if commands != logged_commands {
+                    log_command_stats(&commands);
+                    logged_commands = commands;
+                }
             }
             () = sleep_until(deadline) => gateway.handle_timeout(Instant::now(), unix_ms()),
             () = &mut shutdown => break,
         }
     }
     tracing::info!("edge router stopping");
+    finish_journal(journal, &mut gateway).await?;
     drain_side_effects(&mut gateway, &worker);
     sender.stop();
     worker.stop();
@@ -367,6 +394,34 @@ pub async fn run(
     }
     fanout_task.abort();
     Ok(())
+}
+
+/// At shutdown: waits for the journal batch being written and writes what is left (inline:
+/// nothing else runs any more).
+async fn finish_journal(journal: JournalWriter, gateway: &mut Gateway) -> anyhow::Result<()> {
+    let (mut journal, last) = journal.stop().await?;
+    if let Some((id, outcome)) = last {
+        gateway.handle_journal_written(Instant::now(), unix_ms(), id, outcome);
+    }
+    while let Some(batch) = gateway.ingress_mut().poll_journal() {
+        let outcome = crate::journal::outcome(batch.id, journal.write(&batch));
+        gateway.handle_journal_written(Instant::now(), unix_ms(), batch.id, outcome);
+    }
+    Ok(())
+}
+
+fn log_command_stats(s: &DownlinkStats) {
+    tracing::info!(
+        "command stats accepted={} queue_full={} too_large={} not_allowed={} unencodable={} \
+         journal_failures={} journal_rewrites={}",
+        s.accepted,
+        s.queue_full,
+        s.too_large,
+        s.not_allowed,
+        s.unencodable,
+        s.journal_failures,
+        s.journal_rewrites
+    );
 }
 
 /// Hands the gateway's state batches and audit rows to the registry thread, and logs events.
@@ -558,6 +613,21 @@ fn flush(
             }
         });
     }
+}
+
+/// Hands one message (not retained) to the outbox, without waiting for it.
+fn publish(outbox: &OutboxHandle, topic: &str, payload: Vec<u8>) {
+    let handle = outbox.clone();
+    let message = NewMessage {
+        topic: topic.to_owned(),
+        payload,
+        retain: false,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = handle.append(vec![message]).await {
+            tracing::warn!(error = %e, "message not stored");
+        }
+    });
 }
 
 /// A UDP socket with large kernel buffers (bursts from many devices), for tokio; on a wildcard

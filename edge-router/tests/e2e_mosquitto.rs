@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceTree, Response, content_format as cf,
 };
 use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::{ReportStats, UplinkConfig};
 
 // ----- temp dirs and ports -----
@@ -294,13 +295,20 @@ struct Seen {
     status: HashMap<String, String>,
     /// The edge's security reports (`{prefix}/{site}/_edge/{edge}/security`).
     security: Vec<serde_json::Value>,
+    /// The edge's audit checkpoints (same topic, `"kind":"audit_checkpoint"`).
+    checkpoints: Vec<serde_json::Value>,
 }
 
 fn parse_delivery(topic: &str, payload: &[u8], seen: &mut Seen) {
     let levels: Vec<&str> = topic.split('/').collect();
     if levels[2] == "_edge" {
         if levels.get(4) == Some(&"security") {
-            seen.security.push(serde_json::from_slice(payload).unwrap());
+            let message: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            if message["kind"] == "audit_checkpoint" {
+                seen.checkpoints.push(message);
+            } else {
+                seen.security.push(message);
+            }
         }
         return; // the edge router's own status
     }
@@ -338,6 +346,19 @@ fn spawn_subscriber(
     name: &str,
     filter: &'static str,
     clean_session: bool,
+    on_publish: impl FnMut(&str, &[u8]) + Send + 'static,
+) {
+    spawn_subscriber_as(rt, port, name, None, filter, clean_session, on_publish);
+}
+
+/// [`spawn_subscriber`] logging in with `credentials` (user name, password).
+fn spawn_subscriber_as(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    name: &str,
+    credentials: Option<(&str, &str)>,
+    filter: &'static str,
+    clean_session: bool,
     mut on_publish: impl FnMut(&str, &[u8]) + Send + 'static,
 ) {
     let mut options = MqttOptions::new(
@@ -345,6 +366,9 @@ fn spawn_subscriber(
         "::1",
         port,
     );
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user, password);
+    }
     options
         .set_clean_session(clean_session)
         .set_keep_alive(Duration::from_secs(5))
@@ -524,6 +548,10 @@ fn acknowledged(results: &[(String, ReportStats, usize)]) -> HashSet<(String, u6
 /// OSCORE devices and attacks against the authentication gateway, on this harness.
 #[path = "e2e_mosquitto/oscore.rs"]
 mod oscore;
+
+/// Who may command which device: the broker's ACL and the edge's allow-list and bounds.
+#[path = "e2e_mosquitto/commands.rs"]
+mod commands;
 
 #[path = "e2e_mosquitto/addresses.rs"]
 mod addresses;

@@ -12,9 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use v6iot_sdk::time::Instant as SdkInstant;
+
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::ingress::{
     Append, AppendResult, DownlinkCommand, Ingress, IngressConfig, IngressEvent, JournalEntry,
+    JournalWritten,
 };
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceTree, Response, content_format as cf,
@@ -24,7 +27,7 @@ use v6iot_sdk::uplink::{Binding, RegistrationState, UplinkConfig};
 
 /// A sensor that reports one reading per second.
 struct Meter {
-    next: Instant,
+    next: SdkInstant,
     reading: f64,
     to_send: Vec<Vec<u8>>,
     valve: bool,
@@ -32,11 +35,11 @@ struct Meter {
 }
 
 impl App for Meter {
-    fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<SdkInstant> {
         Some(self.next)
     }
 
-    fn handle_timeout(&mut self, now: Instant) -> Changed {
+    fn handle_timeout(&mut self, now: SdkInstant) -> Changed {
         self.next = now + Duration::from_secs(1);
         self.reading += 1.0;
         if let Some(id) = self.observed {
@@ -60,6 +63,11 @@ fn energy_pack(reading: f64) -> Vec<u8> {
     senml::to_cbor(&pack).unwrap()
 }
 
+/// The device's time (the SDK's instant) of the test's std instant `t`, taken after the epoch.
+fn sdk(t: Instant) -> SdkInstant {
+    SdkInstant::from_std(t).unwrap()
+}
+
 const EDGE: &str = "[2001:db8::e]:5683";
 const DEV: &str = "[2001:db8::100]:40000";
 
@@ -73,6 +81,8 @@ struct Net {
     outbox_full: bool,
     /// The device's radio is off: datagrams to it are lost.
     asleep: bool,
+    /// The command journal's entries, as the driver wrote them (every batch durable).
+    journal: Vec<JournalEntry>,
 }
 
 impl Net {
@@ -86,7 +96,8 @@ impl Net {
 
     /// `observable`: `/energy` is observable SenML, so the edge observes it.
     fn build(lifetime: Duration, binding: Binding, observable: bool) -> Net {
-        let now = Instant::now();
+        // The test's std clock, from the SDK's epoch on, so every instant converts (`sdk`).
+        let now = SdkInstant::now().to_std().unwrap();
         let mut tree = ResourceTree::new();
         let energy = Resource::new("energy");
         let energy = if observable {
@@ -124,7 +135,7 @@ impl Net {
         )
         .unwrap();
         let app = Meter {
-            next: now + Duration::from_secs(1),
+            next: sdk(now) + Duration::from_secs(1),
             reading: 0.0,
             to_send: Vec::new(),
             valve: false,
@@ -136,7 +147,7 @@ impl Net {
             ..UplinkConfig::new(EDGE.parse().unwrap(), "m1")
         };
         let device =
-            Device::new(Config::default(), 3, Arc::new(tree), app).with_uplink(now, uplink);
+            Device::new(Config::default(), 3, Arc::new(tree), app).with_uplink(sdk(now), uplink);
         let ingress = Ingress::new(
             IngressConfig::new(Topics::new("v6iot", "site1").unwrap()),
             1_700_000_000_000,
@@ -149,6 +160,7 @@ impl Net {
             stored: Vec::new(),
             outbox_full: false,
             asleep: false,
+            journal: Vec::new(),
         }
     }
 
@@ -182,11 +194,20 @@ impl Net {
                 }
                 moved = true;
             }
+            while let Some(b) = self.ingress.poll_journal() {
+                self.journal.extend(b.entries.iter().cloned());
+                let outcome = JournalWritten::Durable {
+                    rewritten: b.rewrite.is_some(),
+                };
+                self.ingress
+                    .handle_journal_written(self.now, self.unix_ms, b.id, outcome);
+                moved = true;
+            }
             while let Some((to, bytes)) = self.ingress.poll_transmit() {
                 assert_eq!(to.remote, DEV.parse::<SocketAddr>().unwrap());
                 if !self.asleep {
                     self.device
-                        .handle_datagram(self.now, EDGE.parse().unwrap(), &bytes);
+                        .handle_datagram(sdk(self.now), EDGE.parse().unwrap(), &bytes);
                 }
                 moved = true;
             }
@@ -199,7 +220,8 @@ impl Net {
     /// Advances virtual time to the next deadline of either side (bounded by `until`).
     fn step_until(&mut self, until: Instant) {
         while self.now < until {
-            let next = [self.device.poll_timeout(), self.ingress.poll_timeout()]
+            let device = self.device.poll_timeout().and_then(SdkInstant::to_std);
+            let next = [device, self.ingress.poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min()
@@ -207,7 +229,7 @@ impl Net {
                 .min(until);
             self.unix_ms += (next - self.now).as_millis() as u64;
             self.now = next.max(self.now);
-            self.device.handle_timeout(self.now);
+            self.device.handle_timeout(sdk(self.now));
             self.ingress.handle_timeout(self.now, self.unix_ms);
             self.settle();
         }
@@ -418,8 +440,12 @@ fn command_to_an_always_on_device_runs_at_once() {
     let r = results(&net);
     assert_eq!(r.len(), 2);
     assert_eq!(r[1]["payload"], "on");
-    let journal: Vec<JournalEntry> = std::iter::from_fn(|| net.ingress.poll_journal()).collect();
-    assert_eq!(journal.len(), 4, "queued and done for each: {journal:?}");
+    assert_eq!(
+        net.journal.len(),
+        4,
+        "queued and done for each: {:?}",
+        net.journal
+    );
 }
 
 #[test]
@@ -444,7 +470,9 @@ fn command_to_a_queue_mode_device_waits_for_its_uplink() {
             .build(),
     )
     .unwrap();
-    net.device.report(net.now, cf::SENML_CBOR, report).unwrap();
+    net.device
+        .report(sdk(net.now), cf::SENML_CBOR, report)
+        .unwrap();
     net.settle();
     assert!(net.device.app().valve, "the command ran after the uplink");
     let r = results(&net);
@@ -454,7 +482,7 @@ fn command_to_a_queue_mode_device_waits_for_its_uplink() {
 /// The same device without its periodic reports (so it only speaks when the test says).
 fn rebuild_quiet(device: Device<Meter>) -> Device<Meter> {
     let mut device = device;
-    device.app_mut().next = Instant::now() + Duration::from_secs(1 << 30);
+    device.app_mut().next = SdkInstant::now() + Duration::from_secs(1 << 30);
     device
 }
 
@@ -528,7 +556,7 @@ fn the_edge_observes_observable_senml_resources_and_stores_each_notification() {
     );
     // After 24 h a notification is Confirmable; the edge acknowledges it once stored.
     let day = net.now + Duration::from_secs(24 * 3600);
-    net.device.app_mut().next = day;
+    net.device.app_mut().next = sdk(day);
     net.step_until(day + Duration::from_millis(10));
     assert_eq!(
         net.device.endpoint().observer_count(),

@@ -1,7 +1,10 @@
 //! The audit trail: the hash chain verifies and follows its documented format; the schema
 //! refuses changes; rows altered or removed behind its back — with a raw connection or with
 //! Debian's `sqlite3` CLI (scripts/test installs it) after dropping the triggers — are named by
-//! `verify`; `who_had` answers address-time questions across moves and re-assignments.
+//! `verify`; `who_had` answers address-time questions across moves and re-assignments. Rows cut
+//! from the end pass the chain alone but not its checkpoint: the signed file the edge keeps
+//! (its keeper is tested here on its own) and the head it publishes, through
+//! `v6iot-edge audit verify`.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,11 +16,16 @@
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
+use v6iot_edge_router::audit::checkpoint::{self, Checkpoint, CheckpointFile};
+use v6iot_edge_router::audit::checkpointer::{CheckpointConfig, Checkpointer};
 use v6iot_edge_router::audit::{AuditError, AuditEvent, AuditKind, ChainBroken};
-use v6iot_edge_router::registry_db::{DeviceRecord, DeviceState, MasterSecret, Registry, SealKey};
+use v6iot_edge_router::registry_db::{
+    DeviceRecord, DeviceState, MasterSecret, Registry, SEAL_KEY_ENV, SealKey, hex,
+};
 
 fn t(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_780_000_000 + secs).unwrap()
@@ -27,8 +35,12 @@ fn addr(text: &str) -> Ipv6Addr {
     text.parse().unwrap()
 }
 
+fn key() -> SealKey {
+    SealKey::from_bytes(&[1; 32]).unwrap()
+}
+
 fn open(path: &Path) -> Registry {
-    Registry::open(path, Some(SealKey::from_bytes(&[1; 32]).unwrap())).unwrap()
+    Registry::open(path, Some(key())).unwrap()
 }
 
 /// A registry with 6 audit rows: 2 provisioned, 4 about addresses.
@@ -375,4 +387,202 @@ fn a_batch_is_appended_in_order_in_one_transaction_or_not_at_all() {
     ];
     assert!(matches!(log.append_all(&bad), Err(AuditError::Invalid(_))));
     assert_eq!(log.verify().unwrap().rows, 3);
+}
+
+/// `v6iot-edge audit verify --data-dir DIR ARGS…`, with the seal key or without: (ok, stdout,
+/// stderr).
+fn verify_cli(dir: &Path, with_key: bool, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"));
+    cmd.args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env_remove(SEAL_KEY_ENV)
+        .env("RUST_LOG", "warn");
+    if with_key {
+        cmd.env(SEAL_KEY_ENV, "01".repeat(32));
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_last_row_deleted_with_the_sqlite3_cli_fails_verify_against_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    let file = dir.path().join("audit.checkpoint");
+    // The checkpoint the running edge keeps (same code) and the head it publishes.
+    let (rows, head) = open(&path).audit().head().unwrap();
+    assert_eq!(rows, 6);
+    let cp = Checkpoint {
+        rows,
+        head,
+        at_ms: 1_780_000_020_000,
+    };
+    checkpoint::write(&file, &cp, &key()).unwrap();
+    let head_hex = hex::encode(&head);
+    let published = ["--expect-rows", "6", "--expect-head", head_hex.as_str()];
+
+    // Unchanged: passes against the file (the default) and against the published head.
+    let (ok, out, err) = verify_cli(dir.path(), true, &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("audit chain ok: 6 rows, head "), "{out}");
+    assert!(out.contains("reaches checkpoint"), "{out}");
+    assert!(out.contains("signature checked"), "{out}");
+    let (ok, out, err) = verify_cli(dir.path(), true, &published);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("reaches --expect-rows/--expect-head"), "{out}");
+
+    // The last row deleted with the sqlite3 CLI: the chain alone still verifies ...
+    sqlite3(
+        &path,
+        "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 6;",
+    );
+    assert_eq!(open(&path).audit().verify().unwrap().rows, 5);
+    // ... its checkpoint does not, and says how many rows are missing.
+    match open(&path)
+        .audit()
+        .verify_anchored(&[cp.anchor("the file")])
+    {
+        Err(AuditError::AnchorBroken(b)) => {
+            assert_eq!(b.missing, Some(1), "{b}");
+            assert!(
+                b.to_string().starts_with("the file: the trail has 5 rows"),
+                "{b}"
+            );
+        }
+        other => panic!("expected a broken anchor, got {other:?}"),
+    }
+    let file_arg = file.to_str().unwrap();
+    for args in [&[][..], &["--checkpoint", file_arg][..], &published[..]] {
+        let (ok, out, err) = verify_cli(dir.path(), true, args);
+        assert!(!ok, "{args:?} should fail: {out}");
+        assert!(
+            err.contains("the trail has 5 rows, the anchor 6: 1 row(s) missing after row 5"),
+            "{args:?}: {err}"
+        );
+    }
+    // A published head alone (no file): no row has it any more.
+    let aside = dir.path().join("aside");
+    std::fs::rename(&file, &aside).unwrap();
+    let (ok, _, err) = verify_cli(dir.path(), true, &["--expect-head", head_hex.as_str()]);
+    assert!(!ok);
+    assert!(err.contains("no row has hash"), "{err}");
+    let (ok, _, err) = verify_cli(dir.path(), true, &[]);
+    assert!(ok, "without any anchor the cut is not seen: {err}");
+    assert!(err.contains("no checkpoint file"), "{err}");
+    std::fs::rename(&aside, &file).unwrap();
+
+    // Another row appended in its place (a valid chain of 6 rows again): rewritten.
+    open(&path)
+        .audit()
+        .append(&AuditEvent::auth_failure("filler").at(t(20)))
+        .unwrap();
+    assert_eq!(open(&path).audit().verify().unwrap().rows, 6);
+    let (ok, _, err) = verify_cli(dir.path(), true, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("row 6 has hash") && err.contains("rewritten"),
+        "{err}"
+    );
+
+    // A checkpoint made to match without the seal key is refused; without the key the
+    // signature cannot be checked, and the output says so.
+    let row5 = open(&path).audit().history("dev-a").unwrap().pop().unwrap();
+    assert_eq!(row5.seq, 5);
+    let head5 = row5.hash;
+    let forged = Checkpoint {
+        rows: 5,
+        head: head5,
+        at_ms: cp.at_ms,
+    };
+    std::fs::write(
+        &file,
+        forged.to_file(&SealKey::from_bytes(&[9; 32]).unwrap()),
+    )
+    .unwrap();
+    let (ok, _, err) = verify_cli(dir.path(), true, &[]);
+    assert!(!ok);
+    assert!(err.contains("MAC does not match"), "{err}");
+    let (ok, out, err) = verify_cli(dir.path(), false, &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("signature NOT checked"), "{out}");
+    // An explicit file that is not there is an error, not a pass.
+    let (ok, _, err) = verify_cli(dir.path(), true, &["--checkpoint", "/nonexistent/cp"]);
+    assert!(!ok);
+    assert!(err.contains("no checkpoint file"), "{err}");
+}
+
+fn read_checkpoint(file: &Path) -> Checkpoint {
+    let bytes = std::fs::read(file).unwrap();
+    CheckpointFile::parse(&bytes)
+        .unwrap()
+        .authenticate(&key())
+        .unwrap()
+}
+
+#[test]
+fn the_edge_never_replaces_a_checkpoint_the_trail_no_longer_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(&dir);
+    let file = dir.path().join("audit.checkpoint");
+    let config = CheckpointConfig {
+        file: Some(file.clone()),
+        every: std::time::Duration::from_secs(60),
+        min_gap: std::time::Duration::from_secs(5),
+        edge: "e1".into(),
+    };
+    let t0 = Instant::now();
+    let secs = |n| t0 + std::time::Duration::from_secs(n);
+    {
+        let reg = open(&path);
+        let mut keeper = Checkpointer::start(config.clone(), Some(key()), reg.audit(), t0);
+        let m = keeper
+            .handle_timeout(t0, 1_000, reg.audit())
+            .expect("one at start");
+        assert_eq!(
+            (m.kind.as_str(), m.edge.as_str(), m.rows),
+            ("audit_checkpoint", "e1", 6)
+        );
+        assert_eq!(m.anchor_broken, None);
+        assert_eq!(read_checkpoint(&file).rows, 6);
+        // A new row: the next checkpoint comes after the gap, not before.
+        reg.audit()
+            .append(&AuditEvent::auth_failure("new").at(t(30)))
+            .unwrap();
+        keeper.changed(secs(1));
+        assert!(keeper.handle_timeout(secs(1), 2_000, reg.audit()).is_none());
+        assert_eq!(keeper.poll_timeout(), secs(5));
+        let m = keeper.handle_timeout(secs(5), 6_000, reg.audit()).unwrap();
+        assert_eq!(m.rows, 7);
+        assert_eq!(m.head, hex::encode(&reg.audit().head().unwrap().1));
+        assert_eq!(read_checkpoint(&file), {
+            let (rows, head) = reg.audit().head().unwrap();
+            Checkpoint {
+                rows,
+                head,
+                at_ms: 6_000,
+            }
+        });
+    }
+    // While the edge is stopped the last row is deleted behind its back.
+    sqlite3(
+        &path,
+        "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 7;",
+    );
+    let reg = open(&path);
+    let mut keeper = Checkpointer::start(config, Some(key()), reg.audit(), t0);
+    let m = keeper.handle_timeout(t0, 9_000, reg.audit()).unwrap();
+    assert_eq!(m.rows, 6);
+    let why = m.anchor_broken.expect("the published checkpoint says so");
+    assert!(why.contains("1 row(s) missing after row 6"), "{why}");
+    // The file is kept as evidence, also at shutdown.
+    keeper.finish(10_000, reg.audit());
+    assert_eq!(read_checkpoint(&file).rows, 7);
+    let (ok, _, err) = verify_cli(dir.path(), true, &[]);
+    assert!(!ok);
+    assert!(err.contains("1 row(s) missing"), "{err}");
 }

@@ -377,3 +377,103 @@ fn a_bad_csv_is_refused_whole_with_line_numbers() {
     let out = ok(&["devices", "list", "--data-dir", s(&data)], None, None);
     assert_eq!(out.lines().count(), 1, "only the header: {out}");
 }
+
+#[test]
+fn a_secret_already_in_the_registry_is_refused_by_add_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let creds = dir.path().join("creds.csv");
+    let key = SealKey::generate_hex().unwrap();
+    let key = Some(key.as_str());
+    let records = generated_csv(&creds, 3);
+    ok(
+        &["devices", "import", s(&creds), "--data-dir", s(&data)],
+        key,
+        None,
+    );
+    let secret = |i: usize| records[i].master_secret.to_hex().as_str().to_owned();
+    let add = |id: &str, kid: &str, secret: &str| {
+        run(
+            &[
+                "devices",
+                "add",
+                "--data-dir",
+                s(&data),
+                "--id",
+                id,
+                "--kid",
+                kid,
+                "--secret",
+                secret,
+            ],
+            key,
+            None,
+        )
+    };
+    let listed = || {
+        ok(&["devices", "list", "--data-dir", s(&data)], None, None)
+            .lines()
+            .count()
+            - 1
+    };
+
+    // `devices add` with sim000001's secret (another kid, no salt where it had one).
+    let r = add("m1", "0a", &secret(1));
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("the master secret of `m1` is already device `sim000001`'s"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(listed(), 3);
+
+    // An import repeating a secret within the file and one of the registry: all refused.
+    let fresh = MasterSecret::random(16).unwrap().to_hex();
+    std::fs::write(
+        &creds,
+        format!(
+            "{}\nnew-1,11,{f},,1,\nnew-2,12,{f},9e7c,1,\nnew-3,13,{},,1,\nnew-4,14,{},,1,\n",
+            csv::HEADER,
+            secret(2),
+            MasterSecret::random(16).unwrap().to_hex().as_str(),
+            f = fresh.as_str(),
+        ),
+    )
+    .unwrap();
+    let err = fails(
+        &["devices", "import", s(&creds), "--data-dir", s(&data)],
+        key,
+    );
+    assert!(err.contains("2 bad line(s), nothing imported"), "{err}");
+    assert!(
+        err.contains("line 3: the master secret of `new-2` is already device `new-1`'s"),
+        "{err}"
+    );
+    assert!(err.contains("(line 2 of this file)"), "{err}");
+    assert!(
+        err.contains("line 4: the master secret of `new-3` is already device `sim000002`'s"),
+        "{err}"
+    );
+    assert!(err.contains("(already in the registry)"), "{err}");
+    assert_eq!(listed(), 3, "nothing of the file imported");
+
+    // A rotation frees the old secret and takes the new one.
+    let rotated = ok(
+        &["devices", "rotate", "sim000000", "--data-dir", s(&data)],
+        key,
+        None,
+    );
+    let r = add("m2", "0b", rotated.trim());
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("already device `sim000000`'s"),
+        "{}",
+        r.stderr
+    );
+    let r = add("m3", "0c", &secret(0));
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(listed(), 4);
+    let out = ok(&["audit", "verify", "--data-dir", s(&data)], None, None);
+    assert!(out.starts_with("audit chain ok: 5 rows"), "{out}");
+}

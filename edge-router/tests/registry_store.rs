@@ -205,6 +205,153 @@ fn ids_and_kids_are_unique_and_records_are_checked() {
     );
 }
 
+#[test]
+fn master_secrets_are_unique_whatever_the_salt_or_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Registry::open(&db(&dir), Some(key())).unwrap();
+    let shared = [0x5a; 16];
+    reg.add(record("dev-a", &[1], &shared)).unwrap();
+    let dup = |e: RegistryError| match e {
+        RegistryError::DuplicateSecret { device, holder } => (device, holder),
+        other => panic!("expected a duplicate secret, got {other:?}"),
+    };
+    // Another kid, another salt: still the same secret, refused, nothing written.
+    let other_salt = DeviceRecord {
+        master_salt: Some(vec![1, 2, 3]),
+        ..record("dev-b", &[2], &shared)
+    };
+    let e = reg.add(other_salt).unwrap_err();
+    assert!(e.to_string().contains("already device `dev-a`'s"), "{e}");
+    assert_eq!(dup(e), ("dev-b".to_owned(), "dev-a".to_owned()));
+    assert_eq!(reg.list(&DeviceFilter::default()).unwrap().len(), 1);
+    assert_eq!(reg.audit().len().unwrap(), 1, "a refused add leaves no row");
+    // A revoked device's secret stays taken (whoever had the device may know it).
+    reg.revoke("dev-a").unwrap();
+    let e = reg.add(record("dev-c", &[3], &shared)).unwrap_err();
+    assert_eq!(dup(e).1, "dev-a");
+    // A rotation frees the old secret and takes the new one.
+    reg.add(record("dev-d", &[4], &[0x44; 16])).unwrap();
+    let rotated = reg.rotate("dev-d").unwrap();
+    reg.add(record("dev-e", &[5], &[0x44; 16])).unwrap();
+    let e = reg
+        .add(record("dev-f", &[6], rotated.as_bytes()))
+        .unwrap_err();
+    assert_eq!(dup(e), ("dev-f".to_owned(), "dev-d".to_owned()));
+    // An id or kid that is taken is named first, whichever index SQLite checks first.
+    assert!(matches!(
+        reg.add(record("dev-e", &[5], &shared)),
+        Err(RegistryError::DuplicateId(_))
+    ));
+    assert!(matches!(
+        reg.add(record("dev-g", &[5], &shared)),
+        Err(RegistryError::DuplicateKid { .. })
+    ));
+    let ids: Vec<String> = reg
+        .list(&DeviceFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["dev-a", "dev-d", "dev-e"]);
+    reg.audit().verify().unwrap();
+}
+
+/// Turns a registry file back into schema version 2 (no secret fingerprints), as a registry
+/// made before migration 3 is.
+fn downgrade_to_v2(path: &Path) {
+    let raw = rusqlite::Connection::open(path).unwrap();
+    raw.execute_batch(
+        "DROP INDEX devices_by_secret; ALTER TABLE devices DROP COLUMN secret_fp; \
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn migration_3_fingerprints_old_rows_and_quarantines_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    reg.add(record("dev-a", &[1], &[0xa1; 16])).unwrap();
+    reg.add(record("dev-b", &[2], &[0xb2; 16])).unwrap();
+    reg.add(record("dev-c", &[3], &[0xc3; 16])).unwrap();
+    reg.add(record("dev-d", &[4], &[0xd4; 16])).unwrap();
+    reg.revoke("dev-d").unwrap();
+    drop(reg);
+    // Before migration 3 nothing stopped dev-b (active) and dev-d (revoked) from getting
+    // dev-a's secret.
+    downgrade_to_v2(&path);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    for id in ["dev-b", "dev-d"] {
+        raw.execute(
+            "UPDATE devices SET secret = ?2 WHERE id = ?1",
+            rusqlite::params![id, key().seal(id.as_bytes(), &[0xa1; 16]).unwrap()],
+        )
+        .unwrap();
+    }
+    drop(raw);
+
+    // Without the key the schema moves on, but nothing can be fingerprinted yet.
+    let keyless = Registry::open(&path, None).unwrap();
+    assert!(keyless.duplicate_secrets().is_empty());
+    drop(keyless);
+    let rows_before = {
+        let reg = Registry::open(&path, None).unwrap();
+        reg.audit().len().unwrap()
+    };
+
+    // The first open with the key fills them in: the younger active duplicate is quarantined,
+    // with an audit row; the revoked one stays as it is, unreported.
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    let found = reg.duplicate_secrets().to_vec();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].device.as_str(), found[0].holder.as_str()),
+        ("dev-b", "dev-a")
+    );
+    assert!(found[0].quarantined_now);
+    assert!(found[0].to_string().contains("devices rotate dev-b"));
+    let state = |reg: &Registry, id: &str| reg.info(id).unwrap().unwrap().state;
+    assert_eq!(state(&reg, "dev-b"), DeviceState::Quarantined);
+    assert_eq!(state(&reg, "dev-a"), DeviceState::Active);
+    assert_eq!(state(&reg, "dev-c"), DeviceState::Active);
+    let history = reg.audit().history("dev-b").unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last.event.kind, AuditKind::Quarantined);
+    assert!(last.event.detail.contains("`dev-a`'s"), "{last:?}");
+    assert_eq!(reg.audit().len().unwrap(), rows_before + 1);
+    // The filled fingerprints hold: dev-c's secret is taken now.
+    let e = reg.add(record("dev-x", &[9], &[0xc3; 16])).unwrap_err();
+    assert!(matches!(e, RegistryError::DuplicateSecret { ref holder, .. } if holder == "dev-c"));
+    // Reinstating the duplicate is refused until it is rotated.
+    assert!(matches!(
+        reg.set_state("dev-b", DeviceState::Active),
+        Err(RegistryError::DuplicateSecret { .. })
+    ));
+    drop(reg);
+
+    // Found again at the next open, without a second audit row; a keyless reinstatement
+    // cannot check the secret and is refused.
+    let mut keyless = Registry::open(&path, None).unwrap();
+    assert!(matches!(
+        keyless.set_state("dev-b", DeviceState::Active),
+        Err(RegistryError::NoSealKey)
+    ));
+    drop(keyless);
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    assert_eq!(reg.duplicate_secrets().len(), 1);
+    assert!(!reg.duplicate_secrets()[0].quarantined_now);
+    assert_eq!(reg.audit().len().unwrap(), rows_before + 1);
+
+    // Rotated, it can be reinstated, and nothing is reported any more.
+    reg.rotate("dev-b").unwrap();
+    reg.set_state("dev-b", DeviceState::Active).unwrap();
+    drop(reg);
+    let reg = Registry::open(&path, Some(key())).unwrap();
+    assert!(reg.duplicate_secrets().is_empty());
+    reg.audit().verify().unwrap();
+}
+
 /// Reads a file and its WAL, if any.
 fn file_bytes(path: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(path).unwrap();
@@ -377,36 +524,47 @@ fn bad_lines_are_reported_by_number_and_nothing_is_imported() {
 # credentials of line 5
 id,kid_hex,secret_hex,salt_hex,class,prefixes
 
-ok-1,01,000102030405060708090a0b0c0d0e0f,,1,2001:db8:1200:305::/64
-bad-hex,0x,000102030405060708090a0b0c0d0e0f,,1,
-ok-2,02,000102030405060708090a0b0c0d0e0f,,1,\r
+ok-1,01,000102030405060708090a0b0c0d0e01,,1,2001:db8:1200:305::/64
+bad-hex,0x,000102030405060708090a0b0c0d0e02,,1,
+ok-2,02,000102030405060708090a0b0c0d0e03,,1,\r
 short,03,0001,,1,
-dup-kid,01,000102030405060708090a0b0c0d0e0f,,1,
-ok-1,04,000102030405060708090a0b0c0d0e0f,,1,
-kid-taken,ee,000102030405060708090a0b0c0d0e0f,,1,
-bad-prefix,05,000102030405060708090a0b0c0d0e0f,,1,2001:db8::1/64
+dup-kid,01,000102030405060708090a0b0c0d0e04,,1,
+ok-1,04,000102030405060708090a0b0c0d0e05,,1,
+kid-taken,ee,000102030405060708090a0b0c0d0e06,,1,
+bad-prefix,05,000102030405060708090a0b0c0d0e07,,1,2001:db8::1/64
 too,few
-ok-3,06,000102030405060708090a0b0c0d0e0f,,1,
+ok-3,06,000102030405060708090a0b0c0d0e08,,1,
+same-as-ok-2,07,000102030405060708090a0b0c0d0e03,9e7c,1,
+same-as-existing,08,01010101010101010101010101010101,,1,
 ";
     let e = match reg.import_csv(Cursor::new(text)) {
         Err(RegistryError::Import(e)) => e,
         other => panic!("{other:?}"),
     };
     let lines: Vec<usize> = e.errors.iter().map(|l| l.line).collect();
-    assert_eq!(lines, [5, 7, 8, 9, 10, 11, 12], "{e}");
+    assert_eq!(lines, [5, 7, 8, 9, 10, 11, 12, 14, 15], "{e}");
     let message = e.to_string();
     for needle in [
-        "7 bad line(s), nothing imported",
+        "9 bad line(s), nothing imported",
         "line 5: kid_hex",
         "line 7: device `short`: master secret must be 16 to 32 bytes",
-        "line 8: kid 01 is already device `ok-1`'s",
-        "line 9: device `ok-1` already exists",
-        "line 10: kid ee is already device `existing`'s",
+        "line 8: kid 01 is already device `ok-1`'s (line 4 of this file)",
+        "line 9: device `ok-1` already exists (line 4 of this file)",
+        "line 10: kid ee is already device `existing`'s (already in the registry)",
         "line 11: prefixes",
         "line 12: 2 fields",
+        // The same secret under another salt is refused too: the salt is not secret.
+        "line 14: the master secret of `same-as-ok-2` is already device `ok-2`'s: every device \
+         needs its own (equal secrets give the edge equal keys and repeated nonces) (line 6 of \
+         this file)",
+        "line 15: the master secret of `same-as-existing` is already device `existing`'s",
     ] {
         assert!(message.contains(needle), "{needle}\n{message}");
     }
+    assert!(
+        message.ends_with("(already in the registry)"),
+        "line 15 names where: {message}"
+    );
     // Nothing half-imported: only the device that was there before.
     let all = reg.list(&DeviceFilter::default()).unwrap();
     assert_eq!(all.len(), 1);
@@ -446,6 +604,18 @@ fn open_configured_uses_the_registry_section() {
         key_file.display()
     ))
     .unwrap();
+    #[cfg(unix)]
+    {
+        // A key file others may read is refused, naming the file and the fix.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Registry::open_configured(&config).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("chmod 600 {}", key_file.display())),
+            "{e}"
+        );
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let mut reg = Registry::open_configured(&config).unwrap();
     assert_eq!(reg.path(), dir.path().join("nested/data/registry.db"));
     reg.add(record("dev-a", &[1], &[1; 16])).unwrap();
@@ -464,7 +634,7 @@ fn a_newer_schema_is_refused() {
     let version: i64 = raw
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let mode: String = raw
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -474,7 +644,7 @@ fn a_newer_schema_is_refused() {
     match Registry::open(&path, None) {
         Err(RegistryError::NewerSchema {
             found: 99,
-            known: 2,
+            known: 3,
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -583,4 +753,41 @@ fn oscore_state_is_only_raised_and_starts_afresh_after_a_rotation() {
     let mut other = Registry::open(&db(&dir), Some(key())).unwrap();
     other.revoke("dev-a").unwrap();
     assert_ne!(reg.data_version().unwrap(), v);
+}
+
+/// The database, its `-wal` and its `-shm` are owner-only while the registry is open, also when
+/// the file was made readable to others before (SQLite gives its side files the database's mode).
+#[cfg(unix)]
+#[test]
+fn the_database_and_its_wal_and_shm_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let side = |p: &std::path::Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    // a fresh registry, written to while open
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    reg.add(record("dev-a", &[1], &[1; 16])).unwrap();
+    for p in [path.clone(), side(&path, "-wal"), side(&path, "-shm")] {
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    drop(reg);
+    // a database someone made readable to all (a copy, a chmod), with side files of that mode
+    // left behind (a crash): all owner-only again once opened
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let p = side(&path, suffix);
+        std::fs::write(&p, [0_u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut reg = Registry::open(&path, Some(key())).unwrap();
+    reg.add(record("dev-b", &[2], &[2; 16])).unwrap();
+    for p in [path.clone(), side(&path, "-wal"), side(&path, "-shm")] {
+        assert!(p.exists(), "{}", p.display());
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
 }

@@ -6,11 +6,12 @@
 //! Then: `coap-client-notls -m get -s 5 coap://[::1]:5684/counter`
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceId, ResourceTree, Response, content_format,
 };
+use v6iot_sdk::time::Instant;
 
 /// The application state: a counter that ticks once a second.
 struct Counter {

@@ -17,7 +17,9 @@ use libfuzzer_sys::fuzz_target;
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::Peer;
 use v6iot_edge_router::gateway::{DeviceKeys, Gateway, GatewayConfig, StoredState};
-use v6iot_edge_router::ingress::{AppendResult, DownlinkCommand, Ingress, IngressConfig};
+use v6iot_edge_router::ingress::{
+    AppendResult, DownlinkCommand, Ingress, IngressConfig, JournalWritten,
+};
 use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
@@ -252,6 +254,16 @@ fuzz_target!(|data: &[u8]| {
         while gateway.poll_security_event().is_some() {}
         while gateway.poll_event().is_some() {}
         while gateway.ingress_mut().poll_event().is_some() {}
-        while gateway.ingress_mut().poll_journal().is_some() {}
+        // Journal batches are written, or fail, in their own time.
+        if let Some(b) = gateway.ingress_mut().poll_journal() {
+            let outcome = if flip & 0x04 == 0 {
+                JournalWritten::Durable {
+                    rewritten: b.rewrite.is_some() && flip & 0x02 == 0,
+                }
+            } else {
+                JournalWritten::Failed
+            };
+            gateway.handle_journal_written(now, unix_ms, b.id, outcome);
+        }
     }
 });

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_edge_router::ingress::{AppendResult, DownlinkCommand, Ingress, IngressConfig};
+use v6iot_edge_router::ingress::{
+    AppendResult, DownlinkCommand, Ingress, IngressConfig, JournalWritten,
+};
 use v6iot_sdk::coap::wire;
 
 /// A valid registration, so later datagrams from peer 0 reach the telemetry and command paths.
@@ -80,6 +82,16 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         while ingress.poll_event().is_some() {}
-        while ingress.poll_journal().is_some() {}
+        // Journal batches are written, or fail, in their own time.
+        if let Some(b) = ingress.poll_journal() {
+            let outcome = if ctl & 0x40 == 0 {
+                JournalWritten::Durable {
+                    rewritten: b.rewrite.is_some(),
+                }
+            } else {
+                JournalWritten::Failed
+            };
+            ingress.handle_journal_written(now, unix_ms, b.id, outcome);
+        }
     }
 });

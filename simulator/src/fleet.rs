@@ -8,13 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use v6iot_sdk::coap::{
     App, Changed, Config, Device, Resource, ResourceTree, Response, TreeError, content_format as cf,
 };
 use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::{Binding, ReportStats, UplinkConfig};
 
 /// Live counters shared by every device of a fleet.

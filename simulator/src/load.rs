@@ -12,13 +12,14 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
 use v6iot_sdk::coap::OscoreStats;
 use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::store::{MarkStore, NoStore};
+use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::ReportStats;
 
 use crate::collector::Deliveries;

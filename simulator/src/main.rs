@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::UdpSocket;
 use v6iot_sdk::coap::{Config, Device, Event};
 use v6iot_sdk::store::{MarkStore, NoStore, SequenceFile};
+use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::credentials::{self, Credentials};
 use v6iot_simulator::demo::{self, DemoPlan};

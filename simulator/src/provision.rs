@@ -85,7 +85,7 @@ pub fn provision_edge(
     std::fs::write(&creds_path, &csv).with_context(|| format!("write {}", creds_path.display()))?;
     let key_path = data_dir.join("seal.key");
     let key_hex = SealKey::generate_hex()?;
-    std::fs::write(&key_path, key_hex.as_bytes())
+    write_owner_only(&key_path, key_hex.as_bytes())
         .with_context(|| format!("write {}", key_path.display()))?;
     let key = SealKey::from_hex(key_hex.trim())?;
     let mut registry = Registry::open(&config.registry.db_path(data_dir), Some(key))?;
@@ -95,6 +95,21 @@ pub fn provision_edge(
         credentials: Credentials::read(csv.as_slice())?,
         marks: data_dir.join("fleet.seq"),
     })
+}
+
+/// Writes `bytes` to a new or truncated file that only its owner may read (mode 0600 on Unix:
+/// the edge refuses a seal key file open to its group or others).
+fn write_owner_only(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    // A file that existed keeps its mode through `open`: restrict it too.
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(bytes)
 }
 
 #[cfg(test)]

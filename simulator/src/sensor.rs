@@ -13,13 +13,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use v6iot_sdk::coap::{
     App, Changed, Code, Reply, Request, Resource, ResourceId, ResourceTree, Response, Ticket,
     TreeError, content_format as cf,
 };
 use v6iot_sdk::senml::{self, PackBuilder, Record};
+use v6iot_sdk::time::Instant;
 
 /// Model name reported in `/device/info`.
 pub const MODEL: &str = "v6iot-sim-sensor";

@@ -13,10 +13,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use v6iot_sdk::coap::{App, Device};
 use v6iot_sdk::store::MarkStore;
+use v6iot_sdk::time::Instant;
 
 use crate::link::{Arrival, Link};
 

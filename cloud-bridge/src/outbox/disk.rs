@@ -52,15 +52,24 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
 
 /// What the scan of one segment file found.
 struct Scan {
-    summary: Option<SegmentSummary>,
+    /// The segment, then the segments split off it after damaged stretches (empty when the
+    /// file was removed).
+    summaries: Vec<SegmentSummary>,
+    /// Bytes of the tail cut off.
     truncated: u64,
+    /// Damaged stretches skipped in the middle (valid records followed each).
+    skipped_regions: u64,
+    /// Their bytes.
+    skipped_bytes: u64,
 }
 
 impl Scan {
     /// The next id must be at least this: above every id the cut-off records may have had
     /// (each record has at least `RECORD_OVERHEAD` bytes).
     fn min_next_id(&self) -> u64 {
-        let Some(s) = &self.summary else { return 0 };
+        let Some(s) = self.summaries.last() else {
+            return 0;
+        };
         let after_valid = s.ids.map_or(s.base, |(_, last)| last.saturating_add(1));
         after_valid.saturating_add(self.truncated.div_ceil(RECORD_OVERHEAD))
     }
@@ -115,12 +124,14 @@ impl Disk {
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
-            if let Some(base) = entry
-                .file_name()
-                .to_str()
-                .and_then(log::parse_segment_file_name)
-            {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(base) = log::parse_segment_file_name(name) {
                 bases.push(base);
+            } else if name.ends_with(SPLIT_SUFFIX) {
+                // A split-off segment a crash interrupted before its rename: redone below.
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
         bases.sort_unstable();
@@ -130,19 +141,21 @@ impl Disk {
             watermark,
             torn_tails: 0,
             truncated_bytes: 0,
+            skipped_regions: 0,
+            skipped_bytes: 0,
             min_next_id: 0,
         };
-        for &base in &bases {
-            let path = dir.join(log::segment_file_name(base));
-            let scan = scan_segment(&path, base)?;
+        for (i, &base) in bases.iter().enumerate() {
+            let id_limit = bases.get(i + 1).copied().unwrap_or(u64::MAX);
+            let scan = scan_segment(dir, base, id_limit)?;
             recovered.min_next_id = recovered.min_next_id.max(scan.min_next_id());
             if scan.truncated > 0 {
                 recovered.torn_tails += 1;
                 recovered.truncated_bytes += scan.truncated;
             }
-            if let Some(s) = scan.summary {
-                recovered.segments.push(s);
-            }
+            recovered.skipped_regions += scan.skipped_regions;
+            recovered.skipped_bytes += scan.skipped_bytes;
+            recovered.segments.extend(scan.summaries);
         }
 
         let next_id = recovered.next_id();
@@ -271,9 +284,16 @@ fn create_segment(dir: &Path, base: u64, buf: &mut Vec<u8>) -> io::Result<Active
     })
 }
 
-/// Checks one segment file: its header, then records up to the first one that is torn,
-/// corrupt or out of sequence, where the file is cut.
-fn scan_segment(path: &Path, base: u64) -> Result<Scan, OutboxError> {
+/// Suffix of a segment being split off a damaged one, until its rename.
+const SPLIT_SUFFIX: &str = ".seg.split";
+
+/// Checks one segment file (`base`; every id in it is below `id_limit`): its header, then its
+/// records ([`log::scan_records`]). Valid records after a damaged stretch move to segments of
+/// their own (named by their first id, written and synced before the damaged file is cut); a
+/// torn or damaged tail is cut off. Each is logged and counted.
+fn scan_segment(dir: &Path, base: u64, id_limit: u64) -> Result<Scan, OutboxError> {
+    let path = dir.join(log::segment_file_name(base));
+    let path = path.as_path();
     let bytes = fs::read(path).map_err(io_err(path))?;
     match log::check_segment_header(&bytes) {
         HeaderCheck::Valid(b) if b == base => {}
@@ -282,8 +302,10 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scan, OutboxError> {
                   creating it): removed");
             fs::remove_file(path).map_err(io_err(path))?;
             return Ok(Scan {
-                summary: None,
+                summaries: Vec::new(),
                 truncated: bytes.len() as u64,
+                skipped_regions: 0,
+                skipped_bytes: 0,
             });
         }
         HeaderCheck::Valid(_) | HeaderCheck::Foreign => {
@@ -292,59 +314,95 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scan, OutboxError> {
             });
         }
     }
-    let mut offset = SEGMENT_HEADER_LEN;
-    let mut ids: Option<(u64, u64)> = None;
-    let mut problem = None;
-    while let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) {
-        if rest.is_empty() {
-            break;
-        }
-        match log::decode_record(rest) {
-            Ok((msg, n)) => {
-                let in_sequence = match ids {
-                    None => msg.id >= base,
-                    Some((_, last)) => Some(msg.id) == last.checked_add(1),
-                };
-                if !in_sequence {
-                    problem = Some(format!("id {} out of sequence", msg.id));
-                    break;
-                }
-                ids = Some((ids.map_or(msg.id, |(f, _)| f), msg.id));
-                offset += n;
-            }
-            Err(e) => {
-                problem = Some(match e {
-                    RecordError::Incomplete { .. } => "torn record".to_owned(),
-                    other => format!("{other:?}"),
-                });
-                break;
-            }
-        }
-    }
-    let truncated = (bytes.len() as u64).saturating_sub(offset);
-    if truncated > 0 {
+    let found = log::scan_records(&bytes, base, id_limit);
+    let mut runs = found.runs.iter();
+    let first = runs.next().copied().unwrap_or(log::Run {
+        offset: SEGMENT_HEADER_LEN,
+        len: 0,
+        ids: None,
+    });
+    let mut summaries = vec![SegmentSummary {
+        base,
+        ids: first.ids,
+        record_bytes: first.len,
+    }];
+    let mut before = first.ids.map(|(_, l)| l);
+    for (run, damage) in runs.zip(&found.skipped) {
+        let Some((from, to)) = run.ids else { continue };
         warn!(
             path = %path.display(),
-            at = offset,
-            bytes = truncated,
-            problem = problem.as_deref().unwrap_or("?"),
+            at = damage.offset,
+            bytes = damage.len,
+            problem = %damage.problem,
+            lost_ids = %format!("{}..{}", before.map_or(base, |l| l + 1), from),
+            resumed_at_id = from,
+            "skipping a damaged stretch in the middle of an outbox segment; the valid records \
+             after it move to a segment of their own"
+        );
+        split_off(dir, &bytes, run).map_err(io_err(dir))?;
+        summaries.push(SegmentSummary {
+            base: from,
+            ids: run.ids,
+            record_bytes: run.len,
+        });
+        before = Some(to);
+    }
+    let keep = first.offset + first.len;
+    let cut = bytes.len() as u64 - keep;
+    let truncated = found.tail.as_ref().map_or(0, |t| t.len);
+    if let Some(tail) = &found.tail {
+        warn!(
+            path = %path.display(),
+            at = tail.offset,
+            bytes = tail.len,
+            problem = %tail.problem,
             "cutting a torn or corrupt tail off an outbox segment"
         );
+    }
+    if cut > 0 {
         let file = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
-        file.set_len(offset).map_err(io_err(path))?;
+        file.set_len(keep).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
     }
+    if summaries.len() > 1 {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
     Ok(Scan {
-        summary: Some(SegmentSummary {
-            base,
-            ids,
-            record_bytes: offset - SEGMENT_HEADER_LEN,
-        }),
+        summaries,
         truncated,
+        skipped_regions: found.skipped.len() as u64,
+        skipped_bytes: found.skipped.iter().map(|d| d.len).sum(),
     })
+}
+
+/// Writes the records of `run` (from the damaged segment's `bytes`) as a segment of their own,
+/// named by their first id: to a temporary name, synced, then renamed (an existing file of that
+/// name, from a recovery a crash interrupted, is replaced by the same bytes).
+fn split_off(dir: &Path, bytes: &[u8], run: &log::Run) -> io::Result<()> {
+    let Some((first, _)) = run.ids else {
+        return Ok(());
+    };
+    let records = usize::try_from(run.offset)
+        .ok()
+        .zip(usize::try_from(run.offset + run.len).ok())
+        .and_then(|(from, to)| bytes.get(from..to))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "run outside the file"))?;
+    let name = log::segment_file_name(first);
+    let tmp = dir.join(format!("{first:020}{SPLIT_SUFFIX}"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    file.write_all(&log::encode_segment_header(first))?;
+    file.write_all(records)?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(name))
 }
 
 /// Why records could not be read back.

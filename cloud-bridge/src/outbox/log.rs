@@ -210,6 +210,164 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<(OutboundMessage, u64), Reco
     ))
 }
 
+/// A stretch of consecutive valid records in a segment file, as [`scan_records`] finds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Offset of its first record in the file.
+    pub(crate) offset: u64,
+    /// Bytes of its records.
+    pub(crate) len: u64,
+    /// First and last id (`None`: no record).
+    pub(crate) ids: Option<(u64, u64)>,
+}
+
+/// Bytes of a segment file that [`scan_records`] left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage {
+    /// Where they start.
+    pub(crate) offset: u64,
+    /// How many.
+    pub(crate) len: u64,
+    /// What the first bad record was (for the log).
+    pub(crate) problem: String,
+}
+
+/// What [`scan_records`] found in a segment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentScan {
+    /// The runs of valid records in file order; the first starts right after the header (it may
+    /// hold no record), every later one starts with a record found by resynchronising.
+    pub(crate) runs: Vec<Run>,
+    /// Damaged stretches between runs (one before each run but the first; empty where only
+    /// the ids jump), each followed by a valid record.
+    pub(crate) skipped: Vec<Damage>,
+    /// A torn or damaged tail after the last run (no valid record follows it).
+    pub(crate) tail: Option<Damage>,
+}
+
+/// Reads the records of a segment file (`bytes`, header included) whose base id is `base`;
+/// every id is below `id_limit` (the next segment's base). Never panics, whatever the bytes.
+///
+/// Records follow each other with consecutive ids. At a record that is torn, corrupt (length,
+/// CRC, flags, topic) or whose id does not follow, the scan looks for the next offset where a
+/// record checks out (its CRC) and whose id is above every id before, below `id_limit`, and no
+/// further above the last good id than the damaged bytes could have held records (one per
+/// [`RECORD_OVERHEAD`] bytes): the bytes in between are skipped and a new run starts there. When
+/// no such record follows, the rest of the file is the tail, to be cut.
+pub(crate) fn scan_records(bytes: &[u8], base: u64, id_limit: u64) -> SegmentScan {
+    let end = bytes.len() as u64;
+    let mut scan = SegmentScan {
+        runs: Vec::new(),
+        skipped: Vec::new(),
+        tail: None,
+    };
+    let mut run = Run {
+        offset: SEGMENT_HEADER_LEN,
+        len: 0,
+        ids: None,
+    };
+    // The last good id of any run so far.
+    let mut last: Option<u64> = None;
+    let mut offset = SEGMENT_HEADER_LEN;
+    while offset < end {
+        let rest = usize::try_from(offset)
+            .ok()
+            .and_then(|o| bytes.get(o..))
+            .unwrap_or_default();
+        let lowest = last.map_or(base, |l| l.saturating_add(1));
+        let problem = match decode_record(rest) {
+            Ok((msg, n)) => {
+                // The first record of a run only needs to be above every id before it; the
+                // others follow on by one.
+                let follows = match run.ids {
+                    None => msg.id >= lowest && msg.id < id_limit,
+                    Some(_) => msg.id == lowest && msg.id < id_limit,
+                };
+                if follows {
+                    run.ids = Some((run.ids.map_or(msg.id, |(f, _)| f), msg.id));
+                    run.len += n;
+                    last = Some(msg.id);
+                    offset += n;
+                    continue;
+                }
+                if msg.id > lowest && msg.id < id_limit {
+                    // A valid record after a gap in the ids: a new run, no byte lost.
+                    scan.skipped.push(Damage {
+                        offset,
+                        len: 0,
+                        problem: format!("ids jump to {}", msg.id),
+                    });
+                    scan.runs.push(run);
+                    run = Run {
+                        offset,
+                        len: 0,
+                        ids: None,
+                    };
+                    continue;
+                }
+                format!("id {} out of sequence", msg.id)
+            }
+            Err(RecordError::Incomplete { .. }) => "torn record".to_owned(),
+            Err(other) => format!("{other:?}"),
+        };
+        match resync(bytes, offset + 1, lowest, id_limit) {
+            Some(at) => {
+                scan.skipped.push(Damage {
+                    offset,
+                    len: at - offset,
+                    problem,
+                });
+                scan.runs.push(run);
+                run = Run {
+                    offset: at,
+                    len: 0,
+                    ids: None,
+                };
+                offset = at;
+            }
+            None => {
+                scan.tail = Some(Damage {
+                    offset,
+                    len: end - offset,
+                    problem,
+                });
+                break;
+            }
+        }
+    }
+    scan.runs.push(run);
+    scan
+}
+
+/// The first offset at or after `from` where a valid record starts whose id is in
+/// `lowest..id_limit` and at most one per [`RECORD_OVERHEAD`] bytes since `from - 1` above
+/// `lowest` (the damaged bytes could not have held more records). Cheap checks (length, id,
+/// flags) come before the CRC, so garbage costs about one pass.
+fn resync(bytes: &[u8], from: u64, lowest: u64, id_limit: u64) -> Option<u64> {
+    let damaged_at = from.saturating_sub(1);
+    let end = bytes.len() as u64;
+    let mut at = from;
+    while at.saturating_add(RECORD_OVERHEAD) <= end {
+        let i = usize::try_from(at).ok()?;
+        let plausible = read_u32(bytes, i)
+            .is_some_and(|len| len >= MIN_LEN_FIELD && at + 4 + u64::from(len) <= end)
+            && read_u64(bytes, i + 8).is_some_and(|id| {
+                let most = lowest.saturating_add((at - damaged_at) / RECORD_OVERHEAD);
+                id >= lowest && id < id_limit && id <= most
+            })
+            && bytes.get(i + 16).is_some_and(|f| f & !FLAG_RETAIN == 0);
+        if plausible
+            && bytes
+                .get(i..)
+                .is_some_and(|rest| decode_record(rest).is_ok())
+        {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     bytes
         .get(at..at + 4)
@@ -314,6 +472,102 @@ mod tests {
             let is_incomplete = matches!(decode_record(torn), Err(RecordError::Incomplete { .. }));
             prop_assert!(is_incomplete);
         }
+    }
+
+    /// A segment with base `base` holding `n` records with ids `base..`, and their offsets.
+    fn segment(base: u64, n: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = encode_segment_header(base).to_vec();
+        let mut offsets = Vec::new();
+        for i in 0..n {
+            offsets.push(bytes.len());
+            let m = msg(
+                &format!("t/{i}"),
+                &vec![i as u8; (i as usize * 7) % 50],
+                i % 3 == 0,
+            );
+            encode_record(&mut bytes, base + i, &m).unwrap();
+        }
+        (bytes, offsets)
+    }
+
+    /// Every id the runs of `scan` hold, checking that each run holds exactly its ids,
+    /// consecutive, and that they increase from run to run.
+    fn ids_of(bytes: &[u8], scan: &SegmentScan) -> Vec<u64> {
+        let mut ids: Vec<u64> = Vec::new();
+        for run in &scan.runs {
+            let mut at = run.offset as usize;
+            let end = (run.offset + run.len) as usize;
+            let mut in_run = Vec::new();
+            while at < end {
+                let (m, n) = decode_record(&bytes[at..end]).unwrap();
+                in_run.push(m.id);
+                at += n as usize;
+            }
+            assert_eq!(
+                run.ids,
+                in_run.first().zip(in_run.last()).map(|(f, l)| (*f, *l))
+            );
+            assert!(in_run.windows(2).all(|w| w[1] == w[0] + 1));
+            if let (Some(last), Some(first)) = (ids.last(), in_run.first()) {
+                assert!(first > last);
+            }
+            ids.extend(in_run);
+        }
+        ids
+    }
+
+    proptest! {
+        /// Whatever the bytes, the scan never panics and what it keeps are valid records in
+        /// increasing id order, inside the file, below the limit.
+        #[test]
+        fn scanning_any_bytes_is_safe(tail in prop::collection::vec(any::<u8>(), 0..400)) {
+            let mut bytes = encode_segment_header(7).to_vec();
+            bytes.extend_from_slice(&tail);
+            let scan = scan_records(&bytes, 7, 1000);
+            let ids = ids_of(&bytes, &scan);
+            prop_assert!(ids.iter().all(|&i| (7..1000).contains(&i)));
+            prop_assert_eq!(scan.runs.len(), scan.skipped.len() + 1);
+        }
+
+        /// Damage inside one record (any bytes of it overwritten) loses that record only; the
+        /// records before and after it are all kept. Damage in the last record is a tail.
+        #[test]
+        fn damage_in_one_record_loses_only_that_record(
+            n in 2_u64..20,
+            victim in any::<prop::sample::Index>(),
+            from in any::<prop::sample::Index>(),
+            len in 1_usize..60,
+            fill in any::<u8>(),
+        ) {
+            let (mut bytes, offsets) = segment(100, n);
+            let k = victim.index(n as usize);
+            let start = offsets[k];
+            let end = offsets.get(k + 1).copied().unwrap_or(bytes.len());
+            let a = start + from.index(end - start);
+            let b = (a + len).min(end);
+            let before = bytes.clone();
+            bytes[a..b].fill(fill);
+            prop_assume!(bytes != before);
+            let scan = scan_records(&bytes, 100, u64::MAX);
+            let ids = ids_of(&bytes, &scan);
+            let want: Vec<u64> = (100..100 + n).filter(|&i| i != 100 + k as u64).collect();
+            prop_assert_eq!(ids, want);
+            prop_assert_eq!(scan.tail.is_some(), k as u64 == n - 1);
+        }
+    }
+
+    #[test]
+    fn a_clean_segment_is_one_run() {
+        let (bytes, _) = segment(5, 4);
+        let scan = scan_records(&bytes, 5, 9);
+        assert_eq!(scan.runs.len(), 1);
+        assert_eq!(scan.runs[0].ids, Some((5, 8)));
+        assert_eq!(scan.runs[0].len, bytes.len() as u64 - SEGMENT_HEADER_LEN);
+        assert_eq!((scan.skipped.len(), scan.tail), (0, None));
+        // ids at or above the next segment's base are not this segment's
+        let scan = scan_records(&bytes, 5, 7);
+        assert_eq!(scan.runs[0].ids, Some((5, 6)));
+        assert!(scan.tail.is_some());
     }
 
     fn msg(topic: &str, payload: &[u8], retain: bool) -> NewMessage {

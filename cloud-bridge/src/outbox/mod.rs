@@ -17,7 +17,8 @@
 //! - `kill -9` at any moment loses nothing that was reported durable: on the next open every
 //!   such message is delivered again unless its acknowledgement had been persisted. A torn or
 //!   corrupt record is never delivered: each record has a CRC, and a torn tail is cut off on
-//!   open. Ids increase across restarts: an id is never given twice, not even one of a record
+//!   open. A damaged stretch in the middle of a segment costs only the records in it: the
+//!   valid ones after it are found again and kept (see below). Ids increase across restarts: an id is never given twice, not even one of a record
 //!   cut off as torn (only ids of records that never reached the file can come again, and
 //!   nobody saw those).
 //! - Memory is bounded: the publish channel holds [`OutboxConfig::publish_window`] messages;
@@ -58,12 +59,21 @@
 //! A segment is sealed before it would grow past [`OutboxConfig::segment_bytes`] (a single
 //! record may be up to that size less the header); only the last segment is appended to.
 //!
-//! On open each segment is read record by record; at the first record that is short (torn), has
-//! a wrong CRC, reserved flags, a bad topic, or an id out of sequence, the file is cut
-//! (truncated and synced), logged and counted ([`OutboxStats::torn_tails`]). A last segment
-//! whose header is incomplete or all zeros (a crash while creating it) is removed. Segment files
-//! are synced with `fdatasync`; the directory is synced after a segment is created. A header of
-//! another magic or version makes [`open`] fail rather than lose data.
+//! On open each segment is read record by record. At a record that is short (torn), has a wrong
+//! CRC, reserved flags, a bad topic, or an id out of sequence, recovery resynchronises: it looks
+//! for the next offset where a record's length, id and CRC check out and whose id is above every
+//! id before it (below the next segment's base, and no further above the last good id than the
+//! damaged bytes could have held records, one per 19 bytes). The damaged stretch is skipped,
+//! logged with the ids lost and counted ([`OutboxStats::skipped_regions`]); the valid records
+//! after it are copied to a segment of their own, named by their first id (written to
+//! `….seg.split`, synced, renamed), and only then is the damaged file cut after its last good
+//! record. When no valid record follows, the rest of the file is a torn or corrupt tail: it is
+//! cut (truncated and synced), logged and counted ([`OutboxStats::torn_tails`]). A crash during
+//! recovery leaves either the damaged file (recovered again the same way) or the split segment
+//! complete (the damaged file then ends in a tail that is cut). A last segment whose header is
+//! incomplete or all zeros (a crash while creating it) is removed. Segment files are synced
+//! with `fdatasync`; the directory is synced after a segment is created. A header of another
+//! magic or version makes [`open`] fail rather than lose data.
 //!
 //! `acked` holds two 32-byte slots, written alternately and synced:
 //!
@@ -283,6 +293,11 @@ pub struct OutboxStats {
     pub torn_tails: u64,
     /// Bytes cut off on open.
     pub truncated_bytes: u64,
+    /// Damaged stretches in the middle of a segment skipped on open: the valid records after
+    /// each were kept (moved to a segment of their own).
+    pub skipped_regions: u64,
+    /// Their bytes.
+    pub skipped_bytes: u64,
     /// Durable records that could not be read back (disk trouble); they were skipped.
     pub read_errors: u64,
     /// Segment files deleted because every message in them was acknowledged.

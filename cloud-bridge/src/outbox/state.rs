@@ -68,6 +68,10 @@ pub(crate) struct Recovered {
     pub(crate) torn_tails: u64,
     /// Bytes cut off.
     pub(crate) truncated_bytes: u64,
+    /// Damaged stretches skipped in the middle of segments (valid records followed).
+    pub(crate) skipped_regions: u64,
+    /// Their bytes.
+    pub(crate) skipped_bytes: u64,
     /// The next id is at least this: above the ids the cut-off records may have had, so that
     /// not even an id of a record lost to a damaged disk is given twice.
     pub(crate) min_next_id: u64,
@@ -242,6 +246,8 @@ impl OutboxState {
             counters: OutboxStats {
                 torn_tails: recovered.torn_tails,
                 truncated_bytes: recovered.truncated_bytes,
+                skipped_regions: recovered.skipped_regions,
+                skipped_bytes: recovered.skipped_bytes,
                 ..OutboxStats::default()
             },
         };

@@ -37,6 +37,8 @@ fn fresh(max_bytes: u64, segment_bytes: u64, t0: Instant) -> OutboxState {
         watermark: 0,
         torn_tails: 0,
         truncated_bytes: 0,
+        skipped_regions: 0,
+        skipped_bytes: 0,
         min_next_id: 0,
     };
     OutboxState::recover(limits(max_bytes, segment_bytes), &rec, t0)
@@ -197,6 +199,8 @@ fn the_watermark_steps_over_ids_lost_between_segments() {
         watermark: 0,
         torn_tails: 1,
         truncated_bytes: 20,
+        skipped_regions: 0,
+        skipped_bytes: 0,
         min_next_id: 0,
     };
     let mut core = OutboxState::recover(limits(10_000, 1_000), &rec, Instant::now());
@@ -391,6 +395,8 @@ fn recovery_counts_what_is_pending_above_the_watermark() {
         watermark: 6,
         torn_tails: 0,
         truncated_bytes: 0,
+        skipped_regions: 0,
+        skipped_bytes: 0,
         min_next_id: 0,
     };
     let mut core = OutboxState::recover(limits(10_000, 2_000), &rec, Instant::now());
@@ -463,6 +469,8 @@ impl FakeDisk {
             watermark: self.watermark,
             torn_tails: 0,
             truncated_bytes: 0,
+            skipped_regions: 0,
+            skipped_bytes: 0,
             min_next_id: 0,
         }
     }

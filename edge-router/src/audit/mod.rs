@@ -15,12 +15,18 @@
 //! ```
 //!
 //! so [`AuditLog::verify`] finds the first row that was altered, removed or inserted by other
-//! means than this code, unless every later hash was recomputed too: record the head hash
-//! of [`VerifyReport`] elsewhere (the platform, a ticket) to catch that and a cut tail.
+//! means than this code, unless every later hash was recomputed too. Rows cut from the end
+//! leave a valid chain: [`checkpoint`]s — the head hash and row count published by the
+//! running edge and kept, signed, in a file — anchor the end, and
+//! [`AuditLog::verify_anchored`] fails when the trail no longer reaches one, naming how many
+//! rows are missing.
 //!
 //! [`AuditLog::who_had`] answers "which device held address A at time T" from the
 //! `address_bound` / `address_changed` rows: a binding lasts until the next binding of the same
 //! device (to any address) or another device's binding of the same address.
+
+pub mod checkpoint;
+pub mod checkpointer;
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -233,6 +239,10 @@ pub enum AuditError {
     /// [`AuditLog::verify`] found a break.
     #[error("{0}")]
     ChainBroken(ChainBroken),
+    /// [`AuditLog::verify_anchored`] or [`AuditLog::check_anchor`]: the trail does not reach
+    /// an anchor (rows cut from the end, or rewritten).
+    #[error("audit trail does not reach its anchor: {0}")]
+    AnchorBroken(checkpoint::AnchorBroken),
     /// A stored row does not read back.
     #[error("audit row {row}: {what}")]
     Corrupt {
@@ -291,6 +301,22 @@ impl<'c> AuditLog<'c> {
     ///
     /// [`AuditError::ChainBroken`] naming the first row that does not verify.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
+        self.verify_anchored(&[])
+    }
+
+    /// Recomputes the whole chain and checks that it reaches every anchor (a checkpoint, a
+    /// head hash or row count kept elsewhere): rows cut from the end are found too.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::ChainBroken`] naming the first row that does not verify, then
+    /// [`AuditError::AnchorBroken`] for the first anchor not reached (with the rows missing).
+    pub fn verify_anchored(
+        &self,
+        anchors: &[checkpoint::Anchor],
+    ) -> Result<VerifyReport, AuditError> {
+        let mut walks: Vec<checkpoint::AnchorWalk<'_>> =
+            anchors.iter().map(checkpoint::AnchorWalk::new).collect();
         // One read transaction: a consistent snapshot while appends go on.
         let tx = Transaction::new_unchecked(self.conn, TransactionBehavior::Deferred)?;
         let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
@@ -324,13 +350,17 @@ impl<'c> AuditLog<'c> {
                     "its hash does not match its contents (the row was altered)".to_owned(),
                 ));
             }
+            for w in &mut walks {
+                w.observe(u64::try_from(raw.seq).unwrap_or(0), &hash);
+            }
             prev = hash;
             expected += 1;
         }
-        Ok(VerifyReport {
-            rows: u64::try_from(expected - 1).unwrap_or(0),
-            head: prev,
-        })
+        let rows = u64::try_from(expected - 1).unwrap_or(0);
+        for w in &walks {
+            w.finish(rows, &prev).map_err(AuditError::AnchorBroken)?;
+        }
+        Ok(VerifyReport { rows, head: prev })
     }
 
     /// Which device held `address` at `at`, from the binding rows (see the module docs).

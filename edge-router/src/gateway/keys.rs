@@ -5,6 +5,10 @@
 //! AES-CCM-16-64-128 and HKDF-SHA-256. A context survives a registry reload as long as the
 //! device's secret and salt are unchanged (same fingerprint), so its replay window and sender
 //! sequence number carry on; a rotated secret gives a fresh context.
+//!
+//! Because the edge's Sender ID is empty, two devices with the same secret and salt would get
+//! the same edge key and reuse its nonces: the registry refuses a secret that another device
+//! already has ([`crate::registry_db::unique`]).
 
 use foldhash::HashMap;
 

@@ -421,6 +421,20 @@ impl Gateway {
         self.arm_sweep(now);
     }
 
+    /// Reports what became of a command journal batch (see [`Ingress::handle_journal_written`]):
+    /// the commands it made durable are protected and sent.
+    pub fn handle_journal_written(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        id: u64,
+        outcome: crate::ingress::JournalWritten,
+    ) {
+        self.ingress
+            .handle_journal_written(now, unix_ms, id, outcome);
+        self.pump(now);
+    }
+
     /// Reports a store's result (see [`Ingress::handle_appended`]); the answer is protected and
     /// held until its device's replay floor is durable.
     pub fn handle_appended(&mut self, now: Instant, ticket: AppendTicket, result: AppendResult) {

@@ -34,6 +34,14 @@
 //! flight (NSTART > 1) whose lower one was still unanswered at the crash would see that one
 //! refused after the restart. The SDK's devices keep one request in flight (NSTART = 1).
 //!
+//! # Rotation while a batch is being written
+//!
+//! Each row carries the fingerprint of the secret and salt its context was made from
+//! ([`StoredState::fingerprint`]). When the batch is reported written, a row counts only for a
+//! context with the same fingerprint and device: a context made from a rotated secret while
+//! the batch was on its way (the keyring drops the old one, see [`super::keys`]) starts from
+//! zero and waits for a row of its own, so its first sequence numbers are durable before use.
+//!
 //! Requests are answered in batches, so the extra cost is one SQLite commit per batch, not per
 //! request. RFC 8613 Appendix B.1.2 (refuse everything until an Echo round trip) was not chosen:
 //! it would cost every device a round trip after each restart of the edge. (The SDK does answer
@@ -176,7 +184,14 @@ impl Persistence {
             return Vec::new();
         }
         for row in &batch.rows {
-            if let Some(e) = keys.get_mut(&row.kid) {
+            // A row written for a context that was replaced meanwhile (a rotation: another
+            // secret, so another fingerprint; or another device with the kid) says nothing
+            // about the new context: raising its mark from it would let it use sequence numbers
+            // that are durable for nobody, and repeat them after a crash.
+            if let Some(e) = keys
+                .get_mut(&row.kid)
+                .filter(|e| e.fingerprint == row.state.fingerprint && e.id == row.device)
+            {
                 e.ctx.persisted(row.state.sender_mark);
                 e.floor_durable = e.floor_durable.max(row.state.replay_floor);
                 if e.ctx.mark_to_persist().is_some() || e.floor_wanted > e.floor_durable {

@@ -9,14 +9,15 @@
 //! Report (JSON):
 //!
 //! ```json
-//! {"edge":"edge-1","at_ms":1764150000000,"interval_s":2,
+//! {"kind":"security_report","edge":"edge-1","at_ms":1764150000000,"interval_s":2,
 //!  "counts":{"replay":3,"source_limited":12000},
 //!  "totals":{"replay":5,"source_limited":12000,"unknown_kid":1},
 //!  "samples":[{"cause":"replay","source":"[2001:db8::7]:5683","device":"dev-7","kid":"07","at_ms":1764149999100}],
 //!  "quarantined":[{"source":"2001:db8:bad::/64","failures":20,"for_s":300,"at_ms":1764149999900}]}
 //! ```
 //!
-//! `counts` are this interval's, `totals` since the edge started. Nothing here reads a clock or
+//! `counts` are this interval's, `totals` since the edge started. The same topic carries the
+//! audit trail's checkpoints (`"kind":"audit_checkpoint"`, see [`crate::audit::checkpoint`]). Nothing here reads a clock or
 //! writes anywhere: the gateway passes times in, the server publishes [`SecurityReport::to_json`].
 
 use std::collections::BTreeMap;
@@ -25,6 +26,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::failures::{SecurityCause, SecurityEvent};
+
+/// The `kind` of a security report.
+pub const REPORT_KIND: &str = "security_report";
 
 /// A sample in a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,6 +63,8 @@ pub struct QuarantineNote {
 /// One interval's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SecurityReport {
+    /// Always [`REPORT_KIND`]: tells it from the other messages on the security topic.
+    pub kind: &'static str,
     /// The edge router's name.
     pub edge: String,
     /// When the report was made, Unix milliseconds.
@@ -170,6 +176,7 @@ impl SecurityEvents {
         }
         self.due = None;
         Some(SecurityReport {
+            kind: REPORT_KIND,
             edge: self.edge.clone(),
             at_ms: unix_ms,
             interval_s: self.interval.as_secs(),
@@ -224,6 +231,7 @@ mod tests {
         assert_eq!(r.samples.len(), 3, "two of the flood, the first replay");
         assert!(r.samples.iter().any(|s| s.cause == "replay"));
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(json["kind"], "security_report");
         assert_eq!(json["edge"], "edge-1");
         assert_eq!(json["counts"]["source_limited"], 10_000);
         assert_eq!(json["samples"][2]["kid"], "01ab");

@@ -15,6 +15,7 @@ use v6iot_sdk::oscore::{
 };
 
 mod addresses;
+mod rotation;
 
 use super::*;
 use crate::ingress::{AppendResult, IngressConfig};
@@ -127,6 +128,20 @@ fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
 /// Everything sent so far, with the edge's address each leaves from.
 fn sent_via(g: &mut Gateway) -> Vec<(Peer, Vec<u8>)> {
     std::iter::from_fn(|| g.poll_transmit()).collect()
+}
+
+/// Reports every command journal batch durable, as the driver does once it is synced: the
+/// commands in them go out (a command is never sent before its batch is durable).
+fn journal_durable(g: &mut Gateway, now: Instant, unix_ms: u64) {
+    while let Some(b) = g.ingress_mut().poll_journal() {
+        let rewritten = b.rewrite.is_some();
+        g.handle_journal_written(
+            now,
+            unix_ms,
+            b.id,
+            crate::ingress::JournalWritten::Durable { rewritten },
+        );
+    }
 }
 
 /// The outbox appends so far.
@@ -685,6 +700,7 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
             accept: None,
         },
     );
+    journal_durable(&mut g, now, T0 + 2000);
     let out = sent(&mut g);
     let cmd = out
         .iter()

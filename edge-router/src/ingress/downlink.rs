@@ -2,10 +2,25 @@
 //! sent at once to always-on devices (`b=U`) and held for queue-mode devices (`b=UQ`) until
 //! their next uplink opens a listening window. Every command ends in exactly one result:
 //! the device's response, `expired` (TTL passed while queued), `timeout` (no answer), `reset`,
-//! or `rejected` (unknown device).
+//! or `rejected` (unknown device; refused by [`admission`]; its journal entry not stored).
 //!
-//! The queue is made durable by the driver: it writes each [`JournalEntry`] and feeds them back
-//! through [`Downlink::restore`] after a restart.
+//! Platform commands are bounded and may be limited to some devices ([`admission`]): over a
+//! cap, too large for the device's path, or for a device not on the allow-list, a command gets
+//! an error result at once and is never queued.
+//!
+//! The queue is made durable by the driver ([`journal_book`]): it writes each [`JournalBatch`]
+//! off the data path and reports it with [`Downlink::journal_written`]; a journaled command is
+//! sent only once its `queued` entry is durable. After a restart the driver feeds the pending
+//! commands back through [`Downlink::restore`].
+
+mod admission;
+mod journal_book;
+mod queues;
+#[cfg(test)]
+mod tests;
+
+pub use admission::{BadPattern, CommandLimits, DeviceAllowList, OSCORE_REQUEST_OVERHEAD, Refusal};
+pub use journal_book::{JournalBatch, JournalWritten};
 
 use std::collections::VecDeque;
 
@@ -16,6 +31,10 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use serde::{Deserialize, Serialize};
 use v6iot_sdk::coap::wire;
+
+use admission::Waiting;
+use journal_book::{FailedBatch, JournalBook};
+use queues::Queues;
 
 use super::Outgoing;
 use crate::peer::Peer;
@@ -153,20 +172,66 @@ struct Exchange {
     separate_until: Option<Instant>,
 }
 
+/// Lines below which the journal is never rewritten while running.
+const MIN_REWRITE_LINES: u64 = 1024;
+
+/// What the downlink counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownlinkStats {
+    /// Platform commands accepted (queued).
+    pub accepted: u64,
+    /// Refused with `queue full` (per device or in all).
+    pub queue_full: u64,
+    /// Refused as too large for the device's path.
+    pub too_large: u64,
+    /// Refused: the device is not on the allow-list.
+    pub not_allowed: u64,
+    /// Refused: the request could not be encoded.
+    pub unencodable: u64,
+    /// Journal batches that could not be written (their commands were refused).
+    pub journal_failures: u64,
+    /// Journal rewrites done while running.
+    pub journal_rewrites: u64,
+}
+
 /// The downlink state of one edge router.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Downlink {
-    queues: HashMap<String, VecDeque<DownlinkCommand>>,
+    queues: Queues,
     in_flight: HashMap<String, Exchange>,
     by_token: HashMap<[u8; 8], String>,
     known: HashSet<(String, String)>,
     recent: VecDeque<(String, String)>,
     next_token: u64,
     results: VecDeque<CommandResult>,
-    journal: VecDeque<JournalEntry>,
+    journal: JournalBook,
     transmits: VecDeque<Outgoing>,
+    limits: CommandLimits,
+    /// No queued command expires before this (Unix ms): the queues are not walked until then.
+    next_expiry_ms: u64,
+    stats: DownlinkStats,
     /// Commands dropped as duplicates of one already accepted.
     pub duplicates: u64,
+}
+
+impl Default for Downlink {
+    fn default() -> Self {
+        Downlink {
+            queues: Queues::default(),
+            in_flight: HashMap::default(),
+            by_token: HashMap::default(),
+            known: HashSet::default(),
+            recent: VecDeque::new(),
+            next_token: 0,
+            results: VecDeque::new(),
+            journal: JournalBook::new(MIN_REWRITE_LINES),
+            transmits: VecDeque::new(),
+            limits: CommandLimits::default(),
+            next_expiry_ms: u64::MAX,
+            stats: DownlinkStats::default(),
+            duplicates: 0,
+        }
+    }
 }
 
 /// What the downlink needs to know about a device to send to it.
@@ -189,9 +254,27 @@ impl Downlink {
         }
     }
 
+    /// The same with `limits` on platform commands.
+    #[must_use]
+    pub fn with_limits(mut self, limits: CommandLimits) -> Downlink {
+        self.limits = limits;
+        self
+    }
+
     /// Commands waiting or in flight.
     pub fn pending(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum::<usize>() + self.in_flight.len()
+        self.queues.len() + self.in_flight.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DownlinkStats {
+        &self.stats
+    }
+
+    /// Lines the command journal holds (as far as the batches written say), and the journaled
+    /// commands not yet done.
+    pub fn journal_sizes(&self) -> (u64, u64) {
+        self.journal.sizes()
     }
 
     /// Next finished command.
@@ -199,9 +282,44 @@ impl Downlink {
         self.results.pop_front()
     }
 
-    /// Next journal entry to persist.
-    pub fn poll_journal(&mut self) -> Option<JournalEntry> {
-        self.journal.pop_front()
+    /// The next journal batch to persist, unless one is being written (one at a time).
+    #[must_use]
+    pub fn poll_journal(&mut self) -> Option<JournalBatch> {
+        let (queues, in_flight) = (&self.queues, &self.in_flight);
+        self.journal.poll_batch(|| live_commands(queues, in_flight))
+    }
+
+    /// What became of journal batch `id`. Returns the devices that may have a command ready to
+    /// send now (the caller tries them); the commands of a failed batch are finished with an
+    /// error result instead (they were never sent).
+    pub fn journal_written(&mut self, id: u64, outcome: JournalWritten) -> Vec<String> {
+        match self.journal.written(id, outcome) {
+            None => Vec::new(),
+            Some(Ok(devices)) => {
+                if outcome == (JournalWritten::Durable { rewritten: true }) {
+                    self.stats.journal_rewrites += 1;
+                }
+                devices
+            }
+            Some(Err(FailedBatch { after, upto })) => {
+                self.stats.journal_failures += 1;
+                // Their `queued` lines are not in the file (the writer cuts a failed append
+                // off before the next): no `done` entry is needed.
+                let lost = self.queues.take_where(|q| q.seq > after && q.seq <= upto);
+                for cmd in lost {
+                    self.journal.dropped();
+                    self.finish(
+                        CommandResult::failed(
+                            &cmd,
+                            "rejected",
+                            "not stored: the command journal could not be written",
+                        ),
+                        false,
+                    );
+                }
+                Vec::new()
+            }
+        }
     }
 
     /// Next datagram to send: a request for a device.
@@ -217,13 +335,13 @@ impl Downlink {
             .min()
     }
 
-    /// Puts back a command from the journal after a restart (no journal entry is written).
+    /// Puts back a command from the journal after a restart (no journal entry is written; the
+    /// caps do not apply: the journal held it).
     pub fn restore(&mut self, cmd: DownlinkCommand) {
         if self.known.insert((cmd.device.clone(), cmd.req.clone())) {
-            self.queues
-                .entry(cmd.device.clone())
-                .or_default()
-                .push_back(cmd);
+            self.journal.restored();
+            self.next_expiry_ms = self.next_expiry_ms.min(cmd.expires_unix_ms);
+            self.queues.push(cmd, 0);
         }
     }
 
@@ -242,6 +360,19 @@ impl Downlink {
             self.duplicates += 1;
             return;
         }
+        // The allow-list and the bounds first: a device the platform may not command gets
+        // "not allowed" whether or not it is registered.
+        let internal = cmd.req.starts_with('_');
+        let waiting = Waiting {
+            device: self.queues.len_for(&cmd.device)
+                + usize::from(self.in_flight.contains_key(&cmd.device)),
+            total: self.pending(),
+        };
+        let encoded = encode_request(&cmd, 0, &[0; 8]).map(|b| b.len());
+        if let Err(refusal) = self.limits.admit(&cmd, encoded, internal, waiting) {
+            self.refuse(&cmd, &refusal);
+            return;
+        }
         if device.is_none() {
             self.finish(
                 CommandResult::failed(
@@ -255,12 +386,34 @@ impl Downlink {
             return;
         }
         self.known.insert(key);
-        if !cmd.req.starts_with('_') {
-            self.journal.push_back(JournalEntry::Queued(cmd.clone()));
-        }
+        let seq = if internal {
+            0
+        } else {
+            self.stats.accepted += 1;
+            self.journal.queued(&cmd)
+        };
         let name = cmd.device.clone();
-        self.queues.entry(name.clone()).or_default().push_back(cmd);
+        self.next_expiry_ms = self.next_expiry_ms.min(cmd.expires_unix_ms);
+        self.queues.push(cmd, seq);
         self.try_send(now, unix_ms, &name, device, listen_window, message_id);
+    }
+
+    /// An error result for a command that is not taken: counted, not journaled, not remembered
+    /// (the same request id may come again).
+    fn refuse(&mut self, cmd: &DownlinkCommand, refusal: &Refusal) {
+        let counter = match refusal {
+            Refusal::NotAllowed { .. } => &mut self.stats.not_allowed,
+            Refusal::Unencodable(_) => &mut self.stats.unencodable,
+            Refusal::MessageTooLarge { .. } | Refusal::PayloadTooLarge { .. } => {
+                &mut self.stats.too_large
+            }
+            Refusal::DeviceQueueFull { .. } | Refusal::TotalQueueFull { .. } => {
+                &mut self.stats.queue_full
+            }
+        };
+        *counter += 1;
+        self.results
+            .push_back(CommandResult::failed(cmd, "rejected", refusal.to_string()));
     }
 
     /// Sends the next queued command to `device` if it can hear one now.
@@ -281,7 +434,8 @@ impl Downlink {
             return;
         }
         let next = loop {
-            let Some(cmd) = self.queues.get_mut(device).and_then(VecDeque::pop_front) else {
+            let journal = &self.journal;
+            let Some(cmd) = self.queues.pop_ready(device, |seq| journal.is_durable(seq)) else {
                 return;
             };
             if cmd.expires_unix_ms <= unix_ms {
@@ -297,9 +451,6 @@ impl Downlink {
             }
             break cmd;
         };
-        if self.queues.get(device).is_some_and(VecDeque::is_empty) {
-            self.queues.remove(device);
-        }
         self.next_token = self.next_token.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let token = self.next_token.to_be_bytes();
         let Some(bytes) = encode_request(&next, message_id, &token) else {
@@ -446,22 +597,16 @@ impl Downlink {
 
     /// Devices with queued commands (to try after their uplinks).
     pub fn has_queued(&self, device: &str) -> bool {
-        self.queues.contains_key(device)
+        self.queues.has(device)
     }
 
-    /// Expires queued commands whose TTL passed.
+    /// Expires queued commands whose TTL passed (walks the queues only once one is due).
     pub fn expire_queued(&mut self, unix_ms: u64) {
-        let mut expired = Vec::new();
-        for q in self.queues.values_mut() {
-            q.retain(|c| {
-                let keep = c.expires_unix_ms > unix_ms;
-                if !keep {
-                    expired.push(c.clone());
-                }
-                keep
-            });
+        if unix_ms < self.next_expiry_ms {
+            return;
         }
-        self.queues.retain(|_, q| !q.is_empty());
+        let expired = self.queues.take_where(|q| q.cmd.expires_unix_ms <= unix_ms);
+        self.next_expiry_ms = self.queues.earliest_expiry().unwrap_or(u64::MAX);
         for c in expired {
             self.finish(
                 CommandResult::failed(
@@ -476,10 +621,7 @@ impl Downlink {
 
     fn finish(&mut self, result: CommandResult, journaled: bool) {
         if journaled && !result.req.starts_with('_') {
-            self.journal.push_back(JournalEntry::Done {
-                device: result.device.clone(),
-                req: result.req.clone(),
-            });
+            self.journal.done(&result.device, &result.req);
         }
         self.remember((result.device.clone(), result.req.clone()));
         self.results.push_back(result);
@@ -495,6 +637,30 @@ impl Downlink {
             self.known.remove(&old);
         }
     }
+}
+
+/// The journaled (platform) commands still to do, each device's in its order: the one in
+/// flight first, then its queue.
+fn live_commands(queues: &Queues, in_flight: &HashMap<String, Exchange>) -> Vec<DownlinkCommand> {
+    let mut live = Vec::with_capacity(queues.len() + in_flight.len());
+    let mut devices: Vec<&str> = queues.devices().collect();
+    devices.extend(
+        in_flight
+            .keys()
+            .map(String::as_str)
+            .filter(|d| !queues.has(d)),
+    );
+    for device in devices {
+        let first = in_flight.get(device).map(|x| &x.cmd);
+        live.extend(
+            first
+                .into_iter()
+                .chain(queues.of(device))
+                .filter(|c| !c.req.starts_with('_'))
+                .cloned(),
+        );
+    }
+    live
 }
 
 fn encode_request(cmd: &DownlinkCommand, message_id: u16, token: &[u8; 8]) -> Option<Vec<u8>> {

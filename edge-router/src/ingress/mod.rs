@@ -46,7 +46,10 @@ use v6iot_cloud_bridge::topics::{Topics, valid_level};
 use v6iot_sdk::coap::content_format;
 use v6iot_sdk::coap::wire::{self, Token};
 
-pub use downlink::{CommandResult, Downlink, DownlinkCommand, JournalEntry};
+pub use downlink::{
+    CommandLimits, CommandResult, DeviceAllowList, Downlink, DownlinkCommand, DownlinkStats,
+    JournalBatch, JournalEntry, JournalWritten,
+};
 pub use registry::{Binding, Directory, Registration};
 use reply::Reply;
 
@@ -70,6 +73,8 @@ pub struct IngressConfig {
     pub lab_accept_unregistered: bool,
     /// How long a queue-mode (`b=UQ`) device listens after each uplink.
     pub listen_window: Duration,
+    /// Bounds and allow-list of platform commands.
+    pub commands: CommandLimits,
 }
 
 impl IngressConfig {
@@ -84,6 +89,7 @@ impl IngressConfig {
             exchange_lifetime: Duration::from_secs(247),
             lab_accept_unregistered: false,
             listen_window: Duration::from_secs(20),
+            commands: CommandLimits::default(),
         }
     }
 }
@@ -357,6 +363,7 @@ impl Ingress {
     /// A fresh ingress. `record_id_base` makes record ids unique across restarts: pass the
     /// boot time in Unix milliseconds (ids are `base × 2^20 + n`).
     pub fn new(config: IngressConfig, record_id_base: u64) -> Ingress {
+        let downlink = Downlink::new(record_id_base).with_limits(config.commands.clone());
         Ingress {
             config,
             directory: Directory::new(),
@@ -371,7 +378,7 @@ impl Ingress {
             record_ids: telemetry::RecordIds::new(record_id_base),
             next_sweep: None,
             next_message_id: (record_id_base & 0xffff) as u16,
-            downlink: Downlink::new(record_id_base),
+            downlink,
             observations: observe::Observations::default(),
             next_observation: 0,
         }
@@ -759,10 +766,36 @@ impl Ingress {
         self.downlink.restore(command);
     }
 
-    /// Next journal entry of the command queue, to persist.
+    /// The next batch of the command journal to persist (see [`downlink::JournalBatch`]); one
+    /// at a time, until [`Ingress::handle_journal_written`] reports it.
     #[must_use]
-    pub fn poll_journal(&mut self) -> Option<JournalEntry> {
+    pub fn poll_journal(&mut self) -> Option<JournalBatch> {
         self.downlink.poll_journal()
+    }
+
+    /// What became of journal batch `id`: commands it made durable may go out now; those of a
+    /// failed batch get an error result.
+    pub fn handle_journal_written(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        id: u64,
+        outcome: JournalWritten,
+    ) {
+        for device in self.downlink.journal_written(id, outcome) {
+            self.send_next(now, unix_ms, &device);
+        }
+        self.pump_downlink(unix_ms);
+    }
+
+    /// The downlink's counters (commands accepted and refused by cause, journal batches).
+    pub fn command_stats(&self) -> &DownlinkStats {
+        self.downlink.stats()
+    }
+
+    /// Lines the command journal holds, and the journaled commands not yet done.
+    pub fn journal_sizes(&self) -> (u64, u64) {
+        self.downlink.journal_sizes()
     }
 
     /// Commands queued or in flight.

@@ -4,7 +4,8 @@
 //! The database is `registry.db` in the data directory, or `registry.db` of the `[registry]`
 //! section of `--config`; the seal key comes from `registry.seal_key_file` or, without one,
 //! from the `V6IOT_SEAL_KEY` environment variable. Commands that only read or change state
-//! (`list`, `show`, `revoke`, `set-state`, `audit`) work without the key.
+//! (`list`, `show`, `revoke`, `set-state`, `audit`) work without the key (`audit verify` then
+//! cannot check the checkpoint's signature, and says so).
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::Ipv6Addr;
@@ -19,6 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{
     DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry, SealKey, hex,
 };
+use crate::audit::checkpoint::{self, Anchor};
 use crate::audit::{AuditError, AuditRow};
 use crate::config::EdgeConfig;
 
@@ -127,8 +129,32 @@ pub struct AuditArgs {
 /// `v6iot-edge audit verify`
 #[derive(Debug, Clone, Subcommand)]
 pub enum AuditAction {
-    /// Recompute the hash chain; name the first row that does not verify.
-    Verify,
+    /// Recompute the hash chain and name the first row that does not verify; check that the
+    /// trail reaches its checkpoint (the edge's signed file when there is one, and/or a head
+    /// published on the security topic), naming the rows missing from its end.
+    Verify(VerifyArgs),
+}
+
+/// What `audit verify` checks the trail's end against (see `audit::checkpoint`).
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// A head hash the trail must reach (64 hex digits, e.g. `head` of a checkpoint the edge
+    /// published); with --expect-rows it must be that row's hash.
+    #[arg(long, value_parser = parse_hash)]
+    pub expect_head: Option<[u8; 32]>,
+    /// The trail must have at least this many rows (`rows` of a published checkpoint).
+    #[arg(long)]
+    pub expect_rows: Option<u64>,
+    /// A signed checkpoint file. Default: the edge's own (`[audit] checkpoint_file`, else
+    /// `audit.checkpoint` in the data directory) when it exists.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+fn parse_hash(text: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(text.trim())?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("a hash is 32 bytes (64 hex digits), not {}", bytes.len()))
 }
 
 /// Parses an RFC 3339 time (`2026-05-01T12:00:00Z`, `2026-05-01T14:00:00.5+02:00`).
@@ -149,10 +175,11 @@ pub fn format_time(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-/// Where the database and the key are.
+/// Where the database, the key and the audit checkpoint are.
 struct Located {
     path: PathBuf,
     key: Option<SealKey>,
+    checkpoint: PathBuf,
 }
 
 fn locate(db: &DbArgs) -> anyhow::Result<Located> {
@@ -163,7 +190,12 @@ fn locate(db: &DbArgs) -> anyhow::Result<Located> {
     let data_dir = db.data_dir.clone().unwrap_or(config.data_dir.clone());
     let path = config.registry.db_path(&data_dir);
     let key = super::seal_key_for(&config)?;
-    Ok(Located { path, key })
+    let checkpoint = config.audit.checkpoint_path(&data_dir);
+    Ok(Located {
+        path,
+        key,
+        checkpoint,
+    })
 }
 
 /// Opens an existing registry (reading commands must not create one at a mistyped path).
@@ -174,7 +206,7 @@ fn open_existing(at: Located) -> anyhow::Result<Registry> {
             at.path.display()
         );
     }
-    Ok(Registry::open(&at.path, at.key)?)
+    open_and_warn(&at)
 }
 
 /// Opens or creates the registry (and its directory).
@@ -182,7 +214,16 @@ fn open_or_create(at: Located) -> anyhow::Result<Registry> {
     if let Some(dir) = at.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    Ok(Registry::open(&at.path, at.key)?)
+    open_and_warn(&at)
+}
+
+/// Opens the registry; devices found sharing a master secret are named on standard error.
+fn open_and_warn(at: &Located) -> anyhow::Result<Registry> {
+    let registry = Registry::open(&at.path, at.key.clone())?;
+    for d in registry.duplicate_secrets() {
+        eprintln!("warning: {d}");
+    }
+    Ok(registry)
 }
 
 fn hex_arg(name: &str, text: &str) -> anyhow::Result<Vec<u8>> {
@@ -368,23 +409,13 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
 }
 
 fn run_audit(args: AuditArgs) -> anyhow::Result<()> {
-    let registry = open_existing(locate(&args.db)?)?;
+    let at = locate(&args.db)?;
+    let default_checkpoint = at.checkpoint.clone();
+    let registry = open_existing(at)?;
     let log = registry.audit();
     let mut out = std::io::stdout().lock();
-    if let Some(AuditAction::Verify) = args.action {
-        return match log.verify() {
-            Ok(report) => {
-                writeln!(
-                    out,
-                    "audit chain ok: {} rows, head {}",
-                    report.rows,
-                    hex::encode(&report.head)
-                )?;
-                Ok(())
-            }
-            Err(AuditError::ChainBroken(b)) => Err(anyhow!(b)),
-            Err(e) => Err(e.into()),
-        };
+    if let Some(AuditAction::Verify(v)) = args.action {
+        return verify(&registry, &default_checkpoint, &v, &mut out);
     }
     let rows = match (args.address, args.at, args.device) {
         (Some(address), Some(at), _) => {
@@ -404,6 +435,65 @@ fn run_audit(args: AuditArgs) -> anyhow::Result<()> {
         print_row(&mut out, row)?;
     }
     eprintln!("{} row(s)", rows.len());
+    Ok(())
+}
+
+/// `audit verify`: the chain, then the anchors (see [`VerifyArgs`]).
+fn verify(
+    registry: &Registry,
+    default_checkpoint: &Path,
+    args: &VerifyArgs,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    // The checkpoint is read before the trail: a running edge only adds rows after it.
+    let mut anchors = Vec::new();
+    let file = args.checkpoint.as_deref().unwrap_or(default_checkpoint);
+    match checkpoint::read(file)? {
+        Some(f) => {
+            let (cp, signature) = match registry.seal_key() {
+                Some(key) => (
+                    f.authenticate(key)
+                        .with_context(|| format!("{}", file.display()))?,
+                    "signature checked",
+                ),
+                None => (f.checkpoint, "signature NOT checked: no seal key given"),
+            };
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(cp.at_ms) * 1_000_000)
+                .map_or_else(|_| format!("{} ms", cp.at_ms), format_time);
+            anchors.push(cp.anchor(format!(
+                "checkpoint {} of {at} ({} rows; {signature})",
+                file.display(),
+                cp.rows
+            )));
+        }
+        None if args.checkpoint.is_some() => bail!("no checkpoint file {}", file.display()),
+        None => eprintln!(
+            "no checkpoint file {}: rows cut from the end cannot be detected without \
+             --expect-rows/--expect-head (from a checkpoint the edge published)",
+            file.display()
+        ),
+    }
+    if args.expect_rows.is_some() || args.expect_head.is_some() {
+        anchors.push(Anchor {
+            rows: args.expect_rows,
+            head: args.expect_head,
+            source: "--expect-rows/--expect-head".to_owned(),
+        });
+    }
+    let report = match registry.audit().verify_anchored(&anchors) {
+        Ok(r) => r,
+        Err(AuditError::ChainBroken(b)) => return Err(anyhow!(b)),
+        Err(e) => return Err(e.into()),
+    };
+    writeln!(
+        out,
+        "audit chain ok: {} rows, head {}",
+        report.rows,
+        hex::encode(&report.head)
+    )?;
+    for a in &anchors {
+        writeln!(out, "reaches {}", a.source)?;
+    }
     Ok(())
 }
 

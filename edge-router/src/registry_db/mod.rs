@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `id` | its endpoint name (RFC 9176 `ep`): 1–64 bytes, no `/ + # ,` NUL, white space or control characters, not starting with `_` |
 //! | `kid` | its OSCORE key id, 1–7 bytes (the most AES-CCM-16-64-128's 13-byte nonce leaves), unique |
-//! | master secret | 16–32 bytes, stored **sealed** (AES-256-GCM, a random nonce per row, the device id as associated data) under a key that is not in the file ([`SealKey`]) |
+//! | master secret | 16–32 bytes, stored **sealed** (AES-256-GCM, a random nonce per row, the device id as associated data) under a key that is not in the file ([`SealKey`]); **unique**: its keyed fingerprint is in a UNIQUE column ([`unique`]) |
 //! | master salt | optional, up to 32 bytes, stored as is (it is not secret) |
 //! | `class` | the address plan's device class, 1–255 |
 //! | prefixes | IPv6 prefixes its source addresses must be in ([`Ipv6Prefix`]) |
@@ -27,8 +27,9 @@ pub mod oscore_state;
 pub mod prefix;
 pub mod schema;
 pub mod seal;
+pub mod unique;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use zeroize::Zeroizing;
 
 pub use prefix::{Ipv6Prefix, PrefixError};
 pub use seal::{SEAL_KEY_ENV, SealError, SealKey};
+pub use unique::DuplicateSecret;
 
 use crate::audit::{self, AuditError, AuditEvent, AuditKind, AuditLog, ChainWriter};
 use crate::config::EdgeConfig;
@@ -304,6 +306,15 @@ pub struct ImportErrors {
     pub total: usize,
 }
 
+impl ImportErrors {
+    fn refuse(&mut self, line: usize, message: String) {
+        self.total += 1;
+        if self.errors.len() < MAX_IMPORT_ERRORS {
+            self.errors.push(LineError { line, message });
+        }
+    }
+}
+
 impl fmt::Display for ImportErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} bad line(s), nothing imported:", self.total)?;
@@ -376,6 +387,17 @@ pub enum RegistryError {
         /// The device that has it.
         holder: String,
     },
+    /// The master secret is already another device's (see [`unique`]).
+    #[error(
+        "the master secret of `{device}` is already device `{holder}`'s: every device needs its \
+         own (equal secrets give the edge equal keys and repeated nonces)"
+    )]
+    DuplicateSecret {
+        /// The device being added, rotated or reinstated.
+        device: String,
+        /// The device that has the secret.
+        holder: String,
+    },
     /// No such device.
     #[error("no device `{0}`")]
     NotFound(String),
@@ -404,6 +426,7 @@ pub struct Registry {
     conn: Connection,
     key: Option<SealKey>,
     path: PathBuf,
+    duplicates: Vec<DuplicateSecret>,
 }
 
 /// The columns [`RawDevice::read`] expects, in order.
@@ -415,21 +438,33 @@ impl Registry {
     ///
     /// Without a seal key, everything but adding, importing, rotating and reading secrets
     /// ([`Registry::get`], [`Registry::get_by_kid`]) works. With one, the key is checked against
-    /// the value sealed when the registry first got a key: a wrong key fails here.
+    /// the value sealed when the registry first got a key: a wrong key fails here; and devices
+    /// without a secret fingerprint get theirs ([`unique`]; duplicates found are in
+    /// [`Registry::duplicate_secrets`]).
     ///
     /// # Errors
     ///
     /// [`RegistryError::Open`], [`RegistryError::NewerSchema`], [`RegistryError::WrongSealKey`]…
     pub fn open(path: &Path, seal_key: Option<SealKey>) -> Result<Self, RegistryError> {
         let mut conn = schema::open(path)?;
+        let mut duplicates = Vec::new();
         if let Some(key) = &seal_key {
             check_seal_key(&mut conn, key)?;
+            duplicates = unique::fill(&mut conn, key)?;
         }
         Ok(Self {
             conn,
             key: seal_key,
             path: path.to_owned(),
+            duplicates,
         })
+    }
+
+    /// Devices found at open to share another device's master secret (none without the seal
+    /// key): each is quarantined until rotated (see [`unique`]). Callers report them.
+    #[must_use]
+    pub fn duplicate_secrets(&self) -> &[DuplicateSecret] {
+        &self.duplicates
     }
 
     /// Opens (or creates, with its directory) the registry a configuration names:
@@ -458,6 +493,11 @@ impl Registry {
         AuditLog::new(&self.conn)
     }
 
+    /// The seal key, if one was given (for keys derived from it, e.g. the audit checkpoint's).
+    pub(crate) fn seal_key(&self) -> Option<&SealKey> {
+        self.key.as_ref()
+    }
+
     fn key(&self) -> Result<&SealKey, RegistryError> {
         self.key.as_ref().ok_or(RegistryError::NoSealKey)
     }
@@ -467,7 +507,8 @@ impl Registry {
     /// # Errors
     ///
     /// [`RegistryError::Invalid`], [`RegistryError::DuplicateId`],
-    /// [`RegistryError::DuplicateKid`], [`RegistryError::NoSealKey`]…
+    /// [`RegistryError::DuplicateKid`], [`RegistryError::DuplicateSecret`],
+    /// [`RegistryError::NoSealKey`]…
     pub fn add(&mut self, record: DeviceRecord) -> Result<(), RegistryError> {
         let key = self.key.clone().ok_or(RegistryError::NoSealKey)?;
         record.check().map_err(|reason| RegistryError::Invalid {
@@ -478,14 +519,16 @@ impl Registry {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut chain = ChainWriter::load(&tx)?;
-        insert_device(&tx, &key, &mut chain, &record, audit::now(), "added")?;
+        let sealer = Sealer::new(&key);
+        insert_device(&tx, &sealer, &mut chain, &record, audit::now(), "added")?;
         tx.commit()?;
         Ok(())
     }
 
     /// Imports a credentials CSV (see [`csv`]) in one transaction: every line is added, or —
-    /// when any line is refused (syntax, limits, an id or kid already taken, in the registry
-    /// or earlier in the file) — none is, and the error lists the refused lines by number.
+    /// when any line is refused (syntax, limits, an id, kid or master secret already taken, in
+    /// the registry or earlier in the file) — none is, and the error lists the refused lines by
+    /// number, naming the line or the device that has what a refused line repeats.
     ///
     /// # Errors
     ///
@@ -493,6 +536,7 @@ impl Registry {
     /// [`RegistryError::NoSealKey`]…
     pub fn import_csv<R: BufRead>(&mut self, mut reader: R) -> Result<ImportReport, RegistryError> {
         let key = self.key.clone().ok_or(RegistryError::NoSealKey)?;
+        let sealer = Sealer::new(&key);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -502,15 +546,10 @@ impl Registry {
             errors: Vec::new(),
             total: 0,
         };
-        let mut refuse = |line: usize, message: String| {
-            errors.total += 1;
-            if errors.errors.len() < MAX_IMPORT_ERRORS {
-                errors.errors.push(LineError { line, message });
-            }
-        };
+        // The line each device of this file was imported from, to name it in refusals.
+        let mut line_of: HashMap<String, usize> = HashMap::new();
         let mut buf = Vec::new();
         let mut lines = 0;
-        let mut imported = 0;
         let mut header_seen = false;
         loop {
             buf.clear();
@@ -519,7 +558,7 @@ impl Registry {
             }
             lines += 1;
             let Ok(text) = std::str::from_utf8(&buf) else {
-                refuse(lines, "not UTF-8".to_owned());
+                errors.refuse(lines, "not UTF-8".to_owned());
                 continue;
             };
             let text = text.trim_end_matches(['\n', '\r']);
@@ -529,39 +568,49 @@ impl Registry {
             if !header_seen {
                 header_seen = true;
                 if let Err(message) = csv::check_header(text) {
-                    refuse(lines, message);
+                    errors.refuse(lines, message);
                 }
                 continue;
             }
             let record = match csv::parse_line(text) {
                 Ok(r) => r,
                 Err(message) => {
-                    refuse(lines, message);
+                    errors.refuse(lines, message);
                     continue;
                 }
             };
             let detail = format!("imported (line {lines})");
-            match insert_device(&tx, &key, &mut chain, &record, now, &detail) {
-                Ok(()) => imported += 1,
-                Err(e @ (RegistryError::DuplicateId(_) | RegistryError::DuplicateKid { .. })) => {
-                    refuse(
-                        lines,
-                        format!("{e} (in the registry or earlier in this file)"),
-                    );
+            match insert_device(&tx, &sealer, &mut chain, &record, now, &detail) {
+                Ok(()) => {
+                    line_of.insert(record.id, lines);
                 }
-                Err(e @ RegistryError::Invalid { .. }) => refuse(lines, e.to_string()),
-                Err(e) => return Err(e),
+                Err(e) => match duplicate_of(&e) {
+                    Some(other) => {
+                        let place = line_of.get(other).map_or_else(
+                            || "already in the registry".to_owned(),
+                            |n| format!("line {n} of this file"),
+                        );
+                        errors.refuse(lines, format!("{e} ({place})"));
+                    }
+                    None if matches!(e, RegistryError::Invalid { .. }) => {
+                        errors.refuse(lines, e.to_string());
+                    }
+                    None => return Err(e),
+                },
             }
         }
         if !header_seen {
-            refuse(lines.max(1), format!("no header line `{}`", csv::HEADER));
+            errors.refuse(lines.max(1), format!("no header line `{}`", csv::HEADER));
         }
         if errors.total > 0 {
             // Dropping the transaction rolls it back: nothing of this file stays.
             return Err(RegistryError::Import(errors));
         }
         tx.commit()?;
-        Ok(ImportReport { imported, lines })
+        Ok(ImportReport {
+            imported: line_of.len(),
+            lines,
+        })
     }
 
     /// The devices that pass `filter`, by id, without their secrets.
@@ -647,7 +696,9 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::NotFound`], [`RegistryError::Revoked`] when leaving `revoked`…
+    /// [`RegistryError::NotFound`], [`RegistryError::Revoked`] when leaving `revoked`,
+    /// [`RegistryError::DuplicateSecret`] when reinstating a device whose master secret is
+    /// another's (see [`unique`]; [`RegistryError::NoSealKey`] when that cannot be checked)…
     pub fn set_state(
         &mut self,
         id: &str,
@@ -673,6 +724,9 @@ impl Registry {
         }
         if previous == DeviceState::Revoked {
             return Err(RegistryError::Revoked(id.to_owned()));
+        }
+        if state == DeviceState::Active {
+            unique::check_before_reinstating(&tx, self.key.as_ref(), id)?;
         }
         let now = audit::now();
         tx.execute(
@@ -722,15 +776,28 @@ impl Registry {
             .filter(|n| (MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(n))
             .unwrap_or(DEFAULT_SECRET_LEN);
         let secret = MasterSecret::random(len)?;
+        let fp = unique::Fingerprinter::new(&key).of(secret.as_bytes());
         let now = audit::now();
         tx.execute(
-            "UPDATE devices SET secret = ?2, updated_us = ?3 WHERE id = ?1",
+            "UPDATE devices SET secret = ?2, secret_fp = ?3, updated_us = ?4 WHERE id = ?1",
             params![
                 id,
                 key.seal(id.as_bytes(), secret.as_bytes())?,
+                fp.as_slice(),
                 audit::to_us(now)?
             ],
-        )?;
+        )
+        .map_err(|e| match unique_violation(&e) {
+            // 2^-256 for random secrets, but never a shared key, however unlikely.
+            Some(Column::SecretFp) => RegistryError::DuplicateSecret {
+                device: id.to_owned(),
+                holder: unique::holder(&tx, &fp)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "?".to_owned()),
+            },
+            _ => RegistryError::Sqlite(e),
+        })?;
         let mut chain = ChainWriter::load(&tx)?;
         chain.append(
             &tx,
@@ -780,10 +847,25 @@ fn check_seal_key(conn: &mut Connection, key: &SealKey) -> Result<(), RegistryEr
     Ok(())
 }
 
+/// The seal key and the fingerprinter made from it, for inserting devices.
+struct Sealer<'k> {
+    key: &'k SealKey,
+    prints: unique::Fingerprinter,
+}
+
+impl<'k> Sealer<'k> {
+    fn new(key: &'k SealKey) -> Self {
+        Self {
+            key,
+            prints: unique::Fingerprinter::new(key),
+        }
+    }
+}
+
 /// Inserts one checked-or-not record and its audit row, in the caller's write transaction.
 fn insert_device(
     conn: &Connection,
-    key: &SealKey,
+    sealer: &Sealer<'_>,
     chain: &mut ChainWriter,
     record: &DeviceRecord,
     now: OffsetDateTime,
@@ -793,12 +875,14 @@ fn insert_device(
         device: record.id.clone(),
         reason,
     })?;
-    let sealed = key.seal(record.id.as_bytes(), record.master_secret.as_bytes())?;
+    let secret = record.master_secret.as_bytes();
+    let sealed = sealer.key.seal(record.id.as_bytes(), secret)?;
+    let fp = sealer.prints.of(secret);
     let now_us = audit::to_us(now)?;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO devices (id, kid, secret, salt, class, state, created_us, updated_us) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            "INSERT INTO devices (id, kid, secret, salt, class, state, created_us, updated_us, \
+             secret_fp) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
         )?
         .execute(params![
             record.id,
@@ -807,21 +891,12 @@ fn insert_device(
             record.master_salt,
             record.class,
             record.state.as_str(),
-            now_us
+            now_us,
+            fp.as_slice()
         ]);
     if let Err(e) = inserted {
         return Err(match unique_violation(&e) {
-            Some(Column::Id) => RegistryError::DuplicateId(record.id.clone()),
-            Some(Column::Kid) => RegistryError::DuplicateKid {
-                kid: hex::encode(&record.kid),
-                holder: conn
-                    .query_row(
-                        "SELECT id FROM devices WHERE kid = ?1",
-                        [&record.kid],
-                        |r| r.get(0),
-                    )
-                    .unwrap_or_else(|_| "?".to_owned()),
-            },
+            Some(_) => duplicate(conn, record, &fp)?,
             None => RegistryError::Sqlite(e),
         });
     }
@@ -845,9 +920,54 @@ fn insert_device(
     Ok(())
 }
 
+/// What a refused insert of `record` repeats, in a fixed order whichever UNIQUE index SQLite
+/// named: the id, else the kid, else the master secret.
+fn duplicate(
+    conn: &Connection,
+    record: &DeviceRecord,
+    fp: &[u8; 32],
+) -> Result<RegistryError, RegistryError> {
+    let id_taken: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1)",
+        [&record.id],
+        |r| r.get(0),
+    )?;
+    if id_taken {
+        return Ok(RegistryError::DuplicateId(record.id.clone()));
+    }
+    let kid_holder: Option<String> = conn
+        .query_row(
+            "SELECT id FROM devices WHERE kid = ?1",
+            [&record.kid],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(holder) = kid_holder {
+        return Ok(RegistryError::DuplicateKid {
+            kid: hex::encode(&record.kid),
+            holder,
+        });
+    }
+    Ok(RegistryError::DuplicateSecret {
+        device: record.id.clone(),
+        holder: unique::holder(conn, fp)?.unwrap_or_else(|| "?".to_owned()),
+    })
+}
+
+/// The other device a duplicate error names (for [`RegistryError::DuplicateId`] the id itself).
+fn duplicate_of(e: &RegistryError) -> Option<&str> {
+    match e {
+        RegistryError::DuplicateId(id) => Some(id),
+        RegistryError::DuplicateKid { holder, .. }
+        | RegistryError::DuplicateSecret { holder, .. } => Some(holder),
+        _ => None,
+    }
+}
+
 enum Column {
     Id,
     Kid,
+    SecretFp,
 }
 
 fn unique_violation(e: &rusqlite::Error) -> Option<Column> {
@@ -859,6 +979,8 @@ fn unique_violation(e: &rusqlite::Error) -> Option<Column> {
                 Some(Column::Kid)
             } else if msg.contains("devices.id") {
                 Some(Column::Id)
+            } else if msg.contains("devices.secret_fp") {
+                Some(Column::SecretFp)
             } else {
                 None
             }

@@ -3,7 +3,10 @@
 //! credentials for the gateway's keyring, and the cheap change check the edge polls.
 //!
 //! A state row belongs to one secret and salt ([`fingerprint`]): after a rotation the old row
-//! no longer matches and the new context starts from zero (new key, new nonces).
+//! no longer matches and the new context starts from zero (new key, new nonces), and a batch
+//! that comes back after the rotation does not count for the new context
+//! ([`crate::gateway::persist`]). This 8-byte fingerprint is not the registry's keyed
+//! `secret_fp` ([`super::unique`]): it predates it, and changing it would reset every stored mark.
 
 use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use sha2::{Digest as _, Sha256};

@@ -3,6 +3,12 @@
 //! Migration `n` (1-based) moves `user_version` from `n - 1` to `n`; each runs in the same
 //! transaction as its version bump. A file whose version is newer than this build knows is
 //! refused rather than guessed at.
+//!
+//! | version | what |
+//! |---|---|
+//! | 1 | devices, their prefixes, the audit trail (append-only triggers), `meta` |
+//! | 2 | `oscore_state`: the edge's sender marks and replay floors per device context |
+//! | 3 | `devices.secret_fp` with a UNIQUE index: no two devices share a master secret ([`super::unique`]) |
 
 use std::path::Path;
 use std::time::Duration;
@@ -71,28 +77,29 @@ const MIGRATIONS: &[&str] = &[
         updated_us   INTEGER NOT NULL
     ) STRICT;
     ",
+    // 3: every master secret is unique: a keyed fingerprint per device (see `unique`). It needs
+    // the seal key, so existing rows are filled in by `unique::fill` on the first open with it.
+    r"
+    ALTER TABLE devices ADD COLUMN secret_fp BLOB;
+    CREATE UNIQUE INDEX devices_by_secret ON devices (secret_fp);
+    ",
 ];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Opens (creating it if needed, mode 0600 on Unix) and configures the database file:
-/// WAL, foreign keys, full sync, a busy timeout, then runs the pending migrations.
+/// Opens (creating it if needed) and configures the database file: WAL, foreign keys, full
+/// sync, a busy timeout, then runs the pending migrations. On Unix the file, its `-wal` and its
+/// `-shm` are owner-only (0600): a new file is created so, before SQLite opens it; an existing
+/// one open to its group or others is made owner-only, with a warning.
 pub(crate) fn open(path: &Path) -> Result<Connection, RegistryError> {
     let err = |source| RegistryError::Open {
         path: path.to_owned(),
         source,
     };
-    let existed = path.exists();
-    let mut conn = Connection::open(path).map_err(err)?;
     #[cfg(unix)]
-    if !existed {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(RegistryError::Io)?;
-    }
-    #[cfg(not(unix))]
-    let _ = existed;
+    private::create_or_restrict(path)?;
+    let mut conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -119,7 +126,56 @@ pub(crate) fn open(path: &Path) -> Result<Connection, RegistryError> {
         ));
     }
     migrate(&mut conn)?;
+    // SQLite gives its -wal and -shm the database file's mode, but not to files an earlier run
+    // left behind (or made while the database was open to others).
+    #[cfg(unix)]
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        private::restrict(Path::new(&side))?;
+    }
     Ok(conn)
+}
+
+/// Owner-only database files (Unix).
+#[cfg(unix)]
+mod private {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use std::path::Path;
+
+    use super::RegistryError;
+
+    /// Creates `path` empty with mode 0600 if it does not exist, else [`restrict`]s it.
+    pub(super) fn create_or_restrict(path: &Path) -> Result<(), RegistryError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => restrict(path),
+            Err(e) => Err(RegistryError::Io(e)),
+        }
+    }
+
+    /// Takes group and other permissions off `path`, if it exists and has any.
+    pub(super) fn restrict(path: &Path) -> Result<(), RegistryError> {
+        let mode = match std::fs::metadata(path) {
+            Ok(m) => m.permissions().mode() & 0o777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(RegistryError::Io(e)),
+        };
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = %format!("{mode:03o}"),
+                "registry file open to its group or others: made owner-only (0600)");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+        Ok(())
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {

@@ -3,13 +3,23 @@
 //! A sealed value is `0x01 ‖ nonce (12 random bytes) ‖ ciphertext ‖ tag (16 bytes)`; the
 //! associated data binds it to its row (the registry passes the device id), so a sealed secret
 //! copied into another device's row does not open. Keys come from a file or the environment as
-//! 64 hex digits ([`SealKey::from_hex`]); the 256-bit key itself is only held inside the cipher,
-//! which wipes it on drop.
+//! 64 hex digits ([`SealKey::from_hex`]); the 256-bit key is held inside the cipher and in one
+//! buffer for [`SealKey::derive_key`], both wiped on drop.
+//!
+//! # Keys derived from the seal key
+//!
+//! Other integrity keys of the registry are derived from the seal key with HKDF-SHA-256
+//! (RFC 5869; salt `v6iot-seal-key`, one `info` string per purpose), never the seal key itself:
+//! the secrets' fingerprints ([`super::unique`]) and the audit checkpoint's MAC
+//! ([`crate::audit::checkpoint`]). Whoever reads the file without the seal key learns nothing
+//! from either, and a value made for one purpose is no use for another.
 
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::hex;
@@ -23,10 +33,15 @@ const TAG_LEN: usize = 16;
 /// Bytes a sealed value adds to its plaintext: version, nonce, tag.
 pub const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 
+/// The HKDF salt of every key derived from the seal key.
+const DERIVE_SALT: &[u8] = b"v6iot-seal-key";
+
 /// A 256-bit AES-GCM key for sealing secrets.
 #[derive(Clone)]
 pub struct SealKey {
     cipher: Aes256Gcm,
+    /// The key bytes, for [`SealKey::derive_key`] only.
+    root: Zeroizing<[u8; SealKey::LEN]>,
 }
 
 impl std::fmt::Debug for SealKey {
@@ -55,6 +70,17 @@ pub enum SealError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The key file can be read or written by its group or by others.
+    #[error(
+        "the seal key file {path} is open to its group or others (mode {mode:03o}): it must be \
+         owner-only; run `chmod 600 {path}`"
+    )]
+    KeyFileExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The operating system's random source failed.
     #[error("no random bytes from the operating system: {0}")]
@@ -87,7 +113,21 @@ impl SealKey {
         }
         let cipher =
             Aes256Gcm::new_from_slice(key).map_err(|_| SealError::KeyLength { got: key.len() })?;
-        Ok(Self { cipher })
+        let mut root = Zeroizing::new([0u8; Self::LEN]);
+        root.copy_from_slice(key);
+        Ok(Self { cipher, root })
+    }
+
+    /// A 256-bit key for one purpose, derived from this key: HKDF-SHA-256 with salt
+    /// `v6iot-seal-key` and `info` naming the purpose (see the module docs). Different `info`,
+    /// unrelated keys; the seal key cannot be recovered from any of them.
+    #[must_use]
+    pub fn derive_key(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut okm = Zeroizing::new([0u8; 32]);
+        // 32 bytes are far below HKDF-SHA-256's limit of 255 × 32: expand cannot fail.
+        let _ = Hkdf::<Sha256>::new(Some(DERIVE_SALT), self.root.as_slice())
+            .expand(info, okm.as_mut_slice());
+        okm
     }
 
     /// A key from 64 hex digits (surrounding white space is ignored).
@@ -100,19 +140,33 @@ impl SealKey {
         Self::from_bytes(&bytes)
     }
 
-    /// A key from a file holding 64 hex digits (as written by `v6iot-edge devices keygen`).
+    /// A key from a file holding 64 hex digits (as written by `v6iot-edge devices keygen`,
+    /// mode 0600). On Unix the file must be owner-only: a key file its group or others may
+    /// read or write is refused (as ssh refuses such a private key).
     ///
     /// # Errors
     ///
-    /// [`SealError::KeyFile`] when unreadable, else as [`SealKey::from_hex`].
+    /// [`SealError::KeyFile`] when unreadable, [`SealError::KeyFileExposed`] when open to the
+    /// group or others, else as [`SealKey::from_hex`].
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| SealError::KeyFile {
+        let key_file = |source| SealError::KeyFile {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(key_file)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = file.metadata().map_err(key_file)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(SealError::KeyFileExposed {
                     path: path.to_owned(),
-                    source,
-                })?,
-            );
+                    mode,
+                });
+            }
+        }
+        let mut text = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(key_file)?;
         Self::from_hex(&text)
     }
 
@@ -208,6 +262,29 @@ mod tests {
         SealKey::from_bytes(&[byte; 32]).unwrap()
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_open_to_group_or_others_is_refused_by_name() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seal.key");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = SealKey::from_file(&path).unwrap_err();
+            assert!(matches!(e, SealError::KeyFileExposed { mode: m, .. } if m == mode));
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            SealKey::from_file(&path).unwrap();
+        }
+    }
+
     #[test]
     fn round_trip() {
         let k = key(7);
@@ -268,5 +345,20 @@ mod tests {
         ));
         assert!(matches!(SealKey::from_hex("xy"), Err(SealError::KeyHex(_))));
         assert_eq!(format!("{a:?}"), "SealKey(..)");
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_by_seal_key() {
+        let a = key(7).derive_key(b"purpose one");
+        assert_eq!(a, key(7).derive_key(b"purpose one"), "deterministic");
+        assert_ne!(a, key(7).derive_key(b"purpose two"));
+        assert_ne!(a, key(8).derive_key(b"purpose one"));
+        assert_ne!(a.as_slice(), &[7u8; 32], "never the seal key itself");
+        // RFC 5869 HKDF-SHA-256 with this salt, checked against the hkdf crate directly.
+        let mut expected = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(b"v6iot-seal-key"), &[7u8; 32])
+            .expand(b"purpose one", &mut expected)
+            .unwrap();
+        assert_eq!(*a, expected);
     }
 }

@@ -20,6 +20,9 @@ use v6iot_sdk::oscore::{
 
 use super::{Edge, Mosquitto, Seen, TempDir, free_udp_port, runtime, subscribe, wait_for};
 
+/// The audit trail's checkpoints published and kept by the running edge.
+mod audit_anchor;
+
 // ----- provisioning with the CLI -----
 
 pub(super) struct Creds {

@@ -18,7 +18,8 @@
 //! datagrams and the next wake-up time out:
 //!
 //! ```
-//! use std::{net::SocketAddr, sync::Arc, time::Instant};
+//! use std::{net::SocketAddr, sync::Arc};
+//! use v6iot_sdk::time::Instant;
 //! use v6iot_sdk::coap::{Config, Device, NoTimers, Resource, ResourceTree, Response, content_format};
 //!
 //! let mut tree = ResourceTree::<NoTimers>::new();
@@ -30,7 +31,7 @@
 //! let client: SocketAddr = "[::1]:40000".parse().unwrap();
 //! // CON GET /hello, message ID 0x1234, token 0x77
 //! let get = [0x41, 0x01, 0x12, 0x34, 0x77, 0xb5, b'h', b'e', b'l', b'l', b'o'];
-//! device.handle_datagram(Instant::now(), client, &get);
+//! device.handle_datagram(Instant::ZERO, client, &get); // any monotonic time: the driver's clock
 //! let reply = device.poll_transmit().unwrap();
 //! assert_eq!(reply.destination, client);
 //! assert_eq!(&reply.contents[..5], &[0x61, 0x45, 0x12, 0x34, 0x77]); // ACK 2.05, same ID and token

@@ -1,7 +1,12 @@
 //! Registration with a CoRE Resource Directory (RFC 9176 §5.3), with LwM2M's `b` binding.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use alloc::format;
+use alloc::string::String;
+
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use crate::time::Instant;
 
 use crate::coap::{
     ClientRequest, Code, Endpoint, Method, RequestId, RequestOutcome, content_format,

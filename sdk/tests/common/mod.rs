@@ -3,9 +3,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod counting_alloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_sdk::coap::{

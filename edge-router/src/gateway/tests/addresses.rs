@@ -29,6 +29,12 @@ fn at(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// Takes a command from the platform; its journal batch is durable at once.
+fn commanded(g: &mut Gateway, now: Instant, command: DownlinkCommand) {
+    g.handle_command(now, T0, command);
+    journal_durable(g, now, T0);
+}
+
 fn command(device: &str, req: &str) -> DownlinkCommand {
     DownlinkCommand {
         device: device.into(),
@@ -120,7 +126,7 @@ fn answers_commands_and_retransmissions_leave_from_the_address_the_device_reache
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, Peer::via(peer(), l1), "the answer leaves from l1");
 
-    g.handle_command(now, T0, command("dev-1", "r1"));
+    commanded(&mut g, now, command("dev-1", "r1"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(
@@ -189,7 +195,7 @@ fn a_command_goes_under_its_devices_own_context_whoever_else_verifies_at_its_add
     assert_eq!(conflict.address, Some(audit_address(p)));
 
     // A command for dev-1 goes to dev-1, under dev-1's context: dev-2 cannot read it.
-    g.handle_command(now, T0, command("dev-1", "r1"));
+    commanded(&mut g, now, command("dev-1", "r1"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, p);
@@ -256,10 +262,10 @@ fn a_device_confirmed_at_another_devices_address_takes_it_and_the_other_is_unrea
     );
 
     // Nothing goes to dev-1 now; dev-2's commands go to the address, under dev-2's context.
-    g.handle_command(now, T0, command("dev-1", "r1"));
+    commanded(&mut g, now, command("dev-1", "r1"));
     assert!(requests(&sent_via(&mut g)).is_empty());
     assert_eq!(g.stats().unreachable, 1);
-    g.handle_command(now, T0, command("dev-2", "r2"));
+    commanded(&mut g, now, command("dev-2", "r2"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, p);
@@ -309,7 +315,7 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
     assert!(sent(&mut g).is_empty());
     assert_eq!(g.stats().duplicates, 1);
     // Commands still go to A.
-    g.handle_command(now, T0, command("dev-1", "r1"));
+    commanded(&mut g, now, command("dev-1", "r1"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, a);
@@ -337,7 +343,7 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
         .find(|r| r.kind == AuditKind::AddressChanged)
         .expect("the move is audited");
     assert_eq!(moved.address, Some(audit_address(b)));
-    g.handle_command(now, T0, command("dev-1", "r2"));
+    commanded(&mut g, now, command("dev-1", "r2"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, b, "commands follow the confirmed move");

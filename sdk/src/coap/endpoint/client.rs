@@ -7,8 +7,12 @@
 //! ID, token and Partial IV), and its answer is the outcome. So the plain request is kept while
 //! it is in flight.
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::time::Instant;
+use core::net::SocketAddr;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 

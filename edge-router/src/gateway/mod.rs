@@ -839,6 +839,13 @@ impl Gateway {
             }
             None => {
                 let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.to_owned(),
+                        address,
+                    },
+                );
                 (
                     AuditKind::AddressBound,
                     format!("verified at {peer}; confirmed by Echo"),

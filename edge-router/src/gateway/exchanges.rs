@@ -9,7 +9,8 @@
 //!   request its token belongs to, never by who sends from the address;
 //! - the protected bytes of each Confirmable request the edge sent, by message ID and token
 //!   (and its kid), so a retransmission resends the same bytes (same Partial IV) instead of
-//!   protecting anew, wherever the device is now;
+//!   protecting anew, wherever the device is now; and which address each last went to, by
+//!   (address, message ID), so an empty ACK from there is known as expected in O(1);
 //! - deduplication of incoming OSCORE messages by peer, message ID and a fingerprint of the
 //!   OSCORE option and ciphertext (a retransmission is the same bytes; another device's message
 //!   from the same address with the same message ID is not): a retransmitted request cannot be
@@ -113,6 +114,8 @@ struct Sent {
     kid: Vec<u8>,
     bytes: Box<[u8]>,
     expires: Instant,
+    /// Where it went last.
+    to: SocketAddr,
 }
 
 /// See the module docs.
@@ -122,6 +125,8 @@ pub(super) struct Exchanges {
     client: HashMap<TokenKey, ClientExchange>,
     client_order: VecDeque<TokenKey>,
     sent: HashMap<(u16, TokenKey), Sent>,
+    /// The request of `sent` that went to an address with a message ID, last.
+    sent_to: HashMap<(SocketAddr, u16), TokenKey>,
     recent: HashMap<SocketAddr, VecDeque<Recent>>,
 }
 
@@ -133,6 +138,7 @@ impl Exchanges {
             client: HashMap::new(),
             client_order: VecDeque::new(),
             sent: HashMap::new(),
+            sent_to: HashMap::new(),
             recent: HashMap::new(),
         }
     }
@@ -185,6 +191,11 @@ impl Exchanges {
         self.client.insert(key, x);
     }
 
+    /// True when `token` is one of the edge's requests awaiting a response or notifications.
+    pub(super) fn has_client(&self, token: &[u8]) -> bool {
+        self.client.contains_key(&token_key(token))
+    }
+
     pub(super) fn client_mut(&mut self, token: &[u8]) -> Option<&mut ClientExchange> {
         self.client.get_mut(&token_key(token))
     }
@@ -194,30 +205,56 @@ impl Exchanges {
         self.client.remove(&token_key(token));
     }
 
-    /// The protected bytes of `kid`'s request with `message_id` and `token`, if sent already.
-    pub(super) fn sent(&self, kid: &[u8], message_id: u16, token: &[u8]) -> Option<&[u8]> {
-        self.sent
-            .get(&(message_id, token_key(token)))
-            .filter(|s| s.kid == kid)
-            .map(|s| &*s.bytes)
+    /// The protected bytes of `kid`'s request with `message_id` and `token`, if sent already,
+    /// to resend to `to` (noted as where it went last).
+    pub(super) fn resend(
+        &mut self,
+        kid: &[u8],
+        (message_id, token): (u16, &[u8]),
+        to: SocketAddr,
+    ) -> Option<&[u8]> {
+        let key = token_key(token);
+        let s = self
+            .sent
+            .get_mut(&(message_id, key))
+            .filter(|s| s.kid == kid)?;
+        if s.to != to {
+            if self.sent_to.get(&(s.to, message_id)) == Some(&key) {
+                self.sent_to.remove(&(s.to, message_id));
+            }
+            s.to = to;
+            self.sent_to.insert((to, message_id), key);
+        }
+        Some(&*s.bytes)
     }
 
-    /// Keeps the protected bytes of `kid`'s Confirmable request for its retransmissions.
+    /// Keeps the protected bytes of `kid`'s Confirmable request, sent to `to`, for its
+    /// retransmissions.
     pub(super) fn remember_sent(
         &mut self,
         now: Instant,
         kid: &[u8],
         (message_id, token): (u16, &[u8]),
         bytes: &[u8],
+        to: SocketAddr,
     ) {
+        let key = token_key(token);
         self.sent.insert(
-            (message_id, token_key(token)),
+            (message_id, key),
             Sent {
                 kid: kid.to_vec(),
                 bytes: bytes.into(),
                 expires: now + self.lifetime,
+                to,
             },
         );
+        self.sent_to.insert((to, message_id), key);
+    }
+
+    /// True when a protected request of the edge with `message_id` went to `peer` last (an
+    /// empty ACK or Reset from there may name it).
+    pub(super) fn sent_to(&self, peer: SocketAddr, message_id: u16) -> bool {
+        !self.sent_to.is_empty() && self.sent_to.contains_key(&(peer, message_id))
     }
 
     /// What an earlier message from `peer` with `message_id` and `fingerprint` (the same
@@ -268,6 +305,9 @@ impl Exchanges {
         self.server.retain(|_, x| x.kid != kid);
         self.client.retain(|_, x| x.kid != kid);
         self.sent.retain(|_, s| s.kid != kid);
+        let sent = &self.sent;
+        self.sent_to
+            .retain(|(_, message_id), key| sent.contains_key(&(*message_id, *key)));
     }
 
     /// Drops what expired.
@@ -285,6 +325,9 @@ impl Exchanges {
         let client = &self.client;
         self.client_order.retain(|t| client.contains_key(t));
         self.sent.retain(|_, s| s.expires > now);
+        let sent = &self.sent;
+        self.sent_to
+            .retain(|(_, message_id), key| sent.contains_key(&(*message_id, *key)));
         self.recent.retain(|_, list| {
             list.retain(|r| r.expires > now);
             !list.is_empty()

@@ -35,21 +35,6 @@ fn commanded(g: &mut Gateway, now: Instant, command: DownlinkCommand) {
     journal_durable(g, now, T0);
 }
 
-fn command(device: &str, req: &str) -> DownlinkCommand {
-    DownlinkCommand {
-        device: device.into(),
-        req: req.into(),
-        method: "PUT".into(),
-        path: "/valve".into(),
-        payload: b"open".to_vec(),
-        content_format: Some(0),
-        expires_unix_ms: T0 + 600_000,
-        confirmable: true,
-        observe: false,
-        accept: None,
-    }
-}
-
 /// The requests the edge sent (to whom, and the packet).
 fn requests(out: &[(Peer, Vec<u8>)]) -> Vec<(Peer, Packet)> {
     out.iter()
@@ -126,7 +111,7 @@ fn answers_commands_and_retransmissions_leave_from_the_address_the_device_reache
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, Peer::via(peer(), l1), "the answer leaves from l1");
 
-    commanded(&mut g, now, command("dev-1", "r1"));
+    commanded(&mut g, now, valve_command("dev-1", "r1"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(
@@ -180,7 +165,7 @@ fn a_command_goes_under_its_devices_own_context_whoever_else_verifies_at_its_add
     // dev-2 verifies at dev-1's address, with the very message ID dev-1 used: not a
     // duplicate of dev-1's message, and not served: it is asked to confirm the address.
     let mut dev2 = device(&[2], &SECRET_2);
-    let echo = challenged(&mut g, &mut dev2, p, &registration(1, "dev-2"));
+    let echo = challenged(&mut g, &mut dev2, (p, now), &registration(1, "dev-2"));
     assert!(!echo.is_empty());
     assert!(g.ingress().directory().get("dev-2").is_none());
     assert_eq!(g.stats().address_conflicts, 1);
@@ -195,7 +180,7 @@ fn a_command_goes_under_its_devices_own_context_whoever_else_verifies_at_its_add
     assert_eq!(conflict.address, Some(audit_address(p)));
 
     // A command for dev-1 goes to dev-1, under dev-1's context: dev-2 cannot read it.
-    commanded(&mut g, now, command("dev-1", "r1"));
+    commanded(&mut g, now, valve_command("dev-1", "r1"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, p);
@@ -227,7 +212,7 @@ fn a_device_confirmed_at_another_devices_address_takes_it_and_the_other_is_unrea
     let mut g = two_devices();
     let mut dev1 = registered(&mut g, now);
     let mut dev2 = device(&[2], &SECRET_2);
-    let echo = challenged(&mut g, &mut dev2, p, &registration(2, "dev-2"));
+    let echo = challenged(&mut g, &mut dev2, (p, now), &registration(2, "dev-2"));
     let _ = std::iter::from_fn(|| g.poll_audit()).count();
     // dev-2 answers the challenge from the address: it is there, dev-1 is not.
     assert_eq!(
@@ -262,10 +247,10 @@ fn a_device_confirmed_at_another_devices_address_takes_it_and_the_other_is_unrea
     );
 
     // Nothing goes to dev-1 now; dev-2's commands go to the address, under dev-2's context.
-    commanded(&mut g, now, command("dev-1", "r1"));
+    commanded(&mut g, now, valve_command("dev-1", "r1"));
     assert!(requests(&sent_via(&mut g)).is_empty());
     assert_eq!(g.stats().unreachable, 1);
-    commanded(&mut g, now, command("dev-2", "r2"));
+    commanded(&mut g, now, valve_command("dev-2", "r2"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, p);
@@ -315,7 +300,7 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
     assert!(sent(&mut g).is_empty());
     assert_eq!(g.stats().duplicates, 1);
     // Commands still go to A.
-    commanded(&mut g, now, command("dev-1", "r1"));
+    commanded(&mut g, now, valve_command("dev-1", "r1"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, a);
@@ -324,14 +309,14 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
     let _ = appends(&mut g);
 
     // A real move: fresh from B, challenged, repeated with the Echo value from B.
-    let echo = challenged(&mut g, &mut dev, b, &telemetry(22));
+    let echo = challenged(&mut g, &mut dev, (b, now), &telemetry(22));
     assert!(
         appends(&mut g).is_empty(),
         "not stored before the confirmation"
     );
     assert_eq!(g.ingress().directory().get("dev-1").unwrap().address, a);
     assert_eq!(
-        call_stored(&mut g, &mut dev, b, &with_echo(telemetry(23), &echo)),
+        call_stored(&mut g, &mut dev, (b, now), &with_echo(telemetry(23), &echo)),
         ResponseType::Changed
     );
     assert_eq!(g.ingress().directory().get("dev-1").unwrap().address, b);
@@ -343,30 +328,8 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
         .find(|r| r.kind == AuditKind::AddressChanged)
         .expect("the move is audited");
     assert_eq!(moved.address, Some(audit_address(b)));
-    commanded(&mut g, now, command("dev-1", "r2"));
+    commanded(&mut g, now, valve_command("dev-1", "r2"));
     let cmd = requests(&sent_via(&mut g));
     assert_eq!(cmd.len(), 1);
     assert_eq!(cmd[0].0.remote, b, "commands follow the confirmed move");
-}
-
-/// [`call`] for a report: the record is stored before the answer goes.
-fn call_stored(
-    g: &mut Gateway,
-    dev: &mut SecurityContext,
-    from: SocketAddr,
-    request: &Packet,
-) -> ResponseType {
-    let (bytes, mut info) = protect(dev, request);
-    g.handle_datagram(Instant::now(), T0, from, &bytes);
-    let tickets: Vec<_> = appends(g).into_iter().filter_map(|a| a.ticket).collect();
-    assert_eq!(tickets.len(), 1, "one record");
-    g.handle_appended(Instant::now(), tickets[0], AppendResult::Stored);
-    persist_all(g, Instant::now());
-    let out = sent(g);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
-    match inner.header.code {
-        MessageClass::Response(c) => c,
-        other => panic!("not a response: {other:?}"),
-    }
 }

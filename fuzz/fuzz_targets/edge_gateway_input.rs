@@ -28,8 +28,7 @@ use v6iot_edge_router::ingress::{
 use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
-    ContextConfig, ContextInput, RequestInfo, SecurityContext, protect_request,
-    unprotect_response,
+    ContextConfig, ContextInput, RequestInfo, SecurityContext, protect_request, unprotect_response,
 };
 
 /// Device i's secret: `[3 + i; 16]`; its kid: `[1 + i]`.
@@ -308,7 +307,8 @@ fuzz_target!(|data: &[u8]| {
         let tables = gateway.tables();
         assert!(tables.sources <= MAX_TRACKED as u64, "{tables:?}");
         assert!(tables.devices <= MAX_TRACKED as u64, "{tables:?}");
-        assert!(tables.kids <= 1, "{tables:?}");
+        // Failures are counted only for kids with a context: the two devices' at most.
+        assert!(tables.kids <= 2, "{tables:?}");
         assert!(tables.failures.reply_windows <= 4096, "{tables:?}");
         while gateway.poll_audit().is_some() {}
         while gateway.poll_security_event().is_some() {}

@@ -67,6 +67,14 @@ fn forged_answer(
     secret: &[u8],
     request: &Packet,
 ) -> Vec<u8> {
+    let mine = own_request(kid, secret, request);
+    answer_to(dev, &mine, b"forged by dev-2")
+}
+
+/// A request with `request`'s token and message ID protected by the edge's side of the
+/// context of (`kid`, `secret`): what that device can decrypt and answer in place of
+/// `request`, which it cannot.
+fn own_request(kid: &[u8], secret: &[u8], request: &Packet) -> Packet {
     let input = ContextInput {
         master_secret: secret.to_vec(),
         master_salt: Vec::new(),
@@ -83,7 +91,7 @@ fn forged_answer(
     plain.header.message_id = request.header.message_id;
     plain.set_token(request.get_token().to_vec());
     let (mine, _) = oscore::protect_request(&mut own_edge, &plain).unwrap();
-    answer_to(dev, &mine, b"forged by dev-2")
+    mine
 }
 
 fn results(appended: &[crate::ingress::Append]) -> Vec<(String, serde_json::Value)> {
@@ -203,6 +211,52 @@ fn a_command_goes_under_its_devices_own_context_whoever_else_verifies_at_its_add
     assert!(r[0].0.ends_with("/dev-1/cmd/r1/result"), "{}", r[0].0);
     assert_eq!(r[0].1["payload"], "done");
     assert_eq!(g.stats().responses_verified, 1);
+}
+
+#[test]
+fn a_notification_belongs_to_the_observed_device_whoever_else_verifies_at_its_address() {
+    let now = Instant::now();
+    let p = peer();
+    let mut g = two_devices();
+    let (mut dev1, observe, mut info1) = observed(&mut g, now);
+    let telemetry_of = |a: &[crate::ingress::Append]| -> Vec<String> {
+        a.iter()
+            .map(|a| a.message.topic.clone())
+            .filter(|t| t.ends_with("/telemetry"))
+            .collect()
+    };
+    let first = notification(
+        &observe,
+        observe.header.message_id,
+        MessageType::Acknowledgement,
+        1,
+    );
+    let bytes = oscore::protect_response(&mut dev1, &first, &mut info1, false).unwrap();
+    g.handle_datagram(now, T0, p, &bytes.to_bytes_unlimited().unwrap());
+    assert_eq!(telemetry_of(&appends(&mut g)).len(), 1);
+    assert_eq!(g.ingress().observation_count(), 1);
+
+    // dev-2 verifies at dev-1's address (challenged), then sends a notification with the
+    // observation's token under its own key: refused, stored nowhere.
+    let mut dev2 = device(&[2], &SECRET_2);
+    let _ = challenged(&mut g, &mut dev2, (p, now), &registration(2, "dev-2"));
+    let mine = own_request(&[2], &SECRET_2, &observe);
+    let (_, mut info2) = oscore::unprotect_request(&mut dev2, &mine).unwrap();
+    let forged = notification(&observe, 0x7001, MessageType::NonConfirmable, 2);
+    let forged = oscore::protect_response(&mut dev2, &forged, &mut info2, true).unwrap();
+    g.handle_datagram(now, T0, p, &forged.to_bytes_unlimited().unwrap());
+    assert!(telemetry_of(&appends(&mut g)).is_empty());
+    assert_eq!(g.stats().bad_responses, 1);
+    assert_eq!(g.ingress().observation_count(), 1, "the observation stays");
+
+    // dev-1's next notification is dev-1's telemetry.
+    let next = notification(&observe, 0x7002, MessageType::NonConfirmable, 3);
+    let next = oscore::protect_response(&mut dev1, &next, &mut info1, true).unwrap();
+    g.handle_datagram(now, T0, p, &next.to_bytes_unlimited().unwrap());
+    let stored = telemetry_of(&appends(&mut g));
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].contains("/dev-1/"), "{stored:?}");
+    assert_eq!(g.stats().responses_verified, 2);
 }
 
 #[test]

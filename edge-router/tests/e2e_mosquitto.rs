@@ -557,6 +557,9 @@ mod commands;
 #[path = "e2e_mosquitto/spoofing.rs"]
 mod spoofing;
 
+#[path = "e2e_mosquitto/addresses.rs"]
+mod addresses;
+
 // ----- the tests -----
 
 #[test]

@@ -30,8 +30,8 @@ fn pyenv() -> PathBuf {
     let client = dir.join("bin/aiocoap-client");
     assert!(
         client.is_file(),
-        "aiocoap is not installed at {}: run scripts/test (it runs \
-         `python3 -m venv target/pyenv && target/pyenv/bin/pip install 'aiocoap[oscore]'`) or set \
+        "aiocoap is not installed at {}: run scripts/test (it runs `python3 -m venv \
+         target/pyenv && target/pyenv/bin/pip install -r scripts/aiocoap-requirements.txt`) or set \
          V6IOT_PYENV to a venv that has it",
         dir.display()
     );

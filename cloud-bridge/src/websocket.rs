@@ -31,7 +31,7 @@ use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
 use crate::happy_eyeballs::CONNECTION_ATTEMPT_DELAY;
 use crate::message::OutboundMessage;
 use crate::tls::TlsOptions;
-use crate::transport::Connector;
+use crate::transport::{ConnectError, Connector};
 
 /// Everything [`run_websocket`] needs to know.
 #[derive(Debug, Clone)]
@@ -183,7 +183,8 @@ pub async fn run_websocket(
         };
         let (ws, addr) = match connected {
             Ok(ws) => ws,
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 let delay = backoff.next_delay();
                 tracing::warn!(%reason, retry_in = ?delay, "WebSocket connection attempt failed");
                 stats.inc(Counter::ConnectFailures);
@@ -289,24 +290,53 @@ pub async fn run_websocket(
 
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn crate::transport::Io>>;
 
+/// Why a WebSocket connection could not be made (each names where, for logs and events).
+#[derive(Debug, thiserror::Error)]
+enum WsConnectError {
+    /// TCP or TLS failed.
+    #[error(transparent)]
+    Transport(#[from] ConnectError),
+    /// The URL does not make a WebSocket request.
+    #[error("WebSocket request for {url}: {error}")]
+    Request {
+        url: String,
+        error: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// The server refused the upgrade, or the handshake broke off.
+    #[error("WebSocket handshake with {authority} at {addr}: {error}")]
+    Handshake {
+        authority: String,
+        addr: std::net::SocketAddr,
+        error: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// No answer to the upgrade within the connect timeout.
+    #[error("WebSocket handshake at {addr} timed out")]
+    HandshakeTimeout { addr: std::net::SocketAddr },
+}
+
 async fn connect(
     connector: &Connector,
     config: &WsConfig,
-) -> Result<(Ws, std::net::SocketAddr), String> {
+) -> Result<(Ws, std::net::SocketAddr), WsConnectError> {
     let (stream, addr) = connector.connect().await?;
-    let request = config
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("WebSocket request for {}: {e}", config.url))?;
+    let request =
+        config
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|error| WsConnectError::Request {
+                url: config.url.clone(),
+                error: Box::new(error),
+            })?;
     let handshake = tokio_tungstenite::client_async(request, stream);
     match tokio::time::timeout(config.connect_timeout, handshake).await {
         Ok(Ok((ws, _response))) => Ok((ws, addr)),
-        Ok(Err(e)) => Err(format!(
-            "WebSocket handshake with {} at {addr}: {e}",
-            connector.endpoint().authority()
-        )),
-        Err(_) => Err(format!("WebSocket handshake at {addr} timed out")),
+        Ok(Err(error)) => Err(WsConnectError::Handshake {
+            authority: connector.endpoint().authority(),
+            addr,
+            error: Box::new(error),
+        }),
+        Err(_) => Err(WsConnectError::HandshakeTimeout { addr }),
     }
 }
 

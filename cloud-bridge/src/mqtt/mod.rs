@@ -107,8 +107,8 @@ pub async fn run_mqtt(
         };
         let (stream, addr) = match connected {
             Ok(connected) => connected,
-            Err(reason) => {
-                bridge.connect_failed(reason, &mut backoff);
+            Err(e) => {
+                bridge.connect_failed(e.to_string(), &mut backoff);
                 if wait(&mut backoff, &mut shutdown).await {
                     return Ok(());
                 }
@@ -307,9 +307,9 @@ impl Bridge {
         let mut conn = Conn::new(stream);
         let mut session = match Session::start(&self.session, Instant::now(), conn.out()) {
             Ok(s) => s,
-            Err(reason) => {
+            Err(e) => {
                 return End::Lost {
-                    reason,
+                    reason: e.to_string(),
                     was_connected: false,
                 };
             }
@@ -454,13 +454,13 @@ impl Bridge {
                 Item::Internal(i) => self.state.internal.push_front(i),
                 Item::Message(m) => self.state.retry.push_front(m),
             },
-            Err(NotSent::TooLarge(Item::Message(m), reason)) => self.give_up(
+            Err(NotSent::TooLarge(Item::Message(m), e)) => self.give_up(
                 m,
-                reason,
+                e.to_string(),
                 "a message larger than the MQTT packet limit can never be published; it is dropped",
             ),
-            Err(NotSent::TooLarge(Item::Internal(i), reason)) => {
-                tracing::error!(topic = %i.topic, %reason, "cannot publish a status or result");
+            Err(NotSent::TooLarge(Item::Internal(i), e)) => {
+                tracing::error!(topic = %i.topic, reason = %e, "cannot publish a status or result");
             }
         }
     }

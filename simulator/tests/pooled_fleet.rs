@@ -23,6 +23,8 @@ use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, BrokerView, RunReport, Sources};
 use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 
+mod common;
+
 const DEVICES: usize = 60;
 
 /// Provisions `DEVICES` devices allowed on `allowed`, starts an edge and a broker, runs the
@@ -96,9 +98,10 @@ async fn run_fleet(
 fn in_private_network<T: Send + 'static>(
     body: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> T {
+    common::require_root("a network namespace with 2001:db8:100::/64 routed to loopback");
     std::thread::spawn(move || {
         enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace (this test needs root, as the CI runs)");
+            .expect("a private network namespace");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -647,7 +647,9 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<(UdpSocket, bool
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // `[::]` also takes IPv4 (mapped addresses): one socket for dual-stack plants.
-        let _ = socket.set_only_v6(false);
+        if let Err(e) = socket.set_only_v6(false) {
+            tracing::warn!(error = %e, %addr, "IPv6-only socket: IPv4 devices cannot reach it");
+        }
     }
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");

@@ -179,12 +179,17 @@ enum Command {
     },
 }
 
+/// A `--rate` that is not a finite, non-negative number per second.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a rate like 500/s")]
+struct RateError(String);
+
 /// Parses `500/s` or `500`.
-fn parse_rate(text: &str) -> Result<f64, String> {
+fn parse_rate(text: &str) -> Result<f64, RateError> {
     let n = text.trim().trim_end_matches("/s");
     match n.parse::<f64>() {
         Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
-        _ => Err(format!("`{text}` is not a rate like 500/s")),
+        _ => Err(RateError(text.to_owned())),
     }
 }
 

@@ -24,6 +24,7 @@ mod sim;
 mod std_fs;
 
 use std::ffi::OsString;
+use std::fmt;
 use std::io;
 use std::path::Path;
 
@@ -32,7 +33,7 @@ pub use std_fs::StdFs;
 
 /// A file system: the operations the durable stores use. Paths name files; directories are
 /// opened only to be synced ([`Fs::open_dir`]).
-pub trait Fs: Clone + Send + Sync + 'static {
+pub trait Fs: Clone + fmt::Debug + Send + Sync + 'static {
     /// An open file.
     type File: FsFile;
     /// An open directory (to sync its entries).
@@ -98,7 +99,7 @@ pub trait Fs: Clone + Send + Sync + 'static {
 }
 
 /// An open file of an [`Fs`].
-pub trait FsFile: io::Read + io::Write + Send + 'static {
+pub trait FsFile: io::Read + io::Write + fmt::Debug + Send + 'static {
     /// `fdatasync`: the file's data (and its length) survive a crash.
     ///
     /// # Errors
@@ -144,7 +145,7 @@ pub trait FsFile: io::Read + io::Write + Send + 'static {
 }
 
 /// An open directory of an [`Fs`].
-pub trait FsDir: Send + 'static {
+pub trait FsDir: fmt::Debug + Send + 'static {
     /// `fsync` of the directory: entries created, renamed or removed in it survive a crash.
     ///
     /// # Errors

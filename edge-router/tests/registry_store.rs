@@ -386,7 +386,7 @@ fn the_file_alone_does_not_reveal_secrets() {
     for bytes in [open_bytes, file_bytes(&path)] {
         for needle in [&secret[..], rotated.as_bytes()] {
             assert!(!contains(&bytes, needle), "secret in clear in the file");
-            let hex_text = v6iot_edge_router::registry_db::hex::encode(needle);
+            let hex_text = hex::encode(needle);
             assert!(
                 !contains(&bytes, hex_text.as_bytes()),
                 "secret as hex in the file"

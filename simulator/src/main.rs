@@ -468,7 +468,7 @@ async fn run_device(
             let ctx = credentials::device_context(record, stored, DEVICE_PERSIST_STEP)?;
             device = device.with_credentials(ctx);
             store = Box::new(file);
-            let kid = v6iot_edge_router::registry_db::hex::encode(&record.kid);
+            let kid = hex::encode(&record.kid);
             println!(
                 "v6iot-sim device {id} serving OSCORE-protected CoAP on {address} (kid {kid}; Ctrl-C to stop)"
             );

@@ -111,14 +111,19 @@ impl fmt::Display for AuditKind {
     }
 }
 
-impl FromStr for AuditKind {
-    type Err = String;
+/// A text that is not an [`AuditKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an audit event kind")]
+pub struct UnknownKind(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for AuditKind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
         AuditKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not an audit event kind"))
+            .ok_or_else(|| UnknownKind(s.to_owned()))
     }
 }
 
@@ -591,7 +596,10 @@ impl RawRow {
     fn into_row(self) -> Result<AuditRow, AuditError> {
         let row = u64::try_from(self.seq).unwrap_or(0);
         let corrupt = |what: String| AuditError::Corrupt { row, what };
-        let kind = self.kind.parse::<AuditKind>().map_err(corrupt)?;
+        let kind = self
+            .kind
+            .parse::<AuditKind>()
+            .map_err(|e| corrupt(e.to_string()))?;
         let address = match self.address {
             None => None,
             Some(bytes) => Some(Ipv6Addr::from(

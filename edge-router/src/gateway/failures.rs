@@ -341,7 +341,7 @@ fn describe(event: &SecurityEvent) -> String {
     let kid = event
         .kid
         .as_ref()
-        .map(|k| format!(" kid {}", crate::registry_db::hex::encode(k)))
+        .map(|k| format!(" kid {}", hex::encode(k)))
         .unwrap_or_default();
     format!("{} from {}{kid}", event.cause, event.peer)
 }

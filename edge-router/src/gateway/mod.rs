@@ -674,7 +674,7 @@ impl Gateway {
         {
             self.stats.quarantines += 1;
             let note = QuarantineNote {
-                kid: crate::registry_db::hex::encode(kid),
+                kid: hex::encode(kid),
                 device: device.clone(),
                 failures: q.failures,
                 for_s: q.until.saturating_duration_since(now).as_secs(),

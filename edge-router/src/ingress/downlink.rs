@@ -149,10 +149,7 @@ impl CommandResult {
         if !self.payload.is_empty() {
             match std::str::from_utf8(&self.payload) {
                 Ok(text) => v.insert("payload".into(), text.into()),
-                Err(_) => {
-                    let hex: String = self.payload.iter().map(|b| format!("{b:02x}")).collect();
-                    v.insert("payload_hex".into(), hex.into())
-                }
+                Err(_) => v.insert("payload_hex".into(), hex::encode(&self.payload).into()),
             };
         }
         if let Some(e) = &self.error {

@@ -66,10 +66,6 @@ pub(super) fn secret_of(kid: u8) -> Vec<u8> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub(super) fn add_device(creds: &Creds, id: &str, kid: u8, prefix: &str) {
     let out = edge_cli(
         creds,
@@ -79,9 +75,9 @@ pub(super) fn add_device(creds: &Creds, id: &str, kid: u8, prefix: &str) {
             "--id",
             id,
             "--kid",
-            &hex(&[kid]),
+            &hex::encode([kid]),
             "--secret",
-            &hex(&secret_of(kid)),
+            &hex::encode(secret_of(kid)),
             "--prefix",
             prefix,
         ],
@@ -826,9 +822,9 @@ fn aiocoap_as_an_oscore_device_registers_and_reports() {
     let ctxdir = dir.path().join("py1-oscore");
     std::fs::create_dir_all(&ctxdir).unwrap();
     let settings = serde_json::json!({
-        "sender-id_hex": hex(&[0x21]),
+        "sender-id_hex": hex::encode([0x21]),
         "recipient-id_hex": "",
-        "secret_hex": hex(&secret_of(0x21)),
+        "secret_hex": hex::encode(secret_of(0x21)),
         "salt_hex": "",
     });
     std::fs::write(ctxdir.join("settings.json"), settings.to_string()).unwrap();

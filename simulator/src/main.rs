@@ -154,6 +154,10 @@ enum Command {
         /// Stop after this long (default: at Ctrl-C).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Model airtime: 250 kbit/s, unslotted CSMA/CA, collisions, ACKs and retries (IEEE
+        /// 802.15.4 defaults), instead of the ideal medium.
+        #[arg(long)]
+        airtime: bool,
     },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
@@ -257,6 +261,7 @@ fn main() -> anyhow::Result<()> {
         seed,
         max_participants,
         duration,
+        airtime,
     } = cli.command
     {
         let options = medium::MediumOptions {
@@ -266,6 +271,7 @@ fn main() -> anyhow::Result<()> {
             link: medium::link_model(loss, latency),
             seed,
             max_participants,
+            airtime: airtime.then(medium::phy::AirtimeConfig::default),
         };
         return run_medium(listen, &options, duration);
     }

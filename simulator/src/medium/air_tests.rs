@@ -6,13 +6,15 @@
 use std::time::Duration;
 
 use v6iot_sdk::radio::MacFrame;
-use v6iot_sdk::radio::mac::LinkAddr;
+use v6iot_sdk::radio::mac::{DataHeader, LinkAddr, PanId};
 use v6iot_sdk::time::Instant;
 
-use super::core::{Delivery, Medium, MediumConfig, OnAir, ParticipantId};
+use super::core::{
+    Delivery, Medium, MediumConfig, OnAir, ParticipantConfig, ParticipantId, Reception,
+};
 use super::phy::{self, AirtimeConfig};
 use super::stats::MediumStats;
-use super::tests::{deliveries, device, ext, frame};
+use super::tests::{PAN, deliveries, device, ext, frame};
 use super::topology::{LinkModel, Topology};
 
 fn medium(seed: u64, topology: Topology, air: AirtimeConfig) -> Medium {
@@ -331,4 +333,138 @@ fn a_run_repeats_exactly_under_its_seed() {
     assert_eq!(crowded(11), (got.clone(), stats));
     let (other, other_stats) = crowded(12);
     assert_ne!((other, other_stats), (got, stats));
+}
+
+/// The CI test "Airtime": twenty radios on one channel each offer a 100-byte acknowledged frame
+/// every 4 ms for two seconds (about 5 Mbit/s offered, twenty times what 250 kbit/s carries),
+/// with a sniffer taking every frame. The overload shows up in the medium's report as back-offs,
+/// busy CCAs, collisions, retries and drops, and never as more than 250 kbit/s on air: not in the
+/// channel's busiest window, not at the sniffer, not in what got through.
+#[test]
+fn airtime_load_beyond_capacity_backs_off_retries_and_drops_never_above_250_kbit_s() {
+    const WINDOW: Duration = Duration::from_millis(100);
+    const RUN: Duration = Duration::from_secs(2);
+    let mut m = Medium::new(MediumConfig {
+        seed: 14,
+        window: WINDOW,
+        airtime: Some(AirtimeConfig::default()),
+        ..MediumConfig::default()
+    });
+    let ids: Vec<_> = (1..=20).map(|n| device(&mut m, n, 26)).collect();
+    let sniffer = m.add(ParticipantConfig {
+        channel: 26,
+        reception: Reception::Promiscuous,
+    });
+    let data = |i: usize| frame(ext(i as u8 + 1), ext(((i + 1) % 20 + 1) as u8), true, 100);
+    let psdu = data(0).len() + 2;
+    let mut heard = 0;
+    for k in 0..(RUN.as_millis() as u64 / 4) {
+        let now = T0 + Duration::from_millis(4 * k);
+        let (got, _) = run_until(&mut m, now);
+        heard += to(&got, sniffer);
+        for (i, &id) in ids.iter().enumerate() {
+            offer(&mut m, now, id, &data(i));
+        }
+    }
+    let (got, _) = run_until(&mut m, T0 + RUN + Duration::from_secs(1));
+    heard += to(&got, sniffer);
+
+    let s = m.stats();
+    let offered_bps = (s.offered * 8 * (psdu + phy::PHY_HEADER_LEN) as u64) as f64 / 2.0;
+    assert!(
+        offered_bps > 20.0 * 250_000.0,
+        "offered {offered_bps} bit/s"
+    );
+    // The overload in the report: contention, losses and every kind of drop the MAC makes.
+    assert!(s.backoffs > s.transmissions, "{s:?}");
+    assert!(s.cca_busy > s.offered, "{s:?}");
+    assert!(s.collided > 0 && s.retries > 0, "{s:?}");
+    assert!(
+        s.dropped.channel_access > 0 && s.dropped.queue_full > 0 && s.dropped.no_ack > 0,
+        "{s:?}"
+    );
+    // And yet frames get through: the channel is used, not jammed.
+    assert!(s.acked > 100 && heard > 100, "{s:?}, sniffer heard {heard}");
+    assert!(s.offered > s.acked + s.dropped.queue_full, "{s:?}");
+
+    let [load] = m.channel_loads()[..] else {
+        panic!("one channel: {:?}", m.channel_loads())
+    };
+    assert_eq!(load.window_us, 100_000);
+    // The busiest window is nearly all busy, never more than all: at most 250 kbit/s on air.
+    assert!(load.peak_on_air_bps() <= 250_000.0, "{load:?}");
+    assert!(load.peak_on_air_bps() > 0.8 * 250_000.0, "{load:?}");
+    // The sniffer, hearing everything that survives, never takes in more than the channel carries.
+    assert!(load.peak_received_bps() <= 250_000.0, "{load:?}");
+    assert!(load.peak_received_bps() > 0.3 * 250_000.0, "{load:?}");
+    // Receptions that survived never overlapped (everyone hears everyone here): the frames and
+    // their ACKs fit in the time the run took.
+    let ack = phy::airtime(phy::ACK_PSDU_LEN);
+    let clean = (phy::airtime(psdu) * heard as u32).saturating_add(ack * s.acked as u32);
+    assert!(clean <= RUN + Duration::from_secs(1), "{clean:?}");
+    assert!(load.busy_us <= (RUN + Duration::from_secs(1)).as_micros() as u64);
+}
+
+/// A broadcast frame on `pan` from `src`.
+fn on_pan(pan: PanId, src: LinkAddr) -> Vec<u8> {
+    let h = DataHeader {
+        sequence: 1,
+        pan,
+        dst: LinkAddr::BROADCAST,
+        src,
+        ack_request: false,
+    };
+    let mut buf = [0_u8; 127];
+    let n = h.emit(&[0x41; 100], &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn pans_on_one_channel_share_its_airtime_and_keep_their_frames() {
+    // PAN X (A, B) and PAN Y (C, D) on channel 26, E on PAN X on channel 11. C is offered a
+    // frame while A's is on air: it hears A (another PAN, the same air), defers, and goes after.
+    // Each PAN's frame reaches its own PAN only; E, alone on its channel, never waits.
+    let other = PanId(0x1234);
+    let mut m = medium(5, Topology::default(), no_backoff());
+    let a = device(&mut m, 1, 26);
+    let b = device(&mut m, 2, 26);
+    let [c, d] = [3, 4].map(|n| {
+        m.add(ParticipantConfig {
+            channel: 26,
+            reception: Reception::Filtered {
+                pan: other,
+                addr: ext(n),
+            },
+        })
+    });
+    let e = device(&mut m, 5, 11);
+    let t1 = T0 + Duration::from_millis(1);
+    offer(&mut m, T0, a, &on_pan(PAN, ext(1)));
+    offer(&mut m, t1, c, &on_pan(other, ext(3)));
+    offer(&mut m, t1, e, &on_pan(PAN, ext(5)));
+    let (got, air) = run_until(&mut m, T0 + Duration::from_millis(50));
+    let from = |who| {
+        got.iter()
+            .filter(|d| d.from == who)
+            .map(|d| d.to)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(from(a), [b], "PAN X's frame to PAN X only");
+    assert_eq!(from(c), [d], "PAN Y's frame to PAN Y only");
+    assert_eq!(from(e), [], "nobody else on channel 11");
+    let at = |who| air.iter().find(|f| f.from == who).unwrap().at;
+    assert!(at(c) >= at(a) + phy::airtime(on_pan(PAN, ext(1)).len() + 2));
+    assert_eq!(
+        at(e),
+        t1 + phy::CCA_TIME + phy::TURNAROUND,
+        "no wait on channel 11"
+    );
+    let s = m.stats();
+    assert_eq!((s.transmissions, s.collided, s.delivered), (3, 0, 2));
+    assert!(s.cca_busy >= 1, "C senses A's frame: {s:?}");
+    let loads = m.channel_loads();
+    assert_eq!(
+        loads.iter().map(|l| l.channel).collect::<Vec<_>>(),
+        [11, 26]
+    );
 }

@@ -1,5 +1,6 @@
-//! The simulated IEEE 802.15.4 medium (issue 11 point 5): the air between 6LoWPAN devices and
-//! border routers, in the simulator.
+//! `v6iot-medium`: the simulated IEEE 802.15.4 medium (issue 11 point 5), the air between 6LoWPAN
+//! devices and border routers. The simulator serves it (`v6iot-sim medium`, re-exported as
+//! `v6iot_simulator::medium`); tests of a border router can run it in process.
 //!
 //! # Layers and the I/O boundary
 //!

@@ -29,7 +29,7 @@ use v6iot_sdk::radio::MacFrame;
 use v6iot_sdk::time::Instant;
 
 use super::{Event, Frame, FrameInfo, Medium, ParticipantId};
-use crate::medium::phy::{self, AirtimeConfig};
+use crate::phy::{self, AirtimeConfig};
 
 /// Transmissions are kept this long after their end (longer than a frame plus a CCA), for the
 /// overlap checks of later ones.

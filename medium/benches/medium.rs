@@ -66,6 +66,9 @@ fn relay(c: &mut Criterion, name: &str, airtime: Option<AirtimeConfig>) {
         })
         .collect();
     let mut now = Instant::ZERO;
+    for (addr, _) in &peers {
+        hub.add_peer(now, *addr, 26).unwrap();
+    }
     let mut k = 0;
     let mut g = c.benchmark_group("medium hub");
     g.throughput(Throughput::Elements(u64::from(PEERS - 1)));
@@ -89,6 +92,8 @@ fn relay(c: &mut Criterion, name: &str, airtime: Option<AirtimeConfig>) {
         });
     });
     g.finish();
+    hub.handle_timeout(now + Duration::from_secs(1));
+    while hub.poll_datagram().is_some() {}
     let s = hub.medium().stats();
     assert_eq!(s.delivered, s.offered * u64::from(PEERS - 1), "{s:?}");
 }

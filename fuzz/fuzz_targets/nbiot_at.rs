@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = at::parse_cgpaddr(&line);
         let _ = at::parse_registration(&at::fields(&line));
         if let Some(bytes) = at::unhex(&line) {
-            assert_eq!(at::hex(&bytes).to_ascii_uppercase(), line.to_ascii_uppercase());
+            assert_eq!(
+                at::hex(&bytes).to_ascii_uppercase(),
+                line.to_ascii_uppercase()
+            );
         }
     }
     assert!(n <= MAX_PENDING_LINES);

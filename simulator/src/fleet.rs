@@ -197,6 +197,48 @@ pub fn device_with(
     shared: &Shared,
     credentials: Option<SecurityContext>,
 ) -> Device<FleetSensor> {
+    sensor_device_with(plan, n, start, shared, credentials)
+        .with_uplink(start, uplink_config(plan, n))
+}
+
+/// The uplink of device `n` of `plan`: its registration and reports to the plan's edge.
+pub fn uplink_config(plan: &FleetPlan, n: usize) -> UplinkConfig {
+    UplinkConfig {
+        binding: plan.binding,
+        max_queued_reports: 1024,
+        lifetime: Duration::from_secs(600),
+        ..UplinkConfig::new(plan.edge, device_id(plan, n))
+    }
+}
+
+/// As [`device`] without its uplink, for drivers that start it later (a 6LoWPAN device, once
+/// attached); reports made before are not sent.
+pub fn sensor_device(
+    plan: &FleetPlan,
+    n: usize,
+    start: Instant,
+    tree: Arc<ResourceTree<FleetSensor>>,
+    counters: Arc<FleetCounters>,
+    clock: WallClock,
+    credentials: Option<SecurityContext>,
+) -> Device<FleetSensor> {
+    let shared = Shared {
+        tree,
+        counters,
+        clock,
+        coap: Config::default(),
+    };
+    sensor_device_with(plan, n, start, &shared, credentials)
+}
+
+/// As [`sensor_device`], with everything shared in `shared`.
+pub fn sensor_device_with(
+    plan: &FleetPlan,
+    n: usize,
+    start: Instant,
+    shared: &Shared,
+    credentials: Option<SecurityContext>,
+) -> Device<FleetSensor> {
     let (tree, counters, clock) = (shared.tree.clone(), shared.counters.clone(), shared.clock);
     let id = device_id(plan, n);
     let per_device = plan.rate / plan.devices.max(1) as f64;
@@ -219,18 +261,11 @@ pub fn device_with(
         counters,
         clock,
     };
-    let uplink = UplinkConfig {
-        binding: plan.binding,
-        max_queued_reports: 1024,
-        lifetime: Duration::from_secs(600),
-        ..UplinkConfig::new(plan.edge, id)
-    };
     let device = Device::new(shared.coap, n as u64 + 1, tree, app);
     match credentials {
         Some(ctx) => device.with_credentials(ctx),
         None => device,
     }
-    .with_uplink(start, uplink)
 }
 
 /// Adds one device's reporter counters into a total.

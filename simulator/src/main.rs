@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -16,6 +18,7 @@ use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::fleet::FleetPlan;
 use v6iot_simulator::load::{self, BrokerView, FleetOscore};
+use v6iot_simulator::medium;
 use v6iot_simulator::nbiot::cli::NbiotArgs;
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
@@ -126,6 +129,44 @@ enum Command {
         #[command(flatten)]
         nbiot: NbiotArgs,
     },
+    /// Run the simulated 802.15.4 medium over ZEP v2 (UDP): every frame from one participant
+    /// reaches every other on its channel. Participants are learned from the datagrams they
+    /// send (at most --max-participants); radios point their ZEP remote at --listen. Until
+    /// Ctrl-C or --duration; then a JSON summary on standard output.
+    Medium {
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "[::1]:17754")]
+        listen: SocketAddr,
+        /// Write every frame on air to this pcap file (link type 195, with FCS).
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// A participant to relay to before it has sent anything (a border router); repeat for
+        /// more.
+        #[arg(long = "peer")]
+        peers: Vec<SocketAddr>,
+        /// The channel of the --peer participants.
+        #[arg(long, default_value_t = 26)]
+        channel: u8,
+        /// The probability that a frame is lost on its way to a receiver, 0 to 1.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+        loss: f64,
+        /// How long frames take to reach a receiver, e.g. `5ms`.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        latency: Duration,
+        /// The seed of the medium's random draws (losses).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The most remote participants at once.
+        #[arg(long, default_value_t = v6iot_simulator::medium::hub::DEFAULT_MAX_REMOTE)]
+        max_participants: usize,
+        /// Stop after this long (default: at Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Model airtime: 250 kbit/s, unslotted CSMA/CA, collisions, ACKs and retries (IEEE
+        /// 802.15.4 defaults), instead of the ideal medium.
+        #[arg(long)]
+        airtime: bool,
+    },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
     Provision {
@@ -150,12 +191,25 @@ enum Command {
     },
 }
 
+/// A `--rate` that is not a finite, non-negative number per second.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a rate like 500/s")]
+struct RateError(String);
+
 /// Parses `500/s` or `500`.
-fn parse_rate(text: &str) -> Result<f64, String> {
+fn parse_rate(text: &str) -> Result<f64, RateError> {
     let n = text.trim().trim_end_matches("/s");
     match n.parse::<f64>() {
         Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
-        _ => Err(format!("`{text}` is not a rate like 500/s")),
+        _ => Err(RateError(text.to_owned())),
+    }
+}
+
+/// Parses a probability between 0 and 1.
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a probability between 0 and 1")),
     }
 }
 
@@ -209,6 +263,30 @@ fn main() -> anyhow::Result<()> {
             eprintln!("wrote {n} device credentials to {}", out.display());
         }
         return Ok(());
+    }
+    if let Command::Medium {
+        listen,
+        pcap,
+        peers,
+        channel,
+        loss,
+        latency,
+        seed,
+        max_participants,
+        duration,
+        airtime,
+    } = cli.command
+    {
+        let options = medium::MediumOptions {
+            pcap,
+            peers,
+            peer_channel: channel,
+            link: medium::link_model(loss, latency),
+            seed,
+            max_participants,
+            airtime: airtime.then(medium::phy::AirtimeConfig::default),
+        };
+        return run_medium(listen, &options, duration);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -328,8 +406,31 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Provision { .. } => Ok(()),
+        Command::Provision { .. } | Command::Medium { .. } => Ok(()),
     }
+}
+
+/// `v6iot-sim medium`: serves until Ctrl-C or `duration`, then prints the summary.
+fn run_medium(
+    listen: SocketAddr,
+    options: &medium::MediumOptions,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let socket =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("cannot bind UDP {listen}"))?;
+    let stop = stop_flag(duration);
+    eprintln!(
+        "v6iot-sim medium: ZEP v2 on {} (Ctrl-C to stop){}",
+        socket.local_addr()?,
+        options
+            .pcap
+            .as_ref()
+            .map(|p| format!(", capturing to {}", p.display()))
+            .unwrap_or_default()
+    );
+    let summary = medium::serve(options, &socket, &stop)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }
 
 /// `path` with `suffix` appended to its file name (`creds.csv` → `creds.csv.seq`).
@@ -388,7 +489,7 @@ async fn run_device(
             let ctx = credentials::device_context(record, stored, DEVICE_PERSIST_STEP)?;
             device = device.with_credentials(ctx);
             store = Box::new(file);
-            let kid = v6iot_edge_router::registry_db::hex::encode(&record.kid);
+            let kid = hex::encode(&record.kid);
             println!(
                 "v6iot-sim device {id} serving OSCORE-protected CoAP on {address} (kid {kid}; Ctrl-C to stop)"
             );
@@ -440,4 +541,34 @@ fn uri_host(addr: SocketAddr) -> String {
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         SocketAddr::V4(a) => a.to_string(),
     }
+}
+
+/// A stop flag set when `duration` has passed or on Ctrl-C, whichever comes first (`None`:
+/// Ctrl-C only). The signal is watched on a thread of its own.
+fn stop_flag(duration: Option<Duration>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            match duration {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
 }

@@ -139,5 +139,5 @@ fn a_command_for_a_sleeping_device_goes_out_when_it_wakes() {
         .filter(|(_, bytes)| bytes.get(1) == Some(&0x03)) // PUT
         .collect();
     assert_eq!(commands.len(), 1);
-    assert_eq!(commands[0].0, peer());
+    assert_eq!(commands[0].0.remote, peer());
 }

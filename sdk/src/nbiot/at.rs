@@ -434,32 +434,13 @@ pub fn parse_cgpaddr(line: &str) -> Option<Ipv6Addr> {
 
 /// Upper-case hex of `bytes` (the data field of `AT+NSOST` and `AT+NSORF`).
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for d in [b >> 4, b & 0x0f] {
-            s.push(char::from(
-                DIGITS.get(usize::from(d)).copied().unwrap_or(b'0'),
-            ));
-        }
-    }
-    s
+    hex::encode_upper(bytes)
 }
 
-/// The bytes of a hex field (either case); `None` for an odd length or a non-hex digit.
+/// The bytes of a hex field (either case); `None` for an odd length or a non-hex digit (a sign
+/// is not a digit: `+b` is refused).
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    // Digits only: `from_str_radix` alone would take a sign (`+b` as 0x0b).
-    let digit = |b: &u8| char::from(*b).to_digit(16);
-    s.as_bytes()
-        .chunks(2)
-        .map(|pair| match pair {
-            [hi, lo] => Some(u8::try_from(digit(hi)? << 4 | digit(lo)?).ok()?),
-            _ => None,
-        })
-        .collect()
+    hex::decode(s).ok()
 }
 
 #[cfg(test)]

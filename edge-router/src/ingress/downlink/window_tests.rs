@@ -38,7 +38,7 @@ fn command(req: &str, ttl: Duration) -> DownlinkCommand {
 /// A queue-mode device whose last uplink was at `last_uplink`.
 fn uq(address: SocketAddr, last_uplink: Instant) -> Option<Reachability> {
     Some(Reachability {
-        address,
+        address: address.into(),
         queue_mode: true,
         last_uplink,
     })
@@ -72,7 +72,9 @@ fn command_at(
 }
 
 fn sent(d: &mut Downlink) -> Vec<(SocketAddr, Vec<u8>)> {
-    std::iter::from_fn(|| d.poll_transmit()).collect()
+    std::iter::from_fn(|| d.poll_transmit())
+        .map(|o| (o.to.remote, o.bytes))
+        .collect()
 }
 
 fn results(d: &mut Downlink) -> Vec<CommandResult> {
@@ -111,7 +113,7 @@ fn answer(request: &[u8]) -> Packet {
 fn parked_in_the_sleep_and_the_same_message_again_in_the_next_window() {
     let start = Instant::now();
     let at = |s: u64| start + Duration::from_secs(s);
-    let mut d = Downlink::new(9);
+    let mut d = Downlink::new([9; 16]);
     // Asleep: last uplink 60 s ago.
     command_at(
         &mut d,
@@ -155,12 +157,58 @@ fn parked_in_the_sleep_and_the_same_message_again_in_the_next_window() {
     let again = sent(&mut d);
     assert_eq!(again, vec![(new_address(), first[0].1.clone())]);
     let (device, _) = d
-        .handle_response(new_address(), &answer(&again[0].1))
+        .handle_response(new_address(), &answer(&again[0].1), None)
         .unwrap();
     assert_eq!(device, "m");
     let r = results(&mut d);
     assert_eq!((r.len(), r[0].status), (1, "ok"));
     assert!(!d.has_waiting("m"));
+}
+
+/// The (peer, message ID) index follows a parked exchange to the device's new address: an
+/// empty ACK or RST from the old address no longer names it, one from the new address does;
+/// when the exchange ends, the index is empty.
+#[test]
+fn a_resumed_exchange_is_found_by_its_new_address_only() {
+    let start = Instant::now();
+    let at = |s: u64| start + Duration::from_secs(s);
+    let mut d = Downlink::new([9; 16]);
+    command_at(
+        &mut d,
+        start,
+        at(0),
+        command("c1", Duration::from_secs(600)),
+        uq(old_address(), at(0)),
+        100,
+    );
+    let first = sent(&mut d);
+    assert_eq!(first.len(), 1);
+    // Unanswered in its window: parked.
+    run_until(&mut d, start, at(300));
+    assert!(d.has_waiting("m"));
+    d.try_send(
+        at(420),
+        unix(start, at(420)),
+        "m",
+        uq(new_address(), at(420)),
+        WINDOW,
+        101,
+    );
+    assert_eq!(sent(&mut d), vec![(new_address(), first[0].1.clone())]);
+    assert_eq!(d.handle_empty(at(421), old_address(), 100, true), None);
+    assert_eq!(
+        d.in_flight(),
+        1,
+        "a Reset from the old address ends nothing"
+    );
+    assert_eq!(
+        d.handle_empty(at(421), new_address(), 100, true),
+        Some("m".into())
+    );
+    let r = results(&mut d);
+    assert_eq!((r.len(), r[0].status), (1, "reset"));
+    assert_eq!(d.in_flight(), 0);
+    assert!(d.by_message_id.is_empty() && d.by_token.is_empty());
 }
 
 /// A command whose TTL passes while its device sleeps is reported `expired`; the device never
@@ -169,7 +217,7 @@ fn parked_in_the_sleep_and_the_same_message_again_in_the_next_window() {
 fn a_ttl_that_passes_in_the_sleep_is_reported_expired_and_nothing_is_sent_late() {
     let start = Instant::now();
     let at = |s: u64| start + Duration::from_secs(s);
-    let mut d = Downlink::new(9);
+    let mut d = Downlink::new([9; 16]);
     // Queued at 15 s while asleep (its window closed at 10 s), TTL 35 s: the device wakes
     // only at 120 s.
     command_at(
@@ -240,11 +288,11 @@ fn always_on_devices_keep_the_retransmission_schedule_within_the_ttl() {
     let start = Instant::now();
     let at = |s: u64| start + Duration::from_secs(s);
     let always_on = Some(Reachability {
-        address: old_address(),
+        address: old_address().into(),
         queue_mode: false,
         last_uplink: at(0),
     });
-    let mut d = Downlink::new(9);
+    let mut d = Downlink::new([9; 16]);
     command_at(
         &mut d,
         start,

@@ -211,7 +211,13 @@ impl BorderRouter {
         self.route_from_radio(now, pan, src, packet);
     }
 
-    fn route_from_radio(&mut self, now: Instant, pan: usize, from_ll: LinkAddr, mut packet: Vec<u8>) {
+    fn route_from_radio(
+        &mut self,
+        now: Instant,
+        pan: usize,
+        from_ll: LinkAddr,
+        mut packet: Vec<u8>,
+    ) {
         let Some(p) = self.pans.get_mut(pan) else {
             return;
         };
@@ -262,7 +268,12 @@ impl BorderRouter {
     }
 
     /// Compresses and fragments `packet` onto PAN `pan`'s radio, to `dst`'s next hop.
-    fn route_to_radio(&mut self, pan: usize, dst: Ipv6Addr, packet: &[u8]) -> Result<(), SendError> {
+    fn route_to_radio(
+        &mut self,
+        pan: usize,
+        dst: Ipv6Addr,
+        packet: &[u8],
+    ) -> Result<(), SendError> {
         let Some(p) = self.pans.get_mut(pan) else {
             return Err(SendError::NoRoute);
         };

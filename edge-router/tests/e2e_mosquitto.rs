@@ -553,6 +553,11 @@ mod oscore;
 #[path = "e2e_mosquitto/commands.rs"]
 mod commands;
 
+/// The border router: 6LoWPAN devices over ZEP, the TUN, libcoap and tshark, in network
+/// namespaces of the tests' own.
+#[path = "e2e_mosquitto/lowpan.rs"]
+mod lowpan;
+
 // ----- the tests -----
 
 #[test]

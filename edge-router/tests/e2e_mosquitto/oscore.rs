@@ -24,13 +24,13 @@ mod audit_anchor;
 
 // ----- provisioning with the CLI -----
 
-struct Creds {
-    data: PathBuf,
-    key_file: PathBuf,
-    key_hex: String,
+pub(super) struct Creds {
+    pub(super) data: PathBuf,
+    pub(super) key_file: PathBuf,
+    pub(super) key_hex: String,
 }
 
-fn edge_cli(creds: &Creds, args: &[&str]) -> Output {
+pub(super) fn edge_cli(creds: &Creds, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
         .args(args)
         .arg("--data-dir")
@@ -40,7 +40,7 @@ fn edge_cli(creds: &Creds, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn provision(dir: &Path) -> Creds {
+pub(super) fn provision(dir: &Path) -> Creds {
     let key_file = dir.join("seal.key");
     let out = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
         .args(["devices", "keygen"])
@@ -59,7 +59,7 @@ fn provision(dir: &Path) -> Creds {
     }
 }
 
-fn secret_of(kid: u8) -> Vec<u8> {
+pub(super) fn secret_of(kid: u8) -> Vec<u8> {
     (0..16)
         .map(|i| kid.wrapping_mul(31).wrapping_add(i))
         .collect()
@@ -69,7 +69,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn add_device(creds: &Creds, id: &str, kid: u8, prefix: &str) {
+pub(super) fn add_device(creds: &Creds, id: &str, kid: u8, prefix: &str) {
     let out = edge_cli(
         creds,
         &[

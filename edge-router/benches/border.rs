@@ -51,8 +51,11 @@ fn router() -> BorderRouter {
 /// The frames device `n` sends for `packet`.
 fn device_frames(n: u64, packet: &[u8]) -> Vec<Vec<u8>> {
     let src = LinkAddr::Extended(device(n).eui64().0);
-    let mut a: Adaptation<Instant> =
-        Adaptation::new(ReassemblyConfig::DEVICE, CompressOptions::default(), n as u16);
+    let mut a: Adaptation<Instant> = Adaptation::new(
+        ReassemblyConfig::DEVICE,
+        CompressOptions::default(),
+        n as u16,
+    );
     a.contexts.set(0, Context::new(PREFIX, 64));
     let header = DataHeader {
         sequence: 0,

@@ -289,7 +289,7 @@ pub async fn run(
         while let Some((peer, bytes)) = gateway.poll_transmit() {
             // Devices on a PAN are answered through the radio.
             match border.as_mut() {
-                Some(b) => out.extend(b.from_gateway(peer, bytes)),
+                Some(b) => out.extend(b.route_gateway_datagram(peer, bytes)),
                 None => out.push((peer, bytes)),
             }
         }

@@ -409,7 +409,7 @@ impl BorderIo {
 
     /// Sends the gateway's datagram through the radio when its peer is on a PAN; else hands
     /// it back.
-    pub(super) fn from_gateway(
+    pub(super) fn route_gateway_datagram(
         &mut self,
         peer: SocketAddr,
         bytes: Vec<u8>,

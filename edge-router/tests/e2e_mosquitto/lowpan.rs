@@ -32,6 +32,12 @@ use lowpan_fleet::{
     CHANNEL, Fleet, FleetConfig, PAN, PREFIX, ROUTER_EUI, ROUTER_GLOBAL, big_note, id, planned,
 };
 
+/// Device n's kid and master secret, as `add_device` registered them.
+fn credentials(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let (_, kid) = id(n);
+    (vec![kid], secret_of(kid))
+}
+
 /// Moves this test's thread (and what it starts) into a new network namespace, loopback up.
 fn enter_namespace() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -193,7 +199,7 @@ fn global_reachability_libcoap_and_an_oscore_client_reach_devices_through_the_tu
             reports: 2,
             every: Duration::from_millis(400),
             big_every: 0,
-            secret: Some(secret_of),
+            credentials: Some(credentials),
         },
     );
     fleet.await_view(
@@ -344,7 +350,7 @@ fn end_to_end_a_lowpan_fleet_registers_reports_and_takes_commands_and_wireshark_
             reports,
             every: Duration::from_millis(300),
             big_every: 3,
-            secret: Some(secret_of),
+            credentials: Some(credentials),
         },
     );
     // Every report of every device reaches the broker, once.

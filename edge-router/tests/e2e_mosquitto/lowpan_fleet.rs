@@ -20,7 +20,7 @@ use v6iot_sdk::radio::mac::{DataHeader, LinkAddr, PanId};
 use v6iot_sdk::radio::zep::{self, NtpTime, ZepHeader};
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 use v6iot_sdk::time::Instant;
-use v6iot_sdk::uplink::UplinkConfig;
+use v6iot_sdk::uplink::{RegistrationState, UplinkConfig};
 
 pub(super) const PAN: u16 = 0xabcd;
 pub(super) const CHANNEL: u8 = 26;
@@ -34,9 +34,9 @@ pub(super) fn planned(n: usize) -> DeviceAddress {
     DeviceAddress::new(site, 3, 5, 0x12, 0x3456_0000 + n as u64).unwrap()
 }
 
-/// Device `n`'s name and OSCORE kid.
+/// Device `n`'s name and one-byte OSCORE kid (tests have fewer than 255 devices).
 pub(super) fn id(n: usize) -> (String, u8) {
-    (format!("ld{n}"), n as u8 + 1)
+    (format!("ld{n}"), (n % 255) as u8 + 1)
 }
 
 /// A sensor with a valve: reports `reports` SenML-CBOR packs (with a `seq` record; every
@@ -128,13 +128,16 @@ fn tree() -> Arc<ResourceTree<Node>> {
     Arc::new(t)
 }
 
+/// Device n's OSCORE kid and master secret.
+pub(super) type Credentials = fn(usize) -> (Vec<u8>, Vec<u8>);
+
 /// The device's side of the OSCORE context of kid `kid` with `secret`.
-pub(super) fn device_context(kid: u8, secret: &[u8]) -> SecurityContext {
+pub(super) fn device_context(kid: &[u8], secret: &[u8]) -> SecurityContext {
     let input = ContextInput {
         master_secret: secret.to_vec(),
         master_salt: Vec::new(),
         id_context: None,
-        sender_id: vec![kid],
+        sender_id: kid.to_vec(),
         recipient_id: Vec::new(),
     };
     SecurityContext::new(&input, ContextConfig::default()).unwrap()
@@ -147,8 +150,8 @@ pub(super) struct FleetConfig {
     pub every: Duration,
     /// Every n-th report is big (0: none).
     pub big_every: u64,
-    /// OSCORE master secret per kid; `None`: plain CoAP.
-    pub secret: Option<fn(u8) -> Vec<u8>>,
+    /// Device n's OSCORE kid and master secret; `None`: plain CoAP.
+    pub credentials: Option<Credentials>,
 }
 
 /// What the test sees of the running fleet.
@@ -158,6 +161,8 @@ pub(super) struct View {
     pub addresses: Vec<Option<Ipv6Addr>>,
     /// Reports acknowledged per device.
     pub acked: Vec<u64>,
+    /// Devices registered (or updating their registration).
+    pub registered: usize,
     /// Frames the fleet sent and received.
     pub frames_out: u64,
     pub frames_in: u64,
@@ -190,10 +195,12 @@ impl Fleet {
         let now = Instant::now();
         let devices: Vec<LowpanDevice<Node>> = (0..config.devices)
             .map(|n| {
-                let (name, kid) = id(n);
+                let (name, _) = id(n);
+                // First reports spread over one period.
+                let offset = config.every.mul_f64(n as f64 / config.devices as f64);
                 let app = Node {
                     id: name.clone(),
-                    next: now + Duration::from_millis(300 + 37 * n as u64),
+                    next: now + Duration::from_millis(300) + offset,
                     every: config.every,
                     reports: config.reports,
                     big_every: config.big_every,
@@ -203,8 +210,9 @@ impl Fleet {
                     index: n,
                 };
                 let mut coap = Device::new(Config::default(), n as u64, tree(), app);
-                if let Some(secret) = config.secret {
-                    coap = coap.with_credentials(device_context(kid, &secret(kid)));
+                if let Some(credentials) = config.credentials {
+                    let (kid, secret) = credentials(n);
+                    coap = coap.with_credentials(device_context(&kid, &secret));
                 }
                 let lowpan = LowpanConfig {
                     rs_interval: Duration::from_millis(500),
@@ -310,9 +318,17 @@ fn run(
         if last_view.elapsed() >= Duration::from_millis(20) {
             last_view = Instant::now();
             let mut v = view.lock().unwrap();
+            v.registered = 0;
             for (i, d) in devices.iter().enumerate() {
                 v.addresses[i] = d.address();
                 v.acked[i] = d.coap().reporter().map_or(0, |r| r.stats().acked);
+                let state = d.coap().registration().map(|r| r.state());
+                if matches!(
+                    state,
+                    Some(RegistrationState::Registered { .. } | RegistrationState::Updating { .. })
+                ) {
+                    v.registered += 1;
+                }
             }
             v.frames_in = frames_in;
             v.frames_out = frames_out;

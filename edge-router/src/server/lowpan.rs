@@ -21,6 +21,7 @@ use v6iot_sdk::radio::{FrameError, MacFrame};
 use crate::border::BorderRouter;
 use crate::border::stats::BorderStats;
 use crate::config::{EdgeConfig, RadioLink};
+use crate::peer::Peer;
 
 /// Frames and packets waiting for the loop at most; readers wait when it is full (their
 /// sockets' buffers then take the rest).
@@ -402,25 +403,31 @@ impl BorderIo {
         let now = Instant::now();
         let wall = super::unix_ms();
         while let Some(d) = self.router.poll_local() {
-            gateway.handle_datagram(now, wall, SocketAddr::V6(d.remote), &d.payload);
+            // The router's PAN address the device reached is the gateway's local address.
+            let peer = Peer::via(SocketAddr::V6(d.remote), IpAddr::V6(d.local));
+            gateway.handle_datagram(now, wall, peer, &d.payload);
         }
         self.flush();
     }
 
-    /// Sends the gateway's datagram through the radio when its peer is on a PAN; else hands
-    /// it back.
+    /// Sends the gateway's datagram through the radio when its peer is on a PAN (from the
+    /// router's address the device reached); else hands it back.
     pub(super) fn route_gateway_datagram(
         &mut self,
-        peer: SocketAddr,
+        peer: Peer,
         bytes: Vec<u8>,
-    ) -> Option<(SocketAddr, Vec<u8>)> {
-        let SocketAddr::V6(v6) = peer else {
+    ) -> Option<(Peer, Vec<u8>)> {
+        let SocketAddr::V6(v6) = peer.remote else {
             return Some((peer, bytes));
         };
         if self.router.pan_of(*v6.ip()).is_none() {
             return Some((peer, bytes));
         }
-        if let Err(e) = self.router.send_local(None, v6, &bytes) {
+        let local = match peer.local {
+            Some(IpAddr::V6(local)) => Some(local),
+            _ => None,
+        };
+        if let Err(e) = self.router.send_local(local, v6, &bytes) {
             tracing::debug!(%peer, error = %e, "not sent onto the PAN");
         }
         None

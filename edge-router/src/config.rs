@@ -63,6 +63,8 @@
 //! allow_devices = ["valve-*", "pump-3"]  # optional: only these take commands
 //! ```
 //!
+//! The border router's `[lowpan]` and `[[radio]]` sections are in [`lowpan`].
+//!
 //! With `require_oscore` (the default) the router needs the registry's seal key to open the
 //! devices' master secrets; it refuses to start without one.
 
@@ -70,6 +72,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub mod lowpan;
+
+pub use lowpan::{LowpanSection, RadioLink, RadioSection};
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -107,6 +113,12 @@ pub struct EdgeConfig {
     /// Checkpoints of the audit trail.
     #[serde(default)]
     pub audit: AuditSection,
+    /// The border router: what its PANs share.
+    #[serde(default)]
+    pub lowpan: LowpanSection,
+    /// The border router's PANs, one radio each (none: no border router).
+    #[serde(default)]
+    pub radio: Vec<RadioSection>,
 }
 
 /// `[commands]`: bounds and the allow-list of commands from the platform (see
@@ -514,6 +526,8 @@ impl EdgeConfig {
             security: SecuritySection::default(),
             commands: CommandsSection::default(),
             audit: AuditSection::default(),
+            lowpan: LowpanSection::default(),
+            radio: Vec::new(),
         }
     }
 
@@ -629,7 +643,16 @@ impl EdgeConfig {
                 "must be at most 100000 (0.1 s): every acknowledgement waits for a sync",
             );
         }
-        Ok(())
+        lowpan::check(&self.lowpan, &self.radio)
+    }
+
+    /// The border router's configuration (`None` when there is no `[[radio]]`).
+    ///
+    /// # Errors
+    ///
+    /// What [`EdgeConfig::check`] refuses in `[lowpan]` and `[[radio]]`.
+    pub fn border(&self) -> Result<Option<crate::border::BorderConfig>, ConfigError> {
+        lowpan::border_config(&self.lowpan, &self.radio)
     }
 }
 

@@ -10,6 +10,7 @@
 //!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
+mod lowpan;
 mod udp;
 
 use std::future::Future;
@@ -63,6 +64,9 @@ pub struct EdgeHandle {
     pub ingress: Arc<std::sync::Mutex<IngressStats>>,
     /// A snapshot of the authentication gateway's counters, refreshed by the loop.
     pub gateway: Arc<std::sync::Mutex<GatewayStats>>,
+    /// A snapshot of the border router's counters (empty without radios), refreshed every
+    /// 250 ms.
+    pub border: Arc<std::sync::Mutex<crate::border::stats::BorderStats>>,
 }
 
 /// How often the gateway's counters are logged (when they changed).
@@ -247,12 +251,23 @@ pub async fn run(
     let mut journal = JournalWriter::new(journal);
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
     let gateway_stats = Arc::new(std::sync::Mutex::new(GatewayStats::default()));
+    let mut border = lowpan::BorderIo::open(&config)
+        .await
+        .context("cannot start the border router")?;
+    let border_stats = Arc::new(std::sync::Mutex::new(
+        border
+            .as_ref()
+            .map(lowpan::BorderIo::stats)
+            .unwrap_or_default(),
+    ));
+    let mut logged_border = crate::border::stats::BorderStats::default();
     if let Some(ready) = ready {
         let _ = ready.send(EdgeHandle {
             coap_addr,
             bridge: bridge_stats,
             ingress: stats.clone(),
             gateway: gateway_stats.clone(),
+            border: border_stats.clone(),
         });
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
@@ -275,8 +290,15 @@ pub async fn run(
             journal.start(batch);
         }
         flush(&mut gateway, &outbox, &mut appends, &security_topic);
-        while let Some(datagram) = gateway.poll_transmit() {
-            out.push(datagram);
+        while let Some((peer, bytes)) = gateway.poll_transmit() {
+            // Devices on a PAN are answered through the radio.
+            match border.as_mut() {
+                Some(b) => out.extend(b.route_gateway_datagram(peer, bytes)),
+                None => out.push((peer, bytes)),
+            }
+        }
+        if let Some(b) = border.as_mut() {
+            b.flush();
         }
         sender.send(&mut out);
         drain_side_effects(&mut gateway, &worker);
@@ -286,7 +308,13 @@ pub async fn run(
         if let Ok(mut s) = gateway_stats.lock() {
             *s = *gateway.stats();
         }
-        let deadline = gateway.poll_timeout();
+        let deadline = [
+            gateway.poll_timeout(),
+            border.as_ref().and_then(|b| b.router.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             received = receiver.recv(&socket) => {
                 let now = Instant::now();
@@ -318,6 +346,11 @@ pub async fn run(
                 // under overload the edge takes in far more than it publishes.
                 if taken > 0 {
                     tokio::task::yield_now().await;
+                }
+            }
+            Some(input) = lowpan::next(&mut border) => {
+                if let Some(b) = border.as_mut() {
+                    b.take_ready(input, RECV_BATCH, &mut gateway);
                 }
             }
             Some((tickets, result)) = appends.in_flight.next(), if !appends.in_flight.is_empty() => {
@@ -375,8 +408,25 @@ pub async fn run(
                     log_command_stats(&commands);
                     logged_commands = commands;
                 }
+                if let Some(b) = border.as_mut() {
+                    b.flush_capture();
+                    let now_border = b.stats();
+                    if now_border != logged_border {
+                        lowpan::log_stats(&now_border, b.counters());
+                        logged_border = now_border.clone();
+                    }
+                    if let Ok(mut s) = border_stats.lock() {
+                        *s = now_border;
+                    }
+                }
             }
-            () = sleep_until(deadline) => gateway.handle_timeout(Instant::now(), unix_ms()),
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                gateway.handle_timeout(now, unix_ms());
+                if let Some(b) = border.as_mut() {
+                    b.router.handle_timeout(now);
+                }
+            }
             () = &mut shutdown => break,
         }
     }
@@ -384,6 +434,9 @@ pub async fn run(
     finish_journal(journal, &mut gateway).await?;
     drain_side_effects(&mut gateway, &worker);
     sender.stop();
+    if let Some(b) = border {
+        b.stop();
+    }
     worker.stop();
     let _ = stop_tx.send(true);
     outbox.close().await;

@@ -560,6 +560,11 @@ mod spoofing;
 #[path = "e2e_mosquitto/addresses.rs"]
 mod addresses;
 
+/// The border router: 6LoWPAN devices over ZEP, the TUN, libcoap and tshark, in network
+/// namespaces of the tests' own.
+#[path = "e2e_mosquitto/lowpan.rs"]
+mod lowpan;
+
 // ----- the tests -----
 
 #[test]

@@ -26,9 +26,9 @@ mod audit_anchor;
 // ----- provisioning with the CLI -----
 
 pub(super) struct Creds {
-    data: PathBuf,
+    pub(super) data: PathBuf,
     pub(super) key_file: PathBuf,
-    key_hex: String,
+    pub(super) key_hex: String,
 }
 
 pub(super) fn edge_cli(creds: &Creds, args: &[&str]) -> Output {

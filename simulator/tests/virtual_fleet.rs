@@ -27,11 +27,14 @@ static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 use std::sync::Arc;
 use std::time::Duration;
 
+use v6iot_sdk::oscore::DurableState;
 use v6iot_sdk::time::Instant;
 use v6iot_simulator::collector::Deliveries;
+use v6iot_simulator::credentials;
 use v6iot_simulator::fleet::WallClock;
 use v6iot_simulator::load;
 use v6iot_simulator::plan::Plan;
+use v6iot_simulator::provision::{self, ProvisionPlan};
 use v6iot_simulator::report::build::{self, RunFacts};
 use v6iot_simulator::report::{Report, merge};
 use v6iot_simulator::scenario::{Fault, FaultKind, FleetSpec, Partition, Scenario};
@@ -274,4 +277,78 @@ fn shards_merged_equal_the_whole_run() {
         "{:?}",
         partial.warnings
     );
+}
+
+/// `devices` idle devices (registered, not reporting) on one shard core against a stand-in
+/// edge, OSCORE when `oscore`; returns the heap their core holds per device, measured by
+/// dropping it (counting allocator), and how many registered.
+fn idle_bytes_per_device(devices: u64, oscore: bool) -> (usize, u64) {
+    let mut fleet = FleetSpec::new("idle", devices, 0.0);
+    fleet.ramp = Duration::from_secs(1);
+    let mut s = Scenario::single(fleet, "[::1]:5683".parse().unwrap(), "mqtt://[::1]:1883");
+    s.duration = Duration::from_secs(20);
+    s.threads = 1;
+    let plan = Arc::new(Plan::new(s, Partition::WHOLE));
+    let mut edge = StandInEdge::new(Script::default());
+    let contexts: Vec<_> = if oscore {
+        let mut csv = Vec::new();
+        let plan_csv = ProvisionPlan {
+            devices,
+            first: 0,
+            id_prefix: "sim".into(),
+            class: 1,
+            prefix: "2001:db8::/64".parse().unwrap(),
+        };
+        provision::write_csv(&plan_csv, &mut csv).unwrap();
+        let mut contexts = Vec::new();
+        credentials::for_each_record(csv.as_slice(), |_, record| {
+            edge.add_device(&record).unwrap();
+            let ctx = credentials::device_context(&record, DurableState::default(), 1 << 16)?;
+            contexts.push(Some(Box::new(ctx)));
+            Ok(())
+        })
+        .unwrap();
+        contexts
+    } else {
+        (0..plan.len()).map(|_| None).collect()
+    };
+    let bucket = Timeline::width_for(Duration::from_secs(20));
+    let clock = WallClock::at(start(), UNIX_START);
+    let cores = load::build_cores(&plan, contexts, start(), clock, bucket, |_| NoStore).unwrap();
+    let deliveries = Deliveries::new(plan.clone(), start(), UNIX_START, bucket);
+    let mut net = VirtualNet::new(
+        cores,
+        edge,
+        deliveries,
+        clock,
+        start(),
+        Duration::from_millis(2),
+        Duration::from_millis(5),
+    );
+    net.run_until(start() + Duration::from_secs(20));
+    let VirtualNet { cores, .. } = net;
+    let registered = cores
+        .iter()
+        .flat_map(|c| c.members())
+        .filter_map(|m| m.device())
+        .filter(|d| d.registration().is_some_and(|r| r.registrations() > 0))
+        .count() as u64;
+    let freed = counting_alloc::heap_freed_by(|| drop(cores));
+    (freed / devices as usize, registered)
+}
+
+/// What an idle device costs the simulator, measured (not estimated): the heap its shard core
+/// holds for it once registered. A million devices must fit one machine: at most 2 KiB each
+/// (3 KiB with OSCORE) besides the kernel's socket.
+#[test]
+fn an_idle_device_costs_at_most_2_kib() {
+    let (plain, registered) = idle_bytes_per_device(2000, false);
+    assert_eq!(registered, 2000);
+    let (secure, registered) = idle_bytes_per_device(2000, true);
+    assert_eq!(registered, 2000);
+    println!("idle device: {plain} B plain, {secure} B with OSCORE");
+    assert!(plain > 200, "{plain} B: the measurement sees the devices");
+    assert!(plain <= 2048, "{plain} B per idle plain device");
+    assert!(secure > plain, "{secure} B: the OSCORE context is counted");
+    assert!(secure <= 3072, "{secure} B per idle OSCORE device");
 }

@@ -656,6 +656,38 @@ fn fault(f: RawFault, i: usize, at: &Locator<'_>) -> Result<Fault, ScenarioError
 mod tests {
     use super::*;
 
+    /// Every example in `simulator/scenarios/` reads and passes the checks, and the fault
+    /// drill has its edge kill and broker restart on processes the simulator runs.
+    #[test]
+    fn the_example_scenarios_read_and_pass_the_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("simulator/scenarios") {
+            let path = entry.expect("a directory entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            // The drill's edge configuration is the edge's file, not a scenario.
+            if path.extension().is_none_or(|e| e != "toml") || name.ends_with("-edge.toml") {
+                continue;
+            }
+            let s = load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let host = super::super::check::Host { max_files: 1 << 21 };
+            super::super::check::check(&s, super::super::Partition::WHOLE, host)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            names.push((s.name.clone(), s));
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let found: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(found, ["fault-drill", "mixed", "steady", "storm"]);
+        let drill = &names[0].1;
+        assert!(drill.edge.managed.is_some() && drill.broker.managed.is_some());
+        let kinds: Vec<&str> = drill.faults.iter().map(|f| f.kind.name()).collect();
+        assert_eq!(kinds, ["edge_kill", "broker_restart"]);
+        assert!(drill.broker.persistent_session);
+    }
+
     const GOOD: &str = r#"
 name = "drill"
 seed = 42

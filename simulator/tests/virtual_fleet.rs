@@ -352,3 +352,87 @@ fn an_idle_device_costs_at_most_2_kib() {
     assert!(secure > plain, "{secure} B: the OSCORE context is counted");
     assert!(secure <= 3072, "{secure} B per idle OSCORE device");
 }
+
+/// Pixels of `png` within 10 of `colour` in each channel.
+fn pixels_of(png: &[u8], colour: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    assert!(step >= 3, "an RGB screenshot");
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| p.iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 10))
+        .count()
+}
+
+/// The HTML report, opened in headless Chromium: no console errors, and each plot drawn with
+/// its data (pixels of each plot's own line colour on the screenshot).
+#[test]
+fn the_html_report_renders_its_plots_in_chromium() {
+    let script = Script {
+        refuse_every: 50,
+        busy_every: 7,
+        lose_every: 97,
+    };
+    let (mut r, _) = run(scenario(1), Partition::WHOLE, script);
+    r.faults.push(v6iot_simulator::report::FaultMark {
+        at_s: 5.0,
+        kind: "link_loss".into(),
+        length_s: 10.0,
+        detail: "every datagram of fleet valves lost <both ways>".into(),
+        ok: true,
+    });
+    for b in &mut r.timeline.buckets {
+        b.cpu_s = 0.5;
+        b.rss_bytes = 300 << 20;
+    }
+    let html = v6iot_simulator::report::html::render(&r);
+    // Self-contained: no scripts, nothing fetched (an SVG's xmlns is a name, not a fetch).
+    for external in ["<script", "src=", "href=", "url(", "@import"] {
+        assert!(!html.contains(external), "{external} in the page");
+    }
+    assert!(html.contains("&lt;both ways&gt;"), "text is escaped");
+    assert_eq!(html.matches("<svg").count(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    let shot = dir.path().join("shot.png");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1000,1500",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium is missing: apt-get install chromium");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let console: Vec<&str> = stderr.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    let png = std::fs::read(&shot).expect("a screenshot");
+    // Delivered (plot 1, green), p99 latency (plot 2, red), CPU (plot 3, orange).
+    for (what, colour) in [
+        ("delivered", [44, 160, 44]),
+        ("p99", [214, 39, 40]),
+        ("CPU", [255, 127, 14]),
+    ] {
+        let n = pixels_of(&png, colour);
+        assert!(n > 200, "{what}: {n} pixels of its colour");
+    }
+}

@@ -6,12 +6,13 @@
 //! |---|---|
 //! | [`config`] | the TOML configuration, with errors that name the key |
 //! | [`journal`] | the command queue's journal on disk (JSON lines, synced per batch on the blocking pool, rewritten on open and while running) |
-//! | [`registry_worker`] | the registry's thread: OSCORE state batches, audit rows, reloads when another process changed the registry |
+//! | [`registry_worker`] | the registry's thread: OSCORE state batches before audit rows (bounded, drops counted), audit checkpoints, reloads when another process changed the registry |
 //! | [`server`] | the I/O: CoAP socket, outbox, MQTT bridge around the ingress |
 //! | [`registry_db`] | the device registry in SQLite: OSCORE identities (kid, sealed master secret, salt), class, allowed prefixes, state; CSV import |
 //! | [`audit`] | the append-only, hash-chained audit trail in the registry's file: events, `verify`, `who_had(address, time)`, per-device history |
 //! | [`gateway`] | sans-IO authentication gateway in front of the ingress: OSCORE contexts by kid, verify/protect, address binding, replay floors and sender marks to persist, refusals as security events |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
+//! | [`peer`] | [`Peer`]: a device's address and port with the edge's address it reached (answers and requests leave from there) |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
 //! connection; the cores above only see datagrams, times and results.
@@ -21,9 +22,12 @@ pub mod config;
 pub mod gateway;
 pub mod ingress;
 pub mod journal;
+pub mod peer;
 pub mod registry_db;
 pub mod registry_worker;
 pub mod server;
+
+pub use peer::Peer;
 
 /// The crate's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

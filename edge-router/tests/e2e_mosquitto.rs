@@ -553,6 +553,13 @@ mod oscore;
 #[path = "e2e_mosquitto/commands.rs"]
 mod commands;
 
+/// Spoofed traffic from a plant's own network, in a network namespace of the test's own.
+#[path = "e2e_mosquitto/spoofing.rs"]
+mod spoofing;
+
+#[path = "e2e_mosquitto/addresses.rs"]
+mod addresses;
+
 // ----- the tests -----
 
 #[test]

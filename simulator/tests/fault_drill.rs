@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::report::Report;
@@ -105,6 +107,7 @@ kind = "broker_restart"
 }
 
 fn run_drill() -> Report {
+    common::require_root("a network namespace for the drill's edge and broker");
     let edge = edge_binary();
     let _ = mosquitto();
     assert!(edge.exists());

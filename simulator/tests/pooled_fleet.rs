@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::gateway::GatewayStats;
 use v6iot_edge_router::registry_db::Ipv6Prefix;
 use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
@@ -22,11 +23,14 @@ use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{FleetSpec, Scenario, Sources};
 
+mod common;
+
 const DEVICES: u64 = 60;
 
 /// Provisions `DEVICES` devices allowed on `allowed`, starts an edge and a broker, runs the
-/// fleet from the pool in `sources` over 2 shard threads; returns the run's report.
-async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> Report {
+/// fleet from the pool in `sources` over 2 shard threads; returns the fleet's report and the
+/// edge gateway's counters at the end.
+async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> (Report, GatewayStats) {
     let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let broker = v6iot_simulator::broker::start(loopback).unwrap();
     let mut config = EdgeConfig::with_site("pool");
@@ -75,7 +79,8 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> Repor
     let report = load::run(scenario, options).await.unwrap();
     let _ = stop_tx.send(());
     edge.await.unwrap().unwrap();
-    report
+    let gateway = *handle.gateway.lock().unwrap();
+    (report, gateway)
 }
 
 /// Runs `body` on a thread of its own inside a fresh network namespace with the pool's /64
@@ -83,9 +88,10 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> Repor
 fn in_private_network<T: Send + 'static>(
     body: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> T {
+    common::require_root("a network namespace with 2001:db8:100::/64 routed to loopback");
     std::thread::spawn(move || {
         enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace (this test needs root, as the CI runs)");
+            .expect("a private network namespace");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -99,7 +105,7 @@ fn in_private_network<T: Send + 'static>(
 
 #[test]
 fn every_device_reports_from_its_own_address_and_everything_arrives() {
-    let r = in_private_network(|rt| {
+    let (r, _) = in_private_network(|rt| {
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(run_fleet(
             dir.path(),
@@ -132,11 +138,13 @@ fn every_device_reports_from_its_own_address_and_everything_arrives() {
 }
 
 /// The same fleet provisioned for another /64: the edge sees the pool's addresses, which are
-/// outside every device's allowed prefix, and refuses each registration (protected 4.03);
-/// nothing is acknowledged or published.
+/// outside every device's allowed prefix. It verifies each registration and refuses it with a
+/// protected 4.03, which the device verifies. One refusal per device is below the edge's kid
+/// quarantine (a kid's failures, not a network's, since the admission lanes), so nothing is
+/// quarantined. Nothing is acknowledged or published.
 #[test]
 fn the_edge_sees_the_pool_addresses_and_refuses_them_outside_the_allowed_prefix() {
-    let r = in_private_network(|rt| {
+    let (r, gateway) = in_private_network(|rt| {
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(run_fleet(
             dir.path(),
@@ -147,5 +155,24 @@ fn the_edge_sees_the_pool_addresses_and_refuses_them_outside_the_allowed_prefix(
     let t = &r.total;
     assert_eq!(t.registered, 0, "{}", r.to_json());
     assert_eq!((t.acknowledged, t.delivered), (0, 0), "{}", r.to_json());
-    assert!(t.made > 0, "{}", r.to_json());
+    // The refusals happened and arrived: a run where nothing reached the edge fails here.
+    assert!(gateway.address_refused > 0, "{gateway:?}");
+    assert_eq!(
+        gateway.authenticated, gateway.address_refused,
+        "every verified request was refused for its address: {gateway:?}"
+    );
+    assert_eq!(
+        (t.oscore.responses_verified, t.oscore.responses_rejected),
+        (gateway.address_refused, 0),
+        "each refusal reached its device protected and verified: {} {gateway:?}",
+        r.to_json()
+    );
+    // Each device's registration refused once, for no other cause; no kid quarantined.
+    assert_eq!(gateway.address_refused, DEVICES, "{gateway:?}");
+    assert_eq!(gateway.refused, gateway.address_refused, "{gateway:?}");
+    assert_eq!(
+        (gateway.quarantines, gateway.kid_quarantined),
+        (0, 0),
+        "{gateway:?}"
+    );
 }

@@ -59,11 +59,14 @@ pub enum AuditKind {
     Quarantined,
     /// A quarantined device was made active again.
     Reinstated,
+    /// Two devices were verified at one address: the row names the device it is about, the
+    /// other in its detail (a challenge sent, or the address taken over).
+    AddressConflict,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 10] = [
+    pub const ALL: [AuditKind; 11] = [
         AuditKind::Provisioned,
         AuditKind::Registration,
         AuditKind::AddressBound,
@@ -74,6 +77,7 @@ impl AuditKind {
         AuditKind::CommandDelivered,
         AuditKind::Quarantined,
         AuditKind::Reinstated,
+        AuditKind::AddressConflict,
     ];
 
     /// The stored name: `provisioned`, `registration`, `address_bound`, …
@@ -90,6 +94,7 @@ impl AuditKind {
             AuditKind::CommandDelivered => "command_delivered",
             AuditKind::Quarantined => "quarantined",
             AuditKind::Reinstated => "reinstated",
+            AuditKind::AddressConflict => "address_conflict",
         }
     }
 

@@ -2,21 +2,23 @@
 //! [`Ingress`], address binding, and what must be persisted or audited because of them.
 //!
 //! ```text
-//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─▶ Ingress (inner request + device id)
-//!  datagram ◀─ Gateway::poll_transmit ◀─ protect (RequestInfo by peer+token) ◀─ Ingress answers/commands
+//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─ binding ─▶ Ingress (inner request + device id)
+//!  datagram ◀─ Gateway::poll_transmit ◀─ protect: answers (RequestInfo by peer+token),  ◀─ Ingress answers/commands
+//!                                        requests (the target device's context, to its binding)
 //!                      │ poll_persist / handle_persisted: sender marks, replay floors (answers held)
 //!                      │ poll_audit: bindings, auth failures (aggregated), revocations noticed
-//!                      └ poll_security_event: every refusal, for rate limiting
+//!                      └ poll_security_event: every refusal, for the log
 //! ```
 //!
 //! | file | job |
 //! |---|---|
 //! | [`keys`] | the keyring: one context per active device by kid, synced with the registry |
-//! | `binding` | the address each device was last verified at, both ways |
-//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
+//! | `binding` | where each device is bound (its address and the edge's address it reached), both ways; moves only on fresh evidence, confirmed by an Echo round trip; conflicts between devices |
+//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication by address, message ID and fingerprint |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
-//! | [`failures`] | [`SecurityEvent`], the answer per cause, per-source aggregation of replies and audit rows |
-//! | [`limits`] | token buckets per source network (/64) and per device, quarantine after repeated failures |
+//! | [`peek`] | the header, token and kid of a datagram, read in place before anything is spent on it |
+//! | [`failures`] | [`SecurityEvent`], the answer per cause, error answers bounded per source and globally, failure audit rows per interval |
+//! | [`limits`] | the three lanes (kid, expected, unauthenticated), token buckets per source network (/64) and per device, quarantine of a kid that keeps failing verification |
 //! | [`reports`] | security events counted by cause with samples: one report per interval for `_edge/{edge}/security` |
 //!
 //! # Rules
@@ -30,21 +32,45 @@
 //! reaches the ingress, so nothing refused reaches the outbox.
 //!
 //! A verified request from outside the device's allowed prefixes gets a protected 4.03; a
-//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise the
-//! device is bound to the source address and port: a first binding or a move (NB-IoT re-attach)
-//! is audited with its time, the ingress moves the registration, and commands and observations
-//! follow the device. Responses and notifications to the edge's own protected requests must be
-//! protected and verify against the request's binding; plain ones are dropped and counted.
-//! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2) and pass through.
+//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise its
+//! binding decides (see `binding`): from the device's bound address it is served; its first
+//! binding is audited and served; a request not above the device's newest Partial IV from
+//! anywhere else is dropped (`stale_elsewhere`); a fresh one from a new address — or from an
+//! address another device is bound to, a conflict audited naming both — is answered with a
+//! protected 4.01 carrying an Echo option (RFC 9175), and only the device's repeat with that
+//! value from that address moves it (audited; the ingress moves the registration; a displaced
+//! device is unreachable there until verified again).
+//!
+//! Commands and observations belong to a device, never to an address: the ingress names the
+//! device each request is for, and the gateway protects it with that device's context and sends
+//! it where that device is bound, from the edge's address the device last reached. Responses
+//! and notifications must be protected and verify with the context of the request their token
+//! belongs to, wherever they come from; plain ones are dropped and counted. Answers leave from
+//! the edge's address their request arrived at.
+//! A response or notification the edge cannot match to a request of its own (a stale one after
+//! an edge restart) is answered with an empty Reset, within the error-answer budget, so the
+//! device ends the observation (RFC 7641 §3.6).
+//!
+//! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2), so anyone can send one.
+//! An empty ACK passes to the ingress: it may stop the retransmission of the edge's Confirmable
+//! request, which then waits for a separate response (and ends as `timeout` without one). An
+//! empty Reset is never trusted to end a protected exchange: with `require_oscore` (every
+//! request of the edge protected) and, in lab mode, for a protected request of the edge, it is
+//! ignored and counted (`reset_ignored`); the request stays pending and is retransmitted.
 //!
 //! # Rate limits and quarantine
 //!
-//! Before anything else, a datagram's source network (its IPv6 /64, or its IPv4 address) must
-//! have a token in its bucket and must not be quarantined; otherwise it is dropped unread and
-//! counted (no answer: a flood gets nothing back). A verified request must also find a token in
-//! its device's bucket, else it is answered with a protected 5.03 and a Max-Age, which the
-//! SDK's reporter honours like a full outbox. Every authentication failure counts towards the
-//! source's quarantine ([`LimitsConfig::failures_to_quarantine`] within the failure window).
+//! Before any cryptography a datagram is put in one of three lanes ([`limits`]): a request
+//! naming an active device's kid goes to that kid's gate (open unless the kid's refusal budget
+//! is used up or it is quarantined — either way still open from its device's own address),
+//! a response or empty ACK answering the edge's own request goes on, everything else takes a
+//! token from its source network's bucket (IPv6 /64, IPv4 address) or is dropped unread and
+//! counted (no answer: a flood gets nothing back). A spoofed flood from a plant's /64 thus
+//! drains only that /64's unauthenticated budget, never its verified devices'. A verified
+//! request must find a token in its device's bucket, else it is answered with a protected 5.03
+//! and a Max-Age, which the SDK's reporter honours like a full outbox. No source network is
+//! ever quarantined; a kid whose requests keep failing verification is
+//! ([`LimitsConfig::failures_to_quarantine`] within the failure window), audited and reported.
 //! Every refusal goes into the next security report ([`poll_security_report`](Gateway::poll_security_report)).
 //!
 //! Without `require_oscore` (lab only) plain messages go to the ingress as before, and OSCORE
@@ -63,6 +89,7 @@ mod exchanges;
 pub mod failures;
 pub mod keys;
 pub mod limits;
+pub mod peek;
 pub mod persist;
 pub mod reports;
 #[cfg(test)]
@@ -76,21 +103,23 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use time::OffsetDateTime;
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
-    OscoreError, OscoreOption, protect_request, protect_response, unprotect_request,
+    OscoreError, OscoreOption, RequestInfo, protect_request, protect_response, unprotect_request,
     unprotect_response,
 };
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
+use crate::peer::Peer;
 use crate::registry_db::DeviceState;
-use binding::{Bindings, Bound};
+use binding::{Bindings, Decision};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
-pub use failures::{SecurityCause, SecurityEvent};
+pub use failures::{FailureTables, SecurityCause, SecurityEvent};
 use keys::Keyring;
 pub use keys::{DeviceKeys, KeyChange, StoredState};
 use limits::{Limits, Verdict};
 pub use limits::{LimitsConfig, Rate};
+use peek::Peek;
 use persist::Persistence;
 pub use persist::{PersistBatch, StateRow};
 use reports::SecurityEvents;
@@ -112,6 +141,9 @@ pub struct GatewayConfig {
     pub edge_id: String,
     /// At most one security report per this interval (none while nothing is refused).
     pub report_interval: Duration,
+    /// Seeds the Echo values that confirm a device's new address (RFC 9175); the server
+    /// gives a random one.
+    pub echo_seed: u64,
 }
 
 impl Default for GatewayConfig {
@@ -123,6 +155,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             edge_id: "edge".to_owned(),
             report_interval: Duration::from_secs(5),
+            echo_seed: 0,
         }
     }
 }
@@ -158,15 +191,31 @@ pub struct GatewayStats {
     pub replies_suppressed: u64,
     /// Retransmissions answered from memory.
     pub duplicates: u64,
-    /// Devices that moved to another address.
+    /// Devices that moved to another address (confirmed by an Echo round trip).
     pub address_changes: u64,
-    /// Datagrams dropped by a source network's rate limit.
+    /// Verified requests from a new address answered with an Echo challenge (RFC 9175)
+    /// instead of being served.
+    pub echo_challenges: u64,
+    /// Verified requests from an address another device is bound to (each audited), and
+    /// requests not taken because another device's with the same token from the same
+    /// address awaited its answer.
+    pub address_conflicts: u64,
+    /// Verified requests not above their device's newest Partial IV from an address it is
+    /// not bound to: dropped, the binding unchanged.
+    pub stale_elsewhere: u64,
+    /// Requests to devices bound nowhere (displaced by another device): not sent.
+    pub unreachable: u64,
+    /// Unauthenticated datagrams dropped by their source network's rate limit.
     pub source_limited: u64,
-    /// Datagrams dropped because their source network is quarantined.
-    pub source_quarantined: u64,
+    /// Requests refused unverified because their kid is quarantined.
+    pub kid_quarantined: u64,
+    /// Requests dropped unread because their kid's refusal budget was used up.
+    pub kid_limited: u64,
+    /// Empty Resets ignored rather than trusted to end a protected exchange.
+    pub resets_ignored: u64,
     /// Verified requests answered 5.03 by their device's rate limit.
     pub device_limited: u64,
-    /// Quarantines begun.
+    /// Kid quarantines begun.
     pub quarantines: u64,
     /// Outgoing messages that could not be protected yet (a sequence mark was being
     /// persisted; the retransmission goes) or at all (no context for the destination).
@@ -186,16 +235,18 @@ pub enum GatewayEvent {
         /// Address.
         address: SocketAddr,
     },
-    /// A source network was quarantined after repeated authentication failures.
+    /// A kid was quarantined after repeated failed verifications.
     Quarantined {
-        /// The network (`2001:db8:1::/64`, or an IPv4 address).
-        source: String,
-        /// Failures that led to it.
+        /// The kid, hex.
+        kid: String,
+        /// Its device.
+        device: String,
+        /// Failed verifications that led to it.
         failures: u32,
         /// How long, seconds.
         for_s: u64,
     },
-    /// A device was verified at another address than before.
+    /// A device was verified at another address than before (and confirmed there).
     Moved {
         /// Device.
         device: String,
@@ -204,10 +255,47 @@ pub enum GatewayEvent {
         /// New address.
         to: SocketAddr,
     },
+    /// A device was verified at an address another device is bound to (it was challenged).
+    Conflict {
+        /// The device verified there.
+        device: String,
+        /// The device bound there.
+        holder: String,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// A device lost its address to another that was confirmed there: nothing is sent to it
+    /// until it is verified again.
+    Displaced {
+        /// The device that lost the address.
+        device: String,
+        /// The device bound there now.
+        by: String,
+        /// The address.
+        address: SocketAddr,
+    },
 }
 
 const MAX_QUEUED_EVENTS: usize = 4096;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Sizes of the gateway's tables that unauthenticated input could try to grow, for tests and
+/// the stated bounds (`edge-router/THREATS.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayTables {
+    /// Source networks with a bucket (at most [`LimitsConfig::max_tracked`]).
+    pub sources: u64,
+    /// Devices with a bucket (at most [`LimitsConfig::max_tracked`]).
+    pub devices: u64,
+    /// Kids failing or quarantined (at most the active devices).
+    pub kids: u64,
+    /// The failure log's error-answer windows and audit rows.
+    pub failures: FailureTables,
+    /// Audit rows waiting to be taken (at most 4096).
+    pub queued_audits: usize,
+    /// Refusals waiting to be taken for the log (at most 4096).
+    pub queued_refusals: usize,
+}
 
 /// The gateway in front of an [`Ingress`]. See the module docs.
 pub struct Gateway {
@@ -224,7 +312,7 @@ pub struct Gateway {
     security: VecDeque<SecurityEvent>,
     events: VecDeque<GatewayEvent>,
     audits: VecDeque<AuditEvent>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<(Peer, Vec<u8>)>,
     stats: GatewayStats,
     next_sweep: Option<Instant>,
 }
@@ -240,8 +328,8 @@ impl Gateway {
             ingress,
             keys: Keyring::new(config.persist_step),
             exchanges: Exchanges::new(config.exchange_lifetime),
+            bindings: Bindings::new(config.echo_seed, config.exchange_lifetime),
             config,
-            bindings: Bindings::default(),
             persistence: Persistence::default(),
             failures: FailureLog::new(),
             security: VecDeque::new(),
@@ -291,10 +379,12 @@ impl Gateway {
             match &change {
                 KeyChange::Loaded { kid, .. } => {
                     self.exchanges.forget_kid(kid);
+                    self.limits.forget_kid(kid);
                     self.persistence.dirty(kid);
                 }
                 KeyChange::Dropped { device, kid, state } => {
                     self.exchanges.forget_kid(kid);
+                    self.limits.forget_kid(kid);
                     self.bindings.remove(device);
                     let reason = state.map_or("deleted", DeviceState::as_str);
                     self.ingress.remove_device(unix_ms, device, reason);
@@ -316,23 +406,25 @@ impl Gateway {
         }
     }
 
-    /// Handles one datagram from `peer`.
-    pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
-        let cause = match self.limits.check_source(now, peer.ip()) {
-            Verdict::Allow => None,
-            Verdict::Quarantined { .. } => Some(SecurityCause::SourceQuarantined),
-            Verdict::SourceLimited | Verdict::DeviceLimited => Some(SecurityCause::SourceLimited),
-        };
+    /// Handles one datagram from `peer` (and, when the socket tells, the edge's address it was
+    /// sent to: the answers leave from there).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: impl Into<Peer>,
+        bytes: &[u8],
+    ) {
+        let peer = peer.into();
         self.arm_limits_sweep(now);
-        if let Some(cause) = cause {
-            self.count(cause);
-            let event = SecurityEvent {
-                peer,
-                kid: None,
-                device: None,
-                cause,
-            };
-            self.note_security(now, unix_ms, event);
+        if let Some(refusal) = self.admit(now, peer.remote, bytes) {
+            if refusal.cause == SecurityCause::KidQuarantined {
+                // Refused unverified; answered (4.03) within the reply budget.
+                self.refuse_quarantined(now, unix_ms, peer, bytes, refusal);
+                return;
+            }
+            self.count(refusal.cause);
+            self.note_security(now, unix_ms, refusal);
             return;
         }
         let Ok(packet) = wire::parse(bytes) else {
@@ -350,6 +442,18 @@ impl Gateway {
             self.protected_request(now, unix_ms, peer, &packet);
         } else if protected && (2..=5).contains(&class) {
             self.protected_response(now, unix_ms, peer, &packet);
+        } else if code == 0
+            && packet.header.get_type() == MessageType::Reset
+            && self.untrusted_reset(peer.remote, packet.header.message_id)
+        {
+            self.refuse(
+                now,
+                unix_ms,
+                peer,
+                &packet,
+                None,
+                SecurityCause::ResetIgnored,
+            );
         } else if code == 0 || !self.config.require_oscore {
             self.ingress.handle_packet(now, unix_ms, peer, &packet);
         } else {
@@ -362,6 +466,61 @@ impl Gateway {
         }
         self.pump(now);
         self.arm_sweep(now);
+    }
+
+    /// Puts a datagram in its lane before anything is spent on it (see [`limits`]): `None` to
+    /// go on, or the refusal of a datagram dropped unread (or, for a quarantined kid, refused
+    /// unverified).
+    fn admit(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> Option<SecurityEvent> {
+        let refusal = |cause, kid, device| {
+            Some(SecurityEvent {
+                peer,
+                kid,
+                device,
+                cause,
+            })
+        };
+        let peek = Peek::of(bytes);
+        if let Some(p) = &peek {
+            if p.is_request()
+                && let Some(kid) = p.kid()
+                && let Some(entry) = self.keys.get(&kid)
+            {
+                let from_bound = self
+                    .bindings
+                    .get(&entry.id)
+                    .is_some_and(|b| b.remote == peer);
+                let device = entry.id.clone();
+                return match self.limits.check_kid(now, &kid, from_bound) {
+                    Verdict::Allow => None,
+                    Verdict::KidLimited => {
+                        refusal(SecurityCause::KidLimited, Some(kid), Some(device))
+                    }
+                    _ => refusal(SecurityCause::KidQuarantined, Some(kid), Some(device)),
+                };
+            }
+            let expected = if p.is_response() {
+                self.exchanges.has_client(p.token)
+            } else {
+                p.code == 0
+                    && p.kind == MessageType::Acknowledgement
+                    && self.exchanges.sent_to(peer, p.message_id)
+            };
+            if expected {
+                return None;
+            }
+        }
+        match self.limits.check_source(now, peer.ip()) {
+            Verdict::Allow => None,
+            _ => refusal(SecurityCause::SourceLimited, None, None),
+        }
+    }
+
+    /// An empty Reset must not end a protected exchange (see the module docs): true when it
+    /// is ignored — always with `require_oscore`, else when it names a protected request of
+    /// the edge.
+    fn untrusted_reset(&self, peer: SocketAddr, message_id: u16) -> bool {
+        self.config.require_oscore || self.exchanges.sent_to(peer, message_id)
     }
 
     /// Takes a command from the platform (see [`Ingress::handle_command`]).
@@ -416,6 +575,7 @@ impl Gateway {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.exchanges.sweep(now);
+            self.bindings.sweep(now);
             self.next_sweep = None;
             self.arm_sweep(now);
         }
@@ -427,9 +587,9 @@ impl Gateway {
         self.pump(now);
     }
 
-    /// Next datagram to send: (destination, bytes).
+    /// Next datagram to send: (destination and the edge's address to send it from, bytes).
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
         self.transmits.pop_front()
     }
 
@@ -449,7 +609,7 @@ impl Gateway {
             } else {
                 Seen::Silent
             };
-            self.exchanges.remember(now, r.peer, r.message_id, seen);
+            self.exchanges.remember(now, r.peer.remote, r.message, seen);
             self.transmits.push_back((r.peer, r.bytes));
         }
     }
@@ -480,32 +640,60 @@ impl Gateway {
         self.limits.stats()
     }
 
-    /// Files a refusal: the queue for logs, the report, and, for a failed authentication, the
-    /// source's count towards quarantine.
+    /// The sizes of the tables unauthenticated input could try to grow.
+    pub fn tables(&self) -> GatewayTables {
+        let limits = self.limits.stats();
+        GatewayTables {
+            sources: limits.tracked_sources,
+            devices: limits.tracked_devices,
+            kids: limits.tracked_kids,
+            failures: self.failures.tables(),
+            queued_audits: self.audits.len(),
+            queued_refusals: self.security.len(),
+        }
+    }
+
+    /// The driver could not hand `rows` audit rows to the registry (its queue was full): they
+    /// are counted in the next security report.
+    pub fn note_audit_dropped(&mut self, now: Instant, rows: u64) {
+        self.reports.record_audit_dropped(now, rows);
+    }
+
+    /// Files a refusal: the queue for logs, the report, and, for a replay or a failed
+    /// verification under an active device's kid, the kid's refusal budget and (failures only)
+    /// its count towards quarantine.
     fn note_security(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) {
         self.reports.record(now, unix_ms, &event);
-        if event.cause.is_auth_failure()
-            && let Some(q) = self.limits.auth_failure(now, event.peer.ip())
+        let cause = event.cause;
+        if cause.draws_on_kid()
+            && let (Some(kid), Some(device)) = (&event.kid, &event.device)
+            && self.keys.get(kid).is_some()
+            && let Some(q) = self
+                .limits
+                .kid_refusal(now, kid, cause.counts_against_kid())
         {
             self.stats.quarantines += 1;
             let note = QuarantineNote {
-                source: q.source.to_string(),
+                kid: crate::registry_db::hex::encode(kid),
+                device: device.clone(),
                 failures: q.failures,
                 for_s: q.until.saturating_duration_since(now).as_secs(),
                 at_ms: unix_ms,
             };
-            self.audit(
-                AuditEvent::auth_failure(format!(
-                    "source {} quarantined for {} s after {} failures (last: {})",
-                    note.source, note.for_s, note.failures, event.cause
-                ))
-                .at(audit_time(unix_ms))
-                .address(ipv6(event.peer)),
-            );
+            let mut row = AuditEvent::auth_failure(format!(
+                "kid {} quarantined for {} s after {} failed verifications (last: {} from {}); \
+                 its requests from other addresses are refused meanwhile",
+                note.kid, note.for_s, note.failures, event.cause, event.peer
+            ))
+            .at(audit_time(unix_ms))
+            .address(ipv6(event.peer));
+            row.device = Some(device.clone());
+            self.audit(row);
             push_bounded(
                 &mut self.events,
                 GatewayEvent::Quarantined {
-                    source: note.source.clone(),
+                    kid: note.kid.clone(),
+                    device: note.device.clone(),
                     failures: note.failures,
                     for_s: note.for_s,
                 },
@@ -528,7 +716,8 @@ impl Gateway {
     }
 
     fn arm_sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_none() && self.exchanges.is_busy() {
+        let busy = self.exchanges.is_busy() || self.bindings.challenges() > 0;
+        if self.next_sweep.is_none() && busy {
             self.next_sweep = Some(now + SWEEP_EVERY);
         }
     }
@@ -538,10 +727,10 @@ impl Gateway {
     }
 
     /// An OSCORE request from a device.
-    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) {
-        let message_id = packet.header.message_id;
+    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let message = (packet.header.message_id, exchanges::fingerprint(packet));
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        match self.exchanges.seen(peer, message_id) {
+        match self.exchanges.seen(peer.remote, message.0, message.1) {
             Some(Seen::Pending | Seen::Silent) => {
                 self.stats.duplicates += 1;
                 return;
@@ -554,7 +743,7 @@ impl Gateway {
                 }
                 return;
             }
-            Some(Seen::Inner(_)) | None => {}
+            Some(Seen::Inner(..)) | None => {}
         }
         let Ok(OscoreOption { kid: Some(kid), .. }) = OscoreOption::from_packet(packet) else {
             self.refuse(now, unix_ms, peer, packet, None, SecurityCause::Malformed);
@@ -568,33 +757,76 @@ impl Gateway {
                 Some((id, _)) => (SecurityCause::DeviceRevoked, Some(id.clone())),
                 None => (SecurityCause::UnknownKid, None),
             };
-            self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause);
+            let event = SecurityEvent {
+                peer: peer.remote,
+                kid: Some(kid),
+                device,
+                cause,
+            };
+            self.refuse_as(now, unix_ms, peer, packet, event);
             return;
         };
+        // One past the highest Partial IV the device sent so far, before this one.
+        let newest = entry.ctx.replay_window().restart_floor();
         let (inner, info) = match unprotect_request(&mut entry.ctx, packet) {
             Ok(verified) => verified,
             Err(e) => {
                 let device = Some(entry.id.clone());
-                self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause_of(e));
+                let event = SecurityEvent {
+                    peer: peer.remote,
+                    kid: Some(kid),
+                    device,
+                    cause: cause_of(e),
+                };
+                self.refuse_as(now, unix_ms, peer, packet, event);
                 return;
             }
         };
         self.stats.authenticated += 1;
-        let device = entry.id.clone();
-        let allowed = entry.allows(ipv6(peer));
-        self.exchanges.insert_server(
-            peer,
-            packet.get_token(),
-            ServerExchange {
-                kid: kid.clone(),
-                info,
-                since: now,
-                message_id,
-                confirmable,
-            },
-        );
+        let verified = Verified {
+            fresh: info.sequence_number() >= newest,
+            device: entry.id.clone(),
+            allowed: entry.allows(ipv6(peer.remote)),
+            kid,
+            inner,
+            info,
+            message,
+            confirmable,
+        };
+        self.serve_verified(now, unix_ms, peer, verified);
+    }
+
+    /// A verified request: refused (address, name, rate), or challenged, dropped as stale, or
+    /// served, as its binding decides (see [`binding`]).
+    fn serve_verified(&mut self, now: Instant, unix_ms: u64, peer: Peer, v: Verified) {
+        let Verified {
+            kid,
+            device,
+            inner,
+            info,
+            message,
+            confirmable,
+            fresh,
+            allowed,
+        } = v;
+        let exchange = ServerExchange {
+            kid: kid.clone(),
+            info,
+            since: now,
+            message,
+            confirmable,
+        };
+        if !self
+            .exchanges
+            .insert_server(peer.remote, inner.get_token(), exchange)
+        {
+            // Another device's request from this address with this token awaits its answer:
+            // this one is not taken (its retransmission may be, once that one is answered).
+            self.stats.address_conflicts += 1;
+            return;
+        }
         self.exchanges
-            .remember(now, peer, message_id, Seen::Pending);
+            .remember(now, peer.remote, message, Seen::Pending);
         let refusal = if !allowed {
             Some((
                 SecurityCause::AddressNotAllowed,
@@ -611,12 +843,7 @@ impl Gateway {
         if refusal.is_none() && self.limits.check_device(now, &device) != Verdict::Allow {
             let cause = SecurityCause::DeviceLimited;
             self.count(cause);
-            let event = SecurityEvent {
-                peer,
-                kid: Some(kid),
-                device: Some(device),
-                cause,
-            };
+            let event = security_event(peer, Some(kid), Some(device), cause);
             self.note_security(now, unix_ms, event);
             let mut answer = error_packet(&inner, ResponseType::ServiceUnavailable, "rate limit");
             let wait = (1.0 / self.config.limits.per_device.per_second.max(0.001)).ceil() as u32;
@@ -625,12 +852,7 @@ impl Gateway {
             return;
         }
         if let Some((cause, reason)) = refusal {
-            let event = SecurityEvent {
-                peer,
-                kid: Some(kid),
-                device: Some(device.clone()),
-                cause,
-            };
+            let event = security_event(peer, Some(kid), Some(device), cause);
             self.count(cause);
             let reply = self.failures.record(now, unix_ms, &event);
             self.note_security(now, unix_ms, event);
@@ -639,79 +861,196 @@ impl Gateway {
                 self.answer(peer, &answer);
             } else {
                 self.stats.replies_suppressed += 1;
-                self.exchanges.take_server(peer, packet.get_token());
+                self.exchanges.take_server(peer.remote, inner.get_token());
             }
             return;
         }
-        let binding = match self.bindings.bind(&device, peer) {
-            Bound::Same => None,
-            Bound::New => Some((
-                AuditKind::AddressBound,
-                format!("verified at {peer}"),
-                GatewayEvent::Bound {
-                    device: device.clone(),
-                    address: peer,
-                },
-            )),
-            Bound::Moved(from) => {
-                self.stats.address_changes += 1;
-                let _ = self.ingress.rebind(now, unix_ms, &device, peer);
-                Some((
-                    AuditKind::AddressChanged,
-                    format!("verified at {peer}, was {from}"),
-                    GatewayEvent::Moved {
-                        device: device.clone(),
-                        from,
-                        to: peer,
-                    },
-                ))
-            }
-        };
-        if let Some((kind, detail, event)) = binding {
-            self.audit(
-                AuditEvent::new(kind, device.clone())
-                    .at(audit_time(unix_ms))
-                    .address(ipv6(peer))
-                    .detail(detail),
-            );
-            push_bounded(&mut self.events, event);
+        let echo = inner
+            .get_first_option(CoapOption::Unknown(wire::ECHO))
+            .map(Vec::as_slice);
+        let decision = self.bindings.decide(now, &device, peer, fresh, echo);
+        if !self.apply_binding(now, unix_ms, peer, &device, &inner, decision) {
+            return;
         }
+        let mut inner = inner;
+        inner.clear_option(CoapOption::Unknown(wire::ECHO));
         self.ingress
             .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
 
-    /// An OSCORE response or notification to one of the edge's requests.
-    fn protected_response(
+    /// Carries out a binding decision for `device`'s verified `request` from `peer`: audit
+    /// rows, events, the ingress's registration, the Echo challenge or the drop. `true` when
+    /// the request is to be served.
+    fn apply_binding(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
-        packet: &Packet,
+        peer: Peer,
+        device: &str,
+        request: &Packet,
+        decision: Decision,
+    ) -> bool {
+        let at = audit_time(unix_ms);
+        let address = peer.remote;
+        match decision {
+            Decision::Stay { .. } => true,
+            Decision::Bound => {
+                self.audit(
+                    AuditEvent::new(AuditKind::AddressBound, device)
+                        .at(at)
+                        .address(ipv6(address))
+                        .detail(format!("verified at {peer}")),
+                );
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.to_owned(),
+                        address,
+                    },
+                );
+                true
+            }
+            Decision::Moved { from, displaced } => {
+                self.moved(now, unix_ms, peer, device, from, displaced);
+                true
+            }
+            Decision::Challenge { echo, holder } => {
+                self.stats.echo_challenges += 1;
+                if let Some(holder) = holder {
+                    self.stats.address_conflicts += 1;
+                    self.audit(
+                        AuditEvent::new(AuditKind::AddressConflict, device)
+                            .at(at)
+                            .address(ipv6(address))
+                            .detail(format!(
+                                "verified at {peer}, where {holder} is bound: Echo challenge \
+                                 sent; {holder} keeps the address unless {device} answers from it"
+                            )),
+                    );
+                    push_bounded(
+                        &mut self.events,
+                        GatewayEvent::Conflict {
+                            device: device.to_owned(),
+                            holder,
+                            address,
+                        },
+                    );
+                }
+                let mut answer = error_packet(request, ResponseType::Unauthorized, "");
+                answer.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
+                self.answer(peer, &answer);
+                false
+            }
+            Decision::Stale => {
+                let cause = SecurityCause::StaleElsewhere;
+                self.count(cause);
+                let event = security_event(peer, None, Some(device.to_owned()), cause);
+                self.note_security(now, unix_ms, event);
+                if let Some(x) = self.exchanges.take_server(peer.remote, request.get_token()) {
+                    self.exchanges
+                        .remember(now, peer.remote, x.message, Seen::Silent);
+                }
+                false
+            }
+        }
+    }
+
+    /// A confirmed move (or a first binding at an address another device held): audited, the
+    /// registration follows, the displaced device is unreachable there.
+    fn moved(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: Peer,
+        device: &str,
+        from: Option<Peer>,
+        displaced: Option<String>,
     ) {
-        let message_id = packet.header.message_id;
-        if let Some(Seen::Inner(inner)) = self.exchanges.seen(peer, message_id) {
+        let at = audit_time(unix_ms);
+        let address = peer.remote;
+        let (kind, mut detail) = match from {
+            Some(from) => {
+                self.stats.address_changes += 1;
+                let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Moved {
+                        device: device.to_owned(),
+                        from: from.remote,
+                        to: address,
+                    },
+                );
+                (
+                    AuditKind::AddressChanged,
+                    format!("verified at {peer}, was {from}; confirmed by Echo"),
+                )
+            }
+            None => {
+                let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.to_owned(),
+                        address,
+                    },
+                );
+                (
+                    AuditKind::AddressBound,
+                    format!("verified at {peer}; confirmed by Echo"),
+                )
+            }
+        };
+        if let Some(holder) = &displaced {
+            detail.push_str(&format!("; {holder} is no longer bound there"));
+        }
+        self.audit(
+            AuditEvent::new(kind, device)
+                .at(at)
+                .address(ipv6(address))
+                .detail(detail),
+        );
+        if let Some(holder) = displaced {
+            self.audit(
+                AuditEvent::new(AuditKind::AddressConflict, holder.clone())
+                    .at(at)
+                    .address(ipv6(address))
+                    .detail(format!(
+                        "unreachable at {peer}: {device} answered an Echo challenge there; \
+                         nothing is sent to {holder} until it is verified again"
+                    )),
+            );
+            push_bounded(
+                &mut self.events,
+                GatewayEvent::Displaced {
+                    device: holder,
+                    by: device.to_owned(),
+                    address,
+                },
+            );
+        }
+    }
+
+    /// An OSCORE response or notification to one of the edge's requests: verified with the
+    /// context of the request its token belongs to, wherever it comes from.
+    fn protected_response(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let message = (packet.header.message_id, exchanges::fingerprint(packet));
+        if let Some(Seen::Inner(inner, device)) =
+            self.exchanges.seen(peer.remote, message.0, message.1)
+        {
             // A retransmission: the ingress recognises it and repeats its ACK.
-            let inner = inner.clone();
+            let (inner, device) = (inner.clone(), device.clone());
             self.stats.duplicates += 1;
-            self.ingress.handle_packet(now, unix_ms, peer, &inner);
+            self.ingress
+                .handle_authenticated(now, unix_ms, peer, &inner, &device);
             return;
         }
         let token = packet.get_token();
-        let bound_kid = self
-            .bindings
-            .device_at(peer)
-            .map(str::to_owned)
-            .and_then(|d| self.keys.device_mut(&d).map(|e| e.kid.clone()));
-        let verified = match (self.exchanges.client_mut(token), bound_kid) {
-            (Some(x), Some(kid)) if x.kid == kid => match self.keys.get_mut(&kid) {
-                Some(entry) => unprotect_response(&mut entry.ctx, packet, &mut x.info)
-                    .ok()
-                    .map(|inner| (inner, x.observe)),
-                None => None,
-            },
-            _ => None,
-        };
-        let Some((inner, observe)) = verified else {
+        let verified = self.exchanges.client_mut(token).and_then(|x| {
+            let entry = self.keys.get_mut(&x.kid)?;
+            let inner = unprotect_response(&mut entry.ctx, packet, &mut x.info).ok()?;
+            Some((inner, x.observe, entry.id.clone()))
+        });
+        let Some((inner, observe, device)) = verified else {
             self.refuse(now, unix_ms, peer, packet, None, SecurityCause::BadResponse);
             return;
         };
@@ -719,9 +1058,10 @@ impl Gateway {
         if !observe {
             self.exchanges.end_client(token);
         }
-        self.exchanges
-            .remember(now, peer, message_id, Seen::Inner(Box::new(inner.clone())));
-        self.ingress.handle_packet(now, unix_ms, peer, &inner);
+        let seen = Seen::Inner(Box::new(inner.clone()), device.as_str().into());
+        self.exchanges.remember(now, peer.remote, message, seen);
+        self.ingress
+            .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
 
     /// Refuses a message of no known device.
@@ -729,38 +1069,92 @@ impl Gateway {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
         kid: Option<Vec<u8>>,
         cause: SecurityCause,
     ) {
-        self.refuse_as(now, unix_ms, peer, packet, kid, None, cause);
+        let event = SecurityEvent {
+            peer: peer.remote,
+            kid,
+            device: None,
+            cause,
+        };
+        self.refuse_as(now, unix_ms, peer, packet, event);
     }
 
-    /// Refuses a message before (or instead of) verification: counted, an event, an audit
-    /// row per source window, and an unprotected answer to a Confirmable request while the
-    /// source's reply budget lasts.
-    #[allow(clippy::too_many_arguments)]
+    /// Refuses `packet` before (or instead of) verification for `event`'s cause: counted, an
+    /// event, the failure audit, and, while the reply budget lasts, an unprotected answer to a
+    /// Confirmable request or a Reset to a response the edge cannot match (a stale one).
     fn refuse_as(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
-        kid: Option<Vec<u8>>,
-        device: Option<String>,
-        cause: SecurityCause,
+        event: SecurityEvent,
     ) {
-        self.count(cause);
-        let event = SecurityEvent {
-            peer,
-            kid,
-            device,
-            cause,
-        };
+        let cause = event.cause;
+        let may_reply = self.file_refusal(now, unix_ms, event);
+        self.answer_refusal(peer, packet, cause, may_reply);
+    }
+
+    /// Refuses a request under a quarantined kid without verifying it: parsed only when the
+    /// reply budget allows an answer.
+    fn refuse_quarantined(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: Peer,
+        bytes: &[u8],
+        event: SecurityEvent,
+    ) {
+        let cause = event.cause;
+        if self.file_refusal(now, unix_ms, event) {
+            if let Ok(packet) = wire::parse(bytes) {
+                self.answer_refusal(peer, &packet, cause, true);
+            }
+        } else if wire::raw_header(bytes).is_ok_and(|h| h.kind == MessageType::Confirmable) {
+            self.stats.replies_suppressed += 1;
+        }
+    }
+
+    /// Counts a refusal, files it (failure audit, report, kid standing); true when the reply
+    /// budget allows an answer.
+    fn file_refusal(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) -> bool {
+        self.count(event.cause);
         let may_reply = self.failures.record(now, unix_ms, &event);
         self.note_security(now, unix_ms, event);
-        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        may_reply
+    }
+
+    /// The unprotected answer to a refused `packet`, if it gets one (see
+    /// [`refuse_as`](Self::refuse_as)).
+    fn answer_refusal(
+        &mut self,
+        peer: Peer,
+        packet: &Packet,
+        cause: SecurityCause,
+        may_reply: bool,
+    ) {
+        let kind = packet.header.get_type();
+        if matches!(
+            cause,
+            SecurityCause::PlainResponse | SecurityCause::BadResponse
+        ) && matches!(kind, MessageType::Confirmable | MessageType::NonConfirmable)
+            && !self.exchanges.has_client(packet.get_token())
+        {
+            // Its request is forgotten (the edge restarted, or it never asked): a Reset makes
+            // the device end the observation (RFC 7641 §3.6) instead of notifying forever.
+            if may_reply {
+                let reset = wire::empty_message(MessageType::Reset, packet.header.message_id);
+                self.transmits.push_back((peer, reset));
+            } else {
+                self.stats.replies_suppressed += 1;
+            }
+            return;
+        }
+        let confirmable = kind == MessageType::Confirmable;
         let is_request = wire::is_request_code(u8::from(packet.header.code));
         if !(confirmable && is_request) {
             return;
@@ -795,33 +1189,43 @@ impl Gateway {
             SecurityCause::AddressNotAllowed => &mut s.address_refused,
             SecurityCause::EndpointMismatch => &mut s.endpoint_mismatch,
             SecurityCause::SourceLimited => &mut s.source_limited,
-            SecurityCause::SourceQuarantined => &mut s.source_quarantined,
+            SecurityCause::KidQuarantined => &mut s.kid_quarantined,
+            SecurityCause::KidLimited => &mut s.kid_limited,
+            SecurityCause::ResetIgnored => &mut s.resets_ignored,
             SecurityCause::DeviceLimited => &mut s.device_limited,
+            SecurityCause::StaleElsewhere => &mut s.stale_elsewhere,
         };
         *counter += 1;
     }
 
-    /// Moves the ingress's datagrams out, protecting what goes to or answers a device with a
-    /// context.
+    /// Moves the ingress's datagrams out: answers to verified requests protected with their
+    /// request's context, requests to a device protected with that device's own context and
+    /// sent where it is bound.
     fn pump(&mut self, now: Instant) {
-        while let Some((peer, bytes)) = self.ingress.poll_transmit() {
+        while let Some(t) = self.ingress.poll_outgoing() {
             // The fixed header decides; only what needs protection is parsed.
-            let code = bytes.get(1).copied().unwrap_or(0);
+            let code = t.bytes.get(1).copied().unwrap_or(0);
             let plain_ok = !self.config.require_oscore;
             if code == 0 {
-                self.transmits.push_back((peer, bytes));
+                self.transmits.push_back((t.to, t.bytes));
             } else if wire::is_request_code(code) {
-                if plain_ok && self.bindings.device_at(peer).is_none() {
-                    self.transmits.push_back((peer, bytes));
-                } else if let Ok(packet) = wire::parse(&bytes) {
-                    self.request_out(now, peer, &packet, bytes);
+                let device = t.device.as_deref().unwrap_or_default();
+                if self.keys.device_mut(device).is_some() {
+                    if let Ok(packet) = wire::parse(&t.bytes) {
+                        self.request_out(now, device, &packet);
+                    }
+                } else if plain_ok {
+                    self.transmits.push_back((t.to, t.bytes));
+                } else {
+                    // A device with no context: never sent plain when OSCORE is required.
+                    self.stats.protect_failures += 1;
                 }
-            } else if self.exchanges.has_server(peer, raw_token(&bytes)) {
-                if let Ok(packet) = wire::parse(&bytes) {
-                    self.answer(peer, &packet);
+            } else if self.exchanges.has_server(t.to.remote, raw_token(&t.bytes)) {
+                if let Ok(packet) = wire::parse(&t.bytes) {
+                    self.answer(t.to, &packet);
                 }
             } else if plain_ok {
-                self.transmits.push_back((peer, bytes));
+                self.transmits.push_back((t.to, t.bytes));
             } else {
                 // An answer to nothing verified: never sent plain when OSCORE is required.
                 self.stats.protect_failures += 1;
@@ -831,8 +1235,8 @@ impl Gateway {
 
     /// Protects the answer to a verified request and holds it until the device's replay floor
     /// is durable.
-    fn answer(&mut self, peer: SocketAddr, packet: &Packet) {
-        let Some(mut x) = self.exchanges.take_server(peer, packet.get_token()) else {
+    fn answer(&mut self, peer: Peer, packet: &Packet) {
+        let Some(mut x) = self.exchanges.take_server(peer.remote, packet.get_token()) else {
             return;
         };
         let Some(entry) = self.keys.get_mut(&x.kid) else {
@@ -851,30 +1255,32 @@ impl Gateway {
             .floor_wanted
             .max(x.info.sequence_number().saturating_add(1));
         self.persistence.dirty(&x.kid);
-        self.persistence
-            .hold(peer, bytes, x.message_id, x.confirmable);
+        self.persistence.hold(peer, bytes, x.message, x.confirmable);
     }
 
-    /// A request of the edge to a device: protected with the context of the device bound to
-    /// `peer`; a retransmission resends the bytes protected the first time.
-    fn request_out(&mut self, now: Instant, peer: SocketAddr, packet: &Packet, plain: Vec<u8>) {
+    /// A request of the edge to `device` (a command, an observation): protected with the
+    /// device's own context and sent where the device is bound — whoever else sends from
+    /// the address the ingress knows, and wherever the device moved since. A retransmission
+    /// resends the bytes protected the first time. Not sent (counted) while the device is
+    /// bound nowhere (displaced from its address by another device).
+    fn request_out(&mut self, now: Instant, device: &str, packet: &Packet) {
         let message_id = packet.header.message_id;
+        let token = packet.get_token();
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        if let Some(bytes) = self.exchanges.sent(peer, message_id) {
-            let bytes = bytes.to_vec();
-            self.transmits.push_back((peer, bytes));
+        let Some(to) = self.bindings.get(device) else {
+            self.stats.unreachable += 1;
             return;
-        }
-        let device = self.bindings.device_at(peer).map(str::to_owned);
-        let Some(entry) = device.and_then(|d| self.keys.device_mut(&d)) else {
-            if self.config.require_oscore {
-                self.stats.protect_failures += 1;
-            } else {
-                self.transmits.push_back((peer, plain));
-            }
+        };
+        let Some(entry) = self.keys.device_mut(device) else {
+            self.stats.protect_failures += 1;
             return;
         };
         let kid = entry.kid.clone();
+        if let Some(bytes) = self.exchanges.resend(&kid, (message_id, token), to.remote) {
+            let bytes = bytes.to_vec();
+            self.transmits.push_back((to, bytes));
+            return;
+        }
         let result = protect_request(&mut entry.ctx, packet);
         if entry.ctx.mark_to_persist().is_some() {
             self.persistence.dirty(&kid);
@@ -889,8 +1295,12 @@ impl Gateway {
             return;
         };
         let observe = info.is_observe_registration();
+        if confirmable {
+            self.exchanges
+                .remember_sent(now, &kid, (message_id, token), &bytes, to.remote);
+        }
         self.exchanges.insert_client(
-            packet.get_token(),
+            token,
             ClientExchange {
                 kid,
                 info,
@@ -898,10 +1308,37 @@ impl Gateway {
                 since: now,
             },
         );
-        if confirmable {
-            self.exchanges.remember_sent(now, peer, message_id, &bytes);
-        }
-        self.transmits.push_back((peer, bytes));
+        self.transmits.push_back((to, bytes));
+    }
+}
+
+/// A request that verified, on its way through [`Gateway::serve_verified`].
+struct Verified {
+    kid: Vec<u8>,
+    device: String,
+    inner: Packet,
+    info: RequestInfo,
+    /// Message ID and fingerprint (deduplication).
+    message: (u16, u64),
+    confirmable: bool,
+    /// Its Partial IV is above every one its device sent before.
+    fresh: bool,
+    /// Its source lies in the device's allowed prefixes.
+    allowed: bool,
+}
+
+/// A refusal of a message from `peer`.
+fn security_event(
+    peer: Peer,
+    kid: Option<Vec<u8>>,
+    device: Option<String>,
+    cause: SecurityCause,
+) -> SecurityEvent {
+    SecurityEvent {
+        peer: peer.remote,
+        kid,
+        device,
+        cause,
     }
 }
 

@@ -12,6 +12,16 @@
 //! off the data path and reports it with [`Downlink::journal_written`]; a journaled command is
 //! sent only once its `queued` entry is durable. After a restart the driver feeds the pending
 //! commands back through [`Downlink::restore`].
+//!
+//! # What a spoofer can do to a command in flight
+//!
+//! Tokens are 8 bytes that cannot be predicted, not even from earlier ones: SHA-256 of a
+//! random key (drawn from the OS when the ingress is made) and a counter, truncated. Message IDs
+//! count up from a random start (RFC 7252 §4.4), so neither depends on the boot time. An empty
+//! ACK or RST is matched to the exchange it names through an index by (peer, message ID): one
+//! lookup, whatever the number of commands in flight ([`Downlink::exchanges_examined`] counts
+//! the exchanges looked at). Whether a Reset may end an exchange is the gateway's decision:
+//! it never passes one on for a protected request (see `gateway`).
 
 mod admission;
 mod journal_book;
@@ -25,6 +35,7 @@ pub use journal_book::{JournalBatch, JournalWritten};
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
+use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,6 +46,9 @@ use v6iot_sdk::coap::wire;
 use admission::Waiting;
 use journal_book::{FailedBatch, JournalBook};
 use queues::Queues;
+
+use super::Outgoing;
+use crate::peer::Peer;
 
 /// A command for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +173,7 @@ const RECENT_REQS: usize = 65_536;
 #[derive(Debug)]
 struct Exchange {
     cmd: DownlinkCommand,
-    peer: SocketAddr,
+    peer: Peer,
     message_id: u16,
     token: [u8; 8],
     bytes: Vec<u8>,
@@ -167,6 +181,37 @@ struct Exchange {
     timeout: Duration,
     retransmits: u8,
     separate_until: Option<Instant>,
+}
+
+/// The tokens of the edge's requests: the first 8 bytes of SHA-256(key ‖ counter), so that
+/// seeing some tokens tells nothing about the next (see the module docs).
+#[derive(Default)]
+struct Tokens {
+    key: [u8; 16],
+    counter: u64,
+}
+
+impl Tokens {
+    fn next(&mut self) -> [u8; 8] {
+        self.counter = self.counter.wrapping_add(1);
+        let digest = Sha256::new()
+            .chain_update(self.key)
+            .chain_update(self.counter.to_be_bytes())
+            .finalize();
+        let mut token = [0u8; 8];
+        for (t, d) in token.iter_mut().zip(digest) {
+            *t = d;
+        }
+        token
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Lines below which the journal is never rewritten while running.
@@ -197,18 +242,22 @@ pub struct Downlink {
     queues: Queues,
     in_flight: HashMap<String, Exchange>,
     by_token: HashMap<[u8; 8], String>,
+    /// The exchange in flight for each (peer, message ID), for empty ACKs and Resets.
+    by_message_id: HashMap<(SocketAddr, u16), String>,
     known: HashSet<(String, String)>,
     recent: VecDeque<(String, String)>,
-    next_token: u64,
+    tokens: Tokens,
     results: VecDeque<CommandResult>,
     journal: JournalBook,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<Outgoing>,
     limits: CommandLimits,
     /// No queued command expires before this (Unix ms): the queues are not walked until then.
     next_expiry_ms: u64,
     stats: DownlinkStats,
     /// Commands dropped as duplicates of one already accepted.
     pub duplicates: u64,
+    /// Exchanges in flight looked at to match empty ACKs and Resets (at most one per message).
+    pub exchanges_examined: u64,
 }
 
 impl Default for Downlink {
@@ -217,9 +266,10 @@ impl Default for Downlink {
             queues: Queues::default(),
             in_flight: HashMap::default(),
             by_token: HashMap::default(),
+            by_message_id: HashMap::default(),
             known: HashSet::default(),
             recent: VecDeque::new(),
-            next_token: 0,
+            tokens: Tokens::default(),
             results: VecDeque::new(),
             journal: JournalBook::new(MIN_REWRITE_LINES),
             transmits: VecDeque::new(),
@@ -227,6 +277,7 @@ impl Default for Downlink {
             next_expiry_ms: u64::MAX,
             stats: DownlinkStats::default(),
             duplicates: 0,
+            exchanges_examined: 0,
         }
     }
 }
@@ -234,8 +285,8 @@ impl Default for Downlink {
 /// What the downlink needs to know about a device to send to it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reachability {
-    /// Where it is.
-    pub address: SocketAddr,
+    /// Where it is (and the edge's address it reached).
+    pub address: Peer,
     /// Always reachable (`U`), or only within `window` after `last_uplink` (`UQ`).
     pub queue_mode: bool,
     /// Its last uplink.
@@ -243,12 +294,21 @@ pub struct Reachability {
 }
 
 impl Downlink {
-    /// Empty.
-    pub fn new(token_seed: u64) -> Downlink {
+    /// Empty; the tokens of its requests are derived from `token_key` (keep it secret: pass
+    /// random bytes).
+    pub fn new(token_key: [u8; 16]) -> Downlink {
         Downlink {
-            next_token: token_seed,
+            tokens: Tokens {
+                key: token_key,
+                counter: 0,
+            },
             ..Downlink::default()
         }
+    }
+
+    /// Commands in flight (sent, awaiting their answer).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The same with `limits` on platform commands.
@@ -319,8 +379,8 @@ impl Downlink {
         }
     }
 
-    /// Next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// Next datagram to send: a request for a device.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
         self.transmits.pop_front()
     }
 
@@ -448,8 +508,10 @@ impl Downlink {
             }
             break cmd;
         };
-        self.next_token = self.next_token.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let token = self.next_token.to_be_bytes();
+        let mut token = self.tokens.next();
+        while self.by_token.contains_key(&token) {
+            token = self.tokens.next();
+        }
         let Some(bytes) = encode_request(&next, message_id, &token) else {
             self.finish(
                 CommandResult::failed(&next, "rejected", "the request could not be encoded"),
@@ -457,13 +519,19 @@ impl Downlink {
             );
             return;
         };
-        self.transmits.push_back((reach.address, bytes.clone()));
+        self.transmits.push_back(Outgoing {
+            to: reach.address,
+            bytes: bytes.clone(),
+            device: Some(device.to_owned()),
+        });
         let (next_at, separate_until) = if next.confirmable {
             (Some(now + ACK_TIMEOUT), None)
         } else {
             (None, Some(now + SEPARATE_WAIT))
         };
         self.by_token.insert(token, device.to_owned());
+        self.by_message_id
+            .insert((reach.address.remote, message_id), device.to_owned());
         self.in_flight.insert(
             device.to_owned(),
             Exchange {
@@ -480,7 +548,20 @@ impl Downlink {
         );
     }
 
-    /// An empty ACK or RST from `peer`. Returns the device whose exchange it ended or advanced.
+    /// Removes `device`'s exchange in flight from every index.
+    fn take_in_flight(&mut self, device: &str) -> Option<Exchange> {
+        let x = self.in_flight.remove(device)?;
+        self.by_token.remove(&x.token);
+        let key = (x.peer.remote, x.message_id);
+        if self.by_message_id.get(&key).is_some_and(|d| d == device) {
+            self.by_message_id.remove(&key);
+        }
+        Some(x)
+    }
+
+    /// An empty ACK or RST from `peer`: one index lookup, whatever the number of commands in
+    /// flight. An ACK stops the retransmission (a separate response may follow); a Reset ends
+    /// the exchange. Returns the device whose exchange it ended or advanced.
     pub fn handle_empty(
         &mut self,
         now: Instant,
@@ -488,14 +569,10 @@ impl Downlink {
         message_id: u16,
         reset: bool,
     ) -> Option<String> {
-        let device = self
-            .in_flight
-            .iter()
-            .find(|(_, x)| x.peer == peer && x.message_id == message_id)
-            .map(|(d, _)| d.clone())?;
+        let device = self.by_message_id.get(&(peer, message_id))?.clone();
+        self.exchanges_examined += 1;
         if reset {
-            let x = self.in_flight.remove(&device)?;
-            self.by_token.remove(&x.token);
+            let x = self.take_in_flight(&device)?;
             self.finish(
                 CommandResult::failed(&x.cmd, "reset", "the device answered with Reset"),
                 true,
@@ -507,20 +584,31 @@ impl Downlink {
         Some(device)
     }
 
-    /// A response-class message from `peer`. Returns the device whose command it finished, and
-    /// whether it needs an empty ACK (a Confirmable separate response).
-    pub fn handle_response(&mut self, peer: SocketAddr, packet: &Packet) -> Option<(String, bool)> {
+    /// A response-class message from `peer`, verified as `identity`'s when the gateway
+    /// authenticated it. Returns the device whose command it finished, and whether it needs an
+    /// empty ACK (a Confirmable separate response). It must come from the device the command
+    /// is for: the authenticated one (wherever it sends from), or, for a device known by its
+    /// address only, from the address the command went to.
+    pub fn handle_response(
+        &mut self,
+        peer: SocketAddr,
+        packet: &Packet,
+        identity: Option<&str>,
+    ) -> Option<(String, bool)> {
         let token: [u8; 8] = packet.get_token().try_into().ok()?;
         let device = self.by_token.get(&token)?.clone();
         let x = self.in_flight.get(&device)?;
         let kind = packet.header.get_type();
-        if x.peer != peer
+        let sender = match identity {
+            Some(id) => x.cmd.device == id,
+            None => x.peer.remote == peer,
+        };
+        if !sender
             || (kind == MessageType::Acknowledgement && x.message_id != packet.header.message_id)
         {
             return None;
         }
-        let x = self.in_flight.remove(&device)?;
-        self.by_token.remove(&token);
+        let x = self.take_in_flight(&device)?;
         let code = match packet.header.code {
             MessageClass::Response(_) => packet.header.code.to_string(),
             other => other.to_string(),
@@ -555,14 +643,17 @@ impl Downlink {
                 x.retransmits += 1;
                 x.timeout = x.timeout.saturating_mul(2);
                 x.next_at = Some(now + x.timeout);
-                self.transmits.push_back((x.peer, x.bytes.clone()));
+                self.transmits.push_back(Outgoing {
+                    to: x.peer,
+                    bytes: x.bytes.clone(),
+                    device: Some(device.clone()),
+                });
             } else if x.separate_until.is_some_and(|t| t <= now) {
                 ended.push(device.clone());
             }
         }
         for device in &ended {
-            if let Some(x) = self.in_flight.remove(device) {
-                self.by_token.remove(&x.token);
+            if let Some(x) = self.take_in_flight(device) {
                 self.finish(
                     CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
                     true,

@@ -177,6 +177,13 @@ impl<S: App> Device<S> {
     /// Makes the device register with the edge router in `config` (from `now` on) and send
     /// the reports its [`App`] produces.
     pub fn with_uplink(mut self, now: Instant, config: UplinkConfig) -> Self {
+        self.start_uplink(now, config);
+        self
+    }
+
+    /// As [`Device::with_uplink`], on a device already built: for drivers that learn the edge's
+    /// address only later (a 6LoWPAN device, from its router). Replaces any uplink it had.
+    pub fn start_uplink(&mut self, now: Instant, config: UplinkConfig) {
         let registration = Registration::new(
             now,
             config.server,
@@ -190,7 +197,6 @@ impl<S: App> Device<S> {
             reporter,
         }));
         self.drive_uplink(now);
-        self
     }
 
     /// Queues a telemetry report (SenML-CBOR 112 or SenML-JSON 110) for the edge router.

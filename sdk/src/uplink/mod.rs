@@ -18,7 +18,7 @@ use core::net::SocketAddr;
 use core::time::Duration;
 
 pub use registration::{Binding, Registration, RegistrationState};
-pub use reporter::{QueueFull, ReportStats, Reporter};
+pub use reporter::{QueueFull, ReportEvent, ReportStats, Reporter};
 
 /// Where and how a device registers and reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

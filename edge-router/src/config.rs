@@ -107,6 +107,130 @@ pub struct EdgeConfig {
     /// Checkpoints of the audit trail.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Metrics, the dashboard and the stop.
+    #[serde(default)]
+    pub ops: OpsSection,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[ops]`: the operations listener (`/metrics`, the dashboard) and the graceful stop.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSection {
+    /// HTTP address of `/metrics` and the dashboard; absent (the default): no listener.
+    pub listen: Option<SocketAddr>,
+    /// Allow `listen` on an address other than loopback (the metrics are then readable by
+    /// anyone who reaches it; the dashboard still needs its token). Default false.
+    pub allow_remote: bool,
+    /// The dashboard's access token (at least 16 characters); absent with no
+    /// `dashboard_token_file`: the dashboard is off (`/metrics` stays).
+    pub dashboard_token: Option<String>,
+    /// A file holding the token (first line), e.g. readable by the service user only.
+    pub dashboard_token_file: Option<PathBuf>,
+    /// Rows the dashboard keeps at most (devices past it are counted, not shown).
+    pub dashboard_max_devices: usize,
+    /// HTTP connections open at once at most; more are closed at once (and counted).
+    pub max_connections: usize,
+    /// At a stop (SIGTERM), how long the edge waits for the broker to take what is in the
+    /// outbox, seconds; what is left stays for the next start.
+    pub stop_flush_s: u64,
+    /// While stopping, new requests get 5.03 with this Max-Age, seconds.
+    pub stop_retry_after_s: u32,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        OpsSection {
+            listen: None,
+            allow_remote: false,
+            dashboard_token: None,
+            dashboard_token_file: None,
+            dashboard_max_devices: 200_000,
+            max_connections: 64,
+            stop_flush_s: 10,
+            stop_retry_after_s: 30,
+        }
+    }
+}
+
+impl OpsSection {
+    /// The dashboard's token: `dashboard_token`, else the first line of
+    /// `dashboard_token_file`; `None` when neither is set (dashboard off).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or the token is shorter than 16 characters.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.dashboard_token, &self.dashboard_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.chars().count() < 16 {
+            return Err(ConfigError::Invalid {
+                key: "ops.dashboard_token",
+                reason: "must be at least 16 characters".to_owned(),
+            });
+        }
+        Ok(Some(token))
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Human,
+    /// One JSON object per line (for journald forwarding, Loki, Elasticsearch).
+    Json,
+}
+
+/// `[log]`: format and levels (the `RUST_LOG` variable, when set, replaces `level` and
+/// `modules`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// The level of everything not named in `modules`: error, warn, info, debug, trace.
+    pub level: String,
+    /// Levels per module, e.g. `"v6iot_edge_router::gateway" = "debug"`.
+    pub modules: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+            modules: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl LogSection {
+    /// The filter directive these keys make (`info,v6iot_edge_router::gateway=debug`).
+    #[must_use]
+    pub fn directive(&self) -> String {
+        let mut d = self.level.clone();
+        for (module, level) in &self.modules {
+            d.push_str(&format!(",{module}={level}"));
+        }
+        d
+    }
 }
 
 /// `[commands]`: bounds and the allow-list of commands from the platform (see
@@ -507,6 +631,8 @@ impl EdgeConfig {
             security: SecuritySection::default(),
             commands: CommandsSection::default(),
             audit: AuditSection::default(),
+            ops: OpsSection::default(),
+            log: LogSection::default(),
         }
     }
 
@@ -616,10 +742,55 @@ impl EdgeConfig {
                 reason: e.to_string(),
             });
         }
+        self.check_ops()?;
         if self.outbox.min_sync_interval_us > 100_000 {
             return invalid(
                 "outbox.min_sync_interval_us",
                 "must be at most 100000 (0.1 s): every acknowledgement waits for a sync",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl EdgeConfig {
+    fn check_ops(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(addr) = self.ops.listen
+            && !addr.ip().is_loopback()
+            && !self.ops.allow_remote
+        {
+            return invalid(
+                "ops.listen",
+                "not a loopback address: set ops.allow_remote = true to serve metrics beyond this host",
+            );
+        }
+        if self.ops.max_connections == 0 {
+            return invalid("ops.max_connections", "must be at least 1");
+        }
+        if self.ops.dashboard_token.is_some() && self.ops.dashboard_token_file.is_some() {
+            return invalid(
+                "ops.dashboard_token",
+                "set dashboard_token or dashboard_token_file, not both",
+            );
+        }
+        if let Some(t) = &self.ops.dashboard_token
+            && t.chars().count() < 16
+        {
+            return invalid("ops.dashboard_token", "must be at least 16 characters");
+        }
+        if self.ops.stop_retry_after_s == 0 {
+            return invalid("ops.stop_retry_after_s", "must be at least 1");
+        }
+        if tracing_subscriber::EnvFilter::try_new(self.log.directive()).is_err() {
+            return invalid(
+                "log.level",
+                "log.level and log.modules must be levels (error, warn, info, debug, trace) and module paths",
             );
         }
         Ok(())

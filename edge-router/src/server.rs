@@ -10,6 +10,7 @@
 //!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
+mod ops;
 mod udp;
 
 use std::future::Future;
@@ -41,6 +42,7 @@ use crate::ingress::{
     IngressEvent, IngressStats,
 };
 use crate::journal::{CommandJournal, JournalWriter};
+use crate::ops::live::Live;
 use crate::registry_db::Registry;
 use crate::registry_worker::{FromRegistry, RegistryWorker, ToRegistry};
 
@@ -63,6 +65,8 @@ pub struct EdgeHandle {
     pub ingress: Arc<std::sync::Mutex<IngressStats>>,
     /// A snapshot of the authentication gateway's counters, refreshed by the loop.
     pub gateway: Arc<std::sync::Mutex<GatewayStats>>,
+    /// The metrics/dashboard listener's address actually bound (`ops.listen`).
+    pub ops_addr: Option<SocketAddr>,
 }
 
 /// How often the gateway's counters are logged (when they changed).
@@ -74,6 +78,17 @@ pub async fn run(
     config: EdgeConfig,
     ready: Option<tokio::sync::oneshot::Sender<EdgeHandle>>,
     shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_with_reloads(config, ready, shutdown, None).await
+}
+
+/// [`run`], taking new configurations (SIGHUP) from `reloads`: what can change live is
+/// applied, what needs a restart is named in the log.
+pub async fn run_with_reloads(
+    mut config: EdgeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<EdgeHandle>>,
+    shutdown: impl Future<Output = ()>,
+    reloads: Option<mpsc::UnboundedReceiver<EdgeConfig>>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
     let socket = bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
@@ -106,6 +121,7 @@ pub async fn run(
     mqtt.server_name = config.mqtt.server_name.clone();
     mqtt.report_published = false; // one event per record, and the loop below drops them
     let bridge_stats = mqtt.stats.clone();
+    let (mut live, ops_listener) = ops::start(&config, bridge_stats.clone(), &outbox).await?;
 
     // One durable stream, one or two sinks; an id is acknowledged to the outbox only once
     // every sink has it.
@@ -249,6 +265,7 @@ pub async fn run(
             bridge: bridge_stats,
             ingress: stats.clone(),
             gateway: gateway_stats.clone(),
+            ops_addr: ops_listener.as_ref().map(|l| l.addr),
         });
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
@@ -262,6 +279,9 @@ pub async fn run(
     let mut logged_stats = GatewayStats::default();
     let mut logged_commands = DownlinkStats::default();
     tokio::pin!(shutdown);
+    let mut reloads = reloads;
+    let mut stopping: Option<ops::Stop> = None;
+    live.tick(&gateway);
     loop {
         // The command journal is written on the blocking pool, one batch at a time; the
         // commands in a batch go out once it is durable (the downlink holds them till then).
@@ -270,12 +290,27 @@ pub async fn run(
         {
             journal.start(batch);
         }
-        flush(&mut gateway, &outbox, &mut appends, &security_topic);
+        flush(
+            &mut gateway,
+            &outbox,
+            &mut appends,
+            &security_topic,
+            &mut live,
+        );
         while let Some(datagram) = gateway.poll_transmit() {
             out.push(datagram);
         }
+        live.sent(out.len());
         sender.send(&mut out);
-        drain_side_effects(&mut gateway, &worker);
+        drain_side_effects(&mut gateway, &worker, &mut live);
+        if let Some(stop) = &stopping {
+            let in_flight = !appends.in_flight.is_empty()
+                || !appends.messages.is_empty()
+                || gateway.ingress().waiting() > 0;
+            if stop.done(in_flight, &outbox) {
+                break;
+            }
+        }
         if let Ok(mut s) = stats.lock() {
             *s = *gateway.ingress().stats();
         }
@@ -296,6 +331,7 @@ pub async fn run(
                 };
                 let mut taken = 0;
                 while got > 0 {
+                    live.received(got);
                     for (peer, bytes) in receiver.datagrams() {
                         match peer {
                             Some(peer) => gateway.handle_datagram(now, wall, peer, bytes),
@@ -334,7 +370,10 @@ pub async fn run(
                         FromRegistry::Persisted { id, ok } => {
                             gateway.handle_persisted(Instant::now(), id, ok);
                         }
-                        FromRegistry::Devices(devices) => gateway.handle_devices(unix_ms(), devices),
+                        FromRegistry::Devices(devices) => {
+                            live.devices(&devices);
+                            gateway.handle_devices(unix_ms(), devices);
+                        }
                         FromRegistry::Checkpoint(m) => {
                             tracing::debug!(rows = m.rows, head = %m.head, "audit checkpoint");
                             publish(&outbox, &security_topic, m.to_json());
@@ -361,6 +400,7 @@ pub async fn run(
                 gateway.handle_command(Instant::now(), wall, cmd);
             }
             _ = stats_tick.tick() => {
+                live.tick(&gateway);
                 let now_stats = *gateway.stats();
                 if now_stats != logged_stats {
                     log_gateway_stats(&now_stats);
@@ -373,23 +413,47 @@ pub async fn run(
                 }
             }
             () = sleep_until(deadline) => gateway.handle_timeout(Instant::now(), unix_ms()),
-            () = &mut shutdown => break,
+            Some(new) = next_reload(&mut reloads) => ops::reload(&mut config, new, &mut gateway),
+            () = &mut shutdown, if stopping.is_none() => {
+                stopping = Some(ops::Stop::begin(&config, &mut gateway, &live));
+                live.tick(&gateway);
+            }
+            // while stopping: look again at what is in flight and at the outbox
+            () = tokio::time::sleep(STOP_POLL), if stopping.is_some() => {}
         }
     }
-    tracing::info!("edge router stopping");
+    tracing::info!("edge router stopping: writing the command queue and OSCORE state");
     finish_journal(journal, &mut gateway).await?;
-    drain_side_effects(&mut gateway, &worker);
+    drain_side_effects(&mut gateway, &worker, &mut live);
+    live.tick(&gateway);
     sender.stop();
     worker.stop();
     let _ = stop_tx.send(true);
-    outbox.close().await;
     for task in sink_tasks {
         if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), task).await {
             tracing::warn!(error = %e, "a sink ended with an error");
         }
     }
+    ops::report_outbox(&outbox);
+    outbox.close().await;
     fanout_task.abort();
+    if let Some(l) = ops_listener {
+        l.stop();
+    }
     Ok(())
+}
+
+/// How often a stop under way looks at what is left.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The next reload, or never.
+async fn next_reload(
+    reloads: &mut Option<mpsc::UnboundedReceiver<EdgeConfig>>,
+) -> Option<EdgeConfig> {
+    match reloads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// At shutdown: waits for the journal batch being written and writes what is left (inline:
@@ -421,7 +485,7 @@ fn log_command_stats(s: &DownlinkStats) {
 }
 
 /// Hands the gateway's state batches and audit rows to the registry thread, and logs events.
-fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
+fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut Live) {
     while let Some(batch) = gateway.poll_persist() {
         let id = batch.id;
         if worker.jobs.send(ToRegistry::Persist(batch)).is_err() {
@@ -432,7 +496,9 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
         }
     }
     let mut rows = Vec::new();
+    let wall = unix_ms();
     while let Some(event) = gateway.ingress_mut().poll_event() {
+        live.ingress_event(&event, wall);
         log_event(&event);
         if let Some(row) = audit_row(&event) {
             rows.push(row);
@@ -451,6 +517,7 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
         }
     }
     while let Some(event) = gateway.poll_security_event() {
+        live.security_event(&event, wall);
         tracing::debug!(peer = %event.peer, cause = %event.cause, device = ?event.device, "refused");
     }
     while let Some(row) = gateway.poll_audit() {
@@ -576,11 +643,14 @@ fn flush(
     outbox: &OutboxHandle,
     appends: &mut Appends,
     security_topic: &str,
+    live: &mut Live,
 ) {
     let mut fire_and_forget = Vec::new();
+    let wall = unix_ms();
     while let Some(a) = gateway.ingress_mut().poll_append() {
         match a.ticket {
             Some(t) => {
+                live.telemetry(&a.message, wall);
                 appends.tickets.push(t);
                 appends.messages.push(a.message);
             }

@@ -207,6 +207,7 @@ async fn read_head(stream: &mut TcpStream, stats: &HttpStats) -> Option<(Head, V
             };
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
             match parse_head(&buf) {
+                HeadResult::Complete(_, len) if len > MAX_HEAD => return Some(Err(431)),
                 HeadResult::Complete(head, len) => {
                     let rest = buf.get(len..).unwrap_or_default().to_vec();
                     return Some(Ok((head, rest)));
@@ -231,9 +232,27 @@ async fn read_head(stream: &mut TcpStream, stats: &HttpStats) -> Option<(Head, V
                 &stats.malformed
             });
             let _ = respond(stream, code, "text/plain", &[], b"bad request\n").await;
+            linger(stream).await;
             None
         }
     }
+}
+
+/// After an answer to a request that was not read whole: reads (and drops) what the client
+/// still sends, bounded in bytes and time, so that closing does not reset the connection
+/// before the client has read the answer.
+async fn linger(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }
 
 async fn connection(mut stream: TcpStream, state: &OpsState) {

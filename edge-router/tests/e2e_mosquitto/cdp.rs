@@ -31,7 +31,9 @@ fn chromium() -> PathBuf {
             return PathBuf::from(c);
         }
     }
-    panic!("chromium is not installed: apt-get install chromium chromium-driver (scripts/test does)");
+    panic!(
+        "chromium is not installed: apt-get install chromium chromium-driver (scripts/test does)"
+    );
 }
 
 impl Browser {
@@ -67,7 +69,10 @@ impl Browser {
             {
                 break t;
             }
-            assert!(Instant::now() < deadline, "chromium did not start within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not start within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let mut lines = text.lines();
@@ -84,7 +89,9 @@ impl Browser {
             problems: Vec::new(),
             _profile: profile,
         };
-        let target = b.call("Target.createTarget", json!({"url": "about:blank"})).await;
+        let target = b
+            .call("Target.createTarget", json!({"url": "about:blank"}))
+            .await;
         let target_id = target["targetId"].as_str().unwrap().to_owned();
         let attached = b
             .call(
@@ -132,7 +139,8 @@ impl Browser {
                 self.problems.push(format!("console: {}", p["args"]));
             }
             "Runtime.exceptionThrown" => {
-                self.problems.push(format!("exception: {}", p["exceptionDetails"]));
+                self.problems
+                    .push(format!("exception: {}", p["exceptionDetails"]));
             }
             "Log.entryAdded" if p["entry"]["level"] == "error" => {
                 self.problems.push(format!("log: {}", p["entry"]));
@@ -167,7 +175,10 @@ impl Browser {
             if self.eval(expression).await == json!(true) {
                 return;
             }
-            assert!(Instant::now() < deadline, "page: timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "page: timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -81,7 +81,9 @@ fn metrics_count_what_was_sent_and_refused() {
         dir.path(),
         &format!("mqtt://[::1]:{}", broker.port),
         "",
-        &format!("username = \"edge\"\npassword = \"{MQTT_PASSWORD}\"\nallow_plain_password = true\n"),
+        &format!(
+            "username = \"edge\"\npassword = \"{MQTT_PASSWORD}\"\nallow_plain_password = true\n"
+        ),
         &format!("[ops]\nlisten = \"{ops}\"\ndashboard_token = \"{TOKEN}\"\n"),
     );
     let rt = runtime();
@@ -110,12 +112,24 @@ fn metrics_count_what_was_sent_and_refused() {
     wait_for("the counters", Duration::from_secs(10), || {
         m = scrape(ops);
         m.value("v6iot_coap_ingress_datagrams", &[("outcome", "malformed")]) == 2.0
-            && m.value("v6iot_coap_requests", &[("path", "other"), ("code", "4.04")]) == 3.0
+            && m.value(
+                "v6iot_coap_requests",
+                &[("path", "other"), ("code", "4.04")],
+            ) == 3.0
             && m.value("v6iot_outbox_records", &[]) == 0.0
     });
-    assert_eq!(m.value("v6iot_telemetry_records", &[("outcome", "stored")]), acked);
-    assert_eq!(m.value("v6iot_coap_requests", &[("path", "t"), ("code", "2.04")]), acked);
-    assert_eq!(m.value("v6iot_coap_requests", &[("path", "rd"), ("code", "2.01")]), 4.0);
+    assert_eq!(
+        m.value("v6iot_telemetry_records", &[("outcome", "stored")]),
+        acked
+    );
+    assert_eq!(
+        m.value("v6iot_coap_requests", &[("path", "t"), ("code", "2.04")]),
+        acked
+    );
+    assert_eq!(
+        m.value("v6iot_coap_requests", &[("path", "rd"), ("code", "2.01")]),
+        4.0
+    );
     assert_eq!(m.value("v6iot_registrations", &[("binding", "U")]), 4.0);
     assert_eq!(m.value("v6iot_registrations", &[("binding", "UQ")]), 0.0);
     assert_eq!(m.value("v6iot_mqtt_connected", &[]), 1.0);
@@ -129,7 +143,11 @@ fn metrics_count_what_was_sent_and_refused() {
     assert_eq!(m.value("v6iot_edge_stopping", &[]), 0.0);
     for s in &m.0.samples {
         for v in s.labels.values() {
-            assert!(!v.contains("dev0"), "a device id as a label: {} {v}", s.metric);
+            assert!(
+                !v.contains("dev0"),
+                "a device id as a label: {} {v}",
+                s.metric
+            );
         }
     }
     // OpenMetrics on request
@@ -144,12 +162,30 @@ fn metrics_count_what_was_sent_and_refused() {
     let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
     let (h431, _) = http(ops, big.as_bytes());
     assert!(h431.starts_with("HTTP/1.1 431"), "{h431:?}");
-    assert!(http(ops, b"\x16\x03\x01\x02\x00junk\r\n\r\n").0.starts_with("HTTP/1.1 400"));
-    assert!(http(ops, b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").0.starts_with("HTTP/1.1 413"));
-    assert!(http(ops, b"GET /nothing HTTP/1.1\r\n\r\n").0.starts_with("HTTP/1.1 404"));
+    assert!(
+        http(ops, b"\x16\x03\x01\x02\x00junk\r\n\r\n")
+            .0
+            .starts_with("HTTP/1.1 400")
+    );
+    assert!(
+        http(
+            ops,
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        .0
+        .starts_with("HTTP/1.1 413")
+    );
+    assert!(
+        http(ops, b"GET /nothing HTTP/1.1\r\n\r\n")
+            .0
+            .starts_with("HTTP/1.1 404")
+    );
     // the page is served with its security headers, without the token
     let (head, body) = http(ops, b"GET / HTTP/1.1\r\n\r\n");
-    assert!(head.contains("Content-Security-Policy: default-src 'none'"), "{head}");
+    assert!(
+        head.contains("Content-Security-Policy: default-src 'none'"),
+        "{head}"
+    );
     assert!(body.contains("/app.js"));
 
     // the feed: a wrong token, a binary frame, an oversized message: each closed and counted
@@ -157,32 +193,59 @@ fn metrics_count_what_was_sent_and_refused() {
         let wrong = feed(ops, "wrong-token-wrong-token").await;
         assert_eq!(wrong, vec![r#"{"type":"refused"}"#.to_owned()]);
         let mut ws = open_feed(ops).await;
-        ws.send(Message::text(format!(r#"{{"type":"auth","token":"{TOKEN}"}}"#))).await.unwrap();
+        ws.send(Message::text(format!(
+            r#"{{"type":"auth","token":"{TOKEN}"}}"#
+        )))
+        .await
+        .unwrap();
         let first = ws.next().await.unwrap().unwrap();
         assert!(first.to_text().unwrap().contains(r#""type":"update""#));
         ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
         assert!(closed(&mut ws).await, "a binary frame closes the feed");
         let mut ws = open_feed(ops).await;
-        ws.send(Message::text(format!(r#"{{"type":"auth","token":"{TOKEN}"}}"#))).await.unwrap();
+        ws.send(Message::text(format!(
+            r#"{{"type":"auth","token":"{TOKEN}"}}"#
+        )))
+        .await
+        .unwrap();
         ws.send(Message::text("x".repeat(10_000))).await.unwrap();
-        assert!(closed(&mut ws).await, "an oversized message closes the feed");
+        assert!(
+            closed(&mut ws).await,
+            "an oversized message closes the feed"
+        );
     });
     let m = scrape(ops);
-    assert_eq!(m.value("v6iot_http_requests", &[("outcome", "oversized")]), 1.0);
-    assert_eq!(m.value("v6iot_http_requests", &[("outcome", "malformed")]), 2.0);
-    assert_eq!(m.value("v6iot_http_requests", &[("outcome", "not_found")]), 1.0);
-    assert_eq!(m.value("v6iot_dashboard_feed_refusals", &[("cause", "token")]), 1.0);
-    assert_eq!(m.value("v6iot_dashboard_feed_refusals", &[("cause", "bad_frame")]), 2.0);
+    assert_eq!(
+        m.value("v6iot_http_requests", &[("outcome", "oversized")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("v6iot_http_requests", &[("outcome", "malformed")]),
+        2.0
+    );
+    assert_eq!(
+        m.value("v6iot_http_requests", &[("outcome", "not_found")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("v6iot_dashboard_feed_refusals", &[("cause", "token")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("v6iot_dashboard_feed_refusals", &[("cause", "bad_frame")]),
+        2.0
+    );
     // the edge is still serving
     assert!(m.value("v6iot_http_requests", &[("outcome", "metrics")]) >= 3.0);
     let log = edge.log.lock().unwrap().join("\n");
     assert!(log.contains("metrics on http://"), "the log was kept");
-    assert!(!log.contains(MQTT_PASSWORD) && !log.contains(TOKEN), "a secret in the log");
+    assert!(
+        !log.contains(MQTT_PASSWORD) && !log.contains(TOKEN),
+        "a secret in the log"
+    );
 }
 
-async fn open_feed(
-    ops: SocketAddr,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+async fn open_feed(ops: SocketAddr) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let stream = tokio::net::TcpStream::connect(ops).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://{ops}/ws"), stream)
         .await
@@ -193,7 +256,11 @@ async fn open_feed(
 /// Opens the feed with `token`; the text messages until it closes.
 async fn feed(ops: SocketAddr, token: &str) -> Vec<String> {
     let mut ws = open_feed(ops).await;
-    ws.send(Message::text(format!(r#"{{"type":"auth","token":"{token}"}}"#))).await.unwrap();
+    ws.send(Message::text(format!(
+        r#"{{"type":"auth","token":"{token}"}}"#
+    )))
+    .await
+    .unwrap();
     let mut texts = Vec::new();
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
         match m {
@@ -237,7 +304,12 @@ fn a_listener_that_cannot_bind_fails_the_start_naming_the_address() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot bind the metrics/dashboard listener on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot bind the metrics/dashboard listener on {addr}"
+        )),
+        "{err}"
+    );
 }
 
 /// Sends `signal` to the edge's process.
@@ -259,7 +331,10 @@ fn exit_status(edge: &mut Edge, limit: Duration) -> std::process::ExitStatus {
             edge.child = None;
             return status;
         }
-        assert!(Instant::now() < deadline, "the edge did not exit within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the edge did not exit within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -283,10 +358,14 @@ fn sigterm_with_the_broker_up_flushes_everything_and_exits_0() {
     let acked = acknowledged(&results);
     assert!(acked.len() >= 200, "{}", acked.len());
     // while stopping, new reports were answered 5.03 (busy), not lost
-    wait_for("every acknowledged record at the broker", Duration::from_secs(10), || {
-        let seen = seen.lock().unwrap();
-        acked.iter().all(|k| seen.records.contains_key(k))
-    });
+    wait_for(
+        "every acknowledged record at the broker",
+        Duration::from_secs(10),
+        || {
+            let seen = seen.lock().unwrap();
+            acked.iter().all(|k| seen.records.contains_key(k))
+        },
+    );
     edge.await_log("the outbox is flushed", Duration::from_secs(1));
     edge.await_log("stopping: new requests get 5.03", Duration::from_secs(1));
 }
@@ -314,20 +393,31 @@ fn sigterm_with_the_broker_down_keeps_the_records_for_the_next_start() {
     });
     let results = stop_devices(&rt, &stop_tx, tasks);
     let acked = acknowledged(&results);
-    assert_eq!(acked.len(), 50, "stored in the outbox while the broker is down");
+    assert_eq!(
+        acked.len(),
+        50,
+        "stored in the outbox while the broker is down"
+    );
     let started = Instant::now();
     signal(&edge, "TERM");
     let status = exit_status(&mut edge, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(12), "the flush deadline bounds the stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "the flush deadline bounds the stop"
+    );
     edge.await_log("they stay in the outbox", Duration::from_secs(1));
     assert!(seen.lock().unwrap().records.is_empty());
     broker.restart();
     edge.restart();
-    wait_for("every stored record after the next start", Duration::from_secs(30), || {
-        let seen = seen.lock().unwrap();
-        acked.iter().all(|k| seen.records.contains_key(k))
-    });
+    wait_for(
+        "every stored record after the next start",
+        Duration::from_secs(30),
+        || {
+            let seen = seen.lock().unwrap();
+            acked.iter().all(|k| seen.records.contains_key(k))
+        },
+    );
 }
 
 #[test]
@@ -337,15 +427,24 @@ fn sighup_applies_new_limits_and_names_what_needs_a_restart() {
     let edge = Edge::start(dir.path(), broker.port, "", "");
     let conf = dir.path().join("edge.toml");
     let text = std::fs::read_to_string(&conf).unwrap();
-    let text = text.replace("require_oscore = false", "require_oscore = false\nrate_per_device = 7");
+    let text = text.replace(
+        "require_oscore = false",
+        "require_oscore = false\nrate_per_device = 7",
+    );
     let text = text.replace("[coap]\n", "[coap]\nmax_body = 1000\n");
     std::fs::write(&conf, format!("{text}\n[log]\nlevel = \"debug\"\n")).unwrap();
     signal(&edge, "HUP");
     edge.await_log("reload: new rate limits", Duration::from_secs(10));
     edge.await_log("take effect only after a restart", Duration::from_secs(10));
     let log = edge.log.lock().unwrap().join("\n");
-    let line = log.lines().find(|l| l.contains("only after a restart")).unwrap();
-    assert!(line.contains("coap") && !line.contains("security"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("only after a restart"))
+        .unwrap();
+    assert!(
+        line.contains("coap") && !line.contains("security"),
+        "{line}"
+    );
     // RUST_LOG is set by the harness: the levels stay as it says
     assert!(log.contains("log levels come from RUST_LOG"), "{log}");
     // a file that no longer parses is refused; the edge goes on

@@ -141,8 +141,6 @@ function init() {
   $("login").addEventListener("submit", (e) => {
     e.preventDefault();
     location.hash = "token=" + encodeURIComponent($("token").value);
-    $("login").hidden = true;
-    connect();
   });
   let debounce = 0;
   $("filter").addEventListener("input", (e) => {
@@ -161,6 +159,8 @@ function init() {
       sendQuery();
     });
   }
+  // a new token in the fragment: start over with it
+  window.addEventListener("hashchange", () => location.reload());
   connect();
 }
 

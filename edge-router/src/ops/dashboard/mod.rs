@@ -30,6 +30,7 @@ pub const SECURITY_HEADERS: &[(&str, &str)] = &[
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");
 const STYLE: &str = include_str!("app.css");
+const ICON: &str = include_str!("favicon.svg");
 
 /// The file at `path`: (content type, body).
 #[must_use]
@@ -38,6 +39,7 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
         "/" | "/index.html" => Some(("text/html; charset=utf-8", INDEX)),
         "/app.js" => Some(("text/javascript; charset=utf-8", SCRIPT)),
         "/app.css" => Some(("text/css; charset=utf-8", STYLE)),
+        "/favicon.svg" | "/favicon.ico" => Some(("image/svg+xml", ICON)),
         _ => None,
     }
 }

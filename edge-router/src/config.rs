@@ -801,6 +801,59 @@ impl EdgeConfig {
 mod tests {
     use super::*;
 
+    const PACKAGED: &str = include_str!("../debian/edge.toml");
+
+    /// The fields serde expects in `section` (from the message refusing an unknown key).
+    fn expected_fields(section: Option<&str>) -> Vec<String> {
+        let table = section.map(|s| format!("[{s}]\n")).unwrap_or_default();
+        let e = EdgeConfig::parse(&format!("site = \"a\"\n{table}zzz_unknown = 1\n"))
+            .unwrap_err()
+            .to_string();
+        let list = e.split("expected ").nth(1).unwrap_or_else(|| panic!("{e}"));
+        let list = list.split('\n').next().unwrap_or_default();
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The example configuration the package installs: valid as shipped, valid with every
+    /// optional key switched on, and naming every key the configuration has (no more, no
+    /// fewer), so it cannot drift from the code.
+    #[test]
+    fn the_packaged_example_names_every_key() {
+        EdgeConfig::parse(PACKAGED).unwrap();
+        let all: String = PACKAGED
+            .lines()
+            .filter(|l| !l.contains("dashboard_token_file")) // one of two alternatives
+            .map(|l| format!("{}\n", l.strip_prefix("#: ").unwrap_or(l)))
+            .collect();
+        EdgeConfig::parse(&all).unwrap();
+        let table: toml::Table = toml::from_str(&all).unwrap();
+        let mut top: Vec<String> = table.keys().cloned().collect();
+        top.sort();
+        let mut want = expected_fields(None);
+        want.sort();
+        assert_eq!(top, want, "top-level keys");
+        for (name, value) in &table {
+            let Some(section) = value.as_table() else {
+                continue;
+            };
+            let mut keys: Vec<String> = section.keys().cloned().collect();
+            if name == "ops" {
+                keys.push("dashboard_token_file".to_owned());
+            }
+            keys.sort();
+            let mut want = expected_fields(Some(name));
+            want.sort();
+            assert_eq!(keys, want, "keys of [{name}]");
+            for line in PACKAGED.lines() {
+                assert!(!line.contains("= \"\""), "an empty value: {line}");
+            }
+        }
+    }
+
     #[test]
     fn the_documented_example_parses() {
         let doc = include_str!("config.rs");

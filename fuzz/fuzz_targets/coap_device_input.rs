@@ -15,11 +15,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use v6iot_sdk::time::Instant;
 use v6iot_sdk::coap::{
     App, Changed, Code, Config, Device, Reply, Resource, ResourceTree, Response, Ticket, wire,
 };
 use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};
+use v6iot_sdk::time::Instant;
 
 #[derive(Default)]
 struct Fz {

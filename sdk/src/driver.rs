@@ -5,14 +5,16 @@
 //! credentials it also writes the state the device asks for (sequence-number mark and replay
 //! floor) to a [`MarkStore`] and confirms it ([`run_with_store`]).
 
-use crate::time::Instant;
 use std::future::Future;
 use std::io;
+use std::vec;
 
 use tokio::net::UdpSocket;
 
 use crate::coap::{App, Device, Event};
+use crate::persist::PersistFailed;
 use crate::store::{MarkStore, NoStore};
+use crate::time::Instant;
 
 /// Largest datagram the driver receives; CoAP over UDP stays far below it.
 const MAX_DATAGRAM: usize = 64 * 1024;
@@ -54,15 +56,9 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
             on_event(event);
         }
         let mut retry_store_at = None;
-        while let Some(state) = device.state_to_persist() {
-            match store.store(state) {
-                Ok(()) => device.state_persisted(Instant::now(), state),
-                Err(e) => {
-                    tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, error = %e, "cannot store the OSCORE state; messages and verified requests wait");
-                    retry_store_at = Some(Instant::now() + STORE_RETRY);
-                    break;
-                }
-            }
+        if let Err(PersistFailed { state, error }) = device.persist(Instant::now(), store) {
+            tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, %error, "cannot store the OSCORE state; messages and verified requests wait");
+            retry_store_at = Some(Instant::now() + STORE_RETRY);
         }
         while let Some(t) = device.poll_transmit() {
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {

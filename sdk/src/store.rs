@@ -1,5 +1,6 @@
-//! Durable storage of a device's OSCORE state (RFC 8613 Appendix B.1.1, B.1.2): the file I/O
-//! behind [`Device::state_to_persist`](crate::coap::Device::state_to_persist).
+//! Durable storage of a device's OSCORE state (RFC 8613 Appendix B.1.1, B.1.2) in files (feature
+//! `std`): the file I/O behind [`Device::state_to_persist`](crate::coap::Device::state_to_persist),
+//! implementing the core's [`StateStore`](crate::persist::StateStore) through [`MarkStore`].
 //!
 //! The sans-IO core names a [`DurableState`] — the sender sequence-number mark and the replay
 //! floor of received requests; a [`MarkStore`] writes it so that it survives a crash (write a
@@ -15,17 +16,28 @@
 //! the decimal replay floor, then a newline (`4096 17`). A file written before replay floors
 //! were kept holds the mark alone (`4096`) and reads as floor 0.
 
+use std::format;
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::string::String;
 
 use crate::oscore::DurableState;
 
-/// Where a driver writes the OSCORE state a device asks for.
+/// Where a driver writes the OSCORE state a device asks for, with `std::io` errors: the form of
+/// [`StateStore`] for Linux (every `MarkStore` is one).
 pub trait MarkStore {
     /// Writes `state` (both values) durably; returns once it would survive a crash or power
     /// loss.
     fn store(&mut self, state: DurableState) -> io::Result<()>;
+}
+
+impl<T: MarkStore + ?Sized> crate::persist::StateStore for T {
+    type Error = io::Error;
+
+    fn store(&mut self, state: DurableState) -> io::Result<()> {
+        MarkStore::store(self, state)
+    }
 }
 
 /// A store that cannot store: every write fails, so a device with credentials sends nothing

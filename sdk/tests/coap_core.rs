@@ -10,14 +10,21 @@
 
 mod common;
 
+/// Every allocation counted, so the memory test measures what a device holds.
+#[global_allocator]
+static ALLOC: common::counting_alloc::Counting = common::counting_alloc::Counting;
+
 use std::time::Duration;
 use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use common::counting_alloc::{heap_freed_by, live};
 use common::{BIG, Thing, big_body, code, config, get, peer, recv, recv_all, request, send, tree};
 use proptest::prelude::*;
 use v6iot_sdk::coap::wire::{self, Block};
-use v6iot_sdk::coap::{Changed, Code, Config, Device, Event, ObserveEnd, ResourceId, Response};
+use v6iot_sdk::coap::{
+    Changed, Code, Config, Device, Endpoint, Event, ObserveEnd, ResourceId, Response,
+};
 
 fn device() -> Device<Thing> {
     Device::new(config(), 7, tree(), Thing::default())
@@ -717,16 +724,29 @@ fn an_idle_device_fits_in_two_kib() {
     }
     send(&mut d, t0, &post_block(500, 0, true, 6, &[0; 1024]));
     let _ = recv_all(&mut d);
-    let busy = d.endpoint().memory_footprint();
+    let busy = live();
     let idle = t0 + config().exchange_lifetime() + Duration::from_secs(1);
     d.handle_timeout(idle);
-    let footprint = d.endpoint().memory_footprint();
+    let released = busy - live();
     assert!(
-        footprint <= 2048,
-        "idle endpoint holds {footprint} bytes (busy: {busy})"
+        released > 1024,
+        "going idle gives back the dedup cache and the upload: {released} bytes"
     );
-    assert!(busy > footprint);
-    assert!(std::mem::size_of::<Device<Thing>>() <= 1024);
+    assert_eq!(d.endpoint().observer_count(), 1, "the observer stays");
+    // Measured, not estimated: the heap the device frees when dropped (its shared tree kept
+    // alive here), plus the device itself.
+    let tree = d.tree().clone();
+    let size = std::mem::size_of::<Device<Thing>>();
+    let estimate = d.endpoint().memory_footprint();
+    let heap = heap_freed_by(|| drop(d));
+    // The endpoint's own estimate (its struct and its heap) agrees: the app here holds no heap.
+    assert_eq!(estimate, std::mem::size_of::<Endpoint>() + heap);
+    let footprint = size + heap;
+    eprintln!("idle device with an observer: {size} bytes + {heap} bytes of heap = {footprint}");
+    assert!(heap > 0, "the observer lives on the heap");
+    assert!(footprint <= 2048, "idle device holds {footprint} bytes");
+    assert!(size <= 1024);
+    drop(tree);
 }
 
 proptest! {

@@ -1,8 +1,10 @@
 //! Interface IDs: the plan's class and serial form, modified EUI-64 and 802.15.4 short addresses.
 
-use std::fmt;
-use std::net::Ipv6Addr;
-use std::str::FromStr;
+use alloc::borrow::ToOwned;
+
+use core::fmt;
+use core::net::Ipv6Addr;
+use core::str::FromStr;
 
 use super::AddrError;
 

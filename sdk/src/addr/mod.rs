@@ -52,7 +52,7 @@
 //! address, so 6LoWPAN IPHC (RFC 6282) can elide the IID entirely.
 //!
 //! ```
-//! use std::net::Ipv6Addr;
+//! use core::net::Ipv6Addr;
 //! use v6iot_sdk::addr::{DeviceAddress, Eui64, SitePrefix};
 //!
 //! # fn main() -> Result<(), v6iot_sdk::addr::AddrError> {
@@ -70,7 +70,9 @@
 //! # }
 //! ```
 
-use std::net::Ipv6Addr;
+use alloc::string::String;
+
+use core::net::Ipv6Addr;
 
 mod iid;
 mod plan;

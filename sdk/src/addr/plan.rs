@@ -1,8 +1,12 @@
 //! The routing half of the plan (site and subnet) and whole device addresses.
 
-use std::fmt;
-use std::net::Ipv6Addr;
-use std::str::FromStr;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+
+use core::fmt;
+use core::net::Ipv6Addr;
+use core::str::FromStr;
 
 use super::AddrError;
 use super::iid::{DeviceIid, Eui64, InterfaceId, ShortAddr, link_local};

@@ -1,6 +1,6 @@
 //! Transmission parameters (RFC 7252 §4.8) and the limits that bound a device's memory.
 
-use std::time::Duration;
+use core::time::Duration;
 
 /// Settings of one CoAP endpoint. The defaults are RFC 7252's and fit a device on IPv6/UDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

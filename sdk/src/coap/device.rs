@@ -14,14 +14,19 @@
 //! After a restart the device is built from the stored state with
 //! [`SecurityContext::restore_state`].
 
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::time::Instant;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use alloc::sync::Arc;
+use core::net::SocketAddr;
 
 use super::config::Config;
 use super::endpoint::{Endpoint, Event, RequestId, RequestOutcome, SeparateError, Transmit};
 use super::resource::{Changed, ResourceTree, Response, Ticket};
 use crate::oscore::{DurableState, SecurityContext};
+use crate::persist::{PersistFailed, StateStore};
 use crate::uplink::{QueueFull, Registration, Reporter, UplinkConfig};
 
 /// The application side of a device: its own timers, and which resources changed.
@@ -76,8 +81,8 @@ pub struct Device<S> {
     uplink: Option<Box<Uplink>>,
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for Device<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<S: core::fmt::Debug> core::fmt::Debug for Device<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Device")
             .field("endpoint", &self.endpoint)
             .field("app", &self.app)
@@ -139,6 +144,24 @@ impl<S: App> Device<S> {
         self.after_persisted(now);
     }
 
+    /// Writes every state the device asks for to `store` and confirms each once written
+    /// ([`Device::state_to_persist`], then [`Device::state_persisted`]): what a driver does
+    /// before it sends. On a failed write the device keeps waiting for that state (its
+    /// messages and verified requests stay held); call again later.
+    pub fn persist<M: StateStore + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut M,
+    ) -> Result<(), PersistFailed<M::Error>> {
+        while let Some(state) = self.state_to_persist() {
+            store
+                .store(state)
+                .map_err(|error| PersistFailed { state, error })?;
+            self.state_persisted(now, state);
+        }
+        Ok(())
+    }
+
     fn after_persisted(&mut self, now: Instant) {
         for id in self.endpoint.take_held_notifications() {
             self.endpoint.notify(now, id, &self.tree, &mut self.app);
@@ -149,6 +172,13 @@ impl<S: App> Device<S> {
     /// Makes the device register with the edge router in `config` (from `now` on) and send
     /// the reports its [`App`] produces.
     pub fn with_uplink(mut self, now: Instant, config: UplinkConfig) -> Self {
+        self.start_uplink(now, config);
+        self
+    }
+
+    /// As [`Device::with_uplink`], on a device already built: for drivers that learn the edge's
+    /// address only later (a 6LoWPAN device, from its router). Replaces any uplink it had.
+    pub fn start_uplink(&mut self, now: Instant, config: UplinkConfig) {
         let registration = Registration::new(
             now,
             config.server,
@@ -164,7 +194,6 @@ impl<S: App> Device<S> {
             links,
         }));
         self.drive_uplink(now);
-        self
     }
 
     /// Queues a telemetry report (SenML-CBOR 112 or SenML-JSON 110) for the edge router.

@@ -5,9 +5,15 @@
 //! plain `fn` pointers that get the device's own state `S` by `&mut`, so the tree holds no
 //! per-device data.
 
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
 use crate::time::Instant;
-use std::fmt::Write as _;
-use std::net::SocketAddr;
+use core::fmt::Write as _;
+use core::net::SocketAddr;
 
 pub use coap_lite::RequestType as Method;
 pub use coap_lite::ResponseType as Code;
@@ -103,7 +109,7 @@ pub struct Request<'a> {
 impl Request<'_> {
     /// The payload as UTF-8 text, trimmed, if it is text.
     pub fn text(&self) -> Option<&str> {
-        std::str::from_utf8(self.payload).ok().map(str::trim)
+        core::str::from_utf8(self.payload).ok().map(str::trim)
     }
 
     /// The value of query parameter `key` (`key=value`), if present.
@@ -212,8 +218,8 @@ pub struct Resource<S> {
     delete: Option<Handler<S>>,
 }
 
-impl<S> std::fmt::Debug for Resource<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<S> core::fmt::Debug for Resource<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Resource")
             .field("path", &self.path)
             .field("attrs", &self.attrs)
@@ -365,8 +371,8 @@ pub struct ResourceTree<S> {
     resources: Vec<Resource<S>>,
 }
 
-impl<S> std::fmt::Debug for ResourceTree<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<S> core::fmt::Debug for ResourceTree<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_list().entries(self.resources.iter()).finish()
     }
 }

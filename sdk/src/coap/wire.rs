@@ -7,6 +7,8 @@
 //!
 //! No function here panics on any input.
 
+use alloc::vec::Vec;
+
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
 /// Why an incoming datagram was not accepted as a CoAP message (RFC 7252 §3, §4.2).

@@ -2,6 +2,8 @@
 //! (§3.2.1, HKDF-SHA-256), and the mutable parts: the sender sequence number and the replay
 //! window.
 
+use alloc::vec::Vec;
+
 use core::fmt;
 
 use hkdf::Hkdf;

@@ -6,6 +6,8 @@
 //! integers, written by hand (RFC 8949 §3: head byte with major type and length, then content);
 //! nothing here decodes CBOR.
 
+use alloc::vec::Vec;
+
 use aes::Aes128;
 use ccm::aead::{Aead, KeyInit, Payload};
 use ccm::consts::{U8, U13};

@@ -17,6 +17,8 @@
 //! empty value, §2) and Partial IVs with leading zero bytes (§5: they SHALL be removed), so every
 //! accepted value has exactly one encoding and `emit(parse(v)) == v`.
 
+use alloc::vec::Vec;
+
 use coap_lite::{CoapOption, Packet};
 
 use super::OscoreError;

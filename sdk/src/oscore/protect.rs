@@ -22,7 +22,9 @@
 //! of token and {context, request Partial IV}). `RequestInfo` is deliberately not `Clone`: it
 //! tracks whether the request's nonce was used for a response, so it must exist once.
 
-use std::collections::LinkedList;
+use alloc::vec::Vec;
+
+use alloc::collections::LinkedList;
 
 use coap_lite::{CoapOption, MessageClass, Packet};
 

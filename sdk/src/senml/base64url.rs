@@ -4,6 +4,9 @@
 //! correctly padded input; it rejects the standard alphabet's `+` and `/`, whitespace, and
 //! non-zero trailing bits (so every byte string has exactly one accepted encoding).
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// Encodes `data` as base64url without padding.

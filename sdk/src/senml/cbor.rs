@@ -1,6 +1,11 @@
 //! The CBOR representation, `application/senml+cbor` (RFC 8428 §6).
 
-use serde_cbor::Value as Cbor;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use serde::Serialize;
+
+use super::cbor_value::CborValue as Cbor;
 
 use super::SenmlError;
 use super::raw::{RawPack, RawRecord};
@@ -18,13 +23,11 @@ pub fn to_cbor(pack: &[Record]) -> Result<Vec<u8>, SenmlError> {
     // Sized up front for a typical report (a few records with short names): one allocation
     // instead of several as the buffer grows.
     let mut out = Vec::with_capacity(64 + 48 * pack.len());
-    serde_cbor::to_writer(
-        &mut out,
-        &PackSer {
-            pack,
-            style: Style::Cbor,
-        },
-    )
+    PackSer {
+        pack,
+        style: Style::Cbor,
+    }
+    .serialize(&mut serde_cbor::Serializer::new(&mut out))
     .map_err(|e| SenmlError::Encode(e.to_string()))?;
     Ok(out)
 }

@@ -1,5 +1,7 @@
 //! The one error type of the SenML codecs and of resolution.
 
+use alloc::string::String;
+
 /// Why a SenML pack could not be decoded, encoded or resolved.
 ///
 /// Record numbers in the variants count from 0, in the order the records appear in the pack.

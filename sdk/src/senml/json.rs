@@ -1,5 +1,9 @@
 //! The JSON representation, `application/senml+json` (RFC 8428 §5).
 
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
 use serde_json::Value as Json;
 
 use super::SenmlError;

@@ -47,6 +47,7 @@
 
 mod base64url;
 mod cbor;
+mod cbor_value;
 mod error;
 mod json;
 mod raw;

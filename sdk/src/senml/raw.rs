@@ -4,8 +4,10 @@
 //! Anything that is not an array (at the top) or not a map (an element) is consumed and
 //! reported as such instead of failing inside serde, so the decoders can say what was wrong.
 
-use std::fmt;
-use std::marker::PhantomData;
+use alloc::vec::Vec;
+
+use core::fmt;
+use core::marker::PhantomData;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 

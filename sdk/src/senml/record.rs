@@ -1,5 +1,9 @@
 //! The unresolved SenML record, the pack builder, and pack validation.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use super::SenmlError;
 
 /// The SenML version of RFC 8428, assumed when a pack has no `bver` field.
@@ -605,7 +609,8 @@ const EXACT_INT_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
 
 impl From<f64> for Number {
     fn from(x: f64) -> Self {
-        let integral = x.fract() == 0.0 && x.abs() <= EXACT_INT_LIMIT;
+        // Integral when the cast to i64 and back is exact (in range, so the cast does not saturate).
+        let integral = x.abs() <= EXACT_INT_LIMIT && (x as i64) as f64 == x;
         if integral && !(x == 0.0 && x.is_sign_negative()) {
             // In range and integral, so the cast is exact.
             Number::Int(x as i64)

@@ -1,5 +1,9 @@
 //! Resolution of a pack into self-contained records (RFC 8428 §4.6).
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use super::SenmlError;
 use super::record::{Field, Record, validate};
 

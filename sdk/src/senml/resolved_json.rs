@@ -12,11 +12,17 @@
 //!
 //! The decoders are serde visitors over the same deserializers (`serde_json`, `serde_cbor`) that
 //! the owned decoders use, reading values the same way: unknown labels' values are read as
-//! `serde_json::Value` / `serde_cbor::Value`, as there, so nesting limits and errors agree.
+//! `serde_json::Value` / the CBOR decoder's own item type, as there, so nesting limits and errors
+//! agree.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use alloc::borrow::Cow;
+use core::fmt;
+use core::marker::PhantomData;
 
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
@@ -76,7 +82,7 @@ pub fn resolve_to_json(
         Encoding::Cbor => {
             let mut de = serde_cbor::Deserializer::from_slice(bytes);
             (&mut de)
-                .deserialize_any(PackVisitor::<serde_cbor::Value> {
+                .deserialize_any(PackVisitor::<super::cbor_value::CborValue> {
                     now,
                     json: false,
                     skip: PhantomData,
@@ -745,14 +751,30 @@ fn encode_error(e: serde_json::Error) -> SenmlError {
 
 /// A JSON string, escaped by serde_json.
 fn write_text(out: &mut Vec<u8>, text: &str) -> Result<(), SenmlError> {
-    serde_json::to_writer(out, text).map_err(encode_error)
+    write_json_value(out, text)
 }
 
 /// A number as the encoders write it: an integer when exact, else serde_json's shortest float.
 fn write_number(out: &mut Vec<u8>, x: f64) -> Result<(), SenmlError> {
     match Number::from(x) {
-        Number::Int(i) => serde_json::to_writer(out, &i),
-        Number::Float(x) => serde_json::to_writer(out, &x),
+        Number::Int(i) => write_json_value(out, &i),
+        Number::Float(x) => write_json_value(out, &x),
     }
-    .map_err(encode_error)
+}
+
+/// One value as serde_json writes it, appended to `out`: straight into the buffer with `std`
+/// (serde_json's writer API needs `std::io`), through a short-lived vector without it.
+fn write_json_value<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), SenmlError> {
+    #[cfg(feature = "std")]
+    {
+        serde_json::to_writer(out, value).map_err(encode_error)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        out.extend_from_slice(&serde_json::to_vec(value).map_err(encode_error)?);
+        Ok(())
+    }
 }

@@ -6,6 +6,8 @@
 //! smallest of half, single and double precision that holds them exactly; with both rules the
 //! CBOR example of RFC 8428 §6 is reproduced byte for byte.
 
+use alloc::string::String;
+
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use super::base64url;

@@ -9,11 +9,13 @@
 //! Both drive an [`Endpoint`](crate::coap::Endpoint)'s client role and take the time as an
 //! argument; [`Device`](crate::coap::Device) runs them when given an [`UplinkConfig`].
 
+use alloc::string::String;
+
 pub mod registration;
 pub mod reporter;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use core::net::SocketAddr;
+use core::time::Duration;
 
 pub use registration::{Binding, Registration, RegistrationState};
 pub use reporter::{QueueFull, ReportStats, Reporter};

@@ -1,7 +1,10 @@
 //! Registration with a CoRE Resource Directory (RFC 9176 §5.3), with LwM2M's `b` binding.
 
+use alloc::format;
+use alloc::string::String;
+
+use core::net::SocketAddr;
 use core::time::Duration;
-use std::net::SocketAddr;
 
 use crate::time::Instant;
 

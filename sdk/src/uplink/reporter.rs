@@ -1,8 +1,10 @@
 //! Telemetry reports: `POST /t` with a SenML body, one at a time, retried after 5.03.
 
+use alloc::vec::Vec;
+
+use alloc::collections::VecDeque;
+use core::net::SocketAddr;
 use core::time::Duration;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 
 use crate::time::Instant;
 
@@ -118,7 +120,7 @@ impl Reporter {
 
     /// True once, after the edge said it does not know this device (4.03).
     pub fn take_needs_registration(&mut self) -> bool {
-        std::mem::take(&mut self.needs_registration)
+        core::mem::take(&mut self.needs_registration)
     }
 
     /// Takes the outcome of one of its requests; false when `id` is not one of them.

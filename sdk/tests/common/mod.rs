@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod counting_alloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use v6iot_sdk::time::Instant;

@@ -1,8 +1,12 @@
 //! The client role of an [`Endpoint`]: requests this device sends (registration, telemetry),
 //! matched to their responses — piggybacked on the ACK, or separate (RFC 7252 §5.2).
 
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::time::Instant;
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 

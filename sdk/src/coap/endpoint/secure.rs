@@ -22,11 +22,15 @@
 //! notifications as "resource changed" (the observer gets the then current state once a mark is
 //! confirmed). Responses bound to a request's nonce need no number and are never held.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use alloc::collections::VecDeque;
+use core::net::SocketAddr;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
+use super::request::Incoming;
 use super::{Endpoint, RequestId, Token};
 use crate::coap::resource::{Code, Method, ResourceId, ResourceTree, WELL_KNOWN_CORE};
 use crate::coap::wire;
@@ -130,17 +134,17 @@ impl Secure {
     /// Bytes held on the heap for OSCORE (approximate: the held messages' bodies and options
     /// are counted by their payloads).
     pub(super) fn memory_footprint(&self) -> usize {
-        std::mem::size_of::<Secure>()
+        core::mem::size_of::<Secure>()
             + self.ctx.sender_id().len()
             + self.ctx.recipient_id().len()
-            + self.held_requests.capacity() * std::mem::size_of::<HeldRequest>()
+            + self.held_requests.capacity() * core::mem::size_of::<HeldRequest>()
             + self
                 .held_requests
                 .iter()
                 .map(|h| h.packet.payload.len())
                 .sum::<usize>()
-            + self.held_notifications.capacity() * std::mem::size_of::<ResourceId>()
-            + self.held_incoming.capacity() * std::mem::size_of::<HeldIncoming>()
+            + self.held_notifications.capacity() * core::mem::size_of::<ResourceId>()
+            + self.held_incoming.capacity() * core::mem::size_of::<HeldIncoming>()
             + self
                 .held_incoming
                 .iter()
@@ -334,17 +338,15 @@ impl Endpoint {
         }
         self.persisted(now, state.sender_mark);
         while let Some(held) = self.next_admitted() {
-            self.serve_request(
+            let request = Incoming {
                 now,
-                held.peer,
-                held.message_id,
-                held.confirmable,
-                held.token,
-                &held.packet,
-                Some(held.info),
-                tree,
-                app,
-            );
+                peer: held.peer,
+                message_id: held.message_id,
+                confirmable: held.confirmable,
+                token: held.token,
+                packet: &held.packet,
+            };
+            self.serve_request(&request, Some(held.info), tree, app);
         }
     }
 
@@ -421,7 +423,7 @@ impl Endpoint {
     pub fn take_held_notifications(&mut self) -> Vec<ResourceId> {
         self.secure
             .as_deref_mut()
-            .map(|s| std::mem::take(&mut s.held_notifications))
+            .map(|s| core::mem::take(&mut s.held_notifications))
             .unwrap_or_default()
     }
 

@@ -1,0 +1,324 @@
+//! The examples against the real `v6iot-edge` binary (requiring OSCORE) and mosquitto:
+//!
+//! 1. `oscore_sensor` (tokio driver) with the demo credentials the edge imported registers and
+//!    reports; `platform` (MQTT) sees its telemetry (reports, and the notifications of the
+//!    temperature the edge observes), sends `PUT /actuators/valve 1` and gets the device's 2.04;
+//!    the sensor, stopped with Ctrl-C (SIGINT), says its valve is open.
+//! 2. `sans_io_sensor` (the hand-driven loop) continues from the same OSCORE state file and
+//!    gets 2 reports acknowledged (a reused sequence number would be refused as a replay).
+//!
+//! The binaries come from the workspace's build: `cargo test -p v6iot-examples` builds this
+//! package's examples (`--test examples_e2e` alone does not: it would run stale ones), and
+//! `v6iot-edge` is built when the edge router's tests are (`cargo test --workspace`, as
+//! scripts/test runs it); alone, run `cargo build -p v6iot-edge-router` first.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `target/debug` (or whichever profile built this test).
+fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<this test>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+fn binary(relative: &str, how: &str) -> PathBuf {
+    let path = build_dir().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: {how} (scripts/test builds the whole workspace before testing)",
+        path.display()
+    );
+    path
+}
+
+fn edge_bin() -> PathBuf {
+    binary("v6iot-edge", "run `cargo build -p v6iot-edge-router`")
+}
+
+fn example(name: &str) -> PathBuf {
+    binary(
+        &format!("examples/{name}"),
+        "run `cargo build -p v6iot-examples --examples`",
+    )
+}
+
+fn demo_csv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("credentials/demo.csv")
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` with stdout and stderr read line by line into a channel.
+fn spawn_lines(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (Running(child), rx)
+}
+
+/// Reads lines until one contains `needle` (all lines read so far returned), within `limit`.
+fn await_line(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + limit;
+    while !seen.iter().any(|l| l.contains(needle)) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("no line with `{needle}` within {limit:?}: {seen:#?}"));
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with `{needle}` within {limit:?}: {seen:#?}"),
+        }
+    }
+}
+
+fn mosquitto(dir: &Path) -> (Running, u16) {
+    let port = free_tcp_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} ::1\nallow_anonymous true\nuser root\nlog_dest stderr\n"),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is not installed: run scripts/test (it installs Debian's mosquitto)");
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("::1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (running, port)
+}
+
+fn edge_cli(args: &[&str], data: &Path, key_hex: &str) -> Output {
+    Command::new(edge_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("V6IOT_SEAL_KEY", key_hex)
+        .output()
+        .unwrap()
+}
+
+/// An edge requiring OSCORE on `[::1]:port` with the demo devices imported.
+fn edge(dir: &Path, broker: u16) -> (Running, u16) {
+    let key_file = dir.join("seal.key");
+    let out = Command::new(edge_bin())
+        .args(["devices", "keygen"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key_hex = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let data = dir.join("data");
+    let csv = demo_csv();
+    let out = edge_cli(
+        &["devices", "import", csv.to_str().unwrap()],
+        &data,
+        &key_hex,
+    );
+    assert!(
+        out.status.success(),
+        "import of the demo credentials: {out:?}"
+    );
+    let port = free_udp_port();
+    let conf = dir.join("edge.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "site = \"plant1\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"[::1]:{port}\"\n\
+             [mqtt]\nurl = \"mqtt://[::1]:{broker}\"\n[registry]\nseal_key_file = \"{}\"\n\
+             [security]\nrequire_oscore = true\n",
+            data.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(edge_bin());
+    cmd.args(["run", "--config"])
+        .arg(&conf)
+        .env("RUST_LOG", "info");
+    let (running, lines) = spawn_lines(cmd);
+    let mut seen = Vec::new();
+    await_line(
+        &lines,
+        "edge router running",
+        Duration::from_secs(20),
+        &mut seen,
+    );
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    (running, port)
+}
+
+fn sensor_args(cmd: &mut Command, edge_port: u16, state: &Path) {
+    cmd.arg("--edge")
+        .arg(format!("[::1]:{edge_port}"))
+        .arg("--credentials")
+        .arg(demo_csv())
+        .args(["--id", "sensor-1", "--every", "0.5", "--state"])
+        .arg(state);
+}
+
+#[test]
+fn the_oscore_sensor_reports_through_the_edge_and_takes_a_valve_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, broker_port) = mosquitto(dir.path());
+    let (_edge, edge_port) = edge(dir.path(), broker_port);
+    let state = dir.path().join("sensor-1.state");
+
+    // The platform first, so it is subscribed before the first report.
+    let mut platform = Command::new(example("platform"));
+    platform
+        .args(["--broker", &format!("[::1]:{broker_port}")])
+        .args([
+            "--site", "plant1", "--device", "sensor-1", "--valve", "1", "--count", "2",
+        ]);
+    let (mut platform, platform_lines) = spawn_lines(platform);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut sensor = Command::new(example("oscore_sensor"));
+    sensor_args(&mut sensor, edge_port, &state);
+    let (sensor, sensor_lines) = spawn_lines(sensor);
+
+    let mut seen = Vec::new();
+    await_line(
+        &platform_lines,
+        "command result:",
+        Duration::from_secs(30),
+        &mut seen,
+    );
+    let status = platform.0.wait().unwrap();
+    seen.extend(platform_lines.try_iter());
+    assert!(status.success(), "platform: {status:?} {seen:#?}");
+    let telemetry: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.starts_with("telemetry: "))
+        .collect();
+    assert!(telemetry.len() >= 2, "{seen:#?}");
+    // Reports (temperature and valve) and, as the edge observes the SenML resource
+    // `sensors/temperature`, its notifications (temperature alone).
+    let mut reports = 0;
+    for t in &telemetry {
+        let json: serde_json::Value =
+            serde_json::from_str(t.trim_start_matches("telemetry: ")).unwrap();
+        let records = json.as_array().unwrap();
+        assert_eq!(records[0]["n"], "urn:dev:v6iot:sensor-1:temperature", "{t}");
+        assert_eq!(records[0]["v"], 21.5, "{t}");
+        assert!(
+            records[0]["t"].as_f64().unwrap() > 1.6e9,
+            "stamped by the edge: {t}"
+        );
+        if records.len() == 2 {
+            assert_eq!(records[1]["n"], "urn:dev:v6iot:sensor-1:valve", "{t}");
+            assert!(records[1]["vb"].is_boolean(), "{t}");
+            reports += 1;
+        }
+    }
+    assert!(reports >= 1, "a report among {seen:#?}");
+    let result = seen
+        .iter()
+        .find(|l| l.starts_with("command result: "))
+        .unwrap();
+    let result: serde_json::Value =
+        serde_json::from_str(result.trim_start_matches("command result: ")).unwrap();
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["code"], "2.04", "{result}");
+
+    // Ctrl-C: the sensor stops and reports what it did.
+    let status = Command::new("kill")
+        .args(["-INT", &sensor.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut out = Vec::new();
+    await_line(&sensor_lines, "stopped:", Duration::from_secs(10), &mut out);
+    let stopped = out.iter().find(|l| l.starts_with("stopped:")).unwrap();
+    assert!(stopped.ends_with("valve open"), "{out:#?}");
+    drop(sensor);
+
+    // The hand-driven loop continues from the same OSCORE state and is accepted.
+    let mut sans_io = Command::new(example("sans_io_sensor"));
+    sensor_args(&mut sans_io, edge_port, &state);
+    sans_io.args(["--reports", "2"]).stdout(Stdio::piped());
+    let child = Running(sans_io.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut child = child;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sans_io_sensor did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(
+        text.contains("done: 2 reports made and acknowledged"),
+        "{text}"
+    );
+}

@@ -754,6 +754,21 @@ impl EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// A copy with the secrets a file may hold (`mqtt.password`, `ops.dashboard_token`)
+    /// replaced by `…`, for printing (`check-config`).
+    #[must_use]
+    pub fn redacted(&self) -> EdgeConfig {
+        let mut c = self.clone();
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("…".to_owned());
+            }
+        };
+        hide(&mut c.mqtt.password);
+        hide(&mut c.ops.dashboard_token);
+        c
+    }
+
     fn check_ops(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| {
             Err(ConfigError::Invalid {
@@ -816,6 +831,21 @@ mod tests {
             .step_by(2)
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn printed_configurations_hold_no_secret() {
+        let c = EdgeConfig::parse(
+            "site = \"a\"\n[mqtt]\nurl = \"mqtts://b:8883\"\npassword = \"pw-secret-1\"\n\
+             [ops]\ndashboard_token = \"token-secret-0123456\"\n",
+        )
+        .unwrap();
+        let shown = format!("{:#?}", c.redacted());
+        assert!(!shown.contains("pw-secret-1") && !shown.contains("token-secret-0123456"));
+        assert!(
+            format!("{c:?}").contains("pw-secret-1"),
+            "the original keeps it"
+        );
     }
 
     /// The example configuration the package installs: valid as shipped, valid with every

@@ -154,7 +154,8 @@ fn tools(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { file } => {
             let config = EdgeConfig::load(&file).with_context(|| format!("{}", file.display()))?;
             config.ops.token()?;
-            println!("{}: ok\n{config:#?}", file.display());
+            // secrets (the MQTT password, the dashboard token) are not printed
+            println!("{}: ok\n{:#?}", file.display(), config.redacted());
             Ok(())
         }
         Command::Run { .. } => Ok(()),
@@ -176,27 +177,39 @@ fn run(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // both handlers installed before anything is bound: a SIGTERM while starting is a
+        // graceful stop, a SIGHUP a reload (not the default action, an exit)
+        let stop = shutdown_signal();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(reload_on_sighup(file, flags, log, tx));
-        v6iot_edge_router::server::run_with_reloads(c, None, shutdown_signal(), Some(rx)).await
+        #[cfg(unix)]
+        {
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+            tokio::spawn(reload_on_sighup(hup, file, flags, log, tx));
+        }
+        #[cfg(not(unix))]
+        let _ = (file, flags, log, tx);
+        v6iot_edge_router::server::run_with_reloads(c, None, stop, Some(rx)).await
     })
 }
 
 /// On each SIGHUP: reads the configuration again, applies its log levels and hands it to the
 /// server (which applies the rate limits and names what needs a restart). A file that no
 /// longer parses is refused; the running configuration stays.
+#[cfg(unix)]
 async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
     file: Option<PathBuf>,
     flags: Overrides,
     log: LogReload,
     to_server: tokio::sync::mpsc::UnboundedSender<EdgeConfig>,
 ) {
-    #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: no reloads");
-            return;
+        let mut hup = match hup {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: no reloads");
+                return;
+            }
         };
         while hup.recv().await.is_some() {
             let Some(path) = &file else {
@@ -221,32 +234,30 @@ async fn reload_on_sighup(
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = (file, flags, log, to_server);
-    }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is called (at start, before
+/// the sockets are bound), so a stop asked for while the router is still starting is a
+/// graceful one too.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM: only Ctrl-C stops");
+                let _ = ctrl_c.await;
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = ctrl_c.await;
     }
 }

@@ -78,7 +78,10 @@ fn the_unit_passes_systemd_analyze_verify() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {err}");
-    assert!(!err.contains("v6iot-edge.service:"), "warnings about the unit: {err}");
+    assert!(
+        !err.contains("v6iot-edge.service:"),
+        "warnings about the unit: {err}"
+    );
 }
 
 #[test]
@@ -98,7 +101,11 @@ fn the_deb_holds_the_binary_the_unit_and_the_configuration() {
                 dir.display()
             )
         });
-    let out = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
+    let out = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(&deb)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let contents = String::from_utf8_lossy(&out.stdout);
     for path in [
@@ -107,7 +114,10 @@ fn the_deb_holds_the_binary_the_unit_and_the_configuration() {
         "system/v6iot-edge.service",
         "./usr/share/doc/v6iot-edge/README.md",
     ] {
-        assert!(contents.contains(path), "{path} missing from the package:\n{contents}");
+        assert!(
+            contents.contains(path),
+            "{path} missing from the package:\n{contents}"
+        );
     }
     let control = tempdir();
     let out = Command::new("dpkg-deb")
@@ -121,5 +131,8 @@ fn the_deb_holds_the_binary_the_unit_and_the_configuration() {
     assert!(conffiles.contains("/etc/v6iot/edge.toml"), "{conffiles}");
     let postinst = std::fs::read_to_string(control.path().join("postinst")).unwrap();
     assert!(postinst.contains("devices keygen"), "{postinst}");
-    assert!(postinst.contains("systemctl") || postinst.contains("deb-systemd"), "unit enabled");
+    assert!(
+        postinst.contains("systemctl") || postinst.contains("deb-systemd"),
+        "unit enabled"
+    );
 }

@@ -452,3 +452,69 @@ fn sighup_applies_new_limits_and_names_what_needs_a_restart() {
     signal(&edge, "HUP");
     edge.await_log("reload refused", Duration::from_secs(10));
 }
+
+/// `--log-format json`: every line the edge writes is a JSON object; `[log]` levels per module
+/// hold (`warn` overall, `info` for the ops module only; no `RUST_LOG`).
+#[test]
+fn json_logs_with_levels_per_module() {
+    let dir = TempDir::new("json-log");
+    let ops: SocketAddr = format!("[::1]:{}", free_tcp_port()).parse().unwrap();
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "site = \"t\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"[::1]:0\"\n[mqtt]\nurl = \"mqtt://[::1]:{}\"\n\
+             [security]\nrequire_oscore = false\n[ops]\nlisten = \"{ops}\"\nstop_flush_s = 1\n\
+             [log]\nlevel = \"warn\"\n[log.modules]\n\"v6iot_edge_router::server::ops\" = \"info\"\n",
+            dir.path().join("data").display(),
+            free_tcp_port()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&conf)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the metrics listener", Duration::from_secs(20), || {
+        TcpStream::connect(ops).is_ok()
+    });
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let by = |target: &str, level: &str| {
+        lines
+            .iter()
+            .filter(|l| l["target"] == target && l["level"] == level)
+            .count()
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["target"] == "v6iot_edge_router::server::ops"
+                && l["level"] == "INFO"
+                && l["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("metrics on http://")),
+        "{text}"
+    );
+    assert!(
+        by("v6iot_edge_router::server", "WARN") >= 1,
+        "warnings still show: {text}"
+    );
+    assert_eq!(by("v6iot_edge_router::server", "INFO"), 0, "{text}");
+    assert!(!text.contains("edge router running"), "{text}");
+}

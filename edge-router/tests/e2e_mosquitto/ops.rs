@@ -261,12 +261,14 @@ async fn feed(ops: SocketAddr, token: &str) -> Vec<String> {
     )))
     .await
     .unwrap();
+    // bounded: at most 10 s and 20 messages (a feed that wrongly accepts sends one a second)
     let mut texts = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-        match m {
-            Message::Text(t) => texts.push(t.as_str().to_owned()),
-            Message::Close(_) => break,
-            _ => {}
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while texts.len() < 20 {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => texts.push(t.as_str().to_owned()),
+            Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => break,
+            Ok(Some(Ok(_))) => {}
         }
     }
     texts

@@ -144,18 +144,24 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, max_connections:
 
 /// A parsed request head: only what the routes need.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Head {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) accept: String,
-    pub(crate) upgrade_websocket: bool,
-    pub(crate) ws_key: Option<String>,
-    pub(crate) has_body: bool,
+pub struct Head {
+    /// `GET`, …
+    pub method: String,
+    /// The request target (`/metrics`).
+    pub path: String,
+    /// The `Accept` header.
+    pub accept: String,
+    /// `Upgrade: websocket`.
+    pub upgrade_websocket: bool,
+    /// `Sec-WebSocket-Key`.
+    pub ws_key: Option<String>,
+    /// A `Content-Length` other than 0, or a `Transfer-Encoding`.
+    pub has_body: bool,
 }
 
 /// What reading a head gave.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum HeadResult {
+pub enum HeadResult {
     /// A head, and how many bytes of the buffer it took.
     Complete(Head, usize),
     /// More bytes needed.
@@ -164,8 +170,8 @@ pub(crate) enum HeadResult {
     Malformed,
 }
 
-/// Parses a request head from `buf` (sans-IO).
-pub(crate) fn parse_head(buf: &[u8]) -> HeadResult {
+/// Parses a request head from `buf` (sans-IO; never panics, whatever the bytes).
+pub fn parse_head(buf: &[u8]) -> HeadResult {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {

@@ -30,13 +30,30 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an update goes out.
 pub const UPDATE_EVERY: Duration = Duration::from_secs(1);
 
-/// What the page sends.
+/// What the page sends (JSON text messages with a `type`).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum FromPage {
-    Auth { token: String },
+pub enum FromPage {
+    /// The token (the first message).
+    Auth {
+        /// As configured.
+        token: String,
+    },
+    /// The window of rows it shows.
     Query(Query),
-    Select { device: String },
+    /// The device whose sparkline it shows.
+    Select {
+        /// Its id.
+        device: String,
+    },
+}
+
+impl FromPage {
+    /// Parses one message (never panics); `None` for anything that is not one of ours.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<FromPage> {
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// Runs one session on `stream` (the 101 answer already sent; `rest` is what was read past

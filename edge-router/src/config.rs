@@ -46,13 +46,13 @@
 //! [security]                  # the OSCORE gateway in front of the ingress
 //! require_oscore = true       # default; false is LAB ONLY (plain CoAP accepted, loud warning)
 //! sender_persist_step = 4096  # edge sequence numbers per persisted mark (RFC 8613 App. B.1.1)
-//! rate_per_source = 20000     # datagrams/s per source network (IPv6 /64, IPv4 address)
-//! burst_per_source = 40000
+//! rate_per_source = 20000     # unauthenticated datagrams/s per source network (IPv6 /64,
+//! burst_per_source = 40000    #   IPv4 address); verified devices' traffic is not counted here
 //! rate_per_device = 50        # verified requests/s per device (over it: 5.03 + Max-Age)
 //! burst_per_device = 200
-//! quarantine_after = 20       # authentication failures from one source network ...
-//! failure_window_s = 10       # ... within this window quarantine it ...
-//! quarantine_s = 300          # ... for this long (dropped unread)
+//! quarantine_after = 20       # failed verifications under one device's kid ...
+//! failure_window_s = 10       # ... within this window quarantine the kid ...
+//! quarantine_s = 300          # ... for this long (refused unless from the device's own address)
 //! report_interval_s = 5       # at most one report per interval on _edge/{edge}/security
 //!
 //! [commands]                  # commands from the platform (…/{device}/cmd/{req})
@@ -337,21 +337,27 @@ pub struct SecuritySection {
     /// The distance between the persisted marks of the edge's own OSCORE sequence numbers:
     /// one registry write per half step of messages to a device, a step skipped per restart.
     pub sender_persist_step: u64,
-    /// Datagrams per second allowed from one source network (an IPv6 /64 — a whole production
-    /// line shares it — or an IPv4 address); over it they are dropped unread.
+    /// Unauthenticated datagrams per second allowed from one source network (an IPv6 /64 — a
+    /// whole production line shares it — or an IPv4 address): plain requests, unknown kids,
+    /// stray responses, empty messages, garbage (in lab mode, all plain traffic); over it they
+    /// are dropped unread. Requests naming an active device's kid and answers to the edge's
+    /// own requests do not count here (see `gateway::limits`).
     pub rate_per_source: u32,
     /// The burst a source network may send after a quiet spell.
     pub burst_per_source: u32,
     /// Verified requests per second allowed from one device; over it they get 5.03 + Max-Age.
+    /// The same rate (and burst) bounds the requests under its kid that are refused before
+    /// verification (replays, failed verifications) from anywhere but the device's own address.
     pub rate_per_device: u32,
     /// The burst a device may send after a quiet spell.
     pub burst_per_device: u32,
-    /// Authentication failures from one source network within `failure_window_s` that
-    /// quarantine it.
+    /// Failed verifications under one active device's kid within `failure_window_s` that
+    /// quarantine the kid (its requests from any address but the device's own are then refused
+    /// unverified). No source network is ever quarantined.
     pub quarantine_after: u32,
     /// The window in which failures are counted, seconds.
     pub failure_window_s: u64,
-    /// How long a quarantine lasts, seconds.
+    /// How long a kid's quarantine lasts, seconds.
     pub quarantine_s: u64,
     /// At most one security report per this many seconds (none while nothing is refused).
     pub report_interval_s: u64,
@@ -383,7 +389,8 @@ impl Default for SecuritySection {
         SecuritySection {
             require_oscore: true,
             sender_persist_step: 4096,
-            // A whole production line (one /64) shares this: generous.
+            // Lab mode sends all its traffic through this, and in production a whole
+            // production line (one /64) shares it: generous.
             rate_per_source: 20_000,
             burst_per_source: 40_000,
             rate_per_device: 50,

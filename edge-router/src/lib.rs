@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`config`] | the TOML configuration, with errors that name the key |
 //! | [`journal`] | the command queue's journal on disk (JSON lines, synced per batch on the blocking pool, rewritten on open and while running) |
-//! | [`registry_worker`] | the registry's thread: OSCORE state batches, audit rows, reloads when another process changed the registry |
+//! | [`registry_worker`] | the registry's thread: OSCORE state batches before audit rows (bounded, drops counted), audit checkpoints, reloads when another process changed the registry |
 //! | [`server`] | the I/O: CoAP socket, outbox, MQTT bridge around the ingress |
 //! | [`registry_db`] | the device registry in SQLite: OSCORE identities (kid, sealed master secret, salt), class, allowed prefixes, state; CSV import |
 //! | [`audit`] | the append-only, hash-chained audit trail in the registry's file: events, `verify`, `who_had(address, time)`, per-device history |

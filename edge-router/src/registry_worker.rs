@@ -3,8 +3,9 @@
 //!
 //! - **OSCORE state batches** from the gateway ([`PersistBatch`]): one transaction each,
 //!   reported back as [`FromRegistry::Persisted`] — the answers they hold go out only then.
-//! - **Audit rows**: appended in the order received, each batch in one transaction (the
-//!   gateway already aggregates authentication failures, so a flood is a few rows).
+//! - **Audit rows**: appended in the order received, at most [`Jobs::AUDIT_CHUNK`] per
+//!   transaction (the gateway already aggregates authentication failures, so a flood is a few
+//!   rows).
 //! - **Changes by other processes** (`v6iot-edge devices revoke …`): about once a second
 //!   `PRAGMA data_version` is read (a cheap read of the file header, no query); when it moved,
 //!   every device is reloaded and sent as [`FromRegistry::Devices`]. The edge's own writes go
@@ -13,8 +14,21 @@
 //!   its file and sent as [`FromRegistry::Checkpoint`] to be published — at start, after rows
 //!   were added (by the edge, or by another process as `data_version` tells) at a bounded rate,
 //!   regularly, and into the file once more when the thread ends.
+//!
+//! # State before audit
+//!
+//! Answers to verified devices wait for their state batch, so audit rows must never hold one
+//! up. The work comes in two lanes ([`Jobs`]): a state batch is always taken before any audit
+//! rows waiting, and audit rows go in chunks, so a state batch waits for at most one chunk's
+//! transaction, never for a backlog. The audit lane is bounded ([`Jobs::MAX_AUDIT_ROWS`]): when
+//! the disk is slow or full and rows pile up, new rows are dropped and counted
+//! ([`RegistryWorker::audit`] returns how many), the driver logs them and puts the count in the
+//! next security report (`audit_rows_dropped`); nothing blocks. SQLite has one writer per file,
+//! so a chunk's transaction that hangs on a stuck disk still holds the state batch behind it
+//! (which then fails and is retried; its answers stay held): the same disk holds both.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,13 +43,68 @@ use crate::registry_db::Registry;
 /// How often the registry file is checked for changes by other processes.
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// Work for the registry thread.
+/// One piece of work for the registry thread.
 #[derive(Debug)]
-pub enum ToRegistry {
+pub enum Job {
     /// Write this batch of OSCORE state.
     Persist(PersistBatch),
-    /// Append these audit rows.
+    /// Append these audit rows (one chunk).
     Audit(Vec<AuditEvent>),
+}
+
+/// The registry thread's work in two lanes, sans-IO: state batches first, audit rows bounded
+/// and in chunks (see the module docs).
+#[derive(Debug, Default)]
+pub struct Jobs {
+    persist: VecDeque<PersistBatch>,
+    audit: VecDeque<AuditEvent>,
+    /// Audit rows dropped since start because the lane was full.
+    dropped: u64,
+    closed: bool,
+}
+
+impl Jobs {
+    /// Audit rows waiting at most (about 250 bytes each in memory): room for every device of a
+    /// large plant binding and registering at once.
+    pub const MAX_AUDIT_ROWS: usize = 262_144;
+    /// Audit rows per transaction at most: what a state batch may have to wait for.
+    pub const AUDIT_CHUNK: usize = 256;
+
+    /// Queues a state batch.
+    pub fn push_persist(&mut self, batch: PersistBatch) {
+        self.persist.push_back(batch);
+    }
+
+    /// Queues audit rows while there is room; returns how many were dropped.
+    pub fn push_audit(&mut self, rows: Vec<AuditEvent>) -> u64 {
+        let room = Self::MAX_AUDIT_ROWS.saturating_sub(self.audit.len());
+        let dropped = rows.len().saturating_sub(room) as u64;
+        self.audit.extend(rows.into_iter().take(room));
+        self.dropped += dropped;
+        dropped
+    }
+
+    /// Takes the next job: a state batch if one waits, else the next chunk of audit rows.
+    pub fn take(&mut self) -> Option<Job> {
+        if let Some(batch) = self.persist.pop_front() {
+            return Some(Job::Persist(batch));
+        }
+        if self.audit.is_empty() {
+            return None;
+        }
+        let n = self.audit.len().min(Self::AUDIT_CHUNK);
+        Some(Job::Audit(self.audit.drain(..n).collect()))
+    }
+
+    /// Audit rows waiting.
+    pub fn audit_len(&self) -> usize {
+        self.audit.len()
+    }
+
+    /// Audit rows dropped since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
 }
 
 /// What the registry thread reports.
@@ -54,11 +123,26 @@ pub enum FromRegistry {
     Checkpoint(CheckpointMessage),
 }
 
-/// The running thread: send it work; dropping the sender ends it.
+/// The lanes shared with the thread.
+#[derive(Debug, Default)]
+struct Shared {
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Jobs> {
+        // A panic on the registry thread poisons the lock; the queue itself is still sound.
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The running thread: hand it work; [`stop`](Self::stop) ends it after the work queued.
 #[derive(Debug)]
 pub struct RegistryWorker {
-    /// Work in.
-    pub jobs: mpsc::Sender<ToRegistry>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -76,28 +160,78 @@ impl RegistryWorker {
         checkpoints: CheckpointConfig,
         out: UnboundedSender<FromRegistry>,
     ) -> std::io::Result<RegistryWorker> {
-        let (jobs, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("v6iot-registry".into())
             .spawn(move || {
                 let key = registry.seal_key().cloned();
                 let mut checkpointer =
                     Checkpointer::start(checkpoints, key, registry.audit(), Instant::now());
-                run(registry, load_devices, &mut checkpointer, &rx, &out);
+                run(registry, load_devices, &mut checkpointer, &theirs, &out);
             })?;
         Ok(RegistryWorker {
-            jobs,
+            shared,
             thread: Some(thread),
         })
     }
 
-    /// Ends the thread after the work already sent.
-    pub fn stop(mut self) {
-        let (jobs, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.jobs, jobs));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Queues a state batch (taken before any audit rows waiting). False when the thread is
+    /// gone.
+    pub fn persist(&self, batch: PersistBatch) -> bool {
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            return false;
         }
+        self.shared.lock().push_persist(batch);
+        self.shared.ready.notify_one();
+        true
+    }
+
+    /// Queues audit rows; returns how many were dropped because the audit lane is full.
+    pub fn audit(&self, rows: Vec<AuditEvent>) -> u64 {
+        let dropped = self.shared.lock().push_audit(rows);
+        self.shared.ready.notify_one();
+        dropped
+    }
+
+    /// Ends the thread after the work already queued.
+    pub fn stop(mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_one();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the registry thread panicked");
+        }
+    }
+}
+
+/// What the thread does next.
+enum Step {
+    Work(Job),
+    Poll,
+    Stop,
+}
+
+/// Waits until there is work, a timer is due (`until`), or the worker is stopped with nothing
+/// left to do.
+fn wait(shared: &Shared, until: Instant) -> Step {
+    let mut jobs = shared.lock();
+    loop {
+        if let Some(job) = jobs.take() {
+            return Step::Work(job);
+        }
+        if jobs.closed {
+            return Step::Stop;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Step::Poll;
+        }
+        jobs = match shared.ready.wait_timeout(jobs, left) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
     }
 }
 
@@ -105,17 +239,14 @@ fn run(
     mut registry: Registry,
     load_devices: bool,
     checkpointer: &mut Checkpointer,
-    jobs: &mpsc::Receiver<ToRegistry>,
+    shared: &Shared,
     out: &UnboundedSender<FromRegistry>,
 ) {
     let mut version = registry.data_version().ok();
     let mut next_poll = Instant::now() + POLL_EVERY;
     loop {
-        let wait = next_poll
-            .min(checkpointer.poll_timeout())
-            .saturating_duration_since(Instant::now());
-        match jobs.recv_timeout(wait) {
-            Ok(ToRegistry::Persist(batch)) => {
+        match wait(shared, next_poll.min(checkpointer.poll_timeout())) {
+            Step::Work(Job::Persist(batch)) => {
                 let ok = match registry.store_oscore_state(&batch.rows) {
                     Ok(()) => true,
                     Err(e) => {
@@ -130,21 +261,12 @@ fn run(
                     return;
                 }
             }
-            Ok(ToRegistry::Audit(rows)) => {
-                let audit = registry.audit();
-                if let Err(e) = audit.append_all(&rows) {
-                    // One bad row must not cost the others: write them one by one.
-                    tracing::warn!(error = %e, rows = rows.len(), "audit batch failed; row by row");
-                    for row in &rows {
-                        if let Err(e) = audit.append(row) {
-                            tracing::error!(error = %e, kind = %row.kind, "audit row not written");
-                        }
-                    }
-                }
+            Step::Work(Job::Audit(rows)) => {
+                append_audit(&mut registry, &rows);
                 checkpointer.changed(Instant::now());
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
+            Step::Poll => {}
+            Step::Stop => {
                 checkpointer.finish(unix_ms(), registry.audit());
                 return;
             }
@@ -168,20 +290,42 @@ fn run(
             continue;
         }
         version = now_version;
-        match registry.device_keys() {
-            Ok((devices, problems)) => {
-                for p in problems {
-                    tracing::error!(error = %p, "device left out of the reload");
-                }
-                tracing::info!(
-                    devices = devices.len(),
-                    "registry changed: devices reloaded"
-                );
-                if out.send(FromRegistry::Devices(devices)).is_err() {
-                    return;
-                }
+        if !reload(&registry, out) {
+            return;
+        }
+    }
+}
+
+/// Appends one chunk of audit rows in one transaction (row by row if that fails).
+fn append_audit(registry: &mut Registry, rows: &[AuditEvent]) {
+    let audit = registry.audit();
+    if let Err(e) = audit.append_all(rows) {
+        // One bad row must not cost the others: write them one by one.
+        tracing::warn!(error = %e, rows = rows.len(), "audit batch failed; row by row");
+        for row in rows {
+            if let Err(e) = audit.append(row) {
+                tracing::error!(error = %e, kind = %row.kind, "audit row not written");
             }
-            Err(e) => tracing::error!(error = %e, "registry reload failed"),
+        }
+    }
+}
+
+/// Sends every device after a change by another process; false when nobody listens any more.
+fn reload(registry: &Registry, out: &UnboundedSender<FromRegistry>) -> bool {
+    match registry.device_keys() {
+        Ok((devices, problems)) => {
+            for p in problems {
+                tracing::error!(error = %p, "device left out of the reload");
+            }
+            tracing::info!(
+                devices = devices.len(),
+                "registry changed: devices reloaded"
+            );
+            out.send(FromRegistry::Devices(devices)).is_ok()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "registry reload failed");
+            true
         }
     }
 }
@@ -190,4 +334,91 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|i| AuditEvent::auth_failure(format!("row {i}")))
+            .collect()
+    }
+
+    fn batch(id: u64) -> PersistBatch {
+        PersistBatch {
+            id,
+            rows: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_state_batch_never_waits_behind_the_audit_backlog() {
+        let mut jobs = Jobs::default();
+        assert_eq!(jobs.push_audit(rows(10_000)), 0);
+        jobs.push_persist(batch(1));
+        // The batch queued after 10,000 rows is the very next job.
+        assert!(matches!(jobs.take(), Some(Job::Persist(b)) if b.id == 1));
+        // Audit rows then go in chunks, in order; a batch arriving meanwhile goes first again.
+        let Some(Job::Audit(first)) = jobs.take() else {
+            panic!("audit chunk expected");
+        };
+        assert_eq!(first.len(), Jobs::AUDIT_CHUNK);
+        assert_eq!(first[0].detail, "row 0");
+        jobs.push_persist(batch(2));
+        assert!(matches!(jobs.take(), Some(Job::Persist(b)) if b.id == 2));
+        let Some(Job::Audit(second)) = jobs.take() else {
+            panic!("audit chunk expected");
+        };
+        assert_eq!(second[0].detail, format!("row {}", Jobs::AUDIT_CHUNK));
+        let mut taken = first.len() + second.len();
+        while let Some(job) = jobs.take() {
+            match job {
+                Job::Audit(chunk) => taken += chunk.len(),
+                Job::Persist(_) => panic!("no batch queued"),
+            }
+        }
+        assert_eq!(taken, 10_000);
+    }
+
+    #[test]
+    fn a_full_audit_lane_drops_and_counts_instead_of_blocking() {
+        let mut jobs = Jobs::default();
+        assert_eq!(jobs.push_audit(rows(Jobs::MAX_AUDIT_ROWS - 5)), 0);
+        assert_eq!(jobs.push_audit(rows(12)), 7);
+        assert_eq!(jobs.push_audit(rows(3)), 3);
+        assert_eq!(jobs.audit_len(), Jobs::MAX_AUDIT_ROWS);
+        assert_eq!(jobs.dropped(), 10);
+        // State batches are never dropped.
+        jobs.push_persist(batch(9));
+        assert!(matches!(jobs.take(), Some(Job::Persist(b)) if b.id == 9));
+        // Once a chunk is written there is room again.
+        assert!(matches!(jobs.take(), Some(Job::Audit(_))));
+        assert_eq!(jobs.push_audit(rows(3)), 0);
+    }
+
+    #[test]
+    fn the_thread_writes_everything_queued_before_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("r.db"), None).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let checkpoints = CheckpointConfig {
+            file: None,
+            every: Duration::from_secs(3600),
+            min_gap: Duration::from_secs(3600),
+            edge: "e1".into(),
+        };
+        let worker = RegistryWorker::start(registry, false, checkpoints, tx).unwrap();
+        assert_eq!(worker.audit(rows(1000)), 0);
+        assert!(worker.persist(batch(5)));
+        worker.stop();
+        let persisted = std::iter::from_fn(|| rx.try_recv().ok())
+            .any(|m| matches!(m, FromRegistry::Persisted { id: 5, ok: true }));
+        assert!(persisted);
+        let registry = Registry::open(&dir.path().join("r.db"), None).unwrap();
+        let verified = registry.audit().verify().unwrap();
+        assert_eq!(verified.rows, 1000, "every row written");
+    }
 }

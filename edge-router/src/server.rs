@@ -44,7 +44,7 @@ use crate::ingress::{
 use crate::journal::{CommandJournal, JournalWriter};
 use crate::ops::live::Live;
 use crate::registry_db::Registry;
-use crate::registry_worker::{FromRegistry, RegistryWorker, ToRegistry};
+use crate::registry_worker::{FromRegistry, RegistryWorker};
 
 /// Most datagrams taken from the socket per wake-up before the loop flushes answers.
 const RECV_BATCH: usize = 256;
@@ -484,11 +484,12 @@ fn log_command_stats(s: &DownlinkStats) {
     );
 }
 
-/// Hands the gateway's state batches and audit rows to the registry thread, and logs events.
+/// Hands the gateway's state batches and audit rows to the registry thread (state first; audit
+/// rows it has no room for are counted in the security report), and logs events.
 fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut Live) {
     while let Some(batch) = gateway.poll_persist() {
         let id = batch.id;
-        if worker.jobs.send(ToRegistry::Persist(batch)).is_err() {
+        if !worker.persist(batch) {
             tracing::error!(
                 batch = id,
                 "registry thread gone: OSCORE state not persisted"
@@ -523,8 +524,15 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut
     while let Some(row) = gateway.poll_audit() {
         rows.push(row);
     }
-    if !rows.is_empty() && worker.jobs.send(ToRegistry::Audit(rows)).is_err() {
-        tracing::error!("registry thread gone: audit rows not written");
+    if !rows.is_empty() {
+        let dropped = worker.audit(rows);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "audit rows dropped: the registry thread is behind (slow or full disk?)"
+            );
+            gateway.note_audit_dropped(Instant::now(), dropped);
+        }
     }
 }
 
@@ -560,8 +568,8 @@ fn log_gateway_stats(s: &GatewayStats) {
         "gateway stats authenticated={} responses_verified={} refused={} plain={} unknown_kid={} \
          decryption_failed={} replay={} malformed={} not_active={} address_refused={} \
          endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
-         address_changes={} protect_failures={} source_limited={} source_quarantined={} \
-         device_limited={} quarantines={}",
+         address_changes={} protect_failures={} source_limited={} kid_quarantined={} \
+         kid_limited={} resets_ignored={} device_limited={} quarantines={}",
         s.authenticated,
         s.responses_verified,
         s.refused,
@@ -579,7 +587,9 @@ fn log_gateway_stats(s: &GatewayStats) {
         s.address_changes,
         s.protect_failures,
         s.source_limited,
-        s.source_quarantined,
+        s.kid_quarantined,
+        s.kid_limited,
+        s.resets_ignored,
         s.device_limited,
         s.quarantines
     );

@@ -563,6 +563,10 @@ mod ops;
 #[path = "e2e_mosquitto/cdp.rs"]
 mod cdp;
 
+/// Spoofed traffic from a plant's own network, in a network namespace of the test's own.
+#[path = "e2e_mosquitto/spoofing.rs"]
+mod spoofing;
+
 // ----- the tests -----
 
 #[test]

@@ -1,9 +1,11 @@
 //! Fuzzes the edge router's authentication gateway: runs of datagrams from a few peers — raw
 //! bytes, and requests or responses a real device context protects and the input then tampers
 //! with — with time moving, commands going out, persistence batches and outbox results coming
-//! back in any order, and registry reloads (the device revoked and reinstated). Every datagram
-//! the gateway sends must parse as CoAP; with OSCORE required, no plain request from a peer
-//! may ever be answered with anything but an error.
+//! back in any order, and registry reloads (the device revoked and reinstated); empty ACKs and
+//! Resets naming the edge's own requests, responses to its tokens (stale or not), sources
+//! spoofed from many networks against small limits (source table overflow, kid quarantine).
+//! Every datagram the gateway sends must parse as CoAP; with OSCORE required, no plain request
+//! from a peer may ever be answered with anything but an error; the tables stay in their bounds.
 
 #![no_main]
 
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use libfuzzer_sys::fuzz_target;
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_edge_router::gateway::{DeviceKeys, Gateway, GatewayConfig, StoredState};
+use v6iot_edge_router::gateway::{
+    DeviceKeys, Gateway, GatewayConfig, LimitsConfig, Rate, StoredState,
+};
 use v6iot_edge_router::ingress::{
     AppendResult, DownlinkCommand, Ingress, IngressConfig, JournalWritten,
 };
@@ -83,12 +87,26 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let require_oscore = data.first().is_none_or(|b| b & 1 == 0);
+    // Small limits, so that a short input reaches the overflow bucket and the kid quarantine.
+    const MAX_TRACKED: usize = 2;
+    let limits = LimitsConfig {
+        per_source: Rate {
+            per_second: 5.0,
+            burst: 6.0,
+        },
+        failures_to_quarantine: 3,
+        max_tracked: MAX_TRACKED,
+        ..LimitsConfig::default()
+    };
     let config = GatewayConfig {
         require_oscore,
         persist_step: 8,
+        limits,
         ..GatewayConfig::default()
     };
-    let mut gateway = Gateway::new(Ingress::new(IngressConfig::new(topics), 1), config);
+    let mut ingress_config = IngressConfig::new(topics);
+    ingress_config.random_seed = Some([0; 18]);
+    let mut gateway = Gateway::new(Ingress::new(ingress_config, 1), config);
     let mut unix_ms = 1_700_000_000_000u64;
     gateway.handle_devices(unix_ms, devices(DeviceState::Active));
     let peers: [SocketAddr; 3] = [
@@ -100,6 +118,8 @@ fuzz_target!(|data: &[u8]| {
     let mut pending = Vec::new();
     let mut batches = Vec::new();
     let mut mid = 0u16;
+    // The edge's own requests: (peer, message ID, token).
+    let mut sent: Vec<(SocketAddr, u16, Vec<u8>)> = Vec::new();
     let mut rest = data.get(1..).unwrap_or_default();
     // Frame: [len][control][flip][len bytes] …
     while let [len, ctl, flip, tail @ ..] = rest {
@@ -110,7 +130,11 @@ fuzz_target!(|data: &[u8]| {
         now += step;
         unix_ms += step.as_millis() as u64;
         gateway.handle_timeout(now, unix_ms);
-        let peer = peers[usize::from(ctl & 3) % 3];
+        let peer = match ctl & 3 {
+            // A source spoofed from a network of its own.
+            3 => SocketAddr::from(([0x2001, 0xdb8, u16::from(*flip), 9, 0, 0, 0, 1], 5683)),
+            i => peers[usize::from(i)],
+        };
         mid = mid.wrapping_add(1);
         let datagram = if ctl & 4 != 0 {
             // A genuine protected request, maybe with one bit flipped.
@@ -156,7 +180,34 @@ fuzz_target!(|data: &[u8]| {
                 };
                 gateway.handle_devices(unix_ms, devices(state));
             }
+            0x18 if !sent.is_empty() => {
+                // An empty ACK or Reset naming a request of the edge, or a response (plain,
+                // with the body as payload) to one of its tokens, from its peer or another.
+                let (to, their_mid, token) = sent[usize::from(*flip) % sent.len()].clone();
+                let from = if flip & 1 == 0 { to } else { peer };
+                let kind = match flip >> 6 {
+                    0 => MessageType::Acknowledgement,
+                    1 => MessageType::Reset,
+                    2 => MessageType::Confirmable,
+                    _ => MessageType::NonConfirmable,
+                };
+                let bytes = if flip & 0x80 == 0 {
+                    wire::empty_message(kind, their_mid)
+                } else {
+                    let mut p = Packet::new();
+                    p.header.set_type(kind);
+                    p.header.message_id = their_mid;
+                    p.header.code = MessageClass::Response(coap_lite::ResponseType::Changed);
+                    p.set_token(token);
+                    p.payload = body.to_vec();
+                    wire::encode(&p).unwrap_or_default()
+                };
+                gateway.handle_datagram(now, unix_ms, from, &bytes);
+            }
             _ => {}
+        }
+        if flip & 0x0f == 0x0f {
+            gateway.note_audit_dropped(now, len as u64);
         }
         while let Some(a) = gateway.ingress_mut().poll_append() {
             if let Some(t) = a.ticket {
@@ -179,12 +230,19 @@ fuzz_target!(|data: &[u8]| {
         {
             gateway.handle_persisted(now, id, flip & 0x08 == 0);
         }
-        while let Some((_, bytes)) = gateway.poll_transmit() {
-            assert!(
-                wire::parse(&bytes).is_ok(),
-                "the gateway sent a malformed message"
-            );
+        while let Some((to, bytes)) = gateway.poll_transmit() {
+            let Ok(p) = wire::parse(&bytes) else {
+                panic!("the gateway sent a malformed message");
+            };
+            if matches!(p.header.code, MessageClass::Request(_)) && sent.len() < 64 {
+                sent.push((to, p.header.message_id, p.get_token().to_vec()));
+            }
         }
+        let tables = gateway.tables();
+        assert!(tables.sources <= MAX_TRACKED as u64, "{tables:?}");
+        assert!(tables.devices <= MAX_TRACKED as u64, "{tables:?}");
+        assert!(tables.kids <= 1, "{tables:?}");
+        assert!(tables.failures.reply_windows <= 4096, "{tables:?}");
         while gateway.poll_audit().is_some() {}
         while gateway.poll_security_event().is_some() {}
         while gateway.poll_event().is_some() {}

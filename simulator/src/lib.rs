@@ -16,9 +16,10 @@
 //! | [`shard`] | the multi-device driver: many devices' cores, their timers and mark stores in one thread, over a [`link`] |
 //! | [`link`] | I/O: a shard's datagrams — a socket per device in one `epoll` set, or one socket with an IPv6 address per device (AnyIP, `IPV6_PKTINFO`) |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
+//! | [`medium`] | the simulated 802.15.4 medium: a sans-IO core (channels, links, deliveries) and its ZEP hub; `v6iot-sim medium` |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
-//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`subscriber`] (the MQTT subscriber's thread) and in the binary
+//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread) and in the binary
 //! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 pub mod broker;
@@ -30,6 +31,7 @@ pub mod fleet;
 pub mod fleet_marks;
 pub mod link;
 pub mod load;
+pub mod medium;
 pub mod provision;
 pub mod sensor;
 pub mod shard;

@@ -16,6 +16,7 @@ use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::fleet::FleetPlan;
 use v6iot_simulator::load::{self, BrokerView, FleetOscore};
+use v6iot_simulator::medium;
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
 /// Simulated v6iot devices running the real SDK core.
@@ -120,6 +121,40 @@ enum Command {
         #[arg(long)]
         source_prefix: Option<v6iot_edge_router::registry_db::Ipv6Prefix>,
     },
+    /// Run the simulated 802.15.4 medium over ZEP v2 (UDP): every frame from one participant
+    /// reaches every other on its channel. Participants are learned from the datagrams they
+    /// send (at most --max-participants); radios point their ZEP remote at --listen. Until
+    /// Ctrl-C or --duration; then a JSON summary on standard output.
+    Medium {
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "[::1]:17754")]
+        listen: SocketAddr,
+        /// Write every frame on air to this pcap file (link type 195, with FCS).
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// A participant to relay to before it has sent anything (a border router); repeat for
+        /// more.
+        #[arg(long = "peer")]
+        peers: Vec<SocketAddr>,
+        /// The channel of the --peer participants.
+        #[arg(long, default_value_t = 26)]
+        channel: u8,
+        /// The probability that a frame is lost on its way to a receiver, 0 to 1.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+        loss: f64,
+        /// How long frames take to reach a receiver, e.g. `5ms`.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        latency: Duration,
+        /// The seed of the medium's random draws (losses).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The most remote participants at once.
+        #[arg(long, default_value_t = v6iot_simulator::medium::hub::DEFAULT_MAX_REMOTE)]
+        max_participants: usize,
+        /// Stop after this long (default: at Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
     Provision {
@@ -150,6 +185,14 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     match n.parse::<f64>() {
         Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
         _ => Err(format!("`{text}` is not a rate like 500/s")),
+    }
+}
+
+/// Parses a probability between 0 and 1.
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a probability between 0 and 1")),
     }
 }
 
@@ -203,6 +246,28 @@ fn main() -> anyhow::Result<()> {
             eprintln!("wrote {n} device credentials to {}", out.display());
         }
         return Ok(());
+    }
+    if let Command::Medium {
+        listen,
+        pcap,
+        peers,
+        channel,
+        loss,
+        latency,
+        seed,
+        max_participants,
+        duration,
+    } = cli.command
+    {
+        let options = medium::MediumOptions {
+            pcap,
+            peers,
+            peer_channel: channel,
+            link: medium::link_model(loss, latency),
+            seed,
+            max_participants,
+        };
+        return run_medium(listen, &options, duration);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -315,8 +380,31 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Provision { .. } => Ok(()),
+        Command::Provision { .. } | Command::Medium { .. } => Ok(()),
     }
+}
+
+/// `v6iot-sim medium`: serves until Ctrl-C or `duration`, then prints the summary.
+fn run_medium(
+    listen: SocketAddr,
+    options: &medium::MediumOptions,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let socket =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("cannot bind UDP {listen}"))?;
+    let stop = medium::driver::stop_flag(duration);
+    eprintln!(
+        "v6iot-sim medium: ZEP v2 on {} (Ctrl-C to stop){}",
+        socket.local_addr()?,
+        options
+            .pcap
+            .as_ref()
+            .map(|p| format!(", capturing to {}", p.display()))
+            .unwrap_or_default()
+    );
+    let summary = medium::serve(options, &socket, &stop)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }
 
 /// `path` with `suffix` appended to its file name (`creds.csv` → `creds.csv.seq`).

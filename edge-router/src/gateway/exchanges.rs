@@ -144,6 +144,11 @@ impl Exchanges {
         self.client.insert(key, x);
     }
 
+    /// True when `token` is one of the edge's requests awaiting a response or notifications.
+    pub(super) fn has_client(&self, token: &[u8]) -> bool {
+        self.client.contains_key(&token_key(token))
+    }
+
     pub(super) fn client_mut(&mut self, token: &[u8]) -> Option<&mut ClientExchange> {
         self.client.get_mut(&token_key(token))
     }

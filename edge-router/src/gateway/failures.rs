@@ -1,15 +1,26 @@
-//! Authentication failures: the [`SecurityEvent`]s the rate limiter consumes, the CoAP answer
-//! each cause gets, and the per-source aggregation that keeps a flood from becoming a reply
-//! storm or a database write per packet.
+//! Authentication failures: the [`SecurityEvent`]s the limits and reports consume, the CoAP
+//! answer each cause gets, and the bounds that keep a flood from becoming a reply storm or a
+//! database write per packet — per source and globally, however many sources there are.
 //!
-//! Per source address, a window of [`FailureLog::WINDOW`] opens with the first failure: that
-//! failure is audited at once; the window allows [`FailureLog::MAX_REPLIES`] error replies, and
-//! later failures in it are only counted (dropped silently, no amplification). When the window
-//! ends, one audit row carries the count of the failures it did not report. At most
-//! [`FailureLog::MAX_SOURCES`] windows are open; failures from further sources are counted
-//! together, never answered, and reported in one row per window.
+//! # Error answers
+//!
+//! Per source address, a window of [`FailureLog::WINDOW`] opens with the first failure and
+//! allows [`FailureLog::MAX_REPLIES`] error answers; at most [`FailureLog::MAX_SOURCES`] windows
+//! are open (failures from further sources are not answered). On top of that, all error answers
+//! together draw from one bucket of [`FailureLog::REPLIES_PER_SECOND`]: a flood from a million
+//! addresses gets at most that many answers a second, none larger than a short diagnostic.
+//!
+//! # Audit rows
+//!
+//! Failures are audited per interval of [`FailureLog::AUDIT_INTERVAL`], globally: the first
+//! failure of each of the first [`FailureLog::MAX_DETAIL_ROWS`] sources in an interval gets a row
+//! of its own at once (source address, device, kid, cause), every later failure is only counted,
+//! and when the interval ends one summary row carries the counts per cause and up to
+//! [`FailureLog::SUMMARY_SAMPLES`] samples. So failures never cost more than
+//! `MAX_DETAIL_ROWS + 1` rows per interval (9 per 10 s, under 80,000 a day, whatever the flood),
+//! and a single attacker is still on record with its address the moment it starts.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use foldhash::{HashMap, HashMapExt as _};
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +30,7 @@ use coap_lite::ResponseType;
 
 use crate::audit::AuditEvent;
 
+use super::limits::{Bucket, Rate};
 use super::{audit_address, audit_time};
 
 /// Why a message was refused.
@@ -47,10 +59,21 @@ pub enum SecurityCause {
     EndpointMismatch,
     /// A protected response that does not verify, or answers nothing the edge asked.
     BadResponse,
-    /// The source network (IPv6 /64, IPv4 address) was over its rate: dropped unread.
+    /// The source network (IPv6 /64, IPv4 address) was over its rate of unauthenticated
+    /// datagrams: dropped unread.
     SourceLimited,
-    /// The source network is quarantined after repeated failures: dropped unread.
-    SourceQuarantined,
+    /// The kid is quarantined after repeated failed verifications and the request did not come
+    /// from where its device was last verified (or came faster than its rate): refused
+    /// unverified.
+    KidQuarantined,
+    /// The kid's requests were refused too often (replays, failed verifications) and this one
+    /// did not come from where its device was last verified: dropped unread until the kid's
+    /// budget refills.
+    KidLimited,
+    /// An empty Reset that would end a protected exchange of the edge: RFC 8613 leaves empty
+    /// messages unprotected, so anyone could send it; ignored (the request stays pending and
+    /// is retransmitted).
+    ResetIgnored,
     /// An authenticated device was over its rate: answered 5.03 with Max-Age.
     DeviceLimited,
 }
@@ -71,19 +94,29 @@ impl SecurityCause {
             SecurityCause::EndpointMismatch => "endpoint_mismatch",
             SecurityCause::BadResponse => "bad_response",
             SecurityCause::SourceLimited => "source_limited",
-            SecurityCause::SourceQuarantined => "source_quarantined",
+            SecurityCause::KidQuarantined => "kid_quarantined",
+            SecurityCause::KidLimited => "kid_limited",
+            SecurityCause::ResetIgnored => "reset_ignored",
             SecurityCause::DeviceLimited => "device_limited",
         }
     }
 
-    /// Whether the cause is a failed authentication, which counts towards quarantining the
-    /// source (rate limits are not).
-    pub fn is_auth_failure(self) -> bool {
-        !matches!(
+    /// Whether the cause draws from the refusal budget of the (active) kid the request named:
+    /// a refusal before or by verification.
+    pub fn draws_on_kid(self) -> bool {
+        self.counts_against_kid() || self == SecurityCause::Replay
+    }
+
+    /// Whether the cause counts towards quarantining the kid the message named: a failed
+    /// verification under an active device's kid (AEAD failure, malformed OSCORE). Nothing
+    /// else does — not replays (the MAC verified: the device's own retransmission after a
+    /// restart, or a captured message), not plain requests, unknown or revoked kids, stray
+    /// responses (they name no device or are not its doing), not rate limits — and nothing
+    /// counts towards a source network (see [`super::limits`]).
+    pub fn counts_against_kid(self) -> bool {
+        matches!(
             self,
-            SecurityCause::SourceLimited
-                | SecurityCause::SourceQuarantined
-                | SecurityCause::DeviceLimited
+            SecurityCause::DecryptionFailed | SecurityCause::Malformed
         )
     }
 
@@ -98,6 +131,7 @@ impl SecurityCause {
             SecurityCause::Malformed => (ResponseType::BadOption, "Failed to decode COSE"),
             SecurityCause::DeviceRevoked => (ResponseType::Unauthorized, "device revoked"),
             SecurityCause::DeviceQuarantined => (ResponseType::Forbidden, "device quarantined"),
+            SecurityCause::KidQuarantined => (ResponseType::Forbidden, "kid quarantined"),
             _ => return None,
         })
     }
@@ -122,132 +156,189 @@ pub struct SecurityEvent {
     pub cause: SecurityCause,
 }
 
+/// One source's error-answer window.
 struct Window {
-    /// Failures not yet in an audit row.
-    unreported: u64,
     replies: u32,
-    last: SecurityCause,
-    device: Option<String>,
 }
 
-/// Per-source failure windows (see the module docs).
+/// Failures of the current audit interval that have no row of their own.
+#[derive(Default)]
+struct Unreported {
+    counts: BTreeMap<&'static str, u64>,
+    samples: Vec<String>,
+}
+
+/// Sizes of the failure log's tables, for tests and the stated bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureTables {
+    /// Open error-answer windows (at most [`FailureLog::MAX_SOURCES`]).
+    pub reply_windows: usize,
+    /// Audit rows waiting to be taken.
+    pub queued_rows: usize,
+    /// Failure audit rows made since start (detail and summary rows).
+    pub rows_made: u64,
+}
+
+/// Error-answer windows and the failure audit (see the module docs).
 pub(super) struct FailureLog {
     windows: HashMap<IpAddr, Window>,
     order: VecDeque<(Instant, IpAddr)>,
-    overflow: u64,
-    overflow_until: Option<Instant>,
+    /// All error answers together; made full on first use.
+    replies: Option<Bucket>,
+    /// When the current audit interval ends (none open while quiet).
+    interval_until: Option<Instant>,
+    /// Sources with a detail row in the current interval.
+    detailed: Vec<IpAddr>,
+    unreported: Unreported,
     audits: VecDeque<AuditEvent>,
+    rows_made: u64,
 }
 
 impl FailureLog {
-    /// How long a source's window lasts.
+    /// How long a source's error-answer window lasts.
     pub(super) const WINDOW: Duration = Duration::from_secs(5);
-    /// Error replies per source and window; further failures are dropped silently.
+    /// Error answers per source and window; further failures are dropped silently.
     pub(super) const MAX_REPLIES: u32 = 4;
     /// Open windows at most.
     pub(super) const MAX_SOURCES: usize = 4096;
+    /// Error answers per second, all sources together (also the burst).
+    pub(super) const REPLIES_PER_SECOND: f64 = 200.0;
+    /// The audit interval.
+    pub(super) const AUDIT_INTERVAL: Duration = Duration::from_secs(10);
+    /// Rows of their own per audit interval (one per source, the first sources only).
+    pub(super) const MAX_DETAIL_ROWS: usize = 8;
+    /// Samples in an interval's summary row.
+    pub(super) const SUMMARY_SAMPLES: usize = 4;
+
+    const REPLY_RATE: Rate = Rate {
+        per_second: Self::REPLIES_PER_SECOND,
+        burst: Self::REPLIES_PER_SECOND,
+    };
 
     pub(super) fn new() -> FailureLog {
         FailureLog {
             windows: HashMap::new(),
             order: VecDeque::new(),
-            overflow: 0,
-            overflow_until: None,
+            replies: None,
+            interval_until: None,
+            detailed: Vec::new(),
+            unreported: Unreported::default(),
             audits: VecDeque::new(),
+            rows_made: 0,
         }
     }
 
     /// Records a failure; true when it may be answered.
     pub(super) fn record(&mut self, now: Instant, unix_ms: u64, event: &SecurityEvent) -> bool {
+        self.audit(now, unix_ms, event);
+        self.may_reply(now, event.peer.ip())
+    }
+
+    /// Whether `ip` may get one more error answer now (takes it from its window and the
+    /// global bucket).
+    fn may_reply(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let open = self.windows.len();
+        match self.windows.get_mut(&ip) {
+            Some(w) if w.replies >= Self::MAX_REPLIES => return false,
+            Some(w) => w.replies += 1,
+            None if open >= Self::MAX_SOURCES => return false,
+            None => {
+                self.windows.insert(ip, Window { replies: 1 });
+                self.order.push_back((now + Self::WINDOW, ip));
+            }
+        }
+        self.replies
+            .get_or_insert_with(|| Bucket::full(Self::REPLY_RATE, now))
+            .take(Self::REPLY_RATE, now)
+    }
+
+    /// A row of its own for the first failure of one of the interval's first sources; the
+    /// rest is counted for the summary.
+    fn audit(&mut self, now: Instant, unix_ms: u64, event: &SecurityEvent) {
+        self.interval_until
+            .get_or_insert(now + Self::AUDIT_INTERVAL);
         let ip = event.peer.ip();
-        if let Some(w) = self.windows.get_mut(&ip) {
-            w.unreported += 1;
-            w.last = event.cause;
-            if event.device.is_some() {
-                w.device.clone_from(&event.device);
-            }
-            if w.replies < Self::MAX_REPLIES {
-                w.replies += 1;
-                return true;
-            }
-            return false;
+        if self.detailed.len() < Self::MAX_DETAIL_ROWS && !self.detailed.contains(&ip) {
+            self.detailed.push(ip);
+            let row =
+                failure_row(unix_ms, event.device.clone(), event.peer).detail(describe(event));
+            self.push_row(row);
+            return;
         }
-        if self.windows.len() >= Self::MAX_SOURCES {
-            self.overflow += 1;
-            self.overflow_until.get_or_insert(now + Self::WINDOW);
-            return false;
+        *self
+            .unreported
+            .counts
+            .entry(event.cause.as_str())
+            .or_insert(0) += 1;
+        if self.unreported.samples.len() < Self::SUMMARY_SAMPLES {
+            self.unreported.samples.push(describe(event));
         }
-        let row = failure_row(unix_ms, event.device.clone(), event.peer).detail(format!(
-            "{} from {}{}",
-            event.cause,
-            event.peer,
-            event
-                .kid
-                .as_ref()
-                .map(|k| format!(" kid {}", crate::registry_db::hex::encode(k)))
-                .unwrap_or_default()
-        ));
+    }
+
+    fn push_row(&mut self, row: AuditEvent) {
+        self.rows_made += 1;
         self.audits.push_back(row);
-        let until = now + Self::WINDOW;
-        self.windows.insert(
-            ip,
-            Window {
-                unreported: 0,
-                replies: 1,
-                last: event.cause,
-                device: event.device.clone(),
-            },
-        );
-        self.order.push_back((until, ip));
-        true
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         let first = self.order.front().map(|(t, _)| *t);
-        [first, self.overflow_until].into_iter().flatten().min()
+        [first, self.interval_until].into_iter().flatten().min()
     }
 
-    /// Closes the windows that ended, with one audit row each for their unreported failures.
+    /// Closes the answer windows that ended, and the audit interval with its summary row.
     pub(super) fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
         while let Some(&(until, ip)) = self.order.front() {
             if until > now {
                 break;
             }
             self.order.pop_front();
-            let Some(w) = self.windows.remove(&ip) else {
-                continue;
-            };
-            if w.unreported > 0 {
-                let row = failure_row(unix_ms, w.device, SocketAddr::new(ip, 0)).detail(format!(
-                    "{} more failures from {ip} within {} s (last: {})",
-                    w.unreported,
-                    Self::WINDOW.as_secs(),
-                    w.last
-                ));
-                self.audits.push_back(row);
-            }
+            self.windows.remove(&ip);
         }
-        if self.overflow_until.is_some_and(|t| t <= now) {
-            self.overflow_until = None;
-            if self.overflow > 0 {
-                self.audits.push_back(
-                    AuditEvent::auth_failure(format!(
-                        "{} failures from further sources (more than {} sources failing)",
-                        self.overflow,
-                        Self::MAX_SOURCES
-                    ))
-                    .at(audit_time(unix_ms)),
-                );
-                self.overflow = 0;
-            }
+        if self.interval_until.is_none_or(|t| t > now) {
+            return;
         }
+        self.interval_until = None;
+        self.detailed.clear();
+        let Unreported { counts, samples } = std::mem::take(&mut self.unreported);
+        let total: u64 = counts.values().sum();
+        if total == 0 {
+            return;
+        }
+        let by_cause: Vec<String> = counts.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let row = AuditEvent::auth_failure(format!(
+            "{total} more failures within {} s ({}); e.g. {}",
+            Self::AUDIT_INTERVAL.as_secs(),
+            by_cause.join(", "),
+            samples.join("; ")
+        ))
+        .at(audit_time(unix_ms));
+        self.push_row(row);
     }
 
     /// The next audit row to write.
     pub(super) fn poll_audit(&mut self) -> Option<AuditEvent> {
         self.audits.pop_front()
     }
+
+    /// Table sizes and rows made.
+    pub(super) fn tables(&self) -> FailureTables {
+        FailureTables {
+            reply_windows: self.windows.len(),
+            queued_rows: self.audits.len(),
+            rows_made: self.rows_made,
+        }
+    }
+}
+
+/// `cause from [addr]:port kid 01ab`.
+fn describe(event: &SecurityEvent) -> String {
+    let kid = event
+        .kid
+        .as_ref()
+        .map(|k| format!(" kid {}", crate::registry_db::hex::encode(k)))
+        .unwrap_or_default();
+    format!("{} from {}{kid}", event.cause, event.peer)
 }
 
 /// An `auth_failure` row at `unix_ms`, about `device` if known, with the source address.
@@ -256,4 +347,77 @@ fn failure_row(unix_ms: u64, device: Option<String>, peer: SocketAddr) -> AuditE
     row.device = device;
     row.address = Some(audit_address(peer));
     row
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    fn forgery(i: u32) -> SecurityEvent {
+        let ip = Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(i) << 64) | 1);
+        SecurityEvent {
+            peer: SocketAddr::new(IpAddr::V6(ip), 5683),
+            kid: Some(vec![0x99]),
+            device: None,
+            cause: SecurityCause::UnknownKid,
+        }
+    }
+
+    #[test]
+    fn ten_thousand_sources_cost_at_most_nine_rows_per_interval_and_bounded_answers() {
+        let t0 = Instant::now();
+        let mut log = FailureLog::new();
+        let mut answered = 0;
+        for i in 0..10_000 {
+            if log.record(t0, 1_000, &forgery(i)) {
+                answered += 1;
+            }
+        }
+        let tables = log.tables();
+        assert_eq!(tables.reply_windows, FailureLog::MAX_SOURCES);
+        assert_eq!(answered, FailureLog::REPLIES_PER_SECOND as usize);
+        assert_eq!(tables.rows_made, FailureLog::MAX_DETAIL_ROWS as u64);
+        // The interval ends: one summary row with the count and a few samples.
+        log.handle_timeout(t0 + FailureLog::AUDIT_INTERVAL, 11_000);
+        let rows: Vec<_> = std::iter::from_fn(|| log.poll_audit()).collect();
+        assert_eq!(rows.len(), FailureLog::MAX_DETAIL_ROWS + 1);
+        let summary = &rows[FailureLog::MAX_DETAIL_ROWS].detail;
+        assert!(
+            summary.starts_with("9992 more failures within 10 s (unknown_kid 9992); e.g. "),
+            "{summary}"
+        );
+        assert_eq!(summary.matches("unknown_kid from").count(), 4, "{summary}");
+        // The first sources are on record with their addresses.
+        assert_eq!(rows[0].address, Some(audit_address(forgery(0).peer)));
+        assert!(rows[0].detail.contains("kid 99"), "{}", rows[0].detail);
+        // The windows closed with the interval; a second flood gets the same bounds.
+        assert_eq!(log.tables().reply_windows, 0);
+        let t1 = t0 + FailureLog::AUDIT_INTERVAL + Duration::from_secs(1);
+        for i in 0..10_000 {
+            log.record(t1, 12_000, &forgery(i));
+        }
+        log.handle_timeout(t1 + FailureLog::AUDIT_INTERVAL, 22_000);
+        assert_eq!(
+            log.tables().rows_made,
+            2 * (FailureLog::MAX_DETAIL_ROWS as u64 + 1)
+        );
+    }
+
+    #[test]
+    fn one_source_gets_four_answers_per_window_and_one_row() {
+        let t0 = Instant::now();
+        let mut log = FailureLog::new();
+        let answered = (0..100).filter(|_| log.record(t0, 0, &forgery(1))).count();
+        assert_eq!(answered, FailureLog::MAX_REPLIES as usize);
+        assert_eq!(log.tables().rows_made, 1);
+        // A window later it may be answered again.
+        log.handle_timeout(t0 + FailureLog::WINDOW, 0);
+        assert!(log.record(t0 + FailureLog::WINDOW, 0, &forgery(1)));
+        log.handle_timeout(t0 + FailureLog::AUDIT_INTERVAL, 0);
+        let rows: Vec<_> = std::iter::from_fn(|| log.poll_audit()).collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows[1].detail.starts_with("100 more failures"), "{rows:?}");
+    }
 }

@@ -111,6 +111,10 @@ impl Keyring {
         self.by_kid.len()
     }
 
+    pub(super) fn get(&self, kid: &[u8]) -> Option<&Entry> {
+        self.by_kid.get(kid)
+    }
+
     pub(super) fn get_mut(&mut self, kid: &[u8]) -> Option<&mut Entry> {
         self.by_kid.get_mut(kid)
     }

@@ -1,34 +1,67 @@
-//! Rate limits and quarantine, sans-IO: token buckets per source network and per device, and a
-//! quarantine for sources that keep failing authentication.
+//! Rate limits and quarantine, sans-IO: which budget each datagram draws from, token buckets
+//! per source network and per device, and the quarantine of a kid that keeps failing
+//! verification.
 //!
-//! # What is limited, and when
+//! # Three lanes
 //!
-//! | key | checked | bucket | why |
+//! Before any cryptography the gateway looks at a datagram ([`super::peek`]) and puts it in a
+//! lane. What an attacker sends without a device's key can only drain the lane it lands in,
+//! never another:
+//!
+//! | lane | what | budget, checked before verification | after verification |
 //! |---|---|---|---|
-//! | source network: the /64 of an IPv6 source, the whole address of an IPv4 one | every datagram, **before** any cryptography | `per_source` | one host (or one attacker's /64, which it controls whole) cannot eat the CPU of the OSCORE checks |
-//! | device identity | after OSCORE verification | `per_device` | one device, however many addresses it uses, cannot flood the outbox |
+//! | kid | a request naming the kid of an active device | none while the kid is in good standing; its refusals before verification (replays, failed verifications) draw from a bucket of the kid's (`per_device`), and while that is empty its requests from anywhere but the address the device was last verified at are dropped unread (`kid_limited`); while the kid is quarantined, refused unless from that address, and from there at most `per_device` per second ([`Limits::check_kid`]) | the device's bucket `per_device` (over it: protected 5.03 + Max-Age) |
+//! | expected | a response whose token is one of the edge's requests in flight, an empty ACK to a Confirmable request the edge sent (tokens are 8 random bytes; see `ingress::downlink`) | none: the edge asked for it | verified against the request's context |
+//! | unauthenticated | everything else: plain requests, unknown or revoked kids, stray responses, empty messages, garbage | the source network's bucket `per_source` (IPv6 /64, IPv4 address; [`Limits::check_source`]); over it dropped unread | — |
 //!
-//! A source that fails authentication `failures_to_quarantine` times within `failure_window`
-//! is quarantined for `quarantine`: everything it sends is dropped before parsing until the time
-//! is up. Other sources and devices are unaffected: each has its own bucket.
+//! So a spoofed flood from a plant's /64 empties that /64's unauthenticated bucket and nothing
+//! else: the verified devices there keep talking through their kids.
+//!
+//! # Quarantine: only what is attributable
+//!
+//! A network is never quarantined: a source address proves nothing, and anyone who can spoof a
+//! plant's /64 could otherwise silence every device in it. Plain requests, unknown kids,
+//! revoked devices, replays, stray or stale responses are rate-limited (above) and their error
+//! answers budgeted (`failures`), nothing more.
+//!
+//! What is quarantined is a kid of an active device whose requests keep failing verification
+//! (AEAD failure or malformed OSCORE under that kid: [`SecurityCause::counts_against_kid`]):
+//! `failures_to_quarantine` within `failure_window` quarantine it for `quarantine`. Meanwhile
+//! its requests from any address but the one the device was last verified at are refused
+//! without cryptography (`kid_quarantined`, 4.03 within the reply budget); from that address
+//! they are still verified, at most `per_device` per second, so the genuine device keeps
+//! reporting unless the forger also sits at its exact address and port. A quarantine ends when
+//! its time is up (failures are counted afresh), or at once when the registry gives the kid a
+//! new context or drops it (rotation, revocation: [`Limits::forget_kid`]). It is audited,
+//! logged and in the security report.
+//!
+//! Legitimate patterns quarantine nothing: a device's retransmissions after an edge restart are
+//! replays (verified MAC, refused by the replay window; not counted against the kid), stale
+//! notifications after a restart are stray responses (unauthenticated lane, answered with a
+//! Reset so the device ends the observation), a revoked device's retries are unauthenticated.
 //!
 //! # Bounded memory
 //!
-//! Source networks are attacker-chosen (an IPv6 attacker has 2^64 /64s), so the tables are
-//! bounded: at most `max_tracked` sources and as many devices. Entries whose bucket is full
-//! again and which are not quarantined carry no information and are swept out
-//! ([`Limits::handle_timeout`]). When the table is full of live entries, new sources share one
-//! overflow bucket of the per-source size: a spoofing flood then limits itself, while the sources
-//! already tracked keep their own buckets.
+//! | table | key | bound |
+//! |---|---|---|
+//! | source buckets | attacker-chosen source network | `max_tracked` entries (default 100,000, about 48 bytes each); new networks share one overflow bucket of the per-source size while the table is full; entries whose bucket is full again are swept |
+//! | device buckets | authenticated device | `max_tracked` (a device must verify to get one) |
+//! | kid states | kid of an active device | `max_tracked`, and never more than the active devices: the gateway counts failures only for kids it has a context for |
+//!
+//! The overflow bucket is shared only by unauthenticated traffic of networks not yet tracked:
+//! filling the table from many /64s costs no verified device its own budget.
 //!
 //! # The I/O boundary
 //!
-//! Nothing here reads a clock: every call takes `now`. The caller (the server loop) decides what
+//! Nothing here reads a clock: every call takes `now`. The caller (the gateway) decides what
 //! to do with a [`Verdict`]: drop silently (a response would amplify a flood) and count it.
 
 use foldhash::{HashMap, HashMapExt as _};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+#[cfg(doc)]
+use super::failures::SecurityCause;
 
 /// A token bucket's size: a sustained rate and a burst.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,17 +75,17 @@ pub struct Rate {
 /// The limits' configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
-    /// Per source network (IPv6 /64, IPv4 address).
+    /// Unauthenticated datagrams per source network (IPv6 /64, IPv4 address).
     pub per_source: Rate,
     /// Per authenticated device.
     pub per_device: Rate,
-    /// Authentication failures within `failure_window` that quarantine a source.
+    /// Failed verifications under one kid within `failure_window` that quarantine the kid.
     pub failures_to_quarantine: u32,
     /// The window in which failures are counted.
     pub failure_window: Duration,
-    /// How long a quarantine lasts.
+    /// How long a kid's quarantine lasts.
     pub quarantine: Duration,
-    /// Largest number of sources (and of devices) tracked at once.
+    /// Largest number of sources (and of devices, and of kids) tracked at once.
     pub max_tracked: usize,
 }
 
@@ -72,11 +105,13 @@ impl Default for LimitsConfig {
 pub enum Verdict {
     /// Go on.
     Allow,
-    /// The source network is over its rate.
+    /// The source network is over its rate of unauthenticated datagrams.
     SourceLimited,
     /// The device is over its rate.
     DeviceLimited,
-    /// The source is quarantined until the given time.
+    /// The kid's refusals used up its budget: dropped unread.
+    KidLimited,
+    /// The kid is quarantined until the given time.
     Quarantined {
         /// When the quarantine ends.
         until: Instant,
@@ -119,13 +154,13 @@ impl std::fmt::Display for SourceNet {
 
 /// A token bucket, refilled lazily on use.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(super) struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now: Instant) -> Bucket {
+    pub(super) fn full(rate: Rate, now: Instant) -> Bucket {
         Bucket {
             tokens: rate.burst,
             last: now,
@@ -138,7 +173,8 @@ impl Bucket {
         self.last = now;
     }
 
-    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+    /// Takes a token if there is one.
+    pub(super) fn take(&mut self, rate: Rate, now: Instant) -> bool {
         self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -148,6 +184,12 @@ impl Bucket {
         }
     }
 
+    /// Whether a token is there (none taken).
+    fn has_token(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
+        self.tokens >= 1.0
+    }
+
     /// Full again by `now`: it remembers nothing a fresh bucket would not.
     fn is_idle(&self, rate: Rate, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -155,49 +197,71 @@ impl Bucket {
     }
 }
 
+/// The standing of one kid.
 #[derive(Debug, Clone)]
-struct SourceState {
-    bucket: Bucket,
-    /// Failures counted since `window_start`.
+struct KidState {
+    /// Failed verifications counted since `window_start`.
     failures: u32,
     window_start: Instant,
     quarantined_until: Option<Instant>,
+    /// While quarantined: verifications allowed from the device's own address.
+    probe: Bucket,
+    /// Refusals before verification (replays too): while empty, requests from elsewhere than
+    /// the device's own address are dropped unread.
+    refusals: Bucket,
 }
 
-/// A quarantine that just began.
+impl KidState {
+    fn new(now: Instant, rate: Rate) -> KidState {
+        KidState {
+            failures: 0,
+            window_start: now,
+            quarantined_until: None,
+            probe: Bucket::full(rate, now),
+            refusals: Bucket::full(rate, now),
+        }
+    }
+}
+
+/// A kid's quarantine that just began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuarantineStarted {
-    /// The quarantined network.
-    pub source: SourceNet,
     /// When it ends.
     pub until: Instant,
-    /// Failures that led to it.
+    /// Failed verifications that led to it.
     pub failures: u32,
 }
 
 /// Counters since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitStats {
-    /// Datagrams dropped by a source bucket (including the overflow bucket).
+    /// Unauthenticated datagrams dropped by a source bucket (including the overflow bucket).
     pub source_limited: u64,
     /// Requests dropped by a device bucket.
     pub device_limited: u64,
-    /// Datagrams dropped because their source is quarantined.
-    pub quarantined_drops: u64,
-    /// Quarantines begun.
+    /// Requests refused unverified because their kid is quarantined.
+    pub kid_quarantined: u64,
+    /// Requests dropped unread because their kid's refusal budget was used up.
+    pub kid_limited: u64,
+    /// Kid quarantines begun.
     pub quarantines: u64,
     /// Sources currently tracked.
     pub tracked_sources: u64,
+    /// Devices currently tracked.
+    pub tracked_devices: u64,
+    /// Kids currently tracked (failing or quarantined).
+    pub tracked_kids: u64,
     /// Datagrams that went through the overflow bucket because the source table was full.
     pub overflowed: u64,
 }
 
-/// Token buckets per source network and per device, and the quarantine.
+/// Token buckets per source network and per device, and the kids' standing.
 #[derive(Debug)]
 pub struct Limits {
     config: LimitsConfig,
-    sources: HashMap<SourceNet, SourceState>,
+    sources: HashMap<SourceNet, Bucket>,
     devices: HashMap<String, Bucket>,
+    kids: HashMap<Vec<u8>, KidState>,
     /// Shared by new sources while the table is full; made on first use.
     overflow: Option<Bucket>,
     stats: LimitStats,
@@ -210,6 +274,7 @@ impl Limits {
             config,
             sources: HashMap::new(),
             devices: HashMap::new(),
+            kids: HashMap::new(),
             overflow: None,
             stats: LimitStats::default(),
         }
@@ -226,62 +291,122 @@ impl Limits {
         self.config = config;
     }
 
-    /// Counters.
+    /// Counters and table sizes.
     pub fn stats(&self) -> LimitStats {
         LimitStats {
             tracked_sources: self.sources.len() as u64,
+            tracked_devices: self.devices.len() as u64,
+            tracked_kids: self.kids.len() as u64,
             ..self.stats
         }
     }
 
-    /// Whether a source is quarantined at `now`.
-    pub fn is_quarantined(&self, now: Instant, source: IpAddr) -> bool {
-        self.sources
-            .get(&SourceNet::of(source))
-            .and_then(|s| s.quarantined_until)
+    /// Whether `kid` is quarantined at `now`.
+    pub fn is_kid_quarantined(&self, now: Instant, kid: &[u8]) -> bool {
+        self.kids
+            .get(kid)
+            .and_then(|k| k.quarantined_until)
             .is_some_and(|until| until > now)
     }
 
-    /// Checks a datagram from `source` before anything else is done with it: quarantine, then
-    /// the source network's bucket. Takes a token when allowed.
+    /// Checks an unauthenticated datagram from `source` before anything else is done with
+    /// it: the source network's bucket. Takes a token when allowed.
     pub fn check_source(&mut self, now: Instant, source: IpAddr) -> Verdict {
         let net = SourceNet::of(source);
         let rate = self.config.per_source;
         let full = self.sources.len() >= self.config.max_tracked;
-        let state = match self.sources.get_mut(&net) {
-            Some(state) => state,
+        let bucket = match self.sources.get_mut(&net) {
+            Some(bucket) => bucket,
             None if full => {
                 self.stats.overflowed += 1;
-                let overflow = self.overflow.get_or_insert_with(|| Bucket::full(rate, now));
-                return if overflow.take(rate, now) {
-                    Verdict::Allow
-                } else {
-                    self.stats.source_limited += 1;
-                    Verdict::SourceLimited
-                };
+                self.overflow.get_or_insert_with(|| Bucket::full(rate, now))
             }
-            None => self.sources.entry(net).or_insert_with(|| SourceState {
-                bucket: Bucket::full(rate, now),
-                failures: 0,
-                window_start: now,
-                quarantined_until: None,
-            }),
+            None => self.sources.entry(net).or_insert(Bucket::full(rate, now)),
         };
-        if let Some(until) = state.quarantined_until {
-            if until > now {
-                self.stats.quarantined_drops += 1;
-                return Verdict::Quarantined { until };
-            }
-            state.quarantined_until = None;
-            state.failures = 0;
-            state.window_start = now;
-        }
-        if state.bucket.take(rate, now) {
+        if bucket.take(rate, now) {
             Verdict::Allow
         } else {
             self.stats.source_limited += 1;
             Verdict::SourceLimited
         }
+    }
+
+    /// Checks a request naming `kid` (of an active device) before it is verified.
+    /// `from_bound` says whether it comes from the address the kid's device was last verified
+    /// at. From there always allowed (while quarantined: at the device's rate); from elsewhere
+    /// unless the kid's refusal budget is used up or the kid is quarantined.
+    pub fn check_kid(&mut self, now: Instant, kid: &[u8], from_bound: bool) -> Verdict {
+        let Some(state) = self.kids.get_mut(kid) else {
+            return Verdict::Allow;
+        };
+        let Some(until) = state.quarantined_until else {
+            if !from_bound && !state.refusals.has_token(self.config.per_device, now) {
+                self.stats.kid_limited += 1;
+                return Verdict::KidLimited;
+            }
+            return Verdict::Allow;
+        };
+        if until <= now {
+            // Over: failures are counted afresh.
+            state.quarantined_until = None;
+            state.failures = 0;
+            state.window_start = now;
+            return Verdict::Allow;
+        }
+        if from_bound && state.probe.take(self.config.per_device, now) {
+            return Verdict::Allow;
+        }
+        self.stats.kid_quarantined += 1;
+        Verdict::Quarantined { until }
+    }
+
+    /// Counts a request under `kid` (which must be an active device's) refused before or by
+    /// verification — a replay, or, with `failed`, a failed verification — and returns the
+    /// quarantine it starts, if any. A quarantine in force is not extended.
+    pub fn kid_refusal(
+        &mut self,
+        now: Instant,
+        kid: &[u8],
+        failed: bool,
+    ) -> Option<QuarantineStarted> {
+        if !self.kids.contains_key(kid) {
+            if self.kids.len() >= self.config.max_tracked {
+                self.sweep_kids(now);
+            }
+            if self.kids.len() >= self.config.max_tracked {
+                // Nowhere to remember it; cannot happen while the table outnumbers the devices.
+                return None;
+            }
+            let state = KidState::new(now, self.config.per_device);
+            self.kids.insert(kid.to_vec(), state);
+        }
+        let config = &self.config;
+        let state = self.kids.get_mut(kid)?;
+        state.refusals.take(config.per_device, now);
+        if !failed || state.quarantined_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        if now.saturating_duration_since(state.window_start) > config.failure_window {
+            state.failures = 0;
+            state.window_start = now;
+        }
+        state.failures = state.failures.saturating_add(1);
+        if state.failures < config.failures_to_quarantine {
+            return None;
+        }
+        let until = now + config.quarantine;
+        state.quarantined_until = Some(until);
+        state.probe = Bucket::full(config.per_device, now);
+        self.stats.quarantines += 1;
+        Some(QuarantineStarted {
+            until,
+            failures: state.failures,
+        })
+    }
+
+    /// Forgets `kid`'s standing (its context was replaced or dropped): a quarantine ends.
+    pub fn forget_kid(&mut self, kid: &[u8]) {
+        self.kids.remove(kid);
     }
 
     /// Checks a request from an authenticated device. Takes a token when allowed.
@@ -311,69 +436,35 @@ impl Limits {
         }
     }
 
-    /// Counts an authentication failure from `source`; returns the quarantine it starts, if any.
-    pub fn auth_failure(&mut self, now: Instant, source: IpAddr) -> Option<QuarantineStarted> {
-        let net = SourceNet::of(source);
-        let full = self.sources.len() >= self.config.max_tracked;
-        let state = match self.sources.get_mut(&net) {
-            Some(state) => state,
-            // Nowhere to remember it: the overflow bucket already limits such sources.
-            None if full => return None,
-            None => self.sources.entry(net).or_insert_with(|| SourceState {
-                bucket: Bucket::full(self.config.per_source, now),
-                failures: 0,
-                window_start: now,
-                quarantined_until: None,
-            }),
-        };
-        if state.quarantined_until.is_some_and(|until| until > now) {
-            return None;
-        }
-        if now.saturating_duration_since(state.window_start) > self.config.failure_window {
-            state.failures = 0;
-            state.window_start = now;
-        }
-        state.failures = state.failures.saturating_add(1);
-        if state.failures < self.config.failures_to_quarantine {
-            return None;
-        }
-        let until = now + self.config.quarantine;
-        state.quarantined_until = Some(until);
-        let failures = state.failures;
-        self.stats.quarantines += 1;
-        Some(QuarantineStarted {
-            source: net,
-            until,
-            failures,
-        })
-    }
-
     /// When [`handle_timeout`](Self::handle_timeout) should next run, asked at `now`: a sweep
     /// every few seconds while anything is tracked.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        (!self.sources.is_empty() || !self.devices.is_empty()).then(|| now + Duration::from_secs(5))
+        (!self.sources.is_empty() || !self.devices.is_empty() || !self.kids.is_empty())
+            .then(|| now + Duration::from_secs(5))
     }
 
-    /// Forgets entries that carry no information any more (full buckets, no quarantine, no
-    /// recent failures).
+    /// Forgets entries that carry no information any more (full buckets, kids neither failing
+    /// nor quarantined).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.sweep_sources(now);
+        let rate = self.config.per_source;
+        self.sources.retain(|_, b| !b.is_idle(rate, now));
         self.sweep_devices(now);
-    }
-
-    fn sweep_sources(&mut self, now: Instant) {
-        let config = &self.config;
-        self.sources.retain(|_, s| {
-            let quarantined = s.quarantined_until.is_some_and(|until| until > now);
-            let failing = s.failures > 0
-                && now.saturating_duration_since(s.window_start) <= config.failure_window;
-            quarantined || failing || !s.bucket.is_idle(config.per_source, now)
-        });
+        self.sweep_kids(now);
     }
 
     fn sweep_devices(&mut self, now: Instant) {
         let rate = self.config.per_device;
         self.devices.retain(|_, b| !b.is_idle(rate, now));
+    }
+
+    fn sweep_kids(&mut self, now: Instant) {
+        let window = self.config.failure_window;
+        let rate = self.config.per_device;
+        self.kids.retain(|_, k| {
+            let quarantined = k.quarantined_until.is_some_and(|until| until > now);
+            let failing = now.saturating_duration_since(k.window_start) <= window;
+            quarantined || failing || !k.refusals.is_idle(rate, now)
+        });
     }
 }
 
@@ -471,38 +562,82 @@ mod tests {
     }
 
     #[test]
-    fn repeated_failures_quarantine_the_source_until_time_is_up() {
+    fn a_failing_kid_is_quarantined_except_at_its_own_address_until_time_is_up() {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
-        let bad = v6("2001:db8:bad::1");
-        let good = v6("2001:db8:600d::1");
-        assert_eq!(l.auth_failure(t0, bad), None);
-        assert_eq!(l.auth_failure(t0, bad), None);
-        let q = l.auth_failure(t0, bad).unwrap();
+        let kid = [7u8];
+        assert_eq!(l.kid_refusal(t0, &kid, true), None);
+        assert_eq!(l.kid_refusal(t0, &kid, true), None);
+        let q = l.kid_refusal(t0, &kid, true).unwrap();
         assert_eq!(q.until, t0 + Duration::from_secs(60));
         assert_eq!(q.failures, 3);
-        assert!(matches!(
-            l.check_source(t0 + Duration::from_secs(1), bad),
-            Verdict::Quarantined { .. }
-        ));
-        // Another host of the same /64 is quarantined too; another network is not.
-        assert!(l.is_quarantined(t0, v6("2001:db8:bad::2")));
-        assert_eq!(l.check_source(t0, good), Verdict::Allow);
-        // Time up: allowed again, failures forgotten.
+        assert!(l.is_kid_quarantined(t0, &kid));
+        // From elsewhere: refused unverified.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            l.check_kid(t1, &kid, false),
+            Verdict::Quarantined { until: q.until }
+        );
+        // From the device's own address: verified, at most at the device's rate (burst 3).
+        let from_home: Vec<_> = (0..5).map(|_| l.check_kid(t1, &kid, true)).collect();
+        assert_eq!(
+            from_home.iter().filter(|v| **v == Verdict::Allow).count(),
+            3
+        );
+        // Failures during the quarantine do not extend it; other kids are unaffected.
+        assert_eq!(l.kid_refusal(t1, &kid, true), None);
+        assert_eq!(l.check_kid(t1, &[8], false), Verdict::Allow);
+        // Time up: allowed again, failures counted afresh.
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(l.check_source(later, bad), Verdict::Allow);
-        assert_eq!(l.auth_failure(later, bad), None);
+        assert_eq!(l.check_kid(later, &kid, false), Verdict::Allow);
+        assert_eq!(l.kid_refusal(later, &kid, true), None);
         assert_eq!(l.stats().quarantines, 1);
-        assert_eq!(l.stats().quarantined_drops, 1);
+        assert_eq!(l.stats().kid_quarantined, 3);
+    }
+
+    #[test]
+    fn a_kids_refusals_are_budgeted_without_quarantine() {
+        let t0 = Instant::now();
+        let mut l = Limits::new(small());
+        // Three replays (burst 3): the budget is used up, nothing is quarantined.
+        for _ in 0..3 {
+            assert_eq!(l.kid_refusal(t0, &[5], false), None);
+        }
+        assert_eq!(l.check_kid(t0, &[5], false), Verdict::KidLimited);
+        assert_eq!(l.check_kid(t0, &[5], true), Verdict::Allow, "from home");
+        assert!(!l.is_kid_quarantined(t0, &[5]));
+        // 2/s: half a second later a token is back.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(l.check_kid(t1, &[5], false), Verdict::Allow);
+        assert_eq!(l.stats().kid_limited, 1);
+        assert_eq!(l.stats().quarantines, 0);
+        // Idle again: forgotten.
+        l.handle_timeout(t0 + Duration::from_secs(20));
+        assert_eq!(l.stats().tracked_kids, 0);
+    }
+
+    #[test]
+    fn a_new_context_ends_a_kids_quarantine() {
+        let t0 = Instant::now();
+        let mut l = Limits::new(small());
+        for _ in 0..3 {
+            l.kid_refusal(t0, &[7], true);
+        }
+        assert!(l.is_kid_quarantined(t0, &[7]));
+        l.forget_kid(&[7]);
+        assert_eq!(l.check_kid(t0, &[7], false), Verdict::Allow);
+        assert_eq!(l.stats().tracked_kids, 0);
     }
 
     #[test]
     fn failures_spread_beyond_the_window_do_not_quarantine() {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
-        let a = v6("2001:db8:1::1");
         for i in 0..10u64 {
-            assert_eq!(l.auth_failure(t0 + Duration::from_secs(6 * i), a), None);
+            assert_eq!(
+                l.kid_refusal(t0 + Duration::from_secs(11 * i), &[1], true),
+                None
+            );
         }
     }
 
@@ -517,7 +652,7 @@ mod tests {
         assert_eq!(l.stats().tracked_sources, 4);
         // The spoofing flood: new /64s share one bucket of burst 5.
         let verdicts: Vec<_> = (0..8)
-            .map(|i| l.check_source(t0, v6(&format!("2001:db8:f{:03x}::1", i))))
+            .map(|i| l.check_source(t0, v6(&format!("2001:db8:f{i:03x}::1"))))
             .collect();
         assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Allow).count(), 5);
         assert_eq!(l.stats().overflowed, 8);
@@ -530,20 +665,20 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_keeps_quarantined_and_failing_sources() {
+    fn the_sweep_keeps_quarantined_and_failing_kids() {
         let t0 = Instant::now();
         let mut l = Limits::new(small());
-        let q = v6("2001:db8:1::1");
-        let f = v6("2001:db8:2::1");
         for _ in 0..3 {
-            l.auth_failure(t0, q);
+            l.kid_refusal(t0, &[1], true);
         }
-        l.auth_failure(t0, f);
+        l.kid_refusal(t0, &[2], true);
         l.handle_timeout(t0 + Duration::from_secs(5));
-        assert_eq!(l.stats().tracked_sources, 2);
-        assert!(l.is_quarantined(t0 + Duration::from_secs(5), q));
+        assert_eq!(l.stats().tracked_kids, 2);
+        l.handle_timeout(t0 + Duration::from_secs(11));
+        assert_eq!(l.stats().tracked_kids, 1, "the failing one is forgotten");
+        assert!(l.is_kid_quarantined(t0 + Duration::from_secs(11), &[1]));
         l.handle_timeout(t0 + Duration::from_secs(61));
-        assert_eq!(l.stats().tracked_sources, 0);
+        assert_eq!(l.stats().tracked_kids, 0);
     }
 
     proptest! {
@@ -565,7 +700,7 @@ mod tests {
             prop_assert!(f64::from(allowed) <= bound + 1e-9, "{allowed} > {bound}");
         }
 
-        /// The tables never grow past `max_tracked`, whatever the sources.
+        /// The tables never grow past `max_tracked`, whatever the sources, devices and kids.
         #[test]
         fn tables_stay_bounded(srcs in proptest::collection::vec(any::<u128>(), 1..200)) {
             let t0 = Instant::now();
@@ -574,10 +709,12 @@ mod tests {
                 let a = IpAddr::V6(std::net::Ipv6Addr::from(*s));
                 let now = t0 + Duration::from_millis(i as u64);
                 l.check_source(now, a);
-                l.auth_failure(now, a);
+                l.kid_refusal(now, &s.to_be_bytes()[..2], true);
                 l.check_device(now, &format!("d{}", s % 17));
-                prop_assert!(l.stats().tracked_sources <= 4);
-                prop_assert!(l.devices.len() <= 4);
+                let stats = l.stats();
+                prop_assert!(stats.tracked_sources <= 4);
+                prop_assert!(stats.tracked_devices <= 4);
+                prop_assert!(stats.tracked_kids <= 4);
             }
         }
     }

@@ -6,7 +6,7 @@
 //!  datagram ◀─ Gateway::poll_transmit ◀─ protect (RequestInfo by peer+token) ◀─ Ingress answers/commands
 //!                      │ poll_persist / handle_persisted: sender marks, replay floors (answers held)
 //!                      │ poll_audit: bindings, auth failures (aggregated), revocations noticed
-//!                      └ poll_security_event: every refusal, for rate limiting
+//!                      └ poll_security_event: every refusal, for the log
 //! ```
 //!
 //! | file | job |
@@ -15,8 +15,9 @@
 //! | `binding` | the address each device was last verified at, both ways |
 //! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
-//! | [`failures`] | [`SecurityEvent`], the answer per cause, per-source aggregation of replies and audit rows |
-//! | [`limits`] | token buckets per source network (/64) and per device, quarantine after repeated failures |
+//! | [`peek`] | the header, token and kid of a datagram, read in place before anything is spent on it |
+//! | [`failures`] | [`SecurityEvent`], the answer per cause, error answers bounded per source and globally, failure audit rows per interval |
+//! | [`limits`] | the three lanes (kid, expected, unauthenticated), token buckets per source network (/64) and per device, quarantine of a kid that keeps failing verification |
 //! | [`reports`] | security events counted by cause with samples: one report per interval for `_edge/{edge}/security` |
 //!
 //! # Rules
@@ -35,16 +36,30 @@
 //! is audited with its time, the ingress moves the registration, and commands and observations
 //! follow the device. Responses and notifications to the edge's own protected requests must be
 //! protected and verify against the request's binding; plain ones are dropped and counted.
-//! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2) and pass through.
+//! A response or notification the edge cannot match to a request of its own (a stale one after
+//! an edge restart) is answered with an empty Reset, within the error-answer budget, so the
+//! device ends the observation (RFC 7641 §3.6).
+//!
+//! Empty ACK/RST messages are not protected by OSCORE (RFC 8613 §4.2), so anyone can send one.
+//! An empty ACK passes to the ingress: it may stop the retransmission of the edge's Confirmable
+//! request, which then waits for a separate response (and ends as `timeout` without one). An
+//! empty Reset is never trusted to end a protected exchange: with `require_oscore` (every
+//! request of the edge protected) and, in lab mode, for a protected request of the edge, it is
+//! ignored and counted (`reset_ignored`); the request stays pending and is retransmitted.
 //!
 //! # Rate limits and quarantine
 //!
-//! Before anything else, a datagram's source network (its IPv6 /64, or its IPv4 address) must
-//! have a token in its bucket and must not be quarantined; otherwise it is dropped unread and
-//! counted (no answer: a flood gets nothing back). A verified request must also find a token in
-//! its device's bucket, else it is answered with a protected 5.03 and a Max-Age, which the
-//! SDK's reporter honours like a full outbox. Every authentication failure counts towards the
-//! source's quarantine ([`LimitsConfig::failures_to_quarantine`] within the failure window).
+//! Before any cryptography a datagram is put in one of three lanes ([`limits`]): a request
+//! naming an active device's kid goes to that kid's gate (open unless the kid's refusal budget
+//! is used up or it is quarantined — either way still open from its device's own address),
+//! a response or empty ACK answering the edge's own request goes on, everything else takes a
+//! token from its source network's bucket (IPv6 /64, IPv4 address) or is dropped unread and
+//! counted (no answer: a flood gets nothing back). A spoofed flood from a plant's /64 thus
+//! drains only that /64's unauthenticated budget, never its verified devices'. A verified
+//! request must find a token in its device's bucket, else it is answered with a protected 5.03
+//! and a Max-Age, which the SDK's reporter honours like a full outbox. No source network is
+//! ever quarantined; a kid whose requests keep failing verification is
+//! ([`LimitsConfig::failures_to_quarantine`] within the failure window), audited and reported.
 //! Every refusal goes into the next security report ([`poll_security_report`](Gateway::poll_security_report)).
 //!
 //! Without `require_oscore` (lab only) plain messages go to the ingress as before, and OSCORE
@@ -63,6 +78,7 @@ mod exchanges;
 pub mod failures;
 pub mod keys;
 pub mod limits;
+pub mod peek;
 pub mod persist;
 pub mod reports;
 #[cfg(test)]
@@ -86,11 +102,12 @@ use crate::registry_db::DeviceState;
 use binding::{Bindings, Bound};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
-pub use failures::{SecurityCause, SecurityEvent};
+pub use failures::{FailureTables, SecurityCause, SecurityEvent};
 use keys::Keyring;
 pub use keys::{DeviceKeys, KeyChange, StoredState};
 use limits::{Limits, Verdict};
 pub use limits::{LimitsConfig, Rate};
+use peek::Peek;
 use persist::Persistence;
 pub use persist::{PersistBatch, StateRow};
 use reports::SecurityEvents;
@@ -160,13 +177,17 @@ pub struct GatewayStats {
     pub duplicates: u64,
     /// Devices that moved to another address.
     pub address_changes: u64,
-    /// Datagrams dropped by a source network's rate limit.
+    /// Unauthenticated datagrams dropped by their source network's rate limit.
     pub source_limited: u64,
-    /// Datagrams dropped because their source network is quarantined.
-    pub source_quarantined: u64,
+    /// Requests refused unverified because their kid is quarantined.
+    pub kid_quarantined: u64,
+    /// Requests dropped unread because their kid's refusal budget was used up.
+    pub kid_limited: u64,
+    /// Empty Resets ignored rather than trusted to end a protected exchange.
+    pub resets_ignored: u64,
     /// Verified requests answered 5.03 by their device's rate limit.
     pub device_limited: u64,
-    /// Quarantines begun.
+    /// Kid quarantines begun.
     pub quarantines: u64,
     /// Outgoing messages that could not be protected yet (a sequence mark was being
     /// persisted; the retransmission goes) or at all (no context for the destination).
@@ -186,11 +207,13 @@ pub enum GatewayEvent {
         /// Address.
         address: SocketAddr,
     },
-    /// A source network was quarantined after repeated authentication failures.
+    /// A kid was quarantined after repeated failed verifications.
     Quarantined {
-        /// The network (`2001:db8:1::/64`, or an IPv4 address).
-        source: String,
-        /// Failures that led to it.
+        /// The kid, hex.
+        kid: String,
+        /// Its device.
+        device: String,
+        /// Failed verifications that led to it.
         failures: u32,
         /// How long, seconds.
         for_s: u64,
@@ -208,6 +231,24 @@ pub enum GatewayEvent {
 
 const MAX_QUEUED_EVENTS: usize = 4096;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Sizes of the gateway's tables that unauthenticated input could try to grow, for tests and
+/// the stated bounds (`edge-router/THREATS.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayTables {
+    /// Source networks with a bucket (at most [`LimitsConfig::max_tracked`]).
+    pub sources: u64,
+    /// Devices with a bucket (at most [`LimitsConfig::max_tracked`]).
+    pub devices: u64,
+    /// Kids failing or quarantined (at most the active devices).
+    pub kids: u64,
+    /// The failure log's error-answer windows and audit rows.
+    pub failures: FailureTables,
+    /// Audit rows waiting to be taken (at most 4096).
+    pub queued_audits: usize,
+    /// Refusals waiting to be taken for the log (at most 4096).
+    pub queued_refusals: usize,
+}
 
 /// The gateway in front of an [`Ingress`]. See the module docs.
 pub struct Gateway {
@@ -296,10 +337,12 @@ impl Gateway {
             match &change {
                 KeyChange::Loaded { kid, .. } => {
                     self.exchanges.forget_kid(kid);
+                    self.limits.forget_kid(kid);
                     self.persistence.dirty(kid);
                 }
                 KeyChange::Dropped { device, kid, state } => {
                     self.exchanges.forget_kid(kid);
+                    self.limits.forget_kid(kid);
                     self.bindings.remove(device);
                     let reason = state.map_or("deleted", DeviceState::as_str);
                     self.ingress.remove_device(unix_ms, device, reason);
@@ -323,21 +366,15 @@ impl Gateway {
 
     /// Handles one datagram from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
-        let cause = match self.limits.check_source(now, peer.ip()) {
-            Verdict::Allow => None,
-            Verdict::Quarantined { .. } => Some(SecurityCause::SourceQuarantined),
-            Verdict::SourceLimited | Verdict::DeviceLimited => Some(SecurityCause::SourceLimited),
-        };
         self.arm_limits_sweep(now);
-        if let Some(cause) = cause {
-            self.count(cause);
-            let event = SecurityEvent {
-                peer,
-                kid: None,
-                device: None,
-                cause,
-            };
-            self.note_security(now, unix_ms, event);
+        if let Some(refusal) = self.admit(now, peer, bytes) {
+            if refusal.cause == SecurityCause::KidQuarantined {
+                // Refused unverified; answered (4.03) within the reply budget.
+                self.refuse_quarantined(now, unix_ms, bytes, refusal);
+                return;
+            }
+            self.count(refusal.cause);
+            self.note_security(now, unix_ms, refusal);
             return;
         }
         let Ok(packet) = wire::parse(bytes) else {
@@ -355,6 +392,18 @@ impl Gateway {
             self.protected_request(now, unix_ms, peer, &packet);
         } else if protected && (2..=5).contains(&class) {
             self.protected_response(now, unix_ms, peer, &packet);
+        } else if code == 0
+            && packet.header.get_type() == MessageType::Reset
+            && self.untrusted_reset(peer, packet.header.message_id)
+        {
+            self.refuse(
+                now,
+                unix_ms,
+                peer,
+                &packet,
+                None,
+                SecurityCause::ResetIgnored,
+            );
         } else if code == 0 || !self.config.require_oscore {
             self.ingress.handle_packet(now, unix_ms, peer, &packet);
         } else {
@@ -367,6 +416,58 @@ impl Gateway {
         }
         self.pump(now);
         self.arm_sweep(now);
+    }
+
+    /// Puts a datagram in its lane before anything is spent on it (see [`limits`]): `None` to
+    /// go on, or the refusal of a datagram dropped unread (or, for a quarantined kid, refused
+    /// unverified).
+    fn admit(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> Option<SecurityEvent> {
+        let refusal = |cause, kid, device| {
+            Some(SecurityEvent {
+                peer,
+                kid,
+                device,
+                cause,
+            })
+        };
+        let peek = Peek::of(bytes);
+        if let Some(p) = &peek {
+            if p.is_request()
+                && let Some(kid) = p.kid()
+                && let Some(entry) = self.keys.get(&kid)
+            {
+                let from_bound = self.bindings.device_at(peer) == Some(entry.id.as_str());
+                let device = entry.id.clone();
+                return match self.limits.check_kid(now, &kid, from_bound) {
+                    Verdict::Allow => None,
+                    Verdict::KidLimited => {
+                        refusal(SecurityCause::KidLimited, Some(kid), Some(device))
+                    }
+                    _ => refusal(SecurityCause::KidQuarantined, Some(kid), Some(device)),
+                };
+            }
+            let expected = if p.is_response() {
+                self.exchanges.has_client(p.token)
+            } else {
+                p.code == 0
+                    && p.kind == MessageType::Acknowledgement
+                    && self.exchanges.sent(peer, p.message_id).is_some()
+            };
+            if expected {
+                return None;
+            }
+        }
+        match self.limits.check_source(now, peer.ip()) {
+            Verdict::Allow => None,
+            _ => refusal(SecurityCause::SourceLimited, None, None),
+        }
+    }
+
+    /// An empty Reset must not end a protected exchange (see the module docs): true when it
+    /// is ignored — always with `require_oscore`, else when it names a protected request of
+    /// the edge.
+    fn untrusted_reset(&self, peer: SocketAddr, message_id: u16) -> bool {
+        self.config.require_oscore || self.exchanges.sent(peer, message_id).is_some()
     }
 
     /// Takes a command from the platform (see [`Ingress::handle_command`]).
@@ -485,32 +586,60 @@ impl Gateway {
         self.limits.stats()
     }
 
-    /// Files a refusal: the queue for logs, the report, and, for a failed authentication, the
-    /// source's count towards quarantine.
+    /// The sizes of the tables unauthenticated input could try to grow.
+    pub fn tables(&self) -> GatewayTables {
+        let limits = self.limits.stats();
+        GatewayTables {
+            sources: limits.tracked_sources,
+            devices: limits.tracked_devices,
+            kids: limits.tracked_kids,
+            failures: self.failures.tables(),
+            queued_audits: self.audits.len(),
+            queued_refusals: self.security.len(),
+        }
+    }
+
+    /// The driver could not hand `rows` audit rows to the registry (its queue was full): they
+    /// are counted in the next security report.
+    pub fn note_audit_dropped(&mut self, now: Instant, rows: u64) {
+        self.reports.record_audit_dropped(now, rows);
+    }
+
+    /// Files a refusal: the queue for logs, the report, and, for a replay or a failed
+    /// verification under an active device's kid, the kid's refusal budget and (failures only)
+    /// its count towards quarantine.
     fn note_security(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) {
         self.reports.record(now, unix_ms, &event);
-        if event.cause.is_auth_failure()
-            && let Some(q) = self.limits.auth_failure(now, event.peer.ip())
+        let cause = event.cause;
+        if cause.draws_on_kid()
+            && let (Some(kid), Some(device)) = (&event.kid, &event.device)
+            && self.keys.get(kid).is_some()
+            && let Some(q) = self
+                .limits
+                .kid_refusal(now, kid, cause.counts_against_kid())
         {
             self.stats.quarantines += 1;
             let note = QuarantineNote {
-                source: q.source.to_string(),
+                kid: crate::registry_db::hex::encode(kid),
+                device: device.clone(),
                 failures: q.failures,
                 for_s: q.until.saturating_duration_since(now).as_secs(),
                 at_ms: unix_ms,
             };
-            self.audit(
-                AuditEvent::auth_failure(format!(
-                    "source {} quarantined for {} s after {} failures (last: {})",
-                    note.source, note.for_s, note.failures, event.cause
-                ))
-                .at(audit_time(unix_ms))
-                .address(ipv6(event.peer)),
-            );
+            let mut row = AuditEvent::auth_failure(format!(
+                "kid {} quarantined for {} s after {} failed verifications (last: {} from {}); \
+                 its requests from other addresses are refused meanwhile",
+                note.kid, note.for_s, note.failures, event.cause, event.peer
+            ))
+            .at(audit_time(unix_ms))
+            .address(ipv6(event.peer));
+            row.device = Some(device.clone());
+            self.audit(row);
             push_bounded(
                 &mut self.events,
                 GatewayEvent::Quarantined {
-                    source: note.source.clone(),
+                    kid: note.kid.clone(),
+                    device: note.device.clone(),
                     failures: note.failures,
                     for_s: note.for_s,
                 },
@@ -573,14 +702,26 @@ impl Gateway {
                 Some((id, _)) => (SecurityCause::DeviceRevoked, Some(id.clone())),
                 None => (SecurityCause::UnknownKid, None),
             };
-            self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause);
+            let event = SecurityEvent {
+                peer,
+                kid: Some(kid),
+                device,
+                cause,
+            };
+            self.refuse_as(now, unix_ms, packet, event);
             return;
         };
         let (inner, info) = match unprotect_request(&mut entry.ctx, packet) {
             Ok(verified) => verified,
             Err(e) => {
                 let device = Some(entry.id.clone());
-                self.refuse_as(now, unix_ms, peer, packet, Some(kid), device, cause_of(e));
+                let event = SecurityEvent {
+                    peer,
+                    kid: Some(kid),
+                    device,
+                    cause: cause_of(e),
+                };
+                self.refuse_as(now, unix_ms, packet, event);
                 return;
             }
         };
@@ -739,33 +880,79 @@ impl Gateway {
         kid: Option<Vec<u8>>,
         cause: SecurityCause,
     ) {
-        self.refuse_as(now, unix_ms, peer, packet, kid, None, cause);
-    }
-
-    /// Refuses a message before (or instead of) verification: counted, an event, an audit
-    /// row per source window, and an unprotected answer to a Confirmable request while the
-    /// source's reply budget lasts.
-    #[allow(clippy::too_many_arguments)]
-    fn refuse_as(
-        &mut self,
-        now: Instant,
-        unix_ms: u64,
-        peer: SocketAddr,
-        packet: &Packet,
-        kid: Option<Vec<u8>>,
-        device: Option<String>,
-        cause: SecurityCause,
-    ) {
-        self.count(cause);
         let event = SecurityEvent {
             peer,
             kid,
-            device,
+            device: None,
             cause,
         };
+        self.refuse_as(now, unix_ms, packet, event);
+    }
+
+    /// Refuses `packet` before (or instead of) verification for `event`'s cause: counted, an
+    /// event, the failure audit, and, while the reply budget lasts, an unprotected answer to a
+    /// Confirmable request or a Reset to a response the edge cannot match (a stale one).
+    fn refuse_as(&mut self, now: Instant, unix_ms: u64, packet: &Packet, event: SecurityEvent) {
+        let (peer, cause) = (event.peer, event.cause);
+        let may_reply = self.file_refusal(now, unix_ms, event);
+        self.answer_refusal(peer, packet, cause, may_reply);
+    }
+
+    /// Refuses a request under a quarantined kid without verifying it: parsed only when the
+    /// reply budget allows an answer.
+    fn refuse_quarantined(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        bytes: &[u8],
+        event: SecurityEvent,
+    ) {
+        let (peer, cause) = (event.peer, event.cause);
+        if self.file_refusal(now, unix_ms, event) {
+            if let Ok(packet) = wire::parse(bytes) {
+                self.answer_refusal(peer, &packet, cause, true);
+            }
+        } else if wire::raw_header(bytes).is_ok_and(|h| h.kind == MessageType::Confirmable) {
+            self.stats.replies_suppressed += 1;
+        }
+    }
+
+    /// Counts a refusal, files it (failure audit, report, kid standing); true when the reply
+    /// budget allows an answer.
+    fn file_refusal(&mut self, now: Instant, unix_ms: u64, event: SecurityEvent) -> bool {
+        self.count(event.cause);
         let may_reply = self.failures.record(now, unix_ms, &event);
         self.note_security(now, unix_ms, event);
-        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        may_reply
+    }
+
+    /// The unprotected answer to a refused `packet`, if it gets one (see
+    /// [`refuse_as`](Self::refuse_as)).
+    fn answer_refusal(
+        &mut self,
+        peer: SocketAddr,
+        packet: &Packet,
+        cause: SecurityCause,
+        may_reply: bool,
+    ) {
+        let kind = packet.header.get_type();
+        if matches!(
+            cause,
+            SecurityCause::PlainResponse | SecurityCause::BadResponse
+        ) && matches!(kind, MessageType::Confirmable | MessageType::NonConfirmable)
+            && !self.exchanges.has_client(packet.get_token())
+        {
+            // Its request is forgotten (the edge restarted, or it never asked): a Reset makes
+            // the device end the observation (RFC 7641 §3.6) instead of notifying forever.
+            if may_reply {
+                let reset = wire::empty_message(MessageType::Reset, packet.header.message_id);
+                self.transmits.push_back((peer, reset));
+            } else {
+                self.stats.replies_suppressed += 1;
+            }
+            return;
+        }
+        let confirmable = kind == MessageType::Confirmable;
         let is_request = wire::is_request_code(u8::from(packet.header.code));
         if !(confirmable && is_request) {
             return;
@@ -800,7 +987,9 @@ impl Gateway {
             SecurityCause::AddressNotAllowed => &mut s.address_refused,
             SecurityCause::EndpointMismatch => &mut s.endpoint_mismatch,
             SecurityCause::SourceLimited => &mut s.source_limited,
-            SecurityCause::SourceQuarantined => &mut s.source_quarantined,
+            SecurityCause::KidQuarantined => &mut s.kid_quarantined,
+            SecurityCause::KidLimited => &mut s.kid_limited,
+            SecurityCause::ResetIgnored => &mut s.resets_ignored,
             SecurityCause::DeviceLimited => &mut s.device_limited,
         };
         *counter += 1;

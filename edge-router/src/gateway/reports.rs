@@ -13,11 +13,14 @@
 //!  "counts":{"replay":3,"source_limited":12000},
 //!  "totals":{"replay":5,"source_limited":12000,"unknown_kid":1},
 //!  "samples":[{"cause":"replay","source":"[2001:db8::7]:5683","device":"dev-7","kid":"07","at_ms":1764149999100}],
-//!  "quarantined":[{"source":"2001:db8:bad::/64","failures":20,"for_s":300,"at_ms":1764149999900}]}
+//!  "quarantined":[{"kid":"07","device":"dev-7","failures":20,"for_s":300,"at_ms":1764149999900}]}
 //! ```
 //!
-//! `counts` are this interval's, `totals` since the edge started. The same topic carries the
-//! audit trail's checkpoints (`"kind":"audit_checkpoint"`, see [`crate::audit::checkpoint`]). Nothing here reads a clock or
+//! `counts` are this interval's, `totals` since the edge started. Besides the refusals by cause
+//! ([`SecurityCause::as_str`]) they may hold `audit_rows_dropped`: audit rows the registry
+//! thread could not take in time (its queue was full; see `registry_worker`). The same topic
+//! carries the audit trail's checkpoints (`"kind":"audit_checkpoint"`, see
+//! [`crate::audit::checkpoint`]). Nothing here reads a clock or
 //! writes anywhere: the gateway passes times in, the server publishes [`SecurityReport::to_json`].
 
 use std::collections::BTreeMap;
@@ -26,6 +29,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::failures::{SecurityCause, SecurityEvent};
+
+/// The report's count of audit rows dropped.
+pub const AUDIT_DROPPED: &str = "audit_rows_dropped";
 
 /// The `kind` of a security report.
 pub const REPORT_KIND: &str = "security_report";
@@ -47,12 +53,14 @@ pub struct Sample {
     pub at_ms: u64,
 }
 
-/// A quarantine begun in the interval.
+/// A kid's quarantine begun in the interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QuarantineNote {
-    /// The quarantined network (`2001:db8:1::/64`, or an IPv4 address).
-    pub source: String,
-    /// Failures that led to it.
+    /// The quarantined kid, hex.
+    pub kid: String,
+    /// Its device.
+    pub device: String,
+    /// Failed verifications that led to it.
     pub failures: u32,
     /// Its length, seconds.
     pub for_s: u64,
@@ -138,6 +146,16 @@ impl SecurityEvents {
                 at_ms: unix_ms,
             });
         }
+        self.schedule(now);
+    }
+
+    /// Counts `n` audit rows that were dropped (the registry thread's queue was full).
+    pub fn record_audit_dropped(&mut self, now: Instant, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self.counts.entry(AUDIT_DROPPED).or_insert(0) += n;
+        *self.totals.entry(AUDIT_DROPPED).or_insert(0) += n;
         self.schedule(now);
     }
 
@@ -252,7 +270,8 @@ mod tests {
             t0,
             42,
             QuarantineNote {
-                source: "2001:db8:bad::/64".into(),
+                kid: "07".into(),
+                device: "dev-7".into(),
                 failures: 20,
                 for_s: 300,
                 at_ms: 0,
@@ -261,6 +280,19 @@ mod tests {
         let r = e.poll_report(t0 + Duration::from_secs(1), 43).unwrap();
         assert_eq!(r.quarantined[0].at_ms, 42);
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
-        assert_eq!(json["quarantined"][0]["source"], "2001:db8:bad::/64");
+        assert_eq!(json["quarantined"][0]["kid"], "07");
+        assert_eq!(json["quarantined"][0]["device"], "dev-7");
+    }
+
+    #[test]
+    fn dropped_audit_rows_are_reported() {
+        let mut e = SecurityEvents::new("edge-1", Duration::from_secs(1), 4);
+        let t0 = Instant::now();
+        e.record_audit_dropped(t0, 0);
+        assert_eq!(e.poll_timeout(), None, "nothing dropped, nothing due");
+        e.record_audit_dropped(t0, 1200);
+        let r = e.poll_report(t0 + Duration::from_secs(1), 43).unwrap();
+        assert_eq!(r.counts[AUDIT_DROPPED], 1200);
+        assert_eq!(r.totals[AUDIT_DROPPED], 1200);
     }
 }

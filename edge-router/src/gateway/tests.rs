@@ -101,6 +101,17 @@ fn protect(ctx: &mut SecurityContext, p: &Packet) -> (Vec<u8>, RequestInfo) {
     (protected.to_bytes_unlimited().unwrap(), info)
 }
 
+/// Protects `p` however many messages the context sent (writing its sequence marks as needed).
+fn forge(ctx: &mut SecurityContext, p: &Packet) -> Vec<u8> {
+    loop {
+        if let Ok((protected, _)) = protect_request(ctx, p) {
+            return protected.to_bytes_unlimited().unwrap();
+        }
+        let mark = ctx.mark_to_persist().unwrap();
+        ctx.persisted(mark);
+    }
+}
+
 fn registration(mid: u16, ep: &str) -> Packet {
     let q = format!("ep={ep}");
     request(RequestType::Post, "rd", &[&q, "lt=600"], mid, b"</x>")
@@ -307,14 +318,11 @@ fn attacks_are_refused_with_their_codes_and_reach_nothing() {
 }
 
 #[test]
-fn a_flood_from_one_source_gets_few_answers_few_audit_rows_then_quarantine() {
+fn a_flood_from_one_source_gets_few_answers_few_audit_rows_and_quarantines_nothing() {
     let now = Instant::now();
-    // dev-1 may use the whole documentation prefix, so it can report from another /64.
-    let mut dev_keys = keys("dev-1", &[1], DeviceState::Active, StoredState::default());
-    dev_keys.prefixes = vec!["2001:db8::/32".parse::<Ipv6Prefix>().unwrap()];
-    let mut g = gateway_with(vec![dev_keys]);
+    let mut g = gateway();
     let _ = std::iter::from_fn(|| g.poll_audit()).count();
-    let quarantine_after = LimitsConfig::default().failures_to_quarantine;
+    // 100 plain requests from dev-1's own address (a spoofer on its link could do this).
     for mid in 0..100 {
         let bytes = telemetry(mid).to_bytes_unlimited().unwrap();
         g.handle_datagram(now, T0, peer(), &bytes);
@@ -323,62 +331,613 @@ fn a_flood_from_one_source_gets_few_answers_few_audit_rows_then_quarantine() {
         sent(&mut g).len(),
         failures::FailureLog::MAX_REPLIES as usize
     );
-    // The failures up to the quarantine are read and counted; the rest is dropped unread.
-    assert_eq!(g.stats().plain, u64::from(quarantine_after));
-    assert_eq!(
-        g.stats().source_quarantined,
-        100 - u64::from(quarantine_after)
-    );
-    assert_eq!(g.stats().quarantines, 1);
+    // Every one read and counted; nothing quarantined.
+    assert_eq!(g.stats().plain, 100);
+    assert_eq!(g.stats().quarantines, 0);
+    assert_eq!(g.limit_stats().quarantines, 0);
     assert_eq!(
         g.stats().replies_suppressed,
-        u64::from(quarantine_after - failures::FailureLog::MAX_REPLIES)
-    );
-    let events: Vec<_> = std::iter::from_fn(|| g.poll_event()).collect();
-    assert!(
-        events.iter().any(
-            |e| matches!(e, GatewayEvent::Quarantined { source, .. } if source == "2001:db8::/64")
-        ),
-        "{events:?}"
+        100 - u64::from(failures::FailureLog::MAX_REPLIES)
     );
     let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
-    assert_eq!(
-        rows.len(),
-        2,
-        "the first failure and the quarantine: {rows:?}"
-    );
-    assert!(rows[1].detail.contains("quarantined"), "{rows:?}");
-    let later = now + Duration::from_secs(6);
-    g.handle_timeout(later, T0 + 6000);
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
-    assert_eq!(rows.len(), 1, "one row per window");
+    assert_eq!(rows.len(), 1, "the first failure: {rows:?}");
     assert!(
         rows[0]
             .detail
-            .starts_with(&format!("{} more failures", quarantine_after - 1)),
+            .starts_with("plain_request from [2001:db8::7]:4000"),
         "{rows:?}"
     );
-    // A device elsewhere is unaffected by the quarantine.
-    let mut dev = device(&[1], &SECRET);
-    let elsewhere: SocketAddr = "[2001:db8:0:1::7]:4000".parse().unwrap();
-    assert_eq!(
-        call(&mut g, &mut dev, elsewhere, &registration(500, "dev-1")),
-        ResponseType::Created
+    let later = now + failures::FailureLog::AUDIT_INTERVAL;
+    g.handle_timeout(later, T0 + 10_000);
+    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert_eq!(rows.len(), 1, "one summary row per interval: {rows:?}");
+    assert!(
+        rows[0]
+            .detail
+            .starts_with("99 more failures within 10 s (plain_request 99)"),
+        "{rows:?}"
     );
-    // The security report counts it all and names the quarantine.
+    // The device at that very address is served.
+    let mut dev = registered(&mut g, later);
+    assert_eq!(
+        report(&mut g, &mut dev, peer(), later, 2),
+        ResponseType::Changed
+    );
     let report = g
-        .poll_security_report(later + Duration::from_secs(5), T0 + 11_000)
+        .poll_security_report(later + Duration::from_secs(5), T0 + 15_000)
         .expect("a report is due");
     let json: serde_json::Value = serde_json::from_slice(&report.to_json()).unwrap();
-    assert_eq!(json["counts"]["plain_request"], u64::from(quarantine_after));
-    assert_eq!(
-        json["counts"]["source_quarantined"],
-        100 - u64::from(quarantine_after)
-    );
-    assert_eq!(json["quarantined"][0]["source"], "2001:db8::/64");
+    assert_eq!(json["counts"]["plain_request"], 100);
+    assert_eq!(json["quarantined"].as_array().map(Vec::len), Some(0));
     assert!(
         g.poll_security_report(later + Duration::from_secs(60), T0)
             .is_none()
+    );
+}
+
+/// A datagram source in dev-1's /64 (2001:db8::/64), by number.
+fn in_victim_net(i: u32) -> SocketAddr {
+    SocketAddr::new(
+        std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+            (0x2001_0db8_u128 << 96) | 0x1_0000 | u128::from(i),
+        )),
+        5683,
+    )
+}
+
+#[test]
+fn spoofed_requests_drain_only_the_victim_networks_unauthenticated_budget() {
+    let limits = LimitsConfig {
+        per_source: Rate {
+            per_second: 10.0,
+            burst: 10.0,
+        },
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let mut dev = registered(&mut g, now);
+    // 1000 plain requests and unknown kids from 1000 addresses of the device's /64.
+    let mut stranger = device(&[9], &SECRET);
+    for i in 0..1000u32 {
+        let bytes = if i % 2 == 0 {
+            telemetry(i as u16).to_bytes_unlimited().unwrap()
+        } else {
+            forge(&mut stranger, &telemetry(i as u16))
+        };
+        g.handle_datagram(now, T0, in_victim_net(i), &bytes);
+    }
+    assert_eq!(g.stats().source_limited, 990);
+    assert_eq!(g.stats().plain + g.stats().unknown_kid, 10);
+    let _ = sent(&mut g);
+    // The verified device in that /64 reports as if nothing happened, many times over the
+    // unauthenticated budget.
+    for mid in 2..40 {
+        assert_eq!(
+            report(&mut g, &mut dev, peer(), now, mid),
+            ResponseType::Changed
+        );
+    }
+    assert_eq!(
+        g.stats().source_limited,
+        990,
+        "verified traffic is not counted"
+    );
+    assert_eq!(g.stats().quarantines, 0);
+}
+
+#[test]
+fn a_kid_that_keeps_failing_is_quarantined_while_its_device_reports_from_home() {
+    let limits = LimitsConfig {
+        failures_to_quarantine: 5,
+        quarantine: Duration::from_secs(60),
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let mut dev = registered(&mut g, now);
+    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    // A forger using dev-1's kid with a wrong key, from other addresses of its /64.
+    let mut forger = device(&[1], &[8; 16]);
+    for _ in 0..10 {
+        let _ = protect(&mut forger, &telemetry(0));
+    }
+    for i in 0..30u32 {
+        let (bytes, _) = protect(&mut forger, &telemetry(100 + i as u16));
+        g.handle_datagram(now, T0, in_victim_net(i), &bytes);
+    }
+    // Five failed verifications, then the kid is quarantined: the rest refused unverified.
+    assert_eq!(g.stats().decryption_failed, 5);
+    assert_eq!(g.stats().kid_quarantined, 25);
+    assert_eq!(g.stats().quarantines, 1);
+    let answers = sent(&mut g);
+    assert_eq!(answers.len(), 30, "one answer per source (budget 4 each)");
+    assert_eq!(code_of(&answers[29].1), ResponseType::Forbidden);
+    let events: Vec<_> = std::iter::from_fn(|| g.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            GatewayEvent::Quarantined { kid, device, failures: 5, for_s: 60 }
+                if kid == "01" && device == "dev-1")),
+        "{events:?}"
+    );
+    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert!(
+        rows.iter().any(|r| r.device.as_deref() == Some("dev-1")
+            && r.detail
+                .starts_with("kid 01 quarantined for 60 s after 5 failed verifications")),
+        "{rows:?}"
+    );
+    // The device, from the address it was verified at, is served.
+    for mid in 2..6 {
+        assert_eq!(
+            report(&mut g, &mut dev, peer(), now, mid),
+            ResponseType::Changed
+        );
+    }
+    // From a new address it is refused until the quarantine ends (the price of the rule).
+    let moved: SocketAddr = "[2001:db8::99]:6000".parse().unwrap();
+    let (bytes, _) = protect(&mut dev, &telemetry(7));
+    g.handle_datagram(now, T0, moved, &bytes);
+    assert_eq!(code_of(&sent(&mut g)[0].1), ResponseType::Forbidden);
+    assert!(appends(&mut g).is_empty());
+    // The report names the kid.
+    let r = g
+        .poll_security_report(now + Duration::from_secs(5), T0 + 5000)
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+    assert_eq!(json["quarantined"][0]["kid"], "01");
+    assert_eq!(json["quarantined"][0]["device"], "dev-1");
+    assert_eq!(json["counts"]["kid_quarantined"], 26);
+    // Time up: the move goes through.
+    let later = now + Duration::from_secs(61);
+    assert_eq!(
+        report(&mut g, &mut dev, moved, later, 8),
+        ResponseType::Changed
+    );
+    assert_eq!(g.stats().address_changes, 1);
+}
+
+#[test]
+fn a_rotated_key_ends_the_kids_quarantine() {
+    let limits = LimitsConfig {
+        failures_to_quarantine: 2,
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let mut forger = device(&[1], &[8; 16]);
+    for i in 0..3u32 {
+        let (bytes, _) = protect(&mut forger, &telemetry(i as u16));
+        g.handle_datagram(now, T0, in_victim_net(i), &bytes);
+    }
+    assert_eq!(g.stats().kid_quarantined, 1);
+    // The operator rotates dev-1's secret: a fresh context, no quarantine.
+    let mut rotated = keys("dev-1", &[1], DeviceState::Active, StoredState::default());
+    rotated.master_secret = MasterSecret::new(vec![6; 16]);
+    rotated.stored.fingerprint = [1; 8];
+    g.handle_devices(T0, vec![rotated]);
+    persist_all(&mut g, now);
+    let _ = sent(&mut g);
+    let mut dev = device(&[1], &[6; 16]);
+    let elsewhere: SocketAddr = "[2001:db8::42]:4000".parse().unwrap();
+    assert_eq!(
+        call(&mut g, &mut dev, elsewhere, &registration(1, "dev-1")),
+        ResponseType::Created
+    );
+}
+
+#[test]
+fn a_retransmission_refused_as_a_replay_after_a_crash_quarantines_nothing() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let (bytes, _) = protect(&mut dev, &telemetry(50));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let a = appends(&mut g);
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let stored = persist_all(&mut g, now).last().unwrap().state;
+    // "kill -9" before the answer reached the device: it retransmits, again and again.
+    let mut g2 = gateway_with(vec![keys("dev-1", &[1], DeviceState::Active, stored)]);
+    for i in 0..50u64 {
+        g2.handle_datagram(now + Duration::from_secs(i), T0, peer(), &bytes);
+    }
+    assert_eq!(g2.stats().replay, 50);
+    assert_eq!(g2.stats().quarantines, 0);
+    assert_eq!(g2.stats().kid_limited, 0, "50 is within the kid's budget");
+    assert!(
+        !g2.limits
+            .is_kid_quarantined(now + Duration::from_secs(50), &[1])
+    );
+    let answers = sent(&mut g2);
+    assert!(!answers.is_empty());
+    assert!(
+        answers
+            .iter()
+            .all(|(_, b)| code_of(b) == ResponseType::Unauthorized)
+    );
+    // The device's next request is served.
+    assert_eq!(
+        call(&mut g2, &mut dev, peer(), &registration(51, "dev-1")),
+        ResponseType::Created
+    );
+}
+
+#[test]
+fn replays_of_a_captured_message_are_bounded_per_kid_and_quarantine_nothing() {
+    let limits = LimitsConfig {
+        per_device: Rate {
+            per_second: 1.0,
+            burst: 5.0,
+        },
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let mut dev = registered(&mut g, now);
+    // A genuine report, captured on its way.
+    let (captured, _) = protect(&mut dev, &telemetry(2));
+    g.handle_datagram(now, T0, peer(), &captured);
+    let a = appends(&mut g);
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    persist_all(&mut g, now);
+    let _ = sent(&mut g);
+    // Replayed 100 times from 100 other networks (new message IDs, so not retransmissions).
+    for i in 0..100u32 {
+        let from = SocketAddr::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | (u128::from(i + 1) << 64) | 1,
+            )),
+            5683,
+        );
+        let replay = with_mid(&captured, 0x8000 + i as u16);
+        g.handle_datagram(now, T0, from, &replay);
+    }
+    // The kid's budget (5) is spent on the first replays; the rest is dropped unread.
+    assert_eq!(g.stats().replay, 5);
+    assert_eq!(g.stats().kid_limited, 95);
+    assert_eq!(g.stats().quarantines, 0);
+    assert_eq!(sent(&mut g).len(), 5, "4.01 to the first five");
+    // The device, from where it was verified, is served.
+    assert_eq!(
+        report(&mut g, &mut dev, peer(), now, 3),
+        ResponseType::Changed
+    );
+    // A second later the kid has a token again: the next replay is read (and refused).
+    let later = now + Duration::from_secs(1);
+    g.handle_datagram(
+        later,
+        T0,
+        "[2001:db9::1]:9".parse().unwrap(),
+        &with_mid(&captured, 1),
+    );
+    assert_eq!(g.stats().replay, 6);
+}
+
+/// `bytes` with another message ID.
+fn with_mid(bytes: &[u8], mid: u16) -> Vec<u8> {
+    let mut p = Packet::from_bytes(bytes).unwrap();
+    p.header.message_id = mid;
+    p.to_bytes_unlimited().unwrap()
+}
+
+#[test]
+fn a_revoked_device_retrying_quarantines_nothing_and_its_neighbours_go_on() {
+    let now = Instant::now();
+    let mut g = gateway_with(vec![
+        keys("dev-1", &[1], DeviceState::Revoked, StoredState::default()),
+        keys("dev-2", &[2], DeviceState::Active, StoredState::default()),
+    ]);
+    let mut revoked = device(&[1], &SECRET);
+    for mid in 0..200u16 {
+        let (bytes, _) = protect(&mut revoked, &telemetry(mid));
+        g.handle_datagram(now, T0, peer(), &bytes);
+    }
+    assert_eq!(g.stats().not_active, 200);
+    assert_eq!(g.stats().quarantines, 0);
+    let _ = sent(&mut g);
+    // dev-2, at the very same address (behind the same NAT), registers.
+    let mut dev2 = device(&[2], &SECRET);
+    assert_eq!(
+        call(&mut g, &mut dev2, peer(), &registration(1, "dev-2")),
+        ResponseType::Created
+    );
+}
+
+/// Registers dev-1 with an observable resource and returns its context, the edge's observe
+/// request and the device's side of that exchange.
+fn observed(g: &mut Gateway, now: Instant) -> (SecurityContext, Packet, RequestInfo) {
+    let mut dev = device(&[1], &SECRET);
+    let q = "ep=dev-1".to_owned();
+    let reg = request(
+        RequestType::Post,
+        "rd",
+        &[&q, "lt=600"],
+        1,
+        b"</temp>;obs;ct=110",
+    );
+    let (bytes, _) = protect(&mut dev, &reg);
+    g.handle_datagram(now, T0, peer(), &bytes);
+    persist_all(g, now);
+    let out = sent(g);
+    let (_, observe_bytes) = out
+        .iter()
+        .find(|(_, b)| {
+            matches!(
+                Packet::from_bytes(b).unwrap().header.code,
+                MessageClass::Request(_)
+            )
+        })
+        .expect("the edge observes /temp");
+    let observe = Packet::from_bytes(observe_bytes).unwrap();
+    let (_, info) = oscore::unprotect_request(&mut dev, &observe).unwrap();
+    (dev, observe, info)
+}
+
+/// A notification of `observe` with sequence `seq`.
+fn notification(observe: &Packet, mid: u16, kind: MessageType, seq: u32) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(kind);
+    p.header.message_id = mid;
+    p.header.code = MessageClass::Response(ResponseType::Content);
+    p.set_token(observe.get_token().to_vec());
+    p.add_option(CoapOption::Observe, wire::write_uint(seq));
+    p.add_option(CoapOption::ContentFormat, vec![110]);
+    p.payload = br#"[{"n":"urn:dev:x:temp","v":20}]"#.to_vec();
+    p
+}
+
+#[test]
+fn stale_notifications_after_an_edge_restart_get_a_reset_and_quarantine_nothing() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let (mut dev, observe, mut info) = observed(&mut g, now);
+    let stored = persist_all(&mut g, now)
+        .last()
+        .map(|r| r.state)
+        .unwrap_or_default();
+    // The edge restarts: it no longer knows the observation's token.
+    let mut g2 = gateway_with(vec![keys("dev-1", &[1], DeviceState::Active, stored)]);
+    for seq in 0..40u32 {
+        let kind = if seq % 2 == 0 {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        };
+        let n = notification(&observe, 0x6000 + seq as u16, kind, seq + 2);
+        let protected = oscore::protect_response(&mut dev, &n, &mut info, true).unwrap();
+        g2.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    }
+    assert_eq!(g2.stats().bad_responses, 40);
+    assert_eq!(g2.stats().quarantines, 0);
+    assert!(appends(&mut g2).is_empty());
+    // Resets (the first few, within the reply budget) tell the device to end the observation.
+    let resets = sent(&mut g2);
+    assert_eq!(resets.len(), failures::FailureLog::MAX_REPLIES as usize);
+    for (i, (to, bytes)) in resets.iter().enumerate() {
+        let p = Packet::from_bytes(bytes).unwrap();
+        assert_eq!(*to, peer());
+        assert_eq!(p.header.get_type(), MessageType::Reset);
+        assert_eq!(p.header.code, MessageClass::Empty);
+        assert_eq!(p.header.message_id, 0x6000 + i as u16);
+    }
+    // The device registers again and is served.
+    assert_eq!(
+        call(&mut g2, &mut dev, peer(), &registration(2, "dev-1")),
+        ResponseType::Created
+    );
+}
+
+#[test]
+fn ten_thousand_sources_with_one_forgery_each_stay_under_the_caps() {
+    let limits = LimitsConfig {
+        max_tracked: 1000,
+        ..LimitsConfig::default()
+    };
+    let mut g = limited_gateway(
+        limits,
+        vec![keys(
+            "dev-1",
+            &[1],
+            DeviceState::Active,
+            StoredState::default(),
+        )],
+    );
+    let now = Instant::now();
+    let mut dev = registered(&mut g, now);
+    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let mut stranger = device(&[9], &SECRET);
+    let mut forger = device(&[1], &[8; 16]);
+    for _ in 0..10 {
+        let _ = protect(&mut forger, &telemetry(0));
+    }
+    let mut answers = 0;
+    for i in 0..10_000u32 {
+        // Each from a /64 of its own: half unknown kids, half dev-1's kid with a wrong key.
+        let from = SocketAddr::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | (u128::from(i) << 64) | 1,
+            )),
+            5683,
+        );
+        let bytes = if i % 2 == 0 {
+            forge(&mut stranger, &telemetry(i as u16))
+        } else {
+            forge(&mut forger, &telemetry(i as u16))
+        };
+        g.handle_datagram(now, T0, from, &bytes);
+        answers += sent(&mut g).len();
+        let t = g.tables();
+        assert!(t.sources <= 1000, "{t:?}");
+        assert!(t.kids <= 1, "{t:?}");
+        assert!(t.failures.reply_windows <= failures::FailureLog::MAX_SOURCES);
+        assert!(t.queued_refusals <= 4096);
+    }
+    let s = *g.stats();
+    assert_eq!(s.unknown_kid, 5000);
+    let quarantine_after = u64::from(LimitsConfig::default().failures_to_quarantine);
+    assert_eq!(s.decryption_failed, quarantine_after, "AEAD work bounded");
+    assert_eq!(s.kid_quarantined, 5000 - quarantine_after);
+    assert_eq!(g.limit_stats().overflowed, 4000);
+    assert_eq!(
+        answers,
+        failures::FailureLog::REPLIES_PER_SECOND as usize,
+        "error answers bounded globally"
+    );
+    // Audit: the first sources' rows, the kid's quarantine, one summary when the interval ends.
+    g.handle_timeout(now + failures::FailureLog::AUDIT_INTERVAL, T0 + 10_000);
+    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    assert_eq!(
+        rows.len(),
+        failures::FailureLog::MAX_DETAIL_ROWS + 2,
+        "{rows:?}"
+    );
+    assert_eq!(g.tables().failures.reply_windows, 0);
+    // The verified device is still served from its address.
+    let later = now + failures::FailureLog::AUDIT_INTERVAL;
+    assert_eq!(
+        report(&mut g, &mut dev, peer(), later, 2),
+        ResponseType::Changed
+    );
+    let after_sweep = later + Duration::from_secs(5);
+    g.handle_timeout(after_sweep, T0 + 15_000);
+    assert!(g.tables().sources <= 1000);
+}
+
+/// The edge's Confirmable command to dev-1 (registered at `peer()`): the protected bytes and the
+/// device's side of the exchange, after it verified them.
+fn command_to_device(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    now: Instant,
+) -> (Packet, RequestInfo) {
+    g.handle_command(
+        now,
+        T0 + 1000,
+        DownlinkCommand {
+            device: "dev-1".into(),
+            req: "r1".into(),
+            method: "PUT".into(),
+            path: "/valve".into(),
+            payload: b"open".to_vec(),
+            content_format: Some(0),
+            expires_unix_ms: T0 + 600_000,
+            confirmable: true,
+            observe: false,
+            accept: None,
+        },
+    );
+    journal_durable(g, now, T0 + 1000);
+    let out = sent(g);
+    let cmd = Packet::from_bytes(&out.iter().find(|(to, _)| *to == peer()).unwrap().1).unwrap();
+    let (_, info) = oscore::unprotect_request(dev, &cmd).unwrap();
+    (cmd, info)
+}
+
+#[test]
+fn a_spoofed_reset_leaves_a_protected_command_pending_and_it_is_delivered() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let (cmd, mut info) = command_to_device(&mut g, &mut dev, now);
+    // A Reset naming the command, from the device's address: ignored, counted.
+    let reset = wire::empty_message(MessageType::Reset, cmd.header.message_id);
+    g.handle_datagram(now, T0, peer(), &reset);
+    assert_eq!(g.stats().resets_ignored, 1);
+    assert!(
+        !appends(&mut g)
+            .iter()
+            .any(|a| a.message.topic.contains("/cmd/r1/result")),
+        "no result from a Reset"
+    );
+    // The command is still retransmitted, the same protected bytes.
+    g.handle_timeout(now + Duration::from_secs(10), T0 + 12_000);
+    let again = sent(&mut g);
+    assert!(
+        again
+            .iter()
+            .any(|(to, b)| *to == peer() && *b == cmd.to_bytes_unlimited().unwrap()),
+        "{again:?}"
+    );
+    // The device answers; the result is the device's.
+    let mut response = Packet::new();
+    response.header.set_type(MessageType::Acknowledgement);
+    response.header.message_id = cmd.header.message_id;
+    response.header.code = MessageClass::Response(ResponseType::Changed);
+    response.set_token(cmd.get_token().to_vec());
+    let protected = oscore::protect_response(&mut dev, &response, &mut info, false).unwrap();
+    g.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    let results: Vec<_> = appends(&mut g)
+        .into_iter()
+        .filter(|a| a.message.topic.contains("/cmd/r1/result"))
+        .collect();
+    assert_eq!(results.len(), 1);
+    let json: serde_json::Value = serde_json::from_slice(&results[0].message.payload).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["code"], "2.04");
+    // The Reset is in the security report.
+    let r = g
+        .poll_security_report(now + Duration::from_secs(10), T0 + 10_000)
+        .unwrap();
+    assert_eq!(r.counts["reset_ignored"], 1);
+}
+
+#[test]
+fn a_spoofed_empty_ack_only_stops_retransmission() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    let (cmd, mut info) = command_to_device(&mut g, &mut dev, now);
+    let ack = wire::empty_message(MessageType::Acknowledgement, cmd.header.message_id);
+    g.handle_datagram(now, T0, peer(), &ack);
+    // No retransmission any more; the command waits for a separate response.
+    g.handle_timeout(now + Duration::from_secs(10), T0 + 12_000);
+    assert!(sent(&mut g).is_empty());
+    assert_eq!(g.ingress().pending_commands(), 1);
+    // The device's separate response completes it.
+    let mut response = Packet::new();
+    response.header.set_type(MessageType::Confirmable);
+    response.header.message_id = 0x4242;
+    response.header.code = MessageClass::Response(ResponseType::Changed);
+    response.set_token(cmd.get_token().to_vec());
+    let protected = oscore::protect_response(&mut dev, &response, &mut info, false).unwrap();
+    g.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    assert_eq!(g.ingress().pending_commands(), 0);
+    assert!(
+        appends(&mut g)
+            .iter()
+            .any(|a| a.message.topic.contains("/cmd/r1/result"))
     );
 }
 

@@ -12,6 +12,16 @@
 //! off the data path and reports it with [`Downlink::journal_written`]; a journaled command is
 //! sent only once its `queued` entry is durable. After a restart the driver feeds the pending
 //! commands back through [`Downlink::restore`].
+//!
+//! # What a spoofer can do to a command in flight
+//!
+//! Tokens are 8 bytes that cannot be predicted, not even from earlier ones: SHA-256 of a
+//! random key (drawn from the OS when the ingress is made) and a counter, truncated. Message IDs
+//! count up from a random start (RFC 7252 §4.4), so neither depends on the boot time. An empty
+//! ACK or RST is matched to the exchange it names through an index by (peer, message ID): one
+//! lookup, whatever the number of commands in flight ([`Downlink::exchanges_examined`] counts
+//! the exchanges looked at). Whether a Reset may end an exchange is the gateway's decision:
+//! it never passes one on for a protected request (see `gateway`).
 
 mod admission;
 mod journal_book;
@@ -25,6 +35,7 @@ pub use journal_book::{JournalBatch, JournalWritten};
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
+use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -169,6 +180,37 @@ struct Exchange {
     separate_until: Option<Instant>,
 }
 
+/// The tokens of the edge's requests: the first 8 bytes of SHA-256(key ‖ counter), so that
+/// seeing some tokens tells nothing about the next (see the module docs).
+#[derive(Default)]
+struct Tokens {
+    key: [u8; 16],
+    counter: u64,
+}
+
+impl Tokens {
+    fn next(&mut self) -> [u8; 8] {
+        self.counter = self.counter.wrapping_add(1);
+        let digest = Sha256::new()
+            .chain_update(self.key)
+            .chain_update(self.counter.to_be_bytes())
+            .finalize();
+        let mut token = [0u8; 8];
+        for (t, d) in token.iter_mut().zip(digest) {
+            *t = d;
+        }
+        token
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Lines below which the journal is never rewritten while running.
 const MIN_REWRITE_LINES: u64 = 1024;
 
@@ -197,9 +239,11 @@ pub struct Downlink {
     queues: Queues,
     in_flight: HashMap<String, Exchange>,
     by_token: HashMap<[u8; 8], String>,
+    /// The exchange in flight for each (peer, message ID), for empty ACKs and Resets.
+    by_message_id: HashMap<(SocketAddr, u16), String>,
     known: HashSet<(String, String)>,
     recent: VecDeque<(String, String)>,
-    next_token: u64,
+    tokens: Tokens,
     results: VecDeque<CommandResult>,
     journal: JournalBook,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -209,6 +253,8 @@ pub struct Downlink {
     stats: DownlinkStats,
     /// Commands dropped as duplicates of one already accepted.
     pub duplicates: u64,
+    /// Exchanges in flight looked at to match empty ACKs and Resets (at most one per message).
+    pub exchanges_examined: u64,
 }
 
 impl Default for Downlink {
@@ -217,9 +263,10 @@ impl Default for Downlink {
             queues: Queues::default(),
             in_flight: HashMap::default(),
             by_token: HashMap::default(),
+            by_message_id: HashMap::default(),
             known: HashSet::default(),
             recent: VecDeque::new(),
-            next_token: 0,
+            tokens: Tokens::default(),
             results: VecDeque::new(),
             journal: JournalBook::new(MIN_REWRITE_LINES),
             transmits: VecDeque::new(),
@@ -227,6 +274,7 @@ impl Default for Downlink {
             next_expiry_ms: u64::MAX,
             stats: DownlinkStats::default(),
             duplicates: 0,
+            exchanges_examined: 0,
         }
     }
 }
@@ -243,12 +291,21 @@ pub struct Reachability {
 }
 
 impl Downlink {
-    /// Empty.
-    pub fn new(token_seed: u64) -> Downlink {
+    /// Empty; the tokens of its requests are derived from `token_key` (keep it secret: pass
+    /// random bytes).
+    pub fn new(token_key: [u8; 16]) -> Downlink {
         Downlink {
-            next_token: token_seed,
+            tokens: Tokens {
+                key: token_key,
+                counter: 0,
+            },
             ..Downlink::default()
         }
+    }
+
+    /// Commands in flight (sent, awaiting their answer).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The same with `limits` on platform commands.
@@ -448,8 +505,10 @@ impl Downlink {
             }
             break cmd;
         };
-        self.next_token = self.next_token.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let token = self.next_token.to_be_bytes();
+        let mut token = self.tokens.next();
+        while self.by_token.contains_key(&token) {
+            token = self.tokens.next();
+        }
         let Some(bytes) = encode_request(&next, message_id, &token) else {
             self.finish(
                 CommandResult::failed(&next, "rejected", "the request could not be encoded"),
@@ -464,6 +523,8 @@ impl Downlink {
             (None, Some(now + SEPARATE_WAIT))
         };
         self.by_token.insert(token, device.to_owned());
+        self.by_message_id
+            .insert((reach.address, message_id), device.to_owned());
         self.in_flight.insert(
             device.to_owned(),
             Exchange {
@@ -480,7 +541,20 @@ impl Downlink {
         );
     }
 
-    /// An empty ACK or RST from `peer`. Returns the device whose exchange it ended or advanced.
+    /// Removes `device`'s exchange in flight from every index.
+    fn take_in_flight(&mut self, device: &str) -> Option<Exchange> {
+        let x = self.in_flight.remove(device)?;
+        self.by_token.remove(&x.token);
+        let key = (x.peer, x.message_id);
+        if self.by_message_id.get(&key).is_some_and(|d| d == device) {
+            self.by_message_id.remove(&key);
+        }
+        Some(x)
+    }
+
+    /// An empty ACK or RST from `peer`: one index lookup, whatever the number of commands in
+    /// flight. An ACK stops the retransmission (a separate response may follow); a Reset ends
+    /// the exchange. Returns the device whose exchange it ended or advanced.
     pub fn handle_empty(
         &mut self,
         now: Instant,
@@ -488,14 +562,10 @@ impl Downlink {
         message_id: u16,
         reset: bool,
     ) -> Option<String> {
-        let device = self
-            .in_flight
-            .iter()
-            .find(|(_, x)| x.peer == peer && x.message_id == message_id)
-            .map(|(d, _)| d.clone())?;
+        let device = self.by_message_id.get(&(peer, message_id))?.clone();
+        self.exchanges_examined += 1;
         if reset {
-            let x = self.in_flight.remove(&device)?;
-            self.by_token.remove(&x.token);
+            let x = self.take_in_flight(&device)?;
             self.finish(
                 CommandResult::failed(&x.cmd, "reset", "the device answered with Reset"),
                 true,
@@ -519,8 +589,7 @@ impl Downlink {
         {
             return None;
         }
-        let x = self.in_flight.remove(&device)?;
-        self.by_token.remove(&token);
+        let x = self.take_in_flight(&device)?;
         let code = match packet.header.code {
             MessageClass::Response(_) => packet.header.code.to_string(),
             other => other.to_string(),
@@ -561,8 +630,7 @@ impl Downlink {
             }
         }
         for device in &ended {
-            if let Some(x) = self.in_flight.remove(device) {
-                self.by_token.remove(&x.token);
+            if let Some(x) = self.take_in_flight(device) {
                 self.finish(
                     CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
                     true,

@@ -74,6 +74,10 @@ pub struct IngressConfig {
     pub lab_accept_unregistered: bool,
     /// How long a queue-mode (`b=UQ`) device listens after each uplink.
     pub listen_window: Duration,
+    /// Seeds the message IDs and tokens the ingress chooses (see [`downlink`]); `None` (the
+    /// default) draws the seed from the OS when the ingress is made, so they cannot be guessed
+    /// from the boot time. Tests and fuzzers pass one for repeatable runs.
+    pub random_seed: Option<[u8; 18]>,
     /// Bounds and allow-list of platform commands.
     pub commands: CommandLimits,
 }
@@ -90,9 +94,27 @@ impl IngressConfig {
             exchange_lifetime: Duration::from_secs(247),
             lab_accept_unregistered: false,
             listen_window: Duration::from_secs(20),
+            random_seed: None,
             commands: CommandLimits::default(),
         }
     }
+}
+
+/// 18 random bytes from the OS: a token key (16) and a first message ID (2). Should the OS
+/// refuse (it does not on Linux), a per-process random hash of `base` stands in.
+fn os_seed(base: u64) -> [u8; 18] {
+    let mut seed = [0u8; 18];
+    if getrandom::fill(&mut seed).is_err() {
+        use std::hash::BuildHasher as _;
+        let state = foldhash::fast::RandomState::default();
+        for (i, chunk) in seed.chunks_mut(8).enumerate() {
+            let h = state.hash_one((base, i)).to_be_bytes();
+            for (s, h) in chunk.iter_mut().zip(h) {
+                *s = h;
+            }
+        }
+    }
+    seed
 }
 
 /// Identifies a record waiting to be stored.
@@ -342,9 +364,14 @@ const MAX_EVENTS: usize = 1024;
 
 impl Ingress {
     /// A fresh ingress. `record_id_base` makes record ids unique across restarts: pass the
-    /// boot time in Unix milliseconds (ids are `base × 2^20 + n`).
+    /// boot time in Unix milliseconds (ids are `base × 2^20 + n`). Message IDs and tokens are
+    /// seeded from [`IngressConfig::random_seed`], not from it.
     pub fn new(config: IngressConfig, record_id_base: u64) -> Ingress {
-        let downlink = Downlink::new(record_id_base).with_limits(config.commands.clone());
+        let seed = config
+            .random_seed
+            .unwrap_or_else(|| os_seed(record_id_base));
+        let [key @ .., m0, m1] = seed;
+        let downlink = Downlink::new(key).with_limits(config.commands.clone());
         Ingress {
             config,
             directory: Directory::new(),
@@ -358,7 +385,7 @@ impl Ingress {
             next_ticket: 0,
             record_ids: telemetry::RecordIds::new(record_id_base),
             next_sweep: None,
-            next_message_id: (record_id_base & 0xffff) as u16,
+            next_message_id: u16::from_be_bytes([m0, m1]),
             downlink,
             observations: observe::Observations::default(),
             next_observation: 0,

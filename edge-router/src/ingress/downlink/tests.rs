@@ -73,7 +73,7 @@ fn write_all(d: &mut Downlink) -> Vec<JournalBatch> {
 #[test]
 fn a_command_goes_out_only_once_its_journal_batch_is_durable() {
     let now = Instant::now();
-    let mut d = Downlink::new(1);
+    let mut d = Downlink::new([1; 16]);
     d.command(now, T0, cmd("d1", "r1", 2), reach(now, true), WINDOW, 1);
     assert!(transmits(&mut d).is_empty(), "held until durable");
     let batch = d.poll_journal().unwrap();
@@ -104,7 +104,7 @@ fn a_command_goes_out_only_once_its_journal_batch_is_durable() {
 #[test]
 fn a_failed_batch_refuses_its_commands_and_writes_its_done_entries_again() {
     let now = Instant::now();
-    let mut d = Downlink::new(1);
+    let mut d = Downlink::new([1; 16]);
     // r0 is durable, queued for a sleeping device; then it expires while r1 is being written.
     let mut r0 = cmd("d1", "r0", 1);
     r0.expires_unix_ms = T0 + 10;
@@ -158,7 +158,7 @@ fn a_failed_batch_refuses_its_commands_and_writes_its_done_entries_again() {
 #[test]
 fn over_the_per_device_cap_commands_get_queue_full_and_are_not_remembered() {
     let now = Instant::now();
-    let mut d = Downlink::new(1).with_limits(limits(3, 100));
+    let mut d = Downlink::new([1; 16]).with_limits(limits(3, 100));
     for i in 0..10 {
         d.command(
             now,
@@ -205,7 +205,7 @@ fn over_the_per_device_cap_commands_get_queue_full_and_are_not_remembered() {
 #[test]
 fn over_the_total_cap_commands_get_queue_full() {
     let now = Instant::now();
-    let mut d = Downlink::new(1).with_limits(limits(10, 5));
+    let mut d = Downlink::new([1; 16]).with_limits(limits(10, 5));
     for i in 0..8 {
         d.command(
             now,
@@ -235,7 +235,7 @@ fn over_the_total_cap_commands_get_queue_full() {
 #[test]
 fn a_command_that_cannot_fit_the_path_is_refused_with_its_size() {
     let now = Instant::now();
-    let mut d = Downlink::new(1);
+    let mut d = Downlink::new([1; 16]);
     // The payload bound: a device's block size.
     d.command(now, T0, cmd("d1", "big", 1025), reach(now, true), WINDOW, 1);
     let r = results(&mut d);
@@ -282,7 +282,7 @@ fn a_command_that_cannot_fit_the_path_is_refused_with_its_size() {
 #[test]
 fn the_allow_list_refuses_other_devices_but_not_the_edges_own_requests() {
     let now = Instant::now();
-    let mut d = Downlink::new(1).with_limits(CommandLimits {
+    let mut d = Downlink::new([1; 16]).with_limits(CommandLimits {
         allow: Some(DeviceAllowList::new(&["valve-*", "pump-3"]).unwrap()),
         ..CommandLimits::default()
     });
@@ -329,7 +329,7 @@ fn the_allow_list_refuses_other_devices_but_not_the_edges_own_requests() {
 #[test]
 fn the_journal_is_rewritten_with_only_live_commands_when_dead_lines_outweigh_them() {
     let now = Instant::now();
-    let mut d = Downlink::new(1).with_limits(limits(10_000, 10_000));
+    let mut d = Downlink::new([1; 16]).with_limits(limits(10_000, 10_000));
     // 3,000 commands for an always-on device, each answered: dead lines pile up.
     let mut rewrites = Vec::new();
     let mut max_lines = 0;
@@ -398,7 +398,7 @@ fn the_journal_is_rewritten_with_only_live_commands_when_dead_lines_outweigh_the
 #[test]
 fn expiry_walks_the_queues_only_when_a_command_is_due() {
     let now = Instant::now();
-    let mut d = Downlink::new(1);
+    let mut d = Downlink::new([1; 16]);
     let mut c = cmd("d1", "r", 1);
     c.expires_unix_ms = T0 + 1000;
     d.command(now, T0, c, reach(now, false), WINDOW, 1);
@@ -450,4 +450,135 @@ fn oscore_overhead_is_bounded() {
         );
     }
     assert!(most > 12, "the test protects something: {most}");
+}
+
+// ----- empty ACK/RST and tokens (issue 10, point 4) -----
+
+/// Device `i`'s address: one per device.
+fn peer(i: u32) -> SocketAddr {
+    let ip = std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | u128::from(i));
+    SocketAddr::new(std::net::IpAddr::V6(ip), 5683)
+}
+
+fn reach_at(address: SocketAddr, now: Instant) -> Option<Reachability> {
+    Some(Reachability {
+        address,
+        queue_mode: false,
+        last_uplink: now,
+    })
+}
+
+/// A command in flight to each of `n` devices `d0`, `d1`, … (device i at `peer(i)`, its
+/// request with message ID i), once the journal is durable.
+fn commands_in_flight(n: u32, now: Instant) -> Downlink {
+    let mut d = Downlink::new([7; 16]).with_limits(limits(64, n as usize + 1));
+    for i in 0..n {
+        let device = format!("d{i}");
+        let reach = reach_at(peer(i), now);
+        d.command(now, T0, cmd(&device, "r1", 4), reach, WINDOW, i as u16);
+    }
+    while let Some(b) = d.poll_journal() {
+        let outcome = JournalWritten::Durable {
+            rewritten: b.rewrite.is_some(),
+        };
+        for device in d.journal_written(b.id, outcome) {
+            let i: u32 = device.trim_start_matches('d').parse().unwrap();
+            d.try_send(now, T0, &device, reach_at(peer(i), now), WINDOW, i as u16);
+        }
+    }
+    assert_eq!(d.in_flight(), n as usize);
+    d
+}
+
+/// xorshift64: repeatable "random" spoofed messages.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn random_empty_acks_among_100_000_commands_in_flight_cost_one_lookup_each() {
+    const IN_FLIGHT: u32 = 100_000;
+    let now = Instant::now();
+    let mut d = commands_in_flight(IN_FLIGHT, now);
+    assert_eq!(transmits(&mut d).len(), IN_FLIGHT as usize);
+    // 10,000 spoofed empty ACKs: a real device's address, a random message ID.
+    let mut rng = 0x9e37_79b9_7f4a_7c15;
+    let mut matched = 0u64;
+    for _ in 0..10_000 {
+        let r = xorshift(&mut rng);
+        let p = peer((r % u64::from(IN_FLIGHT)) as u32);
+        if d.handle_empty(now, p, (r >> 32) as u16, false).is_some() {
+            matched += 1;
+        }
+    }
+    // Bounded work: at most one exchange looked at per message, not 100,000.
+    assert!(d.exchanges_examined <= 10_000, "{}", d.exchanges_examined);
+    assert_eq!(d.exchanges_examined, matched);
+    // The genuine ACKs are found, each with one lookup.
+    let before = d.exchanges_examined;
+    for i in (0..IN_FLIGHT).step_by(1000) {
+        assert_eq!(
+            d.handle_empty(now, peer(i), i as u16, false),
+            Some(format!("d{i}"))
+        );
+    }
+    assert_eq!(d.exchanges_examined - before, 100);
+    // An ACK stops retransmitting; the command stays in flight for its separate response.
+    assert_eq!(d.in_flight(), IN_FLIGHT as usize);
+    assert_eq!(d.by_message_id.len(), d.in_flight.len());
+}
+
+#[test]
+fn the_index_follows_exchanges_that_end() {
+    let now = Instant::now();
+    let mut d = commands_in_flight(2, now);
+    // A Reset ends d0's exchange: the index forgets it.
+    assert_eq!(d.handle_empty(now, peer(0), 0, true), Some("d0".into()));
+    assert_eq!(d.handle_empty(now, peer(0), 0, true), None);
+    assert_eq!(d.by_message_id.len(), 1);
+    // d1 times out after its retransmissions: forgotten too.
+    let mut t = now;
+    for _ in 0..=MAX_RETRANSMIT {
+        t += Duration::from_secs(100);
+        d.handle_timeout(t);
+    }
+    assert_eq!(d.in_flight(), 0);
+    assert!(d.by_message_id.is_empty() && d.by_token.is_empty());
+    let statuses: Vec<_> = results(&mut d).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["reset", "timeout"]);
+}
+
+#[test]
+fn tokens_are_unpredictable_and_do_not_depend_on_the_message_ids() {
+    let now = Instant::now();
+    let token_of = |key: [u8; 16], mid: u16| {
+        let mut d = Downlink::new(key);
+        d.command(
+            now,
+            T0,
+            cmd("a", "_r1", 4),
+            reach_at(peer(1), now),
+            WINDOW,
+            mid,
+        );
+        d.in_flight["a"].token
+    };
+    assert_eq!(token_of([1; 16], 5), token_of([1; 16], 6));
+    assert_ne!(token_of([1; 16], 5), token_of([2; 16], 5));
+    let mut tokens = Tokens {
+        key: [3; 16],
+        counter: 0,
+    };
+    let a = tokens.next();
+    let b = tokens.next();
+    // Not a fixed step from one to the next.
+    let step = u64::from_be_bytes(b).wrapping_sub(u64::from_be_bytes(a));
+    let c = tokens.next();
+    assert_ne!(
+        u64::from_be_bytes(b).wrapping_add(step),
+        u64::from_be_bytes(c)
+    );
 }

@@ -308,17 +308,20 @@ fn security(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> 
     )?;
     out.counter(
         "v6iot_quarantines",
-        "quarantines begun (repeated authentication failures)",
+        "kid quarantines begun (repeated failed verifications under one kid)",
         g.quarantines,
     )?;
     out.counters(
         "v6iot_rate_limited",
-        "datagrams dropped or answered 5.03 by a limit, by scope",
+        "datagrams dropped or answered 5.03 by a limit, by scope (source: a network's \
+         unauthenticated budget; device: a verified device's rate; kid_quarantined, kid_limited: \
+         a kid in quarantine or out of refusal budget)",
         "scope",
         &[
             ("source", s.limits.source_limited),
-            ("quarantined_source", s.limits.quarantined_drops),
             ("device", s.limits.device_limited),
+            ("kid_quarantined", s.limits.kid_quarantined),
+            ("kid_limited", s.limits.kid_limited),
         ],
     )?;
     out.gauge(

@@ -66,7 +66,7 @@ pub async fn run(stream: TcpStream, rest: Vec<u8>, d: &Dashboard, stats: &HttpSt
         WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
     let authed = match tokio::time::timeout(AUTH_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => {
-            matches!(serde_json::from_str(t.as_str()), Ok(FromPage::Auth { token }) if d.token_matches(&token))
+            matches!(FromPage::parse(t.as_str()), Some(FromPage::Auth { token }) if d.token_matches(&token))
         }
         _ => false,
     };
@@ -100,12 +100,12 @@ async fn session(ws: &mut WebSocketStream<TcpStream>, d: &Dashboard) -> Result<(
             _ = tick.tick() => {}
             incoming = ws.next() => match incoming {
                 None | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Ok(Message::Text(t))) => match serde_json::from_str::<FromPage>(t.as_str()) {
-                    Ok(FromPage::Query(q)) => query = q,
-                    Ok(FromPage::Select { device }) => {
+                Some(Ok(Message::Text(t))) => match FromPage::parse(t.as_str()) {
+                    Some(FromPage::Query(q)) => query = q,
+                    Some(FromPage::Select { device }) => {
                         selected = Some(device.chars().take(256).collect());
                     }
-                    Ok(FromPage::Auth { .. }) | Err(_) => return Err(Bad),
+                    Some(FromPage::Auth { .. }) | None => return Err(Bad),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(_)) => return Err(Bad),

@@ -100,6 +100,42 @@ fn the_dashboard_shows_devices_and_security_events_in_chromium() {
                 Duration::from_secs(10),
             )
             .await;
+        // sorted and filtered by the edge (the page asks for a window, the rows come back)
+        let order = "[...document.querySelectorAll('#viewport .row')].sort((a, b) => \
+                     parseFloat(a.style.top) - parseFloat(b.style.top)).map(r => r.dataset.device).join(',')";
+        assert_eq!(browser.eval(order).await, serde_json::json!(format!("{odd},valve-1")));
+        browser
+            .eval("document.querySelector('#thead span[data-sort=\"id\"]').click()")
+            .await;
+        browser
+            .wait_for(
+                "the table sorted by id backwards",
+                &format!("{order} === 'valve-1,{odd}'"),
+                Duration::from_secs(10),
+            )
+            .await;
+        browser
+            .eval("(() => { const f = document.getElementById('filter'); f.value = 'VALVE'; \
+                   f.dispatchEvent(new Event('input')); })()")
+            .await;
+        browser
+            .wait_for(
+                "only the valve after the filter",
+                &format!("{order} === 'valve-1'"),
+                Duration::from_secs(10),
+            )
+            .await;
+        browser
+            .eval("(() => { const f = document.getElementById('filter'); f.value = ''; \
+                   f.dispatchEvent(new Event('input')); })()")
+            .await;
+        browser
+            .wait_for(
+                "both again",
+                "document.querySelectorAll('#viewport .row').length === 2",
+                Duration::from_secs(10),
+            )
+            .await;
         // select the valve: its sparkline is drawn from the five values
         browser
             .eval("document.querySelector('#viewport .row[data-device=\"valve-1\"]').click()")

@@ -1,7 +1,7 @@
 //! The Debian package: the postinst makes the seal key only when it is missing (0600) and
 //! leaves an existing one alone; the systemd unit passes `systemd-analyze verify`; the `.deb`
 //! that `cargo deb -p v6iot-edge-router` built (scripts/test builds it once) holds the binary,
-//! the unit and the configuration (a conffile).
+//! the unit and the configuration (a conffile), and its binary accepts its configuration.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -119,6 +119,25 @@ fn the_deb_holds_the_binary_the_unit_and_the_configuration() {
             "{path} missing from the package:\n{contents}"
         );
     }
+    // the packaged binary takes the packaged configuration as shipped
+    let root = tempdir();
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(root.path().join("usr/bin/v6iot-edge"))
+        .arg("check-config")
+        .arg(root.path().join("etc/v6iot/edge.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("edge.toml: ok"),
+        "the packaged binary refused the packaged configuration: {out:?}"
+    );
     let control = tempdir();
     let out = Command::new("dpkg-deb")
         .arg("--control")

@@ -13,6 +13,37 @@ use crate::event::BridgeError;
 use crate::happy_eyeballs;
 use crate::tls::TlsOptions;
 
+/// Why one connection could not be made (each names the endpoint, for logs and events).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// TCP and TLS together took longer than the connect timeout.
+    #[error("connecting to {authority} timed out after {after:?}")]
+    Timeout {
+        /// `host:port`.
+        authority: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// No address answered (Happy Eyeballs names each and why), or the name did not resolve.
+    #[error("TCP to {authority}: {error}")]
+    Tcp {
+        /// `host:port`.
+        authority: String,
+        /// What the attempts ended with.
+        error: std::io::Error,
+    },
+    /// The TLS handshake failed (a certificate refused, a protocol error, the peer gone).
+    #[error("TLS handshake with {name} at {addr}: {error}")]
+    Tls {
+        /// The server name checked.
+        name: String,
+        /// The address connected to.
+        addr: SocketAddr,
+        /// rustls' reason.
+        error: std::io::Error,
+    },
+}
+
 /// A byte stream to the platform (TCP or TLS over TCP).
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -60,32 +91,37 @@ impl Connector {
         &self.endpoint
     }
 
-    /// One connection (TCP, then TLS when configured), within the connect timeout. The error is
-    /// a human-readable cause for logs and events.
-    pub(crate) async fn connect(&self) -> Result<(Box<dyn Io>, SocketAddr), String> {
+    /// One connection (TCP, then TLS when configured), within the connect timeout.
+    pub(crate) async fn connect(&self) -> Result<(Box<dyn Io>, SocketAddr), ConnectError> {
         match tokio::time::timeout(self.timeout, self.connect_inner()).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
-                "connecting to {} timed out after {:?}",
-                self.endpoint.authority(),
-                self.timeout
-            )),
+            Err(_) => Err(ConnectError::Timeout {
+                authority: self.endpoint.authority(),
+                after: self.timeout,
+            }),
         }
     }
 
-    async fn connect_inner(&self) -> Result<(Box<dyn Io>, SocketAddr), String> {
+    async fn connect_inner(&self) -> Result<(Box<dyn Io>, SocketAddr), ConnectError> {
         let host = &self.endpoint.host;
         let (tcp, addr) =
             happy_eyeballs::connect_host(host, self.endpoint.port, self.attempt_delay)
                 .await
-                .map_err(|e| format!("TCP to {}: {e}", self.endpoint.authority()))?;
+                .map_err(|error| ConnectError::Tcp {
+                    authority: self.endpoint.authority(),
+                    error,
+                })?;
         let Some((connector, name)) = &self.tls else {
             return Ok((Box::new(tcp), addr));
         };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS handshake with {} at {addr}: {e}", name.to_str()))?;
+            .map_err(|error| ConnectError::Tls {
+                name: name.to_str().into_owned(),
+                addr,
+                error,
+            })?;
         Ok((Box::new(tls), addr))
     }
 }

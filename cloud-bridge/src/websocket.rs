@@ -22,8 +22,9 @@ use std::time::Duration;
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::backoff::Backoff;
 use crate::endpoint::Endpoint;
@@ -31,7 +32,7 @@ use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
 use crate::happy_eyeballs::CONNECTION_ATTEMPT_DELAY;
 use crate::message::OutboundMessage;
 use crate::tls::TlsOptions;
-use crate::transport::Connector;
+use crate::transport::{ConnectError, Connector};
 
 /// Everything [`run_websocket`] needs to know.
 #[derive(Debug, Clone)]
@@ -183,7 +184,8 @@ pub async fn run_websocket(
         };
         let (ws, addr) = match connected {
             Ok(ws) => ws,
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 let delay = backoff.next_delay();
                 tracing::warn!(%reason, retry_in = ?delay, "WebSocket connection attempt failed");
                 stats.inc(Counter::ConnectFailures);
@@ -220,8 +222,8 @@ pub async fn run_websocket(
                 .await;
                 match sent {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => break format!("sending: {e}"),
-                    Err(_) => break format!("sending took longer than {send_timeout:?}"),
+                    Ok(Err(e)) => break WsLost::Send(Box::new(e)),
+                    Err(_) => break WsLost::SendTimeout(send_timeout),
                 }
                 for m in pending.drain(..n) {
                     stats.inc(Counter::Published);
@@ -245,11 +247,9 @@ pub async fn run_websocket(
                 frame = source.next() => {
                     last_heard = tokio::time::Instant::now();
                     match frame {
-                        None => break "closed by the peer".to_owned(),
-                        Some(Err(e)) => break format!("receiving: {e}"),
-                        Some(Ok(Message::Close(frame))) => {
-                            break format!("closed by the peer: {frame:?}");
-                        }
+                        None => break WsLost::Eof,
+                        Some(Err(e)) => break WsLost::Receive(Box::new(e)),
+                        Some(Ok(Message::Close(frame))) => break WsLost::Closed(frame),
                         // pings are answered by tungstenite; data is ignored
                         Some(Ok(_)) => {}
                     }
@@ -257,11 +257,11 @@ pub async fn run_websocket(
                 _ = ping.tick(), if ping_every.is_some() => {
                     let every = config.ping_interval;
                     if last_heard.elapsed() > every * 2 {
-                        break format!("nothing heard from the peer for {:?}", last_heard.elapsed());
+                        break WsLost::Silent(last_heard.elapsed());
                     }
                     let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Vec::new().into()))).await;
                     if !matches!(sent, Ok(Ok(()))) {
-                        break "sending a ping failed".to_owned();
+                        break WsLost::Ping;
                     }
                 }
                 m = outgoing.recv(), if !outgoing_closed => match m {
@@ -277,6 +277,7 @@ pub async fn run_websocket(
             }
         };
         resend = pending.len();
+        let reason = reason.to_string();
         let delay = backoff.next_delay();
         tracing::warn!(%reason, retry_in = ?delay, unacked = resend, "WebSocket connection lost");
         stats.inc(Counter::Disconnects);
@@ -289,24 +290,80 @@ pub async fn run_websocket(
 
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn crate::transport::Io>>;
 
+/// Why a WebSocket connection ended before the shutdown (its text is the log's and the
+/// event's reason).
+#[derive(Debug, thiserror::Error)]
+enum WsLost {
+    /// Sending a batch failed.
+    #[error("sending: {0}")]
+    Send(Box<tungstenite::Error>),
+    /// Sending a batch took longer than the send timeout.
+    #[error("sending took longer than {0:?}")]
+    SendTimeout(Duration),
+    /// The peer closed the TCP stream.
+    #[error("closed by the peer")]
+    Eof,
+    /// Receiving failed.
+    #[error("receiving: {0}")]
+    Receive(Box<tungstenite::Error>),
+    /// The peer sent a Close frame.
+    #[error("closed by the peer: {0:?}")]
+    Closed(Option<CloseFrame>),
+    /// Nothing came from the peer for two ping intervals.
+    #[error("nothing heard from the peer for {0:?}")]
+    Silent(Duration),
+    /// A ping could not be sent in time.
+    #[error("sending a ping failed")]
+    Ping,
+}
+
+/// Why a WebSocket connection could not be made (each names where, for logs and events).
+#[derive(Debug, thiserror::Error)]
+enum WsConnectError {
+    /// TCP or TLS failed.
+    #[error(transparent)]
+    Transport(#[from] ConnectError),
+    /// The URL does not make a WebSocket request.
+    #[error("WebSocket request for {url}: {error}")]
+    Request {
+        url: String,
+        error: Box<tungstenite::Error>,
+    },
+    /// The server refused the upgrade, or the handshake broke off.
+    #[error("WebSocket handshake with {authority} at {addr}: {error}")]
+    Handshake {
+        authority: String,
+        addr: std::net::SocketAddr,
+        error: Box<tungstenite::Error>,
+    },
+    /// No answer to the upgrade within the connect timeout.
+    #[error("WebSocket handshake at {addr} timed out")]
+    HandshakeTimeout { addr: std::net::SocketAddr },
+}
+
 async fn connect(
     connector: &Connector,
     config: &WsConfig,
-) -> Result<(Ws, std::net::SocketAddr), String> {
+) -> Result<(Ws, std::net::SocketAddr), WsConnectError> {
     let (stream, addr) = connector.connect().await?;
-    let request = config
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("WebSocket request for {}: {e}", config.url))?;
+    let request =
+        config
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|error| WsConnectError::Request {
+                url: config.url.clone(),
+                error: Box::new(error),
+            })?;
     let handshake = tokio_tungstenite::client_async(request, stream);
     match tokio::time::timeout(config.connect_timeout, handshake).await {
         Ok(Ok((ws, _response))) => Ok((ws, addr)),
-        Ok(Err(e)) => Err(format!(
-            "WebSocket handshake with {} at {addr}: {e}",
-            connector.endpoint().authority()
-        )),
-        Err(_) => Err(format!("WebSocket handshake at {addr} timed out")),
+        Ok(Err(error)) => Err(WsConnectError::Handshake {
+            authority: connector.endpoint().authority(),
+            addr,
+            error: Box::new(error),
+        }),
+        Err(_) => Err(WsConnectError::HandshakeTimeout { addr }),
     }
 }
 
@@ -376,5 +433,30 @@ mod tests {
     fn only_websocket_urls() {
         assert!(WsConfig::new("mqtt://h").validate().is_err());
         assert!(WsConfig::new("ws://[::1]:9/x").validate().is_ok());
+    }
+
+    /// The reasons in `Disconnected` events and logs read as they did when they were strings.
+    #[test]
+    fn loss_reasons_name_their_cause() {
+        let texts = [
+            (
+                WsLost::SendTimeout(Duration::from_secs(5)),
+                "sending took longer than 5s",
+            ),
+            (WsLost::Eof, "closed by the peer"),
+            (WsLost::Closed(None), "closed by the peer: None"),
+            (
+                WsLost::Silent(Duration::from_millis(250)),
+                "nothing heard from the peer for 250ms",
+            ),
+            (WsLost::Ping, "sending a ping failed"),
+            (
+                WsLost::Receive(Box::new(tungstenite::Error::ConnectionClosed)),
+                "receiving: Connection closed normally",
+            ),
+        ];
+        for (lost, text) in texts {
+            assert_eq!(lost.to_string(), text);
+        }
     }
 }

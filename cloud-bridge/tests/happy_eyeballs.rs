@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use v6iot_cloud_bridge::MqttConfig;
 use v6iot_cloud_bridge::happy_eyeballs::{self, CONNECTION_ATTEMPT_DELAY};
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_cloud_bridge::{BridgeEvent, MqttConfig};
 
 fn v6(port: u16) -> SocketAddr {
     SocketAddr::new("::1".parse().unwrap(), port)
@@ -63,18 +63,31 @@ async fn ipv6_wins_when_both_families_answer() {
     assert_eq!(accepted.local_addr().unwrap(), v6(port));
 }
 
+/// Wall-clock bounds on a machine shared with other builds: a fall-back "at once" is told from
+/// one after the attempt delay by giving the delay a length no busy machine comes near
+/// (the failure, not the delay, must start the next attempt).
+const LONG_ATTEMPT_DELAY: Duration = Duration::from_secs(30);
+
+/// Generous upper bound for what takes milliseconds on a quiet machine (connects on loopback,
+/// a 250 ms attempt delay); what it tells apart is a fall-back that happens from one that waits
+/// for the kernel's SYN retries (over a minute) or for [`LONG_ATTEMPT_DELAY`].
+const BUSY_MACHINE_BOUND: Duration = Duration::from_secs(10);
+
 #[tokio::test]
 async fn a_refused_ipv6_address_falls_back_to_ipv4_at_once() {
     let port = free_port();
     let _l4 = TcpListener::bind(v4(port)).await.unwrap();
     let t0 = Instant::now();
-    let (_, addr) = happy_eyeballs::connect([v4(port), v6(port)], CONNECTION_ATTEMPT_DELAY)
-        .await
-        .unwrap();
-    let took = t0.elapsed();
+    // the failure starts the next attempt without waiting for the attempt delay
+    let (_, addr) = tokio::time::timeout(
+        BUSY_MACHINE_BOUND,
+        happy_eyeballs::connect([v4(port), v6(port)], LONG_ATTEMPT_DELAY),
+    )
+    .await
+    .expect("the refused IPv6 attempt starts the IPv4 one at once")
+    .unwrap();
+    eprintln!("fell back in {:?}", t0.elapsed());
     assert_eq!(addr, v4(port));
-    // the failure starts the next attempt without waiting for the 250 ms delay
-    assert!(took < Duration::from_millis(200), "took {took:?}");
 }
 
 #[tokio::test]
@@ -88,8 +101,9 @@ async fn a_silent_ipv6_address_falls_back_after_the_attempt_delay() {
         .unwrap();
     let took = t0.elapsed();
     assert_eq!(addr, v4(port));
+    // a timer never fires early: the lower bound holds on any machine
     assert!(took >= CONNECTION_ATTEMPT_DELAY, "took {took:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < BUSY_MACHINE_BOUND, "took {took:?}");
 }
 
 #[tokio::test]
@@ -109,26 +123,36 @@ async fn all_addresses_failing_names_each() {
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
 
-/// Runs `the_bridge_prefers_ipv6_for_a_dual_stack_name_inside` in a mount namespace where
-/// `localhost` has both addresses.
+/// The environment variable that marks the re-run inside the mount namespace.
+const INSIDE_ENV: &str = "V6IOT_DUAL_STACK_HOSTS";
+
+/// Runs this very test again in a mount namespace where `localhost` has both addresses; there
+/// (with [`INSIDE_ENV`] set) it runs [`dual_stack_name_inside`] instead.
 #[test]
 fn the_bridge_prefers_ipv6_for_a_dual_stack_name() {
+    if std::env::var_os(INSIDE_ENV).is_some() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        return rt.block_on(dual_stack_name_inside());
+    }
+    require_root("a mount namespace (`unshare --mount`) with an /etc/hosts of its own");
     let dir = TempDir::new("hosts");
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n").unwrap();
     let script = r#"set -eu
         mount --bind "$HOSTS" /etc/hosts
-        exec "$TEST_BIN" --exact the_bridge_prefers_ipv6_for_a_dual_stack_name_inside \
-            --ignored --nocapture --test-threads 1"#;
+        exec "$TEST_BIN" --exact the_bridge_prefers_ipv6_for_a_dual_stack_name \
+            --nocapture --test-threads 1"#;
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--", "sh", "-c", script])
         .env("HOSTS", &hosts)
         .env("TEST_BIN", std::env::current_exe().unwrap())
-        .env("V6IOT_DUAL_STACK_HOSTS", "1")
+        .env(INSIDE_ENV, "1")
         .output()
-        .expect(
-            "unshare (util-linux) must be installed; this test needs root for a mount namespace",
-        );
+        .expect("unshare (util-linux) must be installed (Debian package util-linux)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -149,13 +173,20 @@ fn bridge_config(port: u16) -> MqttConfig {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by the_bridge_prefers_ipv6_for_a_dual_stack_name inside a mount namespace"]
-async fn the_bridge_prefers_ipv6_for_a_dual_stack_name_inside() {
-    if std::env::var_os("V6IOT_DUAL_STACK_HOSTS").is_none() {
-        eprintln!("only meaningful inside the namespace its outer test makes; skipped");
-        return;
-    }
+/// The bridge connected once and no attempt failed on the way: read from its counters, since
+/// [`Bridge::connected`] consumes the events before the `Connected` one.
+fn assert_one_connection_no_failure(bridge: &Bridge) {
+    let stats = bridge.stats.snapshot();
+    assert_eq!(
+        (stats.connects, stats.connect_failures),
+        (1, 0),
+        "one connection, no failed attempt on the way: {stats:?}"
+    );
+}
+
+/// Inside the namespace: the bridge, given `mqtt://localhost:PORT`, connects over IPv6 when
+/// the broker listens on both families, and falls back to IPv4 when IPv6 refuses or is silent.
+async fn dual_stack_name_inside() {
     init_tracing();
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host("localhost:1")
         .await
@@ -174,20 +205,24 @@ async fn the_bridge_prefers_ipv6_for_a_dual_stack_name_inside() {
         let mut bridge = Bridge::start(bridge_config(broker.port), 8);
         let addr = bridge.connected().await;
         assert_eq!(addr, v6(broker.port));
+        assert_one_connection_no_failure(&bridge);
         bridge.outgoing.send(message(&topics, 1)).await.unwrap();
         assert_eq!(bridge.acks.recv().await, Some(1));
         bridge.stop().await.unwrap();
         eprintln!("dual stack broker: connected over {addr}");
     }
-    // 2. IPv4 only (IPv6 refuses): IPv4 at once
+    // 2. IPv4 only (IPv6 refuses): IPv4 at once, long before the (lengthened) attempt delay
     {
         let broker = Mosquitto::start(dir.path(), BrokerSpec::plain(&[V4]));
         let t0 = Instant::now();
-        let mut bridge = Bridge::start(bridge_config(broker.port), 8);
+        let mut config = bridge_config(broker.port);
+        config.attempt_delay = LONG_ATTEMPT_DELAY;
+        let mut bridge = Bridge::start(config, 8);
         let addr = bridge.connected().await;
         let took = t0.elapsed();
         assert_eq!(addr, v4(broker.port));
-        assert!(took < Duration::from_secs(1), "took {took:?}");
+        assert!(took < BUSY_MACHINE_BOUND, "took {took:?}");
+        assert_one_connection_no_failure(&bridge);
         bridge.stop().await.unwrap();
         eprintln!("IPv4-only broker, IPv6 refused: connected over {addr} in {took:?}");
     }
@@ -201,16 +236,10 @@ async fn the_bridge_prefers_ipv6_for_a_dual_stack_name_inside() {
         let took = t0.elapsed();
         assert_eq!(addr, v4(broker.port));
         assert!(
-            took >= CONNECTION_ATTEMPT_DELAY && took < Duration::from_secs(1),
+            took >= CONNECTION_ATTEMPT_DELAY && took < BUSY_MACHINE_BOUND,
             "took {took:?}"
         );
-        assert!(
-            !bridge
-                .events
-                .try_recv()
-                .is_ok_and(|e| matches!(e, BridgeEvent::ConnectFailed { .. })),
-            "no failed attempt on the way"
-        );
+        assert_one_connection_no_failure(&bridge);
         bridge.stop().await.unwrap();
         eprintln!("IPv4-only broker, IPv6 silent: connected over {addr} in {took:?}");
     }

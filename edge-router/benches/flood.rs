@@ -53,7 +53,7 @@ fn downlink_with_commands() -> Downlink {
     let now = Instant::now();
     let reach = |n: u32| {
         Some(Reachability {
-            address: addr(n),
+            address: addr(n).into(),
             queue_mode: false,
             last_uplink: now,
         })

@@ -12,19 +12,23 @@
 //! - [`JournalWriter`] runs the writes on tokio's blocking pool, one batch at a time: the data
 //!   path never waits on the disk, and a command waits for its batch (see
 //!   [`crate::ingress::downlink`]) instead.
+//! - The file I/O goes through [`v6iot_durable::Fs`]: [`StdFs`] by default, the crash model
+//!   ([`v6iot_durable::SimFs`]) in `tests/journal_power_loss.rs`.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use v6iot_durable::{Fs, FsFile as _, OpenOptions, StdFs};
+
 use crate::ingress::{DownlinkCommand, JournalBatch, JournalEntry, JournalWritten};
 
-/// An open journal.
+/// An open journal, on the file system `F`.
 #[derive(Debug)]
-pub struct CommandJournal {
+pub struct CommandJournal<F: Fs = StdFs> {
+    fs: F,
     path: PathBuf,
-    file: File,
+    file: F::File,
     pending: Vec<DownlinkCommand>,
     /// Bytes up to the end of the last synced append.
     good_len: u64,
@@ -40,16 +44,27 @@ impl CommandJournal {
     ///
     /// When the file cannot be read, or the new one written, synced and renamed.
     pub fn open(path: &Path) -> io::Result<CommandJournal> {
+        CommandJournal::open_in(StdFs, path)
+    }
+}
+
+impl<F: Fs> CommandJournal<F> {
+    /// [`CommandJournal::open`] on the file system `fs`.
+    ///
+    /// # Errors
+    ///
+    /// As [`CommandJournal::open`].
+    pub fn open_in(fs: F, path: &Path) -> io::Result<CommandJournal<F>> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            fs.create_dir_all(dir)?;
         }
         let mut queued: Vec<DownlinkCommand> = Vec::new();
         let mut done: HashSet<(String, String)> = HashSet::new();
-        match File::open(path) {
+        match fs.open(path, &OpenOptions::new().read(true)) {
             Ok(f) => {
-                for (n, line) in BufReader::new(f).lines().enumerate() {
+                for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
                     let line = line?;
-                    match serde_json::from_str::<JournalEntry>(&line) {
+                    match serde_json::from_slice::<JournalEntry>(&line) {
                         Ok(JournalEntry::Queued(c)) => queued.push(c),
                         Ok(JournalEntry::Done { device, req }) => {
                             done.insert((device, req));
@@ -64,9 +79,10 @@ impl CommandJournal {
             Err(e) => return Err(e),
         }
         queued.retain(|c| !done.contains(&(c.device.clone(), c.req.clone())));
-        let good_len = replace_file(path, &queued)?;
-        let file = OpenOptions::new().append(true).open(path)?;
+        let good_len = replace_file(&fs, path, &queued)?;
+        let file = fs.open(path, &OpenOptions::new().append(true))?;
         Ok(CommandJournal {
+            fs,
             path: path.to_owned(),
             file,
             pending: queued,
@@ -146,9 +162,9 @@ impl CommandJournal {
 
     /// Replaces the journal with `live` (each as a `queued` line).
     fn rewrite(&mut self, live: &[DownlinkCommand]) -> io::Result<()> {
-        self.good_len = replace_file(&self.path, live)?;
+        self.good_len = replace_file(&self.fs, &self.path, live)?;
         // The rename is done: from here on appends must go to the new file.
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file = self.fs.open(&self.path, &OpenOptions::new().append(true))?;
         self.torn = false;
         Ok(())
     }
@@ -161,46 +177,27 @@ impl CommandJournal {
 
 /// Writes `commands` as `queued` lines to `{path}.tmp` (mode 0600), syncs it, renames it to
 /// `path` and syncs the directory. Returns the file's length.
-fn replace_file(path: &Path, commands: &[DownlinkCommand]) -> io::Result<u64> {
-    let tmp = path.with_extension("jsonl.tmp");
+fn replace_file<F: Fs>(fs: &F, path: &Path, commands: &[DownlinkCommand]) -> io::Result<u64> {
     let mut buf = Vec::new();
     for c in commands {
         serde_json::to_writer(&mut buf, &JournalEntry::Queued(c.clone()))
             .map_err(io::Error::other)?;
         buf.push(b'\n');
     }
-    {
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)?;
+    let tmp = path.with_extension("jsonl.tmp");
+    v6iot_durable::write_atomically(fs, path, &tmp, &buf, Some(0o600))?;
     Ok(buf.len() as u64)
-}
-
-/// Syncs the directory holding `path`, so a rename in it is durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
 }
 
 /// The journal's writer thread side: runs [`CommandJournal::write`] on tokio's blocking pool,
 /// one batch at a time, and hands the outcome back to the loop.
 #[derive(Debug)]
-pub struct JournalWriter {
-    idle: Option<CommandJournal>,
-    running: Option<tokio::task::JoinHandle<Done>>,
+pub struct JournalWriter<F: Fs = StdFs> {
+    idle: Option<CommandJournal<F>>,
+    running: Option<tokio::task::JoinHandle<Done<F>>>,
 }
 
-type Done = (CommandJournal, u64, io::Result<JournalWritten>);
+type Done<F> = (CommandJournal<F>, u64, io::Result<JournalWritten>);
 
 /// The writer's task ended without handing the journal back.
 #[derive(Debug, thiserror::Error)]
@@ -214,9 +211,9 @@ pub enum WriterGone {
     Lost,
 }
 
-impl JournalWriter {
+impl<F: Fs> JournalWriter<F> {
     /// A writer for `journal`.
-    pub fn new(journal: CommandJournal) -> JournalWriter {
+    pub fn new(journal: CommandJournal<F>) -> JournalWriter<F> {
         JournalWriter {
             idle: Some(journal),
             running: None,
@@ -269,7 +266,7 @@ impl JournalWriter {
     /// [`WriterGone`] when the write panicked.
     pub async fn stop(
         mut self,
-    ) -> Result<(CommandJournal, Option<(u64, JournalWritten)>), WriterGone> {
+    ) -> Result<(CommandJournal<F>, Option<(u64, JournalWritten)>), WriterGone> {
         let last = if self.running.is_some() {
             Some(self.finished().await?)
         } else {
@@ -425,7 +422,7 @@ mod tests {
             .unwrap();
         let good = std::fs::read(&path).unwrap();
         // A handle that cannot write stands in for a disk that fails.
-        j.file = File::open("/dev/null").unwrap();
+        j.file = std::fs::File::open("/dev/null").unwrap();
         assert!(
             j.write(&batch(2, vec![JournalEntry::Queued(cmd("b"))], None))
                 .is_err()
@@ -434,7 +431,10 @@ mod tests {
             outcome(2, Err(io::Error::other("x"))),
             JournalWritten::Failed
         );
-        j.file = OpenOptions::new().append(true).open(&path).unwrap();
+        j.file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         // Half a line left by the failed write is cut before the next append.
         j.file.write_all(b"{\"op\":\"queued\",\"dev").unwrap();
         j.torn = true;

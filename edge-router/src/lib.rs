@@ -12,6 +12,7 @@
 //! | [`audit`] | the append-only, hash-chained audit trail in the registry's file: events, `verify`, `who_had(address, time)`, per-device history |
 //! | [`gateway`] | sans-IO authentication gateway in front of the ingress: OSCORE contexts by kid, verify/protect, address binding, replay floors and sender marks to persist, refusals as security events |
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
+//! | [`peer`] | [`Peer`]: a device's address and port with the edge's address it reached (answers and requests leave from there) |
 //!
 //! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
 //! connection; the cores above only see datagrams, times and results.
@@ -22,9 +23,12 @@ pub mod gateway;
 pub mod ingress;
 pub mod journal;
 pub mod ops;
+pub mod peer;
 pub mod registry_db;
 pub mod registry_worker;
 pub mod server;
+
+pub use peer::Peer;
 
 /// The crate's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

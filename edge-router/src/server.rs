@@ -91,8 +91,9 @@ pub async fn run_with_reloads(
     reloads: Option<mpsc::UnboundedReceiver<EdgeConfig>>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
-    let socket = bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
-        .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
+    let (socket, local_addresses) =
+        bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
+            .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
     let coap_addr = socket.local_addr()?;
 
     let mut outbox_config = OutboxConfig::new(config.data_dir.join("outbox"));
@@ -230,12 +231,15 @@ pub async fn run_with_reloads(
     let worker = RegistryWorker::start(registry, load_devices, checkpoints, registry_tx)
         .context("cannot start the registry thread")?;
     let ingress = Ingress::new(ingress_config, boot_ms);
+    let mut echo_seed = [0u8; 8];
+    getrandom::fill(&mut echo_seed).context("no random numbers for the Echo values")?;
     let gateway_config = GatewayConfig {
         require_oscore,
         persist_step: config.security.sender_persist_step,
         limits: config.security.limits(),
         edge_id: config.edge_id.clone(),
         report_interval: Duration::from_secs(config.security.report_interval_s),
+        echo_seed: u64::from_le_bytes(echo_seed),
         ..GatewayConfig::default()
     };
     let security_topic = topics.edge_security(&config.edge_id);
@@ -270,7 +274,7 @@ pub async fn run_with_reloads(
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
 
-    let mut receiver = udp::Receiver::new();
+    let mut receiver = udp::Receiver::new(local_addresses);
     let sender = udp::SendThread::start(&socket).context("cannot start the send thread")?;
     let mut out = Vec::new();
     let mut appends = Appends::default();
@@ -569,7 +573,8 @@ fn log_gateway_stats(s: &GatewayStats) {
          decryption_failed={} replay={} malformed={} not_active={} address_refused={} \
          endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
          address_changes={} protect_failures={} source_limited={} kid_quarantined={} \
-         kid_limited={} resets_ignored={} device_limited={} quarantines={}",
+         kid_limited={} resets_ignored={} device_limited={} quarantines={} echo_challenges={} \
+         address_conflicts={} stale_elsewhere={} unreachable={}",
         s.authenticated,
         s.responses_verified,
         s.refused,
@@ -591,7 +596,11 @@ fn log_gateway_stats(s: &GatewayStats) {
         s.kid_limited,
         s.resets_ignored,
         s.device_limited,
-        s.quarantines
+        s.quarantines,
+        s.echo_challenges,
+        s.address_conflicts,
+        s.stale_elsewhere,
+        s.unreachable
     );
 }
 
@@ -701,13 +710,16 @@ fn publish(outbox: &OutboxHandle, topic: &str, payload: Vec<u8>) {
     });
 }
 
-/// A UDP socket with large kernel buffers (bursts from many devices), for tokio.
-fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+/// A UDP socket with large kernel buffers (bursts from many devices), for tokio; on a wildcard
+/// address it reports each datagram's local address (`true`: see `udp`'s module docs).
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<(UdpSocket, bool)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // `[::]` also takes IPv4 (mapped addresses): one socket for dual-stack plants.
-        let _ = socket.set_only_v6(false);
+        if let Err(e) = socket.set_only_v6(false) {
+            tracing::warn!(error = %e, %addr, "IPv6-only socket: IPv4 devices cannot reach it");
+        }
     }
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer");
@@ -715,9 +727,10 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     if let Err(e) = socket.set_send_buffer_size(buffer) {
         tracing::warn!(error = %e, "cannot enlarge the UDP send buffer");
     }
+    let local_addresses = udp::want_local_addresses(&socket, addr)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok((UdpSocket::from_std(socket.into())?, local_addresses))
 }
 
 fn log_event(event: &IngressEvent) {

@@ -139,6 +139,7 @@ impl Edge {
                 moved = true;
             }
             while let Some((to, bytes)) = self.ingress.poll_transmit() {
+                let to = to.remote;
                 assert!(to == dev() || to == AWAKE.parse().unwrap(), "{to}");
                 let p = Packet::from_bytes(&bytes).unwrap();
                 if let MessageClass::Response(ResponseType::Created) = p.header.code {

@@ -567,6 +567,9 @@ mod cdp;
 #[path = "e2e_mosquitto/spoofing.rs"]
 mod spoofing;
 
+#[path = "e2e_mosquitto/addresses.rs"]
+mod addresses;
+
 // ----- the tests -----
 
 #[test]

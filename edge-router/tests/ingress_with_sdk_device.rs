@@ -173,7 +173,7 @@ impl Net {
                 self.ingress.handle_datagram(
                     self.now,
                     self.unix_ms,
-                    DEV.parse().unwrap(),
+                    DEV.parse::<SocketAddr>().unwrap(),
                     &t.contents,
                 );
                 moved = true;
@@ -204,7 +204,7 @@ impl Net {
                 moved = true;
             }
             while let Some((to, bytes)) = self.ingress.poll_transmit() {
-                assert_eq!(to, DEV.parse::<SocketAddr>().unwrap());
+                assert_eq!(to.remote, DEV.parse::<SocketAddr>().unwrap());
                 if !self.asleep {
                     self.device
                         .handle_datagram(sdk(self.now), EDGE.parse().unwrap(), &bytes);

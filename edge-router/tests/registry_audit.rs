@@ -24,7 +24,7 @@ use v6iot_edge_router::audit::checkpoint::{self, Checkpoint, CheckpointFile};
 use v6iot_edge_router::audit::checkpointer::{CheckpointConfig, Checkpointer};
 use v6iot_edge_router::audit::{AuditError, AuditEvent, AuditKind, ChainBroken};
 use v6iot_edge_router::registry_db::{
-    DeviceRecord, DeviceState, MasterSecret, Registry, SEAL_KEY_ENV, SealKey, hex,
+    DeviceRecord, DeviceState, MasterSecret, Registry, SEAL_KEY_ENV, SealKey,
 };
 
 fn t(secs: i64) -> OffsetDateTime {
@@ -423,7 +423,7 @@ fn a_last_row_deleted_with_the_sqlite3_cli_fails_verify_against_the_checkpoint()
         at_ms: 1_780_000_020_000,
     };
     checkpoint::write(&file, &cp, &key()).unwrap();
-    let head_hex = hex::encode(&head);
+    let head_hex = hex::encode(head);
     let published = ["--expect-rows", "6", "--expect-head", head_hex.as_str()];
 
     // Unchanged: passes against the file (the default) and against the published head.
@@ -558,7 +558,7 @@ fn the_edge_never_replaces_a_checkpoint_the_trail_no_longer_reaches() {
         assert_eq!(keeper.poll_timeout(), secs(5));
         let m = keeper.handle_timeout(secs(5), 6_000, reg.audit()).unwrap();
         assert_eq!(m.rows, 7);
-        assert_eq!(m.head, hex::encode(&reg.audit().head().unwrap().1));
+        assert_eq!(m.head, hex::encode(reg.audit().head().unwrap().1));
         assert_eq!(read_checkpoint(&file), {
             let (rows, head) = reg.audit().head().unwrap();
             Checkpoint {

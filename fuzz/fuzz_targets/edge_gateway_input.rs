@@ -1,20 +1,24 @@
-//! Fuzzes the edge router's authentication gateway: runs of datagrams from a few peers — raw
-//! bytes, and requests or responses a real device context protects and the input then tampers
+//! Fuzzes the edge router's authentication gateway: runs of datagrams from a few peers, each
+//! arriving at one of several of the edge's addresses — raw bytes, and requests or responses
+//! two real device contexts protect (at each other's addresses too) and the input then tampers
 //! with — with time moving, commands going out, persistence batches and outbox results coming
-//! back in any order, and registry reloads (the device revoked and reinstated); empty ACKs and
-//! Resets naming the edge's own requests, responses to its tokens (stale or not), sources
-//! spoofed from many networks against small limits (source table overflow, kid quarantine).
-//! Every datagram the gateway sends must parse as CoAP; with OSCORE required, no plain request
-//! from a peer may ever be answered with anything but an error; the tables stay in their bounds.
+//! back in any order, Echo challenges answered (RFC 9175: a device repeats its request with the
+//! value the gateway asked for), and registry reloads (a device revoked and reinstated); empty
+//! ACKs and Resets naming the edge's own requests, responses to its tokens (stale or not),
+//! sources spoofed from many networks against small limits (source table overflow, kid
+//! quarantine). Every datagram the gateway sends must parse as CoAP; with OSCORE required, no
+//! plain request from a peer may ever be answered with anything but an error; the tables stay in
+//! their bounds.
 
 #![no_main]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use libfuzzer_sys::fuzz_target;
 use v6iot_cloud_bridge::topics::Topics;
+use v6iot_edge_router::Peer;
 use v6iot_edge_router::gateway::{
     DeviceKeys, Gateway, GatewayConfig, LimitsConfig, Rate, StoredState,
 };
@@ -23,28 +27,36 @@ use v6iot_edge_router::ingress::{
 };
 use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::coap::wire;
-use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
+use v6iot_sdk::oscore::{
+    ContextConfig, ContextInput, RequestInfo, SecurityContext, protect_request, unprotect_response,
+};
 
-const SECRET: [u8; 16] = [3; 16];
-
-fn devices(state: DeviceState) -> Vec<DeviceKeys> {
-    vec![DeviceKeys {
-        id: "d0".into(),
-        kid: vec![1],
-        master_secret: MasterSecret::new(SECRET.to_vec()),
-        master_salt: Vec::new(),
-        prefixes: Vec::new(),
-        state,
-        stored: StoredState::default(),
-    }]
+/// Device i's secret: `[3 + i; 16]`; its kid: `[1 + i]`.
+fn secret(i: u8) -> Vec<u8> {
+    vec![3 + i; 16]
 }
 
-fn device() -> Option<SecurityContext> {
+/// d0 in `state`, d1 always active.
+fn devices(state: DeviceState) -> Vec<DeviceKeys> {
+    (0u8..2)
+        .map(|i| DeviceKeys {
+            id: format!("d{i}"),
+            kid: vec![1 + i],
+            master_secret: MasterSecret::new(secret(i)),
+            master_salt: Vec::new(),
+            prefixes: Vec::new(),
+            state: if i == 0 { state } else { DeviceState::Active },
+            stored: StoredState::default(),
+        })
+        .collect()
+}
+
+fn device(i: u8) -> Option<SecurityContext> {
     let input = ContextInput {
-        master_secret: SECRET.to_vec(),
+        master_secret: secret(i),
         master_salt: Vec::new(),
         id_context: None,
-        sender_id: vec![1],
+        sender_id: vec![1 + i],
         recipient_id: Vec::new(),
     };
     let mut ctx = SecurityContext::new(&input, ContextConfig::default()).ok()?;
@@ -53,7 +65,33 @@ fn device() -> Option<SecurityContext> {
     Some(ctx)
 }
 
-/// A request of the device: registration, telemetry or anything, with `body` as payload.
+/// A device: its context, the Echo value it was last asked for, and the bindings of its
+/// latest requests (to read the gateway's answers).
+struct Dev {
+    ctx: SecurityContext,
+    echo: Option<Vec<u8>>,
+    sent: Vec<(Vec<u8>, RequestInfo)>,
+}
+
+impl Dev {
+    /// Reads an answer to one of its requests; remembers an Echo challenge.
+    fn read(&mut self, bytes: &[u8]) {
+        let Ok(p) = wire::parse(bytes) else { return };
+        let Some(i) = self.sent.iter().position(|(t, _)| t == p.get_token()) else {
+            return;
+        };
+        let (_, mut info) = self.sent.swap_remove(i);
+        if let Ok(inner) = unprotect_response(&mut self.ctx, &p, &mut info)
+            && inner.header.code == MessageClass::Response(ResponseType::Unauthorized)
+        {
+            self.echo = inner
+                .get_first_option(CoapOption::Unknown(wire::ECHO))
+                .cloned();
+        }
+    }
+}
+
+/// A request of a device: registration, telemetry or anything, with `body` as payload.
 fn request(kind: u8, mid: u16, body: &[u8]) -> Packet {
     let mut p = Packet::new();
     p.header.set_type(if kind & 8 == 0 {
@@ -83,9 +121,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(topics) = Topics::new("v6iot", "f") else {
         return;
     };
-    let Some(mut dev) = device() else {
+    let (Some(d0), Some(d1)) = (device(0), device(1)) else {
         return;
     };
+    let mut devs = [d0, d1].map(|ctx| Dev {
+        ctx,
+        echo: None,
+        sent: Vec::new(),
+    });
     let require_oscore = data.first().is_none_or(|b| b & 1 == 0);
     // Small limits, so that a short input reaches the overflow bucket and the kid quarantine.
     const MAX_TRACKED: usize = 2;
@@ -114,12 +157,18 @@ fuzz_target!(|data: &[u8]| {
         SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2], 5683)),
         SocketAddr::from(([127, 0, 0, 1], 40000)),
     ];
+    // The edge's addresses a datagram may arrive at (`None`: a socket bound to one address).
+    let locals: [Option<IpAddr>; 3] = [
+        None,
+        Some(IpAddr::from([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1])),
+        Some(IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1])),
+    ];
     let mut now = Instant::now();
     let mut pending = Vec::new();
     let mut batches = Vec::new();
     let mut mid = 0u16;
     // The edge's own requests: (peer, message ID, token).
-    let mut sent: Vec<(SocketAddr, u16, Vec<u8>)> = Vec::new();
+    let mut sent: Vec<(Peer, u16, Vec<u8>)> = Vec::new();
     let mut rest = data.get(1..).unwrap_or_default();
     // Frame: [len][control][flip][len bytes] …
     while let [len, ctl, flip, tail @ ..] = rest {
@@ -130,17 +179,31 @@ fuzz_target!(|data: &[u8]| {
         now += step;
         unix_ms += step.as_millis() as u64;
         gateway.handle_timeout(now, unix_ms);
-        let peer = match ctl & 3 {
+        let remote = match ctl & 3 {
             // A source spoofed from a network of its own.
             3 => SocketAddr::from(([0x2001, 0xdb8, u16::from(*flip), 9, 0, 0, 0, 1], 5683)),
             i => peers[usize::from(i)],
         };
+        let peer = Peer {
+            remote,
+            local: locals[usize::from(flip.rotate_left(3)) % 3],
+        };
         mid = mid.wrapping_add(1);
         let datagram = if ctl & 4 != 0 {
-            // A genuine protected request, maybe with one bit flipped.
-            let Ok((p, _)) = protect_request(&mut dev, &request(*flip, mid, body)) else {
+            // A genuine protected request of either device (with the Echo value it was asked
+            // for, if any), maybe with one bit flipped.
+            let dev = &mut devs[usize::from(flip & 0x20 != 0)];
+            let mut plain = request(*flip, mid, body);
+            if let Some(echo) = dev.echo.take() {
+                plain.add_option(CoapOption::Unknown(wire::ECHO), echo);
+            }
+            let Ok((p, info)) = protect_request(&mut dev.ctx, &plain) else {
                 return;
             };
+            if dev.sent.len() >= 8 {
+                dev.sent.remove(0);
+            }
+            dev.sent.push((p.get_token().to_vec(), info));
             let Some(mut bytes) = wire::encode(&p) else {
                 return;
             };
@@ -160,7 +223,7 @@ fuzz_target!(|data: &[u8]| {
                 now,
                 unix_ms,
                 DownlinkCommand {
-                    device: "d0".into(),
+                    device: format!("d{}", flip & 1),
                     req: format!("r{ctl}"),
                     method: "PUT".into(),
                     path: "/valve".into(),
@@ -234,6 +297,9 @@ fuzz_target!(|data: &[u8]| {
             let Ok(p) = wire::parse(&bytes) else {
                 panic!("the gateway sent a malformed message");
             };
+            for dev in &mut devs {
+                dev.read(&bytes);
+            }
             if matches!(p.header.code, MessageClass::Request(_)) && sent.len() < 64 {
                 sent.push((to, p.header.message_id, p.get_token().to_vec()));
             }
@@ -241,7 +307,8 @@ fuzz_target!(|data: &[u8]| {
         let tables = gateway.tables();
         assert!(tables.sources <= MAX_TRACKED as u64, "{tables:?}");
         assert!(tables.devices <= MAX_TRACKED as u64, "{tables:?}");
-        assert!(tables.kids <= 1, "{tables:?}");
+        // Failures are counted only for kids with a context: the two devices' at most.
+        assert!(tables.kids <= 2, "{tables:?}");
         assert!(tables.failures.reply_windows <= 4096, "{tables:?}");
         while gateway.poll_audit().is_some() {}
         while gateway.poll_security_event().is_some() {}

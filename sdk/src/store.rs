@@ -15,12 +15,18 @@
 //! [`SequenceFile`] keeps one device's state in a file of its own: the decimal mark, a space and
 //! the decimal replay floor, then a newline (`4096 17`). A file written before replay floors
 //! were kept holds the mark alone (`4096`) and reads as floor 0.
+//!
+//! The file I/O goes through [`v6iot_durable::Fs`]: [`StdFs`] (the default) in a driver,
+//! [`v6iot_durable::SimFs`] in the crash tests (`sdk/tests/store_power_loss.rs`), which lose
+//! what was not synced.
 
+use std::ffi::OsString;
 use std::format;
-use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::string::String;
+
+use v6iot_durable::{Fs, StdFs, parent_dir};
 
 use crate::oscore::DurableState;
 
@@ -56,31 +62,27 @@ impl MarkStore for NoStore {
 }
 
 /// Replaces the file at `path` with `contents` atomically and durably: a temporary file in the
-/// same directory, `fsync`, rename, `fsync` of the directory.
+/// same directory (`.{name}.tmp`), `fsync`, rename, `fsync` of the directory.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    write_atomically_in(&StdFs, path, contents)
+}
+
+/// [`write_atomically`] on the file system `fs`.
+pub fn write_atomically_in<F: Fs>(fs: &F, path: &Path, contents: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
+    let mut tmp_name = OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    File::open(&dir)?.sync_all()
+    let tmp = parent_dir(path).join(tmp_name);
+    v6iot_durable::write_atomically(fs, path, &tmp, contents, None)
 }
 
-/// One device's OSCORE state in a file of its own.
+/// One device's OSCORE state in a file of its own, on the file system `F`.
 #[derive(Debug, Clone)]
-pub struct SequenceFile {
+pub struct SequenceFile<F: Fs = StdFs> {
+    fs: F,
     path: PathBuf,
 }
 
@@ -90,8 +92,18 @@ impl SequenceFile {
     /// that exists but does not hold one or two numbers is an error: the device must not guess,
     /// or it could reuse sequence numbers or accept replays.
     pub fn open(path: impl Into<PathBuf>) -> io::Result<(SequenceFile, DurableState)> {
+        SequenceFile::open_in(StdFs, path)
+    }
+}
+
+impl<F: Fs> SequenceFile<F> {
+    /// [`SequenceFile::open`] on the file system `fs`.
+    pub fn open_in(fs: F, path: impl Into<PathBuf>) -> io::Result<(SequenceFile<F>, DurableState)> {
         let path = path.into();
-        let state = match fs::read_to_string(&path) {
+        let read = fs.read(&path).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        });
+        let state = match read {
             Ok(text) => parse_state(&text).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -104,7 +116,7 @@ impl SequenceFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => DurableState::default(),
             Err(e) => return Err(e),
         };
-        Ok((SequenceFile { path }, state))
+        Ok((SequenceFile { fs, path }, state))
     }
 
     /// The file's path.
@@ -113,9 +125,9 @@ impl SequenceFile {
     }
 }
 
-impl MarkStore for SequenceFile {
+impl<F: Fs> MarkStore for SequenceFile<F> {
     fn store(&mut self, state: DurableState) -> io::Result<()> {
-        write_atomically(&self.path, format_state(state).as_bytes())
+        write_atomically_in(&self.fs, &self.path, format_state(state).as_bytes())
     }
 }
 
@@ -145,6 +157,8 @@ pub fn parse_mark(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

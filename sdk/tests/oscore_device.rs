@@ -547,6 +547,104 @@ fn registration_and_reports_are_protected_and_verified_both_ways() {
     assert_eq!(d.endpoint().oscore_stats().unwrap().responses_verified, 2);
 }
 
+/// The edge's piggybacked, protected 4.01 asking for `echo` (RFC 9175 §2.3).
+fn edge_challenge(
+    edge: &mut SecurityContext,
+    to: &Packet,
+    info: &mut RequestInfo,
+    echo: &[u8],
+) -> Vec<u8> {
+    let mut r = Packet::new();
+    r.header.set_type(MessageType::Acknowledgement);
+    r.header.message_id = to.header.message_id;
+    r.header.code = MessageClass::Response(ResponseType::Unauthorized);
+    r.set_token(to.get_token().to_vec());
+    r.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
+    oscore::protect_response(edge, &r, info, false)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+}
+
+#[test]
+fn an_echo_challenge_is_answered_by_repeating_the_request_once() {
+    let now = Instant::now();
+    let mut d = uplink_device(64, now);
+    let mut edge = edge_ctx();
+    let mark = d.mark_to_persist().unwrap();
+    d.persisted(now, mark);
+    register_at_edge(&mut d, &mut edge, now);
+
+    d.report(now, cf::SENML_JSON, br#"[{"n":"t","v":1}]"#.to_vec())
+        .unwrap();
+    let (outer, inner, mut info, _) = edge_recv(&mut d, &mut edge);
+    assert!(
+        inner
+            .get_first_option(CoapOption::Unknown(wire::ECHO))
+            .is_none()
+    );
+    let challenge = edge_challenge(&mut edge, &outer, &mut info, b"echo-one");
+    d.handle_datagram(now, edge_addr(), &challenge);
+    // Not an outcome: the same request again, with the value, as a new message.
+    assert_eq!(d.reporter().unwrap().stats().acked, 0);
+    let (again, inner2, mut info2, _) = edge_recv(&mut d, &mut edge);
+    assert_eq!(
+        inner2.get_first_option(CoapOption::Unknown(wire::ECHO)),
+        Some(&b"echo-one".to_vec())
+    );
+    assert_eq!(paths(&inner2), ["t"]);
+    assert_eq!(inner2.payload, inner.payload);
+    assert!(piv_of(&again) > piv_of(&outer), "a fresh Partial IV");
+    assert_ne!(again.header.message_id, outer.header.message_id);
+    assert_ne!(again.get_token(), outer.get_token());
+    // The old request is not retransmitted any more; the new one is.
+    let t = d.poll_timeout().unwrap();
+    d.handle_timeout(t);
+    let (retransmitted, ..) = edge_verify_again(&mut d, &again);
+    assert_eq!(retransmitted.header.message_id, again.header.message_id);
+    let ok = edge_answer(&mut edge, &again, &mut info2, ResponseType::Changed, &[]);
+    d.handle_datagram(t, edge_addr(), &ok);
+    assert_eq!(d.reporter().unwrap().stats().acked, 1);
+    assert_eq!(d.endpoint().oscore_stats().unwrap().echo_repeats, 1);
+
+    // Asked again after the repeat: once is all; the 4.01 is the outcome.
+    d.report(t, cf::SENML_JSON, br#"[{"n":"t","v":2}]"#.to_vec())
+        .unwrap();
+    let (outer, _, mut info, _) = edge_recv(&mut d, &mut edge);
+    let challenge = edge_challenge(&mut edge, &outer, &mut info, b"echo-two");
+    d.handle_datagram(t, edge_addr(), &challenge);
+    let (again, _, mut info2, _) = edge_recv(&mut d, &mut edge);
+    let challenge = edge_challenge(&mut edge, &again, &mut info2, b"echo-three");
+    d.handle_datagram(t, edge_addr(), &challenge);
+    assert!(d.poll_transmit().is_none(), "no second repeat");
+    assert_eq!(d.reporter().unwrap().stats().rejected, 1);
+    assert_eq!(d.endpoint().oscore_stats().unwrap().echo_repeats, 2);
+    // An Echo in an unprotected 4.01 is not taken: nothing to verify it came from the edge.
+    d.report(t, cf::SENML_JSON, br#"[{"n":"t","v":3}]"#.to_vec())
+        .unwrap();
+    let (outer, ..) = edge_recv(&mut d, &mut edge);
+    let mut plain = Packet::new();
+    plain.header.set_type(MessageType::Acknowledgement);
+    plain.header.message_id = outer.header.message_id;
+    plain.header.code = MessageClass::Response(ResponseType::Unauthorized);
+    plain.set_token(outer.get_token().to_vec());
+    plain.add_option(CoapOption::Unknown(wire::ECHO), b"forged".to_vec());
+    d.handle_datagram(t, edge_addr(), &plain.to_bytes().unwrap());
+    assert!(
+        d.poll_transmit().is_none(),
+        "no repeat for a forged challenge"
+    );
+    assert_eq!(d.endpoint().oscore_stats().unwrap().echo_repeats, 2);
+}
+
+/// The next datagram to the edge, which must be the same bytes as `sent` (a retransmission).
+fn edge_verify_again(d: &mut Device<Thing>, sent: &Packet) -> (Packet, Vec<u8>) {
+    let t = d.poll_transmit().expect("a retransmission");
+    let p = wire::parse(&t.contents).unwrap();
+    assert_eq!(p, *sent, "the same protected message");
+    (p, t.contents)
+}
+
 #[test]
 fn nothing_is_sent_at_or_above_an_unconfirmed_mark() {
     let now = Instant::ZERO;

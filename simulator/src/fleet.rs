@@ -155,6 +155,31 @@ pub fn device(
     clock: WallClock,
     credentials: Option<SecurityContext>,
 ) -> Device<FleetSensor> {
+    sensor_device(plan, n, start, tree, counters, clock, credentials)
+        .with_uplink(start, uplink_config(plan, n))
+}
+
+/// The uplink of device `n` of `plan`: its registration and reports to the plan's edge.
+pub fn uplink_config(plan: &FleetPlan, n: usize) -> UplinkConfig {
+    UplinkConfig {
+        binding: plan.binding,
+        max_queued_reports: 1024,
+        lifetime: Duration::from_secs(600),
+        ..UplinkConfig::new(plan.edge, device_id(plan, n))
+    }
+}
+
+/// As [`device`] without its uplink, for drivers that start it later (a 6LoWPAN device, once
+/// attached); reports made before are not sent.
+pub fn sensor_device(
+    plan: &FleetPlan,
+    n: usize,
+    start: Instant,
+    tree: Arc<ResourceTree<FleetSensor>>,
+    counters: Arc<FleetCounters>,
+    clock: WallClock,
+    credentials: Option<SecurityContext>,
+) -> Device<FleetSensor> {
     let id = device_id(plan, n);
     let per_device = plan.rate / plan.devices.max(1) as f64;
     let interval = Duration::from_secs_f64(if per_device > 0.0 {
@@ -176,18 +201,11 @@ pub fn device(
         counters,
         clock,
     };
-    let uplink = UplinkConfig {
-        binding: plan.binding,
-        max_queued_reports: 1024,
-        lifetime: Duration::from_secs(600),
-        ..UplinkConfig::new(plan.edge, id)
-    };
     let device = Device::new(Config::default(), n as u64 + 1, tree, app);
     match credentials {
         Some(ctx) => device.with_credentials(ctx),
         None => device,
     }
-    .with_uplink(start, uplink)
 }
 
 /// Adds one device's reporter counters into a total.

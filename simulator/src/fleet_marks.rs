@@ -9,10 +9,12 @@
 //! sim000001 65536 3
 //! ```
 //!
-//! The file is rewritten whole and atomically ([`v6iot_sdk::store::write_atomically`]): once at
-//! start with every device's next mark, then only when some device uses up half of its step —
+//! The file is rewritten whole and atomically ([`v6iot_sdk::store::write_atomically_in`]): once
+//! at start with every device's next mark, then only when some device uses up half of its step —
 //! with the fleet's generous step, rarely or never in a run — or accepts a protected request.
-//! Devices share it through [`FleetMarkStore`] handles.
+//! Devices share it through [`FleetMarkStore`] handles. The file I/O goes through
+//! [`v6iot_durable::Fs`] ([`StdFs`] by default; the crash model in
+//! `simulator/tests/fleet_marks_power_loss.rs`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,14 +22,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use v6iot_durable::{Fs, StdFs};
 use v6iot_sdk::oscore::DurableState;
-use v6iot_sdk::store::{MarkStore, parse_state, write_atomically};
+use v6iot_sdk::store::{MarkStore, parse_state, write_atomically_in};
 
 const HEADER: &str = "# v6iot-sim OSCORE sequence-number marks: device id, mark[, replay floor]";
 
-/// Every device's last durable state.
+/// Every device's last durable state, in a file on the file system `F`.
 #[derive(Debug)]
-pub struct FleetMarks {
+pub struct FleetMarks<F: Fs = StdFs> {
+    fs: F,
     path: PathBuf,
     marks: BTreeMap<String, DurableState>,
     writes: u64,
@@ -36,8 +40,18 @@ pub struct FleetMarks {
 impl FleetMarks {
     /// Reads the state file at `path`; a missing file means no device ran yet.
     pub fn load(path: &Path) -> anyhow::Result<FleetMarks> {
+        FleetMarks::load_in(StdFs, path)
+    }
+}
+
+impl<F: Fs> FleetMarks<F> {
+    /// [`FleetMarks::load`] on the file system `fs`.
+    pub fn load_in(fs: F, path: &Path) -> anyhow::Result<FleetMarks<F>> {
         let mut marks = BTreeMap::new();
-        match std::fs::read_to_string(path) {
+        let read = fs.read(path).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        });
+        match read {
             Ok(text) => {
                 for (i, line) in text.lines().enumerate() {
                     let line = line.trim();
@@ -61,6 +75,7 @@ impl FleetMarks {
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         }
         Ok(FleetMarks {
+            fs,
             path: path.to_path_buf(),
             marks,
             writes: 0,
@@ -122,7 +137,7 @@ impl FleetMarks {
             }
             text.push('\n');
         }
-        write_atomically(&self.path, text.as_bytes())?;
+        write_atomically_in(&self.fs, &self.path, text.as_bytes())?;
         self.writes += 1;
         Ok(())
     }
@@ -130,14 +145,14 @@ impl FleetMarks {
 
 /// One device's view of the shared state file, for the SDK driver.
 #[derive(Debug, Clone)]
-pub struct FleetMarkStore {
+pub struct FleetMarkStore<F: Fs = StdFs> {
     /// The fleet's marks.
-    pub shared: Arc<Mutex<FleetMarks>>,
+    pub shared: Arc<Mutex<FleetMarks<F>>>,
     /// The device.
     pub id: String,
 }
 
-impl MarkStore for FleetMarkStore {
+impl<F: Fs> MarkStore for FleetMarkStore<F> {
     fn store(&mut self, state: DurableState) -> io::Result<()> {
         let mut marks = self
             .shared

@@ -31,8 +31,9 @@ pub mod fleet;
 pub mod fleet_marks;
 pub mod link;
 pub mod load;
-pub mod medium;
 pub mod provision;
+/// The simulated 802.15.4 medium, the `v6iot-medium` crate (`v6iot-sim medium` serves it).
+pub use v6iot_medium as medium;
 pub mod sensor;
 pub mod shard;
 pub mod subscriber;

@@ -499,6 +499,21 @@ pub fn enter_private_network(prefix: v6iot_edge_router::registry_db::Ipv6Prefix)
     Ok(())
 }
 
+/// Fails the calling test at once, with one message naming `what` needs root, unless the
+/// process runs as root (effective uid 0, read from /proc/self as proc(5) describes). The
+/// namespace tests call it first (the integration tests have the same helper in their
+/// `tests/common`).
+#[cfg(test)]
+pub(crate) fn require_root(what: &str) {
+    let euid = std::fs::metadata("/proc/self")
+        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
+    assert!(
+        euid == 0,
+        "this test needs root for {what}; run the tests as root (`sudo -E cargo test`, or \
+         scripts/test as CI does) — running as uid {euid}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

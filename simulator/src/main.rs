@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -154,6 +156,10 @@ enum Command {
         /// Stop after this long (default: at Ctrl-C).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Model airtime: 250 kbit/s, unslotted CSMA/CA, collisions, ACKs and retries (IEEE
+        /// 802.15.4 defaults), instead of the ideal medium.
+        #[arg(long)]
+        airtime: bool,
     },
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
@@ -179,12 +185,17 @@ enum Command {
     },
 }
 
+/// A `--rate` that is not a finite, non-negative number per second.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a rate like 500/s")]
+struct RateError(String);
+
 /// Parses `500/s` or `500`.
-fn parse_rate(text: &str) -> Result<f64, String> {
+fn parse_rate(text: &str) -> Result<f64, RateError> {
     let n = text.trim().trim_end_matches("/s");
     match n.parse::<f64>() {
         Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
-        _ => Err(format!("`{text}` is not a rate like 500/s")),
+        _ => Err(RateError(text.to_owned())),
     }
 }
 
@@ -257,6 +268,7 @@ fn main() -> anyhow::Result<()> {
         seed,
         max_participants,
         duration,
+        airtime,
     } = cli.command
     {
         let options = medium::MediumOptions {
@@ -266,6 +278,7 @@ fn main() -> anyhow::Result<()> {
             link: medium::link_model(loss, latency),
             seed,
             max_participants,
+            airtime: airtime.then(medium::phy::AirtimeConfig::default),
         };
         return run_medium(listen, &options, duration);
     }
@@ -392,7 +405,7 @@ fn run_medium(
 ) -> anyhow::Result<()> {
     let socket =
         std::net::UdpSocket::bind(listen).with_context(|| format!("cannot bind UDP {listen}"))?;
-    let stop = medium::driver::stop_flag(duration);
+    let stop = stop_flag(duration);
     eprintln!(
         "v6iot-sim medium: ZEP v2 on {} (Ctrl-C to stop){}",
         socket.local_addr()?,
@@ -463,7 +476,7 @@ async fn run_device(
             let ctx = credentials::device_context(record, stored, DEVICE_PERSIST_STEP)?;
             device = device.with_credentials(ctx);
             store = Box::new(file);
-            let kid = v6iot_edge_router::registry_db::hex::encode(&record.kid);
+            let kid = hex::encode(&record.kid);
             println!(
                 "v6iot-sim device {id} serving OSCORE-protected CoAP on {address} (kid {kid}; Ctrl-C to stop)"
             );
@@ -515,4 +528,34 @@ fn uri_host(addr: SocketAddr) -> String {
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         SocketAddr::V4(a) => a.to_string(),
     }
+}
+
+/// A stop flag set when `duration` has passed or on Ctrl-C, whichever comes first (`None`:
+/// Ctrl-C only). The signal is watched on a thread of its own.
+fn stop_flag(duration: Option<Duration>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            match duration {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
 }

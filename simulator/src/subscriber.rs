@@ -4,7 +4,11 @@
 //!
 //! The core sends CONNECT (clean session), SUBSCRIBE at QoS 1 once the CONNACK accepts it, a
 //! PUBACK for every QoS 1 PUBLISH and a PINGREQ when nothing was sent for half the keep-alive;
-//! time is passed in. A malformed or refused packet is an error naming the cause, never a panic.
+//! time is passed in. A PINGRESP that does not come within half the keep-alive of its PINGREQ
+//! ends the connection ([`SubscriberError::KeepAliveTimeout`]): a broker that went away
+//! without a FIN or RST (a half-open connection, on which reads only time out) is found within
+//! one keep-alive of the last bytes sent, and the driver reconnects. A malformed or refused
+//! packet is an error naming the cause, never a panic.
 //!
 //! The driver reads whatever the broker has sent into one buffer, hands every complete PUBLISH
 //! in it to the caller in one go (one lock of the caller's state per read, not per message),
@@ -15,11 +19,16 @@
 //! that brings many messages skips the pause, see [`BUSY_READ`].) It reconnects (and
 //! subscribes again) when the connection is lost, until it is stopped.
 //!
-//! Why not the cloud bridge's MQTT session core (`v6iot_cloud_bridge::mqtt`), which speaks the
-//! same packets on the same codecs: that one is the edge's publisher — crate-private, and it
-//! hands every incoming PUBLISH out as an owned command (topic `String`, payload `Vec`); the
-//! collector reads each delivery in place from the read buffer, tens of thousands a second, in
-//! the load generator's CPU budget.
+//! Why a session of its own rather than the cloud bridge's MQTT session core
+//! (`v6iot_cloud_bridge::mqtt::session`), which speaks the same packets on the same codecs: that
+//! core is crate-private to the bridge (making it public would make the edge's publisher
+//! internals part of the bridge's API for one test tool), and it is a publisher's session — a
+//! window of QoS 1 PUBLISHes with an item each, MQTT 5 limits, a command subscription — that
+//! hands every incoming PUBLISH out as a command with its payload copied into a `Vec`. The
+//! collector needs CONNECT, one SUBSCRIBE, PUBACKs and pings, and at tens of thousands of
+//! deliveries a second hands each to its sink as borrowed slices of the frame rumqttc split off
+//! the read buffer (the payload is not copied; rumqttc does allocate the topic `String`). Both
+//! end a connection on an overdue PINGRESP.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs as _};
@@ -43,39 +52,27 @@ pub const PACE: Duration = Duration::from_micros(500);
 /// a broker that sends as much as it may), without the [`PACE`] pause.
 pub const BUSY_READ: usize = 16 * 1024;
 
-/// Why the subscription failed.
-#[derive(Debug)]
+/// Why the subscription's connection ended.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubscriberError {
     /// The broker sent bytes that are not a valid MQTT 3.1.1 packet.
+    #[error("malformed packet from the broker: {0}")]
     Malformed(mqttbytes::Error),
     /// The broker refused the connection.
+    #[error("the broker refused the connection: {0:?}")]
     Refused(v4::ConnectReturnCode),
     /// The broker refused the subscription to this filter.
+    #[error("the broker refused the subscription to `{0}`")]
     SubscriptionRefused(String),
     /// A packet a subscriber never gets in this state (a PUBLISH before the CONNACK, a QoS 2
     /// PUBLISH on a QoS 1 subscription, a CONNECT, …).
+    #[error("unexpected packet from the broker: {0}")]
     Unexpected(&'static str),
+    /// No PINGRESP within this long of the PINGREQ: the connection is taken for dead.
+    #[error("no PINGRESP within {0:?} of the PINGREQ")]
+    KeepAliveTimeout(Duration),
 }
-
-impl std::fmt::Display for SubscriberError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SubscriberError::Malformed(e) => write!(f, "malformed packet from the broker: {e}"),
-            SubscriberError::Refused(code) => {
-                write!(f, "the broker refused the connection: {code:?}")
-            }
-            SubscriberError::SubscriptionRefused(filter) => {
-                write!(f, "the broker refused the subscription to `{filter}`")
-            }
-            SubscriberError::Unexpected(what) => {
-                write!(f, "unexpected packet from the broker: {what}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for SubscriberError {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -93,6 +90,8 @@ pub struct SubscriberCore {
     keep_alive: Duration,
     out: BytesMut,
     last_sent: Instant,
+    /// When the PINGREQ waiting for its PINGRESP was sent.
+    ping_sent: Option<Instant>,
 }
 
 /// The packet id of the one SUBSCRIBE.
@@ -110,6 +109,7 @@ impl SubscriberCore {
             keep_alive,
             out: BytesMut::with_capacity(4096),
             last_sent: now,
+            ping_sent: None,
         };
         core.queue(&v4::Packet::Connect(connect));
         core
@@ -176,7 +176,7 @@ impl SubscriberCore {
                     }
                     on_publish(&p.topic, &p.payload);
                 }
-                (_, v4::Packet::PingResp) => {}
+                (_, v4::Packet::PingResp) => self.ping_sent = None,
                 (_, v4::Packet::ConnAck(_)) => return Err(SubscriberError::Unexpected("CONNACK")),
                 (_, v4::Packet::SubAck(_)) => return Err(SubscriberError::Unexpected("SUBACK")),
                 (_, v4::Packet::Publish(_)) => {
@@ -191,16 +191,31 @@ impl SubscriberCore {
         }
     }
 
-    /// When [`SubscriberCore::handle_timeout`] has a PINGREQ to send: half the keep-alive
-    /// after the last bytes sent.
+    /// When [`SubscriberCore::handle_timeout`] has something to do: the PINGRESP's deadline
+    /// (half the keep-alive after its PINGREQ) while one is awaited, else the next PINGREQ (half
+    /// the keep-alive after the last bytes sent).
     pub fn poll_timeout(&self) -> Instant {
-        self.last_sent + self.keep_alive / 2
+        match self.ping_sent {
+            Some(sent) => sent + self.keep_alive / 2,
+            None => self.last_sent + self.keep_alive / 2,
+        }
     }
 
-    /// Queues a PINGREQ if nothing was sent for half the keep-alive.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if now >= self.poll_timeout() && self.out.is_empty() {
-            self.queue(&v4::Packet::PingReq);
+    /// Time has passed: the end of the connection if the PINGRESP is overdue; otherwise a
+    /// PINGREQ queued if nothing was sent for half the keep-alive. Early calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SubscriberError> {
+        match self.ping_sent {
+            Some(sent) if now >= sent + self.keep_alive / 2 => {
+                Err(SubscriberError::KeepAliveTimeout(self.keep_alive / 2))
+            }
+            Some(_) => Ok(()),
+            None => {
+                if now >= self.poll_timeout() && self.out.is_empty() {
+                    self.queue(&v4::Packet::PingReq);
+                    self.ping_sent = Some(now);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -321,7 +336,7 @@ impl Conn {
                 sink.publish(topic, payload)
             })?;
         }
-        self.core.handle_timeout(Instant::now());
+        self.core.handle_timeout(Instant::now())?;
         self.flush()?;
         Ok(got)
     }
@@ -563,15 +578,65 @@ mod tests {
         let now = Instant::now();
         let mut core = subscribed(now);
         assert_eq!(core.poll_timeout(), now + KEEP_ALIVE / 2);
-        core.handle_timeout(now + KEEP_ALIVE / 4);
+        core.handle_timeout(now + KEEP_ALIVE / 4).unwrap();
         assert!(core.poll_transmit(now).is_none());
         let later = now + KEEP_ALIVE / 2;
-        core.handle_timeout(later);
+        core.handle_timeout(later).unwrap();
         assert_eq!(
             sent(&core.poll_transmit(later).unwrap()),
             vec![v4::Packet::PingReq]
         );
+        // the PINGRESP comes: the next ping is due half a keep-alive after this one
+        let mut input = broker(&[v4::Packet::PingResp]);
+        core.handle_input(&mut input, |_, _| {}).unwrap();
         assert_eq!(core.poll_timeout(), later + KEEP_ALIVE / 2);
+        core.handle_timeout(later + KEEP_ALIVE / 2 - Duration::from_millis(1))
+            .unwrap();
+        assert!(core.poll_transmit(later).is_none());
+        let again = later + KEEP_ALIVE / 2;
+        core.handle_timeout(again).unwrap();
+        assert_eq!(
+            sent(&core.poll_transmit(again).unwrap()),
+            vec![v4::Packet::PingReq]
+        );
+    }
+
+    /// A broker gone without a FIN or RST: reads only time out, nothing says the connection is
+    /// dead — but the PINGRESP does not come, and half a keep-alive after the PINGREQ the core
+    /// ends the connection. Deliveries meanwhile do not stand in for the PINGRESP.
+    #[test]
+    fn a_half_open_connection_ends_when_the_pingresp_is_overdue() {
+        let now = Instant::now();
+        let mut core = subscribed(now);
+        let ping_at = now + KEEP_ALIVE / 2;
+        core.handle_timeout(ping_at).unwrap();
+        assert_eq!(
+            sent(&core.poll_transmit(ping_at).unwrap()),
+            vec![v4::Packet::PingReq]
+        );
+        let deadline = ping_at + KEEP_ALIVE / 2;
+        assert_eq!(core.poll_timeout(), deadline);
+        // a delivery arrives and is acknowledged; the PINGRESP is still awaited
+        let mut input = broker(&[publish("f/x", "late", QoS::AtLeastOnce, 3)]);
+        let mut got = 0;
+        core.handle_input(&mut input, |_, _| got += 1).unwrap();
+        assert_eq!(got, 1);
+        let acked_at = ping_at + Duration::from_secs(1);
+        assert_eq!(
+            sent(&core.poll_transmit(acked_at).unwrap()),
+            vec![v4::Packet::PubAck(v4::PubAck::new(3))]
+        );
+        assert_eq!(core.poll_timeout(), deadline);
+        // nothing more: no second PINGREQ, and the deadline ends the connection
+        core.handle_timeout(deadline - Duration::from_millis(1))
+            .unwrap();
+        assert!(core.poll_transmit(deadline).is_none());
+        let e = core.handle_timeout(deadline).unwrap_err();
+        assert!(
+            matches!(e, SubscriberError::KeepAliveTimeout(t) if t == KEEP_ALIVE / 2),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no PINGRESP"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use v6iot_sdk::senml;
 
+mod common;
+
 /// The libcoap client binary: Debian ships it as `coap-client-notls` (also `-openssl`, `-gnutls`).
 fn coap_client() -> &'static str {
     for name in [
@@ -370,6 +372,7 @@ fn errors_have_the_right_codes() {
 /// can leave the machine) and queries the device there with coap-client.
 #[test]
 fn serves_on_a_global_plan_address_inside_a_namespace() {
+    common::require_root("a network namespace (`unshare --net`) with a global address on lo");
     let addr = "2001:db8:1200:305:12:3456:78ab:cdef";
     let planned = v6iot_sdk::addr::DeviceAddress::parse(addr.parse().unwrap())
         .expect("address fits the plan");
@@ -401,7 +404,7 @@ fn serves_on_a_global_plan_address_inside_a_namespace() {
         .env("SIM", env!("CARGO_BIN_EXE_v6iot-sim"))
         .env("CLIENT", coap_client())
         .output()
-        .expect("unshare (util-linux) must be installed; this test needs root to create a network namespace");
+        .expect("unshare (util-linux) must be installed (Debian package util-linux)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -120,6 +120,7 @@ fn options(pcap: Option<std::path::PathBuf>) -> MediumOptions {
         link: LinkModel::PERFECT,
         seed: 1,
         max_participants: 16,
+        airtime: None,
     }
 }
 
@@ -195,6 +196,62 @@ fn the_hub_relays_between_zep_radios_on_loopback_and_tshark_reads_its_capture() 
         assert_eq!(row[0], "wpan:6lowpan:ipv6", "{row:?}");
         assert_eq!(row[1], "1", "bad FCS: {row:?}");
     }
+    assert_eq!(
+        tshark.count(&pcap, &[], "_ws.malformed || _ws.expert.severity >= error"),
+        0
+    );
+}
+
+#[test]
+fn with_airtime_on_zep_peers_are_acknowledged_and_tshark_reads_the_acks() {
+    let tshark = Tshark::find();
+    let dir = temp_dir("medium-zep-airtime");
+    let pcap = dir.join("airtime.pcap");
+    let served = Served::start(MediumOptions {
+        airtime: Some(medium::phy::AirtimeConfig::default()),
+        ..options(Some(pcap.clone()))
+    });
+    let mut a = radio(served.addr, 26, 1);
+    let mut b = radio(served.addr, 26, 2);
+    let short = Duration::from_millis(300);
+    // b speaks first: the hub learns its address, so it can acknowledge frames to it.
+    b.transmit(MacFrame::new(&frame(2, 0)).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for seq in 1..=5 {
+        let h = DataHeader {
+            sequence: seq,
+            pan: PanId(0xabcd),
+            dst: ext(2),
+            src: ext(1),
+            ack_request: true,
+        };
+        let mut buf = [0; 127];
+        let broadcast = frame(1, seq);
+        let (_, payload) = DataHeader::parse(MacFrame::new(&broadcast).unwrap()).unwrap();
+        let n = h.emit(payload, &mut buf).unwrap();
+        a.transmit(MacFrame::new(&buf[..n]).unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_b = drain(&mut b, short);
+    assert_eq!(at_b, (1..=5).map(|q| (1, q)).collect::<Vec<_>>());
+    let summary = served.finish();
+    assert_eq!(summary.medium.transmissions, 6);
+    assert_eq!((summary.medium.acks, summary.medium.acked), (5, 5));
+    assert_eq!(summary.medium.retries, 0);
+    // The capture holds the six frames and the five ACKs, each with a good FCS.
+    let rows = tshark.fields(
+        &pcap,
+        &[],
+        &["wpan.frame_type", "wpan.fcs_ok", "wpan.seq_no"],
+    );
+    assert_eq!(rows.len(), 11, "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == "1"), "{rows:?}");
+    let acks: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[0] == "0x0002")
+        .map(|r| r[2].as_str())
+        .collect();
+    assert_eq!(acks, ["1", "2", "3", "4", "5"], "{rows:?}");
     assert_eq!(
         tshark.count(&pcap, &[], "_ws.malformed || _ws.expert.severity >= error"),
         0

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{DEVICE_ID, OscoreSim, provision};
-use v6iot_edge_router::registry_db::{DeviceRecord, hex};
+use v6iot_edge_router::registry_db::DeviceRecord;
 
 /// The venv with aiocoap: `V6IOT_PYENV`, else the workspace's `target/pyenv`.
 fn pyenv() -> PathBuf {
@@ -27,11 +27,12 @@ fn pyenv() -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv"),
         PathBuf::from,
     );
-    let client = dir.join("bin/aiocoap-client");
+    // the venv's Python is a link to the interpreter it was made with: a venv made by another
+    // user (or whose base Python is gone) has the client script but cannot run it
     assert!(
-        client.is_file(),
-        "aiocoap is not installed at {}: run scripts/test (it runs \
-         `python3 -m venv target/pyenv && target/pyenv/bin/pip install 'aiocoap[oscore]'`) or set \
+        dir.join("bin/aiocoap-client").is_file() && dir.join("bin/python").exists(),
+        "aiocoap is not installed at {}: run scripts/test (it runs `python3 -m venv \
+         target/pyenv && target/pyenv/bin/pip install -r scripts/aiocoap-requirements.txt`) or set \
          V6IOT_PYENV to a venv that has it",
         dir.display()
     );

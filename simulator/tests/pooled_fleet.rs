@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::gateway::GatewayStats;
 use v6iot_edge_router::registry_db::Ipv6Prefix;
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::fleet::FleetPlan;
@@ -22,11 +23,18 @@ use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, BrokerView, RunReport, Sources};
 use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 
+mod common;
+
 const DEVICES: usize = 60;
 
 /// Provisions `DEVICES` devices allowed on `allowed`, starts an edge and a broker, runs the
-/// fleet from the pool in `sources` over 2 shard threads; returns the fleet's report.
-async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: Ipv6Addr) -> RunReport {
+/// fleet from the pool in `sources` over 2 shard threads; returns the fleet's report and the
+/// edge gateway's counters at the end.
+async fn run_fleet(
+    dir: &std::path::Path,
+    allowed: &str,
+    sources: Ipv6Addr,
+) -> (RunReport, GatewayStats) {
     let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let broker = v6iot_simulator::broker::start(loopback).unwrap();
     let mut config = EdgeConfig::with_site("pool");
@@ -81,7 +89,8 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: Ipv6Addr) -> R
     .unwrap();
     let _ = stop_tx.send(());
     edge.await.unwrap().unwrap();
-    report
+    let gateway = *handle.gateway.lock().unwrap();
+    (report, gateway)
 }
 
 /// Runs `body` on a thread of its own inside a fresh network namespace with the pool's /64
@@ -89,9 +98,10 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: Ipv6Addr) -> R
 fn in_private_network<T: Send + 'static>(
     body: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> T {
+    common::require_root("a network namespace with 2001:db8:100::/64 routed to loopback");
     std::thread::spawn(move || {
         enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace (this test needs root, as the CI runs)");
+            .expect("a private network namespace");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -105,7 +115,7 @@ fn in_private_network<T: Send + 'static>(
 
 #[test]
 fn every_device_reports_from_its_own_address_and_everything_arrives() {
-    let r = in_private_network(|rt| {
+    let (r, _) = in_private_network(|rt| {
         let dir = tempfile::tempdir().unwrap();
         let pool = "2001:db8:100::".parse().unwrap();
         rt.block_on(run_fleet(dir.path(), "2001:db8:100::/64", pool))
@@ -120,15 +130,36 @@ fn every_device_reports_from_its_own_address_and_everything_arrives() {
 }
 
 /// The same fleet provisioned for another /64: the edge sees the pool's addresses, which are
-/// outside every device's allowed prefix, and refuses each registration (protected 4.03);
-/// nothing is acknowledged or published.
+/// outside every device's allowed prefix. It verifies each registration and refuses it with a
+/// protected 4.03, which the device verifies; after repeated refusals a kid is quarantined
+/// (never the network) and the rest of its requests go unanswered. Nothing is acknowledged or
+/// published.
 #[test]
 fn the_edge_sees_the_pool_addresses_and_refuses_them_outside_the_allowed_prefix() {
-    let r = in_private_network(|rt| {
+    let (r, gateway) = in_private_network(|rt| {
         let dir = tempfile::tempdir().unwrap();
         let pool = "2001:db8:100::".parse().unwrap();
         rt.block_on(run_fleet(dir.path(), "2001:db8:200::/64", pool))
     });
     assert_eq!(r.registered, 0, "{r:?}");
     assert_eq!((r.acked, r.delivered), (0, 0), "{r:?}");
+    // The refusals happened and arrived: a run where nothing reached the edge fails here.
+    assert!(gateway.address_refused > 0, "{gateway:?}");
+    assert_eq!(
+        gateway.authenticated, gateway.address_refused,
+        "every verified request was refused for its address: {gateway:?}"
+    );
+    let oscore = r.oscore.as_ref().unwrap();
+    assert_eq!(
+        (oscore.responses_verified, oscore.responses_rejected),
+        (gateway.address_refused, 0),
+        "each refusal reached its device protected and verified: {r:?} {gateway:?}"
+    );
+    // No other cause: what was not refused for its address was refused for its kid (after
+    // repeated refusals a kid is quarantined or its refusal budget spent; no network is).
+    assert_eq!(
+        gateway.refused,
+        gateway.address_refused + gateway.kid_quarantined + gateway.kid_limited,
+        "{gateway:?}"
+    );
 }

@@ -9,6 +9,25 @@ use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as m4, v4};
 use rumqttc::v5::mqttbytes::{self as m5, v5};
 
+/// Why a packet could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CodecError {
+    /// The broker's bytes are not a packet the codec accepts (rumqttc's reason).
+    #[error("malformed MQTT packet from the broker: {0}")]
+    Malformed(String),
+    /// A packet of ours is larger than the limit in force (ours, or the broker's if smaller).
+    #[error("an MQTT packet of {size} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// The packet's size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// rumqttc refused to encode a packet of ours (its reason).
+    #[error("cannot encode an MQTT packet: {0}")]
+    Encode(String),
+}
+
 /// The protocol version of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Version {
@@ -69,30 +88,45 @@ pub(crate) enum Incoming {
     Unexpected(&'static str),
 }
 
+impl Incoming {
+    /// The packet's name, for errors.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Incoming::ConnAck { .. } => "CONNACK",
+            Incoming::PubAck { .. } => "PUBACK",
+            Incoming::Publish { .. } => "PUBLISH",
+            Incoming::PubRel { .. } => "PUBREL",
+            Incoming::SubAck { .. } => "SUBACK",
+            Incoming::PingResp => "PINGRESP",
+            Incoming::Disconnect { .. } => "DISCONNECT",
+            Incoming::Unexpected(name) => name,
+        }
+    }
+}
+
 /// Takes the next whole packet off the front of `buf`: `Ok(None)` when `buf` holds only part
 /// of one (read more and call again). `max_packet` bounds what is accepted.
 pub(crate) fn decode(
     version: Version,
     buf: &mut BytesMut,
     max_packet: u32,
-) -> Result<Option<Incoming>, String> {
+) -> Result<Option<Incoming>, CodecError> {
     if buf.is_empty() {
         return Ok(None);
     }
     let before = buf.len();
     // rumqttc takes a whole frame off `buf` before it parses the frame's content: running
     // short inside a frame taken off is a malformed packet, not a reason to wait for more.
-    let malformed = |e: String| format!("malformed MQTT packet from the broker: {e}");
     match version {
         Version::V4 => match v4::Packet::read(buf, max_packet as usize) {
             Ok(p) => Ok(Some(from_v4(p))),
             Err(m4::Error::InsufficientBytes(_)) if buf.len() == before => Ok(None),
-            Err(e) => Err(malformed(e.to_string())),
+            Err(e) => Err(CodecError::Malformed(e.to_string())),
         },
         Version::V5 => match v5::Packet::read(buf, Some(max_packet)) {
             Ok(p) => Ok(Some(from_v5(p))),
             Err(m5::Error::InsufficientBytes(_)) if buf.len() == before => Ok(None),
-            Err(e) => Err(malformed(e.to_string())),
+            Err(e) => Err(CodecError::Malformed(e.to_string())),
         },
     }
 }
@@ -219,12 +253,24 @@ fn from_v5(p: v5::Packet) -> Incoming {
     }
 }
 
-fn v4_err(e: m4::Error) -> String {
-    format!("cannot encode an MQTT packet: {e}")
+fn v4_err(e: m4::Error) -> CodecError {
+    match e {
+        m4::Error::OutgoingPacketTooLarge { pkt_size, max } => CodecError::TooLarge {
+            size: pkt_size as u64,
+            max: max as u64,
+        },
+        other => CodecError::Encode(other.to_string()),
+    }
 }
 
-fn v5_err(e: m5::Error) -> String {
-    format!("cannot encode an MQTT packet: {e}")
+fn v5_err(e: m5::Error) -> CodecError {
+    match e {
+        m5::Error::OutgoingPacketTooLarge { pkt_size, max } => CodecError::TooLarge {
+            size: u64::from(pkt_size),
+            max: u64::from(max),
+        },
+        other => CodecError::Encode(other.to_string()),
+    }
 }
 
 /// Appends a CONNECT (clean session/start, Last Will retained at QoS 1).
@@ -232,7 +278,7 @@ pub(crate) fn encode_connect(
     version: Version,
     p: &ConnectParams,
     out: &mut BytesMut,
-) -> Result<(), String> {
+) -> Result<(), CodecError> {
     match version {
         Version::V4 => {
             let mut c = v4::Connect::new(p.client_id.clone());
@@ -290,7 +336,7 @@ pub(crate) fn encode_publish(
     pkid: u16,
     max_packet: u32,
     out: &mut BytesMut,
-) -> Result<(), String> {
+) -> Result<(), CodecError> {
     let payload = Bytes::copy_from_slice(payload);
     match version {
         Version::V4 => {
@@ -345,7 +391,7 @@ pub(crate) fn encode_subscribe(
     pkid: u16,
     filter: &str,
     out: &mut BytesMut,
-) -> Result<(), String> {
+) -> Result<(), CodecError> {
     match version {
         Version::V4 => {
             let mut s = v4::Subscribe::new(filter, m4::QoS::AtLeastOnce);
@@ -433,7 +479,13 @@ mod tests {
         // MQTT 5 adds the (empty) property length
         assert_eq!(&out[..], b"\x32\x0a\x00\x03a/b\x00\x07\x00hi");
         out.clear();
-        assert!(encode_publish(Version::V4, "a/b", &[0; 64], false, 1, 32, &mut out).is_err());
+        for version in [Version::V4, Version::V5] {
+            let e = encode_publish(version, "a/b", &[0; 64], false, 1, 32, &mut out).unwrap_err();
+            assert!(
+                matches!(e, CodecError::TooLarge { max: 32, size } if size > 64),
+                "{e}"
+            );
+        }
         assert!(
             out.is_empty(),
             "nothing written for a packet that is too large"
@@ -464,10 +516,12 @@ mod tests {
             b"\x40\x01\x00",
             b"\x20\xff\xff\xff\xff\x01",
         ] {
-            let mut buf = BytesMut::from(bytes);
-            assert!(decode(Version::V4, &mut buf, 1024).is_err(), "{bytes:?}");
-            let mut buf = BytesMut::from(bytes);
-            assert!(decode(Version::V5, &mut buf, 1024).is_err(), "{bytes:?}");
+            for version in [Version::V4, Version::V5] {
+                let mut buf = BytesMut::from(bytes);
+                let e = decode(version, &mut buf, 1024).unwrap_err();
+                assert!(matches!(e, CodecError::Malformed(_)), "{bytes:?}: {e}");
+                assert!(e.to_string().starts_with("malformed MQTT packet"), "{e}");
+            }
         }
     }
 

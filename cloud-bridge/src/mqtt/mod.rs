@@ -40,9 +40,9 @@ use crate::command::{Command, CommandError, Rejection, parse_command, rejection_
 use crate::event::{BridgeError, BridgeEvent, BridgeStats, Counter, Events};
 use crate::message::OutboundMessage;
 use crate::transport::{Connector, Io};
-use codec::{ConnectParams, Version};
+use codec::{CodecError, ConnectParams, Version};
 use conn::{Conn, Turn};
-use session::{NotSent, Output, Session, SessionConfig};
+use session::{Ended, NotSent, Output, Session, SessionConfig};
 
 /// At most this many error results wait to be published; more are dropped (and logged).
 const MAX_QUEUED_RESULTS: usize = 1024;
@@ -107,8 +107,8 @@ pub async fn run_mqtt(
         };
         let (stream, addr) = match connected {
             Ok(connected) => connected,
-            Err(reason) => {
-                bridge.connect_failed(reason, &mut backoff);
+            Err(e) => {
+                bridge.connect_failed(e.to_string(), &mut backoff);
                 if wait(&mut backoff, &mut shutdown).await {
                     return Ok(());
                 }
@@ -125,6 +125,7 @@ pub async fn run_mqtt(
                 reason,
                 was_connected: true,
             } => {
+                let reason = reason.to_string();
                 let delay = backoff.next_delay();
                 tracing::warn!(%reason, retry_in = ?delay, "MQTT connection lost");
                 bridge.links.stats.inc(Counter::Disconnects);
@@ -140,7 +141,7 @@ pub async fn run_mqtt(
                 reason,
                 was_connected: false,
             } => {
-                bridge.connect_failed(reason, &mut backoff);
+                bridge.connect_failed(reason.to_string(), &mut backoff);
                 if wait(&mut backoff, &mut shutdown).await {
                     return Ok(());
                 }
@@ -196,7 +197,29 @@ async fn wait_for<F: Future<Output = ()>>(delay: Duration, shutdown: &mut Pin<&m
 
 enum End {
     Shutdown,
-    Lost { reason: String, was_connected: bool },
+    Lost { reason: Lost, was_connected: bool },
+}
+
+/// Why a connection ended before the shutdown (its text is the log's and the event's reason).
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    /// The CONNECT could not be encoded.
+    #[error(transparent)]
+    Connect(#[from] CodecError),
+    /// Reading or writing the transport failed.
+    #[error("connection to {addr}: {source}")]
+    Io {
+        /// The broker's address.
+        addr: SocketAddr,
+        /// What the transport reported.
+        source: std::io::Error,
+    },
+    /// The broker closed the transport.
+    #[error("the broker closed the connection")]
+    Eof,
+    /// The session ended (refused, timed out, disconnected by the broker, protocol error).
+    #[error(transparent)]
+    Session(#[from] Ended),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,9 +330,9 @@ impl Bridge {
         let mut conn = Conn::new(stream);
         let mut session = match Session::start(&self.session, Instant::now(), conn.out()) {
             Ok(s) => s,
-            Err(reason) => {
+            Err(e) => {
                 return End::Lost {
-                    reason,
+                    reason: e.into(),
                     was_connected: false,
                 };
             }
@@ -333,7 +356,7 @@ impl Bridge {
         backoff: &mut Backoff,
     ) -> End {
         let mut connected = false;
-        let lost = |reason: String, was_connected: bool| End::Lost {
+        let lost = |reason: Lost, was_connected: bool| End::Lost {
             reason,
             was_connected,
         };
@@ -359,9 +382,9 @@ impl Bridge {
                     return End::Shutdown;
                 }
                 turn = conn.turn() => match turn {
-                    Err(e) => return lost(format!("connection to {addr}: {e}"), connected),
+                    Err(source) => return lost(Lost::Io { addr, source }, connected),
                     Ok(Turn::Eof) => {
-                        return lost("the broker closed the connection".into(), connected);
+                        return lost(Lost::Eof, connected);
                     }
                     Ok(Turn::Wrote) => {}
                     Ok(Turn::Read) => {
@@ -376,7 +399,7 @@ impl Bridge {
                                     self.connected(session, conn, addr, now);
                                 }
                                 Ok(Some(output)) => self.handle(output),
-                                Err(e) => return lost(e.to_string(), connected),
+                                Err(e) => return lost(e.into(), connected),
                             }
                         }
                     }
@@ -390,7 +413,7 @@ impl Bridge {
                 },
                 () = timer.as_mut() => {
                     if let Err(e) = session.handle_timeout(Instant::now(), conn.out()) {
-                        return lost(e.to_string(), connected);
+                        return lost(e.into(), connected);
                     }
                     let next = session.poll_timeout().map_or_else(far, tokio::time::Instant::from_std);
                     timer.as_mut().reset(next);
@@ -454,13 +477,13 @@ impl Bridge {
                 Item::Internal(i) => self.state.internal.push_front(i),
                 Item::Message(m) => self.state.retry.push_front(m),
             },
-            Err(NotSent::TooLarge(Item::Message(m), reason)) => self.give_up(
+            Err(NotSent::TooLarge(Item::Message(m), e)) => self.give_up(
                 m,
-                reason,
+                e.to_string(),
                 "a message larger than the MQTT packet limit can never be published; it is dropped",
             ),
-            Err(NotSent::TooLarge(Item::Internal(i), reason)) => {
-                tracing::error!(topic = %i.topic, %reason, "cannot publish a status or result");
+            Err(NotSent::TooLarge(Item::Internal(i), e)) => {
+                tracing::error!(topic = %i.topic, reason = %e, "cannot publish a status or result");
             }
         }
     }
@@ -674,5 +697,25 @@ impl Bridge {
         again.append(&mut self.state.deferred);
         again.sort_by_key(|m| m.id);
         self.state.retry = again.into();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons in `Disconnected` / `ConnectFailed` events and logs read as they did when
+    /// they were strings: the transport's names the broker's address, the session's is its own.
+    #[test]
+    fn loss_reasons_name_their_cause() {
+        let addr: SocketAddr = "[::1]:1883".parse().unwrap();
+        let io = Lost::Io {
+            addr,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(io.to_string(), "connection to [::1]:1883: connection reset");
+        assert_eq!(Lost::Eof.to_string(), "the broker closed the connection");
+        let session = Lost::from(Ended::KeepAliveTimeout(Duration::from_secs(30)));
+        assert_eq!(session.to_string(), "no PINGRESP within 30s");
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::codec::{self, ConnectParams, Incoming, Version};
+use super::codec::{self, CodecError, ConnectParams, Incoming, Version};
 
 /// What a session needs to know of an item to PUBLISH it.
 pub(crate) trait Message {
@@ -57,30 +57,51 @@ pub(crate) enum Output<T> {
 }
 
 /// Why a session ended (the connection must be closed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Ended {
-    /// The broker refused the CONNECT.
+    /// The broker refused the CONNECT (its return or reason code).
+    #[error("the broker refused the connection: {0}")]
     Refused(String),
     /// No CONNACK in time.
+    #[error("no CONNACK within {0:?}")]
     ConnAckTimeout(Duration),
     /// No PINGRESP within the keep-alive interval.
+    #[error("no PINGRESP within {0:?}")]
     KeepAliveTimeout(Duration),
-    /// The broker sent a DISCONNECT (MQTT 5).
+    /// The broker sent a DISCONNECT (MQTT 5), with its reason.
+    #[error("the broker disconnected: {0}")]
     Disconnected(String),
     /// The broker sent something malformed or out of place.
-    Protocol(String),
+    #[error("MQTT protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
 }
 
-impl std::fmt::Display for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ended::Refused(code) => write!(f, "the broker refused the connection: {code}"),
-            Ended::ConnAckTimeout(t) => write!(f, "no CONNACK within {t:?}"),
-            Ended::KeepAliveTimeout(t) => write!(f, "no PINGRESP within {t:?}"),
-            Ended::Disconnected(why) => write!(f, "the broker disconnected: {why}"),
-            Ended::Protocol(why) => write!(f, "MQTT protocol error: {why}"),
-        }
-    }
+/// What the broker sent that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    /// Bytes that are not a packet.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The first packet was not the CONNACK.
+    #[error("expected a CONNACK, got a {0}")]
+    ExpectedConnAck(&'static str),
+    /// A CONNACK on a connected session.
+    #[error("a second CONNACK")]
+    SecondConnAck,
+    /// A packet a client never gets from a broker, or one the bridge does not use.
+    #[error("a {0} from the broker")]
+    Unexpected(&'static str),
+}
+
+/// Why [`Session::subscribe`] wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SubscribeError {
+    /// Every packet id is in use.
+    #[error("no free packet id for the SUBSCRIBE")]
+    NoPacketId,
+    /// The SUBSCRIBE could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
 }
 
 /// Why [`Session::publish`] did not take an item (it is handed back).
@@ -89,7 +110,7 @@ pub(crate) enum NotSent<T> {
     /// Not connected yet, or the window is full: offer it again later.
     NoRoom(T),
     /// Larger than the broker's or our packet limit: it can never be sent.
-    TooLarge(T, String),
+    TooLarge(T, CodecError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +152,7 @@ impl<T: Message> Session<T> {
         config: &SessionConfig,
         now: Instant,
         out: &mut BytesMut,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CodecError> {
         codec::encode_connect(config.version, &config.connect, out)?;
         Ok(Session {
             version: config.version,
@@ -213,10 +234,8 @@ impl<T: Message> Session<T> {
         filter: &str,
         now: Instant,
         out: &mut BytesMut,
-    ) -> Result<(), String> {
-        let pkid = self
-            .free_pkid()
-            .ok_or_else(|| "no free packet id for the SUBSCRIBE".to_owned())?;
+    ) -> Result<(), SubscribeError> {
+        let pkid = self.free_pkid().ok_or(SubscribeError::NoPacketId)?;
         codec::encode_subscribe(self.version, pkid, filter, out)?;
         self.next_pkid = pkid.checked_add(1).unwrap_or(1);
         self.subscription = Some(pkid);
@@ -254,7 +273,7 @@ impl<T: Message> Session<T> {
         out: &mut BytesMut,
     ) -> Result<Option<Output<T>>, Ended> {
         while let Some(packet) =
-            codec::decode(self.version, input, self.max_in).map_err(Ended::Protocol)?
+            codec::decode(self.version, input, self.max_in).map_err(ProtocolError::from)?
         {
             if let Some(output) = self.handle_packet(packet, now, out)? {
                 return Ok(Some(output));
@@ -294,13 +313,11 @@ impl<T: Message> Session<T> {
                     }
                     Ok(Some(Output::Connected))
                 }
-                other => Err(Ended::Protocol(format!(
-                    "expected a CONNACK, got {other:?}"
-                ))),
+                other => Err(ProtocolError::ExpectedConnAck(other.name()).into()),
             };
         }
         match packet {
-            Incoming::ConnAck { .. } => Err(Ended::Protocol("a second CONNACK".into())),
+            Incoming::ConnAck { .. } => Err(ProtocolError::SecondConnAck.into()),
             Incoming::PubAck { pkid, refused } => match self.in_flight.remove(&pkid) {
                 Some((_, sent, item)) => Ok(Some(Output::Acked {
                     item,
@@ -346,7 +363,7 @@ impl<T: Message> Session<T> {
                 Ok(None)
             }
             Incoming::Disconnect { reason } => Err(Ended::Disconnected(reason)),
-            Incoming::Unexpected(what) => Err(Ended::Protocol(format!("a {what} from the broker"))),
+            Incoming::Unexpected(what) => Err(ProtocolError::Unexpected(what).into()),
         }
     }
 

@@ -197,10 +197,10 @@ fn something_else_before_the_connack_is_a_protocol_error() {
     let t0 = Instant::now();
     let mut out = BytesMut::new();
     let mut s: Session<u32> = Session::start(&config(Version::V4, 8), t0, &mut out).unwrap();
-    assert!(matches!(
+    assert_eq!(
         s.handle_input(&mut puback(1), t0, &mut out),
-        Err(Ended::Protocol(_))
-    ));
+        Err(Ended::Protocol(ProtocolError::ExpectedConnAck("PUBACK")))
+    );
 }
 
 #[test]

@@ -3,13 +3,14 @@
 //!
 //! Everything here blocks; [`super::task`] runs it on tokio's blocking pool. What to write and
 //! where comes from the [state core](super::state); this module only moves bytes and syncs.
+//! The file I/O goes through [`v6iot_durable::Fs`]: [`StdFs`](v6iot_durable::StdFs) in
+//! production, the crash model in `tests/outbox_power_loss.rs`.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
+use v6iot_durable::{Fs, FsDir as _, FsFile as _, OpenOptions};
 
 use super::OutboxError;
 use super::log::{self, AckSlot, HeaderCheck, RECORD_OVERHEAD, RecordError, SEGMENT_HEADER_LEN};
@@ -23,24 +24,25 @@ pub(crate) const LOCK_FILE: &str = "lock";
 
 /// The segment being appended to.
 #[derive(Debug)]
-struct Active {
-    file: File,
+struct Active<F: Fs> {
+    file: F::File,
     /// Bytes written to it (durable once synced).
     len: u64,
 }
 
 /// The open files of an outbox directory.
 #[derive(Debug)]
-pub(crate) struct Disk {
+pub(crate) struct Disk<F: Fs> {
+    fs: F,
     dir: PathBuf,
-    dir_file: File,
-    active: Active,
-    ack_file: File,
+    dir_file: F::Dir,
+    active: Active<F>,
+    ack_file: F::File,
     ack_seq: u64,
     /// Reused encoding buffer.
     buf: Vec<u8>,
     /// Holds the directory's lock until the outbox is closed.
-    _lock: File,
+    _lock: F::File,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutboxError + '_ {
@@ -75,37 +77,29 @@ impl Scan {
     }
 }
 
-impl Disk {
-    /// Opens (creating if needed) the outbox in `dir`: reads the acknowledgement file, checks
-    /// every segment, cuts torn tails off, and makes sure there is an active segment.
-    pub(crate) fn open(dir: &Path) -> Result<(Disk, Recovered), OutboxError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let dir_file = File::open(dir).map_err(io_err(dir))?;
+impl<F: Fs> Disk<F> {
+    /// Opens (creating if needed) the outbox in `dir` on `fs`: reads the acknowledgement file,
+    /// checks every segment, cuts torn tails off, and makes sure there is an active segment.
+    pub(crate) fn open(fs: F, dir: &Path) -> Result<(Disk<F>, Recovered), OutboxError> {
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
+        let dir_file = fs.open_dir(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
+        let lock = fs
+            .open(&lock_path, &OpenOptions::new().write(true).create(true))
             .map_err(io_err(&lock_path))?;
-        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                return Err(OutboxError::Locked {
-                    path: dir.to_owned(),
-                });
-            }
-            Err(e) => return Err(io_err(&lock_path)(e.into())),
+        if !lock.try_lock().map_err(io_err(&lock_path))? {
+            return Err(OutboxError::Locked {
+                path: dir.to_owned(),
+            });
         }
 
         let ack_path = dir.join(ACK_FILE);
-        let ack_existed = ack_path.exists();
-        let mut ack_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&ack_path)
+        let ack_existed = fs.exists(&ack_path).map_err(io_err(&ack_path))?;
+        let mut ack_file = fs
+            .open(
+                &ack_path,
+                &OpenOptions::new().read(true).write(true).create(true),
+            )
             .map_err(io_err(&ack_path))?;
         let mut ack_bytes = Vec::new();
         ack_file
@@ -117,21 +111,19 @@ impl Disk {
                   unacknowledged and acknowledged messages alike will be published again");
         }
         if !ack_existed {
-            dir_file.sync_all().map_err(io_err(dir))?;
+            dir_file.sync().map_err(io_err(dir))?;
         }
         let watermark = slot.map_or(0, |s| s.watermark);
 
         let mut bases = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let name = entry.file_name();
+        for name in fs.read_dir(dir).map_err(io_err(dir))? {
             let Some(name) = name.to_str() else { continue };
             if let Some(base) = log::parse_segment_file_name(name) {
                 bases.push(base);
             } else if name.ends_with(SPLIT_SUFFIX) {
                 // A split-off segment a crash interrupted before its rename: redone below.
-                let path = entry.path();
-                fs::remove_file(&path).map_err(io_err(&path))?;
+                let path = dir.join(name);
+                fs.remove_file(&path).map_err(io_err(&path))?;
             }
         }
         bases.sort_unstable();
@@ -147,7 +139,7 @@ impl Disk {
         };
         for (i, &base) in bases.iter().enumerate() {
             let id_limit = bases.get(i + 1).copied().unwrap_or(u64::MAX);
-            let scan = scan_segment(dir, base, id_limit)?;
+            let scan = scan_segment(&fs, dir, base, id_limit)?;
             recovered.min_next_id = recovered.min_next_id.max(scan.min_next_id());
             if scan.truncated > 0 {
                 recovered.torn_tails += 1;
@@ -168,9 +160,8 @@ impl Disk {
         let active = match continues {
             Some(last) => {
                 let path = dir.join(log::segment_file_name(last.base));
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(&path)
+                let file = fs
+                    .open(&path, &OpenOptions::new().append(true))
                     .map_err(io_err(&path))?;
                 Active {
                     file,
@@ -178,9 +169,10 @@ impl Disk {
                 }
             }
             None => {
-                let active = create_segment(dir, next_id, &mut Vec::new()).map_err(io_err(dir))?;
+                let active =
+                    create_segment(&fs, dir, next_id, &mut Vec::new()).map_err(io_err(dir))?;
                 active.file.sync_data().map_err(io_err(dir))?;
-                dir_file.sync_all().map_err(io_err(dir))?;
+                dir_file.sync().map_err(io_err(dir))?;
                 recovered.segments.push(SegmentSummary {
                     base: next_id,
                     ids: None,
@@ -198,6 +190,7 @@ impl Disk {
             "outbox opened"
         );
         let disk = Disk {
+            fs,
             dir: dir.to_owned(),
             dir_file,
             active,
@@ -222,7 +215,7 @@ impl Disk {
                     self.active.file.sync_data()?;
                     syncs += 1;
                 }
-                self.active = create_segment(&self.dir, chunk.base, &mut self.buf)?;
+                self.active = create_segment(&self.fs, &self.dir, chunk.base, &mut self.buf)?;
                 new_entry = true;
                 dirty = true;
             }
@@ -240,7 +233,7 @@ impl Disk {
             syncs += 1;
         }
         if new_entry {
-            self.dir_file.sync_all()?;
+            self.dir_file.sync()?;
             syncs += 1;
         }
         Ok(syncs)
@@ -260,7 +253,10 @@ impl Disk {
 
     /// Deletes segment `base` (already gone counts as done).
     pub(crate) fn delete_segment(&self, base: u64) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(log::segment_file_name(base))) {
+        match self
+            .fs
+            .remove_file(&self.dir.join(log::segment_file_name(base)))
+        {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -269,12 +265,14 @@ impl Disk {
 
 /// Creates segment `base` with its header written (not yet synced: the caller syncs it with
 /// the records that follow, and syncs the directory).
-fn create_segment(dir: &Path, base: u64, buf: &mut Vec<u8>) -> io::Result<Active> {
+fn create_segment<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    base: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<Active<F>> {
     let path = dir.join(log::segment_file_name(base));
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(path)?;
+    let mut file = fs.open(&path, &OpenOptions::new().append(true).create_new(true))?;
     buf.clear();
     buf.extend_from_slice(&log::encode_segment_header(base));
     file.write_all(buf)?;
@@ -291,16 +289,16 @@ const SPLIT_SUFFIX: &str = ".seg.split";
 /// records ([`log::scan_records`]). Valid records after a damaged stretch move to segments of
 /// their own (named by their first id, written and synced before the damaged file is cut); a
 /// torn or damaged tail is cut off. Each is logged and counted.
-fn scan_segment(dir: &Path, base: u64, id_limit: u64) -> Result<Scan, OutboxError> {
+fn scan_segment<F: Fs>(fs: &F, dir: &Path, base: u64, id_limit: u64) -> Result<Scan, OutboxError> {
     let path = dir.join(log::segment_file_name(base));
     let path = path.as_path();
-    let bytes = fs::read(path).map_err(io_err(path))?;
+    let bytes = fs.read(path).map_err(io_err(path))?;
     match log::check_segment_header(&bytes) {
         HeaderCheck::Valid(b) if b == base => {}
         HeaderCheck::Torn => {
             warn!(path = %path.display(), "segment without a complete header (a crash while \
                   creating it): removed");
-            fs::remove_file(path).map_err(io_err(path))?;
+            fs.remove_file(path).map_err(io_err(path))?;
             return Ok(Scan {
                 summaries: Vec::new(),
                 truncated: bytes.len() as u64,
@@ -339,7 +337,7 @@ fn scan_segment(dir: &Path, base: u64, id_limit: u64) -> Result<Scan, OutboxErro
             "skipping a damaged stretch in the middle of an outbox segment; the valid records \
              after it move to a segment of their own"
         );
-        split_off(dir, &bytes, run).map_err(io_err(dir))?;
+        split_off(fs, dir, &bytes, run).map_err(io_err(dir))?;
         summaries.push(SegmentSummary {
             base: from,
             ids: run.ids,
@@ -360,16 +358,15 @@ fn scan_segment(dir: &Path, base: u64, id_limit: u64) -> Result<Scan, OutboxErro
         );
     }
     if cut > 0 {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
+        let file = fs
+            .open(path, &OpenOptions::new().write(true))
             .map_err(io_err(path))?;
         file.set_len(keep).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
     }
     if summaries.len() > 1 {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
+        fs.open_dir(dir)
+            .and_then(|d| d.sync())
             .map_err(io_err(dir))?;
     }
     Ok(Scan {
@@ -383,7 +380,7 @@ fn scan_segment(dir: &Path, base: u64, id_limit: u64) -> Result<Scan, OutboxErro
 /// Writes the records of `run` (from the damaged segment's `bytes`) as a segment of their own,
 /// named by their first id: to a temporary name, synced, then renamed (an existing file of that
 /// name, from a recovery a crash interrupted, is replaced by the same bytes).
-fn split_off(dir: &Path, bytes: &[u8], run: &log::Run) -> io::Result<()> {
+fn split_off<F: Fs>(fs: &F, dir: &Path, bytes: &[u8], run: &log::Run) -> io::Result<()> {
     let Some((first, _)) = run.ids else {
         return Ok(());
     };
@@ -394,15 +391,14 @@ fn split_off(dir: &Path, bytes: &[u8], run: &log::Run) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "run outside the file"))?;
     let name = log::segment_file_name(first);
     let tmp = dir.join(format!("{first:020}{SPLIT_SUFFIX}"));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+    let mut file = fs.open(
+        &tmp,
+        &OpenOptions::new().write(true).create(true).truncate(true),
+    )?;
     file.write_all(&log::encode_segment_header(first))?;
     file.write_all(records)?;
     file.sync_all()?;
-    fs::rename(&tmp, dir.join(name))
+    fs.rename(&tmp, &dir.join(name))
 }
 
 /// Why records could not be read back.
@@ -417,7 +413,8 @@ pub(crate) enum ReadError {
 /// Reads the records of segment `base` in `offset..end` (durable bytes): at most `max_records`
 /// of them, in about `max_chunk` bytes (at least one whole record). Returns them and the
 /// offset after the last.
-pub(crate) fn read_records(
+pub(crate) fn read_records<F: Fs>(
+    fs: &F,
     dir: &Path,
     base: u64,
     offset: u64,
@@ -425,7 +422,12 @@ pub(crate) fn read_records(
     max_chunk: u64,
     max_records: usize,
 ) -> Result<(Vec<OutboundMessage>, u64), ReadError> {
-    let file = File::open(dir.join(log::segment_file_name(base))).map_err(ReadError::Io)?;
+    let file = fs
+        .open(
+            &dir.join(log::segment_file_name(base)),
+            &OpenOptions::new().read(true),
+        )
+        .map_err(ReadError::Io)?;
     let mut want = end.saturating_sub(offset).min(max_chunk);
     loop {
         let mut buf = vec![0; usize::try_from(want).unwrap_or(0)];

@@ -36,7 +36,7 @@
 //! |---|---|
 //! | `log.rs` | the on-disk format below, as pure encode/decode functions |
 //! | `state.rs` | sans-IO bookkeeping: ids, byte accounting, the watermark, which segments go, what the publisher reads next, when to persist |
-//! | `disk.rs` | blocking file I/O: recovery, group-commit writes, the acknowledgement file |
+//! | `disk.rs` | blocking file I/O (through `v6iot_durable::Fs`): recovery, group-commit writes, the acknowledgement file |
 //! | `task.rs` | the tokio writer task (gathers appends, one sync per group, on the blocking pool) and the reader task (disk → publish channel) |
 //!
 //! # On-disk format (version 1)
@@ -111,6 +111,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
+use v6iot_durable::{Fs, StdFs};
 
 use crate::latency::{HistogramSnapshot, LatencyHistogram};
 use crate::message::{NewMessage, OutboundMessage};
@@ -330,9 +331,23 @@ pub struct AckSender {
 pub async fn open(
     config: OutboxConfig,
 ) -> Result<(OutboxHandle, mpsc::Receiver<OutboundMessage>, AckSender), OutboxError> {
+    open_in(StdFs, config).await
+}
+
+/// [`open`] on the file system `fs` (the crash tests' [`v6iot_durable::SimFs`]).
+///
+/// # Errors
+///
+/// As [`open`]: a bad configuration, another open holding the directory's lock, or an I/O
+/// error or foreign file met while recovering.
+pub async fn open_in<F: Fs>(
+    fs: F,
+    config: OutboxConfig,
+) -> Result<(OutboxHandle, mpsc::Receiver<OutboundMessage>, AckSender), OutboxError> {
     config.check()?;
     let dir = config.dir.clone();
-    let (disk, recovered) = tokio::task::spawn_blocking(move || disk::Disk::open(&dir))
+    let disk_fs = fs.clone();
+    let (disk, recovered) = tokio::task::spawn_blocking(move || disk::Disk::open(disk_fs, &dir))
         .await
         .map_err(|e| OutboxError::Task(e.to_string()))??;
     let limits = Limits {
@@ -366,6 +381,7 @@ pub async fn open(
     tokio::spawn(task::run_writer(shared.clone(), req_rx, disk, writer));
     tokio::spawn(task::run_reader(
         shared.clone(),
+        fs,
         config.dir,
         pub_tx,
         config.publish_window,

@@ -18,6 +18,7 @@ use super::disk::{self, Disk, ReadError};
 use super::state::{OutboxState, ReadPos, ReadStep};
 use crate::latency::LatencyHistogram;
 use crate::message::{NewMessage, OutboundMessage};
+use v6iot_durable::Fs;
 
 /// Bytes the reader reads from a segment at a time: about what a publish window of records
 /// takes (256 records of ~250 bytes), so that little is read twice (a record larger than
@@ -116,10 +117,10 @@ fn now() -> std::time::Instant {
 
 /// The writer: gathers appends into groups, writes and syncs each group once, persists the
 /// watermark and deletes reclaimable segments. Ends on close or when every handle is gone.
-pub(crate) async fn run_writer(
+pub(crate) async fn run_writer<F: Fs>(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Request>,
-    disk: Disk,
+    disk: Disk<F>,
     config: WriterConfig,
 ) {
     let mut disk = Some(disk);
@@ -209,11 +210,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Writes one group and answers every append in it.
-async fn write_batch(
+async fn write_batch<F: Fs>(
     shared: &Arc<Shared>,
-    disk: Option<Disk>,
+    disk: Option<Disk<F>>,
     mut batch: Vec<AppendRequest>,
-) -> Option<Disk> {
+) -> Option<Disk<F>> {
     let lens: Vec<u64> = batch.iter().flat_map(|a| a.lens.iter().copied()).collect();
     let plan = shared.core().plan(&lens);
     let msgs: Vec<NewMessage> = batch
@@ -272,7 +273,11 @@ fn fail_all(batch: Vec<AppendRequest>, why: &str) {
 }
 
 /// Persists the watermark when due (or `force`) and deletes reclaimable segments.
-async fn maintain(shared: &Arc<Shared>, disk: Option<Disk>, force: bool) -> Option<Disk> {
+async fn maintain<F: Fs>(
+    shared: &Arc<Shared>,
+    disk: Option<Disk<F>>,
+    force: bool,
+) -> Option<Disk<F>> {
     let (persist, reclaim) = {
         let core = shared.core();
         (core.poll_persist(now(), force), core.reclaimable())
@@ -323,8 +328,9 @@ async fn maintain(shared: &Arc<Shared>, disk: Option<Disk>, force: bool) -> Opti
 
 /// The reader: hands every durable, unacknowledged message to the publish channel in id
 /// order, reading from disk as the channel drains (the backlog stays on disk).
-pub(crate) async fn run_reader(
+pub(crate) async fn run_reader<F: Fs>(
     shared: Arc<Shared>,
+    fs: F,
     dir: PathBuf,
     tx: mpsc::Sender<OutboundMessage>,
     window: usize,
@@ -343,12 +349,12 @@ pub(crate) async fn run_reader(
             ReadStep::Read { base, offset, end } => {
                 let read = if end.saturating_sub(offset) <= INLINE_READ {
                     Ok(disk::read_records(
-                        &dir, base, offset, end, READ_CHUNK, window,
+                        &fs, &dir, base, offset, end, READ_CHUNK, window,
                     ))
                 } else {
-                    let d = dir.clone();
+                    let (f, d) = (fs.clone(), dir.clone());
                     tokio::task::spawn_blocking(move || {
-                        disk::read_records(&d, base, offset, end, READ_CHUNK, window)
+                        disk::read_records(&f, &d, base, offset, end, READ_CHUNK, window)
                     })
                     .await
                 };

@@ -30,6 +30,20 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Fails the calling test at once, with one message naming `what` needs root, unless the
+/// process runs as root (effective uid 0). Tests that make namespaces call it first, so that a
+/// plain `cargo test` by another user fails there, early and plainly, not halfway through.
+pub fn require_root(what: &str) {
+    // proc(5): /proc/PID is owned by the process's effective user id.
+    let euid = std::fs::metadata("/proc/self")
+        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
+    assert!(
+        euid == 0,
+        "this test needs root for {what}; run the tests as root (`sudo -E cargo test`, or \
+         scripts/test as CI does) — running as uid {euid}"
+    );
+}
+
 /// A private directory, removed when dropped.
 pub struct TempDir(PathBuf);
 

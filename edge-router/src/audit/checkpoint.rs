@@ -55,8 +55,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{AuditError, AuditLog};
+use crate::registry_db::SealKey;
 use crate::registry_db::unique::hmac_sha256;
-use crate::registry_db::{SealKey, hex};
 
 /// The `info` of the checkpoint MAC key's derivation.
 const MAC_KEY_INFO: &[u8] = b"v6iot audit checkpoint v1";
@@ -102,9 +102,9 @@ impl Checkpoint {
         let file = FileRepr {
             v: FILE_VERSION,
             rows: self.rows,
-            head: hex::encode(&self.head),
+            head: hex::encode(self.head),
             at_ms: self.at_ms,
-            mac: hex::encode(&self.mac(key)),
+            mac: hex::encode(self.mac(key)),
         };
         let mut text = serde_json::to_vec(&file).unwrap_or_default();
         text.push(b'\n');
@@ -119,7 +119,7 @@ impl Checkpoint {
             edge: edge.to_owned(),
             at_ms: self.at_ms,
             rows: self.rows,
-            head: hex::encode(&self.head),
+            head: hex::encode(self.head),
             anchor_broken: anchor_broken.map(str::to_owned),
         }
     }
@@ -374,8 +374,8 @@ fn judge(
             None,
             format!(
                 "row {n} has hash {}, the anchor {}: the trail was rewritten from row {n} back",
-                hash_at_rows.map_or_else(|| "?".to_owned(), |h| hex::encode(&h)),
-                hex::encode(&head)
+                hash_at_rows.map_or_else(|| "?".to_owned(), hex::encode),
+                hex::encode(head)
             ),
         )),
         (None, Some(head)) if head_at.is_none() && !(rows == 0 && head == [0; 32]) => Err(broken(
@@ -383,7 +383,7 @@ fn judge(
             format!(
                 "no row has hash {} (the trail ends at row {rows}, hash {}): rows after the \
                      anchor were removed, or the trail was rewritten",
-                hex::encode(&head),
+                hex::encode(head),
                 hex::encode(last)
             ),
         )),
@@ -453,7 +453,7 @@ impl AuditLog<'_> {
 
 impl fmt::Display for Checkpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} rows, head {}", self.rows, hex::encode(&self.head))
+        write!(f, "{} rows, head {}", self.rows, hex::encode(self.head))
     }
 }
 
@@ -540,7 +540,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&text).unwrap();
         assert_eq!(
             json["mac"],
-            hex::encode(&mac.finalize().into_bytes()),
+            hex::encode(mac.finalize().into_bytes()),
             "{json}"
         );
         assert_eq!(json["v"], 1);
@@ -548,7 +548,7 @@ mod tests {
         for (field, value) in [
             ("rows", serde_json::json!(41)),
             ("at_ms", serde_json::json!(1)),
-            ("head", serde_json::json!(hex::encode(&[0xac; 32]))),
+            ("head", serde_json::json!(hex::encode([0xac; 32]))),
         ] {
             let mut changed = json.clone();
             changed[field] = value;

@@ -59,11 +59,14 @@ pub enum AuditKind {
     Quarantined,
     /// A quarantined device was made active again.
     Reinstated,
+    /// Two devices were verified at one address: the row names the device it is about, the
+    /// other in its detail (a challenge sent, or the address taken over).
+    AddressConflict,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 10] = [
+    pub const ALL: [AuditKind; 11] = [
         AuditKind::Provisioned,
         AuditKind::Registration,
         AuditKind::AddressBound,
@@ -74,6 +77,7 @@ impl AuditKind {
         AuditKind::CommandDelivered,
         AuditKind::Quarantined,
         AuditKind::Reinstated,
+        AuditKind::AddressConflict,
     ];
 
     /// The stored name: `provisioned`, `registration`, `address_bound`, …
@@ -90,6 +94,7 @@ impl AuditKind {
             AuditKind::CommandDelivered => "command_delivered",
             AuditKind::Quarantined => "quarantined",
             AuditKind::Reinstated => "reinstated",
+            AuditKind::AddressConflict => "address_conflict",
         }
     }
 
@@ -106,14 +111,19 @@ impl fmt::Display for AuditKind {
     }
 }
 
-impl FromStr for AuditKind {
-    type Err = String;
+/// A text that is not an [`AuditKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an audit event kind")]
+pub struct UnknownKind(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for AuditKind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
         AuditKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not an audit event kind"))
+            .ok_or_else(|| UnknownKind(s.to_owned()))
     }
 }
 
@@ -586,7 +596,10 @@ impl RawRow {
     fn into_row(self) -> Result<AuditRow, AuditError> {
         let row = u64::try_from(self.seq).unwrap_or(0);
         let corrupt = |what: String| AuditError::Corrupt { row, what };
-        let kind = self.kind.parse::<AuditKind>().map_err(corrupt)?;
+        let kind = self
+            .kind
+            .parse::<AuditKind>()
+            .map_err(|e| corrupt(e.to_string()))?;
         let address = match self.address {
             None => None,
             Some(bytes) => Some(Ipv6Addr::from(

@@ -1,16 +1,23 @@
 //! The gateway's memory of OSCORE exchanges in flight:
 //!
 //! - server side: the [`RequestInfo`] of each verified request, by peer and token, until the
-//!   ingress answers it (which may be after the outbox fsync);
+//!   ingress answers it (which may be after the outbox fsync); an exchange is never replaced by
+//!   another device's with the same peer and token (two devices at one address);
 //! - client side: the [`RequestInfo`] of each request the edge protected, by token (the edge's
 //!   tokens are unique; a device that moved answers from its new address), until its response
-//!   or, for an observation, as long as it lives;
-//! - the protected bytes of each Confirmable request the edge sent, by peer and message ID, so
-//!   a retransmission resends the same bytes (same Partial IV) instead of protecting anew;
-//! - deduplication of incoming OSCORE messages by peer and message ID: a retransmitted request
-//!   cannot be verified twice (its Partial IV is in the replay window), so the gateway answers it
-//!   from here: nothing while the first is pending, the same protected answer once sent; a
-//!   retransmitted response is handed to the ingress again as the inner message it verified to.
+//!   or, for an observation, as long as it lives: a response is verified with the context of the
+//!   request its token belongs to, never by who sends from the address;
+//! - the protected bytes of each Confirmable request the edge sent, by message ID and token
+//!   (and its kid), so a retransmission resends the same bytes (same Partial IV) instead of
+//!   protecting anew, wherever the device is now; and which address each last went to, by
+//!   (address, message ID), so an empty ACK from there is known as expected in O(1);
+//! - deduplication of incoming OSCORE messages by peer, message ID and a fingerprint of the
+//!   OSCORE option and ciphertext (a retransmission is the same bytes; another device's message
+//!   from the same address with the same message ID is not): a retransmitted request cannot be
+//!   verified twice (its Partial IV is in the replay window), so the gateway answers it from
+//!   here: nothing while the first is pending, the same protected answer once sent; a
+//!   retransmitted response is handed to the ingress again as the inner message it verified to,
+//!   with the device it verified as.
 //!
 //! Everything expires after EXCHANGE_LIFETIME (observations after [`OBSERVATION_LIFETIME`]) and
 //! is bounded per peer, so memory stays bounded whatever the network sends.
@@ -21,7 +28,7 @@ use foldhash::{HashMap, HashMapExt as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use coap_lite::Packet;
+use coap_lite::{CoapOption, Packet};
 use v6iot_sdk::oscore::RequestInfo;
 
 /// How long the edge keeps the context of an observation it made (its notifications carry the
@@ -47,13 +54,30 @@ pub(super) fn token_key(token: &[u8]) -> TokenKey {
     key
 }
 
+/// What tells a retransmission (the same bytes) from another message with the same message ID:
+/// FNV-1a over the OSCORE option's value and the ciphertext.
+pub(super) fn fingerprint(packet: &Packet) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let option = packet
+        .get_first_option(CoapOption::Oscore)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in option.iter().chain([0xff].iter()).chain(&packet.payload) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h
+}
+
 /// A verified request awaiting the ingress's answer.
 pub(super) struct ServerExchange {
     pub(super) kid: Vec<u8>,
     pub(super) info: RequestInfo,
     pub(super) since: Instant,
-    /// The request's message ID and type, to remember the answer for retransmissions.
-    pub(super) message_id: u16,
+    /// The request's message ID and fingerprint, and its type, to remember the answer for
+    /// retransmissions.
+    pub(super) message: (u16, u64),
     pub(super) confirmable: bool,
 }
 
@@ -74,20 +98,24 @@ pub(super) enum Seen {
     Answered(Box<[u8]>),
     /// A request answered without anything to repeat (non-confirmable).
     Silent,
-    /// A verified response or notification: its inner message.
-    Inner(Box<Packet>),
+    /// A verified response or notification: its inner message and the device it verified as.
+    Inner(Box<Packet>, Box<str>),
 }
 
 struct Recent {
     message_id: u16,
+    fingerprint: u64,
     expires: Instant,
     seen: Seen,
 }
 
 /// The protected bytes of a Confirmable request the edge sent, until they expire.
 struct Sent {
+    kid: Vec<u8>,
     bytes: Box<[u8]>,
     expires: Instant,
+    /// Where it went last.
+    to: SocketAddr,
 }
 
 /// See the module docs.
@@ -96,7 +124,9 @@ pub(super) struct Exchanges {
     server: HashMap<(SocketAddr, TokenKey), ServerExchange>,
     client: HashMap<TokenKey, ClientExchange>,
     client_order: VecDeque<TokenKey>,
-    sent: HashMap<(SocketAddr, u16), Sent>,
+    sent: HashMap<(u16, TokenKey), Sent>,
+    /// The request of `sent` that went to an address with a message ID, last.
+    sent_to: HashMap<(SocketAddr, u16), TokenKey>,
     recent: HashMap<SocketAddr, VecDeque<Recent>>,
 }
 
@@ -108,6 +138,7 @@ impl Exchanges {
             client: HashMap::new(),
             client_order: VecDeque::new(),
             sent: HashMap::new(),
+            sent_to: HashMap::new(),
             recent: HashMap::new(),
         }
     }
@@ -120,8 +151,24 @@ impl Exchanges {
             && self.recent.is_empty())
     }
 
-    pub(super) fn insert_server(&mut self, peer: SocketAddr, token: &[u8], x: ServerExchange) {
-        self.server.insert((peer, token_key(token)), x);
+    /// Remembers a verified request; `false` (and nothing kept) when a request of another
+    /// device from the same peer with the same token awaits its answer.
+    pub(super) fn insert_server(
+        &mut self,
+        peer: SocketAddr,
+        token: &[u8],
+        x: ServerExchange,
+    ) -> bool {
+        let key = (peer, token_key(token));
+        if self
+            .server
+            .get(&key)
+            .is_some_and(|other| other.kid != x.kid)
+        {
+            return false;
+        }
+        self.server.insert(key, x);
+        true
     }
 
     /// True when a verified request from `peer` with `token` awaits its answer.
@@ -158,40 +205,87 @@ impl Exchanges {
         self.client.remove(&token_key(token));
     }
 
-    /// The protected bytes already sent to `peer` with `message_id`.
-    pub(super) fn sent(&self, peer: SocketAddr, message_id: u16) -> Option<&[u8]> {
-        self.sent.get(&(peer, message_id)).map(|s| &*s.bytes)
+    /// The protected bytes of `kid`'s request with `message_id` and `token`, if sent already,
+    /// to resend to `to` (noted as where it went last).
+    pub(super) fn resend(
+        &mut self,
+        kid: &[u8],
+        (message_id, token): (u16, &[u8]),
+        to: SocketAddr,
+    ) -> Option<&[u8]> {
+        let key = token_key(token);
+        let s = self
+            .sent
+            .get_mut(&(message_id, key))
+            .filter(|s| s.kid == kid)?;
+        if s.to != to {
+            if self.sent_to.get(&(s.to, message_id)) == Some(&key) {
+                self.sent_to.remove(&(s.to, message_id));
+            }
+            s.to = to;
+            self.sent_to.insert((to, message_id), key);
+        }
+        Some(&*s.bytes)
     }
 
+    /// Keeps the protected bytes of `kid`'s Confirmable request, sent to `to`, for its
+    /// retransmissions.
     pub(super) fn remember_sent(
         &mut self,
         now: Instant,
-        peer: SocketAddr,
-        message_id: u16,
+        kid: &[u8],
+        (message_id, token): (u16, &[u8]),
         bytes: &[u8],
+        to: SocketAddr,
     ) {
+        let key = token_key(token);
         self.sent.insert(
-            (peer, message_id),
+            (message_id, key),
             Sent {
+                kid: kid.to_vec(),
                 bytes: bytes.into(),
                 expires: now + self.lifetime,
+                to,
             },
         );
+        self.sent_to.insert((to, message_id), key);
     }
 
-    /// What an earlier message from `peer` with `message_id` was answered with.
-    pub(super) fn seen(&self, peer: SocketAddr, message_id: u16) -> Option<&Seen> {
+    /// True when a protected request of the edge with `message_id` went to `peer` last (an
+    /// empty ACK or Reset from there may name it).
+    pub(super) fn sent_to(&self, peer: SocketAddr, message_id: u16) -> bool {
+        !self.sent_to.is_empty() && self.sent_to.contains_key(&(peer, message_id))
+    }
+
+    /// What an earlier message from `peer` with `message_id` and `fingerprint` (the same
+    /// bytes: a retransmission) was answered with.
+    pub(super) fn seen(
+        &self,
+        peer: SocketAddr,
+        message_id: u16,
+        fingerprint: u64,
+    ) -> Option<&Seen> {
         self.recent
             .get(&peer)?
             .iter()
-            .find(|r| r.message_id == message_id)
+            .find(|r| r.message_id == message_id && r.fingerprint == fingerprint)
             .map(|r| &r.seen)
     }
 
-    /// Records (or updates) what the message from `peer` with `message_id` got.
-    pub(super) fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, seen: Seen) {
+    /// Records (or updates) what the message from `peer` with `message_id` and `fingerprint`
+    /// got.
+    pub(super) fn remember(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        (message_id, fingerprint): (u16, u64),
+        seen: Seen,
+    ) {
         let list = self.recent.entry(peer).or_default();
-        if let Some(r) = list.iter_mut().find(|r| r.message_id == message_id) {
+        if let Some(r) = list
+            .iter_mut()
+            .find(|r| r.message_id == message_id && r.fingerprint == fingerprint)
+        {
             r.seen = seen;
             return;
         }
@@ -200,6 +294,7 @@ impl Exchanges {
         }
         list.push_back(Recent {
             message_id,
+            fingerprint,
             expires: now + self.lifetime,
             seen,
         });
@@ -209,6 +304,10 @@ impl Exchanges {
     pub(super) fn forget_kid(&mut self, kid: &[u8]) {
         self.server.retain(|_, x| x.kid != kid);
         self.client.retain(|_, x| x.kid != kid);
+        self.sent.retain(|_, s| s.kid != kid);
+        let sent = &self.sent;
+        self.sent_to
+            .retain(|(_, message_id), key| sent.contains_key(&(*message_id, *key)));
     }
 
     /// Drops what expired.
@@ -226,6 +325,9 @@ impl Exchanges {
         let client = &self.client;
         self.client_order.retain(|t| client.contains_key(t));
         self.sent.retain(|_, s| s.expires > now);
+        let sent = &self.sent;
+        self.sent_to
+            .retain(|(_, message_id), key| sent.contains_key(&(*message_id, *key)));
         self.recent.retain(|_, list| {
             list.retain(|r| r.expires > now);
             !list.is_empty()

@@ -76,6 +76,10 @@ pub enum SecurityCause {
     ResetIgnored,
     /// An authenticated device was over its rate: answered 5.03 with Max-Age.
     DeviceLimited,
+    /// A verified request whose Partial IV is not above the highest its device sent, from an
+    /// address the device is not bound to (a withheld message replayed elsewhere): dropped
+    /// unanswered, the binding stays.
+    StaleElsewhere,
 }
 
 impl SecurityCause {
@@ -98,6 +102,7 @@ impl SecurityCause {
             SecurityCause::KidLimited => "kid_limited",
             SecurityCause::ResetIgnored => "reset_ignored",
             SecurityCause::DeviceLimited => "device_limited",
+            SecurityCause::StaleElsewhere => "stale_elsewhere",
         }
     }
 
@@ -336,7 +341,7 @@ fn describe(event: &SecurityEvent) -> String {
     let kid = event
         .kid
         .as_ref()
-        .map(|k| format!(" kid {}", crate::registry_db::hex::encode(k)))
+        .map(|k| format!(" kid {}", hex::encode(k)))
         .unwrap_or_default();
     format!("{} from {}{kid}", event.cause, event.peer)
 }

@@ -2,8 +2,9 @@
 //! [`Ingress`], address binding, and what must be persisted or audited because of them.
 //!
 //! ```text
-//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─▶ Ingress (inner request + device id)
-//!  datagram ◀─ Gateway::poll_transmit ◀─ protect (RequestInfo by peer+token) ◀─ Ingress answers/commands
+//!  datagram ─▶ Gateway::handle_datagram ─ verify (kid → context) ─ binding ─▶ Ingress (inner request + device id)
+//!  datagram ◀─ Gateway::poll_transmit ◀─ protect: answers (RequestInfo by peer+token),  ◀─ Ingress answers/commands
+//!                                        requests (the target device's context, to its binding)
 //!                      │ poll_persist / handle_persisted: sender marks, replay floors (answers held)
 //!                      │ poll_audit: bindings, auth failures (aggregated), revocations noticed
 //!                      └ poll_security_event: every refusal, for the log
@@ -12,8 +13,8 @@
 //! | file | job |
 //! |---|---|
 //! | [`keys`] | the keyring: one context per active device by kid, synced with the registry |
-//! | `binding` | the address each device was last verified at, both ways |
-//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication |
+//! | `binding` | where each device is bound (its address and the edge's address it reached), both ways; moves only on fresh evidence, confirmed by an Echo round trip; conflicts between devices |
+//! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication by address, message ID and fingerprint |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
 //! | [`peek`] | the header, token and kid of a datagram, read in place before anything is spent on it |
 //! | [`failures`] | [`SecurityEvent`], the answer per cause, error answers bounded per source and globally, failure audit rows per interval |
@@ -31,11 +32,21 @@
 //! reaches the ingress, so nothing refused reaches the outbox.
 //!
 //! A verified request from outside the device's allowed prefixes gets a protected 4.03; a
-//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise the
-//! device is bound to the source address and port: a first binding or a move (NB-IoT re-attach)
-//! is audited with its time, the ingress moves the registration, and commands and observations
-//! follow the device. Responses and notifications to the edge's own protected requests must be
-//! protected and verify against the request's binding; plain ones are dropped and counted.
+//! registration whose `ep` is not the authenticated device gets a protected 4.03. Otherwise its
+//! binding decides (see `binding`): from the device's bound address it is served; its first
+//! binding is audited and served; a request not above the device's newest Partial IV from
+//! anywhere else is dropped (`stale_elsewhere`); a fresh one from a new address — or from an
+//! address another device is bound to, a conflict audited naming both — is answered with a
+//! protected 4.01 carrying an Echo option (RFC 9175), and only the device's repeat with that
+//! value from that address moves it (audited; the ingress moves the registration; a displaced
+//! device is unreachable there until verified again).
+//!
+//! Commands and observations belong to a device, never to an address: the ingress names the
+//! device each request is for, and the gateway protects it with that device's context and sends
+//! it where that device is bound, from the edge's address the device last reached. Responses
+//! and notifications must be protected and verify with the context of the request their token
+//! belongs to, wherever they come from; plain ones are dropped and counted. Answers leave from
+//! the edge's address their request arrived at.
 //! A response or notification the edge cannot match to a request of its own (a stale one after
 //! an edge restart) is answered with an empty Reset, within the error-answer budget, so the
 //! device ends the observation (RFC 7641 §3.6).
@@ -92,14 +103,15 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use time::OffsetDateTime;
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
-    OscoreError, OscoreOption, protect_request, protect_response, unprotect_request,
+    OscoreError, OscoreOption, RequestInfo, protect_request, protect_response, unprotect_request,
     unprotect_response,
 };
 
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
+use crate::peer::Peer;
 use crate::registry_db::DeviceState;
-use binding::{Bindings, Bound};
+use binding::{Bindings, Decision};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
 pub use failures::{FailureTables, SecurityCause, SecurityEvent};
@@ -129,6 +141,9 @@ pub struct GatewayConfig {
     pub edge_id: String,
     /// At most one security report per this interval (none while nothing is refused).
     pub report_interval: Duration,
+    /// Seeds the Echo values that confirm a device's new address (RFC 9175); the server
+    /// gives a random one.
+    pub echo_seed: u64,
 }
 
 impl Default for GatewayConfig {
@@ -140,6 +155,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             edge_id: "edge".to_owned(),
             report_interval: Duration::from_secs(5),
+            echo_seed: 0,
         }
     }
 }
@@ -175,8 +191,20 @@ pub struct GatewayStats {
     pub replies_suppressed: u64,
     /// Retransmissions answered from memory.
     pub duplicates: u64,
-    /// Devices that moved to another address.
+    /// Devices that moved to another address (confirmed by an Echo round trip).
     pub address_changes: u64,
+    /// Verified requests from a new address answered with an Echo challenge (RFC 9175)
+    /// instead of being served.
+    pub echo_challenges: u64,
+    /// Verified requests from an address another device is bound to (each audited), and
+    /// requests not taken because another device's with the same token from the same
+    /// address awaited its answer.
+    pub address_conflicts: u64,
+    /// Verified requests not above their device's newest Partial IV from an address it is
+    /// not bound to: dropped, the binding unchanged.
+    pub stale_elsewhere: u64,
+    /// Requests to devices bound nowhere (displaced by another device): not sent.
+    pub unreachable: u64,
     /// Unauthenticated datagrams dropped by their source network's rate limit.
     pub source_limited: u64,
     /// Requests refused unverified because their kid is quarantined.
@@ -218,7 +246,7 @@ pub enum GatewayEvent {
         /// How long, seconds.
         for_s: u64,
     },
-    /// A device was verified at another address than before.
+    /// A device was verified at another address than before (and confirmed there).
     Moved {
         /// Device.
         device: String,
@@ -226,6 +254,25 @@ pub enum GatewayEvent {
         from: SocketAddr,
         /// New address.
         to: SocketAddr,
+    },
+    /// A device was verified at an address another device is bound to (it was challenged).
+    Conflict {
+        /// The device verified there.
+        device: String,
+        /// The device bound there.
+        holder: String,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// A device lost its address to another that was confirmed there: nothing is sent to it
+    /// until it is verified again.
+    Displaced {
+        /// The device that lost the address.
+        device: String,
+        /// The device bound there now.
+        by: String,
+        /// The address.
+        address: SocketAddr,
     },
 }
 
@@ -265,7 +312,7 @@ pub struct Gateway {
     security: VecDeque<SecurityEvent>,
     events: VecDeque<GatewayEvent>,
     audits: VecDeque<AuditEvent>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<(Peer, Vec<u8>)>,
     stats: GatewayStats,
     next_sweep: Option<Instant>,
 }
@@ -281,8 +328,8 @@ impl Gateway {
             ingress,
             keys: Keyring::new(config.persist_step),
             exchanges: Exchanges::new(config.exchange_lifetime),
+            bindings: Bindings::new(config.echo_seed, config.exchange_lifetime),
             config,
-            bindings: Bindings::default(),
             persistence: Persistence::default(),
             failures: FailureLog::new(),
             security: VecDeque::new(),
@@ -364,13 +411,21 @@ impl Gateway {
         }
     }
 
-    /// Handles one datagram from `peer`.
-    pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
+    /// Handles one datagram from `peer` (and, when the socket tells, the edge's address it was
+    /// sent to: the answers leave from there).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: impl Into<Peer>,
+        bytes: &[u8],
+    ) {
+        let peer = peer.into();
         self.arm_limits_sweep(now);
-        if let Some(refusal) = self.admit(now, peer, bytes) {
+        if let Some(refusal) = self.admit(now, peer.remote, bytes) {
             if refusal.cause == SecurityCause::KidQuarantined {
                 // Refused unverified; answered (4.03) within the reply budget.
-                self.refuse_quarantined(now, unix_ms, bytes, refusal);
+                self.refuse_quarantined(now, unix_ms, peer, bytes, refusal);
                 return;
             }
             self.count(refusal.cause);
@@ -394,7 +449,7 @@ impl Gateway {
             self.protected_response(now, unix_ms, peer, &packet);
         } else if code == 0
             && packet.header.get_type() == MessageType::Reset
-            && self.untrusted_reset(peer, packet.header.message_id)
+            && self.untrusted_reset(peer.remote, packet.header.message_id)
         {
             self.refuse(
                 now,
@@ -436,7 +491,10 @@ impl Gateway {
                 && let Some(kid) = p.kid()
                 && let Some(entry) = self.keys.get(&kid)
             {
-                let from_bound = self.bindings.device_at(peer) == Some(entry.id.as_str());
+                let from_bound = self
+                    .bindings
+                    .get(&entry.id)
+                    .is_some_and(|b| b.remote == peer);
                 let device = entry.id.clone();
                 return match self.limits.check_kid(now, &kid, from_bound) {
                     Verdict::Allow => None,
@@ -451,7 +509,7 @@ impl Gateway {
             } else {
                 p.code == 0
                     && p.kind == MessageType::Acknowledgement
-                    && self.exchanges.sent(peer, p.message_id).is_some()
+                    && self.exchanges.sent_to(peer, p.message_id)
             };
             if expected {
                 return None;
@@ -467,7 +525,7 @@ impl Gateway {
     /// is ignored — always with `require_oscore`, else when it names a protected request of
     /// the edge.
     fn untrusted_reset(&self, peer: SocketAddr, message_id: u16) -> bool {
-        self.config.require_oscore || self.exchanges.sent(peer, message_id).is_some()
+        self.config.require_oscore || self.exchanges.sent_to(peer, message_id)
     }
 
     /// Takes a command from the platform (see [`Ingress::handle_command`]).
@@ -522,6 +580,7 @@ impl Gateway {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.exchanges.sweep(now);
+            self.bindings.sweep(now);
             self.next_sweep = None;
             self.arm_sweep(now);
         }
@@ -533,9 +592,9 @@ impl Gateway {
         self.pump(now);
     }
 
-    /// Next datagram to send: (destination, bytes).
+    /// Next datagram to send: (destination and the edge's address to send it from, bytes).
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
         self.transmits.pop_front()
     }
 
@@ -555,7 +614,7 @@ impl Gateway {
             } else {
                 Seen::Silent
             };
-            self.exchanges.remember(now, r.peer, r.message_id, seen);
+            self.exchanges.remember(now, r.peer.remote, r.message, seen);
             self.transmits.push_back((r.peer, r.bytes));
         }
     }
@@ -620,7 +679,7 @@ impl Gateway {
         {
             self.stats.quarantines += 1;
             let note = QuarantineNote {
-                kid: crate::registry_db::hex::encode(kid),
+                kid: hex::encode(kid),
                 device: device.clone(),
                 failures: q.failures,
                 for_s: q.until.saturating_duration_since(now).as_secs(),
@@ -662,7 +721,8 @@ impl Gateway {
     }
 
     fn arm_sweep(&mut self, now: Instant) {
-        if self.next_sweep.is_none() && self.exchanges.is_busy() {
+        let busy = self.exchanges.is_busy() || self.bindings.challenges() > 0;
+        if self.next_sweep.is_none() && busy {
             self.next_sweep = Some(now + SWEEP_EVERY);
         }
     }
@@ -672,10 +732,10 @@ impl Gateway {
     }
 
     /// An OSCORE request from a device.
-    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) {
-        let message_id = packet.header.message_id;
+    fn protected_request(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let message = (packet.header.message_id, exchanges::fingerprint(packet));
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        match self.exchanges.seen(peer, message_id) {
+        match self.exchanges.seen(peer.remote, message.0, message.1) {
             Some(Seen::Pending | Seen::Silent) => {
                 self.stats.duplicates += 1;
                 return;
@@ -688,7 +748,7 @@ impl Gateway {
                 }
                 return;
             }
-            Some(Seen::Inner(_)) | None => {}
+            Some(Seen::Inner(..)) | None => {}
         }
         let Ok(OscoreOption { kid: Some(kid), .. }) = OscoreOption::from_packet(packet) else {
             self.refuse(now, unix_ms, peer, packet, None, SecurityCause::Malformed);
@@ -703,44 +763,75 @@ impl Gateway {
                 None => (SecurityCause::UnknownKid, None),
             };
             let event = SecurityEvent {
-                peer,
+                peer: peer.remote,
                 kid: Some(kid),
                 device,
                 cause,
             };
-            self.refuse_as(now, unix_ms, packet, event);
+            self.refuse_as(now, unix_ms, peer, packet, event);
             return;
         };
+        // One past the highest Partial IV the device sent so far, before this one.
+        let newest = entry.ctx.replay_window().restart_floor();
         let (inner, info) = match unprotect_request(&mut entry.ctx, packet) {
             Ok(verified) => verified,
             Err(e) => {
                 let device = Some(entry.id.clone());
                 let event = SecurityEvent {
-                    peer,
+                    peer: peer.remote,
                     kid: Some(kid),
                     device,
                     cause: cause_of(e),
                 };
-                self.refuse_as(now, unix_ms, packet, event);
+                self.refuse_as(now, unix_ms, peer, packet, event);
                 return;
             }
         };
         self.stats.authenticated += 1;
-        let device = entry.id.clone();
-        let allowed = entry.allows(ipv6(peer));
-        self.exchanges.insert_server(
-            peer,
-            packet.get_token(),
-            ServerExchange {
-                kid: kid.clone(),
-                info,
-                since: now,
-                message_id,
-                confirmable,
-            },
-        );
+        let verified = Verified {
+            fresh: info.sequence_number() >= newest,
+            device: entry.id.clone(),
+            allowed: entry.allows(ipv6(peer.remote)),
+            kid,
+            inner,
+            info,
+            message,
+            confirmable,
+        };
+        self.serve_verified(now, unix_ms, peer, verified);
+    }
+
+    /// A verified request: refused (address, name, rate), or challenged, dropped as stale, or
+    /// served, as its binding decides (see [`binding`]).
+    fn serve_verified(&mut self, now: Instant, unix_ms: u64, peer: Peer, v: Verified) {
+        let Verified {
+            kid,
+            device,
+            inner,
+            info,
+            message,
+            confirmable,
+            fresh,
+            allowed,
+        } = v;
+        let exchange = ServerExchange {
+            kid: kid.clone(),
+            info,
+            since: now,
+            message,
+            confirmable,
+        };
+        if !self
+            .exchanges
+            .insert_server(peer.remote, inner.get_token(), exchange)
+        {
+            // Another device's request from this address with this token awaits its answer:
+            // this one is not taken (its retransmission may be, once that one is answered).
+            self.stats.address_conflicts += 1;
+            return;
+        }
         self.exchanges
-            .remember(now, peer, message_id, Seen::Pending);
+            .remember(now, peer.remote, message, Seen::Pending);
         let refusal = if !allowed {
             Some((
                 SecurityCause::AddressNotAllowed,
@@ -757,12 +848,7 @@ impl Gateway {
         if refusal.is_none() && self.limits.check_device(now, &device) != Verdict::Allow {
             let cause = SecurityCause::DeviceLimited;
             self.count(cause);
-            let event = SecurityEvent {
-                peer,
-                kid: Some(kid),
-                device: Some(device),
-                cause,
-            };
+            let event = security_event(peer, Some(kid), Some(device), cause);
             self.note_security(now, unix_ms, event);
             let mut answer = error_packet(&inner, ResponseType::ServiceUnavailable, "rate limit");
             let wait = (1.0 / self.config.limits.per_device.per_second.max(0.001)).ceil() as u32;
@@ -771,12 +857,7 @@ impl Gateway {
             return;
         }
         if let Some((cause, reason)) = refusal {
-            let event = SecurityEvent {
-                peer,
-                kid: Some(kid),
-                device: Some(device.clone()),
-                cause,
-            };
+            let event = security_event(peer, Some(kid), Some(device), cause);
             self.count(cause);
             let reply = self.failures.record(now, unix_ms, &event);
             self.note_security(now, unix_ms, event);
@@ -785,79 +866,196 @@ impl Gateway {
                 self.answer(peer, &answer);
             } else {
                 self.stats.replies_suppressed += 1;
-                self.exchanges.take_server(peer, packet.get_token());
+                self.exchanges.take_server(peer.remote, inner.get_token());
             }
             return;
         }
-        let binding = match self.bindings.bind(&device, peer) {
-            Bound::Same => None,
-            Bound::New => Some((
-                AuditKind::AddressBound,
-                format!("verified at {peer}"),
-                GatewayEvent::Bound {
-                    device: device.clone(),
-                    address: peer,
-                },
-            )),
-            Bound::Moved(from) => {
-                self.stats.address_changes += 1;
-                let _ = self.ingress.rebind(now, unix_ms, &device, peer);
-                Some((
-                    AuditKind::AddressChanged,
-                    format!("verified at {peer}, was {from}"),
-                    GatewayEvent::Moved {
-                        device: device.clone(),
-                        from,
-                        to: peer,
-                    },
-                ))
-            }
-        };
-        if let Some((kind, detail, event)) = binding {
-            self.audit(
-                AuditEvent::new(kind, device.clone())
-                    .at(audit_time(unix_ms))
-                    .address(ipv6(peer))
-                    .detail(detail),
-            );
-            push_bounded(&mut self.events, event);
+        let echo = inner
+            .get_first_option(CoapOption::Unknown(wire::ECHO))
+            .map(Vec::as_slice);
+        let decision = self.bindings.decide(now, &device, peer, fresh, echo);
+        if !self.apply_binding(now, unix_ms, peer, &device, &inner, decision) {
+            return;
         }
+        let mut inner = inner;
+        inner.clear_option(CoapOption::Unknown(wire::ECHO));
         self.ingress
             .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
 
-    /// An OSCORE response or notification to one of the edge's requests.
-    fn protected_response(
+    /// Carries out a binding decision for `device`'s verified `request` from `peer`: audit
+    /// rows, events, the ingress's registration, the Echo challenge or the drop. `true` when
+    /// the request is to be served.
+    fn apply_binding(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
-        packet: &Packet,
+        peer: Peer,
+        device: &str,
+        request: &Packet,
+        decision: Decision,
+    ) -> bool {
+        let at = audit_time(unix_ms);
+        let address = peer.remote;
+        match decision {
+            Decision::Stay { .. } => true,
+            Decision::Bound => {
+                self.audit(
+                    AuditEvent::new(AuditKind::AddressBound, device)
+                        .at(at)
+                        .address(ipv6(address))
+                        .detail(format!("verified at {peer}")),
+                );
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.to_owned(),
+                        address,
+                    },
+                );
+                true
+            }
+            Decision::Moved { from, displaced } => {
+                self.moved(now, unix_ms, peer, device, from, displaced);
+                true
+            }
+            Decision::Challenge { echo, holder } => {
+                self.stats.echo_challenges += 1;
+                if let Some(holder) = holder {
+                    self.stats.address_conflicts += 1;
+                    self.audit(
+                        AuditEvent::new(AuditKind::AddressConflict, device)
+                            .at(at)
+                            .address(ipv6(address))
+                            .detail(format!(
+                                "verified at {peer}, where {holder} is bound: Echo challenge \
+                                 sent; {holder} keeps the address unless {device} answers from it"
+                            )),
+                    );
+                    push_bounded(
+                        &mut self.events,
+                        GatewayEvent::Conflict {
+                            device: device.to_owned(),
+                            holder,
+                            address,
+                        },
+                    );
+                }
+                let mut answer = error_packet(request, ResponseType::Unauthorized, "");
+                answer.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
+                self.answer(peer, &answer);
+                false
+            }
+            Decision::Stale => {
+                let cause = SecurityCause::StaleElsewhere;
+                self.count(cause);
+                let event = security_event(peer, None, Some(device.to_owned()), cause);
+                self.note_security(now, unix_ms, event);
+                if let Some(x) = self.exchanges.take_server(peer.remote, request.get_token()) {
+                    self.exchanges
+                        .remember(now, peer.remote, x.message, Seen::Silent);
+                }
+                false
+            }
+        }
+    }
+
+    /// A confirmed move (or a first binding at an address another device held): audited, the
+    /// registration follows, the displaced device is unreachable there.
+    fn moved(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: Peer,
+        device: &str,
+        from: Option<Peer>,
+        displaced: Option<String>,
     ) {
-        let message_id = packet.header.message_id;
-        if let Some(Seen::Inner(inner)) = self.exchanges.seen(peer, message_id) {
+        let at = audit_time(unix_ms);
+        let address = peer.remote;
+        let (kind, mut detail) = match from {
+            Some(from) => {
+                self.stats.address_changes += 1;
+                let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Moved {
+                        device: device.to_owned(),
+                        from: from.remote,
+                        to: address,
+                    },
+                );
+                (
+                    AuditKind::AddressChanged,
+                    format!("verified at {peer}, was {from}; confirmed by Echo"),
+                )
+            }
+            None => {
+                let _ = self.ingress.rebind(now, unix_ms, device, peer);
+                push_bounded(
+                    &mut self.events,
+                    GatewayEvent::Bound {
+                        device: device.to_owned(),
+                        address,
+                    },
+                );
+                (
+                    AuditKind::AddressBound,
+                    format!("verified at {peer}; confirmed by Echo"),
+                )
+            }
+        };
+        if let Some(holder) = &displaced {
+            detail.push_str(&format!("; {holder} is no longer bound there"));
+        }
+        self.audit(
+            AuditEvent::new(kind, device)
+                .at(at)
+                .address(ipv6(address))
+                .detail(detail),
+        );
+        if let Some(holder) = displaced {
+            self.audit(
+                AuditEvent::new(AuditKind::AddressConflict, holder.clone())
+                    .at(at)
+                    .address(ipv6(address))
+                    .detail(format!(
+                        "unreachable at {peer}: {device} answered an Echo challenge there; \
+                         nothing is sent to {holder} until it is verified again"
+                    )),
+            );
+            push_bounded(
+                &mut self.events,
+                GatewayEvent::Displaced {
+                    device: holder,
+                    by: device.to_owned(),
+                    address,
+                },
+            );
+        }
+    }
+
+    /// An OSCORE response or notification to one of the edge's requests: verified with the
+    /// context of the request its token belongs to, wherever it comes from.
+    fn protected_response(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let message = (packet.header.message_id, exchanges::fingerprint(packet));
+        if let Some(Seen::Inner(inner, device)) =
+            self.exchanges.seen(peer.remote, message.0, message.1)
+        {
             // A retransmission: the ingress recognises it and repeats its ACK.
-            let inner = inner.clone();
+            let (inner, device) = (inner.clone(), device.clone());
             self.stats.duplicates += 1;
-            self.ingress.handle_packet(now, unix_ms, peer, &inner);
+            self.ingress
+                .handle_authenticated(now, unix_ms, peer, &inner, &device);
             return;
         }
         let token = packet.get_token();
-        let bound_kid = self
-            .bindings
-            .device_at(peer)
-            .map(str::to_owned)
-            .and_then(|d| self.keys.device_mut(&d).map(|e| e.kid.clone()));
-        let verified = match (self.exchanges.client_mut(token), bound_kid) {
-            (Some(x), Some(kid)) if x.kid == kid => match self.keys.get_mut(&kid) {
-                Some(entry) => unprotect_response(&mut entry.ctx, packet, &mut x.info)
-                    .ok()
-                    .map(|inner| (inner, x.observe)),
-                None => None,
-            },
-            _ => None,
-        };
-        let Some((inner, observe)) = verified else {
+        let verified = self.exchanges.client_mut(token).and_then(|x| {
+            let entry = self.keys.get_mut(&x.kid)?;
+            let inner = unprotect_response(&mut entry.ctx, packet, &mut x.info).ok()?;
+            Some((inner, x.observe, entry.id.clone()))
+        });
+        let Some((inner, observe, device)) = verified else {
             self.refuse(now, unix_ms, peer, packet, None, SecurityCause::BadResponse);
             return;
         };
@@ -865,9 +1063,10 @@ impl Gateway {
         if !observe {
             self.exchanges.end_client(token);
         }
-        self.exchanges
-            .remember(now, peer, message_id, Seen::Inner(Box::new(inner.clone())));
-        self.ingress.handle_packet(now, unix_ms, peer, &inner);
+        let seen = Seen::Inner(Box::new(inner.clone()), device.as_str().into());
+        self.exchanges.remember(now, peer.remote, message, seen);
+        self.ingress
+            .handle_authenticated(now, unix_ms, peer, &inner, &device);
     }
 
     /// Refuses a message of no known device.
@@ -875,25 +1074,32 @@ impl Gateway {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
         kid: Option<Vec<u8>>,
         cause: SecurityCause,
     ) {
         let event = SecurityEvent {
-            peer,
+            peer: peer.remote,
             kid,
             device: None,
             cause,
         };
-        self.refuse_as(now, unix_ms, packet, event);
+        self.refuse_as(now, unix_ms, peer, packet, event);
     }
 
     /// Refuses `packet` before (or instead of) verification for `event`'s cause: counted, an
     /// event, the failure audit, and, while the reply budget lasts, an unprotected answer to a
     /// Confirmable request or a Reset to a response the edge cannot match (a stale one).
-    fn refuse_as(&mut self, now: Instant, unix_ms: u64, packet: &Packet, event: SecurityEvent) {
-        let (peer, cause) = (event.peer, event.cause);
+    fn refuse_as(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: Peer,
+        packet: &Packet,
+        event: SecurityEvent,
+    ) {
+        let cause = event.cause;
         let may_reply = self.file_refusal(now, unix_ms, event);
         self.answer_refusal(peer, packet, cause, may_reply);
     }
@@ -904,10 +1110,11 @@ impl Gateway {
         &mut self,
         now: Instant,
         unix_ms: u64,
+        peer: Peer,
         bytes: &[u8],
         event: SecurityEvent,
     ) {
-        let (peer, cause) = (event.peer, event.cause);
+        let cause = event.cause;
         if self.file_refusal(now, unix_ms, event) {
             if let Ok(packet) = wire::parse(bytes) {
                 self.answer_refusal(peer, &packet, cause, true);
@@ -930,7 +1137,7 @@ impl Gateway {
     /// [`refuse_as`](Self::refuse_as)).
     fn answer_refusal(
         &mut self,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
         cause: SecurityCause,
         may_reply: bool,
@@ -991,31 +1198,39 @@ impl Gateway {
             SecurityCause::KidLimited => &mut s.kid_limited,
             SecurityCause::ResetIgnored => &mut s.resets_ignored,
             SecurityCause::DeviceLimited => &mut s.device_limited,
+            SecurityCause::StaleElsewhere => &mut s.stale_elsewhere,
         };
         *counter += 1;
     }
 
-    /// Moves the ingress's datagrams out, protecting what goes to or answers a device with a
-    /// context.
+    /// Moves the ingress's datagrams out: answers to verified requests protected with their
+    /// request's context, requests to a device protected with that device's own context and
+    /// sent where it is bound.
     fn pump(&mut self, now: Instant) {
-        while let Some((peer, bytes)) = self.ingress.poll_transmit() {
+        while let Some(t) = self.ingress.poll_outgoing() {
             // The fixed header decides; only what needs protection is parsed.
-            let code = bytes.get(1).copied().unwrap_or(0);
+            let code = t.bytes.get(1).copied().unwrap_or(0);
             let plain_ok = !self.config.require_oscore;
             if code == 0 {
-                self.transmits.push_back((peer, bytes));
+                self.transmits.push_back((t.to, t.bytes));
             } else if wire::is_request_code(code) {
-                if plain_ok && self.bindings.device_at(peer).is_none() {
-                    self.transmits.push_back((peer, bytes));
-                } else if let Ok(packet) = wire::parse(&bytes) {
-                    self.request_out(now, peer, &packet, bytes);
+                let device = t.device.as_deref().unwrap_or_default();
+                if self.keys.device_mut(device).is_some() {
+                    if let Ok(packet) = wire::parse(&t.bytes) {
+                        self.request_out(now, device, &packet);
+                    }
+                } else if plain_ok {
+                    self.transmits.push_back((t.to, t.bytes));
+                } else {
+                    // A device with no context: never sent plain when OSCORE is required.
+                    self.stats.protect_failures += 1;
                 }
-            } else if self.exchanges.has_server(peer, raw_token(&bytes)) {
-                if let Ok(packet) = wire::parse(&bytes) {
-                    self.answer(peer, &packet);
+            } else if self.exchanges.has_server(t.to.remote, raw_token(&t.bytes)) {
+                if let Ok(packet) = wire::parse(&t.bytes) {
+                    self.answer(t.to, &packet);
                 }
             } else if plain_ok {
-                self.transmits.push_back((peer, bytes));
+                self.transmits.push_back((t.to, t.bytes));
             } else {
                 // An answer to nothing verified: never sent plain when OSCORE is required.
                 self.stats.protect_failures += 1;
@@ -1025,8 +1240,8 @@ impl Gateway {
 
     /// Protects the answer to a verified request and holds it until the device's replay floor
     /// is durable.
-    fn answer(&mut self, peer: SocketAddr, packet: &Packet) {
-        let Some(mut x) = self.exchanges.take_server(peer, packet.get_token()) else {
+    fn answer(&mut self, peer: Peer, packet: &Packet) {
+        let Some(mut x) = self.exchanges.take_server(peer.remote, packet.get_token()) else {
             return;
         };
         let Some(entry) = self.keys.get_mut(&x.kid) else {
@@ -1045,30 +1260,32 @@ impl Gateway {
             .floor_wanted
             .max(x.info.sequence_number().saturating_add(1));
         self.persistence.dirty(&x.kid);
-        self.persistence
-            .hold(peer, bytes, x.message_id, x.confirmable);
+        self.persistence.hold(peer, bytes, x.message, x.confirmable);
     }
 
-    /// A request of the edge to a device: protected with the context of the device bound to
-    /// `peer`; a retransmission resends the bytes protected the first time.
-    fn request_out(&mut self, now: Instant, peer: SocketAddr, packet: &Packet, plain: Vec<u8>) {
+    /// A request of the edge to `device` (a command, an observation): protected with the
+    /// device's own context and sent where the device is bound — whoever else sends from
+    /// the address the ingress knows, and wherever the device moved since. A retransmission
+    /// resends the bytes protected the first time. Not sent (counted) while the device is
+    /// bound nowhere (displaced from its address by another device).
+    fn request_out(&mut self, now: Instant, device: &str, packet: &Packet) {
         let message_id = packet.header.message_id;
+        let token = packet.get_token();
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
-        if let Some(bytes) = self.exchanges.sent(peer, message_id) {
-            let bytes = bytes.to_vec();
-            self.transmits.push_back((peer, bytes));
+        let Some(to) = self.bindings.get(device) else {
+            self.stats.unreachable += 1;
             return;
-        }
-        let device = self.bindings.device_at(peer).map(str::to_owned);
-        let Some(entry) = device.and_then(|d| self.keys.device_mut(&d)) else {
-            if self.config.require_oscore {
-                self.stats.protect_failures += 1;
-            } else {
-                self.transmits.push_back((peer, plain));
-            }
+        };
+        let Some(entry) = self.keys.device_mut(device) else {
+            self.stats.protect_failures += 1;
             return;
         };
         let kid = entry.kid.clone();
+        if let Some(bytes) = self.exchanges.resend(&kid, (message_id, token), to.remote) {
+            let bytes = bytes.to_vec();
+            self.transmits.push_back((to, bytes));
+            return;
+        }
         let result = protect_request(&mut entry.ctx, packet);
         if entry.ctx.mark_to_persist().is_some() {
             self.persistence.dirty(&kid);
@@ -1083,8 +1300,12 @@ impl Gateway {
             return;
         };
         let observe = info.is_observe_registration();
+        if confirmable {
+            self.exchanges
+                .remember_sent(now, &kid, (message_id, token), &bytes, to.remote);
+        }
         self.exchanges.insert_client(
-            packet.get_token(),
+            token,
             ClientExchange {
                 kid,
                 info,
@@ -1092,10 +1313,37 @@ impl Gateway {
                 since: now,
             },
         );
-        if confirmable {
-            self.exchanges.remember_sent(now, peer, message_id, &bytes);
-        }
-        self.transmits.push_back((peer, bytes));
+        self.transmits.push_back((to, bytes));
+    }
+}
+
+/// A request that verified, on its way through [`Gateway::serve_verified`].
+struct Verified {
+    kid: Vec<u8>,
+    device: String,
+    inner: Packet,
+    info: RequestInfo,
+    /// Message ID and fingerprint (deduplication).
+    message: (u16, u64),
+    confirmable: bool,
+    /// Its Partial IV is above every one its device sent before.
+    fresh: bool,
+    /// Its source lies in the device's allowed prefixes.
+    allowed: bool,
+}
+
+/// A refusal of a message from `peer`.
+fn security_event(
+    peer: Peer,
+    kid: Option<Vec<u8>>,
+    device: Option<String>,
+    cause: SecurityCause,
+) -> SecurityEvent {
+    SecurityEvent {
+        peer: peer.remote,
+        kid,
+        device,
+        cause,
     }
 }
 

@@ -44,15 +44,16 @@
 //!
 //! Requests are answered in batches, so the extra cost is one SQLite commit per batch, not per
 //! request. RFC 8613 Appendix B.1.2 (refuse everything until an Echo round trip) was not chosen:
-//! the devices' SDK does not implement Echo, and it would cost every device a round trip after
-//! each restart of the edge.
+//! it would cost every device a round trip after each restart of the edge. (The SDK does answer
+//! Echo challenges; the edge asks for one only to confirm a device's new address, see
+//! `binding`.)
 
 use std::collections::VecDeque;
 
 use foldhash::HashSet;
-use std::net::SocketAddr;
 
 use super::keys::{Keyring, StoredState};
+use crate::peer::Peer;
 
 /// The OSCORE state of one device context to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,18 +78,19 @@ pub struct PersistBatch {
 
 struct Held {
     batch: u64,
-    peer: SocketAddr,
+    peer: Peer,
     bytes: Vec<u8>,
-    /// The request's message ID, to note the answer for deduplication.
-    message_id: u16,
+    /// The request's message ID and fingerprint, to note the answer for deduplication.
+    message: (u16, u64),
     confirmable: bool,
 }
 
 /// A released answer: send it and remember it for retransmissions.
 pub(super) struct Released {
-    pub(super) peer: SocketAddr,
+    pub(super) peer: Peer,
     pub(super) bytes: Vec<u8>,
-    pub(super) message_id: u16,
+    /// The request's message ID and fingerprint.
+    pub(super) message: (u16, u64),
     pub(super) confirmable: bool,
 }
 
@@ -112,16 +114,16 @@ impl Persistence {
     /// Holds an answer until the next batch is durable.
     pub(super) fn hold(
         &mut self,
-        peer: SocketAddr,
+        peer: Peer,
         bytes: Vec<u8>,
-        message_id: u16,
+        message: (u16, u64),
         confirmable: bool,
     ) {
         self.held.push_back(Held {
             batch: self.next_batch,
             peer,
             bytes,
-            message_id,
+            message,
             confirmable,
         });
     }
@@ -203,7 +205,7 @@ impl Persistence {
                 out.push(Released {
                     peer: h.peer,
                     bytes: h.bytes,
-                    message_id: h.message_id,
+                    message: h.message,
                     confirmable: h.confirmable,
                 });
             }

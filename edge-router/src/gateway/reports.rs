@@ -142,7 +142,7 @@ impl SecurityEvents {
                 cause,
                 source: event.peer.to_string(),
                 device: event.device.clone(),
-                kid: event.kid.as_deref().map(hex),
+                kid: event.kid.as_deref().map(hex::encode),
                 at_ms: unix_ms,
             });
         }
@@ -204,10 +204,6 @@ impl SecurityEvents {
             quarantined: std::mem::take(&mut self.quarantined),
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

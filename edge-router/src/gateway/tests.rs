@@ -14,6 +14,7 @@ use v6iot_sdk::oscore::{
     unprotect_response,
 };
 
+mod addresses;
 mod rotation;
 
 use super::*;
@@ -129,6 +130,14 @@ fn telemetry(mid: u16) -> Packet {
 
 /// Everything sent so far.
 fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
+    sent_via(g)
+        .into_iter()
+        .map(|(to, b)| (to.remote, b))
+        .collect()
+}
+
+/// Everything sent so far, with the edge's address each leaves from.
+fn sent_via(g: &mut Gateway) -> Vec<(Peer, Vec<u8>)> {
     std::iter::from_fn(|| g.poll_transmit()).collect()
 }
 
@@ -169,6 +178,80 @@ fn call(
     let (bytes, mut info) = protect(dev, request);
     g.handle_datagram(Instant::now(), T0, from, &bytes);
     persist_all(g, Instant::now());
+    let out = sent(g);
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
+    match inner.header.code {
+        MessageClass::Response(c) => c,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+/// Sends `request` protected from `from` and returns the Echo value of the protected 4.01
+/// that answers it (RFC 9175): the edge wants the address confirmed first.
+fn challenged(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    (from, now): (SocketAddr, Instant),
+    request: &Packet,
+) -> Vec<u8> {
+    let (bytes, mut info) = protect(dev, request);
+    g.handle_datagram(now, T0, from, &bytes);
+    persist_all(g, now);
+    let out = sent_via(g);
+    assert_eq!(out.len(), 1, "one answer: {out:?}");
+    assert_eq!(
+        out[0].0.remote, from,
+        "the challenge goes to the new address"
+    );
+    let answer = Packet::from_bytes(&out[0].1).unwrap();
+    let inner = unprotect_response(dev, &answer, &mut info).expect("a protected challenge");
+    assert_eq!(
+        inner.header.code,
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    inner
+        .get_first_option(CoapOption::Unknown(wire::ECHO))
+        .expect("an Echo option")
+        .clone()
+}
+
+/// The platform's `PUT /valve` "open" for `device`, request id `req`.
+fn valve_command(device: &str, req: &str) -> DownlinkCommand {
+    DownlinkCommand {
+        device: device.into(),
+        req: req.into(),
+        method: "PUT".into(),
+        path: "/valve".into(),
+        payload: b"open".to_vec(),
+        content_format: Some(0),
+        expires_unix_ms: T0 + 600_000,
+        confirmable: true,
+        observe: false,
+        accept: None,
+    }
+}
+
+/// `request` with an Echo option.
+fn with_echo(mut request: Packet, echo: &[u8]) -> Packet {
+    request.add_option(CoapOption::Unknown(wire::ECHO), echo.to_vec());
+    request
+}
+
+/// [`call`] at `now` for a request whose records are stored (as the outbox would) before
+/// the answer goes.
+fn call_stored(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    (from, now): (SocketAddr, Instant),
+    request: &Packet,
+) -> ResponseType {
+    let (bytes, mut info) = protect(dev, request);
+    g.handle_datagram(now, T0, from, &bytes);
+    for t in appends(g).into_iter().filter_map(|a| a.ticket) {
+        g.handle_appended(now, t, AppendResult::Stored);
+    }
+    persist_all(g, now);
     let out = sent(g);
     let answer = Packet::from_bytes(&out[0].1).unwrap();
     let inner = unprotect_response(dev, &answer, &mut info).unwrap();
@@ -504,10 +587,16 @@ fn a_kid_that_keeps_failing_is_quarantined_while_its_device_reports_from_home() 
     assert_eq!(json["quarantined"][0]["kid"], "01");
     assert_eq!(json["quarantined"][0]["device"], "dev-1");
     assert_eq!(json["counts"]["kid_quarantined"], 26);
-    // Time up: the move goes through.
+    // Time up: the move goes through (confirmed by an Echo round trip first).
     let later = now + Duration::from_secs(61);
+    let echo = challenged(&mut g, &mut dev, (moved, later), &telemetry(8));
     assert_eq!(
-        report(&mut g, &mut dev, moved, later, 8),
+        call_stored(
+            &mut g,
+            &mut dev,
+            (moved, later),
+            &with_echo(telemetry(9), &echo)
+        ),
         ResponseType::Changed
     );
     assert_eq!(g.stats().address_changes, 1);
@@ -639,7 +728,7 @@ fn replays_of_a_captured_message_are_bounded_per_kid_and_quarantine_nothing() {
     g.handle_datagram(
         later,
         T0,
-        "[2001:db9::1]:9".parse().unwrap(),
+        "[2001:db9::1]:9".parse::<SocketAddr>().unwrap(),
         &with_mid(&captured, 1),
     );
     assert_eq!(g.stats().replay, 6);
@@ -842,22 +931,7 @@ fn command_to_device(
     dev: &mut SecurityContext,
     now: Instant,
 ) -> (Packet, RequestInfo) {
-    g.handle_command(
-        now,
-        T0 + 1000,
-        DownlinkCommand {
-            device: "dev-1".into(),
-            req: "r1".into(),
-            method: "PUT".into(),
-            path: "/valve".into(),
-            payload: b"open".to_vec(),
-            content_format: Some(0),
-            expires_unix_ms: T0 + 600_000,
-            confirmable: true,
-            observe: false,
-            accept: None,
-        },
-    );
+    g.handle_command(now, T0 + 1000, valve_command("dev-1", "r1"));
     journal_durable(g, now, T0 + 1000);
     let out = sent(g);
     let cmd = Packet::from_bytes(&out.iter().find(|(to, _)| *to == peer()).unwrap().1).unwrap();
@@ -963,21 +1037,7 @@ fn report(
     now: Instant,
     mid: u16,
 ) -> ResponseType {
-    let (bytes, mut info) = protect(dev, &telemetry(mid));
-    g.handle_datagram(now, T0, from, &bytes);
-    for a in appends(g) {
-        if let Some(t) = a.ticket {
-            g.handle_appended(now, t, AppendResult::Stored);
-        }
-    }
-    persist_all(g, now);
-    let out = sent(g);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
-    match inner.header.code {
-        MessageClass::Response(c) => c,
-        other => panic!("not a response: {other:?}"),
-    }
+    call_stored(g, dev, (from, now), &telemetry(mid))
 }
 
 #[test]
@@ -1173,7 +1233,15 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
     let mut dev = registered(&mut g, now);
     let _ = std::iter::from_fn(|| g.poll_audit()).count();
     let moved: SocketAddr = "[2001:db8::99]:6000".parse().unwrap();
-    let (bytes, _) = protect(&mut dev, &telemetry(40));
+    // From the new address the report is answered with an Echo challenge, not stored.
+    let echo = challenged(&mut g, &mut dev, (moved, now), &telemetry(40));
+    assert!(appends(&mut g).is_empty());
+    assert_eq!(
+        g.ingress().directory().get("dev-1").unwrap().address,
+        peer()
+    );
+    // The repeat with the Echo value, from the new address, moves the device.
+    let (bytes, _) = protect(&mut dev, &with_echo(telemetry(41), &echo));
     g.handle_datagram(now, T0 + 1000, moved, &bytes);
     let a = appends(&mut g);
     assert!(

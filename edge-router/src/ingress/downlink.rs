@@ -47,6 +47,9 @@ use admission::Waiting;
 use journal_book::{FailedBatch, JournalBook};
 use queues::Queues;
 
+use super::Outgoing;
+use crate::peer::Peer;
+
 /// A command for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownlinkCommand {
@@ -146,10 +149,7 @@ impl CommandResult {
         if !self.payload.is_empty() {
             match std::str::from_utf8(&self.payload) {
                 Ok(text) => v.insert("payload".into(), text.into()),
-                Err(_) => {
-                    let hex: String = self.payload.iter().map(|b| format!("{b:02x}")).collect();
-                    v.insert("payload_hex".into(), hex.into())
-                }
+                Err(_) => v.insert("payload_hex".into(), hex::encode(&self.payload).into()),
             };
         }
         if let Some(e) = &self.error {
@@ -170,7 +170,7 @@ const RECENT_REQS: usize = 65_536;
 #[derive(Debug)]
 struct Exchange {
     cmd: DownlinkCommand,
-    peer: SocketAddr,
+    peer: Peer,
     message_id: u16,
     token: [u8; 8],
     bytes: Vec<u8>,
@@ -246,7 +246,7 @@ pub struct Downlink {
     tokens: Tokens,
     results: VecDeque<CommandResult>,
     journal: JournalBook,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<Outgoing>,
     limits: CommandLimits,
     /// No queued command expires before this (Unix ms): the queues are not walked until then.
     next_expiry_ms: u64,
@@ -282,8 +282,8 @@ impl Default for Downlink {
 /// What the downlink needs to know about a device to send to it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reachability {
-    /// Where it is.
-    pub address: SocketAddr,
+    /// Where it is (and the edge's address it reached).
+    pub address: Peer,
     /// Always reachable (`U`), or only within `window` after `last_uplink` (`UQ`).
     pub queue_mode: bool,
     /// Its last uplink.
@@ -376,8 +376,8 @@ impl Downlink {
         }
     }
 
-    /// Next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// Next datagram to send: a request for a device.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
         self.transmits.pop_front()
     }
 
@@ -516,7 +516,11 @@ impl Downlink {
             );
             return;
         };
-        self.transmits.push_back((reach.address, bytes.clone()));
+        self.transmits.push_back(Outgoing {
+            to: reach.address,
+            bytes: bytes.clone(),
+            device: Some(device.to_owned()),
+        });
         let (next_at, separate_until) = if next.confirmable {
             (Some(now + ACK_TIMEOUT), None)
         } else {
@@ -524,7 +528,7 @@ impl Downlink {
         };
         self.by_token.insert(token, device.to_owned());
         self.by_message_id
-            .insert((reach.address, message_id), device.to_owned());
+            .insert((reach.address.remote, message_id), device.to_owned());
         self.in_flight.insert(
             device.to_owned(),
             Exchange {
@@ -545,7 +549,7 @@ impl Downlink {
     fn take_in_flight(&mut self, device: &str) -> Option<Exchange> {
         let x = self.in_flight.remove(device)?;
         self.by_token.remove(&x.token);
-        let key = (x.peer, x.message_id);
+        let key = (x.peer.remote, x.message_id);
         if self.by_message_id.get(&key).is_some_and(|d| d == device) {
             self.by_message_id.remove(&key);
         }
@@ -577,14 +581,26 @@ impl Downlink {
         Some(device)
     }
 
-    /// A response-class message from `peer`. Returns the device whose command it finished, and
-    /// whether it needs an empty ACK (a Confirmable separate response).
-    pub fn handle_response(&mut self, peer: SocketAddr, packet: &Packet) -> Option<(String, bool)> {
+    /// A response-class message from `peer`, verified as `identity`'s when the gateway
+    /// authenticated it. Returns the device whose command it finished, and whether it needs an
+    /// empty ACK (a Confirmable separate response). It must come from the device the command
+    /// is for: the authenticated one (wherever it sends from), or, for a device known by its
+    /// address only, from the address the command went to.
+    pub fn handle_response(
+        &mut self,
+        peer: SocketAddr,
+        packet: &Packet,
+        identity: Option<&str>,
+    ) -> Option<(String, bool)> {
         let token: [u8; 8] = packet.get_token().try_into().ok()?;
         let device = self.by_token.get(&token)?.clone();
         let x = self.in_flight.get(&device)?;
         let kind = packet.header.get_type();
-        if x.peer != peer
+        let sender = match identity {
+            Some(id) => x.cmd.device == id,
+            None => x.peer.remote == peer,
+        };
+        if !sender
             || (kind == MessageType::Acknowledgement && x.message_id != packet.header.message_id)
         {
             return None;
@@ -624,7 +640,11 @@ impl Downlink {
                 x.retransmits += 1;
                 x.timeout = x.timeout.saturating_mul(2);
                 x.next_at = Some(now + x.timeout);
-                self.transmits.push_back((x.peer, x.bytes.clone()));
+                self.transmits.push_back(Outgoing {
+                    to: x.peer,
+                    bytes: x.bytes.clone(),
+                    device: Some(device.clone()),
+                });
             } else if x.separate_until.is_some_and(|t| t <= now) {
                 ended.push(device.clone());
             }

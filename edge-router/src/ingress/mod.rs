@@ -20,14 +20,14 @@ mod telemetry;
 /// for it again, if it has one yet.
 fn answer_duplicate(
     stats: &mut IngressStats,
-    transmits: &mut VecDeque<(SocketAddr, Vec<u8>)>,
-    peer: SocketAddr,
+    transmits: &mut VecDeque<Outgoing>,
+    peer: Peer,
     r: &Recent,
     confirmable: bool,
 ) {
     stats.duplicates += 1;
     if let (Reply::Sent(bytes), true) = (&r.reply, confirmable) {
-        transmits.push_back((peer, bytes.to_vec()));
+        transmits.push_back(Outgoing::answer(peer, bytes.to_vec()));
     }
 }
 
@@ -40,6 +40,7 @@ use foldhash::{HashMap, HashMapExt as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::peer::Peer;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_cloud_bridge::message::NewMessage;
 use v6iot_cloud_bridge::topics::{Topics, valid_level};
@@ -144,6 +145,30 @@ pub enum AppendResult {
     Failed,
 }
 
+/// A datagram the ingress sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where to (and from which of the edge's addresses).
+    pub to: Peer,
+    /// The message.
+    pub bytes: Vec<u8>,
+    /// For a request to a device (a command, an observation): the device it is for. The
+    /// gateway protects it with that device's own context and sends it where that device is
+    /// bound, whoever else the address might belong to now.
+    pub device: Option<String>,
+}
+
+impl Outgoing {
+    /// An answer, an ACK or a Reset to `to`.
+    pub(crate) fn answer(to: Peer, bytes: Vec<u8>) -> Outgoing {
+        Outgoing {
+            to,
+            bytes,
+            device: None,
+        }
+    }
+}
+
 /// Something worth logging or counting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -234,7 +259,7 @@ struct Recent {
 }
 
 struct Waiting {
-    peer: SocketAddr,
+    peer: Peer,
     message_id: u16,
     token: Token,
     confirmable: bool,
@@ -344,7 +369,7 @@ pub struct Ingress {
     lab_names: HashMap<SocketAddr, String>,
     waiting: HashMap<AppendTicket, Waiting>,
     appends: VecDeque<Append>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<Outgoing>,
     events: VecDeque<IngressEvent>,
     stats: IngressStats,
     next_ticket: u64,
@@ -428,8 +453,18 @@ impl Ingress {
 
     /// Next datagram to send: (destination, bytes).
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(Peer, Vec<u8>)> {
+        self.transmits.pop_front().map(|t| (t.to, t.bytes))
+    }
+
+    /// Next datagram to send, with the device a request is for (what the gateway reads).
+    #[must_use]
+    pub fn poll_outgoing(&mut self) -> Option<Outgoing> {
         self.transmits.pop_front()
+    }
+
+    fn send(&mut self, to: Peer, bytes: Vec<u8>) {
+        self.transmits.push_back(Outgoing::answer(to, bytes));
     }
 
     /// Next message to store in the outbox.
@@ -490,7 +525,14 @@ impl Ingress {
 
     /// Handles one datagram. `unix_ms` is the wall-clock time, for record times. The sender is
     /// known by its address only (no authentication gateway in front, or lab mode).
-    pub fn handle_datagram(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: impl Into<Peer>,
+        bytes: &[u8],
+    ) {
+        let peer = peer.into();
         self.stats.datagrams += 1;
         let Ok(header) = wire::raw_header(bytes) else {
             self.stats.malformed += 1;
@@ -499,17 +541,16 @@ impl Ingress {
         let Ok(packet) = wire::parse(bytes) else {
             self.stats.malformed += 1;
             if header.kind == MessageType::Confirmable {
-                self.transmits
-                    .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+                self.send(peer, reply::empty(MessageType::Reset, header.message_id));
             }
             return;
         };
         self.handle_parsed(now, unix_ms, peer, header, &packet, None);
     }
 
-    /// Handles a message already parsed by the caller (the gateway's lab path, or a verified
-    /// response), from a sender known by its address only.
-    pub fn handle_packet(&mut self, now: Instant, unix_ms: u64, peer: SocketAddr, packet: &Packet) {
+    /// Handles a message already parsed by the caller (the gateway's lab path), from a sender
+    /// known by its address only.
+    pub fn handle_packet(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
         self.stats.datagrams += 1;
         self.handle_parsed(now, unix_ms, peer, header_of(packet), packet, None);
     }
@@ -531,12 +572,16 @@ impl Ingress {
     /// OSCORE request or response) from `device`, the authenticated identity (the registry's
     /// device id). A registration must name `device` as its `ep`, updates and deletions must be
     /// of `device`'s registration, and telemetry is filed under `device` whatever the address;
-    /// otherwise 4.03.
+    /// otherwise 4.03. A response or notification ends or feeds `device`'s own exchange,
+    /// matched by its token (the gateway verified it with the context of the request the token
+    /// belongs to), wherever it came from; nothing is looked up by address. The gateway
+    /// deduplicates verified requests itself (by address, message ID and OSCORE option), so
+    /// they are not deduplicated again here by address, where two devices could meet.
     pub fn handle_authenticated(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
         device: &str,
     ) {
@@ -544,23 +589,23 @@ impl Ingress {
         self.handle_parsed(now, unix_ms, peer, header_of(packet), packet, Some(device));
     }
 
-    /// Moves `device`'s registration (and the observations of it) to `address`, after the
-    /// gateway saw it authenticated there (e.g. an NB-IoT re-attach). Returns the old address,
-    /// or `None` when the device is not registered or already there.
+    /// Moves `device`'s registration (and the observations of it) to `peer`, after the gateway
+    /// confirmed it there (e.g. an NB-IoT re-attach). Returns the old address, or `None` when
+    /// the device is not registered or already there.
     pub fn rebind(
         &mut self,
         now: Instant,
         unix_ms: u64,
         device: &str,
-        address: SocketAddr,
+        peer: Peer,
     ) -> Option<SocketAddr> {
-        let from = self.directory.move_to(now, device, address)?;
-        self.observations.moved(device, address);
-        self.status(unix_ms, device, "registered", Some(address), None);
+        let from = self.directory.move_to(now, device, peer)?;
+        self.observations.moved(device, peer.remote);
+        self.status(unix_ms, device, "registered", Some(peer.remote), None);
         self.event(IngressEvent::AddressChanged {
             endpoint: device.to_owned(),
             from,
-            to: address,
+            to: peer.remote,
         });
         Some(from)
     }
@@ -569,7 +614,7 @@ impl Ingress {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         header: wire::RawHeader,
         packet: &Packet,
         identity: Option<&str>,
@@ -577,15 +622,14 @@ impl Ingress {
         let confirmable = header.kind == MessageType::Confirmable;
         match (header.code, header.kind) {
             (0, MessageType::Confirmable) => {
-                self.transmits
-                    .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+                self.send(peer, reply::empty(MessageType::Reset, header.message_id));
                 return;
             }
             (0, kind @ (MessageType::Acknowledgement | MessageType::Reset)) => {
                 let reset = kind == MessageType::Reset;
                 match self
                     .downlink
-                    .handle_empty(now, peer, header.message_id, reset)
+                    .handle_empty(now, peer.remote, header.message_id, reset)
                 {
                     Some(device) if reset => self.send_next(now, unix_ms, &device),
                     Some(_) => {}
@@ -595,32 +639,7 @@ impl Ingress {
                 return;
             }
             (code, _) if (2..=5).contains(&wire::code_class(code)) => {
-                match self.downlink.handle_response(peer, packet) {
-                    Some((device, needs_ack)) => {
-                        if needs_ack {
-                            let ack = reply::empty(MessageType::Acknowledgement, header.message_id);
-                            self.transmits.push_back((peer, ack.clone()));
-                            self.remember(
-                                now,
-                                peer,
-                                header.message_id,
-                                Reply::Sent(ack.into_boxed_slice()),
-                            );
-                        }
-                        self.send_next(now, unix_ms, &device);
-                    }
-                    None if self.repeat(peer, header.message_id, confirmable) => {}
-                    None if self.notification(now, unix_ms, peer, packet) => {}
-                    None => {
-                        self.stats.unexpected += 1;
-                        if confirmable {
-                            self.transmits.push_back((
-                                peer,
-                                reply::empty(MessageType::Reset, header.message_id),
-                            ));
-                        }
-                    }
-                }
+                self.response(now, unix_ms, peer, header, packet, identity);
                 self.pump_downlink(unix_ms);
                 return;
             }
@@ -629,13 +648,12 @@ impl Ingress {
             _ => {
                 self.stats.unexpected += 1;
                 if confirmable {
-                    self.transmits
-                        .push_back((peer, reply::empty(MessageType::Reset, header.message_id)));
+                    self.send(peer, reply::empty(MessageType::Reset, header.message_id));
                 }
                 return;
             }
         }
-        if !self.first_time(now, peer, header.message_id, confirmable) {
+        if identity.is_none() && !self.first_time(now, peer, header.message_id, confirmable) {
             return;
         }
         self.stats.requests += 1;
@@ -652,7 +670,7 @@ impl Ingress {
                 if response.code.is_error() {
                     self.stats.refused += 1;
                     self.event(IngressEvent::Refused {
-                        peer,
+                        peer: peer.remote,
                         code: MessageClass::Response(response.code).to_string(),
                         reason: String::from_utf8_lossy(&response.payload).into_owned(),
                     });
@@ -664,7 +682,7 @@ impl Ingress {
                     self.take_message_id(),
                     &response,
                 );
-                self.transmits.push_back((peer, bytes.clone()));
+                self.send(peer, bytes.clone());
                 let reply = if confirmable {
                     Reply::Sent(bytes.into_boxed_slice())
                 } else {
@@ -686,15 +704,57 @@ impl Ingress {
                 );
             }
         }
-        // An uplink opens a queue-mode device's listening window.
+        // An uplink opens a queue-mode device's listening window: the authenticated device's,
+        // or, for a device known by its address only, the one registered at the address.
         // (The name is copied only when a command waits: this runs for every request.)
-        if let Some(device) = self.directory.endpoint_at(peer)
+        let sender = match identity {
+            Some(device) => Some(device),
+            None => self.directory.endpoint_at(peer.remote),
+        };
+        if let Some(device) = sender
             && self.downlink.has_queued(device)
         {
             let device = device.to_owned();
             self.send_next(now, unix_ms, &device);
         }
         self.pump_downlink(unix_ms);
+    }
+
+    /// A response-class message: the end of a command or observe request of the edge, a
+    /// retransmission of one, or a notification. `identity`: the device it verified as.
+    fn response(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        peer: Peer,
+        header: wire::RawHeader,
+        packet: &Packet,
+        identity: Option<&str>,
+    ) {
+        let confirmable = header.kind == MessageType::Confirmable;
+        match self.downlink.handle_response(peer.remote, packet, identity) {
+            Some((device, needs_ack)) => {
+                if needs_ack {
+                    let ack = reply::empty(MessageType::Acknowledgement, header.message_id);
+                    self.send(peer, ack.clone());
+                    self.remember(
+                        now,
+                        peer,
+                        header.message_id,
+                        Reply::Sent(ack.into_boxed_slice()),
+                    );
+                }
+                self.send_next(now, unix_ms, &device);
+            }
+            None if self.repeat(peer, header.message_id, confirmable) => {}
+            None if self.notification(now, unix_ms, peer, packet, identity) => {}
+            None => {
+                self.stats.unexpected += 1;
+                if confirmable {
+                    self.send(peer, reply::empty(MessageType::Reset, header.message_id));
+                }
+            }
+        }
     }
 
     /// The answer to the edge's own observe request: keep the observation and store the
@@ -713,7 +773,7 @@ impl Ingress {
             self.event(IngressEvent::Refused {
                 peer: self
                     .reachability(&result.device)
-                    .map_or_else(|| SocketAddr::from(([0u16; 8], 0)), |r| r.address),
+                    .map_or_else(|| SocketAddr::from(([0u16; 8], 0)), |r| r.address.remote),
                 code: result.code.unwrap_or_else(|| result.status.to_owned()),
                 reason: format!("observing {path} failed"),
             });
@@ -724,7 +784,7 @@ impl Ingress {
             observe::Observed {
                 device: result.device.clone(),
                 path,
-                peer: reach.address,
+                peer: reach.address.remote,
             },
         );
         let id = self.record_ids.next();
@@ -804,7 +864,7 @@ impl Ingress {
 
     fn reachability(&self, device: &str) -> Option<downlink::Reachability> {
         self.directory.get(device).map(|r| downlink::Reachability {
-            address: r.address,
+            address: r.peer(),
             queue_mode: r.binding == Binding::UQ,
             last_uplink: r.last_uplink,
         })
@@ -892,7 +952,7 @@ impl Ingress {
             self.take_message_id(),
             &response,
         );
-        self.transmits.push_back((w.peer, bytes.clone()));
+        self.send(w.peer, bytes.clone());
         let reply = if w.confirmable {
             Reply::Sent(bytes.into_boxed_slice())
         } else {
@@ -904,12 +964,13 @@ impl Ingress {
     /// A notification's record was stored (ACK it) or not (stay silent and forget its message ID,
     /// so the device's retransmission is taken afresh).
     fn notification_stored(&mut self, w: Waiting, result: AppendResult) {
-        let list = self.recent.get_mut(&w.peer);
+        let list = self.recent.get_mut(&w.peer.remote);
         if result == AppendResult::Stored {
             self.stats.telemetry_stored += 1;
             let ack = reply::empty(MessageType::Acknowledgement, w.message_id);
             if w.confirmable {
-                self.transmits.push_back((w.peer, ack.clone()));
+                self.transmits
+                    .push_back(Outgoing::answer(w.peer, ack.clone()));
             }
             if let Some(r) = list.and_then(|l| l.find_mut(w.message_id)) {
                 r.reply = if w.confirmable {
@@ -926,15 +987,20 @@ impl Ingress {
         }
     }
 
-    /// A notification of a resource the edge observes: store it as telemetry.
+    /// A notification of a resource the edge observes: store it as telemetry. Known by its
+    /// token, and by the device it verified as (`identity`), or else by its address.
     fn notification(
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
+        identity: Option<&str>,
     ) -> bool {
-        let Some(obs) = self.observations.get(packet.get_token(), peer) else {
+        let Some(obs) = self
+            .observations
+            .get(packet.get_token(), peer.remote, identity)
+        else {
             return false;
         };
         let device = obs.device.clone();
@@ -964,15 +1030,15 @@ impl Ingress {
                 // Unusable data: a Reset ends the observation (RFC 7641 §3.6).
                 self.stats.refused += 1;
                 self.event(IngressEvent::Refused {
-                    peer,
+                    peer: peer.remote,
                     code: "RST".into(),
                     reason: refusal.reason,
                 });
                 if confirmable {
-                    self.transmits.push_back((
+                    self.send(
                         peer,
                         reply::empty(MessageType::Reset, packet.header.message_id),
-                    ));
+                    );
                 }
             }
         }
@@ -1029,18 +1095,22 @@ impl Ingress {
         self.waiting.len()
     }
 
-    fn repeat(&mut self, peer: SocketAddr, message_id: u16, confirmable: bool) -> bool {
-        let Some(r) = self.recent.get(&peer).and_then(|l| l.find(message_id)) else {
+    fn repeat(&mut self, peer: Peer, message_id: u16, confirmable: bool) -> bool {
+        let Some(r) = self
+            .recent
+            .get(&peer.remote)
+            .and_then(|l| l.find(message_id))
+        else {
             return false;
         };
         answer_duplicate(&mut self.stats, &mut self.transmits, peer, r, confirmable);
         true
     }
 
-    fn remember(&mut self, now: Instant, peer: SocketAddr, message_id: u16, reply: Reply) {
+    fn remember(&mut self, now: Instant, peer: Peer, message_id: u16, reply: Reply) {
         let expires = now + self.config.exchange_lifetime;
         self.recent
-            .entry(peer)
+            .entry(peer.remote)
             .or_default()
             .push(message_id, Recent { expires, reply });
         self.next_sweep.get_or_insert(now + SWEEP_EVERY);
@@ -1050,14 +1120,8 @@ impl Ingress {
     /// sent within EXCHANGE_LIFETIME is a duplicate (its reply sent again if it was Confirmable
     /// and has one; `false`); a new one is remembered as pending (`true`), its reply set later
     /// with [`Ingress::set_reply`].
-    fn first_time(
-        &mut self,
-        now: Instant,
-        peer: SocketAddr,
-        message_id: u16,
-        confirmable: bool,
-    ) -> bool {
-        let list = self.recent.entry(peer).or_default();
+    fn first_time(&mut self, now: Instant, peer: Peer, message_id: u16, confirmable: bool) -> bool {
+        let list = self.recent.entry(peer.remote).or_default();
         if let Some(r) = list.find(message_id) {
             answer_duplicate(&mut self.stats, &mut self.transmits, peer, r, confirmable);
             return false;
@@ -1075,10 +1139,10 @@ impl Ingress {
     }
 
     /// The reply to a remembered message ID, to repeat for its duplicates.
-    fn set_reply(&mut self, peer: SocketAddr, message_id: u16, reply: Reply) {
+    fn set_reply(&mut self, peer: Peer, message_id: u16, reply: Reply) {
         if let Some(r) = self
             .recent
-            .get_mut(&peer)
+            .get_mut(&peer.remote)
             .and_then(|l| l.find_mut(message_id))
         {
             r.reply = reply;
@@ -1089,10 +1153,11 @@ impl Ingress {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         packet: &Packet,
         identity: Option<&str>,
     ) -> Outcome {
+        let origin = Origin { peer, identity };
         if let Some(n) = wire::unknown_critical_option(packet) {
             return Outcome::error(
                 ResponseType::BadOption,
@@ -1126,12 +1191,12 @@ impl Ingress {
         }
         match (method, path.as_slice()) {
             (RequestType::Post, ["rd"]) => {
-                self.register(now, unix_ms, peer, &query, format, &packet.payload)
+                self.register(now, unix_ms, origin, &query, format, &packet.payload)
             }
             (RequestType::Post, ["rd", loc]) => self.update(now, unix_ms, peer, loc, &query),
             (RequestType::Delete, ["rd", loc]) => self.deregister(unix_ms, loc),
             (RequestType::Post, ["t"]) => {
-                self.telemetry(now, unix_ms, peer, identity, format, &packet.payload)
+                self.telemetry(now, unix_ms, origin, format, &packet.payload)
             }
             (_, ["rd"] | ["rd", _] | ["t"]) => Outcome::error(
                 ResponseType::MethodNotAllowed,
@@ -1171,11 +1236,12 @@ impl Ingress {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        origin: Origin<'_>,
         query: &[&str],
         format: Option<u32>,
         body: &[u8],
     ) -> Outcome {
+        let peer = origin.peer;
         let Some(ep) = query_value(query, "ep") else {
             return Outcome::error(ResponseType::BadRequest, "registration needs ep=NAME");
         };
@@ -1210,6 +1276,14 @@ impl Ingress {
         let Ok(links) = String::from_utf8(body.to_vec()) else {
             return Outcome::error(ResponseType::BadRequest, "link-format payload is not UTF-8");
         };
+        if origin.identity.is_none() {
+            // Known by its address only: the device registering takes the address over. (An
+            // authenticated device never takes another's registration: the gateway resolves
+            // two devices at one address.)
+            if let Some(other) = self.directory.evict_address(peer.remote, ep) {
+                self.observations.forget(&other.endpoint);
+            }
+        }
         let (location, how) =
             self.directory
                 .register(now, ep, peer, lifetime, binding, links.clone());
@@ -1222,19 +1296,19 @@ impl Ingress {
             self.event(IngressEvent::AddressChanged {
                 endpoint: ep.to_owned(),
                 from,
-                to: peer,
+                to: peer.remote,
             });
         }
         self.status(
             unix_ms,
             ep,
             "registered",
-            Some(peer),
+            Some(peer.remote),
             Some(binding.as_str()),
         );
         self.event(IngressEvent::Registered {
             endpoint: ep.to_owned(),
-            address: peer,
+            address: peer.remote,
         });
         let mut r = reply::Response::code(ResponseType::Created);
         r.location = vec!["rd".to_owned(), location.to_string()];
@@ -1245,7 +1319,7 @@ impl Ingress {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
+        peer: Peer,
         loc: &str,
         query: &[&str],
     ) -> Outcome {
@@ -1267,11 +1341,11 @@ impl Ingress {
         let endpoint = reg.endpoint.clone();
         self.stats.updates += 1;
         if let Some(from) = moved {
-            self.status(unix_ms, &endpoint, "registered", Some(peer), None);
+            self.status(unix_ms, &endpoint, "registered", Some(peer.remote), None);
             self.event(IngressEvent::AddressChanged {
                 endpoint,
                 from,
-                to: peer,
+                to: peer.remote,
             });
         }
         Outcome::Now(reply::Response::code(ResponseType::Changed))
@@ -1304,19 +1378,18 @@ impl Ingress {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        peer: SocketAddr,
-        identity: Option<&str>,
+        origin: Origin<'_>,
         format: Option<u32>,
         body: &[u8],
     ) -> Outcome {
-        let found = match identity {
+        let found = match origin.identity {
             Some(device) => self.directory.touch(now, device),
-            None => self.directory.touch_by_address(now, peer),
+            None => self.directory.touch_by_address(now, origin.peer.remote),
         };
         let topic = match found {
             Some(reg) => self.config.topics.telemetry(&reg.endpoint),
             None if self.config.lab_accept_unregistered => {
-                let name = lab_name(&mut self.lab_names, peer);
+                let name = lab_name(&mut self.lab_names, origin.peer.remote);
                 self.config.topics.telemetry(name)
             }
             None => {
@@ -1394,6 +1467,13 @@ impl Ingress {
 enum Outcome {
     Now(reply::Response),
     Waiting(AppendTicket),
+}
+
+/// Who sent a request: from where, and as which device if the gateway verified it.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    peer: Peer,
+    identity: Option<&'a str>,
 }
 
 impl Outcome {

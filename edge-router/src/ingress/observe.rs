@@ -67,9 +67,20 @@ impl Observations {
         self.by_token.insert(token, observed);
     }
 
-    pub(super) fn get(&self, token: &[u8], peer: SocketAddr) -> Option<&Observed> {
+    /// The observation a notification with `token` belongs to: it must come from the observed
+    /// device — the one it verified as (`identity`, wherever it sends from), or, for a device
+    /// known by its address only, from the address it was observed at.
+    pub(super) fn get(
+        &self,
+        token: &[u8],
+        peer: SocketAddr,
+        identity: Option<&str>,
+    ) -> Option<&Observed> {
         let token: [u8; 8] = token.try_into().ok()?;
-        self.by_token.get(&token).filter(|o| o.peer == peer)
+        self.by_token.get(&token).filter(|o| match identity {
+            Some(device) => o.device == device,
+            None => o.peer == peer,
+        })
     }
 
     /// Forgets every observation of `device` (deregistered, expired, re-registered).

@@ -5,10 +5,12 @@
 use std::collections::BTreeSet;
 
 use foldhash::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use v6iot_sdk::uplink::Binding;
+
+use crate::peer::Peer;
 
 /// One registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct Registration {
     pub location: u32,
     /// Current source address.
     pub address: SocketAddr,
+    /// The edge's address it last reached (the source of commands to it), if known.
+    pub local: Option<IpAddr>,
     /// Lifetime granted.
     pub lifetime: Duration,
     /// When it runs out.
@@ -29,6 +33,16 @@ pub struct Registration {
     pub links: String,
     /// When it last sent anything (for queue-mode listening windows).
     pub last_uplink: Instant,
+}
+
+impl Registration {
+    /// Where the device is: its address and the edge's address it reached.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            remote: self.address,
+            local: self.local,
+        }
+    }
 }
 
 /// What `register` did.
@@ -89,21 +103,23 @@ impl Directory {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
-    /// Registers (or re-registers) `endpoint` at `address`.
+    /// Registers (or re-registers) `endpoint` at `peer`. Another registration at the same
+    /// address keeps its entry but is no longer found by address (see
+    /// [`evict_address`](Self::evict_address) for devices known by their address only).
     pub fn register(
         &mut self,
         now: Instant,
         endpoint: &str,
-        address: SocketAddr,
+        peer: impl Into<Peer>,
         lifetime: Duration,
         binding: Binding,
         links: String,
     ) -> (u32, Registered) {
+        let Peer {
+            remote: address,
+            local,
+        } = peer.into();
         let previous = self.remove(endpoint);
-        // A different device registering from the same address takes it over.
-        if let Some(other) = self.endpoint_at(address).map(str::to_owned) {
-            self.remove(&other);
-        }
         self.next_location = self.next_location.wrapping_add(1);
         while self.by_location.contains_key(&self.next_location) {
             self.next_location = self.next_location.wrapping_add(1);
@@ -114,6 +130,7 @@ impl Directory {
             endpoint: endpoint.to_owned(),
             location,
             address,
+            local,
             lifetime,
             expires,
             binding,
@@ -151,11 +168,16 @@ impl Directory {
         &mut self,
         now: Instant,
         location: u32,
-        address: SocketAddr,
+        peer: impl Into<Peer>,
         lifetime: Option<Duration>,
     ) -> Option<(&Registration, Option<SocketAddr>)> {
+        let Peer {
+            remote: address,
+            local,
+        } = peer.into();
         let slot = *self.by_location.get(&location)?;
         let reg = self.slots.get_mut(slot).and_then(Option::as_mut)?;
+        reg.local = local;
         self.expiry.remove(&(reg.expires, location));
         if let Some(lt) = lifetime {
             reg.lifetime = lt;
@@ -176,6 +198,14 @@ impl Directory {
     pub fn remove_location(&mut self, location: u32) -> Option<Registration> {
         let endpoint = self.endpoint_of_location(location)?.to_owned();
         self.remove(&endpoint)
+    }
+
+    /// The registration found at `address`, removed unless it is `endpoint`'s: a device known
+    /// by its address only that registers from there takes the address over.
+    pub fn evict_address(&mut self, address: SocketAddr, endpoint: &str) -> Option<Registration> {
+        let other = self.endpoint_at(address).filter(|e| *e != endpoint)?;
+        let other = other.to_owned();
+        self.remove(&other)
     }
 
     /// Removes `endpoint`'s registration.
@@ -205,19 +235,24 @@ impl Directory {
         self.slot(slot).map(|r| r.endpoint.as_str())
     }
 
-    /// Moves `endpoint`'s registration to `address` (the device was authenticated there),
+    /// Moves `endpoint`'s registration to `peer` (the device was authenticated there),
     /// noting the uplink time. Returns the old address, or `None` when the endpoint is not
-    /// registered or already there. Another registration at `address` keeps its entry but is
+    /// registered or already there. Another registration at the address keeps its entry but is
     /// no longer found by address.
     pub fn move_to(
         &mut self,
         now: Instant,
         endpoint: &str,
-        address: SocketAddr,
+        peer: impl Into<Peer>,
     ) -> Option<SocketAddr> {
+        let Peer {
+            remote: address,
+            local,
+        } = peer.into();
         let slot = *self.by_endpoint.get(endpoint)?;
         let reg = self.slots.get_mut(slot).and_then(Option::as_mut)?;
         reg.last_uplink = now;
+        reg.local = local;
         if reg.address == address {
             return None;
         }
@@ -337,6 +372,9 @@ mod tests {
             }
         );
         assert!(d.remove_location(l1).is_none());
+        // Known by its address only, b takes a's address over.
+        assert!(d.evict_address(addr(3), "a").is_none(), "a's own address");
+        assert_eq!(d.evict_address(addr(3), "b").map(|r| r.location), Some(l2));
         d.register(
             t0,
             "b",

@@ -17,9 +17,7 @@ use clap::{Args, Subcommand};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{
-    DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry, SealKey, hex,
-};
+use super::{DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry, SealKey};
 use crate::audit::checkpoint::{self, Anchor};
 use crate::audit::{AuditError, AuditRow};
 use crate::config::EdgeConfig;
@@ -151,20 +149,42 @@ pub struct VerifyArgs {
     pub checkpoint: Option<PathBuf>,
 }
 
-fn parse_hash(text: &str) -> Result<[u8; 32], String> {
+/// Why a `--expect-head` hash is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum HashArgError {
+    /// Not hex.
+    #[error("{0}")]
+    Hex(#[from] hex::FromHexError),
+    /// Not 32 bytes (how many).
+    #[error("a hash is 32 bytes (64 hex digits), not {0}")]
+    Length(usize),
+}
+
+fn parse_hash(text: &str) -> Result<[u8; 32], HashArgError> {
     let bytes = hex::decode(text.trim())?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("a hash is 32 bytes (64 hex digits), not {}", bytes.len()))
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| HashArgError::Length(bytes.len()))
+}
+
+/// A text that is not an RFC 3339 time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not an RFC 3339 time like 2026-05-01T12:00:00Z: {source}")]
+pub struct TimeArgError {
+    /// The text given.
+    pub text: String,
+    /// Why it does not parse.
+    pub source: time::error::Parse,
 }
 
 /// Parses an RFC 3339 time (`2026-05-01T12:00:00Z`, `2026-05-01T14:00:00.5+02:00`).
 ///
 /// # Errors
 ///
-/// A message quoting the text.
-pub fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text.trim(), &Rfc3339)
-        .map_err(|e| format!("`{text}` is not an RFC 3339 time like 2026-05-01T12:00:00Z: {e}"))
+/// [`TimeArgError`], quoting the text.
+pub fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, TimeArgError> {
+    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|source| TimeArgError {
+        text: text.to_owned(),
+        source,
+    })
 }
 
 /// A time as RFC 3339, UTC.
@@ -489,7 +509,7 @@ fn verify(
         out,
         "audit chain ok: {} rows, head {}",
         report.rows,
-        hex::encode(&report.head)
+        hex::encode(report.head)
     )?;
     for a in &anchors {
         writeln!(out, "reaches {}", a.source)?;

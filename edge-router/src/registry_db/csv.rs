@@ -14,10 +14,49 @@
 //! - Hex is either case. Spaces around fields are ignored. Lines may end in CRLF.
 //! - Blank lines and lines starting with `#` are skipped. Devices start out `active`.
 
-use super::{DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, check_id, hex};
+use super::{
+    DeviceRecord, DeviceState, InvalidRecord, Ipv6Prefix, MasterSecret, PrefixError, check_id,
+};
 
 /// The header line.
 pub const HEADER: &str = "id,kid_hex,secret_hex,salt_hex,class,prefixes";
+
+/// Why a CSV line is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CsvError {
+    /// The header line is not [`HEADER`].
+    #[error("the header must be `{HEADER}`")]
+    Header,
+    /// Not six fields (how many).
+    #[error("{0} fields, expected 6 ({HEADER})")]
+    FieldCount(usize),
+    /// The id is not a valid device id.
+    #[error(transparent)]
+    Id(InvalidRecord),
+    /// A `*_hex` field is not hex.
+    #[error("{field}: {source}")]
+    Hex {
+        /// `kid_hex`, `secret_hex` or `salt_hex`.
+        field: &'static str,
+        /// What is wrong with it.
+        source: hex::FromHexError,
+    },
+    /// The class is not a number 1..=255 (the text).
+    #[error("class: `{0}` is not a number 1..=255")]
+    Class(String),
+    /// A prefix does not parse.
+    #[error("prefixes: {0}")]
+    Prefix(PrefixError),
+    /// The fields parse but break a limit of [`DeviceRecord::check`].
+    #[error("device `{device}`: {reason}")]
+    Record {
+        /// The device id.
+        device: String,
+        /// The limit broken.
+        reason: InvalidRecord,
+    },
+}
 
 /// Whether a line is blank or a comment.
 #[must_use]
@@ -30,8 +69,8 @@ pub fn is_skipped(line: &str) -> bool {
 ///
 /// # Errors
 ///
-/// A message quoting the expected header.
-pub fn check_header(line: &str) -> Result<(), String> {
+/// [`CsvError::Header`] (its message quotes the expected header).
+pub fn check_header(line: &str) -> Result<(), CsvError> {
     let fields: Vec<&str> = line
         .trim_start_matches('\u{feff}')
         .split(',')
@@ -40,7 +79,7 @@ pub fn check_header(line: &str) -> Result<(), String> {
     if fields.join(",") == HEADER {
         Ok(())
     } else {
-        Err(format!("the header must be `{HEADER}`"))
+        Err(CsvError::Header)
     }
 }
 
@@ -48,28 +87,27 @@ pub fn check_header(line: &str) -> Result<(), String> {
 ///
 /// # Errors
 ///
-/// A message naming the field that is wrong.
-pub fn parse_line(line: &str) -> Result<DeviceRecord, String> {
+/// The [`CsvError`] of the first field that is wrong.
+pub fn parse_line(line: &str) -> Result<DeviceRecord, CsvError> {
     let fields: Vec<&str> = line.split(',').map(str::trim).collect();
     let [id, kid, secret, salt, class, prefixes] = fields.as_slice() else {
-        return Err(format!("{} fields, expected 6 ({HEADER})", fields.len()));
+        return Err(CsvError::FieldCount(fields.len()));
     };
-    check_id(id)?;
-    let kid = hex::decode(kid).map_err(|e| format!("kid_hex: {e}"))?;
-    let secret = MasterSecret::new(hex::decode(secret).map_err(|e| format!("secret_hex: {e}"))?);
+    check_id(id).map_err(CsvError::Id)?;
+    let hex_field =
+        |field, text: &str| hex::decode(text).map_err(|source| CsvError::Hex { field, source });
+    let kid = hex_field("kid_hex", kid)?;
+    let secret = MasterSecret::new(hex_field("secret_hex", secret)?);
     let salt = match *salt {
         "" => None,
-        s => Some(hex::decode(s).map_err(|e| format!("salt_hex: {e}"))?),
+        s => Some(hex_field("salt_hex", s)?),
     };
     let class: u8 = class
         .parse()
-        .map_err(|_| format!("class: `{class}` is not a number 1..=255"))?;
+        .map_err(|_| CsvError::Class((*class).to_owned()))?;
     let prefixes = prefixes
         .split_ascii_whitespace()
-        .map(|p| {
-            p.parse::<Ipv6Prefix>()
-                .map_err(|e| format!("prefixes: {e}"))
-        })
+        .map(|p| p.parse::<Ipv6Prefix>().map_err(CsvError::Prefix))
         .collect::<Result<Vec<_>, _>>()?;
     let record = DeviceRecord {
         id: (*id).to_owned(),
@@ -80,9 +118,10 @@ pub fn parse_line(line: &str) -> Result<DeviceRecord, String> {
         prefixes,
         state: DeviceState::Active,
     };
-    record
-        .check()
-        .map_err(|e| format!("device `{}`: {e}", record.id))?;
+    record.check().map_err(|reason| CsvError::Record {
+        device: record.id.clone(),
+        reason,
+    })?;
     Ok(record)
 }
 
@@ -168,10 +207,42 @@ mod tests {
             ("_d,0a,000102030405060708090a0b0c0d0e0f,,1,", "device id"),
             (",0a,000102030405060708090a0b0c0d0e0f,,1,", "device id"),
         ] {
-            let e = parse_line(line).unwrap_err();
+            let e = parse_line(line).unwrap_err().to_string();
             assert!(e.contains(needle), "{line}: {e}");
         }
-        assert!(check_header("id,kid,secret").is_err());
+        // the variants, for callers that match on them
+        let with = |fields: &str| parse_line(&format!("d1,{fields}")).unwrap_err();
+        assert!(matches!(
+            with("0g,000102030405060708090a0b0c0d0e0f,,1,"),
+            CsvError::Hex {
+                field: "kid_hex",
+                source: hex::FromHexError::InvalidHexCharacter { c: 'g', index: 1 }
+            }
+        ));
+        assert!(matches!(
+            with("0a,000102030405060708090a0b0c0d0e0f,abc,1,"),
+            CsvError::Hex {
+                field: "salt_hex",
+                source: hex::FromHexError::OddLength
+            }
+        ));
+        assert_eq!(
+            with("0a,0001,,1,"),
+            CsvError::Record {
+                device: "d1".into(),
+                reason: InvalidRecord::SecretLength(2)
+            }
+        );
+        assert_eq!(
+            with("0a,000102030405060708090a0b0c0d0e0f,,x,"),
+            CsvError::Class("x".into())
+        );
+        assert_eq!(
+            parse_line("d/1,0a,000102030405060708090a0b0c0d0e0f,,1,"),
+            Err(CsvError::Id(InvalidRecord::IdCharacters("d/1".into())))
+        );
+        assert_eq!(parse_line("a,b"), Err(CsvError::FieldCount(2)));
+        assert_eq!(check_header("id,kid,secret"), Err(CsvError::Header));
         check_header(" id, kid_hex ,secret_hex,salt_hex,class,prefixes").unwrap();
         assert!(is_skipped("  # comment"));
         assert!(is_skipped("   "));

@@ -22,7 +22,6 @@
 
 pub mod cli;
 pub mod csv;
-pub mod hex;
 pub mod oscore_state;
 pub mod prefix;
 pub mod schema;
@@ -136,19 +135,49 @@ impl fmt::Display for DeviceState {
     }
 }
 
-impl FromStr for DeviceState {
-    type Err = String;
+/// A text that is not a [`DeviceState`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a device state (active, quarantined, revoked)")]
+pub struct UnknownState(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for DeviceState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
         match s {
             "active" => Ok(DeviceState::Active),
             "quarantined" => Ok(DeviceState::Quarantined),
             "revoked" => Ok(DeviceState::Revoked),
-            other => Err(format!(
-                "`{other}` is not a device state (active, quarantined, revoked)"
-            )),
+            other => Err(UnknownState(other.to_owned())),
         }
     }
+}
+
+/// Why a [`DeviceRecord`] (or a device id) is refused: the field and its limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRecord {
+    /// The id is empty or too long (its length).
+    #[error("device id must be 1 to {MAX_ID_LEN} bytes, not {0}")]
+    IdLength(usize),
+    /// The id starts with `_` or holds a character MQTT topics or the CSV cannot carry.
+    #[error(
+        "device id `{}` must not start with _ nor hold / + # , white space or control characters",
+        .0.escape_debug()
+    )]
+    IdCharacters(String),
+    /// The kid is empty or too long (its length).
+    #[error("kid must be 1 to {MAX_KID_LEN} bytes, not {0}")]
+    KidLength(usize),
+    /// The master secret is too short or too long (its length).
+    #[error("master secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, not {0}")]
+    SecretLength(usize),
+    /// The master salt is too long (its length).
+    #[error("master salt must be at most {MAX_SALT_LEN} bytes, not {0}")]
+    SaltLength(usize),
+    /// Class 0.
+    #[error("class 0 is reserved in the address plan: use 1 to 255")]
+    ClassZero,
 }
 
 /// A device as provisioned: what [`Registry::add`] takes and [`Registry::get`] gives back.
@@ -175,31 +204,23 @@ impl DeviceRecord {
     ///
     /// # Errors
     ///
-    /// A message naming the field.
-    pub fn check(&self) -> Result<(), String> {
+    /// The first field that is wrong.
+    pub fn check(&self) -> Result<(), InvalidRecord> {
         check_id(&self.id)?;
         if self.kid.is_empty() || self.kid.len() > MAX_KID_LEN {
-            return Err(format!(
-                "kid must be 1 to {MAX_KID_LEN} bytes, not {}",
-                self.kid.len()
-            ));
+            return Err(InvalidRecord::KidLength(self.kid.len()));
         }
         let n = self.master_secret.as_bytes().len();
         if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&n) {
-            return Err(format!(
-                "master secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, not {n}"
-            ));
+            return Err(InvalidRecord::SecretLength(n));
         }
         if let Some(salt) = &self.master_salt
             && salt.len() > MAX_SALT_LEN
         {
-            return Err(format!(
-                "master salt must be at most {MAX_SALT_LEN} bytes, not {}",
-                salt.len()
-            ));
+            return Err(InvalidRecord::SaltLength(salt.len()));
         }
         if self.class == 0 {
-            return Err("class 0 is reserved in the address plan: use 1 to 255".to_owned());
+            return Err(InvalidRecord::ClassZero);
         }
         Ok(())
     }
@@ -209,23 +230,17 @@ impl DeviceRecord {
 ///
 /// # Errors
 ///
-/// A message saying what is wrong.
-pub fn check_id(id: &str) -> Result<(), String> {
+/// [`InvalidRecord::IdLength`] or [`InvalidRecord::IdCharacters`].
+pub fn check_id(id: &str) -> Result<(), InvalidRecord> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(format!(
-            "device id must be 1 to {MAX_ID_LEN} bytes, not {}",
-            id.len()
-        ));
+        return Err(InvalidRecord::IdLength(id.len()));
     }
     if id.starts_with('_')
         || id
             .chars()
             .any(|c| matches!(c, '/' | '+' | '#' | ',') || c.is_whitespace() || c.is_control())
     {
-        return Err(format!(
-            "device id `{}` must not start with _ nor hold / + # , white space or control characters",
-            id.escape_debug()
-        ));
+        return Err(InvalidRecord::IdCharacters(id.to_owned()));
     }
     Ok(())
 }
@@ -374,7 +389,7 @@ pub enum RegistryError {
         /// The device id given.
         device: String,
         /// What is wrong.
-        reason: String,
+        reason: InvalidRecord,
     },
     /// The id is taken.
     #[error("device `{0}` already exists")]
@@ -567,15 +582,15 @@ impl Registry {
             }
             if !header_seen {
                 header_seen = true;
-                if let Err(message) = csv::check_header(text) {
-                    errors.refuse(lines, message);
+                if let Err(e) = csv::check_header(text) {
+                    errors.refuse(lines, e.to_string());
                 }
                 continue;
             }
             let record = match csv::parse_line(text) {
                 Ok(r) => r,
-                Err(message) => {
-                    errors.refuse(lines, message);
+                Err(e) => {
+                    errors.refuse(lines, e.to_string());
                     continue;
                 }
             };
@@ -715,9 +730,9 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         let previous = previous
             .parse::<DeviceState>()
-            .map_err(|what| RegistryError::Corrupt {
+            .map_err(|e| RegistryError::Corrupt {
                 device: id.to_owned(),
-                what,
+                what: e.to_string(),
             })?;
         if previous == state {
             return Ok(previous);
@@ -1032,7 +1047,7 @@ impl RawDevice {
         let state = self
             .state
             .parse::<DeviceState>()
-            .map_err(|what| self.corrupt(what))?;
+            .map_err(|e| self.corrupt(e.to_string()))?;
         let mut prefixes = Vec::new();
         for text in self
             .prefixes

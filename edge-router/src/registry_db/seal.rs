@@ -22,8 +22,6 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::hex;
-
 /// The environment variable that may hold the seal key (64 hex digits).
 pub const SEAL_KEY_ENV: &str = "V6IOT_SEAL_KEY";
 
@@ -62,7 +60,7 @@ pub enum SealError {
     },
     /// The key text is not hex.
     #[error("the seal key is not hex: {0}")]
-    KeyHex(String),
+    KeyHex(hex::FromHexError),
     /// The key file could not be read.
     #[error("cannot read the seal key file {path}: {source}")]
     KeyFile {

@@ -262,7 +262,7 @@ mod tests {
         let mut mac = hmac_sha256(&key);
         mac.update(b"Hi There");
         assert_eq!(
-            super::super::hex::encode(&mac.finalize().into_bytes()),
+            hex::encode(mac.finalize().into_bytes()),
             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
         );
     }

@@ -179,8 +179,8 @@ fn the_dashboard_shows_devices_and_security_events_in_chromium() {
     let log = edge.log.lock().unwrap().join("\n");
     assert!(log.contains("edge router running"), "the log was kept");
     for secret in [
-        hex(&secret_of(1)),
-        hex(&secret_of(2)),
+        hex::encode(secret_of(1)),
+        hex::encode(secret_of(2)),
         creds.key_hex.clone(),
         TOKEN.to_owned(),
     ] {

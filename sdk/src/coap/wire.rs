@@ -122,6 +122,11 @@ pub fn is_known_option(number: u16) -> bool {
     )
 }
 
+/// The Echo option (RFC 9175 §2.2.1): elective, safe to forward; inside OSCORE it is Class E
+/// (encrypted). A server that wants a request's freshness or the client's reachability at its
+/// address confirmed answers 4.01 with an Echo value; the client repeats the request with it.
+pub const ECHO: u16 = 252;
+
 /// True when option `number` is critical (odd number, RFC 7252 §5.4.1).
 pub fn is_critical(number: u16) -> bool {
     number & 1 == 1

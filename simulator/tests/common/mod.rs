@@ -1,6 +1,6 @@
-//! Shared by the OSCORE tests of `v6iot-sim`: provisioning through the real `provision`
-//! command, a `v6iot-sim device --credentials` child process, and the edge's side of the
-//! security context built from the same CSV row.
+//! Shared by the tests of `v6iot-sim`: provisioning through the real `provision` command, a
+//! `v6iot-sim device --credentials` child process, the edge's side of the security context
+//! built from the same CSV row (the OSCORE tests), and the root check of the namespace tests.
 
 #![allow(dead_code)]
 
@@ -12,6 +12,20 @@ use std::process::{Child, Command, Stdio};
 use v6iot_edge_router::registry_db::DeviceRecord;
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext};
 use v6iot_simulator::credentials::Credentials;
+
+/// Fails the calling test at once, with one message naming `what` needs root, unless the
+/// process runs as root (effective uid 0). Tests that make namespaces call it first, so that a
+/// plain `cargo test` by another user fails there, early and plainly, not halfway through.
+pub(crate) fn require_root(what: &str) {
+    // proc(5): /proc/PID is owned by the process's effective user id.
+    let euid = std::fs::metadata("/proc/self")
+        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
+    assert!(
+        euid == 0,
+        "this test needs root for {what}; run the tests as root (`sudo -E cargo test`, or \
+         scripts/test as CI does) — running as uid {euid}"
+    );
+}
 
 /// The id `provision --devices 1 --first 42 --id-prefix t` gives its device (kid 0x2a).
 pub(crate) const DEVICE_ID: &str = "t000042";

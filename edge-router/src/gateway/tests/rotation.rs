@@ -8,21 +8,6 @@ const ROTATED: [u8; 16] = [0x3c; 16];
 const OLD_FP: [u8; 8] = [0; 8];
 const NEW_FP: [u8; 8] = [0x3c; 8];
 
-fn valve_command(req: &str) -> DownlinkCommand {
-    DownlinkCommand {
-        device: "dev-1".into(),
-        req: req.into(),
-        method: "PUT".into(),
-        path: "/valve".into(),
-        payload: b"open".to_vec(),
-        content_format: Some(0),
-        expires_unix_ms: T0 + 600_000,
-        confirmable: true,
-        observe: false,
-        accept: None,
-    }
-}
-
 /// The Partial IVs of the edge's protected requests among `out`.
 fn request_pivs(out: &[(SocketAddr, Vec<u8>)]) -> Vec<u64> {
     out.iter()
@@ -82,7 +67,7 @@ fn a_batch_for_a_rotated_context_does_not_raise_the_new_contexts_mark() {
             .collect()
     };
     // A command for the device: with nothing durable for the new key, nothing may go out.
-    g.handle_command(now, T0 + 1000, valve_command("r1"));
+    g.handle_command(now, T0 + 1000, valve_command("dev-1", "r1"));
     journal_durable(&mut g, now, T0 + 1000);
     assert!(checked(&mut g, 0).is_empty());
     // The new context's own batch comes next and carries the new fingerprint.

@@ -33,7 +33,7 @@ fn cmd(device: &str, req: &str, payload: usize) -> DownlinkCommand {
 /// An always-on device (`awake`), or a queue-mode one whose window closed long ago.
 fn reach(now: Instant, awake: bool) -> Option<Reachability> {
     Some(Reachability {
-        address: addr(),
+        address: addr().into(),
         queue_mode: !awake,
         last_uplink: if awake {
             now
@@ -56,7 +56,9 @@ fn results(d: &mut Downlink) -> Vec<CommandResult> {
 }
 
 fn transmits(d: &mut Downlink) -> Vec<(SocketAddr, Vec<u8>)> {
-    std::iter::from_fn(|| d.poll_transmit()).collect()
+    std::iter::from_fn(|| d.poll_transmit())
+        .map(|t| (t.to.remote, t.bytes))
+        .collect()
 }
 
 /// Writes every journal batch as the driver would, all durable; returns the batches.
@@ -195,7 +197,7 @@ fn over_the_per_device_cap_commands_get_queue_full_and_are_not_remembered() {
         ack.header.message_id = p.header.message_id;
         ack.header.code = MessageClass::Response(coap_lite::ResponseType::Changed);
         ack.set_token(p.get_token().to_vec());
-        assert!(d.handle_response(addr(), &ack).is_some());
+        assert!(d.handle_response(addr(), &ack, None).is_some());
     }
     d.command(now, T0, cmd("d1", "r5", 1), reach(now, false), WINDOW, 40);
     assert_eq!(d.duplicates, 0);
@@ -363,7 +365,7 @@ fn the_journal_is_rewritten_with_only_live_commands_when_dead_lines_outweigh_the
             ack.header.message_id = p.header.message_id;
             ack.header.code = MessageClass::Response(coap_lite::ResponseType::Changed);
             ack.set_token(p.get_token().to_vec());
-            d.handle_response(addr(), &ack).unwrap();
+            d.handle_response(addr(), &ack, None).unwrap();
         }
         let (lines, live) = d.journal_sizes();
         assert_eq!(live as usize, d.pending());
@@ -462,7 +464,7 @@ fn peer(i: u32) -> SocketAddr {
 
 fn reach_at(address: SocketAddr, now: Instant) -> Option<Reachability> {
     Some(Reachability {
-        address,
+        address: address.into(),
         queue_mode: false,
         last_uplink: now,
     })

@@ -1,5 +1,11 @@
 //! The client role of an [`Endpoint`]: requests this device sends (registration, telemetry),
 //! matched to their responses — piggybacked on the ACK, or separate (RFC 7252 §5.2).
+//!
+//! With credentials, a verified 4.01 that carries an Echo option (RFC 9175 §2.3: the server
+//! wants the request's freshness, or this device's reachability at its address, confirmed) is
+//! not the request's outcome: the request goes again, once, with the Echo value (a new message
+//! ID, token and Partial IV), and its answer is the outcome. So the plain request is kept while
+//! it is in flight.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -105,6 +111,8 @@ pub(super) struct Exchange {
     separate_until: Option<Instant>,
     /// With OSCORE: the binding its response is verified with (`None` while held).
     oscore: Option<Box<RequestInfo>>,
+    /// With OSCORE: the request as built, to repeat it with an Echo value (taken then).
+    plain: Option<Box<Packet>>,
 }
 
 impl Exchange {
@@ -145,6 +153,7 @@ impl Endpoint {
             p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
         }
         p.payload = request.payload;
+        let plain = self.secure.is_some().then(|| Box::new(p.clone()));
         self.exchanges.push(Exchange {
             id,
             peer,
@@ -152,6 +161,7 @@ impl Endpoint {
             message_id,
             separate_until: None,
             oscore: None,
+            plain,
         });
         let sealed = self.seal_request(id, peer, p);
         self.release_request(now, id, peer, request.confirmable, sealed);
@@ -280,6 +290,12 @@ impl Endpoint {
         } else if kind == MessageType::NonConfirmable {
             self.remember(now, peer, message_id, None);
         }
+        if verified.is_some()
+            && let Some(echo) = echo_challenge(packet)
+            && self.repeat_with_echo(now, id, peer, echo)
+        {
+            return true;
+        }
         let code = match packet.header.code {
             MessageClass::Response(c) => c,
             _ => Code::UnKnown,
@@ -304,6 +320,45 @@ impl Endpoint {
                 .unwrap_or_default(),
         };
         self.finish_request(id, RequestOutcome::Response(response));
+        true
+    }
+
+    /// Sends request `id` again with the server's Echo value (RFC 9175 §2.3): a new message
+    /// ID, token and (when sealed) Partial IV. `false` when it was repeated once already, or
+    /// nothing is kept to repeat: the 4.01 is then its outcome.
+    fn repeat_with_echo(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        peer: SocketAddr,
+        echo: Vec<u8>,
+    ) -> bool {
+        let Some(pos) = self.exchanges.iter().position(|x| x.id == id) else {
+            return false;
+        };
+        let token = self.fresh_token();
+        let message_id = self.take_message_id();
+        let Some(x) = self.exchanges.get_mut(pos) else {
+            return false;
+        };
+        let Some(mut p) = x.plain.take() else {
+            return false;
+        };
+        x.token = token;
+        x.message_id = message_id;
+        x.separate_until = None;
+        x.oscore = None;
+        p.clear_option(CoapOption::Unknown(wire::ECHO));
+        p.add_option(CoapOption::Unknown(wire::ECHO), echo);
+        p.header.message_id = message_id;
+        p.set_token(token.as_slice().to_vec());
+        let confirmable = p.header.get_type() == MessageType::Confirmable;
+        self.in_flight.retain(|f| f.purpose != Purpose::Request(id));
+        if let Some(secure) = self.secure.as_deref_mut() {
+            secure.stats.echo_repeats += 1;
+        }
+        let sealed = self.seal_request(id, peer, *p);
+        self.release_request(now, id, peer, confirmable, sealed);
         true
     }
 
@@ -367,4 +422,14 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// The Echo value of a 4.01 that asks for one (RFC 9175 §2.3), if `response` is one.
+fn echo_challenge(response: &Packet) -> Option<Vec<u8>> {
+    if response.header.code != MessageClass::Response(Code::Unauthorized) {
+        return None;
+    }
+    response
+        .get_first_option(CoapOption::Unknown(wire::ECHO))
+        .cloned()
 }

@@ -71,6 +71,9 @@ pub struct OscoreStats {
     /// unverified response, but counted here and reported as
     /// [`Event::UnprotectedError`](super::Event::UnprotectedError).
     pub unprotected_errors: u64,
+    /// Requests of this device repeated with an Echo value after a verified 4.01 asked for one
+    /// (RFC 9175; the edge confirms a device's new address so): at most once per request.
+    pub echo_repeats: u64,
 }
 
 /// A request of this device waiting for a durable mark.

@@ -77,10 +77,6 @@ fn write_seq(path: &Path, seq: &HashMap<String, u64>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Reserves the sequence numbers on disk, then protects every request of the run.
 pub(crate) fn prepare(cli: &Cli, path: &Path) -> anyhow::Result<Vec<Prepared>> {
     let devices = read_devices(path, cli.sockets)?;
@@ -98,9 +94,9 @@ pub(crate) fn prepare(cli: &Cli, path: &Path) -> anyhow::Result<Vec<Prepared>> {
     let mut seq = read_seq(&seq_path)?;
     let mut starts = Vec::with_capacity(devices.len());
     for d in &devices {
-        let start = seq.get(&hex(&d.kid)).copied().unwrap_or(0);
+        let start = seq.get(&hex::encode(&d.kid)).copied().unwrap_or(0);
         // the registration and the telemetry, plus the context's own persist step
-        seq.insert(hex(&d.kid), start + per_socket as u64 + 1 + 1024);
+        seq.insert(hex::encode(&d.kid), start + per_socket as u64 + 1 + 1024);
         starts.push(start);
     }
     write_seq(&seq_path, &seq).with_context(|| format!("write {}", seq_path.display()))?;

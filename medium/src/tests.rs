@@ -271,8 +271,8 @@ mod hub {
     use v6iot_sdk::time::Instant;
 
     use super::{PAN, ext, frame};
-    use crate::medium::core::{Medium, MediumConfig, ParticipantConfig, Reception};
-    use crate::medium::hub::{Hub, HubConfig, HubError};
+    use crate::core::{Medium, MediumConfig, ParticipantConfig, Reception};
+    use crate::hub::{Hub, HubConfig, HubError};
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port))
@@ -406,7 +406,7 @@ mod hub {
 
     #[test]
     fn the_participant_table_holds_its_bound() {
-        const BOUND: usize = crate::medium::hub::DEFAULT_MAX_REMOTE;
+        const BOUND: usize = crate::hub::DEFAULT_MAX_REMOTE;
         let mut h = hub(BOUND);
         let mac = frame(ext(1), LinkAddr::BROADCAST, false, 4);
         let datagram = zep_datagram(26, 1, &mac);

@@ -21,9 +21,13 @@ use v6iot_sdk::radio::MacFrame;
 use v6iot_sdk::radio::mac::{DataHeader, LinkAddr, PanId};
 use v6iot_sdk::time::Instant;
 
+use self::air::{AirEvent, Mac, Transmission};
+use super::phy::AirtimeConfig;
 use super::rng::Rng;
 use super::stats::{ChannelLoad, MediumStats, Windowed};
 use super::topology::{LinkModel, Topology};
+
+mod air;
 
 /// A participant of the medium: an index, reused after a participant is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +78,9 @@ pub struct MediumConfig {
     pub capture: bool,
     /// The window of the load accounting ([`ChannelLoad`]).
     pub window: Duration,
+    /// The airtime model (CSMA/CA, collisions, ACKs and retries at 250 kbit/s; see the `air`
+    /// module), or `None` for the ideal medium: every frame at once, no contention.
+    pub airtime: Option<AirtimeConfig>,
 }
 
 impl Default for MediumConfig {
@@ -84,6 +91,7 @@ impl Default for MediumConfig {
             max_pending: 65_536,
             capture: false,
             window: Duration::from_secs(1),
+            airtime: None,
         }
     }
 }
@@ -200,6 +208,7 @@ pub(crate) struct Participant {
     pub(crate) short: Option<LinkAddr>,
     pub(crate) stats: ParticipantStats,
     received: Windowed,
+    mac: Mac,
 }
 
 impl Participant {
@@ -214,6 +223,10 @@ impl Participant {
             LinkAddr::Short(_) if a != LinkAddr::BROADCAST => self.short = Some(a),
             _ => {}
         }
+    }
+
+    pub(crate) fn has_addr(&self, a: LinkAddr) -> bool {
+        self.ext == Some(a) || self.short == Some(a)
     }
 
     /// Whether its frame filter passes a frame with this destination and PAN.
@@ -238,11 +251,16 @@ pub(crate) struct Channel {
     pub(crate) air_bytes: u64,
     pub(crate) busy_us: u64,
     pub(crate) busy_windows: Windowed,
+    /// Until when the channel is known to be busy (for the busy-time union).
+    pub(crate) busy_until: Instant,
+    /// Recent transmissions (airtime model), for overlap checks.
+    on_air: Vec<Transmission>,
 }
 
 #[derive(Debug)]
 enum Event {
     Deliver(Delivery),
+    Air(AirEvent),
 }
 
 /// An event at a time; ties keep the order they were scheduled in.
@@ -295,6 +313,8 @@ pub struct Medium {
     on_air: VecDeque<OnAir>,
     scratch: Vec<ParticipantId>,
     now: Instant,
+    next_generation: u64,
+    next_transmission: u64,
     stats: MediumStats,
 }
 
@@ -318,6 +338,8 @@ impl Medium {
             on_air: VecDeque::new(),
             scratch: Vec::new(),
             now: Instant::ZERO,
+            next_generation: 0,
+            next_transmission: 0,
             stats: MediumStats::default(),
         }
     }
@@ -330,6 +352,8 @@ impl Medium {
 
     /// Adds a participant.
     pub fn add(&mut self, config: ParticipantConfig) -> ParticipantId {
+        // A generation no earlier event carries, should the id be a removed one's.
+        self.next_generation += 1;
         let mut p = Participant {
             channel: config.channel,
             reception: config.reception,
@@ -337,6 +361,7 @@ impl Medium {
             short: None,
             stats: ParticipantStats::default(),
             received: Windowed::default(),
+            mac: Mac::new(self.next_generation),
         };
         if let Reception::Filtered { addr, .. } = config.reception {
             p.learn(addr);
@@ -503,7 +528,11 @@ impl Medium {
         }
         self.stats.offered += 1;
         let frame = Frame::new(frame);
-        self.transmit_ideal(now, from, frame, info);
+        if self.config.airtime.is_some() {
+            self.offer_airtime(now, from, frame, info);
+        } else {
+            self.transmit_ideal(now, from, frame, info);
+        }
         Ok(())
     }
 
@@ -662,6 +691,7 @@ impl Medium {
                     self.scheduled = self.scheduled.saturating_sub(1);
                     self.hand_over(d);
                 }
+                Event::Air(e) => self.handle_air(t.at, e),
             }
         }
         self.now = self.now.max(now);

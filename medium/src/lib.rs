@@ -1,11 +1,12 @@
-//! The simulated IEEE 802.15.4 medium (issue 11 point 5): the air between 6LoWPAN devices and
-//! border routers, in the simulator.
+//! `v6iot-medium`: the simulated IEEE 802.15.4 medium (issue 11 point 5), the air between 6LoWPAN
+//! devices and border routers. The simulator serves it (`v6iot-sim medium`, re-exported as
+//! `v6iot_simulator::medium`); tests of a border router can run it in process.
 //!
 //! # Layers and the I/O boundary
 //!
 //! | module | job | I/O |
 //! |---|---|---|
-//! | [`core`] | [`Medium`]: participants on channels, who takes which frame, per-link loss and latency ([`topology`]), deliveries and captures, on virtual time | none |
+//! | [`core`] | [`Medium`]: participants on channels, who takes which frame, per-link loss and latency ([`topology`]), deliveries and captures, on virtual time; with the airtime model on, each radio's CSMA/CA, transmissions at 250 kbit/s, collisions at receivers, ACKs and retries | none |
 //! | [`topology`] | who hears whom: per-link delivery probability and latency by link-layer address | none |
 //! | [`phy`] | the 2.4 GHz O-QPSK PHY and the CSMA/CA MAC in numbers | none |
 //! | [`stats`] | counters, drops by cause, load per channel in windows | none |
@@ -25,6 +26,8 @@ pub mod stats;
 pub mod topology;
 
 #[cfg(test)]
+mod air_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -40,6 +43,7 @@ pub use self::core::{Medium, MediumConfig};
 use self::driver::{Capture, DriverStats};
 use self::hub::HubStats;
 pub use self::hub::{Hub, HubConfig};
+use self::phy::AirtimeConfig;
 use self::stats::{ChannelLoad, MediumStats};
 use self::topology::{LinkModel, Topology};
 
@@ -58,6 +62,8 @@ pub struct MediumOptions {
     pub seed: u64,
     /// The most remote participants at once.
     pub max_participants: usize,
+    /// The airtime model (CSMA/CA, collisions, ACKs, retries), or `None` for the ideal medium.
+    pub airtime: Option<AirtimeConfig>,
 }
 
 /// What a medium did, as `v6iot-sim medium` prints it when it stops.
@@ -87,6 +93,7 @@ pub fn serve(
         seed: options.seed,
         topology: Topology::flat(options.link),
         capture: options.pcap.is_some(),
+        airtime: options.airtime,
         ..MediumConfig::default()
     });
     let mut hub = Hub::new(

@@ -4,7 +4,6 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -221,34 +220,4 @@ fn flush<N: ZepNode, W: Write>(
             }
         }
     }
-}
-
-/// A stop flag set when `duration` has passed or on Ctrl-C, whichever comes first (`None`:
-/// Ctrl-C only). The signal is watched on a thread of its own.
-pub fn stop_flag(duration: Option<Duration>) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            match duration {
-                Some(d) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        });
-        flag.store(true, Ordering::Relaxed);
-    });
-    stop
 }

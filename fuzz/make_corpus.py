@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of every fuzz target into fuzz/corpus/<target>/ (run from anywhere).
+
+Seeds are small, valid or nearly valid inputs in each target's own input format (see the
+`//!` doc of each file in fuzz_targets/): RFC test vectors, the datagrams a real device and edge
+exchange, and minimal examples that reach each branch of a target's framing. libFuzzer starts
+from them instead of from nothing; what it learns on top goes into a work corpus outside the
+repository (scripts/test, fuzz/README.md). A target without a directory here still runs.
+
+Re-run after changing a target's input format, then commit fuzz/corpus/. Files are named by
+what they hold; the script overwrites its own files and leaves any others alone.
+"""
+
+import ipaddress
+import pathlib
+import re
+import struct
+
+ROOT = pathlib.Path(__file__).resolve().parent
+REPO = ROOT.parent
+
+
+# --- CoAP (RFC 7252 §3) ------------------------------------------------------------------------
+
+CON, NON, ACK, RST = 0, 1, 2, 3
+GET, POST, PUT, DELETE = 0x01, 0x02, 0x03, 0x04
+OBSERVE, URI_PATH, CONTENT_FORMAT, URI_QUERY, ACCEPT, BLOCK2 = 6, 11, 12, 15, 17, 23
+
+
+def _ext(n):
+    if n < 13:
+        return n, b""
+    if n < 269:
+        return 13, bytes([n - 13])
+    return 14, struct.pack(">H", n - 269)
+
+
+def coap(mtype, code, mid, token=b"", options=(), payload=b""):
+    """One CoAP message; `options` as (number, value bytes), in any order."""
+    out = bytearray([0x40 | mtype << 4 | len(token), code]) + struct.pack(">H", mid) + token
+    last = 0
+    for number, value in sorted(options, key=lambda o: o[0]):
+        delta, dext = _ext(number - last)
+        length, lext = _ext(len(value))
+        out += bytes([delta << 4 | length]) + dext + lext + value
+        last = number
+    if payload:
+        out += b"\xff" + payload
+    return bytes(out)
+
+
+def uint(n):
+    """A CoAP uint option value (shortest form)."""
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+def path(p):
+    return [(URI_PATH, seg.encode()) for seg in p.strip("/").split("/") if seg]
+
+
+def frames(*parts, ctl_width=1):
+    """Frames of `[len][ctl…][bytes]`: each part is (ctl bytes, datagram)."""
+    out = bytearray()
+    for ctl, datagram in parts:
+        assert len(datagram) < 256 and len(ctl) == ctl_width
+        out += bytes([len(datagram)]) + ctl + datagram
+    return bytes(out)
+
+
+# --- CBOR (RFC 8949), the little SenML needs ---------------------------------------------------
+
+
+def cbor(x):
+    def head(major, n):
+        if n < 24:
+            return bytes([major << 5 | n])
+        for ai, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
+            if n < 1 << (8 * struct.calcsize(fmt)):
+                return bytes([major << 5 | ai]) + struct.pack(fmt, n)
+        raise ValueError(n)
+
+    if isinstance(x, bool):
+        return b"\xf5" if x else b"\xf4"
+    if isinstance(x, int):
+        return head(0, x) if x >= 0 else head(1, -1 - x)
+    if isinstance(x, float):
+        return b"\xfb" + struct.pack(">d", x)
+    if isinstance(x, str):
+        b = x.encode()
+        return head(3, len(b)) + b
+    if isinstance(x, bytes):
+        return head(2, len(x)) + x
+    if isinstance(x, list):
+        return head(4, len(x)) + b"".join(cbor(i) for i in x)
+    if isinstance(x, dict):
+        return head(5, len(x)) + b"".join(cbor(k) + cbor(v) for k, v in x.items())
+    raise TypeError(x)
+
+
+# SenML CBOR labels (RFC 8428 §6)
+BN, BT, BU, BV, N, U, V, VS, VB, T, VD = -2, -3, -4, -5, 0, 1, 2, 3, 4, 6, 8
+
+
+# --- the inputs --------------------------------------------------------------------------------
+
+
+def rfc8428_json_examples():
+    """The RFC 8428 §5 JSON examples, as sdk/tests/senml_rfc8428.rs copied them from the RFC."""
+    text = (REPO / "sdk/tests/senml_rfc8428.rs").read_text()
+    found = re.findall(r'const (RFC_5_[0-9_A-Z]+): &str = r#"\n(.*?)"#;', text, re.S)
+    assert len(found) >= 8, "the RFC 8428 examples moved in sdk/tests/senml_rfc8428.rs"
+    return {name.lower(): body.strip().encode() for name, body in found}
+
+
+def rfc8428_cbor_dump():
+    """The RFC 8428 §6 CBOR example (the hex dump in sdk/tests/senml_rfc8428.rs)."""
+    text = (REPO / "sdk/tests/senml_rfc8428.rs").read_text()
+    dump = re.search(r'const RFC_6_CBOR_DUMP: &str = r##"\n(.*?)"##;', text, re.S).group(1)
+    out = bytearray()
+    for line in dump.strip().splitlines():
+        tokens = line.split("|")[0].split()
+        out += bytes(int(t, 16) for t in tokens[1:])
+    assert len(out) == 195, len(out)
+    return bytes(out)
+
+
+def fleet_report_json(seq=7):
+    return (
+        '[{"bn":"urn:dev:v6iot:sim000001:","n":"seq","v":%d},'
+        '{"n":"temperature","u":"Cel","v":21.5},{"n":"pressure","u":"Pa","v":101325}]' % seq
+    ).encode()
+
+
+def fleet_report_cbor(seq=7):
+    return cbor(
+        [
+            {BN: "urn:dev:v6iot:sim000001:", N: "seq", V: seq},
+            {N: "temperature", U: "Cel", V: 21.5},
+            {N: "valve", VB: True},
+            {N: "log", VS: "ok"},
+            {N: "blob", VD: b"\x01\x02"},
+        ]
+    )
+
+
+def addr_parse():
+    seeds = {
+        "site-prefix.txt": b"2001:db8:1200::/48",
+        "site-prefix-too-short.txt": b"2001:db8::/32",
+        "device-address.txt": b"2001:db8:1200:305:12:3456:78ab:cdef",
+        "device-address-class1.txt": b"2001:db8:1200:100:1::1",
+        "device-address-max.txt": b"2001:db8:1200:fefe:ff:ffff:ffff:ffff",
+        "short-address-iid.txt": b"2001:db8:1200:305:0:ff:fe00:1234",
+        "eui64.txt": b"02:12:34:56:78:ab:cd:ef",
+        "eui64-upper.txt": b"02:12:34:56:78:AB:CD:EF",
+    }
+    for name, text in [
+        ("device-address.bin", "2001:db8:1200:305:12:3456:78ab:cdef"),
+        ("not-in-plan.bin", "2001:db8:1200::1"),
+    ]:
+        seeds[name] = ipaddress.IPv6Address(text).packed
+    return seeds
+
+
+def senml_decode():
+    seeds = {f"{name}.json": body for name, body in rfc8428_json_examples().items()}
+    seeds["rfc_6_cbor.cbor"] = rfc8428_cbor_dump()
+    seeds["fleet-report.json"] = fleet_report_json()
+    seeds["fleet-report.cbor"] = fleet_report_cbor()
+    seeds["empty-pack.json"] = b"[]"
+    seeds["empty-pack.cbor"] = cbor([])
+    seeds["indefinite-pack.cbor"] = b"\x9f" + cbor({N: "a", V: 1}) + b"\xff"
+    return seeds
+
+
+def coap_device_input():
+    """Frames `[len][ctl][datagram]`; the first byte (the first frame's length) odd gives the
+    device credentials, and ctl 0x80 then protects requests with the edge's context."""
+    tok = b"\x01\x02"
+    wk = coap(CON, GET, 1, tok, path(".well-known/core"))
+    get_v = coap(CON, GET, 2, tok, path("v"))
+    put_v = coap(CON, PUT, 3, tok, path("v") + [(CONTENT_FORMAT, b"")], b"21.5")
+    observe = coap(CON, GET, 4, b"\x0b", [(OBSERVE, b"")] + path("v"))
+    big = coap(CON, GET, 5, tok, path("big"))
+    big_block1 = coap(CON, GET, 6, tok, path("big") + [(BLOCK2, uint(0x12))])
+    slow = coap(CON, POST, 7, tok, path("slow"), b"x")
+    non = coap(NON, GET, 8, tok, path("v"))
+    rst = coap(RST, 0, 0x100, b"")
+    ping = coap(CON, 0, 9, b"")
+
+    plain = {
+        "plain-well-known-core": [(b"\x00", wk)],
+        "plain-get-put-get": [(b"\x00", get_v), (b"\x02", put_v), (b"\x01", get_v)],
+        "plain-observe-notify-reset": [(b"\x00", observe), (b"\x40", put_v), (b"\x42", rst)],
+        "plain-block2": [(b"\x00", big), (b"\x02", big_block1)],
+        "plain-separate-response": [(b"\x00", slow), (b"\x10", ping)],
+        "plain-non-and-duplicate": [(b"\x00", non), (b"\x00", non), (b"\xff", get_v)],
+    }
+    # ctl 0x80 protects a request with the edge's context, 0x20 confirms the device's state
+    # write, 0x40 notifies observers of `v`.
+    secure = {
+        "oscore-get-persist-put": [(b"\x80", get_v), (b"\xa0", put_v), (b"\xa2", get_v)],
+        "oscore-plain-get-refused": [(b"\x00", get_v), (b"\x20", wk)],
+        "oscore-observe-notify": [(b"\x80", observe), (b"\xa0", b""), (b"\xe0", put_v)],
+        "oscore-block2": [(b"\xa0", big), (b"\xa2", big_block1)],
+    }
+    # The first byte (the first frame's length) chooses: even, a plain device; odd, one with
+    # credentials. A leading frame of the right length sets it: empty, or one junk byte.
+    seeds = {name: frames((b"\x00", b""), *parts) for name, parts in plain.items()}
+    seeds.update({name: frames((b"\x00", b"\x40"), *parts) for name, parts in secure.items()})
+    for name, data in seeds.items():
+        assert (data[0] % 2 == 1) == name.startswith("oscore"), name
+    return seeds
+
+
+REGISTER_D0 = b"\x42\x02\x00\x01\x01\x02\xb2rd\x41\x28\x45ep=d0"  # the targets' own
+
+
+def edge_ingress_input():
+    """Frames `[len][ctl][datagram]`; ctl: bits 0-1 peer, bit 2 a command, bits 3-7 time."""
+    json = fleet_report_json()
+    tele_json = coap(CON, POST, 2, b"\x07", path("t") + [(CONTENT_FORMAT, uint(110))], json)
+    tele_cbor = coap(
+        CON, POST, 3, b"\x08", path("t") + [(CONTENT_FORMAT, uint(112))], fleet_report_cbor()
+    )
+    tele_non = coap(NON, POST, 4, b"\x09", path("t") + [(CONTENT_FORMAT, uint(110))], json)
+    register_d1 = coap(
+        CON,
+        POST,
+        5,
+        b"\x0a",
+        path("rd") + [(CONTENT_FORMAT, uint(40)), (URI_QUERY, b"ep=d1"), (URI_QUERY, b"lt=60")],
+        b"</valve>;ct=0;obs,</t>;rt=senml",
+    )
+    update = coap(CON, POST, 6, b"\x0b", path("rd/1"))
+    deregister = coap(CON, DELETE, 7, b"\x0c", path("rd/1"))
+    command_ack = coap(ACK, 0x44, 1, b"\x00\x00\x00\x01")
+    return {
+        "register-then-telemetry-json": frames((b"\x00", tele_json)),
+        "telemetry-cbor-and-non": frames((b"\x00", tele_cbor), (b"\x08", tele_non)),
+        "duplicate-telemetry": frames((b"\x00", tele_json), (b"\x00", tele_json)),
+        "second-device-registers": frames((b"\x01", register_d1), (b"\x01", tele_json)),
+        "update-and-deregister": frames((b"\x08", update), (b"\xf8", deregister)),
+        "command-and-ack": frames((b"\x04", b""), (b"\x00", command_ack)),
+        "ipv4-peer-garbage": frames((b"\x02", b"\x40"), (b"\x02", b"\xff" * 8)),
+        "expiry": frames((b"\x00", tele_json), (b"\xf8", b""), (b"\xf8", tele_json)),
+    }
+
+
+def edge_gateway_input():
+    """First byte even: OSCORE required. Frames `[len][ctl][flip][body]`: ctl bit 2 makes the
+    body a request the device protects (flip % 3: 0 registration, 1 telemetry, 2 other path),
+    flip bit 7 then flips a bit of it; ctl & 0x18 == 0x08 queues a command; flip bit 4 completes
+    a persistence batch (bit 3: as failed); ctl bits 5-7 move time."""
+
+    def gw(first, *parts):
+        out = bytearray([first])
+        for ctl, flip, body in parts:
+            out += bytes([len(body), ctl, flip]) + body
+        return bytes(out)
+
+    links = b"</valve>;ct=0;obs"
+    json = fleet_report_json()
+    plain_reg = REGISTER_D0
+    return {
+        "oscore-register-and-report": gw(0, (0x04, 0x10, links), (0x24, 0x11, json)),
+        "oscore-report-held-until-persisted": gw(
+            0, (0x04, 0x00, links), (0x24, 0x01, json), (0x20, 0x10, b"")
+        ),
+        "oscore-persist-fails": gw(0, (0x04, 0x18, links), (0x24, 0x11, json)),
+        "oscore-tampered": gw(0, (0x04, 0x10, links), (0x04, 0x81, json), (0x04, 0x97, json)),
+        "oscore-command": gw(0, (0x04, 0x10, links), (0x0c, 0x10, b"open"), (0x20, 0x10, b"")),
+        "oscore-revoked-then-active": gw(
+            0, (0x04, 0x10, links), (0x10, 0x70, b""), (0x24, 0x11, json), (0x10, 0x50, b"")
+        ),
+        "oscore-plain-refused": gw(0, (0x00, 0x00, plain_reg), (0x01, 0x00, plain_reg)),
+        "oscore-moves-address": gw(0, (0x04, 0x10, links), (0x05, 0x11, json)),
+        "lab-mode-plain": gw(1, (0x00, 0x00, plain_reg), (0x20, 0x00, b"\x40\x00\x00\x01")),
+    }
+
+
+def oscore_unprotect():
+    """First byte: the mode (even: verify as received; odd: protect, check, then tamper with
+    the byte it points at). RFC 8613 Appendix C, with the contexts of C.1."""
+    h = bytes.fromhex
+    c4_protected = h("44025d1f00003974396c6f63616c686f7374620914ff612f1092f1776f1c1668b3825e")
+    c4_plain = h("44015d1f00003974396c6f63616c686f737483747631")
+    c7_plain = h("64455d1f00003974ff48656c6c6f20576f726c6421")
+    c7_protected = h("64445d1f0000397490ffdbaad1e9a7e7b2a813d3c31524378303cdafae119106")
+    c8_protected = h("64445d1f00003974920100ff4d4c13669384b67354b2b6175ff4b8658c666a6cf88e")
+    return {
+        "rfc8613-c4-request.bin": b"\x00" + c4_protected,
+        "rfc8613-c7-response.bin": b"\x00" + c7_protected,
+        "rfc8613-c8-response-with-piv.bin": b"\x00" + c8_protected,
+        "protect-c4-plain-request.bin": b"\x01" + c4_plain,
+        "protect-c7-plain-response.bin": b"\x21" + c7_plain,
+        "protect-response-own-piv.bin": b"\x03" + c7_plain,
+        "protect-observe-response.bin": b"\x05"
+        + coap(ACK, 0x45, 0x5D1F, b"\x39\x74", [(OBSERVE, uint(7))], b"x"),
+        "option-value-piv-kid.bin": h("0914"),
+        "option-value-kid-context.bin": h("19140837cbf3210017a2d3"),
+    }
+
+
+TARGETS = {
+    "addr_parse": addr_parse,
+    "senml_decode": senml_decode,
+    "coap_device_input": coap_device_input,
+    "edge_ingress_input": edge_ingress_input,
+    "edge_gateway_input": edge_gateway_input,
+    "oscore_unprotect": oscore_unprotect,
+}
+
+
+def main():
+    for target, make in TARGETS.items():
+        assert (ROOT / "fuzz_targets" / f"{target}.rs").is_file(), target
+        seeds = make()
+        assert 0 < len(seeds) <= 40, (target, len(seeds))
+        out = ROOT / "corpus" / target
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in seeds.items():
+            assert len(data) <= 2048, (target, name)  # scripts/test's -max_len
+            (out / name).write_bytes(data)
+        print(f"{target}: {len(seeds)} seeds in {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,9 @@
 //! query run on a board), and the stored records the board reads values from
 //! (`senml_value`). Nothing may panic; a complete head lies within the input; an answer holds
 //! at most `MAX_WINDOW` rows and never more than match; a value's text is bounded.
+//!
+//! Input: the first byte mod 3 picks 0 an HTTP request head, 1 a feed message (JSON text),
+//! 2 a SenML-JSON payload; the rest is that input (seeds: `fuzz/make_corpus.py`).
 
 #![no_main]
 

@@ -372,6 +372,38 @@ def border_radio_input():
     return seeds
 
 
+def edge_ops_input():
+    """First byte mod 3: 0 an HTTP request head, 1 a dashboard feed message (JSON), 2 a stored
+    record's SenML-JSON payload."""
+    heads = {
+        "get-metrics": b"GET /metrics HTTP/1.1\r\nHost: [::1]:9464\r\n"
+        b"Accept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+        "get-page": b"GET / HTTP/1.1\r\nHost: [::1]:9464\r\n\r\n",
+        "ws-upgrade": b"GET /feed HTTP/1.1\r\nHost: [::1]:9464\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+        "post-body": b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        "partial": b"GET /metr",
+    }
+    feed = {
+        "auth": b'{"type":"auth","token":"0123456789abcdef"}',
+        "query": b'{"type":"query","filter":"dev","sort":"last_seen","desc":true,"offset":2,"limit":50}',
+        "query-defaults": b'{"type":"query"}',
+        "select": b'{"type":"select","device":"dev-1"}',
+        "unknown-field": b'{"type":"query","x":1}',
+    }
+    values = {
+        "temperature": fleet_report_json(),
+        "string-value": b'[{"n":"label","vs":"<script>alert(1)</script>"}]',
+        "bool-value": b'[{"n":"open","vb":true}]',
+    }
+    seeds = {}
+    for sel, group in enumerate([heads, feed, values]):
+        for name, body in group.items():
+            seeds[f"{name}.bin"] = bytes([sel]) + body
+    return seeds
+
+
 TARGETS = {
     "addr_parse": addr_parse,
     "senml_decode": senml_decode,
@@ -380,6 +412,7 @@ TARGETS = {
     "edge_gateway_input": edge_gateway_input,
     "oscore_unprotect": oscore_unprotect,
     "border_radio_input": border_radio_input,
+    "edge_ops_input": edge_ops_input,
 }
 
 

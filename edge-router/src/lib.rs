@@ -24,6 +24,7 @@ pub mod config;
 pub mod gateway;
 pub mod ingress;
 pub mod journal;
+pub mod ops;
 pub mod peer;
 pub mod registry_db;
 pub mod registry_worker;

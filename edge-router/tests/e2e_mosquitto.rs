@@ -250,6 +250,8 @@ impl Edge {
             let line = rx
                 .recv_timeout(left)
                 .expect("edge router exited before it was running");
+            // kept too: the tests grep the whole log (e.g. for secrets)
+            self.log.lock().unwrap().push(line.clone());
             if line.contains("edge router running") {
                 break;
             }
@@ -552,6 +554,14 @@ mod oscore;
 /// Who may command which device: the broker's ACL and the edge's allow-list and bounds.
 #[path = "e2e_mosquitto/commands.rs"]
 mod commands;
+
+/// Metrics, bad HTTP and feed input, stop and reload through the binary.
+#[path = "e2e_mosquitto/ops.rs"]
+mod ops;
+
+/// Headless chromium over the DevTools protocol (the dashboard test).
+#[path = "e2e_mosquitto/cdp.rs"]
+mod cdp;
 
 /// Spoofed traffic from a plant's own network, in a network namespace of the test's own.
 #[path = "e2e_mosquitto/spoofing.rs"]

@@ -23,6 +23,9 @@ use super::{Edge, Mosquitto, Seen, TempDir, free_udp_port, runtime, subscribe, w
 /// The audit trail's checkpoints published and kept by the running edge.
 mod audit_anchor;
 
+/// The dashboard in headless chromium, with OSCORE devices and a plain-CoAP attempt.
+mod ops_dashboard;
+
 // ----- provisioning with the CLI -----
 
 pub(super) struct Creds {

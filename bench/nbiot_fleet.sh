@@ -131,9 +131,9 @@ cat "$REPORT"
 grep -E "Maximum resident|Elapsed|User time|System time" "$OUT/nbiot_fleet.time" || true
 
 jq -e '
-  .registered == '"$DEVICES"' and .lost == 0 and
-  .nbiot.commands.missing == 0 and
-  (.nbiot.commands.results.ok // 0) + (.nbiot.commands.results.expired // 0) == .nbiot.commands.sent and
-  .nbiot.commands.served == (.nbiot.commands.results.ok // 0)
+  .total.registered == '"$DEVICES"' and .total.lost == 0 and
+  .total.nbiot.commands.missing == 0 and
+  (.total.nbiot.commands.results.ok // 0) + (.total.nbiot.commands.results.expired // 0) == .total.nbiot.commands.sent and
+  .total.nbiot.commands.served == (.total.nbiot.commands.results.ok // 0)
 ' "$REPORT" >/dev/null || die "not every command ended ok or expired, or something was lost (see $REPORT)"
 log "every command delivered in a window or expired; nothing lost"

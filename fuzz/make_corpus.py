@@ -302,6 +302,108 @@ def oscore_unprotect():
     }
 
 
+def border_radio_input():
+    """First byte: bit 7 the PAN (0: 0xabcd, 2001:db8:1200:305::/64), bits 0-2 what the rest
+    is: 0 a ZEP datagram, 1-3 a MAC frame without FCS, 4 an IPv6 packet from the host, 5 the
+    last bytes of a device's address in the prefix then CoAP from the gateway, 6-7 time passing
+    (the next byte: seconds). Frames here carry uncompressed IPv6 (dispatch 0x41) with good
+    checksums; the fuzzer finds IPHC and fragment headers from there."""
+    import ipaddress
+    import struct
+
+    prefix = ipaddress.IPv6Address("2001:db8:1200:305::").packed[:8]
+    eui = bytes.fromhex("0212345600000005")
+    iid = bytes([eui[0] ^ 0x02]) + eui[1:]
+    router_eui = bytes.fromhex("0200000000000001")
+    device_ll = bytes.fromhex("fe80000000000000") + iid
+    device_global = prefix + iid
+    router_global = prefix + bytes.fromhex("0000000000000001")
+
+    def checksum(src, dst, nh, body):
+        data = src + dst + struct.pack(">IxxxB", len(body), nh) + body
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack(f">{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return (~total) & 0xFFFF
+
+    def ipv6(src, dst, nh, body, hops=64):
+        return struct.pack(">IHBB", 0x6 << 28, len(body), nh, hops) + src + dst + body
+
+    def icmp(src, dst, typ, rest):
+        body = bytes([typ, 0, 0, 0]) + rest
+        c = checksum(src, dst, 58, body)
+        return ipv6(src, dst, 58, body[:2] + struct.pack(">H", c) + body[4:], hops=255)
+
+    def udp(src, dst, sport, dport, payload):
+        body = struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload
+        c = checksum(src, dst, 17, body) or 0xFFFF
+        return ipv6(src, dst, 17, body[:6] + struct.pack(">H", c) + body[8:])
+
+    def mac(seq, payload, dst=None):
+        # Data frame, PAN ID compression, source extended (sent little-endian).
+        fc = 0x0001 | 0x0040 | (3 << 14) | ((3 if dst else 2) << 10)
+        dst_bytes = dst[::-1] if dst else b"\xff\xff"
+        return struct.pack("<HBH", fc, seq, 0xABCD) + dst_bytes + eui[::-1] + payload
+
+    get_core = coap(CON, 0x01, 0x1234, b"\x01", [(11, b".well-known"), (11, b"core")])
+    post_t = coap(CON, 0x02, 0x1235, b"\x02", [(11, b"t")], fleet_report_cbor())
+    rs = icmp(device_ll, bytes.fromhex("ff020000000000000000000000000002"), 133, b"\0" * 4)
+    to_router = udp(device_global, router_global, 5683, 5683, get_core)
+    from_host = udp(ipaddress.IPv6Address("2001:db8::1").packed, device_global, 40000, 5683, get_core)
+    big = udp(device_global, router_global, 5683, 5683, post_t + b"x" * 40)
+    # FRAG1 carries IPHC (inline next header, hop limit and addresses: 40 bytes in 36) and
+    # the datagram up to byte 96; FRAGN the rest at offset 96 (12 units of 8).
+    iphc = b"\x78\x00" + big[6:8] + big[8:40]
+    frag1 = bytes([0xC0 | (len(big) >> 8), len(big) & 0xFF, 0x00, 0x07]) + iphc + big[40:96]
+    fragn = bytes([0xE0 | (len(big) >> 8), len(big) & 0xFF, 0x00, 0x07, 12]) + big[96:]
+    seeds = {
+        "rs-broadcast.bin": b"\x01" + mac(1, b"\x41" + rs),
+        "coap-to-the-router.bin": b"\x01" + mac(2, b"\x41" + to_router, router_eui),
+        "fragments-to-the-router.bin": b"\x02" + mac(3, frag1, router_eui),
+        "fragment-n.bin": b"\x03" + mac(4, fragn, router_eui),
+        "host-to-device.bin": b"\x04" + from_host,
+        "gateway-to-device.bin": b"\x05" + device_global + get_core,
+        "time-passes.bin": b"\x06\x3c",
+        "other-pan.bin": b"\x81" + mac(5, b"\x41" + rs),
+    }
+    assert all(len(v) <= 1 + 125 for k, v in seeds.items() if v[0] & 7 in (1, 2, 3)), "MAC frame"
+    return seeds
+
+
+def edge_ops_input():
+    """First byte mod 3: 0 an HTTP request head, 1 a dashboard feed message (JSON), 2 a stored
+    record's SenML-JSON payload."""
+    heads = {
+        "get-metrics": b"GET /metrics HTTP/1.1\r\nHost: [::1]:9464\r\n"
+        b"Accept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+        "get-page": b"GET / HTTP/1.1\r\nHost: [::1]:9464\r\n\r\n",
+        "ws-upgrade": b"GET /feed HTTP/1.1\r\nHost: [::1]:9464\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+        "post-body": b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        "partial": b"GET /metr",
+    }
+    feed = {
+        "auth": b'{"type":"auth","token":"0123456789abcdef"}',
+        "query": b'{"type":"query","filter":"dev","sort":"last_seen","desc":true,"offset":2,"limit":50}',
+        "query-defaults": b'{"type":"query"}',
+        "select": b'{"type":"select","device":"dev-1"}',
+        "unknown-field": b'{"type":"query","x":1}',
+    }
+    values = {
+        "temperature": fleet_report_json(),
+        "string-value": b'[{"n":"label","vs":"<script>alert(1)</script>"}]',
+        "bool-value": b'[{"n":"open","vb":true}]',
+    }
+    seeds = {}
+    for sel, group in enumerate([heads, feed, values]):
+        for name, body in group.items():
+            seeds[f"{name}.bin"] = bytes([sel]) + body
+    return seeds
+
+
 TARGETS = {
     "addr_parse": addr_parse,
     "senml_decode": senml_decode,
@@ -309,6 +411,8 @@ TARGETS = {
     "edge_ingress_input": edge_ingress_input,
     "edge_gateway_input": edge_gateway_input,
     "oscore_unprotect": oscore_unprotect,
+    "border_radio_input": border_radio_input,
+    "edge_ops_input": edge_ops_input,
 }
 
 

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::latency::{LatencyHistogram, ROUND_TRIP_BUCKETS};
+
 /// Something that happened on the north side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -92,8 +94,10 @@ pub enum BridgeError {
 }
 
 /// Counters of one bridge, shared with whoever exports metrics (`Arc<BridgeStats>`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BridgeStats {
+    /// PUBLISH (its last sending) to PUBACK, for every message the broker took.
+    pub publish_latency: LatencyHistogram,
     published: AtomicU64,
     republished: AtomicU64,
     acked: AtomicU64,
@@ -104,6 +108,24 @@ pub struct BridgeStats {
     disconnects: AtomicU64,
     commands_forwarded: AtomicU64,
     commands_rejected: AtomicU64,
+}
+
+impl Default for BridgeStats {
+    fn default() -> Self {
+        BridgeStats {
+            publish_latency: LatencyHistogram::new(ROUND_TRIP_BUCKETS),
+            published: AtomicU64::default(),
+            republished: AtomicU64::default(),
+            acked: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            connects: AtomicU64::default(),
+            connect_failures: AtomicU64::default(),
+            disconnects: AtomicU64::default(),
+            commands_forwarded: AtomicU64::default(),
+            commands_rejected: AtomicU64::default(),
+        }
+    }
 }
 
 /// A copy of the counters at one moment.

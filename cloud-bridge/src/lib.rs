@@ -14,6 +14,7 @@
 //! | [`websocket`] | the WebSocket sink: one JSON text message per record |
 //! | [`command`] | commands from the platform: JSON parsing and error results (sans-IO) |
 //! | [`event`] | `BridgeEvent`, `BridgeStats`, `BridgeError` |
+//! | [`latency`] | fixed-bucket latency histograms (outbox group commits, PUBLISH → PUBACK) for metrics |
 //! | [`endpoint`] | `mqtt://`, `mqtts://`, `ws://`, `wss://` URLs (sans-IO) |
 //! | [`happy_eyeballs`] | RFC 8305 address order and attempt schedule (sans-IO) + TCP race |
 //! | [`tls`] | rustls client configuration: CA pinning, client certificates, server name |
@@ -26,6 +27,7 @@ pub mod endpoint;
 pub mod event;
 pub mod fanout;
 pub mod happy_eyeballs;
+pub mod latency;
 pub mod message;
 pub mod mqtt;
 pub mod outbox;

@@ -63,6 +63,8 @@
 //! allow_devices = ["valve-*", "pump-3"]  # optional: only these take commands
 //! ```
 //!
+//! The border router's `[lowpan]` and `[[radio]]` sections are in [`lowpan`].
+//!
 //! With `require_oscore` (the default) the router needs the registry's seal key to open the
 //! devices' master secrets; it refuses to start without one.
 
@@ -70,6 +72,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub mod lowpan;
+
+pub use lowpan::{LowpanSection, RadioLink, RadioSection};
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -107,6 +113,136 @@ pub struct EdgeConfig {
     /// Checkpoints of the audit trail.
     #[serde(default)]
     pub audit: AuditSection,
+    /// The border router: what its PANs share.
+    #[serde(default)]
+    pub lowpan: LowpanSection,
+    /// The border router's PANs, one radio each (none: no border router).
+    #[serde(default)]
+    pub radio: Vec<RadioSection>,
+    /// Metrics, the dashboard and the stop.
+    #[serde(default)]
+    pub ops: OpsSection,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[ops]`: the operations listener (`/metrics`, the dashboard) and the graceful stop.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSection {
+    /// HTTP address of `/metrics` and the dashboard; absent (the default): no listener.
+    pub listen: Option<SocketAddr>,
+    /// Allow `listen` on an address other than loopback (the metrics are then readable by
+    /// anyone who reaches it; the dashboard still needs its token). Default false.
+    pub allow_remote: bool,
+    /// The dashboard's access token (at least 16 characters); absent with no
+    /// `dashboard_token_file`: the dashboard is off (`/metrics` stays).
+    pub dashboard_token: Option<String>,
+    /// A file holding the token (first line), e.g. readable by the service user only.
+    pub dashboard_token_file: Option<PathBuf>,
+    /// Rows the dashboard keeps at most (devices past it are counted, not shown).
+    pub dashboard_max_devices: usize,
+    /// HTTP connections open at once at most; more are closed at once (and counted).
+    pub max_connections: usize,
+    /// At a stop (SIGTERM), how long the edge waits for the broker to take what is in the
+    /// outbox, seconds; what is left stays for the next start.
+    pub stop_flush_s: u64,
+    /// While stopping, new requests get 5.03 with this Max-Age, seconds.
+    pub stop_retry_after_s: u32,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        OpsSection {
+            listen: None,
+            allow_remote: false,
+            dashboard_token: None,
+            dashboard_token_file: None,
+            dashboard_max_devices: 200_000,
+            max_connections: 64,
+            stop_flush_s: 10,
+            stop_retry_after_s: 30,
+        }
+    }
+}
+
+impl OpsSection {
+    /// The dashboard's token: `dashboard_token`, else the first line of
+    /// `dashboard_token_file`; `None` when neither is set (dashboard off).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, or the token is shorter than 16 characters.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.dashboard_token, &self.dashboard_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.chars().count() < 16 {
+            return Err(ConfigError::Invalid {
+                key: "ops.dashboard_token",
+                reason: "must be at least 16 characters".to_owned(),
+            });
+        }
+        Ok(Some(token))
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Human,
+    /// One JSON object per line (for journald forwarding, Loki, Elasticsearch).
+    Json,
+}
+
+/// `[log]`: format and levels (the `RUST_LOG` variable, when set, replaces `level` and
+/// `modules`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// The level of everything not named in `modules`: error, warn, info, debug, trace.
+    pub level: String,
+    /// Levels per module, e.g. `"v6iot_edge_router::gateway" = "debug"`.
+    pub modules: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+            modules: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl LogSection {
+    /// The filter directive these keys make (`info,v6iot_edge_router::gateway=debug`).
+    #[must_use]
+    pub fn directive(&self) -> String {
+        let mut d = self.level.clone();
+        for (module, level) in &self.modules {
+            d.push_str(&format!(",{module}={level}"));
+        }
+        d
+    }
 }
 
 /// `[commands]`: bounds and the allow-list of commands from the platform (see
@@ -514,6 +650,10 @@ impl EdgeConfig {
             security: SecuritySection::default(),
             commands: CommandsSection::default(),
             audit: AuditSection::default(),
+            lowpan: LowpanSection::default(),
+            radio: Vec::new(),
+            ops: OpsSection::default(),
+            log: LogSection::default(),
         }
     }
 
@@ -623,10 +763,79 @@ impl EdgeConfig {
                 reason: e.to_string(),
             });
         }
+        self.check_ops()?;
         if self.outbox.min_sync_interval_us > 100_000 {
             return invalid(
                 "outbox.min_sync_interval_us",
                 "must be at most 100000 (0.1 s): every acknowledgement waits for a sync",
+            );
+        }
+        lowpan::check(&self.lowpan, &self.radio)
+    }
+
+    /// The border router's configuration (`None` when there is no `[[radio]]`).
+    ///
+    /// # Errors
+    ///
+    /// What [`EdgeConfig::check`] refuses in `[lowpan]` and `[[radio]]`.
+    pub fn border(&self) -> Result<Option<crate::border::BorderConfig>, ConfigError> {
+        lowpan::border_config(&self.lowpan, &self.radio)
+    }
+}
+
+impl EdgeConfig {
+    /// A copy with the secrets a file may hold (`mqtt.password`, `ops.dashboard_token`)
+    /// replaced by `…`, for printing (`check-config`).
+    #[must_use]
+    pub fn redacted(&self) -> EdgeConfig {
+        let mut c = self.clone();
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("…".to_owned());
+            }
+        };
+        hide(&mut c.mqtt.password);
+        hide(&mut c.ops.dashboard_token);
+        c
+    }
+
+    fn check_ops(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(addr) = self.ops.listen
+            && !addr.ip().is_loopback()
+            && !self.ops.allow_remote
+        {
+            return invalid(
+                "ops.listen",
+                "not a loopback address: set ops.allow_remote = true to serve metrics beyond this host",
+            );
+        }
+        if self.ops.max_connections == 0 {
+            return invalid("ops.max_connections", "must be at least 1");
+        }
+        if self.ops.dashboard_token.is_some() && self.ops.dashboard_token_file.is_some() {
+            return invalid(
+                "ops.dashboard_token",
+                "set dashboard_token or dashboard_token_file, not both",
+            );
+        }
+        if let Some(t) = &self.ops.dashboard_token
+            && t.chars().count() < 16
+        {
+            return invalid("ops.dashboard_token", "must be at least 16 characters");
+        }
+        if self.ops.stop_retry_after_s == 0 {
+            return invalid("ops.stop_retry_after_s", "must be at least 1");
+        }
+        if tracing_subscriber::EnvFilter::try_new(self.log.directive()).is_err() {
+            return invalid(
+                "log.level",
+                "log.level and log.modules must be levels (error, warn, info, debug, trace) and module paths",
             );
         }
         Ok(())
@@ -636,6 +845,74 @@ impl EdgeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PACKAGED: &str = include_str!("../debian/edge.toml");
+
+    /// The fields serde expects in `section` (from the message refusing an unknown key).
+    fn expected_fields(section: Option<&str>) -> Vec<String> {
+        let table = section.map(|s| format!("[{s}]\n")).unwrap_or_default();
+        let e = EdgeConfig::parse(&format!("site = \"a\"\n{table}zzz_unknown = 1\n"))
+            .unwrap_err()
+            .to_string();
+        let list = e.split("expected ").nth(1).unwrap_or_else(|| panic!("{e}"));
+        let list = list.split('\n').next().unwrap_or_default();
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn printed_configurations_hold_no_secret() {
+        let c = EdgeConfig::parse(
+            "site = \"a\"\n[mqtt]\nurl = \"mqtts://b:8883\"\npassword = \"pw-secret-1\"\n\
+             [ops]\ndashboard_token = \"token-secret-0123456\"\n",
+        )
+        .unwrap();
+        let shown = format!("{:#?}", c.redacted());
+        assert!(!shown.contains("pw-secret-1") && !shown.contains("token-secret-0123456"));
+        assert!(
+            format!("{c:?}").contains("pw-secret-1"),
+            "the original keeps it"
+        );
+    }
+
+    /// The example configuration the package installs: valid as shipped, valid with every
+    /// optional key switched on, and naming every key the configuration has (no more, no
+    /// fewer), so it cannot drift from the code.
+    #[test]
+    fn the_packaged_example_names_every_key() {
+        EdgeConfig::parse(PACKAGED).unwrap();
+        let all: String = PACKAGED
+            .lines()
+            .filter(|l| !l.contains("dashboard_token_file")) // one of two alternatives
+            .map(|l| format!("{}\n", l.strip_prefix("#: ").unwrap_or(l)))
+            .collect();
+        EdgeConfig::parse(&all).unwrap();
+        let table: toml::Table = toml::from_str(&all).unwrap();
+        let mut top: Vec<String> = table.keys().cloned().collect();
+        top.sort();
+        let mut want = expected_fields(None);
+        want.sort();
+        assert_eq!(top, want, "top-level keys");
+        for (name, value) in &table {
+            let Some(section) = value.as_table() else {
+                continue;
+            };
+            let mut keys: Vec<String> = section.keys().cloned().collect();
+            if name == "ops" {
+                keys.push("dashboard_token_file".to_owned());
+            }
+            keys.sort();
+            let mut want = expected_fields(Some(name));
+            want.sort();
+            assert_eq!(keys, want, "keys of [{name}]");
+            for line in PACKAGED.lines() {
+                assert!(!line.contains("= \"\""), "an empty value: {line}");
+            }
+        }
+    }
 
     #[test]
     fn the_documented_example_parses() {

@@ -4,6 +4,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`border`] | sans-IO 6LoWPAN border router: PANs on 802.15.4 radios (RAs with PIO and 6CO, NS/NA, neighbour table, reassembly from many devices), forwarding to and from the host's TUN, CoAP to the router handed to the gateway |
 //! | [`config`] | the TOML configuration, with errors that name the key |
 //! | [`journal`] | the command queue's journal on disk (JSON lines, synced per batch on the blocking pool, rewritten on open and while running) |
 //! | [`registry_worker`] | the registry's thread: OSCORE state batches before audit rows (bounded, drops counted), audit checkpoints, reloads when another process changed the registry |
@@ -18,10 +19,12 @@
 //! connection; the cores above only see datagrams, times and results.
 
 pub mod audit;
+pub mod border;
 pub mod config;
 pub mod gateway;
 pub mod ingress;
 pub mod journal;
+pub mod ops;
 pub mod peer;
 pub mod registry_db;
 pub mod registry_worker;

@@ -10,6 +10,8 @@
 //!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
+mod lowpan;
+mod ops;
 mod udp;
 
 use std::future::Future;
@@ -41,6 +43,7 @@ use crate::ingress::{
     IngressEvent, IngressStats,
 };
 use crate::journal::{CommandJournal, JournalWriter};
+use crate::ops::live::Live;
 use crate::registry_db::Registry;
 use crate::registry_worker::{FromRegistry, RegistryWorker};
 
@@ -63,6 +66,11 @@ pub struct EdgeHandle {
     pub ingress: Arc<std::sync::Mutex<IngressStats>>,
     /// A snapshot of the authentication gateway's counters, refreshed by the loop.
     pub gateway: Arc<std::sync::Mutex<GatewayStats>>,
+    /// A snapshot of the border router's counters (empty without radios), refreshed every
+    /// 250 ms.
+    pub border: Arc<std::sync::Mutex<crate::border::stats::BorderStats>>,
+    /// The metrics/dashboard listener's address actually bound (`ops.listen`).
+    pub ops_addr: Option<SocketAddr>,
 }
 
 /// How often the gateway's counters are logged (when they changed).
@@ -74,6 +82,17 @@ pub async fn run(
     config: EdgeConfig,
     ready: Option<tokio::sync::oneshot::Sender<EdgeHandle>>,
     shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_with_reloads(config, ready, shutdown, None).await
+}
+
+/// [`run`], taking new configurations (SIGHUP) from `reloads`: what can change live is
+/// applied, what needs a restart is named in the log.
+pub async fn run_with_reloads(
+    mut config: EdgeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<EdgeHandle>>,
+    shutdown: impl Future<Output = ()>,
+    reloads: Option<mpsc::UnboundedReceiver<EdgeConfig>>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
     let (socket, local_addresses) =
@@ -107,6 +126,7 @@ pub async fn run(
     mqtt.server_name = config.mqtt.server_name.clone();
     mqtt.report_published = false; // one event per record, and the loop below drops them
     let bridge_stats = mqtt.stats.clone();
+    let (mut live, ops_listener) = ops::start(&config, bridge_stats.clone(), &outbox).await?;
 
     // One durable stream, one or two sinks; an id is acknowledged to the outbox only once
     // every sink has it.
@@ -247,12 +267,24 @@ pub async fn run(
     let mut journal = JournalWriter::new(journal);
     let stats = Arc::new(std::sync::Mutex::new(IngressStats::default()));
     let gateway_stats = Arc::new(std::sync::Mutex::new(GatewayStats::default()));
+    let mut border = lowpan::BorderIo::open(&config)
+        .await
+        .context("cannot start the border router")?;
+    let border_stats = Arc::new(std::sync::Mutex::new(
+        border
+            .as_ref()
+            .map(lowpan::BorderIo::stats)
+            .unwrap_or_default(),
+    ));
+    let mut logged_border = crate::border::stats::BorderStats::default();
     if let Some(ready) = ready {
         let _ = ready.send(EdgeHandle {
             coap_addr,
             bridge: bridge_stats,
             ingress: stats.clone(),
             gateway: gateway_stats.clone(),
+            border: border_stats.clone(),
+            ops_addr: ops_listener.as_ref().map(|l| l.addr),
         });
     }
     tracing::info!(%coap_addr, site = %config.site, edge = %config.edge_id, "edge router running");
@@ -266,6 +298,9 @@ pub async fn run(
     let mut logged_stats = GatewayStats::default();
     let mut logged_commands = DownlinkStats::default();
     tokio::pin!(shutdown);
+    let mut reloads = reloads;
+    let mut stopping: Option<ops::Stop> = None;
+    live.tick(&gateway);
     loop {
         // The command journal is written on the blocking pool, one batch at a time; the
         // commands in a batch go out once it is durable (the downlink holds them till then).
@@ -274,19 +309,47 @@ pub async fn run(
         {
             journal.start(batch);
         }
-        flush(&mut gateway, &outbox, &mut appends, &security_topic);
-        while let Some(datagram) = gateway.poll_transmit() {
-            out.push(datagram);
+        flush(
+            &mut gateway,
+            &outbox,
+            &mut appends,
+            &security_topic,
+            &mut live,
+        );
+        while let Some((peer, bytes)) = gateway.poll_transmit() {
+            // Devices on a PAN are answered through the radio.
+            match border.as_mut() {
+                Some(b) => out.extend(b.route_gateway_datagram(peer, bytes)),
+                None => out.push((peer, bytes)),
+            }
         }
+        if let Some(b) = border.as_mut() {
+            b.flush();
+        }
+        live.sent(out.len());
         sender.send(&mut out);
-        drain_side_effects(&mut gateway, &worker);
+        drain_side_effects(&mut gateway, &worker, &mut live);
+        if let Some(stop) = &stopping {
+            let in_flight = !appends.in_flight.is_empty()
+                || !appends.messages.is_empty()
+                || gateway.ingress().waiting() > 0;
+            if stop.done(in_flight, &outbox) {
+                break;
+            }
+        }
         if let Ok(mut s) = stats.lock() {
             *s = *gateway.ingress().stats();
         }
         if let Ok(mut s) = gateway_stats.lock() {
             *s = *gateway.stats();
         }
-        let deadline = gateway.poll_timeout();
+        let deadline = [
+            gateway.poll_timeout(),
+            border.as_ref().and_then(|b| b.router.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             received = receiver.recv(&socket) => {
                 let now = Instant::now();
@@ -300,6 +363,7 @@ pub async fn run(
                 };
                 let mut taken = 0;
                 while got > 0 {
+                    live.received(got);
                     for (peer, bytes) in receiver.datagrams() {
                         match peer {
                             Some(peer) => gateway.handle_datagram(now, wall, peer, bytes),
@@ -320,6 +384,11 @@ pub async fn run(
                     tokio::task::yield_now().await;
                 }
             }
+            Some(input) = lowpan::next(&mut border) => {
+                if let Some(b) = border.as_mut() {
+                    b.take_ready(input, RECV_BATCH, &mut gateway);
+                }
+            }
             Some((tickets, result)) = appends.in_flight.next(), if !appends.in_flight.is_empty() => {
                 let now = Instant::now();
                 for t in tickets {
@@ -338,7 +407,10 @@ pub async fn run(
                         FromRegistry::Persisted { id, ok } => {
                             gateway.handle_persisted(Instant::now(), id, ok);
                         }
-                        FromRegistry::Devices(devices) => gateway.handle_devices(unix_ms(), devices),
+                        FromRegistry::Devices(devices) => {
+                            live.devices(&devices);
+                            gateway.handle_devices(unix_ms(), devices);
+                        }
                         FromRegistry::Checkpoint(m) => {
                             tracing::debug!(rows = m.rows, head = %m.head, "audit checkpoint");
                             publish(&outbox, &security_topic, m.to_json());
@@ -365,6 +437,7 @@ pub async fn run(
                 gateway.handle_command(Instant::now(), wall, cmd);
             }
             _ = stats_tick.tick() => {
+                live.tick(&gateway);
                 let now_stats = *gateway.stats();
                 if now_stats != logged_stats {
                     log_gateway_stats(&now_stats);
@@ -375,25 +448,69 @@ pub async fn run(
                     log_command_stats(&commands);
                     logged_commands = commands;
                 }
+                if let Some(b) = border.as_mut() {
+                    b.flush_capture();
+                    let now_border = b.stats();
+                    if now_border != logged_border {
+                        lowpan::log_stats(&now_border, b.counters());
+                        logged_border = now_border.clone();
+                    }
+                    if let Ok(mut s) = border_stats.lock() {
+                        *s = now_border;
+                    }
+                }
             }
-            () = sleep_until(deadline) => gateway.handle_timeout(Instant::now(), unix_ms()),
-            () = &mut shutdown => break,
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                gateway.handle_timeout(now, unix_ms());
+                if let Some(b) = border.as_mut() {
+                    b.router.handle_timeout(now);
+                }
+            }
+            Some(new) = next_reload(&mut reloads) => ops::reload(&mut config, new, &mut gateway),
+            () = &mut shutdown, if stopping.is_none() => {
+                stopping = Some(ops::Stop::begin(&config, &mut gateway, &live));
+                live.tick(&gateway);
+            }
+            // while stopping: look again at what is in flight and at the outbox
+            () = tokio::time::sleep(STOP_POLL), if stopping.is_some() => {}
         }
     }
-    tracing::info!("edge router stopping");
+    tracing::info!("edge router stopping: writing the command queue and OSCORE state");
     finish_journal(journal, &mut gateway).await?;
-    drain_side_effects(&mut gateway, &worker);
+    drain_side_effects(&mut gateway, &worker, &mut live);
+    live.tick(&gateway);
     sender.stop();
+    if let Some(b) = border {
+        b.stop();
+    }
     worker.stop();
     let _ = stop_tx.send(true);
-    outbox.close().await;
     for task in sink_tasks {
         if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), task).await {
             tracing::warn!(error = %e, "a sink ended with an error");
         }
     }
+    ops::report_outbox(&outbox);
+    outbox.close().await;
     fanout_task.abort();
+    if let Some(l) = ops_listener {
+        l.stop();
+    }
     Ok(())
+}
+
+/// How often a stop under way looks at what is left.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The next reload, or never.
+async fn next_reload(
+    reloads: &mut Option<mpsc::UnboundedReceiver<EdgeConfig>>,
+) -> Option<EdgeConfig> {
+    match reloads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// At shutdown: waits for the journal batch being written and writes what is left (inline:
@@ -426,7 +543,7 @@ fn log_command_stats(s: &DownlinkStats) {
 
 /// Hands the gateway's state batches and audit rows to the registry thread (state first; audit
 /// rows it has no room for are counted in the security report), and logs events.
-fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
+fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut Live) {
     while let Some(batch) = gateway.poll_persist() {
         let id = batch.id;
         if !worker.persist(batch) {
@@ -437,7 +554,9 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
         }
     }
     let mut rows = Vec::new();
+    let wall = unix_ms();
     while let Some(event) = gateway.ingress_mut().poll_event() {
+        live.ingress_event(&event, wall);
         log_event(&event);
         if let Some(row) = audit_row(&event) {
             rows.push(row);
@@ -456,6 +575,7 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker) {
         }
     }
     while let Some(event) = gateway.poll_security_event() {
+        live.security_event(&event, wall);
         tracing::debug!(peer = %event.peer, cause = %event.cause, device = ?event.device, "refused");
     }
     while let Some(row) = gateway.poll_audit() {
@@ -595,11 +715,14 @@ fn flush(
     outbox: &OutboxHandle,
     appends: &mut Appends,
     security_topic: &str,
+    live: &mut Live,
 ) {
     let mut fire_and_forget = Vec::new();
+    let wall = unix_ms();
     while let Some(a) = gateway.ingress_mut().poll_append() {
         match a.ticket {
             Some(t) => {
+                live.telemetry(&a.message, wall);
                 appends.tickets.push(t);
                 appends.messages.push(a.message);
             }

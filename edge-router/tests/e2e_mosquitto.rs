@@ -250,6 +250,8 @@ impl Edge {
             let line = rx
                 .recv_timeout(left)
                 .expect("edge router exited before it was running");
+            // kept too: the tests grep the whole log (e.g. for secrets)
+            self.log.lock().unwrap().push(line.clone());
             if line.contains("edge router running") {
                 break;
             }
@@ -553,12 +555,25 @@ mod oscore;
 #[path = "e2e_mosquitto/commands.rs"]
 mod commands;
 
+/// Metrics, bad HTTP and feed input, stop and reload through the binary.
+#[path = "e2e_mosquitto/ops.rs"]
+mod ops;
+
+/// Headless chromium over the DevTools protocol (the dashboard test).
+#[path = "e2e_mosquitto/cdp.rs"]
+mod cdp;
+
 /// Spoofed traffic from a plant's own network, in a network namespace of the test's own.
 #[path = "e2e_mosquitto/spoofing.rs"]
 mod spoofing;
 
 #[path = "e2e_mosquitto/addresses.rs"]
 mod addresses;
+
+/// The border router: 6LoWPAN devices over ZEP, the TUN, libcoap and tshark, in network
+/// namespaces of the tests' own.
+#[path = "e2e_mosquitto/lowpan.rs"]
+mod lowpan;
 
 // ----- the tests -----
 

@@ -32,25 +32,13 @@ impl Credentials {
     /// Reads a credentials CSV.
     pub fn read(reader: impl BufRead) -> anyhow::Result<Credentials> {
         let mut by_id = HashMap::new();
-        let mut header_seen = false;
-        for (i, line) in reader.lines().enumerate() {
-            let line = line?;
-            if csv::is_skipped(&line) {
-                continue;
-            }
-            let n = i + 1;
-            if !header_seen {
-                csv::check_header(&line).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
-                header_seen = true;
-                continue;
-            }
-            let record = csv::parse_line(&line).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+        for_each_record(reader, |n, record| {
             if by_id.contains_key(&record.id) {
                 anyhow::bail!("line {n}: device `{}` appears twice", record.id);
             }
             by_id.insert(record.id.clone(), record);
-        }
-        anyhow::ensure!(header_seen, "no header line ({})", csv::HEADER);
+            Ok(())
+        })?;
         Ok(Credentials { by_id })
     }
 
@@ -68,6 +56,31 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
+}
+
+/// Reads a credentials CSV row by row, handing `f` each row with its line number (errors name
+/// the line): for fleets too large to hold every row at once.
+pub fn for_each_record(
+    reader: impl BufRead,
+    mut f: impl FnMut(usize, DeviceRecord) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut header_seen = false;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if csv::is_skipped(&line) {
+            continue;
+        }
+        let n = i + 1;
+        if !header_seen {
+            csv::check_header(&line).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+            header_seen = true;
+            continue;
+        }
+        let record = csv::parse_line(&line).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+        f(n, record)?;
+    }
+    anyhow::ensure!(header_seen, "no header line ({})", csv::HEADER);
+    Ok(())
 }
 
 /// The device side's context input for `record`.

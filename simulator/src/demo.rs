@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::registry_db::Ipv6Prefix;
-use v6iot_sdk::uplink::Binding;
 
-use crate::fleet::FleetPlan;
-use crate::load::{self, BrokerView, RunReport};
+use crate::load::{self, RunOptions};
 use crate::provision::{ProvisionPlan, provision_edge};
+use crate::report::Report;
+use crate::scenario::{FleetSpec, Scenario};
 
 /// Size of a demo run.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct DemoPlan {
 }
 
 /// Runs the demo and returns the fleet's report.
-pub async fn run(plan: DemoPlan) -> anyhow::Result<RunReport> {
+pub async fn run(plan: DemoPlan) -> anyhow::Result<Report> {
     let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let broker = crate::broker::start(loopback)?;
     let data_dir = std::env::temp_dir().join(format!("v6iot-demo-{}", std::process::id()));
@@ -80,25 +80,24 @@ pub async fn run(plan: DemoPlan) -> anyhow::Result<RunReport> {
         plan.rate,
         plan.duration.as_secs_f64()
     );
-    let fleet = FleetPlan {
-        edge: handle.coap_addr,
-        devices: plan.devices,
-        rate: plan.rate,
-        duration: plan.duration,
-        id_prefix: "dev".into(),
-        binding: Binding::U,
-    };
-    let view = BrokerView {
-        url: format!("mqtt://[{}]:{}", broker.ip(), broker.port()),
-        prefix: "v6iot".into(),
-        site: "demo".into(),
-    };
-    let report = load::run_with(
+    let mut fleet = FleetSpec::new("demo", plan.devices as u64, plan.rate);
+    fleet.id_prefix = "dev".into();
+    fleet.oscore = Some(oscore);
+    let mut scenario = Scenario::single(
         fleet,
-        view,
-        Duration::from_secs(5),
-        plan.progress,
-        Some(oscore),
+        handle.coap_addr,
+        &format!("mqtt://[{}]:{}", broker.ip(), broker.port()),
+    );
+    scenario.name = "demo".into();
+    scenario.duration = plan.duration;
+    scenario.broker.site = "demo".into();
+    let report = load::run(
+        scenario,
+        RunOptions {
+            progress: plan.progress,
+            workdir: Some(data_dir.join("sim")),
+            ..RunOptions::default()
+        },
     )
     .await;
     let _ = stop_tx.send(());
@@ -108,20 +107,6 @@ pub async fn run(plan: DemoPlan) -> anyhow::Result<RunReport> {
 }
 
 /// The human summary of a demo run.
-pub fn summary(r: &RunReport) -> String {
-    format!(
-        "devices {} (registered {})\nsent {}  acknowledged {}  refused {}\ndelivered at the broker {}  lost {}  duplicates {}\nthroughput {:.0} records/s\nlatency p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-        r.devices,
-        r.registered,
-        r.sent,
-        r.acked,
-        r.rejected,
-        r.delivered,
-        r.lost,
-        r.duplicates,
-        r.throughput_per_s,
-        r.latency_ms.p50,
-        r.latency_ms.p99,
-        r.latency_ms.max
-    )
+pub fn summary(r: &Report) -> String {
+    r.summary()
 }

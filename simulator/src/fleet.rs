@@ -1,47 +1,31 @@
-//! A fleet of simulated devices that register with an edge router and report telemetry at a
-//! given total rate, each on the real SDK core with its own uplink.
+//! Fleet devices (sans-IO): the reporting sensor application on the real SDK core, and what
+//! became of every report it made.
 //!
-//! Every report is SenML-CBOR with two records: the reading, and `seq` (the device's report
-//! number) timed at the moment it was made, so a subscriber at the broker can match deliveries
-//! to reports and measure end-to-end latency (see [`crate::collector`]).
+//! Every report is SenML with the device's readings and `seq` (the device's report number,
+//! from 1), timed at the moment the report was *scheduled* — so a subscriber at the broker can
+//! match each delivery to its report and measure end-to-end latency, and a simulator that falls
+//! behind shows in the latency instead of hiding it (no coordinated omission). A device makes
+//! every report its schedule has due, catching up after a late wake-up, so the reports made are
+//! a function of the plan alone.
+//!
+//! The SDK sends a device's reports one at a time, in the order they were made, and tells the
+//! application what became of each ([`ReportEvent`]). So the application knows the fate of
+//! every report by its number: the one at the front of the queue is `front`; everything before
+//! it was acknowledged, except the few refused (with their code) or dropped by a full queue,
+//! kept in a small list ([`Outcomes`]). That is what the run report classifies against the
+//! deliveries ([`crate::tally`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use v6iot_sdk::coap::{
-    App, Changed, Code, Config, Device, Resource, ResourceTree, Response, TreeError,
-    content_format as cf,
+    App, Changed, Code, Resource, ResourceTree, Response, TreeError, content_format as cf,
 };
-use v6iot_sdk::oscore::SecurityContext;
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 use v6iot_sdk::time::Instant;
-use v6iot_sdk::uplink::{Binding, ReportStats, UplinkConfig};
+use v6iot_sdk::uplink::ReportEvent;
 
-/// Live counters shared by every device of a fleet.
-#[derive(Debug, Default)]
-pub struct FleetCounters {
-    /// Reports made.
-    pub made: AtomicU64,
-    /// Platform commands (`PUT /actuators/valve`) the devices ran.
-    pub commands: AtomicU64,
-}
-
-/// The application of one fleet device.
-#[derive(Debug)]
-pub struct FleetSensor {
-    /// The SenML base name of its reports, `urn:dev:v6iot:{id}:` (made once).
-    base_name: String,
-    next_report: Instant,
-    interval: Duration,
-    stop_at: Instant,
-    seq: u64,
-    value: f64,
-    pending: Option<Vec<u8>>,
-    counters: Arc<FleetCounters>,
-    clock: WallClock,
-}
+use crate::scenario::{Format, Payload};
 
 /// Maps `Instant`s to Unix time (captured once, so the cores stay clock-free).
 #[derive(Debug, Clone, Copy)]
@@ -53,12 +37,13 @@ pub struct WallClock {
 impl WallClock {
     /// Captures the current wall-clock time.
     pub fn now() -> WallClock {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        WallClock::at(Instant::now(), unix_now())
+    }
+
+    /// A clock on which `start` is `unix` seconds (virtual time in tests).
+    pub fn at(start: Instant, unix: f64) -> WallClock {
         WallClock {
-            start: Instant::now(),
+            start,
             unix_at_start: unix,
         }
     }
@@ -73,64 +58,271 @@ impl WallClock {
     }
 }
 
-impl App for FleetSensor {
-    fn poll_timeout(&self) -> Option<Instant> {
-        (self.next_report < self.stop_at).then_some(self.next_report)
+/// Unix seconds now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What the devices of one fleet share.
+#[derive(Debug)]
+pub struct FleetShared {
+    /// Device ids are `{id_prefix}{serial:06}`.
+    pub id_prefix: String,
+    /// The serial of device 0.
+    pub first: u64,
+    /// Each device's time between reports (`None`: it does not report).
+    pub interval: Option<Duration>,
+    /// No report is scheduled at or after this.
+    pub stop_at: Instant,
+    /// What a report holds.
+    pub payload: Payload,
+    /// Unix time of the run's instants.
+    pub clock: WallClock,
+}
+
+/// A device's counts of its reports' fate (each fits a `u32`: a device makes far fewer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportCounts {
+    /// Reports made (the last report's `seq`).
+    pub made: u32,
+    /// Acknowledged with 2.xx.
+    pub acked: u32,
+    /// Refused for good (4.xx, 5.xx other than 5.03 and 4.03).
+    pub refused: u32,
+    /// Dropped by the device's full queue (never sent).
+    pub dropped: u32,
+    /// 5.03 answers (each report kept and retried).
+    pub busy: u32,
+    /// Timeouts (the report kept and retried).
+    pub timeouts: u32,
+    /// 4.03 answers (the device registered again; the report kept).
+    pub forbidden: u32,
+}
+
+impl ReportCounts {
+    /// Reports whose fate is settled at the device (acknowledged, refused or dropped).
+    pub fn resolved(&self) -> u64 {
+        u64::from(self.acked) + u64::from(self.refused) + u64::from(self.dropped)
+    }
+}
+
+/// The reports of one device that were not acknowledged: refused (with the code, as on the
+/// wire: class × 32 + detail) or dropped. Bounded by the reports the device itself made; held
+/// only by devices that had any.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Refused reports: (seq, code), in order.
+    pub refused: Vec<(u32, u8)>,
+    /// Dropped reports' seqs, in order.
+    pub dropped: Vec<u32>,
+}
+
+/// The application of one fleet device.
+#[derive(Debug)]
+pub struct FleetSensor {
+    shared: Arc<FleetShared>,
+    /// The device's number in its fleet.
+    n: u32,
+    /// The scheduled time of the next report to make.
+    next_report: Instant,
+    /// Reports made but not yet handed to the uplink, and the scheduled time of the first.
+    due: u16,
+    due_from: Instant,
+    counts: ReportCounts,
+    /// The seq of the report at the front of the device's queue (the oldest not resolved).
+    front: u32,
+    /// Whether the front report went out at least once (an answer or a timeout came back).
+    front_tried: bool,
+    outcomes: Option<Box<Outcomes>>,
+    /// Platform commands (`PUT /actuators/valve`) it ran.
+    commands: u32,
+}
+
+impl FleetSensor {
+    /// Device `n` of the fleet, its first report scheduled at `first_report`.
+    pub fn new(shared: Arc<FleetShared>, n: u32, first_report: Instant) -> FleetSensor {
+        FleetSensor {
+            shared,
+            n,
+            next_report: first_report,
+            due: 0,
+            due_from: first_report,
+            counts: ReportCounts::default(),
+            front: 1,
+            front_tried: false,
+            outcomes: None,
+            commands: 0,
+        }
     }
 
-    fn handle_timeout(&mut self, now: Instant) -> Changed {
-        if now >= self.stop_at {
-            // A report due before the end but woken after it: none is made, and no deadline
-            // stays behind (one left in the past would wake the device again at once, forever).
-            self.next_report = self.stop_at;
-            return Changed::NONE;
+    /// Platform commands (`PUT /actuators/valve`) it ran.
+    pub fn commands(&self) -> u32 {
+        self.commands
+    }
+
+    /// Counts of its reports' fate.
+    pub fn counts(&self) -> &ReportCounts {
+        &self.counts
+    }
+
+    /// Refused and dropped reports, if any.
+    pub fn outcomes(&self) -> Option<&Outcomes> {
+        self.outcomes.as_deref()
+    }
+
+    /// The seq of the oldest report not resolved (past `made` when none is).
+    pub fn front(&self) -> u32 {
+        self.front
+    }
+
+    /// Whether the oldest unresolved report went out at least once.
+    pub fn front_tried(&self) -> bool {
+        self.front_tried
+    }
+
+    /// The device's number in its fleet.
+    pub fn number(&self) -> u32 {
+        self.n
+    }
+
+    /// The id of the device.
+    pub fn device_id(&self) -> String {
+        format!(
+            "{}{:06}",
+            self.shared.id_prefix,
+            self.shared.first + u64::from(self.n)
+        )
+    }
+
+    /// The report `seq`, made at unix time `t`.
+    fn report(&self, seq: u32, t: f64) -> Option<(u16, Vec<u8>)> {
+        let payload = self.shared.payload;
+        let value = |k: u32| {
+            20.0 + f64::from(
+                (seq.wrapping_mul(37)
+                    .wrapping_add(self.n)
+                    .wrapping_add(k * 11))
+                    % 1000,
+            ) / 100.0
+        };
+        let mut pack = PackBuilder::new()
+            .base_name(format!("urn:dev:v6iot:{}:", self.device_id()))
+            .base_time((t * 1000.0).round() / 1000.0)
+            .record(Record::measurement("temperature", "Cel", value(0)));
+        for k in 1..u32::from(payload.records.saturating_sub(2)) + 1 {
+            pack = pack.record(Record::measurement(format!("m{k}"), "/", value(k)));
         }
-        self.seq += 1;
-        self.value = ((self.value + 0.37) * 100.0).round() / 100.0;
-        let t = (self.clock.unix(now) * 1000.0).round() / 1000.0;
-        let pack = PackBuilder::new()
-            .base_name(self.base_name.clone())
-            .base_time(t)
-            .record(Record::measurement("temperature", "Cel", self.value))
+        if payload.pad > 0 {
+            pack = pack.record(Record::string_value("pad", "x".repeat(payload.pad)));
+        }
+        let pack = pack
             .record(Record {
                 n: Some("seq".into()),
-                v: Some(self.seq as f64),
+                v: Some(f64::from(seq)),
                 ..Record::default()
             })
             .build();
-        self.pending = senml::to_cbor(&pack).ok();
-        self.counters.made.fetch_add(1, Ordering::Relaxed);
-        self.next_report += self.interval;
-        if self.next_report <= now {
-            self.next_report = now + self.interval;
+        match payload.format {
+            Format::Cbor => senml::to_cbor(&pack).ok().map(|b| (cf::SENML_CBOR, b)),
+            Format::Json => senml::to_json_vec(&pack).ok().map(|b| (cf::SENML_JSON, b)),
+        }
+    }
+
+    /// The report at the front left the queue: the next one not dropped is the front now.
+    fn advance_front(&mut self) {
+        self.front += 1;
+        self.front_tried = false;
+        if let Some(o) = &self.outcomes {
+            while o.dropped.binary_search(&self.front).is_ok() {
+                self.front += 1;
+            }
+        }
+    }
+}
+
+impl App for FleetSensor {
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.shared.interval?;
+        (self.next_report < self.shared.stop_at).then_some(self.next_report)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Changed {
+        let Some(interval) = self.shared.interval else {
+            return Changed::NONE;
+        };
+        // Every report scheduled up to now, each timed as scheduled.
+        while self.next_report <= now && self.next_report < self.shared.stop_at {
+            if self.due == 0 {
+                self.due_from = self.next_report;
+            }
+            self.due = self.due.saturating_add(1);
+            self.counts.made += 1;
+            self.next_report += interval;
         }
         Changed::NONE
     }
 
     fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
-        self.pending.take().map(|b| (cf::SENML_CBOR, b))
+        let interval = self.shared.interval?;
+        if self.due == 0 {
+            return None;
+        }
+        let seq = self.counts.made - u32::from(self.due) + 1;
+        let t = self.shared.clock.unix(self.due_from);
+        self.due -= 1;
+        self.due_from += interval;
+        self.report(seq, t)
+    }
+
+    fn report_event(&mut self, _now: Instant, event: ReportEvent) {
+        match event {
+            ReportEvent::Acked => {
+                self.counts.acked += 1;
+                self.advance_front();
+            }
+            ReportEvent::Refused(code) => {
+                self.counts.refused += 1;
+                let front = self.front;
+                self.outcomes
+                    .get_or_insert_with(Box::default)
+                    .refused
+                    .push((front, u8::from(coap_lite::MessageClass::Response(code))));
+                self.advance_front();
+            }
+            ReportEvent::Dropped => {
+                // The report just made: the newest.
+                self.counts.dropped += 1;
+                let seq = self.counts.made;
+                self.outcomes
+                    .get_or_insert_with(Box::default)
+                    .dropped
+                    .push(seq);
+                if self.front == seq {
+                    self.advance_front();
+                }
+            }
+            ReportEvent::Busy => {
+                self.counts.busy += 1;
+                self.front_tried = true;
+            }
+            ReportEvent::TimedOut => {
+                self.counts.timeouts += 1;
+                self.front_tried = true;
+            }
+            ReportEvent::Forbidden => {
+                self.counts.forbidden += 1;
+                self.front_tried = true;
+            }
+            _ => {}
+        }
     }
 }
 
-/// Settings of a fleet.
-#[derive(Debug, Clone)]
-pub struct FleetPlan {
-    /// The edge router.
-    pub edge: SocketAddr,
-    /// How many devices.
-    pub devices: usize,
-    /// Reports per second over the whole fleet.
-    pub rate: f64,
-    /// How long devices report.
-    pub duration: Duration,
-    /// Device id prefix; ids are `{prefix}{n:06}`.
-    pub id_prefix: String,
-    /// Registration binding.
-    pub binding: Binding,
-}
-
 /// The shared tree of fleet devices: the temperature, and a valve platform commands set (each
-/// command run is counted in [`FleetCounters::commands`]).
+/// command run is counted in [`FleetSensor::commands`]).
 pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
     let mut t = ResourceTree::new();
     t.add(
@@ -138,181 +330,120 @@ pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
             .rt("oic.r.temperature")
             .content_formats(&[cf::TEXT_PLAIN])
             .get(|s: &mut FleetSensor, _| {
-                Response::content(cf::TEXT_PLAIN, s.value.to_string().into_bytes()).into()
+                let v = 20.0 + f64::from(s.counts.made % 1000) / 100.0;
+                Response::content(cf::TEXT_PLAIN, v.to_string().into_bytes()).into()
             }),
     )?;
     t.add(
         Resource::new("actuators/valve")
             .rt("v6iot.valve")
             .put(|s: &mut FleetSensor, _| {
-                s.counters.commands.fetch_add(1, Ordering::Relaxed);
+                s.commands = s.commands.saturating_add(1);
                 Response::code(Code::Changed).into()
             }),
     )?;
     Ok(Arc::new(t))
 }
 
-/// The id of device `n` of `plan`: `{prefix}{n:06}`, as `v6iot-sim provision` names them.
-pub fn device_id(plan: &FleetPlan, n: usize) -> String {
-    format!("{}{n:06}", plan.id_prefix)
-}
-
-/// Builds device `n` of `plan`, starting at `start`; with `credentials` it speaks OSCORE only.
-pub fn device(
-    plan: &FleetPlan,
-    n: usize,
-    start: Instant,
-    tree: Arc<ResourceTree<FleetSensor>>,
-    counters: Arc<FleetCounters>,
-    clock: WallClock,
-    credentials: Option<SecurityContext>,
-) -> Device<FleetSensor> {
-    let shared = Shared {
-        tree,
-        counters,
-        clock,
-        coap: Config::default(),
-    };
-    device_with(plan, n, start, &shared, credentials)
-}
-
-/// What every device of a fleet shares or is built with.
-#[derive(Debug, Clone)]
-pub struct Shared {
-    /// The resource tree.
-    pub tree: Arc<ResourceTree<FleetSensor>>,
-    /// The live counters.
-    pub counters: Arc<FleetCounters>,
-    /// Instants to Unix time.
-    pub clock: WallClock,
-    /// CoAP transmission parameters (NB-IoT devices wait longer for ACKs).
-    pub coap: Config,
-}
-
-/// As [`device`], with everything shared in `shared`.
-pub fn device_with(
-    plan: &FleetPlan,
-    n: usize,
-    start: Instant,
-    shared: &Shared,
-    credentials: Option<SecurityContext>,
-) -> Device<FleetSensor> {
-    sensor_device_with(plan, n, start, shared, credentials)
-        .with_uplink(start, uplink_config(plan, n))
-}
-
-/// The uplink of device `n` of `plan`: its registration and reports to the plan's edge.
-pub fn uplink_config(plan: &FleetPlan, n: usize) -> UplinkConfig {
-    UplinkConfig {
-        binding: plan.binding,
-        max_queued_reports: 1024,
-        lifetime: Duration::from_secs(600),
-        ..UplinkConfig::new(plan.edge, device_id(plan, n))
-    }
-}
-
-/// As [`device`] without its uplink, for drivers that start it later (a 6LoWPAN device, once
-/// attached); reports made before are not sent.
-pub fn sensor_device(
-    plan: &FleetPlan,
-    n: usize,
-    start: Instant,
-    tree: Arc<ResourceTree<FleetSensor>>,
-    counters: Arc<FleetCounters>,
-    clock: WallClock,
-    credentials: Option<SecurityContext>,
-) -> Device<FleetSensor> {
-    let shared = Shared {
-        tree,
-        counters,
-        clock,
-        coap: Config::default(),
-    };
-    sensor_device_with(plan, n, start, &shared, credentials)
-}
-
-/// As [`sensor_device`], with everything shared in `shared`.
-pub fn sensor_device_with(
-    plan: &FleetPlan,
-    n: usize,
-    start: Instant,
-    shared: &Shared,
-    credentials: Option<SecurityContext>,
-) -> Device<FleetSensor> {
-    let (tree, counters, clock) = (shared.tree.clone(), shared.counters.clone(), shared.clock);
-    let id = device_id(plan, n);
-    let per_device = plan.rate / plan.devices.max(1) as f64;
-    let interval = Duration::from_secs_f64(if per_device > 0.0 {
-        1.0 / per_device
-    } else {
-        3600.0
-    });
-    // Spread first reports over one interval so the fleet does not report in lock step; leave
-    // a moment to register first.
-    let phase = interval.mul_f64((n as f64 * 0.618_033_988_75).fract());
-    let app = FleetSensor {
-        base_name: format!("urn:dev:v6iot:{id}:"),
-        next_report: start + Duration::from_millis(200) + phase,
-        interval,
-        stop_at: start + plan.duration,
-        seq: 0,
-        value: 20.0,
-        pending: None,
-        counters,
-        clock,
-    };
-    let device = Device::new(shared.coap, n as u64 + 1, tree, app);
-    match credentials {
-        Some(ctx) => device.with_credentials(ctx),
-        None => device,
-    }
-}
-
-/// Adds one device's reporter counters into a total.
-pub fn add_stats(total: &mut ReportStats, s: &ReportStats) {
-    total.queued += s.queued;
-    total.refused += s.refused;
-    total.sent += s.sent;
-    total.acked += s.acked;
-    total.rejected += s.rejected;
-    total.busy += s.busy;
-    total.timeouts += s.timeouts;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use v6iot_sdk::coap::Code;
 
-    fn sensor(start: Instant, stop_at: Instant) -> FleetSensor {
-        FleetSensor {
-            base_name: "urn:dev:v6iot:f000001:".into(),
-            next_report: start,
-            interval: Duration::from_millis(100),
-            stop_at,
-            seq: 0,
-            value: 20.0,
-            pending: None,
-            counters: Arc::new(FleetCounters::default()),
-            clock: WallClock::now(),
-        }
+    fn shared(interval_ms: u64, stop_ms: u64, payload: Payload) -> Arc<FleetShared> {
+        Arc::new(FleetShared {
+            id_prefix: "f".into(),
+            first: 1,
+            interval: Some(Duration::from_millis(interval_ms)),
+            stop_at: Instant::ZERO + Duration::from_millis(stop_ms),
+            payload,
+            clock: WallClock::at(Instant::ZERO, 1000.0),
+        })
+    }
+
+    fn ms(t: u64) -> Instant {
+        Instant::ZERO + Duration::from_millis(t)
+    }
+
+    /// The `seq` and time of a SenML-CBOR report.
+    fn seq_and_time(body: &[u8]) -> (u32, f64) {
+        let pack = senml::from_cbor(body).unwrap();
+        let bt = pack[0].bt.unwrap();
+        let seq = pack
+            .iter()
+            .find(|r| r.n.as_deref() == Some("seq"))
+            .unwrap()
+            .v
+            .unwrap();
+        (seq as u32, bt)
     }
 
     #[test]
-    fn reports_until_the_end_and_leaves_no_deadline_behind() {
-        let start = Instant::now();
-        let stop = start + Duration::from_millis(250);
-        let mut s = sensor(start, stop);
-        let _ = s.handle_timeout(start);
-        assert!(s.poll_report().is_some());
-        assert_eq!(s.poll_timeout(), Some(start + Duration::from_millis(100)));
-        let _ = s.handle_timeout(start + Duration::from_millis(100));
-        assert_eq!(s.poll_timeout(), Some(start + Duration::from_millis(200)));
-        // The report due at 200 ms is woken late, after the end: none is made, and the
-        // deadline in the past is gone (a driver would otherwise wake the device forever).
-        let _ = s.poll_report();
-        let _ = s.handle_timeout(stop + Duration::from_millis(5));
-        assert!(s.poll_report().is_none());
+    fn makes_every_scheduled_report_timed_as_scheduled_even_when_woken_late() {
+        let mut s = FleetSensor::new(shared(100, 1000, Payload::default()), 4, ms(50));
+        assert_eq!(s.device_id(), "f000005");
+        assert_eq!(s.poll_timeout(), Some(ms(50)));
+        // Woken 260 ms late: the reports due at 50, 150, 250 are all made.
+        let _ = s.handle_timeout(ms(310));
+        let made: Vec<(u32, f64)> = std::iter::from_fn(|| s.poll_report())
+            .map(|(cf, b)| {
+                assert_eq!(cf, cf::SENML_CBOR);
+                seq_and_time(&b)
+            })
+            .collect();
+        assert_eq!(made, [(1, 1000.05), (2, 1000.15), (3, 1000.25)]);
+        assert_eq!(s.poll_timeout(), Some(ms(350)));
+        // Nothing is scheduled at or after the end, however late the wake-up.
+        let _ = s.handle_timeout(ms(5000));
+        assert_eq!(std::iter::from_fn(|| s.poll_report()).count(), 7);
+        assert_eq!(s.counts().made, 10);
         assert_eq!(s.poll_timeout(), None);
-        assert_eq!(s.counters.made.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_fate_of_every_report_is_known_by_its_number() {
+        let mut s = FleetSensor::new(shared(10, 1000, Payload::default()), 0, ms(0));
+        let _ = s.handle_timeout(ms(50)); // seqs 1..=6
+        while s.poll_report().is_some() {}
+        s.report_event(ms(50), ReportEvent::Acked); // 1
+        s.report_event(ms(50), ReportEvent::Busy); // 2 kept
+        s.report_event(ms(50), ReportEvent::Dropped); // 6, the newest, never queued
+        assert!(s.front_tried());
+        s.report_event(ms(50), ReportEvent::Refused(Code::BadRequest)); // 2
+        s.report_event(ms(50), ReportEvent::TimedOut); // 3 kept
+        s.report_event(ms(50), ReportEvent::Acked); // 3
+        s.report_event(ms(50), ReportEvent::Acked); // 4
+        assert_eq!(s.front(), 5);
+        s.report_event(ms(50), ReportEvent::Acked); // 5; 6 was dropped: the front is 7
+        assert_eq!(s.front(), 7);
+        assert!(!s.front_tried());
+        let c = *s.counts();
+        assert_eq!(
+            (c.made, c.acked, c.refused, c.dropped, c.busy, c.timeouts),
+            (6, 4, 1, 1, 1, 1)
+        );
+        assert_eq!(c.resolved(), 6);
+        let o = s.outcomes().unwrap();
+        assert_eq!(o.refused, [(2, 0x80)]);
+        assert_eq!(o.dropped, [6]);
+    }
+
+    #[test]
+    fn payload_shapes_carry_records_pad_and_seq() {
+        let payload = Payload {
+            records: 5,
+            format: Format::Json,
+            pad: 40,
+        };
+        let mut s = FleetSensor::new(shared(10, 1000, payload), 2, ms(0));
+        let _ = s.handle_timeout(ms(0));
+        let (cf, body) = s.poll_report().unwrap();
+        assert_eq!(cf, cf::SENML_JSON);
+        let pack = senml::from_json(&body).unwrap();
+        assert_eq!(pack.len(), 6, "temperature, m1..m3, pad, seq");
+        assert_eq!(pack[3].n.as_deref(), Some("m3"));
+        assert_eq!(pack[4].vs.as_deref().map(str::len), Some(40));
+        assert_eq!(pack[5].n.as_deref(), Some("seq"));
+        assert_eq!(pack[0].bn.as_deref(), Some("urn:dev:v6iot:f000003:"));
     }
 }

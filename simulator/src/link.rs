@@ -228,15 +228,14 @@ impl Link for Sockets {
 
 /// Every member at its own IPv6 address, all on one socket (see the module docs).
 ///
-/// Member `i` has the address `prefix | (first + i × stride)`: the interface identifier (low
-/// 64 bits) of device `n` of a fleet spread over `k` shards is `n + 1`, so shard `s` has
-/// `first = s + 1`, `stride = k`, and a received datagram's destination names its member by
-/// arithmetic. A member given a new address ([`Link::readdress`], an NB-IoT device after a
-/// sleep) keeps those low 48 bits and counts up a generation in the top 16 bits of the
-/// interface identifier; datagrams to an address of an older generation are strays.
+/// The members come in [`Segment`]s — one per fleet a shard thread drives — and member `i` of a
+/// segment has the address `network | (first + (i − start) × stride)`: the interface
+/// identifiers of a fleet's devices are consecutive, and a thread drives every `stride`-th of
+/// them, so a received datagram's destination names its member by arithmetic.
 pub struct AddressPool {
     socket: UdpSocket,
     layout: Layout,
+    /// Per member: how many times it was given a new address ([`Link::readdress`]).
     generations: Vec<u16>,
     slots: Vec<Vec<u8>>,
     /// Datagrams for an address that is no member's (counted, dropped).
@@ -247,9 +246,7 @@ impl std::fmt::Debug for AddressPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AddressPool")
             .field("socket", &self.socket)
-            .field("first", &self.member_address(0))
-            .field("stride", &self.layout.stride)
-            .field("members", &self.layout.members)
+            .field("segments", &self.layout.segments)
             .field("strays", &self.strays)
             .finish_non_exhaustive()
     }
@@ -270,9 +267,27 @@ impl AddressPool {
         stride: u64,
         members: usize,
     ) -> io::Result<AddressPool> {
-        let layout = Layout::new(network, first, stride, members)?;
-        for i in [0, members.saturating_sub(1)] {
-            check_routed_to_loopback(layout.address(i, 0))?;
+        AddressPool::bind_segments(
+            port,
+            vec![Segment {
+                network,
+                first,
+                stride,
+                members: 0..members,
+            }],
+        )
+    }
+
+    /// As [`AddressPool::bind`], for members in several segments (disjoint member ranges).
+    pub fn bind_segments(port: u16, segments: Vec<Segment>) -> io::Result<AddressPool> {
+        let layout = Layout::new(segments)?;
+        for seg in &layout.segments {
+            let n = seg.members.len();
+            for i in [seg.members.start, seg.members.start + n.saturating_sub(1)] {
+                if let Some(a) = layout.address(i, 0) {
+                    check_routed_to_loopback(a)?;
+                }
+            }
         }
         let socket = UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
         setsockopt(&socket, sockopt::IpFreebind, &true).map_err(|e| {
@@ -288,10 +303,16 @@ impl AddressPool {
             tracing::warn!(error = %e, "cannot enlarge the pool socket's receive buffer");
         }
         socket.set_nonblocking(true)?;
+        let members = layout
+            .segments
+            .iter()
+            .map(|s| s.members.end)
+            .max()
+            .unwrap_or(0);
         Ok(AddressPool {
             socket,
-            generations: vec![0; members],
             layout,
+            generations: vec![0; members],
             slots: (0..POOL_SLOTS)
                 .map(|_| vec![0u8; POOL_SLOT_BYTES])
                 .collect(),
@@ -300,7 +321,7 @@ impl AddressPool {
     }
 
     /// The address of member `i` (of its current generation).
-    fn member_address(&self, i: usize) -> Ipv6Addr {
+    pub fn member_address(&self, i: usize) -> Option<Ipv6Addr> {
         let generation = self.generations.get(i).copied().unwrap_or(0);
         self.layout.address(i, generation)
     }
@@ -314,7 +335,7 @@ impl AddressPool {
     /// delivered).
     fn take_batch(&mut self, deliver: &mut dyn FnMut(Arrival<'_>)) -> io::Result<(usize, usize)> {
         let mut got: [(usize, Option<(usize, SocketAddr)>); POOL_SLOTS] = [(0, None); POOL_SLOTS];
-        let (layout, generations) = (self.layout, &self.generations);
+        let (layout, generations) = (&self.layout, &self.generations);
         let member_at = |d: Ipv6Addr| {
             let (i, generation) = layout.member_at(d)?;
             (generations.get(i) == Some(&generation)).then_some(i)
@@ -417,60 +438,73 @@ fn check_routed_to_loopback(address: Ipv6Addr) -> io::Result<()> {
     }
 }
 
+/// A run of a pool's members: members `members` at interface ids `first`, `first + stride`, …
+/// of the /64 of `network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// The /64 (its high 64 bits count).
+    pub network: Ipv6Addr,
+    /// Interface id of the segment's first member.
+    pub first: u64,
+    /// Distance between members' interface ids.
+    pub stride: u64,
+    /// The members (indices in the shard).
+    pub members: std::ops::Range<usize>,
+}
+
 /// The low 48 bits of an interface identifier: the member's part (the top 16 count generations).
 const MEMBER_BITS: u64 = (1 << 48) - 1;
 
-/// Where a pool's members are in their /64.
-#[derive(Debug, Clone, Copy)]
+/// Where a pool's members are. A member given a new address ([`Link::readdress`], an NB-IoT
+/// device after a sleep) keeps the low 48 bits of its interface identifier and counts up a
+/// generation in the top 16; datagrams to an address of an older generation are strays.
+#[derive(Debug, Clone)]
 struct Layout {
-    /// The high 64 bits of every member's address.
-    network: u64,
-    first: u64,
-    stride: u64,
-    members: usize,
+    segments: Vec<Segment>,
 }
 
 impl Layout {
-    fn new(network: Ipv6Addr, first: u64, stride: u64, members: usize) -> io::Result<Layout> {
-        let last = (members.saturating_sub(1) as u64)
-            .checked_mul(stride)
-            .and_then(|o| o.checked_add(first));
-        if stride == 0 || first == 0 || last.is_none_or(|l| l > MEMBER_BITS) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the pool's addresses do not fit (interface ids from 1 to 2^48 - 1; the top 16 bits count re-addressing)",
-            ));
+    fn new(segments: Vec<Segment>) -> io::Result<Layout> {
+        for seg in &segments {
+            let n = seg.members.len();
+            let last = (n.saturating_sub(1) as u64)
+                .checked_mul(seg.stride)
+                .and_then(|o| o.checked_add(seg.first));
+            if seg.stride == 0 || seg.first == 0 || last.is_none_or(|l| l > MEMBER_BITS) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the pool's addresses do not fit (interface ids from 1 to 2^48 - 1; the top 16 bits count re-addressing)",
+                ));
+            }
         }
-        Ok(Layout {
-            network: (u128::from(network) >> 64) as u64,
-            first,
-            stride,
-            members,
-        })
+        Ok(Layout { segments })
     }
 
-    fn address(&self, i: usize, generation: u16) -> Ipv6Addr {
-        let iid = self
-            .first
-            .wrapping_add((i as u64).wrapping_mul(self.stride))
-            | (u64::from(generation) << 48);
-        Ipv6Addr::from((u128::from(self.network) << 64) | u128::from(iid))
+    fn address(&self, i: usize, generation: u16) -> Option<Ipv6Addr> {
+        let seg = self.segments.iter().find(|s| s.members.contains(&i))?;
+        let k = (i - seg.members.start) as u64;
+        let iid =
+            seg.first.wrapping_add(k.wrapping_mul(seg.stride)) | (u64::from(generation) << 48);
+        let high = u128::from(seg.network) >> 64;
+        Some(Ipv6Addr::from((high << 64) | u128::from(iid)))
     }
 
     /// The member and generation of an address in the pool.
     fn member_at(&self, address: Ipv6Addr) -> Option<(usize, u16)> {
         let bits = u128::from(address);
-        if (bits >> 64) as u64 != self.network {
-            return None;
-        }
         let iid = bits as u64;
         let generation = (iid >> 48) as u16;
-        let offset = (iid & MEMBER_BITS).checked_sub(self.first)?;
-        if offset % self.stride != 0 {
-            return None;
-        }
-        let i = usize::try_from(offset / self.stride).ok()?;
-        (i < self.members).then_some((i, generation))
+        self.segments.iter().find_map(|seg| {
+            if bits >> 64 != u128::from(seg.network) >> 64 {
+                return None;
+            }
+            let offset = (iid & MEMBER_BITS).checked_sub(seg.first)?;
+            if offset % seg.stride != 0 {
+                return None;
+            }
+            let k = usize::try_from(offset / seg.stride).ok()?;
+            (k < seg.members.len()).then(|| (seg.members.start + k, generation))
+        })
     }
 }
 
@@ -507,9 +541,12 @@ impl Link for AddressPool {
                 "an address pool sends to IPv6 peers only",
             ));
         };
+        let source = self.member_address(member).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address for this member")
+        })?;
         let info = nix::libc::in6_pktinfo {
             ipi6_addr: nix::libc::in6_addr {
-                s6_addr: self.member_address(member).octets(),
+                s6_addr: source.octets(),
             },
             ipi6_ifindex: 0,
         };
@@ -524,7 +561,7 @@ impl Link for AddressPool {
     }
 
     fn address(&self, member: usize) -> Option<IpAddr> {
-        (member < self.layout.members).then(|| IpAddr::V6(self.member_address(member)))
+        self.member_address(member).map(IpAddr::V6)
     }
 
     fn readdress(&mut self, member: usize) -> io::Result<IpAddr> {
@@ -532,7 +569,9 @@ impl Link for AddressPool {
             io::Error::new(io::ErrorKind::InvalidInput, "no such member in the pool")
         })?;
         *generation = generation.wrapping_add(1);
-        Ok(IpAddr::V6(self.member_address(member)))
+        self.member_address(member).map(IpAddr::V6).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address for this member")
+        })
     }
 }
 
@@ -563,21 +602,6 @@ pub fn enter_private_network(prefix: v6iot_edge_router::registry_db::Ipv6Prefix)
     Ok(())
 }
 
-/// Fails the calling test at once, with one message naming `what` needs root, unless the
-/// process runs as root (effective uid 0, read from /proc/self as proc(5) describes). The
-/// namespace tests call it first (the integration tests have the same helper in their
-/// `tests/common`).
-#[cfg(test)]
-pub(crate) fn require_root(what: &str) {
-    let euid = std::fs::metadata("/proc/self")
-        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
-    assert!(
-        euid == 0,
-        "this test needs root for {what}; run the tests as root (`sudo -E cargo test`, or \
-         scripts/test as CI does) — running as uid {euid}"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,9 +609,15 @@ mod tests {
     #[test]
     fn pool_addresses_name_their_members_and_nothing_else() {
         let network: Ipv6Addr = "2001:db8:100::".parse().unwrap();
-        // Shard 1 of 3, 4 members: interface ids 2, 5, 8, 11.
-        let layout = Layout::new(network, 2, 3, 4).unwrap();
-        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i, 0)).collect();
+        // Thread 1 of 3, 4 members: interface ids 2, 5, 8, 11.
+        let layout = Layout::new(vec![Segment {
+            network,
+            first: 2,
+            stride: 3,
+            members: 0..4,
+        }])
+        .unwrap();
+        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i, 0).unwrap()).collect();
         assert_eq!(
             ids,
             [
@@ -602,30 +632,49 @@ mod tests {
             assert_eq!(layout.member_at(*a), Some((i, 0)));
         }
         // A member's next generation: the same low 48 bits, the generation on top.
-        let moved = layout.address(2, 1);
+        let moved = layout.address(2, 1).unwrap();
         assert_eq!(moved, "2001:db8:100:0:1::8".parse::<Ipv6Addr>().unwrap());
         assert_eq!(layout.member_at(moved), Some((2, 1)));
         for other in [
-            "2001:db8:100::1", // another shard's
-            "2001:db8:100::3", // another shard's
+            "2001:db8:100::1", // another thread's
+            "2001:db8:100::3", // another thread's
             "2001:db8:100::e", // past the last member
             "2001:db8:101::2", // another /64
             "::1",
         ] {
             assert_eq!(layout.member_at(other.parse().unwrap()), None, "{other}");
         }
+        assert_eq!(layout.address(4, 0), None);
+        let seg = |first, stride, members| Segment {
+            network,
+            first,
+            stride,
+            members,
+        };
         assert!(
-            Layout::new(network, 0, 1, 1).is_err(),
+            Layout::new(vec![seg(0, 1, 0..1)]).is_err(),
             "id 0 is the subnet-router anycast"
         );
         assert!(
-            Layout::new(network, u64::MAX, 1, 2).is_err(),
+            Layout::new(vec![seg(u64::MAX, 1, 0..2)]).is_err(),
             "ids past 2^64"
         );
         assert!(
-            Layout::new(network, 1 << 48, 1, 1).is_err(),
+            Layout::new(vec![seg(1 << 48, 1, 0..1)]).is_err(),
             "ids in the generation bits"
         );
+        // Two fleets in one thread: members 0..2 from id 1, members 2..5 from id 101.
+        let two = Layout::new(vec![seg(1, 2, 0..2), seg(101, 2, 2..5)]).unwrap();
+        assert_eq!(two.address(3, 0), Some("2001:db8:100::67".parse().unwrap()));
+        assert_eq!(
+            two.member_at("2001:db8:100::67".parse().unwrap()),
+            Some((3, 0))
+        );
+        assert_eq!(
+            two.member_at("2001:db8:100::3".parse().unwrap()),
+            Some((1, 0))
+        );
+        assert_eq!(two.member_at("2001:db8:100::5".parse().unwrap()), None);
     }
 
     /// Outside a namespace that routes the prefix to loopback, a pool is refused before any

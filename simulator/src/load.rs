@@ -1,152 +1,77 @@
-//! `v6iot-sim run`: drives a fleet at an edge router and counts what reaches the broker.
-//! This is the simulator's I/O layer: sockets, the MQTT subscriber, timers, the progress bar.
+//! `v6iot-sim run`: a scenario's fleets against an edge router, counted at its broker. This is
+//! the simulator's I/O layer: it starts the processes the scenario manages, subscribes at the
+//! broker, runs the devices on shard threads, injects the faults at their times, shows progress,
+//! and builds the report.
 //!
-//! The edge sees each device at a source address of its own: by default each device has its own
-//! UDP socket (its own port) on the edge's address family; with [`Sources::Pool`] each device
-//! has its own IPv6 address in a /64 and a shard's devices share one socket (shared/DESIGN.md
-//! §4, [`crate::link::AddressPool`]). The devices are spread over a few shard threads
-//! ([`crate::shard`]); the MQTT subscriber has a thread of its own ([`crate::subscriber`]); the
-//! progress bar runs on the tokio runtime.
+//! The edge sees each device at a source address of its own: a UDP socket per device (its own
+//! port), or an IPv6 address per device from a prefix with one socket per shard thread
+//! (shared/DESIGN.md §4, [`crate::link::AddressPool`]). A run goes through three periods:
+//! devices power on (spread over their fleet's ramp) and report for the scenario's `duration`;
+//! then, for at most `drain`, they go on sending what they queued and the broker delivering
+//! it, until every report is accounted for; then the report.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Serialize;
-use v6iot_sdk::coap::OscoreStats;
 use v6iot_sdk::oscore::SecurityContext;
-use v6iot_sdk::store::{MarkStore, NoStore};
 use v6iot_sdk::time::Instant;
-use v6iot_sdk::uplink::ReportStats;
 
 use crate::collector::Deliveries;
-use crate::credentials::{self, Credentials};
-use crate::fleet::{self, FleetCounters, FleetPlan, FleetSensor, WallClock};
-use crate::fleet_marks::{FleetMarkStore, FleetMarks};
-use crate::link::{AddressPool, Link, Sockets};
-use crate::nbiot::fleet::{self as nbiot_fleet, CommandReport, NbiotPlan};
-use crate::nbiot::node::NbiotNode;
-use crate::shard::{self, Member, Node};
-use crate::subscriber::Subscription;
-use v6iot_sdk::coap::Device;
+use crate::credentials;
+use crate::faults::{self, Process, Readiness};
+use crate::fleet::{FleetShared, WallClock, unix_now};
+use crate::fleet_marks::FleetMarks;
+use crate::link::{AddressPool, Segment, Sockets};
+use crate::linkmodel::LinkModel;
+use crate::nbiot::fleet::{self as nbiot_fleet, CommandReport, NbiotReport};
+use crate::plan::Plan;
+use crate::report::build::{self, RunFacts};
+use crate::report::{FaultMark, Report};
+use crate::scenario::check::{self, Host};
+use crate::scenario::{FaultKind, Partition, Scenario, Sources, Transport};
+use crate::shard::{self, MemberStore, Roster, ShardCore, ShardResult, Stop};
+use crate::subscriber::{Session, Subscription};
+use crate::timeline::Timeline;
 
 /// The distance between a fleet device's persisted sequence-number marks: large, so the shared
 /// state file is written at start and then hardly ever (a restart skips at most 1.5 × this many
 /// numbers of 2^40 per device).
 pub const FLEET_PERSIST_STEP: u64 = 1 << 16;
 
-/// OSCORE for a fleet: every device's credentials and the file of their sequence-number marks.
-#[derive(Debug)]
-pub struct FleetOscore {
-    /// The credentials CSV, parsed.
-    pub credentials: Credentials,
-    /// The fleet's mark state file.
-    pub marks: PathBuf,
-}
-
-/// Where a fleet's devices send from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sources {
-    /// A UDP socket per device, connected to the edge, on the host's address (loopback for a
-    /// loopback edge): the edge tells devices apart by their port.
-    Sockets,
-    /// Device `n` at `network + n + 1` (in the /64 of `network`), one socket per shard thread.
-    /// Needs the /64 routed to this host, in a network namespace of its own:
-    /// `ip -6 route add local NETWORK/64 dev lo` (shared/DESIGN.md §4).
-    Pool(Ipv6Addr),
-}
-
-/// Where the collector listens.
+/// How a run is carried out (what is not the scenario).
 #[derive(Debug, Clone)]
-pub struct BrokerView {
-    /// `mqtt://host:port`.
-    pub url: String,
-    /// Topic prefix.
-    pub prefix: String,
-    /// Site.
-    pub site: String,
+pub struct RunOptions {
+    /// Which shard of the scenario this process runs.
+    pub partition: Partition,
+    /// A progress bar and a live line on standard error.
+    pub progress: bool,
+    /// Where managed processes' logs go (default: a new temporary directory).
+    pub workdir: Option<PathBuf>,
 }
 
-/// The JSON report of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    /// Devices simulated.
-    pub devices: usize,
-    /// Devices that registered at least once.
-    pub registered: usize,
-    /// Records devices tried to send.
-    pub sent: u64,
-    /// Records the edge acknowledged with 2.xx.
-    pub acked: u64,
-    /// Refusals: 4.xx answers and 5.03 back-pressure answers.
-    pub rejected: u64,
-    /// Distinct records seen at the broker.
-    pub delivered: u64,
-    /// Acknowledged but never delivered after the drain period (must be 0).
-    pub lost: u64,
-    /// Deliveries of a record already seen.
-    pub duplicates: u64,
-    /// Delivered records per second over the reporting period.
-    pub throughput_per_s: f64,
-    /// End-to-end latency, device to broker subscriber.
-    pub latency_ms: Latency,
-    /// Length of the reporting period, seconds.
-    pub duration_s: f64,
-    /// Requests that timed out at the devices (they retry).
-    pub timeouts: u64,
-    /// Reports still queued at the devices when the run ended.
-    pub unsent: u64,
-    /// With `--credentials`: the OSCORE counters over the fleet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oscore: Option<OscoreReport>,
-    /// With `--transport nbiot`: sleeps, wake-ups, moves, the carrier, the commands.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nbiot: Option<NbiotReport>,
-}
-
-/// OSCORE figures of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct OscoreReport {
-    /// Responses that verified.
-    pub responses_verified: u64,
-    /// Responses that failed verification (dropped; the request retried).
-    pub responses_rejected: u64,
-    /// Requests from the edge that failed verification.
-    pub requests_rejected: u64,
-    /// Messages that waited for a sequence-number mark.
-    pub held: u64,
-    /// Writes of the fleet's mark state file (one at start, then only when a device needs a
-    /// new mark).
-    pub mark_writes: u64,
-}
-
-/// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-    /// Largest.
-    pub max: f64,
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            partition: Partition::WHOLE,
+            progress: false,
+            workdir: None,
+        }
+    }
 }
 
 /// Splits `mqtt://host:port` into host and port (brackets removed from IPv6 literals).
 pub fn mqtt_host_port(url: &str) -> anyhow::Result<(String, u16)> {
     let rest = url
         .strip_prefix("mqtt://")
-        .context("the collector's --mqtt-url must be mqtt://host:port")?;
+        .context("the collector's broker URL must be mqtt://host:port")?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && !p.contains(']') => {
-            (h, p.parse::<u16>().context("bad port in --mqtt-url")?)
+            (h, p.parse::<u16>().context("bad port in the broker URL")?)
         }
         _ => (rest, 1883),
     };
@@ -158,480 +83,660 @@ pub fn mqtt_host_port(url: &str) -> anyhow::Result<(String, u16)> {
     ))
 }
 
+/// Raises the open-file limit to its hard maximum (one socket per device needs many); returns
+/// the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
+/// Live figures one device thread publishes for the progress line (its totals so far).
+#[derive(Debug, Default)]
+pub struct Live {
+    made: AtomicU64,
+    acknowledged: AtomicU64,
+    registered: AtomicU64,
+    pending: AtomicU64,
+}
+
+/// The device threads' live figures added up: (made, acknowledged, registered, pending).
+fn live_totals(live: &[Arc<Live>]) -> (u64, u64, u64, u64) {
+    live.iter().fold((0, 0, 0, 0), |t, l| {
+        (
+            t.0 + l.made.load(Ordering::Relaxed),
+            t.1 + l.acknowledged.load(Ordering::Relaxed),
+            t.2 + l.registered.load(Ordering::Relaxed),
+            t.3 + l.pending.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Runs `scenario` (this process's shard of it) and returns its report.
+pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Report> {
+    let partition = options.partition;
+    let host = Host {
+        max_files: raise_fd_limit(),
+    };
+    check::check(&scenario, partition, host).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let workdir = match &options.workdir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("v6iot-sim-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&workdir).with_context(|| format!("create {}", workdir.display()))?;
+    // Only the first shard runs the scenario's processes (the others load the same ones).
+    let mut processes = if partition.index == 0 {
+        start_processes(&scenario, &workdir)?
+    } else {
+        Processes::default()
+    };
+    let plan = Arc::new(Plan::new(scenario.clone(), partition));
+    let contexts = oscore_contexts(&plan)?;
+    let bucket = Timeline::width_for(scenario.duration + scenario.drain);
+    // The clocks start a moment ahead, so the threads are running when the first device is due.
+    let start = Instant::now() + Duration::from_millis(200);
+    let unix_start = unix_now() + 0.2;
+    let deliveries = Arc::new(Mutex::new(Deliveries::new(
+        plan.clone(),
+        start,
+        unix_start,
+        bucket,
+    )));
+    let collector = start_collector(&scenario, partition, deliveries.clone()).await?;
+    let stop = Stop {
+        soft: start + scenario.duration,
+        hard: start + scenario.duration + scenario.drain,
+    };
+    let clock = WallClock::at(start, unix_start);
+    let state_files = contexts.marks.clone();
+    let (threads, live) = spawn_shards(&plan, contexts, start, clock, bucket, stop)?;
+    let mut resources = Timeline::new(start, bucket);
+    let commands = if partition.index == 0 {
+        spawn_commands(&scenario, start, stop.hard)
+    } else {
+        Vec::new()
+    };
+    let faults = FaultRunner::start(&scenario, std::mem::take(&mut processes), start);
+    let outcome = watch(
+        &plan,
+        &live,
+        &deliveries,
+        &mut resources,
+        stop,
+        options.progress,
+        threads,
+    )
+    .await;
+    let (marks, returned) = faults.finish();
+    processes = returned;
+    let (results, rss_registered) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            collector.stop();
+            processes.stop_all();
+            return Err(e);
+        }
+    };
+    // Give the broker path time to deliver everything acknowledged.
+    let acknowledged: u64 = results
+        .iter()
+        .flat_map(|r| r.members.iter())
+        .filter_map(|m| m.device())
+        .filter_map(|d| d.reporter())
+        .map(|r| r.stats().acked)
+        .sum();
+    while Instant::now() < stop.hard {
+        let delivered = deliveries.lock().map(|d| d.delivered()).unwrap_or(0);
+        if delivered >= acknowledged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut command_reports = Vec::new();
+    for (fleet, task) in commands {
+        match task.await {
+            Ok(Ok(c)) => command_reports.push((fleet, c)),
+            Ok(Err(e)) => {
+                tracing::error!(fleet, error = %e, "the fleet's platform commands failed")
+            }
+            Err(e) => tracing::error!(fleet, error = %e, "the fleet's command task failed"),
+        }
+    }
+    let ended_s = Instant::now()
+        .saturating_duration_since(start)
+        .as_secs_f64();
+    collector.stop();
+    processes.stop_all();
+    let usage = crate::resources::usage();
+    let d = deliveries
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the collector's state is poisoned"))?;
+    let facts = RunFacts {
+        started_unix: unix_start,
+        ended_s,
+        faults: marks,
+        resources,
+        cpu_s: usage.cpu_s,
+        peak_rss_bytes: usage.peak_rss_bytes,
+        rss_registered_bytes: rss_registered.unwrap_or(usage.rss_bytes),
+        threads: scenario.threads,
+    };
+    let mut report = build::report(&plan, &results, &d, facts);
+    add_commands(&mut report, command_reports);
+    for (fleet, marks) in report.fleets.iter_mut().zip(&state_files) {
+        if let Some(m) = marks {
+            fleet.oscore.state_writes = m.lock().map(|m| m.writes()).unwrap_or(0);
+            report.total.oscore.state_writes += fleet.oscore.state_writes;
+        }
+    }
+    Ok(report)
+}
+
+/// A fleet's platform commands: its index and the task that publishes them and collects the
+/// results.
+type CommandTask = (
+    usize,
+    tokio::task::JoinHandle<anyhow::Result<CommandReport>>,
+);
+
+/// Starts the platform commands of every NB-IoT fleet that has some, published from `start`
+/// on, results collected until `until`.
+fn spawn_commands(scenario: &Scenario, start: Instant, until: Instant) -> Vec<CommandTask> {
+    let mut tasks = Vec::new();
+    for (i, f) in scenario.fleets.iter().enumerate() {
+        let Transport::Nbiot(nbiot) = &f.transport else {
+            continue;
+        };
+        let Some(plan) = nbiot.commands else {
+            continue;
+        };
+        let ids = (0..f.devices).map(|n| f.device_id(n)).collect();
+        let task = tokio::spawn(nbiot_fleet::run_commands(
+            scenario.broker.clone(),
+            i,
+            plan,
+            ids,
+            start,
+            until,
+        ));
+        tasks.push((i, task));
+    }
+    tasks
+}
+
+/// Puts what became of each fleet's commands into the report (`served`: the commands the
+/// fleet's devices in this process ran), and the sum into the total.
+fn add_commands(report: &mut Report, commands: Vec<(usize, CommandReport)>) {
+    for (fleet, mut c) in commands {
+        if let Some(n) = report.fleets.get_mut(fleet).and_then(|f| f.nbiot.as_mut()) {
+            c.served = n.commands_run;
+            n.commands = Some(c);
+        }
+    }
+    let mut total: Option<NbiotReport> = None;
+    for n in report.fleets.iter().filter_map(|f| f.nbiot.as_ref()) {
+        total.get_or_insert_default().add(n);
+    }
+    report.total.nbiot = total;
+}
+
+/// The processes a run manages.
+#[derive(Debug, Default)]
+struct Processes {
+    broker: Option<Process>,
+    edge: Option<Process>,
+}
+
+impl Processes {
+    fn stop_all(&mut self) {
+        for p in [self.edge.as_mut(), self.broker.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = p.stop() {
+                tracing::warn!(error = %e, "stopping a managed process failed");
+            }
+        }
+    }
+}
+
+fn start_processes(s: &Scenario, workdir: &Path) -> anyhow::Result<Processes> {
+    let mut processes = Processes::default();
+    if let Some(m) = &s.broker.managed {
+        let addr = faults::broker_address(&s.broker.url)?;
+        let mut p = Process::new("broker", m.clone(), Readiness::Tcp(addr), workdir);
+        p.start()?;
+        processes.broker = Some(p);
+    }
+    if let Some(m) = &s.edge.managed {
+        let mut p = Process::new(
+            "edge",
+            m.clone(),
+            Readiness::CoapPing(s.edge.address),
+            workdir,
+        );
+        p.start()?;
+        processes.edge = Some(p);
+    }
+    Ok(processes)
+}
+
+/// What a fault thread hands back: the faults it injected, its process, and whether that is
+/// the edge.
+type FaultThreadEnd = (Vec<FaultMark>, Option<Process>, bool);
+
+/// Injects the scenario's faults at their times: edge and broker faults on threads of their
+/// own (so one's down time does not delay the other's), each holding its process meanwhile.
+struct FaultRunner {
+    threads: Vec<std::thread::JoinHandle<FaultThreadEnd>>,
+    marks: Vec<FaultMark>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultRunner {
+    fn start(s: &Scenario, mut processes: Processes, start: Instant) -> FaultRunner {
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut marks = Vec::new();
+        let mut edge_faults = Vec::new();
+        let mut broker_faults = Vec::new();
+        for f in &s.faults {
+            match &f.kind {
+                FaultKind::EdgeKill { .. } | FaultKind::EdgeRestart { .. } => {
+                    edge_faults.push(f.clone())
+                }
+                FaultKind::BrokerOutage { .. } => broker_faults.push(f.clone()),
+                FaultKind::LinkLoss { loss, fleet, .. } => marks.push(FaultMark {
+                    at_s: f.at.as_secs_f64(),
+                    kind: f.kind.name().into(),
+                    length_s: f.kind.length().as_secs_f64(),
+                    detail: format!(
+                        "{:.0}% of datagrams lost both ways, {}",
+                        loss * 100.0,
+                        fleet
+                            .as_deref()
+                            .map_or("every fleet".to_owned(), |n| format!("fleet {n}"))
+                    ),
+                    ok: true,
+                }),
+            }
+        }
+        let mut threads = Vec::new();
+        for (faults, is_edge) in [(edge_faults, true), (broker_faults, false)] {
+            let process = if is_edge {
+                processes.edge.take()
+            } else {
+                processes.broker.take()
+            };
+            let cancel = cancel.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut process = process;
+                let mut marks = Vec::new();
+                for f in faults {
+                    let Some(p) = process.as_mut() else { break };
+                    // Sleep in steps, so a run that ends early does not wait for its faults.
+                    while Instant::now() < start + f.at {
+                        if cancel.load(Ordering::Relaxed) {
+                            return (marks, process, is_edge);
+                        }
+                        std::thread::sleep(
+                            (start + f.at)
+                                .saturating_duration_since(Instant::now())
+                                .min(Duration::from_millis(50)),
+                        );
+                    }
+                    let at_s = Instant::now()
+                        .saturating_duration_since(start)
+                        .as_secs_f64();
+                    marks.push(faults::inject(&f, p, at_s));
+                }
+                (marks, process, is_edge)
+            }));
+        }
+        FaultRunner {
+            threads,
+            marks,
+            cancel,
+        }
+    }
+
+    /// Ends the faults still to come; returns what was done, and the processes.
+    fn finish(self) -> (Vec<FaultMark>, Processes) {
+        self.cancel.store(true, Ordering::Relaxed);
+        let mut marks = self.marks;
+        let mut processes = Processes::default();
+        for t in self.threads {
+            if let Ok((m, p, is_edge)) = t.join() {
+                marks.extend(m);
+                if is_edge {
+                    processes.edge = p;
+                } else {
+                    processes.broker = p;
+                }
+            }
+        }
+        marks.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        (marks, processes)
+    }
+}
+
 /// Subscribes to the fleet's telemetry on its own thread ([`crate::subscriber`]); returns once
 /// the subscription is acknowledged.
 async fn start_collector(
-    view: &BrokerView,
+    s: &Scenario,
+    partition: Partition,
     deliveries: Arc<Mutex<Deliveries>>,
 ) -> anyhow::Result<Subscription> {
-    let (host, port) = mqtt_host_port(&view.url)?;
-    let filter = format!("{}/{}/+/telemetry", view.prefix, view.site);
-    let url = view.url.clone();
-    tokio::task::spawn_blocking(move || Subscription::start(&host, port, &filter, deliveries))
-        .await?
-        .with_context(|| format!("collector at {url}"))
+    let (host, port) = mqtt_host_port(&s.broker.url)?;
+    let filter = format!("{}/{}/+/telemetry", s.broker.prefix, s.broker.site);
+    let url = s.broker.url.clone();
+    let session = if s.broker.persistent_session {
+        Session::Persistent(format!(
+            "v6iot-sim-{}-{}-{}",
+            s.name,
+            partition.index,
+            std::process::id()
+        ))
+    } else {
+        Session::Clean
+    };
+    tokio::task::spawn_blocking(move || {
+        Subscription::start_with(&host, port, &filter, deliveries, session)
+    })
+    .await?
+    .with_context(|| format!("collector at {url}"))
 }
 
-/// Runs a fleet per `plan` against the edge, counting deliveries at the broker.
-pub async fn run(
-    plan: FleetPlan,
-    view: BrokerView,
-    drain: Duration,
-    progress: bool,
-) -> anyhow::Result<RunReport> {
-    run_with(plan, view, drain, progress, None).await
+/// Per fleet, what its devices share.
+fn fleet_shared(plan: &Plan, start: Instant, clock: WallClock) -> Vec<Arc<FleetShared>> {
+    let s = plan.scenario();
+    s.fleets
+        .iter()
+        .map(|f| {
+            Arc::new(FleetShared {
+                id_prefix: f.id_prefix.clone(),
+                first: f.first,
+                interval: f.interval(),
+                stop_at: start + s.duration,
+                payload: f.payload,
+                clock,
+            })
+        })
+        .collect()
 }
 
-/// Builds every device's security context, persisting each device's next mark in one write
-/// of the fleet's state file before any of them sends.
-fn fleet_contexts(
-    plan: &FleetPlan,
-    oscore: &FleetOscore,
-) -> anyhow::Result<(Vec<SecurityContext>, Arc<Mutex<FleetMarks>>)> {
-    let mut marks = FleetMarks::load(&oscore.marks)?;
-    let mut contexts = Vec::with_capacity(plan.devices);
-    let mut next = Vec::with_capacity(plan.devices);
-    for n in 0..plan.devices {
-        let id = fleet::device_id(plan, n);
-        let record = oscore.credentials.get(&id).with_context(|| {
+/// Every device's OSCORE context of a shard, and per fleet its shared state file.
+#[derive(Debug)]
+pub struct Contexts {
+    /// By plan number.
+    pub contexts: Vec<Option<Box<SecurityContext>>>,
+    /// Per fleet, its state file (OSCORE fleets).
+    pub marks: Vec<Option<Arc<Mutex<FleetMarks>>>>,
+}
+
+/// Every OSCORE device's context of this shard (indexed by its plan number; `None` for
+/// devices of plain fleets), restored from its fleet's state file, each device's next mark
+/// written to that file in one write before any of them sends.
+pub fn oscore_contexts(plan: &Plan) -> anyhow::Result<Contexts> {
+    let s = plan.scenario();
+    let len = usize::try_from(plan.len()).context("too many devices for this machine")?;
+    let mut contexts: Vec<Option<Box<SecurityContext>>> = (0..len).map(|_| None).collect();
+    let mut all_marks = Vec::with_capacity(s.fleets.len());
+    for (fleet, f) in s.fleets.iter().enumerate() {
+        let Some(o) = &f.oscore else {
+            all_marks.push(None);
+            continue;
+        };
+        let mut marks = FleetMarks::load(&o.state)?;
+        let mut next = Vec::new();
+        let file = std::fs::File::open(&o.credentials).with_context(|| {
             format!(
-                "device `{id}` is not in the credentials CSV ({} devices; provision at least --devices {})",
-                oscore.credentials.len(),
-                plan.devices
+                "cannot open the credentials CSV {}",
+                o.credentials.display()
             )
         })?;
-        let stored = marks.state(&id);
-        let ctx = credentials::device_context(record, stored, FLEET_PERSIST_STEP)?;
-        let mark = ctx
-            .mark_to_persist()
-            .context("a device's sequence numbers are exhausted")?;
-        next.push((id, mark));
-        contexts.push(ctx);
-    }
-    marks
-        .set_all(next.iter().cloned())
-        .with_context(|| format!("write {}", oscore.marks.display()))?;
-    for (ctx, (_, mark)) in contexts.iter_mut().zip(&next) {
-        ctx.persisted(*mark);
-    }
-    Ok((contexts, Arc::new(Mutex::new(marks))))
-}
-
-/// As [`run`]; with `oscore` every device protects its traffic with its own credentials.
-pub async fn run_with(
-    plan: FleetPlan,
-    view: BrokerView,
-    drain: Duration,
-    progress: bool,
-    oscore: Option<FleetOscore>,
-) -> anyhow::Result<RunReport> {
-    run_sharded(
-        plan,
-        view,
-        drain,
-        progress,
-        oscore,
-        usize::from(DEFAULT_SHARDS),
-        Sources::Sockets,
-    )
-    .await
-}
-
-/// Shard threads of a fleet unless told otherwise: one thread drives tens of thousands of
-/// records per second, and a single `epoll` set batches the most wake-ups.
-pub const DEFAULT_SHARDS: u16 = 1;
-
-/// How a fleet's devices reach the edge.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transport {
-    /// Each device's CoAP core on UDP directly.
-    Udp,
-    /// Each device on an emulated NB-IoT modem and carrier (needs [`Sources::Pool`]: every
-    /// device at a carrier address of its own).
-    Nbiot(NbiotPlan),
-}
-
-/// How a run is carried out (besides the fleet's plan and the broker).
-#[derive(Debug)]
-pub struct RunSettings {
-    /// How long to wait for stragglers after the reporting period.
-    pub drain: Duration,
-    /// Show a progress bar.
-    pub progress: bool,
-    /// OSCORE credentials, if the devices speak OSCORE.
-    pub oscore: Option<FleetOscore>,
-    /// Shard threads (at least one, at most one per device).
-    pub shards: usize,
-    /// Where the devices send from.
-    pub sources: Sources,
-    /// UDP or NB-IoT.
-    pub transport: Transport,
-}
-
-/// As [`run_with`], with the devices spread over `shards` threads (at least one, at most one
-/// per device), sending from `sources`.
-pub async fn run_sharded(
-    plan: FleetPlan,
-    view: BrokerView,
-    drain: Duration,
-    progress: bool,
-    oscore: Option<FleetOscore>,
-    shards: usize,
-    sources: Sources,
-) -> anyhow::Result<RunReport> {
-    let settings = RunSettings {
-        drain,
-        progress,
-        oscore,
-        shards,
-        sources,
-        transport: Transport::Udp,
-    };
-    run_with_settings(plan, view, settings).await
-}
-
-/// Runs a fleet per `plan` and `settings` against the edge, counting deliveries at the broker
-/// (and, for an NB-IoT fleet with commands, what became of the commands).
-pub async fn run_with_settings(
-    plan: FleetPlan,
-    view: BrokerView,
-    settings: RunSettings,
-) -> anyhow::Result<RunReport> {
-    let shared = fleet::Shared {
-        tree: fleet::tree()?,
-        counters: Arc::new(FleetCounters::default()),
-        clock: WallClock::now(),
-        coap: v6iot_sdk::coap::Config::default(),
-    };
-    match settings.transport.clone() {
-        Transport::Udp => {
-            let p = plan.clone();
-            let make =
-                move |n: usize, start: Instant, ctx: Option<SecurityContext>, s: &fleet::Shared| {
-                    fleet::device_with(&p, n, start, s, ctx)
-                };
-            run_fleet(plan, view, settings, shared, make).await
-        }
-        Transport::Nbiot(nbiot) => {
-            if !matches!(settings.sources, Sources::Pool(_)) {
+        credentials::for_each_record(std::io::BufReader::new(file), |line, record| {
+            let Some(d) = plan.find_id(&record.id).filter(|d| d.fleet == fleet) else {
+                return Ok(());
+            };
+            let Some(local) = plan.local(d) else {
+                return Ok(()); // another shard's device
+            };
+            let slot = contexts
+                .get_mut(usize::try_from(local).unwrap_or(usize::MAX))
+                .context("a device outside the plan")?;
+            anyhow::ensure!(
+                slot.is_none(),
+                "line {line}: device `{}` appears twice",
+                record.id
+            );
+            let mut ctx =
+                credentials::device_context(&record, marks.state(&record.id), FLEET_PERSIST_STEP)?;
+            let mark = ctx
+                .mark_to_persist()
+                .context("a device's sequence numbers are exhausted")?;
+            next.push((record.id, mark));
+            ctx.persisted(mark);
+            *slot = Some(Box::new(ctx));
+            Ok(())
+        })
+        .with_context(|| format!("credentials CSV {}", o.credentials.display()))?;
+        // Every device of the fleet in this shard needs its row.
+        for k in 0..plan.partition().share(f.devices) {
+            let n = plan.partition().device(k);
+            let d = crate::plan::DeviceRef { fleet, n };
+            let local = plan.local(d).and_then(|l| usize::try_from(l).ok());
+            if local
+                .and_then(|l| contexts.get(l))
+                .is_none_or(|c| c.is_none())
+            {
                 anyhow::bail!(
-                    "an NB-IoT fleet needs --source-prefix: every device at a carrier address of its own"
+                    "device `{}` of fleet `{}` is not in the credentials CSV {} (provision at least devices {}..{} of prefix `{}`)",
+                    f.device_id(n),
+                    f.name,
+                    o.credentials.display(),
+                    f.first,
+                    f.first + f.devices,
+                    f.id_prefix
                 );
             }
-            let modem = nbiot.modem_config()?;
-            let p = plan.clone();
-            let n_plan = nbiot.clone();
-            let make =
-                move |n: usize, start: Instant, ctx: Option<SecurityContext>, s: &fleet::Shared| {
-                    let shared_n = fleet::Shared {
-                        coap: n_plan.coap_config(n),
-                        ..s.clone()
-                    };
-                    let core = fleet::device_with(&p, n, start, &shared_n, ctx);
-                    nbiot_fleet::node(&n_plan, &modem, n, start, core)
-                };
-            run_fleet(plan, view, settings, shared, make).await
         }
+        marks
+            .set_all(next)
+            .with_context(|| format!("write {}", o.state.display()))?;
+        all_marks.push(Some(Arc::new(Mutex::new(marks))));
     }
-}
-
-/// A fleet member as the run's report reads it.
-pub trait FleetNode: Node + Send + 'static {
-    /// Its CoAP core.
-    fn core(&self) -> &Device<FleetSensor>;
-    /// Adds its NB-IoT figures (none for a UDP device).
-    fn add_nbiot(&self, _totals: &mut NbiotReport) {}
-}
-
-impl FleetNode for Device<FleetSensor> {
-    fn core(&self) -> &Device<FleetSensor> {
-        self
-    }
-}
-
-impl FleetNode for NbiotNode<FleetSensor> {
-    fn core(&self) -> &Device<FleetSensor> {
-        self.device.device()
-    }
-
-    fn add_nbiot(&self, t: &mut NbiotReport) {
-        let e = self.cellular.modem.stats();
-        t.sleeps += e.sleeps;
-        t.tau_wakes += e.tau_wakes;
-        t.readdressed += e.readdressed;
-        t.downlinks += e.downlinks;
-        t.unreachable += e.unreachable;
-        let c = self.cellular.carrier.stats();
-        t.lost += c.lost_up + c.lost_down;
-        let m = self.device.modem().stats();
-        t.modem_send_failures += m.send_failures;
-        t.modem_timeouts += self.device.modem().client_stats().timeouts;
-        if self.device.modem().is_ready() {
-            t.attached += 1;
-        }
-    }
-}
-
-/// The NB-IoT figures of a run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NbiotReport {
-    /// Devices attached (modem ready) at the end.
-    pub attached: u64,
-    /// Times the modems entered PSM.
-    pub sleeps: u64,
-    /// Wake-ups for the periodic TAU.
-    pub tau_wakes: u64,
-    /// Addresses changed on wake-up (each a move the edge verified and audited).
-    pub readdressed: u64,
-    /// Datagrams handed to the devices.
-    pub downlinks: u64,
-    /// Datagrams for devices in PSM, which the network could not deliver.
-    pub unreachable: u64,
-    /// Datagrams the carrier lost (both directions).
-    pub lost: u64,
-    /// `AT+NSOST`s that failed (the CoAP layer retransmits).
-    pub modem_send_failures: u64,
-    /// AT commands that timed out.
-    pub modem_timeouts: u64,
-    /// What became of the platform's commands, if any were sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub commands: Option<CommandReport>,
-}
-
-/// Builds the fleet's members with `make`, runs them on shard threads, collects the report.
-async fn run_fleet<N: FleetNode>(
-    plan: FleetPlan,
-    view: BrokerView,
-    settings: RunSettings,
-    shared: fleet::Shared,
-    make: impl Fn(usize, Instant, Option<SecurityContext>, &fleet::Shared) -> N,
-) -> anyhow::Result<RunReport> {
-    let (mut contexts, shared_marks) = match &settings.oscore {
-        Some(o) => {
-            let (c, m) = fleet_contexts(&plan, o)?;
-            (c.into_iter().map(Some).collect::<Vec<_>>(), Some(m))
-        }
-        None => (Vec::new(), None),
-    };
-    contexts.reverse();
-    let deliveries = Arc::new(Mutex::new(Deliveries::new()?));
-    let collector = start_collector(&view, deliveries.clone()).await?;
-    let counters = shared.counters.clone();
-    let start = Instant::now();
-    let stop_devices = start + plan.duration + settings.drain;
-    let shards = settings.shards.clamp(1, plan.devices.max(1));
-    let mut groups: Vec<Vec<Member<N>>> = (0..shards).map(|_| Vec::new()).collect();
-    for n in 0..plan.devices {
-        let ctx = contexts.pop().flatten();
-        let store: Box<dyn MarkStore + Send> = match &shared_marks {
-            Some(m) => Box::new(FleetMarkStore {
-                shared: m.clone(),
-                id: fleet::device_id(&plan, n),
-            }),
-            None => Box::new(NoStore),
-        };
-        if let Some(g) = groups.get_mut(n % shards) {
-            g.push(Member::new(make(n, start, ctx, &shared), store));
-        }
-    }
-    let threads = spawn_shards(&plan, groups, settings.sources, stop_devices)?;
-    let commands = match &settings.transport {
-        Transport::Nbiot(NbiotPlan {
-            commands: Some(c), ..
-        }) => {
-            let ids = (0..plan.devices)
-                .map(|n| fleet::device_id(&plan, n))
-                .collect();
-            Some(tokio::spawn(nbiot_fleet::run_commands(
-                view.clone(),
-                *c,
-                ids,
-                start,
-                stop_devices,
-            )))
-        }
-        _ => None,
-    };
-    let expected = (plan.rate * plan.duration.as_secs_f64()).round() as u64;
-    let bar = settings.progress.then(|| progress_bar(expected));
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    // Progress while the fleet reports.
-    while Instant::now() < start + plan.duration {
-        ticker.tick().await;
-        if let Some(bar) = &bar {
-            let made = counters.made.load(Ordering::Relaxed);
-            let delivered = deliveries.lock().map(|d| d.delivered()).unwrap_or(0);
-            bar.set_position(made.min(expected));
-            bar.set_message(format!("delivered {delivered}"));
-        }
-    }
-    let joined = tokio::task::spawn_blocking(move || {
-        threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()
+    Ok(Contexts {
+        contexts,
+        marks: all_marks,
     })
-    .await?;
-    let mut totals = Totals::default();
-    for result in joined {
-        let (members, stats) = result
-            .map_err(|_| anyhow::anyhow!("a shard thread panicked"))?
-            .context("a shard's event loop failed")?;
-        tracing::debug!(?stats, "shard finished");
-        totals.add(&members);
-    }
-    let oscore_report = shared_marks.as_ref().map(|m| OscoreReport {
-        responses_verified: totals.oscore.responses_verified,
-        responses_rejected: totals.oscore.responses_rejected,
-        requests_rejected: totals.oscore.requests_rejected,
-        held: totals.oscore.held,
-        mark_writes: m.lock().map(|m| m.writes()).unwrap_or(0),
-    });
-    // Give the broker path time to deliver everything acknowledged.
-    let wait_until = Instant::now() + settings.drain;
-    while Instant::now() < wait_until {
-        if deliveries
+}
+
+/// A shard thread's OSCORE state writes: each to its device's fleet's state file.
+struct ShardMarks {
+    roster: Roster,
+    marks: Vec<Option<Arc<Mutex<FleetMarks>>>>,
+}
+
+impl MemberStore for ShardMarks {
+    fn store(
+        &mut self,
+        member: usize,
+        state: v6iot_sdk::oscore::DurableState,
+    ) -> std::io::Result<()> {
+        let d = self
+            .roster
+            .device_ref(member)
+            .ok_or_else(|| std::io::Error::other("no such member"))?;
+        let Some(Some(marks)) = self.marks.get(d.fleet) else {
+            return Err(std::io::Error::other(
+                "a plain device asked to store OSCORE state",
+            ));
+        };
+        let id = self.roster.plan.device_id(d);
+        marks
             .lock()
-            .map(|d| d.delivered() >= totals.reports.acked)
-            .unwrap_or(false)
-        {
-            break;
-        }
-        ticker.tick().await;
+            .map_err(|_| std::io::Error::other("the fleet's mark state is poisoned"))?
+            .set_state(&id, state)
     }
-    collector.stop();
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    if let Some(task) = commands {
-        let mut report = task.await??;
-        report.served = counters.commands.load(Ordering::Relaxed);
-        totals.nbiot.commands = Some(report);
-    }
-    let d = deliveries
-        .lock()
-        .map_err(|_| anyhow::anyhow!("collector state poisoned"))?;
-    let nbiot = matches!(settings.transport, Transport::Nbiot(_)).then_some(totals.nbiot.clone());
-    Ok(report(&plan, &totals, &d, oscore_report, nbiot))
 }
 
-/// What the members counted, summed.
-#[derive(Debug, Default)]
-struct Totals {
-    registered: usize,
-    reports: ReportStats,
-    unsent: u64,
-    oscore: OscoreStats,
-    nbiot: NbiotReport,
-}
+type ShardThread = std::thread::JoinHandle<std::io::Result<ShardResult>>;
 
-impl Totals {
-    fn add<N: FleetNode>(&mut self, members: &[Member<N>]) {
-        for m in members {
-            let device = m.node.core();
-            if device.registration().is_some_and(|r| r.registrations() > 0) {
-                self.registered += 1;
-            }
-            if let Some(r) = device.reporter() {
-                fleet::add_stats(&mut self.reports, r.stats());
-                self.unsent += r.queued() as u64;
-            }
-            if let Some(o) = device.endpoint().oscore_stats() {
-                self.oscore.responses_verified += o.responses_verified;
-                self.oscore.responses_rejected += o.responses_rejected;
-                self.oscore.requests_rejected += o.requests_rejected;
-                self.oscore.held += o.held;
-            }
-            m.node.add_nbiot(&mut self.nbiot);
+/// The shard cores of a plan, one per device thread: thread `t` runs the plan's devices `t`,
+/// `t + threads`, …, with their OSCORE contexts (`contexts` by plan number), on a clock that
+/// starts at `start` (Unix time `clock`), each writing OSCORE state through the store `store`
+/// makes for its roster. No I/O: the threads' drivers, or a [`crate::standin::VirtualNet`],
+/// run them.
+pub fn build_cores<St: MemberStore>(
+    plan: &Arc<Plan>,
+    contexts: Vec<Option<Box<SecurityContext>>>,
+    start: Instant,
+    clock: WallClock,
+    bucket: Duration,
+    mut store: impl FnMut(&Roster) -> St,
+) -> anyhow::Result<Vec<ShardCore<St>>> {
+    let s = plan.scenario();
+    let threads =
+        u32::from(s.threads.max(1)).min(u32::try_from(plan.len()).unwrap_or(u32::MAX).max(1));
+    let tree = crate::fleet::tree()?;
+    let shared = fleet_shared(plan, start, clock);
+    let mut per_thread: Vec<Vec<Option<Box<SecurityContext>>>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (j, ctx) in contexts.into_iter().enumerate() {
+        if let Some(t) = per_thread.get_mut(j % threads as usize) {
+            t.push(ctx);
         }
     }
+    let mut cores = Vec::with_capacity(threads as usize);
+    for (t, ctxs) in per_thread.into_iter().enumerate() {
+        let roster = Roster {
+            plan: plan.clone(),
+            thread: t as u32,
+            threads,
+            shared: shared.clone(),
+            start,
+            edge: s.edge.address,
+        };
+        let link = LinkModel::new(
+            s,
+            start,
+            s.seed ^ (u64::from(plan.partition().index) << 32) ^ t as u64,
+        );
+        let st = store(&roster);
+        cores.push(ShardCore::new(roster, ctxs, tree.clone(), st, link, bucket));
+    }
+    Ok(cores)
 }
 
-fn report(
-    plan: &FleetPlan,
-    totals: &Totals,
-    d: &Deliveries,
-    oscore: Option<OscoreReport>,
-    nbiot: Option<NbiotReport>,
-) -> RunReport {
-    let total = &totals.reports;
-    let duration_s = plan.duration.as_secs_f64();
-    RunReport {
-        devices: plan.devices,
-        registered: totals.registered,
-        sent: total.queued,
-        acked: total.acked,
-        rejected: total.rejected + total.busy,
-        delivered: d.delivered(),
-        lost: total.acked.saturating_sub(d.delivered()),
-        duplicates: d.duplicates,
-        throughput_per_s: if duration_s > 0.0 {
-            d.delivered() as f64 / duration_s
+/// Starts the device threads on the cores [`build_cores`] makes.
+fn spawn_shards(
+    plan: &Arc<Plan>,
+    contexts: Contexts,
+    start: Instant,
+    clock: WallClock,
+    bucket: Duration,
+    stop: Stop,
+) -> anyhow::Result<(Vec<ShardThread>, Vec<Arc<Live>>)> {
+    let s = plan.scenario();
+    let marks = contexts.marks;
+    let cores = build_cores(plan, contexts.contexts, start, clock, bucket, |roster| {
+        ShardMarks {
+            roster: roster.clone(),
+            marks: marks.clone(),
+        }
+    })?;
+    let mut handles = Vec::with_capacity(cores.len());
+    let mut lives = Vec::with_capacity(cores.len());
+    for (t, core) in cores.into_iter().enumerate() {
+        let roster = core.roster().clone();
+        let name = format!("v6iot-sim-shard-{t}");
+        let live = Arc::new(Live::default());
+        lives.push(live.clone());
+        let handle = if s.fleets.iter().all(|f| f.sources == Sources::Sockets) {
+            let link = device_sockets(roster.members(), s.edge.address)?;
+            spawn(name, core, link, stop, live)?
         } else {
-            0.0
-        },
-        latency_ms: Latency {
-            p50: d.latency_ms(0.5),
-            p90: d.latency_ms(0.9),
-            p99: d.latency_ms(0.99),
-            p999: d.latency_ms(0.999),
-            max: d.latency_max_ms(),
-        },
-        duration_s,
-        timeouts: total.timeouts,
-        unsent: totals.unsent,
-        oscore,
-        nbiot,
+            let pool = AddressPool::bind_segments(0, pool_segments(&roster)).context(
+                "a socket for the devices' addresses (is the prefix routed to loopback in this network namespace?)",
+            )?;
+            spawn(name, core, pool, stop, live)?
+        };
+        handles.push(handle);
     }
+    Ok((handles, lives))
 }
 
-fn progress_bar(expected: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(expected.max(1));
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} reports  {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
-}
-
-/// The members' results, once the shard's thread has run them until `stop`.
-type ShardThread<N> = std::thread::JoinHandle<std::io::Result<(Vec<Member<N>>, shard::ShardStats)>>;
-
-/// Runs each group on a shard thread of its own, over the links `sources` says.
-fn spawn_shards<N: FleetNode>(
-    plan: &FleetPlan,
-    groups: Vec<Vec<Member<N>>>,
-    sources: Sources,
-    stop: Instant,
-) -> anyhow::Result<Vec<ShardThread<N>>> {
-    let shards = groups.len();
-    let mut threads = Vec::with_capacity(shards);
-    for (k, members) in groups.into_iter().enumerate() {
-        let n = members.len();
-        let name = format!("v6iot-sim-shard-{k}");
-        let handle = match sources {
-            Sources::Sockets => spawn_shard(name, members, device_sockets(n, plan.edge)?, stop),
-            Sources::Pool(network) => {
-                // shard k's devices are k, k + shards, …: interface ids k + 1, k + 1 + shards, …
-                let pool = AddressPool::bind(network, 0, k as u64 + 1, shards as u64, n)
-                    .with_context(|| format!("a socket for the devices in {network}/64"))?;
-                spawn_shard(name, members, pool, stop)
+/// The address segments of a thread's members: per fleet, its members of this thread, at
+/// consecutive-by-stride interface ids.
+fn pool_segments(roster: &Roster) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = Vec::new();
+    for i in 0..roster.members() {
+        let Some(d) = roster.device_ref(i) else {
+            continue;
+        };
+        let Some(address) = roster.plan.address(d) else {
+            continue;
+        };
+        let iid = u128::from(address) as u64;
+        match segments.last_mut() {
+            Some(seg)
+                if seg.members.end == i
+                    && u128::from(seg.network) >> 64 == u128::from(address) >> 64 =>
+            {
+                let k = (i - seg.members.start) as u64;
+                if k == 1 {
+                    seg.stride = iid.wrapping_sub(seg.first);
+                }
+                if seg.first.wrapping_add(k.wrapping_mul(seg.stride)) == iid && seg.stride != 0 {
+                    seg.members.end = i + 1;
+                    continue;
+                }
+                segments.push(Segment {
+                    network: address,
+                    first: iid,
+                    stride: 1,
+                    members: i..i + 1,
+                });
             }
-        }?;
-        threads.push(handle);
+            _ => segments.push(Segment {
+                network: address,
+                first: iid,
+                stride: 1,
+                members: i..i + 1,
+            }),
+        }
     }
-    Ok(threads)
+    segments
 }
 
-/// Runs `members` over `link` on a thread of their own named `name`.
-fn spawn_shard<N: FleetNode, L: Link + Send + 'static>(
+fn spawn<St: MemberStore + 'static, L: crate::link::Link + Send + 'static>(
     name: String,
-    members: Vec<Member<N>>,
+    core: ShardCore<St>,
     mut link: L,
-    stop: Instant,
-) -> anyhow::Result<ShardThread<N>> {
+    stop: Stop,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardThread> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || shard::run(members, &mut link, stop))
+        .spawn(move || {
+            shard::run_with(core, &mut link, stop, &mut |c, pending| {
+                // About 4 times a second: the thread's totals so far.
+                live.made.store(c.made, Ordering::Relaxed);
+                live.acknowledged.store(c.acknowledged, Ordering::Relaxed);
+                live.registered.store(c.registered, Ordering::Relaxed);
+                live.pending
+                    .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+            })
+        })
         .context("start a shard thread")
 }
 
@@ -657,92 +762,82 @@ fn device_sockets(devices: usize, edge: SocketAddr) -> anyhow::Result<Sockets> {
     Sockets::new(sockets).context("make the device sockets non-blocking")
 }
 
-/// Raises the open-file limit to its hard maximum (one socket per device needs many); returns
-/// the soft limit now in force.
-pub fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
+/// Shows progress until the device threads end; samples the process's CPU and memory into
+/// `resources`; returns the threads' results and the memory once every device had registered.
+async fn watch(
+    plan: &Plan,
+    live: &[Arc<Live>],
+    deliveries: &Mutex<Deliveries>,
+    resources: &mut Timeline,
+    stop: Stop,
+    progress: bool,
+    threads: Vec<ShardThread>,
+) -> anyhow::Result<(Vec<ShardResult>, Option<u64>)> {
+    let expected: u64 = (0..plan.len())
+        .filter_map(|j| plan.device(j))
+        .map(|d| plan.scheduled_reports(d))
+        .sum();
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new(expected.max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} made  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut last = crate::resources::usage();
+    let mut last_at = Instant::now();
+    let mut registered_rss = None;
+    let devices = plan.len();
+    while threads.iter().any(|t| !t.is_finished()) {
+        ticker.tick().await;
+        let now = Instant::now();
+        let usage = crate::resources::usage();
+        if now.saturating_duration_since(last_at) >= Duration::from_secs(1) || now >= stop.hard {
+            let b = resources.at(now);
+            b.cpu_s += usage.cpu_s - last.cpu_s;
+            b.rss_bytes = b.rss_bytes.max(usage.rss_bytes);
+            last = usage;
+            last_at = now;
         }
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan(devices: usize) -> FleetPlan {
-        FleetPlan {
-            edge: "[::1]:5683".parse().unwrap(),
-            devices,
-            rate: 1.0,
-            duration: Duration::from_secs(1),
-            id_prefix: "sim".into(),
-            binding: v6iot_sdk::uplink::Binding::U,
+        let (made, acked, registered, pending) = live_totals(live);
+        if registered_rss.is_none() && registered >= devices {
+            registered_rss = Some(usage.rss_bytes);
         }
-    }
-
-    #[test]
-    fn fleet_marks_are_written_once_at_start_and_restarts_continue_above_them() {
-        let dir = std::env::temp_dir().join(format!("v6iot-fleet-ctx-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut csv = format!("{}\n", v6iot_edge_router::registry_db::csv::HEADER);
-        for n in 0..3 {
-            csv.push_str(&format!(
-                "sim{n:06},{:02x},000102030405060708090a0b0c0d0e0f,,1,\n",
-                n + 1
+        if let Some(bar) = &bar {
+            let (delivered, p99) = deliveries
+                .lock()
+                .map(|d| {
+                    (
+                        d.delivered(),
+                        d.timeline()
+                            .buckets()
+                            .last()
+                            .map_or(0.0, |b| b.latency.quantile_ms(0.99)),
+                    )
+                })
+                .unwrap_or((0, 0.0));
+            bar.set_position(made.min(expected));
+            let phase = if now < stop.soft { "" } else { "draining " };
+            bar.set_message(format!(
+                "{phase}registered {registered}/{devices}  acked {acked}  delivered {delivered}  p99 {p99:.0} ms  rss {} MB  pending {pending}",
+                usage.rss_bytes >> 20,
             ));
         }
-        let oscore = FleetOscore {
-            credentials: Credentials::read(csv.as_bytes()).unwrap(),
-            marks: dir.join("creds.csv.seq"),
-        };
-        let _ = std::fs::remove_file(&oscore.marks);
-        let (contexts, marks) = fleet_contexts(&plan(3), &oscore).unwrap();
-        assert_eq!(
-            marks.lock().unwrap().writes(),
-            1,
-            "one write for the whole fleet"
-        );
-        for ctx in &contexts {
-            assert_eq!(ctx.sequence().peek(), 0);
-            assert_eq!(ctx.sequence().durable_mark(), FLEET_PERSIST_STEP);
-            assert_eq!(ctx.mark_to_persist(), None, "no write due for a long while");
-        }
-        // A restart (however the last run ended) continues at the stored marks.
-        let (again, _) = fleet_contexts(&plan(3), &oscore).unwrap();
-        assert!(
-            again
-                .iter()
-                .all(|c| c.sequence().peek() == FLEET_PERSIST_STEP)
-        );
-        // A fleet larger than the CSV is refused, naming the device.
-        let e = fleet_contexts(&plan(4), &oscore).unwrap_err();
-        assert!(format!("{e:#}").contains("sim000003"), "{e:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
-
-    #[test]
-    fn parses_mqtt_urls() {
-        assert_eq!(
-            mqtt_host_port("mqtt://[::1]:1884").unwrap(),
-            ("::1".to_owned(), 1884)
-        );
-        assert_eq!(
-            mqtt_host_port("mqtt://localhost").unwrap(),
-            ("localhost".to_owned(), 1883)
-        );
-        assert_eq!(
-            mqtt_host_port("mqtt://127.0.0.1:1883/").unwrap(),
-            ("127.0.0.1".to_owned(), 1883)
-        );
-        assert!(mqtt_host_port("http://x").is_err());
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
+    let mut results = Vec::with_capacity(threads.len());
+    for t in threads {
+        let r = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a shard thread panicked"))?
+            .context("a shard's event loop failed")?;
+        results.push(r);
+    }
+    Ok((results, registered_rss))
 }

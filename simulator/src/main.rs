@@ -16,10 +16,13 @@ use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::credentials::{self, Credentials};
 use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
-use v6iot_simulator::fleet::FleetPlan;
-use v6iot_simulator::load::{self, BrokerView, FleetOscore};
+use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::medium;
 use v6iot_simulator::nbiot::cli::NbiotArgs;
+use v6iot_simulator::report::Report;
+use v6iot_simulator::scenario::{
+    self, FleetSpec, OscoreSpec, Partition, Scenario, Sources, Transport,
+};
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
 /// Simulated v6iot devices running the real SDK core.
@@ -30,8 +33,6 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once at start: the size of `Run` (with its NB-IoT options) costs nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run one simulated sensor that serves CoAP on a UDP address (until Ctrl-C).
@@ -70,64 +71,21 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Drive a fleet of devices at an external edge router and count deliveries at its broker.
-    Run {
-        /// The edge router's CoAP address.
-        #[arg(long, default_value = "[::1]:5683")]
-        edge: SocketAddr,
-        /// Number of devices.
-        #[arg(long, default_value_t = 100)]
-        devices: usize,
-        /// Reports per second over the whole fleet, e.g. `500/s` or `500`.
-        #[arg(long, default_value = "100/s", value_parser = parse_rate)]
-        rate: f64,
-        /// How long devices report, e.g. `30s`.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// The broker the edge publishes to (the simulator subscribes there).
-        #[arg(long, default_value = "mqtt://[::1]:1883")]
-        mqtt_url: String,
-        /// MQTT topic prefix.
-        #[arg(long, default_value = "v6iot")]
-        prefix: String,
-        /// The edge's site name.
-        #[arg(long, default_value = "site")]
-        site: String,
-        /// Device id prefix.
-        #[arg(long, default_value = "sim")]
-        id_prefix: String,
-        /// How long to wait for stragglers after the reporting period.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        drain: Duration,
-        /// Register in queue mode (`b=UQ`).
+    /// Drive a fleet of devices at an external edge router and count deliveries at its broker:
+    /// one fleet from the flags, or the fleets and faults of a scenario file (`--scenario`).
+    Run(Box<RunArgs>),
+    /// Combine the JSON reports of a sharded run (`run --shard I/N` on several machines) into
+    /// one: counts added, histograms merged, timelines added; optionally the HTML report.
+    Merge {
+        /// The shards' JSON reports.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Write the merged JSON report here (it is also printed).
         #[arg(long)]
-        queue_mode: bool,
-        /// Write the JSON report here (it is also printed).
+        report: Option<PathBuf>,
+        /// Write the merged HTML report here.
         #[arg(long)]
-        report: Option<std::path::PathBuf>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-        /// Speak OSCORE: device n uses the row of its id (`{id-prefix}{n:06}`) in this
-        /// credentials CSV (`provision`'s output).
-        #[arg(long)]
-        credentials: Option<PathBuf>,
-        /// The fleet's OSCORE state: sequence-number marks and replay floors (default: next to
-        /// the CSV, `CSV.seq`).
-        #[arg(long, requires = "credentials")]
-        seq_file: Option<PathBuf>,
-        /// Threads that drive the devices (each owns a share of the sockets, one `epoll` set).
-        #[arg(long, default_value_t = load::DEFAULT_SHARDS, value_parser = clap::value_parser!(u16).range(1..=256))]
-        threads: u16,
-        /// Give device n the address PREFIX + n + 1 and send from one socket per thread instead
-        /// of a socket per device (a /64 or shorter; IPv6 edge only). The prefix must be routed
-        /// to this host, inside a network namespace of its own:
-        /// `unshare -n`, `ip link set lo up`, `ip -6 route add local PREFIX dev lo`.
-        #[arg(long)]
-        source_prefix: Option<v6iot_edge_router::registry_db::Ipv6Prefix>,
-        /// `--transport nbiot` and its options.
-        #[command(flatten)]
-        nbiot: NbiotArgs,
+        html: Option<PathBuf>,
     },
     /// Run the simulated 802.15.4 medium over ZEP v2 (UDP): every frame from one participant
     /// reaches every other on its channel. Participants are learned from the datagrams they
@@ -189,6 +147,167 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         class: u8,
     },
+}
+
+/// `v6iot-sim run`'s flags.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Run the fleets, edge, broker and faults of this scenario file (TOML; see
+    /// simulator/scenarios/README.md). The fleet flags below then do not apply.
+    #[arg(long, conflicts_with_all = ["devices", "rate", "duration", "credentials", "source_prefix", "ramp", "queue_mode", "id_prefix", "edge", "mqtt_url", "site", "prefix", "transport"])]
+    scenario: Option<PathBuf>,
+    /// Run shard I of N of the scenario (device n of each fleet is shard n mod N's): several
+    /// machines, or processes, load one platform together; `merge` combines their reports.
+    #[arg(long, default_value = "0/1")]
+    shard: Partition,
+    /// The edge router's CoAP address.
+    #[arg(long, default_value = "[::1]:5683")]
+    edge: SocketAddr,
+    /// Number of devices.
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    /// Reports per second over the whole fleet, e.g. `500/s` or `500`.
+    #[arg(long, default_value = "100/s", value_parser = parse_rate)]
+    rate: f64,
+    /// How long devices report, e.g. `30s`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Spread the devices' start (and registration) over this long, jittered, as real fleets
+    /// come back after a power cut (`0`: all at once, a registration storm).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    ramp: Duration,
+    /// Seeds every random choice: the same seed gives the same run.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The broker the edge publishes to (the simulator subscribes there).
+    #[arg(long, default_value = "mqtt://[::1]:1883")]
+    mqtt_url: String,
+    /// MQTT topic prefix.
+    #[arg(long, default_value = "v6iot")]
+    prefix: String,
+    /// The edge's site name.
+    #[arg(long, default_value = "site")]
+    site: String,
+    /// Device id prefix.
+    #[arg(long, default_value = "sim")]
+    id_prefix: String,
+    /// After the reporting period, how long devices go on sending what they queued (and the
+    /// broker delivering it), at most.
+    #[arg(long, value_parser = parse_duration)]
+    drain: Option<Duration>,
+    /// Register in queue mode (`b=UQ`).
+    #[arg(long)]
+    queue_mode: bool,
+    /// Write the JSON report here (it is also printed).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write the HTML report (plots, no external resources) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Speak OSCORE: device n uses the row of its id (`{id-prefix}{n:06}`) in this
+    /// credentials CSV (`provision`'s output).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// The fleet's OSCORE state: sequence-number marks and replay floors (default: next to
+    /// the CSV, `CSV.seq`).
+    #[arg(long, requires = "credentials")]
+    seq_file: Option<PathBuf>,
+    /// Threads that drive the devices (each owns a share of the sockets, one `epoll` set).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+    /// Give device n the address PREFIX + n + 1 and send from one socket per thread instead
+    /// of a socket per device (IPv6 edge only). The prefix must be routed to this host, inside
+    /// a network namespace of its own:
+    /// `unshare -n`, `ip link set lo up`, `ip -6 route add local PREFIX dev lo`.
+    #[arg(long)]
+    source_prefix: Option<v6iot_edge_router::registry_db::Ipv6Prefix>,
+    /// Where processes the scenario runs (edge, broker) write their logs (default: a new
+    /// directory under the system's temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// `--transport nbiot` and its options (one fleet from flags; a scenario file gives a
+    /// fleet `transport = "nbiot"` and an `[fleet.nbiot]` table).
+    #[command(flatten)]
+    nbiot: NbiotArgs,
+}
+
+impl RunArgs {
+    /// The scenario these flags describe (or the file names).
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        if let Some(path) = &self.scenario {
+            let mut s = scenario::file::load(path)?;
+            if let Some(seed) = self.seed {
+                s.seed = seed;
+            }
+            if let Some(t) = self.threads {
+                s.threads = t;
+            }
+            if let Some(d) = self.drain {
+                s.drain = d;
+            }
+            return Ok(s);
+        }
+        let mut fleet = FleetSpec::new(&self.id_prefix, self.devices, self.rate);
+        fleet.id_prefix = self.id_prefix.clone();
+        fleet.ramp = self.ramp;
+        if let Some(plan) = self.nbiot.plan(self.seed.unwrap_or(1)) {
+            fleet.transport = Transport::Nbiot(Box::new(plan));
+        }
+        fleet.binding = if self.queue_mode || fleet.transport != Transport::Udp {
+            Binding::UQ
+        } else {
+            Binding::U
+        };
+        if let Some(p) = self.source_prefix {
+            fleet.sources = Sources::Pool {
+                prefix: p,
+                offset: 0,
+            };
+        }
+        if let Some(csv) = &self.credentials {
+            fleet.oscore = Some(OscoreSpec {
+                credentials: csv.clone(),
+                state: self
+                    .seq_file
+                    .clone()
+                    .unwrap_or_else(|| with_suffix(csv, ".seq")),
+            });
+        }
+        let mut s = Scenario::single(fleet, self.edge, &self.mqtt_url);
+        s.name = "run".into();
+        s.duration = self.duration;
+        s.broker.prefix = self.prefix.clone();
+        s.broker.site = self.site.clone();
+        if let Some(seed) = self.seed {
+            s.seed = seed;
+        }
+        if let Some(t) = self.threads {
+            s.threads = t;
+        }
+        if let Some(d) = self.drain {
+            s.drain = d;
+        }
+        Ok(s)
+    }
+}
+
+/// Writes `report` as JSON (stdout and `json`) and HTML (`html`).
+fn write_reports(report: &Report, json: Option<&Path>, html: Option<&Path>) -> anyhow::Result<()> {
+    let text = report.to_json();
+    println!("{text}");
+    if let Some(path) = json {
+        std::fs::write(path, format!("{text}\n"))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = html {
+        std::fs::write(path, v6iot_simulator::report::html::render(report))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    eprintln!("{}", report.summary());
+    Ok(())
 }
 
 /// A `--rate` that is not a finite, non-negative number per second.
@@ -322,89 +441,39 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let report = multi.block_on(demo::run(plan))?;
             println!("\n{}", demo::summary(&report));
-            if report.lost > 0 {
-                anyhow::bail!("{} acknowledged records were not delivered", report.lost);
+            if report.total.lost > 0 {
+                anyhow::bail!("{} reports were lost", report.total.lost);
             }
             Ok(())
         }
-        Command::Run {
-            edge,
-            devices,
-            rate,
-            duration,
-            mqtt_url,
-            prefix,
-            site,
-            id_prefix,
-            drain,
-            queue_mode,
-            report,
-            quiet,
-            credentials,
-            seq_file,
-            threads,
-            source_prefix,
-            nbiot,
-        } => {
-            let sources = match source_prefix {
-                None => load::Sources::Sockets,
-                Some(p) if p.prefix_len() > 64 => {
-                    anyhow::bail!(
-                        "--source-prefix {p}: a /64 or shorter (device n is PREFIX + n + 1 in its first /64)"
-                    )
-                }
-                Some(_) if edge.is_ipv4() => {
-                    anyhow::bail!(
-                        "--source-prefix: devices with IPv6 addresses need an IPv6 --edge"
-                    )
-                }
-                Some(p) => load::Sources::Pool(p.network()),
-            };
-            let oscore = match credentials {
-                Some(csv) => Some(FleetOscore {
-                    credentials: Credentials::load(&csv)?,
-                    marks: seq_file.unwrap_or_else(|| with_suffix(&csv, ".seq")),
-                }),
-                None => None,
-            };
-            let plan = FleetPlan {
-                edge,
-                devices,
-                rate,
-                duration,
-                id_prefix,
-                binding: if queue_mode || nbiot.plan().is_some() {
-                    Binding::UQ
-                } else {
-                    Binding::U
-                },
-            };
-            let view = BrokerView {
-                url: mqtt_url,
-                prefix,
-                site,
+        Command::Run(args) => {
+            let scenario = args.scenario()?;
+            let options = RunOptions {
+                partition: args.shard,
+                progress: !args.quiet,
+                workdir: args.workdir.clone(),
             };
             let multi = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let settings = load::RunSettings {
-                drain,
-                progress: !quiet,
-                oscore,
-                shards: usize::from(threads),
-                sources,
-                transport: nbiot
-                    .plan()
-                    .map_or(load::Transport::Udp, load::Transport::Nbiot),
-            };
-            let result = multi.block_on(load::run_with_settings(plan, view, settings))?;
-            let json = serde_json::to_string_pretty(&result)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, format!("{json}\n"))
-                    .with_context(|| format!("write {}", path.display()))?;
+            let report = multi.block_on(load::run(scenario, options))?;
+            write_reports(&report, args.report.as_deref(), args.html.as_deref())
+        }
+        Command::Merge {
+            reports,
+            report,
+            html,
+        } => {
+            let mut parsed = Vec::with_capacity(reports.len());
+            for path in &reports {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                let r: Report = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a v6iot-sim report", path.display()))?;
+                parsed.push(r);
             }
-            Ok(())
+            let merged = v6iot_simulator::report::merge::merge(&parsed)?;
+            write_reports(&merged, report.as_deref(), html.as_deref())
         }
         Command::Provision { .. } | Command::Medium { .. } => Ok(()),
     }

@@ -15,8 +15,7 @@ use v6iot_edge_router::registry_db::{
     DeviceRecord, DeviceState, Ipv6Prefix, MAX_KID_LEN, MasterSecret, Registry, SealKey, csv,
 };
 
-use crate::credentials::Credentials;
-use crate::load::FleetOscore;
+use crate::scenario::OscoreSpec;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -71,13 +70,14 @@ pub fn write_csv(plan: &ProvisionPlan, mut out: impl Write) -> anyhow::Result<u6
 
 /// Provisions the fleet of `plan`, imports it into the registry of an edge router whose data
 /// directory is `data_dir` under a fresh seal key (written to `data_dir/seal.key`), and points
-/// `config` at that key; returns the fleet's side (credentials, mark file `data_dir/fleet.seq`).
+/// `config` at that key; returns the fleet's side (the CSV `data_dir/creds.csv`, the state file
+/// `data_dir/fleet.seq`).
 /// What the demo does before it starts its edge; tests do the same.
 pub fn provision_edge(
     data_dir: &Path,
     config: &mut EdgeConfig,
     plan: &ProvisionPlan,
-) -> anyhow::Result<FleetOscore> {
+) -> anyhow::Result<OscoreSpec> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let creds_path = data_dir.join("creds.csv");
     let mut csv = Vec::new();
@@ -91,9 +91,9 @@ pub fn provision_edge(
     let mut registry = Registry::open(&config.registry.db_path(data_dir), Some(key))?;
     registry.import_csv(csv.as_slice())?;
     config.registry.seal_key_file = Some(key_path);
-    Ok(FleetOscore {
-        credentials: Credentials::read(csv.as_slice())?,
-        marks: data_dir.join("fleet.seq"),
+    Ok(OscoreSpec {
+        credentials: creds_path,
+        state: data_dir.join("fleet.seq"),
     })
 }
 

@@ -98,11 +98,24 @@ pub struct SubscriberCore {
 const SUBSCRIBE_PKID: u16 = 1;
 
 impl SubscriberCore {
-    /// A connection that will subscribe to `filter` at QoS 1; its CONNECT is queued already.
+    /// A connection that will subscribe to `filter` at QoS 1; its CONNECT (clean session) is
+    /// queued already.
     pub fn new(now: Instant, client_id: &str, filter: &str, keep_alive: Duration) -> Self {
+        SubscriberCore::with_session(now, client_id, filter, keep_alive, true)
+    }
+
+    /// As [`SubscriberCore::new`]; `clean` false asks the broker to keep the session (its
+    /// subscription and undelivered QoS 1 messages) while the connection is gone.
+    pub fn with_session(
+        now: Instant,
+        client_id: &str,
+        filter: &str,
+        keep_alive: Duration,
+        clean: bool,
+    ) -> Self {
         let mut connect = v4::Connect::new(client_id);
         connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
-        connect.clean_session = true;
+        connect.clean_session = clean;
         let mut core = SubscriberCore {
             state: State::AwaitConnAck,
             filter: filter.to_owned(),
@@ -236,6 +249,17 @@ pub trait Sink: Send + 'static {
     fn publish(&mut self, topic: &str, payload: &[u8]);
 }
 
+/// How the collector's session lives at the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Session {
+    /// A clean session with a fresh client id: what arrives while disconnected is not kept.
+    Clean,
+    /// A persistent session under this client id: the broker keeps the subscription and the
+    /// QoS 1 messages for it while the collector reconnects (and across its own restart when
+    /// it persists sessions, as mosquitto with `persistence true` does).
+    Persistent(String),
+}
+
 /// A subscription served by its own thread; [`Subscription::stop`] ends it.
 #[derive(Debug)]
 pub struct Subscription {
@@ -255,6 +279,14 @@ const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(10);
 /// How long a reconnection's TCP connect may take (the stop flag is not looked at meanwhile).
 const RECONNECT_WITHIN: Duration = Duration::from_secs(1);
 
+/// Who the driver connects as.
+#[derive(Debug, Clone, Copy)]
+struct Client<'a> {
+    id: &'a str,
+    /// A clean session (else the broker keeps it while disconnected).
+    clean: bool,
+}
+
 /// One live connection of the driver.
 struct Conn {
     stream: TcpStream,
@@ -273,7 +305,7 @@ impl Conn {
     fn open<S: Sink>(
         host: &str,
         port: u16,
-        client_id: &str,
+        client: Client<'_>,
         filter: &str,
         sink: &Mutex<S>,
         connect_within: Duration,
@@ -291,7 +323,13 @@ impl Conn {
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         let mut conn = Conn {
             stream,
-            core: SubscriberCore::new(Instant::now(), client_id, filter, KEEP_ALIVE),
+            core: SubscriberCore::with_session(
+                Instant::now(),
+                client.id,
+                filter,
+                KEEP_ALIVE,
+                client.clean,
+            ),
             scratch: vec![0; READ_BUFFER],
             input: BytesMut::with_capacity(READ_BUFFER),
         };
@@ -365,12 +403,29 @@ impl Subscription {
         filter: &str,
         sink: Arc<Mutex<S>>,
     ) -> anyhow::Result<Self> {
-        let client_id = format!("v6iot-sim-collector-{}", std::process::id());
+        Subscription::start_with(host, port, filter, sink, Session::Clean)
+    }
+
+    /// As [`Subscription::start`], with the session `session`.
+    pub fn start_with<S: Sink>(
+        host: &str,
+        port: u16,
+        filter: &str,
+        sink: Arc<Mutex<S>>,
+        session: Session,
+    ) -> anyhow::Result<Self> {
+        let (client_id, clean) = match session {
+            Session::Clean => (format!("v6iot-sim-collector-{}", std::process::id()), true),
+            Session::Persistent(id) => (id, false),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let first = Conn::open(
             host,
             port,
-            &client_id,
+            Client {
+                id: &client_id,
+                clean,
+            },
             filter,
             &sink,
             SUBSCRIBE_WITHIN,
@@ -391,7 +446,10 @@ impl Subscription {
                         match Conn::open(
                             &host,
                             port,
-                            &client_id,
+                            Client {
+                                id: &client_id,
+                                clean,
+                            },
                             &filter,
                             &sink,
                             RECONNECT_WITHIN,

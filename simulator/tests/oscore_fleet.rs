@@ -132,7 +132,7 @@ fn edge(
     })
 }
 
-/// One `v6iot-sim run --credentials`; returns its JSON report.
+/// One `v6iot-sim run --credentials`; returns its JSON report's totals.
 fn run_fleet(csv: &Path, edge: SocketAddr, broker: SocketAddr) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
         .args(["run", "--quiet", "--devices", &DEVICES.to_string()])
@@ -148,7 +148,8 @@ fn run_fleet(csv: &Path, edge: SocketAddr, broker: SocketAddr) -> serde_json::Va
         "v6iot-sim run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("the JSON report")
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON report");
+    report["total"].clone()
 }
 
 fn marks(path: &Path) -> Vec<u64> {
@@ -180,22 +181,22 @@ fn a_fleet_speaks_oscore_and_its_marks_live_in_one_file() {
     let first = run_fleet(&csv, edge_addr, broker);
     assert_eq!(first["registered"], DEVICES, "{first}");
     assert!(first["sent"].as_u64().unwrap() > 0, "{first}");
-    assert_eq!(first["acked"], first["sent"], "{first}");
+    assert_eq!(first["acknowledged"], first["sent"], "{first}");
     assert_eq!(first["oscore"]["responses_rejected"], 0, "{first}");
-    assert_eq!(first["oscore"]["mark_writes"], 1, "{first}");
+    assert_eq!(first["oscore"]["state_writes"], 1, "{first}");
     let state = dir.path().join("creds.csv.seq");
     assert_eq!(marks(&state), vec![1 << 16; DEVICES]);
 
     let second = run_fleet(&csv, edge_addr, broker);
     assert_eq!(second["registered"], DEVICES, "{second}");
-    assert_eq!(second["oscore"]["mark_writes"], 1, "{second}");
+    assert_eq!(second["oscore"]["state_writes"], 1, "{second}");
     assert_eq!(marks(&state), vec![2 << 16; DEVICES]);
 
     stop.store(true, Ordering::Relaxed);
     let seen = edge.join().unwrap();
     assert_eq!(seen.rejected, 0, "{seen:?}");
     assert_eq!(seen.registrations, 2 * DEVICES);
-    let acked = first["acked"].as_u64().unwrap() + second["acked"].as_u64().unwrap();
+    let acked = first["acknowledged"].as_u64().unwrap() + second["acknowledged"].as_u64().unwrap();
     assert_eq!(seen.reports as u64, acked);
     assert_eq!(seen.pivs.len(), DEVICES);
     for (kid, pivs) in &seen.pivs {

@@ -532,10 +532,15 @@ impl Bridge {
     fn handle(&mut self, output: Output<Item>) {
         match output {
             Output::Connected => {}
-            Output::Acked { item, refused } => match (item, refused) {
+            Output::Acked {
+                item,
+                refused,
+                waited,
+            } => match (item, refused) {
                 (Item::Message(m), None) => {
                     let _ = self.links.acks.send(m.id);
                     self.links.stats.inc(Counter::Acked);
+                    self.links.stats.publish_latency.observe(waited);
                     if self.config.report_published {
                         self.links.events.emit(BridgeEvent::Published { id: m.id });
                     }

@@ -47,6 +47,8 @@ pub(crate) enum Output<T> {
     Acked {
         item: T,
         refused: Option<(String, bool)>,
+        /// From the PUBLISH (its last sending) to its PUBACK.
+        waited: Duration,
     },
     /// A PUBLISH from the broker (already acknowledged to it).
     Command { topic: String, payload: Vec<u8> },
@@ -134,8 +136,8 @@ pub(crate) struct Session<T> {
     keep_alive: Duration,
     phase: Phase,
     window: usize,
-    /// Packet id → (hand-over sequence, item).
-    in_flight: HashMap<u16, (u64, T)>,
+    /// Packet id → (hand-over sequence, when sent, item).
+    in_flight: HashMap<u16, (u64, Instant, T)>,
     next_seq: u64,
     next_pkid: u16,
     /// The SUBSCRIBE waiting for its SUBACK.
@@ -219,7 +221,7 @@ impl<T: Message> Session<T> {
             return Err(NotSent::TooLarge(item, e));
         }
         self.next_pkid = pkid.checked_add(1).unwrap_or(1);
-        self.in_flight.insert(pkid, (self.next_seq, item));
+        self.in_flight.insert(pkid, (self.next_seq, now, item));
         self.next_seq += 1;
         self.last_sent = now;
         Ok(())
@@ -317,7 +319,11 @@ impl<T: Message> Session<T> {
         match packet {
             Incoming::ConnAck { .. } => Err(ProtocolError::SecondConnAck.into()),
             Incoming::PubAck { pkid, refused } => match self.in_flight.remove(&pkid) {
-                Some((_, item)) => Ok(Some(Output::Acked { item, refused })),
+                Some((_, sent, item)) => Ok(Some(Output::Acked {
+                    item,
+                    refused,
+                    waited: now.saturating_duration_since(sent),
+                })),
                 None => {
                     tracing::debug!(pkid, "PUBACK for a packet id not in flight; ignored");
                     Ok(None)
@@ -400,9 +406,9 @@ impl<T: Message> Session<T> {
 
     /// Ends the session: every item not acknowledged, in hand-over order.
     pub(crate) fn into_unacked(self) -> Vec<T> {
-        let mut items: Vec<(u64, T)> = self.in_flight.into_values().collect();
-        items.sort_by_key(|(seq, _)| *seq);
-        items.into_iter().map(|(_, item)| item).collect()
+        let mut items: Vec<(u64, Instant, T)> = self.in_flight.into_values().collect();
+        items.sort_by_key(|(seq, _, _)| *seq);
+        items.into_iter().map(|(_, _, item)| item).collect()
     }
 }
 

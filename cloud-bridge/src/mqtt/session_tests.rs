@@ -111,11 +111,13 @@ fn publishes_with_its_own_packet_ids_and_matches_pubacks_in_any_order() {
         [
             Output::Acked {
                 item: 2,
-                refused: None
+                refused: None,
+                waited: Duration::ZERO
             },
             Output::Acked {
                 item: 0,
-                refused: None
+                refused: None,
+                waited: Duration::ZERO
             }
         ],
         "a second PUBACK for the same id is ignored"
@@ -155,7 +157,8 @@ fn packet_ids_wrap_and_skip_ids_in_flight() {
             s.handle_input(&mut ack, t0, &mut out),
             Ok(Some(Output::Acked {
                 item,
-                refused: None
+                refused: None,
+                waited: Duration::ZERO
             })),
             "item {item}"
         );

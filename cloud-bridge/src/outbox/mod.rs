@@ -97,6 +97,7 @@
 //! about one segment of acknowledged records is held back, so configure `max_bytes` to at least
 //! two segments (checked by [`open`]).
 
+pub mod age;
 mod disk;
 mod log;
 mod state;
@@ -112,6 +113,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use v6iot_durable::{Fs, StdFs};
 
+use crate::latency::{HistogramSnapshot, LatencyHistogram};
 use crate::message::{NewMessage, OutboundMessage};
 use state::{Limits, OutboxState, Refusal};
 use task::{AppendRequest, Request, Reservation, Shared, WriterConfig};
@@ -354,11 +356,20 @@ pub async fn open_in<F: Fs>(
         retry_after: config.retry_after,
         ack_persist_interval: config.ack_persist_interval,
     };
-    let core = OutboxState::recover(limits, &recovered, tokio::time::Instant::now().into_std());
+    let opened = tokio::time::Instant::now().into_std();
+    let core = OutboxState::recover(limits, &recovered, opened);
+    // what a previous run left is at least as old as this start
+    let mut ages = age::AgeTracker::default();
+    let stats = core.stats();
+    if stats.pending_messages > 0 {
+        ages.durable(stats.next_id.saturating_sub(1), opened);
+    }
     let shared = Arc::new(Shared {
         core: std::sync::Mutex::new(core),
         wake_reader: Notify::new(),
         wake_writer: Notify::new(),
+        ages: std::sync::Mutex::new(ages),
+        sync_latency: LatencyHistogram::new(crate::latency::SYNC_BUCKETS),
     });
     let (req_tx, req_rx) = mpsc::channel(config.max_batch);
     let (pub_tx, pub_rx) = mpsc::channel(config.publish_window);
@@ -438,6 +449,20 @@ impl OutboxHandle {
     /// Gauges and counters.
     pub fn stats(&self) -> OutboxStats {
         self.shared.core().stats()
+    }
+
+    /// How long the oldest unacknowledged record has been durable (records a previous run
+    /// left count from this open); `None` when every record is acknowledged.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        let watermark = self.shared.core().watermark();
+        self.shared
+            .ages()
+            .oldest(watermark, tokio::time::Instant::now().into_std())
+    }
+
+    /// How long group commits (the write and its `fdatasync`) took.
+    pub fn sync_latency(&self) -> HistogramSnapshot {
+        self.shared.sync_latency.snapshot()
     }
 
     /// Stops the outbox: appends sent before are written, later ones fail with

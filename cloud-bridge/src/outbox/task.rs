@@ -13,8 +13,10 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::AppendError;
+use super::age::AgeTracker;
 use super::disk::{self, Disk, ReadError};
 use super::state::{OutboxState, ReadPos, ReadStep};
+use crate::latency::LatencyHistogram;
 use crate::message::{NewMessage, OutboundMessage};
 use v6iot_durable::Fs;
 
@@ -37,12 +39,21 @@ pub(crate) struct Shared {
     pub(crate) wake_reader: Notify,
     /// The watermark moved (something to persist or reclaim).
     pub(crate) wake_writer: Notify,
+    /// When the unacknowledged groups became durable (the oldest record's age).
+    pub(crate) ages: Mutex<AgeTracker>,
+    /// How long each group's write and sync took.
+    pub(crate) sync_latency: LatencyHistogram,
 }
 
 impl Shared {
     /// Locks the core (a panic elsewhere cannot leave it half-changed: nothing in it panics).
     pub(crate) fn core(&self) -> MutexGuard<'_, OutboxState> {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the age marks (briefly; nothing in them panics).
+    pub(crate) fn ages(&self) -> MutexGuard<'_, AgeTracker> {
+        self.ages.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -215,14 +226,19 @@ async fn write_batch<F: Fs>(
         return None;
     };
     let result = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let r = d.write(&plan, &msgs);
-        (d, plan, r)
+        (d, plan, r, started.elapsed())
     })
     .await;
     match result {
-        Ok((d, plan, Ok(fsyncs))) => {
+        Ok((d, plan, Ok(fsyncs), took)) => {
             let reserved: u64 = batch.iter_mut().map(|a| a.reservation.disarm()).sum();
+            shared.sync_latency.observe(took);
             shared.core().commit(&plan, reserved, fsyncs);
+            if let Some(last) = plan.chunks.last().map(|c| c.first_id + c.count as u64) {
+                shared.ages().durable(last.saturating_sub(1), now());
+            }
             shared.wake_reader.notify_one();
             let mut id = plan.chunks.first().map_or(0, |c| c.first_id);
             for a in batch {
@@ -232,7 +248,7 @@ async fn write_batch<F: Fs>(
             }
             Some(d)
         }
-        Ok((d, _, Err(e))) => {
+        Ok((d, _, Err(e), _)) => {
             let why = format!("writing the outbox failed: {e}");
             error!("{why}; no more appends until the outbox is reopened");
             shared.core().fail(why.clone());

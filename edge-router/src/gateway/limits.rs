@@ -285,6 +285,12 @@ impl Limits {
         &self.config
     }
 
+    /// Takes new rates, bursts and quarantine settings (a reload); the buckets and
+    /// quarantines in force keep their state, the new rates apply from the next check.
+    pub fn set_config(&mut self, config: LimitsConfig) {
+        self.config = config;
+    }
+
     /// Counters and table sizes.
     pub fn stats(&self) -> LimitStats {
         LimitStats {

@@ -356,6 +356,11 @@ impl Gateway {
         &self.stats
     }
 
+    /// New rate limits and quarantine settings (SIGHUP); see [`Limits::set_config`].
+    pub fn set_limits(&mut self, config: LimitsConfig) {
+        self.limits.set_config(config);
+    }
+
     /// Active devices with a context.
     pub fn device_count(&self) -> usize {
         self.keys.len()

@@ -10,6 +10,7 @@
 //! The core knows devices by their source address until the authentication gateway (OSCORE)
 //! binds them to a cryptographic identity.
 
+mod counts;
 pub mod downlink;
 pub mod observe;
 pub mod registry;
@@ -49,6 +50,7 @@ use v6iot_cloud_bridge::topics::{Topics, valid_level};
 use v6iot_sdk::coap::content_format;
 use v6iot_sdk::coap::wire::{self, Token};
 
+pub use counts::{PathKind, RequestCounts};
 pub use downlink::{
     CommandLimits, CommandResult, DeviceAllowList, Downlink, DownlinkCommand, DownlinkStats,
     JournalBatch, JournalEntry, JournalWritten,
@@ -382,6 +384,10 @@ pub struct Ingress {
     next_observation: u64,
     /// Queue-mode devices: awake in their listening window, asleep after it.
     sleepers: sleepers::Sleepers,
+    /// Answered requests by resource and code (a fixed table).
+    requests: RequestCounts,
+    /// Stopping: new requests get 5.03 with this Max-Age (seconds).
+    draining: Option<u32>,
 }
 
 const MAX_EVENTS: usize = 1024;
@@ -414,7 +420,26 @@ impl Ingress {
             observations: observe::Observations::default(),
             next_observation: 0,
             sleepers: sleepers::Sleepers::default(),
+            requests: RequestCounts::default(),
+            draining: None,
         }
+    }
+
+    /// Answered requests by resource and response code.
+    pub fn request_counts(&self) -> &RequestCounts {
+        &self.requests
+    }
+
+    /// From now on (the edge is stopping) every new request is answered 5.03 Service
+    /// Unavailable with Max-Age `retry_after_s`; requests already taken (a record being
+    /// stored) finish, and retransmissions still get their answer.
+    pub fn start_draining(&mut self, retry_after_s: u32) {
+        self.draining = Some(retry_after_s);
+    }
+
+    /// Whether [`start_draining`](Self::start_draining) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     fn take_message_id(&mut self) -> u16 {
@@ -642,9 +667,16 @@ impl Ingress {
             return;
         }
         self.stats.requests += 1;
-        let outcome = self.route(now, unix_ms, peer, packet, identity);
+        let outcome = match self.draining {
+            Some(secs) => Outcome::Now(
+                reply::Response::error(ResponseType::ServiceUnavailable, "stopping, retry later")
+                    .max_age(secs),
+            ),
+            None => self.route(now, unix_ms, peer, packet, identity),
+        };
         match outcome {
             Outcome::Now(response) => {
+                self.requests.count(PathKind::of(packet), response.code);
                 if response.code.is_error() {
                     self.stats.refused += 1;
                     self.event(IngressEvent::Refused {
@@ -938,16 +970,22 @@ impl Ingress {
         let response = match result {
             AppendResult::Stored => {
                 self.stats.telemetry_stored += 1;
+                self.requests
+                    .count(PathKind::Telemetry, ResponseType::Changed);
                 reply::Response::code(ResponseType::Changed)
             }
             AppendResult::Full { retry_after } => {
                 self.stats.telemetry_busy += 1;
+                self.requests
+                    .count(PathKind::Telemetry, ResponseType::ServiceUnavailable);
                 let secs = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
                 reply::Response::error(ResponseType::ServiceUnavailable, "outbox full, retry later")
                     .max_age(secs)
             }
             AppendResult::Failed => {
                 self.stats.store_failures += 1;
+                self.requests
+                    .count(PathKind::Telemetry, ResponseType::InternalServerError);
                 reply::Response::error(
                     ResponseType::InternalServerError,
                     "record could not be stored",

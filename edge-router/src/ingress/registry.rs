@@ -90,6 +90,11 @@ impl Directory {
         self.by_endpoint.is_empty()
     }
 
+    /// Every registration, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Registration> {
+        self.slots.iter().flatten()
+    }
+
     fn slot(&self, slot: usize) -> Option<&Registration> {
         self.slots.get(slot).and_then(Option::as_ref)
     }

@@ -361,3 +361,55 @@ fn remembered_message_ids_are_bounded_per_peer_and_expire() {
         "forgotten after EXCHANGE_LIFETIME"
     );
 }
+
+/// The stop: once draining, a new request gets 5.03 with the configured Max-Age and nothing is
+/// stored; a request taken before finishes (its ACK after the store), and its retransmission
+/// still gets that ACK, not a 5.03. Requests are counted by resource and code.
+#[test]
+fn a_draining_ingress_answers_new_requests_503_and_finishes_the_rest() {
+    let mut i = lab();
+    let t0 = Instant::now();
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(1, true));
+    let taken = i.poll_append().expect("the record taken before the stop");
+    i.start_draining(30);
+    assert!(i.is_draining());
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(2, true));
+    assert!(
+        i.poll_append().is_none(),
+        "nothing new stored while stopping"
+    );
+    let (_, busy) = i.poll_transmit().expect("an answer to the new request");
+    let busy = Packet::from_bytes(&busy).unwrap();
+    assert_eq!(
+        busy.header.code,
+        MessageClass::Response(ResponseType::ServiceUnavailable)
+    );
+    assert_eq!(busy.header.message_id, 2);
+    let max_age = busy
+        .get_option(CoapOption::MaxAge)
+        .and_then(|v| v.front().cloned())
+        .expect("Max-Age");
+    assert_eq!(max_age, vec![30]);
+    // the request taken before the stop finishes
+    i.handle_appended(taken.ticket.unwrap(), super::AppendResult::Stored);
+    let (_, ack) = i.poll_transmit().expect("its ACK");
+    assert_eq!(
+        Packet::from_bytes(&ack).unwrap().header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(1, true));
+    assert_eq!(
+        i.poll_transmit().map(|(_, b)| b),
+        Some(ack),
+        "the same ACK again"
+    );
+    let counts: Vec<_> = i
+        .request_counts()
+        .iter()
+        .map(|(k, code, n)| (k.label(), code, n))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![("t", "2.04".to_owned(), 1), ("t", "5.03".to_owned(), 1)]
+    );
+}

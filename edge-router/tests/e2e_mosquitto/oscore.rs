@@ -23,12 +23,15 @@ use super::{Edge, Mosquitto, Seen, TempDir, free_udp_port, runtime, subscribe, w
 /// The audit trail's checkpoints published and kept by the running edge.
 mod audit_anchor;
 
+/// The dashboard in headless chromium, with OSCORE devices and a plain-CoAP attempt.
+mod ops_dashboard;
+
 // ----- provisioning with the CLI -----
 
 pub(super) struct Creds {
-    data: PathBuf,
+    pub(super) data: PathBuf,
     pub(super) key_file: PathBuf,
-    key_hex: String,
+    pub(super) key_hex: String,
 }
 
 pub(super) fn edge_cli(creds: &Creds, args: &[&str]) -> Output {

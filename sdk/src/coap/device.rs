@@ -27,7 +27,7 @@ use super::endpoint::{Endpoint, Event, RequestId, RequestOutcome, SeparateError,
 use super::resource::{Changed, ResourceTree, Response, Ticket};
 use crate::oscore::{DurableState, SecurityContext};
 use crate::persist::{PersistFailed, StateStore};
-use crate::uplink::{QueueFull, Registration, Reporter, UplinkConfig};
+use crate::uplink::{QueueFull, Registration, ReportEvent, Reporter, UplinkConfig};
 
 /// The application side of a device: its own timers, and which resources changed.
 pub trait App {
@@ -57,14 +57,19 @@ pub trait App {
     /// The outcome of a request the application sent itself through
     /// [`Device::endpoint_mut`].
     fn handle_response(&mut self, _now: Instant, _id: RequestId, _outcome: RequestOutcome) {}
+
+    /// What became of a report from [`App::poll_report`]: each answer to the report at the
+    /// front of the uplink's queue (reports go out one at a time, in the order they were made),
+    /// or [`ReportEvent::Dropped`] for a new report a full queue refused.
+    fn report_event(&mut self, _now: Instant, _event: ReportEvent) {}
 }
 
-/// Registration and reporting state of a device that talks to an edge router.
+/// Registration and reporting state of a device that talks to an edge router. (The link
+/// format sent with a registration is made from the shared tree when one is due, not kept.)
 #[derive(Debug)]
 struct Uplink {
     registration: Registration,
     reporter: Reporter,
-    links: String,
 }
 
 /// An application with no timers and no state, for trees whose handlers need none.
@@ -187,11 +192,9 @@ impl<S: App> Device<S> {
             config.binding,
         );
         let reporter = Reporter::new(config.server, config.max_queued_reports);
-        let links = self.tree.link_format(&[]);
         self.uplink = Some(Box::new(Uplink {
             registration,
             reporter,
-            links,
         }));
         self.drive_uplink(now);
     }
@@ -244,22 +247,32 @@ impl<S: App> Device<S> {
     /// lets the registration and reporter send what is due.
     fn drive_uplink(&mut self, now: Instant) {
         while let Some((id, outcome)) = self.endpoint.poll_response() {
-            let taken = self.uplink.as_mut().is_some_and(|u| {
-                u.registration.handle_outcome(now, id, &outcome)
-                    || u.reporter.handle_outcome(now, id, &outcome)
-            });
-            if !taken {
+            let Some(u) = self.uplink.as_mut() else {
                 self.app.handle_response(now, id, outcome);
+                continue;
+            };
+            if u.registration.handle_outcome(now, id, &outcome) {
+                continue;
+            }
+            match u.reporter.handle_outcome(now, id, &outcome) {
+                Some(event) => self.app.report_event(now, event),
+                None => self.app.handle_response(now, id, outcome),
             }
         }
         if let Some(u) = self.uplink.as_mut() {
             if u.reporter.take_needs_registration() {
                 u.registration.reregister(now);
             }
-            u.registration.poll(now, &mut self.endpoint, &u.links);
+            let links = if u.registration.poll_timeout().is_some_and(|t| t <= now) {
+                self.tree.link_format(&[])
+            } else {
+                String::new()
+            };
+            u.registration.poll(now, &mut self.endpoint, &links);
             u.reporter
                 .poll(now, &mut self.endpoint, u.registration.is_registered());
         }
+        self.endpoint.release_idle_buffers();
     }
 
     /// Handles one datagram from `peer`.
@@ -307,9 +320,12 @@ impl<S: App> Device<S> {
                 let _ = self.endpoint.respond_separately(now, ticket, response);
             }
             while let Some((format, body)) = self.app.poll_report() {
-                if let Some(u) = self.uplink.as_mut() {
-                    // A full queue refuses the report; the reporter counts it.
-                    let _ = u.reporter.report(format, body);
+                if let Some(u) = self.uplink.as_mut()
+                    && u.reporter.report(format, body).is_err()
+                {
+                    // A full queue refuses the report; the reporter counts it, the
+                    // application hears of it.
+                    self.app.report_event(now, ReportEvent::Dropped);
                 }
             }
         }

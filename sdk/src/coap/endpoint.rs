@@ -385,6 +385,32 @@ impl Endpoint {
         }
     }
 
+    /// Gives back the buffers of the collections that are empty now (exchanges, messages in
+    /// flight, outcomes, uploads, deferred requests, events, datagrams to send): an idle
+    /// endpoint holds no heap but what it remembers (observers, message IDs seen, OSCORE). The
+    /// device calls it after each input, so a device that reports now and then is idle, not
+    /// sized for its busiest moment, in between.
+    pub(crate) fn release_idle_buffers(&mut self) {
+        fn release<T>(v: &mut Vec<T>) {
+            if v.is_empty() && v.capacity() > 0 {
+                *v = Vec::new();
+            }
+        }
+        fn release_deque<T>(v: &mut VecDeque<T>) {
+            if v.is_empty() && v.capacity() > 0 {
+                *v = VecDeque::new();
+            }
+        }
+        release(&mut self.in_flight);
+        release(&mut self.exchanges);
+        release(&mut self.uploads);
+        release(&mut self.deferred);
+        release_deque(&mut self.outcomes);
+        release_deque(&mut self.events);
+        release_deque(&mut self.transmits);
+        release_deque(&mut self.seen);
+    }
+
     fn push_event(&mut self, event: Event) {
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();

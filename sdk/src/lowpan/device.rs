@@ -36,13 +36,13 @@ use core::time::Duration;
 
 use smoltcp::wire::Ipv6Packet;
 
-use super::Adaptation;
 use super::context::Context;
 use super::frag::ReassemblyConfig;
 use super::iphc::{
     CidByte, CompressOptions, IPV6_HEADER_LEN, LinkAddrs, UDP_HEADER_LEN, upper_layer_checksum,
 };
 use super::nd::{self, ALL_NODES, ALL_ROUTERS, Icmpv6, RouterAdvert};
+use super::{Adaptation, PROTO_UDP};
 use crate::addr::{Eui64, InterfaceId, link_local};
 use crate::coap::{self, App};
 use crate::radio::mac::{DataHeader, LinkAddr, PanId};
@@ -50,7 +50,6 @@ use crate::radio::{MAX_MAC_FRAME, MacFrame};
 use crate::time::Instant;
 use crate::uplink::UplinkConfig;
 
-const PROTO_UDP: u8 = 17;
 const HOP_LIMIT: u8 = 64;
 /// Network events kept for the application; older ones are dropped when it does not poll.
 const MAX_EVENTS: usize = 16;
@@ -665,9 +664,10 @@ impl<S: App> LowpanDevice<S> {
                 self.stats.no_route += 1;
                 continue;
             };
-            let packet = udp_packet(
+            let packet = super::udp_packet(
                 SocketAddrV6::new(self.source_for(dst), self.config.coap_port, 0, 0),
                 to,
+                HOP_LIMIT,
                 &t.contents,
             );
             self.send_packet(&packet, to_ll);
@@ -722,30 +722,4 @@ impl<S: App> LowpanDevice<S> {
 
 fn is_link_local(a: Ipv6Addr) -> bool {
     a.segments().first().is_some_and(|s| s & 0xffc0 == 0xfe80)
-}
-
-/// An IPv6/UDP packet with its checksum.
-fn udp_packet(from: SocketAddrV6, to: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
-    let udp_len = UDP_HEADER_LEN + payload.len();
-    let mut p = Vec::with_capacity(IPV6_HEADER_LEN + udp_len);
-    p.extend_from_slice(&[0x60, 0, 0, 0]);
-    // CoAP datagrams here are below the 6LoWPAN MTU.
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[PROTO_UDP, HOP_LIMIT]);
-    p.extend_from_slice(&from.ip().octets());
-    p.extend_from_slice(&to.ip().octets());
-    p.extend_from_slice(&from.port().to_be_bytes());
-    p.extend_from_slice(&to.port().to_be_bytes());
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    let udp = p.get(IPV6_HEADER_LEN..).unwrap_or_default();
-    let sum = match upper_layer_checksum(*from.ip(), *to.ip(), PROTO_UDP, udp) {
-        0 => 0xffff,
-        s => s,
-    };
-    if let Some(dst) = p.get_mut(IPV6_HEADER_LEN + 6..IPV6_HEADER_LEN + 8) {
-        dst.copy_from_slice(&sum.to_be_bytes());
-    }
-    p
 }

@@ -24,12 +24,16 @@ pub mod iphc;
 pub mod nd;
 
 use alloc::vec::Vec;
+use core::net::SocketAddrV6;
 use core::ops::Add;
 use core::time::Duration;
 
 use context::ContextTable;
 use frag::{Datagram, FragDrop, FragHeader, FragKey, FragmentError, Reassembly, ReassemblyConfig};
-use iphc::{CompressError, CompressOptions, DecompressError, LinkAddrs, MAX_COMPRESSED_HEADER};
+use iphc::{
+    CompressError, CompressOptions, DecompressError, IPV6_HEADER_LEN, LinkAddrs,
+    MAX_COMPRESSED_HEADER, UDP_HEADER_LEN,
+};
 
 /// The dispatch of an uncompressed IPv6 packet (RFC 4944 §5.1).
 pub const DISPATCH_IPV6: u8 = 0x41;
@@ -241,4 +245,28 @@ impl<T: Copy + Ord + Add<Duration, Output = T>> Adaptation<T> {
     pub fn handle_timeout(&mut self, now: T) {
         self.reassembly.handle_timeout(now);
     }
+}
+
+/// The IPv6 next-header value of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// An IPv6/UDP packet from `from` to `to` with `hop_limit`, carrying `payload`, its UDP checksum
+/// filled in (0 sent as `0xffff`, RFC 8200 §8.1). `payload` must leave the UDP length below
+/// 64 KiB (6LoWPAN datagrams are at most [`IPV6_MTU`]).
+#[must_use]
+pub fn udp_packet(from: SocketAddrV6, to: SocketAddrV6, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let udp_len = UDP_HEADER_LEN + payload.len();
+    let mut p = Vec::with_capacity(IPV6_HEADER_LEN + udp_len);
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[PROTO_UDP, hop_limit]);
+    p.extend_from_slice(&from.ip().octets());
+    p.extend_from_slice(&to.ip().octets());
+    p.extend_from_slice(&from.port().to_be_bytes());
+    p.extend_from_slice(&to.port().to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    iphc::fill_udp_checksum(&mut p);
+    p
 }

@@ -21,7 +21,7 @@ use core::time::Duration;
 
 pub use power::{PowerConfig, PowerSaving, PowerStats, WakeReason};
 pub use registration::{Binding, Registration, RegistrationState};
-pub use reporter::{QueueFull, ReportStats, Reporter};
+pub use reporter::{QueueFull, ReportEvent, ReportStats, Reporter};
 
 /// Where and how a device registers and reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

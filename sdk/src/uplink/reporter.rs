@@ -47,6 +47,35 @@ pub struct Reporter {
     stats: ReportStats,
 }
 
+/// What became of a report: the answer to one attempt to send the report at the front of the
+/// queue, or the refusal of a new report by a full queue. A device hands each to its
+/// application ([`App::report_event`](crate::coap::App::report_event)), so a load generator can
+/// account for every report it made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ReportEvent {
+    /// 2.xx: the edge took it; it leaves the queue.
+    Acked,
+    /// Refused for good (4.xx other than 4.03, 5.xx other than 5.03), with the code: it leaves
+    /// the queue and is not sent again.
+    Refused(Code),
+    /// 5.03 (back-pressure): kept, sent again after the Max-Age.
+    Busy,
+    /// 4.03: the edge does not know the device; kept, sent again once registered.
+    Forbidden,
+    /// No answer after the retransmissions, or a Reset: kept, sent again later.
+    TimedOut,
+    /// A new report refused because the queue was full: it was never queued.
+    Dropped,
+}
+
+impl ReportEvent {
+    /// Whether the report at the front of the queue left it (acknowledged or refused).
+    pub fn is_final(&self) -> bool {
+        matches!(self, ReportEvent::Acked | ReportEvent::Refused(_))
+    }
+}
+
 /// The queue is full; the report was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("telemetry queue is full")]
@@ -93,6 +122,11 @@ impl Reporter {
         self.queue.len()
     }
 
+    /// Whether the report at the front of the queue is on its way (sent, not yet answered).
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// When [`Reporter::poll`] may next send (only while held back by 5.03 or a timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.in_flight.is_none() && !self.queue.is_empty() {
@@ -123,41 +157,56 @@ impl Reporter {
         core::mem::take(&mut self.needs_registration)
     }
 
-    /// Takes the outcome of one of its requests; false when `id` is not one of them.
+    /// Takes the outcome of one of its requests: what became of the report, or `None` when
+    /// `id` is not one of them.
     pub fn handle_outcome(
         &mut self,
         now: Instant,
         id: RequestId,
         outcome: &RequestOutcome,
-    ) -> bool {
+    ) -> Option<ReportEvent> {
         if self.in_flight != Some(id) {
-            return false;
+            return None;
         }
         self.in_flight = None;
-        match outcome {
+        let event = match outcome {
             RequestOutcome::Response(r) if r.code == Code::ServiceUnavailable => {
                 self.stats.busy += 1;
                 let wait = Duration::from_secs(u64::from(r.max_age.unwrap_or(60).max(1)));
                 self.hold_until = Some(now + wait);
+                ReportEvent::Busy
             }
             // 4.03: the edge does not know us (it restarted, or our registration expired):
             // keep the report and register again.
             RequestOutcome::Response(r) if r.code == Code::Forbidden => {
                 self.needs_registration = true;
+                ReportEvent::Forbidden
             }
             RequestOutcome::Response(r) if !r.code.is_error() => {
                 self.stats.acked += 1;
-                self.queue.pop_front();
+                self.pop_front();
+                ReportEvent::Acked
             }
-            RequestOutcome::Response(_) => {
+            RequestOutcome::Response(r) => {
                 self.stats.rejected += 1;
-                self.queue.pop_front();
+                self.pop_front();
+                ReportEvent::Refused(r.code)
             }
             _ => {
                 self.stats.timeouts += 1;
                 self.hold_until = Some(now + RETRY_AFTER_TIMEOUT);
+                ReportEvent::TimedOut
             }
+        };
+        Some(event)
+    }
+
+    /// Removes the report at the front; an emptied queue gives its buffer back (a million idle
+    /// devices in one simulator each keep no queue).
+    fn pop_front(&mut self) {
+        self.queue.pop_front();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
         }
-        true
     }
 }

@@ -41,9 +41,6 @@ pub struct NbiotArgs {
     /// NB-IoT: the share of devices (0 to 1) that get a new carrier address after every sleep.
     #[arg(long, default_value_t = 0.1)]
     pub readdress_share: f64,
-    /// NB-IoT: seed of the carrier's randomness.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
     /// NB-IoT: publish a platform command (`PUT /actuators/valve`) for one device in this many.
     #[arg(long)]
     pub commands_every: Option<usize>,
@@ -60,15 +57,15 @@ fn parse_coverage(text: &str) -> Result<CoverageMix, String> {
 }
 
 impl NbiotArgs {
-    /// The NB-IoT plan, with `--transport nbiot`.
-    pub fn plan(&self) -> Option<NbiotPlan> {
+    /// The NB-IoT plan, with `--transport nbiot`; `seed` seeds the carrier (the run's `--seed`).
+    pub fn plan(&self, seed: u64) -> Option<NbiotPlan> {
         (self.transport == TransportArg::Nbiot).then(|| NbiotPlan {
             carrier: CarrierPlan {
                 coverage: self.coverage,
                 loss: self.loss,
                 emulator: EmulatorConfig::default(),
                 readdress_share: self.readdress_share,
-                seed: self.seed,
+                seed,
             },
             active_time: self.active_time,
             periodic_tau: self.tau,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use v6iot_sdk::coap::{Config, Device};
 use v6iot_sdk::nbiot::{ModemConfig, NbiotDevice, PsmRequest, T3324, T3412};
 use v6iot_sdk::time::Instant;
@@ -16,7 +16,8 @@ use v6iot_sdk::time::Instant;
 use super::carrier::CarrierPlan;
 use super::node::NbiotNode;
 use crate::fleet::FleetSensor;
-use crate::load::{BrokerView, mqtt_host_port};
+use crate::load::mqtt_host_port;
+use crate::scenario::BrokerSpec;
 
 /// How an NB-IoT fleet behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +79,7 @@ pub struct CommandPlan {
 }
 
 /// What became of the platform's commands.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CommandReport {
     /// Published.
     pub sent: u64,
@@ -90,17 +91,98 @@ pub struct CommandReport {
     pub served: u64,
 }
 
+impl CommandReport {
+    /// Adds `o` (another fleet's or shard's).
+    pub fn add(&mut self, o: &CommandReport) {
+        self.sent += o.sent;
+        for (status, n) in &o.results {
+            *self.results.entry(status.clone()).or_default() += n;
+        }
+        self.missing += o.missing;
+        self.served += o.served;
+    }
+}
+
+/// The NB-IoT figures of a fleet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NbiotReport {
+    /// Devices attached (modem ready) at the end.
+    pub attached: u64,
+    /// Times the modems entered PSM.
+    pub sleeps: u64,
+    /// Wake-ups for the periodic TAU.
+    pub tau_wakes: u64,
+    /// Addresses changed on wake-up (each a move the edge verified and audited).
+    pub readdressed: u64,
+    /// Datagrams handed to the devices.
+    pub downlinks: u64,
+    /// Datagrams for devices in PSM, which the network could not deliver.
+    pub unreachable: u64,
+    /// Datagrams the carrier lost (both directions).
+    pub lost: u64,
+    /// `AT+NSOST`s that failed (the CoAP layer retransmits).
+    pub modem_send_failures: u64,
+    /// AT commands that timed out.
+    pub modem_timeouts: u64,
+    /// Platform commands (`PUT /actuators/valve`) the devices ran.
+    pub commands_run: u64,
+    /// What became of the platform's commands, if any were sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<CommandReport>,
+}
+
+impl NbiotReport {
+    /// Adds one device's figures.
+    pub fn add_node(&mut self, node: &NbiotNode<FleetSensor>) {
+        let e = node.cellular.modem.stats();
+        self.sleeps += e.sleeps;
+        self.tau_wakes += e.tau_wakes;
+        self.readdressed += e.readdressed;
+        self.downlinks += e.downlinks;
+        self.unreachable += e.unreachable;
+        let c = node.cellular.carrier.stats();
+        self.lost += c.lost_up + c.lost_down;
+        let m = node.device.modem().stats();
+        self.modem_send_failures += m.send_failures;
+        self.modem_timeouts += node.device.modem().client_stats().timeouts;
+        self.attached += u64::from(node.device.modem().is_ready());
+        self.commands_run += u64::from(node.device.device().app().commands());
+    }
+
+    /// Adds `o` (another shard's or fleet's).
+    pub fn add(&mut self, o: &NbiotReport) {
+        self.attached += o.attached;
+        self.sleeps += o.sleeps;
+        self.tau_wakes += o.tau_wakes;
+        self.readdressed += o.readdressed;
+        self.downlinks += o.downlinks;
+        self.unreachable += o.unreachable;
+        self.lost += o.lost;
+        self.modem_send_failures += o.modem_send_failures;
+        self.modem_timeouts += o.modem_timeouts;
+        self.commands_run += o.commands_run;
+        if let Some(c) = &o.commands {
+            self.commands.get_or_insert_default().add(c);
+        }
+    }
+}
+
 /// Publishes the commands of `plan` to devices `0, every, 2·every, …` of `devices` (ids from
 /// `id`), `plan.at` after `start`, then collects results until `until` or all are in.
 pub async fn run_commands(
-    view: BrokerView,
+    view: BrokerSpec,
+    fleet: usize,
     plan: CommandPlan,
     ids: Vec<String>,
     start: Instant,
     until: Instant,
 ) -> anyhow::Result<CommandReport> {
     let (host, port) = mqtt_host_port(&view.url)?;
-    let mut options = MqttOptions::new(format!("v6iot-sim-cmd-{}", std::process::id()), host, port);
+    let mut options = MqttOptions::new(
+        format!("v6iot-sim-cmd-{}-{fleet}", std::process::id()),
+        host,
+        port,
+    );
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(options, 4096);
     let results_filter = format!("{}/{}/+/cmd/+/result", view.prefix, view.site);

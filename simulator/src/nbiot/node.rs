@@ -12,7 +12,7 @@ use v6iot_sdk::time::Instant;
 
 use super::carrier::Cellular;
 use crate::link::AddressRequest;
-use crate::shard::Node;
+use crate::shard::NodeCore;
 
 /// Round trips of serial bytes between the device and its modem in one step at most (each
 /// answer may prompt a command; the bring-up is the longest chain, a dozen).
@@ -62,7 +62,7 @@ impl<S: App> NbiotNode<S> {
     }
 }
 
-impl<S: App> Node for NbiotNode<S> {
+impl<S: App> NodeCore for NbiotNode<S> {
     type Event = NbiotEvent;
 
     fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {

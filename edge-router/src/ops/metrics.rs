@@ -1,0 +1,465 @@
+//! `/metrics`: the edge's counters in the Prometheus text format (0.0.4) or OpenMetrics,
+//! written by the official `prometheus-client` crate.
+//!
+//! Nothing is counted twice: at each scrape the [`EdgeCollector`] reads the counters the
+//! cores already keep ([`GatewayStats`], [`LimitStats`], [`IngressStats`], [`DownlinkStats`],
+//! [`RequestCounts`], the bridge's [`BridgeStats`], the outbox's stats) as the server loop
+//! last copied them (at its stats tick, a few times a second: no work per datagram), and the
+//! latency histograms the bridge fills where the time is measured.
+//!
+//! Names follow Prometheus conventions (`v6iot_` prefix, units in names, `_total` on
+//! counters); labels take only fixed sets of values (a transport, a cause, a resource kind, a
+//! response code): never a device id or an address.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use v6iot_cloud_bridge::BridgeStats;
+use v6iot_cloud_bridge::latency::HistogramSnapshot;
+use v6iot_cloud_bridge::outbox::OutboxHandle;
+
+use crate::gateway::GatewayStats;
+use crate::gateway::limits::LimitStats;
+use crate::ingress::{DownlinkStats, IngressStats, RequestCounts};
+use crate::ops::http::HttpStats;
+
+/// What the server loop copies out at its stats tick for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeSnapshot {
+    /// UDP datagrams received (all, before any check).
+    pub udp_in: u64,
+    /// UDP datagrams handed to the send thread.
+    pub udp_out: u64,
+    /// The ingress's counters.
+    pub ingress: IngressStats,
+    /// The gateway's counters.
+    pub gateway: GatewayStats,
+    /// The rate limits' counters.
+    pub limits: LimitStats,
+    /// Platform commands: acceptance and refusals.
+    pub downlink: DownlinkStats,
+    /// Commands waiting or in flight.
+    pub commands_pending: u64,
+    /// Commands ended, by status (`ok`, `expired`, `timeout`, `reset`, `rejected`).
+    pub commands_done: std::collections::BTreeMap<&'static str, u64>,
+    /// Answered requests by resource and code.
+    pub requests: RequestCounts,
+    /// Registrations by binding: (`U`, `UQ`).
+    pub registrations: (u64, u64),
+    /// Registry devices by state: (active, quarantined, revoked).
+    pub devices: (u64, u64, u64),
+    /// Whether the edge is stopping.
+    pub stopping: bool,
+}
+
+/// Where the collector reads from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The loop's copy.
+    pub edge: Arc<Mutex<EdgeSnapshot>>,
+    /// The MQTT bridge's counters and publish latency.
+    pub bridge: Arc<BridgeStats>,
+    /// The outbox (gauges, the oldest record's age, sync latency).
+    pub outbox: Option<OutboxHandle>,
+    /// The listener's own counters.
+    pub http: Arc<HttpStats>,
+}
+
+/// Reads [`Sources`] at every scrape (see the module docs).
+#[derive(Debug)]
+pub struct EdgeCollector(Sources);
+
+/// The registry to encode at each scrape.
+pub fn registry(sources: Sources) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(EdgeCollector(sources)));
+    r
+}
+
+/// The body and content type for a scrape; OpenMetrics when `accept` asks for it.
+///
+/// # Errors
+///
+/// Formatting failed (never with these metrics; reported as a 500).
+pub fn encode(
+    registry: &Registry,
+    accept: &str,
+) -> Result<(String, &'static str), std::fmt::Error> {
+    let mut body = String::with_capacity(16 * 1024);
+    if accept.contains("application/openmetrics-text") {
+        prometheus_client::encoding::text::encode(&mut body, registry)?;
+        Ok((
+            body,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ))
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut body, registry)?;
+        Ok((body, "text/plain; version=0.0.4; charset=utf-8"))
+    }
+}
+
+/// One histogram, encoded from a snapshot.
+#[derive(Debug)]
+struct Histo(HistogramSnapshot);
+
+impl EncodeMetric for Histo {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum_seconds,
+            self.0.count,
+            &self.0.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Writes families one after the other.
+struct Out<'a>(DescriptorEncoder<'a>);
+
+impl Out<'_> {
+    fn counter(&mut self, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(value);
+        let e = self
+            .0
+            .encode_descriptor(name, help, None, c.metric_type())?;
+        c.encode(e)
+    }
+
+    fn gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        value: f64,
+    ) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(value);
+        let e = self
+            .0
+            .encode_descriptor(name, help, unit, g.metric_type())?;
+        g.encode(e)
+    }
+
+    /// A counter family with one label.
+    fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: &[(&str, u64)],
+    ) -> Result<(), std::fmt::Error> {
+        let mut e = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (v, n) in values {
+            let labels = [(label, *v)];
+            ConstCounter::new(*n).encode(e.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// A gauge family with one label.
+    fn gauges(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: &[(&str, u64)],
+    ) -> Result<(), std::fmt::Error> {
+        let mut e = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (v, n) in values {
+            let labels = [(label, *v)];
+            ConstGauge::new(*n as i64).encode(e.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        h: HistogramSnapshot,
+    ) -> Result<(), std::fmt::Error> {
+        let h = Histo(h);
+        let e = self
+            .0
+            .encode_descriptor(name, help, Some(&Unit::Seconds), h.metric_type())?;
+        h.encode(e)
+    }
+}
+
+impl Collector for EdgeCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self
+            .0
+            .edge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut out = Out(encoder);
+        datagrams(&mut out, &s)?;
+        security(&mut out, &s)?;
+        devices_and_commands(&mut out, &s)?;
+        north(&mut out, &self.0)?;
+        out.counters(
+            "v6iot_http_requests",
+            "requests to the metrics/dashboard listener, by outcome",
+            "outcome",
+            &self.0.http.requests(),
+        )?;
+        out.counters(
+            "v6iot_dashboard_feed_refusals",
+            "dashboard feed sessions refused or closed, by cause (token, bad_frame)",
+            "cause",
+            &self.0.http.feed_refusals(),
+        )?;
+        out.gauge(
+            "v6iot_edge_stopping",
+            "1 while the edge is stopping (new requests get 5.03)",
+            None,
+            f64::from(u8::from(s.stopping)),
+        )
+    }
+}
+
+fn datagrams(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
+    out.counters(
+        "v6iot_coap_datagrams_received",
+        "CoAP datagrams received, by transport",
+        "transport",
+        &[("udp", s.udp_in)],
+    )?;
+    out.counters(
+        "v6iot_coap_datagrams_sent",
+        "CoAP datagrams sent, by transport",
+        "transport",
+        &[("udp", s.udp_out)],
+    )?;
+    let mut e = out.0.encode_descriptor(
+        "v6iot_coap_requests",
+        "CoAP requests answered, by resource (rd, rd_location, t, other) and response code",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, code, n) in s.requests.iter() {
+        let labels = [("path", kind.label()), ("code", code.as_str())];
+        ConstCounter::new(n).encode(e.encode_family(&labels)?)?;
+    }
+    let i = &s.ingress;
+    out.counters(
+        "v6iot_coap_ingress_datagrams",
+        "datagrams the ingress took, by outcome",
+        "outcome",
+        &[
+            ("malformed", i.malformed),
+            ("duplicate", i.duplicates),
+            ("unexpected", i.unexpected),
+            ("request", i.requests),
+        ],
+    )?;
+    out.counters(
+        "v6iot_telemetry_records",
+        "telemetry records, by outcome (stored, busy: 5.03 outbox full, failed: 5.00)",
+        "outcome",
+        &[
+            ("stored", i.telemetry_stored),
+            ("busy", i.telemetry_busy),
+            ("failed", i.store_failures),
+        ],
+    )
+}
+
+fn security(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
+    let g = &s.gateway;
+    out.counter(
+        "v6iot_auth_verified",
+        "OSCORE requests that verified",
+        g.authenticated,
+    )?;
+    out.counters(
+        "v6iot_auth_refusals",
+        "messages refused by the authentication gateway, by cause",
+        "cause",
+        &[
+            ("plain", g.plain),
+            ("unknown_kid", g.unknown_kid),
+            ("decryption_failed", g.decryption_failed),
+            ("replay", g.replay),
+            ("malformed", g.malformed),
+            ("not_active", g.not_active),
+            ("address_refused", g.address_refused),
+            ("endpoint_mismatch", g.endpoint_mismatch),
+            ("bad_response", g.bad_responses),
+        ],
+    )?;
+    out.counter(
+        "v6iot_quarantines",
+        "kid quarantines begun (repeated failed verifications under one kid)",
+        g.quarantines,
+    )?;
+    out.counters(
+        "v6iot_rate_limited",
+        "datagrams dropped or answered 5.03 by a limit, by scope (source: a network's \
+         unauthenticated budget; device: a verified device's rate; kid_quarantined, kid_limited: \
+         a kid in quarantine or out of refusal budget)",
+        "scope",
+        &[
+            ("source", s.limits.source_limited),
+            ("device", s.limits.device_limited),
+            ("kid_quarantined", s.limits.kid_quarantined),
+            ("kid_limited", s.limits.kid_limited),
+        ],
+    )?;
+    out.gauge(
+        "v6iot_rate_limit_tracked_sources",
+        "source networks in the rate limiter's table",
+        None,
+        s.limits.tracked_sources as f64,
+    )
+}
+
+fn devices_and_commands(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
+    out.gauges(
+        "v6iot_devices",
+        "devices in the registry, by state",
+        "state",
+        &[
+            ("active", s.devices.0),
+            ("quarantined", s.devices.1),
+            ("revoked", s.devices.2),
+        ],
+    )?;
+    out.gauges(
+        "v6iot_registrations",
+        "registered devices, by binding (U always reachable, UQ queue mode)",
+        "binding",
+        &[("U", s.registrations.0), ("UQ", s.registrations.1)],
+    )?;
+    let d = &s.downlink;
+    out.counters(
+        "v6iot_commands_received",
+        "platform commands, by what the edge did with them",
+        "outcome",
+        &[
+            ("queued", d.accepted),
+            ("queue_full", d.queue_full),
+            ("too_large", d.too_large),
+            ("not_allowed", d.not_allowed),
+            ("unencodable", d.unencodable),
+        ],
+    )?;
+    let done: Vec<(&str, u64)> = ["ok", "expired", "timeout", "reset", "rejected"]
+        .into_iter()
+        .map(|k| (k, s.commands_done.get(k).copied().unwrap_or(0)))
+        .collect();
+    out.counters(
+        "v6iot_commands_ended",
+        "platform commands ended, by status (ok: delivered and answered)",
+        "status",
+        &done,
+    )?;
+    out.gauge(
+        "v6iot_commands_pending",
+        "platform commands waiting or in flight",
+        None,
+        s.commands_pending as f64,
+    )
+}
+
+fn north(out: &mut Out<'_>, sources: &Sources) -> Result<(), std::fmt::Error> {
+    let b = sources.bridge.snapshot();
+    out.gauge(
+        "v6iot_mqtt_connected",
+        "1 while the MQTT connection to the broker is up",
+        None,
+        f64::from(u8::from(b.connects > b.disconnects)),
+    )?;
+    out.counter(
+        "v6iot_mqtt_connects",
+        "MQTT connections established",
+        b.connects,
+    )?;
+    out.counter(
+        "v6iot_mqtt_connect_failures",
+        "MQTT connection attempts that failed",
+        b.connect_failures,
+    )?;
+    out.counter(
+        "v6iot_mqtt_publishes",
+        "PUBLISHes sent (first sends and re-sends)",
+        b.published,
+    )?;
+    out.counter(
+        "v6iot_mqtt_republishes",
+        "PUBLISHes sent again after a reconnection",
+        b.republished,
+    )?;
+    out.counter(
+        "v6iot_mqtt_acks",
+        "PUBLISHes the broker acknowledged",
+        b.acked,
+    )?;
+    out.counter(
+        "v6iot_mqtt_refusals",
+        "PUBLISHes an MQTT 5 broker refused",
+        b.refused,
+    )?;
+    out.histogram(
+        "v6iot_mqtt_publish_duration",
+        "from a PUBLISH to its PUBACK",
+        sources.bridge.publish_latency.snapshot(),
+    )?;
+    if let Some(outbox) = &sources.outbox {
+        let o = outbox.stats();
+        out.gauge(
+            "v6iot_outbox_records",
+            "records durable in the outbox and not yet acknowledged by the broker",
+            None,
+            o.pending_messages as f64,
+        )?;
+        out.gauge(
+            "v6iot_outbox",
+            "record bytes in the outbox's live segments",
+            Some(&Unit::Bytes),
+            o.stored_bytes as f64,
+        )?;
+        out.gauge(
+            "v6iot_outbox_limit",
+            "the outbox's bound (outbox.max_bytes)",
+            Some(&Unit::Bytes),
+            o.max_bytes as f64,
+        )?;
+        let age = outbox.oldest_pending_age().unwrap_or(Duration::ZERO);
+        out.gauge(
+            "v6iot_outbox_oldest_record_age",
+            "how long the oldest unacknowledged record has been waiting (0: none)",
+            Some(&Unit::Seconds),
+            age.as_secs_f64(),
+        )?;
+        out.counter(
+            "v6iot_outbox_fsyncs",
+            "outbox group commits synced",
+            o.fsyncs,
+        )?;
+        out.histogram(
+            "v6iot_outbox_sync_duration",
+            "one outbox group commit: the write and its fdatasync",
+            outbox.sync_latency(),
+        )?;
+    }
+    Ok(())
+}

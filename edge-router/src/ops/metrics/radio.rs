@@ -15,15 +15,15 @@ type Rows = Vec<(&'static str, u64)>;
 
 /// A family with a `pan` label and, when `label` is set, a second one whose values `rows`
 /// gives per PAN.
-struct PanFamily<'a> {
-    name: &'a str,
-    help: &'a str,
+struct PanFamily {
+    name: &'static str,
+    help: &'static str,
     kind: MetricType,
     label: Option<&'static str>,
     rows: fn(&PanStats) -> Rows,
 }
 
-impl PanFamily<'_> {
+impl PanFamily {
     fn encode(&self, out: &mut Out<'_>, pans: &[(String, &PanStats)]) -> std::fmt::Result {
         let mut e = out
             .0
@@ -49,11 +49,7 @@ fn one(n: u64) -> Rows {
     vec![("", n)]
 }
 
-const fn counter(
-    name: &'static str,
-    help: &'static str,
-    rows: fn(&PanStats) -> Rows,
-) -> PanFamily<'static> {
+const fn counter(name: &'static str, help: &'static str, rows: fn(&PanStats) -> Rows) -> PanFamily {
     PanFamily {
         name,
         help,
@@ -68,7 +64,7 @@ const fn by(
     help: &'static str,
     label: &'static str,
     rows: fn(&PanStats) -> Rows,
-) -> PanFamily<'static> {
+) -> PanFamily {
     PanFamily {
         name,
         help,
@@ -78,11 +74,7 @@ const fn by(
     }
 }
 
-const fn gauge(
-    name: &'static str,
-    help: &'static str,
-    rows: fn(&PanStats) -> Rows,
-) -> PanFamily<'static> {
+const fn gauge(name: &'static str, help: &'static str, rows: fn(&PanStats) -> Rows) -> PanFamily {
     PanFamily {
         name,
         help,
@@ -93,7 +85,7 @@ const fn gauge(
 }
 
 /// The per-PAN families, in the order they are written.
-const FAMILIES: &[PanFamily<'static>] = &[
+const FAMILIES: &[PanFamily] = &[
     counter(
         "v6iot_radio_frames_received",
         "802.15.4 frames taken from the radio, FCS checked",

@@ -44,6 +44,7 @@ use crate::ingress::{
 };
 use crate::journal::{CommandJournal, JournalWriter};
 use crate::ops::live::Live;
+use crate::ops::metrics::RadioSnapshot;
 use crate::registry_db::Registry;
 use crate::registry_worker::{FromRegistry, RegistryWorker};
 
@@ -437,6 +438,21 @@ pub async fn run_with_reloads(
                 gateway.handle_command(Instant::now(), wall, cmd);
             }
             _ = stats_tick.tick() => {
+                if let Some(b) = border.as_mut() {
+                    b.flush_capture();
+                    let now_border = b.stats();
+                    if now_border != logged_border {
+                        lowpan::log_stats(&now_border, b.counters());
+                        logged_border = now_border.clone();
+                    }
+                    live.radio(RadioSnapshot {
+                        border: now_border.clone(),
+                        io: b.counters().snapshot(),
+                    });
+                    if let Ok(mut s) = border_stats.lock() {
+                        *s = now_border;
+                    }
+                }
                 live.tick(&gateway);
                 let now_stats = *gateway.stats();
                 if now_stats != logged_stats {
@@ -447,17 +463,6 @@ pub async fn run_with_reloads(
                 if commands != logged_commands {
                     log_command_stats(&commands);
                     logged_commands = commands;
-                }
-                if let Some(b) = border.as_mut() {
-                    b.flush_capture();
-                    let now_border = b.stats();
-                    if now_border != logged_border {
-                        lowpan::log_stats(&now_border, b.counters());
-                        logged_border = now_border.clone();
-                    }
-                    if let Ok(mut s) = border_stats.lock() {
-                        *s = now_border;
-                    }
                 }
             }
             () = sleep_until(deadline) => {

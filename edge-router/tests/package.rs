@@ -1,7 +1,8 @@
 //! The Debian package: the postinst makes the seal key only when it is missing (0600) and
 //! leaves an existing one alone; the systemd unit passes `systemd-analyze verify`; the `.deb`
 //! that `cargo deb -p v6iot-edge-router` built (scripts/test builds it once) holds the binary,
-//! the unit and the configuration (a conffile), and its binary accepts its configuration.
+//! the unit and the configuration (a conffile), and its binary, stripped (the symbols go to the
+//! dbgsym `.ddeb`), accepts its configuration.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -137,6 +138,21 @@ fn the_deb_holds_the_binary_the_unit_and_the_configuration() {
     assert!(
         out.status.success() && said.contains("edge.toml: ok"),
         "the packaged binary refused the packaged configuration: {out:?}"
+    );
+    // the packaged binary is stripped: its line tables went to the dbgsym .ddeb
+    let out = Command::new("readelf")
+        .args(["--section-headers", "--wide"])
+        .arg(root.path().join("usr/bin/v6iot-edge"))
+        .output()
+        .expect("readelf (Debian binutils) is not installed: apt-get install binutils");
+    assert!(out.status.success(), "{out:?}");
+    let sections = String::from_utf8_lossy(&out.stdout);
+    assert!(sections.contains(".text"), "{sections}");
+    assert!(
+        [".debug_line", ".debug_info", ".symtab"]
+            .iter()
+            .all(|s| !sections.contains(s)),
+        "the packaged binary is not stripped:\n{sections}"
     );
     let control = tempdir();
     let out = Command::new("dpkg-deb")

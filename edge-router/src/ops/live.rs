@@ -11,7 +11,7 @@ use crate::gateway::{DeviceKeys, Gateway, SecurityEvent};
 use crate::ingress::{Binding, IngressEvent};
 use crate::ops::dashboard::Board;
 use crate::ops::dashboard::board::senml_value;
-use crate::ops::metrics::EdgeSnapshot;
+use crate::ops::metrics::{EdgeSnapshot, RadioSnapshot};
 use crate::registry_db::DeviceState;
 
 /// Loop-owned counters and the shared copies (see the module docs).
@@ -27,6 +27,7 @@ pub struct Live {
     udp_out: u64,
     commands_done: BTreeMap<&'static str, u64>,
     devices: (u64, u64, u64),
+    radio: Option<RadioSnapshot>,
     /// `{prefix}/{site}/`: telemetry topics start with it.
     topic_head: String,
 }
@@ -43,6 +44,7 @@ impl Live {
             udp_out: 0,
             commands_done: BTreeMap::new(),
             devices: (0, 0, 0),
+            radio: None,
             topic_head,
         }
     }
@@ -137,6 +139,11 @@ impl Live {
         });
     }
 
+    /// The border router's counters as of now (the next [`Live::tick`] copies them out).
+    pub fn radio(&mut self, radio: RadioSnapshot) {
+        self.radio = Some(radio);
+    }
+
     /// The stop began.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -165,6 +172,7 @@ impl Live {
             registrations,
             devices: self.devices,
             stopping: self.stopping.load(Ordering::Relaxed),
+            radio: self.radio.clone(),
         };
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }

@@ -3,16 +3,21 @@
 //!
 //! Nothing is counted twice: at each scrape the [`EdgeCollector`] reads the counters the
 //! cores already keep ([`GatewayStats`], [`LimitStats`], [`IngressStats`], [`DownlinkStats`],
-//! [`RequestCounts`], the bridge's [`BridgeStats`], the outbox's stats) as the server loop
+//! [`RequestCounts`], the border router's [`BorderStats`] and its radios' [`RadioIo`], the
+//! bridge's [`BridgeStats`], the outbox's stats) as the server loop
 //! last copied them (at its stats tick, a few times a second: no work per datagram), and the
 //! latency histograms the bridge fills where the time is measured.
 //!
 //! Names follow Prometheus conventions (`v6iot_` prefix, units in names, `_total` on
 //! counters); labels take only fixed sets of values (a transport, a cause, a resource kind, a
-//! response code): never a device id or an address.
+//! response code, a PAN's index in the configuration): never a device id or an address.
+//! The radio families (`v6iot_radio_*`, `v6iot_lowpan_*`, `v6iot_border_*`) appear only
+//! when the border router runs (`[[radio]]` configured).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+mod radio;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -24,6 +29,7 @@ use v6iot_cloud_bridge::BridgeStats;
 use v6iot_cloud_bridge::latency::HistogramSnapshot;
 use v6iot_cloud_bridge::outbox::OutboxHandle;
 
+use crate::border::stats::BorderStats;
 use crate::gateway::GatewayStats;
 use crate::gateway::limits::LimitStats;
 use crate::ingress::{DownlinkStats, IngressStats, RequestCounts};
@@ -56,6 +62,30 @@ pub struct EdgeSnapshot {
     pub devices: (u64, u64, u64),
     /// Whether the edge is stopping.
     pub stopping: bool,
+    /// The border router's counters and its radios', when it runs.
+    pub radio: Option<RadioSnapshot>,
+}
+
+/// What the border router and the I/O under it counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RadioSnapshot {
+    /// The border router's counters, one entry per PAN.
+    pub border: BorderStats,
+    /// What the radio and TUN drivers dropped below the border router (all PANs).
+    pub io: RadioIo,
+}
+
+/// Drops below the border router: in the radio and TUN drivers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RadioIo {
+    /// ZEP datagrams that were not ZEP data, or malformed.
+    pub zep_malformed: u64,
+    /// Frames with a bad FCS.
+    pub bad_fcs: u64,
+    /// Frames on another channel.
+    pub other_channel: u64,
+    /// Frames or packets that could not be sent (socket or TUN full, errors).
+    pub send_errors: u64,
 }
 
 /// Where the collector reads from.
@@ -214,6 +244,9 @@ impl Collector for EdgeCollector {
         datagrams(&mut out, &s)?;
         security(&mut out, &s)?;
         devices_and_commands(&mut out, &s)?;
+        if let Some(r) = &s.radio {
+            radio::encode(&mut out, r)?;
+        }
         north(&mut out, &self.0)?;
         out.counters(
             "v6iot_http_requests",

@@ -21,6 +21,7 @@ use v6iot_sdk::radio::{FrameError, MacFrame};
 use crate::border::BorderRouter;
 use crate::border::stats::BorderStats;
 use crate::config::{EdgeConfig, RadioLink};
+use crate::ops::metrics::RadioIo;
 use crate::peer::Peer;
 
 /// Frames and packets waiting for the loop at most; readers wait when it is full (their
@@ -47,6 +48,18 @@ pub(super) struct IoCounters {
     pub(super) other_channel: AtomicU64,
     /// Frames or packets that could not be sent (socket or TUN full, errors).
     pub(super) send_errors: AtomicU64,
+}
+
+impl IoCounters {
+    /// A copy for the metrics.
+    pub(super) fn snapshot(&self) -> RadioIo {
+        RadioIo {
+            zep_malformed: self.zep_malformed.load(Ordering::Relaxed),
+            bad_fcs: self.bad_fcs.load(Ordering::Relaxed),
+            other_channel: self.other_channel.load(Ordering::Relaxed),
+            send_errors: self.send_errors.load(Ordering::Relaxed),
+        }
+    }
 }
 
 enum RadioOut {

@@ -18,10 +18,11 @@ use v6iot_sdk::oscore::{
     ContextConfig, ContextInput, DurableState, SecurityContext, protect_request, unprotect_response,
 };
 
+use super::ops::scrape;
 use super::oscore::{Creds, add_device, edge_cli, provision, secret_of};
 use super::{
-    Edge, Mosquitto, TempDir, free_udp_port, mosquitto_pub, runtime, subscribe, subscribe_results,
-    wait_for,
+    Edge, Mosquitto, TempDir, free_tcp_port, free_udp_port, mosquitto_pub, runtime, subscribe,
+    subscribe_results, wait_for,
 };
 
 mod lowpan_fleet;
@@ -54,18 +55,32 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The edge router with OSCORE required and one PAN on ZEP to `fleet`; with a TUN `v6pan0`
-/// if `tun`; its capture in `pcap`.
+/// What a test adds to the border router's configuration.
+struct Options {
+    /// A TUN `v6pan0`.
+    tun: bool,
+    /// `/metrics` on this address.
+    ops: Option<SocketAddr>,
+}
+
+/// The edge router with OSCORE required and one PAN on ZEP to `fleet`; its capture in `pcap`.
 fn start_border(
     dir: &Path,
     broker: u16,
     creds: &Creds,
     fleet: SocketAddr,
     zep_port: u16,
-    tun: bool,
     pcap: &Path,
+    options: Options,
 ) -> Edge {
-    let tun = if tun { "tun = \"v6pan0\"\n" } else { "" };
+    let tun = if options.tun {
+        "tun = \"v6pan0\"\n"
+    } else {
+        ""
+    };
+    let ops = options
+        .ops
+        .map_or(String::new(), |a| format!("[ops]\nlisten = \"{a}\"\n"));
     Edge::start(
         dir,
         broker,
@@ -74,7 +89,7 @@ fn start_border(
             "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n\
              sender_persist_step = 64\n[lowpan]\n{tun}pcap = \"{}\"\n[[radio]]\npan_id = {PAN}\n\
              channel = {CHANNEL}\nprefix = \"{PREFIX}\"\nrouter_eui64 = \"{ROUTER_EUI}\"\n\
-             zep_medium = \"{fleet}\"\nzep_listen = \"[::1]:{zep_port}\"\n",
+             zep_medium = \"{fleet}\"\nzep_listen = \"[::1]:{zep_port}\"\n{ops}",
             creds.key_file.display(),
             pcap.display()
         ),
@@ -188,8 +203,11 @@ fn global_reachability_libcoap_and_an_oscore_client_reach_devices_through_the_tu
         &creds,
         fleet_addr,
         zep_port,
-        true,
         &pcap,
+        Options {
+            tun: true,
+            ops: None,
+        },
     );
     let fleet = Fleet::start(
         socket,
@@ -332,14 +350,18 @@ fn end_to_end_a_lowpan_fleet_registers_reports_and_takes_commands_and_wireshark_
     let socket = Fleet::bind();
     let zep_port = free_udp_port();
     let pcap = dir.path().join("router.pcap");
+    let ops: SocketAddr = format!("[::1]:{}", free_tcp_port()).parse().unwrap();
     let mut edge = start_border(
         dir.path(),
         broker.port,
         &creds,
         socket.local_addr().unwrap(),
         zep_port,
-        false,
         &pcap,
+        Options {
+            tun: false,
+            ops: Some(ops),
+        },
     );
     let reports = 4;
     let fleet = Fleet::start(
@@ -410,6 +432,27 @@ fn end_to_end_a_lowpan_fleet_registers_reports_and_takes_commands_and_wireshark_
             .is_some_and(|n| n >= (devices * (reports as usize + 1)) as u64)
     });
     assert_eq!(border_stat(&edge, "drops"), Some(0));
+    // /metrics counts at least the frames the fleet sent (and the router's frames the fleet
+    // took), and no drop.
+    let (fleet_out, fleet_in) = {
+        let v = fleet.view.lock().unwrap();
+        (v.frames_out, v.frames_in)
+    };
+    assert!(fleet_out > 0 && fleet_in > 0);
+    let pan0 = [("pan", "0")];
+    wait_for("the frames on /metrics", Duration::from_secs(5), || {
+        let m = scrape(ops);
+        m.value("v6iot_radio_frames_received", &pan0) >= fleet_out as f64
+            && m.value("v6iot_radio_frames_sent", &pan0) >= fleet_in as f64
+    });
+    let m = scrape(ops);
+    assert_eq!(m.value("v6iot_border_drops", &pan0), 0.0);
+    assert!(
+        m.value(
+            "v6iot_border_packets_forwarded",
+            &[("pan", "0"), ("path", "radio_to_gateway")]
+        ) >= (devices * (reports as usize + 1)) as f64
+    );
     stop_gracefully(&mut edge);
     let frames_out = fleet.view.lock().unwrap().frames_out;
     drop(fleet);

@@ -55,11 +55,7 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
         while let Some(event) = device.poll_event() {
             on_event(event);
         }
-        let mut retry_store_at = None;
-        if let Err(PersistFailed { state, error }) = device.persist(Instant::now(), store) {
-            tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, %error, "cannot store the OSCORE state; messages and verified requests wait");
-            retry_store_at = Some(Instant::now() + STORE_RETRY);
-        }
+        let retry_store_at = retry_after_failure(device.persist(Instant::now(), store));
         while let Some(t) = device.poll_transmit() {
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                 tracing::warn!(peer = %t.destination, error = %e, "send failed; datagram dropped");
@@ -85,8 +81,18 @@ pub async fn run_with_store<S: App, M: MarkStore + ?Sized>(
     }
 }
 
+/// Logs a failed write of the OSCORE state; returns when to try again. Shared with the NB-IoT
+/// driver.
+pub(crate) fn retry_after_failure<E: core::fmt::Display>(
+    result: Result<(), PersistFailed<E>>,
+) -> Option<Instant> {
+    let PersistFailed { state, error } = result.err()?;
+    tracing::error!(mark = state.sender_mark, replay_floor = state.replay_floor, %error, "cannot store the OSCORE state; messages and verified requests wait");
+    Some(Instant::now() + STORE_RETRY)
+}
+
 /// Sleeps until `deadline`; forever without one, or for one past what `std` can represent.
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline.and_then(Instant::to_std) {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,

@@ -3,7 +3,7 @@
 //! # Layers and the I/O boundary
 //!
 //! Everything in this crate except `driver`, `store`, the radios on sockets (`radio::zep_udp`,
-//! `radio::linux`, `radio::pcap::PcapRadio`) and `lowpan::driver` is *sans-IO*: plain data types
+//! `radio::linux`, `radio::pcap::PcapRadio`), `lowpan::driver` and `nbiot::driver` is *sans-IO*: plain data types
 //! and state machines that own no socket, task or clock. Time comes in as an argument (`now:`
 //! [`time::Instant`]), datagrams come in through `handle_*` methods and go out through `poll_*`
 //! methods.
@@ -13,7 +13,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `std` | yes | `time::Instant::now` and the bridge to `std::time::Instant`; `store` (OSCORE state in files); the radios on sockets and `lowpan::driver` |
-//! | `tokio` | yes | `driver`, the tokio UDP driver (implies `std`) |
+//! | `tokio` | yes | `driver`, the tokio UDP driver, and `nbiot::driver`, the modem's driver over a serial stream (implies `std`) |
 //!
 //! With `default-features = false` the crate is the sans-IO core alone.
 //!
@@ -22,6 +22,7 @@
 //! | [`addr`] | the v6iot IPv6 address plan: site /48, plant and line subnet, class and serial interface ID, EUI-64 and 802.15.4 short forms |
 //! | [`senml`] | SenML records (RFC 8428) in CBOR and JSON |
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
+//! | [`nbiot`] | NB-IoT: the modem over AT commands (3GPP TS 27.007, HiSilicon sockets), PSM/eDRX timer encodings, [`nbiot::NbiotDevice`] (the CoAP core on the modem, with power saving); its tokio driver over any serial stream (feature `tokio`) |
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
 //! | [`persist`] | the persistence interface of OSCORE state: the [`persist::StateStore`] trait a driver writes the sequence-number mark and replay floor through |
 //! | [`time`] | the monotonic [`time::Instant`] every core takes (microseconds since a start the driver picks) and its bridge to `std` |
@@ -44,6 +45,7 @@ pub mod coap;
 #[cfg(feature = "tokio")]
 pub mod driver;
 pub mod lowpan;
+pub mod nbiot;
 pub mod oscore;
 pub mod persist;
 pub mod radio;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use v6iot_sdk::coap::{
-    App, Changed, Resource, ResourceTree, Response, TreeError, content_format as cf,
+    App, Changed, Code, Resource, ResourceTree, Response, TreeError, content_format as cf,
 };
 use v6iot_sdk::senml::{self, PackBuilder, Record};
 use v6iot_sdk::time::Instant;
@@ -137,6 +137,8 @@ pub struct FleetSensor {
     /// Whether the front report went out at least once (an answer or a timeout came back).
     front_tried: bool,
     outcomes: Option<Box<Outcomes>>,
+    /// Platform commands (`PUT /actuators/valve`) it ran.
+    commands: u32,
 }
 
 impl FleetSensor {
@@ -152,7 +154,13 @@ impl FleetSensor {
             front: 1,
             front_tried: false,
             outcomes: None,
+            commands: 0,
         }
+    }
+
+    /// Platform commands (`PUT /actuators/valve`) it ran.
+    pub fn commands(&self) -> u32 {
+        self.commands
     }
 
     /// Counts of its reports' fate.
@@ -313,7 +321,8 @@ impl App for FleetSensor {
     }
 }
 
-/// The shared tree of fleet devices (one informational resource).
+/// The shared tree of fleet devices: the temperature, and a valve platform commands set (each
+/// command run is counted in [`FleetSensor::commands`]).
 pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
     let mut t = ResourceTree::new();
     t.add(
@@ -323,6 +332,14 @@ pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
             .get(|s: &mut FleetSensor, _| {
                 let v = 20.0 + f64::from(s.counts.made % 1000) / 100.0;
                 Response::content(cf::TEXT_PLAIN, v.to_string().into_bytes()).into()
+            }),
+    )?;
+    t.add(
+        Resource::new("actuators/valve")
+            .rt("v6iot.valve")
+            .put(|s: &mut FleetSensor, _| {
+                s.commands = s.commands.saturating_add(1);
+                Response::code(Code::Changed).into()
             }),
     )?;
     Ok(Arc::new(t))

@@ -17,8 +17,8 @@
 //! Bytes and addresses only; the shard and the SDK core make every protocol decision.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd};
 use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -66,6 +66,15 @@ pub enum Arrival<'a> {
     },
 }
 
+/// What a member asks of its link's addresses (an emulated modem attaching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressRequest {
+    /// The address the member has.
+    Current,
+    /// A new address in place of the one it had (a carrier's re-attach after a sleep).
+    Fresh,
+}
+
 /// A shard's datagram I/O for its members (numbered 0..n in the shard).
 pub trait Link {
     /// Waits at most `timeout` until datagrams arrive and hands each to `deliver` (and every
@@ -78,6 +87,21 @@ pub trait Link {
 
     /// Sends `bytes` from member `member` to `destination`.
     fn send(&mut self, member: usize, destination: SocketAddr, bytes: &[u8]) -> io::Result<()>;
+
+    /// Member `member`'s source address, if the link knows it.
+    fn address(&self, member: usize) -> Option<IpAddr> {
+        let _ = member;
+        None
+    }
+
+    /// Gives member `member` a new source address (the old one no longer reaches it).
+    fn readdress(&mut self, member: usize) -> io::Result<IpAddr> {
+        let _ = member;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this link cannot give a member a new address (an address pool can)",
+        ))
+    }
 }
 
 /// Whole milliseconds of `timeout`, rounded up so a deadline is never polled for early in a loop.
@@ -195,6 +219,11 @@ impl Link for Sockets {
         }
         Ok(())
     }
+
+    fn address(&self, member: usize) -> Option<IpAddr> {
+        let s = self.sockets.get(member)?;
+        s.socket.local_addr().ok().map(|a| a.ip())
+    }
 }
 
 /// Every member at its own IPv6 address, all on one socket (see the module docs).
@@ -206,6 +235,8 @@ impl Link for Sockets {
 pub struct AddressPool {
     socket: UdpSocket,
     layout: Layout,
+    /// Per member: how many times it was given a new address ([`Link::readdress`]).
+    generations: Vec<u16>,
     slots: Vec<Vec<u8>>,
     /// Datagrams for an address that is no member's (counted, dropped).
     strays: u64,
@@ -253,7 +284,7 @@ impl AddressPool {
         for seg in &layout.segments {
             let n = seg.members.len();
             for i in [seg.members.start, seg.members.start + n.saturating_sub(1)] {
-                if let Some(a) = layout.address(i) {
+                if let Some(a) = layout.address(i, 0) {
                     check_routed_to_loopback(a)?;
                 }
             }
@@ -272,9 +303,16 @@ impl AddressPool {
             tracing::warn!(error = %e, "cannot enlarge the pool socket's receive buffer");
         }
         socket.set_nonblocking(true)?;
+        let members = layout
+            .segments
+            .iter()
+            .map(|s| s.members.end)
+            .max()
+            .unwrap_or(0);
         Ok(AddressPool {
             socket,
             layout,
+            generations: vec![0; members],
             slots: (0..POOL_SLOTS)
                 .map(|_| vec![0u8; POOL_SLOT_BYTES])
                 .collect(),
@@ -282,9 +320,10 @@ impl AddressPool {
         })
     }
 
-    /// The address of member `i`.
+    /// The address of member `i` (of its current generation).
     pub fn member_address(&self, i: usize) -> Option<Ipv6Addr> {
-        self.layout.address(i)
+        let generation = self.generations.get(i).copied().unwrap_or(0);
+        self.layout.address(i, generation)
     }
 
     /// Datagrams that arrived for an address that is no member's.
@@ -296,7 +335,11 @@ impl AddressPool {
     /// delivered).
     fn take_batch(&mut self, deliver: &mut dyn FnMut(Arrival<'_>)) -> io::Result<(usize, usize)> {
         let mut got: [(usize, Option<(usize, SocketAddr)>); POOL_SLOTS] = [(0, None); POOL_SLOTS];
-        let layout = &self.layout;
+        let (layout, generations) = (&self.layout, &self.generations);
+        let member_at = |d: Ipv6Addr| {
+            let (i, generation) = layout.member_at(d)?;
+            (generations.get(i) == Some(&generation)).then_some(i)
+        };
         let taken = {
             let mut headers = MultiHeaders::<SockaddrIn6>::preallocate(
                 self.slots.len(),
@@ -329,7 +372,7 @@ impl AddressPool {
                         _ => None,
                     })
                 });
-                let member = destination.and_then(|d| layout.member_at(d));
+                let member = destination.and_then(member_at);
                 let peer = r.address.map(|a| {
                     SocketAddr::V6(SocketAddrV6::new(
                         a.ip(),
@@ -360,6 +403,13 @@ impl AddressPool {
             }
         }
         Ok((taken, delivered))
+    }
+}
+
+impl AsFd for AddressPool {
+    /// The pool's socket (to wait on it together with other descriptors).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 
@@ -402,7 +452,12 @@ pub struct Segment {
     pub members: std::ops::Range<usize>,
 }
 
-/// Where a pool's members are.
+/// The low 48 bits of an interface identifier: the member's part (the top 16 count generations).
+const MEMBER_BITS: u64 = (1 << 48) - 1;
+
+/// Where a pool's members are. A member given a new address ([`Link::readdress`], an NB-IoT
+/// device after a sleep) keeps the low 48 bits of its interface identifier and counts up a
+/// generation in the top 16; datagrams to an address of an older generation are strays.
 #[derive(Debug, Clone)]
 struct Layout {
     segments: Vec<Segment>,
@@ -415,36 +470,40 @@ impl Layout {
             let last = (n.saturating_sub(1) as u64)
                 .checked_mul(seg.stride)
                 .and_then(|o| o.checked_add(seg.first));
-            if seg.stride == 0 || seg.first == 0 || last.is_none() {
+            if seg.stride == 0 || seg.first == 0 || last.is_none_or(|l| l > MEMBER_BITS) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "the pool's addresses do not fit in the /64 (interface ids from 1 to 2^64 - 1)",
+                    "the pool's addresses do not fit (interface ids from 1 to 2^48 - 1; the top 16 bits count re-addressing)",
                 ));
             }
         }
         Ok(Layout { segments })
     }
 
-    fn address(&self, i: usize) -> Option<Ipv6Addr> {
+    fn address(&self, i: usize, generation: u16) -> Option<Ipv6Addr> {
         let seg = self.segments.iter().find(|s| s.members.contains(&i))?;
         let k = (i - seg.members.start) as u64;
-        let iid = seg.first.wrapping_add(k.wrapping_mul(seg.stride));
+        let iid =
+            seg.first.wrapping_add(k.wrapping_mul(seg.stride)) | (u64::from(generation) << 48);
         let high = u128::from(seg.network) >> 64;
         Some(Ipv6Addr::from((high << 64) | u128::from(iid)))
     }
 
-    fn member_at(&self, address: Ipv6Addr) -> Option<usize> {
+    /// The member and generation of an address in the pool.
+    fn member_at(&self, address: Ipv6Addr) -> Option<(usize, u16)> {
         let bits = u128::from(address);
+        let iid = bits as u64;
+        let generation = (iid >> 48) as u16;
         self.segments.iter().find_map(|seg| {
             if bits >> 64 != u128::from(seg.network) >> 64 {
                 return None;
             }
-            let offset = (bits as u64).checked_sub(seg.first)?;
+            let offset = (iid & MEMBER_BITS).checked_sub(seg.first)?;
             if offset % seg.stride != 0 {
                 return None;
             }
             let k = usize::try_from(offset / seg.stride).ok()?;
-            (k < seg.members.len()).then(|| seg.members.start + k)
+            (k < seg.members.len()).then(|| (seg.members.start + k, generation))
         })
     }
 }
@@ -500,6 +559,20 @@ impl Link for AddressPool {
         )?;
         Ok(())
     }
+
+    fn address(&self, member: usize) -> Option<IpAddr> {
+        self.member_address(member).map(IpAddr::V6)
+    }
+
+    fn readdress(&mut self, member: usize) -> io::Result<IpAddr> {
+        let generation = self.generations.get_mut(member).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no such member in the pool")
+        })?;
+        *generation = generation.wrapping_add(1);
+        self.member_address(member).map(IpAddr::V6).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address for this member")
+        })
+    }
 }
 
 /// Moves the calling thread — only it, and the threads and processes it starts afterwards —
@@ -544,7 +617,7 @@ mod tests {
             members: 0..4,
         }])
         .unwrap();
-        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i).unwrap()).collect();
+        let ids: Vec<Ipv6Addr> = (0..4).map(|i| layout.address(i, 0).unwrap()).collect();
         assert_eq!(
             ids,
             [
@@ -556,8 +629,12 @@ mod tests {
             .map(|a| a.parse::<Ipv6Addr>().unwrap())
         );
         for (i, a) in ids.iter().enumerate() {
-            assert_eq!(layout.member_at(*a), Some(i));
+            assert_eq!(layout.member_at(*a), Some((i, 0)));
         }
+        // A member's next generation: the same low 48 bits, the generation on top.
+        let moved = layout.address(2, 1).unwrap();
+        assert_eq!(moved, "2001:db8:100:0:1::8".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(layout.member_at(moved), Some((2, 1)));
         for other in [
             "2001:db8:100::1", // another thread's
             "2001:db8:100::3", // another thread's
@@ -567,7 +644,7 @@ mod tests {
         ] {
             assert_eq!(layout.member_at(other.parse().unwrap()), None, "{other}");
         }
-        assert_eq!(layout.address(4), None);
+        assert_eq!(layout.address(4, 0), None);
         let seg = |first, stride, members| Segment {
             network,
             first,
@@ -582,11 +659,21 @@ mod tests {
             Layout::new(vec![seg(u64::MAX, 1, 0..2)]).is_err(),
             "ids past 2^64"
         );
+        assert!(
+            Layout::new(vec![seg(1 << 48, 1, 0..1)]).is_err(),
+            "ids in the generation bits"
+        );
         // Two fleets in one thread: members 0..2 from id 1, members 2..5 from id 101.
         let two = Layout::new(vec![seg(1, 2, 0..2), seg(101, 2, 2..5)]).unwrap();
-        assert_eq!(two.address(3), Some("2001:db8:100::67".parse().unwrap()));
-        assert_eq!(two.member_at("2001:db8:100::67".parse().unwrap()), Some(3));
-        assert_eq!(two.member_at("2001:db8:100::3".parse().unwrap()), Some(1));
+        assert_eq!(two.address(3, 0), Some("2001:db8:100::67".parse().unwrap()));
+        assert_eq!(
+            two.member_at("2001:db8:100::67".parse().unwrap()),
+            Some((3, 0))
+        );
+        assert_eq!(
+            two.member_at("2001:db8:100::3".parse().unwrap()),
+            Some((1, 0))
+        );
         assert_eq!(two.member_at("2001:db8:100::5".parse().unwrap()), None);
     }
 

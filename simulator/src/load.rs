@@ -27,11 +27,12 @@ use crate::fleet::{FleetShared, WallClock, unix_now};
 use crate::fleet_marks::FleetMarks;
 use crate::link::{AddressPool, Segment, Sockets};
 use crate::linkmodel::LinkModel;
+use crate::nbiot::fleet::{self as nbiot_fleet, CommandReport, NbiotReport};
 use crate::plan::Plan;
 use crate::report::build::{self, RunFacts};
 use crate::report::{FaultMark, Report};
 use crate::scenario::check::{self, Host};
-use crate::scenario::{FaultKind, Partition, Scenario, Sources};
+use crate::scenario::{FaultKind, Partition, Scenario, Sources, Transport};
 use crate::shard::{self, MemberStore, Roster, ShardCore, ShardResult, Stop};
 use crate::subscriber::{Session, Subscription};
 use crate::timeline::Timeline;
@@ -159,6 +160,11 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
     let state_files = contexts.marks.clone();
     let (threads, live) = spawn_shards(&plan, contexts, start, clock, bucket, stop)?;
     let mut resources = Timeline::new(start, bucket);
+    let commands = if partition.index == 0 {
+        spawn_commands(&scenario, start, stop.hard)
+    } else {
+        Vec::new()
+    };
     let faults = FaultRunner::start(&scenario, std::mem::take(&mut processes), start);
     let outcome = watch(
         &plan,
@@ -195,6 +201,16 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut command_reports = Vec::new();
+    for (fleet, task) in commands {
+        match task.await {
+            Ok(Ok(c)) => command_reports.push((fleet, c)),
+            Ok(Err(e)) => {
+                tracing::error!(fleet, error = %e, "the fleet's platform commands failed")
+            }
+            Err(e) => tracing::error!(fleet, error = %e, "the fleet's command task failed"),
+        }
+    }
     let ended_s = Instant::now()
         .saturating_duration_since(start)
         .as_secs_f64();
@@ -215,6 +231,7 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
         threads: scenario.threads,
     };
     let mut report = build::report(&plan, &results, &d, facts);
+    add_commands(&mut report, command_reports);
     for (fleet, marks) in report.fleets.iter_mut().zip(&state_files) {
         if let Some(m) = marks {
             fleet.oscore.state_writes = m.lock().map(|m| m.writes()).unwrap_or(0);
@@ -222,6 +239,54 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
         }
     }
     Ok(report)
+}
+
+/// A fleet's platform commands: its index and the task that publishes them and collects the
+/// results.
+type CommandTask = (
+    usize,
+    tokio::task::JoinHandle<anyhow::Result<CommandReport>>,
+);
+
+/// Starts the platform commands of every NB-IoT fleet that has some, published from `start`
+/// on, results collected until `until`.
+fn spawn_commands(scenario: &Scenario, start: Instant, until: Instant) -> Vec<CommandTask> {
+    let mut tasks = Vec::new();
+    for (i, f) in scenario.fleets.iter().enumerate() {
+        let Transport::Nbiot(nbiot) = &f.transport else {
+            continue;
+        };
+        let Some(plan) = nbiot.commands else {
+            continue;
+        };
+        let ids = (0..f.devices).map(|n| f.device_id(n)).collect();
+        let task = tokio::spawn(nbiot_fleet::run_commands(
+            scenario.broker.clone(),
+            i,
+            plan,
+            ids,
+            start,
+            until,
+        ));
+        tasks.push((i, task));
+    }
+    tasks
+}
+
+/// Puts what became of each fleet's commands into the report (`served`: the commands the
+/// fleet's devices in this process ran), and the sum into the total.
+fn add_commands(report: &mut Report, commands: Vec<(usize, CommandReport)>) {
+    for (fleet, mut c) in commands {
+        if let Some(n) = report.fleets.get_mut(fleet).and_then(|f| f.nbiot.as_mut()) {
+            c.served = n.commands_run;
+            n.commands = Some(c);
+        }
+    }
+    let mut total: Option<NbiotReport> = None;
+    for n in report.fleets.iter().filter_map(|f| f.nbiot.as_ref()) {
+        total.get_or_insert_default().add(n);
+    }
+    report.total.nbiot = total;
 }
 
 /// The processes a run manages.

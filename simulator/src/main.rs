@@ -18,8 +18,11 @@ use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::medium;
+use v6iot_simulator::nbiot::cli::NbiotArgs;
 use v6iot_simulator::report::Report;
-use v6iot_simulator::scenario::{self, FleetSpec, OscoreSpec, Partition, Scenario, Sources};
+use v6iot_simulator::scenario::{
+    self, FleetSpec, OscoreSpec, Partition, Scenario, Sources, Transport,
+};
 use v6iot_simulator::sensor::{self, Sensor, SensorSettings};
 
 /// Simulated v6iot devices running the real SDK core.
@@ -151,7 +154,7 @@ enum Command {
 struct RunArgs {
     /// Run the fleets, edge, broker and faults of this scenario file (TOML; see
     /// simulator/scenarios/README.md). The fleet flags below then do not apply.
-    #[arg(long, conflicts_with_all = ["devices", "rate", "duration", "credentials", "source_prefix", "ramp", "queue_mode", "id_prefix", "edge", "mqtt_url", "site", "prefix"])]
+    #[arg(long, conflicts_with_all = ["devices", "rate", "duration", "credentials", "source_prefix", "ramp", "queue_mode", "id_prefix", "edge", "mqtt_url", "site", "prefix", "transport"])]
     scenario: Option<PathBuf>,
     /// Run shard I of N of the scenario (device n of each fleet is shard n mod N's): several
     /// machines, or processes, load one platform together; `merge` combines their reports.
@@ -225,6 +228,10 @@ struct RunArgs {
     /// directory under the system's temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// `--transport nbiot` and its options (one fleet from flags; a scenario file gives a
+    /// fleet `transport = "nbiot"` and an `[fleet.nbiot]` table).
+    #[command(flatten)]
+    nbiot: NbiotArgs,
 }
 
 impl RunArgs {
@@ -246,7 +253,10 @@ impl RunArgs {
         let mut fleet = FleetSpec::new(&self.id_prefix, self.devices, self.rate);
         fleet.id_prefix = self.id_prefix.clone();
         fleet.ramp = self.ramp;
-        fleet.binding = if self.queue_mode {
+        if let Some(plan) = self.nbiot.plan(self.seed.unwrap_or(1)) {
+            fleet.transport = Transport::Nbiot(Box::new(plan));
+        }
+        fleet.binding = if self.queue_mode || fleet.transport != Transport::Udp {
             Binding::UQ
         } else {
             Binding::U

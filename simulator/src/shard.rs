@@ -1,4 +1,5 @@
-//! The fleet's multi-device driver: many SDK [`Device`]s in one thread.
+//! The fleet's multi-device driver: many SDK [`Device`]s in one thread — on UDP, or each on an
+//! emulated NB-IoT modem and carrier ([`NbiotNode`], the fleet transport `nbiot`).
 //!
 //! [`ShardCore`] is sans-IO, like the cores it drives: datagrams in through
 //! [`ShardCore::handle_datagram`], time through [`ShardCore::handle_timeout`], datagrams out
@@ -7,7 +8,10 @@
 //! [`TimerWheel`] (about one entry per device), passes datagrams through the [`LinkModel`]
 //! (losses, delays, loss bursts), writes OSCORE state before confirming it (as `sdk::driver`
 //! does), and counts what happened over time ([`Timeline`]): reports made and what became of
-//! them, registrations (and how long each took), retransmissions. Tests drive it on virtual
+//! them, registrations (and how long each took), retransmissions. An emulated modem that
+//! attaches asks for an address ([`ShardCore::poll_address_request`]: the one the link gives
+//! its member, or a fresh one after a sleep when the carrier re-addresses it); the driver asks
+//! the [`Link`] and answers with [`ShardCore::handle_address`]. Tests drive it on virtual
 //! time against a stand-in edge; [`run`] drives it on the wall clock over a [`Link`].
 //!
 //! [`run`] is the thin driver: it moves datagrams between the core and the link, waits for the
@@ -17,20 +21,24 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use v6iot_sdk::coap::{Config, Device, ResourceTree};
+use v6iot_sdk::nbiot::ModemConfig;
 use v6iot_sdk::oscore::{DurableState, SecurityContext};
 use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::UplinkConfig;
 
 use crate::fleet::{FleetSensor, FleetShared, ReportCounts};
 use crate::histogram::LatencyHistogram;
-use crate::link::{Arrival, Link};
+use crate::link::{AddressRequest, Arrival, Link};
 use crate::linkmodel::{LinkModel, Verdict};
+use crate::nbiot::fleet as nbiot_fleet;
+use crate::nbiot::node::NbiotNode;
 use crate::plan::{DeviceRef, Plan};
+use crate::scenario::Transport;
 use crate::timeline::{Counts, Timeline};
 use crate::timer_wheel::TimerWheel;
 
@@ -130,12 +138,34 @@ impl Roster {
         let shared = self.shared.get(d.fleet)?.clone();
         let first = self.start + self.plan.first_report(d).unwrap_or(Duration::ZERO);
         let app = FleetSensor::new(shared, u32::try_from(d.n).ok()?, first);
-        Some(Device::new(
-            Config::default(),
-            self.plan.endpoint_seed(d),
-            tree,
-            app,
-        ))
+        let coap = match &self.plan.fleet(d)?.transport {
+            Transport::Udp => Config::default(),
+            Transport::Nbiot(nbiot) => nbiot.coap_config(usize::try_from(d.n).ok()?),
+        };
+        Some(Device::new(coap, self.plan.endpoint_seed(d), tree, app))
+    }
+
+    /// Member `i`'s device as it powers on at `now` with its uplink: on UDP, or behind its
+    /// emulated modem and carrier for an NB-IoT fleet (`modems`: each fleet's modem settings).
+    fn node(
+        &self,
+        i: usize,
+        now: Instant,
+        device: Device<FleetSensor>,
+        modems: &[Option<ModemConfig>],
+    ) -> Option<Node> {
+        let d = self.device_ref(i)?;
+        let device = device.with_uplink(now, self.uplink(i)?);
+        match &self.plan.fleet(d)?.transport {
+            Transport::Udp => Some(Node::Udp(device)),
+            Transport::Nbiot(nbiot) => {
+                let modem = modems.get(d.fleet)?.as_ref()?;
+                let n = usize::try_from(d.n).ok()?;
+                Some(Node::Nbiot(Box::new(nbiot_fleet::node(
+                    nbiot, modem, n, now, device,
+                ))))
+            }
+        }
     }
 
     /// Member `i`'s uplink: it registers from when it powers on.
@@ -151,9 +181,164 @@ impl Roster {
     }
 }
 
+/// What a member runs once powered on: the SDK's device on UDP, or on an emulated NB-IoT modem.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "UDP devices, the common case, stay inline in their member as before (no allocation per device); an NB-IoT node is boxed"
+)]
+pub enum Node {
+    /// The CoAP core on UDP.
+    Udp(Device<FleetSensor>),
+    /// The SDK's NB-IoT device (its CoAP core on the AT driver) and its modem and carrier.
+    Nbiot(Box<NbiotNode<FleetSensor>>),
+}
+
+/// Runs the same code on whichever node it is (both implement [`NodeCore`]).
+macro_rules! each {
+    ($node:expr, $d:ident => $e:expr) => {
+        match $node {
+            Node::Udp($d) => $e,
+            Node::Nbiot(boxed) => {
+                let $d = &mut **boxed;
+                $e
+            }
+        }
+    };
+}
+
+/// As `each!`, for a shared reference.
+macro_rules! each_ref {
+    ($node:expr, $d:ident => $e:expr) => {
+        match $node {
+            Node::Udp($d) => $e,
+            Node::Nbiot(boxed) => {
+                let $d = &**boxed;
+                $e
+            }
+        }
+    };
+}
+
+impl Node {
+    /// Its CoAP core (the device's counters).
+    pub fn core(&self) -> &Device<FleetSensor> {
+        match self {
+            Node::Udp(d) => d,
+            Node::Nbiot(n) => n.device.device(),
+        }
+    }
+
+    /// The NB-IoT device and its modem, for an NB-IoT fleet's member.
+    pub fn nbiot(&self) -> Option<&NbiotNode<FleetSensor>> {
+        match self {
+            Node::Udp(_) => None,
+            Node::Nbiot(n) => Some(n),
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        each!(self, d => NodeCore::handle_datagram(d, now, peer, bytes));
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        each!(self, d => NodeCore::handle_timeout(d, now));
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        each_ref!(self, d => NodeCore::poll_timeout(d))
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        each!(self, d => NodeCore::poll_transmit(d))
+    }
+
+    fn log_events(&mut self) {
+        each!(self, d => while let Some(event) = NodeCore::poll_event(d) {
+            tracing::debug!(?event, "device event");
+        });
+    }
+
+    fn state_to_persist(&self) -> Option<DurableState> {
+        each_ref!(self, d => NodeCore::state_to_persist(d))
+    }
+
+    fn state_persisted(&mut self, now: Instant, state: DurableState) {
+        each!(self, d => NodeCore::state_persisted(d, now, state));
+    }
+
+    fn poll_address_request(&mut self) -> Option<AddressRequest> {
+        each!(self, d => NodeCore::poll_address_request(d))
+    }
+
+    fn handle_address(&mut self, now: Instant, address: Option<IpAddr>) {
+        each!(self, d => NodeCore::handle_address(d, now, address));
+    }
+}
+
+/// A sans-IO device core as a shard drives it: datagrams and time in; datagrams, deadlines and
+/// the OSCORE state to write out.
+pub trait NodeCore {
+    /// What it reports (logged at debug level).
+    type Event: std::fmt::Debug;
+    /// A datagram for it from `peer`.
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]);
+    /// Time has reached its deadline.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Its next deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// A datagram to send: (destination, bytes).
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)>;
+    /// Its next event.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// OSCORE state to write before it may go on.
+    fn state_to_persist(&self) -> Option<DurableState>;
+    /// `state` is durable.
+    fn state_persisted(&mut self, now: Instant, state: DurableState);
+    /// It wants an address from the link (an emulated modem attaching, or re-attaching with a
+    /// new address after a sleep).
+    fn poll_address_request(&mut self) -> Option<AddressRequest> {
+        None
+    }
+    /// The link's answer: the member's address (`None` when the link cannot give one).
+    fn handle_address(&mut self, _now: Instant, _address: Option<IpAddr>) {}
+}
+
+impl NodeCore for Device<FleetSensor> {
+    type Event = v6iot_sdk::coap::Event;
+
+    fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        Device::handle_datagram(self, now, peer, bytes);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Device::handle_timeout(self, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Device::poll_timeout(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        Device::poll_transmit(self).map(|t| (t.destination, t.contents))
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        Device::poll_event(self)
+    }
+
+    fn state_to_persist(&self) -> Option<DurableState> {
+        Device::state_to_persist(self)
+    }
+
+    fn state_persisted(&mut self, now: Instant, state: DurableState) {
+        Device::state_persisted(self, now, state);
+    }
+}
+
 /// One device of a shard.
 pub struct Member {
-    device: Option<Device<FleetSensor>>,
+    device: Option<Node>,
     /// The deadline of the earliest entry the wheel holds for this member (µs since the
     /// shard's origin, plus 1; 0 for none). A later deadline is not queued while an earlier
     /// entry is: when that one comes due the member's deadline is read again.
@@ -193,8 +378,13 @@ impl Member {
         }
     }
 
-    /// The device.
+    /// The device's CoAP core.
     pub fn device(&self) -> Option<&Device<FleetSensor>> {
+        self.device.as_ref().map(Node::core)
+    }
+
+    /// The device as it runs (UDP or NB-IoT).
+    pub fn node(&self) -> Option<&Node> {
         self.device.as_ref()
     }
 
@@ -229,6 +419,9 @@ pub struct ShardStats {
     pub dead: u64,
     /// Failed writes of OSCORE state (retried after a second).
     pub store_failures: u64,
+    /// Addresses the members asked the link for (emulated modems attaching).
+    #[serde(default)]
+    pub addresses: u64,
 }
 
 /// A datagram to send: from member `member` to `destination`.
@@ -268,6 +461,10 @@ pub struct ShardCore<St: MemberStore> {
     held_items: HashMap<u64, Held>,
     next_held: u64,
     link: LinkModel,
+    /// Per fleet: the modem settings of an NB-IoT fleet's devices.
+    modems: Vec<Option<ModemConfig>>,
+    /// Members that asked for an address, and what they asked.
+    addressing: VecDeque<(usize, AddressRequest)>,
     /// Members whose state failed to store: when to try again (at most one per member).
     retry_store: HashMap<usize, Instant>,
     timeline: Timeline,
@@ -323,6 +520,19 @@ impl<St: MemberStore> ShardCore<St> {
             wheel.insert(at, i as u32);
         }
         let fleets = roster.plan.scenario().fleets.len();
+        let modems = roster
+            .plan
+            .scenario()
+            .fleets
+            .iter()
+            .map(|f| match &f.transport {
+                Transport::Udp => None,
+                Transport::Nbiot(nbiot) => nbiot
+                    .modem_config()
+                    .inspect_err(|e| tracing::error!(fleet = %f.name, error = %e, "the fleet's PSM timers cannot be encoded; its devices stay off"))
+                    .ok(),
+            })
+            .collect();
         ShardCore {
             timeline: Timeline::new(roster.start, bucket),
             cpu: Timeline::new(roster.start, bucket),
@@ -338,6 +548,8 @@ impl<St: MemberStore> ShardCore<St> {
             held_items: HashMap::new(),
             next_held: 0,
             link,
+            modems,
+            addressing: VecDeque::new(),
             retry_store: HashMap::new(),
             registration: (0..fleets).map(|_| LatencyHistogram::new()).collect(),
             timer_lag: LatencyHistogram::new(),
@@ -376,6 +588,19 @@ impl<St: MemberStore> ShardCore<St> {
         let o = self.out.pop_front()?;
         self.stats.sent += 1;
         Some(o)
+    }
+
+    /// The next member that asks the link for an address: its answer goes to
+    /// [`ShardCore::handle_address`].
+    pub fn poll_address_request(&mut self) -> Option<(usize, AddressRequest)> {
+        let request = self.addressing.pop_front()?;
+        self.stats.addresses += 1;
+        Some(request)
+    }
+
+    /// The link's answer to member `member`'s address request (`None`: it has none to give).
+    pub fn handle_address(&mut self, now: Instant, member: usize, address: Option<IpAddr>) {
+        self.drive(now, member, |d| d.handle_address(now, address));
     }
 
     /// When [`ShardCore::handle_timeout`] has something to do.
@@ -466,12 +691,10 @@ impl<St: MemberStore> ShardCore<St> {
         self.due = due;
     }
 
-    /// Builds member `i`'s device (with its credentials) and starts its registration.
+    /// Builds member `i`'s device (with its credentials) and starts its registration (an
+    /// NB-IoT device first brings its modem up and attaches).
     fn power_on(&mut self, now: Instant, i: usize) {
-        let (Some(device), Some(uplink)) = (
-            self.roster.device(i, self.tree.clone()),
-            self.roster.uplink(i),
-        ) else {
+        let Some(device) = self.roster.device(i, self.tree.clone()) else {
             return;
         };
         let ctx = self.contexts.get_mut(i).and_then(Option::take);
@@ -479,11 +702,14 @@ impl<St: MemberStore> ShardCore<St> {
             Some(ctx) => device.with_credentials(*ctx),
             None => device,
         };
+        let Some(node) = self.roster.node(i, now, device, &self.modems) else {
+            return;
+        };
         let Some(m) = self.members.get_mut(i) else {
             return;
         };
         m.powered = true;
-        m.device = Some(device.with_uplink(now, uplink));
+        m.device = Some(node);
         self.drive(now, i, |_| {});
     }
 
@@ -503,18 +729,16 @@ impl<St: MemberStore> ShardCore<St> {
 
     /// Runs `f` on member `i`'s device, then takes what it has to hand out (events, OSCORE
     /// state to store, datagrams), counts what changed and arms its next deadline.
-    fn drive(&mut self, now: Instant, i: usize, f: impl FnOnce(&mut Device<FleetSensor>)) {
+    fn drive(&mut self, now: Instant, i: usize, f: impl FnOnce(&mut Node)) {
         let Some(m) = self.members.get_mut(i) else {
             return;
         };
         let Some(device) = m.device.as_mut() else {
             return;
         };
-        let before = Snapshot::of(device);
+        let before = Snapshot::of(device.core());
         f(device);
-        while let Some(event) = device.poll_event() {
-            tracing::debug!(?event, "device event");
-        }
+        device.log_events();
         let retry = self.retry_store.get(&i).copied();
         if retry.is_none_or(|t| t <= now) {
             self.retry_store.remove(&i);
@@ -534,7 +758,10 @@ impl<St: MemberStore> ShardCore<St> {
         while let Some(t) = device.poll_transmit() {
             sends.push(t);
         }
-        let after = Snapshot::of(device);
+        if let Some(request) = device.poll_address_request() {
+            self.addressing.push_back((i, request));
+        }
+        let after = Snapshot::of(device.core());
         let (before_regs, regs) = (m.regs, after.registrations);
         m.regs = regs.max(before_regs);
         let counts = self.timeline.counts(now);
@@ -554,11 +781,11 @@ impl<St: MemberStore> ShardCore<St> {
         }
         self.pending += after.pending() - before.pending();
         let fleet = self.roster.device_ref(i).map_or(0, |d| d.fleet);
-        for t in sends {
+        for (destination, bytes) in sends {
             let o = Outgoing {
                 member: i,
-                destination: t.destination,
-                bytes: t.contents,
+                destination,
+                bytes,
             };
             match self.link.judge(now, fleet, o.bytes.len()) {
                 Verdict::Now => {
@@ -789,8 +1016,19 @@ pub fn run_with<St: MemberStore, L: Link>(
     Ok(core.finish(cpu - cpu_start))
 }
 
-/// Sends what the core produced, in order.
+/// Answers the members' address requests from the link (which may make them send), then sends
+/// what the core produced, in order.
 fn send<St: MemberStore, L: Link>(core: &mut ShardCore<St>, link: &mut L) {
+    while let Some((member, request)) = core.poll_address_request() {
+        let address = match request {
+            AddressRequest::Current => link.address(member),
+            AddressRequest::Fresh => link
+                .readdress(member)
+                .inspect_err(|e| tracing::warn!(error = %e, "no new address for the member"))
+                .ok(),
+        };
+        core.handle_address(Instant::now(), member, address);
+    }
     while let Some(o) = core.poll_transmit() {
         if let Err(e) = link.send(o.member, o.destination, &o.bytes) {
             core.stats.send_failures += 1;

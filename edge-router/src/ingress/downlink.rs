@@ -1,8 +1,16 @@
 //! Commands from the platform to devices (sans-IO): one CoAP request at a time per device,
 //! sent at once to always-on devices (`b=U`) and held for queue-mode devices (`b=UQ`) until
 //! their next uplink opens a listening window. Every command ends in exactly one result:
-//! the device's response, `expired` (TTL passed while queued), `timeout` (no answer), `reset`,
-//! or `rejected` (unknown device; refused by [`admission`]; its journal entry not stored).
+//! the device's response, `expired` (TTL passed while queued, or while its exchange waited for
+//! the device), `timeout` (no answer), `reset`, or `rejected` (unknown device; refused by
+//! [`admission`]; its journal entry not stored).
+//!
+//! Queue-mode devices hear only in their window: a Confirmable command unanswered when the
+//! window closes is *parked* — no retransmission goes into the device's sleep — and its same
+//! message (message ID, token) goes again in the device's next window, so a device that ran it
+//! but whose answer was lost answers from its deduplication cache instead of running it twice.
+//! Nothing is sent or resent after a command's TTL: a parked or unanswered exchange whose TTL
+//! passes ends `expired`.
 //!
 //! Platform commands are bounded and may be limited to some devices ([`admission`]): over a
 //! cap, too large for the device's path, or for a device not on the allow-list, a command gets
@@ -28,6 +36,8 @@ mod journal_book;
 mod queues;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 pub use admission::{BadPattern, CommandLimits, DeviceAllowList, OSCORE_REQUEST_OVERHEAD, Refusal};
 pub use journal_book::{JournalBatch, JournalWritten};
@@ -178,6 +188,12 @@ struct Exchange {
     timeout: Duration,
     retransmits: u8,
     separate_until: Option<Instant>,
+    /// Queue mode: the end of the device's listening window it was (re)sent in.
+    window_end: Option<Instant>,
+    /// The command's TTL on this clock: nothing is (re)sent after it.
+    expires_at: Instant,
+    /// Waiting, unanswered, for the device's next window.
+    parked: bool,
 }
 
 /// The tokens of the edge's requests: the first 8 bytes of SHA-256(key ‖ counter), so that
@@ -385,7 +401,13 @@ impl Downlink {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.in_flight
             .values()
-            .filter_map(|x| x.next_at.or(x.separate_until))
+            .filter_map(|x| {
+                if x.parked {
+                    Some(x.expires_at)
+                } else {
+                    x.next_at.or(x.separate_until)
+                }
+            })
             .min()
     }
 
@@ -480,11 +502,13 @@ impl Downlink {
         listen_window: Duration,
         message_id: u16,
     ) {
-        if self.in_flight.contains_key(device) {
+        let Some(reach) = reach else { return };
+        let window_end = reach.queue_mode.then(|| reach.last_uplink + listen_window);
+        if window_end.is_some_and(|end| now > end) {
             return;
         }
-        let Some(reach) = reach else { return };
-        if reach.queue_mode && now.saturating_duration_since(reach.last_uplink) > listen_window {
+        if self.in_flight.contains_key(device) {
+            self.resume(now, device, reach.address, window_end);
             return;
         }
         let next = loop {
@@ -529,6 +553,7 @@ impl Downlink {
         self.by_token.insert(token, device.to_owned());
         self.by_message_id
             .insert((reach.address.remote, message_id), device.to_owned());
+        let ttl = Duration::from_millis(next.expires_unix_ms.saturating_sub(unix_ms));
         self.in_flight.insert(
             device.to_owned(),
             Exchange {
@@ -541,8 +566,45 @@ impl Downlink {
                 timeout: ACK_TIMEOUT,
                 retransmits: 0,
                 separate_until,
+                window_end,
+                expires_at: now + ttl,
+                parked: false,
             },
         );
+    }
+
+    /// A parked exchange goes again in the device's new window (at the address it uses now;
+    /// the (peer, message ID) index follows the address).
+    fn resume(&mut self, now: Instant, device: &str, peer: Peer, window_end: Option<Instant>) {
+        let Some(x) = self.in_flight.get_mut(device) else {
+            return;
+        };
+        if !x.parked || x.expires_at <= now {
+            return;
+        }
+        x.parked = false;
+        let old_key = (x.peer.remote, x.message_id);
+        let new_key = (peer.remote, x.message_id);
+        x.peer = peer;
+        x.window_end = window_end;
+        x.timeout = ACK_TIMEOUT;
+        x.next_at = Some(now + ACK_TIMEOUT);
+        let bytes = x.bytes.clone();
+        if old_key != new_key {
+            if self
+                .by_message_id
+                .get(&old_key)
+                .is_some_and(|d| d == device)
+            {
+                self.by_message_id.remove(&old_key);
+            }
+            self.by_message_id.insert(new_key, device.to_owned());
+        }
+        self.transmits.push_back(Outgoing {
+            to: peer,
+            bytes,
+            device: Some(device.to_owned()),
+        });
     }
 
     /// Removes `device`'s exchange in flight from every index.
@@ -631,8 +693,21 @@ impl Downlink {
     /// Retransmits, gives up, expires. Returns devices whose exchange ended (to send their next).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
         let mut ended = Vec::new();
+        let mut expired = Vec::new();
         for (device, x) in &mut self.in_flight {
-            if x.next_at.is_some_and(|t| t <= now) {
+            let due = x.next_at.is_some_and(|t| t <= now);
+            if x.expires_at <= now && (x.parked || due) {
+                // Nothing goes out after the TTL.
+                expired.push(device.clone());
+                continue;
+            }
+            if due && x.window_end.is_some_and(|end| now >= end) {
+                // The device sleeps: its next window brings the same message again.
+                x.parked = true;
+                x.next_at = None;
+                continue;
+            }
+            if due {
                 if x.retransmits >= MAX_RETRANSMIT {
                     ended.push(device.clone());
                     continue;
@@ -657,12 +732,33 @@ impl Downlink {
                 );
             }
         }
+        for device in expired {
+            if let Some(x) = self.take_in_flight(&device) {
+                let sent = u32::from(x.retransmits) + 1;
+                self.finish(
+                    CommandResult::failed(
+                        &x.cmd,
+                        "expired",
+                        format!(
+                            "TTL passed before the device answered (sent {sent} time(s) in its listening windows, never after the TTL)"
+                        ),
+                    ),
+                    true,
+                );
+                ended.push(device);
+            }
+        }
         ended
     }
 
     /// Devices with queued commands (to try after their uplinks).
     pub fn has_queued(&self, device: &str) -> bool {
         self.queues.has(device)
+    }
+
+    /// Devices with something for their next window: queued commands, or a parked exchange.
+    pub fn has_waiting(&self, device: &str) -> bool {
+        self.has_queued(device) || self.in_flight.get(device).is_some_and(|x| x.parked)
     }
 
     /// Expires queued commands whose TTL passed (walks the queues only once one is due).

@@ -15,6 +15,9 @@ pub mod downlink;
 pub mod observe;
 pub mod registry;
 mod reply;
+#[cfg(test)]
+mod sleep_tests;
+mod sleepers;
 mod telemetry;
 /// A duplicate request (RFC 7252 §4.5): counted; a Confirmable one gets the reply remembered
 /// for it again, if it has one yet.
@@ -379,6 +382,8 @@ pub struct Ingress {
     downlink: Downlink,
     observations: observe::Observations,
     next_observation: u64,
+    /// Queue-mode devices: awake in their listening window, asleep after it.
+    sleepers: sleepers::Sleepers,
     /// Answered requests by resource and code (a fixed table).
     requests: RequestCounts,
     /// Stopping: new requests get 5.03 with this Max-Age (seconds).
@@ -414,6 +419,7 @@ impl Ingress {
             downlink,
             observations: observe::Observations::default(),
             next_observation: 0,
+            sleepers: sleepers::Sleepers::default(),
             requests: RequestCounts::default(),
             draining: None,
         }
@@ -486,6 +492,7 @@ impl Ingress {
             self.directory.next_expiry(),
             self.next_sweep,
             self.downlink.poll_timeout(),
+            self.sleepers.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -499,9 +506,11 @@ impl Ingress {
         }
         self.downlink.expire_queued(unix_ms);
         self.pump_downlink(unix_ms);
+        self.publish_sleepers(now, unix_ms);
         for reg in self.directory.expire(now) {
             self.stats.expirations += 1;
             self.observations.forget(&reg.endpoint);
+            self.sleepers.remove(&reg.endpoint);
             self.status(
                 unix_ms,
                 &reg.endpoint,
@@ -562,6 +571,7 @@ impl Ingress {
             return;
         };
         self.observations.forget(device);
+        self.sleepers.remove(device);
         self.status(unix_ms, device, "gone", Some(reg.address), Some(reason));
         self.event(IngressEvent::Deregistered {
             endpoint: reg.endpoint,
@@ -704,20 +714,57 @@ impl Ingress {
                 );
             }
         }
-        // An uplink opens a queue-mode device's listening window: the authenticated device's,
-        // or, for a device known by its address only, the one registered at the address.
-        // (The name is copied only when a command waits: this runs for every request.)
+        self.uplink_seen(now, unix_ms, peer, identity);
+        self.pump_downlink(unix_ms);
+    }
+
+    /// An uplink: it opens a queue-mode device's listening window (waking it if it slept), and
+    /// a command waiting for the device goes out. The device is the authenticated one
+    /// (`identity`), or, for a device known by its address only, the one registered at the
+    /// address. (The name is copied only for queue-mode devices and when a command waits: this
+    /// runs for every request.)
+    fn uplink_seen(&mut self, now: Instant, unix_ms: u64, peer: Peer, identity: Option<&str>) {
         let sender = match identity {
             Some(device) => Some(device),
             None => self.directory.endpoint_at(peer.remote),
         };
-        if let Some(device) = sender
-            && self.downlink.has_queued(device)
+        let Some(reg) = sender.and_then(|e| self.directory.get(e)) else {
+            return;
+        };
+        let queue_mode = reg.binding == Binding::UQ;
+        if !queue_mode && !self.downlink.has_waiting(&reg.endpoint) {
+            return;
+        }
+        let (device, address) = (reg.endpoint.clone(), reg.address);
+        if queue_mode
+            && self
+                .sleepers
+                .uplink(now, &device, self.config.listen_window)
         {
-            let device = device.to_owned();
+            self.status(unix_ms, &device, "registered", Some(address), Some("awake"));
+        }
+        if self.downlink.has_waiting(&device) {
             self.send_next(now, unix_ms, &device);
         }
-        self.pump_downlink(unix_ms);
+    }
+
+    /// Publishes `sleeping` for every queue-mode device whose listening window has closed,
+    /// with its next expected wake-up (Unix seconds) when known.
+    fn publish_sleepers(&mut self, now: Instant, unix_ms: u64) {
+        while let Some((device, next)) = self.sleepers.poll_asleep(now) {
+            let address = self.directory.get(&device).map(|r| r.address);
+            let next_wake_ms = next.map(|t| {
+                let ahead =
+                    u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                unix_ms.saturating_add(ahead)
+            });
+            self.status_with(unix_ms, &device, "sleeping", address, None, next_wake_ms);
+        }
+    }
+
+    /// Whether queue-mode `device` is asleep (its listening window closed).
+    pub fn is_asleep(&self, device: &str) -> bool {
+        self.sleepers.is_asleep(device)
     }
 
     /// A response-class message: the end of a command or observe request of the edge, a
@@ -1288,6 +1335,12 @@ impl Ingress {
             self.directory
                 .register(now, ep, peer, lifetime, binding, links.clone());
         self.stats.registrations += 1;
+        // A registration starts the device's sleep bookkeeping afresh (its own status follows).
+        if binding == Binding::UQ {
+            self.sleepers.registered(now, ep);
+        } else {
+            self.sleepers.remove(ep);
+        }
         self.observe_resources(now, unix_ms, ep, &links, binding);
         if let registry::Registered::Replaced {
             moved_from: Some(from),
@@ -1361,6 +1414,7 @@ impl Ingress {
         };
         self.stats.deregistrations += 1;
         self.observations.forget(&reg.endpoint);
+        self.sleepers.remove(&reg.endpoint);
         self.status(
             unix_ms,
             &reg.endpoint,
@@ -1438,13 +1492,33 @@ impl Ingress {
         address: Option<SocketAddr>,
         detail: Option<&str>,
     ) {
-        let body = serde_json::json!({
+        self.status_with(unix_ms, endpoint, state, address, detail, None);
+    }
+
+    /// [`Ingress::status`] with a sleeping device's next expected wake-up (`next_wake`, Unix
+    /// seconds; only in `sleeping` messages).
+    fn status_with(
+        &mut self,
+        unix_ms: u64,
+        endpoint: &str,
+        state: &str,
+        address: Option<SocketAddr>,
+        detail: Option<&str>,
+        next_wake_ms: Option<u64>,
+    ) {
+        let mut body = serde_json::json!({
             "rid": self.record_ids.next().to_string(),
             "state": state,
             "address": address.map(|a| a.to_string()),
             "detail": detail,
             "t": unix_ms as f64 / 1000.0,
         });
+        if state == "sleeping"
+            && let Some(map) = body.as_object_mut()
+        {
+            let next = next_wake_ms.map(|ms| serde_json::Value::from(ms as f64 / 1000.0));
+            map.insert("next_wake".into(), next.unwrap_or(serde_json::Value::Null));
+        }
         let topic = self.config.topics.status(endpoint);
         self.appends.push_back(Append {
             ticket: None,

@@ -222,6 +222,15 @@ impl<S: App> Device<S> {
         self.uplink.as_ref().map(|u| &u.reporter)
     }
 
+    /// Sends the registration's keep-alive update now, if registered (see
+    /// [`Registration::refresh_now`]).
+    pub fn refresh_registration(&mut self, now: Instant) {
+        if let Some(u) = self.uplink.as_mut() {
+            u.registration.refresh_now(now);
+        }
+        self.drive_uplink(now);
+    }
+
     /// Deregisters from the edge router (sends `DELETE /rd/{location}`).
     pub fn deregister(&mut self, now: Instant) {
         if let Some(u) = self.uplink.as_mut() {

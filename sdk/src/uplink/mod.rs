@@ -5,18 +5,21 @@
 //! |---|---|
 //! | [`registration`] | register (`POST /rd?ep=…&lt=…&b=…`), keep alive (`POST /rd/{loc}`), re-register on 4.04, deregister |
 //! | [`reporter`] | queue telemetry, send it one at a time as `POST /t`, retry after 5.03's Max-Age, count outcomes |
+//! | [`power`] | power saving of a queue-mode device: listen for the active time after traffic, then sleep until the next work or periodic TAU |
 //!
 //! Both drive an [`Endpoint`](crate::coap::Endpoint)'s client role and take the time as an
 //! argument; [`Device`](crate::coap::Device) runs them when given an [`UplinkConfig`].
 
 use alloc::string::String;
 
+pub mod power;
 pub mod registration;
 pub mod reporter;
 
 use core::net::SocketAddr;
 use core::time::Duration;
 
+pub use power::{PowerConfig, PowerSaving, PowerStats, WakeReason};
 pub use registration::{Binding, Registration, RegistrationState};
 pub use reporter::{QueueFull, ReportEvent, ReportStats, Reporter};
 

@@ -214,6 +214,14 @@ impl Registration {
         }
     }
 
+    /// Makes the keep-alive update due now, if registered and none is out (a queue-mode device
+    /// that wakes for its periodic TAU opens a listening window at the edge with it).
+    pub fn refresh_now(&mut self, now: Instant) {
+        if let RegistrationState::Registered { refresh_at, .. } = &mut self.state {
+            *refresh_at = (*refresh_at).min(now);
+        }
+    }
+
     /// Forces a re-registration (e.g. after the device's address changed).
     pub fn reregister(&mut self, now: Instant) {
         self.state = RegistrationState::Unregistered {

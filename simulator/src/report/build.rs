@@ -225,6 +225,8 @@ pub fn report(
         .map(|f| FleetReport {
             name: f.name.clone(),
             transport: f.transport.name().to_owned(),
+            nbiot: matches!(f.transport, crate::scenario::Transport::Nbiot(_))
+                .then(crate::nbiot::fleet::NbiotReport::default),
             ..FleetReport::default()
         })
         .collect();
@@ -256,6 +258,12 @@ pub fn report(
                 continue;
             };
             fr.powered_on += u64::from(m.powered());
+            if let (Some(n), Some(figures)) = (
+                m.node().and_then(crate::shard::Node::nbiot),
+                fr.nbiot.as_mut(),
+            ) {
+                figures.add_node(n);
+            }
             let regs = device.registration().map_or(0, |r| r.registrations());
             fr.registered += u64::from(regs > 0);
             fr.reregistered += u64::from(regs.saturating_sub(1));
@@ -439,6 +447,7 @@ fn add_stats(t: &mut ShardStats, s: &ShardStats) {
     t.delay_overflow += s.delay_overflow;
     t.dead += s.dead;
     t.store_failures += s.store_failures;
+    t.addresses += s.addresses;
 }
 
 fn add_fate(fr: &mut FleetReport, fate: &DeviceFate) {

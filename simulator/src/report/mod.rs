@@ -147,6 +147,9 @@ pub struct FleetReport {
     /// OSCORE counters of the fleet's devices (all 0 for plain fleets).
     #[serde(default)]
     pub oscore: OscoreCounts,
+    /// An NB-IoT fleet's sleeps, wake-ups, moves, carrier and commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbiot: Option<crate::nbiot::fleet::NbiotReport>,
 }
 
 /// Why reports were lost.
@@ -246,6 +249,9 @@ impl FleetReport {
         self.forbidden += o.forbidden;
         self.retransmissions += o.retransmissions;
         self.oscore.add(&o.oscore);
+        if let Some(n) = &o.nbiot {
+            self.nbiot.get_or_insert_default().add(n);
+        }
     }
 }
 

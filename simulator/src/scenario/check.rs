@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{FaultKind, FleetSpec, Format, Scenario, Sources};
+use super::{FaultKind, FleetSpec, Format, Scenario, Sources, Transport};
 
 /// A setting that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +167,19 @@ fn check_fleet(s: &Scenario, i: usize, f: &FleetSpec) -> Result<(), CheckError> 
             key("name"),
             format!("`{}` names two fleets", f.name),
         ));
+    }
+    if matches!(f.transport, Transport::Nbiot(_)) {
+        if f.sources == Sources::Sockets {
+            return Err(refuse(
+                key("transport"),
+                "an NB-IoT fleet needs a `source_prefix`: every device at a carrier address of its own",
+            ));
+        }
+        if let Transport::Nbiot(n) = &f.transport
+            && let Err(e) = n.modem_config()
+        {
+            return Err(refuse(key("nbiot"), format!("the PSM timers: {e}")));
+        }
     }
     if let Sources::Pool { prefix, offset } = f.sources {
         if s.edge.address.is_ipv4() {

@@ -36,6 +36,9 @@ use super::{
     LinkSpec, Load, Managed, OscoreSpec, Payload, Scenario, Sources, Transport,
 };
 use crate::duration::parse_duration;
+use crate::nbiot::carrier::{CarrierPlan, CoverageMix};
+use crate::nbiot::emulator::EmulatorConfig;
+use crate::nbiot::fleet::{CommandPlan, NbiotPlan};
 
 /// A scenario file that cannot be used: where, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +149,22 @@ struct RawFleet {
     queue_mode: Option<bool>,
     queue: Option<usize>,
     link: Option<RawLink>,
+    nbiot: Option<RawNbiot>,
+}
+
+/// `[fleet.nbiot]`: the carrier and the PSM timers of a `transport = "nbiot"` fleet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNbiot {
+    coverage: Option<String>,
+    loss: Option<f64>,
+    active_time: Option<String>,
+    tau: Option<String>,
+    readdress_share: Option<f64>,
+    seed: Option<u64>,
+    commands_every: Option<usize>,
+    commands_at: Option<String>,
+    commands_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -471,16 +490,67 @@ fn assign_offsets(fleets: &mut [FleetSpec]) {
     }
 }
 
+/// An NB-IoT fleet's plan from its `[fleet.nbiot]` table (the defaults of `v6iot-sim run
+/// --transport nbiot` for what it leaves out).
+fn nbiot(
+    n: RawNbiot,
+    err: &dyn Fn(&str, String) -> ScenarioError,
+) -> Result<NbiotPlan, ScenarioError> {
+    let dur = |text: Option<&str>, default: Duration| match text {
+        Some(t) => parse_duration(t).map_err(|e| err("nbiot", e.to_string())),
+        None => Ok(default),
+    };
+    let coverage = match n.coverage.as_deref() {
+        None => CoverageMix::Mixed,
+        Some(t) => CoverageMix::parse(t)
+            .ok_or_else(|| err("nbiot", format!("coverage `{t}`: ce0, ce1, ce2 or mixed")))?,
+    };
+    let share = |v: f64, what: &str| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(err("nbiot", format!("{what} {v} is not between 0 and 1")))
+        }
+    };
+    let commands = match n.commands_every {
+        None => None,
+        Some(every) => Some(CommandPlan {
+            every: every.max(1),
+            at: dur(n.commands_at.as_deref(), Duration::from_secs(30))?,
+            ttl: dur(n.commands_ttl.as_deref(), Duration::from_secs(600))?,
+        }),
+    };
+    Ok(NbiotPlan {
+        carrier: CarrierPlan {
+            coverage,
+            loss: share(n.loss.unwrap_or(0.0), "loss")?,
+            emulator: EmulatorConfig::default(),
+            readdress_share: share(n.readdress_share.unwrap_or(0.1), "readdress_share")?,
+            seed: n.seed.unwrap_or(1),
+        },
+        active_time: dur(n.active_time.as_deref(), Duration::from_secs(20))?,
+        periodic_tau: dur(n.tau.as_deref(), Duration::from_secs(600))?,
+        commands,
+    })
+}
+
 fn fleet(f: RawFleet, i: usize, base: &Path, at: &Locator<'_>) -> Result<FleetSpec, ScenarioError> {
     let err = |key: &str, message: String| at.error("fleet", Some(i), key, message);
     let dur = |key: &str, text: &str| parse_duration(text).map_err(|e| err(key, e.to_string()));
     let name = f.name.unwrap_or_else(|| format!("fleet{i}"));
-    let transport = match f.transport.as_deref().unwrap_or("udp") {
-        "udp" => Transport::Udp,
-        other => {
+    let transport = match (f.transport.as_deref().unwrap_or("udp"), f.nbiot) {
+        ("udp", None) => Transport::Udp,
+        ("udp", Some(_)) => {
+            return Err(err(
+                "nbiot",
+                "an `nbiot` table needs `transport = \"nbiot\"`".into(),
+            ));
+        }
+        ("nbiot", raw) => Transport::Nbiot(Box::new(nbiot(raw.unwrap_or_default(), &err)?)),
+        (other, _) => {
             return Err(err(
                 "transport",
-                format!("`{other}` is not a transport of this build (udp)"),
+                format!("`{other}` is not a transport of this build (udp, nbiot)"),
             ));
         }
     };
@@ -786,6 +856,64 @@ fleet = "valves"
         );
     }
 
+    /// A `transport = "nbiot"` fleet reads its `[fleet.nbiot]` table (the CLI's defaults for
+    /// what it leaves out); the table without the transport, a bad coverage class or share is
+    /// refused naming `nbiot`; the checks refuse an NB-IoT fleet without a prefix.
+    #[test]
+    fn an_nbiot_fleet_reads_its_carrier_and_commands() {
+        let text = GOOD.replacen(
+            "name = \"valves\"",
+            "name = \"valves\"\ntransport = \"nbiot\"\nqueue_mode = true\nnbiot = { coverage = \"ce2\", active_time = \"8s\", commands_every = 5, commands_at = \"40s\" }",
+            1,
+        );
+        let s = parse(&text, Path::new(".")).unwrap();
+        let Transport::Nbiot(n) = &s.fleets[1].transport else {
+            panic!("an NB-IoT fleet: {:?}", s.fleets[1].transport)
+        };
+        assert_eq!(s.fleets[1].transport.name(), "nbiot");
+        assert_eq!(
+            n.carrier.coverage,
+            CoverageMix::All(crate::nbiot::carrier::Coverage::Ce2)
+        );
+        assert_eq!(n.active_time, Duration::from_secs(8));
+        assert_eq!(n.periodic_tau, Duration::from_secs(600), "the default TAU");
+        assert_eq!(
+            n.commands,
+            Some(CommandPlan {
+                every: 5,
+                at: Duration::from_secs(40),
+                ttl: Duration::from_secs(600),
+            })
+        );
+        assert_eq!(s.fleets[0].transport, Transport::Udp);
+        let host = super::super::check::Host { max_files: 1 << 21 };
+        super::super::check::check(&s, super::super::Partition::WHOLE, host).unwrap();
+        let mut sockets = s.clone();
+        sockets.fleets[1].sources = Sources::Sockets;
+        let e =
+            super::super::check::check(&sockets, super::super::Partition::WHOLE, host).unwrap_err();
+        assert_eq!(e.key, "fleet[1].transport", "{e}");
+        for bad in [
+            "nbiot = { coverage = \"ce3\" }",
+            "nbiot = { loss = 1.5 }",
+            "nbiot = { readdress_share = -0.1 }",
+        ] {
+            let text = GOOD.replacen(
+                "name = \"valves\"",
+                &format!("name = \"valves\"\ntransport = \"nbiot\"\n{bad}"),
+                1,
+            );
+            let e = parse(&text, Path::new(".")).unwrap_err();
+            assert_eq!(e.key, "fleet[1].nbiot", "{bad}: {e}");
+        }
+        let e = parse(
+            &GOOD.replacen("name = \"valves\"", "name = \"valves\"\nnbiot = {}", 1),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "fleet[1].nbiot", "{e}");
+    }
+
     /// `text` with `from` replaced by `to` must fail at `line` naming `key`.
     fn fails(from: &str, to: &str, line: usize, key: &str, says: &str) {
         assert!(GOOD.contains(from), "{from}");
@@ -876,7 +1004,7 @@ fleet = "valves"
         );
         fails(
             "name = \"valves\"",
-            "name = \"valves\"\ntransport = \"nbiot\"",
+            "name = \"valves\"\ntransport = \"lora\"",
             28,
             "fleet[1].transport",
             "not a transport",

@@ -80,18 +80,23 @@ pub struct BrokerSpec {
 
 /// How a fleet's devices reach the edge. More transports plug in here (each with its own
 /// link I/O under the shard driver).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Transport {
-    /// CoAP over UDP/IPv6 (or IPv4), as NB-IoT or Ethernet devices send it.
+    /// CoAP over UDP/IPv6 (or IPv4), the device's core on a socket.
     Udp,
+    /// Each device the SDK's NB-IoT device on an emulated modem behind the carrier model (PSM,
+    /// coverage classes, re-addressing after sleeps), CoAP over the carrier's UDP; needs
+    /// [`Sources::Pool`] (every device at a carrier address of its own).
+    Nbiot(Box<crate::nbiot::fleet::NbiotPlan>),
 }
 
 impl Transport {
     /// The name in scenario files and reports.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Transport::Udp => "udp",
+            Transport::Nbiot(_) => "nbiot",
         }
     }
 }

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# An NB-IoT fleet at scale against one edge (not in CI): `v6iot-sim run --transport nbiot`
+# drives DEVICES devices, each the SDK's NB-IoT device on an emulated modem and carrier, each at
+# its own carrier address (one socket per simulator thread, shared/DESIGN.md §4), in PSM between
+# its exchanges (b=UQ), a share of them re-addressed after every sleep; OSCORE required at the
+# edge (credentials from `v6iot-sim provision`, imported with `v6iot-edge devices import`).
+# Platform commands are published for one device in COMMANDS_EVERY while the fleet runs; the
+# run passes when every command ended `ok` (delivered in its device's window) or `expired`,
+# none is missing, the devices ran exactly the `ok` ones, and no report acknowledged was lost.
+#
+#   bench/nbiot_fleet.sh [--devices 10000] [--secs 300] [--rate 100] [--coverage mixed]
+#                        [--active-time 20s] [--tau 10m] [--commands-every 10]
+#                        [--commands-at 60s] [--commands-ttl 10m] [--threads 2] [--out DIR]
+#
+# Runs inside a network namespace of its own (root; `unshare -n`) where 2001:db8:100::/64 is
+# routed to loopback. Output: the fleet's JSON report on stdout and in OUT/nbiot_fleet.json
+# (OUT defaults to target/bench). Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+DEVICES=10000
+SECS=300
+RATE=100
+COVERAGE=mixed
+ACTIVE=20s
+TAU=10m
+COMMANDS_EVERY=10
+COMMANDS_AT=60s
+COMMANDS_TTL=10m
+THREADS=2
+OUT="$PWD/target/bench"
+BIN_DIR=""
+POOL_PREFIX="2001:db8:100::/64"
+ARGS=("$@")
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --devices) DEVICES="$2" && shift 2 ;;
+    --secs) SECS="$2" && shift 2 ;;
+    --rate) RATE="$2" && shift 2 ;;
+    --coverage) COVERAGE="$2" && shift 2 ;;
+    --active-time) ACTIVE="$2" && shift 2 ;;
+    --tau) TAU="$2" && shift 2 ;;
+    --commands-every) COMMANDS_EVERY="$2" && shift 2 ;;
+    --commands-at) COMMANDS_AT="$2" && shift 2 ;;
+    --commands-ttl) COMMANDS_TTL="$2" && shift 2 ;;
+    --threads) THREADS="$2" && shift 2 ;;
+    --out) OUT="$2" && shift 2 ;;
+    --bin-dir) BIN_DIR="$2" && shift 2 ;;
+    -h | --help)
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+    esac
+done
+[[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 100000 ]] || die "--devices: 1 to 100000"
+[[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 10 && "$SECS" -le 3600 ]] || die "--secs: 10 to 3600"
+[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
+
+need_pkg mosquitto mosquitto
+need_pkg jq jq
+need_pkg unshare util-linux
+need_pkg ip iproute2
+need_pkg python3 python3
+ensure_pkgs
+
+if [[ -z "$BIN_DIR" ]]; then
+    log "building (release)"
+    cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge -p v6iot-simulator --bin v6iot-sim
+    BIN_DIR="$PWD/target/release"
+fi
+EDGE="$BIN_DIR/v6iot-edge"
+SIM="$BIN_DIR/v6iot-sim"
+for b in "$EDGE" "$SIM"; do
+    [[ -x "$b" ]] || die "missing binary: $b"
+done
+if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
+    exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "${ARGS[@]}" --bin-dir "$BIN_DIR"
+fi
+ip link set lo up
+ip -6 route add local "$POOL_PREFIX" dev lo
+
+bench_init nbiot
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+machine_info | tee "$OUT/nbiot_fleet.machine"
+
+start_mosquitto mosquitto
+CREDS="$BENCH_WORK/creds.csv"
+"$SIM" provision --devices "$DEVICES" --prefix "$POOL_PREFIX" --id-prefix nb --out "$CREDS" >/dev/null
+"$EDGE" devices keygen "$BENCH_WORK/seal.key" >/dev/null
+V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-data" \
+    import "$CREDS" >/dev/null
+EDGE_PORT="$(free_port udp)"
+ACTIVE_S="$(python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min|h)?',v); f={'ms':0.001,'s':1,None:1,'m':60,'min':60,'h':3600}[m.group(2)]; print(max(1,round(float(m.group(1))*f)))" "$ACTIVE")"
+cat >"$BENCH_WORK/edge.toml" <<TOML
+site = "nb"
+edge_id = "bench-edge-nbiot"
+data_dir = "$BENCH_WORK/edge-data"
+[coap]
+listen = "[::1]:$EDGE_PORT"
+queue_listen_window_s = $ACTIVE_S
+[mqtt]
+url = "mqtt://[::1]:$MQTT_PORT"
+[outbox]
+max_bytes = 4294967296
+[registry]
+seal_key_file = "$BENCH_WORK/seal.key"
+[security]
+require_oscore = true
+rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000
+TOML
+RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
+wait_port udp "$EDGE_PORT"
+
+log "$DEVICES NB-IoT devices for ${SECS}s at $RATE reports/s, commands for 1 in $COMMANDS_EVERY"
+REPORT="$OUT/nbiot_fleet.json"
+/usr/bin/time -v "$SIM" run --edge "[::1]:$EDGE_PORT" --devices "$DEVICES" --rate "$RATE" \
+    --duration "${SECS}s" --drain 30s --mqtt-url "mqtt://[::1]:$MQTT_PORT" --site nb --id-prefix nb \
+    --credentials "$CREDS" --seq-file "$BENCH_WORK/fleet.seq" --threads "$THREADS" \
+    --source-prefix "$POOL_PREFIX" --transport nbiot --coverage "$COVERAGE" \
+    --active-time "$ACTIVE" --tau "$TAU" --commands-every "$COMMANDS_EVERY" \
+    --commands-at "$COMMANDS_AT" --commands-ttl "$COMMANDS_TTL" --quiet --report "$REPORT" \
+    >/dev/null 2>"$OUT/nbiot_fleet.time"
+cat "$REPORT"
+grep -E "Maximum resident|Elapsed|User time|System time" "$OUT/nbiot_fleet.time" || true
+
+jq -e '
+  .total.registered == '"$DEVICES"' and .total.lost == 0 and
+  .total.nbiot.commands.missing == 0 and
+  (.total.nbiot.commands.results.ok // 0) + (.total.nbiot.commands.results.expired // 0) == .total.nbiot.commands.sent and
+  .total.nbiot.commands.served == (.total.nbiot.commands.results.ok // 0)
+' "$REPORT" >/dev/null || die "not every command ended ok or expired, or something was lost (see $REPORT)"
+log "every command delivered in a window or expired; nothing lost"

@@ -1,0 +1,319 @@
+//! NB-IoT end to end: a fleet of the SDK's NB-IoT devices on emulated modems and carrier
+//! (a scenario fleet with `transport = "nbiot"`, run by `load::run` on the shard core: PSM asked for, `b=UQ`, every device at a carrier
+//! address of its own, a new address after every sleep) against the real edge router (in this
+//! process, OSCORE required, each device's prefix checked) and a real mosquitto — all inside a
+//! network namespace this test creates (root), where 2001:db8:100::/64 is routed to loopback.
+//!
+//! Platform commands published while their devices sleep are delivered in the devices' next
+//! active window and their results published (`ok`, each run once); nothing is sent to a
+//! sleeping device; a command whose TTL passes while its device sleeps is reported `expired`
+//! and never delivered late; the devices that woke at new addresses kept reporting and the
+//! audit trail (what `v6iot-edge audit --address` prints) names each for every address it used.
+//!
+//! scripts/test installs mosquitto; without it this test fails, naming the missing tool.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use v6iot_edge_router::audit::AuditKind;
+use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::registry_db::{Ipv6Prefix, Registry};
+use v6iot_sdk::uplink::Binding;
+use v6iot_simulator::link::enter_private_network;
+use v6iot_simulator::load::{self, RunOptions};
+use v6iot_simulator::nbiot::carrier::{CarrierPlan, Coverage, CoverageMix};
+use v6iot_simulator::nbiot::emulator::EmulatorConfig;
+use v6iot_simulator::nbiot::fleet::{CommandPlan, NbiotPlan};
+use v6iot_simulator::plan::Plan;
+use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
+use v6iot_simulator::report::Report;
+use v6iot_simulator::scenario::{self, FleetSpec, Load, Partition, Sources, Transport};
+
+const DEVICES: u64 = 4;
+/// The active time the devices ask for, and the edge's listening window for `b=UQ`.
+const ACTIVE: Duration = Duration::from_secs(4);
+
+/// mosquitto on `[::1]:port` inside the test's namespace; stopped on drop.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = TcpListener::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} ::1\nallow_anonymous true\nuser root\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "mosquitto is not installed: run scripts/test (it installs Debian's mosquitto)",
+            );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("::1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Commands for every other device, published `at` after the start with `ttl`; devices report
+/// every `report_every` (and sleep in between).
+struct Scenario {
+    commands: CommandPlan,
+    report_every: Duration,
+    duration: Duration,
+}
+
+/// Provisions the fleet (allowed on the carrier's /64), starts the edge against mosquitto, runs
+/// the NB-IoT fleet; returns its report and the edge's configuration (for the registry).
+async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig) {
+    let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let mut config = EdgeConfig::with_site("nb");
+    config.coap.listen = SocketAddr::new(loopback, 0);
+    config.coap.queue_listen_window_s = ACTIVE.as_secs();
+    config.mqtt.url = format!("mqtt://[::1]:{broker_port}");
+    config.data_dir = dir.to_path_buf();
+    let oscore = provision_edge(
+        dir,
+        &mut config,
+        &ProvisionPlan {
+            devices: DEVICES,
+            first: 0,
+            id_prefix: "nb".into(),
+            class: 1,
+            prefix: "2001:db8:100::/64".parse::<Ipv6Prefix>().unwrap(),
+        },
+    )
+    .unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let edge = tokio::spawn(v6iot_edge_router::server::run(
+        config.clone(),
+        Some(ready_tx),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let handle = ready_rx.await.expect("the edge router starts");
+    let nbiot = NbiotPlan {
+        carrier: CarrierPlan {
+            coverage: CoverageMix::All(Coverage::Ce0),
+            loss: 0.0,
+            emulator: EmulatorConfig {
+                attach_delay: Duration::from_secs(1),
+                readdress_after_sleep: true,
+                ..EmulatorConfig::default()
+            },
+            readdress_share: 0.0,
+            seed: 13,
+        },
+        active_time: ACTIVE,
+        periodic_tau: Duration::from_secs(600),
+        commands: Some(s.commands),
+    };
+    let mut fleet = FleetSpec::new("nb", DEVICES, 0.0);
+    fleet.load = Load::Interval(s.report_every);
+    fleet.id_prefix = "nb".into();
+    fleet.transport = Transport::Nbiot(Box::new(nbiot));
+    fleet.binding = Binding::UQ;
+    fleet.oscore = Some(oscore);
+    fleet.sources = Sources::Pool {
+        prefix: "2001:db8:100::/64".parse().unwrap(),
+        offset: 0,
+    };
+    let mut scenario = scenario::Scenario::single(fleet, handle.coap_addr, &config.mqtt.url);
+    scenario.broker.site = "nb".into();
+    scenario.duration = s.duration;
+    scenario.drain = Duration::from_secs(3);
+    scenario.seed = seed_without_shift(&scenario);
+    let options = RunOptions {
+        workdir: Some(dir.join("run")),
+        progress: false,
+        ..RunOptions::default()
+    };
+    let report = load::run(scenario, options).await.unwrap();
+    let _ = stop_tx.send(());
+    edge.await.unwrap().unwrap();
+    (report, config)
+}
+
+/// A seed under which the fleet's phases are not shifted: device n first reports at
+/// 0.2 s + fract(n × 0.618) × the interval after the start (device 0 at once), as the timings
+/// of these tests assume.
+fn seed_without_shift(scenario: &scenario::Scenario) -> u64 {
+    (0..4096u64)
+        .min_by_key(|&seed| {
+            let mut s = scenario.clone();
+            s.seed = seed;
+            let plan = Plan::new(s, Partition::WHOLE);
+            plan.device(0).and_then(|d| plan.first_report(d)).unwrap()
+        })
+        .unwrap()
+}
+
+/// Runs `body` on a thread of its own inside a fresh network namespace with the carrier's /64
+/// routed to loopback, with mosquitto started there, on a tokio runtime made there.
+fn in_private_network<T: Send + 'static>(
+    body: impl FnOnce(&tokio::runtime::Runtime, &Path, u16) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        enter_private_network("2001:db8:100::/64".parse().unwrap())
+            .expect("a private network namespace (this test needs root, as the CI runs)");
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(dir.path());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = body(&rt, dir.path(), broker.port);
+        drop(broker);
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+/// The addresses each device was bound to or moved to, by the audit trail.
+fn audited_addresses(config: &EdgeConfig) -> Vec<(String, BTreeSet<Ipv6Addr>)> {
+    let registry = Registry::open_configured(config).unwrap();
+    let log = registry.audit();
+    let mut out = Vec::new();
+    for n in 0..DEVICES {
+        let id = format!("nb{n:06}");
+        let addresses: BTreeSet<Ipv6Addr> = log
+            .history(&id)
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r.event.kind,
+                    AuditKind::AddressBound | AuditKind::AddressChanged
+                )
+            })
+            .filter_map(|r| r.event.address)
+            .collect();
+        // `audit --address A` (alone: every row about A) names the device for each of them.
+        for a in &addresses {
+            let rows = log.address_history(*a).unwrap();
+            assert!(
+                rows.iter()
+                    .any(|r| r.event.device.as_deref() == Some(id.as_str())),
+                "audit --address {a} names {id}: {rows:?}"
+            );
+        }
+        out.push((id, addresses));
+    }
+    out
+}
+
+/// Commands published while their devices sleep arrive in the devices' next window; each is
+/// `ok` and ran once; nothing reached a sleeping device; the devices moved after their sleeps
+/// and kept reporting, and the audit names each device for each of its addresses.
+#[test]
+fn a_sleeping_device_gets_its_command_when_it_wakes_and_its_moves_are_audited() {
+    let scenario = Scenario {
+        // Published at 9 s for devices 0 and 2, asleep then: they report at about 0 s and 3 s
+        // (fleet phases), every 12 s, and sleep 4 s after their last uplink.
+        commands: CommandPlan {
+            every: 2,
+            at: Duration::from_secs(9),
+            ttl: Duration::from_secs(120),
+        },
+        report_every: Duration::from_secs(12),
+        duration: Duration::from_secs(36),
+    };
+    let (r, audited) = in_private_network(move |rt, dir, port| {
+        let (r, config) = rt.block_on(run(dir, port, &scenario));
+        (r, audited_addresses(&config))
+    });
+    let t = &r.total;
+    let nb = t.nbiot.as_ref().expect("an NB-IoT report");
+    let c = nb.commands.as_ref().expect("a command report");
+    assert_eq!(t.registered, DEVICES, "{t:?}");
+    assert_eq!(c.sent, 2, "{c:?}");
+    assert_eq!(c.results.get("ok"), Some(&2), "{c:?}");
+    assert_eq!((c.missing, c.served), (0, 2), "each ran once: {c:?}");
+    assert!(nb.sleeps >= DEVICES, "{nb:?}");
+    assert_eq!(
+        nb.unreachable, 0,
+        "nothing sent to a sleeping device: {nb:?}"
+    );
+    assert!(nb.readdressed >= DEVICES, "{nb:?}");
+    // Reports kept arriving from the new addresses.
+    assert!(t.made >= 2 * DEVICES, "{t:?}");
+    assert_eq!(
+        (t.acknowledged, t.delivered, t.lost),
+        (t.made, t.made, 0),
+        "{t:?}"
+    );
+    for (id, addresses) in &audited {
+        assert!(
+            addresses.len() >= 2,
+            "{id} woke at a new address and the audit has both: {addresses:?}"
+        );
+    }
+}
+
+/// A command whose TTL passes while its device sleeps is reported `expired`; the device never
+/// runs it. Reports every 30 s: devices 0 and 2 report at about 0 s and 7 s (fleet phases)
+/// and sleep from about 6 s and 12 s; the commands, from 14 s with a TTL of 5 s, expire before
+/// their next reports (30 s and 37 s).
+#[test]
+fn a_command_whose_ttl_passes_in_the_sleep_is_expired_never_delivered_late() {
+    let scenario = Scenario {
+        commands: CommandPlan {
+            every: 2,
+            at: Duration::from_secs(14),
+            ttl: Duration::from_secs(5),
+        },
+        report_every: Duration::from_secs(30),
+        duration: Duration::from_secs(36),
+    };
+    let (r, _) = in_private_network(move |rt, dir, port| rt.block_on(run(dir, port, &scenario)));
+    let t = &r.total;
+    let nb = t.nbiot.as_ref().expect("an NB-IoT report");
+    let c = nb.commands.as_ref().expect("a command report");
+    assert_eq!(c.sent, 2, "{c:?}");
+    assert_eq!(c.results.get("expired"), Some(&2), "{c:?}");
+    assert_eq!((c.missing, c.served), (0, 0), "never delivered late: {c:?}");
+    assert!(
+        t.made >= DEVICES,
+        "the devices woke and reported after: {t:?}"
+    );
+    assert_eq!(nb.unreachable, 0, "{nb:?}");
+}

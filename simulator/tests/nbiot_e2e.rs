@@ -7,10 +7,14 @@
 //! Platform commands published while their devices sleep are delivered in the devices' next
 //! active window and their results published (`ok`, each run once); nothing is sent to a
 //! sleeping device; a command whose TTL passes while its device sleeps is reported `expired`
-//! and never delivered late; the devices that woke at new addresses kept reporting and the
-//! audit trail (what `v6iot-edge audit --address` prints) names each for every address it used.
+//! and never delivered late; the devices that woke at new addresses kept reporting and the real
+//! `v6iot-edge audit --address A --at T` names each for every address it used. At the broker
+//! (`mosquitto_sub` on `v6iot/nb/+/status`) every device's status goes `sleeping` after its
+//! window and `registered` again when it wakes, with `next_wake` once the edge knows its period.
 //!
-//! scripts/test installs mosquitto; without it this test fails, naming the missing tool.
+//! scripts/test installs mosquitto and mosquitto-clients; without them this test fails, naming
+//! the missing tool. It runs the `v6iot-edge` binary of this build (`cargo test --workspace`
+//! builds it; alone: `cargo build -p v6iot-edge-router --bin v6iot-edge`).
 
 #![allow(
     clippy::unwrap_used,
@@ -21,12 +25,13 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use v6iot_edge_router::audit::AuditKind;
 use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::registry_db::cli::format_time;
 use v6iot_edge_router::registry_db::{Ipv6Prefix, Registry};
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::link::enter_private_network;
@@ -208,14 +213,46 @@ fn in_private_network<T: Send + 'static>(
     .unwrap()
 }
 
-/// The addresses each device was bound to or moved to, by the audit trail.
+/// The `v6iot-edge` binary of this build: next to `v6iot-sim` in the target directory
+/// (`cargo test --workspace` builds it; alone: `cargo build -p v6iot-edge-router --bin v6iot-edge`).
+fn edge_binary() -> PathBuf {
+    let sim = Path::new(env!("CARGO_BIN_EXE_v6iot-sim"));
+    let edge = sim.with_file_name("v6iot-edge");
+    assert!(
+        edge.exists(),
+        "{} is missing: run `cargo build -p v6iot-edge-router --bin v6iot-edge` first",
+        edge.display()
+    );
+    edge
+}
+
+/// What `v6iot-edge audit --address ADDR --at TIME --data-dir DIR` prints: the device that
+/// held `address` at `at`.
+fn who_had(data_dir: &Path, address: Ipv6Addr, at: &str) -> String {
+    let out = Command::new(edge_binary())
+        .args(["audit", "--address", &address.to_string(), "--at", at])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "v6iot-edge audit --address {address} --at {at}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The addresses each device was bound to or moved to, by the audit trail; for each of them
+/// the real `v6iot-edge audit --address A --at T` (T: when the trail has the device take A)
+/// names the device.
 fn audited_addresses(config: &EdgeConfig) -> Vec<(String, BTreeSet<Ipv6Addr>)> {
     let registry = Registry::open_configured(config).unwrap();
     let log = registry.audit();
     let mut out = Vec::new();
     for n in 0..DEVICES {
         let id = format!("nb{n:06}");
-        let addresses: BTreeSet<Ipv6Addr> = log
+        let taken: Vec<(Ipv6Addr, String)> = log
             .history(&id)
             .unwrap()
             .into_iter()
@@ -225,20 +262,121 @@ fn audited_addresses(config: &EdgeConfig) -> Vec<(String, BTreeSet<Ipv6Addr>)> {
                     AuditKind::AddressBound | AuditKind::AddressChanged
                 )
             })
-            .filter_map(|r| r.event.address)
+            .filter_map(|r| Some((r.event.address?, format_time(r.event.at))))
             .collect();
-        // `audit --address A` (alone: every row about A) names the device for each of them.
-        for a in &addresses {
-            let rows = log.address_history(*a).unwrap();
-            assert!(
-                rows.iter()
-                    .any(|r| r.event.device.as_deref() == Some(id.as_str())),
-                "audit --address {a} names {id}: {rows:?}"
+        for (address, at) in &taken {
+            assert_eq!(
+                who_had(&config.data_dir, *address, at),
+                id,
+                "audit --address {address} --at {at} names {id}"
             );
         }
-        out.push((id, addresses));
+        out.push((id, taken.into_iter().map(|(a, _)| a).collect()));
     }
     out
+}
+
+/// `mosquitto_sub` on the devices' status topics (`v6iot/nb/+/status`, retained) in the test's
+/// namespace, writing `topic payload` lines to a file; stopped on drop.
+struct StatusWatch {
+    child: Child,
+    file: PathBuf,
+}
+
+impl StatusWatch {
+    /// Subscribes and waits until a probe published on the topic has arrived (subscribed).
+    fn start(dir: &Path, port: u16) -> StatusWatch {
+        let file = dir.join("status.log");
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "::1", "-p", &port.to_string(), "-v"])
+            .args(["-t", "v6iot/nb/+/status"])
+            .stdout(std::fs::File::create(&file).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is not installed: run scripts/test (it installs Debian's mosquitto-clients)");
+        let watch = StatusWatch { child, file };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !watch
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("v6iot/nb/probe/status "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto_sub did not subscribe"
+            );
+            let _ = Command::new("mosquitto_pub")
+                .args(["-h", "::1", "-p", &port.to_string()])
+                .args(["-t", "v6iot/nb/probe/status", "-m", "{}"])
+                .status()
+                .expect("mosquitto_pub is not installed: run scripts/test (it installs Debian's mosquitto-clients)");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        watch
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Each device's status messages, in order: `(device, message)`.
+    fn statuses(&self) -> Vec<(String, serde_json::Value)> {
+        self.lines()
+            .iter()
+            .filter_map(|l| {
+                let (topic, payload) = l.split_once(' ')?;
+                let device = topic.strip_prefix("v6iot/nb/")?.strip_suffix("/status")?;
+                (device != "probe")
+                    .then(|| (device.to_owned(), serde_json::from_str(payload).unwrap()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// At the broker: every device's status went `sleeping` after its window and `registered`
+/// again when it woke; a device whose wake-up period the edge knew (after two wake-ups) was
+/// `sleeping` with `next_wake` (Unix seconds, after the message's time) and then `registered`.
+fn check_statuses(statuses: &[(String, serde_json::Value)]) {
+    let mut with_next_wake = 0;
+    for n in 0..DEVICES {
+        let id = format!("nb{n:06}");
+        let states: Vec<&serde_json::Value> = statuses
+            .iter()
+            .filter(|(d, _)| *d == id)
+            .map(|(_, m)| m)
+            .collect();
+        let state = |m: &serde_json::Value| m["state"].as_str().unwrap_or_default().to_owned();
+        let woke = states
+            .windows(2)
+            .filter(|w| state(w[0]) == "sleeping" && state(w[1]) == "registered")
+            .map(|w| w[0])
+            .collect::<Vec<_>>();
+        assert!(
+            !woke.is_empty(),
+            "{id} was sleeping, then registered: {states:?}"
+        );
+        for m in woke {
+            if let Some(next) = m["next_wake"].as_f64() {
+                assert!(next > m["t"].as_f64().unwrap(), "{m}");
+                with_next_wake += 1;
+            }
+        }
+    }
+    assert!(
+        with_next_wake >= 1,
+        "a sleeping status with next_wake: {statuses:?}"
+    );
 }
 
 /// Commands published while their devices sleep arrive in the devices' next window; each is
@@ -257,9 +395,10 @@ fn a_sleeping_device_gets_its_command_when_it_wakes_and_its_moves_are_audited() 
         report_every: Duration::from_secs(12),
         duration: Duration::from_secs(36),
     };
-    let (r, audited) = in_private_network(move |rt, dir, port| {
+    let (r, audited, statuses) = in_private_network(move |rt, dir, port| {
+        let watch = StatusWatch::start(dir, port);
         let (r, config) = rt.block_on(run(dir, port, &scenario));
-        (r, audited_addresses(&config))
+        (r, audited_addresses(&config), watch.statuses())
     });
     let t = &r.total;
     let nb = t.nbiot.as_ref().expect("an NB-IoT report");
@@ -287,6 +426,7 @@ fn a_sleeping_device_gets_its_command_when_it_wakes_and_its_moves_are_audited() 
             "{id} woke at a new address and the audit has both: {addresses:?}"
         );
     }
+    check_statuses(&statuses);
 }
 
 /// A command whose TTL passes while its device sleeps is reported `expired`; the device never

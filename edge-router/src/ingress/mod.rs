@@ -750,6 +750,12 @@ impl Ingress {
 
     /// Publishes `sleeping` for every queue-mode device whose listening window has closed,
     /// with its next expected wake-up (Unix seconds) when known.
+    /// Queue-mode devices as the edge last saw them: (awake, sleeping).
+    #[must_use]
+    pub fn queue_mode_states(&self) -> (usize, usize) {
+        self.sleepers.states()
+    }
+
     fn publish_sleepers(&mut self, now: Instant, unix_ms: u64) {
         while let Some((device, next)) = self.sleepers.poll_asleep(now) {
             let address = self.directory.get(&device).map(|r| r.address);

@@ -41,6 +41,8 @@ struct Sleeper {
 pub(super) struct Sleepers {
     devices: HashMap<String, Sleeper>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// How many of `devices` are asleep (kept at each change, read by the metrics).
+    asleep: usize,
 }
 
 impl Sleepers {
@@ -52,6 +54,7 @@ impl Sleepers {
             Some(s) => {
                 let woke = std::mem::take(&mut s.asleep);
                 if woke {
+                    self.asleep -= 1;
                     s.period = Some(now.saturating_duration_since(s.woke_at));
                     s.woke_at = now;
                 }
@@ -89,7 +92,9 @@ impl Sleepers {
     /// Its timer entry, if any, stays (the uplink that follows moves its window end).
     pub(super) fn registered(&mut self, now: Instant, device: &str) {
         if let Some(s) = self.devices.get_mut(device) {
-            s.asleep = false;
+            if std::mem::take(&mut s.asleep) {
+                self.asleep -= 1;
+            }
             s.period = None;
             s.woke_at = now;
         }
@@ -123,7 +128,9 @@ impl Sleepers {
                 continue;
             }
             s.queued = None;
-            s.asleep = true;
+            if !std::mem::replace(&mut s.asleep, true) {
+                self.asleep += 1;
+            }
             let next = s.period.map(|p| s.woke_at + p);
             return Some((device, next));
         }
@@ -136,7 +143,14 @@ impl Sleepers {
 
     /// Forgets `device` (deregistered, expired, removed).
     pub(super) fn remove(&mut self, device: &str) {
-        self.devices.remove(device);
+        if self.devices.remove(device).is_some_and(|s| s.asleep) {
+            self.asleep -= 1;
+        }
+    }
+
+    /// Queue-mode devices followed: (awake, asleep).
+    pub(super) fn states(&self) -> (usize, usize) {
+        (self.devices.len().saturating_sub(self.asleep), self.asleep)
     }
 
     /// Whether `device` is asleep.
@@ -166,16 +180,24 @@ mod tests {
         assert!(!z.uplink(at(5), "m", WINDOW), "still awake");
         assert_eq!(z.poll_timeout(), Some(at(20)));
         assert_eq!(z.poll_asleep(at(20)), None, "the window moved to 25 s");
+        assert_eq!(z.states(), (1, 0));
         assert_eq!(z.poll_asleep(at(25)), Some(("m".into(), None)));
         assert!(z.is_asleep("m"));
+        assert_eq!(z.states(), (0, 1));
         assert_eq!(z.poll_asleep(at(26)), None);
         // Wakes at 300 s: the period is 300 s; the next wake-up expected at 600 s.
         assert!(z.uplink(at(300), "m", WINDOW));
         assert!(!z.is_asleep("m"));
+        assert_eq!(z.states(), (1, 0));
         assert_eq!(z.poll_asleep(at(320)), Some(("m".into(), Some(at(600)))));
         // Removed: nothing more about it.
         z.remove("m");
         assert_eq!(z.sizes().0, 0);
+        assert_eq!(
+            z.states(),
+            (0, 0),
+            "an asleep device removed is no longer counted"
+        );
         assert!(!z.is_asleep("m"));
     }
 
@@ -196,6 +218,7 @@ mod tests {
         }
         assert_eq!(asleep, 50);
         assert_eq!(z.sizes(), (50, 0));
+        assert_eq!(z.states(), (0, 50));
     }
 
     /// The bound on stale entries: a device removed and added again in a loop (deregistering
@@ -235,6 +258,11 @@ mod tests {
         assert_eq!(z.poll_asleep(at(320)), Some(("m".into(), Some(at(600)))));
         z.registered(at(400), "m");
         assert!(!z.is_asleep("m"));
+        assert_eq!(
+            z.states(),
+            (1, 0),
+            "a registration wakes it in the count too"
+        );
         assert!(!z.uplink(at(400), "m", WINDOW), "the registration woke it");
         assert_eq!(z.sizes(), (1, 1));
         assert_eq!(z.poll_asleep(at(420)), Some(("m".into(), None)));

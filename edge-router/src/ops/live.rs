@@ -170,6 +170,10 @@ impl Live {
             commands_done: self.commands_done.clone(),
             requests: ingress.request_counts().clone(),
             registrations,
+            queue_mode: {
+                let (awake, sleeping) = ingress.queue_mode_states();
+                (awake as u64, sleeping as u64)
+            },
             devices: self.devices,
             stopping: self.stopping.load(Ordering::Relaxed),
             radio: self.radio.clone(),

@@ -58,6 +58,8 @@ pub struct EdgeSnapshot {
     pub requests: RequestCounts,
     /// Registrations by binding: (`U`, `UQ`).
     pub registrations: (u64, u64),
+    /// Queue-mode devices: (awake in their listening window, sleeping).
+    pub queue_mode: (u64, u64),
     /// Registry devices by state: (active, quarantined, revoked).
     pub devices: (u64, u64, u64),
     /// Whether the edge is stopping.
@@ -382,6 +384,12 @@ fn devices_and_commands(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::
         "binding",
         &[("U", s.registrations.0), ("UQ", s.registrations.1)],
     )?;
+    out.gauges(
+        "v6iot_queue_mode_devices",
+        "queue-mode devices (UQ, e.g. NB-IoT in PSM): awake in their listening window or sleeping",
+        "state",
+        &[("awake", s.queue_mode.0), ("sleeping", s.queue_mode.1)],
+    )?;
     let d = &s.downlink;
     out.counters(
         "v6iot_commands_received",
@@ -495,4 +503,42 @@ fn north(out: &mut Out<'_>, sources: &Sources) -> Result<(), std::fmt::Error> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queue-mode devices by state: awake and sleeping, each as its own sample.
+    #[test]
+    fn queue_mode_devices_appear_by_state() {
+        let edge = EdgeSnapshot {
+            registrations: (4, 5),
+            queue_mode: (2, 3),
+            ..EdgeSnapshot::default()
+        };
+        let r = registry(Sources {
+            edge: Arc::new(Mutex::new(edge)),
+            bridge: Arc::default(),
+            outbox: None,
+            http: Arc::default(),
+        });
+        let (body, _) = encode(&r, "text/plain").unwrap();
+        let s = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let gauge = |name: &str, label: &str, value: &str| {
+            let found: Vec<_> = s
+                .samples
+                .iter()
+                .filter(|x| x.metric == name && x.labels.get(label) == Some(value))
+                .collect();
+            assert_eq!(found.len(), 1, "{name}{{{label}={value}}}: {body}");
+            match found[0].value {
+                prometheus_parse::Value::Gauge(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            }
+        };
+        assert_eq!(gauge("v6iot_queue_mode_devices", "state", "awake"), 2.0);
+        assert_eq!(gauge("v6iot_queue_mode_devices", "state", "sleeping"), 3.0);
+        assert_eq!(gauge("v6iot_registrations", "binding", "UQ"), 5.0);
+    }
 }

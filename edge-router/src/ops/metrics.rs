@@ -509,14 +509,8 @@ fn north(out: &mut Out<'_>, sources: &Sources) -> Result<(), std::fmt::Error> {
 mod tests {
     use super::*;
 
-    /// Queue-mode devices by state: awake and sleeping, each as its own sample.
-    #[test]
-    fn queue_mode_devices_appear_by_state() {
-        let edge = EdgeSnapshot {
-            registrations: (4, 5),
-            queue_mode: (2, 3),
-            ..EdgeSnapshot::default()
-        };
+    /// Encodes a registry over `edge` as `/metrics` does and parses it as Prometheus does.
+    pub(super) fn scrape_edge(edge: EdgeSnapshot) -> prometheus_parse::Scrape {
         let r = registry(Sources {
             edge: Arc::new(Mutex::new(edge)),
             bridge: Arc::default(),
@@ -524,21 +518,48 @@ mod tests {
             http: Arc::default(),
         });
         let (body, _) = encode(&r, "text/plain").unwrap();
-        let s = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-        let gauge = |name: &str, label: &str, value: &str| {
-            let found: Vec<_> = s
-                .samples
-                .iter()
-                .filter(|x| x.metric == name && x.labels.get(label) == Some(value))
-                .collect();
-            assert_eq!(found.len(), 1, "{name}{{{label}={value}}}: {body}");
-            match found[0].value {
-                prometheus_parse::Value::Gauge(v) => v,
-                ref other => panic!("{name}: {other:?}"),
-            }
-        };
-        assert_eq!(gauge("v6iot_queue_mode_devices", "state", "awake"), 2.0);
-        assert_eq!(gauge("v6iot_queue_mode_devices", "state", "sleeping"), 3.0);
-        assert_eq!(gauge("v6iot_registrations", "binding", "UQ"), 5.0);
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    }
+
+    /// The value of the sample `name` with exactly these labels; `None` when absent.
+    pub(super) fn value(
+        s: &prometheus_parse::Scrape,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
+        let mut found = s.samples.iter().filter(|x| {
+            x.metric == name
+                && x.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
+        });
+        let sample = found.next()?;
+        assert!(found.next().is_none(), "{name} {labels:?} twice");
+        match sample.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => Some(v),
+            ref other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    /// Queue-mode devices by state: awake and sleeping, each as its own sample.
+    #[test]
+    fn queue_mode_devices_appear_by_state() {
+        let s = scrape_edge(EdgeSnapshot {
+            registrations: (4, 5),
+            queue_mode: (2, 3),
+            ..EdgeSnapshot::default()
+        });
+        let gauge = |name, labels| value(&s, name, labels);
+        assert_eq!(
+            gauge("v6iot_queue_mode_devices", &[("state", "awake")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            gauge("v6iot_queue_mode_devices", &[("state", "sleeping")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            gauge("v6iot_registrations", &[("binding", "UQ")]),
+            Some(5.0)
+        );
     }
 }

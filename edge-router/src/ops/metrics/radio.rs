@@ -289,40 +289,16 @@ pub(super) fn encode(out: &mut Out<'_>, r: &RadioSnapshot) -> std::fmt::Result {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use super::super::{EdgeSnapshot, RadioIo, RadioSnapshot, Sources, encode, registry};
+    use super::super::tests::{scrape_edge, value};
+    use super::super::{EdgeSnapshot, RadioIo, RadioSnapshot};
     use crate::border::stats::{BorderStats, PanStats};
 
     /// Scrapes a registry over `radio` and parses it as Prometheus does.
     fn scrape(radio: Option<RadioSnapshot>) -> prometheus_parse::Scrape {
-        let edge = EdgeSnapshot {
+        scrape_edge(EdgeSnapshot {
             radio,
             ..EdgeSnapshot::default()
-        };
-        let r = registry(Sources {
-            edge: Arc::new(Mutex::new(edge)),
-            bridge: Arc::default(),
-            outbox: None,
-            http: Arc::default(),
-        });
-        let (body, _) = encode(&r, "text/plain").unwrap();
-        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
-    }
-
-    /// The value of the sample `name` with exactly these labels; `None` when absent.
-    fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut found = s.samples.iter().filter(|x| {
-            x.metric == name
-                && x.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-        });
-        let sample = found.next()?;
-        assert!(found.next().is_none(), "{name} {labels:?} twice");
-        match sample.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => Some(v),
-            ref other => panic!("{name}: {other:?}"),
-        }
+        })
     }
 
     fn pan(k: u64) -> PanStats {

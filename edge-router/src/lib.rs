@@ -28,6 +28,7 @@ pub mod ops;
 pub mod peer;
 pub mod registry_db;
 pub mod registry_worker;
+pub mod seal;
 pub mod server;
 
 pub use peer::Peer;

@@ -23,7 +23,6 @@
 pub mod cli;
 pub mod oscore_state;
 pub mod schema;
-pub mod seal;
 pub mod unique;
 
 use std::collections::{BTreeSet, HashMap};
@@ -39,9 +38,10 @@ pub use v6iot_credentials::{
     MAX_SALT_LEN, MAX_SECRET_LEN, MIN_SECRET_LEN, MasterSecret, PrefixError, UnknownState,
     check_id, csv, prefix,
 };
-pub use seal::{SEAL_KEY_ENV, SealError, SealKey};
+pub use crate::seal::{SEAL_KEY_ENV, SealError, SealKey};
 pub use unique::DuplicateSecret;
 
+use crate::seal;
 use crate::audit::{self, AuditError, AuditEvent, AuditKind, AuditLog, ChainWriter};
 use crate::config::EdgeConfig;
 

@@ -209,7 +209,7 @@ fn locate(db: &DbArgs) -> anyhow::Result<Located> {
     };
     let data_dir = db.data_dir.clone().unwrap_or(config.data_dir.clone());
     let path = config.registry.db_path(&data_dir);
-    let key = super::seal_key_for(&config)?;
+    let key = config.registry.seal_key()?;
     let checkpoint = config.audit.checkpoint_path(&data_dir);
     Ok(Located {
         path,

@@ -33,17 +33,15 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
 use time::OffsetDateTime;
 
-pub use v6iot_credentials::{
-    DeviceRecord, DeviceState, InvalidRecord, Ipv6Prefix, MAX_ID_LEN, MAX_KID_LEN,
-    MAX_SALT_LEN, MAX_SECRET_LEN, MIN_SECRET_LEN, MasterSecret, PrefixError, UnknownState,
-    check_id, csv, prefix,
-};
 pub use crate::seal::{SEAL_KEY_ENV, SealError, SealKey};
 pub use unique::DuplicateSecret;
+pub use v6iot_credentials::{
+    DeviceRecord, DeviceState, InvalidRecord, Ipv6Prefix, MAX_ID_LEN, MAX_KID_LEN, MAX_SALT_LEN,
+    MAX_SECRET_LEN, MIN_SECRET_LEN, MasterSecret, PrefixError, UnknownState, check_id, csv, prefix,
+};
 
-use crate::seal;
 use crate::audit::{self, AuditError, AuditEvent, AuditKind, AuditLog, ChainWriter};
-use crate::config::EdgeConfig;
+use crate::seal;
 
 /// Length of the secrets [`Registry::rotate`] makes when the old length is unknown.
 pub const DEFAULT_SECRET_LEN: usize = 16;
@@ -289,20 +287,6 @@ impl Registry {
     #[must_use]
     pub fn duplicate_secrets(&self) -> &[DuplicateSecret] {
         &self.duplicates
-    }
-
-    /// Opens (or creates, with its directory) the registry a configuration names:
-    /// `registry.db` (default `{data_dir}/registry.db`), with the key of [`seal_key_for`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Registry::open`] and [`seal_key_for`].
-    pub fn open_configured(config: &EdgeConfig) -> Result<Self, RegistryError> {
-        let path = config.registry.db_path(&config.data_dir);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        Self::open(&path, seal_key_for(config)?)
     }
 
     /// The database file.
@@ -631,19 +615,6 @@ impl Registry {
         )?;
         tx.commit()?;
         Ok(secret)
-    }
-}
-
-/// The seal key of a configuration: from `registry.seal_key_file` when set, else from the
-/// [`SEAL_KEY_ENV`] environment variable, else none.
-///
-/// # Errors
-///
-/// When the file cannot be read or either holds no key.
-pub fn seal_key_for(config: &EdgeConfig) -> Result<Option<SealKey>, SealError> {
-    match &config.registry.seal_key_file {
-        Some(file) => SealKey::from_file(file).map(Some),
-        None => SealKey::from_env(),
     }
 }
 

@@ -44,8 +44,8 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use sha2::Sha256;
 
 use super::{DeviceState, RegistryError, SealKey};
-use crate::seal::hmac_sha256;
 use crate::audit::{self, AuditEvent, AuditKind, ChainWriter};
+use crate::seal::hmac_sha256;
 
 /// The `info` of the fingerprint key's derivation (see the module docs).
 const FINGERPRINT_KEY_INFO: &[u8] = b"v6iot registry: secret fingerprint v1";

@@ -32,7 +32,7 @@ use std::time::Duration;
 use v6iot_edge_router::audit::AuditKind;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::registry_db::Ipv6Prefix;
-use v6iot_edge_router::registry_db::cli::format_time;
+use v6iot_edge_router::registry_db::admin::format_time;
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};

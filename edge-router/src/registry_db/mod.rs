@@ -20,7 +20,7 @@
 //!
 //! The credentials CSV that [`Registry::import_csv`] reads is described in [`csv`].
 
-pub mod cli;
+pub mod admin;
 pub mod oscore_state;
 pub mod schema;
 pub mod unique;
@@ -302,7 +302,8 @@ impl Registry {
     }
 
     /// The seal key, if one was given (for keys derived from it, e.g. the audit checkpoint's).
-    pub(crate) fn seal_key(&self) -> Option<&SealKey> {
+    #[must_use]
+    pub fn seal_key(&self) -> Option<&SealKey> {
         self.key.as_ref()
     }
 

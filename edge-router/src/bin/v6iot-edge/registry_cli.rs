@@ -1,5 +1,5 @@
 //! The `v6iot-edge devices …` and `v6iot-edge audit …` subcommands (arguments and actions;
-//! src/main.rs only dispatches to them).
+//! main.rs only dispatches to them).
 //!
 //! The database is `registry.db` in the data directory, or `registry.db` of the `[registry]`
 //! section of `--config`; the seal key comes from `registry.seal_key_file` or, without one,
@@ -15,16 +15,18 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use super::{DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry, SealKey};
-use crate::audit::checkpoint::{self, Anchor};
-use crate::audit::{AuditError, AuditRow};
-use crate::config::EdgeConfig;
+use v6iot_edge_router::audit::checkpoint::{self, Anchor};
+use v6iot_edge_router::audit::{AuditError, AuditRow};
+use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::registry_db::admin::{format_time, parse_rfc3339};
+use v6iot_edge_router::registry_db::{
+    DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry, SealKey,
+};
 
 /// Where the registry is.
 #[derive(Debug, Clone, Args)]
-pub struct DbArgs {
+pub(crate) struct DbArgs {
     /// Configuration file (TOML): its `data_dir` and `[registry]` section locate the database
     /// and the seal key.
     #[arg(long, global = true)]
@@ -37,7 +39,7 @@ pub struct DbArgs {
 
 /// `v6iot-edge devices …`
 #[derive(Debug, Clone, Subcommand)]
-pub enum DevicesCommand {
+pub(crate) enum DevicesCommand {
     /// Add one device.
     Add {
         /// Device id (endpoint name).
@@ -106,7 +108,7 @@ pub enum DevicesCommand {
 /// `v6iot-edge audit …`
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// Where the registry is.
     #[command(flatten)]
     pub db: DbArgs,
@@ -126,7 +128,7 @@ pub struct AuditArgs {
 
 /// `v6iot-edge audit verify`
 #[derive(Debug, Clone, Subcommand)]
-pub enum AuditAction {
+pub(crate) enum AuditAction {
     /// Recompute the hash chain and name the first row that does not verify; check that the
     /// trail reaches its checkpoint (the edge's signed file when there is one, and/or a head
     /// published on the security topic), naming the rows missing from its end.
@@ -135,7 +137,7 @@ pub enum AuditAction {
 
 /// What `audit verify` checks the trail's end against (see `audit::checkpoint`).
 #[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// A head hash the trail must reach (64 hex digits, e.g. `head` of a checkpoint the edge
     /// published); with --expect-rows it must be that row's hash.
     #[arg(long, value_parser = parse_hash)]
@@ -163,36 +165,6 @@ enum HashArgError {
 fn parse_hash(text: &str) -> Result<[u8; 32], HashArgError> {
     let bytes = hex::decode(text.trim())?;
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| HashArgError::Length(bytes.len()))
-}
-
-/// A text that is not an RFC 3339 time.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not an RFC 3339 time like 2026-05-01T12:00:00Z: {source}")]
-pub struct TimeArgError {
-    /// The text given.
-    pub text: String,
-    /// Why it does not parse.
-    pub source: time::error::Parse,
-}
-
-/// Parses an RFC 3339 time (`2026-05-01T12:00:00Z`, `2026-05-01T14:00:00.5+02:00`).
-///
-/// # Errors
-///
-/// [`TimeArgError`], quoting the text.
-pub fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, TimeArgError> {
-    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|source| TimeArgError {
-        text: text.to_owned(),
-        source,
-    })
-}
-
-/// A time as RFC 3339, UTC.
-#[must_use]
-pub fn format_time(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Where the database, the key and the audit checkpoint are.
@@ -255,7 +227,7 @@ fn hex_arg(name: &str, text: &str) -> anyhow::Result<Vec<u8>> {
 /// # Errors
 ///
 /// Any failure, with a message for the operator.
-pub fn devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
+pub(crate) fn devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
     ignore_closed_stdout(run_devices(db, command))
 }
 
@@ -424,7 +396,7 @@ fn run_devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
 /// # Errors
 ///
 /// Any failure; a broken chain and an address nobody held are errors too (exit code 1).
-pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+pub(crate) fn audit(args: AuditArgs) -> anyhow::Result<()> {
     ignore_closed_stdout(run_audit(args))
 }
 

@@ -74,6 +74,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::gateway::limits::{self, LimitsConfig, Rate};
+use crate::registry_db::admin::RegistryPlace;
 use crate::registry_db::{Registry, RegistryError};
 use crate::seal::{SealError, SealKey};
 
@@ -613,6 +614,22 @@ impl EdgeConfig {
             std::fs::create_dir_all(dir)?;
         }
         Registry::open(&path, self.registry.seal_key()?)
+    }
+
+    /// Where the registry of this configuration is, for the `devices` and `audit` commands:
+    /// its file in `data_dir` (default: the configuration's own), the seal key, the audit
+    /// checkpoint file.
+    ///
+    /// # Errors
+    ///
+    /// As [`RegistrySection::seal_key`].
+    pub fn registry_place(&self, data_dir: Option<&Path>) -> Result<RegistryPlace, SealError> {
+        let data_dir = data_dir.unwrap_or(&self.data_dir);
+        Ok(RegistryPlace {
+            path: self.registry.db_path(data_dir),
+            key: self.registry.seal_key()?,
+            checkpoint: self.audit.checkpoint_path(data_dir),
+        })
     }
 }
 

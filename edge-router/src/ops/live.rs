@@ -9,8 +9,8 @@ use v6iot_cloud_bridge::message::NewMessage;
 
 use crate::gateway::{DeviceKeys, Gateway, SecurityEvent};
 use crate::ingress::{Binding, IngressEvent};
-use crate::ops::dashboard::Board;
-use crate::ops::dashboard::board::senml_value;
+use crate::ops::dashboard::BoardHandle;
+use crate::ops::dashboard::board::Update;
 use crate::ops::metrics::{EdgeSnapshot, RadioSnapshot};
 use crate::registry_db::DeviceState;
 
@@ -19,8 +19,8 @@ use crate::registry_db::DeviceState;
 pub struct Live {
     /// The copy `/metrics` reads.
     pub snapshot: Arc<Mutex<EdgeSnapshot>>,
-    /// The dashboard's model, when the dashboard is on.
-    pub board: Option<Arc<Mutex<Board>>>,
+    /// The dashboard's model (on its own thread), when the dashboard is on.
+    pub board: Option<BoardHandle>,
     /// Set when the stop began.
     pub stopping: Arc<AtomicBool>,
     udp_in: u64,
@@ -35,7 +35,7 @@ pub struct Live {
 impl Live {
     /// For a site whose topics start with `topic_head` (`v6iot/plant-a/`).
     #[must_use]
-    pub fn new(topic_head: String, board: Option<Arc<Mutex<Board>>>) -> Live {
+    pub fn new(topic_head: String, board: Option<BoardHandle>) -> Live {
         Live {
             snapshot: Arc::default(),
             board,
@@ -59,26 +59,32 @@ impl Live {
         self.udp_out += n as u64;
     }
 
-    fn with_board(&self, f: impl FnOnce(&mut Board)) {
+    /// Hands `update` to the board's thread (never waits; a full queue drops it, counted).
+    fn to_board(&self, update: impl FnOnce() -> Update) {
         if let Some(b) = &self.board {
-            f(&mut b.lock().unwrap_or_else(PoisonError::into_inner));
+            b.update(update());
         }
     }
 
     /// An ingress event (registrations for the board, commands ended for the metrics).
     pub fn ingress_event(&mut self, event: &IngressEvent, unix_ms: u64) {
         match event {
-            IngressEvent::Registered { endpoint, address } => {
-                self.with_board(|b| b.registered(endpoint, *address, unix_ms));
+            IngressEvent::Registered {
+                endpoint,
+                address: to,
             }
-            IngressEvent::AddressChanged { endpoint, to, .. } => {
-                self.with_board(|b| b.registered(endpoint, *to, unix_ms));
+            | IngressEvent::AddressChanged { endpoint, to, .. } => {
+                self.to_board(|| Update::Registered {
+                    id: endpoint.clone(),
+                    address: *to,
+                    unix_ms,
+                });
             }
             IngressEvent::Deregistered { endpoint } => {
-                self.with_board(|b| b.state(endpoint, "deregistered"));
+                self.to_board(|| Update::States(vec![(endpoint.clone(), "deregistered")]));
             }
             IngressEvent::Expired { endpoint } => {
-                self.with_board(|b| b.state(endpoint, "expired"));
+                self.to_board(|| Update::States(vec![(endpoint.clone(), "expired")]));
             }
             IngressEvent::CommandDone { status, .. } => {
                 let key = match *status {
@@ -96,11 +102,16 @@ impl Live {
 
     /// A refusal by the gateway.
     pub fn security_event(&mut self, event: &SecurityEvent, unix_ms: u64) {
-        let cause = event.cause.to_string();
-        self.with_board(|b| b.security(unix_ms, &cause, event.peer, event.device.as_deref()));
+        self.to_board(|| Update::Security {
+            unix_ms,
+            cause: event.cause.to_string(),
+            peer: event.peer,
+            device: event.device.clone(),
+        });
     }
 
-    /// A telemetry record on its way to the outbox (read only when the dashboard is on).
+    /// A telemetry record on its way to the outbox (read, as SenML on the board's thread,
+    /// only when the dashboard is on).
     pub fn telemetry(&mut self, message: &NewMessage, unix_ms: u64) {
         if self.board.is_none() {
             return;
@@ -112,9 +123,11 @@ impl Live {
         else {
             return;
         };
-        if let Some((text, value)) = senml_value(&message.payload) {
-            self.with_board(|b| b.telemetry(device, unix_ms, text, value));
-        }
+        self.to_board(|| Update::Record {
+            id: device.to_owned(),
+            unix_ms,
+            payload: message.payload.clone(),
+        });
     }
 
     /// The registry's devices (at start and after each change).
@@ -128,14 +141,17 @@ impl Live {
             }
         }
         self.devices = counts;
-        self.with_board(|b| {
-            for d in devices {
-                match d.state {
-                    DeviceState::Active => {}
-                    DeviceState::Quarantined => b.state(&d.id, "quarantined"),
-                    DeviceState::Revoked => b.state(&d.id, "revoked"),
-                }
-            }
+        self.to_board(|| {
+            Update::States(
+                devices
+                    .iter()
+                    .filter_map(|d| match d.state {
+                        DeviceState::Active => None,
+                        DeviceState::Quarantined => Some((d.id.clone(), "quarantined")),
+                        DeviceState::Revoked => Some((d.id.clone(), "revoked")),
+                    })
+                    .collect(),
+            )
         });
     }
 

@@ -33,6 +33,7 @@ use crate::border::stats::BorderStats;
 use crate::gateway::GatewayStats;
 use crate::gateway::limits::LimitStats;
 use crate::ingress::{DownlinkStats, IngressStats, RequestCounts};
+use crate::ops::dashboard::handle::BoardStats;
 use crate::ops::http::HttpStats;
 
 /// What the server loop copies out at its stats tick for the metrics.
@@ -101,6 +102,8 @@ pub struct Sources {
     pub outbox: Option<OutboxHandle>,
     /// The listener's own counters.
     pub http: Arc<HttpStats>,
+    /// The dashboard board's changes, when the dashboard is on.
+    pub board: Option<Arc<BoardStats>>,
 }
 
 /// Reads [`Sources`] at every scrape (see the module docs).
@@ -262,6 +265,15 @@ impl Collector for EdgeCollector {
             "cause",
             &self.0.http.feed_refusals(),
         )?;
+        if let Some(b) = &self.0.board {
+            out.counters(
+                "v6iot_dashboard_updates",
+                "changes the data path handed to the dashboard's board, by outcome (queued, \
+                 dropped: its queue was full)",
+                "outcome",
+                &[("queued", b.queued()), ("dropped", b.dropped())],
+            )?;
+        }
         out.gauge(
             "v6iot_edge_stopping",
             "1 while the edge is stopping (new requests get 5.03)",
@@ -516,6 +528,7 @@ mod tests {
             bridge: Arc::default(),
             outbox: None,
             http: Arc::default(),
+            board: None,
         });
         let (body, _) = encode(&r, "text/plain").unwrap();
         prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()

@@ -2,7 +2,7 @@
 //! bookkeeping, and reloads (SIGHUP).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use v6iot_cloud_bridge::BridgeStats;
@@ -10,7 +10,8 @@ use v6iot_cloud_bridge::outbox::OutboxHandle;
 
 use crate::config::EdgeConfig;
 use crate::gateway::Gateway;
-use crate::ops::dashboard::{Board, Dashboard};
+use crate::ops::dashboard::handle::UPDATE_QUEUE;
+use crate::ops::dashboard::{Board, BoardHandle, Dashboard};
 use crate::ops::http::{self, HttpStats, OpsState};
 use crate::ops::live::Live;
 use crate::ops::metrics::{self, Sources};
@@ -42,7 +43,8 @@ pub(super) async fn start(
     let addr = listener.local_addr()?;
     let board = token
         .as_ref()
-        .map(|_| Arc::new(Mutex::new(Board::new(config.ops.dashboard_max_devices))));
+        .map(|_| BoardHandle::spawn(Board::new(config.ops.dashboard_max_devices), UPDATE_QUEUE))
+        .transpose()?;
     let live = Live::new(topic_head, board.clone());
     let dashboard = match (token, board) {
         (Some(token), Some(board)) => Some(Dashboard::new(
@@ -60,6 +62,7 @@ pub(super) async fn start(
         bridge,
         outbox: Some(outbox.clone()),
         http: stats.clone(),
+        board: live.board.as_ref().map(|b| b.stats().clone()),
     });
     tracing::info!(
         %addr,

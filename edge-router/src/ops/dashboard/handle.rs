@@ -169,7 +169,10 @@ mod tests {
         for i in 0..1_000 {
             assert!(board.update(registered(i)), "change {i} not queued");
         }
-        assert_eq!((board.stats().queued(), board.stats().dropped()), (1_000, 0));
+        assert_eq!(
+            (board.stats().queued(), board.stats().dropped()),
+            (1_000, 0)
+        );
         // (gone only if the query already gave up, which the next line reports)
         let _ = release.send(());
         assert!(
@@ -195,7 +198,10 @@ mod tests {
         let accepted = (0..n).filter(|&i| board.update(registered(i))).count();
         assert_eq!(accepted, UPDATE_QUEUE);
         let queued = UPDATE_QUEUE as u64;
-        assert_eq!((board.stats().queued(), board.stats().dropped()), (queued, 10));
+        assert_eq!(
+            (board.stats().queued(), board.stats().dropped()),
+            (queued, 10)
+        );
         release.send(()).unwrap();
         assert!(held.recv().unwrap());
         let rt = tokio::runtime::Builder::new_current_thread()

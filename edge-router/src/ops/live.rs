@@ -2,6 +2,7 @@
 //! events (no extra work per datagram beyond two additions) and copies out at its stats tick.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,6 +14,11 @@ use crate::ops::dashboard::BoardHandle;
 use crate::ops::dashboard::board::Update;
 use crate::ops::metrics::{EdgeSnapshot, RadioSnapshot};
 use crate::registry_db::DeviceState;
+
+/// The first 64 bits of `a` (its /64 prefix).
+fn upper_64(a: Ipv6Addr) -> u64 {
+    (a.to_bits() >> 64) as u64
+}
 
 /// Loop-owned counters and the shared copies (see the module docs).
 #[derive(Debug)]
@@ -30,6 +36,8 @@ pub struct Live {
     radio: Option<RadioSnapshot>,
     /// `{prefix}/{site}/`: telemetry topics start with it.
     topic_head: String,
+    /// The border router's PAN prefixes (/64): devices there are shown as `lowpan`.
+    lowpan_prefixes: Vec<u64>,
 }
 
 impl Live {
@@ -46,6 +54,22 @@ impl Live {
             devices: (0, 0, 0),
             radio: None,
             topic_head,
+            lowpan_prefixes: Vec::new(),
+        }
+    }
+
+    /// The border router's PAN prefixes (their first 64 bits count): a device registered at
+    /// an address in one of them is shown on the dashboard as `lowpan`, any other as `udp`.
+    #[must_use]
+    pub fn with_lowpan_prefixes(mut self, prefixes: impl IntoIterator<Item = Ipv6Addr>) -> Live {
+        self.lowpan_prefixes = prefixes.into_iter().map(upper_64).collect();
+        self
+    }
+
+    fn transport(&self, address: SocketAddr) -> &'static str {
+        match address.ip() {
+            IpAddr::V6(a) if self.lowpan_prefixes.contains(&upper_64(a)) => "lowpan",
+            _ => "udp",
         }
     }
 
@@ -74,9 +98,11 @@ impl Live {
                 address: to,
             }
             | IngressEvent::AddressChanged { endpoint, to, .. } => {
+                let transport = self.transport(*to);
                 self.to_board(|| Update::Registered {
                     id: endpoint.clone(),
                     address: *to,
+                    transport,
                     unix_ms,
                 });
             }
@@ -195,5 +221,63 @@ impl Live {
             radio: self.radio.clone(),
         };
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::ops::dashboard::board::Query;
+    use crate::ops::dashboard::{Board, BoardHandle};
+
+    /// A device registered in a PAN's prefix shows as `lowpan`, one elsewhere as `udp`, and
+    /// a move out of the PAN turns it to `udp`.
+    #[test]
+    fn the_board_shows_the_transport_by_the_pan_prefixes() {
+        let board = BoardHandle::spawn(Board::new(10), 16).unwrap();
+        let pan: Ipv6Addr = "2001:db8:1200:305::".parse().unwrap();
+        let mut live =
+            Live::new("v6iot/t/".into(), Some(board.clone())).with_lowpan_prefixes([pan]);
+        let at = |a: &str| SocketAddr::new(a.parse().unwrap(), 5683);
+        for (id, a) in [
+            ("radio", "2001:db8:1200:305::7"),
+            ("cell", "2001:db8:1200:306::7"),
+        ] {
+            live.ingress_event(
+                &IngressEvent::Registered {
+                    endpoint: id.into(),
+                    address: at(a),
+                },
+                1,
+            );
+        }
+        let rows = || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let q = Query {
+                limit: 10,
+                ..Query::default()
+            };
+            let page = rt.block_on(board.read(move |b| b.query(&q))).unwrap();
+            page.rows
+                .into_iter()
+                .map(|r| (r.id, r.transport))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(),
+            [("cell".to_owned(), "udp"), ("radio".to_owned(), "lowpan")]
+        );
+        live.ingress_event(
+            &IngressEvent::AddressChanged {
+                endpoint: "radio".into(),
+                from: at("2001:db8:1200:305::7"),
+                to: at("2001:db8:1200:307::7"),
+            },
+            2,
+        );
+        assert_eq!(rows()[1], ("radio".to_owned(), "udp"));
     }
 }

@@ -45,7 +45,15 @@ pub(super) async fn start(
         .as_ref()
         .map(|_| BoardHandle::spawn(Board::new(config.ops.dashboard_max_devices), UPDATE_QUEUE))
         .transpose()?;
-    let live = Live::new(topic_head, board.clone());
+    // (the configuration was checked at start: a bad [[radio]] cannot reach here)
+    let pans = config
+        .border()
+        .ok()
+        .flatten()
+        .map(|b| b.pans)
+        .unwrap_or_default();
+    let live = Live::new(topic_head, board.clone())
+        .with_lowpan_prefixes(pans.into_iter().map(|p| p.prefix));
     let dashboard = match (token, board) {
         (Some(token), Some(board)) => Some(Dashboard::new(
             token,

@@ -43,7 +43,7 @@ pub struct RowView {
     pub id: String,
     /// Current address, if known.
     pub address: String,
-    /// `udp` (NB-IoT or IP), later `lowpan`.
+    /// `udp` (NB-IoT or IP) or `lowpan` (through the border router).
     pub transport: &'static str,
     /// `registered`, `seen`, `deregistered`, `expired`, `revoked`, `quarantined`.
     pub state: &'static str,
@@ -115,12 +115,14 @@ pub struct Page {
 /// record's payload is read as SenML there, not on the data path).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
-    /// `id` registered (or moved) at `address` ([`Board::registered`]).
+    /// `id` registered (or moved) at `address` ([`Board::registered_via`]).
     Registered {
         /// Device id.
         id: String,
         /// Its address.
         address: SocketAddr,
+        /// `udp` or `lowpan` (an address in one of the border router's PAN prefixes).
+        transport: &'static str,
         /// Unix ms.
         unix_ms: u64,
     },
@@ -224,9 +226,21 @@ impl Board {
         self.rows.get_mut(id)
     }
 
-    /// `id` registered (or moved) at `address`.
+    /// `id` registered (or moved) at `address`, over UDP.
     pub fn registered(&mut self, id: &str, address: SocketAddr, unix_ms: u64) {
+        self.registered_via(id, address, "udp", unix_ms);
+    }
+
+    /// `id` registered (or moved) at `address`, over `transport` (`udp`, `lowpan`).
+    pub fn registered_via(
+        &mut self,
+        id: &str,
+        address: SocketAddr,
+        transport: &'static str,
+        unix_ms: u64,
+    ) {
         if let Some(r) = self.row(id) {
+            r.transport = transport;
             if r.address != Some(address) {
                 r.address = Some(address);
                 r.address_text = address.to_string();
@@ -279,8 +293,9 @@ impl Board {
             Update::Registered {
                 id,
                 address,
+                transport,
                 unix_ms,
-            } => self.registered(&id, address, unix_ms),
+            } => self.registered_via(&id, address, transport, unix_ms),
             Update::States(states) => {
                 for (id, state) in states {
                     self.state(&id, state);

@@ -136,6 +136,7 @@ mod tests {
         Update::Registered {
             id: format!("dev-{i:06}"),
             address: SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16], 5683)),
+            transport: "udp",
             unix_ms: u64::from(i),
         }
     }

@@ -23,15 +23,14 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use v6iot_cloud_bridge::latency::{LatencyHistogram, ROUND_TRIP_BUCKETS};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::gateway::{Gateway, GatewayConfig};
-use v6iot_edge_router::ingress::{AppendResult, Ingress, IngressConfig};
+use v6iot_edge_router::ingress::{Ingress, IngressConfig};
 use v6iot_edge_router::ops::live::Live;
 
 mod common;
-use common::addr;
+use common::{addr, post, round};
 
 /// The same allocator as the `v6iot-edge` binary.
 #[global_allocator]
@@ -42,31 +41,6 @@ const PER_ROUND: u32 = 100_000;
 const ROUNDS: usize = 15;
 /// The server loop's stats tick.
 const STATS_EVERY: Duration = Duration::from_millis(250);
-
-fn post(path: &str, query: &[String], cf: u8, body: &[u8], mid: u16) -> Vec<u8> {
-    let mut p = Packet::new();
-    p.header.set_type(MessageType::Confirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(mid.to_be_bytes().to_vec());
-    p.add_option(CoapOption::UriPath, path.as_bytes().to_vec());
-    p.add_option(CoapOption::ContentFormat, vec![cf]);
-    for q in query {
-        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
-    }
-    p.payload = body.to_vec();
-    p.to_bytes_unlimited().unwrap()
-}
-
-/// One datagram through: in, record stored, answer out.
-fn round(g: &mut Gateway, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-    g.handle_datagram(now, 1_700_000_000_000, peer, bytes);
-    let Some(a) = g.ingress_mut().poll_append() else {
-        panic!("no record: {:?}", g.poll_transmit());
-    };
-    g.handle_appended(now, a.ticket.unwrap(), AppendResult::Stored);
-    black_box(g.poll_transmit().unwrap());
-}
 
 struct Path {
     g: Gateway,
@@ -92,7 +66,8 @@ impl Path {
         let start = Instant::now();
         for n in 0..DEVICES {
             let q = vec![format!("ep=d{n:06}"), "lt=86400".to_owned()];
-            g.handle_datagram(start, 1, addr(n), &post("rd", &q, 40, b"</t>;ct=0", 1));
+            let reg = post("rd", &q, 40, b"</t>;ct=0", 1);
+            g.handle_datagram(start, 1, addr(n), &reg.to_bytes_unlimited().unwrap());
             while g.poll_transmit().is_some() {}
             while g.ingress_mut().poll_append().is_some() {}
         }
@@ -101,7 +76,8 @@ impl Path {
         let datagrams = (0..PER_ROUND)
             .map(|i| {
                 let n = i.wrapping_mul(7919) % DEVICES;
-                (addr(n), post("t", &[], 110, body, 2))
+                let p = post("t", &[], 110, body, 2);
+                (addr(n), p.to_bytes_unlimited().unwrap())
             })
             .collect();
         Path {

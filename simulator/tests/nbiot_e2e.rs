@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::audit::AuditKind;
 use v6iot_edge_router::config::EdgeConfig;
-use v6iot_edge_router::registry_db::Ipv6Prefix;
 use v6iot_edge_router::registry_db::admin::format_time;
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::link::enter_private_network;

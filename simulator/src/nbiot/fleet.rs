@@ -64,7 +64,7 @@ pub fn node(
     core: Device<FleetSensor>,
 ) -> NbiotNode<FleetSensor> {
     let device = NbiotDevice::new(start, core, modem.clone());
-    NbiotNode::new(device, plan.carrier.cellular(n as u64))
+    NbiotNode::new(start, device, plan.carrier.cellular(n as u64))
 }
 
 /// Commands for one device in `every`, published `at` after the start with `ttl`.

@@ -177,8 +177,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("state file {}", args.state.display()))?;
     let context = creds.context(stored)?;
 
-    // 2. The CoAP device: the valve sensor, OSCORE, and the uplink in queue mode (b=UQ). Its
-    //    first retransmission waits for a slow cell's round trip (seconds in deep coverage).
+    // 2. The CoAP device: the valve sensor and OSCORE. Its first retransmission waits for a
+    //    slow cell's round trip (seconds in deep coverage).
     let (tree, _ids) = valve_sensor::tree()?;
     let now = Instant::now();
     let mut app = ValveSensor::new(&args.id, now + Duration::from_secs(1), args.every);
@@ -190,12 +190,12 @@ async fn main() -> anyhow::Result<()> {
         ack_timeout: Duration::from_secs(4),
         ..Config::default()
     };
-    let core = Device::new(coap, seed, Arc::new(tree), app)
-        .with_credentials(context)
-        .with_uplink(now, nbiot_uplink(args.edge, args.id.clone()));
+    let core = Device::new(coap, seed, Arc::new(tree), app).with_credentials(context);
 
-    // 3. The NB-IoT device: that core on the modem, with power saving.
-    let mut device = NbiotDevice::new(now, core, modem_config(&args)?);
+    // 3. The NB-IoT device: that core on the modem, with power saving; its uplink starts once
+    //    the modem has attached.
+    let mut device = NbiotDevice::new(now, core, modem_config(&args)?)
+        .with_uplink(nbiot_uplink(args.edge, args.id.clone()));
 
     // 4. The serial port, and the driver until Ctrl-C (or the last report acknowledged). It
     //    returns after each slice so the loop can print what changed.

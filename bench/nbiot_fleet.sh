@@ -7,14 +7,21 @@
 # Platform commands are published for one device in COMMANDS_EVERY while the fleet runs; the
 # run passes when every command ended `ok` (delivered in its device's window) or `expired`,
 # none is missing, the devices ran exactly the `ok` ones, and no report acknowledged was lost.
+# The edge listens to a queue-mode device for LISTEN_WINDOW after each uplink it receives;
+# by default the active time less the coverage's longest round trip (ce0 1 s, ce1 4 s, ce2 and
+# mixed 12 s; at least 1 s), so that nothing it sends reaches a modem already in PSM (the
+# device's active time started when it sent, one uplink latency before the edge heard it,
+# and the edge's datagram takes one downlink latency).
 #
 #   bench/nbiot_fleet.sh [--devices 10000] [--secs 300] [--rate 100] [--coverage mixed]
-#                        [--active-time 20s] [--tau 10m] [--commands-every 10]
-#                        [--commands-at 60s] [--commands-ttl 10m] [--threads 2] [--out DIR]
+#                        [--active-time 20s] [--listen-window SECONDS] [--tau 10m]
+#                        [--commands-every 10] [--commands-at 60s] [--commands-ttl 10m]
+#                        [--threads 2] [--out DIR]
 #
 # Runs inside a network namespace of its own (root; `unshare -n`) where 2001:db8:100::/64 is
 # routed to loopback. Output: the fleet's JSON report on stdout and in OUT/nbiot_fleet.json
-# (OUT defaults to target/bench). Loopback only.
+# (OUT defaults to target/bench); the edge's and mosquitto's CPU and peak RSS in
+# OUT/nbiot_fleet.procs, the simulator's in OUT/nbiot_fleet.time. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -26,6 +33,7 @@ RATE=100
 COVERAGE=mixed
 ACTIVE=20s
 TAU=10m
+LISTEN_WINDOW=""
 COMMANDS_EVERY=10
 COMMANDS_AT=60s
 COMMANDS_TTL=10m
@@ -41,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --rate) RATE="$2" && shift 2 ;;
     --coverage) COVERAGE="$2" && shift 2 ;;
     --active-time) ACTIVE="$2" && shift 2 ;;
+    --listen-window) LISTEN_WINDOW="$2" && shift 2 ;;
     --tau) TAU="$2" && shift 2 ;;
     --commands-every) COMMANDS_EVERY="$2" && shift 2 ;;
     --commands-at) COMMANDS_AT="$2" && shift 2 ;;
@@ -49,7 +58,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2" && shift 2 ;;
     --bin-dir) BIN_DIR="$2" && shift 2 ;;
     -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1 (try --help)" ;;
@@ -94,14 +103,17 @@ CREDS="$BENCH_WORK/creds.csv"
 V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-data" \
     import "$CREDS" >/dev/null
 EDGE_PORT="$(free_port udp)"
-ACTIVE_S="$(python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min|h)?',v); f={'ms':0.001,'s':1,None:1,'m':60,'min':60,'h':3600}[m.group(2)]; print(max(1,round(float(m.group(1))*f)))" "$ACTIVE")"
+if [[ -z "$LISTEN_WINDOW" ]]; then
+    LISTEN_WINDOW="$(python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min|h)?',v); f={'ms':0.001,'s':1,None:1,'m':60,'min':60,'h':3600}[m.group(2)]; rtt={'ce0':1,'ce1':4}.get(sys.argv[2].lower(),12); print(max(1,int(float(m.group(1))*f)-rtt))" "$ACTIVE" "$COVERAGE")"
+fi
+[[ "$LISTEN_WINDOW" =~ ^[0-9]+$ && "$LISTEN_WINDOW" -ge 1 ]] || die "--listen-window: whole seconds, at least 1"
 cat >"$BENCH_WORK/edge.toml" <<TOML
 site = "nb"
 edge_id = "bench-edge-nbiot"
 data_dir = "$BENCH_WORK/edge-data"
 [coap]
 listen = "[::1]:$EDGE_PORT"
-queue_listen_window_s = $ACTIVE_S
+queue_listen_window_s = $LISTEN_WINDOW
 [mqtt]
 url = "mqtt://[::1]:$MQTT_PORT"
 [outbox]
@@ -118,7 +130,7 @@ TOML
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 
-log "$DEVICES NB-IoT devices for ${SECS}s at $RATE reports/s, commands for 1 in $COMMANDS_EVERY"
+log "$DEVICES NB-IoT devices for ${SECS}s at $RATE reports/s, commands for 1 in $COMMANDS_EVERY, edge listening ${LISTEN_WINDOW}s"
 REPORT="$OUT/nbiot_fleet.json"
 /usr/bin/time -v "$SIM" run --edge "[::1]:$EDGE_PORT" --devices "$DEVICES" --rate "$RATE" \
     --duration "${SECS}s" --drain 30s --mqtt-url "mqtt://[::1]:$MQTT_PORT" --site nb --id-prefix nb \
@@ -129,6 +141,13 @@ REPORT="$OUT/nbiot_fleet.json"
     >/dev/null 2>"$OUT/nbiot_fleet.time"
 cat "$REPORT"
 grep -E "Maximum resident|Elapsed|User time|System time" "$OUT/nbiot_fleet.time" || true
+# The edge's and the broker's CPU (user + system, seconds) and peak RSS over the whole run.
+TCK="$(getconf CLK_TCK)"
+for p in edge mosquitto; do
+    pid="$(bg_pid "$p")"
+    echo "$p cpu_s $(awk -v t="$(cpu_ticks "$pid")" -v k="$TCK" 'BEGIN { printf "%.1f", t / k }')" \
+        "peak_rss_kib $(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")"
+done | tee "$OUT/nbiot_fleet.procs"
 
 jq -e '
   .total.registered == '"$DEVICES"' and .total.lost == 0 and

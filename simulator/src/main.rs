@@ -127,6 +127,11 @@ enum Command {
         #[arg(long)]
         airtime: bool,
     },
+    /// Emulate one NB-IoT modem on a pty (AT commands: attach, the carrier's IPv6 address, PSM,
+    /// the HiSilicon UDP sockets) for the SDK's driver or a serial terminal, its datagrams from
+    /// an address in the carrier's prefix. Until Ctrl-C or --duration; then a JSON summary on
+    /// standard output.
+    Modem(Box<v6iot_simulator::nbiot::cli::ModemArgs>),
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
     Provision {
@@ -409,6 +414,15 @@ fn main() -> anyhow::Result<()> {
         };
         return run_medium(listen, &options, duration);
     }
+    if let Command::Modem(args) = cli.command {
+        let control = v6iot_simulator::nbiot::pty::ServeControl {
+            stop: stop_flag(args.duration),
+            ..Default::default()
+        };
+        let summary = v6iot_simulator::nbiot::pty::run_modem(&args, &control)?;
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -478,7 +492,7 @@ fn main() -> anyhow::Result<()> {
             let merged = v6iot_simulator::report::merge::merge(&parsed)?;
             write_reports(&merged, report.as_deref(), html.as_deref())
         }
-        Command::Provision { .. } | Command::Medium { .. } => Ok(()),
+        Command::Provision { .. } | Command::Medium { .. } | Command::Modem(_) => Ok(()),
     }
 }
 

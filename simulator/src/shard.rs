@@ -146,7 +146,8 @@ impl Roster {
     }
 
     /// Member `i`'s device as it powers on at `now` with its uplink: on UDP, or behind its
-    /// emulated modem and carrier for an NB-IoT fleet (`modems`: each fleet's modem settings).
+    /// emulated modem and carrier for an NB-IoT fleet (`modems`: each fleet's modem settings;
+    /// the uplink starts when the modem is ready).
     fn node(
         &self,
         i: usize,
@@ -155,14 +156,18 @@ impl Roster {
         modems: &[Option<ModemConfig>],
     ) -> Option<Node> {
         let d = self.device_ref(i)?;
-        let device = device.with_uplink(now, self.uplink(i)?);
+        let uplink = self.uplink(i)?;
         match &self.plan.fleet(d)?.transport {
-            Transport::Udp => Some(Node::Udp(device)),
+            Transport::Udp => Some(Node::Udp(device.with_uplink(now, uplink))),
             Transport::Nbiot(nbiot) => {
                 let modem = modems.get(d.fleet)?.as_ref()?;
                 let n = usize::try_from(d.n).ok()?;
                 Some(Node::Nbiot(Box::new(nbiot_fleet::node(
-                    nbiot, modem, n, now, device,
+                    nbiot,
+                    modem,
+                    n,
+                    now,
+                    (device, uplink),
                 ))))
             }
         }

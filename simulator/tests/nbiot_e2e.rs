@@ -1,8 +1,9 @@
 //! NB-IoT end to end: a fleet of the SDK's NB-IoT devices on emulated modems and carrier
 //! (a scenario fleet with `transport = "nbiot"`, run by `load::run` on the shard core: PSM asked for, `b=UQ`, every device at a carrier
-//! address of its own, a new address after every sleep) against the real edge router (in this
-//! process, OSCORE required, each device's prefix checked) and a real mosquitto — all inside a
-//! network namespace this test creates (root), where 2001:db8:100::/64 is routed to loopback.
+//! address of its own, a new address after every sleep) against the real edge router (the
+//! `v6iot-edge` binary, which the scenario starts and stops: OSCORE required, each device's
+//! prefix checked) and a real mosquitto — all inside a network namespace this test creates
+//! (root), where 2001:db8:100::/64 is routed to loopback.
 //!
 //! Platform commands published while their devices sleep are delivered in the devices' next
 //! active window and their results published (`ok`, each run once); nothing is sent to a
@@ -24,7 +25,7 @@
 )]
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -42,7 +43,7 @@ use v6iot_simulator::nbiot::fleet::{CommandPlan, NbiotPlan};
 use v6iot_simulator::plan::Plan;
 use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
-use v6iot_simulator::scenario::{self, FleetSpec, Load, Partition, Sources, Transport};
+use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Partition, Sources, Transport};
 
 const DEVICES: u64 = 4;
 /// The active time the devices ask for, and the edge's listening window for `b=UQ`.
@@ -103,12 +104,32 @@ struct Scenario {
     duration: Duration,
 }
 
-/// Provisions the fleet (allowed on the carrier's /64), starts the edge against mosquitto, runs
-/// the NB-IoT fleet; returns its report and the edge's configuration (for the registry).
+/// The edge's configuration file for `config` (what this test sets; the rest are defaults).
+fn edge_toml(config: &EdgeConfig) -> String {
+    format!(
+        "site = \"nb\"\nedge_id = \"nb-edge\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"{}\"\n\
+         queue_listen_window_s = {}\n[mqtt]\nurl = \"{}\"\n[registry]\nseal_key_file = \"{}\"\n\
+         [security]\nrequire_oscore = true\n",
+        config.data_dir.display(),
+        config.coap.listen,
+        config.coap.queue_listen_window_s,
+        config.mqtt.url,
+        config.registry.seal_key_file.as_ref().unwrap().display(),
+    )
+}
+
+/// Provisions the fleet (allowed on the carrier's /64), runs the NB-IoT fleet against the
+/// `v6iot-edge` binary (started and stopped by the scenario) and mosquitto; returns its report
+/// and the edge's configuration (for the registry).
 async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig) {
     let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let port = UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut config = EdgeConfig::with_site("nb");
-    config.coap.listen = SocketAddr::new(loopback, 0);
+    config.coap.listen = SocketAddr::new(loopback, port);
     config.coap.queue_listen_window_s = ACTIVE.as_secs();
     config.mqtt.url = format!("mqtt://[::1]:{broker_port}");
     config.data_dir = dir.to_path_buf();
@@ -124,16 +145,8 @@ async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig)
         },
     )
     .unwrap();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let edge = tokio::spawn(v6iot_edge_router::server::run(
-        config.clone(),
-        Some(ready_tx),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let handle = ready_rx.await.expect("the edge router starts");
+    let edge_conf = dir.join("edge.toml");
+    std::fs::write(&edge_conf, edge_toml(&config)).unwrap();
     let nbiot = NbiotPlan {
         carrier: CarrierPlan {
             coverage: CoverageMix::All(Coverage::Ce0),
@@ -160,7 +173,16 @@ async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig)
         prefix: "2001:db8:100::/64".parse().unwrap(),
         offset: 0,
     };
-    let mut scenario = scenario::Scenario::single(fleet, handle.coap_addr, &config.mqtt.url);
+    let mut scenario = scenario::Scenario::single(fleet, config.coap.listen, &config.mqtt.url);
+    scenario.edge.managed = Some(Managed {
+        command: vec![
+            edge_binary().display().to_string(),
+            "run".into(),
+            "--config".into(),
+            edge_conf.display().to_string(),
+        ],
+        ready_within: Duration::from_secs(20),
+    });
     scenario.broker.site = "nb".into();
     scenario.duration = s.duration;
     scenario.drain = Duration::from_secs(3);
@@ -171,8 +193,6 @@ async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig)
         ..RunOptions::default()
     };
     let report = load::run(scenario, options).await.unwrap();
-    let _ = stop_tx.send(());
-    edge.await.unwrap().unwrap();
     (report, config)
 }
 

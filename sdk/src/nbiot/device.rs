@@ -11,6 +11,12 @@
 //! sleeps (its driver is woken only for the wake-up time or by the modem) until its next
 //! report, registration update or periodic TAU; register it with binding `UQ`
 //! ([`nbiot_uplink`]) so the edge router queues commands for its listening windows.
+//!
+//! Give the uplink to [`NbiotDevice::with_uplink`] rather than to the core: it starts once the
+//! modem is ready, so the registration's Confirmable request does not wait in the modem's queue
+//! while the modem attaches, its retransmission timer running (copies would go out together once
+//! attached, and an attach slower than CoAP's whole retransmission schedule would fail the
+//! registration before the first copy left).
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -62,6 +68,8 @@ pub struct NbiotDevice<S> {
     device: Device<S>,
     modem: Modem,
     power: Option<PowerSaving>,
+    /// The uplink to start when the modem is first ready ([`NbiotDevice::with_uplink`]).
+    uplink: Option<UplinkConfig>,
     events: VecDeque<NbiotEvent>,
     /// Events dropped because [`MAX_EVENTS`] waited.
     events_dropped: u64,
@@ -84,9 +92,18 @@ impl<S: App> NbiotDevice<S> {
             device,
             modem: Modem::new(now, config),
             power,
+            uplink: None,
             events: VecDeque::new(),
             events_dropped: 0,
         }
+    }
+
+    /// Starts the core's uplink (registration, reports) with `config` once the modem is ready:
+    /// attached, addressed, its socket open (see the [module docs](self)).
+    #[must_use]
+    pub fn with_uplink(mut self, config: UplinkConfig) -> Self {
+        self.uplink = Some(config);
+        self
     }
 
     /// Takes bytes the modem wrote on the serial line.
@@ -108,11 +125,15 @@ impl<S: App> NbiotDevice<S> {
     }
 
     /// When [`NbiotDevice::handle_timeout`] is due. Asleep, only the wake-up and the modem's
-    /// own deadlines count (the core's housekeeping waits for the wake-up).
+    /// own deadlines count (the core's housekeeping waits for the wake-up); so while the uplink
+    /// given to [`NbiotDevice::with_uplink`] waits for the modem (the application's reports
+    /// wait with it instead of being made with nowhere to go).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let asleep = self.is_asleep();
-        let core = (!asleep).then(|| self.device.poll_timeout()).flatten();
+        let core = self
+            .core_runs()
+            .then(|| self.device.poll_timeout())
+            .flatten();
         let power = self.power.as_ref().and_then(PowerSaving::poll_timeout);
         [self.modem.poll_timeout(), power, core]
             .into_iter()
@@ -129,10 +150,15 @@ impl<S: App> NbiotDevice<S> {
                 self.device.refresh_registration(now);
             }
         }
-        if !self.is_asleep() {
+        if self.core_runs() {
             self.device.handle_timeout(now);
         }
         self.pump(now);
+    }
+
+    /// Whether the core's own timers run: awake, and its uplink started if one waits.
+    fn core_runs(&self) -> bool {
+        !self.is_asleep() && self.uplink.is_none()
     }
 
     /// Moves datagrams between the modem and the core, then decides whether to sleep.
@@ -147,6 +173,11 @@ impl<S: App> NbiotDevice<S> {
             ) = (&e, self.power.as_mut())
             {
                 p.set_network_timers(*active_time, *periodic_tau);
+            }
+            if matches!(e, ModemEvent::Ready { .. })
+                && let Some(config) = self.uplink.take()
+            {
+                self.device.start_uplink(now, config);
             }
             self.event(NbiotEvent::Modem(e));
         }

@@ -10,10 +10,11 @@
 //! | [`modem`] | bring-up (PDP context `IPV6`, `+CEREG=4`, PSM, eDRX, attach), the address, the HiSilicon UDP socket (`AT+NSOCR/NSOST/NSORF`, `+NSONMI`) |
 //! | [`device`] | [`NbiotDevice`]: the CoAP device core on the modem, with [`crate::uplink::PowerSaving`] |
 //! | `driver` | (feature `tokio`) the I/O loop over any `AsyncRead + AsyncWrite`: a serial port, or a pty in tests |
+//! | `serial` | (feature `tokio`, Linux) a tty — a serial port, a pty's device end — opened raw as that async stream |
 //!
 //! # I/O boundary
 //!
-//! Everything but `driver` is sans-IO and uses `core` and `alloc` only: bytes of the serial
+//! Everything but `driver` and `serial` is sans-IO and uses `core` and `alloc` only: bytes of the serial
 //! line in and out, time passed in as [`crate::time::Instant`]. The same core runs on a
 //! device's UART, over a pty against the simulator's modem emulator, and in-process for
 //! simulated fleets.
@@ -26,7 +27,7 @@
 //! and URC channel are statics shared between tasks, and responses without a prefix (the
 //! `AT+NSORF` answer) need a custom digester anyway. A simulator driving 10,000 modems on one
 //! thread, and tests on virtual time, need a dialogue that is a plain state machine; the whole
-//! parser here is a few hundred lines with a fuzz target (`fuzz/fuzz_targets/at_response.rs`).
+//! parser here is a few hundred lines with a fuzz target (`fuzz/fuzz_targets/nbiot_at.rs`).
 //!
 //! # The dialect
 //!
@@ -41,6 +42,8 @@ pub mod device;
 #[cfg(feature = "tokio")]
 pub mod driver;
 pub mod modem;
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+pub mod serial;
 pub mod timers;
 
 pub use device::{NbiotDevice, NbiotEvent, nbiot_uplink};

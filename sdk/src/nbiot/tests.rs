@@ -489,3 +489,90 @@ fn the_device_registers_in_queue_mode_reports_listens_then_sleeps_until_its_next
     assert_eq!((power.sleeps, power.wakes_for_work), (2, 1));
     assert_eq!(d.device().registration().unwrap().registrations(), 1);
 }
+
+/// The uplink given to the NB-IoT device starts when the modem is ready: a modem that takes 20 s
+/// to register (longer than CoAP's first retransmission timeouts) gets one registration request,
+/// sent once, with nothing retransmitted or queued twice meanwhile; the report due at 5 s waits
+/// and follows the registration. (The uplink started in the core at power-on, as before, had its
+/// request time out and queue copies in the modem while it attached: they went out one after
+/// another once it was ready.)
+#[test]
+fn the_uplink_starts_when_the_modem_is_ready_and_nothing_waits_twice_while_it_attaches() {
+    let tree = Arc::new(ResourceTree::<Meter>::new());
+    let meter = Meter {
+        next: Some(t(5_000)),
+        pending: false,
+    };
+    let core = Device::new(Config::default(), 7, tree, meter);
+    let mut d = NbiotDevice::new(t(0), core, config()).with_uplink(nbiot_uplink(edge(), "meter-7"));
+    for (command, answer) in BRING_UP {
+        assert_eq!(
+            String::from_utf8(d.poll_serial().unwrap()).unwrap(),
+            command
+        );
+        d.handle_serial(t(10), answer.as_bytes());
+    }
+    // Searching for 20 s: time passes, nothing is written.
+    while let Some(next) = d.poll_timeout().filter(|n| *n < t(20_000)) {
+        d.handle_timeout(next);
+        assert_eq!(d.poll_serial(), None, "at {next:?}");
+    }
+    d.handle_serial(
+        t(20_000),
+        b"+CEREG: 1,\"1A2B\",\"0C0D0E0F\",9,,,\"00000101\",\"00111000\"\r\n",
+    );
+    for (command, answer) in [
+        (
+            "AT+CGPADDR=1\r",
+            "+CGPADDR: 1,\"2001:DB8:100::7\"\r\nOK\r\n",
+        ),
+        ("AT+NSOCR=DGRAM,17,5683,1\r", "1\r\nOK\r\n"),
+    ] {
+        assert_eq!(
+            String::from_utf8(d.poll_serial().unwrap()).unwrap(),
+            command
+        );
+        d.handle_serial(t(20_010), answer.as_bytes());
+    }
+    let register = take_request(&mut d, t(20_020));
+    assert_eq!(
+        register
+            .get_option(coap_lite::CoapOption::UriPath)
+            .unwrap()
+            .front()
+            .unwrap(),
+        b"rd"
+    );
+    answer(
+        &mut d,
+        t(20_500),
+        &register,
+        coap_lite::ResponseType::Created,
+        true,
+    );
+    assert!(d.device().registration().unwrap().is_registered());
+    // The application's timer, due since 5 s, runs now that the uplink is up.
+    assert!(d.poll_timeout().is_some_and(|at| at <= t(20_510)));
+    d.handle_timeout(t(20_510));
+    let report = take_request(&mut d, t(20_510));
+    assert_eq!(
+        report
+            .get_option(coap_lite::CoapOption::UriPath)
+            .unwrap()
+            .front()
+            .unwrap(),
+        b"t",
+        "the report made while the modem attached, not a second registration"
+    );
+    answer(
+        &mut d,
+        t(21_000),
+        &report,
+        coap_lite::ResponseType::Changed,
+        false,
+    );
+    assert_eq!(d.device().reporter().unwrap().stats().acked, 1);
+    assert_eq!(d.poll_serial(), None, "nothing else");
+    assert_eq!(d.device().endpoint().stats().retransmissions, 0);
+    assert_eq!(d.modem().stats().sent, 2);
+}

@@ -13,6 +13,15 @@
 //! reaches the modem only if it is awake when the datagram arrives (after the latency): one
 //! sent to a device in PSM is lost, as a real network does not page it. Randomness is seeded
 //! per device, so a run is repeatable.
+//!
+//! [`Cellular`] plays the modem's deadlines and the link's arrivals in the order of their
+//! times, whenever its driver gets to them: a datagram that reached the cell before the modem
+//! entered PSM is delivered even when the driver looks only after both (a busy simulator
+//! thread is late by up to seconds), and one that arrives after is refused.
+
+/// Deadlines and arrivals played in one call at most (a modem whose timers are all zero would
+/// otherwise never let time pass).
+const MAX_STEPS: usize = 256;
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -300,6 +309,7 @@ impl Cellular {
 
     /// Bytes from the device's MCU (or a terminal).
     pub fn handle_serial(&mut self, now: Instant, bytes: &[u8]) {
+        self.advance(now);
         self.modem.handle_serial(now, bytes);
         self.pump(now);
     }
@@ -311,6 +321,7 @@ impl Cellular {
 
     /// A datagram from the network for the device's address.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.advance(now);
         self.carrier.downlink(now, from, bytes);
         self.pump(now);
     }
@@ -327,6 +338,7 @@ impl Cellular {
 
     /// The link's answer to [`Cellular::poll_address_request`].
     pub fn handle_address(&mut self, now: Instant, address: Ipv6Addr) {
+        self.advance(now);
         self.modem.assign_address(now, address);
         self.pump(now);
     }
@@ -341,8 +353,26 @@ impl Cellular {
 
     /// Lets time pass for both.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.modem.handle_timeout(now);
+        self.advance(now);
         self.pump(now);
+    }
+
+    /// Plays what fell due by `now` in the order of its times, each at its own time: the
+    /// modem's deadlines (attach done, PSM entered, TAU) and the link's arrivals.
+    fn advance(&mut self, now: Instant) {
+        for _ in 0..MAX_STEPS {
+            let modem = self.modem.poll_timeout().filter(|t| *t <= now);
+            let link = self.carrier.poll_timeout().filter(|t| *t <= now);
+            match (modem, link) {
+                (Some(m), Some(l)) if l <= m => self.pump(l),
+                (Some(m), _) => {
+                    self.modem.handle_timeout(m);
+                    self.pump(m);
+                }
+                (None, Some(l)) => self.pump(l),
+                (None, None) => return,
+            }
+        }
     }
 
     fn pump(&mut self, now: Instant) {
@@ -432,6 +462,67 @@ mod tests {
         let lost = link.stats().lost_down;
         assert_eq!(arrived + lost, 4000);
         assert!((800..1200).contains(&lost), "{lost}");
+    }
+
+    /// Sends a command line to `c`'s modem, returns what it wrote.
+    fn at(c: &mut Cellular, now: Instant, line: &str) -> String {
+        c.handle_serial(now, format!("{line}\r").as_bytes());
+        String::from_utf8(c.poll_serial().unwrap_or_default()).unwrap()
+    }
+
+    /// A modem behind a 500 ms link, PSM with 10 s of active time, attached at 2 s, socket 0
+    /// open, its last datagram sent at 3 s: it enters PSM at 13 s.
+    fn awake_until_13_s() -> Cellular {
+        let link = CarrierLink::new(
+            Latency::fixed(Duration::from_millis(500)),
+            0.0,
+            SplitMix64(1),
+        );
+        let mut c = Cellular::new(ModemEmulator::new(EmulatorConfig::default()), link);
+        for line in [
+            "ATE0",
+            "AT+CGDCONT=1,\"IPV6\",\"iot\"",
+            "AT+CPSMS=1,,,\"00111000\",\"00000101\"",
+            "AT+CGATT=1",
+        ] {
+            assert!(at(&mut c, t(0), line).ends_with("OK\r\n"), "{line}");
+        }
+        c.handle_timeout(t(2000));
+        assert_eq!(c.poll_address_request(), Some(AddressRequest::Current));
+        c.handle_address(t(2000), "2001:db8:100::7".parse().unwrap());
+        assert!(at(&mut c, t(2000), "AT+NSOCR=DGRAM,17,5683,1").ends_with("OK\r\n"));
+        assert!(at(&mut c, t(3000), "AT+NSOST=0,2001:db8::1,5683,1,41").ends_with("OK\r\n"));
+        assert!(c.modem.is_reachable());
+        c
+    }
+
+    /// The driver of a busy simulator thread looks at a device late, after both a datagram
+    /// reached the cell (at 12.9 s) and the modem's active time ended (13 s): the datagram
+    /// came first, so it is delivered (and the active time runs again from 12.9 s); one that
+    /// reaches the cell after the modem entered PSM is refused, however late the driver looks.
+    #[test]
+    fn deadlines_and_arrivals_play_in_the_order_of_their_times_when_the_driver_is_late() {
+        let mut c = awake_until_13_s();
+        let edge: SocketAddr = "[2001:db8::1]:5683".parse().unwrap();
+        c.handle_datagram(t(12_400), edge, b"in time");
+        c.handle_timeout(t(15_000));
+        assert_eq!(c.poll_transmit().map(|x| x.1), Some(b"A".to_vec()));
+        let stats = *c.modem.stats();
+        assert_eq!((stats.downlinks, stats.unreachable), (1, 0), "{stats:?}");
+        assert!(c.modem.is_reachable(), "awake until 22.9 s");
+        let urc = String::from_utf8(c.poll_serial().unwrap()).unwrap();
+        assert_eq!(urc, "\r\n+NSONMI: 0,7\r\n");
+
+        // Sent at 22.5 s, at the cell at 23 s: PSM came at 22.9 s.
+        c.handle_datagram(t(22_500), edge, b"late");
+        c.handle_timeout(t(30_000));
+        let stats = *c.modem.stats();
+        assert_eq!(
+            (stats.downlinks, stats.unreachable, stats.sleeps),
+            (1, 1, 1),
+            "{stats:?}"
+        );
+        assert!(c.modem.is_sleeping());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use v6iot_sdk::coap::{Config, Device};
 use v6iot_sdk::nbiot::{ModemConfig, NbiotDevice, PsmRequest, T3324, T3412};
 use v6iot_sdk::time::Instant;
+use v6iot_sdk::uplink::UplinkConfig;
 
 use super::carrier::CarrierPlan;
 use super::node::NbiotNode;
@@ -55,16 +56,17 @@ impl NbiotPlan {
     }
 }
 
-/// Builds fleet device `n`'s node from its CoAP core, starting at `start`.
+/// Builds fleet device `n`'s node from its CoAP core and its uplink (started once the modem is
+/// ready), powered on at `start`.
 pub fn node(
     plan: &NbiotPlan,
     modem: &ModemConfig,
     n: usize,
     start: Instant,
-    core: Device<FleetSensor>,
+    (core, uplink): (Device<FleetSensor>, UplinkConfig),
 ) -> NbiotNode<FleetSensor> {
-    let device = NbiotDevice::new(start, core, modem.clone());
-    NbiotNode::new(device, plan.carrier.cellular(n as u64))
+    let device = NbiotDevice::new(start, core, modem.clone()).with_uplink(uplink);
+    NbiotNode::new(start, device, plan.carrier.cellular(n as u64))
 }
 
 /// Commands for one device in `every`, published `at` after the start with `ttl`.

@@ -29,13 +29,17 @@ pub struct NbiotNode<S> {
 }
 
 impl<S: App> NbiotNode<S> {
-    /// `device` on `cellular`.
-    pub fn new(device: NbiotDevice<S>, cellular: Cellular) -> NbiotNode<S> {
-        NbiotNode {
+    /// `device` on `cellular`, powered on at `now`: what the device wrote when it was made
+    /// (the first command of its modem's bring-up) reaches the modem at once, as a driver's
+    /// first write does.
+    pub fn new(now: Instant, device: NbiotDevice<S>, cellular: Cellular) -> NbiotNode<S> {
+        let mut node = NbiotNode {
             device,
             cellular,
             events: VecDeque::new(),
-        }
+        };
+        node.settle(now);
+        node
     }
 
     /// Moves serial bytes both ways until neither side has more (bounded).
@@ -113,5 +117,76 @@ impl<S: App> NodeCore for NbiotNode<S> {
             self.cellular.handle_address(now, a);
             self.settle(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use v6iot_sdk::coap::{Config, Device, ResourceTree};
+    use v6iot_sdk::nbiot::{ModemConfig, PsmRequest, T3324, T3412, nbiot_uplink};
+
+    use super::*;
+    use crate::nbiot::carrier::{CarrierLink, Latency, SplitMix64};
+    use crate::nbiot::emulator::{EmulatorConfig, ModemEmulator};
+
+    /// Reports nothing for a minute.
+    struct Quiet(Instant);
+
+    impl App for Quiet {
+        fn poll_timeout(&self) -> Option<Instant> {
+            Some(self.0)
+        }
+    }
+
+    /// A device in deep coverage (its CoAP retransmission waits 12 s) with nothing of its own
+    /// due for a minute: powered on, its modem's bring-up starts at once and it is attached
+    /// when the modem is (2 s), with no AT command timing out. (The node used to leave the
+    /// bring-up's first command unsent until some other deadline came: 5 s later the command
+    /// timed out and the bring-up started over 10 s after that.)
+    #[test]
+    fn a_device_powered_on_brings_its_modem_up_at_once() {
+        let start = Instant::from_millis(1000);
+        let edge: SocketAddr = "[2001:db8::1]:5683".parse().unwrap();
+        let core = Device::new(
+            Config {
+                ack_timeout: Duration::from_secs(12),
+                ..Config::default()
+            },
+            1,
+            Arc::new(ResourceTree::new()),
+            Quiet(start + Duration::from_secs(60)),
+        )
+        .with_uplink(start, nbiot_uplink(edge, "nb000001"));
+        let modem = ModemConfig {
+            psm: Some(PsmRequest {
+                periodic_tau: T3412::encode(Duration::from_secs(600)).unwrap(),
+                active_time: T3324::encode(Duration::from_secs(20)).unwrap(),
+            }),
+            ..ModemConfig::new("v6iot.sim")
+        };
+        let link = CarrierLink::new(Latency::fixed(Duration::from_secs(3)), 0.0, SplitMix64(1));
+        let cellular = Cellular::new(ModemEmulator::new(EmulatorConfig::default()), link);
+        let mut node = NbiotNode::new(start, NbiotDevice::new(start, core, modem), cellular);
+        let mut ready_at = None;
+        for _ in 0..100 {
+            let Some(now) = node.poll_timeout() else {
+                break;
+            };
+            if now > start + Duration::from_secs(30) {
+                break;
+            }
+            node.handle_timeout(now);
+            if node.poll_address_request().is_some() {
+                node.handle_address(now, Some("2001:db8:100::1".parse().unwrap()));
+            }
+            if ready_at.is_none() && node.device.modem().is_ready() {
+                ready_at = Some(now);
+            }
+        }
+        assert_eq!(node.device.modem().client_stats().timeouts, 0);
+        assert_eq!(ready_at, Some(start + Duration::from_secs(2)));
     }
 }

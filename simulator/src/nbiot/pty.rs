@@ -2,28 +2,27 @@
 //!
 //! [`Pty::open`] makes a pty in raw mode; its *device end* (`/dev/pts/N`) is what the SDK's
 //! driver — or a person with `screen`/`minicom` — opens as the modem's serial port, through
-//! [`AsyncSerial`] for the SDK's tokio driver. [`serve`] runs a [`Cellular`] (the emulator
+//! the SDK's [`AsyncSerial`] for its tokio driver. [`serve`] runs a [`Cellular`] (the emulator
 //! behind its carrier link) on the pty's other end, sending and receiving its datagrams on an
 //! [`AddressPool`] of one member: the device's carrier address, in a network namespace whose
 //! prefix is routed to loopback (shared/DESIGN.md §4).
 
-use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+/// The async serial line the SDK's driver runs on (the SDK's, re-exported for the tests).
+pub use v6iot_sdk::nbiot::serial::AsyncSerial;
+use v6iot_sdk::nbiot::serial::make_raw;
 use v6iot_sdk::time::Instant;
 
 use super::carrier::Cellular;
+use super::cli::{ModemArgs, ModemSummary};
 use crate::link::{AddressPool, AddressRequest, Arrival, Link};
 
 /// The longest the serving loop waits before it looks at its stop flag.
@@ -55,93 +54,11 @@ impl Pty {
     }
 }
 
-fn make_raw(fd: &impl AsFd) -> io::Result<()> {
-    let mut t = tcgetattr(fd)?;
-    cfmakeraw(&mut t);
-    tcsetattr(fd, SetArg::TCSANOW, &t)?;
-    Ok(())
-}
-
-/// An async serial line over a tty (the device end of a pty, or a real serial port in raw
-/// mode): what the SDK's `nbiot::driver` reads and writes.
-#[derive(Debug)]
-pub struct AsyncSerial {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl AsyncSerial {
-    /// Opens the tty at `path` (non-blocking, not as the controlling terminal) in raw mode.
-    /// Needs a tokio runtime with I/O enabled.
-    pub fn open(path: &Path) -> io::Result<AsyncSerial> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
-            .open(path)?;
-        let fd = OwnedFd::from(file);
-        make_raw(&fd)?;
-        #[allow(
-            deprecated,
-            reason = "AsyncFd::new is deprecated for raw descriptors it does not own; this one owns its OwnedFd until it drops it (the safe form, AsyncFd::register, is `unsafe`)"
-        )]
-        let fd = AsyncFd::new(fd)?;
-        Ok(AsyncSerial { fd })
-    }
-}
-
-impl AsyncRead for AsyncSerial {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard
-                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
-            {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for AsyncSerial {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
-            {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// Switches for a running [`serve`] loop (shared with the thread that runs it).
 #[derive(Debug, Default)]
 pub struct ServeControl {
     /// Ends the loop.
-    pub stop: AtomicBool,
+    pub stop: Arc<AtomicBool>,
     /// Test hook: the modem hangs (reads and answers nothing) while set.
     pub frozen: AtomicBool,
 }
@@ -235,4 +152,35 @@ fn exchange(
         }
     }
     Ok(())
+}
+
+/// `v6iot-sim modem`: the emulator `args` describe on a new pty (linked at `args.link`), its
+/// datagrams from the carrier prefix, until `control.stop`; what it counted at the end.
+pub fn run_modem(args: &ModemArgs, control: &ServeControl) -> anyhow::Result<ModemSummary> {
+    let network = args.carrier_prefix.network();
+    let mut pool = AddressPool::bind(network, 0, args.iid, 1, 1)
+        .with_context(|| format!("an address in {} (see --help)", args.carrier_prefix))?;
+    let pty = Pty::open().context("open a pty")?;
+    if let Some(link) = &args.link {
+        match std::fs::remove_file(link) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("replace {}", link.display()));
+            }
+            _ => {}
+        }
+        std::os::unix::fs::symlink(&pty.device_path, link)
+            .with_context(|| format!("link {}", link.display()))?;
+    }
+    eprintln!(
+        "v6iot-sim modem: AT commands on {}{}, carrier prefix {} (Ctrl-C to stop)",
+        pty.device_path.display(),
+        args.link
+            .as_ref()
+            .map(|l| format!(" (linked at {})", l.display()))
+            .unwrap_or_default(),
+        args.carrier_prefix
+    );
+    let mut cellular = args.cellular();
+    serve(&mut cellular, &pty.master, &mut pool, control)?;
+    Ok(ModemSummary::of(&cellular))
 }

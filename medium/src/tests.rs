@@ -254,7 +254,12 @@ fn in_a_star_devices_hear_the_router_and_not_each_other() {
     let to: Vec<_> = deliveries(&mut m).iter().map(|d| d.to).collect();
     assert_eq!(to, vec![router]);
     // The router's broadcast reaches both devices.
-    offer(&mut m, t, router, &frame(ext(9), LinkAddr::BROADCAST, false, 4));
+    offer(
+        &mut m,
+        t,
+        router,
+        &frame(ext(9), LinkAddr::BROADCAST, false, 4),
+    );
     let to: Vec<_> = deliveries(&mut m).iter().map(|d| d.to).collect();
     assert_eq!(to, vec![a, b]);
 }

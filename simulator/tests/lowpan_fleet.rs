@@ -1,0 +1,285 @@
+//! A 6LoWPAN fleet end to end: `v6iot-sim run`'s `transport = "lowpan"` (the SDK's 6LoWPAN
+//! devices on the shard core, through the simulator's in-process 802.15.4 medium on one ZEP
+//! socket) against the real `v6iot-edge` binary as border router (its `[[radio]]` on ZEP, its
+//! TUN up, OSCORE required) and a real mosquitto — inside a network namespace this test
+//! creates (root). Every device attaches and registers with OSCORE, every report made reaches
+//! mosquitto (made = delivered; nothing unsent, lost or refused), large reports go as
+//! fragments, and the capture of everything on air decodes with tshark as 802.15.4 → 6LoWPAN
+//! with zero malformed or bad-FCS frames.
+//!
+//! scripts/test installs mosquitto, tshark and iproute2; without them this test fails, naming
+//! the missing tool. It runs the `v6iot-edge` binary of this build (`cargo test --workspace`
+//! builds it; alone: `cargo build -p v6iot-edge-router --bin v6iot-edge`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "../../sdk/tests/tshark/mod.rs"]
+mod tshark;
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use v6iot_edge_router::config::EdgeConfig;
+use v6iot_simulator::load::{self, RunOptions};
+use v6iot_simulator::lowpan::LowpanPlan;
+use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
+use v6iot_simulator::report::Report;
+use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Payload, Sources, Transport};
+
+const DEVICES: u64 = 240;
+const PREFIX: &str = "2001:db8:1200:305::/64";
+const PAN: u16 = 0xabcd;
+const CHANNEL: u8 = 26;
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary(dir: &[&str], name: &str, package: &str) -> PathBuf {
+    dir.iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is missing: apt-get install {package}"))
+}
+
+/// The `v6iot-edge` binary of this build, next to `v6iot-sim`.
+fn edge_binary() -> PathBuf {
+    let edge = Path::new(env!("CARGO_BIN_EXE_v6iot-sim")).with_file_name("v6iot-edge");
+    assert!(
+        edge.exists(),
+        "{} is missing: run `cargo build -p v6iot-edge-router --bin v6iot-edge` first",
+        edge.display()
+    );
+    edge
+}
+
+/// Moves this thread into a new network namespace with loopback up.
+fn enter_namespace() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET): this test needs root");
+    let out = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()
+        .expect("`ip` (Debian iproute2) is not installed: apt-get install iproute2");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Sockets of a run.
+struct Ports {
+    coap: u16,
+    mqtt: u16,
+    fleet_zep: u16,
+    router_zep: u16,
+}
+
+/// The edge's configuration: OSCORE required, a TUN, one PAN on ZEP to the fleet's socket.
+fn write_edge_config(dir: &Path, key: &Path, p: &Ports) -> PathBuf {
+    let path = dir.join("edge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "site = \"lp\"\nedge_id = \"lp-edge\"\ndata_dir = \"{data}\"\n\
+             [coap]\nlisten = \"[::1]:{coap}\"\n[mqtt]\nurl = \"mqtt://[::1]:{mqtt}\"\n\
+             [registry]\nseal_key_file = \"{key}\"\n[security]\nrequire_oscore = true\n\
+             [lowpan]\ntun = \"v6pan0\"\n\
+             [[radio]]\npan_id = {PAN}\nchannel = {CHANNEL}\nprefix = \"{PREFIX}\"\n\
+             router_eui64 = \"02:00:00:00:00:00:00:01\"\n\
+             zep_medium = \"[::1]:{fleet}\"\nzep_listen = \"[::1]:{router}\"\n",
+            data = dir.join("edge").display(),
+            coap = p.coap,
+            mqtt = p.mqtt,
+            key = key.display(),
+            fleet = p.fleet_zep,
+            router = p.router_zep,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs the fleet against the edge and mosquitto (both started by the run, in this
+/// namespace); its report, and the capture's path.
+fn run_fleet(dir: &Path) -> (Report, PathBuf) {
+    let p = Ports {
+        coap: free_udp(),
+        mqtt: free_tcp(),
+        fleet_zep: free_udp(),
+        router_zep: free_udp(),
+    };
+    let data = dir.join("edge");
+    let mut config = EdgeConfig::with_site("lp");
+    config.data_dir = data.clone();
+    let oscore = provision_edge(
+        &data,
+        &mut config,
+        &ProvisionPlan {
+            devices: DEVICES,
+            first: 0,
+            id_prefix: "lp".into(),
+            class: 1,
+            prefix: PREFIX.parse().unwrap(),
+        },
+    )
+    .unwrap();
+    let key = config.registry.seal_key_file.clone().unwrap();
+    let edge_toml = write_edge_config(dir, &key, &p);
+    let mosquitto_conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &mosquitto_conf,
+        format!("listener {} ::1\nallow_anonymous true\nuser root\n", p.mqtt),
+    )
+    .unwrap();
+    let pcap = dir.join("air.pcap");
+    let router: SocketAddr = format!("[::1]:{}", p.router_zep).parse().unwrap();
+    let plan = LowpanPlan {
+        listen: format!("[::1]:{}", p.fleet_zep).parse().unwrap(),
+        pcap: Some(pcap.clone()),
+        ..LowpanPlan::new(PAN, CHANNEL, router)
+    };
+    let mut fleet = FleetSpec::new("motes", DEVICES, 0.0);
+    fleet.id_prefix = "lp".into();
+    fleet.load = Load::Interval(Duration::from_secs(4));
+    // Reports of about 100 bytes: with OSCORE and CoAP they take two frames (fragments).
+    fleet.payload = Payload {
+        pad: 60,
+        ..Payload::default()
+    };
+    fleet.ramp = Duration::from_secs(3);
+    fleet.transport = Transport::Lowpan(Box::new(plan));
+    fleet.oscore = Some(oscore);
+    fleet.sources = Sources::Pool {
+        prefix: PREFIX.parse().unwrap(),
+        offset: 1,
+    };
+    let edge_addr: SocketAddr = format!("[::1]:{}", p.coap).parse().unwrap();
+    let mut s = scenario::Scenario::single(fleet, edge_addr, &format!("mqtt://[::1]:{}", p.mqtt));
+    s.name = "lowpan".into();
+    s.broker.site = "lp".into();
+    s.duration = Duration::from_secs(12);
+    s.drain = Duration::from_secs(20);
+    s.edge.managed = Some(Managed {
+        command: vec![
+            edge_binary().display().to_string(),
+            "run".into(),
+            "--config".into(),
+            edge_toml.display().to_string(),
+        ],
+        ready_within: Duration::from_secs(20),
+    });
+    s.broker.managed = Some(Managed {
+        command: vec![
+            binary(&["/usr/sbin", "/usr/bin"], "mosquitto", "mosquitto")
+                .display()
+                .to_string(),
+            "-c".into(),
+            mosquitto_conf.display().to_string(),
+        ],
+        ready_within: Duration::from_secs(10),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = dir.join("work");
+    let options = RunOptions {
+        workdir: Some(work.clone()),
+        ..RunOptions::default()
+    };
+    match rt.block_on(load::run(s, options)) {
+        Ok(r) => (r, pcap),
+        Err(e) => panic!(
+            "{e:#}\nedge log:\n{}",
+            std::fs::read_to_string(work.join("edge.log")).unwrap_or_default()
+        ),
+    }
+}
+
+#[test]
+fn a_lowpan_fleet_registers_with_oscore_and_every_report_reaches_mosquitto() {
+    common::require_root("a network namespace and the border router's TUN");
+    let tshark = tshark::Tshark::find();
+    let _ = edge_binary();
+    let (report, pcap) = std::thread::spawn(|| {
+        enter_namespace();
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_fleet(dir.path());
+        // The capture outlives the namespace's directory.
+        let keep = tshark::temp_dir("lowpan-fleet").join("air.pcap");
+        std::fs::copy(&out.1, &keep).unwrap();
+        (out.0, keep)
+    })
+    .join()
+    .unwrap();
+    let t = &report.total;
+    let json = report.to_json();
+    assert_eq!(t.devices, DEVICES, "{json}");
+    assert_eq!(t.registered, DEVICES, "every device registered: {json}");
+    assert!(t.made >= 2 * DEVICES, "reports made: {json}");
+    assert_eq!(
+        t.delivered, t.made,
+        "every report made reached mosquitto: {json}"
+    );
+    assert_eq!((t.unsent_at_end, t.lost, t.refused), (0, 0, 0), "{json}");
+    assert!(t.adds_up(), "{json}");
+    assert!(t.oscore.responses_verified >= t.made, "OSCORE: {json}");
+    let lowpan = t.lowpan.as_ref().expect("a lowpan section");
+    eprintln!(
+        "made {} delivered {} registered {}; lowpan {lowpan:?}",
+        t.made, t.delivered, t.registered
+    );
+    assert_eq!(lowpan.attached, DEVICES, "{json}");
+    let air = lowpan.air.as_ref().expect("the medium's figures");
+    assert!(
+        air.fragments_up >= t.made,
+        "every report went as fragments: {json}"
+    );
+    assert_eq!(air.frames_up, lowpan.frames_out, "{json}");
+    assert!(
+        lowpan.frames_in > 0 && lowpan.frames_in <= air.frames_down,
+        "{json}"
+    );
+    assert_eq!(
+        air.captured, air.transmissions,
+        "the capture has every frame on air: {json}"
+    );
+
+    // Wireshark agrees: every frame 802.15.4 → 6LoWPAN with a good FCS, none malformed.
+    let rows = tshark.fields(&pcap, &[], &["frame.protocols", "wpan.fcs_ok"]);
+    assert_eq!(rows.len() as u64, air.captured);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[1], "1", "frame {i}: bad FCS");
+        assert!(r[0].starts_with("wpan:6lowpan"), "frame {i}: {r:?}");
+    }
+    assert_eq!(
+        tshark.count(&pcap, &[], "_ws.malformed || wpan.fcs.bad"),
+        0,
+        "malformed or bad-FCS frames"
+    );
+    let coap = tshark.count(&pcap, &[], "coap");
+    assert!(
+        coap as u64 >= 2 * t.made,
+        "CoAP decoded in {coap} frames: {json}"
+    );
+}

@@ -5,7 +5,8 @@
 //! creates (root). Every device attaches and registers with OSCORE, every report made reaches
 //! mosquitto (made = delivered; nothing unsent, lost or refused), large reports go as
 //! fragments, and the capture of everything on air decodes with tshark as 802.15.4 → 6LoWPAN
-//! with zero malformed or bad-FCS frames.
+//! with zero malformed or bad-FCS frames. The same through a `v6iot-sim medium` process
+//! between fleet and router (the fleet one ZEP participant of it).
 //!
 //! scripts/test installs mosquitto, tshark and iproute2; without them this test fails, naming
 //! the missing tool. It runs the `v6iot-edge` binary of this build (`cargo test --workspace`
@@ -30,12 +31,14 @@ use std::time::Duration;
 
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_simulator::load::{self, RunOptions};
-use v6iot_simulator::lowpan::LowpanPlan;
+use v6iot_simulator::lowpan::{LowpanPlan, MediumAt};
 use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Payload, Sources, Transport};
 
 const DEVICES: u64 = 240;
+/// Devices of the run through a `v6iot-sim medium` process.
+const REMOTE_DEVICES: u64 = 120;
 const PREFIX: &str = "2001:db8:1200:305::/64";
 const PAN: u16 = 0xabcd;
 const CHANNEL: u8 = 26;
@@ -91,6 +94,30 @@ struct Ports {
     mqtt: u16,
     fleet_zep: u16,
     router_zep: u16,
+    /// A `v6iot-sim medium` process between fleet and router, at this port.
+    medium: Option<u16>,
+}
+
+/// A `v6iot-sim medium` process (ideal), the router its pinned peer; killed on drop.
+struct MediumProcess(std::process::Child);
+
+impl MediumProcess {
+    fn start(port: u16, router: u16) -> MediumProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
+            .args(["medium", "--listen", &format!("[::1]:{port}")])
+            .args(["--peer", &format!("[::1]:{router}"), "--duration", "120s"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        MediumProcess(child)
+    }
+}
+
+impl Drop for MediumProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The edge's configuration: OSCORE required, a TUN, one PAN on ZEP to the fleet's socket.
@@ -105,12 +132,12 @@ fn write_edge_config(dir: &Path, key: &Path, p: &Ports) -> PathBuf {
              [lowpan]\ntun = \"v6pan0\"\n\
              [[radio]]\npan_id = {PAN}\nchannel = {CHANNEL}\nprefix = \"{PREFIX}\"\n\
              router_eui64 = \"02:00:00:00:00:00:00:01\"\n\
-             zep_medium = \"[::1]:{fleet}\"\nzep_listen = \"[::1]:{router}\"\n",
+             zep_medium = \"[::1]:{medium}\"\nzep_listen = \"[::1]:{router}\"\n",
             data = dir.join("edge").display(),
             coap = p.coap,
             mqtt = p.mqtt,
             key = key.display(),
-            fleet = p.fleet_zep,
+            medium = p.medium.unwrap_or(p.fleet_zep),
             router = p.router_zep,
         ),
     )
@@ -120,13 +147,17 @@ fn write_edge_config(dir: &Path, key: &Path, p: &Ports) -> PathBuf {
 
 /// Runs the fleet against the edge and mosquitto (both started by the run, in this
 /// namespace); its report, and the capture's path.
-fn run_fleet(dir: &Path) -> (Report, PathBuf) {
+fn run_fleet(dir: &Path, devices: u64, remote: bool) -> (Report, PathBuf) {
     let p = Ports {
         coap: free_udp(),
         mqtt: free_tcp(),
         fleet_zep: free_udp(),
         router_zep: free_udp(),
+        medium: remote.then(free_udp),
     };
+    let _medium = p
+        .medium
+        .map(|port| MediumProcess::start(port, p.router_zep));
     let data = dir.join("edge");
     let mut config = EdgeConfig::with_site("lp");
     config.data_dir = data.clone();
@@ -134,7 +165,7 @@ fn run_fleet(dir: &Path) -> (Report, PathBuf) {
         &data,
         &mut config,
         &ProvisionPlan {
-            devices: DEVICES,
+            devices,
             first: 0,
             id_prefix: "lp".into(),
             class: 1,
@@ -155,9 +186,13 @@ fn run_fleet(dir: &Path) -> (Report, PathBuf) {
     let plan = LowpanPlan {
         listen: format!("[::1]:{}", p.fleet_zep).parse().unwrap(),
         pcap: Some(pcap.clone()),
+        medium: match p.medium {
+            Some(port) => MediumAt::Remote(format!("[::1]:{port}").parse().unwrap()),
+            None => MediumAt::InProcess { router },
+        },
         ..LowpanPlan::new(PAN, CHANNEL, router)
     };
-    let mut fleet = FleetSpec::new("motes", DEVICES, 0.0);
+    let mut fleet = FleetSpec::new("motes", devices, 0.0);
     fleet.id_prefix = "lp".into();
     fleet.load = Load::Interval(Duration::from_secs(4));
     // Reports of about 100 bytes: with OSCORE and CoAP they take two frames (fragments).
@@ -218,15 +253,24 @@ fn run_fleet(dir: &Path) -> (Report, PathBuf) {
 
 #[test]
 fn a_lowpan_fleet_registers_with_oscore_and_every_report_reaches_mosquitto() {
+    run_and_check(DEVICES, false);
+}
+
+#[test]
+fn a_lowpan_fleet_reaches_the_router_through_a_medium_process() {
+    run_and_check(REMOTE_DEVICES, true);
+}
+
+fn run_and_check(devices: u64, remote: bool) {
     common::require_root("a network namespace and the border router's TUN");
     let tshark = tshark::Tshark::find();
     let _ = edge_binary();
-    let (report, pcap) = std::thread::spawn(|| {
+    let (report, pcap) = std::thread::spawn(move || {
         enter_namespace();
         let dir = tempfile::tempdir().unwrap();
-        let out = run_fleet(dir.path());
+        let out = run_fleet(dir.path(), devices, remote);
         // The capture outlives the namespace's directory.
-        let keep = tshark::temp_dir("lowpan-fleet").join("air.pcap");
+        let keep = tshark::temp_dir(&format!("lowpan-fleet-{remote}")).join("air.pcap");
         std::fs::copy(&out.1, &keep).unwrap();
         (out.0, keep)
     })
@@ -234,9 +278,9 @@ fn a_lowpan_fleet_registers_with_oscore_and_every_report_reaches_mosquitto() {
     .unwrap();
     let t = &report.total;
     let json = report.to_json();
-    assert_eq!(t.devices, DEVICES, "{json}");
-    assert_eq!(t.registered, DEVICES, "every device registered: {json}");
-    assert!(t.made >= 2 * DEVICES, "reports made: {json}");
+    assert_eq!(t.devices, devices, "{json}");
+    assert_eq!(t.registered, devices, "every device registered: {json}");
+    assert!(t.made >= 2 * devices, "reports made: {json}");
     assert_eq!(
         t.delivered, t.made,
         "every report made reached mosquitto: {json}"
@@ -249,7 +293,7 @@ fn a_lowpan_fleet_registers_with_oscore_and_every_report_reaches_mosquitto() {
         "made {} delivered {} registered {}; lowpan {lowpan:?}",
         t.made, t.delivered, t.registered
     );
-    assert_eq!(lowpan.attached, DEVICES, "{json}");
+    assert_eq!(lowpan.attached, devices, "{json}");
     let air = lowpan.air.as_ref().expect("the medium's figures");
     assert!(
         air.fragments_up >= t.made,

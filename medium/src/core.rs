@@ -81,6 +81,10 @@ pub struct MediumConfig {
     /// The airtime model (CSMA/CA, collisions, ACKs and retries at 250 kbit/s; see the `air`
     /// module), or `None` for the ideal medium: every frame at once, no contention.
     pub airtime: Option<AirtimeConfig>,
+    /// A star: [`Reception::Filtered`] participants (devices) hear only promiscuous ones
+    /// (routers, ZEP peers) and not each other, whatever the topology says — a fleet around
+    /// its router, where one device's broadcast costs one reception, not one per device.
+    pub star: bool,
 }
 
 impl Default for MediumConfig {
@@ -92,6 +96,7 @@ impl Default for MediumConfig {
             capture: false,
             window: Duration::from_secs(1),
             airtime: None,
+            star: false,
         }
     }
 }
@@ -569,6 +574,7 @@ impl Medium {
         };
         out.extend(ch.promiscuous.iter().copied().filter(|&id| id != from));
         let filtered: &[ParticipantId] = match info.dst {
+            _ if self.config.star && self.is_filtered(from) => &[],
             None => &[],
             Some(LinkAddr::BROADCAST) => &ch.filtered,
             Some(dst) => ch.by_addr.get(&dst).map_or(&[], Vec::as_slice),
@@ -587,9 +593,20 @@ impl Medium {
 
     /// The link from one participant to another, if in range.
     pub(crate) fn link(&self, from: ParticipantId, to: ParticipantId) -> Option<LinkModel> {
-        let a = self.participant(from)?.addr();
-        let b = self.participant(to)?.addr();
-        self.config.topology.link(a, b)
+        let a = self.participant(from)?;
+        let b = self.participant(to)?;
+        if self.config.star
+            && a.reception != Reception::Promiscuous
+            && b.reception != Reception::Promiscuous
+        {
+            return None;
+        }
+        self.config.topology.link(a.addr(), b.addr())
+    }
+
+    fn is_filtered(&self, id: ParticipantId) -> bool {
+        self.participant(id)
+            .is_some_and(|p| p.reception != Reception::Promiscuous)
     }
 
     /// One reception at the end of a transmission (at `end`): the link's draw, then the

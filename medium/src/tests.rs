@@ -233,6 +233,38 @@ fn explicit_topology_delivers_only_over_its_links() {
 }
 
 #[test]
+fn in_a_star_devices_hear_the_router_and_not_each_other() {
+    let mut m = Medium::new(MediumConfig {
+        star: true,
+        ..MediumConfig::default()
+    });
+    let router = m.add(ParticipantConfig {
+        channel: 26,
+        reception: Reception::Promiscuous,
+    });
+    let a = device(&mut m, 1, 26);
+    let b = device(&mut m, 2, 26);
+    let t = Instant::ZERO;
+    // A device's broadcast reaches the router only.
+    offer(&mut m, t, a, &frame(ext(1), LinkAddr::BROADCAST, false, 4));
+    let to: Vec<_> = deliveries(&mut m).iter().map(|d| d.to).collect();
+    assert_eq!(to, vec![router]);
+    // A frame addressed to the other device does not reach it either.
+    offer(&mut m, t, a, &frame(ext(1), ext(2), false, 4));
+    let to: Vec<_> = deliveries(&mut m).iter().map(|d| d.to).collect();
+    assert_eq!(to, vec![router]);
+    // The router's broadcast reaches both devices.
+    offer(
+        &mut m,
+        t,
+        router,
+        &frame(ext(9), LinkAddr::BROADCAST, false, 4),
+    );
+    let to: Vec<_> = deliveries(&mut m).iter().map(|d| d.to).collect();
+    assert_eq!(to, vec![a, b]);
+}
+
+#[test]
 fn waiting_deliveries_are_bounded() {
     let mut m = Medium::new(MediumConfig {
         topology: Topology::flat(LinkModel {

@@ -16,6 +16,7 @@
 //! | [`shard`] | the multi-device driver: many devices' cores, their timers and mark stores in one thread, over a [`link`] |
 //! | [`link`] | I/O: a shard's datagrams — a socket per device in one `epoll` set, or one socket with an IPv6 address per device (AnyIP, `IPV6_PKTINFO`) |
 //! | [`nbiot`] | NB-IoT: the modem emulator and carrier model (sans-IO), the fleet's NB-IoT devices, the emulator on a pty |
+//! | [`lowpan`] | 6LoWPAN: a fleet of the SDK's 6LoWPAN devices on the shard core, through an in-process medium (one ZEP socket) to the border router; the report's `lowpan` section |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`medium`] | the simulated 802.15.4 medium: a sans-IO core (channels, links, deliveries) and its ZEP hub; `v6iot-sim medium` |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
@@ -41,6 +42,7 @@ pub mod histogram;
 pub mod link;
 pub mod linkmodel;
 pub mod load;
+pub mod lowpan;
 pub mod nbiot;
 pub mod plan;
 pub mod provision;

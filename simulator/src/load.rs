@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use v6iot_sdk::oscore::SecurityContext;
+use v6iot_sdk::radio::mac::LinkAddr;
 use v6iot_sdk::time::Instant;
 
 use crate::collector::Deliveries;
@@ -27,6 +28,8 @@ use crate::fleet::{FleetShared, WallClock, unix_now};
 use crate::fleet_marks::FleetMarks;
 use crate::link::{AddressPool, Segment, Sockets};
 use crate::linkmodel::LinkModel;
+use crate::lowpan::air::MediumLink;
+use crate::lowpan::{LowpanPlan, eui64_for};
 use crate::nbiot::fleet::{self as nbiot_fleet, CommandReport, NbiotReport};
 use crate::plan::Plan;
 use crate::report::build::{self, RunFacts};
@@ -107,6 +110,17 @@ pub struct Live {
     acknowledged: AtomicU64,
     registered: AtomicU64,
     pending: AtomicU64,
+}
+
+impl Live {
+    /// The thread's totals so far (about 4 times a second).
+    fn store(&self, c: &crate::timeline::Counts, pending: i64) {
+        self.made.store(c.made, Ordering::Relaxed);
+        self.acknowledged.store(c.acknowledged, Ordering::Relaxed);
+        self.registered.store(c.registered, Ordering::Relaxed);
+        self.pending
+            .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+    }
 }
 
 /// The device threads' live figures added up: (made, acknowledged, registered, pending).
@@ -605,8 +619,12 @@ pub fn build_cores<St: MemberStore>(
     mut store: impl FnMut(&Roster) -> St,
 ) -> anyhow::Result<Vec<ShardCore<St>>> {
     let s = plan.scenario();
-    let threads =
-        u32::from(s.threads.max(1)).min(u32::try_from(plan.len()).unwrap_or(u32::MAX).max(1));
+    // A 6LoWPAN fleet's medium and its ZEP socket are one: one thread runs the whole fleet.
+    let threads = if lowpan_plan(s).is_some() {
+        1
+    } else {
+        u32::from(s.threads.max(1)).min(u32::try_from(plan.len()).unwrap_or(u32::MAX).max(1))
+    };
     let tree = crate::fleet::tree()?;
     let shared = fleet_shared(plan, start, clock);
     let mut per_thread: Vec<Vec<Option<Box<SecurityContext>>>> =
@@ -661,7 +679,10 @@ fn spawn_shards(
         let name = format!("v6iot-sim-shard-{t}");
         let live = Arc::new(Live::default());
         lives.push(live.clone());
-        let handle = if s.fleets.iter().all(|f| f.sources == Sources::Sockets) {
+        let handle = if let Some(lowpan) = lowpan_plan(s) {
+            let link = medium_link(&roster, lowpan, s.seed)?;
+            spawn_lowpan(name, core, link, stop, live)?
+        } else if s.fleets.iter().all(|f| f.sources == Sources::Sockets) {
             let link = device_sockets(roster.members(), s.edge.address)?;
             spawn(name, core, link, stop, live)?
         } else {
@@ -673,6 +694,52 @@ fn spawn_shards(
         handles.push(handle);
     }
     Ok((handles, lives))
+}
+
+/// The 6LoWPAN plan of a scenario's fleet, if it has one (check allows one 6LoWPAN fleet, and
+/// no other fleet beside it).
+pub fn lowpan_plan(s: &Scenario) -> Option<&LowpanPlan> {
+    s.fleets.iter().find_map(|f| match &f.transport {
+        Transport::Lowpan(p) => Some(p.as_ref()),
+        _ => None,
+    })
+}
+
+/// The medium of a 6LoWPAN shard on its ZEP socket: a participant per member, at the extended
+/// address its planned interface id gives.
+fn medium_link(roster: &Roster, plan: &LowpanPlan, seed: u64) -> anyhow::Result<MediumLink> {
+    let addrs = (0..roster.members())
+        .map(|i| {
+            let address = roster
+                .device_ref(i)
+                .and_then(|d| roster.plan.address(d))
+                .context("a 6LoWPAN device without a planned address (a `source_prefix`)")?;
+            Ok(LinkAddr::Extended(eui64_for(u128::from(address) as u64).0))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let socket = MediumLink::bind(plan)
+        .with_context(|| format!("bind the fleet's ZEP socket {}", plan.listen))?;
+    MediumLink::new(plan, &addrs, socket, seed).context("start the fleet's medium")
+}
+
+/// As [`spawn`], for a 6LoWPAN shard: what its medium carried goes into its result.
+fn spawn_lowpan<St: MemberStore + 'static>(
+    name: String,
+    core: ShardCore<St>,
+    mut link: MediumLink,
+    stop: Stop,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardThread> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut result = shard::run_with(core, &mut link, stop, &mut |c, pending| {
+                live.store(c, pending);
+            })?;
+            result.air = Some(link.finish());
+            Ok(result)
+        })
+        .context("start a shard thread")
 }
 
 /// The address segments of a thread's members: per fleet, its members of this thread, at
@@ -729,12 +796,7 @@ fn spawn<St: MemberStore + 'static, L: crate::link::Link + Send + 'static>(
         .name(name)
         .spawn(move || {
             shard::run_with(core, &mut link, stop, &mut |c, pending| {
-                // About 4 times a second: the thread's totals so far.
-                live.made.store(c.made, Ordering::Relaxed);
-                live.acknowledged.store(c.acknowledged, Ordering::Relaxed);
-                live.registered.store(c.registered, Ordering::Relaxed);
-                live.pending
-                    .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+                live.store(c, pending)
             })
         })
         .context("start a shard thread")

@@ -18,8 +18,9 @@ use v6iot_simulator::credentials::{self, Credentials};
 use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::load::{self, RunOptions};
+use v6iot_simulator::lowpan::cli::LowpanArgs;
 use v6iot_simulator::medium;
-use v6iot_simulator::nbiot::cli::NbiotArgs;
+use v6iot_simulator::nbiot::cli::{NbiotArgs, TransportArg};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{
     self, FleetSpec, OscoreSpec, Partition, Scenario, Sources, Transport,
@@ -239,6 +240,10 @@ struct RunArgs {
     /// fleet `transport = "nbiot"` and an `[fleet.nbiot]` table).
     #[command(flatten)]
     nbiot: NbiotArgs,
+    /// `--transport lowpan`'s options (a scenario file gives the fleet `transport = "lowpan"`
+    /// and a `[fleet.lowpan]` table).
+    #[command(flatten)]
+    lowpan: LowpanArgs,
 }
 
 impl RunArgs {
@@ -255,6 +260,13 @@ impl RunArgs {
             if let Some(d) = self.drain {
                 s.drain = d;
             }
+            if let Some(pcap) = &self.lowpan.pcap {
+                for f in &mut s.fleets {
+                    if let Transport::Lowpan(plan) = &mut f.transport {
+                        plan.pcap = Some(pcap.clone());
+                    }
+                }
+            }
             return Ok(s);
         }
         let mut fleet = FleetSpec::new(&self.id_prefix, self.devices, self.rate);
@@ -263,7 +275,11 @@ impl RunArgs {
         if let Some(plan) = self.nbiot.plan(self.seed.unwrap_or(1)) {
             fleet.transport = Transport::Nbiot(Box::new(plan));
         }
-        fleet.binding = if self.queue_mode || fleet.transport != Transport::Udp {
+        let lowpan = self.nbiot.transport == TransportArg::Lowpan;
+        if lowpan {
+            fleet.transport = Transport::Lowpan(Box::new(self.lowpan.plan()));
+        }
+        fleet.binding = if self.queue_mode || matches!(fleet.transport, Transport::Nbiot(_)) {
             Binding::UQ
         } else {
             Binding::U
@@ -271,7 +287,8 @@ impl RunArgs {
         if let Some(p) = self.source_prefix {
             fleet.sources = Sources::Pool {
                 prefix: p,
-                offset: 0,
+                // Interface id 1 is the border router's.
+                offset: u64::from(lowpan),
             };
         }
         if let Some(csv) = &self.credentials {

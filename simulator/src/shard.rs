@@ -35,6 +35,8 @@ use crate::fleet::{FleetSensor, FleetShared, ReportCounts};
 use crate::histogram::LatencyHistogram;
 use crate::link::{AddressRequest, Arrival, Link};
 use crate::linkmodel::{LinkModel, Verdict};
+use crate::lowpan::node::LowpanNode;
+use crate::lowpan::report::AirReport;
 use crate::nbiot::fleet as nbiot_fleet;
 use crate::nbiot::node::NbiotNode;
 use crate::plan::{DeviceRef, Plan};
@@ -139,7 +141,7 @@ impl Roster {
         let first = self.start + self.plan.first_report(d).unwrap_or(Duration::ZERO);
         let app = FleetSensor::new(shared, u32::try_from(d.n).ok()?, first);
         let coap = match &self.plan.fleet(d)?.transport {
-            Transport::Udp => Config::default(),
+            Transport::Udp | Transport::Lowpan(_) => Config::default(),
             Transport::Nbiot(nbiot) => nbiot.coap_config(usize::try_from(d.n).ok()?),
         };
         Some(Device::new(coap, self.plan.endpoint_seed(d), tree, app))
@@ -159,6 +161,12 @@ impl Roster {
         let uplink = self.uplink(i)?;
         match &self.plan.fleet(d)?.transport {
             Transport::Udp => Some(Node::Udp(device.with_uplink(now, uplink))),
+            Transport::Lowpan(plan) => {
+                let iid = u128::from(self.plan.address(d)?) as u64;
+                Some(Node::Lowpan(Box::new(LowpanNode::new(
+                    plan, iid, now, device, uplink,
+                ))))
+            }
             Transport::Nbiot(nbiot) => {
                 let modem = modems.get(d.fleet)?.as_ref()?;
                 let n = usize::try_from(d.n).ok()?;
@@ -197,6 +205,8 @@ pub enum Node {
     Udp(Device<FleetSensor>),
     /// The SDK's NB-IoT device (its CoAP core on the AT driver) and its modem and carrier.
     Nbiot(Box<NbiotNode<FleetSensor>>),
+    /// The SDK's 6LoWPAN device (its CoAP core on 802.15.4); its datagrams are MAC frames.
+    Lowpan(Box<LowpanNode<FleetSensor>>),
 }
 
 /// Runs the same code on whichever node it is (both implement [`NodeCore`]).
@@ -205,6 +215,10 @@ macro_rules! each {
         match $node {
             Node::Udp($d) => $e,
             Node::Nbiot(boxed) => {
+                let $d = &mut **boxed;
+                $e
+            }
+            Node::Lowpan(boxed) => {
                 let $d = &mut **boxed;
                 $e
             }
@@ -221,6 +235,10 @@ macro_rules! each_ref {
                 let $d = &**boxed;
                 $e
             }
+            Node::Lowpan(boxed) => {
+                let $d = &**boxed;
+                $e
+            }
         }
     };
 }
@@ -231,13 +249,22 @@ impl Node {
         match self {
             Node::Udp(d) => d,
             Node::Nbiot(n) => n.device.device(),
+            Node::Lowpan(n) => n.device.coap(),
+        }
+    }
+
+    /// The 6LoWPAN device, for a 6LoWPAN fleet's member.
+    pub fn lowpan(&self) -> Option<&LowpanNode<FleetSensor>> {
+        match self {
+            Node::Lowpan(n) => Some(n),
+            Node::Udp(_) | Node::Nbiot(_) => None,
         }
     }
 
     /// The NB-IoT device and its modem, for an NB-IoT fleet's member.
     pub fn nbiot(&self) -> Option<&NbiotNode<FleetSensor>> {
         match self {
-            Node::Udp(_) => None,
+            Node::Udp(_) | Node::Lowpan(_) => None,
             Node::Nbiot(n) => Some(n),
         }
     }
@@ -502,6 +529,8 @@ pub struct ShardResult {
     pub cpu_s: f64,
     /// The thread's CPU per interval.
     pub cpu: Timeline,
+    /// What the shard's medium carried, when its members were 6LoWPAN devices.
+    pub air: Option<AirReport>,
 }
 
 impl<St: MemberStore> ShardCore<St> {
@@ -531,7 +560,7 @@ impl<St: MemberStore> ShardCore<St> {
             .fleets
             .iter()
             .map(|f| match &f.transport {
-                Transport::Udp => None,
+                Transport::Udp | Transport::Lowpan(_) => None,
                 Transport::Nbiot(nbiot) => nbiot
                     .modem_config()
                     .inspect_err(|e| tracing::error!(fleet = %f.name, error = %e, "the fleet's PSM timers cannot be encoded; its devices stay off"))
@@ -864,6 +893,7 @@ impl<St: MemberStore> ShardCore<St> {
             stats: self.stats,
             cpu_s,
             cpu: self.cpu,
+            air: None,
         }
     }
 

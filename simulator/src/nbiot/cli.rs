@@ -20,6 +20,9 @@ pub enum TransportArg {
     Udp,
     /// The SDK's NB-IoT device on an emulated modem and carrier (needs `--source-prefix`).
     Nbiot,
+    /// The SDK's 6LoWPAN device on a simulated 802.15.4 medium to the border router (needs
+    /// `--source-prefix`, the router's /64; see the `--pan-id` … options).
+    Lowpan,
 }
 
 /// `v6iot-sim run`'s NB-IoT options.

@@ -227,6 +227,8 @@ pub fn report(
             transport: f.transport.name().to_owned(),
             nbiot: matches!(f.transport, crate::scenario::Transport::Nbiot(_))
                 .then(crate::nbiot::fleet::NbiotReport::default),
+            lowpan: matches!(f.transport, crate::scenario::Transport::Lowpan(_))
+                .then(crate::lowpan::report::LowpanReport::default),
             ..FleetReport::default()
         })
         .collect();
@@ -261,6 +263,12 @@ pub fn report(
             if let (Some(n), Some(figures)) = (
                 m.node().and_then(crate::shard::Node::nbiot),
                 fr.nbiot.as_mut(),
+            ) {
+                figures.add_node(n);
+            }
+            if let (Some(n), Some(figures)) = (
+                m.node().and_then(crate::shard::Node::lowpan),
+                fr.lowpan.as_mut(),
             ) {
                 figures.add_node(n);
             }
@@ -319,7 +327,11 @@ pub fn report(
         };
     }
     timeline.merge(deliveries.timeline());
-    let total = total_of(&fleets, duration_s);
+    let mut total = total_of(&fleets, duration_s);
+    for air in shards.iter().filter_map(|s| s.air.as_ref()) {
+        let lowpan = total.lowpan.get_or_insert_default();
+        lowpan.air.get_or_insert_default().add(air);
+    }
     for fr in fleets.iter().chain(std::iter::once(&total)) {
         if !fr.adds_up() {
             problems.push(format!(

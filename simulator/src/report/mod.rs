@@ -150,6 +150,9 @@ pub struct FleetReport {
     /// An NB-IoT fleet's sleeps, wake-ups, moves, carrier and commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbiot: Option<crate::nbiot::fleet::NbiotReport>,
+    /// A 6LoWPAN fleet's frames and drops (the total also the medium's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowpan: Option<crate::lowpan::report::LowpanReport>,
 }
 
 /// Why reports were lost.
@@ -251,6 +254,9 @@ impl FleetReport {
         self.oscore.add(&o.oscore);
         if let Some(n) = &o.nbiot {
             self.nbiot.get_or_insert_default().add(n);
+        }
+        if let Some(n) = &o.lowpan {
+            self.lowpan.get_or_insert_default().add(n);
         }
     }
 }

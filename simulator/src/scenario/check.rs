@@ -137,6 +137,7 @@ pub fn check(s: &Scenario, shard: Partition, host: Host) -> Result<(), CheckErro
     if s.fleets.is_empty() {
         return Err(refuse("fleet", "a scenario needs at least one [[fleet]]"));
     }
+    check_lowpan(s)?;
     let mut sockets = 0;
     for (i, f) in s.fleets.iter().enumerate() {
         check_fleet(s, i, f)?;
@@ -155,6 +156,57 @@ pub fn check(s: &Scenario, shard: Partition, host: Host) -> Result<(), CheckErro
     }
     check_overlaps(s)?;
     check_faults(s)
+}
+
+/// A 6LoWPAN fleet runs alone (its medium and ZEP socket are the run's), from an address pool
+/// that leaves interface id 1 to the router, on a 2.4 GHz channel, with a loss below 1.
+fn check_lowpan(s: &Scenario) -> Result<(), CheckError> {
+    let Some((i, f, plan)) = s
+        .fleets
+        .iter()
+        .enumerate()
+        .find_map(|(i, f)| match &f.transport {
+            Transport::Lowpan(p) => Some((i, f, p)),
+            _ => None,
+        })
+    else {
+        return Ok(());
+    };
+    let key = |k: &str| format!("fleet[{i}].{k}");
+    if s.fleets.len() > 1 {
+        return Err(refuse(
+            key("transport"),
+            "a 6LoWPAN fleet runs alone in its scenario (one PAN, one medium, one ZEP socket)",
+        ));
+    }
+    match f.sources {
+        Sources::Sockets => {
+            return Err(refuse(
+                key("transport"),
+                "a 6LoWPAN fleet needs a `source_prefix`: the router's /64 (its devices' addresses)",
+            ));
+        }
+        Sources::Pool { offset: 0, .. } => {
+            return Err(refuse(
+                key("address_offset"),
+                "interface id 1 is the border router's (router_eui64 02:00:00:00:00:00:00:01): give the 6LoWPAN fleet an address_offset of at least 1",
+            ));
+        }
+        Sources::Pool { .. } => {}
+    }
+    if !(11..=26).contains(&plan.channel) {
+        return Err(refuse(
+            key("lowpan.channel"),
+            format!("channel {}: 11 to 26 (2.4 GHz O-QPSK)", plan.channel),
+        ));
+    }
+    if !(0.0..1.0).contains(&plan.loss) {
+        return Err(refuse(
+            key("lowpan.loss"),
+            format!("loss {}: 0 ≤ loss < 1", plan.loss),
+        ));
+    }
+    Ok(())
 }
 
 fn check_fleet(s: &Scenario, i: usize, f: &FleetSpec) -> Result<(), CheckError> {

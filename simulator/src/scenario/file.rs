@@ -36,6 +36,7 @@ use super::{
     LinkSpec, Load, Managed, OscoreSpec, Payload, Scenario, Sources, Transport,
 };
 use crate::duration::parse_duration;
+use crate::lowpan::{LowpanPlan, MediumAt};
 use crate::nbiot::carrier::{CarrierPlan, CoverageMix};
 use crate::nbiot::emulator::EmulatorConfig;
 use crate::nbiot::fleet::{CommandPlan, NbiotPlan};
@@ -150,6 +151,23 @@ struct RawFleet {
     queue: Option<usize>,
     link: Option<RawLink>,
     nbiot: Option<RawNbiot>,
+    lowpan: Option<RawLowpan>,
+}
+
+/// `[fleet.lowpan]`: the PAN and medium of a `transport = "lowpan"` fleet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLowpan {
+    pan_id: Option<u16>,
+    channel: Option<u8>,
+    listen: Option<String>,
+    router: Option<String>,
+    medium: Option<String>,
+    airtime: Option<bool>,
+    loss: Option<f64>,
+    topology: Option<String>,
+    router_port: Option<u16>,
+    pcap: Option<String>,
 }
 
 /// `[fleet.nbiot]`: the carrier and the PSM timers of a `transport = "nbiot"` fleet.
@@ -463,7 +481,8 @@ fn managed(
 }
 
 /// Fleets that share a source prefix get consecutive blocks of interface ids, in file order,
-/// unless one names its `address_offset`.
+/// unless one names its `address_offset` (a 6LoWPAN fleet's block starts after interface id
+/// 1, the border router's).
 fn assign_offsets(fleets: &mut [FleetSpec]) {
     let mut next: Vec<(Ipv6Prefix, u64)> = Vec::new();
     for f in fleets.iter_mut() {
@@ -483,7 +502,9 @@ fn assign_offsets(fleets: &mut [FleetSpec]) {
                 }
             };
             if *offset == u64::MAX {
-                *offset = slot.1;
+                // A 6LoWPAN fleet's interface id 1 is its border router's.
+                let router = u64::from(matches!(f.transport, Transport::Lowpan(_)));
+                *offset = slot.1.max(router);
             }
             slot.1 = slot.1.max(offset.saturating_add(f.devices));
         }
@@ -534,23 +555,65 @@ fn nbiot(
     })
 }
 
+/// A 6LoWPAN fleet's plan from its `[fleet.lowpan]` table (paths relative to `base`).
+fn lowpan(
+    l: RawLowpan,
+    base: &Path,
+    err: &dyn Fn(&str, String) -> ScenarioError,
+) -> Result<LowpanPlan, ScenarioError> {
+    let addr = |text: &str| {
+        text.parse::<SocketAddr>()
+            .map_err(|e| err("lowpan", format!("`{text}`: {e}")))
+    };
+    let router = addr(l.router.as_deref().unwrap_or("[::1]:17755"))?;
+    let mut plan = LowpanPlan::new(l.pan_id.unwrap_or(0xabcd), l.channel.unwrap_or(26), router);
+    if let Some(t) = &l.listen {
+        plan.listen = addr(t)?;
+    }
+    if let Some(t) = &l.medium {
+        plan.medium = MediumAt::Remote(addr(t)?);
+    }
+    plan.airtime = l.airtime.unwrap_or(false);
+    plan.loss = l.loss.unwrap_or(0.0);
+    plan.flat = match l.topology.as_deref().unwrap_or("star") {
+        "star" => false,
+        "flat" => true,
+        other => {
+            return Err(err("lowpan", format!("topology `{other}`: star or flat")));
+        }
+    };
+    plan.router_port = l.router_port.unwrap_or(5683);
+    plan.pcap = l.pcap.map(|p| base.join(p));
+    Ok(plan)
+}
+
 fn fleet(f: RawFleet, i: usize, base: &Path, at: &Locator<'_>) -> Result<FleetSpec, ScenarioError> {
     let err = |key: &str, message: String| at.error("fleet", Some(i), key, message);
     let dur = |key: &str, text: &str| parse_duration(text).map_err(|e| err(key, e.to_string()));
     let name = f.name.unwrap_or_else(|| format!("fleet{i}"));
-    let transport = match (f.transport.as_deref().unwrap_or("udp"), f.nbiot) {
+    let kind = f.transport.as_deref().unwrap_or("udp");
+    if f.lowpan.is_some() && kind != "lowpan" {
+        return Err(err(
+            "lowpan",
+            "a `lowpan` table needs `transport = \"lowpan\"`".into(),
+        ));
+    }
+    let transport = match (kind, f.nbiot) {
         ("udp", None) => Transport::Udp,
-        ("udp", Some(_)) => {
+        ("udp" | "lowpan", Some(_)) => {
             return Err(err(
                 "nbiot",
                 "an `nbiot` table needs `transport = \"nbiot\"`".into(),
             ));
         }
         ("nbiot", raw) => Transport::Nbiot(Box::new(nbiot(raw.unwrap_or_default(), &err)?)),
+        ("lowpan", None) => {
+            Transport::Lowpan(Box::new(lowpan(f.lowpan.unwrap_or_default(), base, &err)?))
+        }
         (other, _) => {
             return Err(err(
                 "transport",
-                format!("`{other}` is not a transport of this build (udp, nbiot)"),
+                format!("`{other}` is not a transport of this build (udp, nbiot, lowpan)"),
             ));
         }
     };
@@ -750,7 +813,7 @@ mod tests {
         }
         names.sort_by(|a, b| a.0.cmp(&b.0));
         let found: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(found, ["fault-drill", "mixed", "steady", "storm"]);
+        assert_eq!(found, ["fault-drill", "lowpan", "mixed", "steady", "storm"]);
         let drill = &names[0].1;
         assert!(drill.edge.managed.is_some() && drill.broker.managed.is_some());
         let kinds: Vec<&str> = drill.faults.iter().map(|f| f.kind.name()).collect();
@@ -854,6 +917,81 @@ fleet = "valves"
                 fleet: Some("valves".into())
             }
         );
+    }
+
+    /// A `transport = "lowpan"` fleet reads its `[fleet.lowpan]` table (defaults for what it
+    /// leaves out; its pool starts after the router's interface id 1); a `lowpan` table on
+    /// another transport, an unknown topology and a lowpan fleet beside another are refused.
+    #[test]
+    fn a_lowpan_fleet_reads_its_pan_and_medium() {
+        let text = r#"
+duration = "30s"
+[edge]
+address = "[::1]:5683"
+[broker]
+url = "mqtt://[::1]:1883"
+[[fleet]]
+name = "motes"
+transport = "lowpan"
+devices = 10
+interval = "10s"
+source_prefix = "2001:db8:1200:305::/64"
+[fleet.lowpan]
+pan_id = 4660
+channel = 15
+airtime = true
+loss = 0.1
+topology = "flat"
+pcap = "air.pcap"
+"#;
+        let s = parse(text, Path::new("/tmp/x")).unwrap();
+        let Transport::Lowpan(l) = &s.fleets[0].transport else {
+            panic!("a 6LoWPAN fleet: {:?}", s.fleets[0].transport)
+        };
+        assert_eq!(s.fleets[0].transport.name(), "lowpan");
+        assert_eq!(
+            (l.pan, l.channel, l.airtime, l.flat),
+            (4660, 15, true, true)
+        );
+        assert_eq!(l.loss, 0.1);
+        assert_eq!(
+            l.medium,
+            MediumAt::InProcess {
+                router: "[::1]:17755".parse().unwrap()
+            }
+        );
+        assert_eq!(l.listen, "[::1]:17754".parse().unwrap());
+        assert_eq!(l.pcap.as_deref(), Some(Path::new("/tmp/x/air.pcap")));
+        let Sources::Pool { offset, .. } = s.fleets[0].sources else {
+            panic!("a pool")
+        };
+        assert_eq!(offset, 1, "interface id 1 is the router's");
+        let host = super::super::check::Host { max_files: 1 << 21 };
+        super::super::check::check(&s, super::super::Partition::WHOLE, host).unwrap();
+
+        let remote = text.replace("pcap = \"air.pcap\"", "medium = \"[::1]:9999\"");
+        let s = parse(&remote, Path::new(".")).unwrap();
+        let Transport::Lowpan(l) = &s.fleets[0].transport else {
+            panic!()
+        };
+        assert_eq!(l.medium, MediumAt::Remote("[::1]:9999".parse().unwrap()));
+
+        let e = parse(&text.replace("\"flat\"", "\"mesh\""), Path::new(".")).unwrap_err();
+        assert_eq!(e.key, "fleet[0].lowpan", "{e}");
+        let e = parse(&text.replace("\"lowpan\"\n", "\"udp\"\n"), Path::new(".")).unwrap_err();
+        assert_eq!(e.key, "fleet[0].lowpan", "{e}");
+        let two = format!("{text}[[fleet]]\nname = \"udp\"\ndevices = 1\nrate = \"1/s\"\n");
+        let s = parse(&two, Path::new(".")).unwrap();
+        let e = super::super::check::check(&s, super::super::Partition::WHOLE, host).unwrap_err();
+        assert_eq!(e.key, "fleet[0].transport", "{e}");
+        let mut at_one = parse(text, Path::new(".")).unwrap();
+        at_one.fleets[0].sources = Sources::Pool {
+            prefix: "2001:db8:1200:305::/64".parse().unwrap(),
+            offset: 0,
+        };
+        let e =
+            super::super::check::check(&at_one, super::super::Partition::WHOLE, host).unwrap_err();
+        assert_eq!(e.key, "fleet[0].address_offset", "{e}");
     }
 
     /// A `transport = "nbiot"` fleet reads its `[fleet.nbiot]` table (the CLI's defaults for

@@ -89,6 +89,11 @@ pub enum Transport {
     /// coverage classes, re-addressing after sleeps), CoAP over the carrier's UDP; needs
     /// [`Sources::Pool`] (every device at a carrier address of its own).
     Nbiot(Box<crate::nbiot::fleet::NbiotPlan>),
+    /// Each device the SDK's 6LoWPAN device on a simulated 802.15.4 medium (in this process,
+    /// one ZEP socket for the fleet) with the edge's border router as the medium's peer; CoAP to
+    /// the router's global address. Needs [`Sources::Pool`] with the router's /64 (device `n` at
+    /// interface id `offset + n + 1`, its extended address set from it).
+    Lowpan(Box<crate::lowpan::LowpanPlan>),
 }
 
 impl Transport {
@@ -97,6 +102,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Nbiot(_) => "nbiot",
+            Transport::Lowpan(_) => "lowpan",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | [`nbiot`] | NB-IoT: the modem emulator and carrier model (sans-IO), the fleet's NB-IoT devices, the emulator on a pty |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`medium`] | the simulated 802.15.4 medium: a sans-IO core (channels, links, deliveries) and its ZEP hub; `v6iot-sim medium` |
+//! | [`probe`] | `v6iot-sim probe`: an endpoint's IPv6 and CoAP behaviour checked (sans-IO checks, a thin UDP driver), a pass/fail table or JSON |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
 //! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread) and in the binary
@@ -37,6 +38,7 @@ pub mod linkmodel;
 pub mod load;
 pub mod nbiot;
 pub mod plan;
+pub mod probe;
 pub mod provision;
 /// The simulated 802.15.4 medium, the `v6iot-medium` crate (`v6iot-sim medium` serves it).
 pub use v6iot_medium as medium;

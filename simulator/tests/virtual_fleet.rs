@@ -394,7 +394,7 @@ fn the_html_report_renders_its_plots_in_chromium() {
         assert!(!html.contains(external), "{external} in the page");
     }
     assert!(html.contains("&lt;both ways&gt;"), "text is escaped");
-    assert_eq!(html.matches("<svg").count(), 3);
+    assert_eq!(html.matches("<svg").count(), 4);
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("report.html");
     std::fs::write(&page, &html).unwrap();
@@ -411,7 +411,7 @@ fn the_html_report_renders_its_plots_in_chromium() {
             "--disable-sync",
             "--enable-logging=stderr",
             "--v=0",
-            "--window-size=1000,1500",
+            "--window-size=1000,2000",
         ])
         .arg(format!(
             "--user-data-dir={}",
@@ -426,10 +426,14 @@ fn the_html_report_renders_its_plots_in_chromium() {
     let console: Vec<&str> = stderr.lines().filter(|l| l.contains("CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
     let png = std::fs::read(&shot).expect("a screenshot");
-    // Delivered (plot 1, green), p99 latency (plot 2, red), CPU (plot 3, orange).
+    // Delivered and registrations (plot 1, green and brown), p99 latency (plot 2, red), the
+    // latency histogram's bars (plot 3, cyan), CPU (plot 4, orange).
+    let bars = v6iot_simulator::report::html::HISTOGRAM_COLOUR;
     for (what, colour) in [
         ("delivered", [44, 160, 44]),
+        ("registrations", [140, 86, 75]),
         ("p99", [214, 39, 40]),
+        ("histogram", [bars.0, bars.1, bars.2]),
         ("CPU", [255, 127, 14]),
     ] {
         let n = pixels_of(&png, colour);

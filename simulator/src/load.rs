@@ -23,7 +23,7 @@ use v6iot_sdk::time::Instant;
 use crate::collector::Deliveries;
 use crate::credentials;
 use crate::faults::{self, Process, Readiness};
-use crate::fleet::{FleetShared, WallClock, unix_now};
+use crate::fleet::{FleetShared, WallClock};
 use crate::fleet_marks::FleetMarks;
 use crate::link::{AddressPool, Segment, Sockets};
 use crate::linkmodel::LinkModel;
@@ -143,8 +143,9 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
     let contexts = oscore_contexts(&plan)?;
     let bucket = Timeline::width_for(scenario.duration + scenario.drain);
     // The clocks start a moment ahead, so the threads are running when the first device is due.
-    let start = Instant::now() + Duration::from_millis(200);
-    let unix_start = unix_now() + 0.2;
+    let now = WallClock::now();
+    let start = now.start() + Duration::from_millis(200);
+    let unix_start = now.unix(now.start()) + 0.2;
     let deliveries = Arc::new(Mutex::new(Deliveries::new(
         plan.clone(),
         start,

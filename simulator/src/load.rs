@@ -778,7 +778,10 @@ async fn watch(
         .filter_map(|j| plan.device(j))
         .map(|d| plan.scheduled_reports(d))
         .sum();
-    let bar = progress.then(|| {
+    // Not a terminal (a CI log, a pipe): no bar, the live line once a second instead.
+    let plain = progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut plain_at = Instant::now();
+    let bar = (progress && !plain).then(|| {
         let bar = indicatif::ProgressBar::new(expected.max(1));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -808,7 +811,8 @@ async fn watch(
         if registered_rss.is_none() && registered >= devices {
             registered_rss = Some(usage.rss_bytes);
         }
-        if let Some(bar) = &bar {
+        let line_due = plain && now.saturating_duration_since(plain_at) >= Duration::from_secs(1);
+        if bar.is_some() || line_due {
             let (delivered, p99) = deliveries
                 .lock()
                 .map(|d| {
@@ -821,12 +825,18 @@ async fn watch(
                     )
                 })
                 .unwrap_or((0, 0.0));
-            bar.set_position(made.min(expected));
             let phase = if now < stop.soft { "" } else { "draining " };
-            bar.set_message(format!(
+            let message = format!(
                 "{phase}registered {registered}/{devices}  acked {acked}  delivered {delivered}  p99 {p99:.0} ms  rss {} MB  pending {pending}",
                 usage.rss_bytes >> 20,
-            ));
+            );
+            if let Some(bar) = &bar {
+                bar.set_position(made.min(expected));
+                bar.set_message(message);
+            } else {
+                plain_at = now;
+                eprintln!("live: made {made}/{expected}  {message}");
+            }
         }
     }
     if let Some(bar) = bar {

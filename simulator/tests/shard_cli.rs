@@ -7,7 +7,8 @@
 //!
 //! Wall-clock runs: the latency histograms differ from run to run, so only their sample counts
 //! are compared (virtual_fleet.rs compares whole histograms on virtual time). The reports made
-//! are a function of the plan alone (fleet.rs), so they must match exactly.
+//! are a function of the plan alone (fleet.rs), so they must match exactly. Stderr is a pipe
+//! here, so the run's live line comes as plain `live: …` lines once a second.
 
 #![allow(
     clippy::unwrap_used,
@@ -198,6 +199,11 @@ fn logs(workdir: &Path) -> String {
 /// `v6iot-sim ARGS`; its stdout; fails the test (with its stderr and the logs in `workdir`)
 /// if it fails.
 fn sim(args: &[&str], workdir: Option<&Path>) -> String {
+    sim_output(args, workdir).0
+}
+
+/// As [`sim`]: stdout and stderr.
+fn sim_output(args: &[&str], workdir: Option<&Path>) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
         .args(args)
         .output()
@@ -208,7 +214,10 @@ fn sim(args: &[&str], workdir: Option<&Path>) -> String {
         String::from_utf8_lossy(&out.stderr),
         workdir.map(logs).unwrap_or_default()
     );
-    String::from_utf8(out.stdout).unwrap()
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 fn read(path: &Path) -> Report {
@@ -247,16 +256,16 @@ fn two_shards_merged_through_the_cli_equal_one_unsharded_run() {
             scenario.to_str().unwrap(),
             "--shard",
             shard,
-            "--quiet",
             "--report",
             &p(&format!("{name}.json")),
         ]
         .map(str::to_owned)
         .to_vec();
         let platform = scenario.parent().unwrap().to_owned();
+        // Stderr is a pipe: the live line comes as plain lines, once a second.
         std::thread::spawn(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            sim(&args, Some(&platform));
+            sim_output(&args, Some(&platform)).1
         })
     };
     {
@@ -272,7 +281,13 @@ fn two_shards_merged_through_the_cli_equal_one_unsharded_run() {
         // The whole run against a fresh platform.
         let platform = Platform::start(&path("whole"));
         let scenario = platform.scenario(&path("whole"));
-        run(&scenario, "0/1", "whole").join().unwrap();
+        let stderr = run(&scenario, "0/1", "whole").join().unwrap();
+        let live: Vec<&str> = stderr.lines().filter(|l| l.starts_with("live: ")).collect();
+        assert!(live.len() >= 2, "a live line a second: {stderr}");
+        assert!(
+            live.iter().any(|l| l.contains("registered 29/29")),
+            "{live:#?}"
+        );
     }
     let printed = sim(
         &[

@@ -146,6 +146,10 @@ fn oscore_passes_with_the_devices_credentials_and_sequence_numbers_go_on() {
             detail(&report, CheckId::Oscore).ends_with("verified, inside 2.05 (ACK)"),
             "{report:?}"
         );
+        assert_eq!(
+            detail(&report, CheckId::Block2),
+            "not offered: none of 7 resources answered in blocks (7 answered 4.01: OSCORE only)"
+        );
     }
     let mark =
         std::fs::read_to_string(format!("{}.{}.probe.seq", csv.display(), common::DEVICE_ID))

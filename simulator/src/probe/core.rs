@@ -83,6 +83,8 @@ enum Task {
 #[derive(Debug, Clone)]
 struct BlockSearch {
     candidate: usize,
+    /// Candidates that answered 4.01 (an OSCORE-only endpoint's resources).
+    unauthorized: usize,
     next: u32,
     body: usize,
 }
@@ -142,6 +144,7 @@ impl Probe {
             },
             Task::Block(BlockSearch {
                 candidate: 0,
+                unauthorized: 0,
                 next: 0,
                 body: 0,
             }),
@@ -395,10 +398,16 @@ impl Probe {
             Task::Block(search) => {
                 let Some(path) = self.block_candidate(search.candidate) else {
                     let tried = search.candidate;
+                    let locked = match search.unauthorized {
+                        0 => String::new(),
+                        n => format!(" ({n} answered 4.01: OSCORE only)"),
+                    };
                     self.record(
                         CheckId::Block2,
                         Verdict::NotApplicable,
-                        format!("not offered: none of {tried} resources answered in blocks"),
+                        format!(
+                            "not offered: none of {tried} resources answered in blocks{locked}"
+                        ),
                     );
                     return None;
                 };
@@ -665,6 +674,7 @@ impl Probe {
         let path = self.block_candidate(search.candidate).unwrap_or_default();
         let next_candidate = |s: &BlockSearch| BlockSearch {
             candidate: s.candidate + 1,
+            unauthorized: s.unauthorized,
             next: 0,
             body: 0,
         };
@@ -687,6 +697,9 @@ impl Probe {
                 return self.start_next(now);
             }
         };
+        if search.next == 0 && p.header.code == MessageClass::Response(ResponseType::Unauthorized) {
+            search.unauthorized += 1;
+        }
         let block = wire::block_option(&p, CoapOption::Block2);
         let success = p.header.code == MessageClass::Response(ResponseType::Content);
         match block {

@@ -21,7 +21,7 @@
 //! | [`probe`] | `v6iot-sim probe`: an endpoint's IPv6 and CoAP behaviour checked (sans-IO checks, a thin UDP driver), a pass/fail table or JSON |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
-//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread) and in the binary
+//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread), [`probe::driver`] (the probe's UDP socket) and in the binary
 //! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 pub mod broker;

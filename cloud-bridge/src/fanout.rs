@@ -202,6 +202,11 @@ impl AckTracker {
         self.owed.get(&id).is_some_and(|s| s.contains(sink))
     }
 
+    /// How many outstanding ids `sink` still owes (one pass over the window).
+    pub fn owed_by(&self, sink: usize) -> usize {
+        self.owed.values().filter(|s| s.contains(sink)).count()
+    }
+
     /// Starts tracking `id`, owed by every sink.
     pub fn track(&mut self, id: u64) -> Track {
         if self.owed.contains_key(&id) {
@@ -393,13 +398,15 @@ impl Pump {
             let can_read = input_open && current.is_none() && self.tracker.has_room();
             tokio::select! {
                 biased;
-                ack = next_ack(&mut self.acks, &mut self.ack_cursor) => {
-                    if let Some((sink, id)) = ack
-                        && let Some(done) = self.tracker.ack(sink, id)
-                    {
-                        upstream_ack(done);
+                ack = next_ack(&mut self.acks, &mut self.ack_cursor) => match ack {
+                    Some(AckEvent::Ack(sink, id)) => {
+                        if let Some(done) = self.tracker.ack(sink, id) {
+                            upstream_ack(done);
+                        }
                     }
-                }
+                    Some(AckEvent::Closed(sink)) => self.sink_finished(sink),
+                    None => {}
+                },
                 () = room(blocked.as_ref()), if blocked.is_some() => {}
                 m = input.recv(), if can_read => match m {
                     None => input_open = false,
@@ -450,6 +457,22 @@ impl Pump {
         None
     }
 
+    /// A sink's ack channel closed: a warning if it still owes acknowledgements (they stay
+    /// unacknowledged upstream), else it simply finished (a stop, after it acknowledged all
+    /// it was given).
+    fn sink_finished(&self, sink: usize) {
+        let owed = self.tracker.owed_by(sink);
+        if owed > 0 {
+            tracing::warn!(
+                sink,
+                owed,
+                "fan-out: a sink's ack channel is gone; ids it owes stay unacknowledged"
+            );
+        } else {
+            tracing::debug!(sink, "fan-out: a sink finished, owing nothing");
+        }
+    }
+
     fn report(&self, end: FanoutEnd) -> FanoutReport {
         let stats = self.tracker.stats();
         tracing::debug!(?end, ?stats, "fan-out pump ended");
@@ -466,12 +489,21 @@ async fn room(tx: Option<&mpsc::Sender<OutboundMessage>>) {
     }
 }
 
-/// The next acknowledgement from any sink, as (sink, id), polling the sinks in turn from
-/// `cursor`; `None` once every ack channel is gone (closed ones are set to `None`).
+/// What [`next_ack`] found.
+enum AckEvent {
+    /// Sink `.0` acknowledged id `.1`.
+    Ack(usize, u64),
+    /// Sink `.0`'s ack channel closed (its slot is now `None`).
+    Closed(usize),
+}
+
+/// The next acknowledgement from any sink, or the closing of a sink's ack channel, polling the
+/// sinks in turn from `cursor`; `None` once every ack channel is gone (closed ones are set to
+/// `None`).
 async fn next_ack(
     acks: &mut [Option<mpsc::UnboundedReceiver<u64>>],
     cursor: &mut usize,
-) -> Option<(usize, u64)> {
+) -> Option<AckEvent> {
     std::future::poll_fn(|cx| {
         let n = acks.len();
         let mut open = false;
@@ -486,14 +518,12 @@ async fn next_ack(
             match rx.poll_recv(cx) {
                 Poll::Ready(Some(id)) => {
                     *cursor = (i + 1) % n;
-                    return Poll::Ready(Some((i, id)));
+                    return Poll::Ready(Some(AckEvent::Ack(i, id)));
                 }
                 Poll::Ready(None) => {
-                    tracing::warn!(
-                        sink = i,
-                        "fan-out: a sink's ack channel is gone; ids it owes stay unacknowledged"
-                    );
                     *slot = None;
+                    *cursor = (i + 1) % n;
+                    return Poll::Ready(Some(AckEvent::Closed(i)));
                 }
                 Poll::Pending => open = true,
             }
@@ -556,6 +586,21 @@ mod tests {
         assert_eq!(t.ack(0, 13), Some(13));
         assert_eq!(t.outstanding(), 0);
         assert_eq!(t.stats().completed, 4);
+    }
+
+    #[test]
+    fn owed_by_counts_what_each_sink_still_owes() {
+        let mut t = tracker(2, 8);
+        for id in 1..=3 {
+            t.track(id);
+        }
+        t.ack(0, 1);
+        t.ack(0, 2);
+        t.ack(1, 2);
+        assert_eq!((t.owed_by(0), t.owed_by(1)), (1, 2));
+        t.ack(0, 3);
+        assert_eq!((t.owed_by(0), t.owed_by(1)), (0, 2));
+        assert_eq!(t.owed_by(5), 0);
     }
 
     #[test]

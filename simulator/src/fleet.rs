@@ -27,6 +27,12 @@ use v6iot_sdk::uplink::ReportEvent;
 
 use crate::scenario::{Format, Payload};
 
+/// How far apart the two Unix readings of [`WallClock::read`] may be, seconds.
+pub const PAIR_SPREAD: f64 = 0.001;
+
+/// How often [`WallClock::read`] tries for a pair within [`PAIR_SPREAD`].
+pub const PAIR_TRIES: usize = 8;
+
 /// Maps `Instant`s to Unix time (captured once, so the cores stay clock-free).
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
@@ -35,9 +41,36 @@ pub struct WallClock {
 }
 
 impl WallClock {
-    /// Captures the current wall-clock time.
+    /// Captures the current wall-clock time (a tight pair of readings, see [`WallClock::read`]).
     pub fn now() -> WallClock {
-        WallClock::at(Instant::now(), unix_now())
+        WallClock::read(Instant::now, unix_now)
+    }
+
+    /// Reads the monotonic clock and Unix time as one pair: the Unix time is the middle of two
+    /// readings taken around the monotonic one, read again (up to [`PAIR_TRIES`] times) while
+    /// those two are more than [`PAIR_SPREAD`] apart. A thread preempted between two separate
+    /// readings (a loaded machine) would otherwise shift every report's time by as long as it
+    /// waited, and deliveries, timed with Unix time, would come out with negative latencies.
+    pub fn read(mut instant: impl FnMut() -> Instant, mut unix: impl FnMut() -> f64) -> WallClock {
+        let mut best: Option<(f64, WallClock)> = None;
+        for _ in 0..PAIR_TRIES {
+            let before = unix();
+            let now = instant();
+            let after = unix();
+            let spread = (after - before).abs();
+            if best.as_ref().is_none_or(|(s, _)| spread < *s) {
+                best = Some((spread, WallClock::at(now, before + (after - before) / 2.0)));
+            }
+            if spread <= PAIR_SPREAD {
+                break;
+            }
+        }
+        best.map_or_else(|| WallClock::at(instant(), unix()), |(_, c)| c)
+    }
+
+    /// The instant the clock was read at.
+    pub fn start(&self) -> Instant {
+        self.start
     }
 
     /// A clock on which `start` is `unix` seconds (virtual time in tests).
@@ -348,6 +381,32 @@ pub fn tree() -> Result<Arc<ResourceTree<FleetSensor>>, TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_pair_is_read_again_when_the_thread_was_preempted() {
+        // The first try is preempted for 120 ms between its readings, the second is tight.
+        let unix = [100.0, 100.12, 100.2, 100.2004];
+        let mut u = unix.iter().copied();
+        let mut i = [Instant::from_millis(5), Instant::from_millis(85)].into_iter();
+        let c = WallClock::read(|| i.next().unwrap(), || u.next().unwrap());
+        assert_eq!(c.start, Instant::from_millis(85));
+        assert!((c.unix_at_start - 100.2002).abs() < 1e-9, "{c:?}");
+        // A clock that never settles: the tightest of the tries.
+        let mut spreads = [0.5, 0.3, 0.02, 0.4, 0.6, 0.7, 0.8, 0.9].into_iter();
+        let mut t = 0.0;
+        let mut first = true;
+        let c = WallClock::read(Instant::now, || {
+            if first {
+                t += 10.0;
+            } else {
+                t += spreads.next().unwrap_or(1.0);
+            }
+            first = !first;
+            t
+        });
+        // Third try: before 30.8, after 30.82.
+        assert!((c.unix_at_start - 30.81).abs() < 1e-9, "{c:?}");
+    }
     use v6iot_sdk::coap::Code;
 
     fn shared(interval_ms: u64, stop_ms: u64, payload: Payload) -> Arc<FleetShared> {

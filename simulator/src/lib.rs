@@ -19,13 +19,14 @@
 //! | [`lowpan`] | 6LoWPAN: a fleet of the SDK's 6LoWPAN devices on the shard core, through an in-process medium (one ZEP socket) to the border router; the report's `lowpan` section |
 //! | [`load`] | I/O: runs a fleet on sockets (in shard threads), subscribes at the broker, builds the run report |
 //! | [`medium`] | the simulated 802.15.4 medium: a sans-IO core (channels, links, deliveries) and its ZEP hub; `v6iot-sim medium` |
+//! | [`probe`] | `v6iot-sim probe`: an endpoint's IPv6 and CoAP behaviour checked (sans-IO checks, a thin UDP driver), a pass/fail table or JSON |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
 //! The edge router (with its SQLite registry and HTTP listener) and the embedded broker come in
 //! only with the `demo` feature (default on): without it (`--no-default-features`) the
 //! simulator and `v6iot-flood` build from the SDK, `v6iot-credentials` and the MQTT client.
 //!
-//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread) and in the binary
+//! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread), [`probe::driver`] (the probe's UDP socket) and in the binary
 //! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
 #[cfg(feature = "demo")]
@@ -45,6 +46,7 @@ pub mod load;
 pub mod lowpan;
 pub mod nbiot;
 pub mod plan;
+pub mod probe;
 pub mod provision;
 /// The simulated 802.15.4 medium, the `v6iot-medium` crate (`v6iot-sim medium` serves it).
 pub use v6iot_medium as medium;

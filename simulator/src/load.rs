@@ -24,7 +24,7 @@ use v6iot_sdk::time::Instant;
 use crate::collector::Deliveries;
 use crate::credentials;
 use crate::faults::{self, Process, Readiness};
-use crate::fleet::{FleetShared, WallClock, unix_now};
+use crate::fleet::{FleetShared, WallClock};
 use crate::fleet_marks::FleetMarks;
 use crate::link::{AddressPool, Segment, Sockets};
 use crate::linkmodel::LinkModel;
@@ -157,8 +157,9 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
     let contexts = oscore_contexts(&plan)?;
     let bucket = Timeline::width_for(scenario.duration + scenario.drain);
     // The clocks start a moment ahead, so the threads are running when the first device is due.
-    let start = Instant::now() + Duration::from_millis(200);
-    let unix_start = unix_now() + 0.2;
+    let now = WallClock::now();
+    let start = now.start() + Duration::from_millis(200);
+    let unix_start = now.unix(now.start()) + 0.2;
     let deliveries = Arc::new(Mutex::new(Deliveries::new(
         plan.clone(),
         start,
@@ -839,7 +840,10 @@ async fn watch(
         .filter_map(|j| plan.device(j))
         .map(|d| plan.scheduled_reports(d))
         .sum();
-    let bar = progress.then(|| {
+    // Not a terminal (a CI log, a pipe): no bar, the live line once a second instead.
+    let plain = progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut plain_at = Instant::now();
+    let bar = (progress && !plain).then(|| {
         let bar = indicatif::ProgressBar::new(expected.max(1));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -869,7 +873,8 @@ async fn watch(
         if registered_rss.is_none() && registered >= devices {
             registered_rss = Some(usage.rss_bytes);
         }
-        if let Some(bar) = &bar {
+        let line_due = plain && now.saturating_duration_since(plain_at) >= Duration::from_secs(1);
+        if bar.is_some() || line_due {
             let (delivered, p99) = deliveries
                 .lock()
                 .map(|d| {
@@ -882,12 +887,18 @@ async fn watch(
                     )
                 })
                 .unwrap_or((0, 0.0));
-            bar.set_position(made.min(expected));
             let phase = if now < stop.soft { "" } else { "draining " };
-            bar.set_message(format!(
+            let message = format!(
                 "{phase}registered {registered}/{devices}  acked {acked}  delivered {delivered}  p99 {p99:.0} ms  rss {} MB  pending {pending}",
                 usage.rss_bytes >> 20,
-            ));
+            );
+            if let Some(bar) = &bar {
+                bar.set_position(made.min(expected));
+                bar.set_message(message);
+            } else {
+                plain_at = now;
+                eprintln!("live: made {made}/{expected}  {message}");
+            }
         }
     }
     if let Some(bar) = bar {

@@ -133,6 +133,10 @@ enum Command {
     /// an address in the carrier's prefix. Until Ctrl-C or --duration; then a JSON summary on
     /// standard output.
     Modem(Box<v6iot_simulator::nbiot::cli::ModemArgs>),
+    /// Evaluate a CoAP endpoint's IPv6 and CoAP behaviour (reachability, CON and NON,
+    /// discovery, Block2, Observe, answers to malformed input) and print a pass/fail table;
+    /// exits with status 1 when a check fails.
+    Probe(v6iot_simulator::probe::driver::ProbeArgs),
     /// Write fresh OSCORE credentials for a fleet as the CSV `v6iot-edge devices import` reads
     /// (random 16-byte master secrets; the file is readable by its owner only).
     Provision {
@@ -440,6 +444,9 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());
     }
+    if let Command::Probe(args) = &cli.command {
+        return run_probe(args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -509,8 +516,23 @@ fn main() -> anyhow::Result<()> {
             let merged = v6iot_simulator::report::merge::merge(&parsed)?;
             write_reports(&merged, report.as_deref(), html.as_deref())
         }
-        Command::Provision { .. } | Command::Medium { .. } | Command::Modem(_) => Ok(()),
+        Command::Provision { .. } | Command::Medium { .. } | Command::Modem(_) | Command::Probe(_) => Ok(()),
     }
+}
+
+/// `v6iot-sim probe`: the table (or JSON) on standard output; status 1 when a check failed.
+fn run_probe(args: &v6iot_simulator::probe::driver::ProbeArgs) -> anyhow::Result<()> {
+    let oscore = v6iot_simulator::probe::driver::oscore_context(args)?;
+    let report = v6iot_simulator::probe::driver::run(args.target, args.config(), oscore)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.table());
+    }
+    if report.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// `v6iot-sim medium`: serves until Ctrl-C or `duration`, then prints the summary.

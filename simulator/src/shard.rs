@@ -995,6 +995,9 @@ pub fn run_with<St: MemberStore, L: Link>(
     let mut busy_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
+        // Reports due before the soft stop are made before the stop is judged: what a run
+        // makes is a function of the plan, not of when the last wait ended.
+        core.handle_timeout(now);
         if now >= stop.hard
             || (now >= stop.soft && core.pending_reports() <= 0 && core.all_powered())
         {
@@ -1010,7 +1013,6 @@ pub fn run_with<St: MemberStore, L: Link>(
             }
             next_sample = now + PROGRESS_EVERY;
         }
-        core.handle_timeout(now);
         send(&mut core, link);
         let next = core
             .poll_timeout()

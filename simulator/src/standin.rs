@@ -346,6 +346,8 @@ impl<St: MemberStore> VirtualNet<St> {
     /// Runs until `until` (or until nothing is left to do).
     pub fn run_until(&mut self, until: Instant) {
         loop {
+            // What the cores have to send goes out now (also what they made before the run).
+            self.send(self.now);
             let core_next = self.cores.iter().filter_map(|c| c.poll_timeout()).min();
             let hop_next = self.events.peek().map(|r| r.0.0);
             let Some(next) = [core_next, hop_next].into_iter().flatten().min() else {
@@ -397,16 +399,21 @@ impl<St: MemberStore> VirtualNet<St> {
             for c in &mut self.cores {
                 c.handle_timeout(now);
             }
-            let mut sends = Vec::new();
-            for (i, c) in self.cores.iter_mut().enumerate() {
-                while let Some(o) = c.poll_transmit() {
-                    sends.push((address(i, o.member), o.bytes));
-                }
-            }
-            for (from, bytes) in sends {
-                self.schedule(now + self.delay, Hop::ToEdge { from, bytes });
-            }
+            self.send(now);
         }
         self.now = self.now.max(until);
+    }
+
+    /// The cores' datagrams on their way to the edge, sent at `now`.
+    fn send(&mut self, now: Instant) {
+        let mut sends = Vec::new();
+        for (i, c) in self.cores.iter_mut().enumerate() {
+            while let Some(o) = c.poll_transmit() {
+                sends.push((address(i, o.member), o.bytes));
+            }
+        }
+        for (from, bytes) in sends {
+            self.schedule(now + self.delay, Hop::ToEdge { from, bytes });
+        }
     }
 }

@@ -150,6 +150,10 @@ impl TimerWheel {
     /// Hands every key whose deadline is at or before `now` to `out` (in deadline order, up to
     /// a tick).
     pub fn expire(&mut self, now: Instant, out: &mut Vec<u32>) {
+        // Before the origin nothing is due, not even tick 0 (entries at the origin itself).
+        if now < self.origin {
+            return;
+        }
         // Every tick up to and including the one that `now` is in (rounded down) is due.
         let since = now.saturating_duration_since(self.origin).as_micros() as u64;
         let target = since / TICK.as_micros() as u64;
@@ -209,6 +213,24 @@ mod tests {
 
     fn at(origin: Instant, ms: u64) -> Instant {
         origin + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_origin() {
+        // The simulator's shards start their clocks a moment ahead (load.rs): a device planned
+        // at the origin must not power on while the threads wait for it.
+        let o = Instant::ZERO + Duration::from_millis(200);
+        let mut w = TimerWheel::new(o);
+        w.insert(o, 1);
+        w.insert(at(o, 1), 2);
+        let mut out = Vec::new();
+        w.expire(Instant::ZERO, &mut out);
+        w.expire(o - Duration::from_micros(1), &mut out);
+        assert!(out.is_empty(), "{out:?} due before the origin");
+        w.expire(o, &mut out);
+        assert_eq!(out, [1]);
+        w.expire(at(o, 1), &mut out);
+        assert_eq!(out, [1, 2]);
     }
 
     #[test]

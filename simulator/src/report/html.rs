@@ -1,7 +1,9 @@
 //! The self-contained HTML report (`v6iot-sim run --html FILE`, `v6iot-sim merge --html FILE`):
 //! one page, no scripts and no external resources — the plots are SVG drawn with `plotters` and
 //! written into the page. Plots: reports per second over time (made, acknowledged, delivered)
-//! with the faults marked; latency (p50, p99) over time; the simulator's CPU and memory. Then
+//! and registrations per second, with the faults marked; latency (p50, p99) over time; the
+//! latency distribution (a histogram of every delivered report's latency, log-spaced bins); the
+//! simulator's CPU and memory. Then
 //! per fleet what became of its reports, the faults, warnings and consistency problems.
 
 use std::fmt::Write as _;
@@ -41,6 +43,11 @@ pub fn render(report: &Report) -> String {
     for (id, title, svg) in [
         ("throughput", "Reports per second", throughput_plot(report)),
         ("latency", "Latency (ms)", latency_plot(report)),
+        (
+            "histogram",
+            "Latency distribution (delivered reports)",
+            histogram_plot(&report.total.latency),
+        ),
         (
             "resources",
             "Simulator CPU (cores) and memory (MB)",
@@ -171,6 +178,11 @@ fn throughput_plot(report: &Report) -> Result<String, String> {
             colour: RGBColor(44, 160, 44),
             points: series(report, |b| b.counts.delivered as f64 / w),
         },
+        Line {
+            name: "registrations",
+            colour: RGBColor(140, 86, 75),
+            points: series(report, |b| b.counts.registered as f64 / w),
+        },
     ];
     plot(report, &lines, "reports/s")
 }
@@ -189,6 +201,70 @@ fn latency_plot(report: &Report) -> Result<String, String> {
         },
     ];
     plot(report, &lines, "ms")
+}
+
+/// Bins of the latency histogram: log-spaced between the smallest and largest latency.
+const HISTOGRAM_BINS: usize = 40;
+
+/// The histogram's bar colour.
+pub const HISTOGRAM_COLOUR: RGBColor = RGBColor(23, 190, 207);
+
+/// `buckets_us` regrouped into [`HISTOGRAM_BINS`] log-spaced bins: `(low ms, high ms, count)`.
+fn latency_bins(h: &crate::histogram::HistogramReport) -> Vec<(f64, f64, u64)> {
+    let ms = |us: u64| (us as f64 / 1000.0).max(0.001);
+    let (Some(first), Some(last)) = (h.buckets_us.first(), h.buckets_us.last()) else {
+        return Vec::new();
+    };
+    let (lo, hi) = (ms(first.0).log10(), (ms(last.0) * 1.01).log10());
+    let width = ((hi - lo) / HISTOGRAM_BINS as f64).max(1e-6);
+    let mut bins: Vec<(f64, f64, u64)> = (0..HISTOGRAM_BINS)
+        .map(|i| {
+            let a = lo + width * i as f64;
+            (10f64.powf(a), 10f64.powf(a + width), 0)
+        })
+        .collect();
+    for &(us, count) in &h.buckets_us {
+        let i = ((ms(us).log10() - lo) / width) as usize;
+        if let Some(bin) = bins.get_mut(i.min(HISTOGRAM_BINS - 1)) {
+            bin.2 += count;
+        }
+    }
+    bins
+}
+
+/// The latency distribution as SVG bars on a logarithmic latency axis.
+fn histogram_plot(h: &crate::histogram::HistogramReport) -> Result<String, String> {
+    let bins = latency_bins(h);
+    let x_lo = bins.first().map_or(0.1, |b| b.0);
+    let x_hi = bins.last().map_or(1.0, |b| b.1).max(x_lo * 1.5);
+    let y_max = bins.iter().map(|b| b.2).max().unwrap_or(0).max(1) as f64 * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_max)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(format!(
+                "latency, ms (p50 {:.2}, p99 {:.2}, p99.9 {:.2})",
+                h.p50_ms, h.p99_ms, h.p999_ms
+            ))
+            .y_desc("reports")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(bins.iter().filter(|b| b.2 > 0).map(|&(a, b, n)| {
+                Rectangle::new([(a, 0.0), (b, n as f64)], HISTOGRAM_COLOUR.filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
 }
 
 fn resources_plot(report: &Report) -> Result<String, String> {
@@ -269,4 +345,28 @@ fn list(page: &mut String, title: &str, items: &[String]) {
         let _ = writeln!(page, "<li>{}</li>", escape(i));
     }
     page.push_str("</ul>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram::LatencyHistogram;
+
+    #[test]
+    fn latency_bins_keep_every_sample_in_log_spaced_bins() {
+        let mut h = LatencyHistogram::new();
+        for (ms, n) in [(1u64, 500u64), (10, 300), (1000, 200), (20_000, 1)] {
+            h.record_us(ms * 1000, n);
+        }
+        let bins = latency_bins(&h.to_report());
+        assert_eq!(bins.len(), HISTOGRAM_BINS);
+        assert_eq!(bins.iter().map(|b| b.2).sum::<u64>(), 1001);
+        assert!(bins[0].0 <= 1.0 && bins[HISTOGRAM_BINS - 1].1 >= 20_000.0);
+        // Log spacing: every bin spans the same ratio.
+        let ratio = bins[0].1 / bins[0].0;
+        assert!(bins.iter().all(|b| (b.1 / b.0 - ratio).abs() < 1e-6));
+        assert_eq!(bins[0].2, 500);
+        assert!(latency_bins(&LatencyHistogram::new().to_report()).is_empty());
+        assert!(histogram_plot(&LatencyHistogram::new().to_report()).is_ok());
+    }
 }

@@ -271,7 +271,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let t = &self.total;
         let mut s = format!(
-            "devices {} (registered {}), made {}, sent {}, acknowledged {}, delivered {}, unsent at end {}, lost {}, refused {}, duplicates {}\nlatency p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms; registration p50 {:.0} ms p99 {:.0} ms; {:.0} delivered/s",
+            "devices {} (registered {}), made {}, sent {}, acknowledged {}, delivered {}, unsent at end {}, lost {}, refused {}, duplicates {}\nlatency p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms; registration p50 {:.1} ms p99 {:.1} ms; {:.0} delivered/s",
             t.devices,
             t.registered,
             t.made,

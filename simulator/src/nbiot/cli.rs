@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use v6iot_edge_router::registry_db::Ipv6Prefix;
+use v6iot_credentials::Ipv6Prefix;
 
 use super::carrier::{CarrierPlan, Cellular, CoverageMix, Latency};
 use super::emulator::EmulatorConfig;

@@ -516,7 +516,10 @@ fn main() -> anyhow::Result<()> {
             let merged = v6iot_simulator::report::merge::merge(&parsed)?;
             write_reports(&merged, report.as_deref(), html.as_deref())
         }
-        Command::Provision { .. } | Command::Medium { .. } | Command::Modem(_) | Command::Probe(_) => Ok(()),
+        Command::Provision { .. }
+        | Command::Medium { .. }
+        | Command::Modem(_)
+        | Command::Probe(_) => Ok(()),
     }
 }
 

@@ -17,8 +17,8 @@
 # `unshare -n`) where the pool prefix is routed to loopback; loopback only. Rate limits are
 # raised for the run in the edge's configuration (every device reaches the edge from one /64 on
 # one host here, which the defaults rightly treat as one source network); defaults unchanged.
-# Bounded: provisioning and import (about 1 min per million devices), then the run: DURATION +
-# 20 s drain + 30 s at most. Output: OUT/million.json (the simulator's report) and
+# Bounded: provisioning and import (about 4 min per million devices), the edge's start, then
+# the run: DURATION + 20 s drain + 30 s + 1 s per 5,000 devices (the simulator's start) at most. Output: OUT/million.json (the simulator's report) and
 # OUT/million.txt (the summary, also printed). `--perf` samples the edge with perf (Debian
 # linux-perf) during the run and adds its hottest symbols to the summary.
 set -euo pipefail
@@ -96,6 +96,25 @@ machine_info | tee "$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
 # CPU ticks per thread name (threads of one name added up), sorted for `join`.
 by_thread() { thread_ticks "$1" | awk -F'\t' '{ t[$1] += $2 } END { for (n in t) print n "\t" t[n] }' | sort; }
+# answers PORT SECS: true once the edge answers a plain CoAP ping or GET (RST, 4.01) on
+# [::1]:PORT, false after SECS.
+answers() {
+    python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    s.sendto(bytes([0x40, 0, 0x12, 0x34]), ("::1", int(sys.argv[1])))  # ping
+    s.sendto(bytes([0x41, 1, 0x12, 0x35, 0x7A, 0xB4]) + b"core", ("::1", int(sys.argv[1])))  # GET
+    try:
+        s.recv(64)
+        sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit(1)
+PY
+}
 kib() { awk '/^'"$2"':/ { print $2 }' "/proc/$1/status"; }
 
 start_mosquitto mosquitto
@@ -146,15 +165,16 @@ edge_config "$BENCH_WORK/edge-data" "$EDGE_PORT" >"$BENCH_WORK/edge.toml"
 t3="$(date +%s.%N)"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
+# The socket is bound before the devices' contexts are made; the loop answers only after.
+answers "$EDGE_PORT" 600 || die "the edge did not answer within 10 min"
 t4="$(date +%s.%N)"
-sleep 1
 PID="$(bg_pid edge)"
 RSS_LOADED="$(kib "$PID" VmRSS)"
 CPU_EDGE0="$(cpu_ticks "$PID")"
 by_thread "$PID" >"$BENCH_WORK/threads0"
 DROPS0="$(udp_drops "$EDGE_PORT")"
 RUNQ0="$(runq_ns "$PID")"
-say "$(awk -v a="$t3" -v b="$t4" 'BEGIN { printf "edge start with the registry loaded: %.1f s\n", b - a }')"
+say "$(awk -v a="$t3" -v b="$t4" 'BEGIN { printf "edge start until it answers (%d devices loaded): %.1f s\n", '"$DEVICES"', b - a }')"
 # The edge's RSS once a second while the fleet runs (the sampler is one of start_bg's PIDs).
 start_bg rss bash -c "while kill -0 $PID 2>/dev/null; do echo \"\$(date +%s.%N) \$(awk '/^VmRSS:/ { print \$2 }' /proc/$PID/status)\"; sleep 1; done"
 
@@ -164,7 +184,7 @@ if [[ "$PERF" == 1 ]]; then
     start_bg perf perf record -F 499 -g -p "$PID" -o "$BENCH_WORK/perf.data" -- sleep "$DURATION_S"
 fi
 T_SIM="$(date +%s.%N)"
-timeout "$((DURATION_S + 80))" /usr/bin/time -v "$SIM" run --edge "[::1]:$EDGE_PORT" \
+timeout "$((DURATION_S + 20 + 30 + DEVICES / 5000))" /usr/bin/time -v "$SIM" run --edge "[::1]:$EDGE_PORT" \
     --devices "$DEVICES" --rate "$RATE" --ramp "$RAMP" --duration "$DURATION" --drain 20s \
     --mqtt-url "mqtt://[::1]:$MQTT_PORT" --site m --id-prefix m --credentials "$CREDS" \
     --seq-file "$BENCH_WORK/fleet.seq" --threads "$THREADS" --source-prefix "$POOL_PREFIX" \
@@ -176,7 +196,9 @@ RUNQ1="$(runq_ns "$PID")"
 HWM_EDGE="$(kib "$PID" VmHWM)"
 RSS_END="$(kib "$PID" VmRSS)"
 stop_bg rss
-[[ -s "$REPORT" ]] || die "no report (see $BENCH_WORK/sim.time)"
+cp "$BENCH_WORK/sim.time" "$OUT/million.sim.log"
+cp "$BENCH_WORK/edge.log" "$OUT/million.edge.log"
+[[ -s "$REPORT" ]] || die "no report (the simulator's output: $OUT/million.sim.log, the edge's: $OUT/million.edge.log)"
 
 REGISTERED="$(jq '.total.registered' "$REPORT")"
 # When the last device registered: the first timeline bucket where the count reaches DEVICES.

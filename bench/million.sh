@@ -230,4 +230,5 @@ if [[ "$PERF" == 1 ]]; then
     perf report -i "$BENCH_WORK/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
         grep -E '^ +[0-9]' | head -40 | tee -a "$SUMMARY"
 fi
+say "edge log: $(grep -c WARN "$OUT/million.edge.log" || true) warnings, $(grep -c ERROR "$OUT/million.edge.log" || true) errors; audit rows dropped: $(grep -o 'dropped=[0-9]*' "$OUT/million.edge.log" | awk -F= '{ s += $2 } END { print s + 0 }')"
 say "warnings: $(jq -c '.warnings' "$REPORT")"

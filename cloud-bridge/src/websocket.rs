@@ -167,42 +167,102 @@ pub async fn run_websocket(
         config.attempt_delay,
         config.connect_timeout,
     )?;
-    let events = Events::new(events);
-    let stats = Arc::clone(&config.stats);
-    let max_batch = config.max_batch.max(1);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
-    // Received and not yet acknowledged (not sent, or sent on a connection that failed).
-    let mut pending: VecDeque<OutboundMessage> = VecDeque::new();
-    let mut resend = 0usize;
-    let mut outgoing_closed = false;
+    let mut session = Session {
+        stats: Arc::clone(&config.stats),
+        events: Events::new(events),
+        acks,
+        max_batch: config.max_batch.max(1),
+        pending: VecDeque::new(),
+        resend: 0,
+        outgoing_closed: false,
+    };
     loop {
         let connected = tokio::select! {
             biased;
             () = shutdown.as_mut() => return Ok(()),
             connected = connect(&connector, &config) => connected,
         };
-        let (ws, addr) = match connected {
-            Ok(ws) => ws,
-            Err(e) => {
-                let reason = e.to_string();
-                let delay = backoff.next_delay();
-                tracing::warn!(%reason, retry_in = ?delay, "WebSocket connection attempt failed");
-                stats.inc(Counter::ConnectFailures);
-                events.emit(BridgeEvent::ConnectFailed { reason });
-                if sleep_or_shutdown(delay, &mut shutdown).await {
-                    return Ok(());
+        let delay = match connected {
+            Err(e) => session.connect_failed(&e, backoff.next_delay()),
+            Ok((ws, addr)) => {
+                backoff.reset();
+                session.connected(addr, &config.url);
+                match session
+                    .serve(ws, &config, &mut outgoing, &mut shutdown)
+                    .await
+                {
+                    None => return Ok(()),
+                    Some(lost) => session.lost(&lost, backoff.next_delay()),
                 }
-                continue;
             }
         };
-        tracing::info!(%addr, url = %config.url, "WebSocket connected");
-        backoff.reset();
-        stats.inc(Counter::Connects);
-        events.emit(BridgeEvent::Connected { addr });
-        if resend > 0 {
-            events.emit(BridgeEvent::Republishing { count: resend });
+        if sleep_or_shutdown(delay, &mut shutdown).await {
+            return Ok(());
         }
+    }
+}
+
+/// The sink's state across connections.
+struct Session {
+    stats: Arc<BridgeStats>,
+    events: Events,
+    acks: mpsc::UnboundedSender<u64>,
+    max_batch: usize,
+    /// Received and not yet acknowledged (not sent, or sent on a connection that failed).
+    pending: VecDeque<OutboundMessage>,
+    /// How many of `pending` were sent on a connection that failed (republished when sent).
+    resend: usize,
+    /// `outgoing` has ended: nothing more comes.
+    outgoing_closed: bool,
+}
+
+/// The sending half of a connection.
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+
+impl Session {
+    /// A connection attempt failed: logged, counted, reported; returns `delay`.
+    fn connect_failed(&self, e: &WsConnectError, delay: Duration) -> Duration {
+        let reason = e.to_string();
+        tracing::warn!(%reason, retry_in = ?delay, "WebSocket connection attempt failed");
+        self.stats.inc(Counter::ConnectFailures);
+        self.events.emit(BridgeEvent::ConnectFailed { reason });
+        delay
+    }
+
+    /// A connection is up: logged, counted, reported (and what it sends again).
+    fn connected(&self, addr: std::net::SocketAddr, url: &str) {
+        tracing::info!(%addr, %url, "WebSocket connected");
+        self.stats.inc(Counter::Connects);
+        self.events.emit(BridgeEvent::Connected { addr });
+        if self.resend > 0 {
+            self.events
+                .emit(BridgeEvent::Republishing { count: self.resend });
+        }
+    }
+
+    /// A connection was lost: what it had not acknowledged is sent again on the next one;
+    /// logged, counted, reported; returns `delay`.
+    fn lost(&mut self, lost: &WsLost, delay: Duration) -> Duration {
+        self.resend = self.pending.len();
+        let reason = lost.to_string();
+        tracing::warn!(%reason, retry_in = ?delay, unacked = self.resend, "WebSocket connection lost");
+        self.stats.inc(Counter::Disconnects);
+        self.events.emit(BridgeEvent::Disconnected { reason });
+        delay
+    }
+
+    /// Serves one connection: sends what is pending in batches, takes new messages, answers
+    /// the peer's silence with pings. `None` at the shutdown (the connection closed), else why
+    /// the connection was lost.
+    async fn serve<F: Future<Output = ()>>(
+        &mut self,
+        ws: Ws,
+        config: &WsConfig,
+        outgoing: &mut mpsc::Receiver<OutboundMessage>,
+        shutdown: &mut Pin<&mut F>,
+    ) -> Option<WsLost> {
         let (mut sink, mut source) = ws.split();
         let send_timeout = config.send_timeout.max(Duration::from_millis(100));
         let ping_every = (!config.ping_interval.is_zero()).then_some(config.ping_interval);
@@ -210,30 +270,10 @@ pub async fn run_websocket(
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
         let mut last_heard = tokio::time::Instant::now();
-        let reason = loop {
-            if !pending.is_empty() {
-                let n = pending.len().min(max_batch);
-                let sent = tokio::time::timeout(send_timeout, async {
-                    for m in pending.iter().take(n) {
-                        sink.feed(Message::Text(record_json(m).into())).await?;
-                    }
-                    sink.flush().await
-                })
-                .await;
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break WsLost::Send(Box::new(e)),
-                    Err(_) => break WsLost::SendTimeout(send_timeout),
-                }
-                for m in pending.drain(..n) {
-                    stats.inc(Counter::Published);
-                    if resend > 0 {
-                        resend -= 1;
-                        stats.inc(Counter::Republished);
-                    }
-                    let _ = acks.send(m.id);
-                    stats.inc(Counter::Acked);
-                    events.emit(BridgeEvent::Published { id: m.id });
+        loop {
+            if !self.pending.is_empty() {
+                if let Err(lost) = self.send_batch(&mut sink, send_timeout).await {
+                    return Some(lost);
                 }
                 continue;
             }
@@ -242,49 +282,79 @@ pub async fn run_websocket(
                 () = shutdown.as_mut() => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
                     tracing::info!("WebSocket sink stopped");
-                    return Ok(());
+                    return None;
                 }
                 frame = source.next() => {
                     last_heard = tokio::time::Instant::now();
                     match frame {
-                        None => break WsLost::Eof,
-                        Some(Err(e)) => break WsLost::Receive(Box::new(e)),
-                        Some(Ok(Message::Close(frame))) => break WsLost::Closed(frame),
+                        None => return Some(WsLost::Eof),
+                        Some(Err(e)) => return Some(WsLost::Receive(Box::new(e))),
+                        Some(Ok(Message::Close(frame))) => return Some(WsLost::Closed(frame)),
                         // pings are answered by tungstenite; data is ignored
                         Some(Ok(_)) => {}
                     }
                 }
                 _ = ping.tick(), if ping_every.is_some() => {
-                    let every = config.ping_interval;
-                    if last_heard.elapsed() > every * 2 {
-                        break WsLost::Silent(last_heard.elapsed());
+                    if last_heard.elapsed() > config.ping_interval * 2 {
+                        return Some(WsLost::Silent(last_heard.elapsed()));
                     }
-                    let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Vec::new().into()))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        break WsLost::Ping;
+                    let ping = sink.send(Message::Ping(Vec::new().into()));
+                    if !matches!(tokio::time::timeout(send_timeout, ping).await, Ok(Ok(()))) {
+                        return Some(WsLost::Ping);
                     }
                 }
-                m = outgoing.recv(), if !outgoing_closed => match m {
-                    None => outgoing_closed = true,
-                    Some(m) => {
-                        pending.push_back(m);
-                        while pending.len() < max_batch {
-                            let Ok(m) = outgoing.try_recv() else { break };
-                            pending.push_back(m);
-                        }
-                    }
-                },
+                m = outgoing.recv(), if !self.outgoing_closed => self.take(m, outgoing),
             }
-        };
-        resend = pending.len();
-        let reason = reason.to_string();
-        let delay = backoff.next_delay();
-        tracing::warn!(%reason, retry_in = ?delay, unacked = resend, "WebSocket connection lost");
-        stats.inc(Counter::Disconnects);
-        events.emit(BridgeEvent::Disconnected { reason });
-        if sleep_or_shutdown(delay, &mut shutdown).await {
-            return Ok(());
         }
+    }
+
+    /// A message from `outgoing` (`None`: it has ended), and whatever else is ready, up to a
+    /// batch.
+    fn take(&mut self, m: Option<OutboundMessage>, outgoing: &mut mpsc::Receiver<OutboundMessage>) {
+        let Some(m) = m else {
+            self.outgoing_closed = true;
+            return;
+        };
+        self.pending.push_back(m);
+        while self.pending.len() < self.max_batch {
+            let Ok(m) = outgoing.try_recv() else { break };
+            self.pending.push_back(m);
+        }
+    }
+
+    /// Sends up to a batch of pending messages in one flush within `send_timeout`, then
+    /// acknowledges them.
+    async fn send_batch(
+        &mut self,
+        sink: &mut WsSink,
+        send_timeout: Duration,
+    ) -> Result<(), WsLost> {
+        let n = self.pending.len().min(self.max_batch);
+        let pending = &self.pending;
+        let sent = tokio::time::timeout(send_timeout, async {
+            for m in pending.iter().take(n) {
+                sink.feed(Message::Text(record_json(m).into())).await?;
+            }
+            sink.flush().await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(WsLost::Send(Box::new(e))),
+            Err(_) => return Err(WsLost::SendTimeout(send_timeout)),
+        }
+        for m in self.pending.drain(..n) {
+            self.stats.inc(Counter::Published);
+            if self.resend > 0 {
+                self.resend -= 1;
+                self.stats.inc(Counter::Republished);
+            }
+            // The fan-out gone means the edge is stopping: nothing is left to acknowledge to.
+            let _ = self.acks.send(m.id);
+            self.stats.inc(Counter::Acked);
+            self.events.emit(BridgeEvent::Published { id: m.id });
+        }
+        Ok(())
     }
 }
 

@@ -13,20 +13,17 @@
     clippy::indexing_slicing
 )]
 
-use std::hint::black_box;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_edge_router::gateway::{DeviceKeys, Gateway, GatewayConfig, StoredState};
-use v6iot_edge_router::ingress::{AppendResult, Ingress, IngressConfig};
+use v6iot_edge_router::ingress::{Ingress, IngressConfig};
 use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
 
 mod common;
-use common::addr;
+use common::{addr, post, round};
 
 /// The same allocator as the `v6iot-edge` binary.
 #[global_allocator]
@@ -42,34 +39,6 @@ fn secret(n: u32) -> Vec<u8> {
     let mut s = vec![0x5a; 16];
     s[..4].copy_from_slice(&n.to_be_bytes());
     s
-}
-
-fn post(path: &str, query: &[String], cf: u8, body: &[u8], mid: u16) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_type(MessageType::Confirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(mid.to_be_bytes().to_vec());
-    p.add_option(CoapOption::UriPath, path.as_bytes().to_vec());
-    p.add_option(CoapOption::ContentFormat, vec![cf]);
-    for q in query {
-        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
-    }
-    p.payload = body.to_vec();
-    p
-}
-
-/// One round: datagram in, record stored, floor written, answer out.
-fn round(g: &mut Gateway, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-    g.handle_datagram(now, 1_700_000_000_000, peer, bytes);
-    let Some(a) = g.ingress_mut().poll_append() else {
-        panic!("no record: {:?}", g.poll_transmit());
-    };
-    g.handle_appended(now, a.ticket.unwrap(), AppendResult::Stored);
-    while let Some(b) = g.poll_persist() {
-        g.handle_persisted(now, b.id, true);
-    }
-    black_box(g.poll_transmit().unwrap());
 }
 
 fn gateway(require_oscore: bool) -> Gateway {

@@ -73,6 +73,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::gateway::limits::{self, LimitsConfig, Rate};
+use crate::registry_db::admin::RegistryPlace;
+use crate::registry_db::{Registry, RegistryError};
+use crate::seal::{SealError, SealKey};
+
 pub mod lowpan;
 
 pub use lowpan::{LowpanSection, RadioLink, RadioSection};
@@ -377,8 +382,7 @@ pub struct SecuritySection {
 
 impl SecuritySection {
     /// The rate limits these keys describe.
-    pub fn limits(&self) -> crate::gateway::LimitsConfig {
-        use crate::gateway::{LimitsConfig, Rate};
+    pub fn limits(&self) -> LimitsConfig {
         LimitsConfig {
             per_source: Rate {
                 per_second: f64::from(self.rate_per_source),
@@ -391,7 +395,7 @@ impl SecuritySection {
             failures_to_quarantine: self.quarantine_after,
             failure_window: std::time::Duration::from_secs(self.failure_window_s),
             quarantine: std::time::Duration::from_secs(self.quarantine_s),
-            max_tracked: crate::gateway::limits::DEFAULT_MAX_TRACKED,
+            max_tracked: limits::DEFAULT_MAX_TRACKED,
         }
     }
 }
@@ -401,15 +405,14 @@ impl Default for SecuritySection {
         SecuritySection {
             require_oscore: true,
             sender_persist_step: 4096,
-            // Lab mode sends all its traffic through this, and in production a whole
-            // production line (one /64) shares it: generous.
-            rate_per_source: 20_000,
-            burst_per_source: 40_000,
-            rate_per_device: 50,
-            burst_per_device: 200,
-            quarantine_after: 20,
-            failure_window_s: 10,
-            quarantine_s: 300,
+            // The gateway owns these numbers and their reasons (`gateway::limits`).
+            rate_per_source: limits::DEFAULT_RATE_PER_SOURCE,
+            burst_per_source: limits::DEFAULT_BURST_PER_SOURCE,
+            rate_per_device: limits::DEFAULT_RATE_PER_DEVICE,
+            burst_per_device: limits::DEFAULT_BURST_PER_DEVICE,
+            quarantine_after: limits::DEFAULT_FAILURES_TO_QUARANTINE,
+            failure_window_s: limits::DEFAULT_FAILURE_WINDOW_S,
+            quarantine_s: limits::DEFAULT_QUARANTINE_S,
             report_interval_s: 5,
         }
     }
@@ -581,6 +584,52 @@ impl RegistrySection {
         self.db
             .clone()
             .unwrap_or_else(|| data_dir.join("registry.db"))
+    }
+
+    /// The seal key: from `seal_key_file` when set, else from the
+    /// [`SEAL_KEY_ENV`](crate::seal::SEAL_KEY_ENV) environment variable, else none.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or either holds no key.
+    pub fn seal_key(&self) -> Result<Option<SealKey>, SealError> {
+        match &self.seal_key_file {
+            Some(file) => SealKey::from_file(file).map(Some),
+            None => SealKey::from_env(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Opens (or creates, with its directory) the registry this configuration names:
+    /// `registry.db` (default `{data_dir}/registry.db`), with the key of
+    /// [`RegistrySection::seal_key`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::open`] and [`RegistrySection::seal_key`].
+    pub fn open_registry(&self) -> Result<Registry, RegistryError> {
+        let path = self.registry.db_path(&self.data_dir);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Registry::open(&path, self.registry.seal_key()?)
+    }
+
+    /// Where the registry of this configuration is, for the `devices` and `audit` commands:
+    /// its file in `data_dir` (default: the configuration's own), the seal key, the audit
+    /// checkpoint file.
+    ///
+    /// # Errors
+    ///
+    /// As [`RegistrySection::seal_key`].
+    pub fn registry_place(&self, data_dir: Option<&Path>) -> Result<RegistryPlace, SealError> {
+        let data_dir = data_dir.unwrap_or(&self.data_dir);
+        Ok(RegistryPlace {
+            path: self.registry.db_path(data_dir),
+            key: self.registry.seal_key()?,
+            checkpoint: self.audit.checkpoint_path(data_dir),
+        })
     }
 }
 

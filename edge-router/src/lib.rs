@@ -15,7 +15,7 @@
 //! | [`ingress`] | sans-IO CoAP ingress: device directory (RFC 9176 registrations), telemetry normalisation, deduplication, acknowledge-after-durable |
 //! | [`peer`] | [`Peer`]: a device's address and port with the edge's address it reached (answers and requests leave from there) |
 //!
-//! The binary `v6iot-edge` (src/main.rs) owns the sockets, the outbox files and the MQTT
+//! The binary `v6iot-edge` (src/bin/v6iot-edge/) owns the sockets, the outbox files and the MQTT
 //! connection; the cores above only see datagrams, times and results.
 
 pub mod audit;
@@ -28,6 +28,7 @@ pub mod ops;
 pub mod peer;
 pub mod registry_db;
 pub mod registry_worker;
+pub mod seal;
 pub mod server;
 
 pub use peer::Peer;

@@ -45,7 +45,6 @@ use crate::ingress::{
 use crate::journal::{CommandJournal, JournalWriter};
 use crate::ops::live::Live;
 use crate::ops::metrics::RadioSnapshot;
-use crate::registry_db::Registry;
 use crate::registry_worker::{FromRegistry, RegistryWorker};
 
 /// Most datagrams taken from the socket per wake-up before the loop flushes answers.
@@ -203,7 +202,8 @@ pub async fn run_with_reloads(
              (security.require_oscore = false, or coap.lab_accept_unregistered); never in production"
         );
     }
-    let registry = Registry::open_configured(&config)
+    let registry = config
+        .open_registry()
         .with_context(|| "cannot open the device registry".to_owned())?;
     for d in registry.duplicate_secrets() {
         tracing::error!(device = %d.device, holder = %d.holder, "{d}");

@@ -280,7 +280,7 @@ fn provision_import_list_show_revoke_rotate_audit() {
         );
         // The ingress would record address bindings; do it here through the library.
         let t0 =
-            v6iot_edge_router::registry_db::cli::parse_rfc3339("2026-05-01T12:00:00Z").unwrap();
+            v6iot_edge_router::registry_db::admin::parse_rfc3339("2026-05-01T12:00:00Z").unwrap();
         reg.audit()
             .append(
                 &AuditEvent::new(AuditKind::AddressBound, "sim000003")

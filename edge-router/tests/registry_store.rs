@@ -609,14 +609,14 @@ fn open_configured_uses_the_registry_section() {
         // A key file others may read is refused, naming the file and the fix.
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = Registry::open_configured(&config).unwrap_err().to_string();
+        let e = config.open_registry().unwrap_err().to_string();
         assert!(
             e.contains(&format!("chmod 600 {}", key_file.display())),
             "{e}"
         );
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let mut reg = Registry::open_configured(&config).unwrap();
+    let mut reg = config.open_registry().unwrap();
     assert_eq!(reg.path(), dir.path().join("nested/data/registry.db"));
     reg.add(record("dev-a", &[1], &[1; 16])).unwrap();
     drop(reg);

@@ -1,5 +1,5 @@
 //! OSCORE credentials of simulated devices: the credentials CSV (`v6iot-sim provision`'s
-//! output, parsed with the edge router's own `registry_db::csv`) turned into security contexts
+//! output, parsed with `v6iot_credentials::csv`, the reader the edge's import uses) turned into security contexts
 //! with the wire conventions both sides use.
 //!
 //! One context per device: Master Secret and Master Salt from its row (no salt when the column
@@ -11,7 +11,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::Context as _;
-use v6iot_edge_router::registry_db::{DeviceRecord, csv};
+use v6iot_credentials::{DeviceRecord, csv};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, DurableState, SecurityContext};
 
 /// The devices of a credentials CSV, by id.

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::config::EdgeConfig;
-use v6iot_edge_router::registry_db::Ipv6Prefix;
 
 use crate::load::{self, RunOptions};
 use crate::provision::{ProvisionPlan, provision_edge};

@@ -5,12 +5,12 @@
 //! | module | job |
 //! |---|---|
 //! | [`sensor`] | the simulated sensor node: its resource tree and state, a sans-IO [`v6iot_sdk::coap::App`] |
-//! | [`demo`] | the all-in-one demo: embedded broker, edge router, fleet, summary |
+//! | [`demo`] | (feature `demo`, default) the all-in-one demo: embedded broker, edge router, fleet, summary |
 //! | [`duration`] | parsing of human durations (`2s`, `500ms`) for the command line |
 //! | [`fleet`] | fleet devices: the reporting sensor app and its uplink, sans-IO |
 //! | [`credentials`] | OSCORE credentials from the credentials CSV: one security context per device |
 //! | [`fleet_marks`] | the OSCORE sequence-number marks of a whole fleet in one state file |
-//! | [`broker`] | an embedded MQTT broker (rumqttd) for the demo |
+//! | [`broker`] | (feature `demo`, default) an embedded MQTT broker (rumqttd) for the demo and tests |
 //! | [`collector`] | matches deliveries at the broker to reports; latency histogram |
 //! | [`subscriber`] | the collector's MQTT subscriber: a sans-IO core on rumqttc's codecs and a blocking driver on its own thread |
 //! | [`shard`] | the multi-device driver: many devices' cores, their timers and mark stores in one thread, over a [`link`] |
@@ -20,12 +20,18 @@
 //! | [`medium`] | the simulated 802.15.4 medium: a sans-IO core (channels, links, deliveries) and its ZEP hub; `v6iot-sim medium` |
 //! | [`provision`] | fresh OSCORE credentials for a fleet, as the registry's credentials CSV |
 //!
+//! The edge router (with its SQLite registry and HTTP listener) and the embedded broker come in
+//! only with the `demo` feature (default on): without it (`--no-default-features`) the
+//! simulator and `v6iot-flood` build from the SDK, `v6iot-credentials` and the MQTT client.
+//!
 //! The I/O is in [`load`] and [`link`] (a fleet's sockets), [`medium::driver`] (the medium's ZEP socket and capture), [`subscriber`] (the MQTT subscriber's thread) and in the binary
 //! `v6iot-sim` (src/main.rs), which runs single devices on the SDK's tokio driver.
 
+#[cfg(feature = "demo")]
 pub mod broker;
 pub mod collector;
 pub mod credentials;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod duration;
 pub mod faults;

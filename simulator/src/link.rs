@@ -579,7 +579,7 @@ impl Link for AddressPool {
 /// into a new network namespace with loopback up and `prefix` routed to loopback (AnyIP), as an
 /// [`AddressPool`] needs: nothing sent there can leave the machine. For tests and tools; needs
 /// root (`CAP_SYS_ADMIN`) and `ip` (iproute2).
-pub fn enter_private_network(prefix: v6iot_edge_router::registry_db::Ipv6Prefix) -> io::Result<()> {
+pub fn enter_private_network(prefix: v6iot_credentials::Ipv6Prefix) -> io::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
         io::Error::new(
             io::Error::from(e).kind(),

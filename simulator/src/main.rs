@@ -14,6 +14,7 @@ use v6iot_sdk::store::{MarkStore, NoStore, SequenceFile};
 use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::credentials::{self, Credentials};
+#[cfg(feature = "demo")]
 use v6iot_simulator::demo::{self, DemoPlan};
 use v6iot_simulator::duration::parse_duration;
 use v6iot_simulator::load::{self, RunOptions};
@@ -57,6 +58,7 @@ enum Command {
     },
     /// Everything in one process on loopback: an embedded MQTT broker, the edge router and a
     /// fleet of devices that register and report; then a summary.
+    #[cfg(feature = "demo")]
     Demo {
         /// Number of devices.
         #[arg(long, default_value_t = 1000)]
@@ -136,7 +138,7 @@ enum Command {
         out: std::path::PathBuf,
         /// The IPv6 prefix every device may use.
         #[arg(long, default_value = "2001:db8:1200:305::/64")]
-        prefix: v6iot_edge_router::registry_db::Ipv6Prefix,
+        prefix: v6iot_credentials::Ipv6Prefix,
         /// Device id prefix (ids are PREFIX + 6-digit serial, as `run` names devices).
         #[arg(long, default_value = "sim")]
         id_prefix: String,
@@ -223,7 +225,7 @@ struct RunArgs {
     /// a network namespace of its own:
     /// `unshare -n`, `ip link set lo up`, `ip -6 route add local PREFIX dev lo`.
     #[arg(long)]
-    source_prefix: Option<v6iot_edge_router::registry_db::Ipv6Prefix>,
+    source_prefix: Option<v6iot_credentials::Ipv6Prefix>,
     /// Where processes the scenario runs (edge, broker) write their logs (default: a new
     /// directory under the system's temporary directory).
     #[arg(long)]
@@ -424,6 +426,7 @@ fn main() -> anyhow::Result<()> {
             });
             runtime.block_on(run_device(bind, id, interval, oscore))
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             devices,
             duration,

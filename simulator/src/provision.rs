@@ -1,20 +1,26 @@
 //! `v6iot-sim provision`: fresh OSCORE credentials for a simulated fleet, as the credentials CSV
-//! that `v6iot-edge devices import` reads (the format is documented in the edge router's
-//! `registry_db::csv` and in README.md).
+//! that `v6iot-edge devices import` reads (the format is documented in the
+//! `v6iot-credentials` crate's `csv` and in README.md); with the `demo` feature also imported
+//! into an edge router's registry (`provision_edge`).
 //!
 //! Device `n` (from `first`) is `{id_prefix}{n:06}`, the name `v6iot-sim run` gives it; its kid
 //! is `n` as a minimal big-endian number (`00`, `01`, … `ff`, `0100`, …), unique per serial; its
 //! master secret is 16 random bytes from the operating system; no salt.
 
 use std::io::Write;
+#[cfg(feature = "demo")]
 use std::path::Path;
 
+#[cfg(feature = "demo")]
 use anyhow::Context as _;
-use v6iot_edge_router::config::EdgeConfig;
-use v6iot_edge_router::registry_db::{
-    DeviceRecord, DeviceState, Ipv6Prefix, MAX_KID_LEN, MasterSecret, Registry, SealKey, csv,
+use v6iot_credentials::{DeviceRecord, DeviceState, Ipv6Prefix, MAX_KID_LEN, MasterSecret, csv};
+#[cfg(feature = "demo")]
+use v6iot_edge_router::{
+    config::EdgeConfig,
+    registry_db::{Registry, SealKey},
 };
 
+#[cfg(feature = "demo")]
 use crate::scenario::OscoreSpec;
 
 /// What to generate.
@@ -72,7 +78,8 @@ pub fn write_csv(plan: &ProvisionPlan, mut out: impl Write) -> anyhow::Result<u6
 /// directory is `data_dir` under a fresh seal key (written to `data_dir/seal.key`), and points
 /// `config` at that key; returns the fleet's side (the CSV `data_dir/creds.csv`, the state file
 /// `data_dir/fleet.seq`).
-/// What the demo does before it starts its edge; tests do the same.
+/// What the demo does before it starts its edge; tests do the same (feature `demo`).
+#[cfg(feature = "demo")]
 pub fn provision_edge(
     data_dir: &Path,
     config: &mut EdgeConfig,
@@ -99,6 +106,7 @@ pub fn provision_edge(
 
 /// Writes `bytes` to a new or truncated file that only its owner may read (mode 0600 on Unix:
 /// the edge refuses a seal key file open to its group or others).
+#[cfg(feature = "demo")]
 fn write_owner_only(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();

@@ -15,7 +15,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use v6iot_edge_router::registry_db::DeviceRecord;
+use v6iot_credentials::DeviceRecord;
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, OscoreOption, SecurityContext};
 use v6iot_sdk::senml;

@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::audit::AuditKind;
 use v6iot_edge_router::config::EdgeConfig;
-use v6iot_edge_router::registry_db::cli::format_time;
-use v6iot_edge_router::registry_db::{Ipv6Prefix, Registry};
+use v6iot_edge_router::registry_db::admin::format_time;
 use v6iot_sdk::uplink::Binding;
 use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
@@ -247,7 +247,7 @@ fn who_had(data_dir: &Path, address: Ipv6Addr, at: &str) -> String {
 /// the real `v6iot-edge audit --address A --at T` (T: when the trail has the device take A)
 /// names the device.
 fn audited_addresses(config: &EdgeConfig) -> Vec<(String, BTreeSet<Ipv6Addr>)> {
-    let registry = Registry::open_configured(config).unwrap();
+    let registry = config.open_registry().unwrap();
     let log = registry.audit();
     let mut out = Vec::new();
     for n in 0..DEVICES {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{DEVICE_ID, OscoreSim, provision};
-use v6iot_edge_router::registry_db::DeviceRecord;
+use v6iot_credentials::DeviceRecord;
 
 /// The venv with aiocoap: `V6IOT_PYENV`, else the workspace's `target/pyenv`.
 fn pyenv() -> PathBuf {

@@ -14,9 +14,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::gateway::GatewayStats;
-use v6iot_edge_router::registry_db::Ipv6Prefix;
 use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::provision::{ProvisionPlan, provision_edge};

@@ -1,6 +1,14 @@
-//! What the edge router's benches share.
+//! What the edge router's benches share (not every bench uses every item).
 
+#![allow(dead_code)]
+
+use std::hint::black_box;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use v6iot_edge_router::gateway::Gateway;
+use v6iot_edge_router::ingress::AppendResult;
 
 /// The address of simulated device `n`: one per device in the plan's plant 12·line 305 subnet.
 pub(crate) fn addr(n: u32) -> SocketAddr {
@@ -19,4 +27,35 @@ pub(crate) fn addr(n: u32) -> SocketAddr {
         .into(),
         5683,
     )
+}
+
+/// A confirmable POST to `path` with this content format, query and body; the token is the
+/// message id.
+pub(crate) fn post(path: &str, query: &[String], cf: u8, body: &[u8], mid: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(CoapOption::UriPath, path.as_bytes().to_vec());
+    p.add_option(CoapOption::ContentFormat, vec![cf]);
+    for q in query {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p.payload = body.to_vec();
+    p
+}
+
+/// One telemetry datagram through the gateway: in, record stored, replay-floor batches
+/// written, answer out.
+pub(crate) fn round(g: &mut Gateway, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+    g.handle_datagram(now, 1_700_000_000_000, peer, bytes);
+    let Some(a) = g.ingress_mut().poll_append() else {
+        panic!("no record: {:?}", g.poll_transmit());
+    };
+    g.handle_appended(now, a.ticket.unwrap(), AppendResult::Stored);
+    while let Some(b) = g.poll_persist() {
+        g.handle_persisted(now, b.id, true);
+    }
+    black_box(g.poll_transmit().unwrap());
 }

@@ -55,8 +55,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{AuditError, AuditLog};
-use crate::registry_db::SealKey;
-use crate::registry_db::unique::hmac_sha256;
+use crate::seal::{SealKey, hmac_sha256};
 
 /// The `info` of the checkpoint MAC key's derivation.
 const MAC_KEY_INFO: &[u8] = b"v6iot audit checkpoint v1";

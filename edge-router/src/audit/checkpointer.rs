@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::AuditLog;
 use super::checkpoint::{self, Checkpoint, CheckpointMessage, Schedule};
-use crate::registry_db::SealKey;
+use crate::seal::SealKey;
 
 /// Where and how often (from `[audit]`, see [`crate::config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

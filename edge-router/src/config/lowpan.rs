@@ -38,7 +38,7 @@ use super::ConfigError;
 use crate::border::BorderConfig;
 use crate::border::neighbours::NeighbourConfig;
 use crate::border::pan::PanConfig;
-use crate::registry_db::prefix::Ipv6Prefix;
+use v6iot_credentials::Ipv6Prefix;
 
 /// `[lowpan]`: what all PANs share.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -14,7 +14,7 @@ use foldhash::HashMap;
 
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, OscoreError, SecurityContext};
 
-use crate::registry_db::{DeviceState, Ipv6Prefix, MasterSecret};
+use v6iot_credentials::{DeviceState, Ipv6Prefix, MasterSecret};
 
 /// One device as the registry holds it, plus the OSCORE state stored for it.
 #[derive(Debug, Clone)]

@@ -90,13 +90,41 @@ pub struct LimitsConfig {
 }
 
 /// The default of [`LimitsConfig::max_tracked`].
-pub(crate) const DEFAULT_MAX_TRACKED: usize = 100_000;
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+/// The default unauthenticated datagrams per second from one source network. Lab mode sends all
+/// its traffic through this, and in production a whole production line (one /64) shares it:
+/// generous.
+pub const DEFAULT_RATE_PER_SOURCE: u32 = 20_000;
+/// The default burst of a source network after a quiet spell.
+pub const DEFAULT_BURST_PER_SOURCE: u32 = 40_000;
+/// The default verified requests per second from one device.
+pub const DEFAULT_RATE_PER_DEVICE: u32 = 50;
+/// The default burst of a device after a quiet spell.
+pub const DEFAULT_BURST_PER_DEVICE: u32 = 200;
+/// The default number of failed verifications under a kid within the window that quarantine it.
+pub const DEFAULT_FAILURES_TO_QUARANTINE: u32 = 20;
+/// The default window in which a kid's failures are counted, seconds.
+pub const DEFAULT_FAILURE_WINDOW_S: u64 = 10;
+/// The default length of a kid's quarantine, seconds.
+pub const DEFAULT_QUARANTINE_S: u64 = 300;
 
 impl Default for LimitsConfig {
-    /// The limits of the default configuration (`[security]` in
-    /// [`crate::config::SecuritySection`], where the numbers and their reasons are).
+    /// The default limits (the configuration's `[security]` defaults are these numbers).
     fn default() -> Self {
-        crate::config::SecuritySection::default().limits()
+        LimitsConfig {
+            per_source: Rate {
+                per_second: f64::from(DEFAULT_RATE_PER_SOURCE),
+                burst: f64::from(DEFAULT_BURST_PER_SOURCE),
+            },
+            per_device: Rate {
+                per_second: f64::from(DEFAULT_RATE_PER_DEVICE),
+                burst: f64::from(DEFAULT_BURST_PER_DEVICE),
+            },
+            failures_to_quarantine: DEFAULT_FAILURES_TO_QUARANTINE,
+            failure_window: Duration::from_secs(DEFAULT_FAILURE_WINDOW_S),
+            quarantine: Duration::from_secs(DEFAULT_QUARANTINE_S),
+            max_tracked: DEFAULT_MAX_TRACKED,
+        }
     }
 }
 

@@ -110,7 +110,6 @@ use v6iot_sdk::oscore::{
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
 use crate::peer::Peer;
-use crate::registry_db::DeviceState;
 use binding::{Bindings, Decision};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
@@ -124,6 +123,7 @@ use persist::Persistence;
 pub use persist::{PersistBatch, StateRow};
 use reports::SecurityEvents;
 pub use reports::{QuarantineNote, SecurityReport};
+use v6iot_credentials::DeviceState;
 
 /// Settings of the gateway.
 #[derive(Debug, Clone, PartialEq)]

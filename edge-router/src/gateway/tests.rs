@@ -19,7 +19,7 @@ mod rotation;
 
 use super::*;
 use crate::ingress::{AppendResult, IngressConfig};
-use crate::registry_db::{Ipv6Prefix, MasterSecret};
+use v6iot_credentials::{Ipv6Prefix, MasterSecret};
 
 const T0: u64 = 1_800_000_000_000;
 const SECRET: [u8; 16] = [7; 16];

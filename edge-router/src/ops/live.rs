@@ -2,6 +2,7 @@
 //! events (no extra work per datagram beyond two additions) and copies out at its stats tick.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -9,18 +10,23 @@ use v6iot_cloud_bridge::message::NewMessage;
 
 use crate::gateway::{DeviceKeys, Gateway, SecurityEvent};
 use crate::ingress::IngressEvent;
-use crate::ops::dashboard::Board;
-use crate::ops::dashboard::board::senml_value;
+use crate::ops::dashboard::BoardHandle;
+use crate::ops::dashboard::board::Update;
 use crate::ops::metrics::{EdgeSnapshot, RadioSnapshot};
 use crate::registry_db::DeviceState;
+
+/// The first 64 bits of `a` (its /64 prefix).
+fn upper_64(a: Ipv6Addr) -> u64 {
+    (a.to_bits() >> 64) as u64
+}
 
 /// Loop-owned counters and the shared copies (see the module docs).
 #[derive(Debug)]
 pub struct Live {
     /// The copy `/metrics` reads.
     pub snapshot: Arc<Mutex<EdgeSnapshot>>,
-    /// The dashboard's model, when the dashboard is on.
-    pub board: Option<Arc<Mutex<Board>>>,
+    /// The dashboard's model (on its own thread), when the dashboard is on.
+    pub board: Option<BoardHandle>,
     /// Set when the stop began.
     pub stopping: Arc<AtomicBool>,
     udp_in: u64,
@@ -30,12 +36,14 @@ pub struct Live {
     radio: Option<RadioSnapshot>,
     /// `{prefix}/{site}/`: telemetry topics start with it.
     topic_head: String,
+    /// The border router's PAN prefixes (/64): devices there are shown as `lowpan`.
+    lowpan_prefixes: Vec<u64>,
 }
 
 impl Live {
     /// For a site whose topics start with `topic_head` (`v6iot/plant-a/`).
     #[must_use]
-    pub fn new(topic_head: String, board: Option<Arc<Mutex<Board>>>) -> Live {
+    pub fn new(topic_head: String, board: Option<BoardHandle>) -> Live {
         Live {
             snapshot: Arc::default(),
             board,
@@ -46,6 +54,22 @@ impl Live {
             devices: (0, 0, 0),
             radio: None,
             topic_head,
+            lowpan_prefixes: Vec::new(),
+        }
+    }
+
+    /// The border router's PAN prefixes (their first 64 bits count): a device registered at
+    /// an address in one of them is shown on the dashboard as `lowpan`, any other as `udp`.
+    #[must_use]
+    pub fn with_lowpan_prefixes(mut self, prefixes: impl IntoIterator<Item = Ipv6Addr>) -> Live {
+        self.lowpan_prefixes = prefixes.into_iter().map(upper_64).collect();
+        self
+    }
+
+    fn transport(&self, address: SocketAddr) -> &'static str {
+        match address.ip() {
+            IpAddr::V6(a) if self.lowpan_prefixes.contains(&upper_64(a)) => "lowpan",
+            _ => "udp",
         }
     }
 
@@ -59,26 +83,34 @@ impl Live {
         self.udp_out += n as u64;
     }
 
-    fn with_board(&self, f: impl FnOnce(&mut Board)) {
+    /// Hands `update` to the board's thread (never waits; a full queue drops it, counted).
+    fn to_board(&self, update: impl FnOnce() -> Update) {
         if let Some(b) = &self.board {
-            f(&mut b.lock().unwrap_or_else(PoisonError::into_inner));
+            b.update(update());
         }
     }
 
     /// An ingress event (registrations for the board, commands ended for the metrics).
     pub fn ingress_event(&mut self, event: &IngressEvent, unix_ms: u64) {
         match event {
-            IngressEvent::Registered { endpoint, address } => {
-                self.with_board(|b| b.registered(endpoint, *address, unix_ms));
+            IngressEvent::Registered {
+                endpoint,
+                address: to,
             }
-            IngressEvent::AddressChanged { endpoint, to, .. } => {
-                self.with_board(|b| b.registered(endpoint, *to, unix_ms));
+            | IngressEvent::AddressChanged { endpoint, to, .. } => {
+                let transport = self.transport(*to);
+                self.to_board(|| Update::Registered {
+                    id: endpoint.clone(),
+                    address: *to,
+                    transport,
+                    unix_ms,
+                });
             }
             IngressEvent::Deregistered { endpoint } => {
-                self.with_board(|b| b.state(endpoint, "deregistered"));
+                self.to_board(|| Update::States(vec![(endpoint.clone(), "deregistered")]));
             }
             IngressEvent::Expired { endpoint } => {
-                self.with_board(|b| b.state(endpoint, "expired"));
+                self.to_board(|| Update::States(vec![(endpoint.clone(), "expired")]));
             }
             IngressEvent::CommandDone { status, .. } => {
                 let key = match *status {
@@ -96,11 +128,16 @@ impl Live {
 
     /// A refusal by the gateway.
     pub fn security_event(&mut self, event: &SecurityEvent, unix_ms: u64) {
-        let cause = event.cause.to_string();
-        self.with_board(|b| b.security(unix_ms, &cause, event.peer, event.device.as_deref()));
+        self.to_board(|| Update::Security {
+            unix_ms,
+            cause: event.cause.to_string(),
+            peer: event.peer,
+            device: event.device.clone(),
+        });
     }
 
-    /// A telemetry record on its way to the outbox (read only when the dashboard is on).
+    /// A telemetry record on its way to the outbox (read, as SenML on the board's thread,
+    /// only when the dashboard is on).
     pub fn telemetry(&mut self, message: &NewMessage, unix_ms: u64) {
         if self.board.is_none() {
             return;
@@ -112,9 +149,11 @@ impl Live {
         else {
             return;
         };
-        if let Some((text, value)) = senml_value(&message.payload) {
-            self.with_board(|b| b.telemetry(device, unix_ms, text, value));
-        }
+        self.to_board(|| Update::Record {
+            id: device.to_owned(),
+            unix_ms,
+            payload: message.payload.clone(),
+        });
     }
 
     /// The registry's devices (at start and after each change).
@@ -128,14 +167,17 @@ impl Live {
             }
         }
         self.devices = counts;
-        self.with_board(|b| {
-            for d in devices {
-                match d.state {
-                    DeviceState::Active => {}
-                    DeviceState::Quarantined => b.state(&d.id, "quarantined"),
-                    DeviceState::Revoked => b.state(&d.id, "revoked"),
-                }
-            }
+        self.to_board(|| {
+            Update::States(
+                devices
+                    .iter()
+                    .filter_map(|d| match d.state {
+                        DeviceState::Active => None,
+                        DeviceState::Quarantined => Some((d.id.clone(), "quarantined")),
+                        DeviceState::Revoked => Some((d.id.clone(), "revoked")),
+                    })
+                    .collect(),
+            )
         });
     }
 
@@ -174,5 +216,63 @@ impl Live {
             radio: self.radio.clone(),
         };
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::ops::dashboard::board::Query;
+    use crate::ops::dashboard::{Board, BoardHandle};
+
+    /// A device registered in a PAN's prefix shows as `lowpan`, one elsewhere as `udp`, and
+    /// a move out of the PAN turns it to `udp`.
+    #[test]
+    fn the_board_shows_the_transport_by_the_pan_prefixes() {
+        let board = BoardHandle::spawn(Board::new(10), 16).unwrap();
+        let pan: Ipv6Addr = "2001:db8:1200:305::".parse().unwrap();
+        let mut live =
+            Live::new("v6iot/t/".into(), Some(board.clone())).with_lowpan_prefixes([pan]);
+        let at = |a: &str| SocketAddr::new(a.parse().unwrap(), 5683);
+        for (id, a) in [
+            ("radio", "2001:db8:1200:305::7"),
+            ("cell", "2001:db8:1200:306::7"),
+        ] {
+            live.ingress_event(
+                &IngressEvent::Registered {
+                    endpoint: id.into(),
+                    address: at(a),
+                },
+                1,
+            );
+        }
+        let rows = || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let q = Query {
+                limit: 10,
+                ..Query::default()
+            };
+            let page = rt.block_on(board.read(move |b| b.query(&q))).unwrap();
+            page.rows
+                .into_iter()
+                .map(|r| (r.id, r.transport))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(),
+            [("cell".to_owned(), "udp"), ("radio".to_owned(), "lowpan")]
+        );
+        live.ingress_event(
+            &IngressEvent::AddressChanged {
+                endpoint: "radio".into(),
+                from: at("2001:db8:1200:305::7"),
+                to: at("2001:db8:1200:307::7"),
+            },
+            2,
+        );
+        assert_eq!(rows()[1], ("radio".to_owned(), "udp"));
     }
 }

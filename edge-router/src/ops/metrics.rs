@@ -17,6 +17,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+mod family;
 mod radio;
 
 use prometheus_client::collector::Collector;
@@ -26,14 +27,17 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use v6iot_cloud_bridge::BridgeStats;
+use v6iot_cloud_bridge::event::StatsSnapshot;
 use v6iot_cloud_bridge::latency::HistogramSnapshot;
 use v6iot_cloud_bridge::outbox::OutboxHandle;
 
-use crate::border::stats::BorderStats;
+use crate::border::stats::{BorderStats, PanStats};
 use crate::gateway::GatewayStats;
 use crate::gateway::limits::LimitStats;
 use crate::ingress::{DownlinkStats, IngressStats, RequestCounts};
+use crate::ops::dashboard::handle::BoardStats;
 use crate::ops::http::HttpStats;
+use family::{Family, one};
 
 /// What the server loop copies out at its stats tick for the metrics.
 #[derive(Debug, Clone, Default)]
@@ -101,6 +105,8 @@ pub struct Sources {
     pub outbox: Option<OutboxHandle>,
     /// The listener's own counters.
     pub http: Arc<HttpStats>,
+    /// The dashboard board's changes, when the dashboard is on.
+    pub board: Option<Arc<BoardStats>>,
 }
 
 /// Reads [`Sources`] at every scrape (see the module docs).
@@ -184,42 +190,6 @@ impl Out<'_> {
         g.encode(e)
     }
 
-    /// A counter family with one label.
-    fn counters(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &'static str,
-        values: &[(&str, u64)],
-    ) -> Result<(), std::fmt::Error> {
-        let mut e = self
-            .0
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (v, n) in values {
-            let labels = [(label, *v)];
-            ConstCounter::new(*n).encode(e.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-
-    /// A gauge family with one label.
-    fn gauges(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &'static str,
-        values: &[(&str, u64)],
-    ) -> Result<(), std::fmt::Error> {
-        let mut e = self
-            .0
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (v, n) in values {
-            let labels = [(label, *v)];
-            ConstGauge::new(*n as i64).encode(e.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-
     fn histogram(
         &mut self,
         name: &str,
@@ -232,6 +202,14 @@ impl Out<'_> {
             .encode_descriptor(name, help, Some(&Unit::Seconds), h.metric_type())?;
         h.encode(e)
     }
+
+    /// Writes each family of `families` over `source`.
+    fn families<S>(&mut self, families: &[Family<S>], source: &S) -> std::fmt::Result {
+        for f in families {
+            f.encode_one(self, source)?;
+        }
+        Ok(())
+    }
 }
 
 impl Collector for EdgeCollector {
@@ -243,47 +221,250 @@ impl Collector for EdgeCollector {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut out = Out(encoder);
-        datagrams(&mut out, &s)?;
-        security(&mut out, &s)?;
-        devices_and_commands(&mut out, &s)?;
+        out.families(EDGE, &s)?;
+        requests(&mut out, &s)?;
         if let Some(r) = &s.radio {
             radio::encode(&mut out, r)?;
         }
         north(&mut out, &self.0)?;
-        out.counters(
-            "v6iot_http_requests",
-            "requests to the metrics/dashboard listener, by outcome",
-            "outcome",
-            &self.0.http.requests(),
-        )?;
-        out.counters(
-            "v6iot_dashboard_feed_refusals",
-            "dashboard feed sessions refused or closed, by cause (token, bad_frame)",
-            "cause",
-            &self.0.http.feed_refusals(),
-        )?;
-        out.gauge(
-            "v6iot_edge_stopping",
-            "1 while the edge is stopping (new requests get 5.03)",
-            None,
-            f64::from(u8::from(s.stopping)),
-        )
+        out.families(HTTP, self.0.http.as_ref())?;
+        if let Some(b) = &self.0.board {
+            out.families(BOARD, b.as_ref())?;
+        }
+        Ok(())
     }
 }
 
-fn datagrams(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
-    out.counters(
+/// A border router's counter summed over its PANs (0 without radios).
+fn lowpan(s: &EdgeSnapshot, counter: fn(&PanStats) -> u64) -> u64 {
+    s.radio
+        .as_ref()
+        .map_or(0, |r| r.border.pans.iter().map(counter).sum())
+}
+
+/// Command statuses, in the order written.
+const COMMAND_STATUSES: [&str; 5] = ["ok", "expired", "timeout", "reset", "rejected"];
+
+/// The families read from the loop's copy, in the order they are written.
+const EDGE: &[Family<EdgeSnapshot>] = &[
+    Family::counters(
         "v6iot_coap_datagrams_received",
-        "CoAP datagrams received, by transport",
+        "CoAP datagrams received, by transport (udp: the socket; lowpan: from the radios to \
+         the border router's gateway)",
         "transport",
-        &[("udp", s.udp_in)],
-    )?;
-    out.counters(
+        |s| vec![("udp", s.udp_in), ("lowpan", lowpan(s, |p| p.local_in))],
+    ),
+    Family::counters(
         "v6iot_coap_datagrams_sent",
-        "CoAP datagrams sent, by transport",
+        "CoAP datagrams sent, by transport (udp: handed to the send thread; lowpan: from the \
+         gateway onto the radios)",
         "transport",
-        &[("udp", s.udp_out)],
-    )?;
+        |s| vec![("udp", s.udp_out), ("lowpan", lowpan(s, |p| p.local_out))],
+    ),
+    Family::counters(
+        "v6iot_coap_ingress_datagrams",
+        "datagrams the ingress took, by outcome",
+        "outcome",
+        |s| {
+            let i = &s.ingress;
+            vec![
+                ("malformed", i.malformed),
+                ("duplicate", i.duplicates),
+                ("unexpected", i.unexpected),
+                ("request", i.requests),
+            ]
+        },
+    ),
+    Family::counters(
+        "v6iot_telemetry_records",
+        "telemetry records, by outcome (stored, busy: 5.03 outbox full, failed: 5.00)",
+        "outcome",
+        |s| {
+            let i = &s.ingress;
+            vec![
+                ("stored", i.telemetry_stored),
+                ("busy", i.telemetry_busy),
+                ("failed", i.store_failures),
+            ]
+        },
+    ),
+    Family::counter(
+        "v6iot_auth_verified",
+        "OSCORE requests that verified",
+        |s| one(s.gateway.authenticated),
+    ),
+    Family::counters(
+        "v6iot_auth_refusals",
+        "messages refused by the authentication gateway, by cause",
+        "cause",
+        |s| {
+            let g = &s.gateway;
+            vec![
+                ("plain", g.plain),
+                ("unknown_kid", g.unknown_kid),
+                ("decryption_failed", g.decryption_failed),
+                ("replay", g.replay),
+                ("malformed", g.malformed),
+                ("not_active", g.not_active),
+                ("address_refused", g.address_refused),
+                ("endpoint_mismatch", g.endpoint_mismatch),
+                ("bad_response", g.bad_responses),
+            ]
+        },
+    ),
+    Family::counter(
+        "v6iot_quarantines",
+        "kid quarantines begun (repeated failed verifications under one kid)",
+        |s| one(s.gateway.quarantines),
+    ),
+    Family::counters(
+        "v6iot_rate_limited",
+        "datagrams dropped or answered 5.03 by a limit, by scope (source: a network's \
+         unauthenticated budget; device: a verified device's rate; kid_quarantined, kid_limited: \
+         a kid in quarantine or out of refusal budget)",
+        "scope",
+        |s| {
+            let l = &s.limits;
+            vec![
+                ("source", l.source_limited),
+                ("device", l.device_limited),
+                ("kid_quarantined", l.kid_quarantined),
+                ("kid_limited", l.kid_limited),
+            ]
+        },
+    ),
+    Family::gauge(
+        "v6iot_rate_limit_tracked_sources",
+        "source networks in the rate limiter's table",
+        |s| one(s.limits.tracked_sources),
+    ),
+    Family::gauges(
+        "v6iot_devices",
+        "devices in the registry, by state",
+        "state",
+        |s| {
+            let (active, quarantined, revoked) = s.devices;
+            vec![
+                ("active", active),
+                ("quarantined", quarantined),
+                ("revoked", revoked),
+            ]
+        },
+    ),
+    Family::gauges(
+        "v6iot_registrations",
+        "registered devices, by binding (U always reachable, UQ queue mode)",
+        "binding",
+        |s| vec![("U", s.registrations.0), ("UQ", s.registrations.1)],
+    ),
+    Family::gauges(
+        "v6iot_queue_mode_devices",
+        "queue-mode devices (UQ, e.g. NB-IoT in PSM): awake in their listening window or sleeping",
+        "state",
+        |s| vec![("awake", s.queue_mode.0), ("sleeping", s.queue_mode.1)],
+    ),
+    Family::counters(
+        "v6iot_commands_received",
+        "platform commands, by what the edge did with them",
+        "outcome",
+        |s| {
+            let d = &s.downlink;
+            vec![
+                ("queued", d.accepted),
+                ("queue_full", d.queue_full),
+                ("too_large", d.too_large),
+                ("not_allowed", d.not_allowed),
+                ("unencodable", d.unencodable),
+            ]
+        },
+    ),
+    Family::counters(
+        "v6iot_commands_ended",
+        "platform commands ended, by status (ok: delivered and answered)",
+        "status",
+        |s| {
+            COMMAND_STATUSES
+                .into_iter()
+                .map(|k| (k, s.commands_done.get(k).copied().unwrap_or(0)))
+                .collect()
+        },
+    ),
+    Family::gauge(
+        "v6iot_commands_pending",
+        "platform commands waiting or in flight",
+        |s| one(s.commands_pending),
+    ),
+    Family::gauge(
+        "v6iot_edge_stopping",
+        "1 while the edge is stopping (new requests get 5.03)",
+        |s| one(u64::from(s.stopping)),
+    ),
+];
+
+/// The listener's own families.
+const HTTP: &[Family<HttpStats>] = &[
+    Family::counters(
+        "v6iot_http_requests",
+        "requests to the metrics/dashboard listener, by outcome",
+        "outcome",
+        HttpStats::requests,
+    ),
+    Family::counters(
+        "v6iot_dashboard_feed_refusals",
+        "dashboard feed sessions refused or closed, by cause (token, bad_frame)",
+        "cause",
+        HttpStats::feed_refusals,
+    ),
+];
+
+/// The dashboard board's family (when the dashboard is on).
+const BOARD: &[Family<BoardStats>] = &[Family::counters(
+    "v6iot_dashboard_updates",
+    "changes the data path handed to the dashboard's board, by outcome (queued, dropped: its \
+     queue was full)",
+    "outcome",
+    |b| vec![("queued", b.queued()), ("dropped", b.dropped())],
+)];
+
+/// The MQTT session's counters.
+const MQTT: &[Family<StatsSnapshot>] = &[
+    Family::gauge(
+        "v6iot_mqtt_connected",
+        "1 while the MQTT connection to the broker is up",
+        |b| one(u64::from(b.connects > b.disconnects)),
+    ),
+    Family::counter("v6iot_mqtt_connects", "MQTT connections established", |b| {
+        one(b.connects)
+    }),
+    Family::counter(
+        "v6iot_mqtt_connect_failures",
+        "MQTT connection attempts that failed",
+        |b| one(b.connect_failures),
+    ),
+    Family::counter(
+        "v6iot_mqtt_publishes",
+        "PUBLISHes sent (first sends and re-sends)",
+        |b| one(b.published),
+    ),
+    Family::counter(
+        "v6iot_mqtt_republishes",
+        "PUBLISHes sent again after a reconnection",
+        |b| one(b.republished),
+    ),
+    Family::counter(
+        "v6iot_mqtt_acks",
+        "PUBLISHes the broker acknowledged",
+        |b| one(b.acked),
+    ),
+    Family::counter(
+        "v6iot_mqtt_refusals",
+        "PUBLISHes an MQTT 5 broker refused",
+        |b| one(b.refused),
+    ),
+];
+
+/// CoAP requests answered by resource and code: the one family with two labels of its own.
+fn requests(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
     let mut e = out.0.encode_descriptor(
         "v6iot_coap_requests",
         "CoAP requests answered, by resource (rd, rd_location, t, other) and response code",
@@ -294,171 +475,11 @@ fn datagrams(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error>
         let labels = [("path", kind.label()), ("code", code.as_str())];
         ConstCounter::new(n).encode(e.encode_family(&labels)?)?;
     }
-    let i = &s.ingress;
-    out.counters(
-        "v6iot_coap_ingress_datagrams",
-        "datagrams the ingress took, by outcome",
-        "outcome",
-        &[
-            ("malformed", i.malformed),
-            ("duplicate", i.duplicates),
-            ("unexpected", i.unexpected),
-            ("request", i.requests),
-        ],
-    )?;
-    out.counters(
-        "v6iot_telemetry_records",
-        "telemetry records, by outcome (stored, busy: 5.03 outbox full, failed: 5.00)",
-        "outcome",
-        &[
-            ("stored", i.telemetry_stored),
-            ("busy", i.telemetry_busy),
-            ("failed", i.store_failures),
-        ],
-    )
-}
-
-fn security(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
-    let g = &s.gateway;
-    out.counter(
-        "v6iot_auth_verified",
-        "OSCORE requests that verified",
-        g.authenticated,
-    )?;
-    out.counters(
-        "v6iot_auth_refusals",
-        "messages refused by the authentication gateway, by cause",
-        "cause",
-        &[
-            ("plain", g.plain),
-            ("unknown_kid", g.unknown_kid),
-            ("decryption_failed", g.decryption_failed),
-            ("replay", g.replay),
-            ("malformed", g.malformed),
-            ("not_active", g.not_active),
-            ("address_refused", g.address_refused),
-            ("endpoint_mismatch", g.endpoint_mismatch),
-            ("bad_response", g.bad_responses),
-        ],
-    )?;
-    out.counter(
-        "v6iot_quarantines",
-        "kid quarantines begun (repeated failed verifications under one kid)",
-        g.quarantines,
-    )?;
-    out.counters(
-        "v6iot_rate_limited",
-        "datagrams dropped or answered 5.03 by a limit, by scope (source: a network's \
-         unauthenticated budget; device: a verified device's rate; kid_quarantined, kid_limited: \
-         a kid in quarantine or out of refusal budget)",
-        "scope",
-        &[
-            ("source", s.limits.source_limited),
-            ("device", s.limits.device_limited),
-            ("kid_quarantined", s.limits.kid_quarantined),
-            ("kid_limited", s.limits.kid_limited),
-        ],
-    )?;
-    out.gauge(
-        "v6iot_rate_limit_tracked_sources",
-        "source networks in the rate limiter's table",
-        None,
-        s.limits.tracked_sources as f64,
-    )
-}
-
-fn devices_and_commands(out: &mut Out<'_>, s: &EdgeSnapshot) -> Result<(), std::fmt::Error> {
-    out.gauges(
-        "v6iot_devices",
-        "devices in the registry, by state",
-        "state",
-        &[
-            ("active", s.devices.0),
-            ("quarantined", s.devices.1),
-            ("revoked", s.devices.2),
-        ],
-    )?;
-    out.gauges(
-        "v6iot_registrations",
-        "registered devices, by binding (U always reachable, UQ queue mode)",
-        "binding",
-        &[("U", s.registrations.0), ("UQ", s.registrations.1)],
-    )?;
-    out.gauges(
-        "v6iot_queue_mode_devices",
-        "queue-mode devices (UQ, e.g. NB-IoT in PSM): awake in their listening window or sleeping",
-        "state",
-        &[("awake", s.queue_mode.0), ("sleeping", s.queue_mode.1)],
-    )?;
-    let d = &s.downlink;
-    out.counters(
-        "v6iot_commands_received",
-        "platform commands, by what the edge did with them",
-        "outcome",
-        &[
-            ("queued", d.accepted),
-            ("queue_full", d.queue_full),
-            ("too_large", d.too_large),
-            ("not_allowed", d.not_allowed),
-            ("unencodable", d.unencodable),
-        ],
-    )?;
-    let done: Vec<(&str, u64)> = ["ok", "expired", "timeout", "reset", "rejected"]
-        .into_iter()
-        .map(|k| (k, s.commands_done.get(k).copied().unwrap_or(0)))
-        .collect();
-    out.counters(
-        "v6iot_commands_ended",
-        "platform commands ended, by status (ok: delivered and answered)",
-        "status",
-        &done,
-    )?;
-    out.gauge(
-        "v6iot_commands_pending",
-        "platform commands waiting or in flight",
-        None,
-        s.commands_pending as f64,
-    )
+    Ok(())
 }
 
 fn north(out: &mut Out<'_>, sources: &Sources) -> Result<(), std::fmt::Error> {
-    let b = sources.bridge.snapshot();
-    out.gauge(
-        "v6iot_mqtt_connected",
-        "1 while the MQTT connection to the broker is up",
-        None,
-        f64::from(u8::from(b.connects > b.disconnects)),
-    )?;
-    out.counter(
-        "v6iot_mqtt_connects",
-        "MQTT connections established",
-        b.connects,
-    )?;
-    out.counter(
-        "v6iot_mqtt_connect_failures",
-        "MQTT connection attempts that failed",
-        b.connect_failures,
-    )?;
-    out.counter(
-        "v6iot_mqtt_publishes",
-        "PUBLISHes sent (first sends and re-sends)",
-        b.published,
-    )?;
-    out.counter(
-        "v6iot_mqtt_republishes",
-        "PUBLISHes sent again after a reconnection",
-        b.republished,
-    )?;
-    out.counter(
-        "v6iot_mqtt_acks",
-        "PUBLISHes the broker acknowledged",
-        b.acked,
-    )?;
-    out.counter(
-        "v6iot_mqtt_refusals",
-        "PUBLISHes an MQTT 5 broker refused",
-        b.refused,
-    )?;
+    out.families(MQTT, &sources.bridge.snapshot())?;
     out.histogram(
         "v6iot_mqtt_publish_duration",
         "from a PUBLISH to its PUBACK",
@@ -516,6 +537,7 @@ mod tests {
             bridge: Arc::default(),
             outbox: None,
             http: Arc::default(),
+            board: None,
         });
         let (body, _) = encode(&r, "text/plain").unwrap();
         prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()

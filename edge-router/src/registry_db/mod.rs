@@ -20,230 +20,37 @@
 //!
 //! The credentials CSV that [`Registry::import_csv`] reads is described in [`csv`].
 
-pub mod cli;
-pub mod csv;
+pub mod admin;
 pub mod oscore_state;
-pub mod prefix;
 pub mod schema;
-pub mod seal;
 pub mod unique;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension as _, TransactionBehavior, params};
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
-pub use prefix::{Ipv6Prefix, PrefixError};
-pub use seal::{SEAL_KEY_ENV, SealError, SealKey};
+pub use crate::seal::{SEAL_KEY_ENV, SealError, SealKey};
 pub use unique::DuplicateSecret;
+pub use v6iot_credentials::{
+    DeviceRecord, DeviceState, InvalidRecord, Ipv6Prefix, MAX_ID_LEN, MAX_KID_LEN, MAX_SALT_LEN,
+    MAX_SECRET_LEN, MIN_SECRET_LEN, MasterSecret, PrefixError, UnknownState, check_id, csv, prefix,
+};
 
 use crate::audit::{self, AuditError, AuditEvent, AuditKind, AuditLog, ChainWriter};
-use crate::config::EdgeConfig;
+use crate::seal;
 
 /// Length of the secrets [`Registry::rotate`] makes when the old length is unknown.
 pub const DEFAULT_SECRET_LEN: usize = 16;
-/// Longest kid: AES-CCM-16-64-128 has a 13-byte nonce, which leaves 7 bytes for the kid
-/// (RFC 8613 §5.2).
-pub const MAX_KID_LEN: usize = 7;
-/// Shortest master secret.
-pub const MIN_SECRET_LEN: usize = 16;
-/// Longest master secret.
-pub const MAX_SECRET_LEN: usize = 32;
-/// Longest master salt.
-pub const MAX_SALT_LEN: usize = 32;
-/// Longest device id (the ingress's limit on endpoint names).
-pub const MAX_ID_LEN: usize = 64;
 /// How many line errors an import keeps (it counts them all).
 pub const MAX_IMPORT_ERRORS: usize = 100;
 
 /// The plaintext sealed in the `meta` table to tell a wrong seal key at open.
 const SEAL_CHECK: &[u8] = b"v6iot registry seal check";
 const SEAL_CHECK_AAD: &[u8] = b"meta:seal_check";
-
-/// An OSCORE master secret. `Debug` does not show it; the bytes are wiped on drop.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MasterSecret(Zeroizing<Vec<u8>>);
-
-impl MasterSecret {
-    /// Wraps secret bytes (their length is checked where they are used).
-    #[must_use]
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(Zeroizing::new(bytes))
-    }
-
-    /// `len` fresh random bytes from the operating system.
-    ///
-    /// # Errors
-    ///
-    /// [`SealError::Random`] when the OS random source fails.
-    pub fn random(len: usize) -> Result<Self, SealError> {
-        let mut bytes = Zeroizing::new(vec![0u8; len]);
-        getrandom::fill(&mut bytes).map_err(SealError::Random)?;
-        Ok(Self(bytes))
-    }
-
-    /// The secret.
-    #[must_use]
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The secret as lower-case hex.
-    #[must_use]
-    pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(&self.0))
-    }
-}
-
-impl fmt::Debug for MasterSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MasterSecret({} bytes, redacted)", self.0.len())
-    }
-}
-
-/// Whether a device may talk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DeviceState {
-    /// Accepted.
-    Active,
-    /// Known but refused for now (e.g. after repeated authentication failures).
-    Quarantined,
-    /// Refused for good: a revoked device is never made active again, nor rotated.
-    Revoked,
-}
-
-impl DeviceState {
-    /// `active`, `quarantined` or `revoked`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DeviceState::Active => "active",
-            DeviceState::Quarantined => "quarantined",
-            DeviceState::Revoked => "revoked",
-        }
-    }
-}
-
-impl fmt::Display for DeviceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// A text that is not a [`DeviceState`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a device state (active, quarantined, revoked)")]
-pub struct UnknownState(pub String);
-
-impl FromStr for DeviceState {
-    type Err = UnknownState;
-
-    fn from_str(s: &str) -> Result<Self, UnknownState> {
-        match s {
-            "active" => Ok(DeviceState::Active),
-            "quarantined" => Ok(DeviceState::Quarantined),
-            "revoked" => Ok(DeviceState::Revoked),
-            other => Err(UnknownState(other.to_owned())),
-        }
-    }
-}
-
-/// Why a [`DeviceRecord`] (or a device id) is refused: the field and its limit.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidRecord {
-    /// The id is empty or too long (its length).
-    #[error("device id must be 1 to {MAX_ID_LEN} bytes, not {0}")]
-    IdLength(usize),
-    /// The id starts with `_` or holds a character MQTT topics or the CSV cannot carry.
-    #[error(
-        "device id `{}` must not start with _ nor hold / + # , white space or control characters",
-        .0.escape_debug()
-    )]
-    IdCharacters(String),
-    /// The kid is empty or too long (its length).
-    #[error("kid must be 1 to {MAX_KID_LEN} bytes, not {0}")]
-    KidLength(usize),
-    /// The master secret is too short or too long (its length).
-    #[error("master secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, not {0}")]
-    SecretLength(usize),
-    /// The master salt is too long (its length).
-    #[error("master salt must be at most {MAX_SALT_LEN} bytes, not {0}")]
-    SaltLength(usize),
-    /// Class 0.
-    #[error("class 0 is reserved in the address plan: use 1 to 255")]
-    ClassZero,
-}
-
-/// A device as provisioned: what [`Registry::add`] takes and [`Registry::get`] gives back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRecord {
-    /// Endpoint name.
-    pub id: String,
-    /// OSCORE key id.
-    pub kid: Vec<u8>,
-    /// OSCORE master secret.
-    pub master_secret: MasterSecret,
-    /// OSCORE master salt, if any.
-    pub master_salt: Option<Vec<u8>>,
-    /// Address plan device class, 1–255.
-    pub class: u8,
-    /// Prefixes its addresses must be in.
-    pub prefixes: Vec<Ipv6Prefix>,
-    /// Its state.
-    pub state: DeviceState,
-}
-
-impl DeviceRecord {
-    /// Checks every field against the limits in the module documentation.
-    ///
-    /// # Errors
-    ///
-    /// The first field that is wrong.
-    pub fn check(&self) -> Result<(), InvalidRecord> {
-        check_id(&self.id)?;
-        if self.kid.is_empty() || self.kid.len() > MAX_KID_LEN {
-            return Err(InvalidRecord::KidLength(self.kid.len()));
-        }
-        let n = self.master_secret.as_bytes().len();
-        if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&n) {
-            return Err(InvalidRecord::SecretLength(n));
-        }
-        if let Some(salt) = &self.master_salt
-            && salt.len() > MAX_SALT_LEN
-        {
-            return Err(InvalidRecord::SaltLength(salt.len()));
-        }
-        if self.class == 0 {
-            return Err(InvalidRecord::ClassZero);
-        }
-        Ok(())
-    }
-}
-
-/// Checks a device id (endpoint name).
-///
-/// # Errors
-///
-/// [`InvalidRecord::IdLength`] or [`InvalidRecord::IdCharacters`].
-pub fn check_id(id: &str) -> Result<(), InvalidRecord> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(InvalidRecord::IdLength(id.len()));
-    }
-    if id.starts_with('_')
-        || id
-            .chars()
-            .any(|c| matches!(c, '/' | '+' | '#' | ',') || c.is_whitespace() || c.is_control())
-    {
-        return Err(InvalidRecord::IdCharacters(id.to_owned()));
-    }
-    Ok(())
-}
 
 /// A stored device with its secret: what [`Registry::get`] and [`Registry::get_by_kid`] give.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,20 +289,6 @@ impl Registry {
         &self.duplicates
     }
 
-    /// Opens (or creates, with its directory) the registry a configuration names:
-    /// `registry.db` (default `{data_dir}/registry.db`), with the key of [`seal_key_for`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Registry::open`] and [`seal_key_for`].
-    pub fn open_configured(config: &EdgeConfig) -> Result<Self, RegistryError> {
-        let path = config.registry.db_path(&config.data_dir);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        Self::open(&path, seal_key_for(config)?)
-    }
-
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -509,7 +302,8 @@ impl Registry {
     }
 
     /// The seal key, if one was given (for keys derived from it, e.g. the audit checkpoint's).
-    pub(crate) fn seal_key(&self) -> Option<&SealKey> {
+    #[must_use]
+    pub fn seal_key(&self) -> Option<&SealKey> {
         self.key.as_ref()
     }
 
@@ -790,7 +584,7 @@ impl Registry {
         let len = seal::plaintext_len(&sealed)
             .filter(|n| (MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(n))
             .unwrap_or(DEFAULT_SECRET_LEN);
-        let secret = MasterSecret::random(len)?;
+        let secret = MasterSecret::random(len).map_err(SealError::Random)?;
         let fp = unique::Fingerprinter::new(&key).of(secret.as_bytes());
         let now = audit::now();
         tx.execute(
@@ -822,19 +616,6 @@ impl Registry {
         )?;
         tx.commit()?;
         Ok(secret)
-    }
-}
-
-/// The seal key of a configuration: from `registry.seal_key_file` when set, else from the
-/// [`SEAL_KEY_ENV`] environment variable, else none.
-///
-/// # Errors
-///
-/// When the file cannot be read or either holds no key.
-pub fn seal_key_for(config: &EdgeConfig) -> Result<Option<SealKey>, SealError> {
-    match &config.registry.seal_key_file {
-        Some(file) => SealKey::from_file(file).map(Some),
-        None => SealKey::from_env(),
     }
 }
 
@@ -1088,7 +869,7 @@ impl RawDevice {
         let record = DeviceRecord {
             id: info.id,
             kid: info.kid,
-            master_secret: MasterSecret(secret),
+            master_secret: MasterSecret::from_zeroizing(secret),
             master_salt: info.master_salt,
             class: info.class,
             prefixes: info.prefixes,

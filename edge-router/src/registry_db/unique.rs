@@ -39,12 +39,13 @@
 
 use std::fmt;
 
-use hmac::{Hmac, KeyInit as _, Mac as _};
+use hmac::{Hmac, Mac as _};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use sha2::Sha256;
 
 use super::{DeviceState, RegistryError, SealKey};
 use crate::audit::{self, AuditEvent, AuditKind, ChainWriter};
+use crate::seal::hmac_sha256;
 
 /// The `info` of the fingerprint key's derivation (see the module docs).
 const FINGERPRINT_KEY_INFO: &[u8] = b"v6iot registry: secret fingerprint v1";
@@ -110,17 +111,6 @@ impl fmt::Display for DuplicateSecret {
             self.device
         )
     }
-}
-
-/// HMAC-SHA-256 under a 32-byte key, without a fallible constructor: RFC 2104 §2 pads a key
-/// shorter than the block (64 bytes) with zeros, which is done here (a test holds it to the
-/// crate's own `new_from_slice`).
-pub(crate) fn hmac_sha256(key: &[u8; 32]) -> Hmac<Sha256> {
-    let mut block = zeroize::Zeroizing::new([0u8; 64]);
-    for (b, k) in block.iter_mut().zip(key) {
-        *b = *k;
-    }
-    Hmac::<Sha256>::new(&(*block).into())
 }
 
 /// The device whose secret has fingerprint `fp`, if any.
@@ -246,26 +236,6 @@ pub(crate) fn check_before_reinstating(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_with_a_padded_key_is_hmac() {
-        for key in [[0u8; 32], [0x0b; 32], core::array::from_fn(|i| i as u8)] {
-            let mut ours = hmac_sha256(&key);
-            let mut theirs = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-            ours.update(b"Hi There");
-            theirs.update(b"Hi There");
-            assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes());
-        }
-        // RFC 4231 test case 1 has a 20-byte key: padded to 32 with zeros it is the same key.
-        let mut key = [0u8; 32];
-        key[..20].fill(0x0b);
-        let mut mac = hmac_sha256(&key);
-        mac.update(b"Hi There");
-        assert_eq!(
-            hex::encode(mac.finalize().into_bytes()),
-            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
-        );
-    }
 
     #[test]
     fn fingerprints_are_keyed_and_distinct() {

@@ -2,7 +2,7 @@
 //! bookkeeping, and reloads (SIGHUP).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use v6iot_cloud_bridge::BridgeStats;
@@ -10,7 +10,8 @@ use v6iot_cloud_bridge::outbox::OutboxHandle;
 
 use crate::config::EdgeConfig;
 use crate::gateway::Gateway;
-use crate::ops::dashboard::{Board, Dashboard};
+use crate::ops::dashboard::handle::UPDATE_QUEUE;
+use crate::ops::dashboard::{Board, BoardHandle, Dashboard};
 use crate::ops::http::{self, HttpStats, OpsState};
 use crate::ops::live::Live;
 use crate::ops::metrics::{self, Sources};
@@ -42,8 +43,17 @@ pub(super) async fn start(
     let addr = listener.local_addr()?;
     let board = token
         .as_ref()
-        .map(|_| Arc::new(Mutex::new(Board::new(config.ops.dashboard_max_devices))));
-    let live = Live::new(topic_head, board.clone());
+        .map(|_| BoardHandle::spawn(Board::new(config.ops.dashboard_max_devices), UPDATE_QUEUE))
+        .transpose()?;
+    // (the configuration was checked at start: a bad [[radio]] cannot reach here)
+    let pans = config
+        .border()
+        .ok()
+        .flatten()
+        .map(|b| b.pans)
+        .unwrap_or_default();
+    let live = Live::new(topic_head, board.clone())
+        .with_lowpan_prefixes(pans.into_iter().map(|p| p.prefix));
     let dashboard = match (token, board) {
         (Some(token), Some(board)) => Some(Dashboard::new(
             token,
@@ -60,6 +70,7 @@ pub(super) async fn start(
         bridge,
         outbox: Some(outbox.clone()),
         http: stats.clone(),
+        board: live.board.as_ref().map(|b| b.stats().clone()),
     });
     tracing::info!(
         %addr,

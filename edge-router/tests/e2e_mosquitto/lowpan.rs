@@ -447,12 +447,23 @@ fn end_to_end_a_lowpan_fleet_registers_reports_and_takes_commands_and_wireshark_
     });
     let m = scrape(ops);
     assert_eq!(m.value("v6iot_border_drops", &pan0), 0.0);
-    assert!(
-        m.value(
-            "v6iot_border_packets_forwarded",
-            &[("pan", "0"), ("path", "radio_to_gateway")]
-        ) >= (devices * (reports as usize + 1)) as f64
+    let to_gateway = m.value(
+        "v6iot_border_packets_forwarded",
+        &[("pan", "0"), ("path", "radio_to_gateway")],
     );
+    assert!(to_gateway >= (devices * (reports as usize + 1)) as f64);
+    // the gateway's CoAP datagrams by transport: the radio's are lowpan (one PAN here)
+    let lowpan = [("transport", "lowpan")];
+    assert_eq!(
+        m.value("v6iot_coap_datagrams_received", &lowpan),
+        to_gateway
+    );
+    let from_gateway = m.value(
+        "v6iot_border_packets_forwarded",
+        &[("pan", "0"), ("path", "gateway_to_radio")],
+    );
+    assert!(from_gateway > 0.0);
+    assert_eq!(m.value("v6iot_coap_datagrams_sent", &lowpan), from_gateway);
     stop_gracefully(&mut edge);
     let frames_out = fleet.view.lock().unwrap().frames_out;
     drop(fleet);

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use v6iot_edge_router::registry_db::Ipv6Prefix;
+use v6iot_credentials::Ipv6Prefix;
 use v6iot_sdk::uplink::Binding;
 
 use super::{

@@ -13,7 +13,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use v6iot_edge_router::registry_db::Ipv6Prefix;
+use v6iot_credentials::Ipv6Prefix;
 use v6iot_sdk::uplink::Binding;
 
 pub use check::{CheckError, Partition, PartitionError};

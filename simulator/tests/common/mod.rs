@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use v6iot_edge_router::registry_db::DeviceRecord;
+use v6iot_credentials::DeviceRecord;
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext};
 use v6iot_simulator::credentials::Credentials;
 

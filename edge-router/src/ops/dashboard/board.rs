@@ -43,7 +43,7 @@ pub struct RowView {
     pub id: String,
     /// Current address, if known.
     pub address: String,
-    /// `udp` (NB-IoT or IP), later `lowpan`.
+    /// `udp` (NB-IoT or IP) or `lowpan` (through the border router).
     pub transport: &'static str,
     /// `registered`, `seen`, `deregistered`, `expired`, `revoked`, `quarantined`.
     pub state: &'static str,
@@ -110,6 +110,62 @@ pub struct Page {
     pub rows: Vec<RowView>,
 }
 
+/// One change the data path reports, applied on the board's own thread
+/// ([`super::handle::BoardHandle`]): the data path only moves what it already has (a
+/// record's payload is read as SenML there, not on the data path).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// `id` registered (or moved) at `address` ([`Board::registered_via`]).
+    Registered {
+        /// Device id.
+        id: String,
+        /// Its address.
+        address: SocketAddr,
+        /// `udp` or `lowpan` (an address in one of the border router's PAN prefixes).
+        transport: &'static str,
+        /// Unix ms.
+        unix_ms: u64,
+    },
+    /// Registry or registration states of devices already shown ([`Board::state`]).
+    States(Vec<(String, &'static str)>),
+    /// A record from `id` was stored; `payload` is its resolved SenML-JSON
+    /// ([`Board::telemetry`] with [`senml_value`]).
+    Record {
+        /// Device id.
+        id: String,
+        /// Unix ms.
+        unix_ms: u64,
+        /// The stored payload.
+        payload: Vec<u8>,
+    },
+    /// A refusal by the gateway ([`Board::security`]).
+    Security {
+        /// Unix ms.
+        unix_ms: u64,
+        /// The cause.
+        cause: String,
+        /// Where from.
+        peer: SocketAddr,
+        /// The device it named.
+        device: Option<String>,
+    },
+}
+
+/// What one feed update reads from the board, all at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    /// The window asked for.
+    pub page: Page,
+    /// Security events after the last one the page has.
+    pub events: Vec<EventView>,
+    /// The selected device's sparkline.
+    pub spark: Option<Vec<(u64, f64)>>,
+    /// Devices shown.
+    pub devices: usize,
+    /// Updates not shown because the board was full.
+    pub not_shown: u64,
+}
+
 /// The model (see the module docs).
 #[derive(Debug)]
 pub struct Board {
@@ -170,9 +226,21 @@ impl Board {
         self.rows.get_mut(id)
     }
 
-    /// `id` registered (or moved) at `address`.
+    /// `id` registered (or moved) at `address`, over UDP.
     pub fn registered(&mut self, id: &str, address: SocketAddr, unix_ms: u64) {
+        self.registered_via(id, address, "udp", unix_ms);
+    }
+
+    /// `id` registered (or moved) at `address`, over `transport` (`udp`, `lowpan`).
+    pub fn registered_via(
+        &mut self,
+        id: &str,
+        address: SocketAddr,
+        transport: &'static str,
+        unix_ms: u64,
+    ) {
         if let Some(r) = self.row(id) {
+            r.transport = transport;
             if r.address != Some(address) {
                 r.address = Some(address);
                 r.address_text = address.to_string();
@@ -219,6 +287,51 @@ impl Board {
         self.next_event += 1;
     }
 
+    /// Applies one change from the data path.
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Registered {
+                id,
+                address,
+                transport,
+                unix_ms,
+            } => self.registered_via(&id, address, transport, unix_ms),
+            Update::States(states) => {
+                for (id, state) in states {
+                    self.state(&id, state);
+                }
+            }
+            Update::Record {
+                id,
+                unix_ms,
+                payload,
+            } => {
+                if let Some((text, value)) = senml_value(&payload) {
+                    self.telemetry(&id, unix_ms, text, value);
+                }
+            }
+            Update::Security {
+                unix_ms,
+                cause,
+                peer,
+                device,
+            } => self.security(unix_ms, &cause, peer, device.as_deref()),
+        }
+    }
+
+    /// What a feed update shows: the window `q` asks for, the events after `seen_event`,
+    /// the sparkline of `selected`.
+    #[must_use]
+    pub fn view(&self, q: &Query, seen_event: u64, selected: Option<&str>) -> View {
+        View {
+            page: self.query(q),
+            events: self.events_after(seen_event),
+            spark: selected.map(|s| self.spark(s)),
+            devices: self.len(),
+            not_shown: self.not_shown(),
+        }
+    }
+
     /// Events after `seq`, oldest first.
     #[must_use]
     pub fn events_after(&self, seq: u64) -> Vec<EventView> {
@@ -240,7 +353,8 @@ impl Board {
 
     /// The window `q` asks for. In the table's own order (by id) without a filter only the
     /// window is read; otherwise the matching rows are collected and sorted (ties by id), which
-    /// at 100,000 devices takes a few milliseconds (`benches/dashboard.rs`).
+    /// at 100,000 devices takes up to about 20 ms (`benches/dashboard.rs`): on the board's own
+    /// thread, where the data path never waits for it.
     #[must_use]
     pub fn query(&self, q: &Query) -> Page {
         let filter: String = q

@@ -7,7 +7,6 @@
 //! only; a message that is not one of ours, a binary one, a wrong token or none within
 //! [`AUTH_TIMEOUT`] closes the session and is counted.
 
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::Dashboard;
-use super::board::Query;
+use super::board::{Query, View};
 use crate::ops::http::HttpStats;
 
 /// The largest message or frame taken from the page, bytes.
@@ -115,7 +114,11 @@ async fn session(ws: &mut WebSocketStream<TcpStream>, d: &Dashboard) -> Result<(
                 }
             },
         }
-        let update = update(d, &query, selected.as_deref(), &mut seen_event, &mut rate);
+        let Some(update) = update(d, &query, selected.as_deref(), &mut seen_event, &mut rate).await
+        else {
+            tracing::warn!("dashboard: the board's thread has ended; closing the feed");
+            return Ok(());
+        };
         if ws.send(Message::text(update)).await.is_err() {
             return Ok(());
         }
@@ -149,29 +152,32 @@ impl Rate {
     }
 }
 
-fn update(
+/// One update, read on the board's thread (the feed waits for it, the data path does not);
+/// `None` when that thread has ended.
+async fn update(
     d: &Dashboard,
     query: &Query,
     selected: Option<&str>,
     seen_event: &mut u64,
     rate: &mut Rate,
-) -> String {
-    let (page, events, spark, devices, not_shown) = {
-        let board = d.board.lock().unwrap_or_else(PoisonError::into_inner);
-        (
-            board.query(query),
-            board.events_after(*seen_event),
-            selected.map(|s| board.spark(s)),
-            board.len(),
-            board.not_shown(),
-        )
-    };
+) -> Option<String> {
+    let (q, seen, device) = (query.clone(), *seen_event, selected.map(str::to_owned));
+    let View {
+        page,
+        events,
+        spark,
+        devices,
+        not_shown,
+    } = d
+        .board
+        .read(move |b| b.view(&q, seen, device.as_deref()))
+        .await?;
     if let Some(last) = events.last() {
         *seen_event = last.seq;
     }
     let bridge = d.bridge.snapshot();
     let outbox = d.outbox.as_ref().map(|o| o.stats());
-    serde_json::json!({
+    let update = serde_json::json!({
         "type": "update",
         "page": page,
         "events": events,
@@ -187,8 +193,8 @@ fn update(
             "mqtt_connected": bridge.connects > bridge.disconnects,
             "stopping": d.stopping.load(Ordering::Relaxed),
         }
-    })
-    .to_string()
+    });
+    Some(update.to_string())
 }
 
 async fn close(ws: &mut WebSocketStream<TcpStream>, code: CloseCode, reason: &'static str) {

@@ -1,5 +1,6 @@
 //! The live dashboard: a static page (HTML, CSS, JavaScript embedded in the binary: no build
-//! step, no CDN, works offline) and its WebSocket feed ([`feed`]) over the [`Board`].
+//! step, no CDN, works offline) and its WebSocket feed ([`feed`]) over the [`Board`], which
+//! lives on a thread of its own ([`handle`]) so the data path never waits for a query.
 //!
 //! Access: the page itself holds no data; the feed needs the configured token, which the
 //! page takes from the URL's fragment (`/#token=…`, never sent to the server in a request
@@ -7,13 +8,15 @@
 
 pub mod board;
 pub mod feed;
+pub mod handle;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use v6iot_cloud_bridge::BridgeStats;
 use v6iot_cloud_bridge::outbox::OutboxHandle;
 
 pub use board::Board;
+pub use handle::BoardHandle;
 
 /// Headers of the dashboard's files: only its own scripts, styles and feed; no framing.
 pub const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -48,8 +51,8 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
 #[derive(Debug)]
 pub struct Dashboard {
     token: String,
-    /// The model, fed by the server loop.
-    pub board: Arc<Mutex<Board>>,
+    /// The model on its thread, fed by the server loop.
+    pub board: BoardHandle,
     /// Publish counters (the publish rate).
     pub bridge: Arc<BridgeStats>,
     /// The outbox gauge.
@@ -63,7 +66,7 @@ impl Dashboard {
     #[must_use]
     pub fn new(
         token: String,
-        board: Arc<Mutex<Board>>,
+        board: BoardHandle,
         bridge: Arc<BridgeStats>,
         outbox: Option<OutboxHandle>,
         stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -94,7 +97,7 @@ mod tests {
     fn the_token_must_match_exactly() {
         let d = Dashboard::new(
             "0123456789abcdef".into(),
-            Arc::new(Mutex::new(Board::new(1))),
+            BoardHandle::spawn(Board::new(1), 1).unwrap(),
             Arc::new(BridgeStats::default()),
             None,
             Arc::default(),

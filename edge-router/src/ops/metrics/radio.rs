@@ -2,111 +2,33 @@
 //! neighbour discovery and drops by cause, per PAN (the `pan` label is the PAN's index in the
 //! configuration's `[[radio]]` list: a bounded set, never a device or an address).
 
-use prometheus_client::encoding::EncodeMetric;
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-
+use super::family::{Family, one};
 use super::{Out, RadioSnapshot};
 use crate::border::stats::PanStats;
 
-/// One sample's values: (second label's value, count).
-type Rows = Vec<(&'static str, u64)>;
-
-/// A family with a `pan` label and, when `label` is set, a second one whose values `rows`
-/// gives per PAN.
-struct PanFamily {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    label: Option<&'static str>,
-    rows: fn(&PanStats) -> Rows,
-}
-
-impl PanFamily {
-    fn encode(&self, out: &mut Out<'_>, pans: &[(String, &PanStats)]) -> std::fmt::Result {
-        let mut e = out
-            .0
-            .encode_descriptor(self.name, self.help, None, self.kind)?;
-        for (pan, s) in pans {
-            for (value, n) in (self.rows)(s) {
-                let labels = match self.label {
-                    Some(label) => vec![("pan", pan.as_str()), (label, value)],
-                    None => vec![("pan", pan.as_str())],
-                };
-                let sample = e.encode_family(&labels)?;
-                match self.kind {
-                    MetricType::Gauge => ConstGauge::new(n as i64).encode(sample)?,
-                    _ => ConstCounter::new(n).encode(sample)?,
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn one(n: u64) -> Rows {
-    vec![("", n)]
-}
-
-const fn counter(name: &'static str, help: &'static str, rows: fn(&PanStats) -> Rows) -> PanFamily {
-    PanFamily {
-        name,
-        help,
-        kind: MetricType::Counter,
-        label: None,
-        rows,
-    }
-}
-
-const fn by(
-    name: &'static str,
-    help: &'static str,
-    label: &'static str,
-    rows: fn(&PanStats) -> Rows,
-) -> PanFamily {
-    PanFamily {
-        name,
-        help,
-        kind: MetricType::Counter,
-        label: Some(label),
-        rows,
-    }
-}
-
-const fn gauge(name: &'static str, help: &'static str, rows: fn(&PanStats) -> Rows) -> PanFamily {
-    PanFamily {
-        name,
-        help,
-        kind: MetricType::Gauge,
-        label: None,
-        rows,
-    }
-}
-
 /// The per-PAN families, in the order they are written.
-const FAMILIES: &[PanFamily] = &[
-    counter(
+const FAMILIES: &[Family<PanStats>] = &[
+    Family::counter(
         "v6iot_radio_frames_received",
         "802.15.4 frames taken from the radio, FCS checked",
         |s| one(s.frames_in),
     ),
-    counter(
+    Family::counter(
         "v6iot_radio_frames_sent",
         "802.15.4 frames handed to the radio",
         |s| one(s.frames_out),
     ),
-    counter(
+    Family::counter(
         "v6iot_lowpan_packets_received",
         "IPv6 packets whole from the radio (at once or reassembled)",
         |s| one(s.packets_in),
     ),
-    counter(
+    Family::counter(
         "v6iot_lowpan_packets_sent",
         "IPv6 packets sent onto the radio (one or more frames each)",
         |s| one(s.packets_out),
     ),
-    by(
+    Family::counters(
         "v6iot_border_packets_forwarded",
         "packets the border router forwarded, by path (radio_to_host, host_to_radio: the TUN; \
          radio_to_gateway, gateway_to_radio: CoAP for the router)",
@@ -120,7 +42,7 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    by(
+    Family::counters(
         "v6iot_border_drops",
         "frames and packets the border router dropped, by cause",
         "cause",
@@ -147,7 +69,7 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    by(
+    Family::counters(
         "v6iot_lowpan_payloads_refused",
         "frame payloads the 6LoWPAN layer refused (counted in drops as bad_lowpan), by cause",
         "cause",
@@ -159,7 +81,7 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    by(
+    Family::counters(
         "v6iot_lowpan_reassemblies",
         "fragmented datagrams that ended, by outcome (completed, timeout, overlap: discarded)",
         "outcome",
@@ -171,7 +93,7 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    by(
+    Family::counters(
         "v6iot_lowpan_fragments_ignored",
         "fragments not taken into a reassembly, by cause",
         "cause",
@@ -184,22 +106,22 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    gauge(
+    Family::gauge(
         "v6iot_lowpan_reassemblies_in_progress",
         "datagrams being reassembled now",
         |s| one(s.reassembly_in_progress as u64),
     ),
-    gauge(
+    Family::gauge(
         "v6iot_lowpan_reassembly_bytes",
         "bytes held by reassembly now",
         |s| one(s.reassembly_bytes as u64),
     ),
-    gauge(
+    Family::gauge(
         "v6iot_border_neighbours",
         "entries in the PAN's neighbour table",
         |s| one(s.neighbours as u64),
     ),
-    by(
+    Family::counters(
         "v6iot_border_neighbour_events",
         "neighbour table events (added, changed: new link-layer address, expired: idle, \
          table_full: an address refused)",
@@ -213,12 +135,12 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    counter(
+    Family::counter(
         "v6iot_border_router_solicitations_answered",
         "router solicitations answered",
         |s| one(s.solicitations),
     ),
-    by(
+    Family::counters(
         "v6iot_border_icmp_sent",
         "ICMPv6 messages the border router sent, by type (router_advertisement: periodic and \
          answers)",
@@ -231,7 +153,7 @@ const FAMILIES: &[PanFamily] = &[
             ]
         },
     ),
-    counter(
+    Family::counter(
         "v6iot_border_derived_next_hops",
         "packets to a device not in the neighbour table, sent to the link-layer address its \
          interface ID derives from",
@@ -239,52 +161,62 @@ const FAMILIES: &[PanFamily] = &[
     ),
 ];
 
+/// The host side's and the radio drivers' families (all PANs).
+const HOST: &[Family<RadioSnapshot>] = &[
+    Family::counter(
+        "v6iot_border_host_packets_received",
+        "IPv6 packets taken from the host (TUN)",
+        |r| one(r.border.host.packets_in),
+    ),
+    Family::counter(
+        "v6iot_border_host_packets_sent",
+        "IPv6 packets handed to the host (TUN)",
+        |r| one(r.border.host.packets_out),
+    ),
+    Family::counters(
+        "v6iot_border_host_drops",
+        "packets from the host (TUN) or the gateway that no PAN took, by cause",
+        "cause",
+        |r| {
+            let h = &r.border.host;
+            vec![
+                ("bad_ip", h.bad_ip),
+                ("no_route", h.no_route),
+                ("hop_limit", h.hop_limit),
+                ("to_router", h.to_router),
+                ("local_no_route", h.local_no_route),
+            ]
+        },
+    ),
+    Family::counters(
+        "v6iot_radio_io_drops",
+        "frames and packets the radio and TUN drivers dropped below the border router, by cause",
+        "cause",
+        |r| {
+            vec![
+                ("zep_malformed", r.io.zep_malformed),
+                ("bad_fcs", r.io.bad_fcs),
+                ("other_channel", r.io.other_channel),
+                ("send_error", r.io.send_errors),
+            ]
+        },
+    ),
+];
+
 /// Writes the border router's families.
 pub(super) fn encode(out: &mut Out<'_>, r: &RadioSnapshot) -> std::fmt::Result {
-    let pans: Vec<(String, &PanStats)> = r
-        .border
-        .pans
+    let indices: Vec<String> = (0..r.border.pans.len()).map(|i| i.to_string()).collect();
+    let labels: Vec<[(&'static str, &str); 1]> =
+        indices.iter().map(|i| [("pan", i.as_str())]).collect();
+    let pans: Vec<(&[(&'static str, &str)], &PanStats)> = labels
         .iter()
-        .enumerate()
-        .map(|(i, s)| (i.to_string(), s))
+        .zip(&r.border.pans)
+        .map(|(l, s)| (&l[..], s))
         .collect();
     for f in FAMILIES {
         f.encode(out, &pans)?;
     }
-    let h = &r.border.host;
-    out.counter(
-        "v6iot_border_host_packets_received",
-        "IPv6 packets taken from the host (TUN)",
-        h.packets_in,
-    )?;
-    out.counter(
-        "v6iot_border_host_packets_sent",
-        "IPv6 packets handed to the host (TUN)",
-        h.packets_out,
-    )?;
-    out.counters(
-        "v6iot_border_host_drops",
-        "packets from the host (TUN) or the gateway that no PAN took, by cause",
-        "cause",
-        &[
-            ("bad_ip", h.bad_ip),
-            ("no_route", h.no_route),
-            ("hop_limit", h.hop_limit),
-            ("to_router", h.to_router),
-            ("local_no_route", h.local_no_route),
-        ],
-    )?;
-    out.counters(
-        "v6iot_radio_io_drops",
-        "frames and packets the radio and TUN drivers dropped below the border router, by cause",
-        "cause",
-        &[
-            ("zep_malformed", r.io.zep_malformed),
-            ("bad_fcs", r.io.bad_fcs),
-            ("other_channel", r.io.other_channel),
-            ("send_error", r.io.send_errors),
-        ],
-    )
+    out.families(HOST, r)
 }
 
 #[cfg(test)]
@@ -423,6 +355,11 @@ mod tests {
             value(&s, "v6iot_border_host_packets_sent_total", &[]),
             Some(62.0)
         );
+        // CoAP to and from the router's gateway over the radios, all PANs
+        let coap = |dir| format!("v6iot_coap_datagrams_{dir}_total");
+        let lowpan = [("transport", "lowpan")];
+        assert_eq!(value(&s, &coap("received"), &lowpan), Some(39.0));
+        assert_eq!(value(&s, &coap("sent"), &lowpan), Some(42.0));
         let host = "v6iot_border_host_drops_total";
         assert_eq!(value(&s, host, &[("cause", "no_route")]), Some(63.0));
         let io = "v6iot_radio_io_drops_total";

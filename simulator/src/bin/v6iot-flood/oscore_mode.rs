@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use v6iot_edge_router::registry_db::{DeviceRecord, csv};
+use v6iot_credentials::{DeviceRecord, csv};
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};
 

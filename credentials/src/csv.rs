@@ -14,7 +14,7 @@
 //! - Hex is either case. Spaces around fields are ignored. Lines may end in CRLF.
 //! - Blank lines and lines starting with `#` are skipped. Devices start out `active`.
 
-use super::{
+use crate::{
     DeviceRecord, DeviceState, InvalidRecord, Ipv6Prefix, MasterSecret, PrefixError, check_id,
 };
 
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn the_readme_example_parses() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../README.md");
         let lines: Vec<&str> = readme
             .lines()
             .skip_while(|l| *l != HEADER)

@@ -10,7 +10,7 @@
 //!
 //! Other integrity keys of the registry are derived from the seal key with HKDF-SHA-256
 //! (RFC 5869; salt `v6iot-seal-key`, one `info` string per purpose), never the seal key itself:
-//! the secrets' fingerprints ([`super::unique`]) and the audit checkpoint's MAC
+//! the secrets' fingerprints ([`crate::registry_db::unique`]) and the audit checkpoint's MAC
 //! ([`crate::audit::checkpoint`]). Whoever reads the file without the seal key learns nothing
 //! from either, and a value made for one purpose is no use for another.
 
@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;
+use hmac::Hmac;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -252,9 +253,21 @@ pub fn plaintext_len(sealed: &[u8]) -> Option<usize> {
     sealed.len().checked_sub(OVERHEAD)
 }
 
+/// HMAC-SHA-256 under a 32-byte key, without a fallible constructor: RFC 2104 §2 pads a key
+/// shorter than the block (64 bytes) with zeros, which is done here (a test holds it to the
+/// crate's own `new_from_slice`).
+pub(crate) fn hmac_sha256(key: &[u8; 32]) -> Hmac<Sha256> {
+    let mut block = zeroize::Zeroizing::new([0u8; 64]);
+    for (b, k) in block.iter_mut().zip(key) {
+        *b = *k;
+    }
+    <Hmac<Sha256> as hmac::KeyInit>::new(&(*block).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::Mac as _;
 
     fn key(byte: u8) -> SealKey {
         SealKey::from_bytes(&[byte; 32]).unwrap()
@@ -358,5 +371,25 @@ mod tests {
             .expand(b"purpose one", &mut expected)
             .unwrap();
         assert_eq!(*a, expected);
+    }
+
+    #[test]
+    fn hmac_with_a_padded_key_is_hmac() {
+        for key in [[0u8; 32], [0x0b; 32], core::array::from_fn(|i| i as u8)] {
+            let mut ours = hmac_sha256(&key);
+            let mut theirs = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key).unwrap();
+            ours.update(b"Hi There");
+            theirs.update(b"Hi There");
+            assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes());
+        }
+        // RFC 4231 test case 1 has a 20-byte key: padded to 32 with zeros it is the same key.
+        let mut key = [0u8; 32];
+        key[..20].fill(0x0b);
+        let mut mac = hmac_sha256(&key);
+        mac.update(b"Hi There");
+        assert_eq!(
+            hex::encode(mac.finalize().into_bytes()),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
     }
 }

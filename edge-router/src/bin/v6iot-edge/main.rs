@@ -1,5 +1,7 @@
 //! `v6iot-edge`: command-line entry point of the edge router.
 
+mod registry_cli;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -7,7 +9,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use v6iot_edge_router::config::{EdgeConfig, LogFormat, LogSection};
 use v6iot_edge_router::ops::logging::{self, LogReload};
-use v6iot_edge_router::registry_db::cli as registry_cli;
 
 /// v6iot edge router: CoAP ingress, durable outbox, MQTT bridge to the platform.
 #[derive(Parser)]

@@ -1,5 +1,5 @@
 //! The `v6iot-edge devices …` and `v6iot-edge audit …` subcommands (arguments and actions;
-//! src/main.rs only dispatches to them).
+//! main.rs only dispatches to them).
 //!
 //! The database is `registry.db` in the data directory, or `registry.db` of the `[registry]`
 //! section of `--config`; the seal key comes from `registry.seal_key_file` or, without one,
@@ -15,16 +15,19 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use super::{DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry, SealKey};
-use crate::audit::checkpoint::{self, Anchor};
-use crate::audit::{AuditError, AuditRow};
-use crate::config::EdgeConfig;
+use v6iot_edge_router::audit::AuditRow;
+use v6iot_edge_router::config::EdgeConfig;
+use v6iot_edge_router::registry_db::admin::{
+    self, RegistryPlace, VerifyRequest, format_time, parse_rfc3339,
+};
+use v6iot_edge_router::registry_db::{
+    DeviceFilter, DeviceRecord, DeviceState, Ipv6Prefix, MasterSecret, Registry,
+};
 
 /// Where the registry is.
 #[derive(Debug, Clone, Args)]
-pub struct DbArgs {
+pub(crate) struct DbArgs {
     /// Configuration file (TOML): its `data_dir` and `[registry]` section locate the database
     /// and the seal key.
     #[arg(long, global = true)]
@@ -37,7 +40,7 @@ pub struct DbArgs {
 
 /// `v6iot-edge devices …`
 #[derive(Debug, Clone, Subcommand)]
-pub enum DevicesCommand {
+pub(crate) enum DevicesCommand {
     /// Add one device.
     Add {
         /// Device id (endpoint name).
@@ -106,7 +109,7 @@ pub enum DevicesCommand {
 /// `v6iot-edge audit …`
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// Where the registry is.
     #[command(flatten)]
     pub db: DbArgs,
@@ -126,7 +129,7 @@ pub struct AuditArgs {
 
 /// `v6iot-edge audit verify`
 #[derive(Debug, Clone, Subcommand)]
-pub enum AuditAction {
+pub(crate) enum AuditAction {
     /// Recompute the hash chain and name the first row that does not verify; check that the
     /// trail reaches its checkpoint (the edge's signed file when there is one, and/or a head
     /// published on the security topic), naming the rows missing from its end.
@@ -135,7 +138,7 @@ pub enum AuditAction {
 
 /// What `audit verify` checks the trail's end against (see `audit::checkpoint`).
 #[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// A head hash the trail must reach (64 hex digits, e.g. `head` of a checkpoint the edge
     /// published); with --expect-rows it must be that row's hash.
     #[arg(long, value_parser = parse_hash)]
@@ -165,85 +168,31 @@ fn parse_hash(text: &str) -> Result<[u8; 32], HashArgError> {
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| HashArgError::Length(bytes.len()))
 }
 
-/// A text that is not an RFC 3339 time.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not an RFC 3339 time like 2026-05-01T12:00:00Z: {source}")]
-pub struct TimeArgError {
-    /// The text given.
-    pub text: String,
-    /// Why it does not parse.
-    pub source: time::error::Parse,
-}
-
-/// Parses an RFC 3339 time (`2026-05-01T12:00:00Z`, `2026-05-01T14:00:00.5+02:00`).
-///
-/// # Errors
-///
-/// [`TimeArgError`], quoting the text.
-pub fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, TimeArgError> {
-    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|source| TimeArgError {
-        text: text.to_owned(),
-        source,
-    })
-}
-
-/// A time as RFC 3339, UTC.
-#[must_use]
-pub fn format_time(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
-
-/// Where the database, the key and the audit checkpoint are.
-struct Located {
-    path: PathBuf,
-    key: Option<SealKey>,
-    checkpoint: PathBuf,
-}
-
-fn locate(db: &DbArgs) -> anyhow::Result<Located> {
+/// Where the registry is, from `--config` and `--data-dir`.
+fn locate(db: &DbArgs) -> anyhow::Result<RegistryPlace> {
     let config = match &db.config {
         Some(path) => EdgeConfig::load(path).with_context(|| format!("{}", path.display()))?,
         None => EdgeConfig::with_site("site"),
     };
-    let data_dir = db.data_dir.clone().unwrap_or(config.data_dir.clone());
-    let path = config.registry.db_path(&data_dir);
-    let key = super::seal_key_for(&config)?;
-    let checkpoint = config.audit.checkpoint_path(&data_dir);
-    Ok(Located {
-        path,
-        key,
-        checkpoint,
-    })
+    Ok(config.registry_place(db.data_dir.as_deref())?)
 }
 
-/// Opens an existing registry (reading commands must not create one at a mistyped path).
-fn open_existing(at: Located) -> anyhow::Result<Registry> {
-    if !at.path.exists() {
-        bail!(
-            "no registry at {} (add or import devices first, or give --config / --data-dir)",
-            at.path.display()
-        );
-    }
-    open_and_warn(&at)
-}
-
-/// Opens or creates the registry (and its directory).
-fn open_or_create(at: Located) -> anyhow::Result<Registry> {
-    if let Some(dir) = at.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    open_and_warn(&at)
-}
-
-/// Opens the registry; devices found sharing a master secret are named on standard error.
-fn open_and_warn(at: &Located) -> anyhow::Result<Registry> {
-    let registry = Registry::open(&at.path, at.key.clone())?;
+/// Devices found sharing a master secret are named on standard error.
+fn warn_duplicates(registry: Registry) -> Registry {
     for d in registry.duplicate_secrets() {
         eprintln!("warning: {d}");
     }
-    Ok(registry)
+    registry
+}
+
+/// Opens an existing registry (reading commands must not create one at a mistyped path).
+fn open_existing(place: &RegistryPlace) -> anyhow::Result<Registry> {
+    Ok(warn_duplicates(admin::open_existing(place)?))
+}
+
+/// Opens or creates the registry (and its directory).
+fn open_or_create(place: &RegistryPlace) -> anyhow::Result<Registry> {
+    Ok(warn_duplicates(admin::open_or_create(place)?))
 }
 
 fn hex_arg(name: &str, text: &str) -> anyhow::Result<Vec<u8>> {
@@ -255,7 +204,7 @@ fn hex_arg(name: &str, text: &str) -> anyhow::Result<Vec<u8>> {
 /// # Errors
 ///
 /// Any failure, with a message for the operator.
-pub fn devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
+pub(crate) fn devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
     ignore_closed_stdout(run_devices(db, command))
 }
 
@@ -276,16 +225,7 @@ fn run_devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         DevicesCommand::Keygen { file } => {
-            let key = SealKey::generate_hex()?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options
-                .open(&file)
-                .with_context(|| format!("create {}", file.display()))?;
-            writeln!(f, "{}", key.as_str())?;
-            f.sync_all()?;
+            admin::write_new_seal_key(&file)?;
             eprintln!(
                 "wrote a new seal key to {}; point registry.seal_key_file at it and keep a copy \
                  apart from the database: without it the master secrets cannot be read",
@@ -317,12 +257,12 @@ fn run_devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
                 id,
             };
             let id = record.id.clone();
-            let mut registry = open_or_create(locate(db)?)?;
+            let mut registry = open_or_create(&locate(db)?)?;
             registry.add(record)?;
             writeln!(out, "added {id}")?;
         }
         DevicesCommand::Import { file } => {
-            let mut registry = open_or_create(locate(db)?)?;
+            let mut registry = open_or_create(&locate(db)?)?;
             let started = Instant::now();
             let report = if file == Path::new("-") {
                 registry.import_csv(std::io::stdin().lock())?
@@ -343,60 +283,11 @@ fn run_devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
             )?;
         }
         DevicesCommand::List { state, class } => {
-            let registry = open_existing(locate(db)?)?;
-            let devices = registry.list(&DeviceFilter { state, class })?;
-            writeln!(
-                out,
-                "{:<24} {:<14} {:>5} {:<11} prefixes",
-                "id", "kid", "class", "state"
-            )?;
-            for d in &devices {
-                let prefixes: Vec<String> = d.prefixes.iter().map(ToString::to_string).collect();
-                writeln!(
-                    out,
-                    "{:<24} {:<14} {:>5} {:<11} {}",
-                    d.id,
-                    hex::encode(&d.kid),
-                    d.class,
-                    d.state,
-                    prefixes.join(" ")
-                )?;
-            }
-            eprintln!("{} device(s)", devices.len());
+            list(db, &DeviceFilter { state, class }, &mut out)?
         }
-        DevicesCommand::Show { id } => {
-            let at = locate(db)?;
-            let has_key = at.key.is_some();
-            let registry = open_existing(at)?;
-            let d = registry
-                .info(&id)?
-                .ok_or_else(|| anyhow!("no device `{id}`"))?;
-            let secret = if has_key {
-                // Opening it checks the row; the secret itself is not printed.
-                registry.get(&id)?;
-                format!("{} bytes, sealed (opens with this key)", d.secret_len)
-            } else {
-                format!("{} bytes, sealed (no key given: not checked)", d.secret_len)
-            };
-            let prefixes: Vec<String> = d.prefixes.iter().map(ToString::to_string).collect();
-            writeln!(out, "id:       {}", d.id)?;
-            writeln!(out, "kid:      {}", hex::encode(&d.kid))?;
-            writeln!(out, "secret:   {secret}")?;
-            writeln!(
-                out,
-                "salt:     {}",
-                d.master_salt
-                    .as_deref()
-                    .map_or_else(|| "(none)".to_owned(), hex::encode)
-            )?;
-            writeln!(out, "class:    {}", d.class)?;
-            writeln!(out, "state:    {}", d.state)?;
-            writeln!(out, "prefixes: {}", prefixes.join(" "))?;
-            writeln!(out, "created:  {}", format_time(d.created))?;
-            writeln!(out, "updated:  {}", format_time(d.updated))?;
-        }
+        DevicesCommand::Show { id } => show(db, &id, &mut out)?,
         DevicesCommand::Revoke { id } => {
-            let mut registry = open_existing(locate(db)?)?;
+            let mut registry = open_existing(&locate(db)?)?;
             let previous = registry.revoke(&id)?;
             if previous == DeviceState::Revoked {
                 writeln!(out, "{id} was already revoked")?;
@@ -405,12 +296,12 @@ fn run_devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
             }
         }
         DevicesCommand::SetState { id, state } => {
-            let mut registry = open_existing(locate(db)?)?;
+            let mut registry = open_existing(&locate(db)?)?;
             let previous = registry.set_state(&id, state)?;
             writeln!(out, "{id}: {previous} -> {state}")?;
         }
         DevicesCommand::Rotate { id } => {
-            let mut registry = open_existing(locate(db)?)?;
+            let mut registry = open_existing(&locate(db)?)?;
             let secret = registry.rotate(&id)?;
             writeln!(out, "{}", secret.to_hex().as_str())?;
             eprintln!("{id}: new master secret above; deliver it to the device");
@@ -419,23 +310,81 @@ fn run_devices(db: &DbArgs, command: DevicesCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `devices list`.
+fn list(db: &DbArgs, filter: &DeviceFilter, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let registry = open_existing(&locate(db)?)?;
+    let devices = registry.list(filter)?;
+    writeln!(
+        out,
+        "{:<24} {:<14} {:>5} {:<11} prefixes",
+        "id", "kid", "class", "state"
+    )?;
+    for d in &devices {
+        let prefixes: Vec<String> = d.prefixes.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "{:<24} {:<14} {:>5} {:<11} {}",
+            d.id,
+            hex::encode(&d.kid),
+            d.class,
+            d.state,
+            prefixes.join(" ")
+        )?;
+    }
+    eprintln!("{} device(s)", devices.len());
+    Ok(())
+}
+
+/// `devices show`.
+fn show(db: &DbArgs, id: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let at = locate(db)?;
+    let has_key = at.key.is_some();
+    let registry = open_existing(&at)?;
+    let d = registry
+        .info(id)?
+        .ok_or_else(|| anyhow!("no device `{id}`"))?;
+    let secret = if has_key {
+        // Opening it checks the row; the secret itself is not printed.
+        registry.get(id)?;
+        format!("{} bytes, sealed (opens with this key)", d.secret_len)
+    } else {
+        format!("{} bytes, sealed (no key given: not checked)", d.secret_len)
+    };
+    let prefixes: Vec<String> = d.prefixes.iter().map(ToString::to_string).collect();
+    writeln!(out, "id:       {}", d.id)?;
+    writeln!(out, "kid:      {}", hex::encode(&d.kid))?;
+    writeln!(out, "secret:   {secret}")?;
+    writeln!(
+        out,
+        "salt:     {}",
+        d.master_salt
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), hex::encode)
+    )?;
+    writeln!(out, "class:    {}", d.class)?;
+    writeln!(out, "state:    {}", d.state)?;
+    writeln!(out, "prefixes: {}", prefixes.join(" "))?;
+    writeln!(out, "created:  {}", format_time(d.created))?;
+    writeln!(out, "updated:  {}", format_time(d.updated))?;
+    Ok(())
+}
+
 /// Runs `v6iot-edge audit …`.
 ///
 /// # Errors
 ///
 /// Any failure; a broken chain and an address nobody held are errors too (exit code 1).
-pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+pub(crate) fn audit(args: AuditArgs) -> anyhow::Result<()> {
     ignore_closed_stdout(run_audit(args))
 }
 
 fn run_audit(args: AuditArgs) -> anyhow::Result<()> {
     let at = locate(&args.db)?;
-    let default_checkpoint = at.checkpoint.clone();
-    let registry = open_existing(at)?;
+    let registry = open_existing(&at)?;
     let log = registry.audit();
     let mut out = std::io::stdout().lock();
     if let Some(AuditAction::Verify(v)) = args.action {
-        return verify(&registry, &default_checkpoint, &v, &mut out);
+        return verify(&registry, &at, &v, &mut out);
     }
     let rows = match (args.address, args.at, args.device) {
         (Some(address), Some(at), _) => {
@@ -461,58 +410,31 @@ fn run_audit(args: AuditArgs) -> anyhow::Result<()> {
 /// `audit verify`: the chain, then the anchors (see [`VerifyArgs`]).
 fn verify(
     registry: &Registry,
-    default_checkpoint: &Path,
+    place: &RegistryPlace,
     args: &VerifyArgs,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
-    // The checkpoint is read before the trail: a running edge only adds rows after it.
-    let mut anchors = Vec::new();
-    let file = args.checkpoint.as_deref().unwrap_or(default_checkpoint);
-    match checkpoint::read(file)? {
-        Some(f) => {
-            let (cp, signature) = match registry.seal_key() {
-                Some(key) => (
-                    f.authenticate(key)
-                        .with_context(|| format!("{}", file.display()))?,
-                    "signature checked",
-                ),
-                None => (f.checkpoint, "signature NOT checked: no seal key given"),
-            };
-            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(cp.at_ms) * 1_000_000)
-                .map_or_else(|_| format!("{} ms", cp.at_ms), format_time);
-            anchors.push(cp.anchor(format!(
-                "checkpoint {} of {at} ({} rows; {signature})",
-                file.display(),
-                cp.rows
-            )));
-        }
-        None if args.checkpoint.is_some() => bail!("no checkpoint file {}", file.display()),
-        None => eprintln!(
+    let request = VerifyRequest {
+        checkpoint: args.checkpoint.clone(),
+        expect_rows: args.expect_rows,
+        expect_head: args.expect_head,
+    };
+    let verified = admin::verify_trail(registry, place, &request)?;
+    if let Some(file) = &verified.no_checkpoint {
+        eprintln!(
             "no checkpoint file {}: rows cut from the end cannot be detected without \
              --expect-rows/--expect-head (from a checkpoint the edge published)",
             file.display()
-        ),
+        );
     }
-    if args.expect_rows.is_some() || args.expect_head.is_some() {
-        anchors.push(Anchor {
-            rows: args.expect_rows,
-            head: args.expect_head,
-            source: "--expect-rows/--expect-head".to_owned(),
-        });
-    }
-    let report = match registry.audit().verify_anchored(&anchors) {
-        Ok(r) => r,
-        Err(AuditError::ChainBroken(b)) => return Err(anyhow!(b)),
-        Err(e) => return Err(e.into()),
-    };
     writeln!(
         out,
         "audit chain ok: {} rows, head {}",
-        report.rows,
-        hex::encode(report.head)
+        verified.report.rows,
+        hex::encode(verified.report.head)
     )?;
-    for a in &anchors {
-        writeln!(out, "reaches {}", a.source)?;
+    for source in &verified.reached {
+        writeln!(out, "reaches {source}")?;
     }
     Ok(())
 }

@@ -205,7 +205,7 @@ REGISTERED="$(jq '.total.registered' "$REPORT")"
 ALL_AT="$(jq -r --argjson n "$DEVICES" '
     .timeline.bucket_s as $w | [foreach .timeline.buckets[] as $b (0; . + $b.registered; [., $b.t_s + $w])]
     | map(select(.[0] >= $n)) | if length > 0 then .[0][1] else "never" end' "$REPORT")"
-say "registered: $REGISTERED of $DEVICES; all registered after: ${ALL_AT} s (timeline bucket $(jq '.timeline.bucket_s' "$REPORT") s)"
+say "registered: $REGISTERED of $DEVICES; all registered after: ${ALL_AT}$([[ "$ALL_AT" == never ]] || echo ' s') (timeline bucket $(jq '.timeline.bucket_s' "$REPORT") s)"
 say "registration time per device (power-on → acknowledged): $(jq -r '.total.registration |
     "p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms"' "$REPORT")"
 say "registrations per second, peak bucket: $(jq '.timeline.bucket_s as $w |
@@ -216,8 +216,9 @@ RSS_REG="$(awk -v t="$T_SIM" -v at="$ALL_AT" 'at != "never" && $1 - t <= at + 1 
     "$BENCH_WORK/rss.log")"
 say "edge RSS: empty registry $RSS_EMPTY KiB; $DEVICES loaded $RSS_LOADED KiB; all registered $RSS_REG KiB; end $RSS_END KiB; peak $HWM_EDGE KiB"
 say "$(awk -v e="$RSS_EMPTY" -v l="$RSS_LOADED" -v r="$RSS_REG" -v n="$DEVICES" 'BEGIN {
-    printf "edge memory per device: loaded (keyring, registry) %.0f B; registered (directory, bindings, state) %.0f B; total %.0f B\n",
-        (l - e) * 1024 / n, (r > 0 ? (r - l) * 1024 / n : 0), (r > 0 ? (r - e) * 1024 / n : 0) }')"
+    printf "edge memory per device: loaded (keyring, registry) %.0f B; ", (l - e) * 1024 / n
+    if (r > 0) printf "registered (directory, bindings, state) %.0f B; total %.0f B\n", (r - l) * 1024 / n, (r - e) * 1024 / n
+    else print "registered: n/a (not every device registered)" }')"
 say "edge CPU during the run: $(awk -v a="$CPU_EDGE0" -v b="$CPU_EDGE1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f s", (b - a) / hz }')"
 say "edge CPU by thread: $(join -t $'\t' "$BENCH_WORK/threads0" "$BENCH_WORK/threads1" |
     awk -F'\t' -v hz="$(getconf CLK_TCK)" '{ d = ($3 - $2) / hz; if (d >= 0.05) printf "%s %.1f s; ", $1, d }')"

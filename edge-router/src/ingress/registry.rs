@@ -72,6 +72,9 @@ pub struct Directory {
     by_address: HashMap<SocketAddr, usize>,
     expiry: BTreeSet<(Instant, u32)>,
     next_location: u32,
+    /// Registrations in queue mode (`b=UQ`), kept at every change: the metrics read it each
+    /// tick, and a scan of a million registrations there would stall the data path.
+    queue_mode: usize,
 }
 
 impl Directory {
@@ -88,6 +91,12 @@ impl Directory {
     /// True when no device is registered.
     pub fn is_empty(&self) -> bool {
         self.by_endpoint.is_empty()
+    }
+
+    /// Registrations by binding: (always on `U`, queue mode `UQ`). O(1), no scan.
+    pub fn count_by_binding(&self) -> (usize, usize) {
+        let uq = self.queue_mode.min(self.len());
+        (self.len() - uq, uq)
     }
 
     /// Every registration, in no particular order.
@@ -150,6 +159,9 @@ impl Directory {
             }
         };
         self.expiry.insert((expires, location));
+        if binding == Binding::UQ {
+            self.queue_mode += 1;
+        }
         self.by_location.insert(location, slot);
         self.by_address.insert(address, slot);
         self.by_endpoint.insert(endpoint.to_owned(), slot);
@@ -213,6 +225,9 @@ impl Directory {
         let slot = self.by_endpoint.remove(endpoint)?;
         let reg = self.slots.get_mut(slot).and_then(Option::take)?;
         self.free.push(slot);
+        if reg.binding == Binding::UQ {
+            self.queue_mode = self.queue_mode.saturating_sub(1);
+        }
         self.by_location.remove(&reg.location);
         if self.by_address.get(&reg.address) == Some(&slot) {
             self.by_address.remove(&reg.address);
@@ -433,5 +448,56 @@ mod tests {
         assert_eq!(d.get("b").map(|r| r.address), Some(addr(3)));
         assert_eq!(d.expire(t0 + Duration::from_secs(60)).len(), 1);
         assert!(d.is_empty() && d.endpoint_at(addr(3)).is_none());
+    }
+
+    /// The binding counts the metrics read each tick agree with a scan of every registration
+    /// after any sequence of registrations, re-registrations with the other binding, moves,
+    /// removals and expiries.
+    #[test]
+    fn binding_counts_follow_every_change() {
+        use proptest::prelude::*;
+        let op = (0u8..5, 0u16..40, any::<bool>(), 1u64..100);
+        proptest!(|(ops in proptest::collection::vec(op, 1..200))| {
+            let mut d = Directory::new();
+            let t0 = Instant::now();
+            for (i, (kind, n, queue, secs)) in ops.into_iter().enumerate() {
+                let now = t0 + Duration::from_secs(i as u64);
+                let ep = format!("d{n}");
+                match kind {
+                    0 | 1 => {
+                        let b = if queue { Binding::UQ } else { Binding::U };
+                        d.register(now, &ep, addr(n), Duration::from_secs(secs), b, String::new());
+                    }
+                    2 => { d.remove(&ep); }
+                    3 => { d.move_to(now, &ep, addr(n + 1000)); }
+                    _ => { d.expire(now); }
+                }
+                let scan = d.iter().fold((0, 0), |(u, q), r| match r.binding {
+                    Binding::U => (u + 1, q),
+                    Binding::UQ => (u, q + 1),
+                });
+                prop_assert_eq!(d.count_by_binding(), scan);
+            }
+        });
+        let mut d = Directory::new();
+        let t0 = Instant::now();
+        for (n, b) in [
+            (1, Binding::UQ),
+            (2, Binding::U),
+            (3, Binding::UQ),
+            (1, Binding::U),
+        ] {
+            d.register(
+                t0,
+                &format!("d{n}"),
+                addr(n),
+                Duration::from_secs(60),
+                b,
+                String::new(),
+            );
+        }
+        assert_eq!(d.count_by_binding(), (2, 1), "d1 re-registered always on");
+        d.remove("d3");
+        assert_eq!(d.count_by_binding(), (2, 0));
     }
 }

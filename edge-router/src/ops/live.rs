@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use v6iot_cloud_bridge::message::NewMessage;
 
 use crate::gateway::{DeviceKeys, Gateway, SecurityEvent};
-use crate::ingress::{Binding, IngressEvent};
+use crate::ingress::IngressEvent;
 use crate::ops::dashboard::BoardHandle;
 use crate::ops::dashboard::board::Update;
 use crate::ops::metrics::{EdgeSnapshot, RadioSnapshot};
@@ -194,13 +194,8 @@ impl Live {
     /// Copies the cores' counters out for `/metrics` (at the loop's stats tick).
     pub fn tick(&self, gateway: &Gateway) {
         let ingress = gateway.ingress();
-        let mut registrations = (0, 0);
-        for r in ingress.directory().iter() {
-            match r.binding {
-                Binding::U => registrations.0 += 1,
-                Binding::UQ => registrations.1 += 1,
-            }
-        }
+        let (always_on, queue_mode) = ingress.directory().count_by_binding();
+        let registrations = (always_on as u64, queue_mode as u64);
         let snapshot = EdgeSnapshot {
             udp_in: self.udp_in,
             udp_out: self.udp_out,

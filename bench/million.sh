@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# A fleet registering through one edge (not in CI; issue 14 §2): `v6iot-sim run` (release)
+# powers on DEVICES devices, each at its own address in 2001:db8:100::/64 (one socket per
+# simulator thread), OSCORE required at the edge (credentials from `v6iot-sim provision`,
+# imported with `v6iot-edge devices import`), as a registration storm (`--ramp 0s`, the
+# default) or spread over a ramp. Measured: how long until every device had registered (from
+# the report's timeline), registrations per second, the simulator's and the edge's peak RSS, the
+# edge's RSS per registered device (RSS once all registered minus RSS before the fleet started,
+# over DEVICES; and the edge's RSS with the registry loaded minus an edge with none), each
+# process's CPU.
+#
+#   bench/million.sh [--devices 1000000] [--ramp 0s] [--rate 1000] [--duration 150s]
+#                    [--threads 1] [--perf] [--out DIR] [--bin-dir DIR]
+#
+# The simulator's `--rate` is the fleet's reports per second once devices are registered (kept
+# low: this measures registration). Runs inside a network namespace of its own (root;
+# `unshare -n`) where the pool prefix is routed to loopback; loopback only. Rate limits are
+# raised for the run in the edge's configuration (every device reaches the edge from one /64 on
+# one host here, which the defaults rightly treat as one source network); defaults unchanged.
+# Bounded: provisioning and import (about 4 min per million devices), the edge's start, then
+# the run: DURATION + 20 s drain + 30 s + 1 s per 5,000 devices (the simulator's start) at most. Output: OUT/million.json (the simulator's report) and
+# OUT/million.txt (the summary, also printed). `--perf` samples the edge with perf (Debian
+# linux-perf) during the run and adds its hottest symbols to the summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+DEVICES=1000000
+RAMP=0s
+RATE=1000
+DURATION=""
+THREADS=1
+PERF=0
+OUT="$PWD/target/bench"
+BIN_DIR=""
+POOL_PREFIX="2001:db8:100::/64"
+ARGS=("$@")
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --devices) DEVICES="$2" && shift 2 ;;
+    --ramp) RAMP="$2" && shift 2 ;;
+    --rate) RATE="$2" && shift 2 ;;
+    --duration) DURATION="$2" && shift 2 ;;
+    --threads) THREADS="$2" && shift 2 ;;
+    --perf) PERF=1 && shift ;;
+    --out) OUT="$2" && shift 2 ;;
+    --bin-dir) BIN_DIR="$2" && shift 2 ;;
+    -h | --help)
+        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+    esac
+done
+[[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 1000000 ]] || die "--devices: 1 to 1000000"
+[[ "$RATE" =~ ^[0-9]+$ && "$RATE" -ge 1 ]] || die "--rate: reports per second, at least 1"
+secs() {
+    python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min)?',v); \
+f={'ms':0.001,'s':1,None:1,'m':60,'min':60}[m.group(2)]; print(round(float(m.group(1))*f))" "$1"
+}
+RAMP_S="$(secs "$RAMP")"
+[[ -n "$DURATION" ]] || DURATION="$((RAMP_S + 150))s"
+DURATION_S="$(secs "$DURATION")"
+[[ "$DURATION_S" -ge 5 && "$DURATION_S" -le 900 ]] || die "--duration: 5 s to 15 min"
+[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
+
+need_pkg mosquitto mosquitto
+need_pkg jq jq
+need_pkg unshare util-linux
+need_pkg ip iproute2
+need_pkg python3 python3
+ensure_pkgs
+
+if [[ -z "$BIN_DIR" ]]; then
+    log "building (release)"
+    cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge -p v6iot-simulator --bin v6iot-sim
+    BIN_DIR="$PWD/target/release"
+fi
+EDGE="$BIN_DIR/v6iot-edge"
+SIM="$BIN_DIR/v6iot-sim"
+for b in "$EDGE" "$SIM"; do
+    [[ -x "$b" ]] || die "missing binary: $b"
+done
+if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
+    exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "${ARGS[@]}" --bin-dir "$BIN_DIR"
+fi
+ip link set lo up
+ip -6 route add local "$POOL_PREFIX" dev lo
+
+bench_init million
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+SUMMARY="$OUT/million.txt"
+machine_info | tee "$SUMMARY"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+# CPU ticks per thread name (threads of one name added up), sorted for `join`.
+by_thread() { thread_ticks "$1" | awk -F'\t' '{ t[$1] += $2 } END { for (n in t) print n "\t" t[n] }' | sort; }
+# answers PORT SECS: true once the edge answers a plain CoAP ping or GET (RST, 4.01) on
+# [::1]:PORT, false after SECS.
+answers() {
+    python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    s.sendto(bytes([0x40, 0, 0x12, 0x34]), ("::1", int(sys.argv[1])))  # ping
+    s.sendto(bytes([0x41, 1, 0x12, 0x35, 0x7A, 0xB4]) + b"core", ("::1", int(sys.argv[1])))  # GET
+    try:
+        s.recv(64)
+        sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit(1)
+PY
+}
+kib() { awk '/^'"$2"':/ { print $2 }' "/proc/$1/status"; }
+
+start_mosquitto mosquitto
+CREDS="$BENCH_WORK/creds.csv"
+t0="$(date +%s.%N)"
+"$SIM" provision --devices "$DEVICES" --prefix "$POOL_PREFIX" --id-prefix m --out "$CREDS" >/dev/null
+t1="$(date +%s.%N)"
+"$EDGE" devices keygen "$BENCH_WORK/seal.key" >/dev/null
+V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-data" \
+    import "$CREDS" >/dev/null
+t2="$(date +%s.%N)"
+say "$(awk -v a="$t0" -v b="$t1" -v c="$t2" -v n="$DEVICES" \
+    'BEGIN { printf "provision %d devices: %.1f s; import into the edge registry: %.1f s\n", n, b - a, c - b }')"
+
+edge_config() { # DATA_DIR PORT
+    cat <<TOML
+site = "m"
+edge_id = "bench-edge-million"
+data_dir = "$1"
+[coap]
+listen = "[::1]:$2"
+[mqtt]
+url = "mqtt://[::1]:$MQTT_PORT"
+[outbox]
+max_bytes = 4294967296
+[registry]
+seal_key_file = "$BENCH_WORK/seal.key"
+[security]
+require_oscore = true
+rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000
+TOML
+}
+
+# An edge with an empty registry: the baseline of its RSS.
+EMPTY_PORT="$(free_port udp)"
+edge_config "$BENCH_WORK/empty-data" "$EMPTY_PORT" >"$BENCH_WORK/empty.toml"
+RUST_LOG=warn start_bg empty "$EDGE" run --config "$BENCH_WORK/empty.toml"
+wait_port udp "$EMPTY_PORT"
+sleep 1
+RSS_EMPTY="$(kib "$(bg_pid empty)" VmRSS)"
+stop_bg empty
+
+EDGE_PORT="$(free_port udp)"
+edge_config "$BENCH_WORK/edge-data" "$EDGE_PORT" >"$BENCH_WORK/edge.toml"
+t3="$(date +%s.%N)"
+RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
+wait_port udp "$EDGE_PORT"
+# The socket is bound before the devices' contexts are made; the loop answers only after.
+answers "$EDGE_PORT" 600 || die "the edge did not answer within 10 min"
+t4="$(date +%s.%N)"
+PID="$(bg_pid edge)"
+RSS_LOADED="$(kib "$PID" VmRSS)"
+CPU_EDGE0="$(cpu_ticks "$PID")"
+by_thread "$PID" >"$BENCH_WORK/threads0"
+DROPS0="$(udp_drops "$EDGE_PORT")"
+RUNQ0="$(runq_ns "$PID")"
+say "$(awk -v a="$t3" -v b="$t4" 'BEGIN { printf "edge start until it answers (%d devices loaded): %.1f s\n", '"$DEVICES"', b - a }')"
+# The edge's RSS once a second while the fleet runs (the sampler is one of start_bg's PIDs).
+start_bg rss bash -c "while kill -0 $PID 2>/dev/null; do echo \"\$(date +%s.%N) \$(awk '/^VmRSS:/ { print \$2 }' /proc/$PID/status)\"; sleep 1; done"
+
+log "$DEVICES devices, ramp $RAMP, then $RATE reports/s until ${DURATION}"
+REPORT="$OUT/million.json"
+if [[ "$PERF" == 1 ]]; then
+    start_bg perf perf record -F 499 -g -p "$PID" -o "$BENCH_WORK/perf.data" -- sleep "$DURATION_S"
+fi
+T_SIM="$(date +%s.%N)"
+timeout "$((DURATION_S + 20 + 30 + DEVICES / 5000))" /usr/bin/time -v "$SIM" run --edge "[::1]:$EDGE_PORT" \
+    --devices "$DEVICES" --rate "$RATE" --ramp "$RAMP" --duration "$DURATION" --drain 20s \
+    --mqtt-url "mqtt://[::1]:$MQTT_PORT" --site m --id-prefix m --credentials "$CREDS" \
+    --seq-file "$BENCH_WORK/fleet.seq" --threads "$THREADS" --source-prefix "$POOL_PREFIX" \
+    --quiet --report "$REPORT" >/dev/null 2>"$BENCH_WORK/sim.time" || warn "v6iot-sim ended with $?"
+CPU_EDGE1="$(cpu_ticks "$PID")"
+by_thread "$PID" >"$BENCH_WORK/threads1"
+DROPS1="$(udp_drops "$EDGE_PORT")"
+RUNQ1="$(runq_ns "$PID")"
+HWM_EDGE="$(kib "$PID" VmHWM)"
+RSS_END="$(kib "$PID" VmRSS)"
+stop_bg rss
+cp "$BENCH_WORK/sim.time" "$OUT/million.sim.log"
+cp "$BENCH_WORK/edge.log" "$OUT/million.edge.log"
+[[ -s "$REPORT" ]] || die "no report (the simulator's output: $OUT/million.sim.log, the edge's: $OUT/million.edge.log)"
+
+REGISTERED="$(jq '.total.registered' "$REPORT")"
+# When the last device registered: the first timeline bucket where the count reaches DEVICES.
+ALL_AT="$(jq -r --argjson n "$DEVICES" '
+    .timeline.bucket_s as $w | [foreach .timeline.buckets[] as $b (0; . + $b.registered; [., $b.t_s + $w])]
+    | map(select(.[0] >= $n)) | if length > 0 then .[0][1] else "never" end' "$REPORT")"
+say "registered: $REGISTERED of $DEVICES; all registered after: ${ALL_AT}$([[ "$ALL_AT" == never ]] || echo ' s') (timeline bucket $(jq '.timeline.bucket_s' "$REPORT") s)"
+say "registration time per device (power-on → acknowledged): $(jq -r '.total.registration |
+    "p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms"' "$REPORT")"
+say "registrations per second, peak bucket: $(jq '.timeline.bucket_s as $w |
+    [.timeline.buckets[].registered] | max / $w | floor' "$REPORT")"
+say "reports made $(jq '.total.made' "$REPORT"), delivered $(jq '.total.delivered' "$REPORT"), lost $(jq '.total.lost' "$REPORT"), timeouts $(jq '.total.timeouts' "$REPORT"), retransmissions $(jq '.total.retransmissions' "$REPORT"), 5.03 $(jq '.total.busy_503' "$REPORT")"
+# The edge's RSS when the last device had registered (the sample nearest that moment).
+RSS_REG="$(awk -v t="$T_SIM" -v at="$ALL_AT" 'at != "never" && $1 - t <= at + 1 { r = $2 } END { print r + 0 }' \
+    "$BENCH_WORK/rss.log")"
+say "edge RSS: empty registry $RSS_EMPTY KiB; $DEVICES loaded $RSS_LOADED KiB; all registered $RSS_REG KiB; end $RSS_END KiB; peak $HWM_EDGE KiB"
+say "$(awk -v e="$RSS_EMPTY" -v l="$RSS_LOADED" -v r="$RSS_REG" -v n="$DEVICES" 'BEGIN {
+    printf "edge memory per device: loaded (keyring, registry) %.0f B; ", (l - e) * 1024 / n
+    if (r > 0) printf "registered (directory, bindings, state) %.0f B; total %.0f B\n", (r - l) * 1024 / n, (r - e) * 1024 / n
+    else print "registered: n/a (not every device registered)" }')"
+say "edge CPU during the run: $(awk -v a="$CPU_EDGE0" -v b="$CPU_EDGE1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f s", (b - a) / hz }')"
+say "edge CPU by thread: $(join -t $'\t' "$BENCH_WORK/threads0" "$BENCH_WORK/threads1" |
+    awk -F'\t' -v hz="$(getconf CLK_TCK)" '{ d = ($3 - $2) / hz; if (d >= 0.05) printf "%s %.1f s; ", $1, d }')"
+say "edge threads runnable but waiting for a CPU (the machine is shared): $(awk -v a="$RUNQ0" -v b="$RUNQ1" 'BEGIN { printf "%.1f s", (b - a) / 1e9 }')"
+say "datagrams dropped at the edge's socket (receive buffer full): $((DROPS1 - DROPS0))"
+say "simulator: peak RSS $(jq '[.simulators[].peak_rss_bytes] | add / 1024 | floor' "$REPORT") KiB, $(jq '[.simulators[].rss_per_device_bytes] | add' "$REPORT") B per device, CPU $(jq '[.simulators[].cpu_s] | add' "$REPORT") s, bottleneck: $(jq -c '[.simulators[].bottleneck]' "$REPORT")"
+grep -E "Elapsed|Maximum resident" "$BENCH_WORK/sim.time" | sed 's/^\t*/simulator (time -v): /' | tee -a "$SUMMARY"
+if [[ "$PERF" == 1 ]]; then
+    stop_bg perf
+    perf report -i "$BENCH_WORK/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | head -40 | tee -a "$SUMMARY"
+fi
+say "edge log: $(grep -c WARN "$OUT/million.edge.log" || true) warnings, $(grep -c ERROR "$OUT/million.edge.log" || true) errors; audit rows dropped: $(grep -o 'dropped=[0-9]*' "$OUT/million.edge.log" | awk -F= '{ s += $2 } END { print s + 0 }')"
+say "warnings: $(jq -c '.warnings' "$REPORT")"

@@ -106,6 +106,22 @@ fn spawn_lines(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
     (Running(child), rx)
 }
 
+/// Reads every line still to come until the readers have reached the end of the process's
+/// output (the channel disconnects), within `limit`.
+fn drain_until_closed(rx: &mpsc::Receiver<String>, limit: Duration, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("output still open after {limit:?}: {seen:#?}")
+            }
+        }
+    }
+}
+
 /// Reads lines until one contains `needle` (all lines read so far returned), within `limit`.
 fn await_line(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration, seen: &mut Vec<String>) {
     let deadline = Instant::now() + limit;
@@ -246,7 +262,9 @@ fn the_oscore_sensor_reports_through_the_edge_and_takes_a_valve_command() {
         &mut seen,
     );
     let status = platform.0.wait().unwrap();
-    seen.extend(platform_lines.try_iter());
+    // Its last lines may still be in the reader threads: read until both reached the end of
+    // the exited process's output (the channel then disconnects), not only what has arrived.
+    drain_until_closed(&platform_lines, Duration::from_secs(10), &mut seen);
     assert!(status.success(), "platform: {status:?} {seen:#?}");
     let telemetry: Vec<&String> = seen
         .iter()

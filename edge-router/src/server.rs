@@ -77,7 +77,8 @@ pub struct EdgeHandle {
 const STATS_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the edge router until `shutdown` completes. `ready` receives the handle once the socket
-/// is bound and the outbox open.
+/// is bound, which happens last: after the outbox is open and every device's OSCORE context is
+/// built, so the edge answers from its first datagram.
 pub async fn run(
     config: EdgeConfig,
     ready: Option<tokio::sync::oneshot::Sender<EdgeHandle>>,
@@ -95,11 +96,6 @@ pub async fn run_with_reloads(
     reloads: Option<mpsc::UnboundedReceiver<EdgeConfig>>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site)?;
-    let (socket, local_addresses) =
-        bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
-            .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
-    let coap_addr = socket.local_addr()?;
-
     let mut outbox_config = OutboxConfig::new(config.data_dir.join("outbox"));
     outbox_config.max_bytes = config.outbox.max_bytes;
     outbox_config.segment_bytes = config.outbox.segment_bytes.min(config.outbox.max_bytes / 2);
@@ -278,6 +274,15 @@ pub async fn run_with_reloads(
             .unwrap_or_default(),
     ));
     let mut logged_border = crate::border::stats::BorderStats::default();
+    // The CoAP socket is bound only now, with every device's OSCORE context built: a
+    // datagram that finds the port open is answered at once. Bound earlier, a registry of a
+    // million devices kept requests unanswered in the socket buffer (or dropped them) for the
+    // 10–17 s the keyring takes to build (issue 14); closed, the port refuses them and a
+    // device retransmits.
+    let (socket, local_addresses) =
+        bind_udp(config.coap.listen, config.coap.socket_buffer_bytes)
+            .with_context(|| format!("cannot bind CoAP on {}", config.coap.listen))?;
+    let coap_addr = socket.local_addr()?;
     if let Some(ready) = ready {
         let _ = ready.send(EdgeHandle {
             coap_addr,

@@ -570,6 +570,10 @@ mod spoofing;
 #[path = "e2e_mosquitto/addresses.rs"]
 mod addresses;
 
+/// The edge answers from the first datagram that finds its port open, many devices loaded.
+#[path = "e2e_mosquitto/startup.rs"]
+mod startup;
+
 /// The border router: 6LoWPAN devices over ZEP, the TUN, libcoap and tshark, in network
 /// namespaces of the tests' own.
 #[path = "e2e_mosquitto/lowpan.rs"]

@@ -734,3 +734,161 @@ fn the_frame_queue_and_the_event_queue_are_bounded() {
         "the latest prefix is in force"
     );
 }
+
+/// Makes one report when `due` comes (body `r1`, `r2`, …); records what became of each.
+#[derive(Debug, Default)]
+struct Meter {
+    due: Option<Instant>,
+    made: u32,
+    pending: Option<Vec<u8>>,
+    events: Vec<v6iot_sdk::uplink::ReportEvent>,
+}
+
+impl v6iot_sdk::coap::App for Meter {
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.due
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Changed {
+        self.due = None;
+        self.made += 1;
+        self.pending = Some(format!("r{}", self.made).into_bytes());
+        Changed::NONE
+    }
+
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.pending.take().map(|body| (cf::SENML_JSON, body))
+    }
+
+    fn report_event(&mut self, _now: Instant, event: v6iot_sdk::uplink::ReportEvent) {
+        self.events.push(event);
+    }
+}
+
+/// A metering device (with an uplink to the router) and the stand-in router on in-memory
+/// radios.
+fn meter_net(now: Instant) -> (LowpanDevice<Meter>, impl Radio, StandIn, impl Radio) {
+    let medium = Medium::new();
+    let tree = std::sync::Arc::new(v6iot_sdk::coap::ResourceTree::new());
+    let coap = Device::new(config(), 7, tree, Meter::default());
+    let dev = LowpanDevice::new(now, LowpanConfig::new(PAN, planned().eui64()), coap).with_uplink(
+        UplinkConfig::new("[::]:0".parse().unwrap(), "dev-42"),
+        UplinkTarget::Router { port: 5683 },
+    );
+    (dev, medium.attach(), StandIn::default(), medium.attach())
+}
+
+/// Moves frames both ways between a metering device and the router until both are quiet.
+fn pump_meter(
+    now: Instant,
+    dev: &mut LowpanDevice<Meter>,
+    dev_radio: &mut impl Radio,
+    router: &mut StandIn,
+    router_radio: &mut impl Radio,
+) {
+    let mut buf = [0_u8; 127];
+    loop {
+        let mut moved = false;
+        while let Some(f) = dev.poll_transmit() {
+            dev_radio.transmit(f.frame()).unwrap();
+            moved = true;
+        }
+        while let Some(r) = router_radio.receive(&mut buf, Duration::ZERO).unwrap() {
+            for f in router.handle_frame(now, r.frame.as_bytes()) {
+                router_radio.transmit(MacFrame::new(&f).unwrap()).unwrap();
+            }
+            moved = true;
+        }
+        while let Some(r) = dev_radio.receive(&mut buf, Duration::ZERO).unwrap() {
+            dev.handle_frame(now, r.frame);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Issue 11's lost report: a report the application makes before the device has attached
+/// (its first Router Solicitation went unanswered) waits for the uplink and is sent, and
+/// acknowledged, once the device attaches and registers — it is not thrown away unheard.
+#[test]
+fn a_report_made_before_the_device_attaches_is_sent_once_it_has() {
+    use v6iot_sdk::uplink::ReportEvent;
+    let t0 = Instant::now();
+    let (mut dev, mut dr, mut router, mut rr) = meter_net(t0);
+    dev.coap_mut().app_mut().due = Some(t0 + Duration::from_secs(1));
+    router.answer_rs = false;
+    // The RS at 0 s goes unanswered; the report is made at 1 s, detached.
+    for _ in 0..2 {
+        let now = dev.poll_timeout().unwrap();
+        dev.handle_timeout(now);
+        pump_meter(now, &mut dev, &mut dr, &mut router, &mut rr);
+    }
+    assert_eq!(dev.coap().app().made, 1);
+    assert!(dev.address().is_none(), "still detached");
+    // The RS at 4 s is answered: attached, registered, and the report goes out.
+    router.answer_rs = true;
+    let now = dev.poll_timeout().unwrap();
+    assert_eq!(now.duration_since(t0), Duration::from_secs(4));
+    dev.handle_timeout(now);
+    pump_meter(now, &mut dev, &mut dr, &mut router, &mut rr);
+    assert!(dev.coap().registration().unwrap().is_registered());
+    let reports = router.requests_to("t");
+    assert_eq!(reports.len(), 1, "the report made while detached was sent");
+    assert_eq!(reports[0].packet.payload, b"r1");
+    assert_eq!(dev.coap().app().events, [ReportEvent::Acked]);
+    let stats = dev.coap().reporter().unwrap().stats();
+    assert_eq!((stats.queued, stats.acked), (1, 1));
+}
+
+/// A device that detaches and attaches again starts a new registration, but the reports it
+/// queued meanwhile stay queued and are sent (the reporter is not replaced).
+#[test]
+fn reports_queued_while_detached_survive_a_new_attachment() {
+    use v6iot_sdk::uplink::ReportEvent;
+    let t0 = Instant::now();
+    let (mut dev, mut dr, mut router, mut rr) = meter_net(t0);
+    router.lifetimes = (40, 3600, 60);
+    dev.handle_timeout(t0);
+    pump_meter(t0, &mut dev, &mut dr, &mut router, &mut rr);
+    assert!(dev.coap().registration().unwrap().is_registered());
+    // The router goes quiet; the device detaches at 40 s.
+    router.answer_rs = false;
+    let mut now = t0;
+    while dev.address().is_some() {
+        now = dev.poll_timeout().unwrap();
+        dev.handle_timeout(now);
+        pump_meter(now, &mut dev, &mut dr, &mut router, &mut rr);
+    }
+    // A report while detached: its request has no route, so it waits (timeouts, retries).
+    dev.coap_mut().app_mut().due = Some(now);
+    dev.handle_timeout(now);
+    pump_meter(now, &mut dev, &mut dr, &mut router, &mut rr);
+    assert_eq!(dev.coap().app().made, 1);
+    assert!(router.requests_to("t").is_empty());
+    // The router answers again: the device attaches anew, registers, and sends the report.
+    router.answer_rs = true;
+    let end = now + Duration::from_secs(300);
+    while router.requests_to("t").is_empty() || dev.coap().app().events.is_empty() {
+        now = dev.poll_timeout().unwrap();
+        assert!(
+            now < end,
+            "the report was never sent: {:?}",
+            dev.coap().app().events
+        );
+        dev.handle_timeout(now);
+        pump_meter(now, &mut dev, &mut dr, &mut router, &mut rr);
+    }
+    let reports = router.requests_to("t");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].packet.payload, b"r1");
+    assert_eq!(
+        dev.coap().app().events.last(),
+        Some(&ReportEvent::Acked),
+        "{:?}",
+        dev.coap().app().events
+    );
+    assert_eq!(dev.coap().reporter().unwrap().stats().acked, 1);
+    assert_eq!(router.requests_to("rd").len(), 2, "registered anew");
+}

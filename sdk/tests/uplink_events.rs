@@ -215,3 +215,45 @@ fn a_device_that_went_quiet_holds_nothing_for_its_reports() {
         "an idle registered device holds {before} bytes of heap"
     );
 }
+
+/// A report made where it cannot go is never thrown away unheard: with no uplink it is
+/// refused (`Dropped`); held for an uplink to come (`hold_reports`) it waits, bounded, and is
+/// sent once the uplink starts and the device is registered.
+#[test]
+fn reports_before_the_uplink_are_held_or_refused_never_lost_silently() {
+    let t = |s: u64| Instant::ZERO + Duration::from_secs(s);
+    let tree: Arc<ResourceTree<Reports>> = Arc::new(ResourceTree::new());
+    let mut bare = Device::new(Config::default(), 3, tree.clone(), Reports::default());
+    bare.app_mut().due = Some(t(1));
+    bare.handle_timeout(t(1));
+    assert_eq!(bare.app().events, [ReportEvent::Dropped]);
+
+    let mut d = Device::new(Config::default(), 3, tree, Reports::default());
+    d.hold_reports(1);
+    for s in [1, 2] {
+        d.app_mut().due = Some(t(s));
+        d.handle_timeout(t(s));
+    }
+    assert_eq!(d.app().made, 2);
+    assert_eq!(d.app().events, [ReportEvent::Dropped], "room for one only");
+    assert!(d.poll_transmit().is_none(), "nowhere to send yet");
+    assert!(d.registration().is_none());
+    d.start_uplink(t(3), UplinkConfig::new(edge(), "d1"));
+    let reg = take(&mut d);
+    let mut created = answer(&reg, ResponseType::Created);
+    created.add_option(CoapOption::LocationPath, b"rd".to_vec());
+    created.add_option(CoapOption::LocationPath, b"7".to_vec());
+    d.handle_datagram(t(3), edge(), &created.to_bytes().unwrap());
+    let report = take(&mut d);
+    assert_eq!(report.payload, b"r1");
+    d.handle_datagram(
+        t(3),
+        edge(),
+        &answer(&report, ResponseType::Changed).to_bytes().unwrap(),
+    );
+    assert_eq!(
+        d.app().events,
+        [ReportEvent::Dropped, ReportEvent::Acked],
+        "the held report acknowledged"
+    );
+}

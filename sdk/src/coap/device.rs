@@ -49,7 +49,9 @@ pub trait App {
     }
 
     /// A telemetry report to send north (content format, body), polled after
-    /// [`App::handle_timeout`] until `None`. Used when the device has an uplink.
+    /// [`App::handle_timeout`] until `None`. Queued when the device has an uplink (or holds
+    /// reports for one, [`Device::hold_reports`]); otherwise refused with
+    /// [`ReportEvent::Dropped`].
     fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
         None
     }
@@ -68,7 +70,9 @@ pub trait App {
 /// format sent with a registration is made from the shared tree when one is due, not kept.)
 #[derive(Debug)]
 struct Uplink {
-    registration: Registration,
+    /// `None` until the edge's address is known ([`Device::hold_reports`]): reports queue,
+    /// nothing is sent.
+    registration: Option<Registration>,
     reporter: Reporter,
 }
 
@@ -182,7 +186,9 @@ impl<S: App> Device<S> {
     }
 
     /// As [`Device::with_uplink`], on a device already built: for drivers that learn the edge's
-    /// address only later (a 6LoWPAN device, from its router). Replaces any uplink it had.
+    /// address only later (a 6LoWPAN device, from its router). Starts a new registration; the
+    /// reports already queued (held by [`Device::hold_reports`], or of an earlier uplink) stay
+    /// queued, in order, and go to the new server.
     pub fn start_uplink(&mut self, now: Instant, config: UplinkConfig) {
         let registration = Registration::new(
             now,
@@ -191,12 +197,32 @@ impl<S: App> Device<S> {
             config.lifetime,
             config.binding,
         );
-        let reporter = Reporter::new(config.server, config.max_queued_reports);
+        let reporter = match self.uplink.take() {
+            Some(old) => {
+                let mut reporter = old.reporter;
+                reporter.retarget(config.server, config.max_queued_reports);
+                reporter
+            }
+            None => Reporter::new(config.server, config.max_queued_reports),
+        };
         self.uplink = Some(Box::new(Uplink {
-            registration,
+            registration: Some(registration),
             reporter,
         }));
         self.drive_uplink(now);
+    }
+
+    /// For drivers that start the uplink later ([`Device::start_uplink`]): keeps up to
+    /// `max_queued_reports` reports the application makes until then (more are refused with
+    /// [`ReportEvent::Dropped`]), to send once registered. Does nothing if an uplink exists.
+    pub fn hold_reports(&mut self, max_queued_reports: usize) {
+        if self.uplink.is_none() {
+            let nowhere = SocketAddr::new(core::net::Ipv6Addr::UNSPECIFIED.into(), 0);
+            self.uplink = Some(Box::new(Uplink {
+                registration: None,
+                reporter: Reporter::new(nowhere, max_queued_reports),
+            }));
+        }
     }
 
     /// Queues a telemetry report (SenML-CBOR 112 or SenML-JSON 110) for the edge router.
@@ -214,7 +240,7 @@ impl<S: App> Device<S> {
 
     /// The registration client, if the device has an uplink.
     pub fn registration(&self) -> Option<&Registration> {
-        self.uplink.as_ref().map(|u| &u.registration)
+        self.uplink.as_ref().and_then(|u| u.registration.as_ref())
     }
 
     /// The telemetry reporter, if the device has an uplink.
@@ -225,16 +251,16 @@ impl<S: App> Device<S> {
     /// Sends the registration's keep-alive update now, if registered (see
     /// [`Registration::refresh_now`]).
     pub fn refresh_registration(&mut self, now: Instant) {
-        if let Some(u) = self.uplink.as_mut() {
-            u.registration.refresh_now(now);
+        if let Some(r) = self.uplink.as_mut().and_then(|u| u.registration.as_mut()) {
+            r.refresh_now(now);
         }
         self.drive_uplink(now);
     }
 
     /// Deregisters from the edge router (sends `DELETE /rd/{location}`).
     pub fn deregister(&mut self, now: Instant) {
-        if let Some(u) = self.uplink.as_mut() {
-            u.registration.deregister(now, &mut self.endpoint);
+        if let Some(r) = self.uplink.as_mut().and_then(|u| u.registration.as_mut()) {
+            r.deregister(now, &mut self.endpoint);
         }
     }
 
@@ -251,7 +277,10 @@ impl<S: App> Device<S> {
                 self.app.handle_response(now, id, outcome);
                 continue;
             };
-            if u.registration.handle_outcome(now, id, &outcome) {
+            if u.registration
+                .as_mut()
+                .is_some_and(|r| r.handle_outcome(now, id, &outcome))
+            {
                 continue;
             }
             match u.reporter.handle_outcome(now, id, &outcome) {
@@ -259,18 +288,20 @@ impl<S: App> Device<S> {
                 None => self.app.handle_response(now, id, outcome),
             }
         }
-        if let Some(u) = self.uplink.as_mut() {
+        if let Some(u) = self.uplink.as_mut()
+            && let Some(registration) = u.registration.as_mut()
+        {
             if u.reporter.take_needs_registration() {
-                u.registration.reregister(now);
+                registration.reregister(now);
             }
-            let links = if u.registration.poll_timeout().is_some_and(|t| t <= now) {
+            let links = if registration.poll_timeout().is_some_and(|t| t <= now) {
                 self.tree.link_format(&[])
             } else {
                 String::new()
             };
-            u.registration.poll(now, &mut self.endpoint, &links);
+            registration.poll(now, &mut self.endpoint, &links);
             u.reporter
-                .poll(now, &mut self.endpoint, u.registration.is_registered());
+                .poll(now, &mut self.endpoint, registration.is_registered());
         }
         self.endpoint.release_idle_buffers();
     }
@@ -298,7 +329,10 @@ impl<S: App> Device<S> {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let uplink = self.uplink.as_ref().map_or([None, None], |u| {
-            [u.registration.poll_timeout(), u.reporter.poll_timeout()]
+            [
+                u.registration.as_ref().and_then(Registration::poll_timeout),
+                u.reporter.poll_timeout(),
+            ]
         });
         [self.endpoint.poll_timeout(), self.app.poll_timeout()]
             .into_iter()
@@ -320,11 +354,13 @@ impl<S: App> Device<S> {
                 let _ = self.endpoint.respond_separately(now, ticket, response);
             }
             while let Some((format, body)) = self.app.poll_report() {
-                if let Some(u) = self.uplink.as_mut()
-                    && u.reporter.report(format, body).is_err()
-                {
-                    // A full queue refuses the report; the reporter counts it, the
-                    // application hears of it.
+                // A full queue refuses the report (the reporter counts it), and so does a
+                // device with no uplink and none to come: the application hears of it.
+                let taken = self
+                    .uplink
+                    .as_mut()
+                    .is_some_and(|u| u.reporter.report(format, body).is_ok());
+                if !taken {
                     self.app.report_event(now, ReportEvent::Dropped);
                 }
             }

@@ -261,9 +261,12 @@ impl<S: App> LowpanDevice<S> {
     }
 
     /// Registers and reports through `config` once attached, to `target` (the server address
-    /// in `config` is replaced by the target's).
+    /// in `config` is replaced by the target's). Reports the application makes before that
+    /// are queued (up to `config.max_queued_reports`) and sent once registered; a new
+    /// attachment registers anew and keeps the queue.
     #[must_use]
     pub fn with_uplink(mut self, config: UplinkConfig, target: UplinkTarget) -> Self {
+        self.coap.hold_reports(config.max_queued_reports);
         self.uplink = Some((config, target));
         self
     }

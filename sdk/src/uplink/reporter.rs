@@ -98,6 +98,14 @@ impl Reporter {
         }
     }
 
+    /// Sends the reports still queued to `server` from now on, keeping at most `max_queue`
+    /// (those already queued beyond it stay). A request in flight keeps its exchange: its
+    /// answer or timeout is taken as before.
+    pub fn retarget(&mut self, server: SocketAddr, max_queue: usize) {
+        self.server = server;
+        self.max_queue = max_queue.max(1);
+    }
+
     /// Queues a report (SenML-CBOR 112 or SenML-JSON 110).
     pub fn report(&mut self, content_format: u16, payload: Vec<u8>) -> Result<(), QueueFull> {
         if self.queue.len() >= self.max_queue {

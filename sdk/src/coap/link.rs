@@ -212,10 +212,9 @@ mod tests {
 
     #[test]
     fn reads_rfc6690_examples_and_libcoap_answers() {
-        let l = parse(
-            "</>;title=\"General, Info\";ct=0,</time>;if=\"clock\";rt=\"ticks\";obs,</a>",
-        )
-        .unwrap();
+        let l =
+            parse("</>;title=\"General, Info\";ct=0,</time>;if=\"clock\";rt=\"ticks\";obs,</a>")
+                .unwrap();
         assert_eq!(l.len(), 3);
         assert_eq!(l[0].target, "/");
         assert_eq!(l[0].value("title"), Some("General, Info"));
@@ -230,7 +229,10 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].value("rt"), Some("light-lux"));
         // a comma and a semicolon inside the target
-        assert_eq!(parse("<a,b;c>;x").unwrap(), vec![Link::new("a,b;c").attr("x", None)]);
+        assert_eq!(
+            parse("<a,b;c>;x").unwrap(),
+            vec![Link::new("a,b;c").attr("x", None)]
+        );
         assert_eq!(parse("").unwrap(), vec![]);
         assert_eq!(parse(" , ").unwrap(), vec![]);
     }

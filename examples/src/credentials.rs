@@ -156,4 +156,12 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn the_demo_file_the_examples_ship_is_read() {
+        let demo = include_str!("../credentials/demo.csv");
+        let c = DeviceCredentials::find(demo, "sensor-1").unwrap();
+        assert_eq!((c.kid.as_slice(), c.secret.len()), (&[0x51][..], 16));
+        assert!(c.salt.is_empty());
+    }
 }

@@ -404,6 +404,74 @@ def edge_ops_input():
     return seeds
 
 
+# --- Link format (RFC 6690) and the probe --------------------------------------------------------
+
+# libcoap 4.3's coap-server-notls answering a CON GET /.well-known/core (token abcd, MID 0x1234),
+# the datagram as received on ::1 (Debian's libcoap3-bin).
+LIBCOAP_WELL_KNOWN_CORE = bytes.fromhex(
+    "62451234abcdc128ff3c2f3e3b7469746c653d2247656e6572616c20496e666f223b63743d302c3c2f74696d"
+    "653e3b69663d22636c6f636b223b72743d227469636b73223b7469746c653d22496e7465726e616c20436c6f"
+    "636b223b63743d303b6f62732c3c2f6173796e633e3b63743d302c3c2f6578616d706c655f646174613e3b74"
+    "69746c653d224578616d706c652044617461223b63743d303b6f6273"
+)
+
+# What an SDK device answers (sdk/src/coap/resource.rs, link_format_follows_rfc6690).
+OURS_WELL_KNOWN_CORE = (
+    b'</sensors/temp>;rt="temperature-c";if="sensor";ct="112 110";obs,'
+    b'</valve>;rt="valve";ct=0;title="Main valve"'
+)
+
+LINK_DOCS = {
+    "libcoap.txt": LIBCOAP_WELL_KNOWN_CORE.split(b"\xff", 1)[1],
+    "ours.txt": OURS_WELL_KNOWN_CORE,
+    "rfc6690_s5.txt": b'</sensors/temp>;rt="temperature-c";if="sensor",\n'
+    b'</sensors/light>;rt="light-lux";if="sensor"',
+    "escapes.txt": b'</v>;ct=0;rt="a\\"b\\\\c,d;e";t="";obs,</w>',
+    "target_with_comma.txt": b"<a,b;c>;x,<>",
+    "empty_pieces.txt": b" , </a>,,</b> ; obs ",
+    "bad_unterminated_quote.txt": b'</a>;rt="open',
+    "bad_no_target.txt": b"hello world",
+    "bad_attr_name.txt": b"</a>;=1",
+    "bad_after_quote.txt": b'</a>;rt="x"y',
+}
+
+
+def link_format():
+    """Text (read as UTF-8 with replacement characters)."""
+    return dict(LINK_DOCS)
+
+
+def probe_input():
+    """One datagram from the probed endpoint."""
+    tok = b"\xab\xcd"
+    cf40 = (CONTENT_FORMAT, uint(40))
+    content = 0x45
+    ours = coap(ACK, content, 0x1234, tok, [cf40], OURS_WELL_KNOWN_CORE)
+    seeds = {
+        "libcoap_well_known_core.bin": LIBCOAP_WELL_KNOWN_CORE,
+        "ours_well_known_core.bin": ours,
+        "ping_reset.bin": coap(RST, 0, 0x1234),
+        "empty_ack.bin": coap(ACK, 0, 0x1234),
+        "separate_con_response.bin": coap(CON, content, 0x7777, tok, [cf40], b"</a>;obs"),
+        "block2_more.bin": coap(
+            ACK, content, 0x1235, tok, [cf40, (BLOCK2, uint(0 << 4 | 8 | 2))], OURS_WELL_KNOWN_CORE[:64]
+        ),
+        "block2_last_max_num.bin": coap(
+            ACK, content, 0x1236, tok, [(BLOCK2, uint(((1 << 20) - 1) << 4 | 6))], b"x" * 16
+        ),
+        "block2_reserved_szx.bin": coap(ACK, content, 0x1237, tok, [(BLOCK2, uint(7))]),
+        "notification.bin": coap(NON, content, 0x2000, tok, [(OBSERVE, uint(5))], b"21.5"),
+        "bad_option_4_02.bin": coap(ACK, 0x82, 0x1238, tok),
+        "unknown_critical_option.bin": coap(ACK, content, 0x1239, tok, [(65001, b"")]),
+        "bad_version.bin": bytes([0x80, 0x45, 0x12, 0x34]),
+        "truncated_header.bin": bytes([0x60, 0x45, 0x12]),
+    }
+    for name, doc in LINK_DOCS.items():
+        if name.startswith("bad_"):
+            seeds[f"link_{name[:-4]}.bin"] = coap(ACK, content, 0x1240, tok, [cf40], doc)
+    return seeds
+
+
 TARGETS = {
     "addr_parse": addr_parse,
     "senml_decode": senml_decode,
@@ -413,6 +481,8 @@ TARGETS = {
     "oscore_unprotect": oscore_unprotect,
     "border_radio_input": border_radio_input,
     "edge_ops_input": edge_ops_input,
+    "link_format": link_format,
+    "probe_input": probe_input,
 }
 
 

@@ -6,15 +6,15 @@
 //! The device's Sender ID is its kid, its Recipient ID the edge's Sender ID (empty); no ID
 //! Context; the master salt is empty when the column is.
 
-use std::format;
 use std::path::Path;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+use v6iot_credentials::csv::{self, CsvError};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, DurableState, OscoreError, SecurityContext};
 
 /// The header line of the credentials CSV.
-pub const HEADER: &str = "id,kid_hex,secret_hex,salt_hex,class,prefixes";
+pub use v6iot_credentials::csv::HEADER;
 
 /// Why the credentials could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +32,14 @@ pub enum CredentialsError {
     /// The first line that is not blank or a comment is not the header.
     #[error("the header must be `{HEADER}`")]
     Header,
-    /// A line is not six fields, or a field is not hex.
-    #[error("line {line}: {what}")]
+    /// A device line is refused (six fields, hex, class, prefixes, the record's limits).
+    #[error("line {line}: {source}")]
     Line {
         /// 1-based line number.
         line: usize,
         /// What is wrong.
-        what: String,
+        #[source]
+        source: CsvError,
     },
     /// No line names the device.
     #[error("no device `{0}` in the credentials file")]
@@ -71,35 +72,28 @@ impl DeviceCredentials {
         DeviceCredentials::find(&text, id)
     }
 
-    /// Finds device `id` in the CSV `text`.
+    /// Finds device `id` in the CSV `text`, read line by line with the reader the edge's
+    /// import uses (`v6iot_credentials::csv`): a file the edge refuses is refused here too.
     pub fn find(text: &str, id: &str) -> Result<DeviceCredentials, CredentialsError> {
         let mut lines = text
             .lines()
             .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-        let header = lines.next().map(|(_, l)| l.trim_start_matches('\u{feff}'));
-        let fields: Option<Vec<&str>> = header.map(|h| h.split(',').map(str::trim).collect());
-        if fields.map(|f| f.join(",")).as_deref() != Some(HEADER) {
-            return Err(CredentialsError::Header);
-        }
+            .filter(|(_, l)| !csv::is_skipped(l));
+        let header = lines.next().map_or("", |(_, l)| l);
+        csv::check_header(header).map_err(|_| CredentialsError::Header)?;
         for (n, line) in lines {
-            let line_error = |what: String| CredentialsError::Line { line: n + 1, what };
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let [name, kid, secret, salt, _class, _prefixes] = fields.as_slice() else {
-                return Err(line_error(format!("{} fields, expected 6", fields.len())));
-            };
-            if *name != id {
-                continue;
+            let record = csv::parse_line(line).map_err(|source| CredentialsError::Line {
+                line: n + 1,
+                source,
+            })?;
+            if record.id == id {
+                return Ok(DeviceCredentials {
+                    kid: record.kid,
+                    secret: record.master_secret.as_bytes().to_vec(),
+                    salt: record.master_salt.unwrap_or_default(),
+                    id: record.id,
+                });
             }
-            let decode = |field: &str, text: &str| {
-                hex::decode(text).map_err(|e| line_error(format!("{field}: {e}")))
-            };
-            return Ok(DeviceCredentials {
-                id: id.to_string(),
-                kid: decode("kid_hex", kid)?,
-                secret: decode("secret_hex", secret)?,
-                salt: decode("salt_hex", salt)?,
-            });
         }
         Err(CredentialsError::NoDevice(id.to_string()))
     }
@@ -152,5 +146,22 @@ mod tests {
             DeviceCredentials::find(&bad, "sensor-1"),
             Err(CredentialsError::Line { line: 4, .. })
         ));
+        // another device's line the edge's import would refuse (class `one`) is refused here too
+        let other = CSV.replace(",,1,\n", ",,one,\n");
+        assert!(matches!(
+            DeviceCredentials::find(&other, "sensor-1"),
+            Err(CredentialsError::Line {
+                line: 3,
+                source: CsvError::Class(_)
+            })
+        ));
+    }
+
+    #[test]
+    fn the_demo_file_the_examples_ship_is_read() {
+        let demo = include_str!("../credentials/demo.csv");
+        let c = DeviceCredentials::find(demo, "sensor-1").unwrap();
+        assert_eq!((c.kid.as_slice(), c.secret.len()), (&[0x51][..], 16));
+        assert!(c.salt.is_empty());
     }
 }

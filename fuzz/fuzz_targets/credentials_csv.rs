@@ -1,6 +1,7 @@
 //! Fuzzes the examples' reading of a device's credentials from the provisioning CSV
-//! (`v6iot_examples::credentials`): any text must give credentials or a named error, never a
-//! panic; credentials found must make an OSCORE context or a named error.
+//! (`v6iot_examples::credentials`, each line through `v6iot_credentials::csv`, the edge's
+//! reader): any text must give credentials or a named error, never a panic; credentials found
+//! must make an OSCORE context or a named error.
 
 #![no_main]
 

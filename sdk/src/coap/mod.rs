@@ -7,7 +7,8 @@
 //! |---|---|
 //! | [`wire`] | checked parsing of datagrams, option values, Block values |
 //! | [`config`] | RFC 7252 transmission parameters and memory bounds |
-//! | [`resource`] | the resource tree, handlers, requests and replies, link format |
+//! | [`resource`] | the resource tree, handlers, requests and replies, `/.well-known/core` with its filters |
+//! | [`link`] | CoRE link format (RFC 6690): the writer and the reader |
 //! | [`endpoint`] | the protocol state machine of one device: reliability, dedup, Observe, Block-wise |
 //! | [`device`] | an [`Endpoint`], a shared [`ResourceTree`] and the application's state, as one unit |
 //!
@@ -41,6 +42,7 @@
 pub mod config;
 pub mod device;
 pub mod endpoint;
+pub mod link;
 pub mod resource;
 pub mod wire;
 

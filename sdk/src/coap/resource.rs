@@ -11,8 +11,8 @@ use alloc::string::String;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
+use super::link::{self, Link};
 use crate::time::Instant;
-use core::fmt::Write as _;
 use core::net::SocketAddr;
 
 pub use coap_lite::RequestType as Method;
@@ -444,31 +444,34 @@ impl<S> ResourceTree<S> {
             if !out.is_empty() {
                 out.push(',');
             }
-            let _ = write!(out, "</{}>", r.path);
-            if let Some(rt) = r.attrs.rt {
-                let _ = write!(out, ";rt=\"{rt}\"");
-            }
-            if let Some(i) = r.attrs.interface {
-                let _ = write!(out, ";if=\"{i}\"");
-            }
-            match r.attrs.ct.as_slice() {
-                [] => {}
-                [one] => {
-                    let _ = write!(out, ";ct={one}");
-                }
-                many => {
-                    let list: Vec<String> = many.iter().map(u16::to_string).collect();
-                    let _ = write!(out, ";ct=\"{}\"", list.join(" "));
-                }
-            }
-            if let Some(t) = r.attrs.title {
-                let _ = write!(out, ";title=\"{t}\"");
-            }
-            if r.attrs.observable {
-                out.push_str(";obs");
-            }
+            link::write_link(&mut out, &r.link());
         }
         out
+    }
+}
+
+impl<S> Resource<S> {
+    /// This resource as a link of `/.well-known/core`: `rt`, `if`, `ct` (one number bare,
+    /// several quoted and space-separated), `title`, `obs`.
+    fn link(&self) -> Link {
+        let mut l = Link::new(format!("/{}", self.path));
+        if let Some(rt) = self.attrs.rt {
+            l = l.attr("rt", Some(rt));
+        }
+        if let Some(i) = self.attrs.interface {
+            l = l.attr("if", Some(i));
+        }
+        if !self.attrs.ct.is_empty() {
+            let list: Vec<String> = self.attrs.ct.iter().map(u16::to_string).collect();
+            l = l.attr("ct", Some(&list.join(" ")));
+        }
+        if let Some(t) = self.attrs.title {
+            l = l.attr("title", Some(t));
+        }
+        if self.attrs.observable {
+            l = l.attr("obs", None);
+        }
+        l
     }
 }
 

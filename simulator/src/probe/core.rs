@@ -12,10 +12,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use v6iot_sdk::coap::link::{self, Link};
 use v6iot_sdk::coap::wire::{self, Block};
 use v6iot_sdk::oscore::{self, RequestInfo, SecurityContext};
 
-use super::{CheckId, CheckResult, Link, Verdict, parse_links};
+use super::{CheckId, CheckResult, Verdict};
 
 /// How patient the probe is.
 #[derive(Debug, Clone, Copy)]
@@ -419,7 +420,7 @@ impl Probe {
                 (p.encode(), true, false)
             }
             Task::ObserveRegister { path } => {
-                let Some(link) = self.links.iter().find(|l| l.observable).cloned() else {
+                let Some(link) = self.links.iter().find(|l| l.has("obs")).cloned() else {
                     self.record(
                         CheckId::Observe,
                         Verdict::NotApplicable,
@@ -427,10 +428,10 @@ impl Probe {
                     );
                     return None;
                 };
-                let mut p = get(MessageType::Confirmable, &link.path, token.clone());
+                let mut p = get(MessageType::Confirmable, &link.target, token.clone());
                 p.set_observe_value(0);
                 self.observe_token = Some(token.clone());
-                *path = link.path;
+                *path = link.target;
                 (p.encode(), true, false)
             }
             Task::ObserveNotify { .. } => return None,
@@ -476,7 +477,7 @@ impl Probe {
         }
         self.links
             .iter()
-            .map(|l| l.path.clone())
+            .map(|l| l.target.clone())
             .filter(|p| p != "/.well-known/core")
             .nth(n)
     }
@@ -651,9 +652,9 @@ impl Probe {
             .ok()
             .flatten();
         let text = String::from_utf8_lossy(&body);
-        match (cf, parse_links(&text)) {
+        match (cf, link::parse(&text)) {
             (Some(40), Some(links)) if !links.is_empty() => {
-                let obs = links.iter().filter(|l| l.observable).count();
+                let obs = links.iter().filter(|l| l.has("obs")).count();
                 let detail = format!(
                     "{} links ({obs} observable) in {} bytes of link format",
                     links.len(),

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`core`] | the checks as a sans-IO state machine: datagrams in through `handle_datagram(now, …)`, out through `poll_transmit`, time through `poll_timeout` / `handle_timeout(now)` |
 //! | [`driver`] | the thin driver: one UDP socket connected to the target, blocking reads with the core's timeout; the CLI's arguments |
-//! | this file | the target URI, the checks' names and verdicts, the report (table and JSON, schema `v6iot-sim/probe/1`), the link-format reader |
+//! | this file | the target URI, the checks' names and verdicts, the report (table and JSON, schema `v6iot-sim/probe/1`); the link-format reader is the SDK's `v6iot_sdk::coap::link` |
 //!
 //! The checks, in the order they run: reachable over IPv6, CoAP ping, CON and NON requests,
 //! discovery (`/.well-known/core`), Block2 on a large resource ("not offered" when no resource
@@ -260,51 +260,6 @@ pub fn parse_target(uri: &str) -> Result<SocketAddr, UriError> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// One link of a link-format document (RFC 6690): its target and whether it says `obs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// The target, e.g. `/sensors/temperature`.
-    pub path: String,
-    /// The link has the `obs` attribute.
-    pub observable: bool,
-}
-
-/// The links of a link-format document; `None` when it is not link format (a link without
-/// `<…>`). Commas inside quoted attribute values do not split links.
-pub fn parse_links(text: &str) -> Option<Vec<Link>> {
-    let mut links = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
-    let mut pieces = Vec::new();
-    for (i, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                pieces.push(text.get(start..i)?);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    pieces.push(text.get(start..)?);
-    for piece in pieces {
-        let piece = piece.trim();
-        if piece.is_empty() {
-            continue;
-        }
-        let inner = piece.strip_prefix('<')?;
-        let (path, attrs) = inner.split_once('>')?;
-        let observable = attrs
-            .split(';')
-            .any(|a| a.trim() == "obs" || a.trim().starts_with("obs="));
-        links.push(Link {
-            path: path.to_owned(),
-            observable,
-        });
-    }
-    Some(links)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,21 +290,6 @@ mod tests {
             parse_target("coap://[::1]:x"),
             Err(UriError::Port(_))
         ));
-    }
-
-    #[test]
-    fn links() {
-        let l = parse_links(
-            "</>;title=\"General, Info\";ct=0,</time>;if=\"clock\";rt=\"ticks\";obs,</a>",
-        )
-        .unwrap();
-        assert_eq!(l.len(), 3);
-        assert_eq!(l[0].path, "/");
-        assert!(!l[0].observable);
-        assert_eq!(l[1].path, "/time");
-        assert!(l[1].observable);
-        assert_eq!(parse_links("hello world"), None);
-        assert_eq!(parse_links("").unwrap(), vec![]);
     }
 
     #[test]

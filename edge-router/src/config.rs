@@ -433,7 +433,12 @@ pub struct CoapSection {
     /// LAB ONLY: accept telemetry from devices that never registered (benchmarks with load
     /// generators that cannot register). Logged loudly at start.
     pub lab_accept_unregistered: bool,
-    /// How long a queue-mode (`b=UQ`) device listens after each uplink, seconds.
+    /// How long a queue-mode (`b=UQ`) device listens after each uplink, seconds: the edge
+    /// sends it queued commands only within this window. Set it to the device's active time
+    /// (T3324) less the radio's longest round trip (CE2: about 12 s): the window starts when the
+    /// edge hears the uplink, the modem's active time when the answer reaches it, so a command
+    /// sent late in a longer window arrives after the modem went to sleep (it goes again in the
+    /// next window).
     pub queue_listen_window_s: u64,
     /// Socket receive and send buffer sizes asked of the kernel, bytes (it may cap them at
     /// `net.core.rmem_max` / `wmem_max`). Large buffers absorb bursts from many devices.

@@ -61,17 +61,8 @@ need_pkg unshare util-linux
 need_pkg ip iproute2
 ensure_pkgs
 
-if [[ -z "$BIN_DIR" ]]; then
-    log "building (release)"
-    cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge
-    BIN_DIR="$PWD/target/release"
-fi
-EDGE="$BIN_DIR/v6iot-edge"
-[[ -x "$EDGE" ]] || die "missing binary: $EDGE"
-if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
-    exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "${ARGS[@]}" --bin-dir "$BIN_DIR"
-fi
-ip link set lo up
+release_bins v6iot-edge
+own_netns "${ARGS[@]}"
 
 bench_init border
 mkdir -p "$OUT"

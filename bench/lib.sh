@@ -12,6 +12,10 @@
 #   runq_ns PID              time the process's threads spent runnable but waiting for a CPU (ns)
 #   udp_drops PORT           receive-buffer drops of the UDP socket bound to PORT (ss skmem d)
 #   machine_info             nproc, CPU model, kernel, load, file system of the work dir
+#   release_bins BIN...      the release binaries (`v6iot-edge`, `v6iot-sim`) from $BIN_DIR, or built
+#                            now (then BIN_DIR=target/release); sets EDGE and SIM
+#   own_netns ARGS...        run this script again, once, in a network namespace of its own
+#                            (`unshare -n`, root) with ARGS and --bin-dir $BIN_DIR; there: lo up
 #
 # Every process a script starts goes through start_bg, so the EXIT trap stops exactly those
 # PIDs and nothing else on the machine.
@@ -143,4 +147,33 @@ machine_info() {
     echo "memory: $(free -g | awk '/Mem:/ {print $2 " GiB"}')"
     echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "work dir file system: $(df -T "$BENCH_WORK" | awk 'NR == 2 {print $2 " on " $1}')"
+}
+
+release_bins() {
+    local b
+    if [[ -z "$BIN_DIR" ]]; then
+        local build=()
+        for b in "$@"; do
+            case "$b" in
+                v6iot-edge) build+=(-p v6iot-edge-router --bin v6iot-edge) ;;
+                v6iot-sim) build+=(-p v6iot-simulator --bin v6iot-sim) ;;
+                *) die "release_bins: unknown binary $b" ;;
+            esac
+        done
+        log "building (release): $*"
+        cargo build --release --locked -q "${build[@]}"
+        BIN_DIR="$PWD/target/release"
+    fi
+    EDGE="$BIN_DIR/v6iot-edge"
+    SIM="$BIN_DIR/v6iot-sim"
+    for b in "$@"; do
+        [[ -x "$BIN_DIR/$b" ]] || die "missing binary: $BIN_DIR/$b"
+    done
+}
+
+own_netns() {
+    if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
+        exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "$@" --bin-dir "$BIN_DIR"
+    fi
+    ip link set lo up
 }

@@ -54,20 +54,8 @@ need_pkg unshare util-linux
 need_pkg ip iproute2
 ensure_pkgs
 
-if [[ -z "$BIN_DIR" ]]; then
-    log "building (release)"
-    cargo build --release --locked -q -p v6iot-edge-router --bin v6iot-edge -p v6iot-simulator --bin v6iot-sim
-    BIN_DIR="$PWD/target/release"
-fi
-EDGE="$BIN_DIR/v6iot-edge"
-SIM="$BIN_DIR/v6iot-sim"
-for b in "$EDGE" "$SIM"; do
-    [[ -x "$b" ]] || die "missing binary: $b"
-done
-if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
-    exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "${ARGS[@]}" --bin-dir "$BIN_DIR"
-fi
-ip link set lo up
+release_bins v6iot-edge v6iot-sim
+own_netns "${ARGS[@]}"
 
 bench_init lowpan
 mkdir -p "$OUT"

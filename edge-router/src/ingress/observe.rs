@@ -5,32 +5,25 @@
 use foldhash::HashMap;
 use std::net::SocketAddr;
 
-use coap_lite::link_format::LinkFormatParser;
-use v6iot_sdk::coap::content_format;
+use v6iot_sdk::coap::{content_format, link};
 
 /// The request id prefix of the edge's own observe requests (platform ids cannot start with `_`).
 pub(super) const OBSERVE_REQ: &str = "_obs:";
 
 /// Observable SenML resources in a registration's link format: (path, the format to ask for,
-/// SenML-CBOR preferred).
+/// SenML-CBOR preferred). Read with the SDK's RFC 6690 reader (fuzzed, never panics: coap-lite's
+/// `LinkFormatParser` panicked on some values a device can send); a document that is not link
+/// format names no resource.
 pub fn observable_senml(links: &str) -> Vec<(String, u16)> {
     let mut out = Vec::new();
-    for link in LinkFormatParser::new(links) {
-        let Ok((uri, attrs)) = link else { break };
-        let mut observable = false;
-        let mut formats = Vec::new();
-        for (key, value) in attrs {
-            match key {
-                "obs" => observable = true,
-                "ct" => formats.extend(
-                    value
-                        .to_cow()
-                        .split(' ')
-                        .filter_map(|c| c.parse::<u16>().ok()),
-                ),
-                _ => {}
-            }
-        }
+    for link in link::parse(links).unwrap_or_default() {
+        let formats: Vec<u16> = link
+            .attrs
+            .iter()
+            .filter(|a| a.name == "ct")
+            .filter_map(|a| a.value.as_deref())
+            .flat_map(|v| v.split(' ').filter_map(|c| c.parse::<u16>().ok()))
+            .collect();
         let accept = if formats.contains(&content_format::SENML_CBOR) {
             Some(content_format::SENML_CBOR)
         } else if formats.contains(&content_format::SENML_JSON) {
@@ -38,11 +31,11 @@ pub fn observable_senml(links: &str) -> Vec<(String, u16)> {
         } else {
             None
         };
-        if let (true, Some(accept)) = (observable, accept)
-            && uri.starts_with('/')
-            && !uri.contains("//")
+        if let (true, Some(accept)) = (link.has("obs"), accept)
+            && link.target.starts_with('/')
+            && !link.target.contains("//")
         {
-            out.push((uri.to_owned(), accept));
+            out.push((link.target, accept));
         }
     }
     out
@@ -116,5 +109,18 @@ mod tests {
         );
         assert!(observable_senml("garbage").is_empty());
         assert!(observable_senml("").is_empty());
+    }
+
+    /// The registration payload the fuzz target `edge_ingress_input` found crashing the edge in
+    /// coap-lite's link-format parser (`begin > end` slicing a value that ends in an opening quote): now no resource, no panic.
+    #[test]
+    fn a_value_that_crashed_coap_lites_parser_names_no_resource() {
+        let links = "</va,l\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0}e>;ct=\"";
+        assert!(observable_senml(links).is_empty());
+        assert!(observable_senml("</a>;obs;ct=\"").is_empty());
+        assert_eq!(
+            observable_senml("</a>;obs;ct=\"112 110\",</b>;ct=110,</c>;obs;ct=0"),
+            vec![("/a".to_owned(), content_format::SENML_CBOR)]
+        );
     }
 }

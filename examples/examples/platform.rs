@@ -73,9 +73,19 @@ async fn main() -> anyhow::Result<()> {
 
     let request = format!("valve-{}", std::process::id());
     let (mut telemetry, mut command_sent, mut result_seen) = (0, false, args.valve.is_none());
+    let mut subscriptions = 0;
     loop {
-        let Event::Incoming(Packet::Publish(p)) = events.poll().await? else {
-            continue;
+        let p = match events.poll().await? {
+            Event::Incoming(Packet::Publish(p)) => p,
+            Event::Incoming(Packet::SubAck(_)) => {
+                subscriptions += 1;
+                if subscriptions == 2 {
+                    // Both topics are subscribed: nothing published from here on is missed.
+                    println!("subscribed");
+                }
+                continue;
+            }
+            _ => continue,
         };
         let text = String::from_utf8_lossy(&p.payload);
         if p.topic.ends_with("/result") {

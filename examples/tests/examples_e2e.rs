@@ -56,7 +56,13 @@ fn the_oscore_sensor_reports_through_the_edge_and_takes_a_valve_command() {
             "--site", "plant1", "--device", "sensor-1", "--valve", "1", "--count", "2",
         ]);
     let (mut platform, platform_lines) = spawn_lines(platform);
-    std::thread::sleep(Duration::from_millis(300));
+    // Its subscriptions acknowledged before any device can publish.
+    await_line(
+        &platform_lines,
+        "subscribed",
+        Duration::from_secs(10),
+        &mut Vec::new(),
+    );
 
     let mut sensor = Command::new(example("oscore_sensor"));
     sensor_args(&mut sensor, edge_port, &state);

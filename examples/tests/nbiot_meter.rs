@@ -100,7 +100,13 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
                 "--site", "plant1", "--device", "meter-1", "--valve", "1", "--count", "3",
             ]);
         let (mut platform, platform_lines) = spawn_lines(platform);
-        std::thread::sleep(Duration::from_millis(300));
+        // Its subscriptions acknowledged before any device can publish.
+        await_line(
+            &platform_lines,
+            "subscribed",
+            Duration::from_secs(10),
+            &mut Vec::new(),
+        );
 
         let mut meter = Command::new(example("nbiot_meter"));
         meter

@@ -50,19 +50,37 @@ const PAN: u16 = 0xabcd;
 const CHANNEL: u8 = 26;
 
 fn free_udp() -> u16 {
-    UdpSocket::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unique_port(|| {
+        UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 fn free_tcp() -> u16 {
-    TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unique_port(|| {
+        TcpListener::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
+}
+
+/// Never the same port twice in this process: the kernel may hand a port that was just
+/// released out again, and two listeners of one test (or of two tests running at once)
+/// then collided ("Address already in use" from mosquitto in CI).
+fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = pick();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 fn binary(dir: &[&str], name: &str, package: &str) -> PathBuf {

@@ -73,6 +73,10 @@ impl Drop for TempDir {
 
 /// A TCP port free on both 127.0.0.1 and ::1 (as far as one can know).
 pub fn free_port() -> u16 {
+    unique_port(free_port_on_both)
+}
+
+fn free_port_on_both() -> u16 {
     for _ in 0..100 {
         let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = v4.local_addr().unwrap().port();
@@ -81,6 +85,20 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no port free on both loopback addresses");
+}
+
+/// Never the same port twice in this process: the kernel may hand a port that was just
+/// released out again, and two listeners of one test (or of two tests running at once)
+/// then collided ("Address already in use" from mosquitto in CI).
+fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = pick();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 pub const V4: &str = "127.0.0.1";

@@ -192,6 +192,16 @@ async fn a_full_edge_queue_rejects_instead_of_blocking() {
     bridge.stop().await.unwrap();
 }
 
+/// `text` is edge-1's status `state`.
+fn assert_status(text: &str, state: &str) {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["edge"].as_str()),
+        (Some(state), Some("edge-1")),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() {
     init_tracing();
@@ -201,22 +211,14 @@ async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() 
     let mut bridge = Bridge::start(config(broker.port, 4), 8);
     bridge.connected().await;
     let online = await_retained(V4, broker.port, topic, "online", Duration::from_secs(10)).await;
-    let v: serde_json::Value = serde_json::from_str(&online).unwrap();
-    assert_eq!(
-        (v["state"].as_str(), v["edge"].as_str()),
-        (Some("online"), Some("edge-1"))
-    );
+    assert_status(&online, "online");
 
     // abrupt end: the task is aborted, its TCP connection closes without DISCONNECT
     let task = bridge.task.take().unwrap();
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     let offline = await_retained(V4, broker.port, topic, "offline", Duration::from_secs(10)).await;
-    let v: serde_json::Value = serde_json::from_str(&offline).unwrap();
-    assert_eq!(
-        (v["state"].as_str(), v["edge"].as_str()),
-        (Some("offline"), Some("edge-1"))
-    );
+    assert_status(&offline, "offline");
     // the broker saw the connection drop without DISCONNECT (so it published the Will)
     let log = broker.log_text();
     assert!(

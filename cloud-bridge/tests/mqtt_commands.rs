@@ -193,6 +193,21 @@ async fn a_full_edge_queue_rejects_instead_of_blocking() {
 }
 
 /// `text` is edge-1's status `state`.
+/// edge-1's retained status topic.
+const STATUS: &str = "v6iot/plant-a/_edge/edge-1/status";
+
+/// A mosquitto in `dir` and a bridge (MQTT `protocol`) connected to it, once the bridge's
+/// retained status there says online.
+async fn online(dir: &std::path::Path, protocol: u8) -> (Mosquitto, Bridge) {
+    init_tracing();
+    let broker = Mosquitto::start(dir, BrokerSpec::plain(&[V4]));
+    let mut bridge = Bridge::start(config(broker.port, protocol), 8);
+    bridge.connected().await;
+    let online = await_retained(V4, broker.port, STATUS, "online", Duration::from_secs(10)).await;
+    assert_status(&online, "online");
+    (broker, bridge)
+}
+
 fn assert_status(text: &str, state: &str) {
     let v: serde_json::Value = serde_json::from_str(text).unwrap();
     assert_eq!(
@@ -204,20 +219,14 @@ fn assert_status(text: &str, state: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() {
-    init_tracing();
     let dir = TempDir::new("will");
-    let broker = Mosquitto::start(dir.path(), BrokerSpec::plain(&[V4]));
-    let topic = "v6iot/plant-a/_edge/edge-1/status";
-    let mut bridge = Bridge::start(config(broker.port, 4), 8);
-    bridge.connected().await;
-    let online = await_retained(V4, broker.port, topic, "online", Duration::from_secs(10)).await;
-    assert_status(&online, "online");
+    let (broker, mut bridge) = online(dir.path(), 4).await;
 
     // abrupt end: the task is aborted, its TCP connection closes without DISCONNECT
     let task = bridge.task.take().unwrap();
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    let offline = await_retained(V4, broker.port, topic, "offline", Duration::from_secs(10)).await;
+    let offline = await_retained(V4, broker.port, STATUS, "offline", Duration::from_secs(10)).await;
     assert_status(&offline, "offline");
     // the broker saw the connection drop without DISCONNECT (so it published the Will)
     let log = broker.log_text();
@@ -229,16 +238,11 @@ async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_shutdown_also_leaves_offline_mqtt_5() {
-    init_tracing();
     let dir = TempDir::new("bye");
-    let broker = Mosquitto::start(dir.path(), BrokerSpec::plain(&[V4]));
-    let topic = "v6iot/plant-a/_edge/edge-1/status";
-    let mut bridge = Bridge::start(config(broker.port, 5), 8);
-    bridge.connected().await;
-    await_retained(V4, broker.port, topic, "online", Duration::from_secs(10)).await;
+    let (broker, mut bridge) = online(dir.path(), 5).await;
     bridge.stop().await.unwrap();
-    let text = retained(V4, broker.port, topic).await.unwrap();
-    assert!(text.contains("offline"), "{text}");
+    let text = retained(V4, broker.port, STATUS).await.unwrap();
+    assert_status(&text, "offline");
     // a clean DISCONNECT (the broker drops the Will); the offline status is the bridge's own
     let log = broker.log_text();
     assert!(

@@ -16,10 +16,10 @@ use coap_lite::{MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};
 
 use super::oscore::{
-    ANY_LOOPBACK4, Device, add_device, await_stat, code, edge_cli, plain_post, provision, secure,
-    start_edge,
+    ANY_LOOPBACK4, Device, add_device, assert_changed, await_stat, code, edge_cli, plain_post,
+    provision, result_of, secure, start_edge,
 };
-use super::{Edge, Mosquitto, TempDir, free_tcp_port, free_udp_port, runtime, wait_for};
+use super::{Edge, Mosquitto, TempDir, free_tcp_port, free_udp_port, runtime};
 
 /// The edge's addresses: a global one, a ULA, an NB-IoT ingress prefix; two IPv4 networks.
 const EDGE_V6: [&str; 3] = ["2001:db8:1::1", "fd00:1::1", "2001:db8:2::1"];
@@ -165,10 +165,7 @@ fn a_command_and_its_retransmission_leave_from_the_address_the_device_used() {
         m1.inbox.push_back(Packet::from_bytes(&again).unwrap());
         let (_, inner) = m1.serve();
         assert_eq!(inner.payload, b"on");
-        wait_for("result of c1", Duration::from_secs(10), || {
-            results.lock().unwrap().contains_key("c1")
-        });
-        assert_eq!(results.lock().unwrap()["c1"]["status"], "ok");
+        assert_changed(&result_of(&results, "c1", Duration::from_secs(10)));
         drop(edge);
     });
 }
@@ -256,11 +253,8 @@ fn a_device_at_another_devices_address_gets_none_of_its_commands() {
     await_stat(&edge, "address_changes", 1);
     let (_, inner) = m1.serve();
     assert_eq!(inner.payload, b"secret");
-    wait_for("result of c1", Duration::from_secs(10), || {
-        results.lock().unwrap().contains_key("c1")
-    });
-    let result = results.lock().unwrap()["c1"].clone();
-    assert_eq!(result["status"], "ok", "{result}");
+    let result = result_of(&results, "c1", Duration::from_secs(10));
+    assert_changed(&result);
     assert!(
         result.get("payload").is_none(),
         "m1's answer, not m2's: {result}"

@@ -470,6 +470,26 @@ fn with_mid(bytes: &[u8], mid: u16) -> Vec<u8> {
     p.to_bytes_unlimited().unwrap()
 }
 
+/// The platform's command results by request id, as `subscribe_results` collects them.
+pub(super) type Results = Arc<Mutex<HashMap<String, serde_json::Value>>>;
+
+/// Waits (up to `within`) for command `req`'s result at the broker, and returns it.
+pub(super) fn result_of(results: &Results, req: &str, within: Duration) -> serde_json::Value {
+    wait_for(&format!("result of {req}"), within, || {
+        results.lock().unwrap().contains_key(req)
+    });
+    results.lock().unwrap()[req].clone()
+}
+
+/// Asserts that `r` is the result of a command its device answered with 2.04.
+pub(super) fn assert_changed(r: &serde_json::Value) {
+    assert_eq!(
+        (r["status"].as_str(), r["code"].as_str()),
+        (Some("ok"), Some("2.04")),
+        "{r}"
+    );
+}
+
 pub(super) fn seqs(seen: &Arc<Mutex<Seen>>, device: &str) -> Vec<u64> {
     let mut v: Vec<u64> = seen
         .lock()
@@ -498,9 +518,7 @@ fn command_round_trip(
         &format!(r#"{{"method":"PUT","path":"/valve","payload":"{payload}","content_format":0}}"#),
     );
     let served = device.serve();
-    wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
-        results.lock().unwrap().contains_key(req)
-    });
+    result_of(results, req, Duration::from_secs(10));
     served
 }
 
@@ -655,12 +673,7 @@ fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
         let (piv, inner) = command_round_trip(broker.port, &results, &mut m1, &req, "on");
         assert_eq!(inner.payload, b"on");
         before.push(piv);
-        let r = results.lock().unwrap()[&req].clone();
-        assert_eq!(
-            (r["status"].as_str(), r["code"].as_str()),
-            (Some("ok"), Some("2.04")),
-            "{r}"
-        );
+        assert_changed(&results.lock().unwrap()[&req]);
     }
 
     edge.kill9();
@@ -761,9 +774,7 @@ fn a_device_that_changes_address_keeps_its_session_and_the_audit_trail_knows() {
     );
     let (_, inner) = m1.serve();
     assert_eq!(inner.payload, b"on");
-    wait_for("result of mv1", Duration::from_secs(10), || {
-        results.lock().unwrap().contains_key("mv1")
-    });
+    result_of(&results, "mv1", Duration::from_secs(10));
 
     // Who had which address when: the audit CLI answers both questions.
     let rfc3339 = |t: time::OffsetDateTime| {

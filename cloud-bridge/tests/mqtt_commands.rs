@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use v6iot_cloud_bridge::command::Method;
+use v6iot_cloud_bridge::command::{Command, Method};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, MqttConfig};
 
@@ -53,18 +53,13 @@ async fn commands_round_trip(protocol: u8) {
     subscribed(&mut bridge).await;
 
     // a good command is parsed and forwarded
-    publish(
-        V4,
+    let cmd = forwarded(
+        &mut bridge,
         broker.port,
         "v6iot/plant-a/valve-7/cmd/r1",
         r#"{"method":"PUT","path":"/actuators/valve","payload":"on","content_format":0,"ttl":30}"#,
-        false,
     )
     .await;
-    let cmd = tokio::time::timeout(Duration::from_secs(10), bridge.commands.recv())
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!((cmd.device.as_str(), cmd.req.as_str()), ("valve-7", "r1"));
     assert_eq!(
         (cmd.method, cmd.path.as_str()),
@@ -76,18 +71,13 @@ async fn commands_round_trip(protocol: u8) {
         (Some(0), Duration::from_secs(30))
     );
     assert!(cmd.confirmable);
-    publish(
-        V4,
+    let cmd = forwarded(
+        &mut bridge,
         broker.port,
         "v6iot/plant-a/meter-2/cmd/r2",
         r#"{"method":"POST","path":"/config","payload_b64":"AAH/","confirmable":false}"#,
-        false,
     )
     .await;
-    let cmd = tokio::time::timeout(Duration::from_secs(10), bridge.commands.recv())
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
         (cmd.method, cmd.payload.as_slice(), cmd.confirmable),
         (Method::Post, &[0u8, 1, 255][..], false)
@@ -153,6 +143,15 @@ async fn commands_round_trip(protocol: u8) {
     let s = bridge.stats.snapshot();
     assert_eq!((s.commands_forwarded, s.commands_rejected), (2, 4));
     bridge.stop().await.unwrap();
+}
+
+/// Publishes `json` on `topic` and returns the command the bridge forwarded (within 10 s).
+async fn forwarded(bridge: &mut Bridge, port: u16, topic: &str, json: &str) -> Command {
+    publish(V4, port, topic, json, false).await;
+    tokio::time::timeout(Duration::from_secs(10), bridge.commands.recv())
+        .await
+        .expect("a command forwarded within 10 s")
+        .expect("the commands channel is open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

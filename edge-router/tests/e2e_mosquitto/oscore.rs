@@ -507,7 +507,7 @@ pub(super) fn seqs(seen: &Arc<Mutex<Seen>>, device: &str) -> Vec<u64> {
 /// for its result at the broker; the edge's Partial IV and the inner request.
 fn command_round_trip(
     broker: u16,
-    results: &Arc<Mutex<HashMap<String, serde_json::Value>>>,
+    results: &Results,
     device: &mut Device,
     req: &str,
     payload: &str,

@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,14 +38,9 @@ use crate::transport::{ConnectError, Connector};
 pub struct WsConfig {
     /// `ws://host:port/path` or `wss://host:port/path`.
     pub url: String,
-    /// PEM CA file to trust, and only it (CA pinning); system roots when `None`.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain, for mutual TLS.
-    pub client_cert: Option<PathBuf>,
-    /// PEM client key, for mutual TLS.
-    pub client_key: Option<PathBuf>,
-    /// TLS name to verify and send as SNI instead of the URL's host.
-    pub server_name: Option<String>,
+    /// For `wss://`: the CA to trust (and only it), a client certificate for mutual TLS, the
+    /// name to verify.
+    pub tls: TlsOptions,
     /// First reconnection delay (jittered, doubling).
     pub reconnect_min: Duration,
     /// Longest reconnection delay.
@@ -72,10 +66,7 @@ impl WsConfig {
     pub fn new(url: &str) -> Self {
         WsConfig {
             url: url.to_owned(),
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-            server_name: None,
+            tls: TlsOptions::default(),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -84,16 +75,6 @@ impl WsConfig {
             ping_interval: Duration::from_secs(20),
             send_timeout: Duration::from_secs(30),
             stats: Arc::default(),
-        }
-    }
-
-    /// The TLS part.
-    pub fn tls(&self) -> TlsOptions {
-        TlsOptions {
-            ca_file: self.ca_file.clone(),
-            client_cert: self.client_cert.clone(),
-            client_key: self.client_key.clone(),
-            server_name: self.server_name.clone(),
         }
     }
 
@@ -163,7 +144,7 @@ pub async fn run_websocket(
     let endpoint = config.validate()?;
     let connector = Connector::new(
         endpoint,
-        &config.tls(),
+        &config.tls,
         config.attempt_delay,
         config.connect_timeout,
     )?;

@@ -77,18 +77,33 @@ fn two(ports: Vec<SinkPorts>) -> (SinkPorts, SinkPorts) {
 // ---------------------------------------------------------------------------------------------
 // the pump on plain channels
 
-#[tokio::test]
-async fn one_sink_is_a_pass_through_and_the_pump_ends_with_the_input() {
-    let (in_tx, in_rx) = mpsc::channel(16);
-    let (up_tx, mut up_rx) = mpsc::unbounded_channel();
+/// The pump from `input` to `sinks` sinks with `window` ids in flight; what it acknowledges
+/// upstream comes out of the returned receiver.
+fn plain_pump(
+    input: mpsc::Receiver<OutboundMessage>,
+    sinks: usize,
+    window: usize,
+) -> (
+    Vec<SinkPorts>,
+    JoinHandle<FanoutReport>,
+    mpsc::UnboundedReceiver<u64>,
+) {
+    let (up_tx, up_rx) = mpsc::unbounded_channel();
     let (ports, pump) = fanout(
-        in_rx,
+        input,
         move |id| {
             let _ = up_tx.send(id);
         },
-        nz(1),
-        nz(4),
+        nz(sinks),
+        nz(window),
     );
+    (ports, pump, up_rx)
+}
+
+#[tokio::test]
+async fn one_sink_is_a_pass_through_and_the_pump_ends_with_the_input() {
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (ports, pump, mut up_rx) = plain_pump(in_rx, 1, 4);
     let mut sink = ports.into_iter().next().unwrap();
     for id in 1..=10 {
         in_tx.send(message(id)).await.unwrap();
@@ -112,15 +127,7 @@ async fn a_sink_that_does_not_ack_holds_the_window_and_the_pump_stops_reading() 
     for id in 1..=50 {
         in_tx.send(message(id)).await.unwrap();
     }
-    let (up_tx, mut up_rx) = mpsc::unbounded_channel();
-    let (ports, pump) = fanout(
-        in_rx,
-        move |id| {
-            let _ = up_tx.send(id);
-        },
-        nz(2),
-        nz(WINDOW),
-    );
+    let (ports, pump, mut up_rx) = plain_pump(in_rx, 2, WINDOW);
     let (mut fast, mut slow) = two(ports);
     // the fast sink gets and acks the whole window, the slow one gets it and acks nothing
     for id in 1..=WINDOW as u64 {
@@ -157,15 +164,7 @@ async fn a_sink_that_does_not_ack_holds_the_window_and_the_pump_stops_reading() 
 #[tokio::test]
 async fn unknown_and_duplicate_acks_are_ignored_and_the_pump_ends_when_the_sinks_are_gone() {
     let (in_tx, in_rx) = mpsc::channel(16);
-    let (up_tx, mut up_rx) = mpsc::unbounded_channel();
-    let (ports, pump) = fanout(
-        in_rx,
-        move |id| {
-            let _ = up_tx.send(id);
-        },
-        nz(3),
-        nz(16),
-    );
+    let (ports, pump, mut up_rx) = plain_pump(in_rx, 3, 16);
     let mut ports: Vec<SinkPorts> = ports;
     in_tx.send(message(7)).await.unwrap();
     for p in &mut ports {
@@ -194,15 +193,7 @@ async fn unknown_and_duplicate_acks_are_ignored_and_the_pump_ends_when_the_sinks
 #[tokio::test]
 async fn a_sink_whose_receiver_is_gone_still_owes_its_acks() {
     let (in_tx, in_rx) = mpsc::channel(16);
-    let (up_tx, mut up_rx) = mpsc::unbounded_channel();
-    let (ports, pump) = fanout(
-        in_rx,
-        move |id| {
-            let _ = up_tx.send(id);
-        },
-        nz(2),
-        nz(4),
-    );
+    let (ports, pump, mut up_rx) = plain_pump(in_rx, 2, 4);
     let (mut alive, gone) = two(ports);
     drop(gone.outgoing);
     for id in 1..=3 {
@@ -355,6 +346,29 @@ const WINDOW: usize = 16;
 /// Sink 1 acknowledges nothing from this id on until it is let go.
 const HOLD_FROM: u64 = 100;
 
+/// The fan-out from the outbox's `to_publish` to two fake sinks (seeded with `seeds`, sink 1
+/// holding as `hold` says), acknowledging to `acker` and recording in `shared`.
+fn wire(
+    to_publish: mpsc::Receiver<OutboundMessage>,
+    acker: &AckSender,
+    shared: &Shared,
+    seeds: [u64; 2],
+    hold: Option<(u64, watch::Receiver<bool>)>,
+) -> ([JoinHandle<()>; 2], JoinHandle<FanoutReport>) {
+    let (ports, pump) = fanout(
+        to_publish,
+        upstream(acker.clone(), shared.clone()),
+        nz(2),
+        nz(WINDOW),
+    );
+    let (a, b) = two(ports);
+    let sinks = [
+        spawn_sink(0, a, shared.clone(), seeds[0], None),
+        spawn_sink(1, b, shared.clone(), seeds[1], hold),
+    ];
+    (sinks, pump)
+}
+
 /// Opens the outbox in `dir`, appends messages 1..=N, and starts the fan-out to two fake sinks,
 /// sink 1 holding its acks from [`HOLD_FROM`] on until the returned gate opens.
 async fn start(
@@ -375,24 +389,14 @@ async fn start(
         .unwrap();
     assert_eq!(ids, (1..=N).collect::<Vec<_>>());
     let shared = model(0);
-    let (ports, pump) = fanout(
-        to_publish,
-        upstream(acker.clone(), shared.clone()),
-        nz(2),
-        nz(WINDOW),
-    );
-    let (a, b) = two(ports);
     let (gate, gate_rx) = watch::channel(false);
-    let sinks = [
-        spawn_sink(0, a, shared.clone(), seed, None),
-        spawn_sink(
-            1,
-            b,
-            shared.clone(),
-            seed ^ 0x9e37_79b9,
-            Some((HOLD_FROM, gate_rx)),
-        ),
-    ];
+    let (sinks, pump) = wire(
+        to_publish,
+        &acker,
+        &shared,
+        [seed, seed ^ 0x9e37_79b9],
+        Some((HOLD_FROM, gate_rx)),
+    );
     (outbox, acker, shared, gate, sinks, pump)
 }
 
@@ -515,17 +519,13 @@ async fn a_restart_replays_exactly_the_ids_not_every_sink_acknowledged() {
     assert_eq!(stats.ack_watermark, HOLD_FROM - 1);
     assert_eq!(stats.recovered_messages, owed.len() as u64);
     let shared = model(HOLD_FROM - 1);
-    let (ports, pump) = fanout(
+    let (sinks, pump) = wire(
         to_publish,
-        upstream(acker.clone(), shared.clone()),
-        nz(2),
-        nz(WINDOW),
+        &acker,
+        &shared,
+        [0x5eed_0003, 0x5eed_0004],
+        None,
     );
-    let (a, b) = two(ports);
-    let sinks = [
-        spawn_sink(0, a, shared.clone(), 0x5eed_0003, None),
-        spawn_sink(1, b, shared.clone(), 0x5eed_0004, None),
-    ];
     until(&shared, "the replay acknowledged upstream", |m| {
         m.upstream.len() >= owed.len()
     })

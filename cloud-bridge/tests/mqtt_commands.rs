@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use v6iot_cloud_bridge::command::Method;
+use v6iot_cloud_bridge::command::{Command, Method};
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, MqttConfig};
 
@@ -53,18 +53,13 @@ async fn commands_round_trip(protocol: u8) {
     subscribed(&mut bridge).await;
 
     // a good command is parsed and forwarded
-    publish(
-        V4,
+    let cmd = forwarded(
+        &mut bridge,
         broker.port,
         "v6iot/plant-a/valve-7/cmd/r1",
         r#"{"method":"PUT","path":"/actuators/valve","payload":"on","content_format":0,"ttl":30}"#,
-        false,
     )
     .await;
-    let cmd = tokio::time::timeout(Duration::from_secs(10), bridge.commands.recv())
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!((cmd.device.as_str(), cmd.req.as_str()), ("valve-7", "r1"));
     assert_eq!(
         (cmd.method, cmd.path.as_str()),
@@ -76,18 +71,13 @@ async fn commands_round_trip(protocol: u8) {
         (Some(0), Duration::from_secs(30))
     );
     assert!(cmd.confirmable);
-    publish(
-        V4,
+    let cmd = forwarded(
+        &mut bridge,
         broker.port,
         "v6iot/plant-a/meter-2/cmd/r2",
         r#"{"method":"POST","path":"/config","payload_b64":"AAH/","confirmable":false}"#,
-        false,
     )
     .await;
-    let cmd = tokio::time::timeout(Duration::from_secs(10), bridge.commands.recv())
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
         (cmd.method, cmd.payload.as_slice(), cmd.confirmable),
         (Method::Post, &[0u8, 1, 255][..], false)
@@ -155,6 +145,15 @@ async fn commands_round_trip(protocol: u8) {
     bridge.stop().await.unwrap();
 }
 
+/// Publishes `json` on `topic` and returns the command the bridge forwarded (within 10 s).
+async fn forwarded(bridge: &mut Bridge, port: u16, topic: &str, json: &str) -> Command {
+    publish(V4, port, topic, json, false).await;
+    tokio::time::timeout(Duration::from_secs(10), bridge.commands.recv())
+        .await
+        .expect("a command forwarded within 10 s")
+        .expect("the commands channel is open")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_parsed_or_rejected_with_a_result_mqtt_3_1_1() {
     commands_round_trip(4).await;
@@ -192,31 +191,42 @@ async fn a_full_edge_queue_rejects_instead_of_blocking() {
     bridge.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() {
+/// `text` is edge-1's status `state`.
+/// edge-1's retained status topic.
+const STATUS: &str = "v6iot/plant-a/_edge/edge-1/status";
+
+/// A mosquitto in `dir` and a bridge (MQTT `protocol`) connected to it, once the bridge's
+/// retained status there says online.
+async fn online(dir: &std::path::Path, protocol: u8) -> (Mosquitto, Bridge) {
     init_tracing();
-    let dir = TempDir::new("will");
-    let broker = Mosquitto::start(dir.path(), BrokerSpec::plain(&[V4]));
-    let topic = "v6iot/plant-a/_edge/edge-1/status";
-    let mut bridge = Bridge::start(config(broker.port, 4), 8);
+    let broker = Mosquitto::start(dir, BrokerSpec::plain(&[V4]));
+    let mut bridge = Bridge::start(config(broker.port, protocol), 8);
     bridge.connected().await;
-    let online = await_retained(V4, broker.port, topic, "online", Duration::from_secs(10)).await;
-    let v: serde_json::Value = serde_json::from_str(&online).unwrap();
+    let online = await_retained(V4, broker.port, STATUS, "online", Duration::from_secs(10)).await;
+    assert_status(&online, "online");
+    (broker, bridge)
+}
+
+fn assert_status(text: &str, state: &str) {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
     assert_eq!(
         (v["state"].as_str(), v["edge"].as_str()),
-        (Some("online"), Some("edge-1"))
+        (Some(state), Some("edge-1")),
+        "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() {
+    let dir = TempDir::new("will");
+    let (broker, mut bridge) = online(dir.path(), 4).await;
 
     // abrupt end: the task is aborted, its TCP connection closes without DISCONNECT
     let task = bridge.task.take().unwrap();
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    let offline = await_retained(V4, broker.port, topic, "offline", Duration::from_secs(10)).await;
-    let v: serde_json::Value = serde_json::from_str(&offline).unwrap();
-    assert_eq!(
-        (v["state"].as_str(), v["edge"].as_str()),
-        (Some("offline"), Some("edge-1"))
-    );
+    let offline = await_retained(V4, broker.port, STATUS, "offline", Duration::from_secs(10)).await;
+    assert_status(&offline, "offline");
     // the broker saw the connection drop without DISCONNECT (so it published the Will)
     let log = broker.log_text();
     assert!(
@@ -227,16 +237,11 @@ async fn status_is_online_and_the_last_will_says_offline_when_the_bridge_dies() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_shutdown_also_leaves_offline_mqtt_5() {
-    init_tracing();
     let dir = TempDir::new("bye");
-    let broker = Mosquitto::start(dir.path(), BrokerSpec::plain(&[V4]));
-    let topic = "v6iot/plant-a/_edge/edge-1/status";
-    let mut bridge = Bridge::start(config(broker.port, 5), 8);
-    bridge.connected().await;
-    await_retained(V4, broker.port, topic, "online", Duration::from_secs(10)).await;
+    let (broker, mut bridge) = online(dir.path(), 5).await;
     bridge.stop().await.unwrap();
-    let text = retained(V4, broker.port, topic).await.unwrap();
-    assert!(text.contains("offline"), "{text}");
+    let text = retained(V4, broker.port, STATUS).await.unwrap();
+    assert_status(&text, "offline");
     // a clean DISCONNECT (the broker drops the Will); the offline status is the bridge's own
     let log = broker.log_text();
     assert!(

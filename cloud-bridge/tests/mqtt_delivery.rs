@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
+use tokio::sync::mpsc;
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, MqttConfig};
 
@@ -25,6 +26,17 @@ fn config(url: &str, protocol: u8) -> MqttConfig {
     c.reconnect_min = Duration::from_millis(100);
     c.reconnect_max = Duration::from_millis(500);
     c
+}
+
+/// Adds acknowledged ids to `acked` until it has `n` (each within 10 s).
+async fn acks_until(acks: &mut mpsc::UnboundedReceiver<u64>, acked: &mut Vec<u64>, n: usize) {
+    while acked.len() < n {
+        let id = tokio::time::timeout(Duration::from_secs(10), acks.recv())
+            .await
+            .expect("an ack within 10 s")
+            .expect("the bridge's ack channel is open");
+        acked.push(id);
+    }
 }
 
 /// Feeds ids 1..=N in a task (the channel is bounded: back-pressure is part of the test).
@@ -65,19 +77,11 @@ async fn delivers_everything(protocol: u8) {
         *received.entry(id).or_insert(0) += 1;
     }
     let mut acked = Vec::new();
-    while acked.len() < N as usize {
-        let id = tokio::time::timeout(Duration::from_secs(10), bridge.acks.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        acked.push(id);
-    }
+    acks_until(&mut bridge.acks, &mut acked, N as usize).await;
     feeder.await.unwrap();
     let elapsed = started.elapsed();
     bridge.stop().await.unwrap();
-    while let Ok(id) = bridge.acks.try_recv() {
-        acked.push(id);
-    }
+    acked.extend(std::iter::from_fn(|| bridge.acks.try_recv().ok()));
     let distinct: BTreeSet<u64> = acked.iter().copied().collect();
     assert_eq!(acked.len(), N as usize, "every id acked exactly once");
     assert_eq!(distinct, (1..=N).collect(), "every id acked");
@@ -121,9 +125,7 @@ async fn a_broker_killed_mid_stream_loses_nothing() {
         *received.entry(id).or_insert(0) += 1;
     };
     let mut acked = Vec::new();
-    while acked.len() < 150 {
-        acked.push(bridge.acks.recv().await.unwrap());
-    }
+    acks_until(&mut bridge.acks, &mut acked, 150).await;
     broker.kill();
     bridge
         .event(Duration::from_secs(10), |e| {
@@ -131,9 +133,7 @@ async fn a_broker_killed_mid_stream_loses_nothing() {
         })
         .await;
     // Acks that arrived before the kill: the broker had those messages.
-    while let Ok(id) = bridge.acks.try_recv() {
-        acked.push(id);
-    }
+    acked.extend(std::iter::from_fn(|| bridge.acks.try_recv().ok()));
     // Whatever reached the receiver before the kill.
     while let Some((_, payload)) = sub.recv(Duration::from_millis(300)).await {
         record(payload, &mut received);
@@ -176,18 +176,10 @@ async fn a_broker_killed_mid_stream_loses_nothing() {
             .unwrap_or_else(|| panic!("lost: only {} of {N} arrived", received.len()));
         record(payload, &mut received);
     }
-    while acked.len() < N as usize {
-        let id = tokio::time::timeout(Duration::from_secs(10), bridge.acks.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        acked.push(id);
-    }
+    acks_until(&mut bridge.acks, &mut acked, N as usize).await;
     feeder.await.unwrap();
     bridge.stop().await.unwrap();
-    while let Ok(id) = bridge.acks.try_recv() {
-        acked.push(id);
-    }
+    acked.extend(std::iter::from_fn(|| bridge.acks.try_recv().ok()));
     let distinct: BTreeSet<u64> = acked.iter().copied().collect();
     assert_eq!(distinct, (1..=N).collect(), "every id acked");
     assert_eq!(acked.len(), N as usize, "and acked once");
@@ -253,9 +245,7 @@ async fn a_publish_refused_for_good_by_an_mqtt_5_broker_is_dropped_loudly() {
         bridge.outgoing.send(message(&topics, id)).await.unwrap();
     }
     let mut acked = Vec::new();
-    while acked.len() < 3 {
-        acked.push(bridge.acks.recv().await.unwrap());
-    }
+    acks_until(&mut bridge.acks, &mut acked, 3).await;
     acked.sort_unstable();
     assert_eq!(acked, [2, 3, 4]);
     let mut got = BTreeSet::new();

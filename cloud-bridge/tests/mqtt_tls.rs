@@ -54,7 +54,7 @@ impl Setup {
     fn config(&self, url: &str, protocol: u8) -> MqttConfig {
         let mut c = MqttConfig::new(url, "edge-1", self.topics.clone());
         c.protocol = protocol;
-        c.ca_file = Some(self.certs.ca.clone());
+        c.tls.ca_file = Some(self.certs.ca.clone());
         c.reconnect_min = Duration::from_millis(100);
         c.reconnect_max = Duration::from_millis(300);
         c
@@ -138,7 +138,7 @@ async fn tls_with_the_pinned_ca() {
 async fn tls_to_an_ip_literal_with_a_server_name_override_mqtt_5() {
     let s = setup(false);
     let mut c = s.config(&format!("mqtts://[::1]:{}", s.broker.tls_port), 5);
-    c.server_name = Some("localhost".into());
+    c.tls.server_name = Some("localhost".into());
     s.delivers(c).await;
 }
 
@@ -146,8 +146,8 @@ async fn tls_to_an_ip_literal_with_a_server_name_override_mqtt_5() {
 async fn mutual_tls_with_a_client_certificate() {
     let s = setup(true);
     let mut c = s.config(&format!("mqtts://localhost:{}", s.broker.tls_port), 4);
-    c.client_cert = Some(s.certs.client_cert.clone());
-    c.client_key = Some(s.certs.client_key.clone());
+    c.tls.client_cert = Some(s.certs.client_cert.clone());
+    c.tls.client_key = Some(s.certs.client_key.clone());
     s.delivers(c).await;
 }
 
@@ -155,7 +155,7 @@ async fn mutual_tls_with_a_client_certificate() {
 async fn a_wrong_ca_is_refused() {
     let s = setup(false);
     let mut c = s.config(&format!("mqtts://localhost:{}", s.broker.tls_port), 4);
-    c.ca_file = Some(s.certs.other_ca.clone());
+    c.tls.ca_file = Some(s.certs.other_ca.clone());
     s.refused(c, &["invalid peer certificate", "UnknownIssuer"])
         .await;
 }
@@ -164,7 +164,7 @@ async fn a_wrong_ca_is_refused() {
 async fn a_wrong_server_name_is_refused() {
     let s = setup(false);
     let mut c = s.config(&format!("mqtts://localhost:{}", s.broker.tls_port), 4);
-    c.server_name = Some("broker.elsewhere.test".into());
+    c.tls.server_name = Some("broker.elsewhere.test".into());
     s.refused(c, &["invalid peer certificate", "NotValidForName"])
         .await;
 }
@@ -183,11 +183,11 @@ async fn mutual_tls_without_a_client_certificate_is_refused() {
 async fn bad_tls_files_fail_at_start_not_at_each_retry() {
     let s = setup(false);
     let mut c = s.config(&format!("mqtts://localhost:{}", s.broker.tls_port), 4);
-    c.client_cert = Some(s.certs.client_cert.clone());
+    c.tls.client_cert = Some(s.certs.client_cert.clone());
     let mut bridge = Bridge::start(c.clone(), 8);
     let e = bridge.stop().await.unwrap_err().to_string();
     assert!(e.contains("client_cert and client_key"), "{e}");
-    c.client_key = Some(s.certs.server_cert.clone()); // a certificate, not a key
+    c.tls.client_key = Some(s.certs.server_cert.clone()); // a certificate, not a key
     let mut bridge = Bridge::start(c, 8);
     let e = bridge.stop().await.unwrap_err().to_string();
     assert!(e.contains("client key"), "{e}");

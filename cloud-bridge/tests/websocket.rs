@@ -284,7 +284,7 @@ async fn wss_with_the_pinned_ca() {
     let mut frames = server(listener, Some(tls_acceptor(&certs)), None).await;
     let topics = Topics::new("v6iot", "plant-a").unwrap();
     let mut config = WsConfig::new(&format!("wss://localhost:{port}/v1/records"));
-    config.ca_file = Some(certs.ca.clone());
+    config.tls.ca_file = Some(certs.ca.clone());
     let mut sink = start(config);
     sink.event(|e| matches!(e, BridgeEvent::Connected { .. }))
         .await;
@@ -308,7 +308,7 @@ async fn wss_with_a_wrong_ca_is_refused() {
     let port = listener.local_addr().unwrap().port();
     let mut frames = server(listener, Some(tls_acceptor(&certs)), None).await;
     let mut config = WsConfig::new(&format!("wss://localhost:{port}/"));
-    config.ca_file = Some(certs.other_ca.clone());
+    config.tls.ca_file = Some(certs.other_ca.clone());
     config.reconnect_min = Duration::from_millis(50);
     let mut sink = start(config);
     sink.outgoing

@@ -29,6 +29,7 @@ use v6iot_cloud_bridge::command::Command;
 use v6iot_cloud_bridge::fanout::fanout;
 use v6iot_cloud_bridge::message::NewMessage;
 use v6iot_cloud_bridge::outbox::{self, AppendError, OutboxConfig, OutboxHandle};
+use v6iot_cloud_bridge::tls::TlsOptions;
 use v6iot_cloud_bridge::topics::Topics;
 use v6iot_cloud_bridge::{BridgeEvent, BridgeStats, MqttConfig, WsConfig, run_mqtt, run_websocket};
 
@@ -116,10 +117,12 @@ pub async fn run_with_reloads(
     }
     mqtt.username = config.mqtt.username.clone();
     mqtt.password = config.mqtt.password.clone();
-    mqtt.ca_file = config.mqtt.ca_file.clone();
-    mqtt.client_cert = config.mqtt.client_cert.clone();
-    mqtt.client_key = config.mqtt.client_key.clone();
-    mqtt.server_name = config.mqtt.server_name.clone();
+    mqtt.tls = TlsOptions {
+        ca_file: config.mqtt.ca_file.clone(),
+        client_cert: config.mqtt.client_cert.clone(),
+        client_key: config.mqtt.client_key.clone(),
+        server_name: config.mqtt.server_name.clone(),
+    };
     mqtt.report_published = false; // one event per record, and the loop below drops them
     let bridge_stats = mqtt.stats.clone();
     let (mut live, ops_listener) = ops::start(&config, bridge_stats.clone(), &outbox).await?;
@@ -144,10 +147,12 @@ pub async fn run_with_reloads(
         && let Some(port) = ports.pop()
     {
         let mut wsc = WsConfig::new(&ws.url);
-        wsc.ca_file = ws.ca_file.clone();
-        wsc.client_cert = ws.client_cert.clone();
-        wsc.client_key = ws.client_key.clone();
-        wsc.server_name = ws.server_name.clone();
+        wsc.tls = TlsOptions {
+            ca_file: ws.ca_file.clone(),
+            client_cert: ws.client_cert.clone(),
+            client_key: ws.client_key.clone(),
+            server_name: ws.server_name.clone(),
+        };
         let events = event_tx.clone();
         let stop = stop_signal(stop_rx.clone());
         sink_tasks.push(tokio::spawn(async move {

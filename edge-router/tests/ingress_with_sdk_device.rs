@@ -235,6 +235,20 @@ impl Net {
         }
     }
 
+    /// Runs the device and the edge for `d` of virtual time.
+    fn step_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.step_until(until);
+    }
+
+    /// The first record's value of each stored telemetry message, in order.
+    fn values(&self) -> Vec<f64> {
+        self.telemetry()
+            .iter()
+            .map(|r| r[0]["v"].as_f64().unwrap())
+            .collect()
+    }
+
     fn telemetry(&self) -> Vec<serde_json::Value> {
         self.stored
             .iter()
@@ -260,16 +274,11 @@ fn device_registers_reports_and_every_report_is_stored_once() {
     let links = &net.ingress.directory().get("m1").unwrap().links;
     assert!(links.contains("</energy>;rt=\"energy\""), "{links}");
 
-    let end = net.now + Duration::from_secs(10);
-    net.step_until(end);
+    net.step_for(Duration::from_secs(10));
     let records = net.telemetry();
     assert_eq!(records.len(), 10);
-    let values: Vec<f64> = records
-        .iter()
-        .map(|r| r[0]["v"].as_f64().unwrap())
-        .collect();
     assert_eq!(
-        values,
+        net.values(),
         (1..=10).map(f64::from).collect::<Vec<_>>(),
         "in order, none lost or repeated"
     );
@@ -293,19 +302,13 @@ fn full_outbox_gets_5_03_and_the_device_retries_after_max_age() {
     let mut net = Net::new(Duration::from_secs(300));
     net.settle();
     net.outbox_full = true;
-    let t = net.now + Duration::from_millis(1500);
-    net.step_until(t);
+    net.step_for(Duration::from_millis(1500));
     assert!(net.telemetry().is_empty());
     assert_eq!(net.device.reporter().unwrap().stats().busy, 1);
     assert_eq!(net.ingress.stats().telemetry_busy, 1);
     net.outbox_full = false;
-    let t = net.now + Duration::from_secs(10);
-    net.step_until(t);
-    let values: Vec<f64> = net
-        .telemetry()
-        .iter()
-        .map(|r| r[0]["v"].as_f64().unwrap())
-        .collect();
+    net.step_for(Duration::from_secs(10));
+    let values = net.values();
     assert_eq!(
         values.first(),
         Some(&1.0),
@@ -319,8 +322,7 @@ fn full_outbox_gets_5_03_and_the_device_retries_after_max_age() {
 fn registration_is_kept_alive_and_expires_when_the_device_goes_quiet() {
     let mut net = Net::new(Duration::from_secs(60));
     net.settle();
-    let t = net.now + Duration::from_secs(200);
-    net.step_until(t);
+    net.step_for(Duration::from_secs(200));
     assert!(
         net.ingress.stats().updates >= 3,
         "updated every 45 s: {:?}",
@@ -362,8 +364,7 @@ fn re_registers_after_the_edge_forgets_it() {
         IngressConfig::new(Topics::new("v6iot", "site1").unwrap()),
         1_700_000_100_000,
     );
-    let t = net.now + Duration::from_secs(60);
-    net.step_until(t);
+    net.step_for(Duration::from_secs(60));
     assert!(
         net.device.registration().unwrap().registrations() >= 2,
         "{:?}",
@@ -374,11 +375,7 @@ fn re_registers_after_the_edge_forgets_it() {
         RegistrationState::Registered { .. }
     ));
     assert!(net.ingress.directory().get("m1").is_some());
-    let values: Vec<f64> = net
-        .telemetry()
-        .iter()
-        .map(|r| r[0]["v"].as_f64().unwrap())
-        .collect();
+    let values = net.values();
     assert_eq!(
         values,
         (1..=values.len()).map(|v| v as f64).collect::<Vec<_>>(),
@@ -454,9 +451,8 @@ fn command_to_a_queue_mode_device_waits_for_its_uplink() {
     net.settle();
     // Long after its last uplink its listening window is closed: the command waits.
     net.device = rebuild_quiet(net.device);
-    let t = net.now + Duration::from_millis(25_500);
     net.asleep = true;
-    net.step_until(t);
+    net.step_for(Duration::from_millis(25_500));
     let c = command("q1", "PUT", b"on", 120_000, &net);
     net.ingress.handle_command(net.now, net.unix_ms, c);
     net.settle();
@@ -501,12 +497,10 @@ fn commands_to_unknown_devices_are_rejected_and_ttl_expires() {
     // Queue mode, asleep, TTL 5 s: it expires.
     net.device = rebuild_quiet(net.device);
     net.asleep = true;
-    let t = net.now + Duration::from_secs(25);
-    net.step_until(t);
+    net.step_for(Duration::from_secs(25));
     let c = command("x2", "PUT", b"on", 5_000, &net);
     net.ingress.handle_command(net.now, net.unix_ms, c);
-    let t = net.now + Duration::from_secs(10);
-    net.step_until(t);
+    net.step_for(Duration::from_secs(10));
     let r = results(&net);
     assert_eq!(r.last().unwrap()["status"], "expired");
     assert_eq!(net.ingress.pending_commands(), 0);
@@ -519,8 +513,7 @@ fn command_to_a_silent_device_times_out() {
     net.asleep = true;
     let c = command("t1", "PUT", b"on", 600_000, &net);
     net.ingress.handle_command(net.now, net.unix_ms, c);
-    let t = net.now + Duration::from_secs(120);
-    net.step_until(t);
+    net.step_for(Duration::from_secs(120));
     let r = results(&net);
     assert_eq!(r.last().unwrap()["status"], "timeout", "{r:?}");
 }
@@ -537,13 +530,8 @@ fn the_edge_observes_observable_senml_resources_and_stores_each_notification() {
         "the edge observes /energy (obs, ct=112)"
     );
     assert_eq!(net.device.endpoint().observer_count(), 1);
-    let t = net.now + Duration::from_secs(5);
-    net.step_until(t);
-    let values: Vec<f64> = net
-        .telemetry()
-        .iter()
-        .map(|r| r[0]["v"].as_f64().unwrap())
-        .collect();
+    net.step_for(Duration::from_secs(5));
+    let values = net.values();
     assert_eq!(
         values,
         vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],

@@ -99,6 +99,25 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+const SECRET: &str = "00112233445566778899aabbccddeeff";
+
+/// `devices add --data-dir DATA --id ID --kid KID --secret SECRET`.
+fn add_args<'a>(data: &'a Path, id: &'a str, kid: &'a str, secret: &'a str) -> [&'a str; 10] {
+    let data = s(data);
+    [
+        "devices",
+        "add",
+        "--data-dir",
+        data,
+        "--id",
+        id,
+        "--kid",
+        kid,
+        "--secret",
+        secret,
+    ]
+}
+
 #[test]
 fn provision_import_list_show_revoke_rotate_audit() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,21 +212,7 @@ fn provision_import_list_show_revoke_rotate_audit() {
         Some("00112233445566778899aabbccddeeff\n"),
     );
     assert_eq!(out.trim(), "added manual-1");
-    let err = fails(
-        &[
-            "devices",
-            "add",
-            "--data-dir",
-            s(&data),
-            "--id",
-            "manual-2",
-            "--kid",
-            "0a0b",
-            "--secret",
-            "00112233445566778899aabbccddeeff",
-        ],
-        Some(&key_hex),
-    );
+    let err = fails(&add_args(&data, "manual-2", "0a0b", SECRET), Some(&key_hex));
     assert!(
         err.contains("kid 0a0b is already device `manual-1`'s"),
         "{err}"
@@ -219,21 +224,7 @@ fn provision_import_list_show_revoke_rotate_audit() {
         Some(&wrong),
     );
     assert!(err.contains("not the one"), "{err}");
-    let err = fails(
-        &[
-            "devices",
-            "add",
-            "--data-dir",
-            s(&data),
-            "--id",
-            "m3",
-            "--kid",
-            "0c",
-            "--secret",
-            "00112233445566778899aabbccddeeff",
-        ],
-        None,
-    );
+    let err = fails(&add_args(&data, "m3", "0c", SECRET), None);
     assert!(err.contains("no seal key"), "{err}");
 
     // Revoke, then list by state.
@@ -392,24 +383,7 @@ fn a_secret_already_in_the_registry_is_refused_by_add_and_import() {
         None,
     );
     let secret = |i: usize| records[i].master_secret.to_hex().as_str().to_owned();
-    let add = |id: &str, kid: &str, secret: &str| {
-        run(
-            &[
-                "devices",
-                "add",
-                "--data-dir",
-                s(&data),
-                "--id",
-                id,
-                "--kid",
-                kid,
-                "--secret",
-                secret,
-            ],
-            key,
-            None,
-        )
-    };
+    let add = |id: &str, kid: &str, secret: &str| run(&add_args(&data, id, kid, secret), key, None);
     let listed = || {
         ok(&["devices", "list", "--data-dir", s(&data)], None, None)
             .lines()

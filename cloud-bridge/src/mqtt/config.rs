@@ -1,6 +1,5 @@
 //! The MQTT publisher's configuration.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use crate::topics::Topics;
 ///     "edge-1",
 ///     Topics::new("v6iot", "plant-a").unwrap(),
 /// );
-/// config.ca_file = Some("/etc/v6iot/ca.pem".into());
+/// config.tls.ca_file = Some("/etc/v6iot/ca.pem".into());
 /// config.protocol = 5;
 /// ```
 #[derive(Clone)]
@@ -38,14 +37,9 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password (only with a username).
     pub password: Option<String>,
-    /// PEM CA file to trust, and only it (CA pinning); system roots when `None`.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain, for mutual TLS.
-    pub client_cert: Option<PathBuf>,
-    /// PEM client key (PKCS#8, RSA or SEC1), for mutual TLS.
-    pub client_key: Option<PathBuf>,
-    /// TLS name to verify and send as SNI instead of the URL's host.
-    pub server_name: Option<String>,
+    /// For `mqtts://`: the CA to trust (and only it), a client certificate for mutual TLS,
+    /// the name to verify.
+    pub tls: TlsOptions,
     /// This edge router's id: names the status topic and its Last Will.
     pub edge_id: String,
     /// The site's topics.
@@ -85,10 +79,7 @@ impl MqttConfig {
             keep_alive: Duration::from_secs(30),
             username: None,
             password: None,
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-            server_name: None,
+            tls: TlsOptions::default(),
             edge_id: edge_id.to_owned(),
             topics,
             max_in_flight: 256,
@@ -99,16 +90,6 @@ impl MqttConfig {
             attempt_delay: CONNECTION_ATTEMPT_DELAY,
             max_packet_size: 256 * 1024,
             stats: Arc::default(),
-        }
-    }
-
-    /// The TLS part.
-    pub fn tls(&self) -> TlsOptions {
-        TlsOptions {
-            ca_file: self.ca_file.clone(),
-            client_cert: self.client_cert.clone(),
-            client_key: self.client_key.clone(),
-            server_name: self.server_name.clone(),
         }
     }
 
@@ -155,10 +136,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("keep_alive", &self.keep_alive)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("ca_file", &self.ca_file)
-            .field("client_cert", &self.client_cert)
-            .field("client_key", &self.client_key)
-            .field("server_name", &self.server_name)
+            .field("tls", &self.tls)
             .field("edge_id", &self.edge_id)
             .field("topics", &self.topics)
             .field("max_in_flight", &self.max_in_flight)

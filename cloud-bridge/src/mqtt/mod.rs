@@ -80,7 +80,7 @@ pub async fn run_mqtt(
     let endpoint = config.validate()?;
     let connector = Connector::new(
         endpoint,
-        &config.tls(),
+        &config.tls,
         config.attempt_delay,
         config.connect_timeout,
     )?;

@@ -135,18 +135,9 @@ pub(crate) async fn run_writer<F: Fs>(
             () = shared.wake_writer.notified() => continue,
             () = sleep_until(deadline) => continue,
         };
-        let mut batch = Vec::new();
-        let mut count = 0;
-        match first {
-            None => break,
-            Some(Request::Close(done)) => {
-                closing = Some(done);
-                break;
-            }
-            Some(Request::Append(a)) => {
-                count += a.msgs.len();
-                batch.push(a);
-            }
+        let mut group = Group::default();
+        if !group.take(first, &mut closing) {
+            break;
         }
         // one deadline for the group: `max_batch_delay` from now, or (pacing) no sooner than
         // `min_sync_interval` after the last sync began; a full group or a close ends it early
@@ -154,7 +145,7 @@ pub(crate) async fn run_writer<F: Fs>(
         if let Some(paced) = last_sync.map(|t| t + config.min_sync_interval) {
             gather_until = gather_until.max(paced);
         }
-        while count < config.max_batch {
+        while group.count < config.max_batch {
             let next = match rx.try_recv() {
                 Ok(r) => Some(r),
                 Err(mpsc::error::TryRecvError::Empty) if Instant::now() < gather_until => {
@@ -165,20 +156,12 @@ pub(crate) async fn run_writer<F: Fs>(
                 }
                 Err(_) => None,
             };
-            match next {
-                None => break,
-                Some(Request::Close(done)) => {
-                    closing = Some(done);
-                    break;
-                }
-                Some(Request::Append(a)) => {
-                    count += a.msgs.len();
-                    batch.push(a);
-                }
+            if !group.take(next, &mut closing) {
+                break;
             }
         }
         last_sync = Some(Instant::now());
-        disk = write_batch(&shared, disk, batch).await;
+        disk = write_batch(&shared, disk, group.batch).await;
         if closing.is_some() {
             break;
         }
@@ -199,6 +182,37 @@ pub(crate) async fn run_writer<F: Fs>(
     shared.wake_reader.notify_one();
     for done in closers {
         let _ = done.send(());
+    }
+}
+
+/// The appends gathered for one write and sync, and how many messages they hold.
+#[derive(Default)]
+struct Group {
+    batch: Vec<AppendRequest>,
+    count: usize,
+}
+
+impl Group {
+    /// Takes the writer's next request into the group: `false` when the group ends there (the
+    /// channel is closed or empty by the deadline, or a close was asked for: noted in
+    /// `closing`).
+    fn take(
+        &mut self,
+        request: Option<Request>,
+        closing: &mut Option<oneshot::Sender<()>>,
+    ) -> bool {
+        match request {
+            None => false,
+            Some(Request::Close(done)) => {
+                *closing = Some(done);
+                false
+            }
+            Some(Request::Append(a)) => {
+                self.count += a.msgs.len();
+                self.batch.push(a);
+                true
+            }
+        }
     }
 }
 

@@ -44,13 +44,34 @@ fn gateway_with(devices: Vec<DeviceKeys>) -> Gateway {
     limited_gateway(LimitsConfig::default(), devices)
 }
 
+/// dev-1 (kid 1, `SECRET`), active, nothing stored yet.
+fn dev1_keys() -> DeviceKeys {
+    keys("dev-1", &[1], DeviceState::Active, StoredState::default())
+}
+
 fn gateway() -> Gateway {
-    gateway_with(vec![keys(
-        "dev-1",
-        &[1],
-        DeviceState::Active,
-        StoredState::default(),
-    )])
+    gateway_with(vec![dev1_keys()])
+}
+
+/// A gateway with `limits` that knows only dev-1.
+fn dev1_gateway(limits: LimitsConfig) -> Gateway {
+    limited_gateway(limits, vec![dev1_keys()])
+}
+
+/// Limits where one source may send `per_second` datagrams a second, in bursts of as many.
+fn per_source(per_second: f64) -> LimitsConfig {
+    LimitsConfig {
+        per_source: Rate {
+            per_second,
+            burst: per_second,
+        },
+        ..LimitsConfig::default()
+    }
+}
+
+/// Every audit row so far.
+fn audits(g: &mut Gateway) -> Vec<AuditEvent> {
+    std::iter::from_fn(|| g.poll_audit()).collect()
 }
 
 /// Writes every pending batch (as the registry thread would) and returns the rows.
@@ -100,6 +121,16 @@ fn request(method: RequestType, path: &str, query: &[&str], mid: u16, body: &[u8
 fn protect(ctx: &mut SecurityContext, p: &Packet) -> (Vec<u8>, RequestInfo) {
     let (protected, info) = protect_request(ctx, p).unwrap();
     (protected.to_bytes_unlimited().unwrap(), info)
+}
+
+/// dev-1's kid under a wrong key, past the Partial IVs the real device used (so the replay
+/// check passes and only verification can refuse it).
+fn forger() -> SecurityContext {
+    let mut forger = device(&[1], &[8; 16]);
+    for mid in 0..10 {
+        let _ = protect(&mut forger, &telemetry(mid));
+    }
+    forger
 }
 
 /// Protects `p` however many messages the context sent (writing its sequence marks as needed).
@@ -161,30 +192,63 @@ fn appends(g: &mut Gateway) -> Vec<crate::ingress::Append> {
 }
 
 fn code_of(bytes: &[u8]) -> ResponseType {
-    match Packet::from_bytes(bytes).unwrap().header.code {
+    response_code(&Packet::from_bytes(bytes).unwrap())
+}
+
+fn response_code(p: &Packet) -> ResponseType {
+    match p.header.code {
         MessageClass::Response(c) => c,
         other => panic!("not a response: {other:?}"),
     }
 }
 
-/// Sends `request` protected from `from`, lets its batch be written, and returns the code of
-/// the verified answer.
+/// `dev`'s reading of the edge's protected answer `bytes` to the request behind `info`.
+fn verified(dev: &mut SecurityContext, bytes: &[u8], info: &mut RequestInfo) -> Packet {
+    let answer = Packet::from_bytes(bytes).unwrap();
+    unprotect_response(dev, &answer, info).expect("a protected answer")
+}
+
+/// Sends `request` protected from `from` at `now`, stores whatever it appended (as the
+/// outbox would), writes the state batches, and returns the one answer, verified.
+fn exchange(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    (from, now): (SocketAddr, Instant),
+    request: &Packet,
+) -> Packet {
+    let (bytes, mut info) = protect(dev, request);
+    g.handle_datagram(now, T0, from, &bytes);
+    for t in appends(g).into_iter().filter_map(|a| a.ticket) {
+        g.handle_appended(now, t, AppendResult::Stored);
+    }
+    answer(g, dev, (from, now), &mut info)
+}
+
+/// Writes the state batches and returns the one answer (to `from`), verified.
+fn answer(
+    g: &mut Gateway,
+    dev: &mut SecurityContext,
+    (from, now): (SocketAddr, Instant),
+    info: &mut RequestInfo,
+) -> Packet {
+    persist_all(g, now);
+    let out = sent(g);
+    assert_eq!(out.len(), 1, "one answer: {out:?}");
+    assert_eq!(
+        out[0].0, from,
+        "the answer goes where the request came from"
+    );
+    verified(dev, &out[0].1, info)
+}
+
+/// [`exchange`] now: the code of the verified answer.
 fn call(
     g: &mut Gateway,
     dev: &mut SecurityContext,
     from: SocketAddr,
     request: &Packet,
 ) -> ResponseType {
-    let (bytes, mut info) = protect(dev, request);
-    g.handle_datagram(Instant::now(), T0, from, &bytes);
-    persist_all(g, Instant::now());
-    let out = sent(g);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
-    match inner.header.code {
-        MessageClass::Response(c) => c,
-        other => panic!("not a response: {other:?}"),
-    }
+    response_code(&exchange(g, dev, (from, Instant::now()), request))
 }
 
 /// Sends `request` protected from `from` and returns the Echo value of the protected 4.01
@@ -197,15 +261,7 @@ fn challenged(
 ) -> Vec<u8> {
     let (bytes, mut info) = protect(dev, request);
     g.handle_datagram(now, T0, from, &bytes);
-    persist_all(g, now);
-    let out = sent_via(g);
-    assert_eq!(out.len(), 1, "one answer: {out:?}");
-    assert_eq!(
-        out[0].0.remote, from,
-        "the challenge goes to the new address"
-    );
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(dev, &answer, &mut info).expect("a protected challenge");
+    let inner = answer(g, dev, (from, now), &mut info);
     assert_eq!(
         inner.header.code,
         MessageClass::Response(ResponseType::Unauthorized)
@@ -238,27 +294,15 @@ fn with_echo(mut request: Packet, echo: &[u8]) -> Packet {
     request
 }
 
-/// [`call`] at `now` for a request whose records are stored (as the outbox would) before
-/// the answer goes.
-fn call_stored(
-    g: &mut Gateway,
-    dev: &mut SecurityContext,
-    (from, now): (SocketAddr, Instant),
-    request: &Packet,
-) -> ResponseType {
-    let (bytes, mut info) = protect(dev, request);
-    g.handle_datagram(now, T0, from, &bytes);
-    for t in appends(g).into_iter().filter_map(|a| a.ticket) {
-        g.handle_appended(now, t, AppendResult::Stored);
-    }
-    persist_all(g, now);
-    let out = sent(g);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(dev, &answer, &mut info).unwrap();
-    match inner.header.code {
-        MessageClass::Response(c) => c,
-        other => panic!("not a response: {other:?}"),
-    }
+/// Sends report `mid` from `peer()` and stores its record (as the outbox would); its answer
+/// waits for the state batch. Returns the protected report.
+fn stored_report(g: &mut Gateway, dev: &mut SecurityContext, now: Instant, mid: u16) -> Vec<u8> {
+    let (bytes, _) = protect(dev, &telemetry(mid));
+    g.handle_datagram(now, T0, peer(), &bytes);
+    let a = appends(g);
+    assert_eq!(a.len(), 1, "{a:?}");
+    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    bytes
 }
 
 /// Registers `dev-1` from `peer()`; returns the device context.
@@ -271,12 +315,8 @@ fn registered(g: &mut Gateway, now: Instant) -> SecurityContext {
     assert!(rows.iter().any(|r| r.state.replay_floor == 1), "{rows:?}");
     let out = sent(g);
     assert_eq!(out.len(), 1);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(&mut dev, &answer, &mut info).unwrap();
-    assert_eq!(
-        inner.header.code,
-        MessageClass::Response(ResponseType::Created)
-    );
+    let inner = verified(&mut dev, &out[0].1, &mut info);
+    assert_eq!(response_code(&inner), ResponseType::Created);
     let _ = appends(g);
     dev
 }
@@ -287,7 +327,7 @@ fn a_protected_device_registers_and_reports() {
     let mut g = gateway();
     let mut dev = registered(&mut g, now);
     assert!(g.ingress().directory().get("dev-1").is_some());
-    let audits: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let audits = audits(&mut g);
     assert!(
         audits
             .iter()
@@ -309,12 +349,8 @@ fn a_protected_device_registers_and_reports() {
     persist_all(&mut g, now);
     let out = sent(&mut g);
     assert_eq!(out.len(), 1);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(&mut dev, &answer, &mut info).unwrap();
-    assert_eq!(
-        inner.header.code,
-        MessageClass::Response(ResponseType::Changed)
-    );
+    let inner = verified(&mut dev, &out[0].1, &mut info);
+    assert_eq!(response_code(&inner), ResponseType::Changed);
 
     // The device's retransmission gets the same protected answer, and is stored only once.
     g.handle_datagram(now, T0, peer(), &bytes);
@@ -342,14 +378,7 @@ fn attacks_are_refused_with_their_codes_and_reach_nothing() {
         ),
         (
             "wrong key",
-            {
-                // Past the Partial IVs the real device used, so the replay check passes.
-                let mut forger = device(&[1], &[8; 16]);
-                for mid in 0..10 {
-                    let _ = protect(&mut forger, &telemetry(mid));
-                }
-                protect(&mut forger, &telemetry(12)).0
-            },
+            protect(&mut forger(), &telemetry(12)).0,
             ResponseType::BadRequest,
         ),
         (
@@ -404,7 +433,7 @@ fn attacks_are_refused_with_their_codes_and_reach_nothing() {
 fn a_flood_from_one_source_gets_few_answers_few_audit_rows_and_quarantines_nothing() {
     let now = Instant::now();
     let mut g = gateway();
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
     // 100 plain requests from dev-1's own address (a spoofer on its link could do this).
     for mid in 0..100 {
         let bytes = telemetry(mid).to_bytes_unlimited().unwrap();
@@ -422,7 +451,7 @@ fn a_flood_from_one_source_gets_few_answers_few_audit_rows_and_quarantines_nothi
         g.stats().replies_suppressed,
         100 - u64::from(failures::FailureLog::MAX_REPLIES)
     );
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     assert_eq!(rows.len(), 1, "the first failure: {rows:?}");
     assert!(
         rows[0]
@@ -432,7 +461,7 @@ fn a_flood_from_one_source_gets_few_answers_few_audit_rows_and_quarantines_nothi
     );
     let later = now + failures::FailureLog::AUDIT_INTERVAL;
     g.handle_timeout(later, T0 + 10_000);
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     assert_eq!(rows.len(), 1, "one summary row per interval: {rows:?}");
     assert!(
         rows[0]
@@ -460,32 +489,21 @@ fn a_flood_from_one_source_gets_few_answers_few_audit_rows_and_quarantines_nothi
 
 /// A datagram source in dev-1's /64 (2001:db8::/64), by number.
 fn in_victim_net(i: u32) -> SocketAddr {
-    SocketAddr::new(
-        std::net::IpAddr::V6(std::net::Ipv6Addr::from(
-            (0x2001_0db8_u128 << 96) | 0x1_0000 | u128::from(i),
-        )),
-        5683,
-    )
+    source((0x2001_0db8_u128 << 96) | 0x1_0000 | u128::from(i))
+}
+
+/// A datagram source in 2001:db8:0:`i`::/64, a network of its own.
+fn in_net(i: u32) -> SocketAddr {
+    source((0x2001_0db8_u128 << 96) | (u128::from(i) << 64) | 1)
+}
+
+fn source(address: u128) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv6Addr::from(address).into(), 5683)
 }
 
 #[test]
 fn spoofed_requests_drain_only_the_victim_networks_unauthenticated_budget() {
-    let limits = LimitsConfig {
-        per_source: Rate {
-            per_second: 10.0,
-            burst: 10.0,
-        },
-        ..LimitsConfig::default()
-    };
-    let mut g = limited_gateway(
-        limits,
-        vec![keys(
-            "dev-1",
-            &[1],
-            DeviceState::Active,
-            StoredState::default(),
-        )],
-    );
+    let mut g = dev1_gateway(per_source(10.0));
     let now = Instant::now();
     let mut dev = registered(&mut g, now);
     // 1000 plain requests and unknown kids from 1000 addresses of the device's /64.
@@ -524,23 +542,12 @@ fn a_kid_that_keeps_failing_is_quarantined_while_its_device_reports_from_home() 
         quarantine: Duration::from_secs(60),
         ..LimitsConfig::default()
     };
-    let mut g = limited_gateway(
-        limits,
-        vec![keys(
-            "dev-1",
-            &[1],
-            DeviceState::Active,
-            StoredState::default(),
-        )],
-    );
+    let mut g = dev1_gateway(limits);
     let now = Instant::now();
     let mut dev = registered(&mut g, now);
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
     // A forger using dev-1's kid with a wrong key, from other addresses of its /64.
-    let mut forger = device(&[1], &[8; 16]);
-    for _ in 0..10 {
-        let _ = protect(&mut forger, &telemetry(0));
-    }
+    let mut forger = forger();
     for i in 0..30u32 {
         let (bytes, _) = protect(&mut forger, &telemetry(100 + i as u16));
         g.handle_datagram(now, T0, in_victim_net(i), &bytes);
@@ -559,7 +566,7 @@ fn a_kid_that_keeps_failing_is_quarantined_while_its_device_reports_from_home() 
                 if kid == "01" && device == "dev-1")),
         "{events:?}"
     );
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     assert!(
         rows.iter().any(|r| r.device.as_deref() == Some("dev-1")
             && r.detail
@@ -590,15 +597,13 @@ fn a_kid_that_keeps_failing_is_quarantined_while_its_device_reports_from_home() 
     // Time up: the move goes through (confirmed by an Echo round trip first).
     let later = now + Duration::from_secs(61);
     let echo = challenged(&mut g, &mut dev, (moved, later), &telemetry(8));
-    assert_eq!(
-        call_stored(
-            &mut g,
-            &mut dev,
-            (moved, later),
-            &with_echo(telemetry(9), &echo)
-        ),
-        ResponseType::Changed
+    let answer = exchange(
+        &mut g,
+        &mut dev,
+        (moved, later),
+        &with_echo(telemetry(9), &echo),
     );
+    assert_eq!(response_code(&answer), ResponseType::Changed);
     assert_eq!(g.stats().address_changes, 1);
 }
 
@@ -608,15 +613,7 @@ fn a_rotated_key_ends_the_kids_quarantine() {
         failures_to_quarantine: 2,
         ..LimitsConfig::default()
     };
-    let mut g = limited_gateway(
-        limits,
-        vec![keys(
-            "dev-1",
-            &[1],
-            DeviceState::Active,
-            StoredState::default(),
-        )],
-    );
+    let mut g = dev1_gateway(limits);
     let now = Instant::now();
     let mut forger = device(&[1], &[8; 16]);
     for i in 0..3u32 {
@@ -625,7 +622,7 @@ fn a_rotated_key_ends_the_kids_quarantine() {
     }
     assert_eq!(g.stats().kid_quarantined, 1);
     // The operator rotates dev-1's secret: a fresh context, no quarantine.
-    let mut rotated = keys("dev-1", &[1], DeviceState::Active, StoredState::default());
+    let mut rotated = dev1_keys();
     rotated.master_secret = MasterSecret::new(vec![6; 16]);
     rotated.stored.fingerprint = [1; 8];
     g.handle_devices(T0, vec![rotated]);
@@ -644,10 +641,7 @@ fn a_retransmission_refused_as_a_replay_after_a_crash_quarantines_nothing() {
     let now = Instant::now();
     let mut g = gateway();
     let mut dev = registered(&mut g, now);
-    let (bytes, _) = protect(&mut dev, &telemetry(50));
-    g.handle_datagram(now, T0, peer(), &bytes);
-    let a = appends(&mut g);
-    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let bytes = stored_report(&mut g, &mut dev, now, 50);
     let stored = persist_all(&mut g, now).last().unwrap().state;
     // "kill -9" before the answer reached the device: it retransmits, again and again.
     let mut g2 = gateway_with(vec![keys("dev-1", &[1], DeviceState::Active, stored)]);
@@ -684,34 +678,17 @@ fn replays_of_a_captured_message_are_bounded_per_kid_and_quarantine_nothing() {
         },
         ..LimitsConfig::default()
     };
-    let mut g = limited_gateway(
-        limits,
-        vec![keys(
-            "dev-1",
-            &[1],
-            DeviceState::Active,
-            StoredState::default(),
-        )],
-    );
+    let mut g = dev1_gateway(limits);
     let now = Instant::now();
     let mut dev = registered(&mut g, now);
     // A genuine report, captured on its way.
-    let (captured, _) = protect(&mut dev, &telemetry(2));
-    g.handle_datagram(now, T0, peer(), &captured);
-    let a = appends(&mut g);
-    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let captured = stored_report(&mut g, &mut dev, now, 2);
     persist_all(&mut g, now);
     let _ = sent(&mut g);
     // Replayed 100 times from 100 other networks (new message IDs, so not retransmissions).
     for i in 0..100u32 {
-        let from = SocketAddr::new(
-            std::net::IpAddr::V6(std::net::Ipv6Addr::from(
-                (0x2001_0db8_u128 << 96) | (u128::from(i + 1) << 64) | 1,
-            )),
-            5683,
-        );
         let replay = with_mid(&captured, 0x8000 + i as u16);
-        g.handle_datagram(now, T0, from, &replay);
+        g.handle_datagram(now, T0, in_net(i + 1), &replay);
     }
     // The kid's budget (5) is spent on the first replays; the rest is dropped unread.
     assert_eq!(g.stats().replay, 5);
@@ -790,8 +767,40 @@ fn observed(g: &mut Gateway, now: Instant) -> (SecurityContext, Packet, RequestI
         })
         .expect("the edge observes /temp");
     let observe = Packet::from_bytes(observe_bytes).unwrap();
-    let (_, info) = oscore::unprotect_request(&mut dev, &observe).unwrap();
+    let (inner, info) = oscore::unprotect_request(&mut dev, &observe).unwrap();
+    assert!(info.is_observe_registration());
+    assert_eq!(
+        inner
+            .get_option(CoapOption::UriPath)
+            .and_then(|p| p.front()),
+        Some(&b"temp".to_vec())
+    );
     (dev, observe, info)
+}
+
+/// `dev`'s `response` to the request behind `info`, protected; a `notification` carries a
+/// Partial IV of its own.
+fn protect_answer(
+    dev: &mut SecurityContext,
+    response: &Packet,
+    info: &mut RequestInfo,
+    notification: bool,
+) -> Vec<u8> {
+    oscore::protect_response(dev, response, info, notification)
+        .unwrap()
+        .to_bytes_unlimited()
+        .unwrap()
+}
+
+/// A 2.04 to the edge's `request`: an ACK with its message ID (piggybacked), or a separate
+/// response of type `kind` with message ID `mid`.
+fn changed(request: &Packet, kind: MessageType, mid: u16) -> Packet {
+    let mut response = Packet::new();
+    response.header.set_type(kind);
+    response.header.message_id = mid;
+    response.header.code = MessageClass::Response(ResponseType::Changed);
+    response.set_token(request.get_token().to_vec());
+    response
 }
 
 /// A notification of `observe` with sequence `seq`.
@@ -825,8 +834,12 @@ fn stale_notifications_after_an_edge_restart_get_a_reset_and_quarantine_nothing(
             MessageType::NonConfirmable
         };
         let n = notification(&observe, 0x6000 + seq as u16, kind, seq + 2);
-        let protected = oscore::protect_response(&mut dev, &n, &mut info, true).unwrap();
-        g2.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+        g2.handle_datagram(
+            now,
+            T0,
+            peer(),
+            &protect_answer(&mut dev, &n, &mut info, true),
+        );
     }
     assert_eq!(g2.stats().bad_responses, 40);
     assert_eq!(g2.stats().quarantines, 0);
@@ -854,38 +867,21 @@ fn ten_thousand_sources_with_one_forgery_each_stay_under_the_caps() {
         max_tracked: 1000,
         ..LimitsConfig::default()
     };
-    let mut g = limited_gateway(
-        limits,
-        vec![keys(
-            "dev-1",
-            &[1],
-            DeviceState::Active,
-            StoredState::default(),
-        )],
-    );
+    let mut g = dev1_gateway(limits);
     let now = Instant::now();
     let mut dev = registered(&mut g, now);
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
     let mut stranger = device(&[9], &SECRET);
-    let mut forger = device(&[1], &[8; 16]);
-    for _ in 0..10 {
-        let _ = protect(&mut forger, &telemetry(0));
-    }
+    let mut forger = forger();
     let mut answers = 0;
     for i in 0..10_000u32 {
         // Each from a /64 of its own: half unknown kids, half dev-1's kid with a wrong key.
-        let from = SocketAddr::new(
-            std::net::IpAddr::V6(std::net::Ipv6Addr::from(
-                (0x2001_0db8_u128 << 96) | (u128::from(i) << 64) | 1,
-            )),
-            5683,
-        );
         let bytes = if i % 2 == 0 {
             forge(&mut stranger, &telemetry(i as u16))
         } else {
             forge(&mut forger, &telemetry(i as u16))
         };
-        g.handle_datagram(now, T0, from, &bytes);
+        g.handle_datagram(now, T0, in_net(i), &bytes);
         answers += sent(&mut g).len();
         let t = g.tables();
         assert!(t.sources <= 1000, "{t:?}");
@@ -906,7 +902,7 @@ fn ten_thousand_sources_with_one_forgery_each_stay_under_the_caps() {
     );
     // Audit: the first sources' rows, the kid's quarantine, one summary when the interval ends.
     g.handle_timeout(now + failures::FailureLog::AUDIT_INTERVAL, T0 + 10_000);
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     assert_eq!(
         rows.len(),
         failures::FailureLog::MAX_DETAIL_ROWS + 2,
@@ -924,18 +920,27 @@ fn ten_thousand_sources_with_one_forgery_each_stay_under_the_caps() {
     assert!(g.tables().sources <= 1000);
 }
 
-/// The edge's Confirmable command to dev-1 (registered at `peer()`): the protected bytes and the
-/// device's side of the exchange, after it verified them.
+/// The edge's Confirmable command "open" to dev-1 (at `to`), protected under the edge's
+/// (empty) Sender ID: the protected packet and the device's side of the exchange, after it
+/// verified it.
 fn command_to_device(
     g: &mut Gateway,
     dev: &mut SecurityContext,
-    now: Instant,
+    (to, now): (SocketAddr, Instant),
 ) -> (Packet, RequestInfo) {
     g.handle_command(now, T0 + 1000, valve_command("dev-1", "r1"));
     journal_durable(g, now, T0 + 1000);
     let out = sent(g);
-    let cmd = Packet::from_bytes(&out.iter().find(|(to, _)| *to == peer()).unwrap().1).unwrap();
-    let (_, info) = oscore::unprotect_request(dev, &cmd).unwrap();
+    let cmd = out.iter().find(|(at, _)| *at == to).expect("the command");
+    let cmd = Packet::from_bytes(&cmd.1).unwrap();
+    let option = oscore::OscoreOption::from_packet(&cmd).unwrap();
+    assert_eq!(
+        option.kid.as_deref(),
+        Some(&[][..]),
+        "the edge's kid is empty"
+    );
+    let (inner, info) = oscore::unprotect_request(dev, &cmd).unwrap();
+    assert_eq!(inner.payload, b"open");
     (cmd, info)
 }
 
@@ -944,7 +949,7 @@ fn a_spoofed_reset_leaves_a_protected_command_pending_and_it_is_delivered() {
     let now = Instant::now();
     let mut g = gateway();
     let mut dev = registered(&mut g, now);
-    let (cmd, mut info) = command_to_device(&mut g, &mut dev, now);
+    let (cmd, mut info) = command_to_device(&mut g, &mut dev, (peer(), now));
     // A Reset naming the command, from the device's address: ignored, counted.
     let reset = wire::empty_message(MessageType::Reset, cmd.header.message_id);
     g.handle_datagram(now, T0, peer(), &reset);
@@ -965,13 +970,9 @@ fn a_spoofed_reset_leaves_a_protected_command_pending_and_it_is_delivered() {
         "{again:?}"
     );
     // The device answers; the result is the device's.
-    let mut response = Packet::new();
-    response.header.set_type(MessageType::Acknowledgement);
-    response.header.message_id = cmd.header.message_id;
-    response.header.code = MessageClass::Response(ResponseType::Changed);
-    response.set_token(cmd.get_token().to_vec());
-    let protected = oscore::protect_response(&mut dev, &response, &mut info, false).unwrap();
-    g.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    let response = changed(&cmd, MessageType::Acknowledgement, cmd.header.message_id);
+    let protected = protect_answer(&mut dev, &response, &mut info, false);
+    g.handle_datagram(now, T0, peer(), &protected);
     let results: Vec<_> = appends(&mut g)
         .into_iter()
         .filter(|a| a.message.topic.contains("/cmd/r1/result"))
@@ -992,7 +993,7 @@ fn a_spoofed_empty_ack_only_stops_retransmission() {
     let now = Instant::now();
     let mut g = gateway();
     let mut dev = registered(&mut g, now);
-    let (cmd, mut info) = command_to_device(&mut g, &mut dev, now);
+    let (cmd, mut info) = command_to_device(&mut g, &mut dev, (peer(), now));
     let ack = wire::empty_message(MessageType::Acknowledgement, cmd.header.message_id);
     g.handle_datagram(now, T0, peer(), &ack);
     // No retransmission any more; the command waits for a separate response.
@@ -1000,13 +1001,9 @@ fn a_spoofed_empty_ack_only_stops_retransmission() {
     assert!(sent(&mut g).is_empty());
     assert_eq!(g.ingress().pending_commands(), 1);
     // The device's separate response completes it.
-    let mut response = Packet::new();
-    response.header.set_type(MessageType::Confirmable);
-    response.header.message_id = 0x4242;
-    response.header.code = MessageClass::Response(ResponseType::Changed);
-    response.set_token(cmd.get_token().to_vec());
-    let protected = oscore::protect_response(&mut dev, &response, &mut info, false).unwrap();
-    g.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    let response = changed(&cmd, MessageType::Confirmable, 0x4242);
+    let protected = protect_answer(&mut dev, &response, &mut info, false);
+    g.handle_datagram(now, T0, peer(), &protected);
     assert_eq!(g.ingress().pending_commands(), 0);
     assert!(
         appends(&mut g)
@@ -1028,8 +1025,7 @@ fn limited_gateway(limits: LimitsConfig, devices: Vec<DeviceKeys>) -> Gateway {
     g
 }
 
-/// Sends a protected report from `from` at `now`, stores whatever it appended, writes the
-/// state batches, and returns the verified answer's code.
+/// [`exchange`] for report `mid`: the code of the verified answer.
 fn report(
     g: &mut Gateway,
     dev: &mut SecurityContext,
@@ -1037,27 +1033,12 @@ fn report(
     now: Instant,
     mid: u16,
 ) -> ResponseType {
-    call_stored(g, dev, (from, now), &telemetry(mid))
+    response_code(&exchange(g, dev, (from, now), &telemetry(mid)))
 }
 
 #[test]
 fn a_source_over_its_rate_is_dropped_unread_and_others_go_on() {
-    let limits = LimitsConfig {
-        per_source: Rate {
-            per_second: 10.0,
-            burst: 10.0,
-        },
-        ..LimitsConfig::default()
-    };
-    let mut g = limited_gateway(
-        limits,
-        vec![keys(
-            "dev-1",
-            &[1],
-            DeviceState::Active,
-            StoredState::default(),
-        )],
-    );
+    let mut g = dev1_gateway(per_source(10.0));
     let now = Instant::now();
     let flooder: SocketAddr = "[2001:db8:bad::1]:9".parse().unwrap();
     // Empty CoAP pings: nothing to authenticate, so only the rate limit can stop them.
@@ -1118,12 +1099,8 @@ fn a_device_over_its_rate_gets_a_protected_5_03_with_max_age() {
     );
     persist_all(&mut g, now);
     let out = sent(&mut g);
-    let answer = Packet::from_bytes(&out[0].1).unwrap();
-    let inner = unprotect_response(&mut dev, &answer, &mut info).unwrap();
-    assert_eq!(
-        inner.header.code,
-        MessageClass::Response(ResponseType::ServiceUnavailable)
-    );
+    let inner = verified(&mut dev, &out[0].1, &mut info);
+    assert_eq!(response_code(&inner), ResponseType::ServiceUnavailable);
     let max_age = inner
         .get_option(CoapOption::MaxAge)
         .and_then(|v| v.front().cloned());
@@ -1178,7 +1155,7 @@ fn revoked_devices_and_foreign_addresses_are_refused() {
         )],
     );
     assert!(g.ingress().directory().get("dev-1").is_none());
-    let audits: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let audits = audits(&mut g);
     assert!(
         audits.iter().any(|a| a.kind == AuditKind::Revoked),
         "{audits:?}"
@@ -1231,7 +1208,7 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
     let now = Instant::now();
     let mut g = gateway();
     let mut dev = registered(&mut g, now);
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
     let moved: SocketAddr = "[2001:db8::99]:6000".parse().unwrap();
     // From the new address the report is answered with an Echo challenge, not stored.
     let echo = challenged(&mut g, &mut dev, (moved, now), &telemetry(40));
@@ -1250,7 +1227,7 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
         "{a:?}"
     );
     assert_eq!(g.ingress().directory().get("dev-1").unwrap().address, moved);
-    let audits: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let audits = audits(&mut g);
     assert!(
         audits.iter().any(|a| a.kind == AuditKind::AddressChanged
             && a.address == Some(audit_address(moved))),
@@ -1259,54 +1236,19 @@ fn a_device_that_moves_keeps_its_session_and_commands_follow() {
     assert_eq!(g.stats().address_changes, 1);
 
     // A command goes to the new address, protected with the edge's (empty) Sender ID.
-    g.handle_command(
-        now,
-        T0 + 2000,
-        DownlinkCommand {
-            device: "dev-1".into(),
-            req: "r1".into(),
-            method: "PUT".into(),
-            path: "/valve".into(),
-            payload: b"open".to_vec(),
-            content_format: Some(0),
-            expires_unix_ms: T0 + 60_000,
-            confirmable: true,
-            observe: false,
-            accept: None,
-        },
-    );
-    journal_durable(&mut g, now, T0 + 2000);
-    let out = sent(&mut g);
-    let cmd = out
-        .iter()
-        .find(|(to, _)| *to == moved)
-        .expect("the command");
-    let packet = Packet::from_bytes(&cmd.1).unwrap();
-    let option = oscore::OscoreOption::from_packet(&packet).unwrap();
-    assert_eq!(
-        option.kid.as_deref(),
-        Some(&[][..]),
-        "the edge's kid is empty"
-    );
-    let (inner, mut info) = oscore::unprotect_request(&mut dev, &packet).unwrap();
-    assert_eq!(inner.payload, b"open");
+    let (cmd, mut info) = command_to_device(&mut g, &mut dev, (moved, now));
     // A retransmission resends the same protected bytes.
     g.handle_timeout(now + Duration::from_secs(10), T0 + 12_000);
     let again = sent(&mut g);
-    assert!(again.contains(cmd), "same bytes, same Partial IV");
-    // The device answers (piggybacked, protected); the result goes to the outbox.
-    let mut response = Packet::new();
-    response.header.set_type(MessageType::Acknowledgement);
-    response.header.message_id = packet.header.message_id;
-    response.header.code = MessageClass::Response(ResponseType::Changed);
-    response.set_token(packet.get_token().to_vec());
-    let protected = oscore::protect_response(&mut dev, &response, &mut info, false).unwrap();
-    g.handle_datagram(
-        now,
-        T0 + 3000,
-        moved,
-        &protected.to_bytes_unlimited().unwrap(),
+    let bytes = cmd.to_bytes_unlimited().unwrap();
+    assert!(
+        again.iter().any(|(to, b)| *to == moved && *b == bytes),
+        "same bytes, same Partial IV: {again:?}"
     );
+    // The device answers (piggybacked, protected); the result goes to the outbox.
+    let response = changed(&cmd, MessageType::Acknowledgement, cmd.header.message_id);
+    let protected = protect_answer(&mut dev, &response, &mut info, false);
+    g.handle_datagram(now, T0 + 3000, moved, &protected);
     let a = appends(&mut g);
     assert!(
         a.iter().any(|a| a.message.topic.contains("/cmd/r1/result")),
@@ -1320,10 +1262,7 @@ fn after_a_restart_accepted_messages_are_replays_and_sequence_numbers_go_on() {
     let now = Instant::now();
     let mut g = gateway();
     let mut dev = registered(&mut g, now);
-    let (bytes, _) = protect(&mut dev, &telemetry(50));
-    g.handle_datagram(now, T0, peer(), &bytes);
-    let a = appends(&mut g);
-    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let bytes = stored_report(&mut g, &mut dev, now, 50);
     let rows = persist_all(&mut g, now);
     let stored = rows.last().unwrap().state;
     assert_eq!(stored.replay_floor, 2);
@@ -1374,60 +1313,16 @@ proptest! {
 fn observations_of_a_protected_device_are_protected_and_verified() {
     let now = Instant::now();
     let mut g = gateway();
-    let mut dev = device(&[1], &SECRET);
-    let q = "ep=dev-1".to_owned();
-    let reg = request(
-        RequestType::Post,
-        "rd",
-        &[&q, "lt=600"],
-        1,
-        b"</temp>;obs;ct=110",
-    );
-    let (bytes, _) = protect(&mut dev, &reg);
-    g.handle_datagram(now, T0, peer(), &bytes);
-    persist_all(&mut g, now);
-    let out = sent(&mut g);
-    let (_, observe_bytes) = out
-        .iter()
-        .find(|(_, b)| {
-            matches!(
-                Packet::from_bytes(b).unwrap().header.code,
-                MessageClass::Request(_)
-            )
-        })
-        .expect("the edge observes /temp");
-    let observe = Packet::from_bytes(observe_bytes).unwrap();
-    let (inner, mut info) = oscore::unprotect_request(&mut dev, &observe).unwrap();
-    assert!(info.is_observe_registration());
-    assert_eq!(
-        inner
-            .get_option(CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
-        b"temp"
-    );
-    let senml = |v: f64| format!(r#"[{{"n":"urn:dev:x:temp","v":{v}}}]"#).into_bytes();
-    let notification = |mid: u16, kind: MessageType, seq: u32, v: f64| {
-        let mut p = Packet::new();
-        p.header.set_type(kind);
-        p.header.message_id = mid;
-        p.header.code = MessageClass::Response(ResponseType::Content);
-        p.set_token(observe.get_token().to_vec());
-        p.add_option(CoapOption::Observe, wire::write_uint(seq));
-        p.add_option(CoapOption::ContentFormat, vec![110]);
-        p.payload = senml(v);
-        p
-    };
+    let (mut dev, observe, mut info) = observed(&mut g, now);
     // The first answer (piggybacked) starts the observation and stores the current value.
     let first = notification(
+        &observe,
         observe.header.message_id,
         MessageType::Acknowledgement,
         1,
-        20.0,
     );
-    let protected = oscore::protect_response(&mut dev, &first, &mut info, false).unwrap();
-    g.handle_datagram(now, T0, peer(), &protected.to_bytes_unlimited().unwrap());
+    let protected = protect_answer(&mut dev, &first, &mut info, false);
+    g.handle_datagram(now, T0, peer(), &protected);
     assert_eq!(g.ingress().observation_count(), 1);
     assert_eq!(
         appends(&mut g)
@@ -1437,9 +1332,8 @@ fn observations_of_a_protected_device_are_protected_and_verified() {
         1
     );
     // A later notification (its own Partial IV) is stored and acknowledged.
-    let next = notification(0x5151, MessageType::Confirmable, 2, 21.0);
-    let protected = oscore::protect_response(&mut dev, &next, &mut info, true).unwrap();
-    let bytes = protected.to_bytes_unlimited().unwrap();
+    let next = notification(&observe, 0x5151, MessageType::Confirmable, 2);
+    let bytes = protect_answer(&mut dev, &next, &mut info, true);
     g.handle_datagram(now, T0, peer(), &bytes);
     let a = appends(&mut g);
     assert_eq!(a.len(), 1);

@@ -16,9 +16,10 @@ use coap_lite::{MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};
 
 use super::oscore::{
-    ANY_LOOPBACK4, Creds, Device, add_device, await_stat, code, edge_cli, provision, start_edge,
+    ANY_LOOPBACK4, Device, add_device, assert_changed, await_stat, code, edge_cli, plain_post,
+    provision, result_of, secure, start_edge,
 };
-use super::{Edge, Mosquitto, TempDir, free_tcp_port, free_udp_port, runtime, wait_for};
+use super::{Edge, Mosquitto, TempDir, free_tcp_port, free_udp_port, runtime};
 
 /// The edge's addresses: a global one, a ULA, an NB-IoT ingress prefix; two IPv4 networks.
 const EDGE_V6: [&str; 3] = ["2001:db8:1::1", "fd00:1::1", "2001:db8:2::1"];
@@ -60,27 +61,9 @@ fn in_private_network<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     }
 }
 
-/// The `[registry]` and `[security]` tables of an edge that requires OSCORE.
-fn secure(creds: &Creds) -> String {
-    format!(
-        "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n\
-         sender_persist_step = 64\n",
-        creds.key_file.display()
-    )
-}
-
 /// A plain POST from libcoap's client at `from` to `to`: what it printed.
 fn coap_client(from: &str, to: SocketAddr) -> String {
-    let out = Command::new("coap-client-notls")
-        .args(["-m", "post", "-B", "5", "-a", from])
-        .arg(format!("coap://{to}/t"))
-        .output()
-        .expect("coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    plain_post(&["-a", from], to)
 }
 
 #[test]
@@ -94,7 +77,7 @@ fn every_address_of_the_edge_answers_from_itself() {
                 dir.path(),
                 free_tcp_port(), // no broker: only the CoAP side is looked at
                 &format!("listen = \"{listen}:{port}\""),
-                &secure(&creds),
+                &secure(&creds, "sender_persist_step = 64\n"),
             );
             let mut pairs: Vec<(&str, &str)> = Vec::new();
             if listen == "[::]" {
@@ -156,7 +139,7 @@ fn a_command_and_its_retransmission_leave_from_the_address_the_device_used() {
             dir.path(),
             broker.port,
             &format!("listen = \"[::]:{port}\""),
-            &secure(&creds),
+            &secure(&creds, "sender_persist_step = 64\n"),
         );
         let rt = runtime();
         let results = super::subscribe_results(&rt, broker.port);
@@ -165,8 +148,7 @@ fn a_command_and_its_retransmission_leave_from_the_address_the_device_used() {
         let nbiot: SocketAddr = format!("[{}]:{port}", EDGE_V6[2]).parse().unwrap();
         let mut m1 = Device::new("m1", 1, &format!("[{}]:0", CLIENT_V6[2]), nbiot);
         m1.sock.connect(nbiot).unwrap();
-        let reg = m1.registration();
-        assert_eq!(m1.call(&reg), ResponseType::Created);
+        m1.register();
 
         super::mosquitto_pub(
             broker.port,
@@ -183,10 +165,7 @@ fn a_command_and_its_retransmission_leave_from_the_address_the_device_used() {
         m1.inbox.push_back(Packet::from_bytes(&again).unwrap());
         let (_, inner) = m1.serve();
         assert_eq!(inner.payload, b"on");
-        wait_for("result of c1", Duration::from_secs(10), || {
-            results.lock().unwrap().contains_key("c1")
-        });
-        assert_eq!(results.lock().unwrap()["c1"]["status"], "ok");
+        assert_changed(&result_of(&results, "c1", Duration::from_secs(10)));
         drop(edge);
     });
 }
@@ -236,8 +215,7 @@ fn a_device_at_another_devices_address_gets_none_of_its_commands() {
     let results = super::subscribe_results(&rt, broker.port);
     let mut m1 = Device::new("m1", 1, "127.0.0.2:0", edge.coap);
     let p = m1.sock.local_addr().unwrap();
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    m1.register();
 
     // m1 leaves P (its NAT mapping ran out); m2 gets P (port reuse) and verifies there. It is
     // not served: the edge asks it to confirm the address, and m2 does not answer (yet).
@@ -275,11 +253,8 @@ fn a_device_at_another_devices_address_gets_none_of_its_commands() {
     await_stat(&edge, "address_changes", 1);
     let (_, inner) = m1.serve();
     assert_eq!(inner.payload, b"secret");
-    wait_for("result of c1", Duration::from_secs(10), || {
-        results.lock().unwrap().contains_key("c1")
-    });
-    let result = results.lock().unwrap()["c1"].clone();
-    assert_eq!(result["status"], "ok", "{result}");
+    let result = result_of(&results, "c1", Duration::from_secs(10));
+    assert_changed(&result);
     assert!(
         result.get("payload").is_none(),
         "m1's answer, not m2's: {result}"

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use coap_lite::ResponseType;
 
-use super::{ANY_LOOPBACK4, Device, add_device, edge_cli, provision};
-use crate::{Edge, Mosquitto, TempDir, free_udp_port, subscribe, wait_for};
+use super::{ANY_LOOPBACK4, Device, add_device, edge_cli, provision, start_edge_with};
+use crate::{Edge, Mosquitto, TempDir, subscribe, wait_for};
 
 /// `sqlite3 DB SQL`, its output.
 fn sqlite3(db: &std::path::Path, sql: &str) -> String {
@@ -53,15 +53,11 @@ fn the_edge_publishes_checkpoints_and_verify_finds_a_deleted_last_row() {
     let rt = super::runtime();
     let seen = subscribe(&rt, broker.port);
     // A checkpoint after every batch of new rows, and every 2 s regardless.
-    let mut edge = Edge::start(
+    let mut edge = start_edge_with(
         dir.path(),
         broker.port,
-        &format!("listen = \"127.0.0.1:{}\"", free_udp_port()),
-        &format!(
-            "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n\
-             [audit]\ncheckpoint_every_s = 2\ncheckpoint_min_gap_s = 0\n",
-            creds.key_file.display()
-        ),
+        &creds,
+        "[audit]\ncheckpoint_every_s = 2\ncheckpoint_min_gap_s = 0\n",
     );
     let db = creds.data.join("registry.db");
     let rows_in_db = || {
@@ -71,9 +67,7 @@ fn the_edge_publishes_checkpoints_and_verify_finds_a_deleted_last_row() {
     };
 
     // The device registers and reports: rows for its registration and address.
-    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let mut m1 = Device::registered("m1", 1, "127.0.0.1:0", edge.coap);
     let t = m1.telemetry(1);
     assert_eq!(m1.call(&t), ResponseType::Changed);
     wait_for(

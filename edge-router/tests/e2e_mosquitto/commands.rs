@@ -201,12 +201,7 @@ fn the_broker_acl_and_the_edge_allow_list_decide_who_commands_which_device() {
     wait_for("result of a2", Duration::from_secs(10), || {
         result("a2").is_some()
     });
-    let a2 = result("a2").unwrap();
-    assert_eq!(
-        (a2["status"].as_str(), a2["code"].as_str()),
-        (Some("ok"), Some("2.04")),
-        "{a2}"
-    );
+    super::oscore::assert_changed(&result("a2").unwrap());
     assert!(valve.lock().unwrap().iter().any(|(what, _)| *what == "put"));
     // a1 was published before a2 and never reached the edge.
     assert!(result("a1").is_none());

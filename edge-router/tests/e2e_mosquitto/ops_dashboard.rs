@@ -27,21 +27,16 @@ fn the_dashboard_shows_devices_and_security_events_in_chromium() {
     add_device(&creds, "valve-1", 1, ANY_LOOPBACK4);
     add_device(&creds, odd, 2, ANY_LOOPBACK4);
     let ops_port = super::super::free_tcp_port();
-    let edge = Edge::start(
+    let edge = start_edge_with(
         dir.path(),
         broker.port,
-        &format!("listen = \"127.0.0.1:{}\"", free_udp_port()),
-        &format!(
-            "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n\
-             [ops]\nlisten = \"[::1]:{ops_port}\"\ndashboard_token = \"{TOKEN}\"\n",
-            creds.key_file.display()
-        ),
+        &creds,
+        &format!("[ops]\nlisten = \"[::1]:{ops_port}\"\ndashboard_token = \"{TOKEN}\"\n"),
     );
     let mut valve = Device::new("valve-1", 1, "127.0.0.1:0", edge.coap);
     let mut pump = Device::new(odd, 2, "127.0.0.1:0", edge.coap);
     for d in [&mut valve, &mut pump] {
-        let r = d.registration();
-        assert_eq!(d.call(&r), ResponseType::Created);
+        d.register();
     }
     for seq in 1..=5 {
         let t = valve.telemetry(seq);

@@ -94,16 +94,51 @@ pub(super) const ANY_LOOPBACK4: &str = "::ffff:127.0.0.0/104";
 /// An edge router that requires OSCORE, listening on 127.0.0.1 (devices send from 127.0.0.1
 /// and 127.0.0.2, both loopback, to test addresses and moves).
 pub(super) fn start_edge(dir: &Path, broker: u16, creds: &Creds) -> Edge {
+    start_edge_with(dir, broker, creds, "sender_persist_step = 64\n")
+}
+
+/// [`start_edge`] with `extra` after `require_oscore` (see [`secure`]).
+pub(super) fn start_edge_with(dir: &Path, broker: u16, creds: &Creds, extra: &str) -> Edge {
     // Returns once the edge logged "edge router running": its devices are loaded by then.
-    Edge::start(
-        dir,
-        broker,
-        &format!("listen = \"127.0.0.1:{}\"", free_udp_port()),
-        &format!(
-            "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\nsender_persist_step = 64\n",
-            creds.key_file.display()
-        ),
+    Edge::start(dir, broker, &loopback_listen(), &secure(creds, extra))
+}
+
+/// The `[coap]` table's `listen` on a free port of 127.0.0.1.
+pub(super) fn loopback_listen() -> String {
+    format!("listen = \"127.0.0.1:{}\"", free_udp_port())
+}
+
+/// The `[registry]` and `[security]` tables of an edge that requires OSCORE, followed by
+/// `extra` (more `[security]` keys, then any further tables).
+pub(super) fn secure(creds: &Creds, extra: &str) -> String {
+    format!(
+        "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n{extra}",
+        creds.key_file.display()
     )
+}
+
+/// A plain (unprotected) `POST /t` to `to` with libcoap's client, with its further `args`:
+/// what it printed.
+pub(super) fn plain_post(args: &[&str], to: SocketAddr) -> String {
+    let out = Command::new("coap-client-notls")
+        .args(["-m", "post", "-B", "5"])
+        .args(args)
+        .arg(format!("coap://{to}/t"))
+        .output()
+        .expect("coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The quarantined kids named in every security report received so far.
+pub(super) fn quarantined(seen: &Seen) -> Vec<&serde_json::Value> {
+    seen.security
+        .iter()
+        .flat_map(|r| r["quarantined"].as_array().into_iter().flatten())
+        .collect()
 }
 
 /// The edge's latest counters, from its `gateway stats` log line.
@@ -173,6 +208,39 @@ impl Device {
             next_mid: 0x100 * u16::from(kid),
             inbox: VecDeque::new(),
             echoes: 0,
+        }
+    }
+
+    /// [`Device::new`], registered (2.01).
+    pub(super) fn registered(id: &str, kid: u8, bind: &str, edge: SocketAddr) -> Device {
+        let mut device = Device::new(id, kid, bind, edge);
+        device.register();
+        device
+    }
+
+    /// Registers (`POST /rd`) and expects 2.01.
+    pub(super) fn register(&mut self) {
+        let reg = self.registration();
+        assert_eq!(self.call(&reg), ResponseType::Created, "{}", self.id);
+    }
+
+    /// `id`'s kid under a wrong key, past the Partial IVs the real device used (so it is the
+    /// key that fails, not the replay check).
+    pub(super) fn forger(id: &str, kid: u8, bind: &str, edge: SocketAddr) -> Device {
+        let mut forger = Device::with_secret(id, kid, &[0x55; 16], bind, edge);
+        for _ in 0..20 {
+            let t = forger.telemetry(0);
+            let _ = forger.protect(&t);
+        }
+        forger
+    }
+
+    /// Sends reports `seqs` protected, at once, waiting for no answer.
+    pub(super) fn send_reports(&mut self, seqs: std::ops::Range<u64>) {
+        for seq in seqs {
+            let t = self.telemetry(seq);
+            let (bytes, _) = self.protect(&t);
+            self.sock.send_to(&bytes, self.edge).unwrap();
         }
     }
 
@@ -382,16 +450,44 @@ fn send_raw(bind: &str, edge: SocketAddr, bytes: &[u8]) -> ResponseType {
     code(&Packet::from_bytes(&buf[..n]).unwrap())
 }
 
-/// Sends an attack from `from`, expects `answer`, and waits for the edge to count it.
-fn attack(edge: &Edge, from: &str, bytes: &[u8], answer: ResponseType, counter: (&str, u64)) {
-    assert_eq!(send_raw(from, edge.coap, bytes), answer, "{}", counter.0);
-    await_stat(edge, counter.0, counter.1);
+/// An attack: what it is, its bytes, the answer it gets and the edge's counter of it (name,
+/// value) once it was counted.
+type Attack<'a> = (&'a str, Vec<u8>, ResponseType, (&'a str, u64));
+
+/// Sends each attack in turn, each from its own loopback address (127.0.0.3, .4, …), expects
+/// its answer, and waits for the edge to count it.
+fn attack(edge: &Edge, attacks: Vec<Attack>) {
+    for (i, (what, bytes, answer, (counter, value))) in attacks.into_iter().enumerate() {
+        let from = format!("127.0.0.{}:0", 3 + i);
+        assert_eq!(send_raw(&from, edge.coap, &bytes), answer, "{what}");
+        await_stat(edge, counter, value);
+    }
 }
 
 fn with_mid(bytes: &[u8], mid: u16) -> Vec<u8> {
     let mut p = Packet::from_bytes(bytes).unwrap();
     p.header.message_id = mid;
     p.to_bytes_unlimited().unwrap()
+}
+
+/// The platform's command results by request id, as `subscribe_results` collects them.
+pub(super) type Results = Arc<Mutex<HashMap<String, serde_json::Value>>>;
+
+/// Waits (up to `within`) for command `req`'s result at the broker, and returns it.
+pub(super) fn result_of(results: &Results, req: &str, within: Duration) -> serde_json::Value {
+    wait_for(&format!("result of {req}"), within, || {
+        results.lock().unwrap().contains_key(req)
+    });
+    results.lock().unwrap()[req].clone()
+}
+
+/// Asserts that `r` is the result of a command its device answered with 2.04.
+pub(super) fn assert_changed(r: &serde_json::Value) {
+    assert_eq!(
+        (r["status"].as_str(), r["code"].as_str()),
+        (Some("ok"), Some("2.04")),
+        "{r}"
+    );
 }
 
 pub(super) fn seqs(seen: &Arc<Mutex<Seen>>, device: &str) -> Vec<u64> {
@@ -411,7 +507,7 @@ pub(super) fn seqs(seen: &Arc<Mutex<Seen>>, device: &str) -> Vec<u64> {
 /// for its result at the broker; the edge's Partial IV and the inner request.
 fn command_round_trip(
     broker: u16,
-    results: &Arc<Mutex<HashMap<String, serde_json::Value>>>,
+    results: &Results,
     device: &mut Device,
     req: &str,
     payload: &str,
@@ -422,9 +518,7 @@ fn command_round_trip(
         &format!(r#"{{"method":"PUT","path":"/valve","payload":"{payload}","content_format":0}}"#),
     );
     let served = device.serve();
-    wait_for(&format!("result of {req}"), Duration::from_secs(10), || {
-        results.lock().unwrap().contains_key(req)
-    });
+    result_of(results, req, Duration::from_secs(10));
     served
 }
 
@@ -444,9 +538,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
     let seen = subscribe(&rt, broker.port);
 
     // A protected device registers and reports; the records arrive intact.
-    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let mut m1 = Device::registered("m1", 1, "127.0.0.1:0", edge.coap);
     let mut accepted = Vec::new();
     for seq in 1..=3 {
         let t = m1.telemetry(seq);
@@ -471,70 +563,35 @@ fn protected_devices_report_and_every_attack_is_refused() {
     assert_eq!(record[1]["u"].as_str(), Some("m3/s"), "{record}");
 
     // Plain CoAP from libcoap's client: 4.01.
-    let out = Command::new("coap-client-notls")
-        .args(["-m", "post", "-t", "110", "-B", "5", "-e"])
-        .arg(r#"[{"bn":"urn:dev:e2e:m1:","n":"seq","v":666}]"#)
-        .arg(format!("coap://{}/t", edge.coap))
-        .output()
-        .expect("coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let body = r#"[{"bn":"urn:dev:e2e:m1:","n":"seq","v":666}]"#;
+    let text = plain_post(&["-t", "110", "-e", body], edge.coap);
     assert!(text.contains("4.01"), "coap-client got: {text}");
     await_stat(&edge, "plain", 1);
 
-    // An unknown kid: 4.01.
     let mut stranger = Device::new("x9", 9, "127.0.0.1:0", edge.coap);
     let t = stranger.telemetry(666);
-    let (bytes, _) = stranger.protect(&t);
-    // (Each attack from its own loopback address: the edge answers at most 4 failures per
-    // source and 5 s, and drops the rest silently.)
-    attack(
-        &edge,
-        "127.0.0.3:0",
-        &bytes,
-        ResponseType::Unauthorized,
-        ("unknown_kid", 1),
-    );
-
-    // m1's kid with a wrong key (past m1's Partial IVs, so it is the key that fails): 4.00.
-    let mut forger = Device::with_secret("m1", 1, &[0x55; 16], "127.0.0.1:0", edge.coap);
-    for _ in 0..10 {
-        let t = forger.telemetry(0);
-        let _ = forger.protect(&t);
-    }
+    let (unknown_kid, _) = stranger.protect(&t);
+    let mut forger = Device::forger("m1", 1, "127.0.0.1:0", edge.coap);
     let t = forger.telemetry(666);
-    let (bytes, _) = forger.protect(&t);
-    attack(
-        &edge,
-        "127.0.0.4:0",
-        &bytes,
-        ResponseType::BadRequest,
-        ("decryption_failed", 1),
-    );
-
-    // One flipped ciphertext bit of a genuine message: 4.00.
+    let (wrong_key, _) = forger.protect(&t);
     let t = m1.telemetry(666);
-    let (mut bytes, _) = m1.protect(&t);
-    let last = bytes.len() - 3;
-    bytes[last] ^= 0x01;
+    let (mut flipped, _) = m1.protect(&t);
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x01;
+    let replayed = with_mid(&accepted, 0x7777);
+    // Each attack from its own loopback address: the edge answers at most 4 failures per
+    // source and 5 s, and drops the rest silently.
+    use ResponseType::{BadRequest, Unauthorized};
     attack(
         &edge,
-        "127.0.0.5:0",
-        &bytes,
-        ResponseType::BadRequest,
-        ("decryption_failed", 2),
-    );
-
-    // A replayed message (captured, sent again by someone else): 4.01.
-    attack(
-        &edge,
-        "127.0.0.6:0",
-        &with_mid(&accepted, 0x7777),
-        ResponseType::Unauthorized,
-        ("replay", 1),
+        vec![
+            ("unknown kid", unknown_kid, Unauthorized, ("unknown_kid", 1)),
+            // m1's kid, past m1's Partial IVs, so it is the key that fails
+            ("wrong key", wrong_key, BadRequest, ("decryption_failed", 1)),
+            ("flipped bit", flipped, BadRequest, ("decryption_failed", 2)),
+            // captured, sent again by someone else
+            ("replay", replayed, Unauthorized, ("replay", 1)),
+        ],
     );
 
     // Outside the allowed prefix: m2 may only send from 127.0.0.1; from 127.0.0.2 it gets a
@@ -546,9 +603,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
 
     // Revoked with the CLI while the edge runs: refused (4.01) once the edge noticed (it polls
     // the registry about once a second).
-    let mut r1 = Device::new("r1", 3, "127.0.0.1:0", edge.coap);
-    let reg = r1.registration();
-    assert_eq!(r1.call(&reg), ResponseType::Created);
+    let mut r1 = Device::registered("r1", 3, "127.0.0.1:0", edge.coap);
     let out = edge_cli(&creds, &["devices", "revoke", "r1"]);
     assert!(out.status.success(), "{out:?}");
     edge.await_log("Dropped", Duration::from_secs(10));
@@ -559,9 +614,7 @@ fn protected_devices_report_and_every_attack_is_refused() {
     await_stat(&edge, "not_active", 1);
 
     // Quarantined with the CLI while the edge runs: 4.03.
-    let mut q1 = Device::new("q1", 4, "127.0.0.1:0", edge.coap);
-    let reg = q1.registration();
-    assert_eq!(q1.call(&reg), ResponseType::Created);
+    let mut q1 = Device::registered("q1", 4, "127.0.0.1:0", edge.coap);
     let out = edge_cli(&creds, &["devices", "set-state", "q1", "quarantined"]);
     assert!(out.status.success(), "{out:?}");
     edge.await_log("Some(Quarantined)", Duration::from_secs(10));
@@ -604,9 +657,7 @@ fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
     let seen = subscribe(&rt, broker.port);
     let results = super::subscribe_results(&rt, broker.port);
 
-    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let mut m1 = Device::registered("m1", 1, "127.0.0.1:0", edge.coap);
     let t = m1.telemetry(1);
     let (accepted, mut info) = m1.protect(&t);
     let answer = m1.send_and_wait(&accepted, t.get_token());
@@ -622,12 +673,7 @@ fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
         let (piv, inner) = command_round_trip(broker.port, &results, &mut m1, &req, "on");
         assert_eq!(inner.payload, b"on");
         before.push(piv);
-        let r = results.lock().unwrap()[&req].clone();
-        assert_eq!(
-            (r["status"].as_str(), r["code"].as_str()),
-            (Some("ok"), Some("2.04")),
-            "{r}"
-        );
+        assert_changed(&results.lock().unwrap()[&req]);
     }
 
     edge.kill9();
@@ -639,8 +685,7 @@ fn replays_after_a_kill_9_are_refused_and_edge_sequence_numbers_never_repeat() {
     await_stat(&edge, "replay", 1);
 
     // The device goes on (registrations live in memory: it registers again).
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    m1.register();
     let t = m1.telemetry(2);
     assert_eq!(m1.call(&t), ResponseType::Changed);
     wait_for("records 1 and 2", Duration::from_secs(10), || {
@@ -677,9 +722,7 @@ fn a_device_that_changes_address_keeps_its_session_and_the_audit_trail_knows() {
     let seen = subscribe(&rt, broker.port);
     let results = super::subscribe_results(&rt, broker.port);
 
-    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let mut m1 = Device::registered("m1", 1, "127.0.0.1:0", edge.coap);
     let t = m1.telemetry(1);
     assert_eq!(m1.call(&t), ResponseType::Changed);
     // A message held back (Partial IV n); n + 1 arrives from the device's address.
@@ -731,9 +774,7 @@ fn a_device_that_changes_address_keeps_its_session_and_the_audit_trail_knows() {
     );
     let (_, inner) = m1.serve();
     assert_eq!(inner.payload, b"on");
-    wait_for("result of mv1", Duration::from_secs(10), || {
-        results.lock().unwrap().contains_key("mv1")
-    });
+    result_of(&results, "mv1", Duration::from_secs(10));
 
     // Who had which address when: the audit CLI answers both questions.
     let rfc3339 = |t: time::OffsetDateTime| {
@@ -892,23 +933,17 @@ fn floods_are_limited_a_failing_kid_is_quarantined_and_other_devices_go_on() {
     add_device(&creds, "m2", 2, ANY_LOOPBACK4);
     let broker = Mosquitto::start(dir.path());
     // Small limits, so that a bounded test flood exceeds them; reports every second.
-    let edge = Edge::start(
+    let edge = start_edge_with(
         dir.path(),
         broker.port,
-        &format!("listen = \"127.0.0.1:{}\"", free_udp_port()),
-        &format!(
-            "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n\
-             rate_per_source = 200\nburst_per_source = 200\nrate_per_device = 20\n\
-             burst_per_device = 20\nquarantine_after = 10\nfailure_window_s = 10\n\
-             quarantine_s = 60\nreport_interval_s = 1\n",
-            creds.key_file.display()
-        ),
+        &creds,
+        "rate_per_source = 200\nburst_per_source = 200\nrate_per_device = 20\n\
+         burst_per_device = 20\nquarantine_after = 10\nfailure_window_s = 10\n\
+         quarantine_s = 60\nreport_interval_s = 1\n",
     );
     let rt = runtime();
     let seen = subscribe(&rt, broker.port);
-    let mut m1 = Device::new("m1", 1, "127.0.0.1:0", edge.coap);
-    let reg = m1.registration();
-    assert_eq!(m1.call(&reg), ResponseType::Created);
+    let mut m1 = Device::registered("m1", 1, "127.0.0.1:0", edge.coap);
 
     // 1. A flood of CoAP pings from 127.0.0.9 (nothing to authenticate): the source's bucket
     //    (200/s) drops most of them unread.
@@ -936,34 +971,19 @@ fn floods_are_limited_a_failing_kid_is_quarantined_and_other_devices_go_on() {
     //    verifications the kid is quarantined, and the rest (not from where m1 was verified)
     //    is refused unverified. Unknown kids from 127.0.0.11 are counted and quarantine
     //    nothing: no source is ever quarantined.
-    let mut forger = Device::with_secret("m1", 1, &[0x55; 16], "127.0.0.10:0", edge.coap);
-    for _ in 0..20 {
-        // Past m1's Partial IVs, so it is the key that fails.
-        let t = forger.telemetry(0);
-        let _ = forger.protect(&t);
-    }
-    for seq in 0..100 {
-        let t = forger.telemetry(666 + seq);
-        let (bytes, _) = forger.protect(&t);
-        forger.sock.send_to(&bytes, edge.coap).unwrap();
-    }
+    let mut forger = Device::forger("m1", 1, "127.0.0.10:0", edge.coap);
+    forger.send_reports(666..766);
     await_stat(&edge, "quarantines", 1);
     await_stat(&edge, "decryption_failed", 10);
     await_stat(&edge, "kid_quarantined", 90);
     let mut stranger = Device::new("x9", 9, "127.0.0.11:0", edge.coap);
-    for seq in 0..50 {
-        let t = stranger.telemetry(666 + seq);
-        let (bytes, _) = stranger.protect(&t);
-        stranger.sock.send_to(&bytes, edge.coap).unwrap();
-    }
+    stranger.send_reports(666..716);
     await_stat(&edge, "unknown_kid", 50);
     assert_eq!(stats(&edge)["quarantines"], 1);
 
     // 3. An authenticated device over its own rate (20/s), 60 reports at once: some answers
     //    are 5.03, none of those records is stored, the others are.
-    let mut m2 = Device::new("m2", 2, "127.0.0.2:0", edge.coap);
-    let reg = m2.registration();
-    assert_eq!(m2.call(&reg), ResponseType::Created);
+    let mut m2 = Device::registered("m2", 2, "127.0.0.2:0", edge.coap);
     let mut m2_ok = Vec::new();
     let mut m2_limited = 0;
     let reports: Vec<Packet> = (1..=60).map(|seq| m2.telemetry(seq)).collect();
@@ -997,11 +1017,7 @@ fn floods_are_limited_a_failing_kid_is_quarantined_and_other_devices_go_on() {
     });
     {
         let seen = seen.lock().unwrap();
-        let quarantined: Vec<&serde_json::Value> = seen
-            .security
-            .iter()
-            .flat_map(|r| r["quarantined"].as_array().into_iter().flatten())
-            .collect();
+        let quarantined = quarantined(&seen);
         assert_eq!(quarantined.len(), 1, "{:?}", seen.security);
         assert_eq!(quarantined[0]["kid"], "01");
         assert_eq!(quarantined[0]["device"], "m1");

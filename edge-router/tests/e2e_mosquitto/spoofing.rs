@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-use super::oscore::{Device, add_device, await_stat, edge_cli, provision, reported, seqs, stats};
+use super::oscore::{
+    Device, add_device, await_stat, edge_cli, plain_post, provision, quarantined, reported, secure,
+    seqs, stats,
+};
 use super::{Edge, Mosquitto, TempDir, runtime, subscribe, wait_for};
 
 /// The plant's network.
@@ -71,20 +74,17 @@ fn spoofed_requests_from_a_plants_network_do_not_silence_its_verified_device() {
             dir.path(),
             broker.port,
             "",
-            &format!(
-                "[registry]\nseal_key_file = \"{}\"\n[security]\nrequire_oscore = true\n\
-                 rate_per_source = 20\nburst_per_source = 20\nquarantine_after = 5\n\
+            &secure(
+                &creds,
+                "rate_per_source = 20\nburst_per_source = 20\nquarantine_after = 5\n\
                  quarantine_s = 60\nreport_interval_s = 1\n",
-                creds.key_file.display()
             ),
         );
         let rt = runtime();
         let seen = subscribe(&rt, broker.port);
 
         // The device, at 2001:db8:100::7, registers and reports.
-        let mut v1 = Device::new("v1", 1, "[2001:db8:100::7]:0", edge.coap);
-        let reg = v1.registration();
-        assert_eq!(v1.call(&reg), ResponseType::Created);
+        let mut v1 = Device::registered("v1", 1, "[2001:db8:100::7]:0", edge.coap);
         let t = v1.telemetry(1);
         assert_eq!(v1.call(&t), ResponseType::Changed);
 
@@ -92,20 +92,9 @@ fn spoofed_requests_from_a_plants_network_do_not_silence_its_verified_device() {
         //    (answered 4.01), then 25 raw ones from 25 more addresses (and one from the device's
         //    own address) at once: the /64's unauthenticated budget of 20 runs out.
         for i in 0..5 {
-            let out = Command::new("coap-client-notls")
-                .args(["-m", "post", "-t", "110", "-B", "5"])
-                .args(["-a", &format!("2001:db8:100::c{i}")])
-                .args(["-e", r#"[{"bn":"urn:dev:e2e:v1:","n":"seq","v":666}]"#])
-                .arg(format!("coap://{}/t", edge.coap))
-                .output()
-                .expect(
-                    "coap-client-notls (Debian libcoap3-bin) is not installed: run scripts/test",
-                );
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let from = format!("2001:db8:100::c{i}");
+            let body = r#"[{"bn":"urn:dev:e2e:v1:","n":"seq","v":666}]"#;
+            let text = plain_post(&["-t", "110", "-a", &from, "-e", body], edge.coap);
             assert!(text.contains("4.01"), "coap-client got: {text}");
         }
         await_stat(&edge, "plain", 5);
@@ -133,17 +122,8 @@ fn spoofed_requests_from_a_plants_network_do_not_silence_its_verified_device() {
 
         // 2. Forgeries under the device's kid (a wrong key) from another address of the /64:
         //    after 5 failed verifications the kid is quarantined, the rest refused unverified.
-        let mut forger =
-            Device::with_secret("v1", 1, &[0x55; 16], "[2001:db8:100::bad]:0", edge.coap);
-        for _ in 0..20 {
-            let t = forger.telemetry(0);
-            let _ = forger.protect(&t);
-        }
-        for seq in 0..20 {
-            let t = forger.telemetry(666 + seq);
-            let (bytes, _) = forger.protect(&t);
-            forger.sock.send_to(&bytes, edge.coap).unwrap();
-        }
+        let mut forger = Device::forger("v1", 1, "[2001:db8:100::bad]:0", edge.coap);
+        forger.send_reports(666..686);
         await_stat(&edge, "quarantines", 1);
         await_stat(&edge, "decryption_failed", 5);
         await_stat(&edge, "kid_quarantined", 15);
@@ -169,11 +149,7 @@ fn spoofed_requests_from_a_plants_network_do_not_silence_its_verified_device() {
                 !seen.records.keys().any(|(_, seq)| *seq >= 666),
                 "an attack reached the broker"
             );
-            let quarantined: Vec<&serde_json::Value> = seen
-                .security
-                .iter()
-                .flat_map(|r| r["quarantined"].as_array().into_iter().flatten())
-                .collect();
+            let quarantined = quarantined(&seen);
             assert_eq!(quarantined.len(), 1, "{:?}", seen.security);
             assert_eq!(quarantined[0]["kid"], "01");
         }

@@ -25,24 +25,9 @@ enum Command {
         /// Configuration file (TOML); flags below override its keys.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// `coap.listen`: UDP address for CoAP.
-        #[arg(long)]
-        coap_listen: Option<SocketAddr>,
-        /// `mqtt.url`: mqtt://host:port or mqtts://host:port.
-        #[arg(long)]
-        mqtt_url: Option<String>,
-        /// `data_dir`: where the outbox lives.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// `site`: the site's topic level.
-        #[arg(long)]
-        site: Option<String>,
-        /// `edge_id`: this router's name.
-        #[arg(long)]
-        edge_id: Option<String>,
-        /// `log.format`: `human` or `json` (one JSON object per line).
-        #[arg(long, value_parser = ["human", "json"])]
-        log_format: Option<String>,
+        /// The keys the flags override.
+        #[command(flatten)]
+        flags: Overrides,
     },
     /// Check a configuration file and print it as understood.
     CheckConfig {
@@ -68,13 +53,25 @@ enum Command {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The flags of `run` that override the file's keys (applied again at each reload).
-#[derive(Clone)]
+#[derive(Clone, clap::Args)]
 struct Overrides {
+    /// `coap.listen`: UDP address for CoAP.
+    #[arg(long)]
     coap_listen: Option<SocketAddr>,
+    /// `mqtt.url`: mqtt://host:port or mqtts://host:port.
+    #[arg(long)]
     mqtt_url: Option<String>,
+    /// `data_dir`: where the outbox lives.
+    #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// `site`: the site's topic level.
+    #[arg(long)]
     site: Option<String>,
+    /// `edge_id`: this router's name.
+    #[arg(long)]
     edge_id: Option<String>,
+    /// `log.format`: `human` or `json` (one JSON object per line).
+    #[arg(long, value_parser = ["human", "json"])]
     log_format: Option<String>,
 }
 
@@ -119,23 +116,7 @@ impl Overrides {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run {
-            config,
-            coap_listen,
-            mqtt_url,
-            data_dir,
-            site,
-            edge_id,
-            log_format,
-        } => {
-            let flags = Overrides {
-                coap_listen,
-                mqtt_url,
-                data_dir,
-                site,
-                edge_id,
-                log_format,
-            };
+        Command::Run { config, flags } => {
             let c = flags.load(config.as_deref())?;
             let log = logging::init(&c.log)?;
             run(c, config, flags, log)

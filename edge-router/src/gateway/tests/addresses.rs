@@ -46,16 +46,13 @@ fn requests(out: &[(Peer, Vec<u8>)]) -> Vec<(Peer, Packet)> {
 /// `dev`'s protected answer (2.04, `body`) to the edge's request `request`.
 fn answer_to(dev: &mut SecurityContext, request: &Packet, body: &[u8]) -> Vec<u8> {
     let (_, mut info) = oscore::unprotect_request(dev, request).unwrap();
-    let mut response = Packet::new();
-    response.header.set_type(MessageType::Acknowledgement);
-    response.header.message_id = request.header.message_id;
-    response.header.code = MessageClass::Response(ResponseType::Changed);
-    response.set_token(request.get_token().to_vec());
+    let mut response = changed(
+        request,
+        MessageType::Acknowledgement,
+        request.header.message_id,
+    );
     response.payload = body.to_vec();
-    oscore::protect_response(dev, &response, &mut info, false)
-        .unwrap()
-        .to_bytes_unlimited()
-        .unwrap()
+    protect_answer(dev, &response, &mut info, false)
 }
 
 /// A response under `dev`'s own key to a request of the edge it cannot read (it builds the
@@ -168,7 +165,7 @@ fn a_command_goes_under_its_devices_own_context_whoever_else_verifies_at_its_add
     let p = peer();
     let mut g = two_devices();
     let mut dev1 = registered(&mut g, now);
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
 
     // dev-2 verifies at dev-1's address, with the very message ID dev-1 used: not a
     // duplicate of dev-1's message, and not served: it is asked to confirm the address.
@@ -178,7 +175,7 @@ fn a_command_goes_under_its_devices_own_context_whoever_else_verifies_at_its_add
     assert!(g.ingress().directory().get("dev-2").is_none());
     assert_eq!(g.stats().address_conflicts, 1);
     assert_eq!(g.stats().duplicates, 0);
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     let conflict = rows
         .iter()
         .find(|r| r.kind == AuditKind::AddressConflict)
@@ -231,8 +228,8 @@ fn a_notification_belongs_to_the_observed_device_whoever_else_verifies_at_its_ad
         MessageType::Acknowledgement,
         1,
     );
-    let bytes = oscore::protect_response(&mut dev1, &first, &mut info1, false).unwrap();
-    g.handle_datagram(now, T0, p, &bytes.to_bytes_unlimited().unwrap());
+    let bytes = protect_answer(&mut dev1, &first, &mut info1, false);
+    g.handle_datagram(now, T0, p, &bytes);
     assert_eq!(telemetry_of(&appends(&mut g)).len(), 1);
     assert_eq!(g.ingress().observation_count(), 1);
 
@@ -243,16 +240,16 @@ fn a_notification_belongs_to_the_observed_device_whoever_else_verifies_at_its_ad
     let mine = own_request(&[2], &SECRET_2, &observe);
     let (_, mut info2) = oscore::unprotect_request(&mut dev2, &mine).unwrap();
     let forged = notification(&observe, 0x7001, MessageType::NonConfirmable, 2);
-    let forged = oscore::protect_response(&mut dev2, &forged, &mut info2, true).unwrap();
-    g.handle_datagram(now, T0, p, &forged.to_bytes_unlimited().unwrap());
+    let forged = protect_answer(&mut dev2, &forged, &mut info2, true);
+    g.handle_datagram(now, T0, p, &forged);
     assert!(telemetry_of(&appends(&mut g)).is_empty());
     assert_eq!(g.stats().bad_responses, 1);
     assert_eq!(g.ingress().observation_count(), 1, "the observation stays");
 
     // dev-1's next notification is dev-1's telemetry.
     let next = notification(&observe, 0x7002, MessageType::NonConfirmable, 3);
-    let next = oscore::protect_response(&mut dev1, &next, &mut info1, true).unwrap();
-    g.handle_datagram(now, T0, p, &next.to_bytes_unlimited().unwrap());
+    let next = protect_answer(&mut dev1, &next, &mut info1, true);
+    g.handle_datagram(now, T0, p, &next);
     let stored = telemetry_of(&appends(&mut g));
     assert_eq!(stored.len(), 1);
     assert!(stored[0].contains("/dev-1/"), "{stored:?}");
@@ -267,7 +264,7 @@ fn a_device_confirmed_at_another_devices_address_takes_it_and_the_other_is_unrea
     let mut dev1 = registered(&mut g, now);
     let mut dev2 = device(&[2], &SECRET_2);
     let echo = challenged(&mut g, &mut dev2, (p, now), &registration(2, "dev-2"));
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
     // dev-2 answers the challenge from the address: it is there, dev-1 is not.
     assert_eq!(
         call(
@@ -278,7 +275,7 @@ fn a_device_confirmed_at_another_devices_address_takes_it_and_the_other_is_unrea
         ),
         ResponseType::Created
     );
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     let bound = rows
         .iter()
         .find(|r| r.kind == AuditKind::AddressBound)
@@ -331,7 +328,7 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
     let b = at("[2001:db8:0:b::7]:4000");
     let mut g = two_devices();
     let mut dev = registered(&mut g, now);
-    let _ = std::iter::from_fn(|| g.poll_audit()).count();
+    let _ = audits(&mut g);
     // Partial IV n is held back; n + 1 arrives from A.
     let (withheld, _) = protect(&mut dev, &telemetry(20));
     assert_eq!(report(&mut g, &mut dev, a, now, 21), ResponseType::Changed);
@@ -369,14 +366,12 @@ fn a_withheld_older_request_replayed_from_elsewhere_moves_nothing() {
         "not stored before the confirmation"
     );
     assert_eq!(g.ingress().directory().get("dev-1").unwrap().address, a);
-    assert_eq!(
-        call_stored(&mut g, &mut dev, (b, now), &with_echo(telemetry(23), &echo)),
-        ResponseType::Changed
-    );
+    let answer = exchange(&mut g, &mut dev, (b, now), &with_echo(telemetry(23), &echo));
+    assert_eq!(response_code(&answer), ResponseType::Changed);
     assert_eq!(g.ingress().directory().get("dev-1").unwrap().address, b);
     assert_eq!(g.stats().address_changes, 1);
     assert_eq!(g.stats().echo_challenges, 1);
-    let rows: Vec<_> = std::iter::from_fn(|| g.poll_audit()).collect();
+    let rows = audits(&mut g);
     let moved = rows
         .iter()
         .find(|r| r.kind == AuditKind::AddressChanged)

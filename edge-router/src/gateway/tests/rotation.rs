@@ -24,10 +24,7 @@ fn a_batch_for_a_rotated_context_does_not_raise_the_new_contexts_mark() {
     let mut dev = registered(&mut g, now);
 
     // A report: its answer waits for a batch, which is taken for writing ...
-    let (bytes, _) = protect(&mut dev, &telemetry(60));
-    g.handle_datagram(now, T0, peer(), &bytes);
-    let a = appends(&mut g);
-    g.handle_appended(now, a[0].ticket.unwrap(), AppendResult::Stored);
+    let _ = stored_report(&mut g, &mut dev, now, 60);
     let stale = g.poll_persist().expect("a batch for the old context");
     assert!(
         stale

@@ -373,6 +373,21 @@ fn attach_device(d: &mut NbiotDevice<Meter>, at_ms: u64) {
     );
 }
 
+/// Answers the registration `register` at `now` (2.01 with a location): the device is
+/// registered.
+fn accept_registration(d: &mut NbiotDevice<Meter>, now: Instant, register: &coap_lite::Packet) {
+    answer(d, now, register, coap_lite::ResponseType::Created, true);
+    assert!(d.device().registration().unwrap().is_registered());
+}
+
+/// The first Uri-Path segment of `p`.
+fn first_path(p: &coap_lite::Packet) -> &[u8] {
+    p.get_option(coap_lite::CoapOption::UriPath)
+        .unwrap()
+        .front()
+        .unwrap()
+}
+
 /// The test modem's side for the NB-IoT device: answers `AT+NSOST` and returns the CoAP
 /// request it carried.
 fn take_request(d: &mut NbiotDevice<Meter>, now: Instant) -> coap_lite::Packet {
@@ -448,14 +463,7 @@ fn the_device_registers_in_queue_mode_reports_listens_then_sleeps_until_its_next
         .map(|q| String::from_utf8(q.clone()).unwrap())
         .collect();
     assert!(query.contains(&"b=UQ".into()), "{query:?}");
-    answer(
-        &mut d,
-        t(2500),
-        &register,
-        coap_lite::ResponseType::Created,
-        true,
-    );
-    assert!(d.device().registration().unwrap().is_registered());
+    accept_registration(&mut d, t(2500), &register);
     assert!(!d.is_asleep(), "listening for the active time");
     // 10 s granted: asleep at 12.5 s, until the report at 30 s.
     assert_eq!(d.poll_timeout(), Some(t(12_500)));
@@ -474,14 +482,7 @@ fn the_device_registers_in_queue_mode_reports_listens_then_sleeps_until_its_next
         reason: WakeReason::Work
     }));
     let report = take_request(&mut d, t(30_010));
-    assert_eq!(
-        report
-            .get_option(coap_lite::CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
-        b"t"
-    );
+    assert_eq!(first_path(&report), b"t");
     answer(
         &mut d,
         t(31_000),
@@ -521,32 +522,14 @@ fn the_uplink_starts_when_the_modem_is_ready_and_nothing_waits_twice_while_it_at
     }
     attach_device(&mut d, 20_000);
     let register = take_request(&mut d, t(20_020));
-    assert_eq!(
-        register
-            .get_option(coap_lite::CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
-        b"rd"
-    );
-    answer(
-        &mut d,
-        t(20_500),
-        &register,
-        coap_lite::ResponseType::Created,
-        true,
-    );
-    assert!(d.device().registration().unwrap().is_registered());
+    assert_eq!(first_path(&register), b"rd");
+    accept_registration(&mut d, t(20_500), &register);
     // The application's timer, due since 5 s, runs now that the uplink is up.
     assert!(d.poll_timeout().is_some_and(|at| at <= t(20_510)));
     d.handle_timeout(t(20_510));
     let report = take_request(&mut d, t(20_510));
     assert_eq!(
-        report
-            .get_option(coap_lite::CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
+        first_path(&report),
         b"t",
         "the report made while the modem attached, not a second registration"
     );

@@ -472,6 +472,88 @@ def probe_input():
     return seeds
 
 
+def probe_machine():
+    """A 4-byte header (flags, timeout and Observe wait in 10 ms, max_blocks), then operations:
+    a datagram (0), an answer to the probe's last datagram (1), the same protected (2), time
+    passing (3), time jumping to the next deadline (anything else). See probe_machine.rs."""
+
+    def header(oscore=False, ipv6=True, timeout=100, observe=100, max_blocks=16):
+        return bytes([oscore | ipv6 << 1, timeout, observe, max_blocks])
+
+    def op(kind, data):
+        return bytes([kind]) + struct.pack(">H", len(data)) + data
+
+    def raw(data):
+        return op(0, data)
+
+    def ans(data):
+        return op(1, data)
+
+    def prot(data):
+        return op(2, data)
+
+    def wait(ms):
+        return b"\x03" + struct.pack(">H", ms)
+
+    deadline = b"\xff"
+    t = b"t"  # a token: the probe's own goes in its place
+    cf40 = (CONTENT_FORMAT, uint(40))
+    content = 0x45
+    links = b"</big>;ct=0,</obs>;obs;ct=0"
+
+    def block2(num, more, szx=2):
+        return (BLOCK2, uint(num << 4 | more << 3 | szx) or b"")
+
+    reset = ans(coap(RST, 0, 0))
+    observe = ans(coap(ACK, content, 0, t, [(OBSERVE, uint(1))], b"21.5")) + ans(
+        coap(NON, content, 0, t, [(OBSERVE, uint(2))], b"21.6")
+    )
+    malformed = (
+        deadline + deadline + reset + ans(coap(ACK, 0x82, 0, t)) + deadline  # 4.02 Bad Option
+    )
+
+    def conversation(oscore_answer=b""):
+        return (
+            reset  # ping
+            + ans(coap(ACK, content, 0, t, [cf40], links))  # CON
+            + ans(coap(NON, content, 0, t, [cf40], links))  # NON
+            + ans(coap(ACK, content, 0, t, [cf40, block2(0, 1, 0)], links[:16]))  # discovery
+            + ans(coap(ACK, content, 0, t, [cf40, block2(1, 0, 0)], links[16:]))
+            + ans(coap(ACK, content, 0, t, [block2(0, 1)], b"x" * 64))  # Block2 on /big
+            + ans(coap(ACK, content, 0, t, [block2(1, 0)], b"y" * 10))
+            + observe
+            + oscore_answer
+            + malformed
+            + reset  # still alive
+        )
+
+    return {
+        "silent.bin": header(),
+        "silent_ipv4_long_timeouts.bin": header(ipv6=False, timeout=255, observe=255),
+        "good_server.bin": header() + conversation(),
+        "oscore_good_server.bin": header(oscore=True)
+        + conversation(prot(coap(ACK, content, 0, t, [], b"21.5"))),
+        "oscore_refused_4_01.bin": header(oscore=True) + conversation(ans(coap(ACK, 0x81, 0, t))),
+        "separate_response.bin": header()
+        + reset
+        + ans(coap(ACK, 0, 0))
+        + wait(1500)
+        + ans(coap(CON, content, 0x4321, t, [cf40], links)),
+        "endless_discovery.bin": header(max_blocks=4)
+        + reset
+        + ans(coap(ACK, content, 0, t, [cf40], links))
+        + ans(coap(NON, content, 0, t, [cf40], links))
+        + ans(coap(ACK, content, 0, t, [cf40, block2(0, 1, 0)], links[:16])) * 6,
+        "strays_and_garbage.bin": header()
+        + raw(coap(CON, content, 0x0bad, b"zz", [cf40], b"late"))
+        + raw(b"\x40")
+        + wait(999)
+        + reset
+        + raw(LIBCOAP_WELL_KNOWN_CORE)
+        + deadline * 3,
+    }
+
+
 TARGETS = {
     "addr_parse": addr_parse,
     "senml_decode": senml_decode,
@@ -483,6 +565,7 @@ TARGETS = {
     "edge_ops_input": edge_ops_input,
     "link_format": link_format,
     "probe_input": probe_input,
+    "probe_machine": probe_machine,
 }
 
 

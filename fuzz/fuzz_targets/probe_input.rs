@@ -1,12 +1,10 @@
 //! Fuzzes what `v6iot-sim probe` parses in each datagram the probed endpoint sends
-//! (`simulator/src/probe/core.rs`, `handle_datagram` and the checks after it), with the same SDK
+//! (`v6iot_sdk::coap::probe`, `handle_datagram` and the checks after it), with the same SDK
 //! calls in the same order: the message (`wire::parse`), its Block2 and Content-Format
 //! options, an unknown critical option, and the payload as link format (`link::parse`, whose
 //! links must round trip through `link::write`). The input is one datagram.
 //!
-//! The probe's state machine itself lives in the simulator, which the fuzz crate does not
-//! depend on (it would pull the simulator's whole tree into fuzz/Cargo.lock); its parsing is
-//! all here.
+//! The probe's state machine itself, driven through whole conversations, is `probe_machine`.
 
 #![no_main]
 

@@ -40,6 +40,17 @@ fn offer(m: &mut Medium, now: Instant, from: ParticipantId, bytes: &[u8]) {
         .unwrap();
 }
 
+/// Participant `from`, device `n` (extended address `ext(n)`), offers a broadcast frame with a
+/// `len`-byte payload at `now`.
+fn broadcast(m: &mut Medium, now: Instant, from: ParticipantId, n: u8, len: usize) {
+    offer(
+        m,
+        now,
+        from,
+        &frame(ext(n), LinkAddr::BROADCAST, false, len),
+    );
+}
+
 /// Runs the medium to `until`, collecting deliveries and what went on air.
 fn run_until(m: &mut Medium, until: Instant) -> (Vec<Delivery>, Vec<OnAir>) {
     let mut got = Vec::new();
@@ -109,18 +120,8 @@ fn csma_defers_to_a_transmission_it_hears() {
     let a = device(&mut m, 1, 26);
     let b = device(&mut m, 2, 26);
     let c = device(&mut m, 3, 26);
-    offer(
-        &mut m,
-        T0,
-        a,
-        &frame(ext(1), LinkAddr::BROADCAST, false, 100),
-    );
-    offer(
-        &mut m,
-        T0 + Duration::from_millis(1),
-        c,
-        &frame(ext(3), LinkAddr::BROADCAST, false, 100),
-    );
+    broadcast(&mut m, T0, a, 1, 100);
+    broadcast(&mut m, T0 + Duration::from_millis(1), c, 3, 100);
     let (got, air) = run_until(&mut m, T0 + Duration::from_millis(50));
     assert_eq!(to(&got, b), 2);
     assert_eq!(air.len(), 2);
@@ -140,18 +141,8 @@ fn two_transmitters_overlapping_collide_at_a_receiver_in_range_of_both() {
     let a = device(&mut m, 1, 26);
     let b = device(&mut m, 2, 26);
     let c = device(&mut m, 3, 26);
-    offer(
-        &mut m,
-        T0,
-        a,
-        &frame(ext(1), LinkAddr::BROADCAST, false, 60),
-    );
-    offer(
-        &mut m,
-        T0,
-        c,
-        &frame(ext(3), LinkAddr::BROADCAST, false, 60),
-    );
+    broadcast(&mut m, T0, a, 1, 60);
+    broadcast(&mut m, T0, c, 3, 60);
     let (got, air) = run_until(&mut m, T0 + Duration::from_millis(20));
     assert_eq!(air.len(), 2);
     assert_eq!(air[0].at, air[1].at, "on air together");
@@ -186,18 +177,8 @@ fn hidden_terminal(hidden: bool) -> (Vec<Delivery>, MediumStats, [ParticipantId;
     let b = device(&mut m, 2, 26);
     let c = device(&mut m, 3, 26);
     let d = device(&mut m, 4, 26);
-    offer(
-        &mut m,
-        T0,
-        a,
-        &frame(ext(1), LinkAddr::BROADCAST, false, 20),
-    );
-    offer(
-        &mut m,
-        T0 + Duration::from_micros(700),
-        c,
-        &frame(ext(3), LinkAddr::BROADCAST, false, 20),
-    );
+    broadcast(&mut m, T0, a, 1, 20);
+    broadcast(&mut m, T0 + Duration::from_micros(700), c, 3, 20);
     let (got, _) = run_until(&mut m, T0 + Duration::from_millis(50));
     (got, m.stats(), [a, b, c, d])
 }
@@ -264,18 +245,8 @@ fn a_busy_channel_makes_the_channel_access_fail_after_four_back_offs() {
     let a = device(&mut m, 1, 26);
     let b = device(&mut m, 2, 26);
     let c = device(&mut m, 3, 26);
-    offer(
-        &mut m,
-        T0,
-        a,
-        &frame(ext(1), LinkAddr::BROADCAST, false, 100),
-    );
-    offer(
-        &mut m,
-        T0 + Duration::from_millis(1),
-        c,
-        &frame(ext(3), LinkAddr::BROADCAST, false, 100),
-    );
+    broadcast(&mut m, T0, a, 1, 100);
+    broadcast(&mut m, T0 + Duration::from_millis(1), c, 3, 100);
     let (got, _) = run_until(&mut m, T0 + Duration::from_millis(50));
     let s = m.stats();
     assert_eq!((s.cca_busy, s.dropped.channel_access), (5, 1));

@@ -182,18 +182,8 @@ fn receive<N: ZepNode>(
             node.handle_datagram(Instant::now(), from, buf.get(..n).unwrap_or_default());
             Ok(true)
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::Interrupted
-                    // an ICMP port unreachable from a participant that went away
-                    | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            Ok(false)
-        }
+        // nothing came, or an ICMP port unreachable from a participant that went away
+        Err(e) if v6iot_sdk::net::is_transient(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }

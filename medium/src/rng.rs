@@ -1,9 +1,10 @@
 //! The medium's randomness: SplitMix64, seeded, so a run is repeated exactly from its seed (back-off
 //! draws, link losses). Not for anything secret.
 
-/// A seeded pseudo-random generator (SplitMix64: Steele, Lea and Flood, 2014).
+/// A seeded pseudo-random generator (SplitMix64: Steele, Lea and Flood, 2014). Its state is
+/// its seed to begin with: `Rng(seed)` is `Rng::new(seed)`.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     /// A generator whose sequence is fixed by `seed`.
@@ -35,8 +36,12 @@ impl Rng {
         if p <= 0.0 || p.is_nan() {
             return false;
         }
-        // 53 random bits as a fraction in [0, 1).
-        ((self.next_u64() >> 11) as f64) * (1.0 / (1_u64 << 53) as f64) < p
+        self.unit() < p
+    }
+
+    /// A number in [0, 1): 53 random bits as a fraction.
+    pub fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64) * (1.0 / (1_u64 << 53) as f64)
     }
 }
 

@@ -175,6 +175,16 @@ fn loss_is_per_link_and_repeats_under_its_seed() {
     assert_ne!(lossy_run(43, 1000).0, got, "another seed, another run");
 }
 
+/// A medium on `topology` with devices 1, 2 and 3 on channel 26.
+fn three_devices(topology: Topology) -> (Medium, [ParticipantId; 3]) {
+    let mut m = Medium::new(MediumConfig {
+        topology,
+        ..MediumConfig::default()
+    });
+    let ids = [1, 2, 3].map(|n| device(&mut m, n, 26));
+    (m, ids)
+}
+
 #[test]
 fn latency_is_per_link_and_waits_for_its_time() {
     let mut topology = Topology::flat(LinkModel::PERFECT);
@@ -183,13 +193,7 @@ fn latency_is_per_link_and_waits_for_its_time() {
         latency: Duration::from_millis(30),
     };
     topology.set_link(ext(1), ext(2), slow);
-    let mut m = Medium::new(MediumConfig {
-        topology,
-        ..MediumConfig::default()
-    });
-    let a = device(&mut m, 1, 26);
-    let b = device(&mut m, 2, 26);
-    let c = device(&mut m, 3, 26);
+    let (mut m, [a, b, c]) = three_devices(topology);
     let t = Instant::from_millis(100);
     offer(&mut m, t, a, &frame(ext(1), LinkAddr::BROADCAST, false, 4));
     let now: Vec<_> = deliveries(&mut m).iter().map(|d| d.to).collect();
@@ -212,13 +216,7 @@ fn explicit_topology_delivers_only_over_its_links() {
     let mut topology = Topology::explicit();
     topology.set_symmetric(ext(1), ext(2), LinkModel::PERFECT);
     topology.set_symmetric(ext(2), ext(3), LinkModel::PERFECT);
-    let mut m = Medium::new(MediumConfig {
-        topology,
-        ..MediumConfig::default()
-    });
-    let a = device(&mut m, 1, 26);
-    let b = device(&mut m, 2, 26);
-    let c = device(&mut m, 3, 26);
+    let (mut m, [a, b, c]) = three_devices(topology);
     let t = Instant::ZERO;
     offer(&mut m, t, a, &frame(ext(1), LinkAddr::BROADCAST, false, 4));
     assert_eq!(

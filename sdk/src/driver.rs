@@ -12,6 +12,7 @@ use std::vec;
 use tokio::net::UdpSocket;
 
 use crate::coap::{App, Device, Event};
+use crate::net::is_transient;
 use crate::persist::PersistFailed;
 use crate::store::{MarkStore, NoStore};
 use crate::time::Instant;
@@ -97,17 +98,4 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
     }
-}
-
-/// Whether a UDP socket error is one to ignore and go on: an ICMP error from an earlier
-/// datagram (refused, reset), an interrupted call, or nothing to read. Shared with the
-/// simulator's multi-device driver.
-pub fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }

@@ -24,6 +24,7 @@
 //! | [`coap`] | the CoAP device core: resource tree, discovery, Observe, Block-wise, reliability, deduplication |
 //! | [`nbiot`] | NB-IoT: the modem over AT commands (3GPP TS 27.007, HiSilicon sockets), PSM/eDRX timer encodings, [`nbiot::NbiotDevice`] (the CoAP core on the modem, with power saving); its tokio driver over any serial stream (feature `tokio`) |
 //! | [`oscore`] | OSCORE (RFC 8613): security context derivation, protection and verification of requests and responses, replay window, persisted sender sequence numbers |
+//! | `net` | which UDP socket errors a driver goes on after (`net::is_transient`, feature `std`) |
 //! | [`persist`] | the persistence interface of OSCORE state: the [`persist::StateStore`] trait a driver writes the sequence-number mark and replay floor through |
 //! | [`time`] | the monotonic [`time::Instant`] every core takes (microseconds since a start the driver picks) and its bridge to `std` |
 //! | [`uplink`] | registration with the edge router (RFC 9176 directory) and telemetry reports |
@@ -46,6 +47,8 @@ pub mod coap;
 pub mod driver;
 pub mod lowpan;
 pub mod nbiot;
+#[cfg(feature = "std")]
+pub mod net;
 pub mod oscore;
 pub mod persist;
 pub mod radio;

@@ -30,6 +30,25 @@ fn device() -> Device<Thing> {
     Device::new(config(), 7, tree(), Thing::default())
 }
 
+/// A device that serves bodies in 256-byte blocks (SZX 4).
+fn block_device() -> Device<Thing> {
+    let config = Config {
+        block_szx: 4,
+        ..config()
+    };
+    Device::new(config, 1, tree(), Thing::default())
+}
+
+/// A Block2 option value asking for block `num` of size SZX `szx`.
+fn block2(num: u32, szx: u8) -> Vec<u8> {
+    Block {
+        num,
+        more: false,
+        szx,
+    }
+    .encode()
+}
+
 fn observe_of(p: &Packet) -> Option<u32> {
     p.get_first_option(CoapOption::Observe)
         .map(|v| wire::read_uint(v, 3).unwrap())
@@ -418,15 +437,7 @@ fn ack_stops_retransmission_and_resets_the_daily_clock() {
 
 #[test]
 fn block2_serves_large_bodies_in_pieces() {
-    let mut d = Device::new(
-        Config {
-            block_szx: 4,
-            ..config()
-        },
-        1,
-        tree(),
-        Thing::default(),
-    );
+    let mut d = block_device();
     let now = Instant::ZERO;
     send(&mut d, now, &get(1, b"b", "big"));
     let r = recv(&mut d);
@@ -448,15 +459,7 @@ fn block2_serves_large_bodies_in_pieces() {
     let mut num = 1;
     loop {
         let mut p = get(1 + num as u16, b"b", "big");
-        p.add_option(
-            CoapOption::Block2,
-            Block {
-                num,
-                more: false,
-                szx: 4,
-            }
-            .encode(),
-        );
+        p.add_option(CoapOption::Block2, block2(num, 4));
         send(&mut d, now, &p);
         let r = recv(&mut d);
         assert_eq!(r.get_first_option(CoapOption::ETag), Some(&etag));
@@ -471,41 +474,17 @@ fn block2_serves_large_bodies_in_pieces() {
     assert_eq!(body, big_body());
     // Past the end: 4.02.
     let mut p = get(900, b"b", "big");
-    p.add_option(
-        CoapOption::Block2,
-        Block {
-            num: 1000,
-            more: false,
-            szx: 4,
-        }
-        .encode(),
-    );
+    p.add_option(CoapOption::Block2, block2(1000, 4));
     send(&mut d, now, &p);
     assert_eq!(code(&recv(&mut d)), ResponseType::BadOption);
 }
 
 #[test]
 fn block2_larger_request_size_maps_to_our_smaller_blocks() {
-    let mut d = Device::new(
-        Config {
-            block_szx: 4,
-            ..config()
-        },
-        1,
-        tree(),
-        Thing::default(),
-    );
+    let mut d = block_device();
     let now = Instant::ZERO;
     let mut p = get(1, b"b", "big");
-    p.add_option(
-        CoapOption::Block2,
-        Block {
-            num: 1,
-            more: false,
-            szx: 6,
-        }
-        .encode(),
-    );
+    p.add_option(CoapOption::Block2, block2(1, 6));
     send(&mut d, now, &p);
     let r = recv(&mut d);
     assert_eq!(

@@ -23,7 +23,7 @@ use std::time::Duration;
 use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, RequestType, ResponseType};
-use common::{Thing, config, tree};
+use common::{Meter, Thing, config, tree};
 use lowpan::{PAN, PREFIX, ROUTER_GLOBAL, ROUTER_LL, StandIn};
 use v6iot_sdk::addr::{DeviceAddress, SitePrefix};
 use v6iot_sdk::coap::{Changed, Device, content_format as cf};
@@ -733,36 +733,6 @@ fn the_frame_queue_and_the_event_queue_are_bounded() {
         0x400 + 19,
         "the latest prefix is in force"
     );
-}
-
-/// Makes one report when `due` comes (body `r1`, `r2`, …); records what became of each.
-#[derive(Debug, Default)]
-struct Meter {
-    due: Option<Instant>,
-    made: u32,
-    pending: Option<Vec<u8>>,
-    events: Vec<v6iot_sdk::uplink::ReportEvent>,
-}
-
-impl v6iot_sdk::coap::App for Meter {
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.due
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) -> Changed {
-        self.due = None;
-        self.made += 1;
-        self.pending = Some(format!("r{}", self.made).into_bytes());
-        Changed::NONE
-    }
-
-    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
-        self.pending.take().map(|body| (cf::SENML_JSON, body))
-    }
-
-    fn report_event(&mut self, _now: Instant, event: v6iot_sdk::uplink::ReportEvent) {
-        self.events.push(event);
-    }
 }
 
 /// A metering device (with an uplink to the router) and the stand-in router on in-memory

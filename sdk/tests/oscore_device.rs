@@ -22,7 +22,7 @@ use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use common::counting_alloc::heap_freed_by;
-use common::{Thing, big_body, code, get, peer, recv, request, send, tree};
+use common::{Thing, big_body, code, get, paths, peer, recv, request, send, tree};
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::coap::{Changed, Config, Device, Event, ResourceId, Response, content_format as cf};
 use v6iot_sdk::oscore::{
@@ -451,16 +451,6 @@ fn register_at_edge(d: &mut Device<Thing>, edge: &mut SecurityContext, now: Inst
     d.handle_datagram(now, edge_addr(), &ok);
     assert!(d.registration().unwrap().is_registered());
     piv_of(&outer).unwrap()
-}
-
-fn paths(p: &Packet) -> Vec<String> {
-    p.get_option(CoapOption::UriPath)
-        .map(|l| {
-            l.iter()
-                .map(|s| String::from_utf8(s.clone()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

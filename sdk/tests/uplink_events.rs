@@ -20,53 +20,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
+use common::Meter;
 use common::counting_alloc::heap_freed_by;
-use v6iot_sdk::coap::{App, Changed, Config, Device, ResourceTree};
+use v6iot_sdk::coap::{Config, Device, ResourceTree};
 use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::{ReportEvent, UplinkConfig};
-
-/// Makes one report per call of `handle_timeout` while `due` is set; records the events.
-#[derive(Debug, Default)]
-struct Reports {
-    due: Option<Instant>,
-    made: u32,
-    pending: Option<Vec<u8>>,
-    events: Vec<ReportEvent>,
-}
-
-impl App for Reports {
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.due
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) -> Changed {
-        self.due = None;
-        self.made += 1;
-        self.pending = Some(format!("r{}", self.made).into_bytes());
-        Changed::NONE
-    }
-
-    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
-        self.pending.take().map(|body| (60, body))
-    }
-
-    fn report_event(&mut self, _now: Instant, event: ReportEvent) {
-        self.events.push(event);
-    }
-}
 
 fn edge() -> SocketAddr {
     "[2001:db8::e]:5683".parse().unwrap()
 }
 
 /// A device with an uplink of at most `queue` reports, registered at t = 0.
-fn registered(queue: usize) -> Device<Reports> {
-    let tree: Arc<ResourceTree<Reports>> = Arc::new(ResourceTree::new());
+fn registered(queue: usize) -> Device<Meter> {
+    let tree: Arc<ResourceTree<Meter>> = Arc::new(ResourceTree::new());
     let config = UplinkConfig {
         max_queued_reports: queue,
         ..UplinkConfig::new(edge(), "d1")
     };
-    let mut d = Device::new(Config::default(), 3, tree, Reports::default())
+    let mut d = Device::new(Config::default(), 3, tree, Meter::default())
         .with_uplink(Instant::ZERO, config);
     let reg = take(&mut d);
     let mut created = answer(&reg, ResponseType::Created);
@@ -78,7 +49,7 @@ fn registered(queue: usize) -> Device<Reports> {
 }
 
 /// The one datagram the device has to send.
-fn take(d: &mut Device<Reports>) -> Packet {
+fn take(d: &mut Device<Meter>) -> Packet {
     let t = d.poll_transmit().expect("a datagram");
     assert!(d.poll_transmit().is_none(), "one at a time");
     Packet::from_bytes(&t.contents).unwrap()
@@ -95,14 +66,14 @@ fn answer(request: &Packet, code: ResponseType) -> Packet {
 }
 
 /// Makes a report at `now` and returns the request it sent (if one went out).
-fn report(d: &mut Device<Reports>, now: Instant) -> Option<Packet> {
+fn report(d: &mut Device<Meter>, now: Instant) -> Option<Packet> {
     d.app_mut().due = Some(now);
     d.handle_timeout(now);
     d.poll_transmit()
         .map(|t| Packet::from_bytes(&t.contents).unwrap())
 }
 
-fn reply(d: &mut Device<Reports>, now: Instant, request: &Packet, code: ResponseType) {
+fn reply(d: &mut Device<Meter>, now: Instant, request: &Packet, code: ResponseType) {
     let mut a = answer(request, code);
     if code == ResponseType::ServiceUnavailable {
         a.add_option(CoapOption::MaxAge, vec![1]);
@@ -222,13 +193,13 @@ fn a_device_that_went_quiet_holds_nothing_for_its_reports() {
 #[test]
 fn reports_before_the_uplink_are_held_or_refused_never_lost_silently() {
     let t = |s: u64| Instant::ZERO + Duration::from_secs(s);
-    let tree: Arc<ResourceTree<Reports>> = Arc::new(ResourceTree::new());
-    let mut bare = Device::new(Config::default(), 3, tree.clone(), Reports::default());
+    let tree: Arc<ResourceTree<Meter>> = Arc::new(ResourceTree::new());
+    let mut bare = Device::new(Config::default(), 3, tree.clone(), Meter::default());
     bare.app_mut().due = Some(t(1));
     bare.handle_timeout(t(1));
     assert_eq!(bare.app().events, [ReportEvent::Dropped]);
 
-    let mut d = Device::new(Config::default(), 3, tree, Reports::default());
+    let mut d = Device::new(Config::default(), 3, tree, Meter::default());
     d.hold_reports(1);
     for s in [1, 2] {
         d.app_mut().due = Some(t(s));

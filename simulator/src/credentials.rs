@@ -94,6 +94,14 @@ pub fn device_input(record: &DeviceRecord) -> ContextInput {
     }
 }
 
+/// The edge's side of `record`'s context (Sender ID empty, Recipient ID the kid): the stand-in
+/// edge's, and the probe's, which speaks to a device as the edge would.
+pub fn edge_input(record: &DeviceRecord) -> ContextInput {
+    let mut input = device_input(record);
+    std::mem::swap(&mut input.sender_id, &mut input.recipient_id);
+    input
+}
+
 /// The device's security context after a restart: its sender sequence number continues at
 /// `stored.sender_mark` (0 for a device that never ran), with marks `step` apart, and requests
 /// below `stored.replay_floor` are replays.

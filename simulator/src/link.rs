@@ -194,7 +194,7 @@ impl Link for Sockets {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if v6iot_sdk::driver::is_transient(&e) => {
+                Err(e) if v6iot_sdk::net::is_transient(&e) => {
                     tracing::debug!(error = %e, "transient receive error");
                 }
                 Err(error) => {

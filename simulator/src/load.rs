@@ -682,15 +682,17 @@ fn spawn_shards(
         lives.push(live.clone());
         let handle = if let Some(lowpan) = lowpan_plan(s) {
             let link = medium_link(&roster, lowpan, s.seed)?;
-            spawn_lowpan(name, core, link, stop, live)?
+            spawn(name, core, link, stop, live, |link, r| {
+                r.air = Some(link.finish());
+            })?
         } else if s.fleets.iter().all(|f| f.sources == Sources::Sockets) {
             let link = device_sockets(roster.members(), s.edge.address)?;
-            spawn(name, core, link, stop, live)?
+            spawn(name, core, link, stop, live, |_, _| {})?
         } else {
             let pool = AddressPool::bind_segments(0, pool_segments(&roster)).context(
                 "a socket for the devices' addresses (is the prefix routed to loopback in this network namespace?)",
             )?;
-            spawn(name, core, pool, stop, live)?
+            spawn(name, core, pool, stop, live, |_, _| {})?
         };
         handles.push(handle);
     }
@@ -721,26 +723,6 @@ fn medium_link(roster: &Roster, plan: &LowpanPlan, seed: u64) -> anyhow::Result<
     let socket = MediumLink::bind(plan)
         .with_context(|| format!("bind the fleet's ZEP socket {}", plan.listen))?;
     MediumLink::new(plan, &addrs, socket, seed).context("start the fleet's medium")
-}
-
-/// As [`spawn`], for a 6LoWPAN shard: what its medium carried goes into its result.
-fn spawn_lowpan<St: MemberStore + 'static>(
-    name: String,
-    core: ShardCore<St>,
-    mut link: MediumLink,
-    stop: Stop,
-    live: Arc<Live>,
-) -> anyhow::Result<ShardThread> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let mut result = shard::run_with(core, &mut link, stop, &mut |c, pending| {
-                live.store(c, pending);
-            })?;
-            result.air = Some(link.finish());
-            Ok(result)
-        })
-        .context("start a shard thread")
 }
 
 /// The address segments of a thread's members: per fleet, its members of this thread, at
@@ -786,19 +768,29 @@ fn pool_segments(roster: &Roster) -> Vec<Segment> {
     segments
 }
 
-fn spawn<St: MemberStore + 'static, L: crate::link::Link + Send + 'static>(
+/// Runs `core` on `link` in a thread of its own; `finish` then adds what the link itself
+/// counted to the shard's result (a 6LoWPAN medium's figures).
+fn spawn<St, L, F>(
     name: String,
     core: ShardCore<St>,
     mut link: L,
     stop: Stop,
     live: Arc<Live>,
-) -> anyhow::Result<ShardThread> {
+    finish: F,
+) -> anyhow::Result<ShardThread>
+where
+    St: MemberStore + 'static,
+    L: crate::link::Link + Send + 'static,
+    F: FnOnce(L, &mut ShardResult) + Send + 'static,
+{
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            shard::run_with(core, &mut link, stop, &mut |c, pending| {
-                live.store(c, pending)
-            })
+            let mut result = shard::run_with(core, &mut link, stop, &mut |c, pending| {
+                live.store(c, pending);
+            })?;
+            finish(link, &mut result);
+            Ok(result)
         })
         .context("start a shard thread")
 }

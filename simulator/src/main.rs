@@ -251,28 +251,37 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// The scenario these flags describe (or the file names).
+    /// The scenario these flags describe (or the file names), with `--seed`, `--threads` and
+    /// `--drain` applied.
     fn scenario(&self) -> anyhow::Result<Scenario> {
-        if let Some(path) = &self.scenario {
-            let mut s = scenario::file::load(path)?;
-            if let Some(seed) = self.seed {
-                s.seed = seed;
-            }
-            if let Some(t) = self.threads {
-                s.threads = t;
-            }
-            if let Some(d) = self.drain {
-                s.drain = d;
-            }
-            if let Some(pcap) = &self.lowpan.pcap {
-                for f in &mut s.fleets {
-                    if let Transport::Lowpan(plan) = &mut f.transport {
-                        plan.pcap = Some(pcap.clone());
+        let mut s = match &self.scenario {
+            Some(path) => {
+                let mut s = scenario::file::load(path)?;
+                if let Some(pcap) = &self.lowpan.pcap {
+                    for f in &mut s.fleets {
+                        if let Transport::Lowpan(plan) = &mut f.transport {
+                            plan.pcap = Some(pcap.clone());
+                        }
                     }
                 }
+                s
             }
-            return Ok(s);
+            None => self.flag_scenario(),
+        };
+        if let Some(seed) = self.seed {
+            s.seed = seed;
         }
+        if let Some(t) = self.threads {
+            s.threads = t;
+        }
+        if let Some(d) = self.drain {
+            s.drain = d;
+        }
+        Ok(s)
+    }
+
+    /// The one fleet of `run`'s flags.
+    fn flag_scenario(&self) -> Scenario {
         let mut fleet = FleetSpec::new(&self.id_prefix, self.devices, self.rate);
         fleet.id_prefix = self.id_prefix.clone();
         fleet.ramp = self.ramp;
@@ -309,16 +318,7 @@ impl RunArgs {
         s.duration = self.duration;
         s.broker.prefix = self.prefix.clone();
         s.broker.site = self.site.clone();
-        if let Some(seed) = self.seed {
-            s.seed = seed;
-        }
-        if let Some(t) = self.threads {
-            s.threads = t;
-        }
-        if let Some(d) = self.drain {
-            s.drain = d;
-        }
-        Ok(s)
+        s
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_credentials::DeviceRecord;
 use v6iot_sdk::coap::wire;
-use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, OscoreOption, SecurityContext};
+use v6iot_sdk::oscore::{self, ContextConfig, OscoreOption, SecurityContext};
 use v6iot_sdk::senml;
 use v6iot_sdk::time::Instant;
 
@@ -93,13 +93,7 @@ impl StandInEdge {
 
     /// Adds the edge's side of `record`'s OSCORE context (Sender ID empty, Recipient ID = kid).
     pub fn add_device(&mut self, record: &DeviceRecord) -> Result<(), oscore::OscoreError> {
-        let input = ContextInput {
-            master_secret: record.master_secret.as_bytes().to_vec(),
-            master_salt: record.master_salt.clone().unwrap_or_default(),
-            id_context: None,
-            sender_id: Vec::new(),
-            recipient_id: record.kid.clone(),
-        };
+        let input = crate::credentials::edge_input(record);
         let config = ContextConfig {
             persist_step: 1 << 30,
             ..ContextConfig::default()

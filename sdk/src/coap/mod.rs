@@ -9,6 +9,7 @@
 //! | [`config`] | RFC 7252 transmission parameters and memory bounds |
 //! | [`resource`] | the resource tree, handlers, requests and replies, `/.well-known/core` with its filters |
 //! | [`link`] | CoRE link format (RFC 6690): the writer and the reader |
+//! | [`probe`] | the client-side checks of another endpoint's IPv6 and CoAP behaviour (`v6iot-sim probe`'s core) |
 //! | [`endpoint`] | the protocol state machine of one device: reliability, dedup, Observe, Block-wise |
 //! | [`device`] | an [`Endpoint`], a shared [`ResourceTree`] and the application's state, as one unit |
 //!
@@ -43,6 +44,7 @@ pub mod config;
 pub mod device;
 pub mod endpoint;
 pub mod link;
+pub mod probe;
 pub mod resource;
 pub mod wire;
 

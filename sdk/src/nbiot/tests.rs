@@ -342,6 +342,52 @@ impl App for Meter {
     }
 }
 
+/// Plays `script` (command expected, answer) at `now` for an NB-IoT device's modem.
+fn play_device(d: &mut NbiotDevice<Meter>, now: Instant, script: &[(&str, &str)]) {
+    for (command, answer) in script {
+        assert_eq!(
+            String::from_utf8(d.poll_serial().unwrap()).unwrap(),
+            *command
+        );
+        d.handle_serial(now, answer.as_bytes());
+    }
+}
+
+/// The network registers the device's modem at `at_ms` (10 s of active time); 10 ms later the
+/// modem answers with its address, `2001:db8:100::7`, and opens socket 1.
+fn attach_device(d: &mut NbiotDevice<Meter>, at_ms: u64) {
+    d.handle_serial(
+        t(at_ms),
+        b"+CEREG: 1,\"1A2B\",\"0C0D0E0F\",9,,,\"00000101\",\"00111000\"\r\n",
+    );
+    play_device(
+        d,
+        t(at_ms + 10),
+        &[
+            (
+                "AT+CGPADDR=1\r",
+                "+CGPADDR: 1,\"2001:DB8:100::7\"\r\nOK\r\n",
+            ),
+            ("AT+NSOCR=DGRAM,17,5683,1\r", "1\r\nOK\r\n"),
+        ],
+    );
+}
+
+/// Answers the registration `register` at `now` (2.01 with a location): the device is
+/// registered.
+fn accept_registration(d: &mut NbiotDevice<Meter>, now: Instant, register: &coap_lite::Packet) {
+    answer(d, now, register, coap_lite::ResponseType::Created, true);
+    assert!(d.device().registration().unwrap().is_registered());
+}
+
+/// The first Uri-Path segment of `p`.
+fn first_path(p: &coap_lite::Packet) -> &[u8] {
+    p.get_option(coap_lite::CoapOption::UriPath)
+        .unwrap()
+        .front()
+        .unwrap()
+}
+
 /// The test modem's side for the NB-IoT device: answers `AT+NSOST` and returns the CoAP
 /// request it carried.
 fn take_request(d: &mut NbiotDevice<Meter>, now: Instant) -> coap_lite::Packet {
@@ -407,31 +453,8 @@ fn the_device_registers_in_queue_mode_reports_listens_then_sleeps_until_its_next
         .with_uplink(t(0), nbiot_uplink(edge(), "meter-7"));
     let mut d = NbiotDevice::new(t(0), core, config());
     // Bring the modem up (the device's registration waits in the modem's queue meanwhile).
-    let modem_side = |d: &mut NbiotDevice<Meter>, now: Instant, script: &[(&str, &str)]| {
-        for (command, answer) in script {
-            assert_eq!(
-                String::from_utf8(d.poll_serial().unwrap()).unwrap(),
-                *command
-            );
-            d.handle_serial(now, answer.as_bytes());
-        }
-    };
-    modem_side(&mut d, t(10), &BRING_UP);
-    d.handle_serial(
-        t(2000),
-        b"+CEREG: 1,\"1A2B\",\"0C0D0E0F\",9,,,\"00000101\",\"00111000\"\r\n",
-    );
-    modem_side(
-        &mut d,
-        t(2010),
-        &[
-            (
-                "AT+CGPADDR=1\r",
-                "+CGPADDR: 1,\"2001:DB8:100::7\"\r\nOK\r\n",
-            ),
-            ("AT+NSOCR=DGRAM,17,5683,1\r", "1\r\nOK\r\n"),
-        ],
-    );
+    play_device(&mut d, t(10), &BRING_UP);
+    attach_device(&mut d, 2000);
     let register = take_request(&mut d, t(2020));
     let query: Vec<String> = register
         .get_option(coap_lite::CoapOption::UriQuery)
@@ -440,14 +463,7 @@ fn the_device_registers_in_queue_mode_reports_listens_then_sleeps_until_its_next
         .map(|q| String::from_utf8(q.clone()).unwrap())
         .collect();
     assert!(query.contains(&"b=UQ".into()), "{query:?}");
-    answer(
-        &mut d,
-        t(2500),
-        &register,
-        coap_lite::ResponseType::Created,
-        true,
-    );
-    assert!(d.device().registration().unwrap().is_registered());
+    accept_registration(&mut d, t(2500), &register);
     assert!(!d.is_asleep(), "listening for the active time");
     // 10 s granted: asleep at 12.5 s, until the report at 30 s.
     assert_eq!(d.poll_timeout(), Some(t(12_500)));
@@ -466,14 +482,7 @@ fn the_device_registers_in_queue_mode_reports_listens_then_sleeps_until_its_next
         reason: WakeReason::Work
     }));
     let report = take_request(&mut d, t(30_010));
-    assert_eq!(
-        report
-            .get_option(coap_lite::CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
-        b"t"
-    );
+    assert_eq!(first_path(&report), b"t");
     answer(
         &mut d,
         t(31_000),
@@ -505,62 +514,22 @@ fn the_uplink_starts_when_the_modem_is_ready_and_nothing_waits_twice_while_it_at
     };
     let core = Device::new(Config::default(), 7, tree, meter);
     let mut d = NbiotDevice::new(t(0), core, config()).with_uplink(nbiot_uplink(edge(), "meter-7"));
-    for (command, answer) in BRING_UP {
-        assert_eq!(
-            String::from_utf8(d.poll_serial().unwrap()).unwrap(),
-            command
-        );
-        d.handle_serial(t(10), answer.as_bytes());
-    }
+    play_device(&mut d, t(10), &BRING_UP);
     // Searching for 20 s: time passes, nothing is written.
     while let Some(next) = d.poll_timeout().filter(|n| *n < t(20_000)) {
         d.handle_timeout(next);
         assert_eq!(d.poll_serial(), None, "at {next:?}");
     }
-    d.handle_serial(
-        t(20_000),
-        b"+CEREG: 1,\"1A2B\",\"0C0D0E0F\",9,,,\"00000101\",\"00111000\"\r\n",
-    );
-    for (command, answer) in [
-        (
-            "AT+CGPADDR=1\r",
-            "+CGPADDR: 1,\"2001:DB8:100::7\"\r\nOK\r\n",
-        ),
-        ("AT+NSOCR=DGRAM,17,5683,1\r", "1\r\nOK\r\n"),
-    ] {
-        assert_eq!(
-            String::from_utf8(d.poll_serial().unwrap()).unwrap(),
-            command
-        );
-        d.handle_serial(t(20_010), answer.as_bytes());
-    }
+    attach_device(&mut d, 20_000);
     let register = take_request(&mut d, t(20_020));
-    assert_eq!(
-        register
-            .get_option(coap_lite::CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
-        b"rd"
-    );
-    answer(
-        &mut d,
-        t(20_500),
-        &register,
-        coap_lite::ResponseType::Created,
-        true,
-    );
-    assert!(d.device().registration().unwrap().is_registered());
+    assert_eq!(first_path(&register), b"rd");
+    accept_registration(&mut d, t(20_500), &register);
     // The application's timer, due since 5 s, runs now that the uplink is up.
     assert!(d.poll_timeout().is_some_and(|at| at <= t(20_510)));
     d.handle_timeout(t(20_510));
     let report = take_request(&mut d, t(20_510));
     assert_eq!(
-        report
-            .get_option(coap_lite::CoapOption::UriPath)
-            .unwrap()
-            .front()
-            .unwrap(),
+        first_path(&report),
         b"t",
         "the report made while the modem attached, not a second registration"
     );

@@ -70,17 +70,7 @@ impl ZepRadio {
         }
         match self.socket.recv_from(&mut self.datagram[..]) {
             Ok((n, _)) => Ok(Some(n)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                        | io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                Ok(None)
-            }
+            Err(e) if crate::net::is_transient(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::cbor_value::CborValue as Cbor;
 
 use super::SenmlError;
-use super::raw::{RawPack, RawRecord};
+use super::raw::RawPack;
 use super::record::{Field, Kind, Pack, Record, RecordAssembler, Typed, expected, validate};
 use super::ser::{PackSer, Style};
 
@@ -41,18 +41,7 @@ pub fn to_cbor(pack: &[Record]) -> Result<Vec<u8>, SenmlError> {
 pub fn from_cbor(bytes: &[u8]) -> Result<Pack, SenmlError> {
     let raw: RawPack<Cbor, Cbor> =
         serde_cbor::from_slice(bytes).map_err(|e| SenmlError::Cbor(e.to_string()))?;
-    let RawPack::Array(elements) = raw else {
-        return Err(SenmlError::NotAnArray);
-    };
-    let mut pack = Vec::with_capacity(elements.len());
-    for (index, element) in elements.into_iter().enumerate() {
-        let RawRecord::Map(entries) = element else {
-            return Err(SenmlError::NotAMap { record: index });
-        };
-        pack.push(record(index, entries)?);
-    }
-    validate(&pack)?;
-    Ok(pack)
+    raw.into_pack(record)
 }
 
 fn record(index: usize, entries: Vec<(Cbor, Cbor)>) -> Result<Record, SenmlError> {

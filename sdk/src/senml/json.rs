@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::SenmlError;
 use super::base64url;
-use super::raw::{RawPack, RawRecord};
+use super::raw::RawPack;
 use super::record::{Field, Kind, Pack, Record, RecordAssembler, Typed, expected, validate};
 use super::ser::{PackSer, Style};
 
@@ -38,18 +38,7 @@ pub fn to_json_vec(pack: &[Record]) -> Result<Vec<u8>, SenmlError> {
 pub fn from_json(bytes: &[u8]) -> Result<Pack, SenmlError> {
     let raw: RawPack<String, Json> =
         serde_json::from_slice(bytes).map_err(|e| SenmlError::Json(e.to_string()))?;
-    let RawPack::Array(elements) = raw else {
-        return Err(SenmlError::NotAnArray);
-    };
-    let mut pack = Vec::with_capacity(elements.len());
-    for (index, element) in elements.into_iter().enumerate() {
-        let RawRecord::Map(entries) = element else {
-            return Err(SenmlError::NotAMap { record: index });
-        };
-        pack.push(record(index, entries)?);
-    }
-    validate(&pack)?;
-    Ok(pack)
+    raw.into_pack(record)
 }
 
 fn record(index: usize, entries: Vec<(String, Json)>) -> Result<Record, SenmlError> {

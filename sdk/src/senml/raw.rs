@@ -11,6 +11,9 @@ use core::marker::PhantomData;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::SenmlError;
+use super::record::{Pack, Record, validate};
+
 /// The top level of a SenML document.
 pub(crate) enum RawPack<K, V> {
     /// An array, element by element.
@@ -25,6 +28,28 @@ pub(crate) enum RawRecord<K, V> {
     Map(Vec<(K, V)>),
     /// Something other than a map.
     NotMap,
+}
+
+impl<K, V> RawPack<K, V> {
+    /// The pack: each element's entries made a record by `record(index, entries)`, the whole
+    /// checked by [`validate`] (what both decoders do once the shape is read).
+    pub(crate) fn into_pack(
+        self,
+        mut record: impl FnMut(usize, Vec<(K, V)>) -> Result<Record, SenmlError>,
+    ) -> Result<Pack, SenmlError> {
+        let RawPack::Array(elements) = self else {
+            return Err(SenmlError::NotAnArray);
+        };
+        let mut pack = Vec::with_capacity(elements.len());
+        for (index, element) in elements.into_iter().enumerate() {
+            let RawRecord::Map(entries) = element else {
+                return Err(SenmlError::NotAMap { record: index });
+            };
+            pack.push(record(index, entries)?);
+        }
+        validate(&pack)?;
+        Ok(pack)
+    }
 }
 
 /// The `visit_*` methods for the scalar types, all answering `$other`.

@@ -111,6 +111,7 @@ struct PackState<'de> {
     error: Option<SenmlError>,
 }
 
+/// The base fields (RFC 8428 §4.1): those of one record, or those in force.
 #[derive(Default)]
 struct Base<'de> {
     bn: Option<Cow<'de, str>>,
@@ -120,14 +121,26 @@ struct Base<'de> {
     bs: Option<f64>,
 }
 
+impl<'de> Base<'de> {
+    /// The base fields in force after a record with `record`'s: each one it sets replaces the
+    /// one before.
+    fn apply(&mut self, record: Base<'de>) {
+        if record.bn.is_some() {
+            self.bn = record.bn;
+        }
+        if record.bu.is_some() {
+            self.bu = record.bu;
+        }
+        self.bt = record.bt.or(self.bt);
+        self.bv = record.bv.or(self.bv);
+        self.bs = record.bs.or(self.bs);
+    }
+}
+
 /// One record as decoded, its text and data borrowed where the input allows.
 #[derive(Default)]
 struct RecordRef<'de> {
-    bn: Option<Cow<'de, str>>,
-    bt: Option<f64>,
-    bu: Option<Cow<'de, str>>,
-    bv: Option<f64>,
-    bs: Option<f64>,
+    base: Base<'de>,
     bver: Option<i64>,
     n: Option<Cow<'de, str>>,
     u: Option<Cow<'de, str>>,
@@ -179,14 +192,14 @@ impl<'de> RecordRef<'de> {
     /// Stores a type-checked value; `field` was claimed, so each is set once.
     fn set(&mut self, field: Field, value: Typed<'de>) -> bool {
         match (field, value) {
-            (Field::Bn, Typed::Text(x)) => self.bn = Some(x),
-            (Field::Bu, Typed::Text(x)) => self.bu = Some(x),
+            (Field::Bn, Typed::Text(x)) => self.base.bn = Some(x),
+            (Field::Bu, Typed::Text(x)) => self.base.bu = Some(x),
             (Field::N, Typed::Text(x)) => self.n = Some(x),
             (Field::U, Typed::Text(x)) => self.u = Some(x),
             (Field::Vs, Typed::Text(x)) => self.vs = Some(x),
-            (Field::Bt, Typed::Number(x)) => self.bt = Some(x),
-            (Field::Bv, Typed::Number(x)) => self.bv = Some(x),
-            (Field::Bs, Typed::Number(x)) => self.bs = Some(x),
+            (Field::Bt, Typed::Number(x)) => self.base.bt = Some(x),
+            (Field::Bv, Typed::Number(x)) => self.base.bv = Some(x),
+            (Field::Bs, Typed::Number(x)) => self.base.bs = Some(x),
             (Field::V, Typed::Number(x)) => self.v = Some(x),
             (Field::S, Typed::Number(x)) => self.s = Some(x),
             (Field::T, Typed::Number(x)) => self.t = Some(x),
@@ -205,19 +218,11 @@ impl<'de> PackState<'de> {
     /// (RFC 8428 §4.6; the same steps as [`resolve`](super::resolve)).
     fn record(&mut self, r: RecordRef<'de>) -> Result<(), SenmlError> {
         let index = self.index;
-        let numbers = [r.bt, r.bv, r.bs, r.v, r.s, r.t, r.ut];
+        let numbers = [r.base.bt, r.base.bv, r.base.bs, r.v, r.s, r.t, r.ut];
         check_record(index, numbers, r.value_count(), r.bver, &mut self.versions)?;
         let regular = r.has_regular_fields();
         let base = &mut self.base;
-        if r.bn.is_some() {
-            base.bn = r.bn;
-        }
-        if r.bu.is_some() {
-            base.bu = r.bu;
-        }
-        base.bt = r.bt.or(base.bt);
-        base.bv = r.bv.or(base.bv);
-        base.bs = r.bs.or(base.bs);
+        base.apply(r.base);
 
         let value = if let Some(v) = r.v {
             Some(ValueRef::Float(base.bv.map_or(v, |bv| bv + v)))

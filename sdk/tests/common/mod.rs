@@ -11,10 +11,11 @@ use v6iot_sdk::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use v6iot_sdk::coap::{
-    App, Code, Config, Device, Reply, Request, Resource, ResourceTree, Response, Ticket,
+    App, Changed, Code, Config, Device, Reply, Request, Resource, ResourceTree, Response, Ticket,
     content_format as cf,
 };
 use v6iot_sdk::oscore::DurableState;
+use v6iot_sdk::uplink::ReportEvent;
 
 /// Test application: counts handler calls, holds a value, a big body, and deferred tickets.
 #[derive(Debug, Default)]
@@ -26,6 +27,37 @@ pub struct Thing {
 }
 
 impl App for Thing {}
+
+/// Test application of the uplink tests: makes one report (SenML JSON, body `r1`, `r2`, …)
+/// when `due` comes; records what became of each.
+#[derive(Debug, Default)]
+pub struct Meter {
+    pub due: Option<Instant>,
+    pub made: u32,
+    pub pending: Option<Vec<u8>>,
+    pub events: Vec<ReportEvent>,
+}
+
+impl App for Meter {
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.due
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Changed {
+        self.due = None;
+        self.made += 1;
+        self.pending = Some(format!("r{}", self.made).into_bytes());
+        Changed::NONE
+    }
+
+    fn poll_report(&mut self) -> Option<(u16, Vec<u8>)> {
+        self.pending.take().map(|body| (cf::SENML_JSON, body))
+    }
+
+    fn report_event(&mut self, _now: Instant, event: ReportEvent) {
+        self.events.push(event);
+    }
+}
 
 pub const BIG: usize = 3000;
 
@@ -148,6 +180,17 @@ pub fn recv_all<S: App>(d: &mut Device<S>) -> Vec<Packet> {
     std::iter::from_fn(|| d.poll_transmit())
         .map(|t| Packet::from_bytes(&t.contents).unwrap())
         .collect()
+}
+
+/// The Uri-Path segments of `p`.
+pub fn paths(p: &Packet) -> Vec<String> {
+    p.get_option(CoapOption::UriPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8(s.clone()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn code(p: &Packet) -> ResponseType {

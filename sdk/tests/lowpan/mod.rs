@@ -21,6 +21,8 @@ use v6iot_sdk::oscore::{self, RequestInfo, SecurityContext};
 use v6iot_sdk::radio::MacFrame;
 use v6iot_sdk::radio::mac::{DataHeader, LinkAddr, PanId};
 
+use crate::common::paths;
+
 pub const PAN: PanId = PanId(0xabcd);
 pub const ROUTER_LL: LinkAddr = LinkAddr::Extended([0x02, 0, 0, 0, 0, 0, 0, 0x01]);
 pub const PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1200, 0x305, 0, 0, 0, 0);
@@ -345,16 +347,6 @@ impl StandIn {
             })
             .collect()
     }
-}
-
-pub fn paths(p: &Packet) -> Vec<String> {
-    p.get_option(CoapOption::UriPath)
-        .map(|l| {
-            l.iter()
-                .map(|s| String::from_utf8(s.clone()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The link-layer address a device's IID was derived from (its extended address).

@@ -204,17 +204,7 @@ impl MediumLink {
                     .handle_datagram(now, from, self.buf.get(..n).unwrap_or_default());
                 Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                        | io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if v6iot_sdk::net::is_transient(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -27,6 +27,9 @@ use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use v6iot_medium::rng::Rng;
+/// The carrier's generator under its former name (`SplitMix64(seed)`): the medium's [`Rng`].
+pub use v6iot_medium::rng::Rng as SplitMix64;
 use v6iot_sdk::time::Instant;
 
 use super::emulator::{EmulatorConfig, EmulatorEvent, ModemEmulator, Uplink};
@@ -127,7 +130,7 @@ pub struct CarrierPlan {
 impl CarrierPlan {
     /// Device `n`'s carrier link.
     pub fn link(&self, n: u64) -> CarrierLink {
-        let mut rng = SplitMix64(
+        let mut rng = Rng::new(
             self.seed
                 .wrapping_add(n)
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -148,35 +151,10 @@ impl CarrierPlan {
     pub fn cellular(&self, n: u64) -> Cellular {
         let mut config = self.emulator.clone();
         if self.readdress_share > 0.0 {
-            let mut rng = SplitMix64(self.seed ^ n.wrapping_mul(0xd6e8_feb8_6659_fd93));
-            config.readdress_after_sleep |= rng.unit() < self.readdress_share;
+            let mut rng = Rng::new(self.seed ^ n.wrapping_mul(0xd6e8_feb8_6659_fd93));
+            config.readdress_after_sleep |= rng.chance(self.readdress_share);
         }
         Cellular::new(ModemEmulator::new(config), self.link(n))
-    }
-}
-
-/// A small seeded generator (SplitMix64): enough for latencies and loss, repeatable.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -196,7 +174,7 @@ pub struct CarrierStats {
 pub struct CarrierLink {
     latency: Latency,
     loss: f64,
-    rng: SplitMix64,
+    rng: Rng,
     up: VecDeque<(Instant, Uplink)>,
     down: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
     stats: CarrierStats,
@@ -204,7 +182,7 @@ pub struct CarrierLink {
 
 impl CarrierLink {
     /// A link with this latency and loss.
-    pub fn new(latency: Latency, loss: f64, rng: SplitMix64) -> CarrierLink {
+    pub fn new(latency: Latency, loss: f64, rng: Rng) -> CarrierLink {
         CarrierLink {
             latency,
             loss,
@@ -228,7 +206,7 @@ impl CarrierLink {
     /// When this datagram arrives, or `None` when it is lost. Datagrams never overtake each
     /// other on one link.
     fn arrival(&mut self, now: Instant, last: Option<Instant>) -> Option<Instant> {
-        if self.loss > 0.0 && self.rng.unit() < self.loss {
+        if self.rng.chance(self.loss) {
             return None;
         }
         let spread = self.latency.max.saturating_sub(self.latency.min);
@@ -450,7 +428,7 @@ mod tests {
 
     #[test]
     fn loss_drops_about_its_share_and_counts_it() {
-        let mut link = CarrierLink::new(Latency::fixed(Duration::ZERO), 0.25, SplitMix64(1));
+        let mut link = CarrierLink::new(Latency::fixed(Duration::ZERO), 0.25, Rng::new(1));
         let from: SocketAddr = "[::1]:1".parse().unwrap();
         let mut arrived = 0;
         for _ in 0..4000 {
@@ -473,11 +451,7 @@ mod tests {
     /// A modem behind a 500 ms link, PSM with 10 s of active time, attached at 2 s, socket 0
     /// open, its last datagram sent at 3 s: it enters PSM at 13 s.
     fn awake_until_13_s() -> Cellular {
-        let link = CarrierLink::new(
-            Latency::fixed(Duration::from_millis(500)),
-            0.0,
-            SplitMix64(1),
-        );
+        let link = CarrierLink::new(Latency::fixed(Duration::from_millis(500)), 0.0, Rng::new(1));
         let mut c = Cellular::new(ModemEmulator::new(EmulatorConfig::default()), link);
         for line in [
             "ATE0",

@@ -129,8 +129,9 @@ mod tests {
     use v6iot_sdk::nbiot::{ModemConfig, PsmRequest, T3324, T3412, nbiot_uplink};
 
     use super::*;
-    use crate::nbiot::carrier::{CarrierLink, Latency, SplitMix64};
+    use crate::nbiot::carrier::{CarrierLink, Latency};
     use crate::nbiot::emulator::{EmulatorConfig, ModemEmulator};
+    use v6iot_medium::rng::Rng;
 
     /// Reports nothing for a minute.
     struct Quiet(Instant);
@@ -167,7 +168,7 @@ mod tests {
             }),
             ..ModemConfig::new("v6iot.sim")
         };
-        let link = CarrierLink::new(Latency::fixed(Duration::from_secs(3)), 0.0, SplitMix64(1));
+        let link = CarrierLink::new(Latency::fixed(Duration::from_secs(3)), 0.0, Rng::new(1));
         let cellular = Cellular::new(ModemEmulator::new(EmulatorConfig::default()), link);
         let mut node = NbiotNode::new(start, NbiotDevice::new(start, core, modem), cellular);
         let mut ready_at = None;

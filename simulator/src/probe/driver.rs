@@ -1,17 +1,16 @@
 //! The probe's thin driver: one UDP socket connected to the target, blocking reads bounded by
 //! the core's next deadline. Nothing here decides anything.
 
-use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use v6iot_sdk::oscore::{ContextConfig, ContextInput, DurableState, SecurityContext};
+use v6iot_sdk::oscore::{ContextConfig, DurableState, SecurityContext};
 use v6iot_sdk::store::{MarkStore, SequenceFile};
+use v6iot_sdk::time::Instant;
 
-use super::core::{Probe, ProbeConfig};
-use super::{ProbeReport, UriError, parse_target};
+use super::{Probe, ProbeConfig, ProbeReport, UriError, parse_target};
 use crate::duration::parse_duration;
 
 /// `v6iot-sim probe`'s arguments.
@@ -83,13 +82,7 @@ pub fn oscore_context(args: &ProbeArgs) -> anyhow::Result<Option<SecurityContext
     });
     let (mut file, stored) =
         SequenceFile::open(&seq).with_context(|| format!("sequence file {}", seq.display()))?;
-    let input = ContextInput {
-        master_secret: record.master_secret.as_bytes().to_vec(),
-        master_salt: record.master_salt.clone().unwrap_or_default(),
-        id_context: None,
-        sender_id: Vec::new(),
-        recipient_id: record.kid.clone(),
-    };
+    let input = crate::credentials::edge_input(record);
     let config = ContextConfig {
         persist_step: PROBE_PERSIST_STEP,
         ..ContextConfig::default()
@@ -149,11 +142,7 @@ pub fn run(
         match socket.recv(&mut buf) {
             Ok(n) => probe.handle_datagram(Instant::now(), buf.get(..n).unwrap_or_default()),
             // Nothing came, or the target's port is closed (ICMP): the core's timeout decides.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::ConnectionRefused
-                ) => {}
+            Err(e) if v6iot_sdk::net::is_transient(&e) => {}
             Err(e) => return Err(e.into()),
         }
         probe.handle_timeout(Instant::now());

@@ -3,18 +3,15 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`core`] | the checks as a sans-IO state machine: datagrams in through `handle_datagram(now, …)`, out through `poll_transmit`, time through `poll_timeout` / `handle_timeout(now)` |
+//! | `v6iot_sdk::coap::probe` | the checks as a sans-IO state machine (datagrams in through `handle_datagram(now, …)`, out through `poll_transmit`, time through `poll_timeout` / `handle_timeout(now)`) and their names and verdicts, re-exported here |
 //! | [`driver`] | the thin driver: one UDP socket connected to the target, blocking reads with the core's timeout; the CLI's arguments |
-//! | this file | the target URI, the checks' names and verdicts, the report (table and JSON, schema `v6iot-sim/probe/1`); the link-format reader is the SDK's `v6iot_sdk::coap::link` |
+//! | this file | the target URI, the report (table and JSON, schema `v6iot-sim/probe/1`); the link-format reader is the SDK's `v6iot_sdk::coap::link` |
 //!
-//! The checks, in the order they run: reachable over IPv6, CoAP ping, CON and NON requests,
-//! discovery (`/.well-known/core`), Block2 on a large resource ("not offered" when no resource
-//! answers in blocks), Observe, OSCORE (not applicable without credentials), and answers to
-//! malformed input (bad version, truncated header, reserved token length, unknown critical
-//! option → 4.02, payload marker without payload), then whether the endpoint still answers.
+//! The checks, their order and what each asks: `v6iot_sdk::coap::probe`.
 
-pub mod core;
 pub mod driver;
+
+pub use v6iot_sdk::coap::probe::{CheckId, CheckResult, Probe, ProbeConfig, Verdict};
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -23,115 +20,6 @@ use serde::{Deserialize, Serialize};
 
 /// The report's schema name.
 pub const SCHEMA: &str = "v6iot-sim/probe/1";
-
-/// One check the probe makes, in the order the table lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CheckId {
-    /// The endpoint answers over IPv6 (the target is an IPv6 address and something came back).
-    Ipv6,
-    /// An empty CON (CoAP ping, RFC 7252 §4.3) is answered with a Reset.
-    Ping,
-    /// A confirmable GET is answered (piggybacked in the ACK, or an empty ACK and a separate
-    /// response).
-    Con,
-    /// A non-confirmable GET is answered.
-    Non,
-    /// `GET /.well-known/core` gives link format (RFC 6690) with at least one link.
-    Discovery,
-    /// A resource answers a GET with a small Block2 size in blocks that reassemble (RFC 7959).
-    Block2,
-    /// An observable resource accepts a registration and notifies (RFC 7641).
-    Observe,
-    /// A request protected with the given OSCORE credentials is answered and verifies.
-    Oscore,
-    /// A message with version 2 is silently ignored (RFC 7252 §3).
-    BadVersion,
-    /// A 3-byte datagram (truncated header) is silently ignored.
-    Truncated,
-    /// A CON with the reserved token length 9 is rejected with a Reset or ignored (§3, §4.2).
-    TokenLength,
-    /// A CON GET with an unknown critical option gets 4.02 Bad Option (§5.4.1).
-    CriticalOption,
-    /// A CON with a payload marker and no payload is rejected with a Reset or ignored (§3).
-    PayloadMarker,
-    /// After the malformed input the endpoint still answers a ping.
-    StillAlive,
-}
-
-impl CheckId {
-    /// Every check, in table order.
-    pub const ALL: [CheckId; 14] = [
-        CheckId::Ipv6,
-        CheckId::Ping,
-        CheckId::Con,
-        CheckId::Non,
-        CheckId::Discovery,
-        CheckId::Block2,
-        CheckId::Observe,
-        CheckId::Oscore,
-        CheckId::BadVersion,
-        CheckId::Truncated,
-        CheckId::TokenLength,
-        CheckId::CriticalOption,
-        CheckId::PayloadMarker,
-        CheckId::StillAlive,
-    ];
-
-    /// The name in the table and the JSON report.
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckId::Ipv6 => "ipv6",
-            CheckId::Ping => "ping",
-            CheckId::Con => "con",
-            CheckId::Non => "non",
-            CheckId::Discovery => "discovery",
-            CheckId::Block2 => "block2",
-            CheckId::Observe => "observe",
-            CheckId::Oscore => "oscore",
-            CheckId::BadVersion => "bad-version",
-            CheckId::Truncated => "truncated",
-            CheckId::TokenLength => "token-length",
-            CheckId::CriticalOption => "critical-option",
-            CheckId::PayloadMarker => "payload-marker",
-            CheckId::StillAlive => "still-alive",
-        }
-    }
-}
-
-/// A check's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// The endpoint behaved as the RFCs ask.
-    Pass,
-    /// It did not (the detail says what it did).
-    Fail,
-    /// The check does not apply (the endpoint does not offer the feature, or no credentials).
-    NotApplicable,
-}
-
-impl Verdict {
-    /// The word in the table.
-    pub fn word(self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Fail => "FAIL",
-            Verdict::NotApplicable => "n/a",
-        }
-    }
-}
-
-/// One row of the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckResult {
-    /// Which check.
-    pub check: CheckId,
-    /// Its outcome.
-    pub verdict: Verdict,
-    /// What the endpoint did.
-    pub detail: String,
-}
 
 /// The probe's report: every check once, in table order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

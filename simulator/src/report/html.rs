@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{FleetReport, Report};
@@ -85,6 +86,18 @@ struct Line {
 }
 
 /// Draws `lines` over time as SVG, with the report's faults as shaded spans.
+/// What every plot's chart starts from: its margin and label areas.
+fn chart_on<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60);
+    builder
+}
+
 fn plot(report: &Report, lines: &[Line], y_desc: &str) -> Result<String, String> {
     let x_max = report
         .timeline
@@ -102,10 +115,7 @@ fn plot(report: &Report, lines: &[Line], y_desc: &str) -> Result<String, String>
     {
         let root = SVGBackend::with_string(&mut svg, PLOT).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(60)
+        let mut chart = chart_on(&root)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
             .map_err(|e| e.to_string())?;
         chart
@@ -242,10 +252,7 @@ fn histogram_plot(h: &crate::histogram::HistogramReport) -> Result<String, Strin
     {
         let root = SVGBackend::with_string(&mut svg, PLOT).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(60)
+        let mut chart = chart_on(&root)
             .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_max)
             .map_err(|e| e.to_string())?;
         chart

@@ -19,7 +19,7 @@ use crate::time::Instant;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
 use super::exchange::Purpose;
-use super::secure::{Admit, Gate};
+use super::secure::{Admit, Gate, HeldIncoming};
 use super::{Endpoint, Event, SeparateError, Transmit};
 use crate::coap::resource::{
     Code, Method, Reply, Request, Resource, ResourceId, ResourceTree, Response, Ticket,
@@ -172,7 +172,15 @@ impl Endpoint {
         let (packet, info) = match self.secure.as_deref_mut().map(|s| s.gate(packet)) {
             None | Some(Gate::Open) => (Cow::Borrowed(packet), None),
             Some(Gate::Verified(request, binding)) => {
-                match self.admit(peer, message_id, confirmable, token, request, binding) {
+                let verified = HeldIncoming {
+                    peer,
+                    message_id,
+                    confirmable,
+                    token,
+                    packet: request,
+                    info: binding,
+                };
+                match self.admit(verified) {
                     Admit::Serve(request, binding) => (Cow::Owned(request), Some(binding)),
                     Admit::Held | Admit::Dropped => {
                         // Its retransmissions are duplicates until the answer exists.

@@ -84,16 +84,16 @@ struct HeldRequest {
     packet: Packet,
 }
 
-/// A verified request waiting for its replay floor to be durable.
+/// A verified request as it arrived; held while its replay floor is not durable.
 #[derive(Debug)]
-struct HeldIncoming {
-    peer: SocketAddr,
-    message_id: u16,
-    confirmable: bool,
-    token: Token,
+pub(super) struct HeldIncoming {
+    pub(super) peer: SocketAddr,
+    pub(super) message_id: u16,
+    pub(super) confirmable: bool,
+    pub(super) token: Token,
     /// The verified (inner) request.
-    packet: Packet,
-    info: Box<RequestInfo>,
+    pub(super) packet: Packet,
+    pub(super) info: Box<RequestInfo>,
 }
 
 /// The OSCORE state of an endpoint with credentials.
@@ -368,34 +368,19 @@ impl Endpoint {
     }
 
     /// Serves a verified request now if its replay floor is durable, else holds it.
-    pub(super) fn admit(
-        &mut self,
-        peer: SocketAddr,
-        message_id: u16,
-        confirmable: bool,
-        token: Token,
-        packet: Packet,
-        info: Box<RequestInfo>,
-    ) -> Admit {
+    pub(super) fn admit(&mut self, request: HeldIncoming) -> Admit {
         let Some(secure) = self.secure.as_deref_mut() else {
-            return Admit::Serve(packet, info);
+            return Admit::Serve(request.packet, request.info);
         };
         if !secure.floor_pending() && secure.held_incoming.is_empty() {
-            return Admit::Serve(packet, info);
+            return Admit::Serve(request.packet, request.info);
         }
         if secure.held_incoming.len() >= MAX_HELD_INCOMING {
             secure.stats.requests_dropped_unpersisted += 1;
             return Admit::Dropped;
         }
         secure.stats.requests_held += 1;
-        secure.held_incoming.push_back(HeldIncoming {
-            peer,
-            message_id,
-            confirmable,
-            token,
-            packet,
-            info,
-        });
+        secure.held_incoming.push_back(request);
         Admit::Held
     }
 

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use v6iot_credentials::{DeviceRecord, csv};
 use v6iot_sdk::coap::wire;
-use v6iot_sdk::oscore::{self, ContextConfig, ContextInput, SecurityContext};
+use v6iot_sdk::oscore::{self, ContextConfig, SecurityContext};
 
 use crate::Cli;
 
@@ -124,13 +124,7 @@ fn protect_all(
     count: usize,
     template: &Packet,
 ) -> anyhow::Result<Prepared> {
-    let input = ContextInput {
-        master_secret: d.master_secret.as_bytes().to_vec(),
-        master_salt: d.master_salt.clone().unwrap_or_default(),
-        id_context: None,
-        sender_id: d.kid.clone(),
-        recipient_id: Vec::new(),
-    };
+    let input = v6iot_simulator::credentials::device_input(d);
     let config = ContextConfig {
         persist_step: 1024,
         ..ContextConfig::default()

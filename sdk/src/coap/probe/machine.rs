@@ -8,15 +8,22 @@
 //! are not CoAP, or belong to no exchange, are counted and dropped; an unrelated CON (a late
 //! notification) is answered with a Reset.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use alloc::borrow::ToOwned;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use v6iot_sdk::coap::link::{self, Link};
-use v6iot_sdk::coap::wire::{self, Block};
-use v6iot_sdk::oscore::{self, RequestInfo, SecurityContext};
 
 use super::{CheckId, CheckResult, Verdict};
+use crate::coap::link::{self, Link};
+use crate::coap::wire::{self, Block};
+use crate::oscore::{self, RequestInfo, SecurityContext};
+use crate::time::Instant;
 
 /// How patient the probe is.
 #[derive(Debug, Clone, Copy)]
@@ -245,8 +252,8 @@ impl Probe {
         if ex.confirmable && !ex.acked && !ex.silent && ex.transmissions <= self.config.retransmits
         {
             ex.transmissions += 1;
-            ex.wait *= 2;
-            ex.deadline = now + ex.wait;
+            ex.wait = ex.wait.saturating_mul(2);
+            ex.deadline = after(now, ex.wait);
             self.transmit.push_back(ex.bytes.clone());
             return;
         }
@@ -281,7 +288,7 @@ impl Probe {
         if kind == MessageType::Acknowledgement && packet.header.code == MessageClass::Empty {
             // An empty ACK: the separate response follows; no more retransmissions.
             ex.acked = true;
-            ex.deadline = now + self.config.timeout * 4;
+            ex.deadline = after(now, self.config.timeout.saturating_mul(4));
             return;
         }
         let reply = if kind == MessageType::Reset {
@@ -501,7 +508,7 @@ impl Probe {
                 }
             }
             Task::Con | Task::Non => self.on_simple_get(&task, ex, reply),
-            Task::Discovery { body, .. } => self.on_discovery(now, body, reply),
+            Task::Discovery { body, next } => self.on_discovery(now, body, next, reply),
             Task::Block(search) => self.on_block(now, search, reply),
             Task::ObserveRegister { path } => self.on_observe_register(now, path, ex, reply),
             Task::ObserveNotify { path, since } => {
@@ -623,7 +630,16 @@ impl Probe {
         }
     }
 
-    fn on_discovery(&mut self, now: Instant, mut body: Vec<u8>, reply: Reply) {
+    /// Discovery's answer to the block `asked` for (`None`: the first request, no Block2).
+    /// Blocks are followed while they come in order, up to [`ProbeConfig::max_blocks`] and
+    /// 64 KiB; then what came is read as link format.
+    fn on_discovery(
+        &mut self,
+        now: Instant,
+        mut body: Vec<u8>,
+        asked: Option<Block>,
+        reply: Reply,
+    ) {
         let p = match reply {
             Reply::Response(p) => p,
             Reply::Reset => return self.record(CheckId::Discovery, Verdict::Fail, "Reset"),
@@ -635,8 +651,17 @@ impl Probe {
             return self.record(CheckId::Discovery, Verdict::Fail, describe(&p));
         }
         body.extend_from_slice(&p.payload);
-        if let Ok(Some(b)) = wire::block_option(&p, CoapOption::Block2)
+        let block = wire::block_option(&p, CoapOption::Block2);
+        let asked_num = asked.map_or(0, |b| b.num);
+        if let Ok(Some(b)) = block
+            && b.num != asked_num
+        {
+            let detail = format!("asked for block {asked_num}, got block {}", b.num);
+            return self.record(CheckId::Discovery, Verdict::Fail, detail);
+        }
+        if let Ok(Some(b)) = block
             && b.more
+            && b.num + 1 < self.config.max_blocks
             && body.len() < 64 * 1024
         {
             let next = Some(Block {
@@ -775,7 +800,7 @@ impl Probe {
                 let mut wait = ex.clone();
                 wait.message_id = wait.message_id.wrapping_add(0x8000);
                 wait.confirmable = false;
-                wait.deadline = now + self.config.observe_wait;
+                wait.deadline = after(now, self.config.observe_wait);
                 self.current = Some((Task::ObserveNotify { path, since: now }, wait));
             }
             Reply::Response(p)
@@ -840,7 +865,7 @@ impl Exchange {
             silent: false,
             transmissions: 1,
             wait,
-            deadline: now + wait,
+            deadline: after(now, wait),
             acked: false,
         }
     }
@@ -927,6 +952,11 @@ fn describe(p: &Packet) -> String {
     format!("{}.{:02} ({kind})", code >> 5, code & 0x1f)
 }
 
+/// `now + d`, or the end of time (a configured wait too long to count is as good as forever).
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or(Instant::MAX)
+}
+
 fn timeout_text(ex: &Exchange) -> String {
     format!("no answer after {} transmissions", ex.transmissions)
 }
@@ -938,7 +968,7 @@ mod tests {
     /// Runs `probe` against `answer` (datagram in → datagrams out) on virtual time; returns the
     /// virtual time it took.
     fn run(probe: &mut Probe, mut answer: impl FnMut(&[u8]) -> Vec<Vec<u8>>) -> Duration {
-        let start = Instant::now();
+        let start = Instant::ZERO;
         let mut now = start;
         for _ in 0..10_000 {
             while let Some(d) = probe.poll_transmit(now) {
@@ -1027,5 +1057,92 @@ mod tests {
         assert_eq!(verdict(&probe, CheckId::Block2), Verdict::NotApplicable);
         assert_eq!(verdict(&probe, CheckId::Observe), Verdict::NotApplicable);
         assert_eq!(verdict(&probe, CheckId::Oscore), Verdict::NotApplicable);
+    }
+
+    /// Discovery answered in 16-byte blocks that always say "more": block `num(asked)`.
+    fn endless_discovery(num: impl Fn(u32) -> u32) -> impl FnMut(&[u8]) -> Vec<Vec<u8>> {
+        move |d| {
+            let Ok(p) = wire::parse(d) else {
+                return vec![];
+            };
+            let mid = p.header.message_id;
+            if p.header.code == MessageClass::Empty {
+                return vec![wire::empty_message(MessageType::Reset, mid)];
+            }
+            let asked = wire::block_option(&p, CoapOption::Block2)
+                .ok()
+                .flatten()
+                .map_or(0, |b| b.num);
+            let mut r = Packet::new();
+            r.header.set_type(MessageType::Acknowledgement);
+            r.header.message_id = mid;
+            r.header.code = MessageClass::Response(ResponseType::Content);
+            r.set_token(p.get_token().to_vec());
+            r.add_option(CoapOption::ContentFormat, vec![40]);
+            let b = Block {
+                num: num(asked),
+                more: true,
+                szx: 0,
+            };
+            r.add_option(CoapOption::Block2, b.encode());
+            r.payload = b"</aaaaaaaaaaaa>,".to_vec();
+            vec![r.encode()]
+        }
+    }
+
+    #[test]
+    fn discovery_in_endless_blocks_ends_at_max_blocks() {
+        let config = ProbeConfig {
+            max_blocks: 40,
+            ..ProbeConfig::default()
+        };
+        let mut probe = Probe::new(config, true, 7);
+        let mut asked = 0;
+        let mut answer = endless_discovery(|n| n);
+        run(&mut probe, |d| {
+            asked += 1;
+            answer(d)
+        });
+        assert_eq!(verdict(&probe, CheckId::Discovery), Verdict::Pass);
+        let detail = &probe
+            .results()
+            .iter()
+            .find(|r| r.check == CheckId::Discovery);
+        assert!(
+            detail.is_some_and(|r| r.detail.starts_with("40 links")),
+            "{detail:?}"
+        );
+        assert_eq!(probe.results().len(), CheckId::ALL.len());
+        assert!(asked < 200, "{asked} datagrams");
+    }
+
+    #[test]
+    fn discovery_that_repeats_block_zero_fails_instead_of_looping() {
+        let mut probe = Probe::new(ProbeConfig::default(), true, 7);
+        run(&mut probe, endless_discovery(|_| 0));
+        let r = probe
+            .results()
+            .iter()
+            .find(|r| r.check == CheckId::Discovery);
+        assert_eq!(
+            r.map(|r| (r.verdict, r.detail.as_str())),
+            Some((Verdict::Fail, "asked for block 1, got block 0"))
+        );
+        assert_eq!(probe.results().len(), CheckId::ALL.len());
+    }
+
+    #[test]
+    fn timeouts_too_long_to_count_end_at_the_end_of_time() {
+        let config = ProbeConfig {
+            timeout: Duration::MAX,
+            silence: Duration::MAX,
+            observe_wait: Duration::MAX,
+            ..ProbeConfig::default()
+        };
+        let mut probe = Probe::new(config, true, 7);
+        let took = run(&mut probe, |_| vec![]);
+        assert_eq!(took, Instant::MAX - Instant::ZERO);
+        assert_eq!(verdict(&probe, CheckId::Ping), Verdict::Fail);
+        assert_eq!(probe.results().len(), CheckId::ALL.len());
     }
 }

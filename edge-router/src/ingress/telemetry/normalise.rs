@@ -41,6 +41,23 @@ fn refuse(code: ResponseType, reason: impl Into<String>) -> Refusal {
     }
 }
 
+/// The encoding of a telemetry body by its Content-Format: `None` when it names none (CBOR is
+/// tried, else JSON: no body is both); 4.15 for any format but SenML's, 4.00 for no body.
+fn encoding(format: Option<u32>, body: &[u8]) -> Result<Option<Encoding>, Refusal> {
+    if body.is_empty() {
+        return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
+    }
+    match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
+        Some(content_format::SENML_CBOR) => Ok(Some(Encoding::Cbor)),
+        Some(content_format::SENML_JSON) => Ok(Some(Encoding::Json)),
+        None => Ok(None),
+        Some(other) => Err(refuse(
+            ResponseType::UnsupportedContentFormat,
+            format!("content format {other}: telemetry is SenML-CBOR (112) or SenML-JSON (110)"),
+        )),
+    }
+}
+
 /// Decodes, validates and resolves a SenML body; returns the JSON array to publish, whose first
 /// record carries `"rid"` (the record id, as a decimal string). One pass over the body, its
 /// strings borrowed, the JSON written straight into the returned buffer
@@ -51,23 +68,7 @@ pub(in crate::ingress) fn normalise(
     unix_ms: u64,
     id: u64,
 ) -> Result<Vec<u8>, Refusal> {
-    if body.is_empty() {
-        return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
-    }
-    let encoding = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
-        Some(content_format::SENML_CBOR) => Some(Encoding::Cbor),
-        Some(content_format::SENML_JSON) => Some(Encoding::Json),
-        // No Content-Format: CBOR, else JSON (no body is both).
-        None => None,
-        Some(other) => {
-            return Err(refuse(
-                ResponseType::UnsupportedContentFormat,
-                format!(
-                    "content format {other}: telemetry is SenML-CBOR (112) or SenML-JSON (110)"
-                ),
-            ));
-        }
-    };
+    let encoding = encoding(format, body)?;
     let mut digits = itoa::Buffer::new();
     let rid = digits.format(id);
     let now = unix_ms as f64 / 1000.0;
@@ -100,21 +101,21 @@ mod tests {
 
     /// `normalise` as it was before the one-pass path: the owned pack, `resolve`, `to_record`,
     /// `to_json_vec`, then `"rid"` spliced into the first record. The reference for the
-    /// properties below.
+    /// properties below (the Content-Format and empty-body checks are `normalise`'s own:
+    /// `refuses_bad_bodies_with_clear_codes` holds them).
     fn reference(
         format: Option<u32>,
         body: &[u8],
         unix_ms: u64,
         id: u64,
     ) -> Result<Vec<u8>, Refusal> {
-        if body.is_empty() {
-            return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
-        }
-        let pack = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
-            Some(content_format::SENML_CBOR) => senml::from_cbor(body),
-            Some(content_format::SENML_JSON) => senml::from_json(body),
-            None => senml::from_cbor(body).or_else(|_| senml::from_json(body)),
-            Some(_) => return Err(refuse(ResponseType::UnsupportedContentFormat, "")),
+        let decode = |e| match e {
+            Encoding::Json => senml::from_json(body),
+            _ => senml::from_cbor(body),
+        };
+        let pack = match encoding(format, body)? {
+            Some(e) => decode(e),
+            None => decode(Encoding::Cbor).or_else(|_| decode(Encoding::Json)),
         }
         .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
         let resolved = senml::resolve(&pack, unix_ms as f64 / 1000.0)

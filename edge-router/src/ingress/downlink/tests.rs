@@ -30,6 +30,14 @@ fn cmd(device: &str, req: &str, payload: usize) -> DownlinkCommand {
     }
 }
 
+/// A command with a 1-byte payload that expires at `expires_unix_ms`.
+fn expiring(device: &str, req: &str, expires_unix_ms: u64) -> DownlinkCommand {
+    DownlinkCommand {
+        expires_unix_ms,
+        ..cmd(device, req, 1)
+    }
+}
+
 /// An always-on device (`awake`), or a queue-mode one whose window closed long ago.
 fn reach(now: Instant, awake: bool) -> Option<Reachability> {
     Some(Reachability {
@@ -108,8 +116,7 @@ fn a_failed_batch_refuses_its_commands_and_writes_its_done_entries_again() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]);
     // r0 is durable, queued for a sleeping device; then it expires while r1 is being written.
-    let mut r0 = cmd("d1", "r0", 1);
-    r0.expires_unix_ms = T0 + 10;
+    let r0 = expiring("d1", "r0", T0 + 10);
     d.command(now, T0, r0, reach(now, false), WINDOW, 1);
     write_all(&mut d);
     d.command(now, T0, cmd("d1", "r1", 1), reach(now, false), WINDOW, 2);
@@ -401,8 +408,7 @@ fn the_journal_is_rewritten_with_only_live_commands_when_dead_lines_outweigh_the
 fn expiry_walks_the_queues_only_when_a_command_is_due() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]);
-    let mut c = cmd("d1", "r", 1);
-    c.expires_unix_ms = T0 + 1000;
+    let c = expiring("d1", "r", T0 + 1000);
     d.command(now, T0, c, reach(now, false), WINDOW, 1);
     assert_eq!(d.next_expiry_ms, T0 + 1000);
     d.expire_queued(T0 + 999);

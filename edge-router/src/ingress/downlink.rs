@@ -511,23 +511,8 @@ impl Downlink {
             self.resume(now, device, reach.address, window_end);
             return;
         }
-        let next = loop {
-            let journal = &self.journal;
-            let Some(cmd) = self.queues.pop_ready(device, |seq| journal.is_durable(seq)) else {
-                return;
-            };
-            if cmd.expires_unix_ms <= unix_ms {
-                self.finish(
-                    CommandResult::failed(
-                        &cmd,
-                        "expired",
-                        "TTL passed before the device could be reached",
-                    ),
-                    true,
-                );
-                continue;
-            }
-            break cmd;
+        let Some(next) = self.next_unexpired(device, unix_ms) else {
+            return;
         };
         let mut token = self.tokens.next();
         while self.by_token.contains_key(&token) {
@@ -571,6 +556,28 @@ impl Downlink {
                 parked: false,
             },
         );
+    }
+
+    /// `device`'s next durable queued command whose TTL has not passed; those whose TTL passed
+    /// on the way end `expired`.
+    fn next_unexpired(&mut self, device: &str, unix_ms: u64) -> Option<DownlinkCommand> {
+        loop {
+            let journal = &self.journal;
+            let cmd = self
+                .queues
+                .pop_ready(device, |seq| journal.is_durable(seq))?;
+            if cmd.expires_unix_ms > unix_ms {
+                return Some(cmd);
+            }
+            self.finish(
+                CommandResult::failed(
+                    &cmd,
+                    "expired",
+                    "TTL passed before the device could be reached",
+                ),
+                true,
+            );
+        }
     }
 
     /// A parked exchange goes again in the device's new window (at the address it uses now;
@@ -692,6 +699,38 @@ impl Downlink {
 
     /// Retransmits, gives up, expires. Returns devices whose exchange ended (to send their next).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
+        let (mut ended, expired) = self.retransmit_due(now);
+        for device in &ended {
+            if let Some(x) = self.take_in_flight(device) {
+                self.finish(
+                    CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
+                    true,
+                );
+            }
+        }
+        for device in expired {
+            if let Some(x) = self.take_in_flight(&device) {
+                let sent = u32::from(x.retransmits) + 1;
+                self.finish(
+                    CommandResult::failed(
+                        &x.cmd,
+                        "expired",
+                        format!(
+                            "TTL passed before the device answered (sent {sent} time(s) in its listening windows, never after the TTL)"
+                        ),
+                    ),
+                    true,
+                );
+                ended.push(device);
+            }
+        }
+        ended
+    }
+
+    /// The exchanges in flight at `now`: retransmits those due (parks them instead when the
+    /// device's window closed); returns the devices whose exchange gave up (no answer after
+    /// MAX_RETRANSMIT, or no separate response in time) and those whose TTL passed.
+    fn retransmit_due(&mut self, now: Instant) -> (Vec<String>, Vec<String>) {
         let mut ended = Vec::new();
         let mut expired = Vec::new();
         for (device, x) in &mut self.in_flight {
@@ -724,31 +763,7 @@ impl Downlink {
                 ended.push(device.clone());
             }
         }
-        for device in &ended {
-            if let Some(x) = self.take_in_flight(device) {
-                self.finish(
-                    CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
-                    true,
-                );
-            }
-        }
-        for device in expired {
-            if let Some(x) = self.take_in_flight(&device) {
-                let sent = u32::from(x.retransmits) + 1;
-                self.finish(
-                    CommandResult::failed(
-                        &x.cmd,
-                        "expired",
-                        format!(
-                            "TTL passed before the device answered (sent {sent} time(s) in its listening windows, never after the TTL)"
-                        ),
-                    ),
-                    true,
-                );
-                ended.push(device);
-            }
-        }
-        ended
+        (ended, expired)
     }
 
     /// Devices with queued commands (to try after their uplinks).

@@ -1,5 +1,6 @@
 //! Bad input at the ingress: every refusal has its code, nothing refused reaches the outbox,
-//! and no input panics.
+//! and no input panics. And what a request's answer waits for: deduplication, lab mode, the
+//! drain at a stop; the edge's observations ending with the registration.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -401,4 +402,55 @@ fn a_draining_ingress_answers_new_requests_503_and_finishes_the_rest() {
         counts,
         vec![("t", "2.04".to_owned(), 1), ("t", "5.03".to_owned(), 1)]
     );
+}
+
+/// The edge's observation of a device's resource ends with the device's registration, however
+/// it ends: deregistered, removed by the registry (revoked), expired.
+#[test]
+fn the_edges_observations_end_with_the_registration() {
+    for end in ["deregistered", "revoked", "expired"] {
+        let mut i = ingress();
+        let t0 = Instant::now();
+        let links = b"</temp>;obs;ct=110";
+        let register = request(
+            RequestType::Post,
+            "rd",
+            &["ep=d1", "lt=60"],
+            Some(40),
+            links,
+        );
+        i.handle_datagram(t0, UNIX, peer(), &register);
+        while let Some(batch) = i.poll_journal() {
+            let rewritten = batch.rewrite.is_some();
+            let durable = super::JournalWritten::Durable { rewritten };
+            i.handle_journal_written(t0, UNIX, batch.id, durable);
+        }
+        let observe = std::iter::from_fn(|| i.poll_transmit())
+            .map(|(_, bytes)| Packet::from_bytes(&bytes).unwrap())
+            .find(|p| matches!(p.header.code, MessageClass::Request(RequestType::Get)))
+            .unwrap_or_else(|| panic!("{end}: the edge observes /temp"));
+        let mut first = Packet::new();
+        first.header.set_type(MessageType::Acknowledgement);
+        first.header.message_id = observe.header.message_id;
+        first.header.code = MessageClass::Response(ResponseType::Content);
+        first.set_token(observe.get_token().to_vec());
+        first.add_option(CoapOption::Observe, vec![1]);
+        first.add_option(CoapOption::ContentFormat, vec![110]);
+        first.payload = br#"[{"n":"temp","v":20}]"#.to_vec();
+        i.handle_datagram(t0, UNIX, peer(), &first.to_bytes_unlimited().unwrap());
+        assert_eq!(i.observation_count(), 1, "{end}: observing");
+        match end {
+            "deregistered" => {
+                let location = i.directory().get("d1").unwrap().location;
+                let path = format!("rd/{location}");
+                let mut delete = request(RequestType::Delete, &path, &[], None, b"");
+                delete[3] = 0x43; // a message ID of its own
+                i.handle_datagram(t0, UNIX, peer(), &delete);
+            }
+            "revoked" => i.remove_device(UNIX, "d1", "revoked"),
+            _ => i.handle_timeout(t0 + std::time::Duration::from_secs(61), UNIX),
+        }
+        assert!(i.directory().is_empty(), "{end}: the registration ended");
+        assert_eq!(i.observation_count(), 0, "{end}: the observation too");
+    }
 }

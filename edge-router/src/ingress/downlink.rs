@@ -3,7 +3,7 @@
 //! their next uplink opens a listening window. Every command ends in exactly one result:
 //! the device's response, `expired` (TTL passed while queued, or while its exchange waited for
 //! the device), `timeout` (no answer), `reset`, or `rejected` (unknown device; refused by
-//! [`admission`]; its journal entry not stored).
+//! admission ([`CommandLimits`]); its journal entry not stored).
 //!
 //! Queue-mode devices hear only in their window: a Confirmable command unanswered when the
 //! window closes is *parked* — no retransmission goes into the device's sleep — and its same
@@ -12,13 +12,13 @@
 //! Nothing is sent or resent after a command's TTL: a parked or unanswered exchange whose TTL
 //! passes ends `expired`.
 //!
-//! Platform commands are bounded and may be limited to some devices ([`admission`]): over a
-//! cap, too large for the device's path, or for a device not on the allow-list, a command gets
-//! an error result at once and is never queued.
+//! Platform commands are bounded and may be limited to some devices ([`CommandLimits`], in
+//! `admission`): over a cap, too large for the device's path, or for a device not on the
+//! allow-list, a command gets an error result at once and is never queued.
 //!
-//! The queue is made durable by the driver ([`journal_book`]): it writes each [`JournalBatch`]
-//! off the data path and reports it with [`Downlink::journal_written`]; a journaled command is
-//! sent only once its `queued` entry is durable. After a restart the driver feeds the pending
+//! The queue is made durable by the driver (the bookkeeping in `journal_book`): it writes each
+//! [`JournalBatch`] off the data path and reports it with [`Downlink::journal_written`]; a
+//! journaled command is sent only once its `queued` entry is durable. After a restart the driver feeds the pending
 //! commands back through [`Downlink::restore`].
 //!
 //! # What a spoofer can do to a command in flight

@@ -514,10 +514,7 @@ impl Downlink {
         let Some(next) = self.next_unexpired(device, unix_ms) else {
             return;
         };
-        let mut token = self.tokens.next();
-        while self.by_token.contains_key(&token) {
-            token = self.tokens.next();
-        }
+        let token = self.fresh_token();
         let Some(bytes) = encode_request(&next, message_id, &token) else {
             self.finish(
                 CommandResult::failed(&next, "rejected", "the request could not be encoded"),
@@ -556,6 +553,16 @@ impl Downlink {
                 parked: false,
             },
         );
+    }
+
+    /// A token no exchange in flight has.
+    fn fresh_token(&mut self) -> [u8; 8] {
+        loop {
+            let token = self.tokens.next();
+            if !self.by_token.contains_key(&token) {
+                return token;
+            }
+        }
     }
 
     /// `device`'s next durable queued command whose TTL has not passed; those whose TTL passed

@@ -5,40 +5,42 @@ use super::*;
 
 impl Ingress {
     /// A response-class message: the end of a command or observe request of the edge, a
-    /// retransmission of one, or a notification. `identity`: the device it verified as.
-    pub(super) fn response(
-        &mut self,
-        now: Instant,
-        unix_ms: u64,
-        peer: Peer,
-        header: wire::RawHeader,
-        packet: &Packet,
-        identity: Option<&str>,
-    ) {
-        let confirmable = header.kind == MessageType::Confirmable;
-        match self.downlink.handle_response(peer.remote, packet, identity) {
+    /// retransmission of one, or a notification.
+    pub(super) fn response(&mut self, now: Instant, unix_ms: u64, msg: Incoming<'_>) {
+        let (peer, message_id) = (msg.peer, msg.header.message_id);
+        match self
+            .downlink
+            .handle_response(peer.remote, msg.packet, msg.identity)
+        {
             Some((device, needs_ack)) => {
                 if needs_ack {
-                    let ack = reply::empty(MessageType::Acknowledgement, header.message_id);
+                    let ack = reply::empty(MessageType::Acknowledgement, message_id);
                     self.send(peer, ack.clone());
-                    self.remember(
-                        now,
-                        peer,
-                        header.message_id,
-                        Reply::Sent(ack.into_boxed_slice()),
-                    );
+                    self.remember(now, peer, message_id, Reply::Sent(ack.into_boxed_slice()));
                 }
                 self.send_next(now, unix_ms, &device);
             }
-            None if self.repeat(peer, header.message_id, confirmable) => {}
-            None if self.notification(now, unix_ms, peer, packet, identity) => {}
-            None => {
-                self.stats.unexpected += 1;
-                if confirmable {
-                    self.send(peer, reply::empty(MessageType::Reset, header.message_id));
-                }
-            }
+            None if self.repeat(peer, message_id, msg.confirmable()) => {}
+            None if self.notification(now, unix_ms, msg) => {}
+            None => self.unexpected(msg),
         }
+        self.pump_downlink(unix_ms);
+    }
+
+    /// An empty ACK or Reset: the end of a Confirmable command's exchange (after a Reset the
+    /// device's next command may go).
+    pub(super) fn empty_reply(&mut self, now: Instant, unix_ms: u64, msg: Incoming<'_>) {
+        let reset = msg.header.kind == MessageType::Reset;
+        let message_id = msg.header.message_id;
+        match self
+            .downlink
+            .handle_empty(now, msg.peer.remote, message_id, reset)
+        {
+            Some(device) if reset => self.send_next(now, unix_ms, &device),
+            Some(_) => {}
+            None => self.stats.unexpected += 1,
+        }
+        self.pump_downlink(unix_ms);
     }
 
     /// Takes a command from the platform for one device.

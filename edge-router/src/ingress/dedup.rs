@@ -27,6 +27,18 @@ pub(super) struct Recent {
 /// Message IDs remembered per peer; a device with NSTART = 1 has far fewer in flight.
 const RECENT_PER_PEER: usize = 8;
 
+/// How often remembered message IDs are swept while there are any (or commands are pending).
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The request an answer is for: where it came from, its message ID and token.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Answering<'t> {
+    pub(super) peer: Peer,
+    pub(super) message_id: u16,
+    pub(super) token: &'t [u8],
+    pub(super) confirmable: bool,
+}
+
 /// The message IDs one peer sent last, oldest first: at most [`RECENT_PER_PEER`], the oldest
 /// dropped for a new one when full. A ring inline in the peer's table entry, so a new peer
 /// costs no allocation of its own; the IDs sit together next to the key, so telling a new
@@ -153,6 +165,34 @@ impl Ingress {
         );
         self.next_sweep.get_or_insert(now + SWEEP_EVERY);
         true
+    }
+
+    /// Sends `response` to `request` and keeps it as the reply to the request's duplicates.
+    pub(super) fn answer(&mut self, request: Answering<'_>, response: &Response) {
+        let bytes = reply::response(
+            request.message_id,
+            request.token,
+            request.confirmable,
+            self.take_message_id(),
+            response,
+        );
+        self.send(request.peer, bytes.clone());
+        let reply = Reply::repeating(request.confirmable, bytes);
+        self.set_reply(request.peer, request.message_id, reply);
+    }
+
+    /// Forgets the message IDs older than EXCHANGE_LIFETIME, when a sweep is due; the next one
+    /// is due in [`SWEEP_EVERY`] while any are left or commands are pending.
+    pub(super) fn sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| t > now) {
+            return;
+        }
+        self.recent.retain(|_, list| {
+            list.retain(|_, r| r.expires > now);
+            !list.is_empty()
+        });
+        let busy = !self.recent.is_empty() || self.downlink.pending() > 0;
+        self.next_sweep = busy.then(|| now + SWEEP_EVERY);
     }
 
     /// The reply to a remembered message ID, to repeat for its duplicates.

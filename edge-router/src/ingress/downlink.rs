@@ -3,7 +3,7 @@
 //! their next uplink opens a listening window. Every command ends in exactly one result:
 //! the device's response, `expired` (TTL passed while queued, or while its exchange waited for
 //! the device), `timeout` (no answer), `reset`, or `rejected` (unknown device; refused by
-//! [`admission`]; its journal entry not stored).
+//! admission ([`CommandLimits`]); its journal entry not stored).
 //!
 //! Queue-mode devices hear only in their window: a Confirmable command unanswered when the
 //! window closes is *parked* — no retransmission goes into the device's sleep — and its same
@@ -12,13 +12,13 @@
 //! Nothing is sent or resent after a command's TTL: a parked or unanswered exchange whose TTL
 //! passes ends `expired`.
 //!
-//! Platform commands are bounded and may be limited to some devices ([`admission`]): over a
-//! cap, too large for the device's path, or for a device not on the allow-list, a command gets
-//! an error result at once and is never queued.
+//! Platform commands are bounded and may be limited to some devices ([`CommandLimits`], in
+//! `admission`): over a cap, too large for the device's path, or for a device not on the
+//! allow-list, a command gets an error result at once and is never queued.
 //!
-//! The queue is made durable by the driver ([`journal_book`]): it writes each [`JournalBatch`]
-//! off the data path and reports it with [`Downlink::journal_written`]; a journaled command is
-//! sent only once its `queued` entry is durable. After a restart the driver feeds the pending
+//! The queue is made durable by the driver (the bookkeeping in `journal_book`): it writes each
+//! [`JournalBatch`] off the data path and reports it with [`Downlink::journal_written`]; a
+//! journaled command is sent only once its `queued` entry is durable. After a restart the driver feeds the pending
 //! commands back through [`Downlink::restore`].
 //!
 //! # What a spoofer can do to a command in flight
@@ -511,28 +511,10 @@ impl Downlink {
             self.resume(now, device, reach.address, window_end);
             return;
         }
-        let next = loop {
-            let journal = &self.journal;
-            let Some(cmd) = self.queues.pop_ready(device, |seq| journal.is_durable(seq)) else {
-                return;
-            };
-            if cmd.expires_unix_ms <= unix_ms {
-                self.finish(
-                    CommandResult::failed(
-                        &cmd,
-                        "expired",
-                        "TTL passed before the device could be reached",
-                    ),
-                    true,
-                );
-                continue;
-            }
-            break cmd;
+        let Some(next) = self.next_unexpired(device, unix_ms) else {
+            return;
         };
-        let mut token = self.tokens.next();
-        while self.by_token.contains_key(&token) {
-            token = self.tokens.next();
-        }
+        let token = self.fresh_token();
         let Some(bytes) = encode_request(&next, message_id, &token) else {
             self.finish(
                 CommandResult::failed(&next, "rejected", "the request could not be encoded"),
@@ -571,6 +553,38 @@ impl Downlink {
                 parked: false,
             },
         );
+    }
+
+    /// A token no exchange in flight has.
+    fn fresh_token(&mut self) -> [u8; 8] {
+        loop {
+            let token = self.tokens.next();
+            if !self.by_token.contains_key(&token) {
+                return token;
+            }
+        }
+    }
+
+    /// `device`'s next durable queued command whose TTL has not passed; those whose TTL passed
+    /// on the way end `expired`.
+    fn next_unexpired(&mut self, device: &str, unix_ms: u64) -> Option<DownlinkCommand> {
+        loop {
+            let journal = &self.journal;
+            let cmd = self
+                .queues
+                .pop_ready(device, |seq| journal.is_durable(seq))?;
+            if cmd.expires_unix_ms > unix_ms {
+                return Some(cmd);
+            }
+            self.finish(
+                CommandResult::failed(
+                    &cmd,
+                    "expired",
+                    "TTL passed before the device could be reached",
+                ),
+                true,
+            );
+        }
     }
 
     /// A parked exchange goes again in the device's new window (at the address it uses now;
@@ -692,6 +706,38 @@ impl Downlink {
 
     /// Retransmits, gives up, expires. Returns devices whose exchange ended (to send their next).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
+        let (mut ended, expired) = self.retransmit_due(now);
+        for device in &ended {
+            if let Some(x) = self.take_in_flight(device) {
+                self.finish(
+                    CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
+                    true,
+                );
+            }
+        }
+        for device in expired {
+            if let Some(x) = self.take_in_flight(&device) {
+                let sent = u32::from(x.retransmits) + 1;
+                self.finish(
+                    CommandResult::failed(
+                        &x.cmd,
+                        "expired",
+                        format!(
+                            "TTL passed before the device answered (sent {sent} time(s) in its listening windows, never after the TTL)"
+                        ),
+                    ),
+                    true,
+                );
+                ended.push(device);
+            }
+        }
+        ended
+    }
+
+    /// The exchanges in flight at `now`: retransmits those due (parks them instead when the
+    /// device's window closed); returns the devices whose exchange gave up (no answer after
+    /// MAX_RETRANSMIT, or no separate response in time) and those whose TTL passed.
+    fn retransmit_due(&mut self, now: Instant) -> (Vec<String>, Vec<String>) {
         let mut ended = Vec::new();
         let mut expired = Vec::new();
         for (device, x) in &mut self.in_flight {
@@ -724,31 +770,7 @@ impl Downlink {
                 ended.push(device.clone());
             }
         }
-        for device in &ended {
-            if let Some(x) = self.take_in_flight(device) {
-                self.finish(
-                    CommandResult::failed(&x.cmd, "timeout", "the device did not answer"),
-                    true,
-                );
-            }
-        }
-        for device in expired {
-            if let Some(x) = self.take_in_flight(&device) {
-                let sent = u32::from(x.retransmits) + 1;
-                self.finish(
-                    CommandResult::failed(
-                        &x.cmd,
-                        "expired",
-                        format!(
-                            "TTL passed before the device answered (sent {sent} time(s) in its listening windows, never after the TTL)"
-                        ),
-                    ),
-                    true,
-                );
-                ended.push(device);
-            }
-        }
-        ended
+        (ended, expired)
     }
 
     /// Devices with queued commands (to try after their uplinks).

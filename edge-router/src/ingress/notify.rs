@@ -66,11 +66,7 @@ impl Ingress {
                     .push_back(Outgoing::answer(w.peer, ack.clone()));
             }
             if let Some(r) = list.and_then(|l| l.find_mut(w.message_id)) {
-                r.reply = if w.confirmable {
-                    Reply::Sent(ack.into_boxed_slice())
-                } else {
-                    Reply::Silent
-                };
+                r.reply = Reply::repeating(w.confirmable, ack);
             }
         } else {
             self.stats.telemetry_busy += 1;
@@ -81,15 +77,14 @@ impl Ingress {
     }
 
     /// A notification of a resource the edge observes: store it as telemetry. Known by its
-    /// token, and by the device it verified as (`identity`), or else by its address.
-    pub(super) fn notification(
-        &mut self,
-        now: Instant,
-        unix_ms: u64,
-        peer: Peer,
-        packet: &Packet,
-        identity: Option<&str>,
-    ) -> bool {
+    /// token, and by the device it verified as, or else by its address.
+    pub(super) fn notification(&mut self, now: Instant, unix_ms: u64, msg: Incoming<'_>) -> bool {
+        let Incoming {
+            peer,
+            packet,
+            identity,
+            ..
+        } = msg;
         let Some(obs) = self
             .observations
             .get(packet.get_token(), peer.remote, identity)
@@ -105,19 +100,8 @@ impl Ingress {
         match telemetry::normalise(format, &packet.payload, unix_ms, id) {
             Ok(payload) => {
                 let ticket = self.store_telemetry(&device, payload);
-                let message_id = packet.header.message_id;
-                let token = Token::from_slice(packet.get_token());
-                self.waiting.insert(
-                    ticket,
-                    Waiting {
-                        peer,
-                        message_id,
-                        token,
-                        confirmable,
-                        notification: true,
-                    },
-                );
-                self.remember(now, peer, message_id, Reply::Pending);
+                self.waiting.insert(ticket, Waiting::of(msg, true));
+                self.remember(now, peer, msg.header.message_id, Reply::Pending);
             }
             Err(refusal) => {
                 // Unusable data: a Reset ends the observation (RFC 7641 §3.6).

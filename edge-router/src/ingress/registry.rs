@@ -329,18 +329,29 @@ mod tests {
         SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port))
     }
 
+    /// Registers `ep` at `[::1]:port` at `now` for 60 s, with no links.
+    fn register(
+        d: &mut Directory,
+        now: Instant,
+        ep: &str,
+        port: u16,
+        binding: Binding,
+    ) -> (u32, Registered) {
+        d.register(
+            now,
+            ep,
+            addr(port),
+            Duration::from_secs(60),
+            binding,
+            String::new(),
+        )
+    }
+
     #[test]
     fn register_update_move_and_expire() {
         let mut d = Directory::new();
         let t0 = Instant::now();
-        let (loc, how) = d.register(
-            t0,
-            "a",
-            addr(1),
-            Duration::from_secs(60),
-            Binding::U,
-            String::new(),
-        );
+        let (loc, how) = register(&mut d, t0, "a", 1, Binding::U);
         assert_eq!(how, Registered::New);
         assert_eq!(
             d.touch_by_address(t0, addr(1)).map(|r| r.endpoint.as_str()),
@@ -363,22 +374,8 @@ mod tests {
     fn re_registration_replaces_and_address_takeover_evicts() {
         let mut d = Directory::new();
         let t0 = Instant::now();
-        let (l1, _) = d.register(
-            t0,
-            "a",
-            addr(1),
-            Duration::from_secs(60),
-            Binding::U,
-            String::new(),
-        );
-        let (l2, how) = d.register(
-            t0,
-            "a",
-            addr(3),
-            Duration::from_secs(60),
-            Binding::UQ,
-            String::new(),
-        );
+        let (l1, _) = register(&mut d, t0, "a", 1, Binding::U);
+        let (l2, how) = register(&mut d, t0, "a", 3, Binding::UQ);
         assert_ne!(l1, l2);
         assert_eq!(
             how,
@@ -390,14 +387,7 @@ mod tests {
         // Known by its address only, b takes a's address over.
         assert!(d.evict_address(addr(3), "a").is_none(), "a's own address");
         assert_eq!(d.evict_address(addr(3), "b").map(|r| r.location), Some(l2));
-        d.register(
-            t0,
-            "b",
-            addr(3),
-            Duration::from_secs(60),
-            Binding::U,
-            String::new(),
-        );
+        register(&mut d, t0, "b", 3, Binding::U);
         assert!(d.get("a").is_none(), "b took over a's address");
         assert_eq!(d.len(), 1);
     }
@@ -407,17 +397,7 @@ mod tests {
     fn slots_are_reused_and_every_index_stays_right() {
         let mut d = Directory::new();
         let t0 = Instant::now();
-        let reg = |d: &mut Directory, ep: &str, port: u16| {
-            d.register(
-                t0,
-                ep,
-                addr(port),
-                Duration::from_secs(60),
-                Binding::U,
-                String::new(),
-            )
-            .0
-        };
+        let reg = |d: &mut Directory, ep: &str, port: u16| register(d, t0, ep, port, Binding::U).0;
         let la = reg(&mut d, "a", 1);
         let lb = reg(&mut d, "b", 2);
         assert_eq!(d.remove("a").map(|r| r.location), Some(la));
@@ -487,14 +467,7 @@ mod tests {
             (3, Binding::UQ),
             (1, Binding::U),
         ] {
-            d.register(
-                t0,
-                &format!("d{n}"),
-                addr(n),
-                Duration::from_secs(60),
-                b,
-                String::new(),
-            );
+            register(&mut d, t0, &format!("d{n}"), n, b);
         }
         assert_eq!(d.count_by_binding(), (2, 1), "d1 re-registered always on");
         d.remove("d3");

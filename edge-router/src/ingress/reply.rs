@@ -14,6 +14,18 @@ pub(super) enum Reply {
     Silent,
 }
 
+impl Reply {
+    /// The reply kept for a request answered with `bytes`: the same bytes again for a
+    /// Confirmable one's duplicates; nothing for a Non-confirmable one's.
+    pub(super) fn repeating(confirmable: bool, bytes: Vec<u8>) -> Reply {
+        if confirmable {
+            Reply::Sent(bytes.into_boxed_slice())
+        } else {
+            Reply::Silent
+        }
+    }
+}
+
 /// A response before encoding.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Response {

@@ -1,6 +1,7 @@
 //! A queue-mode device's status at the ingress, on virtual time: `registered` on registration,
 //! `sleeping` once its listening window closes (with the next expected wake-up once it is
-//! known), `registered` again when it wakes; a command for it waits for the wake-up.
+//! known), `registered` again when it wakes, `gone` when its registration ends (and nothing
+//! after); a command for it waits for the wake-up.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ fn peer() -> SocketAddr {
 fn ingress() -> Ingress {
     let mut config = IngressConfig::new(Topics::new("v6iot", "s").unwrap());
     config.listen_window = Duration::from_secs(10);
+    config.min_lifetime = Duration::from_secs(1);
     Ingress::new(config, T0)
 }
 
@@ -140,4 +142,38 @@ fn a_command_for_a_sleeping_device_goes_out_when_it_wakes() {
         .collect();
     assert_eq!(commands.len(), 1);
     assert_eq!(commands[0].0.remote, peer());
+}
+
+/// A queue-mode device whose registration ends inside its listening window — deregistered,
+/// removed by the registry, or expired — is `gone`, no longer counted, and never published
+/// `sleeping` afterwards.
+#[test]
+fn a_registration_that_ends_leaves_the_sleep_bookkeeping() {
+    for end in ["deregistered", "revoked", "expired"] {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut i = ingress();
+        let register = request(1, "rd", &["ep=m", "b=UQ", "lt=5"]);
+        i.handle_datagram(at(0), T0, peer(), &register);
+        assert_eq!(
+            i.queue_mode_states(),
+            (1, 0),
+            "{end}: awake once registered"
+        );
+        match end {
+            "deregistered" => {
+                let mut delete = request(2, "rd/1", &[]);
+                delete[1] = 0x04; // DELETE
+                i.handle_datagram(at(2), T0 + 2_000, peer(), &delete);
+            }
+            "revoked" => i.remove_device(T0 + 2_000, "m", "revoked"),
+            // Its lifetime (5 s) ends inside its window (10 s).
+            _ => {}
+        }
+        run_until(&mut i, start, at(60));
+        let states: Vec<_> = statuses(&mut i).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(states, ["registered", "gone"], "{end}");
+        assert_eq!(i.queue_mode_states(), (0, 0), "{end}: no longer counted");
+        assert!(i.directory().is_empty(), "{end}");
+    }
 }

@@ -1,251 +1,174 @@
-//! Telemetry normalisation: a device's SenML (CBOR or JSON) becomes one resolved SenML-JSON
-//! array for the platform, with absolute times, full names and the record id.
+//! Telemetry (`POST /t`): a device's SenML filed under its topic (the authenticated device, the
+//! device registered at the address, or in lab mode `anon-{address}`), handed to the outbox
+//! with a ticket, and answered only once the driver reports the store
+//! ([`Ingress::handle_appended`]: 2.04; 5.03 with Max-Age when the outbox is full; 5.00 when
+//! storing failed). The body's conversion to resolved SenML-JSON is in
+//! [`normalise`](mod@normalise).
 
-use coap_lite::ResponseType;
-use v6iot_sdk::coap::content_format;
-use v6iot_sdk::senml::{self, Encoding};
+mod normalise;
 
-/// Record ids: `base × 2^20 + n`, unique per edge router across restarts when `base` is the
-/// boot time in Unix milliseconds.
-#[derive(Debug)]
-pub(super) struct RecordIds {
-    base: u64,
-    next: u64,
+use super::*;
+pub(super) use normalise::{RecordIds, Refusal, normalise};
+
+/// Identifies a record waiting to be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppendTicket(u64);
+
+/// A message for the outbox. With a ticket, a device waits for the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// `Some` when a device's acknowledgement waits for this store.
+    pub ticket: Option<AppendTicket>,
+    /// The message.
+    pub message: NewMessage,
 }
 
-impl RecordIds {
-    pub(super) fn new(base: u64) -> RecordIds {
-        RecordIds {
-            base: base.saturating_mul(1 << 20),
-            next: 0,
+/// The outcome of storing a record, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendResult {
+    /// Durable.
+    Stored,
+    /// The outbox is full; the device should retry after this long.
+    Full {
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// Storing failed (I/O error); the device gets 5.00 and may retry.
+    Failed,
+}
+
+/// A request (or a notification) whose answer waits for its record to be stored.
+pub(super) struct Waiting {
+    pub(super) peer: Peer,
+    pub(super) message_id: u16,
+    pub(super) token: Token,
+    pub(super) confirmable: bool,
+    /// An Observe notification (answered with an empty ACK), not a request.
+    pub(super) notification: bool,
+}
+
+impl Waiting {
+    /// `msg`, waiting; `notification`: an Observe notification rather than a request.
+    pub(super) fn of(msg: Incoming<'_>, notification: bool) -> Waiting {
+        Waiting {
+            peer: msg.peer,
+            message_id: msg.header.message_id,
+            token: Token::from_slice(msg.packet.get_token()),
+            confirmable: msg.confirmable(),
+            notification,
         }
     }
-
-    pub(super) fn next(&mut self) -> u64 {
-        self.next += 1;
-        self.base.wrapping_add(self.next)
-    }
 }
 
-/// Why a telemetry body was refused.
-#[derive(Debug)]
-pub(super) struct Refusal {
-    pub(super) code: ResponseType,
-    pub(super) reason: String,
+/// Lab mode: names of unregistered senders kept at most (then the table starts over).
+pub(super) const LAB_NAMES: usize = 4096;
+
+/// Lab mode: the name an unregistered sender's telemetry is filed under, `anon-{peer}`,
+/// formatted once per peer (an IPv6 address is slow to format).
+fn lab_name(names: &mut HashMap<SocketAddr, String>, peer: SocketAddr) -> &str {
+    if names.len() >= LAB_NAMES && !names.contains_key(&peer) {
+        names.clear();
+    }
+    names.entry(peer).or_insert_with(|| format!("anon-{peer}"))
 }
 
-fn refuse(code: ResponseType, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        reason: reason.into(),
-    }
-}
-
-/// Decodes, validates and resolves a SenML body; returns the JSON array to publish, whose first
-/// record carries `"rid"` (the record id, as a decimal string). One pass over the body, its
-/// strings borrowed, the JSON written straight into the returned buffer
-/// ([`senml::resolve_to_json`]).
-pub(super) fn normalise(
-    format: Option<u32>,
-    body: &[u8],
-    unix_ms: u64,
-    id: u64,
-) -> Result<Vec<u8>, Refusal> {
-    if body.is_empty() {
-        return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
-    }
-    let encoding = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
-        Some(content_format::SENML_CBOR) => Some(Encoding::Cbor),
-        Some(content_format::SENML_JSON) => Some(Encoding::Json),
-        // No Content-Format: CBOR, else JSON (no body is both).
-        None => None,
-        Some(other) => {
-            return Err(refuse(
-                ResponseType::UnsupportedContentFormat,
-                format!(
-                    "content format {other}: telemetry is SenML-CBOR (112) or SenML-JSON (110)"
-                ),
-            ));
-        }
-    };
-    let mut digits = itoa::Buffer::new();
-    let rid = digits.format(id);
-    let now = unix_ms as f64 / 1000.0;
-    // Room for the whole answer up front: JSON is two to three times the CBOR (quoted labels,
-    // the base name repeated in every record), the rid comes on top.
-    let mut out = Vec::with_capacity(body.len() * 3 + 64);
-    let mut resolve = |e| senml::resolve_to_json(e, body, now, Some(("rid", rid)), &mut out);
-    let result = match encoding {
-        Some(e) => resolve(e),
-        None => resolve(Encoding::Cbor).or_else(|_| resolve(Encoding::Json)),
-    };
-    match result {
-        Ok(0) => Err(refuse(
-            ResponseType::BadRequest,
-            "SenML pack has no records",
-        )),
-        Ok(_) => Ok(out),
-        Err(e) => Err(refuse(
-            ResponseType::BadRequest,
-            format!("invalid SenML: {e}"),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use v6iot_sdk::senml::{PackBuilder, Record};
-
-    /// `normalise` as it was before the one-pass path: the owned pack, `resolve`, `to_record`,
-    /// `to_json_vec`, then `"rid"` spliced into the first record. The reference for the
-    /// properties below.
-    fn reference(
+impl Ingress {
+    /// `POST /t`: the record goes to the outbox; the answer waits for its store.
+    pub(super) fn telemetry(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        origin: Origin<'_>,
         format: Option<u32>,
         body: &[u8],
-        unix_ms: u64,
-        id: u64,
-    ) -> Result<Vec<u8>, Refusal> {
-        if body.is_empty() {
-            return Err(refuse(ResponseType::BadRequest, "empty telemetry body"));
-        }
-        let pack = match format.map(|f| u16::try_from(f).unwrap_or(u16::MAX)) {
-            Some(content_format::SENML_CBOR) => senml::from_cbor(body),
-            Some(content_format::SENML_JSON) => senml::from_json(body),
-            None => senml::from_cbor(body).or_else(|_| senml::from_json(body)),
-            Some(_) => return Err(refuse(ResponseType::UnsupportedContentFormat, "")),
-        }
-        .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
-        let resolved = senml::resolve(&pack, unix_ms as f64 / 1000.0)
-            .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
-        if resolved.is_empty() {
-            return Err(refuse(ResponseType::BadRequest, "no records"));
-        }
-        let records: Vec<senml::Record> = resolved
-            .iter()
-            .map(senml::ResolvedRecord::to_record)
-            .collect();
-        let json = senml::to_json_vec(&records)
-            .map_err(|e| refuse(ResponseType::BadRequest, e.to_string()))?;
-        let rest = json.get(2..).unwrap_or_default();
-        let mut out = format!("[{{\"rid\":\"{id}\"").into_bytes();
-        if rest.first() != Some(&b'}') {
-            out.push(b',');
-        }
-        out.extend_from_slice(rest);
-        Ok(out)
-    }
-
-    /// Same bytes out, or the same CoAP code.
-    fn agree(format: Option<u32>, body: &[u8], unix_ms: u64, id: u64) -> Result<(), TestCaseError> {
-        match (
-            reference(format, body, unix_ms, id),
-            normalise(format, body, unix_ms, id),
-        ) {
-            (Ok(a), Ok(b)) => {
-                prop_assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b))
+    ) -> Outcome {
+        let found = match origin.identity {
+            Some(device) => self.directory.touch(now, device),
+            None => self.directory.touch_by_address(now, origin.peer.remote),
+        };
+        let topic = match found {
+            Some(reg) => self.config.topics.telemetry(&reg.endpoint),
+            None if self.config.lab_accept_unregistered => {
+                let name = lab_name(&mut self.lab_names, origin.peer.remote);
+                self.config.topics.telemetry(name)
             }
-            (Err(a), Err(b)) => prop_assert_eq!(a.code, b.code),
-            (a, b) => prop_assert!(false, "{body:02x?}: reference {a:?}, normalise {b:?}"),
-        }
-        Ok(())
-    }
-
-    /// Packs as devices send them: a base name and time, a few readings.
-    fn device_pack() -> impl Strategy<Value = senml::Pack> {
-        let reading = (
-            "[a-z][a-z0-9_]{0,10}",
-            proptest::option::of("[A-Za-z%]{1,4}"),
-            prop_oneof![
-                any::<f64>(),
-                (-1000i32..1000).prop_map(f64::from),
-                Just(21.5)
-            ],
-            proptest::option::of(-100.0f64..100.0),
-        )
-            .prop_map(|(n, u, v, t)| Record {
-                n: Some(n),
-                u,
-                v: Some(v),
-                t,
-                ..Record::default()
-            });
-        (
-            "urn:dev:[a-z0-9]{1,8}:",
-            proptest::option::of(prop_oneof![1.7e9f64..1.8e9, -10.0f64..10.0]),
-            proptest::collection::vec(reading, 0..4),
-        )
-            .prop_map(|(bn, bt, readings)| {
-                let mut b = PackBuilder::new().base_name(bn);
-                if let Some(bt) = bt {
-                    b = b.base_time(bt);
-                }
-                for r in readings {
-                    b.push(r);
-                }
-                b.build()
-            })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
-
-        #[test]
-        fn prop_normalise_matches_the_owned_path(
-            pack in device_pack(),
-            unix_ms in 1_700_000_000_000u64..1_800_000_000_000,
-            id in any::<u64>(),
-            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
-        ) {
-            let Ok(cbor) = senml::to_cbor(&pack) else { return Ok(()) };
-            let Ok(json) = senml::to_json_vec(&pack) else { return Ok(()) };
-            for (format, mut body) in [(Some(112), cbor.clone()), (Some(110), json.clone()), (None, cbor), (None, json)] {
-                agree(format, &body, unix_ms, id)?;
-                for (at, byte) in &edits {
-                    if !body.is_empty() {
-                        let i = at.index(body.len());
-                        body[i] = *byte;
-                    }
-                }
-                agree(format, &body, unix_ms, id)?;
-                agree(Some(60), &body, unix_ms, id)?;
+            None => {
+                return Outcome::error(
+                    ResponseType::Forbidden,
+                    "unknown device: register at /rd first",
+                );
             }
+        };
+        let id = self.record_ids.next();
+        let payload = match normalise(format, body, unix_ms, id) {
+            Ok(p) => p,
+            Err(Refusal { code, reason }) => return Outcome::error(code, reason),
+        };
+        Outcome::Waiting(self.queue_telemetry(topic, payload))
+    }
+
+    /// Queues a telemetry record for `device`'s topic; the ticket comes back with the result.
+    pub(super) fn store_telemetry(&mut self, device: &str, payload: Vec<u8>) -> AppendTicket {
+        let topic = self.config.topics.telemetry(device);
+        self.queue_telemetry(topic, payload)
+    }
+
+    /// Queues a telemetry record for the outbox; the ticket comes back with the result.
+    fn queue_telemetry(&mut self, topic: String, payload: Vec<u8>) -> AppendTicket {
+        let ticket = AppendTicket(self.next_ticket);
+        self.next_ticket += 1;
+        let message = NewMessage {
+            topic,
+            payload,
+            retain: false,
+        };
+        self.appends.push_back(Append {
+            ticket: Some(ticket),
+            message,
+        });
+        ticket
+    }
+
+    /// Reports the outcome of storing the record with `ticket`; the device gets its answer.
+    pub fn handle_appended(&mut self, ticket: AppendTicket, result: AppendResult) {
+        let Some(w) = self.waiting.remove(&ticket) else {
+            return;
+        };
+        if w.notification {
+            self.notification_stored(w, result);
+            return;
         }
+        let response = match result {
+            AppendResult::Stored => {
+                self.stats.telemetry_stored += 1;
+                reply::Response::code(ResponseType::Changed)
+            }
+            AppendResult::Full { retry_after } => {
+                self.stats.telemetry_busy += 1;
+                let secs = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+                reply::Response::error(ResponseType::ServiceUnavailable, "outbox full, retry later")
+                    .max_age(secs)
+            }
+            AppendResult::Failed => {
+                self.stats.store_failures += 1;
+                reply::Response::error(
+                    ResponseType::InternalServerError,
+                    "record could not be stored",
+                )
+            }
+        };
+        self.requests.count(PathKind::Telemetry, response.code);
+        let request = Answering {
+            peer: w.peer,
+            message_id: w.message_id,
+            token: w.token.as_slice(),
+            confirmable: w.confirmable,
+        };
+        self.answer(request, &response);
     }
 
-    #[test]
-    fn resolves_and_tags_with_the_record_id() {
-        let body = br#"[{"bn":"urn:dev:x:","bt":1700000000,"n":"temp","u":"Cel","v":21.5},{"n":"rh","u":"%RH","v":40,"t":1}]"#;
-        let out = normalise(Some(110), body, 1_700_000_100_000, 42).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v[0]["rid"], "42");
-        assert_eq!(v[0]["n"], "urn:dev:x:temp");
-        assert_eq!(v[0]["t"], 1_700_000_000.0);
-        assert_eq!(v[1]["n"], "urn:dev:x:rh");
-        assert_eq!(v[1]["t"], 1_700_000_001.0);
-        assert!(v[1].get("rid").is_none());
-    }
-
-    #[test]
-    fn refuses_bad_bodies_with_clear_codes() {
-        assert_eq!(
-            normalise(Some(50), b"{}", 0, 1).unwrap_err().code,
-            ResponseType::UnsupportedContentFormat
-        );
-        assert_eq!(
-            normalise(Some(110), b"[{\"v\":\"x\"}]", 0, 1)
-                .unwrap_err()
-                .code,
-            ResponseType::BadRequest
-        );
-        assert_eq!(
-            normalise(None, b"\xff\x00", 0, 1).unwrap_err().code,
-            ResponseType::BadRequest
-        );
-        assert_eq!(
-            normalise(Some(112), b"", 0, 1).unwrap_err().code,
-            ResponseType::BadRequest
-        );
+    /// Requests waiting for their record to be stored.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 }

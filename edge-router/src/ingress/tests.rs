@@ -1,5 +1,6 @@
 //! Bad input at the ingress: every refusal has its code, nothing refused reaches the outbox,
-//! and no input panics.
+//! and no input panics. And what a request's answer waits for: deduplication, lab mode, the
+//! drain at a stop; the edge's observations ending with the registration.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -8,13 +9,13 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use proptest::prelude::*;
 use v6iot_cloud_bridge::topics::Topics;
 
-use super::{Ingress, IngressConfig};
+use super::{Append, AppendResult, Ingress, IngressConfig};
+
+/// The wall-clock time the tests pass (Unix milliseconds).
+const UNIX: u64 = 1_700_000_000_000;
 
 fn ingress() -> Ingress {
-    Ingress::new(
-        IngressConfig::new(Topics::new("v6iot", "s").unwrap()),
-        1_700_000_000_000,
-    )
+    Ingress::new(IngressConfig::new(Topics::new("v6iot", "s").unwrap()), UNIX)
 }
 
 fn peer() -> SocketAddr {
@@ -49,7 +50,7 @@ fn request(
 /// Sends one datagram to a fresh ingress and returns the answer's code and diagnostic.
 fn answer(bytes: &[u8]) -> (ResponseType, String, Ingress) {
     let mut i = ingress();
-    i.handle_datagram(Instant::now(), 1_700_000_000_000, peer(), bytes);
+    i.handle_datagram(Instant::now(), UNIX, peer(), bytes);
     let (_, reply) = i.poll_transmit().expect("an answer");
     let p = Packet::from_bytes(&reply).unwrap();
     let MessageClass::Response(code) = p.header.code else {
@@ -69,7 +70,7 @@ type Case = (
 
 #[test]
 fn malformed_registrations_are_refused_with_reasons() {
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (&[], None, b"", ResponseType::BadRequest, "ep=NAME"),
         (
             &["ep=a/b"],
@@ -106,6 +107,20 @@ fn malformed_registrations_are_refused_with_reasons() {
             ResponseType::UnsupportedContentFormat,
             "link-format",
         ),
+        (
+            &["ep=d1"],
+            Some(40),
+            &[0xff, 0xfe],
+            ResponseType::BadRequest,
+            "not UTF-8",
+        ),
+        (
+            &["ep=d1"],
+            Some(40),
+            &[b'x'; 5000],
+            ResponseType::RequestEntityTooLarge,
+            "limited to 4096 bytes",
+        ),
     ];
     for (query, cf, body, code, reason) in cases {
         let (got, why, mut i) = answer(&request(RequestType::Post, "rd", query, cf, body));
@@ -114,22 +129,6 @@ fn malformed_registrations_are_refused_with_reasons() {
         assert!(i.directory().is_empty());
         assert!(i.poll_append().is_none(), "nothing reaches the outbox");
     }
-    let (got, _, _) = answer(&request(
-        RequestType::Post,
-        "rd",
-        &["ep=d1"],
-        Some(40),
-        &[0xff, 0xfe],
-    ));
-    assert_eq!(got, ResponseType::BadRequest, "links must be UTF-8");
-    let (got, _, _) = answer(&request(
-        RequestType::Post,
-        "rd",
-        &["ep=d1"],
-        Some(40),
-        &vec![b'x'; 5000],
-    ));
-    assert_eq!(got, ResponseType::RequestEntityTooLarge);
 }
 
 #[test]
@@ -143,22 +142,15 @@ fn unknown_endpoints_paths_and_methods_get_their_codes() {
     ));
     assert_eq!(code, ResponseType::Forbidden);
     assert!(why.contains("register"), "{why}");
-    assert_eq!(
-        answer(&request(RequestType::Post, "rd/77", &[], None, b"")).0,
-        ResponseType::NotFound
-    );
-    assert_eq!(
-        answer(&request(RequestType::Delete, "rd/zz", &[], None, b"")).0,
-        ResponseType::NotFound
-    );
-    assert_eq!(
-        answer(&request(RequestType::Get, "rd", &[], None, b"")).0,
-        ResponseType::MethodNotAllowed
-    );
-    assert_eq!(
-        answer(&request(RequestType::Get, "nothing", &[], None, b"")).0,
-        ResponseType::NotFound
-    );
+    for (method, path, expected) in [
+        (RequestType::Post, "rd/77", ResponseType::NotFound),
+        (RequestType::Delete, "rd/zz", ResponseType::NotFound),
+        (RequestType::Get, "rd", ResponseType::MethodNotAllowed),
+        (RequestType::Get, "nothing", ResponseType::NotFound),
+    ] {
+        let (code, why, _) = answer(&request(method, path, &[], None, b""));
+        assert_eq!(code, expected, "{method:?} /{path}: {why}");
+    }
     let mut p = Packet::from_bytes(&request(RequestType::Post, "t", &[], None, b"x")).unwrap();
     p.add_option(CoapOption::Unknown(2049), b"z".to_vec());
     assert_eq!(
@@ -242,7 +234,7 @@ fn lab_mode_files_unregistered_senders_by_address() {
     let mut i = lab();
     let other: SocketAddr = "192.0.2.9:5683".parse().unwrap();
     for (mid, from) in (1..).zip([peer(), other, peer()]) {
-        i.handle_datagram(Instant::now(), 1_700_000_000_000, from, &report(mid, true));
+        i.handle_datagram(Instant::now(), UNIX, from, &report(mid, true));
     }
     let topics: Vec<String> = std::iter::from_fn(|| i.poll_append())
         .map(|a| a.message.topic)
@@ -261,7 +253,30 @@ fn lab_mode_files_unregistered_senders_by_address() {
 fn lab() -> Ingress {
     let mut config = IngressConfig::new(Topics::new("v6iot", "s").unwrap());
     config.lab_accept_unregistered = true;
-    Ingress::new(config, 1_700_000_000_000)
+    Ingress::new(config, UNIX)
+}
+
+/// Reports `append`'s record stored: the device gets 2.04 (returned).
+fn stored(i: &mut Ingress, append: Append) -> Vec<u8> {
+    i.handle_appended(append.ticket.expect("a device waits"), AppendResult::Stored);
+    let (_, ack) = i.poll_transmit().expect("the answer");
+    assert_eq!(
+        Packet::from_bytes(&ack).unwrap().header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    ack
+}
+
+/// The CON report `mid` from `peer()`, retransmitted: it gets `ack` again and is not stored
+/// again.
+fn retransmission_gets(i: &mut Ingress, mid: u16, ack: &[u8]) {
+    i.handle_datagram(Instant::now(), UNIX, peer(), &report(mid, true));
+    assert_eq!(
+        i.poll_transmit().map(|(_, b)| b).as_deref(),
+        Some(ack),
+        "the same ACK again"
+    );
+    assert!(i.poll_append().is_none(), "not stored again");
 }
 
 /// A telemetry request with message ID `mid`, CON or NON.
@@ -286,37 +301,25 @@ fn report(mid: u16, confirmable: bool) -> Vec<u8> {
 fn duplicates_get_the_same_reply_and_are_not_stored_twice() {
     let mut i = lab();
     let t0 = Instant::now();
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(7, true));
+    i.handle_datagram(t0, UNIX, peer(), &report(7, true));
     let append = i.poll_append().expect("the record");
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(7, true));
+    i.handle_datagram(t0, UNIX, peer(), &report(7, true));
     assert!(i.poll_append().is_none(), "stored once");
     assert!(
         i.poll_transmit().is_none(),
         "no answer while the record is stored"
     );
-    i.handle_appended(append.ticket.unwrap(), super::AppendResult::Stored);
-    let (_, ack) = i.poll_transmit().expect("the ACK");
-    assert_eq!(
-        Packet::from_bytes(&ack).unwrap().header.code,
-        MessageClass::Response(ResponseType::Changed)
-    );
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(7, true));
-    assert_eq!(
-        i.poll_transmit().map(|(_, b)| b),
-        Some(ack),
-        "the same ACK again"
-    );
-    assert!(i.poll_append().is_none());
+    let ack = stored(&mut i, append);
+    retransmission_gets(&mut i, 7, &ack);
     // The same message ID from another peer is another message.
     let other: SocketAddr = "192.0.2.9:5683".parse().unwrap();
-    i.handle_datagram(t0, 1_700_000_000_000, other, &report(7, true));
+    i.handle_datagram(t0, UNIX, other, &report(7, true));
     assert!(i.poll_append().is_some());
 
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(8, false));
+    i.handle_datagram(t0, UNIX, peer(), &report(8, false));
     let append = i.poll_append().expect("the NON's record");
-    i.handle_appended(append.ticket.unwrap(), super::AppendResult::Stored);
-    while i.poll_transmit().is_some() {}
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(8, false));
+    stored(&mut i, append);
+    i.handle_datagram(t0, UNIX, peer(), &report(8, false));
     assert!(
         i.poll_append().is_none() && i.poll_transmit().is_none(),
         "NON duplicate dropped"
@@ -331,28 +334,25 @@ fn remembered_message_ids_are_bounded_per_peer_and_expire() {
     let mut i = lab();
     let t0 = Instant::now();
     for mid in 1..=9 {
-        i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(mid, false));
+        i.handle_datagram(t0, UNIX, peer(), &report(mid, false));
     }
     assert_eq!(std::iter::from_fn(|| i.poll_append()).count(), 9);
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(2, false));
+    i.handle_datagram(t0, UNIX, peer(), &report(2, false));
     assert!(i.poll_append().is_none(), "2 is still remembered");
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(1, false));
+    i.handle_datagram(t0, UNIX, peer(), &report(1, false));
     assert!(i.poll_append().is_some(), "1 was pushed out by 9");
     // 1 came back as the newest and pushed out 2.
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(2, false));
+    i.handle_datagram(t0, UNIX, peer(), &report(2, false));
     assert!(i.poll_append().is_some());
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(9, false));
+    i.handle_datagram(t0, UNIX, peer(), &report(9, false));
     assert!(i.poll_append().is_none(), "9 is still remembered");
 
     let later = t0 + IngressConfig::new(Topics::new("v6iot", "s").unwrap()).exchange_lifetime;
     let sweep = i.poll_timeout().expect("a sweep is due");
-    i.handle_timeout(
-        sweep.max(later + std::time::Duration::from_secs(5)),
-        1_700_000_000_000,
-    );
+    i.handle_timeout(sweep.max(later + std::time::Duration::from_secs(5)), UNIX);
     i.handle_datagram(
         later + std::time::Duration::from_secs(6),
-        1_700_000_000_000,
+        UNIX,
         peer(),
         &report(9, false),
     );
@@ -369,11 +369,11 @@ fn remembered_message_ids_are_bounded_per_peer_and_expire() {
 fn a_draining_ingress_answers_new_requests_503_and_finishes_the_rest() {
     let mut i = lab();
     let t0 = Instant::now();
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(1, true));
+    i.handle_datagram(t0, UNIX, peer(), &report(1, true));
     let taken = i.poll_append().expect("the record taken before the stop");
     i.start_draining(30);
     assert!(i.is_draining());
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(2, true));
+    i.handle_datagram(t0, UNIX, peer(), &report(2, true));
     assert!(
         i.poll_append().is_none(),
         "nothing new stored while stopping"
@@ -391,18 +391,8 @@ fn a_draining_ingress_answers_new_requests_503_and_finishes_the_rest() {
         .expect("Max-Age");
     assert_eq!(max_age, vec![30]);
     // the request taken before the stop finishes
-    i.handle_appended(taken.ticket.unwrap(), super::AppendResult::Stored);
-    let (_, ack) = i.poll_transmit().expect("its ACK");
-    assert_eq!(
-        Packet::from_bytes(&ack).unwrap().header.code,
-        MessageClass::Response(ResponseType::Changed)
-    );
-    i.handle_datagram(t0, 1_700_000_000_000, peer(), &report(1, true));
-    assert_eq!(
-        i.poll_transmit().map(|(_, b)| b),
-        Some(ack),
-        "the same ACK again"
-    );
+    let ack = stored(&mut i, taken);
+    retransmission_gets(&mut i, 1, &ack);
     let counts: Vec<_> = i
         .request_counts()
         .iter()
@@ -412,4 +402,55 @@ fn a_draining_ingress_answers_new_requests_503_and_finishes_the_rest() {
         counts,
         vec![("t", "2.04".to_owned(), 1), ("t", "5.03".to_owned(), 1)]
     );
+}
+
+/// The edge's observation of a device's resource ends with the device's registration, however
+/// it ends: deregistered, removed by the registry (revoked), expired.
+#[test]
+fn the_edges_observations_end_with_the_registration() {
+    for end in ["deregistered", "revoked", "expired"] {
+        let mut i = ingress();
+        let t0 = Instant::now();
+        let links = b"</temp>;obs;ct=110";
+        let register = request(
+            RequestType::Post,
+            "rd",
+            &["ep=d1", "lt=60"],
+            Some(40),
+            links,
+        );
+        i.handle_datagram(t0, UNIX, peer(), &register);
+        while let Some(batch) = i.poll_journal() {
+            let rewritten = batch.rewrite.is_some();
+            let durable = super::JournalWritten::Durable { rewritten };
+            i.handle_journal_written(t0, UNIX, batch.id, durable);
+        }
+        let observe = std::iter::from_fn(|| i.poll_transmit())
+            .map(|(_, bytes)| Packet::from_bytes(&bytes).unwrap())
+            .find(|p| matches!(p.header.code, MessageClass::Request(RequestType::Get)))
+            .unwrap_or_else(|| panic!("{end}: the edge observes /temp"));
+        let mut first = Packet::new();
+        first.header.set_type(MessageType::Acknowledgement);
+        first.header.message_id = observe.header.message_id;
+        first.header.code = MessageClass::Response(ResponseType::Content);
+        first.set_token(observe.get_token().to_vec());
+        first.add_option(CoapOption::Observe, vec![1]);
+        first.add_option(CoapOption::ContentFormat, vec![110]);
+        first.payload = br#"[{"n":"temp","v":20}]"#.to_vec();
+        i.handle_datagram(t0, UNIX, peer(), &first.to_bytes_unlimited().unwrap());
+        assert_eq!(i.observation_count(), 1, "{end}: observing");
+        match end {
+            "deregistered" => {
+                let location = i.directory().get("d1").unwrap().location;
+                let path = format!("rd/{location}");
+                let mut delete = request(RequestType::Delete, &path, &[], None, b"");
+                delete[3] = 0x43; // a message ID of its own
+                i.handle_datagram(t0, UNIX, peer(), &delete);
+            }
+            "revoked" => i.remove_device(UNIX, "d1", "revoked"),
+            _ => i.handle_timeout(t0 + std::time::Duration::from_secs(61), UNIX),
+        }
+        assert!(i.directory().is_empty(), "{end}: the registration ended");
+        assert_eq!(i.observation_count(), 0, "{end}: the observation too");
+    }
 }

@@ -30,6 +30,14 @@ fn cmd(device: &str, req: &str, payload: usize) -> DownlinkCommand {
     }
 }
 
+/// A command with a 1-byte payload that expires at `expires_unix_ms`.
+fn expiring(device: &str, req: &str, expires_unix_ms: u64) -> DownlinkCommand {
+    DownlinkCommand {
+        expires_unix_ms,
+        ..cmd(device, req, 1)
+    }
+}
+
 /// An always-on device (`awake`), or a queue-mode one whose window closed long ago.
 fn reach(now: Instant, awake: bool) -> Option<Reachability> {
     Some(Reachability {
@@ -61,6 +69,12 @@ fn transmits(d: &mut Downlink) -> Vec<(SocketAddr, Vec<u8>)> {
         .collect()
 }
 
+/// A platform command at `now` (Unix time `T0`) for an always-on device (`awake`) or a
+/// sleeping one.
+fn take(d: &mut Downlink, now: Instant, c: DownlinkCommand, awake: bool, message_id: u16) {
+    d.command(now, T0, c, reach(now, awake), WINDOW, message_id);
+}
+
 /// Writes every journal batch as the driver would, all durable; returns the batches.
 fn write_all(d: &mut Downlink) -> Vec<JournalBatch> {
     let mut batches = Vec::new();
@@ -76,7 +90,7 @@ fn write_all(d: &mut Downlink) -> Vec<JournalBatch> {
 fn a_command_goes_out_only_once_its_journal_batch_is_durable() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]);
-    d.command(now, T0, cmd("d1", "r1", 2), reach(now, true), WINDOW, 1);
+    take(&mut d, now, cmd("d1", "r1", 2), true, 1);
     assert!(transmits(&mut d).is_empty(), "held until durable");
     let batch = d.poll_journal().unwrap();
     assert_eq!(
@@ -85,7 +99,7 @@ fn a_command_goes_out_only_once_its_journal_batch_is_durable() {
     );
     assert!(d.poll_journal().is_none(), "one batch at a time");
     // A second command while the first batch is being written waits for its own batch.
-    d.command(now, T0, cmd("d1", "r2", 2), reach(now, true), WINDOW, 2);
+    take(&mut d, now, cmd("d1", "r2", 2), true, 2);
     let ready = d.journal_written(batch.id, JournalWritten::Durable { rewritten: false });
     assert_eq!(ready, vec!["d1".to_owned()]);
     d.try_send(now, T0, "d1", reach(now, true), WINDOW, 3);
@@ -108,11 +122,10 @@ fn a_failed_batch_refuses_its_commands_and_writes_its_done_entries_again() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]);
     // r0 is durable, queued for a sleeping device; then it expires while r1 is being written.
-    let mut r0 = cmd("d1", "r0", 1);
-    r0.expires_unix_ms = T0 + 10;
-    d.command(now, T0, r0, reach(now, false), WINDOW, 1);
+    let r0 = expiring("d1", "r0", T0 + 10);
+    take(&mut d, now, r0, false, 1);
     write_all(&mut d);
-    d.command(now, T0, cmd("d1", "r1", 1), reach(now, false), WINDOW, 2);
+    take(&mut d, now, cmd("d1", "r1", 1), false, 2);
     d.expire_queued(T0 + 20);
     let batch = d.poll_journal().unwrap();
     assert_eq!(batch.entries.len(), 2, "{:?}", batch.entries);
@@ -142,14 +155,7 @@ fn a_failed_batch_refuses_its_commands_and_writes_its_done_entries_again() {
     // While every write fails, what waits stays bounded: r0's done only.
     d.journal_written(batch.id, JournalWritten::Failed);
     for i in 0..100 {
-        d.command(
-            now,
-            T0,
-            cmd("d1", &format!("n{i}"), 1),
-            reach(now, false),
-            WINDOW,
-            3,
-        );
+        take(&mut d, now, cmd("d1", &format!("n{i}"), 1), false, 3);
         let b = d.poll_journal().unwrap();
         assert!(b.entries.len() <= 2, "{:?}", b.entries);
         d.journal_written(b.id, JournalWritten::Failed);
@@ -162,14 +168,7 @@ fn over_the_per_device_cap_commands_get_queue_full_and_are_not_remembered() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]).with_limits(limits(3, 100));
     for i in 0..10 {
-        d.command(
-            now,
-            T0,
-            cmd("d1", &format!("r{i}"), 1),
-            reach(now, false),
-            WINDOW,
-            i,
-        );
+        take(&mut d, now, cmd("d1", &format!("r{i}"), 1), false, i);
     }
     assert_eq!(d.pending(), 3);
     let r = results(&mut d);
@@ -183,7 +182,7 @@ fn over_the_per_device_cap_commands_get_queue_full_and_are_not_remembered() {
     assert_eq!(d.stats().queue_full, 7);
     assert_eq!(d.stats().accepted, 3);
     // Another device still has room.
-    d.command(now, T0, cmd("d2", "a", 1), reach(now, false), WINDOW, 20);
+    take(&mut d, now, cmd("d2", "a", 1), false, 20);
     assert_eq!(d.pending(), 4);
     // Once the device took its commands, the same request id is taken (not a duplicate).
     write_all(&mut d);
@@ -199,7 +198,7 @@ fn over_the_per_device_cap_commands_get_queue_full_and_are_not_remembered() {
         ack.set_token(p.get_token().to_vec());
         assert!(d.handle_response(addr(), &ack, None).is_some());
     }
-    d.command(now, T0, cmd("d1", "r5", 1), reach(now, false), WINDOW, 40);
+    take(&mut d, now, cmd("d1", "r5", 1), false, 40);
     assert_eq!(d.duplicates, 0);
     assert_eq!(d.stats().accepted, 5);
 }
@@ -209,14 +208,7 @@ fn over_the_total_cap_commands_get_queue_full() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]).with_limits(limits(10, 5));
     for i in 0..8 {
-        d.command(
-            now,
-            T0,
-            cmd(&format!("d{i}"), "r", 1),
-            reach(now, false),
-            WINDOW,
-            i,
-        );
+        take(&mut d, now, cmd(&format!("d{i}"), "r", 1), false, i);
     }
     assert_eq!(d.pending(), 5);
     let r = results(&mut d);
@@ -230,7 +222,7 @@ fn over_the_total_cap_commands_get_queue_full() {
     // The edge's own requests are not on the caps' account.
     let mut own = cmd("d0", "_obs1:/x", 0);
     own.observe = true;
-    d.command(now, T0, own, reach(now, false), WINDOW, 9);
+    take(&mut d, now, own, false, 9);
     assert_eq!(d.pending(), 6);
 }
 
@@ -239,7 +231,7 @@ fn a_command_that_cannot_fit_the_path_is_refused_with_its_size() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]);
     // The payload bound: a device's block size.
-    d.command(now, T0, cmd("d1", "big", 1025), reach(now, true), WINDOW, 1);
+    take(&mut d, now, cmd("d1", "big", 1025), true, 1);
     let r = results(&mut d);
     let e = r[0].error.as_deref().unwrap();
     assert!(
@@ -249,7 +241,7 @@ fn a_command_that_cannot_fit_the_path_is_refused_with_its_size() {
     // The message bound: a long path makes a request of 1024 payload bytes too large.
     let mut long = cmd("d1", "long", 1024);
     long.path = format!("/{}", "p".repeat(200));
-    d.command(now, T0, long, reach(now, true), WINDOW, 2);
+    take(&mut d, now, long, true, 2);
     let r = results(&mut d);
     let e = r[0].error.as_deref().unwrap();
     assert!(
@@ -268,16 +260,9 @@ fn a_command_that_cannot_fit_the_path_is_refused_with_its_size() {
         .find(|&q| size(&with_query("at", q)) + OSCORE_REQUEST_OVERHEAD == 1152)
         .unwrap();
     let at = with_query("at", q);
-    d.command(now, T0, at.clone(), reach(now, true), WINDOW, 3);
+    take(&mut d, now, at.clone(), true, 3);
     assert!(results(&mut d).is_empty());
-    d.command(
-        now,
-        T0,
-        with_query("over", q + 1),
-        reach(now, true),
-        WINDOW,
-        4,
-    );
+    take(&mut d, now, with_query("over", q + 1), true, 4);
     assert_eq!(results(&mut d).len(), 1);
 }
 
@@ -295,7 +280,7 @@ fn the_allow_list_refuses_other_devices_but_not_the_edges_own_requests() {
         ("pump-30", false),
         ("heater", false),
     ] {
-        d.command(now, T0, cmd(device, "r", 1), reach(now, false), WINDOW, 1);
+        take(&mut d, now, cmd(device, "r", 1), false, 1);
         let r = results(&mut d);
         assert_eq!(r.is_empty(), taken, "{device}: {r:?}");
         if !taken {
@@ -307,14 +292,7 @@ fn the_allow_list_refuses_other_devices_but_not_the_edges_own_requests() {
         }
     }
     assert_eq!(d.stats().not_allowed, 2);
-    d.command(
-        now,
-        T0,
-        cmd("heater", "_obs1:/t", 0),
-        reach(now, false),
-        WINDOW,
-        1,
-    );
+    take(&mut d, now, cmd("heater", "_obs1:/t", 0), false, 1);
     assert!(results(&mut d).is_empty());
     // Registered or not: a device off the list is "not allowed" (nothing about it is told).
     d.command(now, T0, cmd("ghost", "r", 1), None, WINDOW, 1);
@@ -336,22 +314,8 @@ fn the_journal_is_rewritten_with_only_live_commands_when_dead_lines_outweigh_the
     let mut rewrites = Vec::new();
     let mut max_lines = 0;
     for i in 0..3000_u32 {
-        d.command(
-            now,
-            T0,
-            cmd("d1", &format!("r{i}"), 1),
-            reach(now, true),
-            WINDOW,
-            i as u16,
-        );
-        d.command(
-            now,
-            T0,
-            cmd("d2", &format!("w{i}"), 1),
-            reach(now, false),
-            WINDOW,
-            0,
-        );
+        take(&mut d, now, cmd("d1", &format!("r{i}"), 1), true, i as u16);
+        take(&mut d, now, cmd("d2", &format!("w{i}"), 1), false, 0);
         for b in write_all(&mut d) {
             if let Some(live) = b.rewrite {
                 rewrites.push(live);
@@ -401,9 +365,8 @@ fn the_journal_is_rewritten_with_only_live_commands_when_dead_lines_outweigh_the
 fn expiry_walks_the_queues_only_when_a_command_is_due() {
     let now = Instant::now();
     let mut d = Downlink::new([1; 16]);
-    let mut c = cmd("d1", "r", 1);
-    c.expires_unix_ms = T0 + 1000;
-    d.command(now, T0, c, reach(now, false), WINDOW, 1);
+    let c = expiring("d1", "r", T0 + 1000);
+    take(&mut d, now, c, false, 1);
     assert_eq!(d.next_expiry_ms, T0 + 1000);
     d.expire_queued(T0 + 999);
     assert_eq!(d.pending(), 1);

@@ -1,0 +1,66 @@
+//! Binaries a test runs: those of this build (next to the test) and those of the system.
+
+use std::path::{Path, PathBuf};
+
+/// `target/<profile>` of the build that made the running test (`target/<profile>/deps/<test>`).
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in target/<profile>/deps", exe.display()))
+        .to_path_buf()
+}
+
+/// `relative` (e.g. `v6iot-edge`, `examples/minimal_device`) in [`build_dir`]; panics naming
+/// `how` to build it when it is missing.
+pub fn built_binary(relative: &str, how: &str) -> PathBuf {
+    let path = build_dir().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: {how} (`cargo test --workspace` and scripts/test build the whole \
+         workspace first)",
+        path.display()
+    );
+    path
+}
+
+/// The system's `name` (in the sbin and bin directories, then on `PATH`); panics naming the
+/// Debian `package` to install when it is missing.
+pub fn system_binary(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .chain(std::env::split_paths(&path))
+    .map(|dir| dir.join(name))
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!("{name} is missing: apt-get install {package} (scripts/test installs it)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_shell_and_names_the_package_of_what_is_missing() {
+        assert!(system_binary("sh", "dash").is_file());
+        let err = std::panic::catch_unwind(|| system_binary("v6iot-no-such-tool", "v6iot-pkg"));
+        let message = *err.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("apt-get install v6iot-pkg"), "{message}");
+    }
+
+    #[test]
+    fn this_test_sits_in_the_build_dir() {
+        assert!(build_dir().join("deps").is_dir());
+        assert!(built_binary("deps", "nothing to build").is_dir());
+    }
+}

@@ -20,26 +20,16 @@ use v6iot_sdk::senml;
 mod common;
 
 /// The libcoap client binary: Debian ships it as `coap-client-notls` (also `-openssl`, `-gnutls`).
-fn coap_client() -> &'static str {
-    for name in [
-        "coap-client-notls",
-        "coap-client",
-        "coap-client-openssl",
-        "coap-client-gnutls",
-    ] {
-        if Command::new(name)
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-        {
-            return name;
-        }
-    }
-    panic!(
-        "libcoap's coap-client is not installed: run scripts/test (it installs Debian's libcoap3-bin)"
-    );
+fn coap_client() -> std::path::PathBuf {
+    common::system_binary_named(
+        &[
+            "coap-client-notls",
+            "coap-client",
+            "coap-client-openssl",
+            "coap-client-gnutls",
+        ],
+        "libcoap3-bin",
+    )
 }
 
 /// A running `v6iot-sim device`, killed on drop; its log lines arrive on `log`.

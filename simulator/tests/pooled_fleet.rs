@@ -17,7 +17,6 @@ use std::time::Duration;
 use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::gateway::GatewayStats;
-use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
@@ -83,24 +82,16 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> (Repo
     (report, gateway)
 }
 
-/// Runs `body` on a thread of its own inside a fresh network namespace with the pool's /64
-/// routed to loopback, on a tokio runtime made there (its threads are in the namespace too).
+/// Runs `body` inside a fresh network namespace with the pool's /64 routed to loopback, on a
+/// tokio runtime made there (its threads are in the namespace too).
 fn in_private_network<T: Send + 'static>(
     body: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> T {
-    common::require_root("a network namespace with 2001:db8:100::/64 routed to loopback");
-    std::thread::spawn(move || {
-        enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        body(&rt)
-    })
-    .join()
-    .unwrap()
+    common::in_private_network(
+        "2001:db8:100::/64",
+        "with 2001:db8:100::/64 routed to loopback",
+        move || body(&common::runtime()),
+    )
 }
 
 #[test]

@@ -161,21 +161,11 @@ fn oscore_passes_with_the_devices_credentials_and_sequence_numbers_go_on() {
 }
 
 /// libcoap's example server: `coap-server-notls`, or the TLS builds' names.
-fn coap_server() -> &'static str {
-    for name in ["coap-server-notls", "coap-server", "coap-server-openssl"] {
-        if Command::new(name)
-            .arg("-?")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-        {
-            return name;
-        }
-    }
-    panic!(
-        "libcoap's coap-server is not installed: `apt-get install libcoap3-bin` (scripts/test does)"
-    );
+fn coap_server() -> std::path::PathBuf {
+    v6iot_testkit::system_binary_named(
+        &["coap-server-notls", "coap-server", "coap-server-openssl"],
+        "libcoap3-bin",
+    )
 }
 
 /// Waits (bounded) until something answers a CoAP ping on `addr`.

@@ -27,23 +27,36 @@ pub fn built_binary(relative: &str, how: &str) -> PathBuf {
 /// The system's `name` (in the sbin and bin directories, then on `PATH`); panics naming the
 /// Debian `package` to install when it is missing.
 pub fn system_binary(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    [
+    system_binary_named(&[name], package)
+}
+
+/// The first of `names` the system has (a tool Debian ships under several names, e.g.
+/// `coap-client-notls` and `coap-client`); panics naming `package` when it has none.
+pub fn system_binary_named(names: &[&str], package: &str) -> PathBuf {
+    const DIRS: [&str; 6] = [
         "/usr/sbin",
         "/usr/bin",
         "/usr/local/sbin",
         "/usr/local/bin",
         "/sbin",
         "/bin",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .chain(std::env::split_paths(&path))
-    .map(|dir| dir.join(name))
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| {
-        panic!("{name} is missing: apt-get install {package} (scripts/test installs it)")
-    })
+    ];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = DIRS
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .collect();
+    names
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: apt-get install {package} (scripts/test installs it)",
+                names.join(" or ")
+            )
+        })
 }
 
 #[cfg(test)]
@@ -56,6 +69,8 @@ mod tests {
         let err = std::panic::catch_unwind(|| system_binary("v6iot-no-such-tool", "v6iot-pkg"));
         let message = *err.unwrap_err().downcast::<String>().unwrap();
         assert!(message.contains("apt-get install v6iot-pkg"), "{message}");
+        let first = system_binary_named(&["v6iot-no-such-tool", "sh", "bash"], "dash");
+        assert_eq!(first.file_name().unwrap(), "sh");
     }
 
     #[test]

@@ -3,22 +3,25 @@
 //! ([`TempDir`]), waiting for a condition with a deadline ([`wait_for`]), child processes killed
 //! on drop and read line by line ([`process`]), the binaries of this build and of the system
 //! ([`binaries`]), a real mosquitto that is listening before it is handed out ([`Mosquitto`]),
-//! and the check that stops a run which lacks root at once, with one message ([`require_root`]).
+//! the check that stops a run which lacks root at once, with one message ([`require_root`]), and
+//! with the feature `certs`, test certificates from rcgen (`certs::make_certs`).
 //!
 //! A dev-dependency only (`publish = false`); it depends on no v6iot crate, so every crate can
-//! use it, and on nothing but std. Everything here panics on failure: that is how a test fails.
+//! use it, and on nothing but std without `certs`. Everything here panics on failure: that is how a test fails.
 
 // A test-support crate: a failed step ends the test, with the message saying what failed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod binaries;
+#[cfg(feature = "certs")]
+pub mod certs;
 pub mod mosquitto;
 pub mod ports;
 pub mod process;
 mod root;
 mod temp;
 
-pub use binaries::{built_binary, system_binary};
+pub use binaries::{built_binary, system_binary, system_binary_named};
 pub use mosquitto::Mosquitto;
 pub use ports::{free_tcp_port, free_tcp_port_on_both, free_udp_port, unique_port};
 pub use process::{Running, await_line, drain_until_closed, spawn_lines};

@@ -59,34 +59,7 @@ impl Mosquitto {
     /// [`Mosquitto::stop`]; returns once it listens.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "mosquitto is running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let child = Command::new(system_binary("mosquitto", "mosquitto"))
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start mosquitto: {e}"));
-        let child = self.child.insert(Running(child));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for addr in &self.listeners {
-            while TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err() {
-                if let Some(status) = child.0.try_wait().unwrap() {
-                    panic!("mosquitto exited ({status}): {}", log_text(&self.log));
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto not listening on {addr} within 10 s: {}",
-                    log_text(&self.log)
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.child = Some(spawn(&self.conf, &self.log, &self.listeners));
     }
 
     /// SIGKILL: no goodbye to anyone, nothing saved.
@@ -107,6 +80,50 @@ impl Mosquitto {
     pub fn log_text(&self) -> String {
         log_text(&self.log)
     }
+}
+
+/// Starts mosquitto on the configuration file `conf`, its output appended to `log`, and
+/// returns once every address of `listeners` accepts a TCP connection. Panics with the log when
+/// it exits or is not listening within 10 s. (What [`Mosquitto`] runs; for a test that writes
+/// its configuration itself.)
+pub fn spawn(conf: &Path, log: &Path, listeners: &[SocketAddr]) -> Running {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+    let child = Command::new(system_binary("mosquitto", "mosquitto"))
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start mosquitto: {e}"));
+    let mut child = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for addr in listeners {
+        while TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                panic!("mosquitto exited ({status}): {}", log_text(log));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto not listening on {addr} within 10 s: {}",
+                log_text(log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    child
+}
+
+/// `mosquitto_pub` to `host`:`port` on `topic` at QoS 1; the caller adds the message (`-m …`,
+/// or `-l` with lines on stdin) and runs it.
+pub fn pub_command(host: &str, port: u16, topic: &str) -> Command {
+    let mut cmd = Command::new(system_binary("mosquitto_pub", "mosquitto-clients"));
+    cmd.args(["-h", host, "-p", &port.to_string(), "-q", "1", "-t", topic]);
+    cmd
 }
 
 fn log_text(path: &Path) -> String {
@@ -131,6 +148,20 @@ mod tests {
         m.stop();
         assert!(TcpStream::connect(addr).is_err(), "stopped");
         assert!(m.log_text().contains("mosquitto"), "{}", m.log_text());
+    }
+
+    #[test]
+    fn pub_command_reaches_the_broker() {
+        let dir = TempDir::new("kit-mosquitto-pub");
+        let m = Mosquitto::on_loopback(dir.path(), "log_type all\n");
+        let status = pub_command("::1", m.port(), "kit/t")
+            .args(["-m", "hello"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        crate::wait_for("the PUBLISH in the log", Duration::from_secs(10), || {
+            m.log_text().contains("Received PUBLISH from")
+        });
     }
 
     #[test]

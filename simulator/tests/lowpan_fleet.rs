@@ -36,7 +36,6 @@ use std::time::Duration;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::lowpan::{LowpanPlan, MediumAt};
-use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Payload, Sources, Transport};
 
@@ -150,18 +149,7 @@ fn run_fleet(dir: &Path, setup: Setup) -> (Report, PathBuf) {
     let data = dir.join("edge");
     let mut config = EdgeConfig::with_site("lp");
     config.data_dir = data.clone();
-    let oscore = provision_edge(
-        &data,
-        &mut config,
-        &ProvisionPlan {
-            devices,
-            first: 0,
-            id_prefix: "lp".into(),
-            class: 1,
-            prefix: PREFIX.parse().unwrap(),
-        },
-    )
-    .unwrap();
+    let oscore = common::provision_fleet(&data, &mut config, devices, "lp", PREFIX);
     let key = config.registry.seal_key_file.clone().unwrap();
     let edge_toml = write_edge_config(dir, &key, &p);
     let mosquitto_conf = dir.join("mosquitto.conf");

@@ -40,7 +40,6 @@ use v6iot_simulator::nbiot::carrier::{CarrierPlan, Coverage, CoverageMix};
 use v6iot_simulator::nbiot::emulator::EmulatorConfig;
 use v6iot_simulator::nbiot::fleet::{CommandPlan, NbiotPlan};
 use v6iot_simulator::plan::Plan;
-use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Partition, Sources, Transport};
 
@@ -86,18 +85,7 @@ async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig)
     config.coap.queue_listen_window_s = ACTIVE.as_secs();
     config.mqtt.url = format!("mqtt://[::1]:{broker_port}");
     config.data_dir = dir.to_path_buf();
-    let oscore = provision_edge(
-        dir,
-        &mut config,
-        &ProvisionPlan {
-            devices: DEVICES,
-            first: 0,
-            id_prefix: "nb".into(),
-            class: 1,
-            prefix: "2001:db8:100::/64".parse::<Ipv6Prefix>().unwrap(),
-        },
-    )
-    .unwrap();
+    let oscore = common::provision_fleet(dir, &mut config, DEVICES, "nb", "2001:db8:100::/64");
     let edge_conf = dir.join("edge.toml");
     std::fs::write(&edge_conf, edge_toml(&config)).unwrap();
     let nbiot = NbiotPlan {

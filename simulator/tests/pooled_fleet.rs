@@ -14,11 +14,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::gateway::GatewayStats;
 use v6iot_simulator::load::{self, RunOptions};
-use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{FleetSpec, Scenario, Sources};
 
@@ -36,18 +34,7 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> (Repo
     config.coap.listen = SocketAddr::new(loopback, 0);
     config.mqtt.url = format!("mqtt://[{}]:{}", broker.ip(), broker.port());
     config.data_dir = dir.to_path_buf();
-    let oscore = provision_edge(
-        dir,
-        &mut config,
-        &ProvisionPlan {
-            devices: DEVICES,
-            first: 0,
-            id_prefix: "pool".into(),
-            class: 1,
-            prefix: allowed.parse::<Ipv6Prefix>().unwrap(),
-        },
-    )
-    .unwrap();
+    let oscore = common::provision_fleet(dir, &mut config, DEVICES, "pool", allowed);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let edge = tokio::spawn(v6iot_edge_router::server::run(

@@ -61,6 +61,63 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Starts `v6iot-sim device --bind [::1]:0` with `args`, logging at `log` (`RUST_LOG`) to
+/// `stderr`; returns it (killed on drop), its first line and the address that line
+/// names (`… serving … on [::1]:PORT …`). The rest of its stdout is read and dropped.
+pub(crate) fn sim_device(
+    args: &[&str],
+    log: &str,
+    stderr: Stdio,
+) -> (Running, String, SocketAddr) {
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
+            .args(["device", "--bind", "[::1]:0"])
+            .args(args)
+            .env("RUST_LOG", log)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start v6iot-sim device"),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    stdout
+        .read_line(&mut first)
+        .expect("the device's first line");
+    let addr = first
+        .split(" on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+    });
+    (child, first, addr)
+}
+
+/// Provisions `devices` devices (`{id_prefix}{n}` from 0, class 1, allowed on `prefix`) into
+/// the registry of the edge `config` describes, its files in `data_dir` (a fresh seal key);
+/// returns the fleet's OSCORE settings.
+#[cfg(feature = "demo")]
+pub(crate) fn provision_fleet(
+    data_dir: &Path,
+    config: &mut v6iot_edge_router::config::EdgeConfig,
+    devices: u64,
+    id_prefix: &str,
+    prefix: &str,
+) -> v6iot_simulator::scenario::OscoreSpec {
+    let plan = v6iot_simulator::provision::ProvisionPlan {
+        devices,
+        first: 0,
+        id_prefix: id_prefix.into(),
+        class: 1,
+        prefix: prefix.parse().unwrap(),
+    };
+    v6iot_simulator::provision::provision_edge(data_dir, config, &plan).unwrap()
+}
+
 /// The id `provision --devices 1 --first 42 --id-prefix t` gives its device (kid 0x2a).
 pub(crate) const DEVICE_ID: &str = "t000042";
 
@@ -124,39 +181,24 @@ pub(crate) struct OscoreSim {
 impl OscoreSim {
     /// Starts the device of `csv` on a free port of `[::1]`, its marks in `seq_file`.
     pub(crate) fn start(csv: &Path, seq_file: &Path, interval: &str) -> OscoreSim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
-            .args(["device", "--bind", "[::1]:0", "--id", DEVICE_ID])
-            .args(["--interval", interval])
-            .arg("--credentials")
-            .arg(csv)
-            .arg("--seq-file")
-            .arg(seq_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start v6iot-sim device");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut first = String::new();
-        stdout
-            .read_line(&mut first)
-            .expect("the device's first line");
+        let (csv, seq_file) = (csv.to_str().unwrap(), seq_file.to_str().unwrap());
+        let (child, first, addr) = sim_device(
+            &[
+                "--id",
+                DEVICE_ID,
+                "--interval",
+                interval,
+                "--credentials",
+                csv,
+                "--seq-file",
+                seq_file,
+            ],
+            "warn",
+            Stdio::inherit(),
+        );
         // "v6iot-sim device ID serving OSCORE-protected CoAP on [::1]:PORT (kid 2a; …)"
         assert!(first.contains("OSCORE-protected"), "{first}");
-        let addr = first
-            .split(" on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {first:?}"));
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stdout.read_to_end(&mut sink);
-        });
-        OscoreSim {
-            child: Running(child),
-            addr,
-        }
+        OscoreSim { child, addr }
     }
 
     /// `kill -9`: no chance to write anything on the way out.

@@ -10,8 +10,8 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -42,8 +42,11 @@ struct Sim {
 impl Sim {
     fn start(id: &str, interval: &str) -> Sim {
         // "v6iot-sim device ID serving CoAP on [::1]:PORT (Ctrl-C to stop)"
-        let (mut child, _, addr) =
-            common::sim_device(&["--id", id, "--interval", interval], "info", Stdio::piped());
+        let (mut child, _, addr) = common::sim_device(
+            &["--id", id, "--interval", interval],
+            "info",
+            Stdio::piped(),
+        );
         let (tx, log) = mpsc::channel();
         let stderr = child.0.stderr.take().unwrap();
         std::thread::spawn(move || {

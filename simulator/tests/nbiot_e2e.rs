@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::audit::AuditKind;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::registry_db::admin::format_time;

@@ -12,9 +12,8 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use v6iot_simulator::probe::{CheckId, ProbeReport, Verdict};

@@ -64,11 +64,7 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 /// Starts `v6iot-sim device --bind [::1]:0` with `args`, logging at `log` (`RUST_LOG`) to
 /// `stderr`; returns it (killed on drop), its first line and the address that line
 /// names (`… serving … on [::1]:PORT …`). The rest of its stdout is read and dropped.
-pub(crate) fn sim_device(
-    args: &[&str],
-    log: &str,
-    stderr: Stdio,
-) -> (Running, String, SocketAddr) {
+pub(crate) fn sim_device(args: &[&str], log: &str, stderr: Stdio) -> (Running, String, SocketAddr) {
     let mut child = Running(
         Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
             .args(["device", "--bind", "[::1]:0"])

@@ -59,6 +59,25 @@ pub fn system_binary_named(names: &[&str], package: &str) -> PathBuf {
         })
 }
 
+/// Headless chromium with a fresh profile in `profile` and no traffic of its own (no sandbox,
+/// GPU, QUIC, first-run page, background networking, component updates or sync); the caller
+/// adds what it does (a screenshot, a DevTools port …).
+pub fn chromium_headless(profile: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(system_binary("chromium", "chromium"));
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub mod process;
 mod root;
 mod temp;
 
-pub use binaries::{built_binary, system_binary, system_binary_named};
+pub use binaries::{built_binary, chromium_headless, system_binary, system_binary_named};
 pub use mosquitto::Mosquitto;
 pub use ports::{free_tcp_port, free_tcp_port_on_both, free_udp_port, unique_port};
 pub use process::{Running, await_line, drain_until_closed, spawn_lines};

@@ -117,7 +117,9 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
             &mut platform_seen,
         );
         let status = platform.0.wait().unwrap();
-        platform_seen.extend(platform_lines.try_iter());
+        // Its last lines may still be in the reader threads: read until the exited process's
+        // output has ended, not only what has arrived.
+        drain_until_closed(&platform_lines, Duration::from_secs(10), &mut platform_seen);
         assert!(status.success(), "platform: {status:?} {platform_seen:#?}");
 
         let mut meter_seen = Vec::new();

@@ -49,24 +49,13 @@ fn the_oscore_sensor_reports_through_the_edge_and_takes_a_valve_command() {
     let state = dir.path().join("sensor-1.state");
 
     // The platform first, so it is subscribed before the first report.
-    let (mut platform, platform_lines) = platform(broker_port, "sensor-1", 2);
+    let (platform, platform_lines) = platform(broker_port, "sensor-1", 2);
 
     let mut sensor = Command::new(example("oscore_sensor"));
     sensor_args(&mut sensor, edge_port, &state);
     let (sensor, sensor_lines) = spawn_lines(sensor);
 
-    let mut seen = Vec::new();
-    await_line(
-        &platform_lines,
-        "command result:",
-        Duration::from_secs(30),
-        &mut seen,
-    );
-    let status = platform.0.wait().unwrap();
-    // Its last lines may still be in the reader threads: read until both reached the end of
-    // the exited process's output (the channel then disconnects), not only what has arrived.
-    drain_until_closed(&platform_lines, Duration::from_secs(10), &mut seen);
-    assert!(status.success(), "platform: {status:?} {seen:#?}");
+    let seen = platform_output(platform, &platform_lines, Duration::from_secs(30));
     let telemetry: Vec<&String> = seen
         .iter()
         .filter(|l| l.starts_with("telemetry: "))

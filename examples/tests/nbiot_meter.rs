@@ -94,7 +94,7 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
 
         // The platform first, so it is subscribed before the first report; it sends the valve
         // command after the first telemetry message.
-        let (mut platform, platform_lines) = platform(broker_port, "meter-1", 3);
+        let (platform, platform_lines) = platform(broker_port, "meter-1", 3);
 
         let mut meter = Command::new(example("nbiot_meter"));
         meter
@@ -109,18 +109,7 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
             .arg(dir.path().join("meter-1.state"));
         let (meter, meter_lines) = spawn_lines(meter);
 
-        let mut platform_seen = Vec::new();
-        await_line(
-            &platform_lines,
-            "command result:",
-            Duration::from_secs(60),
-            &mut platform_seen,
-        );
-        let status = platform.0.wait().unwrap();
-        // Its last lines may still be in the reader threads: read until the exited process's
-        // output has ended, not only what has arrived.
-        drain_until_closed(&platform_lines, Duration::from_secs(10), &mut platform_seen);
-        assert!(status.success(), "platform: {status:?} {platform_seen:#?}");
+        let platform_seen = platform_output(platform, &platform_lines, Duration::from_secs(60));
 
         let mut meter_seen = Vec::new();
         await_line(

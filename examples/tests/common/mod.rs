@@ -57,6 +57,22 @@ pub(crate) fn platform(
     (running, lines)
 }
 
+/// Everything the `platform` example printed, once it has printed its command result (within
+/// `limit`) and exited successfully; read until its output has ended, since its last lines may
+/// still be in the reader threads when it exits.
+pub(crate) fn platform_output(
+    mut platform: Running,
+    lines: &mpsc::Receiver<String>,
+    limit: Duration,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    await_line(lines, "command result:", limit, &mut seen);
+    let status = platform.0.wait().unwrap();
+    drain_until_closed(lines, Duration::from_secs(10), &mut seen);
+    assert!(status.success(), "platform: {status:?} {seen:#?}");
+    seen
+}
+
 /// Ctrl-C to `process` (it stops and says what it did).
 pub(crate) fn interrupt(process: &Running) {
     let status = Command::new("kill")

@@ -17,9 +17,8 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/e2e_mosquitto/lowpan_fleet.rs"]
@@ -27,18 +26,7 @@ use std::time::{Duration, Instant};
 mod lowpan_fleet;
 
 use lowpan_fleet::{CHANNEL, Fleet, FleetConfig, PAN, PREFIX, ROUTER_EUI};
-
-/// Polls `check` until it holds or `limit` passes; panics with `what` on timeout.
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use v6iot_testkit::{Mosquitto, Running, free_udp_port, wait_for};
 
 fn kid(n: usize) -> Vec<u8> {
     (n as u32 + 1).to_be_bytes()[1..].to_vec()
@@ -56,23 +44,6 @@ fn credentials(n: usize) -> (Vec<u8>, Vec<u8>) {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn edge(dir: &Path, args: &[&str], key: &str) -> std::process::Output {
@@ -132,34 +103,17 @@ fn main() {
     assert!(out.status.success(), "{out:?}");
 
     // Broker and edge.
-    let mqtt = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {mqtt} ::1\nallow_anonymous true\nmax_queued_messages 0\n"),
-    )
-    .unwrap();
-    let _broker = Killed(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto"),
-    );
-    wait_for("mosquitto", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("::1", mqtt)).is_ok()
-    });
+    let broker = Mosquitto::on_loopback(&dir, "max_queued_messages 0\n");
+    let mqtt = broker.port();
     let socket = Fleet::bind();
-    let zep = free_port();
+    let zep = free_udp_port();
     let config = format!(
         "site = \"t\"\nedge_id = \"e1\"\ndata_dir = \"{}\"\n[coap]\nlisten = \"[::1]:{}\"\nmax_lifetime = 90000\n\
          [mqtt]\nurl = \"mqtt://[::1]:{mqtt}\"\n[registry]\nseal_key_file = \"{}\"\n[lowpan]\n\
          max_neighbours = {}\n[[radio]]\npan_id = {PAN}\nchannel = {CHANNEL}\nprefix = \"{PREFIX}\"\n\
          router_eui64 = \"{ROUTER_EUI}\"\nzep_medium = \"{}\"\nzep_listen = \"[::1]:{zep}\"\n",
         dir.join("data").display(),
-        free_port(),
+        free_udp_port(),
         key_file.display(),
         devices.max(16_384),
         socket.local_addr().unwrap(),
@@ -179,7 +133,7 @@ fn main() {
             let _ = tx.send(line);
         }
     });
-    let _edge = Killed(child);
+    let _edge = Running(child);
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))

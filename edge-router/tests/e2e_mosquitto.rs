@@ -16,7 +16,6 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -28,84 +27,17 @@ use v6iot_sdk::senml::{self, PackBuilder, Record};
 use v6iot_sdk::time::Instant;
 use v6iot_sdk::uplink::{ReportStats, UplinkConfig};
 
-// ----- temp dirs and ports -----
+// ----- temp dirs, ports, waiting: v6iot-testkit (the submodules use these names) -----
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "v6iot-e2e-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    unique_port(|| {
-        TcpListener::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
-}
-
-fn free_udp_port() -> u16 {
-    unique_port(|| {
-        StdUdpSocket::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
-}
-
-/// Never the same port twice in this process: the kernel may hand a port that was just
-/// released out again, and two listeners of one test (or of two tests running at once)
-/// then collided ("Address already in use" from mosquitto in CI).
-fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = pick();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-}
-
-/// Polls `check` until it holds or `limit` passes; panics with `what` on timeout.
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use v6iot_testkit::{Running, TempDir, free_tcp_port, free_udp_port, wait_for};
 
 // ----- mosquitto -----
 
+/// mosquitto on `[::1]:port`, its persistence in the test's directory (sessions kept across a
+/// graceful [`Mosquitto::stop`]), no queue or in-flight limits; its log next to `conf`; killed
+/// on drop.
 struct Mosquitto {
-    child: Option<Child>,
+    child: Option<Running>,
     port: u16,
     conf: PathBuf,
 }
@@ -136,44 +68,21 @@ impl Mosquitto {
         m
     }
 
+    /// Starts it (again) on its configuration; returns once it listens.
     fn restart(&mut self) {
-        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
-            .into_iter()
-            .find(|b| Path::new(b).exists() || *b == "mosquitto")
-            .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "mosquitto is not installed: run scripts/test (it installs Debian's mosquitto)",
-            );
-        self.child = Some(child);
-        let port = self.port;
-        wait_for("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("::1", port)).is_ok()
-        });
+        let listener = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), self.port);
+        let log = self.conf.with_extension("log");
+        self.child = Some(v6iot_testkit::mosquitto::spawn(
+            &self.conf,
+            &log,
+            &[listener],
+        ));
     }
 
     /// Graceful stop (SIGTERM): mosquitto saves its persistent sessions.
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut child) = self.child.take() {
+            child.terminate();
         }
     }
 }
@@ -854,22 +763,11 @@ fn start_valve(
 
 /// Publishes with mosquitto_pub, an independent MQTT client.
 fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
-    let status = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "::1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            payload,
-        ])
+    let status = v6iot_testkit::mosquitto::pub_command("::1", port, topic)
+        .args(["-m", payload])
         .status()
-        .expect("mosquitto_pub (Debian mosquitto-clients) is not installed: run scripts/test");
-    assert!(status.success());
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub to {topic}");
 }
 
 /// Collects command results: req → JSON.
@@ -1010,67 +908,7 @@ fn commands_round_trip_to_always_on_and_queue_mode_devices() {
 
 // ----- TLS to the broker -----
 
-struct Certs {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    other_ca: PathBuf,
-}
-
-fn make_certs(dir: &Path) -> Certs {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let ca_params = |cn: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p
-    };
-    let ca = CertifiedIssuer::self_signed(
-        ca_params("v6iot edge test CA"),
-        KeyPair::generate().unwrap(),
-    )
-    .unwrap();
-    let other = CertifiedIssuer::self_signed(ca_params("another CA"), KeyPair::generate().unwrap())
-        .unwrap();
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let mut p = CertificateParams::new(names).unwrap();
-        p.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(
-        vec!["localhost".into(), "::1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) = leaf(
-        vec!["e1.edge.test".into()],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Certs {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("server.pem", &server_cert),
-        server_key: write("server.key", &server_key),
-        client_cert: write("client.pem", &client_cert),
-        client_key: write("client.key", &client_key),
-        other_ca: write("other-ca.pem", &other.pem()),
-    }
-}
+use v6iot_testkit::certs::make_certs;
 
 /// The edge router reaches the broker over mutual TLS with a pinned CA; with the wrong CA it
 /// publishes nothing (and says why), while devices are still acknowledged into the outbox.

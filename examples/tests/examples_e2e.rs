@@ -49,37 +49,13 @@ fn the_oscore_sensor_reports_through_the_edge_and_takes_a_valve_command() {
     let state = dir.path().join("sensor-1.state");
 
     // The platform first, so it is subscribed before the first report.
-    let mut platform = Command::new(example("platform"));
-    platform
-        .args(["--broker", &format!("[::1]:{broker_port}")])
-        .args([
-            "--site", "plant1", "--device", "sensor-1", "--valve", "1", "--count", "2",
-        ]);
-    let (mut platform, platform_lines) = spawn_lines(platform);
-    // Its subscriptions acknowledged before any device can publish.
-    await_line(
-        &platform_lines,
-        "subscribed",
-        Duration::from_secs(10),
-        &mut Vec::new(),
-    );
+    let (platform, platform_lines) = platform(broker_port, "sensor-1", 2);
 
     let mut sensor = Command::new(example("oscore_sensor"));
     sensor_args(&mut sensor, edge_port, &state);
     let (sensor, sensor_lines) = spawn_lines(sensor);
 
-    let mut seen = Vec::new();
-    await_line(
-        &platform_lines,
-        "command result:",
-        Duration::from_secs(30),
-        &mut seen,
-    );
-    let status = platform.0.wait().unwrap();
-    // Its last lines may still be in the reader threads: read until both reached the end of
-    // the exited process's output (the channel then disconnects), not only what has arrived.
-    drain_until_closed(&platform_lines, Duration::from_secs(10), &mut seen);
-    assert!(status.success(), "platform: {status:?} {seen:#?}");
+    let seen = platform_output(platform, &platform_lines, Duration::from_secs(30));
     let telemetry: Vec<&String> = seen
         .iter()
         .filter(|l| l.starts_with("telemetry: "))
@@ -105,21 +81,10 @@ fn the_oscore_sensor_reports_through_the_edge_and_takes_a_valve_command() {
         }
     }
     assert!(reports >= 1, "a report among {seen:#?}");
-    let result = seen
-        .iter()
-        .find(|l| l.starts_with("command result: "))
-        .unwrap();
-    let result: serde_json::Value =
-        serde_json::from_str(result.trim_start_matches("command result: ")).unwrap();
-    assert_eq!(result["status"], "ok", "{result}");
-    assert_eq!(result["code"], "2.04", "{result}");
+    assert_command_ok(&seen);
 
     // Ctrl-C: the sensor stops and reports what it did.
-    let status = Command::new("kill")
-        .args(["-INT", &sensor.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    interrupt(&sensor);
     let mut out = Vec::new();
     await_line(&sensor_lines, "stopped:", Duration::from_secs(10), &mut out);
     let stopped = out.iter().find(|l| l.starts_with("stopped:")).unwrap();

@@ -76,6 +76,7 @@ fn modem(link: &Path) -> (Running, mpsc::Receiver<String>) {
 
 #[test]
 fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_window() {
+    v6iot_testkit::require_root("a network namespace with the carrier's /64 routed to loopback");
     let out = std::thread::spawn(|| {
         enter_private_network();
         let dir = tempfile::tempdir().unwrap();
@@ -93,20 +94,7 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
 
         // The platform first, so it is subscribed before the first report; it sends the valve
         // command after the first telemetry message.
-        let mut platform = Command::new(example("platform"));
-        platform
-            .args(["--broker", &format!("[::1]:{broker_port}")])
-            .args([
-                "--site", "plant1", "--device", "meter-1", "--valve", "1", "--count", "3",
-            ]);
-        let (mut platform, platform_lines) = spawn_lines(platform);
-        // Its subscriptions acknowledged before any device can publish.
-        await_line(
-            &platform_lines,
-            "subscribed",
-            Duration::from_secs(10),
-            &mut Vec::new(),
-        );
+        let (platform, platform_lines) = platform(broker_port, "meter-1", 3);
 
         let mut meter = Command::new(example("nbiot_meter"));
         meter
@@ -121,18 +109,7 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
             .arg(dir.path().join("meter-1.state"));
         let (meter, meter_lines) = spawn_lines(meter);
 
-        let mut platform_seen = Vec::new();
-        await_line(
-            &platform_lines,
-            "command result:",
-            Duration::from_secs(60),
-            &mut platform_seen,
-        );
-        let status = platform.0.wait().unwrap();
-        // To the end of its output: the reader threads may not have passed on the last lines
-        // when the process exits (CI saw 2 of its 3 telemetry lines).
-        drain_until_closed(&platform_lines, Duration::from_secs(10), &mut platform_seen);
-        assert!(status.success(), "platform: {status:?} {platform_seen:#?}");
+        let platform_seen = platform_output(platform, &platform_lines, Duration::from_secs(60));
 
         let mut meter_seen = Vec::new();
         await_line(
@@ -163,13 +140,8 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
         }
 
         // Ctrl-C: the meter and the modem stop and say what they did.
-        for pid in [meter.0.id(), modem.0.id()] {
-            let status = Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        interrupt(&meter);
+        interrupt(&modem);
         await_line(
             &meter_lines,
             "stopped:",
@@ -233,14 +205,7 @@ fn the_nbiot_meter_attaches_registers_reports_sleeps_and_takes_a_command_in_its_
         first[0]["n"], "urn:dev:v6iot:meter-1:temperature",
         "{platform_seen:#?}"
     );
-    let result = platform_seen
-        .iter()
-        .find(|l| l.starts_with("command result: "))
-        .unwrap();
-    let result: serde_json::Value =
-        serde_json::from_str(result.trim_start_matches("command result: ")).unwrap();
-    assert_eq!(result["status"], "ok", "{result}");
-    assert_eq!(result["code"], "2.04", "{result}");
+    assert_command_ok(&platform_seen);
 
     // The emulated modem: slept (PSM) between the reports, and nothing reached it asleep.
     let json = modem_seen

@@ -10,8 +10,8 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,63 +20,35 @@ use v6iot_sdk::senml;
 mod common;
 
 /// The libcoap client binary: Debian ships it as `coap-client-notls` (also `-openssl`, `-gnutls`).
-fn coap_client() -> &'static str {
-    for name in [
-        "coap-client-notls",
-        "coap-client",
-        "coap-client-openssl",
-        "coap-client-gnutls",
-    ] {
-        if Command::new(name)
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-        {
-            return name;
-        }
-    }
-    panic!(
-        "libcoap's coap-client is not installed: run scripts/test (it installs Debian's libcoap3-bin)"
-    );
+fn coap_client() -> std::path::PathBuf {
+    common::system_binary_named(
+        &[
+            "coap-client-notls",
+            "coap-client",
+            "coap-client-openssl",
+            "coap-client-gnutls",
+        ],
+        "libcoap3-bin",
+    )
 }
 
 /// A running `v6iot-sim device`, killed on drop; its log lines arrive on `log`.
 struct Sim {
-    child: Child,
+    _child: common::Running,
     uri: String,
     log: mpsc::Receiver<String>,
 }
 
 impl Sim {
     fn start(id: &str, interval: &str) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
-            .args([
-                "device",
-                "--bind",
-                "[::1]:0",
-                "--id",
-                id,
-                "--interval",
-                interval,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start v6iot-sim");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        stdout.read_line(&mut first).unwrap();
         // "v6iot-sim device ID serving CoAP on [::1]:PORT (Ctrl-C to stop)"
-        let addr = first
-            .split(" on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("address line")
-            .to_owned();
+        let (mut child, _, addr) = common::sim_device(
+            &["--id", id, "--interval", interval],
+            "info",
+            Stdio::piped(),
+        );
         let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.0.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -84,12 +56,8 @@ impl Sim {
                 }
             }
         });
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stdout.read_to_end(&mut sink);
-        });
         Sim {
-            child,
+            _child: child,
             uri: format!("coap://{addr}"),
             log,
         }
@@ -132,13 +100,6 @@ impl Sim {
             }
         }
         panic!("no log line with {needles:?} within 10 s");
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -16,33 +16,9 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario;
-
-/// The `v6iot-edge` binary of this build: next to `v6iot-sim` in the target directory
-/// (`cargo test --workspace` builds it; alone: `cargo build -p v6iot-edge-router --bin v6iot-edge`).
-fn edge_binary() -> PathBuf {
-    let sim = Path::new(env!("CARGO_BIN_EXE_v6iot-sim"));
-    let edge = sim.with_file_name("v6iot-edge");
-    assert!(
-        edge.exists(),
-        "{} is missing: run `cargo build -p v6iot-edge-router --bin v6iot-edge` first",
-        edge.display()
-    );
-    edge
-}
-
-fn mosquitto() -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join("mosquitto");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("mosquitto is missing: apt-get install mosquitto");
-}
 
 /// The drill's files in `dir`: the edge's configuration, mosquitto's, and the scenario.
 fn write_drill(dir: &Path) -> PathBuf {
@@ -97,8 +73,8 @@ down = "2s"
 at = "10s"
 kind = "broker_restart"
 "#,
-        edge = edge_binary().display(),
-        mosquitto = mosquitto().display(),
+        edge = common::edge_binary().display(),
+        mosquitto = common::mosquitto_binary().display(),
         dir = dir.display(),
     );
     let path = dir.join("drill.toml");
@@ -107,34 +83,30 @@ kind = "broker_restart"
 }
 
 fn run_drill() -> Report {
-    common::require_root("a network namespace for the drill's edge and broker");
-    let edge = edge_binary();
-    let _ = mosquitto();
+    let edge = common::edge_binary();
+    let _ = common::mosquitto_binary();
     assert!(edge.exists());
-    std::thread::spawn(|| {
-        enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace (this test needs root, as the CI runs)");
-        let dir = tempfile::tempdir().unwrap();
-        let scenario = scenario::file::load(&write_drill(dir.path())).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let options = RunOptions {
-            workdir: Some(dir.path().join("work")),
-            ..RunOptions::default()
-        };
-        let report = rt.block_on(load::run(scenario, options));
-        let logs = ["edge.log", "broker.log"]
-            .map(|f| std::fs::read_to_string(dir.path().join("work").join(f)).unwrap_or_default());
-        match report {
-            Ok(r) => r,
-            Err(e) => panic!("{e:#}\nedge log:\n{}\nbroker log:\n{}", logs[0], logs[1]),
-        }
-    })
-    .join()
-    .unwrap()
+    common::in_private_network(
+        "2001:db8:100::/64",
+        "for the drill's edge and broker",
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let scenario = scenario::file::load(&write_drill(dir.path())).unwrap();
+            let rt = common::runtime();
+            let options = RunOptions {
+                workdir: Some(dir.path().join("work")),
+                ..RunOptions::default()
+            };
+            let report = rt.block_on(load::run(scenario, options));
+            let logs = ["edge.log", "broker.log"].map(|f| {
+                std::fs::read_to_string(dir.path().join("work").join(f)).unwrap_or_default()
+            });
+            match report {
+                Ok(r) => r,
+                Err(e) => panic!("{e:#}\nedge log:\n{}\nbroker log:\n{}", logs[0], logs[1]),
+            }
+        },
+    )
 }
 
 #[test]

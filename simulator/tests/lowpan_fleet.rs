@@ -28,7 +28,7 @@ mod tshark;
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -36,9 +36,10 @@ use std::time::Duration;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::lowpan::{LowpanPlan, MediumAt};
-use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Payload, Sources, Transport};
+
+use common::{edge_binary, free_tcp_port, free_udp_port};
 
 const DEVICES: u64 = 240;
 /// Devices of the run through a `v6iot-sim medium` process.
@@ -48,58 +49,6 @@ const AIRTIME_DEVICES: u64 = 40;
 const PREFIX: &str = "2001:db8:1200:305::/64";
 const PAN: u16 = 0xabcd;
 const CHANNEL: u8 = 26;
-
-fn free_udp() -> u16 {
-    unique_port(|| {
-        UdpSocket::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
-}
-
-fn free_tcp() -> u16 {
-    unique_port(|| {
-        TcpListener::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
-}
-
-/// Never the same port twice in this process: the kernel may hand a port that was just
-/// released out again, and two listeners of one test (or of two tests running at once)
-/// then collided ("Address already in use" from mosquitto in CI).
-fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = pick();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-}
-
-fn binary(dir: &[&str], name: &str, package: &str) -> PathBuf {
-    dir.iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is missing: apt-get install {package}"))
-}
-
-/// The `v6iot-edge` binary of this build, next to `v6iot-sim`.
-fn edge_binary() -> PathBuf {
-    let edge = Path::new(env!("CARGO_BIN_EXE_v6iot-sim")).with_file_name("v6iot-edge");
-    assert!(
-        edge.exists(),
-        "{} is missing: run `cargo build -p v6iot-edge-router --bin v6iot-edge` first",
-        edge.display()
-    );
-    edge
-}
 
 /// Moves this thread into a new network namespace with loopback up.
 fn enter_namespace() {
@@ -188,11 +137,11 @@ fn run_fleet(dir: &Path, setup: Setup) -> (Report, PathBuf) {
         airtime,
     } = setup;
     let p = Ports {
-        coap: free_udp(),
-        mqtt: free_tcp(),
-        fleet_zep: free_udp(),
-        router_zep: free_udp(),
-        medium: remote.then(free_udp),
+        coap: free_udp_port(),
+        mqtt: free_tcp_port(),
+        fleet_zep: free_udp_port(),
+        router_zep: free_udp_port(),
+        medium: remote.then(free_udp_port),
     };
     let _medium = p
         .medium
@@ -200,18 +149,7 @@ fn run_fleet(dir: &Path, setup: Setup) -> (Report, PathBuf) {
     let data = dir.join("edge");
     let mut config = EdgeConfig::with_site("lp");
     config.data_dir = data.clone();
-    let oscore = provision_edge(
-        &data,
-        &mut config,
-        &ProvisionPlan {
-            devices,
-            first: 0,
-            id_prefix: "lp".into(),
-            class: 1,
-            prefix: PREFIX.parse().unwrap(),
-        },
-    )
-    .unwrap();
+    let oscore = common::provision_fleet(&data, &mut config, devices, "lp", PREFIX);
     let key = config.registry.seal_key_file.clone().unwrap();
     let edge_toml = write_edge_config(dir, &key, &p);
     let mosquitto_conf = dir.join("mosquitto.conf");
@@ -268,9 +206,7 @@ fn run_fleet(dir: &Path, setup: Setup) -> (Report, PathBuf) {
     });
     s.broker.managed = Some(Managed {
         command: vec![
-            binary(&["/usr/sbin", "/usr/bin"], "mosquitto", "mosquitto")
-                .display()
-                .to_string(),
+            common::mosquitto_binary().display().to_string(),
             "-c".into(),
             mosquitto_conf.display().to_string(),
         ],

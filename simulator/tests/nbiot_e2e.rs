@@ -25,76 +25,31 @@
 )]
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::audit::AuditKind;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::registry_db::admin::format_time;
 use v6iot_sdk::uplink::Binding;
-use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
 use v6iot_simulator::nbiot::carrier::{CarrierPlan, Coverage, CoverageMix};
 use v6iot_simulator::nbiot::emulator::EmulatorConfig;
 use v6iot_simulator::nbiot::fleet::{CommandPlan, NbiotPlan};
 use v6iot_simulator::plan::Plan;
-use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{self, FleetSpec, Load, Managed, Partition, Sources, Transport};
+
+mod common;
+
+use common::{Mosquitto, Running, edge_binary, free_udp_port, system_binary};
+use v6iot_testkit::mosquitto::pub_command;
 
 const DEVICES: u64 = 4;
 /// The active time the devices ask for, and the edge's listening window for `b=UQ`.
 const ACTIVE: Duration = Duration::from_secs(4);
-
-/// mosquitto on `[::1]:port` inside the test's namespace; stopped on drop.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
-        let port = TcpListener::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} ::1\nallow_anonymous true\nuser root\n"),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "mosquitto is not installed: run scripts/test (it installs Debian's mosquitto)",
-            );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("::1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Mosquitto { child, port }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Commands for every other device, published `at` after the start with `ttl`; devices report
 /// every `report_every` (and sleep in between).
@@ -123,28 +78,13 @@ fn edge_toml(config: &EdgeConfig) -> String {
 /// and the edge's configuration (for the registry).
 async fn run(dir: &Path, broker_port: u16, s: &Scenario) -> (Report, EdgeConfig) {
     let loopback = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let port = UdpSocket::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_udp_port();
     let mut config = EdgeConfig::with_site("nb");
     config.coap.listen = SocketAddr::new(loopback, port);
     config.coap.queue_listen_window_s = ACTIVE.as_secs();
     config.mqtt.url = format!("mqtt://[::1]:{broker_port}");
     config.data_dir = dir.to_path_buf();
-    let oscore = provision_edge(
-        dir,
-        &mut config,
-        &ProvisionPlan {
-            devices: DEVICES,
-            first: 0,
-            id_prefix: "nb".into(),
-            class: 1,
-            prefix: "2001:db8:100::/64".parse::<Ipv6Prefix>().unwrap(),
-        },
-    )
-    .unwrap();
+    let oscore = common::provision_fleet(dir, &mut config, DEVICES, "nb", "2001:db8:100::/64");
     let edge_conf = dir.join("edge.toml");
     std::fs::write(&edge_conf, edge_toml(&config)).unwrap();
     let nbiot = NbiotPlan {
@@ -210,40 +150,22 @@ fn seed_without_shift(scenario: &scenario::Scenario) -> u64 {
         .unwrap()
 }
 
-/// Runs `body` on a thread of its own inside a fresh network namespace with the carrier's /64
-/// routed to loopback, with mosquitto started there, on a tokio runtime made there.
+/// Runs `body` inside a fresh network namespace with the carrier's /64 routed to loopback, with
+/// mosquitto started there, on a tokio runtime made there.
 fn in_private_network<T: Send + 'static>(
     body: impl FnOnce(&tokio::runtime::Runtime, &Path, u16) -> T + Send + 'static,
 ) -> T {
-    std::thread::spawn(move || {
-        enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace (this test needs root, as the CI runs)");
-        let dir = tempfile::tempdir().unwrap();
-        let broker = Mosquitto::start(dir.path());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let out = body(&rt, dir.path(), broker.port);
-        drop(broker);
-        out
-    })
-    .join()
-    .unwrap()
-}
-
-/// The `v6iot-edge` binary of this build: next to `v6iot-sim` in the target directory
-/// (`cargo test --workspace` builds it; alone: `cargo build -p v6iot-edge-router --bin v6iot-edge`).
-fn edge_binary() -> PathBuf {
-    let sim = Path::new(env!("CARGO_BIN_EXE_v6iot-sim"));
-    let edge = sim.with_file_name("v6iot-edge");
-    assert!(
-        edge.exists(),
-        "{} is missing: run `cargo build -p v6iot-edge-router --bin v6iot-edge` first",
-        edge.display()
-    );
-    edge
+    common::in_private_network(
+        "2001:db8:100::/64",
+        "with the carrier's /64 routed to loopback",
+        move || {
+            let dir = tempfile::tempdir().unwrap();
+            let broker = Mosquitto::on_loopback(dir.path(), "");
+            let out = body(&common::runtime(), dir.path(), broker.port());
+            drop(broker);
+            out
+        },
+    )
 }
 
 /// What `v6iot-edge audit --address ADDR --at TIME --data-dir DIR` prints: the device that
@@ -299,7 +221,7 @@ fn audited_addresses(config: &EdgeConfig) -> Vec<(String, BTreeSet<Ipv6Addr>)> {
 /// `mosquitto_sub` on the devices' status topics (`v6iot/nb/+/status`, retained) in the test's
 /// namespace, writing `topic payload` lines to a file; stopped on drop.
 struct StatusWatch {
-    child: Child,
+    _child: Running,
     file: PathBuf,
 }
 
@@ -307,14 +229,17 @@ impl StatusWatch {
     /// Subscribes and waits until a probe published on the topic has arrived (subscribed).
     fn start(dir: &Path, port: u16) -> StatusWatch {
         let file = dir.join("status.log");
-        let child = Command::new("mosquitto_sub")
+        let child = Command::new(system_binary("mosquitto_sub", "mosquitto-clients"))
             .args(["-h", "::1", "-p", &port.to_string(), "-v"])
             .args(["-t", "v6iot/nb/+/status"])
             .stdout(std::fs::File::create(&file).unwrap())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto_sub is not installed: run scripts/test (it installs Debian's mosquitto-clients)");
-        let watch = StatusWatch { child, file };
+            .unwrap();
+        let watch = StatusWatch {
+            _child: Running(child),
+            file,
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !watch
             .lines()
@@ -325,11 +250,11 @@ impl StatusWatch {
                 std::time::Instant::now() < deadline,
                 "mosquitto_sub did not subscribe"
             );
-            let _ = Command::new("mosquitto_pub")
-                .args(["-h", "::1", "-p", &port.to_string()])
-                .args(["-t", "v6iot/nb/probe/status", "-m", "{}"])
+            let status = pub_command("::1", port, "v6iot/nb/probe/status")
+                .args(["-m", "{}"])
                 .status()
-                .expect("mosquitto_pub is not installed: run scripts/test (it installs Debian's mosquitto-clients)");
+                .unwrap();
+            assert!(status.success(), "mosquitto_pub of the probe");
             std::thread::sleep(Duration::from_millis(100));
         }
         watch
@@ -354,13 +279,6 @@ impl StatusWatch {
                     .then(|| (device.to_owned(), serde_json::from_str(payload).unwrap()))
             })
             .collect()
-    }
-}
-
-impl Drop for StatusWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

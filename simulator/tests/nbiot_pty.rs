@@ -27,10 +27,12 @@ use v6iot_sdk::nbiot::{
     ModemConfig, ModemEvent, NbiotDevice, NbiotEvent, PsmRequest, T3324, T3412, nbiot_uplink,
 };
 use v6iot_sdk::time::Instant;
-use v6iot_simulator::link::{AddressPool, enter_private_network};
+use v6iot_simulator::link::AddressPool;
 use v6iot_simulator::nbiot::carrier::{CarrierLink, Cellular, Latency, SplitMix64};
 use v6iot_simulator::nbiot::emulator::{EmulatorConfig, ModemEmulator};
 use v6iot_simulator::nbiot::pty::{AsyncSerial, Pty, ServeControl, serve};
+
+mod common;
 
 const CARRIER: &str = "2001:db8:100::";
 
@@ -204,14 +206,13 @@ fn drive(
     events.lock().unwrap().clone()
 }
 
+/// Runs `body` inside a fresh network namespace with the carrier's /64 routed to loopback.
 fn in_private_network<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        enter_private_network(format!("{CARRIER}/64").parse().unwrap())
-            .expect("a private network namespace (this test needs root, as the CI runs)");
-        body()
-    })
-    .join()
-    .unwrap()
+    common::in_private_network(
+        &format!("{CARRIER}/64"),
+        "with the carrier's /64 routed to loopback",
+        body,
+    )
 }
 
 #[test]

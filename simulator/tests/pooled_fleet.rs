@@ -14,12 +14,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use v6iot_credentials::Ipv6Prefix;
 use v6iot_edge_router::config::EdgeConfig;
 use v6iot_edge_router::gateway::GatewayStats;
-use v6iot_simulator::link::enter_private_network;
 use v6iot_simulator::load::{self, RunOptions};
-use v6iot_simulator::provision::{ProvisionPlan, provision_edge};
 use v6iot_simulator::report::Report;
 use v6iot_simulator::scenario::{FleetSpec, Scenario, Sources};
 
@@ -37,18 +34,7 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> (Repo
     config.coap.listen = SocketAddr::new(loopback, 0);
     config.mqtt.url = format!("mqtt://[{}]:{}", broker.ip(), broker.port());
     config.data_dir = dir.to_path_buf();
-    let oscore = provision_edge(
-        dir,
-        &mut config,
-        &ProvisionPlan {
-            devices: DEVICES,
-            first: 0,
-            id_prefix: "pool".into(),
-            class: 1,
-            prefix: allowed.parse::<Ipv6Prefix>().unwrap(),
-        },
-    )
-    .unwrap();
+    let oscore = common::provision_fleet(dir, &mut config, DEVICES, "pool", allowed);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let edge = tokio::spawn(v6iot_edge_router::server::run(
@@ -83,24 +69,16 @@ async fn run_fleet(dir: &std::path::Path, allowed: &str, sources: &str) -> (Repo
     (report, gateway)
 }
 
-/// Runs `body` on a thread of its own inside a fresh network namespace with the pool's /64
-/// routed to loopback, on a tokio runtime made there (its threads are in the namespace too).
+/// Runs `body` inside a fresh network namespace with the pool's /64 routed to loopback, on a
+/// tokio runtime made there (its threads are in the namespace too).
 fn in_private_network<T: Send + 'static>(
     body: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> T {
-    common::require_root("a network namespace with 2001:db8:100::/64 routed to loopback");
-    std::thread::spawn(move || {
-        enter_private_network("2001:db8:100::/64".parse().unwrap())
-            .expect("a private network namespace");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        body(&rt)
-    })
-    .join()
-    .unwrap()
+    common::in_private_network(
+        "2001:db8:100::/64",
+        "with 2001:db8:100::/64 routed to loopback",
+        move || body(&common::runtime()),
+    )
 }
 
 #[test]

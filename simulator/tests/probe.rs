@@ -12,50 +12,23 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use v6iot_simulator::probe::{CheckId, ProbeReport, Verdict};
 
 mod common;
 
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Running;
 
 /// Starts `v6iot-sim device` on a free port of `[::1]` (with `extra` flags); returns it and
 /// its address from its first line.
-fn device(extra: &[&str]) -> (Guard, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_v6iot-sim"))
-        .args(["device", "--bind", "[::1]:0", "--interval", "500ms"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start v6iot-sim device");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let addr = first
-        .split(" on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = stdout.read_to_end(&mut sink);
-    });
-    (Guard(child), addr)
+fn device(extra: &[&str]) -> (Running, String) {
+    let mut args = vec!["--interval", "500ms"];
+    args.extend(extra);
+    let (child, _, addr) = common::sim_device(&args, "warn", Stdio::null());
+    (child, addr.to_string())
 }
 
 /// Runs `v6iot-sim probe coap://ADDR --json` with `extra` flags.
@@ -161,21 +134,11 @@ fn oscore_passes_with_the_devices_credentials_and_sequence_numbers_go_on() {
 }
 
 /// libcoap's example server: `coap-server-notls`, or the TLS builds' names.
-fn coap_server() -> &'static str {
-    for name in ["coap-server-notls", "coap-server", "coap-server-openssl"] {
-        if Command::new(name)
-            .arg("-?")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-        {
-            return name;
-        }
-    }
-    panic!(
-        "libcoap's coap-server is not installed: `apt-get install libcoap3-bin` (scripts/test does)"
-    );
+fn coap_server() -> std::path::PathBuf {
+    v6iot_testkit::system_binary_named(
+        &["coap-server-notls", "coap-server", "coap-server-openssl"],
+        "libcoap3-bin",
+    )
 }
 
 /// Waits (bounded) until something answers a CoAP ping on `addr`.
@@ -206,7 +169,7 @@ fn libcoap_server_passes_what_it_offers_and_lacks_oscore() {
         .local_addr()
         .unwrap()
         .port();
-    let _server = Guard(
+    let _server = Running(
         Command::new(coap_server())
             .args(["-A", "::1", "-p", &port.to_string(), "-v", "0"])
             .stdout(Stdio::null())

@@ -17,50 +17,22 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use v6iot_simulator::report::{FleetReport, Report};
 
-/// The `v6iot-edge` binary of this build, next to `v6iot-sim` (`cargo test --workspace` builds
-/// it; alone: `cargo build -p v6iot-edge-router --bin v6iot-edge`).
-fn edge_binary() -> PathBuf {
-    let edge = Path::new(env!("CARGO_BIN_EXE_v6iot-sim")).with_file_name("v6iot-edge");
-    assert!(
-        edge.exists(),
-        "{} is missing: run `cargo build -p v6iot-edge-router --bin v6iot-edge` first",
-        edge.display()
-    );
-    edge
-}
+mod common;
 
-fn mosquitto() -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join("mosquitto");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("mosquitto is missing: apt-get install mosquitto");
-}
-
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Mosquitto, Running, edge_binary, free_udp_port};
 
 /// An edge router (lab mode) and a mosquitto of their own, on free ports of `[::1]`, with
 /// their files in `dir`; both killed on drop.
 struct Platform {
-    _edge: Guard,
-    _broker: Guard,
+    _edge: Running,
+    _broker: Mosquitto,
     coap: u16,
     mqtt: u16,
 }
@@ -68,16 +40,9 @@ struct Platform {
 impl Platform {
     fn start(dir: &Path) -> Platform {
         std::fs::create_dir_all(dir).unwrap();
-        let coap = UdpSocket::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mqtt = TcpListener::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let coap = free_udp_port();
+        let broker = Mosquitto::on_loopback(dir, "");
+        let mqtt = broker.port();
         std::fs::write(
             dir.join("edge.toml"),
             format!(
@@ -86,30 +51,8 @@ impl Platform {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!("listener {mqtt} ::1\nallow_anonymous true\nuser root\n"),
-        )
-        .unwrap();
         let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-        let broker = Guard(
-            Command::new(mosquitto())
-                .arg("-c")
-                .arg(dir.join("mosquitto.conf"))
-                .stdout(log("broker.out"))
-                .stderr(log("broker.log"))
-                .spawn()
-                .expect("start mosquitto"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("::1", mqtt)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {mqtt}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let edge = Guard(
+        let edge = Running(
             Command::new(edge_binary())
                 .args(["run", "--config"])
                 .arg(dir.join("edge.toml"))

@@ -15,14 +15,14 @@
 )]
 
 use std::io::Write as _;
-use std::net::{Ipv6Addr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use v6iot_simulator::subscriber::{Sink, Subscription};
+use v6iot_testkit::Mosquitto;
+use v6iot_testkit::mosquitto::pub_command;
 
 /// Forwards every delivery to the test thread.
 struct Forward(Sender<(String, String)>);
@@ -36,92 +36,13 @@ impl Sink for Forward {
     }
 }
 
-/// The broker: Debian installs it in /usr/sbin, which is not always on the PATH.
-fn mosquitto_bin() -> &'static str {
-    if Path::new("/usr/sbin/mosquitto").exists() {
-        "/usr/sbin/mosquitto"
-    } else {
-        "mosquitto"
-    }
-}
-
-/// A mosquitto on `[::1]:port` with its default in-flight limit, logging to `mosquitto.log`
-/// in the test's directory (kept across restarts), killed on drop.
-struct Broker(Child);
-
-impl Broker {
-    fn start(dir: &Path, port: u16) -> Broker {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} ::1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
-            ),
-        )
-        .unwrap();
-        let log_path = dir.join("mosquitto.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let mut child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect(
-                "mosquitto is not installed: install it (scripts/test installs Debian's mosquitto)",
-            );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv6Addr::LOCALHOST, port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("mosquitto exited ({status}): {}", log_text(&log_path));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}: {}",
-                log_text(&log_path)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Broker(child)
-    }
-}
-
-/// What mosquitto has logged so far.
-fn log_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Publishes every line of `lines` as one QoS 1 message to `topic`.
 fn publish(port: u16, topic: &str, lines: &[String]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "::1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
+    let mut child = pub_command("::1", port, topic)
+        .arg("-l")
         .stdin(Stdio::piped())
         .spawn()
-        .expect(
-            "mosquitto_pub is not installed: install it (scripts/test installs Debian's mosquitto-clients)",
-        );
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     for l in lines {
         writeln!(stdin, "{l}").unwrap();
@@ -138,12 +59,9 @@ fn next(rx: &Receiver<(String, String)>) -> (String, String) {
 #[test]
 fn every_qos1_message_arrives_once_in_order_and_the_subscriber_survives_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let broker = Broker::start(dir.path(), port);
+    // mosquitto's default in-flight limit (20), its log in `mosquitto.log` across the restart.
+    let mut broker = Mosquitto::on_loopback(dir.path(), "persistence false\n");
+    let port = broker.port();
     let (tx, rx) = channel();
     let sub = Subscription::start(
         "::1",
@@ -169,8 +87,8 @@ fn every_qos1_message_arrives_once_in_order_and_the_subscriber_survives_a_broker
 
     // The broker goes away and comes back on the same port: the subscriber reconnects and
     // subscribes again (a probe is published until one arrives).
-    drop(broker);
-    let _broker = Broker::start(dir.path(), port);
+    broker.kill();
+    broker.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         assert!(Instant::now() < deadline, "no delivery after the restart");

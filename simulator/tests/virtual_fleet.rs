@@ -474,28 +474,16 @@ fn the_html_report_renders_its_plots_in_chromium() {
     let page = dir.path().join("report.html");
     std::fs::write(&page, &html).unwrap();
     let shot = dir.path().join("shot.png");
-    let out = std::process::Command::new("chromium")
+    let out = v6iot_testkit::chromium_headless(&dir.path().join("profile"))
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--enable-logging=stderr",
             "--v=0",
             "--window-size=1000,2000",
         ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", page.display()))
         .output()
-        .expect("chromium is missing: apt-get install chromium");
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let console: Vec<&str> = stderr.lines().filter(|l| l.contains("CONSOLE")).collect();

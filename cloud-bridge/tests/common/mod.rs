@@ -1,7 +1,10 @@
-//! Test helpers: a real mosquitto per test (started on free ports, killed in Drop), test
-//! certificates from rcgen, an independent receiver (`mosquitto_sub`), and a bridge harness.
+//! Test helpers: a real mosquitto per test on the listeners a test asks for (the process itself,
+//! free ports and temp dirs from `v6iot-testkit`), test certificates from rcgen, an independent
+//! receiver (`mosquitto_sub`), and a bridge harness.
+// Each test binary uses a part of it (re-exports included).
 #![allow(
     dead_code,
+    unused_imports,
     unreachable_pub,
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,9 +13,9 @@
 )]
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,76 +33,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Fails the calling test at once, with one message naming `what` needs root, unless the
-/// process runs as root (effective uid 0). Tests that make namespaces call it first, so that a
-/// plain `cargo test` by another user fails there, early and plainly, not halfway through.
-pub fn require_root(what: &str) {
-    // proc(5): /proc/PID is owned by the process's effective user id.
-    let euid = std::fs::metadata("/proc/self")
-        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
-    assert!(
-        euid == 0,
-        "this test needs root for {what}; run the tests as root (`sudo -E cargo test`, or \
-         scripts/test as CI does) — running as uid {euid}"
-    );
-}
-
-/// A private directory, removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "v6iot-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A TCP port free on both 127.0.0.1 and ::1 (as far as one can know).
-pub fn free_port() -> u16 {
-    unique_port(free_port_on_both)
-}
-
-fn free_port_on_both() -> u16 {
-    for _ in 0..100 {
-        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = v4.local_addr().unwrap().port();
-        if TcpListener::bind(("::1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both loopback addresses");
-}
-
-/// Never the same port twice in this process: the kernel may hand a port that was just
-/// released out again, and two listeners of one test (or of two tests running at once)
-/// then collided ("Address already in use" from mosquitto in CI).
-fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = pick();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-}
+pub use v6iot_testkit::{TempDir, free_tcp_port_on_both as free_port, require_root};
 
 pub const V4: &str = "127.0.0.1";
 pub const V6: &str = "::1";
@@ -132,33 +66,23 @@ impl BrokerSpec {
     }
 }
 
-/// A mosquitto process; killed (SIGKILL) when dropped.
+/// A mosquitto process on the listeners of a [`BrokerSpec`]; killed (SIGKILL) when dropped.
 pub struct Mosquitto {
-    child: Option<Child>,
+    broker: v6iot_testkit::Mosquitto,
     pub port: u16,
     pub tls_port: u16,
     spec: BrokerSpec,
-    conf: PathBuf,
-    log: PathBuf,
-}
-
-fn mosquitto_bin() -> &'static str {
-    if Path::new("/usr/sbin/mosquitto").exists() {
-        "/usr/sbin/mosquitto"
-    } else {
-        "mosquitto"
-    }
 }
 
 impl Mosquitto {
     pub fn start(dir: &Path, spec: BrokerSpec) -> Mosquitto {
         let port = free_port();
         let tls_port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        let mut text = String::from(
-            "persistence false\nallow_anonymous true\nuser root\nmax_inflight_messages 0\n\
+        let mut text = format!(
+            "persistence false\n{}max_inflight_messages 0\n\
              max_queued_messages 0\nlog_type error\nlog_type warning\nlog_type notice\n\
              log_type information\nconnection_messages true\n",
+            v6iot_testkit::mosquitto::BASE_CONFIG
         );
         if let Some(acl) = spec.acl {
             let path = dir.join("acl");
@@ -168,6 +92,11 @@ impl Mosquitto {
         for addr in &spec.plain {
             writeln!(text, "listener {port} {addr}").unwrap();
         }
+        let mut listeners: Vec<SocketAddr> = spec
+            .plain
+            .iter()
+            .map(|a| SocketAddr::new(a.parse().unwrap(), port))
+            .collect();
         if let Some((addrs, tls)) = &spec.tls {
             for addr in addrs {
                 writeln!(text, "listener {tls_port} {addr}").unwrap();
@@ -175,76 +104,29 @@ impl Mosquitto {
                 writeln!(text, "certfile {}", tls.certs.server_cert.display()).unwrap();
                 writeln!(text, "keyfile {}", tls.certs.server_key.display()).unwrap();
                 writeln!(text, "require_certificate {}", tls.require_certificate).unwrap();
+                listeners.push(SocketAddr::new(addr.parse().unwrap(), tls_port));
             }
         }
-        std::fs::write(&conf, text).unwrap();
-        let mut m = Mosquitto {
-            child: None,
+        Mosquitto {
+            broker: v6iot_testkit::Mosquitto::start(dir, &text, listeners),
             port,
             tls_port,
             spec,
-            conf,
-            log: dir.join("mosquitto.log"),
-        };
-        m.restart();
-        m
+        }
     }
 
     /// Starts it again (same ports, same configuration) after [`Mosquitto::kill`].
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "mosquitto is running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto must be installed (Debian package mosquitto; see scripts/test)");
-        self.child = Some(child);
-        let mut addrs: Vec<SocketAddr> = self
-            .spec
-            .plain
-            .iter()
-            .map(|a| SocketAddr::new(a.parse().unwrap(), self.port))
-            .collect();
-        if let Some((tls, _)) = &self.spec.tls {
-            addrs.extend(
-                tls.iter()
-                    .map(|a| SocketAddr::new(a.parse().unwrap(), self.tls_port)),
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for addr in addrs {
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                    panic!("mosquitto exited ({status}): {}", self.log_text());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto not listening on {addr}: {}",
-                    self.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.broker.restart();
     }
 
     /// SIGKILL: no goodbye to anyone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.broker.kill();
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.broker.log_text()
     }
 
     /// The address for test clients (plain listener).
@@ -253,77 +135,7 @@ impl Mosquitto {
     }
 }
 
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// rcgen certificates: a CA, a server certificate for localhost/::1/127.0.0.1, a client
-/// certificate, and an unrelated CA.
-#[derive(Clone)]
-pub struct Certs {
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    pub other_ca: PathBuf,
-}
-
-pub fn make_certs(dir: &Path) -> Certs {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let ca_params = |cn: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p
-    };
-    let ca = CertifiedIssuer::self_signed(ca_params("v6iot test CA"), KeyPair::generate().unwrap())
-        .unwrap();
-    let other =
-        CertifiedIssuer::self_signed(ca_params("some other CA"), KeyPair::generate().unwrap())
-            .unwrap();
-    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(
-        vec!["localhost".into(), "::1".into(), "127.0.0.1".into()],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) = leaf(
-        vec!["edge-1.v6iot.test".into()],
-        "edge-1",
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Certs {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("server.pem", &server_cert),
-        server_key: write("server.key", &server_key),
-        client_cert: write("client.pem", &client_cert),
-        client_key: write("client.key", &client_key),
-        other_ca: write("other-ca.pem", &other.pem()),
-    }
-}
+pub use v6iot_testkit::certs::{Certs, make_certs};
 
 /// `mosquitto_sub` as an independent receiver: every message as (topic, payload bytes).
 pub struct Sub {
@@ -420,27 +232,16 @@ fn from_hex(hex: &str) -> Vec<u8> {
 
 /// `mosquitto_pub` at QoS 1.
 pub async fn publish(host: &str, port: u16, topic: &str, payload: &str, retain: bool) {
-    let mut cmd = tokio::process::Command::new("mosquitto_pub");
-    cmd.args([
-        "-h",
-        host,
-        "-p",
-        &port.to_string(),
-        "-q",
-        "1",
-        "-t",
-        topic,
-        "-m",
-        payload,
-    ]);
+    let mut cmd = v6iot_testkit::mosquitto::pub_command(host, port, topic);
+    cmd.args(["-m", payload]);
     if retain {
         cmd.arg("-r");
     }
-    let status = cmd
+    let status = tokio::process::Command::from(cmd)
         .stdin(Stdio::null())
         .status()
         .await
-        .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
+        .unwrap();
     assert!(status.success(), "mosquitto_pub to {host}:{port} failed");
 }
 

@@ -1,32 +1,20 @@
-//! What the examples' end-to-end tests share: the workspace's binaries, free ports, child
-//! processes read line by line, mosquitto and the `v6iot-edge` binary with imported credentials.
-//! Each test binary uses a part of it.
+//! What the examples' end-to-end tests share: the examples and the `v6iot-edge` binary of this
+//! build, mosquitto, the edge with imported credentials, the `platform` example subscribed.
+//! Free ports, child processes read line by line and mosquitto itself come from
+//! `v6iot-testkit`. Each test binary uses a part of it.
 
-#![allow(dead_code)]
+// Each test binary uses a part of it (re-exports included).
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// `target/debug` (or whichever profile built this test).
-pub(crate) fn build_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<this test>
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
-pub(crate) fn binary(relative: &str, how: &str) -> PathBuf {
-    let path = build_dir().join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: {how} (scripts/test builds the whole workspace before testing)",
-        path.display()
-    );
-    path
-}
+pub(crate) use v6iot_testkit::{
+    Mosquitto, Running, await_line, built_binary as binary, drain_until_closed, free_udp_port,
+    spawn_lines,
+};
 
 pub(crate) fn edge_bin() -> PathBuf {
     binary("v6iot-edge", "run `cargo build -p v6iot-edge-router`")
@@ -39,133 +27,70 @@ pub(crate) fn example(name: &str) -> PathBuf {
     )
 }
 
-pub(crate) fn free_tcp_port() -> u16 {
-    unique_port(|| {
-        TcpListener::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
+/// mosquitto on a free port of `[::1]`; killed on drop.
+pub(crate) fn mosquitto(dir: &Path) -> (Mosquitto, u16) {
+    let broker = Mosquitto::on_loopback(dir, "");
+    let port = broker.port();
+    (broker, port)
 }
 
-pub(crate) fn free_udp_port() -> u16 {
-    unique_port(|| {
-        UdpSocket::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
+/// The `platform` example for `device` on the broker at `[::1]:broker_port`, sending valve
+/// command 1 after the first telemetry and exiting after `count` messages; returned once its
+/// subscriptions are acknowledged (before any device can publish).
+pub(crate) fn platform(
+    broker_port: u16,
+    device: &str,
+    count: u32,
+) -> (Running, mpsc::Receiver<String>) {
+    let mut platform = Command::new(example("platform"));
+    platform
+        .args(["--broker", &format!("[::1]:{broker_port}")])
+        .args(["--site", "plant1", "--device", device, "--valve", "1"])
+        .args(["--count", &count.to_string()]);
+    let (running, lines) = spawn_lines(platform);
+    await_line(
+        &lines,
+        "subscribed",
+        Duration::from_secs(10),
+        &mut Vec::new(),
+    );
+    (running, lines)
 }
 
-/// Never the same port twice in this process: the kernel may hand a port that was just
-/// released out again, and two listeners of one test (or of two tests running at once)
-/// then collided ("Address already in use" from mosquitto in CI).
-fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = pick();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
+/// Everything the `platform` example printed, once it has printed its command result (within
+/// `limit`) and exited successfully; read until its output has ended, since its last lines may
+/// still be in the reader threads when it exits.
+pub(crate) fn platform_output(
+    mut platform: Running,
+    lines: &mpsc::Receiver<String>,
+    limit: Duration,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    await_line(lines, "command result:", limit, &mut seen);
+    let status = platform.0.wait().unwrap();
+    drain_until_closed(lines, Duration::from_secs(10), &mut seen);
+    assert!(status.success(), "platform: {status:?} {seen:#?}");
+    seen
 }
 
-/// A child process killed (and reaped) when dropped.
-pub(crate) struct Running(pub(crate) Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns `cmd` with stdout and stderr read line by line into a channel.
-pub(crate) fn spawn_lines(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+/// Ctrl-C to `process` (it stops and says what it did).
+pub(crate) fn interrupt(process: &Running) {
+    let status = Command::new("kill")
+        .args(["-INT", &process.0.id().to_string()])
+        .status()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    (Running(child), rx)
+    assert!(status.success(), "kill -INT {}", process.0.id());
 }
 
-/// Reads every line still to come until the readers have reached the end of the process's
-/// output (the channel disconnects), within `limit`.
-pub(crate) fn drain_until_closed(
-    rx: &mpsc::Receiver<String>,
-    limit: Duration,
-    seen: &mut Vec<String>,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("output still open after {limit:?}: {seen:#?}")
-            }
-        }
-    }
-}
-
-/// Reads lines until one contains `needle` (all lines read so far returned), within `limit`.
-pub(crate) fn await_line(
-    rx: &mpsc::Receiver<String>,
-    needle: &str,
-    limit: Duration,
-    seen: &mut Vec<String>,
-) {
-    let deadline = Instant::now() + limit;
-    while !seen.iter().any(|l| l.contains(needle)) {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .unwrap_or_else(|| panic!("no line with `{needle}` within {limit:?}: {seen:#?}"));
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("no line with `{needle}` within {limit:?}: {seen:#?}"),
-        }
-    }
-}
-
-pub(crate) fn mosquitto(dir: &Path) -> (Running, u16) {
-    let port = free_tcp_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} ::1\nallow_anonymous true\nuser root\nlog_dest stderr\n"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is not installed: run scripts/test (it installs Debian's mosquitto)");
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("::1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (running, port)
+/// The platform's `command result: {…}` line among `seen`, checked to be 2.04 `ok`.
+pub(crate) fn assert_command_ok(seen: &[String]) {
+    let result = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("command result: "))
+        .unwrap_or_else(|| panic!("no command result: {seen:#?}"));
+    let result: serde_json::Value = serde_json::from_str(result).unwrap();
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["code"], "2.04", "{result}");
 }
 
 pub(crate) fn edge_cli(args: &[&str], data: &Path, key_hex: &str) -> Output {

@@ -15,7 +15,17 @@
 #   release_bins BIN...      the release binaries (`v6iot-edge`, `v6iot-sim`) from $BIN_DIR, or built
 #                            now (then BIN_DIR=target/release); sets EDGE and SIM
 #   own_netns ARGS...        run this script again, once, in a network namespace of its own
-#                            (`unshare -n`, root) with ARGS and --bin-dir $BIN_DIR; there: lo up
+#                            (`unshare -n`, root) with ARGS and --bin-dir $BIN_DIR; there: lo up.
+#                            With BENCH_RMEM_MAX set, net.core.rmem_max (host-wide: the kernel does
+#                            not namespace it) is raised to it for the run and restored after
+#   import_fleet N PREFIX ID DIR   `v6iot-sim provision` N OSCORE devices (ids ID000000…) into
+#                            DIR/creds.csv, a seal key DIR/seal.key, imported into DIR/edge-data
+#   edge_toml DIR PORT SITE [LINE...]  an OSCORE edge's configuration for import_fleet's DIR on
+#                            [::1]:PORT (LINEs added to [coap]), to start_mosquitto's broker
+#   answers PORT SECS        until the edge on [::1]:PORT answers CoAP (false after SECS)
+#   kib PID FIELD            a /proc/PID/status field in KiB (VmRSS, VmHWM)
+#   all_registered_at REPORT N   seconds into the run when N devices had registered (timeline)
+#   secs DURATION            `90s`, `2m`, `500ms` in whole seconds
 #
 # Every process a script starts goes through start_bg, so the EXIT trap stops exactly those
 # PIDs and nothing else on the machine.
@@ -173,7 +183,89 @@ release_bins() {
 
 own_netns() {
     if [[ -z "${V6IOT_BENCH_NETNS:-}" ]]; then
-        exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "$@" --bin-dir "$BIN_DIR"
+        if [[ -z "${BENCH_RMEM_MAX:-}" ]]; then
+            exec unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "$@" --bin-dir "$BIN_DIR"
+        fi
+        # net.core.rmem_max is the host's (read-only inside a network namespace): raise it for
+        # the run, put it back when the run ends, however it ends.
+        local old
+        old="$(cat /proc/sys/net/core/rmem_max)"
+        # shellcheck disable=SC2064 # the value now, not at exit
+        trap "echo $old >/proc/sys/net/core/rmem_max" EXIT
+        trap 'exit 130' INT TERM
+        echo "$BENCH_RMEM_MAX" >/proc/sys/net/core/rmem_max
+        log "net.core.rmem_max $old -> $BENCH_RMEM_MAX (host-wide) for this run"
+        local rc=0
+        unshare -n -- env V6IOT_BENCH_NETNS=1 bash "$0" "$@" --bin-dir "$BIN_DIR" || rc=$?
+        exit "$rc"
     fi
     ip link set lo up
+}
+
+import_fleet() {
+    local n="$1" prefix="$2" id="$3" dir="$4"
+    mkdir -p "$dir"
+    "$SIM" provision --devices "$n" --prefix "$prefix" --id-prefix "$id" --out "$dir/creds.csv" >/dev/null
+    "$EDGE" devices keygen "$dir/seal.key" >/dev/null
+    V6IOT_SEAL_KEY="$(cat "$dir/seal.key")" "$EDGE" devices --data-dir "$dir/edge-data" \
+        import "$dir/creds.csv" >/dev/null
+}
+
+# Rate limits raised: every simulated device reaches the edge from one /64 on one host, which the
+# defaults rightly treat as one source network. The defaults themselves are unchanged.
+edge_toml() {
+    local dir="$1" port="$2" site="$3"
+    shift 3
+    cat <<TOML
+site = "$site"
+edge_id = "bench-edge-$site"
+data_dir = "$dir/edge-data"
+[coap]
+listen = "[::1]:$port"
+$(printf '%s\n' "$@")
+[mqtt]
+url = "mqtt://[::1]:$MQTT_PORT"
+[outbox]
+max_bytes = 4294967296
+[registry]
+seal_key_file = "$dir/seal.key"
+[security]
+require_oscore = true
+rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000
+TOML
+}
+
+answers() {
+    python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    s.sendto(bytes([0x40, 0, 0x12, 0x34]), ("::1", int(sys.argv[1])))  # ping
+    s.sendto(bytes([0x41, 1, 0x12, 0x35, 0x7A, 0xB4]) + b"core", ("::1", int(sys.argv[1])))  # GET
+    try:
+        s.recv(64)
+        sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit(1)
+PY
+}
+
+kib() { awk '/^'"$2"':/ { print $2 }' "/proc/$1/status"; }
+
+# The first timeline bucket where the registrations added up reach N: its end, in seconds.
+all_registered_at() {
+    jq -r --argjson n "$2" '
+        .timeline.bucket_s as $w | [foreach .timeline.buckets[] as $b (0; . + $b.registered; [., $b.t_s + $w])]
+        | map(select(.[0] >= $n)) | if length > 0 then .[0][1] else "never" end' "$1"
+}
+
+secs() {
+    python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min|h)?',v); \
+f={'ms':0.001,'s':1,None:1,'m':60,'min':60,'h':3600}[m.group(2)]; print(round(float(m.group(1))*f))" "$1"
 }

@@ -67,10 +67,7 @@ round() {
     mkdir -p "$work"
     start_mosquitto "mq$r"
     local creds="$work/creds.csv"
-    "$SIM" provision --devices "$DEVICES" --prefix "$PREFIX" --id-prefix lp --out "$creds" >/dev/null
-    "$EDGE" devices keygen "$work/seal.key" >/dev/null
-    V6IOT_SEAL_KEY="$(cat "$work/seal.key")" "$EDGE" devices --data-dir "$work/edge-data" \
-        import "$creds" >/dev/null
+    import_fleet "$DEVICES" "$PREFIX" lp "$work"
     local coap zep medium fleet
     coap="$(free_port udp)"
     zep="$(free_port udp)"

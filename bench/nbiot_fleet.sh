@@ -86,35 +86,15 @@ machine_info | tee "$OUT/nbiot_fleet.machine"
 
 start_mosquitto mosquitto
 CREDS="$BENCH_WORK/creds.csv"
-"$SIM" provision --devices "$DEVICES" --prefix "$POOL_PREFIX" --id-prefix nb --out "$CREDS" >/dev/null
-"$EDGE" devices keygen "$BENCH_WORK/seal.key" >/dev/null
-V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-data" \
-    import "$CREDS" >/dev/null
+import_fleet "$DEVICES" "$POOL_PREFIX" nb "$BENCH_WORK"
 EDGE_PORT="$(free_port udp)"
 if [[ -z "$LISTEN_WINDOW" ]]; then
-    LISTEN_WINDOW="$(python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min|h)?',v); f={'ms':0.001,'s':1,None:1,'m':60,'min':60,'h':3600}[m.group(2)]; rtt={'ce0':1,'ce1':4}.get(sys.argv[2].lower(),12); print(max(1,int(float(m.group(1))*f)-rtt))" "$ACTIVE" "$COVERAGE")"
+    case "${COVERAGE,,}" in ce0) rtt=1 ;; ce1) rtt=4 ;; *) rtt=12 ;; esac
+    LISTEN_WINDOW=$(($(secs "$ACTIVE") - rtt))
+    [[ "$LISTEN_WINDOW" -ge 1 ]] || LISTEN_WINDOW=1
 fi
 [[ "$LISTEN_WINDOW" =~ ^[0-9]+$ && "$LISTEN_WINDOW" -ge 1 ]] || die "--listen-window: whole seconds, at least 1"
-cat >"$BENCH_WORK/edge.toml" <<TOML
-site = "nb"
-edge_id = "bench-edge-nbiot"
-data_dir = "$BENCH_WORK/edge-data"
-[coap]
-listen = "[::1]:$EDGE_PORT"
-queue_listen_window_s = $LISTEN_WINDOW
-[mqtt]
-url = "mqtt://[::1]:$MQTT_PORT"
-[outbox]
-max_bytes = 4294967296
-[registry]
-seal_key_file = "$BENCH_WORK/seal.key"
-[security]
-require_oscore = true
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
-TOML
+edge_toml "$BENCH_WORK" "$EDGE_PORT" nb "queue_listen_window_s = $LISTEN_WINDOW" >"$BENCH_WORK/edge.toml"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 

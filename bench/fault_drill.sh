@@ -40,36 +40,14 @@ while [[ $# -gt 0 ]]; do
     --devices) DEVICES="$2" && shift 2 ;;
     --rate) RATE="$2" && shift 2 ;;
     --threads) THREADS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 1000000 ]] || die "--devices: 1 to 1000000"
 [[ "$RATE" =~ ^[0-9]+$ && "$RATE" -ge 1 && "$RATE" -le 200000 ]] || die "--rate: reports per second, 1 to 200000"
-[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
 
-need_pkg mosquitto mosquitto
-need_pkg jq jq
-need_pkg unshare util-linux
-need_pkg ip iproute2
-need_pkg python3 python3
-ensure_pkgs
-
-release_bins v6iot-edge v6iot-sim
-own_netns "${ARGS[@]}"
-ip -6 route add local "$POOL_PREFIX" dev lo
-
-bench_init drill
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 SUMMARY="$OUT/fault_drill.txt"
-machine_info | tee "$SUMMARY"
-say() { echo "$*" | tee -a "$SUMMARY"; }
+fleet_netns drill "$SUMMARY"
 
 # The scenario's three files, scaled and moved onto this run's ports and directories. Each
 # substitution must match once: a changed scenario stops the script instead of running something

@@ -46,13 +46,7 @@ while [[ $# -gt 0 ]]; do
     --ramp) RAMP="$2" && shift 2 ;;
     --drain) DRAIN="$2" && shift 2 ;;
     --threads) THREADS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 1000000 ]] || die "--devices: 1 to 1000000"
@@ -60,26 +54,9 @@ done
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 5 && "$SECS" -le 600 ]] || die "--secs: 5 to 600"
 RAMP_S="$(secs "$RAMP")"
 DRAIN_S="$(secs "$DRAIN")"
-[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
 
-need_pkg mosquitto mosquitto
-need_pkg jq jq
-need_pkg unshare util-linux
-need_pkg ip iproute2
-need_pkg python3 python3
-need_pkg /usr/bin/time time
-ensure_pkgs
-
-release_bins v6iot-edge v6iot-sim
-own_netns "${ARGS[@]}"
-ip -6 route add local "$POOL_PREFIX" dev lo
-
-bench_init fleet
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 SUMMARY="$OUT/fleet_e2e.txt"
-machine_info | tee "$SUMMARY"
-say() { echo "$*" | tee -a "$SUMMARY"; }
+fleet_netns fleet "$SUMMARY"
 
 start_mosquitto mosquitto
 t0="$(date +%s.%N)"

@@ -1,6 +1,9 @@
 # shellcheck shell=bash
 # Helpers for the benchmark scripts in bench/. Source it after `set -euo pipefail`.
 #
+#   bench_arg ARGS...        the options every script takes: --out DIR, --bin-dir DIR (sets OUT,
+#                            BIN_DIR and BENCH_SHIFT, the words taken), --help (the script's
+#                            header comment); anything else: dies naming it
 #   bench_init NAME          work dir in $BENCH_WORK, EXIT trap that stops every process started
 #   free_port udp|tcp        a port on ::1 that is free right now
 #   start_bg NAME CMD...     run CMD in the background (output in $BENCH_WORK/NAME.log), remember its PID
@@ -18,6 +21,11 @@
 #                            (`unshare -n`, root) with ARGS and --bin-dir $BIN_DIR; there: lo up.
 #                            With BENCH_RMEM_MAX set, net.core.rmem_max (host-wide: the kernel does
 #                            not namespace it) is raised to it for the run and restored after
+#   fleet_netns NAME FILE    what the fleet benches do first: check their packages, release_bins
+#                            v6iot-edge v6iot-sim, own_netns "${ARGS[@]}" with POOL_PREFIX routed
+#                            to loopback, bench_init NAME, mkdir OUT, open files raised,
+#                            machine_info into FILE (and stdout)
+#   say TEXT                 print TEXT and add it to $SUMMARY
 #   import_fleet N PREFIX ID DIR   `v6iot-sim provision` N OSCORE devices (ids ID000000…) into
 #                            DIR/creds.csv, a seal key DIR/seal.key, imported into DIR/edge-data
 #   edge_toml DIR PORT SITE [LINE...]  an OSCORE edge's configuration for import_fleet's DIR on
@@ -56,6 +64,19 @@ bench_cleanup() {
     if [[ -n "$BENCH_WORK" && -d "$BENCH_WORK" && "${BENCH_KEEP:-0}" != 1 ]]; then
         rm -rf "$BENCH_WORK"
     fi
+}
+
+# shellcheck disable=SC2034 # OUT, BIN_DIR and BENCH_SHIFT are the calling script's
+bench_arg() {
+    case "$1" in
+    --out) OUT="$2" && BENCH_SHIFT=2 ;;
+    --bin-dir) BIN_DIR="$2" && BENCH_SHIFT=2 ;;
+    -h | --help)
+        sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+    esac
 }
 
 bench_init() {
@@ -201,6 +222,26 @@ own_netns() {
     fi
     ip link set lo up
 }
+
+fleet_netns() {
+    [[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
+    need_pkg mosquitto mosquitto
+    need_pkg jq jq
+    need_pkg unshare util-linux
+    need_pkg ip iproute2
+    need_pkg python3 python3
+    need_pkg /usr/bin/time time
+    ensure_pkgs
+    release_bins v6iot-edge v6iot-sim
+    own_netns "${ARGS[@]}"
+    ip -6 route add local "$POOL_PREFIX" dev lo
+    bench_init "$1"
+    mkdir -p "$OUT"
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    machine_info | tee "$2"
+}
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
 
 import_fleet() {
     local n="$1" prefix="$2" id="$3" dir="$4"

@@ -34,13 +34,7 @@ while [[ $# -gt 0 ]]; do
     --secs) SECS="$2" && shift 2 ;;
     --ramp) RAMP="$2" && shift 2 ;;
     --rounds) ROUNDS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 60000 ]] || die "--devices: 1 to 60000"

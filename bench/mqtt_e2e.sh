@@ -48,14 +48,8 @@ while [[ $# -gt 0 ]]; do
     --secs) SECS="$2" && shift 2 ;;
     --p99-ms) P99_MS="$2" && shift 2 ;;
     --ceiling-count) CEILING_COUNT="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
     --sources) SOURCES="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 1 && "$SECS" -le 60 ]] || die "--secs: 1 to 60"

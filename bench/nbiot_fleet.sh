@@ -55,34 +55,13 @@ while [[ $# -gt 0 ]]; do
     --commands-at) COMMANDS_AT="$2" && shift 2 ;;
     --commands-ttl) COMMANDS_TTL="$2" && shift 2 ;;
     --threads) THREADS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 100000 ]] || die "--devices: 1 to 100000"
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 10 && "$SECS" -le 3600 ]] || die "--secs: 10 to 3600"
-[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
 
-need_pkg mosquitto mosquitto
-need_pkg jq jq
-need_pkg unshare util-linux
-need_pkg ip iproute2
-need_pkg python3 python3
-ensure_pkgs
-
-release_bins v6iot-edge v6iot-sim
-own_netns "${ARGS[@]}"
-ip -6 route add local "$POOL_PREFIX" dev lo
-
-bench_init nbiot
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-machine_info | tee "$OUT/nbiot_fleet.machine"
+fleet_netns nbiot "$OUT/nbiot_fleet.machine"
 
 start_mosquitto mosquitto
 CREDS="$BENCH_WORK/creds.csv"

@@ -10,7 +10,7 @@
 #   stop_bg NAME             stop that process (TERM, then KILL after 5 s)
 #   wait_port udp|tcp PORT   until something listens on [::1]:PORT (10 s at most)
 #   start_mosquitto NAME     a mosquitto on a free port of ::1; sets MQTT_PORT_<NAME>
-#   cpu_ticks PID            utime+stime of a process (all threads), in clock ticks
+#   cpu_ticks PID            utime+stime of a process (all its threads, ended ones too), in clock ticks
 #   thread_ticks PID         "comm ticks" for each thread of a process
 #   runq_ns PID              time the process's threads spent runnable but waiting for a CPU (ns)
 #   udp_drops PORT           receive-buffer drops of the UDP socket bound to PORT (ss skmem d)
@@ -147,13 +147,11 @@ CONF
     wait_port tcp "$MQTT_PORT"
 }
 
+# The process's own count (/proc/PID/stat) includes threads that have ended meanwhile; a sum
+# over /proc/PID/task/* would lose them (and can go backwards).
 cpu_ticks() {
-    local pid="$1" total=0 t
-    for t in /proc/"$pid"/task/*/stat; do
-        # fields after the comm: state is $3 of the rest; utime, stime are fields 14, 15
-        total=$((total + $(sed 's/.*) //' "$t" | awk '{print $12 + $13}')))
-    done 2>/dev/null
-    echo "$total"
+    # after the comm: the state is field 1 of the rest, utime and stime fields 12 and 13
+    sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
 }
 
 thread_ticks() {

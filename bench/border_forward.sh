@@ -28,8 +28,6 @@ PAYLOAD=40
 DIRECTION=down
 RATE=0
 ROUNDS=1
-OUT="$PWD/target/bench"
-BIN_DIR=""
 PREFIX="2001:db8:1200:305::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do

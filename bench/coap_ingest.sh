@@ -43,7 +43,6 @@ SECS=5
 WARMUP=1
 ROUNDS=2
 COAPLOAD=1
-OUT="$PWD/target/bench"
 EDGE_BIN=""
 TARGETS="edge edge-intake edge-oscore libcoap udpecho"
 FLOOD_BIN=""
@@ -113,10 +112,7 @@ url = "mqtt://[::1]:$MQTT_PORT"
 [outbox]
 max_bytes = 4294967296
 [security]
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
+$RAISED_LIMITS
 TOML
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
@@ -156,10 +152,7 @@ max_bytes = 4294967296
 seal_key_file = "$BENCH_WORK/seal.key"
 [security]
 require_oscore = true
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
+$RAISED_LIMITS
 TOML
 RUST_LOG=warn start_bg edge-oscore "$EDGE" run --config "$BENCH_WORK/edge-oscore.toml"
 wait_port udp "$OSCORE_PORT"

@@ -30,9 +30,6 @@ source bench/lib.sh
 DEVICES=20000
 RATE=4000
 THREADS=1
-OUT="$PWD/target/bench"
-BIN_DIR=""
-POOL_PREFIX="2001:db8:100::/64"
 SCENARIOS="$PWD/simulator/scenarios"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
@@ -53,9 +50,9 @@ fleet_netns drill "$SUMMARY"
 # substitution must match once: a changed scenario stops the script instead of running something
 # else.
 python3 - "$SCENARIOS" "$BENCH_WORK" "$EDGE" "$DEVICES" "$RATE" "$POOL_PREFIX" \
-    "$(free_port udp)" "$(free_port tcp)" <<'PY'
+    "$(free_port udp)" "$(free_port tcp)" "$RAISED_LIMITS" <<'PY'
 import re, sys
-src, work, edge, devices, rate, prefix, coap, mqtt = sys.argv[1:]
+src, work, edge, devices, rate, prefix, coap, mqtt, limits = sys.argv[1:]
 def rewrite(name, subs, append=""):
     text = open(f"{src}/{name}").read()
     for old, new in subs:
@@ -77,8 +74,7 @@ rewrite("fault-drill-edge.toml", [
     (r'^data_dir = "/tmp/v6iot-fault-drill"$', f'data_dir = "{work}/edge-data"'),
     (r'^listen = "\[::1\]:5683"$', f'listen = "[::1]:{coap}"'),
     (r'^url = "mqtt://\[::1\]:18830"$', f'url = "mqtt://[::1]:{mqtt}"'),
-], append="rate_per_source = 100000000\nburst_per_source = 100000000\n"
-          "rate_per_device = 100000000\nburst_per_device = 100000000\n")
+], append=limits + "\n")
 rewrite("fault-drill-mosquitto.conf", [
     (r'^listener 18830 ::1$', f'listener {mqtt} ::1'),
     (r'^persistence_location /tmp/v6iot-fault-drill/$', f'persistence_location {work}/mosquitto/'),

@@ -34,9 +34,6 @@ SECS=60
 RAMP=10s
 DRAIN=30s
 THREADS=1
-OUT="$PWD/target/bench"
-BIN_DIR=""
-POOL_PREFIX="2001:db8:100::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in

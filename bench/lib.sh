@@ -42,6 +42,20 @@ BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib.sh
 source "$BENCH_ROOT/scripts/lib.sh"
 
+# Defaults every script shares (bench_arg sets the first two from --out and --bin-dir).
+OUT="$BENCH_ROOT/target/bench"
+BIN_DIR=""
+# The fleet benches' devices: each at its own address of this prefix, routed to loopback in the
+# script's own network namespace.
+POOL_PREFIX="2001:db8:100::/64"
+# The edge's rate limits raised out of the way: every simulated device reaches the edge from one
+# /64 on one host here, which the defaults (unchanged) rightly treat as one source network.
+# shellcheck disable=SC2034 # used in the scripts' edge configurations
+RAISED_LIMITS="rate_per_source = 100000000
+burst_per_source = 100000000
+rate_per_device = 100000000
+burst_per_device = 100000000"
+
 declare -A BENCH_PIDS=()
 BENCH_WORK=""
 
@@ -250,8 +264,6 @@ import_fleet() {
         import "$dir/creds.csv" >/dev/null
 }
 
-# Rate limits raised: every simulated device reaches the edge from one /64 on one host, which the
-# defaults rightly treat as one source network. The defaults themselves are unchanged.
 edge_toml() {
     local dir="$1" port="$2" site="$3"
     shift 3
@@ -270,10 +282,7 @@ max_bytes = 4294967296
 seal_key_file = "$dir/seal.key"
 [security]
 require_oscore = true
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
+$RAISED_LIMITS
 TOML
 }
 

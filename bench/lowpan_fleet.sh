@@ -23,8 +23,6 @@ PERIOD=60
 SECS=150
 RAMP=30s
 ROUNDS=1
-OUT="$PWD/target/bench"
-BIN_DIR=""
 PREFIX="2001:db8:1200:305::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do

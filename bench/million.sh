@@ -40,9 +40,6 @@ DURATION=""
 THREADS=1
 SOCKET_BUFFER=""
 PERF=0
-OUT="$PWD/target/bench"
-BIN_DIR=""
-POOL_PREFIX="2001:db8:100::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -38,9 +38,6 @@ COMMANDS_EVERY=10
 COMMANDS_AT=60s
 COMMANDS_TTL=10m
 THREADS=2
-OUT="$PWD/target/bench"
-BIN_DIR=""
-POOL_PREFIX="2001:db8:100::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -100,20 +100,7 @@ machine_info | tee "$OUT/coap_ingest.machine"
 # --- the three servers -------------------------------------------------------------------------
 start_mosquitto mosquitto
 EDGE_PORT="$(free_port udp)"
-cat >"$BENCH_WORK/edge.toml" <<TOML
-site = "bench"
-edge_id = "bench-edge"
-data_dir = "$BENCH_WORK/edge-data"
-[coap]
-listen = "[::1]:$EDGE_PORT"
-lab_accept_unregistered = true
-[mqtt]
-url = "mqtt://[::1]:$MQTT_PORT"
-[outbox]
-max_bytes = 4294967296
-[security]
-$RAISED_LIMITS
-TOML
+lab_edge_toml "$EDGE_PORT" >"$BENCH_WORK/edge.toml"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 

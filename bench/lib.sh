@@ -30,6 +30,9 @@
 #                            DIR/creds.csv, a seal key DIR/seal.key, imported into DIR/edge-data
 #   edge_toml DIR PORT SITE [LINE...]  an OSCORE edge's configuration for import_fleet's DIR on
 #                            [::1]:PORT (LINEs added to [coap]), to start_mosquitto's broker
+#   lab_edge_toml PORT       the lab edge coap_ingest.sh measures (and edge_profile.sh profiles):
+#                            plain CoAP from unregistered devices accepted, on [::1]:PORT, to
+#                            start_mosquitto's broker, rate limits raised, data in $BENCH_WORK
 #   answers PORT SECS        until the edge on [::1]:PORT answers CoAP (false after SECS)
 #   kib PID FIELD            a /proc/PID/status field in KiB (VmRSS, VmHWM)
 #   all_registered_at REPORT N   seconds into the run when N devices had registered (timeline)
@@ -59,6 +62,16 @@ burst_per_device = 100000000"
 declare -A BENCH_PIDS=()
 BENCH_WORK=""
 
+# reap PID: wait up to 5 s for a process told to stop, then KILL it.
+reap() {
+    for _ in $(seq 50); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
 bench_cleanup() {
     local name pid
     for name in "${!BENCH_PIDS[@]}"; do
@@ -66,13 +79,7 @@ bench_cleanup() {
         kill -TERM "$pid" 2>/dev/null || true
     done
     for name in "${!BENCH_PIDS[@]}"; do
-        pid="${BENCH_PIDS[$name]}"
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        reap "${BENCH_PIDS[$name]}"
     done
     BENCH_PIDS=()
     if [[ -n "$BENCH_WORK" && -d "$BENCH_WORK" && "${BENCH_KEEP:-0}" != 1 ]]; then
@@ -120,12 +127,7 @@ stop_bg() {
     local pid="${BENCH_PIDS[$1]:-}"
     [[ -n "$pid" ]] || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    reap "$pid"
     unset "BENCH_PIDS[$1]"
 }
 
@@ -282,6 +284,23 @@ max_bytes = 4294967296
 seal_key_file = "$dir/seal.key"
 [security]
 require_oscore = true
+$RAISED_LIMITS
+TOML
+}
+
+lab_edge_toml() {
+    cat <<TOML
+site = "bench"
+edge_id = "bench-edge"
+data_dir = "$BENCH_WORK/edge-data"
+[coap]
+listen = "[::1]:$1"
+lab_accept_unregistered = true
+[mqtt]
+url = "mqtt://[::1]:$MQTT_PORT"
+[outbox]
+max_bytes = 4294967296
+[security]
 $RAISED_LIMITS
 TOML
 }

@@ -53,6 +53,7 @@ RAMP_S="$(secs "$RAMP")"
 DRAIN_S="$(secs "$DRAIN")"
 
 need_pkg curl curl
+need_pkg mosquitto_sub mosquitto-clients
 SUMMARY="$OUT/fleet_e2e.txt"
 fleet_netns fleet "$SUMMARY"
 
@@ -70,6 +71,10 @@ RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 answers "$EDGE_PORT" 120 || die "the edge did not answer within 2 min"
 
+# PUBLISHes mosquitto received (from the edge) and sent (to the collector; and these $SYS
+# messages, a few a second), once a second.
+# shellcheck disable=SC2016 # a literal $SYS topic
+start_bg sys-sub stdbuf -oL mosquitto_sub -h ::1 -p "$MQTT_PORT" -t '$SYS/broker/publish/messages/+' -F '%U %t %p'
 declare -A CPU0
 for p in edge mosquitto; do CPU0[$p]="$(cpu_ticks "$(bg_pid "$p")")"; done
 DROPS0="$(udp_drops "$EDGE_PORT")"
@@ -112,6 +117,7 @@ say "edge log: $(grep -c WARN "$OUT/fleet_e2e.edge.log" || true) warnings, $(gre
 # late: what the edge's outbox still held when the drain ended, and how long it took to empty
 # (the collector has gone by then: what the edge publishes now reaches no subscriber).
 outbox() { curl -sf "http://[::1]:$OPS_PORT/metrics" | awk '$1 == "v6iot_outbox_records" { print $2 + 0; f = 1 } END { exit !f }'; }
+say "mosquitto when the simulator ended: PUBLISHes received $(awk -v t="$T1" '$1 <= t && $2 ~ /received$/ { v = $3 } END { print v + 0 }' "$BENCH_WORK/sys-sub.log"), sent $(awk -v t="$T1" '$1 <= t && $2 ~ /sent$/ { v = $3 } END { print v + 0 }' "$BENCH_WORK/sys-sub.log") (\$SYS, once a second)"
 left="$(outbox)" || die "no v6iot_outbox_records in the edge's /metrics (http://[::1]:$OPS_PORT/metrics)"
 if [[ "${left:-0}" != 0 ]]; then
     t="$(date +%s.%N)"

@@ -68,7 +68,6 @@ OPS_PORT="$(free_port tcp)"
     printf '[ops]\nlisten = "[::1]:%s"\n' "$OPS_PORT"
 } >"$BENCH_WORK/edge.toml"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
-wait_port udp "$EDGE_PORT"
 answers "$EDGE_PORT" 120 || die "the edge did not answer within 2 min"
 
 # PUBLISHes mosquitto received (from the edge) and sent (to the collector; and these $SYS

@@ -33,7 +33,8 @@
 #   lab_edge_toml PORT       the lab edge coap_ingest.sh measures (and edge_profile.sh profiles):
 #                            plain CoAP from unregistered devices accepted, on [::1]:PORT, to
 #                            start_mosquitto's broker, rate limits raised, data in $BENCH_WORK
-#   answers PORT SECS        until the edge on [::1]:PORT answers CoAP (false after SECS)
+#   answers PORT SECS        until the edge on [::1]:PORT answers CoAP, bound or not yet (false
+#                            after SECS)
 #   kib PID FIELD            a /proc/PID/status field in KiB (VmRSS, VmHWM)
 #   all_registered_at REPORT N   seconds into the run when N devices had registered (timeline)
 #   secs DURATION            `90s`, `2m`, `500ms` in whole seconds
@@ -319,6 +320,8 @@ while time.time() < end:
         sys.exit(0)
     except socket.timeout:
         pass
+    except OSError:  # nothing bound yet (an ICMP error came back)
+        time.sleep(0.5)
 sys.exit(1)
 PY
 }

@@ -98,15 +98,20 @@ say "$(jq -r '.total | "devices \(.devices), registered \(.registered) (again af
 say "$(jq -r '.total | "made \(.made), sent \(.sent), acknowledged \(.acknowledged), refused \(.refused) \(.refused_by_code | tostring), delivered \(.delivered) (of them unacknowledged \(.delivered_unacknowledged)), duplicates \(.duplicates), unsent at end \(.unsent_at_end), lost \(.lost) \(.lost_by_cause | tostring)"' "$REPORT")"
 say "$(jq -r '.total | "timeouts \(.timeouts), retransmissions \(.retransmissions), 5.03 \(.busy_503), 4.03 \(.forbidden); latency p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, p99.9 \(.latency.p999_ms) ms, max \(.latency.max_ms) ms"' "$REPORT")"
 say "run ended at $(jq '.ended_s' "$REPORT") s (reporting period $(jq '.scenario.duration_s' "$REPORT") s)"
-# Recovery after each fault: the first bucket at or after the fault whose count reaches 90 % of
-# the mean of the 5 s before it (acknowledgements at the edge; deliveries at the subscriber).
-jq -r '
-  .timeline as $tl | .faults[] as $f
-  | def back(k): ([$tl.buckets[] | select(.t_s >= $f.at_s - 5 and .t_s < $f.at_s) | .[k]] | add / 5) as $before
-      | [$tl.buckets[] | select(.t_s >= $f.at_s + $f.length_s and .[k] >= 0.9 * $before)][0]
-      | if . == null then "never" else "\((.t_s + $tl.bucket_s - $f.at_s) | . * 10 | round / 10) s" end;
-  "\($f.kind) at \($f.at_s | . * 10 | round / 10) s (\($f.detail); ok \($f.ok)): acknowledgements back after \(back("acknowledged")), deliveries back after \(back("delivered"))"
-' "$REPORT" | tee -a "$SUMMARY"
+# Recovery after each fault: the first timeline bucket that ends after the process was back
+# whose count reaches 90 % of the mean of the whole buckets in the 5 s before the fault
+# (acknowledgements at the edge; deliveries at the subscriber). Seconds from the fault to that
+# bucket's end.
+recovery() {
+    jq -r '
+      .timeline.bucket_s as $w | .timeline.buckets as $b | .faults[] as $f
+      | def back(k): ([$b[] | select(.t_s + $w <= $f.at_s and .t_s + $w > $f.at_s - 5) | .[k]] | add / length) as $before
+          | [$b[] | select(.t_s + $w > $f.at_s + $f.length_s and .[k] >= 0.9 * $before)][0]
+          | if . == null then "never" else "\((.t_s + $w - $f.at_s) | . * 10 | round / 10) s" end;
+      "\($f.kind) at \($f.at_s | . * 10 | round / 10) s (\($f.detail); ok \($f.ok)): acknowledgements back after \(back("acknowledged")), deliveries back after \(back("delivered"))"
+    ' "$1"
+}
+recovery "$REPORT" | tee -a "$SUMMARY"
 say "warnings: $(jq -c '.warnings' "$REPORT"); checks: $(jq -c '.checks' "$REPORT"); simulator bottleneck: $(jq -c '[.simulators[].bottleneck]' "$REPORT")"
 jq -e '.total | .lost == 0 and .unsent_at_end == 0 and .made == .delivered + .refused' "$REPORT" >/dev/null ||
     die "something was lost or left unsent (see $REPORT)"

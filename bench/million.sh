@@ -123,6 +123,7 @@ timeout "$((DURATION_S + 20 + 30 + DEVICES / 5000))" /usr/bin/time -v "$SIM" run
     --seq-file "$BENCH_WORK/fleet.seq" --threads "$THREADS" --source-prefix "$POOL_PREFIX" \
     --quiet --report "$REPORT" >/dev/null 2>"$BENCH_WORK/sim.time" || warn "v6iot-sim ended with $?"
 CPU_EDGE1="$(cpu_ticks "$PID")"
+say "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 by_thread "$PID" >"$BENCH_WORK/threads1"
 DROPS1="$(udp_drops "$EDGE_PORT")"
 RUNQ1="$(runq_ns "$PID")"

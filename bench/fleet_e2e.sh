@@ -13,7 +13,9 @@
 # duplicates, end-to-end latency p50 / p99 / p99.9 / max (the report's HDR histogram),
 # registration time (p50 / p99 / max, and when the last device had registered), and for each
 # process (edge, mosquitto, simulator) its CPU in seconds and in % of the run (100 % = one
-# core) and its peak RSS. Exits non-zero (after the summary) when anything was lost, refused or
+# core) and its peak RSS; then where reports acknowledged but not yet delivered were when the
+# simulator ended: mosquitto's PUBLISH counts ($SYS) and the edge's outbox (`/metrics`, and how
+# long it took to empty). Exits non-zero (after the summary) when anything was lost, refused or
 # left unsent, or a device never registered; the report then says which cause
 # (`lost_by_cause`), and the edge's log is kept in OUT.
 #

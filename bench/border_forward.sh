@@ -28,8 +28,6 @@ PAYLOAD=40
 DIRECTION=down
 RATE=0
 ROUNDS=1
-OUT="$PWD/target/bench"
-BIN_DIR=""
 PREFIX="2001:db8:1200:305::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
@@ -39,13 +37,7 @@ while [[ $# -gt 0 ]]; do
     --rate) RATE="$2" && shift 2 ;;
     --direction) DIRECTION="$2" && shift 2 ;;
     --rounds) ROUNDS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$PACKETS" =~ ^[0-9]+$ && "$PACKETS" -ge 1000 && "$PACKETS" -le 10000000 ]] || die "--packets: 1000 to 10000000"

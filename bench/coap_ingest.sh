@@ -43,7 +43,6 @@ SECS=5
 WARMUP=1
 ROUNDS=2
 COAPLOAD=1
-OUT="$PWD/target/bench"
 EDGE_BIN=""
 TARGETS="edge edge-intake edge-oscore libcoap udpecho"
 FLOOD_BIN=""
@@ -101,23 +100,7 @@ machine_info | tee "$OUT/coap_ingest.machine"
 # --- the three servers -------------------------------------------------------------------------
 start_mosquitto mosquitto
 EDGE_PORT="$(free_port udp)"
-cat >"$BENCH_WORK/edge.toml" <<TOML
-site = "bench"
-edge_id = "bench-edge"
-data_dir = "$BENCH_WORK/edge-data"
-[coap]
-listen = "[::1]:$EDGE_PORT"
-lab_accept_unregistered = true
-[mqtt]
-url = "mqtt://[::1]:$MQTT_PORT"
-[outbox]
-max_bytes = 4294967296
-[security]
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
-TOML
+lab_edge_toml "$EDGE_PORT" >"$BENCH_WORK/edge.toml"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 
@@ -156,10 +139,7 @@ max_bytes = 4294967296
 seal_key_file = "$BENCH_WORK/seal.key"
 [security]
 require_oscore = true
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
+$RAISED_LIMITS
 TOML
 RUST_LOG=warn start_bg edge-oscore "$EDGE" run --config "$BENCH_WORK/edge-oscore.toml"
 wait_port udp "$OSCORE_PORT"

@@ -5,7 +5,7 @@
 #
 #   bench/edge_profile.sh [--setting 4x32] [--secs 5] [--no-perf] [--keep]
 #
-# Starts a mosquitto and the edge (lab mode) on free ports of ::1, loads the edge with
+# Starts a mosquitto and the lab edge of coap_ingest.sh on free ports of ::1, loads the edge with
 # v6iot-flood at K×W for SECS seconds and measures it meanwhile. perf (Debian linux-perf) is
 # optional: without it only the /proc figures are printed. --keep leaves perf.data in the work
 # directory and prints its path. Bounded: about 2 × SECS + 10 seconds after the build.
@@ -53,17 +53,7 @@ bench_init profile
 machine_info
 start_mosquitto mosquitto
 EDGE_PORT="$(free_port udp)"
-cat >"$BENCH_WORK/edge.toml" <<TOML
-site = "bench"
-data_dir = "$BENCH_WORK/edge-data"
-[coap]
-listen = "[::1]:$EDGE_PORT"
-lab_accept_unregistered = true
-[mqtt]
-url = "mqtt://[::1]:$MQTT_PORT"
-[outbox]
-max_bytes = 4294967296
-TOML
+lab_edge_toml "$EDGE_PORT" >"$BENCH_WORK/edge.toml"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 sleep 1

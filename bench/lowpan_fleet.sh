@@ -23,8 +23,6 @@ PERIOD=60
 SECS=150
 RAMP=30s
 ROUNDS=1
-OUT="$PWD/target/bench"
-BIN_DIR=""
 PREFIX="2001:db8:1200:305::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
@@ -34,13 +32,7 @@ while [[ $# -gt 0 ]]; do
     --secs) SECS="$2" && shift 2 ;;
     --ramp) RAMP="$2" && shift 2 ;;
     --rounds) ROUNDS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 60000 ]] || die "--devices: 1 to 60000"
@@ -67,10 +59,7 @@ round() {
     mkdir -p "$work"
     start_mosquitto "mq$r"
     local creds="$work/creds.csv"
-    "$SIM" provision --devices "$DEVICES" --prefix "$PREFIX" --id-prefix lp --out "$creds" >/dev/null
-    "$EDGE" devices keygen "$work/seal.key" >/dev/null
-    V6IOT_SEAL_KEY="$(cat "$work/seal.key")" "$EDGE" devices --data-dir "$work/edge-data" \
-        import "$creds" >/dev/null
+    import_fleet "$DEVICES" "$PREFIX" lp "$work"
     local coap zep medium fleet
     coap="$(free_port udp)"
     zep="$(free_port udp)"

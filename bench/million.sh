@@ -10,7 +10,14 @@
 # process's CPU.
 #
 #   bench/million.sh [--devices 1000000] [--ramp 0s] [--rate 1000] [--duration 150s]
-#                    [--threads 1] [--perf] [--out DIR] [--bin-dir DIR]
+#                    [--threads 1] [--socket-buffer BYTES] [--perf] [--out DIR] [--bin-dir DIR]
+#
+# --socket-buffer sets the edge's `[coap] socket_buffer_bytes` (default 4 MiB, the edge's own;
+# 1 GiB with `--ramp 0s`: a storm of a million registrations arrives much faster than the edge
+# takes them, and every datagram the socket cannot hold costs its device a 2-3 s CoAP
+# retransmission timeout). The kernel caps it at `net.core.rmem_max`, which it does not
+# namespace: when BYTES is above the current value the script raises rmem_max host-wide for the
+# run and restores it on exit (any exit: the EXIT trap of the process outside the namespace).
 #
 # The simulator's `--rate` is the fleet's reports per second once devices are registered (kept
 # low: this measures registration). Runs inside a network namespace of its own (root;
@@ -31,10 +38,8 @@ RAMP=0s
 RATE=1000
 DURATION=""
 THREADS=1
+SOCKET_BUFFER=""
 PERF=0
-OUT="$PWD/target/bench"
-BIN_DIR=""
-POOL_PREFIX="2001:db8:100::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -43,105 +48,46 @@ while [[ $# -gt 0 ]]; do
     --rate) RATE="$2" && shift 2 ;;
     --duration) DURATION="$2" && shift 2 ;;
     --threads) THREADS="$2" && shift 2 ;;
+    --socket-buffer) SOCKET_BUFFER="$2" && shift 2 ;;
     --perf) PERF=1 && shift ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 1000000 ]] || die "--devices: 1 to 1000000"
 [[ "$RATE" =~ ^[0-9]+$ && "$RATE" -ge 1 ]] || die "--rate: reports per second, at least 1"
-secs() {
-    python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min)?',v); \
-f={'ms':0.001,'s':1,None:1,'m':60,'min':60}[m.group(2)]; print(round(float(m.group(1))*f))" "$1"
-}
 RAMP_S="$(secs "$RAMP")"
 [[ -n "$DURATION" ]] || DURATION="$((RAMP_S + 150))s"
 DURATION_S="$(secs "$DURATION")"
 [[ "$DURATION_S" -ge 5 && "$DURATION_S" -le 900 ]] || die "--duration: 5 s to 15 min"
-[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
+if [[ -z "$SOCKET_BUFFER" ]]; then
+    SOCKET_BUFFER=$((4 << 20))
+    [[ "$RAMP_S" -gt 0 ]] || SOCKET_BUFFER=$((1 << 30))
+fi
+[[ "$SOCKET_BUFFER" =~ ^[0-9]+$ && "$SOCKET_BUFFER" -ge 65536 && "$SOCKET_BUFFER" -le $((1 << 30)) ]] ||
+    die "--socket-buffer: bytes, 64 KiB to 1 GiB (the kernel doubles it into an int)"
+if [[ -z "${V6IOT_BENCH_NETNS:-}" && "$SOCKET_BUFFER" -gt "$(cat /proc/sys/net/core/rmem_max)" ]]; then
+    export BENCH_RMEM_MAX="$SOCKET_BUFFER"
+fi
 
-need_pkg mosquitto mosquitto
-need_pkg jq jq
-need_pkg unshare util-linux
-need_pkg ip iproute2
-need_pkg python3 python3
-ensure_pkgs
-
-release_bins v6iot-edge v6iot-sim
-own_netns "${ARGS[@]}"
-ip -6 route add local "$POOL_PREFIX" dev lo
-
-bench_init million
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 SUMMARY="$OUT/million.txt"
-machine_info | tee "$SUMMARY"
-say() { echo "$*" | tee -a "$SUMMARY"; }
+fleet_netns million "$SUMMARY"
 # CPU ticks per thread name (threads of one name added up), sorted for `join`.
 by_thread() { thread_ticks "$1" | awk -F'\t' '{ t[$1] += $2 } END { for (n in t) print n "\t" t[n] }' | sort; }
-# answers PORT SECS: true once the edge answers a plain CoAP ping or GET (RST, 4.01) on
-# [::1]:PORT, false after SECS.
-answers() {
-    python3 - "$1" "$2" <<'PY'
-import socket, sys, time
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.settimeout(0.5)
-end = time.time() + float(sys.argv[2])
-while time.time() < end:
-    s.sendto(bytes([0x40, 0, 0x12, 0x34]), ("::1", int(sys.argv[1])))  # ping
-    s.sendto(bytes([0x41, 1, 0x12, 0x35, 0x7A, 0xB4]) + b"core", ("::1", int(sys.argv[1])))  # GET
-    try:
-        s.recv(64)
-        sys.exit(0)
-    except socket.timeout:
-        pass
-sys.exit(1)
-PY
-}
-kib() { awk '/^'"$2"':/ { print $2 }' "/proc/$1/status"; }
+say "edge socket buffer asked: $SOCKET_BUFFER bytes; net.core.rmem_max: $(cat /proc/sys/net/core/rmem_max)"
 
 start_mosquitto mosquitto
 CREDS="$BENCH_WORK/creds.csv"
 t0="$(date +%s.%N)"
-"$SIM" provision --devices "$DEVICES" --prefix "$POOL_PREFIX" --id-prefix m --out "$CREDS" >/dev/null
-t1="$(date +%s.%N)"
-"$EDGE" devices keygen "$BENCH_WORK/seal.key" >/dev/null
-V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-data" \
-    import "$CREDS" >/dev/null
-t2="$(date +%s.%N)"
-say "$(awk -v a="$t0" -v b="$t1" -v c="$t2" -v n="$DEVICES" \
-    'BEGIN { printf "provision %d devices: %.1f s; import into the edge registry: %.1f s\n", n, b - a, c - b }')"
-
-edge_config() { # DATA_DIR PORT
-    cat <<TOML
-site = "m"
-edge_id = "bench-edge-million"
-data_dir = "$1"
-[coap]
-listen = "[::1]:$2"
-[mqtt]
-url = "mqtt://[::1]:$MQTT_PORT"
-[outbox]
-max_bytes = 4294967296
-[registry]
-seal_key_file = "$BENCH_WORK/seal.key"
-[security]
-require_oscore = true
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
-TOML
-}
+import_fleet "$DEVICES" "$POOL_PREFIX" m "$BENCH_WORK"
+say "$(awk -v a="$t0" -v b="$(date +%s.%N)" -v n="$DEVICES" \
+    'BEGIN { printf "provision %d devices and import them into the edge registry: %.1f s\n", n, b - a }')"
+BUFFER_LINE="socket_buffer_bytes = $SOCKET_BUFFER"
 
 # An edge with an empty registry: the baseline of its RSS.
 EMPTY_PORT="$(free_port udp)"
-edge_config "$BENCH_WORK/empty-data" "$EMPTY_PORT" >"$BENCH_WORK/empty.toml"
+mkdir -p "$BENCH_WORK/empty"
+cp "$BENCH_WORK/seal.key" "$BENCH_WORK/empty/"
+edge_toml "$BENCH_WORK/empty" "$EMPTY_PORT" m "$BUFFER_LINE" >"$BENCH_WORK/empty.toml"
 RUST_LOG=warn start_bg empty "$EDGE" run --config "$BENCH_WORK/empty.toml"
 wait_port udp "$EMPTY_PORT"
 sleep 1
@@ -149,11 +95,10 @@ RSS_EMPTY="$(kib "$(bg_pid empty)" VmRSS)"
 stop_bg empty
 
 EDGE_PORT="$(free_port udp)"
-edge_config "$BENCH_WORK/edge-data" "$EDGE_PORT" >"$BENCH_WORK/edge.toml"
+edge_toml "$BENCH_WORK" "$EDGE_PORT" m "$BUFFER_LINE" >"$BENCH_WORK/edge.toml"
 t3="$(date +%s.%N)"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
-wait_port udp "$EDGE_PORT"
-# The socket is bound before the devices' contexts are made; the loop answers only after.
+# The edge binds its socket only once every device's context is made (10-17 s for a million).
 answers "$EDGE_PORT" 600 || die "the edge did not answer within 10 min"
 t4="$(date +%s.%N)"
 PID="$(bg_pid edge)"
@@ -178,6 +123,7 @@ timeout "$((DURATION_S + 20 + 30 + DEVICES / 5000))" /usr/bin/time -v "$SIM" run
     --seq-file "$BENCH_WORK/fleet.seq" --threads "$THREADS" --source-prefix "$POOL_PREFIX" \
     --quiet --report "$REPORT" >/dev/null 2>"$BENCH_WORK/sim.time" || warn "v6iot-sim ended with $?"
 CPU_EDGE1="$(cpu_ticks "$PID")"
+say "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 by_thread "$PID" >"$BENCH_WORK/threads1"
 DROPS1="$(udp_drops "$EDGE_PORT")"
 RUNQ1="$(runq_ns "$PID")"
@@ -190,9 +136,7 @@ cp "$BENCH_WORK/edge.log" "$OUT/million.edge.log"
 
 REGISTERED="$(jq '.total.registered' "$REPORT")"
 # When the last device registered: the first timeline bucket where the count reaches DEVICES.
-ALL_AT="$(jq -r --argjson n "$DEVICES" '
-    .timeline.bucket_s as $w | [foreach .timeline.buckets[] as $b (0; . + $b.registered; [., $b.t_s + $w])]
-    | map(select(.[0] >= $n)) | if length > 0 then .[0][1] else "never" end' "$REPORT")"
+ALL_AT="$(all_registered_at "$REPORT" "$DEVICES")"
 say "registered: $REGISTERED of $DEVICES; all registered after: ${ALL_AT}$([[ "$ALL_AT" == never ]] || echo ' s') (timeline bucket $(jq '.timeline.bucket_s' "$REPORT") s)"
 say "registration time per device (power-on → acknowledged): $(jq -r '.total.registration |
     "p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms"' "$REPORT")"

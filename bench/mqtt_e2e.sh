@@ -36,10 +36,7 @@ PER_DEVICE=10
 SECS=10
 P99_MS=500
 CEILING_COUNT=200000
-OUT="$PWD/target/bench"
-BIN_DIR=""
 SOURCES=pool
-POOL_PREFIX="2001:db8:100::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -48,14 +45,8 @@ while [[ $# -gt 0 ]]; do
     --secs) SECS="$2" && shift 2 ;;
     --p99-ms) P99_MS="$2" && shift 2 ;;
     --ceiling-count) CEILING_COUNT="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
     --sources) SOURCES="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 1 && "$SECS" -le 60 ]] || die "--secs: 1 to 60"
@@ -126,10 +117,7 @@ max_bytes = 4294967296
 # ::1, one /64, so the per-source rate limits (20,000/s by default) are raised out of the way.
 [security]
 require_oscore = false
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
+$RAISED_LIMITS
 TOML
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
@@ -241,10 +229,7 @@ url = "$url"
 [outbox]
 max_bytes = 4294967296
 [security]
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
+$RAISED_LIMITS
 TOML
     RUST_LOG=warn start_bg edge-drain "$EDGE" run --config "$BENCH_WORK/edge-drain.toml"
     wait_port udp "$port"

@@ -38,9 +38,6 @@ COMMANDS_EVERY=10
 COMMANDS_AT=60s
 COMMANDS_TTL=10m
 THREADS=2
-OUT="$PWD/target/bench"
-BIN_DIR=""
-POOL_PREFIX="2001:db8:100::/64"
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -55,66 +52,25 @@ while [[ $# -gt 0 ]]; do
     --commands-at) COMMANDS_AT="$2" && shift 2 ;;
     --commands-ttl) COMMANDS_TTL="$2" && shift 2 ;;
     --threads) THREADS="$2" && shift 2 ;;
-    --out) OUT="$2" && shift 2 ;;
-    --bin-dir) BIN_DIR="$2" && shift 2 ;;
-    -h | --help)
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *) die "unknown argument: $1 (try --help)" ;;
+    *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
 done
 [[ "$DEVICES" =~ ^[0-9]+$ && "$DEVICES" -ge 1 && "$DEVICES" -le 100000 ]] || die "--devices: 1 to 100000"
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -ge 10 && "$SECS" -le 3600 ]] || die "--secs: 10 to 3600"
-[[ "$(id -u)" -eq 0 ]] || die "needs root for a network namespace of its own"
 
-need_pkg mosquitto mosquitto
-need_pkg jq jq
-need_pkg unshare util-linux
-need_pkg ip iproute2
-need_pkg python3 python3
-ensure_pkgs
-
-release_bins v6iot-edge v6iot-sim
-own_netns "${ARGS[@]}"
-ip -6 route add local "$POOL_PREFIX" dev lo
-
-bench_init nbiot
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-machine_info | tee "$OUT/nbiot_fleet.machine"
+fleet_netns nbiot "$OUT/nbiot_fleet.machine"
 
 start_mosquitto mosquitto
 CREDS="$BENCH_WORK/creds.csv"
-"$SIM" provision --devices "$DEVICES" --prefix "$POOL_PREFIX" --id-prefix nb --out "$CREDS" >/dev/null
-"$EDGE" devices keygen "$BENCH_WORK/seal.key" >/dev/null
-V6IOT_SEAL_KEY="$(cat "$BENCH_WORK/seal.key")" "$EDGE" devices --data-dir "$BENCH_WORK/edge-data" \
-    import "$CREDS" >/dev/null
+import_fleet "$DEVICES" "$POOL_PREFIX" nb "$BENCH_WORK"
 EDGE_PORT="$(free_port udp)"
 if [[ -z "$LISTEN_WINDOW" ]]; then
-    LISTEN_WINDOW="$(python3 -c "import re,sys; v=sys.argv[1]; m=re.fullmatch(r'([0-9.]+)(ms|s|m|min|h)?',v); f={'ms':0.001,'s':1,None:1,'m':60,'min':60,'h':3600}[m.group(2)]; rtt={'ce0':1,'ce1':4}.get(sys.argv[2].lower(),12); print(max(1,int(float(m.group(1))*f)-rtt))" "$ACTIVE" "$COVERAGE")"
+    case "${COVERAGE,,}" in ce0) rtt=1 ;; ce1) rtt=4 ;; *) rtt=12 ;; esac
+    LISTEN_WINDOW=$(($(secs "$ACTIVE") - rtt))
+    [[ "$LISTEN_WINDOW" -ge 1 ]] || LISTEN_WINDOW=1
 fi
 [[ "$LISTEN_WINDOW" =~ ^[0-9]+$ && "$LISTEN_WINDOW" -ge 1 ]] || die "--listen-window: whole seconds, at least 1"
-cat >"$BENCH_WORK/edge.toml" <<TOML
-site = "nb"
-edge_id = "bench-edge-nbiot"
-data_dir = "$BENCH_WORK/edge-data"
-[coap]
-listen = "[::1]:$EDGE_PORT"
-queue_listen_window_s = $LISTEN_WINDOW
-[mqtt]
-url = "mqtt://[::1]:$MQTT_PORT"
-[outbox]
-max_bytes = 4294967296
-[registry]
-seal_key_file = "$BENCH_WORK/seal.key"
-[security]
-require_oscore = true
-rate_per_source = 100000000
-burst_per_source = 100000000
-rate_per_device = 100000000
-burst_per_device = 100000000
-TOML
+edge_toml "$BENCH_WORK" "$EDGE_PORT" nb "queue_listen_window_s = $LISTEN_WINDOW" >"$BENCH_WORK/edge.toml"
 RUST_LOG=warn start_bg edge "$EDGE" run --config "$BENCH_WORK/edge.toml"
 wait_port udp "$EDGE_PORT"
 

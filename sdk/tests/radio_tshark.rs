@@ -144,6 +144,7 @@ fn pcap_without_fcs_decodes_as_802154() {
 
 #[test]
 fn zep_on_loopback_decodes_as_zep_then_802154_with_good_fcs() {
+    v6iot_testkit::require_root("capturing on loopback with tshark");
     let tshark = Tshark::find();
     let rx = UdpSocket::bind("[::1]:0").unwrap();
     let port = rx.local_addr().unwrap().port();

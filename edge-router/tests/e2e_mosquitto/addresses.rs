@@ -31,6 +31,7 @@ const CLIENT_V4: [&str; 2] = ["192.0.2.100", "198.51.100.100"];
 /// Runs `f` on a thread of its own in a new network namespace (with every process it starts):
 /// loopback up, and the addresses above on the two ends of a veth pair.
 fn in_private_network<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    v6iot_testkit::require_root("a network namespace");
     let thread = std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET): a network namespace needs root");

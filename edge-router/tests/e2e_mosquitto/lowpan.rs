@@ -41,6 +41,7 @@ fn credentials(n: usize) -> (Vec<u8>, Vec<u8>) {
 
 /// Moves this test's thread (and what it starts) into a new network namespace, loopback up.
 fn enter_namespace() {
+    v6iot_testkit::require_root("a network namespace and a TUN device");
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("unshare(CLONE_NEWNET): the border router tests need root");
     ip(&["link", "set", "lo", "up"]);

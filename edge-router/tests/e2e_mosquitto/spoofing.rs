@@ -27,6 +27,7 @@ fn in_private_network<T: Send + 'static>(
     prefix: &'static str,
     body: impl FnOnce() -> T + Send + 'static,
 ) -> T {
+    v6iot_testkit::require_root("a network namespace");
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("a private network namespace (this test needs root, as the CI runs it)");

@@ -4,8 +4,8 @@
 //!
 //! scripts/test installs `chromium`; without it the dashboard test fails naming the step.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -25,37 +25,18 @@ pub(crate) struct Browser {
     _profile: super::TempDir,
 }
 
-fn chromium() -> PathBuf {
-    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(c).exists() {
-            return PathBuf::from(c);
-        }
-    }
-    panic!(
-        "chromium is not installed: apt-get install chromium chromium-driver (scripts/test does)"
-    );
-}
-
 impl Browser {
     /// Starts chromium (headless, a fresh profile, no background traffic) with one blank page.
     pub(crate) async fn start() -> Browser {
         let profile = super::TempDir::new("chromium");
-        let child = Command::new(chromium())
+        // The flags every headless run here shares, then the DevTools protocol's own.
+        let child = v6iot_testkit::chromium_headless(profile.path())
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 "--disable-default-apps",
                 "--disable-extensions",
                 "--window-size=1400,900",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -29,16 +29,13 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_edge_router::gateway::{
-    DeviceKeys, Gateway, GatewayConfig, LimitsConfig, Rate, StoredState,
-};
+use v6iot_edge_router::gateway::{Gateway, GatewayConfig, LimitsConfig, Rate};
 use v6iot_edge_router::ingress::downlink::{CommandLimits, JournalWritten, Reachability};
 use v6iot_edge_router::ingress::{Downlink, DownlinkCommand, Ingress, IngressConfig};
-use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
 
 mod common;
-use common::addr;
+use common::{addr, kid, load_devices};
 
 /// The same allocator as the `v6iot-edge` binary.
 #[global_allocator]
@@ -133,16 +130,6 @@ fn bench_empty_acks(c: &mut Criterion) {
     group.finish();
 }
 
-fn kid(n: u32) -> Vec<u8> {
-    n.to_be_bytes().to_vec()
-}
-
-fn secret(n: u32) -> Vec<u8> {
-    let mut s = vec![0x5a; 16];
-    s[..4].copy_from_slice(&n.to_be_bytes());
-    s
-}
-
 fn gateway(limits: LimitsConfig) -> Gateway {
     let mut config = IngressConfig::new(Topics::new("v6iot", "bench").unwrap());
     config.random_seed = Some([1; 18]);
@@ -154,21 +141,7 @@ fn gateway(limits: LimitsConfig) -> Gateway {
             ..GatewayConfig::default()
         },
     );
-    let devices = (0..16)
-        .map(|n| DeviceKeys {
-            id: format!("d{n:06}"),
-            kid: kid(n),
-            master_secret: MasterSecret::new(secret(n)),
-            master_salt: Vec::new(),
-            prefixes: Vec::new(),
-            state: DeviceState::Active,
-            stored: StoredState::default(),
-        })
-        .collect();
-    g.handle_devices(1, devices);
-    while let Some(b) = g.poll_persist() {
-        g.handle_persisted(Instant::now(), b.id, true);
-    }
+    load_devices(&mut g, 16);
     g
 }
 

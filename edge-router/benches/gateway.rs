@@ -17,29 +17,18 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use v6iot_cloud_bridge::topics::Topics;
-use v6iot_edge_router::gateway::{DeviceKeys, Gateway, GatewayConfig, StoredState};
+use v6iot_edge_router::gateway::{Gateway, GatewayConfig};
 use v6iot_edge_router::ingress::{Ingress, IngressConfig};
-use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 use v6iot_sdk::oscore::{ContextConfig, ContextInput, SecurityContext, protect_request};
 
 mod common;
-use common::{addr, post, round};
+use common::{addr, kid, load_devices, post, round, secret};
 
 /// The same allocator as the `v6iot-edge` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEVICES: u32 = 10_000;
-
-fn kid(n: u32) -> Vec<u8> {
-    n.to_be_bytes().to_vec()
-}
-
-fn secret(n: u32) -> Vec<u8> {
-    let mut s = vec![0x5a; 16];
-    s[..4].copy_from_slice(&n.to_be_bytes());
-    s
-}
 
 fn gateway(require_oscore: bool) -> Gateway {
     let ingress = Ingress::new(
@@ -51,21 +40,7 @@ fn gateway(require_oscore: bool) -> Gateway {
         ..GatewayConfig::default()
     };
     let mut g = Gateway::new(ingress, config);
-    let devices = (0..DEVICES)
-        .map(|n| DeviceKeys {
-            id: format!("d{n:06}"),
-            kid: kid(n),
-            master_secret: MasterSecret::new(secret(n)),
-            master_salt: Vec::new(),
-            prefixes: Vec::new(),
-            state: DeviceState::Active,
-            stored: StoredState::default(),
-        })
-        .collect();
-    g.handle_devices(1, devices);
-    while let Some(b) = g.poll_persist() {
-        g.handle_persisted(Instant::now(), b.id, true);
-    }
+    load_devices(&mut g, DEVICES);
     g
 }
 

@@ -7,8 +7,9 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use v6iot_edge_router::gateway::Gateway;
+use v6iot_edge_router::gateway::{DeviceKeys, Gateway, StoredState};
 use v6iot_edge_router::ingress::AppendResult;
+use v6iot_edge_router::registry_db::{DeviceState, MasterSecret};
 
 /// The address of simulated device `n`: one per device in the plan's plant 12·line 305 subnet.
 pub(crate) fn addr(n: u32) -> SocketAddr {
@@ -58,4 +59,35 @@ pub(crate) fn round(g: &mut Gateway, now: Instant, peer: SocketAddr, bytes: &[u8
         g.handle_persisted(now, b.id, true);
     }
     black_box(g.poll_transmit().unwrap());
+}
+
+/// The OSCORE Recipient ID of bench device `n`.
+pub(crate) fn kid(n: u32) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+/// The master secret of bench device `n`.
+pub(crate) fn secret(n: u32) -> Vec<u8> {
+    let mut s = vec![0x5a; 16];
+    s[..4].copy_from_slice(&n.to_be_bytes());
+    s
+}
+
+/// Loads `count` active bench devices (`d000000`, …) into `g` and completes their persistence.
+pub(crate) fn load_devices(g: &mut Gateway, count: u32) {
+    let devices = (0..count)
+        .map(|n| DeviceKeys {
+            id: format!("d{n:06}"),
+            kid: kid(n),
+            master_secret: MasterSecret::new(secret(n)),
+            master_salt: Vec::new(),
+            prefixes: Vec::new(),
+            state: DeviceState::Active,
+            stored: StoredState::default(),
+        })
+        .collect();
+    g.handle_devices(1, devices);
+    while let Some(b) = g.poll_persist() {
+        g.handle_persisted(Instant::now(), b.id, true);
+    }
 }

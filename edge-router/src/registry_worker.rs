@@ -98,7 +98,7 @@ impl Jobs {
 
     /// Queues audit rows while there is room; returns how many were dropped.
     pub fn push_audit(&mut self, rows: Vec<AuditEvent>) -> u64 {
-        let room = Self::MAX_AUDIT_ROWS.saturating_sub(self.audit.len());
+        let room = self.audit_room();
         let dropped = rows.len().saturating_sub(room) as u64;
         self.audit.extend(rows.into_iter().take(room));
         self.dropped += dropped;
@@ -120,6 +120,11 @@ impl Jobs {
     /// Audit rows waiting.
     pub fn audit_len(&self) -> usize {
         self.audit.len()
+    }
+
+    /// Audit rows the lane can still take before it drops.
+    pub fn audit_room(&self) -> usize {
+        Self::MAX_AUDIT_ROWS.saturating_sub(self.audit.len())
     }
 
     /// Audit rows dropped since start.
@@ -213,6 +218,12 @@ impl RegistryWorker {
         let dropped = self.shared.lock().push_audit(rows);
         self.shared.ready.notify_one();
         dropped
+    }
+
+    /// Audit rows the lane can still take now (the gateway refuses what it could not audit:
+    /// [`crate::gateway::Gateway::handle_audit_room`]).
+    pub fn audit_room(&self) -> usize {
+        self.shared.lock().audit_room()
     }
 
     /// Ends the thread after the work already queued.

@@ -84,6 +84,7 @@
 //! seal, the exchange bookkeeping and a one-row persistence batch per request). Measured on
 //! a shared, loaded 2-core machine: rough figures.
 
+mod audit_room;
 mod binding;
 mod exchanges;
 pub mod failures;
@@ -99,7 +100,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use time::OffsetDateTime;
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
@@ -110,6 +111,7 @@ use v6iot_sdk::oscore::{
 use crate::audit::{AuditEvent, AuditKind};
 use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
 use crate::peer::Peer;
+use audit_room::AuditRoom;
 use binding::{Bindings, Decision};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
@@ -215,6 +217,9 @@ pub struct GatewayStats {
     pub resets_ignored: u64,
     /// Verified requests answered 5.03 by their device's rate limit.
     pub device_limited: u64,
+    /// Verified requests that would write audit rows answered 5.03 because the audit lane
+    /// had no room for them (see [`audit_room`]): nothing about them changed or was written.
+    pub audit_busy: u64,
     /// Kid quarantines begun.
     pub quarantines: u64,
     /// Outgoing messages that could not be protected yet (a sequence mark was being
@@ -312,6 +317,7 @@ pub struct Gateway {
     security: VecDeque<SecurityEvent>,
     events: VecDeque<GatewayEvent>,
     audits: VecDeque<AuditEvent>,
+    audit_room: AuditRoom,
     transmits: VecDeque<(Peer, Vec<u8>)>,
     stats: GatewayStats,
     next_sweep: Option<Instant>,
@@ -329,6 +335,7 @@ impl Gateway {
             keys: Keyring::new(config.persist_step),
             exchanges: Exchanges::new(config.exchange_lifetime),
             bindings: Bindings::new(config.echo_seed, config.exchange_lifetime),
+            audit_room: AuditRoom::new(config.echo_seed.rotate_left(32)),
             config,
             persistence: Persistence::default(),
             failures: FailureLog::new(),
@@ -728,7 +735,46 @@ impl Gateway {
     }
 
     fn audit(&mut self, row: AuditEvent) {
+        self.audit_room.charge(1);
         push_bounded(&mut self.audits, row);
+    }
+
+    /// The registry's audit lane can take `room` more rows now (the driver tells this after
+    /// handing it the rows of [`poll_audit`](Self::poll_audit) and the ingress's events).
+    /// Until told, the room is unbounded.
+    pub fn handle_audit_room(&mut self, room: usize) {
+        self.audit_room.set(room);
+    }
+
+    /// A verified request whose audit rows (a new binding, a registration) the lane has no
+    /// room for is answered 5.03 with a jittered Max-Age (see [`audit_room`]); true when it
+    /// was. When it goes on, its registration row is charged.
+    fn refused_for_audit(&mut self, peer: Peer, device: &str, request: &Packet) -> bool {
+        let registration = audit_room::is_registration(request);
+        let bound_here = self
+            .bindings
+            .get(device)
+            .is_some_and(|b| b.remote == peer.remote);
+        let rows = usize::from(registration)
+            + if bound_here {
+                0
+            } else {
+                AuditRoom::BINDING_ROWS
+            };
+        if self.audit_room.admits(rows) {
+            self.audit_room.charge(usize::from(registration));
+            return false;
+        }
+        self.stats.audit_busy += 1;
+        let mut answer = error_packet(
+            request,
+            ResponseType::ServiceUnavailable,
+            "audit trail busy, retry later",
+        );
+        let wait = self.audit_room.retry_after();
+        answer.add_option(CoapOption::MaxAge, audit_room::max_age(wait));
+        self.answer(peer, &answer);
+        true
     }
 
     /// An OSCORE request from a device.
@@ -868,6 +914,9 @@ impl Gateway {
                 self.stats.replies_suppressed += 1;
                 self.exchanges.take_server(peer.remote, inner.get_token());
             }
+            return;
+        }
+        if self.refused_for_audit(peer, &device, &inner) {
             return;
         }
         let echo = inner
@@ -1365,13 +1414,7 @@ fn cause_of(e: OscoreError) -> SecurityCause {
 
 /// True when `request` is a registration (`POST /rd`) whose `ep` is not `device`.
 fn registers_as_other(request: &Packet, device: &str) -> bool {
-    if request.header.code != MessageClass::Request(RequestType::Post) {
-        return false;
-    }
-    let is_rd = request
-        .get_option(CoapOption::UriPath)
-        .is_some_and(|p| p.len() == 1 && p.front().is_some_and(|s| s == b"rd"));
-    is_rd
+    audit_room::is_registration(request)
         && request
             .get_option(CoapOption::UriQuery)
             .into_iter()

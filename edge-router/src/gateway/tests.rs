@@ -15,6 +15,7 @@ use v6iot_sdk::oscore::{
 };
 
 mod addresses;
+mod audit_full;
 mod rotation;
 
 use super::*;

@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`keys`] | the keyring: one context per active device by kid, synced with the registry |
 //! | `binding` | where each device is bound (its address and the edge's address it reached), both ways; moves only on fresh evidence, confirmed by an Echo round trip; conflicts between devices |
+//! | `audit_room` | the room left in the registry's audit lane: what would write rows it cannot take gets 5.03 + Max-Age instead |
 //! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication by address, message ID and fingerprint |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
 //! | [`peek`] | the header, token and kid of a datagram, read in place before anything is spent on it |

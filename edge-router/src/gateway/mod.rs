@@ -219,7 +219,8 @@ pub struct GatewayStats {
     /// Verified requests answered 5.03 by their device's rate limit.
     pub device_limited: u64,
     /// Verified requests that would write audit rows answered 5.03 because the audit lane
-    /// had no room for them (see [`audit_room`]): nothing about them changed or was written.
+    /// had no room for them (see `gateway::audit_room`): nothing about them changed or was
+    /// written.
     pub audit_busy: u64,
     /// Kid quarantines begun.
     pub quarantines: u64,

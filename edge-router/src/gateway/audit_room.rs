@@ -9,7 +9,10 @@
 //! 5.03 Service Unavailable with a short, jittered Max-Age ([`AuditRoom::retry_after`]) and
 //! nothing about it is changed or written; the device retries once the lane has drained.
 //! Requests that write no rows (telemetry, updates, deregistrations from a bound device) never
-//! wait for the lane.
+//! wait for the lane. In lab mode (`require_oscore = false`) a plain registration without room
+//! for its row gets the same 5.03 from the ingress
+//! ([`Ingress::hold_registrations`](crate::ingress::Ingress::hold_registrations)), after its
+//! deduplication: a retransmission of one already accepted still gets its 2.01.
 //!
 //! The driver tells the room after each hand-over of rows
 //! ([`Gateway::handle_audit_room`](super::Gateway::handle_audit_room)); between two hand-overs

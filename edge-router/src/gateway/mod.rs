@@ -110,7 +110,7 @@ use v6iot_sdk::oscore::{
 };
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
+use crate::ingress::{AUDIT_BUSY, AppendResult, AppendTicket, DownlinkCommand, Ingress};
 use crate::peer::Peer;
 use audit_room::AuditRoom;
 use binding::{Bindings, Decision};
@@ -469,7 +469,7 @@ impl Gateway {
                 SecurityCause::ResetIgnored,
             );
         } else if code == 0 || !self.config.require_oscore {
-            self.ingress.handle_packet(now, unix_ms, peer, &packet);
+            self.plain(now, unix_ms, peer, &packet);
         } else {
             let cause = if wire::is_request_code(code) {
                 SecurityCause::PlainRequest
@@ -768,15 +768,27 @@ impl Gateway {
             return false;
         }
         self.stats.audit_busy += 1;
-        let mut answer = error_packet(
-            request,
-            ResponseType::ServiceUnavailable,
-            "audit trail busy, retry later",
-        );
+        let mut answer = error_packet(request, ResponseType::ServiceUnavailable, AUDIT_BUSY);
         let wait = self.audit_room.retry_after();
         answer.add_option(CoapOption::MaxAge, audit_room::max_age(wait));
         self.answer(peer, &answer);
         true
+    }
+
+    /// A plain message for the ingress (lab mode, or an empty one). A registration among them
+    /// is held back (5.03, see [`Ingress::hold_registrations`]) when the audit lane has no
+    /// room for its row.
+    fn plain(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let registration = audit_room::is_registration(packet);
+        if registration && !self.audit_room.admits(1) {
+            let wait = self.audit_room.retry_after();
+            self.ingress.hold_registrations(Some(wait));
+            self.ingress.handle_packet(now, unix_ms, peer, packet);
+            self.ingress.hold_registrations(None);
+            return;
+        }
+        self.audit_room.charge(usize::from(registration));
+        self.ingress.handle_packet(now, unix_ms, peer, packet);
     }
 
     /// An OSCORE request from a device.

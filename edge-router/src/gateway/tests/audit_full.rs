@@ -227,3 +227,47 @@ fn a_storm_between_two_hand_overs_drops_no_row_and_every_refusal_says_when() {
         "each accepted registration in the trail"
     );
 }
+
+#[test]
+fn in_lab_mode_a_plain_registration_waits_for_the_lane_and_its_retransmission_is_not_refused() {
+    let ingress = Ingress::new(IngressConfig::new(Topics::new("v6iot", "s").unwrap()), T0);
+    let config = GatewayConfig {
+        require_oscore: false,
+        ..GatewayConfig::default()
+    };
+    let mut g = Gateway::new(ingress, config);
+    let plain = |p: &Packet| p.to_bytes().unwrap();
+    let mut lane = lane_with_room(AuditRoom::RESERVE);
+    g.handle_audit_room(lane.audit_room());
+    g.handle_datagram(
+        Instant::now(),
+        T0,
+        peer(),
+        &plain(&registration(1, "lab-1")),
+    );
+    let out = sent(&mut g);
+    assert_eq!(out.len(), 1);
+    let refused = Packet::from_bytes(&out[0].1).unwrap();
+    assert_eq!(response_code(&refused), ResponseType::ServiceUnavailable);
+    assert!(retry_hint_is_short(max_age_of(&refused)));
+    assert!(g.ingress().directory().get("lab-1").is_none());
+    assert_eq!(hand_over(&mut g, &mut lane), 0, "no audit row dropped");
+
+    drain(&mut lane);
+    g.handle_audit_room(lane.audit_room());
+    let accepted = plain(&registration(2, "lab-1"));
+    g.handle_datagram(Instant::now(), T0, peer(), &accepted);
+    assert_eq!(code_of(&sent(&mut g)[0].1), ResponseType::Created);
+    assert_eq!(hand_over(&mut g, &mut lane), 0);
+    assert_eq!(
+        rows_of(&drain(&mut lane), AuditKind::Registration, "lab-1"),
+        1
+    );
+    // With the lane full again its retransmission still gets its 2.01 (from the ingress's
+    // memory), not a 5.03, and writes nothing.
+    g.handle_audit_room(0);
+    g.handle_datagram(Instant::now(), T0, peer(), &accepted);
+    assert_eq!(code_of(&sent(&mut g)[0].1), ResponseType::Created);
+    assert_eq!(hand_over(&mut g, &mut lane), 0);
+    assert_eq!(lane.audit_len(), 0);
+}

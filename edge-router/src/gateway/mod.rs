@@ -750,19 +750,22 @@ impl Gateway {
 
     /// A verified request whose audit rows (a new binding, a registration) the lane has no
     /// room for is answered 5.03 with a jittered Max-Age (see [`audit_room`]); true when it
-    /// was. When it goes on, its registration row is charged.
-    fn refused_for_audit(&mut self, peer: Peer, device: &str, request: &Packet) -> bool {
+    /// was. When it goes on, its registration row is charged. A request that is not `fresh`
+    /// binds nothing (see [`binding`]): only a fresh one from elsewhere may cost binding rows.
+    fn refused_for_audit(
+        &mut self,
+        peer: Peer,
+        device: &str,
+        fresh: bool,
+        request: &Packet,
+    ) -> bool {
         let registration = audit_room::is_registration(request);
-        let bound_here = self
-            .bindings
-            .get(device)
-            .is_some_and(|b| b.remote == peer.remote);
-        let rows = usize::from(registration)
-            + if bound_here {
-                0
-            } else {
-                AuditRoom::BINDING_ROWS
-            };
+        let binds = fresh
+            && self
+                .bindings
+                .get(device)
+                .is_none_or(|b| b.remote != peer.remote);
+        let rows = usize::from(registration) + if binds { AuditRoom::BINDING_ROWS } else { 0 };
         if self.audit_room.admits(rows) {
             self.audit_room.charge(usize::from(registration));
             return false;
@@ -930,7 +933,7 @@ impl Gateway {
             }
             return;
         }
-        if self.refused_for_audit(peer, &device, &inner) {
+        if self.refused_for_audit(peer, &device, fresh, &inner) {
             return;
         }
         let echo = inner

@@ -271,3 +271,22 @@ fn in_lab_mode_a_plain_registration_waits_for_the_lane_and_its_retransmission_is
     assert_eq!(hand_over(&mut g, &mut lane), 0);
     assert_eq!(lane.audit_len(), 0);
 }
+
+#[test]
+fn with_the_lane_full_a_stale_request_from_elsewhere_is_still_dropped_not_answered() {
+    let now = Instant::now();
+    let mut g = gateway();
+    let mut dev = registered(&mut g, now);
+    g.handle_audit_room(0);
+    // Partial IV n is held back; n + 1 arrives from home; n from elsewhere binds nothing, so
+    // the lane's room does not concern it: dropped as stale, as with room.
+    let (withheld, _) = protect(&mut dev, &telemetry(20));
+    let (code, _) = answered(&mut g, &mut dev, peer(), &telemetry(21));
+    assert_eq!(code, ResponseType::Changed);
+    let elsewhere: SocketAddr = "[2001:db8::b]:4000".parse().unwrap();
+    g.handle_datagram(now, T0, elsewhere, &withheld);
+    persist_all(&mut g, now);
+    assert!(sent(&mut g).is_empty());
+    assert_eq!(g.stats().stale_elsewhere, 1);
+    assert_eq!(g.stats().audit_busy, 0);
+}

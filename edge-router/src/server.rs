@@ -10,6 +10,8 @@
 //!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
+#[cfg(test)]
+mod audit_full;
 mod lowpan;
 mod ops;
 mod udp;

@@ -1,13 +1,14 @@
 //! Room in the audit lane: the edge does nothing it cannot audit.
 //!
-//! The registry thread's audit lane is bounded ([`crate::registry_worker::Jobs::MAX_AUDIT_ROWS`]):
-//! an unauthenticated flood must not grow it. Rows it has no room for are dropped and counted —
-//! a gap in the trail. So before the gateway serves a verified request whose audit rows could
-//! be dropped it asks this table: a device that is not bound at its address yet writes a
-//! binding row (two when it displaces another), a registration (`POST /rd`) writes its
-//! registration row. Without room for those plus [`AuditRoom::RESERVE`] the request is answered
-//! 5.03 Service Unavailable with a short, jittered Max-Age ([`AuditRoom::retry_after`]) and
-//! nothing about it is changed or written; the device retries once the lane has drained.
+//! The registry thread's audit lane is bounded
+//! ([`crate::registry_worker::Jobs::MAX_AUDIT_ROWS`]): an unauthenticated flood must not grow
+//! it. Rows it has no room for are dropped and counted — a gap in the trail. So before the
+//! gateway serves a verified request whose audit rows could be dropped it asks this table: a
+//! device that is not bound at its address yet writes a binding row (two when it displaces
+//! another), a registration (`POST /rd`) writes its registration row. Without room for those
+//! plus [`AuditRoom::RESERVE`] the request is answered 5.03 Service Unavailable with a short,
+//! jittered Max-Age ([`AuditRoom::RETRY_MIN_S`] plus less than [`AuditRoom::RETRY_SPREAD_S`])
+//! and nothing about it is changed or written; the device retries once the lane has drained.
 //! Requests that write no rows (telemetry, updates, deregistrations from a bound device) never
 //! wait for the lane. In lab mode (`require_oscore = false`) a plain registration without room
 //! for its row gets the same 5.03 from the ingress
@@ -28,7 +29,7 @@ use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
 /// What the audit lane can still take, as the gateway last heard it, less what it emitted
 /// since.
 #[derive(Debug, Clone)]
-pub(super) struct AuditRoom {
+pub struct AuditRoom {
     room: usize,
     /// Mixed into the retry hints so that refused devices spread their retries.
     seed: u64,
@@ -38,15 +39,15 @@ pub(super) struct AuditRoom {
 impl AuditRoom {
     /// Rows kept free for rows that cannot be refused (see the module docs): 1/64 of the
     /// lane's bound.
-    pub(super) const RESERVE: usize = 4096;
+    pub const RESERVE: usize = 4096;
     /// The shortest retry hint (seconds): a full lane drains in about 1.2 s at the registry
     /// thread's ~215,000 rows/s.
-    pub(super) const RETRY_MIN_S: u32 = 2;
+    pub const RETRY_MIN_S: u32 = 2;
     /// Retry hints spread over this many seconds above [`Self::RETRY_MIN_S`].
-    pub(super) const RETRY_SPREAD_S: u32 = 8;
+    pub const RETRY_SPREAD_S: u32 = 8;
     /// Rows a verified request from a device not bound at its address may write (a binding
     /// row, and a conflict row for a device it displaces).
-    pub(super) const BINDING_ROWS: usize = 2;
+    pub const BINDING_ROWS: usize = 2;
 
     /// Unbounded until the driver tells the room (an edge without a registry thread).
     pub(super) fn new(seed: u64) -> AuditRoom {

@@ -85,7 +85,7 @@
 //! seal, the exchange bookkeeping and a one-row persistence batch per request). Measured on
 //! a shared, loaded 2-core machine: rough figures.
 
-mod audit_room;
+pub mod audit_room;
 mod binding;
 mod exchanges;
 pub mod failures;
@@ -95,7 +95,7 @@ pub mod peek;
 pub mod persist;
 pub mod reports;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};

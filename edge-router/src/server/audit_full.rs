@@ -2,10 +2,25 @@
 //! audit lane at its bound a registration gets a protected 5.03 with a short Max-Age and
 //! changes nothing; no audit row is dropped; once the lane drained the device registers and its
 //! rows are in the trail; telemetry from a bound device never waits for the lane. The driver's
-//! hand-over (`server::drain_side_effects`) is played by [`hand_over`] on a real [`Jobs`] lane.
+//! hand-over (`drain_side_effects`) is played by [`hand_over`] on a real [`Jobs`] lane.
 
-use super::*;
-use crate::audit::AuditKind;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use coap_lite::{CoapOption, Packet, ResponseType};
+use v6iot_cloud_bridge::topics::Topics;
+use v6iot_credentials::DeviceState;
+use v6iot_sdk::coap::wire;
+use v6iot_sdk::oscore::SecurityContext;
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::gateway::audit_room::AuditRoom;
+use crate::gateway::tests::{
+    SECRET, T0, answer, code_of, device, exchange, gateway, gateway_with, in_victim_net, keys,
+    peer, persist_all, protect, registered, registration, response_code, sent, telemetry, verified,
+};
+use crate::gateway::{Gateway, GatewayConfig, StoredState};
+use crate::ingress::{Ingress, IngressConfig};
 use crate::registry_worker::{Job, Jobs};
 
 /// What the driver does after each datagram batch: the gateway's rows and the ingress's
@@ -13,7 +28,7 @@ use crate::registry_worker::{Job, Jobs};
 /// dropped.
 fn hand_over(g: &mut Gateway, lane: &mut Jobs) -> u64 {
     let mut rows: Vec<AuditEvent> = std::iter::from_fn(|| g.ingress_mut().poll_event())
-        .filter_map(|e| crate::server::audit_row(&e))
+        .filter_map(|e| super::audit_row(&e))
         .collect();
     rows.extend(std::iter::from_fn(|| g.poll_audit()));
     let dropped = lane.push_audit(rows);

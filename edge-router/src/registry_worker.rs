@@ -22,8 +22,12 @@
 //! Answers to verified devices wait for their state batch, so audit rows must never hold one
 //! up. The work comes in two lanes ([`Jobs`]): a state batch is always taken before any audit
 //! rows waiting, and audit rows go in chunks, so a state batch waits for at most one chunk's
-//! transaction (at most [`Jobs::MAX_AUDIT_CHUNK`] rows), never for a backlog. The audit lane is bounded ([`Jobs::MAX_AUDIT_ROWS`]): when
-//! the disk is slow or full and rows pile up, new rows are dropped and counted
+//! transaction (at most [`Jobs::MAX_AUDIT_CHUNK`] rows), never for a backlog. The audit lane is
+//! bounded ([`Jobs::MAX_AUDIT_ROWS`]). The gateway is told the room left
+//! ([`RegistryWorker::audit_room`]) and answers 5.03 with Max-Age to new bindings and
+//! registrations it could not audit (`gateway::audit_room`), so a registration storm waits for
+//! the trail instead of leaving gaps in it. Rows that cannot be refused and still find the lane
+//! full (a slow or full disk) are dropped and counted
 //! ([`RegistryWorker::audit`] returns how many), the driver logs them and puts the count in the
 //! next security report (`audit_rows_dropped`); nothing blocks. SQLite has one writer per file,
 //! so a chunk's transaction that hangs on a stuck disk still holds the state batch behind it
@@ -98,7 +102,7 @@ impl Jobs {
 
     /// Queues audit rows while there is room; returns how many were dropped.
     pub fn push_audit(&mut self, rows: Vec<AuditEvent>) -> u64 {
-        let room = Self::MAX_AUDIT_ROWS.saturating_sub(self.audit.len());
+        let room = self.audit_room();
         let dropped = rows.len().saturating_sub(room) as u64;
         self.audit.extend(rows.into_iter().take(room));
         self.dropped += dropped;
@@ -120,6 +124,11 @@ impl Jobs {
     /// Audit rows waiting.
     pub fn audit_len(&self) -> usize {
         self.audit.len()
+    }
+
+    /// Audit rows the lane can still take before it drops.
+    pub fn audit_room(&self) -> usize {
+        Self::MAX_AUDIT_ROWS.saturating_sub(self.audit.len())
     }
 
     /// Audit rows dropped since start.
@@ -213,6 +222,12 @@ impl RegistryWorker {
         let dropped = self.shared.lock().push_audit(rows);
         self.shared.ready.notify_one();
         dropped
+    }
+
+    /// Audit rows the lane can still take now (the gateway refuses what it could not audit:
+    /// [`crate::gateway::Gateway::handle_audit_room`]).
+    pub fn audit_room(&self) -> usize {
+        self.shared.lock().audit_room()
     }
 
     /// Ends the thread after the work already queued.

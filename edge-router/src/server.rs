@@ -10,6 +10,8 @@
 //!      └──── ACK / 5.03 (held until the device's replay floor is durable) ◀───────────┘
 //! ```
 
+#[cfg(test)]
+mod audit_full;
 mod lowpan;
 mod ops;
 mod udp;
@@ -557,7 +559,8 @@ fn log_command_stats(s: &DownlinkStats) {
 }
 
 /// Hands the gateway's state batches and audit rows to the registry thread (state first; audit
-/// rows it has no room for are counted in the security report), and logs events.
+/// rows it has no room for are counted in the security report), tells the gateway the room
+/// left in the audit lane (it refuses what it could not audit), and logs events.
 fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut Live) {
     while let Some(batch) = gateway.poll_persist() {
         let id = batch.id;
@@ -606,10 +609,11 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut
             gateway.note_audit_dropped(Instant::now(), dropped);
         }
     }
+    gateway.handle_audit_room(worker.audit_room());
 }
 
 /// The audit row of an ingress event, if it is one the trail keeps.
-fn audit_row(event: &IngressEvent) -> Option<AuditEvent> {
+pub(crate) fn audit_row(event: &IngressEvent) -> Option<AuditEvent> {
     let now = audit_time(unix_ms());
     match event {
         IngressEvent::Registered { endpoint, address } => Some(
@@ -642,7 +646,7 @@ fn log_gateway_stats(s: &GatewayStats) {
          endpoint_mismatch={} bad_responses={} replies_suppressed={} duplicates={} \
          address_changes={} protect_failures={} source_limited={} kid_quarantined={} \
          kid_limited={} resets_ignored={} device_limited={} quarantines={} echo_challenges={} \
-         address_conflicts={} stale_elsewhere={} unreachable={}",
+         address_conflicts={} stale_elsewhere={} unreachable={} audit_busy={}",
         s.authenticated,
         s.responses_verified,
         s.refused,
@@ -668,7 +672,8 @@ fn log_gateway_stats(s: &GatewayStats) {
         s.echo_challenges,
         s.address_conflicts,
         s.stale_elsewhere,
-        s.unreachable
+        s.unreachable,
+        s.audit_busy
     );
 }
 

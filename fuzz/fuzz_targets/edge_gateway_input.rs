@@ -6,7 +6,7 @@
 //! value the gateway asked for), and registry reloads (a device revoked and reinstated); empty
 //! ACKs and Resets naming the edge's own requests, responses to its tokens (stale or not),
 //! sources spoofed from many networks against small limits (source table overflow, kid
-//! quarantine). Every datagram the gateway sends must parse as CoAP; with OSCORE required, no
+//! quarantine), and the audit lane's room going up and down. Every datagram the gateway sends must parse as CoAP; with OSCORE required, no
 //! plain request from a peer may ever be answered with anything but an error; the tables stay in
 //! their bounds.
 
@@ -271,6 +271,11 @@ fuzz_target!(|data: &[u8]| {
         }
         if flip & 0x0f == 0x0f {
             gateway.note_audit_dropped(now, len as u64);
+        }
+        if flip & 0x0f == 0x0e {
+            // The audit lane's room, around the gateway's reserve (4,096 rows): registrations
+            // and new bindings held back with 5.03, or let through.
+            gateway.handle_audit_room(usize::from(*ctl) * 20);
         }
         while let Some(a) = gateway.ingress_mut().poll_append() {
             if let Some(t) = a.ticket {

@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`keys`] | the keyring: one context per active device by kid, synced with the registry |
 //! | `binding` | where each device is bound (its address and the edge's address it reached), both ways; moves only on fresh evidence, confirmed by an Echo round trip; conflicts between devices |
+//! | `audit_room` | the room left in the registry's audit lane: what would write rows it cannot take gets 5.03 + Max-Age instead |
 //! | `exchanges` | server and client `RequestInfo`s in flight, sent requests for retransmission, deduplication by address, message ID and fingerprint |
 //! | [`persist`] | sender sequence marks and replay floors in batches; answers held until durable |
 //! | [`peek`] | the header, token and kid of a datagram, read in place before anything is spent on it |
@@ -84,6 +85,7 @@
 //! seal, the exchange bookkeeping and a one-row persistence batch per request). Measured on
 //! a shared, loaded 2-core machine: rough figures.
 
+pub mod audit_room;
 mod binding;
 mod exchanges;
 pub mod failures;
@@ -93,13 +95,13 @@ pub mod peek;
 pub mod persist;
 pub mod reports;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use time::OffsetDateTime;
 use v6iot_sdk::coap::wire;
 use v6iot_sdk::oscore::{
@@ -108,8 +110,9 @@ use v6iot_sdk::oscore::{
 };
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::ingress::{AppendResult, AppendTicket, DownlinkCommand, Ingress};
+use crate::ingress::{AUDIT_BUSY, AppendResult, AppendTicket, DownlinkCommand, Ingress};
 use crate::peer::Peer;
+use audit_room::AuditRoom;
 use binding::{Bindings, Decision};
 use exchanges::{ClientExchange, Exchanges, Seen, ServerExchange};
 use failures::FailureLog;
@@ -215,6 +218,10 @@ pub struct GatewayStats {
     pub resets_ignored: u64,
     /// Verified requests answered 5.03 by their device's rate limit.
     pub device_limited: u64,
+    /// Verified requests that would write audit rows answered 5.03 because the audit lane
+    /// had no room for them (see `gateway::audit_room`): nothing about them changed or was
+    /// written.
+    pub audit_busy: u64,
     /// Kid quarantines begun.
     pub quarantines: u64,
     /// Outgoing messages that could not be protected yet (a sequence mark was being
@@ -312,6 +319,7 @@ pub struct Gateway {
     security: VecDeque<SecurityEvent>,
     events: VecDeque<GatewayEvent>,
     audits: VecDeque<AuditEvent>,
+    audit_room: AuditRoom,
     transmits: VecDeque<(Peer, Vec<u8>)>,
     stats: GatewayStats,
     next_sweep: Option<Instant>,
@@ -329,6 +337,7 @@ impl Gateway {
             keys: Keyring::new(config.persist_step),
             exchanges: Exchanges::new(config.exchange_lifetime),
             bindings: Bindings::new(config.echo_seed, config.exchange_lifetime),
+            audit_room: AuditRoom::new(config.echo_seed.rotate_left(32)),
             config,
             persistence: Persistence::default(),
             failures: FailureLog::new(),
@@ -460,7 +469,7 @@ impl Gateway {
                 SecurityCause::ResetIgnored,
             );
         } else if code == 0 || !self.config.require_oscore {
-            self.ingress.handle_packet(now, unix_ms, peer, &packet);
+            self.plain(now, unix_ms, peer, &packet);
         } else {
             let cause = if wire::is_request_code(code) {
                 SecurityCause::PlainRequest
@@ -728,7 +737,61 @@ impl Gateway {
     }
 
     fn audit(&mut self, row: AuditEvent) {
+        self.audit_room.charge(1);
         push_bounded(&mut self.audits, row);
+    }
+
+    /// The registry's audit lane can take `room` more rows now (the driver tells this after
+    /// handing it the rows of [`poll_audit`](Self::poll_audit) and the ingress's events).
+    /// Until told, the room is unbounded.
+    pub fn handle_audit_room(&mut self, room: usize) {
+        self.audit_room.set(room);
+    }
+
+    /// A verified request whose audit rows (a new binding, a registration) the lane has no
+    /// room for is answered 5.03 with a jittered Max-Age (see [`audit_room`]); true when it
+    /// was. When it goes on, its registration row is charged. A request that is not `fresh`
+    /// binds nothing (see [`binding`]): only a fresh one from elsewhere may cost binding rows.
+    fn refused_for_audit(
+        &mut self,
+        peer: Peer,
+        device: &str,
+        fresh: bool,
+        request: &Packet,
+    ) -> bool {
+        let registration = audit_room::is_registration(request);
+        let binds = fresh
+            && self
+                .bindings
+                .get(device)
+                .is_none_or(|b| b.remote != peer.remote);
+        let rows = usize::from(registration) + if binds { AuditRoom::BINDING_ROWS } else { 0 };
+        if self.audit_room.admits(rows) {
+            self.audit_room.charge(usize::from(registration));
+            return false;
+        }
+        self.stats.audit_busy += 1;
+        let mut answer = error_packet(request, ResponseType::ServiceUnavailable, AUDIT_BUSY);
+        let wait = self.audit_room.retry_after();
+        answer.add_option(CoapOption::MaxAge, audit_room::max_age(wait));
+        self.answer(peer, &answer);
+        true
+    }
+
+    /// A plain message for the ingress (lab mode, or an empty one). A registration among them
+    /// is held back (5.03, see [`Ingress::hold_registrations`]) when the audit lane has no
+    /// room for its row.
+    fn plain(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
+        let registration = audit_room::is_registration(packet);
+        if registration && !self.audit_room.admits(1) {
+            let wait = self.audit_room.retry_after();
+            self.ingress.hold_registrations(Some(wait));
+            self.ingress.handle_packet(now, unix_ms, peer, packet);
+            self.ingress.hold_registrations(None);
+            return;
+        }
+        self.audit_room.charge(usize::from(registration));
+        self.ingress.handle_packet(now, unix_ms, peer, packet);
     }
 
     /// An OSCORE request from a device.
@@ -868,6 +931,9 @@ impl Gateway {
                 self.stats.replies_suppressed += 1;
                 self.exchanges.take_server(peer.remote, inner.get_token());
             }
+            return;
+        }
+        if self.refused_for_audit(peer, &device, fresh, &inner) {
             return;
         }
         let echo = inner
@@ -1365,13 +1431,7 @@ fn cause_of(e: OscoreError) -> SecurityCause {
 
 /// True when `request` is a registration (`POST /rd`) whose `ep` is not `device`.
 fn registers_as_other(request: &Packet, device: &str) -> bool {
-    if request.header.code != MessageClass::Request(RequestType::Post) {
-        return false;
-    }
-    let is_rd = request
-        .get_option(CoapOption::UriPath)
-        .is_some_and(|p| p.len() == 1 && p.front().is_some_and(|s| s == b"rd"));
-    is_rd
+    audit_room::is_registration(request)
         && request
             .get_option(CoapOption::UriQuery)
             .into_iter()

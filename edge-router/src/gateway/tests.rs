@@ -21,14 +21,14 @@ use super::*;
 use crate::ingress::{AppendResult, IngressConfig};
 use v6iot_credentials::{Ipv6Prefix, MasterSecret};
 
-const T0: u64 = 1_800_000_000_000;
-const SECRET: [u8; 16] = [7; 16];
+pub(crate) const T0: u64 = 1_800_000_000_000;
+pub(crate) const SECRET: [u8; 16] = [7; 16];
 
-fn peer() -> SocketAddr {
+pub(crate) fn peer() -> SocketAddr {
     "[2001:db8::7]:4000".parse().unwrap()
 }
 
-fn keys(id: &str, kid: &[u8], state: DeviceState, stored: StoredState) -> DeviceKeys {
+pub(crate) fn keys(id: &str, kid: &[u8], state: DeviceState, stored: StoredState) -> DeviceKeys {
     DeviceKeys {
         id: id.to_owned(),
         kid: kid.to_vec(),
@@ -40,7 +40,7 @@ fn keys(id: &str, kid: &[u8], state: DeviceState, stored: StoredState) -> Device
     }
 }
 
-fn gateway_with(devices: Vec<DeviceKeys>) -> Gateway {
+pub(crate) fn gateway_with(devices: Vec<DeviceKeys>) -> Gateway {
     limited_gateway(LimitsConfig::default(), devices)
 }
 
@@ -49,7 +49,7 @@ fn dev1_keys() -> DeviceKeys {
     keys("dev-1", &[1], DeviceState::Active, StoredState::default())
 }
 
-fn gateway() -> Gateway {
+pub(crate) fn gateway() -> Gateway {
     gateway_with(vec![dev1_keys()])
 }
 
@@ -75,7 +75,7 @@ fn audits(g: &mut Gateway) -> Vec<AuditEvent> {
 }
 
 /// Writes every pending batch (as the registry thread would) and returns the rows.
-fn persist_all(g: &mut Gateway, now: Instant) -> Vec<StateRow> {
+pub(crate) fn persist_all(g: &mut Gateway, now: Instant) -> Vec<StateRow> {
     let mut rows = Vec::new();
     while let Some(b) = g.poll_persist() {
         rows.extend(b.rows.clone());
@@ -85,7 +85,7 @@ fn persist_all(g: &mut Gateway, now: Instant) -> Vec<StateRow> {
 }
 
 /// The device's side of the context.
-fn device(kid: &[u8], secret: &[u8]) -> SecurityContext {
+pub(crate) fn device(kid: &[u8], secret: &[u8]) -> SecurityContext {
     let input = ContextInput {
         master_secret: secret.to_vec(),
         master_salt: Vec::new(),
@@ -118,7 +118,7 @@ fn request(method: RequestType, path: &str, query: &[&str], mid: u16, body: &[u8
     p
 }
 
-fn protect(ctx: &mut SecurityContext, p: &Packet) -> (Vec<u8>, RequestInfo) {
+pub(crate) fn protect(ctx: &mut SecurityContext, p: &Packet) -> (Vec<u8>, RequestInfo) {
     let (protected, info) = protect_request(ctx, p).unwrap();
     (protected.to_bytes_unlimited().unwrap(), info)
 }
@@ -144,12 +144,12 @@ fn forge(ctx: &mut SecurityContext, p: &Packet) -> Vec<u8> {
     }
 }
 
-fn registration(mid: u16, ep: &str) -> Packet {
+pub(crate) fn registration(mid: u16, ep: &str) -> Packet {
     let q = format!("ep={ep}");
     request(RequestType::Post, "rd", &[&q, "lt=600"], mid, b"</x>")
 }
 
-fn telemetry(mid: u16) -> Packet {
+pub(crate) fn telemetry(mid: u16) -> Packet {
     request(
         RequestType::Post,
         "t",
@@ -160,7 +160,7 @@ fn telemetry(mid: u16) -> Packet {
 }
 
 /// Everything sent so far.
-fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
+pub(crate) fn sent(g: &mut Gateway) -> Vec<(SocketAddr, Vec<u8>)> {
     sent_via(g)
         .into_iter()
         .map(|(to, b)| (to.remote, b))
@@ -191,11 +191,11 @@ fn appends(g: &mut Gateway) -> Vec<crate::ingress::Append> {
     std::iter::from_fn(|| g.ingress_mut().poll_append()).collect()
 }
 
-fn code_of(bytes: &[u8]) -> ResponseType {
+pub(crate) fn code_of(bytes: &[u8]) -> ResponseType {
     response_code(&Packet::from_bytes(bytes).unwrap())
 }
 
-fn response_code(p: &Packet) -> ResponseType {
+pub(crate) fn response_code(p: &Packet) -> ResponseType {
     match p.header.code {
         MessageClass::Response(c) => c,
         other => panic!("not a response: {other:?}"),
@@ -203,14 +203,14 @@ fn response_code(p: &Packet) -> ResponseType {
 }
 
 /// `dev`'s reading of the edge's protected answer `bytes` to the request behind `info`.
-fn verified(dev: &mut SecurityContext, bytes: &[u8], info: &mut RequestInfo) -> Packet {
+pub(crate) fn verified(dev: &mut SecurityContext, bytes: &[u8], info: &mut RequestInfo) -> Packet {
     let answer = Packet::from_bytes(bytes).unwrap();
     unprotect_response(dev, &answer, info).expect("a protected answer")
 }
 
 /// Sends `request` protected from `from` at `now`, stores whatever it appended (as the
 /// outbox would), writes the state batches, and returns the one answer, verified.
-fn exchange(
+pub(crate) fn exchange(
     g: &mut Gateway,
     dev: &mut SecurityContext,
     (from, now): (SocketAddr, Instant),
@@ -225,7 +225,7 @@ fn exchange(
 }
 
 /// Writes the state batches and returns the one answer (to `from`), verified.
-fn answer(
+pub(crate) fn answer(
     g: &mut Gateway,
     dev: &mut SecurityContext,
     (from, now): (SocketAddr, Instant),
@@ -306,7 +306,7 @@ fn stored_report(g: &mut Gateway, dev: &mut SecurityContext, now: Instant, mid: 
 }
 
 /// Registers `dev-1` from `peer()`; returns the device context.
-fn registered(g: &mut Gateway, now: Instant) -> SecurityContext {
+pub(crate) fn registered(g: &mut Gateway, now: Instant) -> SecurityContext {
     let mut dev = device(&[1], &SECRET);
     let (bytes, mut info) = protect(&mut dev, &registration(1, "dev-1"));
     g.handle_datagram(now, T0, peer(), &bytes);
@@ -488,7 +488,7 @@ fn a_flood_from_one_source_gets_few_answers_few_audit_rows_and_quarantines_nothi
 }
 
 /// A datagram source in dev-1's /64 (2001:db8::/64), by number.
-fn in_victim_net(i: u32) -> SocketAddr {
+pub(crate) fn in_victim_net(i: u32) -> SocketAddr {
     source((0x2001_0db8_u128 << 96) | 0x1_0000 | u128::from(i))
 }
 

@@ -134,7 +134,12 @@ pub struct Ingress {
     requests: RequestCounts,
     /// Stopping: new requests get 5.03 with this Max-Age (seconds).
     draining: Option<u32>,
+    /// The audit lane is full: a new plain registration gets 5.03 with this Max-Age (seconds).
+    registrations_held: Option<u32>,
 }
+
+/// The diagnostic of a 5.03 to a request whose audit rows the trail has no room for now.
+pub(crate) const AUDIT_BUSY: &str = "audit trail busy, retry later";
 
 impl Ingress {
     /// A fresh ingress. `record_id_base` makes record ids unique across restarts: pass the
@@ -166,6 +171,7 @@ impl Ingress {
             sleepers: sleepers::Sleepers::default(),
             requests: RequestCounts::default(),
             draining: None,
+            registrations_held: None,
         }
     }
 
@@ -179,6 +185,14 @@ impl Ingress {
     /// stored) finish, and retransmissions still get their answer.
     pub fn start_draining(&mut self, retry_after_s: u32) {
         self.draining = Some(retry_after_s);
+    }
+
+    /// While `Some(seconds)`, a new unauthenticated registration (`POST /rd`, lab mode) is
+    /// answered 5.03 with that Max-Age: the audit trail has no room for its row (the gateway
+    /// sets this around the one datagram it concerns; retransmissions still get the answer
+    /// they had).
+    pub fn hold_registrations(&mut self, retry_after_s: Option<u32>) {
+        self.registrations_held = retry_after_s;
     }
 
     /// Whether [`start_draining`](Self::start_draining) was called.
@@ -409,9 +423,12 @@ impl Ingress {
             );
         }
         match (method, path.as_slice()) {
-            (RequestType::Post, ["rd"]) => {
-                self.register(now, unix_ms, origin, &query, format, body)
-            }
+            (RequestType::Post, ["rd"]) => match self.registrations_held {
+                Some(secs) if identity.is_none() => Outcome::Now(
+                    Response::error(ResponseType::ServiceUnavailable, AUDIT_BUSY).max_age(secs),
+                ),
+                _ => self.register(now, unix_ms, origin, &query, format, body),
+            },
             (RequestType::Post, ["rd", loc]) => self.update(now, unix_ms, peer, loc, &query),
             (RequestType::Delete, ["rd", loc]) => self.deregister(unix_ms, loc),
             (RequestType::Post, ["t"]) => self.telemetry(now, unix_ms, origin, format, body),

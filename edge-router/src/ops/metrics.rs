@@ -313,6 +313,12 @@ const EDGE: &[Family<EdgeSnapshot>] = &[
         },
     ),
     Family::counter(
+        "v6iot_audit_busy",
+        "verified requests (new bindings, registrations) answered 5.03 because the audit lane had \
+         no room for their rows",
+        |s| one(s.gateway.audit_busy),
+    ),
+    Family::counter(
         "v6iot_quarantines",
         "kid quarantines begun (repeated failed verifications under one kid)",
         |s| one(s.gateway.quarantines),
@@ -560,6 +566,19 @@ mod tests {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => Some(v),
             ref other => panic!("{name}: {other:?}"),
         }
+    }
+
+    /// Requests held back for the audit trail are a counter of their own.
+    #[test]
+    fn requests_the_audit_lane_had_no_room_for_are_counted() {
+        let s = scrape_edge(EdgeSnapshot {
+            gateway: GatewayStats {
+                audit_busy: 7,
+                ..GatewayStats::default()
+            },
+            ..EdgeSnapshot::default()
+        });
+        assert_eq!(value(&s, "v6iot_audit_busy_total", &[]), Some(7.0));
     }
 
     /// Queue-mode devices by state: awake and sleeping, each as its own sample.

@@ -34,13 +34,16 @@ const MAX_DATAGRAM: usize = 64 * 1024;
 const EVENTS_PER_WAIT: usize = 1024;
 
 /// Datagrams one `recvmmsg` call of an [`AddressPool`] takes.
-const POOL_SLOTS: usize = 64;
+pub const POOL_SLOTS: usize = 64;
 /// A pool's receive slot: the edge's answers and requests to a device are far smaller (a
 /// longer datagram is truncated and the SDK core drops it as malformed).
 const POOL_SLOT_BYTES: usize = 4096;
-/// `recvmmsg` calls per wait of an [`AddressPool`] at most: a busy pool takes up to this many
-/// batches before the shard looks at its timers again.
-const POOL_CALLS_PER_WAIT: usize = 16;
+/// `recvmmsg` calls per wait of an [`AddressPool`] at most: a wait reads the socket until it is
+/// empty, up to this many batches (16,384 datagrams, about half of what [`POOL_RECV_BUFFER`]
+/// holds), before the shard looks at its timers again. With 16 batches (1,024 datagrams) a
+/// storm of registrations collapsed: the answers the edge had sent waited unread while the
+/// shard worked through a million due retransmissions, and the devices retransmitted again.
+pub const POOL_CALLS_PER_WAIT: usize = 256;
 /// Receive buffer of a pool's socket: the answers to every device of a shard queue on it
 /// while the shard is busy elsewhere (set with `SO_RCVBUFFORCE`, which a namespace's root may).
 const POOL_RECV_BUFFER: usize = 32 << 20;

@@ -16,7 +16,9 @@
 //!
 //! [`run`] is the thin driver: it moves datagrams between the core and the link, waits for the
 //! core's deadline or a datagram, and while datagrams keep coming waits at most once per
-//! [`PACE`], so one wake-up takes a batch. All protocol decisions stay in the SDK core.
+//! [`PACE`], so one wake-up takes a batch. A turn wakes at most [`DEADLINES_PER_TURN`] due
+//! devices before it reads the link again, so answers are not left waiting behind a storm's
+//! timers. All protocol decisions stay in the SDK core.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -51,6 +53,13 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// the rest of this after a pass, so that one wake-up takes a batch of datagrams (about
 /// rate × `PACE` of them) instead of a few. Deadlines are met up to this late.
 pub const PACE: Duration = Duration::from_millis(2);
+
+/// Due deadlines one turn of [`run`] handles at most before it reads the link again (a few ms
+/// of work: a power-on or a retransmission each). The rest stay due and come first in the next
+/// turn, so an answer that arrived meanwhile reaches its device before the device's
+/// retransmission timer does. Handling every due deadline first made a storm of a million
+/// registrations collapse: one turn took seconds while the edge's answers waited unread.
+pub const DEADLINES_PER_TURN: usize = 1024;
 
 /// Datagrams held by the link model's delays at most; more are lost (counted).
 pub const MAX_DELAYED: usize = 1 << 20;
@@ -487,7 +496,12 @@ pub struct ShardCore<St: MemberStore> {
     tree: Arc<ResourceTree<FleetSensor>>,
     store: St,
     wheel: TimerWheel,
+    /// Members whose wheel entries came due, from `due_next` on not yet handled (a bounded
+    /// turn left them; [`ShardCore::handle_timeout_at_most`]).
     due: Vec<u32>,
+    due_next: usize,
+    /// When the first of the unhandled `due` entries was taken from the wheel.
+    due_since: Option<Instant>,
     out: VecDeque<Outgoing>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
     held_items: HashMap<u64, Held>,
@@ -577,6 +591,8 @@ impl<St: MemberStore> ShardCore<St> {
             store,
             wheel,
             due: Vec::new(),
+            due_next: 0,
+            due_since: None,
             out: VecDeque::new(),
             held: BinaryHeap::new(),
             held_items: HashMap::new(),
@@ -640,10 +656,10 @@ impl<St: MemberStore> ShardCore<St> {
     /// When [`ShardCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let held = self.held.peek().map(|r| r.0.0);
-        match (self.wheel.poll_timeout(), held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.wheel.poll_timeout(), held, self.due_since]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// A datagram for member `member` from `peer`, through the link model.
@@ -679,6 +695,13 @@ impl<St: MemberStore> ShardCore<St> {
 
     /// Lets time pass: datagrams the link held come out, devices due are woken (or powered on).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_at_most(now, usize::MAX);
+    }
+
+    /// As [`ShardCore::handle_timeout`], waking at most `max` due members (the held datagrams
+    /// all come out); the others stay due ([`ShardCore::poll_timeout`] says so) and the next
+    /// call wakes them first. Returns whether any are left.
+    pub fn handle_timeout_at_most(&mut self, now: Instant, max: usize) -> bool {
         while let Some(&Reverse((at, key))) = self.held.peek() {
             if at > now {
                 break;
@@ -694,35 +717,56 @@ impl<St: MemberStore> ShardCore<St> {
                 None => {}
             }
         }
-        let mut due = std::mem::take(&mut self.due);
-        due.clear();
-        self.wheel.expire(now, &mut due);
-        for &i in &due {
-            let i = i as usize;
-            let Some(m) = self.members.get_mut(i) else {
-                continue;
-            };
-            if m.dead || m.queued == 0 || micros_key(self.roster.start, now) < m.queued {
-                continue; // stale: replaced by an earlier entry already handled, or not due
-            }
-            let deadline = m.queued;
-            m.queued = 0;
-            self.timer_lag.record_us(
-                micros_key(self.roster.start, now).saturating_sub(deadline),
-                1,
-            );
-            if !m.powered {
-                self.power_on(now, i);
-                continue;
-            }
-            let wake = self.deadline(i).is_some_and(|d| d <= now);
-            if wake {
-                self.drive(now, i, |d| d.handle_timeout(now));
-            } else {
-                self.arm(i);
+        if self.due_next >= self.due.len() {
+            self.due.clear();
+            self.due_next = 0;
+        }
+        // Entries that came due since are queued behind the ones left over.
+        let before = self.due.len();
+        self.wheel.expire(now, &mut self.due);
+        if self.due.len() > before && self.due_since.is_none() {
+            self.due_since = Some(now);
+        }
+        let end = self.due.len().min(self.due_next.saturating_add(max));
+        while self.due_next < end {
+            let i = self.due.get(self.due_next).copied();
+            self.due_next += 1;
+            if let Some(i) = i {
+                self.wake(now, i as usize);
             }
         }
-        self.due = due;
+        let left = self.due_next < self.due.len();
+        if !left {
+            self.due_since = None;
+        }
+        left
+    }
+
+    /// Member `i`'s wheel entry came due: powers it on, or wakes its device if its deadline
+    /// has come (else queues its deadline again).
+    fn wake(&mut self, now: Instant, i: usize) {
+        let Some(m) = self.members.get_mut(i) else {
+            return;
+        };
+        if m.dead || m.queued == 0 || micros_key(self.roster.start, now) < m.queued {
+            return; // stale: replaced by an earlier entry already handled, or not due
+        }
+        let deadline = m.queued;
+        m.queued = 0;
+        self.timer_lag.record_us(
+            micros_key(self.roster.start, now).saturating_sub(deadline),
+            1,
+        );
+        if !m.powered {
+            self.power_on(now, i);
+            return;
+        }
+        let wake = self.deadline(i).is_some_and(|d| d <= now);
+        if wake {
+            self.drive(now, i, |d| d.handle_timeout(now));
+        } else {
+            self.arm(i);
+        }
     }
 
     /// Builds member `i`'s device (with its credentials) and starts its registration (an
@@ -997,7 +1041,7 @@ pub fn run_with<St: MemberStore, L: Link>(
         let now = Instant::now();
         // Reports due before the soft stop are made before the stop is judged: what a run
         // makes is a function of the plan, not of when the last wait ended.
-        core.handle_timeout(now);
+        let behind = core.handle_timeout_at_most(now, DEADLINES_PER_TURN);
         if now >= stop.hard
             || (now >= stop.soft && core.pending_reports() <= 0 && core.all_powered())
         {
@@ -1018,9 +1062,11 @@ pub fn run_with<St: MemberStore, L: Link>(
             .poll_timeout()
             .map_or(stop.hard, |t| t.min(stop.hard))
             .min(next_sample);
-        // Busy: let datagrams gather for the rest of the pace before looking at the sockets.
-        if let Some(rest) =
-            busy_since.and_then(|b| (b + PACE).checked_duration_since(Instant::now()))
+        // Busy: let datagrams gather for the rest of the pace before looking at the sockets
+        // (not while deadlines are left over from this turn).
+        if let Some(rest) = busy_since
+            .filter(|_| !behind)
+            .and_then(|b| (b + PACE).checked_duration_since(Instant::now()))
         {
             std::thread::sleep(rest.min(stop.hard.saturating_duration_since(Instant::now())));
             core.stats.pauses += 1;

@@ -503,3 +503,81 @@ fn the_html_report_renders_its_plots_in_chromium() {
         assert!(n > 200, "{what}: {n} pixels of its colour");
     }
 }
+
+/// A registration storm on virtual time: 3,000 devices power on at once and all their
+/// registration timers come due together. A turn wakes at most the bound it is given and
+/// leaves the rest due (the wall-clock driver reads the link in between), so answers that
+/// arrive between turns reach their devices before the devices' retransmission timers do: of
+/// 3,000 devices whose timers are all due, only the 1,024 woken in the first turn
+/// retransmit. (Waking every due device at once, the old turn, made all 3,000 retransmit.)
+#[test]
+fn answers_between_bounded_turns_come_before_the_retransmission_timers() {
+    const DEVICES: u64 = 3000;
+    let mut fleet = FleetSpec::new("storm", DEVICES, 1.0);
+    fleet.ramp = Duration::ZERO;
+    let mut s = Scenario::single(fleet, "[::1]:5683".parse().unwrap(), "mqtt://[::1]:1883");
+    s.duration = Duration::from_secs(60);
+    let plan = Arc::new(Plan::new(s, Partition::WHOLE));
+    let clock = WallClock::at(start(), UNIX_START);
+    let contexts = (0..plan.len()).map(|_| None).collect();
+    let bucket = Duration::from_secs(1);
+    let mut core = load::build_cores(&plan, contexts, start(), clock, bucket, |_| NoStore)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let turn = |core: &mut ShardCore<NoStore>, now: Instant, max: usize| {
+        let left = core.handle_timeout_at_most(now, max);
+        (
+            left,
+            std::iter::from_fn(|| core.poll_transmit()).collect::<Vec<_>>(),
+        )
+    };
+
+    // Power-on: 1,024 per turn, the rest stay due.
+    let mut requests = Vec::new();
+    for (i, expected) in [(1024, true), (1024, true), (952, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let (left, sent) = turn(&mut core, start(), 1024);
+        assert_eq!((sent.len(), left), expected, "power-on turn {i}");
+        if left {
+            assert_eq!(
+                core.poll_timeout(),
+                Some(start()),
+                "turn {i}: the rest are due now"
+            );
+        }
+        requests.extend(sent);
+    }
+    assert_eq!(requests.len() as u64, DEVICES);
+
+    // The stand-in edge answers every registration; the answers arrive after every device's
+    // retransmission timer (2–3 s) came due, and after the first turn of that moment.
+    let mut edge = StandInEdge::new(Script::default());
+    let answers: Vec<_> = requests
+        .iter()
+        .map(|o| {
+            let from = format!("[2001:db8::{:x}]:5683", o.member + 1)
+                .parse()
+                .unwrap();
+            (o.member, edge.handle_datagram(from, &o.bytes).unwrap())
+        })
+        .collect();
+    let late = start() + Duration::from_millis(3500);
+    let (left, retransmitted) = turn(&mut core, late, 1024);
+    assert_eq!((retransmitted.len(), left), (1024, true));
+    let peer = core.roster().edge;
+    for (member, answer) in &answers {
+        core.handle_datagram(late, *member, peer, answer);
+    }
+    // The rest of the due timers: the answered devices send nothing (a few send a report).
+    let (left, _) = turn(&mut core, late, usize::MAX);
+    assert!(!left);
+    let total = core.finish(0.0).timeline.total();
+    assert_eq!(
+        (total.registered, total.retransmissions),
+        (DEVICES, 1024),
+        "every device registered; only the first turn's retransmitted"
+    );
+}

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 mod lowpan_fleet;
 
 use lowpan_fleet::{CHANNEL, Fleet, FleetConfig, PAN, PREFIX, ROUTER_EUI};
+use v6iot_testkit::edge::seal_key;
 use v6iot_testkit::{Mosquitto, Running, free_udp_port, wait_for};
 
 fn kid(n: usize) -> Vec<u8> {
@@ -75,16 +76,7 @@ fn main() {
 
     // Registry: a seal key and every device, its prefix the PAN's.
     let key_file = dir.join("seal.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
-        .args(["devices", "keygen"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let key = std::fs::read_to_string(&key_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = seal_key(Path::new(env!("CARGO_BIN_EXE_v6iot-edge")), &key_file);
     let mut csv = String::from("id,kid_hex,secret_hex,salt_hex,class,prefixes\n");
     for n in 0..devices {
         let (name, _) = lowpan_fleet::id(n);

@@ -26,6 +26,7 @@ use v6iot_edge_router::audit::{AuditError, AuditEvent, AuditKind, ChainBroken};
 use v6iot_edge_router::registry_db::{
     DeviceRecord, DeviceState, MasterSecret, Registry, SEAL_KEY_ENV, SealKey,
 };
+use v6iot_testkit::sqlite3;
 
 fn t(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_780_000_000 + secs).unwrap()
@@ -257,19 +258,6 @@ fn a_row_altered_with_a_raw_connection_is_named() {
     let b = broken_row(&reg);
     assert_eq!(b.row, 4, "{b}");
     assert!(b.reason.contains("prev_hash"), "{b}");
-}
-
-fn sqlite3(db: &Path, sql: &str) {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI (Debian package sqlite3) is not installed: run scripts/test");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

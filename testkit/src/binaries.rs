@@ -59,6 +59,23 @@ pub fn system_binary_named(names: &[&str], package: &str) -> PathBuf {
         })
 }
 
+/// `sqlite3 DB SQL` with Debian's `sqlite3` CLI (a second writer the stores do not control);
+/// its output, trimmed. Panics naming the Debian package when the CLI is missing, and with
+/// its stderr when the statement fails.
+pub fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI (Debian package sqlite3) is not installed: run scripts/test");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Headless chromium with a fresh profile in `profile` and no traffic of its own (no sandbox,
 /// GPU, QUIC, first-run page, background networking, component updates or sync); the caller
 /// adds what it does (a screenshot, a DevTools port …).

@@ -2,7 +2,8 @@
 //! ports never handed out twice in a process ([`ports`]), a directory removed on drop
 //! ([`TempDir`]), waiting for a condition with a deadline ([`wait_for`]), child processes killed
 //! on drop and read line by line ([`process`]), the binaries of this build and of the system
-//! ([`binaries`]), a real mosquitto that is listening before it is handed out ([`Mosquitto`]),
+//! ([`binaries`]; [`sqlite3`], the CLI on a database), a fresh seal key from the edge's binary
+//! ([`edge::seal_key`]), a real mosquitto that is listening before it is handed out ([`Mosquitto`]),
 //! the check that stops a run which lacks root at once, with one message ([`require_root`]), and
 //! with the feature `certs`, test certificates from rcgen (`certs::make_certs`).
 //!
@@ -15,13 +16,14 @@
 pub mod binaries;
 #[cfg(feature = "certs")]
 pub mod certs;
+pub mod edge;
 pub mod mosquitto;
 pub mod ports;
 pub mod process;
 mod root;
 mod temp;
 
-pub use binaries::{built_binary, chromium_headless, system_binary, system_binary_named};
+pub use binaries::{built_binary, chromium_headless, sqlite3, system_binary, system_binary_named};
 pub use mosquitto::Mosquitto;
 pub use ports::{free_tcp_port, free_tcp_port_on_both, free_udp_port, unique_port};
 pub use process::{Running, await_line, drain_until_closed, spawn_lines};

@@ -7,24 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use coap_lite::ResponseType;
+use v6iot_testkit::sqlite3;
 
 use super::{ANY_LOOPBACK4, Device, add_device, edge_cli, provision, start_edge_with};
 use crate::{Edge, Mosquitto, TempDir, subscribe, wait_for};
-
-/// `sqlite3 DB SQL`, its output.
-fn sqlite3(db: &std::path::Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI (Debian package sqlite3) is not installed: run scripts/test");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// SIGTERM (a clean stop: the edge writes its last checkpoint), then waits for the exit.
 fn stop(edge: &mut Edge) {

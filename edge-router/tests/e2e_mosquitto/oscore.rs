@@ -46,16 +46,8 @@ pub(super) fn edge_cli(creds: &Creds, args: &[&str]) -> Output {
 
 pub(super) fn provision(dir: &Path) -> Creds {
     let key_file = dir.join("seal.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_v6iot-edge"))
-        .args(["devices", "keygen"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let key_hex = std::fs::read_to_string(&key_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key_hex =
+        v6iot_testkit::edge::seal_key(Path::new(env!("CARGO_BIN_EXE_v6iot-edge")), &key_file);
     Creds {
         data: dir.join("data"),
         key_file,

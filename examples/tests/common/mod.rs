@@ -111,16 +111,7 @@ pub(crate) fn edge(
     coap_extra: &str,
 ) -> (Running, u16) {
     let key_file = dir.join("seal.key");
-    let out = Command::new(edge_bin())
-        .args(["devices", "keygen"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let key_hex = std::fs::read_to_string(&key_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key_hex = v6iot_testkit::edge::seal_key(&edge_bin(), &key_file);
     let data = dir.join("data");
     let out = edge_cli(
         &["devices", "import", credentials.to_str().unwrap()],

@@ -30,7 +30,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::{Fs, FsDir, FsFile, OpenOptions};
+use crate::{Fs, FsDir, FsFile, OpenOptions, parent_dir, sync_parent};
 
 /// What a crash keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +279,50 @@ impl SimFs {
         copy.generation += 1;
         SimFs {
             disk: Arc::new(Mutex::new(copy)),
+        }
+    }
+
+    /// A fresh disk holding `contents` at `path` (its directories made), durable: the file and
+    /// its directory entry synced — a starting point written without the store under test, so
+    /// that a broken store cannot weaken it.
+    ///
+    /// # Errors
+    ///
+    /// When `path` cannot be a file (it names `/` or a directory).
+    pub fn with_durable_file(path: &Path, contents: &[u8]) -> io::Result<SimFs> {
+        let fs = SimFs::new();
+        fs.create_dir_all(parent_dir(path))?;
+        let mut file = fs.open(path, &OpenOptions::new().write(true).create(true))?;
+        io::Write::write_all(&mut file, contents)?;
+        file.sync_all()?;
+        sync_parent(&fs, path)?;
+        Ok(fs)
+    }
+
+    /// Crashes a workload at every step it takes: for `steps` = 0, 1, 2 …, `workload(disk,
+    /// steps)` runs on a fresh [`fork`](SimFs::fork) of this disk and calls
+    /// [`stop_after`](SimFs::stop_after)`(Some(steps))` where the steps to crash at begin (after
+    /// its setup); the disk is then [restarted](SimFs::restart) after `crash` and `check(disk,
+    /// what the workload returned, the step it died at)` looks at what survived. Ends after the
+    /// first run in which the process did not die (`check` then sees `None`); returns the number
+    /// of runs: the crash points and the run that completed.
+    pub fn crash_at_every_step<T>(
+        &self,
+        crash: Crash,
+        mut workload: impl FnMut(&SimFs, u64) -> T,
+        mut check: impl FnMut(&SimFs, T, Option<&str>),
+    ) -> u64 {
+        let mut steps = 0;
+        loop {
+            let fs = self.fork();
+            let outcome = workload(&fs, steps);
+            let at = fs.down_at();
+            fs.restart(crash);
+            check(&fs, outcome, at.as_deref());
+            if at.is_none() {
+                return steps + 1;
+            }
+            steps += 1;
         }
     }
 

@@ -6,10 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::Write as _;
 use std::path::Path;
 
-use v6iot_durable::{Crash, Fs as _, FsFile as _, OpenOptions, SimFs, sync_parent};
+use v6iot_durable::{Crash, SimFs};
 use v6iot_edge_router::ingress::{DownlinkCommand, JournalBatch, JournalEntry, JournalWritten};
 use v6iot_edge_router::journal::CommandJournal;
 
@@ -73,17 +72,9 @@ fn model<'a>(entries: impl IntoIterator<Item = &'a JournalEntry>) -> Vec<String>
 /// A disk with the journal of an earlier run (one command, `old`), durable (written without
 /// the journal, so that a broken journal cannot weaken the starting point).
 fn prepared() -> SimFs {
-    let fs = SimFs::new();
-    let path = Path::new(PATH);
-    fs.create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = fs
-        .open(path, &OpenOptions::new().write(true).create(true))
-        .unwrap();
-    serde_json::to_writer(&mut f, &queued("old")).unwrap();
-    f.write_all(b"\n").unwrap();
-    f.sync_all().unwrap();
-    sync_parent(&fs, path).unwrap();
-    fs
+    let mut line = serde_json::to_vec(&queued("old")).unwrap();
+    line.push(b'\n');
+    SimFs::with_durable_file(Path::new(PATH), &line).unwrap()
 }
 
 fn pending_reqs(journal: &mut CommandJournal<SimFs>) -> Vec<String> {
@@ -124,13 +115,8 @@ fn check(read: &[String], durable: usize, at: Option<&str>) {
 /// Crashes at every step of the workload (then, for each, at every step of the reopening);
 /// returns the number of runs (crash points + the run that completes).
 fn every_crash_point(crash: Crash) -> u64 {
-    let base = prepared();
-    for steps in 0.. {
-        let fs = base.fork();
-        let durable = write_until_crash(&fs, steps);
-        let at = fs.down_at();
+    prepared().crash_at_every_step(crash, write_until_crash, |fs, durable, at| {
         assert_eq!(at.is_some(), durable < batches().len());
-        fs.restart(crash);
         // the restart itself may crash, at any step of its rewrite: nothing may change
         let mut first: Option<Vec<String>> = None;
         for reopen_steps in 0.. {
@@ -139,7 +125,7 @@ fn every_crash_point(crash: Crash) -> u64 {
             let opened = CommandJournal::open_in(again.clone(), Path::new(PATH));
             again.restart(crash);
             let read = pending_reqs(&mut CommandJournal::open_in(again, Path::new(PATH)).unwrap());
-            check(&read, durable, at.as_deref());
+            check(&read, durable, at);
             if let Some(f) = &first {
                 assert_eq!(&read, f, "a crash while reopening changed the journal");
             }
@@ -150,10 +136,8 @@ fn every_crash_point(crash: Crash) -> u64 {
         }
         if at.is_none() {
             assert_eq!(first.unwrap(), ["c", "d", "e"]);
-            return steps + 1;
         }
-    }
-    unreachable!()
+    })
 }
 
 #[test]

@@ -6,35 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::io::Write as _;
 use std::path::Path;
 
-use v6iot_durable::{Crash, Fs as _, FsFile as _, OpenOptions, SimFs, sync_parent};
+use v6iot_durable::{Crash, SimFs};
 use v6iot_sdk::oscore::{DurableState, SenderSequence};
 use v6iot_sdk::store::{MarkStore as _, SequenceFile};
 
 const PATH: &str = "/var/lib/device/oscore.state";
 
-fn state(mark: u64, floor: u64) -> DurableState {
-    DurableState {
-        sender_mark: mark,
-        replay_floor: floor,
-    }
-}
-
 /// A disk with the device's directory and a first state (mark 64), durable (written without
 /// the store, so that a broken store cannot weaken the starting point).
 fn prepared() -> SimFs {
-    let fs = SimFs::new();
-    let path = Path::new(PATH);
-    fs.create_dir_all(path.parent().unwrap()).unwrap();
-    let mut file = fs
-        .open(path, &OpenOptions::new().write(true).create(true))
-        .unwrap();
-    file.write_all(b"64 0\n").unwrap();
-    file.sync_all().unwrap();
-    sync_parent(&fs, path).unwrap();
-    assert_eq!(fs.durable_contents(path).unwrap(), b"64 0\n");
+    let fs = SimFs::with_durable_file(Path::new(PATH), b"64 0\n").unwrap();
+    assert_eq!(fs.durable_contents(Path::new(PATH)).unwrap(), b"64 0\n");
     fs
 }
 
@@ -43,7 +27,12 @@ fn prepared() -> SimFs {
 fn store_until_crash(fs: &SimFs, steps: u64) -> (DurableState, Option<DurableState>) {
     let (mut file, mut confirmed) = SequenceFile::open_in(fs.clone(), PATH).unwrap();
     fs.stop_after(Some(steps));
-    for s in [state(128, 0), state(128, 7), state(192, 9), state(256, 9)] {
+    for s in [
+        DurableState::new(128, 0),
+        DurableState::new(128, 7),
+        DurableState::new(192, 9),
+        DurableState::new(256, 9),
+    ] {
         if file.store(s).is_err() {
             return (confirmed, Some(s));
         }
@@ -53,26 +42,23 @@ fn store_until_crash(fs: &SimFs, steps: u64) -> (DurableState, Option<DurableSta
 }
 
 fn every_crash_point(crash: Crash) -> u64 {
-    let base = prepared();
-    for steps in 0.. {
-        let fs = base.fork();
-        let (confirmed, in_flight) = store_until_crash(&fs, steps);
-        let at = fs.down_at();
-        assert_eq!(at.is_some(), in_flight.is_some());
-        fs.restart(crash);
-        let read = SequenceFile::open_in(fs.clone(), PATH)
-            .map(|(_, s)| s)
-            .unwrap_or_else(|e| panic!("crash at {at:?} ({crash:?}): unreadable: {e}"));
-        assert!(
-            read == confirmed || Some(read) == in_flight,
-            "crash at {at:?} ({crash:?}): read {read:?}, confirmed {confirmed:?}"
-        );
-        if in_flight.is_none() {
-            assert_eq!(read, state(256, 9));
-            return steps + 1;
-        }
-    }
-    unreachable!()
+    prepared().crash_at_every_step(
+        crash,
+        store_until_crash,
+        |fs, (confirmed, in_flight), at| {
+            assert_eq!(at.is_some(), in_flight.is_some());
+            let read = SequenceFile::open_in(fs.clone(), PATH)
+                .map(|(_, s)| s)
+                .unwrap_or_else(|e| panic!("crash at {at:?} ({crash:?}): unreadable: {e}"));
+            assert!(
+                read == confirmed || Some(read) == in_flight,
+                "crash at {at:?} ({crash:?}): read {read:?}, confirmed {confirmed:?}"
+            );
+            if in_flight.is_none() {
+                assert_eq!(read, DurableState::new(256, 9));
+            }
+        },
+    )
 }
 
 #[test]
@@ -99,7 +85,7 @@ fn numbers_across_a_power_loss(steps: u64) -> (Vec<u64>, u64) {
     let mut crashes = 0;
     while used.len() < 40 {
         if let Some(mark) = seq.mark_to_persist() {
-            match file.store(state(mark, 0)) {
+            match file.store(DurableState::new(mark, 0)) {
                 Ok(()) => seq.persisted(mark),
                 Err(_) => {
                     // the device dies with the disk; it comes back from what the file holds

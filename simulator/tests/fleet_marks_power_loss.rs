@@ -4,11 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use v6iot_durable::{Crash, Fs as _, FsFile as _, OpenOptions, SimFs, sync_parent};
+use v6iot_durable::{Crash, SimFs};
 use v6iot_sdk::oscore::DurableState;
 use v6iot_sdk::store::MarkStore as _;
 use v6iot_simulator::fleet_marks::{FleetMarkStore, FleetMarks};
@@ -16,26 +15,13 @@ use v6iot_simulator::fleet_marks::{FleetMarkStore, FleetMarks};
 const PATH: &str = "/fleet/creds.csv.seq";
 const IDS: [&str; 3] = ["sim000000", "sim000001", "sim000002"];
 
-fn state(mark: u64, floor: u64) -> DurableState {
-    DurableState {
-        sender_mark: mark,
-        replay_floor: floor,
-    }
-}
-
 /// A disk with the fleet's file from an earlier run, durable (written without the store).
 fn prepared() -> SimFs {
-    let fs = SimFs::new();
-    let path = Path::new(PATH);
-    fs.create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = fs
-        .open(path, &OpenOptions::new().write(true).create(true))
-        .unwrap();
-    f.write_all(b"sim000000 100\nsim000001 100\nsim000002 100 4\n")
-        .unwrap();
-    f.sync_all().unwrap();
-    sync_parent(&fs, path).unwrap();
-    fs
+    SimFs::with_durable_file(
+        Path::new(PATH),
+        b"sim000000 100\nsim000001 100\nsim000002 100 4\n",
+    )
+    .unwrap()
 }
 
 fn snapshot(marks: &FleetMarks<SimFs>) -> Vec<DurableState> {
@@ -54,6 +40,7 @@ fn run(fs: &SimFs, steps: u64) -> (Vec<DurableState>, Option<Vec<DurableState>>)
         id: IDS[1].to_owned(),
     };
     // the states after each write
+    let state = DurableState::new;
     let expected = [
         [state(65636, 0), state(65636, 0), state(65636, 4)],
         [state(65636, 0), state(65636, 9), state(65636, 4)],
@@ -78,12 +65,8 @@ fn run(fs: &SimFs, steps: u64) -> (Vec<DurableState>, Option<Vec<DurableState>>)
 }
 
 fn every_crash_point(crash: Crash) -> u64 {
-    let base = prepared();
-    for steps in 0.. {
-        let fs = base.fork();
-        let (confirmed, in_flight) = run(&fs, steps);
-        let at = fs.down_at();
-        fs.restart(crash);
+    prepared().crash_at_every_step(crash, run, |fs, (confirmed, in_flight), at| {
+        assert_eq!(at.is_some(), in_flight.is_some());
         let again = FleetMarks::load_in(fs.clone(), Path::new(PATH))
             .unwrap_or_else(|e| panic!("crash at {at:?} ({crash:?}): {e:#}"));
         let found = snapshot(&again);
@@ -92,11 +75,9 @@ fn every_crash_point(crash: Crash) -> u64 {
             "crash at {at:?} ({crash:?}): found {found:?}, confirmed {confirmed:?}"
         );
         if in_flight.is_none() {
-            assert_eq!(found[2], state(131172, 4));
-            return steps + 1;
+            assert_eq!(found[2], DurableState::new(131172, 4));
         }
-    }
-    unreachable!()
+    })
 }
 
 #[test]

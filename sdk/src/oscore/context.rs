@@ -151,6 +151,15 @@ pub struct DurableState {
 }
 
 impl DurableState {
+    /// The state with `sender_mark` and `replay_floor`.
+    #[must_use]
+    pub const fn new(sender_mark: u64, replay_floor: u64) -> DurableState {
+        DurableState {
+            sender_mark,
+            replay_floor,
+        }
+    }
+
     /// The component-wise maximum: what a store holds after writing both.
     #[must_use]
     pub fn max(self, other: DurableState) -> DurableState {

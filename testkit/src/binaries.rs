@@ -110,6 +110,20 @@ mod tests {
     }
 
     #[test]
+    fn sqlite3_returns_the_output_and_fails_with_the_error() {
+        let dir = crate::TempDir::new("sqlite3");
+        let db = dir.path().join("t.db");
+        let out = sqlite3(
+            &db,
+            "CREATE TABLE t (x); INSERT INTO t VALUES (7); SELECT x FROM t;",
+        );
+        assert_eq!(out, "7");
+        let err = std::panic::catch_unwind(|| sqlite3(&db, "SELECT nope FROM t;"));
+        let message = *err.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("no such column"), "{message}");
+    }
+
+    #[test]
     fn this_test_sits_in_the_build_dir() {
         assert!(build_dir().join("deps").is_dir());
         assert!(built_binary("deps", "nothing to build").is_dir());

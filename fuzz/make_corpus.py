@@ -5,7 +5,9 @@ Seeds are small, valid or nearly valid inputs in each target's own input format 
 `//!` doc of each file in fuzz_targets/): RFC test vectors, the datagrams a real device and edge
 exchange, and minimal examples that reach each branch of a target's framing. libFuzzer starts
 from them instead of from nothing; what it learns on top goes into a work corpus outside the
-repository (scripts/test, fuzz/README.md). A target without a directory here still runs.
+repository (scripts/test, fuzz/README.md). Seeds are required: scripts/test fails for a target
+whose fuzz/corpus/<target>/ is missing or empty, so a new target needs a function here, listed in
+TARGETS.
 
 Re-run after changing a target's input format, then commit fuzz/corpus/. Files are named by
 what they hold; the script overwrites its own files and leaves any others alone.
@@ -1308,6 +1310,8 @@ TARGETS = {
 
 
 def main():
+    missing = sorted(f.stem for f in (ROOT / "fuzz_targets").glob("*.rs") if f.stem not in TARGETS)
+    assert not missing, f"fuzz targets without a function in TARGETS (seeds are required): {missing}"
     for target, make in TARGETS.items():
         assert (ROOT / "fuzz_targets" / f"{target}.rs").is_file(), target
         seeds = make()

@@ -981,6 +981,10 @@ def lowpan_radio_input():
         ),
         "device-rs.bin": radio_seed([mac(16, iphc(rs, DEVICE_EUI, None)[0], dst=BROADCAST)]),
         "device-telemetry-85-bytes.bin": radio_seed([telemetry]),
+        # The router side here has no contexts: the same report uncompressed (125 bytes).
+        "device-telemetry-uncompressed.bin": radio_seed(
+            [mac(5, b"\x41" + udp6(DEVICE_GLOBAL, ROUTER_GLOBAL, 5683, 5683, TELEMETRY_COAP))]
+        ),
         "device-registration-fragmented.bin": radio_seed(reg_frames),
         "device-registration-out-of-order.bin": radio_seed(reg_frames[::-1]),
         "smoltcp-three-fragments.bin": radio_seed(smol),

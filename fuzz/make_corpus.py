@@ -807,10 +807,9 @@ def lowpan_decompress():
         "context0-udp-hello.bin": seed(hello),
         "context0-udp-hello-cid-byte.bin": seed(hello[:1] + b"\xf7\x00" + hello[2:], up | 0x10),
         # a_planned_devices_telemetry_frame_is_32_bytes_shorter_than_smoltcps: its 64 bytes after
-        # the MAC header (85-byte frame), whole and as a FRAG1 of 103 bytes (size 11 * 9 = 99: short)
+        # the MAC header (85-byte frame), whole and as a FRAG1 of 108 bytes (size 12 * 9)
         "telemetry-85-byte-frame-payload.bin": seed(telemetry),
         "telemetry-as-frag1.bin": seed(telemetry, up, 12),
-        "telemetry-as-frag1-size-too-small.bin": seed(telemetry, up, 11),
         # context_forms_16_and_64_bits_and_a_nonzero_context_id (its context 3 is unknown here;
         # the same with the CID byte naming contexts 0, 1 (/48), 2 (/80) and 15 (compress off))
         "context3-unknown.bin": seed(bytes([0x7A, 0xD6, 0x33, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])),
@@ -831,6 +830,15 @@ def lowpan_decompress():
         "tf-both.bin": seed(bytes([0x60, 0x33, 0x6E, 0x01, 0x23, 0x45, 59, 7])),
         # an_elided_udp_checksum_is_recomputed
         "udp-checksum-elided.bin": seed(bytes([0x7E, 0x33, 0xF4, 0x16, 0x33, 0x16, 0x33]) + b"abc"),
+        # what the router forwards to the device from the edge: source inline, destination
+        # from context 0 and the link layer (dst = the device), hop limit 63 inline
+        "edge-to-device-source-inline.bin": seed(
+            iphc(udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, coap(CON, GET, 1, b"\x01", path("v")), hops=63), ROUTER_EUI, DEVICE_EUI)[0],
+            3 | 0 << 2,
+        ),
+        "hop-limit-1.bin": seed(bytes([0x79, 0x33, 0x3A])),
+        "udp-4-bit-ports-checksum-elided.bin": seed(bytes([0x7E, 0x33, 0xF7, 0x12]) + b"abc"),
+        "ipv6-in-ipv6-nhc.bin": seed(bytes([0x7E, 0x33, 0xEE, 0x7A, 0x33, 0x3A])),
         # refusals
         "refused-not-iphc.bin": seed(bytes([0x41, 0x60])),
         "refused-truncated.bin": seed(bytes([0x7A, 0x00, 0x3A, 1, 2])),

@@ -271,7 +271,7 @@ def edge_gateway_input():
         ),
         "oscore-persist-fails": gw(0, (0x04, 0x18, links), (0x24, 0x11, json)),
         "oscore-tampered": gw(0, (0x04, 0x10, links), (0x04, 0x81, json), (0x04, 0x97, json)),
-        "oscore-command": gw(0, (0x04, 0x10, links), (0x0c, 0x10, b"open"), (0x20, 0x10, b"")),
+        "oscore-command": gw(0, (0x04, 0x10, links), (0x0C, 0x10, b"open"), (0x20, 0x10, b"")),
         "oscore-revoked-then-active": gw(
             0, (0x04, 0x10, links), (0x10, 0x70, b""), (0x24, 0x11, json), (0x10, 0x50, b"")
         ),
@@ -310,9 +310,6 @@ def border_radio_input():
     last bytes of a device's address in the prefix then CoAP from the gateway, 6-7 time passing
     (the next byte: seconds). Frames here carry uncompressed IPv6 (dispatch 0x41) with good
     checksums; the fuzzer finds IPHC and fragment headers from there."""
-    import ipaddress
-    import struct
-
     prefix = ipaddress.IPv6Address("2001:db8:1200:305::").packed[:8]
     eui = bytes.fromhex("0212345600000005")
     iid = bytes([eui[0] ^ 0x02]) + eui[1:]
@@ -320,28 +317,6 @@ def border_radio_input():
     device_ll = bytes.fromhex("fe80000000000000") + iid
     device_global = prefix + iid
     router_global = prefix + bytes.fromhex("0000000000000001")
-
-    def checksum(src, dst, nh, body):
-        data = src + dst + struct.pack(">IxxxB", len(body), nh) + body
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f">{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return (~total) & 0xFFFF
-
-    def ipv6(src, dst, nh, body, hops=64):
-        return struct.pack(">IHBB", 0x6 << 28, len(body), nh, hops) + src + dst + body
-
-    def icmp(src, dst, typ, rest):
-        body = bytes([typ, 0, 0, 0]) + rest
-        c = checksum(src, dst, 58, body)
-        return ipv6(src, dst, 58, body[:2] + struct.pack(">H", c) + body[4:], hops=255)
-
-    def udp(src, dst, sport, dport, payload):
-        body = struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload
-        c = checksum(src, dst, 17, body) or 0xFFFF
-        return ipv6(src, dst, 17, body[:6] + struct.pack(">H", c) + body[8:])
 
     def mac(seq, payload, dst=None):
         # Data frame, PAN ID compression, source extended (sent little-endian).
@@ -351,14 +326,16 @@ def border_radio_input():
 
     get_core = coap(CON, 0x01, 0x1234, b"\x01", [(11, b".well-known"), (11, b"core")])
     post_t = coap(CON, 0x02, 0x1235, b"\x02", [(11, b"t")], fleet_report_cbor())
-    rs = icmp(device_ll, bytes.fromhex("ff020000000000000000000000000002"), 133, b"\0" * 4)
-    to_router = udp(device_global, router_global, 5683, 5683, get_core)
-    from_host = udp(ipaddress.IPv6Address("2001:db8::1").packed, device_global, 40000, 5683, get_core)
-    big = udp(device_global, router_global, 5683, 5683, post_t + b"x" * 40)
+    rs = icmpv6(device_ll, bytes.fromhex("ff020000000000000000000000000002"), 133, b"\0" * 4)
+    to_router = udp6(device_global, router_global, 5683, 5683, get_core)
+    from_host = udp6(
+        ipaddress.IPv6Address("2001:db8::1").packed, device_global, 40000, 5683, get_core
+    )
+    big = udp6(device_global, router_global, 5683, 5683, post_t + b"x" * 40)
     # FRAG1 carries IPHC (inline next header, hop limit and addresses: 40 bytes in 36) and
     # the datagram up to byte 96; FRAGN the rest at offset 96 (12 units of 8).
-    iphc = b"\x78\x00" + big[6:8] + big[8:40]
-    frag1 = bytes([0xC0 | (len(big) >> 8), len(big) & 0xFF, 0x00, 0x07]) + iphc + big[40:96]
+    iphc_header = b"\x78\x00" + big[6:8] + big[8:40]
+    frag1 = bytes([0xC0 | (len(big) >> 8), len(big) & 0xFF, 0x00, 0x07]) + iphc_header + big[40:96]
     fragn = bytes([0xE0 | (len(big) >> 8), len(big) & 0xFF, 0x00, 0x07, 12]) + big[96:]
     seeds = {
         "rs-broadcast.bin": b"\x01" + mac(1, b"\x41" + rs),
@@ -456,7 +433,12 @@ def probe_input():
         "empty_ack.bin": coap(ACK, 0, 0x1234),
         "separate_con_response.bin": coap(CON, content, 0x7777, tok, [cf40], b"</a>;obs"),
         "block2_more.bin": coap(
-            ACK, content, 0x1235, tok, [cf40, (BLOCK2, uint(0 << 4 | 8 | 2))], OURS_WELL_KNOWN_CORE[:64]
+            ACK,
+            content,
+            0x1235,
+            tok,
+            [cf40, (BLOCK2, uint(0 << 4 | 8 | 2))],
+            OURS_WELL_KNOWN_CORE[:64],
         ),
         "block2_last_max_num.bin": coap(
             ACK, content, 0x1236, tok, [(BLOCK2, uint(((1 << 20) - 1) << 4 | 6))], b"x" * 16
@@ -547,7 +529,7 @@ def probe_machine():
         + ans(coap(NON, content, 0, t, [cf40], links))
         + ans(coap(ACK, content, 0, t, [cf40, block2(0, 1, 0)], links[:16])) * 6,
         "strays_and_garbage.bin": header()
-        + raw(coap(CON, content, 0x0bad, b"zz", [cf40], b"late"))
+        + raw(coap(CON, content, 0x0BAD, b"zz", [cf40], b"late"))
         + raw(b"\x40")
         + wait(999)
         + reset
@@ -560,7 +542,8 @@ def probe_machine():
 
 PAN = 0xABCD
 PREFIX = ipaddress.IPv6Address("2001:db8:1200:305::").packed[:8]  # the PAN's /64, context 0
-DEVICE_EUI = bytes.fromhex("021234567" "8abcdef")  # the targets' device (and sdk/tests/lowpan_iphc.rs)
+# the targets' device (and sdk/tests/lowpan_iphc.rs's)
+DEVICE_EUI = bytes.fromhex("0212345678abcdef")
 ROUTER_EUI = bytes.fromhex("0200000000000001")
 BROADCAST = b"\xff\xff"
 
@@ -590,7 +573,7 @@ def iid_of(ll):
 
 
 def ll_addr(ll):
-    return ip6("fe80::") [:8] + iid_of(ll)
+    return ip6("fe80::")[:8] + iid_of(ll)
 
 
 DEVICE_LL = ll_addr(DEVICE_EUI)
@@ -633,7 +616,9 @@ def sllao(ll, kind=1):
     return bytes([kind, 2]) + ll + bytes(6) if len(ll) == 8 else bytes([kind, 1]) + ll + bytes(4)
 
 
-def router_advert(lifetime=1800, prefixes=((PREFIX, 64, 0x40, 3600),), contexts=((0, PREFIX, 64, 60),), mtu=None):
+def router_advert(
+    lifetime=1800, prefixes=((PREFIX, 64, 0x40, 3600),), contexts=((0, PREFIX, 64, 60),), mtu=None
+):
     """RA body after type/code/checksum: hop limit 64, SLLAO, PIO(s), 6CO(s) (RFC 6775 §4.2)."""
     rest = bytes([64, 0]) + struct.pack(">HII", lifetime, 0, 0) + sllao(ROUTER_EUI)
     if mtu:
@@ -698,7 +683,12 @@ def iphc(packet, src_ll, dst_ll, cid_byte=False):
     else:
         m = 0
         dac, dam, d_in = unicast(dst, dst_ll)
-    head = bytes([0x60 | tf << 3 | nhc << 2 | hlim, cid_byte << 7 | sac << 6 | sam << 4 | m << 3 | dac << 2 | dam])
+    head = bytes(
+        [
+            0x60 | tf << 3 | nhc << 2 | hlim,
+            cid_byte << 7 | sac << 6 | sam << 4 | m << 3 | dac << 2 | dam,
+        ]
+    )
     if cid_byte:
         head += b"\x00"
     head += inline + s_in + d_in
@@ -752,18 +742,31 @@ def zep(frame, channel=26, device_id=1, seq=0, lqi=255, crc=True, version=2, kin
 # What the planned device sends: CON POST /t, a SenML-CBOR report of one temperature
 # (sdk/tests/lowpan_iphc.rs, telemetry_coap: 55 bytes; the frame carrying it is 85).
 TELEMETRY_COAP = (
-    bytes([0x42, 0x02, 0x12, 0x34, 0xAB, 0xCD, 0xB1]) + b"t" + bytes([0x11, 0x70, 0xFF])
-    + bytes([0x81, 0xA4, 0x21, 0x78, 0x18]) + b"urn:dev:sn:345678abcdef:"
-    + bytes([0x00, 0x64]) + b"temp" + bytes([0x01, 0x63]) + b"Cel" + bytes([0x02, 0xF9, 0x4D, 0x60])
+    bytes([0x42, 0x02, 0x12, 0x34, 0xAB, 0xCD, 0xB1])
+    + b"t"
+    + bytes([0x11, 0x70, 0xFF])
+    + bytes([0x81, 0xA4, 0x21, 0x78, 0x18])
+    + b"urn:dev:sn:345678abcdef:"
+    + bytes([0x00, 0x64])
+    + b"temp"
+    + bytes([0x01, 0x63])
+    + b"Cel"
+    + bytes([0x02, 0xF9, 0x4D, 0x60])
 )
 assert len(TELEMETRY_COAP) == 55
+
 
 def smoltcp_fragments():
     """Three link fragments of a UDP datagram from smoltcp's test suite, as
     sdk/tests/lowpan_iphc.rs (SMOLTCP_FRAGMENTS) copied them: MAC frames without FCS."""
     text = (REPO / "sdk/tests/lowpan_iphc.rs").read_text()
-    block = re.search(r"const SMOLTCP_FRAGMENTS: \[&\[u8\]; 3\] = \[(.*?)\n\];", text, re.S).group(1)
-    out = [bytes(int(t, 16) for t in re.findall(r"0x([0-9a-f]{2})", part)) for part in block.split("&[")[1:]]
+    block = re.search(r"const SMOLTCP_FRAGMENTS: \[&\[u8\]; 3\] = \[(.*?)\n\];", text, re.S).group(
+        1
+    )
+    out = [
+        bytes(int(t, 16) for t in re.findall(r"0x([0-9a-f]{2})", part))
+        for part in block.split("&[")[1:]
+    ]
     assert [len(f) for f in out] == [125, 122, 101], "SMOLTCP_FRAGMENTS moved or changed"
     return out
 
@@ -791,12 +794,18 @@ def lowpan_decompress():
     planned = udp6(DEVICE_GLOBAL, ROUTER_GLOBAL, 5683, 5683, b"hello")
     hello = iphc(planned, DEVICE_EUI, ROUTER_EUI)[0]
     assert hello[:7] == bytes([0x7E, 0x77, 0xF0, 0x16, 0x33, 0x16, 0x33])
-    telemetry = iphc(udp6(DEVICE_GLOBAL, ROUTER_GLOBAL, 5683, 5683, TELEMETRY_COAP), DEVICE_EUI, ROUTER_EUI)[0]
+    telemetry = iphc(
+        udp6(DEVICE_GLOBAL, ROUTER_GLOBAL, 5683, 5683, TELEMETRY_COAP), DEVICE_EUI, ROUTER_EUI
+    )[0]
     assert len(telemetry) == 9 + 55
-    ll_udp = lambda s, d, data: udp6(ip6("fe80::12:3456:78ab:cdef"), ip6("fe80::1"), s, d, data)  # noqa: E731
+    ll_udp = lambda s, d, data: udp6(
+        ip6("fe80::12:3456:78ab:cdef"), ip6("fe80::1"), s, d, data
+    )  # noqa: E731
     seeds = {
         # link_local_addresses_from_the_link_layer_take_no_bytes
-        "ll-addresses-from-link-layer.bin": vector(ll_packet(58, b"\x80\0\0\0"), bytes([0x7A, 0x33, 0x3A, 0x80, 0, 0, 0])),
+        "ll-addresses-from-link-layer.bin": vector(
+            ll_packet(58, b"\x80\0\0\0"), bytes([0x7A, 0x33, 0x3A, 0x80, 0, 0, 0])
+        ),
         # link_local_inline_forms
         "ll-inline-64-and-16-bits.bin": vector(
             ll_packet(58, b"", src=ip6("fe80::1:2:3:4"), dst=ip6("fe80::ff:fe00:beef")),
@@ -812,19 +821,31 @@ def lowpan_decompress():
         "telemetry-as-frag1.bin": seed(telemetry, up, 12),
         # context_forms_16_and_64_bits_and_a_nonzero_context_id (its context 3 is unknown here;
         # the same with the CID byte naming contexts 0, 1 (/48), 2 (/80) and 15 (compress off))
-        "context3-unknown.bin": seed(bytes([0x7A, 0xD6, 0x33, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])),
-        "context0-64-and-16-bits.bin": seed(bytes([0x7A, 0xD6, 0x00, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])),
+        "context3-unknown.bin": seed(
+            bytes([0x7A, 0xD6, 0x33, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])
+        ),
+        "context0-64-and-16-bits.bin": seed(
+            bytes([0x7A, 0xD6, 0x00, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])
+        ),
         "context1-48-bits.bin": seed(bytes([0x7A, 0xF7, 0x11, 0x3A])),
-        "context2-80-bits.bin": seed(bytes([0x7A, 0xD6, 0x22, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])),
+        "context2-80-bits.bin": seed(
+            bytes([0x7A, 0xD6, 0x22, 0x3A, 0, 1, 0, 2, 0, 3, 0, 4, 0x00, 0x01])
+        ),
         "context2-80-bits-from-link-layer.bin": seed(bytes([0x7A, 0xF7, 0x22, 0x3A])),
         "context15-compress-off.bin": seed(bytes([0x7A, 0xF7, 0xFF, 0x3A])),
-        "context-inline-destination.bin": seed(bytes([0x7A, 0xF0, 0x30, 0x3A]) + ip6("2001:db8:99::1")),
+        "context-inline-destination.bin": seed(
+            bytes([0x7A, 0xF0, 0x30, 0x3A]) + ip6("2001:db8:99::1")
+        ),
         # multicast_unspecified_traffic_class_and_hop_limit_forms
         "multicast-8-bits-hop-255.bin": seed(bytes([0x7B, 0x3B, 0x3A, 0x01]), 0 | 2 << 2),
-        "unspecified-to-solicited-node-48-bits.bin": seed(bytes([0x7A, 0x49, 0x3A, 0x02, 0x01, 0xFF, 0x00, 0x00, 0x01])),
+        "unspecified-to-solicited-node-48-bits.bin": seed(
+            bytes([0x7A, 0x49, 0x3A, 0x02, 0x01, 0xFF, 0x00, 0x00, 0x01])
+        ),
         "multicast-32-bits.bin": seed(bytes([0x7A, 0x3A, 0x3A, 0x05, 0x01, 0x00, 0x03])),
         "multicast-inline.bin": seed(bytes([0x7A, 0x38, 0x3A]) + ip6("ff0e::1:2:3:4:5")),
-        "multicast-context-based.bin": seed(bytes([0x7A, 0x3C, 0x3A, 0x00, 0x40]) + PREFIX + b"\0\0\0\1"),
+        "multicast-context-based.bin": seed(
+            bytes([0x7A, 0x3C, 0x3A, 0x00, 0x40]) + PREFIX + b"\0\0\0\1"
+        ),
         "tf-dscp-only.bin": seed(bytes([0x70, 0x33, 0x2E, 59, 7])),
         "tf-flow-label-only.bin": seed(bytes([0x68, 0x33, 0x01, 0x23, 0x45, 59, 7])),
         "tf-both.bin": seed(bytes([0x60, 0x33, 0x6E, 0x01, 0x23, 0x45, 59, 7])),
@@ -833,7 +854,13 @@ def lowpan_decompress():
         # what the router forwards to the device from the edge: source inline, destination
         # from context 0 and the link layer (dst = the device), hop limit 63 inline
         "edge-to-device-source-inline.bin": seed(
-            iphc(udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, coap(CON, GET, 1, b"\x01", path("v")), hops=63), ROUTER_EUI, DEVICE_EUI)[0],
+            iphc(
+                udp6(
+                    EDGE, DEVICE_GLOBAL, 5683, 5683, coap(CON, GET, 1, b"\x01", path("v")), hops=63
+                ),
+                ROUTER_EUI,
+                DEVICE_EUI,
+            )[0],
             3 | 0 << 2,
         ),
         "hop-limit-1.bin": seed(bytes([0x79, 0x33, 0x3A])),
@@ -853,7 +880,7 @@ def lowpan_decompress():
         "smoltcp-frag1-iphc.bin": seed(smoltcp_fragments()[0][25:], up, 34),
     }
     # udp_port_forms
-    for (s, d, nhc) in [
+    for s, d, nhc in [
         (0xF0B1, 0xF0B2, b"\xf3\x12"),
         (5683, 0xF0AA, b"\xf1\x16\x33\xaa"),
         (0xF0AA, 5683, b"\xf2\xaa\x16\x33"),
@@ -878,7 +905,9 @@ def lowpan_reassembly():
 
     def datagram(size, piece=96, src=0, tag=1):
         """The fragments of one datagram: 96 bytes each (12 units), the last shorter."""
-        return [frag(src, tag, size, off // 8, min(piece, size - off)) for off in range(0, size, piece)]
+        return [
+            frag(src, tag, size, off // 8, min(piece, size - off)) for off in range(0, size, piece)
+        ]
 
     d = datagram(307)
     big = datagram(1280, 248)
@@ -902,7 +931,9 @@ def lowpan_reassembly():
         "per-source-bound.bin": b"".join(frag(0, t, 200, 0, 96) for t in range(3)),
         "table-full.bin": b"".join(frag(s, t, 200, 0, 96) for s in range(4) for t in range(2)),
         "interleaved-sources.bin": b"".join(
-            x for pair in zip(datagram(307, src=1, tag=0), datagram(307, src=2, tag=3)) for x in pair
+            x
+            for pair in zip(datagram(307, src=1, tag=0), datagram(307, src=2, tag=3))
+            for x in pair
         ),
         "truncated-op.bin": b"".join(d[:1]) + b"\x00\x01\x01",
     }
@@ -944,22 +975,38 @@ def lowpan_radio_input():
     get_core = coap(CON, GET, 0x2003, tok, path(".well-known/core"))
     reg_ack = coap(ACK, 0x41, 0x0001, b"\x01", [(8, b"rd"), (8, b"1")])
     register = coap(
-        CON, POST, 0x0001, b"\x01",
-        path("rd") + [(CONTENT_FORMAT, uint(40)), (URI_QUERY, b"ep=sensor-345678abcdef"),
-                      (URI_QUERY, b"lt=3600"), (URI_QUERY, b"b=UQ")],
+        CON,
+        POST,
+        0x0001,
+        b"\x01",
+        path("rd")
+        + [
+            (CONTENT_FORMAT, uint(40)),
+            (URI_QUERY, b"ep=sensor-345678abcdef"),
+            (URI_QUERY, b"lt=3600"),
+            (URI_QUERY, b"b=UQ"),
+        ],
         b'</t>;rt="senml";ct=112;obs,</v>;ct=0;obs,</valve>;rt="valve";ct=0',
     )
-    ns_global = icmpv6(ROUTER_LL, ip6("ff02::1:ffab:cdef"), 135, bytes(4) + DEVICE_GLOBAL + sllao(ROUTER_EUI))
+    ns_global = icmpv6(
+        ROUTER_LL, ip6("ff02::1:ffab:cdef"), 135, bytes(4) + DEVICE_GLOBAL + sllao(ROUTER_EUI)
+    )
     # (A link-local address inline holds 0xfe, which splits frames here: no NS for fe80::.)
     na = icmpv6(ROUTER_LL, DEVICE_LL, 136, b"\xe0\0\0\0" + ROUTER_GLOBAL + sllao(ROUTER_EUI, 2))
     echo = icmpv6(EDGE, DEVICE_GLOBAL, 128, struct.pack(">HH", 7, 1) + b"ping", hops=63)
-    reg_frags = fragments(udp6(DEVICE_GLOBAL, EDGE, 5683, 5683, register), DEVICE_EUI, ROUTER_EUI, 0x0101)
+    reg_frags = fragments(
+        udp6(DEVICE_GLOBAL, EDGE, 5683, 5683, register), DEVICE_EUI, ROUTER_EUI, 0x0101
+    )
     reg_frames = [mac(10 + i, f) for i, f in enumerate(reg_frags)]
     rs = icmpv6(DEVICE_LL, ALL_ROUTERS, 133, bytes(4) + sllao(DEVICE_EUI))
     telemetry = from_device(5, udp6(DEVICE_GLOBAL, ROUTER_GLOBAL, 5683, 5683, TELEMETRY_COAP))
     assert len(telemetry) == 85
     smol = smoltcp_fragments()
-    contexts = ((1, ip6("2001:db8:1200::")[:6], 48, 60), (2, PREFIX + b"\0\xab", 80, 60), (0, PREFIX, 64, 0))
+    contexts = (
+        (1, ip6("2001:db8:1200::")[:6], 48, 60),
+        (2, PREFIX + b"\0\xab", 80, 60),
+        (0, PREFIX, 64, 0),
+    )
     big_ra = icmpv6(ROUTER_LL, ALL_NODES, 134, router_advert(mtu=1280, contexts=contexts))
     big_ra = [
         mac(40 + i, f, src=ROUTER_EUI, dst=BROADCAST)
@@ -972,20 +1019,44 @@ def lowpan_radio_input():
         "ra-contexts-1-and-2.bin": radio_seed([ra(3, contexts=contexts[:2])]),
         "ra-fragmented-context0-expires.bin": radio_seed(big_ra),
         "ra-second-prefix-on-link.bin": radio_seed(
-            [ra(4, prefixes=((PREFIX, 64, 0xC0, 3600), (ip6("2001:db8:1200:306::")[:8], 64, 0x40, 0)), contexts=())]
+            [
+                ra(
+                    4,
+                    prefixes=(
+                        (PREFIX, 64, 0xC0, 3600),
+                        (ip6("2001:db8:1200:306::")[:8], 64, 0x40, 0),
+                    ),
+                    contexts=(),
+                )
+            ]
         ),
         "ns-for-global-address.bin": radio_seed([to_device(6, ns_global)]),
         "na-from-router.bin": radio_seed([to_device(8, na)]),
         "echo-request-from-edge.bin": radio_seed([to_device(9, echo)]),
-        "coap-get-v-answer-fragmented.bin": radio_seed([to_device(10, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, get_v, hops=63))]),
-        "coap-get-v-block2.bin": radio_seed([to_device(11, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, get_v_block, hops=63))]),
+        "coap-get-v-answer-fragmented.bin": radio_seed(
+            [to_device(10, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, get_v, hops=63))]
+        ),
+        "coap-get-v-block2.bin": radio_seed(
+            [to_device(11, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, get_v_block, hops=63))]
+        ),
         "coap-get-core-in-zep.bin": radio_seed(
             [to_device(12, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, get_core, hops=63))], zep_wrap=True
         ),
-        "coap-registration-ack.bin": radio_seed([to_device(13, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, reg_ack, hops=63))]),
-        "coap-to-closed-port.bin": radio_seed([to_device(14, udp6(EDGE, DEVICE_GLOBAL, 5683, 9999, get_v, hops=63))]),
+        "coap-registration-ack.bin": radio_seed(
+            [to_device(13, udp6(EDGE, DEVICE_GLOBAL, 5683, 5683, reg_ack, hops=63))]
+        ),
+        "coap-to-closed-port.bin": radio_seed(
+            [to_device(14, udp6(EDGE, DEVICE_GLOBAL, 5683, 9999, get_v, hops=63))]
+        ),
         "uncompressed-ipv6-dispatch.bin": radio_seed(
-            [mac(15, b"\x41" + udp6(ROUTER_GLOBAL, DEVICE_GLOBAL, 5683, 5683, get_core), src=ROUTER_EUI, dst=DEVICE_EUI)]
+            [
+                mac(
+                    15,
+                    b"\x41" + udp6(ROUTER_GLOBAL, DEVICE_GLOBAL, 5683, 5683, get_core),
+                    src=ROUTER_EUI,
+                    dst=DEVICE_EUI,
+                )
+            ]
         ),
         "device-rs.bin": radio_seed([mac(16, iphc(rs, DEVICE_EUI, None)[0], dst=BROADCAST)]),
         "device-telemetry-85-bytes.bin": radio_seed([telemetry]),
@@ -998,10 +1069,24 @@ def lowpan_radio_input():
         "smoltcp-three-fragments.bin": radio_seed(smol),
         "smoltcp-fragments-out-of-order.bin": radio_seed([smol[2], smol[0], smol[1]]),
         "smoltcp-fragment-duplicate.bin": radio_seed([smol[0], smol[0], smol[1], smol[2]]),
-        "other-pan.bin": radio_seed([mac(17, iphc(ns_global, ROUTER_EUI, DEVICE_EUI)[0], src=ROUTER_EUI, dst=DEVICE_EUI, pan=0x1234)]),
-        "not-for-this-device.bin": radio_seed([mac(18, iphc(ns_global, ROUTER_EUI, DEVICE_EUI)[0], src=ROUTER_EUI, dst=b"\x00\x07")]),
+        "other-pan.bin": radio_seed(
+            [
+                mac(
+                    17,
+                    iphc(ns_global, ROUTER_EUI, DEVICE_EUI)[0],
+                    src=ROUTER_EUI,
+                    dst=DEVICE_EUI,
+                    pan=0x1234,
+                )
+            ]
+        ),
+        "not-for-this-device.bin": radio_seed(
+            [mac(18, iphc(ns_global, ROUTER_EUI, DEVICE_EUI)[0], src=ROUTER_EUI, dst=b"\x00\x07")]
+        ),
         "mac-ack-frame.bin": radio_seed([bytes([0x02, 0x00, 0x05])]),
-        "mesh-header-refused.bin": radio_seed([mac(19, b"\x80\x01\x02", src=ROUTER_EUI, dst=DEVICE_EUI)]),
+        "mesh-header-refused.bin": radio_seed(
+            [mac(19, b"\x80\x01\x02", src=ROUTER_EUI, dst=DEVICE_EUI)]
+        ),
         "zep-lqi-mode.bin": b"\x00" + zep(ra(20), crc=False),
         "zep-bad-fcs.bin": b"\x00" + zep(ra(21))[:-1] + b"\x00",
     }
@@ -1019,12 +1104,22 @@ def medium_hub_input():
 
     dev = lambda n: bytes.fromhex("02123456000000") + bytes([n])  # noqa: E731
     tok = b"\x01"
-    ra = mac(1, iphc(icmpv6(ROUTER_LL, ALL_NODES, 134, router_advert()), ROUTER_EUI, None)[0], src=ROUTER_EUI, dst=BROADCAST)
+    ra = mac(
+        1,
+        iphc(icmpv6(ROUTER_LL, ALL_NODES, 134, router_advert()), ROUTER_EUI, None)[0],
+        src=ROUTER_EUI,
+        dst=BROADCAST,
+    )
 
     def telemetry(n, seq):
         src = PREFIX + iid_of(dev(n))
-        return mac(seq, iphc(udp6(src, ROUTER_GLOBAL, 5683, 5683, TELEMETRY_COAP), dev(n), ROUTER_EUI)[0],
-                   src=dev(n), dst=ROUTER_EUI, ack_request=True)
+        return mac(
+            seq,
+            iphc(udp6(src, ROUTER_GLOBAL, 5683, 5683, TELEMETRY_COAP), dev(n), ROUTER_EUI)[0],
+            src=dev(n),
+            dst=ROUTER_EUI,
+            ack_request=True,
+        )
 
     def rs(n, seq):
         p = icmpv6(ll_addr(dev(n)), ALL_ROUTERS, 133, bytes(4) + sllao(dev(n)))
@@ -1032,8 +1127,13 @@ def medium_hub_input():
 
     ack = lambda seq: bytes([0x02, 0x00, seq])  # noqa: E731  the 802.15.4 ACK (no addresses)
     get = coap(CON, GET, 0x3001, tok, path("v"))
-    to_dev = mac(30, iphc(udp6(EDGE, PREFIX + iid_of(dev(1)), 5683, 5683, get, hops=63), ROUTER_EUI, dev(1))[0],
-                 src=ROUTER_EUI, dst=dev(1), ack_request=True)
+    to_dev = mac(
+        30,
+        iphc(udp6(EDGE, PREFIX + iid_of(dev(1)), 5683, 5683, get, hops=63), ROUTER_EUI, dev(1))[0],
+        src=ROUTER_EUI,
+        dst=dev(1),
+        ack_request=True,
+    )
 
     pan = [
         rec(0, 0, zep(ra, device_id=1, seq=1)),
@@ -1065,7 +1165,11 @@ def medium_hub_input():
         seeds[f"{name}-table-full-then-idle.bin"] = first + b"".join(crowd + later)
         seeds[f"{name}-bad-datagrams.bin"] = first + b"".join(bad)
         seeds[f"{name}-channel-change.bin"] = first + b"".join(
-            [rec(0, 0, zep(ra, channel=26)), rec(1, 1, zep(rs(1, 1), channel=11)), rec(1, 1, zep(rs(1, 2), channel=26))]
+            [
+                rec(0, 0, zep(ra, channel=26)),
+                rec(1, 1, zep(rs(1, 1), channel=11)),
+                rec(1, 1, zep(rs(1, 2), channel=26)),
+            ]
         )
     seeds["long-time-steps.bin"] = b"\x02" + b"".join(rec(0, 255, zep(ra, seq=i)) for i in range(4))
     seeds["truncated-record.bin"] = b"\x01" + rec(0, 0, zep(ra))[:-20]
@@ -1088,12 +1192,17 @@ def audit_checkpoint():
     other = derive(bytes([2] * 32), b"v6iot audit checkpoint v1")
 
     def mac_hex(rows, head, at_ms, k=key):
-        data = b"v6iot-audit-checkpoint-v1" + struct.pack(">Q", rows) + head + struct.pack(">Q", at_ms)
+        data = (
+            b"v6iot-audit-checkpoint-v1" + struct.pack(">Q", rows) + head + struct.pack(">Q", at_ms)
+        )
         return hmac.new(k, data, hashlib.sha256).hexdigest()
 
     def line(rows, head, at_ms, mac=None, v=1):
         mac = mac_hex(rows, head, at_ms) if mac is None else mac
-        return ('{"v":%d,"rows":%d,"head":"%s","at_ms":%d,"mac":"%s"}\n' % (v, rows, head.hex(), at_ms, mac)).encode()
+        return (
+            '{"v":%d,"rows":%d,"head":"%s","at_ms":%d,"mac":"%s"}\n'
+            % (v, rows, head.hex(), at_ms, mac)
+        ).encode()
 
     head = bytes.fromhex("32a00974ffa2f00241713c8842fd0a21f13eefcdd2c374d91138a93962872d0e")
     at = 1_780_000_020_000
@@ -1103,17 +1212,27 @@ def audit_checkpoint():
         "genuine.json": good,
         "genuine-empty-trail.json": line(0, bytes(32), at),
         "genuine-largest-numbers.json": line(2**64 - 1, b"\xff" * 32, 2**64 - 1),
-        "genuine-upper-case-hex.json": good.decode().replace(head.hex(), head.hex().upper()).encode(),
-        "genuine-pretty-printed.json": fields.replace(",", ",\n  ").replace("{", "{\n  ").replace("}", "\n}").encode(),
+        "genuine-upper-case-hex.json": good.decode()
+        .replace(head.hex(), head.hex().upper())
+        .encode(),
+        "genuine-pretty-printed.json": fields.replace(",", ",\n  ")
+        .replace("{", "{\n  ")
+        .replace("}", "\n}")
+        .encode(),
         "genuine-fields-reordered.json": (
-            '{"mac":"%s","at_ms":%d,"head":"%s","rows":6,"v":1}' % (mac_hex(6, head, at), at, head.hex())
+            '{"mac":"%s","at_ms":%d,"head":"%s","rows":6,"v":1}'
+            % (mac_hex(6, head, at), at, head.hex())
         ).encode(),
         "other-key.json": line(6, head, at, mac_hex(6, head, at, other)),
         "rows-cut.json": line(5, head, at, mac_hex(6, head, at)),
         "mac-zero.json": line(6, head, at, "00" * 32),
         "version-2.json": line(6, head, at, v=2),
-        "head-31-bytes.json": line(6, head, at).replace(head.hex().encode(), head.hex()[:62].encode()),
-        "head-odd-hex.json": line(6, head, at).replace(head.hex().encode(), head.hex()[:63].encode()),
+        "head-31-bytes.json": line(6, head, at).replace(
+            head.hex().encode(), head.hex()[:62].encode()
+        ),
+        "head-odd-hex.json": line(6, head, at).replace(
+            head.hex().encode(), head.hex()[:63].encode()
+        ),
         "mac-not-hex.json": line(6, head, at, "zz" * 32),
         "unknown-field.json": good.replace(b'"v":1,', b'"v":1,"kind":"audit_checkpoint",'),
         "missing-mac.json": ('{"v":1,"rows":6,"head":"%s","at_ms":%d}' % (head.hex(), at)).encode(),
@@ -1122,7 +1241,8 @@ def audit_checkpoint():
         "rows-too-large.json": good.replace(b'"rows":6', b'"rows":18446744073709551616'),
         "rows-float.json": good.replace(b'"rows":6', b'"rows":6.0'),
         "published-message.json": (
-            '{"kind":"audit_checkpoint","edge":"edge-1","at_ms":%d,"rows":6,"head":"%s"}' % (at, head.hex())
+            '{"kind":"audit_checkpoint","edge":"edge-1","at_ms":%d,"rows":6,"head":"%s"}'
+            % (at, head.hex())
         ).encode(),
         "trailing-garbage.json": good + b"x",
         "truncated.json": good[:80],
@@ -1136,7 +1256,9 @@ def credentials_csv():
     the last line."""
     demo = (REPO / "examples/credentials/demo.csv").read_bytes()
     assert b"sensor-1,51," in demo, "examples/credentials/demo.csv changed"
-    doc = re.search(r"//! ```text\n(.*?)//! ```", (REPO / "credentials/src/csv.rs").read_text(), re.S)
+    doc = re.search(
+        r"//! ```text\n(.*?)//! ```", (REPO / "credentials/src/csv.rs").read_text(), re.S
+    )
     doc = "".join(l[4:] + "\n" for l in doc.group(1).splitlines()).encode()
     assert doc.startswith(b"id,kid_hex,")
     header = b"id,kid_hex,secret_hex,salt_hex,class,prefixes\n"
@@ -1165,9 +1287,14 @@ def credentials_csv():
         # examples/src/credentials.rs, the_device_line_is_found_and_makes_a_context
         "examples-test.csv": b"# demo\n" + header + b"a,01,000102030405060708090a0b0c0d0e0f,,1,\n"
         b"sensor-1,2a,0f0e0d0c0b0a09080706050403020100,a1b2,1,::1/128\n",
-        "largest-fields.csv": header + b"d" * 64 + b",0102030405060" b"7," + b"ab" * 32 + b"," + b"cd" * 32
-        + b",255,2001:db8:1200:305::/64 2001:db8:1200:306::/64 ::1/128 ::/0\n" + b"d" * 64 + b",01,"
-        + b"ab" * 16 + b",,1,",
+        # 64-byte id, 7-byte kid, 32-byte secret and salt, class 255, four prefixes
+        "largest-fields.csv": header
+        + b",".join([b"d" * 64, b"01020304050607", b"ab" * 32, b"cd" * 32, b"255"])
+        + b",2001:db8:1200:305::/64 2001:db8:1200:306::/64 ::1/128 ::/0\n"
+        + b"d" * 64
+        + b",01,"
+        + b"ab" * 16
+        + b",,1,",
         "id-65-bytes.csv": header + b"d" * 65 + b",01," + b"ab" * 16 + b",,1,",
         "crlf-bom-spaces.csv": "\ufeff id, kid_hex ,secret_hex,salt_hex,class,prefixes\r\n".encode()
         + b" d1 , 0A , 000102030405060708090A0B0C0D0E0F , , 1 , 2001:db8::/64 \r\n",
@@ -1197,20 +1324,32 @@ def edge_peek():
     return {
         "register-d0.bin": REGISTER_D0,
         "telemetry-json.bin": telemetry,
-        "telemetry-cbor-non.bin": coap(NON, POST, 3, b"\x08", path("t") + [(CONTENT_FORMAT, uint(112))], fleet_report_cbor()),
+        "telemetry-cbor-non.bin": coap(
+            NON, POST, 3, b"\x08", path("t") + [(CONTENT_FORMAT, uint(112))], fleet_report_cbor()
+        ),
         "empty-ack.bin": coap(ACK, 0, 0x0001),
         "reset.bin": coap(RST, 0, 0x0002),
         "ping.bin": coap(CON, 0, 0x0003),
         "command-ack-2-04.bin": coap(ACK, 0x44, 1, b"\x00\x00\x00\x01"),
-        "rfc8613-c4-request.bin": h("44025d1f00003974396c6f63616c686f7374620914ff612f1092f1776f1c1668b3825e"),
-        "rfc8613-c5-request-kid-00.bin": h("440271c30000b932396c6f63616c686f737463091400ff4ed339a5a379b0b8bc731fffb0"),
+        "rfc8613-c4-request.bin": h(
+            "44025d1f00003974396c6f63616c686f7374620914ff612f1092f1776f1c1668b3825e"
+        ),
+        "rfc8613-c5-request-kid-00.bin": h(
+            "440271c30000b932396c6f63616c686f737463091400ff4ed339a5a379b0b8bc731fffb0"
+        ),
         "rfc8613-c6-request-kid-context.bin": h(
             "44022f8eef9bbf7a396c6f63616c686f73746b19140837cbf3210017a2d3ff72cd7273fd331ac45cffbe55c3"
         ),
-        "rfc8613-c7-response-empty-option.bin": h("64445d1f0000397490ffdbaad1e9a7e7b2a813d3c31524378303cdafae119106"),
-        "rfc8613-c8-response-piv.bin": h("64445d1f00003974920100ff4d4c13669384b67354b2b6175ff4b8658c666a6cf88e"),
+        "rfc8613-c7-response-empty-option.bin": h(
+            "64445d1f0000397490ffdbaad1e9a7e7b2a813d3c31524378303cdafae119106"
+        ),
+        "rfc8613-c8-response-piv.bin": h(
+            "64445d1f00003974920100ff4d4c13669384b67354b2b6175ff4b8658c666a6cf88e"
+        ),
         # gateway/peek.rs's tests: Uri-Host and Observe before the option; kid abcd
-        "oscore-after-uri-host-observe.bin": protected(b"\x09\x05\xab\xcd", before=[(3, b"edge"), (OBSERVE, b"")]),
+        "oscore-after-uri-host-observe.bin": protected(
+            b"\x09\x05\xab\xcd", before=[(3, b"edge"), (OBSERVE, b"")]
+        ),
         "oscore-kid-7-bytes.bin": protected(b"\x09\x07" + bytes(range(1, 8))),
         "oscore-kid-empty-piv-5-bytes.bin": protected(b"\x0d\x01\x02\x03\x04\x05"),
         "oscore-reserved-flags.bin": protected(b"\xe9\x05\xab"),
@@ -1278,21 +1417,43 @@ def nbiot_at():
         "bring-up-registered-dotted-address.bin": ready + check,
         "bring-up-colon-address.bin": up + registered + colon + socket,
         "send-and-receive-urc-before-ok.bin": ready + sent + received,
-        "psm-and-wake.bin": ready + serial("+NPSMR: 1\r\n") + wait(30) + serial("+NPSMR: 0\r\n")
+        "psm-and-wake.bin": ready
+        + serial("+NPSMR: 1\r\n")
+        + wait(30)
+        + serial("+NPSMR: 0\r\n")
         + serial('+CEREG: 1,"1A2B","0C0D0E0F",9,,,"00000101","00111000"\r\n')
-        + serial('+CGPADDR: 1,"32.1.13.184.1.0.0.0.0.0.0.0.0.1.0.7"\r\nOK\r\n') + send(b"x"),
-        "cme-error-then-retry.bin": serial("ATE0\r\r\nOK\r\n") + serial("\r\nOK\r\n")
-        + serial("\r\n+CME ERROR: 13\r\n") + deadline + deadline + serial("\r\nOK\r\n"),
+        + serial('+CGPADDR: 1,"32.1.13.184.1.0.0.0.0.0.0.0.0.1.0.7"\r\nOK\r\n')
+        + send(b"x"),
+        "cme-error-then-retry.bin": serial("ATE0\r\r\nOK\r\n")
+        + serial("\r\nOK\r\n")
+        + serial("\r\n+CME ERROR: 13\r\n")
+        + deadline
+        + deadline
+        + serial("\r\nOK\r\n"),
         "plain-error.bin": serial("ATE0\r\r\nOK\r\n") + serial("\r\nERROR\r\n") + deadline,
-        "no-answer-probe-and-late-rest.bin": ready + send(b"a") + send(b"b") + serial("\r\n1,")
-        + deadline + deadline + serial("1\r\n\r\nOK\r\n") + serial("\r\n+CFUN: 1\r\n\r\nOK\r\n")
+        "no-answer-probe-and-late-rest.bin": ready
+        + send(b"a")
+        + send(b"b")
+        + serial("\r\n1,")
+        + deadline
+        + deadline
+        + serial("1\r\n\r\nOK\r\n")
+        + serial("\r\n+CFUN: 1\r\n\r\nOK\r\n")
         + serial("\r\n1,1\r\n\r\nOK\r\n"),
-        "registration-states.bin": up + serial("+CEREG: 0\r\n+CEREG: 2\r\n+CEREG: 3\r\n+CEREG: 5,\"1A2B\",\"0C0D0E0F\",9\r\n")
-        + serial("+CEREG: 4,1\r\n") + serial('+CEREG: 1,"1A2B"\r\n'),
-        "noise-and-unknown-urcs.bin": ready + serial(b"\x00\xff\xfe\r\n") + serial("\r\n+NSONMI: garbage\r\n+XYZ: 1\r\n")
-        + serial("+NSONMI: 1,2\r\n") + serial(b"\x07\x07\r\n1,2001:DB8::1,5683,2,4142,0\r\nOK\r\n"),
-        "nsorf-bad-hex-and-length.bin": ready + serial("+NSONMI: 1,3\r\n") + serial("1,2001:DB8::1,5683,3,4G,0\r\nOK\r\n")
-        + serial("+NSONMI: 1,1\r\n") + serial("1,2001:DB8::1,5683,2,4142,1\r\nOK\r\n"),
+        "registration-states.bin": up
+        + serial('+CEREG: 0\r\n+CEREG: 2\r\n+CEREG: 3\r\n+CEREG: 5,"1A2B","0C0D0E0F",9\r\n')
+        + serial("+CEREG: 4,1\r\n")
+        + serial('+CEREG: 1,"1A2B"\r\n'),
+        "noise-and-unknown-urcs.bin": ready
+        + serial(b"\x00\xff\xfe\r\n")
+        + serial("\r\n+NSONMI: garbage\r\n+XYZ: 1\r\n")
+        + serial("+NSONMI: 1,2\r\n")
+        + serial(b"\x07\x07\r\n1,2001:DB8::1,5683,2,4142,0\r\nOK\r\n"),
+        "nsorf-bad-hex-and-length.bin": ready
+        + serial("+NSONMI: 1,3\r\n")
+        + serial("1,2001:DB8::1,5683,3,4G,0\r\nOK\r\n")
+        + serial("+NSONMI: 1,1\r\n")
+        + serial("1,2001:DB8::1,5683,2,4142,1\r\nOK\r\n"),
         "hex-lines.bin": serial("DEADBEEF\r\n00ff\r\nABC\r\n"),
         "time-passes-unanswered.bin": deadline * 12 + wait(31) + check,
     }
@@ -1323,7 +1484,9 @@ TARGETS = {
 
 def main():
     missing = sorted(f.stem for f in (ROOT / "fuzz_targets").glob("*.rs") if f.stem not in TARGETS)
-    assert not missing, f"fuzz targets without a function in TARGETS (seeds are required): {missing}"
+    assert (
+        not missing
+    ), f"fuzz targets without a function in TARGETS (seeds are required): {missing}"
     for target, make in TARGETS.items():
         assert (ROOT / "fuzz_targets" / f"{target}.rs").is_file(), target
         seeds = make()

@@ -1135,10 +1135,32 @@ def medium_hub_input():
         ack_request=True,
     )
 
+    # The router's NS for device 1's address, its NA; device 1's registration in two fragments.
+    d1 = PREFIX + iid_of(dev(1))
+    ns = icmpv6(ROUTER_LL, ip6("ff02::1:ff00:1"), 135, bytes(4) + d1 + sllao(ROUTER_EUI))
+    ns = mac(5, iphc(ns, ROUTER_EUI, None)[0], src=ROUTER_EUI, dst=BROADCAST)
+    na = icmpv6(ll_addr(dev(1)), ROUTER_LL, 136, b"\x60\0\0\0" + d1 + sllao(dev(1), 2))
+    na = mac(2, iphc(na, dev(1), ROUTER_EUI)[0], src=dev(1), dst=ROUTER_EUI, ack_request=True)
+    register = coap(
+        CON,
+        POST,
+        0x0001,
+        tok,
+        path("rd") + [(CONTENT_FORMAT, uint(40)), (URI_QUERY, b"ep=sensor-000001")],
+        b'</t>;rt="senml";ct=112;obs,</v>;ct=0;obs,</valve>;rt="valve";ct=0',
+    )
+    reg = fragments(udp6(d1, EDGE, 5683, 5683, register), dev(1), ROUTER_EUI, 0x0101)
+    reg = [mac(3 + i, f, src=dev(1), dst=ROUTER_EUI, ack_request=True) for i, f in enumerate(reg)]
     pan = [
         rec(0, 0, zep(ra, device_id=1, seq=1)),
         rec(1, 5, zep(rs(1, 1), device_id=2, seq=1)),
         rec(0, 1, zep(ra, device_id=1, seq=2)),
+        rec(0, 1, zep(ns, device_id=1, seq=5)),
+        rec(1, 1, zep(na, device_id=2, seq=4)),
+        rec(1, 2, zep(reg[0], device_id=2, seq=5)),
+        rec(0, 1, zep(ack(3), device_id=1, seq=6)),
+        rec(1, 2, zep(reg[1], device_id=2, seq=6)),
+        rec(0, 1, zep(ack(4), device_id=1, seq=7)),
         rec(1, 3, zep(telemetry(1, 2), device_id=2, seq=2)),
         rec(0, 1, zep(ack(2), device_id=1, seq=3)),
         rec(0, 2, zep(to_dev, device_id=1, seq=4)),

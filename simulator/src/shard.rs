@@ -941,9 +941,10 @@ impl<St: MemberStore> ShardCore<St> {
         }
     }
 
-    /// Counts `seconds` of the thread's CPU at `now`.
-    pub fn add_cpu(&mut self, now: Instant, seconds: f64) {
-        self.cpu.at(now).cpu_s += seconds;
+    /// Counts `seconds` of the thread's CPU, used from `since` to `now`, in the intervals of
+    /// that span.
+    pub fn add_cpu(&mut self, since: Instant, now: Instant, seconds: f64) {
+        self.cpu.spread_cpu(since, now, seconds);
     }
 }
 
@@ -1033,6 +1034,7 @@ pub fn run_with<St: MemberStore, L: Link>(
 ) -> io::Result<ShardResult> {
     let cpu_start = thread_cpu();
     let mut cpu_mark = cpu_start;
+    let mut cpu_mark_at = Instant::now();
     let mut next_sample = Instant::now() + PROGRESS_EVERY;
     let mut samples = 0u32;
     // When the last wait returned datagrams, the shard was busy then.
@@ -1052,8 +1054,9 @@ pub fn run_with<St: MemberStore, L: Link>(
             samples += 1;
             if samples.is_multiple_of(4) {
                 let cpu = thread_cpu();
-                core.add_cpu(now, cpu - cpu_mark);
+                core.add_cpu(cpu_mark_at, now, cpu - cpu_mark);
                 cpu_mark = cpu;
+                cpu_mark_at = now;
             }
             next_sample = now + PROGRESS_EVERY;
         }
@@ -1095,7 +1098,7 @@ pub fn run_with<St: MemberStore, L: Link>(
     let end = Instant::now();
     progress(&core.timeline.total(), core.pending_reports());
     let cpu = thread_cpu();
-    core.add_cpu(end, cpu - cpu_mark);
+    core.add_cpu(cpu_mark_at, end, cpu - cpu_mark);
     Ok(core.finish(cpu - cpu_start))
 }
 

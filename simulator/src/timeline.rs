@@ -122,6 +122,28 @@ impl Timeline {
         &mut self.buckets[i]
     }
 
+    /// Adds `seconds` of CPU used from `from` to `to` to the intervals that span covers, each
+    /// its share by overlap (all of it to `to`'s interval when the span is empty): CPU sampled
+    /// seldom, over a turn of many seconds, is not booked to one interval as if used there.
+    pub fn spread_cpu(&mut self, from: Instant, to: Instant, seconds: f64) {
+        let span = to.saturating_duration_since(from).as_secs_f64();
+        if span <= 0.0 {
+            self.at(to).cpu_s += seconds;
+            return;
+        }
+        let (first, last) = (self.index(from), self.index(to));
+        for i in first..=last {
+            let start = self.origin + self.width * u32::try_from(i).unwrap_or(u32::MAX);
+            let end = start + self.width;
+            let lo = if from > start { from } else { start };
+            let hi = if to < end { to } else { end };
+            let overlap = hi.saturating_duration_since(lo).as_secs_f64();
+            if overlap > 0.0 || i == last {
+                self.at(lo).cpu_s += seconds * overlap / span;
+            }
+        }
+    }
+
     fn index(&self, now: Instant) -> usize {
         let since = now.saturating_duration_since(self.origin);
         ((since.as_nanos() / self.width.as_nanos().max(1)) as usize).min(MAX_BUCKETS - 1)
@@ -237,6 +259,23 @@ impl TimelineReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_over_a_long_span_is_spread_by_overlap() {
+        let o = Instant::ZERO;
+        let s = |ms: u64| o + Duration::from_millis(ms);
+        let mut t = Timeline::new(o, Duration::from_secs(1));
+        // 3 s of CPU in 3 s from 0.5 s: half, whole, whole, half; never above one core.
+        t.spread_cpu(s(500), s(3500), 3.0);
+        let cpu: Vec<f64> = t.buckets().iter().map(|b| b.cpu_s).collect();
+        assert_eq!(cpu.len(), 4);
+        for (got, want) in cpu.iter().zip([0.5, 1.0, 1.0, 0.5]) {
+            assert!((got - want).abs() < 1e-9, "{cpu:?}");
+        }
+        // an empty span books everything at its end
+        t.spread_cpu(s(3600), s(3600), 0.25);
+        assert!((t.buckets()[3].cpu_s - 0.75).abs() < 1e-9);
+    }
 
     #[test]
     fn events_land_in_their_interval_and_timelines_add_up() {

@@ -138,7 +138,7 @@ impl Timeline {
             let lo = if from > start { from } else { start };
             let hi = if to < end { to } else { end };
             let overlap = hi.saturating_duration_since(lo).as_secs_f64();
-            if overlap > 0.0 || i == last {
+            if overlap > 0.0 {
                 self.at(lo).cpu_s += seconds * overlap / span;
             }
         }

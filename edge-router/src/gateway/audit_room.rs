@@ -22,9 +22,13 @@
 //! revocations noticed, commands answered, conflicts) may take meanwhile; those that still find
 //! no room stay dropped and counted as before.
 
+use std::hash::BuildHasher as _;
+
 use v6iot_sdk::coap::wire;
 
-use coap_lite::{CoapOption, MessageClass, Packet, RequestType};
+use coap_lite::{MessageClass, Packet, RequestType};
+
+use crate::ingress::PathKind;
 
 /// What the audit lane can still take, as the gateway last heard it, less what it emitted
 /// since.
@@ -77,7 +81,8 @@ impl AuditRoom {
     /// [`Self::RETRY_SPREAD_S`], different for consecutive refusals.
     pub(super) fn retry_after(&mut self) -> u32 {
         self.refusals = self.refusals.wrapping_add(1);
-        let jitter = splitmix64(self.seed ^ self.refusals) % u64::from(Self::RETRY_SPREAD_S);
+        let jitter = foldhash::fast::FixedState::with_seed(self.seed).hash_one(self.refusals)
+            % u64::from(Self::RETRY_SPREAD_S);
         Self::RETRY_MIN_S + u32::try_from(jitter).unwrap_or(0)
     }
 }
@@ -85,22 +90,12 @@ impl AuditRoom {
 /// Whether `request` is a registration (`POST /rd`): the ingress audits each one.
 pub(super) fn is_registration(request: &Packet) -> bool {
     request.header.code == MessageClass::Request(RequestType::Post)
-        && request
-            .get_option(CoapOption::UriPath)
-            .is_some_and(|p| p.len() == 1 && p.front().is_some_and(|s| s == b"rd"))
+        && PathKind::of(request) == PathKind::Rd
 }
 
 /// The Max-Age option's value for `seconds`.
 pub(super) fn max_age(seconds: u32) -> Vec<u8> {
     wire::write_uint(seconds)
-}
-
-/// SplitMix64's output function: a well-mixed 64-bit value from a counter.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -26,8 +26,11 @@
 # one host here, which the defaults rightly treat as one source network); defaults unchanged.
 # Bounded: provisioning and import (about 4 min per million devices), the edge's start, then
 # the run: DURATION + 20 s drain + 30 s + 1 s per 5,000 devices (the simulator's start) at most. Output: OUT/million.json (the simulator's report) and
-# OUT/million.txt (the summary, also printed). `--perf` samples the edge with perf (Debian
-# linux-perf) during the run and adds its hottest symbols to the summary.
+# OUT/million.txt (the summary, also printed). `--perf` samples the edge and the simulator with
+# perf (Debian linux-perf; DWARF call graphs, the release build has no frame pointers) during the
+# run, adds each one's hottest symbols to the summary and leaves OUT/perf-edge.data and
+# OUT/perf-sim.data for `perf report -i`. V6IOT_BENCH_FLEET_CACHE=DIR keeps the provisioned fleet
+# between runs (lib.sh's import_fleet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -114,7 +117,11 @@ start_bg rss bash -c "while kill -0 $PID 2>/dev/null; do echo \"\$(date +%s.%N) 
 log "$DEVICES devices, ramp $RAMP, then $RATE reports/s until ${DURATION}"
 REPORT="$OUT/million.json"
 if [[ "$PERF" == 1 ]]; then
-    start_bg perf perf record -F 499 -g -p "$PID" -o "$BENCH_WORK/perf.data" -- sleep "$DURATION_S"
+    need_pkg perf linux-perf
+    start_bg perf perf record -F 49 --call-graph dwarf,16384 -p "$PID" -o "$OUT/perf-edge.data" -- sleep "$DURATION_S"
+    # The simulator's own process (not the `time` wrapping it), once it runs.
+    start_bg perfsim bash -c "for _ in \$(seq 100); do p=\$(pgrep -nx v6iot-sim) && break; sleep 0.1; done
+        exec perf record -F 49 --call-graph dwarf,16384 -p \$p -o '$OUT/perf-sim.data' -- sleep $DURATION_S"
 fi
 T_SIM="$(date +%s.%N)"
 timeout "$((DURATION_S + 20 + 30 + DEVICES / 5000))" /usr/bin/time -v "$SIM" run --edge "[::1]:$EDGE_PORT" \
@@ -160,8 +167,12 @@ say "simulator: peak RSS $(jq '[.simulators[].peak_rss_bytes] | add / 1024 | flo
 grep -E "Elapsed|Maximum resident" "$BENCH_WORK/sim.time" | sed 's/^\t*/simulator (time -v): /' | tee -a "$SUMMARY"
 if [[ "$PERF" == 1 ]]; then
     stop_bg perf
-    perf report -i "$BENCH_WORK/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9]' | head -40 | tee -a "$SUMMARY"
+    stop_bg perfsim
+    for who in edge sim; do
+        say "perf, $who, hottest symbols by self time (call graphs: perf report -i $OUT/perf-$who.data):"
+        perf report -i "$OUT/perf-$who.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
+            grep -E "^ +[0-9]" | sed -n 1,30p | tee -a "$SUMMARY"
+    done
 fi
 say "edge log: $(grep -c WARN "$OUT/million.edge.log" || true) warnings, $(grep -c ERROR "$OUT/million.edge.log" || true) errors; audit rows dropped: $(grep -o 'dropped=[0-9]*' "$OUT/million.edge.log" | awk -F= '{ s += $2 } END { print s + 0 }')"
 say "warnings: $(jq -c '.warnings' "$REPORT")"

@@ -64,6 +64,8 @@ pub enum Job {
 pub struct Jobs {
     persist: VecDeque<PersistBatch>,
     audit: VecDeque<AuditEvent>,
+    /// Audit rows taken for writing since start.
+    taken: u64,
     /// Audit rows dropped since start because the lane was full.
     dropped: u64,
     closed: bool,
@@ -118,6 +120,7 @@ impl Jobs {
             return None;
         }
         let n = Self::audit_chunk(self.audit.len());
+        self.taken += n as u64;
         Some(Job::Audit(self.audit.drain(..n).collect()))
     }
 
@@ -135,6 +138,33 @@ impl Jobs {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+
+    /// Audit rows taken for writing since start.
+    pub fn audit_taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// The lane as the gateway needs to know it.
+    pub fn audit_lane(&self) -> AuditLane {
+        AuditLane {
+            room: self.audit_room(),
+            waiting: self.audit.len(),
+            taken: self.taken,
+        }
+    }
+}
+
+/// The audit lane seen from the ingress loop: what it can take, what waits, and how much the
+/// registry thread took so far (its pace sets the gateway's retry hints, see
+/// [`crate::gateway::Gateway::handle_audit_drain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditLane {
+    /// Rows the lane can still take before it drops.
+    pub room: usize,
+    /// Rows waiting.
+    pub waiting: usize,
+    /// Rows taken for writing since start.
+    pub taken: u64,
 }
 
 /// What the registry thread reports.
@@ -224,10 +254,10 @@ impl RegistryWorker {
         dropped
     }
 
-    /// Audit rows the lane can still take now (the gateway refuses what it could not audit:
-    /// [`crate::gateway::Gateway::handle_audit_room`]).
-    pub fn audit_room(&self) -> usize {
-        self.shared.lock().audit_room()
+    /// The audit lane now: the room it has (the gateway refuses what it could not audit:
+    /// [`crate::gateway::Gateway::handle_audit_room`]) and how fast it drains.
+    pub fn audit_lane(&self) -> AuditLane {
+        self.shared.lock().audit_lane()
     }
 
     /// Ends the thread after the work already queued.

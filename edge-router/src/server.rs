@@ -609,7 +609,9 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut
             gateway.note_audit_dropped(Instant::now(), dropped);
         }
     }
-    gateway.handle_audit_room(worker.audit_room());
+    let lane = worker.audit_lane();
+    gateway.handle_audit_room(lane.room);
+    gateway.handle_audit_drain(Instant::now(), lane.taken, lane.waiting);
 }
 
 /// The audit row of an ingress event, if it is one the trail keeps.

@@ -748,12 +748,20 @@ impl Gateway {
         self.audit_room.set(room);
     }
 
+    /// The registry thread has taken `taken` audit rows from its lane since start, and
+    /// `waiting` rows wait there at `now`: how fast it drains paces the retry hints of
+    /// requests the lane has no room for (see [`audit_room`]).
+    pub fn handle_audit_drain(&mut self, now: Instant, taken: u64, waiting: usize) {
+        self.audit_room.drained(now, taken, waiting);
+    }
+
     /// A verified request whose audit rows (a new binding, a registration) the lane has no
-    /// room for is answered 5.03 with a jittered Max-Age (see [`audit_room`]); true when it
-    /// was. When it goes on, its registration row is charged. A request that is not `fresh`
+    /// room for is answered 5.03 with a Max-Age paced by the lane's drain (see [`audit_room`]);
+    /// true when it was. When it goes on, its registration row is charged. A request that is not `fresh`
     /// binds nothing (see [`binding`]): only a fresh one from elsewhere may cost binding rows.
     fn refused_for_audit(
         &mut self,
+        now: Instant,
         peer: Peer,
         device: &str,
         fresh: bool,
@@ -772,7 +780,7 @@ impl Gateway {
         }
         self.stats.audit_busy += 1;
         let mut answer = error_packet(request, ResponseType::ServiceUnavailable, AUDIT_BUSY);
-        let wait = self.audit_room.retry_after();
+        let wait = self.audit_room.retry_after(now, rows);
         answer.add_option(CoapOption::MaxAge, audit_room::max_age(wait));
         self.answer(peer, &answer);
         true
@@ -784,7 +792,7 @@ impl Gateway {
     fn plain(&mut self, now: Instant, unix_ms: u64, peer: Peer, packet: &Packet) {
         let registration = audit_room::is_registration(packet);
         if registration && !self.audit_room.admits(1) {
-            let wait = self.audit_room.retry_after();
+            let wait = self.audit_room.retry_after(now, 1);
             self.ingress.hold_registrations(Some(wait));
             self.ingress.handle_packet(now, unix_ms, peer, packet);
             self.ingress.hold_registrations(None);
@@ -933,7 +941,7 @@ impl Gateway {
             }
             return;
         }
-        if self.refused_for_audit(peer, &device, fresh, &inner) {
+        if self.refused_for_audit(now, peer, &device, fresh, &inner) {
             return;
         }
         let echo = inner

@@ -66,6 +66,8 @@ pub struct Jobs {
     audit: VecDeque<AuditEvent>,
     /// Audit rows taken for writing since start.
     taken: u64,
+    /// Time the thread spent on jobs since start (not waiting for them).
+    busy: Duration,
     /// Audit rows dropped since start because the lane was full.
     dropped: u64,
     closed: bool,
@@ -144,19 +146,25 @@ impl Jobs {
         self.taken
     }
 
+    /// The thread spent `worked` on a job.
+    pub fn note_busy(&mut self, worked: Duration) {
+        self.busy += worked;
+    }
+
     /// The lane as the gateway needs to know it.
     pub fn audit_lane(&self) -> AuditLane {
         AuditLane {
             room: self.audit_room(),
             waiting: self.audit.len(),
             taken: self.taken,
+            busy: self.busy,
         }
     }
 }
 
 /// The audit lane seen from the ingress loop: what it can take, what waits, and how much the
-/// registry thread took so far (its pace sets the gateway's retry hints, see
-/// [`crate::gateway::Gateway::handle_audit_drain`]).
+/// registry thread took so far in how much working time (its pace sets the gateway's retry
+/// hints, see [`crate::gateway::Gateway::handle_audit_drain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditLane {
     /// Rows the lane can still take before it drops.
@@ -165,6 +173,9 @@ pub struct AuditLane {
     pub waiting: usize,
     /// Rows taken for writing since start.
     pub taken: u64,
+    /// Time the registry thread spent on jobs since start (state batches too: they take its
+    /// time from the audit rows).
+    pub busy: Duration,
 }
 
 /// What the registry thread reports.
@@ -280,9 +291,10 @@ enum Step {
 }
 
 /// Waits until there is work, a timer is due (`until`), or the worker is stopped with nothing
-/// left to do.
-fn wait(shared: &Shared, until: Instant) -> Step {
+/// left to do; `worked` is how long the last job took.
+fn wait(shared: &Shared, until: Instant, worked: Duration) -> Step {
     let mut jobs = shared.lock();
+    jobs.note_busy(worked);
     loop {
         if let Some(job) = jobs.take() {
             return Step::Work(job);
@@ -310,8 +322,11 @@ fn run(
 ) {
     let mut version = registry.data_version().ok();
     let mut next_poll = Instant::now() + POLL_EVERY;
+    let mut worked = Duration::ZERO;
     loop {
-        match wait(shared, next_poll.min(checkpointer.poll_timeout())) {
+        let step = wait(shared, next_poll.min(checkpointer.poll_timeout()), worked);
+        let started = Instant::now();
+        match step {
             Step::Work(Job::Persist(batch)) => {
                 let ok = match registry.store_oscore_state(&batch.rows) {
                     Ok(()) => true,
@@ -337,6 +352,7 @@ fn run(
                 return;
             }
         }
+        worked = started.elapsed();
         if let Some(m) = checkpointer.handle_timeout(Instant::now(), unix_ms(), registry.audit())
             && out.send(FromRegistry::Checkpoint(m)).is_err()
         {

@@ -22,7 +22,8 @@
 //! in a virtual queue served at the rate the registry thread drains the lane: each refusal's
 //! slot is the later of [`AuditRoom::RETRY_MIN_S`] from now and the end of the slots already
 //! given, and moves that end on by the rows the request would write over the drain rate
-//! ([`DrainRate`], measured from the rows the thread took while rows waited). A slot of
+//! ([`DrainRate`]: rows the thread took per second of its working time — its state batches
+//! included — while a backlog waited). A slot of
 //! fractional seconds is rounded up or down at random in proportion (Max-Age counts whole
 //! seconds), so a second's worth of slots arrives spread over two seconds and on average on
 //! time. Hints are at most [`AuditRoom::RETRY_MAX_S`] (the SDK's longest back-off); a device
@@ -86,10 +87,10 @@ impl AuditRoom {
         self.room = room;
     }
 
-    /// The registry thread has taken `taken` rows from the lane since start; `waiting` rows
-    /// wait now.
-    pub(super) fn drained(&mut self, now: Instant, taken: u64, waiting: usize) {
-        self.drain.observe(now, taken, waiting);
+    /// The registry thread has taken `taken` rows from the lane since start in `busy` of
+    /// working time; `waiting` rows wait now.
+    pub(super) fn drained(&mut self, now: Instant, taken: u64, busy: Duration, waiting: usize) {
+        self.drain.observe(now, taken, busy, waiting);
     }
 
     /// `rows` were emitted (or will be, by the ingress) since the room was told.
@@ -102,8 +103,8 @@ impl AuditRoom {
         rows == 0 || self.room >= rows.saturating_add(Self::RESERVE)
     }
 
-    /// The Max-Age (seconds) for a request refused at `now` that would have written `rows`:
-    /// its slot in the queue of retries (see the module docs).
+    /// The Max-Age (seconds) for a request refused at `now` that would write `rows` when
+    /// served: its slot in the queue of retries (see the module docs).
     pub(super) fn retry_after(&mut self, now: Instant, rows: usize) -> u32 {
         self.refusals = self.refusals.wrapping_add(1);
         let earliest = now + Duration::from_secs(u64::from(Self::RETRY_MIN_S));
@@ -125,42 +126,53 @@ impl AuditRoom {
     }
 }
 
-/// How fast the registry thread drains the audit lane, rows per second: measured over windows
-/// of at least [`DrainRate::WINDOW`] in which rows waited all along (with none waiting, what
-/// it took says how fast rows came, not how fast it can write), smoothed over the last few.
+/// How fast the registry thread drains the audit lane, in rows per second of its working time
+/// (state batches included: they take the same thread): measured over windows of at least
+/// [`DrainRate::WINDOW`] through which a backlog of at least [`DrainRate::BACKLOG`] rows waited,
+/// so that chunks were at their largest — what the lane can take when it is full, which is when
+/// the hints are given. Smoothed over the last few windows.
 #[derive(Debug, Clone, Default)]
 pub struct DrainRate {
-    window: Option<(Instant, u64)>,
+    /// Start of the window: when, rows taken, working time.
+    window: Option<(Instant, u64, Duration)>,
     rows_per_s: Option<f64>,
 }
 
 impl DrainRate {
     /// The shortest window a measurement spans.
     pub const WINDOW: Duration = Duration::from_secs(1);
+    /// The backlog a window needs throughout (rows): enough for the largest chunks
+    /// ([`crate::registry_worker::Jobs::audit_chunk`]).
+    pub const BACKLOG: usize = 4 * crate::registry_worker::Jobs::MAX_AUDIT_CHUNK;
     /// The rate assumed before the first measurement (rows/s): about what the registry thread
-    /// writes while it shares a 2-core machine with a storm's verification.
-    pub const ASSUMED: f64 = 20_000.0;
+    /// wrote in a million-device storm on the 2-core bench machine.
+    pub const ASSUMED: f64 = 40_000.0;
     /// The lowest rate believed (rows/s): a stalled disk must not push hints past the
     /// longest one for every device at once.
     pub const FLOOR: f64 = 100.0;
 
-    /// `taken` rows taken since start, `waiting` waiting, at `now`.
-    pub fn observe(&mut self, now: Instant, taken: u64, waiting: usize) {
-        if waiting == 0 {
+    /// `taken` rows taken since start in `busy` of working time, `waiting` waiting, at `now`.
+    pub fn observe(&mut self, now: Instant, taken: u64, busy: Duration, waiting: usize) {
+        if waiting < Self::BACKLOG {
             self.window = None;
             return;
         }
-        let Some((since, before)) = self.window else {
-            self.window = Some((now, taken));
+        let Some((since, rows_before, busy_before)) = self.window else {
+            self.window = Some((now, taken, busy));
             return;
         };
-        let span = now.saturating_duration_since(since);
-        if span < Self::WINDOW {
+        if now.saturating_duration_since(since) < Self::WINDOW {
             return;
         }
-        let sample = taken.saturating_sub(before) as f64 / span.as_secs_f64();
+        let worked = busy.saturating_sub(busy_before).as_secs_f64();
+        // A thread that did not work at all in a second with a backlog is stalled: rate 0.
+        let sample = if worked > 0.0 {
+            taken.saturating_sub(rows_before) as f64 / worked
+        } else {
+            0.0
+        };
         self.rows_per_s = Some(self.rows_per_s.map_or(sample, |r| (r + sample) / 2.0));
-        self.window = Some((now, taken));
+        self.window = Some((now, taken, busy));
     }
 
     /// The rate to plan with, rows/s.
@@ -208,9 +220,15 @@ mod tests {
     fn retry_hints_are_slots_paced_by_the_drain_rate() {
         let t0 = Instant::now();
         let mut room = AuditRoom::new(42);
-        // 10,000 rows/s measured while rows waited.
-        room.drained(t0, 0, 5);
-        room.drained(t0 + Duration::from_secs(1), 10_000, 5);
+        // 10,000 rows per second of work measured while a backlog waited.
+        let backlog = DrainRate::BACKLOG;
+        room.drained(t0, 0, Duration::ZERO, backlog);
+        room.drained(
+            t0 + Duration::from_secs(1),
+            5_000,
+            Duration::from_millis(500),
+            backlog,
+        );
         assert!((room.drain.rows_per_s() - 10_000.0).abs() < 1e-6);
         let now = t0 + Duration::from_secs(1);
         // 100,000 refusals of three rows each at the same moment: 30 s of slots after the
@@ -246,36 +264,41 @@ mod tests {
     }
 
     #[test]
-    fn the_drain_rate_is_measured_only_while_rows_wait() {
+    fn the_drain_rate_is_rows_per_second_of_work_measured_only_under_a_backlog() {
         let t0 = Instant::now();
-        let s = Duration::from_secs;
+        let (s, ms) = (Duration::from_secs, Duration::from_millis);
+        let full = DrainRate::BACKLOG;
         let mut rate = DrainRate::default();
         assert_eq!(
             rate.rows_per_s(),
             DrainRate::ASSUMED,
             "assumed until measured"
         );
-        rate.observe(t0, 0, 10);
-        rate.observe(t0 + Duration::from_millis(500), 4_000, 10);
+        rate.observe(t0, 0, s(0), full);
+        rate.observe(t0 + ms(500), 4_000, ms(400), full);
         assert_eq!(
             rate.rows_per_s(),
             DrainRate::ASSUMED,
             "a window is at least a second"
         );
-        rate.observe(t0 + s(2), 16_000, 10);
-        assert!((rate.rows_per_s() - 8_000.0).abs() < 1e-6);
-        // The lane ran empty: what was taken then measured arrivals, not the thread.
-        rate.observe(t0 + s(3), 17_000, 0);
-        rate.observe(t0 + s(10), 18_000, 10);
-        rate.observe(t0 + s(11), 30_000, 10);
+        // 16,000 rows in 2 s of which the thread worked 1 s (the rest: waiting for a core
+        // between jobs is not its pace).
+        rate.observe(t0 + s(2), 16_000, s(1), full);
+        assert!((rate.rows_per_s() - 16_000.0).abs() < 1e-6);
+        // A small backlog: chunks were small and their commits dominate; not measured.
+        rate.observe(t0 + s(3), 17_000, ms(1_500), full - 1);
+        rate.observe(t0 + s(5), 17_100, s(2), 100);
+        assert!((rate.rows_per_s() - 16_000.0).abs() < 1e-6);
+        rate.observe(t0 + s(10), 18_000, s(3), full);
+        rate.observe(t0 + s(11), 26_000, ms(3_250), full);
         assert!(
-            (rate.rows_per_s() - 10_000.0).abs() < 1e-6,
-            "smoothed: (8,000 + 12,000) / 2"
+            (rate.rows_per_s() - 24_000.0).abs() < 1e-6,
+            "smoothed: (16,000 + 32,000) / 2"
         );
-        rate.observe(t0 + s(100), 30_000, 10);
-        assert_eq!(rate.rows_per_s(), 5_000.0, "a stalled thread halves it");
+        rate.observe(t0 + s(100), 26_000, ms(3_250), full);
+        assert_eq!(rate.rows_per_s(), 12_000.0, "a stalled thread halves it");
         for i in 0..64 {
-            rate.observe(t0 + s(101 + i), 30_000, 10);
+            rate.observe(t0 + s(101 + i), 26_000, ms(3_250), full);
         }
         assert_eq!(rate.rows_per_s(), DrainRate::FLOOR, "never below the floor");
     }

@@ -748,11 +748,11 @@ impl Gateway {
         self.audit_room.set(room);
     }
 
-    /// The registry thread has taken `taken` audit rows from its lane since start, and
-    /// `waiting` rows wait there at `now`: how fast it drains paces the retry hints of
-    /// requests the lane has no room for (see [`audit_room`]).
-    pub fn handle_audit_drain(&mut self, now: Instant, taken: u64, waiting: usize) {
-        self.audit_room.drained(now, taken, waiting);
+    /// The registry thread has taken `taken` audit rows from its lane since start in `busy`
+    /// of working time, and `waiting` rows wait there at `now`: how fast it drains paces the
+    /// retry hints of requests the lane has no room for (see [`audit_room`]).
+    pub fn handle_audit_drain(&mut self, now: Instant, taken: u64, busy: Duration, waiting: usize) {
+        self.audit_room.drained(now, taken, busy, waiting);
     }
 
     /// A verified request whose audit rows (a new binding, a registration) the lane has no
@@ -780,7 +780,11 @@ impl Gateway {
         }
         self.stats.audit_busy += 1;
         let mut answer = error_packet(request, ResponseType::ServiceUnavailable, AUDIT_BUSY);
-        let wait = self.audit_room.retry_after(now, rows);
+        // The slot's cost is what serving it will write: a registration row and, for a new
+        // binding, its binding row (a conflict row is rare).
+        let wait = self
+            .audit_room
+            .retry_after(now, usize::from(registration) + usize::from(binds));
         answer.add_option(CoapOption::MaxAge, audit_room::max_age(wait));
         self.answer(peer, &answer);
         true

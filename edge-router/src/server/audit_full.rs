@@ -34,7 +34,7 @@ fn hand_over(g: &mut Gateway, lane: &mut Jobs) -> u64 {
     let dropped = lane.push_audit(rows);
     let state = lane.audit_lane();
     g.handle_audit_room(state.room);
-    g.handle_audit_drain(Instant::now(), state.taken, state.waiting);
+    g.handle_audit_drain(Instant::now(), state.taken, state.busy, state.waiting);
     dropped
 }
 

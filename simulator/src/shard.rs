@@ -31,7 +31,7 @@ use v6iot_sdk::coap::{Config, Device, ResourceTree};
 use v6iot_sdk::nbiot::ModemConfig;
 use v6iot_sdk::oscore::{DurableState, SecurityContext};
 use v6iot_sdk::time::Instant;
-use v6iot_sdk::uplink::UplinkConfig;
+use v6iot_sdk::uplink::{RegistrationCounts, UplinkConfig};
 
 use crate::fleet::{FleetSensor, FleetShared, ReportCounts};
 use crate::histogram::LatencyHistogram;
@@ -788,7 +788,9 @@ impl<St: MemberStore> ShardCore<St> {
         };
         m.powered = true;
         m.device = Some(node);
-        self.drive(now, i, |_| {});
+        // Built with its uplink, the device has sent its first registration already: counted
+        // from nothing.
+        self.drive_counted_from_start(now, i, |_| {});
     }
 
     fn deliver(&mut self, now: Instant, member: usize, peer: SocketAddr, bytes: &[u8]) {
@@ -808,13 +810,26 @@ impl<St: MemberStore> ShardCore<St> {
     /// Runs `f` on member `i`'s device, then takes what it has to hand out (events, OSCORE
     /// state to store, datagrams), counts what changed and arms its next deadline.
     fn drive(&mut self, now: Instant, i: usize, f: impl FnOnce(&mut Node)) {
+        self.drive_from(now, i, false, f);
+    }
+
+    /// As [`ShardCore::drive`] on a device just built: its registration requests are counted
+    /// from none (what it sent while being built included).
+    fn drive_counted_from_start(&mut self, now: Instant, i: usize, f: impl FnOnce(&mut Node)) {
+        self.drive_from(now, i, true, f);
+    }
+
+    fn drive_from(&mut self, now: Instant, i: usize, fresh: bool, f: impl FnOnce(&mut Node)) {
         let Some(m) = self.members.get_mut(i) else {
             return;
         };
         let Some(device) = m.device.as_mut() else {
             return;
         };
-        let before = Snapshot::of(device.core());
+        let mut before = Snapshot::of(device.core());
+        if fresh {
+            before.registration = RegistrationCounts::default();
+        }
         f(device);
         device.log_events();
         let retry = self.retry_store.get(&i).copied();
@@ -953,6 +968,8 @@ impl<St: MemberStore> ShardCore<St> {
 struct Snapshot {
     reports: ReportCounts,
     registrations: u16,
+    /// What the device's registration requests came to (attempts, failures by kind).
+    registration: RegistrationCounts,
     retransmissions: u64,
 }
 
@@ -963,6 +980,9 @@ impl Snapshot {
             registrations: d
                 .registration()
                 .map_or(0, |r| u16::try_from(r.registrations()).unwrap_or(u16::MAX)),
+            registration: d
+                .registration()
+                .map_or(RegistrationCounts::default(), |r| r.counts()),
             retransmissions: d.endpoint().stats().retransmissions,
         }
     }
@@ -982,6 +1002,11 @@ impl Snapshot {
         c.busy_503 += d(a.busy, b.busy);
         c.timeouts += d(a.timeouts, b.timeouts);
         c.forbidden += d(a.forbidden, b.forbidden);
+        let (a, b) = (&self.registration, &before.registration);
+        c.registration_attempts += d(a.attempts, b.attempts);
+        c.registration_busy_503 += d(a.busy, b.busy);
+        c.registration_refused += d(a.refused, b.refused);
+        c.registration_unanswered += d(a.unanswered, b.unanswered);
         c.retransmissions += self.retransmissions.saturating_sub(before.retransmissions);
     }
 }

@@ -2,8 +2,9 @@
 //! shard cores, link model, accounting and report on virtual time, deterministically, without
 //! sockets, an edge router or a broker.
 //!
-//! [`StandInEdge`] answers what fleet devices send — `POST /rd` (2.01 with a location),
-//! `POST /rd/{loc}` (2.04), `POST /t` (2.04, or what its [`Script`] says) — plain or
+//! [`StandInEdge`] answers what fleet devices send — `POST /rd` (2.01 with a location, or a
+//! device's first 5.03 if its [`Script`] says so), `POST /rd/{loc}` (2.04), `POST /t` (2.04,
+//! or what its [`Script`] says) — plain or
 //! OSCORE-protected with the edge's side of each device's context, and "publishes" every
 //! report it takes as the platform would see it (resolved SenML-JSON with `n`, `v`, `t`).
 //! [`VirtualNet`] wires shard cores and a stand-in edge together with a fixed one-way delay and
@@ -25,7 +26,11 @@ use crate::collector::Deliveries;
 use crate::fleet::WallClock;
 use crate::shard::{MemberStore, ShardCore};
 
-/// What the stand-in edge answers to reports.
+/// Max-Age of the stand-in's 5.03 to a registration (`Script::registration_busy_every`),
+/// seconds.
+pub const REGISTRATION_MAX_AGE: u8 = 3;
+
+/// What the stand-in edge answers to reports and registrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Script {
     /// Every n-th report (counting from 1) is refused with 4.00 (0: none).
@@ -34,6 +39,11 @@ pub struct Script {
     pub busy_every: u64,
     /// Every n-th report is taken but not published (a loss behind the edge; 0: none).
     pub lose_every: u64,
+    /// The first registration (`POST /rd`) of every n-th device, counting devices (by
+    /// endpoint name) in the order their first registration arrives from 1, gets 5.03 with
+    /// Max-Age [`REGISTRATION_MAX_AGE`] (0: none), as an edge whose audit lane is full answers;
+    /// the device's next registration is taken.
+    pub registration_busy_every: u64,
 }
 
 /// What the stand-in edge did.
@@ -41,11 +51,15 @@ pub struct Script {
 pub struct StandInStats {
     /// Registrations answered 2.01.
     pub registrations: u64,
+    /// Registrations answered 5.03 (`Script::registration_busy_every`).
+    pub registration_busy: u64,
+    /// Registration updates answered 2.04.
+    pub updates: u64,
     /// Reports taken (2.04).
     pub reports: u64,
     /// Reports refused (4.00).
     pub refused: u64,
-    /// 5.03 answers.
+    /// 5.03 answers to reports.
     pub busy: u64,
     /// Reports taken but never published (`lose_every`).
     pub unpublished: u64,
@@ -69,6 +83,8 @@ pub struct StandInEdge {
     /// Reports counted for the script (each 5.03'd report counted once).
     seen_reports: u64,
     busy_pending: HashMap<SocketAddr, u64>,
+    /// Endpoint names whose registration arrived (bounded by the devices that register).
+    registering: std::collections::HashSet<String>,
     script: Script,
     published: std::collections::VecDeque<(String, Vec<u8>)>,
     /// Counters.
@@ -85,6 +101,7 @@ impl StandInEdge {
             reply_order: std::collections::VecDeque::new(),
             seen_reports: 0,
             busy_pending: HashMap::new(),
+            registering: std::collections::HashSet::new(),
             script,
             published: std::collections::VecDeque::new(),
             stats: StandInStats::default(),
@@ -181,6 +198,17 @@ impl StandInEdge {
                         })
                     })
                     .unwrap_or_default();
+                if !self.registering.contains(&ep) {
+                    self.registering.insert(ep.clone());
+                    let n = self.registering.len() as u64;
+                    let k = self.script.registration_busy_every;
+                    if k > 0 && n.is_multiple_of(k) {
+                        self.stats.registration_busy += 1;
+                        r.add_option(CoapOption::MaxAge, vec![REGISTRATION_MAX_AGE]);
+                        r.header.code = MessageClass::Response(ResponseType::ServiceUnavailable);
+                        return Some(r);
+                    }
+                }
                 self.names.insert(from, ep);
                 self.stats.registrations += 1;
                 r.add_option(CoapOption::LocationPath, b"rd".to_vec());
@@ -191,6 +219,7 @@ impl StandInEdge {
                 ResponseType::Created
             }
             (MessageClass::Request(RequestType::Post), [rd, _]) if rd == b"rd" => {
+                self.stats.updates += 1;
                 ResponseType::Changed
             }
             (MessageClass::Request(RequestType::Post), [t]) if t == b"t" => {

@@ -21,7 +21,8 @@ pub struct Counts {
     pub refused: u64,
     /// Reports dropped by a device's full queue.
     pub dropped: u64,
-    /// 5.03 answers (back-pressure; the report retried).
+    /// 5.03 answers to reports (back-pressure; the report retried). Registrations' 5.03s are
+    /// `registration_busy_503`.
     pub busy_503: u64,
     /// Report requests that timed out (retried).
     pub timeouts: u64,
@@ -31,6 +32,22 @@ pub struct Counts {
     pub registered: u64,
     /// Registrations after the first (after the edge forgot a device).
     pub reregistered: u64,
+    /// Registration requests sent (`POST /rd`) and updates (`POST /rd/{location}`), each once
+    /// however often CoAP retransmitted it; counted when sent.
+    #[serde(default)]
+    pub registration_attempts: u64,
+    /// Registration requests and updates answered 5.03 (the directory busy, e.g. its audit
+    /// lane full; the device tried again after Max-Age); counted when the answer arrived.
+    #[serde(default)]
+    pub registration_busy_503: u64,
+    /// Registration requests and updates answered with another error (4.xx, 5.xx but 5.03, a
+    /// 2.01 without a location; an update's 4.04); counted when the answer arrived.
+    #[serde(default)]
+    pub registration_refused: u64,
+    /// Registration requests and updates that got no answer (timed out or reset); counted
+    /// when given up.
+    #[serde(default)]
+    pub registration_unanswered: u64,
     /// CoAP retransmissions of Confirmable messages.
     pub retransmissions: u64,
     /// Datagrams the devices sent (after the link model).
@@ -57,6 +74,10 @@ impl Counts {
         self.forbidden += o.forbidden;
         self.registered += o.registered;
         self.reregistered += o.reregistered;
+        self.registration_attempts += o.registration_attempts;
+        self.registration_busy_503 += o.registration_busy_503;
+        self.registration_refused += o.registration_refused;
+        self.registration_unanswered += o.registration_unanswered;
         self.retransmissions += o.retransmissions;
         self.datagrams_sent += o.datagrams_sent;
         self.datagrams_received += o.datagrams_received;

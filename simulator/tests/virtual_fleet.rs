@@ -39,7 +39,9 @@ use v6iot_simulator::report::build::{self, RunFacts};
 use v6iot_simulator::report::{Report, merge};
 use v6iot_simulator::scenario::{Fault, FaultKind, FleetSpec, Partition, Scenario};
 use v6iot_simulator::shard::{MemberStore, NoStore, ShardCore};
-use v6iot_simulator::standin::{Script, StandInEdge, StandInStats, VirtualNet};
+use v6iot_simulator::standin::{
+    REGISTRATION_MAX_AGE, Script, StandInEdge, StandInStats, VirtualNet,
+};
 use v6iot_simulator::timeline::Timeline;
 
 const UNIX_START: f64 = 1_800_000_000.0;
@@ -135,6 +137,7 @@ fn every_report_ends_in_one_class_and_the_counts_agree_with_the_edge() {
         refuse_every: 50,
         busy_every: 7,
         lose_every: 97,
+        ..Script::default()
     };
     let (r, edge) = run(scenario(1), Partition::WHOLE, script);
     let t = &r.total;
@@ -220,12 +223,85 @@ fn reports_cut_off_by_the_end_are_unsent_not_lost() {
     );
 }
 
+/// An edge that refuses registrations with 5.03 + Max-Age (its audit lane full, in a storm):
+/// the report counts exactly the 5.03s it gave, per fleet, in total and over time, apart from
+/// the reports' `busy_503`, and every device still registers, after Max-Age.
+#[test]
+fn registrations_answered_503_are_counted_and_every_device_registers() {
+    let mut s = scenario(11);
+    s.faults.clear();
+    let script = Script {
+        registration_busy_every: 3,
+        ..Script::default()
+    };
+    let (r, edge) = run(s, Partition::WHOLE, script);
+    let t = &r.total;
+    assert!(r.checks.consistent, "{:#?}", r.checks);
+    assert!(t.adds_up(), "{t:#?}");
+    // The first registration of every third of the 150 devices got a 5.03.
+    assert_eq!(edge.registration_busy, 50);
+    assert_eq!(t.registration_busy_503, edge.registration_busy, "{t:#?}");
+    assert_eq!(
+        r.fleets
+            .iter()
+            .map(|f| f.registration_busy_503)
+            .sum::<u64>(),
+        t.registration_busy_503
+    );
+    assert!(
+        r.fleets.iter().all(|f| f.registration_busy_503 > 0),
+        "{:#?}",
+        r.fleets
+    );
+    // Nothing else went wrong; the reports' 5.03s are apart.
+    assert_eq!(
+        (
+            t.registration_refused,
+            t.registration_unanswered,
+            t.busy_503
+        ),
+        (0, 0, 0),
+        "{t:#?}"
+    );
+    // Every request is an attempt: the 2.01s, the 5.03s and the updates.
+    assert_eq!(
+        t.registration_attempts,
+        edge.registrations + edge.registration_busy + edge.updates,
+        "{t:#?} {edge:#?}"
+    );
+    // Every device registered once, the refused ones after Max-Age.
+    assert_eq!((t.devices, t.registered, t.reregistered), (150, 150, 0));
+    assert_eq!(edge.registrations, 150);
+    assert_eq!(t.registration.count, 150);
+    assert!(
+        t.registration.max_ms >= f64::from(REGISTRATION_MAX_AGE) * 1000.0,
+        "{:?}",
+        t.registration
+    );
+    // The timeline adds up to the totals.
+    let sum = |f: fn(&v6iot_simulator::timeline::Counts) -> u64| -> u64 {
+        r.timeline.buckets.iter().map(|b| f(&b.counts)).sum()
+    };
+    assert_eq!(sum(|c| c.registration_busy_503), t.registration_busy_503);
+    assert_eq!(sum(|c| c.registration_attempts), t.registration_attempts);
+    assert_eq!(sum(|c| c.registration_refused), 0);
+    assert_eq!(sum(|c| c.registration_unanswered), 0);
+    // In the JSON, the HTML table and the summary.
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(json["total"]["registration_busy_503"], 50);
+    assert_eq!(json["total"]["busy_503"], 0);
+    let html = v6iot_simulator::report::html::render(&r);
+    assert!(html.contains("<th>registration 5.03</th>"));
+    assert!(r.summary().contains("answered 5.03 50,"), "{}", r.summary());
+}
+
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let script = Script {
         refuse_every: 40,
         busy_every: 9,
         lose_every: 0,
+        ..Script::default()
     };
     let (a, _) = run(scenario(7), Partition::WHOLE, script);
     let (b, _) = run(scenario(7), Partition::WHOLE, script);
@@ -450,6 +526,7 @@ fn the_html_report_renders_its_plots_in_chromium() {
         refuse_every: 50,
         busy_every: 7,
         lose_every: 97,
+        ..Script::default()
     };
     let (mut r, _) = run(scenario(1), Partition::WHOLE, script);
     r.faults.push(v6iot_simulator::report::FaultMark {

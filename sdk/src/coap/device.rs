@@ -188,9 +188,10 @@ impl<S: App> Device<S> {
     /// As [`Device::with_uplink`], on a device already built: for drivers that learn the edge's
     /// address only later (a 6LoWPAN device, from its router). Starts a new registration; the
     /// reports already queued (held by [`Device::hold_reports`], or of an earlier uplink) stay
-    /// queued, in order, and go to the new server.
+    /// queued, in order, and go to the new server; the registration's counts
+    /// ([`Registration::counts`]) carry on from the earlier uplink's.
     pub fn start_uplink(&mut self, now: Instant, config: UplinkConfig) {
-        let registration = Registration::new(
+        let mut registration = Registration::new(
             now,
             config.server,
             config.endpoint,
@@ -199,6 +200,9 @@ impl<S: App> Device<S> {
         );
         let reporter = match self.uplink.take() {
             Some(old) => {
+                if let Some(r) = &old.registration {
+                    registration.continue_counts(r.counts());
+                }
                 let mut reporter = old.reporter;
                 reporter.retarget(config.server, config.max_queued_reports);
                 reporter

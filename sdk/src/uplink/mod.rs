@@ -20,7 +20,7 @@ use core::net::SocketAddr;
 use core::time::Duration;
 
 pub use power::{PowerConfig, PowerSaving, PowerStats, WakeReason};
-pub use registration::{Binding, Registration, RegistrationState};
+pub use registration::{Binding, Registration, RegistrationCounts, RegistrationState};
 pub use reporter::{QueueFull, ReportEvent, ReportStats, Reporter};
 
 /// Where and how a device registers and reports.

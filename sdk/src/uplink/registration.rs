@@ -70,6 +70,25 @@ pub enum RegistrationState {
     Deregistered,
 }
 
+/// What a device's registration requests came to, counted from its start
+/// ([`Registration::counts`]). A request is counted once, when its outcome is known, as
+/// accepted (not counted here) or in exactly one of `busy`, `refused`, `unanswered`; so `attempts`
+/// = accepted + `busy` + `refused` + `unanswered` + the one still out, if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistrationCounts {
+    /// Requests sent: registrations (`POST /rd`) and updates (`POST /rd/{location}`), each
+    /// counted once however often CoAP retransmitted it.
+    pub attempts: u32,
+    /// Requests answered 5.03 Service Unavailable (the directory was busy; the next attempt
+    /// waits the answer's Max-Age).
+    pub busy: u32,
+    /// Requests answered with anything else but success (4.xx, 5.xx other than 5.03; a 2.01
+    /// without a location; an update's 4.04, after which the device registers afresh).
+    pub refused: u32,
+    /// Requests that got no answer (timed out, or reset).
+    pub unanswered: u32,
+}
+
 /// The registration client of one device.
 #[derive(Debug)]
 pub struct Registration {
@@ -79,6 +98,7 @@ pub struct Registration {
     binding: Binding,
     state: RegistrationState,
     registrations: u32,
+    counts: RegistrationCounts,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
@@ -103,6 +123,7 @@ impl Registration {
                 failures: 0,
             },
             registrations: 0,
+            counts: RegistrationCounts::default(),
         }
     }
 
@@ -124,6 +145,17 @@ impl Registration {
         self.registrations
     }
 
+    /// What its requests came to so far: attempts, and the failed ones by kind.
+    pub fn counts(&self) -> RegistrationCounts {
+        self.counts
+    }
+
+    /// Carries `earlier`'s counts on (a device that starts a new registration client keeps
+    /// counting where the old one stopped).
+    pub(crate) fn continue_counts(&mut self, earlier: RegistrationCounts) {
+        self.counts = earlier;
+    }
+
     /// When [`Registration::poll`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
@@ -143,6 +175,7 @@ impl Registration {
                     .query(format!("lt={}", self.lifetime.as_secs()))
                     .query(format!("b={}", self.binding.as_str()))
                     .body(content_format::LINK_FORMAT, links.as_bytes().to_vec());
+                self.counts.attempts = self.counts.attempts.saturating_add(1);
                 self.state = RegistrationState::Registering(endpoint.send_request(
                     now,
                     self.server,
@@ -154,6 +187,7 @@ impl Registration {
                 refresh_at,
             } if *refresh_at <= now => {
                 let location = location.clone();
+                self.counts.attempts = self.counts.attempts.saturating_add(1);
                 let request = endpoint.send_request(
                     now,
                     self.server,
@@ -184,8 +218,14 @@ impl Registration {
                             refresh_at: now + self.refresh_after(),
                         };
                     }
-                    RequestOutcome::Response(resp) => self.fail(now, resp.max_age),
-                    _ => self.fail(now, None),
+                    RequestOutcome::Response(resp) => {
+                        self.count_answer(resp.code);
+                        self.fail(now, resp.max_age);
+                    }
+                    _ => {
+                        self.counts.unanswered = self.counts.unanswered.saturating_add(1);
+                        self.fail(now, None);
+                    }
                 }
                 true
             }
@@ -200,13 +240,20 @@ impl Registration {
                     }
                     // 4.04: the directory forgot us (expiry, restart): register afresh at once.
                     RequestOutcome::Response(resp) if resp.code == Code::NotFound => {
+                        self.count_answer(resp.code);
                         self.state = RegistrationState::Unregistered {
                             retry_at: now,
                             failures: 0,
                         };
                     }
-                    RequestOutcome::Response(resp) => self.fail(now, resp.max_age),
-                    _ => self.fail(now, None),
+                    RequestOutcome::Response(resp) => {
+                        self.count_answer(resp.code);
+                        self.fail(now, resp.max_age);
+                    }
+                    _ => {
+                        self.counts.unanswered = self.counts.unanswered.saturating_add(1);
+                        self.fail(now, None);
+                    }
                 }
                 true
             }
@@ -249,6 +296,16 @@ impl Registration {
         self.lifetime * 3 / 4
     }
 
+    /// Counts an answer that was not a success: 5.03 as busy, anything else as refused.
+    fn count_answer(&mut self, code: Code) {
+        let count = if code == Code::ServiceUnavailable {
+            &mut self.counts.busy
+        } else {
+            &mut self.counts.refused
+        };
+        *count = count.saturating_add(1);
+    }
+
     fn fail(&mut self, now: Instant, max_age: Option<u32>) {
         let failures = match self.state {
             RegistrationState::Unregistered { failures, .. } => failures,
@@ -264,5 +321,144 @@ impl Registration {
             retry_at: now + wait,
             failures,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::{ClientResponse, Config};
+    use alloc::vec::Vec;
+
+    fn at(s: u64) -> Instant {
+        Instant::from_secs(s)
+    }
+
+    fn fresh() -> (Registration, Endpoint) {
+        let server = SocketAddr::new(core::net::Ipv6Addr::LOCALHOST.into(), 5683);
+        let reg = Registration::new(
+            at(0),
+            server,
+            "d1".into(),
+            Duration::from_secs(3600),
+            Binding::U,
+        );
+        (reg, Endpoint::new(Config::default(), 1))
+    }
+
+    /// Sends what is due at `now`; the request now out.
+    fn send(reg: &mut Registration, endpoint: &mut Endpoint, now: Instant) -> RequestId {
+        reg.poll(now, endpoint, "</s>");
+        match reg.state() {
+            RegistrationState::Registering(id) => *id,
+            RegistrationState::Updating { request, .. } => *request,
+            other => panic!("nothing out: {other:?}"),
+        }
+    }
+
+    fn answer(code: Code, max_age: Option<u32>, location: &[&str]) -> RequestOutcome {
+        RequestOutcome::Response(ClientResponse {
+            code,
+            content_format: None,
+            payload: Vec::new(),
+            max_age,
+            location: location.iter().map(|s| String::from(*s)).collect(),
+        })
+    }
+
+    #[test]
+    fn a_503_counts_as_busy_and_the_retry_waits_max_age() {
+        let (mut reg, mut ep) = fresh();
+        let id = send(&mut reg, &mut ep, at(0));
+        assert!(reg.handle_outcome(at(1), id, &answer(Code::ServiceUnavailable, Some(30), &[])));
+        assert_eq!(
+            reg.counts(),
+            RegistrationCounts {
+                attempts: 1,
+                busy: 1,
+                refused: 0,
+                unanswered: 0
+            }
+        );
+        assert_eq!(
+            reg.poll_timeout(),
+            Some(at(31)),
+            "Max-Age, not the back-off"
+        );
+        reg.poll(at(30), &mut ep, "</s>");
+        assert!(
+            matches!(reg.state(), RegistrationState::Unregistered { .. }),
+            "nothing sent before Max-Age"
+        );
+        let id = send(&mut reg, &mut ep, at(31));
+        assert!(reg.handle_outcome(at(32), id, &answer(Code::Created, None, &["rd", "7"])));
+        assert!(reg.is_registered());
+        assert_eq!(reg.registrations(), 1);
+        assert_eq!(
+            reg.counts(),
+            RegistrationCounts {
+                attempts: 2,
+                busy: 1,
+                refused: 0,
+                unanswered: 0
+            }
+        );
+    }
+
+    #[test]
+    fn an_error_answer_counts_as_refused_and_no_answer_as_unanswered() {
+        let (mut reg, mut ep) = fresh();
+        let id = send(&mut reg, &mut ep, at(0));
+        assert!(reg.handle_outcome(at(1), id, &answer(Code::BadRequest, None, &[])));
+        assert_eq!(reg.counts().refused, 1);
+        let retry = reg.poll_timeout().unwrap();
+        let id = send(&mut reg, &mut ep, retry);
+        assert!(reg.handle_outcome(retry, id, &RequestOutcome::Timeout));
+        let retry = reg.poll_timeout().unwrap();
+        let id = send(&mut reg, &mut ep, retry);
+        assert!(reg.handle_outcome(retry, id, &RequestOutcome::Reset));
+        assert_eq!(
+            reg.counts(),
+            RegistrationCounts {
+                attempts: 3,
+                busy: 0,
+                refused: 1,
+                unanswered: 2
+            }
+        );
+        assert!(!reg.is_registered());
+    }
+
+    #[test]
+    fn updates_are_attempts_and_their_failures_count_too() {
+        let (mut reg, mut ep) = fresh();
+        let id = send(&mut reg, &mut ep, at(0));
+        assert!(reg.handle_outcome(at(0), id, &answer(Code::Created, None, &["rd", "7"])));
+        let due = reg.poll_timeout().unwrap();
+        let id = send(&mut reg, &mut ep, due);
+        assert!(reg.handle_outcome(due, id, &answer(Code::Changed, None, &[])));
+        let due = reg.poll_timeout().unwrap();
+        let id = send(&mut reg, &mut ep, due);
+        assert!(reg.handle_outcome(due, id, &answer(Code::ServiceUnavailable, Some(5), &[])));
+        assert_eq!(reg.poll_timeout(), Some(due + Duration::from_secs(5)));
+        let id = send(&mut reg, &mut ep, due + Duration::from_secs(5));
+        assert!(matches!(reg.state(), RegistrationState::Registering(_)));
+        assert!(reg.handle_outcome(due, id, &answer(Code::Created, None, &["rd", "8"])));
+        let due = reg.poll_timeout().unwrap();
+        let id = send(&mut reg, &mut ep, due);
+        assert!(reg.handle_outcome(due, id, &answer(Code::NotFound, None, &[])));
+        assert_eq!(
+            reg.counts(),
+            RegistrationCounts {
+                attempts: 5,
+                busy: 1,
+                refused: 1,
+                unanswered: 0
+            }
+        );
+        assert_eq!(reg.registrations(), 2);
+        // An outcome of another request changes nothing.
+        assert!(!reg.handle_outcome(due, RequestId(u32::MAX), &RequestOutcome::Timeout));
+        assert_eq!(reg.counts().unanswered, 0);
     }
 }

@@ -275,6 +275,12 @@ pub fn report(
             let regs = device.registration().map_or(0, |r| r.registrations());
             fr.registered += u64::from(regs > 0);
             fr.reregistered += u64::from(regs.saturating_sub(1));
+            if let Some(c) = device.registration().map(|r| r.counts()) {
+                fr.registration_attempts += u64::from(c.attempts);
+                fr.registration_busy_503 += u64::from(c.busy);
+                fr.registration_refused += u64::from(c.refused);
+                fr.registration_unanswered += u64::from(c.unanswered);
+            }
             fr.retransmissions += device.endpoint().stats().retransmissions;
             if let Some(o) = device.endpoint().oscore_stats() {
                 fr.oscore.add(&OscoreCounts {

@@ -292,11 +292,11 @@ fn resources_plot(report: &Report) -> Result<String, String> {
 }
 
 fn fleets_table(page: &mut String, report: &Report) {
-    page.push_str("<h2>Fleets</h2>\n<table><tr><th>fleet</th><th>transport</th><th>devices</th><th>registered</th><th>made</th><th>sent</th><th>acknowledged</th><th>delivered</th><th>duplicates</th><th>unsent at end</th><th>lost</th><th>refused</th><th>5.03</th><th>retransmissions</th><th>latency p50 / p99 ms</th><th>registration p50 / p99 ms</th></tr>\n");
+    page.push_str("<h2>Fleets</h2>\n<table><tr><th>fleet</th><th>transport</th><th>devices</th><th>registered</th><th>made</th><th>sent</th><th>acknowledged</th><th>delivered</th><th>duplicates</th><th>unsent at end</th><th>lost</th><th>refused</th><th>report 5.03</th><th>registration attempts</th><th>registration 5.03</th><th>registrations refused</th><th>registrations unanswered</th><th>retransmissions</th><th>latency p50 / p99 ms</th><th>registration p50 / p99 ms</th></tr>\n");
     let row = |page: &mut String, f: &FleetReport| {
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} / {:.1}</td><td>{:.0} / {:.0}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} / {:.1}</td><td>{:.0} / {:.0}</td></tr>",
             escape(&f.name),
             escape(&f.transport),
             f.devices,
@@ -310,6 +310,10 @@ fn fleets_table(page: &mut String, report: &Report) {
             f.lost,
             f.refused,
             f.busy_503,
+            f.registration_attempts,
+            f.registration_busy_503,
+            f.registration_refused,
+            f.registration_unanswered,
             f.retransmissions,
             f.latency.p50_ms,
             f.latency.p99_ms,

@@ -20,6 +20,7 @@ pub mod html;
 pub mod merge;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -130,12 +131,27 @@ pub struct FleetReport {
     pub lost_by_cause: LostByCause,
     /// Deliveries of reports never made (must be 0).
     pub phantom: u64,
-    /// 5.03 answers (back-pressure; each report retried after Max-Age).
+    /// 5.03 answers to reports (back-pressure; each report retried after Max-Age). Not the
+    /// registrations' 5.03s: those are `registration_busy_503`.
     pub busy_503: u64,
     /// Report requests that timed out (retried).
     pub timeouts: u64,
     /// 4.03 answers to reports (the device registered again, the report kept).
     pub forbidden: u64,
+    /// Registration requests (`POST /rd`) and updates (`POST /rd/{location}`) the devices sent,
+    /// each once however often CoAP retransmitted it.
+    #[serde(default)]
+    pub registration_attempts: u64,
+    /// Of those, answered 5.03 (the directory busy; the device tried again after Max-Age).
+    #[serde(default)]
+    pub registration_busy_503: u64,
+    /// Of those, answered with another error (4.xx, 5.xx but 5.03; a 2.01 without a location;
+    /// an update's 4.04, after which the device registered afresh).
+    #[serde(default)]
+    pub registration_refused: u64,
+    /// Of those, never answered (timed out or reset).
+    #[serde(default)]
+    pub registration_unanswered: u64,
     /// CoAP retransmissions of Confirmable messages (registrations and reports).
     pub retransmissions: u64,
     /// Delivered reports per second of the reporting period.
@@ -250,6 +266,10 @@ impl FleetReport {
         self.busy_503 += o.busy_503;
         self.timeouts += o.timeouts;
         self.forbidden += o.forbidden;
+        self.registration_attempts += o.registration_attempts;
+        self.registration_busy_503 += o.registration_busy_503;
+        self.registration_refused += o.registration_refused;
+        self.registration_unanswered += o.registration_unanswered;
         self.retransmissions += o.retransmissions;
         self.oscore.add(&o.oscore);
         if let Some(n) = &o.nbiot {
@@ -289,6 +309,15 @@ impl Report {
             t.registration.p50_ms,
             t.registration.p99_ms,
             t.throughput_per_s,
+        );
+        let _ = write!(
+            s,
+            "\nreports answered 5.03: {}; registration requests {}: answered 5.03 {}, refused {}, unanswered {}",
+            t.busy_503,
+            t.registration_attempts,
+            t.registration_busy_503,
+            t.registration_refused,
+            t.registration_unanswered,
         );
         for w in &self.warnings {
             s.push_str("\nwarning: ");

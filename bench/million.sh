@@ -149,6 +149,7 @@ say "registration time per device (power-on → acknowledged): $(jq -r '.total.r
     "p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms"' "$REPORT")"
 say "registrations per second, peak bucket: $(jq '.timeline.bucket_s as $w |
     [.timeline.buckets[].registered] | max / $w | floor' "$REPORT")"
+say "registration requests $(jq '.total.registration_attempts // "n/a"' "$REPORT"): answered 5.03 $(jq '.total.registration_busy_503 // "n/a"' "$REPORT"), refused $(jq '.total.registration_refused // "n/a"' "$REPORT"), unanswered $(jq '.total.registration_unanswered // "n/a"' "$REPORT")"
 say "reports made $(jq '.total.made' "$REPORT"), delivered $(jq '.total.delivered' "$REPORT"), lost $(jq '.total.lost' "$REPORT"), timeouts $(jq '.total.timeouts' "$REPORT"), retransmissions $(jq '.total.retransmissions' "$REPORT"), 5.03 $(jq '.total.busy_503' "$REPORT")"
 # The edge's RSS when the last device had registered (the sample nearest that moment).
 RSS_REG="$(awk -v t="$T_SIM" -v at="$ALL_AT" 'at != "never" && $1 - t <= at + 1 { r = $2 } END { print r + 0 }' \

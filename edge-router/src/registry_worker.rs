@@ -66,8 +66,8 @@ pub struct Jobs {
     audit: VecDeque<AuditEvent>,
     /// Audit rows taken for writing since start.
     taken: u64,
-    /// Time the thread spent on jobs since start (not waiting for them).
-    busy: Duration,
+    /// The thread's CPU time since start, as it last told.
+    cpu: Duration,
     /// Audit rows dropped since start because the lane was full.
     dropped: u64,
     closed: bool,
@@ -146,9 +146,9 @@ impl Jobs {
         self.taken
     }
 
-    /// The thread spent `worked` on a job.
-    pub fn note_busy(&mut self, worked: Duration) {
-        self.busy += worked;
+    /// The thread has used `cpu` of CPU time since start.
+    pub fn note_cpu(&mut self, cpu: Duration) {
+        self.cpu = self.cpu.max(cpu);
     }
 
     /// The lane as the gateway needs to know it.
@@ -157,14 +157,14 @@ impl Jobs {
             room: self.audit_room(),
             waiting: self.audit.len(),
             taken: self.taken,
-            busy: self.busy,
+            cpu: self.cpu,
         }
     }
 }
 
 /// The audit lane seen from the ingress loop: what it can take, what waits, and how much the
-/// registry thread took so far in how much working time (its pace sets the gateway's retry
-/// hints, see [`crate::gateway::Gateway::handle_audit_drain`]).
+/// registry thread took so far in how much CPU time (its pace sets the gateway's retry hints,
+/// see [`crate::gateway::Gateway::handle_audit_drain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditLane {
     /// Rows the lane can still take before it drops.
@@ -173,9 +173,9 @@ pub struct AuditLane {
     pub waiting: usize,
     /// Rows taken for writing since start.
     pub taken: u64,
-    /// Time the registry thread spent on jobs since start (state batches too: they take its
-    /// time from the audit rows).
-    pub busy: Duration,
+    /// The registry thread's CPU time since start (state batches too: they take its time
+    /// from the audit rows).
+    pub cpu: Duration,
 }
 
 /// What the registry thread reports.
@@ -291,10 +291,11 @@ enum Step {
 }
 
 /// Waits until there is work, a timer is due (`until`), or the worker is stopped with nothing
-/// left to do; `worked` is how long the last job took.
-fn wait(shared: &Shared, until: Instant, worked: Duration) -> Step {
+/// left to do.
+fn wait(shared: &Shared, until: Instant) -> Step {
+    let cpu = thread_cpu();
     let mut jobs = shared.lock();
-    jobs.note_busy(worked);
+    jobs.note_cpu(cpu);
     loop {
         if let Some(job) = jobs.take() {
             return Step::Work(job);
@@ -322,11 +323,8 @@ fn run(
 ) {
     let mut version = registry.data_version().ok();
     let mut next_poll = Instant::now() + POLL_EVERY;
-    let mut worked = Duration::ZERO;
     loop {
-        let step = wait(shared, next_poll.min(checkpointer.poll_timeout()), worked);
-        let started = Instant::now();
-        match step {
+        match wait(shared, next_poll.min(checkpointer.poll_timeout())) {
             Step::Work(Job::Persist(batch)) => {
                 let ok = match registry.store_oscore_state(&batch.rows) {
                     Ok(()) => true,
@@ -352,7 +350,6 @@ fn run(
                 return;
             }
         }
-        worked = started.elapsed();
         if let Some(m) = checkpointer.handle_timeout(Instant::now(), unix_ms(), registry.audit())
             && out.send(FromRegistry::Checkpoint(m)).is_err()
         {
@@ -410,6 +407,12 @@ fn reload(registry: &Registry, out: &UnboundedSender<FromRegistry>) -> bool {
             true
         }
     }
+}
+
+/// The CPU time the calling thread has used (zero where the clock cannot be read).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 fn unix_ms() -> u64 {

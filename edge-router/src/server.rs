@@ -611,7 +611,7 @@ fn drain_side_effects(gateway: &mut Gateway, worker: &RegistryWorker, live: &mut
     }
     let lane = worker.audit_lane();
     gateway.handle_audit_room(lane.room);
-    gateway.handle_audit_drain(Instant::now(), lane.taken, lane.busy, lane.waiting);
+    gateway.handle_audit_drain(Instant::now(), lane.taken, lane.cpu, lane.waiting);
 }
 
 /// The audit row of an ingress event, if it is one the trail keeps.

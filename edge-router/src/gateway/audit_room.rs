@@ -22,8 +22,11 @@
 //! in a virtual queue served at the rate the registry thread drains the lane: each refusal's
 //! slot is the later of [`AuditRoom::RETRY_MIN_S`] from now and the end of the slots already
 //! given, and moves that end on by the rows the request would write over the drain rate
-//! ([`DrainRate`]: rows the thread took per second of its working time — its state batches
-//! included — while a backlog waited). A slot of
+//! ([`DrainRate`]: rows the thread took per second of its CPU time — its state batches
+//! included — while a backlog waited: what it drains with a core to itself, which it has once
+//! the storm's first wave has passed; measured per second of wall-clock time, while the
+//! simulator, the verification and the thread shared two cores, it paced a million-device
+//! storm's retries at half of what the thread then wrote, and the lane stood idle). A slot of
 //! fractional seconds is rounded up or down at random in proportion (Max-Age counts whole
 //! seconds), so a second's worth of slots arrives spread over two seconds and on average on
 //! time. Hints are at most [`AuditRoom::RETRY_MAX_S`] (the SDK's longest back-off); a device
@@ -87,10 +90,10 @@ impl AuditRoom {
         self.room = room;
     }
 
-    /// The registry thread has taken `taken` rows from the lane since start in `busy` of
-    /// working time; `waiting` rows wait now.
-    pub(super) fn drained(&mut self, now: Instant, taken: u64, busy: Duration, waiting: usize) {
-        self.drain.observe(now, taken, busy, waiting);
+    /// The registry thread has taken `taken` rows from the lane since start in `cpu` of its
+    /// CPU time; `waiting` rows wait now.
+    pub(super) fn drained(&mut self, now: Instant, taken: u64, cpu: Duration, waiting: usize) {
+        self.drain.observe(now, taken, cpu, waiting);
     }
 
     /// `rows` were emitted (or will be, by the ingress) since the room was told.
@@ -126,14 +129,14 @@ impl AuditRoom {
     }
 }
 
-/// How fast the registry thread drains the audit lane, in rows per second of its working time
+/// How fast the registry thread drains the audit lane, in rows per second of its CPU time
 /// (state batches included: they take the same thread): measured over windows of at least
 /// [`DrainRate::WINDOW`] through which a backlog of at least [`DrainRate::BACKLOG`] rows waited,
 /// so that chunks were at their largest — what the lane can take when it is full, which is when
 /// the hints are given. Smoothed over the last few windows.
 #[derive(Debug, Clone, Default)]
 pub struct DrainRate {
-    /// Start of the window: when, rows taken, working time.
+    /// Start of the window: when, rows taken, CPU time.
     window: Option<(Instant, u64, Duration)>,
     rows_per_s: Option<f64>,
 }
@@ -145,26 +148,26 @@ impl DrainRate {
     /// ([`crate::registry_worker::Jobs::audit_chunk`]).
     pub const BACKLOG: usize = 4 * crate::registry_worker::Jobs::MAX_AUDIT_CHUNK;
     /// The rate assumed before the first measurement (rows/s): about what the registry thread
-    /// wrote in a million-device storm on the 2-core bench machine.
+    /// writes per second of CPU in a million-device storm on the 2-core bench machine.
     pub const ASSUMED: f64 = 40_000.0;
     /// The lowest rate believed (rows/s): a stalled disk must not push hints past the
     /// longest one for every device at once.
     pub const FLOOR: f64 = 100.0;
 
-    /// `taken` rows taken since start in `busy` of working time, `waiting` waiting, at `now`.
-    pub fn observe(&mut self, now: Instant, taken: u64, busy: Duration, waiting: usize) {
+    /// `taken` rows taken since start in `cpu` of CPU time, `waiting` waiting, at `now`.
+    pub fn observe(&mut self, now: Instant, taken: u64, cpu: Duration, waiting: usize) {
         if waiting < Self::BACKLOG {
             self.window = None;
             return;
         }
-        let Some((since, rows_before, busy_before)) = self.window else {
-            self.window = Some((now, taken, busy));
+        let Some((since, rows_before, cpu_before)) = self.window else {
+            self.window = Some((now, taken, cpu));
             return;
         };
         if now.saturating_duration_since(since) < Self::WINDOW {
             return;
         }
-        let worked = busy.saturating_sub(busy_before).as_secs_f64();
+        let worked = cpu.saturating_sub(cpu_before).as_secs_f64();
         // A thread that did not work at all in a second with a backlog is stalled: rate 0.
         let sample = if worked > 0.0 {
             taken.saturating_sub(rows_before) as f64 / worked
@@ -172,7 +175,7 @@ impl DrainRate {
             0.0
         };
         self.rows_per_s = Some(self.rows_per_s.map_or(sample, |r| (r + sample) / 2.0));
-        self.window = Some((now, taken, busy));
+        self.window = Some((now, taken, cpu));
     }
 
     /// The rate to plan with, rows/s.
@@ -220,7 +223,7 @@ mod tests {
     fn retry_hints_are_slots_paced_by_the_drain_rate() {
         let t0 = Instant::now();
         let mut room = AuditRoom::new(42);
-        // 10,000 rows per second of work measured while a backlog waited.
+        // 10,000 rows per second of the thread's CPU measured while a backlog waited.
         let backlog = DrainRate::BACKLOG;
         room.drained(t0, 0, Duration::ZERO, backlog);
         room.drained(
@@ -264,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn the_drain_rate_is_rows_per_second_of_work_measured_only_under_a_backlog() {
+    fn the_drain_rate_is_rows_per_cpu_second_measured_only_under_a_backlog() {
         let t0 = Instant::now();
         let (s, ms) = (Duration::from_secs, Duration::from_millis);
         let full = DrainRate::BACKLOG;
@@ -281,8 +284,8 @@ mod tests {
             DrainRate::ASSUMED,
             "a window is at least a second"
         );
-        // 16,000 rows in 2 s of which the thread worked 1 s (the rest: waiting for a core
-        // between jobs is not its pace).
+        // 16,000 rows in 2 s in which the thread had 1 s of CPU (the rest: waiting for work,
+        // or for a core, is not its pace).
         rate.observe(t0 + s(2), 16_000, s(1), full);
         assert!((rate.rows_per_s() - 16_000.0).abs() < 1e-6);
         // A small backlog: chunks were small and their commits dominate; not measured.

@@ -748,11 +748,11 @@ impl Gateway {
         self.audit_room.set(room);
     }
 
-    /// The registry thread has taken `taken` audit rows from its lane since start in `busy`
-    /// of working time, and `waiting` rows wait there at `now`: how fast it drains paces the
+    /// The registry thread has taken `taken` audit rows from its lane since start in `cpu` of
+    /// its CPU time, and `waiting` rows wait there at `now`: how fast it drains paces the
     /// retry hints of requests the lane has no room for (see [`audit_room`]).
-    pub fn handle_audit_drain(&mut self, now: Instant, taken: u64, busy: Duration, waiting: usize) {
-        self.audit_room.drained(now, taken, busy, waiting);
+    pub fn handle_audit_drain(&mut self, now: Instant, taken: u64, cpu: Duration, waiting: usize) {
+        self.audit_room.drained(now, taken, cpu, waiting);
     }
 
     /// A verified request whose audit rows (a new binding, a registration) the lane has no

@@ -5,10 +5,13 @@
 //!
 //! The edge sees each device at a source address of its own: a UDP socket per device (its own
 //! port), or an IPv6 address per device from a prefix with one socket per shard thread
-//! (shared/DESIGN.md §4, [`crate::link::AddressPool`]). A run goes through three periods:
-//! devices power on (spread over their fleet's ramp) and report for the scenario's `duration`;
-//! then, for at most `drain`, they go on sending what they queued and the broker delivering
-//! it, until every report is accounted for; then the report.
+//! (shared/DESIGN.md §4, [`crate::link::AddressPool`]). A run goes through three periods and
+//! the report: devices power on (spread over their fleet's ramp) and report for the scenario's
+//! `duration`; then, for at most `drain`, they go on sending what they queued, until every
+//! report is resolved (acknowledged, refused or dropped); then the devices stop, and for at
+//! most `settle` the collector waits for every report the edge acknowledged to reach the broker
+//! (the edge may still hold some in its outbox, e.g. while the broker is away); then the
+//! report, which counts only what had not arrived by then as lost.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -191,17 +194,22 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
         threads,
     )
     .await;
-    let (marks, returned) = faults.finish();
-    processes = returned;
+    // The devices have stopped: no fault starts any more (one under way runs its course, e.g.
+    // a broker outage that outlasts the drain: the settle period waits for it).
+    let devices_stopped = Instant::now();
+    faults.cancel();
     let (results, rss_registered) = match outcome {
         Ok(r) => r,
         Err(e) => {
+            let (_, returned) = faults.finish();
+            processes = returned;
             collector.stop();
             processes.stop_all();
             return Err(e);
         }
     };
-    // Give the broker path time to deliver everything acknowledged.
+    // The settle period: give the broker path time to deliver everything acknowledged (the
+    // edge holds it in its outbox until it is published), however late the devices stopped.
     let acknowledged: u64 = results
         .iter()
         .flat_map(|r| r.members.iter())
@@ -209,13 +217,18 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
         .filter_map(|d| d.reporter())
         .map(|r| r.stats().acked)
         .sum();
-    while Instant::now() < stop.hard {
-        let delivered = deliveries.lock().map(|d| d.delivered()).unwrap_or(0);
-        if delivered >= acknowledged {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let settled = settle(
+        &deliveries,
+        acknowledged,
+        devices_stopped + scenario.settle,
+        options.progress,
+    )
+    .await;
+    let settled_s = settled
+        .saturating_duration_since(devices_stopped)
+        .as_secs_f64();
+    let (marks, returned) = faults.finish();
+    processes = returned;
     let mut command_reports = Vec::new();
     for (fleet, task) in commands {
         match task.await {
@@ -238,6 +251,7 @@ pub async fn run(scenario: Scenario, options: RunOptions) -> anyhow::Result<Repo
     let facts = RunFacts {
         started_unix: unix_start,
         ended_s,
+        settled_s,
         faults: marks,
         resources,
         cpu_s: usage.cpu_s,
@@ -423,9 +437,16 @@ impl FaultRunner {
         }
     }
 
-    /// Ends the faults still to come; returns what was done, and the processes.
-    fn finish(self) -> (Vec<FaultMark>, Processes) {
+    /// No fault starts from now on (one under way still runs its course: a process that was
+    /// stopped is started again).
+    fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the faults still to come, and waits for one under way; returns what was done, and
+    /// the processes.
+    fn finish(self) -> (Vec<FaultMark>, Processes) {
+        self.cancel();
         let mut marks = self.marks;
         let mut processes = Processes::default();
         for t in self.threads {
@@ -815,6 +836,66 @@ fn device_sockets(devices: usize, edge: SocketAddr) -> anyhow::Result<Sockets> {
         sockets.push(socket);
     }
     Sockets::new(sockets).context("make the device sockets non-blocking")
+}
+
+/// The settle period: waits until the collector has seen at least `acknowledged` reports (as
+/// many as the edge acknowledged), at most until `until`; shows how it goes as [`watch`] does
+/// (a bar of the acknowledged reports delivered, or a plain `live: settling …` line a second).
+/// Returns when it ended: at once when nothing is missing.
+async fn settle(
+    deliveries: &Mutex<Deliveries>,
+    acknowledged: u64,
+    until: Instant,
+    progress: bool,
+) -> Instant {
+    let from = Instant::now();
+    let plain = progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut plain_at: Option<Instant> = None;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let most = until.saturating_duration_since(from).as_secs_f64();
+    loop {
+        let now = Instant::now();
+        let delivered = deliveries.lock().map(|d| d.delivered()).unwrap_or(0);
+        if delivered >= acknowledged || now >= until {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            return now;
+        }
+        if progress {
+            let waited = now.saturating_duration_since(from).as_secs_f64();
+            let message = format!(
+                "settling: delivered {delivered} of {acknowledged} acknowledged, waited {waited:.0} s of at most {most:.0} s since the devices stopped"
+            );
+            if plain {
+                if plain_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+                {
+                    plain_at = Some(now);
+                    eprintln!("live: {message}");
+                }
+            } else {
+                let bar = bar.get_or_insert_with(|| {
+                    let bar = indicatif::ProgressBar::new(acknowledged.max(1));
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{elapsed_precise} [{bar:30}] {pos}/{len} delivered  {msg}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar
+                });
+                bar.set_position(delivered);
+                bar.set_message(message);
+            }
+        }
+        tokio::time::sleep(
+            until
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(50)),
+        )
+        .await;
+    }
 }
 
 /// Shows progress until the device threads end; samples the process's CPU and memory into

@@ -207,6 +207,11 @@ struct RunArgs {
     /// broker delivering it), at most.
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
+    /// After the devices stopped, how long the collector goes on waiting for the reports the
+    /// edge acknowledged to reach the broker, at most (it stops as soon as all did; what has
+    /// not arrived by then counts as lost). Default 30 s; `0` does not wait.
+    #[arg(long, value_parser = parse_duration)]
+    settle: Option<Duration>,
     /// Register in queue mode (`b=UQ`).
     #[arg(long)]
     queue_mode: bool,
@@ -251,8 +256,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// The scenario these flags describe (or the file names), with `--seed`, `--threads` and
-    /// `--drain` applied.
+    /// The scenario these flags describe (or the file names), with `--seed`, `--threads`,
+    /// `--drain` and `--settle` applied.
     fn scenario(&self) -> anyhow::Result<Scenario> {
         let mut s = match &self.scenario {
             Some(path) => {
@@ -276,6 +281,9 @@ impl RunArgs {
         }
         if let Some(d) = self.drain {
             s.drain = d;
+        }
+        if let Some(d) = self.settle {
+            s.settle = d;
         }
         Ok(s)
     }

@@ -118,6 +118,7 @@ fn report_of<St: MemberStore>(
     let facts = RunFacts {
         started_unix: UNIX_START,
         ended_s: (end - start()).as_secs_f64(),
+        settled_s: 0.0,
         faults: Vec::new(),
         resources: Timeline::new(start(), Timeline::width_for(s.duration + s.drain)),
         cpu_s: 0.0,

@@ -33,7 +33,7 @@ pub struct DeviceFate {
     pub unsent_at_end: u64,
     /// Refused and not delivered, by code.
     pub refused: BTreeMap<u8, u64>,
-    /// Acknowledged, never delivered.
+    /// Acknowledged, not delivered by the end of the settle period.
     pub lost_acknowledged: u64,
     /// Dropped by the full queue, never delivered.
     pub lost_dropped: u64,
@@ -194,6 +194,9 @@ pub struct RunFacts {
     pub started_unix: f64,
     /// Seconds from the start to the end.
     pub ended_s: f64,
+    /// Seconds the collector waited after the devices stopped for acknowledged reports to be
+    /// delivered (the settle period, as long as it took).
+    pub settled_s: f64,
     /// The faults, as injected.
     pub faults: Vec<FaultMark>,
     /// Process CPU and memory over time (`cpu_s`, `rss_bytes` of each bucket).
@@ -377,7 +380,7 @@ pub fn report(
         warnings.push(format!("{} reports were still queued at their devices when the drain ended (unsent_at_end): lengthen `drain` to see whether they arrive", total.unsent_at_end));
     }
     if total.lost > 0 {
-        warnings.push(format!("{} reports were lost ({} acknowledged but never delivered, {} dropped by full device queues)", total.lost, total.lost_by_cause.acknowledged_not_delivered, total.lost_by_cause.device_queue_full));
+        warnings.push(format!("{} reports were lost ({} acknowledged by the edge but not delivered by the end of the settle period, {:.1} s after the devices stopped (`settle` {:.0} s); {} dropped by full device queues)", total.lost, total.lost_by_cause.acknowledged_not_delivered, facts.settled_s, s.settle.as_secs_f64(), total.lost_by_cause.device_queue_full));
     }
     if total.registered < total.devices {
         warnings.push(format!(
@@ -403,6 +406,7 @@ pub fn report(
             fingerprint: plan.scenario_fingerprint(),
             duration_s,
             drain_s: s.drain.as_secs_f64(),
+            settle_s: s.settle.as_secs_f64(),
             devices: s.devices(),
         },
         shards: ShardsInfo {
@@ -412,6 +416,7 @@ pub fn report(
         },
         started_unix: facts.started_unix,
         ended_s: facts.ended_s,
+        settled_s: facts.settled_s,
         fleets,
         total,
         timeline: timeline.to_report(),

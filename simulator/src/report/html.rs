@@ -31,7 +31,7 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         page,
-        "<p>seed {} · fingerprint {} · shards {:?} of {} · {} devices · reporting {:.0} s, drain up to {:.0} s, ended at {:.1} s</p>",
+        "<p>seed {} · fingerprint {} · shards {:?} of {} · {} devices · reporting {:.0} s, drain up to {:.0} s, waited {:.1} s (up to {:.0} s) for deliveries after the devices stopped, ended at {:.1} s</p>",
         report.scenario.seed,
         escape(&report.scenario.fingerprint),
         report.shards.included,
@@ -39,6 +39,8 @@ pub fn render(report: &Report) -> String {
         report.scenario.devices,
         report.scenario.duration_s,
         report.scenario.drain_s,
+        report.settled_s,
+        report.scenario.settle_s,
         report.ended_s
     );
     for (id, title, svg) in [

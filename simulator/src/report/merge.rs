@@ -101,6 +101,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, MergeError> {
         merged.simulators.extend(r.simulators.iter().cloned());
         merged.started_unix = merged.started_unix.min(r.started_unix);
         merged.ended_s = merged.ended_s.max(r.ended_s);
+        merged.settled_s = merged.settled_s.max(r.settled_s);
         for f in &r.faults {
             if !merged.faults.contains(f) {
                 merged.faults.push(f.clone());

@@ -11,7 +11,8 @@
 //! `delivered` — seen at the broker (at least once); `unsent_at_end` — still queued at its
 //! device when the run ended, not delivered; `refused` — refused for good by the edge (4.xx,
 //! 5.xx other than 5.03 and 4.03), never delivered; `lost` — everything else: acknowledged by the
-//! edge but never delivered, or dropped by the device's full queue (each cause counted). The
+//! edge but not delivered by the end of the settle period (the collector's wait after the
+//! devices stopped), or dropped by the device's full queue (each cause counted). The
 //! classes are computed per report from the devices' own records and the deliveries, and
 //! cross-checked against the SDK's counters; any disagreement is listed under `checks`.
 
@@ -43,9 +44,14 @@ pub struct Report {
     pub shards: ShardsInfo,
     /// Unix time of the run's start.
     pub started_unix: f64,
-    /// Seconds from the start to the end of the drain (or the moment every report was
-    /// accounted for).
+    /// Seconds from the start to the end of the run: the devices stopped (at the end of the
+    /// drain, or once every report was resolved), then the settle period.
     pub ended_s: f64,
+    /// Seconds the collector waited after the devices stopped for the reports the edge had
+    /// acknowledged to be delivered (0 when all were already; at most `scenario.settle_s`;
+    /// merged: the longest of the shards').
+    #[serde(default)]
+    pub settled_s: f64,
     /// Per fleet.
     pub fleets: Vec<FleetReport>,
     /// Every fleet added up.
@@ -75,6 +81,10 @@ pub struct ScenarioInfo {
     pub duration_s: f64,
     /// The longest drain, seconds.
     pub drain_s: f64,
+    /// The longest settle period, seconds: after the devices stopped, how long the collector
+    /// would wait for acknowledged reports to be delivered.
+    #[serde(default)]
+    pub settle_s: f64,
     /// Devices in the whole scenario (every shard).
     pub devices: u64,
 }
@@ -174,7 +184,7 @@ pub struct FleetReport {
 /// Why reports were lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostByCause {
-    /// Acknowledged by the edge, never seen at the broker.
+    /// Acknowledged by the edge, not seen at the broker by the end of the settle period.
     pub acknowledged_not_delivered: u64,
     /// Dropped by the device's full queue, never sent.
     pub device_queue_full: u64,

@@ -5,6 +5,7 @@
 //! seed = 7
 //! duration = "60s"
 //! drain = "10s"
+//! settle = "30s"
 //!
 //! [edge]
 //! address = "[::1]:5683"
@@ -32,8 +33,8 @@ use v6iot_credentials::Ipv6Prefix;
 use v6iot_sdk::uplink::Binding;
 
 use super::{
-    BrokerSpec, DEFAULT_QUEUE, DEFAULT_SEED, EdgeSpec, Fault, FaultKind, FleetSpec, Format,
-    LinkSpec, Load, Managed, OscoreSpec, Payload, Scenario, Sources, Transport,
+    BrokerSpec, DEFAULT_QUEUE, DEFAULT_SEED, DEFAULT_SETTLE, EdgeSpec, Fault, FaultKind, FleetSpec,
+    Format, LinkSpec, Load, Managed, OscoreSpec, Payload, Scenario, Sources, Transport,
 };
 use crate::duration::parse_duration;
 use crate::lowpan::{LowpanPlan, MediumAt};
@@ -97,6 +98,7 @@ struct RawScenario {
     seed: Option<u64>,
     duration: String,
     drain: Option<String>,
+    settle: Option<String>,
     threads: Option<u16>,
     edge: RawEdge,
     broker: RawBroker,
@@ -439,6 +441,10 @@ fn convert(raw: RawScenario, base: &Path, at: &Locator<'_>) -> Result<Scenario, 
         drain: match raw.drain.as_deref() {
             Some(d) => duration("", None, "drain", d)?,
             None => Duration::from_secs(5),
+        },
+        settle: match raw.settle.as_deref() {
+            Some(d) => duration("", None, "settle", d)?,
+            None => DEFAULT_SETTLE,
         },
         threads: raw.threads.unwrap_or(1),
         edge,
@@ -877,6 +883,20 @@ fleet = "valves"
             (s.duration, s.drain),
             (Duration::from_secs(20), Duration::from_secs(15))
         );
+        assert_eq!(s.settle, Duration::from_secs(30), "settle's default");
+        for (written, settle) in [("\"45s\"", 45_000), ("\"0s\"", 0), ("\"1500ms\"", 1500)] {
+            let text = GOOD.replacen(
+                "drain = \"15s\"",
+                &format!("drain = \"15s\"\nsettle = {written}"),
+                1,
+            );
+            let s = parse(&text, Path::new(".")).unwrap();
+            assert_eq!(
+                s.settle,
+                Duration::from_millis(settle),
+                "settle = {written}"
+            );
+        }
         assert!(
             s.broker.persistent_session,
             "a broker restart asks for a persistent session"
@@ -1104,6 +1124,20 @@ pcap = "air.pcap"
             4,
             "duration",
             "not a duration",
+        );
+        fails(
+            "drain = \"15s\"",
+            "drain = \"15s\"\nsettle = \"later\"",
+            6,
+            "settle",
+            "not a duration",
+        );
+        fails(
+            "drain = \"15s\"",
+            "drain = \"15s\"\nsettle = 30",
+            6,
+            "settle",
+            "invalid type",
         );
         fails(
             "source_prefix = \"2001:db8:100::/64\"\noscore",

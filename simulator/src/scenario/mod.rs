@@ -31,6 +31,11 @@ pub struct Scenario {
     /// After the reporting period: how long devices go on sending what they queued and the
     /// broker delivering it, at most (a run ends earlier once every report is accounted for).
     pub drain: Duration,
+    /// After the devices stopped (every report resolved, or the drain's end): how long the
+    /// collector goes on waiting for the reports the edge acknowledged to reach the broker, at
+    /// most (it ends as soon as every acknowledged report was delivered). What has not arrived
+    /// by then counts as lost.
+    pub settle: Duration,
     /// Threads that drive the devices.
     pub threads: u16,
     /// The edge router.
@@ -358,6 +363,7 @@ impl Scenario {
             seed: DEFAULT_SEED,
             duration: Duration::from_secs(10),
             drain: Duration::from_secs(5),
+            settle: DEFAULT_SETTLE,
             threads: 1,
             edge: EdgeSpec {
                 address: edge,
@@ -388,3 +394,7 @@ impl Scenario {
 
 /// The seed when none is given.
 pub const DEFAULT_SEED: u64 = 1;
+
+/// How long the collector waits at most, after the devices stopped, for acknowledged reports
+/// to be delivered ([`Scenario::settle`]; the scenario key `settle`, `--settle`).
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);

@@ -302,6 +302,7 @@ url = "mqtt://[::1]:$MQTT_PORT"
 max_bytes = 4294967296
 [registry]
 seal_key_file = "$dir/seal.key"
+${EDGE_REGISTRY_LINES:-}
 [security]
 require_oscore = true
 $RAISED_LIMITS

@@ -10,7 +10,8 @@
 # process's CPU.
 #
 #   bench/million.sh [--devices 1000000] [--ramp 0s] [--rate 1000] [--duration 150s]
-#                    [--threads 1] [--socket-buffer BYTES] [--perf] [--out DIR] [--bin-dir DIR]
+#                    [--threads 1] [--socket-buffer BYTES] [--audit-lane ROWS] [--perf]
+#                    [--out DIR] [--bin-dir DIR]
 #
 # --socket-buffer sets the edge's `[coap] socket_buffer_bytes` (default 4 MiB, the edge's own;
 # 1 GiB with `--ramp 0s`: a storm of a million registrations arrives much faster than the edge
@@ -18,6 +19,12 @@
 # retransmission timeout). The kernel caps it at `net.core.rmem_max`, which it does not
 # namespace: when BYTES is above the current value the script raises rmem_max host-wide for the
 # run and restores it on exit (any exit: the EXIT trap of the process outside the namespace).
+#
+# --audit-lane sets the edge's `[registry] audit_lane_rows`, the audit rows it holds while the
+# registry thread writes them (default: the edge's own, 262,144; two per device with `--ramp
+# 0s`: a storm's registrations are then answered as fast as the edge verifies them, their audit
+# rows written behind; with the default a storm is paced by 5.03 retry hints instead, which the
+# summary counts).
 #
 # The simulator's `--rate` is the fleet's reports per second once devices are registered (kept
 # low: this measures registration). Runs inside a network namespace of its own (root;
@@ -42,6 +49,7 @@ RATE=1000
 DURATION=""
 THREADS=1
 SOCKET_BUFFER=""
+AUDIT_LANE=""
 PERF=0
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do
@@ -52,6 +60,7 @@ while [[ $# -gt 0 ]]; do
     --duration) DURATION="$2" && shift 2 ;;
     --threads) THREADS="$2" && shift 2 ;;
     --socket-buffer) SOCKET_BUFFER="$2" && shift 2 ;;
+    --audit-lane) AUDIT_LANE="$2" && shift 2 ;;
     --perf) PERF=1 && shift ;;
     *) bench_arg "$@" && shift "$BENCH_SHIFT" ;;
     esac
@@ -72,11 +81,22 @@ if [[ -z "${V6IOT_BENCH_NETNS:-}" && "$SOCKET_BUFFER" -gt "$(cat /proc/sys/net/c
     export BENCH_RMEM_MAX="$SOCKET_BUFFER"
 fi
 
+if [[ -z "$AUDIT_LANE" && "$RAMP_S" -eq 0 ]]; then
+    AUDIT_LANE=$((2 * DEVICES))
+    [[ "$AUDIT_LANE" -ge 8192 ]] || AUDIT_LANE=8192
+fi
+if [[ -n "$AUDIT_LANE" ]]; then
+    [[ "$AUDIT_LANE" =~ ^[0-9]+$ && "$AUDIT_LANE" -ge 8192 && "$AUDIT_LANE" -le 16777216 ]] ||
+        die "--audit-lane: rows, 8192 to 16777216"
+    EDGE_REGISTRY_LINES="audit_lane_rows = $AUDIT_LANE"
+fi
+
 SUMMARY="$OUT/million.txt"
+need_pkg sqlite3 sqlite3 # the audit trail's rows, read after the run
 fleet_netns million "$SUMMARY"
 # CPU ticks per thread name (threads of one name added up), sorted for `join`.
 by_thread() { thread_ticks "$1" | awk -F'\t' '{ t[$1] += $2 } END { for (n in t) print n "\t" t[n] }' | sort; }
-say "edge socket buffer asked: $SOCKET_BUFFER bytes; net.core.rmem_max: $(cat /proc/sys/net/core/rmem_max)"
+say "edge socket buffer asked: $SOCKET_BUFFER bytes; net.core.rmem_max: $(cat /proc/sys/net/core/rmem_max); audit lane: ${AUDIT_LANE:-the edge default} rows"
 
 start_mosquitto mosquitto
 CREDS="$BENCH_WORK/creds.csv"
@@ -130,6 +150,16 @@ timeout "$((DURATION_S + 20 + 30 + DEVICES / 5000))" /usr/bin/time -v "$SIM" run
     --seq-file "$BENCH_WORK/fleet.seq" --threads "$THREADS" --source-prefix "$POOL_PREFIX" \
     --quiet --report "$REPORT" >/dev/null 2>"$BENCH_WORK/sim.time" || warn "v6iot-sim ended with $?"
 CPU_EDGE1="$(cpu_ticks "$PID")"
+# The audit trail: every registration's row written (the registry thread writes them behind the
+# answers; read while the edge runs, WAL mode). Waits up to 120 s for the trail to be complete.
+AUDIT_REG=0
+for _ in $(seq 240); do
+    AUDIT_REG="$(sqlite3 -readonly "$BENCH_WORK/edge-data/registry.db" \
+        "SELECT count(*) FROM audit WHERE kind = 'registration'" 2>/dev/null || echo 0)"
+    [[ "$AUDIT_REG" -ge "$(jq '.total.registered' "$REPORT" 2>/dev/null || echo 0)" ]] && break
+    sleep 0.5
+done
+T_AUDIT="$(date +%s.%N)"
 say "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 by_thread "$PID" >"$BENCH_WORK/threads1"
 DROPS1="$(udp_drops "$EDGE_PORT")"
@@ -175,5 +205,6 @@ if [[ "$PERF" == 1 ]]; then
             grep -E "^ +[0-9]" | sed -n 1,30p | tee -a "$SUMMARY"
     done
 fi
+say "$(awk -v n="$AUDIT_REG" -v a="$T_SIM" -v b="$T_AUDIT" 'BEGIN { printf "registration rows in the audit trail: %d, complete %.0f s after the simulator started", n, b - a }')"
 say "edge log: $(grep -c WARN "$OUT/million.edge.log" || true) warnings, $(grep -c ERROR "$OUT/million.edge.log" || true) errors; audit rows dropped: $(grep -o 'dropped=[0-9]*' "$OUT/million.edge.log" | awk -F= '{ s += $2 } END { print s + 0 }')"
 say "warnings: $(jq -c '.warnings' "$REPORT")"

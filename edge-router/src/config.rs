@@ -37,6 +37,8 @@
 //! [registry]                  # devices and the audit trail (SQLite)
 //! db = "/var/lib/v6iot/registry.db"     # default: {data_dir}/registry.db
 //! seal_key_file = "/etc/v6iot/seal.key" # 64 hex digits; else the V6IOT_SEAL_KEY variable
+//! audit_lane_rows = 262144    # audit rows waiting for the disk at most (~250 B each); without
+//!                             #   room a registration gets 5.03 + Max-Age (2 per device: none)
 //!
 //! [audit]                     # checkpoints of the audit trail (see audit::checkpoint)
 //! checkpoint_file = "/var/lib/v6iot/audit.checkpoint" # default: {data_dir}/audit.checkpoint
@@ -76,6 +78,13 @@ use serde::Deserialize;
 use crate::gateway::limits::{self, LimitsConfig, Rate};
 use crate::registry_db::admin::RegistryPlace;
 use crate::registry_db::{Registry, RegistryError};
+use crate::registry_worker::Jobs;
+
+/// The smallest `[registry] audit_lane_rows`: twice the reserve the gateway keeps for rows it
+/// cannot refuse (`AuditRoom::RESERVE`).
+const MIN_AUDIT_LANE_ROWS: usize = 8192;
+/// The largest `[registry] audit_lane_rows` (about 4 GiB of rows).
+const MAX_AUDIT_LANE_ROWS: usize = 1 << 24;
 use crate::seal::{SealError, SealKey};
 
 pub mod lowpan;
@@ -580,9 +589,21 @@ pub struct RegistrySection {
     /// `v6iot-edge devices keygen` writes). Without it, the `V6IOT_SEAL_KEY` environment
     /// variable is used.
     pub seal_key_file: Option<PathBuf>,
+    /// Audit rows waiting for the registry thread at most (about 250 bytes each in memory);
+    /// default [`Jobs::MAX_AUDIT_ROWS`]. Without room for its rows a new binding or
+    /// registration is answered 5.03 with a retry hint paced by the lane's drain
+    /// (`gateway::audit_room`); an edge that must take a storm of all its devices'
+    /// registrations without one gives it two rows per device.
+    pub audit_lane_rows: Option<usize>,
 }
 
 impl RegistrySection {
+    /// The audit lane's bound ([`Jobs::MAX_AUDIT_ROWS`] unless set).
+    #[must_use]
+    pub fn audit_lane_rows(&self) -> usize {
+        self.audit_lane_rows.unwrap_or(Jobs::MAX_AUDIT_ROWS)
+    }
+
     /// The database file for a router whose data directory is `data_dir`.
     #[must_use]
     pub fn db_path(&self, data_dir: &Path) -> PathBuf {
@@ -788,6 +809,12 @@ impl EdgeConfig {
             return invalid(
                 "audit.checkpoint_min_gap_s",
                 "must be at most audit.checkpoint_every_s",
+            );
+        }
+        if !(MIN_AUDIT_LANE_ROWS..=MAX_AUDIT_LANE_ROWS).contains(&self.registry.audit_lane_rows()) {
+            return invalid(
+                "registry.audit_lane_rows",
+                "must be from 8192 (twice the reserve kept for rows that cannot be refused) to 16777216",
             );
         }
         if self.outbox.max_bytes < 1 << 20 {
@@ -1034,5 +1061,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `site`"), "{e}");
+    }
+
+    #[test]
+    fn the_audit_lane_bound_is_set_and_checked() {
+        let c = EdgeConfig::parse("site = \"a\"\n").unwrap();
+        assert_eq!(c.registry.audit_lane_rows(), Jobs::MAX_AUDIT_ROWS);
+        let c = EdgeConfig::parse("site = \"a\"\n[registry]\naudit_lane_rows = 2000000\n").unwrap();
+        assert_eq!(c.registry.audit_lane_rows(), 2_000_000);
+        for bad in [0, MIN_AUDIT_LANE_ROWS - 1, MAX_AUDIT_LANE_ROWS + 1] {
+            let e = EdgeConfig::parse(&format!(
+                "site = \"a\"\n[registry]\naudit_lane_rows = {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("`registry.audit_lane_rows`"), "{bad}: {e}");
+        }
     }
 }

@@ -60,10 +60,12 @@ pub enum Job {
 
 /// The registry thread's work in two lanes, sans-IO: state batches first, audit rows bounded
 /// and in chunks (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Jobs {
     persist: VecDeque<PersistBatch>,
     audit: VecDeque<AuditEvent>,
+    /// Audit rows waiting at most.
+    bound: usize,
     /// Audit rows taken for writing since start.
     taken: u64,
     /// The thread's CPU time since start, as it last told.
@@ -73,9 +75,17 @@ pub struct Jobs {
     closed: bool,
 }
 
+impl Default for Jobs {
+    fn default() -> Jobs {
+        Jobs::new(Self::MAX_AUDIT_ROWS)
+    }
+}
+
 impl Jobs {
-    /// Audit rows waiting at most (about 250 bytes each in memory): room for every device of a
-    /// large plant binding and registering at once.
+    /// The default bound of audit rows waiting (about 250 bytes each in memory): room for every
+    /// device of a large plant binding and registering at once (`[registry] audit_lane_rows`
+    /// sets it: an edge for a million devices that must take their registration storm without
+    /// a 5.03 gives it two rows per device).
     pub const MAX_AUDIT_ROWS: usize = 262_144;
     /// Audit rows per transaction when the backlog is small.
     pub const AUDIT_CHUNK: usize = 256;
@@ -97,6 +107,19 @@ impl Jobs {
         (backlog / Self::AUDIT_BACKLOG_SHARE)
             .clamp(Self::AUDIT_CHUNK, Self::MAX_AUDIT_CHUNK)
             .min(backlog)
+    }
+
+    /// Lanes holding at most `bound` audit rows waiting.
+    pub fn new(bound: usize) -> Jobs {
+        Jobs {
+            persist: VecDeque::new(),
+            audit: VecDeque::new(),
+            bound,
+            taken: 0,
+            cpu: Duration::ZERO,
+            dropped: 0,
+            closed: false,
+        }
     }
 
     /// Queues a state batch.
@@ -133,7 +156,7 @@ impl Jobs {
 
     /// Audit rows the lane can still take before it drops.
     pub fn audit_room(&self) -> usize {
-        Self::MAX_AUDIT_ROWS.saturating_sub(self.audit.len())
+        self.bound.saturating_sub(self.audit.len())
     }
 
     /// Audit rows dropped since start.
@@ -195,7 +218,7 @@ pub enum FromRegistry {
 }
 
 /// The lanes shared with the thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     jobs: Mutex<Jobs>,
     ready: Condvar,
@@ -220,7 +243,8 @@ pub struct RegistryWorker {
 impl RegistryWorker {
     /// Starts the thread on `registry`; results go to `out`. `load_devices` is false when the
     /// registry has no seal key (lab mode without credentials): no device reloads then.
-    /// `checkpoints` says where and how often audit checkpoints are made.
+    /// `checkpoints` says where and how often audit checkpoints are made; `audit_rows` bounds
+    /// the audit lane ([`Jobs::new`]).
     ///
     /// # Errors
     ///
@@ -229,9 +253,13 @@ impl RegistryWorker {
         registry: Registry,
         load_devices: bool,
         checkpoints: CheckpointConfig,
+        audit_rows: usize,
         out: UnboundedSender<FromRegistry>,
     ) -> std::io::Result<RegistryWorker> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            jobs: Mutex::new(Jobs::new(audit_rows)),
+            ready: Condvar::new(),
+        });
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("v6iot-registry".into())
@@ -517,6 +545,16 @@ mod tests {
     }
 
     #[test]
+    fn a_lane_with_a_larger_bound_takes_that_many_rows_then_drops() {
+        let mut jobs = Jobs::new(2 * Jobs::MAX_AUDIT_ROWS);
+        assert_eq!(jobs.push_audit(rows(2 * Jobs::MAX_AUDIT_ROWS - 1)), 0);
+        assert_eq!(jobs.audit_room(), 1);
+        assert_eq!(jobs.push_audit(rows(3)), 2, "the rest dropped and counted");
+        assert_eq!(jobs.dropped(), 2);
+        assert_eq!(jobs.audit_lane().waiting, 2 * Jobs::MAX_AUDIT_ROWS);
+    }
+
+    #[test]
     fn a_full_audit_lane_drops_and_counts_instead_of_blocking() {
         let mut jobs = Jobs::default();
         assert_eq!(jobs.push_audit(rows(Jobs::MAX_AUDIT_ROWS - 5)), 0);
@@ -543,7 +581,8 @@ mod tests {
             min_gap: Duration::from_secs(3600),
             edge: "e1".into(),
         };
-        let worker = RegistryWorker::start(registry, false, checkpoints, tx).unwrap();
+        let worker =
+            RegistryWorker::start(registry, false, checkpoints, Jobs::MAX_AUDIT_ROWS, tx).unwrap();
         // A burst far larger than the small chunk, all in one go.
         let burst = 20 * Jobs::AUDIT_CHUNK + 7;
         assert_eq!(worker.audit(rows(burst)), 0);

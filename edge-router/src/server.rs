@@ -236,8 +236,14 @@ pub async fn run_with_reloads(
         min_gap: Duration::from_secs(config.audit.checkpoint_min_gap_s),
         edge: config.edge_id.clone(),
     };
-    let worker = RegistryWorker::start(registry, load_devices, checkpoints, registry_tx)
-        .context("cannot start the registry thread")?;
+    let worker = RegistryWorker::start(
+        registry,
+        load_devices,
+        checkpoints,
+        config.registry.audit_lane_rows(),
+        registry_tx,
+    )
+    .context("cannot start the registry thread")?;
     let ingress = Ingress::new(ingress_config, boot_ms);
     let mut echo_seed = [0u8; 8];
     getrandom::fill(&mut echo_seed).context("no random numbers for the Echo values")?;

@@ -218,14 +218,7 @@ impl Registration {
                             refresh_at: now + self.refresh_after(),
                         };
                     }
-                    RequestOutcome::Response(resp) => {
-                        self.count_answer(resp.code);
-                        self.fail(now, resp.max_age);
-                    }
-                    _ => {
-                        self.counts.unanswered = self.counts.unanswered.saturating_add(1);
-                        self.fail(now, None);
-                    }
+                    _ => self.failed(now, outcome),
                 }
                 true
             }
@@ -246,14 +239,7 @@ impl Registration {
                             failures: 0,
                         };
                     }
-                    RequestOutcome::Response(resp) => {
-                        self.count_answer(resp.code);
-                        self.fail(now, resp.max_age);
-                    }
-                    _ => {
-                        self.counts.unanswered = self.counts.unanswered.saturating_add(1);
-                        self.fail(now, None);
-                    }
+                    _ => self.failed(now, outcome),
                 }
                 true
             }
@@ -304,6 +290,21 @@ impl Registration {
             &mut self.counts.refused
         };
         *count = count.saturating_add(1);
+    }
+
+    /// A request of ours ended without the answer it wanted: counted by kind, then the
+    /// back-off (a response's Max-Age when it gave one).
+    fn failed(&mut self, now: Instant, outcome: &RequestOutcome) {
+        match outcome {
+            RequestOutcome::Response(resp) => {
+                self.count_answer(resp.code);
+                self.fail(now, resp.max_age);
+            }
+            _ => {
+                self.counts.unanswered = self.counts.unanswered.saturating_add(1);
+                self.fail(now, None);
+            }
+        }
     }
 
     fn fail(&mut self, now: Instant, max_age: Option<u32>) {

@@ -545,6 +545,13 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_measures_the_drain_only_under_a_backlog_of_the_largest_chunks() {
+        use crate::gateway::audit_room::DrainRate;
+        assert_eq!(Jobs::audit_chunk(DrainRate::BACKLOG), Jobs::MAX_AUDIT_CHUNK);
+        assert!(Jobs::audit_chunk(DrainRate::BACKLOG - 4) < Jobs::MAX_AUDIT_CHUNK);
+    }
+
+    #[test]
     fn a_lane_with_a_larger_bound_takes_that_many_rows_then_drops() {
         let mut jobs = Jobs::new(2 * Jobs::MAX_AUDIT_ROWS);
         assert_eq!(jobs.push_audit(rows(2 * Jobs::MAX_AUDIT_ROWS - 1)), 0);

@@ -144,9 +144,10 @@ pub struct DrainRate {
 impl DrainRate {
     /// The shortest window a measurement spans.
     pub const WINDOW: Duration = Duration::from_secs(1);
-    /// The backlog a window needs throughout (rows): enough for the largest chunks
-    /// ([`crate::registry_worker::Jobs::audit_chunk`]).
-    pub const BACKLOG: usize = 4 * crate::registry_worker::Jobs::MAX_AUDIT_CHUNK;
+    /// The backlog a window needs throughout (rows): enough for the largest chunks, a quarter
+    /// of the backlog up to 2,048 rows ([`crate::registry_worker::Jobs::audit_chunk`]; the
+    /// registry thread's module imports this one, not the reverse, and checks the two agree).
+    pub const BACKLOG: usize = 8192;
     /// The rate assumed before the first measurement (rows/s): about what the registry thread
     /// writes per second of CPU in a million-device storm on the 2-core bench machine.
     pub const ASSUMED: f64 = 40_000.0;

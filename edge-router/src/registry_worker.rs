@@ -164,11 +164,6 @@ impl Jobs {
         self.dropped
     }
 
-    /// Audit rows taken for writing since start.
-    pub fn audit_taken(&self) -> u64 {
-        self.taken
-    }
-
     /// The thread has used `cpu` of CPU time since start.
     pub fn note_cpu(&mut self, cpu: Duration) {
         self.cpu = self.cpu.max(cpu);
